@@ -1,0 +1,61 @@
+"""``opendisco services up|down|status|logs``."""
+
+from __future__ import annotations
+
+import click
+
+from opendisco._settings import Settings
+from opendisco.services import services
+
+from ._base import OpenDiscoGroup, pass_settings
+
+__all__ = ["services_cmd"]
+
+
+@click.group("services", cls=OpenDiscoGroup)
+def services_cmd() -> None:
+    """Run OpenSearch (+k-NN) and FerretDB on loopback, provisioned into the cache."""
+
+
+@services_cmd.command("up")
+@pass_settings
+def up(settings: Settings) -> None:
+    """Provision (first time) and start both servers; wait until healthy. Idempotent."""
+    for svc in services(settings, echo=lambda m: click.echo(f"  {m}", err=True)):
+        click.echo(f"{svc.name}: {svc.up()}")
+
+
+@services_cmd.command("down")
+@pass_settings
+def down(settings: Settings) -> None:
+    """Stop both servers (SIGTERM, then SIGKILL); no process is left behind."""
+    for svc in services(settings):
+        click.echo(f"{svc.name}: {svc.down()}")
+
+
+@services_cmd.command("status")
+@pass_settings
+def status(settings: Settings) -> None:
+    """Show health and versions; exit 1 when a server is not healthy."""
+    ok = True
+    for svc in services(settings):
+        st = svc.status()
+        ok &= st.healthy
+        mark = click.style("healthy", fg="green") if st.healthy else click.style("DOWN", fg="red")
+        click.echo(f"{svc.name:10} {mark}  {st.detail}")
+    if not ok:
+        raise SystemExit(1)
+
+
+@services_cmd.command("logs")
+@click.argument("name", type=click.Choice(["opensearch", "ferretdb"]), required=False)
+@click.option("-n", "--lines", default=40, show_default=True)
+@pass_settings
+def logs(settings: Settings, name: str | None, lines: int) -> None:
+    """Print the tail of a server's log."""
+    from opendisco.services._process import tail
+
+    for svc in services(settings):
+        if name in (None, svc.name):
+            click.echo(f"==> {svc.log_path()} <==")
+            click.echo(tail(svc.log_path(), lines))

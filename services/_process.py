@@ -1,0 +1,124 @@
+"""Process plumbing for locally run servers: spawn detached, pid files, stop, log tails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from opendisco._exceptions import ServiceError, ServiceTimeout
+
+__all__ = ["alive", "read_pid", "spawn", "stop_pid", "tail", "wait_until"]
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is not alive
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def spawn(
+    argv: Sequence[str], *, log_file: Path, pid_file: Path, env: dict[str, str], cwd: Path
+) -> int:
+    """Start ``argv`` in its own session, detached from us, output appended to ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ServiceError(f"cannot start {argv[0]}: {exc}") from exc
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop_pid(pid_file: Path, *, grace: float = 30.0) -> bool:
+    """SIGTERM the process group, escalate to SIGKILL after ``grace``; True if one was running."""
+    pid = read_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and alive(pid):
+            _reap(pid)
+            time.sleep(0.2)
+        if not alive(pid):
+            break
+    if alive(pid):
+        raise ServiceError(f"process {pid} survived SIGKILL")
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        data = path.read_bytes()[-64_000:]
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def wait_until(
+    ready: Callable[[], bool],
+    *,
+    name: str,
+    timeout: float,
+    pid: int | None,
+    log_file: Path,
+) -> None:
+    """Poll ``ready`` until true; raise :class:`ServiceTimeout` with the log tail otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if pid is not None and not alive(pid):
+            _reap(pid)
+            raise ServiceError(
+                f"{name} exited during startup; last lines of {log_file}:\n{tail(log_file)}"
+            )
+        time.sleep(0.5)
+    raise ServiceTimeout(
+        f"{name} not healthy after {timeout:.0f}s; last lines of {log_file}:\n{tail(log_file)}"
+    )

@@ -1,0 +1,86 @@
+"""Session fixtures: real OpenSearch and MongoDB-protocol servers (started when not up).
+
+Every test session works in its own namespace (index alias prefix and Mongo database named
+after a random run id), so sessions and parallel developers never collide; the namespace is
+wiped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from opendisco import Settings, clients, load_settings  # noqa: E402
+from opendisco.services import services  # noqa: E402
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+MOVIELENS_SMALL = Path(os.environ.get("OPENDISCO_MOVIELENS", DATASETS / "ml-latest-small"))
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def live_services(base_settings: Settings) -> Settings:
+    """Use running servers, or start them (idempotent) the way ``opendisco services up`` does."""
+    for svc in services(base_settings, echo=lambda m: None):
+        svc.up()
+    return base_settings
+
+
+@pytest.fixture(scope="session")
+def settings(live_services: Settings, run_id: str) -> Settings:
+    return live_services.model_copy(
+        update={"index_alias": f"t{run_id}-items", "mongo_db": f"t{run_id}"}
+    )
+
+
+@pytest.fixture(scope="session")
+def os_client(settings: Settings, run_id: str) -> Iterator[Any]:
+    client = clients.opensearch(settings)
+    yield client
+    client.indices.delete(index=f"t{run_id}*", ignore_unavailable=True, expand_wildcards="all")
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_db(settings: Settings) -> Iterator[Any]:
+    client = clients.mongo(settings)
+    yield client[settings.mongo_db]
+    client.drop_database(settings.mongo_db)
+    client.close()
+
+
+@pytest.fixture
+async def motor_db(settings: Settings) -> AsyncIterator[Any]:
+    client = clients.motor(settings)
+    yield client[settings.mongo_db]
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def model(settings: Settings) -> Any:
+    return clients.load_model(settings)
+
+
+@pytest.fixture(scope="session")
+def movielens() -> Path:
+    if not (MOVIELENS_SMALL / "ratings.csv").is_file():
+        pytest.fail(f"MovieLens ml-latest-small not found at {MOVIELENS_SMALL}")
+    return MOVIELENS_SMALL
