@@ -1,0 +1,56 @@
+"""Settings: one object, env over TOML over defaults; every field documented (datasette-style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from opendisco import ConfigError, Settings, load_settings
+from opendisco.cli._settings_cmd import markdown
+from opendisco.cli.main import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_setting_documented() -> None:
+    doc = (ROOT / "docs" / "settings.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`{n}`" not in doc]
+    assert not missing, f"add to docs/settings.md (opendisco settings --markdown): {missing}"
+    assert doc == markdown(), "docs/settings.md is stale: run opendisco settings --markdown"
+
+
+def test_env_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "od.toml"
+    cfg.write_text('index_alias = "from-toml"\nkeep_versions = 5\n')
+    monkeypatch.setenv("OPENDISCO_CONFIG", str(cfg))
+    monkeypatch.setenv("OPENDISCO_KEEP_VERSIONS", "3")
+    s = load_settings()
+    assert s.index_alias == "from-toml"
+    assert s.keep_versions == 3
+
+
+def test_bad_values_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENDISCO_KEEP_VERSIONS", "-1")
+    with pytest.raises(ConfigError):
+        load_settings()
+    monkeypatch.setenv("OPENDISCO_KEEP_VERSIONS", "1")
+    monkeypatch.setenv("OPENDISCO_CONFIG", "/nonexistent.toml")
+    with pytest.raises(ConfigError):
+        load_settings()
+
+
+def test_unknown_toml_key_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "od.toml"
+    cfg.write_text("no_such_setting = 1\n")
+    monkeypatch.setenv("OPENDISCO_CONFIG", str(cfg))
+    with pytest.raises(ConfigError):
+        load_settings()
+
+
+def test_cli_maps_config_error_to_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENDISCO_OPENSEARCH_TIMEOUT", "not-a-number")
+    result = CliRunner().invoke(cli, ["settings"])
+    assert result.exit_code == 2
+    assert "invalid settings" in result.output
