@@ -79,6 +79,31 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(64, ge=1, description="Texts per encode call.")
     bulk_batch_size: int = Field(500, ge=1, description="Documents per bulk request.")
 
+    # --- ingest (owned by the ingest team: reindex, sync, dead letters) -------------
+    sync_mode: str = Field(
+        "auto",
+        pattern="^(auto|change_stream|polling)$",
+        description="Change feed of `opendisco sync`: auto (change streams when the server "
+        "supports them, else watermark polling), change_stream or polling.",
+    )
+    sync_poll_interval: float = Field(
+        1.0, gt=0, description="Seconds between watermark polls / idle change-stream waits."
+    )
+    sync_overlap_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Watermark polling re-reads this many seconds before the checkpoint "
+        "(writers whose updated_at lags their commit are still seen).",
+    )
+    sync_batch_size: int = Field(500, ge=1, description="Changes applied per sync batch.")
+    bulk_max_bytes: int = Field(
+        8_000_000, ge=10_000, description="Upper bound of one bulk request body (bytes)."
+    )
+    bulk_max_retries: int = Field(
+        6, ge=0, description="Retries of 429/5xx bulk items (capped exponential backoff)."
+    )
+    bulk_backoff_max: float = Field(5.0, gt=0, description="Cap of the bulk retry backoff (s).")
+
     # --- local services -------------------------------------------------------
     cache_dir: Path = Field(
         default_factory=_default_cache_dir,
@@ -107,6 +132,14 @@ class Settings(BaseSettings):
     api_max_concurrency: int = Field(64, description="In-flight requests before 503.")
     api_rate_limit: float = Field(50.0, description="Default requests per second per API key.")
     api_auth: bool = Field(True, description="Require API keys (disable only for local demos).")
+
+    # --- queries (candidate generation, exposure caps) ------------------------------
+    exposure_default_cap: int = Field(
+        200, ge=1, description="Impressions per window for items without their own exposure_cap."
+    )
+    exposure_window_hours: float = Field(
+        24.0, gt=0, description="Window over which impressions count towards an exposure cap (h)."
+    )
 
     @property
     def opensearch_port(self) -> int:
