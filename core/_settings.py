@@ -132,6 +132,34 @@ class Settings(BaseSettings):
     api_max_concurrency: int = Field(64, description="In-flight requests before 503.")
     api_rate_limit: float = Field(50.0, description="Default requests per second per API key.")
     api_auth: bool = Field(True, description="Require API keys (disable only for local demos).")
+    # API team (issue 6): keys, rate limits, breaker, fallback, cursors
+    api_rate_burst: float = Field(
+        100.0, gt=0, description="Token-bucket burst size per API key (requests)."
+    )
+    api_key_cache_s: float = Field(
+        5.0, ge=0, description="Seconds a looked-up API key is cached (revocation delay)."
+    )
+    api_breaker_failures: int = Field(
+        5, ge=1, description="Consecutive backend failures that open the circuit breaker."
+    )
+    api_breaker_reset_s: float = Field(
+        5.0, gt=0, description="Seconds the breaker stays open before a half-open probe."
+    )
+    api_fallback_refresh_s: float = Field(
+        30.0, gt=0, description="Seconds between background refreshes of the degraded fallback."
+    )
+    api_fallback_k: int = Field(
+        200, ge=1, description="Items kept per surface in the degraded fallback."
+    )
+    api_cursor_secret: str | None = Field(
+        None,
+        description="HMAC secret signing pagination cursors; default: random per process "
+        "(set it when several API processes serve one client).",
+    )
+    api_cursor_ttl_s: int = Field(3600, ge=1, description="Lifetime of a pagination cursor (s).")
+    api_cursor_max_ids: int = Field(
+        1000, ge=1, description="Served ids one cursor session carries; no further pages after."
+    )
 
     # --- queries (candidate generation, exposure caps) ------------------------------
     exposure_default_cap: int = Field(
