@@ -1,0 +1,73 @@
+"""Opaque, signed pagination cursors carrying the ids a session has already been served.
+
+``base64url(zlib(json)) + "." + base64url(hmac_sha256[:16])``; the payload binds the cursor to
+its user and surface and carries an expiry, so pages of one session never repeat an item and a
+cursor cannot be forged or replayed for another user.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import zlib
+from collections.abc import Callable, Sequence
+
+from opendisco._exceptions import InvalidInput
+
+__all__ = ["CursorCodec"]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class CursorCodec:
+    def __init__(
+        self,
+        secret: bytes,
+        ttl_s: int = 3600,
+        max_ids: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._secret = secret
+        self.ttl_s = ttl_s
+        self.max_ids = max_ids
+        self._clock = clock
+
+    def _sign(self, body: str) -> str:
+        return _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest()[:16])
+
+    def encode(self, user_id: str, surface: str, served: Sequence[str]) -> str | None:
+        """The next-page cursor, or None once the session has served ``max_ids`` items."""
+        if len(served) >= self.max_ids:
+            return None
+        payload = {
+            "u": user_id,
+            "s": surface,
+            "ids": list(served),
+            "exp": int(self._clock()) + self.ttl_s,
+        }
+        body = _b64(zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 6))
+        return f"{body}.{self._sign(body)}"
+
+    def decode(self, cursor: str, user_id: str, surface: str) -> list[str]:
+        """Served ids of a cursor; :class:`InvalidInput` when forged, expired or foreign."""
+        body, _, sig = cursor.partition(".")
+        if not body or not sig or not hmac.compare_digest(sig, self._sign(body)):
+            raise InvalidInput("invalid cursor")
+        try:
+            payload = json.loads(zlib.decompress(_unb64(body)))
+        except (ValueError, zlib.error) as exc:
+            raise InvalidInput("invalid cursor") from exc
+        if payload.get("u") != user_id or payload.get("s") != surface:
+            raise InvalidInput("cursor belongs to another user or surface")
+        if payload.get("exp", 0) < self._clock():
+            raise InvalidInput("cursor expired")
+        return [str(i) for i in payload.get("ids", [])]

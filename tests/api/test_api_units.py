@@ -1,0 +1,192 @@
+"""Pure pieces of the API: breaker state machine, token buckets, concurrency, cursors, keys."""
+
+from __future__ import annotations
+
+import pytest
+from opendisco import AuthError, Forbidden, InvalidInput
+from opendisco.api._breaker import BreakerState, CircuitBreaker
+from opendisco.api._concurrency import ConcurrencyLimiter
+from opendisco.api._cursor import CursorCodec
+from opendisco.api._keys import ApiKey, ApiKeyStore, hash_secret, new_key, parse_key
+from opendisco.api._ratelimit import RateLimiter, TokenBucket
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+# --- circuit breaker ------------------------------------------------------------------
+
+
+def test_breaker_opens_after_consecutive_failures_only() -> None:
+    clock = Clock()
+    br = CircuitBreaker(failure_threshold=3, reset_timeout=5.0, clock=clock)
+    for _ in range(2):
+        assert br.allow()
+        br.record_failure()
+    br.record_success()  # resets the consecutive count
+    assert br.failures == 0
+    for _ in range(2):
+        br.record_failure()
+    assert br.state is BreakerState.CLOSED
+    br.record_failure()
+    assert br.state is BreakerState.OPEN
+    assert not br.allow()
+    assert br.retry_after() == pytest.approx(5.0)
+
+
+def test_breaker_half_opens_after_timeout_and_closes_on_success() -> None:
+    clock = Clock()
+    changes: list[tuple[str, str]] = []
+    br = CircuitBreaker(
+        failure_threshold=1,
+        reset_timeout=5.0,
+        clock=clock,
+        on_change=lambda a, b: changes.append((a.value, b.value)),
+    )
+    br.record_failure()
+    clock.advance(4.9)
+    assert not br.allow()
+    assert br.state is BreakerState.OPEN
+    clock.advance(0.2)
+    assert br.allow()  # the probe
+    assert br.state is BreakerState.HALF_OPEN
+    assert not br.allow()  # only one probe in flight
+    br.record_success()
+    assert br.state is BreakerState.CLOSED
+    assert br.allow() and br.allow()
+    assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_breaker_half_open_failure_reopens_for_a_full_timeout() -> None:
+    clock = Clock()
+    br = CircuitBreaker(failure_threshold=2, reset_timeout=3.0, clock=clock)
+    br.record_failure()
+    br.record_failure()
+    clock.advance(3.0)
+    assert br.allow()
+    br.record_failure()
+    assert br.state is BreakerState.OPEN
+    clock.advance(2.9)
+    assert not br.allow()
+    clock.advance(0.1)
+    assert br.allow()
+
+
+def test_breaker_release_frees_the_probe_slot() -> None:
+    clock = Clock()
+    br = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, clock=clock)
+    br.record_failure()
+    clock.advance(1.0)
+    assert br.allow()
+    assert not br.allow()
+    br.release()
+    assert br.allow()
+    assert br.state is BreakerState.HALF_OPEN
+
+
+def test_breaker_rejects_bad_config() -> None:
+    with pytest.raises(ValueError):
+        CircuitBreaker(failure_threshold=0)
+
+
+# --- rate limits ----------------------------------------------------------------------
+
+
+def test_token_bucket_burst_then_rate() -> None:
+    b = TokenBucket.full(rate=2.0, burst=3.0, now=0.0)
+    assert [b.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = b.take(0.0)
+    assert wait == pytest.approx(0.5)
+    assert b.take(0.5) == 0.0  # one token refilled after 1/rate seconds
+    assert b.take(0.5) > 0
+    assert b.take(100.0) == 0.0  # refill caps at burst
+    assert b.tokens == pytest.approx(2.0)
+
+
+def test_rate_limiter_is_per_key_and_honours_key_rate() -> None:
+    clock = Clock(0.0)
+    rl = RateLimiter(rate=1.0, burst=2.0, clock=clock)
+    assert rl.take("a") == 0.0 and rl.take("a") == 0.0
+    assert rl.take("a") == pytest.approx(1.0)
+    assert rl.take("b") == 0.0  # another key has its own bucket
+    assert rl.take("c", rate=10.0) == 0.0
+    rl.take("c", rate=10.0)
+    assert rl.take("c", rate=10.0) == pytest.approx(0.1)
+
+
+def test_concurrency_limiter_bounds_in_flight() -> None:
+    lim = ConcurrencyLimiter(2)
+    assert lim.try_acquire() and lim.try_acquire()
+    assert not lim.try_acquire()
+    lim.release()
+    assert lim.try_acquire()
+    assert lim.in_flight == 2
+
+
+# --- cursors --------------------------------------------------------------------------
+
+
+def test_cursor_round_trip_and_binding() -> None:
+    clock = Clock(1_000_000.0)
+    codec = CursorCodec(b"s3cret", ttl_s=60, max_ids=5, clock=clock)
+    cur = codec.encode("u1", "for_you", ["a", "b"])
+    assert cur is not None
+    assert codec.decode(cur, "u1", "for_you") == ["a", "b"]
+    with pytest.raises(InvalidInput):
+        codec.decode(cur, "u2", "for_you")
+    with pytest.raises(InvalidInput):
+        codec.decode(cur, "u1", "trending")
+    with pytest.raises(InvalidInput):
+        CursorCodec(b"other", clock=clock).decode(cur, "u1", "for_you")
+    body, sig = cur.split(".")
+    with pytest.raises(InvalidInput):
+        codec.decode(body[:-2] + "AA." + sig, "u1", "for_you")
+    for junk in ("", ".", "x", "x.y", "%%%.%%%"):
+        with pytest.raises(InvalidInput):
+            codec.decode(junk, "u1", "for_you")
+    clock.advance(61)
+    with pytest.raises(InvalidInput, match="expired"):
+        codec.decode(cur, "u1", "for_you")
+    assert codec.encode("u1", "for_you", list("abcde")) is None  # session full
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+def test_new_key_stores_only_a_salted_hash() -> None:
+    plain, doc = new_key("app", ["read", "write"])
+    key_id, secret = parse_key(plain)
+    assert doc["_id"] == key_id
+    assert secret not in str(doc)
+    assert doc["hash"] == hash_secret(doc["salt"], secret)
+    _, doc2 = new_key("app", ["read"])
+    assert doc2["salt"] != doc["salt"]
+    with pytest.raises(InvalidInput):
+        new_key("x", ["root"])
+    with pytest.raises(InvalidInput):
+        new_key("x", [])
+
+
+@pytest.mark.parametrize(
+    "token", [None, "", "abc", "odk_short_x", "xyz_0123456789ab_secret", "odk_0123456789ab_"]
+)
+def test_parse_key_rejects_malformed(token: str | None) -> None:
+    with pytest.raises(AuthError):
+        parse_key(token)
+
+
+def test_scopes_admin_implies_all() -> None:
+    admin = ApiKey("k", "n", frozenset({"admin"}))
+    reader = ApiKey("k", "n", frozenset({"read"}))
+    ApiKeyStore.require(admin, "write")
+    ApiKeyStore.require(reader, "read")
+    with pytest.raises(Forbidden):
+        ApiKeyStore.require(reader, "write")
