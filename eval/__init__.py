@@ -1,1 +1,53 @@
-"""opendisco.eval."""
+"""opendisco.eval: offline evaluation and tuning against standard recommenders.
+
+Pure pieces (readers, the time split, metrics, baselines, the runner) plus the
+:class:`ServedRecommender` adapter that sends the same users through the served pipeline.
+"""
+
+from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender, top_k
+from ._data import POSITIVE_THRESHOLD, Dataset, Ratings, load_dataset, read_movielens
+from ._metrics import (
+    average_precision_at_k,
+    catalogue_coverage,
+    gini,
+    hit_matrix,
+    hit_rate_at_k,
+    impressions,
+    ndcg_at_k,
+    novelty,
+    recall_at_k,
+)
+from ._protocol import Recommender
+from ._runner import EvalReport, ModelResult, accuracy, evaluate
+from ._split import COLD_USER_MAX, Split, Stage, time_split
+
+__all__ = [
+    "ALS",
+    "COLD_USER_MAX",
+    "EASE",
+    "POSITIVE_THRESHOLD",
+    "Dataset",
+    "EvalReport",
+    "ModelResult",
+    "MostPopular",
+    "RandomRecommender",
+    "Ratings",
+    "Recommender",
+    "ScoringRecommender",
+    "Split",
+    "Stage",
+    "accuracy",
+    "average_precision_at_k",
+    "catalogue_coverage",
+    "evaluate",
+    "gini",
+    "hit_matrix",
+    "hit_rate_at_k",
+    "impressions",
+    "load_dataset",
+    "ndcg_at_k",
+    "novelty",
+    "read_movielens",
+    "recall_at_k",
+    "time_split",
+]

@@ -1,0 +1,218 @@
+"""The evaluation runner: one code path for every :class:`Recommender`.
+
+:func:`evaluate` asks each model for top-k lists of the stage's evaluable users (excluding
+what each user already has in the fitting data), maps ids back to catalogue indices, and
+computes accuracy metrics (overall, cold-start users, cold items) and exposure metrics.
+Latency is per request when the model records it (``model.latencies_ms``, the served
+pipeline does) and otherwise the batch time divided by the users in the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _metrics as m
+from ._protocol import Recommender
+from ._split import Stage
+
+__all__ = ["EvalReport", "ModelResult", "accuracy", "evaluate"]
+
+ACCURACY = ("recall", "ndcg", "map", "hitrate")
+
+
+@dataclass
+class ModelResult:
+    name: str
+    users: int
+    metrics: dict[str, float]
+    slices: dict[str, dict[str, float]]
+    latency: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    stage: str
+    k: int
+    split: dict[str, Any]
+    models: list[ModelResult]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, sort_keys=False)
+
+    def columns(self) -> list[str]:
+        k = self.k
+        return [
+            *(f"{a}@{k}" for a in ACCURACY),
+            "coverage",
+            "novelty",
+            "gini",
+            f"cold_users.ndcg@{k}",
+            f"cold_items.recall@{k}",
+            "latency_p50_ms",
+        ]
+
+    def rows(self) -> list[list[str]]:
+        out = []
+        k = self.k
+        for r in self.models:
+            vals = [r.metrics.get(f"{a}@{k}") for a in ACCURACY]
+            vals += [r.metrics.get("coverage"), r.metrics.get("novelty"), r.metrics.get("gini")]
+            vals += [
+                r.slices.get("cold_users", {}).get(f"ndcg@{k}"),
+                r.slices.get("cold_items", {}).get(f"recall@{k}"),
+            ]
+            lat = r.latency.get("p50_ms")
+            cells = [_fmt(v) for v in vals]
+            cells.append(
+                "-" if lat is None else f"{lat:.2f}" + ("" if r.latency.get("per_request") else "*")
+            )
+            out.append([r.name, *cells])
+        return out
+
+    def notes(self) -> str:
+        s = self.split
+        cu = self.models[0].slices.get("cold_users", {}).get("users", 0) if self.models else 0
+        ci = self.models[0].slices.get("cold_items", {}).get("users", 0) if self.models else 0
+        return (
+            f"{self.dataset}, stage={self.stage}, {self.models[0].users if self.models else 0} "
+            f"users scored ({cu} cold-start users, {ci} users with cold-item targets), "
+            f"positives = rating >= {s.get('threshold')}, last {s.get('n_test')} positives "
+            f"per user held out (validation: {s.get('n_val')} before them). "
+            "Latency marked * is batch time / users (not a per-request figure)."
+        )
+
+    def to_markdown(self) -> str:
+        head = ["model", *self.columns()]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
+        return "\n".join(lines) + "\n\n" + self.notes() + "\n"
+
+    def rich_table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"opendisco eval: {self.dataset} ({self.stage}, K={self.k})")
+        table.add_column("model", style="bold")
+        for col in self.columns():
+            table.add_column(col, justify="right")
+        for row in self.rows():
+            table.add_row(*row)
+        table.caption = self.notes()
+        return table
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
+def accuracy(hits: np.ndarray, targets: Sequence[np.ndarray], k: int) -> dict[str, float]:
+    """Mean Recall/NDCG/MAP/HitRate@k over the rows of ``hits``."""
+    if len(targets) == 0:
+        return {f"{a}@{k}": float("nan") for a in ACCURACY}
+    return {
+        f"recall@{k}": float(m.recall_at_k(hits, targets, k).mean()),
+        f"ndcg@{k}": float(m.ndcg_at_k(hits, targets, k).mean()),
+        f"map@{k}": float(m.average_precision_at_k(hits, targets, k).mean()),
+        f"hitrate@{k}": float(m.hit_rate_at_k(hits, k).mean()),
+    }
+
+
+def _to_indices(
+    lists: Sequence[Sequence[str]], stage: Stage, excluded: Sequence[set[int]], k: int
+) -> np.ndarray:
+    recs = np.full((len(lists), k), -1, dtype=np.int64)
+    index = stage.item_index
+    for row, items in enumerate(lists):
+        seen: set[int] = set()
+        col = 0
+        for item in items:
+            i = index.get(item, -1)
+            if i < 0 or i in seen or i in excluded[row]:
+                continue
+            seen.add(i)
+            recs[row, col] = i
+            col += 1
+            if col == k:
+                break
+    return recs
+
+
+def evaluate(
+    models: Mapping[str, Recommender] | Sequence[Recommender],
+    stage: Stage,
+    *,
+    k: int = 10,
+    users: Sequence[int] | None = None,
+    batch_size: int = 256,
+    dataset: str = "",
+    split_info: Mapping[str, Any] | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> EvalReport:
+    """Score every model on ``stage`` (its evaluable users, or the ``users`` indices given)."""
+    if not isinstance(models, Mapping):
+        models = {getattr(mod, "name", type(mod).__name__): mod for mod in models}
+    uidx = np.asarray(stage.evaluable if users is None else users, dtype=np.int64)
+    user_ids = [stage.users[u] for u in uidx]
+    targets = [stage.targets[u] for u in uidx]
+    history = [stage.history[u] for u in uidx]
+    exclude_ids = [[stage.items[i] for i in h] for h in history]
+    excluded = [set(h.tolist()) for h in history]
+    cold_user = stage.cold_users[uidx] if len(uidx) else np.zeros(0, bool)
+    cold_item_mask = stage.cold_items
+    cold_targets = [t[cold_item_mask[t]] for t in targets]
+    has_cold = np.array([len(t) > 0 for t in cold_targets], dtype=bool)
+    item_users = stage.item_counts
+    n_items, n_users = len(stage.items), len(stage.users)
+
+    results = []
+    for name, model in models.items():
+        lists: list[list[str]] = []
+        batch_ms: list[float] = []
+        if hasattr(model, "latencies_ms"):
+            model.latencies_ms.clear()  # type: ignore[union-attr]
+        for start in range(0, len(uidx), batch_size):
+            sl = slice(start, start + batch_size)
+            t0 = time.perf_counter()
+            out = model.recommend_batch(user_ids[sl], k, exclude_ids[sl])
+            elapsed = (time.perf_counter() - t0) * 1000
+            n = len(user_ids[sl])
+            batch_ms.extend([elapsed / max(n, 1)] * n)
+            lists.extend(out)
+            if progress:
+                progress(name, n)
+        recs = _to_indices(lists, stage, excluded, k)
+        hits = m.hit_matrix(recs, targets)
+        metrics = accuracy(hits, targets, k)
+        metrics["coverage"] = m.catalogue_coverage(recs, n_items)
+        metrics["novelty"] = m.novelty(recs, item_users, n_users)
+        metrics["gini"] = m.gini(m.impressions(recs, n_items))
+        cu = np.flatnonzero(cold_user)
+        slices = {
+            "cold_users": {"users": len(cu), **accuracy(hits[cu], [targets[i] for i in cu], k)},
+        }
+        ci = np.flatnonzero(has_cold)
+        ct = [cold_targets[i] for i in ci]
+        slices["cold_items"] = {
+            "users": len(ci),
+            **accuracy(m.hit_matrix(recs[ci], ct), ct, k),
+        }
+        per_request = list(getattr(model, "latencies_ms", []) or [])
+        lat = per_request if per_request else batch_ms
+        latency: dict[str, Any] = {"per_request": bool(per_request)}
+        if lat:
+            latency.update(
+                p50_ms=float(np.median(lat)),
+                p95_ms=float(np.percentile(lat, 95)),
+                mean_ms=float(np.mean(lat)),
+            )
+        results.append(ModelResult(name, len(uidx), metrics, slices, latency))
+    return EvalReport(dataset, stage.name, k, dict(split_info or {}), results)
