@@ -50,4 +50,5 @@ __all__ = [
     "read_movielens",
     "recall_at_k",
     "time_split",
+    "top_k",
 ]

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from opendisco._exceptions import ConfigError
+from opendisco._exceptions import ConfigError, InvalidInput
 
 __all__ = ["POSITIVE_THRESHOLD", "Dataset", "Ratings", "load_dataset", "read_movielens"]
 
@@ -189,7 +189,7 @@ def load_dataset(path: str | Path) -> Dataset:
         return read_movielens(path)
     try:
         data = load_movielens(path)
-    except (ConfigError, FileNotFoundError):
+    except (ConfigError, InvalidInput, FileNotFoundError):
         return read_movielens(path)
     ratings = data.ratings
     if isinstance(ratings, Ratings):

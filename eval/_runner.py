@@ -81,15 +81,19 @@ class EvalReport:
 
     def notes(self) -> str:
         s = self.split
-        cu = self.models[0].slices.get("cold_users", {}).get("users", 0) if self.models else 0
-        ci = self.models[0].slices.get("cold_items", {}).get("users", 0) if self.models else 0
-        return (
-            f"{self.dataset}, stage={self.stage}, {self.models[0].users if self.models else 0} "
-            f"users scored ({cu} cold-start users, {ci} users with cold-item targets), "
-            f"positives = rating >= {s.get('threshold')}, last {s.get('n_test')} positives "
-            f"per user held out (validation: {s.get('n_val')} before them). "
-            "Latency marked * is batch time / users (not a per-request figure)."
+        first = self.models[0] if self.models else None
+        cu = first.slices.get("cold_users", {}).get("users", 0) if first else 0
+        ci = first.slices.get("cold_items", {}).get("users", 0) if first else 0
+        text = (
+            f"{self.dataset or 'dataset'}, stage={self.stage}, {first.users if first else 0} users "
+            f"scored ({cu} cold-start users, {ci} users with cold-item targets)."
         )
+        if s:
+            text += (
+                f" Positives = rating >= {s.get('threshold')}; last {s.get('n_test')} positives "
+                f"per user held out as test, the {s.get('n_val')} before them as validation."
+            )
+        return text + " Latency marked * is batch time / users (not a per-request figure)."
 
     def to_markdown(self) -> str:
         head = ["model", *self.columns()]

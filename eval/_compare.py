@@ -1,0 +1,76 @@
+"""Baselines fitted for a stage, with hyper-parameters picked on the validation stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender
+from ._runner import evaluate
+from ._split import Split
+
+__all__ = ["EASE_LAMBDAS", "fit_baselines", "sample_users", "tune_ease"]
+
+#: λ grid searched for EASE on the validation stage.
+EASE_LAMBDAS = (50.0, 200.0, 500.0, 1000.0, 2000.0)
+
+
+def tune_ease(
+    split: Split,
+    *,
+    k: int = 10,
+    lambdas: Sequence[float] = EASE_LAMBDAS,
+    max_items: int = 3000,
+    users: Sequence[int] | None = None,
+) -> tuple[float, dict[float, float]]:
+    """The λ with the best validation NDCG@k (and the score of every λ tried)."""
+    stage = split.stage("validation")
+    ease = EASE(lam=lambdas[0], max_items=max_items).fit(stage)
+    scores: dict[float, float] = {}
+    for lam in lambdas:
+        ease.with_lambda(lam)
+        report = evaluate({"EASE": ease}, stage, k=k, users=users)
+        scores[lam] = report.models[0].metrics[f"ndcg@{k}"]
+    best = max(scores, key=lambda lam: (scores[lam], -lam))
+    return best, scores
+
+
+def fit_baselines(
+    split: Split,
+    *,
+    k: int = 10,
+    stage: str = "test",
+    tune: bool = True,
+    max_items: int = 3000,
+    als: dict[str, Any] | None = None,
+    tune_users: Sequence[int] | None = None,
+    include_random: bool = True,
+) -> tuple[dict[str, ScoringRecommender], dict[str, Any]]:
+    """Fit random, most-popular, EASE (λ tuned on validation) and ALS on ``stage``."""
+    info: dict[str, Any] = {}
+    lam = 500.0
+    if tune:
+        lam, grid = tune_ease(split, k=k, max_items=max_items, users=tune_users)
+        info["ease_validation_ndcg"] = {str(key): round(v, 5) for key, v in grid.items()}
+    info["ease_lambda"] = lam
+    info["ease_max_items"] = max_items
+    als_params = {"factors": 64, "regularization": 0.05, "alpha": 10.0, "iterations": 15}
+    als_params.update(als or {})
+    info["als"] = als_params
+    target = split.stage(stage)  # type: ignore[arg-type]
+    models: dict[str, ScoringRecommender] = {}
+    if include_random:
+        models["random"] = RandomRecommender(seed=0).fit(target)
+    models["most-popular"] = MostPopular().fit(target)
+    models["EASE"] = EASE(lam=lam, max_items=max_items).fit(target)
+    models["ALS"] = ALS(**als_params).fit(target)
+    return models, info
+
+
+def sample_users(n_users: int, n: int | None, seed: int = 0) -> np.ndarray | None:
+    """A sorted random sample of ``n`` user indices (None: everyone)."""
+    if n is None or n >= n_users:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_users, size=n, replace=False))
