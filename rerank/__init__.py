@@ -1,1 +1,48 @@
-"""opendisco.rerank."""
+"""opendisco.rerank: the final, personal, real-time order of a candidate set.
+
+A :class:`Reranker` runs named pure steps (``score → rules → fatigue → exposure → mmr → caps →
+pins``) over numpy arrays; :class:`FeatureStore` fills the arrays with a bounded number of
+round trips; ``train_als``/``fold_in`` learn behavioural vectors; ``LearnedScorer`` swaps the
+linear model for LightGBM LambdaMART.
+"""
+
+from ._config import DEFAULT_STEPS, FEATURE_NAMES, RerankConfig
+from ._reranker import Reranker, RerankResult, StepRecord, Trace
+from ._steps import (
+    STEPS,
+    LinearScorer,
+    RerankInputs,
+    RerankState,
+    Scorer,
+    apply_caps,
+    apply_pins,
+    assemble_features,
+    exposure_adjustment,
+    fatigue_penalty,
+    mmr_select,
+)
+from ._types import CandidateBatch, Features, RerankContext
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "FEATURE_NAMES",
+    "STEPS",
+    "CandidateBatch",
+    "Features",
+    "LinearScorer",
+    "RerankConfig",
+    "RerankContext",
+    "RerankInputs",
+    "RerankResult",
+    "RerankState",
+    "Reranker",
+    "Scorer",
+    "StepRecord",
+    "Trace",
+    "apply_caps",
+    "apply_pins",
+    "assemble_features",
+    "exposure_adjustment",
+    "fatigue_penalty",
+    "mmr_select",
+]

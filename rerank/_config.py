@@ -1,0 +1,102 @@
+"""``RerankConfig``: every tunable of the reranker in one validated value object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["DEFAULT_STEPS", "FEATURE_NAMES", "RerankConfig"]
+
+#: Columns of the feature matrix built by :func:`opendisco.rerank.assemble_features`.
+FEATURE_NAMES: tuple[str, ...] = (
+    "fused",  # candidate fusion score, max-normalised within the batch
+    "content_sim",  # cosine(user vector, item content vector)
+    "behaviour_sim",  # cosine(user behaviour vector, item behaviour vector)
+    "graph",  # co-engagement proximity to the user's recent items, log1p
+    "quality",
+    "popularity",  # log1p, max-normalised
+    "freshness",  # exp(-age / half life)
+    "exposure",  # log1p(impressions in the window)
+    "inbound",  # log1p(recent likes/messages the recipient received)
+    "n_sources",  # how many candidate sources proposed the item
+)
+
+DEFAULT_STEPS: tuple[str, ...] = ("score", "rules", "fatigue", "exposure", "mmr", "caps", "pins")
+
+_DEFAULT_WEIGHTS = {
+    "fused": 1.0,
+    "content_sim": 0.6,
+    "behaviour_sim": 0.4,
+    "graph": 0.2,
+    "quality": 0.2,
+    "popularity": 0.05,
+    "freshness": 0.1,
+    "n_sources": 0.05,
+}
+
+
+class RerankConfig(BaseModel):
+    """Tunable weights and knobs; ``get_config()``/``from_config()`` round-trip."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: tuple[str, ...] = Field(DEFAULT_STEPS, description="Named steps, run in this order.")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: dict(_DEFAULT_WEIGHTS),
+        description="Linear model: weight per feature column (missing columns weigh 0).",
+    )
+    source_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Bonus added when a named candidate source proposed the item.",
+    )
+    # diversity
+    mmr_lambda: float = Field(0.7, ge=0.0, le=1.0, description="1 = pure relevance, 0 = novelty.")
+    max_per_category: int | None = Field(3, ge=1, description="Per page; None disables.")
+    max_per_owner: int | None = Field(2, ge=1, description="Per page; None disables.")
+    page_size: int = Field(20, ge=1, description="Items diversified (MMR, caps) at the top.")
+    # exposure balancing
+    exposure_strength: float = Field(0.3, ge=0.0, description="Max boost/damp toward target.")
+    exposure_target: float | None = Field(
+        None, ge=0.0, description="Target impressions per window; None = batch mean."
+    )
+    inbound_capacity: float = Field(
+        20.0, gt=0.0, description="Recent likes/messages a recipient can handle."
+    )
+    inbound_strength: float = Field(0.5, ge=0.0, description="Damp per log-unit over capacity.")
+    # feedback fatigue
+    fatigue_strength: float = Field(0.4, ge=0.0, description="Penalty per log1p(hides+passes).")
+    # business rules
+    require_available: bool = Field(True, description="Drop items whose `available` is false.")
+    banned_categories: tuple[str, ...] = Field((), description="Never shown.")
+    freshness_half_life_days: float = Field(30.0, gt=0.0)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_features(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(FEATURE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown feature(s) {unknown}; known: {list(FEATURE_NAMES)}")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from ._steps import STEPS
+
+        unknown = [s for s in v if s not in STEPS]
+        if unknown:
+            raise ValueError(f"unknown step(s) {unknown}; known: {sorted(STEPS)}")
+        return v
+
+    def get_config(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RerankConfig:
+        return cls.model_validate(config)
+
+    def weight_vector(self) -> Any:
+        import numpy as np
+
+        return np.array([self.weights.get(n, 0.0) for n in FEATURE_NAMES], dtype=np.float64)

@@ -1,0 +1,132 @@
+"""Array containers the steps work on: candidates, their features, the request context."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CandidateBatch", "Features", "RerankContext"]
+
+
+def _codes(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+    table: dict[Any, int] = {}
+    codes = np.fromiter(
+        (table.setdefault(v, len(table)) if v is not None else -1 for v in values),
+        dtype=np.int64,
+        count=len(values),
+    )
+    return codes, list(table)
+
+
+def _age_days(value: Any, now: datetime) -> float:
+    if value is None:
+        return np.inf
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return np.inf
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return max(0.0, (now - value).total_seconds() / 86400.0)
+    return np.inf
+
+
+@dataclass(frozen=True)
+class CandidateBatch:
+    """Candidates as aligned arrays (row i describes ``ids[i]``)."""
+
+    ids: list[str]
+    fused: np.ndarray  # (n,)
+    source_names: list[str]
+    source_scores: np.ndarray  # (n, S); 0 where the source did not propose the item
+    category: np.ndarray  # (n,) int codes, -1 = none
+    categories: list[Any]
+    owner: np.ndarray  # (n,) int codes, -1 = none
+    owners: list[Any]
+    quality: np.ndarray
+    popularity: np.ndarray
+    age_days: np.ndarray
+    available: np.ndarray  # bool
+    items: list[Mapping[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_items(
+        cls,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        fused: Sequence[float] | None = None,
+        sources: Sequence[Mapping[str, float]] | None = None,
+        now: datetime | None = None,
+    ) -> CandidateBatch:
+        """From item dicts (``id`` or ``_id`` plus the item fields)."""
+        now = now or datetime.now(UTC)
+        n = len(items)
+        ids = [str(it.get("id", it.get("_id"))) for it in items]
+        srcs = list(sources) if sources is not None else [{} for _ in range(n)]
+        names = sorted({k for s in srcs for k in s})
+        col = {k: j for j, k in enumerate(names)}
+        ss = np.zeros((n, len(names)))
+        for i, s in enumerate(srcs):
+            for k, v in s.items():
+                ss[i, col[k]] = float(v or 0.0)
+        cat, cats = _codes([it.get("category") for it in items])
+        own, owns = _codes([it.get("owner_id") for it in items])
+        return cls(
+            ids=ids,
+            fused=np.asarray(fused if fused is not None else np.ones(n), dtype=np.float64),
+            source_names=names,
+            source_scores=ss,
+            category=cat,
+            categories=cats,
+            owner=own,
+            owners=owns,
+            quality=np.array([float(it.get("quality") or 0.0) for it in items]),
+            popularity=np.array([float(it.get("popularity") or 0.0) for it in items]),
+            age_days=np.array([_age_days(it.get("created_at"), now) for it in items]),
+            available=np.array([it.get("available", True) is not False for it in items]),
+            items=list(items),
+        )
+
+    @classmethod
+    def from_candidates(cls, cands: Sequence[Any], now: datetime | None = None) -> CandidateBatch:
+        """From ``opendisco.queries.Candidate`` objects (``id, sources, fused, item``)."""
+        items = [{**(c.item or {}), "id": c.id} for c in cands]
+        return cls.from_items(
+            items, fused=[c.fused for c in cands], sources=[c.sources for c in cands], now=now
+        )
+
+
+@dataclass(frozen=True)
+class Features:
+    """Per-candidate looked-up features, rows aligned with the batch (zeros when missing)."""
+
+    content: np.ndarray  # (n, d) L2-normalised content vectors
+    behaviour: np.ndarray  # (n, b) L2-normalised behaviour vectors (zeros if none)
+    exposure: np.ndarray  # (n,) impressions in the current window
+    inbound: np.ndarray  # (n,) recent likes/messages received (profiles)
+    graph: np.ndarray  # (n,) co-engagement weight to the user's recent items
+
+    @classmethod
+    def empty(cls, n: int, dim: int = 384, bdim: int = 32) -> Features:
+        return cls(np.zeros((n, dim)), np.zeros((n, bdim)), np.zeros(n), np.zeros(n), np.zeros(n))
+
+
+@dataclass(frozen=True)
+class RerankContext:
+    """Who asks and what rules apply to this request."""
+
+    user_vector: np.ndarray | None = None
+    behaviour_vector: np.ndarray | None = None
+    fatigue: Mapping[str, float] = field(default_factory=dict)  # category -> hides/passes
+    bans: frozenset[str] = frozenset()  # item ids never shown (blocked, hidden)
+    pins: Mapping[str, int] = field(default_factory=dict)  # item id -> 0-based position
+    k: int | None = None  # page size override
