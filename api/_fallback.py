@@ -1,0 +1,150 @@
+"""The degraded answer: trending per surface, refreshed in the background, kept in memory.
+
+Before the first successful refresh (cold process, OpenSearch already down) it falls back to
+the most popular available items read straight from MongoDB. Only when both are empty is
+there nothing to serve (the caller answers 503 then, never an empty list).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opendisco._exceptions import Overloaded
+
+__all__ = ["Fallback", "FallbackAnswer", "to_served"]
+
+log = logging.getLogger("opendisco.api")
+
+_VECTOR_FIELDS = frozenset({"embedding", "behaviour", "_id"})
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy (numpy scalars/arrays, tuples) of an item field."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_served(rec: Any, with_trace: bool = False) -> dict[str, Any]:
+    """A ``Recommendation`` (or a mapping with the same fields) as a response item dict."""
+    get = rec.get if isinstance(rec, dict) else lambda k, d=None: getattr(rec, k, d)
+    item = get("item") or {}
+    trace = get("trace") if with_trace else None
+    if trace is not None and not isinstance(trace, dict):
+        trace = {"steps": _plain(trace)}
+    return {
+        "id": str(get("id")),
+        "score": float(get("score") or 0.0),
+        "sources": {str(k): float(v) for k, v in (get("sources") or {}).items()},
+        "item": {k: _plain(v) for k, v in item.items() if k not in _VECTOR_FIELDS},
+        "trace": _plain(trace) if trace is not None else None,
+    }
+
+
+@dataclass
+class FallbackAnswer:
+    items: list[dict[str, Any]]
+    template_version: str
+    source: str  # "trending" | "mongo"
+
+
+@dataclass
+class _Entry:
+    items: list[dict[str, Any]]
+    template_version: str
+    at: float
+
+
+@dataclass
+class Fallback:
+    discovery: Any
+    db: Any
+    surfaces: Sequence[str]
+    k: int = 200
+    items_collection: str = "items"
+    timeout_s: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    mongo_cache_s: float = 10.0
+    _lists: dict[str, _Entry] = field(default_factory=dict)
+    _mongo: _Entry | None = None
+    refreshed_ok: int = 0
+    refresh_failures: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._lists)
+
+    async def refresh(self) -> bool:
+        """Refresh every surface from ``Discovery.trending``; keep old lists on failure."""
+        ok = True
+        for surface in self.surfaces:
+            try:
+                recs = await asyncio.wait_for(
+                    self.discovery.trending(surface, self.k), self.timeout_s
+                )
+                items = [to_served(r) for r in recs.items]
+            except Exception as exc:  # any backend trouble: keep what we have
+                log.warning("fallback refresh of %s failed: %r", surface, exc)
+                ok = False
+                continue
+            if items:
+                version = str(getattr(recs, "template_version", "") or "trending")
+                self._lists[surface] = _Entry(items, version, self.clock())
+        if ok:
+            self.refreshed_ok += 1
+        else:
+            self.refresh_failures += 1
+        return ok
+
+    async def run(self, every_s: float) -> None:
+        """Refresh forever (a background task); the first refresh happens at once."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(every_s)
+
+    async def _popular(self) -> _Entry:
+        now = self.clock()
+        if self._mongo is not None and now - self._mongo.at < self.mongo_cache_s:
+            return self._mongo
+        cursor = (
+            self.db[self.items_collection]
+            .find(
+                {"deleted": {"$ne": True}, "available": {"$ne": False}},
+                {"embedding": 0, "behaviour": 0},
+            )
+            .sort("popularity", -1)
+            .limit(self.k)
+        )
+        docs = await asyncio.wait_for(cursor.to_list(self.k), self.timeout_s)
+        items = []
+        for d in docs:
+            served = to_served({"id": d["_id"], "score": d.get("popularity") or 0.0, "item": d})
+            served["item"]["id"] = str(d["_id"])
+            items.append(served)
+        self._mongo = _Entry(items, "fallback-popular", now)
+        return self._mongo
+
+    async def get(self, surface: str, k: int, exclude: Iterable[str] = ()) -> FallbackAnswer:
+        """Up to ``k`` items for ``surface`` minus ``exclude``; :class:`Overloaded` if none."""
+        skip = set(exclude)
+        entry = self._lists.get(surface) or self._lists.get("trending")
+        source = "trending"
+        if entry is None:
+            source = "mongo"
+            try:
+                entry = await self._popular()
+            except Exception as exc:
+                raise Overloaded(f"backends unavailable and no fallback yet: {exc!r}", 2.0) from exc
+        items = [it for it in entry.items if it["id"] not in skip][:k]
+        if not items:
+            raise Overloaded("backends unavailable and the fallback is exhausted", 2.0)
+        return FallbackAnswer(items, entry.template_version, source)
