@@ -1,1 +1,57 @@
-"""opendisco.queries."""
+"""opendisco.queries: candidate generation composed inside OpenSearch from editable templates.
+
+Templates (``templates/*.json``, one per surface) declare typed parameters and named sources;
+:func:`render` turns them into search bodies without touching a client (golden-tested);
+:func:`generate_candidates` runs a surface's sources in one ``_msearch`` and fuses them;
+:class:`~opendisco.queries.exposure.ExposureStore` keeps the counters the in-engine exposure
+cap reads.
+"""
+
+from ._candidates import (
+    Candidate,
+    CandidateRequest,
+    CandidateSet,
+    explain_components,
+    fuse,
+    generate_candidates,
+    request_params,
+)
+from ._params import ParamSpec, clip_terms
+from ._template import (
+    SURFACES,
+    load,
+    render,
+    script_params,
+    surfaces,
+    template_version,
+    to_mustache,
+)
+from ._validate import SourceCheck, example_params, script_id, store_templates, validate_templates
+from .exposure import ExposureStore, capped_lookup, exposure_index
+
+__all__ = [
+    "SURFACES",
+    "Candidate",
+    "CandidateRequest",
+    "CandidateSet",
+    "ExposureStore",
+    "ParamSpec",
+    "SourceCheck",
+    "capped_lookup",
+    "clip_terms",
+    "example_params",
+    "explain_components",
+    "exposure_index",
+    "fuse",
+    "generate_candidates",
+    "load",
+    "render",
+    "request_params",
+    "script_id",
+    "script_params",
+    "store_templates",
+    "surfaces",
+    "template_version",
+    "to_mustache",
+    "validate_templates",
+]

@@ -1,0 +1,277 @@
+"""Multi-source candidate generation: one ``_msearch``, dedup, weighted RRF, exploration budget.
+
+Pure pieces (``request_params``, ``fuse``, ``explain_components``) compose the request and
+the result; ``generate_candidates`` is the only function that talks to OpenSearch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from opendisco._exceptions import (
+    InvalidInput,
+    NotFound,
+    SearchBackendError,
+    SearchTimeout,
+)
+from opendisco._settings import Settings
+
+from ._template import load, render
+from .exposure import exposure_index
+
+if TYPE_CHECKING:
+    from opensearchpy import AsyncOpenSearch
+
+__all__ = [
+    "Candidate",
+    "CandidateRequest",
+    "CandidateSet",
+    "explain_components",
+    "fuse",
+    "generate_candidates",
+    "request_params",
+]
+
+
+@dataclass
+class CandidateRequest:
+    """What a surface needs to generate candidates (built by the pipeline from user state)."""
+
+    surface: str = "for_you"
+    k: int = 100
+    user_vector: list[float] | None = None
+    behaviour_vector: list[float] | None = None
+    interests: list[str] = field(default_factory=list)
+    query_text: str | None = None
+    item_id: str | None = None
+    viewer: dict[str, Any] | None = None  # gender, age, pref_genders, pref_age_min/max
+    location: dict[str, float] | None = None  # {lat, lon}
+    exclude_ids: list[str] = field(default_factory=list)  # seen + interacted + blocked
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    params: dict[str, Any] = field(default_factory=dict)  # template parameter overrides
+    query_vector: list[float] | None = None  # search: the query's embedding (optional)
+    explain: bool = False  # ask OpenSearch for per-hit score explanations
+    exposure_caps: bool = True  # exclude items over their exposure cap
+
+
+@dataclass
+class Candidate:
+    id: str
+    sources: dict[str, float]  # source name -> that source's score
+    ranks: dict[str, int]  # source name -> 1-based rank in that source
+    fused: float
+    item: dict[str, Any]  # _source without vectors
+    explore: bool = False  # placed in a reserved exploration slot
+    explanations: dict[str, Any] = field(default_factory=dict)  # source -> components
+
+
+@dataclass
+class CandidateSet:
+    surface: str
+    template_version: str
+    candidates: list[Candidate]
+    rendered: dict[str, Any]  # the rendered template (sources' bodies, fusion)
+    took_ms: int  # engine time (max over sources)
+    wall_ms: float  # round trip as seen by the client
+    source_took: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # source -> error (degraded)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.errors)
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.id for c in self.candidates]
+
+
+def _fresh_since(now: datetime, days: int = 14) -> datetime:
+    return now - timedelta(days=days)
+
+
+def request_params(req: CandidateRequest, settings: Settings) -> dict[str, Any]:
+    """Template parameters for ``req`` (pure): only those the surface declares are set."""
+    specs = load(req.surface).specs
+    viewer = req.viewer or {}
+    interests = [str(i) for i in req.interests]
+    candidates: dict[str, Any] = {
+        "k": req.k,
+        "now": req.now,
+        "index": settings.index_alias,
+        "exclude_ids": sorted({str(i) for i in req.exclude_ids}),
+        "exposure_index": exposure_index(settings) if req.exposure_caps else None,
+        "viewer_gender": viewer.get("gender"),
+        "viewer_age": viewer.get("age"),
+        "viewer_pref_genders": list(viewer.get("pref_genders") or []),
+        "viewer_pref_age_min": viewer.get("pref_age_min"),
+        "viewer_pref_age_max": viewer.get("pref_age_max"),
+        "location": req.location,
+        "user_vector": req.user_vector,
+        "behaviour_vector": req.behaviour_vector,
+        "interests": interests,
+        "interests_text": " ".join(interests),
+        "fresh_since": _fresh_since(req.now),
+        "query_text": req.query_text,
+        "query_vector": req.query_vector,
+        "item_id": req.item_id,
+    }
+    out = {k: v for k, v in candidates.items() if k in specs}
+    if req.surface == "search" and req.query_text is None:
+        raise InvalidInput("search needs query_text")
+    if req.surface == "similar" and not req.item_id:
+        raise InvalidInput("similar needs item_id")
+    out.update(req.params)
+    return out
+
+
+def fuse(
+    hits_by_source: Mapping[str, Sequence[Mapping[str, Any]]],
+    fusion: Mapping[str, Any],
+    k: int,
+) -> list[Candidate]:
+    """Dedup hits across sources; weighted RRF; reserve ``explore_share`` of ``k`` slots.
+
+    ``fused = sum_s w_s / (rank_constant + rank_s)``; ties break on id for a stable order.
+    Exploration: ``ceil(k * explore_share)`` slots go to the best-ranked candidates of the
+    ``explore_source`` that did not make the unreserved part of the list on their own.
+    """
+    rc = float(fusion.get("rank_constant", 60))
+    weights = fusion.get("weights", {})
+    by_id: dict[str, Candidate] = {}
+    for source, hits in hits_by_source.items():
+        w = float(weights.get(source, 1.0))
+        for rank, hit in enumerate(hits, start=1):
+            cid = str(hit["_id"])
+            cand = by_id.get(cid)
+            if cand is None:
+                cand = by_id[cid] = Candidate(
+                    id=cid, sources={}, ranks={}, fused=0.0, item=dict(hit.get("_source") or {})
+                )
+            if source in cand.sources:  # a source never lists an id twice, but be safe
+                continue
+            cand.sources[source] = float(hit.get("_score") or 0.0)
+            cand.ranks[source] = rank
+            cand.fused += w / (rc + rank)
+            if "_explanation" in hit:
+                cand.explanations[source] = hit["_explanation"]
+    ordered = sorted(by_id.values(), key=lambda c: (-c.fused, c.id))
+    share = float(fusion.get("explore_share", 0.0) or 0.0)
+    explore_source = fusion.get("explore_source")
+    reserved = min(k, math.ceil(k * share)) if explore_source and share > 0 else 0
+    if not reserved:
+        return ordered[:k]
+    head = ordered[: k - reserved]
+    taken = {c.id for c in head}
+    pool = sorted(
+        (c for c in ordered if c.id not in taken and explore_source in c.ranks),
+        key=lambda c: (c.ranks[explore_source], c.id),
+    )[:reserved]
+    for c in pool:
+        c.explore = True
+        taken.add(c.id)
+    rest = [c for c in ordered if c.id not in taken]
+    return (head + pool + rest)[:k]
+
+
+def explain_components(explanation: Mapping[str, Any], depth: int = 4) -> list[dict[str, Any]]:
+    """OpenSearch's score explanation flattened to ``[{depth, value, description}]``."""
+    out: list[dict[str, Any]] = []
+
+    def walk(node: Mapping[str, Any], d: int) -> None:
+        out.append({"depth": d, "value": node.get("value"), "description": node.get("description")})
+        if d < depth:
+            for child in node.get("details", []):
+                walk(child, d + 1)
+
+    walk(explanation, 0)
+    return out
+
+
+async def _anchor(client: AsyncOpenSearch, settings: Settings, item_id: str) -> dict[str, Any]:
+    from opensearchpy.exceptions import NotFoundError, OpenSearchException
+
+    try:
+        doc = await client.get(
+            index=settings.index_alias,
+            id=item_id,
+            params={"_source_includes": "embedding,behaviour"},
+        )
+    except NotFoundError as exc:
+        raise NotFound(f"item {item_id!r} is not in {settings.index_alias}") from exc
+    except OpenSearchException as exc:
+        raise SearchBackendError(f"fetching item {item_id!r} failed: {exc}") from exc
+    return doc.get("_source") or {}
+
+
+async def generate_candidates(
+    client: AsyncOpenSearch, settings: Settings, req: CandidateRequest
+) -> CandidateSet:
+    """Render the surface, run its sources in one ``_msearch``, fuse them.
+
+    A failing source degrades the set (``errors``) instead of failing it; when every source
+    fails the error is raised. ``similar`` fetches the anchor's vectors first (one GET).
+    """
+    from opensearchpy.exceptions import ConnectionTimeout, OpenSearchException
+
+    params = request_params(req, settings)
+    if req.surface == "similar":
+        anchor = await _anchor(client, settings, str(req.item_id))
+        for key, field_name in (("item_vector", "embedding"), ("behaviour_vector", "behaviour")):
+            if params.get(key) is None:
+                params[key] = anchor.get(field_name)
+    rendered = render(req.surface, params)
+    names = list(rendered["sources"])
+    if not names:
+        return CandidateSet(
+            req.surface, rendered["version"], [], rendered, 0, 0.0, skipped=rendered["skipped"]
+        )
+    body: list[dict[str, Any]] = []
+    for name in names:
+        body.append({"index": settings.index_alias})
+        src = rendered["sources"][name]
+        body.append({**src, "explain": True} if req.explain else src)
+    t0 = time.perf_counter()
+    try:
+        resp = await client.msearch(body=body)
+    except ConnectionTimeout as exc:
+        raise SearchTimeout(f"{req.surface}: _msearch timed out") from exc
+    except OpenSearchException as exc:
+        raise SearchBackendError(f"{req.surface}: _msearch failed: {exc}") from exc
+    wall = (time.perf_counter() - t0) * 1000
+    hits: dict[str, list[dict[str, Any]]] = {}
+    errors: dict[str, str] = {}
+    took: dict[str, int] = {}
+    for name, r in zip(names, resp.get("responses", []), strict=False):
+        if "error" in r:
+            err = r["error"]
+            errors[name] = (
+                (err.get("root_cause") or [err])[0].get("reason", str(err))[:500]
+                if isinstance(err, dict)
+                else str(err)[:500]
+            )
+            continue
+        took[name] = int(r.get("took", 0))
+        hits[name] = r.get("hits", {}).get("hits", [])
+    if errors and not hits:
+        raise SearchBackendError(f"{req.surface}: every source failed: {errors}")
+    cands = fuse(hits, rendered["fusion"], req.k)
+    if req.explain:
+        for c in cands:
+            c.explanations = {s: explain_components(e) for s, e in c.explanations.items()}
+    return CandidateSet(
+        surface=req.surface,
+        template_version=rendered["version"],
+        candidates=cands,
+        rendered=rendered,
+        took_ms=max(took.values(), default=0),
+        wall_ms=wall,
+        source_took=took,
+        errors=errors,
+        skipped=rendered["skipped"],
+    )

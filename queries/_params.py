@@ -1,0 +1,192 @@
+"""Typed template parameters: declaration, validation and coercion (pure).
+
+A template declares each parameter as ``{"type": ..., "default": ..., "doc": ...}`` plus
+type-specific bounds. Values are validated here and then placed into the query structure as
+JSON values by the renderer — user text is never spliced into JSON text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from opendisco._exceptions import TemplateParamError
+
+__all__ = ["ParamSpec", "clip_terms", "validate_params"]
+
+TYPES = ("int", "float", "bool", "str", "text", "str_list", "vector", "geo", "date")
+_MISSING = object()
+# Lucene counts every term clause against indices.query.bool.max_clause_count (1024); a
+# multi_match over three fields multiplies the terms, so long texts keep their first terms.
+_TERM = re.compile(r"\w+", re.UNICODE)
+_DATE_MATH = re.compile(r"now(-\d{1,5}[yMwdhms])?(/[yMwdhms])?")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type: str
+    default: Any = _MISSING
+    nullable: bool = False
+    doc: str = ""
+    min: float | None = None
+    max: float | None = None
+    max_len: int | None = None
+    max_items: int | None = None
+    max_terms: int | None = None
+    choices: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_decl(cls, name: str, decl: Mapping[str, Any]) -> ParamSpec:
+        if decl.get("type") not in TYPES:
+            raise TemplateParamError(f"parameter {name!r}: unknown type {decl.get('type')!r}")
+        known = {
+            "type",
+            "default",
+            "nullable",
+            "doc",
+            "min",
+            "max",
+            "max_len",
+            "max_items",
+            "max_terms",
+            "choices",
+        }
+        extra = set(decl) - known
+        if extra:
+            raise TemplateParamError(f"parameter {name!r}: unknown keys {sorted(extra)}")
+        opts = {k: v for k, v in decl.items() if k != "choices"}
+        spec = cls(name=name, choices=tuple(decl.get("choices", ())), **opts)
+        if spec.default is not _MISSING and spec.default is not None:
+            spec.coerce(spec.default)  # a bad default is a template bug: fail on load
+        return spec
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING and not self.nullable
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.default is not _MISSING:
+            out["default"] = self.default
+        if self.nullable:
+            out["nullable"] = True
+        if self.doc:
+            out["doc"] = self.doc
+        return out
+
+    def _fail(self, msg: str) -> TemplateParamError:
+        return TemplateParamError(f"parameter {self.name!r} ({self.type}): {msg}")
+
+    def _bounds(self, x: float) -> None:
+        if self.min is not None and x < self.min:
+            raise self._fail(f"{x} < min {self.min}")
+        if self.max is not None and x > self.max:
+            raise self._fail(f"{x} > max {self.max}")
+
+    def _string(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self._fail(f"expected a string, got {type(value).__name__}")
+        if self.max_len is not None and len(value) > self.max_len:
+            raise self._fail(f"{len(value)} characters > max_len {self.max_len}")
+        return value
+
+    def coerce(self, value: Any) -> Any:
+        if value is None:
+            if self.nullable:
+                return None
+            raise self._fail("must not be null")
+        t = self.type
+        if t == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self._fail(f"expected an integer, got {value!r:.40}")
+            self._bounds(value)
+            return value
+        if t == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise self._fail(f"expected a number, got {value!r:.40}")
+            if not math.isfinite(value):
+                raise self._fail("must be finite")
+            self._bounds(float(value))
+            return float(value)
+        if t == "bool":
+            if not isinstance(value, bool):
+                raise self._fail(f"expected true/false, got {value!r:.40}")
+            return value
+        if t == "str":
+            s = self._string(value)
+            if self.choices and s not in self.choices:
+                raise self._fail(f"{s!r:.40} not one of {list(self.choices)}")
+            return s
+        if t == "text":
+            s = self._string(value)
+            return clip_terms(s, self.max_terms) if self.max_terms else s
+        if t == "str_list":
+            if isinstance(value, str) or not isinstance(value, list | tuple):
+                raise self._fail("expected a list of strings")
+            if self.max_items is not None and len(value) > self.max_items:
+                raise self._fail(f"{len(value)} items > max_items {self.max_items}")
+            return [self._string(v) for v in value]
+        if t == "vector":
+            if isinstance(value, str) or not hasattr(value, "__len__") or len(value) == 0:
+                raise self._fail("expected a non-empty list of numbers")
+            out = []
+            for x in value:
+                f = float(x)
+                if not math.isfinite(f):
+                    raise self._fail("components must be finite")
+                out.append(f)
+            if self.max_items is not None and len(out) > self.max_items:
+                raise self._fail(f"{len(out)} dimensions > {self.max_items}")
+            return out
+        if t == "geo":
+            if not isinstance(value, Mapping) or set(value) != {"lat", "lon"}:
+                raise self._fail("expected {lat, lon}")
+            lat, lon = float(value["lat"]), float(value["lon"])
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+                raise self._fail(f"out of range: {lat}, {lon}")
+            return {"lat": lat, "lon": lon}
+        if t == "date":
+            if isinstance(value, datetime):
+                ts = value if value.tzinfo else value.replace(tzinfo=UTC)
+                return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            s = self._string(value)
+            if _DATE_MATH.fullmatch(s):
+                return s
+            try:
+                ts = datetime.fromisoformat(s.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise self._fail(f"not an ISO-8601 date: {s!r:.40}") from exc
+            ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+            return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        raise self._fail("unsupported type")  # pragma: no cover - TYPES is checked on load
+
+
+def clip_terms(text: str, max_terms: int) -> str:
+    """The prefix of ``text`` holding its first ``max_terms`` word tokens (verbatim)."""
+    ends = [m.end() for _, m in zip(range(max_terms + 1), _TERM.finditer(text), strict=False)]
+    return text[: ends[max_terms - 1]] if len(ends) > max_terms else text
+
+
+def validate_params(
+    specs: Mapping[str, ParamSpec], params: Mapping[str, Any], surface: str
+) -> dict[str, Any]:
+    """Defaults filled in, every value coerced; unknown or missing names are errors."""
+    unknown = sorted(set(params) - set(specs))
+    if unknown:
+        raise TemplateParamError(f"{surface}: unknown parameters {unknown}; have {sorted(specs)}")
+    out: dict[str, Any] = {}
+    for name, spec in specs.items():
+        if name in params:
+            out[name] = spec.coerce(params[name])
+        elif spec.default is not _MISSING:
+            out[name] = spec.coerce(spec.default) if spec.default is not None else None
+        elif spec.nullable:
+            out[name] = None
+        else:
+            raise TemplateParamError(f"{surface}: missing required parameter {name!r}")
+    return out

@@ -1,0 +1,260 @@
+"""Query templates kept as JSON files in ``templates/`` and rendered by structure, not text.
+
+A template file (one per surface) holds ``params`` (typed declarations with defaults),
+``fusion`` (how its sources are combined) and ``sources`` (named search bodies, each with the
+parameters it ``requires``). Inside the bodies three directives are allowed:
+
+``{"$param": "name"}``
+    replaced by the validated value, as a JSON value (strings stay data, never JSON text);
+``{"$if": "name", "then": X}``
+    X when the parameter is set (not null / empty / false); in a list the element is
+    dropped otherwise, as an object value its key is dropped;
+``{"$ref": "fragment"}``
+    a fragment from ``templates/_partials.json`` (a list fragment is spliced into the list).
+
+``_partials.json`` also declares the parameters every surface shares; a surface file may
+override their defaults. The same structure converts to mustache for OpenSearch stored
+search templates (:func:`to_mustache`), where ``$param`` becomes ``{{#toJson}}name{{/toJson}}``
+and ``$if`` becomes a section on the boolean ``has_<name>`` (see :func:`script_params`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from opendisco._exceptions import ConfigError, TemplateParamError
+
+from ._params import ParamSpec, validate_params
+
+__all__ = [
+    "SURFACES",
+    "Template",
+    "is_set",
+    "load",
+    "render",
+    "script_params",
+    "surfaces",
+    "template_version",
+    "to_mustache",
+]
+
+SURFACES = ("for_you", "similar", "search", "cold_start", "trending")
+_PARTIALS = "_partials"
+
+
+def _read(name: str) -> tuple[str, dict[str, Any]]:
+    path = resources.files(__package__).joinpath("templates", f"{name}.json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no query template {name!r}; have {surfaces()}") from exc
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"query template {name}.json is not valid JSON: {exc}") from exc
+
+
+def surfaces() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".json")
+        for p in resources.files(__package__).joinpath("templates").iterdir()
+        if p.name.endswith(".json") and not p.name.startswith("_")
+    )
+
+
+def is_set(value: Any) -> bool:
+    """What ``$if`` tests: not null, not an empty string/list, not false."""
+    return value is not None and value is not False and value != "" and value != []
+
+
+@dataclass(frozen=True)
+class Template:
+    surface: str
+    version: str
+    doc: str
+    specs: dict[str, ParamSpec]
+    fusion: dict[str, Any]
+    sources: dict[str, dict[str, Any]]  # name -> {"requires": [...], "body": {...}}
+    fragments: dict[str, Any]
+
+    def expand(self, node: Any) -> Any:
+        """The body with every ``$ref`` inlined (directives ``$param``/``$if`` kept)."""
+        if isinstance(node, list):
+            out: list[Any] = []
+            for el in node:
+                if isinstance(el, dict) and set(el) == {"$ref"}:
+                    frag = self.expand(self._fragment(el["$ref"]))
+                    out.extend(frag if isinstance(frag, list) else [frag])
+                else:
+                    out.append(self.expand(el))
+            return out
+        if isinstance(node, dict):
+            if set(node) == {"$ref"}:
+                return self.expand(self._fragment(node["$ref"]))
+            return {k: self.expand(v) for k, v in node.items()}
+        return node
+
+    def _fragment(self, name: str) -> Any:
+        if name not in self.fragments:
+            raise ConfigError(f"{self.surface}: unknown fragment {name!r}")
+        return copy.deepcopy(self.fragments[name])
+
+
+def _check_refs(node: Any, specs: Mapping[str, ParamSpec], where: str) -> None:
+    if isinstance(node, list):
+        for el in node:
+            _check_refs(el, specs, where)
+    elif isinstance(node, dict):
+        for key in ("$param", "$if"):
+            if key in node and node[key] not in specs:
+                raise ConfigError(f"{where}: {key} names undeclared parameter {node[key]!r}")
+        if "$if" in node and set(node) != {"$if", "then"}:
+            raise ConfigError(f"{where}: $if takes exactly 'then'")
+        for v in node.values():
+            _check_refs(v, specs, where)
+
+
+@cache
+def load(surface: str) -> Template:
+    """Parse and check one template (cached; files are read once per process)."""
+    if surface.startswith("_") or surface not in surfaces():
+        raise TemplateParamError(f"unknown surface {surface!r}; have {surfaces()}")
+    ptext, partials = _read(_PARTIALS)
+    text, raw = _read(surface)
+    decls = {**partials.get("params", {})}
+    for name, decl in raw.get("params", {}).items():
+        decls[name] = {**decls.get(name, {}), **decl}
+    specs = {name: ParamSpec.from_decl(name, d) for name, d in decls.items()}
+    version = hashlib.sha256((ptext + "\0" + text).encode()).hexdigest()[:12]
+    tpl = Template(
+        surface=surface,
+        version=f"{surface}@{version}",
+        doc=raw.get("_comment", ""),
+        specs=specs,
+        fusion=raw.get("fusion", {}),
+        sources=raw["sources"],
+        fragments=partials.get("fragments", {}),
+    )
+    for name, src in tpl.sources.items():
+        where = f"{surface}.{name}"
+        for req in src.get("requires", []):
+            if req not in specs:
+                raise ConfigError(f"{where}: requires undeclared parameter {req!r}")
+        _check_refs(tpl.expand(src["body"]), specs, where)
+    _check_refs(tpl.fusion, specs, f"{surface}.fusion")
+    return tpl
+
+
+def template_version(surface: str | None = None) -> str:
+    """Content hash of a surface's template (or of all of them, for the API to report)."""
+    if surface is not None:
+        return load(surface).version
+    joined = "|".join(load(s).version for s in surfaces())
+    return "templates@" + hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+
+_DROP = object()
+
+
+def _fill(node: Any, values: Mapping[str, Any]) -> Any:
+    if isinstance(node, list):
+        out = []
+        for el in node:
+            got = _fill(el, values)
+            if got is not _DROP:
+                out.append(got)
+        return out
+    if isinstance(node, dict):
+        if "$param" in node:
+            return copy.deepcopy(values[node["$param"]])
+        if "$if" in node:
+            return _fill(node["then"], values) if is_set(values[node["$if"]]) else _DROP
+        out_d = {}
+        for k, v in node.items():
+            got = _fill(v, values)
+            if got is not _DROP:
+                out_d[k] = got
+        return out_d
+    return node
+
+
+def render(surface: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Validated, fully rendered request bodies of one surface (pure; touches no client).
+
+    Returns ``{"surface", "version", "sources": {name: search body}, "fusion": {...},
+    "skipped": [sources whose required parameters are unset]}``.
+    """
+    tpl = load(surface)
+    values = validate_params(tpl.specs, params or {}, surface)
+    sources: dict[str, Any] = {}
+    skipped: list[str] = []
+    for name, src in tpl.sources.items():
+        if all(is_set(values[r]) for r in src.get("requires", [])):
+            sources[name] = _fill(tpl.expand(src["body"]), values)
+        else:
+            skipped.append(name)
+    return {
+        "surface": surface,
+        "version": tpl.version,
+        "sources": sources,
+        "fusion": _fill(copy.deepcopy(tpl.fusion), values),
+        "skipped": skipped,
+    }
+
+
+# --- stored search templates (mustache) ---------------------------------------------------
+
+
+def _has(name: str) -> str:
+    return f"has_{name}"
+
+
+def _section(flag: str, inner: str) -> str:
+    return "{{#" + flag + "}}" + inner + "{{/" + flag + "}}"
+
+
+def _mustache(node: Any) -> str:
+    if isinstance(node, list):
+        cond = [el for el in node if isinstance(el, dict) and "$if" in el]
+        plain = [el for el in node if not (isinstance(el, dict) and "$if" in el)]
+        if cond and not plain:
+            raise ConfigError("a list with $if elements needs one unconditional element")
+        head = "".join(_section(_has(el["$if"]), _mustache(el["then"]) + ",") for el in cond)
+        return "[" + head + ",".join(_mustache(el) for el in plain) + "]"
+    if isinstance(node, dict):
+        if "$param" in node:
+            return _section("toJson", node["$param"])
+        cond = {k: v for k, v in node.items() if isinstance(v, dict) and "$if" in v}
+        plain = {k: v for k, v in node.items() if k not in cond}
+        if cond and not plain:
+            raise ConfigError("an object with $if values needs one unconditional key")
+        head = "".join(
+            _section(_has(v["$if"]), json.dumps(k) + ":" + _mustache(v["then"]) + ",")
+            for k, v in cond.items()
+        )
+        return (
+            "{" + head + ",".join(f"{json.dumps(k)}:{_mustache(v)}" for k, v in plain.items()) + "}"
+        )
+    return json.dumps(node)
+
+
+def to_mustache(surface: str, source: str) -> str:
+    """One source of a surface as a mustache search template (for ``_scripts``)."""
+    tpl = load(surface)
+    if source not in tpl.sources:
+        raise TemplateParamError(f"{surface}: no source {source!r}; have {list(tpl.sources)}")
+    return _mustache(tpl.expand(tpl.sources[source]["body"]))
+
+
+def script_params(surface: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Validated values plus the ``has_<name>`` flags the stored templates' sections test."""
+    tpl = load(surface)
+    values = validate_params(tpl.specs, params or {}, surface)
+    return {**values, **{_has(k): is_set(v) for k, v in values.items()}}
