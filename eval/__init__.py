@@ -19,6 +19,7 @@ from ._metrics import (
 )
 from ._protocol import Recommender
 from ._runner import EvalReport, ModelResult, accuracy, evaluate
+from ._served import PipelineUnavailable, ReplayReport, ServedRecommender, like_event, replay
 from ._split import COLD_USER_MAX, Split, Stage, time_split
 
 __all__ = [
@@ -30,10 +31,13 @@ __all__ = [
     "EvalReport",
     "ModelResult",
     "MostPopular",
+    "PipelineUnavailable",
     "RandomRecommender",
     "Ratings",
     "Recommender",
+    "ReplayReport",
     "ScoringRecommender",
+    "ServedRecommender",
     "Split",
     "Stage",
     "accuracy",
@@ -44,11 +48,13 @@ __all__ = [
     "hit_matrix",
     "hit_rate_at_k",
     "impressions",
+    "like_event",
     "load_dataset",
     "ndcg_at_k",
     "novelty",
     "read_movielens",
     "recall_at_k",
+    "replay",
     "time_split",
     "top_k",
 ]

@@ -11,7 +11,15 @@ from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecomm
 from ._runner import evaluate
 from ._split import Split
 
-__all__ = ["EASE_LAMBDAS", "fit_baselines", "sample_users", "tune_ease"]
+__all__ = [
+    "EASE_LAMBDAS",
+    "baseline_objective",
+    "fit_baselines",
+    "namespaced",
+    "sample_users",
+    "served_objective",
+    "tune_ease",
+]
 
 #: λ grid searched for EASE on the validation stage.
 EASE_LAMBDAS = (50.0, 200.0, 500.0, 1000.0, 2000.0)
@@ -74,3 +82,41 @@ def sample_users(n_users: int, n: int | None, seed: int = 0) -> np.ndarray | Non
     if n is None or n >= n_users:
         return None
     return np.sort(np.random.default_rng(seed).choice(n_users, size=n, replace=False))
+
+
+def namespaced(settings: Any, namespace: str) -> Any:
+    """Settings whose index alias and Mongo database are the evaluation's own."""
+    return settings.model_copy(update={"index_alias": f"{namespace}-items", "mongo_db": namespace})
+
+
+def baseline_objective(
+    target: str, split: Split, *, k: int = 10, users: Sequence[int] | None = None
+) -> Any:
+    """``params -> validation NDCG@k`` for a baseline target (``ALS`` or ``EASE``)."""
+    stage = split.stage("validation")
+    cls = {"ALS": ALS, "EASE": EASE}[target]
+
+    def objective(params: dict[str, Any]) -> float:
+        model = cls(**params).fit(stage)
+        report = evaluate({target: model}, stage, k=k, users=users)
+        return report.models[0].metrics[f"ndcg@{k}"]
+
+    return objective
+
+
+def served_objective(
+    settings: Any, split: Split, *, k: int = 10, users: Sequence[int] | None = None
+) -> Any:
+    """``params -> validation NDCG@k`` through the served pipeline (replayed validation data)."""
+    from ._served import ServedRecommender
+    from ._tune import split_params
+
+    stage = split.stage("validation")
+
+    def objective(params: dict[str, Any]) -> float:
+        template, rerank, _ = split_params(params)
+        model = ServedRecommender(settings, params=template, rerank=rerank)
+        report = evaluate({"served": model}, stage, k=k, users=users)
+        return report.models[0].metrics[f"ndcg@{k}"]
+
+    return objective

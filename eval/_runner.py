@@ -106,8 +106,11 @@ class EvalReport:
 
         table = Table(title=f"opendisco eval: {self.dataset} ({self.stage}, K={self.k})")
         table.add_column("model", style="bold")
+        short = {"coverage": "cov", "novelty": "nov", "latency_p50_ms": "p50 ms"}
         for col in self.columns():
-            table.add_column(col, justify="right")
+            name = short.get(col, col)
+            name = name.replace("cold_users.", "cold-u ").replace("cold_items.", "cold-i ")
+            table.add_column(name, justify="right", no_wrap=True)
         for row in self.rows():
             table.add_row(*row)
         table.caption = self.notes()

@@ -1,0 +1,274 @@
+"""``opendisco eval`` and ``opendisco tune`` (offline evaluation, see opendisco.eval)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from opendisco._settings import Settings
+
+from ._base import pass_settings
+
+__all__ = ["register"]
+
+
+def _progress(total: int, label: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=True
+    )
+    return progress
+
+
+@click.command("eval")
+@click.option(
+    "--dataset",
+    "dataset_path",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="MovieLens directory (ml-latest-small or ml-100k layout).",
+)
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--users", type=click.IntRange(1), help="Score a random sample of N users.")
+@click.option("--n-test", default=5, show_default=True, help="Positives held out per user.")
+@click.option("--n-val", default=5, show_default=True, help="Validation positives per user.")
+@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--served",
+    type=click.Choice(["auto", "yes", "no"]),
+    default="auto",
+    show_default=True,
+    help="Evaluate the served pipeline too (auto: when opendisco.pipeline is importable).",
+)
+@click.option(
+    "--replay/--no-replay",
+    default=True,
+    show_default=True,
+    help="Load items, reindex and replay likes before scoring the served pipeline.",
+)
+@click.option(
+    "--namespace",
+    default="eval",
+    show_default=True,
+    help="Index alias prefix / Mongo database the served evaluation writes into.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default=Path("eval-results"),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for eval.json and eval.md.",
+)
+@click.option("--ease-items", default=3000, show_default=True, help="Items modelled by EASE.")
+@pass_settings
+def eval_cmd(
+    settings: Settings,
+    dataset_path: Path,
+    k: int,
+    users: int | None,
+    n_test: int,
+    n_val: int,
+    seed: int,
+    served: str,
+    replay: bool,
+    namespace: str,
+    out_dir: Path,
+    ease_items: int,
+) -> None:
+    """Time-split offline evaluation: baselines and the served pipeline, one table.
+
+    Positives are ratings >= 4; per user the last --n-test positives are the test targets and
+    the --n-val before them the validation targets (EASE's lambda is picked there). Writes
+    eval.json and eval.md into --out.
+    """
+    from opendisco.eval import evaluate, load_dataset, time_split
+    from opendisco.eval._compare import fit_baselines, namespaced, sample_users
+    from opendisco.eval._served import PipelineUnavailable, ServedRecommender
+    from opendisco.eval._served import replay as do_replay
+    from rich.console import Console
+
+    console = Console(width=160) if not Console().is_terminal else Console()
+    data = load_dataset(dataset_path)
+    split = time_split(data, n_test=n_test, n_val=n_val)
+    stage = split.stage("test")
+    evaluable = stage.evaluable
+    pick = sample_users(len(evaluable), users, seed)
+    uidx = evaluable if pick is None else evaluable[pick]
+    click.echo(
+        f"{data.name}: {len(split.users)} users, {len(split.items)} items; "
+        f"scoring {len(uidx)} users at K={k}",
+        err=True,
+    )
+    models: dict[str, Any]
+    models, info = fit_baselines(split, k=k, max_items=ease_items)
+    notes: list[str] = []
+    if served != "no":
+        ns_settings = namespaced(settings, namespace)
+        try:
+            model = ServedRecommender(ns_settings)
+            if replay:
+                rep = do_replay(ns_settings, data, split, stage="test", users=uidx)
+                info["replay"] = rep.__dict__
+            models["served"] = model
+        except PipelineUnavailable as exc:
+            if served == "yes":
+                raise
+            notes.append(f"served pipeline skipped: {exc}")
+    progress = _progress(len(uidx) * len(models), "scoring")
+    with progress:
+        task = progress.add_task("scoring", total=len(uidx) * len(models))
+        report = evaluate(
+            models,
+            stage,
+            k=k,
+            users=uidx,
+            dataset=data.name,
+            split_info={**split.summary(), **info},
+            progress=lambda name, n: progress.update(task, advance=n, description=name),
+        )
+    console.print(report.rich_table())
+    for note in notes:
+        click.echo(note, err=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(report.to_json() + "\n")
+    (out_dir / "eval.md").write_text(report.to_markdown())
+    click.echo(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.md'}", err=True)
+
+
+@click.command("tune")
+@click.option(
+    "--dataset",
+    "dataset_path",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option(
+    "--target",
+    type=click.Choice(["served", "ALS", "EASE"]),
+    default="served",
+    show_default=True,
+    help="What to tune: the served pipeline's template/reranker params, or a baseline.",
+)
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--users", type=click.IntRange(1), help="Score a random sample of N users.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--namespace", default="tune", show_default=True)
+@click.option("--replay/--no-replay", default=True, show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    default=Path("tuning"),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Versioned params files (params-v<N>.json), trials PNG and HTML report.",
+)
+@pass_settings
+def tune_cmd(
+    settings: Settings,
+    dataset_path: Path,
+    target: str,
+    trials: int,
+    k: int,
+    users: int | None,
+    seed: int,
+    namespace: str,
+    replay: bool,
+    out_dir: Path,
+) -> None:
+    """Optuna search on the validation split; best params written as a new version."""
+    from opendisco.eval import load_dataset, time_split
+    from opendisco.eval._compare import (
+        baseline_objective,
+        namespaced,
+        sample_users,
+        served_objective,
+    )
+    from opendisco.eval._served import replay as do_replay
+    from opendisco.eval._tune import (
+        SPACES,
+        current_version,
+        html_report,
+        now_iso,
+        plot_trials,
+        run_study,
+        write_version,
+    )
+
+    data = load_dataset(dataset_path)
+    split = time_split(data)
+    stage = split.stage("validation")
+    evaluable = stage.evaluable
+    pick = sample_users(len(evaluable), users, seed)
+    uidx = evaluable if pick is None else evaluable[pick]
+    if target == "served":
+        ns_settings = namespaced(settings, namespace)
+        if replay:
+            do_replay(ns_settings, data, split, stage="validation", users=uidx)
+        objective = served_objective(ns_settings, split, k=k, users=uidx)
+    else:
+        objective = baseline_objective(target, split, k=k, users=uidx)
+    version, current = current_version(out_dir)
+    start = None
+    if current and current.get("target") == target:
+        start = current.get("flat_params")
+    metric = f"ndcg@{k}"
+    with click.progressbar(length=trials, label=f"tuning {target}", file=None) as bar:
+        result = run_study(
+            objective,
+            SPACES[target],
+            trials=trials,
+            seed=seed,
+            start=start,
+            callback=lambda n, v: bar.update(1),
+        )
+    from opendisco.eval._tune import split_params
+
+    template, rerank, other = split_params(result.best_params)
+    payload = {
+        "target": target,
+        "created_at": now_iso(),
+        "dataset": data.name,
+        "metric": metric,
+        "stage": "validation",
+        "users": len(uidx),
+        "value": result.best_value,
+        "current_value": result.current_value,
+        "based_on": f"params-v{version}.json" if version else "defaults",
+        "template_params": template,
+        "rerank": rerank,
+        "model_params": other,
+        "flat_params": result.best_params,
+    }
+    path = write_version(out_dir, payload)
+    png = plot_trials(result.values, out_dir / f"{path.stem}-trials.png", metric=metric)
+    report = html_report(
+        out_dir / f"{path.stem}-report.html",
+        result,
+        {
+            "title": f"{target} on {data.name}",
+            "target": target,
+            "metric": metric,
+            "dataset": data.name,
+            "users": len(uidx),
+            "seed": seed,
+            "current_source": payload["based_on"] if start else "first trial",
+            "version_file": path.name,
+        },
+        png,
+    )
+    click.echo(
+        f"best {metric} = {result.best_value:.4f} (trial {result.best_trial}; "
+        f"first trial {result.current_value:.4f})"
+    )
+    click.echo(json.dumps(result.best_params, indent=2))
+    click.echo(f"wrote {path}, {png}, {report}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(eval_cmd)
+    cli.add_command(tune_cmd)

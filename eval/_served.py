@@ -1,0 +1,255 @@
+"""The served pipeline as a :class:`Recommender`, and the replay that prepares it.
+
+:class:`ServedRecommender` calls ``opendisco.pipeline.Discovery.recommend`` once per user
+(the same code path as the API), timing every request, so the runner reports true
+per-request latency. Before it can answer, the pipeline needs the evaluation world in its
+backends — :func:`replay` does that, for the *fitting data of one stage* only:
+
+1. items → MongoDB through ``opendisco.ingest.write_sample`` (the ingest loader's documents,
+   with ``popularity``/``quality`` recomputed from the stage's fitting positives so the held-out
+   period cannot leak through them), users with empty interests;
+2. ``opendisco.ingest.reindex(settings)`` builds the versioned OpenSearch index (embeddings);
+3. every evaluated user's fitting positives are posted, in time order, as ``like`` events
+   through ``opendisco.ingest.events.EventProcessor.apply`` (user vectors, behaviour, exposure
+   and graph state are derived from them exactly as in production).
+
+Use a dedicated namespace (``index_alias``/``mongo_db``) per evaluation: replayed likes are
+real events. When a piece is missing, :class:`PipelineUnavailable` names it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from opendisco._exceptions import OpenDiscoError
+from opendisco._settings import Settings
+
+from ._data import Dataset
+from ._split import Split, Stage
+
+__all__ = [
+    "PipelineUnavailable",
+    "ReplayReport",
+    "ServedRecommender",
+    "like_event",
+    "replay",
+    "stage_items",
+]
+
+
+class PipelineUnavailable(OpenDiscoError):
+    """A piece the served-pipeline evaluation needs is not importable (yet)."""
+
+
+def _require(module: str, name: str) -> Any:
+    try:
+        mod = __import__(module, fromlist=[name])
+        return getattr(mod, name)
+    except (ImportError, AttributeError) as exc:
+        raise PipelineUnavailable(
+            f"{module}.{name} is not available; the served-pipeline evaluation needs it "
+            "(baselines still run: use --served no)"
+        ) from exc
+
+
+def like_event(user_id: str, item_id: str, ts: int | datetime, *, source: str = "eval") -> dict:
+    """One ``like`` event as the events processor accepts it (idempotent id)."""
+    when = ts if isinstance(ts, datetime) else datetime.fromtimestamp(int(ts), tz=UTC)
+    return {
+        "id": f"{source}-{user_id}-{item_id}-like",
+        "type": "like",
+        "user_id": user_id,
+        "item_id": item_id,
+        "ts": when,
+    }
+
+
+@dataclass
+class ReplayReport:
+    items: int
+    users: int
+    events: int
+    accepted: int
+    duplicates: int
+    rejected: int
+    seconds: float
+
+
+def stage_items(dataset: Dataset, stage: Stage, prior: float = 10.0) -> list[dict[str, Any]]:
+    """Catalogue documents with popularity/quality from the stage's fitting positives only."""
+    counts = stage.item_counts
+    out = []
+    for idx, item_id in enumerate(stage.items):
+        doc = dict(
+            dataset.items.get(item_id) or {"_id": item_id, "kind": "movie", "title": item_id}
+        )
+        c = float(counts[idx])
+        doc["popularity"] = c
+        doc["quality"] = round(c / (c + prior), 4)
+        out.append(doc)
+    return out
+
+
+def replay(
+    settings: Settings,
+    dataset: Dataset,
+    split: Split,
+    *,
+    stage: str = "test",
+    users: Sequence[int] | None = None,
+    batch: int = 500,
+    progress: Callable[[str, int], None] | None = None,
+) -> ReplayReport:
+    """Load items, reindex and replay the evaluated users' fitting positives as likes."""
+    write_sample = _require("opendisco.ingest", "write_sample")
+    reindex = _require("opendisco.ingest", "reindex")
+    processor_cls = _require("opendisco.ingest.events", "EventProcessor")
+    t0 = time.perf_counter()
+    st = split.stage(stage)  # type: ignore[arg-type]
+    uidx = np.asarray(st.evaluable if users is None else users, dtype=np.int64)
+    items = stage_items(dataset, st)
+    user_docs = [{"_id": st.users[u], "interests": []} for u in uidx]
+    write_sample(settings, items, user_docs)
+    if progress:
+        progress("items", len(items))
+    reindex(settings)
+    # fitting timestamps of the stage, aligned with stage.history
+    ts_of = (
+        split.train_ts
+        if stage == "validation"
+        else [
+            np.concatenate([a, b]) for a, b in zip(split.train_ts, split.validation_ts, strict=True)
+        ]
+    )
+    events = [
+        like_event(st.users[u], st.items[i], int(t))
+        for u in uidx
+        for i, t in zip(st.history[u], ts_of[u], strict=True)
+    ]
+    events.sort(key=lambda e: e["ts"])
+    totals = asyncio.run(_post_events(settings, processor_cls, events, batch, progress))
+    return ReplayReport(
+        items=len(items),
+        users=len(uidx),
+        events=len(events),
+        accepted=totals[0],
+        duplicates=totals[1],
+        rejected=totals[2],
+        seconds=time.perf_counter() - t0,
+    )
+
+
+async def _post_events(
+    settings: Settings,
+    processor_cls: Any,
+    events: list[dict],
+    batch: int,
+    progress: Callable[[str, int], None] | None,
+) -> tuple[int, int, int]:
+    from opendisco import clients
+
+    motor = clients.motor(settings)
+    os_client = clients.async_opensearch(settings)
+    accepted = duplicates = rejected = 0
+    try:
+        processor = processor_cls(settings, motor[settings.mongo_db], os_client)
+        for start in range(0, len(events), batch):
+            chunk = events[start : start + batch]
+            res = await processor.apply(chunk)
+            accepted += int(res.accepted)
+            duplicates += int(res.duplicates)
+            rejected += len(res.rejected)
+            if progress:
+                progress("events", len(chunk))
+    finally:
+        motor.close()
+        await os_client.close()
+    return accepted, duplicates, rejected
+
+
+class ServedRecommender:
+    """``Discovery.recommend`` behind the :class:`Recommender` protocol (one request per user).
+
+    ``params`` (template parameter overrides) and ``rerank`` (a ``RerankConfig`` mapping) are
+    handed to ``Discovery`` when its constructor accepts ``params=``/``rerank_config=`` (the
+    keywords ``tune`` relies on); otherwise they must be empty.
+    """
+
+    name = "served"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        surface: str = "for_you",
+        params: Mapping[str, Any] | None = None,
+        rerank: Mapping[str, Any] | None = None,
+        concurrency: int = 1,
+    ) -> None:
+        self.settings = settings
+        self.surface = surface
+        self.params = dict(params or {})
+        self.rerank = dict(rerank or {})
+        self.concurrency = concurrency
+        self.latencies_ms: list[float] = []
+        self.degraded = 0
+        self._discovery_cls = _require("opendisco.pipeline", "Discovery")
+
+    def _kwargs(self) -> dict[str, Any]:
+        sig = inspect.signature(self._discovery_cls)
+        kwargs: dict[str, Any] = {}
+        for key, value in (("params", self.params), ("rerank_config", self.rerank)):
+            if not value:
+                continue
+            if key not in sig.parameters:
+                raise PipelineUnavailable(
+                    f"opendisco.pipeline.Discovery does not accept {key}=; tuning needs it"
+                )
+            kwargs[key] = value
+        return kwargs
+
+    def recommend_batch(
+        self, user_ids: Sequence[str], k: int, exclude: Sequence[Collection[str]]
+    ) -> list[list[str]]:
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(self.arecommend_batch(user_ids, k, exclude))
+        finally:
+            loop.close()
+
+    async def arecommend_batch(
+        self, user_ids: Sequence[str], k: int, exclude: Sequence[Collection[str]]
+    ) -> list[list[str]]:
+        from opendisco import clients
+
+        motor = clients.motor(self.settings)
+        os_client = clients.async_opensearch(self.settings)
+        sem = asyncio.Semaphore(self.concurrency)
+        try:
+            discovery = self._discovery_cls(
+                self.settings, os_client, motor[self.settings.mongo_db], **self._kwargs()
+            )
+
+            async def one(user: str, ex: Collection[str]) -> list[str]:
+                async with sem:
+                    t0 = time.perf_counter()
+                    recs = await discovery.recommend(
+                        user, surface=self.surface, k=k, exclude=tuple(ex)
+                    )
+                    self.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                self.degraded += int(bool(getattr(recs, "degraded", False)))
+                return [r.id for r in recs.items]
+
+            return list(
+                await asyncio.gather(*(one(u, ex) for u, ex in zip(user_ids, exclude, strict=True)))
+            )
+        finally:
+            motor.close()
+            await os_client.close()

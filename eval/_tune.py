@@ -1,0 +1,237 @@
+"""``tune``: optuna search over template/reranker (or baseline) parameters on validation.
+
+The objective is a metric of the validation stage (default NDCG@10), so the test split stays
+untouched by tuning. The best parameters are written as a **new** versioned file
+``params-v<N>.json`` in the output directory (``N`` = highest existing + 1, created with
+``open(..., "x")`` so nothing is ever overwritten); the current version (highest existing
+file, or the defaults) is always evaluated first, as trial 0, so "best" can be compared to
+what is shipped. A PNG of the metric over trials and an HTML report sit beside it.
+
+Parameter names: ``template.<name>`` go to the query template (``CandidateRequest.params``),
+``rerank.<field>`` / ``rerank.weights.<feature>`` to ``RerankConfig``; baseline targets use
+their constructor keywords.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+__all__ = [
+    "SPACES",
+    "Dim",
+    "TuneResult",
+    "current_version",
+    "html_report",
+    "plot_trials",
+    "run_study",
+    "split_params",
+    "write_version",
+]
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched parameter: a float or int range (``log`` for scale parameters)."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def suggest(self, trial: Any, name: str) -> float | int:
+        if self.integer:
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+
+SPACES: dict[str, dict[str, Dim]] = {
+    "served": {
+        "template.w_semantic": Dim(0.0, 3.0),
+        "template.w_lexical": Dim(0.0, 3.0),
+        "template.w_behaviour": Dim(0.0, 3.0),
+        "template.w_trending": Dim(0.0, 2.0),
+        "template.w_fresh": Dim(0.0, 1.0),
+        "template.rrf_k": Dim(5, 200, log=True, integer=True),
+        "template.explore_share": Dim(0.0, 0.3),
+        "rerank.mmr_lambda": Dim(0.3, 1.0),
+        "rerank.exposure_strength": Dim(0.0, 1.0),
+        "rerank.weights.content_sim": Dim(0.0, 2.0),
+        "rerank.weights.behaviour_sim": Dim(0.0, 2.0),
+        "rerank.weights.popularity": Dim(0.0, 1.0),
+        "rerank.weights.quality": Dim(0.0, 1.0),
+    },
+    "ALS": {
+        "factors": Dim(16, 128, log=True, integer=True),
+        "regularization": Dim(1e-3, 1.0, log=True),
+        "alpha": Dim(1.0, 50.0, log=True),
+    },
+    "EASE": {"lam": Dim(10.0, 5000.0, log=True)},
+}
+
+
+def split_params(flat: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(template params, rerank config, other)`` from flat ``a.b.c`` names."""
+    template: dict[str, Any] = {}
+    rerank: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key.startswith("template."):
+            template[key.removeprefix("template.")] = value
+        elif key.startswith("rerank.weights."):
+            rerank.setdefault("weights", {})[key.removeprefix("rerank.weights.")] = value
+        elif key.startswith("rerank."):
+            rerank[key.removeprefix("rerank.")] = value
+        else:
+            other[key] = value
+    return template, rerank, other
+
+
+_VERSION = re.compile(r"^params-v(\d+)\.json$")
+
+
+def current_version(out_dir: Path) -> tuple[int, dict[str, Any] | None]:
+    """Highest ``params-v<N>.json`` in ``out_dir`` and its content (0, None when none)."""
+    best = 0
+    if out_dir.is_dir():
+        for path in out_dir.iterdir():
+            m = _VERSION.match(path.name)
+            if m:
+                best = max(best, int(m.group(1)))
+    if best == 0:
+        return 0, None
+    return best, json.loads((out_dir / f"params-v{best}.json").read_text())
+
+
+def write_version(out_dir: Path, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` as the next ``params-v<N>.json``; never overwrites a file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        version = current_version(out_dir)[0] + 1
+        path = out_dir / f"params-v{version}.json"
+        try:
+            with path.open("x", encoding="utf-8") as fh:
+                json.dump({"version": version, **payload}, fh, indent=2, default=str)
+                fh.write("\n")
+            return path
+        except FileExistsError:  # a concurrent writer took this number
+            continue
+
+
+@dataclass
+class TuneResult:
+    best_params: dict[str, Any]
+    best_value: float
+    best_trial: int
+    current_value: float
+    values: list[float]
+    trials: list[dict[str, Any]]
+
+
+def run_study(
+    objective: Callable[[dict[str, Any]], float],
+    space: Mapping[str, Dim],
+    *,
+    trials: int,
+    seed: int = 0,
+    start: Mapping[str, Any] | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> TuneResult:
+    """Maximise ``objective(params)`` with optuna's TPE; trial 0 evaluates ``start``."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    if start:
+        study.enqueue_trial({k: v for k, v in start.items() if k in space})
+
+    def wrapped(trial: Any) -> float:
+        params = {name: dim.suggest(trial, name) for name, dim in space.items()}
+        value = float(objective(params))
+        if callback:
+            callback(trial.number, value)
+        return value
+
+    study.optimize(wrapped, n_trials=trials)
+    done = [t for t in study.trials if t.value is not None]
+    return TuneResult(
+        best_params=dict(study.best_params),
+        best_value=float(study.best_value),
+        best_trial=int(study.best_trial.number),
+        current_value=float(done[0].value) if done else float("nan"),
+        values=[float(t.value) for t in done],
+        trials=[{"number": t.number, "value": float(t.value), **t.params} for t in done],
+    )
+
+
+def plot_trials(values: list[float], path: Path, *, metric: str) -> Path:
+    """PNG: the metric of every trial and the running best (matplotlib Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.2, 3.6), dpi=100)
+    xs = list(range(len(values)))
+    best = [max(values[: i + 1]) for i in xs]
+    ax.plot(xs, values, "o", color="#4c72b0", label="trial")
+    ax.plot(xs, best, "-", color="#dd8452", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+
+    def cell(v: Any) -> str:
+        return f"{v:.5g}" if isinstance(v, float) else html.escape(str(v))
+
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def html_report(path: Path, result: TuneResult, info: Mapping[str, Any], png: Path) -> Path:
+    """A self-contained HTML page (the PNG is referenced relatively)."""
+    template = Template(resources.files("opendisco.eval").joinpath("report.html").read_text())
+    page = template.substitute(
+        title=html.escape(str(info.get("title", ""))),
+        target=html.escape(str(info.get("target", ""))),
+        metric=html.escape(str(info.get("metric", ""))),
+        dataset=html.escape(str(info.get("dataset", ""))),
+        users=info.get("users", ""),
+        trials=len(result.values),
+        seed=info.get("seed", ""),
+        current_source=html.escape(str(info.get("current_source", "defaults"))),
+        current_value=f"{result.current_value:.5f}",
+        best_value=f"{result.best_value:.5f}",
+        best_trial=result.best_trial,
+        version_file=html.escape(str(info.get("version_file", ""))),
+        png=html.escape(png.name),
+        best_table=_table([{"parameter": k, "value": v} for k, v in result.best_params.items()]),
+        trials_table=_table(result.trials),
+    )
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
