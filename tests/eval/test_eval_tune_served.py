@@ -1,0 +1,85 @@
+"""Pure pieces of tuning and of the served-pipeline replay."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opendisco.eval import Split, like_event
+from opendisco.eval._served import stage_items
+from opendisco.eval._tune import (
+    SPACES,
+    Dim,
+    current_version,
+    run_study,
+    split_params,
+    write_version,
+)
+
+
+def test_split_params_routes_template_and_rerank_names() -> None:
+    template, rerank, other = split_params(
+        {"template.rrf_k": 30, "rerank.mmr_lambda": 0.5, "rerank.weights.quality": 0.2, "lam": 3}
+    )
+    assert template == {"rrf_k": 30}
+    assert rerank == {"mmr_lambda": 0.5, "weights": {"quality": 0.2}}
+    assert other == {"lam": 3}
+    assert all(k.startswith(("template.", "rerank.")) for k in SPACES["served"])
+
+
+def test_write_version_never_overwrites(tmp_path: Path) -> None:
+    assert current_version(tmp_path) == (0, None)
+    p1 = write_version(tmp_path, {"value": 1.0})
+    (tmp_path / "params-v3.json").write_text(json.dumps({"version": 3, "value": 3.0}))
+    p4 = write_version(tmp_path, {"value": 4.0})
+    assert p1.name == "params-v1.json" and p4.name == "params-v4.json"
+    assert json.loads(p1.read_text()) == {"version": 1, "value": 1.0}
+    assert current_version(tmp_path) == (4, {"version": 4, "value": 4.0})
+
+
+def test_run_study_starts_from_the_current_parameters() -> None:
+    result = run_study(
+        lambda p: -((p["x"] - 2.0) ** 2), {"x": Dim(0.0, 5.0)}, trials=6, start={"x": 2.0}
+    )
+    assert result.trials[0]["x"] == 2.0
+    assert result.current_value == 0.0 == result.best_value
+    assert len(result.values) == 6
+
+
+def test_like_event_is_idempotent_and_utc() -> None:
+    ev = like_event("u1", "m2", 964982703)
+    assert ev == like_event("u1", "m2", 964982703)
+    assert ev["type"] == "like" and ev["user_id"] == "u1" and ev["item_id"] == "m2"
+    assert ev["ts"] == datetime(2000, 7, 30, 18, 45, 3, tzinfo=UTC)
+
+
+def test_replayed_items_carry_only_fitting_popularity(ml_split: Split, movielens: Path) -> None:
+    from opendisco.eval import read_movielens
+
+    data = read_movielens(movielens)
+    stage = ml_split.stage("test")
+    docs = stage_items(data, stage)
+    assert len(docs) == len(stage.items)
+    pop = np.array([d["popularity"] for d in docs])
+    np.testing.assert_array_equal(pop, stage.item_counts)
+    # a held-out test item nobody had in the fitting data has popularity 0
+    cold = np.flatnonzero(stage.cold_items)
+    assert cold.size and all(docs[i]["popularity"] == 0.0 for i in cold[:10])
+    assert all(0.0 <= d["quality"] < 1.0 for d in docs)
+    assert docs[0]["_id"] == stage.items[0]
+
+
+def test_served_adapter_reports_a_clear_error_or_accepts_the_interface() -> None:
+    from opendisco import Settings
+    from opendisco.eval import PipelineUnavailable, Recommender, ServedRecommender
+
+    try:
+        import opendisco.pipeline  # noqa: F401
+    except ImportError:
+        with pytest.raises(PipelineUnavailable, match=r"opendisco\.pipeline\.Discovery"):
+            ServedRecommender(Settings())
+    else:
+        assert isinstance(ServedRecommender(Settings()), Recommender)
