@@ -1,0 +1,298 @@
+"""Discovery API under closed-loop load vs the bare OpenSearch candidate queries (same run).
+
+    $(./dev env)/bin/python bench/api.py            # 20k items, 8 s per level
+    $(./dev env)/bin/python bench/api.py --full     # 100k items, 20 s per level
+
+A synthetic marketplace is written to MongoDB and indexed (content vectors from a hashed
+bag-of-words projection instead of the model, so building 100k items takes seconds, not an
+hour on 2 cores). The API runs under uvicorn in a subprocess (``opendisco serve``, auth on,
+impressions logged); the bare path sends the same surface's candidate ``_msearch``
+(``opendisco.queries.generate_candidates``) from this process. At concurrency 1/4/8/16 each
+side runs a closed loop for the same duration; QPS, p50 and p99 are reported, with the level
+where QPS stops growing (saturation). Results: bench/results/api.json and bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from opendisco import clients, load_settings
+from opendisco._settings import Settings
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "api.json"
+README = ROOT / "README.md"
+LEVELS = (1, 4, 8, 16)
+
+
+class HashedBowModel:
+    """Stand-in encoder: sum of per-token pseudo-random vectors, normalised (similar texts ->
+    similar vectors), deterministic, ~1000x faster than the transformer."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _tok(self, tok: str) -> np.ndarray:
+        v = self._cache.get(tok)
+        if v is None:
+            rng = np.random.default_rng(zlib.crc32(tok.encode()))
+            v = self._cache[tok] = rng.standard_normal(self.dim).astype(np.float32)
+        return v
+
+    def encode(self, texts: list[str], **_: Any) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for tok in re.findall(r"[a-z0-9]+", t.lower()):
+                out[i] += self._tok(tok)
+            out[i] /= np.linalg.norm(out[i]) or 1.0
+        return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def build(settings: Settings, n: int) -> list[dict[str, Any]]:
+    from opendisco.ingest import Embedder, generate_marketplace, write_sample
+    from opendisco.ingest._reindex import reindex
+
+    t0 = time.perf_counter()
+    items, users = generate_marketplace(n, seed=3)
+    write_sample(settings, items, users)
+    embedder = Embedder(settings, model=HashedBowModel(settings.embedding_dim), persist=False)
+    report = await reindex(settings, embedder=embedder)
+    print(f"built {n} items in {time.perf_counter() - t0:.1f}s: {report}", file=sys.stderr)
+    return users
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def closed_loop(
+    call: Any, users: list[dict[str, Any]], conc: int, dur: float
+) -> dict[str, Any]:
+    lat: list[float] = []
+    errors = 0
+    degraded = 0
+    stop = time.perf_counter() + dur
+    rng = random.Random(conc)
+
+    async def worker() -> None:
+        nonlocal errors, degraded
+        while time.perf_counter() < stop:
+            user = rng.choice(users)
+            t0 = time.perf_counter()
+            try:
+                deg = await call(user)
+            except Exception:
+                errors += 1
+                continue
+            lat.append(time.perf_counter() - t0)
+            degraded += bool(deg)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(conc)))
+    wall = time.perf_counter() - t0
+    return {
+        "n": len(lat),
+        "qps": round(len(lat) / wall, 1),
+        "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
+        "p99_ms": round(_pct(lat, 0.99) * 1000, 2) if lat else None,
+        "errors": errors,
+        "degraded": degraded,
+    }
+
+
+def _saturation(rows: list[dict[str, Any]], side: str) -> int | None:
+    """First concurrency level whose QPS grew < 10% over the previous level."""
+    for prev, cur in itertools.pairwise(rows):
+        if cur[side]["qps"] < prev[side]["qps"] * 1.10:
+            return int(prev["concurrency"])
+    return None
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import aiohttp
+    from opendisco.api import create_key
+    from opendisco.queries import CandidateRequest, generate_candidates
+
+    rid = uuid.uuid4().hex[:6]
+    port = _free_port()
+    overrides = {
+        "index_alias": f"bench-api-{rid}-items",
+        "mongo_db": f"bench_api_{rid}",
+        "api_port": port,
+        "api_rate_limit": 1e9,
+        "api_rate_burst": 1e9,
+        "api_max_concurrency": 256,
+    }
+    settings = load_settings(**overrides)
+    sync_os = clients.opensearch(settings)
+    mongo = clients.mongo(settings)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        users = await build(settings, args.items)
+        key, _ = create_key(mongo[settings.mongo_db], "bench", ["read"])
+        env = {**os.environ, **{f"OPENDISCO_{k.upper()}": str(v) for k, v in overrides.items()}}
+        exe = Path(sys.executable).with_name("opendisco")
+        proc = subprocess.Popen(
+            [str(exe), "serve", "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL
+        )
+        base = f"http://127.0.0.1:{port}"
+        os_client = clients.async_opensearch(settings, maxsize=64)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64), headers={"X-API-Key": key}
+        ) as http:
+            for _ in range(600):
+                try:
+                    async with http.get(f"{base}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if proc.poll() is not None:
+                    raise SystemExit("API process exited")
+                await asyncio.sleep(0.2)
+
+            async def api_call(user: dict[str, Any]) -> bool:
+                url = f"{base}/v1/users/{user['_id']}/recommendations?k={args.k}"
+                async with http.get(url) as r:
+                    if r.status != 200:
+                        raise RuntimeError(r.status)
+                    return bool((await r.json())["degraded"])
+
+            async def bare_call(user: dict[str, Any]) -> bool:
+                req = CandidateRequest(
+                    surface="for_you",
+                    interests=list(user.get("interests", [])),
+                    viewer={
+                        f: user.get(f)
+                        for f in ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max")
+                    },
+                    location=user.get("location"),
+                )
+                cs = await generate_candidates(os_client, settings, req)
+                return bool(cs.degraded)
+
+            sample = users[: min(len(users), 5000)]
+            for call in (api_call, bare_call):  # warm both paths
+                await closed_loop(call, sample, 4, 2.0)
+            rows = []
+            for conc in args.levels:
+                api = await closed_loop(api_call, sample, conc, args.duration)
+                bare = await closed_loop(bare_call, sample, conc, args.duration)
+                ratio = (api["p99_ms"] or 0) / (bare["p99_ms"] or 1)
+                rows.append(
+                    {"concurrency": conc, "api": api, "bare": bare, "p99_ratio": round(ratio, 2)}
+                )
+                print(
+                    f"c={conc:3}  api {api['qps']:7.1f} qps p50 {api['p50_ms']:7.1f} p99 "
+                    f"{api['p99_ms']:7.1f} | bare {bare['qps']:7.1f} qps p50 {bare['p50_ms']:7.1f} "
+                    f"p99 {bare['p99_ms']:7.1f} | p99 ratio {ratio:.2f}",
+                    file=sys.stderr,
+                )
+        await os_client.close()
+        return {
+            "items": args.items,
+            "k": args.k,
+            "duration_s": args.duration,
+            "cpus": os.cpu_count(),
+            "levels": rows,
+            "saturation": {"api": _saturation(rows, "api"), "bare": _saturation(rows, "bare")},
+            "median_p99_ratio": statistics.median(r["p99_ratio"] for r in rows),
+        }
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if not args.keep:
+            sync_os.indices.delete(
+                index=f"bench-api-{rid}-items*", ignore_unavailable=True, expand_wildcards="all"
+            )
+            mongo.drop_database(settings.mongo_db)
+        sync_os.close()
+        mongo.close()
+
+
+def write_readme(res: dict[str, Any]) -> None:
+    lines = [
+        "<!-- api -->",
+        "## api: Discovery API vs bare candidate queries",
+        "",
+        f"`bench/api.py` ({res['items']} items, k={res['k']}, closed loop {res['duration_s']} s "
+        f"per level, {res['cpus']} CPUs shared by OpenSearch, FerretDB, the API and the load "
+        "generator). API = `GET /v1/users/{id}/recommendations` through uvicorn (auth, rate "
+        "limit, breaker, rerank, impression log); bare = the for_you candidate `_msearch` alone.",
+        "",
+        "| concurrency | API QPS | API p50 ms | API p99 ms "
+        "| bare QPS | bare p50 ms | bare p99 ms | p99 ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["levels"]:
+        a, b = r["api"], r["bare"]
+        lines.append(
+            f"| {r['concurrency']} | {a['qps']} | {a['p50_ms']} | {a['p99_ms']} | {b['qps']} | "
+            f"{b['p50_ms']} | {b['p99_ms']} | {r['p99_ratio']} |"
+        )
+    lines += [
+        "",
+        f"Saturation (QPS grows < 10% from the next level on): API at concurrency "
+        f"{res['saturation']['api']}, bare at {res['saturation']['bare']}; median p99 ratio "
+        f"{res['median_p99_ratio']} (target <= 1.5).",
+        "<!-- /api -->",
+    ]
+    section = "\n".join(lines) + "\n"
+    text = README.read_text() if README.exists() else "# Benchmarks\n\n"
+    if "<!-- api -->" in text:
+        text = re.sub(r"<!-- api -->.*?<!-- /api -->\n?", section, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    README.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--full", action="store_true", help="100k items, 20 s per level")
+    ap.add_argument("--items", type=int, default=None)
+    ap.add_argument("--duration", type=float, default=None)
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=list(LEVELS))
+    ap.add_argument("--keep", action="store_true", help="keep the index and database")
+    args = ap.parse_args()
+    args.items = args.items or (100_000 if args.full else 20_000)
+    args.duration = args.duration or (20.0 if args.full else 8.0)
+    res = asyncio.run(run(args))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
+    write_readme(res)
+    print(json.dumps(res["saturation"]), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
