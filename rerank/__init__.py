@@ -6,7 +6,9 @@ round trips; ``train_als``/``fold_in`` learn behavioural vectors; ``LearnedScore
 linear model for LightGBM LambdaMART.
 """
 
+from ._als import AlsModel, fold_in, train_als, write_behaviour
 from ._config import DEFAULT_STEPS, FEATURE_NAMES, RerankConfig
+from ._features import FeatureStore, TTLCache
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
 from ._steps import (
     STEPS,
@@ -27,7 +29,9 @@ __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
     "STEPS",
+    "AlsModel",
     "CandidateBatch",
+    "FeatureStore",
     "Features",
     "LinearScorer",
     "RerankConfig",
@@ -38,11 +42,15 @@ __all__ = [
     "Reranker",
     "Scorer",
     "StepRecord",
+    "TTLCache",
     "Trace",
     "apply_caps",
     "apply_pins",
     "assemble_features",
     "exposure_adjustment",
     "fatigue_penalty",
+    "fold_in",
     "mmr_select",
+    "train_als",
+    "write_behaviour",
 ]

@@ -1,0 +1,245 @@
+"""Per-user real-time state in MongoDB ``user_state``.
+
+``{_id: user_id, positives: [{e, id, ts, w}], negatives: [...], seen: [...], blocked: [...],
+fatigue: [{c: category, n}], vector: [...] | None, behaviour: [...] | None, version, updated_at}``
+
+Entries are keyed by event id, so merging the same event twice changes nothing (idempotent);
+vectors are recomputed from the bounded recent lists, never accumulated. Writes are
+optimistic: ``replace_one({_id, version: old})``; a lost race reloads and merges again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from opendisco._exceptions import StoreBackendError
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "USER_STATE",
+    "UserState",
+    "UserStateConfig",
+    "UserStateStore",
+    "decayed_vector",
+    "merge_events",
+]
+
+USER_STATE = "user_state"
+
+
+class UserStateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    half_life_hours: float = Field(72.0, gt=0, description="Decay half life of event weights.")
+    negative_weight: float = Field(0.5, ge=0, description="Scale of negatives in the vector.")
+    max_recent: int = Field(50, ge=1, description="Positives/negatives kept per user.")
+    max_seen: int = Field(2000, ge=1, description="Seen ids kept per user (most recent).")
+    max_blocked: int = Field(2000, ge=1)
+    fold_in_reg: float = Field(0.1, gt=0, description="Ridge of the behaviour fold-in.")
+
+
+@dataclass(frozen=True)
+class UserState:
+    user_id: str
+    positives: list[dict[str, Any]] = field(default_factory=list)  # {e, id, ts, w}
+    negatives: list[dict[str, Any]] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    fatigue: dict[str, float] = field(default_factory=dict)
+    vector: list[float] | None = None
+    behaviour: list[float] | None = None
+    version: int = 0
+    updated_at: datetime | None = None
+    applied: list[str] = field(default_factory=list)  # recent event ids merged (dedup)
+
+    @property
+    def recent_positive_ids(self) -> list[str]:
+        return list(dict.fromkeys(p["id"] for p in reversed(self.positives)))
+
+    @property
+    def exclude_ids(self) -> list[str]:
+        return list(dict.fromkeys([*self.blocked, *self.seen]))
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "_id": self.user_id,
+            "positives": self.positives,
+            "negatives": self.negatives,
+            "seen": self.seen,
+            "blocked": self.blocked,
+            "fatigue": [{"c": k, "n": v} for k, v in self.fatigue.items()],
+            "vector": self.vector,
+            "behaviour": self.behaviour,
+            "version": self.version,
+            "updated_at": self.updated_at,
+            "applied": self.applied,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> UserState:
+        return cls(
+            user_id=str(doc["_id"]),
+            positives=list(doc.get("positives") or []),
+            negatives=list(doc.get("negatives") or []),
+            seen=list(doc.get("seen") or []),
+            blocked=list(doc.get("blocked") or []),
+            fatigue={str(f["c"]): float(f["n"]) for f in doc.get("fatigue") or []},
+            vector=doc.get("vector"),
+            behaviour=doc.get("behaviour"),
+            version=int(doc.get("version", 0)),
+            updated_at=doc.get("updated_at"),
+            applied=list(doc.get("applied") or []),
+        )
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def merge_events(
+    state: UserState,
+    events: Sequence[Mapping[str, Any]],
+    categories: Mapping[str, str | None],
+    cfg: UserStateConfig,
+) -> UserState:
+    """Pure: fold validated events (``id, type, item_id, ts, weight``) into the state.
+
+    Events whose id was already merged are skipped, so re-applying a batch is a no-op.
+    """
+    done = set(state.applied) | {e["e"] for e in (*state.positives, *state.negatives)}
+    pos, neg = list(state.positives), list(state.negatives)
+    seen, blocked = list(state.seen), list(state.blocked)
+    fatigue = dict(state.fatigue)
+    applied = list(state.applied)
+    for ev in events:
+        if ev["id"] in done:
+            continue
+        done.add(ev["id"])
+        applied.append(ev["id"])
+        item, w, kind = ev["item_id"], float(ev["weight"]), ev["type"]
+        entry = {"e": ev["id"], "id": item, "ts": _aware(ev["ts"]), "w": abs(w)}
+        if w > 0:
+            pos.append(entry)
+        elif w < 0:
+            neg.append(entry)
+            cat = categories.get(item)
+            if cat:
+                fatigue[cat] = fatigue.get(cat, 0.0) + (1.0 if kind == "hide" else 0.5)
+        if kind == "hide":
+            blocked.append(item)
+        seen.append(item)
+    pos.sort(key=lambda p: p["ts"])
+    neg.sort(key=lambda p: p["ts"])
+    return replace(
+        state,
+        positives=pos[-cfg.max_recent :],
+        negatives=neg[-cfg.max_recent :],
+        seen=list(dict.fromkeys(reversed(seen)))[: cfg.max_seen][::-1],
+        blocked=list(dict.fromkeys(reversed(blocked)))[: cfg.max_blocked][::-1],
+        fatigue=fatigue,
+        applied=applied[-4 * cfg.max_recent :],
+    )
+
+
+def _weights(entries: Sequence[Mapping[str, Any]], now: datetime, half_life_h: float) -> np.ndarray:
+    ages = np.array([(now - _aware(e["ts"])).total_seconds() / 3600.0 for e in entries])
+    return np.array([float(e["w"]) for e in entries]) * np.exp2(-np.maximum(ages, 0) / half_life_h)
+
+
+def decayed_vector(
+    positives: Sequence[Mapping[str, Any]],
+    negatives: Sequence[Mapping[str, Any]],
+    vectors: Mapping[str, Sequence[float]],
+    now: datetime,
+    cfg: UserStateConfig,
+) -> list[float] | None:
+    """Pure: unit(Σ decayed wᵢ·vᵢ over positives − β·Σ decayed wⱼ·vⱼ over negatives)."""
+    acc: np.ndarray | None = None
+    for entries, sign in ((positives, 1.0), (negatives, -cfg.negative_weight)):
+        have = [e for e in entries if vectors.get(e["id"]) is not None]
+        if not have or sign == 0:
+            continue
+        w = _weights(have, now, cfg.half_life_hours)
+        M = np.asarray([vectors[e["id"]] for e in have], dtype=np.float64)
+        M /= np.maximum(np.linalg.norm(M, axis=1, keepdims=True), 1e-12)
+        part = sign * (w @ M) / max(float(w.sum()), 1e-12)
+        acc = part if acc is None else acc + part
+    if acc is None:
+        return None
+    n = float(np.linalg.norm(acc))
+    return (acc / n).tolist() if n > 1e-12 else None
+
+
+def behaviour_vector(
+    positives: Sequence[Mapping[str, Any]],
+    behaviours: Mapping[str, Sequence[float]],
+    now: datetime,
+    cfg: UserStateConfig,
+) -> list[float] | None:
+    """Fold-in of the decayed positives' behaviour vectors (ALS user solve)."""
+    from opendisco.rerank import fold_in
+
+    have = [e for e in positives if behaviours.get(e["id"]) is not None]
+    if not have:
+        return None
+    w = _weights(have, now, cfg.half_life_hours)
+    u = fold_in(np.asarray([behaviours[e["id"]] for e in have]), w, regularization=cfg.fold_in_reg)
+    return None if u is None else u.tolist()
+
+
+def recompute(
+    state: UserState,
+    vectors: Mapping[str, Sequence[float]],
+    behaviours: Mapping[str, Sequence[float]],
+    now: datetime,
+    cfg: UserStateConfig,
+) -> UserState:
+    return replace(
+        state,
+        vector=decayed_vector(state.positives, state.negatives, vectors, now, cfg),
+        behaviour=behaviour_vector(state.positives, behaviours, now, cfg),
+        updated_at=now,
+    )
+
+
+class UserStateStore:
+    """Reads and optimistic writes of ``user_state`` documents."""
+
+    def __init__(self, db: Any, cfg: UserStateConfig | None = None) -> None:
+        self.coll = db[USER_STATE]
+        self.cfg = cfg or UserStateConfig()
+
+    async def get(self, user_id: str) -> UserState:
+        """The user's state (an empty one for an unknown user)."""
+        return (await self.get_many([user_id]))[user_id]
+
+    async def get_many(self, user_ids: Iterable[str]) -> dict[str, UserState]:
+        from pymongo.errors import PyMongoError
+
+        ids = list(dict.fromkeys(user_ids))
+        try:
+            docs = await self.coll.find({"_id": {"$in": ids}}).to_list(None)
+        except PyMongoError as exc:
+            raise StoreBackendError(f"user_state lookup failed: {exc}") from exc
+        found = {d["_id"]: UserState.from_doc(d) for d in docs}
+        return {u: found.get(u) or UserState(user_id=u) for u in ids}
+
+    async def save(self, state: UserState) -> bool:
+        """Write ``state`` if nobody else wrote since it was read; False on a lost race."""
+        from pymongo.errors import DuplicateKeyError, PyMongoError
+
+        doc = {**state.to_doc(), "version": state.version + 1}
+        try:
+            if state.version == 0:
+                await self.coll.insert_one(doc)
+                return True
+            res = await self.coll.replace_one({"_id": state.user_id, "version": state.version}, doc)
+        except DuplicateKeyError:
+            return False
+        except PyMongoError as exc:
+            raise StoreBackendError(f"user_state write failed: {exc}") from exc
+        return res.matched_count == 1

@@ -1,0 +1,147 @@
+"""Behavioural item vectors: implicit ALS training and request-time fold-in.
+
+``train_als`` fits item/user factors on positive interactions (implicit, CPU); ``fold_in``
+solves one user's factor from the factors of items they engaged with, so a user vector exists
+the moment they act, without retraining; ``write_behaviour`` stores item factors in MongoDB's
+``behaviour`` field with a version bump so the ingest sync path carries them into OpenSearch
+(the content embedding is never recomputed: its text did not change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AlsModel", "fold_in", "train_als", "write_behaviour"]
+
+
+@dataclass(frozen=True)
+class AlsModel:
+    item_ids: list[str]
+    user_ids: list[str]
+    item_factors: np.ndarray  # (n_items, f)
+    user_factors: np.ndarray  # (n_users, f)
+    regularization: float
+
+    def gram(self) -> np.ndarray:
+        return self.item_factors.T @ self.item_factors
+
+    def vectors(self, min_norm: float = 1e-6) -> dict[str, list[float]]:
+        """Item id → factor list, skipping (near-)zero rows (cosine k-NN rejects them)."""
+        norms = np.linalg.norm(self.item_factors, axis=1)
+        return {
+            i: self.item_factors[r].astype(float).tolist()
+            for r, i in enumerate(self.item_ids)
+            if norms[r] > min_norm
+        }
+
+
+def fold_in(
+    item_factors: np.ndarray,
+    weights: Sequence[float] | np.ndarray | None = None,
+    *,
+    regularization: float = 0.1,
+    alpha: float = 1.0,
+    gram: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """One implicit-ALS user solve from the factors of the items the user engaged with.
+
+    ``(YᵀY + Y_rᵀ(C_r − I)Y_r + λI) u = Y_rᵀ C_r 1`` with confidence ``c = 1 + alpha·w``; without
+    ``gram`` (the model's YᵀY) the unobserved-items term is left out. Rows of zeros (items
+    without a behaviour vector) are dropped; returns None when nothing is left.
+    """
+    Y = np.asarray(item_factors, dtype=np.float64)
+    if Y.ndim != 2 or Y.shape[0] == 0:
+        return None
+    w = np.ones(Y.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    keep = (np.abs(Y).sum(axis=1) > 0) & (w > 0)
+    if not keep.any():
+        return None
+    Y, c = Y[keep], 1.0 + alpha * w[keep]
+    f = Y.shape[1]
+    base = gram if gram is not None else np.zeros((f, f))
+    extra = (c - 1.0) if gram is not None else c
+    A = base + (Y * extra[:, None]).T @ Y + regularization * np.eye(f)
+    b = Y.T @ c
+    return np.linalg.solve(A, b)
+
+
+def train_als(
+    interactions: Iterable[tuple[str, str, float]],
+    *,
+    factors: int = 32,
+    iterations: int = 15,
+    regularization: float = 0.05,
+    alpha: float = 10.0,
+    seed: int = 0,
+) -> AlsModel:
+    """Fit implicit ALS on ``(user_id, item_id, weight)`` positives (weights summed per pair)."""
+    import implicit
+    from scipy.sparse import csr_matrix
+
+    users: dict[str, int] = {}
+    items: dict[str, int] = {}
+    rows, cols, vals = [], [], []
+    for u, i, w in interactions:
+        rows.append(users.setdefault(u, len(users)))
+        cols.append(items.setdefault(i, len(items)))
+        vals.append(float(w))
+    if not vals:
+        raise ValueError("no interactions to train on")
+    ui = csr_matrix(
+        (np.asarray(vals, dtype=np.float32) * alpha, (rows, cols)),
+        shape=(len(users), len(items)),
+    )
+    ui.sum_duplicates()
+    model = implicit.cpu.als.AlternatingLeastSquares(
+        factors=factors,
+        iterations=iterations,
+        regularization=regularization,
+        random_state=seed,
+        calculate_training_loss=False,
+        num_threads=1,
+    )
+    model.fit(ui, show_progress=False)
+    return AlsModel(
+        item_ids=list(items),
+        user_ids=list(users),
+        item_factors=np.asarray(model.item_factors, dtype=np.float64),
+        user_factors=np.asarray(model.user_factors, dtype=np.float64),
+        regularization=regularization,
+    )
+
+
+async def write_behaviour(
+    db: Any,
+    collection: str,
+    vectors: Mapping[str, Sequence[float]],
+    *,
+    batch_size: int = 500,
+    now: datetime | None = None,
+) -> int:
+    """``$set behaviour`` + ``$inc version`` + ``updated_at`` per item (bulk); only existing,
+    non-deleted items are touched. Returns the number of items modified."""
+    from opendisco._exceptions import StoreBackendError
+    from pymongo import UpdateOne
+    from pymongo.errors import PyMongoError
+
+    now = now or datetime.now(UTC)
+    ops = [
+        UpdateOne(
+            {"_id": i, "deleted": {"$ne": True}},
+            {"$set": {"behaviour": list(map(float, v)), "updated_at": now}, "$inc": {"version": 1}},
+        )
+        for i, v in vectors.items()
+    ]
+    done = 0
+    try:
+        for k in range(0, len(ops), batch_size):
+            res = await db[collection].bulk_write(ops[k : k + batch_size], ordered=False)
+            done += res.modified_count
+    except PyMongoError as exc:
+        raise StoreBackendError(f"writing behaviour vectors failed: {exc}") from exc
+    return done

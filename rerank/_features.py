@@ -1,0 +1,177 @@
+"""``FeatureStore``: every feature of a candidate batch in a bounded number of round trips.
+
+Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most:
+
+* 1 OpenSearch ``mget`` of content + behaviour vectors (only ids missing from the TTL cache),
+* 1 OpenSearch ``mget`` of exposure counters (``ExposureStore.counts``; never cached: caps
+  must bite in real time),
+* 1 MongoDB ``find`` of inbound attention (cached with the vectors' TTL),
+* 1 MongoDB ``find`` of graph proximity to the user's recent items,
+
+issued concurrently. Vectors change only when an item is re-encoded or retrained, so the cache
+TTL bounds staleness after ``opendisco train``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from opendisco._exceptions import SearchBackendError
+from opendisco._settings import Settings
+
+from ._types import CandidateBatch, Features, RerankContext
+
+if TYPE_CHECKING:
+    from opensearchpy import AsyncOpenSearch
+
+__all__ = ["FeatureStore", "TTLCache"]
+
+
+class TTLCache:
+    """A small dict cache with per-entry expiry and a size bound (oldest evicted first)."""
+
+    def __init__(self, ttl_s: float, max_size: int = 50_000) -> None:
+        self.ttl = ttl_s
+        self.max_size = max_size
+        self._d: dict[str, tuple[float, Any]] = {}
+
+    def get_many(self, keys: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+        now = time.monotonic()
+        hit, miss = {}, []
+        for k in keys:
+            e = self._d.get(k)
+            if e is not None and e[0] > now:
+                hit[k] = e[1]
+            else:
+                miss.append(k)
+        return hit, miss
+
+    def put_many(self, values: dict[str, Any]) -> None:
+        exp = time.monotonic() + self.ttl
+        for k, v in values.items():
+            self._d.pop(k, None)
+            self._d[k] = (exp, v)
+        while len(self._d) > self.max_size:
+            self._d.pop(next(iter(self._d)))
+
+    def clear(self) -> None:
+        self._d.clear()
+
+
+class FeatureStore:
+    """Batched, cached feature lookups for :class:`~opendisco.rerank.Reranker`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        os_client: AsyncOpenSearch,
+        db: Any,
+        *,
+        exposure: Any | None = None,
+        cache_ttl_s: float = 60.0,
+        inbound_days: int = 7,
+    ) -> None:
+        from opendisco.ingest.graph import InboundCounter, ItemGraph
+
+        self.settings = settings
+        self.os = os_client
+        self.db = db
+        if exposure is None:
+            from opendisco.queries.exposure import ExposureStore
+
+            exposure = ExposureStore(os_client, settings)
+        self.exposure = exposure
+        self.graph = ItemGraph(db)
+        self.inbound = InboundCounter(db)
+        self.inbound_days = inbound_days
+        self.vectors = TTLCache(cache_ttl_s)
+        self.inbound_cache = TTLCache(cache_ttl_s)
+
+    async def _vectors(self, ids: list[str]) -> dict[str, tuple[Any, Any]]:
+        from opensearchpy.exceptions import NotFoundError, OpenSearchException
+
+        hit, miss = self.vectors.get_many(ids)
+        if not miss:
+            return hit
+        try:
+            resp = await self.os.mget(
+                index=self.settings.index_alias,
+                body={"ids": miss},
+                params={"_source_includes": "embedding,behaviour", "realtime": "false"},
+            )
+        except NotFoundError:
+            return hit
+        except OpenSearchException as exc:
+            raise SearchBackendError(f"feature vector lookup failed: {exc}") from exc
+        got = {
+            d["_id"]: (
+                (d.get("_source") or {}).get("embedding"),
+                (d.get("_source") or {}).get("behaviour"),
+            )
+            for d in resp["docs"]
+            if d.get("found")
+        }
+        self.vectors.put_many(got)  # misses are not cached: a new item may appear any second
+        return {**hit, **got}
+
+    async def _inbound(self, ids: list[str]) -> dict[str, int]:
+        hit, miss = self.inbound_cache.get_many(ids)
+        if miss:
+            got = await self.inbound.counts(miss, days=self.inbound_days)
+            fresh = {i: got.get(i, 0) for i in miss}
+            self.inbound_cache.put_many(fresh)
+            hit.update(fresh)
+        return hit
+
+    async def _graph(self, recent: Sequence[str], ids: list[str]) -> dict[str, float]:
+        return await self.graph.proximity(recent, ids) if recent else {}
+
+    async def lookup(self, ids: Sequence[str], *, recent: Sequence[str] = ()) -> Features:
+        """Features aligned with ``ids`` (zeros where something is missing)."""
+        ids = [str(i) for i in ids]
+        uniq = list(dict.fromkeys(ids))
+        vecs, expo, inbound, graph = await asyncio.gather(
+            self._vectors(uniq),
+            self.exposure.counts(uniq),
+            self._inbound(uniq),
+            self._graph(list(recent), uniq),
+        )
+        n, d, b = len(ids), self.settings.embedding_dim, self.settings.behaviour_dim
+        content, behaviour = np.zeros((n, d)), np.zeros((n, b))
+        for r, i in enumerate(ids):
+            cv, bv = vecs.get(i, (None, None))
+            if cv is not None and len(cv) == d:
+                content[r] = cv
+            if bv is not None and len(bv) == b:
+                behaviour[r] = bv
+        for M in (content, behaviour):
+            norms = np.linalg.norm(M, axis=1, keepdims=True)
+            np.divide(M, norms, out=M, where=norms > 0)
+        return Features(
+            content=content,
+            behaviour=behaviour,
+            exposure=np.array([float(expo.get(i, 0)) for i in ids]),
+            inbound=np.array([float(inbound.get(i, 0)) for i in ids]),
+            graph=np.array([float(graph.get(i, 0.0)) for i in ids]),
+        )
+
+    async def for_batch(self, batch: CandidateBatch, user_state: Any | None = None) -> Features:
+        recent = user_state.recent_positive_ids[:20] if user_state is not None else ()
+        return await self.lookup(batch.ids, recent=recent)
+
+    @staticmethod
+    def context(user_state: Any | None, **kw: Any) -> RerankContext:
+        """A :class:`RerankContext` from a ``UserState`` (vector, behaviour, fatigue, bans)."""
+        if user_state is None:
+            return RerankContext(**kw)
+        return RerankContext(
+            user_vector=np.asarray(user_state.vector) if user_state.vector else None,
+            behaviour_vector=np.asarray(user_state.behaviour) if user_state.behaviour else None,
+            fatigue=dict(user_state.fatigue),
+            bans=frozenset(user_state.blocked) | frozenset(kw.pop("bans", ())),
+            **kw,
+        )

@@ -1,0 +1,141 @@
+"""Events against the real servers: idempotency, rejection, user vector, graph, exposure caps."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from opendisco import Settings
+from opendisco.ingest.events import EVENTS, EventProcessor, UserStateStore
+from opendisco.ingest.graph import ItemGraph, UserGraph
+
+CAPPED_ITEM = "cap0"  # see conftest.catalogue
+
+
+def _ev(user: str, kind: str, item: str, **kw: Any) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "type": kind, "user_id": user, "item_id": item, **kw}
+
+
+def _uid() -> str:
+    return f"u{uuid.uuid4().hex[:8]}"
+
+
+async def test_duplicates_counted_once(rr_settings: Settings, rr_db: Any, aos: Any) -> None:
+    proc = EventProcessor(rr_settings, rr_db, aos)
+    user = _uid()
+    batch = [_ev(user, "impression", "beta3"), _ev(user, "like", "beta4")]
+    before = (await proc.exposure.counts(["beta3"]))["beta3"]
+    first = await proc.apply([*batch, batch[0]])  # in-batch duplicate too
+    assert (first.accepted, first.duplicates, first.rejected) == (2, 1, [])
+    again = await proc.apply(batch)
+    assert (again.accepted, again.duplicates) == (0, 2)
+    assert (await proc.exposure.counts(["beta3"]))["beta3"] == before + 1
+    st = await UserStateStore(rr_db).get(user)
+    assert [p["id"] for p in st.positives] == ["beta4"]
+    assert await rr_db[EVENTS].count_documents({"user_id": user}) == 2
+
+
+async def test_malformed_events_rejected_and_nothing_applied(
+    rr_settings: Settings, rr_db: Any, aos: Any
+) -> None:
+    proc = EventProcessor(rr_settings, rr_db, aos)
+    user = _uid()
+    future = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    batch = [
+        _ev(user, "like", "gamma1"),
+        {"id": "x1", "user_id": user, "item_id": "gamma2"},  # no type
+        _ev(user, "like", "no-such-item"),
+        _ev(user, "like", "gamma3", ts=future),
+        _ev(user, "teleport", "gamma4"),
+        _ev(user, "impression", "gamma5", extra_field=1),
+        "not an object",
+    ]
+    res = await proc.apply(batch)
+    assert res.accepted == 1
+    reasons = dict(res.rejected)
+    assert sorted(reasons) == [1, 2, 3, 4, 5, 6]
+    assert "type" in reasons[1] and "unknown item" in reasons[2] and "future" in reasons[3]
+    assert "extra_field" in reasons[5]
+    stored = await rr_db[EVENTS].find({"user_id": user}).to_list(None)
+    assert [d["item_id"] for d in stored] == ["gamma1"]
+    assert all(d["applied"] for d in stored)
+    st = await UserStateStore(rr_db).get(user)
+    assert st.seen == ["gamma1"]
+    assert (await proc.exposure.counts(["gamma5"]))["gamma5"] == 0
+
+
+async def test_interrupted_claim_is_reapplied_once(
+    rr_settings: Settings, rr_db: Any, aos: Any
+) -> None:
+    proc = EventProcessor(rr_settings, rr_db, aos)
+    user = _uid()
+    ev = _ev(user, "like", "alpha7")
+    # a previous call claimed the event and died before applying it
+    await rr_db[EVENTS].insert_one(
+        {"_id": ev["id"], "type": "like", "user_id": user, "item_id": "alpha7", "applied": False}
+    )
+    res = await proc.apply([ev])
+    assert (res.accepted, res.recovered, res.duplicates) == (0, 1, 0)
+    res2 = await proc.apply([ev])
+    assert (res2.accepted, res2.recovered, res2.duplicates) == (0, 0, 1)
+    st = await UserStateStore(rr_db).get(user)
+    assert [p["id"] for p in st.positives] == ["alpha7"]
+
+
+async def test_user_vector_is_decayed_mean_of_positives_minus_negatives(
+    rr_settings: Settings, rr_db: Any, aos: Any, rr_items: list[dict[str, Any]]
+) -> None:
+    proc = EventProcessor(rr_settings, rr_db, aos)
+    vec = {it["id"]: np.asarray(it["embedding"]) for it in rr_items}
+    user = _uid()
+    now = datetime.now(UTC)
+    await proc.apply([_ev(user, "like", "alpha1", ts=now.isoformat())], now=now)
+    st = await UserStateStore(rr_db).get(user)
+    np.testing.assert_allclose(st.vector, vec["alpha1"] / np.linalg.norm(vec["alpha1"]), atol=1e-6)
+    await proc.apply([_ev(user, "hide", "beta1", ts=now.isoformat())], now=now)
+    st = await UserStateStore(rr_db).get(user)
+    expected = vec["alpha1"] - 0.5 * vec["beta1"]
+    np.testing.assert_allclose(st.vector, expected / np.linalg.norm(expected), atol=1e-6)
+    assert "beta1" in st.blocked and st.fatigue == {"beta": 1.0}
+    assert st.behaviour is not None and len(st.behaviour) == rr_settings.behaviour_dim
+
+
+async def test_graph_co_engagement_and_mutual_likes(
+    rr_settings: Settings, rr_db: Any, aos: Any
+) -> None:
+    proc = EventProcessor(rr_settings, rr_db, aos)
+    u = _uid()
+    await proc.apply([_ev(u, "like", "gamma10"), _ev(u, "click", "gamma11")])
+    await proc.apply([_ev(u, "like", "beta12")])
+    g = ItemGraph(rr_db)
+    nb = dict(await g.neighbours(["gamma10"]))
+    assert nb.get("gamma11") == 1.0 and nb.get("beta12") == 1.0
+    assert await g.proximity(["gamma10", "gamma11"], ["beta12", "alpha0"]) == {"beta12": 2.0}
+    # person0 likes person1's profile and back: a mutual like
+    r1 = await proc.apply([_ev("person0", "like", "prof1")])
+    assert r1.mutual == []
+    r2 = await proc.apply([_ev("person1", "like", "prof0")])
+    assert r2.mutual == [("person1", "person0")]
+    assert await UserGraph(rr_db).mutual("person0") == ["person1"]
+
+
+async def test_counters_reach_caps_and_capped_items_disappear(
+    rr_settings: Settings, rr_db: Any, aos: Any
+) -> None:
+    from opendisco.queries.exposure import capped_lookup
+
+    proc = EventProcessor(rr_settings, rr_db, aos)
+    query = {"query": {"bool": {"must_not": [capped_lookup(rr_settings)]}}, "size": 100}
+
+    async def visible() -> set[str]:
+        resp = await aos.search(index=rr_settings.index_alias, body=query)
+        return {h["_id"] for h in resp["hits"]["hits"]}
+
+    assert CAPPED_ITEM in await visible()
+    for n in range(1, 4):
+        res = await proc.apply([_ev(_uid(), "impression", CAPPED_ITEM)])
+        assert (CAPPED_ITEM in res.capped) == (n >= 3)
+    assert (await proc.exposure.counts([CAPPED_ITEM]))[CAPPED_ITEM] == 3
+    assert CAPPED_ITEM not in await visible()
