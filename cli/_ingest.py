@@ -1,0 +1,203 @@
+"""``opendisco templates apply | reindex | sync | verify | sample`` (the ingest team's commands)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from opendisco._settings import Settings
+
+from ._base import OpenDiscoGroup, pass_settings
+
+__all__ = ["register"]
+
+
+def _progress(label: str) -> tuple[Any, Any]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    class Rate(TextColumn):
+        def __init__(self) -> None:
+            super().__init__("")
+
+        def render(self, task: Any) -> Any:
+            from rich.text import Text
+
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} docs/s" if speed else "… docs/s")
+
+    bar = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Rate(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        transient=False,
+        console=None,
+    )
+    task = bar.add_task(label, total=None)
+    return bar, task
+
+
+@click.group("templates", cls=OpenDiscoGroup)
+def templates_cmd() -> None:
+    """Index templates kept in index_templates/*.json."""
+
+
+@templates_cmd.command("apply")
+@click.option("--dry-run", is_flag=True, help="Only print the diff against the cluster.")
+@pass_settings
+def templates_apply(settings: Settings, dry_run: bool) -> None:
+    """Put index templates that differ from the cluster (idempotent); print the diff."""
+    from opendisco import clients
+    from opendisco.ingest import apply_templates
+
+    async def main() -> list[Any]:
+        client = clients.async_opensearch(settings)
+        try:
+            return await apply_templates(settings, client, dry_run=dry_run)
+        finally:
+            await client.close()
+
+    for plan in asyncio.run(main()):
+        if plan.changed:
+            verb = "would update" if dry_run else "updated"
+            if not plan.exists:
+                verb = "would create" if dry_run else "created"
+            click.echo(f"{plan.name}: {verb}")
+            click.echo(plan.diff, nl=False)
+        else:
+            click.echo(f"{plan.name}: up to date")
+        if plan.live_index:
+            if plan.live_diff:
+                click.echo(
+                    f"{plan.live_index} (behind the alias) differs; run `opendisco reindex`:"
+                )
+                click.echo(plan.live_diff, nl=False)
+            else:
+                click.echo(f"{plan.live_index} (behind the alias) matches")
+
+
+@click.command("reindex")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@pass_settings
+def reindex_cmd(settings: Settings, quiet: bool) -> None:
+    """Rebuild the items index from MongoDB and swap the read alias atomically."""
+    from opendisco.ingest import reindex
+
+    bar, task = _progress("reindex") if not quiet else (None, None)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(task, completed=done, total=total)
+
+    ctx = bar if bar is not None else contextlib.nullcontext()
+    with ctx:
+        report = asyncio.run(reindex(settings, progress=progress))
+    click.echo(
+        f"{report.alias} -> {report.index}: {report.indexed}/{report.total} indexed, "
+        f"{report.dead_lettered} dead-lettered, {report.encoded} encoded, "
+        f"{report.cache_hits} cache hits, {report.caught_up} caught up, "
+        f"{report.docs_per_s:,.0f} docs/s in {report.took_s:.1f}s"
+    )
+    if report.previous:
+        click.echo(f"previous: {', '.join(report.previous)}")
+    if report.removed:
+        click.echo(f"removed: {', '.join(report.removed)}")
+
+
+@click.command("sync")
+@click.option("--once", is_flag=True, help="Catch up once and exit.")
+@pass_settings
+def sync_cmd(settings: Settings, once: bool) -> None:
+    """Stream MongoDB changes into the alias (change streams, or watermark polling)."""
+    from opendisco.ingest import run_sync, sync_once
+
+    def show(report: Any) -> None:
+        click.echo(
+            f"[{report.mode}] {report.changes} changes: {report.indexed} indexed, "
+            f"{report.deleted} deleted, {report.conflicts} newer-already, "
+            f"{report.dead_lettered} dead-lettered, {report.encoded} encoded"
+        )
+
+    if once:
+        show(asyncio.run(sync_once(settings)))
+        return
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_sync(settings, stop=stop, on_report=show)
+
+    click.echo(f"syncing {settings.mongo_db}.{settings.items_collection} -> {settings.index_alias}")
+    asyncio.run(main())
+
+
+@click.command("verify")
+@click.option("--show", default=10, show_default=True, help="Ids listed per kind of difference.")
+@pass_settings
+def verify_cmd(settings: Settings, show: int) -> None:
+    """Compare MongoDB and the alias by ids, versions, content hashes; exit 1 on differences."""
+    from opendisco.ingest import verify
+
+    report = asyncio.run(verify(settings))
+    click.echo(report.summary())
+    for name in ("missing", "extra", "stale", "mismatched"):
+        values = getattr(report, name)
+        if values:
+            click.echo(f"  {name}: {values[:show]}{' …' if len(values) > show else ''}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command("sample")
+@click.option("-n", "--size", default=1000, show_default=True, help="Marketplace profiles.")
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--movielens",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Load a MovieLens directory (ml-latest-small or ml-100k) instead.",
+)
+@pass_settings
+def sample_cmd(settings: Settings, size: int, seed: int, movielens: Path | None) -> None:
+    """Write a seeded synthetic marketplace (or MovieLens) into MongoDB."""
+    from opendisco.ingest import generate_marketplace, load_movielens, write_sample
+
+    if movielens is not None:
+        data = load_movielens(movielens)
+        items, users = data.items, data.users
+        click.echo(
+            f"{data.format}: {len(items)} movies, {len(users)} users, {len(data.ratings)} ratings"
+        )
+    else:
+        items, users = generate_marketplace(size, seed)
+    counts = write_sample(settings, items, users)
+    click.echo(
+        f"{settings.mongo_db}.{settings.items_collection}: {counts['items']} items, "
+        f"{counts['users']} users written"
+    )
+
+
+def register(cli: click.Group) -> None:
+    existing = cli.commands.get("templates")
+    if existing is None:
+        cli.add_command(templates_cmd)
+    elif isinstance(existing, click.Group) and "apply" not in existing.commands:
+        existing.add_command(templates_apply)
+    for cmd in (reindex_cmd, sync_cmd, verify_cmd, sample_cmd):
+        cli.add_command(cmd)

@@ -1,0 +1,189 @@
+"""Bulk writes with external versioning, as small pure pieces plus one async I/O loop.
+
+Pure: ``Action`` → NDJSON lines (``encode_action``), chunking by count and bytes
+(``chunk_actions``), and the meaning of one per-item result (``classify``). I/O:
+``BulkWriter.write`` sends chunks, retries 429/5xx items (and whole-request 429/5xx/connection
+failures) with capped exponential backoff, and returns every action as acknowledged (2xx, or
+409 = a newer copy is there) or rejected with OpenSearch's reason. Anything still failing after
+the retries raises :class:`SearchBackendError` — nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from opendisco._exceptions import SearchBackendError
+from opendisco._settings import Settings
+
+__all__ = [
+    "Action",
+    "BulkResult",
+    "BulkWriter",
+    "backoff_delay",
+    "chunk_actions",
+    "classify",
+    "encode_action",
+]
+
+Outcome = Literal["ok", "conflict", "retry", "reject"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One index or delete of an item with its external (MongoDB) version."""
+
+    op: Literal["index", "delete"]
+    id: str
+    version: int
+    source: Mapping[str, Any] | None = None
+    raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class BulkResult:
+    ok: list[Action] = field(default_factory=list)
+    conflicts: list[Action] = field(default_factory=list)  # 409: a newer copy is there
+    rejected: list[tuple[Action, str]] = field(default_factory=list)
+    retries: int = 0
+
+    @property
+    def acknowledged(self) -> list[Action]:
+        return self.ok + self.conflicts
+
+    def merge(self, other: BulkResult) -> None:
+        self.ok += other.ok
+        self.conflicts += other.conflicts
+        self.rejected += other.rejected
+        self.retries += other.retries
+
+
+def encode_action(action: Action, index: str) -> bytes:
+    meta = {
+        action.op: {
+            "_index": index,
+            "_id": action.id,
+            "version": action.version,
+            "version_type": "external",
+        }
+    }
+    lines = [json.dumps(meta, separators=(",", ":"))]
+    if action.op == "index":
+        lines.append(json.dumps(action.source, separators=(",", ":"), allow_nan=True))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def chunk_actions(
+    actions: Iterable[Action], index: str, max_docs: int, max_bytes: int
+) -> Iterator[list[tuple[Action, bytes]]]:
+    chunk: list[tuple[Action, bytes]] = []
+    size = 0
+    for action in actions:
+        data = encode_action(action, index)
+        if chunk and (len(chunk) >= max_docs or size + len(data) > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((action, data))
+        size += len(data)
+    if chunk:
+        yield chunk
+
+
+def _reason(error: Any) -> str:
+    if not isinstance(error, Mapping):
+        return str(error)
+    text = f"{error.get('type')}: {error.get('reason')}"
+    cause = error.get("caused_by")
+    if isinstance(cause, Mapping):
+        text += f" (caused by {cause.get('type')}: {cause.get('reason')})"
+    return text
+
+
+def classify(op: str, item: Mapping[str, Any]) -> tuple[Outcome, str]:
+    """Meaning of one bulk response item for an external-versioned ``op``."""
+    status = int(item.get("status", 500))
+    if 200 <= status < 300:
+        return "ok", ""
+    if status == 404 and op == "delete":
+        return "ok", "not_found"  # already absent; the tombstone version is recorded
+    if status == 409:
+        return "conflict", _reason(item.get("error"))
+    if status == 429 or status >= 500:
+        return "retry", _reason(item.get("error"))
+    return "reject", _reason(item.get("error"))
+
+
+def backoff_delay(attempt: int, cap: float, base: float = 0.1) -> float:
+    """Capped exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+class BulkWriter:
+    """Writes actions into ``index`` (a concrete index or a single-index alias)."""
+
+    def __init__(self, client: Any, settings: Settings, index: str) -> None:
+        self.client = client
+        self.settings = settings
+        self.index = index
+
+    async def _send(self, body: bytes) -> dict[str, Any]:
+        from opensearchpy.exceptions import ConnectionError as OSConnectionError
+        from opensearchpy.exceptions import TransportError
+
+        attempt = 0
+        while True:
+            try:
+                return await self.client.bulk(body=body)
+            except (OSConnectionError, TransportError) as exc:
+                status = getattr(exc, "status_code", None)
+                transient = isinstance(exc, OSConnectionError) or status in (429, 502, 503, 504)
+                if not transient or attempt >= self.settings.bulk_max_retries:
+                    raise SearchBackendError(f"bulk request failed: {exc}") from exc
+                await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
+                attempt += 1
+
+    async def write(self, actions: Iterable[Action]) -> BulkResult:
+        result = BulkResult()
+        for chunk in chunk_actions(
+            actions, self.index, self.settings.bulk_batch_size, self.settings.bulk_max_bytes
+        ):
+            result.merge(await self._write_chunk(chunk))
+        return result
+
+    async def _write_chunk(self, chunk: list[tuple[Action, bytes]]) -> BulkResult:
+        result = BulkResult()
+        pending = chunk
+        last_reason = ""
+        for attempt in range(self.settings.bulk_max_retries + 1):
+            if attempt:
+                result.retries += len(pending)
+                await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
+            resp = await self._send(b"".join(data for _, data in pending))
+            items = resp.get("items", [])
+            if len(items) != len(pending):
+                raise SearchBackendError(
+                    f"bulk answered {len(items)} items for {len(pending)} actions"
+                )
+            retry: list[tuple[Action, bytes]] = []
+            for (action, data), item in zip(pending, items, strict=True):
+                outcome, reason = classify(action.op, next(iter(item.values())))
+                if outcome == "ok":
+                    result.ok.append(action)
+                elif outcome == "conflict":
+                    result.conflicts.append(action)
+                elif outcome == "retry":
+                    retry.append((action, data))
+                    last_reason = reason
+                else:
+                    result.rejected.append((action, reason))
+            if not retry:
+                return result
+            pending = retry
+        raise SearchBackendError(
+            f"{len(pending)} bulk items still failing after "
+            f"{self.settings.bulk_max_retries} retries: {last_reason}"
+        )

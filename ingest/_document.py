@@ -1,0 +1,123 @@
+"""Pure mapping from a validated item to the text we embed and the OpenSearch document."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "HASHED_EXCLUDE",
+    "build_index_doc",
+    "content_hash",
+    "embedding_text",
+    "text_key",
+    "to_index_doc",
+]
+
+# fields of the OpenSearch document not covered by the content hash
+HASHED_EXCLUDE = frozenset({"embedding", "content_hash"})
+
+_COPIED = (
+    "kind",
+    "title",
+    "description",
+    "tags",
+    "category",
+    "owner_id",
+    "year",
+    "location",
+    "popularity",
+    "quality",
+    "available",
+    "exposure_cap",
+    "gender",
+    "age",
+    "pref_genders",
+    "pref_age_min",
+    "pref_age_max",
+    "behaviour",
+)
+
+
+def embedding_text(item: Mapping[str, Any]) -> str:
+    """``title. description. tag, tag`` — the text behind the content vector."""
+    parts = [
+        str(item.get("title") or "").strip().rstrip("."),
+        str(item.get("description") or "").strip().rstrip("."),
+    ]
+    tags = item.get("tags") or []
+    if tags:
+        parts.append(", ".join(str(t) for t in tags))
+    return ". ".join(p for p in parts if p)
+
+
+def text_key(model_name: str, text: str) -> str:
+    """Embedding-cache key: sha256 of the model name and the exact text."""
+    return hashlib.sha256(f"{model_name}\x00{text}".encode()).hexdigest()
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def content_hash(doc: Mapping[str, Any]) -> str:
+    """sha256 of an OpenSearch item document minus its vector and hash (verify compares it)."""
+    body = {k: v for k, v in doc.items() if k not in HASHED_EXCLUDE and v is not None}
+    text = json.dumps(_canonical(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _features(item: Mapping[str, Any]) -> dict[str, float]:
+    # rank_features accept only positive values; absent means "no boost"
+    feats = {}
+    pop = item.get("popularity") or 0.0
+    if pop > 0:
+        feats["popularity"] = float(math.log1p(pop))
+    q = item.get("quality")
+    if q is not None and q > 0:
+        feats["quality"] = float(q)
+    return feats
+
+
+def to_index_doc(item: Mapping[str, Any], embedding: Sequence[float] | None) -> dict[str, Any]:
+    """The OpenSearch ``_source`` of a validated item (see ``validate_item``).
+
+    ``embedding`` is the content vector of ``embedding_text(item)``; ``None`` builds the
+    document without it (what ``verify`` hashes). ``behaviour`` flows through unchanged.
+    """
+    doc: dict[str, Any] = {"id": item["_id"]}
+    for field in _COPIED:
+        value = item.get(field)
+        if value is None or value == []:
+            continue
+        doc[field] = value
+    for field in ("created_at", "updated_at"):
+        if item.get(field) is not None:
+            doc[field] = _iso(item[field])
+    feats = _features(item)
+    if feats:
+        doc["features"] = feats
+    doc["source_version"] = int(item["version"])
+    doc["content_hash"] = content_hash(doc)
+    if embedding is not None:
+        doc["embedding"] = [float(x) for x in embedding]
+    return doc
+
+
+build_index_doc = to_index_doc

@@ -1,0 +1,187 @@
+"""Batched sentence-transformers encoding behind a content-hash cache.
+
+The cache key is ``sha256(model name, text)``; vectors are stored as float32 bytes in the
+MongoDB collection ``embedding_cache`` (``{_id: key, v: Binary}``) with an in-process LRU in
+front, so an unchanged text is never encoded twice — not by reindex, not by sync, not across
+processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from opendisco import clients
+from opendisco._exceptions import StoreBackendError
+from opendisco._settings import Settings
+
+from ._document import text_key
+
+__all__ = ["CACHE_COLLECTION", "Embedder", "EmbeddingCache", "MemoryCache", "MongoCache"]
+
+CACHE_COLLECTION = "embedding_cache"
+
+
+class EmbeddingCache(Protocol):
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+    def put_many(self, vectors: Mapping[str, np.ndarray]) -> None: ...
+
+
+class MemoryCache:
+    """Bounded LRU of key → float32 vector (thread-safe)."""
+
+    def __init__(self, max_items: int = 200_000) -> None:
+        self.max_items = max_items
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            out = {}
+            for k in keys:
+                v = self._data.get(k)
+                if v is not None:
+                    self._data.move_to_end(k)
+                    out[k] = v
+            return out
+
+    def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
+        with self._lock:
+            self._data.update(vectors)
+            while len(self._data) > self.max_items:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class MongoCache:
+    """Persistent cache in a (synchronous pymongo) collection; vectors as float32 bytes."""
+
+    def __init__(self, collection: Any, dim: int) -> None:
+        self.collection = collection
+        self.dim = dim
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        from pymongo.errors import PyMongoError
+
+        out: dict[str, np.ndarray] = {}
+        try:
+            for i in range(0, len(keys), 1000):
+                chunk = list(keys[i : i + 1000])
+                for doc in self.collection.find({"_id": {"$in": chunk}}):
+                    vec = np.frombuffer(bytes(doc["v"]), dtype=np.float32)
+                    if vec.shape == (self.dim,):
+                        out[doc["_id"]] = vec
+        except PyMongoError as exc:
+            raise StoreBackendError(f"embedding cache read failed: {exc}") from exc
+        return out
+
+    def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
+        from bson import Binary
+        from pymongo import UpdateOne
+        from pymongo.errors import PyMongoError
+
+        if not vectors:
+            return
+        ops = [
+            UpdateOne(
+                {"_id": k},
+                {"$setOnInsert": {"v": Binary(np.asarray(v, np.float32).tobytes())}},
+                upsert=True,
+            )
+            for k, v in vectors.items()
+        ]
+        try:
+            self.collection.bulk_write(ops, ordered=False)
+        except PyMongoError as exc:
+            raise StoreBackendError(f"embedding cache write failed: {exc}") from exc
+
+
+class Embedder:
+    """``encode(texts) -> (n, dim) float32``, normalised, cached by content hash.
+
+    ``persist=True`` (default) keeps the cache in MongoDB ``embedding_cache`` of
+    ``settings.mongo_db``; the model is loaded lazily on the first cache miss.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: Any | None = None,
+        *,
+        cache: EmbeddingCache | None = None,
+        persist: bool = True,
+    ) -> None:
+        self.settings = settings
+        self._model = model
+        self.model_name = Path(settings.model_path or "all-MiniLM-L6-v2").name
+        self.memory = MemoryCache()
+        self._mongo_client: Any | None = None
+        if cache is None and persist:
+            self._mongo_client = clients.mongo(settings)
+            coll = self._mongo_client[settings.mongo_db][CACHE_COLLECTION]
+            cache = MongoCache(coll, settings.embedding_dim)
+        self.store = cache
+        self.encoded = 0  # texts that went through the model
+        self.hits = 0  # texts served from a cache
+        self.encode_seconds = 0.0
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = clients.load_model(self.settings)
+        return self._model
+
+    def close(self) -> None:
+        if self._mongo_client is not None:
+            self._mongo_client.close()
+            self._mongo_client = None
+
+    def keys(self, texts: Iterable[str]) -> list[str]:
+        return [text_key(self.model_name, t) for t in texts]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import time
+
+        texts = list(texts)
+        dim = self.settings.embedding_dim
+        out = np.zeros((len(texts), dim), dtype=np.float32)
+        if not texts:
+            return out
+        keys = self.keys(texts)
+        found = self.memory.get_many(keys)
+        missing = [k for k in dict.fromkeys(keys) if k not in found]
+        if missing and self.store is not None:
+            stored = self.store.get_many(missing)
+            self.memory.put_many(stored)
+            found.update(stored)
+        todo: dict[str, str] = {}
+        for k, t in zip(keys, texts, strict=True):
+            if k not in found:
+                todo.setdefault(k, t)
+        if todo:
+            t0 = time.perf_counter()
+            vecs = self.model.encode(
+                list(todo.values()),
+                batch_size=self.settings.embed_batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ).astype(np.float32, copy=False)
+            self.encode_seconds += time.perf_counter() - t0
+            fresh = dict(zip(todo.keys(), vecs, strict=True))
+            self.encoded += len(fresh)
+            self.memory.put_many(fresh)
+            if self.store is not None:
+                self.store.put_many(fresh)
+            found.update(fresh)
+        self.hits += len(texts) - len(todo)
+        for i, k in enumerate(keys):
+            out[i] = found[k]
+        return out

@@ -1,0 +1,231 @@
+"""The declared schema of MongoDB ``items`` (docs/architecture.md) as one pure validator.
+
+``validate_item`` returns a normalised copy (only declared fields, UTC datetimes, floats) or
+raises :class:`DocumentInvalid` whose message names the field and the problem; that message is
+what lands in ``dead_letters.reason``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from opendisco._exceptions import DocumentInvalid
+
+__all__ = ["ITEM_FIELDS", "KINDS", "MAX_ID_BYTES", "MAX_KEYWORD_BYTES", "validate_item"]
+
+KINDS = frozenset({"profile", "movie", "listing", "product"})
+MAX_ID_BYTES = 512
+MAX_KEYWORD_BYTES = 1024  # tags/category/gender: far below Lucene's 32 KB term limit
+MAX_TEXT_BYTES = 64_000
+MAX_TAGS = 100
+MAX_DEPTH = 8  # nesting of any (even undeclared) field
+MIN_YEAR, MAX_YEAR = 1000, 9999
+
+ITEM_FIELDS = (
+    "kind",
+    "title",
+    "description",
+    "tags",
+    "category",
+    "owner_id",
+    "created_at",
+    "updated_at",
+    "version",
+    "deleted",
+    "year",
+    "location",
+    "popularity",
+    "quality",
+    "available",
+    "exposure_cap",
+    "gender",
+    "age",
+    "pref_genders",
+    "pref_age_min",
+    "pref_age_max",
+    "behaviour",
+)
+
+
+def _fail(field: str, problem: str) -> DocumentInvalid:
+    return DocumentInvalid(f"{field}: {problem}")
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, Mapping):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list | tuple):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def _str(doc: Mapping[str, Any], field: str, *, required: bool, max_bytes: int) -> str | None:
+    value = doc.get(field)
+    if value is None:
+        if required:
+            raise _fail(field, "required")
+        return None
+    if not isinstance(value, str):
+        raise _fail(field, f"expected a string, got {type(value).__name__}")
+    if len(value.encode("utf-8")) > max_bytes:
+        raise _fail(field, f"longer than {max_bytes} bytes")
+    return value
+
+
+def _int(
+    doc: Mapping[str, Any], field: str, *, lo: int | None = None, hi: int | None = None
+) -> int | None:
+    value = doc.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+            value = int(value)
+        else:
+            raise _fail(field, f"expected an integer, got {type(value).__name__}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise _fail(field, f"{value} outside [{lo}, {hi}]")
+    return value
+
+
+def _float(doc: Mapping[str, Any], field: str, lo: float, hi: float | None) -> float | None:
+    value = doc.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(field, f"expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise _fail(field, f"not finite ({value})")
+    if value < lo or (hi is not None and value > hi):
+        raise _fail(field, f"{value} outside [{lo}, {hi}]")
+    return value
+
+
+def _bool(doc: Mapping[str, Any], field: str, default: bool) -> bool:
+    value = doc.get(field, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _fail(field, f"expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def _date(doc: Mapping[str, Any], field: str, *, required: bool) -> datetime | None:
+    value = doc.get(field)
+    if value is None:
+        if required:
+            raise _fail(field, "required")
+        return None
+    if not isinstance(value, datetime):
+        # out-of-range BSON dates arrive as bson.DatetimeMS (DATETIME_AUTO codec)
+        raise _fail(field, f"expected a datetime in years 1..9999, got {value!r}")
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise _fail(field, f"year {value.year} outside [{MIN_YEAR}, {MAX_YEAR}]")
+    return value
+
+
+def _keywords(doc: Mapping[str, Any], field: str) -> list[str]:
+    value = doc.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise _fail(field, f"expected a list of strings, got {type(value).__name__}")
+    if len(value) > MAX_TAGS:
+        raise _fail(field, f"more than {MAX_TAGS} entries")
+    out = []
+    for i, v in enumerate(value):
+        if not isinstance(v, str):
+            raise _fail(f"{field}[{i}]", f"expected a string, got {type(v).__name__}")
+        if len(v.encode("utf-8")) > MAX_KEYWORD_BYTES:
+            raise _fail(f"{field}[{i}]", f"longer than {MAX_KEYWORD_BYTES} bytes")
+        out.append(v)
+    return out
+
+
+def _vector(doc: Mapping[str, Any], field: str, dim: int | None) -> list[float] | None:
+    value = doc.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise _fail(field, f"expected a list of numbers, got {type(value).__name__}")
+    if dim is not None and len(value) != dim:
+        raise _fail(field, f"expected {dim} dimensions, got {len(value)}")
+    out = []
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+            raise _fail(field, f"components must be finite numbers, got {x!r}")
+        out.append(float(x))
+    if not any(out):
+        raise _fail(field, "zero vector (undefined cosine)")
+    return out
+
+
+def _location(doc: Mapping[str, Any]) -> dict[str, float] | None:
+    value = doc.get("location")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) != {"lat", "lon"}:
+        raise _fail("location", "expected {lat, lon}")
+    lat = _float(value, "lat", -90.0, 90.0)
+    lon = _float(value, "lon", -180.0, 180.0)
+    if lat is None or lon is None:
+        raise _fail("location", "lat and lon are required")
+    return {"lat": lat, "lon": lon}
+
+
+def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -> dict[str, Any]:
+    """Check ``doc`` against the items schema; return the normalised declared fields.
+
+    Undeclared fields are allowed (other tools may annotate items) but are not indexed;
+    they still count towards the nesting limit.
+    """
+    if not isinstance(doc, Mapping):
+        raise _fail("document", f"expected a mapping, got {type(doc).__name__}")
+    if _depth(doc) > MAX_DEPTH:
+        raise _fail("document", f"nested deeper than {MAX_DEPTH} levels")
+    doc_id = doc.get("_id")
+    if not isinstance(doc_id, str) or not doc_id:
+        raise _fail("_id", f"expected a non-empty string, got {doc_id!r}")
+    if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
+        raise _fail("_id", f"longer than {MAX_ID_BYTES} bytes")
+    kind = _str(doc, "kind", required=True, max_bytes=64)
+    if kind not in KINDS:
+        raise _fail("kind", f"{kind!r} not one of {sorted(KINDS)}")
+    version = _int(doc, "version", lo=1, hi=2**62)
+    if version is None:
+        raise _fail("version", "required (monotonic per document)")
+    out: dict[str, Any] = {
+        "_id": doc_id,
+        "kind": kind,
+        "title": _str(doc, "title", required=True, max_bytes=4096),
+        "description": _str(doc, "description", required=False, max_bytes=MAX_TEXT_BYTES) or "",
+        "tags": _keywords(doc, "tags"),
+        "category": _str(doc, "category", required=False, max_bytes=MAX_KEYWORD_BYTES),
+        "owner_id": _str(doc, "owner_id", required=False, max_bytes=MAX_ID_BYTES),
+        "created_at": _date(doc, "created_at", required=False),
+        "updated_at": _date(doc, "updated_at", required=True),
+        "version": version,
+        "deleted": _bool(doc, "deleted", False),
+        "year": _int(doc, "year", lo=MIN_YEAR, hi=MAX_YEAR),
+        "location": _location(doc),
+        "popularity": _float(doc, "popularity", 0.0, None) or 0.0,
+        "quality": _float(doc, "quality", 0.0, 1.0),
+        "available": _bool(doc, "available", True),
+        "exposure_cap": _int(doc, "exposure_cap", lo=0, hi=2**31 - 1),
+        "gender": _str(doc, "gender", required=False, max_bytes=64),
+        "age": _int(doc, "age", lo=0, hi=150),
+        "pref_genders": _keywords(doc, "pref_genders"),
+        "pref_age_min": _int(doc, "pref_age_min", lo=0, hi=150),
+        "pref_age_max": _int(doc, "pref_age_max", lo=0, hi=150),
+        "behaviour": _vector(doc, "behaviour", behaviour_dim),
+    }
+    if not out["title"].strip():
+        raise _fail("title", "empty")
+    return out

@@ -1,0 +1,138 @@
+"""MongoDB side of ingest: codec for reading items, ``dead_letters`` and ``sync_state``.
+
+``dead_letters``: ``{_id, source, stage, doc_id, version, reason, doc, at}``; the ``_id`` is a
+hash of (source, doc id, version, reason) so re-reading the same bad document (overlap
+windows, restarts) records it once.
+``sync_state``: one document per (alias, collection, feed kind) holding its checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from datetime import UTC
+from typing import Any
+
+from opendisco._exceptions import StoreBackendError
+from opendisco._settings import Settings
+
+from ._sample import now_ms
+
+__all__ = [
+    "DEAD_LETTERS",
+    "SYNC_STATE",
+    "dead_letter",
+    "items_collection",
+    "load_state",
+    "save_state",
+    "state_key",
+    "write_dead_letters",
+]
+
+DEAD_LETTERS = "dead_letters"
+SYNC_STATE = "sync_state"
+
+
+def items_collection(db: Any, settings: Settings) -> Any:
+    """The items collection with a codec that never fails on out-of-range dates."""
+    from bson.codec_options import CodecOptions, DatetimeConversion
+
+    opts = CodecOptions(
+        tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO
+    )
+    return db.get_collection(settings.items_collection, codec_options=opts)
+
+
+def _safe_id(doc: Mapping[str, Any]) -> str:
+    value = doc.get("_id") if isinstance(doc, Mapping) else None
+    return value if isinstance(value, str) else repr(value)
+
+
+def _storable(value: Any, depth: int = 0) -> Any:
+    """A copy any MongoDB-protocol server stores (FerretDB refuses NaN/Inf and drops the link)."""
+    if depth > 40:
+        return repr(value)[:1000]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): _storable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v, depth + 1) for v in value]
+    return value
+
+
+def dead_letter(
+    source: str, stage: str, doc: Mapping[str, Any], reason: str, version: Any = None
+) -> dict[str, Any]:
+    doc_id = _safe_id(doc)
+    if version is None and isinstance(doc, Mapping):
+        version = doc.get("version")
+    key = hashlib.sha256(f"{source}\x00{doc_id}\x00{version!r}\x00{reason}".encode()).hexdigest()
+    return {
+        "_id": key[:32],
+        "source": source,
+        "stage": stage,
+        "doc_id": doc_id,
+        "version": version if isinstance(version, int) else None,
+        "reason": reason[:2000],
+        "doc": _storable(doc) if isinstance(doc, Mapping) else {"value": repr(doc)[:1000]},
+        "at": now_ms(),
+    }
+
+
+async def write_dead_letters(db: Any, letters: list[dict[str, Any]]) -> int:
+    from pymongo import UpdateOne
+    from pymongo.errors import BulkWriteError, PyMongoError
+
+    if not letters:
+        return 0
+    ops = []
+    for letter in letters:
+        body = {k: v for k, v in letter.items() if k not in ("_id", "at")}
+        ops.append(
+            UpdateOne(
+                {"_id": letter["_id"]},
+                {"$setOnInsert": body, "$set": {"at": letter["at"]}},
+                upsert=True,
+            )
+        )
+    try:
+        await db[DEAD_LETTERS].bulk_write(ops, ordered=False)
+    except BulkWriteError as exc:
+        # a document Mongo cannot store back (e.g. too deep): keep id and reason at least
+        failed = [e["index"] for e in exc.details.get("writeErrors", [])]
+        try:
+            for i in failed:
+                slim = {k: v for k, v in letters[i].items() if k != "doc"}
+                slim["doc"] = {"_id": slim["doc_id"], "unstorable": True}
+                await db[DEAD_LETTERS].replace_one({"_id": slim["_id"]}, slim, upsert=True)
+        except PyMongoError as exc2:
+            raise StoreBackendError(f"writing dead letters failed: {exc2}") from exc2
+    except PyMongoError as exc:
+        raise StoreBackendError(f"writing dead letters failed: {exc}") from exc
+    return len(letters)
+
+
+def state_key(settings: Settings, kind: str) -> str:
+    return f"{settings.index_alias}:{settings.items_collection}:{kind}"
+
+
+async def load_state(db: Any, key: str) -> dict[str, Any] | None:
+    from pymongo.errors import PyMongoError
+
+    try:
+        return await db[SYNC_STATE].find_one({"_id": key})
+    except PyMongoError as exc:
+        raise StoreBackendError(f"reading sync state failed: {exc}") from exc
+
+
+async def save_state(db: Any, key: str, fields: Mapping[str, Any]) -> None:
+    from pymongo.errors import PyMongoError
+
+    try:
+        await db[SYNC_STATE].update_one(
+            {"_id": key}, {"$set": {**fields, "saved_at": now_ms()}}, upsert=True
+        )
+    except PyMongoError as exc:
+        raise StoreBackendError(f"saving sync state failed: {exc}") from exc

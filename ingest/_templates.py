@@ -1,0 +1,147 @@
+"""Index templates in the cluster: render, diff against what is there, apply idempotently.
+
+Each JSON file in ``index_templates/`` becomes a composable index template named
+``<alias>-<name>`` matching ``<alias>-v*`` (``items``), so every versioned index gets the
+declared settings and mappings. ``plan`` is a read-only diff; ``apply`` writes only templates
+that differ.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from opendisco import index_templates
+from opendisco._exceptions import SearchBackendError
+from opendisco._settings import Settings
+
+__all__ = ["TemplatePlan", "apply_templates", "normalise", "plan_templates", "template_body"]
+
+PATTERNS = {"items": "{alias}-v*"}
+
+
+@dataclass
+class TemplatePlan:
+    name: str
+    exists: bool
+    diff: str  # unified diff cluster → desired ("" when equal)
+    live_index: str | None = None
+    live_diff: str = ""  # mappings of the index behind the alias vs desired
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.diff)
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    elif isinstance(value, list):
+        out[prefix] = [str(v) if not isinstance(v, dict | list) else v for v in value]
+    else:
+        out[prefix] = str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def normalise(settings_body: dict[str, Any], mappings: dict[str, Any]) -> dict[str, Any]:
+    """Comparable form: flattened ``index.*`` settings as strings, mappings with scalars as str."""
+    flat: dict[str, Any] = {}
+    _flatten("", settings_body, flat)
+    fixed = {}
+    for k, v in flat.items():
+        key = k if k.startswith("index.") else f"index.{k}"
+        fixed[key] = v
+    maps: dict[str, Any] = {}
+    _flatten("", {k: v for k, v in mappings.items() if k != "_meta"}, maps)
+    return {"settings": dict(sorted(fixed.items())), "mappings": dict(sorted(maps.items()))}
+
+
+def _lines(value: dict[str, Any]) -> list[str]:
+    return (json.dumps(value, indent=1, sort_keys=True) + "\n").splitlines(keepends=True)
+
+
+def _diff(current: dict[str, Any] | None, desired: dict[str, Any], label: str) -> str:
+    cur = _lines(current) if current is not None else []
+    return "".join(difflib.unified_diff(cur, _lines(desired), f"cluster/{label}", f"repo/{label}"))
+
+
+def template_body(name: str, settings: Settings) -> dict[str, Any]:
+    rendered = index_templates.render(name, settings)
+    return {
+        "index_patterns": [
+            PATTERNS.get(name, "{alias}-" + name + "*").format(alias=settings.index_alias)
+        ],
+        "priority": 100,
+        "template": {"settings": rendered["settings"], "mappings": rendered["mappings"]},
+        "_meta": {"managed_by": "opendisco", "template": name},
+    }
+
+
+def _template_name(name: str, settings: Settings) -> str:
+    return f"{settings.index_alias}-{name}"
+
+
+async def plan_templates(settings: Settings, client: Any) -> list[TemplatePlan]:
+    from opensearchpy.exceptions import NotFoundError, OpenSearchException
+
+    plans = []
+    try:
+        for name in index_templates.names():
+            body = template_body(name, settings)
+            desired = normalise(body["template"]["settings"], body["template"]["mappings"])
+            tname = _template_name(name, settings)
+            try:
+                resp = await client.indices.get_index_template(name=tname)
+                tpl = resp["index_templates"][0]["index_template"]
+                current = normalise(
+                    tpl.get("template", {}).get("settings", {}),
+                    tpl.get("template", {}).get("mappings", {}),
+                )
+                current["index_patterns"] = tpl.get("index_patterns")
+                exists = True
+            except NotFoundError:
+                current, exists = None, False
+            desired_full = {**desired, "index_patterns": body["index_patterns"]}
+            plan = TemplatePlan(tname, exists, _diff(current, desired_full, tname))
+            if name == "items":
+                plan.live_index, plan.live_diff = await _live(client, settings, desired)
+            plans.append(plan)
+    except OpenSearchException as exc:
+        raise SearchBackendError(f"reading templates failed: {exc}") from exc
+    return plans
+
+
+async def _live(client: Any, settings: Settings, desired: dict[str, Any]) -> tuple[str | None, str]:
+    from opensearchpy.exceptions import NotFoundError
+
+    try:
+        aliases = await client.indices.get_alias(name=settings.index_alias)
+    except NotFoundError:
+        return None, ""
+    index = sorted(aliases)[-1]
+    mapping = (await client.indices.get_mapping(index=index))[index]["mappings"]
+    current = normalise({}, mapping)["mappings"]
+    return index, _diff(current, desired["mappings"], f"{index}/_mapping")
+
+
+async def apply_templates(
+    settings: Settings, client: Any, *, dry_run: bool = False
+) -> list[TemplatePlan]:
+    """Put every template that differs from the cluster (none when ``dry_run``)."""
+    from opensearchpy.exceptions import OpenSearchException
+
+    plans = await plan_templates(settings, client)
+    if dry_run:
+        return plans
+    try:
+        for plan in plans:
+            if plan.changed:
+                name = plan.name.removeprefix(f"{settings.index_alias}-")
+                await client.indices.put_index_template(
+                    name=plan.name, body=template_body(name, settings)
+                )
+    except OpenSearchException as exc:
+        raise SearchBackendError(f"applying templates failed: {exc}") from exc
+    return plans

@@ -1,0 +1,135 @@
+"""Compare MongoDB (truth) with the documents behind the read alias.
+
+Expected: every MongoDB item that validates and is not a tombstone, at its ``version`` with
+the content hash of the document we would build. Reported: ``missing`` (expected, absent),
+``extra`` (present, not expected: deleted, tombstoned or invalid in MongoDB), ``stale``
+(present at another version) and ``mismatched`` (right version, but the stored content hash
+differs from MongoDB's, or the stored fields no longer hash to the stored hash).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from opendisco import clients
+from opendisco._exceptions import DocumentInvalid, SearchBackendError, StoreBackendError
+from opendisco._settings import Settings
+
+from ._document import content_hash, to_index_doc
+from ._schema import validate_item
+from ._store import items_collection
+
+__all__ = ["VerifyReport", "verify"]
+
+
+@dataclass
+class VerifyReport:
+    alias: str
+    mongo_items: int = 0
+    expected: int = 0
+    indexed: int = 0
+    invalid: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    stale: list[tuple[str, int, int]] = field(default_factory=list)  # (id, mongo, index)
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def differences(self) -> int:
+        return len(self.missing) + len(self.extra) + len(self.stale) + len(self.mismatched)
+
+    @property
+    def ok(self) -> bool:
+        return self.differences == 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.alias}: mongo={self.mongo_items} expected={self.expected} "
+            f"indexed={self.indexed} invalid={self.invalid} missing={len(self.missing)} "
+            f"extra={len(self.extra)} stale={len(self.stale)} mismatched={len(self.mismatched)}"
+        )
+
+
+async def _expected(settings: Settings, db: Any, report: VerifyReport) -> dict[str, tuple]:
+    out: dict[str, tuple[int, str]] = {}
+    async for raw in items_collection(db, settings).find({}):
+        report.mongo_items += 1
+        try:
+            item = validate_item(raw, behaviour_dim=settings.behaviour_dim)
+        except DocumentInvalid:
+            report.invalid += 1
+            continue
+        if item["deleted"]:
+            continue
+        out[item["_id"]] = (item["version"], to_index_doc(item, None)["content_hash"])
+    report.expected = len(out)
+    return out
+
+
+async def _indexed(client: Any, alias: str) -> dict[str, tuple[int, int, str, bool]]:
+    out: dict[str, tuple[int, int, str, bool]] = {}
+    after: list[Any] | None = None
+    while True:
+        body: dict[str, Any] = {
+            "size": 1000,
+            "sort": [{"id": "asc"}],
+            "query": {"match_all": {}},
+            "_source": {"excludes": ["embedding"]},
+            "version": True,
+        }
+        if after:
+            body["search_after"] = after
+        resp = await client.search(index=alias, body=body)
+        hits = resp["hits"]["hits"]
+        for hit in hits:
+            src = hit["_source"]
+            stored = src.get("content_hash", "")
+            intact = content_hash(src) == stored
+            out[hit["_id"]] = (hit["_version"], int(src.get("source_version", -1)), stored, intact)
+        if len(hits) < 1000:
+            return out
+        after = hits[-1]["sort"]
+
+
+async def verify(
+    settings: Settings, *, client: Any | None = None, db: Any | None = None
+) -> VerifyReport:
+    """Ids, versions and content hashes of MongoDB vs ``settings.index_alias``."""
+    from opensearchpy.exceptions import OpenSearchException
+    from pymongo.errors import PyMongoError
+
+    own_client = client is None
+    client = client or clients.async_opensearch(settings)
+    motor = clients.motor(settings) if db is None else None
+    db = db if db is not None else motor[settings.mongo_db]  # type: ignore[index]
+    report = VerifyReport(alias=settings.index_alias)
+    try:
+        expected = await _expected(settings, db, report)
+        await client.indices.refresh(index=settings.index_alias)
+        indexed = await _indexed(client, settings.index_alias)
+    except OpenSearchException as exc:
+        raise SearchBackendError(f"verify failed: {exc}") from exc
+    except PyMongoError as exc:
+        raise StoreBackendError(f"verify failed: {exc}") from exc
+    finally:
+        if own_client:
+            await client.close()
+        if motor is not None:
+            motor.close()
+    report.indexed = len(indexed)
+    for doc_id, (version, digest) in expected.items():
+        got = indexed.get(doc_id)
+        if got is None:
+            report.missing.append(doc_id)
+            continue
+        os_version, source_version, stored, intact = got
+        if os_version != version or source_version != version:
+            report.stale.append((doc_id, version, os_version))
+        elif stored != digest or not intact:
+            report.mismatched.append(doc_id)
+    report.extra = sorted(set(indexed) - set(expected))
+    report.missing.sort()
+    report.stale.sort()
+    report.mismatched.sort()
+    return report
