@@ -1,0 +1,172 @@
+"""Offline comparison on ml-latest-small: baselines (and the served pipeline when available).
+
+    $(./dev env)/bin/python bench/eval.py [--full] [--served] [--dataset PATH]
+
+Default: all users fitted, 200 sampled users scored, EASE on the 2,000 most popular items.
+``--full``: every user scored, EASE on 3,000 items. ``--served`` adds the served pipeline
+(replays likes into the ``bench-eval`` namespace first; needs opendisco.pipeline).
+Writes bench/results/eval.json and the ``eval`` section of bench/README.md, with the issue's
+targets checked as ratios measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from opendisco import load_settings
+from opendisco.eval import evaluate, load_dataset, time_split
+from opendisco.eval._compare import fit_baselines, namespaced, sample_users
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATASET = HERE.parents[1] / "shared" / "datasets" / "ml-latest-small"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def targets(by: dict[str, Any], k: int) -> dict[str, Any]:
+    """The issue's targets, as measured ratios (None when the served pipeline is absent)."""
+    s = by.get("served")
+    nd = f"ndcg@{k}"
+    if s is None:
+        return {"served": "not evaluated"}
+    sv = s["metrics"][nd]
+    cold = s["slices"]["cold_users"][nd]
+    return {
+        "ndcg_vs_EASE": _ratio(sv, by["EASE"]["metrics"][nd]),
+        "ndcg_vs_ALS": _ratio(sv, by["ALS"]["metrics"][nd]),
+        "cold_user_ndcg_vs_most_popular": _ratio(
+            cold, by["most-popular"]["slices"]["cold_users"][nd]
+        ),
+        "gini_below_every_baseline": all(
+            s["metrics"]["gini"] < by[n]["metrics"]["gini"] for n in ("most-popular", "EASE", "ALS")
+        ),
+        "met": {
+            "ndcg >= EASE": sv >= by["EASE"]["metrics"][nd],
+            "ndcg >= 1.1 x ALS": sv >= 1.1 * by["ALS"]["metrics"][nd],
+            "cold-user ndcg >= 1.2 x most-popular": cold
+            >= 1.2 * by["most-popular"]["slices"]["cold_users"][nd],
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", action="store_true", help="score every user, EASE on 3,000 items")
+    ap.add_argument("--served", action="store_true", help="also evaluate the served pipeline")
+    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3, help="timing repeats (medians quoted)")
+    args = ap.parse_args()
+    k = args.k
+    users_n = None if args.full else 200
+    ease_items = 3000 if args.full else 2000
+
+    t0 = time.perf_counter()
+    data = load_dataset(args.dataset)
+    split = time_split(data)
+    load_s = time.perf_counter() - t0
+    stage = split.stage("test")
+    evaluable = stage.evaluable
+    pick = sample_users(len(evaluable), users_n, 0)
+    uidx = evaluable if pick is None else evaluable[pick]
+
+    t0 = time.perf_counter()
+    models: dict[str, Any]
+    models, info = fit_baselines(split, k=k, max_items=ease_items)
+    fit_s = time.perf_counter() - t0
+    served_note = "not run (pass --served once opendisco.pipeline exists)"
+    if args.served:
+        from opendisco.eval._served import ServedRecommender, replay
+
+        settings = namespaced(load_settings(), "bench-eval")
+        model = ServedRecommender(settings)
+        rep = replay(settings, data, split, stage="test", users=uidx)
+        info["replay"] = rep.__dict__
+        models["served"] = model
+        served_note = "evaluated"
+
+    # the scoring run is repeated to quote median latencies; metrics are deterministic
+    reports = [
+        evaluate(
+            models,
+            stage,
+            k=k,
+            users=uidx,
+            dataset=data.name,
+            split_info={**split.summary(), **info},
+        )
+        for _ in range(max(1, args.repeats if not args.served else 1))
+    ]
+    report = reports[-1]
+    by = {m.name: m.__dict__ for m in report.models}
+    latency = {
+        m.name: {
+            "median_p50_ms": statistics.median(r.models[i].latency["p50_ms"] for r in reports),
+            "per_request": m.latency["per_request"],
+        }
+        for i, m in enumerate(report.models)
+    }
+    result = {
+        "dataset": data.name,
+        "mode": "full" if args.full else "small",
+        "k": k,
+        "users_scored": len(uidx),
+        "load_split_s": round(load_s, 2),
+        "fit_baselines_s": round(fit_s, 2),
+        "served": served_note,
+        "report": report.as_dict(),
+        "latency": latency,
+        "ratios_vs_most_popular_ndcg": {
+            n: _ratio(by[n]["metrics"][f"ndcg@{k}"], by["most-popular"]["metrics"][f"ndcg@{k}"])
+            for n in by
+        },
+        "targets": targets(by, k),
+    }
+    out = HERE / "results" / "eval.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(report.to_markdown())
+    print(json.dumps(result["targets"], indent=2))
+    write_readme(result, report.to_markdown())
+
+
+def write_readme(result: dict[str, Any], table: str) -> None:
+    readme = HERE / "README.md"
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    split = result["report"]["split"]
+    section = f"""<!-- eval -->
+## eval
+
+`python bench/eval.py [--full] [--served]`: the time split of ml-latest-small (positives =
+rating ≥ 4, last {split["n_test"]} positives per user as test, {split["n_val"]} before them as
+validation), every baseline fitted on the same training data and scored through the same runner
+(`opendisco.eval.evaluate`); {result["users_scored"]} users scored ({result["mode"]} mode),
+K={result["k"]}. EASE λ={split["ease_lambda"]} picked on validation (top {split["ease_max_items"]}
+items); ALS {split["als"]}.
+Fitting all baselines (incl. the λ search): {result["fit_baselines_s"]} s.
+
+{table}
+NDCG@{result["k"]} relative to most-popular: {result["ratios_vs_most_popular_ndcg"]}.
+
+Served pipeline: {result["served"]}. Targets (served vs baselines): {json.dumps(result["targets"])}.
+Full figures in `bench/results/eval.json`.
+<!-- /eval -->"""
+    pattern = re.compile(r"<!-- eval -->.*?<!-- /eval -->", re.S)
+    text = pattern.sub(section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    readme.write_text(text.rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    main()
