@@ -22,7 +22,7 @@ from opendisco._exceptions import (
 from opendisco._settings import Settings
 
 from ._template import load, render
-from .exposure import exposure_index
+from .exposure import ExposureStore, exposure_index
 
 if TYPE_CHECKING:
     from opensearchpy import AsyncOpenSearch
@@ -31,6 +31,7 @@ __all__ = [
     "Candidate",
     "CandidateRequest",
     "CandidateSet",
+    "ensure_exposures",
     "explain_components",
     "fuse",
     "generate_candidates",
@@ -193,6 +194,17 @@ def explain_components(explanation: Mapping[str, Any], depth: int = 4) -> list[d
     return out
 
 
+_ENSURED: set[tuple[int, str]] = set()
+
+
+async def ensure_exposures(client: AsyncOpenSearch, settings: Settings) -> None:
+    """Create the exposure counters index once per client (the cap lookup needs it)."""
+    key = (id(client), exposure_index(settings))
+    if key not in _ENSURED:
+        await ExposureStore(client, settings).ensure()
+        _ENSURED.add(key)
+
+
 async def _anchor(client: AsyncOpenSearch, settings: Settings, item_id: str) -> dict[str, Any]:
     from opensearchpy.exceptions import NotFoundError, OpenSearchException
 
@@ -220,6 +232,8 @@ async def generate_candidates(
     from opensearchpy.exceptions import ConnectionTimeout, OpenSearchException
 
     params = request_params(req, settings)
+    if params.get("exposure_index"):
+        await ensure_exposures(client, settings)
     if req.surface == "similar":
         anchor = await _anchor(client, settings, str(req.item_id))
         for key, field_name in (("item_vector", "embedding"), ("behaviour_vector", "behaviour")):

@@ -220,28 +220,47 @@ def _section(flag: str, inner: str) -> str:
     return "{{#" + flag + "}}" + inner + "{{/" + flag + "}}"
 
 
-def _mustache(node: Any) -> str:
+def _join(parts: list[tuple[str | None, str]], what: str) -> str:
+    """Comma-join in order; a conditional part sits in its section with its own comma.
+
+    Conditional parts before the first unconditional one carry a trailing comma, those after
+    it a leading comma, so the order of the file is kept and the JSON stays valid.
+    """
+    first = next((i for i, (flag, _) in enumerate(parts) if flag is None), None)
+    if first is None and parts:
+        raise ConfigError(f"{what} with $if entries needs one unconditional entry")
+    out = []
+    for i, (flag, text) in enumerate(parts):
+        if flag is None:
+            out.append(("," if i > first else "") + text)  # type: ignore[operator]
+        elif first is not None and i < first:
+            out.append(_section(flag, text + ","))
+        else:
+            out.append(_section(flag, "," + text))
+    return "".join(out)
+
+
+def _mustache(node: Any, strings: frozenset[str]) -> str:
     if isinstance(node, list):
-        cond = [el for el in node if isinstance(el, dict) and "$if" in el]
-        plain = [el for el in node if not (isinstance(el, dict) and "$if" in el)]
-        if cond and not plain:
-            raise ConfigError("a list with $if elements needs one unconditional element")
-        head = "".join(_section(_has(el["$if"]), _mustache(el["then"]) + ",") for el in cond)
-        return "[" + head + ",".join(_mustache(el) for el in plain) + "]"
+        parts: list[tuple[str | None, str]] = []
+        for el in node:
+            if isinstance(el, dict) and "$if" in el:
+                parts.append((_has(el["$if"]), _mustache(el["then"], strings)))
+            else:
+                parts.append((None, _mustache(el, strings)))
+        return "[" + _join(parts, "a list") + "]"
     if isinstance(node, dict):
         if "$param" in node:
+            if node["$param"] in strings:  # toJson leaves scalars bare; {{x}} is JSON-escaped
+                return '"{{' + node["$param"] + '}}"'
             return _section("toJson", node["$param"])
-        cond = {k: v for k, v in node.items() if isinstance(v, dict) and "$if" in v}
-        plain = {k: v for k, v in node.items() if k not in cond}
-        if cond and not plain:
-            raise ConfigError("an object with $if values needs one unconditional key")
-        head = "".join(
-            _section(_has(v["$if"]), json.dumps(k) + ":" + _mustache(v["then"]) + ",")
-            for k, v in cond.items()
-        )
-        return (
-            "{" + head + ",".join(f"{json.dumps(k)}:{_mustache(v)}" for k, v in plain.items()) + "}"
-        )
+        parts = []
+        for k, v in node.items():
+            if isinstance(v, dict) and "$if" in v:
+                parts.append((_has(v["$if"]), json.dumps(k) + ":" + _mustache(v["then"], strings)))
+            else:
+                parts.append((None, json.dumps(k) + ":" + _mustache(v, strings)))
+        return "{" + _join(parts, "an object") + "}"
     return json.dumps(node)
 
 
@@ -250,7 +269,8 @@ def to_mustache(surface: str, source: str) -> str:
     tpl = load(surface)
     if source not in tpl.sources:
         raise TemplateParamError(f"{surface}: no source {source!r}; have {list(tpl.sources)}")
-    return _mustache(tpl.expand(tpl.sources[source]["body"]))
+    strings = frozenset(n for n, p in tpl.specs.items() if p.type in ("str", "text", "date"))
+    return _mustache(tpl.expand(tpl.sources[source]["body"]), strings)
 
 
 def script_params(surface: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -79,6 +79,9 @@ async def validate_templates(client: AsyncOpenSearch, settings: Settings) -> lis
     """Render every surface with every clause switched on and run each source once."""
     from opensearchpy.exceptions import OpenSearchException
 
+    from ._candidates import ensure_exposures
+
+    await ensure_exposures(client, settings)
     try:
         anchor = await _any_id(client, settings)
     except OpenSearchException as exc:

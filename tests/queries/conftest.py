@@ -13,9 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from opensearchpy import helpers
-
 from opendisco import Settings, clients, index_templates
+from opensearchpy import helpers
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 TOPICS = {
@@ -71,15 +70,36 @@ def _special() -> list[dict[str, Any]]:
     hostile = 'xylophonist "quoted" {"a": {{#toJson}}x{{/toJson}}} \\ </script>'
     return [
         # identical twins (text, vector, features): only created_at differs
-        {**base, "id": "twin-old", "title": "quokkatwin documentary",
-         "description": "quokkatwin", "created_at": (NOW - timedelta(days=200)).isoformat()},
-        {**base, "id": "twin-new", "title": "quokkatwin documentary",
-         "description": "quokkatwin", "created_at": (NOW - timedelta(days=2)).isoformat()},
-        {**base, "id": "hostile", "title": hostile, "description": "zyzzyva",
-         "created_at": (NOW - timedelta(days=30)).isoformat()},
-        {**base, "id": "fresh-jazz", "title": "jazz newcomer", "tags": ["jazz"],
-         "description": "brand new jazz club night", "popularity": 0.0,
-         "created_at": (NOW - timedelta(days=1)).isoformat()},
+        {
+            **base,
+            "id": "twin-old",
+            "title": "quokkatwin documentary",
+            "description": "quokkatwin",
+            "created_at": (NOW - timedelta(days=200)).isoformat(),
+        },
+        {
+            **base,
+            "id": "twin-new",
+            "title": "quokkatwin documentary",
+            "description": "quokkatwin",
+            "created_at": (NOW - timedelta(days=2)).isoformat(),
+        },
+        {
+            **base,
+            "id": "hostile",
+            "title": hostile,
+            "description": "zyzzyva",
+            "created_at": (NOW - timedelta(days=30)).isoformat(),
+        },
+        {
+            **base,
+            "id": "fresh-jazz",
+            "title": "jazz newcomer",
+            "tags": ["jazz"],
+            "description": "brand new jazz club night",
+            "popularity": 0.0,
+            "created_at": (NOW - timedelta(days=1)).isoformat(),
+        },
     ]
 
 
@@ -104,8 +124,10 @@ def catalogue(q_settings: Settings, os_client: Any, model: Any) -> list[dict[str
     index = f"{q_settings.index_alias}-v1"
     os_client.indices.create(
         index=index,
-        body={**index_templates.render("items", q_settings),
-              "aliases": {q_settings.index_alias: {}}},
+        body={
+            **index_templates.render("items", q_settings),
+            "aliases": {q_settings.index_alias: {}},
+        },
     )
     ok, errors = helpers.bulk(
         os_client,

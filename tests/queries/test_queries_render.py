@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from opendisco import TemplateParamError, load_settings
 from opendisco.queries import (
     SURFACES,
@@ -30,19 +29,43 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 GOLDEN_PARAMS: dict[str, dict[str, Any]] = {
     "for_you": {
-        "k": 50, "now": NOW, "user_vector": [0.6, 0.8, 0.0, 0.0],
-        "behaviour_vector": [1.0, 0.0], "interests": ["jazz", "hiking"],
-        "interests_text": "jazz hiking", "exclude_ids": ["seen1", "blocked1"],
-        "exposure_index": "od-items-exposures", "viewer_gender": "f", "viewer_age": 30,
-        "viewer_pref_genders": ["m"], "viewer_pref_age_min": 25, "viewer_pref_age_max": 40,
-        "location": {"lat": 52.5, "lon": 13.4}, "fresh_since": "2026-05-18T12:00:00Z",
+        "k": 50,
+        "now": NOW,
+        "user_vector": [0.6, 0.8, 0.0, 0.0],
+        "behaviour_vector": [1.0, 0.0],
+        "interests": ["jazz", "hiking"],
+        "interests_text": "jazz hiking",
+        "exclude_ids": ["seen1", "blocked1"],
+        "exposure_index": "od-items-exposures",
+        "viewer_gender": "f",
+        "viewer_age": 30,
+        "viewer_pref_genders": ["m"],
+        "viewer_pref_age_min": 25,
+        "viewer_pref_age_max": 40,
+        "location": {"lat": 52.5, "lon": 13.4},
+        "fresh_since": "2026-05-18T12:00:00Z",
     },
-    "similar": {"k": 20, "now": NOW, "item_id": "m1", "item_vector": [0.0, 1.0, 0.0, 0.0],
-                "index": "od-items"},
-    "search": {"k": 20, "now": NOW, "query_text": 'jazz "club" {{x}}',
-               "user_vector": [0.6, 0.8, 0.0, 0.0], "query_vector": [1.0, 0.0, 0.0, 0.0]},
-    "cold_start": {"k": 30, "now": NOW, "interests": ["jazz"], "interests_text": "jazz",
-                   "fresh_since": "2026-05-18T12:00:00Z"},
+    "similar": {
+        "k": 20,
+        "now": NOW,
+        "item_id": "m1",
+        "item_vector": [0.0, 1.0, 0.0, 0.0],
+        "index": "od-items",
+    },
+    "search": {
+        "k": 20,
+        "now": NOW,
+        "query_text": 'jazz "club" {{x}}',
+        "user_vector": [0.6, 0.8, 0.0, 0.0],
+        "query_vector": [1.0, 0.0, 0.0, 0.0],
+    },
+    "cold_start": {
+        "k": 30,
+        "now": NOW,
+        "interests": ["jazz"],
+        "interests_text": "jazz",
+        "fresh_since": "2026-05-18T12:00:00Z",
+    },
     "trending": {"k": 10, "now": NOW, "kinds": ["movie"]},
 }
 
@@ -136,8 +159,12 @@ def test_long_text_keeps_its_first_terms_verbatim() -> None:
 def test_optional_clauses_follow_parameters() -> None:
     bare = json.dumps(render("trending", {}))
     assert "location" not in bare and "pref_genders" not in bare and "_capped" not in bare
-    full = json.dumps(render("trending", {"location": {"lat": 1, "lon": 2},
-                                          "viewer_gender": "f", "exposure_index": "e"}))
+    full = json.dumps(
+        render(
+            "trending",
+            {"location": {"lat": 1, "lon": 2}, "viewer_gender": "f", "exposure_index": "e"},
+        )
+    )
     assert '"origin": {"lat": 1.0, "lon": 2.0}' in full
     assert '"pref_genders": "f"' in full and '"_capped"' in full
 
@@ -151,9 +178,14 @@ def test_sources_need_their_required_parameters() -> None:
 def test_request_params_maps_the_request() -> None:
     settings = load_settings(index_alias="od-items")
     req = CandidateRequest(
-        surface="for_you", k=7, user_vector=[1.0, 0.0], interests=["jazz", "bebop"],
-        viewer={"gender": "m", "age": 33, "pref_genders": ["f"]}, exclude_ids=["b", "a", "b"],
-        now=NOW, params={"w_lexical": 0.1},
+        surface="for_you",
+        k=7,
+        user_vector=[1.0, 0.0],
+        interests=["jazz", "bebop"],
+        viewer={"gender": "m", "age": 33, "pref_genders": ["f"]},
+        exclude_ids=["b", "a", "b"],
+        now=NOW,
+        params={"w_lexical": 0.1},
     )
     p = request_params(req, settings)
     assert p["exclude_ids"] == ["a", "b"] and p["interests_text"] == "jazz bebop"
@@ -195,8 +227,12 @@ def test_fuse_weighted_rrf_dedups_and_carries_sources() -> None:
 def test_fuse_reserves_exploration_slots() -> None:
     main = [_hit(f"m{i}") for i in range(10)]
     fresh = [_hit("n1"), _hit("n2"), _hit("m0")]
-    fusion = {"rank_constant": 60, "weights": {"main": 1.0, "fresh": 0.01},
-              "explore_source": "fresh", "explore_share": 0.4}
+    fusion = {
+        "rank_constant": 60,
+        "weights": {"main": 1.0, "fresh": 0.01},
+        "explore_source": "fresh",
+        "explore_share": 0.4,
+    }
     out = fuse({"main": main, "fresh": fresh}, fusion, k=5)
     ids = [c.id for c in out]
     assert ids[:3] == ["m0", "m1", "m2"] and ids[3:] == ["n1", "n2"]

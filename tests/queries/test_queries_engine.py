@@ -1,0 +1,243 @@
+"""Candidate generation against the real OpenSearch with the fixture catalogue."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from opendisco import NotFound, Settings
+from opendisco.queries import (
+    SURFACES,
+    CandidateRequest,
+    ExposureStore,
+    generate_candidates,
+    render,
+    script_id,
+    script_params,
+    store_templates,
+    validate_templates,
+)
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # the fixture catalogue's "now" (conftest.NOW)
+
+
+def _by_id(catalogue: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["id"]: d for d in catalogue}
+
+
+def _user_vector(catalogue: list[dict[str, Any]], topic: str) -> list[float]:
+    vecs = [d["embedding"] for d in catalogue if d.get("category") == topic][:10]
+    return [sum(col) / len(vecs) for col in zip(*vecs, strict=True)]
+
+
+async def test_every_template_validates_against_the_cluster(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+) -> None:
+    checks = await validate_templates(aos, q_settings)
+    assert {c.surface for c in checks} == set(SURFACES)
+    bad = [(c.surface, c.source, c.error) for c in checks if not c.ok]
+    assert not bad
+    assert sum(c.hits for c in checks) > 0
+
+
+async def test_stored_search_templates_render_like_the_python_renderer(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]], run_id: str
+) -> None:
+    prefix = f"t{run_id}"
+    stored = await store_templates(aos, prefix=prefix)
+    try:
+        params = {
+            "k": 5,
+            "now": NOW,
+            "interests": ["jazz"],
+            "viewer_gender": "f",
+            "location": {"lat": 52.0, "lon": 13.0},
+            "exclude_ids": ['a"b', "{{c}}"],
+        }
+        ours = render("trending", params)["sources"]["trending"]
+        resp = await aos.render_search_template(
+            body={
+                "id": script_id("trending", "trending", prefix),
+                "params": script_params("trending", params),
+            }
+        )
+        assert resp["template_output"] == ours
+        hits = await aos.search_template(
+            index=q_settings.index_alias,
+            body={
+                "id": script_id("trending", "trending", prefix),
+                "params": script_params("trending", params),
+            },
+        )
+        assert hits["hits"]["hits"]
+    finally:
+        for sid in stored:
+            await aos.delete_script(id=sid)
+
+
+async def test_freshness_decay_breaks_relevance_ties(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+) -> None:
+    by = _by_id(catalogue)
+    for surface, extra in (
+        ("search", {"query_text": "quokkatwin"}),
+        ("for_you", {"user_vector": by["twin-old"]["embedding"]}),
+    ):
+        req = CandidateRequest(surface=surface, k=10, now=NOW, exposure_caps=False, **extra)
+        cs = await generate_candidates(aos, q_settings, req)
+        src = "lexical" if surface == "search" else "semantic"
+        twins = [c for c in cs.candidates if c.id.startswith("twin-")]
+        assert len(twins) == 2, (surface, cs.ids)
+        assert twins[0].id == "twin-new"
+        assert twins[0].sources[src] > twins[1].sources[src]
+        assert twins[0].ranks[src] < twins[1].ranks[src]
+
+
+async def test_capped_blocked_and_seen_items_never_appear(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+) -> None:
+    uv = _user_vector(catalogue, "jazz")
+    base = CandidateRequest(
+        surface="for_you",
+        k=40,
+        user_vector=uv,
+        behaviour_vector=uv[:32],
+        interests=["jazz"],
+        now=NOW,
+    )
+    first = await generate_candidates(aos, q_settings, base)
+    assert len(first.candidates) == 40 and not first.errors
+    ids = first.ids
+    capped, blocked, seen = ids[0:3], ids[3:6], ids[6:9]
+    store = ExposureStore(aos, q_settings)
+    await store.ensure()
+    now_capped = await store.record({i: q_settings.exposure_default_cap for i in capped})
+    assert set(capped) <= set(now_capped)
+    assert (await store.counts(capped)) == {i: q_settings.exposure_default_cap for i in capped}
+    excluded = set(capped) | set(blocked) | set(seen)
+    for surface, extra in (
+        ("for_you", {"user_vector": uv, "behaviour_vector": uv[:32], "interests": ["jazz"]}),
+        ("cold_start", {"interests": ["jazz"]}),
+        ("trending", {}),
+        ("search", {"query_text": "jazz saxophone trumpet swing bebop club"}),
+        ("similar", {"item_id": ids[10]}),
+    ):
+        req = CandidateRequest(surface=surface, k=200, now=NOW, exclude_ids=blocked + seen, **extra)
+        cs = await generate_candidates(aos, q_settings, req)
+        assert not cs.errors, cs.errors
+        assert cs.candidates, surface
+        got = set(cs.ids)
+        assert not got & excluded, (surface, got & excluded)
+        assert all(c.item.get("available") for c in cs.candidates), surface
+        assert all("embedding" not in c.item for c in cs.candidates)
+    # without the exposure cap the capped ones come back: the exclusion is the engine's doing
+    again = await generate_candidates(aos, q_settings, base)
+    assert not set(again.ids) & set(capped)
+    nocap = CandidateRequest(**{**base.__dict__, "exposure_caps": False})
+    assert set(capped) <= set((await generate_candidates(aos, q_settings, nocap)).ids)
+
+
+async def test_hostile_query_strings_are_searched_literally(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+) -> None:
+    hostile = _by_id(catalogue)["hostile"]["title"]
+    cs = await generate_candidates(
+        aos, q_settings, CandidateRequest(surface="search", k=5, query_text=hostile, now=NOW)
+    )
+    assert cs.ids[0] == "hostile" and not cs.errors
+    for text in ['"}}, "query": {"match_all": {}}, "x": {{"', "* OR *:*", "title:*", "{{k}}"]:
+        cs = await generate_candidates(
+            aos, q_settings, CandidateRequest(surface="search", k=5, query_text=text, now=NOW)
+        )
+        assert not cs.errors, (text, cs.errors)
+        # syntax would match everything; as literal text it matches (next to) nothing
+        assert len(cs.candidates) <= 1, (text, cs.ids)
+    long = ("zyzzyva " + '{"a":"b"} ' * 1000)[:10_000]
+    cs = await generate_candidates(
+        aos, q_settings, CandidateRequest(surface="search", k=5, query_text=long, now=NOW)
+    )
+    assert cs.ids == ["hostile"] and not cs.errors
+    many_terms = ",".join(f"w{i}" for i in range(3000)) + " zyzzyva"
+    cs = await generate_candidates(
+        aos, q_settings, CandidateRequest(surface="search", k=5, query_text=many_terms, now=NOW)
+    )
+    assert not cs.errors  # clipped below Lucene's clause limit, no TooManyClauses
+
+
+async def test_cold_start_user_gets_results_steered_by_interests(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+) -> None:
+    plain = await generate_candidates(
+        aos, q_settings, CandidateRequest(surface="cold_start", k=20, now=NOW)
+    )
+    assert len(plain.candidates) == 20 and set(plain.rendered["sources"]) == {"trending", "fresh"}
+    steered = await generate_candidates(
+        aos,
+        q_settings,
+        CandidateRequest(surface="cold_start", k=20, interests=["space"], now=NOW),
+    )
+    assert "lexical" in steered.rendered["sources"]
+    share = sum("space" in (c.item.get("tags") or []) for c in steered.candidates)
+    base = sum("space" in (c.item.get("tags") or []) for c in plain.candidates)
+    assert share >= 10 and share > base
+    explore = [c for c in steered.candidates if c.explore]
+    assert len(explore) <= 4  # 20% budget of 20 slots
+    assert all("fresh" in c.sources for c in explore)
+
+
+async def test_two_sided_eligibility(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+) -> None:
+    viewer = {
+        "gender": "f",
+        "age": 30,
+        "pref_genders": ["m", "x"],
+        "pref_age_min": 25,
+        "pref_age_max": 45,
+    }
+
+    def mutual(d: dict[str, Any]) -> bool:
+        return (
+            "f" in d["pref_genders"]
+            and d["pref_age_min"] <= 30 <= d["pref_age_max"]
+            and d["gender"] in ("m", "x")
+            and 25 <= d["age"] <= 45
+        )
+
+    profiles = [d for d in catalogue if d["kind"] == "profile" and d["available"]]
+    fits = {d["id"] for d in profiles if mutual(d)}
+    assert fits and len(fits) < len(profiles)  # the fixture has both kinds
+    cs = await generate_candidates(
+        aos,
+        q_settings,
+        CandidateRequest(
+            surface="trending", k=300, viewer=viewer, params={"kinds": ["profile"]}, now=NOW
+        ),
+    )
+    assert set(cs.ids) == fits
+
+
+async def test_similar_excludes_the_anchor_and_reports_sources(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+) -> None:
+    anchor = next(d for d in catalogue if d.get("category") == "chess" and d["available"])
+    cs = await generate_candidates(
+        aos,
+        q_settings,
+        CandidateRequest(surface="similar", k=10, item_id=anchor["id"], now=NOW, explain=True),
+    )
+    assert anchor["id"] not in cs.ids
+    assert set(cs.rendered["sources"]) == {"semantic", "lexical", "behaviour"}
+    top = cs.candidates[0]
+    assert top.item["category"] == "chess"
+    assert top.sources and set(top.sources) == set(top.ranks)
+    assert all(c.explanations for c in cs.candidates)
+    comp = next(iter(top.explanations.values()))
+    assert comp[0]["depth"] == 0 and comp[0]["value"] == pytest.approx(
+        top.sources[next(iter(top.explanations))], rel=1e-4
+    )
+    with pytest.raises(NotFound):
+        await generate_candidates(
+            aos, q_settings, CandidateRequest(surface="similar", item_id="nope", now=NOW)
+        )
