@@ -11,7 +11,9 @@ backends — :func:`replay` does that, for the *fitting data of one stage* only:
 2. ``opendisco.ingest.reindex(settings)`` builds the versioned OpenSearch index (embeddings);
 3. every evaluated user's fitting positives are posted, in time order, as ``like`` events
    through ``opendisco.ingest.events.EventProcessor.apply`` (user vectors, behaviour, exposure
-   and graph state are derived from them exactly as in production).
+   and graph state are derived from them exactly as in production); timestamps are moved onto
+   a recent timeline (:func:`rebase`) because the processor rejects events older than its
+   retention window.
 
 Use a dedicated namespace (``index_alias``/``mongo_db``) per evaluation: replayed likes are
 real events. When a piece is missing, :class:`PipelineUnavailable` names it.
@@ -24,7 +26,7 @@ import inspect
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,7 @@ __all__ = [
     "ReplayReport",
     "ServedRecommender",
     "like_event",
+    "rebase",
     "replay",
     "stage_items",
 ]
@@ -105,6 +108,7 @@ def replay(
     stage: str = "test",
     users: Sequence[int] | None = None,
     batch: int = 500,
+    step_s: int = 60,
     progress: Callable[[str, int], None] | None = None,
 ) -> ReplayReport:
     """Load items, reindex and replay the evaluated users' fitting positives as likes."""
@@ -119,7 +123,9 @@ def replay(
     write_sample(settings, items, user_docs)
     if progress:
         progress("items", len(items))
-    reindex(settings)
+    done = reindex(settings)
+    if inspect.isawaitable(done):
+        asyncio.run(done)
     # fitting timestamps of the stage, aligned with stage.history
     ts_of = (
         split.train_ts
@@ -128,13 +134,14 @@ def replay(
             np.concatenate([a, b]) for a, b in zip(split.train_ts, split.validation_ts, strict=True)
         ]
     )
+    replay_now = datetime.now(UTC).replace(microsecond=0)
     events = [
-        like_event(st.users[u], st.items[i], int(t))
+        like_event(st.users[u], st.items[i], ts)
         for u in uidx
-        for i, t in zip(st.history[u], ts_of[u], strict=True)
+        for i, ts in zip(st.history[u], rebase(ts_of[u], replay_now, step_s=step_s), strict=True)
     ]
     events.sort(key=lambda e: e["ts"])
-    totals = asyncio.run(_post_events(settings, processor_cls, events, batch, progress))
+    totals = asyncio.run(_post_events(settings, processor_cls, events, batch, progress, replay_now))
     return ReplayReport(
         items=len(items),
         users=len(uidx),
@@ -152,6 +159,7 @@ async def _post_events(
     events: list[dict],
     batch: int,
     progress: Callable[[str, int], None] | None,
+    now: datetime,
 ) -> tuple[int, int, int]:
     from opendisco import clients
 
@@ -162,7 +170,7 @@ async def _post_events(
         processor = processor_cls(settings, motor[settings.mongo_db], os_client)
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]
-            res = await processor.apply(chunk)
+            res = await processor.apply(chunk, now=now)
             accepted += int(res.accepted)
             duplicates += int(res.duplicates)
             rejected += len(res.rejected)
@@ -172,6 +180,18 @@ async def _post_events(
         motor.close()
         await os_client.close()
     return accepted, duplicates, rejected
+
+
+def rebase(timestamps: np.ndarray, now: datetime, *, step_s: int = 60) -> list[datetime]:
+    """One user's fitting timestamps moved onto a replay timeline ending just before ``now``.
+
+    MovieLens histories span years while the events processor accepts only events inside its
+    retention window (30 days), so each user's likes keep their *order* (ties keep the split's
+    order) and are spaced ``step_s`` apart, the latest at ``now - step_s``. Recency therefore
+    still ranks them; the original gaps are not kept.
+    """
+    n = len(timestamps)
+    return [now - timedelta(seconds=step_s * (n - pos)) for pos in range(n)]
 
 
 class ServedRecommender:
