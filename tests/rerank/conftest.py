@@ -44,8 +44,12 @@ def catalogue(dim: int, bdim: int) -> list[dict[str, Any]]:
                     "popularity": float(rng.integers(1, 100)),
                     "available": True,
                     "created_at": (created + timedelta(days=j)).isoformat(),
-                    "embedding": _unit(base[c] + 0.35 * rng.normal(size=dim)).tolist(),
-                    "behaviour": _unit(bbase[c] + 0.3 * rng.normal(size=bdim)).tolist(),
+                    "embedding": _unit(
+                        base[c] + 0.35 * rng.normal(size=dim) / np.sqrt(dim)
+                    ).tolist(),
+                    "behaviour": _unit(
+                        bbase[c] + 0.3 * rng.normal(size=bdim) / np.sqrt(bdim)
+                    ).tolist(),
                 }
             )
     for p in range(4):
