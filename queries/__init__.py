@@ -14,6 +14,7 @@ from ._candidates import (
     explain_components,
     fuse,
     generate_candidates,
+    request_for_user,
     request_params,
 )
 from ._params import ParamSpec, clip_terms
@@ -46,6 +47,7 @@ __all__ = [
     "generate_candidates",
     "load",
     "render",
+    "request_for_user",
     "request_params",
     "script_id",
     "script_params",

@@ -35,6 +35,7 @@ __all__ = [
     "explain_components",
     "fuse",
     "generate_candidates",
+    "request_for_user",
     "request_params",
 ]
 
@@ -90,6 +91,48 @@ class CandidateSet:
     @property
     def ids(self) -> list[str]:
         return [c.id for c in self.candidates]
+
+
+def request_for_user(
+    user: Mapping[str, Any] | None,
+    state: Mapping[str, Any] | None,
+    *,
+    surface: str | None = None,
+    k: int = 100,
+    now: datetime | None = None,
+    **extra: Any,
+) -> CandidateRequest:
+    """A request from MongoDB ``users`` and ``user_state`` documents (pure).
+
+    Without a surface: ``for_you`` when the state has a vector, else ``cold_start``. Seen,
+    blocked and interacted (positives/negatives) ids are excluded.
+    """
+    user = user or {}
+    state = state or {}
+    vector = state.get("vector") or None
+    behaviour = state.get("behaviour") or None
+    if surface is None:
+        surface = "for_you" if (vector or behaviour) else "cold_start"
+    interacted = [e.get("id") for e in (*state.get("positives", []), *state.get("negatives", []))]
+    exclude = [*state.get("blocked", []), *state.get("seen", []), *interacted]
+    viewer = {
+        f: user[f]
+        for f in ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max")
+        if user.get(f) is not None
+    }
+    loc = user.get("location")
+    return CandidateRequest(
+        surface=surface,
+        k=k,
+        user_vector=[float(x) for x in vector] if vector else None,
+        behaviour_vector=[float(x) for x in behaviour] if behaviour else None,
+        interests=[str(i) for i in user.get("interests") or []],
+        viewer=viewer or None,
+        location={"lat": float(loc["lat"]), "lon": float(loc["lon"])} if loc else None,
+        exclude_ids=[str(i) for i in dict.fromkeys(exclude) if i],
+        now=now or datetime.now(UTC),
+        **extra,
+    )
 
 
 def _fresh_since(now: datetime, days: int = 14) -> datetime:

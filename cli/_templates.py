@@ -1,0 +1,122 @@
+"""``opendisco templates list | show | validate | store`` (query templates, queries/templates/)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import click
+from opendisco._settings import Settings
+from rich.console import Console
+from rich.table import Table
+
+from ._base import OpenDiscoGroup, pass_settings
+
+__all__ = ["abbreviate", "register"]
+
+
+def abbreviate(node: Any, max_list: int = 8) -> Any:
+    """Long float lists (vectors) shortened for display; everything else unchanged."""
+    if isinstance(node, list):
+        if len(node) > max_list and all(isinstance(x, float) for x in node):
+            return [*node[:3], f"... {len(node)} floats"]
+        return [abbreviate(x, max_list) for x in node]
+    if isinstance(node, dict):
+        return {k: abbreviate(v, max_list) for k, v in node.items()}
+    return node
+
+
+@click.group("templates", cls=OpenDiscoGroup)
+def templates_cmd() -> None:
+    """Query templates (queries/templates/*.json) and index templates."""
+
+
+@templates_cmd.command("list")
+def templates_list() -> None:
+    """Surfaces with their template version and sources (``show --declared`` for params)."""
+    from opendisco.queries import load, surfaces
+
+    table = Table("surface", "version", "sources", "params", "doc")
+    for s in surfaces():
+        tpl = load(s)
+        table.add_row(s, tpl.version, ", ".join(tpl.sources), str(len(tpl.specs)), tpl.doc)
+    Console().print(table)
+
+
+@templates_cmd.command("show")
+@click.argument("surface")
+@click.option("--params", "params_json", default="{}", help="Parameters as a JSON object.")
+@click.option("--declared", is_flag=True, help="Print the parameter declarations instead.")
+def templates_show(surface: str, params_json: str, declared: bool) -> None:
+    """Render SURFACE with --params (defaults otherwise) and print the request bodies."""
+    from opendisco._exceptions import InvalidInput
+    from opendisco.queries import load, render
+
+    if declared:
+        specs = {n: p.describe() for n, p in load(surface).specs.items()}
+        click.echo(json.dumps(specs, indent=2, default=str))
+        return
+    try:
+        params = json.loads(params_json)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--params is not JSON: {exc}") from exc
+    if not isinstance(params, dict):
+        raise InvalidInput("--params must be a JSON object")
+    click.echo(json.dumps(abbreviate(render(surface, params)), indent=2))
+
+
+@templates_cmd.command("validate")
+@pass_settings
+def templates_validate(settings: Settings) -> None:
+    """Render every template (every clause on) and run each source against the cluster."""
+    from opendisco import clients
+    from opendisco.queries import validate_templates
+
+    async def main() -> list[Any]:
+        client = clients.async_opensearch(settings)
+        try:
+            return await validate_templates(client, settings)
+        finally:
+            await client.close()
+
+    checks = asyncio.run(main())
+    table = Table("surface", "source", "version", "status", "hits", "took ms", "error")
+    for c in checks:
+        status = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+        table.add_row(c.surface, c.source, c.version, status, str(c.hits), str(c.took_ms), c.error)
+    Console().print(table)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise click.ClickException(f"{len(bad)} of {len(checks)} sources failed")
+    click.echo(f"{len(checks)} sources valid against {settings.index_alias}")
+
+
+@templates_cmd.command("store")
+@click.option("--prefix", default="opendisco", show_default=True, help="Script id prefix.")
+@pass_settings
+def templates_store(settings: Settings, prefix: str) -> None:
+    """Store every (surface, source) as an OpenSearch mustache search template (_scripts)."""
+    from opendisco import clients
+    from opendisco.queries import store_templates
+
+    async def main() -> dict[str, str]:
+        client = clients.async_opensearch(settings)
+        try:
+            return await store_templates(client, prefix=prefix)
+        finally:
+            await client.close()
+
+    for sid, version in asyncio.run(main()).items():
+        click.echo(f"{sid}\t{version}")
+    click.echo("call with params from opendisco.queries.script_params(surface, params)")
+
+
+def register(cli: click.Group) -> None:
+    existing = cli.commands.get("templates")
+    if existing is None:
+        cli.add_command(templates_cmd)
+        return
+    if isinstance(existing, click.Group):
+        for name, cmd in templates_cmd.commands.items():
+            existing.commands.setdefault(name, cmd)
