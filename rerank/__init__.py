@@ -9,6 +9,7 @@ linear model for LightGBM LambdaMART.
 from ._als import AlsModel, fold_in, train_als, write_behaviour
 from ._config import DEFAULT_STEPS, FEATURE_NAMES, RerankConfig
 from ._features import FeatureStore, TTLCache
+from ._learned import LABELS, LearnedScorer, lambdamart_dataset, train_lambdamart
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
 from ._steps import (
     STEPS,
@@ -28,11 +29,13 @@ from ._types import CandidateBatch, Features, RerankContext
 __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
+    "LABELS",
     "STEPS",
     "AlsModel",
     "CandidateBatch",
     "FeatureStore",
     "Features",
+    "LearnedScorer",
     "LinearScorer",
     "RerankConfig",
     "RerankContext",
@@ -50,7 +53,9 @@ __all__ = [
     "exposure_adjustment",
     "fatigue_penalty",
     "fold_in",
+    "lambdamart_dataset",
     "mmr_select",
     "train_als",
+    "train_lambdamart",
     "write_behaviour",
 ]

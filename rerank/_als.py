@@ -97,15 +97,19 @@ def train_als(
         shape=(len(users), len(items)),
     )
     ui.sum_duplicates()
-    model = implicit.cpu.als.AlternatingLeastSquares(
-        factors=factors,
-        iterations=iterations,
-        regularization=regularization,
-        random_state=seed,
-        calculate_training_loss=False,
-        num_threads=1,
-    )
-    model.fit(ui, show_progress=False)
+    from threadpoolctl import threadpool_limits
+
+    # implicit warns (→ error in tests) when BLAS threads would oversubscribe its own
+    with threadpool_limits(1, "blas"):
+        model = implicit.cpu.als.AlternatingLeastSquares(
+            factors=factors,
+            iterations=iterations,
+            regularization=regularization,
+            random_state=seed,
+            calculate_training_loss=False,
+            num_threads=1,
+        )
+        model.fit(ui, show_progress=False)
     return AlsModel(
         item_ids=list(items),
         user_ids=list(users),

@@ -1,0 +1,146 @@
+"""Behavioural vectors (ALS, fold-in), LambdaMART, and the train / events post CLI."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from click.testing import CliRunner
+from opendisco import Settings, clients
+from opendisco.cli.main import cli
+from opendisco.rerank import (
+    FEATURE_NAMES,
+    CandidateBatch,
+    Features,
+    LearnedScorer,
+    RerankConfig,
+    Reranker,
+    fold_in,
+    lambdamart_dataset,
+    train_als,
+    train_lambdamart,
+)
+
+
+def _synthetic_interactions(seed: int = 0) -> list[tuple[str, str, float]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for u in range(120):
+        group = u % 3  # three taste groups, each likes its own third of 60 items
+        for i in rng.choice(20, size=8, replace=False):
+            out.append((f"u{u}", f"i{group * 20 + int(i)}", 1.0))
+    return out
+
+
+def test_fold_in_recovers_trained_user_factors() -> None:
+    inter = _synthetic_interactions()
+    model = train_als(inter, factors=8, iterations=20, regularization=0.05, alpha=10.0)
+    row = {i: r for r, i in enumerate(model.item_ids)}
+    gram = model.gram()
+    cos = []
+    for ui, user in enumerate(model.user_ids[:30]):
+        items = [row[i] for u, i, _ in inter if u == user]
+        u = fold_in(
+            model.item_factors[items],
+            np.ones(len(items)),
+            alpha=9.0,
+            regularization=0.05,
+            gram=gram,
+        )
+        ref = model.user_factors[ui]
+        cos.append(float(u @ ref / np.linalg.norm(u) / np.linalg.norm(ref)))
+    assert np.median(cos) > 0.95, cos
+    # fold-in of one group's items scores that group's items highest
+    u = fold_in(model.item_factors[[row["i3"], row["i5"]]])
+    scores = model.item_factors @ u
+    top = [model.item_ids[r] for r in np.argsort(-scores)[:10]]
+    assert sum(int(i[1:]) < 20 for i in top) >= 8, top
+    assert fold_in(np.zeros((2, 8))) is None
+
+
+def test_lambdamart_learns_from_logged_impressions() -> None:
+    rng = np.random.default_rng(3)
+    col = FEATURE_NAMES.index("graph")
+    events: list[dict[str, Any]] = []
+    for r in range(60):
+        user = f"u{r}"
+        feats = rng.random((10, len(FEATURE_NAMES)))
+        for j in range(10):
+            item = f"i{r}_{j}"
+            events.append(
+                {
+                    "type": "impression",
+                    "user_id": user,
+                    "item_id": item,
+                    "request_id": f"r{r}",
+                    "features": feats[j].tolist(),
+                }
+            )
+        best = int(np.argmax(feats[:, col]))  # users click what is graph-close
+        events.append({"type": "click", "user_id": user, "item_id": f"i{r}_{best}"})
+    X, y, groups = lambdamart_dataset(events)
+    assert X.shape == (600, len(FEATURE_NAMES)) and groups.tolist() == [10] * 60
+    scorer = train_lambdamart(X, y, groups, rounds=30)
+    # held-out request: the learned scorer puts the graph-closest item first
+    feats = rng.random((10, len(FEATURE_NAMES)))
+    assert int(np.argmax(scorer.score(feats))) == int(np.argmax(feats[:, col]))
+    # and plugs into the reranker as its scoring step
+    items = [{"id": f"x{j}"} for j in range(10)]
+    rr = Reranker(RerankConfig(steps=("score",)), scorer=scorer)
+    res = rr.run(CandidateBatch.from_items(items), Features.empty(10, 4, 4))
+    assert len(res.ids) == 10
+
+
+def test_learned_scorer_round_trips_through_a_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.random((40, len(FEATURE_NAMES)))
+    y = (X[:, 0] > 0.5).astype(int)
+    s = train_lambdamart(X, y, np.array([10, 10, 10, 10]), rounds=5)
+    s.save(tmp_path / "m.txt")
+    np.testing.assert_allclose(LearnedScorer.load(tmp_path / "m.txt").score(X), s.score(X))
+
+
+def test_train_cli_writes_behaviour_with_version_bump(
+    rr_settings: Settings, movielens: Path
+) -> None:
+    mc = clients.mongo(rr_settings)
+    coll = mc[rr_settings.mongo_db][rr_settings.items_collection]
+    ids = [f"m{i}" for i in (1, 2, 3, 6, 10)] + ["m-never-rated"]
+    coll.delete_many({"_id": {"$in": ids}})
+    coll.insert_many([{"_id": i, "title": i, "version": 1, "deleted": False} for i in ids])
+    try:
+        res = CliRunner().invoke(
+            cli, ["train", "--movielens", str(movielens), "--iterations", "3"], obj=rr_settings
+        )
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.output[res.output.index("{") :])
+        assert report["als"]["written"] == 5
+        docs = {d["_id"]: d for d in coll.find({"_id": {"$in": ids}})}
+        for i in ids[:-1]:
+            assert (
+                docs[i]["version"] == 2 and len(docs[i]["behaviour"]) == rr_settings.behaviour_dim
+            )
+        assert "behaviour" not in docs["m-never-rated"] and docs["m-never-rated"]["version"] == 1
+    finally:
+        coll.delete_many({"_id": {"$in": ids}})
+        mc.close()
+
+
+def test_events_post_cli_reports_rejections(
+    rr_settings: Settings, rr_items: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    user = f"u{uuid.uuid4().hex[:8]}"
+    lines = [
+        {"id": uuid.uuid4().hex, "type": "like", "user_id": user, "item_id": "alpha2"},
+        {"id": uuid.uuid4().hex, "type": "like", "user_id": user},
+    ]
+    path = tmp_path / "ev.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    res = CliRunner().invoke(cli, ["events", "post", str(path)], obj=rr_settings)
+    assert res.exit_code == 1, res.output
+    out = json.loads(res.output)
+    assert out["accepted"] == 1 and out["rejected"][0]["index"] == 1
+    assert "item_id" in out["rejected"][0]["reason"]
