@@ -254,7 +254,12 @@ UserPath = Annotated[str, _path_id("User id.")]
 ItemPath = Annotated[str, _path_id("Item id.")]
 SurfaceQ = Annotated[Surface, Query(description="Surface.")]
 CursorQ = Annotated[
-    str | None, Query(max_length=65536, description="next_cursor of the previous page.")
+    str | None,
+    Query(
+        max_length=65536,
+        pattern=r"^[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$",
+        description="next_cursor of the previous page (opaque, signed).",
+    ),
 ]
 QueryQ = Annotated[str, Query(min_length=1, max_length=1000, description="Query text.")]
 

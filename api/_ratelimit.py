@@ -34,7 +34,11 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """One bucket per key id (LRU-bounded); per-key rates override the default."""
+    """One bucket per key id (LRU-bounded); per-key rates override the default.
+
+    A key with its own rate gets a burst scaled by the same factor (``burst * rate /
+    default rate``, at least 1), so the burst always lasts the same number of seconds.
+    """
 
     def __init__(
         self,
@@ -55,7 +59,7 @@ class RateLimiter:
         rate = rate or self.rate
         bucket = self._buckets.get(key_id)
         if bucket is None or bucket.rate != rate:
-            bucket = TokenBucket.full(rate, max(self.burst, 1.0), now)
+            bucket = TokenBucket.full(rate, max(1.0, self.burst * rate / self.rate), now)
             self._buckets[key_id] = bucket
             if len(self._buckets) > self._max:
                 self._buckets.popitem(last=False)

@@ -117,9 +117,12 @@ def test_rate_limiter_is_per_key_and_honours_key_rate() -> None:
     assert rl.take("a") == 0.0 and rl.take("a") == 0.0
     assert rl.take("a") == pytest.approx(1.0)
     assert rl.take("b") == 0.0  # another key has its own bucket
-    assert rl.take("c", rate=10.0) == 0.0
-    rl.take("c", rate=10.0)
+    # own rate 10/s: burst scales to 2 * 10 / 1 = 20
+    assert all(rl.take("c", rate=10.0) == 0.0 for _ in range(20))
     assert rl.take("c", rate=10.0) == pytest.approx(0.1)
+    # a slow key gets a burst of at least one request
+    assert rl.take("d", rate=0.1) == 0.0
+    assert rl.take("d", rate=0.1) == pytest.approx(10.0)
 
 
 def test_concurrency_limiter_bounds_in_flight() -> None:
