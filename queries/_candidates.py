@@ -228,6 +228,8 @@ def explain_components(explanation: Mapping[str, Any], depth: int = 4) -> list[d
     out: list[dict[str, Any]] = []
 
     def walk(node: Mapping[str, Any], d: int) -> None:
+        if node.get("description") == "maxBoost":  # function_score's constant cap: noise
+            return
         out.append({"depth": d, "value": node.get("value"), "description": node.get("description")})
         if d < depth:
             for child in node.get("details", []):

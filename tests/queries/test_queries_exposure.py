@@ -1,0 +1,71 @@
+"""ExposureStore: counters in their own index, per-item caps, windows, the capped list."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from opendisco import Settings
+from opendisco.queries import CandidateRequest, ExposureStore, generate_candidates
+
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+async def test_counts_caps_windows_and_item_docs_untouched(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]], run_id: str
+) -> None:
+    # a store of its own (separate alias prefix for the counters) over the same items index
+    settings = q_settings.model_copy(update={"exposure_default_cap": 5})
+    store = ExposureStore(aos, settings)
+    store.index = f"t{run_id}-exp-unit"
+    await store.ensure()
+    await store.ensure()  # idempotent
+    own_cap = next(d for d in catalogue if d["kind"] == "movie" and d["available"])
+    await aos.update(
+        index=q_settings.index_alias,
+        id=own_cap["id"],
+        body={"doc": {"exposure_cap": 2}},
+        params={"refresh": "true"},
+    )
+    before = await aos.get(index=q_settings.index_alias, id=own_cap["id"])
+    other = "i0001"
+    assert await store.record({own_cap["id"]: 1, other: 4}, now=T0) == []
+    capped = await store.record({own_cap["id"]: 1, other: 0}, now=T0 + timedelta(minutes=1))
+    assert capped == [own_cap["id"]]  # its own cap (2), not the default (5)
+    assert await store.record({other: 1}, now=T0 + timedelta(minutes=2)) == sorted(
+        [own_cap["id"], other]
+    )
+    assert await store.counts([own_cap["id"], other, "unknown"], now=T0) == {
+        own_cap["id"]: 2,
+        other: 5,
+        "unknown": 0,
+    }
+    # counting never wrote the item document (no re-index of vectors)
+    after = await aos.get(index=q_settings.index_alias, id=own_cap["id"])
+    assert after["_version"] == before["_version"] and after["_seq_no"] == before["_seq_no"]
+    # the window ends: counts read 0, the capped list empties on sweep, counters restart
+    later = T0 + timedelta(hours=settings.exposure_window_hours, minutes=5)
+    assert await store.counts([other], now=later) == {other: 0}
+    assert await store.sweep(now=later) == []
+    assert await store.record({other: 1}, now=later) == []
+    assert await store.counts([other], now=later) == {other: 1}
+    await aos.update(
+        index=q_settings.index_alias,
+        id=own_cap["id"],
+        body={"doc": {"exposure_cap": None}},
+        params={"refresh": "true"},
+    )
+    await aos.indices.delete(index=store.index)
+
+
+async def test_default_store_cap_is_enforced_by_the_query(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+) -> None:
+    req = CandidateRequest(surface="trending", k=5, params={"kinds": ["listing"]}, now=T0)
+    top = (await generate_candidates(aos, q_settings, req)).ids[0]
+    store = ExposureStore(aos, q_settings)
+    await store.record({top: q_settings.exposure_default_cap - 1})
+    assert top in (await generate_candidates(aos, q_settings, req)).ids
+    await store.record({top: 1})
+    assert top not in (await generate_candidates(aos, q_settings, req)).ids
+    assert top in await store.capped()
