@@ -429,10 +429,13 @@ class EventProcessor:
         raise StoreBackendError(f"user_state contention: gave up on {sorted(pending)[:5]}")
 
     async def _mark(self, ids: list[str]) -> None:
+        from pymongo import UpdateOne
         from pymongo.errors import PyMongoError
 
-        try:
-            await self.events.update_many({"_id": {"$in": ids}}, {"$set": {"applied": True}})
+        try:  # one round trip of _id point updates (FerretDB scans for an $in filter)
+            await self.events.bulk_write(
+                [UpdateOne({"_id": i}, {"$set": {"applied": True}}) for i in ids], ordered=False
+            )
         except PyMongoError as exc:
             raise StoreBackendError(f"marking events applied failed: {exc}") from exc
 

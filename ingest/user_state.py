@@ -10,6 +10,7 @@ optimistic: ``replace_one({_id, version: old})``; a lost race reloads and merges
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -209,6 +210,9 @@ def recompute(
 class UserStateStore:
     """Reads and optimistic writes of ``user_state`` documents."""
 
+    #: batches of at most this many users are read with concurrent point reads
+    point_reads = 8
+
     def __init__(self, db: Any, cfg: UserStateConfig | None = None) -> None:
         self.coll = db[USER_STATE]
         self.cfg = cfg or UserStateConfig()
@@ -222,7 +226,12 @@ class UserStateStore:
 
         ids = list(dict.fromkeys(user_ids))
         try:
-            docs = await self.coll.find({"_id": {"$in": ids}}).to_list(None)
+            if len(ids) <= self.point_reads:
+                # _id equality is a point read on every backend (FerretDB scans for $in)
+                found_docs = await asyncio.gather(*(self.coll.find_one({"_id": u}) for u in ids))
+                docs = [d for d in found_docs if d is not None]
+            else:
+                docs = await self.coll.find({"_id": {"$in": ids}}).to_list(None)
         except PyMongoError as exc:
             raise StoreBackendError(f"user_state lookup failed: {exc}") from exc
         found = {d["_id"]: UserState.from_doc(d) for d in docs}
