@@ -1,0 +1,304 @@
+"""The served pipeline: user context → candidates in OpenSearch → features → rerank.
+
+:class:`Discovery` is what the API, the CLI and the offline evaluator call, so what is
+evaluated is exactly what is served. Each request makes a bounded number of round trips:
+user + user state (MongoDB, concurrently), one ``_msearch`` (candidates), one batched feature
+lookup (vectors ``mget`` + exposure counts + graph + inbound, concurrently); reranking is
+in-process over arrays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from opendisco._exceptions import InvalidInput, NotFound, StoreBackendError
+from opendisco._settings import Settings
+
+if TYPE_CHECKING:
+    from opensearchpy import AsyncOpenSearch
+
+    from opendisco.ingest.events import EventProcessor, EventsResult
+    from opendisco.ingest.user_state import UserState
+    from opendisco.rerank import RerankConfig
+
+__all__ = ["Discovery", "Recommendation", "Recommendations", "viewer_profile"]
+
+_VIEWER_FIELDS = ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max")
+#: candidates fetched per requested item (the reranker needs room to diversify and balance)
+CANDIDATE_FACTOR = 5
+MIN_CANDIDATES = 100
+MAX_CANDIDATES = 500
+
+
+@dataclass
+class Recommendation:
+    id: str
+    score: float
+    sources: dict[str, float]
+    item: dict[str, Any]
+    trace: list[dict[str, Any]] | None = None
+    explore: bool = False
+
+
+@dataclass
+class Recommendations:
+    items: list[Recommendation]
+    degraded: bool
+    template_version: str
+    surface: str
+    explain: dict[str, Any] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.items]
+
+
+def viewer_profile(user: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The two-sided eligibility fields of a user document (None when it declares none)."""
+    if not user:
+        return None
+    prof = {k: user[k] for k in _VIEWER_FIELDS if user.get(k) is not None}
+    return prof or None
+
+
+def candidate_k(k: int) -> int:
+    return max(MIN_CANDIDATES, min(MAX_CANDIDATES, k * CANDIDATE_FACTOR))
+
+
+class Discovery:
+    """Recommendations, similar items, search and events over one OpenSearch + MongoDB pair."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        os_client: AsyncOpenSearch,
+        db: Any,
+        *,
+        params: Mapping[str, Any] | None = None,
+        rerank_config: RerankConfig | Mapping[str, Any] | None = None,
+        model: Any | None = None,
+    ) -> None:
+        from opendisco.ingest.user_state import UserStateStore
+        from opendisco.queries import template_version
+        from opendisco.rerank import FeatureStore, RerankConfig, Reranker
+
+        self.settings = settings
+        self.os = os_client
+        self.db = db
+        self.params = dict(params or {})
+        if rerank_config is None:
+            config = RerankConfig()
+        elif isinstance(rerank_config, RerankConfig):
+            config = rerank_config
+        else:
+            config = RerankConfig.from_config(dict(rerank_config))
+        self.reranker = Reranker(config)
+        self.features = FeatureStore(settings, os_client, db)
+        self.states = UserStateStore(db)
+        self._model = model
+        self._events: EventProcessor | None = None
+        self._events_lock = asyncio.Lock()
+        digest = hashlib.sha256(
+            json.dumps(
+                {"params": self.params, "rerank": config.get_config()}, sort_keys=True, default=str
+            ).encode()
+        ).hexdigest()[:8]
+        self.template_version = f"{template_version()}+{digest}"
+
+    # -- context ------------------------------------------------------------------------
+    async def _user(self, user_id: str | None) -> tuple[dict[str, Any] | None, UserState | None]:
+        if not user_id:
+            return None, None
+        from pymongo.errors import PyMongoError
+
+        try:
+            user, state = await asyncio.gather(
+                self.db["users"].find_one({"_id": user_id}), self.states.get(user_id)
+            )
+        except PyMongoError as exc:
+            raise StoreBackendError(f"loading user {user_id!r} failed: {exc}") from exc
+        return user, state
+
+    async def _encode(self, text: str) -> list[float]:
+        from opendisco import clients
+
+        if self._model is None:
+            self._model = await asyncio.to_thread(clients.load_model, self.settings)
+        vec = await asyncio.to_thread(
+            self._model.encode, [text], normalize_embeddings=True, show_progress_bar=False
+        )
+        return [float(x) for x in vec[0]]
+
+    # -- the pipeline -------------------------------------------------------------------
+    async def _run(
+        self,
+        surface: str,
+        k: int,
+        *,
+        user_id: str | None,
+        exclude: Iterable[str] = (),
+        explain: bool = False,
+        **request: Any,
+    ) -> Recommendations:
+        from opendisco.queries import CandidateRequest, generate_candidates
+        from opendisco.rerank import CandidateBatch, FeatureStore
+
+        if not 1 <= k <= MAX_CANDIDATES:
+            raise InvalidInput(f"k must be within 1..{MAX_CANDIDATES}")
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        user, state = await self._user(user_id)
+        timings["user_ms"] = (time.perf_counter() - t0) * 1e3
+        effective = surface
+        if surface == "for_you" and (state is None or (not state.vector and not state.behaviour)):
+            effective = "cold_start"  # no history: trending + fresh, steered by interests
+        excluded = list(dict.fromkeys([*(state.exclude_ids if state else ()), *exclude]))
+        req = CandidateRequest(
+            surface=effective,
+            k=candidate_k(k),
+            user_vector=(state.vector if state else None) or None,
+            behaviour_vector=(state.behaviour if state else None) or None,
+            interests=[str(i) for i in (user or {}).get("interests") or []],
+            viewer=viewer_profile(user),
+            location=(user or {}).get("location"),
+            exclude_ids=excluded,
+            now=datetime.now(UTC),
+            params=self._params_for(effective),
+            explain=explain,
+            **request,
+        )
+        t1 = time.perf_counter()
+        cs = await generate_candidates(self.os, self.settings, req)
+        timings["candidates_ms"] = (time.perf_counter() - t1) * 1e3
+        batch = CandidateBatch.from_candidates(cs.candidates, now=req.now)
+        t2 = time.perf_counter()
+        feats = await self.features.for_batch(batch, state)
+        timings["features_ms"] = (time.perf_counter() - t2) * 1e3
+        t3 = time.perf_counter()
+        result = self.reranker.run(batch, feats, FeatureStore.context(state, k=k), timed=explain)
+        timings["rerank_ms"] = (time.perf_counter() - t3) * 1e3
+        by_id = {c.id: c for c in cs.candidates}
+        top = result.order[:k].tolist()
+        items = []
+        for pos, row in enumerate(top):
+            cid = batch.ids[row]
+            cand = by_id[cid]
+            items.append(
+                Recommendation(
+                    id=cid,
+                    score=float(result.scores[pos]),
+                    sources=dict(cand.sources),
+                    item=dict(cand.item),
+                    trace=result.trace.for_item(cid) if explain else None,
+                    explore=cand.explore,
+                )
+            )
+        timings["total_ms"] = (time.perf_counter() - t0) * 1e3
+        explained = None
+        if explain:
+            explained = {
+                "surface": effective,
+                "requested_surface": surface,
+                "template_version": cs.template_version,
+                "rendered": cs.rendered,
+                "took_ms": cs.took_ms,
+                "source_took_ms": cs.source_took,
+                "source_errors": cs.errors,
+                "skipped_sources": cs.skipped,
+                "candidates": len(cs.candidates),
+                "rerank": result.trace.to_dict([r.id for r in items]),
+                "timings_ms": {k2: round(v, 2) for k2, v in timings.items()},
+            }
+        return Recommendations(
+            items=items,
+            degraded=cs.degraded,
+            template_version=f"{cs.template_version}+{self.template_version.rsplit('+', 1)[1]}",
+            surface=effective,
+            explain=explained,
+            timings_ms=timings,
+        )
+
+    def _params_for(self, surface: str) -> dict[str, Any]:
+        """Template overrides: ``{"param": v}`` for every surface or ``{"<surface>": {...}}``."""
+        from opendisco.queries import load
+
+        specs = load(surface).specs
+        out = {k: v for k, v in self.params.items() if k in specs}
+        nested = self.params.get(surface)
+        if isinstance(nested, Mapping):
+            out.update({k: v for k, v in nested.items() if k in specs})
+        return out
+
+    # -- surfaces -------------------------------------------------------------------------
+    async def recommend(
+        self,
+        user_id: str,
+        surface: str = "for_you",
+        k: int = 20,
+        exclude: Sequence[str] = (),
+        explain: bool = False,
+    ) -> Recommendations:
+        if surface in {"similar", "search"}:
+            raise InvalidInput(f"surface {surface!r} needs an item or a query, not a user")
+        return await self._run(surface, k, user_id=user_id, exclude=exclude, explain=explain)
+
+    async def similar(
+        self,
+        item_id: str,
+        k: int = 20,
+        user_id: str | None = None,
+        explain: bool = False,
+    ) -> Recommendations:
+        return await self._run(
+            "similar", k, user_id=user_id, exclude=(item_id,), explain=explain, item_id=item_id
+        )
+
+    async def search(
+        self, q: str, user_id: str | None = None, k: int = 20, explain: bool = False
+    ) -> Recommendations:
+        if not q.strip():
+            raise InvalidInput("q must not be blank")
+        vector = await self._encode(q)
+        return await self._run(
+            "search", k, user_id=user_id, explain=explain, query_text=q, query_vector=vector
+        )
+
+    async def trending(self, surface: str = "for_you", k: int = 50) -> Recommendations:
+        """Non-personal list per surface (the API's degraded fallback refreshes from it)."""
+        return await self._run("trending", k, user_id=None)
+
+    # -- events -----------------------------------------------------------------------------
+    async def record_events(
+        self, events: Sequence[Mapping[str, Any]], now: datetime | None = None
+    ) -> EventsResult:
+        if self._events is None:
+            async with self._events_lock:
+                if self._events is None:
+                    from opendisco.ingest.events import EventProcessor
+
+                    proc = EventProcessor(self.settings, self.db, self.os)
+                    await proc.ensure()
+                    self._events = proc
+        assert self._events is not None
+        return await self._events.apply(list(events), now=now)
+
+    async def item(self, item_id: str) -> dict[str, Any]:
+        from opensearchpy.exceptions import NotFoundError
+
+        try:
+            doc = await self.os.get(
+                index=self.settings.index_alias,
+                id=item_id,
+                params={"_source_excludes": "embedding,behaviour"},
+            )
+        except NotFoundError as exc:
+            raise NotFound(f"item {item_id!r} not found") from exc
+        return dict(doc["_source"])

@@ -1,0 +1,65 @@
+"""The served pipeline end to end on the real servers (what API, CLI and eval call)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from opendisco import InvalidInput
+
+
+def _like(user: str, item: str, n: int) -> dict[str, Any]:
+    return {
+        "id": f"pl-{user}-{item}-{n}",
+        "type": "like",
+        "user_id": user,
+        "item_id": item,
+        "ts": datetime.now(UTC),
+    }
+
+
+async def test_cold_start_user_gets_results(discovery: Any, market: Any) -> None:
+    recs = await discovery.recommend("u-nobody", k=10)
+    assert recs.surface == "cold_start"
+    assert len(recs.items) == 10
+    assert len(set(recs.ids)) == 10
+    assert not recs.degraded
+    assert recs.template_version.startswith("cold_start@")
+
+
+async def test_like_changes_next_recommendations(discovery: Any, market: Any) -> None:
+    _, users = market
+    user = users[3]["_id"]
+    before = await discovery.recommend(user, k=10)
+    liked = before.ids[0]
+    res = await discovery.record_events([_like(user, liked, 1)])
+    assert res.accepted == 1
+    after = await discovery.recommend(user, k=10, explain=True)
+    assert after.surface == "for_you"  # now personal: the user has a vector
+    assert after.ids != before.ids
+    assert liked not in after.ids  # interacted items are filtered
+    assert after.explain is not None
+    assert after.explain["rendered"] and after.explain["rerank"]["steps"]
+    # duplicate event id: counted once
+    again = await discovery.record_events([_like(user, liked, 1)])
+    assert again.accepted == 0 and again.duplicates == 1
+
+
+async def test_similar_excludes_anchor_and_search_is_literal(discovery: Any, market: Any) -> None:
+    items, _ = market
+    anchor = items[0]["_id"]
+    sim = await discovery.similar(anchor, k=5)
+    assert sim.items and anchor not in sim.ids
+    hostile = '"}}]}{{#x}}\\ ' + items[1]["title"]
+    found = await discovery.search(hostile, k=5)
+    assert not found.degraded
+    with pytest.raises(InvalidInput):
+        await discovery.search("   ")
+
+
+async def test_trending_is_non_personal(discovery: Any, market: Any) -> None:
+    a = await discovery.trending("for_you", k=8)
+    b = await discovery.trending("for_you", k=8)
+    assert a.ids == b.ids and len(a.ids) == 8
