@@ -98,7 +98,7 @@ class Reranker:
 
     def run(
         self,
-        cands: CandidateBatch,
+        cands: CandidateBatch | Sequence[Any],
         features: Features,
         ctx: RerankContext | None = None,
         *,
@@ -107,6 +107,8 @@ class Reranker:
         from time import perf_counter
 
         ctx = ctx or RerankContext()
+        if not isinstance(cands, CandidateBatch):  # a sequence of queries.Candidate
+            cands = CandidateBatch.from_candidates(cands)
         n = len(cands)
         X = assemble_features(cands, features, ctx, self.config)
         inp = RerankInputs(cands, features, ctx, X, self.scorer, ctx.k or self.config.page_size)

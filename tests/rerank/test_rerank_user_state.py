@@ -1,0 +1,87 @@
+"""User state math (pure) and concurrent writers (live)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from opendisco import Settings
+from opendisco.ingest.events import EventProcessor, UserStateStore
+from opendisco.ingest.user_state import UserState, UserStateConfig, decayed_vector, merge_events
+from opendisco.rerank import Features, Reranker
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def _e(eid: str, kind: str, item: str, w: float, hours_ago: float = 0.0) -> dict[str, Any]:
+    return {
+        "id": eid,
+        "type": kind,
+        "item_id": item,
+        "weight": w,
+        "ts": NOW - timedelta(hours=hours_ago),
+    }
+
+
+def test_merge_is_idempotent_by_event_id() -> None:
+    cfg = UserStateConfig()
+    evs = [_e("a", "like", "x", 1.0), _e("b", "hide", "y", -1.0), _e("c", "impression", "z", 0)]
+    once = merge_events(UserState("u"), evs, {"y": "cat"}, cfg)
+    twice = merge_events(once, evs, {"y": "cat"}, cfg)
+    assert once == twice
+    assert [p["id"] for p in once.positives] == ["x"]
+    assert [n["id"] for n in once.negatives] == ["y"]
+    assert once.blocked == ["y"] and once.seen == ["x", "y", "z"] and once.fatigue == {"cat": 1.0}
+
+
+def test_recent_lists_are_bounded_and_newest_kept() -> None:
+    cfg = UserStateConfig(max_recent=3)
+    evs = [_e(f"e{i}", "like", f"i{i}", 1.0, hours_ago=10 - i) for i in range(6)]
+    st = merge_events(UserState("u"), evs, {}, cfg)
+    assert [p["id"] for p in st.positives] == ["i3", "i4", "i5"]
+
+
+def test_decay_halves_weight_per_half_life() -> None:
+    cfg = UserStateConfig(half_life_hours=10.0, negative_weight=0.0)
+    vecs = {"a": [1.0, 0.0], "b": [0.0, 1.0]}
+    pos = [{"id": "a", "ts": NOW - timedelta(hours=10), "w": 1.0}, {"id": "b", "ts": NOW, "w": 1.0}]
+    v = np.asarray(decayed_vector(pos, [], vecs, NOW, cfg))
+    # weights 0.5 and 1.0 → direction (0.5, 1)
+    np.testing.assert_allclose(v, np.array([0.5, 1.0]) / np.linalg.norm([0.5, 1.0]))
+    assert decayed_vector([], [], vecs, NOW, cfg) is None
+
+
+async def test_concurrent_writers_of_one_user_lose_nothing(
+    rr_settings: Settings, rr_db: Any, aos: Any
+) -> None:
+    user = f"u{uuid.uuid4().hex[:8]}"
+    procs = [EventProcessor(rr_settings, rr_db, aos) for _ in range(4)]
+    items = ["alpha1", "beta2", "gamma3", "alpha4"]
+    results = await asyncio.gather(
+        *(
+            p.apply([{"id": uuid.uuid4().hex, "type": "like", "user_id": user, "item_id": i}])
+            for p, i in zip(procs, items, strict=True)
+        )
+    )
+    assert [r.accepted for r in results] == [1, 1, 1, 1]
+    st = await UserStateStore(rr_db).get(user)
+    assert sorted(p["id"] for p in st.positives) == sorted(items)
+    assert st.version == 4
+
+
+@dataclass
+class _Cand:  # the shape of opendisco.queries.Candidate
+    id: str
+    fused: float
+    sources: dict[str, float] = field(default_factory=dict)
+    item: dict[str, Any] = field(default_factory=dict)
+
+
+def test_reranker_accepts_candidate_objects() -> None:
+    cands = [_Cand(f"c{i}", 1.0 - i / 10, {"knn": 0.5}, {"category": "x"}) for i in range(5)]
+    res = Reranker().run(cands, Features.empty(5, 4, 4))
+    assert res.ids == [f"c{i}" for i in range(5)]
