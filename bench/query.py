@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from opensearchpy import helpers
+
 from opendisco import clients, index_templates, load_settings
 from opendisco._settings import Settings
 from opendisco.queries import CandidateRequest, ExposureStore, generate_candidates
-from opensearchpy import helpers
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "query.json"

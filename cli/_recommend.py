@@ -11,9 +11,10 @@ import json
 from typing import Any
 
 import click
-from opendisco._settings import Settings
 from rich.console import Console
 from rich.table import Table
+
+from opendisco._settings import Settings
 
 from ._base import pass_settings
 from ._templates import abbreviate
@@ -24,9 +25,10 @@ SURFACES = ["for_you", "cold_start", "trending", "search", "similar"]
 
 
 def _load_user(settings: Settings, user_id: str) -> tuple[dict[str, Any] | None, dict | None]:
+    from pymongo.errors import PyMongoError
+
     from opendisco import clients
     from opendisco._exceptions import StoreBackendError
-    from pymongo.errors import PyMongoError
 
     client = clients.mongo(settings)
     try:

@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 import click
-from opendisco._settings import Settings
 from rich.console import Console
 from rich.table import Table
+
+from opendisco._settings import Settings
 
 from ._base import OpenDiscoGroup, pass_settings
 

@@ -13,8 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from opendisco import Settings, clients, index_templates
 from opensearchpy import helpers
+
+from opendisco import Settings, clients, index_templates
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 TOPICS = {

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from click.testing import CliRunner
+
 from opendisco import Settings
 from opendisco.cli.main import cli
 from opendisco.queries import request_for_user

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from opendisco import TemplateParamError, load_settings
 from opendisco.queries import (
     SURFACES,
