@@ -136,7 +136,12 @@ class ParamSpec:
                 raise self._fail("expected a non-empty list of numbers")
             out = []
             for x in value:
-                f = float(x)
+                if isinstance(x, bool | str):
+                    raise self._fail("components must be numbers")
+                try:
+                    f = float(x)
+                except (TypeError, ValueError) as exc:
+                    raise self._fail("components must be numbers") from exc
                 if not math.isfinite(f):
                     raise self._fail("components must be finite")
                 out.append(f)
@@ -144,9 +149,12 @@ class ParamSpec:
                 raise self._fail(f"{len(out)} dimensions > {self.max_items}")
             return out
         if t == "geo":
-            if not isinstance(value, Mapping) or set(value) != {"lat", "lon"}:
+            if not isinstance(value, Mapping) or "lat" not in value or "lon" not in value:
                 raise self._fail("expected {lat, lon}")
-            lat, lon = float(value["lat"]), float(value["lon"])
+            try:
+                lat, lon = float(value["lat"]), float(value["lon"])
+            except (TypeError, ValueError) as exc:
+                raise self._fail("lat/lon must be numbers") from exc
             if not (-90 <= lat <= 90 and -180 <= lon <= 180):
                 raise self._fail(f"out of range: {lat}, {lon}")
             return {"lat": lat, "lon": lon}

@@ -113,6 +113,12 @@ def test_unknown_missing_and_mistyped_parameters_are_rejected() -> None:
         render("trending", {"k": 100000})
     with pytest.raises(TemplateParamError, match="finite"):
         render("for_you", {"user_vector": [float("nan"), 1.0]})
+    with pytest.raises(TemplateParamError, match="must be numbers"):
+        render("for_you", {"user_vector": ["a", 1.0]})
+    with pytest.raises(TemplateParamError, match="lat/lon"):
+        render("trending", {"location": {"lat": "north", "lon": 1}})
+    loc = render("trending", {"location": {"lat": 1, "lon": 2, "name": "x"}})
+    assert '"origin": {"lat": 1.0, "lon": 2.0}' in json.dumps(loc)
     with pytest.raises(TemplateParamError, match="ISO-8601"):
         render("trending", {"now": "yesterday"})
     with pytest.raises(TemplateParamError, match="expected a list of strings"):
