@@ -10,8 +10,8 @@ the guarantee)::
                                               duplicate key + applied=True → duplicate (no-op)
                                               duplicate key + applied=False → a crashed run
                                               claimed it: re-applied now (retry-safe)
-    4. effects: user_state (idempotent: entries keyed by event id, vectors recomputed, optimistic
-       version check), exposure counters (ExposureStore.record), co-engagement graph, mutual
+    4. effects: user_state (idempotent: entries keyed by event id, vectors recomputed, under
+       per-user leases), exposure counters (ExposureStore.record), co-engagement graph, mutual
        likes, inbound attention counters
     5. mark: update_many applied=True
 
@@ -30,9 +30,10 @@ from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from opendisco._exceptions import EventInvalid, SearchBackendError, StoreBackendError
 from opendisco._settings import Settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .graph import InboundCounter, ItemGraph, UserGraph, ensure_graph_indexes
 from .user_state import UserState, UserStateConfig, UserStateStore, merge_events, recompute
@@ -387,7 +388,7 @@ class EventProcessor:
         inbound = [(ev.item_id, ev.ts) for ev in todo if ev.type in _INBOUND_TYPES]
 
         results = await asyncio.gather(
-            self._update_users(by_user, states, items, now),
+            self._update_users(by_user, items, now),
             self.exposure.record(impressions, now=now) if impressions else _none(),
             self.items.add(pairs, now) if pairs else _none(),
             self.users.add_likes(likes, now) if likes else _none(),
@@ -399,34 +400,24 @@ class EventProcessor:
     async def _update_users(
         self,
         by_user: Mapping[str, list[dict[str, Any]]],
-        states: dict[str, UserState],
         items: dict[str, dict[str, Any]],
         now: datetime,
     ) -> None:
-        cats = {i: (d.get("category") or None) for i, d in items.items()}
-        pending = dict(by_user)
-        for _attempt in range(8):
+        """Read-merge-write of every touched user under their leases (see user_state)."""
+        async with self.states.locked(by_user):
+            states = await self.states.get_many(by_user)  # fresh: inside the lease
+            need = {e["id"] for st in states.values() for e in (*st.positives, *st.negatives)}
+            missing = sorted(need - set(items))
+            if missing:  # another writer added positives since our first read
+                items.update(await self._items(missing))
+            cats = {i: (d.get("category") or None) for i, d in items.items()}
             vecs = {i: d["embedding"] for i, d in items.items() if d.get("embedding")}
             behs = {i: d["behaviour"] for i, d in items.items() if d.get("behaviour")}
-            lost = []
-            for user, evs in pending.items():
-                st = recompute(
-                    merge_events(states[user], evs, cats, self.cfg.user_state),
-                    vecs,
-                    behs,
-                    now,
-                    self.cfg.user_state,
-                )
-                if not await self.states.save(st):
-                    lost.append(user)
-            if not lost:
-                return
-            pending = {u: by_user[u] for u in lost}
-            states.update(await self.states.get_many(lost))
-            need = {e["id"] for u in lost for e in (*states[u].positives, *states[u].negatives)}
-            items.update(await self._items(sorted(need - set(items))))
-            await asyncio.sleep(0.005 * (_attempt + 1))
-        raise StoreBackendError(f"user_state contention: gave up on {sorted(pending)[:5]}")
+            cfg = self.cfg.user_state
+            await self.states.save_many(
+                recompute(merge_events(states[u], evs, cats, cfg), vecs, behs, now, cfg)
+                for u, evs in by_user.items()
+            )
 
     async def _mark(self, ids: list[str]) -> None:
         from pymongo import UpdateOne

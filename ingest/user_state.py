@@ -4,21 +4,31 @@
 fatigue: [{c: category, n}], vector: [...] | None, behaviour: [...] | None, version, updated_at}``
 
 Entries are keyed by event id, so merging the same event twice changes nothing (idempotent);
-vectors are recomputed from the bounded recent lists, never accumulated. Writes are
-optimistic: ``replace_one({_id, version: old})``; a lost race reloads and merges again.
+vectors are recomputed from the bounded recent lists, never accumulated.
+
+Concurrent writers of one user: FerretDB 1.x applies updates as non-atomic read-modify-write
+(measured: concurrent ``$push`` loses entries, a ``replace_one({_id, version})`` CAS can
+match twice), but a unique ``_id`` insert is atomic. So read-merge-write runs under a per-user
+lease in ``user_state_locks`` (``insert_one({_id: user, owner, expires})``; released by
+``delete_one({_id, owner})``; an expired lease, left by a crashed writer, is taken over).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from opendisco._exceptions import StoreBackendError
 from pydantic import BaseModel, ConfigDict, Field
+
+from opendisco._exceptions import StoreBackendError
 
 __all__ = [
     "USER_STATE",
@@ -30,6 +40,7 @@ __all__ = [
 ]
 
 USER_STATE = "user_state"
+USER_LOCKS = "user_state_locks"
 
 
 class UserStateConfig(BaseModel):
@@ -212,6 +223,9 @@ class UserStateStore:
 
     #: batches of at most this many users are read with concurrent point reads
     point_reads = 8
+    #: a lease outlives a crashed holder by this long; waiters give up after lock_wait_s
+    lease_s = 5.0
+    lock_wait_s = 10.0
 
     def __init__(self, db: Any, cfg: UserStateConfig | None = None) -> None:
         self.coll = db[USER_STATE]
@@ -237,18 +251,70 @@ class UserStateStore:
         found = {d["_id"]: UserState.from_doc(d) for d in docs}
         return {u: found.get(u) or UserState(user_id=u) for u in ids}
 
-    async def save(self, state: UserState) -> bool:
-        """Write ``state`` if nobody else wrote since it was read; False on a lost race."""
-        from pymongo.errors import DuplicateKeyError, PyMongoError
+    async def save(self, state: UserState) -> None:
+        """Write ``state`` (hold :meth:`locked` for its user while reading and writing)."""
+        from pymongo.errors import PyMongoError
 
         doc = {**state.to_doc(), "version": state.version + 1}
         try:
-            if state.version == 0:
-                await self.coll.insert_one(doc)
-                return True
-            res = await self.coll.replace_one({"_id": state.user_id, "version": state.version}, doc)
-        except DuplicateKeyError:
-            return False
+            await self.coll.replace_one({"_id": state.user_id}, doc, upsert=True)
         except PyMongoError as exc:
             raise StoreBackendError(f"user_state write failed: {exc}") from exc
-        return res.matched_count == 1
+
+    async def save_many(self, states: Iterable[UserState]) -> None:
+        from pymongo import ReplaceOne
+        from pymongo.errors import PyMongoError
+
+        ops = [
+            ReplaceOne({"_id": s.user_id}, {**s.to_doc(), "version": s.version + 1}, upsert=True)
+            for s in states
+        ]
+        if not ops:
+            return
+        try:
+            await self.coll.bulk_write(ops, ordered=False)
+        except PyMongoError as exc:
+            raise StoreBackendError(f"user_state write failed: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def locked(self, user_ids: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the leases of all ``user_ids`` (all or none, retried with jittered backoff)."""
+        from pymongo.errors import BulkWriteError, PyMongoError
+
+        ids = sorted(set(user_ids))
+        token = uuid.uuid4().hex
+        locks = self.coll.database[USER_LOCKS]
+        deadline = time.monotonic() + self.lock_wait_s
+        attempt = 0
+        while True:
+            now = datetime.now(UTC)
+            docs = [
+                {"_id": u, "owner": token, "expires": now + timedelta(seconds=self.lease_s)}
+                for u in ids
+            ]
+            try:
+                await locks.insert_many(docs, ordered=False)
+                break
+            except BulkWriteError as exc:
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise StoreBackendError(f"user lock failed: {exc}") from exc
+                busy = [docs[e["index"]]["_id"] for e in exc.details["writeErrors"]]
+                got = [u for u in ids if u not in set(busy)]
+                try:
+                    if got:  # all or none: avoids two batches waiting on each other
+                        await locks.delete_many({"_id": {"$in": got}, "owner": token})
+                    # take over leases whose holder died
+                    await locks.delete_many({"_id": {"$in": busy}, "expires": {"$lt": now}})
+                except PyMongoError as exc2:
+                    raise StoreBackendError(f"user lock failed: {exc2}") from exc2
+            except PyMongoError as exc:
+                raise StoreBackendError(f"user lock failed: {exc}") from exc
+            attempt += 1
+            if time.monotonic() > deadline:
+                raise StoreBackendError(f"user_state busy: {busy[:5]} (waited {self.lock_wait_s}s)")
+            await asyncio.sleep(random.uniform(0.002, 0.004 * 2 ** min(attempt, 5)))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(PyMongoError):
+                await locks.delete_many({"_id": {"$in": ids}, "owner": token})

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from opendisco import Settings, clients, index_templates
 from opensearchpy import helpers
+
+from opendisco import Settings, clients, index_templates
 
 CATS = ("alpha", "beta", "gamma")
 PER_CAT = 20

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+
 from opendisco import Settings
 from opendisco.ingest.events import EVENTS, EventProcessor, UserStateStore
 from opendisco.ingest.graph import ItemGraph, UserGraph

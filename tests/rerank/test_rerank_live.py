@@ -7,10 +7,11 @@ import uuid
 from typing import Any
 
 import numpy as np
+from pymongo import monitoring
+
 from opendisco import Settings, clients
 from opendisco.ingest.events import EventProcessor, UserStateStore
 from opendisco.rerank import CandidateBatch, FeatureStore, RerankConfig, Reranker
-from pymongo import monitoring
 
 
 def _ev(user: str, kind: str, item: str) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from opendisco.rerank import (
     FEATURE_NAMES,
     CandidateBatch,
@@ -17,7 +19,6 @@ from opendisco.rerank import (
     fatigue_penalty,
     mmr_select,
 )
-from pydantic import ValidationError
 
 
 def _batch(n: int, ncat: int = 2, nown: int | None = None, seed: int = 0):

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from click.testing import CliRunner
+
 from opendisco import Settings, clients
 from opendisco.cli.main import cli
 from opendisco.rerank import (

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+
 from opendisco import Settings
 from opendisco.ingest.events import EventProcessor, UserStateStore
 from opendisco.ingest.user_state import UserState, UserStateConfig, decayed_vector, merge_events
@@ -59,18 +60,18 @@ async def test_concurrent_writers_of_one_user_lose_nothing(
     rr_settings: Settings, rr_db: Any, aos: Any
 ) -> None:
     user = f"u{uuid.uuid4().hex[:8]}"
-    procs = [EventProcessor(rr_settings, rr_db, aos) for _ in range(4)]
-    items = ["alpha1", "beta2", "gamma3", "alpha4"]
+    items = [f"{c}{j}" for c in ("alpha", "beta") for j in range(4)]
+    procs = [EventProcessor(rr_settings, rr_db, aos) for _ in items]
     results = await asyncio.gather(
         *(
             p.apply([{"id": uuid.uuid4().hex, "type": "like", "user_id": user, "item_id": i}])
             for p, i in zip(procs, items, strict=True)
         )
     )
-    assert [r.accepted for r in results] == [1, 1, 1, 1]
+    assert [r.accepted for r in results] == [1] * len(items)
     st = await UserStateStore(rr_db).get(user)
     assert sorted(p["id"] for p in st.positives) == sorted(items)
-    assert st.version == 4
+    assert st.version == len(items)
 
 
 @dataclass
@@ -85,3 +86,20 @@ def test_reranker_accepts_candidate_objects() -> None:
     cands = [_Cand(f"c{i}", 1.0 - i / 10, {"knn": 0.5}, {"category": "x"}) for i in range(5)]
     res = Reranker().run(cands, Features.empty(5, 4, 4))
     assert res.ids == [f"c{i}" for i in range(5)]
+
+
+async def test_expired_lease_of_a_crashed_writer_is_taken_over(
+    rr_settings: Settings, rr_db: Any, aos: Any
+) -> None:
+    from opendisco.ingest.user_state import USER_LOCKS
+
+    user = f"u{uuid.uuid4().hex[:8]}"
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    await rr_db[USER_LOCKS].insert_one({"_id": user, "owner": "dead", "expires": past})
+    proc = EventProcessor(rr_settings, rr_db, aos)
+    res = await proc.apply(
+        [{"id": uuid.uuid4().hex, "type": "like", "user_id": user, "item_id": "beta1"}]
+    )
+    assert res.accepted == 1
+    assert [p["id"] for p in (await UserStateStore(rr_db).get(user)).positives] == ["beta1"]
+    assert await rr_db[USER_LOCKS].count_documents({"_id": user}) == 0
