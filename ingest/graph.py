@@ -32,6 +32,8 @@ __all__ = [
     "ItemGraph",
     "UserGraph",
     "ensure_graph_indexes",
+    "graph_source_query",
+    "neighbours_of_recent",
 ]
 
 ITEM_EDGES = "item_edges"
@@ -227,3 +229,25 @@ class InboundCounter:
         for d in docs:
             acc[d["item"]] += int(d.get("n", 0))
         return dict(acc)
+
+
+async def neighbours_of_recent(
+    db: Any, state: Any, k: int = 50, fanout: int = 20
+) -> list[tuple[str, float]]:
+    """Co-engaged neighbours of a ``UserState``'s recent positives, minus seen/blocked (a graph
+    candidate source; one query)."""
+    recent = state.recent_positive_ids[:fanout]
+    return await ItemGraph(db).neighbours(recent, k=k, exclude=state.exclude_ids)
+
+
+def graph_source_query(neighbours: Iterable[tuple[str, float]]) -> dict[str, Any] | None:
+    """Pure: an OpenSearch query matching the neighbour ids, scored by co-engagement weight
+    (``constant_score`` per id, so the engine's score is the graph weight); None when empty."""
+    should = [
+        {"constant_score": {"filter": {"term": {"id": i}}, "boost": float(w)}}
+        for i, w in neighbours
+        if w > 0
+    ]
+    if not should:
+        return None
+    return {"bool": {"should": should, "minimum_should_match": 1}}

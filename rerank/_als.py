@@ -129,9 +129,10 @@ async def write_behaviour(
 ) -> int:
     """``$set behaviour`` + ``$inc version`` + ``updated_at`` per item (bulk); only existing,
     non-deleted items are touched. Returns the number of items modified."""
-    from opendisco._exceptions import StoreBackendError
     from pymongo import UpdateOne
     from pymongo.errors import PyMongoError
+
+    from opendisco._exceptions import StoreBackendError
 
     now = now or datetime.now(UTC)
     ops = [

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 

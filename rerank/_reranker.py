@@ -54,11 +54,19 @@ class Trace:
 
     def for_item(self, item_id: str) -> list[dict[str, Any]]:
         """The steps that moved or re-scored one item, in order."""
+        try:
+            row = self.ids.index(item_id)
+        except ValueError:
+            return []
         out = []
         for rec in self.steps:
-            ch = self.changes(rec.name).get(item_id)
-            if ch:
-                out.append({"step": rec.name, **ch})
+            rb = np.flatnonzero(rec.before.order == row)
+            ra = np.flatnonzero(rec.after.order == row)
+            fr = int(rb[0]) if rb.size else None
+            to = int(ra[0]) if ra.size else None
+            delta = float(rec.after.scores[row] - rec.before.scores[row])
+            if fr != to or abs(delta) > 1e-12:
+                out.append({"step": rec.name, "from": fr, "to": to, "delta": round(delta, 6)})
         return out
 
     def to_dict(self, ids: Sequence[str] | None = None) -> dict[str, Any]:

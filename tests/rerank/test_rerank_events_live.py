@@ -140,3 +140,23 @@ async def test_counters_reach_caps_and_capped_items_disappear(
         assert (CAPPED_ITEM in res.capped) == (n >= 3)
     assert (await proc.exposure.counts([CAPPED_ITEM]))[CAPPED_ITEM] == 3
     assert CAPPED_ITEM not in await visible()
+
+
+async def test_graph_neighbours_as_candidate_source(
+    rr_settings: Settings, rr_db: Any, aos: Any
+) -> None:
+    from opendisco.ingest.graph import graph_source_query, neighbours_of_recent
+
+    proc = EventProcessor(rr_settings, rr_db, aos)
+    a, b = _uid(), _uid()
+    await proc.apply([_ev(a, "like", "alpha15"), _ev(a, "like", "beta15")])
+    await proc.apply([_ev(b, "like", "alpha15")])
+    st = await UserStateStore(rr_db).get(b)
+    nb = await neighbours_of_recent(rr_db, st)
+    assert nb and nb[0][0] == "beta15"
+    assert all(i not in st.exclude_ids for i, _ in nb)
+    q = graph_source_query(nb)
+    assert q is not None
+    resp = await aos.search(index=rr_settings.index_alias, body={"query": q, "size": 5})
+    assert resp["hits"]["hits"][0]["_id"] == "beta15"
+    assert graph_source_query([]) is None

@@ -152,5 +152,12 @@ def test_trace_names_every_step_and_keeps_inputs_unchanged() -> None:
     np.testing.assert_array_equal(V, snapshot)
     d = res.trace.to_dict(res.top(6))
     assert {s["step"] for s in d["steps"]} == set(RerankConfig().steps)
+    for item in [*res.top(6), "i0"]:
+        expected = [
+            {"step": st.name, **res.trace.changes(st.name)[item]}
+            for st in res.trace.steps
+            if item in res.trace.changes(st.name)
+        ]
+        assert res.trace.for_item(item) == expected
     owners = [b.owner[i] for i in res.order[:6]]
     assert max(owners.count(o) for o in set(owners)) <= 2
