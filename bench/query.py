@@ -253,7 +253,10 @@ def _readme(result: dict[str, Any]) -> str:
             *rows,
             "",
             "The gap between round trip and `took` is HTTP + JSON (hits carry `_source` without",
-            "vectors) + rendering + fusion in Python. Results in `bench/results/query.json`.",
+            "vectors) + rendering + fusion in Python. Runs share the 2 cores with other test",
+            "sessions (load average ~4 during the recorded run), so absolute figures are",
+            "pessimistic; at concurrency 8 the engine is CPU-bound (for_you = 5 searches per",
+            "request). Results in `bench/results/query.json`.",
             "<!-- /query -->",
         ]
     )
