@@ -226,14 +226,26 @@ async def run(settings: Settings, n_items: int, per_cell: int) -> dict[str, Any]
         await client.close()
 
 
-def _readme(result: dict[str, Any]) -> str:
-    rows = []
+def _table(result: dict[str, Any]) -> list[str]:
+    rows = [
+        f"{result['items']} items, {result['per_cell']} requests per cell "
+        f"(OpenSearch {result.get('engine', '')}, {result.get('at', '')[:16]}):",
+        "",
+        "| surface | concurrency | p50 ms | p99 ms | engine took p50 | took p99 "
+        "| p50 / took p50 | QPS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s, cells in result["surfaces"].items():
         for level, c in cells.items():
             rows.append(
                 f"| {s} | {level[1:]} | {c['p50_ms']} | {c['p99_ms']} | {c['took_p50_ms']} | "
                 f"{c['took_p99_ms']} | ×{c['ratio_p50']} | {c['qps']} |"
             )
+    return [*rows, ""]
+
+
+def _readme(runs: dict[str, dict[str, Any]]) -> str:
+    tables = [line for key in sorted(runs, key=int) for line in _table(runs[key])]
     return "\n".join(
         [
             "<!-- query -->",
@@ -244,22 +256,26 @@ def _readme(result: dict[str, Any]) -> str:
             "dedup/RRF; `similar` adds the anchor GET) with all filters on (200 excluded ids, the",
             "exposure-cap terms lookup, two-sided eligibility, geo decay), k=100 per source,",
             "next to the engine's own `took` for the same `_msearch` (max over its sources).",
-            f"{result['items']} synthetic items (random unit vectors), {result['per_cell']}",
-            f"requests per cell, OpenSearch {result.get('engine', '')}, shared 2-core machine.",
+            "Synthetic items (random unit vectors) on a shared 2-core machine.",
             "",
-            "| surface | concurrency | p50 ms | p99 ms | engine took p50 | took p99 "
-            "| p50 / took p50 | QPS |",
-            "|---|---|---|---|---|---|---|---|",
-            *rows,
-            "",
+            *tables,
             "The gap between round trip and `took` is HTTP + JSON (hits carry `_source` without",
             "vectors) + rendering + fusion in Python. Runs share the 2 cores with other test",
-            "sessions (load average ~4 during the recorded run), so absolute figures are",
+            "sessions (load average ~4 during the recorded runs), so absolute figures are",
             "pessimistic; at concurrency 8 the engine is CPU-bound (for_you = 5 searches per",
-            "request). Results in `bench/results/query.json`.",
+            "request). Results in `bench/results/query.json` (one run per catalogue size).",
             "<!-- /query -->",
         ]
     )
+
+
+def load_runs() -> dict[str, dict[str, Any]]:
+    if not RESULTS.exists():
+        return {}
+    data = json.loads(RESULTS.read_text())
+    if "surfaces" in data:  # a single run (older format)
+        return {str(data["items"]): data}
+    return dict(data.get("runs", {}))
 
 
 def write_readme(section: str) -> None:
@@ -298,8 +314,10 @@ def main() -> None:
         "surfaces": surfaces,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    write_readme(_readme(result))
+    runs = load_runs()
+    runs[str(n_items)] = result
+    RESULTS.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    write_readme(_readme(runs))
     print(json.dumps(result["surfaces"], indent=1))
 
 
