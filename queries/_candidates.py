@@ -207,7 +207,7 @@ def fuse(
     ordered = sorted(by_id.values(), key=lambda c: (-c.fused, c.id))
     share = float(fusion.get("explore_share", 0.0) or 0.0)
     explore_source = fusion.get("explore_source")
-    reserved = min(k, math.ceil(k * share)) if explore_source and share > 0 else 0
+    reserved = min(k, math.ceil(round(k * share, 9))) if explore_source and share > 0 else 0
     if not reserved:
         return ordered[:k]
     head = ordered[: k - reserved]

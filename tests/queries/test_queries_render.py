@@ -246,3 +246,11 @@ def test_fuse_reserves_exploration_slots() -> None:
     assert [c.explore for c in out] == [False, False, False, True, True]
     no_budget = fuse({"main": main, "fresh": fresh}, {**fusion, "explore_share": 0.0}, k=5)
     assert "n1" not in [c.id for c in no_budget]
+
+
+def test_fuse_budget_has_no_float_drift() -> None:
+    main = [_hit(f"m{i}") for i in range(40)]
+    fresh = [_hit(f"n{i}") for i in range(10)]
+    fusion = {"weights": {"fresh": 0.0}, "explore_source": "fresh", "explore_share": 0.1}
+    out = fuse({"main": main, "fresh": fresh}, fusion, k=30)  # 30 * 0.1 = 3.0000000000000004
+    assert sum(c.explore for c in out) == 3
