@@ -261,7 +261,7 @@ def _readme(runs: dict[str, dict[str, Any]]) -> str:
             *tables,
             "The gap between round trip and `took` is HTTP + JSON (hits carry `_source` without",
             "vectors) + rendering + fusion in Python. Runs share the 2 cores with other test",
-            "sessions (load average ~4 during the recorded runs), so absolute figures are",
+            "sessions (load average 1-6 during the recorded runs), so absolute figures are",
             "pessimistic; at concurrency 8 the engine is CPU-bound (for_you = 5 searches per",
             "request). Results in `bench/results/query.json` (one run per catalogue size).",
             "<!-- /query -->",
