@@ -107,7 +107,10 @@ class PollingFeed:
         }
         limit = self.settings.sync_batch_size
         try:
-            docs = await self.coll.find(query).sort([("updated_at", 1), ("_id", 1)]).to_list(limit)
+            # .limit() (not only to_list(limit)): the server then closes the cursor; an
+            # abandoned open cursor pins a FerretDB/SQLite connection until the pool runs dry
+            cursor = self.coll.find(query).sort([("updated_at", 1), ("_id", 1)]).limit(limit)
+            docs = await cursor.to_list(limit)
         except PyMongoError as exc:
             raise StoreBackendError(f"polling {self.coll.name} failed: {exc}") from exc
         if len(docs) < limit:
