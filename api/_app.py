@@ -26,6 +26,11 @@ from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from opendisco import clients
 from opendisco._exceptions import (
     AuthError,
@@ -38,10 +43,6 @@ from opendisco._exceptions import (
     http_status,
 )
 from opendisco._settings import Settings
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import MutableHeaders
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._breaker import BreakerState, CircuitBreaker
 from ._concurrency import ConcurrencyLimiter
@@ -261,7 +262,15 @@ CursorQ = Annotated[
         description="next_cursor of the previous page (opaque, signed).",
     ),
 ]
-QueryQ = Annotated[str, Query(min_length=1, max_length=1000, description="Query text.")]
+QueryQ = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=1000,
+        pattern=r"[^\s\x1c-\x1f]",  # not blank
+        description="Query text (not blank).",
+    ),
+]
 
 
 def _default_discovery(settings: Settings, os_client: Any, db: Any) -> Any:
@@ -328,13 +337,14 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
         finally:
             for task in rt.tasks:
                 task.cancel()
-            for task in rt.tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            _, stuck = await asyncio.wait(rt.tasks, timeout=5.0)
+            if stuck:
+                log.warning("background tasks did not stop: %s", stuck)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(rt.impressions.drain(), 5.0)
             app.state.runtime = None
-            await os_client.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(os_client.close(), 5.0)
             mongo.close()
 
     app = FastAPI(
@@ -522,7 +532,6 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
         rt = runtime(request)
         docs = [e.model_dump(mode="python", exclude_none=True) for e in batch.events]
         for d in docs:
-            d.setdefault("ts", datetime.now(UTC))
             if "surface" in d:
                 d["surface"] = str(d["surface"])
         try:

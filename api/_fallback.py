@@ -39,8 +39,8 @@ def to_served(rec: Any, with_trace: bool = False) -> dict[str, Any]:
     get = rec.get if isinstance(rec, dict) else lambda k, d=None: getattr(rec, k, d)
     item = get("item") or {}
     trace = get("trace") if with_trace else None
-    if trace is not None and not isinstance(trace, dict):
-        trace = {"steps": _plain(trace)}
+    if isinstance(trace, dict):
+        trace = [trace]
     return {
         "id": str(get("id")),
         "score": float(get("score") or 0.0),
@@ -48,6 +48,13 @@ def to_served(rec: Any, with_trace: bool = False) -> dict[str, Any]:
         "item": {k: _plain(v) for k, v in item.items() if k not in _VECTOR_FIELDS},
         "trace": _plain(trace) if trace is not None else None,
     }
+
+
+def _raise_if_cancelling() -> None:
+    # a backend client may turn our cancellation into an ordinary error; do not outlive it
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass
@@ -87,6 +94,7 @@ class Fallback:
         """Refresh every surface from ``Discovery.trending``; keep old lists on failure."""
         ok = True
         for surface in self.surfaces:
+            _raise_if_cancelling()
             try:
                 recs = await asyncio.wait_for(
                     self.discovery.trending(surface, self.k), self.timeout_s
@@ -109,6 +117,7 @@ class Fallback:
         """Refresh forever (a background task); the first refresh happens at once."""
         while True:
             await self.refresh()
+            _raise_if_cancelling()
             await asyncio.sleep(every_s)
 
     async def _popular(self) -> _Entry:

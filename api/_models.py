@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from opendisco.ingest.events import EventType
+
 __all__ = [
     "ID_PATTERN",
     "EndpointSurface",
@@ -59,7 +61,7 @@ class RecommendationOut(_Strict):
         default_factory=dict, description="Per-source retrieval score."
     )
     item: dict[str, Any] = Field(default_factory=dict, description="Item fields (no vectors).")
-    trace: dict[str, Any] | None = Field(
+    trace: list[dict[str, Any]] | None = Field(
         None, description="Per-step rerank scores (only with explain=true)."
     )
 
@@ -82,14 +84,22 @@ class RecommendationsResponse(_Strict):
 
 
 class Event(_Strict):
-    id: Id = Field(description="Client event id; a repeated id is counted once.")
+    """One client event (validated again, with the same rules, by the event processor)."""
+
+    id: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=ID_PATTERN,
+        description="Client event id; a repeated id is counted once.",
+    )
+    type: EventType
     user_id: Id
-    item_id: Id | None = None
-    type: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z_]{0,31}$")
+    item_id: Id
     ts: datetime | None = Field(None, description="When it happened (default: now).")
-    value: float | None = Field(None, ge=-1e6, le=1e6, allow_inf_nan=False)
     surface: EndpointSurface | None = None
-    request_id: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9._\-]{1,64}$")
+    request_id: str | None = Field(
+        None, max_length=64, pattern=r"^[A-Za-z0-9._\-]{1,64}$", description="Served list."
+    )
     position: int | None = Field(None, ge=0, le=10_000)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from opendisco import clients, load_settings
 from opendisco._settings import Settings
 
@@ -72,12 +73,17 @@ def _free_port() -> int:
 
 
 async def build(settings: Settings, n: int) -> list[dict[str, Any]]:
-    from opendisco.ingest import Embedder, generate_marketplace, write_sample
+    from opendisco.ingest import Embedder, generate_marketplace
     from opendisco.ingest._reindex import reindex
 
     t0 = time.perf_counter()
     items, users = generate_marketplace(n, seed=3)
-    write_sample(settings, items, users)
+    # a fresh database: plain inserts (write_sample's per-item upserts are slow on FerretDB)
+    db = clients.mongo(settings)[settings.mongo_db]
+    for coll, docs in ((settings.items_collection, items), ("users", users)):
+        for i in range(0, len(docs), 5000):
+            db[coll].insert_many(docs[i : i + 5000], ordered=False)
+    db.client.close()
     embedder = Embedder(settings, model=HashedBowModel(settings.embedding_dim), persist=False)
     report = await reindex(settings, embedder=embedder)
     print(f"built {n} items in {time.perf_counter() - t0:.1f}s: {report}", file=sys.stderr)
@@ -136,6 +142,7 @@ def _saturation(rows: list[dict[str, Any]], side: str) -> int | None:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
+
     from opendisco.api import create_key
     from opendisco.queries import CandidateRequest, generate_candidates
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from opendisco import clients
 from opendisco._exceptions import StoreBackendError
 from opendisco._settings import Settings
@@ -20,6 +21,7 @@ __all__ = ["apikeys_cmd", "register", "serve_cmd"]
 def serve_cmd(settings: Settings, host: str | None, port: int | None, log_level: str) -> None:
     """Serve the discovery API with uvicorn (OpenAPI at /docs and /openapi.json)."""
     import uvicorn
+
     from opendisco.api import create_app
 
     uvicorn.run(
@@ -55,8 +57,9 @@ def _db(settings: Settings):  # type: ignore[no-untyped-def]
 @pass_settings
 def create(settings: Settings, name: str, scopes: tuple[str, ...], rate: float | None) -> None:
     """Create a key and print it once (only its salted hash is stored)."""
-    from opendisco.api import create_key
     from pymongo.errors import PyMongoError
+
+    from opendisco.api import create_key
 
     try:
         plaintext, doc = create_key(_db(settings), name, scopes, rate)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from opendisco import Settings
 from opendisco.api import create_app, create_key, revoke_key
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from opendisco import AuthError, Forbidden, InvalidInput
 from opendisco.api._breaker import BreakerState, CircuitBreaker
 from opendisco.api._concurrency import ConcurrencyLimiter

@@ -1,0 +1,130 @@
+"""Auth (401/403), per-key rate limits (429), input validation (422), request ids."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from conftest import h, serve
+
+from opendisco import Settings
+from opendisco.api import create_key
+
+READS = [
+    ("GET", "/v1/users/u1/recommendations", None),
+    ("GET", "/v1/items/p1/similar", None),
+    ("GET", "/v1/search?q=jazz", None),
+]
+EVENT = {"events": [{"id": "e-auth-1", "user_id": "u1", "item_id": "p2", "type": "click"}]}
+ALL = [*READS, ("POST", "/v1/events", EVENT)]
+
+
+@pytest.fixture
+async def api(api_settings: Settings, keys: dict[str, str]) -> Any:
+    async with serve(api_settings) as client:
+        yield client
+
+
+def _assert_error(resp: Any, status: int, kind: str) -> None:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["error"]["type"] == kind
+    assert body["request_id"] == resp.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ALL)
+async def test_missing_unknown_malformed_revoked_keys_are_401(
+    api: Any, keys: dict[str, str], method: str, path: str, body: Any
+) -> None:
+    key_id = keys["read"].split("_")[1]
+    for headers in (
+        {},
+        h("nonsense"),
+        h(f"odk_{key_id}_wrong-secret"),  # a real key id with a forged secret
+        h("odk_000000000000_whatever"),
+        h(keys["revoked"]),
+        {"Authorization": "Bearer odk_000000000000_x"},
+    ):
+        resp = await api.request(method, path, json=body, headers=headers)
+        _assert_error(resp, 401, "AuthError")
+
+
+async def test_scopes_are_enforced_with_403(api: Any, keys: dict[str, str]) -> None:
+    resp = await api.post("/v1/events", json=EVENT, headers=h(keys["read"]))
+    _assert_error(resp, 403, "Forbidden")
+    for _, path, _ in READS:
+        resp = await api.get(path, headers=h(keys["write"]))
+        _assert_error(resp, 403, "Forbidden")
+        sep = "&" if "?" in path else "?"
+        resp = await api.get(f"{path}{sep}explain=true", headers=h(keys["read"]))
+        _assert_error(resp, 403, "Forbidden")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/users/u1/recommendations?k=0",
+        "/v1/users/u1/recommendations?k=101",
+        "/v1/users/u1/recommendations?k=abc",
+        "/v1/users/u1/recommendations?surface=nope",
+        "/v1/users/u1/recommendations?cursor=forged.cursor",
+        "/v1/users/bad%20id/recommendations",
+        "/v1/users/%C3%A9t%C3%A9/recommendations",
+        "/v1/users/" + "x" * 257 + "/recommendations",
+        "/v1/items/p1/similar?user_id=a%2Fb",
+        "/v1/search",
+        "/v1/search?q=",
+        "/v1/search?q=%20%20",
+        "/v1/search?q=" + "a" * 1001,
+    ],
+)
+async def test_invalid_input_is_422(api: Any, keys: dict[str, str], path: str) -> None:
+    resp = await api.get(path, headers=h(keys["read"]))
+    _assert_error(resp, 422, "InvalidInput")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"events": []},
+        {"events": [{"id": "e1", "user_id": "u1", "item_id": "p1", "type": "click", "x": 1}]},
+        {"events": [{"id": "e 1", "user_id": "u1", "item_id": "p1", "type": "click"}]},
+        {"events": [{"id": "e1", "user_id": "u1", "item_id": "p1", "type": "teleport"}]},
+        {"events": [{"id": "e1", "user_id": "u1", "type": "click"}]},  # no item_id
+        {"events": [{"id": "e1", "user_id": "u1", "item_id": "p1", "type": "click"}] * 1001},
+    ],
+)
+async def test_invalid_event_batches_are_422(api: Any, keys: dict[str, str], body: Any) -> None:
+    resp = await api.post("/v1/events", json=body, headers=h(keys["write"]))
+    _assert_error(resp, 422, "InvalidInput")
+
+
+async def test_request_id_is_echoed_or_generated(api: Any, keys: dict[str, str]) -> None:
+    resp = await api.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert resp.status_code == 200 and resp.headers["X-Request-ID"] == "abc-123"
+    resp = await api.get("/v1/search?q=x", headers={"X-Request-ID": "bad id!"})
+    assert resp.status_code == 401
+    assert resp.headers["X-Request-ID"] != "bad id!"
+    assert resp.json()["request_id"] == resp.headers["X-Request-ID"]
+
+
+async def test_per_key_rate_limit_is_429_with_retry_after(
+    api: Any, api_settings: Settings, mongo_db: Any
+) -> None:
+    # default rate 10k/s (burst 10k); this key's own rate 2/s gets a burst of 2
+    slow, _ = create_key(mongo_db, "test-slow", ["read"], rate_limit=2.0)
+    other, _ = create_key(mongo_db, "test-other", ["read"], rate_limit=2.0)
+    bad = "/v1/users/u1/recommendations?k=0"  # 422 after auth: exercises the bucket only
+    codes = [(await api.get(bad, headers=h(slow))).status_code for _ in range(2)]
+    assert codes == [422, 422]
+    resp = await api.get(bad, headers=h(slow))
+    _assert_error(resp, 429, "RateLimited")
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert (await api.get(bad, headers=h(other))).status_code == 422  # buckets are per key
+    await asyncio.sleep(0.55)  # one token refills at 2/s
+    assert (await api.get(bad, headers=h(slow))).status_code == 422
+    assert (await api.get(bad, headers=h(slow))).status_code == 429
+    metrics = (await api.get("/metrics")).text
+    assert 'opendisco_api_rejected_total{reason="rate_limited"}' in metrics

@@ -1,0 +1,140 @@
+"""Endpoints against the real Discovery on a small real catalogue."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from conftest import h, serve
+
+from opendisco import Settings
+
+
+@pytest.fixture
+async def api(api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]) -> Any:
+    async with serve(api_settings) as client:
+        yield client
+
+
+def _ok(resp: Any) -> dict[str, Any]:
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["request_id"] == resp.headers["X-Request-ID"]
+    assert body["template_version"]
+    return body
+
+
+def _broad_user(catalogue: dict[str, Any]) -> str:
+    """A viewer open to every gender and a wide age range (many eligible profiles)."""
+    users = [u for u in catalogue["users"] if len(u["pref_genders"]) == 3]
+    best = max(users, key=lambda u: u["pref_age_max"] - u["pref_age_min"])
+    return str(best["_id"])
+
+
+async def test_recommendations_page_without_repeats(
+    api: Any, keys: dict[str, str], catalogue: dict[str, Any]
+) -> None:
+    user = _broad_user(catalogue)
+    seen: list[str] = []
+    cursor = None
+    for page in range(3):
+        url = f"/v1/users/{user}/recommendations?k=10" + (f"&cursor={cursor}" if cursor else "")
+        body = _ok(await api.get(url, headers=h(keys["read"])))
+        if page == 0:
+            assert body["degraded"] is False
+        assert body["surface"] == "for_you"
+        ids = [it["id"] for it in body["items"]]
+        assert 0 < len(ids) <= 10
+        assert len(set(ids)) == len(ids)
+        assert not set(ids) & set(seen), "a page repeated an item of the same session"
+        assert all(it["trace"] is None for it in body["items"])
+        assert body["explain"] is None
+        seen += ids
+        cursor = body["next_cursor"]
+        assert cursor
+    assert len(seen) >= 20
+    # a cursor is bound to its user
+    resp = await api.get(f"/v1/users/u4/recommendations?cursor={cursor}", headers=h(keys["read"]))
+    assert resp.status_code == 422
+
+
+async def test_similar_and_search(api: Any, keys: dict[str, str]) -> None:
+    body = _ok(await api.get("/v1/items/p5/similar?k=8&user_id=u1", headers=h(keys["read"])))
+    ids = [it["id"] for it in body["items"]]
+    assert ids and "p5" not in ids and len(ids) <= 8
+    assert body["degraded"] is False
+    body = _ok(await api.get("/v1/search?q=jazz%20coffee&k=5", headers=h(keys["read"])))
+    assert body["degraded"] is False and 0 < len(body["items"]) <= 5
+
+
+async def test_explain_for_admin(api: Any, keys: dict[str, str]) -> None:
+    body = _ok(await api.get("/v1/search?q=hiking&explain=true", headers=h(keys["admin"])))
+    assert body["explain"], "admin explain must carry sources/scores/rendered query"
+    assert body["items"]
+
+
+async def test_impressions_are_logged(api: Any, keys: dict[str, str], mongo_db: Any) -> None:
+    rid = f"imp-{uuid.uuid4().hex[:8]}"
+    body = _ok(
+        await api.get(
+            "/v1/users/u7/recommendations?k=5", headers={**h(keys["read"]), "X-Request-ID": rid}
+        )
+    )
+    assert body["request_id"] == rid
+    for _ in range(50):
+        doc = mongo_db["impressions"].find_one({"_id": rid})
+        if doc:
+            break
+        await asyncio.sleep(0.1)
+    assert doc is not None
+    assert doc["user_id"] == "u7" and doc["surface"] == "for_you"
+    assert doc["template_version"] == body["template_version"] and doc["variant"]
+    assert doc["items"] == [{"id": it["id"], "position": i} for i, it in enumerate(body["items"])]
+
+
+async def test_duplicate_event_ids_are_counted_once(
+    api: Any, keys: dict[str, str], mongo_db: Any
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    events = [
+        {"id": f"e-{tag}-1", "user_id": "u2", "item_id": "p9", "type": "click"},
+        {"id": f"e-{tag}-2", "user_id": "u2", "item_id": "p10", "type": "like"},
+    ]
+    first = _ok_events(
+        await api.post("/v1/events", json={"events": events}, headers=h(keys["write"]))
+    )
+    assert first["accepted"] == 2 and first["duplicates"] == 0 and first["rejected"] == []
+    again = _ok_events(
+        await api.post("/v1/events", json={"events": events[:1]}, headers=h(keys["write"]))
+    )
+    assert again["accepted"] == 0 and again["duplicates"] == 1
+    assert mongo_db["events"].count_documents({"_id": f"e-{tag}-1"}) == 1
+
+
+def _ok_events(resp: Any) -> dict[str, Any]:
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["request_id"] == resp.headers["X-Request-ID"]
+    return body
+
+
+async def test_ops_endpoints(api: Any, keys: dict[str, str]) -> None:
+    assert (await api.get("/healthz")).json() == {"status": "ok"}
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "opensearch": True,
+        "mongo": True,
+    }
+    await api.get("/v1/users/u1/recommendations?k=3", headers=h(keys["read"]))
+    text = (await api.get("/metrics")).text
+    assert 'route="/v1/users/{user_id}/recommendations"' in text
+    assert "opendisco_api_breaker_state 0.0" in text
+    spec = (await api.get("/openapi.json")).json()
+    assert set(spec["paths"]) >= {
+        "/v1/users/{user_id}/recommendations",
+        "/v1/items/{item_id}/similar",
+        "/v1/search",
+        "/v1/events",
+    }

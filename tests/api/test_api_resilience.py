@@ -1,0 +1,166 @@
+"""OpenSearch made unavailable mid-test (through a proxy: paused like SIGSTOP, closed like
+kill -9) -> degraded 200s from the fallback, breaker opens and half-opens, then recovery;
+bounded concurrency answers 503 + Retry-After when saturated."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from conftest import TcpProxy, h, serve
+
+from opendisco import Settings
+
+URL = "/v1/users/u5/recommendations?k=10"
+
+
+async def _proxy(settings: Settings) -> TcpProxy:
+    target = urlsplit(settings.opensearch_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
+    await proxy.start()
+    return proxy
+
+
+async def _wait_fallback(client: Any) -> None:
+    rt = client.app.state.runtime
+    for _ in range(100):
+        if rt.fallback.ready:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("fallback never refreshed")
+
+
+async def _until(client: Any, key: str, degraded: bool, timeout: float = 15.0) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        resp = await client.get(URL, headers=h(key))
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        if body["degraded"] is degraded:
+            return body
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"never saw degraded={degraded}")
+
+
+async def test_outage_degrades_then_recovers(
+    api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    proxy = await _proxy(api_settings)
+    settings = api_settings.model_copy(
+        update={
+            "opensearch_url": proxy.url,
+            "api_deadline_ms": 400,
+            "api_breaker_failures": 3,
+            "api_breaker_reset_s": 1.0,
+            "api_fallback_refresh_s": 1.0,
+        }
+    )
+    key = keys["read"]
+    try:
+        async with serve(settings) as client:
+            await _wait_fallback(client)
+            rt = client.app.state.runtime
+            healthy = await _until(client, key, degraded=False)
+            assert len(healthy["items"]) == 10
+
+            # --- paused (SIGSTOP-like): deadline hits, then the breaker opens -----------
+            proxy.pause()
+            latencies = []
+            for _ in range(6):
+                t0 = time.perf_counter()
+                resp = await client.get(URL, headers=h(key))
+                latencies.append(time.perf_counter() - t0)
+                assert resp.status_code == 200, resp.text
+                body = resp.json()
+                assert body["degraded"] is True and len(body["items"]) == 10
+            assert max(latencies) < 0.4 + 0.5, latencies  # never much past the deadline
+            assert rt.breaker.state.value == "open"
+            assert min(latencies[-2:]) < 0.1  # open breaker: fallback without waiting
+            metrics = (await client.get("/metrics")).text
+            assert "opendisco_api_breaker_state 2.0" in metrics
+            assert 'opendisco_api_degraded_total{reason="timeout",surface="for_you"}' in metrics
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["opensearch"] is False
+
+            # --- resume: half-open probe succeeds, answers are live again ---------------
+            await proxy.resume()
+            await _until(client, key, degraded=False)
+            assert rt.breaker.state.value == "closed"
+
+            # --- killed (kill -9-like): connections reset, port refuses ----------------
+            await proxy.kill()
+            for _ in range(5):
+                resp = await client.get(URL, headers=h(key))
+                assert resp.status_code == 200 and resp.json()["degraded"] is True
+                assert resp.json()["items"]
+            # other endpoints degrade too (never a 5xx)
+            for path in ("/v1/items/p3/similar", "/v1/search?q=jazz"):
+                resp = await client.get(path, headers=h(key))
+                assert resp.status_code == 200 and resp.json()["degraded"] is True
+                assert resp.json()["items"]
+            assert "p3" not in [it["id"] for it in resp.json()["items"]] or path != (
+                "/v1/items/p3/similar"
+            )
+
+            # --- restarted: recovery ----------------------------------------------------
+            await proxy.resume()
+            body = await _until(client, key, degraded=False)
+            assert len(body["items"]) == 10
+    finally:
+        await proxy.close()
+
+
+async def test_cold_fallback_reads_popular_items_from_mongo(
+    api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """OpenSearch down from the start: no trending yet, the popular items in MongoDB answer."""
+    proxy = await _proxy(api_settings)
+    await proxy.kill()
+    settings = api_settings.model_copy(update={"opensearch_url": proxy.url, "api_deadline_ms": 300})
+    try:
+        async with serve(settings) as client:
+            resp = await client.get(URL, headers=h(keys["read"]))
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert body["degraded"] is True
+            live = [it for it in catalogue["items"] if it["available"] and not it["deleted"]]
+            top = sorted(live, key=lambda it: -it["popularity"])[:10]
+            assert [it["id"] for it in body["items"]] == [it["_id"] for it in top]
+    finally:
+        await proxy.close()
+
+
+async def test_saturation_is_503_with_retry_after(
+    api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    proxy = await _proxy(api_settings)
+    settings = api_settings.model_copy(
+        update={
+            "opensearch_url": proxy.url,
+            "api_max_concurrency": 2,
+            "api_deadline_ms": 800,
+            "api_breaker_failures": 100,
+        }
+    )
+    try:
+        async with serve(settings) as client:
+            await _wait_fallback(client)
+            proxy.pause()  # every Discovery call now hangs until the deadline
+            resps = await asyncio.gather(
+                *(client.get(URL, headers=h(keys["read"])) for _ in range(6))
+            )
+            codes = sorted(r.status_code for r in resps)
+            assert codes == [200, 200, 503, 503, 503, 503], codes
+            for r in resps:
+                if r.status_code == 503:
+                    assert int(r.headers["Retry-After"]) >= 1
+                    assert r.json()["error"]["type"] == "Overloaded"
+                else:
+                    assert r.json()["degraded"] is True
+            # ops endpoints are not bounded
+            assert (await client.get("/healthz")).status_code == 200
+            await proxy.resume()
+    finally:
+        await proxy.close()
