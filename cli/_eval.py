@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from opendisco._settings import Settings
 
 from ._base import pass_settings
@@ -85,11 +86,12 @@ def eval_cmd(
     the --n-val before them the validation targets (EASE's lambda is picked there). Writes
     eval.json and eval.md into --out.
     """
+    from rich.console import Console
+
     from opendisco.eval import evaluate, load_dataset, time_split
     from opendisco.eval._compare import fit_baselines, namespaced, sample_users
     from opendisco.eval._served import PipelineUnavailable, ServedRecommender
     from opendisco.eval._served import replay as do_replay
-    from rich.console import Console
 
     console = Console(width=160) if not Console().is_terminal else Console()
     data = load_dataset(dataset_path)

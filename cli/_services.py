@@ -28,7 +28,13 @@ def up(settings: Settings) -> None:
 @services_cmd.command("down")
 @pass_settings
 def down(settings: Settings) -> None:
-    """Stop both servers (SIGTERM, then SIGKILL); no process is left behind."""
+    """Stop both servers (and a demo API), SIGTERM then SIGKILL; no process is left behind."""
+    from opendisco.services._process import stop_pid
+
+    from ._demo import api_pid_file
+
+    if stop_pid(api_pid_file(settings), grace=10):
+        click.echo("api: stopped")
     for svc in services(settings):
         click.echo(f"{svc.name}: {svc.down()}")
 

@@ -24,7 +24,16 @@ def cli(ctx: click.Context) -> None:
 
 cli.add_command(services_cmd)
 
-for _name in ("_settings_cmd", "_templates", "_ingest", "_recommend", "_events", "_api", "_eval", "_demo"):
+for _name in (
+    "_settings_cmd",
+    "_templates",
+    "_ingest",
+    "_recommend",
+    "_events",
+    "_api",
+    "_eval",
+    "_demo",
+):
     # commands of later layers register themselves when their module is present
     try:
         _mod = __import__(f"opendisco.cli.{_name}", fromlist=["register"])

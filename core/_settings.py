@@ -120,6 +120,9 @@ class Settings(BaseSettings):
         "/usr/lib/jvm/java-17-openjdk-amd64", description="JDK used to run OpenSearch."
     )
     ferretdb_version: str = Field("1.24.2", description="FerretDB version built with go install.")
+    ferretdb_debug_port: int = Field(
+        8088, description="FerretDB debug/metrics HTTP port on 127.0.0.1 (open cursors, etc.)."
+    )
     service_user: str = Field(
         "opendisco", description="System user OpenSearch runs as when started by root."
     )

@@ -69,6 +69,14 @@ def viewer_profile(user: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return prof or None
 
 
+def _interacted(state: UserState | None) -> list[str]:
+    """Seen, blocked, liked and passed items: never recommended again to this user."""
+    if state is None:
+        return []
+    acted = [e["id"] for e in (*state.positives, *state.negatives) if "id" in e]
+    return list(dict.fromkeys([*state.exclude_ids, *acted]))
+
+
 def candidate_k(k: int) -> int:
     return max(MIN_CANDIDATES, min(MAX_CANDIDATES, k * CANDIDATE_FACTOR))
 
@@ -160,7 +168,7 @@ class Discovery:
         effective = surface
         if surface == "for_you" and (state is None or (not state.vector and not state.behaviour)):
             effective = "cold_start"  # no history: trending + fresh, steered by interests
-        excluded = list(dict.fromkeys([*(state.exclude_ids if state else ()), *exclude]))
+        excluded = list(dict.fromkeys([*_interacted(state), *exclude]))
         req = CandidateRequest(
             surface=effective,
             k=candidate_k(k),

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from opendisco._exceptions import ConfigError, InvalidInput
 
 __all__ = ["POSITIVE_THRESHOLD", "Dataset", "Ratings", "load_dataset", "read_movielens"]

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+
 from opendisco._exceptions import OpenDiscoError
 from opendisco._settings import Settings
 

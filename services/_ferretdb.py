@@ -61,7 +61,9 @@ class FerretDBService:
         ver = f"v{self.s.ferretdb_version}"
         self.echo(f"building FerretDB {ver} (go module proxy)")
         self.build_dir.mkdir(parents=True, exist_ok=True)
-        info = json.loads(self._go("mod", "download", "-json", f"{_MODULE}@{ver}", cwd=self.build_dir))
+        info = json.loads(
+            self._go("mod", "download", "-json", f"{_MODULE}@{ver}", cwd=self.build_dir)
+        )
         src = self.build_dir / "src"
         shutil.rmtree(src, ignore_errors=True)
         shutil.copytree(info["Dir"], src)
@@ -95,12 +97,14 @@ class FerretDBService:
                 "--handler=sqlite",
                 f"--sqlite-url=file:{self.data}/",
                 f"--listen-addr=127.0.0.1:{self.s.mongo_port}",
-                "--debug-addr=-",
+                f"--debug-addr=127.0.0.1:{self.s.ferretdb_debug_port}",
                 "--telemetry=disable",
                 f"--state-dir={self.data}",
                 "--log-level=WARN",
             ]
-            self.echo(f"starting FerretDB {self.s.ferretdb_version} on 127.0.0.1:{self.s.mongo_port}")
+            self.echo(
+                f"starting FerretDB {self.s.ferretdb_version} on 127.0.0.1:{self.s.mongo_port}"
+            )
             pid = spawn(
                 argv,
                 log_file=self.log_file,

@@ -97,7 +97,9 @@ class OpenSearchService:
         ver, kver = self.s.opensearch_version, self.s.knn_version
         self.downloads.mkdir(parents=True, exist_ok=True)
         wanted = {
-            f"opensearch-{ver}.zip": f"org.opensearch.distribution.integ-test-zip:opensearch:{ver}:zip",
+            f"opensearch-{ver}.zip": (
+                f"org.opensearch.distribution.integ-test-zip:opensearch:{ver}:zip"
+            ),
             f"opensearch-knn-{kver}.zip": f"org.opensearch.plugin:opensearch-knn:{kver}:zip",
         }
         for file, coords in wanted.items():

@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from opendisco import Settings, clients, load_settings  # noqa: E402
-from opendisco.services import services  # noqa: E402
+from opendisco import Settings, clients, load_settings
+from opendisco.services import services
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 MOVIELENS_SMALL = Path(os.environ.get("OPENDISCO_MOVIELENS", DATASETS / "ml-latest-small"))

@@ -55,7 +55,10 @@ def test_knn_and_bm25_top_hits(settings: Settings, os_client: Any) -> None:
     assert knn["hits"]["hits"][0]["_id"] == "i17"
     bm25 = os_client.search(
         index=index,
-        body={"size": 3, "query": {"multi_match": {"query": "zeppelins", "fields": ["title", "description"]}}},
+        body={
+            "size": 3,
+            "query": {"multi_match": {"query": "zeppelins", "fields": ["title", "description"]}},
+        },
     )
     assert [h["_id"] for h in bm25["hits"]["hits"]] == ["i42"]
 

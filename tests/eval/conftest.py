@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from opendisco.eval import Split, read_movielens, time_split
 from opendisco.eval._compare import fit_baselines
 

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import numpy as np
+
 from opendisco.eval import EASE, Recommender, Split, evaluate, top_k
 from opendisco.eval._compare import sample_users
 

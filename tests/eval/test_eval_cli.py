@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+
 from opendisco import Settings
 from opendisco.cli.main import cli
 

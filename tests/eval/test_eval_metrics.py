@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from opendisco.eval import (
     accuracy,
     average_precision_at_k,

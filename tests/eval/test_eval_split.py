@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from opendisco.eval import Ratings, load_dataset, read_movielens, time_split
 
 

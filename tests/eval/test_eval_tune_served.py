@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from opendisco.eval import Split, like_event
 from opendisco.eval._served import stage_items
 from opendisco.eval._tune import (
