@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
 
@@ -76,8 +77,9 @@ async def _train(
 
 
 async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -> int:
-    from opendisco.rerank import write_behaviour
     from rich.progress import Progress
+
+    from opendisco.rerank import write_behaviour
 
     ids = list(vectors)
     step = 1000

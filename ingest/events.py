@@ -23,6 +23,8 @@ again). Raw events expire through a TTL index on ``ts``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +56,18 @@ __all__ = [
 ]
 
 EVENTS = "events"
+_ENSURE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _ensure_lock() -> asyncio.Lock:
+    """One lock per event loop (an asyncio.Lock is bound to the loop that first uses it)."""
+    loop = asyncio.get_running_loop()
+    lock = _ENSURE_LOCKS.get(loop)
+    if lock is None:
+        lock = _ENSURE_LOCKS[loop] = asyncio.Lock()
+    return lock
+
+
 EventType = Literal["impression", "click", "like", "pass", "skip", "hide", "match", "message"]
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 _INBOUND_TYPES = {"like", "match", "message"}
@@ -207,6 +221,34 @@ class EventProcessor:
         Where the server has no TTL indexes (FerretDB 1.x) a plain ``ts`` index is created and
         :meth:`purge_expired` runs from :meth:`apply` at most every ``purge_every_s``.
         """
+        from pymongo.errors import CollectionInvalid, PyMongoError
+
+        from .graph import INBOUND, ITEM_EDGES, USER_LIKES, USER_MATCHES
+        from .user_state import USER_LOCKS, USER_STATE
+
+        async with _ensure_lock():
+            # FerretDB 1.x (SQLite) can deadlock when a collection is created implicitly while
+            # other writes are in flight; so every collection is created here, one at a time,
+            # before any concurrent write touches it
+            try:
+                have = set(await self.db.list_collection_names())
+                for name in (
+                    EVENTS,
+                    USER_STATE,
+                    USER_LOCKS,
+                    ITEM_EDGES,
+                    USER_LIKES,
+                    USER_MATCHES,
+                    INBOUND,
+                ):
+                    if name not in have:
+                        with contextlib.suppress(CollectionInvalid):
+                            await self.db.create_collection(name)
+            except PyMongoError as exc:
+                raise StoreBackendError(f"events collections: {exc}") from exc
+            await self._ensure_indexes()
+
+    async def _ensure_indexes(self) -> None:
         from pymongo.errors import OperationFailure, PyMongoError
 
         try:
@@ -387,15 +429,22 @@ class EventProcessor:
                 likes.append((ev.user_id, str(it.get("owner_id") or ev.item_id)))
         inbound = [(ev.item_id, ev.ts) for ev in todo if ev.type in _INBOUND_TYPES]
 
-        results = await asyncio.gather(
-            self._update_users(by_user, items, now),
-            self.exposure.record(impressions, now=now) if impressions else _none(),
-            self.items.add(pairs, now) if pairs else _none(),
-            self.users.add_likes(likes, now) if likes else _none(),
-            self.inbound.add(inbound) if inbound else _none(),
+        # OpenSearch counters run alongside; MongoDB writes go one after another: FerretDB 1.x
+        # (SQLite) was seen to hang on concurrent upserting bulk writes into one database
+        exposure = asyncio.ensure_future(
+            self.exposure.record(impressions, now=now) if impressions else _none()
         )
-        out.capped = list(results[1] or [])
-        out.mutual = list(results[3] or [])
+        try:
+            await self._update_users(by_user, items, now)
+            if pairs:
+                await self.items.add(pairs, now)
+            if likes:
+                out.mutual = list(await self.users.add_likes(likes, now))
+            if inbound:
+                await self.inbound.add(inbound)
+        finally:
+            capped = await exposure
+        out.capped = list(capped or [])
 
     async def _update_users(
         self,
@@ -420,13 +469,12 @@ class EventProcessor:
             )
 
     async def _mark(self, ids: list[str]) -> None:
-        from pymongo import UpdateOne
         from pymongo.errors import PyMongoError
 
-        try:  # one round trip of _id point updates (FerretDB scans for an $in filter)
-            await self.events.bulk_write(
-                [UpdateOne({"_id": i}, {"$set": {"applied": True}}) for i in ids], ordered=False
-            )
+        try:
+            # one update_many: a bulk of many point updates on `events` was seen to hang
+            # FerretDB 1.24 (SQLite); $in is a scan there, but correct
+            await self.events.update_many({"_id": {"$in": ids}}, {"$set": {"applied": True}})
         except PyMongoError as exc:
             raise StoreBackendError(f"marking events applied failed: {exc}") from exc
 

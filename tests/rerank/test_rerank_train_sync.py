@@ -1,0 +1,100 @@
+"""End to end: events → `opendisco train` → MongoDB → sync → OpenSearch, no re-encoding."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from opendisco import Settings, clients
+from opendisco.cli.main import cli
+from opendisco.ingest import Embedder, generate_marketplace, reindex, sync_once, write_sample
+from opendisco.ingest.events import EventProcessor
+
+
+@pytest.fixture
+def als_settings(settings: Settings, os_client: Any) -> Any:
+    s = settings.model_copy(
+        update={"index_alias": f"{settings.index_alias}als", "mongo_db": f"{settings.mongo_db}als"}
+    )
+    yield s
+    os_client.indices.delete(
+        index=f"{s.index_alias}*", ignore_unavailable=True, expand_wildcards="all"
+    )
+    mc = clients.mongo(s)
+    mc.drop_database(s.mongo_db)
+    mc.close()
+
+
+def test_train_vectors_reach_opensearch_through_sync_without_reencoding(
+    als_settings: Settings, model: Any
+) -> None:
+    s = als_settings
+    items, users = generate_marketplace(40, seed=3)
+    write_sample(s, items, users)
+    ids = [it["_id"] for it in items]
+
+    async def setup() -> None:
+        osc, mc = clients.async_opensearch(s), clients.motor(s)
+        try:
+            await reindex(s, client=osc, db=mc[s.mongo_db], embedder=Embedder(s, model=model))
+            proc = EventProcessor(s, mc[s.mongo_db], osc)
+            events = []
+            for u in range(30):  # two taste groups over the first/second half of the catalogue
+                group = ids[:20] if u % 2 else ids[20:]
+                for j in range(6):
+                    item = group[(u * 7 + j * 3) % 20]
+                    events.append(
+                        {
+                            "id": uuid.uuid4().hex,
+                            "type": "like",
+                            "user_id": f"x{u}",
+                            "item_id": item,
+                        }
+                    )
+            res = await proc.apply(events)
+            assert res.rejected == [] and res.accepted == len(events)
+        finally:
+            await osc.close()
+            mc.close()
+
+    asyncio.run(setup())
+    res = CliRunner().invoke(cli, ["train", "--iterations", "5"], obj=s)
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{") :])
+    written = report["als"]["written"]
+    assert written == report["als"]["vectors"] > 30
+
+    async def sync_and_read() -> tuple[Any, dict[str, Any], dict[str, int]]:
+        osc, mc = clients.async_opensearch(s), clients.motor(s)
+        try:
+            rep = await sync_once(
+                s, client=osc, db=mc[s.mongo_db], embedder=Embedder(s, model=model)
+            )
+            await osc.indices.refresh(index=s.index_alias)
+            resp = await osc.mget(
+                index=s.index_alias,
+                body={"ids": ids},
+                params={"_source_includes": "behaviour,source_version"},
+            )
+            docs = {d["_id"]: d["_source"] for d in resp["docs"] if d.get("found")}
+            versions = {
+                d["_id"]: d["version"]
+                async for d in mc[s.mongo_db][s.items_collection].find({}, {"version": 1})
+            }
+            return rep, docs, versions
+        finally:
+            await osc.close()
+            mc.close()
+
+    rep, docs, versions = asyncio.run(sync_and_read())
+    assert rep.encoded == 0, rep  # text unchanged: embeddings came from the content-hash cache
+    with_vec = [i for i, d in docs.items() if d.get("behaviour")]
+    assert len(with_vec) == written
+    for i in with_vec:
+        assert len(docs[i]["behaviour"]) == s.behaviour_dim
+        assert docs[i]["source_version"] == versions[i]
