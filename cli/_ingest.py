@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from opendisco._settings import Settings
 
 from ._base import OpenDiscoGroup, pass_settings

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from opendisco._exceptions import DocumentInvalid
 from opendisco._settings import Settings
 
@@ -44,6 +45,7 @@ class ApplyStats:
     cache_hits: int = 0
     retries: int = 0
     indexed_ids: set[str] = field(default_factory=set, repr=False)
+    dead_ids: set[str] = field(default_factory=set, repr=False)
 
     def add(self, other: ApplyStats) -> None:
         for name in (
@@ -58,6 +60,7 @@ class ApplyStats:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.indexed_ids |= other.indexed_ids
+        self.dead_ids |= other.dead_ids
 
 
 def _version_of(doc: Mapping[str, Any]) -> int | None:
@@ -129,6 +132,7 @@ async def write(
         encoded=prepared.encoded,
         cache_hits=prepared.cache_hits,
         retries=result.retries,
+        dead_ids={str(letter["doc_id"]) for letter in letters},
     )
     for action in result.ok:
         if action.op == "index":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from opendisco import clients
 from opendisco._exceptions import StoreBackendError
 from opendisco._settings import Settings
@@ -84,21 +85,20 @@ class MongoCache:
 
     def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
         from bson import Binary
-        from pymongo import UpdateOne
-        from pymongo.errors import PyMongoError
+        from pymongo.errors import BulkWriteError, PyMongoError
 
         if not vectors:
             return
-        ops = [
-            UpdateOne(
-                {"_id": k},
-                {"$setOnInsert": {"v": Binary(np.asarray(v, np.float32).tobytes())}},
-                upsert=True,
-            )
-            for k, v in vectors.items()
+        docs = [
+            {"_id": k, "v": Binary(np.asarray(v, np.float32).tobytes())} for k, v in vectors.items()
         ]
         try:
-            self.collection.bulk_write(ops, ordered=False)
+            # plain inserts (no upsert: FerretDB holds a cursor per update op); a duplicate
+            # key means another process stored the same text first, which is fine
+            self.collection.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise StoreBackendError(f"embedding cache write failed: {exc}") from exc
         except PyMongoError as exc:
             raise StoreBackendError(f"embedding cache write failed: {exc}") from exc
 

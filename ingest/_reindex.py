@@ -31,7 +31,7 @@ from ._bulk import BulkWriter
 from ._embed import Embedder
 from ._feed import seed_resume_token
 from ._sample import now_ms
-from ._store import items_collection, load_state, save_state, state_key
+from ._store import items_collection, load_state, pages, save_state, state_key
 
 __all__ = [
     "STALE_BUILD",
@@ -167,21 +167,11 @@ async def catch_up(
     """Re-apply every item written since ``since`` (tombstones become deletes)."""
     coll = items_collection(db, settings)
     stats = ApplyStats()
-    batch: list[dict[str, Any]] = []
-
-    async def flush() -> None:
+    async for page in pages(coll, {"updated_at": {"$gte": since}}, settings.bulk_batch_size):
         prepared = await asyncio.to_thread(
-            prepare, batch, embedder, settings, source="reindex", delete_invalid=True
+            prepare, page, embedder, settings, source="reindex", delete_invalid=True
         )
-        stats.add(await write(prepared, writer, db, source="reindex", seen=len(batch)))
-        batch.clear()
-
-    async for doc in coll.find({"updated_at": {"$gte": since}}):
-        batch.append(doc)
-        if len(batch) >= settings.bulk_batch_size:
-            await flush()
-    if batch:
-        await flush()
+        stats.add(await write(prepared, writer, db, source="reindex", seen=len(page)))
     return stats
 
 
@@ -242,8 +232,6 @@ async def reindex(
                 if progress:
                     progress(done, report.total)
 
-        batch: list[dict[str, Any]] = []
-
         async def launch(docs: list[dict[str, Any]]) -> None:
             nonlocal pending
             prepared: Prepared = await asyncio.to_thread(
@@ -254,14 +242,14 @@ async def reindex(
                 write(prepared, writer, db, source="reindex", seen=len(docs))
             )
 
-        async for doc in coll.find(query, batch_size=settings.bulk_batch_size):
-            batch.append(doc)
-            if len(batch) >= settings.bulk_batch_size:
-                await launch(batch)
-                batch = []
-        if batch:
-            await launch(batch)
-        await drain()
+        try:
+            async for page in pages(coll, query, settings.bulk_batch_size):
+                await launch(page)
+            await drain()
+        except BaseException:
+            if pending is not None and not pending.done():
+                pending.cancel()
+            raise
 
         await client.indices.put_settings(
             index=index, body={"index": {"refresh_interval": refresh}}
@@ -287,7 +275,7 @@ async def reindex(
         stats.add(caught)
         report.indexed = len(stats.indexed_ids)
         report.caught_up = caught.seen
-        report.dead_lettered = stats.dead_lettered
+        report.dead_lettered = len(stats.dead_ids)  # distinct documents
         report.encoded = stats.encoded
         report.cache_hits = stats.cache_hits
         report.retries = stats.retries

@@ -16,7 +16,18 @@ from opendisco import clients
 from opendisco._exceptions import StoreBackendError
 from opendisco._settings import Settings
 
-__all__ = ["INTEREST_GROUPS", "generate_marketplace", "now_ms", "write_sample"]
+__all__ = [
+    "INTEREST_GROUPS",
+    "MAX_UPDATES_PER_COMMAND",
+    "generate_marketplace",
+    "now_ms",
+    "write_sample",
+]
+
+# FerretDB 1.x keeps every update op's SQLite cursor open until the whole `update` command
+# ends (msg_update.go defers each close); more ops than its connection pool deadlocks the
+# server. Every bulk of update/replace ops in ingest is cut to this size.
+MAX_UPDATES_PER_COMMAND = 50
 
 INTEREST_GROUPS: dict[str, list[str]] = {
     "outdoors": ["hiking", "climbing", "surfing", "camping", "trail running", "kayaking"],
@@ -168,6 +179,30 @@ def generate_marketplace(
     return items, users
 
 
+def _upsert(coll: Any, docs: Sequence[dict[str, Any]], existing: set[Any]) -> int:
+    """Insert new documents in bulk, replace existing ones; returns documents written.
+
+    Upserts cost a lookup per document on FerretDB/SQLite (about 40x slower than a bulk
+    insert), so only documents that already exist go through ``ReplaceOne``.
+    """
+    from pymongo import ReplaceOne
+
+    fresh = [d for d in docs if d["_id"] not in existing]
+    written = 0
+    for i in range(0, len(fresh), MAX_UPDATES_PER_COMMAND):
+        written += len(
+            coll.insert_many(fresh[i : i + MAX_UPDATES_PER_COMMAND], ordered=False).inserted_ids
+        )
+    old = [d for d in docs if d["_id"] in existing]
+    for i in range(0, len(old), MAX_UPDATES_PER_COMMAND):
+        part = old[i : i + MAX_UPDATES_PER_COMMAND]
+        res = coll.bulk_write(
+            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in part], ordered=False
+        )
+        written += res.upserted_count + res.modified_count
+    return written
+
+
 def write_sample(
     settings: Settings,
     items: Sequence[dict[str, Any]],
@@ -180,7 +215,6 @@ def write_sample(
     An item that already exists gets ``version = max(given, stored + 1)`` and a fresh
     ``updated_at`` so sync and reindex pick the new copy up. Returns counts.
     """
-    from pymongo import ReplaceOne
     from pymongo.errors import PyMongoError
 
     client = clients.mongo(settings)
@@ -202,19 +236,15 @@ def write_sample(
                     d["updated_at"] = ts
                 d.setdefault("version", 1)
                 d.setdefault("updated_at", ts)
-            res = coll.bulk_write(
-                [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in chunk], ordered=False
-            )
-            written += res.upserted_count + res.modified_count
+            written += _upsert(coll, chunk, set(stored))
         if items:
             coll.create_index([("updated_at", 1), ("_id", 1)])
         users_written = 0
         for start in range(0, len(users), batch):
             chunk = list(users[start : start + batch])
-            res = db["users"].bulk_write(
-                [ReplaceOne({"_id": u["_id"]}, u, upsert=True) for u in chunk], ordered=False
-            )
-            users_written += res.upserted_count + res.modified_count
+            ids = [u["_id"] for u in chunk]
+            existing = {d["_id"] for d in db["users"].find({"_id": {"$in": ids}}, {"_id": 1})}
+            users_written += _upsert(db["users"], chunk, existing)
     except PyMongoError as exc:
         raise StoreBackendError(f"writing sample failed: {exc}") from exc
     finally:

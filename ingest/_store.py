@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC
 from typing import Any
+
+from bson import DatetimeMS
 
 from opendisco._exceptions import StoreBackendError
 from opendisco._settings import Settings
 
-from ._sample import now_ms
+from ._sample import MAX_UPDATES_PER_COMMAND, now_ms
 
 __all__ = [
     "DEAD_LETTERS",
@@ -25,6 +27,7 @@ __all__ = [
     "dead_letter",
     "items_collection",
     "load_state",
+    "pages",
     "save_state",
     "state_key",
     "write_dead_letters",
@@ -44,6 +47,25 @@ def items_collection(db: Any, settings: Settings) -> Any:
     return db.get_collection(settings.items_collection, codec_options=opts)
 
 
+async def pages(
+    coll: Any, query: Mapping[str, Any], size: int
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """``query`` in ``_id`` order, one fully-read page at a time (keyset pagination).
+
+    No server cursor stays open between pages: FerretDB's SQLite backend holds a pooled
+    connection per open cursor, and abandoned cursors exhaust the pool.
+    """
+    last: Any = None
+    while True:
+        q = dict(query) if last is None else {"$and": [dict(query), {"_id": {"$gt": last}}]}
+        page = await coll.find(q).sort("_id", 1).limit(size).to_list(size)
+        if page:
+            yield page
+        if len(page) < size:
+            return
+        last = page[-1]["_id"]
+
+
 def _safe_id(doc: Mapping[str, Any]) -> str:
     value = doc.get("_id") if isinstance(doc, Mapping) else None
     return value if isinstance(value, str) else repr(value)
@@ -55,6 +77,8 @@ def _storable(value: Any, depth: int = 0) -> Any:
         return repr(value)[:1000]
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, DatetimeMS):  # out-of-range date: default codecs cannot read it back
+        return f"DatetimeMS({int(value)})"
     if isinstance(value, Mapping):
         return {str(k): _storable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -83,7 +107,7 @@ def dead_letter(
 
 async def write_dead_letters(db: Any, letters: list[dict[str, Any]]) -> int:
     from pymongo import UpdateOne
-    from pymongo.errors import BulkWriteError, PyMongoError
+    from pymongo.errors import BulkWriteError
 
     if not letters:
         return 0
@@ -97,9 +121,19 @@ async def write_dead_letters(db: Any, letters: list[dict[str, Any]]) -> int:
                 upsert=True,
             )
         )
+    for start in range(0, len(ops), MAX_UPDATES_PER_COMMAND):
+        await _write_letters(
+            db, ops[start : start + MAX_UPDATES_PER_COMMAND], letters[start:], BulkWriteError
+        )
+    return len(letters)
+
+
+async def _write_letters(db: Any, ops: list[Any], letters: list[dict[str, Any]], bwe: Any) -> None:
+    from pymongo.errors import PyMongoError
+
     try:
         await db[DEAD_LETTERS].bulk_write(ops, ordered=False)
-    except BulkWriteError as exc:
+    except bwe as exc:
         # a document Mongo cannot store back (e.g. too deep): keep id and reason at least
         failed = [e["index"] for e in exc.details.get("writeErrors", [])]
         try:
@@ -111,7 +145,6 @@ async def write_dead_letters(db: Any, letters: list[dict[str, Any]]) -> int:
             raise StoreBackendError(f"writing dead letters failed: {exc2}") from exc2
     except PyMongoError as exc:
         raise StoreBackendError(f"writing dead letters failed: {exc}") from exc
-    return len(letters)
 
 
 def state_key(settings: Settings, kind: str) -> str:

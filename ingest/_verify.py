@@ -18,7 +18,7 @@ from opendisco._settings import Settings
 
 from ._document import content_hash, to_index_doc
 from ._schema import validate_item
-from ._store import items_collection
+from ._store import items_collection, pages
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -53,16 +53,17 @@ class VerifyReport:
 
 async def _expected(settings: Settings, db: Any, report: VerifyReport) -> dict[str, tuple]:
     out: dict[str, tuple[int, str]] = {}
-    async for raw in items_collection(db, settings).find({}):
-        report.mongo_items += 1
-        try:
-            item = validate_item(raw, behaviour_dim=settings.behaviour_dim)
-        except DocumentInvalid:
-            report.invalid += 1
-            continue
-        if item["deleted"]:
-            continue
-        out[item["_id"]] = (item["version"], to_index_doc(item, None)["content_hash"])
+    async for page in pages(items_collection(db, settings), {}, 1000):
+        for raw in page:
+            report.mongo_items += 1
+            try:
+                item = validate_item(raw, behaviour_dim=settings.behaviour_dim)
+            except DocumentInvalid:
+                report.invalid += 1
+                continue
+            if item["deleted"]:
+                continue
+            out[item["_id"]] = (item["version"], to_index_doc(item, None)["content_hash"])
     report.expected = len(out)
     return out
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from opendisco import Settings
 from opendisco.ingest import Embedder, generate_marketplace, write_sample
 

@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 import numpy as np
+
 from opendisco import Settings
 from opendisco.ingest import CACHE_COLLECTION, Embedder
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from opendisco import InvalidInput, Settings
 from opendisco.ingest import generate_marketplace, load_movielens, validate_item, write_sample
 

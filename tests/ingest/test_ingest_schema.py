@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from bson import DatetimeMS
+
 from opendisco import DocumentInvalid, Settings
 from opendisco.ingest import (
     Action,

@@ -1,0 +1,164 @@
+"""Reindex against real servers: alias swaps under continuous readers, retention, crash cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+from typing import Any
+
+import pytest
+
+from opendisco import Settings, clients, index_templates
+from opendisco.ingest import (
+    Embedder,
+    alias_targets,
+    apply_templates,
+    plan_templates,
+    reindex,
+    verify,
+    versioned_indices,
+)
+
+
+async def _reader(client: Any, alias: str, stop: asyncio.Event, log: list[Any]) -> None:
+    body = {
+        "size": 5,
+        "track_total_hits": True,
+        "query": {"multi_match": {"query": "coffee jazz hiking", "fields": ["title", "tags"]}},
+        "_source": ["id"],
+    }
+    count_body = {"size": 0, "track_total_hits": True, "query": {"match_all": {}}}
+    while not stop.is_set():
+        try:
+            total = (await client.search(index=alias, body=count_body))["hits"]["total"]["value"]
+            hits = (await client.search(index=alias, body=body))["hits"]["hits"]
+            log.append((total, len(hits)))
+        except Exception as exc:  # the assertion is that there are none
+            log.append(exc)
+        await asyncio.sleep(0.01)
+
+
+async def test_reindex_swaps_alias_under_continuous_readers(
+    ns: Settings, catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    ns = ns.model_copy(update={"keep_versions": 1})
+    client = clients.async_opensearch(ns)
+    try:
+        first = await reindex(ns, client=client, embedder=embedder)
+        assert first.indexed == first.total == len(catalogue) and first.dead_lettered == 0
+        stop, log = asyncio.Event(), []
+        reader = asyncio.create_task(_reader(client, ns.index_alias, stop, log))
+        await asyncio.sleep(0.2)
+        second = await reindex(ns, client=client, embedder=embedder)
+        third = await reindex(ns, client=client, embedder=embedder)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await reader
+        errors = [x for x in log if isinstance(x, Exception)]
+        assert not errors, errors[:3]
+        assert len(log) >= 10
+        assert all(total == len(catalogue) and n == 5 for total, n in log), set(log)
+        # unchanged texts were never re-encoded
+        assert second.encoded == third.encoded == 0
+        assert third.cache_hits == len(catalogue)
+        assert second.previous == [first.index] and third.previous == [second.index]
+        assert await alias_targets(client, ns.index_alias) == [third.index]
+        assert sorted(await versioned_indices(client, ns.index_alias)) == [
+            second.index,
+            third.index,
+        ]
+        assert first.index in third.removed
+        assert (await verify(ns, client=client)).ok
+    finally:
+        await client.close()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+async def test_crash_mid_build_keeps_old_alias_and_next_run_cleans_up(
+    ns: Settings, catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    ns = ns.model_copy(update={"bulk_batch_size": 20})
+    client = clients.async_opensearch(ns)
+    try:
+        good = await reindex(ns, client=client, embedder=embedder)
+
+        def boom(done: int, total: int) -> None:
+            if done >= 40:
+                raise Crash("simulated crash mid-build")
+
+        with pytest.raises(Crash):
+            await reindex(ns, client=client, embedder=embedder, progress=boom)
+        # and a build left by a process that died (kill -9): never aliased, state "building"
+        orphan = f"{ns.index_alias}-v19990101000000000000"
+        body = index_templates.render("items", ns)
+        body["mappings"]["_meta"] = {
+            "opendisco": {"state": "building", "pid": _dead_pid(), "host": socket.gethostname()}
+        }
+        await client.indices.create(index=orphan, body=body)
+        indices = await versioned_indices(client, ns.index_alias)
+        partial = [n for n, m in indices.items() if m.get("state") == "building"]
+        assert orphan in partial and len(partial) == 2
+        # the alias still serves the complete old index
+        assert await alias_targets(client, ns.index_alias) == [good.index]
+        await client.indices.refresh(index=ns.index_alias)
+        assert (await client.count(index=ns.index_alias))["count"] == len(catalogue)
+
+        report = await reindex(ns, client=client, embedder=embedder)
+        assert set(partial) <= set(report.removed)
+        left = await versioned_indices(client, ns.index_alias)
+        assert all(m.get("state") == "complete" for m in left.values())
+        assert (await verify(ns, client=client)).ok
+    finally:
+        await client.close()
+
+
+async def test_templates_apply_is_idempotent(ns: Settings) -> None:
+    client = clients.async_opensearch(ns)
+    try:
+        plans = await plan_templates(ns, client)
+        assert [p.name for p in plans] == [f"{ns.index_alias}-items"]
+        assert plans[0].changed and not plans[0].exists and "+" in plans[0].diff
+        await apply_templates(ns, client)
+        again = await plan_templates(ns, client)
+        assert not again[0].changed, again[0].diff
+        dry = await apply_templates(
+            ns.model_copy(update={"behaviour_dim": 16}), client, dry_run=True
+        )
+        assert '"32"' in dry[0].diff and '"16"' in dry[0].diff
+        assert not (await plan_templates(ns, client))[0].changed  # dry run wrote nothing
+    finally:
+        await client.close()
+
+
+def test_cli_templates_and_verify_exit_codes(ns: Settings, catalogue: list[dict[str, Any]]) -> None:
+    from click.testing import CliRunner
+
+    from opendisco.cli.main import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["templates", "apply", "--dry-run"], obj=ns)
+    assert res.exit_code == 0 and "would create" in res.output
+    res = runner.invoke(cli, ["reindex", "--quiet"], obj=ns)
+    assert res.exit_code == 0, res.output
+    assert f"{len(catalogue)}/{len(catalogue)} indexed" in res.output
+    res = runner.invoke(cli, ["verify"], obj=ns)
+    assert res.exit_code == 0 and "missing=0" in res.output
+    client = clients.mongo(ns)
+    try:
+        client[ns.mongo_db][ns.items_collection].delete_one({"_id": "p5"})
+    finally:
+        client.close()
+    res = runner.invoke(cli, ["verify"], obj=ns)
+    assert res.exit_code == 1 and "extra: ['p5']" in res.output
+    assert os.environ.get("OPENDISCO_INDEX_ALIAS") != ns.index_alias
