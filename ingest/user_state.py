@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opendisco._exceptions import StoreBackendError
 
+from .graph import BULK_CHUNK
+
 __all__ = [
     "USER_STATE",
     "UserState",
@@ -272,7 +274,8 @@ class UserStateStore:
         if not ops:
             return
         try:
-            await self.coll.bulk_write(ops, ordered=False)
+            for k in range(0, len(ops), BULK_CHUNK):
+                await self.coll.bulk_write(ops[k : k + BULK_CHUNK], ordered=False)
         except PyMongoError as exc:
             raise StoreBackendError(f"user_state write failed: {exc}") from exc
 

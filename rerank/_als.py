@@ -124,7 +124,7 @@ async def write_behaviour(
     collection: str,
     vectors: Mapping[str, Sequence[float]],
     *,
-    batch_size: int = 500,
+    batch_size: int = 50,  # FerretDB 1.24 hangs on bulks of ~100 updates
     now: datetime | None = None,
 ) -> int:
     """``$set behaviour`` + ``$inc version`` + ``updated_at`` per item (bulk); only existing,

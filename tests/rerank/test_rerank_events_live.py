@@ -160,3 +160,22 @@ async def test_graph_neighbours_as_candidate_source(
     resp = await aos.search(index=rr_settings.index_alias, body={"query": q, "size": 5})
     assert resp["hits"]["hits"][0]["_id"] == "beta15"
     assert graph_source_query([]) is None
+
+
+async def test_large_multi_user_batch_applies(
+    rr_settings: Settings, rr_db: Any, aos: Any, rr_items: list[dict[str, Any]]
+) -> None:
+    # > 100 events, > 100 graph edges: every bulk write is chunked (FerretDB hangs otherwise)
+    ids = [it["id"] for it in rr_items][:40]
+    tag = uuid.uuid4().hex[:6]
+    events = [
+        _ev(f"big{tag}{u}", "like", (ids[:20] if u % 2 else ids[20:])[(u * 7 + j * 3) % 20])
+        for u in range(30)
+        for j in range(6)
+    ]
+    res = await EventProcessor(rr_settings, rr_db, aos).apply(events)
+    assert (res.accepted, res.rejected) == (180, [])
+    assert (
+        await rr_db[EVENTS].count_documents({"user_id": {"$regex": f"^big{tag}"}, "applied": True})
+        == 180
+    )
