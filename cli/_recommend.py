@@ -1,7 +1,10 @@
-"""``opendisco recommend USER`` and ``opendisco similar ITEM``: candidates with their sources.
+"""``opendisco recommend USER`` and ``opendisco similar ITEM``: what the API would serve.
 
-For now the request is built from MongoDB ``users``/``user_state`` documents and answered by
-``opendisco.queries.generate_candidates`` directly (the pipeline adds rerank on top later).
+By default both go through the served pipeline (``opendisco.pipeline.Discovery``: candidates
+from one ``_msearch``, batched features, rerank), so the table is the final order; with
+``--explain`` the candidate stage (rendered queries, per-source RRF shares, OpenSearch score
+components) is printed first, then which rerank step moved each served item.
+``--candidates`` shows the candidate stage alone (``opendisco.queries.generate_candidates``).
 """
 
 from __future__ import annotations
@@ -101,6 +104,58 @@ def _print(cs: Any, title: str, explain: bool, show: int) -> None:
                 )
 
 
+def _served(settings: Settings, call: Any) -> Any:
+    from opendisco import clients
+    from opendisco.pipeline import Discovery
+
+    async def main() -> Any:
+        os_client = clients.async_opensearch(settings)
+        motor = clients.motor(settings)
+        try:
+            return await call(Discovery(settings, os_client, motor[settings.mongo_db]))
+        finally:
+            await os_client.close()
+            motor.close()
+
+    return asyncio.run(main())
+
+
+def _print_served(recs: Any, title: str, explain: bool) -> None:
+    if explain and recs.candidate_set is not None:
+        cs = recs.candidate_set
+        _print(cs, f"candidate stage ({len(cs.candidates)} candidates)", True, 10)
+    console = Console()
+    table = Table(title=f"{title}  ({recs.surface}, {recs.template_version})")
+    cols = ["#", "id", "title", "score", "sources"] + (["rerank steps"] if explain else [])
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for n, r in enumerate(recs.items, start=1):
+        row = [
+            str(n),
+            r.id,
+            str(r.item.get("title", ""))[:50],
+            f"{r.score:.4f}",
+            ", ".join(f"{s} {v:.3f}" for s, v in sorted(r.sources.items()))
+            + (" [yellow](explore)[/]" if r.explore else ""),
+        ]
+        if explain:
+            steps = []
+            for t in r.trace or []:
+                move = "" if t["from"] == t["to"] else f" #{_rank(t['from'])}→#{_rank(t['to'])}"
+                steps.append(f"{t['step']} {t['delta']:+.3f}{move}")
+            row.append("; ".join(steps))
+        table.add_row(*row)
+    console.print(table)
+    if recs.degraded:
+        console.print("[red]degraded: some candidate sources failed[/]")
+    if explain and recs.explain:
+        console.print(f"timings (ms): {recs.explain['timings_ms']}")
+
+
+def _rank(r: int | None) -> str:
+    return "-" if r is None else str(r + 1)
+
+
 @click.command("recommend")
 @click.argument("user_id")
 @click.option(
@@ -112,6 +167,7 @@ def _print(cs: Any, title: str, explain: bool, show: int) -> None:
 @click.option("-k", "--k", "k", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--query", "query_text", default=None, help="Query text (search surface).")
 @click.option("--explain", is_flag=True, help="Rendered queries and per-component scores.")
+@click.option("--candidates", is_flag=True, help="Candidate stage only (no rerank).")
 @pass_settings
 def recommend_cmd(
     settings: Settings,
@@ -120,9 +176,24 @@ def recommend_cmd(
     k: int,
     query_text: str | None,
     explain: bool,
+    candidates: bool,
 ) -> None:
-    """Candidates for USER from MongoDB users/user_state, with scores and sources."""
+    """Recommendations for USER (final served order), with scores and sources."""
     from opendisco.queries import request_for_user
+
+    if not candidates:
+        if query_text is not None or surface == "search":
+            if not query_text:
+                raise click.UsageError("--surface search needs --query")
+            recs = _served(settings, lambda d: d.search(query_text, user_id, k, explain))
+        elif surface == "similar":
+            raise click.UsageError("use `opendisco similar ITEM` for the similar surface")
+        else:
+            recs = _served(
+                settings, lambda d: d.recommend(user_id, surface or "for_you", k, (), explain)
+            )
+        _print_served(recs, f"for {user_id}", explain)
+        return
 
     user, state = _load_user(settings, user_id)
     if user is None and state is None:
@@ -141,12 +212,23 @@ def recommend_cmd(
 @click.option("--user", "user_id", default=None, help="Apply this user's exclusions/eligibility.")
 @click.option("-k", "--k", "k", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--explain", is_flag=True, help="Rendered queries and per-component scores.")
+@click.option("--candidates", is_flag=True, help="Candidate stage only (no rerank).")
 @pass_settings
 def similar_cmd(
-    settings: Settings, item_id: str, user_id: str | None, k: int, explain: bool
+    settings: Settings,
+    item_id: str,
+    user_id: str | None,
+    k: int,
+    explain: bool,
+    candidates: bool,
 ) -> None:
     """Items like ITEM (k-NN on its vectors + more_like_this), with scores and sources."""
     from opendisco.queries import CandidateRequest, request_for_user
+
+    if not candidates:
+        recs = _served(settings, lambda d: d.similar(item_id, k, user_id, explain))
+        _print_served(recs, f"similar to {item_id}", explain)
+        return
 
     if user_id:
         user, state = _load_user(settings, user_id)

@@ -55,6 +55,8 @@ class Recommendations:
     surface: str
     explain: dict[str, Any] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: the candidate stage (``opendisco.queries.CandidateSet``), kept only when explaining
+    candidate_set: Any = field(default=None, repr=False)
 
     @property
     def ids(self) -> list[str]:
@@ -232,6 +234,7 @@ class Discovery:
             surface=effective,
             explain=explained,
             timings_ms=timings,
+            candidate_set=cs if explain else None,
         )
 
     def _params_for(self, surface: str) -> dict[str, Any]:
