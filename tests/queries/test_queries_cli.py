@@ -68,11 +68,15 @@ def test_recommend_and_similar_print_sources(
     vec = [sum(c) / 5 for c in zip(*(d["embedding"] for d in jazz[:5]), strict=True)]
     mongo_db["users"].insert_one({"_id": uid, "interests": ["jazz"]})
     mongo_db["user_state"].insert_one({"_id": uid, "vector": vec, "seen": [jazz[0]["id"]]})
-    res = _invoke(q_settings, "recommend", uid, "-k", "5", "--explain")
+    res = _invoke(q_settings, "recommend", uid, "-k", "5", "--explain", "--candidates")
     assert res.exit_code == 0, res.output
     assert "for_you for " + uid in res.output and "semantic" in res.output
     assert "rendered queries" in res.output and "per-component contributions" in res.output
     assert "rrf " in res.output and jazz[0]["id"] not in res.output.split("per-component")[1]
+    served = _invoke(q_settings, "recommend", uid, "-k", "5", "--explain")
+    assert served.exit_code == 0, served.output
+    assert "candidate stage" in served.output and "rerank steps" in served.output
+    assert jazz[0]["id"] not in served.output.split("rerank steps")[1]  # seen: filtered
     res = _invoke(q_settings, "recommend", "nobody-" + run_id, "-k", "3")
     assert res.exit_code == 0 and "cold_start" in res.output
     res = _invoke(q_settings, "similar", jazz[1]["id"], "-k", "5")
