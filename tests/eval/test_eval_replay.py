@@ -12,6 +12,10 @@ from opendisco.eval import Dataset, Ratings, read_movielens, replay, time_split
 async def test_replay_loads_items_reindexes_and_posts_likes(
     settings: Settings, movielens: Path, os_client: Any, mongo_db: Any
 ) -> None:
+    # a namespace of its own: other suites share the session alias and database
+    settings = settings.model_copy(
+        update={"index_alias": f"{settings.index_alias}-ev", "mongo_db": f"{settings.mongo_db}ev"}
+    )
     full = read_movielens(movielens)
     movies = [f"m{i}" for i in (1, 2, 3, 5, 6, 7, 10, 11, 16, 17, 19, 21, 25, 32, 34, 36)]
     rows = []
@@ -33,6 +37,7 @@ async def test_replay_loads_items_reindexes_and_posts_likes(
     # running it again is idempotent: every like is a duplicate
     again = await _replay(settings, data, split)
     assert again.duplicates == expected_events and again.accepted == 0
+    mongo_db.client.drop_database(settings.mongo_db)
 
 
 async def _replay(settings: Settings, data: Dataset, split: Any) -> Any:
