@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from ._schema import ITEM_FIELDS
+
 __all__ = [
     "HASHED_EXCLUDE",
     "build_index_doc",
@@ -21,25 +23,9 @@ __all__ = [
 # fields of the OpenSearch document not covered by the content hash
 HASHED_EXCLUDE = frozenset({"embedding", "content_hash"})
 
-_COPIED = (
-    "kind",
-    "title",
-    "description",
-    "tags",
-    "category",
-    "owner_id",
-    "year",
-    "location",
-    "popularity",
-    "quality",
-    "available",
-    "exposure_cap",
-    "gender",
-    "age",
-    "pref_genders",
-    "pref_age_min",
-    "pref_age_max",
-    "behaviour",
+# every declared item field except the bookkeeping ones, which map to other names
+_COPIED = tuple(
+    f for f in ITEM_FIELDS if f not in {"created_at", "updated_at", "version", "deleted"}
 )
 
 
