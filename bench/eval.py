@@ -3,8 +3,12 @@
     $(./dev env)/bin/python bench/eval.py [--full] [--served] [--dataset PATH]
 
 Default: all users fitted, 200 sampled users scored, EASE on the 2,000 most popular items.
-``--full``: every user scored, EASE on 3,000 items. ``--served`` adds the served pipeline
-(replays likes into the ``bench-eval`` namespace first; needs opendisco.pipeline).
+``--full``: every user scored, EASE on 3,000 items; ``--users N`` scores another sample size.
+``--served`` adds the served pipeline: items into MongoDB, reindex (embeddings), *every*
+user's fitting positives replayed as ``like`` events through ``Discovery.record_events``
+(so behaviour/graph state sees the same data the baselines are fitted on), into the
+``--namespace`` index alias / Mongo database (default ``evalbench``); ``--no-replay`` reuses a
+namespace already replayed for the test stage. Baselines are scored on the same user sample.
 Writes bench/results/eval.json and the ``eval`` section of bench/README.md, with the issue's
 targets checked as ratios measured in this one run.
 """
@@ -61,16 +65,27 @@ def targets(by: dict[str, Any], k: int) -> dict[str, Any]:
     }
 
 
+def _progress(what: str, n: int, _done: dict[str, int] = {}) -> None:  # noqa: B006
+    _done[what] = _done.get(what, 0) + n
+    print(f"replay: {what} {_done[what]}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true", help="score every user, EASE on 3,000 items")
     ap.add_argument("--served", action="store_true", help="also evaluate the served pipeline")
     ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    ap.add_argument("--users", type=int, default=None, help="users scored (default 200)")
+    ap.add_argument("--namespace", default="evalbench", help="served index alias / Mongo db")
+    ap.add_argument(
+        "--max-likes", type=int, default=20, help="latest likes replayed per scored user"
+    )
+    ap.add_argument("--no-replay", action="store_true", help="namespace is already replayed")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (medians quoted)")
     args = ap.parse_args()
     k = args.k
-    users_n = None if args.full else 200
+    users_n = args.users if args.users else (None if args.full else 200)
     ease_items = 3000 if args.full else 2000
 
     t0 = time.perf_counter()
@@ -90,12 +105,24 @@ def main() -> None:
     if args.served:
         from opendisco.eval._served import ServedRecommender, replay
 
-        settings = namespaced(load_settings(), "bench-eval")
+        settings = namespaced(load_settings(), args.namespace)
         model = ServedRecommender(settings)
-        rep = replay(settings, data, split, stage="test", users=uidx)
-        info["replay"] = rep.__dict__
+        if not args.no_replay:
+            # behaviour vectors from every user's fitting data (as the baselines see it); the
+            # scored users' latest likes go through Discovery.record_events
+            rep = replay(
+                settings,
+                data,
+                split,
+                stage="test",
+                users=uidx,
+                fresh=True,
+                max_likes=args.max_likes,
+                progress=_progress,
+            )
+            info["replay"] = rep.__dict__
         models["served"] = model
-        served_note = "evaluated"
+        served_note = f"evaluated (namespace {args.namespace!r}, {len(uidx)} users scored)"
 
     # the scoring run is repeated to quote median latencies; metrics are deterministic
     reports = [
@@ -114,13 +141,14 @@ def main() -> None:
     latency = {
         m.name: {
             "median_p50_ms": statistics.median(r.models[i].latency["p50_ms"] for r in reports),
+            "p99_ms": m.latency.get("p99_ms"),
             "per_request": m.latency["per_request"],
         }
         for i, m in enumerate(report.models)
     }
     result = {
         "dataset": data.name,
-        "mode": "full" if args.full else "small",
+        "mode": "full" if len(uidx) == len(evaluable) else "sample",
         "k": k,
         "users_scored": len(uidx),
         "load_split_s": round(load_s, 2),

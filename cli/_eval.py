@@ -113,7 +113,7 @@ def eval_cmd(
         try:
             model = ServedRecommender(ns_settings)
             if replay:
-                rep = do_replay(ns_settings, data, split, stage="test", users=uidx)
+                rep = do_replay(ns_settings, data, split, stage="test", users=uidx, fresh=True)
                 info["replay"] = rep.__dict__
             models["served"] = model
         except PipelineUnavailable as exc:
@@ -210,7 +210,7 @@ def tune_cmd(
     if target == "served":
         ns_settings = namespaced(settings, namespace)
         if replay:
-            do_replay(ns_settings, data, split, stage="validation", users=uidx)
+            do_replay(ns_settings, data, split, stage="validation", users=uidx, fresh=True)
         objective = served_objective(ns_settings, split, k=k, users=uidx)
     else:
         objective = baseline_objective(target, split, k=k, users=uidx)

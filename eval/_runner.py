@@ -219,6 +219,7 @@ def evaluate(
             latency.update(
                 p50_ms=float(np.median(lat)),
                 p95_ms=float(np.percentile(lat, 95)),
+                p99_ms=float(np.percentile(lat, 99)),
                 mean_ms=float(np.mean(lat)),
             )
         results.append(ModelResult(name, len(uidx), metrics, slices, latency))

@@ -10,7 +10,8 @@ backends — :func:`replay` does that, for the *fitting data of one stage* only:
    period cannot leak through them), users with empty interests;
 2. ``opendisco.ingest.reindex(settings)`` builds the versioned OpenSearch index (embeddings);
 3. every evaluated user's fitting positives are posted, in time order, as ``like`` events
-   through ``opendisco.ingest.events.EventProcessor.apply`` (user vectors, behaviour, exposure
+   through ``opendisco.pipeline.Discovery.record_events`` (the API's path to
+   ``opendisco.ingest.events.EventProcessor.apply``) (user vectors, behaviour, exposure
    and graph state are derived from them exactly as in production); timestamps are moved onto
    a recent timeline (:func:`rebase`) because the processor rejects events older than its
    retention window.
@@ -41,6 +42,7 @@ __all__ = [
     "PipelineUnavailable",
     "ReplayReport",
     "ServedRecommender",
+    "behaviour_vectors",
     "like_event",
     "rebase",
     "replay",
@@ -78,6 +80,7 @@ def like_event(user_id: str, item_id: str, ts: int | datetime, *, source: str = 
 @dataclass
 class ReplayReport:
     items: int
+    behaviour: int
     users: int
     events: int
     accepted: int
@@ -101,6 +104,17 @@ def stage_items(dataset: Dataset, stage: Stage, prior: float = 10.0) -> list[dic
     return out
 
 
+def behaviour_vectors(stage: Stage, *, factors: int = 32, seed: int = 0) -> dict[str, list[float]]:
+    """Item id → behavioural vector, ``opendisco.rerank.train_als`` on the stage's fitting data."""
+    train_als = _require("opendisco.rerank", "train_als")
+    positives = [
+        (stage.users[u], stage.items[i], 1.0) for u, hist in enumerate(stage.history) for i in hist
+    ]
+    if not positives:
+        return {}
+    return train_als(positives, factors=factors, seed=seed).vectors()
+
+
 def replay(
     settings: Settings,
     dataset: Dataset,
@@ -110,16 +124,40 @@ def replay(
     users: Sequence[int] | None = None,
     batch: int = 500,
     step_s: int = 60,
+    behaviour: bool = True,
+    fresh: bool = False,
+    max_likes: int | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> ReplayReport:
-    """Load items, reindex and replay the evaluated users' fitting positives as likes."""
+    """Load items, reindex and replay the evaluated users' fitting positives as likes.
+
+    With ``behaviour`` the items carry behavioural vectors trained (implicit ALS, as
+    ``opendisco train`` does) on *every* user's fitting positives of the stage — the steady
+    state of production, where ``train`` ran over the logged likes and sync carried the
+    vectors into the index before new events arrive.
+    ``max_likes`` replays only each user's latest that many positives (the user state keeps
+    the latest 50 anyway; every like writes up to 2 x ``graph_fanout`` graph edges, which is
+    the slow part on FerretDB) — the older ones still shape the behaviour vectors and are
+    still excluded from the user's recommendations by the scorer.
+    ``fresh`` clears the namespace's MongoDB collections first, all but the embedding cache
+    (events are idempotent by id, so replaying into a used namespace would not rebuild user
+    states); only for a dedicated evaluation namespace.
+    """
     write_sample = _require("opendisco.ingest", "write_sample")
     reindex = _require("opendisco.ingest", "reindex")
-    processor_cls = _require("opendisco.ingest.events", "EventProcessor")
+    discovery_cls = _require("opendisco.pipeline", "Discovery")
     t0 = time.perf_counter()
     st = split.stage(stage)  # type: ignore[arg-type]
+    if fresh:
+        _drop_database(settings)
     uidx = np.asarray(st.evaluable if users is None else users, dtype=np.int64)
     items = stage_items(dataset, st)
+    vectors: dict[str, list[float]] = {}
+    if behaviour:
+        vectors = behaviour_vectors(st, factors=settings.behaviour_dim)
+        for doc in items:
+            if doc["_id"] in vectors:
+                doc["behaviour"] = vectors[doc["_id"]]
     user_docs = [{"_id": st.users[u], "interests": []} for u in uidx]
     write_sample(settings, items, user_docs)
     if progress:
@@ -136,15 +174,19 @@ def replay(
         ]
     )
     replay_now = datetime.now(UTC).replace(microsecond=0)
+    cut = slice(-max_likes, None) if max_likes else slice(None)
     events = [
         like_event(st.users[u], st.items[i], ts)
         for u in uidx
-        for i, ts in zip(st.history[u], rebase(ts_of[u], replay_now, step_s=step_s), strict=True)
+        for i, ts in zip(
+            st.history[u][cut], rebase(ts_of[u][cut], replay_now, step_s=step_s), strict=True
+        )
     ]
     events.sort(key=lambda e: e["ts"])
-    totals = asyncio.run(_post_events(settings, processor_cls, events, batch, progress, replay_now))
+    totals = asyncio.run(_post_events(settings, discovery_cls, events, batch, progress, replay_now))
     return ReplayReport(
         items=len(items),
+        behaviour=len(vectors),
         users=len(uidx),
         events=len(events),
         accepted=totals[0],
@@ -154,9 +196,30 @@ def replay(
     )
 
 
+def _drop_database(settings: Settings) -> None:
+    """Drop every collection of the namespace except the embedding cache (re-encoding the
+    catalogue is the slow part of a reindex and its text does not change)."""
+    from pymongo.errors import PyMongoError
+
+    from opendisco import clients
+    from opendisco._exceptions import StoreBackendError
+    from opendisco.ingest import CACHE_COLLECTION
+
+    client = clients.mongo(settings)
+    try:
+        db = client[settings.mongo_db]
+        for name in db.list_collection_names():
+            if name != CACHE_COLLECTION:
+                db.drop_collection(name)
+    except PyMongoError as exc:
+        raise StoreBackendError(f"clearing {settings.mongo_db!r} failed: {exc}") from exc
+    finally:
+        client.close()
+
+
 async def _post_events(
     settings: Settings,
-    processor_cls: Any,
+    discovery_cls: Any,
     events: list[dict],
     batch: int,
     progress: Callable[[str, int], None] | None,
@@ -168,10 +231,11 @@ async def _post_events(
     os_client = clients.async_opensearch(settings)
     accepted = duplicates = rejected = 0
     try:
-        processor = processor_cls(settings, motor[settings.mongo_db], os_client)
+        # the API's path: Discovery.record_events -> EventProcessor.apply
+        discovery = discovery_cls(settings, os_client, motor[settings.mongo_db])
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]
-            res = await processor.apply(chunk, now=now)
+            res = await discovery.record_events(chunk, now=now)
             accepted += int(res.accepted)
             duplicates += int(res.duplicates)
             rejected += len(res.rejected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +27,17 @@ def ml_baselines(ml_split: Split) -> tuple[dict[str, Any], dict[str, Any]]:
         als={"factors": 32, "iterations": 8},
         tune_users=list(range(0, len(ml_split.users), 4)),
     )
+
+
+@pytest.fixture(scope="session")
+def eval_settings(settings: Any, run_id: str) -> Iterator[Any]:
+    """A namespace of its own inside the session's (replay clears its collections)."""
+    from opendisco import clients
+
+    ns = settings.model_copy(
+        update={"index_alias": f"t{run_id}eval-items", "mongo_db": f"t{run_id}eval"}
+    )
+    yield ns
+    client = clients.mongo(ns)
+    client.drop_database(ns.mongo_db)
+    client.close()

@@ -1,46 +1,84 @@
-"""The served-pipeline replay on real servers: items loaded, indexed, likes applied."""
+"""The served-pipeline replay and evaluation on real servers (a 16-movie, 3-user world)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Any
 
-from opendisco import Settings
-from opendisco.eval import Dataset, Ratings, read_movielens, replay, time_split
+import numpy as np
+import pytest
+
+from opendisco import Settings, clients
+from opendisco.eval import (
+    Dataset,
+    Ratings,
+    ServedRecommender,
+    Split,
+    evaluate,
+    read_movielens,
+    replay,
+    time_split,
+)
+
+MOVIES = [f"m{i}" for i in (1, 2, 3, 5, 6, 7, 10, 11, 16, 17, 19, 21, 25, 32, 34, 36)]
 
 
-async def test_replay_loads_items_reindexes_and_posts_likes(
-    settings: Settings, movielens: Path, os_client: Any, mongo_db: Any
-) -> None:
-    # a namespace of its own: other suites share the session alias and database
-    settings = settings.model_copy(
-        update={"index_alias": f"{settings.index_alias}-ev", "mongo_db": f"{settings.mongo_db}ev"}
-    )
+@pytest.fixture(scope="module")
+def mini(movielens: Path) -> tuple[Dataset, Split]:
     full = read_movielens(movielens)
-    movies = [f"m{i}" for i in (1, 2, 3, 5, 6, 7, 10, 11, 16, 17, 19, 21, 25, 32, 34, 36)]
     rows = []
     for u, user in enumerate(("u1", "u2", "u3")):
-        for j, item in enumerate(movies[u : u + 9]):
+        for j, item in enumerate(MOVIES[u : u + 9]):
             rows.append((user, item, 4.5 if j % 4 else 3.0, 1_000_000 + 1000 * u + j))
-    data = Dataset("mini", Ratings.from_rows(rows), {m: full.items[m] for m in movies})
-    split = time_split(data, n_test=2, n_val=1)
-    report = await _replay(settings, data, split)
+    data = Dataset("mini", Ratings.from_rows(rows), {m: full.items[m] for m in MOVIES})
+    return data, time_split(data, n_test=2, n_val=1)
+
+
+async def test_replay_then_served_eval_goes_through_the_pipeline(
+    eval_settings: Settings, mini: tuple[Dataset, Split]
+) -> None:
+    data, split = mini
     stage = split.stage("test")
+    report = await asyncio.to_thread(replay, eval_settings, data, split, stage="test", fresh=True)
     expected_events = sum(len(h) for h in stage.history)
-    assert report.items == len(movies)
+    assert report.items == len(MOVIES) and report.users == 3
     assert report.events == expected_events
     assert report.accepted == expected_events and report.rejected == 0
-    os_client.indices.refresh(index=settings.index_alias)
-    assert os_client.count(index=settings.index_alias)["count"] == len(movies)
-    stored = os_client.get(index=settings.index_alias, id=stage.items[stage.history[0][0]])
-    assert stored["_source"]["popularity"] >= 1.0
-    # running it again is idempotent: every like is a duplicate
-    again = await _replay(settings, data, split)
+    assert report.behaviour > 0  # ALS vectors from the fitting positives
+
+    os_client = clients.opensearch(eval_settings)
+    try:
+        os_client.indices.refresh(index=eval_settings.index_alias)
+        assert os_client.count(index=eval_settings.index_alias)["count"] == len(MOVIES)
+        first = stage.items[stage.history[0][0]]
+        src = os_client.get(index=eval_settings.index_alias, id=first)["_source"]
+        assert src["popularity"] >= 1.0
+        assert len(src["behaviour"]) == eval_settings.behaviour_dim
+        # a movie only in test targets has no fitting popularity (no leak of the test period)
+        cold = [stage.items[i] for i in np.flatnonzero(stage.cold_items)]
+        cold_src = os_client.get(index=eval_settings.index_alias, id=cold[0])["_source"]
+        assert cold_src["popularity"] == 0.0
+    finally:
+        os_client.close()
+
+    model = ServedRecommender(eval_settings)
+    result = await asyncio.to_thread(evaluate, {"served": model}, stage, k=5)
+    served = result.models[0]
+    assert served.users == 3 and model.degraded == 0
+    assert served.latency["per_request"] and served.latency["p99_ms"] >= served.latency["p50_ms"]
+    assert len(model.latencies_ms) == 3
+    lists = await asyncio.to_thread(
+        model.recommend_batch,
+        list(stage.users),
+        5,
+        [[stage.items[i] for i in h] for h in stage.history],
+    )
+    for row, recs in enumerate(lists):
+        seen = {stage.items[i] for i in stage.history[row]}
+        assert recs and not seen & set(recs)  # history never comes back
+        assert set(recs) <= set(MOVIES)
+    assert 0.0 <= served.metrics["ndcg@5"] <= 1.0
+
+    # running it again without clearing is idempotent: every like is a duplicate
+    again = await asyncio.to_thread(replay, eval_settings, data, split, stage="test")
     assert again.duplicates == expected_events and again.accepted == 0
-    mongo_db.client.drop_database(settings.mongo_db)
-
-
-async def _replay(settings: Settings, data: Dataset, split: Any) -> Any:
-    import asyncio
-
-    return await asyncio.to_thread(replay, settings, data, split, stage="test")
