@@ -22,8 +22,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from opendisco import Settings, clients, load_settings
 from opendisco.services import services
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-MOVIELENS_SMALL = Path(os.environ.get("OPENDISCO_MOVIELENS", DATASETS / "ml-latest-small"))
+def _movielens_small() -> Path:
+    """``$OPENDISCO_MOVIELENS``, else ``../shared/datasets`` beside the checkout, else /work."""
+    if os.environ.get("OPENDISCO_MOVIELENS"):
+        return Path(os.environ["OPENDISCO_MOVIELENS"])
+    for base in (Path(__file__).resolve().parents[2], Path("/work")):
+        path = base / "shared" / "datasets" / "ml-latest-small"
+        if (path / "ratings.csv").is_file():
+            return path
+    return Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
+
+
+MOVIELENS_SMALL = _movielens_small()
 
 
 @pytest.fixture(scope="session")
