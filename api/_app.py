@@ -297,6 +297,9 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
         mongo = clients.motor(settings, serverSelectionTimeoutMS=2000)
         db = mongo[settings.mongo_db]
         disc = discovery if discovery is not None else _default_discovery(settings, os_client, db)
+        warmup = getattr(disc, "warmup", None)
+        if warmup is not None:  # load the query encoder before the first request's deadline
+            await warmup()
         metrics = Metrics()
 
         def on_change(old: BreakerState, new: BreakerState) -> None:

@@ -137,6 +137,10 @@ class Discovery:
             raise StoreBackendError(f"loading user {user_id!r} failed: {exc}") from exc
         return user, state
 
+    async def warmup(self) -> None:
+        """Load the query encoder now (seconds on CPU) rather than inside a request deadline."""
+        await self._encode("warm up")
+
     async def _encode(self, text: str) -> list[float]:
         from opendisco import clients
 
