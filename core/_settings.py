@@ -103,6 +103,24 @@ class Settings(BaseSettings):
         6, ge=0, description="Retries of 429/5xx bulk items (capped exponential backoff)."
     )
     bulk_backoff_max: float = Field(5.0, gt=0, description="Cap of the bulk retry backoff (s).")
+    embed_cache_prefetch_max: int = Field(
+        200_000,
+        ge=0,
+        description="Reindex loads up to this many embedding-cache entries into memory with "
+        "one sequential scan before the build (0: off; per-batch `$in` lookups instead).",
+    )
+    embed_cache_prefetch_page: int = Field(
+        5_000,
+        ge=100,
+        le=8_000,
+        description="Cache entries per keyset page of that scan (one reply each, < 16 MB).",
+    )
+    reindex_read_page: int = Field(
+        5_000,
+        ge=1,
+        description="Items per keyset read of MongoDB during reindex, split into "
+        "bulk_batch_size batches (FerretDB scans the collection once per read).",
+    )
 
     # --- local services -------------------------------------------------------
     cache_dir: Path = Field(

@@ -19,6 +19,7 @@ from ._feed import (
 )
 from ._movielens import MovieLensData, load_movielens
 from ._reindex import (
+    PREFETCH_RATIO,
     ReindexReport,
     alias_targets,
     cleanup_partial,
@@ -39,6 +40,7 @@ __all__ = [
     "DEAD_LETTERS",
     "ITEM_FIELDS",
     "KINDS",
+    "PREFETCH_RATIO",
     "SYNC_STATE",
     "Action",
     "ApplyStats",

@@ -4,13 +4,19 @@ The cache key is ``sha256(model name, text)``; vectors are stored as float32 byt
 MongoDB collection ``embedding_cache`` (``{_id: key, v: Binary}``) with an in-process LRU in
 front, so an unchanged text is never encoded twice — not by reindex, not by sync, not across
 processes.
+
+Warm reindex: ``Embedder.prefetch`` reads the persistent cache once, in ``_id`` keyset pages,
+into the in-process LRU. FerretDB (SQLite backend) does not push ``{_id: {$in: [...]}}`` down,
+so a per-batch lookup scans the whole cache each batch; one sequential scan is linear. On a
+real MongoDB the per-batch ``$in`` is an index lookup and the scan is bounded by
+``embed_cache_prefetch_max``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,6 +89,40 @@ class MongoCache:
             raise StoreBackendError(f"embedding cache read failed: {exc}") from exc
         return out
 
+    def scan(self, page_size: int = 5_000) -> Iterator[dict[str, np.ndarray]]:
+        """Every stored vector, one fully-read ``_id`` keyset page at a time.
+
+        Each page is one ``find`` whose batch size equals its limit (a page of float32 384-d
+        vectors stays well under the 16 MB reply limit), so the server closes the cursor with
+        its only reply: no cursor outlives a call, none is left behind if the caller stops.
+        """
+        from pymongo.errors import PyMongoError
+
+        last: str | None = None
+        while True:
+            query = {} if last is None else {"_id": {"$gt": last}}
+            try:
+                cur = (
+                    self.collection.find(query, {"v": 1})
+                    .sort("_id", 1)
+                    .limit(page_size)
+                    .batch_size(page_size)
+                )
+                with cur:
+                    docs = list(cur)
+            except PyMongoError as exc:
+                raise StoreBackendError(f"embedding cache scan failed: {exc}") from exc
+            page = {}
+            for doc in docs:
+                vec = np.frombuffer(bytes(doc["v"]), dtype=np.float32)
+                if vec.shape == (self.dim,):
+                    page[doc["_id"]] = vec
+            if page:
+                yield page
+            if len(docs) < page_size:
+                return
+            last = docs[-1]["_id"]
+
     def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
         from bson import Binary
         from pymongo.errors import BulkWriteError, PyMongoError
@@ -121,7 +161,7 @@ class Embedder:
         self.settings = settings
         self._model = model
         self.model_name = Path(settings.model_path or "all-MiniLM-L6-v2").name
-        self.memory = MemoryCache()
+        self.memory = MemoryCache(max(200_000, settings.embed_cache_prefetch_max))
         self._mongo_client: Any | None = None
         if cache is None and persist:
             self._mongo_client = clients.mongo(settings)
@@ -131,6 +171,7 @@ class Embedder:
         self.encoded = 0  # texts that went through the model
         self.hits = 0  # texts served from a cache
         self.encode_seconds = 0.0
+        self.prefetched = 0  # vectors loaded by prefetch()
 
     @property
     def model(self) -> Any:
@@ -142,6 +183,29 @@ class Embedder:
         if self._mongo_client is not None:
             self._mongo_client.close()
             self._mongo_client = None
+
+    def prefetch(self, limit: int | None = None) -> int:
+        """Load up to ``limit`` (default ``embed_cache_prefetch_max``) persisted vectors into
+        the in-process cache with one keyset-paged scan; return how many were loaded.
+
+        Lookups of keys not loaded (limit reached, or written later by another process) still
+        fall back to the persistent cache's ``get_many``. A store without ``scan`` loads none.
+        """
+        cap = self.settings.embed_cache_prefetch_max if limit is None else limit
+        scan = getattr(self.store, "scan", None)
+        if cap <= 0 or scan is None:
+            return 0
+        page_size = min(self.settings.embed_cache_prefetch_page, cap)
+        loaded = 0
+        for page in scan(page_size):
+            if loaded + len(page) > cap:
+                page = dict(list(page.items())[: cap - loaded])
+            self.memory.put_many(page)
+            loaded += len(page)
+            if loaded >= cap:
+                break
+        self.prefetched += loaded
+        return loaded
 
     def keys(self, texts: Iterable[str]) -> list[str]:
         return [text_key(self.model_name, t) for t in texts]

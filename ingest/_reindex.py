@@ -3,8 +3,11 @@
 1. delete partial indices left by crashed runs (``_meta.opendisco.state == "building"`` and
    the builder process is gone or the index is older than ``STALE_BUILD``);
 2. create the new index from ``index_templates/items.json`` (refresh off while building);
-3. stream MongoDB in batches (motor) → validate (→ dead letters) → encode (cached) → bulk with
-   external versions, encoding the next batch while the previous bulk is in flight;
+3. warm the embedding cache with one sequential scan when the build spans several batches
+   (``Embedder.prefetch``, bounded by ``embed_cache_prefetch_max`` and ``PREFETCH_RATIO``
+   times the document count); then stream MongoDB in keyset pages of ``reindex_read_page``
+   (motor), in ``bulk_batch_size`` batches → validate (→ dead letters) → encode (cached) →
+   bulk with external versions, encoding the next batch while the previous bulk is in flight;
 4. refresh and verify the count equals the acknowledged documents (else drop the new index
    and raise; the alias keeps serving the old one);
 5. catch up on writes made during the build (``updated_at`` window), swap the alias in one
@@ -34,6 +37,7 @@ from ._sample import now_ms
 from ._store import items_collection, load_state, pages, save_state, state_key
 
 __all__ = [
+    "PREFETCH_RATIO",
     "STALE_BUILD",
     "ReindexReport",
     "alias_targets",
@@ -45,6 +49,7 @@ __all__ = [
 ]
 
 STALE_BUILD = timedelta(hours=6)
+PREFETCH_RATIO = 4  # scan at most this many cache entries per document to index
 Progress = Callable[[int, int], None]
 
 
@@ -63,6 +68,8 @@ class ReindexReport:
     removed: list[str] = field(default_factory=list)
     took_s: float = 0.0
     encode_s: float = 0.0
+    prefetched: int = 0
+    prefetch_s: float = 0.0
 
     @property
     def docs_per_s(self) -> float:
@@ -218,6 +225,11 @@ async def reindex(
         coll = items_collection(db, settings)
         query = {"deleted": {"$ne": True}}
         report.total = await coll.count_documents(query)
+        if report.total > settings.bulk_batch_size:
+            t_pre = time.perf_counter()
+            cap = min(settings.embed_cache_prefetch_max, PREFETCH_RATIO * report.total)
+            report.prefetched = await asyncio.to_thread(embedder.prefetch, cap)
+            report.prefetch_s = time.perf_counter() - t_pre
         stats = ApplyStats()
         done = 0
         pending: asyncio.Task[ApplyStats] | None = None
@@ -243,8 +255,10 @@ async def reindex(
             )
 
         try:
-            async for page in pages(coll, query, settings.bulk_batch_size):
-                await launch(page)
+            batch = settings.bulk_batch_size
+            async for page in pages(coll, query, max(batch, settings.reindex_read_page)):
+                for start in range(0, len(page), batch):
+                    await launch(page[start : start + batch])
             await drain()
         except BaseException:
             if pending is not None and not pending.done():

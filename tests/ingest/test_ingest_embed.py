@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from opendisco import Settings
-from opendisco.ingest import CACHE_COLLECTION, Embedder
+from opendisco.ingest import CACHE_COLLECTION, Embedder, MongoCache
 
 
 def test_encode_matches_model_and_caches(ns: Settings, model: Any, mongo_db: Any) -> None:
@@ -35,3 +35,56 @@ def test_encode_matches_model_and_caches(ns: Settings, model: Any, mongo_db: Any
         assert np.array_equal(again, got)
     finally:
         fresh.close()
+
+
+class _CountingStore:
+    """A MongoCache that counts per-key lookups (the path prefetch exists to avoid)."""
+
+    def __init__(self, inner: MongoCache) -> None:
+        self.inner = inner
+        self.lookups: list[int] = []
+
+    def get_many(self, keys: Any) -> dict[str, np.ndarray]:
+        self.lookups.append(len(keys))
+        return self.inner.get_many(keys)
+
+    def put_many(self, vectors: Any) -> None:
+        self.inner.put_many(vectors)
+
+    def scan(self, page_size: int = 5_000) -> Any:
+        return self.inner.scan(page_size)
+
+
+def test_prefetch_scans_cache_in_keyset_pages(ns: Settings, model: Any, mongo_db: Any) -> None:
+    coll = mongo_db[f"cache_probe_{ns.items_collection}"]
+    try:
+        texts = [f"prefetch probe {i}: hiking, jazz and board games" for i in range(23)]
+        writer = Embedder(ns, model, cache=MongoCache(coll, ns.embedding_dim))
+        want = writer.encode(texts)
+        assert writer.encoded == 23 and coll.count_documents({}) == 23
+
+        pages = list(MongoCache(coll, ns.embedding_dim).scan(5))
+        assert [len(p) for p in pages] == [5, 5, 5, 5, 3]
+        keys = [k for p in pages for k in p]
+        assert keys == sorted(writer.keys(texts)) and len(set(keys)) == 23
+
+        small = ns.model_copy(update={"embed_cache_prefetch_page": 100})
+        store = _CountingStore(MongoCache(coll, ns.embedding_dim))
+        partial = Embedder(small, model, cache=store)
+        assert partial.prefetch(10) == 10 and len(partial.memory) == 10
+        got = partial.encode(texts)
+        assert store.lookups == [13]  # only the keys not prefetched go to the store
+        assert partial.encoded == 0 and np.array_equal(got, want)
+
+        store = _CountingStore(MongoCache(coll, ns.embedding_dim))
+        full = Embedder(small, model, cache=store)
+        assert full.prefetch() == 23 and full.prefetched == 23
+        got = full.encode(texts)
+        assert store.lookups == [] and full.encoded == 0 and full.hits == 23
+        assert np.array_equal(got, want)
+
+        off = Embedder(ns.model_copy(update={"embed_cache_prefetch_max": 0}), model, cache=store)
+        assert off.prefetch() == 0 and len(off.memory) == 0
+        assert Embedder(ns, model, persist=False).prefetch() == 0  # no persistent store
+    finally:
+        coll.drop()

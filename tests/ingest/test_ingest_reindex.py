@@ -12,6 +12,7 @@ import pytest
 
 from opendisco import Settings, clients, index_templates
 from opendisco.ingest import (
+    PREFETCH_RATIO,
     Embedder,
     alias_targets,
     apply_templates,
@@ -162,3 +163,23 @@ def test_cli_templates_and_verify_exit_codes(ns: Settings, catalogue: list[dict[
     res = runner.invoke(cli, ["verify"], obj=ns)
     assert res.exit_code == 1 and "extra: ['p5']" in res.output
     assert os.environ.get("OPENDISCO_INDEX_ALIAS") != ns.index_alias
+
+
+async def test_warm_reindex_prefetches_the_cache(
+    ns: Settings, catalogue: list[dict[str, Any]], model: Any, embedder: Embedder
+) -> None:
+    client = clients.async_opensearch(ns)
+    try:
+        await reindex(ns, client=client, embedder=embedder)  # every text now in MongoDB
+        fresh = Embedder(ns, model)  # a new process: empty in-memory cache
+        try:
+            warm = await reindex(ns, client=client, embedder=fresh)
+        finally:
+            fresh.close()
+        assert len(catalogue) > ns.bulk_batch_size  # several batches: prefetch applies
+        assert 0 < warm.prefetched <= PREFETCH_RATIO * len(catalogue)
+        assert warm.prefetched == fresh.prefetched
+        assert warm.encoded == 0 and warm.indexed == len(catalogue) <= warm.cache_hits
+        assert (await verify(ns, client=client)).ok
+    finally:
+        await client.close()
