@@ -51,6 +51,13 @@ def _progress(total: int, label: str) -> Any:
     help="Load items, reindex and replay likes before scoring the served pipeline.",
 )
 @click.option(
+    "--max-likes",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Latest fitting likes replayed per scored user (graph writes are the slow part).",
+)
+@click.option(
     "--namespace",
     default="eval",
     show_default=True,
@@ -76,6 +83,7 @@ def eval_cmd(
     seed: int,
     served: str,
     replay: bool,
+    max_likes: int,
     namespace: str,
     out_dir: Path,
     ease_items: int,
@@ -113,7 +121,15 @@ def eval_cmd(
         try:
             model = ServedRecommender(ns_settings)
             if replay:
-                rep = do_replay(ns_settings, data, split, stage="test", users=uidx, fresh=True)
+                rep = do_replay(
+                    ns_settings,
+                    data,
+                    split,
+                    stage="test",
+                    users=uidx,
+                    fresh=True,
+                    max_likes=max_likes,
+                )
                 info["replay"] = rep.__dict__
             models["served"] = model
         except PipelineUnavailable as exc:
@@ -159,6 +175,13 @@ def eval_cmd(
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--users", type=click.IntRange(1), help="Score a random sample of N users.")
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--max-likes",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Latest fitting likes replayed per scored user (graph writes are the slow part).",
+)
 @click.option("--namespace", default="tune", show_default=True)
 @click.option("--replay/--no-replay", default=True, show_default=True)
 @click.option(
@@ -178,6 +201,7 @@ def tune_cmd(
     k: int,
     users: int | None,
     seed: int,
+    max_likes: int,
     namespace: str,
     replay: bool,
     out_dir: Path,
@@ -198,6 +222,7 @@ def tune_cmd(
         now_iso,
         plot_trials,
         run_study,
+        served_defaults,
         write_version,
     )
 
@@ -210,7 +235,15 @@ def tune_cmd(
     if target == "served":
         ns_settings = namespaced(settings, namespace)
         if replay:
-            do_replay(ns_settings, data, split, stage="validation", users=uidx, fresh=True)
+            do_replay(
+                ns_settings,
+                data,
+                split,
+                stage="validation",
+                users=uidx,
+                fresh=True,
+                max_likes=max_likes,
+            )
         objective = served_objective(ns_settings, split, k=k, users=uidx)
     else:
         objective = baseline_objective(target, split, k=k, users=uidx)
@@ -218,6 +251,8 @@ def tune_cmd(
     start = None
     if current and current.get("target") == target:
         start = current.get("flat_params")
+    elif target == "served":
+        start = served_defaults()  # trial 0 = what is served today
     metric = f"ndcg@{k}"
     with click.progressbar(length=trials, label=f"tuning {target}", file=None) as bar:
         result = run_study(
@@ -241,7 +276,8 @@ def tune_cmd(
         "value": result.best_value,
         "current_value": result.current_value,
         "based_on": f"params-v{version}.json" if version else "defaults",
-        "template_params": template,
+        # Discovery(params=..., rerank_config=...) takes these two as they are
+        "template_params": {"for_you": template} if template else {},
         "rerank": rerank,
         "model_params": other,
         "flat_params": result.best_params,

@@ -105,7 +105,12 @@ def baseline_objective(
 
 
 def served_objective(
-    settings: Any, split: Split, *, k: int = 10, users: Sequence[int] | None = None
+    settings: Any,
+    split: Split,
+    *,
+    k: int = 10,
+    users: Sequence[int] | None = None,
+    surface: str = "for_you",
 ) -> Any:
     """``params -> validation NDCG@k`` through the served pipeline (replayed validation data)."""
     from ._served import ServedRecommender
@@ -115,7 +120,8 @@ def served_objective(
 
     def objective(params: dict[str, Any]) -> float:
         template, rerank, _ = split_params(params)
-        model = ServedRecommender(settings, params=template, rerank=rerank)
+        # template overrides for the surface evaluated only (cold_start keeps its own)
+        model = ServedRecommender(settings, params={surface: template}, rerank=rerank)
         report = evaluate({"served": model}, stage, k=k, users=users)
         return report.models[0].metrics[f"ndcg@{k}"]
 

@@ -59,6 +59,7 @@ class EvalReport:
             f"cold_users.ndcg@{k}",
             f"cold_items.recall@{k}",
             "latency_p50_ms",
+            "latency_p99_ms",
         ]
 
     def rows(self) -> list[list[str]]:
@@ -71,11 +72,11 @@ class EvalReport:
                 r.slices.get("cold_users", {}).get(f"ndcg@{k}"),
                 r.slices.get("cold_items", {}).get(f"recall@{k}"),
             ]
-            lat = r.latency.get("p50_ms")
             cells = [_fmt(v) for v in vals]
-            cells.append(
-                "-" if lat is None else f"{lat:.2f}" + ("" if r.latency.get("per_request") else "*")
-            )
+            for key in ("p50_ms", "p99_ms"):
+                lat = r.latency.get(key)
+                mark = "" if r.latency.get("per_request") else "*"
+                cells.append("-" if lat is None else f"{lat:.2f}{mark}")
             out.append([r.name, *cells])
         return out
 
@@ -106,7 +107,12 @@ class EvalReport:
 
         table = Table(title=f"opendisco eval: {self.dataset} ({self.stage}, K={self.k})")
         table.add_column("model", style="bold")
-        short = {"coverage": "cov", "novelty": "nov", "latency_p50_ms": "p50 ms"}
+        short = {
+            "coverage": "cov",
+            "novelty": "nov",
+            "latency_p50_ms": "p50 ms",
+            "latency_p99_ms": "p99 ms",
+        }
         for col in self.columns():
             name = short.get(col, col)
             name = name.replace("cold_users.", "cold-u ").replace("cold_items.", "cold-i ")

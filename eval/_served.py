@@ -259,6 +259,16 @@ def rebase(timestamps: np.ndarray, now: datetime, *, step_s: int = 60) -> list[d
     return [now - timedelta(seconds=step_s * (n - pos)) for pos in range(n)]
 
 
+def _merged_rerank(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``RerankConfig`` defaults with ``overrides`` on top, ``weights`` merged key by key
+    (``RerankConfig.from_config`` would replace the whole weights mapping, zeroing the rest)."""
+    config_cls = _require("opendisco.rerank", "RerankConfig")
+    base = config_cls().get_config()
+    out = {**base, **overrides}
+    out["weights"] = {**base.get("weights", {}), **(overrides.get("weights") or {})}
+    return out
+
+
 class ServedRecommender:
     """``Discovery.recommend`` behind the :class:`Recommender` protocol (one request per user).
 
@@ -281,7 +291,7 @@ class ServedRecommender:
         self.settings = settings
         self.surface = surface
         self.params = dict(params or {})
-        self.rerank = dict(rerank or {})
+        self.rerank = _merged_rerank(rerank) if rerank else {}
         self.concurrency = concurrency
         self.latencies_ms: list[float] = []
         self.degraded = 0

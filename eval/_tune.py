@@ -33,6 +33,7 @@ __all__ = [
     "html_report",
     "plot_trials",
     "run_study",
+    "served_defaults",
     "split_params",
     "write_version",
 ]
@@ -64,6 +65,7 @@ SPACES: dict[str, dict[str, Dim]] = {
         "template.explore_share": Dim(0.0, 0.3),
         "rerank.mmr_lambda": Dim(0.3, 1.0),
         "rerank.exposure_strength": Dim(0.0, 1.0),
+        "rerank.max_per_category": Dim(1, 10, integer=True),
         "rerank.weights.content_sim": Dim(0.0, 2.0),
         "rerank.weights.behaviour_sim": Dim(0.0, 2.0),
         "rerank.weights.popularity": Dim(0.0, 1.0),
@@ -134,6 +136,28 @@ class TuneResult:
     current_value: float
     values: list[float]
     trials: list[dict[str, Any]]
+
+
+def served_defaults(surface: str = "for_you") -> dict[str, Any]:
+    """The shipped value of every ``SPACES["served"]`` parameter (template specs of
+    ``surface`` and ``RerankConfig()``), so tuning's trial 0 is what is served today."""
+    from opendisco.queries import load
+    from opendisco.rerank import RerankConfig
+
+    specs = load(surface).specs
+    config = RerankConfig().get_config()
+    out: dict[str, Any] = {}
+    for name in SPACES["served"]:
+        area, _, key = name.partition(".")
+        if area == "template" and key in specs:
+            out[name] = specs[key].default
+        elif area == "rerank":
+            head, _, sub = key.partition(".")
+            value = config.get(head)
+            value = value.get(sub) if sub and isinstance(value, dict) else value
+            if value is not None:
+                out[name] = value
+    return out
 
 
 def run_study(

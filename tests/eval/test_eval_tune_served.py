@@ -84,3 +84,32 @@ def test_served_adapter_reports_a_clear_error_or_accepts_the_interface() -> None
             ServedRecommender(Settings())
     else:
         assert isinstance(ServedRecommender(Settings()), Recommender)
+
+
+def test_served_defaults_are_the_shipped_values_inside_the_search_space() -> None:
+    from opendisco.eval._tune import served_defaults
+    from opendisco.queries import load
+    from opendisco.rerank import RerankConfig
+
+    defaults = served_defaults()
+    assert set(defaults) == set(SPACES["served"])
+    for name, value in defaults.items():
+        dim = SPACES["served"][name]
+        assert dim.low <= value <= dim.high, name
+    specs = load("for_you").specs
+    assert defaults["template.rrf_k"] == specs["rrf_k"].default
+    assert defaults["rerank.mmr_lambda"] == RerankConfig().mmr_lambda
+    assert defaults["rerank.weights.quality"] == RerankConfig().weights["quality"]
+
+
+def test_served_rerank_overrides_keep_the_other_default_weights() -> None:
+    from opendisco import Settings
+    from opendisco.eval import ServedRecommender
+    from opendisco.rerank import RerankConfig
+
+    model = ServedRecommender(Settings(), rerank={"mmr_lambda": 0.9, "weights": {"quality": 0.5}})
+    config = RerankConfig.from_config(model.rerank)
+    defaults = RerankConfig()
+    assert config.mmr_lambda == 0.9 and config.weights["quality"] == 0.5
+    assert config.weights["fused"] == defaults.weights["fused"] > 0
+    assert config.max_per_category == defaults.max_per_category
