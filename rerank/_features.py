@@ -10,6 +10,12 @@ Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most
 
 issued concurrently. Vectors change only when an item is re-encoded or retrained, so the cache
 TTL bounds staleness after ``opendisco train``.
+
+One store serves every request of a process (the API builds one ``Discovery``), so the caches
+are shared; vector misses are single-flight: an id already being fetched by a concurrent
+request is awaited, not fetched again (the trending/fresh heads overlap across users), and the
+vectors are kept as float64 arrays (the same values as the JSON floats, no per-request
+list→array conversion).
 """
 
 from __future__ import annotations
@@ -63,6 +69,17 @@ class TTLCache:
         self._d.clear()
 
 
+def _array(v: Any) -> np.ndarray | None:
+    """A stored vector as a float64 array (None when absent or not a flat list of numbers)."""
+    if v is None:
+        return None
+    try:
+        a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return a if a.ndim == 1 else None
+
+
 class FeatureStore:
     """Batched, cached feature lookups for :class:`~opendisco.rerank.Reranker`."""
 
@@ -91,33 +108,64 @@ class FeatureStore:
         self.inbound_days = inbound_days
         self.vectors = TTLCache(cache_ttl_s)
         self.inbound_cache = TTLCache(cache_ttl_s)
+        #: id -> the in-flight mget that will bring its vectors (shared by concurrent requests)
+        self._inflight: dict[str, asyncio.Future[dict[str, tuple[Any, Any]]]] = {}
 
     async def _vectors(self, ids: list[str]) -> dict[str, tuple[Any, Any]]:
-        from opensearchpy.exceptions import NotFoundError, OpenSearchException
-
         hit, miss = self.vectors.get_many(ids)
         if not miss:
             return hit
+        waiting = {id(f): f for i in miss if (f := self._inflight.get(i)) is not None}
+        fetch = [i for i in miss if i not in self._inflight]
+        mine: asyncio.Future[dict[str, tuple[Any, Any]]] | None = None
+        if fetch:
+            mine = asyncio.ensure_future(self._mget_vectors(fetch))
+            for i in fetch:
+                self._inflight[i] = mine
+            mine.add_done_callback(lambda f, ids=tuple(fetch): self._landed(ids, f))
+        out = dict(hit)
+        if mine is not None:
+            out.update(await asyncio.shield(mine))  # a cancelled request leaves it to the others
+        for fut in waiting.values():
+            try:
+                got = await asyncio.shield(fut)
+            except SearchBackendError:
+                raise
+            except Exception as exc:  # the other request's fetch failed in some other way
+                raise SearchBackendError(f"feature vector lookup failed: {exc}") from exc
+            out.update({i: got[i] for i in miss if i in got})
+        return {i: out[i] for i in ids if i in out}
+
+    def _landed(self, ids: tuple[str, ...], fut: asyncio.Future[Any]) -> None:
+        for i in ids:
+            if self._inflight.get(i) is fut:
+                del self._inflight[i]
+        if not fut.cancelled():
+            fut.exception()  # retrieved here so a failure nobody awaits is not logged as lost
+
+    async def _mget_vectors(self, ids: list[str]) -> dict[str, tuple[Any, Any]]:
+        from opensearchpy.exceptions import NotFoundError, OpenSearchException
+
         try:
             resp = await self.os.mget(
                 index=self.settings.index_alias,
-                body={"ids": miss},
+                body={"ids": ids},
                 params={"_source_includes": "embedding,behaviour", "realtime": "false"},
             )
         except NotFoundError:
-            return hit
+            return {}
         except OpenSearchException as exc:
             raise SearchBackendError(f"feature vector lookup failed: {exc}") from exc
         got = {
             d["_id"]: (
-                (d.get("_source") or {}).get("embedding"),
-                (d.get("_source") or {}).get("behaviour"),
+                _array((d.get("_source") or {}).get("embedding")),
+                _array((d.get("_source") or {}).get("behaviour")),
             )
             for d in resp["docs"]
             if d.get("found")
         }
         self.vectors.put_many(got)  # misses are not cached: a new item may appear any second
-        return {**hit, **got}
+        return got
 
     async def _inbound(self, ids: list[str]) -> dict[str, int]:
         hit, miss = self.inbound_cache.get_many(ids)
