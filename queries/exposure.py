@@ -114,6 +114,34 @@ class ExposureStore:
                 raise SearchBackendError(f"cannot create {self.index}: {exc}") from exc
         except OpenSearchException as exc:
             raise SearchBackendError(f"cannot create {self.index}: {exc}") from exc
+        # a concurrent creator may have returned before the primary started: a terms lookup
+        # against a RECOVERING shard fails every candidate source, so wait for it
+        try:
+            await self.client.cluster.health(
+                index=self.index, wait_for_status="yellow", request_timeout=30
+            )
+        except OpenSearchException as exc:
+            raise SearchBackendError(f"{self.index} did not become available: {exc}") from exc
+        await self._until_gettable()
+
+    async def _until_gettable(self, attempts: int = 50) -> None:
+        """Yellow health can precede the shard accepting realtime GETs (which the terms
+        lookup uses) by a few ms: poll a GET until the shard answers (404 is an answer)."""
+        import asyncio
+
+        from opensearchpy.exceptions import NotFoundError, OpenSearchException
+
+        last: Exception | None = None
+        for _ in range(attempts):
+            try:
+                await self.client.get(index=self.index, id="_capped")
+                return
+            except NotFoundError:
+                return
+            except OpenSearchException as exc:
+                last = exc
+                await asyncio.sleep(0.1)
+        raise SearchBackendError(f"{self.index} did not become readable: {last}")
 
     async def _caps(self, ids: list[str]) -> dict[str, int]:
         """Each item's own ``exposure_cap`` (one mget of just that field), else the default."""

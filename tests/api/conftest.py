@@ -26,6 +26,9 @@ def api_settings(settings: Settings) -> Settings:
             "api_rate_burst": 10_000.0,
             "api_key_cache_s": 0.0,
             "api_cursor_secret": "test-cursor-secret",
+            # functional tests must not degrade because the shared 2-core machine is busy;
+            # the resilience tests set their own short deadlines
+            "api_deadline_ms": 5000,
         }
     )
 
