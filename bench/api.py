@@ -2,6 +2,8 @@
 
     $(./dev env)/bin/python bench/api.py            # 20k items, 8 s per level
     $(./dev env)/bin/python bench/api.py --full     # 100k items, 20 s per level
+    $(./dev env)/bin/python bench/api.py --keep     # keep the namespace; prints its id
+    $(./dev env)/bin/python bench/api.py --reuse ID # reuse a kept namespace (same --items)
 
 A synthetic marketplace is written to MongoDB and indexed (content vectors from a hashed
 bag-of-words projection instead of the model, so building 100k items takes seconds, not an
@@ -146,7 +148,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from opendisco.api import create_key
     from opendisco.queries import CandidateRequest, generate_candidates
 
-    rid = uuid.uuid4().hex[:6]
+    rid = args.reuse or uuid.uuid4().hex[:6]
     port = _free_port()
     overrides = {
         "index_alias": f"bench-api-{rid}-items",
@@ -161,7 +163,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     mongo = clients.mongo(settings)
     proc: subprocess.Popen[bytes] | None = None
     try:
-        users = await build(settings, args.items)
+        if args.reuse:  # built earlier by this script (--keep) with the same --items
+            users = list(mongo[settings.mongo_db]["users"].find({}))
+            if len(users) == 0:
+                raise SystemExit(f"nothing to reuse in {settings.mongo_db}")
+        else:
+            users = await build(settings, args.items)
+            if args.keep:
+                print(f"kept namespace: --reuse {rid}", file=sys.stderr)
+        load_before = os.getloadavg()
         key, _ = create_key(mongo[settings.mongo_db], "bench", ["read"])
         env = {**os.environ, **{f"OPENDISCO_{k.upper()}": str(v) for k, v in overrides.items()}}
         exe = Path(sys.executable).with_name("opendisco")
@@ -227,6 +237,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "k": args.k,
             "duration_s": args.duration,
             "cpus": os.cpu_count(),
+            "load_avg_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
             "levels": rows,
             "saturation": {"api": _saturation(rows, "api"), "bare": _saturation(rows, "bare")},
             "median_p99_ratio": statistics.median(r["p99_ratio"] for r in rows),
@@ -238,13 +249,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if not args.keep:
+        if not (args.keep or args.reuse):
             sync_os.indices.delete(
                 index=f"bench-api-{rid}-items*", ignore_unavailable=True, expand_wildcards="all"
             )
             mongo.drop_database(settings.mongo_db)
         sync_os.close()
         mongo.close()
+
+
+def _load(res: dict[str, Any]) -> str:
+    load = res.get("load_avg_1m")
+    return f"{load['before']:.1f} → {load['after']:.1f}" if load else "not recorded"
 
 
 def write_readme(res: dict[str, Any]) -> None:
@@ -254,7 +270,8 @@ def write_readme(res: dict[str, Any]) -> None:
         "",
         f"`bench/api.py` ({res['items']} items, k={res['k']}, closed loop {res['duration_s']} s "
         f"per level, {res['cpus']} CPUs shared by OpenSearch, FerretDB, the API and the load "
-        "generator). API = `GET /v1/users/{id}/recommendations` through uvicorn (auth, rate "
+        f"generator; 1-min load average {_load(res)} during the run). "
+        "API = `GET /v1/users/{id}/recommendations` through uvicorn (auth, rate "
         "limit, breaker, rerank, impression log); bare = the for_you candidate `_msearch` alone.",
         "",
         "| concurrency | API QPS | API p50 ms | API p99 ms | API degraded "
@@ -293,6 +310,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=list(LEVELS))
     ap.add_argument("--keep", action="store_true", help="keep the index and database")
+    ap.add_argument("--reuse", default=None, help="namespace id of a kept run (skips the build)")
     args = ap.parse_args()
     args.items = args.items or (100_000 if args.full else 20_000)
     args.duration = args.duration or (20.0 if args.full else 8.0)
