@@ -35,6 +35,8 @@ _VIEWER_FIELDS = ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max
 CANDIDATE_FACTOR = 5
 MIN_CANDIDATES = 100
 MAX_CANDIDATES = 500
+#: co-engaged neighbours fetched for the graph candidate source
+GRAPH_NEIGHBOURS = 100
 
 
 @dataclass
@@ -175,6 +177,10 @@ class Discovery:
         if surface == "for_you" and (state is None or (not state.vector and not state.behaviour)):
             effective = "cold_start"  # no history: trending + fresh, steered by interests
         excluded = list(dict.fromkeys([*_interacted(state), *exclude]))
+        params = self._params_for(effective)
+        if effective == "for_you" and state is not None and state.recent_positive_ids:
+            params.update(await self._graph_params(state))
+        timings["graph_ms"] = (time.perf_counter() - t0) * 1e3 - timings["user_ms"]
         req = CandidateRequest(
             surface=effective,
             k=candidate_k(k),
@@ -185,7 +191,7 @@ class Discovery:
             location=(user or {}).get("location"),
             exclude_ids=excluded,
             now=datetime.now(UTC),
-            params=self._params_for(effective),
+            params=params,
             explain=explain,
             **request,
         )
@@ -240,6 +246,24 @@ class Discovery:
             timings_ms=timings,
             candidate_set=cs if explain else None,
         )
+
+    async def _graph_params(self, state: UserState) -> dict[str, Any]:
+        """The graph candidate source's input: co-engaged neighbours of recent positives."""
+        from pymongo.errors import PyMongoError
+
+        from opendisco.ingest.graph import neighbours_of_recent
+
+        try:
+            neighbours = await neighbours_of_recent(self.db, state, k=GRAPH_NEIGHBOURS)
+        except PyMongoError as exc:
+            raise StoreBackendError(f"graph neighbours lookup failed: {exc}") from exc
+        neighbours = [(i, w) for i, w in neighbours if w > 0]
+        if not neighbours:
+            return {}
+        return {
+            "graph_ids": [i for i, _ in neighbours],
+            "graph_weights": [float(w) for _, w in neighbours],
+        }
 
     def _params_for(self, surface: str) -> dict[str, Any]:
         """Template overrides: ``{"param": v}`` for every surface or ``{"<surface>": {...}}``."""

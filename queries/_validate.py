@@ -63,6 +63,8 @@ def example_params(surface: str, settings: Settings, item_id: str = "x") -> dict
         "interests_text": "jazz hiking",
         "query_text": 'jazz "quoted" {"braces": 1} {{mustache}}',
         "item_id": item_id,
+        "graph_ids": [item_id, "__none__"],
+        "graph_weights": [2.0, 1.0],
     }
     return {k: v for k, v in full.items() if k in specs}
 

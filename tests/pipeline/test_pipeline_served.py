@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,3 +64,19 @@ async def test_trending_is_non_personal(discovery: Any, market: Any) -> None:
     a = await discovery.trending("for_you", k=8)
     b = await discovery.trending("for_you", k=8)
     assert a.ids == b.ids and len(a.ids) == 8
+
+
+async def test_graph_source_brings_co_engaged_items(discovery: Any, market: Any) -> None:
+    _, users = market
+    a, b = users[10]["_id"], users[11]["_id"]
+    x, y = (await discovery.recommend(b, k=5)).ids[:2]  # both eligible for b
+    # a likes x and y (co-engagement x–y); b likes only x: y is b's graph neighbour
+    res = await discovery.record_events([_like(a, x, 7), _like(a, y, 7), _like(b, x, 7)])
+    assert res.accepted == 3
+    recs = await discovery.recommend(b, k=50, explain=True)
+    assert recs.surface == "for_you"
+    graph = recs.explain["rendered"]["sources"].get("graph")
+    assert graph is not None, recs.explain["skipped_sources"]
+    assert y in json.dumps(graph)
+    cands = {c.id: c for c in recs.candidate_set.candidates}
+    assert "graph" in cands[y].sources

@@ -179,7 +179,7 @@ def test_optional_clauses_follow_parameters() -> None:
 def test_sources_need_their_required_parameters() -> None:
     out = render("for_you", {})
     assert set(out["sources"]) == {"trending", "fresh"}
-    assert set(out["skipped"]) == {"semantic", "lexical", "behaviour"}
+    assert set(out["skipped"]) == {"semantic", "lexical", "behaviour", "graph"}
 
 
 def test_request_params_maps_the_request() -> None:
