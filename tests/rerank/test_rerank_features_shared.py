@@ -1,0 +1,39 @@
+"""FeatureStore shared by concurrent requests: one vector fetch per id, same features."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from opendisco import Settings
+from opendisco.rerank import FeatureStore
+
+
+async def test_concurrent_lookups_share_one_vector_fetch(
+    rr_settings: Settings, aos: Any, rr_db: Any, rr_items: list[dict[str, Any]]
+) -> None:
+    ids = [it["id"] for it in rr_items]
+    reference = await FeatureStore(rr_settings, aos, rr_db).lookup(ids)
+    mgets: list[str] = []
+    original = aos.transport.perform_request
+
+    async def counting(method: str, url: str, *a: Any, **kw: Any) -> Any:
+        if url.endswith("/_mget") and url.startswith(f"/{rr_settings.index_alias}/"):
+            mgets.append(url)
+        return await original(method, url, *a, **kw)
+
+    aos.transport.perform_request = counting
+    try:
+        store = FeatureStore(rr_settings, aos, rr_db)  # cold cache
+        half = ids[: len(ids) // 2]
+        got = await asyncio.gather(*(store.lookup(ids) for _ in range(6)), store.lookup(half))
+    finally:
+        aos.transport.perform_request = original
+    assert len(mgets) == 1, mgets  # the first request fetches, the others await it
+    assert not store._inflight
+    for feats in got[:-1]:
+        assert np.array_equal(feats.content, reference.content)
+        assert np.array_equal(feats.behaviour, reference.behaviour)
+    assert np.array_equal(got[-1].content, reference.content[: len(half)])
