@@ -237,7 +237,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "k": args.k,
             "duration_s": args.duration,
             "cpus": os.cpu_count(),
-            "load_avg_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+            "load_avg_1m": {
+                "before": round(load_before[0], 2),
+                "after": round(os.getloadavg()[0], 2),
+            },
             "levels": rows,
             "saturation": {"api": _saturation(rows, "api"), "bare": _saturation(rows, "bare")},
             "median_p99_ratio": statistics.median(r["p99_ratio"] for r in rows),
