@@ -22,6 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from opendisco import Settings, clients, load_settings
 from opendisco.services import services
 
+
 def _movielens_small() -> Path:
     """``$OPENDISCO_MOVIELENS``, else ``../shared/datasets`` beside the checkout, else /work."""
     if os.environ.get("OPENDISCO_MOVIELENS"):

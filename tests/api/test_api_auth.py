@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import h, serve
+from api_support import h, serve
 
 from opendisco import Settings
 from opendisco.api import create_key

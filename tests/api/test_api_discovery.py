@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import h, serve
+from api_support import h, serve
 
 from opendisco import Settings
 

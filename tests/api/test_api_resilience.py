@@ -9,7 +9,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from conftest import TcpProxy, h, serve
+from api_support import TcpProxy, h, serve
 
 from opendisco import Settings
 
