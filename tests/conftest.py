@@ -62,6 +62,27 @@ def settings(live_services: Settings, run_id: str) -> Settings:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _wipe_namespace(base_settings: Settings, run_id: str) -> Iterator[None]:
+    """At the end of the session, drop every index and database of this run's namespace
+    (suites derive sub-namespaces such as ``t<run>-items-pl`` or ``t<run>ev``)."""
+    yield
+    prefix = f"t{run_id}"
+    try:
+        osc = clients.opensearch(base_settings)
+        osc.indices.delete(index=f"{prefix}*", ignore_unavailable=True, expand_wildcards="all")
+        osc.close()
+    except Exception as exc:  # cleanup must not mask test results
+        print(f"namespace cleanup (OpenSearch) failed: {exc!r}")
+    try:
+        with clients.mongo(base_settings) as mc:
+            for name in mc.list_database_names():
+                if name.startswith(prefix):
+                    mc.drop_database(name)
+    except Exception as exc:
+        print(f"namespace cleanup (MongoDB) failed: {exc!r}")
+
+
 @pytest.fixture(scope="session")
 def os_client(settings: Settings, run_id: str) -> Iterator[Any]:
     client = clients.opensearch(settings)
