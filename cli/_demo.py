@@ -85,7 +85,7 @@ async def _show(settings: Settings, k: int) -> None:
 
 
 def _start_api(settings: Settings) -> str:
-    from opendisco.services._process import read_pid, spawn, tail, wait_until
+    from opendisco.services._process import read_pid, spawn, stop_pid, tail, wait_until
 
     url = f"http://{settings.api_host}:{settings.api_port}"
     pid_file = api_pid_file(settings)
@@ -97,6 +97,7 @@ def _start_api(settings: Settings) -> str:
         except httpx.HTTPError:
             return False
 
+    stop_pid(pid_file, grace=10)  # a demo API left running: restart it on this checkout's code
     pid = read_pid(pid_file)
     if pid is None:
         if ready():
