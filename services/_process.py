@@ -16,11 +16,23 @@ __all__ = ["alive", "read_pid", "spawn", "stop_pid", "tail", "wait_until"]
 
 
 def read_pid(pid_file: Path) -> int | None:
+    """The live process recorded in ``pid_file``; None when it is gone or the pid was reused
+    by another program (after a reboot, say): a pid file also records the command's name."""
     try:
-        pid = int(pid_file.read_text().strip())
+        pid_text, *rest = pid_file.read_text().split()
+        pid = int(pid_text)
     except (FileNotFoundError, ValueError):
         return None
-    return pid if alive(pid) else None
+    if not alive(pid):
+        return None
+    if rest:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return None
+        if rest[0] not in cmdline:
+            return None
+    return pid
 
 
 def alive(pid: int) -> bool:
@@ -57,7 +69,8 @@ def spawn(
         except OSError as exc:
             raise ServiceError(f"cannot start {argv[0]}: {exc}") from exc
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{proc.pid}\n")
+    program = next((a for a in argv if "/" in a), argv[0])  # past wrappers such as setpriv
+    pid_file.write_text(f"{proc.pid} {Path(program).name}\n")
     return proc.pid
 
 
