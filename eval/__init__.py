@@ -21,6 +21,7 @@ from ._protocol import Recommender
 from ._runner import EvalReport, ModelResult, accuracy, evaluate
 from ._served import PipelineUnavailable, ReplayReport, ServedRecommender, like_event, replay
 from ._split import COLD_USER_MAX, Split, Stage, time_split
+from ._synthetic import eligible_matrix, resolve_dataset, synthetic_dataset
 
 __all__ = [
     "ALS",
@@ -43,6 +44,7 @@ __all__ = [
     "accuracy",
     "average_precision_at_k",
     "catalogue_coverage",
+    "eligible_matrix",
     "evaluate",
     "gini",
     "hit_matrix",
@@ -55,6 +57,8 @@ __all__ = [
     "read_movielens",
     "recall_at_k",
     "replay",
+    "resolve_dataset",
+    "synthetic_dataset",
     "time_split",
     "top_k",
 ]

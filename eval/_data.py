@@ -78,11 +78,16 @@ class Ratings:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A parsed MovieLens release: ratings plus item documents keyed by item id."""
+    """A parsed MovieLens release: ratings plus item documents keyed by item id.
+
+    ``users`` (user id → user document) is filled by datasets that know their members (the
+    synthetic marketplace); the served replay writes those documents instead of empty users.
+    """
 
     name: str
     ratings: Ratings
     items: dict[str, dict[str, Any]] = field(repr=False)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
 
 def _unix(value: Any) -> int:

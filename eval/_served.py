@@ -158,7 +158,9 @@ def replay(
         for doc in items:
             if doc["_id"] in vectors:
                 doc["behaviour"] = vectors[doc["_id"]]
-    user_docs = [{"_id": st.users[u], "interests": []} for u in uidx]
+    user_docs = [
+        dataset.users.get(st.users[u]) or {"_id": st.users[u], "interests": []} for u in uidx
+    ]
     write_sample(settings, items, user_docs)
     if progress:
         progress("items", len(items))
