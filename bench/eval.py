@@ -11,6 +11,13 @@ user's fitting positives replayed as ``like`` events through ``Discovery.record_
 namespace already replayed for the test stage. Baselines are scored on the same user sample.
 Writes bench/results/eval.json and the ``eval`` section of bench/README.md, with the issue's
 targets checked as ratios measured in this one run.
+
+``--dataset synthetic:N`` evaluates on the synthetic marketplace instead
+(``opendisco.eval.synthetic_dataset``: seeded likes between two-sided-eligible members with a
+popularity prior; every user scored unless ``--users``; namespace ``evalsyn``), writing
+bench/results/eval-synthetic.json and a "synthetic marketplace" paragraph inside the ``eval``
+section (the MovieLens content is kept). Keep ``--served`` small there, e.g.
+``--dataset synthetic:300 --served --users 60 --max-likes 5``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from opendisco import load_settings
-from opendisco.eval import evaluate, load_dataset, time_split
+from opendisco.eval import evaluate, resolve_dataset, time_split
 from opendisco.eval._compare import fit_baselines, namespaced, sample_users
 
 HERE = Path(__file__).resolve().parent
@@ -80,9 +87,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true", help="score every user, EASE on 3,000 items")
     ap.add_argument("--served", action="store_true", help="also evaluate the served pipeline")
-    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    ap.add_argument(
+        "--dataset", default=str(DEFAULT_DATASET), help="MovieLens directory or synthetic:N"
+    )
     ap.add_argument("--users", type=int, default=None, help="users scored (default 200)")
-    ap.add_argument("--namespace", default="evalbench", help="served index alias / Mongo db")
+    ap.add_argument(
+        "--namespace",
+        default=None,
+        help="served index alias / Mongo db (default evalbench, evalsyn for synthetic)",
+    )
     ap.add_argument(
         "--max-likes", type=int, default=10, help="latest likes replayed per scored user"
     )
@@ -102,15 +115,20 @@ def main() -> None:
         help="only re-render targets and the README section from bench/results/eval.json",
     )
     args = ap.parse_args()
+    synthetic = args.dataset.startswith("synthetic")
+    out = HERE / "results" / ("eval-synthetic.json" if synthetic else "eval.json")
+    if args.namespace is None:
+        args.namespace = "evalsyn" if synthetic else "evalbench"
     if args.render:
-        render(HERE / "results" / "eval.json", max_likes=args.max_likes)
+        render(out, max_likes=args.max_likes)
         return
     k = args.k
-    users_n = args.users if args.users else (None if args.full else 200)
+    # the synthetic marketplace is small enough to score every user
+    users_n = args.users if args.users else (None if args.full or synthetic else 200)
     ease_items = 3000 if args.full else 2000
 
     t0 = time.perf_counter()
-    data = load_dataset(args.dataset)
+    data = resolve_dataset(args.dataset)
     split = time_split(data)
     load_s = time.perf_counter() - t0
     stage = split.stage("test")
@@ -144,7 +162,7 @@ def main() -> None:
             info["replay"] = rep.__dict__
         else:
             # the replay this namespace got from the previous run (same split and sample)
-            prev = HERE / "results" / "eval.json"
+            prev = out
             if prev.is_file():
                 old = json.loads(prev.read_text())
                 if old.get("namespace") == args.namespace and old.get("users_scored") == len(uidx):
@@ -198,12 +216,11 @@ def main() -> None:
         },
         "targets": {name: targets(by, k, name) for name in by if name.startswith("served")},
     }
-    out = HERE / "results" / "eval.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(report.to_markdown())
     print(json.dumps(result["targets"], indent=2))
-    write_readme(result, report.to_markdown())
+    (write_synthetic_readme if synthetic else write_readme)(result, report.to_markdown())
 
 
 def render(path: Path, *, max_likes: int | None = None) -> None:
@@ -211,6 +228,7 @@ def render(path: Path, *, max_likes: int | None = None) -> None:
     from opendisco.eval import EvalReport, ModelResult
 
     result = json.loads(path.read_text())
+    synthetic = result["dataset"].startswith("synthetic")
     if result.get("max_likes") is None and result["report"]["split"].get("replay"):
         result["max_likes"] = max_likes
     rep = dict(result["report"])
@@ -222,7 +240,7 @@ def render(path: Path, *, max_likes: int | None = None) -> None:
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(report.to_markdown())
     print(json.dumps(result["targets"], indent=2))
-    write_readme(result, report.to_markdown())
+    (write_synthetic_readme if synthetic else write_readme)(result, report.to_markdown())
 
 
 def _replay_note(result: dict[str, Any]) -> str:
@@ -295,7 +313,7 @@ sampled users with ≤ 3 fitting positives, so its ratio is noisy at this sample
 runs on the same replay are not bit-reproducible (likely the wall-clock-relative decays), so small
 NDCG differences between two served rows are within run-to-run noise.{_tune_note(result)}
 Full figures in `bench/results/eval.json`.
-<!-- /eval -->"""
+{_SYN.search(text).group(0) + chr(10) if _SYN.search(text) else ""}<!-- /eval -->"""
     pattern = re.compile(r"<!-- eval -->.*?<!-- /eval -->", re.S)
     text = pattern.sub(section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     readme.write_text(text.rstrip() + "\n")
@@ -303,3 +321,45 @@ Full figures in `bench/results/eval.json`.
 
 if __name__ == "__main__":
     main()
+
+
+_SYN = re.compile(r"<!-- eval-synthetic -->.*?<!-- /eval-synthetic -->", re.S)
+
+
+def _exposure_line(result: dict[str, Any]) -> str:
+    models = result["report"]["models"]
+    parts = [
+        f"{m['name']} coverage {m['metrics']['coverage']:.3f} / Gini {m['metrics']['gini']:.3f}"
+        for m in models
+    ]
+    return "; ".join(parts)
+
+
+def write_synthetic_readme(result: dict[str, Any], table: str) -> None:
+    """The "synthetic marketplace" paragraph inside the eval section (MovieLens text kept)."""
+    readme = HERE / "README.md"
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    split = result["report"]["split"]
+    block = f"""<!-- eval-synthetic -->
+### synthetic marketplace
+
+`python bench/eval.py --dataset {result["dataset"].replace("-", ":")} [--served]`:
+`opendisco.eval.synthetic_dataset` over `generate_marketplace` — every member likes up to 12
+two-sided-eligible profiles (gender/age preferences admit each other), chosen with probability
+∝ exp(shared interests) × (1 + the generator's Pareto popularity prior), 5.0 ratings spread
+over the last 60 days; so a few profiles attract much of the attention, as in dating apps.
+Same time split ({split["n_test"]} test / {split["n_val"]} validation likes per member), same
+baselines and runner; {result["users_scored"]} users scored, K={result["k"]}, EASE
+λ={split["ease_lambda"]}. Served pipeline: {result["served"]}.{_replay_note(result)}
+
+{table}
+Exposure (catalogue coverage of the top-{result["k"]} lists / Gini of impressions, lower =
+more even): {_exposure_line(result)}. Full figures in `bench/results/eval-synthetic.json`.
+<!-- /eval-synthetic -->"""
+    if _SYN.search(text):
+        text = _SYN.sub(lambda _: block, text)
+    elif "<!-- /eval -->" in text:
+        text = text.replace("<!-- /eval -->", block + "\n<!-- /eval -->", 1)
+    else:
+        text = text.rstrip() + "\n\n<!-- eval -->\n" + block + "\n<!-- /eval -->"
+    readme.write_text(text.rstrip() + "\n")

@@ -24,13 +24,26 @@ def _progress(total: int, label: str) -> Any:
     return progress
 
 
+def _dataset_spec(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``synthetic``/``synthetic:N`` as given, otherwise an existing directory."""
+    if value == "synthetic" or value.startswith("synthetic:"):
+        size = value.partition(":")[2]
+        if size and not (size.isdigit() and int(size) >= 2):
+            raise click.BadParameter(f"{value!r}: expected synthetic:N with N >= 2")
+        return value
+    if not Path(value).is_dir():
+        raise click.BadParameter(f"{value!r} is not a directory (or synthetic[:N])")
+    return value
+
+
 @click.command("eval")
 @click.option(
     "--dataset",
     "dataset_path",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="MovieLens directory (ml-latest-small or ml-100k layout).",
+    callback=_dataset_spec,
+    help="MovieLens directory (ml-latest-small or ml-100k layout), or synthetic[:N] for the "
+    "synthetic marketplace of N members (default 500; opendisco.eval.synthetic_dataset).",
 )
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--users", type=click.IntRange(1), help="Score a random sample of N users.")
@@ -59,9 +72,9 @@ def _progress(total: int, label: str) -> Any:
 )
 @click.option(
     "--namespace",
-    default="eval",
-    show_default=True,
-    help="Index alias prefix / Mongo database the served evaluation writes into.",
+    default=None,
+    help="Index alias prefix / Mongo database the served evaluation writes into "
+    "(default: eval, evalsyn for the synthetic marketplace).",
 )
 @click.option(
     "--out",
@@ -75,7 +88,7 @@ def _progress(total: int, label: str) -> Any:
 @pass_settings
 def eval_cmd(
     settings: Settings,
-    dataset_path: Path,
+    dataset_path: str,
     k: int,
     users: int | None,
     n_test: int,
@@ -84,7 +97,7 @@ def eval_cmd(
     served: str,
     replay: bool,
     max_likes: int,
-    namespace: str,
+    namespace: str | None,
     out_dir: Path,
     ease_items: int,
 ) -> None:
@@ -92,17 +105,21 @@ def eval_cmd(
 
     Positives are ratings >= 4; per user the last --n-test positives are the test targets and
     the --n-val before them the validation targets (EASE's lambda is picked there). Writes
-    eval.json and eval.md into --out.
+    eval.json and eval.md into --out. ``--dataset synthetic[:N]`` evaluates on the synthetic
+    marketplace (seeded likes between two-sided-eligible members, a few popular profiles
+    attracting most of them): watch coverage and the Gini of impressions there.
     """
     from rich.console import Console
 
-    from opendisco.eval import evaluate, load_dataset, time_split
+    from opendisco.eval import evaluate, resolve_dataset, time_split
     from opendisco.eval._compare import fit_baselines, namespaced, sample_users
     from opendisco.eval._served import PipelineUnavailable, ServedRecommender
     from opendisco.eval._served import replay as do_replay
 
     console = Console(width=160) if not Console().is_terminal else Console()
-    data = load_dataset(dataset_path)
+    data = resolve_dataset(dataset_path)
+    if namespace is None:
+        namespace = "evalsyn" if data.name.startswith("synthetic") else "eval"
     split = time_split(data, n_test=n_test, n_val=n_val)
     stage = split.stage("test")
     evaluable = stage.evaluable
@@ -162,7 +179,8 @@ def eval_cmd(
     "--dataset",
     "dataset_path",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    callback=_dataset_spec,
+    help="MovieLens directory or synthetic[:N].",
 )
 @click.option(
     "--target",
@@ -195,7 +213,7 @@ def eval_cmd(
 @pass_settings
 def tune_cmd(
     settings: Settings,
-    dataset_path: Path,
+    dataset_path: str,
     target: str,
     trials: int,
     k: int,
@@ -207,7 +225,7 @@ def tune_cmd(
     out_dir: Path,
 ) -> None:
     """Optuna search on the validation split; best params written as a new version."""
-    from opendisco.eval import load_dataset, time_split
+    from opendisco.eval import resolve_dataset, time_split
     from opendisco.eval._compare import (
         baseline_objective,
         namespaced,
@@ -226,7 +244,7 @@ def tune_cmd(
         write_version,
     )
 
-    data = load_dataset(dataset_path)
+    data = resolve_dataset(dataset_path)
     split = time_split(data)
     stage = split.stage("validation")
     evaluable = stage.evaluable

@@ -63,3 +63,29 @@ def test_tune_writes_new_versions_plot_and_report(
     v2 = json.loads((out / "params-v2.json").read_text())
     assert v2["based_on"] == "params-v1.json"
     assert v2["value"] >= v1["value"] - 1e-12  # trial 0 re-evaluates v1's parameters
+
+
+def test_eval_on_the_synthetic_marketplace_reports_exposure(
+    tmp_path: Path, base_settings: Settings
+) -> None:
+    out = tmp_path / "syn"
+    args = ["eval", "--dataset", "synthetic:120", "--served", "no", "--k", "5"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out)], obj=base_settings)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval.json").read_text())
+    assert report["dataset"] == "synthetic-120"
+    by = {m["name"]: m["metrics"] for m in report["models"]}
+    assert set(by) == {"random", "most-popular", "EASE", "ALS"}
+    for metrics in by.values():
+        assert 0.0 < metrics["coverage"] <= 1.0 and 0.0 <= metrics["gini"] <= 1.0
+    # most-popular shows everyone the same few profiles: the most concentrated exposure
+    assert by["most-popular"]["gini"] > by["random"]["gini"]
+    assert by["most-popular"]["coverage"] < by["random"]["coverage"]
+
+
+def test_eval_rejects_a_malformed_synthetic_spec(base_settings: Settings) -> None:
+    result = CliRunner().invoke(
+        cli, ["eval", "--dataset", "synthetic:x", "--served", "no"], obj=base_settings
+    )
+    assert result.exit_code == 2
+    assert "synthetic:N" in result.output
