@@ -116,7 +116,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     synthetic = args.dataset.startswith("synthetic")
-    out = HERE / "results" / ("eval-synthetic.json" if synthetic else "eval.json")
+    out = HERE / "results" / _result_name(synthetic, args.served)
     if args.namespace is None:
         args.namespace = "evalsyn" if synthetic else "evalbench"
     if args.render:
@@ -140,7 +140,11 @@ def main() -> None:
     models: dict[str, Any]
     models, info = fit_baselines(split, k=k, max_items=ease_items)
     fit_s = time.perf_counter() - t0
-    served_note = "not run (pass --served once opendisco.pipeline exists)"
+    served_note = (
+        "not run in this run (`--served`)"
+        if synthetic
+        else "not run (pass --served once opendisco.pipeline exists)"
+    )
     if args.served:
         from opendisco.eval._served import ServedRecommender, replay
 
@@ -313,17 +317,22 @@ sampled users with ≤ 3 fitting positives, so its ratio is noisy at this sample
 runs on the same replay are not bit-reproducible (likely the wall-clock-relative decays), so small
 NDCG differences between two served rows are within run-to-run noise.{_tune_note(result)}
 Full figures in `bench/results/eval.json`.
-{_SYN.search(text).group(0) + chr(10) if _SYN.search(text) else ""}<!-- /eval -->"""
+{"".join(m.group(0).rstrip() + chr(10) for m in _SYN.finditer(text))}<!-- /eval -->"""
     pattern = re.compile(r"<!-- eval -->.*?<!-- /eval -->", re.S)
     text = pattern.sub(section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     readme.write_text(text.rstrip() + "\n")
 
 
-if __name__ == "__main__":
-    main()
+_SYN = re.compile(
+    r"<!-- eval-synthetic(?:-served)? -->.*?<!-- /eval-synthetic(?:-served)? -->\n?", re.S
+)
 
 
-_SYN = re.compile(r"<!-- eval-synthetic -->.*?<!-- /eval-synthetic -->", re.S)
+def _result_name(synthetic: bool, served: bool) -> str:
+    """eval.json (MovieLens), eval-synthetic.json / eval-synthetic-served.json."""
+    if not synthetic:
+        return "eval.json"
+    return "eval-synthetic-served.json" if served else "eval-synthetic.json"
 
 
 def _exposure_line(result: dict[str, Any]) -> str:
@@ -340,8 +349,9 @@ def write_synthetic_readme(result: dict[str, Any], table: str) -> None:
     readme = HERE / "README.md"
     text = readme.read_text() if readme.exists() else "# Benchmarks\n"
     split = result["report"]["split"]
-    block = f"""<!-- eval-synthetic -->
-### synthetic marketplace
+    tag = "eval-synthetic-served" if result.get("namespace") else "eval-synthetic"
+    block = f"""<!-- {tag} -->
+### synthetic marketplace{" (served, small)" if result.get("namespace") else ""}
 
 `python bench/eval.py --dataset {result["dataset"].replace("-", ":")} [--served]`:
 `opendisco.eval.synthetic_dataset` over `generate_marketplace` — every member likes up to 12
@@ -354,12 +364,17 @@ baselines and runner; {result["users_scored"]} users scored, K={result["k"]}, EA
 
 {table}
 Exposure (catalogue coverage of the top-{result["k"]} lists / Gini of impressions, lower =
-more even): {_exposure_line(result)}. Full figures in `bench/results/eval-synthetic.json`.
-<!-- /eval-synthetic -->"""
-    if _SYN.search(text):
-        text = _SYN.sub(lambda _: block, text)
+more even): {_exposure_line(result)}. Full figures in `bench/results/{tag}.json`.
+<!-- /{tag} -->"""
+    mine = re.compile(rf"<!-- {tag} -->.*?<!-- /{tag} -->", re.S)
+    if mine.search(text):
+        text = mine.sub(lambda _: block, text)
     elif "<!-- /eval -->" in text:
         text = text.replace("<!-- /eval -->", block + "\n<!-- /eval -->", 1)
     else:
         text = text.rstrip() + "\n\n<!-- eval -->\n" + block + "\n<!-- /eval -->"
     readme.write_text(text.rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    main()
