@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from opendisco._exceptions import InvalidInput, NotFound, StoreBackendError
@@ -28,9 +28,8 @@ if TYPE_CHECKING:
     from opendisco.ingest.user_state import UserState
     from opendisco.rerank import RerankConfig
 
-__all__ = ["Discovery", "Recommendation", "Recommendations", "viewer_profile"]
+__all__ = ["Discovery", "Recommendation", "Recommendations"]
 
-_VIEWER_FIELDS = ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max")
 #: candidates fetched per requested item (the reranker needs room to diversify and balance)
 CANDIDATE_FACTOR = 5
 MIN_CANDIDATES = 100
@@ -63,22 +62,6 @@ class Recommendations:
     @property
     def ids(self) -> list[str]:
         return [r.id for r in self.items]
-
-
-def viewer_profile(user: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The two-sided eligibility fields of a user document (None when it declares none)."""
-    if not user:
-        return None
-    prof = {k: user[k] for k in _VIEWER_FIELDS if user.get(k) is not None}
-    return prof or None
-
-
-def _interacted(state: UserState | None) -> list[str]:
-    """Seen, blocked, liked and passed items: never recommended again to this user."""
-    if state is None:
-        return []
-    acted = [e["id"] for e in (*state.positives, *state.negatives) if "id" in e]
-    return list(dict.fromkeys([*state.exclude_ids, *acted]))
 
 
 def candidate_k(k: int) -> int:
@@ -164,7 +147,7 @@ class Discovery:
         explain: bool = False,
         **request: Any,
     ) -> Recommendations:
-        from opendisco.queries import CandidateRequest, generate_candidates
+        from opendisco.queries import generate_candidates, request_for_user
         from opendisco.rerank import CandidateBatch, FeatureStore
 
         if not 1 <= k <= MAX_CANDIDATES:
@@ -173,28 +156,22 @@ class Discovery:
         timings: dict[str, float] = {}
         user, state = await self._user(user_id)
         timings["user_ms"] = (time.perf_counter() - t0) * 1e3
-        effective = surface
-        if surface == "for_you" and (state is None or (not state.vector and not state.behaviour)):
-            effective = "cold_start"  # no history: trending + fresh, steered by interests
-        excluded = list(dict.fromkeys([*_interacted(state), *exclude]))
-        params = self._params_for(effective)
-        if effective == "for_you" and state is not None and state.recent_positive_ids:
-            params.update(await self._graph_params(state))
-        timings["graph_ms"] = (time.perf_counter() - t0) * 1e3 - timings["user_ms"]
-        req = CandidateRequest(
-            surface=effective,
+        # one definition of "context → request" (queries.request_for_user): a for_you request
+        # without history becomes cold_start; seen, blocked and interacted ids are excluded
+        req = request_for_user(
+            user,
+            state.to_doc() if state is not None else None,
+            surface=None if surface == "for_you" else surface,
             k=candidate_k(k),
-            user_vector=(state.vector if state else None) or None,
-            behaviour_vector=(state.behaviour if state else None) or None,
-            interests=[str(i) for i in (user or {}).get("interests") or []],
-            viewer=viewer_profile(user),
-            location=(user or {}).get("location"),
-            exclude_ids=excluded,
-            now=datetime.now(UTC),
-            params=params,
             explain=explain,
             **request,
         )
+        effective = req.surface
+        req.exclude_ids = list(dict.fromkeys([*req.exclude_ids, *exclude]))
+        req.params = self._params_for(effective)
+        if effective == "for_you" and state is not None and state.recent_positive_ids:
+            req.params.update(await self._graph_params(state))
+        timings["graph_ms"] = (time.perf_counter() - t0) * 1e3 - timings["user_ms"]
         t1 = time.perf_counter()
         cs = await generate_candidates(self.os, self.settings, req)
         timings["candidates_ms"] = (time.perf_counter() - t1) * 1e3
