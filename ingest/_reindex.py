@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from opendisco import clients, index_templates
-from opendisco._exceptions import IndexStateError, SearchBackendError, StoreBackendError
+from opendisco import index_templates
+from opendisco._exceptions import IndexStateError
 from opendisco._settings import Settings
 
 from ._apply import ApplyStats, Prepared, prepare, write
 from ._bulk import BulkWriter
 from ._embed import Embedder
 from ._feed import seed_resume_token
+from ._io import backends
 from ._sample import now_ms
 from ._store import items_collection, load_state, pages, save_state, state_key
 
@@ -191,19 +192,11 @@ async def reindex(
     progress: Progress | None = None,
 ) -> ReindexReport:
     """Rebuild the items index from MongoDB and swap ``settings.index_alias`` to it."""
-    from opensearchpy.exceptions import OpenSearchException
-    from pymongo.errors import PyMongoError
-
-    own_client = client is None
-    own_db = db is None
-    client = client or clients.async_opensearch(settings)
-    motor = clients.motor(settings) if own_db else None
-    db = db if db is not None else motor[settings.mongo_db]  # type: ignore[index]
     embedder = embedder or Embedder(settings)
     alias = settings.index_alias
     t0 = time.perf_counter()
     enc0 = embedder.encode_seconds
-    try:
+    async with backends(settings, client, db, "reindex") as (client, db):
         removed = await cleanup_partial(client, alias)
         index = new_index_name(alias)
         report = ReindexReport(alias=alias, index=index, removed=removed)
@@ -296,15 +289,6 @@ async def reindex(
         report.took_s = time.perf_counter() - t0
         report.encode_s = embedder.encode_seconds - enc0
         return report
-    except OpenSearchException as exc:
-        raise SearchBackendError(f"reindex failed: {exc}") from exc
-    except PyMongoError as exc:
-        raise StoreBackendError(f"reindex failed: {exc}") from exc
-    finally:
-        if own_client:
-            await client.close()
-        if motor is not None:
-            motor.close()
 
 
 async def _seed_polling_checkpoint(settings: Settings, db: Any, since: datetime) -> None:

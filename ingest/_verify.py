@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from opendisco import clients
-from opendisco._exceptions import DocumentInvalid, SearchBackendError, StoreBackendError
+from opendisco._exceptions import DocumentInvalid
 from opendisco._settings import Settings
 
 from ._document import content_hash, to_index_doc
+from ._io import backends
 from ._schema import validate_item
 from ._store import items_collection, pages
 
@@ -97,27 +97,11 @@ async def verify(
     settings: Settings, *, client: Any | None = None, db: Any | None = None
 ) -> VerifyReport:
     """Ids, versions and content hashes of MongoDB vs ``settings.index_alias``."""
-    from opensearchpy.exceptions import OpenSearchException
-    from pymongo.errors import PyMongoError
-
-    own_client = client is None
-    client = client or clients.async_opensearch(settings)
-    motor = clients.motor(settings) if db is None else None
-    db = db if db is not None else motor[settings.mongo_db]  # type: ignore[index]
     report = VerifyReport(alias=settings.index_alias)
-    try:
+    async with backends(settings, client, db, "verify") as (client, db):
         expected = await _expected(settings, db, report)
         await client.indices.refresh(index=settings.index_alias)
         indexed = await _indexed(client, settings.index_alias)
-    except OpenSearchException as exc:
-        raise SearchBackendError(f"verify failed: {exc}") from exc
-    except PyMongoError as exc:
-        raise StoreBackendError(f"verify failed: {exc}") from exc
-    finally:
-        if own_client:
-            await client.close()
-        if motor is not None:
-            motor.close()
     report.indexed = len(indexed)
     for doc_id, (version, digest) in expected.items():
         got = indexed.get(doc_id)

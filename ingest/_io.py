@@ -1,0 +1,39 @@
+"""The I/O boundary of one-shot ingest operations (reindex, verify): clients and error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from opendisco import clients
+from opendisco._exceptions import SearchBackendError, StoreBackendError
+from opendisco._settings import Settings
+
+__all__ = ["backends"]
+
+
+@asynccontextmanager
+async def backends(
+    settings: Settings, client: Any | None, db: Any | None, what: str
+) -> AsyncIterator[tuple[Any, Any]]:
+    """``(client, db)``: the given ones, or new ones closed on exit; library errors raised
+    inside are mapped to ``SearchBackendError``/``StoreBackendError`` (``"<what> failed"``)."""
+    from opensearchpy.exceptions import OpenSearchException
+    from pymongo.errors import PyMongoError
+
+    own_client = client is None
+    client = client or clients.async_opensearch(settings)
+    motor = clients.motor(settings) if db is None else None
+    db = db if db is not None else motor[settings.mongo_db]  # type: ignore[index]
+    try:
+        yield client, db
+    except OpenSearchException as exc:
+        raise SearchBackendError(f"{what} failed: {exc}") from exc
+    except PyMongoError as exc:
+        raise StoreBackendError(f"{what} failed: {exc}") from exc
+    finally:
+        if own_client:
+            await client.close()
+        if motor is not None:
+            motor.close()
