@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,30 @@ def os_client(settings: Settings, run_id: str) -> Iterator[Any]:
     yield client
     client.indices.delete(index=f"t{run_id}*", ignore_unavailable=True, expand_wildcards="all")
     client.close()
+
+
+@pytest.fixture(scope="session")
+def index_items(os_client: Any) -> Callable[[Settings, list[dict[str, Any]]], str]:
+    """``index_items(settings, docs)``: a ``<alias>-v1`` index from index_templates/items.json
+    behind ``settings.index_alias``, with ``docs`` bulk-indexed (every one must succeed)."""
+    from opensearchpy import helpers
+
+    from opendisco import index_templates
+
+    def index_docs(settings: Settings, docs: list[dict[str, Any]]) -> str:
+        index = f"{settings.index_alias}-v1"
+        body = {**index_templates.render("items", settings), "aliases": {settings.index_alias: {}}}
+        os_client.indices.create(index=index, body=body)
+        ok, errors = helpers.bulk(
+            os_client,
+            ({"_index": index, "_id": d["id"], "_source": d} for d in docs),
+            refresh=True,
+            raise_on_error=False,
+        )
+        assert ok == len(docs), errors
+        return index
+
+    return index_docs
 
 
 @pytest.fixture(scope="session")

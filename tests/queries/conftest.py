@@ -13,9 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from opensearchpy import helpers
 
-from opendisco import Settings, clients, index_templates
+from opendisco import Settings, clients
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 TOPICS = {
@@ -111,7 +110,7 @@ def q_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def catalogue(q_settings: Settings, os_client: Any, model: Any) -> list[dict[str, Any]]:
+def catalogue(q_settings: Settings, index_items: Any, model: Any) -> list[dict[str, Any]]:
     rng = random.Random(4)
     docs = [_item(i, rng) for i in range(300)] + _special()
     texts = [f"{d['title']}. {d['description']}. {' '.join(d['tags'])}" for d in docs]
@@ -122,21 +121,7 @@ def catalogue(q_settings: Settings, os_client: Any, model: Any) -> list[dict[str
     by_id = {d["id"]: d for d in docs}
     by_id["twin-new"]["embedding"] = by_id["twin-old"]["embedding"]
     by_id["twin-new"]["behaviour"] = by_id["twin-old"]["behaviour"]
-    index = f"{q_settings.index_alias}-v1"
-    os_client.indices.create(
-        index=index,
-        body={
-            **index_templates.render("items", q_settings),
-            "aliases": {q_settings.index_alias: {}},
-        },
-    )
-    ok, errors = helpers.bulk(
-        os_client,
-        ({"_index": index, "_id": d["id"], "_source": d} for d in docs),
-        refresh=True,
-        raise_on_error=False,
-    )
-    assert ok == len(docs), errors
+    index_items(q_settings, docs)
     return docs
 
 

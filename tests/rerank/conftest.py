@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from opensearchpy import helpers
 
-from opendisco import Settings, clients, index_templates
+from opendisco import Settings, clients
 
 CATS = ("alpha", "beta", "gamma")
 PER_CAT = 20
@@ -87,18 +86,11 @@ def rr_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def rr_items(rr_settings: Settings, os_client: Any) -> Iterator[list[dict[str, Any]]]:
+def rr_items(
+    rr_settings: Settings, os_client: Any, index_items: Any
+) -> Iterator[list[dict[str, Any]]]:
     items = catalogue(rr_settings.embedding_dim, rr_settings.behaviour_dim)
-    index = f"{rr_settings.index_alias}-v1"
-    os_client.indices.create(index=index, body=index_templates.render("items", rr_settings))
-    os_client.indices.put_alias(index=index, name=rr_settings.index_alias)
-    ok, errors = helpers.bulk(
-        os_client,
-        ({"_index": index, "_id": it["id"], "_source": it} for it in items),
-        refresh=True,
-        raise_on_error=False,
-    )
-    assert ok == len(items), errors
+    index_items(rr_settings, items)
     yield items
     os_client.indices.delete(
         index=f"{rr_settings.index_alias}*", ignore_unavailable=True, expand_wildcards="all"
