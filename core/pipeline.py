@@ -169,15 +169,17 @@ class Discovery:
         effective = req.surface
         req.exclude_ids = list(dict.fromkeys([*req.exclude_ids, *exclude]))
         req.params = self._params_for(effective)
+        graph_weights: dict[str, float] | None = None
         if effective == "for_you" and state is not None and state.recent_positive_ids:
-            req.params.update(await self._graph_params(state))
+            graph_params, graph_weights = await self._graph(state)
+            req.params.update(graph_params)
         timings["graph_ms"] = (time.perf_counter() - t0) * 1e3 - timings["user_ms"]
         t1 = time.perf_counter()
         cs = await generate_candidates(self.os, self.settings, req)
         timings["candidates_ms"] = (time.perf_counter() - t1) * 1e3
         batch = CandidateBatch.from_candidates(cs.candidates, now=req.now)
         t2 = time.perf_counter()
-        feats = await self.features.for_batch(batch, state)
+        feats = await self.features.for_batch(batch, state, graph_weights)
         timings["features_ms"] = (time.perf_counter() - t2) * 1e3
         t3 = time.perf_counter()
         result = self.reranker.run(batch, feats, FeatureStore.context(state, k=k), timed=explain)
@@ -224,23 +226,27 @@ class Discovery:
             candidate_set=cs if explain else None,
         )
 
-    async def _graph_params(self, state: UserState) -> dict[str, Any]:
-        """The graph candidate source's input: co-engaged neighbours of recent positives."""
+    async def _graph(self, state: UserState) -> tuple[dict[str, Any], dict[str, float]]:
+        """Edges from the user's recent positives, read once: the graph candidate source's
+        parameters (heaviest unseen neighbours) and the weights the graph feature uses."""
         from pymongo.errors import PyMongoError
 
-        from opendisco.ingest.graph import neighbours_of_recent
+        from opendisco.ingest.graph import RECENT_FANOUT, ItemGraph, top_neighbours
 
+        recent = state.recent_positive_ids[:RECENT_FANOUT]
         try:
-            neighbours = await neighbours_of_recent(self.db, state, k=GRAPH_NEIGHBOURS)
+            weights = await ItemGraph(self.db).weights(recent)
         except PyMongoError as exc:
             raise StoreBackendError(f"graph neighbours lookup failed: {exc}") from exc
-        neighbours = [(i, w) for i, w in neighbours if w > 0]
+        skip = [*recent, *state.exclude_ids]
+        neighbours = [(i, w) for i, w in top_neighbours(weights, GRAPH_NEIGHBOURS, skip) if w > 0]
         if not neighbours:
-            return {}
-        return {
+            return {}, weights
+        params = {
             "graph_ids": [i for i, _ in neighbours],
             "graph_weights": [float(w) for _, w in neighbours],
         }
+        return params, weights
 
     def _params_for(self, surface: str) -> dict[str, Any]:
         """Template overrides: ``{"param": v}`` for every surface or ``{"<surface>": {...}}``."""

@@ -26,6 +26,7 @@ __all__ = [
     "BULK_CHUNK",
     "INBOUND",
     "ITEM_EDGES",
+    "RECENT_FANOUT",
     "SEP",
     "USER_LIKES",
     "USER_MATCHES",
@@ -35,9 +36,12 @@ __all__ = [
     "ensure_graph_indexes",
     "graph_source_query",
     "neighbours_of_recent",
+    "top_neighbours",
 ]
 
 ITEM_EDGES = "item_edges"
+#: how many of a user's most recent positives the graph source and feature start from
+RECENT_FANOUT = 20
 USER_LIKES = "user_likes"
 USER_MATCHES = "user_matches"
 INBOUND = "inbound"
@@ -120,20 +124,25 @@ class ItemGraph:
         await _bulk(self.coll, ops)
         return len(ops)
 
+    async def weights(self, item_ids: Iterable[str]) -> dict[str, float]:
+        """Summed edge weight from ``item_ids`` to every co-engaged item (one query). It is
+        both the graph candidate source (:func:`top_neighbours`) and the graph proximity
+        feature of those candidates, so a request reads the edges once."""
+        src = list(dict.fromkeys(item_ids))
+        if not src:
+            return {}
+        docs = await _find(self.coll, {"src": {"$in": src}}, projection={"dst": 1, "w": 1})
+        acc: dict[str, float] = defaultdict(float)
+        for d in docs:
+            acc[d["dst"]] += float(d.get("w", 0.0))
+        return dict(acc)
+
     async def neighbours(
         self, item_ids: Iterable[str], k: int = 50, exclude: Iterable[str] = ()
     ) -> list[tuple[str, float]]:
         """Items co-engaged with any of ``item_ids``, summed weight, best first (one query)."""
         src = list(dict.fromkeys(item_ids))
-        if not src:
-            return []
-        skip = set(src) | set(exclude)
-        docs = await _find(self.coll, {"src": {"$in": src}}, projection={"dst": 1, "w": 1})
-        acc: dict[str, float] = defaultdict(float)
-        for d in docs:
-            if d["dst"] not in skip:
-                acc[d["dst"]] += float(d.get("w", 0.0))
-        return sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return top_neighbours(await self.weights(src), k, skip=[*src, *exclude])
 
     async def proximity(self, recent: Iterable[str], candidates: Iterable[str]) -> dict[str, float]:
         """Summed edge weight from the user's recent items to each candidate (one query)."""
@@ -236,8 +245,17 @@ class InboundCounter:
         return dict(acc)
 
 
+def top_neighbours(
+    weights: Mapping[str, float], k: int, skip: Iterable[str] = ()
+) -> list[tuple[str, float]]:
+    """Pure: the ``k`` heaviest entries of ``weights`` not in ``skip``, best first."""
+    drop = set(skip)
+    kept = ((i, w) for i, w in weights.items() if i not in drop)
+    return sorted(kept, key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
 async def neighbours_of_recent(
-    db: Any, state: Any, k: int = 50, fanout: int = 20
+    db: Any, state: Any, k: int = 50, fanout: int = RECENT_FANOUT
 ) -> list[tuple[str, float]]:
     """Co-engaged neighbours of a ``UserState``'s recent positives, minus seen/blocked (a graph
     candidate source; one query)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -179,15 +179,25 @@ class FeatureStore:
     async def _graph(self, recent: Sequence[str], ids: list[str]) -> dict[str, float]:
         return await self.graph.proximity(recent, ids) if recent else {}
 
-    async def lookup(self, ids: Sequence[str], *, recent: Sequence[str] = ()) -> Features:
-        """Features aligned with ``ids`` (zeros where something is missing)."""
+    async def lookup(
+        self,
+        ids: Sequence[str],
+        *,
+        recent: Sequence[str] = (),
+        graph_weights: Mapping[str, float] | None = None,
+    ) -> Features:
+        """Features aligned with ``ids`` (zeros where something is missing).
+
+        ``graph_weights``: the edge weights from ``recent`` already read by the caller (the
+        graph candidate source reads the same edges); the graph lookup is then skipped.
+        """
         ids = [str(i) for i in ids]
         uniq = list(dict.fromkeys(ids))
         vecs, expo, inbound, graph = await asyncio.gather(
             self._vectors(uniq),
             self.exposure.counts(uniq),
             self._inbound(uniq),
-            self._graph(list(recent), uniq),
+            _given(graph_weights) if graph_weights is not None else self._graph(list(recent), uniq),
         )
         n, d, b = len(ids), self.settings.embedding_dim, self.settings.behaviour_dim
         content, behaviour = np.zeros((n, d)), np.zeros((n, b))
@@ -208,9 +218,16 @@ class FeatureStore:
             graph=np.array([float(graph.get(i, 0.0)) for i in ids]),
         )
 
-    async def for_batch(self, batch: CandidateBatch, user_state: Any | None = None) -> Features:
-        recent = user_state.recent_positive_ids[:20] if user_state is not None else ()
-        return await self.lookup(batch.ids, recent=recent)
+    async def for_batch(
+        self,
+        batch: CandidateBatch,
+        user_state: Any | None = None,
+        graph_weights: Mapping[str, float] | None = None,
+    ) -> Features:
+        from opendisco.ingest.graph import RECENT_FANOUT
+
+        recent = user_state.recent_positive_ids[:RECENT_FANOUT] if user_state is not None else ()
+        return await self.lookup(batch.ids, recent=recent, graph_weights=graph_weights)
 
     @staticmethod
     def context(user_state: Any | None, **kw: Any) -> RerankContext:
@@ -224,3 +241,7 @@ class FeatureStore:
             bans=frozenset(user_state.blocked) | frozenset(kw.pop("bans", ())),
             **kw,
         )
+
+
+async def _given(weights: Mapping[str, float]) -> Mapping[str, float]:
+    return weights

@@ -80,3 +80,10 @@ async def test_graph_source_brings_co_engaged_items(discovery: Any, market: Any)
     assert y in json.dumps(graph)
     cands = {c.id: c for c in recs.candidate_set.candidates}
     assert "graph" in cands[y].sources
+    # the edges read once for the source give the same graph feature as the proximity query
+    from opendisco.ingest.graph import RECENT_FANOUT, ItemGraph
+
+    recent = (await discovery.states.get(b)).recent_positive_ids[:RECENT_FANOUT]
+    weights = await ItemGraph(discovery.db).weights(recent)
+    direct = await ItemGraph(discovery.db).proximity(recent, list(cands))
+    assert direct and {i: weights[i] for i in cands if i in weights} == direct
