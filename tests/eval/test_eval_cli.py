@@ -37,7 +37,7 @@ def test_eval_rejects_a_directory_without_movielens_files(
         cli, ["eval", "--dataset", str(tmp_path), "--served", "no"], obj=base_settings
     )
     assert result.exit_code == 2
-    assert "ratings.csv" in result.output
+    assert "ml-latest-small" in result.output and "ml-100k" in result.output
 
 
 def test_tune_writes_new_versions_plot_and_report(
