@@ -3,9 +3,9 @@
 Parsing is ``opendisco.ingest.load_movielens`` (one parser for the project: ml-latest-small
 and ml-100k layouts, ids ``m<movieId>``/``u<userId>``, items in the MongoDB ``items`` schema of
 docs/architecture.md); this module only converts its result. Timestamps are Unix seconds
-(UTC). The loader derives ``popularity``/``quality`` (and "viewers describe it as" tags) from
-*all* ratings, which would leak the held-out period into the served pipeline: the replay
-resets popularity and quality from the training split only.
+(UTC). Items are loaded with ``derived=False``: nothing learnt from ratings or tags.csv (that
+would leak the held-out period into the served pipeline); the replay sets popularity and
+quality from the training split only.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def load_dataset(path: str | Path) -> Dataset:
     from opendisco.ingest import load_movielens
 
     path = Path(path)
-    data = load_movielens(path)
+    data = load_movielens(path, derived=False)  # no item field learnt from held-out ratings
     items = {doc["_id"]: dict(doc) for doc in data.items}
     return Dataset(path.name, Ratings.from_rows([tuple(r) for r in data.ratings]), items)
 

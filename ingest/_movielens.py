@@ -60,6 +60,7 @@ def _build(
     user_tags: dict[str, Counter[str]],
     user_info: dict[str, dict[str, Any]],
     fmt: str,
+    derived: bool = True,
 ) -> MovieLensData:
     ratings.sort(key=lambda r: (r[3], r[0], r[1]))
     per_item: dict[str, list[float]] = defaultdict(list)
@@ -78,7 +79,7 @@ def _build(
         rs = per_item.get(iid, [])
         # Bayesian mean on a 0.5..5 scale, mapped to [0, 1]
         bayes = (sum(rs) + 10 * global_mean) / (len(rs) + 10)
-        top_tags = [t for t, _ in user_tags.get(iid, Counter()).most_common(5)]
+        top_tags = [t for t, _ in user_tags.get(iid, Counter()).most_common(5)] if derived else []
         genre_words = [g for g in genres if g and g != "(no genres listed)" and g != "unknown"]
         desc = f"{title}" + (f" ({year})" if year else "") + "."
         if genre_words:
@@ -86,7 +87,12 @@ def _build(
             desc += f" {'An' if words[0] in 'aeiou' else 'A'} {words} film."
         if top_tags:
             desc += f" Viewers describe it as {', '.join(top_tags)}."
-        created = first_seen.get(iid, epoch)
+        if derived:
+            created, updated = first_seen.get(iid, epoch), last_seen.get(iid, epoch)
+        else:  # nothing learnt from ratings or tags: the release year only
+            created = updated = datetime(
+                year if year and 1000 <= year <= 9999 else 1970, 1, 1, tzinfo=UTC
+            )
         items.append(
             {
                 "_id": iid,
@@ -97,13 +103,13 @@ def _build(
                 "category": genre_words[0] if genre_words else None,
                 "owner_id": None,
                 "created_at": created,
-                "updated_at": last_seen.get(iid, created),
+                "updated_at": updated,
                 "version": 1,
                 "deleted": False,
                 "year": year if year and 1000 <= year <= 9999 else None,
                 "location": None,
-                "popularity": float(len(rs)),
-                "quality": round(min(1.0, max(0.0, (bayes - 0.5) / 4.5)), 4),
+                "popularity": float(len(rs)) if derived else 0.0,
+                "quality": round(min(1.0, max(0.0, (bayes - 0.5) / 4.5)), 4) if derived else 0.0,
                 "available": True,
                 "exposure_cap": None,
             }
@@ -128,7 +134,7 @@ def _build(
     return MovieLensData(items=items, users=users, ratings=ratings, format=fmt)
 
 
-def _load_latest(path: Path) -> MovieLensData:
+def _load_latest(path: Path, derived: bool = True) -> MovieLensData:
     movies: dict[str, tuple[str, int | None, list[str]]] = {}
     with (path / "movies.csv").open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
@@ -153,10 +159,10 @@ def _load_latest(path: Path) -> MovieLensData:
                 tag = row["tag"].strip().lower()
                 if tag and len(tag) <= 64:
                     user_tags[f"m{row['movieId']}"][tag] += 1
-    return _build(movies, ratings, user_tags, {}, "ml-latest-small")
+    return _build(movies, ratings, user_tags, {}, "ml-latest-small", derived)
 
 
-def _load_100k(path: Path) -> MovieLensData:
+def _load_100k(path: Path, derived: bool = True) -> MovieLensData:
     movies: dict[str, tuple[str, int | None, list[str]]] = {}
     with (path / "u.item").open(encoding="latin-1") as f:
         for line in f:
@@ -187,14 +193,19 @@ def _load_100k(path: Path) -> MovieLensData:
                         "gender": {"F": "f", "M": "m"}.get(parts[2], "x"),
                         "occupation": parts[3],
                     }
-    return _build(movies, ratings, {}, info, "ml-100k")
+    return _build(movies, ratings, {}, info, "ml-100k", derived)
 
 
-def load_movielens(path: str | Path) -> MovieLensData:
-    """Parse a MovieLens directory (ml-latest-small or ml-100k layout); no I/O beyond reading."""
+def load_movielens(path: str | Path, *, derived: bool = True) -> MovieLensData:
+    """Parse a MovieLens directory (ml-latest-small or ml-100k layout); no I/O beyond reading.
+
+    ``derived=False`` leaves out everything learnt from ratings and tags.csv (popularity,
+    quality, "viewers describe it as" tags, first/last-rated dates): offline evaluation needs
+    items that carry nothing from the held-out period.
+    """
     path = Path(path)
     if (path / "movies.csv").is_file() and (path / "ratings.csv").is_file():
-        return _load_latest(path)
+        return _load_latest(path, derived)
     if (path / "u.item").is_file() and (path / "u.data").is_file():
-        return _load_100k(path)
+        return _load_100k(path, derived)
     raise InvalidInput(f"{path}: neither ml-latest-small (movies.csv) nor ml-100k (u.item)")

@@ -43,6 +43,22 @@ def test_movielens_latest_small(movielens: Path) -> None:
     assert sum(1 for i in data.items if not _valid(i)) == 0
 
 
+def test_movielens_without_derived_fields(movielens: Path) -> None:
+    full = {i["_id"]: i for i in load_movielens(movielens).items}
+    bare = {i["_id"]: i for i in load_movielens(movielens, derived=False).items}
+    assert set(bare) == set(full)
+    toy, toy_full = bare["m1"], full["m1"]
+    assert toy["popularity"] == 0.0 and toy["quality"] == 0.0
+    assert toy["created_at"] == toy["updated_at"] == datetime(1995, 1, 1, tzinfo=UTC)
+    assert (
+        "Viewers describe" not in toy["description"]
+        and "Viewers describe" in toy_full["description"]
+    )
+    assert toy["tags"] == ["Adventure", "Animation", "Children", "Comedy", "Fantasy"]
+    assert set(toy["tags"]) < set(toy_full["tags"])
+    assert all(_valid(i) for i in bare.values())
+
+
 def _valid(item: dict[str, Any]) -> bool:
     validate_item(item)
     return True
