@@ -11,8 +11,9 @@ the guarantee)::
                                               duplicate key + applied=False → a crashed run
                                               claimed it: re-applied now (retry-safe)
     4. effects: user_state (idempotent: entries keyed by event id, vectors recomputed, under
-       per-user leases), exposure counters (ExposureStore.record), co-engagement graph, mutual
-       likes, inbound attention counters
+       per-user leases; one bulk of replaces for the batch), exposure counters
+       (ExposureStore.record), co-engagement graph (one upsert per distinct source item of the
+       batch, its new edges coalesced), mutual likes, inbound attention counters (profiles)
     5. mark: update_many applied=True
 
 Everything that can reject an event happens before its first write. User state is exactly-once;
@@ -427,7 +428,13 @@ class EventProcessor:
             it = items.get(ev.item_id, {})
             if ev.type in _MUTUAL_TYPES and it.get("kind") == "profile":
                 likes.append((ev.user_id, str(it.get("owner_id") or ev.item_id)))
-        inbound = [(ev.item_id, ev.ts) for ev in todo if ev.type in _INBOUND_TYPES]
+        # inbound attention is a recipient's load (two-sided markets): only profiles have one; a
+        # movie or product liked by many is popular, not overloaded
+        inbound = [
+            (ev.item_id, ev.ts)
+            for ev in todo
+            if ev.type in _INBOUND_TYPES and items.get(ev.item_id, {}).get("kind") == "profile"
+        ]
 
         # OpenSearch counters run alongside; MongoDB writes go one after another: FerretDB 1.x
         # (SQLite) was seen to hang on concurrent upserting bulk writes into one database

@@ -2,8 +2,11 @@
 
 All three live in MongoDB and grow incrementally from events (one ``bulk_write`` per batch):
 
-* ``item_edges``: ``{_id: "a\\x1fb", src, dst, w, updated_at}``, both directions stored so
-  neighbours of a set of items are one ``find({src: {$in: ...}})``.
+* ``item_adjacency``: one document per item, ``{_id: src, n: {<encoded dst>: w}, updated_at}``
+  (both directions stored; keys escaped by :func:`encode_key`). A batch of events costs one
+  upsert per *distinct source item* (its new edges ``$inc``-ed together), not one per edge, and
+  the neighbours of a user's recent items are point reads by ``_id`` (FerretDB 1.x does not push
+  ``$in`` down: a ``find({src: {$in: ...}})`` over one-document-per-edge scans every edge).
 * ``user_likes``: ``{_id: "u\\x1fv", src, dst, at}``; when the reverse edge exists the pair is
   upserted into ``user_matches``: ``{_id: "a\\x1fb" (sorted), users: [a, b], at}``.
 * ``inbound``: ``{_id: "item\\x1fYYYYMMDD", item, day, n}`` — likes/messages a recipient got
@@ -15,6 +18,7 @@ event's ``applied`` mark adds its weights twice (see ``opendisco.ingest.events``
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -33,13 +37,16 @@ __all__ = [
     "InboundCounter",
     "ItemGraph",
     "UserGraph",
+    "adjacency_updates",
+    "decode_key",
+    "encode_key",
     "ensure_graph_indexes",
     "graph_source_query",
     "neighbours_of_recent",
     "top_neighbours",
 ]
 
-ITEM_EDGES = "item_edges"
+ITEM_EDGES = "item_adjacency"
 #: how many of a user's most recent positives the graph source and feature start from
 RECENT_FANOUT = 20
 USER_LIKES = "user_likes"
@@ -76,8 +83,6 @@ async def ensure_graph_indexes(db: Any) -> None:
     from pymongo.errors import PyMongoError
 
     try:
-        await db[ITEM_EDGES].create_index("src")
-        await db[ITEM_EDGES].create_index("dst")
         await db[USER_LIKES].create_index("dst")
         await db[USER_MATCHES].create_index("users")
         await db[INBOUND].create_index("item")
@@ -85,79 +90,120 @@ async def ensure_graph_indexes(db: Any) -> None:
         raise StoreBackendError(f"graph index creation failed: {exc}") from exc
 
 
+def encode_key(item_id: str) -> str:
+    """Pure: an item id as a MongoDB field name (``%``, ``.``, ``$`` and NUL percent-escaped,
+    so ids with dots cannot address sub-documents); :func:`decode_key` inverts it."""
+    return (
+        item_id.replace("%", "%25").replace(".", "%2E").replace("$", "%24").replace("\x00", "%00")
+    )
+
+
+def decode_key(key: str) -> str:
+    return key.replace("%00", "\x00").replace("%24", "$").replace("%2E", ".").replace("%25", "%")
+
+
+def adjacency_updates(
+    pairs: Iterable[tuple[str, str, float]],
+) -> dict[str, dict[str, float]]:
+    """Pure: symmetric co-engagement increments grouped by source item,
+    ``{src: {dst: summed weight}}`` (self-loops dropped, repeated pairs summed)."""
+    acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for a, b, w in pairs:
+        if a == b:
+            continue
+        acc[a][b] += float(w)
+        acc[b][a] += float(w)
+    return {s: dict(d) for s, d in acc.items()}
+
+
 class ItemGraph:
-    """Item–item co-engagement weights."""
+    """Item–item co-engagement weights (one adjacency document per item)."""
+
+    #: concurrent point reads of adjacency documents per call
+    read_concurrency = 8
 
     def __init__(self, db: Any) -> None:
         self.coll = db[ITEM_EDGES]
 
     @staticmethod
     def edge_updates(
-        pairs: Iterable[tuple[str, str, float]], now: datetime
+        pairs: Iterable[tuple[str, str, float]], now: datetime | None = None
     ) -> dict[str, tuple[str, str, float]]:
         """Pure: symmetric edge increments keyed by edge id (self-loops dropped, summed)."""
-        acc: dict[str, list[Any]] = {}
-        for a, b, w in pairs:
-            if a == b:
-                continue
-            for s, d in ((a, b), (b, a)):
-                key = f"{s}{SEP}{d}"
-                acc.setdefault(key, [s, d, 0.0])[2] += float(w)
-        return {k: (s, d, w) for k, (s, d, w) in acc.items()}
+        return {
+            f"{s}{SEP}{d}": (s, d, w)
+            for s, row in adjacency_updates(pairs).items()
+            for d, w in row.items()
+        }
 
     async def add(
         self, pairs: Iterable[tuple[str, str, float]], now: datetime | None = None
     ) -> int:
-        """Add co-engagement weight between item pairs (one bulk write); returns edges touched."""
+        """Add co-engagement weight between item pairs: one upsert per distinct source item
+        (chunked bulk writes); returns the number of directed edges touched."""
         from pymongo import UpdateOne
 
         now = now or datetime.now(UTC)
-        edges = self.edge_updates(pairs, now)
+        rows = adjacency_updates(pairs)
         ops = [
             UpdateOne(
-                {"_id": k},
-                {"$inc": {"w": w}, "$set": {"src": s, "dst": d, "updated_at": now}},
+                {"_id": s},
+                {
+                    "$inc": {f"n.{encode_key(d)}": w for d, w in sorted(row.items())},
+                    "$set": {"updated_at": now},
+                },
                 upsert=True,
             )
-            for k, (s, d, w) in edges.items()
+            for s, row in sorted(rows.items())
         ]
         await _bulk(self.coll, ops)
-        return len(ops)
+        return sum(len(row) for row in rows.values())
+
+    async def _rows(self, item_ids: Iterable[str]) -> list[dict[str, float]]:
+        """The adjacency rows of ``item_ids`` (point reads by ``_id``, bounded concurrency)."""
+        from pymongo.errors import PyMongoError
+
+        src = list(dict.fromkeys(item_ids))
+        sem = asyncio.Semaphore(self.read_concurrency)
+
+        async def one(i: str) -> dict[str, Any] | None:
+            async with sem:
+                return await self.coll.find_one({"_id": i}, projection={"n": 1})
+
+        try:
+            docs = await asyncio.gather(*(one(i) for i in src))
+        except PyMongoError as exc:
+            raise StoreBackendError(f"{self.coll.name} lookup failed: {exc}") from exc
+        return [
+            {decode_key(k): float(v) for k, v in (d.get("n") or {}).items()}
+            for d in docs
+            if d is not None
+        ]
 
     async def weights(self, item_ids: Iterable[str]) -> dict[str, float]:
-        """Summed edge weight from ``item_ids`` to every co-engaged item (one query). It is
-        both the graph candidate source (:func:`top_neighbours`) and the graph proximity
-        feature of those candidates, so a request reads the edges once."""
-        src = list(dict.fromkeys(item_ids))
-        if not src:
-            return {}
-        docs = await _find(self.coll, {"src": {"$in": src}}, projection={"dst": 1, "w": 1})
+        """Summed edge weight from ``item_ids`` to every co-engaged item (one point read per
+        source item). It is both the graph candidate source (:func:`top_neighbours`) and the
+        graph proximity feature of those candidates, so a request reads the edges once."""
         acc: dict[str, float] = defaultdict(float)
-        for d in docs:
-            acc[d["dst"]] += float(d.get("w", 0.0))
+        for row in await self._rows(item_ids):
+            for d, w in row.items():
+                acc[d] += w
         return dict(acc)
 
     async def neighbours(
         self, item_ids: Iterable[str], k: int = 50, exclude: Iterable[str] = ()
     ) -> list[tuple[str, float]]:
-        """Items co-engaged with any of ``item_ids``, summed weight, best first (one query)."""
+        """Items co-engaged with any of ``item_ids``, summed weight, best first."""
         src = list(dict.fromkeys(item_ids))
         return top_neighbours(await self.weights(src), k, skip=[*src, *exclude])
 
     async def proximity(self, recent: Iterable[str], candidates: Iterable[str]) -> dict[str, float]:
-        """Summed edge weight from the user's recent items to each candidate (one query)."""
-        src, dst = list(dict.fromkeys(recent)), list(dict.fromkeys(candidates))
+        """Summed edge weight from the user's recent items to each candidate."""
+        src, dst = list(dict.fromkeys(recent)), set(candidates)
         if not src or not dst:
             return {}
-        docs = await _find(
-            self.coll,
-            {"src": {"$in": src}, "dst": {"$in": dst}},
-            projection={"dst": 1, "w": 1},
-        )
-        acc: dict[str, float] = defaultdict(float)
-        for d in docs:
-            acc[d["dst"]] += float(d.get("w", 0.0))
-        return dict(acc)
+        weights = await self.weights(src)
+        return {d: w for d, w in weights.items() if d in dst}
 
 
 class UserGraph:

@@ -179,3 +179,49 @@ async def test_large_multi_user_batch_applies(
         await rr_db[EVENTS].count_documents({"user_id": {"$regex": f"^big{tag}"}, "applied": True})
         == 180
     )
+
+
+async def test_graph_batched_equals_one_event_per_call(
+    rr_settings: Settings, rr_db: Any, aos: Any
+) -> None:
+    # the same 5 likes applied as one batch (coalesced upserts per item) or one call per like
+    # add the same co-engagement weights: every pair of the 5 items once per user
+    items = [f"beta{j}" for j in range(13, 18)]
+    g = ItemGraph(rr_db)
+    proc = EventProcessor(rr_settings, rr_db, aos)
+
+    async def snapshot() -> dict[str, dict[str, float]]:
+        return {i: await g.weights([i]) for i in items}
+
+    def delta(
+        a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]
+    ) -> dict[tuple[str, str], float]:
+        return {(i, j): b[i].get(j, 0.0) - a[i].get(j, 0.0) for i in items for j in items if i != j}
+
+    now = datetime.now(UTC)
+    likes = [(item, (now - timedelta(minutes=10 - j)).isoformat()) for j, item in enumerate(items)]
+    s0 = await snapshot()
+    batched = _uid()
+    res = await proc.apply([_ev(batched, "like", i, ts=ts) for i, ts in likes], now=now)
+    assert res.accepted == 5
+    s1 = await snapshot()
+    one = _uid()
+    for i, ts in likes:
+        await proc.apply([_ev(one, "like", i, ts=ts)], now=now)
+    s2 = await snapshot()
+    assert delta(s0, s1) == {pair: 1.0 for pair in delta(s0, s1)}
+    assert delta(s1, s2) == delta(s0, s1)
+
+
+async def test_inbound_attention_counts_profiles_only(
+    rr_settings: Settings, rr_db: Any, aos: Any
+) -> None:
+    from opendisco.ingest.graph import InboundCounter
+
+    inbound = InboundCounter(rr_db)
+    before = await inbound.counts(["prof2", "gamma18"])
+    proc = EventProcessor(rr_settings, rr_db, aos)
+    await proc.apply([_ev(_uid(), "like", "prof2"), _ev(_uid(), "like", "gamma18")])
+    after = await inbound.counts(["prof2", "gamma18"])
+    assert after.get("prof2", 0) == before.get("prof2", 0) + 1
+    assert after.get("gamma18", 0) == before.get("gamma18", 0) == 0
