@@ -97,7 +97,16 @@ def main() -> None:
         help="served index alias / Mongo db (default evalbench, evalsyn for synthetic)",
     )
     ap.add_argument(
-        "--max-likes", type=int, default=10, help="latest likes replayed per scored user"
+        "--max-likes",
+        type=int,
+        default=0,
+        help="latest likes replayed per user (0, the default: every fitting positive)",
+    )
+    ap.add_argument(
+        "--replay-users",
+        choices=("all", "scored"),
+        default="all",
+        help="whose fitting positives are replayed as events (default: every user's)",
     )
     ap.add_argument(
         "--params",
@@ -160,7 +169,8 @@ def main() -> None:
                 stage="test",
                 users=uidx,
                 fresh=True,
-                max_likes=args.max_likes,
+                max_likes=args.max_likes or None,
+                everyone=args.replay_users == "all",
                 progress=_progress,
             )
             info["replay"] = rep.__dict__

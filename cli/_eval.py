@@ -65,10 +65,10 @@ def _dataset_spec(ctx: click.Context, param: click.Parameter, value: str) -> str
 )
 @click.option(
     "--max-likes",
-    default=10,
+    default=0,
     show_default=True,
-    type=click.IntRange(1),
-    help="Latest fitting likes replayed per scored user (graph writes are the slow part).",
+    type=click.IntRange(0),
+    help="Latest fitting likes replayed per user (0: the whole fitting history).",
 )
 @click.option(
     "--namespace",
@@ -145,7 +145,7 @@ def eval_cmd(
                     stage="test",
                     users=uidx,
                     fresh=True,
-                    max_likes=max_likes,
+                    max_likes=max_likes or None,
                 )
                 info["replay"] = rep.__dict__
             models["served"] = model
@@ -195,10 +195,10 @@ def eval_cmd(
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--max-likes",
-    default=10,
+    default=0,
     show_default=True,
-    type=click.IntRange(1),
-    help="Latest fitting likes replayed per scored user (graph writes are the slow part).",
+    type=click.IntRange(0),
+    help="Latest fitting likes replayed per user (0: the whole fitting history).",
 )
 @click.option("--namespace", default="tune", show_default=True)
 @click.option("--replay/--no-replay", default=True, show_default=True)
@@ -260,7 +260,7 @@ def tune_cmd(
                 stage="validation",
                 users=uidx,
                 fresh=True,
-                max_likes=max_likes,
+                max_likes=max_likes or None,
             )
         objective = served_objective(ns_settings, split, k=k, users=uidx)
     else:

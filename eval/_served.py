@@ -9,12 +9,15 @@ backends — :func:`replay` does that, for the *fitting data of one stage* only:
    with ``popularity``/``quality`` recomputed from the stage's fitting positives so the held-out
    period cannot leak through them), users with empty interests;
 2. ``opendisco.ingest.reindex(settings)`` builds the versioned OpenSearch index (embeddings);
-3. every evaluated user's fitting positives are posted, in time order, as ``like`` events
-   through ``opendisco.pipeline.Discovery.record_events`` (the API's path to
+3. the fitting positives of every user of the stage (``everyone``, the default: the
+   co-engagement graph then sees the same data the baselines are fitted on) or of the evaluated
+   users only are posted, each user's in time order, as ``like`` events through
+   ``opendisco.pipeline.Discovery.record_events`` (the API's path to
    ``opendisco.ingest.events.EventProcessor.apply``) (user vectors, behaviour, exposure
    and graph state are derived from them exactly as in production); timestamps are moved onto
    a recent timeline (:func:`rebase`) because the processor rejects events older than its
-   retention window.
+   retention window. Batches of ``batch`` events hold few users' consecutive likes, so the
+   processor coalesces their graph upserts per item.
 
 Use a dedicated namespace (``index_alias``/``mongo_db``) per evaluation: replayed likes are
 real events. When a piece is missing, :class:`PipelineUnavailable` names it.
@@ -122,11 +125,12 @@ def replay(
     *,
     stage: str = "test",
     users: Sequence[int] | None = None,
-    batch: int = 500,
+    batch: int = 1000,
     step_s: int = 60,
     behaviour: bool = True,
     fresh: bool = False,
     max_likes: int | None = None,
+    everyone: bool = True,
     progress: Callable[[str, int], None] | None = None,
 ) -> ReplayReport:
     """Load items, reindex and replay the evaluated users' fitting positives as likes.
@@ -135,10 +139,11 @@ def replay(
     ``opendisco train`` does) on *every* user's fitting positives of the stage — the steady
     state of production, where ``train`` ran over the logged likes and sync carried the
     vectors into the index before new events arrive.
-    ``max_likes`` replays only each user's latest that many positives (the user state keeps
-    the latest 50 anyway; every like writes up to 2 x ``graph_fanout`` graph edges, which is
-    the slow part on FerretDB) — the older ones still shape the behaviour vectors and are
-    still excluded from the user's recommendations by the scorer.
+    ``max_likes`` replays only each user's latest that many positives (None: all of them;
+    the user state keeps the latest 50, the graph gets every co-engagement) — the older ones
+    still shape the behaviour vectors and are still excluded from the user's recommendations
+    by the scorer. ``everyone`` replays every user with fitting positives (``users`` are the
+    evaluated ones; both get their user documents), else only ``users``.
     ``fresh`` clears the namespace's MongoDB collections first, all but the embedding cache
     (events are idempotent by id, so replaying into a used namespace would not rebuild user
     states); only for a dedicated evaluation namespace.
@@ -158,8 +163,10 @@ def replay(
         for doc in items:
             if doc["_id"] in vectors:
                 doc["behaviour"] = vectors[doc["_id"]]
+    ridx = (np.flatnonzero([len(h) > 0 for h in st.history]) if everyone else uidx).astype(np.int64)
+    ridx = np.union1d(ridx, uidx)
     user_docs = [
-        dataset.users.get(st.users[u]) or {"_id": st.users[u], "interests": []} for u in uidx
+        dataset.users.get(st.users[u]) or {"_id": st.users[u], "interests": []} for u in ridx
     ]
     write_sample(settings, items, user_docs)
     if progress:
@@ -177,19 +184,19 @@ def replay(
     )
     replay_now = datetime.now(UTC).replace(microsecond=0)
     cut = slice(-max_likes, None) if max_likes else slice(None)
+    # user by user, each in time order: a batch holds few users' consecutive likes
     events = [
         like_event(st.users[u], st.items[i], ts)
-        for u in uidx
+        for u in ridx
         for i, ts in zip(
             st.history[u][cut], rebase(ts_of[u][cut], replay_now, step_s=step_s), strict=True
         )
     ]
-    events.sort(key=lambda e: e["ts"])
     totals = asyncio.run(_post_events(settings, discovery_cls, events, batch, progress, replay_now))
     return ReplayReport(
         items=len(items),
         behaviour=len(vectors),
-        users=len(uidx),
+        users=len(ridx),
         events=len(events),
         accepted=totals[0],
         duplicates=totals[1],

@@ -59,6 +59,7 @@ SPACES: dict[str, dict[str, Dim]] = {
         "template.w_semantic": Dim(0.0, 3.0),
         "template.w_lexical": Dim(0.0, 3.0),
         "template.w_behaviour": Dim(0.0, 3.0),
+        "template.w_graph": Dim(0.0, 3.0),
         "template.w_trending": Dim(0.0, 2.0),
         "template.w_fresh": Dim(0.0, 1.0),
         "template.rrf_k": Dim(5, 200, log=True, integer=True),
@@ -70,6 +71,8 @@ SPACES: dict[str, dict[str, Dim]] = {
         "rerank.weights.behaviour_sim": Dim(0.0, 2.0),
         "rerank.weights.popularity": Dim(0.0, 1.0),
         "rerank.weights.quality": Dim(0.0, 1.0),
+        "rerank.weights.graph": Dim(0.0, 1.0),
+        "rerank.weights.fused": Dim(0.0, 2.0),
     },
     "ALS": {
         "factors": Dim(16, 128, log=True, integer=True),
