@@ -82,6 +82,10 @@ def templates_apply(settings: Settings, dry_run: bool) -> None:
             click.echo(plan.diff, nl=False)
         else:
             click.echo(f"{plan.name}: up to date")
+        if plan.live_added:
+            click.echo(
+                f"{plan.live_index}: mapped new fields in place: {', '.join(plan.live_added)}"
+            )
         if plan.live_index:
             if plan.live_diff:
                 click.echo(

@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 
     from opendisco.ingest.events import EventProcessor, EventsResult
     from opendisco.ingest.user_state import UserState
+    from opendisco.queries import CandidateRequest
     from opendisco.rerank import RerankConfig
 
-__all__ = ["Discovery", "Recommendation", "Recommendations"]
+__all__ = ["CandidatePlan", "Discovery", "Recommendation", "Recommendations", "candidate_k"]
 
 #: candidates fetched per requested item (the reranker needs room to diversify and balance)
 CANDIDATE_FACTOR = 5
@@ -62,6 +63,16 @@ class Recommendations:
     @property
     def ids(self) -> list[str]:
         return [r.id for r in self.items]
+
+
+@dataclass
+class CandidatePlan:
+    """Stage one of a request: the candidate request and the context the rerank reuses."""
+
+    request: CandidateRequest
+    state: UserState | None
+    graph_weights: dict[str, float] | None  # the user's co-engagement edges (read once)
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 def candidate_k(k: int) -> int:
@@ -137,7 +148,7 @@ class Discovery:
         return [float(x) for x in vec[0]]
 
     # -- the pipeline -------------------------------------------------------------------
-    async def _run(
+    async def plan(
         self,
         surface: str,
         k: int,
@@ -146,16 +157,17 @@ class Discovery:
         exclude: Iterable[str] = (),
         explain: bool = False,
         **request: Any,
-    ) -> Recommendations:
-        from opendisco.queries import generate_candidates, request_for_user
-        from opendisco.rerank import CandidateBatch, FeatureStore
+    ) -> CandidatePlan:
+        """The candidate request a call would send (user context, exclusions, graph
+        neighbours, template overrides) — stage one of every request, and what benchmarks
+        replay as the bare engine query."""
+        from opendisco.queries import request_for_user
 
         if not 1 <= k <= MAX_CANDIDATES:
             raise InvalidInput(f"k must be within 1..{MAX_CANDIDATES}")
         t0 = time.perf_counter()
-        timings: dict[str, float] = {}
         user, state = await self._user(user_id)
-        timings["user_ms"] = (time.perf_counter() - t0) * 1e3
+        user_ms = (time.perf_counter() - t0) * 1e3
         # one definition of "context → request" (queries.request_for_user): a for_you request
         # without history becomes cold_start; seen, blocked and interacted ids are excluded
         req = request_for_user(
@@ -166,14 +178,35 @@ class Discovery:
             explain=explain,
             **request,
         )
-        effective = req.surface
         req.exclude_ids = list(dict.fromkeys([*req.exclude_ids, *exclude]))
-        req.params = self._params_for(effective)
+        req.params = self._params_for(req.surface)
         graph_weights: dict[str, float] | None = None
-        if effective == "for_you" and state is not None and state.recent_positive_ids:
+        if req.surface == "for_you" and state is not None and state.recent_positive_ids:
             graph_params, graph_weights = await self._graph(state)
             req.params.update(graph_params)
-        timings["graph_ms"] = (time.perf_counter() - t0) * 1e3 - timings["user_ms"]
+        graph_ms = (time.perf_counter() - t0) * 1e3 - user_ms
+        return CandidatePlan(req, state, graph_weights, {"user_ms": user_ms, "graph_ms": graph_ms})
+
+    async def _run(
+        self,
+        surface: str,
+        k: int,
+        *,
+        user_id: str | None,
+        exclude: Iterable[str] = (),
+        explain: bool = False,
+        **request: Any,
+    ) -> Recommendations:
+        from opendisco.queries import generate_candidates
+        from opendisco.rerank import CandidateBatch, FeatureStore
+
+        t0 = time.perf_counter()
+        plan = await self.plan(
+            surface, k, user_id=user_id, exclude=exclude, explain=explain, **request
+        )
+        req, state, graph_weights = plan.request, plan.state, plan.graph_weights
+        effective = req.surface
+        timings: dict[str, float] = dict(plan.timings_ms)
         t1 = time.perf_counter()
         cs = await generate_candidates(self.os, self.settings, req)
         timings["candidates_ms"] = (time.perf_counter() - t1) * 1e3
@@ -315,11 +348,13 @@ class Discovery:
     async def item(self, item_id: str) -> dict[str, Any]:
         from opensearchpy.exceptions import NotFoundError
 
+        from opendisco.ingest import PACKED_FIELD
+
         try:
             doc = await self.os.get(
                 index=self.settings.index_alias,
                 id=item_id,
-                params={"_source_excludes": "embedding,behaviour"},
+                params={"_source_excludes": f"embedding,behaviour,{PACKED_FIELD}"},
             )
         except NotFoundError as exc:
             raise NotFound(f"item {item_id!r} not found") from exc

@@ -18,6 +18,7 @@ from ._feed import (
     seed_resume_token,
 )
 from ._movielens import MovieLensData, load_movielens
+from ._packed import PACKED_FIELD, pack_vectors, unpack_vectors
 from ._reindex import (
     PREFETCH_RATIO,
     ReindexReport,
@@ -40,6 +41,7 @@ __all__ = [
     "DEAD_LETTERS",
     "ITEM_FIELDS",
     "KINDS",
+    "PACKED_FIELD",
     "PREFETCH_RATIO",
     "SYNC_STATE",
     "Action",
@@ -78,6 +80,7 @@ __all__ = [
     "new_index_name",
     "now_ms",
     "open_feed",
+    "pack_vectors",
     "plan_templates",
     "prepare",
     "reindex",
@@ -88,6 +91,7 @@ __all__ = [
     "sync_once",
     "text_key",
     "to_index_doc",
+    "unpack_vectors",
     "validate_item",
     "verify",
     "versioned_indices",

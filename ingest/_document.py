@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from ._packed import PACKED_FIELD, pack_vectors
 from ._schema import ITEM_FIELDS
 
 __all__ = [
@@ -20,8 +21,8 @@ __all__ = [
     "to_index_doc",
 ]
 
-# fields of the OpenSearch document not covered by the content hash
-HASHED_EXCLUDE = frozenset({"embedding", "content_hash"})
+# fields of the OpenSearch document not covered by the content hash (derived from vectors)
+HASHED_EXCLUDE = frozenset({"embedding", PACKED_FIELD, "content_hash"})
 
 # every declared item field except the bookkeeping ones, which map to other names
 _COPIED = tuple(
@@ -85,7 +86,9 @@ def to_index_doc(item: Mapping[str, Any], embedding: Sequence[float] | None) -> 
     """The OpenSearch ``_source`` of a validated item (see ``validate_item``).
 
     ``embedding`` is the content vector of ``embedding_text(item)``; ``None`` builds the
-    document without it (what ``verify`` hashes). ``behaviour`` flows through unchanged.
+    document without it (what ``verify`` hashes). ``behaviour`` flows through unchanged; the
+    packed float16 copy of both vectors (``vec_f16``, read by the reranker from the candidate
+    hits) is derived here, so it always matches them.
     """
     doc: dict[str, Any] = {"id": item["_id"]}
     for field in _COPIED:
@@ -103,6 +106,7 @@ def to_index_doc(item: Mapping[str, Any], embedding: Sequence[float] | None) -> 
     doc["content_hash"] = content_hash(doc)
     if embedding is not None:
         doc["embedding"] = [float(x) for x in embedding]
+        doc[PACKED_FIELD] = pack_vectors(doc["embedding"], doc.get("behaviour"))
     return doc
 
 

@@ -3,21 +3,31 @@
 Each JSON file in ``index_templates/`` becomes a composable index template named
 ``<alias>-<name>`` matching ``<alias>-v*`` (``items``), so every versioned index gets the
 declared settings and mappings. ``plan`` is a read-only diff; ``apply`` writes only templates
-that differ.
+that differ, and adds fields that are new in the template to the live index in place (an
+additive mapping change is compatible: documents written by the new code, which carry the
+field, are then accepted by the ``strict`` mapping before the next reindex). Any other
+difference to the live index needs ``opendisco reindex``.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opendisco import index_templates
 from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 
-__all__ = ["TemplatePlan", "apply_templates", "normalise", "plan_templates", "template_body"]
+__all__ = [
+    "TemplatePlan",
+    "apply_templates",
+    "new_fields",
+    "normalise",
+    "plan_templates",
+    "template_body",
+]
 
 PATTERNS = {"items": "{alias}-v*"}
 
@@ -29,6 +39,7 @@ class TemplatePlan:
     diff: str  # unified diff cluster → desired ("" when equal)
     live_index: str | None = None
     live_diff: str = ""  # mappings of the index behind the alias vs desired
+    live_added: list[str] = field(default_factory=list)  # new fields mapped in place by apply
 
     @property
     def changed(self) -> bool:
@@ -137,11 +148,37 @@ async def apply_templates(
         return plans
     try:
         for plan in plans:
+            name = plan.name.removeprefix(f"{settings.index_alias}-")
             if plan.changed:
-                name = plan.name.removeprefix(f"{settings.index_alias}-")
                 await client.indices.put_index_template(
                     name=plan.name, body=template_body(name, settings)
                 )
+            if plan.live_index and plan.live_diff:
+                plan.live_added = await _add_new_fields(client, settings, name, plan.live_index)
+                if plan.live_added:
+                    plan.live_index, plan.live_diff = await _live(
+                        client, settings, _desired(name, settings)
+                    )
     except OpenSearchException as exc:
         raise SearchBackendError(f"applying templates failed: {exc}") from exc
     return plans
+
+
+def _desired(name: str, settings: Settings) -> dict[str, Any]:
+    body = template_body(name, settings)
+    return normalise(body["template"]["settings"], body["template"]["mappings"])
+
+
+def new_fields(live: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """Top-level properties of ``desired`` mappings that ``live`` does not map (pure)."""
+    have = live.get("properties", {})
+    return {k: v for k, v in desired.get("properties", {}).items() if k not in have}
+
+
+async def _add_new_fields(client: Any, settings: Settings, name: str, index: str) -> list[str]:
+    mappings = template_body(name, settings)["template"]["mappings"]
+    live = (await client.indices.get_mapping(index=index))[index]["mappings"]
+    add = new_fields(live, mappings)
+    if add:
+        await client.indices.put_mapping(index=index, body={"properties": add})
+    return sorted(add)

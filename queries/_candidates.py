@@ -20,6 +20,7 @@ from opendisco._exceptions import (
     SearchTimeout,
 )
 from opendisco._settings import Settings
+from opendisco.ingest._packed import PACKED_FIELD
 
 from ._template import load, render
 from .exposure import ExposureStore, exposure_index
@@ -69,6 +70,7 @@ class Candidate:
     fused: float
     item: dict[str, Any]  # _source without vectors
     explore: bool = False  # placed in a reserved exploration slot
+    packed: str | None = None  # float16 content + behaviour vectors (ingest.PACKED_FIELD)
     explanations: dict[str, Any] = field(default_factory=dict)  # source -> components
 
 
@@ -194,8 +196,15 @@ def fuse(
             cid = str(hit["_id"])
             cand = by_id.get(cid)
             if cand is None:
+                item = dict(hit.get("_source") or {})
+                packed = item.pop(PACKED_FIELD, None)
                 cand = by_id[cid] = Candidate(
-                    id=cid, sources={}, ranks={}, fused=0.0, item=dict(hit.get("_source") or {})
+                    id=cid,
+                    sources={},
+                    ranks={},
+                    fused=0.0,
+                    item=item,
+                    packed=packed if isinstance(packed, str) else None,
                 )
             if source in cand.sources:  # a source never lists an id twice, but be safe
                 continue

@@ -2,7 +2,9 @@
 
 Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most:
 
-* 1 OpenSearch ``mget`` of content + behaviour vectors (only ids missing from the TTL cache),
+* 1 OpenSearch ``mget`` of content + behaviour vectors — only for ids whose vectors neither came
+  packed with the candidate hits (``ingest.PACKED_FIELD``, float16, the normal case: no round
+  trip at all) nor sit in the TTL cache (documents indexed before the packed field existed),
 * 1 OpenSearch ``mget`` of exposure counters (``ExposureStore.counts``; never cached: caps
   must bite in real time),
 * 1 MongoDB ``find`` of inbound attention (cached with the vectors' TTL),
@@ -29,6 +31,7 @@ import numpy as np
 
 from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
+from opendisco.ingest._packed import unpack_vectors
 
 from ._types import CandidateBatch, Features, RerankContext
 
@@ -167,6 +170,15 @@ class FeatureStore:
         self.vectors.put_many(got)  # misses are not cached: a new item may appear any second
         return got
 
+    def _unpack(self, packed: Mapping[str, str], ids: list[str]) -> dict[str, tuple[Any, Any]]:
+        d, b = self.settings.embedding_dim, self.settings.behaviour_dim
+        out = {}
+        for i in ids:
+            p = packed.get(i)
+            if p and (vv := unpack_vectors(p, d, b)) is not None:
+                out[i] = vv
+        return out
+
     async def _inbound(self, ids: list[str]) -> dict[str, int]:
         hit, miss = self.inbound_cache.get_many(ids)
         if miss:
@@ -185,20 +197,26 @@ class FeatureStore:
         *,
         recent: Sequence[str] = (),
         graph_weights: Mapping[str, float] | None = None,
+        packed: Mapping[str, str] | None = None,
     ) -> Features:
         """Features aligned with ``ids`` (zeros where something is missing).
 
         ``graph_weights``: the edge weights from ``recent`` already read by the caller (the
         graph candidate source reads the same edges); the graph lookup is then skipped.
+        ``packed``: id -> the packed vectors the candidate hits carried; only the other ids'
+        vectors are looked up.
         """
         ids = [str(i) for i in ids]
         uniq = list(dict.fromkeys(ids))
+        carried = self._unpack(packed or {}, uniq)
+        fetch = [i for i in uniq if i not in carried] if carried else uniq
         vecs, expo, inbound, graph = await asyncio.gather(
-            self._vectors(uniq),
+            self._vectors(fetch),
             self.exposure.counts(uniq),
             self._inbound(uniq),
             _given(graph_weights) if graph_weights is not None else self._graph(list(recent), uniq),
         )
+        vecs.update(carried)
         n, d, b = len(ids), self.settings.embedding_dim, self.settings.behaviour_dim
         content, behaviour = np.zeros((n, d)), np.zeros((n, b))
         for r, i in enumerate(ids):
@@ -227,7 +245,9 @@ class FeatureStore:
         from opendisco.ingest.graph import RECENT_FANOUT
 
         recent = user_state.recent_positive_ids[:RECENT_FANOUT] if user_state is not None else ()
-        return await self.lookup(batch.ids, recent=recent, graph_weights=graph_weights)
+        return await self.lookup(
+            batch.ids, recent=recent, graph_weights=graph_weights, packed=batch.packed
+        )
 
     @staticmethod
     def context(user_state: Any | None, **kw: Any) -> RerankContext:

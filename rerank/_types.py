@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +54,9 @@ class CandidateBatch:
     age_days: np.ndarray
     available: np.ndarray  # bool
     items: list[Mapping[str, Any]] = field(default_factory=list)
+    #: id -> packed float16 vectors carried by the candidate hits (``ingest.PACKED_FIELD``);
+    #: the feature store decodes these instead of fetching the vectors again
+    packed: Mapping[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,11 +101,13 @@ class CandidateBatch:
 
     @classmethod
     def from_candidates(cls, cands: Sequence[Any], now: datetime | None = None) -> CandidateBatch:
-        """From ``opendisco.queries.Candidate`` objects (``id, sources, fused, item``)."""
+        """From ``opendisco.queries.Candidate`` objects (``id, sources, fused, item, packed``)."""
         items = [{**(c.item or {}), "id": c.id} for c in cands]
-        return cls.from_items(
+        batch = cls.from_items(
             items, fused=[c.fused for c in cands], sources=[c.sources for c in cands], now=now
         )
+        packed = {c.id: p for c in cands if (p := getattr(c, "packed", None))}
+        return replace(batch, packed=packed) if packed else batch
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,33 @@ async def test_templates_apply_is_idempotent(ns: Settings) -> None:
         await client.close()
 
 
+async def test_apply_maps_new_fields_into_the_live_index(ns: Settings) -> None:
+    from opendisco.ingest import PACKED_FIELD
+    from opendisco.ingest._templates import template_body
+
+    body = template_body("items", ns)["template"]
+    old = {**body["mappings"], "properties": dict(body["mappings"]["properties"])}
+    del old["properties"][PACKED_FIELD]  # an index built before the field existed
+    index = f"{ns.index_alias}-v0-old"
+    client = clients.async_opensearch(ns)
+    try:
+        await client.indices.create(
+            index=index,
+            body={"settings": body["settings"], "mappings": old, "aliases": {ns.index_alias: {}}},
+        )
+        plan = (await plan_templates(ns, client))[0]
+        assert plan.live_index == index and PACKED_FIELD in plan.live_diff
+        applied = (await apply_templates(ns, client))[0]
+        assert applied.live_added == [PACKED_FIELD] and not applied.live_diff
+        # the strict mapping now accepts documents written by the new code
+        await client.index(index=ns.index_alias, id="x", body={"id": "x", PACKED_FIELD: "AAA="})
+        again = (await apply_templates(ns, client))[0]
+        assert not again.changed and not again.live_added and not again.live_diff
+    finally:
+        await client.indices.delete(index=index, ignore_unavailable=True)
+        await client.close()
+
+
 def test_cli_templates_and_verify_exit_codes(ns: Settings, catalogue: list[dict[str, Any]]) -> None:
     from click.testing import CliRunner
 

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pytest
 
 from opendisco import InvalidInput
@@ -87,3 +88,44 @@ async def test_graph_source_brings_co_engaged_items(discovery: Any, market: Any)
     weights = await ItemGraph(discovery.db).weights(recent)
     direct = await ItemGraph(discovery.db).proximity(recent, list(cands))
     assert direct and {i: weights[i] for i in cands if i in weights} == direct
+
+
+async def test_candidate_hits_carry_the_vectors_no_feature_mget(
+    discovery: Any, market: Any
+) -> None:
+    from opendisco.ingest import PACKED_FIELD
+    from opendisco.rerank import CandidateBatch, FeatureStore
+
+    _, users = market
+    user = users[20]["_id"]
+    liked = (await discovery.recommend(user, k=5)).ids[0]
+    assert (await discovery.record_events([_like(user, liked, 9)])).accepted == 1
+    calls: list[str] = []
+    transport = discovery.os.transport
+    original = transport.perform_request
+
+    async def counting(method: str, url: str, *a: Any, **kw: Any) -> Any:
+        calls.append(url)
+        return await original(method, url, *a, **kw)
+
+    transport.perform_request = counting
+    try:
+        discovery.features.vectors.clear()
+        recs = await discovery.recommend(user, k=20, explain=True)
+    finally:
+        transport.perform_request = original
+    assert recs.surface == "for_you" and len(recs.items) == 20
+    item_mgets = [u for u in calls if u.endswith("/_mget") and "-exposures" not in u]
+    assert not item_mgets, calls  # vectors came packed with the candidate hits
+    assert all(PACKED_FIELD not in r.item for r in recs.items)  # never leaks to clients
+    # the packed float16 vectors give the features the full-precision mget gives
+    cands = recs.candidate_set.candidates
+    batch = CandidateBatch.from_candidates(cands)
+    assert set(batch.packed) == {c.id for c in cands}
+    packed = await discovery.features.lookup(batch.ids, packed=batch.packed)
+    full = await FeatureStore(discovery.settings, discovery.os, discovery.db).lookup(batch.ids)
+    assert np.abs(full.content).sum() > 0
+    assert np.allclose(packed.content, full.content, atol=2e-3)
+    assert np.allclose(packed.behaviour, full.behaviour, atol=2e-3)
+    item = await discovery.item(liked)
+    assert PACKED_FIELD not in item and "embedding" not in item
