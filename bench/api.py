@@ -7,9 +7,11 @@
 
 A synthetic marketplace is written to MongoDB and indexed (content vectors from a hashed
 bag-of-words projection instead of the model, so building 100k items takes seconds, not an
-hour on 2 cores). The API runs under uvicorn in a subprocess (``opendisco serve``, auth on,
-impressions logged); the bare path sends the same surface's candidate ``_msearch``
-(``opendisco.queries.generate_candidates``) from this process. At concurrency 1/4/8/16 each
+hour on 2 cores); some members get likes through the event path, so their requests are
+personal (``for_you``). The API runs under uvicorn in a subprocess (``opendisco serve``, auth
+on, impressions logged); the bare path sends, from this process, the exact candidate
+``_msearch`` the API sends for the same member (``Discovery.plan`` →
+``opendisco.queries.generate_candidates``). At concurrency 1/4/8/16 each
 side runs a closed loop for the same duration; QPS, p50 and p99 are reported, with the level
 where QPS stops growing (saturation). Results: bench/results/api.json and bench/README.md.
 """
@@ -92,6 +94,64 @@ async def build(settings: Settings, n: int) -> list[dict[str, Any]]:
     return users
 
 
+async def seed_history(
+    settings: Settings, users: list[dict[str, Any]], n_users: int, likes: int
+) -> list[str]:
+    """Give ``n_users`` members ``likes`` likes each through the production event path
+    (``Discovery.record_events``: user vectors, behaviour fold-in, graph edges, trending), so
+    their requests take the personal ``for_you`` path. Idempotent (deterministic event ids)."""
+    from datetime import UTC, datetime, timedelta
+
+    from opendisco.pipeline import Discovery
+
+    rng = random.Random(7)
+    os_client = clients.async_opensearch(settings)
+    motor = clients.motor(settings)
+    db = motor[settings.mongo_db]
+    try:
+        ids = [d["_id"] async for d in db[settings.items_collection].find({}, {"_id": 1})]
+        chosen = rng.sample(users, min(n_users, len(users)))
+        disco = Discovery(settings, os_client, db)
+        now = datetime.now(UTC)
+        events = [
+            {
+                "id": f"bench-{u['_id']}-{j}",
+                "type": "like",
+                "user_id": u["_id"],
+                "item_id": rng.choice(ids),
+                "ts": now - timedelta(minutes=likes - j),
+            }
+            for u in chosen
+            for j in range(likes)
+        ]
+        t0 = time.perf_counter()
+        for i in range(0, len(events), 250):
+            await disco.record_events(events[i : i + 250])
+        print(
+            f"seeded {len(events)} likes for {len(chosen)} users in "
+            f"{time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+        )
+        return [u["_id"] for u in chosen]
+    finally:
+        await os_client.close()
+        motor.close()
+
+
+async def bare_plans(settings: Settings, user_ids: list[str], k: int) -> dict[str, Any]:
+    """The exact candidate request the API sends for each user (``Discovery.plan``)."""
+    from opendisco.pipeline import Discovery
+
+    os_client = clients.async_opensearch(settings)
+    motor = clients.motor(settings)
+    try:
+        disco = Discovery(settings, os_client, motor[settings.mongo_db])
+        return {u: (await disco.plan("for_you", k, user_id=u)).request for u in user_ids}
+    finally:
+        await os_client.close()
+        motor.close()
+
+
 def _pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -146,7 +206,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
 
     from opendisco.api import create_key
-    from opendisco.queries import CandidateRequest, generate_candidates
+    from opendisco.queries import generate_candidates
 
     rid = args.reuse or uuid.uuid4().hex[:6]
     port = _free_port()
@@ -171,6 +231,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             users = await build(settings, args.items)
             if args.keep:
                 print(f"kept namespace: --reuse {rid}", file=sys.stderr)
+        personal = await seed_history(settings, users, args.history_users, args.likes)
+        plans = await bare_plans(settings, personal, args.k)
+        surfaces = sorted({r.surface for r in plans.values()})
         load_before = os.getloadavg()
         key, _ = create_key(mongo[settings.mongo_db], "bench", ["read"])
         env = {**os.environ, **{f"OPENDISCO_{k.upper()}": str(v) for k, v in overrides.items()}}
@@ -202,19 +265,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     return bool((await r.json())["degraded"])
 
             async def bare_call(user: dict[str, Any]) -> bool:
-                req = CandidateRequest(
-                    surface="for_you",
-                    interests=list(user.get("interests", [])),
-                    viewer={
-                        f: user.get(f)
-                        for f in ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max")
-                    },
-                    location=user.get("location"),
-                )
-                cs = await generate_candidates(os_client, settings, req)
+                cs = await generate_candidates(os_client, settings, plans[user["_id"]])
                 return bool(cs.degraded)
 
-            sample = users[: min(len(users), 5000)]
+            sample = [{"_id": u} for u in personal]
             for call in (api_call, bare_call):  # warm both paths
                 await closed_loop(call, sample, 4, 2.0)
             rows = []
@@ -235,6 +289,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "items": args.items,
             "k": args.k,
+            "history_users": len(personal),
+            "likes_per_user": args.likes,
+            "surfaces": surfaces,
             "duration_s": args.duration,
             "cpus": os.cpu_count(),
             "load_avg_1m": {
@@ -275,7 +332,12 @@ def write_readme(res: dict[str, Any]) -> None:
         f"per level, {res['cpus']} CPUs shared by OpenSearch, FerretDB, the API and the load "
         f"generator; 1-min load average {_load(res)} during the run). "
         "API = `GET /v1/users/{id}/recommendations` through uvicorn (auth, rate "
-        "limit, breaker, rerank, impression log); bare = the for_you candidate `_msearch` alone.",
+        "limit, breaker, user state, features, rerank, impression log) for "
+        f"{res.get('history_users', '?')} members with {res.get('likes_per_user', '?')} likes "
+        "each (seeded through the event path, so every request is personal: "
+        f"{', '.join(res.get('surfaces', []))}); bare = the same members' candidate `_msearch` "
+        "alone — the exact request the API sends (`Discovery.plan`: user vectors, exclusions, "
+        "graph neighbours), sent from this process.",
         "",
         "| concurrency | API QPS | API p50 ms | API p99 ms | API degraded "
         "| bare QPS | bare p50 ms | bare p99 ms | p99 ratio |",
@@ -312,6 +374,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=None)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=list(LEVELS))
+    ap.add_argument("--history-users", type=int, default=500, help="members given likes")
+    ap.add_argument("--likes", type=int, default=5, help="likes per member with history")
     ap.add_argument("--keep", action="store_true", help="keep the index and database")
     ap.add_argument("--reuse", default=None, help="namespace id of a kept run (skips the build)")
     args = ap.parse_args()
