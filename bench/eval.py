@@ -116,6 +116,12 @@ def main() -> None:
         help="a tuned params-v<N>.json: also score the served pipeline with it",
     )
     ap.add_argument("--no-replay", action="store_true", help="namespace is already replayed")
+    ap.add_argument(
+        "--diagnose",
+        type=int,
+        default=100,
+        help="served: candidate-stage vs ranking recall on this many scored users (0: skip)",
+    )
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (medians quoted)")
     ap.add_argument(
@@ -188,6 +194,22 @@ def main() -> None:
                 settings, params=tuned.get("template_params"), rerank=tuned.get("rerank")
             )
         served_note = f"evaluated (namespace {args.namespace!r}, {len(uidx)} users scored)"
+        if args.diagnose:
+            from opendisco.eval import diagnose
+
+            sub = uidx[: args.diagnose]
+            diag = {"served": diagnose(settings, stage, sub, k=k)}
+            for path in args.params:
+                tuned = json.loads(path.read_text())
+                diag[f"served {path.stem}"] = diagnose(
+                    settings,
+                    stage,
+                    sub,
+                    k=k,
+                    params=tuned.get("template_params"),
+                    rerank=tuned.get("rerank"),
+                )
+            info["diagnose"] = diag
 
     # the scoring run is repeated to quote median latencies; metrics are deterministic
     reports = [
@@ -216,7 +238,8 @@ def main() -> None:
         "mode": "full" if len(uidx) == len(evaluable) else "sample",
         "k": k,
         "users_scored": len(uidx),
-        "max_likes": args.max_likes if args.served else None,
+        "max_likes": (args.max_likes or None) if args.served else None,
+        "replay_users": args.replay_users if args.served else None,
         "namespace": args.namespace if args.served else None,
         "params": {p.stem: json.loads(p.read_text()) for p in args.params},
         "load_split_s": round(load_s, 2),
@@ -257,16 +280,54 @@ def render(path: Path, *, max_likes: int | None = None) -> None:
     (write_synthetic_readme if synthetic else write_readme)(result, report.to_markdown())
 
 
+def _likes_note(result: dict[str, Any]) -> str:
+    """Which fitting likes went through the event path, in words."""
+    n = result.get("max_likes")
+    whose = (
+        "every user's" if result.get("replay_users", "scored") == "all" else "each scored user's"
+    )
+    return f"{whose} latest {n}" if n else f"{whose} full fitting history"
+
+
 def _replay_note(result: dict[str, Any]) -> str:
     rep = result["report"]["split"].get("replay")
     if not rep:
         return ""
+    rate = rep["accepted"] / max(rep.get("events_s") or rep["seconds"], 1e-9)
     return (
         f" Replay: {rep['items']:,} items into MongoDB, reindex, {rep['behaviour']:,} ALS"
         f" behaviour vectors (all users' fitting positives), {rep['accepted']:,} likes"
-        f" ({result.get('max_likes')} latest per scored user) through `Discovery.record_events`"
-        f" in {rep['seconds']:.0f} s."
+        f" of {rep['users']:,} users ({_likes_note(result)}) through `Discovery.record_events`;"
+        f" {rep['seconds']:.0f} s in all"
+        + (f", events {rep['events_s']:.0f} s ({rate:.0f} likes/s)" if rep.get("events_s") else "")
+        + "."
     )
+
+
+def _diagnose_md(result: dict[str, Any]) -> str:
+    diag = result["report"]["split"].get("diagnose")
+    if not diag:
+        return ""
+    lines = [
+        "",
+        "Where held-out positives are lost (`opendisco.eval.diagnose`, first"
+        f" {next(iter(diag.values())).get('users')} scored users with targets): recall of the"
+        " targets per candidate source, in the fused candidate set, in the final top-k, and the"
+        " share of candidate-set hits the ranking dropped.",
+        "",
+        "| model | per source | candidate set | final | lost in ranking |",
+        "|---|---|---|---|---|",
+    ]
+    for name, d in diag.items():
+        if not d.get("users"):
+            continue
+        src = ", ".join(f"{s} {v:.3f}" for s, v in d["source_recall"].items())
+        final = d.get(f"recall@{d['k']}")
+        lines.append(
+            f"| {name} | {src} | {d['candidate_recall']:.3f} | {final:.3f} |"
+            f" {d['lost_in_ranking']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _tune_note(result: dict[str, Any]) -> str:
@@ -315,17 +376,18 @@ Fitting all baselines (incl. the λ search): {result["fit_baselines_s"]} s.
 NDCG@{result["k"]} relative to most-popular: {result["ratios_vs_most_popular_ndcg"]}.
 
 Served pipeline: {result["served"]}.{_replay_note(result)}
-
+{_diagnose_md(result)}
 {_targets_md(result["targets"])}
 How to read it: baselines' latency is batch scoring time per user (in-process numpy), the served
 pipeline's is one full `Discovery.recommend` request each (MongoDB user state, one `_msearch`,
 feature lookups, rerank) on the 2 shared cores, while other engineers' jobs ran. The served
-pipeline sees the scored users' latest {result.get("max_likes")} likes as events (user
-content/behaviour vectors, graph, trending) plus ALS item vectors trained on all fitting
-positives; the baselines fit every user's full history. The cold-start-user slice holds only the
-sampled users with ≤ 3 fitting positives, so its ratio is noisy at this sample size. Served
-runs on the same replay are not bit-reproducible (likely the wall-clock-relative decays), so small
-NDCG differences between two served rows are within run-to-run noise.{_tune_note(result)}
+pipeline sees {_likes_note(result)} as like events (user content/behaviour vectors from each
+user's latest 50, the co-engagement graph from all of them) plus ALS item vectors trained on all
+fitting positives; the baselines fit every user's full history. The cold-start-user slice
+holds only the sampled users with ≤ 3 fitting positives, so its ratio is noisy at this sample
+size. Served runs on the same replay are not bit-reproducible (likely the wall-clock-relative
+decays), so small NDCG differences between two served rows are within run-to-run
+noise.{_tune_note(result)}
 Full figures in `bench/results/eval.json`.
 {"".join(m.group(0).rstrip() + chr(10) for m in _SYN.finditer(text))}<!-- /eval -->"""
     pattern = re.compile(r"<!-- eval -->.*?<!-- /eval -->", re.S)
@@ -376,7 +438,7 @@ over the last 60 days; so a few profiles attract much of the attention, as in da
 Same time split ({split["n_test"]} test / {split["n_val"]} validation likes per member), same
 baselines and runner; {result["users_scored"]} users scored, K={result["k"]}, EASE
 λ={split["ease_lambda"]}. Served pipeline: {result["served"]}.{_replay_note(result)}
-
+{_diagnose_md(result)}
 {table}
 Exposure (catalogue coverage of the top-{result["k"]} lists / Gini of impressions, lower =
 more even): {_exposure_line(result)}. The served pipeline's replay writes the members'

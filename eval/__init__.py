@@ -6,6 +6,7 @@ Pure pieces (readers, the time split, metrics, baselines, the runner) plus the
 
 from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender, top_k
 from ._data import POSITIVE_THRESHOLD, Dataset, Ratings, load_dataset, read_movielens
+from ._diagnose import diagnose, stage_recall
 from ._metrics import (
     average_precision_at_k,
     catalogue_coverage,
@@ -44,6 +45,7 @@ __all__ = [
     "accuracy",
     "average_precision_at_k",
     "catalogue_coverage",
+    "diagnose",
     "eligible_matrix",
     "evaluate",
     "gini",
@@ -58,6 +60,7 @@ __all__ = [
     "recall_at_k",
     "replay",
     "resolve_dataset",
+    "stage_recall",
     "synthetic_dataset",
     "time_split",
     "top_k",

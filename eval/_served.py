@@ -90,6 +90,7 @@ class ReplayReport:
     duplicates: int
     rejected: int
     seconds: float
+    events_s: float = 0.0  # of which posting the likes through the event path
 
 
 def stage_items(dataset: Dataset, stage: Stage, prior: float = 10.0) -> list[dict[str, Any]]:
@@ -192,7 +193,9 @@ def replay(
             st.history[u][cut], rebase(ts_of[u][cut], replay_now, step_s=step_s), strict=True
         )
     ]
+    t_events = time.perf_counter()
     totals = asyncio.run(_post_events(settings, discovery_cls, events, batch, progress, replay_now))
+    events_s = time.perf_counter() - t_events
     return ReplayReport(
         items=len(items),
         behaviour=len(vectors),
@@ -202,6 +205,7 @@ def replay(
         duplicates=totals[1],
         rejected=totals[2],
         seconds=time.perf_counter() - t0,
+        events_s=events_s,
     )
 
 

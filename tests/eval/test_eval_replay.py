@@ -14,6 +14,7 @@ from opendisco.eval import (
     Ratings,
     ServedRecommender,
     Split,
+    diagnose,
     evaluate,
     read_movielens,
     replay,
@@ -78,6 +79,12 @@ async def test_replay_then_served_eval_goes_through_the_pipeline(
         assert recs and not seen & set(recs)  # history never comes back
         assert set(recs) <= set(MOVIES)
     assert 0.0 <= served.metrics["ndcg@5"] <= 1.0
+
+    # the candidate-stage diagnosis goes through the same pipeline (explain=True)
+    diag = await asyncio.to_thread(diagnose, eval_settings, stage, [0, 1, 2], k=5)
+    assert diag["users"] == sum(1 for u in range(3) if len(stage.targets[u]))
+    assert 0.0 <= diag["recall@5"] <= diag["candidate_recall"] <= 1.0
+    assert diag["source_recall"] and max(diag["source_recall"].values()) <= diag["candidate_recall"]
 
     # running it again without clearing is idempotent: every like is a duplicate
     again = await asyncio.to_thread(replay, eval_settings, data, split, stage="test")
