@@ -283,8 +283,13 @@ class InboundCounter:
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return {}
-        since = ((now or datetime.now(UTC)) - timedelta(days=days - 1)).strftime("%Y%m%d")
-        docs = await _find(self.coll, {"item": {"$in": wanted}, "day": {"$gte": since}})
+        now = now or datetime.now(UTC)
+        window = [(now - timedelta(days=d)).strftime("%Y%m%d") for d in range(days)]
+        # by _id (item x day): an index search, where {item: {$in}} scans on FerretDB
+        keys = [f"{item}{SEP}{day}" for item in wanted for day in window]
+        docs: list[dict[str, Any]] = []
+        for i in range(0, len(keys), 1000):
+            docs += await _find(self.coll, {"_id": {"$in": keys[i : i + 1000]}})
         acc: dict[str, int] = defaultdict(int)
         for d in docs:
             acc[d["item"]] += int(d.get("n", 0))
