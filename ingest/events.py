@@ -12,8 +12,9 @@ the guarantee)::
                                               claimed it: re-applied now (retry-safe)
     4. effects: user_state (idempotent: entries keyed by event id, vectors recomputed, under
        per-user leases; one bulk of replaces for the batch), exposure counters
-       (ExposureStore.record), co-engagement graph (one upsert per distinct source item of the
-       batch, its new edges coalesced), mutual likes, inbound attention counters (profiles)
+       (ExposureStore.record), co-engagement graph (one read and one write per distinct source
+       item of the batch, its new edges coalesced, under item leases), mutual likes, inbound
+       attention counters (profiles)
     5. mark: update_many applied=True
 
 Everything that can reject an event happens before its first write. User state is exactly-once;
@@ -224,7 +225,7 @@ class EventProcessor:
         """
         from pymongo.errors import CollectionInvalid, PyMongoError
 
-        from .graph import INBOUND, ITEM_EDGES, USER_LIKES, USER_MATCHES
+        from .graph import INBOUND, ITEM_EDGES, ITEM_LOCKS, USER_LIKES, USER_MATCHES
         from .user_state import USER_LOCKS, USER_STATE
 
         async with _ensure_lock():
@@ -238,6 +239,7 @@ class EventProcessor:
                     USER_STATE,
                     USER_LOCKS,
                     ITEM_EDGES,
+                    ITEM_LOCKS,
                     USER_LIKES,
                     USER_MATCHES,
                     INBOUND,

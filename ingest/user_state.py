@@ -38,6 +38,7 @@ __all__ = [
     "UserStateConfig",
     "UserStateStore",
     "decayed_vector",
+    "lease",
     "merge_events",
 ]
 
@@ -282,42 +283,63 @@ class UserStateStore:
     @contextlib.asynccontextmanager
     async def locked(self, user_ids: Iterable[str]) -> AsyncIterator[None]:
         """Hold the leases of all ``user_ids`` (all or none, retried with jittered backoff)."""
-        from pymongo.errors import BulkWriteError, PyMongoError
-
-        ids = sorted(set(user_ids))
-        token = uuid.uuid4().hex
-        locks = self.coll.database[USER_LOCKS]
-        deadline = time.monotonic() + self.lock_wait_s
-        attempt = 0
-        while True:
-            now = datetime.now(UTC)
-            docs = [
-                {"_id": u, "owner": token, "expires": now + timedelta(seconds=self.lease_s)}
-                for u in ids
-            ]
-            try:
-                await locks.insert_many(docs, ordered=False)
-                break
-            except BulkWriteError as exc:
-                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                    raise StoreBackendError(f"user lock failed: {exc}") from exc
-                busy = [docs[e["index"]]["_id"] for e in exc.details["writeErrors"]]
-                got = [u for u in ids if u not in set(busy)]
-                try:
-                    if got:  # all or none: avoids two batches waiting on each other
-                        await locks.delete_many({"_id": {"$in": got}, "owner": token})
-                    # take over leases whose holder died
-                    await locks.delete_many({"_id": {"$in": busy}, "expires": {"$lt": now}})
-                except PyMongoError as exc2:
-                    raise StoreBackendError(f"user lock failed: {exc2}") from exc2
-            except PyMongoError as exc:
-                raise StoreBackendError(f"user lock failed: {exc}") from exc
-            attempt += 1
-            if time.monotonic() > deadline:
-                raise StoreBackendError(f"user_state busy: {busy[:5]} (waited {self.lock_wait_s}s)")
-            await asyncio.sleep(random.uniform(0.002, 0.004 * 2 ** min(attempt, 5)))
-        try:
+        async with lease(
+            self.coll.database[USER_LOCKS],
+            user_ids,
+            lease_s=self.lease_s,
+            wait_s=self.lock_wait_s,
+            what="user_state",
+        ):
             yield
-        finally:
-            with contextlib.suppress(PyMongoError):
-                await locks.delete_many({"_id": {"$in": ids}, "owner": token})
+
+
+@contextlib.asynccontextmanager
+async def lease(
+    locks: Any, ids: Iterable[str], *, lease_s: float, wait_s: float, what: str
+) -> AsyncIterator[None]:
+    """Hold leases on all ``ids`` in the ``locks`` collection (all or none, jittered backoff).
+
+    ``insert_many({_id, owner, expires})`` is atomic per id on FerretDB too; ids someone else
+    holds make this caller release what it got and retry; an expired lease (a crashed holder)
+    is taken over; after ``wait_s`` :class:`StoreBackendError` names the busy ids.
+    """
+    from pymongo.errors import BulkWriteError, PyMongoError
+
+    ids = sorted(set(ids))
+    if not ids:
+        yield
+        return
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + wait_s
+    attempt = 0
+    while True:
+        now = datetime.now(UTC)
+        docs = [
+            {"_id": u, "owner": token, "expires": now + timedelta(seconds=lease_s)} for u in ids
+        ]
+        try:
+            await locks.insert_many(docs, ordered=False)
+            break
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise StoreBackendError(f"{what} lock failed: {exc}") from exc
+            busy = [docs[e["index"]]["_id"] for e in exc.details["writeErrors"]]
+            got = [u for u in ids if u not in set(busy)]
+            try:
+                if got:  # all or none: avoids two batches waiting on each other
+                    await locks.delete_many({"_id": {"$in": got}, "owner": token})
+                # take over leases whose holder died
+                await locks.delete_many({"_id": {"$in": busy}, "expires": {"$lt": now}})
+            except PyMongoError as exc2:
+                raise StoreBackendError(f"{what} lock failed: {exc2}") from exc2
+        except PyMongoError as exc:
+            raise StoreBackendError(f"{what} lock failed: {exc}") from exc
+        attempt += 1
+        if time.monotonic() > deadline:
+            raise StoreBackendError(f"{what} busy: {busy[:5]} (waited {wait_s}s)")
+        await asyncio.sleep(random.uniform(0.002, 0.004 * 2 ** min(attempt, 5)))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(PyMongoError):
+            await locks.delete_many({"_id": {"$in": ids}, "owner": token})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,3 +226,15 @@ async def test_inbound_attention_counts_profiles_only(
     after = await inbound.counts(["prof2", "gamma18"])
     assert after.get("prof2", 0) == before.get("prof2", 0) + 1
     assert after.get("gamma18", 0) == before.get("gamma18", 0) == 0
+
+
+async def test_concurrent_graph_writers_lose_no_increment(rr_db: Any) -> None:
+    # FerretDB updates are read-modify-write: without the item leases, two batches adding to the
+    # same source item at once would drop one of them
+    g = ItemGraph(rr_db)
+    tag = uuid.uuid4().hex[:6]
+    hub, others = f"hub{tag}", [f"n{tag}{j}" for j in range(6)]
+    await asyncio.gather(*(g.add([(hub, o, 1.0)]) for o in others for _ in range(3)))
+    assert await g.weights([hub]) == {o: 3.0 for o in others}
+    for o in others:
+        assert await g.weights([o]) == {hub: 3.0}

@@ -1,25 +1,32 @@
-"""Pure pieces of the co-engagement graph: key escaping and per-item coalescing."""
+"""Pure pieces of the co-engagement graph: row encoding and per-item coalescing."""
 
 from __future__ import annotations
 
 import pytest
 
-from opendisco.ingest.graph import SEP, ItemGraph, adjacency_updates, decode_key, encode_key
+from opendisco.ingest.graph import (
+    SEP,
+    ItemGraph,
+    adjacency_updates,
+    decode_row,
+    encode_row,
+    merge_rows,
+)
 
 
 @pytest.mark.parametrize(
-    "item_id",
-    ["m1", "a.b", "$set", "100%", "%2E", "a%25.b$", "x\x00y", "ünï.cødé", "12.5", "..", "$"],
+    "row",
+    [{}, {"m1": 1.0}, {"a.b": 2.5, "$set": 1.0, "100%": 3.0, 'q"uo\\te': 1.0, "ünï\x00": 0.5}],
 )
-def test_encode_key_round_trips_and_is_a_safe_field_name(item_id: str) -> None:
-    key = encode_key(item_id)
-    assert "." not in key and not key.startswith("$") and "\x00" not in key
-    assert decode_key(key) == item_id
+def test_row_round_trips_for_any_item_ids(row: dict[str, float]) -> None:
+    text = encode_row(row)
+    assert isinstance(text, str) and decode_row(text) == row
+    assert encode_row(dict(reversed(list(row.items())))) == text  # stable bytes
 
 
-def test_encode_key_is_injective_on_lookalikes() -> None:
-    ids = ["a.b", "a%2Eb", "a%252Eb", "a$b", "a%24b"]
-    assert len({encode_key(i) for i in ids}) == len(ids)
+def test_missing_row_decodes_empty_and_merge_adds_key_by_key() -> None:
+    assert decode_row(None) == {} and decode_row("") == {}
+    assert merge_rows({"a": 1.0, "b": 2.0}, {"b": 0.5, "c": 1.0}) == {"a": 1.0, "b": 2.5, "c": 1.0}
 
 
 def test_adjacency_updates_symmetric_summed_without_self_loops() -> None:
@@ -37,5 +44,5 @@ def test_edge_updates_match_adjacency_rows() -> None:
         f"y{SEP}z": ("y", "z", 1.0),
         f"z{SEP}y": ("z", "y", 1.0),
     }
-    # one write per distinct source item, whatever the number of edges
+    # one read and one write per distinct source item, whatever the number of edges
     assert len(adjacency_updates(pairs)) == 3
