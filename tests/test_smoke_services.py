@@ -70,3 +70,22 @@ async def test_motor_round_trip(motor_db: Any) -> None:
     doc = await coll.find_one({"_id": "a"})
     assert doc == {"_id": "a", "n": 2, "tags": ["x", "y"]}
     await coll.drop()
+
+
+def test_id_lookups_use_the_id_index(mongo_db: Any) -> None:
+    """Point and ``$in`` reads by ``_id`` are index searches (FerretDB: the build patch in
+    opendisco.services._ferretdb; on MongoDB: IDHACK / the _id index)."""
+    coll = mongo_db["id_lookup_probe"]
+    coll.insert_many([{"_id": f"p{i}", "n": i} for i in range(300)])
+    by_id = coll.find_one({"_id": "p123"})
+    assert by_id is not None and by_id["n"] == 123
+    got = sorted(d["n"] for d in coll.find({"_id": {"$in": ["p7", "p250", "nope", "p7"]}}))
+    assert got == [7, 250]
+    # the handler still applies the whole filter to the pushed-down superset
+    assert [d["n"] for d in coll.find({"_id": {"$in": ["p1", "p2"]}, "n": 2})] == [2]
+    for flt in ({"_id": "p123"}, {"_id": {"$in": ["p1", "p2"]}}):
+        plan = mongo_db.command("explain", {"find": coll.name, "filter": flt})
+        if "ferretdbVersion" not in plan.get("serverInfo", {}):
+            continue  # MongoDB: nothing of ours to check
+        text = str(plan["queryPlanner"])
+        assert "USING INDEX" in text and "SCAN" not in text, text
