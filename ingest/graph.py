@@ -4,13 +4,13 @@ All three live in MongoDB and grow incrementally from events (one ``bulk_write``
 
 * ``item_adjacency``: one document per item, ``{_id: src, n: "<JSON {dst: w}>", k, updated_at}``
   (both directions stored). The neighbour map is one string field on purpose: FerretDB 1.x
-  converts every field of a document on each read and write (measured ~0.1 ms per field, so a
-  popular item with 500 neighbours as fields cost 50 ms per point read), while a string costs
-  about as much as its bytes. Only ``_id`` lookups are pushed down there (``$in`` or any other
-  field is a full scan), so a batch of events reads and rewrites each touched source item by
-  ``_id`` once — its increments coalesced — under per-item leases in ``item_adjacency_locks``
-  (FerretDB updates are not atomic read-modify-writes), and a request reads the neighbours of
-  its recent items with point reads.
+  converts every field of a document on each read and write (a popular item has thousands of
+  neighbours), while a string costs about as much as its bytes. Only ``_id`` lookups (equality
+  and ``$in``) use an index there (any other field is a full scan), so a batch of events reads
+  and rewrites each touched source item by ``_id`` once — its increments coalesced — under
+  per-item leases in ``item_adjacency_locks`` (FerretDB updates are not atomic
+  read-modify-writes), and a request reads the neighbours of its recent items with one
+  ``find`` by ``_id``.
 * ``user_likes``: ``{_id: "u\\x1fv", src, dst, at}``; when the reverse edge exists the pair is
   upserted into ``user_matches``: ``{_id: "a\\x1fb" (sorted), users: [a, b], at}``.
 * ``inbound``: ``{_id: "item\\x1fYYYYMMDD", item, day, n}`` — likes/messages a recipient got
@@ -23,7 +23,6 @@ batches never lose each other's increments (leases).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -65,6 +64,8 @@ SEP = "\x1f"
 #: write ops per bulk_write: FerretDB 1.24 (SQLite) hangs on one bulk of ~100 updates (measured:
 #: 50 fine, 100 never answers), so every bulk of this team is chunked below that
 BULK_CHUNK = 50
+#: ids per ``find({_id: {$in: ...}})`` (one round trip for a request's recent items)
+READ_CHUNK = 500
 
 
 async def _bulk(coll: Any, ops: list[Any]) -> None:
@@ -136,8 +137,6 @@ def adjacency_updates(
 class ItemGraph:
     """Item–item co-engagement weights (one adjacency document per item, see the module doc)."""
 
-    #: concurrent point reads of adjacency documents per call
-    read_concurrency = 8
     #: a batch's lease on its source items outlives a crashed writer by this long
     lease_s = 60.0
     lock_wait_s = 30.0
@@ -189,22 +188,16 @@ class ItemGraph:
         return sum(len(row) for row in incs.values())
 
     async def _rows(self, item_ids: Iterable[str]) -> dict[str, dict[str, float]]:
-        """``{item: {dst: w}}`` for the ``item_ids`` that have a row (point reads by ``_id``,
-        bounded concurrency)."""
-        from pymongo.errors import PyMongoError
-
+        """``{item: {dst: w}}`` for the ``item_ids`` that have a row: one ``find`` by ``_id``
+        per :data:`READ_CHUNK` ids (``_id`` lookups, ``$in`` included, use the primary key)."""
         src = list(dict.fromkeys(item_ids))
-        sem = asyncio.Semaphore(self.read_concurrency)
-
-        async def one(i: str) -> dict[str, Any] | None:
-            async with sem:
-                return await self.coll.find_one({"_id": i}, projection={"n": 1})
-
-        try:
-            docs = await asyncio.gather(*(one(i) for i in src))
-        except PyMongoError as exc:
-            raise StoreBackendError(f"{self.coll.name} lookup failed: {exc}") from exc
-        return {d["_id"]: decode_row(d.get("n")) for d in docs if d is not None}
+        out: dict[str, dict[str, float]] = {}
+        for k in range(0, len(src), READ_CHUNK):
+            docs = await _find(
+                self.coll, {"_id": {"$in": src[k : k + READ_CHUNK]}}, projection={"n": 1}
+            )
+            out.update((d["_id"], decode_row(d.get("n"))) for d in docs)
+        return out
 
     async def weights(self, item_ids: Iterable[str]) -> dict[str, float]:
         """Summed edge weight from ``item_ids`` to every co-engaged item (one point read per
