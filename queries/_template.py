@@ -24,7 +24,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -83,6 +83,9 @@ class Template:
     fusion: dict[str, Any]
     sources: dict[str, dict[str, Any]]  # name -> {"requires": [...], "body": {...}}
     fragments: dict[str, Any]
+    #: source name -> its body with every ``$ref`` inlined (computed once in :func:`load`;
+    #: ``_fill`` builds new containers, so the cached bodies are never mutated)
+    expanded: dict[str, Any] = field(default_factory=dict)
 
     def expand(self, node: Any) -> Any:
         """The body with every ``$ref`` inlined (directives ``$param``/``$if`` kept)."""
@@ -147,7 +150,8 @@ def load(surface: str) -> Template:
         for req in src.get("requires", []):
             if req not in specs:
                 raise ConfigError(f"{where}: requires undeclared parameter {req!r}")
-        _check_refs(tpl.expand(src["body"]), specs, where)
+        tpl.expanded[name] = tpl.expand(src["body"])
+        _check_refs(tpl.expanded[name], specs, where)
     _check_refs(tpl.fusion, specs, f"{surface}.fusion")
     return tpl
 
@@ -161,6 +165,17 @@ def template_version(surface: str | None = None) -> str:
 
 
 _DROP = object()
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _copy(value: Any) -> Any:
+    """A parameter value for the rendered body: scalars as they are, flat lists of scalars
+    (ids, vectors) by slice, anything else deep-copied (the caller may mutate the body)."""
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, list) and all(isinstance(v, _SCALARS) for v in value):
+        return value[:]
+    return copy.deepcopy(value)
 
 
 def _fill(node: Any, values: Mapping[str, Any]) -> Any:
@@ -173,7 +188,7 @@ def _fill(node: Any, values: Mapping[str, Any]) -> Any:
         return out
     if isinstance(node, dict):
         if "$param" in node:
-            return copy.deepcopy(values[node["$param"]])
+            return _copy(values[node["$param"]])
         if "$if" in node:
             return _fill(node["then"], values) if is_set(values[node["$if"]]) else _DROP
         out_d = {}
@@ -197,7 +212,7 @@ def render(surface: str, params: Mapping[str, Any] | None = None) -> dict[str, A
     skipped: list[str] = []
     for name, src in tpl.sources.items():
         if all(is_set(values[r]) for r in src.get("requires", [])):
-            sources[name] = _fill(tpl.expand(src["body"]), values)
+            sources[name] = _fill(tpl.expanded[name], values)
         else:
             skipped.append(name)
     return {
