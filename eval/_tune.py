@@ -69,8 +69,9 @@ SPACES: dict[str, dict[str, Dim]] = {
         "rerank.max_per_category": Dim(1, 10, integer=True),
         "rerank.weights.content_sim": Dim(0.0, 2.0),
         "rerank.weights.behaviour_sim": Dim(0.0, 2.0),
-        "rerank.weights.popularity": Dim(0.0, 1.0),
-        "rerank.weights.quality": Dim(0.0, 1.0),
+        # negative: co-engagement counts and the behaviour k-NN already lean to popular items
+        "rerank.weights.popularity": Dim(-1.0, 1.0),
+        "rerank.weights.quality": Dim(-1.0, 1.0),
         "rerank.weights.graph": Dim(0.0, 1.0),
         "rerank.weights.fused": Dim(0.0, 2.0),
     },
