@@ -48,6 +48,7 @@ from ._breaker import BreakerState, CircuitBreaker
 from ._concurrency import ConcurrencyLimiter
 from ._cursor import CursorCodec
 from ._fallback import Fallback, to_served
+from ._gc import freeze_startup_heap
 from ._impressions import ImpressionLog
 from ._keys import ApiKey, ApiKeyStore
 from ._metrics import Metrics
@@ -300,6 +301,8 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
         warmup = getattr(disc, "warmup", None)
         if warmup is not None:  # load the query encoder before the first request's deadline
             await warmup()
+        if settings.api_gc_freeze:  # the encoder's heap out of every collection (p99)
+            freeze_startup_heap(settings.api_gc_threshold0)
         metrics = Metrics()
 
         def on_change(old: BreakerState, new: BreakerState) -> None:

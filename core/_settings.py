@@ -181,6 +181,14 @@ class Settings(BaseSettings):
     api_cursor_max_ids: int = Field(
         1000, ge=1, description="Served ids one cursor session carries; no further pages after."
     )
+    api_gc_freeze: bool = Field(
+        True,
+        description="After start-up, freeze the heap out of garbage collection (the encoder's "
+        "objects made full collections pause ~0.5 s).",
+    )
+    api_gc_threshold0: int = Field(
+        20_000, ge=0, description="Generation-0 GC threshold of the API process (0: default)."
+    )
 
     # --- queries (candidate generation, exposure caps) ------------------------------
     exposure_default_cap: int = Field(

@@ -194,3 +194,22 @@ def test_scopes_admin_implies_all() -> None:
     ApiKeyStore.require(reader, "read")
     with pytest.raises(Forbidden):
         ApiKeyStore.require(reader, "write")
+
+
+def test_freeze_startup_heap_moves_live_objects_out_of_collection() -> None:
+    import gc
+
+    from opendisco.api._gc import freeze_startup_heap
+
+    before = gc.get_threshold()
+    try:
+        gc.unfreeze()
+        keep = [[i] for i in range(1000)]  # survives: must end up frozen
+        freeze_startup_heap(12_345)
+        assert gc.get_freeze_count() >= len(keep)
+        assert gc.get_threshold()[0] == 12_345 and gc.get_threshold()[1:] == before[1:]
+        freeze_startup_heap(0)  # 0 keeps the threshold
+        assert gc.get_threshold()[0] == 12_345
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
