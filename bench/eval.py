@@ -395,8 +395,11 @@ Full figures in `bench/results/eval.json`.
     readme.write_text(text.rstrip() + "\n")
 
 
+#: hand-written blocks inside the eval section, kept when the section is regenerated: the
+#: synthetic-marketplace paragraphs and the reading of the MovieLens run (``eval-reading``)
 _SYN = re.compile(
-    r"<!-- eval-synthetic(?:-served)? -->.*?<!-- /eval-synthetic(?:-served)? -->\n?", re.S
+    r"<!-- (eval-synthetic(?:-served)?|eval-reading) -->.*?<!-- /\1 -->\n?",
+    re.S,
 )
 
 
