@@ -35,8 +35,9 @@ __all__ = ["CandidatePlan", "Discovery", "Recommendation", "Recommendations", "c
 CANDIDATE_FACTOR = 5
 MIN_CANDIDATES = 100
 MAX_CANDIDATES = 500
-#: co-engaged neighbours fetched for the graph candidate source
-GRAPH_NEIGHBOURS = 100
+#: co-engaged neighbours handed to the graph candidate source (by raw weight; the engine
+#: re-scores them, e.g. with the template's popularity damping, and keeps its top k)
+GRAPH_NEIGHBOURS = 300
 
 
 @dataclass

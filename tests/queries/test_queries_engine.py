@@ -242,3 +242,36 @@ async def test_similar_excludes_the_anchor_and_reports_sources(
         await generate_candidates(
             aos, q_settings, CandidateRequest(surface="similar", item_id="nope", now=NOW)
         )
+
+
+async def test_graph_popularity_damping_favours_less_exposed_neighbours(
+    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+) -> None:
+    movies = sorted(
+        (d for d in catalogue if d.get("kind") == "movie" and d.get("available")),
+        key=lambda d: d["popularity"],
+    )
+    quiet, popular = movies[0], movies[-1]
+    assert popular["popularity"] > 10 * (1 + quiet["popularity"])
+    scores = {}
+    for alpha in (0.0, 1.0):
+        req = CandidateRequest(
+            surface="for_you",
+            k=10,
+            now=NOW,
+            exposure_caps=False,
+            params={
+                "graph_ids": [popular["id"], quiet["id"]],
+                "graph_weights": [2.0, 1.0],
+                "graph_pop_alpha": alpha,
+            },
+        )
+        cs = await generate_candidates(aos, q_settings, req)
+        got = {c.id: c for c in cs.candidates if "graph" in c.sources}
+        assert set(got) == {popular["id"], quiet["id"]}, cs.errors
+        scores[alpha] = {i: c.sources["graph"] for i, c in got.items()}
+        ranks = {i: c.ranks["graph"] for i, c in got.items()}
+        first = popular["id"] if alpha == 0 else quiet["id"]
+        assert ranks[first] == 1, (alpha, scores[alpha])
+    assert scores[0.0][popular["id"]] == pytest.approx(2.0)
+    assert scores[1.0][quiet["id"]] == pytest.approx(1.0 / (1 + quiet["popularity"]), rel=1e-4)
