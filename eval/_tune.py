@@ -60,6 +60,7 @@ SPACES: dict[str, dict[str, Dim]] = {
         "template.w_lexical": Dim(0.0, 3.0),
         "template.w_behaviour": Dim(0.0, 3.0),
         "template.w_graph": Dim(0.0, 3.0),
+        "template.graph_pop_alpha": Dim(0.0, 2.0),
         "template.w_trending": Dim(0.0, 2.0),
         "template.w_fresh": Dim(0.0, 1.0),
         "template.rrf_k": Dim(5, 200, log=True, integer=True),
