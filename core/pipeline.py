@@ -70,6 +70,7 @@ class Recommendations:
 class CandidatePlan:
     """Stage one of a request: the candidate request and the context the rerank reuses."""
 
+    requested_surface: str  # what the caller asked for (``request.surface`` may differ)
     request: CandidateRequest
     state: UserState | None
     graph_weights: dict[str, float] | None  # the user's co-engagement edges (read once)
@@ -186,27 +187,16 @@ class Discovery:
             graph_params, graph_weights = await self._graph(state)
             req.params.update(graph_params)
         graph_ms = (time.perf_counter() - t0) * 1e3 - user_ms
-        return CandidatePlan(req, state, graph_weights, {"user_ms": user_ms, "graph_ms": graph_ms})
+        timings = {"user_ms": user_ms, "graph_ms": graph_ms}
+        return CandidatePlan(surface, req, state, graph_weights, timings)
 
-    async def _run(
-        self,
-        surface: str,
-        k: int,
-        *,
-        user_id: str | None,
-        exclude: Iterable[str] = (),
-        explain: bool = False,
-        **request: Any,
-    ) -> Recommendations:
+    async def _run(self, plan: CandidatePlan, k: int) -> Recommendations:
+        """Stages two to four of a planned request: candidates, features, rerank."""
         from opendisco.queries import generate_candidates
         from opendisco.rerank import CandidateBatch, FeatureStore
 
-        t0 = time.perf_counter()
-        plan = await self.plan(
-            surface, k, user_id=user_id, exclude=exclude, explain=explain, **request
-        )
         req, state, graph_weights = plan.request, plan.state, plan.graph_weights
-        effective = req.surface
+        explain, effective = req.explain, req.surface
         timings: dict[str, float] = dict(plan.timings_ms)
         t1 = time.perf_counter()
         cs = await generate_candidates(self.os, self.settings, req)
@@ -234,12 +224,12 @@ class Discovery:
                     explore=cand.explore,
                 )
             )
-        timings["total_ms"] = (time.perf_counter() - t0) * 1e3
+        timings["total_ms"] = sum(plan.timings_ms.values()) + (time.perf_counter() - t1) * 1e3
         explained = None
         if explain:
             explained = {
                 "surface": effective,
-                "requested_surface": surface,
+                "requested_surface": plan.requested_surface,
                 "template_version": cs.template_version,
                 "rendered": cs.rendered,
                 "took_ms": cs.took_ms,
@@ -304,7 +294,8 @@ class Discovery:
     ) -> Recommendations:
         if surface in {"similar", "search"}:
             raise InvalidInput(f"surface {surface!r} needs an item or a query, not a user")
-        return await self._run(surface, k, user_id=user_id, exclude=exclude, explain=explain)
+        plan = await self.plan(surface, k, user_id=user_id, exclude=exclude, explain=explain)
+        return await self._run(plan, k)
 
     async def similar(
         self,
@@ -313,9 +304,10 @@ class Discovery:
         user_id: str | None = None,
         explain: bool = False,
     ) -> Recommendations:
-        return await self._run(
+        plan = await self.plan(
             "similar", k, user_id=user_id, exclude=(item_id,), explain=explain, item_id=item_id
         )
+        return await self._run(plan, k)
 
     async def search(
         self, q: str, user_id: str | None = None, k: int = 20, explain: bool = False
@@ -323,13 +315,14 @@ class Discovery:
         if not q.strip():
             raise InvalidInput("q must not be blank")
         vector = await self._encode(q)
-        return await self._run(
+        plan = await self.plan(
             "search", k, user_id=user_id, explain=explain, query_text=q, query_vector=vector
         )
+        return await self._run(plan, k)
 
     async def trending(self, surface: str = "for_you", k: int = 50) -> Recommendations:
         """Non-personal list per surface (the API's degraded fallback refreshes from it)."""
-        return await self._run("trending", k, user_id=None)
+        return await self._run(await self.plan("trending", k, user_id=None), k)
 
     # -- events -----------------------------------------------------------------------------
     async def record_events(
