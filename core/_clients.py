@@ -40,6 +40,7 @@ def opensearch(settings: Settings, **kwargs: Any) -> OpenSearch:
     return OpenSearch(hosts=[settings.opensearch_url], **opts)
 
 
+@lru_cache(maxsize=1)
 def _serializer() -> Any:
     """opensearch-py's JSON serializer with orjson doing the work (candidate ``_msearch``
     responses are ~0.5 MB per request: parsing them is the API's largest single CPU cost, and

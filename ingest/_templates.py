@@ -101,7 +101,7 @@ async def plan_templates(settings: Settings, client: Any) -> list[TemplatePlan]:
     try:
         for name in index_templates.names():
             body = template_body(name, settings)
-            desired = normalise(body["template"]["settings"], body["template"]["mappings"])
+            desired = _desired(body)
             tname = _template_name(name, settings)
             try:
                 resp = await client.indices.get_index_template(name=tname)
@@ -157,15 +157,14 @@ async def apply_templates(
                 plan.live_added = await _add_new_fields(client, settings, name, plan.live_index)
                 if plan.live_added:
                     plan.live_index, plan.live_diff = await _live(
-                        client, settings, _desired(name, settings)
+                        client, settings, _desired(template_body(name, settings))
                     )
     except OpenSearchException as exc:
         raise SearchBackendError(f"applying templates failed: {exc}") from exc
     return plans
 
 
-def _desired(name: str, settings: Settings) -> dict[str, Any]:
-    body = template_body(name, settings)
+def _desired(body: dict[str, Any]) -> dict[str, Any]:
     return normalise(body["template"]["settings"], body["template"]["mappings"])
 
 

@@ -106,7 +106,7 @@ class CandidateBatch:
         batch = cls.from_items(
             items, fused=[c.fused for c in cands], sources=[c.sources for c in cands], now=now
         )
-        packed = {c.id: p for c in cands if (p := getattr(c, "packed", None))}
+        packed = {c.id: c.packed for c in cands if c.packed}
         return replace(batch, packed=packed) if packed else batch
 
 

@@ -35,22 +35,8 @@ __all__ = ["PATCHES", "FerretDBService", "apply_patches"]
 
 _MODULE = "github.com/FerretDB/FerretDB"
 _COLLECTION = "internal/backends/sqlite/collection.go"
-_QUERY_EQ = """		case string, types.ObjectID:
-			whereClause = fmt.Sprintf(` WHERE %s = ?`, metadata.IDColumn)
-			args = []any{string(must.NotFail(sjson.MarshalSingleValue(v)))}
-		}"""
-_EXPLAIN_EQ = """		case string, types.ObjectID:
-			filterPushdown = true
-			whereClause = fmt.Sprintf(` WHERE %s = ?`, metadata.IDColumn)
-			args = []any{string(must.NotFail(sjson.MarshalSingleValue(v)))}
-		}"""
-_IN_CASE = """
-		case *types.Document:
-			whereClause, args = prepareIDInClause(v.(*types.Document))"""
-_IN_HELPER = """
-
-// prepareIDInClause pushes {_id: {$in: [string|ObjectID, ...]}} down as an _id index search
-// (opendisco patch; the handler still applies the whole filter to what this returns).
+_ID_IN_HELPER = """// prepareIDInClause pushes {_id: {$in: [string|ObjectID, ...]}} down as an
+// _id index search (opendisco patch; the handler still applies the whole filter).
 func prepareIDInClause(cond *types.Document) (string, []any) {
 	if cond.Len() != 1 {
 		return "", nil
@@ -78,32 +64,34 @@ func prepareIDInClause(cond *types.Document) (string, []any) {
 	list := strings.Join(placeholders, ", ")
 	return fmt.Sprintf(` WHERE %s IN (%s)`, metadata.IDColumn, list), args
 }
+
 """
-#: (file, exact original text, replacement) applied in order to the module source
+_EQ_CASE_END = "\t\t\targs = []any{string(must.NotFail(sjson.MarshalSingleValue(v)))}\n\t\t}\n"
+_EXPLAIN_ORDER = "\n\torderByClause := prepareOrderByClause(params.Sort)\n"
+_EXPLAIN_DOC = "// Explain implements backends.Collection interface.\n"
+#: (file, exact original text, replacement, occurrences) applied in order to the module source
 PATCHES = (
     # the _id pushdown spelled like the _id_ index expression, so SQLite uses the index
     (
         "internal/backends/sqlite/metadata/metadata.go",
         "IDColumn = DefaultColumn + \"->'$._id'\"",
         "IDColumn = DefaultColumn + \"->'_id'\"",
+        1,
     ),
-    # {_id: {$in: [...]}} pushed down as well (find, update and delete), not only {_id: x}
-    (_COLLECTION, _QUERY_EQ, _QUERY_EQ[: -len("\t\t}")] + _IN_CASE.lstrip("\n") + "\n\t\t}"),
+    # {_id: {$in: [...]}} pushed down as well, in Query (find, update, delete) and Explain
     (
         _COLLECTION,
-        _EXPLAIN_EQ,
-        _EXPLAIN_EQ[: -len("\t\t}")]
-        + _IN_CASE.lstrip("\n")
-        + '\n\t\t\tfilterPushdown = whereClause != ""\n\t\t}',
+        _EQ_CASE_END,
+        _EQ_CASE_END[: -len("\t\t}\n")]
+        + "\t\tcase *types.Document:\n"
+        + "\t\t\twhereClause, args = prepareIDInClause(v.(*types.Document))\n\t\t}\n",
+        2,
     ),
-    (
-        _COLLECTION,
-        "\n// Explain implements backends.Collection interface.",
-        _IN_HELPER.rstrip("\n") + "\n\n// Explain implements backends.Collection interface.",
-    ),
+    (_COLLECTION, _EXPLAIN_ORDER, '\n\tfilterPushdown = whereClause != ""\n' + _EXPLAIN_ORDER, 1),
+    (_COLLECTION, _EXPLAIN_DOC, _ID_IN_HELPER + _EXPLAIN_DOC, 1),
 )
 #: bump with any change to PATCHES (part of the build directory name)
-PATCH_LEVEL = 1
+PATCH_LEVEL = 2
 
 
 class FerretDBService:
@@ -221,9 +209,9 @@ class FerretDBService:
 
 def apply_patches(src: Path) -> None:
     """Apply :data:`PATCHES` to a FerretDB source tree; fail loudly if one no longer fits."""
-    for rel, original, replacement in PATCHES:
+    for rel, original, replacement, occurrences in PATCHES:
         path = src / rel
         text = path.read_text()
-        if text.count(original) != 1:
+        if text.count(original) != occurrences:
             raise ServiceError(f"FerretDB source patch does not apply to {rel}: {original!r}")
         path.write_text(text.replace(original, replacement))

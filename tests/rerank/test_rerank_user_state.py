@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -74,16 +73,13 @@ async def test_concurrent_writers_of_one_user_lose_nothing(
     assert st.version == len(items)
 
 
-@dataclass
-class _Cand:  # the shape of opendisco.queries.Candidate
-    id: str
-    fused: float
-    sources: dict[str, float] = field(default_factory=dict)
-    item: dict[str, Any] = field(default_factory=dict)
-
-
 def test_reranker_accepts_candidate_objects() -> None:
-    cands = [_Cand(f"c{i}", 1.0 - i / 10, {"knn": 0.5}, {"category": "x"}) for i in range(5)]
+    from opendisco.queries import Candidate
+
+    cands = [
+        Candidate(f"c{i}", {"knn": 0.5}, {"knn": i + 1}, 1.0 - i / 10, {"category": "x"})
+        for i in range(5)
+    ]
     res = Reranker().run(cands, Features.empty(5, 4, 4))
     assert res.ids == [f"c{i}" for i in range(5)]
 
