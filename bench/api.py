@@ -94,12 +94,14 @@ async def build(settings: Settings, n: int) -> list[dict[str, Any]]:
     return users
 
 
-async def seed_history(
-    settings: Settings, users: list[dict[str, Any]], n_users: int, likes: int
-) -> list[str]:
+async def personal_requests(
+    settings: Settings, users: list[dict[str, Any]], n_users: int, likes: int, k: int
+) -> dict[str, Any]:
     """Give ``n_users`` members ``likes`` likes each through the production event path
     (``Discovery.record_events``: user vectors, behaviour fold-in, graph edges, trending), so
-    their requests take the personal ``for_you`` path. Idempotent (deterministic event ids)."""
+    their requests take the personal ``for_you`` path, and return the exact candidate request
+    the API then sends for each of them (``Discovery.plan``): the bare side's input.
+    Idempotent (deterministic event ids)."""
     from datetime import UTC, datetime, timedelta
 
     from opendisco.pipeline import Discovery
@@ -132,21 +134,9 @@ async def seed_history(
             f"{time.perf_counter() - t0:.1f}s",
             file=sys.stderr,
         )
-        return [u["_id"] for u in chosen]
-    finally:
-        await os_client.close()
-        motor.close()
-
-
-async def bare_plans(settings: Settings, user_ids: list[str], k: int) -> dict[str, Any]:
-    """The exact candidate request the API sends for each user (``Discovery.plan``)."""
-    from opendisco.pipeline import Discovery
-
-    os_client = clients.async_opensearch(settings)
-    motor = clients.motor(settings)
-    try:
-        disco = Discovery(settings, os_client, motor[settings.mongo_db])
-        return {u: (await disco.plan("for_you", k, user_id=u)).request for u in user_ids}
+        return {
+            u["_id"]: (await disco.plan("for_you", k, user_id=u["_id"])).request for u in chosen
+        }
     finally:
         await os_client.close()
         motor.close()
@@ -258,8 +248,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             users = await build(settings, args.items)
             if args.keep:
                 print(f"kept namespace: --reuse {rid}", file=sys.stderr)
-        personal = await seed_history(settings, users, args.history_users, args.likes)
-        plans = await bare_plans(settings, personal, args.k)
+        plans = await personal_requests(settings, users, args.history_users, args.likes, args.k)
+        personal = list(plans)
         surfaces = sorted({r.surface for r in plans.values()})
         load_before = os.getloadavg()
         key, _ = create_key(mongo[settings.mongo_db], "bench", ["read"])
