@@ -16,11 +16,12 @@ from opendisco import Settings
 URL = "/v1/users/u5/recommendations?k=10"
 
 
-async def _proxy(settings: Settings) -> TcpProxy:
+async def _proxied(settings: Settings, **overrides: Any) -> tuple[TcpProxy, Settings]:
+    """A pausable/killable proxy in front of OpenSearch, and settings that go through it."""
     target = urlsplit(settings.opensearch_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
     await proxy.start()
-    return proxy
+    return proxy, settings.model_copy(update={"opensearch_url": proxy.url, **overrides})
 
 
 async def _wait_fallback(client: Any) -> None:
@@ -47,15 +48,12 @@ async def _until(client: Any, key: str, degraded: bool, timeout: float = 15.0) -
 async def test_outage_degrades_then_recovers(
     api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
-    proxy = await _proxy(api_settings)
-    settings = api_settings.model_copy(
-        update={
-            "opensearch_url": proxy.url,
-            "api_deadline_ms": 400,
-            "api_breaker_failures": 3,
-            "api_breaker_reset_s": 1.0,
-            "api_fallback_refresh_s": 1.0,
-        }
+    proxy, settings = await _proxied(
+        api_settings,
+        api_deadline_ms=400,
+        api_breaker_failures=3,
+        api_breaker_reset_s=1.0,
+        api_fallback_refresh_s=1.0,
     )
     key = keys["read"]
     try:
@@ -116,9 +114,8 @@ async def test_cold_fallback_reads_popular_items_from_mongo(
     api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
     """OpenSearch down from the start: no trending yet, the popular items in MongoDB answer."""
-    proxy = await _proxy(api_settings)
+    proxy, settings = await _proxied(api_settings, api_deadline_ms=300)
     await proxy.kill()
-    settings = api_settings.model_copy(update={"opensearch_url": proxy.url, "api_deadline_ms": 300})
     try:
         async with serve(settings) as client:
             resp = await client.get(URL, headers=h(keys["read"]))
@@ -135,14 +132,11 @@ async def test_cold_fallback_reads_popular_items_from_mongo(
 async def test_saturation_is_503_with_retry_after(
     api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
-    proxy = await _proxy(api_settings)
-    settings = api_settings.model_copy(
-        update={
-            "opensearch_url": proxy.url,
-            "api_max_concurrency": 2,
-            "api_deadline_ms": 800,
-            "api_breaker_failures": 100,
-        }
+    proxy, settings = await _proxied(
+        api_settings,
+        api_max_concurrency=2,
+        api_deadline_ms=800,
+        api_breaker_failures=100,
     )
     try:
         async with serve(settings) as client:
