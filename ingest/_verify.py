@@ -17,6 +17,7 @@ from opendisco._settings import Settings
 
 from ._document import content_hash, to_index_doc
 from ._io import backends
+from ._packed import PACKED_FIELD
 from ._schema import validate_item
 from ._store import items_collection, pages
 
@@ -76,7 +77,7 @@ async def _indexed(client: Any, alias: str) -> dict[str, tuple[int, int, str, bo
             "size": 1000,
             "sort": [{"id": "asc"}],
             "query": {"match_all": {}},
-            "_source": {"excludes": ["embedding"]},
+            "_source": {"excludes": ["embedding", PACKED_FIELD]},  # derived, not hashed
             "version": True,
         }
         if after:
