@@ -209,7 +209,7 @@ class FeatureStore:
         ids = [str(i) for i in ids]
         uniq = list(dict.fromkeys(ids))
         carried = self._unpack(packed or {}, uniq)
-        fetch = [i for i in uniq if i not in carried] if carried else uniq
+        fetch = [i for i in uniq if i not in carried]
         vecs, expo, inbound, graph = await asyncio.gather(
             self._vectors(fetch),
             self.exposure.counts(uniq),
