@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from opendisco import clients
+from opendisco._domain import ID_MAX_LENGTH, ID_PATTERN, UserSurface
 from opendisco._exceptions import (
     AuthError,
     BackendError,
@@ -43,6 +44,7 @@ from opendisco._exceptions import (
     http_status,
 )
 from opendisco._settings import Settings
+from opendisco.serving import Discovery, Recommendations
 
 from ._breaker import BreakerState, CircuitBreaker
 from ._concurrency import ConcurrencyLimiter
@@ -53,15 +55,12 @@ from ._impressions import ImpressionLog
 from ._keys import ApiKey, ApiKeyStore
 from ._metrics import Metrics
 from ._models import (
-    ID_PATTERN,
-    EndpointSurface,
     ErrorResponse,
     EventBatch,
     EventsResponse,
     HealthResponse,
     ReadyResponse,
     RecommendationsResponse,
-    Surface,
 )
 from ._ratelimit import RateLimiter
 
@@ -102,7 +101,7 @@ class Runtime:
     """Everything a request needs; built in the app lifespan (clients bind to its loop)."""
 
     settings: Settings
-    discovery: Any
+    discovery: Discovery
     db: Any
     os_client: Any
     keys: ApiKeyStore
@@ -115,8 +114,8 @@ class Runtime:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @property
-    def template_version(self) -> str:
-        return str(getattr(self.discovery, "template_version", None) or "unknown")
+    def version(self) -> str:
+        return self.discovery.version
 
     async def guarded(
         self,
@@ -125,7 +124,7 @@ class Runtime:
         k: int,
         exclude: Sequence[str] = (),
         allow_empty: bool = False,
-    ) -> tuple[Any, dict[str, Any] | None]:
+    ) -> tuple[Recommendations | None, dict[str, Any] | None]:
         """``(recommendations, None)`` or ``(None, fallback answer dict)`` when degraded."""
         reason = "breaker_open"
         if self.breaker.allow():
@@ -210,7 +209,7 @@ _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API 
 
 
 def _path_id(description: str) -> Any:
-    return Path(min_length=1, max_length=256, pattern=ID_PATTERN, description=description)
+    return Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN, description=description)
 
 
 def runtime(request: Request) -> Runtime:
@@ -250,11 +249,11 @@ K = Annotated[int, Query(ge=1, le=100, description="Number of items (1..100).")]
 Explain = Annotated[bool, Query(description="Sources, per-step scores, rendered query (admin).")]
 UserQ = Annotated[
     str | None,
-    Query(min_length=1, max_length=256, pattern=ID_PATTERN, description="Viewer id."),
+    Query(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN, description="Viewer id."),
 ]
 UserPath = Annotated[str, _path_id("User id.")]
 ItemPath = Annotated[str, _path_id("Item id.")]
-SurfaceQ = Annotated[Surface, Query(description="Surface.")]
+SurfaceQ = Annotated[UserSurface, Query(description="Surface.")]
 CursorQ = Annotated[
     str | None,
     Query(
@@ -274,14 +273,8 @@ QueryQ = Annotated[
 ]
 
 
-def _default_discovery(settings: Settings, os_client: Any, db: Any) -> Any:
-    from opendisco.pipeline import Discovery
-
-    return Discovery(settings, os_client, db)
-
-
-def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
-    """The discovery API. ``discovery`` defaults to ``opendisco.pipeline.Discovery`` built
+def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAPI:
+    """The discovery API. ``discovery`` defaults to ``opendisco.serving.Discovery`` built
     in the lifespan on the app's own clients (so it binds to the serving event loop)."""
     deadline_s = settings.api_deadline_ms / 1000
     limiter = ConcurrencyLimiter(settings.api_max_concurrency)
@@ -297,10 +290,8 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
         )
         mongo = clients.motor(settings, serverSelectionTimeoutMS=2000)
         db = mongo[settings.mongo_db]
-        disc = discovery if discovery is not None else _default_discovery(settings, os_client, db)
-        warmup = getattr(disc, "warmup", None)
-        if warmup is not None:  # load the query encoder before the first request's deadline
-            await warmup()
+        disc = discovery if discovery is not None else Discovery(settings, os_client, db)
+        await disc.warmup()  # the query encoder, before the first request's deadline
         if settings.api_gc_freeze:  # the encoder's heap out of every collection (p99)
             freeze_startup_heap(settings.api_gc_threshold0)
         metrics = Metrics()
@@ -324,7 +315,6 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
             fallback=Fallback(
                 disc,
                 db,
-                [s.value for s in EndpointSurface],
                 k=settings.api_fallback_k,
                 items_collection=settings.items_collection,
                 timeout_s=max(2.0, 5 * deadline_s),
@@ -416,7 +406,7 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
         key: ApiKey,
         surface: str,
         user_id: str | None,
-        recs: Any,
+        recs: Recommendations | None,
         fallback: dict[str, Any] | None,
         explain: bool,
         next_served: list[str] | None = None,
@@ -425,13 +415,12 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
         if fallback is not None:
             items = fallback["items"]
             version = fallback["template_version"]
-            degraded, explained, variant = True, None, "fallback"
+            degraded, explained = True, None
         else:
+            assert recs is not None
             items = [to_served(r, with_trace=explain) for r in recs.items]
-            version = str(getattr(recs, "template_version", "") or rt.template_version)
-            degraded = bool(getattr(recs, "degraded", False))
-            explained = getattr(recs, "explain", None) if explain else None
-            variant = str(getattr(recs, "variant", None) or version)
+            version, degraded = recs.version, recs.degraded
+            explained = recs.explain if explain else None
         ids = [it["id"] for it in items]
         next_cursor = None
         if next_served is not None:
@@ -444,8 +433,7 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
                 "key_id": key.key_id,
                 "user_id": user_id,
                 "surface": surface,
-                "variant": variant,
-                "template_version": version,
+                "version": version,
                 "degraded": degraded,
                 "items": [{"id": i, "position": p} for p, i in enumerate(ids)],
             }
@@ -457,9 +445,7 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
             "degraded": degraded,
             "items": items,
             "next_cursor": next_cursor,
-            "explain": explained
-            if isinstance(explained, dict) or explained is None
-            else {"explain": explained},
+            "explain": explained,
         }
 
     read_opts: dict[str, Any] = {
@@ -473,7 +459,7 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
         request: Request,
         key: ReadKey,
         user_id: UserPath,
-        surface: SurfaceQ = Surface.for_you,
+        surface: SurfaceQ = UserSurface.for_you,
         k: K = 20,
         cursor: CursorQ = None,
         explain: Explain = False,
@@ -537,9 +523,6 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
         """Record a batch of events; an event id seen before is counted once (``duplicates``)."""
         rt = runtime(request)
         docs = [e.model_dump(mode="python", exclude_none=True) for e in batch.events]
-        for d in docs:
-            if "surface" in d:
-                d["surface"] = str(d["surface"])
         try:
             res = await asyncio.wait_for(rt.discovery.record_events(docs), max(2.0, 5 * deadline_s))
         except TimeoutError as exc:
@@ -556,7 +539,7 @@ def create_app(settings: Settings, discovery: Any = None) -> FastAPI:
         ]
         return {
             "request_id": rid_of(request),
-            "template_version": rt.template_version,
+            "template_version": rt.version,
             "accepted": int(res.accepted),
             "duplicates": int(res.duplicates),
             "rejected": rejected,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from opendisco._exceptions import Overloaded
@@ -75,43 +75,35 @@ class _Entry:
 class Fallback:
     discovery: Any
     db: Any
-    surfaces: Sequence[str]
     k: int = 200
     items_collection: str = "items"
     timeout_s: float = 5.0
     clock: Callable[[], float] = time.monotonic
     mongo_cache_s: float = 10.0
-    _lists: dict[str, _Entry] = field(default_factory=dict)
+    _list: _Entry | None = None
     _mongo: _Entry | None = None
     refreshed_ok: int = 0
     refresh_failures: int = 0
 
     @property
     def ready(self) -> bool:
-        return bool(self._lists)
+        return self._list is not None
 
     async def refresh(self) -> bool:
-        """Refresh every surface from ``Discovery.trending``; keep old lists on failure."""
-        ok = True
-        for surface in self.surfaces:
-            _raise_if_cancelling()
-            try:
-                recs = await asyncio.wait_for(
-                    self.discovery.trending(surface, self.k), self.timeout_s
-                )
-                items = [to_served(r) for r in recs.items]
-            except Exception as exc:  # any backend trouble: keep what we have
-                log.warning("fallback refresh of %s failed: %r", surface, exc)
-                ok = False
-                continue
-            if items:
-                version = str(getattr(recs, "template_version", "") or "trending")
-                self._lists[surface] = _Entry(items, version, self.clock())
-        if ok:
-            self.refreshed_ok += 1
-        else:
+        """Refresh the non-personal list from ``Discovery.trending`` (one list serves every
+        surface); keep the old one on failure."""
+        _raise_if_cancelling()
+        try:
+            recs = await asyncio.wait_for(self.discovery.trending(self.k), self.timeout_s)
+            items = [to_served(r) for r in recs.items]
+        except Exception as exc:  # any backend trouble: keep what we have
+            log.warning("fallback refresh failed: %r", exc)
             self.refresh_failures += 1
-        return ok
+            return False
+        if items:
+            self._list = _Entry(items, recs.version, self.clock())
+        self.refreshed_ok += 1
+        return True
 
     async def run(self, every_s: float) -> None:
         """Refresh forever (a background task); the first refresh happens at once."""
@@ -145,7 +137,7 @@ class Fallback:
     async def get(self, surface: str, k: int, exclude: Iterable[str] = ()) -> FallbackAnswer:
         """Up to ``k`` items for ``surface`` minus ``exclude``; :class:`Overloaded` if none."""
         skip = set(exclude)
-        entry = self._lists.get(surface) or self._lists.get("trending")
+        entry = self._list
         source = "trending"
         if entry is None:
             source = "mongo"

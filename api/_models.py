@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opendisco.ingest.events import EventType
+from opendisco._domain import Surface
+from opendisco.signals import Event
 
 __all__ = [
-    "ID_PATTERN",
-    "EndpointSurface",
     "ErrorBody",
     "ErrorResponse",
-    "Event",
     "EventBatch",
     "EventsResponse",
     "HealthResponse",
-    "Id",
     "ReadyResponse",
     "RecommendationOut",
     "RecommendationsResponse",
     "Rejected",
-    "Surface",
 ]
-
-# ids: 1..256 characters of a conservative charset (item ids are OpenSearch _ids too)
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,255}$"
-Id = Annotated[str, Field(min_length=1, max_length=256, pattern=ID_PATTERN)]
-
-
-class Surface(StrEnum):
-    """Surfaces of ``GET /v1/users/{user_id}/recommendations``."""
-
-    for_you = "for_you"
-    cold_start = "cold_start"
-    trending = "trending"
-
-
-class EndpointSurface(StrEnum):
-    """Every surface the fallback keeps a list for (recommendations + similar + search)."""
-
-    for_you = "for_you"
-    cold_start = "cold_start"
-    trending = "trending"
-    similar = "similar"
-    search = "search"
 
 
 class _Strict(BaseModel):
@@ -68,8 +40,11 @@ class RecommendationOut(_Strict):
 
 class RecommendationsResponse(_Strict):
     request_id: str
-    template_version: str = Field(description="Template/variant version that produced the list.")
-    surface: EndpointSurface
+    template_version: str = Field(
+        description="What produced the list: the surface's template version and the serving "
+        "artifacts (params file, model)."
+    )
+    surface: Surface
     degraded: bool = Field(
         description="True when the answer comes from the fallback (backend slow, down or the "
         "circuit breaker open)."
@@ -81,26 +56,6 @@ class RecommendationsResponse(_Strict):
     explain: dict[str, Any] | None = Field(
         None, description="Sources, per-step scores and rendered queries (admin keys only)."
     )
-
-
-class Event(_Strict):
-    """One client event (validated again, with the same rules, by the event processor)."""
-
-    id: str = Field(
-        min_length=1,
-        max_length=200,
-        pattern=ID_PATTERN,
-        description="Client event id; a repeated id is counted once.",
-    )
-    type: EventType
-    user_id: Id
-    item_id: Id
-    ts: datetime | None = Field(None, description="When it happened (default: now).")
-    surface: EndpointSurface | None = None
-    request_id: str | None = Field(
-        None, max_length=64, pattern=r"^[A-Za-z0-9._\-]{1,64}$", description="Served list."
-    )
-    position: int | None = Field(None, ge=0, le=10_000)
 
 
 class EventBatch(_Strict):

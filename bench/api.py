@@ -104,7 +104,7 @@ async def personal_requests(
     Idempotent (deterministic event ids)."""
     from datetime import UTC, datetime, timedelta
 
-    from opendisco.pipeline import Discovery
+    from opendisco.serving import Discovery
 
     rng = random.Random(7)
     os_client = clients.async_opensearch(settings)

@@ -158,7 +158,7 @@ def main() -> None:
     served_note = (
         "not run in this run (`--served`)"
         if synthetic
-        else "not run (pass --served once opendisco.pipeline exists)"
+        else "not run (pass --served once opendisco.serving exists)"
     )
     if args.served:
         from opendisco.eval._served import ServedRecommender, replay

@@ -33,7 +33,8 @@ from opensearchpy import helpers
 
 from opendisco import clients, index_templates, load_settings
 from opendisco._settings import Settings
-from opendisco.queries import CandidateRequest, ExposureStore, generate_candidates
+from opendisco.queries import CandidateRequest, generate_candidates
+from opendisco.signals import ExposureStore
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "query.json"

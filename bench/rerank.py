@@ -121,8 +121,8 @@ async def events_latency(n: int) -> dict[str, object]:
     import uuid
 
     from opendisco import clients, index_templates, load_settings
-    from opendisco.ingest.events import EventProcessor, UserStateStore
     from opendisco.rerank import FeatureStore
+    from opendisco.signals import EventProcessor, UserStateStore
 
     tag = uuid.uuid4().hex[:6]
     s = load_settings(index_alias=f"bench{tag}-items", mongo_db=f"bench{tag}")

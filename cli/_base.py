@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from opendisco._exceptions import ConfigError, InvalidInput, OpenDiscoError
-from opendisco._settings import Settings, load_settings
+from opendisco._settings import Settings
 
 __all__ = ["OpenDiscoGroup", "pass_settings"]
 
@@ -22,13 +22,6 @@ class OpenDiscoGroup(click.Group):
             raise click.UsageError(str(exc)) from exc
         except OpenDiscoError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-
-
-def get_settings_obj(ctx: click.Context) -> Settings:
-    root = ctx.find_root()
-    if not isinstance(root.obj, Settings):
-        root.obj = load_settings()
-    return root.obj
 
 
 pass_settings = click.make_pass_decorator(Settings, ensure=False)

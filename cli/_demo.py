@@ -33,7 +33,7 @@ def _table(title: str, recs: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{title}  [dim]({recs.surface}, {recs.template_version})[/]")
+    table = Table(title=f"{title}  [dim]({recs.surface}, {recs.version})[/]")
     for col in ("#", "id", "title", "tags", "score", "sources"):
         table.add_column(col, overflow="fold")
     for n, r in enumerate(recs.items, start=1):
@@ -52,7 +52,7 @@ def _table(title: str, recs: Any) -> None:
 async def _show(settings: Settings, k: int) -> None:
     from datetime import UTC, datetime
 
-    from opendisco.pipeline import Discovery
+    from opendisco.serving import Discovery
 
     os_client = clients.async_opensearch(settings)
     motor = clients.motor(settings)

@@ -51,11 +51,10 @@ def _dataset_spec(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option("--n-val", default=5, show_default=True, help="Validation positives per user.")
 @click.option("--seed", default=0, show_default=True)
 @click.option(
-    "--served",
-    type=click.Choice(["auto", "yes", "no"]),
-    default="auto",
+    "--served/--no-served",
+    default=True,
     show_default=True,
-    help="Evaluate the served pipeline too (auto: when opendisco.pipeline is importable).",
+    help="Evaluate the served pipeline (the settings' params file and model) too.",
 )
 @click.option(
     "--replay/--no-replay",
@@ -94,7 +93,7 @@ def eval_cmd(
     n_test: int,
     n_val: int,
     seed: int,
-    served: str,
+    served: bool,
     replay: bool,
     max_likes: int,
     namespace: str | None,
@@ -113,7 +112,7 @@ def eval_cmd(
 
     from opendisco.eval import evaluate, resolve_dataset, time_split
     from opendisco.eval._compare import fit_baselines, namespaced, sample_users
-    from opendisco.eval._served import PipelineUnavailable, ServedRecommender
+    from opendisco.eval._served import ServedRecommender
     from opendisco.eval._served import replay as do_replay
 
     console = Console(width=160) if not Console().is_terminal else Console()
@@ -132,27 +131,21 @@ def eval_cmd(
     )
     models: dict[str, Any]
     models, info = fit_baselines(split, k=k, max_items=ease_items)
-    notes: list[str] = []
-    if served != "no":
+    if served:
         ns_settings = namespaced(settings, namespace)
-        try:
-            model = ServedRecommender(ns_settings)
-            if replay:
-                rep = do_replay(
-                    ns_settings,
-                    data,
-                    split,
-                    stage="test",
-                    users=uidx,
-                    fresh=True,
-                    max_likes=max_likes or None,
-                )
-                info["replay"] = rep.__dict__
-            models["served"] = model
-        except PipelineUnavailable as exc:
-            if served == "yes":
-                raise
-            notes.append(f"served pipeline skipped: {exc}")
+        model = ServedRecommender(ns_settings)
+        if replay:
+            rep = do_replay(
+                ns_settings,
+                data,
+                split,
+                stage="test",
+                users=uidx,
+                fresh=True,
+                max_likes=max_likes or None,
+            )
+            info["replay"] = rep.__dict__
+        models["served"] = model
     progress = _progress(len(uidx) * len(models), "scoring")
     with progress:
         task = progress.add_task("scoring", total=len(uidx) * len(models))
@@ -166,8 +159,6 @@ def eval_cmd(
             progress=lambda name, n: progress.update(task, advance=n, description=name),
         )
     console.print(report.rich_table())
-    for note in notes:
-        click.echo(note, err=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(report.to_json() + "\n")
     (out_dir / "eval.md").write_text(report.to_markdown())

@@ -25,7 +25,7 @@ def _movielens_positives(path: Path, min_rating: float) -> list[tuple[str, str, 
 
 
 async def _event_positives(db: Any) -> list[tuple[str, str, float]]:
-    from opendisco.ingest.events import EVENTS
+    from opendisco.signals import EVENTS
 
     docs = (
         await db[EVENTS]
@@ -94,8 +94,8 @@ async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -
 
 
 async def _train_ltr(db: Any, out: Path) -> dict[str, Any]:
-    from opendisco.ingest.events import EVENTS
     from opendisco.rerank import lambdamart_dataset, train_lambdamart
+    from opendisco.signals import EVENTS
 
     docs = (
         await db[EVENTS]
@@ -172,7 +172,7 @@ def post_cmd(settings: Settings, file: Any, batch: int) -> None:
 
 async def _post(settings: Settings, events: list[Any], batch: int) -> dict[str, Any]:
     from opendisco import clients
-    from opendisco.ingest.events import EventProcessor
+    from opendisco.signals import EventProcessor
 
     mc = clients.motor(settings)
     osc = clients.async_opensearch(settings)

@@ -1,63 +1,37 @@
 """``opendisco recommend USER`` and ``opendisco similar ITEM``: what the API would serve.
 
-By default both go through the served pipeline (``opendisco.pipeline.Discovery``: candidates
+By default both go through the served pipeline (``opendisco.serving.Discovery``: candidates
 from one ``_msearch``, batched features, rerank), so the table is the final order; with
 ``--explain`` the candidate stage (rendered queries, per-source RRF shares, OpenSearch score
 components) is printed first, then which rerank step moved each served item.
-``--candidates`` shows the candidate stage alone (``opendisco.queries.generate_candidates``).
+``--candidates`` shows the candidate stage alone of exactly the request the pipeline serves
+(``Discovery.plan`` then ``Discovery.candidates``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from opendisco import clients
+from opendisco._domain import Surface
 from opendisco._settings import Settings
+from opendisco.queries import CandidateSet
+from opendisco.serving import MAX_K, Discovery, Recommendations
 
 from ._base import pass_settings
 from ._templates import abbreviate
 
 __all__ = ["register"]
 
-SURFACES = ["for_you", "cold_start", "trending", "search", "similar"]
 
-
-def _load_user(settings: Settings, user_id: str) -> tuple[dict[str, Any] | None, dict | None]:
-    from pymongo.errors import PyMongoError
-
-    from opendisco import clients
-    from opendisco._exceptions import StoreBackendError
-
-    client = clients.mongo(settings)
-    try:
-        db = client[settings.mongo_db]
-        return db["users"].find_one({"_id": user_id}), db["user_state"].find_one({"_id": user_id})
-    except PyMongoError as exc:
-        raise StoreBackendError(f"reading user {user_id!r} failed: {exc}") from exc
-    finally:
-        client.close()
-
-
-def _run(settings: Settings, req: Any) -> Any:
-    from opendisco import clients
-    from opendisco.queries import generate_candidates
-
-    async def main() -> Any:
-        client = clients.async_opensearch(settings)
-        try:
-            return await generate_candidates(client, settings, req)
-        finally:
-            await client.close()
-
-    return asyncio.run(main())
-
-
-def _print(cs: Any, title: str, explain: bool, show: int) -> None:
+def _print(cs: CandidateSet, title: str, explain: bool, show: int) -> None:
     console = Console()
     weights = cs.rendered["fusion"].get("weights", {})
     rc = float(cs.rendered["fusion"].get("rank_constant", 60))
@@ -104,9 +78,8 @@ def _print(cs: Any, title: str, explain: bool, show: int) -> None:
                 )
 
 
-def _served(settings: Settings, call: Any) -> Any:
-    from opendisco import clients
-    from opendisco.pipeline import Discovery
+def _served(settings: Settings, call: Callable[[Discovery], Awaitable[Any]]) -> Any:
+    """``call(discovery)`` on the served pipeline (the params file and model of the settings)."""
 
     async def main() -> Any:
         os_client = clients.async_opensearch(settings)
@@ -120,12 +93,23 @@ def _served(settings: Settings, call: Any) -> Any:
     return asyncio.run(main())
 
 
-def _print_served(recs: Any, title: str, explain: bool) -> None:
+async def _candidates(discovery: Discovery, surface: str, k: int, **request: Any) -> CandidateSet:
+    """The candidate stage alone, of exactly the request the pipeline would serve."""
+    return await discovery.candidates(await discovery.plan(surface, k, **request))
+
+
+async def _recommendations(
+    discovery: Discovery, surface: str, k: int, **request: Any
+) -> Recommendations:
+    return await discovery.run(await discovery.plan(surface, k, **request))
+
+
+def _print_served(recs: Recommendations, title: str, explain: bool) -> None:
     if explain and recs.candidate_set is not None:
         cs = recs.candidate_set
         _print(cs, f"candidate stage ({len(cs.candidates)} candidates)", True, 10)
     console = Console()
-    table = Table(title=f"{title}  ({recs.surface}, {recs.template_version})")
+    table = Table(title=f"{title}  ({recs.surface}, {recs.version})")
     cols = ["#", "id", "title", "score", "sources"] + (["rerank steps"] if explain else [])
     for col in cols:
         table.add_column(col, overflow="fold")
@@ -160,11 +144,11 @@ def _rank(r: int | None) -> str:
 @click.argument("user_id")
 @click.option(
     "--surface",
-    type=click.Choice(SURFACES),
+    type=click.Choice([s.value for s in Surface if s != Surface.similar]),
     default=None,
     help="Default: for_you with a user vector, else cold_start.",
 )
-@click.option("-k", "--k", "k", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("-k", "--k", "k", default=20, show_default=True, type=click.IntRange(1, MAX_K))
 @click.option("--query", "query_text", default=None, help="Query text (search surface).")
 @click.option("--explain", is_flag=True, help="Rendered queries and per-component scores.")
 @click.option("--candidates", is_flag=True, help="Candidate stage only (no rerank).")
@@ -179,38 +163,35 @@ def recommend_cmd(
     candidates: bool,
 ) -> None:
     """Recommendations for USER (final served order), with scores and sources."""
-    from opendisco.queries import request_for_user
-
-    if not candidates:
-        if query_text is not None or surface == "search":
-            if not query_text:
-                raise click.UsageError("--surface search needs --query")
-            recs = _served(settings, lambda d: d.search(query_text, user_id, k, explain))
-        elif surface == "similar":
-            raise click.UsageError("use `opendisco similar ITEM` for the similar surface")
-        else:
-            recs = _served(
-                settings, lambda d: d.recommend(user_id, surface or "for_you", k, (), explain)
-            )
-        _print_served(recs, f"for {user_id}", explain)
-        return
-
-    user, state = _load_user(settings, user_id)
-    if user is None and state is None:
-        click.echo(f"note: no users/user_state document for {user_id!r}: cold start", err=True)
     if query_text is not None and surface is None:
-        surface = "search"
-    req = request_for_user(
-        user, state, surface=surface, k=k, query_text=query_text, explain=explain
+        surface = Surface.search
+    if surface == Surface.search and not query_text:
+        raise click.UsageError("--surface search needs --query")
+    if surface == Surface.similar:
+        raise click.UsageError("use `opendisco similar ITEM` for the similar surface")
+    surface = surface or Surface.for_you
+    if candidates:
+        cs = _served(
+            settings,
+            lambda d: _candidates(
+                d, surface, k, user_id=user_id, query=query_text, explain=explain
+            ),
+        )
+        _print(cs, f"{cs.surface} for {user_id}", explain, k)
+        return
+    recs = _served(
+        settings,
+        lambda d: _recommendations(
+            d, surface, k, user_id=user_id, query=query_text, explain=explain
+        ),
     )
-    cs = _run(settings, req)
-    _print(cs, f"{req.surface} for {user_id}", explain, k)
+    _print_served(recs, f"for {user_id}", explain)
 
 
 @click.command("similar")
 @click.argument("item_id")
 @click.option("--user", "user_id", default=None, help="Apply this user's exclusions/eligibility.")
-@click.option("-k", "--k", "k", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("-k", "--k", "k", default=20, show_default=True, type=click.IntRange(1, MAX_K))
 @click.option("--explain", is_flag=True, help="Rendered queries and per-component scores.")
 @click.option("--candidates", is_flag=True, help="Candidate stage only (no rerank).")
 @pass_settings
@@ -223,23 +204,22 @@ def similar_cmd(
     candidates: bool,
 ) -> None:
     """Items like ITEM (k-NN on its vectors + more_like_this), with scores and sources."""
-    from opendisco.queries import CandidateRequest, request_for_user
-
-    if not candidates:
-        recs = _served(settings, lambda d: d.similar(item_id, k, user_id, explain))
-        _print_served(recs, f"similar to {item_id}", explain)
-        return
-
-    if user_id:
-        user, state = _load_user(settings, user_id)
-        req = request_for_user(
-            user, state, surface="similar", k=k, item_id=item_id, explain=explain
+    if candidates:
+        cs = _served(
+            settings,
+            lambda d: _candidates(
+                d, Surface.similar, k, user_id=user_id, item_id=item_id, explain=explain
+            ),
         )
-        req.user_vector = req.behaviour_vector = None  # the anchor's vectors are used
-    else:
-        req = CandidateRequest(surface="similar", k=k, item_id=item_id, explain=explain)
-    cs = _run(settings, req)
-    _print(cs, f"similar to {item_id}", explain, k)
+        _print(cs, f"similar to {item_id}", explain, k)
+        return
+    recs = _served(
+        settings,
+        lambda d: _recommendations(
+            d, Surface.similar, k, user_id=user_id, item_id=item_id, explain=explain
+        ),
+    )
+    _print_served(recs, f"similar to {item_id}", explain)
 
 
 def register(cli: click.Group) -> None:

@@ -9,7 +9,6 @@ when one is missing there.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from pydantic_settings import (
 
 from ._exceptions import ConfigError
 
-__all__ = ["Settings", "get_settings", "load_settings"]
+__all__ = ["Settings", "load_settings"]
 
 
 def _default_cache_dir() -> Path:
@@ -120,6 +119,19 @@ class Settings(BaseSettings):
         ge=1,
         description="Items per keyset read of MongoDB during reindex, split into "
         "bulk_batch_size batches (FerretDB scans the collection once per read).",
+    )
+
+    # --- serving artifacts --------------------------------------------------------
+    params_file: Path | None = Field(
+        None,
+        description="A versioned params file written by `opendisco tune` (params-v<N>.json): "
+        "template parameters and rerank overrides served by the API, `recommend`, `similar` "
+        "and `eval`; unset: the templates' and reranker's defaults.",
+    )
+    model_file: Path | None = Field(
+        None,
+        description="A ranking model written by `opendisco train ltr` (LightGBM); it replaces "
+        "the linear scorer, and refuses to load when its features differ from the reranker's.",
     )
 
     # --- local services -------------------------------------------------------
@@ -232,9 +244,3 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Process-wide settings (cached)."""
-    return load_settings()

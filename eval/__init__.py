@@ -20,7 +20,7 @@ from ._metrics import (
 )
 from ._protocol import Recommender
 from ._runner import EvalReport, ModelResult, accuracy, evaluate
-from ._served import PipelineUnavailable, ReplayReport, ServedRecommender, like_event, replay
+from ._served import ReplayReport, ServedRecommender, like_event, replay
 from ._split import COLD_USER_MAX, Split, Stage, time_split
 from ._synthetic import eligible_matrix, resolve_dataset, synthetic_dataset
 
@@ -33,7 +33,6 @@ __all__ = [
     "EvalReport",
     "ModelResult",
     "MostPopular",
-    "PipelineUnavailable",
     "RandomRecommender",
     "Ratings",
     "Recommender",

@@ -13,7 +13,9 @@ import asyncio
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from opendisco import clients
 from opendisco._settings import Settings
+from opendisco.serving import Artifacts, Discovery
 
 from ._split import Stage
 
@@ -77,22 +79,12 @@ async def _collect(
     params: Mapping[str, Any] | None,
     rerank: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    from opendisco import clients
-    from opendisco.pipeline import Discovery
-
-    from ._served import _merged_rerank
-
     motor = clients.motor(settings)
     os_client = clients.async_opensearch(settings)
     traces: list[UserTrace] = []
     try:
-        discovery = Discovery(
-            settings,
-            os_client,
-            motor[settings.mongo_db],
-            params=params or None,
-            rerank_config=_merged_rerank(rerank) if rerank else None,
-        )
+        artifacts = Artifacts.from_settings(settings, params=params, rerank=rerank)
+        discovery = Discovery(settings, os_client, motor[settings.mongo_db], artifacts=artifacts)
         for u in users:
             exclude = tuple(stage.items[i] for i in stage.history[u])
             recs = await discovery.recommend(stage.users[u], k=k, exclude=exclude, explain=True)

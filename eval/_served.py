@@ -1,6 +1,6 @@
 """The served pipeline as a :class:`Recommender`, and the replay that prepares it.
 
-:class:`ServedRecommender` calls ``opendisco.pipeline.Discovery.recommend`` once per user
+:class:`ServedRecommender` calls ``opendisco.serving.Discovery.recommend`` once per user
 (the same code path as the API), timing every request, so the runner reports true
 per-request latency. Before it can answer, the pipeline needs the evaluation world in its
 backends — :func:`replay` does that, for the *fitting data of one stage* only:
@@ -12,21 +12,20 @@ backends — :func:`replay` does that, for the *fitting data of one stage* only:
 3. the fitting positives of every user of the stage (``everyone``, the default: the
    co-engagement graph then sees the same data the baselines are fitted on) or of the evaluated
    users only are posted, each user's in time order, as ``like`` events through
-   ``opendisco.pipeline.Discovery.record_events`` (the API's path to
-   ``opendisco.ingest.events.EventProcessor.apply``) (user vectors, behaviour, exposure
+   ``opendisco.serving.Discovery.record_events`` (the API's path to
+   ``opendisco.signals.EventProcessor.apply``) (user vectors, behaviour, exposure
    and graph state are derived from them exactly as in production); timestamps are moved onto
    a recent timeline (:func:`rebase`) because the processor rejects events older than its
    retention window. Batches of ``batch`` events hold few users' consecutive likes, so the
    processor coalesces their graph upserts per item.
 
 Use a dedicated namespace (``index_alias``/``mongo_db``) per evaluation: replayed likes are
-real events. When a piece is missing, :class:`PipelineUnavailable` names it.
+real events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,14 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from opendisco._exceptions import OpenDiscoError
+from opendisco import clients
+from opendisco._backend import backend_errors
 from opendisco._settings import Settings
+from opendisco.ingest import CACHE_COLLECTION, reindex, write_sample
+from opendisco.rerank import train_als
+from opendisco.serving import Artifacts, Discovery
 
 from ._data import Dataset
 from ._split import Split, Stage
 
 __all__ = [
-    "PipelineUnavailable",
     "ReplayReport",
     "ServedRecommender",
     "behaviour_vectors",
@@ -51,21 +53,6 @@ __all__ = [
     "replay",
     "stage_items",
 ]
-
-
-class PipelineUnavailable(OpenDiscoError):
-    """A piece the served-pipeline evaluation needs is not importable (yet)."""
-
-
-def _require(module: str, name: str) -> Any:
-    try:
-        mod = __import__(module, fromlist=[name])
-        return getattr(mod, name)
-    except (ImportError, AttributeError) as exc:
-        raise PipelineUnavailable(
-            f"{module}.{name} is not available; the served-pipeline evaluation needs it "
-            "(baselines still run: use --served no)"
-        ) from exc
 
 
 def like_event(user_id: str, item_id: str, ts: int | datetime, *, source: str = "eval") -> dict:
@@ -110,7 +97,6 @@ def stage_items(dataset: Dataset, stage: Stage, prior: float = 10.0) -> list[dic
 
 def behaviour_vectors(stage: Stage, *, factors: int = 32, seed: int = 0) -> dict[str, list[float]]:
     """Item id → behavioural vector, ``opendisco.rerank.train_als`` on the stage's fitting data."""
-    train_als = _require("opendisco.rerank", "train_als")
     positives = [
         (stage.users[u], stage.items[i], 1.0) for u, hist in enumerate(stage.history) for i in hist
     ]
@@ -149,9 +135,6 @@ def replay(
     (events are idempotent by id, so replaying into a used namespace would not rebuild user
     states); only for a dedicated evaluation namespace.
     """
-    write_sample = _require("opendisco.ingest", "write_sample")
-    reindex = _require("opendisco.ingest", "reindex")
-    discovery_cls = _require("opendisco.pipeline", "Discovery")
     t0 = time.perf_counter()
     st = split.stage(stage)  # type: ignore[arg-type]
     if fresh:
@@ -172,9 +155,7 @@ def replay(
     write_sample(settings, items, user_docs)
     if progress:
         progress("items", len(items))
-    done = reindex(settings)
-    if inspect.isawaitable(done):
-        asyncio.run(done)
+    asyncio.run(reindex(settings))
     # fitting timestamps of the stage, aligned with stage.history
     ts_of = (
         split.train_ts
@@ -194,7 +175,7 @@ def replay(
         )
     ]
     t_events = time.perf_counter()
-    totals = asyncio.run(_post_events(settings, discovery_cls, events, batch, progress, replay_now))
+    totals = asyncio.run(_post_events(settings, events, batch, progress, replay_now))
     events_s = time.perf_counter() - t_events
     return ReplayReport(
         items=len(items),
@@ -212,40 +193,26 @@ def replay(
 def _drop_database(settings: Settings) -> None:
     """Drop every collection of the namespace except the embedding cache (re-encoding the
     catalogue is the slow part of a reindex and its text does not change)."""
-    from pymongo.errors import PyMongoError
-
-    from opendisco import clients
-    from opendisco._exceptions import StoreBackendError
-    from opendisco.ingest import CACHE_COLLECTION
-
-    client = clients.mongo(settings)
-    try:
+    with clients.mongo(settings) as client, backend_errors(f"clearing {settings.mongo_db!r}"):
         db = client[settings.mongo_db]
         for name in db.list_collection_names():
             if name != CACHE_COLLECTION:
                 db.drop_collection(name)
-    except PyMongoError as exc:
-        raise StoreBackendError(f"clearing {settings.mongo_db!r} failed: {exc}") from exc
-    finally:
-        client.close()
 
 
 async def _post_events(
     settings: Settings,
-    discovery_cls: Any,
     events: list[dict],
     batch: int,
     progress: Callable[[str, int], None] | None,
     now: datetime,
 ) -> tuple[int, int, int]:
-    from opendisco import clients
-
     motor = clients.motor(settings)
     os_client = clients.async_opensearch(settings)
     accepted = duplicates = rejected = 0
     try:
         # the API's path: Discovery.record_events -> EventProcessor.apply
-        discovery = discovery_cls(settings, os_client, motor[settings.mongo_db])
+        discovery = Discovery(settings, os_client, motor[settings.mongo_db])
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]
             res = await discovery.record_events(chunk, now=now)
@@ -272,22 +239,13 @@ def rebase(timestamps: np.ndarray, now: datetime, *, step_s: int = 60) -> list[d
     return [now - timedelta(seconds=step_s * (n - pos)) for pos in range(n)]
 
 
-def _merged_rerank(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``RerankConfig`` defaults with ``overrides`` on top, ``weights`` merged key by key
-    (``RerankConfig.from_config`` would replace the whole weights mapping, zeroing the rest)."""
-    config_cls = _require("opendisco.rerank", "RerankConfig")
-    base = config_cls().get_config()
-    out = {**base, **overrides}
-    out["weights"] = {**base.get("weights", {}), **(overrides.get("weights") or {})}
-    return out
-
-
 class ServedRecommender:
     """``Discovery.recommend`` behind the :class:`Recommender` protocol (one request per user).
 
-    ``params`` (template parameter overrides) and ``rerank`` (a ``RerankConfig`` mapping) are
-    handed to ``Discovery`` when its constructor accepts ``params=``/``rerank_config=`` (the
-    keywords ``tune`` relies on); otherwise they must be empty.
+    By default the pipeline serves what the settings name (``params_file``, ``model_file``),
+    exactly as the API does; ``params`` (template parameter overrides) and ``rerank`` (a
+    ``RerankConfig`` mapping, merged over the defaults) replace the params file — what
+    ``tune`` trials use.
     """
 
     name = "served"
@@ -303,25 +261,10 @@ class ServedRecommender:
     ) -> None:
         self.settings = settings
         self.surface = surface
-        self.params = dict(params or {})
-        self.rerank = _merged_rerank(rerank) if rerank else {}
         self.concurrency = concurrency
         self.latencies_ms: list[float] = []
         self.degraded = 0
-        self._discovery_cls = _require("opendisco.pipeline", "Discovery")
-
-    def _kwargs(self) -> dict[str, Any]:
-        sig = inspect.signature(self._discovery_cls)
-        kwargs: dict[str, Any] = {}
-        for key, value in (("params", self.params), ("rerank_config", self.rerank)):
-            if not value:
-                continue
-            if key not in sig.parameters:
-                raise PipelineUnavailable(
-                    f"opendisco.pipeline.Discovery does not accept {key}=; tuning needs it"
-                )
-            kwargs[key] = value
-        return kwargs
+        self.artifacts = Artifacts.from_settings(settings, params=params, rerank=rerank)
 
     def recommend_batch(
         self, user_ids: Sequence[str], k: int, exclude: Sequence[Collection[str]]
@@ -335,14 +278,12 @@ class ServedRecommender:
     async def arecommend_batch(
         self, user_ids: Sequence[str], k: int, exclude: Sequence[Collection[str]]
     ) -> list[list[str]]:
-        from opendisco import clients
-
         motor = clients.motor(self.settings)
         os_client = clients.async_opensearch(self.settings)
         sem = asyncio.Semaphore(self.concurrency)
         try:
-            discovery = self._discovery_cls(
-                self.settings, os_client, motor[self.settings.mongo_db], **self._kwargs()
+            discovery = Discovery(
+                self.settings, os_client, motor[self.settings.mongo_db], artifacts=self.artifacts
             )
 
             async def one(user: str, ex: Collection[str]) -> list[str]:
@@ -352,7 +293,7 @@ class ServedRecommender:
                         user, surface=self.surface, k=k, exclude=tuple(ex)
                     )
                     self.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                self.degraded += int(bool(getattr(recs, "degraded", False)))
+                self.degraded += int(recs.degraded)
                 return [r.id for r in recs.items]
 
             return list(

@@ -1,6 +1,6 @@
 """opendisco.ingest: MongoDB items → OpenSearch (validation, embeddings, reindex, sync, verify).
 
-The rerank team owns ``opendisco.ingest.events`` (and user-state modules) in this folder.
+Items only: what members do (events, user state, graphs, counters) is ``opendisco.signals``.
 """
 
 from ._apply import ApplyStats, Prepared, prepare
@@ -29,7 +29,7 @@ from ._reindex import (
     swap_alias,
     versioned_indices,
 )
-from ._sample import generate_marketplace, now_ms, write_sample
+from ._sample import generate_marketplace, write_sample
 from ._schema import ITEM_FIELDS, KINDS, validate_item
 from ._store import DEAD_LETTERS, SYNC_STATE, items_collection, state_key
 from ._sync import Syncer, SyncReport, run_sync, sync_once
@@ -78,7 +78,6 @@ __all__ = [
     "items_collection",
     "load_movielens",
     "new_index_name",
-    "now_ms",
     "open_feed",
     "pack_vectors",
     "plan_templates",

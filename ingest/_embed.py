@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from bson import Binary
+from pymongo.errors import BulkWriteError
 
 from opendisco import clients
-from opendisco._exceptions import StoreBackendError
+from opendisco._backend import backend_errors
 from opendisco._settings import Settings
 
 from ._document import text_key
@@ -75,18 +77,14 @@ class MongoCache:
         self.dim = dim
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        from pymongo.errors import PyMongoError
-
         out: dict[str, np.ndarray] = {}
-        try:
+        with backend_errors("embedding cache read failed"):
             for i in range(0, len(keys), 1000):
                 chunk = list(keys[i : i + 1000])
                 for doc in self.collection.find({"_id": {"$in": chunk}}):
                     vec = np.frombuffer(bytes(doc["v"]), dtype=np.float32)
                     if vec.shape == (self.dim,):
                         out[doc["_id"]] = vec
-        except PyMongoError as exc:
-            raise StoreBackendError(f"embedding cache read failed: {exc}") from exc
         return out
 
     def scan(self, page_size: int = 5_000) -> Iterator[dict[str, np.ndarray]]:
@@ -96,12 +94,10 @@ class MongoCache:
         vectors stays well under the 16 MB reply limit), so the server closes the cursor with
         its only reply: no cursor outlives a call, none is left behind if the caller stops.
         """
-        from pymongo.errors import PyMongoError
-
         last: str | None = None
         while True:
             query = {} if last is None else {"_id": {"$gt": last}}
-            try:
+            with backend_errors("embedding cache scan failed"):
                 cur = (
                     self.collection.find(query, {"v": 1})
                     .sort("_id", 1)
@@ -110,8 +106,6 @@ class MongoCache:
                 )
                 with cur:
                     docs = list(cur)
-            except PyMongoError as exc:
-                raise StoreBackendError(f"embedding cache scan failed: {exc}") from exc
             page = {}
             for doc in docs:
                 vec = np.frombuffer(bytes(doc["v"]), dtype=np.float32)
@@ -124,23 +118,19 @@ class MongoCache:
             last = docs[-1]["_id"]
 
     def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
-        from bson import Binary
-        from pymongo.errors import BulkWriteError, PyMongoError
-
         if not vectors:
             return
         docs = [
             {"_id": k, "v": Binary(np.asarray(v, np.float32).tobytes())} for k, v in vectors.items()
         ]
-        try:
-            # plain inserts (no upsert: FerretDB holds a cursor per update op); a duplicate
-            # key means another process stored the same text first, which is fine
-            self.collection.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise StoreBackendError(f"embedding cache write failed: {exc}") from exc
-        except PyMongoError as exc:
-            raise StoreBackendError(f"embedding cache write failed: {exc}") from exc
+        with backend_errors("embedding cache write failed"):
+            try:
+                # plain inserts (no upsert: FerretDB holds a cursor per update op); a duplicate
+                # key means another process stored the same text first, which is fine
+                self.collection.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
 
 
 class Embedder:

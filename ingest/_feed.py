@@ -15,14 +15,18 @@ after every change of the batch was acknowledged by OpenSearch (or dead-lettered
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from opendisco._exceptions import StoreBackendError, SyncGap
-from opendisco._settings import Settings
+from pymongo.errors import OperationFailure
 
-from ._sample import now_ms
+from opendisco._backend import backend_errors
+from opendisco._exceptions import SyncGap
+from opendisco._settings import Settings
+from opendisco._store import detect_capabilities, now_ms
+
 from ._store import items_collection, load_state, save_state, state_key
 
 __all__ = [
@@ -91,8 +95,6 @@ class PollingFeed:
         self._exhausted = False
 
     async def next_batch(self) -> ChangeBatch | None:
-        from pymongo.errors import PyMongoError
-
         if self._cursor is None:
             await self.start()
         if self._exhausted:
@@ -106,13 +108,11 @@ class PollingFeed:
             ]
         }
         limit = self.settings.sync_batch_size
-        try:
+        with backend_errors(f"polling {self.coll.name} failed"):
             # .limit() (not only to_list(limit)): the server then closes the cursor; an
             # abandoned open cursor pins a FerretDB/SQLite connection until the pool runs dry
             cursor = self.coll.find(query).sort([("updated_at", 1), ("_id", 1)]).limit(limit)
             docs = await cursor.to_list(limit)
-        except PyMongoError as exc:
-            raise StoreBackendError(f"polling {self.coll.name} failed: {exc}") from exc
         if len(docs) < limit:
             self._exhausted = True
         if not docs:
@@ -156,8 +156,6 @@ class ChangeStreamFeed:
         self._stream: Any = None
 
     async def start(self) -> None:
-        from pymongo.errors import OperationFailure, PyMongoError
-
         if self._stream is not None:
             return
         state = await load_state(self.db, self.key)
@@ -167,50 +165,44 @@ class ChangeStreamFeed:
                 f"no change-stream resume token for {self.key}: run `opendisco reindex` "
                 "(it records one before reading) instead of starting from now"
             )
-        try:
-            self._stream = self.coll.watch(full_document="updateLookup", resume_after=token)
-        except OperationFailure as exc:
-            if exc.code in self.LOST or "resume" in str(exc).lower():
-                await self._alert(str(exc))
-                raise SyncGap(f"change-stream history lost ({exc}); run a reindex") from exc
-            raise StoreBackendError(f"opening change stream failed: {exc}") from exc
-        except PyMongoError as exc:
-            raise StoreBackendError(f"opening change stream failed: {exc}") from exc
+        with backend_errors("opening change stream failed"):
+            try:
+                self._stream = self.coll.watch(full_document="updateLookup", resume_after=token)
+            except OperationFailure as exc:
+                if exc.code in self.LOST or "resume" in str(exc).lower():
+                    await self._alert(str(exc))
+                    raise SyncGap(f"change-stream history lost ({exc}); run a reindex") from exc
+                raise
 
     async def _alert(self, reason: str) -> None:
-        import logging
-
         logging.getLogger("opendisco.ingest").error("SYNC GAP %s: %s", self.key, reason)
         await save_state(self.db, self.key, {"alert": reason, "alert_at": now_ms()})
 
     async def next_batch(self) -> ChangeBatch | None:
-        from pymongo.errors import OperationFailure, PyMongoError
-
         await self.start()
         batch = ChangeBatch()
-        try:
-            while len(batch) < self.settings.sync_batch_size:
-                event = await self._stream.try_next()
-                if event is None:
-                    break
-                op = event.get("operationType")
-                if op in ("insert", "update", "replace"):
-                    doc = event.get("fullDocument")
-                    if doc is None:  # deleted since; a later delete event follows
-                        continue
-                    batch.docs.append(doc)
-                elif op == "delete":
-                    batch.hard_deletes.append(HardDelete(str(event["documentKey"]["_id"])))
-                elif op in ("drop", "rename", "dropDatabase", "invalidate"):
-                    await self._alert(f"collection event {op}")
-                    raise SyncGap(f"change stream invalidated by {op}; run a reindex")
-        except OperationFailure as exc:
-            if exc.code in self.LOST:
-                await self._alert(str(exc))
-                raise SyncGap(f"change-stream history lost ({exc}); run a reindex") from exc
-            raise StoreBackendError(f"change stream failed: {exc}") from exc
-        except PyMongoError as exc:
-            raise StoreBackendError(f"change stream failed: {exc}") from exc
+        with backend_errors("change stream failed"):
+            try:
+                while len(batch) < self.settings.sync_batch_size:
+                    event = await self._stream.try_next()
+                    if event is None:
+                        break
+                    op = event.get("operationType")
+                    if op in ("insert", "update", "replace"):
+                        doc = event.get("fullDocument")
+                        if doc is None:  # deleted since; a later delete event follows
+                            continue
+                        batch.docs.append(doc)
+                    elif op == "delete":
+                        batch.hard_deletes.append(HardDelete(str(event["documentKey"]["_id"])))
+                    elif op in ("drop", "rename", "dropDatabase", "invalidate"):
+                        await self._alert(f"collection event {op}")
+                        raise SyncGap(f"change stream invalidated by {op}; run a reindex")
+            except OperationFailure as exc:
+                if exc.code in self.LOST:
+                    await self._alert(str(exc))
+                    raise SyncGap(f"change-stream history lost ({exc}); run a reindex") from exc
+                raise
         batch.checkpoint = {"token": self._stream.resume_token}
         return batch if len(batch) else None
 
@@ -229,17 +221,7 @@ async def detect_mode(settings: Settings, db: Any) -> str:
     """``change_stream`` on a replica set that is not FerretDB, else ``polling``."""
     if settings.sync_mode != "auto":
         return settings.sync_mode
-    from pymongo.errors import PyMongoError
-
-    try:
-        admin = db.client.admin
-        info = await admin.command("buildInfo")
-        hello = await admin.command("hello")
-    except PyMongoError as exc:
-        raise StoreBackendError(f"cannot reach MongoDB: {exc}") from exc
-    if "ferretdbVersion" in info or not hello.get("setName"):
-        return "polling"
-    return "change_stream"
+    return "change_stream" if (await detect_capabilities(db)).change_streams else "polling"
 
 
 async def open_feed(settings: Settings, db: Any, mode: str | None = None) -> ChangeFeed:

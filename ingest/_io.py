@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from opendisco import clients
-from opendisco._exceptions import SearchBackendError, StoreBackendError
+from opendisco._backend import backend_errors
 from opendisco._settings import Settings
 
 __all__ = ["backends"]
@@ -18,20 +18,14 @@ async def backends(
     settings: Settings, client: Any | None, db: Any | None, what: str
 ) -> AsyncIterator[tuple[Any, Any]]:
     """``(client, db)``: the given ones, or new ones closed on exit; library errors raised
-    inside are mapped to ``SearchBackendError``/``StoreBackendError`` (``"<what> failed"``)."""
-    from opensearchpy.exceptions import OpenSearchException
-    from pymongo.errors import PyMongoError
-
+    inside are mapped into the error tree (``"<what> failed"``)."""
     own_client = client is None
     client = client or clients.async_opensearch(settings)
     motor = clients.motor(settings) if db is None else None
     db = db if db is not None else motor[settings.mongo_db]  # type: ignore[index]
     try:
-        yield client, db
-    except OpenSearchException as exc:
-        raise SearchBackendError(f"{what} failed: {exc}") from exc
-    except PyMongoError as exc:
-        raise StoreBackendError(f"{what} failed: {exc}") from exc
+        with backend_errors(f"{what} failed"):
+            yield client, db
     finally:
         if own_client:
             await client.close()

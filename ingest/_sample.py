@@ -12,22 +12,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import ReplaceOne
+
 from opendisco import clients
-from opendisco._exceptions import StoreBackendError
+from opendisco._backend import backend_errors
 from opendisco._settings import Settings
+from opendisco._store import MAX_WRITES_PER_COMMAND, now_ms
 
 __all__ = [
     "INTEREST_GROUPS",
-    "MAX_UPDATES_PER_COMMAND",
     "generate_marketplace",
-    "now_ms",
     "write_sample",
 ]
-
-# FerretDB 1.x keeps every update op's SQLite cursor open until the whole `update` command
-# ends (msg_update.go defers each close); more ops than its connection pool deadlocks the
-# server. Every bulk of update/replace ops in ingest is cut to this size.
-MAX_UPDATES_PER_COMMAND = 50
 
 INTEREST_GROUPS: dict[str, list[str]] = {
     "outdoors": ["hiking", "climbing", "surfing", "camping", "trail running", "kayaking"],
@@ -67,12 +63,6 @@ CLOSERS = [
     "Currently saving up for a {2} trip.",
 ]
 GENDERS = ("f", "m", "x")
-
-
-def now_ms() -> datetime:
-    """UTC now at millisecond precision (what BSON stores)."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def _ms(dt: datetime) -> datetime:
@@ -185,17 +175,15 @@ def _upsert(coll: Any, docs: Sequence[dict[str, Any]], existing: set[Any]) -> in
     Upserts cost a lookup per document on FerretDB/SQLite (about 40x slower than a bulk
     insert), so only documents that already exist go through ``ReplaceOne``.
     """
-    from pymongo import ReplaceOne
-
     fresh = [d for d in docs if d["_id"] not in existing]
     written = 0
-    for i in range(0, len(fresh), MAX_UPDATES_PER_COMMAND):
+    for i in range(0, len(fresh), MAX_WRITES_PER_COMMAND):
         written += len(
-            coll.insert_many(fresh[i : i + MAX_UPDATES_PER_COMMAND], ordered=False).inserted_ids
+            coll.insert_many(fresh[i : i + MAX_WRITES_PER_COMMAND], ordered=False).inserted_ids
         )
     old = [d for d in docs if d["_id"] in existing]
-    for i in range(0, len(old), MAX_UPDATES_PER_COMMAND):
-        part = old[i : i + MAX_UPDATES_PER_COMMAND]
+    for i in range(0, len(old), MAX_WRITES_PER_COMMAND):
+        part = old[i : i + MAX_WRITES_PER_COMMAND]
         res = coll.bulk_write(
             [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in part], ordered=False
         )
@@ -215,10 +203,7 @@ def write_sample(
     An item that already exists gets ``version = max(given, stored + 1)`` and a fresh
     ``updated_at`` so sync and reindex pick the new copy up. Returns counts.
     """
-    from pymongo.errors import PyMongoError
-
-    client = clients.mongo(settings)
-    try:
+    with clients.mongo(settings) as client, backend_errors("writing sample failed"):
         db = client[settings.mongo_db]
         coll = db[settings.items_collection]
         written = 0
@@ -245,8 +230,4 @@ def write_sample(
             ids = [u["_id"] for u in chunk]
             existing = {d["_id"] for d in db["users"].find({"_id": {"$in": ids}}, {"_id": 1})}
             users_written += _upsert(db["users"], chunk, existing)
-    except PyMongoError as exc:
-        raise StoreBackendError(f"writing sample failed: {exc}") from exc
-    finally:
-        client.close()
     return {"items": written, "users": users_written}

@@ -15,11 +15,13 @@ from datetime import UTC
 from typing import Any
 
 from bson import DatetimeMS
+from bson.codec_options import CodecOptions, DatetimeConversion
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
 
-from opendisco._exceptions import StoreBackendError
+from opendisco._backend import backend_errors
 from opendisco._settings import Settings
-
-from ._sample import MAX_UPDATES_PER_COMMAND, now_ms
+from opendisco._store import MAX_WRITES_PER_COMMAND, now_ms
 
 __all__ = [
     "DEAD_LETTERS",
@@ -39,8 +41,6 @@ SYNC_STATE = "sync_state"
 
 def items_collection(db: Any, settings: Settings) -> Any:
     """The items collection with a codec that never fails on out-of-range dates."""
-    from bson.codec_options import CodecOptions, DatetimeConversion
-
     opts = CodecOptions(
         tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO
     )
@@ -106,9 +106,6 @@ def dead_letter(
 
 
 async def write_dead_letters(db: Any, letters: list[dict[str, Any]]) -> int:
-    from pymongo import UpdateOne
-    from pymongo.errors import BulkWriteError
-
     if not letters:
         return 0
     ops = []
@@ -121,30 +118,21 @@ async def write_dead_letters(db: Any, letters: list[dict[str, Any]]) -> int:
                 upsert=True,
             )
         )
-    for start in range(0, len(ops), MAX_UPDATES_PER_COMMAND):
-        await _write_letters(
-            db, ops[start : start + MAX_UPDATES_PER_COMMAND], letters[start:], BulkWriteError
-        )
+    for start in range(0, len(ops), MAX_WRITES_PER_COMMAND):
+        await _write_letters(db, ops[start : start + MAX_WRITES_PER_COMMAND], letters[start:])
     return len(letters)
 
 
-async def _write_letters(db: Any, ops: list[Any], letters: list[dict[str, Any]], bwe: Any) -> None:
-    from pymongo.errors import PyMongoError
-
-    try:
-        await db[DEAD_LETTERS].bulk_write(ops, ordered=False)
-    except bwe as exc:
-        # a document Mongo cannot store back (e.g. too deep): keep id and reason at least
-        failed = [e["index"] for e in exc.details.get("writeErrors", [])]
+async def _write_letters(db: Any, ops: list[Any], letters: list[dict[str, Any]]) -> None:
+    with backend_errors("writing dead letters failed"):
         try:
-            for i in failed:
+            await db[DEAD_LETTERS].bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            # a document Mongo cannot store back (e.g. too deep): keep id and reason at least
+            for i in [e["index"] for e in exc.details.get("writeErrors", [])]:
                 slim = {k: v for k, v in letters[i].items() if k != "doc"}
                 slim["doc"] = {"_id": slim["doc_id"], "unstorable": True}
                 await db[DEAD_LETTERS].replace_one({"_id": slim["_id"]}, slim, upsert=True)
-        except PyMongoError as exc2:
-            raise StoreBackendError(f"writing dead letters failed: {exc2}") from exc2
-    except PyMongoError as exc:
-        raise StoreBackendError(f"writing dead letters failed: {exc}") from exc
 
 
 def state_key(settings: Settings, kind: str) -> str:
@@ -152,20 +140,12 @@ def state_key(settings: Settings, kind: str) -> str:
 
 
 async def load_state(db: Any, key: str) -> dict[str, Any] | None:
-    from pymongo.errors import PyMongoError
-
-    try:
+    with backend_errors("reading sync state failed"):
         return await db[SYNC_STATE].find_one({"_id": key})
-    except PyMongoError as exc:
-        raise StoreBackendError(f"reading sync state failed: {exc}") from exc
 
 
 async def save_state(db: Any, key: str, fields: Mapping[str, Any]) -> None:
-    from pymongo.errors import PyMongoError
-
-    try:
+    with backend_errors("saving sync state failed"):
         await db[SYNC_STATE].update_one(
             {"_id": key}, {"$set": {**fields, "saved_at": now_ms()}}, upsert=True
         )
-    except PyMongoError as exc:
-        raise StoreBackendError(f"saving sync state failed: {exc}") from exc

@@ -16,8 +16,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from opensearchpy.exceptions import NotFoundError
+
 from opendisco import index_templates
-from opendisco._exceptions import SearchBackendError
+from opendisco._backend import backend_errors
 from opendisco._settings import Settings
 
 __all__ = [
@@ -95,10 +97,8 @@ def _template_name(name: str, settings: Settings) -> str:
 
 
 async def plan_templates(settings: Settings, client: Any) -> list[TemplatePlan]:
-    from opensearchpy.exceptions import NotFoundError, OpenSearchException
-
     plans = []
-    try:
+    with backend_errors("reading templates failed"):
         for name in index_templates.names():
             body = template_body(name, settings)
             desired = _desired(body)
@@ -119,14 +119,10 @@ async def plan_templates(settings: Settings, client: Any) -> list[TemplatePlan]:
             if name == "items":
                 plan.live_index, plan.live_diff = await _live(client, settings, desired)
             plans.append(plan)
-    except OpenSearchException as exc:
-        raise SearchBackendError(f"reading templates failed: {exc}") from exc
     return plans
 
 
 async def _live(client: Any, settings: Settings, desired: dict[str, Any]) -> tuple[str | None, str]:
-    from opensearchpy.exceptions import NotFoundError
-
     try:
         aliases = await client.indices.get_alias(name=settings.index_alias)
     except NotFoundError:
@@ -141,12 +137,10 @@ async def apply_templates(
     settings: Settings, client: Any, *, dry_run: bool = False
 ) -> list[TemplatePlan]:
     """Put every template that differs from the cluster (none when ``dry_run``)."""
-    from opensearchpy.exceptions import OpenSearchException
-
     plans = await plan_templates(settings, client)
     if dry_run:
         return plans
-    try:
+    with backend_errors("applying templates failed"):
         for plan in plans:
             name = plan.name.removeprefix(f"{settings.index_alias}-")
             if plan.changed:
@@ -159,8 +153,6 @@ async def apply_templates(
                     plan.live_index, plan.live_diff = await _live(
                         client, settings, _desired(template_body(name, settings))
                     )
-    except OpenSearchException as exc:
-        raise SearchBackendError(f"applying templates failed: {exc}") from exc
     return plans
 
 

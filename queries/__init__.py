@@ -2,9 +2,8 @@
 
 Templates (``templates/*.json``, one per surface) declare typed parameters and named sources;
 :func:`render` turns them into search bodies without touching a client (golden-tested);
-:func:`generate_candidates` runs a surface's sources in one ``_msearch`` and fuses them;
-:class:`~opendisco.queries.exposure.ExposureStore` keeps the counters the in-engine exposure
-cap reads.
+:func:`generate_candidates` runs a surface's sources in one ``_msearch`` and fuses them.
+Read-only: the exposure counters the in-engine cap reads are kept by ``opendisco.signals``.
 """
 
 from ._candidates import (
@@ -28,21 +27,17 @@ from ._template import (
     to_mustache,
 )
 from ._validate import SourceCheck, example_params, script_id, store_templates, validate_templates
-from .exposure import ExposureStore, capped_lookup, exposure_index
 
 __all__ = [
     "SURFACES",
     "Candidate",
     "CandidateRequest",
     "CandidateSet",
-    "ExposureStore",
     "ParamSpec",
     "SourceCheck",
-    "capped_lookup",
     "clip_terms",
     "example_params",
     "explain_components",
-    "exposure_index",
     "fuse",
     "generate_candidates",
     "load",

@@ -11,28 +11,22 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from opendisco._exceptions import (
-    InvalidInput,
-    NotFound,
-    SearchBackendError,
-    SearchTimeout,
-)
+from opensearchpy import AsyncOpenSearch
+
+from opendisco._backend import backend_errors
+from opendisco._exceptions import InvalidInput, SearchBackendError
 from opendisco._settings import Settings
-from opendisco.ingest._packed import PACKED_FIELD
+from opendisco.ingest import PACKED_FIELD
+from opendisco.signals import UserState, exposure_index
 
 from ._template import load, render
-from .exposure import ExposureStore, exposure_index
-
-if TYPE_CHECKING:
-    from opensearchpy import AsyncOpenSearch
 
 __all__ = [
     "Candidate",
     "CandidateRequest",
     "CandidateSet",
-    "ensure_exposures",
     "explain_components",
     "fuse",
     "generate_candidates",
@@ -97,32 +91,36 @@ class CandidateSet:
 
 def request_for_user(
     user: Mapping[str, Any] | None,
-    state: Mapping[str, Any] | None,
+    state: UserState | None,
     *,
     surface: str | None = None,
     k: int = 100,
     now: datetime | None = None,
     **extra: Any,
 ) -> CandidateRequest:
-    """A request from MongoDB ``users`` and ``user_state`` documents (pure).
+    """A request from a member's ``users`` document and :class:`UserState` (pure).
 
     Without a surface: ``for_you`` when the state has a vector, else ``cold_start``. Seen,
-    blocked and interacted (positives/negatives) ids are excluded.
+    blocked and interacted (positives/negatives) ids are excluded; ``similar`` searches with the
+    anchor item's vectors (filled in by :func:`generate_candidates`), not the member's.
     """
     user = user or {}
-    state = state or {}
-    vector = state.get("vector") or None
-    behaviour = state.get("behaviour") or None
+    vector = state.vector if state is not None else None
+    behaviour = state.behaviour if state is not None else None
     if surface is None:
         surface = "for_you" if (vector or behaviour) else "cold_start"
-    interacted = [e.get("id") for e in (*state.get("positives", []), *state.get("negatives", []))]
-    exclude = [*state.get("blocked", []), *state.get("seen", []), *interacted]
+    exclude: list[str] = []
+    if state is not None:
+        interacted = [e.get("id") for e in (*state.positives, *state.negatives)]
+        exclude = [*state.blocked, *state.seen, *interacted]
     viewer = {
         f: user[f]
         for f in ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max")
         if user.get(f) is not None
     }
     loc = user.get("location")
+    if surface == "similar":  # the anchor item's vectors, never the member's
+        vector = behaviour = None
     return CandidateRequest(
         surface=surface,
         k=k,
@@ -248,30 +246,16 @@ def explain_components(explanation: Mapping[str, Any], depth: int = 4) -> list[d
     return out
 
 
-_ENSURED: set[tuple[int, str]] = set()
-
-
-async def ensure_exposures(client: AsyncOpenSearch, settings: Settings) -> None:
-    """Create the exposure counters index once per client (the cap lookup needs it)."""
-    key = (id(client), exposure_index(settings))
-    if key not in _ENSURED:
-        await ExposureStore(client, settings).ensure()
-        _ENSURED.add(key)
-
-
 async def _anchor(client: AsyncOpenSearch, settings: Settings, item_id: str) -> dict[str, Any]:
-    from opensearchpy.exceptions import NotFoundError, OpenSearchException
-
-    try:
+    with backend_errors(
+        f"fetching item {item_id!r} failed",
+        not_found=f"item {item_id!r} is not in {settings.index_alias}",
+    ):
         doc = await client.get(
             index=settings.index_alias,
             id=item_id,
             params={"_source_includes": "embedding,behaviour"},
         )
-    except NotFoundError as exc:
-        raise NotFound(f"item {item_id!r} is not in {settings.index_alias}") from exc
-    except OpenSearchException as exc:
-        raise SearchBackendError(f"fetching item {item_id!r} failed: {exc}") from exc
     return doc.get("_source") or {}
 
 
@@ -282,12 +266,9 @@ async def generate_candidates(
 
     A failing source degrades the set (``errors``) instead of failing it; when every source
     fails the error is raised. ``similar`` fetches the anchor's vectors first (one GET).
+    With exposure caps on, the counters index must exist (``ExposureStore.ensure``).
     """
-    from opensearchpy.exceptions import ConnectionTimeout, OpenSearchException
-
     params = request_params(req, settings)
-    if params.get("exposure_index"):
-        await ensure_exposures(client, settings)
     if req.surface == "similar":
         anchor = await _anchor(client, settings, str(req.item_id))
         for key, field_name in (("item_vector", "embedding"), ("behaviour_vector", "behaviour")):
@@ -305,12 +286,8 @@ async def generate_candidates(
         src = rendered["sources"][name]
         body.append({**src, "explain": True} if req.explain else src)
     t0 = time.perf_counter()
-    try:
+    with backend_errors(f"{req.surface}: _msearch failed"):
         resp = await client.msearch(body=body)
-    except ConnectionTimeout as exc:
-        raise SearchTimeout(f"{req.surface}: _msearch timed out") from exc
-    except OpenSearchException as exc:
-        raise SearchBackendError(f"{req.surface}: _msearch failed: {exc}") from exc
     wall = (time.perf_counter() - t0) * 1000
     hits: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, str] = {}

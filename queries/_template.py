@@ -29,6 +29,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from opendisco._domain import Surface
 from opendisco._exceptions import ConfigError, TemplateParamError
 
 from ._params import ParamSpec, validate_params
@@ -45,7 +46,8 @@ __all__ = [
     "to_mustache",
 ]
 
-SURFACES = ("for_you", "similar", "search", "cold_start", "trending")
+#: one template file per surface (a test checks the files against the enum)
+SURFACES: tuple[str, ...] = tuple(s.value for s in Surface)
 _PARTIALS = "_partials"
 
 

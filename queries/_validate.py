@@ -6,16 +6,15 @@ import math
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from opendisco._exceptions import SearchBackendError
+from opensearchpy import AsyncOpenSearch
+
+from opendisco._backend import backend_errors
 from opendisco._settings import Settings
+from opendisco.signals import exposure_index
 
 from ._template import load, render, surfaces, to_mustache
-from .exposure import exposure_index
-
-if TYPE_CHECKING:
-    from opensearchpy import AsyncOpenSearch
 
 __all__ = ["SourceCheck", "example_params", "script_id", "store_templates", "validate_templates"]
 
@@ -78,16 +77,10 @@ async def _any_id(client: AsyncOpenSearch, settings: Settings) -> str:
 
 
 async def validate_templates(client: AsyncOpenSearch, settings: Settings) -> list[SourceCheck]:
-    """Render every surface with every clause switched on and run each source once."""
-    from opensearchpy.exceptions import OpenSearchException
-
-    from ._candidates import ensure_exposures
-
-    await ensure_exposures(client, settings)
-    try:
+    """Render every surface with every clause switched on and run each source once (the
+    exposure counters index must exist: ``ExposureStore.ensure``)."""
+    with backend_errors(f"cannot read {settings.index_alias}"):
         anchor = await _any_id(client, settings)
-    except OpenSearchException as exc:
-        raise SearchBackendError(f"cannot read {settings.index_alias}: {exc}") from exc
     checks: list[SourceCheck] = []
     for surface in surfaces():
         rendered = render(surface, example_params(surface, settings, anchor))
@@ -95,10 +88,8 @@ async def validate_templates(client: AsyncOpenSearch, settings: Settings) -> lis
         body: list[dict[str, Any]] = []
         for name in names:
             body += [{"index": settings.index_alias}, rendered["sources"][name]]
-        try:
+        with backend_errors(f"{surface}: _msearch failed"):
             resp = await client.msearch(body=body)
-        except OpenSearchException as exc:
-            raise SearchBackendError(f"{surface}: _msearch failed: {exc}") from exc
         for name, r in zip(names, resp["responses"], strict=True):
             if "error" in r:
                 err = r["error"]
@@ -141,19 +132,15 @@ async def store_templates(client: AsyncOpenSearch, prefix: str = "opendisco") ->
 
     Call them with ``script_params(surface, params)`` (values plus ``has_<name>`` flags).
     """
-    from opensearchpy.exceptions import OpenSearchException
-
     out: dict[str, str] = {}
     for surface in surfaces():
         tpl = load(surface)
         for source in tpl.sources:
             sid = script_id(surface, source, prefix)
-            try:
+            with backend_errors(f"storing {sid} failed"):
                 await client.put_script(
                     id=sid,
                     body={"script": {"lang": "mustache", "source": to_mustache(surface, source)}},
                 )
-            except OpenSearchException as exc:
-                raise SearchBackendError(f"storing {sid} failed: {exc}") from exc
             out[sid] = tpl.version
     return out

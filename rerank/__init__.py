@@ -7,7 +7,7 @@ linear model for LightGBM LambdaMART.
 """
 
 from ._als import AlsModel, fold_in, train_als, write_behaviour
-from ._config import DEFAULT_STEPS, FEATURE_NAMES, RerankConfig
+from ._config import DEFAULT_STEPS, RerankConfig, merged_config
 from ._features import FeatureStore, TTLCache
 from ._learned import LABELS, LearnedScorer, lambdamart_dataset, train_lambdamart
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
@@ -24,7 +24,7 @@ from ._steps import (
     fatigue_penalty,
     mmr_select,
 )
-from ._types import CandidateBatch, Features, RerankContext
+from ._types import FEATURE_NAMES, CandidateBatch, Features, RerankContext
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -54,6 +54,7 @@ __all__ = [
     "fatigue_penalty",
     "fold_in",
     "lambdamart_dataset",
+    "merged_config",
     "mmr_select",
     "train_als",
     "train_lambdamart",

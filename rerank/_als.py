@@ -15,6 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from pymongo import UpdateOne
+
+from opendisco._store import bulk_write_chunked
+from opendisco.signals import fold_in
 
 __all__ = ["AlsModel", "fold_in", "train_als", "write_behaviour"]
 
@@ -38,36 +42,6 @@ class AlsModel:
             for r, i in enumerate(self.item_ids)
             if norms[r] > min_norm
         }
-
-
-def fold_in(
-    item_factors: np.ndarray,
-    weights: Sequence[float] | np.ndarray | None = None,
-    *,
-    regularization: float = 0.1,
-    alpha: float = 1.0,
-    gram: np.ndarray | None = None,
-) -> np.ndarray | None:
-    """One implicit-ALS user solve from the factors of the items the user engaged with.
-
-    ``(YᵀY + Y_rᵀ(C_r − I)Y_r + λI) u = Y_rᵀ C_r 1`` with confidence ``c = 1 + alpha·w``; without
-    ``gram`` (the model's YᵀY) the unobserved-items term is left out. Rows of zeros (items
-    without a behaviour vector) are dropped; returns None when nothing is left.
-    """
-    Y = np.asarray(item_factors, dtype=np.float64)
-    if Y.ndim != 2 or Y.shape[0] == 0:
-        return None
-    w = np.ones(Y.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
-    keep = (np.abs(Y).sum(axis=1) > 0) & (w > 0)
-    if not keep.any():
-        return None
-    Y, c = Y[keep], 1.0 + alpha * w[keep]
-    f = Y.shape[1]
-    base = gram if gram is not None else np.zeros((f, f))
-    extra = (c - 1.0) if gram is not None else c
-    A = base + (Y * extra[:, None]).T @ Y + regularization * np.eye(f)
-    b = Y.T @ c
-    return np.linalg.solve(A, b)
 
 
 def train_als(
@@ -124,16 +98,10 @@ async def write_behaviour(
     collection: str,
     vectors: Mapping[str, Sequence[float]],
     *,
-    batch_size: int = 50,  # FerretDB 1.24 hangs on bulks of ~100 updates
     now: datetime | None = None,
 ) -> int:
     """``$set behaviour`` + ``$inc version`` + ``updated_at`` per item (bulk); only existing,
     non-deleted items are touched. Returns the number of items modified."""
-    from pymongo import UpdateOne
-    from pymongo.errors import PyMongoError
-
-    from opendisco._exceptions import StoreBackendError
-
     now = now or datetime.now(UTC)
     ops = [
         UpdateOne(
@@ -142,11 +110,4 @@ async def write_behaviour(
         )
         for i, v in vectors.items()
     ]
-    done = 0
-    try:
-        for k in range(0, len(ops), batch_size):
-            res = await db[collection].bulk_write(ops[k : k + batch_size], ordered=False)
-            done += res.modified_count
-    except PyMongoError as exc:
-        raise StoreBackendError(f"writing behaviour vectors failed: {exc}") from exc
-    return done
+    return await bulk_write_chunked(db[collection], ops)

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["DEFAULT_STEPS", "FEATURE_NAMES", "RerankConfig"]
+from ._steps import STEPS
+from ._types import FEATURE_NAMES
 
-#: Columns of the feature matrix built by :func:`opendisco.rerank.assemble_features`.
-FEATURE_NAMES: tuple[str, ...] = (
-    "fused",  # candidate fusion score, max-normalised within the batch
-    "content_sim",  # cosine(user vector, item content vector)
-    "behaviour_sim",  # cosine(user behaviour vector, item behaviour vector)
-    "graph",  # co-engagement proximity to the user's recent items, log1p
-    "quality",
-    "popularity",  # log1p, max-normalised
-    "freshness",  # exp(-age / half life)
-    "exposure",  # log1p(impressions in the window)
-    "inbound",  # log1p(recent likes/messages the recipient received)
-    "n_sources",  # how many candidate sources proposed the item
-)
+__all__ = ["DEFAULT_STEPS", "RerankConfig", "merged_config"]
 
 DEFAULT_STEPS: tuple[str, ...] = ("score", "rules", "fatigue", "exposure", "mmr", "caps", "pins")
 
@@ -82,8 +73,6 @@ class RerankConfig(BaseModel):
     @field_validator("steps")
     @classmethod
     def _known_steps(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from ._steps import STEPS
-
         unknown = [s for s in v if s not in STEPS]
         if unknown:
             raise ValueError(f"unknown step(s) {unknown}; known: {sorted(STEPS)}")
@@ -96,7 +85,14 @@ class RerankConfig(BaseModel):
     def from_config(cls, config: dict[str, Any]) -> RerankConfig:
         return cls.model_validate(config)
 
-    def weight_vector(self) -> Any:
-        import numpy as np
-
+    def weight_vector(self) -> np.ndarray:
         return np.array([self.weights.get(n, 0.0) for n in FEATURE_NAMES], dtype=np.float64)
+
+
+def merged_config(overrides: Mapping[str, Any]) -> RerankConfig:
+    """The defaults with ``overrides`` on top, ``weights`` merged key by key (a plain
+    ``from_config`` would replace the whole weights mapping, zeroing the other features)."""
+    base = RerankConfig().get_config()
+    out = {**base, **overrides}
+    out["weights"] = {**base["weights"], **(overrides.get("weights") or {})}
+    return RerankConfig.from_config(out)

@@ -25,18 +25,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from opensearchpy import AsyncOpenSearch
+from opensearchpy.exceptions import NotFoundError
 
+from opendisco._backend import backend_errors
 from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
-from opendisco.ingest._packed import unpack_vectors
+from opendisco.ingest import unpack_vectors
+from opendisco.signals import RECENT_FANOUT, ExposureStore, InboundCounter, ItemGraph, UserState
 
 from ._types import CandidateBatch, Features, RerankContext
-
-if TYPE_CHECKING:
-    from opensearchpy import AsyncOpenSearch
 
 __all__ = ["FeatureStore", "TTLCache"]
 
@@ -96,16 +97,10 @@ class FeatureStore:
         cache_ttl_s: float = 60.0,
         inbound_days: int = 7,
     ) -> None:
-        from opendisco.ingest.graph import InboundCounter, ItemGraph
-
         self.settings = settings
         self.os = os_client
         self.db = db
-        if exposure is None:
-            from opendisco.queries.exposure import ExposureStore
-
-            exposure = ExposureStore(os_client, settings)
-        self.exposure = exposure
+        self.exposure = exposure if exposure is not None else ExposureStore(os_client, settings)
         self.graph = ItemGraph(db)
         self.inbound = InboundCounter(db)
         self.inbound_days = inbound_days
@@ -147,18 +142,15 @@ class FeatureStore:
             fut.exception()  # retrieved here so a failure nobody awaits is not logged as lost
 
     async def _mget_vectors(self, ids: list[str]) -> dict[str, tuple[Any, Any]]:
-        from opensearchpy.exceptions import NotFoundError, OpenSearchException
-
-        try:
-            resp = await self.os.mget(
-                index=self.settings.index_alias,
-                body={"ids": ids},
-                params={"_source_includes": "embedding,behaviour", "realtime": "false"},
-            )
-        except NotFoundError:
-            return {}
-        except OpenSearchException as exc:
-            raise SearchBackendError(f"feature vector lookup failed: {exc}") from exc
+        with backend_errors("feature vector lookup failed"):
+            try:
+                resp = await self.os.mget(
+                    index=self.settings.index_alias,
+                    body={"ids": ids},
+                    params={"_source_includes": "embedding,behaviour", "realtime": "false"},
+                )
+            except NotFoundError:
+                return {}
         got = {
             d["_id"]: (
                 _array((d.get("_source") or {}).get("embedding")),
@@ -239,18 +231,16 @@ class FeatureStore:
     async def for_batch(
         self,
         batch: CandidateBatch,
-        user_state: Any | None = None,
+        user_state: UserState | None = None,
         graph_weights: Mapping[str, float] | None = None,
     ) -> Features:
-        from opendisco.ingest.graph import RECENT_FANOUT
-
         recent = user_state.recent_positive_ids[:RECENT_FANOUT] if user_state is not None else ()
         return await self.lookup(
             batch.ids, recent=recent, graph_weights=graph_weights, packed=batch.packed
         )
 
     @staticmethod
-    def context(user_state: Any | None, **kw: Any) -> RerankContext:
+    def context(user_state: UserState | None, **kw: Any) -> RerankContext:
         """A :class:`RerankContext` from a ``UserState`` (vector, behaviour, fatigue, bans)."""
         if user_state is None:
             return RerankContext(**kw)

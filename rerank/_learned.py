@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ._config import FEATURE_NAMES
+from opendisco._exceptions import ConfigError
+
+from ._types import FEATURE_NAMES
 
 __all__ = ["LABELS", "LearnedScorer", "lambdamart_dataset", "train_lambdamart"]
 
@@ -70,9 +72,21 @@ class LearnedScorer:
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedScorer:
+        """A saved booster; :class:`ConfigError` when it was trained on other features than
+        :data:`FEATURE_NAMES` (LightGBM stores the names in the model file)."""
         import lightgbm as lgb
 
-        return cls(lgb.Booster(model_file=str(path)))
+        try:
+            booster = lgb.Booster(model_file=str(path))
+        except lgb.basic.LightGBMError as exc:
+            raise ConfigError(f"model file {path}: not a LightGBM model: {exc}") from exc
+        names = tuple(booster.feature_name())
+        if names != FEATURE_NAMES:
+            raise ConfigError(
+                f"model file {path} was trained on features {list(names)}; this reranker "
+                f"computes {list(FEATURE_NAMES)}: retrain it (`opendisco train ltr`)"
+            )
+        return cls(booster)
 
 
 def train_lambdamart(

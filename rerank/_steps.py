@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ._config import FEATURE_NAMES, RerankConfig
-from ._types import CandidateBatch, Features, RerankContext
+from ._types import FEATURE_NAMES, CandidateBatch, Features, RerankContext
+
+if TYPE_CHECKING:
+    from ._config import RerankConfig
 
 __all__ = [
     "STEPS",
@@ -302,7 +304,7 @@ def step_pins(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankSta
     return RerankState(s.scores, apply_pins(s.order, pins))
 
 
-Step = Callable[[RerankState, RerankInputs, RerankConfig], RerankState]
+Step = Callable[[RerankState, RerankInputs, "RerankConfig"], RerankState]
 
 STEPS: dict[str, Step] = {
     "score": step_score,

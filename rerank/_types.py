@@ -9,7 +9,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CandidateBatch", "Features", "RerankContext"]
+__all__ = ["FEATURE_NAMES", "CandidateBatch", "Features", "RerankContext"]
+
+#: Columns of the feature matrix built by :func:`opendisco.rerank.assemble_features`.
+FEATURE_NAMES: tuple[str, ...] = (
+    "fused",  # candidate fusion score, max-normalised within the batch
+    "content_sim",  # cosine(user vector, item content vector)
+    "behaviour_sim",  # cosine(user behaviour vector, item behaviour vector)
+    "graph",  # co-engagement proximity to the user's recent items, log1p
+    "quality",
+    "popularity",  # log1p, max-normalised
+    "freshness",  # exp(-age / half life)
+    "exposure",  # log1p(impressions in the window)
+    "inbound",  # log1p(recent likes/messages the recipient received)
+    "n_sources",  # how many candidate sources proposed the item
+)
 
 
 def _codes(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:

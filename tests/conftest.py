@@ -7,12 +7,15 @@ wiped at the end.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -91,6 +94,16 @@ def os_client(settings: Settings, run_id: str) -> Iterator[Any]:
     client.close()
 
 
+async def _ensure_exposures(settings: Settings) -> None:
+    from opendisco.signals import ExposureStore
+
+    client = clients.async_opensearch(settings)
+    try:
+        await ExposureStore(client, settings).ensure()
+    finally:
+        await client.close()
+
+
 @pytest.fixture(scope="session")
 def index_items(os_client: Any) -> Callable[[Settings, list[dict[str, Any]]], str]:
     """``index_items(settings, docs)``: a ``<alias>-v1`` index from index_templates/items.json
@@ -110,6 +123,7 @@ def index_items(os_client: Any) -> Callable[[Settings, list[dict[str, Any]]], st
             raise_on_error=False,
         )
         assert ok == len(docs), errors
+        asyncio.run(_ensure_exposures(settings))  # the counters index the cap lookup reads
         return index
 
     return index_docs
@@ -140,3 +154,107 @@ def movielens() -> Path:
     if not (MOVIELENS_SMALL / "ratings.csv").is_file():
         pytest.fail(f"MovieLens ml-latest-small not found at {MOVIELENS_SMALL}")
     return MOVIELENS_SMALL
+
+
+# --- a small clustered catalogue (signals and rerank tests) --------------------------------
+# Items: 3 categories x 20 (content vectors = category direction + noise), 4 profiles, one
+# item with a tiny ``exposure_cap``; alias ``t<runid>-itemsrr``, database ``t<runid>rr``.
+
+CATS = ("alpha", "beta", "gamma")
+PER_CAT = 20
+CAPPED_ITEM = "cap0"
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def clustered_catalogue(dim: int, bdim: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(11)
+    base = {c: _unit(rng.normal(size=dim)) for c in CATS}
+    bbase = {c: _unit(rng.normal(size=bdim)) for c in CATS}
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    items = []
+    for c in CATS:
+        for j in range(PER_CAT):
+            items.append(
+                {
+                    "id": f"{c}{j}",
+                    "kind": "movie",
+                    "title": f"{c} {j}",
+                    "category": c,
+                    "owner_id": f"o{j % 10}",
+                    "quality": round(float(rng.random()), 3),
+                    "popularity": float(rng.integers(1, 100)),
+                    "available": True,
+                    "created_at": (created + timedelta(days=j)).isoformat(),
+                    "embedding": _unit(
+                        base[c] + 0.35 * rng.normal(size=dim) / np.sqrt(dim)
+                    ).tolist(),
+                    "behaviour": _unit(
+                        bbase[c] + 0.3 * rng.normal(size=bdim) / np.sqrt(bdim)
+                    ).tolist(),
+                }
+            )
+    for p in range(4):
+        items.append(
+            {
+                "id": f"prof{p}",
+                "kind": "profile",
+                "title": f"person {p}",
+                "category": "people",
+                "owner_id": f"person{p}",
+                "available": True,
+                "embedding": _unit(rng.normal(size=dim)).tolist(),
+            }
+        )
+    items.append(
+        {
+            "id": CAPPED_ITEM,
+            "kind": "listing",
+            "title": "rarely shown",
+            "category": "alpha",
+            "exposure_cap": 3,
+            "available": True,
+            "embedding": _unit(base["alpha"]).tolist(),
+        }
+    )
+    return items
+
+
+@pytest.fixture(scope="session")
+def clustered_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"index_alias": f"{settings.index_alias}rr", "mongo_db": f"{settings.mongo_db}rr"}
+    )
+
+
+@pytest.fixture(scope="session")
+def clustered_items(
+    clustered_settings: Settings, os_client: Any, index_items: Any
+) -> Iterator[list[dict[str, Any]]]:
+    items = clustered_catalogue(clustered_settings.embedding_dim, clustered_settings.behaviour_dim)
+    index_items(clustered_settings, items)
+    yield items
+    os_client.indices.delete(
+        index=f"{clustered_settings.index_alias}*", ignore_unavailable=True, expand_wildcards="all"
+    )
+    client = clients.mongo(clustered_settings)
+    client.drop_database(clustered_settings.mongo_db)
+    client.close()
+
+
+@pytest.fixture
+async def clustered_db(
+    clustered_settings: Settings, clustered_items: list[dict[str, Any]]
+) -> AsyncIterator[Any]:
+    client = clients.motor(clustered_settings)
+    yield client[clustered_settings.mongo_db]
+    client.close()
+
+
+@pytest.fixture
+async def clustered_os(clustered_settings: Settings) -> AsyncIterator[Any]:
+    client = clients.async_opensearch(clustered_settings)
+    yield client
+    await client.close()

@@ -1,4 +1,4 @@
-"""API fixtures: a small real catalogue, keys of every scope, the app served in-process,
+"""API fixtures: a small real api_catalogue, keys of every scope, the app served in-process,
 and a TCP proxy in front of OpenSearch that can be paused (like SIGSTOP) or killed (like
 kill -9) without touching the shared server."""
 
@@ -30,7 +30,7 @@ def api_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="session")
-async def catalogue(settings: Settings, mongo_db: Any, os_client: Any) -> dict[str, Any]:
+async def api_catalogue(settings: Settings, mongo_db: Any, os_client: Any) -> dict[str, Any]:
     """``N_ITEMS`` synthetic profiles + users in MongoDB, reindexed into the session alias."""
     from opendisco.ingest import generate_marketplace, write_sample
     from opendisco.ingest._reindex import reindex

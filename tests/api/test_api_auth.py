@@ -71,7 +71,7 @@ async def test_scopes_are_enforced_with_403(api: Any, keys: dict[str, str]) -> N
         "/v1/users/u1/recommendations?cursor=forged.cursor",
         "/v1/users/bad%20id/recommendations",
         "/v1/users/%C3%A9t%C3%A9/recommendations",
-        "/v1/users/" + "x" * 257 + "/recommendations",
+        "/v1/users/" + "x" * 513 + "/recommendations",
         "/v1/items/p1/similar?user_id=a%2Fb",
         "/v1/search",
         "/v1/search?q=",

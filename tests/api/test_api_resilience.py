@@ -46,7 +46,7 @@ async def _until(client: Any, key: str, degraded: bool, timeout: float = 15.0) -
 
 
 async def test_outage_degrades_then_recovers(
-    api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
     proxy, settings = await _proxied(
         api_settings,
@@ -111,7 +111,7 @@ async def test_outage_degrades_then_recovers(
 
 
 async def test_cold_fallback_reads_popular_items_from_mongo(
-    api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
     """OpenSearch down from the start: no trending yet, the popular items in MongoDB answer."""
     proxy, settings = await _proxied(api_settings, api_deadline_ms=300)
@@ -122,7 +122,7 @@ async def test_cold_fallback_reads_popular_items_from_mongo(
             assert resp.status_code == 200, resp.text
             body = resp.json()
             assert body["degraded"] is True
-            live = [it for it in catalogue["items"] if it["available"] and not it["deleted"]]
+            live = [it for it in api_catalogue["items"] if it["available"] and not it["deleted"]]
             top = sorted(live, key=lambda it: -it["popularity"])[:10]
             assert [it["id"] for it in body["items"]] == [it["_id"] for it in top]
     finally:
@@ -130,7 +130,7 @@ async def test_cold_fallback_reads_popular_items_from_mongo(
 
 
 async def test_saturation_is_503_with_retry_after(
-    api_settings: Settings, catalogue: dict[str, Any], keys: dict[str, str]
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
     proxy, settings = await _proxied(
         api_settings,

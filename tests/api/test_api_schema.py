@@ -22,7 +22,7 @@ EXAMPLES = 50
 
 
 @pytest.fixture(scope="module")
-def api_schema(api_settings: Settings, catalogue: dict[str, Any]) -> Iterator[Any]:
+def api_schema(api_settings: Settings, api_catalogue: dict[str, Any]) -> Iterator[Any]:
     app = create_app(api_settings)
     # the lifespan runs once, on schemathesis' own event-loop thread
     yield schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -16,7 +16,7 @@ def test_eval_writes_one_table_with_every_baseline(
 ) -> None:
     out = tmp_path / "res"
     args = ["eval", "--dataset", str(movielens), "--users", "60", "--k", "5"]
-    args += ["--served", "no", "--ease-items", "500", "--out", str(out)]
+    args += ["--no-served", "--ease-items", "500", "--out", str(out)]
     result = CliRunner().invoke(cli, args, obj=base_settings, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     for name in ("random", "most-popular", "EASE", "ALS"):
@@ -34,7 +34,7 @@ def test_eval_rejects_a_directory_without_movielens_files(
     tmp_path: Path, base_settings: Settings
 ) -> None:
     result = CliRunner().invoke(
-        cli, ["eval", "--dataset", str(tmp_path), "--served", "no"], obj=base_settings
+        cli, ["eval", "--dataset", str(tmp_path), "--no-served"], obj=base_settings
     )
     assert result.exit_code == 2
     assert "ml-latest-small" in result.output and "ml-100k" in result.output
@@ -69,7 +69,7 @@ def test_eval_on_the_synthetic_marketplace_reports_exposure(
     tmp_path: Path, base_settings: Settings
 ) -> None:
     out = tmp_path / "syn"
-    args = ["eval", "--dataset", "synthetic:120", "--served", "no", "--k", "5"]
+    args = ["eval", "--dataset", "synthetic:120", "--no-served", "--k", "5"]
     result = CliRunner().invoke(cli, [*args, "--out", str(out)], obj=base_settings)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "eval.json").read_text())
@@ -85,7 +85,7 @@ def test_eval_on_the_synthetic_marketplace_reports_exposure(
 
 def test_eval_rejects_a_malformed_synthetic_spec(base_settings: Settings) -> None:
     result = CliRunner().invoke(
-        cli, ["eval", "--dataset", "synthetic:x", "--served", "no"], obj=base_settings
+        cli, ["eval", "--dataset", "synthetic:x", "--no-served"], obj=base_settings
     )
     assert result.exit_code == 2
     assert "synthetic:N" in result.output

@@ -19,7 +19,8 @@ _counter = itertools.count()
 
 
 @pytest.fixture
-def ns(settings: Settings, os_client: Any, mongo_db: Any) -> Iterator[Settings]:
+def ingest_settings(settings: Settings, os_client: Any, mongo_db: Any) -> Iterator[Settings]:
+    """A fresh alias and items collection per test (inside the session namespace)."""
     k = next(_counter)
     ns = settings.model_copy(
         update={
@@ -37,15 +38,15 @@ def ns(settings: Settings, os_client: Any, mongo_db: Any) -> Iterator[Settings]:
 
 
 @pytest.fixture
-def embedder(ns: Settings, model: Any) -> Iterator[Embedder]:
-    emb = Embedder(ns, model)
+def embedder(ingest_settings: Settings, model: Any) -> Iterator[Embedder]:
+    emb = Embedder(ingest_settings, model)
     yield emb
     emb.close()
 
 
 @pytest.fixture
-def catalogue(ns: Settings) -> list[dict[str, Any]]:
+def ingest_catalogue(ingest_settings: Settings) -> list[dict[str, Any]]:
     """120 marketplace profiles written to the namespace's items collection."""
     items, users = generate_marketplace(120, seed=11)
-    write_sample(ns, items, users)
+    write_sample(ingest_settings, items, users)
     return items

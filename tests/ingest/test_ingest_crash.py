@@ -12,20 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from opendisco import Settings, clients
-from opendisco.ingest import Embedder, now_ms, reindex, sync_once, verify
+from opendisco import Settings, clients, now_ms
+from opendisco.ingest import Embedder, reindex, sync_once, verify
 
 OPENDISCO = Path(sys.executable).with_name("opendisco")
 
 
-def _env(ns: Settings) -> dict[str, str]:
+def _env(ingest_settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        OPENDISCO_OPENSEARCH_URL=ns.opensearch_url,
-        OPENDISCO_MONGO_URL=ns.mongo_url,
-        OPENDISCO_MONGO_DB=ns.mongo_db,
-        OPENDISCO_ITEMS_COLLECTION=ns.items_collection,
-        OPENDISCO_INDEX_ALIAS=ns.index_alias,
+        OPENDISCO_OPENSEARCH_URL=ingest_settings.opensearch_url,
+        OPENDISCO_MONGO_URL=ingest_settings.mongo_url,
+        OPENDISCO_MONGO_DB=ingest_settings.mongo_db,
+        OPENDISCO_ITEMS_COLLECTION=ingest_settings.items_collection,
+        OPENDISCO_INDEX_ALIAS=ingest_settings.index_alias,
         OPENDISCO_SYNC_POLL_INTERVAL="0.1",
         OPENDISCO_SYNC_BATCH_SIZE="15",
         OPENDISCO_SYNC_OVERLAP_SECONDS="2",
@@ -33,10 +33,12 @@ def _env(ns: Settings) -> dict[str, str]:
     return env
 
 
-def _writer(ns: Settings, stop: threading.Event, seed: int, counts: dict[str, int]) -> None:
+def _writer(
+    ingest_settings: Settings, stop: threading.Event, seed: int, counts: dict[str, int]
+) -> None:
     rng = random.Random(seed)
-    client = clients.mongo(ns)
-    coll = client[ns.mongo_db][ns.items_collection]
+    client = clients.mongo(ingest_settings)
+    coll = client[ingest_settings.mongo_db][ingest_settings.items_collection]
     template = coll.find_one({"_id": "p0"})
     try:
         while not stop.is_set():
@@ -64,21 +66,23 @@ def _writer(ns: Settings, stop: threading.Event, seed: int, counts: dict[str, in
 
 
 async def test_kill_9_under_concurrent_writer_then_verify(
-    ns: Settings, catalogue: list[dict[str, Any]], embedder: Embedder
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
 ) -> None:
-    client = clients.async_opensearch(ns)
+    client = clients.async_opensearch(ingest_settings)
     rng = random.Random(99)
     try:
-        await reindex(ns, client=client, embedder=embedder)
+        await reindex(ingest_settings, client=client, embedder=embedder)
         stop, counts = threading.Event(), {"writes": 0}
-        writer = threading.Thread(target=_writer, args=(ns, stop, 5, counts), daemon=True)
+        writer = threading.Thread(
+            target=_writer, args=(ingest_settings, stop, 5, counts), daemon=True
+        )
         writer.start()
         kills = 0
         try:
             for _ in range(4):
                 proc = subprocess.Popen(
                     [str(OPENDISCO), "sync"],
-                    env=_env(ns),
+                    env=_env(ingest_settings),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                 )
@@ -94,13 +98,16 @@ async def test_kill_9_under_concurrent_writer_then_verify(
         assert kills == 4 and counts["writes"] > 100
         # after the writer stops: one restart catches up; nothing was lost or resurrected
         proc = subprocess.run(
-            [str(OPENDISCO), "sync", "--once"], env=_env(ns), capture_output=True, timeout=120
+            [str(OPENDISCO), "sync", "--once"],
+            env=_env(ingest_settings),
+            capture_output=True,
+            timeout=120,
         )
         assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-        report = await verify(ns, client=client)
+        report = await verify(ingest_settings, client=client)
         assert report.ok, (report.summary(), report.missing[:5], report.extra[:5], report.stale[:5])
         assert report.expected > 0
-        again = await sync_once(ns, client=client, embedder=embedder)
+        again = await sync_once(ingest_settings, client=client, embedder=embedder)
         assert again.indexed == again.deleted == 0
     finally:
         await client.close()

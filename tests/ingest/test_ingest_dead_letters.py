@@ -8,8 +8,8 @@ from typing import Any
 
 from bson import DatetimeMS
 
-from opendisco import Settings, clients, index_templates
-from opendisco.ingest import Action, BulkWriter, Embedder, now_ms, prepare, reindex, verify
+from opendisco import Settings, clients, index_templates, now_ms
+from opendisco.ingest import Action, BulkWriter, Embedder, prepare, reindex, verify
 from opendisco.ingest._apply import write
 
 
@@ -43,14 +43,17 @@ def _bad_docs(base: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
 
 
 async def test_bad_documents_are_dead_lettered_and_counted(
-    ns: Settings, catalogue: list[dict[str, Any]], embedder: Embedder, mongo_db: Any
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
 ) -> None:
-    bad = _bad_docs(catalogue[0])
-    mongo_db[ns.items_collection].insert_many([d for d, _ in bad.values()])
-    client = clients.async_opensearch(ns)
+    bad = _bad_docs(ingest_catalogue[0])
+    mongo_db[ingest_settings.items_collection].insert_many([d for d, _ in bad.values()])
+    client = clients.async_opensearch(ingest_settings)
     try:
-        report = await reindex(ns, client=client, embedder=embedder)
-        assert report.indexed == len(catalogue)  # the run continued past every bad one
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert report.indexed == len(ingest_catalogue)  # the run continued past every bad one
         assert report.dead_lettered == len(bad)
         letters = {
             d["doc_id"]: d
@@ -61,10 +64,10 @@ async def test_bad_documents_are_dead_lettered_and_counted(
             assert letter is not None, kind
             assert letter["reason"].startswith(field), (kind, letter["reason"])
             assert letter["doc"]["_id"] == doc["_id"] and isinstance(letter["at"], datetime)
-        check = await verify(ns, client=client)
+        check = await verify(ingest_settings, client=client)
         assert check.ok and check.invalid == len(bad), check.summary()
         # a second run records each bad document once (ids are content hashes)
-        await reindex(ns, client=client, embedder=embedder)
+        await reindex(ingest_settings, client=client, embedder=embedder)
         assert mongo_db["dead_letters"].count_documents(
             {"doc_id": {"$in": [d["_id"] for d, _ in bad.values()]}}
         ) == len(bad)
@@ -73,27 +76,28 @@ async def test_bad_documents_are_dead_lettered_and_counted(
 
 
 async def test_non_finite_numbers_from_a_real_mongodb(
-    ns: Settings,
-    catalogue: list[dict[str, Any]],
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
     embedder: Embedder,
     mongo_db: Any,
     motor_db: Any,
 ) -> None:
     # FerretDB refuses NaN/Inf on write, MongoDB stores them: feed such documents directly
-    base = copy.deepcopy(catalogue[1])
+    base = copy.deepcopy(ingest_catalogue[1])
     docs = [
         {**base, "_id": "nan-pop", "popularity": float("nan")},
         {**base, "_id": "inf-quality", "quality": float("inf")},
-        {**base, "_id": "nan-vector", "behaviour": [float("nan")] * ns.behaviour_dim},
+        {**base, "_id": "nan-vector", "behaviour": [float("nan")] * ingest_settings.behaviour_dim},
         {**base, "_id": "fine", "updated_at": datetime.now(UTC)},
     ]
-    client = clients.async_opensearch(ns)
+    client = clients.async_opensearch(ingest_settings)
     try:
         await client.indices.create(
-            index=f"{ns.index_alias}-raw", body=index_templates.render("items", ns)
+            index=f"{ingest_settings.index_alias}-raw",
+            body=index_templates.render("items", ingest_settings),
         )
-        writer = BulkWriter(client, ns, f"{ns.index_alias}-raw")
-        prepared = prepare(docs, embedder, ns, source="test", delete_invalid=False)
+        writer = BulkWriter(client, ingest_settings, f"{ingest_settings.index_alias}-raw")
+        prepared = prepare(docs, embedder, ingest_settings, source="test", delete_invalid=False)
         stats = await write(prepared, writer, motor_db, source="test", seen=4)
         assert stats.indexed == 1 and stats.dead_lettered == 3
         reasons = {
@@ -109,17 +113,19 @@ async def test_non_finite_numbers_from_a_real_mongodb(
 
 
 async def test_opensearch_rejections_are_dead_lettered(
-    ns: Settings, mongo_db: Any, motor_db: Any
+    ingest_settings: Settings, mongo_db: Any, motor_db: Any
 ) -> None:
     """Documents OpenSearch refuses (past validation): reason recorded, nothing dropped."""
     from opendisco import index_templates
     from opendisco.ingest._apply import Prepared
 
-    index = f"{ns.index_alias}-strict"
-    client = clients.async_opensearch(ns)
+    index = f"{ingest_settings.index_alias}-strict"
+    client = clients.async_opensearch(ingest_settings)
     try:
-        await client.indices.create(index=index, body=index_templates.render("items", ns))
-        writer = BulkWriter(client, ns, index)
+        await client.indices.create(
+            index=index, body=index_templates.render("items", ingest_settings)
+        )
+        writer = BulkWriter(client, ingest_settings, index)
         good = {"id": "ok1", "title": "fine", "source_version": 1}
         prepared = Prepared(
             actions=[

@@ -42,36 +42,36 @@ async def _reader(client: Any, alias: str, stop: asyncio.Event, log: list[Any]) 
 
 
 async def test_reindex_swaps_alias_under_continuous_readers(
-    ns: Settings, catalogue: list[dict[str, Any]], embedder: Embedder
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
 ) -> None:
-    ns = ns.model_copy(update={"keep_versions": 1})
-    client = clients.async_opensearch(ns)
+    ingest_settings = ingest_settings.model_copy(update={"keep_versions": 1})
+    client = clients.async_opensearch(ingest_settings)
     try:
-        first = await reindex(ns, client=client, embedder=embedder)
-        assert first.indexed == first.total == len(catalogue) and first.dead_lettered == 0
+        first = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert first.indexed == first.total == len(ingest_catalogue) and first.dead_lettered == 0
         stop, log = asyncio.Event(), []
-        reader = asyncio.create_task(_reader(client, ns.index_alias, stop, log))
+        reader = asyncio.create_task(_reader(client, ingest_settings.index_alias, stop, log))
         await asyncio.sleep(0.2)
-        second = await reindex(ns, client=client, embedder=embedder)
-        third = await reindex(ns, client=client, embedder=embedder)
+        second = await reindex(ingest_settings, client=client, embedder=embedder)
+        third = await reindex(ingest_settings, client=client, embedder=embedder)
         await asyncio.sleep(0.2)
         stop.set()
         await reader
         errors = [x for x in log if isinstance(x, Exception)]
         assert not errors, errors[:3]
         assert len(log) >= 10
-        assert all(total == len(catalogue) and n == 5 for total, n in log), set(log)
+        assert all(total == len(ingest_catalogue) and n == 5 for total, n in log), set(log)
         # unchanged texts were never re-encoded
         assert second.encoded == third.encoded == 0
-        assert third.cache_hits == len(catalogue)
+        assert third.cache_hits == len(ingest_catalogue)
         assert second.previous == [first.index] and third.previous == [second.index]
-        assert await alias_targets(client, ns.index_alias) == [third.index]
-        assert sorted(await versioned_indices(client, ns.index_alias)) == [
+        assert await alias_targets(client, ingest_settings.index_alias) == [third.index]
+        assert sorted(await versioned_indices(client, ingest_settings.index_alias)) == [
             second.index,
             third.index,
         ]
         assert first.index in third.removed
-        assert (await verify(ns, client=client)).ok
+        assert (await verify(ingest_settings, client=client)).ok
     finally:
         await client.close()
 
@@ -87,126 +87,145 @@ def _dead_pid() -> int:
 
 
 async def test_crash_mid_build_keeps_old_alias_and_next_run_cleans_up(
-    ns: Settings, catalogue: list[dict[str, Any]], embedder: Embedder
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
 ) -> None:
-    ns = ns.model_copy(update={"bulk_batch_size": 20})
-    client = clients.async_opensearch(ns)
+    ingest_settings = ingest_settings.model_copy(update={"bulk_batch_size": 20})
+    client = clients.async_opensearch(ingest_settings)
     try:
-        good = await reindex(ns, client=client, embedder=embedder)
+        good = await reindex(ingest_settings, client=client, embedder=embedder)
 
         def boom(done: int, total: int) -> None:
             if done >= 40:
                 raise Crash("simulated crash mid-build")
 
         with pytest.raises(Crash):
-            await reindex(ns, client=client, embedder=embedder, progress=boom)
+            await reindex(ingest_settings, client=client, embedder=embedder, progress=boom)
         # and a build left by a process that died (kill -9): never aliased, state "building"
-        orphan = f"{ns.index_alias}-v19990101000000000000"
-        body = index_templates.render("items", ns)
+        orphan = f"{ingest_settings.index_alias}-v19990101000000000000"
+        body = index_templates.render("items", ingest_settings)
         body["mappings"]["_meta"] = {
             "opendisco": {"state": "building", "pid": _dead_pid(), "host": socket.gethostname()}
         }
         await client.indices.create(index=orphan, body=body)
-        indices = await versioned_indices(client, ns.index_alias)
+        indices = await versioned_indices(client, ingest_settings.index_alias)
         partial = [n for n, m in indices.items() if m.get("state") == "building"]
         assert orphan in partial and len(partial) == 2
         # the alias still serves the complete old index
-        assert await alias_targets(client, ns.index_alias) == [good.index]
-        await client.indices.refresh(index=ns.index_alias)
-        assert (await client.count(index=ns.index_alias))["count"] == len(catalogue)
+        assert await alias_targets(client, ingest_settings.index_alias) == [good.index]
+        await client.indices.refresh(index=ingest_settings.index_alias)
+        assert (await client.count(index=ingest_settings.index_alias))["count"] == len(
+            ingest_catalogue
+        )
 
-        report = await reindex(ns, client=client, embedder=embedder)
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
         assert set(partial) <= set(report.removed)
-        left = await versioned_indices(client, ns.index_alias)
+        left = await versioned_indices(client, ingest_settings.index_alias)
         assert all(m.get("state") == "complete" for m in left.values())
-        assert (await verify(ns, client=client)).ok
+        assert (await verify(ingest_settings, client=client)).ok
     finally:
         await client.close()
 
 
-async def test_templates_apply_is_idempotent(ns: Settings) -> None:
-    client = clients.async_opensearch(ns)
+async def test_templates_apply_is_idempotent(ingest_settings: Settings) -> None:
+    client = clients.async_opensearch(ingest_settings)
     try:
-        plans = await plan_templates(ns, client)
-        assert [p.name for p in plans] == [f"{ns.index_alias}-items"]
+        plans = await plan_templates(ingest_settings, client)
+        assert [p.name for p in plans] == [f"{ingest_settings.index_alias}-items"]
         assert plans[0].changed and not plans[0].exists and "+" in plans[0].diff
-        await apply_templates(ns, client)
-        again = await plan_templates(ns, client)
+        await apply_templates(ingest_settings, client)
+        again = await plan_templates(ingest_settings, client)
         assert not again[0].changed, again[0].diff
         dry = await apply_templates(
-            ns.model_copy(update={"behaviour_dim": 16}), client, dry_run=True
+            ingest_settings.model_copy(update={"behaviour_dim": 16}), client, dry_run=True
         )
         assert '"32"' in dry[0].diff and '"16"' in dry[0].diff
-        assert not (await plan_templates(ns, client))[0].changed  # dry run wrote nothing
+        assert not (await plan_templates(ingest_settings, client))[
+            0
+        ].changed  # dry run wrote nothing
     finally:
         await client.close()
 
 
-async def test_apply_maps_new_fields_into_the_live_index(ns: Settings) -> None:
+async def test_apply_maps_new_fields_into_the_live_index(ingest_settings: Settings) -> None:
     from opendisco.ingest import PACKED_FIELD
     from opendisco.ingest._templates import template_body
 
-    body = template_body("items", ns)["template"]
+    body = template_body("items", ingest_settings)["template"]
     old = {**body["mappings"], "properties": dict(body["mappings"]["properties"])}
     del old["properties"][PACKED_FIELD]  # an index built before the field existed
-    index = f"{ns.index_alias}-v0-old"
-    client = clients.async_opensearch(ns)
+    index = f"{ingest_settings.index_alias}-v0-old"
+    client = clients.async_opensearch(ingest_settings)
     try:
         await client.indices.create(
             index=index,
-            body={"settings": body["settings"], "mappings": old, "aliases": {ns.index_alias: {}}},
+            body={
+                "settings": body["settings"],
+                "mappings": old,
+                "aliases": {ingest_settings.index_alias: {}},
+            },
         )
-        plan = (await plan_templates(ns, client))[0]
+        plan = (await plan_templates(ingest_settings, client))[0]
         assert plan.live_index == index and PACKED_FIELD in plan.live_diff
-        applied = (await apply_templates(ns, client))[0]
+        applied = (await apply_templates(ingest_settings, client))[0]
         assert applied.live_added == [PACKED_FIELD] and not applied.live_diff
         # the strict mapping now accepts documents written by the new code
-        await client.index(index=ns.index_alias, id="x", body={"id": "x", PACKED_FIELD: "AAA="})
-        again = (await apply_templates(ns, client))[0]
+        await client.index(
+            index=ingest_settings.index_alias, id="x", body={"id": "x", PACKED_FIELD: "AAA="}
+        )
+        again = (await apply_templates(ingest_settings, client))[0]
         assert not again.changed and not again.live_added and not again.live_diff
     finally:
         await client.indices.delete(index=index, ignore_unavailable=True)
         await client.close()
 
 
-def test_cli_templates_and_verify_exit_codes(ns: Settings, catalogue: list[dict[str, Any]]) -> None:
+def test_cli_templates_and_verify_exit_codes(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]]
+) -> None:
     from click.testing import CliRunner
 
     from opendisco.cli.main import cli
 
     runner = CliRunner()
-    res = runner.invoke(cli, ["templates", "apply", "--dry-run"], obj=ns)
+    res = runner.invoke(cli, ["templates", "apply", "--dry-run"], obj=ingest_settings)
     assert res.exit_code == 0 and "would create" in res.output
-    res = runner.invoke(cli, ["reindex", "--quiet"], obj=ns)
+    res = runner.invoke(cli, ["reindex", "--quiet"], obj=ingest_settings)
     assert res.exit_code == 0, res.output
-    assert f"{len(catalogue)}/{len(catalogue)} indexed" in res.output
-    res = runner.invoke(cli, ["verify"], obj=ns)
+    assert f"{len(ingest_catalogue)}/{len(ingest_catalogue)} indexed" in res.output
+    res = runner.invoke(cli, ["verify"], obj=ingest_settings)
     assert res.exit_code == 0 and "missing=0" in res.output
-    client = clients.mongo(ns)
+    client = clients.mongo(ingest_settings)
     try:
-        client[ns.mongo_db][ns.items_collection].delete_one({"_id": "p5"})
+        client[ingest_settings.mongo_db][ingest_settings.items_collection].delete_one({"_id": "p5"})
     finally:
         client.close()
-    res = runner.invoke(cli, ["verify"], obj=ns)
+    res = runner.invoke(cli, ["verify"], obj=ingest_settings)
     assert res.exit_code == 1 and "extra: ['p5']" in res.output
-    assert os.environ.get("OPENDISCO_INDEX_ALIAS") != ns.index_alias
+    assert os.environ.get("OPENDISCO_INDEX_ALIAS") != ingest_settings.index_alias
 
 
 async def test_warm_reindex_prefetches_the_cache(
-    ns: Settings, catalogue: list[dict[str, Any]], model: Any, embedder: Embedder
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    model: Any,
+    embedder: Embedder,
 ) -> None:
-    client = clients.async_opensearch(ns)
+    client = clients.async_opensearch(ingest_settings)
     try:
-        await reindex(ns, client=client, embedder=embedder)  # every text now in MongoDB
-        fresh = Embedder(ns, model)  # a new process: empty in-memory cache
+        await reindex(
+            ingest_settings, client=client, embedder=embedder
+        )  # every text now in MongoDB
+        fresh = Embedder(ingest_settings, model)  # a new process: empty in-memory cache
         try:
-            warm = await reindex(ns, client=client, embedder=fresh)
+            warm = await reindex(ingest_settings, client=client, embedder=fresh)
         finally:
             fresh.close()
-        assert len(catalogue) > ns.bulk_batch_size  # several batches: prefetch applies
-        assert 0 < warm.prefetched <= PREFETCH_RATIO * len(catalogue)
+        assert (
+            len(ingest_catalogue) > ingest_settings.bulk_batch_size
+        )  # several batches: prefetch applies
+        assert 0 < warm.prefetched <= PREFETCH_RATIO * len(ingest_catalogue)
         assert warm.prefetched == fresh.prefetched
-        assert warm.encoded == 0 and warm.indexed == len(catalogue) <= warm.cache_hits
-        assert (await verify(ns, client=client)).ok
+        assert warm.encoded == 0 and warm.indexed == len(ingest_catalogue) <= warm.cache_hits
+        assert (await verify(ingest_settings, client=client)).ok
     finally:
         await client.close()

@@ -91,12 +91,12 @@ def test_unknown_layout_is_rejected(tmp_path: Path) -> None:
         load_movielens(tmp_path)
 
 
-def test_write_sample_bumps_versions(ns: Settings, mongo_db: Any) -> None:
+def test_write_sample_bumps_versions(ingest_settings: Settings, mongo_db: Any) -> None:
     items, users = generate_marketplace(20, seed=1)
-    assert write_sample(ns, items, users) == {"items": 20, "users": 20}
-    coll = mongo_db[ns.items_collection]
+    assert write_sample(ingest_settings, items, users) == {"items": 20, "users": 20}
+    coll = mongo_db[ingest_settings.items_collection]
     assert coll.count_documents({"version": 1}) == 20
     before = coll.find_one({"_id": "p3"})["updated_at"]
-    write_sample(ns, items[:5])
+    write_sample(ingest_settings, items[:5])
     assert coll.count_documents({"version": 2}) == 5
     assert coll.find_one({"_id": "p3"})["updated_at"] > before

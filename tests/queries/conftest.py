@@ -1,4 +1,4 @@
-"""A small fixture catalogue indexed directly from index_templates/items.json.
+"""A small fixture query_catalogue indexed directly from index_templates/items.json.
 
 ~300 items (movies, listings, profiles) whose texts are encoded with the real model, plus a
 few hand-made items the tests aim at (twins differing only in age, hostile-text items,
@@ -104,29 +104,29 @@ def _special() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def q_settings(settings: Settings) -> Settings:
+def query_settings(settings: Settings) -> Settings:
     """Own alias inside the session namespace (other teams' fixtures own ``index_alias``)."""
     return settings.model_copy(update={"index_alias": f"{settings.index_alias}-q"})
 
 
 @pytest.fixture(scope="session")
-def catalogue(q_settings: Settings, index_items: Any, model: Any) -> list[dict[str, Any]]:
+def query_catalogue(query_settings: Settings, index_items: Any, model: Any) -> list[dict[str, Any]]:
     rng = random.Random(4)
     docs = [_item(i, rng) for i in range(300)] + _special()
     texts = [f"{d['title']}. {d['description']}. {' '.join(d['tags'])}" for d in docs]
     vecs = model.encode(texts, batch_size=64, normalize_embeddings=True)
     for d, v in zip(docs, vecs, strict=True):
         d["embedding"] = [float(x) for x in v]
-        d["behaviour"] = [float(x) for x in v[: q_settings.behaviour_dim]]
+        d["behaviour"] = [float(x) for x in v[: query_settings.behaviour_dim]]
     by_id = {d["id"]: d for d in docs}
     by_id["twin-new"]["embedding"] = by_id["twin-old"]["embedding"]
     by_id["twin-new"]["behaviour"] = by_id["twin-old"]["behaviour"]
-    index_items(q_settings, docs)
+    index_items(query_settings, docs)
     return docs
 
 
 @pytest.fixture
-async def aos(q_settings: Settings) -> AsyncIterator[Any]:
-    client = clients.async_opensearch(q_settings)
+async def query_os(query_settings: Settings) -> AsyncIterator[Any]:
+    client = clients.async_opensearch(query_settings)
     yield client
     await client.close()

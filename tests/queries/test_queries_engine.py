@@ -1,4 +1,4 @@
-"""Candidate generation against the real OpenSearch with the fixture catalogue."""
+"""Candidate generation against the real OpenSearch with the fixture query_catalogue."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from opendisco import NotFound, Settings
 from opendisco.queries import (
     SURFACES,
     CandidateRequest,
-    ExposureStore,
     generate_candidates,
     render,
     script_id,
@@ -19,23 +18,24 @@ from opendisco.queries import (
     store_templates,
     validate_templates,
 )
+from opendisco.signals import ExposureStore
 
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # the fixture catalogue's "now" (conftest.NOW)
-
-
-def _by_id(catalogue: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {d["id"]: d for d in catalogue}
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # the fixture query_catalogue's "now" (conftest.NOW)
 
 
-def _user_vector(catalogue: list[dict[str, Any]], topic: str) -> list[float]:
-    vecs = [d["embedding"] for d in catalogue if d.get("category") == topic][:10]
+def _by_id(query_catalogue: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["id"]: d for d in query_catalogue}
+
+
+def _user_vector(query_catalogue: list[dict[str, Any]], topic: str) -> list[float]:
+    vecs = [d["embedding"] for d in query_catalogue if d.get("category") == topic][:10]
     return [sum(col) / len(vecs) for col in zip(*vecs, strict=True)]
 
 
 async def test_every_template_validates_against_the_cluster(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:
-    checks = await validate_templates(aos, q_settings)
+    checks = await validate_templates(query_os, query_settings)
     assert {c.surface for c in checks} == set(SURFACES)
     bad = [(c.surface, c.source, c.error) for c in checks if not c.ok]
     assert not bad
@@ -43,10 +43,10 @@ async def test_every_template_validates_against_the_cluster(
 
 
 async def test_stored_search_templates_render_like_the_python_renderer(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]], run_id: str
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]], run_id: str
 ) -> None:
     prefix = f"t{run_id}"
-    stored = await store_templates(aos, prefix=prefix)
+    stored = await store_templates(query_os, prefix=prefix)
     try:
         params = {
             "k": 5,
@@ -57,15 +57,15 @@ async def test_stored_search_templates_render_like_the_python_renderer(
             "exclude_ids": ['a"b', "{{c}}"],
         }
         ours = render("trending", params)["sources"]["trending"]
-        resp = await aos.render_search_template(
+        resp = await query_os.render_search_template(
             body={
                 "id": script_id("trending", "trending", prefix),
                 "params": script_params("trending", params),
             }
         )
         assert resp["template_output"] == ours
-        hits = await aos.search_template(
-            index=q_settings.index_alias,
+        hits = await query_os.search_template(
+            index=query_settings.index_alias,
             body={
                 "id": script_id("trending", "trending", prefix),
                 "params": script_params("trending", params),
@@ -74,19 +74,19 @@ async def test_stored_search_templates_render_like_the_python_renderer(
         assert hits["hits"]["hits"]
     finally:
         for sid in stored:
-            await aos.delete_script(id=sid)
+            await query_os.delete_script(id=sid)
 
 
 async def test_freshness_decay_breaks_relevance_ties(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:
-    by = _by_id(catalogue)
+    by = _by_id(query_catalogue)
     for surface, extra in (
         ("search", {"query_text": "quokkatwin"}),
         ("for_you", {"user_vector": by["twin-old"]["embedding"]}),
     ):
         req = CandidateRequest(surface=surface, k=10, now=NOW, exposure_caps=False, **extra)
-        cs = await generate_candidates(aos, q_settings, req)
+        cs = await generate_candidates(query_os, query_settings, req)
         src = "lexical" if surface == "search" else "semantic"
         twins = [c for c in cs.candidates if c.id.startswith("twin-")]
         assert len(twins) == 2, (surface, cs.ids)
@@ -96,9 +96,9 @@ async def test_freshness_decay_breaks_relevance_ties(
 
 
 async def test_capped_blocked_and_seen_items_never_appear(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:
-    uv = _user_vector(catalogue, "jazz")
+    uv = _user_vector(query_catalogue, "jazz")
     base = CandidateRequest(
         surface="for_you",
         k=40,
@@ -107,15 +107,15 @@ async def test_capped_blocked_and_seen_items_never_appear(
         interests=["jazz"],
         now=NOW,
     )
-    first = await generate_candidates(aos, q_settings, base)
+    first = await generate_candidates(query_os, query_settings, base)
     assert len(first.candidates) == 40 and not first.errors
     ids = first.ids
     capped, blocked, seen = ids[0:3], ids[3:6], ids[6:9]
-    store = ExposureStore(aos, q_settings)
+    store = ExposureStore(query_os, query_settings)
     await store.ensure()
-    now_capped = await store.record({i: q_settings.exposure_default_cap for i in capped})
+    now_capped = await store.record({i: query_settings.exposure_default_cap for i in capped})
     assert set(capped) <= set(now_capped)
-    assert (await store.counts(capped)) == {i: q_settings.exposure_default_cap for i in capped}
+    assert (await store.counts(capped)) == {i: query_settings.exposure_default_cap for i in capped}
     excluded = set(capped) | set(blocked) | set(seen)
     for surface, extra in (
         ("for_you", {"user_vector": uv, "behaviour_vector": uv[:32], "interests": ["jazz"]}),
@@ -125,7 +125,7 @@ async def test_capped_blocked_and_seen_items_never_appear(
         ("similar", {"item_id": ids[10]}),
     ):
         req = CandidateRequest(surface=surface, k=200, now=NOW, exclude_ids=blocked + seen, **extra)
-        cs = await generate_candidates(aos, q_settings, req)
+        cs = await generate_candidates(query_os, query_settings, req)
         assert not cs.errors, cs.errors
         assert cs.candidates, surface
         got = set(cs.ids)
@@ -133,49 +133,55 @@ async def test_capped_blocked_and_seen_items_never_appear(
         assert all(c.item.get("available") for c in cs.candidates), surface
         assert all("embedding" not in c.item for c in cs.candidates)
     # without the exposure cap the capped ones come back: the exclusion is the engine's doing
-    again = await generate_candidates(aos, q_settings, base)
+    again = await generate_candidates(query_os, query_settings, base)
     assert not set(again.ids) & set(capped)
     nocap = CandidateRequest(**{**base.__dict__, "exposure_caps": False})
-    assert set(capped) <= set((await generate_candidates(aos, q_settings, nocap)).ids)
+    assert set(capped) <= set((await generate_candidates(query_os, query_settings, nocap)).ids)
 
 
 async def test_hostile_query_strings_are_searched_literally(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:
-    hostile = _by_id(catalogue)["hostile"]["title"]
+    hostile = _by_id(query_catalogue)["hostile"]["title"]
     cs = await generate_candidates(
-        aos, q_settings, CandidateRequest(surface="search", k=5, query_text=hostile, now=NOW)
+        query_os,
+        query_settings,
+        CandidateRequest(surface="search", k=5, query_text=hostile, now=NOW),
     )
     assert cs.ids[0] == "hostile" and not cs.errors
     for text in ['"}}, "query": {"match_all": {}}, "x": {{"', "* OR *:*", "title:*", "{{k}}"]:
         cs = await generate_candidates(
-            aos, q_settings, CandidateRequest(surface="search", k=5, query_text=text, now=NOW)
+            query_os,
+            query_settings,
+            CandidateRequest(surface="search", k=5, query_text=text, now=NOW),
         )
         assert not cs.errors, (text, cs.errors)
         # syntax would match everything; as literal text it matches (next to) nothing
         assert len(cs.candidates) <= 1, (text, cs.ids)
     long = ("zyzzyva " + '{"a":"b"} ' * 1000)[:10_000]
     cs = await generate_candidates(
-        aos, q_settings, CandidateRequest(surface="search", k=5, query_text=long, now=NOW)
+        query_os, query_settings, CandidateRequest(surface="search", k=5, query_text=long, now=NOW)
     )
     assert cs.ids == ["hostile"] and not cs.errors
     many_terms = ",".join(f"w{i}" for i in range(3000)) + " zyzzyva"
     cs = await generate_candidates(
-        aos, q_settings, CandidateRequest(surface="search", k=5, query_text=many_terms, now=NOW)
+        query_os,
+        query_settings,
+        CandidateRequest(surface="search", k=5, query_text=many_terms, now=NOW),
     )
     assert not cs.errors  # clipped below Lucene's clause limit, no TooManyClauses
 
 
 async def test_cold_start_user_gets_results_steered_by_interests(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:
     plain = await generate_candidates(
-        aos, q_settings, CandidateRequest(surface="cold_start", k=20, now=NOW)
+        query_os, query_settings, CandidateRequest(surface="cold_start", k=20, now=NOW)
     )
     assert len(plain.candidates) == 20 and set(plain.rendered["sources"]) == {"trending", "fresh"}
     steered = await generate_candidates(
-        aos,
-        q_settings,
+        query_os,
+        query_settings,
         CandidateRequest(surface="cold_start", k=20, interests=["space"], now=NOW),
     )
     assert "lexical" in steered.rendered["sources"]
@@ -188,7 +194,7 @@ async def test_cold_start_user_gets_results_steered_by_interests(
 
 
 async def test_two_sided_eligibility(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:
     viewer = {
         "gender": "f",
@@ -206,12 +212,12 @@ async def test_two_sided_eligibility(
             and 25 <= d["age"] <= 45
         )
 
-    profiles = [d for d in catalogue if d["kind"] == "profile" and d["available"]]
+    profiles = [d for d in query_catalogue if d["kind"] == "profile" and d["available"]]
     fits = {d["id"] for d in profiles if mutual(d)}
     assert fits and len(fits) < len(profiles)  # the fixture has both kinds
     cs = await generate_candidates(
-        aos,
-        q_settings,
+        query_os,
+        query_settings,
         CandidateRequest(
             surface="trending", k=300, viewer=viewer, params={"kinds": ["profile"]}, now=NOW
         ),
@@ -220,12 +226,12 @@ async def test_two_sided_eligibility(
 
 
 async def test_similar_excludes_the_anchor_and_reports_sources(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:
-    anchor = next(d for d in catalogue if d.get("category") == "chess" and d["available"])
+    anchor = next(d for d in query_catalogue if d.get("category") == "chess" and d["available"])
     cs = await generate_candidates(
-        aos,
-        q_settings,
+        query_os,
+        query_settings,
         CandidateRequest(surface="similar", k=10, item_id=anchor["id"], now=NOW, explain=True),
     )
     assert anchor["id"] not in cs.ids
@@ -240,15 +246,15 @@ async def test_similar_excludes_the_anchor_and_reports_sources(
     )
     with pytest.raises(NotFound):
         await generate_candidates(
-            aos, q_settings, CandidateRequest(surface="similar", item_id="nope", now=NOW)
+            query_os, query_settings, CandidateRequest(surface="similar", item_id="nope", now=NOW)
         )
 
 
 async def test_graph_popularity_damping_favours_less_exposed_neighbours(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:
     movies = sorted(
-        (d for d in catalogue if d.get("kind") == "movie" and d.get("available")),
+        (d for d in query_catalogue if d.get("kind") == "movie" and d.get("available")),
         key=lambda d: d["popularity"],
     )
     quiet, popular = movies[0], movies[-1]
@@ -266,7 +272,7 @@ async def test_graph_popularity_damping_favours_less_exposed_neighbours(
                 "graph_pop_alpha": alpha,
             },
         )
-        cs = await generate_candidates(aos, q_settings, req)
+        cs = await generate_candidates(query_os, query_settings, req)
         got = {c.id: c for c in cs.candidates if "graph" in c.sources}
         assert set(got) == {popular["id"], quiet["id"]}, cs.errors
         scores[alpha] = {i: c.sources["graph"] for i, c in got.items()}

@@ -6,28 +6,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opendisco import Settings
-from opendisco.queries import CandidateRequest, ExposureStore, generate_candidates
+from opendisco.queries import CandidateRequest, generate_candidates
+from opendisco.signals import ExposureStore
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 async def test_counts_caps_windows_and_item_docs_untouched(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]], run_id: str
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]], run_id: str
 ) -> None:
     # a store of its own (separate alias prefix for the counters) over the same items index
-    settings = q_settings.model_copy(update={"exposure_default_cap": 5})
-    store = ExposureStore(aos, settings)
+    settings = query_settings.model_copy(update={"exposure_default_cap": 5})
+    store = ExposureStore(query_os, settings)
     store.index = f"t{run_id}-exp-unit"
     await store.ensure()
     await store.ensure()  # idempotent
-    own_cap = next(d for d in catalogue if d["kind"] == "movie" and d["available"])
-    await aos.update(
-        index=q_settings.index_alias,
+    own_cap = next(d for d in query_catalogue if d["kind"] == "movie" and d["available"])
+    await query_os.update(
+        index=query_settings.index_alias,
         id=own_cap["id"],
         body={"doc": {"exposure_cap": 2}},
         params={"refresh": "true"},
     )
-    before = await aos.get(index=q_settings.index_alias, id=own_cap["id"])
+    before = await query_os.get(index=query_settings.index_alias, id=own_cap["id"])
     other = "i0001"
     assert await store.record({own_cap["id"]: 1, other: 4}, now=T0) == []
     capped = await store.record({own_cap["id"]: 1, other: 0}, now=T0 + timedelta(minutes=1))
@@ -41,7 +42,7 @@ async def test_counts_caps_windows_and_item_docs_untouched(
         "unknown": 0,
     }
     # counting never wrote the item document (no re-index of vectors)
-    after = await aos.get(index=q_settings.index_alias, id=own_cap["id"])
+    after = await query_os.get(index=query_settings.index_alias, id=own_cap["id"])
     assert after["_version"] == before["_version"] and after["_seq_no"] == before["_seq_no"]
     # the window ends: counts read 0, the capped list empties on sweep, counters restart
     later = T0 + timedelta(hours=settings.exposure_window_hours, minutes=5)
@@ -49,23 +50,23 @@ async def test_counts_caps_windows_and_item_docs_untouched(
     assert await store.sweep(now=later) == []
     assert await store.record({other: 1}, now=later) == []
     assert await store.counts([other], now=later) == {other: 1}
-    await aos.update(
-        index=q_settings.index_alias,
+    await query_os.update(
+        index=query_settings.index_alias,
         id=own_cap["id"],
         body={"doc": {"exposure_cap": None}},
         params={"refresh": "true"},
     )
-    await aos.indices.delete(index=store.index)
+    await query_os.indices.delete(index=store.index)
 
 
 async def test_default_store_cap_is_enforced_by_the_query(
-    aos: Any, q_settings: Settings, catalogue: list[dict[str, Any]]
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:
     req = CandidateRequest(surface="trending", k=5, params={"kinds": ["listing"]}, now=T0)
-    top = (await generate_candidates(aos, q_settings, req)).ids[0]
-    store = ExposureStore(aos, q_settings)
-    await store.record({top: q_settings.exposure_default_cap - 1})
-    assert top in (await generate_candidates(aos, q_settings, req)).ids
+    top = (await generate_candidates(query_os, query_settings, req)).ids[0]
+    store = ExposureStore(query_os, query_settings)
+    await store.record({top: query_settings.exposure_default_cap - 1})
+    assert top in (await generate_candidates(query_os, query_settings, req)).ids
     await store.record({top: 1})
-    assert top not in (await generate_candidates(aos, q_settings, req)).ids
+    assert top not in (await generate_candidates(query_os, query_settings, req)).ids
     assert top in await store.capped()

@@ -12,25 +12,28 @@ from opendisco.rerank import FeatureStore
 
 
 async def test_concurrent_lookups_share_one_vector_fetch(
-    rr_settings: Settings, aos: Any, rr_db: Any, rr_items: list[dict[str, Any]]
+    clustered_settings: Settings,
+    clustered_os: Any,
+    clustered_db: Any,
+    clustered_items: list[dict[str, Any]],
 ) -> None:
-    ids = [it["id"] for it in rr_items]
-    reference = await FeatureStore(rr_settings, aos, rr_db).lookup(ids)
+    ids = [it["id"] for it in clustered_items]
+    reference = await FeatureStore(clustered_settings, clustered_os, clustered_db).lookup(ids)
     mgets: list[str] = []
-    original = aos.transport.perform_request
+    original = clustered_os.transport.perform_request
 
     async def counting(method: str, url: str, *a: Any, **kw: Any) -> Any:
-        if url.endswith("/_mget") and url.startswith(f"/{rr_settings.index_alias}/"):
+        if url.endswith("/_mget") and url.startswith(f"/{clustered_settings.index_alias}/"):
             mgets.append(url)
         return await original(method, url, *a, **kw)
 
-    aos.transport.perform_request = counting
+    clustered_os.transport.perform_request = counting
     try:
-        store = FeatureStore(rr_settings, aos, rr_db)  # cold cache
+        store = FeatureStore(clustered_settings, clustered_os, clustered_db)  # cold cache
         half = ids[: len(ids) // 2]
         got = await asyncio.gather(*(store.lookup(ids) for _ in range(6)), store.lookup(half))
     finally:
-        aos.transport.perform_request = original
+        clustered_os.transport.perform_request = original
     assert len(mgets) == 1, mgets  # the first request fetches, the others await it
     assert not store._inflight
     for feats in got[:-1]:

@@ -10,8 +10,8 @@ import numpy as np
 from pymongo import monitoring
 
 from opendisco import Settings, clients
-from opendisco.ingest.events import EventProcessor, UserStateStore
 from opendisco.rerank import CandidateBatch, FeatureStore, RerankConfig, Reranker
+from opendisco.signals import EventProcessor, UserStateStore
 
 
 def _ev(user: str, kind: str, item: str) -> dict[str, Any]:
@@ -26,13 +26,16 @@ def _batch(items: list[dict[str, Any]], cats: tuple[str, ...] = ("alpha", "beta"
 
 
 async def test_like_changes_user_vector_and_next_ranking(
-    rr_settings: Settings, rr_db: Any, aos: Any, rr_items: list[dict[str, Any]]
+    clustered_settings: Settings,
+    clustered_db: Any,
+    clustered_os: Any,
+    clustered_items: list[dict[str, Any]],
 ) -> None:
-    proc = EventProcessor(rr_settings, rr_db, aos)
-    store = FeatureStore(rr_settings, aos, rr_db)
-    states = UserStateStore(rr_db)
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
+    store = FeatureStore(clustered_settings, clustered_os, clustered_db)
+    states = UserStateStore(clustered_db)
     rr = Reranker(RerankConfig(page_size=5))
-    batch = _batch(rr_items)
+    batch = _batch(clustered_items)
 
     async def top(user: str) -> list[str]:
         st = await states.get(user)
@@ -75,30 +78,33 @@ class _Counter(monitoring.CommandListener):
 
 
 async def test_feature_lookup_round_trips_constant_as_candidates_grow(
-    rr_settings: Settings, aos: Any, rr_items: list[dict[str, Any]], rr_db: Any
+    clustered_settings: Settings,
+    clustered_os: Any,
+    clustered_items: list[dict[str, Any]],
+    clustered_db: Any,
 ) -> None:
     listener = _Counter()
-    mc = clients.motor(rr_settings, event_listeners=[listener])
-    db = mc[rr_settings.mongo_db]
+    mc = clients.motor(clustered_settings, event_listeners=[listener])
+    db = mc[clustered_settings.mongo_db]
     os_calls: list[str] = []
-    original = aos.transport.perform_request
+    original = clustered_os.transport.perform_request
 
     async def counting(method: str, url: str, *a: Any, **kw: Any) -> Any:
         os_calls.append(f"{method} {url}")
         return await original(method, url, *a, **kw)
 
-    aos.transport.perform_request = counting
+    clustered_os.transport.perform_request = counting
     try:
-        ids = [it["id"] for it in rr_items]
+        ids = [it["id"] for it in clustered_items]
         recent = ["gamma10", "gamma11"]
         seen = []
         for n in (5, 20, len(ids)):
-            store = FeatureStore(rr_settings, aos, db)  # cold cache
+            store = FeatureStore(clustered_settings, clustered_os, db)  # cold cache
             os_calls.clear()
             listener.commands.clear()
             feats = await store.lookup(ids[:n], recent=recent)
             seen.append((len(os_calls), len(listener.commands)))
-            assert feats.content.shape == (n, rr_settings.embedding_dim)
+            assert feats.content.shape == (n, clustered_settings.embedding_dim)
             assert np.allclose(np.linalg.norm(feats.content, axis=1), 1.0)
         assert seen == [(2, 2)] * 3, seen
         # warm cache: vectors and inbound served from memory; exposure + graph stay live
@@ -107,17 +113,22 @@ async def test_feature_lookup_round_trips_constant_as_candidates_grow(
         await store.lookup(ids, recent=recent)
         assert (len(os_calls), len(listener.commands)) == (1, 1)
     finally:
-        aos.transport.perform_request = original
+        clustered_os.transport.perform_request = original
         mc.close()
 
 
 async def test_mmr_reduces_same_category_share_on_live_features(
-    rr_settings: Settings, aos: Any, rr_db: Any, rr_items: list[dict[str, Any]]
+    clustered_settings: Settings,
+    clustered_os: Any,
+    clustered_db: Any,
+    clustered_items: list[dict[str, Any]],
 ) -> None:
-    store = FeatureStore(rr_settings, aos, rr_db)
-    batch = _batch(rr_items)
+    store = FeatureStore(clustered_settings, clustered_os, clustered_db)
+    batch = _batch(clustered_items)
     # the user likes beta: relevance alone fills the page with beta
-    beta = np.mean([it["embedding"] for it in rr_items if it.get("category") == "beta"], axis=0)
+    beta = np.mean(
+        [it["embedding"] for it in clustered_items if it.get("category") == "beta"], axis=0
+    )
     feats = await store.lookup(batch.ids)
     from opendisco.rerank import RerankContext
 

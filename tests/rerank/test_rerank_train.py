@@ -105,16 +105,18 @@ def test_learned_scorer_round_trips_through_a_file(tmp_path: Path) -> None:
 
 
 def test_train_cli_writes_behaviour_with_version_bump(
-    rr_settings: Settings, movielens: Path
+    clustered_settings: Settings, movielens: Path
 ) -> None:
-    mc = clients.mongo(rr_settings)
-    coll = mc[rr_settings.mongo_db][rr_settings.items_collection]
+    mc = clients.mongo(clustered_settings)
+    coll = mc[clustered_settings.mongo_db][clustered_settings.items_collection]
     ids = [f"m{i}" for i in (1, 2, 3, 6, 10)] + ["m-never-rated"]
     coll.delete_many({"_id": {"$in": ids}})
     coll.insert_many([{"_id": i, "title": i, "version": 1, "deleted": False} for i in ids])
     try:
         res = CliRunner().invoke(
-            cli, ["train", "--movielens", str(movielens), "--iterations", "3"], obj=rr_settings
+            cli,
+            ["train", "--movielens", str(movielens), "--iterations", "3"],
+            obj=clustered_settings,
         )
         assert res.exit_code == 0, res.output
         report = json.loads(res.output[res.output.index("{") :])
@@ -122,7 +124,8 @@ def test_train_cli_writes_behaviour_with_version_bump(
         docs = {d["_id"]: d for d in coll.find({"_id": {"$in": ids}})}
         for i in ids[:-1]:
             assert (
-                docs[i]["version"] == 2 and len(docs[i]["behaviour"]) == rr_settings.behaviour_dim
+                docs[i]["version"] == 2
+                and len(docs[i]["behaviour"]) == clustered_settings.behaviour_dim
             )
         assert "behaviour" not in docs["m-never-rated"] and docs["m-never-rated"]["version"] == 1
     finally:
@@ -131,7 +134,7 @@ def test_train_cli_writes_behaviour_with_version_bump(
 
 
 def test_events_post_cli_reports_rejections(
-    rr_settings: Settings, rr_items: list[dict[str, Any]], tmp_path: Path
+    clustered_settings: Settings, clustered_items: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     user = f"u{uuid.uuid4().hex[:8]}"
     lines = [
@@ -140,7 +143,7 @@ def test_events_post_cli_reports_rejections(
     ]
     path = tmp_path / "ev.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines))
-    res = CliRunner().invoke(cli, ["events", "post", str(path)], obj=rr_settings)
+    res = CliRunner().invoke(cli, ["events", "post", str(path)], obj=clustered_settings)
     assert res.exit_code == 1, res.output
     out = json.loads(res.output)
     assert out["accepted"] == 1 and out["rejected"][0]["index"] == 1

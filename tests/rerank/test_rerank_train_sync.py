@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from opendisco import Settings, clients
 from opendisco.cli.main import cli
 from opendisco.ingest import Embedder, generate_marketplace, reindex, sync_once, write_sample
-from opendisco.ingest.events import EventProcessor
+from opendisco.signals import EventProcessor
 
 
 @pytest.fixture

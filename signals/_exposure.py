@@ -27,15 +27,17 @@ next :meth:`ExposureStore.record` or :meth:`ExposureStore.sweep` after that mome
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from opensearchpy import AsyncOpenSearch
+from opensearchpy.exceptions import NotFoundError, OpenSearchException, RequestError
+
+from opendisco._backend import backend_errors
 from opendisco._exceptions import InvalidInput, SearchBackendError
 from opendisco._settings import Settings
-
-if TYPE_CHECKING:
-    from opensearchpy import AsyncOpenSearch
 
 __all__ = ["CAPPED_DOC_ID", "ExposureStore", "capped_lookup", "exposure_index"]
 
@@ -104,33 +106,24 @@ class ExposureStore:
 
     async def ensure(self) -> None:
         """Create the counters index (idempotent)."""
-        from opensearchpy.exceptions import OpenSearchException, RequestError
-
-        try:
-            if not await self.client.indices.exists(index=self.index):
-                await self.client.indices.create(index=self.index, body=_MAPPING)
-        except RequestError as exc:
-            if "resource_already_exists" not in str(exc):
-                raise SearchBackendError(f"cannot create {self.index}: {exc}") from exc
-        except OpenSearchException as exc:
-            raise SearchBackendError(f"cannot create {self.index}: {exc}") from exc
+        with backend_errors(f"cannot create {self.index}"):
+            try:
+                if not await self.client.indices.exists(index=self.index):
+                    await self.client.indices.create(index=self.index, body=_MAPPING)
+            except RequestError as exc:
+                if "resource_already_exists" not in str(exc):
+                    raise
         # a concurrent creator may have returned before the primary started: a terms lookup
         # against a RECOVERING shard fails every candidate source, so wait for it
-        try:
+        with backend_errors(f"{self.index} did not become available"):
             await self.client.cluster.health(
                 index=self.index, wait_for_status="yellow", request_timeout=30
             )
-        except OpenSearchException as exc:
-            raise SearchBackendError(f"{self.index} did not become available: {exc}") from exc
         await self._until_gettable()
 
     async def _until_gettable(self, attempts: int = 50) -> None:
         """Yellow health can precede the shard accepting realtime GETs (which the terms
         lookup uses) by a few ms: poll a GET until the shard answers (404 is an answer)."""
-        import asyncio
-
-        from opensearchpy.exceptions import NotFoundError, OpenSearchException
-
         last: Exception | None = None
         for _ in range(attempts):
             try:
@@ -145,19 +138,16 @@ class ExposureStore:
 
     async def _caps(self, ids: list[str]) -> dict[str, int]:
         """Each item's own ``exposure_cap`` (one mget of just that field), else the default."""
-        from opensearchpy.exceptions import NotFoundError, OpenSearchException
-
         caps = dict.fromkeys(ids, self.settings.exposure_default_cap)
-        try:
-            resp = await self.client.mget(
-                index=self.settings.index_alias,
-                body={"ids": ids},
-                params={"_source_includes": "exposure_cap", "realtime": "true"},
-            )
-        except NotFoundError:
-            return caps  # no items index yet: defaults
-        except OpenSearchException as exc:
-            raise SearchBackendError(f"exposure caps lookup failed: {exc}") from exc
+        with backend_errors("exposure caps lookup failed"):
+            try:
+                resp = await self.client.mget(
+                    index=self.settings.index_alias,
+                    body={"ids": ids},
+                    params={"_source_includes": "exposure_cap", "realtime": "true"},
+                )
+            except NotFoundError:
+                return caps  # no items index yet: defaults
         for doc in resp.get("docs", []):
             cap = (doc.get("_source") or {}).get("exposure_cap")
             if doc.get("found") and isinstance(cap, int) and cap > 0:
@@ -171,8 +161,6 @@ class ExposureStore:
         update of the capped list when something reached its cap. Item documents are never
         written.
         """
-        from opensearchpy.exceptions import OpenSearchException
-
         batch = {str(k): int(v) for k, v in counts.items() if int(v) != 0}
         if any(v < 0 for v in batch.values()):
             raise InvalidInput("impression counts must be >= 0")
@@ -203,10 +191,8 @@ class ExposureStore:
                     "_source": ["count", "cap", "window_start"],
                 }
             )
-        try:
+        with backend_errors("exposure bulk update failed"):
             resp = await self.client.bulk(body=body)
-        except OpenSearchException as exc:
-            raise SearchBackendError(f"exposure bulk update failed: {exc}") from exc
         add: dict[str, int] = {}
         errors = []
         for item in resp.get("items", []):
@@ -226,9 +212,7 @@ class ExposureStore:
         return await self._update_capped({}, _ms(now or datetime.now(UTC)))
 
     async def _update_capped(self, add: Mapping[str, int], now_ms: int) -> list[str]:
-        from opensearchpy.exceptions import OpenSearchException
-
-        try:
+        with backend_errors("capped list update failed"):
             resp = await self.client.update(
                 index=self.index,
                 id=CAPPED_DOC_ID,
@@ -244,38 +228,30 @@ class ExposureStore:
                 },
                 params={"retry_on_conflict": 10},
             )
-        except OpenSearchException as exc:
-            raise SearchBackendError(f"capped list update failed: {exc}") from exc
         src = (resp.get("get") or {}).get("_source") or {}
         return sorted((src.get("capped") or {}).get("ids") or [])
 
     async def capped(self) -> list[str]:
         """The ids the candidate queries currently exclude."""
-        from opensearchpy.exceptions import NotFoundError, OpenSearchException
-
-        try:
-            doc = await self.client.get(index=self.index, id=CAPPED_DOC_ID)
-        except NotFoundError:
-            return []
-        except OpenSearchException as exc:
-            raise SearchBackendError(f"capped list read failed: {exc}") from exc
+        with backend_errors("capped list read failed"):
+            try:
+                doc = await self.client.get(index=self.index, id=CAPPED_DOC_ID)
+            except NotFoundError:
+                return []
         return sorted(((doc.get("_source") or {}).get("capped") or {}).get("ids") or [])
 
     async def counts(self, ids: Iterable[str], now: datetime | None = None) -> dict[str, int]:
         """Impressions in the current window per id (0 for unknown ids or expired windows)."""
-        from opensearchpy.exceptions import NotFoundError, OpenSearchException
-
         wanted = [str(i) for i in ids]
         out = dict.fromkeys(wanted, 0)
         if not wanted:
             return out
         now_ms = _ms(now or datetime.now(UTC))
-        try:
-            resp = await self.client.mget(index=self.index, body={"ids": wanted})
-        except NotFoundError:
-            return out
-        except OpenSearchException as exc:
-            raise SearchBackendError(f"exposure counts lookup failed: {exc}") from exc
+        with backend_errors("exposure counts lookup failed"):
+            try:
+                resp = await self.client.mget(index=self.index, body={"ids": wanted})
+            except NotFoundError:
+                return out
         for doc in resp.get("docs", []):
             src = doc.get("_source") or {}
             if doc.get("found") and now_ms - int(src.get("window_start", 0)) < self.window_ms:

@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ReplaceOne
 
-from opendisco._exceptions import StoreBackendError
+from opendisco._backend import backend_errors
+from opendisco._store import bulk_write_chunked, lease
 
-from .graph import BULK_CHUNK
+from ._behaviour import fold_in
 
 __all__ = [
     "USER_STATE",
@@ -38,7 +37,6 @@ __all__ = [
     "UserStateConfig",
     "UserStateStore",
     "decayed_vector",
-    "lease",
     "merge_events",
 ]
 
@@ -196,8 +194,6 @@ def behaviour_vector(
     cfg: UserStateConfig,
 ) -> list[float] | None:
     """Fold-in of the decayed positives' behaviour vectors (ALS user solve)."""
-    from opendisco.rerank import fold_in
-
     have = [e for e in positives if behaviours.get(e["id"]) is not None]
     if not have:
         return None
@@ -239,46 +235,29 @@ class UserStateStore:
         return (await self.get_many([user_id]))[user_id]
 
     async def get_many(self, user_ids: Iterable[str]) -> dict[str, UserState]:
-        from pymongo.errors import PyMongoError
-
         ids = list(dict.fromkeys(user_ids))
-        try:
+        with backend_errors("user_state lookup failed"):
             if len(ids) <= self.point_reads:
                 # _id equality is a point read on every backend (FerretDB scans for $in)
                 found_docs = await asyncio.gather(*(self.coll.find_one({"_id": u}) for u in ids))
                 docs = [d for d in found_docs if d is not None]
             else:
                 docs = await self.coll.find({"_id": {"$in": ids}}).to_list(None)
-        except PyMongoError as exc:
-            raise StoreBackendError(f"user_state lookup failed: {exc}") from exc
         found = {d["_id"]: UserState.from_doc(d) for d in docs}
         return {u: found.get(u) or UserState(user_id=u) for u in ids}
 
     async def save(self, state: UserState) -> None:
         """Write ``state`` (hold :meth:`locked` for its user while reading and writing)."""
-        from pymongo.errors import PyMongoError
-
         doc = {**state.to_doc(), "version": state.version + 1}
-        try:
+        with backend_errors("user_state write failed"):
             await self.coll.replace_one({"_id": state.user_id}, doc, upsert=True)
-        except PyMongoError as exc:
-            raise StoreBackendError(f"user_state write failed: {exc}") from exc
 
     async def save_many(self, states: Iterable[UserState]) -> None:
-        from pymongo import ReplaceOne
-        from pymongo.errors import PyMongoError
-
         ops = [
             ReplaceOne({"_id": s.user_id}, {**s.to_doc(), "version": s.version + 1}, upsert=True)
             for s in states
         ]
-        if not ops:
-            return
-        try:
-            for k in range(0, len(ops), BULK_CHUNK):
-                await self.coll.bulk_write(ops[k : k + BULK_CHUNK], ordered=False)
-        except PyMongoError as exc:
-            raise StoreBackendError(f"user_state write failed: {exc}") from exc
+        await bulk_write_chunked(self.coll, ops)
 
     @contextlib.asynccontextmanager
     async def locked(self, user_ids: Iterable[str]) -> AsyncIterator[None]:
@@ -291,55 +270,3 @@ class UserStateStore:
             what="user_state",
         ):
             yield
-
-
-@contextlib.asynccontextmanager
-async def lease(
-    locks: Any, ids: Iterable[str], *, lease_s: float, wait_s: float, what: str
-) -> AsyncIterator[None]:
-    """Hold leases on all ``ids`` in the ``locks`` collection (all or none, jittered backoff).
-
-    ``insert_many({_id, owner, expires})`` is atomic per id on FerretDB too; ids someone else
-    holds make this caller release what it got and retry; an expired lease (a crashed holder)
-    is taken over; after ``wait_s`` :class:`StoreBackendError` names the busy ids.
-    """
-    from pymongo.errors import BulkWriteError, PyMongoError
-
-    ids = sorted(set(ids))
-    if not ids:
-        yield
-        return
-    token = uuid.uuid4().hex
-    deadline = time.monotonic() + wait_s
-    attempt = 0
-    while True:
-        now = datetime.now(UTC)
-        docs = [
-            {"_id": u, "owner": token, "expires": now + timedelta(seconds=lease_s)} for u in ids
-        ]
-        try:
-            await locks.insert_many(docs, ordered=False)
-            break
-        except BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise StoreBackendError(f"{what} lock failed: {exc}") from exc
-            busy = [docs[e["index"]]["_id"] for e in exc.details["writeErrors"]]
-            got = [u for u in ids if u not in set(busy)]
-            try:
-                if got:  # all or none: avoids two batches waiting on each other
-                    await locks.delete_many({"_id": {"$in": got}, "owner": token})
-                # take over leases whose holder died
-                await locks.delete_many({"_id": {"$in": busy}, "expires": {"$lt": now}})
-            except PyMongoError as exc2:
-                raise StoreBackendError(f"{what} lock failed: {exc2}") from exc2
-        except PyMongoError as exc:
-            raise StoreBackendError(f"{what} lock failed: {exc}") from exc
-        attempt += 1
-        if time.monotonic() > deadline:
-            raise StoreBackendError(f"{what} busy: {busy[:5]} (waited {wait_s}s)")
-        await asyncio.sleep(random.uniform(0.002, 0.004 * 2 ** min(attempt, 5)))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(PyMongoError):
-            await locks.delete_many({"_id": {"$in": ids}, "owner": token})

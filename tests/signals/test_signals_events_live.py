@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 
 from opendisco import Settings
-from opendisco.ingest.events import EVENTS, EventProcessor, UserStateStore
-from opendisco.ingest.graph import ItemGraph, UserGraph
+from opendisco.signals import EVENTS, EventProcessor, ItemGraph, UserGraph, UserStateStore
 
 CAPPED_ITEM = "cap0"  # see conftest.catalogue
 
@@ -24,8 +23,10 @@ def _uid() -> str:
     return f"u{uuid.uuid4().hex[:8]}"
 
 
-async def test_duplicates_counted_once(rr_settings: Settings, rr_db: Any, aos: Any) -> None:
-    proc = EventProcessor(rr_settings, rr_db, aos)
+async def test_duplicates_counted_once(
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
+) -> None:
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
     user = _uid()
     batch = [_ev(user, "impression", "beta3"), _ev(user, "like", "beta4")]
     before = (await proc.exposure.counts(["beta3"]))["beta3"]
@@ -34,15 +35,15 @@ async def test_duplicates_counted_once(rr_settings: Settings, rr_db: Any, aos: A
     again = await proc.apply(batch)
     assert (again.accepted, again.duplicates) == (0, 2)
     assert (await proc.exposure.counts(["beta3"]))["beta3"] == before + 1
-    st = await UserStateStore(rr_db).get(user)
+    st = await UserStateStore(clustered_db).get(user)
     assert [p["id"] for p in st.positives] == ["beta4"]
-    assert await rr_db[EVENTS].count_documents({"user_id": user}) == 2
+    assert await clustered_db[EVENTS].count_documents({"user_id": user}) == 2
 
 
 async def test_malformed_events_rejected_and_nothing_applied(
-    rr_settings: Settings, rr_db: Any, aos: Any
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
-    proc = EventProcessor(rr_settings, rr_db, aos)
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
     user = _uid()
     future = (datetime.now(UTC) + timedelta(days=2)).isoformat()
     batch = [
@@ -60,59 +61,62 @@ async def test_malformed_events_rejected_and_nothing_applied(
     assert sorted(reasons) == [1, 2, 3, 4, 5, 6]
     assert "type" in reasons[1] and "unknown item" in reasons[2] and "future" in reasons[3]
     assert "extra_field" in reasons[5]
-    stored = await rr_db[EVENTS].find({"user_id": user}).to_list(None)
+    stored = await clustered_db[EVENTS].find({"user_id": user}).to_list(None)
     assert [d["item_id"] for d in stored] == ["gamma1"]
     assert all(d["applied"] for d in stored)
-    st = await UserStateStore(rr_db).get(user)
+    st = await UserStateStore(clustered_db).get(user)
     assert st.seen == ["gamma1"]
     assert (await proc.exposure.counts(["gamma5"]))["gamma5"] == 0
 
 
 async def test_interrupted_claim_is_reapplied_once(
-    rr_settings: Settings, rr_db: Any, aos: Any
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
-    proc = EventProcessor(rr_settings, rr_db, aos)
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
     user = _uid()
     ev = _ev(user, "like", "alpha7")
     # a previous call claimed the event and died before applying it
-    await rr_db[EVENTS].insert_one(
+    await clustered_db[EVENTS].insert_one(
         {"_id": ev["id"], "type": "like", "user_id": user, "item_id": "alpha7", "applied": False}
     )
     res = await proc.apply([ev])
     assert (res.accepted, res.recovered, res.duplicates) == (0, 1, 0)
     res2 = await proc.apply([ev])
     assert (res2.accepted, res2.recovered, res2.duplicates) == (0, 0, 1)
-    st = await UserStateStore(rr_db).get(user)
+    st = await UserStateStore(clustered_db).get(user)
     assert [p["id"] for p in st.positives] == ["alpha7"]
 
 
 async def test_user_vector_is_decayed_mean_of_positives_minus_negatives(
-    rr_settings: Settings, rr_db: Any, aos: Any, rr_items: list[dict[str, Any]]
+    clustered_settings: Settings,
+    clustered_db: Any,
+    clustered_os: Any,
+    clustered_items: list[dict[str, Any]],
 ) -> None:
-    proc = EventProcessor(rr_settings, rr_db, aos)
-    vec = {it["id"]: np.asarray(it["embedding"]) for it in rr_items}
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
+    vec = {it["id"]: np.asarray(it["embedding"]) for it in clustered_items}
     user = _uid()
     now = datetime.now(UTC)
     await proc.apply([_ev(user, "like", "alpha1", ts=now.isoformat())], now=now)
-    st = await UserStateStore(rr_db).get(user)
+    st = await UserStateStore(clustered_db).get(user)
     np.testing.assert_allclose(st.vector, vec["alpha1"] / np.linalg.norm(vec["alpha1"]), atol=1e-6)
     await proc.apply([_ev(user, "hide", "beta1", ts=now.isoformat())], now=now)
-    st = await UserStateStore(rr_db).get(user)
+    st = await UserStateStore(clustered_db).get(user)
     expected = vec["alpha1"] - 0.5 * vec["beta1"]
     np.testing.assert_allclose(st.vector, expected / np.linalg.norm(expected), atol=1e-6)
     assert "beta1" in st.blocked and st.fatigue == {"beta": 1.0}
-    assert st.behaviour is not None and len(st.behaviour) == rr_settings.behaviour_dim
+    assert st.behaviour is not None and len(st.behaviour) == clustered_settings.behaviour_dim
 
 
 async def test_graph_co_engagement_and_mutual_likes(
-    rr_settings: Settings, rr_db: Any, aos: Any
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
-    proc = EventProcessor(rr_settings, rr_db, aos)
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
     u = _uid()
     await proc.apply([_ev(u, "like", "gamma10"), _ev(u, "click", "gamma11")])
     await proc.apply([_ev(u, "like", "beta12")])
-    g = ItemGraph(rr_db)
-    nb = dict(await g.neighbours(["gamma10"]))
+    g = ItemGraph(clustered_db)
+    nb = await g.weights(["gamma10"])
     assert nb.get("gamma11") == 1.0 and nb.get("beta12") == 1.0
     assert await g.proximity(["gamma10", "gamma11"], ["beta12", "alpha0"]) == {"beta12": 2.0}
     # person0 likes person1's profile and back: a mutual like
@@ -120,19 +124,19 @@ async def test_graph_co_engagement_and_mutual_likes(
     assert r1.mutual == []
     r2 = await proc.apply([_ev("person1", "like", "prof0")])
     assert r2.mutual == [("person1", "person0")]
-    assert await UserGraph(rr_db).mutual("person0") == ["person1"]
+    assert await UserGraph(clustered_db).mutual("person0") == ["person1"]
 
 
 async def test_counters_reach_caps_and_capped_items_disappear(
-    rr_settings: Settings, rr_db: Any, aos: Any
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
-    from opendisco.queries.exposure import capped_lookup
+    from opendisco.signals import capped_lookup
 
-    proc = EventProcessor(rr_settings, rr_db, aos)
-    query = {"query": {"bool": {"must_not": [capped_lookup(rr_settings)]}}, "size": 100}
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
+    query = {"query": {"bool": {"must_not": [capped_lookup(clustered_settings)]}}, "size": 100}
 
     async def visible() -> set[str]:
-        resp = await aos.search(index=rr_settings.index_alias, body=query)
+        resp = await clustered_os.search(index=clustered_settings.index_alias, body=query)
         return {h["_id"] for h in resp["hits"]["hits"]}
 
     assert CAPPED_ITEM in await visible()
@@ -143,53 +147,56 @@ async def test_counters_reach_caps_and_capped_items_disappear(
     assert CAPPED_ITEM not in await visible()
 
 
-async def test_graph_neighbours_as_candidate_source(
-    rr_settings: Settings, rr_db: Any, aos: Any
+async def test_graph_neighbours_skip_what_the_member_has_seen(
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
-    from opendisco.ingest.graph import graph_source_query, neighbours_of_recent
+    from opendisco.signals import RECENT_FANOUT, ItemGraph, top_neighbours
 
-    proc = EventProcessor(rr_settings, rr_db, aos)
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
     a, b = _uid(), _uid()
     await proc.apply([_ev(a, "like", "alpha15"), _ev(a, "like", "beta15")])
     await proc.apply([_ev(b, "like", "alpha15")])
-    st = await UserStateStore(rr_db).get(b)
-    nb = await neighbours_of_recent(rr_db, st)
+    st = await UserStateStore(clustered_db).get(b)
+    recent = st.recent_positive_ids[:RECENT_FANOUT]
+    nb = top_neighbours(
+        await ItemGraph(clustered_db).weights(recent), 50, [*recent, *st.exclude_ids]
+    )
     assert nb and nb[0][0] == "beta15"
-    assert all(i not in st.exclude_ids for i, _ in nb)
-    q = graph_source_query(nb)
-    assert q is not None
-    resp = await aos.search(index=rr_settings.index_alias, body={"query": q, "size": 5})
-    assert resp["hits"]["hits"][0]["_id"] == "beta15"
-    assert graph_source_query([]) is None
+    assert all(i not in st.exclude_ids and i not in recent for i, _ in nb)
 
 
 async def test_large_multi_user_batch_applies(
-    rr_settings: Settings, rr_db: Any, aos: Any, rr_items: list[dict[str, Any]]
+    clustered_settings: Settings,
+    clustered_db: Any,
+    clustered_os: Any,
+    clustered_items: list[dict[str, Any]],
 ) -> None:
     # > 100 events, > 100 graph edges: every bulk write is chunked (FerretDB hangs otherwise)
-    ids = [it["id"] for it in rr_items][:40]
+    ids = [it["id"] for it in clustered_items][:40]
     tag = uuid.uuid4().hex[:6]
     events = [
         _ev(f"big{tag}{u}", "like", (ids[:20] if u % 2 else ids[20:])[(u * 7 + j * 3) % 20])
         for u in range(30)
         for j in range(6)
     ]
-    res = await EventProcessor(rr_settings, rr_db, aos).apply(events)
+    res = await EventProcessor(clustered_settings, clustered_db, clustered_os).apply(events)
     assert (res.accepted, res.rejected) == (180, [])
     assert (
-        await rr_db[EVENTS].count_documents({"user_id": {"$regex": f"^big{tag}"}, "applied": True})
+        await clustered_db[EVENTS].count_documents(
+            {"user_id": {"$regex": f"^big{tag}"}, "applied": True}
+        )
         == 180
     )
 
 
 async def test_graph_batched_equals_one_event_per_call(
-    rr_settings: Settings, rr_db: Any, aos: Any
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
     # the same 5 likes applied as one batch (coalesced upserts per item) or one call per like
     # add the same co-engagement weights: every pair of the 5 items once per user
     items = [f"beta{j}" for j in range(13, 18)]
-    g = ItemGraph(rr_db)
-    proc = EventProcessor(rr_settings, rr_db, aos)
+    g = ItemGraph(clustered_db)
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
 
     async def snapshot() -> dict[str, dict[str, float]]:
         return {i: await g.weights([i]) for i in items}
@@ -215,23 +222,23 @@ async def test_graph_batched_equals_one_event_per_call(
 
 
 async def test_inbound_attention_counts_profiles_only(
-    rr_settings: Settings, rr_db: Any, aos: Any
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
-    from opendisco.ingest.graph import InboundCounter
+    from opendisco.signals import InboundCounter
 
-    inbound = InboundCounter(rr_db)
+    inbound = InboundCounter(clustered_db)
     before = await inbound.counts(["prof2", "gamma18"])
-    proc = EventProcessor(rr_settings, rr_db, aos)
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
     await proc.apply([_ev(_uid(), "like", "prof2"), _ev(_uid(), "like", "gamma18")])
     after = await inbound.counts(["prof2", "gamma18"])
     assert after.get("prof2", 0) == before.get("prof2", 0) + 1
     assert after.get("gamma18", 0) == before.get("gamma18", 0) == 0
 
 
-async def test_concurrent_graph_writers_lose_no_increment(rr_db: Any) -> None:
+async def test_concurrent_graph_writers_lose_no_increment(clustered_db: Any) -> None:
     # FerretDB updates are read-modify-write: without the item leases, two batches adding to the
     # same source item at once would drop one of them
-    g = ItemGraph(rr_db)
+    g = ItemGraph(clustered_db)
     tag = uuid.uuid4().hex[:6]
     hub, others = f"hub{tag}", [f"n{tag}{j}" for j in range(6)]
     await asyncio.gather(*(g.add([(hub, o, 1.0)]) for o in others for _ in range(3)))

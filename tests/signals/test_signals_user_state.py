@@ -10,9 +10,15 @@ from typing import Any
 import numpy as np
 
 from opendisco import Settings
-from opendisco.ingest.events import EventProcessor, UserStateStore
-from opendisco.ingest.user_state import UserState, UserStateConfig, decayed_vector, merge_events
 from opendisco.rerank import Features, Reranker
+from opendisco.signals import (
+    EventProcessor,
+    UserState,
+    UserStateConfig,
+    UserStateStore,
+    decayed_vector,
+    merge_events,
+)
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -56,11 +62,11 @@ def test_decay_halves_weight_per_half_life() -> None:
 
 
 async def test_concurrent_writers_of_one_user_lose_nothing(
-    rr_settings: Settings, rr_db: Any, aos: Any
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
     user = f"u{uuid.uuid4().hex[:8]}"
     items = [f"{c}{j}" for c in ("alpha", "beta") for j in range(4)]
-    procs = [EventProcessor(rr_settings, rr_db, aos) for _ in items]
+    procs = [EventProcessor(clustered_settings, clustered_db, clustered_os) for _ in items]
     results = await asyncio.gather(
         *(
             p.apply([{"id": uuid.uuid4().hex, "type": "like", "user_id": user, "item_id": i}])
@@ -68,7 +74,7 @@ async def test_concurrent_writers_of_one_user_lose_nothing(
         )
     )
     assert [r.accepted for r in results] == [1] * len(items)
-    st = await UserStateStore(rr_db).get(user)
+    st = await UserStateStore(clustered_db).get(user)
     assert sorted(p["id"] for p in st.positives) == sorted(items)
     assert st.version == len(items)
 
@@ -85,17 +91,17 @@ def test_reranker_accepts_candidate_objects() -> None:
 
 
 async def test_expired_lease_of_a_crashed_writer_is_taken_over(
-    rr_settings: Settings, rr_db: Any, aos: Any
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
-    from opendisco.ingest.user_state import USER_LOCKS
+    from opendisco.signals import USER_LOCKS
 
     user = f"u{uuid.uuid4().hex[:8]}"
     past = datetime.now(UTC) - timedelta(seconds=1)
-    await rr_db[USER_LOCKS].insert_one({"_id": user, "owner": "dead", "expires": past})
-    proc = EventProcessor(rr_settings, rr_db, aos)
+    await clustered_db[USER_LOCKS].insert_one({"_id": user, "owner": "dead", "expires": past})
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
     res = await proc.apply(
         [{"id": uuid.uuid4().hex, "type": "like", "user_id": user, "item_id": "beta1"}]
     )
     assert res.accepted == 1
-    assert [p["id"] for p in (await UserStateStore(rr_db).get(user)).positives] == ["beta1"]
-    assert await rr_db[USER_LOCKS].count_documents({"_id": user}) == 0
+    assert [p["id"] for p in (await UserStateStore(clustered_db).get(user)).positives] == ["beta1"]
+    assert await clustered_db[USER_LOCKS].count_documents({"_id": user}) == 0

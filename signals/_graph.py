@@ -17,7 +17,7 @@ All three live in MongoDB and grow incrementally from events (one ``bulk_write``
   per day (two-sided markets: how much attention a profile already receives).
 
 Increments are at-least-once: a batch re-applied after a crash between the graph write and the
-event's ``applied`` mark adds its weights twice (see ``opendisco.ingest.events``); concurrent
+event's ``applied`` mark adds its weights twice (see ``opendisco.signals``); concurrent
 batches never lose each other's increments (leases).
 """
 
@@ -29,10 +29,12 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from opendisco._exceptions import StoreBackendError
+from pymongo import ReplaceOne, UpdateOne
+
+from opendisco._backend import backend_errors
+from opendisco._store import bulk_write_chunked, lease
 
 __all__ = [
-    "BULK_CHUNK",
     "INBOUND",
     "ITEM_EDGES",
     "ITEM_LOCKS",
@@ -47,9 +49,7 @@ __all__ = [
     "decode_row",
     "encode_row",
     "ensure_graph_indexes",
-    "graph_source_query",
     "merge_rows",
-    "neighbours_of_recent",
     "top_neighbours",
 ]
 
@@ -61,43 +61,20 @@ USER_LIKES = "user_likes"
 USER_MATCHES = "user_matches"
 INBOUND = "inbound"
 SEP = "\x1f"
-#: write ops per bulk_write: FerretDB 1.24 (SQLite) hangs on one bulk of ~100 updates (measured:
-#: 50 fine, 100 never answers), so every bulk of this team is chunked below that
-BULK_CHUNK = 50
 #: ids per ``find({_id: {$in: ...}})`` (one round trip for a request's recent items)
 READ_CHUNK = 500
 
 
-async def _bulk(coll: Any, ops: list[Any]) -> None:
-    from pymongo.errors import PyMongoError
-
-    if not ops:
-        return
-    try:
-        for k in range(0, len(ops), BULK_CHUNK):
-            await coll.bulk_write(ops[k : k + BULK_CHUNK], ordered=False)
-    except PyMongoError as exc:
-        raise StoreBackendError(f"{coll.name} bulk write failed: {exc}") from exc
-
-
 async def _find(coll: Any, flt: Mapping[str, Any], **kw: Any) -> list[dict[str, Any]]:
-    from pymongo.errors import PyMongoError
-
-    try:
+    with backend_errors(f"{coll.name} lookup failed"):
         return await coll.find(flt, **kw).to_list(None)
-    except PyMongoError as exc:
-        raise StoreBackendError(f"{coll.name} lookup failed: {exc}") from exc
 
 
 async def ensure_graph_indexes(db: Any) -> None:
-    from pymongo.errors import PyMongoError
-
-    try:
+    with backend_errors("graph index creation failed"):
         await db[USER_LIKES].create_index("dst")
         await db[USER_MATCHES].create_index("users")
         await db[INBOUND].create_index("item")
-    except PyMongoError as exc:
-        raise StoreBackendError(f"graph index creation failed: {exc}") from exc
 
 
 def encode_row(row: Mapping[str, float]) -> str:
@@ -145,27 +122,12 @@ class ItemGraph:
         self.coll = db[ITEM_EDGES]
         self.locks = db[ITEM_LOCKS]
 
-    @staticmethod
-    def edge_updates(
-        pairs: Iterable[tuple[str, str, float]], now: datetime | None = None
-    ) -> dict[str, tuple[str, str, float]]:
-        """Pure: symmetric edge increments keyed by edge id (self-loops dropped, summed)."""
-        return {
-            f"{s}{SEP}{d}": (s, d, w)
-            for s, row in adjacency_updates(pairs).items()
-            for d, w in row.items()
-        }
-
     async def add(
         self, pairs: Iterable[tuple[str, str, float]], now: datetime | None = None
     ) -> int:
         """Add co-engagement weight between item pairs: each distinct source item is read and
         rewritten once (under its lease), in chunked bulk writes; returns directed edges
         touched."""
-        from pymongo import ReplaceOne
-
-        from .user_state import lease
-
         now = now or datetime.now(UTC)
         incs = adjacency_updates(pairs)
         if not incs:
@@ -184,7 +146,7 @@ class ItemGraph:
                         upsert=True,
                     )
                 )
-            await _bulk(self.coll, ops)
+            await bulk_write_chunked(self.coll, ops)
         return sum(len(row) for row in incs.values())
 
     async def _rows(self, item_ids: Iterable[str]) -> dict[str, dict[str, float]]:
@@ -209,13 +171,6 @@ class ItemGraph:
                 acc[d] += w
         return dict(acc)
 
-    async def neighbours(
-        self, item_ids: Iterable[str], k: int = 50, exclude: Iterable[str] = ()
-    ) -> list[tuple[str, float]]:
-        """Items co-engaged with any of ``item_ids``, summed weight, best first."""
-        src = list(dict.fromkeys(item_ids))
-        return top_neighbours(await self.weights(src), k, skip=[*src, *exclude])
-
     async def proximity(self, recent: Iterable[str], candidates: Iterable[str]) -> dict[str, float]:
         """Summed edge weight from the user's recent items to each candidate."""
         src, dst = list(dict.fromkeys(recent)), set(candidates)
@@ -236,13 +191,11 @@ class UserGraph:
         self, likes: Iterable[tuple[str, str]], now: datetime | None = None
     ) -> list[tuple[str, str]]:
         """Record ``(liker, liked)`` edges; returns the pairs that became mutual."""
-        from pymongo import UpdateOne
-
         now = now or datetime.now(UTC)
         pairs = list(dict.fromkeys((a, b) for a, b in likes if a != b))
         if not pairs:
             return []
-        await _bulk(
+        await bulk_write_chunked(
             self.likes,
             [
                 UpdateOne(
@@ -264,7 +217,7 @@ class UserGraph:
                     {"_id": f"{x}{SEP}{y}"}, {"$set": {"users": [x, y], "at": now}}, upsert=True
                 )
             )
-        await _bulk(self.matches, ops)
+        await bulk_write_chunked(self.matches, ops)
         return mutual
 
     async def mutual(self, user_id: str) -> list[str]:
@@ -279,12 +232,10 @@ class InboundCounter:
         self.coll = db[INBOUND]
 
     async def add(self, counts: Iterable[tuple[str, datetime]]) -> None:
-        from pymongo import UpdateOne
-
         acc: dict[tuple[str, str], int] = defaultdict(int)
         for item, ts in counts:
             acc[(item, ts.astimezone(UTC).strftime("%Y%m%d"))] += 1
-        await _bulk(
+        await bulk_write_chunked(
             self.coll,
             [
                 UpdateOne(
@@ -322,25 +273,3 @@ def top_neighbours(
     drop = set(skip)
     kept = ((i, w) for i, w in weights.items() if i not in drop)
     return sorted(kept, key=lambda kv: (-kv[1], kv[0]))[:k]
-
-
-async def neighbours_of_recent(
-    db: Any, state: Any, k: int = 50, fanout: int = RECENT_FANOUT
-) -> list[tuple[str, float]]:
-    """Co-engaged neighbours of a ``UserState``'s recent positives, minus seen/blocked (a graph
-    candidate source; one query)."""
-    recent = state.recent_positive_ids[:fanout]
-    return await ItemGraph(db).neighbours(recent, k=k, exclude=state.exclude_ids)
-
-
-def graph_source_query(neighbours: Iterable[tuple[str, float]]) -> dict[str, Any] | None:
-    """Pure: an OpenSearch query matching the neighbour ids, scored by co-engagement weight
-    (``constant_score`` per id, so the engine's score is the graph weight); None when empty."""
-    should = [
-        {"constant_score": {"filter": {"term": {"id": i}}, "boost": float(w)}}
-        for i, w in neighbours
-        if w > 0
-    ]
-    if not should:
-        return None
-    return {"bool": {"should": should, "minimum_should_match": 1}}

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opendisco.ingest.graph import (
-    SEP,
-    ItemGraph,
+from opendisco.signals import (
     adjacency_updates,
     decode_row,
     encode_row,
@@ -35,14 +33,9 @@ def test_adjacency_updates_symmetric_summed_without_self_loops() -> None:
     assert rows == {"a": {"b": 4.0, "c": 0.5}, "b": {"a": 4.0}, "c": {"a": 0.5}}
 
 
-def test_edge_updates_match_adjacency_rows() -> None:
+def test_one_row_per_distinct_source_item() -> None:
     pairs = [("x", "y", 1.0), ("y", "z", 1.0), ("x", "y", 1.0)]
-    edges = ItemGraph.edge_updates(pairs)
-    assert edges == {
-        f"x{SEP}y": ("x", "y", 2.0),
-        f"y{SEP}x": ("y", "x", 2.0),
-        f"y{SEP}z": ("y", "z", 1.0),
-        f"z{SEP}y": ("z", "y", 1.0),
-    }
+    rows = adjacency_updates(pairs)
+    assert rows == {"x": {"y": 2.0}, "y": {"x": 2.0, "z": 1.0}, "z": {"y": 1.0}}
     # one read and one write per distinct source item, whatever the number of edges
-    assert len(adjacency_updates(pairs)) == 3
+    assert len(rows) == 3

@@ -34,7 +34,7 @@ async def market(market_settings: Settings, model: Any) -> tuple[list[dict], lis
 
 @pytest.fixture
 async def discovery(market_settings: Settings, market: Any, model: Any) -> Any:
-    from opendisco.pipeline import Discovery
+    from opendisco.serving import Discovery
 
     os_client = clients.async_opensearch(market_settings)
     motor = clients.motor(market_settings)

@@ -29,33 +29,35 @@ import contextlib
 import weakref
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from opensearchpy import AsyncOpenSearch
+from opensearchpy.exceptions import NotFoundError
+from pymongo.errors import BulkWriteError, CollectionInvalid
 
-from opendisco._exceptions import EventInvalid, SearchBackendError, StoreBackendError
+from opendisco._backend import backend_errors
+from opendisco._exceptions import EventInvalid
 from opendisco._settings import Settings
+from opendisco._store import detect_capabilities
 
-from .graph import InboundCounter, ItemGraph, UserGraph, ensure_graph_indexes
-from .user_state import UserState, UserStateConfig, UserStateStore, merge_events, recompute
+from ._event import INBOUND_TYPES, MUTUAL_TYPES, Event, EventsConfig, EventsResult, validate_event
+from ._exposure import ExposureStore
+from ._graph import (
+    INBOUND,
+    ITEM_EDGES,
+    ITEM_LOCKS,
+    USER_LIKES,
+    USER_MATCHES,
+    InboundCounter,
+    ItemGraph,
+    UserGraph,
+    ensure_graph_indexes,
+)
+from ._user_state import USER_LOCKS, USER_STATE, UserState, UserStateStore, merge_events, recompute
 
-if TYPE_CHECKING:
-    from opensearchpy import AsyncOpenSearch
-
-__all__ = [
-    "EVENTS",
-    "EVENT_TYPES",
-    "Event",
-    "EventProcessor",
-    "EventsConfig",
-    "EventsResult",
-    "UserState",
-    "UserStateStore",
-    "validate_event",
-]
+__all__ = ["EVENTS", "EventProcessor"]
 
 EVENTS = "events"
 _ENSURE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -68,109 +70,6 @@ def _ensure_lock() -> asyncio.Lock:
     if lock is None:
         lock = _ENSURE_LOCKS[loop] = asyncio.Lock()
     return lock
-
-
-EventType = Literal["impression", "click", "like", "pass", "skip", "hide", "match", "message"]
-EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
-_INBOUND_TYPES = {"like", "match", "message"}
-_MUTUAL_TYPES = {"like", "match"}
-
-
-class EventsConfig(BaseModel):
-    """Weights and retention of events (pydantic, ``extra="forbid"``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    weights: dict[str, float] = Field(
-        default_factory=lambda: {
-            "impression": 0.0,
-            "click": 0.5,
-            "like": 1.0,
-            "match": 2.0,
-            "message": 1.0,
-            "pass": -0.5,
-            "skip": -0.5,
-            "hide": -1.0,
-        },
-        description="Signed weight per event type (positive → positives, negative → negatives).",
-    )
-    ttl_days: float = Field(30.0, gt=0, description="Raw events expire after this many days.")
-    max_future_skew_s: float = Field(300.0, ge=0, description="Tolerated client clock skew.")
-    graph_fanout: int = Field(20, ge=0, description="Recent positives a new positive links to.")
-    require_known_items: bool = Field(True, description="Reject events for unindexed items.")
-    max_batch: int = Field(1000, ge=1)
-    purge_every_s: float = Field(300.0, gt=0, description="Purge cadence without TTL indexes.")
-    user_state: UserStateConfig = Field(default_factory=UserStateConfig)
-
-
-class Event(BaseModel):
-    """One client event; ``id`` is the client's idempotency key."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-    id: str = Field(min_length=1, max_length=200)
-    type: EventType
-    user_id: str = Field(min_length=1, max_length=512)
-    item_id: str = Field(min_length=1, max_length=512)
-    ts: datetime | None = None
-    surface: str | None = Field(None, max_length=64)
-    request_id: str | None = Field(None, max_length=200)
-    position: int | None = Field(None, ge=0)
-    features: list[float] | None = Field(None, max_length=64)
-
-    @field_validator("ts")
-    @classmethod
-    def _utc(cls, v: datetime | None) -> datetime | None:
-        if v is None:
-            return v
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
-
-
-def _reason(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(x) for x in err["loc"]) or "event"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
-
-
-def validate_event(raw: Any, now: datetime, cfg: EventsConfig) -> Event:
-    """Pure validation; raises :class:`EventInvalid` with a readable reason."""
-    if not isinstance(raw, Mapping):
-        raise EventInvalid(f"event must be an object, got {type(raw).__name__}")
-    try:
-        ev = Event.model_validate(dict(raw))
-    except ValidationError as exc:
-        raise EventInvalid(_reason(exc)) from None
-    if ev.ts is None:
-        ev = ev.model_copy(update={"ts": now})
-    assert ev.ts is not None
-    if ev.ts > now + timedelta(seconds=cfg.max_future_skew_s):
-        raise EventInvalid(f"ts: {ev.ts.isoformat()} is in the future")
-    if ev.ts < now - timedelta(days=cfg.ttl_days):
-        raise EventInvalid(f"ts: older than the {cfg.ttl_days:g}-day retention")
-    return ev
-
-
-@dataclass
-class EventsResult:
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: list[tuple[int, str]] = field(default_factory=list)
-    recovered: int = 0  # claimed by an earlier, interrupted call and applied now
-    capped: list[str] = field(default_factory=list)
-    mutual: list[tuple[str, str]] = field(default_factory=list)
-    took_ms: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": [{"index": i, "reason": r} for i, r in self.rejected],
-            "recovered": self.recovered,
-            "capped": self.capped,
-            "took_ms": round(self.took_ms, 2),
-        }
 
 
 class EventProcessor:
@@ -194,11 +93,7 @@ class EventProcessor:
         self.items = ItemGraph(db)
         self.users = UserGraph(db)
         self.inbound = InboundCounter(db)
-        if exposure is None:
-            from opendisco.queries.exposure import ExposureStore
-
-            exposure = ExposureStore(os_client, settings)
-        self.exposure = exposure
+        self.exposure = exposure if exposure is not None else ExposureStore(os_client, settings)
         self._ready = False
         self.native_ttl = True
         self._last_purge = 0.0
@@ -208,13 +103,9 @@ class EventProcessor:
 
         Safe for idempotency: an event that old is rejected by validation anyway.
         """
-        from pymongo.errors import PyMongoError
-
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.cfg.ttl_days)
-        try:
+        with backend_errors("purging expired events failed"):
             res = await self.events.delete_many({"ts": {"$lt": cutoff}})
-        except PyMongoError as exc:
-            raise StoreBackendError(f"purging expired events failed: {exc}") from exc
         return res.deleted_count
 
     async def ensure(self) -> None:
@@ -223,16 +114,11 @@ class EventProcessor:
         Where the server has no TTL indexes (FerretDB 1.x) a plain ``ts`` index is created and
         :meth:`purge_expired` runs from :meth:`apply` at most every ``purge_every_s``.
         """
-        from pymongo.errors import CollectionInvalid, PyMongoError
-
-        from .graph import INBOUND, ITEM_EDGES, ITEM_LOCKS, USER_LIKES, USER_MATCHES
-        from .user_state import USER_LOCKS, USER_STATE
-
         async with _ensure_lock():
             # FerretDB 1.x (SQLite) can deadlock when a collection is created implicitly while
             # other writes are in flight; so every collection is created here, one at a time,
             # before any concurrent write touches it
-            try:
+            with backend_errors("events collections"):
                 have = set(await self.db.list_collection_names())
                 for name in (
                     EVENTS,
@@ -247,28 +133,19 @@ class EventProcessor:
                     if name not in have:
                         with contextlib.suppress(CollectionInvalid):
                             await self.db.create_collection(name)
-            except PyMongoError as exc:
-                raise StoreBackendError(f"events collections: {exc}") from exc
             await self._ensure_indexes()
 
     async def _ensure_indexes(self) -> None:
-        from pymongo.errors import OperationFailure, PyMongoError
-
-        try:
-            try:
+        self.native_ttl = (await detect_capabilities(self.db)).ttl_indexes
+        with backend_errors("events index creation failed"):
+            if self.native_ttl:
                 await self.events.create_index(
                     "ts", expireAfterSeconds=int(self.cfg.ttl_days * 86400), name="ttl_ts"
                 )
-                self.native_ttl = True
-            except OperationFailure as exc:
-                if exc.code != 238:  # NotImplemented: FerretDB 1.x has no TTL indexes
-                    raise
+            else:  # FerretDB 1.x: no TTL indexes; purge_expired stands in
                 await self.events.create_index("ts", name="ts")
-                self.native_ttl = False
             await self.events.create_index("user_id")
             await self.events.create_index("type")
-        except PyMongoError as exc:
-            raise StoreBackendError(f"events index creation failed: {exc}") from exc
         await ensure_graph_indexes(self.db)
         await self.exposure.ensure()
         self._ready = True
@@ -276,23 +153,20 @@ class EventProcessor:
     # --- reads ------------------------------------------------------------------------------
 
     async def _items(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        from opensearchpy.exceptions import NotFoundError, OpenSearchException
-
         if not ids:
             return {}
-        try:
-            resp = await self.os.mget(
-                index=self.settings.index_alias,
-                body={"ids": list(ids)},
-                params={
-                    "_source_includes": "embedding,behaviour,category,kind,owner_id",
-                    "realtime": "true",
-                },
-            )
-        except NotFoundError:
-            return {}
-        except OpenSearchException as exc:
-            raise SearchBackendError(f"item lookup for events failed: {exc}") from exc
+        with backend_errors("item lookup for events failed"):
+            try:
+                resp = await self.os.mget(
+                    index=self.settings.index_alias,
+                    body={"ids": list(ids)},
+                    params={
+                        "_source_includes": "embedding,behaviour,category,kind,owner_id",
+                        "realtime": "true",
+                    },
+                )
+            except NotFoundError:  # no items index yet
+                return {}
         return {d["_id"]: d.get("_source") or {} for d in resp["docs"] if d.get("found")}
 
     # --- apply ------------------------------------------------------------------------------
@@ -361,8 +235,6 @@ class EventProcessor:
     async def _claim(
         self, valid: list[tuple[int, Event]], now: datetime, dups: int
     ) -> tuple[list[Event], int, int]:
-        from pymongo.errors import BulkWriteError, PyMongoError
-
         docs = [
             {
                 **ev.model_dump(exclude_none=True),
@@ -376,23 +248,19 @@ class EventProcessor:
         for d in docs:
             d.pop("id", None)
         clashed: set[str] = set()
-        try:
-            await self.events.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            for err in exc.details.get("writeErrors", []):
-                if err.get("code") != 11000:
-                    raise StoreBackendError(f"event insert failed: {err.get('errmsg')}") from exc
-                clashed.add(docs[err["index"]]["_id"])
-        except PyMongoError as exc:
-            raise StoreBackendError(f"event insert failed: {exc}") from exc
+        with backend_errors("event insert failed"):
+            try:
+                await self.events.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+                clashed = {docs[e["index"]]["_id"] for e in exc.details["writeErrors"]}
         recovered: set[str] = set()
         if clashed:
-            try:
+            with backend_errors("event lookup failed"):
                 prior = await self.events.find(
                     {"_id": {"$in": sorted(clashed)}}, projection={"applied": 1}
                 ).to_list(None)
-            except PyMongoError as exc:
-                raise StoreBackendError(f"event lookup failed: {exc}") from exc
             recovered = {d["_id"] for d in prior if not d.get("applied")}
         todo = [ev for _, ev in valid if ev.id not in clashed or ev.id in recovered]
         return todo, dups + len(clashed) - len(recovered), len(recovered)
@@ -428,14 +296,14 @@ class EventProcessor:
         likes = []
         for ev in todo:
             it = items.get(ev.item_id, {})
-            if ev.type in _MUTUAL_TYPES and it.get("kind") == "profile":
+            if ev.type in MUTUAL_TYPES and it.get("kind") == "profile":
                 likes.append((ev.user_id, str(it.get("owner_id") or ev.item_id)))
         # inbound attention is a recipient's load (two-sided markets): only profiles have one; a
         # movie or product liked by many is popular, not overloaded
         inbound = [
             (ev.item_id, ev.ts)
             for ev in todo
-            if ev.type in _INBOUND_TYPES and items.get(ev.item_id, {}).get("kind") == "profile"
+            if ev.type in INBOUND_TYPES and items.get(ev.item_id, {}).get("kind") == "profile"
         ]
 
         # OpenSearch counters run alongside; MongoDB writes go one after another: FerretDB 1.x
@@ -478,14 +346,10 @@ class EventProcessor:
             )
 
     async def _mark(self, ids: list[str]) -> None:
-        from pymongo.errors import PyMongoError
-
-        try:
-            # one update_many: a bulk of many point updates on `events` was seen to hang
-            # FerretDB 1.24 (SQLite); $in is a scan there, but correct
+        # one update_many: a bulk of many point updates on `events` was seen to hang
+        # FerretDB 1.24 (SQLite); $in on _id is pushed down by the patched build
+        with backend_errors("marking events applied failed"):
             await self.events.update_many({"_id": {"$in": ids}}, {"$set": {"applied": True}})
-        except PyMongoError as exc:
-            raise StoreBackendError(f"marking events applied failed: {exc}") from exc
 
 
 async def _none() -> None:

@@ -1,0 +1,147 @@
+"""MongoDB-protocol helpers every layer shares: capabilities, chunked writes, leases, time.
+
+The store is MongoDB in production and FerretDB 1.24 (SQLite backend) locally. What differs
+is captured once, in :class:`StoreCapabilities` (the model: one capabilities object chosen
+by detection, not error-code checks scattered through the code):
+
+* FerretDB has no change streams, no TTL indexes and no multi-document transactions;
+* FerretDB 1.x keeps every update statement's SQLite connection until the whole ``update``
+  command ends: a bulk of ~100 updates exhausts its pool of 100 and the server stops
+  answering. Every bulk of writes is cut to :data:`MAX_WRITES_PER_COMMAND`
+  (:func:`bulk_write_chunked`);
+* FerretDB applies updates as non-atomic read-modify-writes (concurrent ``$push`` loses
+  entries), but a unique ``_id`` insert is atomic: read-modify-write sections hold a
+  :func:`lease` (``insert_many({_id, owner, expires})``; an expired lease, left by a crashed
+  holder, is taken over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from ._backend import backend_errors
+from ._exceptions import StoreBackendError
+
+__all__ = [
+    "MAX_WRITES_PER_COMMAND",
+    "StoreCapabilities",
+    "bulk_write_chunked",
+    "detect_capabilities",
+    "lease",
+    "now_ms",
+]
+
+#: write operations per ``bulk_write``/``insert_many`` command (FerretDB hangs at ~100)
+MAX_WRITES_PER_COMMAND = 50
+
+
+def now_ms() -> datetime:
+    """UTC now at millisecond precision (what BSON stores)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True)
+class StoreCapabilities:
+    """What the MongoDB-protocol server behind a database can do."""
+
+    ferretdb: bool
+    replica_set: bool
+
+    @property
+    def change_streams(self) -> bool:
+        return self.replica_set and not self.ferretdb
+
+    @property
+    def ttl_indexes(self) -> bool:
+        return not self.ferretdb
+
+    @property
+    def transactions(self) -> bool:
+        return self.replica_set and not self.ferretdb
+
+
+_CAPS: dict[int, StoreCapabilities] = {}
+
+
+async def detect_capabilities(db: Any) -> StoreCapabilities:
+    """Ask the server once per client (``buildInfo`` + ``hello``)."""
+    key = id(db.client)
+    caps = _CAPS.get(key)
+    if caps is None:
+        with backend_errors("cannot reach MongoDB"):
+            admin = db.client.admin
+            info = await admin.command("buildInfo")
+            hello = await admin.command("hello")
+        caps = StoreCapabilities(
+            ferretdb="ferretdbVersion" in info, replica_set=bool(hello.get("setName"))
+        )
+        _CAPS[key] = caps
+    return caps
+
+
+async def bulk_write_chunked(coll: Any, ops: Sequence[Any], *, ordered: bool = False) -> int:
+    """``bulk_write`` in commands of at most :data:`MAX_WRITES_PER_COMMAND` operations;
+    returns the documents modified or upserted."""
+    done = 0
+    with backend_errors(f"{coll.name} bulk write failed"):
+        for k in range(0, len(ops), MAX_WRITES_PER_COMMAND):
+            res = await coll.bulk_write(list(ops[k : k + MAX_WRITES_PER_COMMAND]), ordered=ordered)
+            done += res.modified_count + res.upserted_count
+    return done
+
+
+@contextlib.asynccontextmanager
+async def lease(
+    locks: Any, ids: Iterable[str], *, lease_s: float, wait_s: float, what: str
+) -> AsyncIterator[None]:
+    """Hold leases on all ``ids`` in the ``locks`` collection (all or none, jittered backoff).
+
+    ``insert_many({_id, owner, expires})`` is atomic per id on FerretDB too; ids someone else
+    holds make this caller release what it got and retry; an expired lease (a crashed holder)
+    is taken over; after ``wait_s`` :class:`StoreBackendError` names the busy ids.
+    """
+    ids = sorted(set(ids))
+    if not ids:
+        yield
+        return
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + wait_s
+    attempt = 0
+    while True:
+        now = datetime.now(UTC)
+        docs = [
+            {"_id": u, "owner": token, "expires": now + timedelta(seconds=lease_s)} for u in ids
+        ]
+        with backend_errors(f"{what} lock failed"):
+            try:
+                await locks.insert_many(docs, ordered=False)
+                break
+            except BulkWriteError as exc:
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+                busy = [docs[e["index"]]["_id"] for e in exc.details["writeErrors"]]
+                got = [u for u in ids if u not in set(busy)]
+                if got:  # all or none: avoids two batches waiting on each other
+                    await locks.delete_many({"_id": {"$in": got}, "owner": token})
+                # take over leases whose holder died
+                await locks.delete_many({"_id": {"$in": busy}, "expires": {"$lt": now}})
+        attempt += 1
+        if time.monotonic() > deadline:
+            raise StoreBackendError(f"{what} busy: {busy[:5]} (waited {wait_s}s)")
+        await asyncio.sleep(random.uniform(0.002, 0.004 * 2 ** min(attempt, 5)))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(PyMongoError):
+            await locks.delete_many({"_id": {"$in": ids}, "owner": token})

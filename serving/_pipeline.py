@@ -1,0 +1,308 @@
+"""The served pipeline: member context → candidates in OpenSearch → filters → features → rerank.
+
+:class:`Discovery` is what the API, the CLI and the offline evaluator call, so what is
+evaluated is exactly what is served. It is assembled from named parts (``Parts``: query
+hydrators, candidate sources, filters, feature hydrators, side effects), a
+:class:`~opendisco.rerank.Reranker` (scorer + named steps) and the serving
+:class:`~opendisco.serving.Artifacts` (tuned params, trained model); :func:`default_parts` is
+the one default assembly. Each request makes a bounded number of round trips: user + user
+state (MongoDB, concurrently) and the graph edges, one ``_msearch`` (candidates), one batched
+feature lookup; reranking is in-process over arrays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from opensearchpy import AsyncOpenSearch
+from sentence_transformers import SentenceTransformer
+
+from opendisco import clients
+from opendisco._backend import backend_errors
+from opendisco._domain import USER_SURFACES, Surface
+from opendisco._exceptions import BackendError, InvalidInput
+from opendisco._settings import Settings
+from opendisco.ingest import PACKED_FIELD
+from opendisco.queries import CandidateSet, template_version
+from opendisco.rerank import CandidateBatch, FeatureStore, Reranker
+from opendisco.signals import (
+    EventProcessor,
+    EventsResult,
+    ExposureStore,
+    ItemGraph,
+    UserStateStore,
+)
+
+from ._artifacts import Artifacts
+from ._stages import (
+    GraphNeighbours,
+    MemberContext,
+    Parts,
+    RequestBuilder,
+    StoreFeatures,
+    TemplateSource,
+    run_sources,
+)
+from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
+
+__all__ = ["Discovery", "default_parts"]
+
+log = logging.getLogger("opendisco.serving")
+
+
+def default_parts(
+    settings: Settings,
+    os_client: AsyncOpenSearch,
+    db: Any,
+    features: FeatureStore,
+    params: Mapping[str, Any],
+) -> Parts:
+    """The default assembly: member context and graph neighbours, the surface's template as
+    the candidate source, the feature store as the feature hydrator."""
+    return Parts(
+        query_hydrators=[
+            MemberContext(db, UserStateStore(db)),
+            RequestBuilder(params),
+            GraphNeighbours(ItemGraph(db)),
+        ],
+        sources=[TemplateSource(os_client, settings)],
+        filters=[],
+        feature_hydrators=[StoreFeatures(features)],
+        side_effects=[],
+    )
+
+
+class Discovery:
+    """Recommendations, similar items, search and events over one OpenSearch + MongoDB pair."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        os_client: AsyncOpenSearch,
+        db: Any,
+        *,
+        artifacts: Artifacts | None = None,
+        parts: Parts | None = None,
+        model: SentenceTransformer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.os = os_client
+        self.db = db
+        self.artifacts = artifacts if artifacts is not None else Artifacts.from_settings(settings)
+        self.reranker = Reranker(self.artifacts.rerank, self.artifacts.scorer)
+        self.exposure = ExposureStore(os_client, settings)
+        self.features = FeatureStore(settings, os_client, db, exposure=self.exposure)
+        self.states = UserStateStore(db)
+        self.parts = (
+            parts
+            if parts is not None
+            else default_parts(settings, os_client, db, self.features, self.artifacts.params)
+        )
+        self._model = model
+        self._events: EventProcessor | None = None
+        self._ready = False
+        self._lock = asyncio.Lock()
+        #: the templates and the serving artifacts (params file, model) this pipeline serves
+        self.version = f"{template_version()}+{self.artifacts.name}"
+
+    # -- start-up -----------------------------------------------------------------------
+    async def ensure(self) -> None:
+        """Once per process: the exposure counters index the in-engine cap reads."""
+        if self._ready:
+            return
+        async with self._lock:
+            if not self._ready:
+                await self.exposure.ensure()
+                self._ready = True
+
+    async def warmup(self) -> None:
+        """Load the query encoder and ensure indices now, not inside a request deadline (a
+        backend that is down is not fatal here: requests retry :meth:`ensure` and degrade)."""
+        await self._encode("warm up")
+        try:
+            await asyncio.wait_for(self.ensure(), self.settings.opensearch_timeout)
+        except (BackendError, TimeoutError) as exc:
+            log.warning("start-up: exposure counters index not ensured yet: %r", exc)
+
+    async def _encode(self, text: str) -> list[float]:
+        if self._model is None:
+            self._model = await asyncio.to_thread(clients.load_model, self.settings)
+        vec = await asyncio.to_thread(
+            self._model.encode, [text], normalize_embeddings=True, show_progress_bar=False
+        )
+        return [float(x) for x in vec[0]]
+
+    # -- the pipeline -------------------------------------------------------------------
+    async def plan(
+        self,
+        surface: str,
+        k: int,
+        *,
+        user_id: str | None = None,
+        item_id: str | None = None,
+        query: str | None = None,
+        exclude: Iterable[str] = (),
+        explain: bool = False,
+    ) -> CandidatePlan:
+        """Stage one (query hydration): the checked request and the candidate request it
+        sends — member context, exclusions, graph neighbours, template overrides. Benchmarks
+        replay ``plan.request`` as the bare engine query; ``opendisco recommend --candidates``
+        shows :meth:`candidates` of it."""
+        if not 1 <= k <= MAX_K:
+            raise InvalidInput(f"k must be within 1..{MAX_K}")
+        extra: dict[str, Any] = {}
+        if surface == Surface.similar:
+            if not item_id:
+                raise InvalidInput("similar needs an item id")
+            extra["item_id"] = item_id
+            exclude = (*exclude, item_id)
+        elif surface == Surface.search:
+            if not query or not query.strip():
+                raise InvalidInput("q must not be blank")
+            extra.update(query_text=query, query_vector=await self._encode(query))
+        elif surface not in USER_SURFACES:
+            raise InvalidInput(f"unknown surface {surface!r}")
+        plan = CandidatePlan(surface, k, user_id, tuple(exclude), explain, extra)
+        for hydrator in self.parts.query_hydrators:
+            t0 = time.perf_counter()
+            await hydrator.hydrate(plan)
+            plan.timings_ms[f"{hydrator.name}_ms"] = (time.perf_counter() - t0) * 1e3
+        return plan
+
+    async def candidates(self, plan: CandidatePlan) -> CandidateSet:
+        """Stage two: every candidate source, then the filters."""
+        await self.ensure()
+        cs, ms = await run_sources(self.parts.sources, plan)
+        plan.timings_ms["candidates_ms"] = ms
+        for f in self.parts.filters:
+            cs.candidates = f.keep(plan, cs.candidates)
+        return cs
+
+    async def run(self, plan: CandidatePlan) -> Recommendations:
+        """Stages two to five of a planned request: candidates, filters, features, rerank,
+        side effects."""
+        explain, k = plan.request.explain, plan.k
+        cs = await self.candidates(plan)
+        t1 = time.perf_counter()
+        batch = CandidateBatch.from_candidates(cs.candidates, now=plan.request.now)
+        feats = None
+        for hydrator in self.parts.feature_hydrators:
+            feats = await hydrator.features(plan, batch)
+        plan.timings_ms["features_ms"] = (time.perf_counter() - t1) * 1e3
+        t2 = time.perf_counter()
+        ctx = FeatureStore.context(plan.state, k=k)
+        if feats is None:
+            raise InvalidInput("the pipeline has no feature hydrator")
+        result = self.reranker.run(batch, feats, ctx, timed=explain)
+        plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3
+        by_id = {c.id: c for c in cs.candidates}
+        items = []
+        for pos, row in enumerate(result.order[:k].tolist()):
+            cand = by_id[batch.ids[row]]
+            items.append(
+                Recommendation(
+                    id=cand.id,
+                    score=float(result.scores[pos]),
+                    sources=dict(cand.sources),
+                    item=dict(cand.item),
+                    trace=result.trace.for_item(cand.id) if explain else None,
+                    explore=cand.explore,
+                )
+            )
+        timings = dict(plan.timings_ms)
+        timings["total_ms"] = sum(plan.timings_ms.values())
+        recs = Recommendations(
+            items=items,
+            degraded=cs.degraded,
+            version=f"{cs.template_version}+{self.artifacts.name}",
+            surface=plan.request.surface,
+            explain=self._explained(plan, cs, result, items, timings) if explain else None,
+            timings_ms=timings,
+            candidate_set=cs if explain else None,
+        )
+        for effect in self.parts.side_effects:
+            effect.after(plan, recs)
+        return recs
+
+    @staticmethod
+    def _explained(
+        plan: CandidatePlan,
+        cs: CandidateSet,
+        result: Any,
+        items: Sequence[Recommendation],
+        timings: Mapping[str, float],
+    ) -> dict[str, Any]:
+        return {
+            "surface": plan.request.surface,
+            "requested_surface": plan.requested_surface,
+            "template_version": cs.template_version,
+            "rendered": cs.rendered,
+            "took_ms": cs.took_ms,
+            "source_took_ms": cs.source_took,
+            "source_errors": cs.errors,
+            "skipped_sources": cs.skipped,
+            "candidates": len(cs.candidates),
+            "rerank": result.trace.to_dict([r.id for r in items]),
+            "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+        }
+
+    # -- surfaces -------------------------------------------------------------------------
+    async def recommend(
+        self,
+        user_id: str,
+        surface: str = Surface.for_you,
+        k: int = 20,
+        exclude: Sequence[str] = (),
+        explain: bool = False,
+    ) -> Recommendations:
+        if surface not in USER_SURFACES:
+            raise InvalidInput(f"surface {surface!r} needs an item or a query, not a member")
+        return await self.run(
+            await self.plan(surface, k, user_id=user_id, exclude=exclude, explain=explain)
+        )
+
+    async def similar(
+        self, item_id: str, k: int = 20, user_id: str | None = None, explain: bool = False
+    ) -> Recommendations:
+        return await self.run(
+            await self.plan(Surface.similar, k, user_id=user_id, item_id=item_id, explain=explain)
+        )
+
+    async def search(
+        self, q: str, user_id: str | None = None, k: int = 20, explain: bool = False
+    ) -> Recommendations:
+        return await self.run(
+            await self.plan(Surface.search, k, user_id=user_id, query=q, explain=explain)
+        )
+
+    async def trending(self, k: int = 50) -> Recommendations:
+        """The non-personal list (the same for everyone)."""
+        return await self.run(await self.plan(Surface.trending, k))
+
+    # -- events -----------------------------------------------------------------------------
+    async def record_events(
+        self, events: Sequence[Mapping[str, Any]], now: datetime | None = None
+    ) -> EventsResult:
+        if self._events is None:
+            async with self._lock:
+                if self._events is None:
+                    proc = EventProcessor(self.settings, self.db, self.os, exposure=self.exposure)
+                    await proc.ensure()
+                    self._events = proc
+        return await self._events.apply(list(events), now=now)
+
+    async def item(self, item_id: str) -> dict[str, Any]:
+        with backend_errors(
+            f"item {item_id!r} lookup failed", not_found=f"item {item_id!r} not found"
+        ):
+            doc = await self.os.get(
+                index=self.settings.index_alias,
+                id=item_id,
+                params={"_source_excludes": f"embedding,behaviour,{PACKED_FIELD}"},
+            )
+        return dict(doc["_source"])

@@ -1,0 +1,229 @@
+"""The named parts a served pipeline is assembled from, and the default ones.
+
+One request runs through these stage kinds, in order (home-mixer's product pipeline)::
+
+    query hydrators   member context: users document + UserState, co-engagement neighbours
+    candidate sources one _msearch over the surface's template (several sources fused in it)
+    filters           hard rules re-checked on what the engine returned
+    feature hydrators the reranker's per-candidate features (vectors, counters, graph)
+    scorer + steps    the Reranker (named pure steps over arrays)
+    side effects      after the answer: impression logging and the like (never on the hot path)
+
+Each kind is a small protocol; :func:`~opendisco.serving.default_parts` builds the default
+ones. A candidate source fails open: when one of several sources fails the answer is
+``degraded`` from the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from opensearchpy import AsyncOpenSearch
+
+from opendisco._backend import backend_errors
+from opendisco._domain import Surface
+from opendisco._settings import Settings
+from opendisco.queries import (
+    Candidate,
+    CandidateSet,
+    generate_candidates,
+    load,
+    request_for_user,
+)
+from opendisco.rerank import CandidateBatch, Features, FeatureStore
+from opendisco.signals import RECENT_FANOUT, ItemGraph, UserStateStore, top_neighbours
+
+from ._types import CandidatePlan, Recommendations, candidate_k
+
+__all__ = [
+    "GRAPH_NEIGHBOURS",
+    "CandidateFilter",
+    "CandidateSource",
+    "FeatureHydrator",
+    "GraphNeighbours",
+    "MemberContext",
+    "Parts",
+    "QueryHydrator",
+    "RequestBuilder",
+    "SideEffect",
+    "StoreFeatures",
+    "TemplateSource",
+    "params_for",
+]
+
+#: co-engaged neighbours handed to the graph candidate source (by raw weight; the engine
+#: re-scores them, e.g. with the template's popularity damping, and keeps its top k)
+GRAPH_NEIGHBOURS = 300
+
+
+class QueryHydrator(Protocol):
+    """Adds member context to a plan before candidates are generated."""
+
+    name: str
+
+    async def hydrate(self, plan: CandidatePlan) -> None: ...
+
+
+class CandidateSource(Protocol):
+    name: str
+
+    async def candidates(self, plan: CandidatePlan) -> CandidateSet: ...
+
+
+class CandidateFilter(Protocol):
+    """Drops candidates a hard rule forbids (pure over the plan and the candidates)."""
+
+    name: str
+
+    def keep(self, plan: CandidatePlan, candidates: Sequence[Candidate]) -> list[Candidate]: ...
+
+
+class FeatureHydrator(Protocol):
+    name: str
+
+    async def features(self, plan: CandidatePlan, batch: CandidateBatch) -> Features: ...
+
+
+class SideEffect(Protocol):
+    """Runs after an answer is built; must not block (queue and return)."""
+
+    name: str
+
+    def after(self, plan: CandidatePlan, recs: Recommendations) -> None: ...
+
+
+def params_for(params: Mapping[str, Any], surface: str) -> dict[str, Any]:
+    """Template overrides for ``surface``: ``{"param": v}`` for every surface that declares
+    ``param``, then ``{"<surface>": {...}}`` on top."""
+    specs = load(surface).specs
+    out = {k: v for k, v in params.items() if k in specs}
+    nested = params.get(surface)
+    if isinstance(nested, Mapping):
+        out.update({k: v for k, v in nested.items() if k in specs})
+    return out
+
+
+@dataclass
+class MemberContext:
+    """The member's ``users`` document and :class:`UserState`, read concurrently."""
+
+    db: Any
+    states: UserStateStore
+    name: str = "member"
+
+    async def hydrate(self, plan: CandidatePlan) -> None:
+        if not plan.user_id:
+            return
+        with backend_errors(f"loading user {plan.user_id!r} failed"):
+            plan.user, plan.state = await asyncio.gather(
+                self.db["users"].find_one({"_id": plan.user_id}), self.states.get(plan.user_id)
+            )
+
+
+@dataclass
+class RequestBuilder:
+    """The candidate request from the member context (``queries.request_for_user``: a
+    ``for_you`` request without history becomes ``cold_start``; seen, blocked and interacted
+    ids are excluded), the caller's exclusions and the served template overrides."""
+
+    params: Mapping[str, Any]
+    name: str = "request"
+
+    async def hydrate(self, plan: CandidatePlan) -> None:
+        plan.request = request_for_user(
+            plan.user,
+            plan.state,
+            surface=None if plan.requested_surface == Surface.for_you else plan.requested_surface,
+            k=candidate_k(plan.k),
+            explain=plan.explain,
+            **plan.extra,
+        )
+        plan.request.exclude_ids = list(dict.fromkeys([*plan.request.exclude_ids, *plan.exclude]))
+        plan.request.params = params_for(self.params, plan.request.surface)
+
+
+@dataclass
+class GraphNeighbours:
+    """Edges from the member's recent positives, read once: the graph candidate source's
+    parameters (heaviest unseen neighbours) and the weights the graph feature uses."""
+
+    graph: ItemGraph
+    neighbours: int = GRAPH_NEIGHBOURS
+    name: str = "graph"
+
+    async def hydrate(self, plan: CandidatePlan) -> None:
+        state = plan.state
+        if plan.request.surface != "for_you" or state is None or not state.recent_positive_ids:
+            return
+        recent = state.recent_positive_ids[:RECENT_FANOUT]
+        weights = await self.graph.weights(recent)
+        plan.graph_weights = weights
+        skip = [*recent, *state.exclude_ids]
+        top = [(i, w) for i, w in top_neighbours(weights, self.neighbours, skip) if w > 0]
+        if top:
+            plan.request.params["graph_ids"] = [i for i, _ in top]
+            plan.request.params["graph_weights"] = [float(w) for _, w in top]
+
+
+@dataclass
+class TemplateSource:
+    """The surface's query template: its sources in one ``_msearch``, fused by weighted RRF."""
+
+    client: AsyncOpenSearch
+    settings: Settings
+    name: str = "template"
+
+    async def candidates(self, plan: CandidatePlan) -> CandidateSet:
+        return await generate_candidates(self.client, self.settings, plan.request)
+
+
+@dataclass
+class StoreFeatures:
+    """The reranker's features from :class:`~opendisco.rerank.FeatureStore` (packed vectors
+    from the hits, exposure and inbound counters, graph proximity)."""
+
+    store: FeatureStore
+    name: str = "store"
+
+    async def features(self, plan: CandidatePlan, batch: CandidateBatch) -> Features:
+        return await self.store.for_batch(batch, plan.state, plan.graph_weights)
+
+
+@dataclass
+class Parts:
+    """Everything a :class:`~opendisco.serving.Discovery` runs, by stage kind."""
+
+    query_hydrators: Sequence[QueryHydrator]
+    sources: Sequence[CandidateSource]
+    filters: Sequence[CandidateFilter] = ()
+    feature_hydrators: Sequence[FeatureHydrator] = ()
+    side_effects: Sequence[SideEffect] = field(default_factory=list)
+
+
+async def run_sources(
+    sources: Sequence[CandidateSource], plan: CandidatePlan
+) -> tuple[CandidateSet, float]:
+    """Every source concurrently; their candidates merged in order (first occurrence of an id
+    wins). A failing source degrades the set; when all fail the first error is raised."""
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(s.candidates(plan) for s in sources), return_exceptions=True)
+    ms = (time.perf_counter() - t0) * 1e3
+    sets = [r for r in results if isinstance(r, CandidateSet)]
+    if not sets:
+        raise next(r for r in results if isinstance(r, BaseException))
+    first = sets[0]
+    for src, r in zip(sources, results, strict=True):
+        if isinstance(r, BaseException):
+            if not isinstance(r, Exception):
+                raise r
+            first.errors[src.name] = str(r)[:500]
+    seen = {c.id for c in first.candidates}
+    for other in sets[1:]:
+        first.candidates += [c for c in other.candidates if c.id not in seen]
+        seen.update(c.id for c in other.candidates)
+        first.errors.update(other.errors)
+    return first, ms

@@ -1,0 +1,77 @@
+"""What flows through the served pipeline: the request's context and the answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from opendisco.queries import CandidateRequest, CandidateSet
+from opendisco.signals import UserState
+
+__all__ = [
+    "CANDIDATE_FACTOR",
+    "MAX_CANDIDATES",
+    "MAX_K",
+    "MIN_CANDIDATES",
+    "CandidatePlan",
+    "Recommendation",
+    "Recommendations",
+    "candidate_k",
+]
+
+#: candidates fetched per requested item (the reranker needs room to diversify and balance)
+CANDIDATE_FACTOR = 5
+MIN_CANDIDATES = 100
+MAX_CANDIDATES = 500
+#: the largest page any caller (API, CLI, eval) may ask for
+MAX_K = MAX_CANDIDATES
+
+
+def candidate_k(k: int) -> int:
+    return max(MIN_CANDIDATES, min(MAX_CANDIDATES, k * CANDIDATE_FACTOR))
+
+
+@dataclass
+class CandidatePlan:
+    """One request as it moves through the stages: what the caller asked, the member context
+    the query hydrators add, and the candidate request they build (what benchmarks replay as
+    the bare engine query)."""
+
+    requested_surface: str  # what the caller asked for (``request.surface`` may differ)
+    k: int
+    user_id: str | None = None
+    exclude: tuple[str, ...] = ()  # ids the caller has already shown (cursor pages)
+    explain: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # item_id, query_text, query_vector
+    user: dict[str, Any] | None = None  # the member's ``users`` document
+    state: UserState | None = None
+    request: CandidateRequest = field(default_factory=CandidateRequest)
+    graph_weights: dict[str, float] | None = None  # the member's co-engagement edges
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Recommendation:
+    id: str
+    score: float
+    sources: dict[str, float]
+    item: dict[str, Any]
+    trace: list[dict[str, Any]] | None = None
+    explore: bool = False
+
+
+@dataclass
+class Recommendations:
+    items: list[Recommendation]
+    degraded: bool
+    #: the surface's template version + the serving artifacts (params file, model) used
+    version: str
+    surface: str
+    explain: dict[str, Any] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    #: the candidate stage, kept only when explaining
+    candidate_set: CandidateSet | None = field(default=None, repr=False)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.items]

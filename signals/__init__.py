@@ -1,0 +1,90 @@
+"""opendisco.signals: what members do, as state the ranking reads in real time.
+
+Events (one :class:`Event` model, validated once; :class:`EventProcessor` applies batches
+idempotently) feed the per-member :class:`UserState` (recent positives/negatives, seen and
+blocked ids, a decayed content vector and a folded-in behaviour vector), the item
+co-engagement graph (:class:`ItemGraph`), mutual likes (:class:`UserGraph`), inbound attention
+counters (:class:`InboundCounter`) and the exposure counters with the in-engine cap list
+(:class:`ExposureStore`). Everything here writes to and reads from the stores; nothing here
+ranks.
+"""
+
+from ._behaviour import fold_in
+from ._event import (
+    EVENT_TYPES,
+    INBOUND_TYPES,
+    MUTUAL_TYPES,
+    REQUEST_ID_PATTERN,
+    Event,
+    EventsConfig,
+    EventsResult,
+    EventType,
+    validate_event,
+)
+from ._exposure import CAPPED_DOC_ID, ExposureStore, capped_lookup, exposure_index
+from ._graph import (
+    INBOUND,
+    ITEM_EDGES,
+    RECENT_FANOUT,
+    USER_LIKES,
+    USER_MATCHES,
+    InboundCounter,
+    ItemGraph,
+    UserGraph,
+    adjacency_updates,
+    decode_row,
+    encode_row,
+    merge_rows,
+    top_neighbours,
+)
+from ._processor import EVENTS, EventProcessor
+from ._user_state import (
+    USER_LOCKS,
+    USER_STATE,
+    UserState,
+    UserStateConfig,
+    UserStateStore,
+    decayed_vector,
+    merge_events,
+    recompute,
+)
+
+__all__ = [
+    "CAPPED_DOC_ID",
+    "EVENTS",
+    "EVENT_TYPES",
+    "INBOUND",
+    "INBOUND_TYPES",
+    "ITEM_EDGES",
+    "MUTUAL_TYPES",
+    "RECENT_FANOUT",
+    "REQUEST_ID_PATTERN",
+    "USER_LIKES",
+    "USER_LOCKS",
+    "USER_MATCHES",
+    "USER_STATE",
+    "Event",
+    "EventProcessor",
+    "EventType",
+    "EventsConfig",
+    "EventsResult",
+    "ExposureStore",
+    "InboundCounter",
+    "ItemGraph",
+    "UserGraph",
+    "UserState",
+    "UserStateConfig",
+    "UserStateStore",
+    "adjacency_updates",
+    "capped_lookup",
+    "decayed_vector",
+    "decode_row",
+    "encode_row",
+    "exposure_index",
+    "fold_in",
+    "merge_events",
+    "merge_rows",
+    "recompute",
+    "top_neighbours",
+    "validate_event",
+]

@@ -1,0 +1,148 @@
+"""The event: one definition of what a client reports (the API and the processor share it).
+
+An event is validated once, by :class:`Event` (pydantic): the API publishes it in its OpenAPI
+document and rejects a bad one with 422; :func:`validate_event` applies the same model plus
+the time rules (no future beyond the tolerated skew, nothing older than the retention) to
+each event of a batch posted through any path (API, CLI, evaluation replay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from opendisco._domain import Id, Surface
+from opendisco._exceptions import EventInvalid
+
+from ._user_state import UserStateConfig
+
+__all__ = [
+    "EVENT_TYPES",
+    "INBOUND_TYPES",
+    "MUTUAL_TYPES",
+    "REQUEST_ID_PATTERN",
+    "Event",
+    "EventType",
+    "EventsConfig",
+    "EventsResult",
+    "validate_event",
+]
+
+EventType = Literal["impression", "click", "like", "pass", "skip", "hide", "match", "message"]
+EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
+#: events that are attention a recipient receives (two-sided markets: profiles only)
+INBOUND_TYPES = frozenset({"like", "match", "message"})
+#: events that are a like between two members (mutual likes are matches)
+MUTUAL_TYPES = frozenset({"like", "match"})
+#: request ids: what the API issues (``X-Request-ID``) and events refer back to
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
+
+
+class EventsConfig(BaseModel):
+    """Weights and retention of events (pydantic, ``extra="forbid"``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "impression": 0.0,
+            "click": 0.5,
+            "like": 1.0,
+            "match": 2.0,
+            "message": 1.0,
+            "pass": -0.5,
+            "skip": -0.5,
+            "hide": -1.0,
+        },
+        description="Signed weight per event type (positive → positives, negative → negatives).",
+    )
+    ttl_days: float = Field(30.0, gt=0, description="Raw events expire after this many days.")
+    max_future_skew_s: float = Field(300.0, ge=0, description="Tolerated client clock skew.")
+    graph_fanout: int = Field(20, ge=0, description="Recent positives a new positive links to.")
+    require_known_items: bool = Field(True, description="Reject events for unindexed items.")
+    max_batch: int = Field(1000, ge=1)
+    purge_every_s: float = Field(300.0, gt=0, description="Purge cadence without TTL indexes.")
+    user_state: UserStateConfig = Field(default_factory=UserStateConfig)
+
+
+class Event(BaseModel):
+    """One client event; ``id`` is the client's idempotency key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    id: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,199}$",
+        description="Client event id; a repeated id is counted once.",
+    )
+    type: EventType
+    user_id: Id
+    item_id: Id
+    ts: datetime | None = Field(None, description="When it happened (default: now).")
+    surface: Surface | None = None
+    request_id: str | None = Field(
+        None, max_length=64, pattern=REQUEST_ID_PATTERN, description="The served list."
+    )
+    position: int | None = Field(None, ge=0, le=10_000, description="0-based slot in it.")
+    features: list[float] | None = Field(
+        None, max_length=64, description="Feature row the ranker scored (learning to rank)."
+    )
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return v
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "event"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def validate_event(raw: Any, now: datetime, cfg: EventsConfig) -> Event:
+    """Pure validation; raises :class:`EventInvalid` with a readable reason."""
+    if not isinstance(raw, Mapping):
+        raise EventInvalid(f"event must be an object, got {type(raw).__name__}")
+    try:
+        ev = Event.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise EventInvalid(_reason(exc)) from None
+    if ev.ts is None:
+        ev = ev.model_copy(update={"ts": now})
+    assert ev.ts is not None
+    if ev.ts > now + timedelta(seconds=cfg.max_future_skew_s):
+        raise EventInvalid(f"ts: {ev.ts.isoformat()} is in the future")
+    if ev.ts < now - timedelta(days=cfg.ttl_days):
+        raise EventInvalid(f"ts: older than the {cfg.ttl_days:g}-day retention")
+    return ev
+
+
+@dataclass
+class EventsResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    recovered: int = 0  # claimed by an earlier, interrupted call and applied now
+    capped: list[str] = field(default_factory=list)
+    mutual: list[tuple[str, str]] = field(default_factory=list)
+    took_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": [{"index": i, "reason": r} for i, r in self.rejected],
+            "recovered": self.recovered,
+            "capped": self.capped,
+            "took_ms": round(self.took_ms, 2),
+        }

@@ -1,0 +1,118 @@
+"""The layout's rules, enforced: one-way layers, no import cycle, small modules."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import grimp
+from importlinter.cli import lint_imports
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the folders of the import package (setuptools package-dir), tests and benchmarks excluded
+PACKAGE_DIRS = (
+    "core",
+    "services",
+    "index_templates",
+    "ingest",
+    "signals",
+    "queries",
+    "rerank",
+    "serving",
+    "api",
+    "cli",
+    "eval",
+)
+MAX_LINES = 400
+#: a longer module states why in its docstring with this phrase
+LONG_REASON = "Why this module is long:"
+
+
+def test_layers_contract_holds() -> None:
+    """`lint-imports` (the contract in pyproject.toml): an upward import fails here."""
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert lint_imports(no_cache=True) == 0
+    finally:
+        os.chdir(cwd)
+
+
+def _graph() -> grimp.ImportGraph:
+    return grimp.build_graph("opendisco", exclude_type_checking_imports=True, cache_dir=None)
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_between_modules() -> None:
+    g = _graph()
+    # a package's __init__ re-exporting its own modules is not a cycle of the design
+    edges = {
+        m: {
+            i
+            for i in g.find_modules_directly_imported_by(m)
+            if not (i.startswith(m + ".") or m.startswith(i + "."))
+        }
+        for m in g.modules
+    }
+    assert _cycles(edges) == []
+
+
+def test_no_import_cycle_between_packages() -> None:
+    g = _graph()
+    top = sorted({m.split(".")[1] for m in g.modules if m.count(".") >= 1})
+    edges: dict[str, set[str]] = {t: set() for t in top}
+    for m in g.modules:
+        if m.count(".") < 1:
+            continue
+        for i in g.find_modules_directly_imported_by(m):
+            if i.count(".") >= 1 and i.split(".")[1] != m.split(".")[1]:
+                edges[m.split(".")[1]].add(i.split(".")[1])
+    assert _cycles(edges) == []
+
+
+def test_modules_are_small_or_say_why() -> None:
+    long = []
+    for folder in PACKAGE_DIRS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if text.count("\n") > MAX_LINES and LONG_REASON not in doc:
+                long.append(str(path.relative_to(ROOT)))
+    assert not long, f"over {MAX_LINES} lines without '{LONG_REASON}' in the docstring: {long}"
