@@ -20,6 +20,7 @@ PACKAGE_DIRS = (
     "queries",
     "rerank",
     "serving",
+    "experiments",
     "api",
     "cli",
     "eval",
