@@ -105,6 +105,7 @@ class Discovery:
         )
         self._model = model
         self._events: EventProcessor | None = None
+        self._applying: set[asyncio.Future[EventsResult]] = set()
         self._ready = False
         self._lock = asyncio.Lock()
         #: the templates and the serving artifacts (params file, model) this pipeline serves
@@ -294,7 +295,12 @@ class Discovery:
                     proc = EventProcessor(self.settings, self.db, self.os, exposure=self.exposure)
                     await proc.ensure()
                     self._events = proc
-        return await self._events.apply(list(events), now=now)
+        # a caller that gives up (a client timeout cancels the request) must not leave the
+        # batch half-applied: the apply runs to its end in its own task
+        task = asyncio.ensure_future(self._events.apply(list(events), now=now))
+        self._applying.add(task)
+        task.add_done_callback(self._applying.discard)
+        return await asyncio.shield(task)
 
     async def item(self, item_id: str) -> dict[str, Any]:
         with backend_errors(

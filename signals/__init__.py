@@ -1,15 +1,16 @@
 """opendisco.signals: what members do, as state the ranking reads in real time.
 
-Events (one :class:`Event` model, validated once; :class:`EventProcessor` applies batches
-idempotently) feed the per-member :class:`UserState` (recent positives/negatives, seen and
-blocked ids, a decayed content vector and a folded-in behaviour vector), the item
-co-engagement graph (:class:`ItemGraph`), mutual likes (:class:`UserGraph`), inbound attention
-counters (:class:`InboundCounter`) and the exposure counters with the in-engine cap list
-(:class:`ExposureStore`). Everything here writes to and reads from the stores; nothing here
-ranks.
+Events (one :class:`Event` model, validated once; :class:`EventProcessor` applies each event
+once, also when it is posted concurrently: :class:`EventClaims`) feed the per-member
+:class:`UserState` (recent positives/negatives, seen and blocked ids, a decayed content vector
+and a folded-in behaviour vector), the item co-engagement graph (:class:`ItemGraph`), mutual
+likes (:class:`UserGraph`), inbound attention counters (:class:`InboundCounter`) and the
+exposure counters with the in-engine cap list (:class:`ExposureStore`). Everything here writes
+to and reads from the stores; nothing here ranks.
 """
 
 from ._behaviour import fold_in
+from ._claims import CLAIMS, ClaimStatus, EventClaims, classify
 from ._event import (
     EVENT_TYPES,
     INBOUND_TYPES,
@@ -32,6 +33,7 @@ from ._graph import (
     ItemGraph,
     UserGraph,
     adjacency_updates,
+    co_engagement_pairs,
     decode_row,
     encode_row,
     merge_rows,
@@ -51,6 +53,7 @@ from ._user_state import (
 
 __all__ = [
     "CAPPED_DOC_ID",
+    "CLAIMS",
     "EVENTS",
     "EVENT_TYPES",
     "INBOUND",
@@ -63,7 +66,9 @@ __all__ = [
     "USER_LOCKS",
     "USER_MATCHES",
     "USER_STATE",
+    "ClaimStatus",
     "Event",
+    "EventClaims",
     "EventProcessor",
     "EventType",
     "EventsConfig",
@@ -77,6 +82,8 @@ __all__ = [
     "UserStateStore",
     "adjacency_updates",
     "capped_lookup",
+    "classify",
+    "co_engagement_pairs",
     "decayed_vector",
     "decode_row",
     "encode_row",

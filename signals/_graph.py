@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +33,8 @@ from pymongo import ReplaceOne, UpdateOne
 
 from opendisco._backend import backend_errors
 from opendisco._store import bulk_write_chunked, lease
+
+from ._user_state import UserState
 
 __all__ = [
     "INBOUND",
@@ -46,6 +48,7 @@ __all__ = [
     "ItemGraph",
     "UserGraph",
     "adjacency_updates",
+    "co_engagement_pairs",
     "decode_row",
     "encode_row",
     "ensure_graph_indexes",
@@ -109,6 +112,21 @@ def adjacency_updates(
         acc[a][b] += float(w)
         acc[b][a] += float(w)
     return {s: dict(d) for s, d in acc.items()}
+
+
+def co_engagement_pairs(
+    states: Mapping[str, UserState], by_user: Mapping[str, Sequence[Mapping[str, Any]]], fanout: int
+) -> list[tuple[str, str, float]]:
+    """Pure: each new positive linked to the member's ``fanout`` most recent earlier positives
+    (``states`` as they were before these events)."""
+    pairs: list[tuple[str, str, float]] = []
+    for user, evs in by_user.items():
+        recent = states[user].recent_positive_ids[:fanout]
+        for ev in sorted(evs, key=lambda e: e["ts"]):
+            if ev["weight"] > 0:
+                pairs += [(ev["item_id"], r, 1.0) for r in recent if r != ev["item_id"]]
+                recent = [ev["item_id"], *recent][:fanout]
+    return pairs
 
 
 class ItemGraph:
