@@ -8,12 +8,27 @@ state; none mutates its inputs, so the trace can keep every intermediate state b
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._types import FEATURE_NAMES, CandidateBatch, Features, RerankContext
+from ._market import (
+    live_trending,
+    pacing_penalty,
+    reciprocal_estimate,
+    step_pacing,
+    step_reciprocal,
+)
+from ._types import (
+    FEATURE_NAMES,
+    CandidateBatch,
+    Features,
+    RerankContext,
+    RerankInputs,
+    RerankState,
+    Scorer,
+    resort,
+)
 
 if TYPE_CHECKING:
     from ._config import RerankConfig
@@ -30,32 +45,12 @@ __all__ = [
     "exposure_adjustment",
     "fatigue_penalty",
     "mmr_select",
+    "pacing_penalty",
+    "reciprocal_estimate",
 ]
 
 _COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
 _LN2 = float(np.log(2.0))
-
-
-class Scorer(Protocol):
-    """Anything that turns a feature matrix (n, len(FEATURE_NAMES)) into scores (n,)."""
-
-    def score(self, X: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class RerankState:
-    scores: np.ndarray  # (n,) score per candidate (row of the batch)
-    order: np.ndarray  # (m,) eligible candidate rows, best first
-
-
-@dataclass(frozen=True)
-class RerankInputs:
-    batch: CandidateBatch
-    features: Features
-    ctx: RerankContext
-    X: np.ndarray  # (n, F) feature matrix
-    scorer: Scorer
-    page: int
 
 
 # --- pure math ------------------------------------------------------------------------------
@@ -96,6 +91,14 @@ def assemble_features(
     X[:, _COL["inbound"]] = np.log1p(features.inbound)
     ns = (batch.source_scores > 0).sum(axis=1) if batch.source_scores.size else np.ones(n)
     X[:, _COL["n_sources"]] = ns
+    member = batch.members
+    if member.any():
+        X[:, _COL["reciprocal"]] = np.where(
+            member, reciprocal_estimate(features, ctx, cfg, len(batch)), 0.0
+        )
+        X[:, _COL["liked_viewer"]] = features.column("liked_viewer", n) * member
+        X[:, _COL["mutual"]] = np.log1p(features.column("mutual", n)) * member
+    X[:, _COL["trending"]] = live_trending(features.column("trending", n))
     return X
 
 
@@ -222,15 +225,11 @@ def apply_pins(order: np.ndarray, pins: Mapping[int, int]) -> np.ndarray:
 # --- steps ------------------------------------------------------------------------------------
 
 
-def _resort(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
-    return order[np.argsort(-scores[order], kind="stable")]
-
-
 def step_score(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
     scores = np.asarray(inp.scorer.score(inp.X), dtype=np.float64)
     if cfg.source_weights:
         scores = scores + source_bonus(inp.batch, cfg.source_weights)
-    return RerankState(scores, _resort(scores, s.order))
+    return RerankState(scores, resort(scores, s.order))
 
 
 def step_rules(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
@@ -255,7 +254,7 @@ def step_fatigue(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> Rerank
     if not pen.any():
         return s
     scores = s.scores - pen
-    return RerankState(scores, _resort(scores, s.order))
+    return RerankState(scores, resort(scores, s.order))
 
 
 def step_exposure(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
@@ -271,7 +270,7 @@ def step_exposure(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> Reran
     if not adj.any():
         return s
     scores = s.scores + adj
-    return RerankState(scores, _resort(scores, s.order))
+    return RerankState(scores, resort(scores, s.order))
 
 
 def step_mmr(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
@@ -311,6 +310,8 @@ STEPS: dict[str, Step] = {
     "rules": step_rules,
     "fatigue": step_fatigue,
     "exposure": step_exposure,
+    "reciprocal": step_reciprocal,
+    "pacing": step_pacing,
     "mmr": step_mmr,
     "caps": step_caps,
     "pins": step_pins,

@@ -35,10 +35,14 @@ from opendisco.signals import (
     EventsResult,
     ExposureStore,
     ItemGraph,
+    PacingController,
+    ServedExposure,
+    UserGraph,
     UserStateStore,
 )
 
 from ._artifacts import Artifacts
+from ._market import LiveTrending, MutualLikes, PacingBudget, ServedImpressions
 from ._stages import (
     GraphNeighbours,
     MemberContext,
@@ -61,19 +65,28 @@ def default_parts(
     db: Any,
     features: FeatureStore,
     params: Mapping[str, Any],
+    *,
+    pacing: PacingController | None = None,
+    served: ServedExposure | None = None,
 ) -> Parts:
-    """The default assembly: member context and graph neighbours, the surface's template as
-    the candidate source, the feature store as the feature hydrator."""
+    """The default assembly: member context, graph neighbours, mutual likes, live trending and
+    the pacing budget; the surface's template as the candidate source; the feature store as
+    the feature hydrator; served member profiles counted toward exposure."""
+    hydrators: list[Any] = [
+        MemberContext(db, UserStateStore(db)),
+        RequestBuilder(params),
+        GraphNeighbours(ItemGraph(db)),
+        MutualLikes(UserGraph(db), ItemGraph(db)),
+        LiveTrending(features.exposure, settings.trending_top_k, settings.trending_refresh_s),
+    ]
+    if pacing is not None:
+        hydrators.append(PacingBudget(pacing))
     return Parts(
-        query_hydrators=[
-            MemberContext(db, UserStateStore(db)),
-            RequestBuilder(params),
-            GraphNeighbours(ItemGraph(db)),
-        ],
+        query_hydrators=hydrators,
         sources=[TemplateSource(os_client, settings)],
         filters=[],
         feature_hydrators=[StoreFeatures(features)],
-        side_effects=[],
+        side_effects=[ServedImpressions(served)] if served is not None else [],
     )
 
 
@@ -98,10 +111,20 @@ class Discovery:
         self.exposure = ExposureStore(os_client, settings)
         self.features = FeatureStore(settings, os_client, db, exposure=self.exposure)
         self.states = UserStateStore(db)
+        self.pacing = PacingController(settings, db, self.exposure)
+        self.served = ServedExposure(self.exposure, settings.exposure_flush_s)
         self.parts = (
             parts
             if parts is not None
-            else default_parts(settings, os_client, db, self.features, self.artifacts.params)
+            else default_parts(
+                settings,
+                os_client,
+                db,
+                self.features,
+                self.artifacts.params,
+                pacing=self.pacing,
+                served=self.served if settings.exposure_count_served else None,
+            )
         )
         self._model = model
         self._events: EventProcessor | None = None
@@ -196,7 +219,9 @@ class Discovery:
             feats = await hydrator.features(plan, batch)
         plan.timings_ms["features_ms"] = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
-        ctx = FeatureStore.context(plan.state, k=k)
+        ctx = FeatureStore.context(
+            plan.state, k=k, viewer_profile=plan.viewer_profile, pacing_budget=plan.pacing_budget
+        )
         if feats is None:
             raise InvalidInput("the pipeline has no feature hydrator")
         result = self.reranker.run(batch, feats, ctx, timed=explain)
@@ -301,6 +326,13 @@ class Discovery:
         self._applying.add(task)
         task.add_done_callback(self._applying.discard)
         return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Before shutdown: finish event batches still applying and write the served
+        impressions not flushed yet."""
+        if self._applying:
+            await asyncio.wait(list(self._applying))
+        await self.served.drain()
 
     async def item(self, item_id: str) -> dict[str, Any]:
         with backend_errors(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from opendisco.queries import CandidateRequest, CandidateSet
-from opendisco.signals import UserState
+from opendisco.signals import Inbox, UserState
 
 __all__ = [
     "CANDIDATE_FACTOR",
@@ -47,6 +49,10 @@ class CandidatePlan:
     state: UserState | None = None
     request: CandidateRequest = field(default_factory=CandidateRequest)
     graph_weights: dict[str, float] | None = None  # the member's co-engagement edges
+    inbox: Inbox | None = None  # who liked the member, whom they matched with
+    mutual_weights: dict[str, float] | None = None  # co-engagement from the matched profiles
+    viewer_profile: np.ndarray | None = None  # the member's own profile vector
+    pacing_budget: float | None = None  # impressions per member per window (None: off)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 

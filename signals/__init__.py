@@ -22,16 +22,21 @@ from ._event import (
     EventType,
     validate_event,
 )
-from ._exposure import CAPPED_DOC_ID, ExposureStore, capped_lookup, exposure_index
+from ._exposure import (
+    CAPPED_DOC_ID,
+    Exposure,
+    ExposureStore,
+    capped_lookup,
+    decayed,
+    exposure_index,
+    trend_increments,
+)
 from ._graph import (
     INBOUND,
     ITEM_EDGES,
     RECENT_FANOUT,
-    USER_LIKES,
-    USER_MATCHES,
     InboundCounter,
     ItemGraph,
-    UserGraph,
     adjacency_updates,
     co_engagement_pairs,
     decode_row,
@@ -39,7 +44,17 @@ from ._graph import (
     merge_rows,
     top_neighbours,
 )
+from ._members import USER_INBOX, USER_LIKES, USER_MATCHES, Inbox, UserGraph
+from ._pacing import (
+    PACING,
+    PacingController,
+    PacingState,
+    PacingTargets,
+    attention_stats,
+    pacing_step,
+)
 from ._processor import EVENTS, EventProcessor
+from ._served import ServedExposure
 from ._user_state import (
     USER_LOCKS,
     USER_STATE,
@@ -60,8 +75,10 @@ __all__ = [
     "INBOUND_TYPES",
     "ITEM_EDGES",
     "MUTUAL_TYPES",
+    "PACING",
     "RECENT_FANOUT",
     "REQUEST_ID_PATTERN",
+    "USER_INBOX",
     "USER_LIKES",
     "USER_LOCKS",
     "USER_MATCHES",
@@ -73,17 +90,25 @@ __all__ = [
     "EventType",
     "EventsConfig",
     "EventsResult",
+    "Exposure",
     "ExposureStore",
     "InboundCounter",
+    "Inbox",
     "ItemGraph",
+    "PacingController",
+    "PacingState",
+    "PacingTargets",
+    "ServedExposure",
     "UserGraph",
     "UserState",
     "UserStateConfig",
     "UserStateStore",
     "adjacency_updates",
+    "attention_stats",
     "capped_lookup",
     "classify",
     "co_engagement_pairs",
+    "decayed",
     "decayed_vector",
     "decode_row",
     "encode_row",
@@ -91,7 +116,9 @@ __all__ = [
     "fold_in",
     "merge_events",
     "merge_rows",
+    "pacing_step",
     "recompute",
     "top_neighbours",
+    "trend_increments",
     "validate_event",
 ]

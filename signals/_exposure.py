@@ -22,13 +22,25 @@ Why a separate index (the trade-off):
 
 Windows are tumbling per item: the first impression after ``exposure_window_hours`` resets the
 counter; capped ids carry their window's end in the list document and fall out of it on the
-next :meth:`ExposureStore.record` or :meth:`ExposureStore.sweep` after that moment.
+next :meth:`ExposureStore.record` or :meth:`ExposureStore.sweep` after that moment. A reading
+(:meth:`ExposureStore.read`) also says how far into its window each item is (``pace``: what
+exposure pacing compares the spend with).
+
+**Live trending.** The same counter documents carry an exponentially decayed count of the
+likes and matches each item received (``trend`` at reference time ``trend_at``; half-life
+``trending_half_life_hours``): :meth:`ExposureStore.record_trend` adds a batch's likes in the
+same kind of scripted upsert (each like decayed from its own time, so replayed or late events
+count as of when they happened); its value at time *T* is ``trend · 2^(−(T − trend_at)/h)``,
+and an item nobody liked for ``trending_window_hours`` counts 0. :meth:`ExposureStore.trending`
+ranks the live items in the engine (a ``script_score`` over the counters), which the trending
+candidate source and the ``trending`` feature read.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,11 +51,23 @@ from opendisco._backend import backend_errors
 from opendisco._exceptions import InvalidInput, SearchBackendError
 from opendisco._settings import Settings
 
-__all__ = ["CAPPED_DOC_ID", "ExposureStore", "capped_lookup", "exposure_index"]
+__all__ = [
+    "CAPPED_DOC_ID",
+    "Exposure",
+    "ExposureStore",
+    "capped_lookup",
+    "decayed",
+    "exposure_index",
+    "trend_increments",
+]
 
 CAPPED_DOC_ID = "_capped"
 CAPPED_PATH = "capped.ids"
 
+_TREND_PROPERTIES: dict[str, Any] = {
+    "trend": {"type": "double"},
+    "trend_at": {"type": "date", "format": "epoch_millis"},
+}
 _MAPPING: dict[str, Any] = {
     "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
     "mappings": {
@@ -54,6 +78,7 @@ _MAPPING: dict[str, Any] = {
             "cap": {"type": "integer"},
             "window_start": {"type": "date", "format": "epoch_millis"},
             "capped": {"type": "object", "enabled": False},  # {ids: [...], until: {id: ms}}
+            **_TREND_PROPERTIES,
         },
     },
 }
@@ -76,6 +101,63 @@ for (entry in params.add.entrySet()) { until.put(entry.getKey(), entry.getValue(
 until.entrySet().removeIf(e -> e.getValue() <= params.now);
 ctx._source.capped.ids = new ArrayList(until.keySet());
 """
+
+
+# decayed like/match count: bring the stored value to the later of (trend_at, t), add w there
+_TREND_SCRIPT = """
+double hl = params.half_life;
+if (ctx._source.trend == null || ctx._source.trend_at == null) {
+  ctx._source.trend = 0.0; ctx._source.trend_at = params.at;
+}
+long ref = ctx._source.trend_at;
+if (params.at > ref) {
+  ctx._source.trend = ctx._source.trend * Math.pow(2.0, (ref - params.at) / hl) + params.w;
+  ctx._source.trend_at = params.at;
+} else {
+  ctx._source.trend = ctx._source.trend + params.w * Math.pow(2.0, (params.at - ref) / hl);
+}
+"""
+
+# the decayed value of a counter at params.now (0 outside the window)
+_TREND_VALUE = (
+    "if (doc['trend'].size() == 0 || doc['trend_at'].size() == 0) { return 0.0; } "
+    "double age = params.now - doc['trend_at'].value.toInstant().toEpochMilli(); "
+    "return doc['trend'].value * Math.pow(2.0, -Math.max(age, 0) / params.half_life);"
+)
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One item's counters as read at some time."""
+
+    count: int = 0  # impressions in the current window
+    pace: float = 1.0  # elapsed share of that window (1 when none is open)
+    trend: float = 0.0  # live decayed likes/matches
+
+
+def decayed(
+    trend: float, trend_at_ms: int, now_ms: int, half_life_ms: float, window_ms: float
+) -> float:
+    """Pure: a stored decayed count's value at ``now_ms`` (0 once it is older than the window)."""
+    age = now_ms - trend_at_ms
+    if age >= window_ms:
+        return 0.0
+    return float(trend) * 2.0 ** (-max(age, 0) / half_life_ms)
+
+
+def trend_increments(
+    likes: Iterable[tuple[str, datetime, float]], half_life_ms: float
+) -> dict[str, tuple[int, float]]:
+    """Pure: per item, ``(reference ms, weight)`` — the batch's likes decayed to the latest of
+    them (one scripted update per item)."""
+    per: dict[str, list[tuple[int, float]]] = {}
+    for item, ts, w in likes:
+        per.setdefault(str(item), []).append((_ms(ts), float(w)))
+    out = {}
+    for item, rows in per.items():
+        ref = max(t for t, _ in rows)
+        out[item] = (ref, sum(w * 2.0 ** ((t - ref) / half_life_ms) for t, w in rows))
+    return out
 
 
 def exposure_index(settings: Settings) -> str:
@@ -103,6 +185,8 @@ class ExposureStore:
         self.settings = settings
         self.index = exposure_index(settings)
         self.window_ms = int(settings.exposure_window_hours * 3_600_000)
+        self.half_life_ms = settings.trending_half_life_hours * 3_600_000
+        self.trend_window_ms = settings.trending_window_hours * 3_600_000
 
     async def ensure(self) -> None:
         """Create the counters index (idempotent)."""
@@ -113,6 +197,10 @@ class ExposureStore:
             except RequestError as exc:
                 if "resource_already_exists" not in str(exc):
                     raise
+            # indices created before live trending: add its fields (a no-op when present)
+            await self.client.indices.put_mapping(
+                index=self.index, body={"properties": _TREND_PROPERTIES}
+            )
         # a concurrent creator may have returned before the primary started: a terms lookup
         # against a RECOVERING shard fails every candidate source, so wait for it
         with backend_errors(f"{self.index} did not become available"):
@@ -242,8 +330,13 @@ class ExposureStore:
 
     async def counts(self, ids: Iterable[str], now: datetime | None = None) -> dict[str, int]:
         """Impressions in the current window per id (0 for unknown ids or expired windows)."""
+        return {i: e.count for i, e in (await self.read(ids, now)).items()}
+
+    async def read(self, ids: Iterable[str], now: datetime | None = None) -> dict[str, Exposure]:
+        """Every id's counters at ``now`` (one ``mget``): impressions in the current window,
+        how far into it the item is, and its live decayed like/match count."""
         wanted = [str(i) for i in ids]
-        out = dict.fromkeys(wanted, 0)
+        out = dict.fromkeys(wanted, Exposure())
         if not wanted:
             return out
         now_ms = _ms(now or datetime.now(UTC))
@@ -254,6 +347,73 @@ class ExposureStore:
                 return out
         for doc in resp.get("docs", []):
             src = doc.get("_source") or {}
-            if doc.get("found") and now_ms - int(src.get("window_start", 0)) < self.window_ms:
-                out[doc["_id"]] = int(src.get("count", 0))
+            if not doc.get("found"):
+                continue
+            age = now_ms - int(src.get("window_start") or 0)
+            live = 0 <= age < self.window_ms
+            trend = 0.0
+            if src.get("trend") is not None and src.get("trend_at") is not None:
+                trend = decayed(
+                    src["trend"], int(src["trend_at"]), now_ms, self.half_life_ms,
+                    self.trend_window_ms,
+                )  # fmt: skip
+            out[doc["_id"]] = Exposure(
+                count=int(src.get("count", 0)) if live else 0,
+                pace=age / self.window_ms if live else 1.0,
+                trend=trend,
+            )
         return out
+
+    async def record_trend(
+        self, likes: Iterable[tuple[str, datetime, float]], now: datetime | None = None
+    ) -> int:
+        """Add ``(item, when, weight)`` likes/matches to the items' live decayed counts (one
+        ``_bulk`` of scripted upserts); returns the items updated."""
+        incs = trend_increments(likes, self.half_life_ms)
+        if not incs:
+            return 0
+        body: list[dict[str, Any]] = []
+        for item_id, (at, w) in sorted(incs.items()):
+            params = {"at": at, "w": w, "half_life": self.half_life_ms}
+            body.append({"update": {"_index": self.index, "_id": item_id, "retry_on_conflict": 5}})
+            body.append(
+                {
+                    "script": {"lang": "painless", "source": _TREND_SCRIPT, "params": params},
+                    "upsert": {"item_id": item_id},
+                    "scripted_upsert": True,
+                }
+            )
+        with backend_errors("live trending update failed"):
+            resp = await self.client.bulk(body=body)
+        errors = [
+            f"{r['update'].get('_id')}: {r['update']['error']}"
+            for r in resp.get("items", [])
+            if "error" in r.get("update", {})
+        ]
+        if errors:
+            raise SearchBackendError(f"live trending updates failed: {errors[:3]}")
+        return len(incs)
+
+    async def trending(self, k: int, now: datetime | None = None) -> list[tuple[str, float]]:
+        """The ``k`` items with the highest live decayed count at ``now``, best first (one
+        search over the counters, scored in the engine)."""
+        now_ms = _ms(now or datetime.now(UTC))
+        body = {
+            "size": k,
+            "_source": False,
+            "query": {
+                "script_score": {
+                    "query": {"range": {"trend_at": {"gt": now_ms - int(self.trend_window_ms)}}},
+                    "script": {
+                        "source": _TREND_VALUE,
+                        "params": {"now": now_ms, "half_life": self.half_life_ms},
+                    },
+                }
+            },
+        }
+        with backend_errors("live trending lookup failed"):
+            try:
+                resp = await self.client.search(index=self.index, body=body)
+            except NotFoundError:
+                return []
+        return [(h["_id"], float(h["_score"])) for h in resp["hits"]["hits"] if h["_score"] > 0]

@@ -61,14 +61,20 @@ from ._graph import (
     INBOUND,
     ITEM_EDGES,
     ITEM_LOCKS,
-    USER_LIKES,
-    USER_MATCHES,
     InboundCounter,
     ItemGraph,
-    UserGraph,
     co_engagement_pairs,
     ensure_graph_indexes,
 )
+from ._members import (
+    INBOX_LOCKS,
+    USER_INBOX,
+    USER_LIKES,
+    USER_MATCHES,
+    UserGraph,
+    ensure_member_indexes,
+)
+from ._pacing import PACING, PACING_LOCKS
 from ._user_state import USER_LOCKS, USER_STATE, UserStateStore, merge_events, recompute
 
 __all__ = ["EVENTS", "EventProcessor"]
@@ -173,7 +179,11 @@ class EventProcessor:
                     ITEM_LOCKS,
                     USER_LIKES,
                     USER_MATCHES,
+                    USER_INBOX,
+                    INBOX_LOCKS,
                     INBOUND,
+                    PACING,
+                    PACING_LOCKS,
                 ):
                     if name not in have:
                         with contextlib.suppress(CollectionInvalid):
@@ -193,6 +203,7 @@ class EventProcessor:
             await self.events.create_index("type")
             await self.events.create_index("applied")
         await ensure_graph_indexes(self.db)
+        await ensure_member_indexes(self.db)
         await self.exposure.ensure()
         self._ready = True
 
@@ -326,12 +337,22 @@ class EventProcessor:
                     "weight": self.cfg.weights.get(ev.type, 0.0),
                 }
             )
-        impressions = Counter(ev.item_id for ev in todo if ev.type == "impression")
+        # with served impressions counted by the pipeline (member profiles), an impression
+        # event on a profile that names a served list (request_id) was counted when served
+        served = self.settings.exposure_count_served
+
+        def counted_when_served(ev: Event) -> bool:
+            kind = items.get(ev.item_id, {}).get("kind")
+            return bool(served and ev.request_id and kind == "profile")
+
+        impressions = Counter(
+            ev.item_id for ev in todo if ev.type == "impression" and not counted_when_served(ev)
+        )
         likes = []
         for ev in todo:
             it = items.get(ev.item_id, {})
             if ev.type in MUTUAL_TYPES and it.get("kind") == "profile":
-                likes.append((ev.user_id, str(it.get("owner_id") or ev.item_id)))
+                likes.append((ev.user_id, str(it.get("owner_id") or ev.item_id), ev.item_id))
         # inbound attention is a recipient's load (two-sided markets): only profiles have one; a
         # movie or product liked by many is popular, not overloaded
         inbound = [
@@ -339,11 +360,17 @@ class EventProcessor:
             for ev in todo
             if ev.type in INBOUND_TYPES and items.get(ev.item_id, {}).get("kind") == "profile"
         ]
+        trend = [
+            (ev.item_id, ev.ts, self.cfg.weights.get(ev.type, 1.0))
+            for ev in todo
+            if ev.type in MUTUAL_TYPES and ev.ts is not None
+        ]
 
         # OpenSearch counters run alongside; MongoDB writes go one after another: FerretDB 1.x
         # (SQLite) was seen to hang on concurrent upserting bulk writes into one database
-        exposure = asyncio.ensure_future(
-            self.exposure.record(impressions, now=now) if impressions else _none()
+        engine = asyncio.gather(
+            self.exposure.record(impressions, now=now) if impressions else _none(),
+            self.exposure.record_trend(trend) if trend else _none(),
         )
         try:
             pairs = await self._update_users(by_user, items, now)
@@ -354,7 +381,7 @@ class EventProcessor:
             if inbound:
                 await self.inbound.add(inbound)
         finally:
-            capped = await exposure
+            capped, _ = await engine
         out.capped = sorted(set(out.capped) | set(capped or []))
 
     async def _update_users(

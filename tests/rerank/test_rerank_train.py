@@ -85,9 +85,11 @@ def test_lambdamart_learns_from_logged_impressions() -> None:
     X, y, groups = lambdamart_dataset(events)
     assert X.shape == (600, len(FEATURE_NAMES)) and groups.tolist() == [10] * 60
     scorer = train_lambdamart(X, y, groups, rounds=30)
-    # held-out request: the learned scorer puts the graph-closest item first
-    feats = rng.random((10, len(FEATURE_NAMES)))
-    assert int(np.argmax(scorer.score(feats))) == int(np.argmax(feats[:, col]))
+    # held-out requests: the learned scorer mostly puts the graph-closest item first (chance:
+    # 1 in 10; the feature is one column of random noise among len(FEATURE_NAMES))
+    held = [rng.random((10, len(FEATURE_NAMES))) for _ in range(40)]
+    hits = sum(int(np.argmax(scorer.score(f))) == int(np.argmax(f[:, col])) for f in held)
+    assert hits >= 0.5 * len(held), hits
     # and plugs into the reranker as its scoring step
     items = [{"id": f"x{j}"} for j in range(10)]
     rr = Reranker(RerankConfig(steps=("score",)), scorer=scorer)

@@ -164,7 +164,8 @@ async def test_concurrent_posts_of_one_batch_count_once(
     claims_settings: Settings, claims_db: Any, claims_os: Any
 ) -> None:
     # three processors = three API workers receiving a client's batch and its two retries
-    procs = [EventProcessor(claims_settings, claims_db, claims_os) for _ in range(3)]
+    cfg = EventsConfig(claim_wait_s=30.0)  # the machine may be loaded: wait for the holder
+    procs = [EventProcessor(claims_settings, claims_db, claims_os, config=cfg) for _ in range(3)]
     counters = _Counters(procs[0], claims_db)
     for rnd in range(5):
         batch = _batch(rnd)
@@ -179,7 +180,9 @@ async def test_concurrent_posts_of_one_batch_count_once(
 async def test_concurrent_posts_within_one_processor_count_once(
     claims_settings: Settings, claims_db: Any, claims_os: Any
 ) -> None:
-    proc = EventProcessor(claims_settings, claims_db, claims_os)
+    proc = EventProcessor(
+        claims_settings, claims_db, claims_os, config=EventsConfig(claim_wait_s=30)
+    )
     counters = _Counters(proc, claims_db)
     batch = _batch(7)
     before = await counters.read()
@@ -213,7 +216,8 @@ async def _leave_claims(
 async def test_crashed_claim_is_recovered_exactly_once(
     claims_settings: Settings, claims_db: Any, claims_os: Any
 ) -> None:
-    procs = [EventProcessor(claims_settings, claims_db, claims_os) for _ in range(3)]
+    cfg = EventsConfig(claim_wait_s=30.0)
+    procs = [EventProcessor(claims_settings, claims_db, claims_os, config=cfg) for _ in range(3)]
     counters = _Counters(procs[0], claims_db)
     batch = _batch(11)
     before = await counters.read()
@@ -271,7 +275,7 @@ async def test_claim_expiring_while_waited_for_is_recovered(
 class _SlowExposure(ExposureStore):
     """The real exposure store, taking ``delay_s`` longer per write (a slow holder)."""
 
-    delay_s = 2.5
+    delay_s = 8.0
 
     async def record(self, counts: Any, now: datetime | None = None) -> list[str]:
         await asyncio.sleep(self.delay_s)
@@ -281,9 +285,10 @@ class _SlowExposure(ExposureStore):
 async def test_slow_holder_renews_its_claims(
     claims_settings: Settings, claims_db: Any, claims_os: Any
 ) -> None:
-    # lease 1 s, a holder that takes > 2.5 s: renewal keeps its claims; the retry waits and
-    # reports duplicates, nothing is applied twice
-    cfg = EventsConfig(claim_lease_s=1.0, claim_wait_s=6.0)
+    # lease 3 s, a holder that takes > 8 s: renewal keeps its claims; the retry waits and
+    # reports duplicates, nothing is applied twice (a loaded machine stalls the loop for ~1 s
+    # and FerretDB writes for as long, so the lease keeps a margin of two renewals)
+    cfg = EventsConfig(claim_lease_s=3.0, claim_wait_s=30.0)
     slow = EventProcessor(
         claims_settings,
         claims_db,
@@ -309,8 +314,9 @@ async def test_recovery_sweep_applies_events_nobody_retried(
     proc = EventProcessor(claims_settings, claims_db, claims_os)
     counters = _Counters(proc, claims_db)
     batch = _batch(23)
-    before = await counters.read()
     await proc.ensure()
+    await proc.recover_expired()  # whatever an earlier failed test left behind
+    before = await counters.read()
     await _leave_claims(
         claims_db, batch, owner="dead", expires=datetime.now(UTC) - timedelta(seconds=1)
     )
