@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError
 from pydantic_settings import (
@@ -211,12 +212,30 @@ class Settings(BaseSettings):
     )
     exposure_count_served: bool = Field(
         True,
-        description="Count the impressions the pipeline serves (in the background, batched) "
-        "toward exposure; client impression events that name a served list (request_id) are "
-        "then not counted again.",
+        description="Count the member profiles the API serves toward exposure (in the "
+        "background, batched); client impression events on profiles that name a served list "
+        "(request_id) are then not counted again.",
     )
     exposure_flush_s: float = Field(
         1.0, gt=0, description="How often served impressions are written to the counters (s)."
+    )
+
+    # --- events ------------------------------------------------------------------------
+    events_claim_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="A call's claim on the events it applies expires this long after its last "
+        "renewal (renewed every third of it while applying); only then may another call take "
+        "the events over (recovered).",
+    )
+    events_claim_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a call waits for events another call is applying before it "
+        "answers (what is still running is reported as in_flight).",
+    )
+    events_recover_every_s: float = Field(
+        300.0, gt=0, description="Cadence of the sweep that applies events whose claim expired."
     )
 
     # --- marketplace health (two-sided markets) -------------------------------------
@@ -263,14 +282,10 @@ class Settings(BaseSettings):
 
     @property
     def opensearch_port(self) -> int:
-        from urllib.parse import urlsplit
-
         return urlsplit(self.opensearch_url).port or 9200
 
     @property
     def mongo_port(self) -> int:
-        from urllib.parse import urlsplit
-
         return urlsplit(self.mongo_url.split(",")[0]).port or 27017
 
     @classmethod

@@ -34,6 +34,7 @@ _DEFAULT_WEIGHTS = {
     "popularity": 0.05,
     "freshness": 0.1,
     "n_sources": 0.05,
+    "trending": 0.3,
 }
 
 

@@ -12,13 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._market import (
-    live_trending,
-    pacing_penalty,
-    reciprocal_estimate,
-    step_pacing,
-    step_reciprocal,
-)
+from ._market import live_trending, reciprocal_estimate, step_pacing, step_reciprocal
 from ._types import (
     FEATURE_NAMES,
     CandidateBatch,
@@ -45,8 +39,6 @@ __all__ = [
     "exposure_adjustment",
     "fatigue_penalty",
     "mmr_select",
-    "pacing_penalty",
-    "reciprocal_estimate",
 ]
 
 _COL = {n: i for i, n in enumerate(FEATURE_NAMES)}

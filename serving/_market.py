@@ -1,4 +1,4 @@
-"""The pipeline's two-sided-market parts: mutual likes, live trending, pacing, served exposure.
+"""The pipeline's two-sided-market parts: mutual likes, live trending, pacing.
 
 Query hydrators (run after the candidate request is built):
 
@@ -12,10 +12,9 @@ Query hydrators (run after the candidate request is built):
                    requests) → ``trending_ids``/``trending_weights`` of the trending source
     PacingBudget   the exposure budget per member from the pacing controller (in memory)
 
-Side effect:
-
-    ServedImpressions  the member profiles of every answer, counted toward exposure by a
-                       batched background flush (no round trip on the request path)
+(Served impressions are counted where a list is shown — the API's answer, fallback answers
+included: :meth:`opendisco.serving.Discovery.record_served` — not here: the pipeline also
+runs for the fallback's prefetch, evaluation and benchmarks, which show nothing to anyone.)
 
 All of them are inert where nothing is two-sided or live: no inbox row, no trending counts, no
 member profiles among the candidates (a one-sided catalogue).
@@ -33,19 +32,17 @@ from opendisco.signals import (
     ExposureStore,
     ItemGraph,
     PacingController,
-    ServedExposure,
     UserGraph,
     top_neighbours,
 )
 
-from ._types import CandidatePlan, Recommendations
+from ._types import CandidatePlan
 
 __all__ = [
     "MUTUAL_NEIGHBOURS",
     "LiveTrending",
     "MutualLikes",
     "PacingBudget",
-    "ServedImpressions",
 ]
 
 #: friends-of-matches neighbours handed to the ``mutual`` source
@@ -131,20 +128,6 @@ class PacingBudget:
 
     async def hydrate(self, plan: CandidatePlan) -> None:
         plan.pacing_budget = self.controller.budget()
-
-
-@dataclass
-class ServedImpressions:
-    """Counts the member profiles of every answer toward exposure (pacing, caps); other
-    items (movies, products) keep counting only through client impression events."""
-
-    served: ServedExposure
-    name: str = "served_exposure"
-
-    def after(self, plan: CandidatePlan, recs: Recommendations) -> None:
-        profiles = [r.id for r in recs.items if r.item.get("kind") == "profile"]
-        if profiles:
-            self.served.add(profiles)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

@@ -17,10 +17,9 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opensearchpy import AsyncOpenSearch
-from sentence_transformers import SentenceTransformer
 
 from opendisco import clients
 from opendisco._backend import backend_errors
@@ -29,7 +28,7 @@ from opendisco._exceptions import BackendError, InvalidInput
 from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
 from opendisco.queries import CandidateSet, template_version
-from opendisco.rerank import CandidateBatch, FeatureStore, Reranker
+from opendisco.rerank import CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
     EventProcessor,
     EventsResult,
@@ -42,7 +41,7 @@ from opendisco.signals import (
 )
 
 from ._artifacts import Artifacts
-from ._market import LiveTrending, MutualLikes, PacingBudget, ServedImpressions
+from ._market import LiveTrending, MutualLikes, PacingBudget
 from ._stages import (
     GraphNeighbours,
     MemberContext,
@@ -53,6 +52,9 @@ from ._stages import (
     run_sources,
 )
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
+
+if TYPE_CHECKING:  # torch: loaded on the first query encoding, not on import
+    from sentence_transformers import SentenceTransformer
 
 __all__ = ["Discovery", "default_parts"]
 
@@ -67,11 +69,10 @@ def default_parts(
     params: Mapping[str, Any],
     *,
     pacing: PacingController | None = None,
-    served: ServedExposure | None = None,
 ) -> Parts:
     """The default assembly: member context, graph neighbours, mutual likes, live trending and
     the pacing budget; the surface's template as the candidate source; the feature store as
-    the feature hydrator; served member profiles counted toward exposure."""
+    the feature hydrator."""
     hydrators: list[Any] = [
         MemberContext(db, UserStateStore(db)),
         RequestBuilder(params),
@@ -84,9 +85,7 @@ def default_parts(
     return Parts(
         query_hydrators=hydrators,
         sources=[TemplateSource(os_client, settings)],
-        filters=[],
         feature_hydrators=[StoreFeatures(features)],
-        side_effects=[ServedImpressions(served)] if served is not None else [],
     )
 
 
@@ -123,7 +122,6 @@ class Discovery:
                 self.features,
                 self.artifacts.params,
                 pacing=self.pacing,
-                served=self.served if settings.exposure_count_served else None,
             )
         )
         self._model = model
@@ -214,16 +212,15 @@ class Discovery:
         cs = await self.candidates(plan)
         t1 = time.perf_counter()
         batch = CandidateBatch.from_candidates(cs.candidates, now=plan.request.now)
-        feats = None
+        feats: Features | None = None
         for hydrator in self.parts.feature_hydrators:
-            feats = await hydrator.features(plan, batch)
+            feats = await hydrator.features(plan, batch, feats)
+        assert feats is not None  # Parts requires a feature hydrator
         plan.timings_ms["features_ms"] = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
         ctx = FeatureStore.context(
             plan.state, k=k, viewer_profile=plan.viewer_profile, pacing_budget=plan.pacing_budget
         )
-        if feats is None:
-            raise InvalidInput("the pipeline has no feature hydrator")
         result = self.reranker.run(batch, feats, ctx, timed=explain)
         plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         by_id = {c.id: c for c in cs.candidates}
@@ -326,6 +323,19 @@ class Discovery:
         self._applying.add(task)
         task.add_done_callback(self._applying.discard)
         return await asyncio.shield(task)
+
+    def record_served(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """Count a list shown to a member (response items: ``{"id", "item": {...}}``) toward
+        exposure: its member profiles, by a batched background flush (no I/O here; setting
+        ``exposure_count_served``). Other items (movies, products) count only through client
+        impression events."""
+        if not self.settings.exposure_count_served:
+            return
+        profiles = [
+            str(it["id"]) for it in items if (it.get("item") or {}).get("kind") == "profile"
+        ]
+        if profiles:
+            self.served.add(profiles)
 
     async def drain(self) -> None:
         """Before shutdown: finish event batches still applying and write the served

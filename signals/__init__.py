@@ -22,15 +22,7 @@ from ._event import (
     EventType,
     validate_event,
 )
-from ._exposure import (
-    CAPPED_DOC_ID,
-    Exposure,
-    ExposureStore,
-    capped_lookup,
-    decayed,
-    exposure_index,
-    trend_increments,
-)
+from ._exposure import CAPPED_DOC_ID, Exposure, ExposureStore, capped_lookup, exposure_index
 from ._graph import (
     INBOUND,
     ITEM_EDGES,
@@ -55,6 +47,7 @@ from ._pacing import (
 )
 from ._processor import EVENTS, EventProcessor
 from ._served import ServedExposure
+from ._trending import decayed, trend_increments
 from ._user_state import (
     USER_LOCKS,
     USER_STATE,

@@ -66,23 +66,6 @@ class EventsConfig(BaseModel):
     require_known_items: bool = Field(True, description="Reject events for unindexed items.")
     max_batch: int = Field(1000, ge=1)
     purge_every_s: float = Field(300.0, gt=0, description="Purge cadence without TTL indexes.")
-    claim_lease_s: float = Field(
-        30.0,
-        gt=0,
-        description="A call's claim on its events expires this long after its last "
-        "renewal (renewed every third of it while applying); then another call may take over.",
-    )
-    claim_wait_s: float = Field(
-        2.0,
-        ge=0,
-        description="How long a call waits for events another call is applying "
-        "before answering (what is still running is reported as in_flight).",
-    )
-    recover_every_s: float = Field(
-        300.0,
-        gt=0,
-        description="Cadence of the sweep that applies events whose claim expired.",
-    )
     user_state: UserStateConfig = Field(default_factory=UserStateConfig)
 
 
@@ -156,7 +139,7 @@ class EventsResult:
     duplicates: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
     recovered: int = 0  # claimed by a call that died (claim expired): taken over, applied now
-    in_flight: int = 0  # another live call is still applying them (see ``claim_wait_s``)
+    in_flight: int = 0  # another live call is still applying them (``events_claim_wait_s``)
     capped: list[str] = field(default_factory=list)
     mutual: list[tuple[str, str]] = field(default_factory=list)
     took_ms: float = 0.0

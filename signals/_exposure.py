@@ -51,23 +51,20 @@ from opendisco._backend import backend_errors
 from opendisco._exceptions import InvalidInput, SearchBackendError
 from opendisco._settings import Settings
 
-__all__ = [
-    "CAPPED_DOC_ID",
-    "Exposure",
-    "ExposureStore",
-    "capped_lookup",
-    "decayed",
-    "exposure_index",
-    "trend_increments",
-]
+from ._trending import (
+    TREND_PROPERTIES,
+    TREND_UPDATE_SCRIPT,
+    TREND_VALUE_SCRIPT,
+    decayed,
+    epoch_ms,
+    trend_increments,
+)
+
+__all__ = ["CAPPED_DOC_ID", "Exposure", "ExposureStore", "capped_lookup", "exposure_index"]
 
 CAPPED_DOC_ID = "_capped"
 CAPPED_PATH = "capped.ids"
 
-_TREND_PROPERTIES: dict[str, Any] = {
-    "trend": {"type": "double"},
-    "trend_at": {"type": "date", "format": "epoch_millis"},
-}
 _MAPPING: dict[str, Any] = {
     "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
     "mappings": {
@@ -78,7 +75,7 @@ _MAPPING: dict[str, Any] = {
             "cap": {"type": "integer"},
             "window_start": {"type": "date", "format": "epoch_millis"},
             "capped": {"type": "object", "enabled": False},  # {ids: [...], until: {id: ms}}
-            **_TREND_PROPERTIES,
+            **TREND_PROPERTIES,
         },
     },
 }
@@ -103,29 +100,6 @@ ctx._source.capped.ids = new ArrayList(until.keySet());
 """
 
 
-# decayed like/match count: bring the stored value to the later of (trend_at, t), add w there
-_TREND_SCRIPT = """
-double hl = params.half_life;
-if (ctx._source.trend == null || ctx._source.trend_at == null) {
-  ctx._source.trend = 0.0; ctx._source.trend_at = params.at;
-}
-long ref = ctx._source.trend_at;
-if (params.at > ref) {
-  ctx._source.trend = ctx._source.trend * Math.pow(2.0, (ref - params.at) / hl) + params.w;
-  ctx._source.trend_at = params.at;
-} else {
-  ctx._source.trend = ctx._source.trend + params.w * Math.pow(2.0, (params.at - ref) / hl);
-}
-"""
-
-# the decayed value of a counter at params.now (0 outside the window)
-_TREND_VALUE = (
-    "if (doc['trend'].size() == 0 || doc['trend_at'].size() == 0) { return 0.0; } "
-    "double age = params.now - doc['trend_at'].value.toInstant().toEpochMilli(); "
-    "return doc['trend'].value * Math.pow(2.0, -Math.max(age, 0) / params.half_life);"
-)
-
-
 @dataclass(frozen=True)
 class Exposure:
     """One item's counters as read at some time."""
@@ -133,31 +107,6 @@ class Exposure:
     count: int = 0  # impressions in the current window
     pace: float = 1.0  # elapsed share of that window (1 when none is open)
     trend: float = 0.0  # live decayed likes/matches
-
-
-def decayed(
-    trend: float, trend_at_ms: int, now_ms: int, half_life_ms: float, window_ms: float
-) -> float:
-    """Pure: a stored decayed count's value at ``now_ms`` (0 once it is older than the window)."""
-    age = now_ms - trend_at_ms
-    if age >= window_ms:
-        return 0.0
-    return float(trend) * 2.0 ** (-max(age, 0) / half_life_ms)
-
-
-def trend_increments(
-    likes: Iterable[tuple[str, datetime, float]], half_life_ms: float
-) -> dict[str, tuple[int, float]]:
-    """Pure: per item, ``(reference ms, weight)`` — the batch's likes decayed to the latest of
-    them (one scripted update per item)."""
-    per: dict[str, list[tuple[int, float]]] = {}
-    for item, ts, w in likes:
-        per.setdefault(str(item), []).append((_ms(ts), float(w)))
-    out = {}
-    for item, rows in per.items():
-        ref = max(t for t, _ in rows)
-        out[item] = (ref, sum(w * 2.0 ** ((t - ref) / half_life_ms) for t, w in rows))
-    return out
 
 
 def exposure_index(settings: Settings) -> str:
@@ -171,10 +120,6 @@ def capped_lookup(settings: Settings) -> dict[str, Any]:
             "id": {"index": exposure_index(settings), "id": CAPPED_DOC_ID, "path": CAPPED_PATH}
         }
     }
-
-
-def _ms(ts: datetime) -> int:
-    return int(ts.timestamp() * 1000)
 
 
 class ExposureStore:
@@ -199,7 +144,7 @@ class ExposureStore:
                     raise
             # indices created before live trending: add its fields (a no-op when present)
             await self.client.indices.put_mapping(
-                index=self.index, body={"properties": _TREND_PROPERTIES}
+                index=self.index, body={"properties": TREND_PROPERTIES}
             )
         # a concurrent creator may have returned before the primary started: a terms lookup
         # against a RECOVERING shard fails every candidate source, so wait for it
@@ -252,7 +197,7 @@ class ExposureStore:
         batch = {str(k): int(v) for k, v in counts.items() if int(v) != 0}
         if any(v < 0 for v in batch.values()):
             raise InvalidInput("impression counts must be >= 0")
-        now_ms = _ms(now or datetime.now(UTC))
+        now_ms = epoch_ms(now or datetime.now(UTC))
         if not batch:
             return []
         ids = sorted(batch)
@@ -297,7 +242,7 @@ class ExposureStore:
 
     async def sweep(self, now: datetime | None = None) -> list[str]:
         """Drop capped ids whose window ended; returns the capped ids left."""
-        return await self._update_capped({}, _ms(now or datetime.now(UTC)))
+        return await self._update_capped({}, epoch_ms(now or datetime.now(UTC)))
 
     async def _update_capped(self, add: Mapping[str, int], now_ms: int) -> list[str]:
         with backend_errors("capped list update failed"):
@@ -339,7 +284,7 @@ class ExposureStore:
         out = dict.fromkeys(wanted, Exposure())
         if not wanted:
             return out
-        now_ms = _ms(now or datetime.now(UTC))
+        now_ms = epoch_ms(now or datetime.now(UTC))
         with backend_errors("exposure counts lookup failed"):
             try:
                 resp = await self.client.mget(index=self.index, body={"ids": wanted})
@@ -378,7 +323,7 @@ class ExposureStore:
             body.append({"update": {"_index": self.index, "_id": item_id, "retry_on_conflict": 5}})
             body.append(
                 {
-                    "script": {"lang": "painless", "source": _TREND_SCRIPT, "params": params},
+                    "script": {"lang": "painless", "source": TREND_UPDATE_SCRIPT, "params": params},
                     "upsert": {"item_id": item_id},
                     "scripted_upsert": True,
                 }
@@ -397,7 +342,7 @@ class ExposureStore:
     async def trending(self, k: int, now: datetime | None = None) -> list[tuple[str, float]]:
         """The ``k`` items with the highest live decayed count at ``now``, best first (one
         search over the counters, scored in the engine)."""
-        now_ms = _ms(now or datetime.now(UTC))
+        now_ms = epoch_ms(now or datetime.now(UTC))
         body = {
             "size": k,
             "_source": False,
@@ -405,7 +350,7 @@ class ExposureStore:
                 "script_score": {
                     "query": {"range": {"trend_at": {"gt": now_ms - int(self.trend_window_ms)}}},
                     "script": {
-                        "source": _TREND_VALUE,
+                        "source": TREND_VALUE_SCRIPT,
                         "params": {"now": now_ms, "half_life": self.half_life_ms},
                     },
                 }

@@ -122,6 +122,8 @@ class UserGraph:
                 d["_id"]: d for d in await self.likes.find({"_id": {"$in": reverse}}).to_list(None)
             }
         mutual = [(a, b, item) for a, b, item in triples if f"{b}{SEP}{a}" in back]
+        # both likes of a pair in one batch: one match (reported as its first like completing it)
+        pairs = list({frozenset((a, b)): (a, b) for a, b, _ in reversed(mutual)}.values())[::-1]
         ops = []
         for a, b, _ in mutual:
             x, y = sorted((a, b))
@@ -141,7 +143,7 @@ class UserGraph:
             if theirs:  # a's profile, which b liked (likes recorded before items were kept: none)
                 matched[b][a] = str(theirs)
         await self._update_inboxes(likers, matched, now)
-        return [(a, b) for a, b, _ in mutual]
+        return pairs
 
     async def _update_inboxes(
         self,

@@ -9,7 +9,7 @@ messages received in ``inbound_days``) of every member — its top-1% share and 
 (:func:`attention_stats`). The controller (:func:`pacing_step`) is integral in log space::
 
     error   = max over the configured targets of (measured / target − 1)   > 0: too concentrated
-    budget ← clip(budget · exp(−gain · error), budget_min, budget_max)
+    budget ← clip(budget · exp(−gain · clip(error, −1, 1)), budget_min, budget_max)
 
 so the budget tightens while attention is more concentrated than the targets allow and
 loosens back (to ``budget_max``, where it rarely binds) once they are met — pacing costs
@@ -142,7 +142,9 @@ def pacing_step(
 ) -> PacingState:
     """Pure: one controller step from the measured inbound ``counts`` (one per member)."""
     share, gini = attention_stats(counts)
-    err = pacing_error(share, gini, targets)
+    # the relative error is clipped to ±1: a market far off target moves by at most e^gain per
+    # step (what it responds with is only seen at the next measurement)
+    err = min(max(pacing_error(share, gini, targets), -1.0), 1.0)
     budget = state.budget * math.exp(-targets.gain * err)
     budget = min(max(budget, targets.budget_min), targets.budget_max)
     return replace(

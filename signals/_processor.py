@@ -10,7 +10,7 @@ the guarantee)::
        generation, expiry; see ``_claims``), ordered=False. An id already stored is
                                               applied → duplicate (no-op)
                                               claimed, claim live → in flight in another
-                                                call: waited for (claim_wait_s), then a
+                                                call: waited for (events_claim_wait_s), then a
                                                 duplicate; still running → in_flight
                                               claimed, claim expired → its holder died: taken
                                                 over (one taker wins) and applied: recovered
@@ -40,7 +40,6 @@ import logging
 import time
 import uuid
 import weakref
-from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,7 +54,8 @@ from opendisco._settings import Settings
 from opendisco._store import detect_capabilities
 
 from ._claims import CLAIMS, EventClaims, classify
-from ._event import INBOUND_TYPES, MUTUAL_TYPES, Event, EventsConfig, EventsResult, validate_event
+from ._effects import plan_effects
+from ._event import Event, EventsConfig, EventsResult, validate_event
 from ._exposure import ExposureStore
 from ._graph import (
     INBOUND,
@@ -122,7 +122,7 @@ class EventProcessor:
         self.os = os_client
         self.cfg = config or EventsConfig()
         self.events = db[EVENTS]
-        self.claims = EventClaims(db, lease_s=self.cfg.claim_lease_s)
+        self.claims = EventClaims(db, lease_s=settings.events_claim_lease_s)
         self.states = UserStateStore(db, self.cfg.user_state)
         self.items = ItemGraph(db)
         self.users = UserGraph(db)
@@ -236,7 +236,7 @@ class EventProcessor:
         if not self.native_ttl and time.monotonic() - self._last_purge > self.cfg.purge_every_s:
             self._last_purge = time.monotonic()
             await self.purge_expired(now)
-        if time.monotonic() - self._last_recover > self.cfg.recover_every_s:
+        if time.monotonic() - self._last_recover > self.settings.events_recover_every_s:
             self._last_recover = time.monotonic()
             await self.recover_expired()
         if len(events) > self.cfg.max_batch:
@@ -288,14 +288,14 @@ class EventProcessor:
         self, evs: list[Event], items: dict[str, dict[str, Any]], now: datetime, out: EventsResult
     ) -> None:
         """Claim ``evs``; apply the claimed ones; wait for those another call holds (taking
-        over any whose claim expires meanwhile) until ``claim_wait_s`` has passed."""
+        over any whose claim expires meanwhile) until ``events_claim_wait_s`` has passed."""
         token = uuid.uuid4().hex
         by_id = {ev.id: ev for ev in evs}
         docs = [_stored(ev, self.cfg.weights.get(ev.type, 0.0), now) for ev in evs]
         waiting = await self.claims.insert(self.claims.stamp(docs, token))
         mine = [ev for ev in evs if ev.id not in waiting]
         out.accepted = len(mine)
-        deadline = time.monotonic() + self.cfg.claim_wait_s
+        deadline = time.monotonic() + self.settings.events_claim_wait_s
         pause = 0.01
         while True:
             if waiting:
@@ -326,60 +326,23 @@ class EventProcessor:
         now: datetime,
         out: EventsResult,
     ) -> None:
-        by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for ev in todo:
-            by_user[ev.user_id].append(
-                {
-                    "id": ev.id,
-                    "type": ev.type,
-                    "item_id": ev.item_id,
-                    "ts": ev.ts,
-                    "weight": self.cfg.weights.get(ev.type, 0.0),
-                }
-            )
-        # with served impressions counted by the pipeline (member profiles), an impression
-        # event on a profile that names a served list (request_id) was counted when served
-        served = self.settings.exposure_count_served
-
-        def counted_when_served(ev: Event) -> bool:
-            kind = items.get(ev.item_id, {}).get("kind")
-            return bool(served and ev.request_id and kind == "profile")
-
-        impressions = Counter(
-            ev.item_id for ev in todo if ev.type == "impression" and not counted_when_served(ev)
+        fx = plan_effects(
+            todo, items, self.cfg.weights, count_served=self.settings.exposure_count_served
         )
-        likes = []
-        for ev in todo:
-            it = items.get(ev.item_id, {})
-            if ev.type in MUTUAL_TYPES and it.get("kind") == "profile":
-                likes.append((ev.user_id, str(it.get("owner_id") or ev.item_id), ev.item_id))
-        # inbound attention is a recipient's load (two-sided markets): only profiles have one; a
-        # movie or product liked by many is popular, not overloaded
-        inbound = [
-            (ev.item_id, ev.ts)
-            for ev in todo
-            if ev.type in INBOUND_TYPES and items.get(ev.item_id, {}).get("kind") == "profile"
-        ]
-        trend = [
-            (ev.item_id, ev.ts, self.cfg.weights.get(ev.type, 1.0))
-            for ev in todo
-            if ev.type in MUTUAL_TYPES and ev.ts is not None
-        ]
-
         # OpenSearch counters run alongside; MongoDB writes go one after another: FerretDB 1.x
         # (SQLite) was seen to hang on concurrent upserting bulk writes into one database
         engine = asyncio.gather(
-            self.exposure.record(impressions, now=now) if impressions else _none(),
-            self.exposure.record_trend(trend) if trend else _none(),
+            self.exposure.record(fx.impressions, now=now) if fx.impressions else _none(),
+            self.exposure.record_trend(fx.trend) if fx.trend else _none(),
         )
         try:
-            pairs = await self._update_users(by_user, items, now)
+            pairs = await self._update_users(fx.by_user, items, now)
             if pairs:
                 await self.items.add(pairs, now)
-            if likes:
-                out.mutual += await self.users.add_likes(likes, now)
-            if inbound:
-                await self.inbound.add(inbound)
+            if fx.likes:
+                out.mutual += await self.users.add_likes(fx.likes, now)
+            if fx.inbound:
+                await self.inbound.add(fx.inbound)
         finally:
             capped, _ = await engine
         out.capped = sorted(set(out.capped) | set(capped or []))

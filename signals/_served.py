@@ -1,10 +1,10 @@
 """Served impressions counted toward exposure, off the request path.
 
 Only client-posted ``impression`` events used to reach the exposure counters, so pacing and
-caps saw what clients chose to report. :class:`ServedExposure` counts what the pipeline
-actually serves: a serving side effect calls :meth:`ServedExposure.add` (a dict update, no
-I/O), and the counts are written with :meth:`ExposureStore.record` by a background flush at
-most every ``exposure_flush_s`` — one ``_bulk`` for all requests of that period, never a
+caps saw what clients chose to report. :class:`ServedExposure` counts what is actually shown:
+the API's answer calls :meth:`ServedExposure.add` (through ``Discovery.record_served``; a dict
+update, no I/O), and the counts are written with :meth:`ExposureStore.record` by a background
+flush at most every ``exposure_flush_s`` — one ``_bulk`` for all requests of that period, never a
 round trip of a request. A flush that fails keeps its counts for the next one (bounded by
 ``max_pending`` ids); counts not yet flushed when a process stops are lost (at most one
 period's). Client impression events naming a served list (``request_id``) are then not

@@ -16,7 +16,6 @@ from opendisco import Settings, clients
 from opendisco.signals import (
     EVENTS,
     EventProcessor,
-    EventsConfig,
     EventsResult,
     ExposureStore,
     InboundCounter,
@@ -151,6 +150,12 @@ async def _assert_exact(
     assert len(stored) == len(batch) and all(d["applied"] for d in stored)
 
 
+def _waits(settings: Settings, *, wait: float = 30.0, lease: float = 30.0) -> Settings:
+    """Claims settings for a test: a loaded machine applies a batch in seconds, so callers
+    wait long enough for the holder unless the test says otherwise."""
+    return settings.model_copy(update={"events_claim_wait_s": wait, "events_claim_lease_s": lease})
+
+
 def _sums(results: list[EventsResult]) -> tuple[int, int, int, int]:
     return (
         sum(r.accepted for r in results),
@@ -164,8 +169,8 @@ async def test_concurrent_posts_of_one_batch_count_once(
     claims_settings: Settings, claims_db: Any, claims_os: Any
 ) -> None:
     # three processors = three API workers receiving a client's batch and its two retries
-    cfg = EventsConfig(claim_wait_s=30.0)  # the machine may be loaded: wait for the holder
-    procs = [EventProcessor(claims_settings, claims_db, claims_os, config=cfg) for _ in range(3)]
+    s = _waits(claims_settings)
+    procs = [EventProcessor(s, claims_db, claims_os) for _ in range(3)]
     counters = _Counters(procs[0], claims_db)
     for rnd in range(5):
         batch = _batch(rnd)
@@ -180,9 +185,7 @@ async def test_concurrent_posts_of_one_batch_count_once(
 async def test_concurrent_posts_within_one_processor_count_once(
     claims_settings: Settings, claims_db: Any, claims_os: Any
 ) -> None:
-    proc = EventProcessor(
-        claims_settings, claims_db, claims_os, config=EventsConfig(claim_wait_s=30)
-    )
+    proc = EventProcessor(_waits(claims_settings), claims_db, claims_os)
     counters = _Counters(proc, claims_db)
     batch = _batch(7)
     before = await counters.read()
@@ -216,8 +219,8 @@ async def _leave_claims(
 async def test_crashed_claim_is_recovered_exactly_once(
     claims_settings: Settings, claims_db: Any, claims_os: Any
 ) -> None:
-    cfg = EventsConfig(claim_wait_s=30.0)
-    procs = [EventProcessor(claims_settings, claims_db, claims_os, config=cfg) for _ in range(3)]
+    s = _waits(claims_settings)
+    procs = [EventProcessor(s, claims_db, claims_os) for _ in range(3)]
     counters = _Counters(procs[0], claims_db)
     batch = _batch(11)
     before = await counters.read()
@@ -234,8 +237,7 @@ async def test_crashed_claim_is_recovered_exactly_once(
 async def test_live_claim_is_not_taken_over(
     claims_settings: Settings, claims_db: Any, claims_os: Any
 ) -> None:
-    cfg = EventsConfig(claim_wait_s=0.3)
-    proc = EventProcessor(claims_settings, claims_db, claims_os, config=cfg)
+    proc = EventProcessor(_waits(claims_settings, wait=0.3), claims_db, claims_os)
     counters = _Counters(proc, claims_db)
     batch = _batch(13)
     before = await counters.read()
@@ -259,8 +261,8 @@ async def test_live_claim_is_not_taken_over(
 async def test_claim_expiring_while_waited_for_is_recovered(
     claims_settings: Settings, claims_db: Any, claims_os: Any
 ) -> None:
-    cfg = EventsConfig(claim_wait_s=5.0)
-    procs = [EventProcessor(claims_settings, claims_db, claims_os, config=cfg) for _ in range(2)]
+    s = _waits(claims_settings)
+    procs = [EventProcessor(s, claims_db, claims_os) for _ in range(2)]
     counters = _Counters(procs[0], claims_db)
     batch = _batch(17)
     before = await counters.read()
@@ -288,15 +290,9 @@ async def test_slow_holder_renews_its_claims(
     # lease 3 s, a holder that takes > 8 s: renewal keeps its claims; the retry waits and
     # reports duplicates, nothing is applied twice (a loaded machine stalls the loop for ~1 s
     # and FerretDB writes for as long, so the lease keeps a margin of two renewals)
-    cfg = EventsConfig(claim_lease_s=3.0, claim_wait_s=30.0)
-    slow = EventProcessor(
-        claims_settings,
-        claims_db,
-        claims_os,
-        config=cfg,
-        exposure=_SlowExposure(claims_os, claims_settings),
-    )
-    fast = EventProcessor(claims_settings, claims_db, claims_os, config=cfg)
+    s = _waits(claims_settings, lease=3.0)
+    slow = EventProcessor(s, claims_db, claims_os, exposure=_SlowExposure(claims_os, s))
+    fast = EventProcessor(s, claims_db, claims_os)
     counters = _Counters(fast, claims_db)
     batch = _batch(19)
     before = await counters.read()
