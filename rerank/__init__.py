@@ -11,7 +11,7 @@ from ._als import AlsModel, fold_in, train_als, write_behaviour
 from ._config import DEFAULT_STEPS, RerankConfig, merged_config
 from ._features import FeatureStore, TTLCache
 from ._learned import LABELS, LearnedScorer, lambdamart_dataset, train_lambdamart
-from ._market import combine, live_trending, pacing_penalty, reciprocal_estimate
+from ._market import combine, live_trending, member_budgets, pacing_penalty, reciprocal_estimate
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
 from ._steps import (
     STEPS,
@@ -58,6 +58,7 @@ __all__ = [
     "fold_in",
     "lambdamart_dataset",
     "live_trending",
+    "member_budgets",
     "merged_config",
     "mmr_select",
     "pacing_penalty",

@@ -85,10 +85,7 @@ class RerankConfig(BaseModel):
         1.0, ge=0.0, description="Log-odds per standard deviation of taste-profile similarity."
     )
     pacing_strength: float = Field(
-        0.5, ge=0.0, description="Largest demotion of a member running ahead of its budget."
-    )
-    pacing_floor: float = Field(
-        0.1, ge=0.0, le=1.0, description="Smallest share of the budget paced in (window start)."
+        1.0, ge=0.0, description="Largest demotion of a member running ahead of its budget."
     )
     # feedback fatigue
     fatigue_strength: float = Field(0.4, ge=0.0, description="Penalty per log1p(hides+passes).")

@@ -14,7 +14,7 @@ Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most
 
 issued concurrently. The viewer's own profile vector (what the candidates' tastes are compared
 with) joins the vector fetch (usually cached). The counters reading also brings each
-candidate's pace through its exposure window and its live decayed like/match count.
+candidate's paced (decayed) exposure and its live decayed like/match count.
 
 Vectors change only when an item is re-encoded or retrained, so the cache
 TTL bounds staleness after ``opendisco train``.
@@ -271,7 +271,7 @@ class FeatureStore:
             inbound=np.array([float(inbound.get(i, 0)) for i in ids]),
             graph=np.array([float(graph.get(i, 0.0)) for i in ids]),
             trending=np.array([expo[i].trend for i in ids]),
-            exposure_pace=np.array([expo[i].pace for i in ids]),
+            paced_exposure=np.array([expo[i].paced for i in ids]),
         )
         return _two_sided(feats, ids, owners, tastes, inbox, mutual_weights, d) if owners else feats
 

@@ -23,12 +23,15 @@ when both were calibrated). The backward estimate, for a candidate member *c* an
 so a member without history gets the prior (``reciprocal_prior``), and history moves the
 estimate in proportion to how much of it there is.
 
-**Pacing** (``step_pacing``): each member has an exposure budget per exposure window
-(``RerankContext.pacing_budget``, set by the feedback controller
+**Pacing** (``step_pacing``): each member has an exposure budget per exposure window — the
+controller's budget (``RerankContext.pacing_budget``, set by
 :class:`opendisco.signals.PacingController` toward a target distribution of inbound
-attention); the budget is paced through the window, so a member who has already used more
-than the elapsed share of it is demoted smoothly — by ``pacing_strength · tanh(log((spent +
-1) / (budget · max(pace, floor) + 1)))`` — instead of disappearing at a cap.
+attention) scaled down for members who already receive more than the mean inbound attention
+(:func:`member_budgets`). Spend is the member's *paced* exposure — impressions decayed with the
+window as time constant, a leaky bucket that drains continuously, so the budget is paced
+through the day and a budget below one impression per window still binds — and a member
+running ahead of its budget is demoted smoothly, by ``pacing_strength · tanh(log((paced + 1) /
+(budget + 1)))``, instead of disappearing at a cap.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "combine",
     "live_trending",
+    "member_budgets",
     "pacing_penalty",
     "reciprocal_estimate",
     "step_pacing",
@@ -122,14 +126,23 @@ def step_reciprocal(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> Rer
     return RerankState(scores, resort(scores, s.order))
 
 
-def pacing_penalty(
-    spent: np.ndarray, pace: np.ndarray, budget: float, strength: float, floor: float
-) -> np.ndarray:
-    """``strength · tanh(max(0, log((spent + 1) / (budget · max(pace, floor) + 1))))``: 0 while
-    a member's spend keeps within the paced share of its budget, rising smoothly (bounded by
-    ``strength``) as it runs ahead; pure."""
-    allowed = budget * np.clip(np.maximum(pace, floor), 0.0, 1.0)
-    over = np.log((np.maximum(spent, 0.0) + 1.0) / (allowed + 1.0))
+def member_budgets(budget: float, inbound: np.ndarray, mean_inbound: float | None) -> np.ndarray:
+    """Pure: each member's exposure budget — ``budget`` scaled by ``min(1, mean inbound /
+    their inbound)``: a member already receiving k times the average attention may be shown
+    1/k as often, the others keep the whole budget (so the budget binds the members who
+    concentrate attention, not everyone)."""
+    if not mean_inbound or mean_inbound <= 0:
+        return np.full(inbound.shape[0], float(budget))
+    share = np.minimum(1.0, mean_inbound / np.maximum(inbound, 1e-9))
+    return budget * share
+
+
+def pacing_penalty(paced: np.ndarray, budget: float | np.ndarray, strength: float) -> np.ndarray:
+    """``strength · tanh(max(0, log((paced + 1) / (budget + 1))))``: 0 while a member's paced
+    exposure (impressions decayed with the window as time constant — a leaky bucket, whose
+    steady state under a constant rate of r impressions per window is r) keeps within its
+    budget per window, rising smoothly (bounded by ``strength``) as it runs ahead; pure."""
+    over = np.log((np.maximum(paced, 0.0) + 1.0) / (np.maximum(budget, 0.0) + 1.0))
     return strength * np.tanh(np.maximum(0.0, over))
 
 
@@ -140,9 +153,9 @@ def step_pacing(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankS
         return s
     f = inp.features
     n = len(inp.batch)
-    pace = f.column("exposure_pace", n) if f.exposure_pace is not None else np.ones(n)
-    pen = pacing_penalty(f.exposure, pace, budget, cfg.pacing_strength, cfg.pacing_floor)
-    pen = np.where(member, pen, 0.0)
+    paced = f.column("paced_exposure", n) if f.paced_exposure is not None else f.exposure
+    budgets = member_budgets(budget, f.inbound, inp.ctx.pacing_mean_inbound)
+    pen = np.where(member, pacing_penalty(paced, budgets, cfg.pacing_strength), 0.0)
     if not pen.any():
         return s
     scores = s.scores - pen

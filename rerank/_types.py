@@ -154,8 +154,9 @@ class Features:
     The two-sided fields (None: not looked up, read as zeros) describe each candidate's member
     (the owner of a profile) as a *viewer* — what the reciprocal estimate needs — and the
     live signals: ``taste`` (their user-state content vector), ``likes_sent``/``passes_sent``
-    (their like rate), ``liked_viewer``, ``mutual``, ``trending``, and ``exposure_pace`` (the
-    elapsed fraction of each candidate's exposure window: pacing compares spend with it).
+    (their like rate), ``liked_viewer``, ``mutual``, ``trending``, and ``paced_exposure`` (each
+    candidate's impressions decayed with the exposure window as time constant: what pacing
+    compares with its budget).
     """
 
     content: np.ndarray  # (n, d) L2-normalised content vectors
@@ -169,7 +170,7 @@ class Features:
     liked_viewer: np.ndarray | None = None  # (n,) 1 = the candidate already liked the viewer
     mutual: np.ndarray | None = None  # (n,) co-engagement weight from the viewer's matches
     trending: np.ndarray | None = None  # (n,) live decayed likes/matches
-    exposure_pace: np.ndarray | None = None  # (n,) elapsed share of the exposure window
+    paced_exposure: np.ndarray | None = None  # (n,) impressions, leaky bucket (per window)
 
     @classmethod
     def empty(cls, n: int, dim: int = 384, bdim: int = 32) -> Features:
@@ -196,6 +197,9 @@ class RerankContext:
     #: impressions per member per exposure window before pacing demotes (controller output);
     #: None = pacing off
     pacing_budget: float | None = None
+    #: mean inbound attention per member (the controller's measurement): a member receiving
+    #: more gets a proportionally smaller share of ``pacing_budget``
+    pacing_mean_inbound: float | None = None
 
 
 class Scorer(Protocol):

@@ -121,13 +121,13 @@ class LiveTrending:
 
 @dataclass
 class PacingBudget:
-    """The member exposure budget the pacing step applies (None: pacing off)."""
+    """The pacing controller's state the pacing step applies (None: pacing off)."""
 
     controller: PacingController
     name: str = "pacing"
 
     async def hydrate(self, plan: CandidatePlan) -> None:
-        plan.pacing_budget = self.controller.budget()
+        plan.pacing = self.controller.budget()
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

@@ -218,8 +218,13 @@ class Discovery:
         assert feats is not None  # Parts requires a feature hydrator
         plan.timings_ms["features_ms"] = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
+        pacing = plan.pacing
         ctx = FeatureStore.context(
-            plan.state, k=k, viewer_profile=plan.viewer_profile, pacing_budget=plan.pacing_budget
+            plan.state,
+            k=k,
+            viewer_profile=plan.viewer_profile,
+            pacing_budget=pacing.impressions if pacing is not None else None,
+            pacing_mean_inbound=pacing.mean_inbound if pacing is not None else None,
         )
         result = self.reranker.run(batch, feats, ctx, timed=explain)
         plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3

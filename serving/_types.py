@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from opendisco.queries import CandidateRequest, CandidateSet
-from opendisco.signals import Inbox, UserState
+from opendisco.signals import Inbox, PacingState, UserState
 
 __all__ = [
     "CANDIDATE_FACTOR",
@@ -52,7 +52,7 @@ class CandidatePlan:
     inbox: Inbox | None = None  # who liked the member, whom they matched with
     mutual_weights: dict[str, float] | None = None  # co-engagement from the matched profiles
     viewer_profile: np.ndarray | None = None  # the member's own profile vector
-    pacing_budget: float | None = None  # impressions per member per window (None: off)
+    pacing: PacingState | None = None  # the pacing controller's state (None: pacing off)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 

@@ -23,8 +23,10 @@ Why a separate index (the trade-off):
 Windows are tumbling per item: the first impression after ``exposure_window_hours`` resets the
 counter; capped ids carry their window's end in the list document and fall out of it on the
 next :meth:`ExposureStore.record` or :meth:`ExposureStore.sweep` after that moment. A reading
-(:meth:`ExposureStore.read`) also says how far into its window each item is (``pace``: what
-exposure pacing compares the spend with).
+(:meth:`ExposureStore.read`) also gives each item's *paced* exposure: its impressions decayed
+exponentially with the window as time constant (a leaky bucket, kept in the same scripted
+update) — what exposure pacing compares with a member's budget per window; it paces
+continuously (no reset at a window's end) and budgets below one impression per window work.
 
 **Live trending.** The same counter documents carry an exponentially decayed count of the
 likes and matches each item received (``trend`` at reference time ``trend_at``; half-life
@@ -39,6 +41,7 @@ candidate source and the ``trending`` feature read.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,6 +68,10 @@ __all__ = ["CAPPED_DOC_ID", "Exposure", "ExposureStore", "capped_lookup", "expos
 CAPPED_DOC_ID = "_capped"
 CAPPED_PATH = "capped.ids"
 
+_PACED_PROPERTIES: dict[str, Any] = {
+    "paced": {"type": "double"},
+    "paced_at": {"type": "date", "format": "epoch_millis"},
+}
 _MAPPING: dict[str, Any] = {
     "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
     "mappings": {
@@ -74,6 +81,8 @@ _MAPPING: dict[str, Any] = {
             "count": {"type": "long"},
             "cap": {"type": "integer"},
             "window_start": {"type": "date", "format": "epoch_millis"},
+            "paced": {"type": "double"},
+            "paced_at": {"type": "date", "format": "epoch_millis"},
             "capped": {"type": "object", "enabled": False},  # {ids: [...], until: {id: ms}}
             **TREND_PROPERTIES,
         },
@@ -88,6 +97,15 @@ if (ctx._source.window_start == null || params.now - ctx._source.window_start >=
 }
 ctx._source.count += params.n;
 ctx._source.cap = params.cap;
+if (ctx._source.paced == null || ctx._source.paced_at == null) {
+  ctx._source.paced = 0.0; ctx._source.paced_at = params.now;
+}
+double dt = params.now - ctx._source.paced_at;
+if (dt > 0) {
+  ctx._source.paced = ctx._source.paced * Math.exp(-dt / params.window);
+  ctx._source.paced_at = params.now;
+}
+ctx._source.paced += params.n;
 """
 
 # the list document: add newly capped ids with their window end, drop expired ones
@@ -105,7 +123,7 @@ class Exposure:
     """One item's counters as read at some time."""
 
     count: int = 0  # impressions in the current window
-    pace: float = 1.0  # elapsed share of that window (1 when none is open)
+    paced: float = 0.0  # impressions decayed with the window as time constant (leaky bucket)
     trend: float = 0.0  # live decayed likes/matches
 
 
@@ -142,9 +160,10 @@ class ExposureStore:
             except RequestError as exc:
                 if "resource_already_exists" not in str(exc):
                     raise
-            # indices created before live trending: add its fields (a no-op when present)
+            # indices created before live trending and pacing: add their fields (a no-op when
+            # present)
             await self.client.indices.put_mapping(
-                index=self.index, body={"properties": TREND_PROPERTIES}
+                index=self.index, body={"properties": {**TREND_PROPERTIES, **_PACED_PROPERTIES}}
             )
         # a concurrent creator may have returned before the primary started: a terms lookup
         # against a RECOVERING shard fails every candidate source, so wait for it
@@ -302,10 +321,12 @@ class ExposureStore:
                     src["trend"], int(src["trend_at"]), now_ms, self.half_life_ms,
                     self.trend_window_ms,
                 )  # fmt: skip
+            paced = 0.0
+            if src.get("paced") is not None and src.get("paced_at") is not None:
+                dt = max(now_ms - int(src["paced_at"]), 0)
+                paced = float(src["paced"]) * math.exp(-dt / self.window_ms)
             out[doc["_id"]] = Exposure(
-                count=int(src.get("count", 0)) if live else 0,
-                pace=age / self.window_ms if live else 1.0,
-                trend=trend,
+                count=int(src.get("count", 0)) if live else 0, paced=paced, trend=trend
             )
         return out
 

@@ -1,9 +1,11 @@
 """Exposure pacing: a feedback controller steering members' exposure budgets toward a target
 distribution of inbound attention.
 
-What is controlled: every member's exposure budget for an exposure window, in multiples of
-the mean impressions per member (:attr:`PacingState.budget`); the reranker's ``pacing`` step
-demotes a member smoothly once it runs ahead of the elapsed share of that budget
+What is controlled: the exposure budget for an exposure window, in multiples of the mean
+impressions per member (:attr:`PacingState.budget`); each member's own budget is that,
+scaled down in proportion for members who already receive more than the mean inbound
+attention (:attr:`PacingState.mean_inbound`), and the reranker's ``pacing`` step demotes a
+member smoothly once it runs ahead of the elapsed share of its budget
 (``opendisco.rerank._market``). What is measured: the inbound attention (likes, matches,
 messages received in ``inbound_days``) of every member — its top-1% share and Gini
 (:func:`attention_stats`). The controller (:func:`pacing_step`) is integral in log space::
@@ -86,6 +88,7 @@ class PacingState:
 
     budget: float
     mean_exposure: float = 0.0  # impressions per member in the current window
+    mean_inbound: float = 0.0  # inbound attention per member in the measurement window
     top1_share: float = 0.0
     gini: float = 0.0
     members: int = 0
@@ -151,6 +154,7 @@ def pacing_step(
         state,
         budget=budget,
         mean_exposure=float(mean_exposure),
+        mean_inbound=float(np.mean(counts)) if len(counts) else 0.0,
         top1_share=share,
         gini=gini,
         members=len(counts),
@@ -184,9 +188,9 @@ class PacingController:
         self._read_at = -math.inf
         self._refresh: asyncio.Future[PacingState] | None = None
 
-    def budget(self) -> float | None:
-        """The budget in impressions per member per window, from memory; starts a background
-        refresh when the state is older than the control period (never waits for it)."""
+    def budget(self) -> PacingState | None:
+        """The controller's state once it has measured (None: pacing off), from memory;
+        starts a background refresh when it is older than the control period (never waits)."""
         if not self.settings.pacing:
             return None
         loop = asyncio.get_running_loop()
@@ -195,7 +199,7 @@ class PacingController:
             self._read_at = loop.time()
             self._refresh = asyncio.ensure_future(self.refresh())
             self._refresh.add_done_callback(_log_failure)
-        return self.state.impressions
+        return self.state if self.state.impressions is not None else None
 
     async def read(self) -> PacingState:
         with backend_errors("pacing state read failed"):
