@@ -34,7 +34,8 @@ _DEFAULT_WEIGHTS = {
     "popularity": 0.05,
     "freshness": 0.1,
     "n_sources": 0.05,
-    "trending": 0.3,
+    # the two-sided features (reciprocal, liked_viewer, mutual) and trending weigh 0 here: the
+    # reciprocal step combines both directions; the columns feed the learned scorer and tuning
 }
 
 

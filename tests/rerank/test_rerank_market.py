@@ -16,6 +16,7 @@ from opendisco.rerank import (
     RerankConfig,
     RerankContext,
     Reranker,
+    member_budgets,
     pacing_penalty,
     reciprocal_estimate,
 )
@@ -126,7 +127,7 @@ def test_market_steps_are_neutral_for_a_one_sided_catalogue() -> None:
     n = 6
     batch = _members(n, member=False)
     assert batch.member is None
-    feats = _features(n, exposure=np.full(n, 1e6), exposure_pace=np.zeros(n))
+    feats = _features(n, exposure=np.full(n, 1e6), paced_exposure=np.full(n, 1e6))
     ctx = RerankContext(pacing_budget=1.0)
     res = Reranker(RerankConfig()).run(batch, feats, ctx, timed=True)
     for step in ("reciprocal", "pacing"):
@@ -139,29 +140,38 @@ def test_market_steps_are_neutral_for_a_one_sided_catalogue() -> None:
     assert Reranker(plain).run(batch, feats, ctx).ids == res.ids
 
 
-def test_pacing_penalty_is_smooth_paced_and_bounded() -> None:
-    spent = np.array([0.0, 20.0, 30.0, 40.0, 400.0, 40.0])
-    pace = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 1.0])
-    pen = pacing_penalty(spent, pace, budget=40.0, strength=0.5, floor=0.1)
-    assert pen[0] == pen[1] == 0.0  # within the paced share (half the window: 20 of 40)
+def test_pacing_penalty_is_smooth_and_bounded() -> None:
+    paced = np.array([0.0, 20.0, 30.0, 40.0, 400.0])
+    pen = pacing_penalty(paced, 20.0, strength=0.5)
+    assert pen[0] == pen[1] == 0.0  # within the budget per window
     assert 0 < pen[2] < pen[3] < pen[4] <= 0.5  # rising smoothly, bounded by strength
-    assert pen[5] == 0.0  # at the end of the window the whole budget is available
-    early = pacing_penalty(np.array([5.0]), np.array([0.0]), 40.0, 0.5, floor=0.1)
-    assert early[0] > 0  # the floor: 4 impressions allowed at the window start, not 0
+    # per-member budgets: a member with k times the mean inbound attention gets 1/k of it
+    budgets = member_budgets(20.0, np.array([0.0, 5.0, 10.0, 40.0]), mean_inbound=10.0)
+    assert budgets.tolist() == [20.0, 20.0, 20.0, 5.0]
+    assert member_budgets(20.0, np.array([40.0]), None).tolist() == [20.0]
+    # a budget below one impression per window still binds (the leaky bucket is fractional)
+    assert pacing_penalty(np.array([1.0]), 0.2, 1.0)[0] > 0.4
 
 
 def test_pacing_step_demotes_members_ahead_of_their_budget() -> None:
     n = 3
     batch = _members(n, fused=[1.0, 0.9, 0.8])
+    # p0 was shown far more than its budget, p1 as much as p2 but it already receives four
+    # times the mean inbound attention: its own budget is a quarter
     feats = _features(
-        n, exposure=np.array([500.0, 5.0, 5.0]), exposure_pace=np.array([0.5, 0.5, 0.5])
+        n,
+        paced_exposure=np.array([500.0, 8.0, 8.0]),
+        inbound=np.array([1.0, 40.0, 1.0]),
     )
     cfg = RerankConfig(steps=("score", "pacing"), weights={"fused": 1.0}, pacing_strength=0.5)
     off = Reranker(cfg).run(batch, feats, RerankContext(pacing_budget=None))
     assert off.ids == ["p0", "p1", "p2"]
-    on = Reranker(cfg).run(batch, feats, RerankContext(pacing_budget=40.0))
-    assert on.ids == ["p1", "p2", "p0"]
-    assert on.trace.changes("pacing")["p0"]["delta"] < -0.4
+    ctx = RerankContext(pacing_budget=10.0, pacing_mean_inbound=10.0)
+    on = Reranker(cfg).run(batch, feats, ctx)
+    assert on.ids == ["p2", "p1", "p0"]
+    change = on.trace.changes("pacing")
+    assert change["p0"]["delta"] < -0.45 and change["p2"]["delta"] == 0.0
+    assert -0.45 < change["p1"]["delta"] < 0
 
 
 def test_attention_stats() -> None:
