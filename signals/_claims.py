@@ -193,6 +193,20 @@ class EventClaims:
                     {"_id": {"$in": held}, "owner": token}, {"$set": {"expires": expires}}
                 )
 
+    async def release(self, ids: Sequence[str], token: str) -> None:
+        """Give this holder's claims up (a failed apply): they expire now, best effort."""
+        gone = datetime.fromtimestamp(0, UTC)
+        with contextlib.suppress(PyMongoError):
+            await self.events.update_many(
+                {"_id": {"$in": list(ids)}, "claim_owner": token},
+                {"$set": {"claim_expires": gone}},
+            )
+            held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
+            if held:
+                await self.arbiters.update_many(
+                    {"_id": {"$in": held}, "owner": token}, {"$set": {"expires": gone}}
+                )
+
     @contextlib.asynccontextmanager
     async def renewing(self, ids: Sequence[str], token: str) -> AsyncIterator[None]:
         """Renew the claims on ``ids`` every ``lease_s / 3`` while the block runs."""

@@ -309,8 +309,14 @@ class EventProcessor:
                 mine += [by_id[i] for i in sorted(won)]
             if mine:
                 ids = [ev.id for ev in mine]
-                async with self.claims.renewing(ids, token):
-                    await self._effects(mine, items, now, out)  # 4.
+                try:
+                    async with self.claims.renewing(ids, token):
+                        await self._effects(mine, items, now, out)  # 4.
+                except BaseException:
+                    # a failed call gives its claims up at once: a retry takes them over now
+                    # instead of waiting for them to expire (what is done is done again)
+                    await asyncio.shield(self.claims.release(ids, token))
+                    raise
                 await self.claims.mark(ids)  # 5.
                 mine = []
             if not waiting or time.monotonic() >= deadline:

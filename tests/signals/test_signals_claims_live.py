@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from opendisco import Settings, clients
+from opendisco import SearchBackendError, Settings, clients
 from opendisco.signals import (
     EVENTS,
     EventProcessor,
@@ -320,3 +320,30 @@ async def test_recovery_sweep_applies_events_nobody_retried(
     assert res.recovered == 30 and not res.rejected
     await _assert_exact(claims_db, batch, before, await counters.read())
     assert (await proc.recover_expired()).recovered == 0
+
+
+class _BrokenExposure(ExposureStore):
+    """The real exposure store whose counter writes fail (an engine outage mid-apply)."""
+
+    async def record(self, counts: Any, now: datetime | None = None) -> list[str]:
+        raise SearchBackendError("exposure counters unavailable")
+
+
+async def test_a_failed_apply_gives_its_claims_up_at_once(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    s = _waits(claims_settings, wait=0.5, lease=300.0)  # a lease no retry would outwait
+    broken = EventProcessor(s, claims_db, claims_os, exposure=_BrokenExposure(claims_os, s))
+    batch = _batch(29)
+    before = await _Counters(broken, claims_db).read()
+    with pytest.raises(SearchBackendError):
+        await broken.apply(batch)
+    proc = EventProcessor(s, claims_db, claims_os)
+    res = await proc.apply(batch)
+    # taken over at once (not in flight for the 300 s lease); applied: the effects the failed
+    # call had written before failing are at-least-once, the exposure counts exactly once
+    assert (res.accepted, res.recovered, res.in_flight) == (0, 30, 0)
+    got = _Counters.delta(before, await _Counters(proc, claims_db).read())
+    assert got["exposure"] == _expected(batch)["exposure"]
+    stored = await claims_db[EVENTS].find({"_id": {"$in": [e["id"] for e in batch]}}).to_list(None)
+    assert all(d["applied"] for d in stored)
