@@ -347,27 +347,54 @@ def _fmt(c: dict[str, Any], key: str) -> str:
     return f"{v['mean']:.3f} ± {v['se']:.3f}"
 
 
+TARGETS = (
+    # (meets() key, the issue's wording, the compared figure, its prefix)
+    ("mutual_likes_x1.3", "mutual likes / 1,000 impr. ≥ 1.3×", "mutual_likes_per_1000_ratio", "×"),
+    ("gini_not_higher", "inbound Gini not higher", "inbound_gini_diff", ""),
+    ("top1_at_most_half", "top-1% inbound share ≤ 0.5×", "inbound_top1_share_ratio", "×"),
+    ("match_share_up_20pct", "members matched / week ≥ 1.2×", "match_share_per_week_ratio", "×"),
+)  # fmt: skip
+
+
+def _budget_floor_note(r: dict[str, Any]) -> str:
+    """How often the controller ended the test runs at its floor (pacing as strong as allowed)."""
+    parts = []
+    for name, block in r["populations"].items():
+        last = [run["two-sided"].get("pacing_budget_last") for run in block["runs"]]
+        floor = sum(1 for b in last if b is not None and b <= 0.5 + 1e-9)
+        parts.append(f"{floor} of {len(last)} test runs on {name}")
+    return ", ".join(parts)
+
+
 def readme_section(r: dict[str, Any]) -> str:
     """The ``marketplace`` section of bench/README.md from a result."""
     lines = [
         "<!-- marketplace -->",
         "## marketplace",
         "",
-        "`python bench/marketplace.py --write`: issue 17's marketplace health in the simulator",
+        "`python bench/marketplace.py --write` (`--readme-only` rewrites this section from",
+        "`bench/results/marketplace.json`): issue 17's marketplace health in the simulator",
         "(`opendisco.experiments.sim`, regime `{}`), every session served through the real".format(
             r["regime"]
         ),
-        "reranker with the pipeline's features, the two-sided ranker (reciprocal + pacing steps,",
-        "candidates flagged as members) against the one-sided linear ranker (today's defaults).",
-        "7-day pre-period under the one-sided ranker, then 14 days per arm with common random",
-        "numbers; mean ± standard error of the per-seed (paired) ratio or difference.",
-        f"Picked on validation seeds {r['validation_seeds']}: controller ceiling on the top-1%",
-        f"inbound share {r['ceiling_top1_share']} (half the one-sided",
-        f"{r['validation_one_sided_top1_share']}), {r['picked']}. Load before/after: "
-        f"{r['load']['before']} / {r['load']['after']}; {r['seconds']:.0f} s.",
+        "reranker with the pipeline's features: the two-sided ranker (reciprocal + pacing steps,",
+        "candidates flagged as members) against the **one-sided linear ranker** (today's default",
+        "steps and weights, members not flagged). 7-day pre-period under the one-sided ranker,",
+        "then 14 days per arm from that state with common random numbers. Each cell: one-sided",
+        "→ two-sided (mean over the test seeds), then the **paired** per-seed ratio (×) or",
+        "difference ± its standard error over the test seeds.",
         "",
-        "| population | test seeds | mutual likes / 1,000 impr. (ratio) | members matched / week"
-        " (ratio) | inbound Gini (two-sided − one-sided) | top-1% inbound share (ratio) |",
+        f"Parameters were picked on **validation seeds {r['validation_seeds']}** only (test seeds",
+        "below are distinct): the controller's ceiling on the top-1% inbound share",
+        f"{r['ceiling_top1_share']} (half the one-sided {r['validation_one_sided_top1_share']} "
+        "measured on validation), and",
+        f"{r['picked']} from a {len(r['tuning'])}-point grid (largest mutual-likes ratio with a",
+        f"Gini no higher). Load before/after: {r['load']['before']} / {r['load']['after']};",
+        f"{r['seconds']:.0f} s.",
+        "",
+        "| population (markets × members) | test seeds | mutual likes / 1,000 impr. | share of"
+        " members with ≥ 1 match / week | inbound Gini (diff.) | top-1% share of inbound"
+        " attention |",
         "|---|---|---|---|---|---|",
     ]
     for name, block in r["populations"].items():
@@ -384,12 +411,32 @@ def readme_section(r: dict[str, Any]) -> str:
             f"| {pair('inbound_gini')} ({_fmt(c, 'inbound_gini_diff')}) "
             f"| {pair('inbound_top1_share')} (×{_fmt(c, 'inbound_top1_share_ratio')}) |"
         )
+    lines += ["", "Issue 17's targets on the test seeds:", ""]
+    for name, block in r["populations"].items():
+        c, ok = block["compare"], meets(block["compare"])
+        cells = [
+            f"{label}: {prefix}{_fmt(c, key)} {'met' if ok[k] else '**missed**'}"
+            for k, label, key, prefix in TARGETS
+        ]
+        lines.append(f"* {name}: " + "; ".join(cells) + ".")
     lines += [
         "",
-        "Targets (first population): "
-        + ", ".join(f"{k}: {'met' if v else '**missed**'}" for k, v in r["meets"].items())
-        + ".",
-        "Full figures in `bench/results/marketplace.json`.",
+        "Why the targets fall short: the pacing controller ended at its budget floor",
+        f"(`budget_min` 0.5, the strongest pacing allowed) in {_budget_floor_note(r)}: on the",
+        "small markets the ceiling it steers toward is out of reach of pacing, which reorders each",
+        "viewer's",
+        "eligible pool but does not remove anyone from it, and in markets of 150 (eligible pools",
+        "of ~34 members, 2 slots per session) roughly two thirds of a viewer's pool is shown",
+        "within the 3 weeks (~15 impressions per member in the 14 test days alone), so demoting",
+        "popular members mostly delays their impressions. Consistent with that, the same",
+        "parameters on markets of 500 (pools of ~115) reach the mutual-likes target. The",
+        "match-share and top-1% targets are missed on both populations. The issue's",
+        "ml-latest-small NDCG condition is not measured here: for a one-sided catalogue the",
+        "reciprocal and pacing steps are inert (no member flags) and the trending and two-sided",
+        "features weigh 0 in the default linear model, so its ranking is unchanged by",
+        "construction (`tests/rerank/test_rerank_market.py`).",
+        "",
+        "Full figures (per seed, the validation grid) in `bench/results/marketplace.json`.",
         "<!-- /marketplace -->",
     ]
     return "\n".join(lines) + "\n"
@@ -423,7 +470,15 @@ def main() -> None:
     ap.add_argument("--regime", default="balanced", choices=sorted(sim.REGIMES))
     ap.add_argument("--no-tune", action="store_true")
     ap.add_argument("--write", action="store_true", help="write results and bench/README.md")
+    ap.add_argument(
+        "--readme-only",
+        action="store_true",
+        help="rewrite bench/README.md's section from bench/results/marketplace.json (no run)",
+    )
     args = ap.parse_args()
+    if args.readme_only:
+        write_readme(readme_section(json.loads(RESULTS.read_text())))
+        return
     quick = args.quick
     test = [int(s) for s in args.seeds.split(",")][: 2 if quick else None]
     val = [int(s) for s in args.validation.split(",")][: 2 if quick else None]
