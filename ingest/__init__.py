@@ -3,7 +3,7 @@
 Items only: what members do (events, user state, graphs, counters) is ``opendisco.signals``.
 """
 
-from ._apply import ApplyStats, Prepared, prepare
+from ._apply import Applied, Counters, Prepared, prepare
 from ._bulk import Action, BulkResult, BulkWriter, backoff_delay, chunk_actions, classify
 from ._document import build_index_doc, content_hash, embedding_text, text_key, to_index_doc
 from ._embed import CACHE_COLLECTION, Embedder, EmbeddingCache, MemoryCache, MongoCache
@@ -45,12 +45,13 @@ __all__ = [
     "PREFETCH_RATIO",
     "SYNC_STATE",
     "Action",
-    "ApplyStats",
+    "Applied",
     "BulkResult",
     "BulkWriter",
     "ChangeBatch",
     "ChangeFeed",
     "ChangeStreamFeed",
+    "Counters",
     "Embedder",
     "EmbeddingCache",
     "HardDelete",

@@ -10,8 +10,10 @@
    bulk with external versions, encoding the next batch while the previous bulk is in flight;
 4. refresh and verify the count equals the acknowledged documents (else drop the new index
    and raise; the alias keeps serving the old one);
-5. catch up on writes made during the build (``updated_at`` window), swap the alias in one
-   ``_aliases`` call, catch up once more, and keep ``keep_versions`` old indices.
+5. one catch-up of the writes made during the build (``updated_at`` window; documents the
+   build already applied at their version are skipped), swap the alias in one ``_aliases``
+   call, move the polling checkpoint back to the catch-up's start (a running sync replays
+   what it may have applied to the old index meanwhile), keep ``keep_versions`` old indices.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from opendisco import index_templates
 from opendisco._exceptions import IndexStateError
 from opendisco._settings import Settings
 
-from ._apply import ApplyStats, Prepared, prepare, write
+from ._apply import Applied, Counters, Prepared, prepare, write
 from ._bulk import BulkWriter
 from ._embed import Embedder
 from ._feed import seed_resume_token
@@ -54,17 +56,14 @@ PREFETCH_RATIO = 4  # scan at most this many cache entries per document to index
 Progress = Callable[[int, int], None]
 
 
-@dataclass
-class ReindexReport:
+@dataclass(kw_only=True)
+class ReindexReport(Counters):
+    """The counters of a rebuild (build and catch-up together) and what it did to the alias."""
+
     alias: str
     index: str
     total: int = 0
-    indexed: int = 0
-    dead_lettered: int = 0
-    encoded: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    caught_up: int = 0
+    caught_up: int = 0  # changes the catch-up applied (written during the build)
     previous: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     took_s: float = 0.0
@@ -171,15 +170,20 @@ async def catch_up(
     writer: BulkWriter,
     embedder: Embedder,
     since: datetime,
-) -> ApplyStats:
-    """Re-apply every item written since ``since`` (tombstones become deletes)."""
+    applied: Applied,
+) -> Counters:
+    """Apply every item written since ``since`` that the build did not already apply at its
+    version (tombstones become deletes, invalid versions are removed and dead-lettered)."""
     coll = items_collection(db, settings)
-    stats = ApplyStats()
+    stats = Counters()
     async for page in pages(coll, {"updated_at": {"$gte": since}}, settings.bulk_batch_size):
+        docs = applied.fresh(page)
+        if not docs:
+            continue
         prepared = await asyncio.to_thread(
-            prepare, page, embedder, settings, source="reindex", delete_invalid=True
+            prepare, docs, embedder, settings, source="reindex", delete_invalid=True
         )
-        stats.add(await write(prepared, writer, db, source="reindex", seen=len(page)))
+        stats.add(await write(prepared, writer, db, source="reindex", seen=len(docs)))
     return stats
 
 
@@ -223,15 +227,16 @@ async def reindex(
             cap = min(settings.embed_cache_prefetch_max, PREFETCH_RATIO * report.total)
             report.prefetched = await asyncio.to_thread(embedder.prefetch, cap)
             report.prefetch_s = time.perf_counter() - t_pre
-        stats = ApplyStats()
+        build = Counters()
+        applied = Applied(max_items=10**9)  # documents written during the build, as read
         done = 0
-        pending: asyncio.Task[ApplyStats] | None = None
+        pending: asyncio.Task[Counters] | None = None
 
         async def drain() -> None:
             nonlocal pending, done
             if pending is not None:
                 result = await pending
-                stats.add(result)
+                build.add(result)
                 done += result.seen
                 pending = None
                 if progress:
@@ -239,6 +244,7 @@ async def reindex(
 
         async def launch(docs: list[dict[str, Any]]) -> None:
             nonlocal pending
+            applied.remember(d for d in docs if _written_since(d, since))
             prepared: Prepared = await asyncio.to_thread(
                 prepare, docs, embedder, settings, source="reindex", delete_invalid=False
             )
@@ -263,37 +269,43 @@ async def reindex(
         )
         await client.indices.refresh(index=index)
         count = (await client.count(index=index))["count"]
-        if count != len(stats.indexed_ids):
+        if count != build.indexed:
             await client.indices.delete(index=index, ignore_unavailable=True)
             raise IndexStateError(
-                f"{index}: {count} documents after build, {len(stats.indexed_ids)} acknowledged;"
+                f"{index}: {count} documents after build, {build.indexed} acknowledged;"
                 " alias left unchanged"
             )
-        caught = await catch_up(settings, db, writer, embedder, since)
+        # one catch-up of what was written during the build, then the swap; what is written
+        # from the catch-up's start on is replayed by sync from the seeded checkpoint
+        caught_from = now_ms() - timedelta(seconds=settings.sync_overlap_seconds)
+        caught = await catch_up(settings, db, writer, embedder, since, applied)
         await client.indices.put_mapping(
             index=index,
             body={"_meta": {"opendisco": {"state": "complete", "count": count}}},
         )
         report.previous = await swap_alias(client, alias, index)
-        caught.add(await catch_up(settings, db, writer, embedder, since))
+        await _seed_polling_checkpoint(settings, db, caught_from)
         await client.indices.refresh(index=index)
         report.removed += await _retain(client, alias, index, settings.keep_versions)
-        await _seed_polling_checkpoint(settings, db, since)
-        stats.add(caught)
-        report.indexed = len(stats.indexed_ids)
+        report.add(build)
+        report.add(caught)
         report.caught_up = caught.seen
-        report.dead_lettered = len(stats.dead_ids)  # distinct documents
-        report.encoded = stats.encoded
-        report.cache_hits = stats.cache_hits
-        report.retries = stats.retries
         report.took_s = time.perf_counter() - t0
         report.encode_s = embedder.encode_seconds - enc0
         return report
 
 
+def _written_since(doc: dict[str, Any], since: datetime) -> bool:
+    updated = doc.get("updated_at")
+    return isinstance(updated, datetime) and updated >= since
+
+
 async def _seed_polling_checkpoint(settings: Settings, db: Any, since: datetime) -> None:
-    """A fresh sync after a rebuild starts at the build, not at the beginning of time."""
+    """Move the polling checkpoint back to ``since`` (never forward): a running sync, which
+    may have applied writes made after the catch-up read to the old index, replays them into
+    the new one; a fresh sync starts at the build, not at the beginning of time."""
     key = state_key(settings, "polling")
     state = await load_state(db, key)
-    if state is None:
-        await save_state(db, key, {"mode": "polling", "ts": since, "last_id": ""})
+    current = state.get("ts") if state else None
+    if not isinstance(current, datetime) or current > since:
+        await save_state(db, key, {"mode": "polling", "ts": since})

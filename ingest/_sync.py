@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from opendisco import clients
 from opendisco._settings import Settings
 
-from ._apply import ApplyStats, prepare, write
+from ._apply import Applied, Counters, prepare, write
 from ._bulk import Action, BulkWriter
 from ._embed import Embedder
 from ._feed import ChangeBatch, ChangeFeed, HardDelete, open_feed
@@ -27,18 +26,17 @@ from ._feed import ChangeBatch, ChangeFeed, HardDelete, open_feed
 __all__ = ["SyncReport", "Syncer", "run_sync", "sync_once"]
 
 
-@dataclass
-class SyncReport:
+@dataclass(kw_only=True)
+class SyncReport(Counters):
+    """The counters of one sync pass (``seen`` = changes read) and how it went."""
+
     mode: str
     batches: int = 0
-    changes: int = 0
-    indexed: int = 0
-    deleted: int = 0
-    conflicts: int = 0
-    dead_lettered: int = 0
-    encoded: int = 0
-    cache_hits: int = 0
     took_s: float = 0.0
+
+    @property
+    def changes(self) -> int:
+        return self.seen
 
 
 class Syncer:
@@ -61,28 +59,7 @@ class Syncer:
         self.embedder = embedder or Embedder(settings)
         self.feed = feed
         self.writer = BulkWriter(self.client, settings, settings.index_alias)
-        # (id → version) acknowledged by this process: overlap re-reads skip them
-        self._applied: OrderedDict[str, int] = OrderedDict()
-        self.max_remembered = 100_000
-
-    def _fresh(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = []
-        for doc in docs:
-            key, version = doc.get("_id"), doc.get("version")
-            known = self._applied.get(key, -1) if isinstance(key, str) else -1
-            if isinstance(version, int) and known >= version:
-                continue
-            out.append(doc)
-        return out
-
-    def _remember(self, docs: list[dict[str, Any]]) -> None:
-        for doc in docs:
-            key, version = doc.get("_id"), doc.get("version")
-            if isinstance(key, str) and isinstance(version, int):
-                self._applied[key] = max(version, self._applied.get(key, -1))
-                self._applied.move_to_end(key)
-        while len(self._applied) > self.max_remembered:
-            self._applied.popitem(last=False)
+        self.applied = Applied()  # acknowledged by this process: overlap re-reads skip them
 
     async def close(self) -> None:
         if self.feed is not None:
@@ -108,17 +85,17 @@ class Syncer:
                 actions.append(Action("delete", doc["_id"], int(doc["_version"]) + 1))
         return actions
 
-    async def apply(self, batch: ChangeBatch) -> ApplyStats:
-        docs = self._fresh(batch.docs)
+    async def apply(self, batch: ChangeBatch) -> Counters:
+        docs = self.applied.fresh(batch.docs)
         if not docs and not batch.hard_deletes:
-            return ApplyStats()
+            return Counters()
         prepared = await asyncio.to_thread(
             prepare, docs, self.embedder, self.settings, source="sync", delete_invalid=True
         )
         prepared.actions += await self._hard_deletes(batch.hard_deletes)
         seen = len(docs) + len(batch.hard_deletes)
         stats = await write(prepared, self.writer, self.db, source="sync", seen=seen)
-        self._remember(docs)
+        self.applied.remember(docs)
         return stats
 
     async def once(self) -> SyncReport:
@@ -136,13 +113,7 @@ class Syncer:
             stats = await self.apply(batch)
             await self.feed.commit(batch)  # only after every item was acknowledged
             report.batches += 1
-            report.changes += stats.seen
-            report.indexed += stats.indexed
-            report.deleted += stats.deleted
-            report.conflicts += stats.conflicts
-            report.dead_lettered += stats.dead_lettered
-            report.encoded += stats.encoded
-            report.cache_hits += stats.cache_hits
+            report.add(stats)
         report.took_s = time.perf_counter() - t0
         return report
 
