@@ -95,6 +95,34 @@ class Settings(BaseSettings):
         "(writers whose updated_at lags their commit are still seen).",
     )
     sync_batch_size: int = Field(500, ge=1, description="Changes applied per sync batch.")
+    sync_partitions: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Partitions of the change feed (crc32 of the item id); each is applied by "
+        "one `opendisco sync` worker at a time, under a lease. Changing it starts the new "
+        "layout from the oldest checkpoint of the old one.",
+    )
+    sync_lease_seconds: float = Field(
+        30.0,
+        ge=1.0,
+        description="Lease on a partition: renewed every third of it; a worker that stops "
+        "renewing (killed) loses its partitions to others after this long plus one pass.",
+    )
+    sync_reconcile_interval: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds between reconciliation passes of a sync worker (its partitions: "
+        "MongoDB ids+versions against the index, repairing hard deletes and backdated "
+        "writes the watermark cannot see); 0: never. Such changes are repaired within this "
+        "interval plus one pass.",
+    )
+    sync_backoff_max: float = Field(
+        30.0,
+        gt=0,
+        description="Cap of the backoff between sync retries while a backend is failing "
+        "(sync keeps its checkpoint and never exits on a backend error).",
+    )
     bulk_max_bytes: int = Field(
         8_000_000, ge=10_000, description="Upper bound of one bulk request body (bytes)."
     )
@@ -102,23 +130,11 @@ class Settings(BaseSettings):
         6, ge=0, description="Retries of 429/5xx bulk items (capped exponential backoff)."
     )
     bulk_backoff_max: float = Field(5.0, gt=0, description="Cap of the bulk retry backoff (s).")
-    embed_cache_prefetch_max: int = Field(
-        200_000,
-        ge=0,
-        description="Reindex loads up to this many embedding-cache entries into memory with "
-        "one sequential scan before the build (0: off; per-batch `$in` lookups instead).",
-    )
-    embed_cache_prefetch_page: int = Field(
-        5_000,
-        ge=100,
-        le=8_000,
-        description="Cache entries per keyset page of that scan (one reply each, < 16 MB).",
-    )
-    reindex_read_page: int = Field(
-        5_000,
+    bulk_concurrency: int = Field(
+        2,
         ge=1,
-        description="Items per keyset read of MongoDB during reindex, split into "
-        "bulk_batch_size batches (FerretDB scans the collection once per read).",
+        description="Bulk requests reindex and sync keep in flight at once (each of "
+        "bulk_batch_size documents; the next batch is read and prepared meanwhile).",
     )
 
     # --- serving artifacts --------------------------------------------------------

@@ -162,15 +162,14 @@ def prepare(
         else:
             valid.append((item, raw))
     if valid:
-        before_enc, before_hits = embedder.encoded, embedder.hits
-        vectors = embedder.encode([embedding_text(item) for item, _ in valid])
-        out.encoded = embedder.encoded - before_enc
-        out.cache_hits = embedder.hits - before_hits
-        rounded = np.round(vectors.astype(np.float64), 6).tolist()
-        for (item, raw), vec in zip(valid, rounded, strict=True):
-            out.actions.append(
-                Action("index", item["_id"], item["version"], to_index_doc(item, vec), raw=raw)
-            )
+        vectors, out.encoded, out.cache_hits = embedder.encode_counted(
+            [embedding_text(item) for item, _ in valid]
+        )
+        vectors = np.round(vectors, 6)  # float32; written as 6-decimal text by orjson
+        for (item, raw), vec in zip(valid, vectors, strict=True):
+            doc = to_index_doc(item, vec)
+            out.actions.append(Action("index", item["_id"], item["version"], doc, raw=raw))
+    out.actions = [action.with_data() for action in out.actions]
     return out
 
 

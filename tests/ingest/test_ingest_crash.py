@@ -29,6 +29,7 @@ def _env(ingest_settings: Settings) -> dict[str, str]:
         OPENDISCO_SYNC_POLL_INTERVAL="0.1",
         OPENDISCO_SYNC_BATCH_SIZE="15",
         OPENDISCO_SYNC_OVERLAP_SECONDS="2",
+        OPENDISCO_SYNC_LEASE_SECONDS="3",  # a killed worker's partitions free up quickly
     )
     return env
 
