@@ -136,8 +136,7 @@ class Syncer:
                 index=self.settings.index_alias,
                 body={"ids": [d.id for d in deletes]},
                 _source=False,
-                params={"version": "true"},
-            )
+            )  # found documents carry their _version
         return [
             Action("delete", doc["_id"], int(doc["_version"]) + 1).with_data()
             for doc in resp.get("docs", [])
