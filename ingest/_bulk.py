@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+from opensearchpy.exceptions import ConnectionError as OSConnectionError
+from opensearchpy.exceptions import TransportError
 
 from opendisco._exceptions import IndexStateError, SearchBackendError
 from opendisco._settings import Settings
@@ -143,9 +145,6 @@ class BulkWriter:
             self.params["require_alias"] = "true"
 
     async def _send(self, body: bytes) -> dict[str, Any]:
-        from opensearchpy.exceptions import ConnectionError as OSConnectionError
-        from opensearchpy.exceptions import TransportError
-
         attempt = 0
         while True:
             try:

@@ -227,3 +227,53 @@ async def test_warm_reindex_reads_each_vector_from_the_cache(
         assert (await verify(ingest_settings, client=client)).ok
     finally:
         await client.close()
+
+
+async def test_reindex_killed_midway_is_rebuilt_without_reencoding(
+    ingest_settings: Settings, model: Any, mongo_db: Any
+) -> None:
+    """A reindex killed with -9 leaves a partial index; the next run drops it and rebuilds,
+    re-encoding only the texts the killed run had not reached (the cache kept the rest)."""
+    import signal
+    import subprocess
+    import time
+    import uuid
+
+    from ingest_support import OPENDISCO, worker_env
+
+    from opendisco.ingest import CACHE_COLLECTION, generate_marketplace, write_sample
+
+    token = uuid.uuid4().hex[:8]  # texts no other test has encoded
+    items, users = generate_marketplace(200, seed=5)
+    for it in items:
+        it["title"] = f"{it['title']} ({token})"
+    write_sample(ingest_settings, items, users)
+    cache = mongo_db[CACHE_COLLECTION]
+    before = cache.count_documents({})
+    proc = subprocess.Popen(
+        [str(OPENDISCO), "reindex", "--quiet"],
+        env=worker_env(ingest_settings, OPENDISCO_BULK_BATCH_SIZE="20"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while cache.count_documents({}) - before < 60 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the reindex ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)  # an insert the server was still applying lands before we count
+    encoded_by_killed = cache.count_documents({}) - before
+    assert 60 <= encoded_by_killed < 200
+    client = clients.async_opensearch(ingest_settings)
+    fresh = Embedder(ingest_settings, model)
+    try:
+        partial = await versioned_indices(client, ingest_settings.index_alias)
+        assert [m.get("state") for m in partial.values()] == ["building"]
+        report = await reindex(ingest_settings, client=client, embedder=fresh)
+        assert set(partial) <= set(report.removed)  # the killed build is dropped
+        assert report.encoded == 200 - encoded_by_killed and report.cache_hits == encoded_by_killed
+        assert (await verify(ingest_settings, client=client)).ok
+    finally:
+        fresh.close()
+        await client.close()
