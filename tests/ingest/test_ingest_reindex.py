@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
+import time
+import uuid
 from typing import Any
 
 import pytest
+from ingest_support import OPENDISCO, worker_env
 
 from opendisco import Settings, clients, index_templates
 from opendisco.ingest import (
+    CACHE_COLLECTION,
     Embedder,
     alias_targets,
     apply_templates,
+    generate_marketplace,
     plan_templates,
     reindex,
     verify,
     versioned_indices,
+    write_sample,
 )
 
 
@@ -234,15 +241,6 @@ async def test_reindex_killed_midway_is_rebuilt_without_reencoding(
 ) -> None:
     """A reindex killed with -9 leaves a partial index; the next run drops it and rebuilds,
     re-encoding only the texts the killed run had not reached (the cache kept the rest)."""
-    import signal
-    import subprocess
-    import time
-    import uuid
-
-    from ingest_support import OPENDISCO, worker_env
-
-    from opendisco.ingest import CACHE_COLLECTION, generate_marketplace, write_sample
-
     token = uuid.uuid4().hex[:8]  # texts no other test has encoded
     items, users = generate_marketplace(200, seed=5)
     for it in items:
