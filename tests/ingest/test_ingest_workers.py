@@ -12,9 +12,8 @@ import time
 from typing import Any
 
 from ingest_support import OPENDISCO, worker_env
-from test_ingest_crash import _writer
 
-from opendisco import Settings
+from opendisco import Settings, clients, now_ms
 from opendisco.ingest import Embedder, PartitionLeases, partition_of, reindex, sync_once, verify
 
 
@@ -49,6 +48,32 @@ async def test_leases_split_fairly_and_are_taken_over_after_expiry(
     finally:
         await a.leave()
         await b.leave()
+
+
+def _writer(settings: Settings, stop: threading.Event, seed: int, counts: dict[str, int]) -> None:
+    """Updates, tombstones, resurrections and inserts, none with a new text (so no worker
+    stalls loading the model, which takes minutes on a loaded machine)."""
+    rng = random.Random(seed)
+    with clients.mongo(settings) as mc:
+        coll = mc[settings.mongo_db][settings.items_collection]
+        template = coll.find_one({"_id": "p0"})
+        while not stop.is_set():
+            roll, doc_id = rng.random(), f"p{rng.randrange(120)}"
+            if roll < 0.1:
+                coll.insert_one(
+                    dict(template, _id=f"w{counts['writes']}", version=1, updated_at=now_ms())
+                )
+            else:
+                fields: dict[str, Any] = {"updated_at": now_ms()}
+                if roll < 0.2:
+                    fields["deleted"] = True
+                elif roll < 0.3:
+                    fields["deleted"] = False
+                else:
+                    fields["popularity"] = float(rng.randrange(1000))
+                coll.update_one({"_id": doc_id}, {"$set": fields, "$inc": {"version": 1}})
+            counts["writes"] += 1
+            time.sleep(rng.uniform(0.0, 0.02))
 
 
 _BULK = re.compile(r"bulk worker=(\S+) partitions=\[([\d, ]*)\] start=([\d.]+) end=([\d.]+)")
