@@ -3,11 +3,13 @@
 A :class:`Reranker` runs named pure steps (``score → rules → fatigue → exposure → mmr → caps →
 pins``) over numpy arrays; :class:`FeatureStore` fills the arrays with a bounded number of
 round trips; ``train_als``/``fold_in`` learn behavioural vectors; ``LearnedScorer`` swaps the
-linear model for LightGBM LambdaMART.
+linear model for LightGBM LambdaMART; ``pl_sample`` draws an explored order with known
+propensities.
 """
 
 from ._als import AlsModel, fold_in, train_als, write_behaviour
 from ._config import DEFAULT_STEPS, RerankConfig, merged_config
+from ._explore import pl_marginals, pl_sample, pl_weights
 from ._features import FeatureStore, TTLCache
 from ._learned import LABELS, LearnedScorer, lambdamart_dataset, train_lambdamart
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
@@ -56,6 +58,9 @@ __all__ = [
     "lambdamart_dataset",
     "merged_config",
     "mmr_select",
+    "pl_marginals",
+    "pl_sample",
+    "pl_weights",
     "train_als",
     "train_lambdamart",
     "write_behaviour",
