@@ -223,9 +223,9 @@ class Discovery:
         result = self.reranker.run(batch, feats, ctx, timed=explain)
         rows, scores = result.order[:k], result.scores[:k]
         exploration = None
-        if plan.user_id and not explain and not ctx.pins:
-            if plan.request.surface in EXPLORED_SURFACES:
-                exploration = self.explorer.draw(result.order, k)
+        explorable = plan.request.surface in EXPLORED_SURFACES and not ctx.pins
+        if plan.user_id and explorable and not explain:
+            exploration = self.explorer.draw(result.order, k)
         if exploration is not None:  # scores follow the rows they belong to
             pos = {int(r): p for p, r in enumerate(result.order.tolist())}
             rows = exploration.shown
