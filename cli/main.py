@@ -30,6 +30,7 @@ for _name in (
     "_ingest",
     "_recommend",
     "_events",
+    "_train",
     "_api",
     "_eval",
     "_demo",
