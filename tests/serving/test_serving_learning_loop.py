@@ -65,6 +65,16 @@ async def test_log_train_serve_loop(
     assert report["lists"] == 40 and report["features"] == list(FEATURE_NAMES)
     assert report["metrics"]["valid_ndcg@10"] >= report["metrics"]["valid_logged_ndcg@10"]
 
+    # off-policy: the explored half of the logged lists values the new model and the linear one
+    for target in (str(out / "model-v1.txt"), "linear"):
+        args = ["eval", "offpolicy", target, "--json", "--k", "5"]
+        run = await asyncio.to_thread(CliRunner().invoke, cli, args, obj=settings)
+        assert run.exit_code == 0, run.output
+        ope = json.loads(run.output)
+        assert 5 <= ope["lists"] < 40 and ope["k"] == 5
+        for e in ope["estimates"].values():
+            assert e["ci_low"] <= e["value"] <= e["ci_high"] and e["se"] >= 0
+
     served = settings.model_copy(update={"model_file": out / "model-v1.txt"})
     os_client = clients.async_opensearch(served)
     motor = clients.motor(served)
