@@ -36,12 +36,13 @@ from ._steps import (
     fatigue_penalty,
     mmr_select,
 )
-from ._types import FEATURE_NAMES, CandidateBatch, Features, RerankContext
+from ._types import FEATURE_NAMES, RANKED_SOURCES, CandidateBatch, Features, RerankContext
 
 __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
     "LTR_PARAMS",
+    "RANKED_SOURCES",
     "STEPS",
     "AlsModel",
     "CandidateBatch",

@@ -168,3 +168,37 @@ def test_a_model_trained_on_other_features_refuses_to_load(tmp_path: Path) -> No
         LearnedScorer.load(tmp_path / "other.txt")
     s = train_lambdamart(rng.random((40, F)), np.arange(40) % 2, np.array([10] * 4), rounds=3)
     assert s.best_iteration == 3
+
+
+def test_learning_to_rank_columns() -> None:
+    from opendisco.rerank import RerankContext, assemble_features
+
+    items = [{"id": "a", "popularity": 9.0}, {"id": "b", "popularity": 0.0}, {"id": "c"}]
+    batch = CandidateBatch.from_items(
+        items,
+        sources=[{"graph": 4.0, "trending": 1.0}, {"graph": 2.0}, {"semantic": 0.5}],
+        ranks=[{"graph": 1, "trending": 3}, {"graph": 2}, {"semantic": 1}],
+    )
+    feats = Features.empty(3, 4, 2)
+    beh = np.array([[3.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    feats = Features(
+        feats.content,
+        beh / np.maximum(np.linalg.norm(beh, axis=1, keepdims=True), 1e-12),
+        feats.exposure,
+        feats.inbound,
+        feats.graph,
+        behaviour_norm=np.linalg.norm(beh, axis=1),
+    )
+    ctx = RerankContext(behaviour_vector=np.array([2.0, 1.0]), history=7)
+    X = assemble_features(batch, feats, ctx, RerankConfig())
+    c = {n: X[:, j] for j, n in enumerate(FEATURE_NAMES)}
+    np.testing.assert_allclose(c["behaviour_dot"], beh @ np.array([2.0, 1.0]))  # the ALS score
+    np.testing.assert_allclose(c["rr_graph"], [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(c["rr_trending"], [1 / 3, 0.0, 0.0])
+    np.testing.assert_allclose(c["score_graph"], [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(c["score_semantic"], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(c["history"], np.log1p(7))
+    np.testing.assert_allclose(c["log_popularity"], np.log1p([9.0, 0.0, 0.0]))
+    # the linear model gives them no weight: its scores are unchanged by the new columns
+    w = RerankConfig().weight_vector()
+    assert all(w[FEATURE_NAMES.index(n)] == 0 for n in ("behaviour_dot", "rr_graph", "history"))
