@@ -7,6 +7,7 @@ Pure pieces (readers, the time split, metrics, baselines, the runner) plus the
 from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender, top_k
 from ._data import POSITIVE_THRESHOLD, Dataset, Ratings, load_dataset, read_movielens
 from ._diagnose import diagnose, stage_recall
+from ._ltr import learn_ranker, log_lists
 from ._metrics import (
     average_precision_at_k,
     catalogue_coverage,
@@ -51,8 +52,10 @@ __all__ = [
     "hit_matrix",
     "hit_rate_at_k",
     "impressions",
+    "learn_ranker",
     "like_event",
     "load_dataset",
+    "log_lists",
     "ndcg_at_k",
     "novelty",
     "read_movielens",

@@ -33,6 +33,8 @@ class ModelResult:
     metrics: dict[str, float]
     slices: dict[str, dict[str, float]]
     latency: dict[str, Any] = field(default_factory=dict)
+    #: NDCG@k of every scored user, in the order of the users scored (paired comparisons)
+    per_user_ndcg: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -228,5 +230,15 @@ def evaluate(
                 p99_ms=float(np.percentile(lat, 99)),
                 mean_ms=float(np.mean(lat)),
             )
-        results.append(ModelResult(name, len(uidx), metrics, slices, latency))
+        per_user = m.ndcg_at_k(hits, targets, k) if len(targets) else np.zeros(0)
+        results.append(
+            ModelResult(
+                name,
+                len(uidx),
+                metrics,
+                slices,
+                latency,
+                [round(float(v), 6) for v in per_user],
+            )
+        )
     return EvalReport(dataset, stage.name, k, dict(split_info or {}), results)

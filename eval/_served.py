@@ -259,7 +259,8 @@ class ServedRecommender:
         rerank: Mapping[str, Any] | None = None,
         concurrency: int = 1,
     ) -> None:
-        self.settings = settings
+        # the evaluated policy is the deterministic one: no explored answers
+        self.settings = settings.model_copy(update={"explore_rate": 0.0})
         self.surface = surface
         self.concurrency = concurrency
         self.latencies_ms: list[float] = []
@@ -296,9 +297,11 @@ class ServedRecommender:
                 self.degraded += int(recs.degraded)
                 return [r.id for r in recs.items]
 
-            return list(
+            lists = list(
                 await asyncio.gather(*(one(u, ex) for u, ex in zip(user_ids, exclude, strict=True)))
             )
+            await discovery.drain()  # the served-list log, before the clients close
+            return lists
         finally:
             motor.close()
             await os_client.close()
