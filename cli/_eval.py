@@ -2,22 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from opendisco import clients
 from opendisco._settings import Settings
+from opendisco.eval import evaluate, resolve_dataset, time_split
+from opendisco.eval._compare import (
+    baseline_objective,
+    fit_baselines,
+    namespaced,
+    sample_users,
+    served_objective,
+)
+from opendisco.eval._offpolicy import estimate, slate_logs
+from opendisco.eval._served import ServedRecommender
+from opendisco.eval._served import replay as do_replay
+from opendisco.eval._tune import (
+    SPACES,
+    current_version,
+    html_report,
+    now_iso,
+    plot_trials,
+    run_study,
+    served_defaults,
+    split_params,
+    write_version,
+)
+from opendisco.rerank import LabelPolicy, LinearScorer, load_ltr_inputs
+from opendisco.serving import Artifacts, load_model
 
 from ._base import DefaultGroup, pass_settings
+from ._train import when
 
-__all__ = ["register"]
+__all__ = ["eval_group", "tune_cmd"]
 
 
 def _progress(total: int, label: str) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=True
     )
@@ -114,12 +141,6 @@ def eval_cmd(
     marketplace (seeded likes between two-sided-eligible members, a few popular profiles
     attracting most of them): watch coverage and the Gini of impressions there.
     """
-    from rich.console import Console
-
-    from opendisco.eval import evaluate, resolve_dataset, time_split
-    from opendisco.eval._compare import fit_baselines, namespaced, sample_users
-    from opendisco.eval._served import ServedRecommender
-    from opendisco.eval._served import replay as do_replay
 
     console = Console(width=160) if not Console().is_terminal else Console()
     data = resolve_dataset(dataset_path)
@@ -222,24 +243,6 @@ def tune_cmd(
     out_dir: Path,
 ) -> None:
     """Optuna search on the validation split; best params written as a new version."""
-    from opendisco.eval import resolve_dataset, time_split
-    from opendisco.eval._compare import (
-        baseline_objective,
-        namespaced,
-        sample_users,
-        served_objective,
-    )
-    from opendisco.eval._served import replay as do_replay
-    from opendisco.eval._tune import (
-        SPACES,
-        current_version,
-        html_report,
-        now_iso,
-        plot_trials,
-        run_study,
-        served_defaults,
-        write_version,
-    )
 
     data = resolve_dataset(dataset_path)
     split = time_split(data)
@@ -278,7 +281,6 @@ def tune_cmd(
             start=start,
             callback=lambda n, v: bar.update(1),
         )
-    from opendisco.eval._tune import split_params
 
     template, rerank, other = split_params(result.best_params)
     payload = {
@@ -353,15 +355,6 @@ def offpolicy_cmd(
     doubly robust; 95% intervals). MODEL is a model-v<N>.txt or `linear` (the served linear
     scorer); the logging policy's own value is printed beside them.
     """
-    import asyncio
-
-    from opendisco import clients
-    from opendisco.eval._offpolicy import estimate, slate_logs
-    from opendisco.rerank import LabelPolicy, LinearScorer, load_ltr_inputs
-    from opendisco.serving import Artifacts, load_model
-
-    from ._train import _when
-
     if model == "linear":
         scorer = LinearScorer(Artifacts.from_settings(settings).rerank)
     else:
@@ -377,7 +370,7 @@ def offpolicy_cmd(
         mc = clients.motor(settings)
         try:
             return await load_ltr_inputs(
-                mc[settings.mongo_db], policy, since=_when(since), until=_when(until)
+                mc[settings.mongo_db], policy, since=when(since), until=when(until)
             )
         finally:
             mc.close()
@@ -403,8 +396,3 @@ def offpolicy_cmd(
             f"{name:>6}: {e['value']:.4f}  (se {e['se']:.4f}, 95% CI "
             f"{e['ci_low']:.4f} .. {e['ci_high']:.4f})"
         )
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(eval_group)
-    cli.add_command(tune_cmd)

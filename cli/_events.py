@@ -8,11 +8,13 @@ from typing import Any
 
 import click
 
+from opendisco import clients
 from opendisco._settings import Settings
+from opendisco.signals import EventProcessor
 
 from ._base import OpenDiscoGroup, pass_settings
 
-__all__ = ["register"]
+__all__ = ["events_cmd"]
 
 
 @click.group("events", cls=OpenDiscoGroup)
@@ -42,9 +44,6 @@ def post_cmd(settings: Settings, file: Any, batch: int) -> None:
 
 
 async def _post(settings: Settings, events: list[Any], batch: int) -> dict[str, Any]:
-    from opendisco import clients
-    from opendisco.signals import EventProcessor
-
     mc = clients.motor(settings)
     osc = clients.async_opensearch(settings)
     totals: dict[str, Any] = {"accepted": 0, "duplicates": 0, "recovered": 0, "rejected": []}
@@ -60,7 +59,3 @@ async def _post(settings: Settings, events: list[Any], batch: int) -> dict[str, 
         mc.close()
         await osc.close()
     return totals
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(events_cmd)

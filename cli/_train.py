@@ -11,25 +11,34 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import Progress
 
+from opendisco import clients
 from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
+from opendisco.ingest import load_movielens
+from opendisco.rerank import (
+    LabelPolicy,
+    join_outcomes,
+    load_ltr_inputs,
+    save_model,
+    train_als,
+    train_ltr,
+    write_behaviour,
+)
+from opendisco.signals import EVENTS
 
 from ._base import DefaultGroup, pass_settings
 
-__all__ = ["register"]
+__all__ = ["train_cmd", "when"]
 
 
 def _movielens_positives(path: Path, min_rating: float) -> list[tuple[str, str, float]]:
-    from opendisco.ingest import load_movielens
-
     data = load_movielens(path)
     return [(str(r[0]), str(r[1]), 1.0) for r in data.ratings if float(r[2]) >= min_rating]
 
 
 async def _event_positives(db: Any) -> list[tuple[str, str, float]]:
-    from opendisco.signals import EVENTS
-
     docs = (
         await db[EVENTS]
         .find(
@@ -44,9 +53,6 @@ async def _event_positives(db: Any) -> list[tuple[str, str, float]]:
 async def _train_als(
     settings: Settings, movielens: Path | None, min_rating: float, iterations: int, dry_run: bool
 ) -> dict[str, Any]:
-    from opendisco import clients
-    from opendisco.rerank import train_als
-
     mc = clients.motor(settings)
     db = mc[settings.mongo_db]
     try:
@@ -72,10 +78,6 @@ async def _train_als(
 
 
 async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -> int:
-    from rich.progress import Progress
-
-    from opendisco.rerank import write_behaviour
-
     ids = list(vectors)
     step = 1000
     done = 0
@@ -116,7 +118,7 @@ def als_cmd(
     click.echo(json.dumps(report, indent=2))
 
 
-def _when(value: str | None) -> datetime | None:
+def when(value: str | None) -> datetime | None:
     """An ISO time, or ``<N>d``/``<N>h`` ago."""
     if not value:
         return None
@@ -134,9 +136,6 @@ def _when(value: str | None) -> datetime | None:
 async def _train_ltr(
     settings: Settings, policy: Any, since: datetime | None, until: datetime | None, **kw: Any
 ) -> tuple[Any, dict[str, Any]]:
-    from opendisco import clients
-    from opendisco.rerank import join_outcomes, load_ltr_inputs, train_ltr
-
     mc = clients.motor(settings)
     try:
         lists, events = await load_ltr_inputs(
@@ -200,8 +199,6 @@ def ltr_cmd(
     next model-v<N>.txt and model-v<N>.json (feature schema, label policy, metrics) into
     --out; serve it with `model_file` (OPENDISCO_MODEL_FILE).
     """
-    from opendisco.rerank import LabelPolicy, save_model
-
     try:
         policy = LabelPolicy.parse(labels, window_hours=window_hours, scope=scope)
     except ValueError as exc:
@@ -210,8 +207,8 @@ def ltr_cmd(
         _train_ltr(
             settings,
             policy,
-            _when(since),
-            _when(until),
+            when(since),
+            when(until),
             valid_share=valid_share,
             k=k,
             seed=seed,
@@ -221,7 +218,3 @@ def ltr_cmd(
     model, report = save_model(result, out_dir)
     metrics = result.report["metrics"]
     click.echo(json.dumps({"model": str(model), "report": str(report), **metrics}, indent=2))
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(train_cmd)
