@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 from bson import Binary
-from pymongo.errors import CollectionInvalid
+from pymongo.errors import BulkWriteError, CollectionInvalid
 
 from opendisco._backend import backend_errors
 from opendisco._store import MAX_WRITES_PER_COMMAND, detect_capabilities
@@ -168,6 +168,7 @@ class ServedLog:
         self.written = 0
         self.dropped = 0
         self.failed = 0
+        self.duplicates = 0
 
     # -- the hot path ---------------------------------------------------------------------
     def log(self, served: ServedList) -> None:
@@ -220,8 +221,15 @@ class ServedLog:
         try:
             await self.ensure()
             with backend_errors("served_lists write failed"):
-                await self.coll.insert_many(docs, ordered=False)
-            self.written += len(docs)
+                try:
+                    await self.coll.insert_many(docs, ordered=False)
+                    self.written += len(docs)
+                except BulkWriteError as exc:  # a repeated request id: the first list stays
+                    errors = exc.details.get("writeErrors", [])
+                    if any(e.get("code") != 11000 for e in errors):
+                        raise
+                    self.written += len(docs) - len(errors)
+                    self.duplicates += len(errors)
         except Exception as exc:  # the store is down or slow: logging is best effort
             self.failed += len(docs)
             log.warning("served-list log write failed (%d lists lost): %r", len(docs), exc)

@@ -129,5 +129,10 @@ async def test_log_is_bounded_batched_and_expires(motor_db: Any) -> None:
                 break
             await asyncio.sleep(0.05)
         assert log.written == 121
+        # a repeated request id keeps the first list; the rest of the batch is written
+        log.log(_served("late", now))
+        log.log(_served("later", now))
+        await log.drain()
+        assert log.written == 122 and log.duplicates == 1 and log.failed == 0
     finally:
         await motor_db.client.drop_database(f"{motor_db.name}sl")
