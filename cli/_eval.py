@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from opendisco import clients
 from opendisco._settings import Settings
-from opendisco.eval import evaluate, resolve_dataset, time_split
+from opendisco.eval import evaluate, learn_ranker, resolve_dataset, time_split
 from opendisco.eval._compare import (
     baseline_objective,
     fit_baselines,
@@ -21,7 +19,6 @@ from opendisco.eval._compare import (
     sample_users,
     served_objective,
 )
-from opendisco.eval._offpolicy import estimate, slate_logs
 from opendisco.eval._served import ServedRecommender
 from opendisco.eval._served import replay as do_replay
 from opendisco.eval._tune import (
@@ -35,11 +32,9 @@ from opendisco.eval._tune import (
     split_params,
     write_version,
 )
-from opendisco.rerank import LabelPolicy, LinearScorer, load_ltr_inputs
-from opendisco.serving import Artifacts, load_model
 
 from ._base import DefaultGroup, pass_settings
-from ._train import when
+from ._offpolicy import offpolicy_cmd
 
 __all__ = ["eval_group", "tune_cmd"]
 
@@ -117,6 +112,13 @@ def eval_group() -> None:
     help="Directory for eval.json and eval.md.",
 )
 @click.option("--ease-items", default=3000, show_default=True, help="Items modelled by EASE.")
+@click.option(
+    "--ltr/--no-ltr",
+    default=True,
+    show_default=True,
+    help="Served: also learn a ranker from lists served on the validation stage and score "
+    "the test stage with it (`served+ltr`; skipped when the settings name a model_file).",
+)
 @pass_settings
 def eval_cmd(
     settings: Settings,
@@ -132,6 +134,7 @@ def eval_cmd(
     namespace: str | None,
     out_dir: Path,
     ease_items: int,
+    ltr: bool,
 ) -> None:
     """Time-split offline evaluation: baselines and the served pipeline, one table.
 
@@ -173,6 +176,16 @@ def eval_cmd(
             )
             info["replay"] = rep.__dict__
         models["served"] = model
+        if ltr and settings.model_file is None:
+            # the learning loop on the validation stage; the test stage scored with its model
+            path, ltr_report = learn_ranker(
+                namespaced(settings, f"{namespace}ltr"), data, split, out_dir / "models", k=k
+            )
+            info["ltr"] = {key: v for key, v in ltr_report.items() if key != "importance"}
+            info["ltr_model"] = str(path)
+            models["served+ltr"] = ServedRecommender(
+                ns_settings.model_copy(update={"model_file": path})
+            )
     progress = _progress(len(uidx) * len(models), "scoring")
     with progress:
         task = progress.add_task("scoring", total=len(uidx) * len(models))
@@ -324,75 +337,4 @@ def tune_cmd(
     click.echo(f"wrote {path}, {png}, {report}")
 
 
-@eval_group.command("offpolicy")
-@click.argument("model", metavar="MODEL")
-@click.option("--since", default=None, help="Lists served since (ISO time or N[d|h] ago).")
-@click.option("--until", default=None, help="Lists served before (ISO time or N[d|h] ago).")
-@click.option("--labels", default=None, help="Gains over the defaults, e.g. 'like=2,match=4'.")
-@click.option("--window-hours", default=168.0, show_default=True, type=click.FloatRange(0.01))
-@click.option("--k", type=click.IntRange(1, 500), help="Slots valued (default: every list's).")
-@click.option(
-    "--weights",
-    type=click.Choice(["uniform", "dcg"]),
-    default="uniform",
-    show_default=True,
-    help="Value = positive outcomes over the k slots, or their DCG.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@pass_settings
-def offpolicy_cmd(
-    settings: Settings,
-    model: str,
-    since: str | None,
-    until: str | None,
-    labels: str | None,
-    window_hours: float,
-    k: int | None,
-    weights: str,
-    as_json: bool,
-) -> None:
-    """Estimate MODEL's value from the explored lists of the served-list log (IPS, SNIPS,
-    doubly robust; 95% intervals). MODEL is a model-v<N>.txt or `linear` (the served linear
-    scorer); the logging policy's own value is printed beside them.
-    """
-    if model == "linear":
-        scorer = LinearScorer(Artifacts.from_settings(settings).rerank)
-    else:
-        if not Path(model).is_file():
-            raise click.BadParameter(f"{model!r}: not a model file (or `linear`)")
-        scorer = load_model(Path(model))[0]
-    try:
-        policy = LabelPolicy.parse(labels, window_hours=window_hours)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--labels") from exc
-
-    async def read() -> tuple[list[Any], list[Any]]:
-        mc = clients.motor(settings)
-        try:
-            return await load_ltr_inputs(
-                mc[settings.mongo_db], policy, since=when(since), until=when(until)
-            )
-        finally:
-            mc.close()
-
-    lists, events = asyncio.run(read())
-    logs = slate_logs(lists, events, policy, k=k)
-    if len(logs) == 0:
-        raise click.UsageError(
-            f"no explored list among {len(lists)} logged lists (explore_rate > 0 logs them)"
-        )
-    result = estimate(logs, scorer.score, weights=weights).as_dict()
-    result["model"] = model
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(
-        f"{result['lists']} explored lists, k={result['k']}, value = {weights} sum of positive "
-        f"outcomes; logging policy {result['logged_value']:.4f}; target slots without "
-        f"support {result['unsupported_slots']:.1%}"
-    )
-    for name, e in result["estimates"].items():
-        click.echo(
-            f"{name:>6}: {e['value']:.4f}  (se {e['se']:.4f}, 95% CI "
-            f"{e['ci_low']:.4f} .. {e['ci_high']:.4f})"
-        )
+eval_group.add_command(offpolicy_cmd)
