@@ -175,6 +175,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=200)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--namespace", default="evalope")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="independent exploration + outcome draws per logged list in each repetition (a "
+        "member asking that many times; more lists per repetition)",
+    )
     ap.add_argument("--no-replay", action="store_true")
     args = ap.parse_args()
     k, t0 = args.k, time.perf_counter()
@@ -201,12 +208,14 @@ def main() -> None:
     targets = {"linear": linear.score, "ltr": ltr.scorer.score}
     Xs, pools, ws, margs = slate_world(lists, k)
     truth = {n: true_value(lists, Xs, f, rho, pidx, k) for n, f in targets.items()}
+    # each logged list asked --repeat times (the truth is the same mean over the copies)
+    lists, Xs, pools, ws, margs = (x * args.repeat for x in (lists, Xs, pools, ws, margs))
     runs: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {
         n: {"ips": [], "snips": [], "dr": []} for n in targets
     }
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
-        logs = draw(lists, Xs, pools, ws, margs, rho, pidx, k, rng, seed == 0)
+        logs = draw(lists, Xs, pools, ws, margs, rho, pidx, k, rng, seed == 0 and args.repeat == 1)
         for n, f in targets.items():
             res = estimate(logs, f)
             for est, e in res.estimates.items():
@@ -234,6 +243,7 @@ def main() -> None:
     result = {
         "members": args.members,
         "lists": len(lists),
+        "repeat": args.repeat,
         "k": k,
         "seeds": args.seeds,
         "model": model_path.name,
@@ -254,8 +264,10 @@ def write_readme(r: dict[str, Any]) -> None:
         "<!-- offpolicy -->",
         "## offpolicy",
         "",
-        f"`python bench/offpolicy.py --members {r['members']} --seeds {r['seeds']} --k {r['k']}`:"
-        f" {r['lists']} explored lists served by the real pipeline on the synthetic marketplace"
+        f"`python bench/offpolicy.py --members {r['members']} --seeds {r['seeds']} --k {r['k']}"
+        f" --repeat {r.get('repeat', 1)}`: {r['lists'] // r.get('repeat', 1)} explored lists"
+        " served by the real pipeline on the synthetic marketplace, each drawn"
+        f" {r.get('repeat', 1)} time(s) per repetition ({r['lists']} lists)"
         " (Plackett–Luce over the reranked pool, propensities from the served-list log);"
         " outcomes from a known position-based like model, so each policy's true value (expected"
         f" likes per list over {r['k']} slots) is exact. {r['seeds']} repetitions redraw the"
