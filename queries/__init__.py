@@ -7,6 +7,7 @@ Read-only: the exposure counters the in-engine cap reads are kept by ``opendisco
 """
 
 from ._candidates import (
+    REQUEST_PARAMS,
     Candidate,
     CandidateRequest,
     CandidateSet,
@@ -19,22 +20,26 @@ from ._candidates import (
 from ._params import ParamSpec, clip_terms
 from ._template import (
     SURFACES,
+    Template,
     load,
     render,
     script_params,
     surfaces,
+    template_from_doc,
     template_version,
     to_mustache,
 )
 from ._validate import SourceCheck, example_params, script_id, store_templates, validate_templates
 
 __all__ = [
+    "REQUEST_PARAMS",
     "SURFACES",
     "Candidate",
     "CandidateRequest",
     "CandidateSet",
     "ParamSpec",
     "SourceCheck",
+    "Template",
     "clip_terms",
     "example_params",
     "explain_components",
@@ -48,6 +53,7 @@ __all__ = [
     "script_params",
     "store_templates",
     "surfaces",
+    "template_from_doc",
     "template_version",
     "to_mustache",
     "validate_templates",

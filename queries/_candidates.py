@@ -21,9 +21,10 @@ from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
 from opendisco.signals import UserState, exposure_index
 
-from ._template import load, render
+from ._template import Template, load, render
 
 __all__ = [
+    "REQUEST_PARAMS",
     "Candidate",
     "CandidateRequest",
     "CandidateSet",
@@ -54,6 +55,7 @@ class CandidateRequest:
     query_vector: list[float] | None = None  # search: the query's embedding (optional)
     explain: bool = False  # ask OpenSearch for per-hit score explanations
     exposure_caps: bool = True  # exclude items over their exposure cap
+    template: Template | None = None  # a version/draft of ``surface`` (None: the shipped file)
 
 
 @dataclass
@@ -139,9 +141,40 @@ def _fresh_since(now: datetime, days: int = 14) -> datetime:
     return now - timedelta(days=days)
 
 
+#: the template parameters every request sets from the member, the caller and the settings
+#: (plus the graph neighbours the pipeline adds): a params file or draft never overrides
+#: them — they carry the hard rules (viewer preferences, exclusions, caps) and the index
+REQUEST_PARAMS = frozenset(
+    {
+        "k",
+        "now",
+        "index",
+        "exclude_ids",
+        "exposure_index",
+        "viewer_gender",
+        "viewer_age",
+        "viewer_pref_genders",
+        "viewer_pref_age_min",
+        "viewer_pref_age_max",
+        "location",
+        "user_vector",
+        "behaviour_vector",
+        "interests",
+        "interests_text",
+        "fresh_since",
+        "query_text",
+        "query_vector",
+        "item_id",
+        "item_vector",
+        "graph_ids",
+        "graph_weights",
+    }
+)
+
+
 def request_params(req: CandidateRequest, settings: Settings) -> dict[str, Any]:
     """Template parameters for ``req`` (pure): only those the surface declares are set."""
-    specs = load(req.surface).specs
+    specs = (req.template or load(req.surface)).specs
     viewer = req.viewer or {}
     interests = [str(i) for i in req.interests]
     candidates: dict[str, Any] = {
@@ -274,7 +307,7 @@ async def generate_candidates(
         for key, field_name in (("item_vector", "embedding"), ("behaviour_vector", "behaviour")):
             if params.get(key) is None:
                 params[key] = anchor.get(field_name)
-    rendered = render(req.surface, params)
+    rendered = render(req.surface, params, req.template)
     names = list(rendered["sources"])
     if not names:
         return CandidateSet(

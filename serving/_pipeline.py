@@ -27,7 +27,7 @@ from opendisco._domain import USER_SURFACES, Surface
 from opendisco._exceptions import BackendError, InvalidInput
 from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
-from opendisco.queries import CandidateSet, template_version
+from opendisco.queries import CandidateSet, Template, template_version
 from opendisco.rerank import CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
     EventProcessor,
@@ -63,13 +63,15 @@ def default_parts(
     db: Any,
     features: FeatureStore,
     params: Mapping[str, Any],
+    templates: Mapping[str, Template] | None = None,
 ) -> Parts:
-    """The default assembly: member context and graph neighbours, the surface's template as
-    the candidate source, the feature store as the feature hydrator."""
+    """The default assembly: member context and graph neighbours, the surface's template (or
+    its served version in ``templates``) as the candidate source, the feature store as the
+    feature hydrator."""
     return Parts(
         query_hydrators=[
             MemberContext(db, UserStateStore(db)),
-            RequestBuilder(params),
+            RequestBuilder(params, dict(templates or {})),
             GraphNeighbours(ItemGraph(db)),
         ],
         sources=[TemplateSource(os_client, settings)],
@@ -101,7 +103,14 @@ class Discovery:
         self.parts = (
             parts
             if parts is not None
-            else default_parts(settings, os_client, db, self.features, self.artifacts.params)
+            else default_parts(
+                settings,
+                os_client,
+                db,
+                self.features,
+                self.artifacts.params,
+                self.artifacts.templates,
+            )
         )
         self._model = model
         self._events: EventProcessor | None = None
