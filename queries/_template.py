@@ -274,9 +274,7 @@ def _guard(body: Mapping[str, Any], hard_filter: Any) -> dict[str, Any]:
     """``body`` with its query as the scoring clause of a bool whose filter is the hard one."""
     out = dict(body)
     query = out.get("query")
-    out["query"] = {
-        "bool": {"must": [query] if query is not None else [], "filter": [hard_filter]}
-    }
+    out["query"] = {"bool": {"must": [query] if query is not None else [], "filter": [hard_filter]}}
     return out
 
 
