@@ -101,6 +101,8 @@ class Template:
     guarded: bool = False
     #: that filter (the ``filter`` fragment, ``$ref``s inlined) when ``guarded``
     hard_filter: Any = None
+    #: the surface document as written (what an editor starts a draft from)
+    raw: dict[str, Any] = field(default_factory=dict)
 
     def expand(self, node: Any) -> Any:
         """The body with every ``$ref`` inlined (directives ``$param``/``$if`` kept)."""
@@ -173,6 +175,7 @@ def _parse(
         sources=dict(sources),
         fragments=partials.get("fragments", {}),
         guarded=guarded,
+        raw=copy.deepcopy(dict(raw)),
     )
     for name, src in tpl.sources.items():
         where = f"{surface}.{name}"

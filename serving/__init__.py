@@ -5,7 +5,7 @@ the reranker → side effects (see ``_stages``); :class:`Artifacts` are the tune
 the trained model it serves, named in every response's version string.
 """
 
-from ._artifacts import Artifacts, load_model, load_params
+from ._artifacts import Artifacts, check_params, load_model, load_params, load_template
 from ._pipeline import Discovery, default_parts
 from ._stages import (
     GRAPH_NEIGHBOURS,
@@ -52,8 +52,10 @@ __all__ = [
     "StoreFeatures",
     "TemplateSource",
     "candidate_k",
+    "check_params",
     "default_parts",
     "load_model",
     "load_params",
+    "load_template",
     "params_for",
 ]
