@@ -7,7 +7,6 @@ Read-only: the exposure counters the in-engine cap reads are kept by ``opendisco
 """
 
 from ._candidates import (
-    REQUEST_PARAMS,
     Candidate,
     CandidateRequest,
     CandidateSet,
@@ -17,7 +16,7 @@ from ._candidates import (
     request_for_user,
     request_params,
 )
-from ._params import ParamSpec, clip_terms
+from ._params import REQUEST_PARAMS, ParamSpec, clip_terms
 from ._template import (
     SURFACES,
     Template,

@@ -24,7 +24,6 @@ from opendisco.signals import UserState, exposure_index
 from ._template import Template, load, render
 
 __all__ = [
-    "REQUEST_PARAMS",
     "Candidate",
     "CandidateRequest",
     "CandidateSet",
@@ -139,37 +138,6 @@ def request_for_user(
 
 def _fresh_since(now: datetime, days: int = 14) -> datetime:
     return now - timedelta(days=days)
-
-
-#: the template parameters every request sets from the member, the caller and the settings
-#: (plus the graph neighbours the pipeline adds): a params file or draft never overrides
-#: them — they carry the hard rules (viewer preferences, exclusions, caps) and the index
-REQUEST_PARAMS = frozenset(
-    {
-        "k",
-        "now",
-        "index",
-        "exclude_ids",
-        "exposure_index",
-        "viewer_gender",
-        "viewer_age",
-        "viewer_pref_genders",
-        "viewer_pref_age_min",
-        "viewer_pref_age_max",
-        "location",
-        "user_vector",
-        "behaviour_vector",
-        "interests",
-        "interests_text",
-        "fresh_since",
-        "query_text",
-        "query_vector",
-        "item_id",
-        "item_vector",
-        "graph_ids",
-        "graph_weights",
-    }
-)
 
 
 def request_params(req: CandidateRequest, settings: Settings) -> dict[str, Any]:

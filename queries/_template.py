@@ -38,7 +38,7 @@ from typing import Any
 from opendisco._domain import Surface
 from opendisco._exceptions import ConfigError, TemplateParamError
 
-from ._params import ParamSpec, validate_params
+from ._params import REQUEST_PARAMS, ParamSpec, validate_params
 
 __all__ = [
     "SURFACES",
@@ -220,13 +220,20 @@ def template_from_doc(surface: str, raw: Any, label: str | None = None) -> Templ
         raise TemplateParamError(f"{surface}: the template is not JSON: {exc}") from exc
     digest = hashlib.sha256((ptext + "\0" + text).encode()).hexdigest()[:12]
     try:
-        return _parse(
+        tpl = _parse(
             surface, raw, f"{label or surface + '-draft'}@{digest}", partials, guarded=True
         )
     except TemplateParamError:
         raise
     except ConfigError as exc:
         raise TemplateParamError(str(exc)) from exc
+    # the request sets these whenever the shipped template declares them: keep them declared
+    dropped = sorted((set(load(surface).specs) & REQUEST_PARAMS) - set(tpl.specs))
+    if dropped:
+        raise TemplateParamError(
+            f"{surface}: the template must declare {dropped} (every request sets them)"
+        )
+    return tpl
 
 
 def template_version(surface: str | None = None) -> str:

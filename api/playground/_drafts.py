@@ -70,8 +70,9 @@ def draft_template(settings: Settings, surface: str, body: Any, label: str) -> T
     """A template draft parsed and rendered once with every clause on (``TemplateParamError``
     naming the problem when it does not parse or render)."""
     tpl = template_from_doc(surface, body, label=label)
+    params = {k: v for k, v in example_params(surface, settings).items() if k in tpl.specs}
     try:
-        render(surface, example_params(surface, settings), tpl)
+        render(surface, params, tpl)
     except TemplateParamError as exc:
         raise TemplateParamError(f"the template does not render: {exc}") from exc
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
@@ -86,7 +87,7 @@ def draft_artifacts(
     _check_shape(kind, surface, body)
     if kind == "params":
         return current.with_params(body, label)
-    return current.with_template(draft_template(settings, surface, body, label))
+    return current.with_template(draft_template(settings, surface, body, f"{surface}-{label}"))
 
 
 def current_body(current: Artifacts, kind: str, surface: str) -> dict[str, Any]:
@@ -99,14 +100,22 @@ def current_body(current: Artifacts, kind: str, surface: str) -> dict[str, Any]:
 
 
 def _public(doc: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in doc.items() if k != "_id"}
+    out = {k: v for k, v in doc.items() if k not in ("_id", "body_json")}
     out["id"] = doc["_id"]
+    if "body_json" in doc:
+        out["body"] = json.loads(doc["body_json"])
     for k in ("created_at", "updated_at"):
         if isinstance(out.get(k), datetime):
             out[k] = out[k].replace(tzinfo=out[k].tzinfo or UTC).isoformat()
     if isinstance(out.get("promoted"), Mapping) and isinstance(out["promoted"].get("at"), datetime):
         out["promoted"] = {**out["promoted"], "at": out["promoted"]["at"].isoformat()}
     return out
+
+
+def _stored(body: Any) -> str:
+    """The body as JSON text: a template's ``$param``/``$ref`` keys are not valid field names
+    of a MongoDB document."""
+    return json.dumps(body, sort_keys=False, separators=(",", ":"))
 
 
 class DraftStore:
@@ -122,7 +131,7 @@ class DraftStore:
             "kind": draft.kind,
             "surface": draft.surface,
             "title": draft.title or f"{draft.kind} draft",
-            "body": draft.body,
+            "body_json": _stored(draft.body),
             "author": author,
             "based_on": based_on,
             "created_at": now,
@@ -149,7 +158,7 @@ class DraftStore:
             "kind": draft.kind,
             "surface": draft.surface,
             "title": draft.title or current["title"],
-            "body": draft.body,
+            "body_json": _stored(draft.body),
             "author": author,
             "updated_at": datetime.now(UTC),
         }
@@ -159,7 +168,7 @@ class DraftStore:
 
     async def list(self, limit: int = 50) -> list[dict[str, Any]]:
         with backend_errors("listing drafts failed"):
-            docs = await self.coll.find({}, {"body": 0}).to_list(length=None)
+            docs = await self.coll.find({}, {"body_json": 0}).to_list(length=None)
         docs.sort(key=lambda d: d.get("updated_at") or d.get("created_at"), reverse=True)
         return [_public(d) for d in docs[:limit]]
 

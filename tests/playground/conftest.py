@@ -52,7 +52,7 @@ def pg_settings(settings: Settings, pg_versions: Path) -> Settings:
             "api_key_cache_s": 0.0,
             "api_deadline_ms": 5000,
             "playground_dir": pg_versions,
-            "playground_eval_dataset": "synthetic:30",
+            "playground_eval_dataset": "synthetic:60",
             "playground_eval_users": 6,
         }
     )

@@ -12,18 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from pg_support import h, revoke
+from pg_support import eligible_member, h, revoke
 
 from opendisco import Settings
 from opendisco.eval._synthetic import _admits
 from opendisco.queries import load
 from opendisco.serving import Artifacts, load_params, load_template
-
-
-def _member(pg_market: dict[str, Any], n: int = 0) -> str:
-    """A member with a decent number of eligible profiles (deterministic)."""
-    users = sorted(pg_market["users"])
-    return users[n]
 
 
 def _params(**weights: float) -> dict[str, Any]:
@@ -84,6 +78,14 @@ async def test_a_session_cookie_needs_its_csrf_token_and_dies_with_its_key(
 
 # --- drafts: checked like the files they would become -----------------------------------------
 
+
+def _with_required_x() -> dict[str, Any]:
+    raw = json.loads(json.dumps(load("for_you").raw))
+    raw["params"]["x"] = {"type": "int"}
+    raw["sources"]["semantic"]["body"]["size"] = {"$param": "x"}
+    return raw
+
+
 BAD_DRAFTS = [
     (_params(no_such_feature=1.0), "unknown feature"),
     (
@@ -130,7 +132,11 @@ BAD_DRAFTS = [
                 "sources": {"a": {"body": {"size": {"$param": "x"}}}},
             },
         },
-        "missing required parameter 'x'",
+        "must declare ['behaviour_vector'",
+    ),
+    (
+        {"kind": "template", "surface": "for_you", "body": _with_required_x()},
+        "does not render: for_you: missing required parameter 'x'",
     ),
     ({"kind": "template", "surface": "similar", "body": {}}, "surface must be one of"),
     ({"kind": "template", "surface": "for_you", "body": "{"}, "JSON object"),
@@ -148,7 +154,7 @@ async def test_a_bad_draft_is_a_422_naming_the_problem(
     for path, body in (
         ("/playground/api/validate", draft),
         ("/playground/api/drafts", draft),
-        ("/playground/api/compare", {"user_id": _member(pg_market), "draft": draft}),
+        ("/playground/api/compare", {"user_id": eligible_member(pg_market), "draft": draft}),
     ):
         got = await pg_http.post(path, json=body, headers=h(pg_keys["admin"]))
         assert got.status_code == 422, (path, got.text)
@@ -161,9 +167,11 @@ async def test_a_template_draft_that_drops_the_hard_filter_still_obeys_it(
     """Every source of the draft loses its ``{"$ref": "filter"}``: eligibility both ways,
     blocks and seen still hold (the render puts every source under the shipped filter)."""
     users, items = pg_market["users"], pg_market["items"]
-    uid = _member(pg_market, 3)
+    uid = eligible_member(pg_market, 3)
     admin = h(pg_keys["admin"])
-    raw = json.loads(json.dumps(load("cold_start").raw).replace('{"$ref": "filter"}', "{}"))
+    raw = json.loads(
+        json.dumps(load("cold_start").raw).replace('{"$ref": "filter"}', '{"match_all": {}}')
+    )
     assert '"filter"}' not in json.dumps(raw)
     draft = {"kind": "template", "surface": "cold_start", "body": raw}
     first = await pg_http.post(
@@ -204,7 +212,12 @@ async def test_compare_explains_both_answers_and_the_moves(
     draft = _params(fused=0.0, content_sim=0.0, behaviour_sim=0.0, quality=5.0, popularity=-2.0)
     got = await pg_http.post(
         "/playground/api/compare",
-        json={"user_id": _member(pg_market, 1), "surface": "cold_start", "k": 10, "draft": draft},
+        json={
+            "user_id": eligible_member(pg_market, 1),
+            "surface": "cold_start",
+            "k": 10,
+            "draft": draft,
+        },
         headers=h(pg_keys["admin"]),
     )
     assert got.status_code == 200, got.text
