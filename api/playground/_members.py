@@ -49,6 +49,16 @@ async def find_members(rt: Runtime, q: str, limit: int = 10) -> list[dict[str, A
     profiles = {
         h["_source"]["owner_id"]: h["_source"] for h in resp["hits"]["hits"] if h.get("_source")
     }
+    if found and found[0].get("profile_id"):  # the id hit's own profile, for its title
+        with backend_errors("profile lookup failed"):
+            got = await rt.os_client.mget(
+                index=rt.settings.index_alias,
+                body={"ids": [found[0]["profile_id"]]},
+                params={"_source_includes": "title,owner_id"},
+            )
+        for doc in got.get("docs", []):
+            if doc.get("found") and doc["_source"].get("owner_id") == found[0]["_id"]:
+                profiles.setdefault(found[0]["_id"], doc["_source"])
     have = {d["_id"] for d in found}
     owners = [o for o in profiles if o not in have]
     if owners:
