@@ -132,7 +132,8 @@ def check_params(doc: Any) -> tuple[dict[str, Any], RerankConfig]:
     """
     if not isinstance(doc, Mapping):
         raise InvalidInput("a params document is a JSON object {template_params, rerank}")
-    tparams = doc.get("template_params") or {}
+    tparams = doc.get("template_params")
+    tparams = {} if tparams is None else tparams
     if not isinstance(tparams, Mapping):
         raise InvalidInput("template_params must be an object")
     for key, value in tparams.items():
@@ -157,7 +158,8 @@ def check_params(doc: Any) -> tuple[dict[str, Any], RerankConfig]:
                     load(surface).specs[name].coerce(val)
                 except TemplateParamError as exc:
                     raise TemplateParamError(f"template_params.{where}: {exc}") from exc
-    rerank = doc.get("rerank") or {}
+    rerank = doc.get("rerank")
+    rerank = {} if rerank is None else rerank
     if not isinstance(rerank, Mapping):
         raise InvalidInput("rerank must be an object of RerankConfig fields")
     try:
