@@ -40,6 +40,8 @@ REQUEST_PARAMS = frozenset(
         "viewer_pref_genders",
         "viewer_pref_age_min",
         "viewer_pref_age_max",
+        "viewer_id",  # the viewer's own profile (self-exclusion)
+        "exclude_owners",
         "location",
         "user_vector",
         "behaviour_vector",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from opendisco._exceptions import BackendError
+from opendisco._exceptions import BackendError, SearchTimeout
 from opendisco.serving import Artifacts, Discovery, Recommendations
 
 from .._fallback import to_served
@@ -97,9 +97,12 @@ async def answer(
     disc: Discovery, user_id: str, surface: str, k: int, timeout_s: float
 ) -> dict[str, Any]:
     """The explained answer for one member (no side effects), within ``timeout_s``."""
-    recs = await asyncio.wait_for(
-        disc.recommend(user_id, surface=surface, k=k, explain=True), timeout_s
-    )
+    try:
+        recs = await asyncio.wait_for(
+            disc.recommend(user_id, surface=surface, k=k, explain=True), timeout_s
+        )
+    except TimeoutError as exc:
+        raise SearchTimeout(f"no answer for {user_id} within {timeout_s:.0f} s") from exc
     return _shape(recs)
 
 

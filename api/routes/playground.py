@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
+from opendisco._backend import backend_errors
 from opendisco._domain import ID_MAX_LENGTH, ID_PATTERN, UserSurface
 from opendisco._exceptions import InvalidInput, NotFound
 from opendisco._store import lease
@@ -150,6 +151,9 @@ async def compare(body: CompareIn, request: Request, rt: RuntimeDep, who: Member
         saved = await st.drafts.get(body.draft_id)
         draft = DraftIn(kind=saved["kind"], surface=saved["surface"], body=saved["body"])
     surface = str(body.surface.value)
+    with backend_errors("member lookup failed"):
+        if await rt.db["users"].find_one({"_id": body.user_id}, {"_id": 1}) is None:
+            raise NotFound(f"no member {body.user_id!r}")
     timeout = _timeout(rt)
     cur = await answer(st.pipelines.get(current), body.user_id, surface, body.k, timeout)
     out: dict[str, Any] = {"user_id": body.user_id, "surface": surface, "current": cur}

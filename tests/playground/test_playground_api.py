@@ -230,6 +230,10 @@ async def test_compare_explains_both_answers_and_the_moves(
     assert any(it["engine"] for it in cur["items"])  # engine score components per source
     assert any(it["trace"] for it in dra["items"])  # the rerank steps that moved items
     assert data["changes"]["changed"]
+    nobody = await pg_http.post(
+        "/playground/api/compare", json={"user_id": "no-such-member"}, headers=h(pg_keys["admin"])
+    )
+    assert nobody.status_code == 404 and "no-such-member" in nobody.text
     moves = data["changes"]["moves"]
     ids = [i["id"] for i in cur["items"]]
     for pos, it in enumerate(dra["items"]):
