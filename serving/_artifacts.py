@@ -165,7 +165,7 @@ def check_params(doc: Any) -> tuple[dict[str, Any], RerankConfig]:
     try:
         config = merged_config(rerank)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"rerank: {exc}") from exc
+        raise InvalidInput(f"invalid rerank overrides: {exc}") from exc
     return dict(tparams), config
 
 
