@@ -138,6 +138,6 @@ def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAP
         Edge, limiter=ConcurrencyLimiter(settings.api_max_concurrency), get_metrics=current_metrics
     )
     install_error_handlers(app)
-    for router in (routes.discovery, routes.events, routes.ops):
+    for router in (routes.discovery, routes.events, routes.ops, routes.playground):
         app.include_router(router)
     return app

@@ -134,6 +134,35 @@ class Settings(BaseSettings):
         description="A ranking model written by `opendisco train ltr` (LightGBM); it replaces "
         "the linear scorer, and refuses to load when its features differ from the reranker's.",
     )
+    template_files: list[Path] = Field(
+        default_factory=list,
+        description="Query template versions promoted by the playground "
+        "(template-<surface>-v<N>.json), each served instead of its surface's shipped template "
+        "(JSON list in the environment); their sources stay under the shipped hard filter.",
+    )
+
+    # --- relevance playground (/playground) ---------------------------------------
+    playground_dir: Path | None = Field(
+        None,
+        description="Where the playground promotes drafts (params-v<N>.json, "
+        "template-<surface>-v<N>.json); unset: beside params_file, else <state_dir>/versions.",
+    )
+    playground_session_s: int = Field(
+        8 * 3600, ge=60, description="Lifetime of a playground session cookie (s)."
+    )
+    playground_eval_dataset: str = Field(
+        "synthetic:300",
+        description="What the playground's offline evaluation replays and scores, as "
+        "`opendisco eval --dataset`: synthetic[:N] or a MovieLens directory.",
+    )
+    playground_eval_users: int = Field(
+        50, ge=2, le=5000, description="Default user sample of a playground evaluation."
+    )
+    playground_eval_namespace: str | None = Field(
+        None,
+        description="Index alias prefix / Mongo database the playground evaluation replays "
+        "into (default: <mongo_db>-pgeval); never the live namespace.",
+    )
 
     # --- learning loop: served-list log and exploration ------------------------------
     served_log: bool = Field(

@@ -4,6 +4,7 @@ Pure pieces (readers, the time split, metrics, baselines, the runner) plus the
 :class:`ServedRecommender` adapter that sends the same users through the served pipeline.
 """
 
+from ._ab import ArtifactComparison, PairedDiff, compare_artifacts, paired_difference
 from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender, top_k
 from ._data import POSITIVE_THRESHOLD, Dataset, Ratings, load_dataset, read_movielens
 from ._diagnose import diagnose, stage_recall
@@ -30,10 +31,12 @@ __all__ = [
     "COLD_USER_MAX",
     "EASE",
     "POSITIVE_THRESHOLD",
+    "ArtifactComparison",
     "Dataset",
     "EvalReport",
     "ModelResult",
     "MostPopular",
+    "PairedDiff",
     "RandomRecommender",
     "Ratings",
     "Recommender",
@@ -45,6 +48,7 @@ __all__ = [
     "accuracy",
     "average_precision_at_k",
     "catalogue_coverage",
+    "compare_artifacts",
     "diagnose",
     "eligible_matrix",
     "evaluate",
@@ -58,6 +62,7 @@ __all__ = [
     "log_lists",
     "ndcg_at_k",
     "novelty",
+    "paired_difference",
     "read_movielens",
     "recall_at_k",
     "replay",

@@ -6,7 +6,7 @@ served-list log; see ``_stages``); :class:`Artifacts` are the tuned params file 
 the trained model it serves, named in every response's version string.
 """
 
-from ._artifacts import Artifacts, load_model, load_params
+from ._artifacts import Artifacts, check_params, load_model, load_params, load_template
 from ._explore import EXPLORED_SURFACES, Exploration, Explorer
 from ._pipeline import Discovery, default_parts
 from ._stages import (
@@ -59,8 +59,10 @@ __all__ = [
     "StoreFeatures",
     "TemplateSource",
     "candidate_k",
+    "check_params",
     "default_parts",
     "load_model",
     "load_params",
+    "load_template",
     "params_for",
 ]

@@ -27,7 +27,7 @@ from opendisco._domain import USER_SURFACES, Surface
 from opendisco._exceptions import BackendError, InvalidInput
 from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
-from opendisco.queries import CandidateSet, template_version
+from opendisco.queries import CandidateSet, Template, template_version
 from opendisco.rerank import CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
     EventProcessor,
@@ -67,10 +67,11 @@ def default_parts(
     db: Any,
     features: FeatureStore,
     params: Mapping[str, Any],
+    templates: Mapping[str, Template] | None = None,
 ) -> Parts:
-    """The default assembly: member context and graph neighbours, the surface's template as
-    the candidate source, the feature store as the feature hydrator, and (``served_log``)
-    the served-list log as a side effect."""
+    """The default assembly: member context and graph neighbours, the surface's template (or
+    its served version in ``templates``) as the candidate source, the feature store as the
+    feature hydrator, and (``served_log``) the served-list log as a side effect."""
     side_effects: list[Any] = []
     if settings.served_log:
         side_effects.append(
@@ -86,7 +87,7 @@ def default_parts(
     return Parts(
         query_hydrators=[
             MemberContext(db, UserStateStore(db)),
-            RequestBuilder(params),
+            RequestBuilder(params, dict(templates or {})),
             GraphNeighbours(ItemGraph(db)),
         ],
         sources=[TemplateSource(os_client, settings)],
@@ -120,7 +121,14 @@ class Discovery:
         self.parts = (
             parts
             if parts is not None
-            else default_parts(settings, os_client, db, self.features, self.artifacts.params)
+            else default_parts(
+                settings,
+                os_client,
+                db,
+                self.features,
+                self.artifacts.params,
+                self.artifacts.templates,
+            )
         )
         self.explorer = explorer if explorer is not None else Explorer.from_settings(settings)
         self._model = model

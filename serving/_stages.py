@@ -32,6 +32,7 @@ from opendisco._settings import Settings
 from opendisco.queries import (
     Candidate,
     CandidateSet,
+    Template,
     generate_candidates,
     load,
     request_for_user,
@@ -116,10 +117,12 @@ class SideEffect(Protocol):
     async def drain(self) -> None: ...
 
 
-def params_for(params: Mapping[str, Any], surface: str) -> dict[str, Any]:
+def params_for(
+    params: Mapping[str, Any], surface: str, template: Template | None = None
+) -> dict[str, Any]:
     """Template overrides for ``surface``: ``{"param": v}`` for every surface that declares
-    ``param``, then ``{"<surface>": {...}}`` on top."""
-    specs = load(surface).specs
+    ``param``, then ``{"<surface>": {...}}`` on top (declared by ``template`` when given)."""
+    specs = (template or load(surface)).specs
     out = {k: v for k, v in params.items() if k in specs}
     nested = params.get(surface)
     if isinstance(nested, Mapping):
@@ -148,9 +151,11 @@ class MemberContext:
 class RequestBuilder:
     """The candidate request from the member context (``queries.request_for_user``: a
     ``for_you`` request without history becomes ``cold_start``; seen, blocked and interacted
-    ids are excluded), the caller's exclusions and the served template overrides."""
+    ids are excluded), the caller's exclusions, the served template overrides and the served
+    template version of the request's surface (``templates``; None: the shipped file)."""
 
     params: Mapping[str, Any]
+    templates: Mapping[str, Template] = field(default_factory=dict)
     name: str = "request"
 
     async def hydrate(self, plan: CandidatePlan) -> None:
@@ -163,7 +168,8 @@ class RequestBuilder:
             **plan.extra,
         )
         plan.request.exclude_ids = list(dict.fromkeys([*plan.request.exclude_ids, *plan.exclude]))
-        plan.request.params = params_for(self.params, plan.request.surface)
+        plan.request.template = self.templates.get(plan.request.surface)
+        plan.request.params = params_for(self.params, plan.request.surface, plan.request.template)
 
 
 @dataclass
