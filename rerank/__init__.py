@@ -4,13 +4,25 @@ A :class:`Reranker` runs named pure steps (``score → rules → fatigue → exp
 pacing → mmr → caps → pins``; the two-sided ``reciprocal`` and ``pacing`` act on member
 profiles only) over numpy arrays; :class:`FeatureStore` fills the arrays with a bounded number of
 round trips; ``train_als``/``fold_in`` learn behavioural vectors; ``LearnedScorer`` swaps the
-linear model for LightGBM LambdaMART.
+linear model for LightGBM LambdaMART; ``pl_sample`` draws an explored order with known
+propensities.
 """
 
 from ._als import AlsModel, fold_in, train_als, write_behaviour
 from ._config import DEFAULT_STEPS, RerankConfig, merged_config
+from ._explore import pl_marginals, pl_sample, pl_weights
 from ._features import FeatureStore, TTLCache
-from ._learned import LABELS, LearnedScorer, lambdamart_dataset, train_lambdamart
+from ._learned import LTR_PARAMS, LearnedScorer, align_features, train_lambdamart
+from ._ltr import (
+    LabelPolicy,
+    LtrData,
+    LtrResult,
+    join_outcomes,
+    load_ltr_inputs,
+    ndcg_at,
+    save_model,
+    train_ltr,
+)
 from ._market import combine, live_trending, member_budgets, pacing_penalty, reciprocal_estimate
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
 from ._steps import (
@@ -26,19 +38,23 @@ from ._steps import (
     fatigue_penalty,
     mmr_select,
 )
-from ._types import FEATURE_NAMES, CandidateBatch, Features, RerankContext
+from ._types import FEATURE_NAMES, RANKED_SOURCES, CandidateBatch, Features, RerankContext
 
 __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
-    "LABELS",
+    "LTR_PARAMS",
+    "RANKED_SOURCES",
     "STEPS",
     "AlsModel",
     "CandidateBatch",
     "FeatureStore",
     "Features",
+    "LabelPolicy",
     "LearnedScorer",
     "LinearScorer",
+    "LtrData",
+    "LtrResult",
     "RerankConfig",
     "RerankContext",
     "RerankInputs",
@@ -49,6 +65,7 @@ __all__ = [
     "StepRecord",
     "TTLCache",
     "Trace",
+    "align_features",
     "apply_caps",
     "apply_pins",
     "assemble_features",
@@ -56,14 +73,21 @@ __all__ = [
     "exposure_adjustment",
     "fatigue_penalty",
     "fold_in",
-    "lambdamart_dataset",
+    "join_outcomes",
     "live_trending",
+    "load_ltr_inputs",
     "member_budgets",
     "merged_config",
     "mmr_select",
+    "ndcg_at",
     "pacing_penalty",
+    "pl_marginals",
+    "pl_sample",
+    "pl_weights",
     "reciprocal_estimate",
+    "save_model",
     "train_als",
     "train_lambdamart",
+    "train_ltr",
     "write_behaviour",
 ]

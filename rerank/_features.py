@@ -261,6 +261,7 @@ class FeatureStore:
                 content[r] = cv
             if bv is not None and len(bv) == b:
                 behaviour[r] = bv
+        bnorm = np.linalg.norm(behaviour, axis=1)
         for M in (content, behaviour):
             norms = np.linalg.norm(M, axis=1, keepdims=True)
             np.divide(M, norms, out=M, where=norms > 0)
@@ -270,6 +271,7 @@ class FeatureStore:
             exposure=np.array([float(expo[i].count) for i in ids]),
             inbound=np.array([float(inbound.get(i, 0)) for i in ids]),
             graph=np.array([float(graph.get(i, 0.0)) for i in ids]),
+            behaviour_norm=bnorm,
             trending=np.array([expo[i].trend for i in ids]),
             paced_exposure=np.array([expo[i].paced for i in ids]),
         )
@@ -312,6 +314,7 @@ class FeatureStore:
             behaviour_vector=np.asarray(user_state.behaviour) if user_state.behaviour else None,
             fatigue=dict(user_state.fatigue),
             bans=frozenset(user_state.blocked) | frozenset(kw.pop("bans", ())),
+            history=len(user_state.positives),
             **kw,
         )
 

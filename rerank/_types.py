@@ -11,6 +11,7 @@ import numpy as np
 
 __all__ = [
     "FEATURE_NAMES",
+    "RANKED_SOURCES",
     "CandidateBatch",
     "Features",
     "RerankContext",
@@ -32,12 +33,21 @@ FEATURE_NAMES: tuple[str, ...] = (
     "exposure",  # log1p(impressions in the window)
     "inbound",  # log1p(recent likes/messages the recipient received)
     "n_sources",  # how many candidate sources proposed the item
+    # learning-to-rank features (weight 0 in the linear model: LambdaMART uses them)
+    "behaviour_dot",  # user behaviour vector . item behaviour vector (the ALS score)
+    "log_popularity",  # log1p(popularity), not batch-normalised
+    "history",  # log1p(the member's recent positives): same for every row of a list
+    *(f"rr_{s}" for s in ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")),
+    *(f"score_{s}" for s in ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")),
     # two-sided markets (0 for items that are not member profiles; see rerank._market)
     "reciprocal",  # estimated P(candidate likes the viewer back), in [0, 1]
     "liked_viewer",  # 1 when the candidate already liked the viewer
     "mutual",  # log1p co-engagement from the viewer's matches (friends of matches)
     "trending",  # log1p(live decayed likes/matches), max-normalised within the batch
 )
+#: candidate sources with their own reciprocal-rank (``rr_*``) and score (``score_*``, divided
+#: by the source's batch maximum) columns; 0 where the source did not propose the item
+RANKED_SOURCES: tuple[str, ...] = ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")
 
 
 def _codes(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
@@ -88,6 +98,8 @@ class CandidateBatch:
     #: (n,) bool: the candidate is a member (a ``profile``): reciprocity and pacing apply to it;
     #: None = no member in the batch (a one-sided catalogue)
     member: np.ndarray | None = None
+    #: (n, S) 1-based rank of the item in each source (columns of ``source_names``); 0 = absent
+    source_ranks: np.ndarray | None = None
 
     @property
     def members(self) -> np.ndarray:
@@ -103,6 +115,7 @@ class CandidateBatch:
         *,
         fused: Sequence[float] | None = None,
         sources: Sequence[Mapping[str, float]] | None = None,
+        ranks: Sequence[Mapping[str, int]] | None = None,
         now: datetime | None = None,
     ) -> CandidateBatch:
         """From item dicts (``id`` or ``_id`` plus the item fields)."""
@@ -116,6 +129,13 @@ class CandidateBatch:
         for i, s in enumerate(srcs):
             for k, v in s.items():
                 ss[i, col[k]] = float(v or 0.0)
+        sr = None
+        if ranks is not None:
+            sr = np.zeros((n, len(names)))
+            for i, rk in enumerate(ranks):
+                for k, v in rk.items():
+                    if k in col:
+                        sr[i, col[k]] = float(v or 0)
         cat, cats = _codes([it.get("category") for it in items])
         own, owns = _codes([it.get("owner_id") for it in items])
         member = np.array([it.get("kind") == "profile" for it in items], dtype=bool)
@@ -134,6 +154,7 @@ class CandidateBatch:
             available=np.array([it.get("available", True) is not False for it in items]),
             items=list(items),
             member=member if member.any() else None,
+            source_ranks=sr,
         )
 
     @classmethod
@@ -141,7 +162,11 @@ class CandidateBatch:
         """From ``opendisco.queries.Candidate`` objects (``id, sources, fused, item, packed``)."""
         items = [{**(c.item or {}), "id": c.id} for c in cands]
         batch = cls.from_items(
-            items, fused=[c.fused for c in cands], sources=[c.sources for c in cands], now=now
+            items,
+            fused=[c.fused for c in cands],
+            sources=[c.sources for c in cands],
+            ranks=[getattr(c, "ranks", None) or {} for c in cands],
+            now=now,
         )
         packed = {c.id: c.packed for c in cands if c.packed}
         return replace(batch, packed=packed) if packed else batch
@@ -164,6 +189,8 @@ class Features:
     exposure: np.ndarray  # (n,) impressions in the current window
     inbound: np.ndarray  # (n,) recent likes/messages received (profiles)
     graph: np.ndarray  # (n,) co-engagement weight to the user's recent items
+    #: (n,) norms of the behaviour vectors before normalising (the ALS score's item part)
+    behaviour_norm: np.ndarray | None = None
     taste: np.ndarray | None = None  # (n, d) the candidate member's taste (zeros: no history)
     likes_sent: np.ndarray | None = None  # (n,) likes the candidate member gave
     passes_sent: np.ndarray | None = None  # (n,) passes/skips/hides the candidate member gave
@@ -192,6 +219,7 @@ class RerankContext:
     bans: frozenset[str] = frozenset()  # item ids never shown (blocked, hidden)
     pins: Mapping[str, int] = field(default_factory=dict)  # item id -> 0-based position
     k: int | None = None  # page size override
+    history: int = 0  # the member's recent positives (a list-level ranking feature)
     #: the viewer's own profile content vector (what candidates' tastes are compared with)
     viewer_profile: np.ndarray | None = None
     #: impressions per member per exposure window before pacing demotes (controller output);

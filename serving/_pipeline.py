@@ -4,10 +4,11 @@
 evaluated is exactly what is served. It is assembled from named parts (``Parts``: query
 hydrators, candidate sources, filters, feature hydrators, side effects), a
 :class:`~opendisco.rerank.Reranker` (scorer + named steps) and the serving
-:class:`~opendisco.serving.Artifacts` (tuned params, trained model); :func:`default_parts` is
-the one default assembly. Each request makes a bounded number of round trips: user + user
-state (MongoDB, concurrently) and the graph edges, one ``_msearch`` (candidates), one batched
-feature lookup; reranking is in-process over arrays.
+:class:`~opendisco.serving.Artifacts` (tuned params, trained model);
+:func:`~opendisco.serving.default_parts` (``_assembly``) is the one default assembly. Each
+request makes a bounded number of round trips: user + user state (MongoDB, concurrently) and
+the graph edges, one ``_msearch`` (candidates), one batched feature lookup; reranking is
+in-process over arrays.
 """
 
 from __future__ import annotations
@@ -33,60 +34,24 @@ from opendisco.signals import (
     EventProcessor,
     EventsResult,
     ExposureStore,
-    ItemGraph,
     PacingController,
     ServedExposure,
-    UserGraph,
+    ServedLog,
     UserStateStore,
 )
 
 from ._artifacts import Artifacts
-from ._market import LiveTrending, MutualLikes, PacingBudget
-from ._stages import (
-    GraphNeighbours,
-    MemberContext,
-    Parts,
-    RequestBuilder,
-    StoreFeatures,
-    TemplateSource,
-    run_sources,
-)
+from ._assembly import default_parts
+from ._explore import EXPLORED_SURFACES, Explorer
+from ._stages import LogServed, Parts, run_sources, served_list
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
 
 if TYPE_CHECKING:  # torch: loaded on the first query encoding, not on import
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["Discovery", "default_parts"]
+__all__ = ["Discovery"]
 
 log = logging.getLogger("opendisco.serving")
-
-
-def default_parts(
-    settings: Settings,
-    os_client: AsyncOpenSearch,
-    db: Any,
-    features: FeatureStore,
-    params: Mapping[str, Any],
-    *,
-    pacing: PacingController | None = None,
-) -> Parts:
-    """The default assembly: member context, graph neighbours, mutual likes, live trending and
-    the pacing budget; the surface's template as the candidate source; the feature store as
-    the feature hydrator."""
-    hydrators: list[Any] = [
-        MemberContext(db, UserStateStore(db)),
-        RequestBuilder(params),
-        GraphNeighbours(ItemGraph(db)),
-        MutualLikes(UserGraph(db), ItemGraph(db)),
-        LiveTrending(features.exposure, settings.trending_top_k, settings.trending_refresh_s),
-    ]
-    if pacing is not None:
-        hydrators.append(PacingBudget(pacing))
-    return Parts(
-        query_hydrators=hydrators,
-        sources=[TemplateSource(os_client, settings)],
-        feature_hydrators=[StoreFeatures(features)],
-    )
 
 
 class Discovery:
@@ -101,6 +66,7 @@ class Discovery:
         artifacts: Artifacts | None = None,
         parts: Parts | None = None,
         model: SentenceTransformer | None = None,
+        explorer: Explorer | None = None,
     ) -> None:
         self.settings = settings
         self.os = os_client
@@ -121,9 +87,11 @@ class Discovery:
                 db,
                 self.features,
                 self.artifacts.params,
+                self.artifacts.templates,
                 pacing=self.pacing,
             )
         )
+        self.explorer = explorer if explorer is not None else Explorer.from_settings(settings)
         self._model = model
         self._events: EventProcessor | None = None
         self._applying: set[asyncio.Future[EventsResult]] = set()
@@ -170,6 +138,7 @@ class Discovery:
         query: str | None = None,
         exclude: Iterable[str] = (),
         explain: bool = False,
+        request_id: str | None = None,
     ) -> CandidatePlan:
         """Stage one (query hydration): the checked request and the candidate request it
         sends — member context, exclusions, graph neighbours, template overrides. Benchmarks
@@ -190,6 +159,8 @@ class Discovery:
         elif surface not in USER_SURFACES:
             raise InvalidInput(f"unknown surface {surface!r}")
         plan = CandidatePlan(surface, k, user_id, tuple(exclude), explain, extra)
+        if request_id:
+            plan.request_id = request_id
         for hydrator in self.parts.query_hydrators:
             t0 = time.perf_counter()
             await hydrator.hydrate(plan)
@@ -227,15 +198,24 @@ class Discovery:
             pacing_mean_inbound=pacing.mean_inbound if pacing is not None else None,
         )
         result = self.reranker.run(batch, feats, ctx, timed=explain)
+        rows, scores = result.order[:k], result.scores[:k]
+        exploration = None
+        explorable = plan.request.surface in EXPLORED_SURFACES and not ctx.pins
+        if plan.user_id and explorable and not explain:
+            exploration = self.explorer.draw(result.order, k)
+        if exploration is not None:  # scores follow the rows they belong to
+            pos = {int(r): p for p, r in enumerate(result.order.tolist())}
+            rows = exploration.shown
+            scores = result.scores[[pos[int(r)] for r in rows.tolist()]]
         plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         by_id = {c.id: c for c in cs.candidates}
         items = []
-        for pos, row in enumerate(result.order[:k].tolist()):
+        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
             cand = by_id[batch.ids[row]]
             items.append(
                 Recommendation(
                     id=cand.id,
-                    score=float(result.scores[pos]),
+                    score=float(score),
                     sources=dict(cand.sources),
                     item=dict(cand.item),
                     trace=result.trace.for_item(cand.id) if explain else None,
@@ -244,14 +224,19 @@ class Discovery:
             )
         timings = dict(plan.timings_ms)
         timings["total_ms"] = sum(plan.timings_ms.values())
+        version = f"{cs.template_version}+{self.artifacts.name}"
+        served = served_list(plan, cs, batch.ids, result.trace.X, rows, exploration, version)
         recs = Recommendations(
             items=items,
             degraded=cs.degraded,
-            version=f"{cs.template_version}+{self.artifacts.name}",
+            version=version,
             surface=plan.request.surface,
             explain=self._explained(plan, cs, result, items, timings) if explain else None,
             timings_ms=timings,
             candidate_set=cs if explain else None,
+            request_id=plan.request_id,
+            explored=exploration is not None,
+            served=served,
         )
         for effect in self.parts.side_effects:
             effect.after(plan, recs)
@@ -287,30 +272,75 @@ class Discovery:
         k: int = 20,
         exclude: Sequence[str] = (),
         explain: bool = False,
+        request_id: str | None = None,
     ) -> Recommendations:
         if surface not in USER_SURFACES:
             raise InvalidInput(f"surface {surface!r} needs an item or a query, not a member")
         return await self.run(
-            await self.plan(surface, k, user_id=user_id, exclude=exclude, explain=explain)
+            await self.plan(
+                surface,
+                k,
+                user_id=user_id,
+                exclude=exclude,
+                explain=explain,
+                request_id=request_id,
+            )
         )
 
     async def similar(
-        self, item_id: str, k: int = 20, user_id: str | None = None, explain: bool = False
+        self,
+        item_id: str,
+        k: int = 20,
+        user_id: str | None = None,
+        explain: bool = False,
+        request_id: str | None = None,
     ) -> Recommendations:
         return await self.run(
-            await self.plan(Surface.similar, k, user_id=user_id, item_id=item_id, explain=explain)
+            await self.plan(
+                Surface.similar,
+                k,
+                user_id=user_id,
+                item_id=item_id,
+                explain=explain,
+                request_id=request_id,
+            )
         )
 
     async def search(
-        self, q: str, user_id: str | None = None, k: int = 20, explain: bool = False
+        self,
+        q: str,
+        user_id: str | None = None,
+        k: int = 20,
+        explain: bool = False,
+        request_id: str | None = None,
     ) -> Recommendations:
         return await self.run(
-            await self.plan(Surface.search, k, user_id=user_id, query=q, explain=explain)
+            await self.plan(
+                Surface.search, k, user_id=user_id, query=q, explain=explain, request_id=request_id
+            )
         )
 
-    async def trending(self, k: int = 50) -> Recommendations:
+    async def trending(self, k: int = 50, request_id: str | None = None) -> Recommendations:
         """The non-personal list (the same for everyone)."""
-        return await self.run(await self.plan(Surface.trending, k))
+        return await self.run(await self.plan(Surface.trending, k, request_id=request_id))
+
+    async def drain(self) -> None:
+        """Finish queued work before the clients close (at shutdown and at the end of an
+        evaluation): event batches still applying, served impressions not flushed yet, every
+        side effect's queue (served-list log writes)."""
+        if self._applying:
+            await asyncio.wait(list(self._applying))
+        await self.served.drain()
+        for effect in self.parts.side_effects:
+            await effect.drain()
+
+    @property
+    def served_log(self) -> ServedLog | None:
+        """The served-list log of the default assembly (None when logging is off)."""
+        for effect in self.parts.side_effects:
+            if isinstance(effect, LogServed):
+                return effect.log
+        return None
 
     # -- events -----------------------------------------------------------------------------
     async def record_events(
@@ -341,13 +371,6 @@ class Discovery:
         ]
         if profiles:
             self.served.add(profiles)
-
-    async def drain(self) -> None:
-        """Before shutdown: finish event batches still applying and write the served
-        impressions not flushed yet."""
-        if self._applying:
-            await asyncio.wait(list(self._applying))
-        await self.served.drain()
 
     async def item(self, item_id: str) -> dict[str, Any]:
         with backend_errors(

@@ -47,6 +47,7 @@ from ._pacing import (
 )
 from ._processor import EVENTS, EventProcessor
 from ._served import ServedExposure
+from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
 from ._trending import decayed, trend_increments
 from ._user_state import (
     USER_LOCKS,
@@ -71,6 +72,7 @@ __all__ = [
     "PACING",
     "RECENT_FANOUT",
     "REQUEST_ID_PATTERN",
+    "SERVED_LISTS",
     "USER_INBOX",
     "USER_LIKES",
     "USER_LOCKS",
@@ -92,6 +94,8 @@ __all__ = [
     "PacingState",
     "PacingTargets",
     "ServedExposure",
+    "ServedList",
+    "ServedLog",
     "UserGraph",
     "UserState",
     "UserStateConfig",
@@ -103,6 +107,7 @@ __all__ = [
     "co_engagement_pairs",
     "decayed",
     "decayed_vector",
+    "decode_list",
     "decode_row",
     "encode_row",
     "exposure_index",
@@ -111,6 +116,7 @@ __all__ = [
     "merge_rows",
     "pacing_step",
     "recompute",
+    "sample_rows",
     "top_neighbours",
     "trend_increments",
     "validate_event",

@@ -46,7 +46,8 @@ def _features(n: int, dim: int = 4, **kw: Any) -> Features:
 
 
 def test_new_features_are_appended_to_the_schema() -> None:
-    # learning to rank reads this schema: the new columns come after the old ones
+    # learning to rank reads this schema (model files and served lists record it): the
+    # two-sided columns come after the one-sided and learning-to-rank ones
     assert FEATURE_NAMES[:10] == (
         "fused",
         "content_sim",
@@ -59,7 +60,12 @@ def test_new_features_are_appended_to_the_schema() -> None:
         "inbound",
         "n_sources",
     )
-    assert FEATURE_NAMES[10:] == ("reciprocal", "liked_viewer", "mutual", "trending")
+    assert FEATURE_NAMES[-4:] == ("reciprocal", "liked_viewer", "mutual", "trending")
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+    # the default linear model gives the two-sided columns no weight (the reciprocal step
+    # combines the directions; the columns feed the learned scorer)
+    w = dict(zip(FEATURE_NAMES, RerankConfig().weight_vector(), strict=True))
+    assert all(w[n] == 0.0 for n in FEATURE_NAMES[-4:])
 
 
 def test_reciprocal_estimate_prior_history_and_known_likes() -> None:

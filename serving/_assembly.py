@@ -1,0 +1,75 @@
+"""The default assembly of the served pipeline's named parts (:class:`Parts`).
+
+Query hydrators (member context, the request, graph neighbours, mutual likes, live trending,
+the pacing budget) → the surface's template as the candidate source → the feature store as the
+feature hydrator → (``served_log``) the served-list log as a side effect. Custom assemblies
+(tests, experiments) build their own :class:`Parts`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from opensearchpy import AsyncOpenSearch
+
+from opendisco._settings import Settings
+from opendisco.queries import Template
+from opendisco.rerank import FeatureStore
+from opendisco.signals import ItemGraph, PacingController, ServedLog, UserGraph, UserStateStore
+
+from ._market import LiveTrending, MutualLikes, PacingBudget
+from ._stages import (
+    GraphNeighbours,
+    LogServed,
+    MemberContext,
+    Parts,
+    RequestBuilder,
+    StoreFeatures,
+    TemplateSource,
+)
+
+__all__ = ["default_parts"]
+
+
+def default_parts(
+    settings: Settings,
+    os_client: AsyncOpenSearch,
+    db: Any,
+    features: FeatureStore,
+    params: Mapping[str, Any],
+    templates: Mapping[str, Template] | None = None,
+    *,
+    pacing: PacingController | None = None,
+) -> Parts:
+    """The default assembly: member context, graph neighbours, mutual likes, live trending and
+    the pacing budget; the surface's template (or its served version in ``templates``) as the
+    candidate source; the feature store as the feature hydrator; and (``served_log``) the
+    served-list log as a side effect."""
+    side_effects: list[Any] = []
+    if settings.served_log:
+        side_effects.append(
+            LogServed(
+                ServedLog(
+                    db,
+                    max_rows=settings.served_log_rows,
+                    max_queue=settings.served_log_queue,
+                    days=settings.served_log_days,
+                )
+            )
+        )
+    hydrators: list[Any] = [
+        MemberContext(db, UserStateStore(db)),
+        RequestBuilder(params, dict(templates or {})),
+        GraphNeighbours(ItemGraph(db)),
+        MutualLikes(UserGraph(db), ItemGraph(db)),
+        LiveTrending(features.exposure, settings.trending_top_k, settings.trending_refresh_s),
+    ]
+    if pacing is not None:
+        hydrators.append(PacingBudget(pacing))
+    return Parts(
+        query_hydrators=hydrators,
+        sources=[TemplateSource(os_client, settings)],
+        feature_hydrators=[StoreFeatures(features)],
+        side_effects=side_effects,
+    )
