@@ -36,6 +36,7 @@ from ._keys import ApiKeyStore
 from ._metrics import Metrics
 from ._ratelimit import RateLimiter
 from ._runtime import Runtime
+from ._segments import SegmentLists
 
 __all__ = ["create_app"]
 
@@ -84,16 +85,23 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         fallback=Fallback(
             disc,
             db,
-            k=settings.api_fallback_k,
+            SegmentLists(
+                disc,
+                k=settings.api_fallback_k,
+                band=settings.api_fallback_age_band,
+                timeout_s=max(2.0, 5 * deadline_s),
+            ),
             items_collection=settings.items_collection,
-            timeout_s=max(2.0, 5 * deadline_s),
+            store_timeout_s=settings.api_fallback_store_timeout_ms / 1000,
+            refresh_s=settings.api_fallback_refresh_s,
+            cold_timeout_s=max(2.0, 5 * deadline_s),
         ),
         cursors=CursorCodec(secret, settings.api_cursor_ttl_s, settings.api_cursor_max_ids),
         impressions=ImpressionLog(db),
         metrics=metrics,
     )
     rt.tasks = [
-        asyncio.create_task(rt.fallback.run(settings.api_fallback_refresh_s)),
+        asyncio.create_task(rt.fallback.run()),
         asyncio.create_task(rt.impressions.run()),
     ]
     try:

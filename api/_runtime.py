@@ -45,6 +45,8 @@ class Answer:
     version: str
     degraded: bool
     explain: dict[str, Any] | None = None
+    #: hard rules the (degraded) answer could not check against current data
+    degraded_rules: list[str] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -81,13 +83,14 @@ class Runtime:
         surface: str,
         call: Callable[[], Awaitable[Recommendations]],
         k: int,
-        exclude: Sequence[str] = (),
         *,
-        allow_empty: bool = False,
+        user_id: str | None = None,
+        exclude: Sequence[str] = (),
         explain: bool = False,
     ) -> Answer:
-        """The pipeline's answer, or the fallback's (``degraded``) when it times out, fails,
-        the breaker is open, or (unless ``allow_empty``) it has nothing."""
+        """The pipeline's answer (an empty list included), or the fallback's (``degraded``,
+        every hard rule checked for ``user_id``) when it times out, fails or the breaker is
+        open; :class:`~opendisco.Overloaded` (503) when no safe answer exists."""
         reason = "breaker_open"
         if self.breaker.allow():
             try:
@@ -107,14 +110,17 @@ class Runtime:
                 log.warning("discovery %s failed: %r", surface, exc)
             else:
                 self.breaker.record_success()
-                if recs.items or allow_empty:
-                    return Answer(
-                        items=[to_served(r, with_trace=explain) for r in recs.items],
-                        version=recs.version,
-                        degraded=recs.degraded,
-                        explain=recs.explain if explain else None,
-                    )
-                reason = "empty"
+                return Answer(
+                    items=[to_served(r, with_trace=explain) for r in recs.items],
+                    version=recs.version,
+                    degraded=recs.degraded,
+                    explain=recs.explain if explain else None,
+                )
         self.metrics.degraded.labels(surface, reason).inc()
-        fb = await self.fallback.get(surface, k, exclude)
-        return Answer(items=fb.items, version=fb.template_version, degraded=True)
+        fb = await self.fallback.answer(surface, user_id, k, exclude)
+        return Answer(
+            items=fb.items,
+            version=fb.template_version,
+            degraded=True,
+            degraded_rules=fb.degraded_rules,
+        )

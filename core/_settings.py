@@ -182,7 +182,19 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds between background refreshes of the degraded fallback."
     )
     api_fallback_k: int = Field(
-        200, ge=1, description="Items kept per surface in the degraded fallback."
+        200, ge=1, le=500, description="Items kept per segment list of the degraded fallback."
+    )
+    api_fallback_age_band: int = Field(
+        10,
+        ge=1,
+        description="Width in years of the age bands the degraded fallback keeps one list per "
+        "(gender x age band) for.",
+    )
+    api_fallback_store_timeout_ms: int = Field(
+        500,
+        ge=1,
+        description="Deadline of the MongoDB reads a degraded answer makes to check the hard "
+        "rules (member, state, blocks, item availability); past it the answer is 503.",
     )
     api_cursor_secret: str | None = Field(
         None,

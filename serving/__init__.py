@@ -1,11 +1,13 @@
 """opendisco.serving: the served pipeline, assembled from named parts, and its artifacts.
 
-:class:`Discovery` runs query hydrators → candidate sources → filters → feature hydrators →
-the reranker → side effects (see ``_stages``); :class:`Artifacts` are the tuned params file and
-the trained model it serves, named in every response's version string.
+:class:`Discovery` runs query hydrators → candidate sources → filters (the hard rules,
+``_filters``) → feature hydrators → the reranker → side effects (see ``_stages``);
+:class:`Artifacts` are the tuned params file and the trained model it serves, named in every
+response's version string.
 """
 
 from ._artifacts import Artifacts, load_model, load_params
+from ._filters import RULE_FIELDS, HardRules, HardRulesFilter, Rule, stored_rule_fields
 from ._pipeline import Discovery, default_parts
 from ._stages import (
     GRAPH_NEIGHBOURS,
@@ -21,6 +23,7 @@ from ._stages import (
     StoreFeatures,
     TemplateSource,
     params_for,
+    read_member,
 )
 from ._types import (
     MAX_CANDIDATES,
@@ -35,6 +38,7 @@ __all__ = [
     "GRAPH_NEIGHBOURS",
     "MAX_CANDIDATES",
     "MAX_K",
+    "RULE_FIELDS",
     "Artifacts",
     "CandidateFilter",
     "CandidatePlan",
@@ -42,12 +46,15 @@ __all__ = [
     "Discovery",
     "FeatureHydrator",
     "GraphNeighbours",
+    "HardRules",
+    "HardRulesFilter",
     "MemberContext",
     "Parts",
     "QueryHydrator",
     "Recommendation",
     "Recommendations",
     "RequestBuilder",
+    "Rule",
     "SideEffect",
     "StoreFeatures",
     "TemplateSource",
@@ -56,4 +63,6 @@ __all__ = [
     "load_model",
     "load_params",
     "params_for",
+    "read_member",
+    "stored_rule_fields",
 ]

@@ -31,6 +31,7 @@ from opendisco.ingest import PACKED_FIELD
 from opendisco.queries import CandidateSet, template_version
 from opendisco.rerank import CandidateBatch, FeatureStore, Reranker
 from opendisco.signals import (
+    BlockStore,
     EventProcessor,
     EventsResult,
     ExposureStore,
@@ -39,6 +40,7 @@ from opendisco.signals import (
 )
 
 from ._artifacts import Artifacts
+from ._filters import HardRules, HardRulesFilter
 from ._stages import (
     GraphNeighbours,
     MemberContext,
@@ -46,6 +48,7 @@ from ._stages import (
     RequestBuilder,
     StoreFeatures,
     TemplateSource,
+    read_member,
     run_sources,
 )
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
@@ -63,15 +66,16 @@ def default_parts(
     params: Mapping[str, Any],
 ) -> Parts:
     """The default assembly: member context and graph neighbours, the surface's template as
-    the candidate source, the feature store as the feature hydrator."""
+    the candidate source, the hard rules as the filter, the feature store as the feature
+    hydrator."""
     return Parts(
         query_hydrators=[
-            MemberContext(db, UserStateStore(db)),
+            MemberContext(db, UserStateStore(db), BlockStore(db)),
             RequestBuilder(params),
             GraphNeighbours(ItemGraph(db)),
         ],
         sources=[TemplateSource(os_client, settings)],
-        filters=[],
+        filters=[HardRulesFilter()],
         feature_hydrators=[StoreFeatures(features)],
         side_effects=[],
     )
@@ -98,6 +102,7 @@ class Discovery:
         self.exposure = ExposureStore(os_client, settings)
         self.features = FeatureStore(settings, os_client, db, exposure=self.exposure)
         self.states = UserStateStore(db)
+        self.blocks = BlockStore(db)
         self.parts = (
             parts
             if parts is not None
@@ -168,6 +173,7 @@ class Discovery:
         elif surface not in USER_SURFACES:
             raise InvalidInput(f"unknown surface {surface!r}")
         plan = CandidatePlan(surface, k, user_id, tuple(exclude), explain, extra)
+        plan.rules = HardRules.anonymous(plan.exclude)  # a member context replaces them
         for hydrator in self.parts.query_hydrators:
             t0 = time.perf_counter()
             await hydrator.hydrate(plan)
@@ -188,6 +194,11 @@ class Discovery:
         side effects."""
         explain, k = plan.request.explain, plan.k
         cs = await self.candidates(plan)
+        if not cs.candidates:  # nothing eligible: an answer (empty), not a failure
+            empty = self._empty(plan, cs)
+            for effect in self.parts.side_effects:
+                effect.after(plan, empty)
+            return empty
         t1 = time.perf_counter()
         batch = CandidateBatch.from_candidates(cs.candidates, now=plan.request.now)
         feats = None
@@ -229,6 +240,20 @@ class Discovery:
             effect.after(plan, recs)
         return recs
 
+    def _empty(self, plan: CandidatePlan, cs: CandidateSet) -> Recommendations:
+        timings = {**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())}
+        return Recommendations(
+            items=[],
+            degraded=cs.degraded,
+            version=f"{cs.template_version}+{self.artifacts.name}",
+            surface=plan.request.surface,
+            explain={"surface": plan.request.surface, "candidates": 0, "filtered": plan.filtered}
+            if plan.request.explain
+            else None,
+            timings_ms=timings,
+            candidate_set=cs if plan.request.explain else None,
+        )
+
     @staticmethod
     def _explained(
         plan: CandidatePlan,
@@ -247,6 +272,7 @@ class Discovery:
             "source_errors": cs.errors,
             "skipped_sources": cs.skipped,
             "candidates": len(cs.candidates),
+            "filtered": dict(plan.filtered),
             "rerank": result.trace.to_dict([r.id for r in items]),
             "timings_ms": {k: round(v, 2) for k, v in timings.items()},
         }
@@ -283,6 +309,14 @@ class Discovery:
     async def trending(self, k: int = 50) -> Recommendations:
         """The non-personal list (the same for everyone)."""
         return await self.run(await self.plan(Surface.trending, k))
+
+    async def rules_for(self, user_id: str | None, exclude: Iterable[str] = ()) -> HardRules:
+        """The hard rules of a viewer, read the way a served request reads them (what the
+        degraded fallback filters with); anonymous rules without a user id."""
+        if not user_id:
+            return HardRules.anonymous(exclude)
+        user, state, blocks = await read_member(self.db, self.states, self.blocks, user_id)
+        return HardRules.for_member(user_id, user, state, blocks, exclude=exclude)
 
     # -- events -----------------------------------------------------------------------------
     async def record_events(

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opendisco.queries import CandidateRequest, CandidateSet
-from opendisco.signals import UserState
+from opendisco.signals import MemberBlocks, UserState
+
+from ._filters import HardRules
 
 __all__ = [
     "CANDIDATE_FACTOR",
@@ -45,9 +47,14 @@ class CandidatePlan:
     extra: dict[str, Any] = field(default_factory=dict)  # item_id, query_text, query_vector
     user: dict[str, Any] | None = None  # the member's ``users`` document
     state: UserState | None = None
+    blocks: MemberBlocks | None = None  # members blocked by or blocking the member
+    #: the hard rules of this viewer (anonymous until the member context is hydrated)
+    rules: HardRules = field(default_factory=HardRules)
     request: CandidateRequest = field(default_factory=CandidateRequest)
     graph_weights: dict[str, float] | None = None  # the member's co-engagement edges
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: candidates the filters stage dropped, by rule (the engine should have dropped them)
+    filtered: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

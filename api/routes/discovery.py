@@ -76,6 +76,7 @@ def _respond(
         "template_version": answer.version,
         "surface": surface,
         "degraded": answer.degraded,
+        "degraded_rules": answer.degraded_rules,
         "items": answer.items,
         "next_cursor": next_cursor,
         "explain": answer.explain,
@@ -103,7 +104,8 @@ async def recommendations(
             user_id, surface=name, k=k, exclude=tuple(served), explain=explain
         ),
         k,
-        served,
+        user_id=user_id,
+        exclude=served,
         explain=explain,
     )
     return _respond(rt, request, key, name, user_id, answer, served)
@@ -125,7 +127,8 @@ async def similar(
         "similar",
         lambda: rt.discovery.similar(item_id, k, user_id=user_id, explain=explain),
         k,
-        [item_id],
+        user_id=user_id,
+        exclude=[item_id],
         explain=explain,
     )
     return _respond(rt, request, key, "similar", user_id, answer)
@@ -147,7 +150,7 @@ async def search(
         "search",
         lambda: rt.discovery.search(q, user_id=user_id, k=k, explain=explain),
         k,
-        allow_empty=True,
+        user_id=user_id,
         explain=explain,
     )
     return _respond(rt, request, key, "search", user_id, answer)

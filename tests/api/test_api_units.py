@@ -213,3 +213,35 @@ def test_freeze_startup_heap_moves_live_objects_out_of_collection() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+# --- fallback segments ------------------------------------------------------------------
+
+
+def test_age_bands_cover_the_range() -> None:
+    from opendisco.api._segments import age_bands
+
+    assert age_bands(19, 64, 10) == [(19, 28), (29, 38), (39, 48), (49, 58), (59, 64)]
+    assert age_bands(30, 30, 5) == [(30, 30)]
+
+
+def test_segments_a_member_may_find_someone_in() -> None:
+    from opendisco.api._segments import ALL, Segment
+    from opendisco.serving import HardRules
+
+    member = HardRules.for_member(
+        "u", {"gender": "m", "age": 30, "pref_genders": ["f"], "pref_age_min": 25,
+              "pref_age_max": 35}, None, None,
+    )  # fmt: skip
+    assert ALL.relevant(member) and ALL.params() == {}
+    assert Segment("f", (29, 38)).relevant(member)
+    assert Segment("f", (19, 28)).relevant(member)  # overlaps 25..35
+    assert not Segment("f", (39, 48)).relevant(member)
+    assert not Segment("m", (29, 38)).relevant(member)
+    anyone = HardRules.for_member("u", {}, None, None)
+    assert Segment("x", (59, 64)).relevant(anyone)
+    assert Segment("f", (29, 38)).params() == {
+        "viewer_pref_genders": ["f"],
+        "viewer_pref_age_min": 29,
+        "viewer_pref_age_max": 38,
+    }
