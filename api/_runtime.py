@@ -26,6 +26,7 @@ from ._fallback import Fallback, to_served
 from ._impressions import ImpressionLog
 from ._keys import ApiKeyStore
 from ._metrics import Metrics
+from ._overload import ENGINE_WAIT, EngineWait, LoopLag, TimedTransport, engine_bound
 from ._ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -68,11 +69,17 @@ class Runtime:
     cursors: CursorCodec
     impressions: ImpressionLog
     metrics: Metrics
+    lag: LoopLag = field(default_factory=LoopLag)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def version(self) -> str:
         return self.discovery.version
+
+    def engine_silent_s(self) -> float:
+        """Seconds since the engine answered any call (0 when the client does not say)."""
+        transport = self.os_client.transport
+        return transport.silent_for() if isinstance(transport, TimedTransport) else 0.0
 
     @property
     def deadline_s(self) -> float:
@@ -90,9 +97,15 @@ class Runtime:
     ) -> Answer:
         """The pipeline's answer (an empty list included), or the fallback's (``degraded``,
         every hard rule checked for ``user_id``) when it times out, fails or the breaker is
-        open; :class:`~opendisco.Overloaded` (503) when no safe answer exists."""
+        open; :class:`~opendisco.Overloaded` (503) when no safe answer exists.
+
+        The breaker counts engine failures only: a backend error, or a deadline missed while
+        the engine kept the request waiting (``_overload.engine_bound``); a deadline missed
+        because this process was busy degrades the answer without counting."""
         reason = "breaker_open"
         if self.breaker.allow():
+            wait = EngineWait()
+            token = ENGINE_WAIT.set(wait)  # copied into the task wait_for runs the call in
             try:
                 recs = await asyncio.wait_for(call(), self.deadline_s)
             except (InvalidInput, NotFound, AuthError):
@@ -102,8 +115,13 @@ class Runtime:
                 self.breaker.release()
                 raise
             except TimeoutError:
-                self.breaker.record_failure()
-                reason = "timeout"
+                silent = self.engine_silent_s()
+                if engine_bound(wait, self.lag, self.deadline_s, silent):
+                    self.breaker.record_failure()
+                    reason = "timeout"
+                else:  # local queueing or CPU: not the engine's failure
+                    self.breaker.release()
+                    reason = "timeout_local"
             except Exception as exc:  # outage or any backend failure: degrade, never 5xx
                 self.breaker.record_failure()
                 reason = "backend_error" if isinstance(exc, BackendError) else "error"
@@ -116,6 +134,8 @@ class Runtime:
                     degraded=recs.degraded,
                     explain=recs.explain if explain else None,
                 )
+            finally:
+                ENGINE_WAIT.reset(token)
         self.metrics.degraded.labels(surface, reason).inc()
         fb = await self.fallback.answer(surface, user_id, k, exclude)
         return Answer(
