@@ -1,9 +1,10 @@
 """The default assembly of the served pipeline's named parts (:class:`Parts`).
 
 Query hydrators (member context, the request, graph neighbours, mutual likes, live trending,
-the pacing budget) → the surface's template as the candidate source → the feature store as the
-feature hydrator → (``served_log``) the served-list log as a side effect. Custom assemblies
-(tests, experiments) build their own :class:`Parts`.
+the pacing budget) → the surface's template as the candidate source → the hard rules as the
+filter (every source's candidates, whatever proposed them) → the feature store as the feature
+hydrator → (``served_log``) the served-list log as a side effect. Custom assemblies (tests,
+experiments) build their own :class:`Parts`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ from opensearchpy import AsyncOpenSearch
 from opendisco._settings import Settings
 from opendisco.queries import Template
 from opendisco.rerank import FeatureStore
-from opendisco.signals import ItemGraph, PacingController, ServedLog, UserGraph, UserStateStore
+from opendisco.signals import (
+    BlockStore,
+    ItemGraph,
+    PacingController,
+    ServedLog,
+    UserGraph,
+    UserStateStore,
+)
 
+from ._filters import HardRulesFilter
 from ._market import LiveTrending, MutualLikes, PacingBudget
 from ._stages import (
     GraphNeighbours,
@@ -44,8 +53,8 @@ def default_parts(
 ) -> Parts:
     """The default assembly: member context, graph neighbours, mutual likes, live trending and
     the pacing budget; the surface's template (or its served version in ``templates``) as the
-    candidate source; the feature store as the feature hydrator; and (``served_log``) the
-    served-list log as a side effect."""
+    candidate source; the hard rules as the filter; the feature store as the feature
+    hydrator; and (``served_log``) the served-list log as a side effect."""
     side_effects: list[Any] = []
     if settings.served_log:
         side_effects.append(
@@ -59,7 +68,7 @@ def default_parts(
             )
         )
     hydrators: list[Any] = [
-        MemberContext(db, UserStateStore(db)),
+        MemberContext(db, UserStateStore(db), BlockStore(db)),
         RequestBuilder(params, dict(templates or {})),
         GraphNeighbours(ItemGraph(db)),
         MutualLikes(UserGraph(db), ItemGraph(db)),
@@ -70,6 +79,7 @@ def default_parts(
     return Parts(
         query_hydrators=hydrators,
         sources=[TemplateSource(os_client, settings)],
+        filters=[HardRulesFilter()],
         feature_hydrators=[StoreFeatures(features)],
         side_effects=side_effects,
     )

@@ -31,11 +31,10 @@ from opendisco.ingest import PACKED_FIELD
 from opendisco.queries import CandidateSet, template_version
 from opendisco.rerank import CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
-    EventProcessor,
+    BlockStore,
     EventsResult,
     ExposureStore,
     PacingController,
-    ServedExposure,
     ServedLog,
     UserStateStore,
 )
@@ -43,8 +42,16 @@ from opendisco.signals import (
 from ._artifacts import Artifacts
 from ._assembly import default_parts
 from ._explore import EXPLORED_SURFACES, Explorer
-from ._stages import LogServed, Parts, run_sources, served_list
+from ._filters import HardRules
+from ._stages import (
+    LogServed,
+    Parts,
+    read_member,
+    run_sources,
+    served_list,
+)
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
+from ._writes import Writes
 
 if TYPE_CHECKING:  # torch: loaded on the first query encoding, not on import
     from sentence_transformers import SentenceTransformer
@@ -77,7 +84,9 @@ class Discovery:
         self.features = FeatureStore(settings, os_client, db, exposure=self.exposure)
         self.states = UserStateStore(db)
         self.pacing = PacingController(settings, db, self.exposure)
-        self.served = ServedExposure(self.exposure, settings.exposure_flush_s)
+        self.writes = Writes(settings, os_client, db, self.exposure)
+        self.served = self.writes.served  # served impressions not flushed yet
+        self.blocks = BlockStore(db)
         self.parts = (
             parts
             if parts is not None
@@ -93,8 +102,6 @@ class Discovery:
         )
         self.explorer = explorer if explorer is not None else Explorer.from_settings(settings)
         self._model = model
-        self._events: EventProcessor | None = None
-        self._applying: set[asyncio.Future[EventsResult]] = set()
         self._ready = False
         self._lock = asyncio.Lock()
         #: the templates and the serving artifacts (params file, model) this pipeline serves
@@ -161,6 +168,7 @@ class Discovery:
         plan = CandidatePlan(surface, k, user_id, tuple(exclude), explain, extra)
         if request_id:
             plan.request_id = request_id
+        plan.rules = HardRules.anonymous(plan.exclude)  # a member context replaces them
         for hydrator in self.parts.query_hydrators:
             t0 = time.perf_counter()
             await hydrator.hydrate(plan)
@@ -181,6 +189,11 @@ class Discovery:
         side effects."""
         explain, k = plan.request.explain, plan.k
         cs = await self.candidates(plan)
+        if not cs.candidates:  # nothing eligible: an answer (empty), not a failure
+            empty = self._empty(plan, cs)
+            for effect in self.parts.side_effects:
+                effect.after(plan, empty)
+            return empty
         t1 = time.perf_counter()
         batch = CandidateBatch.from_candidates(cs.candidates, now=plan.request.now)
         feats: Features | None = None
@@ -242,6 +255,20 @@ class Discovery:
             effect.after(plan, recs)
         return recs
 
+    def _empty(self, plan: CandidatePlan, cs: CandidateSet) -> Recommendations:
+        timings = {**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())}
+        return Recommendations(
+            items=[],
+            degraded=cs.degraded,
+            version=f"{cs.template_version}+{self.artifacts.name}",
+            surface=plan.request.surface,
+            explain={"surface": plan.request.surface, "candidates": 0, "filtered": plan.filtered}
+            if plan.request.explain
+            else None,
+            timings_ms=timings,
+            candidate_set=cs if plan.request.explain else None,
+        )
+
     @staticmethod
     def _explained(
         plan: CandidatePlan,
@@ -260,6 +287,7 @@ class Discovery:
             "source_errors": cs.errors,
             "skipped_sources": cs.skipped,
             "candidates": len(cs.candidates),
+            "filtered": dict(plan.filtered),
             "rerank": result.trace.to_dict([r.id for r in items]),
             "timings_ms": {k: round(v, 2) for k, v in timings.items()},
         }
@@ -328,9 +356,7 @@ class Discovery:
         """Finish queued work before the clients close (at shutdown and at the end of an
         evaluation): event batches still applying, served impressions not flushed yet, every
         side effect's queue (served-list log writes)."""
-        if self._applying:
-            await asyncio.wait(list(self._applying))
-        await self.served.drain()
+        await self.writes.drain()
         for effect in self.parts.side_effects:
             await effect.drain()
 
@@ -342,35 +368,24 @@ class Discovery:
                 return effect.log
         return None
 
-    # -- events -----------------------------------------------------------------------------
+    async def rules_for(self, user_id: str | None, exclude: Iterable[str] = ()) -> HardRules:
+        """The hard rules of a viewer, read the way a served request reads them (what the
+        degraded fallback filters with); anonymous rules without a user id."""
+        if not user_id:
+            return HardRules.anonymous(exclude)
+        user, state, blocks = await read_member(self.db, self.states, self.blocks, user_id)
+        return HardRules.for_member(user_id, user, state, blocks, exclude=exclude)
+
+    # -- events (the write side: ``_writes``) ----------------------------------------------
     async def record_events(
         self, events: Sequence[Mapping[str, Any]], now: datetime | None = None
     ) -> EventsResult:
-        if self._events is None:
-            async with self._lock:
-                if self._events is None:
-                    proc = EventProcessor(self.settings, self.db, self.os, exposure=self.exposure)
-                    await proc.ensure()
-                    self._events = proc
-        # a caller that gives up (a client timeout cancels the request) must not leave the
-        # batch half-applied: the apply runs to its end in its own task
-        task = asyncio.ensure_future(self._events.apply(list(events), now=now))
-        self._applying.add(task)
-        task.add_done_callback(self._applying.discard)
-        return await asyncio.shield(task)
+        """Apply an event batch (to its end, even when the caller gives up)."""
+        return await self.writes.events(events, now=now)
 
     def record_served(self, items: Sequence[Mapping[str, Any]]) -> None:
-        """Count a list shown to a member (response items: ``{"id", "item": {...}}``) toward
-        exposure: its member profiles, by a batched background flush (no I/O here; setting
-        ``exposure_count_served``). Other items (movies, products) count only through client
-        impression events."""
-        if not self.settings.exposure_count_served:
-            return
-        profiles = [
-            str(it["id"]) for it in items if (it.get("item") or {}).get("kind") == "profile"
-        ]
-        if profiles:
-            self.served.add(profiles)
+        """Count a list shown to a member toward its profiles' exposure (no I/O here)."""
+        self.writes.shown(items)
 
     async def item(self, item_id: str) -> dict[str, Any]:
         with backend_errors(

@@ -4,12 +4,15 @@ Events (one :class:`Event` model, validated once; :class:`EventProcessor` applie
 once, also when it is posted concurrently: :class:`EventClaims`) feed the per-member
 :class:`UserState` (recent positives/negatives, seen and blocked ids, a decayed content vector
 and a folded-in behaviour vector), the item co-engagement graph (:class:`ItemGraph`), mutual
-likes (:class:`UserGraph`), inbound attention counters (:class:`InboundCounter`) and the
-exposure counters with the in-engine cap list (:class:`ExposureStore`). Everything here writes
-to and reads from the stores; nothing here ranks.
+likes (:class:`UserGraph`), inbound attention counters (:class:`InboundCounter`), blocks
+between members both ways (:class:`BlockStore`), the exposure counters with the in-engine cap
+list and live trending counts (:class:`ExposureStore`) and the pacing controller
+(:class:`PacingController`). Everything here writes to and reads from the stores; nothing here
+ranks.
 """
 
 from ._behaviour import fold_in
+from ._blocks import MEMBER_BLOCKS, BlockStore, MemberBlocks
 from ._claims import CLAIMS, ClaimStatus, EventClaims, classify
 from ._event import (
     EVENT_TYPES,
@@ -68,6 +71,7 @@ __all__ = [
     "INBOUND",
     "INBOUND_TYPES",
     "ITEM_EDGES",
+    "MEMBER_BLOCKS",
     "MUTUAL_TYPES",
     "PACING",
     "RECENT_FANOUT",
@@ -78,6 +82,7 @@ __all__ = [
     "USER_LOCKS",
     "USER_MATCHES",
     "USER_STATE",
+    "BlockStore",
     "ClaimStatus",
     "Event",
     "EventClaims",
@@ -90,6 +95,7 @@ __all__ = [
     "InboundCounter",
     "Inbox",
     "ItemGraph",
+    "MemberBlocks",
     "PacingController",
     "PacingState",
     "PacingTargets",

@@ -9,6 +9,8 @@ rules (which events count where) live in one place and are testable without a se
   a served list (``request_id``) is left out when the API counts the lists it serves
   (``exposure_count_served``): it was counted when served;
 * ``likes``: ``(liker, liked member, profile)`` for likes/matches of profiles (mutual likes);
+* ``blocks``: ``(blocker, blocked member)``: hiding a member's profile blocks that member, both
+  ways (see ``signals._blocks``);
 * ``inbound``: attention a recipient receives (likes/matches/messages of *profiles* only: a
   movie liked by many is popular, not overloaded);
 * ``trend``: ``(item, when, weight)`` of likes/matches, for the live decayed counts.
@@ -32,6 +34,7 @@ class Effects:
     by_user: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     impressions: Counter[str] = field(default_factory=Counter)
     likes: list[tuple[str, str, str]] = field(default_factory=list)
+    blocks: list[tuple[str, str]] = field(default_factory=list)
     inbound: list[tuple[str, datetime]] = field(default_factory=list)
     trend: list[tuple[str, datetime, float]] = field(default_factory=list)
 
@@ -46,7 +49,7 @@ def plan_effects(
     """Pure: the store increments of ``events`` (see the module docstring)."""
     by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
     impressions: Counter[str] = Counter()
-    likes, inbound, trend = [], [], []
+    likes, blocks, inbound, trend = [], [], [], []
     for ev in events:
         w = weights.get(ev.type, 0.0)
         by_user[ev.user_id].append(
@@ -58,8 +61,10 @@ def plan_effects(
             impressions[ev.item_id] += 1
         if ev.type in MUTUAL_TYPES and profile:
             likes.append((ev.user_id, str(it.get("owner_id") or ev.item_id), ev.item_id))
+        if ev.type == "hide" and profile and it.get("owner_id"):
+            blocks.append((ev.user_id, str(it["owner_id"])))
         if ev.type in INBOUND_TYPES and profile and ev.ts is not None:
             inbound.append((ev.item_id, ev.ts))
         if ev.type in MUTUAL_TYPES and ev.ts is not None:
             trend.append((ev.item_id, ev.ts, weights.get(ev.type, 1.0)))
-    return Effects(dict(by_user), impressions, likes, inbound, trend)
+    return Effects(dict(by_user), impressions, likes, blocks, inbound, trend)

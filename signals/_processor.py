@@ -19,7 +19,8 @@ the guarantee)::
        co-engagement pairs are computed from the fresh states inside the leases, so concurrent
        batches of one member link each pair once), exposure counters (ExposureStore.record),
        co-engagement graph (one read and one write per distinct source item, its new edges
-       coalesced, under item leases), mutual likes, inbound attention counters (profiles)
+       coalesced, under item leases), mutual likes, blocks between members (a hide of a
+       profile, both directions), inbound attention counters (profiles)
     5. mark: update_many applied=True
 
 Everything that can reject an event happens before its first write. Concurrent posts of one
@@ -53,6 +54,7 @@ from opendisco._exceptions import EventInvalid
 from opendisco._settings import Settings
 from opendisco._store import detect_capabilities
 
+from ._blocks import MEMBER_BLOCK_LOCKS, MEMBER_BLOCKS, BlockStore
 from ._claims import CLAIMS, EventClaims, classify
 from ._effects import plan_effects
 from ._event import Event, EventsConfig, EventsResult, validate_event
@@ -127,6 +129,7 @@ class EventProcessor:
         self.items = ItemGraph(db)
         self.users = UserGraph(db)
         self.inbound = InboundCounter(db)
+        self.blocks = BlockStore(db)
         self.exposure = exposure if exposure is not None else ExposureStore(os_client, settings)
         self._ready = False
         self.native_ttl = True
@@ -184,6 +187,8 @@ class EventProcessor:
                     INBOUND,
                     PACING,
                     PACING_LOCKS,
+                    MEMBER_BLOCKS,
+                    MEMBER_BLOCK_LOCKS,
                 ):
                     if name not in have:
                         with contextlib.suppress(CollectionInvalid):
@@ -347,6 +352,8 @@ class EventProcessor:
                 await self.items.add(pairs, now)
             if fx.likes:
                 out.mutual += await self.users.add_likes(fx.likes, now)
+            if fx.blocks:
+                await self.blocks.add(fx.blocks, now)
             if fx.inbound:
                 await self.inbound.add(fx.inbound)
         finally:

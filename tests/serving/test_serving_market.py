@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from opendisco.rerank import FEATURE_NAMES, CandidateBatch, RerankConfig, assemble_features
-from opendisco.serving import Artifacts, Discovery
+from opendisco.serving import Artifacts, Discovery, Rule, stored_rule_fields
 from opendisco.signals import PacingController, PacingTargets, UserGraph
 
 
@@ -71,6 +71,50 @@ async def test_reciprocal_step_and_likers_source(discovery: Any, market: Any) ->
     )
     off = await one_sided.recommend(v, k=60)
     assert _rank(off, cand) > _rank(after, cand) + 5
+
+
+async def test_likers_blocked_or_ineligible_are_never_shown(discovery: Any, market: Any) -> None:
+    """The likers source proposes members by owner id; the hard rules still decide: a liker
+    whose preferences exclude the viewer is never shown, and one who then blocks the viewer
+    disappears with everything they own."""
+    items, users = market
+    by_id = {it["_id"]: it for it in items}
+    owner_of = {it["_id"]: it["owner_id"] for it in items}
+    viewer = _broad(users, 2)
+    v = viewer["_id"]
+    first = (await discovery.recommend(v, k=5)).ids[0]  # history: for_you, not cold_start
+    assert (await discovery.record_events([_ev(v, "like", first)])).accepted == 1
+    rules = await discovery.rules_for(v)
+    base = await discovery.recommend(v, k=60)
+    assert base.surface == "for_you"
+    eligible = owner_of[base.ids[-1]]
+    excluded = next(
+        u
+        for u in users
+        if u.get("profile_id") in by_id
+        and rules.broken(u["profile_id"], stored_rule_fields(by_id[u["profile_id"]]))
+        == Rule.ELIGIBILITY
+    )
+    res = await discovery.record_events(
+        [_ev(m, "like", viewer["profile_id"]) for m in (eligible, excluded["_id"])]
+    )
+    assert res.accepted == 2
+    plan = await discovery.plan("for_you", 60, user_id=v)
+    assert {eligible, excluded["_id"]} <= set(plan.request.params["liker_ids"])
+    after = await discovery.recommend(v, k=60, explain=True)
+    shown = {r.id: r for r in after.items}
+    assert base.ids[-1] in shown and "likers" in shown[base.ids[-1]].sources
+    assert excluded["profile_id"] not in shown
+    assert excluded["profile_id"] not in {c.id for c in after.candidate_set.candidates}
+    # the liker blocks the viewer (hides their profile): gone, though they still liked them
+    res = await discovery.record_events([_ev(eligible, "hide", viewer["profile_id"])])
+    assert res.accepted == 1
+    assert eligible in (await discovery.plan("for_you", 60, user_id=v)).request.params["liker_ids"]
+    blocked = await discovery.recommend(v, k=60, explain=True)
+    assert not {owner_of.get(i) for i in blocked.ids} & {eligible, excluded["_id"]}
+    assert all(owner_of.get(c.id) != eligible for c in blocked.candidate_set.candidates), (
+        "the engine already excludes a blocking member"
+    )
 
 
 async def test_mutual_likes_feed_friends_of_matches(discovery: Any, market: Any) -> None:
