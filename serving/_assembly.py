@@ -1,10 +1,11 @@
-"""The default assembly of the served pipeline's named parts (:class:`Parts`).
+"""The default assembly of the served pipeline's named parts (what :class:`Discovery` runs
+unless it is given other ``Parts``: the evaluator, the playground and tests assemble their own
+from the same parts).
 
 Query hydrators (member context, the request, graph neighbours, mutual likes, live trending,
 the pacing budget) → the surface's template as the candidate source → the hard rules as the
 filter (every source's candidates, whatever proposed them) → the feature store as the feature
-hydrator → (``served_log``) the served-list log as a side effect. Custom assemblies (tests,
-experiments) build their own :class:`Parts`.
+hydrator → (``served_log``) the served-list log as a side effect.
 """
 
 from __future__ import annotations

@@ -43,13 +43,7 @@ from ._artifacts import Artifacts
 from ._assembly import default_parts
 from ._explore import EXPLORED_SURFACES, Explorer
 from ._filters import HardRules
-from ._stages import (
-    LogServed,
-    Parts,
-    read_member,
-    run_sources,
-    served_list,
-)
+from ._stages import LogServed, Parts, read_member, run_sources, served_list
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
 from ._writes import Writes
 
