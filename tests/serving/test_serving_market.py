@@ -73,6 +73,25 @@ async def test_reciprocal_step_and_likers_source(discovery: Any, market: Any) ->
     assert _rank(off, cand) > _rank(after, cand) + 5
 
 
+async def test_a_new_member_sees_who_liked_them(discovery: Any, market: Any) -> None:
+    """A member without history (cold_start) who receives a like sees the liker's profile: the
+    likers source serves new members too (their first likes received are the likeliest
+    matches)."""
+    items, users = market
+    owner_of = {it["_id"]: it["owner_id"] for it in items}
+    viewer = _broad(users, 3)
+    v = viewer["_id"]
+    before = await discovery.recommend(v, k=60)
+    assert before.surface == "cold_start" and len(before.ids) >= 10
+    liked_last = next(i for i in reversed(before.ids) if owner_of[i] != users[47]["_id"])
+    await discovery.record_events([_ev(owner_of[liked_last], "like", viewer["profile_id"])])
+    after = await discovery.recommend(v, k=60, explain=True)
+    assert after.surface == "cold_start"
+    rec = next(r for r in after.items if r.id == liked_last)
+    assert "likers" in rec.sources
+    assert _rank(after, liked_last) < _rank(before, liked_last)
+
+
 async def test_likers_blocked_or_ineligible_are_never_shown(discovery: Any, market: Any) -> None:
     """The likers source proposes members by owner id; the hard rules still decide: a liker
     whose preferences exclude the viewer is never shown, and one who then blocks the viewer

@@ -229,10 +229,10 @@ async def test_engine_returns_exactly_what_the_rules_allow(
 async def test_two_sided_sources_return_only_what_the_rules_allow(
     viewer: str, rules_settings: Settings, combinations: list[dict[str, Any]]
 ) -> None:
-    """The likers, friends-of-matches and live-trending paths (issue 17) propose members by
-    id or owner — every one of them among the ids — and still return exactly what the rules
-    allow: a liker the viewer blocked, who blocked the viewer, or whose preferences exclude
-    the viewer is never a candidate, whatever proposed it."""
+    """The likers (for_you and cold_start), friends-of-matches and live-trending paths (issue
+    17) propose members by id or owner — every one of them among the ids — and still return
+    exactly what the rules allow: a liker the viewer blocked, who blocked the viewer, or whose
+    preferences exclude the viewer is never a candidate, whatever proposed it."""
     user, seen, blocked, blocked_by = VIEWERS[viewer]
     state = UserState(user["_id"], seen=seen)
     blocks = MemberBlocks(user["_id"], blocked=blocked, blocked_by=blocked_by)
@@ -269,16 +269,29 @@ async def test_two_sided_sources_return_only_what_the_rules_allow(
                 exposure_caps=False,
             ),
         )
+        cold = await generate_candidates(
+            client,
+            rules_settings,
+            CandidateRequest(
+                surface="cold_start",
+                k=1000,
+                now=now,
+                params={k: v for k, v in params.items() if not k.startswith("mutual")},
+                exposure_caps=False,
+            ),
+        )
     finally:
         await client.close()
-    assert not cs.errors and not trending.errors, (cs.errors, trending.errors)
+    assert not cs.errors and not trending.errors and not cold.errors
+    cold_likers = {c.id for c in cold.candidates if "likers" in c.sources}
     allowed = {d["id"] for d in combinations if rules.allows(d["id"], d)}
     by_source: dict[str, set[str]] = {}
     for c in cs.candidates:
         for s in c.sources:
             by_source.setdefault(s, set()).add(c.id)
     profiles = {d["id"] for d in combinations if d["kind"] == "profile"}
-    assert by_source.get("likers", set()) == allowed & profiles
+    assert by_source.get("likers", set()) == allowed & profiles == cold_likers
+    assert {c.id for c in cold.candidates} <= allowed
     assert by_source.get("mutual", set()) == allowed & set(mutual)
     assert {c.id for c in cs.candidates} <= allowed
     assert {c.id for c in trending.candidates} == allowed
