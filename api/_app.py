@@ -115,7 +115,8 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         if stuck:
             log.warning("background tasks did not stop: %s", stuck)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(disc.drain(), 5.0)  # the served-list log
+            # event batches applying, served impressions, the served-list log
+            await asyncio.wait_for(disc.drain(), 5.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(os_client.close(), 5.0)
         mongo.close()

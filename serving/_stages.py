@@ -237,7 +237,8 @@ class TemplateSource:
 @dataclass
 class StoreFeatures:
     """The reranker's features from :class:`~opendisco.rerank.FeatureStore` (packed vectors
-    from the hits, exposure and inbound counters, graph proximity)."""
+    from the hits, exposure and inbound counters, graph proximity; for member candidates their
+    owners' tastes and the viewer's own profile vector, looked up alongside)."""
 
     store: FeatureStore
     name: str = "store"
@@ -245,7 +246,18 @@ class StoreFeatures:
     async def features(
         self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
     ) -> Features:
-        return await self.store.for_batch(batch, plan.state, plan.graph_weights)
+        profile = (plan.user or {}).get("profile_id") if batch.members.any() else None
+        feats, plan.viewer_profile = await asyncio.gather(
+            self.store.for_batch(
+                batch,
+                plan.state,
+                plan.graph_weights,
+                inbox=plan.inbox,
+                mutual_weights=plan.mutual_weights,
+            ),
+            self.store.profile_vector(profile),
+        )
+        return feats
 
 
 def served_list(

@@ -6,8 +6,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from opendisco.queries import CandidateRequest, CandidateSet
-from opendisco.signals import MemberBlocks, ServedList, UserState
+from opendisco.signals import Inbox, MemberBlocks, PacingState, ServedList, UserState
 
 from ._filters import HardRules
 
@@ -53,6 +55,10 @@ class CandidatePlan:
     rules: HardRules = field(default_factory=HardRules)
     request: CandidateRequest = field(default_factory=CandidateRequest)
     graph_weights: dict[str, float] | None = None  # the member's co-engagement edges
+    inbox: Inbox | None = None  # who liked the member, whom they matched with
+    mutual_weights: dict[str, float] | None = None  # co-engagement from the matched profiles
+    viewer_profile: np.ndarray | None = None  # the member's own profile vector
+    pacing: PacingState | None = None  # the pacing controller's state (None: pacing off)
     timings_ms: dict[str, float] = field(default_factory=dict)
     #: the answer's id (the API's ``X-Request-ID``); served lists and events refer to it
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
