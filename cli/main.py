@@ -33,6 +33,7 @@ for _name in (
     "_api",
     "_eval",
     "_demo",
+    "_experiments",
 ):
     # commands of later layers register themselves when their module is present
     try:

@@ -210,6 +210,21 @@ class Settings(BaseSettings):
         24.0, gt=0, description="Window over which impressions count towards an exposure cap (h)."
     )
 
+    # --- experiments ------------------------------------------------------------------
+    experiments_holdout: float = Field(
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="Share of members in the global long-term holdout: in no experiment, as "
+        "viewer or candidate.",
+    )
+    experiments_holdout_salt: str = Field(
+        "holdout", description="Salt of the holdout's buckets (changing it reshuffles it)."
+    )
+    experiments_refresh_s: float = Field(
+        10.0, gt=0, description="Seconds between re-reads of the running experiments."
+    )
+
     @property
     def opensearch_port(self) -> int:
         from urllib.parse import urlsplit

@@ -48,7 +48,7 @@ from ._stages import (
     TemplateSource,
     run_sources,
 )
-from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
+from ._types import MAX_K, CandidatePlan, Ranking, Recommendation, Recommendations
 
 __all__ = ["Discovery", "default_parts"]
 
@@ -198,7 +198,8 @@ class Discovery:
         ctx = FeatureStore.context(plan.state, k=k)
         if feats is None:
             raise InvalidInput("the pipeline has no feature hydrator")
-        result = self.reranker.run(batch, feats, ctx, timed=explain)
+        artifacts = plan.artifacts or self.artifacts
+        result = self._ranking(plan).run(batch, feats, ctx, timed=explain)
         plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         by_id = {c.id: c for c in cs.candidates}
         items = []
@@ -219,15 +220,24 @@ class Discovery:
         recs = Recommendations(
             items=items,
             degraded=cs.degraded,
-            version=f"{cs.template_version}+{self.artifacts.name}",
+            version=f"{cs.template_version}+{artifacts.name}",
             surface=plan.request.surface,
             explain=self._explained(plan, cs, result, items, timings) if explain else None,
             timings_ms=timings,
             candidate_set=cs if explain else None,
+            experiments=plan.experiments,
         )
         for effect in self.parts.side_effects:
             effect.after(plan, recs)
         return recs
+
+    def _ranking(self, plan: CandidatePlan) -> Ranking:
+        """The request's ranking: its own, its artifacts' reranker, or the pipeline's."""
+        if plan.ranking is not None:
+            return plan.ranking
+        if plan.artifacts is None or plan.artifacts is self.artifacts:
+            return self.reranker
+        return Reranker(plan.artifacts.rerank, plan.artifacts.scorer)
 
     @staticmethod
     def _explained(

@@ -143,7 +143,8 @@ class RequestBuilder:
             **plan.extra,
         )
         plan.request.exclude_ids = list(dict.fromkeys([*plan.request.exclude_ids, *plan.exclude]))
-        plan.request.params = params_for(self.params, plan.request.surface)
+        params = self.params if plan.artifacts is None else plan.artifacts.params
+        plan.request.params = params_for(params, plan.request.surface)
 
 
 @dataclass

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opendisco.queries import CandidateRequest, CandidateSet
 from opendisco.signals import UserState
+
+if TYPE_CHECKING:
+    from opendisco.rerank import CandidateBatch, Features, RerankContext, RerankResult
+
+    from ._artifacts import Artifacts
 
 __all__ = [
     "CANDIDATE_FACTOR",
@@ -14,6 +19,7 @@ __all__ = [
     "MAX_K",
     "MIN_CANDIDATES",
     "CandidatePlan",
+    "Ranking",
     "Recommendation",
     "Recommendations",
     "candidate_k",
@@ -29,6 +35,16 @@ MAX_K = MAX_CANDIDATES
 
 def candidate_k(k: int) -> int:
     return max(MIN_CANDIDATES, min(MAX_CANDIDATES, k * CANDIDATE_FACTOR))
+
+
+class Ranking(Protocol):
+    """What orders a request's candidates: a :class:`~opendisco.rerank.Reranker`, or a
+    request-specific one (an experiment ranking each candidate by its own arm)."""
+
+    def run(
+        self, cands: CandidateBatch, features: Features, ctx: RerankContext | None = None, *,
+        timed: bool = False,
+    ) -> RerankResult: ...  # fmt: skip
 
 
 @dataclass
@@ -48,6 +64,13 @@ class CandidatePlan:
     request: CandidateRequest = field(default_factory=CandidateRequest)
     graph_weights: dict[str, float] | None = None  # the member's co-engagement edges
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: what this request serves when it differs from the pipeline (an experiment arm): the
+    #: template params, rerank config and scorer; named in the response's version string
+    artifacts: Artifacts | None = None
+    #: this request's ranking when it is not one reranker (a pair-level experiment)
+    ranking: Ranking | None = None
+    #: the experiments this request takes part in (experiment, arm, design, unit, ...)
+    experiments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -71,6 +94,8 @@ class Recommendations:
     timings_ms: dict[str, float] = field(default_factory=dict)
     #: the candidate stage, kept only when explaining
     candidate_set: CandidateSet | None = field(default=None, repr=False)
+    #: the experiments the request took part in (see ``CandidatePlan.experiments``)
+    experiments: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:

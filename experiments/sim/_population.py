@@ -39,8 +39,8 @@ class PopulationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    markets: int = Field(40, ge=1, description="Cities; members only meet within theirs.")
-    market_size: int = Field(150, ge=2, description="Members per market.")
+    markets: int = Field(30, ge=1, description="Cities; members only meet within theirs.")
+    market_size: int = Field(400, ge=2, description="Members per market.")
     dim: int = Field(16, ge=2, description="Dimensions of the latent taste/trait vectors.")
     types: int = Field(8, ge=1, description="Interest types (the profile's category).")
     type_noise: float = Field(0.7, ge=0.0, description="Spread of traits/taste around a type.")
