@@ -30,7 +30,7 @@ from opendisco.experiments._store import ExperimentStore
 
 from ._base import pass_settings
 
-__all__ = ["register"]
+__all__ = ["experiments_cmd"]
 
 T = TypeVar("T")
 
@@ -202,6 +202,3 @@ def report_cmd(
         console.print(t)
     console.print(f"report: {paths['html']} ({paths['png'].name}, {paths['json'].name})")
 
-
-def register(cli: click.Group) -> None:
-    cli.add_command(experiments_cmd)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError
 from pydantic_settings import (
@@ -227,14 +228,10 @@ class Settings(BaseSettings):
 
     @property
     def opensearch_port(self) -> int:
-        from urllib.parse import urlsplit
-
         return urlsplit(self.opensearch_url).port or 9200
 
     @property
     def mongo_port(self) -> int:
-        from urllib.parse import urlsplit
-
         return urlsplit(self.mongo_url.split(",")[0]).port or 27017
 
     @classmethod
