@@ -45,6 +45,8 @@ class Answer:
     version: str
     degraded: bool
     explain: dict[str, Any] | None = None
+    #: the experiments the list took part in (arm, design, unit, candidates' arms)
+    experiments: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -113,6 +115,7 @@ class Runtime:
                         version=recs.version,
                         degraded=recs.degraded,
                         explain=recs.explain if explain else None,
+                        experiments=recs.experiments,
                     )
                 reason = "empty"
         self.metrics.degraded.labels(surface, reason).inc()

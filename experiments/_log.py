@@ -105,7 +105,11 @@ class ExperimentLog:
         await self.drain()
 
     async def drain(self) -> int:
-        """Write everything queued (batches of ``batch``); returns documents written."""
+        """Write everything queued (batches of ``batch``), after any write in flight (so a
+        shutdown drain does not close the store under it); returns documents written here."""
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            await asyncio.wait([task])
         n = 0
         while self.queue:
             docs, self.queue = self.queue[: self.batch], self.queue[self.batch :]

@@ -36,6 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from opendisco._domain import ID_PATTERN
 
+from ._metrics import METRICS
+
 __all__ = [
     "PAIR_LEVEL",
     "Arm",
@@ -153,8 +155,6 @@ class Experiment(_Strict):
     @field_validator("metrics")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        from ._metrics import METRICS
-
         unknown = [m for m in v if m not in METRICS]
         if unknown:
             raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")

@@ -288,6 +288,10 @@ def install(
 ) -> tuple[ExperimentRegistry, ExperimentLog]:
     """Add the experiments' hydrator (after the member context) and, with ``log``, the
     exposure log to a pipeline; returns both (tests refresh and drain them directly)."""
+    for hydrator in discovery.parts.query_hydrators:  # installed already: the same parts
+        if isinstance(hydrator, ExperimentHydrator):
+            found = [e for e in discovery.parts.side_effects if isinstance(e, ExperimentLog)]
+            return hydrator.registry, found[0] if found else ExperimentLog(db, hydrator.registry)
     registry = ExperimentRegistry(
         ExperimentStore(db),
         discovery.artifacts,

@@ -69,6 +69,7 @@ def _respond(
             "version": answer.version,
             "degraded": answer.degraded,
             "items": [{"id": i, "position": p} for p, i in enumerate(ids)],
+            "experiments": answer.experiments,
         }
     )
     return {
@@ -79,6 +80,7 @@ def _respond(
         "items": answer.items,
         "next_cursor": next_cursor,
         "explain": answer.explain,
+        "experiments": answer.experiments,
     }
 
 

@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from opendisco import InvalidInput, Settings, clients
+from opendisco.api import create_app
 from opendisco.cli.main import cli
 from opendisco.experiments import (
     Experiment,
@@ -251,3 +253,55 @@ def test_end_to_end_experiment_read_out_by_the_cli(
     assert sum(r["mutual"] for r in viewer_side.values()) > 0
     assert (report_dir / "report.html").read_text().count("<table>") >= 4
     assert (report_dir / "effects.png").read_bytes()[:4] == b"\x89PNG"
+
+
+async def test_api_responses_and_impressions_carry_the_arms(
+    ex_settings: Settings, ex_market: Any, ex_db: Any, model: Any
+) -> None:
+    """Through the HTTP API: every response and impression of a two-sided experiment names
+    the experiment, the viewer's arm, the design, the unit and each shown candidate's arm."""
+    items, users = ex_market
+    owner = {it["_id"]: it["owner_id"] for it in items}
+    settings = ex_settings.model_copy(update={"api_auth": False, "api_deadline_ms": 10_000})
+    store = ExperimentStore(ex_db)
+    exp = await store.start((await store.create(_exp("two_sided"))).id)
+    os_client = clients.async_opensearch(settings)
+    try:
+        disc = Discovery(settings, os_client, ex_db, model=model)
+        app = create_app(settings, disc)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                bodies = {}
+                for u in users[:20]:
+                    r = await client.get(f"/v1/users/{u['_id']}/recommendations", params={"k": 5})
+                    assert r.status_code == 200, r.text
+                    bodies[u["_id"]] = r.json()
+            runtime = app.state.runtime
+            await runtime.impressions.drain()
+            impressions = {
+                d["user_id"]: d
+                for d in await ex_db["impressions"].find({}).to_list(None)
+                if any(e.get("experiment") == exp.id for e in d.get("experiments", []))
+            }
+        for uid, body in bodies.items():
+            assert not body["degraded"]
+            rec = next(e for e in body["experiments"] if e["experiment"] == exp.id)
+            assert rec["design"] == "two_sided" and rec["unit"] == f"viewer:{uid}"
+            assert rec["arm"] == exp.arms[arm_index(exp, f"viewer:{uid}")].name
+            shown = [it["id"] for it in body["items"]]
+            assert set(rec["candidates"]) == set(shown)
+            assert all(
+                a == exp.arms[candidate_arm(exp, owner[i])].name
+                for i, a in rec["candidates"].items()
+            )
+            logged = next(e for e in impressions[uid]["experiments"] if e["experiment"] == exp.id)
+            assert logged == rec  # the impression carries what the response said
+        exposures = await ex_db[EXPOSURES].find({}).to_list(None)
+        assert (
+            sum(any(e.get("experiment") == exp.id for e in d["experiments"]) for d in exposures)
+            == 20
+        )
+    finally:
+        await os_client.close()
+        await store.stop(exp.id)
