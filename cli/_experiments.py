@@ -201,4 +201,3 @@ def report_cmd(
             t.add_row(*(str(v) for v in row.values()))
         console.print(t)
     console.print(f"report: {paths['html']} ({paths['png'].name}, {paths['json'].name})")
-
