@@ -155,9 +155,12 @@ class ExperimentRegistry:
         return out
 
     async def current(self) -> list[Running]:
-        """The snapshot; loads it on first use, refreshes a stale one in the background."""
+        """The snapshot; loads it on first use, refreshes a stale one in the background. A
+        store that cannot be read serves no experiment (fail open to the served artifacts)
+        until the next refresh succeeds."""
         if self.loaded_at < 0:
-            return await self.refresh()
+            await self._refresh_quietly()
+            return self.running
         stale = time.monotonic() - self.loaded_at > self.refresh_s
         if stale and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._refresh_quietly())
