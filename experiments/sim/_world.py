@@ -75,11 +75,14 @@ class MarketConfig(BaseModel):
 
 #: From demand- to supply-constrained, plus the no-interference control (no slots, no
 #: capacity, no instant matches: every impression's outcome depends on its own pair only).
+#: Capacities are reviews per active day, set for the default population's like flow:
+#: ``balanced`` binds for the popular members, ``supply_constrained`` for most members,
+#: ``demand_constrained`` almost never (bench/README.md gives each regime's expired share).
 REGIMES: dict[str, MarketConfig] = {
     "no_interference": MarketConfig(slots=None, capacity=None, instant_matches=False),
-    "demand_constrained": MarketConfig(capacity=8.0),
-    "balanced": MarketConfig(capacity=1.5),
-    "supply_constrained": MarketConfig(capacity=0.5),
+    "demand_constrained": MarketConfig(capacity=12.0),
+    "balanced": MarketConfig(capacity=2.5),
+    "supply_constrained": MarketConfig(capacity=0.8),
 }
 
 
@@ -217,7 +220,9 @@ class World:
             raise ConfigError("pair-level designs keep a viewer's arm for the whole run")
         pop = self.pop
         mask = a.viewer[pop.pair_viewer] & a.candidate[pop.pair_candidate]
-        return [self._unseen(*merged_order(pop, c, t, mask, self.seed))], None
+        m = self.market
+        depth = 2 * (m.slots or 0) * (m.warmup_days + m.days) + 8  # deeper than a run serves
+        return [self._unseen(*merged_order(pop, c, t, mask, self.seed, depth))], None
 
     def _play_static(
         self,
