@@ -151,6 +151,7 @@ def report_cmd(
             got.rows,
             metrics=exp.metrics,
             assigned=got.assigned,
+            covariates=got.covariates,
             bootstrap=bootstrap,
             seed=seed,
         )

@@ -9,7 +9,9 @@ shown, ``user_matches``). Units assigned per arm (for SRM) are recomputed from t
 with the same pure functions serving used. :func:`both_sides` sums the outcomes per arm as
 seen (viewers) and as received (candidates: impressions, likes and matches received).
 :func:`write_report` prints nothing; it writes ``report.json``, ``report.html`` and
-``effects.png`` and stores the readout in ``experiment_reports``.
+``effects.png`` and stores the readout in ``experiment_reports``. The pre-period covariate
+of CUPED comes from the API's impression log and the like events of the 14 days before the
+start (none: no CUPED).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import base64
 import html
 import json
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +33,15 @@ from ._analysis import Exposures
 from ._assign import arm_index, candidate_arm, in_experiment, is_held_out, period_of
 from ._log import EXPOSURES
 from ._model import PAIR_LEVEL, DesignKind, Experiment
-from ._readout import Readout
+from ._readout import Covariates, Readout
 from ._serving import region_of
 from ._store import ExperimentStore
 
 __all__ = ["REPORTS", "Collected", "both_sides", "collect", "write_report"]
 
 REPORTS = "experiment_reports"
+#: the API's impression log (opendisco.api.ImpressionLog): the pre-period for CUPED
+IMPRESSIONS = "impressions"
 _SEP = "\x1f"
 
 
@@ -48,16 +52,30 @@ def _utc(t: Any) -> datetime | None:
 
 
 class Collected:
-    """Rows for the analysis plus the per-row strings the both-sided tables need."""
+    """Rows for the analysis, the units assigned per arm, the members (index = the code in
+    the rows) and their pre-period covariates (CUPED; None without a pre-period log)."""
 
-    def __init__(self, rows: Exposures, assigned: dict[str, list[int]], members: list[str]):
+    def __init__(
+        self,
+        rows: Exposures,
+        assigned: dict[str, list[int]],
+        members: list[str],
+        covariates: Covariates | None = None,
+    ) -> None:
         self.rows = rows
         self.assigned = assigned
         self.members = members
+        self.covariates = covariates
 
 
 async def collect(
-    db: Any, exp: Experiment, *, holdout: float, holdout_salt: str, end: datetime | None = None
+    db: Any,
+    exp: Experiment,
+    *,
+    holdout: float,
+    holdout_salt: str,
+    end: datetime | None = None,
+    pre_days: int = 14,
 ) -> Collected:
     start = _utc(exp.start)
     if start is None:
@@ -110,7 +128,54 @@ async def collect(
         burn_in=np.array(cols["burn_in"], dtype=bool),
     )
     assigned = await _assigned(db, exp, holdout, holdout_salt, start, end)
-    return Collected(rows, assigned, members)
+    covariates = await _pre_period(db, code, start, pre_days)
+    return Collected(rows, assigned, members, covariates)
+
+
+async def _pre_period(
+    db: Any, code: dict[str, int], start: datetime, days: int, items: str = "items"
+) -> Covariates | None:
+    """Per member (as viewer and as candidate), the ``days`` before the start from the API's
+    impression log (``impressions``) and the like events: impressions, likes, mutual likes."""
+    since = start - timedelta(days=days)
+    with backend_errors("reading the pre-period impressions failed"):
+        docs = (
+            await db[IMPRESSIONS]
+            .find({"at": {"$gte": since, "$lt": start}}, {"user_id": 1, "items": 1, "at": 1})
+            .to_list(None)
+        )
+    shown = [
+        (str(d["user_id"]), str(it["id"]), at)
+        for d in docs
+        if d.get("user_id") and (at := _utc(d.get("at"))) is not None
+        for it in d.get("items") or []
+    ]
+    if not shown:
+        return None
+    ids = sorted({i for _, i, _ in shown})
+    with backend_errors("reading item owners failed"):
+        owners = {
+            str(d["_id"]): str(d.get("owner_id") or d["_id"])
+            for k in range(0, len(ids), 500)
+            for d in await db[items]
+            .find({"_id": {"$in": ids[k : k + 500]}}, {"owner_id": 1})
+            .to_list(None)
+        }
+    rows = [(v, i, owners.get(i, i), at) for v, i, at in shown]
+    likes, mutual, _ = await _outcomes(db, rows, since, start)
+    n = len(code)
+    viewer: dict[str, np.ndarray] = {
+        k: np.zeros(n) for k in ("impressions", "likes", "mutual", "matches")
+    }
+    candidate = {k: np.zeros(n) for k in viewer}
+    for (v, _, member, _), lk, mu in zip(rows, likes, mutual, strict=True):
+        for side, who in ((viewer, v), (candidate, member)):
+            c = code.get(who)
+            if c is not None:
+                side["impressions"][c] += 1
+                side["likes"][c] += lk
+                side["mutual"][c] += mu
+    return Covariates(viewer, candidate)
 
 
 async def _outcomes(

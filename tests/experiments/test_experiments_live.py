@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +187,51 @@ def test_end_to_end_experiment_read_out_by_the_cli(
     runner = CliRunner()
     out = runner.invoke(cli, ["experiments", "create", str(path)], obj=ex_settings)
     assert out.exit_code == 0, out.output
-    out = runner.invoke(cli, ["experiments", "start", exp.id], obj=ex_settings)
-    assert out.exit_code == 0 and "running" in out.output, out.output
+
+    async def pre_period() -> None:
+        """What the API logged before the start: impressions and some likes (CUPED's
+        covariate)."""
+        os_client = clients.async_opensearch(ex_settings)
+        motor = clients.motor(ex_settings)
+        db = motor[ex_settings.mongo_db]
+        before = datetime.now(UTC) - timedelta(hours=3)
+        shown = {
+            u["_id"]: [it["_id"] for it in items[i % 50 : i % 50 + 6]]
+            for i, u in enumerate(users[:80])
+        }
+        await db["impressions"].insert_many(
+            [
+                {
+                    "_id": f"pre-{exp.id}-{u}",
+                    "at": before,
+                    "user_id": u,
+                    "items": [{"id": i, "position": p} for p, i in enumerate(ids)],
+                }
+                for u, ids in shown.items()
+            ]
+        )
+        disc = Discovery(ex_settings, os_client, db, model=model)
+        events = [
+            {
+                "id": f"pre-{exp.id}-{u}-{ids[0]}",
+                "type": "like",
+                "user_id": u,
+                "item_id": ids[0],
+                "ts": before + timedelta(minutes=30),
+            }
+            for k, (u, ids) in enumerate(shown.items())
+            if k % 2 == 0 and owner[ids[0]] != u
+        ]
+        res = await disc.record_events(events)
+        assert not res.rejected, res.rejected
+        await os_client.close()
+        motor.close()
+
     profile_of = {u["_id"]: u["profile_id"] for u in users}
     owner = {it["_id"]: it["owner_id"] for it in items}
+    asyncio.run(pre_period())
+    out = runner.invoke(cli, ["experiments", "start", exp.id], obj=ex_settings)
+    assert out.exit_code == 0 and "running" in out.output, out.output
     rng = np.random.default_rng(0)
     shown: list[int] = []
 
@@ -248,6 +289,7 @@ def test_end_to_end_experiment_read_out_by_the_cli(
     assert report["design"] == "user" and not report["blocked"]
     likes = next(e for e in report["estimates"] if e["metric"] == "likes_per_1000")
     assert likes["control"] > 0 and likes["treatment"] > 0
+    assert likes["estimator"] == "difference + CUPED"  # the pre-period's impressions and likes
     viewer_side = {r["arm"]: r for r in report["sides"]["viewer"]}
     assert sum(r["impressions"] for r in viewer_side.values()) == sum(shown) > 0
     assert sum(r["mutual"] for r in viewer_side.values()) > 0
