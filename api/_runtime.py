@@ -23,7 +23,6 @@ from opendisco.serving import Discovery, Recommendations
 from ._breaker import CircuitBreaker
 from ._cursor import CursorCodec
 from ._fallback import Fallback, to_served
-from ._impressions import ImpressionLog
 from ._keys import ApiKeyStore
 from ._metrics import Metrics
 from ._ratelimit import RateLimiter
@@ -47,6 +46,8 @@ class Answer:
     explain: dict[str, Any] | None = None
     #: the experiments the list took part in (arm, design, unit, candidates' arms)
     experiments: list[dict[str, Any]] = field(default_factory=list)
+    #: the pipeline logged it (served-list log side effect); a fallback answer is not
+    logged: bool = False
 
     @property
     def ids(self) -> list[str]:
@@ -66,7 +67,6 @@ class Runtime:
     breaker: CircuitBreaker
     fallback: Fallback
     cursors: CursorCodec
-    impressions: ImpressionLog
     metrics: Metrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -116,6 +116,7 @@ class Runtime:
                         degraded=recs.degraded,
                         explain=recs.explain if explain else None,
                         experiments=recs.experiments,
+                        logged=recs.served is not None,
                     )
                 reason = "empty"
         self.metrics.degraded.labels(surface, reason).inc()

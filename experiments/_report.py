@@ -10,8 +10,8 @@ with the same pure functions serving used. :func:`both_sides` sums the outcomes 
 seen (viewers) and as received (candidates: impressions, likes and matches received).
 :func:`write_report` prints nothing; it writes ``report.json``, ``report.html`` and
 ``effects.png`` and stores the readout in ``experiment_reports``. The pre-period covariate
-of CUPED comes from the API's impression log and the like events of the 14 days before the
-start (none: no CUPED).
+of CUPED comes from the served-list log (``served_lists``) and the like events of the 14
+days before the start (none: no CUPED).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from opendisco._backend import backend_errors
-from opendisco.signals import USER_LIKES, USER_MATCHES
+from opendisco.signals import SERVED_LISTS, USER_LIKES, USER_MATCHES
 
 from ._analysis import Exposures
 from ._assign import arm_index, candidate_arm, in_experiment, is_held_out, period_of
@@ -40,8 +40,6 @@ from ._store import ExperimentStore
 __all__ = ["REPORTS", "Collected", "both_sides", "collect", "write_report"]
 
 REPORTS = "experiment_reports"
-#: the API's impression log (opendisco.api.ImpressionLog): the pre-period for CUPED
-IMPRESSIONS = "impressions"
 _SEP = "\x1f"
 
 
@@ -135,20 +133,25 @@ async def collect(
 async def _pre_period(
     db: Any, code: dict[str, int], start: datetime, days: int, items: str = "items"
 ) -> Covariates | None:
-    """Per member (as viewer and as candidate), the ``days`` before the start from the API's
-    impression log (``impressions``) and the like events: impressions, likes, mutual likes."""
+    """Per member (as viewer and as candidate), the ``days`` before the start from the
+    served-list log (``served_lists``: what every answer showed) and the like events:
+    impressions, likes, mutual likes."""
     since = start - timedelta(days=days)
-    with backend_errors("reading the pre-period impressions failed"):
+    with backend_errors("reading the pre-period served lists failed"):
         docs = (
-            await db[IMPRESSIONS]
-            .find({"at": {"$gte": since, "$lt": start}}, {"user_id": 1, "items": 1, "at": 1})
+            await db[SERVED_LISTS]
+            .find(
+                {"at": {"$gte": since, "$lt": start}},
+                {"user_id": 1, "ids": 1, "shown": 1, "at": 1},
+            )
             .to_list(None)
         )
     shown = [
-        (str(d["user_id"]), str(it["id"]), at)
+        (str(d["user_id"]), str(d["ids"][r]), at)
         for d in docs
         if d.get("user_id") and (at := _utc(d.get("at"))) is not None
-        for it in d.get("items") or []
+        for r in d.get("shown") or []
+        if 0 <= r < len(d.get("ids") or [])
     ]
     if not shown:
         return None

@@ -88,7 +88,9 @@ def arm_artifacts(base: Artifacts, exp: Experiment, arm: Arm) -> Artifacts:
     ).encode()
     digest = hashlib.sha256(blob).hexdigest()[:8]
     name = f"{base.params_name}~{exp.id}.{arm.name}@{digest}"
-    return Artifacts(params, rerank, scorer, name, model_name)
+    return replace(
+        base, params=params, rerank=rerank, scorer=scorer, params_name=name, model_name=model_name
+    )  # the served template versions stay
 
 
 def region_of(user: Mapping[str, Any] | None, field_name: str) -> str | None:

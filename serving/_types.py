@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from opendisco.queries import CandidateRequest, CandidateSet
-from opendisco.signals import UserState
+from opendisco.signals import ServedList, UserState
 
 if TYPE_CHECKING:
     from opendisco.rerank import CandidateBatch, Features, RerankContext, RerankResult
@@ -71,6 +72,8 @@ class CandidatePlan:
     ranking: Ranking | None = None
     #: the experiments this request takes part in (experiment, arm, design, unit, ...)
     experiments: list[dict[str, Any]] = field(default_factory=list)
+    #: the answer's id (the API's ``X-Request-ID``); served lists and events refer to it
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -96,6 +99,11 @@ class Recommendations:
     candidate_set: CandidateSet | None = field(default=None, repr=False)
     #: the experiments the request took part in (see ``CandidatePlan.experiments``)
     experiments: list[dict[str, Any]] = field(default_factory=list)
+    request_id: str = ""
+    #: an explored answer: its order was drawn at random (propensities in ``served``)
+    explored: bool = False
+    #: what the ranker saw (feature rows, shown rows, propensities): the log side effect's input
+    served: ServedList | None = field(default=None, repr=False)
 
     @property
     def ids(self) -> list[str]:

@@ -27,6 +27,7 @@ from opendisco.experiments import (
 )
 from opendisco.experiments._log import EXPOSURES
 from opendisco.serving import Artifacts, Discovery
+from opendisco.signals import SERVED_LISTS
 
 BOOST = {"weights": {"popularity": 5.0, "content_sim": 0.0, "behaviour_sim": 0.0}}
 
@@ -189,7 +190,7 @@ def test_end_to_end_experiment_read_out_by_the_cli(
     assert out.exit_code == 0, out.output
 
     async def pre_period() -> None:
-        """What the API logged before the start: impressions and some likes (CUPED's
+        """What was served before the start (the served-list log) and some likes (CUPED's
         covariate)."""
         os_client = clients.async_opensearch(ex_settings)
         motor = clients.motor(ex_settings)
@@ -199,13 +200,14 @@ def test_end_to_end_experiment_read_out_by_the_cli(
             u["_id"]: [it["_id"] for it in items[i % 50 : i % 50 + 6]]
             for i, u in enumerate(users[:80])
         }
-        await db["impressions"].insert_many(
+        await db[SERVED_LISTS].insert_many(
             [
                 {
                     "_id": f"pre-{exp.id}-{u}",
                     "at": before,
                     "user_id": u,
-                    "items": [{"id": i, "position": p} for p, i in enumerate(ids)],
+                    "ids": ids[::-1],  # logged rows; ``shown``: the rows in the order shown
+                    "shown": list(range(len(ids)))[::-1],
                 }
                 for u, ids in shown.items()
             ]
@@ -319,11 +321,10 @@ async def test_api_responses_and_impressions_carry_the_arms(
                     r = await client.get(f"/v1/users/{u['_id']}/recommendations", params={"k": 5})
                     assert r.status_code == 200, r.text
                     bodies[u["_id"]] = r.json()
-            runtime = app.state.runtime
-            await runtime.impressions.drain()
+            await disc.drain()  # the served-list log: the API's impressions
             impressions = {
                 d["user_id"]: d
-                for d in await ex_db["impressions"].find({}).to_list(None)
+                for d in await ex_db[SERVED_LISTS].find({}).to_list(None)
                 if any(e.get("experiment") == exp.id for e in d.get("experiments", []))
             }
         for uid, body in bodies.items():
@@ -339,6 +340,7 @@ async def test_api_responses_and_impressions_carry_the_arms(
             )
             logged = next(e for e in impressions[uid]["experiments"] if e["experiment"] == exp.id)
             assert logged == rec  # the impression carries what the response said
+            assert [impressions[uid]["ids"][r] for r in impressions[uid]["shown"]] == shown
         exposures = await ex_db[EXPOSURES].find({}).to_list(None)
         assert (
             sum(any(e.get("experiment") == exp.id for e in d["experiments"]) for d in exposures)
