@@ -35,6 +35,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from opendisco._domain import ID_PATTERN
+from opendisco._exceptions import InvalidInput
+from opendisco.serving import check_params
 
 from ._metrics import METRICS
 
@@ -83,6 +85,16 @@ class Arm(_Strict):
         description="RerankConfig overrides (weights merged key by key, like a params file).",
     )
     model: str | None = Field(None, description="Ranking model file (None: the served one).")
+
+    @model_validator(mode="after")
+    def _checked(self) -> Arm:
+        """The overrides a params file may make, checked the same way: no arm overrides a
+        parameter every request sets (the hard rules: viewer preferences, exclusions, caps)."""
+        try:
+            check_params({"template_params": self.params, "rerank": self.rerank})
+        except InvalidInput as exc:
+            raise ValueError(f"arm {self.name!r}: {exc}") from exc
+        return self
 
     @property
     def overrides(self) -> bool:

@@ -30,6 +30,7 @@ from opendisco._domain import Surface
 from opendisco._exceptions import ConfigError
 from opendisco._settings import Settings
 from opendisco.queries import (
+    REQUEST_PARAMS,
     Candidate,
     CandidateSet,
     Template,
@@ -123,13 +124,13 @@ def params_for(
     params: Mapping[str, Any], surface: str, template: Template | None = None
 ) -> dict[str, Any]:
     """Template overrides for ``surface``: ``{"param": v}`` for every surface that declares
-    ``param``, then ``{"<surface>": {...}}`` on top (declared by ``template`` when given)."""
+    ``param``, then ``{"<surface>": {...}}`` on top (declared by ``template`` when given).
+    Never a parameter every request sets (``REQUEST_PARAMS``: the hard rules), whatever the
+    overrides' origin (params file, draft, experiment arm)."""
     specs = (template or load(surface)).specs
-    out = {k: v for k, v in params.items() if k in specs}
     nested = params.get(surface)
-    if isinstance(nested, Mapping):
-        out.update({k: v for k, v in nested.items() if k in specs})
-    return out
+    merged = {**params, **(nested if isinstance(nested, Mapping) else {})}
+    return {k: v for k, v in merged.items() if k in specs and k not in REQUEST_PARAMS}
 
 
 @dataclass

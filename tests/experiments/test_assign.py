@@ -1,5 +1,5 @@
 """Assignment is a pure function: SHA-256 buckets, layers, holdout, designs; experiment
-documents validate what a design allows."""
+documents validate what a design allows, and no arm overrides the hard rules."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from scipy import stats
 
 from opendisco.experiments import Experiment, arm_index, bucket, candidate_arm, viewer_assignment
 from opendisco.experiments._assign import BUCKETS, in_experiment, is_held_out, period_of
+from opendisco.experiments._model import Arm
+from opendisco.experiments._serving import arm_artifacts
 from opendisco.experiments._store import free_offset
+from opendisco.queries import REQUEST_PARAMS
+from opendisco.serving import Artifacts, params_for
 
 ARMS = [{"name": "control"}, {"name": "treatment", "rerank": {"weights": {"popularity": 1.0}}}]
 
@@ -123,10 +127,18 @@ def test_free_offset() -> None:
         (
             {
                 "design": {"kind": "two_sided"},
-                "arms": [{"name": "a"}, {"name": "b", "params": {"k": 1}}],
+                "arms": [{"name": "a"}, {"name": "b", "params": {"w_geo": 1.0}}],
             },
             "change template params",
         ),
+        # the hard rules: no arm overrides what every request sets (exclusions, preferences)
+        ({"arms": [{"name": "a"}, {"name": "b", "params": {"exclude_ids": []}}]}, "exclude_ids"),
+        (
+            {"arms": [{"name": "a"}, {"name": "b", "params": {"for_you": {"viewer_age": None}}}]},
+            "cannot be overridden",
+        ),
+        ({"arms": [{"name": "a"}, {"name": "b", "params": {"nope": 1}}]}, "no template declares"),
+        ({"arms": [{"name": "a"}, {"name": "b", "rerank": {"weights": "x"}}]}, "invalid rerank"),
         (
             {"design": {"kind": "item"}, "arms": [{"name": "a"}, {"name": "b"}, {"name": "c"}]},
             "exactly two arms",
@@ -151,3 +163,17 @@ def test_experiment_document_round_trip() -> None:
     assert exp.salt == "e1"  # the id when not given
     assert Experiment.from_doc(exp.to_doc()) == exp
     assert exp.to_doc()["_id"] == "e1"
+
+
+def test_no_arm_reaches_the_hard_rule_parameters() -> None:
+    """Defence in depth: an arm that skipped validation (built in code, or a stored document
+    from an older version) still cannot override what every request sets — the served
+    template parameters never carry its exclusions or viewer preferences."""
+    forbidden = {"exclude_ids": [], "viewer_id": None, "exposure_index": None}
+    nested = {"for_you": {"viewer_pref_genders": [], "viewer_age": None, "w_quality": 2.0}}
+    arm = Arm.model_construct(
+        name="b", weight=1.0, params={**forbidden, **nested, "w_geo": 1.0}, rerank={}, model=None
+    )
+    art = arm_artifacts(Artifacts(), _exp(), arm)
+    assert params_for(art.params, "for_you") == {"w_geo": 1.0, "w_quality": 2.0}
+    assert not set(params_for(art.params, "cold_start")) & REQUEST_PARAMS

@@ -349,3 +349,67 @@ async def test_api_responses_and_impressions_carry_the_arms(
     finally:
         await os_client.close()
         await store.stop(exp.id)
+
+
+def _admits(prefs: dict[str, Any], other: dict[str, Any]) -> bool:
+    """``prefs``' gender and age preferences admit ``other`` (absent preference: anyone)."""
+    genders = prefs.get("pref_genders")
+    lo, hi = prefs.get("pref_age_min"), prefs.get("pref_age_max")
+    age = other.get("age")
+    return (
+        (not genders or other.get("gender") in genders)
+        and (lo is None or (age is not None and age >= lo))
+        and (hi is None or (age is not None and age <= hi))
+    )
+
+
+async def test_no_arm_shows_an_ineligible_member(
+    ex_discovery: Discovery, ex_db: Any, ex_settings: Settings, ex_market: Any
+) -> None:
+    """The hard rules hold in every arm: a treatment that boosts popularity as hard as it can
+    (and, for a two-sided experiment, ranks each candidate by its own arm) still shows only
+    available members whose preferences and the viewer's admit each other, never the viewer
+    themself, never one they passed on — the arm changes the ranking of what the filters
+    kept, nothing else."""
+    items, users = ex_market
+    by_id = {it["_id"]: it for it in items}
+    store = ExperimentStore(ex_db)
+    heavy = {"weights": {"popularity": 50.0, "quality": 10.0}}
+    user_exp = _exp("user", arms=[{"name": "control"}, {"name": "boost", "rerank": heavy}])
+    pair_exp = _exp("two_sided", arms=[{"name": "control"}, {"name": "boost", "rerank": heavy}])
+    started = [await store.start((await store.create(e)).id) for e in (user_exp, pair_exp)]
+    try:
+        registry, _ = install(ex_discovery, ex_db, ex_settings)
+        await registry.refresh()
+        viewers = users[100:130]
+        # each viewer passes on what their first answer put on top: never served again
+        passed: dict[str, list[str]] = {}
+        for u in viewers:
+            first = await ex_discovery.recommend(u["_id"], k=5)
+            passed[u["_id"]] = first.ids[:2]
+        res = await ex_discovery.record_events(
+            [
+                {"id": f"pass-{started[0].id}-{u}-{i}", "type": "pass", "user_id": u, "item_id": i}
+                for u, ids in passed.items()
+                for i in ids
+            ]
+        )
+        assert not res.rejected, res.rejected
+        arms: set[tuple[str, str]] = set()
+        shown = 0
+        for u in viewers:
+            recs = await ex_discovery.recommend(u["_id"], k=10)
+            arms |= {(r["experiment"], r["arm"]) for r in recs.experiments}
+            for item_id in recs.ids:
+                item = by_id[item_id]
+                assert item.get("available", True) is not False, (u["_id"], item_id)
+                assert item["owner_id"] != u["_id"] and item_id != u["profile_id"]
+                assert item_id not in passed[u["_id"]], (u["_id"], item_id)
+                assert _admits(u, item) and _admits(item, u), (u["_id"], item_id)
+                shown += 1
+        assert shown > 100
+        assert {a for _, a in arms} == {"control", "boost"}  # both arms served
+        assert {e for e, _ in arms} == {e.id for e in started}
+    finally:
+        for e in started:
+            await store.stop(e.id)
