@@ -3,8 +3,9 @@
 * **Difference in means of a ratio metric** (Σ numerator / Σ impressions per arm) by weighted
   least squares of the unit ratios on the arm, weights = the unit's impressions: the
   coefficient is the difference of the two ratios and its heteroskedasticity-robust (HC1)
-  standard error is the delta-method one. **CUPED**: the unit's pre-period ratio (centred,
-  with its interaction with the arm, Lin 2013) as a covariate. **Cluster-robust** standard
+  standard error is the delta-method one. **CUPED** for ratio metrics (Deng et al. 2013): the
+  difference less θ times the arms' difference of *pre-period* ratios, θ and the SE from
+  the units' influence functions. **Cluster-robust** standard
   errors (CR1, t with G − 1 degrees of freedom) for the cluster design (clusters) and the
   switchback design ((region, period) units clustered by region, region fixed effects, burn-in
   rows dropped). All through statsmodels.
@@ -131,22 +132,25 @@ def ratio_difference(
     *,
     scale: float = 1.0,
     groups: np.ndarray | None = None,
-    covariate: np.ndarray | None = None,
+    covariate: tuple[np.ndarray, np.ndarray] | None = None,
     fixed: np.ndarray | None = None,
     estimator: str = "difference",
     alpha: float = 0.05,
 ) -> Estimate:
     """Ratio of arm 1 minus ratio of arm 0 over units (rows), see the module docstring.
-    ``groups``: cluster ids (cluster-robust); ``covariate``: pre-period ratio per unit
-    (CUPED); ``fixed``: fixed-effect ids (switchback regions)."""
+    ``groups``: cluster ids (cluster-robust); ``covariate``: the unit's pre-period numerator
+    and denominator (CUPED); ``fixed``: fixed-effect ids (switchback regions)."""
     ok = den > 0
     num, den, arm = num[ok], den[ok], arm[ok].astype(float)
+    rates = [float(num[arm == a].sum() / den[arm == a].sum()) * scale for a in (0, 1)]
+    units = (int((arm == 0).sum()), int((arm == 1).sum()))
+    g = None if groups is None else np.unique(groups[ok], return_inverse=True)[1]
+    if covariate is not None and fixed is None:
+        xn, xd = covariate[0][ok], covariate[1][ok]
+        if all(xd[arm == a].sum() > 0 for a in (0, 1)):
+            return _cuped(num, den, arm, xn, xd, g, scale, alpha, estimator, rates, units)
     y = num / den
     cols = [np.ones_like(y), arm]
-    if covariate is not None and np.ptp(covariate[ok]) > 0:
-        x = covariate[ok]
-        xc = x - np.average(x, weights=den)
-        cols += [xc, arm * xc]
     if fixed is not None:
         f = fixed[ok]
         levels = np.unique(f)
@@ -154,8 +158,7 @@ def ratio_difference(
             cols.append((f == lv).astype(float))
     X = np.column_stack(cols)
     model = WLS(y, X, weights=den)
-    if groups is not None:
-        g = np.unique(groups[ok], return_inverse=True)[1]
+    if g is not None:
         res = model.fit(cov_type="cluster", cov_kwds={"groups": g}, use_t=True)
         df = float(np.unique(g).shape[0] - 1)
     else:
@@ -164,9 +167,62 @@ def ratio_difference(
     effect = float(res.params[1]) * scale
     se = float(res.bse[1]) * scale
     lo, hi = (float(v) * scale for v in res.conf_int(alpha)[1])
-    rates = [float(num[arm == a].sum() / den[arm == a].sum()) * scale for a in (0, 1)]
-    units = (int((arm == 0).sum()), int((arm == 1).sum()))
     return Estimate(estimator, effect, se, lo, hi, float(res.pvalues[1]), *rates, units, df)
+
+
+def _influence(num: np.ndarray, den: np.ndarray, arm: np.ndarray) -> tuple[float, np.ndarray]:
+    """``R₁ − R₀`` and each unit's influence on it (delta method):
+    ``±(numᵢ − R_a·denᵢ) / Σ_a den`` for the unit's arm ``a``."""
+    phi = np.zeros_like(num, dtype=float)
+    diff = 0.0
+    for a, sign in ((0, -1.0), (1, 1.0)):
+        m = arm == a
+        r = num[m].sum() / den[m].sum()
+        phi[m] = sign * (num[m] - r * den[m]) / den[m].sum()
+        diff += sign * r
+    return diff, phi
+
+
+def _cuped(
+    num: np.ndarray,
+    den: np.ndarray,
+    arm: np.ndarray,
+    xn: np.ndarray,
+    xd: np.ndarray,
+    g: np.ndarray | None,
+    scale: float,
+    alpha: float,
+    estimator: str,
+    rates: list[float],
+    units: tuple[int, int],
+) -> Estimate:
+    """CUPED for a ratio metric (Deng, Xu, Kohavi & Walker 2013, delta method): the
+    difference of the arms' ratios less θ times the difference of their *pre-period* ratios
+    (Σ pre numerators / Σ pre denominators). The pre-period difference is zero in expectation
+    under randomisation whatever the treatment does to the exposure weights — adjusting the
+    unit ratios in a regression weighted by post-period impressions is not: a treatment that
+    moves impressions between units moves the covariate's weighted mean too, and the
+    adjustment removes part of the effect. θ and the standard error come from the units'
+    influence functions (summed per cluster when ``g`` is given: CR1, t with G − 1 df;
+    otherwise HC1, t with n − 2 df)."""
+    dy, fy = _influence(num, den, arm)
+    dx, fx = _influence(xn, xd, arm)
+    n = num.shape[0]
+    if g is not None:
+        fy, fx = np.bincount(g, fy), np.bincount(g, fx)
+        k = fy.shape[0]
+        c, df = k / (k - 1) * (n - 1) / (n - 2), float(k - 1)
+    else:
+        c, df = n / (n - 2), float(n - 2)
+    theta = float(fy @ fx / (fx @ fx)) if fx @ fx > 0 else 0.0
+    effect = (dy - theta * dx) * scale
+    se = float(np.sqrt(c * ((fy - theta * fx) ** 2).sum())) * scale
+    q = float(stats.t.ppf(1 - alpha / 2, df))
+    p = float(2 * stats.t.sf(abs(effect / se), df)) if se > 0 else float("nan")
+    return Estimate(
+        estimator, effect, se, effect - q * se, effect + q * se, p, *rates, units, df,
+        extra={"cuped_theta": theta},
+    )  # fmt: skip
 
 
 # --- two-sided -------------------------------------------------------------------------------

@@ -86,10 +86,11 @@ def arm_shares(design: Design, weights: Sequence[float], side: str = "viewer") -
     return [w / total for w in weights]
 
 
-def _pre_ratio(cov: Mapping[str, np.ndarray], column: str, codes: np.ndarray) -> np.ndarray:
-    num = cov[column][codes]
-    den = cov["impressions"][codes]
-    return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+def _pre_period(
+    cov: Mapping[str, np.ndarray], column: str, codes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The units' pre-period numerators and impressions (CUPED's covariate)."""
+    return cov[column][codes], cov["impressions"][codes]
 
 
 def _unique_arm(keys: np.ndarray, arms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +193,7 @@ def _estimate(
         groups = fixed
         estimator = "difference, region FE, cluster-robust"
     if cuped and cov is not None and side is not None:
-        covariate = _pre_ratio(getattr(cov, side), column, uniq)
+        covariate = _pre_period(getattr(cov, side), column, uniq)
         estimator += " + CUPED"
     return ratio_difference(
         num,

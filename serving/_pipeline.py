@@ -8,6 +8,10 @@ hydrators, candidate sources, filters, feature hydrators, side effects), a
 the one default assembly. Each request makes a bounded number of round trips: user + user
 state (MongoDB, concurrently) and the graph edges, one ``_msearch`` (candidates), one batched
 feature lookup; reranking is in-process over arrays.
+
+Why this module is long: :class:`Discovery` is the one entry point of every surface (plan,
+candidates, run, the per-surface calls, events, drain); the stages themselves live in
+``_stages``, so what remains here is one request's path read top to bottom.
 """
 
 from __future__ import annotations
