@@ -71,7 +71,7 @@ def build(scenarios: list[str], pop_cfg: sim.PopulationConfig, seed: int) -> dic
     pop = sim.generate_population(pop_cfg, seed=seed)
     control, boost = _rankers()
     worlds, clusters, covs = {}, {}, {}
-    for name in {("balanced" if s == "aa" else s) for s in scenarios}:
+    for name in sorted({("balanced" if s == "aa" else s) for s in scenarios}):
         t0 = time.perf_counter()
         w = sim.World(pop, sim.REGIMES[name], control, seed=seed)
         w.scores(boost)
@@ -197,6 +197,21 @@ def srm_false_alarms(n_salts: int, n_ids: int) -> dict[str, Any]:
     return {"salts": n_salts, "ids": n_ids, "alarms": int(alarms), "rate": alarms / n_salts}
 
 
+def assignment_only(out: str, salts: int) -> None:
+    """The assignment rows at full size, merged into an existing result file."""
+    t0 = time.perf_counter()
+    extra = {
+        "arm_shares_1m": arm_shares(1_000_000),
+        "srm_assignment_false_alarms": srm_false_alarms(salts, 2000),
+    }
+    path = Path(out)
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result.update(extra)
+    result.setdefault("timing", {})["assignment_s"] = time.perf_counter() - t0
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(extra, indent=2))
+
+
 def markdown(table: list[dict[str, Any]]) -> str:
     lines = [
         "| scenario | design | R | truth | rel. bias (MC SE) | SD | mean SE | SE/SD | coverage "
@@ -227,12 +242,27 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--designs", default=",".join(DESIGNS))
     ap.add_argument("--out", default="bench/results/experiments.json")
+    ap.add_argument(
+        "--population", default=None, help="MARKETSxSIZE (e.g. 4x150: the determinism check)"
+    )
+    ap.add_argument(
+        "--assignment-only",
+        action="store_true",
+        help="only arm shares at 1M ids and the SRM false-alarm rate, merged into --out",
+    )
+    ap.add_argument("--srm-salts", type=int, default=None)
     args = ap.parse_args()
+    if args.assignment_only:
+        assignment_only(args.out, args.srm_salts or 2000)
+        return
     reps = args.reps or (60 if args.quick else 1000)
     aa_reps = args.aa_reps or (60 if args.quick else 2 * reps)
     pop_cfg = (
         sim.PopulationConfig(markets=12, market_size=300) if args.quick else sim.PopulationConfig()
     )
+    if args.population:
+        m, size = (int(v) for v in args.population.lower().split("x"))
+        pop_cfg = sim.PopulationConfig(markets=m, market_size=size)
     scenarios = ["no_interference", "balanced", "aa"]
     if args.regimes:
         scenarios += ["demand_constrained", "supply_constrained"]
@@ -278,6 +308,8 @@ def main() -> None:
                     flush=True,
                 )
     sim_s = time.perf_counter() - t0
+    # arrival order depends on the workers: sort, so the same seed gives the same table
+    rows.sort(key=lambda r: (r["scenario"], r["design"], r["r"]))
     table = summarise(rows, truth)
     extra = {
         "arm_shares_1m": arm_shares(10_000 if args.quick else 1_000_000),
