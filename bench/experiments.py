@@ -96,8 +96,8 @@ def _truth(world: sim.World, boost: sim.Ranker, seeds: range) -> list[float]:
     return out
 
 
-def _replicate(task: tuple[str, str, int, int]) -> dict[str, Any]:
-    scenario, design, r, bootstrap = task
+def _replicate(task: tuple[str, str, int, int, bool]) -> dict[str, Any]:
+    scenario, design, r, bootstrap, cuped = task
     st = _STATE
     key = "balanced" if scenario == "aa" else scenario
     world = st["worlds"][key]
@@ -119,6 +119,7 @@ def _replicate(task: tuple[str, str, int, int]) -> dict[str, Any]:
         metrics=[METRIC],
         assigned=res.assigned,
         covariates=st["covs"][key],
+        cuped=cuped,
         bootstrap=bootstrap,
         seed=r,
     )
@@ -241,6 +242,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--designs", default=",".join(DESIGNS))
+    ap.add_argument("--no-cuped", action="store_true", help="read out without CUPED")
     ap.add_argument("--out", default="bench/results/experiments.json")
     ap.add_argument(
         "--population", default=None, help="MARKETSxSIZE (e.g. 4x150: the determinism check)"
@@ -295,7 +297,9 @@ def main() -> None:
             if scen == "aa"
             else (reps if scen in ("no_interference", "balanced") else min(reps, 200))
         )
-        tasks += [(scen, d, r, args.bootstrap) for d in designs for r in range(n)]
+        tasks += [
+            (scen, d, r, args.bootstrap, not args.no_cuped) for d in designs for r in range(n)
+        ]
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     ctx = mp.get_context("fork")
@@ -327,6 +331,7 @@ def main() -> None:
             "designs": DESIGNS,
             "seed": args.seed,
             "bootstrap": args.bootstrap,
+            "cuped": not args.no_cuped,
             "regimes": {
                 s: sim.REGIMES["balanced" if s == "aa" else s].model_dump() for s in scenarios
             },
