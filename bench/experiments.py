@@ -243,6 +243,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--designs", default=",".join(DESIGNS))
     ap.add_argument("--no-cuped", action="store_true", help="read out without CUPED")
+    ap.add_argument("--scenarios", default=None, help="comma-separated (default: all)")
     ap.add_argument("--out", default="bench/results/experiments.json")
     ap.add_argument(
         "--population", default=None, help="MARKETSxSIZE (e.g. 4x150: the determinism check)"
@@ -268,6 +269,8 @@ def main() -> None:
     scenarios = ["no_interference", "balanced", "aa"]
     if args.regimes:
         scenarios += ["demand_constrained", "supply_constrained"]
+    if args.scenarios:
+        scenarios = args.scenarios.split(",")
     designs = args.designs.split(",")
     started = time.time()
     print(
