@@ -62,6 +62,11 @@ class RecommendationsResponse(_Strict):
     explain: dict[str, Any] | None = Field(
         None, description="Sources, per-step scores and rendered queries (admin keys only)."
     )
+    experiments: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Experiments the list took part in: experiment, arm, design, unit, "
+        "cluster/period and, for item/two-sided designs, each shown candidate's arm.",
+    )
 
 
 class EventBatch(_Strict):

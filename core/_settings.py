@@ -400,6 +400,21 @@ class Settings(BaseSettings):
         300.0, gt=0, description="How often the controller measures and steps (s)."
     )
 
+    # --- experiments ------------------------------------------------------------------
+    experiments_holdout: float = Field(
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="Share of members in the global long-term holdout: in no experiment, as "
+        "viewer or candidate.",
+    )
+    experiments_holdout_salt: str = Field(
+        "holdout", description="Salt of the holdout's buckets (changing it reshuffles it)."
+    )
+    experiments_refresh_s: float = Field(
+        10.0, gt=0, description="Seconds between re-reads of the running experiments."
+    )
+
     @property
     def opensearch_port(self) -> int:
         return urlsplit(self.opensearch_url).port or 9200

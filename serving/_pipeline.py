@@ -43,7 +43,15 @@ from ._artifacts import Artifacts
 from ._assembly import default_parts
 from ._explore import EXPLORED_SURFACES, Explorer
 from ._filters import HardRules
-from ._stages import LogServed, Parts, read_member, run_sources, served_list
+from ._stages import (
+    LogServed,
+    Parts,
+    explained,
+    read_member,
+    request_ranking,
+    run_sources,
+    served_list,
+)
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
 from ._writes import Writes
 
@@ -204,7 +212,10 @@ class Discovery:
             pacing_budget=pacing.impressions if pacing is not None else None,
             pacing_mean_inbound=pacing.mean_inbound if pacing is not None else None,
         )
-        result = self.reranker.run(batch, feats, ctx, timed=explain)
+        artifacts = plan.artifacts or self.artifacts
+        result = request_ranking(plan, self.artifacts, self.reranker).run(
+            batch, feats, ctx, timed=explain
+        )
         rows, scores = result.order[:k], result.scores[:k]
         exploration = None
         explorable = plan.request.surface in EXPLORED_SURFACES and not ctx.pins
@@ -231,16 +242,17 @@ class Discovery:
             )
         timings = dict(plan.timings_ms)
         timings["total_ms"] = sum(plan.timings_ms.values())
-        version = f"{cs.template_version}+{self.artifacts.name}"
+        version = f"{cs.template_version}+{artifacts.name}"
         served = served_list(plan, cs, batch.ids, result.trace.X, rows, exploration, version)
         recs = Recommendations(
             items=items,
             degraded=cs.degraded,
             version=version,
             surface=plan.request.surface,
-            explain=self._explained(plan, cs, result, items, timings) if explain else None,
+            explain=explained(plan, cs, result.trace, items, timings) if explain else None,
             timings_ms=timings,
             candidate_set=cs if explain else None,
+            experiments=plan.experiments,
             request_id=plan.request_id,
             explored=exploration is not None,
             served=served,
@@ -254,7 +266,7 @@ class Discovery:
         return Recommendations(
             items=[],
             degraded=cs.degraded,
-            version=f"{cs.template_version}+{self.artifacts.name}",
+            version=f"{cs.template_version}+{(plan.artifacts or self.artifacts).name}",
             surface=plan.request.surface,
             explain={"surface": plan.request.surface, "candidates": 0, "filtered": plan.filtered}
             if plan.request.explain
@@ -262,29 +274,6 @@ class Discovery:
             timings_ms=timings,
             candidate_set=cs if plan.request.explain else None,
         )
-
-    @staticmethod
-    def _explained(
-        plan: CandidatePlan,
-        cs: CandidateSet,
-        result: Any,
-        items: Sequence[Recommendation],
-        timings: Mapping[str, float],
-    ) -> dict[str, Any]:
-        return {
-            "surface": plan.request.surface,
-            "requested_surface": plan.requested_surface,
-            "template_version": cs.template_version,
-            "rendered": cs.rendered,
-            "took_ms": cs.took_ms,
-            "source_took_ms": cs.source_took,
-            "source_errors": cs.errors,
-            "skipped_sources": cs.skipped,
-            "candidates": len(cs.candidates),
-            "filtered": dict(plan.filtered),
-            "rerank": result.trace.to_dict([r.id for r in items]),
-            "timings_ms": {k: round(v, 2) for k, v in timings.items()},
-        }
 
     # -- surfaces -------------------------------------------------------------------------
     async def recommend(

@@ -91,6 +91,7 @@ def _respond(
         "items": answer.items,
         "next_cursor": next_cursor,
         "explain": answer.explain,
+        "experiments": answer.experiments,
     }
 
 
