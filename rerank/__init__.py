@@ -16,12 +16,14 @@ from ._ltr import (
     LabelPolicy,
     LtrData,
     LtrResult,
+    concat_data,
     join_outcomes,
     load_ltr_inputs,
     ndcg_at,
     save_model,
     train_ltr,
 )
+from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
 from ._steps import (
     STEPS,
@@ -36,12 +38,21 @@ from ._steps import (
     fatigue_penalty,
     mmr_select,
 )
-from ._types import FEATURE_NAMES, RANKED_SOURCES, CandidateBatch, Features, RerankContext
+from ._types import (
+    FEATURE_NAMES,
+    PROFILE_COLUMNS,
+    RANKED_SOURCES,
+    CandidateBatch,
+    Features,
+    RerankContext,
+)
 
 __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
     "LTR_PARAMS",
+    "PROFILE_COLUMNS",
+    "PROFILE_FIELDS",
     "RANKED_SOURCES",
     "STEPS",
     "AlsModel",
@@ -53,6 +64,7 @@ __all__ = [
     "LinearScorer",
     "LtrData",
     "LtrResult",
+    "MemberProfile",
     "RerankConfig",
     "RerankContext",
     "RerankInputs",
@@ -67,6 +79,7 @@ __all__ = [
     "apply_caps",
     "apply_pins",
     "assemble_features",
+    "concat_data",
     "exposure_adjustment",
     "fatigue_penalty",
     "fold_in",
@@ -78,6 +91,7 @@ __all__ = [
     "pl_marginals",
     "pl_sample",
     "pl_weights",
+    "profile_features",
     "save_model",
     "train_als",
     "train_lambdamart",

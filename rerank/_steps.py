@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ._types import FEATURE_NAMES, RANKED_SOURCES, CandidateBatch, Features, RerankContext
+from ._types import (
+    FEATURE_NAMES,
+    PROFILE_COLUMNS,
+    RANKED_SOURCES,
+    CandidateBatch,
+    Features,
+    RerankContext,
+)
 
 if TYPE_CHECKING:
     from ._config import RerankConfig
@@ -103,6 +110,15 @@ def assemble_features(
     X[:, _COL["behaviour_dot"]] = X[:, _COL["behaviour_sim"]] * bnorm * unorm
     X[:, _COL["log_popularity"]] = pop
     X[:, _COL["history"]] = np.log1p(ctx.history)
+    X[:, _COL["graph_norm"]] = np.log1p(
+        features.graph / np.sqrt(1.0 + np.maximum(batch.popularity, 0.0))
+    )
+    age = batch.age_days
+    X[:, _COL["log_age"]] = np.log1p(np.where(np.isfinite(age), age, 0.0))
+    for name in PROFILE_COLUMNS:
+        values = features.affinity.get(name)
+        if values is not None:
+            X[:, _COL[name]] = values
     col = {name: j for j, name in enumerate(batch.source_names)}
     for s in RANKED_SOURCES:
         j = col.get(s)
@@ -114,6 +130,10 @@ def assemble_features(
         if batch.source_ranks is not None:
             rank = batch.source_ranks[:, j]
             X[:, _COL[f"rr_{s}"]] = np.divide(1.0, rank, out=np.zeros(n), where=rank > 0)
+    # last: the linear model's score of the columns above (its own column weighs nothing)
+    w = cfg.weight_vector()
+    w[_COL["linear"]] = 0.0
+    X[:, _COL["linear"]] = X @ w
     return X
 
 

@@ -9,7 +9,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FEATURE_NAMES", "RANKED_SOURCES", "CandidateBatch", "Features", "RerankContext"]
+__all__ = [
+    "FEATURE_NAMES",
+    "PROFILE_COLUMNS",
+    "RANKED_SOURCES",
+    "CandidateBatch",
+    "Features",
+    "RerankContext",
+]
 
 #: Columns of the feature matrix built by :func:`opendisco.rerank.assemble_features`.
 FEATURE_NAMES: tuple[str, ...] = (
@@ -29,6 +36,23 @@ FEATURE_NAMES: tuple[str, ...] = (
     "history",  # log1p(the member's recent positives): same for every row of a list
     *(f"rr_{s}" for s in ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")),
     *(f"score_{s}" for s in ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")),
+    "graph_norm",  # log1p(co-engagement weight / sqrt(1 + popularity)): cosine-like
+    "log_age",  # log1p(item age in days): recency on any time scale
+    # the member's taste profile (rerank._profile): affinity of the candidate to it
+    "category_affinity",
+    "tag_affinity",
+    "age_gap",
+    "newest_gap",
+    "pop_gap",
+    "linear",  # the linear model's score of the row: a learned ranker can start from it
+)
+#: the per-candidate columns the feature store computes from the member's profile
+PROFILE_COLUMNS: tuple[str, ...] = (
+    "category_affinity",
+    "tag_affinity",
+    "age_gap",
+    "newest_gap",
+    "pop_gap",
 )
 #: candidate sources with their own reciprocal-rank (``rr_*``) and score (``score_*``, divided
 #: by the source's batch maximum) columns; 0 where the source did not propose the item
@@ -159,6 +183,8 @@ class Features:
     graph: np.ndarray  # (n,) co-engagement weight to the user's recent items
     #: (n,) norms of the behaviour vectors before normalising (the ALS score's item part)
     behaviour_norm: np.ndarray | None = None
+    #: :data:`PROFILE_COLUMNS` name -> (n,) affinity of each candidate to the member's profile
+    affinity: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, n: int, dim: int = 384, bdim: int = 32) -> Features:
