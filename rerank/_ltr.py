@@ -344,14 +344,7 @@ def concat_data(parts: Sequence[LtrData]) -> LtrData:
     """Lists of several :class:`LtrData` in the given order (one training set)."""
     parts = [p for p in parts if len(p.groups)]
     if not parts:
-        return LtrData(
-            np.zeros((0, len(FEATURE_NAMES))),
-            np.zeros(0, dtype=np.int32),
-            np.zeros(0, dtype=np.int32),
-            [],
-            [],
-            np.zeros(0, dtype=np.int64),
-        )
+        return join_outcomes([], [])  # no list: the empty data
     return LtrData(
         np.concatenate([p.X for p in parts]),
         np.concatenate([p.y for p in parts]),
