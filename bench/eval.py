@@ -28,14 +28,15 @@ import os
 import re
 import statistics
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from opendisco import load_settings
-from opendisco.eval import evaluate, resolve_dataset, time_split
+from opendisco import InvalidInput, load_settings
+from opendisco.eval import ModelResult, evaluate, paired_difference, resolve_dataset, time_split
 from opendisco.eval._compare import fit_baselines, namespaced, sample_users
 
 HERE = Path(__file__).resolve().parent
@@ -46,15 +47,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 3)
 
 
-def paired(by: dict[str, Any], a: str, b: str) -> dict[str, float] | None:
-    """Mean per-user NDCG difference ``a - b`` and its standard error (same users)."""
-    x, y = by[a].get("per_user_ndcg") or [], by[b].get("per_user_ndcg") or []
-    if not x or len(x) != len(y):
+def paired(by: dict[str, Any], a: str, b: str, k: int = 10) -> dict[str, float] | None:
+    """Mean per-user NDCG difference ``a - b`` and its standard error (same users), by
+    ``opendisco.eval.paired_difference``."""
+    names = {f.name for f in fields(ModelResult)}
+
+    def result(name: str) -> ModelResult:
+        return ModelResult(**{key: v for key, v in by[name].items() if key in names})
+
+    try:
+        d = paired_difference(result(b), result(a), f"ndcg@{k}")
+    except InvalidInput:
         return None
-    d = [p - q for p, q in zip(x, y, strict=True)]
-    mean = statistics.fmean(d)
-    se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
-    return {"diff": round(mean, 5), "se": round(se, 5), "z": round(mean / se, 2) if se else 0.0}
+    z = d.diff / d.se if d.se else 0.0
+    return {"diff": round(d.diff, 5), "se": round(d.se, 5), "z": round(z, 2)}
 
 
 def targets(by: dict[str, Any], k: int, served: str = "served") -> dict[str, Any]:
@@ -78,13 +84,13 @@ def targets(by: dict[str, Any], k: int, served: str = "served") -> dict[str, Any
         "ndcg_vs_ALS": _ratio(sv, als),
         "cold_user_ndcg_vs_most_popular": _ratio(cold, pop_cold),
         "gini": {n: round(by[n]["metrics"]["gini"], 4) for n in [served, *baselines]},
-        "paired_vs_EASE": paired(by, served, "EASE"),
-        "paired_vs_ALS": paired(by, served, "ALS"),
+        "paired_vs_EASE": paired(by, served, "EASE", k),
+        "paired_vs_ALS": paired(by, served, "ALS", k),
     }
     if "ltr" in served and "served" in by:
         linear_gini = by["served"]["metrics"]["gini"]
         out["gini"]["served (linear)"] = round(linear_gini, 4)
-        out["paired_vs_linear"] = paired(by, served, "served")
+        out["paired_vs_linear"] = paired(by, served, "served", k)
         z = (out["paired_vs_EASE"] or {}).get("z", 0.0)
         out["met"] = {
             "ndcg >= 1.15 x EASE": sv >= 1.15 * ease,

@@ -96,6 +96,34 @@ class Settings(BaseSettings):
         "(writers whose updated_at lags their commit are still seen).",
     )
     sync_batch_size: int = Field(500, ge=1, description="Changes applied per sync batch.")
+    sync_partitions: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Partitions of the change feed (crc32 of the item id); each is applied by "
+        "one `opendisco sync` worker at a time, under a lease. Changing it starts the new "
+        "layout from the oldest checkpoint of the old one.",
+    )
+    sync_lease_seconds: float = Field(
+        30.0,
+        ge=1.0,
+        description="Lease on a partition: renewed every third of it; a worker that stops "
+        "renewing (killed) loses its partitions to others after this long plus one pass.",
+    )
+    sync_reconcile_interval: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds between reconciliation passes of a sync worker (its partitions: "
+        "MongoDB ids+versions against the index, repairing hard deletes and backdated "
+        "writes the watermark cannot see); 0: never. Such changes are repaired within this "
+        "interval plus one pass.",
+    )
+    sync_backoff_max: float = Field(
+        30.0,
+        gt=0,
+        description="Cap of the backoff between sync retries while a backend is failing "
+        "(sync keeps its checkpoint and never exits on a backend error).",
+    )
     bulk_max_bytes: int = Field(
         8_000_000, ge=10_000, description="Upper bound of one bulk request body (bytes)."
     )
@@ -103,23 +131,11 @@ class Settings(BaseSettings):
         6, ge=0, description="Retries of 429/5xx bulk items (capped exponential backoff)."
     )
     bulk_backoff_max: float = Field(5.0, gt=0, description="Cap of the bulk retry backoff (s).")
-    embed_cache_prefetch_max: int = Field(
-        200_000,
-        ge=0,
-        description="Reindex loads up to this many embedding-cache entries into memory with "
-        "one sequential scan before the build (0: off; per-batch `$in` lookups instead).",
-    )
-    embed_cache_prefetch_page: int = Field(
-        5_000,
-        ge=100,
-        le=8_000,
-        description="Cache entries per keyset page of that scan (one reply each, < 16 MB).",
-    )
-    reindex_read_page: int = Field(
-        5_000,
+    bulk_concurrency: int = Field(
+        2,
         ge=1,
-        description="Items per keyset read of MongoDB during reindex, split into "
-        "bulk_batch_size batches (FerretDB scans the collection once per read).",
+        description="Bulk requests reindex and sync keep in flight at once (each of "
+        "bulk_batch_size documents; the next batch is read and prepared meanwhile).",
     )
 
     # --- serving artifacts --------------------------------------------------------
@@ -133,6 +149,35 @@ class Settings(BaseSettings):
         None,
         description="A ranking model written by `opendisco train ltr` (LightGBM); it replaces "
         "the linear scorer, and refuses to load when its features differ from the reranker's.",
+    )
+    template_files: list[Path] = Field(
+        default_factory=list,
+        description="Query template versions promoted by the playground "
+        "(template-<surface>-v<N>.json), each served instead of its surface's shipped template "
+        "(JSON list in the environment); their sources stay under the shipped hard filter.",
+    )
+
+    # --- relevance playground (/playground) ---------------------------------------
+    playground_dir: Path | None = Field(
+        None,
+        description="Where the playground promotes drafts (params-v<N>.json, "
+        "template-<surface>-v<N>.json); unset: beside params_file, else <state_dir>/versions.",
+    )
+    playground_session_s: int = Field(
+        8 * 3600, ge=60, description="Lifetime of a playground session cookie (s)."
+    )
+    playground_eval_dataset: str = Field(
+        "synthetic:300",
+        description="What the playground's offline evaluation replays and scores, as "
+        "`opendisco eval --dataset`: synthetic[:N] or a MovieLens directory.",
+    )
+    playground_eval_users: int = Field(
+        50, ge=2, le=5000, description="Default user sample of a playground evaluation."
+    )
+    playground_eval_namespace: str | None = Field(
+        None,
+        description="Index alias prefix / Mongo database the playground evaluation replays "
+        "into (default: <mongo_db>-pgeval); never the live namespace.",
     )
 
     # --- learning loop: served-list log and exploration ------------------------------
@@ -203,7 +248,26 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(8000, description="Port the API binds to.")
     api_deadline_ms: int = Field(800, description="Per-request deadline before degrading (ms).")
-    api_max_concurrency: int = Field(64, description="In-flight requests before 503.")
+    api_max_concurrency: int = Field(
+        16,
+        ge=1,
+        description="Most /v1 requests admitted to work at once; more wait in the admission "
+        "queue (bench/overload.py measures what the process sustains).",
+    )
+    api_adaptive_concurrency: bool = Field(
+        True,
+        description="Adapt the admission limit (1..api_max_concurrency) to measured service "
+        "time: grow while reads answer within half the deadline, shrink when slower.",
+    )
+    api_queue_timeout_ms: int = Field(
+        400,
+        ge=0,
+        description="Longest wait for admission before a request is shed with 503 + "
+        "Retry-After (the deadline starts after admission).",
+    )
+    api_max_queue: int = Field(
+        64, ge=0, description="Requests waiting for admission at most; more are shed at once."
+    )
     api_rate_limit: float = Field(50.0, description="Default requests per second per API key.")
     api_auth: bool = Field(True, description="Require API keys (disable only for local demos).")
     # API team (issue 6): keys, rate limits, breaker, fallback, cursors
@@ -223,7 +287,19 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds between background refreshes of the degraded fallback."
     )
     api_fallback_k: int = Field(
-        200, ge=1, description="Items kept per surface in the degraded fallback."
+        200, ge=1, le=500, description="Items kept per segment list of the degraded fallback."
+    )
+    api_fallback_age_band: int = Field(
+        10,
+        ge=1,
+        description="Width in years of the age bands the degraded fallback keeps one list per "
+        "(gender x age band) for.",
+    )
+    api_fallback_store_timeout_ms: int = Field(
+        500,
+        ge=1,
+        description="Deadline of the MongoDB reads a degraded answer makes to check the hard "
+        "rules (member, state, blocks, item availability); past it the answer is 503.",
     )
     api_cursor_secret: str | None = Field(
         None,

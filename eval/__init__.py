@@ -4,6 +4,7 @@ Pure pieces (readers, the time split, metrics, baselines, the runner) plus the
 :class:`ServedRecommender` adapter that sends the same users through the served pipeline.
 """
 
+from ._ab import ArtifactComparison, PairedDiff, compare_artifacts, paired_difference
 from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender, top_k
 from ._data import POSITIVE_THRESHOLD, Dataset, Ratings, load_dataset, read_movielens
 from ._diagnose import diagnose, stage_recall
@@ -32,10 +33,12 @@ __all__ = [
     "LISTS_PER_USER",
     "LTR_GRID",
     "POSITIVE_THRESHOLD",
+    "ArtifactComparison",
     "Dataset",
     "EvalReport",
     "ModelResult",
     "MostPopular",
+    "PairedDiff",
     "RandomRecommender",
     "Ratings",
     "Recommender",
@@ -48,6 +51,7 @@ __all__ = [
     "accuracy",
     "average_precision_at_k",
     "catalogue_coverage",
+    "compare_artifacts",
     "diagnose",
     "eligible_matrix",
     "evaluate",
@@ -61,6 +65,7 @@ __all__ = [
     "log_lists",
     "ndcg_at_k",
     "novelty",
+    "paired_difference",
     "read_movielens",
     "recall_at_k",
     "replay",

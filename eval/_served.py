@@ -244,10 +244,11 @@ def rebase(timestamps: np.ndarray, now: datetime, *, step_s: int = 60) -> list[d
 class ServedRecommender:
     """``Discovery.recommend`` behind the :class:`Recommender` protocol (one request per user).
 
-    By default the pipeline serves what the settings name (``params_file``, ``model_file``),
-    exactly as the API does; ``params`` (template parameter overrides) and ``rerank`` (a
-    ``RerankConfig`` mapping, merged over the defaults) replace the params file — what
-    ``tune`` trials use.
+    By default the pipeline serves what the settings name (``params_file``, ``model_file``,
+    ``template_files``), exactly as the API does; ``params`` (template parameter overrides) and
+    ``rerank`` (a ``RerankConfig`` mapping, merged over the defaults) replace the params file —
+    what ``tune`` trials use; ``artifacts`` serves those artifacts as they are (the
+    playground's current and draft).
     """
 
     name = "served"
@@ -259,6 +260,7 @@ class ServedRecommender:
         surface: str = "for_you",
         params: Mapping[str, Any] | None = None,
         rerank: Mapping[str, Any] | None = None,
+        artifacts: Artifacts | None = None,
         concurrency: int = 1,
     ) -> None:
         # the evaluated policy is the deterministic one: no explored answers
@@ -267,7 +269,11 @@ class ServedRecommender:
         self.concurrency = concurrency
         self.latencies_ms: list[float] = []
         self.degraded = 0
-        self.artifacts = Artifacts.from_settings(settings, params=params, rerank=rerank)
+        self.artifacts = (
+            artifacts
+            if artifacts is not None
+            else Artifacts.from_settings(settings, params=params, rerank=rerank)
+        )
 
     def recommend_batch(
         self, user_ids: Sequence[str], k: int, exclude: Sequence[Collection[str]]

@@ -21,7 +21,7 @@ from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
 from opendisco.signals import UserState, exposure_index
 
-from ._template import load, render
+from ._template import Template, load, render
 
 __all__ = [
     "Candidate",
@@ -54,6 +54,7 @@ class CandidateRequest:
     query_vector: list[float] | None = None  # search: the query's embedding (optional)
     explain: bool = False  # ask OpenSearch for per-hit score explanations
     exposure_caps: bool = True  # exclude items over their exposure cap
+    template: Template | None = None  # a version/draft of ``surface`` (None: the shipped file)
 
 
 @dataclass
@@ -98,26 +99,20 @@ def request_for_user(
     now: datetime | None = None,
     **extra: Any,
 ) -> CandidateRequest:
-    """A request from a member's ``users`` document and :class:`UserState` (pure).
+    """A request from a member's ``users`` document and :class:`UserState` (pure): what to
+    search with (vectors, interests, location).
 
-    Without a surface: ``for_you`` when the state has a vector, else ``cold_start``. Seen,
-    blocked and interacted (positives/negatives) ids are excluded; ``similar`` searches with the
-    anchor item's vectors (filled in by :func:`generate_candidates`), not the member's.
+    Without a surface: ``for_you`` when the state has a vector, else ``cold_start``;
+    ``similar`` searches with the anchor item's vectors (filled in by
+    :func:`generate_candidates`), not the member's. Who may be returned (exclusions, blocks,
+    two-sided eligibility) is not decided here: the served pipeline adds the parameters of
+    its one definition of the hard rules (``opendisco.serving.HardRules``).
     """
     user = user or {}
     vector = state.vector if state is not None else None
     behaviour = state.behaviour if state is not None else None
     if surface is None:
         surface = "for_you" if (vector or behaviour) else "cold_start"
-    exclude: list[str] = []
-    if state is not None:
-        interacted = [e.get("id") for e in (*state.positives, *state.negatives)]
-        exclude = [*state.blocked, *state.seen, *interacted]
-    viewer = {
-        f: user[f]
-        for f in ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max")
-        if user.get(f) is not None
-    }
     loc = user.get("location")
     if surface == "similar":  # the anchor item's vectors, never the member's
         vector = behaviour = None
@@ -127,9 +122,7 @@ def request_for_user(
         user_vector=[float(x) for x in vector] if vector else None,
         behaviour_vector=[float(x) for x in behaviour] if behaviour else None,
         interests=[str(i) for i in user.get("interests") or []],
-        viewer=viewer or None,
         location={"lat": float(loc["lat"]), "lon": float(loc["lon"])} if loc else None,
-        exclude_ids=[str(i) for i in dict.fromkeys(exclude) if i],
         now=now or datetime.now(UTC),
         **extra,
     )
@@ -141,7 +134,7 @@ def _fresh_since(now: datetime, days: int = 14) -> datetime:
 
 def request_params(req: CandidateRequest, settings: Settings) -> dict[str, Any]:
     """Template parameters for ``req`` (pure): only those the surface declares are set."""
-    specs = load(req.surface).specs
+    specs = (req.template or load(req.surface)).specs
     viewer = req.viewer or {}
     interests = [str(i) for i in req.interests]
     candidates: dict[str, Any] = {
@@ -274,7 +267,7 @@ async def generate_candidates(
         for key, field_name in (("item_vector", "embedding"), ("behaviour_vector", "behaviour")):
             if params.get(key) is None:
                 params[key] = anchor.get(field_name)
-    rendered = render(req.surface, params)
+    rendered = render(req.surface, params, req.template)
     names = list(rendered["sources"])
     if not names:
         return CandidateSet(
