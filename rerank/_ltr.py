@@ -263,6 +263,7 @@ def train_ltr(
     ``valid_share`` of ``data``'s lists are. ``grid``: parameter overrides (over ``params``)
     tried one by one; the one with the best validation NDCG@k wins (the first on ties, so
     list the simplest first)."""
+    valid_in = valid
     if valid is None:
         n = len(data.groups)
         if n < 2:
@@ -308,9 +309,9 @@ def train_ltr(
         "label_policy": (policy or LabelPolicy()).model_dump(),
         "lists": len(everything.groups),
         "rows": len(everything.y),
-        "skipped_lists": {
-            key: train.skipped.get(key, 0) + valid.skipped.get(key, 0)
-            for key in {*train.skipped, *valid.skipped}
+        "skipped_lists": {  # ``data``'s (its parts carry none), or both given sets'
+            key: data.skipped.get(key, 0) + (valid_in.skipped.get(key, 0) if valid_in else 0)
+            for key in {*data.skipped, *(valid_in.skipped if valid_in else ())}
         },
         "labels": {
             str(v): int(c)
