@@ -17,6 +17,7 @@ from ._ltr import (
     LabelPolicy,
     LtrData,
     LtrResult,
+    concat_data,
     join_outcomes,
     load_ltr_inputs,
     ndcg_at,
@@ -24,6 +25,7 @@ from ._ltr import (
     train_ltr,
 )
 from ._market import combine, live_trending, member_budgets, pacing_penalty, reciprocal_estimate
+from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
 from ._steps import (
     STEPS,
@@ -38,12 +40,21 @@ from ._steps import (
     fatigue_penalty,
     mmr_select,
 )
-from ._types import FEATURE_NAMES, RANKED_SOURCES, CandidateBatch, Features, RerankContext
+from ._types import (
+    FEATURE_NAMES,
+    PROFILE_COLUMNS,
+    RANKED_SOURCES,
+    CandidateBatch,
+    Features,
+    RerankContext,
+)
 
 __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
     "LTR_PARAMS",
+    "PROFILE_COLUMNS",
+    "PROFILE_FIELDS",
     "RANKED_SOURCES",
     "STEPS",
     "AlsModel",
@@ -55,6 +66,7 @@ __all__ = [
     "LinearScorer",
     "LtrData",
     "LtrResult",
+    "MemberProfile",
     "RerankConfig",
     "RerankContext",
     "RerankInputs",
@@ -70,6 +82,7 @@ __all__ = [
     "apply_pins",
     "assemble_features",
     "combine",
+    "concat_data",
     "exposure_adjustment",
     "fatigue_penalty",
     "fold_in",
@@ -84,6 +97,7 @@ __all__ = [
     "pl_marginals",
     "pl_sample",
     "pl_weights",
+    "profile_features",
     "reciprocal_estimate",
     "save_model",
     "train_als",

@@ -101,6 +101,8 @@ class RerankConfig(BaseModel):
         unknown = sorted(set(v) - set(FEATURE_NAMES))
         if unknown:
             raise ValueError(f"unknown feature(s) {unknown}; known: {list(FEATURE_NAMES)}")
+        if v.get("linear"):
+            raise ValueError("'linear' is the linear model's own score: it cannot be weighted")
         return v
 
     @field_validator("steps")

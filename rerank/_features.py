@@ -11,6 +11,10 @@ Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most
 * 1 MongoDB ``find`` of graph proximity to the user's recent items,
 * for member candidates (profiles) only, 1 MongoDB ``find`` of their owners' tastes (content
   vector, likes and passes given: the reciprocal estimate; cached with the vectors' TTL),
+* 1 OpenSearch ``mget`` of the member's recent positives' profile fields (category, tags,
+  creation date, popularity: :class:`~opendisco.rerank.MemberProfile`), only for ids not in
+  the item-metadata cache (these fields change rarely; the recent items of active members
+  overlap heavily),
 
 issued concurrently. The viewer's own profile vector (what the candidates' tastes are compared
 with) joins the vector fetch (usually cached). The counters reading also brings each
@@ -32,6 +36,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -52,6 +57,7 @@ from opendisco.signals import (
     UserStateStore,
 )
 
+from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._types import CandidateBatch, Features, RerankContext
 
 __all__ = ["FeatureStore", "TTLCache"]
@@ -110,6 +116,7 @@ class FeatureStore:
         *,
         exposure: Any | None = None,
         cache_ttl_s: float = 60.0,
+        meta_ttl_s: float = 600.0,
         inbound_days: int = 7,
     ) -> None:
         self.settings = settings
@@ -123,6 +130,7 @@ class FeatureStore:
         self.vectors = TTLCache(cache_ttl_s)
         self.inbound_cache = TTLCache(cache_ttl_s)
         self.taste_cache = TTLCache(cache_ttl_s)
+        self.meta = TTLCache(meta_ttl_s)
         #: id -> the in-flight mget that will bring its vectors (shared by concurrent requests)
         self._inflight: dict[str, asyncio.Future[dict[str, tuple[Any, Any]]]] = {}
 
@@ -187,6 +195,32 @@ class FeatureStore:
             if p and (vv := unpack_vectors(p, d, b)) is not None:
                 out[i] = vv
         return out
+
+    async def _meta(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Profile fields (:data:`PROFILE_FIELDS`) of ``ids``: cached, misses in one mget."""
+        hit, miss = self.meta.get_many(list(dict.fromkeys(ids)))
+        if not miss:
+            return hit
+        with backend_errors("item profile lookup failed"):
+            try:
+                resp = await self.os.mget(
+                    index=self.settings.index_alias,
+                    body={"ids": miss},
+                    params={"_source_includes": ",".join(PROFILE_FIELDS), "realtime": "false"},
+                )
+            except NotFoundError:
+                return hit
+        got = {d["_id"]: d.get("_source") or {} for d in resp["docs"] if d.get("found")}
+        self.meta.put_many(got)
+        return {**hit, **got}
+
+    async def profile(self, recent: Sequence[str], now: datetime | None = None) -> MemberProfile:
+        """The member's :class:`MemberProfile` from their recent positives' items."""
+        if not recent:
+            return MemberProfile()
+        meta = await self._meta(recent)
+        docs = [meta[i] for i in dict.fromkeys(recent) if i in meta]
+        return MemberProfile.from_items(docs, now or datetime.now(UTC))
 
     async def _inbound(self, ids: list[str]) -> dict[str, int]:
         hit, miss = self.inbound_cache.get_many(ids)
@@ -286,22 +320,26 @@ class FeatureStore:
         inbox: Inbox | None = None,
         mutual_weights: Mapping[str, float] | None = None,
     ) -> Features:
-        recent = user_state.recent_positive_ids[:RECENT_FANOUT] if user_state is not None else ()
+        positives = user_state.recent_positive_ids if user_state is not None else []
         members = batch.members
         owners = {
             i: str(batch.owners[batch.owner[r]])
             for r, i in enumerate(batch.ids)
             if members[r] and batch.owner[r] >= 0
         }
-        return await self.lookup(
-            batch.ids,
-            recent=recent,
-            graph_weights=graph_weights,
-            packed=batch.packed,
-            owners=owners,
-            inbox=inbox,
-            mutual_weights=mutual_weights,
+        feats, profile = await asyncio.gather(
+            self.lookup(
+                batch.ids,
+                recent=positives[:RECENT_FANOUT],
+                graph_weights=graph_weights,
+                packed=batch.packed,
+                owners=owners,
+                inbox=inbox,
+                mutual_weights=mutual_weights,
+            ),
+            self.profile(positives),
         )
+        return replace(feats, affinity=profile_features(batch, profile))
 
     @staticmethod
     def context(user_state: UserState | None, **kw: Any) -> RerankContext:

@@ -15,6 +15,7 @@ import numpy as np
 from ._market import live_trending, reciprocal_estimate, step_pacing, step_reciprocal
 from ._types import (
     FEATURE_NAMES,
+    PROFILE_COLUMNS,
     RANKED_SOURCES,
     CandidateBatch,
     Features,
@@ -91,6 +92,15 @@ def assemble_features(
     X[:, _COL["behaviour_dot"]] = X[:, _COL["behaviour_sim"]] * bnorm * unorm
     X[:, _COL["log_popularity"]] = pop
     X[:, _COL["history"]] = np.log1p(ctx.history)
+    X[:, _COL["graph_norm"]] = np.log1p(
+        features.graph / np.sqrt(1.0 + np.maximum(batch.popularity, 0.0))
+    )
+    age = batch.age_days
+    X[:, _COL["log_age"]] = np.log1p(np.where(np.isfinite(age), age, 0.0))
+    for name in PROFILE_COLUMNS:
+        values = features.affinity.get(name)
+        if values is not None:
+            X[:, _COL[name]] = values
     col = {name: j for j, name in enumerate(batch.source_names)}
     for s in RANKED_SOURCES:
         j = col.get(s)
@@ -110,6 +120,10 @@ def assemble_features(
         X[:, _COL["liked_viewer"]] = features.column("liked_viewer", n) * member
         X[:, _COL["mutual"]] = np.log1p(features.column("mutual", n)) * member
     X[:, _COL["trending"]] = live_trending(features.column("trending", n))
+    # last: the linear model's score of the columns above (its own column weighs nothing)
+    w = cfg.weight_vector()
+    w[_COL["linear"]] = 0.0
+    X[:, _COL["linear"]] = X @ w
     return X
 
 

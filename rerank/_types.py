@@ -11,6 +11,7 @@ import numpy as np
 
 __all__ = [
     "FEATURE_NAMES",
+    "PROFILE_COLUMNS",
     "RANKED_SOURCES",
     "CandidateBatch",
     "Features",
@@ -39,11 +40,28 @@ FEATURE_NAMES: tuple[str, ...] = (
     "history",  # log1p(the member's recent positives): same for every row of a list
     *(f"rr_{s}" for s in ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")),
     *(f"score_{s}" for s in ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")),
+    "graph_norm",  # log1p(co-engagement weight / sqrt(1 + popularity)): cosine-like
+    "log_age",  # log1p(item age in days): recency on any time scale
+    # the member's taste profile (rerank._profile): affinity of the candidate to it
+    "category_affinity",
+    "tag_affinity",
+    "age_gap",
+    "newest_gap",
+    "pop_gap",
+    "linear",  # the linear model's score of the row: a learned ranker can start from it
     # two-sided markets (0 for items that are not member profiles; see rerank._market)
     "reciprocal",  # estimated P(candidate likes the viewer back), in [0, 1]
     "liked_viewer",  # 1 when the candidate already liked the viewer
     "mutual",  # log1p co-engagement from the viewer's matches (friends of matches)
     "trending",  # log1p(live decayed likes/matches), max-normalised within the batch
+)
+#: the per-candidate columns the feature store computes from the member's profile
+PROFILE_COLUMNS: tuple[str, ...] = (
+    "category_affinity",
+    "tag_affinity",
+    "age_gap",
+    "newest_gap",
+    "pop_gap",
 )
 #: candidate sources with their own reciprocal-rank (``rr_*``) and score (``score_*``, divided
 #: by the source's batch maximum) columns; 0 where the source did not propose the item
@@ -198,6 +216,8 @@ class Features:
     mutual: np.ndarray | None = None  # (n,) co-engagement weight from the viewer's matches
     trending: np.ndarray | None = None  # (n,) live decayed likes/matches
     paced_exposure: np.ndarray | None = None  # (n,) impressions, leaky bucket (per window)
+    #: :data:`PROFILE_COLUMNS` name -> (n,) affinity of each candidate to the member's profile
+    affinity: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, n: int, dim: int = 384, bdim: int = 32) -> Features:
