@@ -44,8 +44,7 @@ __all__ = ["CAPPED_DOC_ID", "ExposureStore", "capped_lookup", "exposure_index"]
 CAPPED_DOC_ID = "_capped"
 CAPPED_PATH = "capped.ids"
 
-_MAPPING: dict[str, Any] = {
-    "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
+_MAPPING: dict[str, Any] = {  # shards and replicas from settings (index_shards/_replicas)
     "mappings": {
         "dynamic": "strict",
         "properties": {
@@ -104,12 +103,19 @@ class ExposureStore:
         self.index = exposure_index(settings)
         self.window_ms = int(settings.exposure_window_hours * 3_600_000)
 
+    def _body(self) -> dict[str, Any]:
+        shape = {
+            "number_of_shards": self.settings.shards,
+            "number_of_replicas": self.settings.replicas,
+        }
+        return {"settings": {"index": shape}, **_MAPPING}
+
     async def ensure(self) -> None:
         """Create the counters index (idempotent)."""
         with backend_errors(f"cannot create {self.index}"):
             try:
                 if not await self.client.indices.exists(index=self.index):
-                    await self.client.indices.create(index=self.index, body=_MAPPING)
+                    await self.client.indices.create(index=self.index, body=self._body())
             except RequestError as exc:
                 if "resource_already_exists" not in str(exc):
                     raise
