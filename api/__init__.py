@@ -1,12 +1,19 @@
-"""opendisco.api: the discovery HTTP API (FastAPI on uvicorn)."""
+"""opendisco.api: the discovery HTTP API (FastAPI on uvicorn).
 
-from ._app import Runtime, create_app
+``create_app`` (``_app``) wires the edge middleware (``_edge``), the error handlers
+(``_errors``), the typed dependencies (``_deps``) and the route modules (``routes/``) around a
+:class:`Runtime` (``_runtime``: the pipeline behind a breaker and a deadline, the fallback).
+"""
+
+from ._app import create_app
 from ._breaker import BreakerState, CircuitBreaker
 from ._cursor import CursorCodec
 from ._keys import ApiKey, ApiKeyStore, create_key, list_keys, revoke_key
 from ._ratelimit import RateLimiter, TokenBucket
+from ._runtime import Answer, Runtime
 
 __all__ = [
+    "Answer",
     "ApiKey",
     "ApiKeyStore",
     "BreakerState",

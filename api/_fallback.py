@@ -12,9 +12,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opendisco._exceptions import Overloaded
+from opendisco.serving import Discovery, Recommendation
+
+if TYPE_CHECKING:
+    from motor.motor_asyncio import AsyncIOMotorDatabase
 
 __all__ = ["Fallback", "FallbackAnswer", "to_served"]
 
@@ -34,18 +38,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def to_served(rec: Any, with_trace: bool = False) -> dict[str, Any]:
-    """A ``Recommendation`` (or a mapping with the same fields) as a response item dict."""
-    get = rec.get if isinstance(rec, dict) else lambda k, d=None: getattr(rec, k, d)
-    item = get("item") or {}
-    trace = get("trace") if with_trace else None
-    if isinstance(trace, dict):
-        trace = [trace]
+def to_served(rec: Recommendation, with_trace: bool = False) -> dict[str, Any]:
+    """A :class:`~opendisco.serving.Recommendation` as a response item dict (no vectors)."""
+    trace = rec.trace if with_trace else None
     return {
-        "id": str(get("id")),
-        "score": float(get("score") or 0.0),
-        "sources": {str(k): float(v) for k, v in (get("sources") or {}).items()},
-        "item": {k: _plain(v) for k, v in item.items() if k not in _VECTOR_FIELDS},
+        "id": str(rec.id),
+        "score": float(rec.score or 0.0),
+        "sources": {str(k): float(v) for k, v in rec.sources.items()},
+        "item": {k: _plain(v) for k, v in rec.item.items() if k not in _VECTOR_FIELDS},
         "trace": _plain(trace) if trace is not None else None,
     }
 
@@ -73,8 +73,8 @@ class _Entry:
 
 @dataclass
 class Fallback:
-    discovery: Any
-    db: Any
+    discovery: Discovery
+    db: AsyncIOMotorDatabase[dict[str, Any]]
     k: int = 200
     items_collection: str = "items"
     timeout_s: float = 5.0
@@ -128,9 +128,13 @@ class Fallback:
         docs = await asyncio.wait_for(cursor.to_list(self.k), self.timeout_s)
         items = []
         for d in docs:
-            served = to_served({"id": d["_id"], "score": d.get("popularity") or 0.0, "item": d})
-            served["item"]["id"] = str(d["_id"])
-            items.append(served)
+            rec = Recommendation(
+                id=str(d["_id"]),
+                score=float(d.get("popularity") or 0.0),
+                sources={},
+                item={**d, "id": str(d["_id"])},
+            )
+            items.append(to_served(rec))
         self._mongo = _Entry(items, "fallback-popular", now)
         return self._mongo
 

@@ -7,17 +7,38 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from opendisco._settings import Settings
+from opendisco.eval import evaluate, resolve_dataset, time_split
+from opendisco.eval._compare import (
+    baseline_objective,
+    fit_baselines,
+    namespaced,
+    sample_users,
+    served_objective,
+)
+from opendisco.eval._served import ServedRecommender
+from opendisco.eval._served import replay as do_replay
+from opendisco.eval._tune import (
+    SPACES,
+    current_version,
+    html_report,
+    now_iso,
+    plot_trials,
+    run_study,
+    served_defaults,
+    split_params,
+    write_version,
+)
 
 from ._base import pass_settings
 
-__all__ = ["register"]
+__all__ = ["eval_cmd", "tune_cmd"]
 
 
 def _progress(total: int, label: str) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=True
     )
@@ -108,12 +129,6 @@ def eval_cmd(
     marketplace (seeded likes between two-sided-eligible members, a few popular profiles
     attracting most of them): watch coverage and the Gini of impressions there.
     """
-    from rich.console import Console
-
-    from opendisco.eval import evaluate, resolve_dataset, time_split
-    from opendisco.eval._compare import fit_baselines, namespaced, sample_users
-    from opendisco.eval._served import ServedRecommender
-    from opendisco.eval._served import replay as do_replay
 
     console = Console(width=160) if not Console().is_terminal else Console()
     data = resolve_dataset(dataset_path)
@@ -216,24 +231,6 @@ def tune_cmd(
     out_dir: Path,
 ) -> None:
     """Optuna search on the validation split; best params written as a new version."""
-    from opendisco.eval import resolve_dataset, time_split
-    from opendisco.eval._compare import (
-        baseline_objective,
-        namespaced,
-        sample_users,
-        served_objective,
-    )
-    from opendisco.eval._served import replay as do_replay
-    from opendisco.eval._tune import (
-        SPACES,
-        current_version,
-        html_report,
-        now_iso,
-        plot_trials,
-        run_study,
-        served_defaults,
-        write_version,
-    )
 
     data = resolve_dataset(dataset_path)
     split = time_split(data)
@@ -272,7 +269,6 @@ def tune_cmd(
             start=start,
             callback=lambda n, v: bar.update(1),
         )
-    from opendisco.eval._tune import split_params
 
     template, rerank, other = split_params(result.best_params)
     payload = {
@@ -314,8 +310,3 @@ def tune_cmd(
     )
     click.echo(json.dumps(result.best_params, indent=2))
     click.echo(f"wrote {path}, {png}, {report}")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(eval_cmd)
-    cli.add_command(tune_cmd)

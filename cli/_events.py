@@ -8,25 +8,26 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import Progress
 
+from opendisco import clients
 from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
+from opendisco.ingest import load_movielens
+from opendisco.rerank import lambdamart_dataset, train_als, train_lambdamart, write_behaviour
+from opendisco.signals import EVENTS, EventProcessor
 
 from ._base import OpenDiscoGroup, pass_settings
 
-__all__ = ["register"]
+__all__ = ["events_cmd", "train_cmd"]
 
 
 def _movielens_positives(path: Path, min_rating: float) -> list[tuple[str, str, float]]:
-    from opendisco.ingest import load_movielens
-
     data = load_movielens(path)
     return [(str(r[0]), str(r[1]), 1.0) for r in data.ratings if float(r[2]) >= min_rating]
 
 
 async def _event_positives(db: Any) -> list[tuple[str, str, float]]:
-    from opendisco.signals import EVENTS
-
     docs = (
         await db[EVENTS]
         .find(
@@ -46,8 +47,6 @@ async def _train(
     lambdamart: Path | None,
     dry_run: bool,
 ) -> dict[str, Any]:
-    from opendisco import clients
-    from opendisco.rerank import train_als
 
     mc = clients.motor(settings)
     db = mc[settings.mongo_db]
@@ -77,10 +76,6 @@ async def _train(
 
 
 async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -> int:
-    from rich.progress import Progress
-
-    from opendisco.rerank import write_behaviour
-
     ids = list(vectors)
     step = 1000
     done = 0
@@ -94,9 +89,6 @@ async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -
 
 
 async def _train_ltr(db: Any, out: Path) -> dict[str, Any]:
-    from opendisco.rerank import lambdamart_dataset, train_lambdamart
-    from opendisco.signals import EVENTS
-
     docs = (
         await db[EVENTS]
         .find({"type": {"$in": ["impression", "click", "like", "message", "match"]}})
@@ -171,9 +163,6 @@ def post_cmd(settings: Settings, file: Any, batch: int) -> None:
 
 
 async def _post(settings: Settings, events: list[Any], batch: int) -> dict[str, Any]:
-    from opendisco import clients
-    from opendisco.signals import EventProcessor
-
     mc = clients.motor(settings)
     osc = clients.async_opensearch(settings)
     totals: dict[str, Any] = {"accepted": 0, "duplicates": 0, "recovered": 0, "rejected": []}
@@ -189,8 +178,3 @@ async def _post(settings: Settings, events: list[Any], batch: int) -> dict[str, 
         mc.close()
         await osc.close()
     return totals
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(train_cmd)
-    cli.add_command(events_cmd)

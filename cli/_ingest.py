@@ -10,31 +10,38 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from opendisco._settings import Settings
+from opendisco.ingest import (
+    generate_marketplace,
+    load_movielens,
+    reindex,
+    run_sync,
+    sync_once,
+    verify,
+    write_sample,
+)
 
-from ._base import OpenDiscoGroup, pass_settings
+from ._base import pass_settings
 
-__all__ = ["register"]
+__all__ = ["reindex_cmd", "sample_cmd", "sync_cmd", "verify_cmd"]
 
 
 def _progress(label: str) -> tuple[Any, Any]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     class Rate(TextColumn):
         def __init__(self) -> None:
             super().__init__("")
 
         def render(self, task: Any) -> Any:
-            from rich.text import Text
-
             speed = task.finished_speed or task.speed
             return Text(f"{speed:,.0f} docs/s" if speed else "… docs/s")
 
@@ -53,74 +60,11 @@ def _progress(label: str) -> tuple[Any, Any]:
     return bar, task
 
 
-@click.group("templates", cls=OpenDiscoGroup)
-def templates_cmd() -> None:
-    """Index templates kept in index_templates/*.json."""
-
-
-@templates_cmd.command("apply")
-@click.option("--dry-run", is_flag=True, help="Only print the diff against the cluster.")
-@pass_settings
-def templates_apply(settings: Settings, dry_run: bool) -> None:
-    """Put index templates that differ from the cluster (idempotent); print the diff. The live
-    items and exposure indices get the settings' replica count (index_replicas)."""
-    from opendisco import clients
-    from opendisco.ingest import apply_templates, set_replicas
-    from opendisco.signals import exposure_index
-
-    async def main() -> tuple[list[Any], Any]:
-        client = clients.async_opensearch(settings)
-        try:
-            plans = await apply_templates(settings, client, dry_run=dry_run)
-            exposures = exposure_index(settings)
-            changed = await set_replicas(client, exposures, settings.replicas, dry_run=dry_run)
-            return plans, (exposures, changed)
-        finally:
-            await client.close()
-
-    plans, (exposures, exposure_replicas) = asyncio.run(main())
-    setting = "would set" if dry_run else "set"
-    for plan in plans:
-        if plan.changed:
-            verb = "would update" if dry_run else "updated"
-            if not plan.exists:
-                verb = "would create" if dry_run else "created"
-            click.echo(f"{plan.name}: {verb}")
-            click.echo(plan.diff, nl=False)
-        else:
-            click.echo(f"{plan.name}: up to date")
-        if plan.live_replicas:
-            was, now = plan.live_replicas
-            click.echo(f"{plan.live_index}: {setting} number_of_replicas {was} -> {now}")
-        if plan.live_shards:
-            was, now = plan.live_shards
-            click.echo(
-                f"{plan.live_index}: number_of_shards is {was}, settings say {now}; "
-                "run `opendisco reindex` to change it"
-            )
-        if plan.live_added:
-            click.echo(
-                f"{plan.live_index}: mapped new fields in place: {', '.join(plan.live_added)}"
-            )
-        if plan.live_index:
-            if plan.live_diff:
-                click.echo(
-                    f"{plan.live_index} (behind the alias) differs; run `opendisco reindex`:"
-                )
-                click.echo(plan.live_diff, nl=False)
-            else:
-                click.echo(f"{plan.live_index} (behind the alias) matches")
-    if exposure_replicas:
-        was, now = exposure_replicas
-        click.echo(f"{exposures}: {setting} number_of_replicas {was} -> {now}")
-
-
 @click.command("reindex")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @pass_settings
 def reindex_cmd(settings: Settings, quiet: bool) -> None:
     """Rebuild the items index from MongoDB and swap the read alias atomically."""
-    from opendisco.ingest import reindex
 
     bar, task = _progress("reindex") if not quiet else (None, None)
 
@@ -148,7 +92,6 @@ def reindex_cmd(settings: Settings, quiet: bool) -> None:
 @pass_settings
 def sync_cmd(settings: Settings, once: bool) -> None:
     """Stream MongoDB changes into the alias (change streams, or watermark polling)."""
-    from opendisco.ingest import run_sync, sync_once
 
     def show(report: Any) -> None:
         click.echo(
@@ -177,7 +120,6 @@ def sync_cmd(settings: Settings, once: bool) -> None:
 @pass_settings
 def verify_cmd(settings: Settings, show: int) -> None:
     """Compare MongoDB and the alias by ids, versions, content hashes; exit 1 on differences."""
-    from opendisco.ingest import verify
 
     report = asyncio.run(verify(settings))
     click.echo(report.summary())
@@ -200,7 +142,6 @@ def verify_cmd(settings: Settings, show: int) -> None:
 @pass_settings
 def sample_cmd(settings: Settings, size: int, seed: int, movielens: Path | None) -> None:
     """Write a seeded synthetic marketplace (or MovieLens) into MongoDB."""
-    from opendisco.ingest import generate_marketplace, load_movielens, write_sample
 
     if movielens is not None:
         data = load_movielens(movielens)
@@ -215,13 +156,3 @@ def sample_cmd(settings: Settings, size: int, seed: int, movielens: Path | None)
         f"{settings.mongo_db}.{settings.items_collection}: {counts['items']} items, "
         f"{counts['users']} users written"
     )
-
-
-def register(cli: click.Group) -> None:
-    existing = cli.commands.get("templates")
-    if existing is None:
-        cli.add_command(templates_cmd)
-    elif isinstance(existing, click.Group) and "apply" not in existing.commands:
-        existing.add_command(templates_apply)
-    for cmd in (reindex_cmd, sync_cmd, verify_cmd, sample_cmd):
-        cli.add_command(cmd)

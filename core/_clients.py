@@ -1,10 +1,10 @@
 """Client factories: the only place that knows how to reach OpenSearch, MongoDB and the model.
 
-Each factory is thin and swappable; callers map library errors into the opendisco tree at
-their own I/O boundary. OpenSearch clients are given every node of the cluster
-(``Settings.opensearch_hosts``) and round-robin over them; a node that fails is kept out of
-rotation for ``DEAD_TIMEOUT_S`` (doubled per consecutive failure), and the async client fails
-over to another node on connection loss whatever its ``max_retries``
+Each factory is thin and swappable; library errors are mapped into the opendisco tree by
+``opendisco.backend_errors`` at the I/O boundary. OpenSearch clients are given every node of
+the cluster (``Settings.opensearch_hosts``) and round-robin over them; a node that fails is
+kept out of rotation for ``DEAD_TIMEOUT_S`` (doubled per consecutive failure), and the async
+client fails over to another node on connection loss whatever its ``max_retries``
 (:class:`~opendisco._transport.FailoverTransport`), so losing the node a client talks to is
 not an outage. MongoDB clients get the URL as it is: a replica set's hosts are named there.
 """
@@ -15,12 +15,17 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from ._settings import Settings
+import orjson
+from motor.motor_asyncio import AsyncIOMotorClient
+from opensearchpy import AsyncOpenSearch, OpenSearch
+from opensearchpy.exceptions import SerializationError
+from opensearchpy.serializer import JSONSerializer
+from pymongo import MongoClient
 
-if TYPE_CHECKING:
-    from motor.motor_asyncio import AsyncIOMotorClient
-    from opensearchpy import AsyncOpenSearch, OpenSearch
-    from pymongo import MongoClient
+from ._settings import Settings
+from ._transport import FailoverTransport
+
+if TYPE_CHECKING:  # torch: loaded by load_model only
     from sentence_transformers import SentenceTransformer
 
 __all__ = [
@@ -39,8 +44,6 @@ DEAD_TIMEOUT_S = 10.0
 
 
 def opensearch(settings: Settings, **kwargs: Any) -> OpenSearch:
-    from opensearchpy import OpenSearch
-
     opts: dict[str, Any] = {
         "timeout": settings.opensearch_timeout,
         "http_compress": False,
@@ -57,9 +60,6 @@ def _serializer() -> Any:
     responses are ~0.5 MB per request: parsing them is the API's largest single CPU cost, and
     bulk bodies are the ingest client's); whatever orjson cannot encode natively goes through
     opensearch-py's own ``default`` (numpy scalars, UUID, ...)."""
-    import orjson
-    from opensearchpy.exceptions import SerializationError
-    from opensearchpy.serializer import JSONSerializer
 
     class OrjsonSerializer(JSONSerializer):
         def loads(self, s: Any) -> Any:
@@ -82,10 +82,6 @@ def _serializer() -> Any:
 
 
 def async_opensearch(settings: Settings, **kwargs: Any) -> AsyncOpenSearch:
-    from opensearchpy import AsyncOpenSearch
-
-    from ._transport import FailoverTransport
-
     opts: dict[str, Any] = {
         "timeout": settings.opensearch_timeout,
         "serializer": _serializer(),
@@ -97,16 +93,12 @@ def async_opensearch(settings: Settings, **kwargs: Any) -> AsyncOpenSearch:
 
 
 def mongo(settings: Settings, **kwargs: Any) -> MongoClient[dict[str, Any]]:
-    from pymongo import MongoClient
-
     opts: dict[str, Any] = {"serverSelectionTimeoutMS": 5000, "tz_aware": True}
     opts.update(kwargs)
     return MongoClient(settings.mongo_url, **opts)
 
 
 def motor(settings: Settings, **kwargs: Any) -> AsyncIOMotorClient[dict[str, Any]]:
-    from motor.motor_asyncio import AsyncIOMotorClient
-
     opts: dict[str, Any] = {"serverSelectionTimeoutMS": 5000, "tz_aware": True}
     opts.update(kwargs)
     return AsyncIOMotorClient(settings.mongo_url, **opts)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from . import _metrics as m
 from ._protocol import Recommender
@@ -103,8 +104,6 @@ class EvalReport:
         return "\n".join(lines) + "\n\n" + self.notes() + "\n"
 
     def rich_table(self) -> Any:
-        from rich.table import Table
-
         table = Table(title=f"opendisco eval: {self.dataset} ({self.stage}, K={self.k})")
         table.add_column("model", style="bold")
         short = {

@@ -25,6 +25,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from opendisco.queries import load
+from opendisco.rerank import RerankConfig
+
 __all__ = [
     "SPACES",
     "Dim",
@@ -146,8 +149,6 @@ class TuneResult:
 def served_defaults(surface: str = "for_you") -> dict[str, Any]:
     """The shipped value of every ``SPACES["served"]`` parameter (template specs of
     ``surface`` and ``RerankConfig()``), so tuning's trial 0 is what is served today."""
-    from opendisco.queries import load
-    from opendisco.rerank import RerankConfig
 
     specs = load(surface).specs
     config = RerankConfig().get_config()

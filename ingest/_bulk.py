@@ -17,6 +17,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from opensearchpy.exceptions import ConnectionError as OSConnectionError
+from opensearchpy.exceptions import TransportError
+
 from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 
@@ -131,9 +134,6 @@ class BulkWriter:
         self.index = index
 
     async def _send(self, body: bytes) -> dict[str, Any]:
-        from opensearchpy.exceptions import ConnectionError as OSConnectionError
-        from opensearchpy.exceptions import TransportError
-
         attempt = 0
         while True:
             try:

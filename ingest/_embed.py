@@ -15,6 +15,7 @@ real MongoDB the per-batch ``$in`` is an index lookup and the scan is bounded by
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -201,8 +202,6 @@ class Embedder:
         return [text_key(self.model_name, t) for t in texts]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        import time
-
         texts = list(texts)
         dim = self.settings.embedding_dim
         out = np.zeros((len(texts), dim), dtype=np.float32)

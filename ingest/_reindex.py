@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from opensearchpy.exceptions import NotFoundError
+
 from opendisco import index_templates
 from opendisco._exceptions import IndexStateError
 from opendisco._settings import Settings
@@ -84,7 +86,6 @@ def new_index_name(alias: str, now: datetime | None = None) -> str:
 
 async def versioned_indices(client: Any, alias: str) -> dict[str, dict[str, Any]]:
     """``{index: _meta.opendisco}`` of every ``<alias>-v*`` index."""
-    from opensearchpy.exceptions import NotFoundError
 
     try:
         resp = await client.indices.get_mapping(index=f"{alias}-v*", expand_wildcards="all")
@@ -98,8 +99,6 @@ async def versioned_indices(client: Any, alias: str) -> dict[str, dict[str, Any]
 
 
 async def alias_targets(client: Any, alias: str) -> list[str]:
-    from opensearchpy.exceptions import NotFoundError
-
     try:
         resp = await client.indices.get_alias(name=alias)
     except NotFoundError:

@@ -17,10 +17,9 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opensearchpy import AsyncOpenSearch
-from sentence_transformers import SentenceTransformer
 
 from opendisco import clients
 from opendisco._backend import backend_errors
@@ -29,7 +28,7 @@ from opendisco._exceptions import BackendError, InvalidInput
 from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
 from opendisco.queries import CandidateSet, template_version
-from opendisco.rerank import CandidateBatch, FeatureStore, Reranker
+from opendisco.rerank import CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
     EventProcessor,
     EventsResult,
@@ -49,6 +48,9 @@ from ._stages import (
     run_sources,
 )
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
+
+if TYPE_CHECKING:  # torch: loaded on the first query encoding, not on import
+    from sentence_transformers import SentenceTransformer
 
 __all__ = ["Discovery", "default_parts"]
 
@@ -71,9 +73,7 @@ def default_parts(
             GraphNeighbours(ItemGraph(db)),
         ],
         sources=[TemplateSource(os_client, settings)],
-        filters=[],
         feature_hydrators=[StoreFeatures(features)],
-        side_effects=[],
     )
 
 
@@ -190,14 +190,13 @@ class Discovery:
         cs = await self.candidates(plan)
         t1 = time.perf_counter()
         batch = CandidateBatch.from_candidates(cs.candidates, now=plan.request.now)
-        feats = None
+        feats: Features | None = None
         for hydrator in self.parts.feature_hydrators:
-            feats = await hydrator.features(plan, batch)
+            feats = await hydrator.features(plan, batch, feats)
+        assert feats is not None  # Parts requires a feature hydrator
         plan.timings_ms["features_ms"] = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
         ctx = FeatureStore.context(plan.state, k=k)
-        if feats is None:
-            raise InvalidInput("the pipeline has no feature hydrator")
         result = self.reranker.run(batch, feats, ctx, timed=explain)
         plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         by_id = {c.id: c for c in cs.candidates}

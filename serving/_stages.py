@@ -26,6 +26,7 @@ from opensearchpy import AsyncOpenSearch
 
 from opendisco._backend import backend_errors
 from opendisco._domain import Surface
+from opendisco._exceptions import ConfigError
 from opendisco._settings import Settings
 from opendisco.queries import (
     Candidate,
@@ -83,9 +84,14 @@ class CandidateFilter(Protocol):
 
 
 class FeatureHydrator(Protocol):
+    """Fills the reranker's per-candidate features; hydrators run in order, each receiving the
+    features built so far (``None`` for the first) and returning them extended."""
+
     name: str
 
-    async def features(self, plan: CandidatePlan, batch: CandidateBatch) -> Features: ...
+    async def features(
+        self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
+    ) -> Features: ...
 
 
 class SideEffect(Protocol):
@@ -189,7 +195,9 @@ class StoreFeatures:
     store: FeatureStore
     name: str = "store"
 
-    async def features(self, plan: CandidatePlan, batch: CandidateBatch) -> Features:
+    async def features(
+        self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
+    ) -> Features:
         return await self.store.for_batch(batch, plan.state, plan.graph_weights)
 
 
@@ -199,9 +207,13 @@ class Parts:
 
     query_hydrators: Sequence[QueryHydrator]
     sources: Sequence[CandidateSource]
+    feature_hydrators: Sequence[FeatureHydrator]
     filters: Sequence[CandidateFilter] = ()
-    feature_hydrators: Sequence[FeatureHydrator] = ()
     side_effects: Sequence[SideEffect] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.sources or not self.feature_hydrators:
+            raise ConfigError("a pipeline needs a candidate source and a feature hydrator")
 
 
 async def run_sources(

@@ -1,0 +1,116 @@
+"""Typed dependencies of the routes: the runtime, the scoped API key, and the parameters.
+
+The order FastAPI resolves them in is the order of the checks: the key (401/403) and its
+token bucket (429) before parameter validation (422), so a flood of invalid requests from
+one key is still rate limited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Query, Request, Security
+from fastapi.security import APIKeyHeader
+
+from opendisco._domain import ID_MAX_LENGTH, ID_PATTERN, UserSurface
+from opendisco._exceptions import Overloaded, RateLimited
+
+from ._keys import ApiKey, ApiKeyStore
+from ._runtime import Runtime
+
+__all__ = [
+    "CursorQ",
+    "Explain",
+    "ItemPath",
+    "K",
+    "QueryQ",
+    "ReadKey",
+    "RuntimeDep",
+    "SurfaceQ",
+    "UserPath",
+    "UserQ",
+    "WriteKey",
+    "require_explain",
+    "runtime",
+    "scoped",
+]
+
+_ANONYMOUS = ApiKey("anonymous", "auth disabled", frozenset({"read", "write", "admin"}))
+_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (odk_...).")
+
+
+def runtime(request: Request) -> Runtime:
+    """The app's runtime; 503 while the lifespan has not built it (or has torn it down)."""
+    rt: Runtime | None = request.app.state.runtime
+    if rt is None:
+        raise Overloaded("starting up", 1.0)
+    return rt
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
+
+
+def scoped(scope: str) -> Callable[..., Awaitable[ApiKey]]:
+    """Dependency: the request's API key (401/403) after its token bucket (429)."""
+
+    async def dependency(
+        request: Request, token: Annotated[str | None, Security(_key_header)] = None
+    ) -> ApiKey:
+        rt = runtime(request)
+        if not rt.settings.api_auth:
+            key = _ANONYMOUS
+        else:
+            if token is None:
+                auth = request.headers.get("authorization", "")
+                if auth[:7].lower() == "bearer ":
+                    token = auth[7:].strip()
+            key = await rt.keys.authenticate(token)
+            rt.keys.require(key, scope)
+        wait = rt.rate.take(key.key_id, key.rate_limit)
+        if wait > 0:
+            rt.metrics.rejected.labels("rate_limited").inc()
+            raise RateLimited(f"rate limit of key {key.key_id} exceeded", wait)
+        return key
+
+    return dependency
+
+
+def require_explain(key: ApiKey, explain: bool) -> None:
+    """``explain=true`` shows the rendered queries and scores: admin keys only (403)."""
+    if explain:
+        ApiKeyStore.require(key, "admin")
+
+
+def _path_id(description: str) -> Any:
+    return Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN, description=description)
+
+
+ReadKey = Annotated[ApiKey, Depends(scoped("read"))]
+WriteKey = Annotated[ApiKey, Depends(scoped("write"))]
+K = Annotated[int, Query(ge=1, le=100, description="Number of items (1..100).")]
+Explain = Annotated[bool, Query(description="Sources, per-step scores, rendered query (admin).")]
+UserQ = Annotated[
+    str | None,
+    Query(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN, description="Viewer id."),
+]
+UserPath = Annotated[str, _path_id("User id.")]
+ItemPath = Annotated[str, _path_id("Item id.")]
+SurfaceQ = Annotated[UserSurface, Query(description="Surface.")]
+CursorQ = Annotated[
+    str | None,
+    Query(
+        max_length=65536,
+        pattern=r"^[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$",
+        description="next_cursor of the previous page (opaque, signed).",
+    ),
+]
+QueryQ = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=1000,
+        pattern=r"[^\s\x1c-\x1f]",  # not blank
+        description="Query text (not blank).",
+    ),
+]

@@ -1,0 +1,109 @@
+"""Error responses: one JSON shape for every failure, and the app's exception handlers.
+
+``{"request_id", "error": {"type", "message", "detail"}}`` with ``X-Request-ID`` (and
+``Retry-After`` for :class:`~opendisco.RateLimited` / :class:`~opendisco.Overloaded`); the
+status comes from :func:`opendisco.http_status`, the one map of the error tree to HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from opendisco._exceptions import (
+    InvalidInput,
+    OpenDiscoError,
+    Overloaded,
+    RateLimited,
+    http_status,
+)
+
+from ._models import ErrorResponse
+
+__all__ = ["ERRORS", "error_response", "install_error_handlers", "request_id"]
+
+log = logging.getLogger("opendisco.api")
+
+#: the error statuses of the /v1 routes, as published in the OpenAPI document
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": desc}
+    for status, desc in (
+        (401, "Missing, unknown or revoked API key."),
+        (403, "The key lacks the scope (explain=true needs admin)."),
+        (404, "Unknown id."),
+        (422, "Invalid input."),
+        (429, "Rate limited (see Retry-After)."),
+        (503, "Saturated or no answer at all (see Retry-After)."),
+    )
+}
+
+
+def request_id(request: Request) -> str:
+    """The id the edge middleware gave this request."""
+    return str(request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex)
+
+
+def _body(rid: str, kind: str, message: str, detail: Any = None) -> dict[str, Any]:
+    return {"request_id": rid, "error": {"type": kind, "message": message, "detail": detail}}
+
+
+def error_response(exc: OpenDiscoError, rid: str, detail: Any = None) -> JSONResponse:
+    headers = {"X-Request-ID": rid}
+    if isinstance(exc, RateLimited | Overloaded):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.499)))
+    return JSONResponse(
+        _body(rid, type(exc).__name__, str(exc), detail),
+        status_code=http_status(exc),
+        headers=headers,
+    )
+
+
+async def _opendisco_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OpenDiscoError)
+    return error_response(exc, request_id(request))
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg")),
+            "type": str(e.get("type")),
+        }
+        for e in exc.errors()
+    ]
+    return error_response(InvalidInput("request validation failed"), request_id(request), detail)
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    rid = request_id(request)
+    return JSONResponse(
+        _body(rid, "HTTPError", str(exc.detail)),
+        status_code=exc.status_code,
+        headers={"X-Request-ID": rid},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    rid = request_id(request)
+    return JSONResponse(
+        _body(rid, "InternalError", "internal error"),
+        status_code=500,
+        headers={"X-Request-ID": rid},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OpenDiscoError, _opendisco_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,58 @@
+"""Operations: liveness, readiness (both backends answer) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .._deps import RuntimeDep
+from .._models import HealthResponse, ReadyResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz", response_model=HealthResponse)
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+async def _answers(call: Awaitable[Any], timeout_s: float = 1.0) -> bool:
+    try:
+        await asyncio.wait_for(call, timeout_s)
+    except Exception:
+        return False
+    return True
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "A backend is unreachable."}},
+)
+async def readyz(rt: RuntimeDep) -> JSONResponse:
+    """OpenSearch and MongoDB answer."""
+    os_ok, mongo_ok = await asyncio.gather(
+        _answers(rt.os_client.cluster.health()), _answers(rt.db.command("ping"))
+    )
+    checks = {"opensearch": os_ok, "mongo": mongo_ok}
+    ready = all(checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(rt: RuntimeDep) -> PlainTextResponse:
+    """Prometheus metrics (latency per route, degraded answers, breaker state)."""
+    rt.metrics.breaker_state.set(rt.breaker.state.gauge)
+    return PlainTextResponse(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
