@@ -25,11 +25,13 @@ from opendisco.services import OpenSearchService, scratch_cluster
 from opendisco.signals import ExposureStore, exposure_index
 
 N_ITEMS = 200
+pytestmark = pytest.mark.slow  # ~1-3 min: three JVMs start, one restarts
 
 
 @pytest.fixture(scope="module")
-def ha(base_settings: Settings, run_id: str) -> Iterator[tuple[Settings, OpenSearchService]]:
-    ns = base_settings.model_copy(
+def ha(live_services: Settings, run_id: str) -> Iterator[tuple[Settings, OpenSearchService]]:
+    """A private 3-node cluster (512m heap per node) beside the shared FerretDB (own db)."""
+    ns = live_services.model_copy(
         update={
             "index_alias": f"t{run_id}-ha-items",
             "mongo_db": f"t{run_id}ha",
