@@ -40,8 +40,8 @@ from typing import Any
 
 import aiohttp
 
-from api import _free_port, _pct, build, personal_requests
-from opendisco import clients, load_settings
+from api import _free_port, _pct, build, closed_loop, personal_requests
+from opendisco import clients, index_templates, load_settings
 from opendisco._settings import Settings
 from opendisco.services import OpenSearchService, scratch_cluster
 
@@ -184,6 +184,62 @@ async def one_round(
     }
 
 
+async def shard_sweep(
+    s: Settings, admin: Any, plans: dict[str, Any], counts: list[int], seconds: float
+) -> list[dict[str, Any]]:
+    """The same personal candidate ``_msearch`` (the API's, bare) against copies of the
+    items index with 1, 3, ... primaries (0 replicas, spread over the nodes by the cluster):
+    how query latency depends on the shard count at this size."""
+    from opensearchpy.helpers import async_reindex
+
+    from opendisco.queries import generate_candidates
+
+    live = next(iter(await admin.indices.get_alias(name=s.index_alias)))
+    users = [{"_id": u} for u in plans]
+
+    async def call(user: dict[str, Any]) -> bool:
+        return bool((await generate_candidates(admin, s, plans[user["_id"]])).degraded)
+
+    async def point_alias(index: str) -> None:
+        await admin.indices.update_aliases(
+            body={
+                "actions": [
+                    {"remove": {"index": "*", "alias": s.index_alias}},
+                    {"add": {"index": index, "alias": s.index_alias}},
+                ]
+            }
+        )
+
+    rows = []
+    try:
+        for n in counts:
+            target = f"{s.index_alias}-shards{n}"
+            shape = s.model_copy(update={"index_shards": n, "index_replicas": 0})
+            await admin.indices.create(
+                index=target, body=index_templates.render("items", shape), request_timeout=120
+            )
+            t0 = time.perf_counter()
+            # client-side copy: the reindex module is not among the modules Maven serves
+            await async_reindex(
+                admin, live, target, chunk_size=250, bulk_kwargs={"request_timeout": 600}
+            )
+            await admin.indices.refresh(index=target)
+            copy_s = time.perf_counter() - t0
+            await admin.indices.forcemerge(index=target, max_num_segments=1, request_timeout=7200)
+            await point_alias(target)
+            await closed_loop(call, users, 2, 3.0)  # warm caches
+            row: dict[str, Any] = {"shards": n, "copy_s": round(copy_s, 1)}
+            for conc in (1, 4):
+                row[f"c{conc}"] = await closed_loop(call, users, conc, seconds)
+            print(f"  shards={n}: {row}", file=sys.stderr)
+            rows.append(row)
+            await point_alias(live)
+            await admin.indices.delete(index=target)
+    finally:
+        await point_alias(live)
+    return rows
+
+
 async def run_bench(settings: Settings, svc: OpenSearchService, args: argparse.Namespace) -> dict:
     from opendisco.api import create_key
 
@@ -218,6 +274,11 @@ async def run_bench(settings: Settings, svc: OpenSearchService, args: argparse.N
             index=f"{s.index_alias}-v*", format="json", bytes="b", h="index,pri,rep,pri.store.size"
         )
         primary_bytes = sum(int(x["pri.store.size"]) for x in stats)
+        sweep = (
+            await shard_sweep(s, admin, plans, args.shard_counts, args.sweep_seconds)
+            if args.shard_counts
+            else []
+        )
         key, _ = create_key(mongo[s.mongo_db], "bench-ha", ["read"])
         exe = Path(sys.executable).with_name("opendisco")
         proc = subprocess.Popen(
@@ -279,6 +340,7 @@ async def run_bench(settings: Settings, svc: OpenSearchService, args: argparse.N
             "total_answers": len(answers),
             "first_errors": errors,
             "rounds": rounds,
+            "shard_sweep": sweep,
         }
     finally:
         if proc is not None:
@@ -346,6 +408,21 @@ def write_readme(res: dict[str, Any]) -> None:
         f"- Index size: {res['primary_mb_per_100k_items']} MB of primary store per 100k items "
         "(384-d content + 32-d behaviour vectors, text, attributes; × (1 + replicas) on disk).",
     ]
+    if res.get("shard_sweep"):
+        lines += [
+            "",
+            f"Query latency by primary count ({res['items']} items, 0 replicas, the personal "
+            "candidate `_msearch` of the API sent bare, closed loop):",
+            "",
+            "| primaries | c=1 p50 ms | c=1 p99 ms | c=4 QPS | c=4 p50 ms | c=4 p99 ms |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in res["shard_sweep"]:
+            one, four = row["c1"], row["c4"]
+            lines.append(
+                f"| {row['shards']} | {one['p50_ms']} | {one['p99_ms']} | {four['qps']} | "
+                f"{four['p50_ms']} | {four['p99_ms']} |"
+            )
     text = README.read_text() if README.exists() else "# Benchmarks\n\n"
     kept = re.search(r"<!-- ha-reading -->.*?<!-- /ha-reading -->\n?", text, flags=re.S)
     if kept:
@@ -373,6 +450,13 @@ def main() -> None:
     ap.add_argument("--victims", type=lambda s: s.split(","), default=["data", "manager"])
     ap.add_argument("--history-users", type=int, default=500, help="members given likes")
     ap.add_argument("--likes", type=int, default=5, help="likes per member with history")
+    ap.add_argument(
+        "--shard-counts",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[1, 3, 6],
+        help="primaries of the index copies timed before the rounds ('' for none)",
+    )
+    ap.add_argument("--sweep-seconds", type=float, default=10.0)
     ap.add_argument("--heap", default=None, help="per-node heap (default: the settings')")
     ap.add_argument("--existing", action="store_true", help="use the running local cluster")
     ap.add_argument("--render", action="store_true", help="only rewrite the README section")
