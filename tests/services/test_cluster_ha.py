@@ -176,7 +176,10 @@ async def test_node_loss_under_load_is_not_an_outage(
             steady = len(records)
             killed_at = time.monotonic()
             svc.signal(victim, signal.SIGKILL)
-            await asyncio.sleep(5)
+            for _ in range(1200):  # answers with the node dead (not just those in flight)
+                if sum(at > killed_at + 1 for at, _, _ in records) >= 10:
+                    break
+                await asyncio.sleep(0.1)
             # the node the clients talked to is gone: they route around it
             direct = clients.async_opensearch(settings, max_retries=0)
             try:
@@ -198,7 +201,7 @@ async def test_node_loss_under_load_is_not_an_outage(
     statuses = [s for _, s, _ in records]
     assert steady >= 20 and statuses.count(200) == len(statuses), set(statuses)
     during = [d for at, _, d in records if killed_at <= at <= green_at]
-    assert len(during) >= 20
+    assert len(during) >= 10
     assert sum(not d for d in during) >= 0.99 * len(during), (
         f"{sum(during)} of {len(during)} answers degraded during the loss"
     )
