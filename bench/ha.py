@@ -12,7 +12,9 @@ personal) with 1 replica per shard (3 primaries). The API runs under uvicorn in 
 workers requests recommendations the whole time. Each round: ``--steady`` seconds, SIGKILL
 one node, ``--down`` seconds with it dead, restart it (``services up`` starts only the missing
 node) and wait for green. Rounds: a data node, then the elected cluster manager (also a data
-node: its loss adds an election). Reported per round: the share of non-degraded answers
+node: its loss adds an election); ``--victims data,manager,hang`` adds a data node hung with
+SIGSTOP for ``--down`` seconds, then SIGCONT (a node that accepts connections and never
+answers). Reported per round: the share of non-degraded answers
 and p99 while the node is down vs steady, the same over the recovery (restart → green:
 the restarting JVM and shard recovery share the 2 cores with the API), 5xx and other
 errors, and the time back to green. Also the primary store size per 100k items (sizing).
@@ -144,13 +146,16 @@ async def one_round(
     names = [n.name for n in svc.nodes]
     victim_name = manager if victim_kind == "manager" else next(n for n in names if n != manager)
     victim = next(n for n in svc.nodes if n.name == victim_name)
+    hang = victim_kind == "hang"  # SIGSTOP: the node accepts connections and never answers
     t_steady = time.monotonic()
     await asyncio.sleep(args.steady)
     t_kill = time.monotonic()
-    svc.signal(victim, signal.SIGKILL)
-    print(f"  SIGKILL {victim_name} ({victim_kind})", file=sys.stderr)
+    svc.signal(victim, signal.SIGSTOP if hang else signal.SIGKILL)
+    print(f"  {'SIGSTOP' if hang else 'SIGKILL'} {victim_name} ({victim_kind})", file=sys.stderr)
     await asyncio.sleep(args.down)
     t_restart = time.monotonic()
+    if hang:
+        svc.signal(victim, signal.SIGCONT)
     await asyncio.to_thread(svc.up)  # starts only the killed node, waits until it joined
     t_joined = time.monotonic()
     health = await admin.cluster.health(
@@ -447,7 +452,12 @@ def main() -> None:
     ap.add_argument("--steady", type=float, default=20.0)
     ap.add_argument("--down", type=float, default=30.0, help="seconds the node stays dead")
     ap.add_argument("--tail", type=float, default=5.0, help="seconds of load after green")
-    ap.add_argument("--victims", type=lambda s: s.split(","), default=["data", "manager"])
+    ap.add_argument(
+        "--victims",
+        type=lambda v: v.split(","),
+        default=["data", "manager"],
+        help="rounds: data, manager (SIGKILL, restart), hang (SIGSTOP, SIGCONT)",
+    )
     ap.add_argument("--history-users", type=int, default=500, help="members given likes")
     ap.add_argument("--likes", type=int, default=5, help="likes per member with history")
     ap.add_argument(

@@ -237,7 +237,10 @@ class OpenSearchService:
         def ready() -> bool:
             for pid, node in started.items():
                 if not alive(pid):  # (its /proc cmdline is briefly empty while it execs)
-                    raise ServiceError(f"OpenSearch node {node.name} exited during startup")
+                    raise ServiceError(
+                        f"OpenSearch node {node.name} exited during startup; last lines of "
+                        f"{node.console}:\n{tail(node.console)}"
+                    )
             return self.healthy()
 
         try:
@@ -249,8 +252,10 @@ class OpenSearchService:
                 log_file=next(iter(started.values()), self.nodes[0]).console,
             )
         except ServiceError as exc:
+            if len(started) < 2:  # its log tail is in the message already
+                raise
             logs = "\n".join(f"--- {n.console}\n{tail(n.console, 15)}" for n in started.values())
-            raise ServiceError(f"{exc}\n{logs}") from exc
+            raise type(exc)(f"{exc}\n{logs}") from exc  # ServiceTimeout stays one
         pids = ", ".join(f"{n.name} pid {pid}" for pid, n in started.items())
         return f"started at {', '.join(self.s.opensearch_hosts)} ({pids or 'already starting'})"
 

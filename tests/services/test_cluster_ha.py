@@ -187,6 +187,11 @@ async def test_node_loss_under_load_is_not_an_outage(
                     assert (await direct.info())["cluster_name"] == settings.opensearch_cluster_name
             finally:
                 await direct.close()
+            down = await asyncio.to_thread(
+                CliRunner().invoke, cli, ["services", "status"], obj=settings
+            )
+            assert down.exit_code == 1, down.output  # a node of the local cluster is missing
+            assert f"node {victim.name}: DOWN" in down.output
             assert await asyncio.to_thread(svc.up)  # restarts only the killed node
             health = await asyncio.to_thread(
                 admin.cluster.health, wait_for_status="green", timeout="120s", request_timeout=130
