@@ -31,7 +31,6 @@ from ._edge import Edge
 from ._errors import install_error_handlers
 from ._fallback import Fallback
 from ._gc import freeze_startup_heap
-from ._impressions import ImpressionLog
 from ._keys import ApiKeyStore
 from ._metrics import Metrics
 from ._ratelimit import RateLimiter
@@ -89,12 +88,10 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
             timeout_s=max(2.0, 5 * deadline_s),
         ),
         cursors=CursorCodec(secret, settings.api_cursor_ttl_s, settings.api_cursor_max_ids),
-        impressions=ImpressionLog(db),
         metrics=metrics,
     )
     rt.tasks = [
         asyncio.create_task(rt.fallback.run(settings.api_fallback_refresh_s)),
-        asyncio.create_task(rt.impressions.run()),
     ]
     try:
         yield rt
@@ -105,7 +102,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         if stuck:
             log.warning("background tasks did not stop: %s", stuck)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(rt.impressions.drain(), 5.0)
+            await asyncio.wait_for(disc.drain(), 5.0)  # the served-list log
         with contextlib.suppress(Exception):
             await asyncio.wait_for(os_client.close(), 5.0)
         mongo.close()
@@ -141,6 +138,6 @@ def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAP
         Edge, limiter=ConcurrencyLimiter(settings.api_max_concurrency), get_metrics=current_metrics
     )
     install_error_handlers(app)
-    for router in (routes.discovery, routes.events, routes.ops):
+    for router in (routes.discovery, routes.events, routes.ops, routes.playground):
         app.include_router(router)
     return app

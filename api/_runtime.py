@@ -23,7 +23,6 @@ from opendisco.serving import Discovery, Recommendations
 from ._breaker import CircuitBreaker
 from ._cursor import CursorCodec
 from ._fallback import Fallback, to_served
-from ._impressions import ImpressionLog
 from ._keys import ApiKeyStore
 from ._metrics import Metrics
 from ._ratelimit import RateLimiter
@@ -45,6 +44,8 @@ class Answer:
     version: str
     degraded: bool
     explain: dict[str, Any] | None = None
+    #: the pipeline logged it (served-list log side effect); a fallback answer is not
+    logged: bool = False
 
     @property
     def ids(self) -> list[str]:
@@ -64,7 +65,6 @@ class Runtime:
     breaker: CircuitBreaker
     fallback: Fallback
     cursors: CursorCodec
-    impressions: ImpressionLog
     metrics: Metrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -113,6 +113,7 @@ class Runtime:
                         version=recs.version,
                         degraded=recs.degraded,
                         explain=recs.explain if explain else None,
+                        logged=recs.served is not None,
                     )
                 reason = "empty"
         self.metrics.degraded.labels(surface, reason).inc()

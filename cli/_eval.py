@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from opendisco._settings import Settings
-from opendisco.eval import evaluate, resolve_dataset, time_split
+from opendisco.eval import evaluate, learn_ranker, resolve_dataset, time_split
 from opendisco.eval._compare import (
     baseline_objective,
     fit_baselines,
@@ -33,9 +33,10 @@ from opendisco.eval._tune import (
     write_version,
 )
 
-from ._base import pass_settings
+from ._base import DefaultGroup, pass_settings
+from ._offpolicy import offpolicy_cmd
 
-__all__ = ["eval_cmd", "tune_cmd"]
+__all__ = ["eval_group", "tune_cmd"]
 
 
 def _progress(total: int, label: str) -> Any:
@@ -57,7 +58,13 @@ def _dataset_spec(ctx: click.Context, param: click.Parameter, value: str) -> str
     return value
 
 
-@click.command("eval")
+@click.group("eval", cls=DefaultGroup, default="run")
+def eval_group() -> None:
+    """Offline evaluation: `run` (time-split evaluation against baselines, the default) and
+    `offpolicy MODEL` (a candidate model's value from explored served lists)."""
+
+
+@eval_group.command("run")
 @click.option(
     "--dataset",
     "dataset_path",
@@ -105,6 +112,13 @@ def _dataset_spec(ctx: click.Context, param: click.Parameter, value: str) -> str
     help="Directory for eval.json and eval.md.",
 )
 @click.option("--ease-items", default=3000, show_default=True, help="Items modelled by EASE.")
+@click.option(
+    "--ltr/--no-ltr",
+    default=True,
+    show_default=True,
+    help="Served: also learn a ranker from lists served on the validation stage and score "
+    "the test stage with it (`served+ltr`; skipped when the settings name a model_file).",
+)
 @pass_settings
 def eval_cmd(
     settings: Settings,
@@ -120,6 +134,7 @@ def eval_cmd(
     namespace: str | None,
     out_dir: Path,
     ease_items: int,
+    ltr: bool,
 ) -> None:
     """Time-split offline evaluation: baselines and the served pipeline, one table.
 
@@ -161,6 +176,16 @@ def eval_cmd(
             )
             info["replay"] = rep.__dict__
         models["served"] = model
+        if ltr and settings.model_file is None:
+            # the learning loop on the validation stage; the test stage scored with its model
+            path, ltr_report = learn_ranker(
+                namespaced(settings, f"{namespace}ltr"), data, split, out_dir / "models", k=k
+            )
+            info["ltr"] = {key: v for key, v in ltr_report.items() if key != "importance"}
+            info["ltr_model"] = str(path)
+            models["served+ltr"] = ServedRecommender(
+                ns_settings.model_copy(update={"model_file": path})
+            )
     progress = _progress(len(uidx) * len(models), "scoring")
     with progress:
         task = progress.add_task("scoring", total=len(uidx) * len(models))
@@ -310,3 +335,6 @@ def tune_cmd(
     )
     click.echo(json.dumps(result.best_params, indent=2))
     click.echo(f"wrote {path}, {png}, {report}")
+
+
+eval_group.add_command(offpolicy_cmd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from rich.text import Text
 
 from opendisco._settings import Settings
 from opendisco.ingest import (
+    Syncer,
     generate_marketplace,
     load_movielens,
     reindex,
@@ -68,7 +70,7 @@ def reindex_cmd(settings: Settings, quiet: bool) -> None:
 
     bar, task = _progress("reindex") if not quiet else (None, None)
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int | None) -> None:
         if bar is not None:
             bar.update(task, completed=done, total=total)
 
@@ -88,17 +90,40 @@ def reindex_cmd(settings: Settings, quiet: bool) -> None:
 
 
 @click.command("sync")
-@click.option("--once", is_flag=True, help="Catch up once and exit.")
+@click.option("--once", is_flag=True, help="Catch up once over every partition and exit.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Log level of the worker's log (stderr): leases, backoff, health, repairs.",
+)
 @pass_settings
-def sync_cmd(settings: Settings, once: bool) -> None:
-    """Stream MongoDB changes into the alias (change streams, or watermark polling)."""
+def sync_cmd(settings: Settings, once: bool, log_level: str) -> None:
+    """Stream MongoDB changes into the alias (change streams, or watermark polling).
+
+    Several workers may run at once: they split the partitions of the feed under leases.
+    A worker never exits on a backend error (it backs off and retries); it exits on a
+    configuration error (no alias: run `opendisco reindex` first).
+    """
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
 
     def show(report: Any) -> None:
         click.echo(
-            f"[{report.mode}] {report.changes} changes: {report.indexed} indexed, "
-            f"{report.deleted} deleted, {report.conflicts} newer-already, "
-            f"{report.dead_lettered} dead-lettered, {report.encoded} encoded"
+            f"[{report.mode} p{','.join(map(str, report.partitions))}] {report.changes} "
+            f"changes: {report.indexed} indexed, {report.deleted} deleted, {report.conflicts} "
+            f"newer-already, {report.dead_lettered} dead-lettered, {report.encoded} encoded"
+            + (f"; partitions held elsewhere: {report.skipped}" if report.skipped else "")
         )
+
+    def reconciled(report: Any) -> None:
+        if report.repairs:
+            click.echo(_reconcile_line(report))
 
     if once:
         show(asyncio.run(sync_once(settings)))
@@ -109,18 +134,50 @@ def sync_cmd(settings: Settings, once: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_sync(settings, stop=stop, on_report=show)
+        await run_sync(settings, stop=stop, on_report=show, on_reconcile=reconciled)
 
     click.echo(f"syncing {settings.mongo_db}.{settings.items_collection} -> {settings.index_alias}")
     asyncio.run(main())
 
 
+def _reconcile_line(report: Any) -> str:
+    return (
+        f"reconciled: {report.missing} missing, {report.behind} behind, {report.gone} "
+        f"hard-deleted, {report.unversioned} without a version, {report.ahead} ahead (left); "
+        f"{report.indexed} indexed, {report.deleted} deleted, {report.dead_lettered} "
+        f"dead-lettered in {report.took_s:.1f}s"
+    )
+
+
 @click.command("verify")
 @click.option("--show", default=10, show_default=True, help="Ids listed per kind of difference.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="First reconcile MongoDB and the index (hard deletes, backdated writes, missing or "
+    "stale documents) over every partition no sync worker holds, then verify.",
+)
 @pass_settings
-def verify_cmd(settings: Settings, show: int) -> None:
+def verify_cmd(settings: Settings, show: int, repair: bool) -> None:
     """Compare MongoDB and the alias by ids, versions, content hashes; exit 1 on differences."""
 
+    if repair:
+
+        async def fix() -> Any:
+            syncer = Syncer(settings)
+            try:
+                await syncer.check()
+                return await syncer.reconcile(take_all=True)
+            finally:
+                await syncer.close()
+
+        repaired = asyncio.run(fix())
+        click.echo(_reconcile_line(repaired))
+        skipped = sorted(set(range(settings.sync_partitions)) - set(repaired.partitions))
+        if skipped:
+            click.echo(
+                f"  partitions held by running sync workers (they reconcile them): {skipped}"
+            )
     report = asyncio.run(verify(settings))
     click.echo(report.summary())
     for name in ("missing", "extra", "stale", "mismatched"):

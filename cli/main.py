@@ -29,11 +29,11 @@ COMMANDS: dict[str, str] = {
     "sample": "_ingest:sample_cmd",
     "recommend": "_recommend:recommend_cmd",
     "similar": "_recommend:similar_cmd",
-    "train": "_events:train_cmd",
+    "train": "_train:train_cmd",
     "events": "_events:events_cmd",
     "serve": "_api:serve_cmd",
     "apikeys": "_api:apikeys_cmd",
-    "eval": "_eval:eval_cmd",
+    "eval": "_eval:eval_group",
     "tune": "_eval:tune_cmd",
     "demo": "_demo:demo_cmd",
 }

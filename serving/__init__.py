@@ -1,11 +1,13 @@
 """opendisco.serving: the served pipeline, assembled from named parts, and its artifacts.
 
 :class:`Discovery` runs query hydrators → candidate sources → filters → feature hydrators →
-the reranker → side effects (see ``_stages``); :class:`Artifacts` are the tuned params file and
+the reranker → exploration (a share of personal answers, ``_explore``) → side effects (the
+served-list log; see ``_stages``); :class:`Artifacts` are the tuned params file and
 the trained model it serves, named in every response's version string.
 """
 
-from ._artifacts import Artifacts, load_model, load_params
+from ._artifacts import Artifacts, check_params, load_model, load_params, load_template
+from ._explore import EXPLORED_SURFACES, Exploration, Explorer
 from ._pipeline import Discovery, default_parts
 from ._stages import (
     GRAPH_NEIGHBOURS,
@@ -13,6 +15,7 @@ from ._stages import (
     CandidateSource,
     FeatureHydrator,
     GraphNeighbours,
+    LogServed,
     MemberContext,
     Parts,
     QueryHydrator,
@@ -32,6 +35,7 @@ from ._types import (
 )
 
 __all__ = [
+    "EXPLORED_SURFACES",
     "GRAPH_NEIGHBOURS",
     "MAX_CANDIDATES",
     "MAX_K",
@@ -40,8 +44,11 @@ __all__ = [
     "CandidatePlan",
     "CandidateSource",
     "Discovery",
+    "Exploration",
+    "Explorer",
     "FeatureHydrator",
     "GraphNeighbours",
+    "LogServed",
     "MemberContext",
     "Parts",
     "QueryHydrator",
@@ -52,8 +59,10 @@ __all__ = [
     "StoreFeatures",
     "TemplateSource",
     "candidate_k",
+    "check_params",
     "default_parts",
     "load_model",
     "load_params",
+    "load_template",
     "params_for",
 ]

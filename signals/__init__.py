@@ -38,6 +38,7 @@ from ._graph import (
     top_neighbours,
 )
 from ._processor import EVENTS, EventProcessor
+from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
 from ._user_state import (
     USER_LOCKS,
     USER_STATE,
@@ -59,6 +60,7 @@ __all__ = [
     "MUTUAL_TYPES",
     "RECENT_FANOUT",
     "REQUEST_ID_PATTERN",
+    "SERVED_LISTS",
     "USER_LIKES",
     "USER_LOCKS",
     "USER_MATCHES",
@@ -71,6 +73,8 @@ __all__ = [
     "ExposureStore",
     "InboundCounter",
     "ItemGraph",
+    "ServedList",
+    "ServedLog",
     "UserGraph",
     "UserState",
     "UserStateConfig",
@@ -78,6 +82,7 @@ __all__ = [
     "adjacency_updates",
     "capped_lookup",
     "decayed_vector",
+    "decode_list",
     "decode_row",
     "encode_row",
     "exposure_index",
@@ -85,6 +90,7 @@ __all__ = [
     "merge_events",
     "merge_rows",
     "recompute",
+    "sample_rows",
     "top_neighbours",
     "validate_event",
 ]

@@ -81,8 +81,9 @@ def live_services(base_settings: Settings, run_id: str) -> Iterator[Settings]:
 
 @pytest.fixture(scope="session")
 def settings(live_services: Settings, run_id: str) -> Settings:
+    # answers are deterministic in tests: exploration is tested with an explicit Explorer
     return live_services.model_copy(
-        update={"index_alias": f"t{run_id}-items", "mongo_db": f"t{run_id}"}
+        update={"index_alias": f"t{run_id}-items", "mongo_db": f"t{run_id}", "explore_rate": 0.0}
     )
 
 
