@@ -8,16 +8,18 @@ A private cluster (``opendisco.services.scratch_cluster``: its own ports, state 
 cluster name, 1g heap per node; the shared servers are never touched) gets the bench/api
 marketplace (``--items``, hashed bag-of-words vectors, members with likes so requests are
 personal) with 1 replica per shard (3 primaries). The API runs under uvicorn in a subprocess
-(``opendisco serve``, its client given every node); a closed loop of ``--concurrency``
-workers requests recommendations the whole time. Each round: ``--steady`` seconds, SIGKILL
-one node, ``--down`` seconds with it dead, restart it (``services up`` starts only the missing
-node) and wait for green. Rounds: a data node, then the elected cluster manager (also a data
-node: its loss adds an election); ``--victims data,manager,hang`` adds a data node hung with
-SIGSTOP for ``--down`` seconds, then SIGCONT (a node that accepts connections and never
-answers). Reported per round: the share of non-degraded answers
-and p99 while the node is down vs steady, the same over the recovery (restart → green:
-the restarting JVM and shard recovery share the 2 cores with the API), 5xx and other
-errors, and the time back to green. Also the primary store size per 100k items (sizing).
+(``opendisco serve``, its client given every node); ``--concurrency`` workers request
+recommendations the whole time, closed loop while warming up and calibrating the capacity,
+then paced to ``--load-share`` of it (bounded load: without it the fast degraded answers
+become a request storm that starves the 2 cores the nodes need). Each round: ``--steady``
+seconds, SIGKILL one node, ``--down`` seconds with it dead, restart it (``services up``
+starts only the missing node) and wait for green. Rounds: a data node, then the elected
+cluster manager (also a data node: its loss adds an election); ``--victims
+data,manager,hang`` adds a data node hung with SIGSTOP for ``--down`` seconds, then SIGCONT
+(a node that accepts connections and never answers). Reported per round: the share of
+non-degraded answers and p99 while the node is down vs steady, the same over the recovery
+(restart → green: the restarting JVM and shard recovery share the 2 cores with the API), 5xx
+and other errors, and the time back to green. Also the primary store size per 100k items.
 Results: bench/results/ha.json and bench/README.md.
 """
 
@@ -87,14 +89,23 @@ async def load(
     answers: list[Answer],
     errors: list[str],
     stop: Any,
+    pace: dict[str, float],
 ) -> None:
+    """``conc`` workers, each sending its next request when its last one is answered, no
+    earlier than ``pace["interval"]`` s after the previous send once that is set (bounded
+    load: a fast degraded answer does not turn into more requests)."""
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=conc), headers={"X-API-Key": key}
     ) as http:
 
         async def worker(i: int) -> None:
             n = i
+            next_at = time.monotonic()
             while not stop.is_set():
+                interval = pace.get("interval", 0.0)
+                if interval:
+                    next_at = max(next_at + interval, time.monotonic() - interval)
+                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
                 n += conc
                 url = f"{base}/v1/users/{users[n % len(users)]}/recommendations?k={k}"
                 t0 = time.monotonic()
@@ -124,6 +135,22 @@ async def warm(answers: list[Answer], seconds: float) -> None:
             return
         await asyncio.sleep(0.5)
     raise SystemExit("the API never served 20 non-degraded answers in a row: overloaded?")
+
+
+async def calibrate(answers: list[Answer], seconds: float, share: float, conc: int) -> dict:
+    """Closed-loop capacity over ``seconds`` (non-degraded answers per second), then pace
+    the workers to ``share`` of it."""
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    got = [a for a in answers if a.start >= t0 and a.status == 200 and not a.degraded]
+    capacity = len(got) / seconds
+    if not capacity:
+        raise SystemExit("no non-degraded answer while calibrating: overloaded?")
+    return {
+        "capacity_qps": round(capacity, 1),
+        "offered_qps": round(share * capacity, 1),
+        "interval": conc / (share * capacity),
+    }
 
 
 async def watch_health(admin: Any, timeline: list[tuple[float, str]], stop: Any) -> None:
@@ -305,14 +332,20 @@ async def run_bench(settings: Settings, svc: OpenSearchService, args: argparse.N
         timeline: list[tuple[float, str]] = []
         stop = asyncio.Event()
         users_ids = list(plans)
+        pace: dict[str, float] = {}
         tasks = [
             asyncio.create_task(
-                load(base, key, users_ids, args.concurrency, args.k, answers, errors, stop)
+                load(base, key, users_ids, args.concurrency, args.k, answers, errors, stop, pace)
             ),
             asyncio.create_task(watch_health(admin, timeline, stop)),
         ]
         try:
             await warm(answers, args.warmup)
+            paced = {"capacity_qps": None, "offered_qps": None}
+            if args.load_share:
+                paced = await calibrate(answers, args.calibrate, args.load_share, args.concurrency)
+                pace["interval"] = paced.pop("interval")
+                print(f"  pacing: {paced}", file=sys.stderr)
             rounds = []
             for kind in args.victims:
                 print(f"round: {kind}", file=sys.stderr)
@@ -328,6 +361,8 @@ async def run_bench(settings: Settings, svc: OpenSearchService, args: argparse.N
             "items": args.items,
             "k": args.k,
             "concurrency": args.concurrency,
+            "load_share": args.load_share,
+            **paced,
             "nodes": len(svc.nodes),
             "heap": s.heap,
             "shards": s.shards,
@@ -372,6 +407,15 @@ def _row(name: str, w: dict[str, Any]) -> str:
     )
 
 
+def _offered(res: dict[str, Any]) -> str:
+    if not res.get("load_share"):
+        return "closed loop (unbounded)"
+    return (
+        f"paced to {res['load_share']:.0%} of the calibrated closed-loop capacity "
+        f"({res['capacity_qps']} → {res['offered_qps']} QPS)"
+    )
+
+
 def write_readme(res: dict[str, Any]) -> None:
     load = res["load_avg_1m"]
     lines = [
@@ -380,11 +424,12 @@ def write_readme(res: dict[str, Any]) -> None:
         "",
         f"`bench/ha.py` ({res['items']} items, {res['nodes']}-node cluster on loopback, "
         f"{res['shards']} primaries × {res['replicas']} replica, heap {res['heap']} per node; "
-        f"API under uvicorn, closed loop c={res['concurrency']}, k={res['k']}, deadline "
-        f"{res['deadline_ms']} ms; {res['cpus']} CPUs shared by the 3 nodes, the API, FerretDB "
-        f"and the load generator; 1-min load average {load['before']:.1f} → {load['after']:.1f}"
-        "). Each round: steady, SIGKILL one node, keep it dead, restart it with `services up`, "
-        "wait for green. *Down* = killed → restart; *recovery* = restart → green (the "
+        f"API under uvicorn, {res['concurrency']} workers, k={res['k']}, deadline "
+        f"{res['deadline_ms']} ms, {_offered(res)}; {res['cpus']} CPUs shared by the 3 nodes, "
+        f"the API, FerretDB and the load generator; 1-min load average {load['before']:.1f} → "
+        f"{load['after']:.1f}). Each round: steady, SIGKILL one node, keep it dead, restart "
+        "it with `services up`, wait for green. *Down* = killed → restart; *recovery* = "
+        "restart → green (the "
         "restarting JVM and the shard recovery compete for the 2 cores with the API).",
         "",
         "| round / window | s | answers | non-degraded | 5xx | non-200 | p50 ms | p99 ms "
@@ -449,6 +494,13 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--deadline-ms", type=int, default=None, help="API deadline (settings')")
     ap.add_argument("--warmup", type=float, default=10.0)
+    ap.add_argument("--calibrate", type=float, default=15.0, help="closed-loop capacity (s)")
+    ap.add_argument(
+        "--load-share",
+        type=float,
+        default=0.5,
+        help="offered load as a share of the calibrated capacity (0: closed loop, unbounded)",
+    )
     ap.add_argument("--steady", type=float, default=20.0)
     ap.add_argument("--down", type=float, default=30.0, help="seconds the node stays dead")
     ap.add_argument("--tail", type=float, default=5.0, help="seconds of load after green")

@@ -70,7 +70,10 @@ class OpenSearchInstall:
         """Environment of an OpenSearch process (or of its plugin tool)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JAVA_", "OPENSEARCH_"))}
         env["OPENSEARCH_JAVA_HOME"] = self.s.java_home
-        env["OPENSEARCH_JAVA_OPTS"] = f"-Xms{heap} -Xmx{heap} -XX:-HeapDumpOnOutOfMemoryError"
+        opts = (
+            f"-Xms{heap} -Xmx{heap} -XX:-HeapDumpOnOutOfMemoryError {self.s.opensearch_java_opts}"
+        )
+        env["OPENSEARCH_JAVA_OPTS"] = opts.strip()
         return env
 
     def _mvn(self, *args: str) -> None:

@@ -292,7 +292,9 @@ class OpenSearchService:
         except ServiceError as exc:
             return Status(self.name, False, f"{self.s.opensearch_url}: {exc}")
         names = sorted({p["component"] for p in plugins})
-        joined = {n["name"]: n for n in cat_nodes}
+        # a node that just died can stay in the cluster state for a while (until the
+        # manager's follower checks remove it, longer after an election): no stats then
+        joined = {n["name"]: n for n in cat_nodes if n.get("heap.percent") is not None}
         want = len(self.nodes) if self.local else 1
         healthy = health.get("status") in {"green", "yellow"} and len(joined) >= want
         detail = (
@@ -305,10 +307,12 @@ class OpenSearchService:
         )
         lines = []
         expected = [n.name for n in self.nodes] if self.local and self.cluster else []
-        for name in sorted(set(joined) | set(expected)):
+        listed = {n["name"] for n in cat_nodes}
+        for name in sorted(listed | set(expected)):
             node = joined.get(name)
             if node is None:
-                lines.append(f"node {name}: DOWN (not in the cluster)")
+                why = "not answering" if name in listed else "not in the cluster"
+                lines.append(f"node {name}: DOWN ({why})")
                 continue
             manager = " (cluster manager)" if node.get("cluster_manager") == "*" else ""
             lines.append(
