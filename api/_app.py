@@ -1,10 +1,11 @@
 """The app factory: ``create_app(settings, discovery=None)``.
 
 Request path (outside in): :class:`~opendisco.api._edge.Edge` (request id, latency histogram,
-bounded concurrency -> 503) -> the scoped key dependency (401/403, token bucket -> 429) ->
-validation (422) -> the route (``routes/``) -> :meth:`Runtime.guarded` (circuit breaker and
-per-request deadline around the Discovery call; on timeout, outage or an open breaker the
-fallback answers, ``degraded``). Errors of the opendisco tree become statuses in ``_errors``.
+admission control: bounded work and queue, shed -> 503) -> the scoped key dependency
+(401/403, token bucket -> 429) -> validation (422) -> the route (``routes/``) ->
+:meth:`Runtime.guarded` (circuit breaker and per-request deadline around the Discovery call;
+on timeout, outage or an open breaker the fallback answers, ``degraded``, every hard rule
+kept). Errors of the opendisco tree become statuses in ``_errors``.
 The :class:`Runtime` is built in the lifespan, so every client binds to the serving loop.
 """
 
@@ -24,8 +25,8 @@ from opendisco._settings import Settings
 from opendisco.serving import Discovery
 
 from . import routes
+from ._admission import Admission
 from ._breaker import BreakerState, CircuitBreaker
-from ._concurrency import ConcurrencyLimiter
 from ._cursor import CursorCodec
 from ._edge import Edge
 from ._errors import install_error_handlers
@@ -33,8 +34,10 @@ from ._fallback import Fallback
 from ._gc import freeze_startup_heap
 from ._keys import ApiKeyStore
 from ._metrics import Metrics
+from ._overload import LoopLag, TimedTransport
 from ._ratelimit import RateLimiter
 from ._runtime import Runtime
+from ._segments import SegmentLists
 
 __all__ = ["create_app"]
 
@@ -62,7 +65,8 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         timeout=max(1.0, 4 * deadline_s),
         max_retries=0,
         retry_on_timeout=False,
-        maxsize=max(10, settings.api_max_concurrency),
+        maxsize=max(10, 2 * settings.api_max_concurrency),
+        transport_class=TimedTransport,  # engine waits per request (what the breaker counts)
     )
     mongo = clients.motor(settings, serverSelectionTimeoutMS=2000)
     db = mongo[settings.mongo_db]
@@ -83,15 +87,24 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         fallback=Fallback(
             disc,
             db,
-            k=settings.api_fallback_k,
+            SegmentLists(
+                disc,
+                k=settings.api_fallback_k,
+                band=settings.api_fallback_age_band,
+                timeout_s=max(2.0, 5 * deadline_s),
+            ),
             items_collection=settings.items_collection,
-            timeout_s=max(2.0, 5 * deadline_s),
+            store_timeout_s=settings.api_fallback_store_timeout_ms / 1000,
+            refresh_s=settings.api_fallback_refresh_s,
+            cold_timeout_s=max(2.0, 5 * deadline_s),
         ),
         cursors=CursorCodec(secret, settings.api_cursor_ttl_s, settings.api_cursor_max_ids),
         metrics=metrics,
+        lag=LoopLag(),
     )
     rt.tasks = [
-        asyncio.create_task(rt.fallback.run(settings.api_fallback_refresh_s)),
+        asyncio.create_task(rt.fallback.run()),
+        asyncio.create_task(rt.lag.run()),
     ]
     try:
         yield rt
@@ -134,9 +147,13 @@ def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAP
         rt: Runtime | None = app.state.runtime
         return rt.metrics if rt is not None else None
 
-    app.add_middleware(
-        Edge, limiter=ConcurrencyLimiter(settings.api_max_concurrency), get_metrics=current_metrics
+    admission = Admission(
+        settings.api_max_concurrency,
+        max_wait_s=settings.api_queue_timeout_ms / 1000,
+        max_queue=settings.api_max_queue,
+        target_s=settings.api_deadline_ms / 2000 if settings.api_adaptive_concurrency else None,
     )
+    app.add_middleware(Edge, admission=admission, get_metrics=current_metrics)
     install_error_handlers(app)
     for router in (routes.discovery, routes.events, routes.ops, routes.playground):
         app.include_router(router)

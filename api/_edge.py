@@ -1,8 +1,8 @@
-"""The pure-ASGI outer layer of the app: request id, latency histogram, bounded concurrency.
+"""The pure-ASGI outer layer of the app: request id, latency histogram, admission control.
 
-It runs before routing and before FastAPI builds anything, so refusing a request over the
-concurrency bound (503 + Retry-After) costs almost nothing; ops endpoints (``/healthz``,
-``/readyz``, ``/metrics``) are never bounded.
+It runs before routing and before FastAPI builds anything, so shedding a request the
+:class:`~opendisco.api._admission.Admission` cannot admit (503 + Retry-After) costs almost
+nothing; ops endpoints (``/healthz``, ``/readyz``, ``/metrics``) are never bounded.
 """
 
 from __future__ import annotations
@@ -19,26 +19,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from opendisco._exceptions import Overloaded
 
-from ._concurrency import ConcurrencyLimiter
+from ._admission import Admission
 from ._errors import error_response
 from ._metrics import Metrics
 
 __all__ = ["Edge"]
 
 _RID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-#: the paths whose requests count against the concurrency bound
+#: the paths whose requests go through admission control
 _BOUNDED = "/v1/"
 
 
 class Edge:
-    """Request id (echoed when well-formed, else generated), latency per route, and at most
-    ``limiter.limit`` /v1 requests in flight."""
+    """Request id (echoed when well-formed, else generated), latency per route, and /v1
+    requests admitted (or shed) by ``admission``."""
 
     def __init__(
-        self, app: ASGIApp, limiter: ConcurrencyLimiter, get_metrics: Callable[[], Metrics | None]
+        self, app: ASGIApp, admission: Admission, get_metrics: Callable[[], Metrics | None]
     ) -> None:
         self.app = app
-        self.limiter = limiter
+        self.admission = admission
         self.get_metrics = get_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -62,19 +62,23 @@ class Edge:
         metrics = self.get_metrics()
         started = time.perf_counter()
         bounded = scope["path"].startswith(_BOUNDED)
-        if bounded and not self.limiter.try_acquire():
+        if bounded and not await self.admission.acquire():
             if metrics is not None:
                 metrics.rejected.labels("saturated").inc()
-            resp = error_response(Overloaded("too many requests in flight", 1.0), rid)
+            resp = error_response(Overloaded("overloaded: request shed before any work", 1.0), rid)
             await resp(scope, receive, send_with_id)
             return
+        admitted = time.perf_counter()
         if metrics is not None:
-            metrics.in_flight.set(self.limiter.in_flight)
+            metrics.in_flight.set(self.admission.in_flight)
+            metrics.queued.set(self.admission.waiting)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             if bounded:
-                self.limiter.release()
+                if scope["method"] == "GET":  # reads size the limit (event writes vary)
+                    self.admission.observe(time.perf_counter() - admitted)
+                self.admission.release()
             if metrics is not None:
                 route = scope.get("route")
                 label = route.path if isinstance(route, Route) else "unmatched"

@@ -1,30 +1,58 @@
-"""The degraded answer: trending per surface, refreshed in the background, kept in memory.
+"""The degraded answer: never unsafe, possibly stale.
 
-Before the first successful refresh (cold process, OpenSearch already down) it falls back to
-the most popular available items read straight from MongoDB. Only when both are empty is
-there nothing to serve (the caller answers 503 then, never an empty list).
+When the pipeline cannot answer (deadline, outage, open breaker), :meth:`Fallback.answer`
+serves from the per-segment lists (``_segments``, refreshed in the background) filtered for
+the member in process with the one definition of the hard rules
+(:class:`~opendisco.serving.HardRules`):
+
+1. the member's rules are read from MongoDB the way the pipeline reads them (``users``
+   document, :class:`UserState`, blocks both ways) under ``api_fallback_store_timeout_ms``;
+2. the lists the member's preferences select are merged (best first) and filtered with
+   the rules on the listed fields, then the survivors' rule fields (availability, deletion,
+   preferences, owner) are re-read from MongoDB ``items`` (``_id $in``, same deadline) and
+   filtered again: what the lists knew at refresh time is never trusted alone;
+3. exposure caps are checked against the cap list read at the last refresh; when it is older
+   than two refresh periods, or was never read, ``exposure_cap`` is named in
+   ``degraded_rules`` (the one rule a degraded answer may check on stale data).
+
+Before the first refresh (the engine down since start-up) the lists come from MongoDB: the
+most popular available items in the member's preferred genders and ages, cached briefly.
+
+When MongoDB cannot be read either (or nothing safe is left) there is no safe answer:
+:class:`~opendisco.Overloaded` → 503 + Retry-After. Never an unfiltered list.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from opendisco._backend import backend_errors
 from opendisco._exceptions import Overloaded
-from opendisco.serving import Discovery, Recommendation
+from opendisco.serving import (
+    RULE_FIELDS,
+    Discovery,
+    HardRules,
+    Recommendation,
+    Rule,
+    stored_rule_fields,
+)
+
+from ._segments import SegmentLists
 
 if TYPE_CHECKING:
     from motor.motor_asyncio import AsyncIOMotorDatabase
 
 __all__ = ["Fallback", "FallbackAnswer", "to_served"]
 
-log = logging.getLogger("opendisco.api")
-
 _VECTOR_FIELDS = frozenset({"embedding", "behaviour", "_id"})
+#: how many more candidates than asked are re-checked per MongoDB round trip
+_OVERFETCH = 2
+_ROUNDS = 3
 
 
 def _plain(value: Any) -> Any:
@@ -61,95 +89,150 @@ def _raise_if_cancelling() -> None:
 class FallbackAnswer:
     items: list[dict[str, Any]]
     template_version: str
-    source: str  # "trending" | "mongo"
-
-
-@dataclass
-class _Entry:
-    items: list[dict[str, Any]]
-    template_version: str
-    at: float
+    source: str  # "segments" | "mongo"
+    #: hard rules checked on stale data or not at all (see the module docstring)
+    degraded_rules: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Fallback:
     discovery: Discovery
     db: AsyncIOMotorDatabase[dict[str, Any]]
-    k: int = 200
+    lists: SegmentLists
     items_collection: str = "items"
-    timeout_s: float = 5.0
-    clock: Callable[[], float] = time.monotonic
+    store_timeout_s: float = 0.5
+    refresh_s: float = 30.0
+    cold_timeout_s: float = 5.0
     mongo_cache_s: float = 10.0
-    _list: _Entry | None = None
-    _mongo: _Entry | None = None
-    refreshed_ok: int = 0
-    refresh_failures: int = 0
+    clock: Callable[[], float] = time.monotonic
+    _cold: OrderedDict[tuple[Any, ...], tuple[float, list[Recommendation]]] = field(
+        default_factory=OrderedDict
+    )
 
     @property
     def ready(self) -> bool:
-        return self._list is not None
+        return self.lists.snapshot is not None
 
-    async def refresh(self) -> bool:
-        """Refresh the non-personal list from ``Discovery.trending`` (one list serves every
-        surface); keep the old one on failure."""
-        _raise_if_cancelling()
-        try:
-            recs = await asyncio.wait_for(self.discovery.trending(self.k), self.timeout_s)
-            items = [to_served(r) for r in recs.items]
-        except Exception as exc:  # any backend trouble: keep what we have
-            log.warning("fallback refresh failed: %r", exc)
-            self.refresh_failures += 1
-            return False
-        if items:
-            self._list = _Entry(items, recs.version, self.clock())
-        self.refreshed_ok += 1
-        return True
-
-    async def run(self, every_s: float) -> None:
-        """Refresh forever (a background task); the first refresh happens at once."""
+    async def run(self) -> None:
+        """Refresh the lists forever (a background task); the first refresh happens at once."""
         while True:
-            await self.refresh()
+            await self.lists.refresh()
             _raise_if_cancelling()
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(self.refresh_s)
 
-    async def _popular(self) -> _Entry:
+    async def _store(self, what: str, call: Any, timeout_s: float | None = None) -> Any:
+        try:
+            return await asyncio.wait_for(call, timeout_s or self.store_timeout_s)
+        except Exception as exc:
+            raise Overloaded(
+                f"no safe degraded answer: {what} unreadable ({exc!r:.200})", 2.0
+            ) from exc
+
+    async def _fresh(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The rule fields of ``ids`` as MongoDB holds them now (missing: no such item)."""
+        proj = dict.fromkeys(RULE_FIELDS, 1)
+        with backend_errors("fallback: item re-check failed"):
+            docs = (
+                await self.db[self.items_collection]
+                .find({"_id": {"$in": ids}}, projection=proj)
+                .to_list(None)
+            )
+        return {str(d["_id"]): d for d in docs}
+
+    async def _popular(self, rules: HardRules, k: int) -> list[Recommendation]:
+        """Cold start of the process: the most popular available items of the genders and
+        ages the member accepts, from MongoDB (cached ``mongo_cache_s`` per preference)."""
+        key = (tuple(sorted(rules.pref_genders)), rules.pref_age_min, rules.pref_age_max)
+        hit = self._cold.get(key)
         now = self.clock()
-        if self._mongo is not None and now - self._mongo.at < self.mongo_cache_s:
-            return self._mongo
+        if hit is not None and now - hit[0] < self.mongo_cache_s:
+            return hit[1]
+        query: dict[str, Any] = {"deleted": {"$ne": True}, "available": True}
+        profile: dict[str, Any] = {}
+        if rules.member and rules.pref_genders:
+            profile["gender"] = {"$in": sorted(rules.pref_genders)}
+        ages = {
+            op: v
+            for op, v in (("$gte", rules.pref_age_min), ("$lte", rules.pref_age_max))
+            if rules.member and v is not None
+        }
+        if ages:
+            profile["age"] = ages
+        if profile:
+            query["$or"] = [{"kind": {"$ne": "profile"}}, profile]
         cursor = (
             self.db[self.items_collection]
-            .find(
-                {"deleted": {"$ne": True}, "available": {"$ne": False}},
-                {"embedding": 0, "behaviour": 0},
-            )
+            .find(query, {"embedding": 0, "behaviour": 0})
             .sort("popularity", -1)
-            .limit(self.k)
+            .limit(k)
         )
-        docs = await asyncio.wait_for(cursor.to_list(self.k), self.timeout_s)
-        items = []
-        for d in docs:
-            rec = Recommendation(
+        with backend_errors("fallback: popular items lookup failed"):
+            docs = await cursor.to_list(k)
+        recs = [
+            Recommendation(
                 id=str(d["_id"]),
                 score=float(d.get("popularity") or 0.0),
                 sources={},
                 item={**d, "id": str(d["_id"])},
             )
-            items.append(to_served(rec))
-        self._mongo = _Entry(items, "fallback-popular", now)
-        return self._mongo
+            for d in docs
+        ]
+        self._cold[key] = (now, recs)
+        while len(self._cold) > 256:
+            self._cold.popitem(last=False)
+        return recs
 
-    async def get(self, surface: str, k: int, exclude: Iterable[str] = ()) -> FallbackAnswer:
-        """Up to ``k`` items for ``surface`` minus ``exclude``; :class:`Overloaded` if none."""
-        skip = set(exclude)
-        entry = self._list
-        source = "trending"
-        if entry is None:
-            source = "mongo"
-            try:
-                entry = await self._popular()
-            except Exception as exc:
-                raise Overloaded(f"backends unavailable and no fallback yet: {exc!r}", 2.0) from exc
-        items = [it for it in entry.items if it["id"] not in skip][:k]
-        if not items:
-            raise Overloaded("backends unavailable and the fallback is exhausted", 2.0)
-        return FallbackAnswer(items, entry.template_version, source)
+    def _pool(self, rules: HardRules) -> tuple[list[Recommendation], str] | None:
+        snap = self.lists.snapshot
+        if snap is None:
+            return None
+        merged: dict[str, Recommendation] = {}
+        for seg, recs in snap.lists.items():
+            if seg.relevant(rules):
+                for r in recs:
+                    if r.id not in merged or merged[r.id].score < r.score:
+                        merged[r.id] = r
+        return sorted(merged.values(), key=lambda r: (-r.score, r.id)), snap.version
+
+    def _caps(self) -> tuple[frozenset[str] | None, bool]:
+        """The cap list to check against and whether it is fresh enough to count as checked."""
+        snap = self.lists.snapshot
+        if snap is None or snap.capped is None or snap.capped_at is None:
+            return None, False
+        return snap.capped, self.clock() - snap.capped_at <= 2 * self.refresh_s
+
+    async def answer(
+        self, surface: str, user_id: str | None, k: int, exclude: Iterable[str] = ()
+    ) -> FallbackAnswer:
+        """Up to ``k`` items that obey every hard rule for this viewer; :class:`Overloaded`
+        (503) when the rules cannot be read or nothing safe is left."""
+        rules = await self._store("member state", self.discovery.rules_for(user_id, tuple(exclude)))
+        capped, caps_fresh = self._caps()
+        rules = rules.with_capped(capped)
+        pooled = self._pool(rules)
+        if pooled is not None:
+            pool, version, source = *pooled, "segments"
+        else:
+            pool = await self._store(
+                "popular items", self._popular(rules, max(200, 5 * k)), self.cold_timeout_s
+            )
+            version, source = "fallback-popular", "mongo"
+        picked: list[Recommendation] = []
+        queue = [r for r in pool if rules.allows(r.id, r.item)]
+        for _ in range(_ROUNDS):
+            if not queue or len(picked) >= k:
+                break
+            batch, queue = queue[: _OVERFETCH * k], queue[_OVERFETCH * k :]
+            fresh = await self._store("items", self._fresh([r.id for r in batch]))
+            for r in batch:
+                doc = fresh.get(r.id)
+                if doc is None:
+                    continue
+                now = stored_rule_fields(doc)
+                if rules.allows(r.id, now):
+                    picked.append(replace(r, item={**r.item, **now}))
+        if not picked:
+            raise Overloaded("no safe degraded answer for this member", 2.0)
+        unchecked = [] if capped is not None and caps_fresh else [Rule.EXPOSURE_CAP.value]
+        items = [to_served(r) for r in picked[:k]]
+        return FallbackAnswer(items, version, source, unchecked)

@@ -27,7 +27,7 @@ class Metrics:
         )
         self.rejected = Counter(
             "opendisco_api_rejected_total",
-            "Requests refused before any work (rate limit, saturation).",
+            "Requests refused before any work (rate limit, saturated: shed by admission).",
             ["reason"],
             registry=self.registry,
         )
@@ -43,5 +43,8 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "opendisco_api_in_flight", "Requests in flight.", registry=self.registry
+            "opendisco_api_in_flight", "Requests admitted and working.", registry=self.registry
+        )
+        self.queued = Gauge(
+            "opendisco_api_queued", "Requests waiting for admission.", registry=self.registry
         )

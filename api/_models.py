@@ -47,7 +47,13 @@ class RecommendationsResponse(_Strict):
     surface: Surface
     degraded: bool = Field(
         description="True when the answer comes from the fallback (backend slow, down or the "
-        "circuit breaker open)."
+        "circuit breaker open). A degraded answer obeys every hard rule a served one does."
+    )
+    degraded_rules: list[str] = Field(
+        default_factory=list,
+        description="Hard rules this answer could not check against current data (only ever "
+        "in degraded answers): 'exposure_cap' when the cap list is a stale snapshot or unknown. "
+        "Rules that cannot be checked at all make the answer 503, never an unsafe list.",
     )
     items: list[RecommendationOut]
     next_cursor: str | None = Field(

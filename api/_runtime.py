@@ -25,6 +25,7 @@ from ._cursor import CursorCodec
 from ._fallback import Fallback, to_served
 from ._keys import ApiKeyStore
 from ._metrics import Metrics
+from ._overload import ENGINE_WAIT, EngineWait, LoopLag, TimedTransport, engine_bound
 from ._ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class Answer:
     explain: dict[str, Any] | None = None
     #: the pipeline logged it (served-list log side effect); a fallback answer is not
     logged: bool = False
+    #: hard rules the (degraded) answer could not check against current data
+    degraded_rules: list[str] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -66,11 +69,17 @@ class Runtime:
     fallback: Fallback
     cursors: CursorCodec
     metrics: Metrics
+    lag: LoopLag = field(default_factory=LoopLag)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def version(self) -> str:
         return self.discovery.version
+
+    def engine_silent_s(self) -> float:
+        """Seconds since the engine answered any call (0 when the client does not say)."""
+        transport = self.os_client.transport
+        return transport.silent_for() if isinstance(transport, TimedTransport) else 0.0
 
     @property
     def deadline_s(self) -> float:
@@ -81,15 +90,22 @@ class Runtime:
         surface: str,
         call: Callable[[], Awaitable[Recommendations]],
         k: int,
-        exclude: Sequence[str] = (),
         *,
-        allow_empty: bool = False,
+        user_id: str | None = None,
+        exclude: Sequence[str] = (),
         explain: bool = False,
     ) -> Answer:
-        """The pipeline's answer, or the fallback's (``degraded``) when it times out, fails,
-        the breaker is open, or (unless ``allow_empty``) it has nothing."""
+        """The pipeline's answer (an empty list included), or the fallback's (``degraded``,
+        every hard rule checked for ``user_id``) when it times out, fails or the breaker is
+        open; :class:`~opendisco.Overloaded` (503) when no safe answer exists.
+
+        The breaker counts engine failures only: a backend error, or a deadline missed while
+        the engine kept the request waiting (``_overload.engine_bound``); a deadline missed
+        because this process was busy degrades the answer without counting."""
         reason = "breaker_open"
         if self.breaker.allow():
+            wait = EngineWait()
+            token = ENGINE_WAIT.set(wait)  # copied into the task wait_for runs the call in
             try:
                 recs = await asyncio.wait_for(call(), self.deadline_s)
             except (InvalidInput, NotFound, AuthError):
@@ -99,23 +115,33 @@ class Runtime:
                 self.breaker.release()
                 raise
             except TimeoutError:
-                self.breaker.record_failure()
-                reason = "timeout"
+                silent = self.engine_silent_s()
+                if engine_bound(wait, self.lag, self.deadline_s, silent):
+                    self.breaker.record_failure()
+                    reason = "timeout"
+                else:  # local queueing or CPU: not the engine's failure
+                    self.breaker.release()
+                    reason = "timeout_local"
             except Exception as exc:  # outage or any backend failure: degrade, never 5xx
                 self.breaker.record_failure()
                 reason = "backend_error" if isinstance(exc, BackendError) else "error"
                 log.warning("discovery %s failed: %r", surface, exc)
             else:
                 self.breaker.record_success()
-                if recs.items or allow_empty:
-                    return Answer(
-                        items=[to_served(r, with_trace=explain) for r in recs.items],
-                        version=recs.version,
-                        degraded=recs.degraded,
-                        explain=recs.explain if explain else None,
-                        logged=recs.served is not None,
-                    )
-                reason = "empty"
+                return Answer(
+                    items=[to_served(r, with_trace=explain) for r in recs.items],
+                    version=recs.version,
+                    degraded=recs.degraded,
+                    explain=recs.explain if explain else None,
+                    logged=recs.served is not None,
+                )
+            finally:
+                ENGINE_WAIT.reset(token)
         self.metrics.degraded.labels(surface, reason).inc()
-        fb = await self.fallback.get(surface, k, exclude)
-        return Answer(items=fb.items, version=fb.template_version, degraded=True)
+        fb = await self.fallback.answer(surface, user_id, k, exclude)
+        return Answer(
+            items=fb.items,
+            version=fb.template_version,
+            degraded=True,
+            degraded_rules=fb.degraded_rules,
+        )

@@ -302,7 +302,26 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(8000, description="Port the API binds to.")
     api_deadline_ms: int = Field(800, description="Per-request deadline before degrading (ms).")
-    api_max_concurrency: int = Field(64, description="In-flight requests before 503.")
+    api_max_concurrency: int = Field(
+        16,
+        ge=1,
+        description="Most /v1 requests admitted to work at once; more wait in the admission "
+        "queue (bench/overload.py measures what the process sustains).",
+    )
+    api_adaptive_concurrency: bool = Field(
+        True,
+        description="Adapt the admission limit (1..api_max_concurrency) to measured service "
+        "time: grow while reads answer within half the deadline, shrink when slower.",
+    )
+    api_queue_timeout_ms: int = Field(
+        400,
+        ge=0,
+        description="Longest wait for admission before a request is shed with 503 + "
+        "Retry-After (the deadline starts after admission).",
+    )
+    api_max_queue: int = Field(
+        64, ge=0, description="Requests waiting for admission at most; more are shed at once."
+    )
     api_rate_limit: float = Field(50.0, description="Default requests per second per API key.")
     api_auth: bool = Field(True, description="Require API keys (disable only for local demos).")
     # API team (issue 6): keys, rate limits, breaker, fallback, cursors
@@ -322,7 +341,19 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds between background refreshes of the degraded fallback."
     )
     api_fallback_k: int = Field(
-        200, ge=1, description="Items kept per surface in the degraded fallback."
+        200, ge=1, le=500, description="Items kept per segment list of the degraded fallback."
+    )
+    api_fallback_age_band: int = Field(
+        10,
+        ge=1,
+        description="Width in years of the age bands the degraded fallback keeps one list per "
+        "(gender x age band) for.",
+    )
+    api_fallback_store_timeout_ms: int = Field(
+        500,
+        ge=1,
+        description="Deadline of the MongoDB reads a degraded answer makes to check the hard "
+        "rules (member, state, blocks, item availability); past it the answer is 503.",
     )
     api_cursor_secret: str | None = Field(
         None,

@@ -45,6 +45,9 @@ from ._reconcile import ReconcileReport, reconcile
 
 __all__ = ["LeaseLost", "SyncReport", "Syncer", "run_sync", "sync_once"]
 
+#: passes ``sync_once`` runs when its leases lapse mid-pass (each resumes from the checkpoints)
+ONCE_ATTEMPTS = 5
+
 log = logging.getLogger("opendisco.ingest.sync")
 
 
@@ -291,11 +294,25 @@ async def sync_once(
     embedder: Embedder | None = None,
 ) -> SyncReport:
     """One catch-up pass over every partition (what ``opendisco sync --once`` runs): waits
-    out the leases of dead workers, skips (and reports) partitions live workers hold."""
+    out the leases of dead workers, skips (and reports) partitions live workers hold.
+
+    A pass whose leases lapse (renewals too slow on a loaded store, or another worker took a
+    partition) stops at its next guard with its checkpoints kept; it then coordinates again
+    and resumes, up to ``ONCE_ATTEMPTS`` times, as the continuous loop does."""
     syncer = Syncer(settings, client=client, db=db, embedder=embedder)
     try:
         await syncer.check()
-        return await syncer.once(take_all=True)
+        for attempt in range(1, ONCE_ATTEMPTS + 1):
+            try:
+                report = await syncer.once(take_all=True)
+            except LeaseLost as exc:
+                if attempt == ONCE_ATTEMPTS:
+                    raise
+                log.warning("%s; coordinating again (attempt %d)", exc, attempt + 1)
+                await syncer.reset()
+                continue
+            return report
+        raise AssertionError("unreachable")  # the last attempt returns or raises
     finally:
         await syncer.close()
 

@@ -99,26 +99,20 @@ def request_for_user(
     now: datetime | None = None,
     **extra: Any,
 ) -> CandidateRequest:
-    """A request from a member's ``users`` document and :class:`UserState` (pure).
+    """A request from a member's ``users`` document and :class:`UserState` (pure): what to
+    search with (vectors, interests, location).
 
-    Without a surface: ``for_you`` when the state has a vector, else ``cold_start``. Seen,
-    blocked and interacted (positives/negatives) ids are excluded; ``similar`` searches with the
-    anchor item's vectors (filled in by :func:`generate_candidates`), not the member's.
+    Without a surface: ``for_you`` when the state has a vector, else ``cold_start``;
+    ``similar`` searches with the anchor item's vectors (filled in by
+    :func:`generate_candidates`), not the member's. Who may be returned (exclusions, blocks,
+    two-sided eligibility) is not decided here: the served pipeline adds the parameters of
+    its one definition of the hard rules (``opendisco.serving.HardRules``).
     """
     user = user or {}
     vector = state.vector if state is not None else None
     behaviour = state.behaviour if state is not None else None
     if surface is None:
         surface = "for_you" if (vector or behaviour) else "cold_start"
-    exclude: list[str] = []
-    if state is not None:
-        interacted = [e.get("id") for e in (*state.positives, *state.negatives)]
-        exclude = [*state.blocked, *state.seen, *interacted]
-    viewer = {
-        f: user[f]
-        for f in ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max")
-        if user.get(f) is not None
-    }
     loc = user.get("location")
     if surface == "similar":  # the anchor item's vectors, never the member's
         vector = behaviour = None
@@ -128,9 +122,7 @@ def request_for_user(
         user_vector=[float(x) for x in vector] if vector else None,
         behaviour_vector=[float(x) for x in behaviour] if behaviour else None,
         interests=[str(i) for i in user.get("interests") or []],
-        viewer=viewer or None,
         location={"lat": float(loc["lat"]), "lon": float(loc["lon"])} if loc else None,
-        exclude_ids=[str(i) for i in dict.fromkeys(exclude) if i],
         now=now or datetime.now(UTC),
         **extra,
     )

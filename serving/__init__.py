@@ -1,13 +1,15 @@
 """opendisco.serving: the served pipeline, assembled from named parts, and its artifacts.
 
-:class:`Discovery` runs query hydrators → candidate sources → filters → feature hydrators →
-the reranker → exploration (a share of personal answers, ``_explore``) → side effects (the
-served-list log; see ``_stages``); :class:`Artifacts` are the tuned params file and
-the trained model it serves, named in every response's version string.
+:class:`Discovery` runs query hydrators → candidate sources → filters (the hard rules,
+``_filters``) → feature hydrators → the reranker → exploration (a share of personal answers,
+``_explore``) → side effects (the served-list log; see ``_stages``); :class:`Artifacts` are
+the tuned params file and the trained model it serves, named in every response's version
+string.
 """
 
 from ._artifacts import Artifacts, check_params, load_model, load_params, load_template
 from ._explore import EXPLORED_SURFACES, Exploration, Explorer
+from ._filters import RULE_FIELDS, HardRules, HardRulesFilter, Rule, stored_rule_fields
 from ._pipeline import Discovery, default_parts
 from ._stages import (
     GRAPH_NEIGHBOURS,
@@ -24,6 +26,7 @@ from ._stages import (
     StoreFeatures,
     TemplateSource,
     params_for,
+    read_member,
 )
 from ._types import (
     MAX_CANDIDATES,
@@ -39,6 +42,7 @@ __all__ = [
     "GRAPH_NEIGHBOURS",
     "MAX_CANDIDATES",
     "MAX_K",
+    "RULE_FIELDS",
     "Artifacts",
     "CandidateFilter",
     "CandidatePlan",
@@ -48,6 +52,8 @@ __all__ = [
     "Explorer",
     "FeatureHydrator",
     "GraphNeighbours",
+    "HardRules",
+    "HardRulesFilter",
     "LogServed",
     "MemberContext",
     "Parts",
@@ -55,6 +61,7 @@ __all__ = [
     "Recommendation",
     "Recommendations",
     "RequestBuilder",
+    "Rule",
     "SideEffect",
     "StoreFeatures",
     "TemplateSource",
@@ -65,4 +72,6 @@ __all__ = [
     "load_params",
     "load_template",
     "params_for",
+    "read_member",
+    "stored_rule_fields",
 ]

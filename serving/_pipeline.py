@@ -30,6 +30,7 @@ from opendisco.ingest import PACKED_FIELD
 from opendisco.queries import CandidateSet, Template, template_version
 from opendisco.rerank import CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
+    BlockStore,
     EventProcessor,
     EventsResult,
     ExposureStore,
@@ -40,6 +41,7 @@ from opendisco.signals import (
 
 from ._artifacts import Artifacts
 from ._explore import EXPLORED_SURFACES, Explorer
+from ._filters import HardRules, HardRulesFilter
 from ._stages import (
     GraphNeighbours,
     LogServed,
@@ -48,6 +50,7 @@ from ._stages import (
     RequestBuilder,
     StoreFeatures,
     TemplateSource,
+    read_member,
     run_sources,
     served_list,
 )
@@ -70,8 +73,9 @@ def default_parts(
     templates: Mapping[str, Template] | None = None,
 ) -> Parts:
     """The default assembly: member context and graph neighbours, the surface's template (or
-    its served version in ``templates``) as the candidate source, the feature store as the
-    feature hydrator, and (``served_log``) the served-list log as a side effect."""
+    its served version in ``templates``) as the candidate source, the hard rules as the
+    filter, the feature store as the feature hydrator, and (``served_log``) the served-list
+    log as a side effect."""
     side_effects: list[Any] = []
     if settings.served_log:
         side_effects.append(
@@ -86,11 +90,12 @@ def default_parts(
         )
     return Parts(
         query_hydrators=[
-            MemberContext(db, UserStateStore(db)),
+            MemberContext(db, UserStateStore(db), BlockStore(db)),
             RequestBuilder(params, dict(templates or {})),
             GraphNeighbours(ItemGraph(db)),
         ],
         sources=[TemplateSource(os_client, settings)],
+        filters=[HardRulesFilter()],
         feature_hydrators=[StoreFeatures(features)],
         side_effects=side_effects,
     )
@@ -118,6 +123,7 @@ class Discovery:
         self.exposure = ExposureStore(os_client, settings)
         self.features = FeatureStore(settings, os_client, db, exposure=self.exposure)
         self.states = UserStateStore(db)
+        self.blocks = BlockStore(db)
         self.parts = (
             parts
             if parts is not None
@@ -199,6 +205,7 @@ class Discovery:
         plan = CandidatePlan(surface, k, user_id, tuple(exclude), explain, extra)
         if request_id:
             plan.request_id = request_id
+        plan.rules = HardRules.anonymous(plan.exclude)  # a member context replaces them
         for hydrator in self.parts.query_hydrators:
             t0 = time.perf_counter()
             await hydrator.hydrate(plan)
@@ -219,6 +226,11 @@ class Discovery:
         side effects."""
         explain, k = plan.request.explain, plan.k
         cs = await self.candidates(plan)
+        if not cs.candidates:  # nothing eligible: an answer (empty), not a failure
+            empty = self._empty(plan, cs)
+            for effect in self.parts.side_effects:
+                effect.after(plan, empty)
+            return empty
         t1 = time.perf_counter()
         batch = CandidateBatch.from_candidates(cs.candidates, now=plan.request.now)
         feats: Features | None = None
@@ -273,6 +285,20 @@ class Discovery:
             effect.after(plan, recs)
         return recs
 
+    def _empty(self, plan: CandidatePlan, cs: CandidateSet) -> Recommendations:
+        timings = {**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())}
+        return Recommendations(
+            items=[],
+            degraded=cs.degraded,
+            version=f"{cs.template_version}+{self.artifacts.name}",
+            surface=plan.request.surface,
+            explain={"surface": plan.request.surface, "candidates": 0, "filtered": plan.filtered}
+            if plan.request.explain
+            else None,
+            timings_ms=timings,
+            candidate_set=cs if plan.request.explain else None,
+        )
+
     @staticmethod
     def _explained(
         plan: CandidatePlan,
@@ -291,6 +317,7 @@ class Discovery:
             "source_errors": cs.errors,
             "skipped_sources": cs.skipped,
             "candidates": len(cs.candidates),
+            "filtered": dict(plan.filtered),
             "rerank": result.trace.to_dict([r.id for r in items]),
             "timings_ms": {k: round(v, 2) for k, v in timings.items()},
         }
@@ -368,6 +395,14 @@ class Discovery:
             if isinstance(effect, LogServed):
                 return effect.log
         return None
+
+    async def rules_for(self, user_id: str | None, exclude: Iterable[str] = ()) -> HardRules:
+        """The hard rules of a viewer, read the way a served request reads them (what the
+        degraded fallback filters with); anonymous rules without a user id."""
+        if not user_id:
+            return HardRules.anonymous(exclude)
+        user, state, blocks = await read_member(self.db, self.states, self.blocks, user_id)
+        return HardRules.for_member(user_id, user, state, blocks, exclude=exclude)
 
     # -- events -----------------------------------------------------------------------------
     async def record_events(

@@ -40,14 +40,18 @@ from opendisco.queries import (
 from opendisco.rerank import FEATURE_NAMES, CandidateBatch, Features, FeatureStore
 from opendisco.signals import (
     RECENT_FANOUT,
+    BlockStore,
     ItemGraph,
+    MemberBlocks,
     ServedList,
     ServedLog,
+    UserState,
     UserStateStore,
     top_neighbours,
 )
 
 from ._explore import Exploration
+from ._filters import HardRules
 from ._types import CandidatePlan, Recommendations, candidate_k
 
 __all__ = [
@@ -65,6 +69,7 @@ __all__ = [
     "StoreFeatures",
     "TemplateSource",
     "params_for",
+    "read_member",
     "served_list",
 ]
 
@@ -130,29 +135,48 @@ def params_for(
     return out
 
 
+async def read_member(
+    db: Any, states: UserStateStore, blocks: BlockStore, user_id: str
+) -> tuple[dict[str, Any] | None, UserState, MemberBlocks]:
+    """A member's ``users`` document, :class:`UserState` and blocks: three point reads by
+    ``_id``, concurrently (what the hard rules and the candidate request are built from)."""
+    with backend_errors(f"loading user {user_id!r} failed"):
+        user, state, member_blocks = await asyncio.gather(
+            db["users"].find_one({"_id": user_id}), states.get(user_id), blocks.get(user_id)
+        )
+    return user, state, member_blocks
+
+
 @dataclass
 class MemberContext:
-    """The member's ``users`` document and :class:`UserState`, read concurrently."""
+    """The member's ``users`` document, :class:`UserState` and blocks, and the
+    :class:`HardRules` built from them (with the caller's exclusions)."""
 
     db: Any
     states: UserStateStore
+    blocks: BlockStore
     name: str = "member"
 
     async def hydrate(self, plan: CandidatePlan) -> None:
         if not plan.user_id:
+            plan.rules = HardRules.anonymous(plan.exclude)
             return
-        with backend_errors(f"loading user {plan.user_id!r} failed"):
-            plan.user, plan.state = await asyncio.gather(
-                self.db["users"].find_one({"_id": plan.user_id}), self.states.get(plan.user_id)
-            )
+        plan.user, plan.state, plan.blocks = await read_member(
+            self.db, self.states, self.blocks, plan.user_id
+        )
+        plan.rules = HardRules.for_member(
+            plan.user_id, plan.user, plan.state, plan.blocks, exclude=plan.exclude
+        )
 
 
 @dataclass
 class RequestBuilder:
     """The candidate request from the member context (``queries.request_for_user``: a
-    ``for_you`` request without history becomes ``cold_start``; seen, blocked and interacted
-    ids are excluded), the caller's exclusions, the served template overrides and the served
-    template version of the request's surface (``templates``; None: the shipped file)."""
+    ``for_you`` request without history becomes ``cold_start``; vectors, interests,
+    location), the caller's exclusions, the served template overrides and the served template
+    version of the request's surface (``templates``; None: the shipped file), and on top of
+    them the hard rules' parameters (:meth:`HardRules.engine_params`: exclusions, blocks both
+    ways, two-sided eligibility), which no tuned parameter can override."""
 
     params: Mapping[str, Any]
     templates: Mapping[str, Template] = field(default_factory=dict)
@@ -169,7 +193,10 @@ class RequestBuilder:
         )
         plan.request.exclude_ids = list(dict.fromkeys([*plan.request.exclude_ids, *plan.exclude]))
         plan.request.template = self.templates.get(plan.request.surface)
-        plan.request.params = params_for(self.params, plan.request.surface, plan.request.template)
+        plan.request.params = {
+            **params_for(self.params, plan.request.surface, plan.request.template),
+            **plan.rules.engine_params(),
+        }
 
 
 @dataclass
@@ -188,7 +215,7 @@ class GraphNeighbours:
         recent = state.recent_positive_ids[:RECENT_FANOUT]
         weights = await self.graph.weights(recent)
         plan.graph_weights = weights
-        skip = [*recent, *state.exclude_ids]
+        skip = [*recent, *plan.rules.exclude_ids]
         top = [(i, w) for i, w in top_neighbours(weights, self.neighbours, skip) if w > 0]
         if top:
             plan.request.params["graph_ids"] = [i for i, _ in top]

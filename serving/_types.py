@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opendisco.queries import CandidateRequest, CandidateSet
-from opendisco.signals import ServedList, UserState
+from opendisco.signals import MemberBlocks, ServedList, UserState
+
+from ._filters import HardRules
 
 __all__ = [
     "CANDIDATE_FACTOR",
@@ -46,11 +48,16 @@ class CandidatePlan:
     extra: dict[str, Any] = field(default_factory=dict)  # item_id, query_text, query_vector
     user: dict[str, Any] | None = None  # the member's ``users`` document
     state: UserState | None = None
+    blocks: MemberBlocks | None = None  # members blocked by or blocking the member
+    #: the hard rules of this viewer (anonymous until the member context is hydrated)
+    rules: HardRules = field(default_factory=HardRules)
     request: CandidateRequest = field(default_factory=CandidateRequest)
     graph_weights: dict[str, float] | None = None  # the member's co-engagement edges
     timings_ms: dict[str, float] = field(default_factory=dict)
     #: the answer's id (the API's ``X-Request-ID``); served lists and events refer to it
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: candidates the filters stage dropped, by rule (the engine should have dropped them)
+    filtered: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -4,12 +4,13 @@ Events (one :class:`Event` model, validated once; :class:`EventProcessor` applie
 idempotently) feed the per-member :class:`UserState` (recent positives/negatives, seen and
 blocked ids, a decayed content vector and a folded-in behaviour vector), the item
 co-engagement graph (:class:`ItemGraph`), mutual likes (:class:`UserGraph`), inbound attention
-counters (:class:`InboundCounter`) and the exposure counters with the in-engine cap list
-(:class:`ExposureStore`). Everything here writes to and reads from the stores; nothing here
-ranks.
+counters (:class:`InboundCounter`), blocks between members both ways (:class:`BlockStore`)
+and the exposure counters with the in-engine cap list (:class:`ExposureStore`). Everything
+here writes to and reads from the stores; nothing here ranks.
 """
 
 from ._behaviour import fold_in
+from ._blocks import MEMBER_BLOCKS, BlockStore, MemberBlocks
 from ._event import (
     EVENT_TYPES,
     INBOUND_TYPES,
@@ -57,6 +58,7 @@ __all__ = [
     "INBOUND",
     "INBOUND_TYPES",
     "ITEM_EDGES",
+    "MEMBER_BLOCKS",
     "MUTUAL_TYPES",
     "RECENT_FANOUT",
     "REQUEST_ID_PATTERN",
@@ -65,6 +67,7 @@ __all__ = [
     "USER_LOCKS",
     "USER_MATCHES",
     "USER_STATE",
+    "BlockStore",
     "Event",
     "EventProcessor",
     "EventType",
@@ -73,6 +76,7 @@ __all__ = [
     "ExposureStore",
     "InboundCounter",
     "ItemGraph",
+    "MemberBlocks",
     "ServedList",
     "ServedLog",
     "UserGraph",

@@ -13,8 +13,9 @@ the guarantee)::
     4. effects: user_state (idempotent: entries keyed by event id, vectors recomputed, under
        per-user leases; one bulk of replaces for the batch), exposure counters
        (ExposureStore.record), co-engagement graph (one read and one write per distinct source
-       item of the batch, its new edges coalesced, under item leases), mutual likes, inbound
-       attention counters (profiles)
+       item of the batch, its new edges coalesced, under item leases), mutual likes, blocks
+       between members (a hide of a profile, both directions), inbound attention counters
+       (profiles)
     5. mark: update_many applied=True
 
 Everything that can reject an event happens before its first write. User state is exactly-once;
@@ -42,6 +43,7 @@ from opendisco._exceptions import EventInvalid
 from opendisco._settings import Settings
 from opendisco._store import detect_capabilities
 
+from ._blocks import MEMBER_BLOCK_LOCKS, MEMBER_BLOCKS, BlockStore
 from ._event import INBOUND_TYPES, MUTUAL_TYPES, Event, EventsConfig, EventsResult, validate_event
 from ._exposure import ExposureStore
 from ._graph import (
@@ -93,6 +95,7 @@ class EventProcessor:
         self.items = ItemGraph(db)
         self.users = UserGraph(db)
         self.inbound = InboundCounter(db)
+        self.blocks = BlockStore(db)
         self.exposure = exposure if exposure is not None else ExposureStore(os_client, settings)
         self._ready = False
         self.native_ttl = True
@@ -129,6 +132,8 @@ class EventProcessor:
                     USER_LIKES,
                     USER_MATCHES,
                     INBOUND,
+                    MEMBER_BLOCKS,
+                    MEMBER_BLOCK_LOCKS,
                 ):
                     if name not in have:
                         with contextlib.suppress(CollectionInvalid):
@@ -298,6 +303,14 @@ class EventProcessor:
             it = items.get(ev.item_id, {})
             if ev.type in MUTUAL_TYPES and it.get("kind") == "profile":
                 likes.append((ev.user_id, str(it.get("owner_id") or ev.item_id)))
+        # hiding a member's profile blocks that member, both ways (see signals._blocks)
+        blocks = [
+            (ev.user_id, str(it["owner_id"]))
+            for ev in todo
+            if ev.type == "hide"
+            and (it := items.get(ev.item_id, {})).get("kind") == "profile"
+            and it.get("owner_id")
+        ]
         # inbound attention is a recipient's load (two-sided markets): only profiles have one; a
         # movie or product liked by many is popular, not overloaded
         inbound = [
@@ -317,6 +330,8 @@ class EventProcessor:
                 await self.items.add(pairs, now)
             if likes:
                 out.mutual = list(await self.users.add_likes(likes, now))
+            if blocks:
+                await self.blocks.add(blocks, now)
             if inbound:
                 await self.inbound.add(inbound)
         finally:

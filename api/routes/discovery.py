@@ -86,6 +86,7 @@ def _respond(
         "template_version": answer.version,
         "surface": surface,
         "degraded": answer.degraded,
+        "degraded_rules": answer.degraded_rules,
         "items": answer.items,
         "next_cursor": next_cursor,
         "explain": answer.explain,
@@ -118,7 +119,8 @@ async def recommendations(
             request_id=request_id(request),
         ),
         k,
-        served,
+        user_id=user_id,
+        exclude=served,
         explain=explain,
     )
     return _respond(rt, request, key, name, user_id, answer, served)
@@ -142,7 +144,8 @@ async def similar(
             item_id, k, user_id=user_id, explain=explain, request_id=request_id(request)
         ),
         k,
-        [item_id],
+        user_id=user_id,
+        exclude=[item_id],
         explain=explain,
     )
     return _respond(rt, request, key, "similar", user_id, answer)
@@ -166,7 +169,7 @@ async def search(
             q, user_id=user_id, k=k, explain=explain, request_id=request_id(request)
         ),
         k,
-        allow_empty=True,
+        user_id=user_id,
         explain=explain,
     )
     return _respond(rt, request, key, "search", user_id, answer)

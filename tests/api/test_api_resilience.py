@@ -1,15 +1,15 @@
 """OpenSearch made unavailable mid-test (through a proxy: paused like SIGSTOP, closed like
 kill -9) -> degraded 200s from the fallback, breaker opens and half-opens, then recovery;
-bounded concurrency answers 503 + Retry-After when saturated."""
+bounded concurrency answers 503 + Retry-After when saturated. (That degraded answers obey the
+hard rules is test_api_safety's subject.)"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
-from api_support import TcpProxy, h, serve
+from api_support import TcpProxy, h, proxied, serve
 
 from opendisco import Settings
 
@@ -18,10 +18,8 @@ URL = "/v1/users/u5/recommendations?k=10"
 
 async def _proxied(settings: Settings, **overrides: Any) -> tuple[TcpProxy, Settings]:
     """A pausable/killable proxy in front of OpenSearch, and settings that go through it."""
-    target = urlsplit(settings.opensearch_url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
-    await proxy.start()
-    return proxy, settings.model_copy(update={"opensearch_url": proxy.url, **overrides})
+    proxy, _, proxied_settings = await proxied(settings, **overrides)
+    return proxy, proxied_settings
 
 
 async def _wait_fallback(client: Any) -> None:
@@ -75,7 +73,9 @@ async def test_outage_degrades_then_recovers(
                 assert body["degraded"] is True and len(body["items"]) == 10
             assert max(latencies) < 0.4 + 0.5, latencies  # never much past the deadline
             assert rt.breaker.state.value == "open"
-            assert min(latencies[-2:]) < 0.1  # open breaker: fallback without waiting
+            # open breaker: the fallback answers without waiting for the 400 ms deadline (it reads
+            # the member and the items from MongoDB, so not instantly on a busy machine)
+            assert min(latencies[-2:]) < 0.3
             metrics = (await client.get("/metrics")).text
             assert "opendisco_api_breaker_state 2.0" in metrics
             assert 'opendisco_api_degraded_total{reason="timeout",surface="for_you"}' in metrics
@@ -106,25 +106,6 @@ async def test_outage_degrades_then_recovers(
             await proxy.resume()
             body = await _until(client, key, degraded=False)
             assert len(body["items"]) == 10
-    finally:
-        await proxy.close()
-
-
-async def test_cold_fallback_reads_popular_items_from_mongo(
-    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
-) -> None:
-    """OpenSearch down from the start: no trending yet, the popular items in MongoDB answer."""
-    proxy, settings = await _proxied(api_settings, api_deadline_ms=300)
-    await proxy.kill()
-    try:
-        async with serve(settings) as client:
-            resp = await client.get(URL, headers=h(keys["read"]))
-            assert resp.status_code == 200, resp.text
-            body = resp.json()
-            assert body["degraded"] is True
-            live = [it for it in api_catalogue["items"] if it["available"] and not it["deleted"]]
-            top = sorted(live, key=lambda it: -it["popularity"])[:10]
-            assert [it["id"] for it in body["items"]] == [it["_id"] for it in top]
     finally:
         await proxy.close()
 

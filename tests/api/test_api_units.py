@@ -1,14 +1,18 @@
-"""Pure pieces of the API: breaker state machine, token buckets, concurrency, cursors, keys."""
+"""Pure pieces of the API: breaker state machine, token buckets, admission control, what the
+breaker may count, cursors, keys."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
 from opendisco import AuthError, Forbidden, InvalidInput
+from opendisco.api._admission import Admission
 from opendisco.api._breaker import BreakerState, CircuitBreaker
-from opendisco.api._concurrency import ConcurrencyLimiter
 from opendisco.api._cursor import CursorCodec
 from opendisco.api._keys import ApiKey, ApiKeyStore, hash_secret, new_key, parse_key
+from opendisco.api._overload import EngineWait, LoopLag, engine_bound
 from opendisco.api._ratelimit import RateLimiter, TokenBucket
 
 
@@ -126,13 +130,133 @@ def test_rate_limiter_is_per_key_and_honours_key_rate() -> None:
     assert rl.take("d", rate=0.1) == pytest.approx(10.0)
 
 
-def test_concurrency_limiter_bounds_in_flight() -> None:
-    lim = ConcurrencyLimiter(2)
-    assert lim.try_acquire() and lim.try_acquire()
-    assert not lim.try_acquire()
-    lim.release()
-    assert lim.try_acquire()
-    assert lim.in_flight == 2
+async def test_admission_bounds_work_and_hands_slots_over_in_arrival_order() -> None:
+    adm = Admission(limit=1, max_wait_s=30.0, max_queue=4)
+    assert await adm.acquire() and adm.in_flight == 1
+    b = asyncio.ensure_future(adm.acquire())
+    c = asyncio.ensure_future(adm.acquire())
+    await asyncio.sleep(0)
+    assert adm.waiting == 2 and not b.done()
+    adm.release()  # the slot goes to b (first in), not back to the pool
+    assert await b is True and adm.in_flight == 1 and not c.done()
+    adm.release()
+    assert await c is True
+    adm.release()
+    assert adm.in_flight == 0 and adm.waiting == 0
+
+
+async def test_admission_sheds_when_the_queue_is_full_or_the_wait_is_over() -> None:
+    full = Admission(limit=1, max_wait_s=30.0, max_queue=1)
+    assert await full.acquire()
+    waiting = asyncio.ensure_future(full.acquire())
+    await asyncio.sleep(0)
+    assert await full.acquire() is False  # queue full: shed at once
+    full.release()
+    assert await waiting is True
+    slow = Admission(limit=1, max_wait_s=0.01, max_queue=8)
+    assert await slow.acquire()
+    assert await slow.acquire() is False  # waited max_wait_s: shed
+    assert slow.waiting == 0
+    slow.release()
+    assert slow.in_flight == 0
+    assert await Admission(limit=1, max_wait_s=0).acquire()  # no queue at all
+    no_queue = Admission(limit=1, max_wait_s=0)
+    await no_queue.acquire()
+    assert await no_queue.acquire() is False
+
+
+async def test_a_cancelled_waiter_leaks_no_slot() -> None:
+    adm = Admission(limit=1, max_wait_s=30.0)
+    assert await adm.acquire()
+    waiter = asyncio.ensure_future(adm.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    adm.release()
+    assert adm.in_flight == 0 and adm.waiting == 0
+    with pytest.raises(ValueError):
+        Admission(limit=0)
+
+
+def test_admission_limit_adapts_to_service_time_within_bounds() -> None:
+    adm = Admission(limit=8, target_s=0.4, min_limit=2, smoothing=1.0)  # no averaging
+    assert adm.limit == 8
+    for _ in range(5):
+        adm.observe(0.9)  # slower than the target: multiplicative decrease
+    assert adm.limit == 4  # 8 * 0.9**5 = 4.7
+    for _ in range(30):
+        adm.observe(0.9)
+    assert adm.limit == 2  # never under min_limit
+    for _ in range(200):
+        adm.observe(0.1)  # fast: +1/limit each, so about +1 per limit's worth
+    assert adm.limit == 8  # never over max
+    fixed = Admission(limit=3)
+    fixed.observe(10.0)
+    assert fixed.limit == 3  # no target: a fixed limit
+    smooth = Admission(limit=8, target_s=0.4)
+    smooth.observe(0.1)
+    smooth.observe(1.0)  # one slow request: the average (0.28) is still within the target
+    assert smooth.limit == 8 and smooth.service_s == pytest.approx(0.28)
+    with pytest.raises(ValueError):
+        Admission(limit=2, min_limit=3)
+
+
+async def test_a_lowered_limit_drains_through_releases() -> None:
+    adm = Admission(limit=2, max_wait_s=30.0, target_s=0.1, smoothing=1.0)
+    assert await adm.acquire() and await adm.acquire()
+    waiter = asyncio.ensure_future(adm.acquire())
+    await asyncio.sleep(0)
+    for _ in range(10):
+        adm.observe(1.0)  # the limit falls to 1 while 2 are in flight
+    adm.release()  # 2 -> 1 in flight: no hand-over while over the limit
+    assert not waiter.done() and adm.in_flight == 1
+    adm.release()
+    assert await waiter is True and adm.in_flight == 1
+
+
+def test_engine_wait_measures_the_current_uninterrupted_engine_wait() -> None:
+    clock = Clock(0.0)
+    wait = EngineWait(clock)
+    assert wait.current() == 0.0
+    wait.enter()
+    clock.advance(0.2)
+    wait.enter()  # a second concurrent engine call
+    clock.advance(0.1)
+    wait.leave()
+    assert wait.current() == pytest.approx(0.3)  # still waiting on the first one
+    wait.leave()
+    assert wait.current() == 0.0 and wait.waited == pytest.approx(0.3)
+    clock.advance(1.0)  # local work: not the engine's time
+    assert wait.current() == 0.0
+    wait.enter()
+    clock.advance(0.6)
+    wait.leave(cancelled=True)  # the deadline cancelled the call: its wait is remembered
+    assert wait.current() == pytest.approx(0.6)
+
+
+SILENT = 10.0  # seconds since the engine answered anything
+
+
+def test_only_an_engine_that_kept_a_responsive_process_waiting_is_a_failure() -> None:
+    clock = Clock(0.0)
+    lag = LoopLag(window_s=1.0, clock=clock)
+    wait = EngineWait(clock)
+    wait.enter()
+    clock.advance(0.5)
+    assert engine_bound(wait, lag, 0.8, SILENT)  # engine pending 0.5 s of a 0.8 s deadline
+    assert not engine_bound(wait, lag, 1.2, SILENT)  # mostly our own time
+    lag.record(clock(), 0.3)  # the event loop woke up 300 ms late: we were the bottleneck
+    assert not engine_bound(wait, lag, 0.8, SILENT)
+    clock.advance(1.5)  # the lag is past the window
+    assert lag.recent() == 0.0 and engine_bound(wait, lag, 0.8, SILENT)
+    wait.leave()
+    assert not engine_bound(wait, lag, 0.8, SILENT)  # not waiting on the engine at all
+    wait.enter()
+    clock.advance(0.7)
+    wait.leave(cancelled=True)
+    assert engine_bound(wait, lag, 0.8, SILENT)  # cut short by the deadline while waiting
+    assert not engine_bound(wait, lag, 0.8, 0.05)  # the engine answered others: slow, not down
 
 
 # --- cursors --------------------------------------------------------------------------
@@ -213,3 +337,35 @@ def test_freeze_startup_heap_moves_live_objects_out_of_collection() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+# --- fallback segments ------------------------------------------------------------------
+
+
+def test_age_bands_cover_the_range() -> None:
+    from opendisco.api._segments import age_bands
+
+    assert age_bands(19, 64, 10) == [(19, 28), (29, 38), (39, 48), (49, 58), (59, 64)]
+    assert age_bands(30, 30, 5) == [(30, 30)]
+
+
+def test_segments_a_member_may_find_someone_in() -> None:
+    from opendisco.api._segments import ALL, Segment
+    from opendisco.serving import HardRules
+
+    member = HardRules.for_member(
+        "u", {"gender": "m", "age": 30, "pref_genders": ["f"], "pref_age_min": 25,
+              "pref_age_max": 35}, None, None,
+    )  # fmt: skip
+    assert ALL.relevant(member) and ALL.params() == {}
+    assert Segment("f", (29, 38)).relevant(member)
+    assert Segment("f", (19, 28)).relevant(member)  # overlaps 25..35
+    assert not Segment("f", (39, 48)).relevant(member)
+    assert not Segment("m", (29, 38)).relevant(member)
+    anyone = HardRules.for_member("u", {}, None, None)
+    assert Segment("x", (59, 64)).relevant(anyone)
+    assert Segment("f", (29, 38)).params() == {
+        "viewer_pref_genders": ["f"],
+        "viewer_pref_age_min": 29,
+        "viewer_pref_age_max": 38,
+    }

@@ -14,7 +14,15 @@ from typing import Any
 from ingest_support import OPENDISCO, worker_env
 
 from opendisco import Settings, clients, now_ms
-from opendisco.ingest import Embedder, PartitionLeases, partition_of, reindex, sync_once, verify
+from opendisco.ingest import (
+    Embedder,
+    PartitionLeases,
+    Syncer,
+    partition_of,
+    reindex,
+    sync_once,
+    verify,
+)
 
 
 def test_partition_of_is_stable_and_spreads() -> None:
@@ -164,3 +172,40 @@ def test_two_workers_kill_9_three_times_under_a_writer(
     assert report.ok, (report.summary(), report.missing[:5], report.extra[:5], report.stale[:5])
     again = asyncio.run(sync_once(s, embedder=Embedder(s, model)))
     assert again.indexed == again.deleted == 0
+
+
+async def test_sync_once_resumes_when_its_leases_lapse_mid_pass(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    monkeypatch: Any,
+    caplog: Any,
+) -> None:
+    """Leases that lapse mid-pass (renewals slower than the lease on a loaded store: injected
+    here by expiring them before the first write) stop the pass at its guard; ``sync --once``
+    coordinates again from the kept checkpoints and finishes, and ``verify`` finds nothing
+    lost or stale."""
+    s = ingest_settings.model_copy(update={"sync_batch_size": 10})
+    await reindex(s, embedder=embedder)
+    with clients.mongo(s) as mc:
+        coll = mc[s.mongo_db][s.items_collection]
+        for doc in coll.find({}, {"_id": 1}).limit(40):
+            coll.update_one(
+                {"_id": doc["_id"]},
+                {"$set": {"popularity": 7.0, "updated_at": now_ms()}, "$inc": {"version": 1}},
+            )
+    write, lapsed = Syncer._write, {"n": 0}
+
+    async def lapse_once(self: Syncer, *args: Any, **kwargs: Any) -> Any:
+        if lapsed["n"] == 0:
+            lapsed["n"] += 1
+            self.leases._valid_until = 0.0  # what a renewal slower than the lease leaves
+        return await write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Syncer, "_write", lapse_once)
+    with caplog.at_level("WARNING", logger="opendisco.ingest.sync"):
+        report = await sync_once(s, embedder=embedder)
+    assert lapsed["n"] == 1 and "coordinating again" in caplog.text, caplog.text
+    assert not report.skipped and report.seen > 0
+    result = await verify(s)
+    assert result.ok, (result.summary(), result.missing[:5], result.stale[:5])

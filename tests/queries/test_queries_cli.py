@@ -59,8 +59,9 @@ def test_request_for_user_builds_from_documents() -> None:
     )
     req = request_for_user(user, state, k=5)
     assert req.surface == "for_you" and req.user_vector == [0.1, 0.2]
-    assert set(req.exclude_ids) == {"s1", "b1", "p1", "n1"}
-    assert req.viewer == {"gender": "f", "age": 30, "pref_genders": ["m"]}
+    assert req.interests == ["jazz"] and req.location == {"lat": 1.0, "lon": 2.0}
+    # who may be returned is the hard rules' job (opendisco.serving.HardRules), not this one's
+    assert req.exclude_ids == [] and req.viewer is None
     assert request_for_user(user, None).surface == "cold_start"
 
 

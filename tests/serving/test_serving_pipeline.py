@@ -23,12 +23,23 @@ def _like(user: str, item: str, n: int) -> dict[str, Any]:
 
 
 async def test_cold_start_user_gets_results(discovery: Any, market: Any) -> None:
-    recs = await discovery.recommend("u-nobody", k=10)
+    _, users = market
+    recs = await discovery.recommend(users[40]["_id"], k=10)  # a member without history
     assert recs.surface == "cold_start"
     assert len(recs.items) == 10
     assert len(set(recs.ids)) == 10
     assert not recs.degraded
     assert recs.version.startswith("cold_start@")
+
+
+async def test_unknown_member_sees_no_profile_whose_preferences_it_cannot_meet(
+    discovery: Any, market: Any
+) -> None:
+    """No ``users`` document: gender and age unknown, so no profile that states gender or age
+    preferences (all of them here) can be confirmed: the answer is empty, and it is served
+    (an empty list is an answer, not a failure)."""
+    recs = await discovery.recommend("u-nobody", k=10)
+    assert recs.surface == "cold_start" and recs.items == [] and not recs.degraded
 
 
 async def test_like_changes_next_recommendations(discovery: Any, market: Any) -> None:

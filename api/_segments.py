@@ -1,0 +1,181 @@
+"""The degraded fallback's material: per-segment lists, refreshed in the background.
+
+A segment is a slice of the catalogue a member's preferences select from: profiles of one
+gender in one age band, plus :data:`ALL` (the whole catalogue, trending). The genders and the
+age range come from the index (one aggregation), the band width from the settings, so nothing
+here knows the data. Each list is the trending surface restricted to its segment, run through
+the served candidate stage (``Discovery.candidates``: the engine's eligibility fragment with the
+segment as the viewer's preferences, then the hard-rules filter), so lists hold only available,
+uncapped items at refresh time. A snapshot of the exposure cap list is kept beside them.
+Per member the lists are merged and filtered in process (``_fallback``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opendisco._backend import backend_errors
+from opendisco._domain import Surface
+from opendisco.serving import Discovery, HardRules, Recommendation
+
+__all__ = ["ALL", "Segment", "SegmentLists", "Snapshot", "age_bands"]
+
+log = logging.getLogger("opendisco.api")
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    """Profiles of ``gender`` aged within ``ages`` (inclusive); both None: everything."""
+
+    gender: str | None = None
+    ages: tuple[int, int] | None = None
+
+    @property
+    def key(self) -> str:
+        if self.gender is None:
+            return "all"
+        return f"{self.gender}:{self.ages[0]}-{self.ages[1]}" if self.ages else self.gender
+
+    def params(self) -> dict[str, Any]:
+        """Template parameters restricting candidates to the segment (the eligibility
+        fragment's viewer-side clauses; items that are not profiles pass them)."""
+        if self.gender is None:
+            return {}
+        out: dict[str, Any] = {"viewer_pref_genders": [self.gender]}
+        if self.ages is not None:
+            out["viewer_pref_age_min"], out["viewer_pref_age_max"] = self.ages
+        return out
+
+    def relevant(self, rules: HardRules) -> bool:
+        """Could this segment hold someone the viewer may see? (The exact check is the
+        rules' own, per item; this only picks the lists worth merging.)"""
+        if self.gender is None or not rules.member:
+            return True
+        if rules.pref_genders and self.gender not in rules.pref_genders:
+            return False
+        if self.ages is None:
+            return True
+        lo, hi = self.ages
+        return not (
+            (rules.pref_age_max is not None and lo > rules.pref_age_max)
+            or (rules.pref_age_min is not None and hi < rules.pref_age_min)
+        )
+
+
+ALL = Segment()
+
+
+def age_bands(lo: int, hi: int, width: int) -> list[tuple[int, int]]:
+    """``[lo, hi]`` cut into bands of ``width`` years (the last one may be shorter)."""
+    return [(a, min(hi, a + width - 1)) for a in range(lo, hi + 1, width)]
+
+
+@dataclass
+class Snapshot:
+    """The lists of one refresh, by segment, best first, and the latest cap list read
+    (``capped_at``: when; both None before the first successful read)."""
+
+    lists: dict[Segment, list[Recommendation]]
+    version: str
+    capped: frozenset[str] | None
+    capped_at: float | None
+
+
+@dataclass
+class SegmentLists:
+    """Keeps :class:`Snapshot` fresh from the engine (see the module docstring)."""
+
+    discovery: Discovery
+    k: int = 200
+    band: int = 10
+    timeout_s: float = 5.0
+    parallel: int = 4
+    clock: Callable[[], float] = time.monotonic
+    snapshot: Snapshot | None = None
+    refreshed_ok: int = 0
+    refresh_failures: int = 0
+    _segments: list[Segment] = field(default_factory=list)
+
+    async def segments(self) -> list[Segment]:
+        """Gender x age band of the indexed profiles (one aggregation), plus :data:`ALL`."""
+        disc = self.discovery
+        body = {
+            "size": 0,
+            "query": {"bool": {"filter": [{"term": {"kind": "profile"}}]}},
+            "aggs": {
+                "gender": {"terms": {"field": "gender", "size": 64}},
+                "age_min": {"min": {"field": "age"}},
+                "age_max": {"max": {"field": "age"}},
+            },
+        }
+        with backend_errors("fallback segments: aggregation failed"):
+            resp = await disc.os.search(index=disc.settings.index_alias, body=body)
+        aggs = resp.get("aggregations") or {}
+        genders = [str(b["key"]) for b in aggs.get("gender", {}).get("buckets", [])]
+        lo, hi = aggs.get("age_min", {}).get("value"), aggs.get("age_max", {}).get("value")
+        bands: Sequence[tuple[int, int] | None] = (
+            age_bands(int(lo), int(hi), self.band) if lo is not None and hi is not None else [None]
+        )
+        return [ALL, *(Segment(g, b) for g in genders for b in bands)]
+
+    async def _list(self, segment: Segment) -> tuple[list[Recommendation], str]:
+        plan = await self.discovery.plan(Surface.trending, min(self.k, 500))
+        plan.request.k = self.k
+        plan.request.params.update(segment.params())
+        cs = await self.discovery.candidates(plan)
+        recs = [
+            Recommendation(id=c.id, score=c.fused, sources=dict(c.sources), item=dict(c.item))
+            for c in cs.candidates
+        ]
+        return recs, cs.template_version
+
+    async def refresh(self) -> bool:
+        """One refresh; on failure the previous snapshot is kept (a failed segment keeps its
+        previous list)."""
+        try:
+            self._segments = await asyncio.wait_for(self.segments(), self.timeout_s)
+        except Exception as exc:  # keep the previous segments
+            log.warning("fallback segments not refreshed: %r", exc)
+            if not self._segments:
+                self._segments = [ALL]
+        gate = asyncio.Semaphore(self.parallel)
+
+        async def one(seg: Segment) -> tuple[list[Recommendation], str]:
+            async with gate:
+                return await asyncio.wait_for(self._list(seg), self.timeout_s)
+
+        results = await asyncio.gather(*(one(s) for s in self._segments), return_exceptions=True)
+        old = self.snapshot
+        try:
+            capped = frozenset(
+                await asyncio.wait_for(self.discovery.exposure.capped(), self.timeout_s)
+            )
+            capped_at: float | None = self.clock()
+        except Exception as exc:  # keep the older cap list, and its age
+            log.warning("fallback: exposure cap list not read: %r", exc)
+            capped, capped_at = (old.capped, old.capped_at) if old is not None else (None, None)
+        lists: dict[Segment, list[Recommendation]] = {}
+        version = old.version if old is not None else ""
+        failed = 0
+        for seg, res in zip(self._segments, results, strict=True):
+            if isinstance(res, BaseException):
+                if not isinstance(res, Exception):
+                    raise res
+                failed += 1
+                if old is not None and seg in old.lists:
+                    lists[seg] = old.lists[seg]
+                continue
+            lists[seg], version = res[0], f"fallback:{res[1]}"
+        if lists:
+            self.snapshot = Snapshot(lists, version, capped, capped_at)
+        if failed:
+            self.refresh_failures += 1
+            log.warning("fallback refresh: %d of %d lists failed", failed, len(results))
+            return False
+        self.refreshed_ok += 1
+        return True

@@ -1,0 +1,248 @@
+"""The hard rules, defined once: who a member may be shown (the filters stage).
+
+A members-only dating app never shows a member someone they are not eligible to see, served,
+degraded, cached or experimental. :class:`HardRules` holds everything the rules need about one
+viewer (their ``users`` document, :class:`~opendisco.signals.UserState` and
+:class:`~opendisco.signals.MemberBlocks`) and applies them three ways, from this one
+definition:
+
+* :meth:`HardRules.engine_params` — the parameters of the templates' ``eligibility`` and
+  ``exclusions`` fragments (``queries/templates/_partials.json``): the engine never returns
+  a forbidden item;
+* :class:`HardRulesFilter` — the filters stage of the served pipeline re-checks every hit in
+  process (defence in depth: a template edit cannot silently drop a rule);
+* :meth:`HardRules.broken` on items from any other list — the degraded fallback filters its
+  per-segment lists per member with it.
+
+The rules (:class:`Rule`), in the order they are checked:
+
+``available``     the item is available and not deleted
+``self``          never the member's own profile (or anything they own)
+``blocks``        never a hidden item; never a member blocked by, or blocking, the viewer
+``seen``          never an item already seen, liked, passed or served earlier in the session
+``eligibility``   two-sided: the candidate's gender and age preferences admit the viewer, and
+                  the viewer's admit the candidate (profiles); a preference that cannot be
+                  confirmed (viewer's gender or age unknown) excludes
+``exposure_cap``  never an item over its exposure cap (in the engine: the ``_capped`` list;
+                  in process only when a cap list is known — see ``capped_ids``)
+
+Without a member (anonymous ``similar``/``search``) only ``available``, ``seen`` (the caller's
+exclusions) and ``exposure_cap`` apply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from opendisco.queries import Candidate
+from opendisco.signals import MemberBlocks, UserState
+
+if TYPE_CHECKING:
+    from ._types import CandidatePlan
+
+__all__ = ["RULE_FIELDS", "HardRules", "HardRulesFilter", "Rule", "stored_rule_fields"]
+
+log = logging.getLogger("opendisco.serving")
+
+
+class Rule(StrEnum):
+    AVAILABLE = "available"
+    SELF = "self"
+    BLOCKS = "blocks"
+    SEEN = "seen"
+    ELIGIBILITY = "eligibility"
+    EXPOSURE_CAP = "exposure_cap"
+
+
+#: the item fields the rules read (what a fresh re-check fetches from the store)
+RULE_FIELDS = (
+    "kind",
+    "owner_id",
+    "available",
+    "deleted",
+    "gender",
+    "age",
+    "pref_genders",
+    "pref_age_min",
+    "pref_age_max",
+)
+
+
+def stored_rule_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The rule fields of an item as MongoDB stores it, with the defaults ingest gives absent
+    ones (``available`` true, ``deleted`` false: ``opendisco.ingest.validate_item``)."""
+    out = {f: doc.get(f) for f in RULE_FIELDS}
+    out["available"] = True if doc.get("available") is None else doc.get("available")
+    out["deleted"] = bool(doc.get("deleted"))
+    return out
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _strs(value: Any) -> frozenset[str]:
+    if value is None or isinstance(value, str):
+        return frozenset([value] if value else [])
+    return frozenset(str(v) for v in value if v is not None)
+
+
+@dataclass(frozen=True)
+class HardRules:
+    """What the hard rules know about one viewer (pure; see the module docstring)."""
+
+    viewer_id: str | None = None  # None: anonymous (no member, no eligibility)
+    profile_id: str | None = None
+    gender: str | None = None
+    age: int | None = None
+    pref_genders: frozenset[str] = frozenset()
+    pref_age_min: int | None = None
+    pref_age_max: int | None = None
+    blocked_ids: frozenset[str] = frozenset()  # items the viewer hid
+    seen_ids: frozenset[str] = frozenset()  # seen, liked, passed; the caller's exclusions
+    blocked_owners: frozenset[str] = frozenset()  # members blocked either way
+    #: items over their exposure cap; None when unknown here (the engine checks caps)
+    capped_ids: frozenset[str] | None = field(default=None, repr=False)
+
+    @property
+    def member(self) -> bool:
+        return self.viewer_id is not None
+
+    @classmethod
+    def anonymous(cls, exclude: Iterable[str] = ()) -> HardRules:
+        return cls(seen_ids=frozenset(str(i) for i in exclude))
+
+    @classmethod
+    def for_member(
+        cls,
+        user_id: str,
+        user: Mapping[str, Any] | None,
+        state: UserState | None,
+        blocks: MemberBlocks | None,
+        exclude: Iterable[str] = (),
+    ) -> HardRules:
+        """The rules of member ``user_id`` from their ``users`` document (None: unknown
+        member, every preference unconfirmable), state and blocks."""
+        user = user or {}
+        seen = {str(i) for i in exclude}
+        blocked: frozenset[str] = frozenset()
+        if state is not None:
+            seen.update(state.seen)
+            seen.update(str(e["id"]) for e in (*state.positives, *state.negatives) if e.get("id"))
+            blocked = frozenset(state.blocked)
+        gender = user.get("gender")
+        return cls(
+            viewer_id=user_id,
+            profile_id=str(user["profile_id"]) if user.get("profile_id") else None,
+            gender=str(gender) if gender else None,
+            age=_int(user.get("age")),
+            pref_genders=_strs(user.get("pref_genders")),
+            pref_age_min=_int(user.get("pref_age_min")),
+            pref_age_max=_int(user.get("pref_age_max")),
+            blocked_ids=blocked,
+            seen_ids=frozenset(seen),
+            blocked_owners=blocks.either_way if blocks is not None else frozenset(),
+        )
+
+    def with_capped(self, capped: Iterable[str] | None) -> HardRules:
+        return replace(self, capped_ids=None if capped is None else frozenset(capped))
+
+    # -- the engine's half ------------------------------------------------------------------
+    @property
+    def exclude_ids(self) -> list[str]:
+        own = {self.profile_id} if self.profile_id else set()
+        return sorted(self.blocked_ids | self.seen_ids | own)
+
+    def engine_params(self) -> dict[str, Any]:
+        """The template parameters of the ``eligibility`` and ``exclusions`` fragments (they
+        override any tuned parameter of the same name)."""
+        m = self.member
+        return {
+            "exclude_ids": self.exclude_ids,
+            "viewer_id": self.viewer_id,
+            "exclude_owners": sorted(self.blocked_owners),
+            "viewer_gender": self.gender if m else None,
+            "viewer_age": self.age if m else None,
+            "viewer_gender_unknown": m and self.gender is None,
+            "viewer_age_unknown": m and self.age is None,
+            "viewer_pref_genders": sorted(self.pref_genders) if m else [],
+            "viewer_pref_age_min": self.pref_age_min if m else None,
+            "viewer_pref_age_max": self.pref_age_max if m else None,
+        }
+
+    # -- in process -------------------------------------------------------------------------
+    def eligible(self, item: Mapping[str, Any]) -> bool:
+        """Two-sided preferences (what the ``eligibility`` fragment matches)."""
+        if not self.member:
+            return True
+        wants = _strs(item.get("pref_genders"))
+        if wants and (self.gender is None or self.gender not in wants):
+            return False
+        lo, hi = _int(item.get("pref_age_min")), _int(item.get("pref_age_max"))
+        if lo is not None and (self.age is None or self.age < lo):
+            return False
+        if hi is not None and (self.age is None or self.age > hi):
+            return False
+        if item.get("kind") != "profile":
+            return True
+        if self.pref_genders and item.get("gender") not in self.pref_genders:
+            return False
+        age = _int(item.get("age"))
+        if self.pref_age_min is not None and (age is None or age < self.pref_age_min):
+            return False
+        return not (self.pref_age_max is not None and (age is None or age > self.pref_age_max))
+
+    def broken(self, item_id: str, item: Mapping[str, Any]) -> Rule | None:
+        """The first rule ``item`` breaks for this viewer, or None when it may be shown."""
+        if item.get("available") is not True or item.get("deleted") is True:
+            return Rule.AVAILABLE
+        owner = item.get("owner_id")
+        owner = str(owner) if owner is not None else None
+        if self.member and (item_id == self.profile_id or owner == self.viewer_id):
+            return Rule.SELF
+        if item_id in self.blocked_ids or (owner is not None and owner in self.blocked_owners):
+            return Rule.BLOCKS
+        if item_id in self.seen_ids:
+            return Rule.SEEN
+        if not self.eligible(item):
+            return Rule.ELIGIBILITY
+        if self.capped_ids is not None and item_id in self.capped_ids:
+            return Rule.EXPOSURE_CAP
+        return None
+
+    def allows(self, item_id: str, item: Mapping[str, Any]) -> bool:
+        return self.broken(item_id, item) is None
+
+
+@dataclass
+class HardRulesFilter:
+    """The filters stage: drops every candidate :attr:`CandidatePlan.rules` forbids. The
+    engine applied the same rules already, so anything dropped here is logged (a template
+    that lost a rule, or an index behind its source)."""
+
+    name: str = "hard_rules"
+
+    def keep(self, plan: CandidatePlan, candidates: Sequence[Candidate]) -> list[Candidate]:
+        rules = plan.rules
+        kept: list[Candidate] = []
+        dropped: Counter[str] = Counter()
+        for c in candidates:
+            rule = rules.broken(c.id, c.item)
+            if rule is None:
+                kept.append(c)
+            else:
+                dropped[rule.value] += 1
+        if dropped:
+            plan.filtered.update(dropped)
+            log.warning("hard rules dropped engine hits for %s: %s", plan.user_id, dict(dropped))
+        return kept

@@ -1,0 +1,343 @@
+"""The hard rule, end to end on the real servers: no answer — served or degraded (engine
+paused, killed), or empty — ever shows a member someone they may not see; with MongoDB down
+too there is no safe answer, so it is 503 + Retry-After, never an unfiltered list.
+
+The catalogue puts one profile per rule at the top of the popularity ranking, so an answer
+that skipped a rule would show it (the tests check the violators do lead the unfiltered
+lists, so the checks are not vacuous)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from api_support import h, proxied, serve
+
+from opendisco import Settings, clients
+from opendisco.api import create_key
+from opendisco.serving import Discovery
+
+V = "sv"  # a man of 30 who wants women aged 25-35
+W = "sw"  # a member whose gender and age are unknown
+ALLOWED_FOR_W = {"nopref"}  # the only profile stating no preference W cannot meet
+#: violator -> the rule that forbids it for V
+FORBIDDEN = {
+    "p-sv": "self",
+    "x-gender": "eligibility (V wants women)",
+    "x-old": "eligibility (V wants 25-35)",
+    "x-wants-women": "eligibility (she wants women)",
+    "x-wants-older": "eligibility (she wants 40-60)",
+    "x-hidden": "blocks (V hid her)",
+    "x-blocker": "blocks (her owner blocked V)",
+    "x-seen": "seen",
+    "x-liked": "liked",
+    "x-passed": "passed",
+    "x-unavailable": "unavailable",
+    "x-capped": "exposure cap",
+}
+GONE = "x-gone"  # turns unavailable in MongoDB while the engine is down (stale lists)
+
+
+def _profile(pid: str, owner: str, popularity: float, **kw: Any) -> dict[str, Any]:
+    doc = {
+        "_id": pid,
+        "kind": "profile",
+        "title": f"{pid} likes jazz and hiking",
+        "description": "Weekend hiking, jazz clubs and coffee.",
+        "tags": ["jazz", "hiking"],
+        "owner_id": owner,
+        "popularity": popularity,
+        "quality": 0.8,
+        "available": True,
+        "deleted": False,
+        "gender": "f",
+        "age": 30,
+        "pref_genders": ["m"],
+        "pref_age_min": 20,
+        "pref_age_max": 45,
+    }
+    return {**doc, **kw}
+
+
+def catalogue() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    items = [_profile(f"ok{i}", f"o-ok{i}", 10.0 + i, age=25 + i % 11) for i in range(30)]
+    items.append(
+        _profile(
+            "nopref", "o-nopref", 500.0, pref_genders=None, pref_age_min=None, pref_age_max=None
+        )
+    )
+    top = 2000.0
+    special = {
+        "p-sv": {"owner_id": V, "gender": "m", "pref_genders": ["f"], "pref_age_min": 25},
+        "x-gender": {"gender": "m", "pref_genders": ["f"]},
+        "x-old": {"age": 45, "pref_age_min": 25, "pref_age_max": 50},
+        "x-wants-women": {"pref_genders": ["f"]},
+        "x-wants-older": {"pref_age_min": 40, "pref_age_max": 60},
+        "x-blocker": {"owner_id": "sb"},
+        "x-unavailable": {"available": False},
+        "x-capped": {"exposure_cap": 1},
+    }
+    for n, pid in enumerate([*FORBIDDEN, GONE]):
+        extra = special.get(pid, {})
+        items.append(_profile(pid, extra.pop("owner_id", f"o-{pid}"), top - n, **extra))
+    users = [
+        {
+            "_id": V,
+            "profile_id": "p-sv",
+            "gender": "m",
+            "age": 30,
+            "pref_genders": ["f"],
+            "pref_age_min": 25,
+            "pref_age_max": 35,
+            "interests": ["jazz"],
+        },
+        {"_id": W, "interests": ["hiking"]},
+        {"_id": "sb", "gender": "f", "age": 30, "pref_genders": ["m"]},
+        {"_id": "sc", "gender": "f", "age": 31, "pref_genders": ["m"]},
+    ]
+    return items, users
+
+
+def _event(n: int, user: str, item: str, kind: str) -> dict[str, Any]:
+    return {"id": f"safe-{n}", "user_id": user, "item_id": item, "type": kind}
+
+
+@pytest.fixture(scope="module")
+def safe_settings(api_settings: Settings) -> Settings:
+    return api_settings.model_copy(
+        update={
+            "index_alias": f"{api_settings.index_alias}-safe",
+            "mongo_db": f"{api_settings.mongo_db}safe",
+            "api_fallback_refresh_s": 1.0,
+            "api_fallback_store_timeout_ms": 3000,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+async def safe(safe_settings: Settings, model: Any) -> dict[str, Any]:
+    """The catalogue in MongoDB, reindexed (real path), and the events that block, like,
+    pass, show and cap, applied by the real event processor; keys in the same database."""
+    from opendisco.ingest import Embedder, write_sample
+    from opendisco.ingest._reindex import reindex
+
+    items, users = catalogue()
+    write_sample(safe_settings, items, users)
+    await reindex(safe_settings, embedder=Embedder(safe_settings, model=model))
+    events = [
+        _event(1, V, "x-hidden", "hide"),
+        _event(2, "sb", "p-sv", "hide"),  # sb blocks V: V must never see sb's profile
+        _event(3, V, "x-seen", "impression"),
+        _event(4, V, "x-liked", "like"),
+        _event(5, V, "x-passed", "pass"),
+        _event(6, "sc", "x-capped", "impression"),
+        _event(7, "sc", "x-capped", "impression"),
+    ]
+    os_client = clients.async_opensearch(safe_settings)
+    motor = clients.motor(safe_settings)
+    try:
+        disc = Discovery(safe_settings, os_client, motor[safe_settings.mongo_db], model=model)
+        res = await disc.record_events(events)
+        assert res.accepted == len(events) and not res.rejected, res
+        assert "x-capped" in await disc.exposure.capped()
+    finally:
+        await os_client.close()
+        motor.close()
+    sync = clients.mongo(safe_settings)
+    keys = {"read": create_key(sync[safe_settings.mongo_db], "safe", ["read"])[0]}
+    sync.close()
+    return {"keys": keys, "items": items}
+
+
+def _set_available(settings: Settings, item: str, available: bool) -> None:
+    with clients.mongo(settings) as mc:
+        mc[settings.mongo_db][settings.items_collection].update_one(
+            {"_id": item}, {"$set": {"available": available}}
+        )
+
+
+READS_FOR_V = [
+    f"/v1/users/{V}/recommendations?k=30",
+    f"/v1/users/{V}/recommendations?k=30&surface=cold_start",
+    f"/v1/users/{V}/recommendations?k=30&surface=trending",
+    f"/v1/items/ok3/similar?k=30&user_id={V}",
+    f"/v1/search?q=jazz%20hiking&k=30&user_id={V}",
+]
+
+
+def _violations(ids: list[str], extra: set[str] = frozenset()) -> dict[str, str]:  # type: ignore[assignment]
+    forbidden = {**FORBIDDEN, **dict.fromkeys(extra, "unavailable (in MongoDB)")}
+    return {i: forbidden[i] for i in ids if i in forbidden}
+
+
+async def _get(client: Any, key: str, url: str) -> dict[str, Any]:
+    resp = await client.get(url, headers=h(key))
+    assert resp.status_code == 200, (url, resp.text)
+    return resp.json()
+
+
+async def _ready(client: Any) -> None:
+    fb = client.app.state.runtime.fallback
+    for _ in range(150):
+        snap = fb.lists.snapshot
+        if snap is not None and len(snap.lists) > 1:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the fallback lists never refreshed")
+
+
+async def test_served_answers_obey_every_rule(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    key = safe["keys"]["read"]
+    async with serve(safe_settings) as client:
+        for url in READS_FOR_V:
+            body = await _get(client, key, url)
+            ids = [it["id"] for it in body["items"]]
+            assert body["degraded"] is False and body["degraded_rules"] == []
+            assert ids, url
+            assert not _violations(ids), (url, _violations(ids))
+        body = await _get(client, key, f"/v1/users/{W}/recommendations?k=10")
+        assert {it["id"] for it in body["items"]} == ALLOWED_FOR_W
+        # not vacuous: without a member, the violators lead the same lists
+        anon = await _get(client, key, "/v1/search?q=jazz%20hiking&k=30")
+        shown = {it["id"] for it in anon["items"]}
+        assert {"p-sv", "x-gender", "x-hidden", "x-blocker", "x-liked"} <= shown
+
+
+async def test_the_engine_alone_enforces_self_and_blocks_both_ways(
+    safe_settings: Settings, safe: dict[str, Any], model: Any
+) -> None:
+    """The in-engine parameters, with the filters stage removed (defence in depth is not
+    what keeps these rules)."""
+    os_client = clients.async_opensearch(safe_settings)
+    motor = clients.motor(safe_settings)
+    try:
+        disc = Discovery(safe_settings, os_client, motor[safe_settings.mongo_db], model=model)
+        disc.parts.filters = []
+        for surface in ("for_you", "cold_start", "trending"):
+            recs = await disc.recommend(V, surface=surface, k=30)
+            assert recs.ids and not _violations(recs.ids), (surface, _violations(recs.ids))
+        plan = await disc.plan("trending", 30, user_id=V)
+        cs = await disc.candidates(plan)
+        assert cs.candidates and not _violations(cs.ids)
+        assert plan.request.params["exclude_owners"] == ["o-x-hidden", "sb"]
+        assert "p-sv" in plan.request.params["exclude_ids"]
+    finally:
+        await os_client.close()
+        motor.close()
+
+
+@pytest.mark.parametrize("fault", ["paused", "killed"])
+async def test_degraded_answers_obey_every_rule(
+    fault: str, safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    key = safe["keys"]["read"]
+    os_proxy, _, settings = await proxied(
+        safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            snap = client.app.state.runtime.fallback.lists.snapshot
+            listed = {r.id for recs in snap.lists.values() for r in recs}
+            assert set(FORBIDDEN) - {"x-unavailable", "x-capped"} <= listed  # not vacuous
+            _set_available(settings, GONE, False)  # the lists still say available
+            if fault == "paused":
+                os_proxy.pause()
+            else:
+                await os_proxy.kill()
+            for url in READS_FOR_V:
+                body = await _get(client, key, url)
+                ids = [it["id"] for it in body["items"]]
+                assert body["degraded"] is True, url
+                assert ids, url
+                assert not _violations(ids, {GONE}), (url, _violations(ids, {GONE}))
+                assert set(body["degraded_rules"]) <= {"exposure_cap"}
+                if "similar" in url:
+                    assert "ok3" not in ids
+            body = await _get(client, key, f"/v1/users/{W}/recommendations?k=10")
+            assert body["degraded"] is True
+            assert {it["id"] for it in body["items"]} == ALLOWED_FOR_W
+            # pages of a degraded session never repeat, and still obey
+            first = await _get(client, key, f"/v1/users/{V}/recommendations?k=5")
+            url = f"/v1/users/{V}/recommendations?k=5&cursor={first['next_cursor']}"
+            second = await _get(client, key, url)
+            a, b = [it["id"] for it in first["items"]], [it["id"] for it in second["items"]]
+            assert a and b and not set(a) & set(b)
+            assert not _violations(a + b, {GONE})
+            # the cap list ages while the engine is away: then the answer says so
+            client.app.state.runtime.fallback.lists.snapshot.capped_at = time.monotonic() - 60
+            body = await _get(client, key, f"/v1/users/{V}/recommendations?k=5")
+            assert body["degraded"] and body["degraded_rules"] == ["exposure_cap"]
+            await os_proxy.resume()
+    finally:
+        _set_available(safe_settings, GONE, True)
+        await os_proxy.close()
+
+
+async def test_cold_process_with_the_engine_down_serves_safe_popular_items(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """No list refreshed yet: the most popular items MongoDB holds for V's preferences,
+    filtered per member like any degraded answer; the cap list was never read, so the
+    answer says exposure caps went unchecked."""
+    os_proxy, _, settings = await proxied(safe_settings, api_deadline_ms=300)
+    await os_proxy.kill()
+    try:
+        async with serve(settings) as client:
+            body = await _get(client, safe["keys"]["read"], f"/v1/users/{V}/recommendations?k=20")
+            ids = [it["id"] for it in body["items"]]
+            assert body["degraded"] is True and ids
+            assert body["template_version"] == "fallback-popular"
+            assert body["degraded_rules"] == ["exposure_cap"]
+            assert not _violations([i for i in ids if i != "x-capped"])
+    finally:
+        await os_proxy.close()
+
+
+async def test_an_empty_engine_answer_is_served_empty_not_replaced(
+    safe_settings: Settings, safe: dict[str, Any], index_items: Any
+) -> None:
+    empty = safe_settings.model_copy(update={"index_alias": f"{safe_settings.index_alias}-empty"})
+    await asyncio.to_thread(index_items, empty, [])
+    async with serve(empty) as client:
+        key = safe["keys"]["read"]
+        for url in (f"/v1/users/{V}/recommendations?k=10", f"/v1/search?q=jazz&user_id={V}"):
+            body = await _get(client, key, url)
+            assert body["degraded"] is False and body["items"] == [], url
+        resp = await client.get(f"/v1/items/ok3/similar?user_id={V}", headers=h(key))
+        assert resp.status_code == 404  # the engine answered: no such item
+
+
+@pytest.mark.parametrize("engine", ["up", "killed"])
+async def test_mongodb_down_too_is_503_never_an_unfiltered_list(
+    engine: str, safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    os_proxy, mongo_proxy, settings = await proxied(
+        safe_settings,
+        mongo=True,
+        api_deadline_ms=300,
+        api_fallback_store_timeout_ms=500,
+        api_key_cache_s=600.0,  # the key was checked before the store went away
+    )
+    assert mongo_proxy is not None
+    key = safe["keys"]["read"]
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            await _get(client, key, f"/v1/users/{V}/recommendations?k=5")  # caches the key
+            await mongo_proxy.kill()
+            if engine == "killed":
+                await os_proxy.kill()
+            for url in [*READS_FOR_V, "/v1/search?q=jazz", "/v1/items/ok3/similar"]:
+                resp = await client.get(url, headers=h(key))
+                assert resp.status_code == 503, (url, resp.text)
+                assert int(resp.headers["Retry-After"]) >= 1
+                assert resp.json()["error"]["type"] == "Overloaded"
+                assert "no safe degraded answer" in resp.json()["error"]["message"]
+    finally:
+        await os_proxy.close()
+        await mongo_proxy.close()

@@ -1,0 +1,225 @@
+"""The hard rules (``serving/_filters.py``): the pure predicate, and its equivalence with what
+the engine returns for the parameters it derives (one definition, two executions)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from opendisco import Settings, clients
+from opendisco.queries import Candidate, CandidateRequest, generate_candidates
+from opendisco.serving import (
+    CandidatePlan,
+    HardRules,
+    HardRulesFilter,
+    Rule,
+    stored_rule_fields,
+)
+from opendisco.signals import MemberBlocks, UserState
+
+VIEWER = {
+    "_id": "u1",
+    "profile_id": "me",
+    "gender": "m",
+    "age": 30,
+    "pref_genders": ["f"],
+    "pref_age_min": 25,
+    "pref_age_max": 35,
+}
+STATE = UserState(
+    "u1",
+    seen=["seen"],
+    blocked=["hidden"],
+    positives=[{"id": "liked", "e": "e1"}],
+    negatives=[{"id": "passed", "e": "e2"}],
+)
+BLOCKS = MemberBlocks("u1", blocked=("u8",), blocked_by=("u9",))
+
+
+def _profile(**kw: Any) -> dict[str, Any]:
+    base = {
+        "kind": "profile",
+        "available": True,
+        "gender": "f",
+        "age": 30,
+        "pref_genders": ["m"],
+        "pref_age_min": 20,
+        "pref_age_max": 40,
+        "owner_id": "u2",
+    }
+    return {**base, **kw}
+
+
+def _rules(**kw: Any) -> HardRules:
+    return HardRules.for_member("u1", {**VIEWER, **kw}, STATE, BLOCKS, exclude=["shown"])
+
+
+@pytest.mark.parametrize(
+    ("item_id", "item", "rule"),
+    [
+        ("ok", _profile(), None),
+        ("ok", _profile(available=False), Rule.AVAILABLE),
+        ("ok", _profile(deleted=True), Rule.AVAILABLE),
+        ("ok", {k: v for k, v in _profile().items() if k != "available"}, Rule.AVAILABLE),
+        ("me", _profile(owner_id="u3"), Rule.SELF),
+        ("ok", _profile(owner_id="u1"), Rule.SELF),
+        ("hidden", _profile(), Rule.BLOCKS),
+        ("ok", _profile(owner_id="u8"), Rule.BLOCKS),  # the viewer blocked u8
+        ("ok", _profile(owner_id="u9"), Rule.BLOCKS),  # u9 blocked the viewer
+        ("seen", _profile(), Rule.SEEN),
+        ("liked", _profile(), Rule.SEEN),
+        ("passed", _profile(), Rule.SEEN),
+        ("shown", _profile(), Rule.SEEN),  # an earlier page of the session
+        ("ok", _profile(gender="m"), Rule.ELIGIBILITY),  # viewer wants women
+        ("ok", _profile(age=40), Rule.ELIGIBILITY),  # older than the viewer wants
+        ("ok", _profile(age=None), Rule.ELIGIBILITY),  # age unknown: cannot confirm
+        ("ok", _profile(pref_genders=["f"]), Rule.ELIGIBILITY),  # she wants women
+        ("ok", _profile(pref_age_min=31), Rule.ELIGIBILITY),  # she wants older
+        ("ok", _profile(pref_age_max=29), Rule.ELIGIBILITY),  # she wants younger
+        ("ok", _profile(pref_genders=[], pref_age_min=None, pref_age_max=None), None),
+        ("movie", {"kind": "movie", "available": True}, None),  # not a profile: no prefs
+    ],
+)
+def test_each_rule_names_what_it_forbids(item_id: str, item: dict[str, Any], rule: Any) -> None:
+    assert _rules().broken(item_id, item) == rule
+
+
+def test_unknown_gender_or_age_cannot_meet_stated_preferences() -> None:
+    nobody = HardRules.for_member("u5", None, None, None)
+    assert nobody.member and nobody.gender is None and nobody.age is None
+    assert nobody.broken("x", _profile()) is Rule.ELIGIBILITY
+    assert nobody.allows("x", _profile(pref_genders=None, pref_age_min=None, pref_age_max=None))
+    ageless = _rules(age=None)
+    assert ageless.broken("x", _profile()) is Rule.ELIGIBILITY
+    assert ageless.allows("x", _profile(pref_age_min=None, pref_age_max=None))
+
+
+def test_anonymous_rules_check_availability_exclusions_and_caps_only() -> None:
+    anon = HardRules.anonymous(["anchor"]).with_capped(["capped"])
+    assert not anon.member
+    assert anon.allows("x", _profile(gender="m", owner_id="u9"))
+    assert anon.broken("anchor", _profile()) is Rule.SEEN
+    assert anon.broken("capped", _profile()) is Rule.EXPOSURE_CAP
+    assert anon.broken("x", _profile(available=False)) is Rule.AVAILABLE
+    assert anon.engine_params()["viewer_gender_unknown"] is False
+
+
+def test_engine_params_carry_every_rule() -> None:
+    p = _rules().engine_params()
+    assert p["exclude_ids"] == sorted(["me", "hidden", "seen", "liked", "passed", "shown"])
+    assert p["viewer_id"] == "u1" and p["exclude_owners"] == ["u8", "u9"]
+    assert (p["viewer_gender"], p["viewer_age"]) == ("m", 30)
+    assert p["viewer_pref_genders"] == ["f"]
+    assert (p["viewer_pref_age_min"], p["viewer_pref_age_max"]) == (25, 35)
+    assert not p["viewer_gender_unknown"] and not p["viewer_age_unknown"]
+    unknown = HardRules.for_member("u5", {}, None, None).engine_params()
+    assert unknown["viewer_gender_unknown"] and unknown["viewer_age_unknown"]
+
+
+def test_stored_items_get_the_ingest_defaults() -> None:
+    got = stored_rule_fields({"_id": "a", "kind": "profile", "title": "t"})
+    assert got["available"] is True and got["deleted"] is False
+    assert stored_rule_fields({"available": False})["available"] is False
+
+
+def test_filter_stage_drops_and_counts_what_the_engine_should_not_have_returned() -> None:
+    plan = CandidatePlan("for_you", 10, user_id="u1")
+    plan.rules = _rules()
+    cands = [
+        Candidate(id=i, sources={}, ranks={}, fused=1.0, item=item)
+        for i, item in [
+            ("ok", _profile()),
+            ("me", _profile()),
+            ("x", _profile(owner_id="u9")),
+            ("y", _profile(gender="m")),
+        ]
+    ]
+    kept = HardRulesFilter().keep(plan, cands)
+    assert [c.id for c in kept] == ["ok"]
+    assert plan.filtered == {"self": 1, "blocks": 1, "eligibility": 1}
+
+
+# --- one definition, two executions: the engine returns exactly what the predicate allows --
+
+GENDERS = ("f", "m", "x", None)
+AGES = (None, 22, 30, 45)
+PREF_GENDERS: tuple[list[str] | None, ...] = (None, ["f"], ["m"], ["f", "x"])
+PREF_AGES = ((None, None), (25, 35), (40, None), (None, 28))
+
+
+def _combinations() -> list[dict[str, Any]]:
+    docs = []
+    combos = itertools.product(GENDERS, AGES, PREF_GENDERS, PREF_AGES, ("profile", "movie"))
+    for n, (g, age, pg, (lo, hi), kind) in enumerate(combos):
+        doc: dict[str, Any] = {
+            "id": f"c{n}",
+            "kind": kind,
+            "title": f"combination {n}",
+            "available": n % 17 != 0,
+            "owner_id": f"o{n % 7}",
+            "popularity": float(n % 50),
+            "created_at": "2026-01-01T00:00:00Z",
+        }
+        for key, value in (
+            ("gender", g),
+            ("age", age),
+            ("pref_genders", pg),
+            ("pref_age_min", lo),
+            ("pref_age_max", hi),
+        ):
+            if value is not None:
+                doc[key] = value
+        docs.append(doc)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def rules_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"index_alias": f"{settings.index_alias}-rules"})
+
+
+@pytest.fixture(scope="module")
+def combinations(rules_settings: Settings, index_items: Any) -> list[dict[str, Any]]:
+    docs = _combinations()
+    index_items(rules_settings, docs)
+    return docs
+
+
+VIEWERS = {
+    "member": ({**VIEWER, "_id": "o1", "profile_id": "c3"}, ["c10", "c11"], ("o2",), ("o4",)),
+    "unknown": ({"_id": "o5"}, [], (), ()),
+    "ageless": ({"_id": "o6", "gender": "f", "pref_genders": ["m", "x"]}, [], (), ("o3",)),
+    "older": ({"_id": "o0", "gender": "x", "age": 45, "pref_age_min": 40}, [], (), ()),
+}
+
+
+@pytest.mark.parametrize("viewer", [*VIEWERS, "anonymous"])
+async def test_engine_returns_exactly_what_the_rules_allow(
+    viewer: str, rules_settings: Settings, combinations: list[dict[str, Any]]
+) -> None:
+    if viewer == "anonymous":
+        rules = HardRules.anonymous(["c1", "c2"])
+    else:
+        user, seen, blocked, blocked_by = VIEWERS[viewer]
+        state = UserState(user["_id"], seen=seen)
+        blocks = MemberBlocks(user["_id"], blocked=blocked, blocked_by=blocked_by)
+        rules = HardRules.for_member(user["_id"], user, state, blocks)
+    req = CandidateRequest(
+        surface="trending",
+        k=1000,
+        now=datetime(2026, 1, 2, tzinfo=UTC),
+        params=rules.engine_params(),
+        exposure_caps=False,
+    )
+    client = clients.async_opensearch(rules_settings)
+    try:
+        got = {c.id for c in (await generate_candidates(client, rules_settings, req)).candidates}
+    finally:
+        await client.close()
+    want = {d["id"] for d in combinations if rules.allows(d["id"], d)}
+    assert want, "the viewer must be allowed something, or the comparison proves little"
+    assert len(want) < len(combinations)
+    assert got == want, (sorted(got - want)[:10], sorted(want - got)[:10])
