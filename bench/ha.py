@@ -445,6 +445,16 @@ def write_readme(res: dict[str, Any]) -> None:
         ]
     lines.append("")
     for r in res["rounds"]:
+        if r["victim_kind"] == "hang":
+            seen = (
+                f"cluster yellow {r['yellow_after_kill_s']} s after the SIGSTOP (node removed)"
+                if r["yellow_after_kill_s"] is not None
+                else "the cluster stayed green (the node was never removed while hung)"
+            )
+            lines.append(
+                f"- hang (SIGSTOP): {seen}; after SIGCONT green in {r['restart_to_green_s']} s."
+            )
+            continue
         lines.append(
             f"- {r['victim_kind']} killed: cluster {r['status_after_kill']} "
             f"{r['yellow_after_kill_s']} s after the kill; restarted node joined after "
