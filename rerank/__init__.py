@@ -1,7 +1,8 @@
 """opendisco.rerank: the final, personal, real-time order of a candidate set.
 
-A :class:`Reranker` runs named pure steps (``score → rules → fatigue → exposure → mmr → caps →
-pins``) over numpy arrays; :class:`FeatureStore` fills the arrays with a bounded number of
+A :class:`Reranker` runs named pure steps (``score → rules → fatigue → exposure → reciprocal →
+pacing → mmr → caps → pins``; the two-sided ``reciprocal`` and ``pacing`` act on member
+profiles only) over numpy arrays; :class:`FeatureStore` fills the arrays with a bounded number of
 round trips; ``train_als``/``fold_in`` learn behavioural vectors; ``LearnedScorer`` swaps the
 linear model for LightGBM LambdaMART; ``pl_sample`` draws an explored order with known
 propensities.
@@ -22,6 +23,7 @@ from ._ltr import (
     save_model,
     train_ltr,
 )
+from ._market import combine, live_trending, member_budgets, pacing_penalty, reciprocal_estimate
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
 from ._steps import (
     STEPS,
@@ -67,17 +69,22 @@ __all__ = [
     "apply_caps",
     "apply_pins",
     "assemble_features",
+    "combine",
     "exposure_adjustment",
     "fatigue_penalty",
     "fold_in",
     "join_outcomes",
+    "live_trending",
     "load_ltr_inputs",
+    "member_budgets",
     "merged_config",
     "mmr_select",
     "ndcg_at",
+    "pacing_penalty",
     "pl_marginals",
     "pl_sample",
     "pl_weights",
+    "reciprocal_estimate",
     "save_model",
     "train_als",
     "train_lambdamart",

@@ -8,12 +8,22 @@ state; none mutates its inputs, so the trace can keep every intermediate state b
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._types import FEATURE_NAMES, RANKED_SOURCES, CandidateBatch, Features, RerankContext
+from ._market import live_trending, reciprocal_estimate, step_pacing, step_reciprocal
+from ._types import (
+    FEATURE_NAMES,
+    RANKED_SOURCES,
+    CandidateBatch,
+    Features,
+    RerankContext,
+    RerankInputs,
+    RerankState,
+    Scorer,
+    resort,
+)
 
 if TYPE_CHECKING:
     from ._config import RerankConfig
@@ -34,28 +44,6 @@ __all__ = [
 
 _COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
 _LN2 = float(np.log(2.0))
-
-
-class Scorer(Protocol):
-    """Anything that turns a feature matrix (n, len(FEATURE_NAMES)) into scores (n,)."""
-
-    def score(self, X: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class RerankState:
-    scores: np.ndarray  # (n,) score per candidate (row of the batch)
-    order: np.ndarray  # (m,) eligible candidate rows, best first
-
-
-@dataclass(frozen=True)
-class RerankInputs:
-    batch: CandidateBatch
-    features: Features
-    ctx: RerankContext
-    X: np.ndarray  # (n, F) feature matrix
-    scorer: Scorer
-    page: int
 
 
 # --- pure math ------------------------------------------------------------------------------
@@ -114,6 +102,14 @@ def assemble_features(
         if batch.source_ranks is not None:
             rank = batch.source_ranks[:, j]
             X[:, _COL[f"rr_{s}"]] = np.divide(1.0, rank, out=np.zeros(n), where=rank > 0)
+    member = batch.members
+    if member.any():
+        X[:, _COL["reciprocal"]] = np.where(
+            member, reciprocal_estimate(features, ctx, cfg, len(batch)), 0.0
+        )
+        X[:, _COL["liked_viewer"]] = features.column("liked_viewer", n) * member
+        X[:, _COL["mutual"]] = np.log1p(features.column("mutual", n)) * member
+    X[:, _COL["trending"]] = live_trending(features.column("trending", n))
     return X
 
 
@@ -240,15 +236,11 @@ def apply_pins(order: np.ndarray, pins: Mapping[int, int]) -> np.ndarray:
 # --- steps ------------------------------------------------------------------------------------
 
 
-def _resort(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
-    return order[np.argsort(-scores[order], kind="stable")]
-
-
 def step_score(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
     scores = np.asarray(inp.scorer.score(inp.X), dtype=np.float64)
     if cfg.source_weights:
         scores = scores + source_bonus(inp.batch, cfg.source_weights)
-    return RerankState(scores, _resort(scores, s.order))
+    return RerankState(scores, resort(scores, s.order))
 
 
 def step_rules(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
@@ -273,7 +265,7 @@ def step_fatigue(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> Rerank
     if not pen.any():
         return s
     scores = s.scores - pen
-    return RerankState(scores, _resort(scores, s.order))
+    return RerankState(scores, resort(scores, s.order))
 
 
 def step_exposure(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
@@ -289,7 +281,7 @@ def step_exposure(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> Reran
     if not adj.any():
         return s
     scores = s.scores + adj
-    return RerankState(scores, _resort(scores, s.order))
+    return RerankState(scores, resort(scores, s.order))
 
 
 def step_mmr(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
@@ -329,6 +321,8 @@ STEPS: dict[str, Step] = {
     "rules": step_rules,
     "fatigue": step_fatigue,
     "exposure": step_exposure,
+    "reciprocal": step_reciprocal,
+    "pacing": step_pacing,
     "mmr": step_mmr,
     "caps": step_caps,
     "pins": step_pins,
