@@ -1,7 +1,8 @@
 """A real 3-node cluster (its own ports, state dir and cluster name; the shared servers are
 never touched): status shows every node and the shards, `templates apply` changes replicas
 on the live indices, and losing a node under load — SIGKILL, then restart — is not an
-outage: the API answers every request, non-degraded, and the cluster returns to green.
+outage: the API answers every request, non-degraded, and the cluster returns to green; a
+node hung with SIGSTOP stops costing answers once the cluster has dropped it.
 
 The bench with figures (p99 during the loss vs steady, time back to green) is bench/ha.py.
 """
@@ -28,7 +29,8 @@ from opendisco.services import FAST_START, OpenSearchService, scratch_cluster
 from opendisco.signals import ExposureStore, exposure_index
 
 N_ITEMS = 200
-# ~1.5-4 min (2 shared cores, by load): three JVMs start, one restarts; part of `./dev test`
+# ~2.5-5 min (2 shared cores, by load): three JVMs start, one restarts, one hangs ~50 s;
+# part of `./dev test`
 pytestmark = pytest.mark.slow
 
 
@@ -295,7 +297,8 @@ async def test_hung_node_is_routed_around(
     after = [(at, ok) for at, ok in records if removed_at <= at <= resumed_at]
     first_ok = next((at for at, ok in after if ok), None)
     assert first_ok is not None, f"all {len(after)} answers degraded after the node was dropped"
-    assert first_ok - removed_at <= 8, f"pipeline back {first_ok - removed_at:.1f} s after"
+    # bound: the breaker's half-open probe (every api_breaker_reset_s, 5 s) + one deadline
+    assert first_ok - removed_at <= 10, f"pipeline back {first_ok - removed_at:.1f} s after"
     held = [ok for at, ok in after if at >= first_ok]
     assert len(held) >= 10 and sum(held) >= 0.9 * len(held), (
         f"{len(held) - sum(held)} of {len(held)} answers degraded once the pipeline was back"
