@@ -13,9 +13,13 @@ consecutive failure), but two of its rules make a node loss cost answers:
   connects and reads time out) is never taken out of rotation and each request routed to
   it waits the full timeout.
 
-Here a connection failure (refused, reset, closed mid-request, timed out) always marks the
-node dead, and one that is not a timeout — it costs no waiting — is retried on the next live
-node, up to once per other node, whatever ``max_retries`` says. ``max_retries``,
+Here a connection failure (refused, reset, closed mid-request) always marks the node dead,
+and so does a timeout on a node that answered nothing else meanwhile (a live node whose
+call waited on a hung node's shard copy inside the cluster keeps answering other calls: it
+stays; before this rule such timeouts emptied the rotation and the pool's forced
+resurrection could pick the hung node). A failure that is not a timeout — it costs no
+waiting — is retried on the next live node, up to once per other node, whatever
+``max_retries`` says. ``max_retries``,
 ``retry_on_timeout`` and ``retry_on_status`` keep their meaning for everything else. With a
 single node nothing changes.
 
@@ -74,6 +78,10 @@ class FailoverTransport(AsyncTransport):
         with contextlib.suppress(TransportError):  # a sniff on failure may fail too
             self.mark_dead(connection)
 
+    def _silent(self, connection: Any, since: float) -> bool:
+        """Has the node answered nothing since ``since``?"""
+        return self._answered.get(connection, since) <= since
+
     def _cut(self, connection: Any, started: float) -> None:
         """A call on ``connection`` was cancelled: take the node out of rotation if it looks
         hung (silent for the whole wait, at least ``hung_after``, while another answered)."""
@@ -81,7 +89,7 @@ class FailoverTransport(AsyncTransport):
             return
         now = time.monotonic()
         waited = now - started
-        if waited < self.hung_after or self._answered.get(connection, started) > started:
+        if waited < self.hung_after or not self._silent(connection, started):
             return
         if any(at >= now - 2 * waited for c, at in self._answered.items() if c is not connection):
             self._mark_dead(connection)
@@ -117,8 +125,9 @@ class FailoverTransport(AsyncTransport):
                 if method == "HEAD" and exc.status_code == 404:
                     return False
                 if isinstance(exc, ConnectionError):
-                    self._mark_dead(connection)
                     timed_out = isinstance(exc, ConnectionTimeout)
+                    if not timed_out or self._silent(connection, started):
+                        self._mark_dead(connection)
                     if not timed_out and failovers < self._nodes() - 1:
                         failovers += 1
                         continue

@@ -297,8 +297,9 @@ async def test_hung_node_is_routed_around(
     after = [(at, ok) for at, ok in records if removed_at <= at <= resumed_at]
     first_ok = next((at for at, ok in after if ok), None)
     assert first_ok is not None, f"all {len(after)} answers degraded after the node was dropped"
-    # bound: the breaker's half-open probe (every api_breaker_reset_s, 5 s) + one deadline
-    assert first_ok - removed_at <= 10, f"pipeline back {first_ok - removed_at:.1f} s after"
+    # bound: up to two of the breaker's half-open probes (every api_breaker_reset_s, 5 s, one
+    # may still be cut just after the removal) + the deadline
+    assert first_ok - removed_at <= 15, f"pipeline back {first_ok - removed_at:.1f} s after"
     held = [ok for at, ok in after if at >= first_ok]
     assert len(held) >= 10 and sum(held) >= 0.9 * len(held), (
         f"{len(held) - sum(held)} of {len(held)} answers degraded once the pipeline was back"
