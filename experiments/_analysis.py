@@ -218,7 +218,13 @@ def _cuped(
         garm[g] = arm
         fy, fx, gden = np.bincount(g, fy), np.bincount(g, fx), np.bincount(g, den)
         theta = float(fy @ fx / (fx @ fx)) if fx @ fx > 0 else 0.0
-        var, df = _cr2(fy - theta * fx, gden, garm)
+        # θ is fitted on the cluster sums: its leverage counts too, and it costs one df
+        lev = fx**2 / (fx @ fx) if theta else np.zeros_like(fx)
+        var, df = _cr2(fy - theta * fx, gden, garm, lev)
+        df = max(df - (1.0 if theta else 0.0), 1.0)
+        if not np.isfinite(var) and theta:  # one cluster carries θ: no adjustment
+            theta, dx = 0.0, 0.0
+            var, df = _cr2(fy, gden, garm)
     else:
         theta = float(fy @ fx / (fx @ fx)) if fx @ fx > 0 else 0.0
         var, df = n / (n - 2) * float(((fy - theta * fx) ** 2).sum()), float(n - 2)
@@ -232,7 +238,9 @@ def _cuped(
     )  # fmt: skip
 
 
-def _cr2(psi: np.ndarray, gden: np.ndarray, garm: np.ndarray) -> tuple[float, float]:
+def _cr2(
+    psi: np.ndarray, gden: np.ndarray, garm: np.ndarray, extra: np.ndarray | None = None
+) -> tuple[float, float]:
     """Cluster-robust variance of a difference of ratios from the clusters' influence sums
     ``psi`` (whole clusters in one arm), with the small-sample corrections few or unequal
     clusters need. CR1 (G/(G − 1), t with G − 1 df) is too optimistic there: the simulated
@@ -243,6 +251,8 @@ def _cr2(psi: np.ndarray, gden: np.ndarray, garm: np.ndarray) -> tuple[float, fl
       leverage h_g = D_g / D_a (its share of its arm's impressions; for this model the
       left eigenvector of the cluster's hat block is the weights, so (I − H_gg)^(-1/2)
       scales the cluster's score by (1 − h_g)^(-1/2)). Unbiased under working independence.
+      ``extra``: leverage of further fitted terms (CUPED's θ: f_x,g² / Σ f_x², orthogonal
+      to the arm since the covariate's influences sum to zero within each arm).
     * **Degrees of freedom**: Welch–Satterthwaite over the two arms, each arm's component
       with ν_a = (Σλ_g)² / Σλ_g² − 1 df, λ_g = D_g / D_a² its expected contribution under
       working independence: G − 2 for equal clusters, about the number of big clusters less
@@ -254,7 +264,7 @@ def _cr2(psi: np.ndarray, gden: np.ndarray, garm: np.ndarray) -> tuple[float, fl
         total = float(d.sum())
         if total <= 0:
             continue
-        h = d / total
+        h = d / total + (0.0 if extra is None else extra[m])
         contrib = psi[m] ** 2 / np.where(h < 1, 1 - h, np.nan)
         if not np.isfinite(contrib).all():  # one cluster in an arm: no variance estimate
             return float("nan"), float("nan")
