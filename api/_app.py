@@ -33,7 +33,6 @@ from ._edge import Edge
 from ._errors import install_error_handlers
 from ._fallback import Fallback
 from ._gc import freeze_startup_heap
-from ._impressions import ImpressionLog
 from ._keys import ApiKeyStore
 from ._metrics import Metrics
 from ._overload import LoopLag, TimedTransport
@@ -110,13 +109,11 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
             cold_timeout_s=max(2.0, 5 * deadline_s),
         ),
         cursors=CursorCodec(secret, settings.api_cursor_ttl_s, settings.api_cursor_max_ids),
-        impressions=ImpressionLog(db),
         metrics=metrics,
         lag=LoopLag(),
     )
     rt.tasks = [
         asyncio.create_task(rt.fallback.run()),
-        asyncio.create_task(rt.impressions.run()),
         asyncio.create_task(rt.lag.run()),
         asyncio.create_task(rt.shares.run()),
     ]
@@ -129,7 +126,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         if stuck:
             log.warning("background tasks did not stop: %s", stuck)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(rt.impressions.drain(), 5.0)
+            await asyncio.wait_for(disc.drain(), 5.0)  # the served-list log
         with contextlib.suppress(Exception):
             await asyncio.wait_for(rt.shares.leave(), 2.0)
         Metrics.process_exited(os.getpid())
@@ -172,7 +169,7 @@ def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAP
     )
     app.add_middleware(Edge, admission=admission, get_metrics=current_metrics)
     install_error_handlers(app)
-    for router in (routes.discovery, routes.events, routes.ops):
+    for router in (routes.discovery, routes.events, routes.ops, routes.playground):
         app.include_router(router)
     return app
 

@@ -23,7 +23,6 @@ from opendisco.serving import Discovery, Recommendations
 from ._breaker import CircuitBreaker
 from ._cursor import CursorCodec
 from ._fallback import Fallback, to_served
-from ._impressions import ImpressionLog
 from ._keys import ApiKeyStore
 from ._metrics import Metrics
 from ._overload import ENGINE_WAIT, EngineWait, LoopLag, TimedTransport, engine_bound
@@ -47,6 +46,8 @@ class Answer:
     version: str
     degraded: bool
     explain: dict[str, Any] | None = None
+    #: the pipeline logged it (served-list log side effect); a fallback answer is not
+    logged: bool = False
     #: hard rules the (degraded) answer could not check against current data
     degraded_rules: list[str] = field(default_factory=list)
 
@@ -69,7 +70,6 @@ class Runtime:
     breaker: CircuitBreaker
     fallback: Fallback
     cursors: CursorCodec
-    impressions: ImpressionLog
     metrics: Metrics
     lag: LoopLag = field(default_factory=LoopLag)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -135,6 +135,7 @@ class Runtime:
                     version=recs.version,
                     degraded=recs.degraded,
                     explain=recs.explain if explain else None,
+                    logged=recs.served is not None,
                 )
             finally:
                 ENGINE_WAIT.reset(token)

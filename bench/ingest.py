@@ -1,17 +1,28 @@
-"""Ingest benchmark: full reindex throughput vs bare ``SentenceTransformer.encode``.
+"""Ingest benchmark: reindex and sync throughput vs the bare engine on the same documents.
 
-    $(./dev env)/bin/python bench/ingest.py            # 10,000 synthetic profiles
-    $(./dev env)/bin/python bench/ingest.py --full     # 100,000
-    $(./dev env)/bin/python bench/ingest.py --n 2000   # any size
+    $(./dev env)/bin/python bench/ingest.py                 # 10,000 synthetic profiles
+    $(./dev env)/bin/python bench/ingest.py --n 100000 --no-cold
+    $(./dev env)/bin/python bench/ingest.py --n 2000        # any size (a quick check)
 
-In one run, on the same texts: (1) bare ``model.encode`` (batch size from settings),
-(2) a cold ``opendisco reindex`` (empty embedding cache) split into encode time and the rest,
-(3) warm reindexes (every text cached) — median of ``--warm`` runs, with the time of the
-embedding-cache prefetch, and (4) the floor of a warm run: a bare ``helpers.bulk`` of the same
-index documents (same vectors, same template, refresh off, then one refresh) and a bare
-full read of the items collection. Peak RSS of the process.
-Works in a throwaway namespace (index alias ``bench<id>-items``, database ``bench<id>``),
-removed at the end. Writes ``bench/results/ingest.json``.
+Every item carries a 32-d ``behaviour`` vector, so the index builds both HNSW graphs (384-d
+content + 32-d behaviour), as in production. In one run, on the same documents:
+
+1. cold (``--no-cold`` skips it): bare ``SentenceTransformer.encode`` of the texts vs a
+   ``reindex`` with an empty embedding cache (target ≥ 0.8× bare encode);
+2. warm, interleaved per concurrency c in ``--concurrency`` (default 1 and 2), ``--warm``
+   rounds: a **bare bulk** — the very NDJSON our prepare step produces, sent by c concurrent
+   bulk requests of ``bulk_batch_size`` into a fresh index of the same template (refresh off,
+   then one refresh), no MongoDB — and a **warm reindex** at ``bulk_concurrency = c`` (every
+   text in the MongoDB cache, a fresh in-process cache each run): docs/s and the ratio
+   warm/bare per round (target ≥ 0.8×);
+3. sync: every item updated in MongoDB (``version`` + 1, new ``popularity``, texts
+   unchanged), then one ``sync_once`` pass at each c: changes/s against the bare bulk at the
+   same c (target ≥ 0.7×).
+
+Also: the load average before/after, this process's CPU seconds per phase and its peak RSS.
+Results go to ``bench/results/ingest.json`` under the key ``n``; when both 10,000 and 100,000
+are there, the 100k/10k warm-time ratio is printed (target ≤ 11). Works in a throwaway
+namespace (alias ``bench<id>-items``, database ``bench<id>``), removed at the end.
 """
 
 from __future__ import annotations
@@ -27,18 +38,22 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from opendisco import clients, index_templates, load_settings
+import numpy as np
+
+from opendisco import Settings, clients, index_templates, load_settings, now_ms
 from opendisco.ingest import (
     Embedder,
     embedding_text,
     generate_marketplace,
+    prepare,
     reindex,
-    to_index_doc,
+    sync_once,
     validate_item,
     write_sample,
 )
@@ -46,147 +61,211 @@ from opendisco.ingest import (
 RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
-def bare_bulk(settings, items, vectors) -> float:  # type: ignore[no-untyped-def]
-    """``helpers.bulk`` of the same index documents into a fresh index of the same template."""
-    from opensearchpy import helpers
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
-    client = clients.opensearch(settings)
-    index = f"{settings.index_alias}-bare"
+
+def with_behaviour(items: list[dict[str, Any]], dim: int, seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    vecs = rng.standard_normal((len(items), dim))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return [
+        dict(it, behaviour=[round(float(x), 6) for x in v])
+        for it, v in zip(items, vecs, strict=True)
+    ]
+
+
+async def bare_bulk(settings: Settings, chunks: list[bytes], n: int, concurrency: int) -> float:
+    """``concurrency`` tasks sending the prepared NDJSON chunks into a fresh index of the same
+    template; refresh off while loading, one refresh at the end (what reindex does)."""
+    client = clients.async_opensearch(settings, timeout=300)
+    index = f"{settings.index_alias}-bare{concurrency}"
     body = index_templates.render("items", settings)
     refresh = body["settings"]["index"].get("refresh_interval", "1s")
     body["settings"]["index"]["refresh_interval"] = "-1"
-    docs = []
-    for raw, vec in zip(items, vectors.round(6).tolist(), strict=True):
-        item = validate_item(raw, behaviour_dim=settings.behaviour_dim)
-        docs.append({"_index": index, "_id": item["_id"], "_source": to_index_doc(item, vec)})
+    todo = list(reversed(chunks))
+    params = {"filter_path": "errors,items.*.error"}
+
+    async def worker() -> None:
+        while todo:
+            resp = await client.bulk(body=todo.pop(), index=index, params=params)
+            assert not resp.get("errors"), str(resp)[:500]
+
     try:
-        client.indices.create(index=index, body=body)
+        await client.indices.create(index=index, body=body)
         t0 = time.perf_counter()
-        helpers.bulk(client, docs, chunk_size=settings.bulk_batch_size, request_timeout=120)
-        client.indices.put_settings(index=index, body={"index": {"refresh_interval": refresh}})
-        client.indices.refresh(index=index, request_timeout=300)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await client.indices.put_settings(
+            index=index, body={"index": {"refresh_interval": refresh}}
+        )
+        await client.indices.refresh(index=index)
         took = time.perf_counter() - t0
-        assert client.count(index=index)["count"] == len(docs)
+        assert (await client.count(index=index))["count"] == n
         return took
     finally:
-        client.indices.delete(index=index, ignore_unavailable=True)
-        client.close()
+        await client.indices.delete(index=index, ignore_unavailable=True)
+        await client.close()
 
 
-def bare_read(settings) -> float:  # type: ignore[no-untyped-def]
-    """One full, drained ``find`` of the items collection (FerretDB: one scan)."""
-    mongo = clients.mongo(settings)
+def prepared_chunks(settings: Settings, items: list[dict[str, Any]], model: Any) -> list[bytes]:
+    """Our own prepare step's NDJSON (same vectors, versions, bytes), cut like the writer."""
+    emb = Embedder(settings, model)
     try:
-        t0 = time.perf_counter()
-        with mongo[settings.mongo_db][settings.items_collection].find({}) as cur:
-            sum(1 for _ in cur)
-        return time.perf_counter() - t0
+        out = []
+        for k in range(0, len(items), settings.bulk_batch_size):
+            batch = [dict(d, version=1) for d in items[k : k + settings.bulk_batch_size]]
+            prep = prepare(batch, emb, settings, source="bench", delete_invalid=False)
+            assert not prep.letters and emb.encoded == 0
+            out.append(b"".join(a.data or b"" for a in prep.actions))
+        return out
     finally:
-        mongo.close()
+        emb.close()
+
+
+def bump_all(settings: Settings) -> int:
+    """Every item gets version + 1, a new popularity and a fresh updated_at (one command)."""
+    with clients.mongo(settings) as mc:
+        coll = mc[settings.mongo_db][settings.items_collection]
+        res = coll.update_many(
+            {}, {"$inc": {"version": 1, "popularity": 1.0}, "$set": {"updated_at": now_ms()}}
+        )
+        return res.modified_count
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000)
-    ap.add_argument("--full", action="store_true", help="100,000 documents")
-    ap.add_argument("--warm", type=int, default=3, help="warm-cache reindex runs (median)")
+    ap.add_argument("--warm", type=int, default=2, help="rounds of (bare, warm) per concurrency")
+    ap.add_argument("--concurrency", default="1,2", help="bulk concurrencies compared")
+    ap.add_argument("--no-cold", action="store_true", help="skip bare encode + cold reindex")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
-    n = 100_000 if args.full else args.n
+    n, levels = args.n, [int(c) for c in args.concurrency.split(",")]
     run = uuid.uuid4().hex[:6]
-    settings = load_settings().model_copy(
+    base = load_settings().model_copy(
         update={"index_alias": f"bench{run}-items", "mongo_db": f"bench{run}", "keep_versions": 0}
     )
-    model = clients.load_model(settings)
+    load_before = os.getloadavg()
+    model = clients.load_model(base)
     items, users = generate_marketplace(n, seed=args.seed)
+    items = with_behaviour(items, base.behaviour_dim, args.seed)
     texts = [embedding_text(validate_item(i)) for i in items]
-    print(f"{n} documents, namespace {settings.mongo_db}", file=sys.stderr)
+    log(f"{n} documents with behaviour vectors, namespace {base.mongo_db}, load {load_before}")
+    result: dict[str, Any] = {"n": n, "concurrency": levels}
     try:
-        write_sample(settings, items, users)
-
-        # 1. bare encode of the same texts
-        model.encode(texts[:64], batch_size=settings.embed_batch_size)  # warm-up
         t0 = time.perf_counter()
-        vectors = model.encode(
-            texts,
-            batch_size=settings.embed_batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        bare_s = time.perf_counter() - t0
-        bare_dps = n / bare_s
-        print(f"bare encode: {bare_dps:,.0f} docs/s ({bare_s:.1f}s)", file=sys.stderr)
+        write_sample(base, items, users)
+        log(f"written to MongoDB in {time.perf_counter() - t0:.0f}s")
 
-        # 2. cold reindex: nothing cached
-        embedder = Embedder(settings, model)
-        cold = asyncio.run(reindex(settings, embedder=embedder))
-        assert cold.indexed == n, cold
-        print(
-            f"cold reindex: {cold.docs_per_s:,.0f} docs/s ({cold.took_s:.1f}s, "
-            f"encode {cold.encode_s:.1f}s)",
-            file=sys.stderr,
-        )
-
-        # 3. warm reindexes: a fresh Embedder each time (cache read from MongoDB)
-        warm, warm_s, prefetch_s = [], [], []
-        for _ in range(args.warm):
-            emb = Embedder(settings, model)
-            rep = asyncio.run(reindex(settings, embedder=emb))
-            emb.close()
-            assert rep.encoded == 0 and rep.indexed == n, rep
-            warm.append(rep.docs_per_s)
-            warm_s.append(rep.took_s)
-            prefetch_s.append(rep.prefetch_s)
-            print(
-                f"warm reindex: {rep.docs_per_s:,.0f} docs/s ({rep.took_s:.1f}s, prefetch "
-                f"{rep.prefetched} vectors in {rep.prefetch_s:.1f}s)",
-                file=sys.stderr,
+        if not args.no_cold:
+            model.encode(texts[:64], batch_size=base.embed_batch_size)  # warm-up
+            t0 = time.perf_counter()
+            model.encode(
+                texts,
+                batch_size=base.embed_batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             )
-        embedder.close()
+            bare_s = time.perf_counter() - t0
+            emb = Embedder(base, model)
+            cold = asyncio.run(reindex(base, embedder=emb))
+            emb.close()
+            assert cold.indexed == n and cold.encoded == n, cold
+            result["cold"] = {
+                "bare_encode_docs_per_s": round(n / bare_s, 1),
+                "reindex_docs_per_s": round(cold.docs_per_s, 1),
+                "reindex_s": round(cold.took_s, 1),
+                "reindex_encode_s": round(cold.encode_s, 1),
+                "ratio": round(cold.docs_per_s / (n / bare_s), 3),
+            }
+            log(f"cold: {result['cold']}")
+        else:  # fill the cache without timing it
+            emb = Embedder(base, model)
+            emb.encode(texts)
+            emb.close()
 
-        # 4. floor of a warm run: bare bulk of the same documents, bare read of the items
-        bulk_s = bare_bulk(settings, items, vectors)
-        read_s = bare_read(settings)
-        print(f"bare bulk+refresh: {bulk_s:.1f}s, bare items read: {read_s:.1f}s", file=sys.stderr)
+        chunks = prepared_chunks(base, items, model)
+        warm: dict[str, Any] = {}
+        for c in levels:
+            s = base.model_copy(update={"bulk_concurrency": c})
+            rounds = []
+            for _ in range(args.warm):
+                bare = asyncio.run(bare_bulk(s, chunks, n, c))
+                emb = Embedder(s, model)
+                c0 = cpu_s()
+                rep = asyncio.run(reindex(s, embedder=emb))
+                cpu = cpu_s() - c0
+                emb.close()
+                assert rep.encoded == 0 and rep.indexed == n, rep
+                rounds.append(
+                    {
+                        "bare_s": round(bare, 2),
+                        "reindex_s": round(rep.took_s, 2),
+                        "ratio": round(bare / rep.took_s, 3),
+                        "reindex_cpu_ms_per_doc": round(cpu / n * 1e3, 3),
+                    }
+                )
+                log(f"warm c={c}: {rounds[-1]}")
+            warm[str(c)] = {
+                "bare_docs_per_s": round(n / statistics.median(r["bare_s"] for r in rounds), 1),
+                "reindex_docs_per_s": round(
+                    n / statistics.median(r["reindex_s"] for r in rounds), 1
+                ),
+                "reindex_s_median": statistics.median(r["reindex_s"] for r in rounds),
+                "ratio_median": statistics.median(r["ratio"] for r in rounds),
+                "rounds": rounds,
+            }
+        result["warm"] = warm
+
+        sync: dict[str, Any] = {}
+        for c in levels:
+            s = base.model_copy(update={"bulk_concurrency": c, "sync_batch_size": 500})
+            bare = asyncio.run(bare_bulk(s, chunks, n, c))
+            assert bump_all(s) == n
+            emb = Embedder(s, model)
+            c0 = cpu_s()
+            rep = asyncio.run(sync_once(s, embedder=emb))
+            cpu = cpu_s() - c0
+            emb.close()
+            assert rep.indexed == n and rep.encoded == 0, rep
+            sync[str(c)] = {
+                "changes_per_s": round(rep.seen / rep.took_s, 1),
+                "sync_s": round(rep.took_s, 2),
+                "bare_s": round(bare, 2),
+                "ratio": round(bare / rep.took_s, 3),
+                "cpu_ms_per_change": round(cpu / n * 1e3, 3),
+            }
+            log(f"sync c={c}: {sync[str(c)]}")
+        result["sync"] = sync
     finally:
-        os_client = clients.opensearch(settings)
-        os_client.indices.delete(index=f"{settings.index_alias}*", ignore_unavailable=True)
-        os_client.close()
-        mongo = clients.mongo(settings)
-        mongo.drop_database(settings.mongo_db)
-        mongo.close()
+        osc = clients.opensearch(base)
+        osc.indices.delete(index=f"{base.index_alias}*", ignore_unavailable=True)
+        osc.close()
+        with clients.mongo(base) as mc:
+            mc.drop_database(base.mongo_db)
 
-    result = {
-        "n": n,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "load_avg_1m": os.getloadavg()[0],
-        "bare_encode_docs_per_s": round(bare_dps, 1),
-        "bare_encode_s": round(bare_s, 2),
-        "reindex_cold_docs_per_s": round(cold.docs_per_s, 1),
-        "reindex_cold_s": round(cold.took_s, 2),
-        "reindex_cold_encode_s": round(cold.encode_s, 2),
-        "reindex_cold_rest_s": round(cold.took_s - cold.encode_s, 2),
-        "cold_vs_bare": round(cold.docs_per_s / bare_dps, 3),
-        "reindex_warm_docs_per_s_median": round(statistics.median(warm), 1),
-        "reindex_warm_runs": [round(x, 1) for x in warm],
-        "reindex_warm_s_median": round(statistics.median(warm_s), 2),
-        "warm_prefetch_s_median": round(statistics.median(prefetch_s), 2),
-        "bare_bulk_refresh_s": round(bulk_s, 2),
-        "bare_bulk_docs_per_s": round(n / bulk_s, 1),
-        "bare_items_read_s": round(read_s, 2),
-        "warm_vs_bare_bulk": round(statistics.median(warm) / (n / bulk_s), 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "targets": {"cold_vs_bare": 0.8, "warm_docs_per_s": 3000},
-    }
+    result.update(
+        machine={"cpus": os.cpu_count(), "python": platform.python_version()},
+        load_before=[round(x, 2) for x in load_before],
+        load_after=[round(x, 2) for x in os.getloadavg()],
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        targets={"warm_vs_bare": 0.8, "cold_vs_bare_encode": 0.8, "sync_vs_bare": 0.7},
+    )
     RESULTS.parent.mkdir(exist_ok=True)
-    key = "full" if args.full else str(n)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    old[key] = result
+    old = {k: v for k, v in old.items() if k.isdigit()}  # earlier layouts are dropped
+    old[str(n)] = result
+    small, large = old.get("10000"), old.get("100000")
+    if small and large:
+        for c in set(small["warm"]) & set(large["warm"]):
+            ratio = large["warm"][c]["reindex_s_median"] / small["warm"][c]["reindex_s_median"]
+            log(f"100k/10k warm time at c={c}: {ratio:.2f} (target <= 11)")
     RESULTS.write_text(json.dumps(old, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

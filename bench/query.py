@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from opensearchpy import helpers
 
-from opendisco import clients, index_templates, load_settings
+from opendisco import Surface, clients, index_templates, load_settings
 from opendisco._settings import Settings
 from opendisco.queries import CandidateRequest, generate_candidates
 from opendisco.signals import ExposureStore
@@ -39,7 +39,7 @@ from opendisco.signals import ExposureStore
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "query.json"
 README = ROOT / "README.md"
-SURFACES = ("for_you", "similar", "search", "cold_start", "trending")
+SURFACES = [s.value for s in Surface]
 LEVELS = (1, 8)
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

@@ -12,12 +12,20 @@ from pathlib import Path
 import click
 
 from opendisco import clients
-from opendisco._exceptions import StoreBackendError
+from opendisco._backend import backend_errors
 from opendisco._settings import Settings
+from opendisco.api import (
+    MULTIPROC_ENV,
+    SETTINGS_ENV,
+    create_app,
+    create_key,
+    list_keys,
+    revoke_key,
+)
 
 from ._base import OpenDiscoGroup, pass_settings
 
-__all__ = ["apikeys_cmd", "register", "serve_cmd"]
+__all__ = ["apikeys_cmd", "serve_cmd"]
 
 
 @click.command("serve")
@@ -37,8 +45,6 @@ def serve_cmd(
 ) -> None:
     """Serve the discovery API with uvicorn (OpenAPI at /docs and /openapi.json)."""
     import uvicorn
-
-    from opendisco.api import SETTINGS_ENV, create_app  # FastAPI, torch: only when serving
 
     settings = settings.model_copy(
         update={
@@ -72,8 +78,6 @@ def _multiprocess_metrics(settings: Settings) -> Iterator[None]:
     """A fresh prometheus-client multiprocess directory for this run (the workers inherit it
     through the environment; removed when the server stops). Directories left by servers that
     died without stopping (``serve-<pid>-*`` of a pid no longer running) are removed first."""
-    from opendisco.api import MULTIPROC_ENV
-
     root = settings.state_dir / "api-metrics"
     root.mkdir(parents=True, exist_ok=True)
     for old in root.glob("serve-*"):
@@ -122,14 +126,8 @@ def _db(settings: Settings):  # type: ignore[no-untyped-def]
 @pass_settings
 def create(settings: Settings, name: str, scopes: tuple[str, ...], rate: float | None) -> None:
     """Create a key and print it once (only its salted hash is stored)."""
-    from pymongo.errors import PyMongoError
-
-    from opendisco.api import create_key
-
-    try:
+    with backend_errors("could not store the key"):
         plaintext, doc = create_key(_db(settings), name, scopes, rate)
-    except PyMongoError as exc:
-        raise StoreBackendError(f"could not store the key: {exc}") from exc
     click.echo(f"key id: {doc['_id']}  scopes: {','.join(doc['scopes'])}", err=True)
     click.echo("store this key now; it cannot be shown again:", err=True)
     click.echo(plaintext)
@@ -140,7 +138,6 @@ def create(settings: Settings, name: str, scopes: tuple[str, ...], rate: float |
 @pass_settings
 def revoke(settings: Settings, key_id: str) -> None:
     """Revoke a key by its id (the part after ``odk_``)."""
-    from opendisco.api import revoke_key
 
     if not revoke_key(_db(settings), key_id):
         raise click.ClickException(f"no active key with id {key_id}")
@@ -151,7 +148,6 @@ def revoke(settings: Settings, key_id: str) -> None:
 @pass_settings
 def list_cmd(settings: Settings) -> None:
     """List keys (id, name, scopes, state); secrets are never shown."""
-    from opendisco.api import list_keys
 
     for doc in list_keys(_db(settings)):
         state = "revoked" if doc.get("revoked") else "active"
@@ -160,8 +156,3 @@ def list_cmd(settings: Settings) -> None:
             f"{doc['_id']}  {state:7}  {','.join(doc.get('scopes', [])):16}  "
             f"{rate:g}/s  {doc.get('name', '')}"
         )
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(serve_cmd)
-    cli.add_command(apikeys_cmd)

@@ -9,7 +9,7 @@ import click
 from opendisco._exceptions import ConfigError, InvalidInput, OpenDiscoError
 from opendisco._settings import Settings
 
-__all__ = ["OpenDiscoGroup", "pass_settings"]
+__all__ = ["DefaultGroup", "OpenDiscoGroup", "pass_settings"]
 
 
 class OpenDiscoGroup(click.Group):
@@ -25,3 +25,18 @@ class OpenDiscoGroup(click.Group):
 
 
 pass_settings = click.make_pass_decorator(Settings, ensure=False)
+
+
+class DefaultGroup(OpenDiscoGroup):
+    """A group that runs ``default`` when the first argument names none of its commands, so a
+    command that became a group keeps its old form (``opendisco train --movielens DIR`` is
+    ``opendisco train als --movielens DIR``)."""
+
+    def __init__(self, *args: Any, default: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)

@@ -11,18 +11,27 @@ import asyncio
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 import httpx
+from rich.console import Console
+from rich.table import Table
 
 from opendisco import clients
 from opendisco._exceptions import ServiceError, ServiceTimeout
 from opendisco._settings import Settings
+from opendisco.api import create_key
+from opendisco.ingest import generate_marketplace, write_sample
+from opendisco.services import services
+from opendisco.services._process import read_pid, spawn, stop_pid, tail, wait_until
+from opendisco.serving import Discovery
 
 from ._base import pass_settings
+from ._ingest import reindex_cmd
 
-__all__ = ["api_pid_file", "register"]
+__all__ = ["api_pid_file", "demo_cmd"]
 
 
 def api_pid_file(settings: Settings) -> Any:
@@ -30,9 +39,6 @@ def api_pid_file(settings: Settings) -> Any:
 
 
 def _table(title: str, recs: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{title}  [dim]({recs.surface}, {recs.version})[/]")
     for col in ("#", "id", "title", "tags", "score", "sources"):
         table.add_column(col, overflow="fold")
@@ -50,10 +56,6 @@ def _table(title: str, recs: Any) -> None:
 
 
 async def _show(settings: Settings, k: int) -> None:
-    from datetime import UTC, datetime
-
-    from opendisco.serving import Discovery
-
     os_client = clients.async_opensearch(settings)
     motor = clients.motor(settings)
     try:
@@ -85,8 +87,6 @@ async def _show(settings: Settings, k: int) -> None:
 
 
 def _start_api(settings: Settings) -> str:
-    from opendisco.services._process import read_pid, spawn, stop_pid, tail, wait_until
-
     url = f"http://{settings.api_host}:{settings.api_port}"
     pid_file = api_pid_file(settings)
     log_file = settings.state_dir / "logs" / "api.log"
@@ -124,11 +124,6 @@ def _start_api(settings: Settings) -> str:
 @pass_settings
 def demo_cmd(settings: Settings, size: int, k: int, api: bool) -> None:
     """Services up, sample data, reindex, recommendations printed, API up."""
-    from opendisco.api import create_key
-    from opendisco.ingest import generate_marketplace, write_sample
-    from opendisco.services import services
-
-    from ._ingest import reindex_cmd
 
     t0 = time.perf_counter()
     click.secho("1/5 services", bold=True)
@@ -155,7 +150,3 @@ def demo_cmd(settings: Settings, size: int, k: int, api: bool) -> None:
     click.echo("  try:")
     click.echo(f"    curl -s -H 'X-API-Key: {key}' '{url}/v1/users/u1/recommendations?k=5'")
     click.echo(f"done in {time.perf_counter() - t0:.0f}s")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(demo_cmd)

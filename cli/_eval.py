@@ -7,17 +7,39 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from opendisco._settings import Settings
+from opendisco.eval import evaluate, learn_ranker, resolve_dataset, time_split
+from opendisco.eval._compare import (
+    baseline_objective,
+    fit_baselines,
+    namespaced,
+    sample_users,
+    served_objective,
+)
+from opendisco.eval._served import ServedRecommender
+from opendisco.eval._served import replay as do_replay
+from opendisco.eval._tune import (
+    SPACES,
+    current_version,
+    html_report,
+    now_iso,
+    plot_trials,
+    run_study,
+    served_defaults,
+    split_params,
+    write_version,
+)
 
-from ._base import pass_settings
+from ._base import DefaultGroup, pass_settings
+from ._offpolicy import offpolicy_cmd
 
-__all__ = ["register"]
+__all__ = ["eval_group", "tune_cmd"]
 
 
 def _progress(total: int, label: str) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=True
     )
@@ -36,7 +58,13 @@ def _dataset_spec(ctx: click.Context, param: click.Parameter, value: str) -> str
     return value
 
 
-@click.command("eval")
+@click.group("eval", cls=DefaultGroup, default="run")
+def eval_group() -> None:
+    """Offline evaluation: `run` (time-split evaluation against baselines, the default) and
+    `offpolicy MODEL` (a candidate model's value from explored served lists)."""
+
+
+@eval_group.command("run")
 @click.option(
     "--dataset",
     "dataset_path",
@@ -84,6 +112,13 @@ def _dataset_spec(ctx: click.Context, param: click.Parameter, value: str) -> str
     help="Directory for eval.json and eval.md.",
 )
 @click.option("--ease-items", default=3000, show_default=True, help="Items modelled by EASE.")
+@click.option(
+    "--ltr/--no-ltr",
+    default=True,
+    show_default=True,
+    help="Served: also learn a ranker from lists served on the validation stage and score "
+    "the test stage with it (`served+ltr`; skipped when the settings name a model_file).",
+)
 @pass_settings
 def eval_cmd(
     settings: Settings,
@@ -99,6 +134,7 @@ def eval_cmd(
     namespace: str | None,
     out_dir: Path,
     ease_items: int,
+    ltr: bool,
 ) -> None:
     """Time-split offline evaluation: baselines and the served pipeline, one table.
 
@@ -108,12 +144,6 @@ def eval_cmd(
     marketplace (seeded likes between two-sided-eligible members, a few popular profiles
     attracting most of them): watch coverage and the Gini of impressions there.
     """
-    from rich.console import Console
-
-    from opendisco.eval import evaluate, resolve_dataset, time_split
-    from opendisco.eval._compare import fit_baselines, namespaced, sample_users
-    from opendisco.eval._served import ServedRecommender
-    from opendisco.eval._served import replay as do_replay
 
     console = Console(width=160) if not Console().is_terminal else Console()
     data = resolve_dataset(dataset_path)
@@ -146,6 +176,16 @@ def eval_cmd(
             )
             info["replay"] = rep.__dict__
         models["served"] = model
+        if ltr and settings.model_file is None:
+            # the learning loop on the validation stage; the test stage scored with its model
+            path, ltr_report = learn_ranker(
+                namespaced(settings, f"{namespace}ltr"), data, split, out_dir / "models", k=k
+            )
+            info["ltr"] = {key: v for key, v in ltr_report.items() if key != "importance"}
+            info["ltr_model"] = str(path)
+            models["served+ltr"] = ServedRecommender(
+                ns_settings.model_copy(update={"model_file": path})
+            )
     progress = _progress(len(uidx) * len(models), "scoring")
     with progress:
         task = progress.add_task("scoring", total=len(uidx) * len(models))
@@ -216,24 +256,6 @@ def tune_cmd(
     out_dir: Path,
 ) -> None:
     """Optuna search on the validation split; best params written as a new version."""
-    from opendisco.eval import resolve_dataset, time_split
-    from opendisco.eval._compare import (
-        baseline_objective,
-        namespaced,
-        sample_users,
-        served_objective,
-    )
-    from opendisco.eval._served import replay as do_replay
-    from opendisco.eval._tune import (
-        SPACES,
-        current_version,
-        html_report,
-        now_iso,
-        plot_trials,
-        run_study,
-        served_defaults,
-        write_version,
-    )
 
     data = resolve_dataset(dataset_path)
     split = time_split(data)
@@ -272,7 +294,6 @@ def tune_cmd(
             start=start,
             callback=lambda n, v: bar.update(1),
         )
-    from opendisco.eval._tune import split_params
 
     template, rerank, other = split_params(result.best_params)
     payload = {
@@ -316,6 +337,4 @@ def tune_cmd(
     click.echo(f"wrote {path}, {png}, {report}")
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(eval_cmd)
-    cli.add_command(tune_cmd)
+eval_group.add_command(offpolicy_cmd)

@@ -4,37 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from opendisco._settings import Settings
+from opendisco.ingest import (
+    Syncer,
+    generate_marketplace,
+    load_movielens,
+    reindex,
+    run_sync,
+    sync_once,
+    verify,
+    write_sample,
+)
 
-from ._base import OpenDiscoGroup, pass_settings
+from ._base import pass_settings
 
-__all__ = ["register"]
+__all__ = ["reindex_cmd", "sample_cmd", "sync_cmd", "verify_cmd"]
 
 
 def _progress(label: str) -> tuple[Any, Any]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     class Rate(TextColumn):
         def __init__(self) -> None:
             super().__init__("")
 
         def render(self, task: Any) -> Any:
-            from rich.text import Text
-
             speed = task.finished_speed or task.speed
             return Text(f"{speed:,.0f} docs/s" if speed else "… docs/s")
 
@@ -53,59 +62,15 @@ def _progress(label: str) -> tuple[Any, Any]:
     return bar, task
 
 
-@click.group("templates", cls=OpenDiscoGroup)
-def templates_cmd() -> None:
-    """Index templates kept in index_templates/*.json."""
-
-
-@templates_cmd.command("apply")
-@click.option("--dry-run", is_flag=True, help="Only print the diff against the cluster.")
-@pass_settings
-def templates_apply(settings: Settings, dry_run: bool) -> None:
-    """Put index templates that differ from the cluster (idempotent); print the diff."""
-    from opendisco import clients
-    from opendisco.ingest import apply_templates
-
-    async def main() -> list[Any]:
-        client = clients.async_opensearch(settings)
-        try:
-            return await apply_templates(settings, client, dry_run=dry_run)
-        finally:
-            await client.close()
-
-    for plan in asyncio.run(main()):
-        if plan.changed:
-            verb = "would update" if dry_run else "updated"
-            if not plan.exists:
-                verb = "would create" if dry_run else "created"
-            click.echo(f"{plan.name}: {verb}")
-            click.echo(plan.diff, nl=False)
-        else:
-            click.echo(f"{plan.name}: up to date")
-        if plan.live_added:
-            click.echo(
-                f"{plan.live_index}: mapped new fields in place: {', '.join(plan.live_added)}"
-            )
-        if plan.live_index:
-            if plan.live_diff:
-                click.echo(
-                    f"{plan.live_index} (behind the alias) differs; run `opendisco reindex`:"
-                )
-                click.echo(plan.live_diff, nl=False)
-            else:
-                click.echo(f"{plan.live_index} (behind the alias) matches")
-
-
 @click.command("reindex")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @pass_settings
 def reindex_cmd(settings: Settings, quiet: bool) -> None:
     """Rebuild the items index from MongoDB and swap the read alias atomically."""
-    from opendisco.ingest import reindex
 
     bar, task = _progress("reindex") if not quiet else (None, None)
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int | None) -> None:
         if bar is not None:
             bar.update(task, completed=done, total=total)
 
@@ -125,18 +90,40 @@ def reindex_cmd(settings: Settings, quiet: bool) -> None:
 
 
 @click.command("sync")
-@click.option("--once", is_flag=True, help="Catch up once and exit.")
+@click.option("--once", is_flag=True, help="Catch up once over every partition and exit.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Log level of the worker's log (stderr): leases, backoff, health, repairs.",
+)
 @pass_settings
-def sync_cmd(settings: Settings, once: bool) -> None:
-    """Stream MongoDB changes into the alias (change streams, or watermark polling)."""
-    from opendisco.ingest import run_sync, sync_once
+def sync_cmd(settings: Settings, once: bool, log_level: str) -> None:
+    """Stream MongoDB changes into the alias (change streams, or watermark polling).
+
+    Several workers may run at once: they split the partitions of the feed under leases.
+    A worker never exits on a backend error (it backs off and retries); it exits on a
+    configuration error (no alias: run `opendisco reindex` first).
+    """
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
 
     def show(report: Any) -> None:
         click.echo(
-            f"[{report.mode}] {report.changes} changes: {report.indexed} indexed, "
-            f"{report.deleted} deleted, {report.conflicts} newer-already, "
-            f"{report.dead_lettered} dead-lettered, {report.encoded} encoded"
+            f"[{report.mode} p{','.join(map(str, report.partitions))}] {report.changes} "
+            f"changes: {report.indexed} indexed, {report.deleted} deleted, {report.conflicts} "
+            f"newer-already, {report.dead_lettered} dead-lettered, {report.encoded} encoded"
+            + (f"; partitions held elsewhere: {report.skipped}" if report.skipped else "")
         )
+
+    def reconciled(report: Any) -> None:
+        if report.repairs:
+            click.echo(_reconcile_line(report))
 
     if once:
         show(asyncio.run(sync_once(settings)))
@@ -147,19 +134,50 @@ def sync_cmd(settings: Settings, once: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_sync(settings, stop=stop, on_report=show)
+        await run_sync(settings, stop=stop, on_report=show, on_reconcile=reconciled)
 
     click.echo(f"syncing {settings.mongo_db}.{settings.items_collection} -> {settings.index_alias}")
     asyncio.run(main())
 
 
+def _reconcile_line(report: Any) -> str:
+    return (
+        f"reconciled: {report.missing} missing, {report.behind} behind, {report.gone} "
+        f"hard-deleted, {report.unversioned} without a version, {report.ahead} ahead (left); "
+        f"{report.indexed} indexed, {report.deleted} deleted, {report.dead_lettered} "
+        f"dead-lettered in {report.took_s:.1f}s"
+    )
+
+
 @click.command("verify")
 @click.option("--show", default=10, show_default=True, help="Ids listed per kind of difference.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="First reconcile MongoDB and the index (hard deletes, backdated writes, missing or "
+    "stale documents) over every partition no sync worker holds, then verify.",
+)
 @pass_settings
-def verify_cmd(settings: Settings, show: int) -> None:
+def verify_cmd(settings: Settings, show: int, repair: bool) -> None:
     """Compare MongoDB and the alias by ids, versions, content hashes; exit 1 on differences."""
-    from opendisco.ingest import verify
 
+    if repair:
+
+        async def fix() -> Any:
+            syncer = Syncer(settings)
+            try:
+                await syncer.check()
+                return await syncer.reconcile(take_all=True)
+            finally:
+                await syncer.close()
+
+        repaired = asyncio.run(fix())
+        click.echo(_reconcile_line(repaired))
+        skipped = sorted(set(range(settings.sync_partitions)) - set(repaired.partitions))
+        if skipped:
+            click.echo(
+                f"  partitions held by running sync workers (they reconcile them): {skipped}"
+            )
     report = asyncio.run(verify(settings))
     click.echo(report.summary())
     for name in ("missing", "extra", "stale", "mismatched"):
@@ -181,7 +199,6 @@ def verify_cmd(settings: Settings, show: int) -> None:
 @pass_settings
 def sample_cmd(settings: Settings, size: int, seed: int, movielens: Path | None) -> None:
     """Write a seeded synthetic marketplace (or MovieLens) into MongoDB."""
-    from opendisco.ingest import generate_marketplace, load_movielens, write_sample
 
     if movielens is not None:
         data = load_movielens(movielens)
@@ -196,13 +213,3 @@ def sample_cmd(settings: Settings, size: int, seed: int, movielens: Path | None)
         f"{settings.mongo_db}.{settings.items_collection}: {counts['items']} items, "
         f"{counts['users']} users written"
     )
-
-
-def register(cli: click.Group) -> None:
-    existing = cli.commands.get("templates")
-    if existing is None:
-        cli.add_command(templates_cmd)
-    elif isinstance(existing, click.Group) and "apply" not in existing.commands:
-        existing.add_command(templates_apply)
-    for cmd in (reindex_cmd, sync_cmd, verify_cmd, sample_cmd):
-        cli.add_command(cmd)

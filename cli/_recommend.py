@@ -28,7 +28,7 @@ from opendisco.serving import MAX_K, Discovery, Recommendations
 from ._base import pass_settings
 from ._templates import abbreviate
 
-__all__ = ["register"]
+__all__ = ["recommend_cmd", "similar_cmd"]
 
 
 def _print(cs: CandidateSet, title: str, explain: bool, show: int) -> None:
@@ -220,8 +220,3 @@ def similar_cmd(
         ),
     )
     _print_served(recs, f"similar to {item_id}", explain)
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(recommend_cmd)
-    cli.add_command(similar_cmd)

@@ -6,8 +6,10 @@ import click
 
 from opendisco._settings import Settings
 from opendisco.services import services
+from opendisco.services._process import stop_pid, tail
 
 from ._base import OpenDiscoGroup, pass_settings
+from ._demo import api_pid_file
 
 __all__ = ["services_cmd"]
 
@@ -29,9 +31,6 @@ def up(settings: Settings) -> None:
 @pass_settings
 def down(settings: Settings) -> None:
     """Stop both servers (and a demo API), SIGTERM then SIGKILL; no process is left behind."""
-    from opendisco.services._process import stop_pid
-
-    from ._demo import api_pid_file
 
     if stop_pid(api_pid_file(settings), grace=10):
         click.echo("api: stopped")
@@ -59,7 +58,6 @@ def status(settings: Settings) -> None:
 @pass_settings
 def logs(settings: Settings, name: str | None, lines: int) -> None:
     """Print the tail of a server's log."""
-    from opendisco.services._process import tail
 
     for svc in services(settings):
         if name in (None, svc.name):

@@ -8,7 +8,7 @@ from opendisco._settings import Settings
 
 from ._base import pass_settings
 
-__all__ = ["markdown", "register"]
+__all__ = ["markdown", "settings_cmd"]
 
 
 def markdown() -> str:
@@ -41,7 +41,3 @@ def settings_cmd(settings: Settings, as_markdown: bool) -> None:
         return
     for name, value in settings.model_dump().items():
         click.echo(f"{name} = {value}")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(settings_cmd)

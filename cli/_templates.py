@@ -10,11 +10,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from opendisco import clients
+from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
+from opendisco.ingest import apply_templates
+from opendisco.queries import load, render, store_templates, surfaces, validate_templates
 
 from ._base import OpenDiscoGroup, pass_settings
 
-__all__ = ["abbreviate", "register"]
+__all__ = ["abbreviate", "templates_cmd"]
 
 
 def abbreviate(node: Any, max_list: int = 8) -> Any:
@@ -36,7 +40,6 @@ def templates_cmd() -> None:
 @templates_cmd.command("list")
 def templates_list() -> None:
     """Surfaces with their template version and sources (``show --declared`` for params)."""
-    from opendisco.queries import load, surfaces
 
     table = Table("surface", "version", "sources", "params", "doc")
     for s in surfaces():
@@ -51,8 +54,6 @@ def templates_list() -> None:
 @click.option("--declared", is_flag=True, help="Print the parameter declarations instead.")
 def templates_show(surface: str, params_json: str, declared: bool) -> None:
     """Render SURFACE with --params (defaults otherwise) and print the request bodies."""
-    from opendisco._exceptions import InvalidInput
-    from opendisco.queries import load, render
 
     if declared:
         specs = {n: p.describe() for n, p in load(surface).specs.items()}
@@ -71,8 +72,6 @@ def templates_show(surface: str, params_json: str, declared: bool) -> None:
 @pass_settings
 def templates_validate(settings: Settings) -> None:
     """Render every template (every clause on) and run each source against the cluster."""
-    from opendisco import clients
-    from opendisco.queries import validate_templates
 
     async def main() -> list[Any]:
         client = clients.async_opensearch(settings)
@@ -98,8 +97,6 @@ def templates_validate(settings: Settings) -> None:
 @pass_settings
 def templates_store(settings: Settings, prefix: str) -> None:
     """Store every (surface, source) as an OpenSearch mustache search template (_scripts)."""
-    from opendisco import clients
-    from opendisco.queries import store_templates
 
     async def main() -> dict[str, str]:
         client = clients.async_opensearch(settings)
@@ -113,11 +110,37 @@ def templates_store(settings: Settings, prefix: str) -> None:
     click.echo("call with params from opendisco.queries.script_params(surface, params)")
 
 
-def register(cli: click.Group) -> None:
-    existing = cli.commands.get("templates")
-    if existing is None:
-        cli.add_command(templates_cmd)
-        return
-    if isinstance(existing, click.Group):
-        for name, cmd in templates_cmd.commands.items():
-            existing.commands.setdefault(name, cmd)
+@templates_cmd.command("apply")
+@click.option("--dry-run", is_flag=True, help="Only print the diff against the cluster.")
+@pass_settings
+def templates_apply(settings: Settings, dry_run: bool) -> None:
+    """Put index templates that differ from the cluster (idempotent); print the diff."""
+
+    async def main() -> list[Any]:
+        client = clients.async_opensearch(settings)
+        try:
+            return await apply_templates(settings, client, dry_run=dry_run)
+        finally:
+            await client.close()
+
+    for plan in asyncio.run(main()):
+        if plan.changed:
+            verb = "would update" if dry_run else "updated"
+            if not plan.exists:
+                verb = "would create" if dry_run else "created"
+            click.echo(f"{plan.name}: {verb}")
+            click.echo(plan.diff, nl=False)
+        else:
+            click.echo(f"{plan.name}: up to date")
+        if plan.live_added:
+            click.echo(
+                f"{plan.live_index}: mapped new fields in place: {', '.join(plan.live_added)}"
+            )
+        if plan.live_index:
+            if plan.live_diff:
+                click.echo(
+                    f"{plan.live_index} (behind the alias) differs; run `opendisco reindex`:"
+                )
+                click.echo(plan.live_diff, nl=False)
+            else:
+                click.echo(f"{plan.live_index} (behind the alias) matches")

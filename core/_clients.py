@@ -1,7 +1,7 @@
 """Client factories: the only place that knows how to reach OpenSearch, MongoDB and the model.
 
-Each factory is thin and swappable; callers map library errors into the opendisco tree at
-their own I/O boundary.
+Each factory is thin and swappable; library errors are mapped into the opendisco tree by
+``opendisco.backend_errors`` at the I/O boundary.
 """
 
 from __future__ import annotations
@@ -10,12 +10,16 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import orjson
+from motor.motor_asyncio import AsyncIOMotorClient
+from opensearchpy import AsyncOpenSearch, OpenSearch
+from opensearchpy.exceptions import SerializationError
+from opensearchpy.serializer import JSONSerializer
+from pymongo import MongoClient
+
 from ._settings import Settings
 
-if TYPE_CHECKING:
-    from motor.motor_asyncio import AsyncIOMotorClient
-    from opensearchpy import AsyncOpenSearch, OpenSearch
-    from pymongo import MongoClient
+if TYPE_CHECKING:  # torch: loaded by load_model only
     from sentence_transformers import SentenceTransformer
 
 __all__ = [
@@ -29,8 +33,6 @@ __all__ = [
 
 
 def opensearch(settings: Settings, **kwargs: Any) -> OpenSearch:
-    from opensearchpy import OpenSearch
-
     opts: dict[str, Any] = {
         "timeout": settings.opensearch_timeout,
         "http_compress": False,
@@ -46,9 +48,6 @@ def _serializer() -> Any:
     responses are ~0.5 MB per request: parsing them is the API's largest single CPU cost, and
     bulk bodies are the ingest client's); whatever orjson cannot encode natively goes through
     opensearch-py's own ``default`` (numpy scalars, UUID, ...)."""
-    import orjson
-    from opensearchpy.exceptions import SerializationError
-    from opensearchpy.serializer import JSONSerializer
 
     class OrjsonSerializer(JSONSerializer):
         def loads(self, s: Any) -> Any:
@@ -71,24 +70,18 @@ def _serializer() -> Any:
 
 
 def async_opensearch(settings: Settings, **kwargs: Any) -> AsyncOpenSearch:
-    from opensearchpy import AsyncOpenSearch
-
     opts: dict[str, Any] = {"timeout": settings.opensearch_timeout, "serializer": _serializer()}
     opts.update(kwargs)
     return AsyncOpenSearch(hosts=[settings.opensearch_url], **opts)
 
 
 def mongo(settings: Settings, **kwargs: Any) -> MongoClient[dict[str, Any]]:
-    from pymongo import MongoClient
-
     opts: dict[str, Any] = {"serverSelectionTimeoutMS": 5000, "tz_aware": True}
     opts.update(kwargs)
     return MongoClient(settings.mongo_url, **opts)
 
 
 def motor(settings: Settings, **kwargs: Any) -> AsyncIOMotorClient[dict[str, Any]]:
-    from motor.motor_asyncio import AsyncIOMotorClient
-
     opts: dict[str, Any] = {"serverSelectionTimeoutMS": 5000, "tz_aware": True}
     opts.update(kwargs)
     return AsyncIOMotorClient(settings.mongo_url, **opts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError
 from pydantic_settings import (
@@ -95,6 +96,34 @@ class Settings(BaseSettings):
         "(writers whose updated_at lags their commit are still seen).",
     )
     sync_batch_size: int = Field(500, ge=1, description="Changes applied per sync batch.")
+    sync_partitions: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Partitions of the change feed (crc32 of the item id); each is applied by "
+        "one `opendisco sync` worker at a time, under a lease. Changing it starts the new "
+        "layout from the oldest checkpoint of the old one.",
+    )
+    sync_lease_seconds: float = Field(
+        30.0,
+        ge=1.0,
+        description="Lease on a partition: renewed every third of it; a worker that stops "
+        "renewing (killed) loses its partitions to others after this long plus one pass.",
+    )
+    sync_reconcile_interval: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds between reconciliation passes of a sync worker (its partitions: "
+        "MongoDB ids+versions against the index, repairing hard deletes and backdated "
+        "writes the watermark cannot see); 0: never. Such changes are repaired within this "
+        "interval plus one pass.",
+    )
+    sync_backoff_max: float = Field(
+        30.0,
+        gt=0,
+        description="Cap of the backoff between sync retries while a backend is failing "
+        "(sync keeps its checkpoint and never exits on a backend error).",
+    )
     bulk_max_bytes: int = Field(
         8_000_000, ge=10_000, description="Upper bound of one bulk request body (bytes)."
     )
@@ -102,23 +131,11 @@ class Settings(BaseSettings):
         6, ge=0, description="Retries of 429/5xx bulk items (capped exponential backoff)."
     )
     bulk_backoff_max: float = Field(5.0, gt=0, description="Cap of the bulk retry backoff (s).")
-    embed_cache_prefetch_max: int = Field(
-        200_000,
-        ge=0,
-        description="Reindex loads up to this many embedding-cache entries into memory with "
-        "one sequential scan before the build (0: off; per-batch `$in` lookups instead).",
-    )
-    embed_cache_prefetch_page: int = Field(
-        5_000,
-        ge=100,
-        le=8_000,
-        description="Cache entries per keyset page of that scan (one reply each, < 16 MB).",
-    )
-    reindex_read_page: int = Field(
-        5_000,
+    bulk_concurrency: int = Field(
+        2,
         ge=1,
-        description="Items per keyset read of MongoDB during reindex, split into "
-        "bulk_batch_size batches (FerretDB scans the collection once per read).",
+        description="Bulk requests reindex and sync keep in flight at once (each of "
+        "bulk_batch_size documents; the next batch is read and prepared meanwhile).",
     )
 
     # --- serving artifacts --------------------------------------------------------
@@ -132,6 +149,75 @@ class Settings(BaseSettings):
         None,
         description="A ranking model written by `opendisco train ltr` (LightGBM); it replaces "
         "the linear scorer, and refuses to load when its features differ from the reranker's.",
+    )
+    template_files: list[Path] = Field(
+        default_factory=list,
+        description="Query template versions promoted by the playground "
+        "(template-<surface>-v<N>.json), each served instead of its surface's shipped template "
+        "(JSON list in the environment); their sources stay under the shipped hard filter.",
+    )
+
+    # --- relevance playground (/playground) ---------------------------------------
+    playground_dir: Path | None = Field(
+        None,
+        description="Where the playground promotes drafts (params-v<N>.json, "
+        "template-<surface>-v<N>.json); unset: beside params_file, else <state_dir>/versions.",
+    )
+    playground_session_s: int = Field(
+        8 * 3600, ge=60, description="Lifetime of a playground session cookie (s)."
+    )
+    playground_eval_dataset: str = Field(
+        "synthetic:300",
+        description="What the playground's offline evaluation replays and scores, as "
+        "`opendisco eval --dataset`: synthetic[:N] or a MovieLens directory.",
+    )
+    playground_eval_users: int = Field(
+        50, ge=2, le=5000, description="Default user sample of a playground evaluation."
+    )
+    playground_eval_namespace: str | None = Field(
+        None,
+        description="Index alias prefix / Mongo database the playground evaluation replays "
+        "into (default: <mongo_db>-pgeval); never the live namespace.",
+    )
+
+    # --- learning loop: served-list log and exploration ------------------------------
+    served_log: bool = Field(
+        True,
+        description="Log every served list (request id, member, surface, version, the "
+        "candidates' feature rows, shown positions, per-slot propensities) into "
+        "`served_lists` for `opendisco train ltr` and `opendisco eval offpolicy`.",
+    )
+    served_log_rows: int = Field(
+        200,
+        ge=1,
+        description="Feature rows logged per list at most: the shown and exploration-pool rows "
+        "always, then a uniform sample of the other candidates (inclusion probability logged).",
+    )
+    served_log_queue: int = Field(
+        10_000, ge=1, description="Lists queued for the background writer before new ones drop."
+    )
+    served_log_days: float = Field(
+        30.0, gt=0, description="Retention of served lists (TTL index, or a periodic purge)."
+    )
+    explore_rate: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Share of personal requests answered with a randomised ranking "
+        "(Plackett-Luce over the top of the reranked order; per-slot propensities logged).",
+    )
+    explore_pool_factor: float = Field(
+        2.0,
+        ge=1.0,
+        le=10.0,
+        description="An explored page of k items is drawn from the first ceil(factor * k) "
+        "rows of the reranked order.",
+    )
+    explore_sharpness: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="Plackett-Luce weight of pool rank r is (1 + r) ** -sharpness (0: uniform).",
     )
 
     # --- local services -------------------------------------------------------
@@ -260,14 +346,10 @@ class Settings(BaseSettings):
 
     @property
     def opensearch_port(self) -> int:
-        from urllib.parse import urlsplit
-
         return urlsplit(self.opensearch_url).port or 9200
 
     @property
     def mongo_port(self) -> int:
-        from urllib.parse import urlsplit
-
         return urlsplit(self.mongo_url.split(",")[0]).port or 27017
 
     @classmethod

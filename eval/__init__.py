@@ -4,9 +4,11 @@ Pure pieces (readers, the time split, metrics, baselines, the runner) plus the
 :class:`ServedRecommender` adapter that sends the same users through the served pipeline.
 """
 
+from ._ab import ArtifactComparison, PairedDiff, compare_artifacts, paired_difference
 from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender, top_k
 from ._data import POSITIVE_THRESHOLD, Dataset, Ratings, load_dataset, read_movielens
 from ._diagnose import diagnose, stage_recall
+from ._ltr import learn_ranker, log_lists
 from ._metrics import (
     average_precision_at_k,
     catalogue_coverage,
@@ -29,10 +31,12 @@ __all__ = [
     "COLD_USER_MAX",
     "EASE",
     "POSITIVE_THRESHOLD",
+    "ArtifactComparison",
     "Dataset",
     "EvalReport",
     "ModelResult",
     "MostPopular",
+    "PairedDiff",
     "RandomRecommender",
     "Ratings",
     "Recommender",
@@ -44,6 +48,7 @@ __all__ = [
     "accuracy",
     "average_precision_at_k",
     "catalogue_coverage",
+    "compare_artifacts",
     "diagnose",
     "eligible_matrix",
     "evaluate",
@@ -51,10 +56,13 @@ __all__ = [
     "hit_matrix",
     "hit_rate_at_k",
     "impressions",
+    "learn_ranker",
     "like_event",
     "load_dataset",
+    "log_lists",
     "ndcg_at_k",
     "novelty",
+    "paired_difference",
     "read_movielens",
     "recall_at_k",
     "replay",

@@ -9,7 +9,9 @@ import numpy as np
 
 from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender
 from ._runner import evaluate
+from ._served import ServedRecommender
 from ._split import Split
+from ._tune import split_params
 
 __all__ = [
     "EASE_LAMBDAS",
@@ -113,8 +115,6 @@ def served_objective(
     surface: str = "for_you",
 ) -> Any:
     """``params -> validation NDCG@k`` through the served pipeline (replayed validation data)."""
-    from ._served import ServedRecommender
-    from ._tune import split_params
 
     stage = split.stage("validation")
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from opendisco.ingest import load_movielens
+
 __all__ = ["POSITIVE_THRESHOLD", "Dataset", "Ratings", "load_dataset", "read_movielens"]
 
 #: A rating at or above this value is a positive interaction (MovieLens 0.5-5 stars).
@@ -77,7 +79,6 @@ def _unix(value: Any) -> int:
 
 def load_dataset(path: str | Path) -> Dataset:
     """The MovieLens directory at ``path`` (ml-latest-small or ml-100k layout)."""
-    from opendisco.ingest import load_movielens
 
     path = Path(path)
     data = load_movielens(path, derived=False)  # no item field learnt from held-out ratings

@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from . import _metrics as m
 from ._protocol import Recommender
 from ._split import Stage
 
-__all__ = ["EvalReport", "ModelResult", "accuracy", "evaluate"]
+__all__ = ["EvalReport", "ModelResult", "accuracy", "evaluate", "per_user_accuracy"]
 
 ACCURACY = ("recall", "ndcg", "map", "hitrate")
 
@@ -33,6 +34,9 @@ class ModelResult:
     metrics: dict[str, float]
     slices: dict[str, dict[str, float]]
     latency: dict[str, Any] = field(default_factory=dict)
+    #: accuracy metric -> its value for each scored user, in the order of the users scored
+    #: (paired comparisons of two models: ``opendisco.eval.paired_difference``)
+    per_user: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,8 +107,6 @@ class EvalReport:
         return "\n".join(lines) + "\n\n" + self.notes() + "\n"
 
     def rich_table(self) -> Any:
-        from rich.table import Table
-
         table = Table(title=f"opendisco eval: {self.dataset} ({self.stage}, K={self.k})")
         table.add_column("model", style="bold")
         short = {
@@ -127,16 +129,23 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
 
 
+def per_user_accuracy(
+    hits: np.ndarray, targets: Sequence[np.ndarray], k: int
+) -> dict[str, np.ndarray]:
+    """Recall/NDCG/MAP/HitRate@k of every row of ``hits``."""
+    return {
+        f"recall@{k}": m.recall_at_k(hits, targets, k),
+        f"ndcg@{k}": m.ndcg_at_k(hits, targets, k),
+        f"map@{k}": m.average_precision_at_k(hits, targets, k),
+        f"hitrate@{k}": m.hit_rate_at_k(hits, k),
+    }
+
+
 def accuracy(hits: np.ndarray, targets: Sequence[np.ndarray], k: int) -> dict[str, float]:
     """Mean Recall/NDCG/MAP/HitRate@k over the rows of ``hits``."""
     if len(targets) == 0:
         return {f"{a}@{k}": float("nan") for a in ACCURACY}
-    return {
-        f"recall@{k}": float(m.recall_at_k(hits, targets, k).mean()),
-        f"ndcg@{k}": float(m.ndcg_at_k(hits, targets, k).mean()),
-        f"map@{k}": float(m.average_precision_at_k(hits, targets, k).mean()),
-        f"hitrate@{k}": float(m.hit_rate_at_k(hits, k).mean()),
-    }
+    return {name: float(v.mean()) for name, v in per_user_accuracy(hits, targets, k).items()}
 
 
 def _to_indices(
@@ -169,8 +178,10 @@ def evaluate(
     dataset: str = "",
     split_info: Mapping[str, Any] | None = None,
     progress: Callable[[str, int], None] | None = None,
+    per_user: bool = True,
 ) -> EvalReport:
-    """Score every model on ``stage`` (its evaluable users, or the ``users`` indices given)."""
+    """Score every model on ``stage`` (its evaluable users, or the ``users`` indices given);
+    ``per_user`` keeps every user's accuracy values (:attr:`ModelResult.per_user`)."""
     if not isinstance(models, Mapping):
         models = {getattr(mod, "name", type(mod).__name__): mod for mod in models}
     uidx = np.asarray(stage.evaluable if users is None else users, dtype=np.int64)
@@ -228,5 +239,10 @@ def evaluate(
                 p99_ms=float(np.percentile(lat, 99)),
                 mean_ms=float(np.mean(lat)),
             )
-        results.append(ModelResult(name, len(uidx), metrics, slices, latency))
+        rows = (
+            {a: v.tolist() for a, v in per_user_accuracy(hits, targets, k).items()}
+            if per_user and len(targets)
+            else {}
+        )
+        results.append(ModelResult(name, len(uidx), metrics, slices, latency, rows))
     return EvalReport(dataset, stage.name, k, dict(split_info or {}), results)

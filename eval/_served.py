@@ -242,10 +242,11 @@ def rebase(timestamps: np.ndarray, now: datetime, *, step_s: int = 60) -> list[d
 class ServedRecommender:
     """``Discovery.recommend`` behind the :class:`Recommender` protocol (one request per user).
 
-    By default the pipeline serves what the settings name (``params_file``, ``model_file``),
-    exactly as the API does; ``params`` (template parameter overrides) and ``rerank`` (a
-    ``RerankConfig`` mapping, merged over the defaults) replace the params file — what
-    ``tune`` trials use.
+    By default the pipeline serves what the settings name (``params_file``, ``model_file``,
+    ``template_files``), exactly as the API does; ``params`` (template parameter overrides) and
+    ``rerank`` (a ``RerankConfig`` mapping, merged over the defaults) replace the params file —
+    what ``tune`` trials use; ``artifacts`` serves those artifacts as they are (the
+    playground's current and draft).
     """
 
     name = "served"
@@ -257,14 +258,20 @@ class ServedRecommender:
         surface: str = "for_you",
         params: Mapping[str, Any] | None = None,
         rerank: Mapping[str, Any] | None = None,
+        artifacts: Artifacts | None = None,
         concurrency: int = 1,
     ) -> None:
-        self.settings = settings
+        # the evaluated policy is the deterministic one: no explored answers
+        self.settings = settings.model_copy(update={"explore_rate": 0.0})
         self.surface = surface
         self.concurrency = concurrency
         self.latencies_ms: list[float] = []
         self.degraded = 0
-        self.artifacts = Artifacts.from_settings(settings, params=params, rerank=rerank)
+        self.artifacts = (
+            artifacts
+            if artifacts is not None
+            else Artifacts.from_settings(settings, params=params, rerank=rerank)
+        )
 
     def recommend_batch(
         self, user_ids: Sequence[str], k: int, exclude: Sequence[Collection[str]]
@@ -296,9 +303,11 @@ class ServedRecommender:
                 self.degraded += int(recs.degraded)
                 return [r.id for r in recs.items]
 
-            return list(
+            lists = list(
                 await asyncio.gather(*(one(u, ex) for u, ex in zip(user_ids, exclude, strict=True)))
             )
+            await discovery.drain()  # the served-list log, before the clients close
+            return lists
         finally:
             motor.close()
             await os_client.close()

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from opendisco._exceptions import InvalidInput
+from opendisco.ingest import generate_marketplace
 
-from ._data import Dataset, Ratings
+from ._data import Dataset, Ratings, load_dataset
 
 __all__ = [
     "DEFAULT_SYNTHETIC_N",
@@ -79,7 +80,6 @@ def synthetic_dataset(n: int, seed: int = 7, likes_per_user: int = 12) -> Datase
     """``n`` marketplace members and their seeded likes (module docstring), as a Dataset."""
     if n < 2 or likes_per_user < 1:
         raise InvalidInput("synthetic_dataset needs n >= 2 and likes_per_user >= 1")
-    from opendisco.ingest import generate_marketplace
 
     items, users = generate_marketplace(n, seed)
     eligible = eligible_matrix(items, users)
@@ -123,7 +123,6 @@ def synthetic_dataset(n: int, seed: int = 7, likes_per_user: int = 12) -> Datase
 
 def resolve_dataset(spec: str) -> Dataset:
     """``synthetic`` / ``synthetic:N`` → :func:`synthetic_dataset`; anything else a path."""
-    from ._data import load_dataset
 
     if spec == "synthetic" or spec.startswith("synthetic:"):
         _, _, size = spec.partition(":")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +23,10 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
+
+from opendisco._versions import latest_version, write_next_version
+from opendisco.queries import load
+from opendisco.rerank import RerankConfig
 
 __all__ = [
     "SPACES",
@@ -102,17 +105,9 @@ def split_params(flat: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return template, rerank, other
 
 
-_VERSION = re.compile(r"^params-v(\d+)\.json$")
-
-
 def current_version(out_dir: Path) -> tuple[int, dict[str, Any] | None]:
     """Highest ``params-v<N>.json`` in ``out_dir`` and its content (0, None when none)."""
-    best = 0
-    if out_dir.is_dir():
-        for path in out_dir.iterdir():
-            m = _VERSION.match(path.name)
-            if m:
-                best = max(best, int(m.group(1)))
+    best = latest_version(out_dir, "params", ".json")
     if best == 0:
         return 0, None
     return best, json.loads((out_dir / f"params-v{best}.json").read_text())
@@ -120,17 +115,12 @@ def current_version(out_dir: Path) -> tuple[int, dict[str, Any] | None]:
 
 def write_version(out_dir: Path, payload: Mapping[str, Any]) -> Path:
     """Write ``payload`` as the next ``params-v<N>.json``; never overwrites a file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    while True:
-        version = current_version(out_dir)[0] + 1
-        path = out_dir / f"params-v{version}.json"
-        try:
-            with path.open("x", encoding="utf-8") as fh:
-                json.dump({"version": version, **payload}, fh, indent=2, default=str)
-                fh.write("\n")
-            return path
-        except FileExistsError:  # a concurrent writer took this number
-            continue
+
+    def write(fh: Any, version: int) -> None:
+        json.dump({"version": version, **payload}, fh, indent=2, default=str)
+        fh.write("\n")
+
+    return write_next_version(out_dir, "params", ".json", write)
 
 
 @dataclass
@@ -146,8 +136,6 @@ class TuneResult:
 def served_defaults(surface: str = "for_you") -> dict[str, Any]:
     """The shipped value of every ``SPACES["served"]`` parameter (template specs of
     ``surface`` and ``RerankConfig()``), so tuning's trial 0 is what is served today."""
-    from opendisco.queries import load
-    from opendisco.rerank import RerankConfig
 
     specs = load(surface).specs
     config = RerankConfig().get_config()

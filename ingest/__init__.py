@@ -3,8 +3,16 @@
 Items only: what members do (events, user state, graphs, counters) is ``opendisco.signals``.
 """
 
-from ._apply import ApplyStats, Prepared, prepare
-from ._bulk import Action, BulkResult, BulkWriter, backoff_delay, chunk_actions, classify
+from ._apply import Applied, Counters, Prepared, prepare
+from ._bulk import (
+    Action,
+    BulkResult,
+    BulkWriter,
+    backoff_delay,
+    chunk_actions,
+    classify,
+    encode_action,
+)
 from ._document import build_index_doc, content_hash, embedding_text, text_key, to_index_doc
 from ._embed import CACHE_COLLECTION, Embedder, EmbeddingCache, MemoryCache, MongoCache
 from ._feed import (
@@ -17,22 +25,22 @@ from ._feed import (
     open_feed,
     seed_resume_token,
 )
-from ._movielens import MovieLensData, load_movielens
-from ._packed import PACKED_FIELD, pack_vectors, unpack_vectors
-from ._reindex import (
-    PREFETCH_RATIO,
-    ReindexReport,
+from ._indices import (
     alias_targets,
     cleanup_partial,
     new_index_name,
-    reindex,
     swap_alias,
     versioned_indices,
 )
+from ._movielens import MovieLensData, load_movielens
+from ._packed import PACKED_FIELD, pack_vectors, unpack_vectors
+from ._partitions import PartitionLeases, partition_of
+from ._reconcile import ReconcileReport, reconcile
+from ._reindex import ReindexReport, reindex
 from ._sample import generate_marketplace, write_sample
 from ._schema import ITEM_FIELDS, KINDS, validate_item
 from ._store import DEAD_LETTERS, SYNC_STATE, items_collection, state_key
-from ._sync import Syncer, SyncReport, run_sync, sync_once
+from ._sync import LeaseLost, Syncer, SyncReport, run_sync, sync_once
 from ._templates import TemplatePlan, apply_templates, plan_templates
 from ._verify import VerifyReport, verify
 
@@ -42,23 +50,26 @@ __all__ = [
     "ITEM_FIELDS",
     "KINDS",
     "PACKED_FIELD",
-    "PREFETCH_RATIO",
     "SYNC_STATE",
     "Action",
-    "ApplyStats",
+    "Applied",
     "BulkResult",
     "BulkWriter",
     "ChangeBatch",
     "ChangeFeed",
     "ChangeStreamFeed",
+    "Counters",
     "Embedder",
     "EmbeddingCache",
     "HardDelete",
+    "LeaseLost",
     "MemoryCache",
     "MongoCache",
     "MovieLensData",
+    "PartitionLeases",
     "PollingFeed",
     "Prepared",
+    "ReconcileReport",
     "ReindexReport",
     "SyncReport",
     "Syncer",
@@ -74,14 +85,17 @@ __all__ = [
     "content_hash",
     "detect_mode",
     "embedding_text",
+    "encode_action",
     "generate_marketplace",
     "items_collection",
     "load_movielens",
     "new_index_name",
     "open_feed",
     "pack_vectors",
+    "partition_of",
     "plan_templates",
     "prepare",
+    "reconcile",
     "reindex",
     "run_sync",
     "seed_resume_token",

@@ -8,8 +8,9 @@ stale copy of it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from ._embed import Embedder
 from ._schema import validate_item
 from ._store import dead_letter, write_dead_letters
 
-__all__ = ["ApplyStats", "Prepared", "prepare", "write"]
+__all__ = ["Applied", "Counters", "Prepared", "prepare", "write"]
 
 
 @dataclass
@@ -35,7 +36,16 @@ class Prepared:
 
 
 @dataclass
-class ApplyStats:
+class Counters:
+    """What an apply, a sync pass or a reindex did to the index: the one counters type.
+
+    ``seen`` changes read, ``indexed``/``deleted`` writes acknowledged, ``conflicts`` writes
+    answered 409 (a newer copy is already there), ``dead_lettered`` documents recorded in
+    ``dead_letters``, ``encoded``/``cache_hits`` texts through the model / from a cache,
+    ``retries`` bulk items sent again after a 429/5xx. Reports (``SyncReport``,
+    ``ReindexReport``) extend it with what is particular to them.
+    """
+
     seen: int = 0
     indexed: int = 0
     deleted: int = 0
@@ -44,23 +54,75 @@ class ApplyStats:
     encoded: int = 0
     cache_hits: int = 0
     retries: int = 0
-    indexed_ids: set[str] = field(default_factory=set, repr=False)
-    dead_ids: set[str] = field(default_factory=set, repr=False)
 
-    def add(self, other: ApplyStats) -> None:
-        for name in (
-            "seen",
-            "indexed",
-            "deleted",
-            "conflicts",
-            "dead_lettered",
-            "encoded",
-            "cache_hits",
-            "retries",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.indexed_ids |= other.indexed_ids
-        self.dead_ids |= other.dead_ids
+    def add(self, other: Counters) -> None:
+        """Add ``other``'s counters to these (only the counters, not a report's own fields)."""
+        for f in fields(Counters):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class Applied:
+    """Bounded memory of ``id → newest version`` already applied by this process: re-reads
+    of the same version (polling overlap windows, a reindex's catch-up) skip them."""
+
+    def __init__(self, max_items: int = 100_000) -> None:
+        self.max_items = max_items
+        self._versions: OrderedDict[Any, Any] = OrderedDict()
+
+    def fresh(self, docs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The documents not yet applied at their version (or newer)."""
+        out = []
+        for doc in docs:
+            key = _key(doc)
+            if key is None or key not in self._versions:
+                out.append(doc)
+                continue
+            known, version = self._versions[key], _marker(doc)
+            if isinstance(version, int) and isinstance(known, int):
+                if known >= version:
+                    continue
+            elif known == version:  # no usable version: the same invalid value again
+                continue
+            out.append(doc)
+        return out
+
+    def remember(self, docs: Iterable[Mapping[str, Any]]) -> None:
+        for doc in docs:
+            key = _key(doc)
+            if key is None:
+                continue
+            version, known = _marker(doc), self._versions.get(key)
+            if isinstance(version, int) and isinstance(known, int):
+                version = max(version, known)
+            self._versions[key] = version
+            self._versions.move_to_end(key)
+        while len(self._versions) > self.max_items:
+            self._versions.popitem(last=False)
+
+    def clear(self) -> None:
+        self._versions.clear()
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+
+def _marker(doc: Mapping[str, Any]) -> Any:
+    version = doc.get("version")
+    if isinstance(version, int) and not isinstance(version, bool):
+        return version
+    return repr(version)
+
+
+def _key(doc: Mapping[str, Any]) -> Any:
+    """A hashable id that keeps its BSON type (``424242`` and ``"424242"`` differ)."""
+    value = doc.get("_id") if isinstance(doc, Mapping) else None
+    if value is None:
+        return None
+    try:
+        hash(value)
+    except TypeError:
+        return None
+    return value
 
 
 def _version_of(doc: Mapping[str, Any]) -> int | None:
@@ -100,21 +162,20 @@ def prepare(
         else:
             valid.append((item, raw))
     if valid:
-        before_enc, before_hits = embedder.encoded, embedder.hits
-        vectors = embedder.encode([embedding_text(item) for item, _ in valid])
-        out.encoded = embedder.encoded - before_enc
-        out.cache_hits = embedder.hits - before_hits
-        rounded = np.round(vectors.astype(np.float64), 6).tolist()
-        for (item, raw), vec in zip(valid, rounded, strict=True):
-            out.actions.append(
-                Action("index", item["_id"], item["version"], to_index_doc(item, vec), raw=raw)
-            )
+        vectors, out.encoded, out.cache_hits = embedder.encode_counted(
+            [embedding_text(item) for item, _ in valid]
+        )
+        vectors = np.round(vectors, 6)  # float32; written as 6-decimal text by orjson
+        for (item, raw), vec in zip(valid, vectors, strict=True):
+            doc = to_index_doc(item, vec)
+            out.actions.append(Action("index", item["_id"], item["version"], doc, raw=raw))
+    out.actions = [action.with_data() for action in out.actions]
     return out
 
 
 async def write(
     prepared: Prepared, writer: BulkWriter, db: Any, *, source: str, seen: int
-) -> ApplyStats:
+) -> Counters:
     result: BulkResult = await writer.write(prepared.actions)
     letters = list(prepared.letters)
     followups: list[Action] = []
@@ -125,19 +186,17 @@ async def write(
     if followups:
         result.merge(await writer.write(followups))
     await write_dead_letters(db, letters)
-    stats = ApplyStats(
+    stats = Counters(
         seen=seen,
         conflicts=len(result.conflicts),
         dead_lettered=len(letters),
         encoded=prepared.encoded,
         cache_hits=prepared.cache_hits,
         retries=result.retries,
-        dead_ids={str(letter["doc_id"]) for letter in letters},
     )
     for action in result.ok:
         if action.op == "index":
             stats.indexed += 1
-            stats.indexed_ids.add(action.id)
         elif action not in followups:
             stats.deleted += 1
     return stats

@@ -1,23 +1,29 @@
 """Bulk writes with external versioning, as small pure pieces plus one async I/O loop.
 
-Pure: ``Action`` → NDJSON lines (``encode_action``), chunking by count and bytes
-(``chunk_actions``), and the meaning of one per-item result (``classify``). I/O:
-``BulkWriter.write`` sends chunks, retries 429/5xx items (and whole-request 429/5xx/connection
-failures) with capped exponential backoff, and returns every action as acknowledged (2xx, or
-409 = a newer copy is there) or rejected with OpenSearch's reason. Anything still failing after
-the retries raises :class:`SearchBackendError` — nothing is dropped silently.
+Pure: ``Action`` → NDJSON lines (``encode_action``, orjson; the target index is the request
+path, so actions are encoded once, off the event loop, by whoever prepares them), chunking
+by count and bytes (``chunk_actions``), and the meaning of one per-item result (``classify``).
+I/O: ``BulkWriter.write`` sends chunks, retries 429/5xx items (and whole-request
+429/5xx/connection failures) with capped exponential backoff, and returns every action as
+acknowledged (2xx, or 409 = a newer copy is there) or rejected with OpenSearch's reason.
+Anything still failing after the retries raises :class:`SearchBackendError` — nothing is
+dropped silently. Writes through an alias send ``require_alias``: a missing alias is an
+:class:`IndexStateError`, never a new concrete index named like the alias.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from opendisco._exceptions import SearchBackendError
+import orjson
+from opensearchpy.exceptions import ConnectionError as OSConnectionError
+from opensearchpy.exceptions import TransportError
+
+from opendisco._exceptions import IndexStateError, SearchBackendError
 from opendisco._settings import Settings
 
 __all__ = [
@@ -35,13 +41,21 @@ Outcome = Literal["ok", "conflict", "retry", "reject"]
 
 @dataclass(frozen=True)
 class Action:
-    """One index or delete of an item with its external (MongoDB) version."""
+    """One index or delete of an item with its external (MongoDB) version.
+
+    ``data`` is the encoded NDJSON (``encode_action``), filled in by ``with_data`` where the
+    action is prepared, so the event loop only joins bytes.
+    """
 
     op: Literal["index", "delete"]
     id: str
     version: int
     source: Mapping[str, Any] | None = None
     raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    data: bytes | None = field(default=None, compare=False, repr=False)
+
+    def with_data(self) -> Action:
+        return Action(self.op, self.id, self.version, self.source, self.raw, encode_action(self))
 
 
 @dataclass
@@ -62,28 +76,24 @@ class BulkResult:
         self.retries += other.retries
 
 
-def encode_action(action: Action, index: str) -> bytes:
-    meta = {
-        action.op: {
-            "_index": index,
-            "_id": action.id,
-            "version": action.version,
-            "version_type": "external",
-        }
-    }
-    lines = [json.dumps(meta, separators=(",", ":"))]
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def encode_action(action: Action) -> bytes:
+    """The NDJSON lines of ``action`` (no ``_index``: bulk requests name their index)."""
+    meta = {action.op: {"_id": action.id, "version": action.version, "version_type": "external"}}
     if action.op == "index":
-        lines.append(json.dumps(action.source, separators=(",", ":"), allow_nan=True))
-    return ("\n".join(lines) + "\n").encode()
+        return b"%b\n%b\n" % (orjson.dumps(meta), orjson.dumps(action.source, option=_NUMPY))
+    return orjson.dumps(meta) + b"\n"
 
 
 def chunk_actions(
-    actions: Iterable[Action], index: str, max_docs: int, max_bytes: int
+    actions: Iterable[Action], max_docs: int, max_bytes: int
 ) -> Iterator[list[tuple[Action, bytes]]]:
     chunk: list[tuple[Action, bytes]] = []
     size = 0
     for action in actions:
-        data = encode_action(action, index)
+        data = action.data if action.data is not None else encode_action(action)
         if chunk and (len(chunk) >= max_docs or size + len(data) > max_bytes):
             yield chunk
             chunk, size = [], 0
@@ -123,21 +133,22 @@ def backoff_delay(attempt: int, cap: float, base: float = 0.1) -> float:
 
 
 class BulkWriter:
-    """Writes actions into ``index`` (a concrete index or a single-index alias)."""
+    """Writes actions into ``index``: a concrete index, or (``alias=True``) a single-index
+    alias that must exist."""
 
-    def __init__(self, client: Any, settings: Settings, index: str) -> None:
+    def __init__(self, client: Any, settings: Settings, index: str, *, alias: bool = False) -> None:
         self.client = client
         self.settings = settings
         self.index = index
+        self.params: dict[str, str] = {"filter_path": "items.*.status,items.*.error"}
+        if alias:
+            self.params["require_alias"] = "true"
 
     async def _send(self, body: bytes) -> dict[str, Any]:
-        from opensearchpy.exceptions import ConnectionError as OSConnectionError
-        from opensearchpy.exceptions import TransportError
-
         attempt = 0
         while True:
             try:
-                return await self.client.bulk(body=body)
+                return await self.client.bulk(body=body, index=self.index, params=self.params)
             except (OSConnectionError, TransportError) as exc:
                 status = getattr(exc, "status_code", None)
                 transient = isinstance(exc, OSConnectionError) or status in (429, 502, 503, 504)
@@ -149,7 +160,7 @@ class BulkWriter:
     async def write(self, actions: Iterable[Action]) -> BulkResult:
         result = BulkResult()
         for chunk in chunk_actions(
-            actions, self.index, self.settings.bulk_batch_size, self.settings.bulk_max_bytes
+            actions, self.settings.bulk_batch_size, self.settings.bulk_max_bytes
         ):
             result.merge(await self._write_chunk(chunk))
         return result
@@ -170,7 +181,8 @@ class BulkWriter:
                 )
             retry: list[tuple[Action, bytes]] = []
             for (action, data), item in zip(pending, items, strict=True):
-                outcome, reason = classify(action.op, next(iter(item.values())))
+                answer = next(iter(item.values()))
+                outcome, reason = classify(action.op, answer)
                 if outcome == "ok":
                     result.ok.append(action)
                 elif outcome == "conflict":
@@ -178,6 +190,8 @@ class BulkWriter:
                 elif outcome == "retry":
                     retry.append((action, data))
                     last_reason = reason
+                elif _missing_index(answer):
+                    raise IndexStateError(f"bulk into {self.index}: {reason}")
                 else:
                     result.rejected.append((action, reason))
             if not retry:
@@ -187,3 +201,9 @@ class BulkWriter:
             f"{len(pending)} bulk items still failing after "
             f"{self.settings.bulk_max_retries} retries: {last_reason}"
         )
+
+
+def _missing_index(answer: Mapping[str, Any]) -> bool:
+    """The target itself is gone (not a problem of this document)."""
+    error = answer.get("error")
+    return isinstance(error, Mapping) and error.get("type") == "index_not_found_exception"

@@ -1,4 +1,10 @@
-"""Pure mapping from a validated item to the text we embed and the OpenSearch document."""
+"""Pure mapping from a validated item to the text we embed and the OpenSearch document.
+
+This runs once per document in every build, so it is kept lean: the content vector stays a
+numpy array (the bulk encoder writes it with orjson), and the content hash takes the fast
+path of one ``json.dumps`` whenever the document has no non-finite float (always, for a
+validated item); its text is unchanged, so hashes stored by earlier builds still verify.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+
+import numpy as np
 
 from ._packed import PACKED_FIELD, pack_vectors
 from ._schema import ITEM_FIELDS
@@ -66,7 +74,14 @@ def _canonical(value: Any) -> Any:
 def content_hash(doc: Mapping[str, Any]) -> str:
     """sha256 of an OpenSearch item document minus its vector and hash (verify compares it)."""
     body = {k: v for k, v in doc.items() if k not in HASHED_EXCLUDE and v is not None}
-    text = json.dumps(_canonical(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text = json.dumps(
+            body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (ValueError, TypeError):  # NaN/Infinity (hashed as strings), non-dict mappings
+        text = json.dumps(
+            _canonical(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -85,28 +100,33 @@ def _features(item: Mapping[str, Any]) -> dict[str, float]:
 def to_index_doc(item: Mapping[str, Any], embedding: Sequence[float] | None) -> dict[str, Any]:
     """The OpenSearch ``_source`` of a validated item (see ``validate_item``).
 
-    ``embedding`` is the content vector of ``embedding_text(item)``; ``None`` builds the
-    document without it (what ``verify`` hashes). ``behaviour`` flows through unchanged; the
-    packed float16 copy of both vectors (``vec_f16``, read by the reranker from the candidate
-    hits) is derived here, so it always matches them.
+    ``embedding`` is the content vector of ``embedding_text(item)``: a numpy array is kept
+    as it is (float32, written by orjson), any other sequence becomes a list of floats;
+    ``None`` builds the document without it (what ``verify`` hashes). ``behaviour`` flows
+    through unchanged; the packed float16 copy of both vectors (``vec_f16``, read by the
+    reranker from the candidate hits) is derived here, so it always matches them.
     """
     doc: dict[str, Any] = {"id": item["_id"]}
     for field in _COPIED:
         value = item.get(field)
-        if value is None or value == []:
-            continue
-        doc[field] = value
+        if value is not None and value != []:
+            doc[field] = value
     for field in ("created_at", "updated_at"):
-        if item.get(field) is not None:
-            doc[field] = _iso(item[field])
+        value = item.get(field)
+        if value is not None:
+            doc[field] = _iso(value)
     feats = _features(item)
     if feats:
         doc["features"] = feats
     doc["source_version"] = int(item["version"])
     doc["content_hash"] = content_hash(doc)
     if embedding is not None:
-        doc["embedding"] = [float(x) for x in embedding]
-        doc[PACKED_FIELD] = pack_vectors(doc["embedding"], doc.get("behaviour"))
+        if isinstance(embedding, np.ndarray):
+            vector: Any = np.asarray(embedding, dtype=np.float32)
+        else:
+            vector = [float(x) for x in embedding]
+        doc["embedding"] = vector
+        doc[PACKED_FIELD] = pack_vectors(vector, doc.get("behaviour"))
     return doc
 
 

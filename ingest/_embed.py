@@ -5,18 +5,18 @@ MongoDB collection ``embedding_cache`` (``{_id: key, v: Binary}``) with an in-pr
 front, so an unchanged text is never encoded twice — not by reindex, not by sync, not across
 processes.
 
-Warm reindex: ``Embedder.prefetch`` reads the persistent cache once, in ``_id`` keyset pages,
-into the in-process LRU. FerretDB (SQLite backend) does not push ``{_id: {$in: [...]}}`` down,
-so a per-batch lookup scans the whole cache each batch; one sequential scan is linear. On a
-real MongoDB the per-batch ``$in`` is an index lookup and the scan is bounded by
-``embed_cache_prefetch_max``.
+Lookups are one ``{_id: {$in: keys}}`` per batch (≤ 1,000 keys per query): an index search on
+MongoDB and on our patched FerretDB build (``services/_ferretdb.py`` pushes ``_id $in`` down),
+so a warm build costs one indexed lookup per document — linear in the collection size, where
+the earlier whole-cache keyset prefetch was quadratic on an unpatched FerretDB.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from ._document import text_key
 __all__ = ["CACHE_COLLECTION", "Embedder", "EmbeddingCache", "MemoryCache", "MongoCache"]
 
 CACHE_COLLECTION = "embedding_cache"
+MEMORY_ITEMS = 200_000  # in-process LRU entries (~310 MB of 384-d float32 at most)
 
 
 class EmbeddingCache(Protocol):
@@ -87,36 +88,6 @@ class MongoCache:
                         out[doc["_id"]] = vec
         return out
 
-    def scan(self, page_size: int = 5_000) -> Iterator[dict[str, np.ndarray]]:
-        """Every stored vector, one fully-read ``_id`` keyset page at a time.
-
-        Each page is one ``find`` whose batch size equals its limit (a page of float32 384-d
-        vectors stays well under the 16 MB reply limit), so the server closes the cursor with
-        its only reply: no cursor outlives a call, none is left behind if the caller stops.
-        """
-        last: str | None = None
-        while True:
-            query = {} if last is None else {"_id": {"$gt": last}}
-            with backend_errors("embedding cache scan failed"):
-                cur = (
-                    self.collection.find(query, {"v": 1})
-                    .sort("_id", 1)
-                    .limit(page_size)
-                    .batch_size(page_size)
-                )
-                with cur:
-                    docs = list(cur)
-            page = {}
-            for doc in docs:
-                vec = np.frombuffer(bytes(doc["v"]), dtype=np.float32)
-                if vec.shape == (self.dim,):
-                    page[doc["_id"]] = vec
-            if page:
-                yield page
-            if len(docs) < page_size:
-                return
-            last = docs[-1]["_id"]
-
     def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
         if not vectors:
             return
@@ -151,7 +122,7 @@ class Embedder:
         self.settings = settings
         self._model = model
         self.model_name = Path(settings.model_path or "all-MiniLM-L6-v2").name
-        self.memory = MemoryCache(max(200_000, settings.embed_cache_prefetch_max))
+        self.memory = MemoryCache(MEMORY_ITEMS)
         self._mongo_client: Any | None = None
         if cache is None and persist:
             self._mongo_client = clients.mongo(settings)
@@ -161,7 +132,7 @@ class Embedder:
         self.encoded = 0  # texts that went through the model
         self.hits = 0  # texts served from a cache
         self.encode_seconds = 0.0
-        self.prefetched = 0  # vectors loaded by prefetch()
+        self._lock = threading.Lock()
 
     @property
     def model(self) -> Any:
@@ -174,40 +145,20 @@ class Embedder:
             self._mongo_client.close()
             self._mongo_client = None
 
-    def prefetch(self, limit: int | None = None) -> int:
-        """Load up to ``limit`` (default ``embed_cache_prefetch_max``) persisted vectors into
-        the in-process cache with one keyset-paged scan; return how many were loaded.
-
-        Lookups of keys not loaded (limit reached, or written later by another process) still
-        fall back to the persistent cache's ``get_many``. A store without ``scan`` loads none.
-        """
-        cap = self.settings.embed_cache_prefetch_max if limit is None else limit
-        scan = getattr(self.store, "scan", None)
-        if cap <= 0 or scan is None:
-            return 0
-        page_size = min(self.settings.embed_cache_prefetch_page, cap)
-        loaded = 0
-        for page in scan(page_size):
-            if loaded + len(page) > cap:
-                page = dict(list(page.items())[: cap - loaded])
-            self.memory.put_many(page)
-            loaded += len(page)
-            if loaded >= cap:
-                break
-        self.prefetched += loaded
-        return loaded
-
     def keys(self, texts: Iterable[str]) -> list[str]:
         return [text_key(self.model_name, t) for t in texts]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        import time
+        """``(len(texts), dim)`` float32 vectors, from a cache where possible."""
+        return self.encode_counted(texts)[0]
 
+    def encode_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int, int]:
+        """``(vectors, encoded, cache_hits)`` of this call (safe from several threads)."""
         texts = list(texts)
         dim = self.settings.embedding_dim
         out = np.zeros((len(texts), dim), dtype=np.float32)
         if not texts:
-            return out
+            return out, 0, 0
         keys = self.keys(texts)
         found = self.memory.get_many(keys)
         missing = [k for k in dict.fromkeys(keys) if k not in found]
@@ -219,6 +170,7 @@ class Embedder:
         for k, t in zip(keys, texts, strict=True):
             if k not in found:
                 todo.setdefault(k, t)
+        seconds = 0.0
         if todo:
             t0 = time.perf_counter()
             vecs = self.model.encode(
@@ -228,14 +180,17 @@ class Embedder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             ).astype(np.float32, copy=False)
-            self.encode_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
             fresh = dict(zip(todo.keys(), vecs, strict=True))
-            self.encoded += len(fresh)
             self.memory.put_many(fresh)
             if self.store is not None:
                 self.store.put_many(fresh)
             found.update(fresh)
-        self.hits += len(texts) - len(todo)
+        hits = len(texts) - len(todo)
+        with self._lock:
+            self.encoded += len(todo)
+            self.hits += hits
+            self.encode_seconds += seconds
         for i, k in enumerate(keys):
             out[i] = found[k]
-        return out
+        return out, len(todo), hits

@@ -3,15 +3,28 @@
 1. delete partial indices left by crashed runs (``_meta.opendisco.state == "building"`` and
    the builder process is gone or the index is older than ``STALE_BUILD``);
 2. create the new index from ``index_templates/items.json`` (refresh off while building);
-3. warm the embedding cache with one sequential scan when the build spans several batches
-   (``Embedder.prefetch``, bounded by ``embed_cache_prefetch_max`` and ``PREFETCH_RATIO``
-   times the document count); then stream MongoDB in keyset pages of ``reindex_read_page``
-   (motor), in ``bulk_batch_size`` batches → validate (→ dead letters) → encode (cached) →
-   bulk with external versions, encoding the next batch while the previous bulk is in flight;
+3. read MongoDB **once**: one unfiltered, unsorted cursor (tombstones dropped here: FerretDB
+   pays more for a filter than for sending them), ``bulk_batch_size`` documents per batch,
+   the next batch read while this one is prepared (validate → dead letters, embed: one
+   ``_id $in`` cache lookup per batch, encode the actions with orjson, in a thread) and up to
+   ``bulk_concurrency`` external-versioned bulks in flight (``_pipeline``);
 4. refresh and verify the count equals the acknowledged documents (else drop the new index
    and raise; the alias keeps serving the old one);
-5. catch up on writes made during the build (``updated_at`` window), swap the alias in one
-   ``_aliases`` call, catch up once more, and keep ``keep_versions`` old indices.
+5. one catch-up of the writes made during the build (``updated_at`` window; documents the
+   build already applied at their version are skipped), swap the alias in one ``_aliases``
+   call, record the catch-up's start as the sync *floor* (``_checkpoints``: a running sync
+   replays from there what it may have applied to the old index meanwhile; a fresh one starts
+   there), keep ``keep_versions`` old indices.
+
+Cost on FerretDB (which pushes down only ``_id`` equality and ``_id $in``): one scan of the
+items for the build, one for the catch-up window, and one indexed cache lookup per document.
+
+A build killed midway is not resumed: the next run drops the partial index (step 1) and
+rebuilds. What the killed run encoded is in the embedding cache, so the rebuild pays only the
+warm rate for the part already done (measured in bench/README.md), while resuming would need
+a position in the read — a sort by ``_id``, which costs FerretDB about 30% more CPU per
+document on *every* build (0.61 → 0.78 ms measured) — or a scan of the partial index plus a
+count check that survives documents deleted between the two runs.
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,159 +41,39 @@ from typing import Any
 from opendisco import index_templates
 from opendisco._exceptions import IndexStateError
 from opendisco._settings import Settings
+from opendisco._store import detect_capabilities, now_ms
 
-from ._apply import ApplyStats, Prepared, prepare, write
+from ._apply import Applied, Counters, prepare, write
 from ._bulk import BulkWriter
+from ._checkpoints import save_floor
 from ._embed import Embedder
 from ._feed import seed_resume_token
+from ._indices import cleanup_partial, new_index_name, retain, swap_alias
 from ._io import backends
-from ._sample import now_ms
-from ._store import items_collection, load_state, pages, save_state, state_key
+from ._pipeline import Pipeline, read_ahead
+from ._store import items_collection, stream
 
-__all__ = [
-    "PREFETCH_RATIO",
-    "STALE_BUILD",
-    "ReindexReport",
-    "alias_targets",
-    "cleanup_partial",
-    "new_index_name",
-    "reindex",
-    "swap_alias",
-    "versioned_indices",
-]
+__all__ = ["ReindexReport", "reindex"]
 
-STALE_BUILD = timedelta(hours=6)
-PREFETCH_RATIO = 4  # scan at most this many cache entries per document to index
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int | None], None]  # (documents done, total when known)
 
 
-@dataclass
-class ReindexReport:
+@dataclass(kw_only=True)
+class ReindexReport(Counters):
+    """The counters of a rebuild (build and catch-up together) and what it did to the alias."""
+
     alias: str
     index: str
-    total: int = 0
-    indexed: int = 0
-    dead_lettered: int = 0
-    encoded: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    caught_up: int = 0
+    total: int = 0  # documents read by the build
+    caught_up: int = 0  # changes the catch-up applied (written during the build)
     previous: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     took_s: float = 0.0
     encode_s: float = 0.0
-    prefetched: int = 0
-    prefetch_s: float = 0.0
 
     @property
     def docs_per_s(self) -> float:
         return self.indexed / self.took_s if self.took_s else 0.0
-
-
-def new_index_name(alias: str, now: datetime | None = None) -> str:
-    now = now or datetime.now(UTC)
-    return f"{alias}-v{now:%Y%m%d%H%M%S%f}"
-
-
-async def versioned_indices(client: Any, alias: str) -> dict[str, dict[str, Any]]:
-    """``{index: _meta.opendisco}`` of every ``<alias>-v*`` index."""
-    from opensearchpy.exceptions import NotFoundError
-
-    try:
-        resp = await client.indices.get_mapping(index=f"{alias}-v*", expand_wildcards="all")
-    except NotFoundError:
-        return {}
-    out = {}
-    for name, body in resp.items():
-        meta = (body.get("mappings") or {}).get("_meta") or {}
-        out[name] = meta.get("opendisco") or {}
-    return out
-
-
-async def alias_targets(client: Any, alias: str) -> list[str]:
-    from opensearchpy.exceptions import NotFoundError
-
-    try:
-        resp = await client.indices.get_alias(name=alias)
-    except NotFoundError:
-        return []
-    return sorted(resp)
-
-
-def _builder_gone(meta: dict[str, Any]) -> bool:
-    started = meta.get("started_at")
-    if started:
-        age = datetime.now(UTC) - datetime.fromisoformat(started)
-        if age > STALE_BUILD:
-            return True
-    if meta.get("host") != socket.gethostname():
-        return False
-    pid = meta.get("pid")
-    if not isinstance(pid, int):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return pid == os.getpid()  # our own earlier, failed attempt
-
-
-async def cleanup_partial(client: Any, alias: str) -> list[str]:
-    """Delete indices whose build never finished (never the alias target)."""
-    targets = set(await alias_targets(client, alias))
-    removed = []
-    for name, meta in (await versioned_indices(client, alias)).items():
-        if name in targets or meta.get("state") != "building":
-            continue
-        if _builder_gone(meta):
-            await client.indices.delete(index=name, ignore_unavailable=True)
-            removed.append(name)
-    return removed
-
-
-async def swap_alias(client: Any, alias: str, index: str) -> list[str]:
-    """Point ``alias`` at ``index`` only, in one atomic ``_aliases`` call; return the old ones."""
-    if await client.indices.exists(index=alias) and not await client.indices.exists_alias(
-        name=alias
-    ):
-        raise IndexStateError(f"{alias} is a concrete index, not an alias; delete it first")
-    old = [t for t in await alias_targets(client, alias) if t != index]
-    actions: list[dict[str, Any]] = [{"remove": {"index": t, "alias": alias}} for t in old]
-    actions.append({"add": {"index": index, "alias": alias}})
-    await client.indices.update_aliases(body={"actions": actions})
-    return old
-
-
-async def _retain(client: Any, alias: str, current: str, keep: int) -> list[str]:
-    indices = await versioned_indices(client, alias)
-    done = sorted(
-        (n for n, m in indices.items() if n != current and m.get("state") == "complete"),
-        reverse=True,
-    )
-    removed = done[keep:]
-    for name in removed:
-        await client.indices.delete(index=name, ignore_unavailable=True)
-    return removed
-
-
-async def catch_up(
-    settings: Settings,
-    db: Any,
-    writer: BulkWriter,
-    embedder: Embedder,
-    since: datetime,
-) -> ApplyStats:
-    """Re-apply every item written since ``since`` (tombstones become deletes)."""
-    coll = items_collection(db, settings)
-    stats = ApplyStats()
-    async for page in pages(coll, {"updated_at": {"$gte": since}}, settings.bulk_batch_size):
-        prepared = await asyncio.to_thread(
-            prepare, page, embedder, settings, source="reindex", delete_invalid=True
-        )
-        stats.add(await write(prepared, writer, db, source="reindex", seen=len(page)))
-    return stats
 
 
 async def reindex(
@@ -192,108 +85,140 @@ async def reindex(
     progress: Progress | None = None,
 ) -> ReindexReport:
     """Rebuild the items index from MongoDB and swap ``settings.index_alias`` to it."""
+    own_embedder = embedder is None
     embedder = embedder or Embedder(settings)
+    try:
+        async with backends(settings, client, db, "reindex") as (client, db):
+            return await _reindex(settings, client, db, embedder, progress)
+    finally:
+        if own_embedder:
+            embedder.close()
+
+
+async def _reindex(
+    settings: Settings, client: Any, db: Any, embedder: Embedder, progress: Progress | None
+) -> ReindexReport:
     alias = settings.index_alias
     t0 = time.perf_counter()
     enc0 = embedder.encode_seconds
-    async with backends(settings, client, db, "reindex") as (client, db):
-        removed = await cleanup_partial(client, alias)
-        index = new_index_name(alias)
-        report = ReindexReport(alias=alias, index=index, removed=removed)
-        body = index_templates.render("items", settings)
-        refresh = body["settings"]["index"].get("refresh_interval", "1s")
-        body["settings"]["index"]["refresh_interval"] = "-1"
-        body["mappings"]["_meta"] = {
-            "opendisco": {
-                "state": "building",
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "started_at": datetime.now(UTC).isoformat(),
-            }
+    removed = await cleanup_partial(client, alias)
+    index = new_index_name(alias)
+    report = ReindexReport(alias=alias, index=index, removed=removed)
+    body = index_templates.render("items", settings)
+    refresh = body["settings"]["index"].get("refresh_interval", "1s")
+    body["settings"]["index"]["refresh_interval"] = "-1"
+    body["mappings"]["_meta"] = {
+        "opendisco": {
+            "state": "building",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": datetime.now(UTC).isoformat(),
         }
-        await client.indices.create(index=index, body=body)
-        await seed_resume_token(settings, db)  # change streams resume from before the read
-        since = now_ms() - timedelta(seconds=settings.sync_overlap_seconds)
-        writer = BulkWriter(client, settings, index)
-        coll = items_collection(db, settings)
-        query = {"deleted": {"$ne": True}}
-        report.total = await coll.count_documents(query)
-        if report.total > settings.bulk_batch_size:
-            t_pre = time.perf_counter()
-            cap = min(settings.embed_cache_prefetch_max, PREFETCH_RATIO * report.total)
-            report.prefetched = await asyncio.to_thread(embedder.prefetch, cap)
-            report.prefetch_s = time.perf_counter() - t_pre
-        stats = ApplyStats()
-        done = 0
-        pending: asyncio.Task[ApplyStats] | None = None
+    }
+    await client.indices.create(index=index, body=body)
+    await seed_resume_token(settings, db)  # change streams resume from before the read
+    since = now_ms() - timedelta(seconds=settings.sync_overlap_seconds)
+    writer = BulkWriter(client, settings, index)
+    coll = items_collection(db, settings)
+    total = await _estimated_total(coll, db)
+    applied = Applied(max_items=10**9)  # documents written during the build, as read
 
-        async def drain() -> None:
-            nonlocal pending, done
-            if pending is not None:
-                result = await pending
-                stats.add(result)
-                done += result.seen
-                pending = None
-                if progress:
-                    progress(done, report.total)
+    def remember(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        applied.remember(d for d in docs if _written_since(d, since))
+        return [d for d in docs if d.get("deleted") is not True]  # tombstones: nothing to build
 
-        async def launch(docs: list[dict[str, Any]]) -> None:
-            nonlocal pending
-            prepared: Prepared = await asyncio.to_thread(
-                prepare, docs, embedder, settings, source="reindex", delete_invalid=False
-            )
-            await drain()  # the previous bulk ran while we encoded this batch
-            pending = asyncio.create_task(
-                write(prepared, writer, db, source="reindex", seen=len(docs))
-            )
+    async def done(_: Any, counters: Counters) -> None:
+        report.total += counters.seen
+        if progress:
+            progress(report.total, total)
 
-        try:
-            batch = settings.bulk_batch_size
-            async for page in pages(coll, query, max(batch, settings.reindex_read_page)):
-                for start in range(0, len(page), batch):
-                    await launch(page[start : start + batch])
-            await drain()
-        except BaseException:
-            if pending is not None and not pending.done():
-                pending.cancel()
-            raise
-
-        await client.indices.put_settings(
-            index=index, body={"index": {"refresh_interval": refresh}}
+    build = await _apply_stream(
+        settings,
+        db,
+        writer,
+        embedder,
+        {},  # no filter: on FerretDB a filter costs more than sending the few tombstones
+        delete_invalid=False,
+        select=remember,
+        on_done=done,
+    )
+    await client.indices.put_settings(index=index, body={"index": {"refresh_interval": refresh}})
+    await client.indices.refresh(index=index)
+    count = (await client.count(index=index))["count"]
+    if count != build.indexed:
+        await client.indices.delete(index=index, ignore_unavailable=True)
+        raise IndexStateError(
+            f"{index}: {count} documents after build, {build.indexed} acknowledged;"
+            " alias left unchanged"
         )
-        await client.indices.refresh(index=index)
-        count = (await client.count(index=index))["count"]
-        if count != len(stats.indexed_ids):
-            await client.indices.delete(index=index, ignore_unavailable=True)
-            raise IndexStateError(
-                f"{index}: {count} documents after build, {len(stats.indexed_ids)} acknowledged;"
-                " alias left unchanged"
+    # one catch-up of what was written during the build, then the swap; what is written
+    # from the catch-up's start on is replayed by sync from the floor
+    caught_from = now_ms() - timedelta(seconds=settings.sync_overlap_seconds)
+    caught = await _apply_stream(
+        settings,
+        db,
+        writer,
+        embedder,
+        {"updated_at": {"$gte": since}},
+        delete_invalid=True,
+        select=applied.fresh,
+        order=[("_id", 1)],
+    )
+    await client.indices.put_mapping(
+        index=index, body={"_meta": {"opendisco": {"state": "complete", "count": count}}}
+    )
+    report.previous = await swap_alias(client, alias, index)
+    await save_floor(db, settings, caught_from, index)
+    await client.indices.refresh(index=index)
+    report.removed += await retain(client, alias, index, settings.keep_versions)
+    report.add(build)
+    report.add(caught)
+    report.caught_up = caught.seen
+    report.took_s = time.perf_counter() - t0
+    report.encode_s = embedder.encode_seconds - enc0
+    return report
+
+
+async def _apply_stream(
+    settings: Settings,
+    db: Any,
+    writer: BulkWriter,
+    embedder: Embedder,
+    query: Mapping[str, Any],
+    *,
+    delete_invalid: bool,
+    select: Callable[[list[dict[str, Any]]], list[Any]],
+    on_done: Any = None,
+    order: list[tuple[str, int]] | None = None,
+) -> Counters:
+    """Stream ``query`` through prepare and bounded concurrent bulks (the build in natural
+    order: a sort costs FerretDB ~30% more CPU per document and buys nothing here)."""
+    coll = items_collection(db, settings)
+    batch = settings.bulk_batch_size
+    async with (
+        stream(coll, query, batch, sort=order) as batches,
+        Pipeline[None](settings.bulk_concurrency, on_done) as pipe,
+    ):
+        async for docs in read_ahead(batches):
+            docs = select(docs)
+            if not docs:
+                continue
+            prepared = await asyncio.to_thread(
+                prepare, docs, embedder, settings, source="reindex", delete_invalid=delete_invalid
             )
-        caught = await catch_up(settings, db, writer, embedder, since)
-        await client.indices.put_mapping(
-            index=index,
-            body={"_meta": {"opendisco": {"state": "complete", "count": count}}},
-        )
-        report.previous = await swap_alias(client, alias, index)
-        caught.add(await catch_up(settings, db, writer, embedder, since))
-        await client.indices.refresh(index=index)
-        report.removed += await _retain(client, alias, index, settings.keep_versions)
-        await _seed_polling_checkpoint(settings, db, since)
-        stats.add(caught)
-        report.indexed = len(stats.indexed_ids)
-        report.caught_up = caught.seen
-        report.dead_lettered = len(stats.dead_ids)  # distinct documents
-        report.encoded = stats.encoded
-        report.cache_hits = stats.cache_hits
-        report.retries = stats.retries
-        report.took_s = time.perf_counter() - t0
-        report.encode_s = embedder.encode_seconds - enc0
-        return report
+            await pipe.submit(
+                None, lambda p=prepared, n=len(docs): write(p, writer, db, source="reindex", seen=n)
+            )
+    return pipe.counters
 
 
-async def _seed_polling_checkpoint(settings: Settings, db: Any, since: datetime) -> None:
-    """A fresh sync after a rebuild starts at the build, not at the beginning of time."""
-    key = state_key(settings, "polling")
-    state = await load_state(db, key)
-    if state is None:
-        await save_state(db, key, {"mode": "polling", "ts": since, "last_id": ""})
+async def _estimated_total(coll: Any, db: Any) -> int | None:
+    """The collection's size for progress, when the server knows it without a scan."""
+    if (await detect_capabilities(db)).ferretdb:
+        return None  # FerretDB counts by scanning: as costly as the build's own read
+    return int(await coll.estimated_document_count())
+
+
+def _written_since(doc: Mapping[str, Any], since: datetime) -> bool:
+    updated = doc.get("updated_at")
+    return isinstance(updated, datetime) and updated >= since

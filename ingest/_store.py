@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC
 from typing import Any
 
@@ -29,9 +30,9 @@ __all__ = [
     "dead_letter",
     "items_collection",
     "load_state",
-    "pages",
     "save_state",
     "state_key",
+    "stream",
     "write_dead_letters",
 ]
 
@@ -47,28 +48,38 @@ def items_collection(db: Any, settings: Settings) -> Any:
     return db.get_collection(settings.items_collection, codec_options=opts)
 
 
-async def pages(
-    coll: Any, query: Mapping[str, Any], size: int
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """``query`` in ``_id`` order, one fully-read page at a time (keyset pagination).
+@asynccontextmanager
+async def stream(
+    coll: Any,
+    query: Mapping[str, Any],
+    batch_size: int,
+    *,
+    sort: list[tuple[str, int]] | None = None,
+    projection: Mapping[str, Any] | None = None,
+) -> AsyncIterator[AsyncIterator[list[dict[str, Any]]]]:
+    """One cursor over ``query``, read as lists of up to ``batch_size`` documents.
 
-    No server cursor stays open between pages: FerretDB's SQLite backend holds a pooled
-    connection per open cursor, and abandoned cursors exhaust the pool.
+    ``async with stream(...) as batches: async for batch in batches: ...`` — the collection
+    is read once (no keyset re-queries: FerretDB scans the whole collection per query), and
+    the cursor is closed when the block ends, however it ends: an abandoned cursor pins a
+    FerretDB/SQLite connection until its pool runs dry.
     """
-    last: Any = None
-    while True:
-        q = dict(query) if last is None else {"$and": [dict(query), {"_id": {"$gt": last}}]}
-        page = await coll.find(q).sort("_id", 1).limit(size).to_list(size)
-        if page:
-            yield page
-        if len(page) < size:
-            return
-        last = page[-1]["_id"]
+    cursor = coll.find(query, projection, batch_size=batch_size)
+    if sort:
+        cursor = cursor.sort(sort)
 
+    async def batches() -> AsyncIterator[list[dict[str, Any]]]:
+        while True:
+            with backend_errors(f"reading {coll.name} failed"):
+                docs = await cursor.to_list(batch_size)
+            if not docs:
+                return
+            yield docs
 
-def _safe_id(doc: Mapping[str, Any]) -> str:
-    value = doc.get("_id") if isinstance(doc, Mapping) else None
-    return value if isinstance(value, str) else repr(value)
+    try:
+        yield batches()
+    finally:
+        await cursor.close()
 
 
 def _storable(value: Any, depth: int = 0) -> Any:
@@ -89,16 +100,19 @@ def _storable(value: Any, depth: int = 0) -> Any:
 def dead_letter(
     source: str, stage: str, doc: Mapping[str, Any], reason: str, version: Any = None
 ) -> dict[str, Any]:
-    doc_id = _safe_id(doc)
+    """A ``dead_letters`` record. ``doc_id`` keeps the document's ``_id`` as stored, with its
+    BSON type (``424242`` and ``"424242"`` are two documents, so two records)."""
+    doc_id = doc.get("_id") if isinstance(doc, Mapping) else None
     if version is None and isinstance(doc, Mapping):
         version = doc.get("version")
-    key = hashlib.sha256(f"{source}\x00{doc_id}\x00{version!r}\x00{reason}".encode()).hexdigest()
+    typed_id = f"{type(doc_id).__name__}:{doc_id!r}"
+    key = hashlib.sha256(f"{source}\x00{typed_id}\x00{version!r}\x00{reason}".encode()).hexdigest()
     return {
         "_id": key[:32],
         "source": source,
         "stage": stage,
-        "doc_id": doc_id,
-        "version": version if isinstance(version, int) else None,
+        "doc_id": _storable(doc_id),
+        "version": version if isinstance(version, int) and not isinstance(version, bool) else None,
         "reason": reason[:2000],
         "doc": _storable(doc) if isinstance(doc, Mapping) else {"value": repr(doc)[:1000]},
         "at": now_ms(),

@@ -1,48 +1,77 @@
 """Incremental sync: change feed → validate/embed → external-versioned bulk → checkpoint.
 
-The checkpoint of a batch is committed only after every change in it was acknowledged (2xx,
-or 409 meaning a newer copy is already there) or recorded as a dead letter; a failure
-before that leaves the checkpoint where it was, and the batch is replayed on restart —
-replays are harmless because every write carries the document's external version.
+A worker holds some of the feed's partitions under leases (``_partitions``) and runs passes
+over them: one pass reads the feed once (``ChangeFeed.batches``), prepares each batch in a
+thread while up to ``bulk_concurrency`` bulks are in flight (``_pipeline``), and commits the
+partitions' checkpoint of a batch only after it and every batch before it were acknowledged
+(2xx, or 409 meaning a newer copy is already there) or recorded as dead letters; a failure
+before that leaves the checkpoint where it was, and the batch is replayed — replays, and
+reordering between concurrent bulks, are harmless because every write carries the
+document's external version. A batch with hard deletes waits for the bulks in flight first:
+the version of its deletes is read from the index. Before every bulk and commit the worker
+checks that its leases are still valid; if not, the pass stops (nothing is committed).
+
+``run_sync`` repeats passes until stopped, reconciles its partitions every
+``sync_reconcile_interval`` seconds (``_reconcile``), and never exits on a backend error: it
+backs off (capped at ``sync_backoff_max``), logs the health of both backends, keeps the
+checkpoint, and retries. It exits only on configuration errors (``ConfigError``, and
+``IndexStateError``: the alias is missing, or change-stream history was lost).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opendisco import clients
+from opendisco._backend import backend_errors
+from opendisco._exceptions import BackendError, IndexStateError
 from opendisco._settings import Settings
 
-from ._apply import ApplyStats, prepare, write
+from ._apply import Applied, Counters, Prepared, prepare, write
 from ._bulk import Action, BulkWriter
 from ._embed import Embedder
 from ._feed import ChangeBatch, ChangeFeed, HardDelete, open_feed
+from ._indices import alias_targets
+from ._partitions import PartitionLeases
+from ._pipeline import Pipeline, read_ahead
+from ._reconcile import ReconcileReport, reconcile
 
-__all__ = ["SyncReport", "Syncer", "run_sync", "sync_once"]
+__all__ = ["LeaseLost", "SyncReport", "Syncer", "run_sync", "sync_once"]
+
+#: passes ``sync_once`` runs when its leases lapse mid-pass (each resumes from the checkpoints)
+ONCE_ATTEMPTS = 5
+
+log = logging.getLogger("opendisco.ingest.sync")
 
 
-@dataclass
-class SyncReport:
+class LeaseLost(BackendError):
+    """This worker's leases lapsed (renewals failed or another worker took a partition)."""
+
+
+@dataclass(kw_only=True)
+class SyncReport(Counters):
+    """The counters of one sync pass (``seen`` = changes read) and how it went."""
+
     mode: str
+    partitions: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # held by another live worker
     batches: int = 0
-    changes: int = 0
-    indexed: int = 0
-    deleted: int = 0
-    conflicts: int = 0
-    dead_lettered: int = 0
-    encoded: int = 0
-    cache_hits: int = 0
     took_s: float = 0.0
+
+    @property
+    def changes(self) -> int:
+        return self.seen
 
 
 class Syncer:
-    """Holds the clients, the feed and the embedder across cycles of ``run_sync``."""
+    """Holds the clients, the leases, the feed and the embedder across passes."""
 
     def __init__(
         self,
@@ -51,100 +80,210 @@ class Syncer:
         client: Any | None = None,
         db: Any | None = None,
         embedder: Embedder | None = None,
-        feed: ChangeFeed | None = None,
+        worker: str | None = None,
     ) -> None:
         self.settings = settings
         self._own_client = client is None
         self.client = client or clients.async_opensearch(settings)
         self._motor = clients.motor(settings) if db is None else None
         self.db = db if db is not None else self._motor[settings.mongo_db]  # type: ignore[index]
+        self._own_embedder = embedder is None
         self.embedder = embedder or Embedder(settings)
-        self.feed = feed
-        self.writer = BulkWriter(self.client, settings, settings.index_alias)
-        # (id → version) acknowledged by this process: overlap re-reads skip them
-        self._applied: OrderedDict[str, int] = OrderedDict()
-        self.max_remembered = 100_000
+        self.leases = PartitionLeases(settings, self.db, worker)
+        self.feed: ChangeFeed | None = None
+        self.writer = BulkWriter(self.client, settings, settings.index_alias, alias=True)
+        self.applied = Applied()  # acknowledged by this process: overlap re-reads skip them
+        self.checked = False
 
-    def _fresh(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = []
-        for doc in docs:
-            key, version = doc.get("_id"), doc.get("version")
-            known = self._applied.get(key, -1) if isinstance(key, str) else -1
-            if isinstance(version, int) and known >= version:
-                continue
-            out.append(doc)
-        return out
+    @property
+    def worker(self) -> str:
+        return self.leases.worker
 
-    def _remember(self, docs: list[dict[str, Any]]) -> None:
-        for doc in docs:
-            key, version = doc.get("_id"), doc.get("version")
-            if isinstance(key, str) and isinstance(version, int):
-                self._applied[key] = max(version, self._applied.get(key, -1))
-                self._applied.move_to_end(key)
-        while len(self._applied) > self.max_remembered:
-            self._applied.popitem(last=False)
+    async def check(self) -> None:
+        """The alias must exist (a configuration error otherwise: run a reindex first)."""
+        with backend_errors("checking the alias failed"):
+            targets = await alias_targets(self.client, self.settings.index_alias)
+        if not targets:
+            raise IndexStateError(
+                f"alias {self.settings.index_alias} does not exist: run `opendisco reindex`"
+            )
+        self.checked = True
 
     async def close(self) -> None:
         if self.feed is not None:
-            await self.feed.close()
+            with contextlib.suppress(Exception):
+                await self.feed.close()
+            self.feed = None
+        with contextlib.suppress(Exception):
+            await self.leases.leave()
         if self._own_client:
             await self.client.close()
         if self._motor is not None:
             self._motor.close()
+        if self._own_embedder:
+            self.embedder.close()
+
+    async def reset(self) -> None:
+        """Drop the feed after a failure (the next pass reopens it from the checkpoints)."""
+        if self.feed is not None:
+            with contextlib.suppress(Exception):
+                await self.feed.close()
+            self.feed = None
 
     async def _hard_deletes(self, deletes: list[HardDelete]) -> list[Action]:
         """Versions for deletes whose document is gone: one past what the index holds."""
         if not deletes:
             return []
-        resp = await self.client.mget(
-            index=self.settings.index_alias,
-            body={"ids": [d.id for d in deletes]},
-            _source=False,
-            params={"version": "true"},
-        )
-        actions = []
-        for doc in resp.get("docs", []):
-            if doc.get("found"):
-                actions.append(Action("delete", doc["_id"], int(doc["_version"]) + 1))
-        return actions
+        with backend_errors("reading versions of deleted documents failed"):
+            resp = await self.client.mget(
+                index=self.settings.index_alias,
+                body={"ids": [d.id for d in deletes]},
+                _source=False,
+            )  # found documents carry their _version
+        return [
+            Action("delete", doc["_id"], int(doc["_version"]) + 1).with_data()
+            for doc in resp.get("docs", [])
+            if doc.get("found")
+        ]
 
-    async def apply(self, batch: ChangeBatch) -> ApplyStats:
-        docs = self._fresh(batch.docs)
+    async def _prepare(self, batch: ChangeBatch, fresh_only: bool = True) -> tuple[Prepared, list]:
+        docs = self.applied.fresh(batch.docs) if fresh_only else list(batch.docs)
         if not docs and not batch.hard_deletes:
-            return ApplyStats()
+            return Prepared(), []
         prepared = await asyncio.to_thread(
             prepare, docs, self.embedder, self.settings, source="sync", delete_invalid=True
         )
         prepared.actions += await self._hard_deletes(batch.hard_deletes)
-        seen = len(docs) + len(batch.hard_deletes)
+        return prepared, docs
+
+    def _guard(self, partitions: list[int] | None) -> None:
+        """Refuse to write for partitions this worker may no longer hold."""
+        if partitions is None:
+            return
+        if not self.leases.valid or sorted(self.leases.held) != partitions:
+            raise LeaseLost(f"worker {self.worker}: leases on {partitions} lapsed")
+
+    async def _write(
+        self, prepared: Prepared, docs: list, seen: int, partitions: list[int] | None = None
+    ) -> Counters:
+        if not prepared.actions and not prepared.letters:
+            return Counters()
+        self._guard(partitions)
+        started = time.time()
         stats = await write(prepared, self.writer, self.db, source="sync", seen=seen)
-        self._remember(docs)
+        log.debug(
+            "bulk worker=%s partitions=%s start=%.3f end=%.3f docs=%d",
+            self.worker,
+            partitions,
+            started,
+            time.time(),
+            len(prepared.actions),
+        )
+        self.applied.remember(docs)
         return stats
 
-    async def once(self) -> SyncReport:
-        """Drain the feed until caught up, committing after each acknowledged batch."""
-        t0 = time.perf_counter()
+    async def apply(self, batch: ChangeBatch, *, fresh_only: bool = True) -> Counters:
+        """Apply one batch now (no checkpoint; what a pass does to each of its batches)."""
+        prepared, docs = await self._prepare(batch, fresh_only)
+        return await self._write(prepared, docs, len(docs) + len(batch.hard_deletes))
+
+    async def _feed_for(self, partitions: list[int]) -> ChangeFeed:
+        if self.feed is not None and self.feed.partitions != partitions:
+            await self.reset()
         if self.feed is None:
-            self.feed = await open_feed(self.settings, self.db)
-        else:
-            await self.feed.start()
-        report = SyncReport(mode=self.feed.name)
-        while True:
-            batch = await self.feed.next_batch()
-            if batch is None:
-                break
-            stats = await self.apply(batch)
-            await self.feed.commit(batch)  # only after every item was acknowledged
-            report.batches += 1
-            report.changes += stats.seen
-            report.indexed += stats.indexed
-            report.deleted += stats.deleted
-            report.conflicts += stats.conflicts
-            report.dead_lettered += stats.dead_lettered
-            report.encoded += stats.encoded
-            report.cache_hits += stats.cache_hits
+            self.feed = await open_feed(
+                self.settings, self.db, partitions=partitions, owner=self.worker
+            )
+        return self.feed
+
+    async def once(self, *, take_all: bool = False) -> SyncReport:
+        """One pass over the held partitions until caught up (``take_all``: first take
+        every partition no live worker holds, waiting out the leases of dead ones)."""
+        t0 = time.perf_counter()
+        held, skipped = await self._coordinate(take_all)
+        feed = await self._feed_for(held) if held else None
+        report = SyncReport(mode=feed.name if feed else "", partitions=held, skipped=skipped)
+        if feed is None:
+            return report
+
+        async def committed(batch: ChangeBatch, _: Counters) -> None:
+            self._guard(held)
+            await feed.commit(batch)  # this batch and all before it were acknowledged
+
+        async with (
+            self._renewing(),
+            feed.batches() as batches,
+            Pipeline[ChangeBatch](self.settings.bulk_concurrency, committed) as pipe,
+        ):
+            if feed.rewound:  # a reindex swapped the index: what we applied may be gone
+                self.applied.clear()
+            async for batch in read_ahead(batches):
+                if batch.hard_deletes:
+                    await pipe.drain()
+                prepared, docs = await self._prepare(batch)
+                n = len(docs) + len(batch.hard_deletes)
+                await pipe.submit(batch, lambda p=prepared, d=docs, n=n: self._write(p, d, n, held))
+        report.add(pipe.counters)
+        report.batches = pipe.batches
         report.took_s = time.perf_counter() - t0
         return report
+
+    async def _coordinate(self, take_all: bool) -> tuple[list[int], list[int]]:
+        held = await self.leases.rebalance(take_all=take_all)
+        deadline = time.monotonic() + self.settings.sync_lease_seconds + 1.0
+        while take_all and len(held) < self.leases.count and time.monotonic() < deadline:
+            await asyncio.sleep(min(1.0, self.settings.sync_lease_seconds / 3))
+            held = await self.leases.rebalance(take_all=True)
+        partitions = sorted(held)
+        skipped = [p for p in range(self.leases.count) if p not in held] if take_all else []
+        if skipped:
+            log.warning("worker %s: partitions %s are held by another worker", self.worker, skipped)
+        return partitions, skipped
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self) -> Any:
+        """Renew the leases in the background while a pass runs."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.settings.sync_lease_seconds / 3)
+                try:
+                    await self.leases.renew()
+                except BackendError as exc:  # the pass stops at its next guard
+                    log.warning("worker %s: lease renewal failed: %s", self.worker, exc)
+
+        task = asyncio.ensure_future(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def reconcile(self, *, take_all: bool = False) -> ReconcileReport:
+        """Compare the held partitions of MongoDB and the index and repair what differs."""
+        held, _ = await self._coordinate(take_all)
+        if not held:
+            return ReconcileReport()
+        async with self._renewing():
+            report = await reconcile(self, owns=self.leases.owns, guard=lambda: self._guard(held))
+        report.partitions = held
+        return report
+
+    async def health(self) -> str:
+        """One line on both backends (logged while sync backs off)."""
+        parts = []
+        try:
+            resp = await self.client.cluster.health(params={"timeout": "2s"}, request_timeout=3)
+            parts.append(f"opensearch={resp.get('status')}")
+        except Exception as exc:  # reporting, not handling: any failure is the answer
+            parts.append(f"opensearch=unreachable ({type(exc).__name__})")
+        try:
+            await asyncio.wait_for(self.db.command("ping"), timeout=3)
+            parts.append("mongodb=ok")
+        except Exception as exc:
+            parts.append(f"mongodb=unreachable ({type(exc).__name__})")
+        return " ".join(parts)
 
 
 async def sync_once(
@@ -154,12 +293,34 @@ async def sync_once(
     db: Any | None = None,
     embedder: Embedder | None = None,
 ) -> SyncReport:
-    """One catch-up pass of the change feed (what ``opendisco sync --once`` runs)."""
+    """One catch-up pass over every partition (what ``opendisco sync --once`` runs): waits
+    out the leases of dead workers, skips (and reports) partitions live workers hold.
+
+    A pass whose leases lapse (renewals too slow on a loaded store, or another worker took a
+    partition) stops at its next guard with its checkpoints kept; it then coordinates again
+    and resumes, up to ``ONCE_ATTEMPTS`` times, as the continuous loop does."""
     syncer = Syncer(settings, client=client, db=db, embedder=embedder)
     try:
-        return await syncer.once()
+        await syncer.check()
+        for attempt in range(1, ONCE_ATTEMPTS + 1):
+            try:
+                report = await syncer.once(take_all=True)
+            except LeaseLost as exc:
+                if attempt == ONCE_ATTEMPTS:
+                    raise
+                log.warning("%s; coordinating again (attempt %d)", exc, attempt + 1)
+                await syncer.reset()
+                continue
+            return report
+        raise AssertionError("unreachable")  # the last attempt returns or raises
     finally:
         await syncer.close()
+
+
+def backoff(failures: int, cap: float, base: float = 0.5) -> float:
+    """Capped exponential backoff with jitter (half fixed, half random)."""
+    delay = min(cap, base * 2 ** max(0, failures - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
 
 
 async def run_sync(
@@ -167,13 +328,52 @@ async def run_sync(
     *,
     stop: asyncio.Event | None = None,
     on_report: Callable[[SyncReport], None] | None = None,
+    on_reconcile: Callable[[ReconcileReport], None] | None = None,
 ) -> None:
     """Sync until ``stop`` is set, polling every ``sync_poll_interval`` seconds when idle."""
     stop = stop or asyncio.Event()
     syncer = Syncer(settings)
+    interval = settings.sync_reconcile_interval
+    next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
+    failures, failing_since = 0, 0.0
+    log.info("worker %s: syncing into %s", syncer.worker, settings.index_alias)
     try:
         while not stop.is_set():
-            report = await syncer.once()
+            try:
+                if not syncer.checked:
+                    await syncer.check()
+                report = await syncer.once()
+                if time.monotonic() >= next_reconcile:
+                    rec = await syncer.reconcile()
+                    next_reconcile = time.monotonic() + interval
+                    if on_reconcile is not None:
+                        on_reconcile(rec)
+            except LeaseLost as exc:
+                log.warning("%s; coordinating again", exc)
+                await syncer.reset()
+                continue
+            except BackendError as exc:
+                failures += 1
+                failing_since = failing_since or time.monotonic()
+                delay = backoff(failures, settings.sync_backoff_max)
+                log.warning(
+                    "backend error (%s); attempt %d, retrying in %.1fs, checkpoint kept; %s",
+                    exc,
+                    failures,
+                    delay,
+                    await syncer.health(),
+                )
+                await syncer.reset()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                continue
+            if failures:
+                log.warning(
+                    "backends reachable again after %d failed attempts (%.0fs)",
+                    failures,
+                    time.monotonic() - failing_since,
+                )
+                failures, failing_since = 0, 0.0
             if on_report is not None and report.changes:
                 on_report(report)
             if report.changes:

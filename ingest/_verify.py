@@ -19,7 +19,7 @@ from ._document import content_hash, to_index_doc
 from ._io import backends
 from ._packed import PACKED_FIELD
 from ._schema import validate_item
-from ._store import items_collection, pages
+from ._store import items_collection, stream
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -54,17 +54,18 @@ class VerifyReport:
 
 async def _expected(settings: Settings, db: Any, report: VerifyReport) -> dict[str, tuple]:
     out: dict[str, tuple[int, str]] = {}
-    async for page in pages(items_collection(db, settings), {}, 1000):
-        for raw in page:
-            report.mongo_items += 1
-            try:
-                item = validate_item(raw, behaviour_dim=settings.behaviour_dim)
-            except DocumentInvalid:
-                report.invalid += 1
-                continue
-            if item["deleted"]:
-                continue
-            out[item["_id"]] = (item["version"], to_index_doc(item, None)["content_hash"])
+    async with stream(items_collection(db, settings), {}, 1000) as batches:
+        async for page in batches:
+            for raw in page:
+                report.mongo_items += 1
+                try:
+                    item = validate_item(raw, behaviour_dim=settings.behaviour_dim)
+                except DocumentInvalid:
+                    report.invalid += 1
+                    continue
+                if item["deleted"]:
+                    continue
+                out[item["_id"]] = (item["version"], to_index_doc(item, None)["content_hash"])
     report.expected = len(out)
     return out
 

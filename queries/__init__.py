@@ -16,25 +16,29 @@ from ._candidates import (
     request_for_user,
     request_params,
 )
-from ._params import ParamSpec, clip_terms
+from ._params import REQUEST_PARAMS, ParamSpec, clip_terms
 from ._template import (
     SURFACES,
+    Template,
     load,
     render,
     script_params,
     surfaces,
+    template_from_doc,
     template_version,
     to_mustache,
 )
 from ._validate import SourceCheck, example_params, script_id, store_templates, validate_templates
 
 __all__ = [
+    "REQUEST_PARAMS",
     "SURFACES",
     "Candidate",
     "CandidateRequest",
     "CandidateSet",
     "ParamSpec",
     "SourceCheck",
+    "Template",
     "clip_terms",
     "example_params",
     "explain_components",
@@ -48,6 +52,7 @@ __all__ = [
     "script_params",
     "store_templates",
     "surfaces",
+    "template_from_doc",
     "template_version",
     "to_mustache",
     "validate_templates",

@@ -21,7 +21,7 @@ from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
 from opendisco.signals import UserState, exposure_index
 
-from ._template import load, render
+from ._template import Template, load, render
 
 __all__ = [
     "Candidate",
@@ -54,6 +54,7 @@ class CandidateRequest:
     query_vector: list[float] | None = None  # search: the query's embedding (optional)
     explain: bool = False  # ask OpenSearch for per-hit score explanations
     exposure_caps: bool = True  # exclude items over their exposure cap
+    template: Template | None = None  # a version/draft of ``surface`` (None: the shipped file)
 
 
 @dataclass
@@ -133,7 +134,7 @@ def _fresh_since(now: datetime, days: int = 14) -> datetime:
 
 def request_params(req: CandidateRequest, settings: Settings) -> dict[str, Any]:
     """Template parameters for ``req`` (pure): only those the surface declares are set."""
-    specs = load(req.surface).specs
+    specs = (req.template or load(req.surface)).specs
     viewer = req.viewer or {}
     interests = [str(i) for i in req.interests]
     candidates: dict[str, Any] = {
@@ -266,7 +267,7 @@ async def generate_candidates(
         for key, field_name in (("item_vector", "embedding"), ("behaviour_vector", "behaviour")):
             if params.get(key) is None:
                 params[key] = anchor.get(field_name)
-    rendered = render(req.surface, params)
+    rendered = render(req.surface, params, req.template)
     names = list(rendered["sources"])
     if not names:
         return CandidateSet(

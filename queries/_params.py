@@ -16,7 +16,7 @@ from typing import Any
 
 from opendisco._exceptions import TemplateParamError
 
-__all__ = ["ParamSpec", "clip_terms", "validate_params"]
+__all__ = ["REQUEST_PARAMS", "ParamSpec", "clip_terms", "validate_params"]
 
 TYPES = ("int", "float", "bool", "str", "text", "str_list", "vector", "geo", "date")
 _MISSING = object()
@@ -24,6 +24,38 @@ _MISSING = object()
 # multi_match over three fields multiplies the terms, so long texts keep their first terms.
 _TERM = re.compile(r"\w+", re.UNICODE)
 _DATE_MATH = re.compile(r"now(-\d{1,5}[yMwdhms])?(/[yMwdhms])?")
+
+#: the template parameters every request sets from the member, the caller and the settings
+#: (plus the graph neighbours the pipeline adds): a params file or draft never overrides
+#: them — they carry the hard rules (viewer preferences, exclusions, caps) and the index
+REQUEST_PARAMS = frozenset(
+    {
+        "k",
+        "now",
+        "index",
+        "exclude_ids",
+        "exposure_index",
+        "viewer_gender",
+        "viewer_age",
+        "viewer_pref_genders",
+        "viewer_pref_age_min",
+        "viewer_pref_age_max",
+        "viewer_id",  # the viewer's own profile (self-exclusion)
+        "exclude_owners",
+        "location",
+        "user_vector",
+        "behaviour_vector",
+        "interests",
+        "interests_text",
+        "fresh_since",
+        "query_text",
+        "query_vector",
+        "item_id",
+        "item_vector",
+        "graph_ids",
+        "graph_weights",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,12 @@ parameters it ``requires``). Inside the bodies three directives are allowed:
 override their defaults. The same structure converts to mustache for OpenSearch stored
 search templates (:func:`to_mustache`), where ``$param`` becomes ``{{#toJson}}name{{/toJson}}``
 and ``$if`` becomes a section on the boolean ``has_<name>`` (see :func:`script_params`).
+
+A template that is not a shipped file — a promoted version or a playground draft, built by
+:func:`template_from_doc` — is parsed the same way with the shipped partials, and is
+*guarded*: :func:`render` puts every source's query under the shipped ``filter`` fragment
+(eligibility, exclusions, exposure caps), so an edited template can change what is scored and
+how, never who may be shown.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -32,7 +38,7 @@ from typing import Any
 from opendisco._domain import Surface
 from opendisco._exceptions import ConfigError, TemplateParamError
 
-from ._params import ParamSpec, validate_params
+from ._params import REQUEST_PARAMS, ParamSpec, validate_params
 
 __all__ = [
     "SURFACES",
@@ -42,6 +48,7 @@ __all__ = [
     "render",
     "script_params",
     "surfaces",
+    "template_from_doc",
     "template_version",
     "to_mustache",
 ]
@@ -49,6 +56,8 @@ __all__ = [
 #: one template file per surface (a test checks the files against the enum)
 SURFACES: tuple[str, ...] = tuple(s.value for s in Surface)
 _PARTIALS = "_partials"
+#: the shipped fragment holding every hard rule (eligibility, exclusions, exposure caps)
+HARD_FILTER = "filter"
 
 
 def _read(name: str) -> tuple[str, dict[str, Any]]:
@@ -88,6 +97,12 @@ class Template:
     #: source name -> its body with every ``$ref`` inlined (computed once in :func:`load`;
     #: ``_fill`` builds new containers, so the cached bodies are never mutated)
     expanded: dict[str, Any] = field(default_factory=dict)
+    #: not a shipped file: every source's query is rendered under the shipped hard filter
+    guarded: bool = False
+    #: that filter (the ``filter`` fragment, ``$ref``s inlined) when ``guarded``
+    hard_filter: Any = None
+    #: the surface document as written (what an editor starts a draft from)
+    raw: dict[str, Any] = field(default_factory=dict)
 
     def expand(self, node: Any) -> Any:
         """The body with every ``$ref`` inlined (directives ``$param``/``$if`` kept)."""
@@ -126,35 +141,98 @@ def _check_refs(node: Any, specs: Mapping[str, ParamSpec], where: str) -> None:
             _check_refs(v, specs, where)
 
 
-@cache
-def load(surface: str) -> Template:
-    """Parse and check one template (cached; files are read once per process)."""
-    if surface.startswith("_") or surface not in surfaces():
-        raise TemplateParamError(f"unknown surface {surface!r}; have {surfaces()}")
-    ptext, partials = _read(_PARTIALS)
-    text, raw = _read(surface)
+def _parse(
+    surface: str, raw: Any, version: str, partials: Mapping[str, Any], *, guarded: bool
+) -> Template:
+    """A checked :class:`Template` from a parsed surface document (:class:`ConfigError`)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{surface}: a template is a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - {"_comment", "params", "fusion", "sources"})
+    if unknown:
+        raise ConfigError(f"{surface}: unknown keys {unknown}; have params, fusion, sources")
+    own = raw.get("params", {})
+    if not isinstance(own, Mapping) or not all(isinstance(d, Mapping) for d in own.values()):
+        raise ConfigError(f"{surface}: 'params' maps names to declarations (objects)")
     decls = {**partials.get("params", {})}
-    for name, decl in raw.get("params", {}).items():
+    for name, decl in own.items():
         decls[name] = {**decls.get(name, {}), **decl}
-    specs = {name: ParamSpec.from_decl(name, d) for name, d in decls.items()}
-    version = hashlib.sha256((ptext + "\0" + text).encode()).hexdigest()[:12]
+    try:
+        specs = {name: ParamSpec.from_decl(name, d) for name, d in decls.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{surface}: bad parameter declaration: {exc}") from exc
+    sources = raw.get("sources")
+    if not isinstance(sources, Mapping) or not sources:
+        raise ConfigError(f"{surface}: 'sources' must map source names to {{requires, body}}")
+    fusion = raw.get("fusion", {})
+    if not isinstance(fusion, Mapping):
+        raise ConfigError(f"{surface}: 'fusion' must be an object")
     tpl = Template(
         surface=surface,
-        version=f"{surface}@{version}",
-        doc=raw.get("_comment", ""),
+        version=version,
+        doc=str(raw.get("_comment", "")),
         specs=specs,
-        fusion=raw.get("fusion", {}),
-        sources=raw["sources"],
+        fusion=dict(fusion),
+        sources=dict(sources),
         fragments=partials.get("fragments", {}),
+        guarded=guarded,
+        raw=copy.deepcopy(dict(raw)),
     )
     for name, src in tpl.sources.items():
         where = f"{surface}.{name}"
-        for req in src.get("requires", []):
+        if not isinstance(src, Mapping) or not isinstance(src.get("body"), Mapping):
+            raise ConfigError(f"{where}: a source is {{requires: [...], body: {{...}}}}")
+        requires = src.get("requires", [])
+        if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+            raise ConfigError(f"{where}: 'requires' must be a list of parameter names")
+        for req in requires:
             if req not in specs:
                 raise ConfigError(f"{where}: requires undeclared parameter {req!r}")
         tpl.expanded[name] = tpl.expand(src["body"])
         _check_refs(tpl.expanded[name], specs, where)
     _check_refs(tpl.fusion, specs, f"{surface}.fusion")
+    if guarded:
+        return replace(tpl, hard_filter=tpl.expand({"$ref": HARD_FILTER}))
+    return tpl
+
+
+@cache
+def load(surface: str) -> Template:
+    """Parse and check one shipped template (cached; files are read once per process)."""
+    if surface.startswith("_") or surface not in surfaces():
+        raise TemplateParamError(f"unknown surface {surface!r}; have {surfaces()}")
+    ptext, partials = _read(_PARTIALS)
+    text, raw = _read(surface)
+    version = hashlib.sha256((ptext + "\0" + text).encode()).hexdigest()[:12]
+    return _parse(surface, raw, f"{surface}@{version}", partials, guarded=False)
+
+
+def template_from_doc(surface: str, raw: Any, label: str | None = None) -> Template:
+    """A template that is not a shipped file (a promoted version, a playground draft): the
+    surface document ``raw`` parsed with the shipped partials and *guarded* (see the module
+    docstring). Named ``<label>@<content hash>`` (label defaults to ``<surface>-draft``).
+    Any problem is a :class:`TemplateParamError` naming what is wrong."""
+    if surface.startswith("_") or surface not in surfaces():
+        raise TemplateParamError(f"unknown surface {surface!r}; have {surfaces()}")
+    ptext, partials = _read(_PARTIALS)
+    try:
+        text = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TemplateParamError(f"{surface}: the template is not JSON: {exc}") from exc
+    digest = hashlib.sha256((ptext + "\0" + text).encode()).hexdigest()[:12]
+    try:
+        tpl = _parse(
+            surface, raw, f"{label or surface + '-draft'}@{digest}", partials, guarded=True
+        )
+    except TemplateParamError:
+        raise
+    except ConfigError as exc:
+        raise TemplateParamError(str(exc)) from exc
+    # the request sets these whenever the shipped template declares them: keep them declared
+    dropped = sorted((set(load(surface).specs) & REQUEST_PARAMS) - set(tpl.specs))
+    if dropped:
+        raise TemplateParamError(
+            f"{surface}: the template must declare {dropped} (every request sets them)"
+        )
     return tpl
 
 
@@ -202,19 +280,34 @@ def _fill(node: Any, values: Mapping[str, Any]) -> Any:
     return node
 
 
-def render(surface: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _guard(body: Mapping[str, Any], hard_filter: Any) -> dict[str, Any]:
+    """``body`` with its query as the scoring clause of a bool whose filter is the hard one."""
+    out = dict(body)
+    query = out.get("query")
+    out["query"] = {"bool": {"must": [query] if query is not None else [], "filter": [hard_filter]}}
+    return out
+
+
+def render(
+    surface: str, params: Mapping[str, Any] | None = None, template: Template | None = None
+) -> dict[str, Any]:
     """Validated, fully rendered request bodies of one surface (pure; touches no client).
 
-    Returns ``{"surface", "version", "sources": {name: search body}, "fusion": {...},
-    "skipped": [sources whose required parameters are unset]}``.
+    ``template`` replaces the shipped file (a version or a draft of this surface; its sources
+    are guarded by the hard filter). Returns ``{"surface", "version", "sources": {name: search
+    body}, "fusion": {...}, "skipped": [sources whose required parameters are unset]}``.
     """
-    tpl = load(surface)
+    tpl = template if template is not None else load(surface)
+    if tpl.surface != surface:
+        raise TemplateParamError(f"a {tpl.surface} template cannot render {surface}")
     values = validate_params(tpl.specs, params or {}, surface)
+    hard = _fill(tpl.hard_filter, values) if tpl.guarded else None
     sources: dict[str, Any] = {}
     skipped: list[str] = []
     for name, src in tpl.sources.items():
         if all(is_set(values[r]) for r in src.get("requires", [])):
-            sources[name] = _fill(tpl.expanded[name], values)
+            body = _fill(tpl.expanded[name], values)
+            sources[name] = _guard(body, hard) if tpl.guarded else body
         else:
             skipped.append(name)
     return {

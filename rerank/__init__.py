@@ -3,13 +3,25 @@
 A :class:`Reranker` runs named pure steps (``score → rules → fatigue → exposure → mmr → caps →
 pins``) over numpy arrays; :class:`FeatureStore` fills the arrays with a bounded number of
 round trips; ``train_als``/``fold_in`` learn behavioural vectors; ``LearnedScorer`` swaps the
-linear model for LightGBM LambdaMART.
+linear model for LightGBM LambdaMART; ``pl_sample`` draws an explored order with known
+propensities.
 """
 
 from ._als import AlsModel, fold_in, train_als, write_behaviour
 from ._config import DEFAULT_STEPS, RerankConfig, merged_config
+from ._explore import pl_marginals, pl_sample, pl_weights
 from ._features import FeatureStore, TTLCache
-from ._learned import LABELS, LearnedScorer, lambdamart_dataset, train_lambdamart
+from ._learned import LTR_PARAMS, LearnedScorer, align_features, train_lambdamart
+from ._ltr import (
+    LabelPolicy,
+    LtrData,
+    LtrResult,
+    join_outcomes,
+    load_ltr_inputs,
+    ndcg_at,
+    save_model,
+    train_ltr,
+)
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
 from ._steps import (
     STEPS,
@@ -24,19 +36,23 @@ from ._steps import (
     fatigue_penalty,
     mmr_select,
 )
-from ._types import FEATURE_NAMES, CandidateBatch, Features, RerankContext
+from ._types import FEATURE_NAMES, RANKED_SOURCES, CandidateBatch, Features, RerankContext
 
 __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
-    "LABELS",
+    "LTR_PARAMS",
+    "RANKED_SOURCES",
     "STEPS",
     "AlsModel",
     "CandidateBatch",
     "FeatureStore",
     "Features",
+    "LabelPolicy",
     "LearnedScorer",
     "LinearScorer",
+    "LtrData",
+    "LtrResult",
     "RerankConfig",
     "RerankContext",
     "RerankInputs",
@@ -47,16 +63,24 @@ __all__ = [
     "StepRecord",
     "TTLCache",
     "Trace",
+    "align_features",
     "apply_caps",
     "apply_pins",
     "assemble_features",
     "exposure_adjustment",
     "fatigue_penalty",
     "fold_in",
-    "lambdamart_dataset",
+    "join_outcomes",
+    "load_ltr_inputs",
     "merged_config",
     "mmr_select",
+    "ndcg_at",
+    "pl_marginals",
+    "pl_sample",
+    "pl_weights",
+    "save_model",
     "train_als",
     "train_lambdamart",
+    "train_ltr",
     "write_behaviour",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from pymongo import UpdateOne
+from scipy.sparse import csr_matrix
 
 from opendisco._store import bulk_write_chunked
 from opendisco.signals import fold_in
@@ -55,7 +56,6 @@ def train_als(
 ) -> AlsModel:
     """Fit implicit ALS on ``(user_id, item_id, weight)`` positives (weights summed per pair)."""
     import implicit
-    from scipy.sparse import csr_matrix
 
     users: dict[str, int] = {}
     items: dict[str, int] = {}

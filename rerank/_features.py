@@ -217,6 +217,7 @@ class FeatureStore:
                 content[r] = cv
             if bv is not None and len(bv) == b:
                 behaviour[r] = bv
+        bnorm = np.linalg.norm(behaviour, axis=1)
         for M in (content, behaviour):
             norms = np.linalg.norm(M, axis=1, keepdims=True)
             np.divide(M, norms, out=M, where=norms > 0)
@@ -226,6 +227,7 @@ class FeatureStore:
             exposure=np.array([float(expo.get(i, 0)) for i in ids]),
             inbound=np.array([float(inbound.get(i, 0)) for i in ids]),
             graph=np.array([float(graph.get(i, 0.0)) for i in ids]),
+            behaviour_norm=bnorm,
         )
 
     async def for_batch(
@@ -249,6 +251,7 @@ class FeatureStore:
             behaviour_vector=np.asarray(user_state.behaviour) if user_state.behaviour else None,
             fatigue=dict(user_state.fatigue),
             bans=frozenset(user_state.blocked) | frozenset(kw.pop("bans", ())),
+            history=len(user_state.positives),
             **kw,
         )
 

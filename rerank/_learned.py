@@ -1,16 +1,16 @@
 """LambdaMART (LightGBM ``lambdarank``) as the learned scoring step.
 
-Training data are logged impressions: the serving path records the feature row it scored
-(``features``, in :data:`FEATURE_NAMES` order) and a ``request_id`` on each impression event;
-the label of an impression is the strongest later outcome of the same user on the same item
-(click 1, like/message 2, match 3; 0 otherwise). ``LearnedScorer`` plugs into
-``Reranker(config, scorer=...)`` in place of the linear model.
+``LearnedScorer`` plugs into ``Reranker(config, scorer=...)`` in place of the linear model; it
+scores the same feature matrix (:data:`FEATURE_NAMES`, built by ``assemble_features``) the
+served-list log records, so what a model was trained on is what it scores.
+``train_lambdamart`` fits a booster on requests grouped as LightGBM expects, with early
+stopping on a validation set when one is given; ``opendisco.rerank.train_ltr`` builds those
+groups from logged lists and later outcomes.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,55 +20,54 @@ from opendisco._exceptions import ConfigError
 
 from ._types import FEATURE_NAMES
 
-__all__ = ["LABELS", "LearnedScorer", "lambdamart_dataset", "train_lambdamart"]
+__all__ = ["LTR_PARAMS", "LearnedScorer", "align_features", "train_lambdamart"]
 
-LABELS: dict[str, int] = {"click": 1, "like": 2, "message": 2, "match": 3}
+#: LightGBM parameters of ``train_lambdamart`` (single-threaded and deterministic: the serving
+#: process scores one request at a time and training runs beside other work)
+LTR_PARAMS: dict[str, Any] = {
+    "objective": "lambdarank",
+    "metric": "ndcg",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 50,
+    "feature_fraction": 0.8,
+    "lambdarank_truncation_level": 30,
+    "verbosity": -1,
+    "num_threads": 1,
+    "deterministic": True,
+    "force_row_wise": True,
+}
 
 
-def lambdamart_dataset(
-    events: Iterable[Mapping[str, Any]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pure: ``(X, y, group sizes)`` from raw events (impressions with ``request_id`` and
-    ``features`` of the right width; outcomes label them). Requests without any positive or
-    with a single impression are dropped (no pairs to learn from)."""
-    impressions: dict[str, list[tuple[str, str, list[float]]]] = defaultdict(list)
-    outcome: dict[tuple[str, str], int] = {}
-    for ev in events:
-        kind = ev.get("type")
-        if kind == "impression":
-            f, rid = ev.get("features"), ev.get("request_id")
-            if rid and f is not None and len(f) == len(FEATURE_NAMES):
-                impressions[rid].append((ev["user_id"], ev["item_id"], list(f)))
-        elif kind in LABELS:
-            key = (ev["user_id"], ev["item_id"])
-            outcome[key] = max(outcome.get(key, 0), LABELS[kind])
-    X, y, groups = [], [], []
-    for rid in sorted(impressions):
-        rows = impressions[rid]
-        labels = [outcome.get((u, i), 0) for u, i, _ in rows]
-        if len(rows) < 2 or max(labels) == 0:
-            continue
-        X += [f for _, _, f in rows]
-        y += labels
-        groups.append(len(rows))
-    return (
-        np.asarray(X, dtype=np.float64).reshape(-1, len(FEATURE_NAMES)),
-        np.asarray(y, dtype=np.int32),
-        np.asarray(groups, dtype=np.int32),
-    )
+def align_features(X: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Columns of ``X`` (named ``names``) in :data:`FEATURE_NAMES` order; a feature the rows
+    were logged without is NaN (LightGBM's missing value), one not served any more is dropped."""
+    names = list(names)
+    if names == list(FEATURE_NAMES):
+        return np.asarray(X, dtype=np.float64)
+    col = {n: j for j, n in enumerate(names)}
+    out = np.full((X.shape[0], len(FEATURE_NAMES)), np.nan)
+    for j, n in enumerate(FEATURE_NAMES):
+        if n in col:
+            out[:, j] = X[:, col[n]]
+    return out
 
 
 class LearnedScorer:
     """A LightGBM booster scoring the feature matrix (a ``Scorer``)."""
 
-    def __init__(self, booster: Any) -> None:
+    def __init__(self, booster: Any, best_iteration: int | None = None) -> None:
         self.booster = booster
+        self.best_iteration = best_iteration
 
     def score(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(self.booster.predict(X, num_threads=1), dtype=np.float64)
 
     def save(self, path: str | Path) -> None:
         self.booster.save_model(str(path))
+
+    def model_text(self) -> str:
+        return str(self.booster.model_to_string())
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedScorer:
@@ -94,25 +93,35 @@ def train_lambdamart(
     y: np.ndarray,
     groups: np.ndarray,
     *,
+    valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     rounds: int = 100,
-    learning_rate: float = 0.1,
-    num_leaves: int = 15,
+    early_stopping: int = 30,
+    eval_at: int = 10,
+    params: Mapping[str, Any] | None = None,
     seed: int = 0,
+    **overrides: Any,
 ) -> LearnedScorer:
-    """Fit a lambdarank booster on grouped impressions."""
+    """Fit a lambdarank booster on grouped rows (``groups``: rows per request, in order).
+
+    With ``valid`` (another ``(X, y, groups)``) training stops when NDCG@``eval_at`` there
+    has not improved for ``early_stopping`` rounds and the best iteration is kept
+    (``scorer.best_iteration``); without it, exactly ``rounds`` rounds are fitted."""
     import lightgbm as lgb
 
     if len(groups) == 0:
-        raise ValueError("no request with both impressions and an outcome to learn from")
+        raise ValueError("no request with both candidates and an outcome to learn from")
+    p = {**LTR_PARAMS, **(params or {}), **overrides, "seed": seed, "eval_at": [eval_at]}
     ds = lgb.Dataset(X, label=y, group=groups, feature_name=list(FEATURE_NAMES))
-    params = {
-        "objective": "lambdarank",
-        "learning_rate": learning_rate,
-        "num_leaves": num_leaves,
-        "min_data_in_leaf": 5,
-        "verbosity": -1,
-        "seed": seed,
-        "num_threads": 1,
-        "deterministic": True,
-    }
-    return LearnedScorer(lgb.train(params, ds, num_boost_round=rounds))
+    if valid is None:
+        return LearnedScorer(lgb.train(p, ds, num_boost_round=rounds), rounds)
+    vs = lgb.Dataset(valid[0], label=valid[1], group=valid[2], reference=ds)
+    booster = lgb.train(
+        p,
+        ds,
+        num_boost_round=rounds,
+        valid_sets=[vs],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(early_stopping, first_metric_only=True, verbose=False)],
+    )
+    best = int(booster.best_iteration or rounds)
+    return LearnedScorer(booster, best)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -112,7 +113,6 @@ class Reranker:
         *,
         timed: bool = False,
     ) -> RerankResult:
-        from time import perf_counter
 
         ctx = ctx or RerankContext()
         if not isinstance(cands, CandidateBatch):  # a sequence of queries.Candidate

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ._types import FEATURE_NAMES, CandidateBatch, Features, RerankContext
+from ._types import FEATURE_NAMES, RANKED_SOURCES, CandidateBatch, Features, RerankContext
 
 if TYPE_CHECKING:
     from ._config import RerankConfig
@@ -96,6 +96,24 @@ def assemble_features(
     X[:, _COL["inbound"]] = np.log1p(features.inbound)
     ns = (batch.source_scores > 0).sum(axis=1) if batch.source_scores.size else np.ones(n)
     X[:, _COL["n_sources"]] = ns
+    # learning-to-rank columns (weight 0 in the default linear model)
+    u = ctx.behaviour_vector
+    unorm = float(np.linalg.norm(u)) if u is not None else 0.0
+    bnorm = features.behaviour_norm if features.behaviour_norm is not None else 1.0
+    X[:, _COL["behaviour_dot"]] = X[:, _COL["behaviour_sim"]] * bnorm * unorm
+    X[:, _COL["log_popularity"]] = pop
+    X[:, _COL["history"]] = np.log1p(ctx.history)
+    col = {name: j for j, name in enumerate(batch.source_names)}
+    for s in RANKED_SOURCES:
+        j = col.get(s)
+        if j is None:
+            continue
+        score = batch.source_scores[:, j]
+        smax = float(score.max()) if n else 0.0
+        X[:, _COL[f"score_{s}"]] = score / smax if smax > 0 else 0.0
+        if batch.source_ranks is not None:
+            rank = batch.source_ranks[:, j]
+            X[:, _COL[f"rr_{s}"]] = np.divide(1.0, rank, out=np.zeros(n), where=rank > 0)
     return X
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FEATURE_NAMES", "CandidateBatch", "Features", "RerankContext"]
+__all__ = ["FEATURE_NAMES", "RANKED_SOURCES", "CandidateBatch", "Features", "RerankContext"]
 
 #: Columns of the feature matrix built by :func:`opendisco.rerank.assemble_features`.
 FEATURE_NAMES: tuple[str, ...] = (
@@ -23,7 +23,16 @@ FEATURE_NAMES: tuple[str, ...] = (
     "exposure",  # log1p(impressions in the window)
     "inbound",  # log1p(recent likes/messages the recipient received)
     "n_sources",  # how many candidate sources proposed the item
+    # learning-to-rank features (weight 0 in the linear model: LambdaMART uses them)
+    "behaviour_dot",  # user behaviour vector . item behaviour vector (the ALS score)
+    "log_popularity",  # log1p(popularity), not batch-normalised
+    "history",  # log1p(the member's recent positives): same for every row of a list
+    *(f"rr_{s}" for s in ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")),
+    *(f"score_{s}" for s in ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")),
 )
+#: candidate sources with their own reciprocal-rank (``rr_*``) and score (``score_*``, divided
+#: by the source's batch maximum) columns; 0 where the source did not propose the item
+RANKED_SOURCES: tuple[str, ...] = ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")
 
 
 def _codes(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
@@ -71,6 +80,8 @@ class CandidateBatch:
     #: id -> packed float16 vectors carried by the candidate hits (``ingest.PACKED_FIELD``);
     #: the feature store decodes these instead of fetching the vectors again
     packed: Mapping[str, str] = field(default_factory=dict)
+    #: (n, S) 1-based rank of the item in each source (columns of ``source_names``); 0 = absent
+    source_ranks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -82,6 +93,7 @@ class CandidateBatch:
         *,
         fused: Sequence[float] | None = None,
         sources: Sequence[Mapping[str, float]] | None = None,
+        ranks: Sequence[Mapping[str, int]] | None = None,
         now: datetime | None = None,
     ) -> CandidateBatch:
         """From item dicts (``id`` or ``_id`` plus the item fields)."""
@@ -95,6 +107,13 @@ class CandidateBatch:
         for i, s in enumerate(srcs):
             for k, v in s.items():
                 ss[i, col[k]] = float(v or 0.0)
+        sr = None
+        if ranks is not None:
+            sr = np.zeros((n, len(names)))
+            for i, rk in enumerate(ranks):
+                for k, v in rk.items():
+                    if k in col:
+                        sr[i, col[k]] = float(v or 0)
         cat, cats = _codes([it.get("category") for it in items])
         own, owns = _codes([it.get("owner_id") for it in items])
         return cls(
@@ -111,6 +130,7 @@ class CandidateBatch:
             age_days=np.array([_age_days(it.get("created_at"), now) for it in items]),
             available=np.array([it.get("available", True) is not False for it in items]),
             items=list(items),
+            source_ranks=sr,
         )
 
     @classmethod
@@ -118,7 +138,11 @@ class CandidateBatch:
         """From ``opendisco.queries.Candidate`` objects (``id, sources, fused, item, packed``)."""
         items = [{**(c.item or {}), "id": c.id} for c in cands]
         batch = cls.from_items(
-            items, fused=[c.fused for c in cands], sources=[c.sources for c in cands], now=now
+            items,
+            fused=[c.fused for c in cands],
+            sources=[c.sources for c in cands],
+            ranks=[getattr(c, "ranks", None) or {} for c in cands],
+            now=now,
         )
         packed = {c.id: c.packed for c in cands if c.packed}
         return replace(batch, packed=packed) if packed else batch
@@ -133,6 +157,8 @@ class Features:
     exposure: np.ndarray  # (n,) impressions in the current window
     inbound: np.ndarray  # (n,) recent likes/messages received (profiles)
     graph: np.ndarray  # (n,) co-engagement weight to the user's recent items
+    #: (n,) norms of the behaviour vectors before normalising (the ALS score's item part)
+    behaviour_norm: np.ndarray | None = None
 
     @classmethod
     def empty(cls, n: int, dim: int = 384, bdim: int = 32) -> Features:
@@ -149,3 +175,4 @@ class RerankContext:
     bans: frozenset[str] = frozenset()  # item ids never shown (blocked, hidden)
     pins: Mapping[str, int] = field(default_factory=dict)  # item id -> 0-based position
     k: int | None = None  # page size override
+    history: int = 0  # the member's recent positives (a list-level ranking feature)

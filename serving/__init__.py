@@ -1,12 +1,14 @@
 """opendisco.serving: the served pipeline, assembled from named parts, and its artifacts.
 
 :class:`Discovery` runs query hydrators → candidate sources → filters (the hard rules,
-``_filters``) → feature hydrators → the reranker → side effects (see ``_stages``);
-:class:`Artifacts` are the tuned params file and the trained model it serves, named in every
-response's version string.
+``_filters``) → feature hydrators → the reranker → exploration (a share of personal answers,
+``_explore``) → side effects (the served-list log; see ``_stages``); :class:`Artifacts` are
+the tuned params file and the trained model it serves, named in every response's version
+string.
 """
 
-from ._artifacts import Artifacts, load_model, load_params
+from ._artifacts import Artifacts, check_params, load_model, load_params, load_template
+from ._explore import EXPLORED_SURFACES, Exploration, Explorer
 from ._filters import RULE_FIELDS, HardRules, HardRulesFilter, Rule, stored_rule_fields
 from ._pipeline import Discovery, default_parts
 from ._stages import (
@@ -15,6 +17,7 @@ from ._stages import (
     CandidateSource,
     FeatureHydrator,
     GraphNeighbours,
+    LogServed,
     MemberContext,
     Parts,
     QueryHydrator,
@@ -35,6 +38,7 @@ from ._types import (
 )
 
 __all__ = [
+    "EXPLORED_SURFACES",
     "GRAPH_NEIGHBOURS",
     "MAX_CANDIDATES",
     "MAX_K",
@@ -44,10 +48,13 @@ __all__ = [
     "CandidatePlan",
     "CandidateSource",
     "Discovery",
+    "Exploration",
+    "Explorer",
     "FeatureHydrator",
     "GraphNeighbours",
     "HardRules",
     "HardRulesFilter",
+    "LogServed",
     "MemberContext",
     "Parts",
     "QueryHydrator",
@@ -59,9 +66,11 @@ __all__ = [
     "StoreFeatures",
     "TemplateSource",
     "candidate_k",
+    "check_params",
     "default_parts",
     "load_model",
     "load_params",
+    "load_template",
     "params_for",
     "read_member",
     "stored_rule_fields",

@@ -17,10 +17,9 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opensearchpy import AsyncOpenSearch
-from sentence_transformers import SentenceTransformer
 
 from opendisco import clients
 from opendisco._backend import backend_errors
@@ -28,21 +27,24 @@ from opendisco._domain import USER_SURFACES, Surface
 from opendisco._exceptions import BackendError, InvalidInput
 from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
-from opendisco.queries import CandidateSet, template_version
-from opendisco.rerank import CandidateBatch, FeatureStore, Reranker
+from opendisco.queries import CandidateSet, Template, template_version
+from opendisco.rerank import CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
     BlockStore,
     EventProcessor,
     EventsResult,
     ExposureStore,
     ItemGraph,
+    ServedLog,
     UserStateStore,
 )
 
 from ._artifacts import Artifacts
+from ._explore import EXPLORED_SURFACES, Explorer
 from ._filters import HardRules, HardRulesFilter
 from ._stages import (
     GraphNeighbours,
+    LogServed,
     MemberContext,
     Parts,
     RequestBuilder,
@@ -50,8 +52,12 @@ from ._stages import (
     TemplateSource,
     read_member,
     run_sources,
+    served_list,
 )
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
+
+if TYPE_CHECKING:  # torch: loaded on the first query encoding, not on import
+    from sentence_transformers import SentenceTransformer
 
 __all__ = ["Discovery", "default_parts"]
 
@@ -64,20 +70,34 @@ def default_parts(
     db: Any,
     features: FeatureStore,
     params: Mapping[str, Any],
+    templates: Mapping[str, Template] | None = None,
 ) -> Parts:
-    """The default assembly: member context and graph neighbours, the surface's template as
-    the candidate source, the hard rules as the filter, the feature store as the feature
-    hydrator."""
+    """The default assembly: member context and graph neighbours, the surface's template (or
+    its served version in ``templates``) as the candidate source, the hard rules as the
+    filter, the feature store as the feature hydrator, and (``served_log``) the served-list
+    log as a side effect."""
+    side_effects: list[Any] = []
+    if settings.served_log:
+        side_effects.append(
+            LogServed(
+                ServedLog(
+                    db,
+                    max_rows=settings.served_log_rows,
+                    max_queue=settings.served_log_queue,
+                    days=settings.served_log_days,
+                )
+            )
+        )
     return Parts(
         query_hydrators=[
             MemberContext(db, UserStateStore(db), BlockStore(db)),
-            RequestBuilder(params),
+            RequestBuilder(params, dict(templates or {})),
             GraphNeighbours(ItemGraph(db)),
         ],
         sources=[TemplateSource(os_client, settings)],
         filters=[HardRulesFilter()],
         feature_hydrators=[StoreFeatures(features)],
-        side_effects=[],
+        side_effects=side_effects,
     )
 
 
@@ -93,6 +113,7 @@ class Discovery:
         artifacts: Artifacts | None = None,
         parts: Parts | None = None,
         model: SentenceTransformer | None = None,
+        explorer: Explorer | None = None,
     ) -> None:
         self.settings = settings
         self.os = os_client
@@ -106,8 +127,16 @@ class Discovery:
         self.parts = (
             parts
             if parts is not None
-            else default_parts(settings, os_client, db, self.features, self.artifacts.params)
+            else default_parts(
+                settings,
+                os_client,
+                db,
+                self.features,
+                self.artifacts.params,
+                self.artifacts.templates,
+            )
         )
+        self.explorer = explorer if explorer is not None else Explorer.from_settings(settings)
         self._model = model
         self._events: EventProcessor | None = None
         self._ready = False
@@ -153,6 +182,7 @@ class Discovery:
         query: str | None = None,
         exclude: Iterable[str] = (),
         explain: bool = False,
+        request_id: str | None = None,
     ) -> CandidatePlan:
         """Stage one (query hydration): the checked request and the candidate request it
         sends — member context, exclusions, graph neighbours, template overrides. Benchmarks
@@ -173,6 +203,8 @@ class Discovery:
         elif surface not in USER_SURFACES:
             raise InvalidInput(f"unknown surface {surface!r}")
         plan = CandidatePlan(surface, k, user_id, tuple(exclude), explain, extra)
+        if request_id:
+            plan.request_id = request_id
         plan.rules = HardRules.anonymous(plan.exclude)  # a member context replaces them
         for hydrator in self.parts.query_hydrators:
             t0 = time.perf_counter()
@@ -201,24 +233,32 @@ class Discovery:
             return empty
         t1 = time.perf_counter()
         batch = CandidateBatch.from_candidates(cs.candidates, now=plan.request.now)
-        feats = None
+        feats: Features | None = None
         for hydrator in self.parts.feature_hydrators:
-            feats = await hydrator.features(plan, batch)
+            feats = await hydrator.features(plan, batch, feats)
+        assert feats is not None  # Parts requires a feature hydrator
         plan.timings_ms["features_ms"] = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
         ctx = FeatureStore.context(plan.state, k=k)
-        if feats is None:
-            raise InvalidInput("the pipeline has no feature hydrator")
         result = self.reranker.run(batch, feats, ctx, timed=explain)
+        rows, scores = result.order[:k], result.scores[:k]
+        exploration = None
+        explorable = plan.request.surface in EXPLORED_SURFACES and not ctx.pins
+        if plan.user_id and explorable and not explain:
+            exploration = self.explorer.draw(result.order, k)
+        if exploration is not None:  # scores follow the rows they belong to
+            pos = {int(r): p for p, r in enumerate(result.order.tolist())}
+            rows = exploration.shown
+            scores = result.scores[[pos[int(r)] for r in rows.tolist()]]
         plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         by_id = {c.id: c for c in cs.candidates}
         items = []
-        for pos, row in enumerate(result.order[:k].tolist()):
+        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
             cand = by_id[batch.ids[row]]
             items.append(
                 Recommendation(
                     id=cand.id,
-                    score=float(result.scores[pos]),
+                    score=float(score),
                     sources=dict(cand.sources),
                     item=dict(cand.item),
                     trace=result.trace.for_item(cand.id) if explain else None,
@@ -227,14 +267,19 @@ class Discovery:
             )
         timings = dict(plan.timings_ms)
         timings["total_ms"] = sum(plan.timings_ms.values())
+        version = f"{cs.template_version}+{self.artifacts.name}"
+        served = served_list(plan, cs, batch.ids, result.trace.X, rows, exploration, version)
         recs = Recommendations(
             items=items,
             degraded=cs.degraded,
-            version=f"{cs.template_version}+{self.artifacts.name}",
+            version=version,
             surface=plan.request.surface,
             explain=self._explained(plan, cs, result, items, timings) if explain else None,
             timings_ms=timings,
             candidate_set=cs if explain else None,
+            request_id=plan.request_id,
+            explored=exploration is not None,
+            served=served,
         )
         for effect in self.parts.side_effects:
             effect.after(plan, recs)
@@ -285,30 +330,71 @@ class Discovery:
         k: int = 20,
         exclude: Sequence[str] = (),
         explain: bool = False,
+        request_id: str | None = None,
     ) -> Recommendations:
         if surface not in USER_SURFACES:
             raise InvalidInput(f"surface {surface!r} needs an item or a query, not a member")
         return await self.run(
-            await self.plan(surface, k, user_id=user_id, exclude=exclude, explain=explain)
+            await self.plan(
+                surface,
+                k,
+                user_id=user_id,
+                exclude=exclude,
+                explain=explain,
+                request_id=request_id,
+            )
         )
 
     async def similar(
-        self, item_id: str, k: int = 20, user_id: str | None = None, explain: bool = False
+        self,
+        item_id: str,
+        k: int = 20,
+        user_id: str | None = None,
+        explain: bool = False,
+        request_id: str | None = None,
     ) -> Recommendations:
         return await self.run(
-            await self.plan(Surface.similar, k, user_id=user_id, item_id=item_id, explain=explain)
+            await self.plan(
+                Surface.similar,
+                k,
+                user_id=user_id,
+                item_id=item_id,
+                explain=explain,
+                request_id=request_id,
+            )
         )
 
     async def search(
-        self, q: str, user_id: str | None = None, k: int = 20, explain: bool = False
+        self,
+        q: str,
+        user_id: str | None = None,
+        k: int = 20,
+        explain: bool = False,
+        request_id: str | None = None,
     ) -> Recommendations:
         return await self.run(
-            await self.plan(Surface.search, k, user_id=user_id, query=q, explain=explain)
+            await self.plan(
+                Surface.search, k, user_id=user_id, query=q, explain=explain, request_id=request_id
+            )
         )
 
-    async def trending(self, k: int = 50) -> Recommendations:
+    async def trending(self, k: int = 50, request_id: str | None = None) -> Recommendations:
         """The non-personal list (the same for everyone)."""
-        return await self.run(await self.plan(Surface.trending, k))
+        return await self.run(await self.plan(Surface.trending, k, request_id=request_id))
+
+    async def drain(self) -> None:
+        """Finish every side effect's queued work (served-list log writes): at shutdown and
+        at the end of an evaluation, before the clients close."""
+        for effect in self.parts.side_effects:
+            await effect.drain()
+
+    @property
+    def served_log(self) -> ServedLog | None:
+        """The served-list log of the default assembly (None when logging is off)."""
+        for effect in self.parts.side_effects:
+            if isinstance(effect, LogServed):
+                return effect.log
+        return None
 
     async def rules_for(self, user_id: str | None, exclude: Iterable[str] = ()) -> HardRules:
         """The hard rules of a viewer, read the way a served request reads them (what the

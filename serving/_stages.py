@@ -22,29 +22,35 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 from opensearchpy import AsyncOpenSearch
 
 from opendisco._backend import backend_errors
 from opendisco._domain import Surface
+from opendisco._exceptions import ConfigError
 from opendisco._settings import Settings
 from opendisco.queries import (
     Candidate,
     CandidateSet,
+    Template,
     generate_candidates,
     load,
     request_for_user,
 )
-from opendisco.rerank import CandidateBatch, Features, FeatureStore
+from opendisco.rerank import FEATURE_NAMES, CandidateBatch, Features, FeatureStore
 from opendisco.signals import (
     RECENT_FANOUT,
     BlockStore,
     ItemGraph,
     MemberBlocks,
+    ServedList,
+    ServedLog,
     UserState,
     UserStateStore,
     top_neighbours,
 )
 
+from ._explore import Exploration
 from ._filters import HardRules
 from ._types import CandidatePlan, Recommendations, candidate_k
 
@@ -54,6 +60,7 @@ __all__ = [
     "CandidateSource",
     "FeatureHydrator",
     "GraphNeighbours",
+    "LogServed",
     "MemberContext",
     "Parts",
     "QueryHydrator",
@@ -63,6 +70,7 @@ __all__ = [
     "TemplateSource",
     "params_for",
     "read_member",
+    "served_list",
 ]
 
 #: co-engaged neighbours handed to the graph candidate source (by raw weight; the engine
@@ -93,23 +101,33 @@ class CandidateFilter(Protocol):
 
 
 class FeatureHydrator(Protocol):
+    """Fills the reranker's per-candidate features; hydrators run in order, each receiving the
+    features built so far (``None`` for the first) and returning them extended."""
+
     name: str
 
-    async def features(self, plan: CandidatePlan, batch: CandidateBatch) -> Features: ...
+    async def features(
+        self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
+    ) -> Features: ...
 
 
 class SideEffect(Protocol):
-    """Runs after an answer is built; must not block (queue and return)."""
+    """Runs after an answer is built; must not block (queue and return). ``drain`` finishes
+    what was queued (shutdown, the end of an evaluation)."""
 
     name: str
 
     def after(self, plan: CandidatePlan, recs: Recommendations) -> None: ...
 
+    async def drain(self) -> None: ...
 
-def params_for(params: Mapping[str, Any], surface: str) -> dict[str, Any]:
+
+def params_for(
+    params: Mapping[str, Any], surface: str, template: Template | None = None
+) -> dict[str, Any]:
     """Template overrides for ``surface``: ``{"param": v}`` for every surface that declares
-    ``param``, then ``{"<surface>": {...}}`` on top."""
-    specs = load(surface).specs
+    ``param``, then ``{"<surface>": {...}}`` on top (declared by ``template`` when given)."""
+    specs = (template or load(surface)).specs
     out = {k: v for k, v in params.items() if k in specs}
     nested = params.get(surface)
     if isinstance(nested, Mapping):
@@ -155,11 +173,13 @@ class MemberContext:
 class RequestBuilder:
     """The candidate request from the member context (``queries.request_for_user``: a
     ``for_you`` request without history becomes ``cold_start``; vectors, interests,
-    location), the served template overrides, and on top of them the hard rules' parameters
-    (:meth:`HardRules.engine_params`: exclusions, blocks both ways, two-sided eligibility),
-    which no tuned parameter can override."""
+    location), the caller's exclusions, the served template overrides and the served template
+    version of the request's surface (``templates``; None: the shipped file), and on top of
+    them the hard rules' parameters (:meth:`HardRules.engine_params`: exclusions, blocks both
+    ways, two-sided eligibility), which no tuned parameter can override."""
 
     params: Mapping[str, Any]
+    templates: Mapping[str, Template] = field(default_factory=dict)
     name: str = "request"
 
     async def hydrate(self, plan: CandidatePlan) -> None:
@@ -171,8 +191,10 @@ class RequestBuilder:
             explain=plan.explain,
             **plan.extra,
         )
+        plan.request.exclude_ids = list(dict.fromkeys([*plan.request.exclude_ids, *plan.exclude]))
+        plan.request.template = self.templates.get(plan.request.surface)
         plan.request.params = {
-            **params_for(self.params, plan.request.surface),
+            **params_for(self.params, plan.request.surface, plan.request.template),
             **plan.rules.engine_params(),
         }
 
@@ -220,8 +242,60 @@ class StoreFeatures:
     store: FeatureStore
     name: str = "store"
 
-    async def features(self, plan: CandidatePlan, batch: CandidateBatch) -> Features:
+    async def features(
+        self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
+    ) -> Features:
         return await self.store.for_batch(batch, plan.state, plan.graph_weights)
+
+
+def served_list(
+    plan: CandidatePlan,
+    cs: CandidateSet,
+    ids: Sequence[str],
+    X: np.ndarray,
+    rows: np.ndarray,
+    exploration: Exploration | None,
+    version: str,
+) -> ServedList:
+    """What the ranker saw for one answer: references to the feature matrix and the batch
+    ids, the shown rows and their per-slot propensities (1.0 when not explored)."""
+    explored = exploration is not None
+    return ServedList(
+        request_id=plan.request_id,
+        at=plan.request.now,
+        user_id=plan.user_id,
+        surface=plan.request.surface,
+        requested_surface=str(plan.requested_surface),
+        version=version,
+        degraded=cs.degraded,
+        k=plan.k,
+        feature_names=FEATURE_NAMES,
+        X=X,
+        ids=ids,
+        shown=rows.tolist(),
+        propensity=exploration.propensity.tolist() if explored else [1.0] * len(rows),
+        explored=explored,
+        policy=exploration.policy if explored else {"kind": "deterministic"},
+        pool=exploration.pool.tolist() if explored else (),
+        pool_w=exploration.weights.tolist() if explored else (),
+    )
+
+
+@dataclass
+class LogServed:
+    """Impression and feature logging: every answer's :class:`~opendisco.signals.ServedList`
+    (what the ranker saw) into the :class:`~opendisco.signals.ServedLog`, queued without
+    copying; the log's background writer encodes and inserts in batches."""
+
+    log: ServedLog
+    name: str = "served_log"
+
+    def after(self, plan: CandidatePlan, recs: Recommendations) -> None:
+        if recs.served is not None:
+            self.log.log(recs.served)
+
+    async def drain(self) -> None:
+        await self.log.drain()
 
 
 @dataclass
@@ -230,9 +304,13 @@ class Parts:
 
     query_hydrators: Sequence[QueryHydrator]
     sources: Sequence[CandidateSource]
+    feature_hydrators: Sequence[FeatureHydrator]
     filters: Sequence[CandidateFilter] = ()
-    feature_hydrators: Sequence[FeatureHydrator] = ()
     side_effects: Sequence[SideEffect] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.sources or not self.feature_hydrators:
+            raise ConfigError("a pipeline needs a candidate source and a feature hydrator")
 
 
 async def run_sources(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from opendisco.queries import CandidateRequest, CandidateSet
-from opendisco.signals import MemberBlocks, UserState
+from opendisco.signals import MemberBlocks, ServedList, UserState
 
 from ._filters import HardRules
 
@@ -53,6 +54,8 @@ class CandidatePlan:
     request: CandidateRequest = field(default_factory=CandidateRequest)
     graph_weights: dict[str, float] | None = None  # the member's co-engagement edges
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: the answer's id (the API's ``X-Request-ID``); served lists and events refer to it
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: candidates the filters stage dropped, by rule (the engine should have dropped them)
     filtered: dict[str, int] = field(default_factory=dict)
 
@@ -78,6 +81,11 @@ class Recommendations:
     timings_ms: dict[str, float] = field(default_factory=dict)
     #: the candidate stage, kept only when explaining
     candidate_set: CandidateSet | None = field(default=None, repr=False)
+    request_id: str = ""
+    #: an explored answer: its order was drawn at random (propensities in ``served``)
+    explored: bool = False
+    #: what the ranker saw (feature rows, shown rows, propensities): the log side effect's input
+    served: ServedList | None = field(default=None, repr=False)
 
     @property
     def ids(self) -> list[str]:

@@ -39,6 +39,7 @@ from ._graph import (
     top_neighbours,
 )
 from ._processor import EVENTS, EventProcessor
+from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
 from ._user_state import (
     USER_LOCKS,
     USER_STATE,
@@ -61,6 +62,7 @@ __all__ = [
     "MUTUAL_TYPES",
     "RECENT_FANOUT",
     "REQUEST_ID_PATTERN",
+    "SERVED_LISTS",
     "USER_LIKES",
     "USER_LOCKS",
     "USER_MATCHES",
@@ -75,6 +77,8 @@ __all__ = [
     "InboundCounter",
     "ItemGraph",
     "MemberBlocks",
+    "ServedList",
+    "ServedLog",
     "UserGraph",
     "UserState",
     "UserStateConfig",
@@ -82,6 +86,7 @@ __all__ = [
     "adjacency_updates",
     "capped_lookup",
     "decayed_vector",
+    "decode_list",
     "decode_row",
     "encode_row",
     "exposure_index",
@@ -89,6 +94,7 @@ __all__ = [
     "merge_events",
     "merge_rows",
     "recompute",
+    "sample_rows",
     "top_neighbours",
     "validate_event",
 ]

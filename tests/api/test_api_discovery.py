@@ -75,7 +75,9 @@ async def test_explain_for_admin(api: Any, keys: dict[str, str]) -> None:
     assert body["items"]
 
 
-async def test_impressions_are_logged(api: Any, keys: dict[str, str], mongo_db: Any) -> None:
+async def test_served_lists_are_logged(api: Any, keys: dict[str, str], mongo_db: Any) -> None:
+    """The API's request id names the served list the pipeline's side effect logs, with the
+    feature rows the ranker scored and the positions shown."""
     rid = f"imp-{uuid.uuid4().hex[:8]}"
     body = _ok(
         await api.get(
@@ -84,14 +86,15 @@ async def test_impressions_are_logged(api: Any, keys: dict[str, str], mongo_db: 
     )
     assert body["request_id"] == rid
     for _ in range(50):
-        doc = mongo_db["impressions"].find_one({"_id": rid})
+        doc = mongo_db["served_lists"].find_one({"_id": rid})
         if doc:
             break
         await asyncio.sleep(0.1)
     assert doc is not None
-    assert doc["user_id"] == "u7" and doc["surface"] == "for_you"
+    assert doc["user_id"] == "u7" and doc["requested_surface"] == "for_you"
     assert doc["version"] == body["template_version"]
-    assert doc["items"] == [{"id": it["id"], "position": i} for i, it in enumerate(body["items"])]
+    assert [doc["ids"][r] for r in doc["shown"]] == [it["id"] for it in body["items"]]
+    assert doc["features"] and doc["X"] and len(doc["propensity"]) == len(body["items"])
 
 
 async def test_duplicate_event_ids_are_counted_once(

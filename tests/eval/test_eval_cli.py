@@ -40,11 +40,9 @@ def test_eval_rejects_a_directory_without_movielens_files(
     assert "ml-latest-small" in result.output and "ml-100k" in result.output
 
 
-def test_tune_writes_new_versions_plot_and_report(
-    movielens: Path, tmp_path: Path, base_settings: Settings
-) -> None:
+def test_tune_writes_new_versions_plot_and_report(tmp_path: Path, base_settings: Settings) -> None:
     out = tmp_path / "tuning"
-    args = ["tune", "--dataset", str(movielens), "--target", "EASE", "--trials", "3"]
+    args = ["tune", "--dataset", "synthetic:200", "--target", "EASE", "--trials", "3"]
     args += ["--users", "80", "--out", str(out)]
     first = CliRunner().invoke(cli, args, obj=base_settings, catch_exceptions=False)
     assert first.exit_code == 0, first.output

@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
+
+from ingest_support import OPENDISCO, worker_env
 
 from opendisco import Settings, clients, now_ms
 from opendisco.ingest import Embedder, reindex, sync_once, verify
-
-OPENDISCO = Path(sys.executable).with_name("opendisco")
-
-
-def _env(ingest_settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        OPENDISCO_OPENSEARCH_URL=ingest_settings.opensearch_url,
-        OPENDISCO_MONGO_URL=ingest_settings.mongo_url,
-        OPENDISCO_MONGO_DB=ingest_settings.mongo_db,
-        OPENDISCO_ITEMS_COLLECTION=ingest_settings.items_collection,
-        OPENDISCO_INDEX_ALIAS=ingest_settings.index_alias,
-        OPENDISCO_SYNC_POLL_INTERVAL="0.1",
-        OPENDISCO_SYNC_BATCH_SIZE="15",
-        OPENDISCO_SYNC_OVERLAP_SECONDS="2",
-    )
-    return env
 
 
 def _writer(
@@ -82,7 +64,7 @@ async def test_kill_9_under_concurrent_writer_then_verify(
             for _ in range(4):
                 proc = subprocess.Popen(
                     [str(OPENDISCO), "sync"],
-                    env=_env(ingest_settings),
+                    env=worker_env(ingest_settings),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                 )
@@ -99,7 +81,7 @@ async def test_kill_9_under_concurrent_writer_then_verify(
         # after the writer stops: one restart catches up; nothing was lost or resurrected
         proc = subprocess.run(
             [str(OPENDISCO), "sync", "--once"],
-            env=_env(ingest_settings),
+            env=worker_env(ingest_settings),
             capture_output=True,
             timeout=120,
         )

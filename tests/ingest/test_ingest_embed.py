@@ -40,7 +40,7 @@ def test_encode_matches_model_and_caches(
 
 
 class _CountingStore:
-    """A MongoCache that counts per-key lookups (the path prefetch exists to avoid)."""
+    """A MongoCache that records the size of each lookup."""
 
     def __init__(self, inner: MongoCache) -> None:
         self.inner = inner
@@ -53,48 +53,36 @@ class _CountingStore:
     def put_many(self, vectors: Any) -> None:
         self.inner.put_many(vectors)
 
-    def scan(self, page_size: int = 5_000) -> Any:
-        return self.inner.scan(page_size)
 
-
-def test_prefetch_scans_cache_in_keyset_pages(
+def test_warm_lookup_is_one_indexed_in_query_per_batch(
     ingest_settings: Settings, model: Any, mongo_db: Any
 ) -> None:
     coll = mongo_db[f"cache_probe_{ingest_settings.items_collection}"]
     try:
-        texts = [f"prefetch probe {i}: hiking, jazz and board games" for i in range(23)]
+        texts = [f"lookup probe {i}: hiking, jazz and board games" for i in range(23)]
         writer = Embedder(
             ingest_settings, model, cache=MongoCache(coll, ingest_settings.embedding_dim)
         )
         want = writer.encode(texts)
         assert writer.encoded == 23 and coll.count_documents({}) == 23
 
-        pages = list(MongoCache(coll, ingest_settings.embedding_dim).scan(5))
-        assert [len(p) for p in pages] == [5, 5, 5, 5, 3]
-        keys = [k for p in pages for k in p]
-        assert keys == sorted(writer.keys(texts)) and len(set(keys)) == 23
-
-        small = ingest_settings.model_copy(update={"embed_cache_prefetch_page": 100})
         store = _CountingStore(MongoCache(coll, ingest_settings.embedding_dim))
-        partial = Embedder(small, model, cache=store)
-        assert partial.prefetch(10) == 10 and len(partial.memory) == 10
-        got = partial.encode(texts)
-        assert store.lookups == [13]  # only the keys not prefetched go to the store
-        assert partial.encoded == 0 and np.array_equal(got, want)
+        warm = Embedder(ingest_settings, model, cache=store)  # a new process: empty memory
+        got, encoded, hits = warm.encode_counted(texts[:10])
+        assert store.lookups == [10] and (encoded, hits) == (0, 10)
+        got = warm.encode(texts)
+        assert store.lookups == [10, 13]  # one lookup per batch, only the keys not in memory
+        assert warm.encoded == 0 and warm.hits == 33 and np.array_equal(got, want)
 
-        store = _CountingStore(MongoCache(coll, ingest_settings.embedding_dim))
-        full = Embedder(small, model, cache=store)
-        assert full.prefetch() == 23 and full.prefetched == 23
-        got = full.encode(texts)
-        assert store.lookups == [] and full.encoded == 0 and full.hits == 23
-        assert np.array_equal(got, want)
-
-        off = Embedder(
-            ingest_settings.model_copy(update={"embed_cache_prefetch_max": 0}), model, cache=store
+        # the lookup is an index search, not a scan of the cache (FerretDB: patched pushdown)
+        plan = mongo_db.command(
+            "explain",
+            {"find": coll.name, "filter": {"_id": {"$in": warm.keys(texts)}}},
+            verbosity="queryPlanner",
         )
-        assert off.prefetch() == 0 and len(off.memory) == 0
-        assert (
-            Embedder(ingest_settings, model, persist=False).prefetch() == 0
-        )  # no persistent store
+        if "ferretdbVersion" in plan.get("serverInfo", {}):
+            assert plan["filterPushdown"] and "USING INDEX" in str(plan["queryPlanner"]), plan
+        else:
+            assert any(s in str(plan) for s in ("IXSCAN", "IDHACK", "EXPRESS")), plan
     finally:
         coll.drop()

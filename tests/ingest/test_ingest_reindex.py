@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
+import time
+import uuid
 from typing import Any
 
 import pytest
+from ingest_support import OPENDISCO, worker_env
 
 from opendisco import Settings, clients, index_templates
 from opendisco.ingest import (
-    PREFETCH_RATIO,
+    CACHE_COLLECTION,
     Embedder,
     alias_targets,
     apply_templates,
+    generate_marketplace,
     plan_templates,
     reindex,
     verify,
     versioned_indices,
+    write_sample,
 )
 
 
@@ -204,7 +210,7 @@ def test_cli_templates_and_verify_exit_codes(
     assert os.environ.get("OPENDISCO_INDEX_ALIAS") != ingest_settings.index_alias
 
 
-async def test_warm_reindex_prefetches_the_cache(
+async def test_warm_reindex_reads_each_vector_from_the_cache(
     ingest_settings: Settings,
     ingest_catalogue: list[dict[str, Any]],
     model: Any,
@@ -212,20 +218,60 @@ async def test_warm_reindex_prefetches_the_cache(
 ) -> None:
     client = clients.async_opensearch(ingest_settings)
     try:
-        await reindex(
-            ingest_settings, client=client, embedder=embedder
-        )  # every text now in MongoDB
+        await reindex(ingest_settings, client=client, embedder=embedder)  # all texts cached
         fresh = Embedder(ingest_settings, model)  # a new process: empty in-memory cache
         try:
-            warm = await reindex(ingest_settings, client=client, embedder=fresh)
+            warm = await reindex(
+                ingest_settings.model_copy(update={"bulk_concurrency": 3, "bulk_batch_size": 20}),
+                client=client,
+                embedder=fresh,
+            )
         finally:
             fresh.close()
-        assert (
-            len(ingest_catalogue) > ingest_settings.bulk_batch_size
-        )  # several batches: prefetch applies
-        assert 0 < warm.prefetched <= PREFETCH_RATIO * len(ingest_catalogue)
-        assert warm.prefetched == fresh.prefetched
-        assert warm.encoded == 0 and warm.indexed == len(ingest_catalogue) <= warm.cache_hits
+        assert len(ingest_catalogue) > 3 * 20  # several bulks in flight
+        assert warm.encoded == 0 and warm.indexed == len(ingest_catalogue) == warm.cache_hits
+        assert warm.total == len(ingest_catalogue)
         assert (await verify(ingest_settings, client=client)).ok
     finally:
+        await client.close()
+
+
+async def test_reindex_killed_midway_is_rebuilt_without_reencoding(
+    ingest_settings: Settings, model: Any, mongo_db: Any
+) -> None:
+    """A reindex killed with -9 leaves a partial index; the next run drops it and rebuilds,
+    re-encoding only the texts the killed run had not reached (the cache kept the rest)."""
+    token = uuid.uuid4().hex[:8]  # texts no other test has encoded
+    items, users = generate_marketplace(200, seed=5)
+    for it in items:
+        it["title"] = f"{it['title']} ({token})"
+    write_sample(ingest_settings, items, users)
+    cache = mongo_db[CACHE_COLLECTION]
+    before = cache.count_documents({})
+    proc = subprocess.Popen(
+        [str(OPENDISCO), "reindex", "--quiet"],
+        env=worker_env(ingest_settings, OPENDISCO_BULK_BATCH_SIZE="20"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while cache.count_documents({}) - before < 60 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the reindex ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)  # an insert the server was still applying lands before we count
+    encoded_by_killed = cache.count_documents({}) - before
+    assert 60 <= encoded_by_killed < 200
+    client = clients.async_opensearch(ingest_settings)
+    fresh = Embedder(ingest_settings, model)
+    try:
+        partial = await versioned_indices(client, ingest_settings.index_alias)
+        assert [m.get("state") for m in partial.values()] == ["building"]
+        report = await reindex(ingest_settings, client=client, embedder=fresh)
+        assert set(partial) <= set(report.removed)  # the killed build is dropped
+        assert report.encoded == 200 - encoded_by_killed and report.cache_hits == encoded_by_killed
+        assert (await verify(ingest_settings, client=client)).ok
+    finally:
+        fresh.close()
         await client.close()

@@ -18,6 +18,7 @@ from opendisco.ingest import (
     classify,
     content_hash,
     embedding_text,
+    encode_action,
     generate_marketplace,
     to_index_doc,
     validate_item,
@@ -151,14 +152,17 @@ def test_classify(op: str, item: dict[str, Any], outcome: str) -> None:
 
 def test_chunks_respect_count_and_bytes() -> None:
     actions = [Action("index", f"d{i}", 1, {"title": "x" * 1000}) for i in range(10)]
-    chunks = list(chunk_actions(actions, "idx", max_docs=4, max_bytes=10**6))
+    chunks = list(chunk_actions(actions, max_docs=4, max_bytes=10**6))
     assert [len(c) for c in chunks] == [4, 4, 2]
-    chunks = list(chunk_actions(actions, "idx", max_docs=100, max_bytes=2500))
+    chunks = list(chunk_actions(actions, max_docs=100, max_bytes=2500))
     assert [len(c) for c in chunks] == [2, 2, 2, 2, 2]
     meta = json.loads(chunks[0][0][1].split(b"\n")[0])
-    assert meta == {
-        "index": {"_index": "idx", "_id": "d0", "version": 1, "version_type": "external"}
-    }
+    assert meta == {"index": {"_id": "d0", "version": 1, "version_type": "external"}}
+    # prepared actions carry their encoding; the writer sends those very bytes
+    prepared = [a.with_data() for a in actions]
+    assert [d for _, d in next(chunk_actions(prepared, 10, 10**6))] == [
+        encode_action(a) for a in actions
+    ]
 
 
 def test_template_normalise_matches_cluster_style(settings: Settings) -> None:

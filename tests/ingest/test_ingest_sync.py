@@ -104,7 +104,7 @@ async def test_shuffled_duplicate_replay_ends_equal_to_mongo(
         try:
             for start in range(0, len(events), 25):
                 # a fresh syncer memory per batch: nothing is skipped, every write hits OpenSearch
-                syncer._applied.clear()
+                syncer.applied.clear()
                 await syncer.apply(ChangeBatch(docs=events[start : start + 25]))
         finally:
             syncer.feed = None

@@ -1,4 +1,4 @@
-"""Behavioural vectors (ALS, fold-in), LambdaMART, and the train / events post CLI."""
+"""Behavioural vectors (ALS, fold-in), the LambdaMART scorer, and the train / events post CLI."""
 
 from __future__ import annotations
 
@@ -14,13 +14,8 @@ from opendisco import Settings, clients
 from opendisco.cli.main import cli
 from opendisco.rerank import (
     FEATURE_NAMES,
-    CandidateBatch,
-    Features,
     LearnedScorer,
-    RerankConfig,
-    Reranker,
     fold_in,
-    lambdamart_dataset,
     train_als,
     train_lambdamart,
 )
@@ -60,39 +55,6 @@ def test_fold_in_recovers_trained_user_factors() -> None:
     top = [model.item_ids[r] for r in np.argsort(-scores)[:10]]
     assert sum(int(i[1:]) < 20 for i in top) >= 8, top
     assert fold_in(np.zeros((2, 8))) is None
-
-
-def test_lambdamart_learns_from_logged_impressions() -> None:
-    rng = np.random.default_rng(3)
-    col = FEATURE_NAMES.index("graph")
-    events: list[dict[str, Any]] = []
-    for r in range(60):
-        user = f"u{r}"
-        feats = rng.random((10, len(FEATURE_NAMES)))
-        for j in range(10):
-            item = f"i{r}_{j}"
-            events.append(
-                {
-                    "type": "impression",
-                    "user_id": user,
-                    "item_id": item,
-                    "request_id": f"r{r}",
-                    "features": feats[j].tolist(),
-                }
-            )
-        best = int(np.argmax(feats[:, col]))  # users click what is graph-close
-        events.append({"type": "click", "user_id": user, "item_id": f"i{r}_{best}"})
-    X, y, groups = lambdamart_dataset(events)
-    assert X.shape == (600, len(FEATURE_NAMES)) and groups.tolist() == [10] * 60
-    scorer = train_lambdamart(X, y, groups, rounds=30)
-    # held-out request: the learned scorer puts the graph-closest item first
-    feats = rng.random((10, len(FEATURE_NAMES)))
-    assert int(np.argmax(scorer.score(feats))) == int(np.argmax(feats[:, col]))
-    # and plugs into the reranker as its scoring step
-    items = [{"id": f"x{j}"} for j in range(10)]
-    rr = Reranker(RerankConfig(steps=("score",)), scorer=scorer)
-    res = rr.run(CandidateBatch.from_items(items), Features.empty(10, 4, 4))
-    assert len(res.ids) == 10
 
 
 def test_learned_scorer_round_trips_through_a_file(tmp_path: Path) -> None:

@@ -1,0 +1,183 @@
+"""Drafts: an edited params set or query template, checked like the files they would become,
+stored in MongoDB (``playground_drafts``) with author and time.
+
+A draft changes nothing served: it becomes :class:`~opendisco.serving.Artifacts` only inside
+the playground (:func:`draft_artifacts`) — a params draft through
+:meth:`Artifacts.with_params` (the params file's own check,
+:func:`~opendisco.serving.check_params`), a template draft through
+:func:`~opendisco.queries.template_from_doc` (the template parser, guarded by the shipped hard
+filter) and a render with every clause switched on. Every problem is an
+:class:`~opendisco.InvalidInput` naming it (422 with the message), never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from opendisco._backend import backend_errors
+from opendisco._domain import USER_SURFACES
+from opendisco._exceptions import (
+    ConfigError,
+    InvalidInput,
+    NotFound,
+    TemplateParamError,
+)
+from opendisco._settings import Settings
+from opendisco.queries import Template, example_params, load, render, template_from_doc
+from opendisco.serving import Artifacts
+
+__all__ = [
+    "DRAFTS",
+    "MAX_DRAFT_BYTES",
+    "DraftIn",
+    "DraftStore",
+    "current_body",
+    "draft_artifacts",
+]
+
+DRAFTS = "playground_drafts"
+#: the largest draft body accepted (a template is a few KB)
+MAX_DRAFT_BYTES = 256_000
+Kind = Literal["params", "template"]
+SURFACE_NAMES = tuple(str(s.value) for s in USER_SURFACES)
+
+
+class DraftIn(BaseModel):
+    """A draft as the page sends it: what it edits and the edited JSON document."""
+
+    kind: Kind
+    surface: str = Field("for_you", description="The surface a template draft edits.")
+    title: str = Field("", max_length=200)
+    body: Any = Field(description="params: {template_params, rerank}; template: a surface doc")
+
+
+def _check_shape(kind: str, surface: str, body: Any) -> None:
+    if surface not in SURFACE_NAMES:
+        raise InvalidInput(f"surface must be one of {list(SURFACE_NAMES)}, got {surface!r}")
+    if not isinstance(body, Mapping):
+        raise InvalidInput(f"the {kind} draft must be a JSON object")
+    if len(json.dumps(body, default=str)) > MAX_DRAFT_BYTES:
+        raise InvalidInput(f"the draft is larger than {MAX_DRAFT_BYTES} bytes")
+
+
+def draft_template(settings: Settings, surface: str, body: Any, label: str) -> Template:
+    """A template draft parsed and rendered once with every clause on (``TemplateParamError``
+    naming the problem when it does not parse or render)."""
+    tpl = template_from_doc(surface, body, label=label)
+    params = {k: v for k, v in example_params(surface, settings).items() if k in tpl.specs}
+    try:
+        render(surface, params, tpl)
+    except TemplateParamError as exc:
+        raise TemplateParamError(f"the template does not render: {exc}") from exc
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise TemplateParamError(f"the template does not render: {exc!r}") from exc
+    return tpl
+
+
+def draft_artifacts(
+    settings: Settings, current: Artifacts, kind: str, surface: str, body: Any, label: str
+) -> Artifacts:
+    """The served artifacts with the draft in place (params or one surface's template)."""
+    _check_shape(kind, surface, body)
+    if kind == "params":
+        return current.with_params(body, label)
+    return current.with_template(draft_template(settings, surface, body, f"{surface}-{label}"))
+
+
+def current_body(current: Artifacts, kind: str, surface: str) -> dict[str, Any]:
+    """What a new draft starts from: the served params document, or the served template of
+    ``surface`` (its version when one is served, else the shipped file)."""
+    if kind == "params":
+        return {"template_params": dict(current.params), "rerank": current.rerank.get_config()}
+    tpl = current.templates.get(surface) or load(surface)
+    return dict(tpl.raw)
+
+
+def _public(doc: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in doc.items() if k not in ("_id", "body_json")}
+    out["id"] = doc["_id"]
+    if "body_json" in doc:
+        out["body"] = json.loads(doc["body_json"])
+    for k in ("created_at", "updated_at"):
+        if isinstance(out.get(k), datetime):
+            out[k] = out[k].replace(tzinfo=out[k].tzinfo or UTC).isoformat()
+    if isinstance(out.get("promoted"), Mapping) and isinstance(out["promoted"].get("at"), datetime):
+        out["promoted"] = {**out["promoted"], "at": out["promoted"]["at"].isoformat()}
+    return out
+
+
+def _stored(body: Any) -> str:
+    """The body as JSON text: a template's ``$param``/``$ref`` keys are not valid field names
+    of a MongoDB document."""
+    return json.dumps(body, sort_keys=False, separators=(",", ":"))
+
+
+class DraftStore:
+    """Drafts in MongoDB (motor): create, update while unpromoted, list, get, mark promoted."""
+
+    def __init__(self, db: Any) -> None:
+        self.coll = db[DRAFTS]
+
+    async def create(self, draft: DraftIn, author: dict[str, str], based_on: str) -> dict:
+        now = datetime.now(UTC)
+        doc = {
+            "_id": "d" + secrets.token_hex(6),
+            "kind": draft.kind,
+            "surface": draft.surface,
+            "title": draft.title or f"{draft.kind} draft",
+            "body_json": _stored(draft.body),
+            "author": author,
+            "based_on": based_on,
+            "created_at": now,
+            "updated_at": now,
+            "status": "draft",
+            "promoted": None,
+        }
+        with backend_errors("storing the draft failed"):
+            await self.coll.insert_one(doc)
+        return _public(doc)
+
+    async def get(self, draft_id: str) -> dict[str, Any]:
+        with backend_errors("reading the draft failed"):
+            doc = await self.coll.find_one({"_id": draft_id})
+        if doc is None:
+            raise NotFound(f"no draft {draft_id!r}")
+        return _public(doc)
+
+    async def update(self, draft_id: str, draft: DraftIn, author: dict[str, str]) -> dict:
+        current = await self.get(draft_id)
+        if current["status"] != "draft":
+            raise InvalidInput(f"draft {draft_id} was promoted; start a new draft from it")
+        fields = {
+            "kind": draft.kind,
+            "surface": draft.surface,
+            "title": draft.title or current["title"],
+            "body_json": _stored(draft.body),
+            "author": author,
+            "updated_at": datetime.now(UTC),
+        }
+        with backend_errors("updating the draft failed"):
+            await self.coll.update_one({"_id": draft_id, "status": "draft"}, {"$set": fields})
+        return await self.get(draft_id)
+
+    async def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        with backend_errors("listing drafts failed"):
+            docs = await self.coll.find({}, {"body_json": 0}).to_list(length=None)
+        docs.sort(key=lambda d: d.get("updated_at") or d.get("created_at"), reverse=True)
+        return [_public(d) for d in docs[:limit]]
+
+    async def mark_promoted(self, draft_id: str, promoted: dict[str, Any]) -> dict[str, Any]:
+        with backend_errors("marking the draft promoted failed"):
+            res = await self.coll.update_one(
+                {"_id": draft_id, "status": "draft"},
+                {"$set": {"status": "promoted", "promoted": promoted}},
+            )
+        if res.matched_count != 1:
+            raise InvalidInput(f"draft {draft_id} is not an unpromoted draft")
+        return await self.get(draft_id)

@@ -1,0 +1,220 @@
+"""``opendisco train``: ``als`` (behavioural item vectors) and ``ltr`` (a LambdaMART ranker
+from the served-list log and later outcomes). ``opendisco train [ALS OPTIONS]`` is ``train
+als``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import Progress
+
+from opendisco import clients
+from opendisco._exceptions import InvalidInput
+from opendisco._settings import Settings
+from opendisco.ingest import load_movielens
+from opendisco.rerank import (
+    LabelPolicy,
+    join_outcomes,
+    load_ltr_inputs,
+    save_model,
+    train_als,
+    train_ltr,
+    write_behaviour,
+)
+from opendisco.signals import EVENTS
+
+from ._base import DefaultGroup, pass_settings
+
+__all__ = ["train_cmd", "when"]
+
+
+def _movielens_positives(path: Path, min_rating: float) -> list[tuple[str, str, float]]:
+    data = load_movielens(path)
+    return [(str(r[0]), str(r[1]), 1.0) for r in data.ratings if float(r[2]) >= min_rating]
+
+
+async def _event_positives(db: Any) -> list[tuple[str, str, float]]:
+    docs = (
+        await db[EVENTS]
+        .find(
+            {"weight": {"$gt": 0}, "applied": True},
+            projection={"user_id": 1, "item_id": 1, "weight": 1},
+        )
+        .to_list(None)
+    )
+    return [(d["user_id"], d["item_id"], float(d["weight"])) for d in docs]
+
+
+async def _train_als(
+    settings: Settings, movielens: Path | None, min_rating: float, iterations: int, dry_run: bool
+) -> dict[str, Any]:
+    mc = clients.motor(settings)
+    db = mc[settings.mongo_db]
+    try:
+        if movielens is not None:
+            positives = _movielens_positives(movielens, min_rating)
+        else:
+            positives = await _event_positives(db)
+        if not positives:
+            raise InvalidInput("no positive interactions to train on")
+        click.echo(f"ALS on {len(positives):,} positives (factors={settings.behaviour_dim})")
+        model = train_als(positives, factors=settings.behaviour_dim, iterations=iterations)
+        vectors = model.vectors()
+        report: dict[str, Any] = {
+            "users": len(model.user_ids),
+            "items": len(model.item_ids),
+            "vectors": len(vectors),
+        }
+        if not dry_run:
+            report["written"] = await _write(db, settings, vectors)
+    finally:
+        mc.close()
+    return {"als": report}
+
+
+async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -> int:
+    ids = list(vectors)
+    step = 1000
+    done = 0
+    with Progress(transient=True) as progress:
+        task = progress.add_task("writing behaviour vectors", total=len(ids))
+        for k in range(0, len(ids), step):
+            chunk = {i: vectors[i] for i in ids[k : k + step]}
+            done += await write_behaviour(db, settings.items_collection, chunk)
+            progress.advance(task, len(chunk))
+    return done
+
+
+@click.group("train", cls=DefaultGroup, default="als")
+def train_cmd() -> None:
+    """Learn from interactions: `als` (behavioural item vectors, the default) or `ltr` (a
+    LambdaMART ranker from the served-list log and later outcomes)."""
+
+
+@train_cmd.command("als")
+@click.option(
+    "--movielens",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Train on MovieLens ratings ≥ --min-rating instead of logged positive events.",
+)
+@click.option("--min-rating", default=4.0, show_default=True)
+@click.option("--iterations", default=15, show_default=True, type=click.IntRange(1, 200))
+@click.option("--dry-run", is_flag=True, help="Train, but do not write vectors to MongoDB.")
+@pass_settings
+def als_cmd(
+    settings: Settings, movielens: Path | None, min_rating: float, iterations: int, dry_run: bool
+) -> None:
+    """Learn behavioural item vectors (implicit ALS) and write them into items' `behaviour`.
+
+    Each written item gets `version + 1` and a fresh `updated_at`, so the ingest sync path
+    carries the vector to OpenSearch without re-encoding text.
+    """
+    report = asyncio.run(_train_als(settings, movielens, min_rating, iterations, dry_run))
+    click.echo(json.dumps(report, indent=2))
+
+
+def when(value: str | None) -> datetime | None:
+    """An ISO time, or ``<N>d``/``<N>h`` ago."""
+    if not value:
+        return None
+    now = datetime.now(UTC)
+    if value[:-1].isdigit() and value[-1] in "dh":
+        n = int(value[:-1])
+        return now - (timedelta(days=n) if value[-1] == "d" else timedelta(hours=n))
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: an ISO time or N[d|h]") from exc
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+async def _train_ltr(
+    settings: Settings, policy: Any, since: datetime | None, until: datetime | None, **kw: Any
+) -> tuple[Any, dict[str, Any]]:
+    mc = clients.motor(settings)
+    try:
+        lists, events = await load_ltr_inputs(
+            mc[settings.mongo_db], policy, since=since, until=until
+        )
+    finally:
+        mc.close()
+    data = join_outcomes(lists, events, policy)
+    try:
+        result = train_ltr(data, policy=policy, **kw)
+    except ValueError as exc:
+        raise InvalidInput(f"{exc} (from {len(lists)} logged lists, {len(events)} events)") from exc
+    return result, {"logged_lists": len(lists), "events": len(events)}
+
+
+@train_cmd.command("ltr")
+@click.option(
+    "--out",
+    "out_dir",
+    default=Path("models"),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the versioned model-v<N>.txt and its model-v<N>.json report.",
+)
+@click.option(
+    "--labels",
+    default=None,
+    help="Gains over the defaults, e.g. 'like=2,match=4,message=3' (pass/skip/hide are 0).",
+)
+@click.option("--window-hours", default=168.0, show_default=True, type=click.FloatRange(0.01))
+@click.option(
+    "--scope",
+    type=click.Choice(["candidates", "shown"]),
+    default="candidates",
+    show_default=True,
+    help="Label every logged candidate, or only what the list showed.",
+)
+@click.option("--since", default=None, help="Lists served since (ISO time or N[d|h] ago).")
+@click.option("--until", default=None, help="Lists served before (ISO time or N[d|h] ago).")
+@click.option("--valid-share", default=0.2, show_default=True, type=click.FloatRange(0.05, 0.5))
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 500))
+@click.option("--seed", default=0, show_default=True)
+@pass_settings
+def ltr_cmd(
+    settings: Settings,
+    out_dir: Path,
+    labels: str | None,
+    window_hours: float,
+    scope: str,
+    since: str | None,
+    until: str | None,
+    valid_share: float,
+    k: int,
+    seed: int,
+) -> None:
+    """Train a LambdaMART ranker on logged lists joined with later outcomes.
+
+    Every served list (`served_lists`: the candidates' feature rows) is labelled by the
+    member's events on its candidates within --window-hours; the latest --valid-share of the
+    lists validate (early stopping on NDCG@k), then the model is refitted on all. Writes the
+    next model-v<N>.txt and model-v<N>.json (feature schema, label policy, metrics) into
+    --out; serve it with `model_file` (OPENDISCO_MODEL_FILE).
+    """
+    try:
+        policy = LabelPolicy.parse(labels, window_hours=window_hours, scope=scope)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--labels") from exc
+    result, counts = asyncio.run(
+        _train_ltr(
+            settings,
+            policy,
+            when(since),
+            when(until),
+            valid_share=valid_share,
+            k=k,
+            seed=seed,
+        )
+    )
+    result.report["inputs"] = counts
+    model, report = save_model(result, out_dir)
+    metrics = result.report["metrics"]
+    click.echo(json.dumps({"model": str(model), "report": str(report), **metrics}, indent=2))

@@ -1,0 +1,184 @@
+"""Where sync stands: one checkpoint per partition, and the floor a reindex leaves behind.
+
+``sync_state`` holds, per (scope, feed kind, partition layout, partition), a document
+``{_id: "<alias>:<collection>:<kind>:p<k>of<P>", ts | token, floor_index}`` — written only by
+the worker holding that partition's lease, after every change up to it was acknowledged.
+
+The **floor** (``<alias>:<collection>:floor``, ``{ts, index}``) is written by a reindex after
+its alias swap: writes made after its catch-up started may have been applied by a running
+sync to the *old* index. A partition whose checkpoint has not yet seen this floor
+(``floor_index`` differs) restarts its next pass from ``min(checkpoint, floor.ts)`` and records
+``floor_index`` with the commits of that pass. The reindex writes only the floor, never a
+checkpoint, so a sync committing concurrently cannot overwrite it.
+
+A partition with no checkpoint of its own (first run, or a new ``sync_partitions`` layout)
+starts from the oldest checkpoint of any layout for the same scope (or the legacy single
+checkpoint), else the floor, else the beginning of time (polling) / a ``SyncGap``
+(change streams).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import UpdateOne
+
+from opendisco._backend import backend_errors
+from opendisco._settings import Settings
+from opendisco._store import bulk_write_chunked, now_ms
+
+from ._partitions import scope
+from ._store import SYNC_STATE, state_key
+
+__all__ = [
+    "Checkpoint",
+    "Floor",
+    "load_checkpoints",
+    "load_floor",
+    "save_checkpoints",
+    "save_floor",
+    "token_order",
+]
+
+
+@dataclass
+class Checkpoint:
+    partition: int
+    ts: datetime | None = None  # polling watermark
+    token: Any = None  # change-stream resume token
+    floor_index: str | None = None  # the floor this partition has replayed
+    fields: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Floor:
+    ts: datetime
+    index: str
+
+
+def checkpoint_id(settings: Settings, kind: str, partition: int) -> str:
+    return f"{scope(settings)}:{kind}:p{partition}of{settings.sync_partitions}"
+
+
+def _floor_id(settings: Settings) -> str:
+    return f"{scope(settings)}:floor"
+
+
+def _utc(value: Any) -> datetime | None:
+    return value.astimezone(UTC) if isinstance(value, datetime) else None
+
+
+async def load_floor(db: Any, settings: Settings) -> Floor | None:
+    with backend_errors("reading sync state failed"):
+        doc = await db[SYNC_STATE].find_one({"_id": _floor_id(settings)})
+    ts = _utc(doc.get("ts")) if doc else None
+    return Floor(ts, str(doc.get("index"))) if doc and ts else None
+
+
+async def save_floor(db: Any, settings: Settings, ts: datetime, index: str) -> None:
+    with backend_errors("saving sync state failed"):
+        await db[SYNC_STATE].update_one(
+            {"_id": _floor_id(settings)},
+            {"$set": {"scope": scope(settings), "ts": ts, "index": index, "saved_at": now_ms()}},
+            upsert=True,
+        )
+
+
+async def load_checkpoints(
+    db: Any, settings: Settings, kind: str, partitions: list[int]
+) -> dict[int, Checkpoint]:
+    """The checkpoint of each partition (missing ones filled in as the docstring says)."""
+    ids = {checkpoint_id(settings, kind, p): p for p in partitions}
+    with backend_errors("reading sync state failed"):
+        docs = await db[SYNC_STATE].find({"_id": {"$in": list(ids)}}).to_list(None)
+    out = {
+        ids[d["_id"]]: Checkpoint(
+            ids[d["_id"]], _utc(d.get("ts")), d.get("token"), d.get("floor_index")
+        )
+        for d in docs
+    }
+    missing = [p for p in partitions if p not in out]
+    if missing:
+        start = await _fallback(db, settings, kind)
+        for p in missing:
+            out[p] = Checkpoint(p, start.ts, start.token, start.floor_index)
+    return out
+
+
+async def _fallback(db: Any, settings: Settings, kind: str) -> Checkpoint:
+    """A safe start for a partition that has no checkpoint: the latest of the safe ones.
+
+    Safe: the floor (the last reindex caught up to it), the legacy single checkpoint, and the
+    oldest checkpoint of another partition layout whose every partition has one — each lowered
+    to the floor when it predates it. Checkpoints of this very layout are no evidence: another
+    partition's progress says nothing about this one.
+    """
+    floor = await load_floor(db, settings)
+    with backend_errors("reading sync state failed"):
+        docs = await db[SYNC_STATE].find({"scope": scope(settings), "kind": kind}).to_list(None)
+        legacy = await db[SYNC_STATE].find_one({"_id": state_key(settings, kind)})
+    layouts: dict[int, list[dict[str, Any]]] = {}
+    for d in docs:
+        if d.get("of") != settings.sync_partitions:
+            layouts.setdefault(int(d.get("of") or 0), []).append(d)
+    candidates: list[list[dict[str, Any]]] = [
+        group for of, group in layouts.items() if len({d.get("partition") for d in group}) == of
+    ]
+    if legacy:
+        candidates.append([legacy])
+    if kind == "polling":
+        starts = [] if floor is None else [floor.ts]
+        for group in candidates:
+            stamps = [_effective(d, floor) for d in group]
+            if all(t is not None for t in stamps):
+                starts.append(min(t for t in stamps if t is not None))
+        ts = max(starts) if starts else None
+        return Checkpoint(-1, ts=ts, floor_index=floor.index if floor is not None else None)
+    tokens = []
+    for group in candidates:
+        if all(d.get("token") is not None for d in group):
+            tokens.append(min((d["token"] for d in group), key=token_order))
+    return Checkpoint(-1, token=max(tokens, key=token_order) if tokens else None)
+
+
+def token_order(token: Any) -> str:
+    """Change-stream resume tokens order by their hex ``_data`` (cluster time first)."""
+    return str(token.get("_data", "")) if isinstance(token, dict) else ""
+
+
+def _effective(doc: dict[str, Any], floor: Floor | None) -> datetime | None:
+    """A polling checkpoint's safe start: lowered to the floor unless it has replayed it."""
+    ts = _utc(doc.get("ts"))
+    if ts is None or floor is None or doc.get("floor_index") == floor.index:
+        return ts
+    return min(ts, floor.ts)
+
+
+async def save_checkpoints(
+    db: Any, settings: Settings, kind: str, checkpoints: list[Checkpoint], owner: str
+) -> None:
+    ops = []
+    for cp in checkpoints:
+        fields: dict[str, Any] = {
+            "scope": scope(settings),
+            "kind": kind,
+            "mode": kind,
+            "partition": cp.partition,
+            "of": settings.sync_partitions,
+            "floor_index": cp.floor_index,
+            "owner": owner,
+            "saved_at": now_ms(),
+        }
+        if kind == "polling":
+            fields["ts"] = cp.ts
+        else:
+            fields["token"] = cp.token
+        ops.append(
+            UpdateOne(
+                {"_id": checkpoint_id(settings, kind, cp.partition)}, {"$set": fields}, upsert=True
+            )
+        )
+    if ops:
+        await bulk_write_chunked(db[SYNC_STATE], ops)

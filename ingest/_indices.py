@@ -1,0 +1,114 @@
+"""The versioned indices behind the read alias: names, build state, atomic swap, retention.
+
+Every build is a new ``<alias>-v<UTC timestamp>`` index whose ``_meta.opendisco`` records its
+state (``building`` → ``complete``) and its builder (pid, host, start), so a later run can tell
+a build in progress from one left by a crashed process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from opensearchpy.exceptions import NotFoundError
+
+from opendisco._exceptions import IndexStateError
+
+__all__ = [
+    "STALE_BUILD",
+    "alias_targets",
+    "builder_gone",
+    "cleanup_partial",
+    "new_index_name",
+    "retain",
+    "swap_alias",
+    "versioned_indices",
+]
+
+STALE_BUILD = timedelta(hours=6)
+
+
+def new_index_name(alias: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"{alias}-v{now:%Y%m%d%H%M%S%f}"
+
+
+async def versioned_indices(client: Any, alias: str) -> dict[str, dict[str, Any]]:
+    """``{index: _meta.opendisco}`` of every ``<alias>-v*`` index."""
+    try:
+        resp = await client.indices.get_mapping(index=f"{alias}-v*", expand_wildcards="all")
+    except NotFoundError:
+        return {}
+    out = {}
+    for name, body in resp.items():
+        meta = (body.get("mappings") or {}).get("_meta") or {}
+        out[name] = meta.get("opendisco") or {}
+    return out
+
+
+async def alias_targets(client: Any, alias: str) -> list[str]:
+    try:
+        resp = await client.indices.get_alias(name=alias)
+    except NotFoundError:
+        return []
+    return sorted(resp)
+
+
+def builder_gone(meta: dict[str, Any]) -> bool:
+    started = meta.get("started_at")
+    if started:
+        age = datetime.now(UTC) - datetime.fromisoformat(started)
+        if age > STALE_BUILD:
+            return True
+    if meta.get("host") != socket.gethostname():
+        return False
+    pid = meta.get("pid")
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return pid == os.getpid()  # our own earlier, failed attempt
+
+
+async def cleanup_partial(client: Any, alias: str) -> list[str]:
+    """Delete indices whose build never finished (never the alias target)."""
+    targets = set(await alias_targets(client, alias))
+    removed = []
+    for name, meta in (await versioned_indices(client, alias)).items():
+        if name in targets or meta.get("state") != "building":
+            continue
+        if builder_gone(meta):
+            await client.indices.delete(index=name, ignore_unavailable=True)
+            removed.append(name)
+    return removed
+
+
+async def swap_alias(client: Any, alias: str, index: str) -> list[str]:
+    """Point ``alias`` at ``index`` only, in one atomic ``_aliases`` call; return the old ones."""
+    if await client.indices.exists(index=alias) and not await client.indices.exists_alias(
+        name=alias
+    ):
+        raise IndexStateError(f"{alias} is a concrete index, not an alias; delete it first")
+    old = [t for t in await alias_targets(client, alias) if t != index]
+    actions: list[dict[str, Any]] = [{"remove": {"index": t, "alias": alias}} for t in old]
+    actions.append({"add": {"index": index, "alias": alias}})
+    await client.indices.update_aliases(body={"actions": actions})
+    return old
+
+
+async def retain(client: Any, alias: str, current: str, keep: int) -> list[str]:
+    indices = await versioned_indices(client, alias)
+    done = sorted(
+        (n for n, m in indices.items() if n != current and m.get("state") == "complete"),
+        reverse=True,
+    )
+    removed = done[keep:]
+    for name in removed:
+        await client.indices.delete(index=name, ignore_unavailable=True)
+    return removed

@@ -1,0 +1,205 @@
+"""Reconciliation: repair what the polling watermark cannot see, by comparing both sides.
+
+Polling sync sees a change only through ``updated_at``. A hard delete (``delete_one``) leaves
+nothing to poll, and a write whose ``updated_at`` is older than the watermark minus the
+overlap (a backdated write, a restore, a writer's clock that jumped back) is never read.
+Reconciliation streams ``_id`` + ``version`` from MongoDB (one cursor in ``_id`` order, only
+those two fields and ``deleted``) and ``_id`` + ``_version`` from the index (``search_after``
+on the ``id`` keyword, the same byte order), merges the two sorted streams in constant memory
+and repairs, through the ordinary external-versioned apply path:
+
+* in the index, gone from MongoDB (hard delete): confirmed by a point read (``_id $in``,
+  pushed down by FerretDB too) and deleted at the index's version + 1;
+* in MongoDB, absent from the index or at a newer version (backdated writes, tombstones the
+  index still serves): the full document is read by ``_id $in`` and applied like any change
+  (validated → dead letter and removal when invalid; embedded; versioned);
+* in the index while MongoDB's copy has no usable ``version``: dead-lettered and removed;
+* the index newer than MongoDB (a version went backwards): counted as ``ahead``, left alone.
+
+Races with concurrent writes are harmless: every repair re-reads the document and every
+write carries a version, so a repair never overwrites a newer copy. Sync runs a pass every
+``sync_reconcile_interval`` seconds (over the partitions it holds), so such a change is
+repaired within that interval plus one pass; ``opendisco verify --repair`` runs one now.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opendisco._backend import backend_errors
+from opendisco._exceptions import IndexStateError
+
+from ._apply import Counters
+from ._feed import ChangeBatch, HardDelete
+from ._store import items_collection, stream
+
+__all__ = ["ReconcileReport", "reconcile"]
+
+PAGE = 1000
+
+
+@dataclass(kw_only=True)
+class ReconcileReport(Counters):
+    """What one reconciliation pass compared, found and applied (the counters)."""
+
+    mongo_docs: int = 0
+    index_docs: int = 0
+    missing: int = 0  # live in MongoDB, absent from the index
+    behind: int = 0  # the index holds an older version
+    gone: int = 0  # in the index, deleted from MongoDB (hard delete)
+    unversioned: int = 0  # in the index, MongoDB's copy has no usable version
+    ahead: int = 0  # the index holds a newer version than MongoDB (not repaired)
+    partitions: list[int] = field(default_factory=list)  # the partitions compared
+    took_s: float = 0.0
+
+    @property
+    def repairs(self) -> int:
+        return self.missing + self.behind + self.gone + self.unversioned
+
+
+def _version(doc: dict[str, Any]) -> int | None:
+    v = doc.get("version")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else None
+
+
+async def _mongo_side(
+    syncer: Any, owns: Callable[[Any], bool]
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    coll = items_collection(syncer.db, syncer.settings)
+    fields = {"version": 1, "deleted": 1}
+    async with stream(coll, {}, PAGE, sort=[("_id", 1)], projection=fields) as batches:
+        async for docs in batches:
+            for doc in docs:
+                key = doc.get("_id")
+                # the index holds string ids only; other ids are dead-lettered by sync
+                if isinstance(key, str) and owns(key):
+                    yield key, doc
+
+
+async def _index_side(syncer: Any, owns: Callable[[Any], bool]) -> AsyncIterator[tuple[str, int]]:
+    after: list[Any] | None = None
+    while True:
+        body: dict[str, Any] = {
+            "size": PAGE,
+            "sort": [{"id": "asc"}],
+            "_source": False,
+            "version": True,
+            "query": {"match_all": {}},
+        }
+        if after:
+            body["search_after"] = after
+        with backend_errors("reading index versions failed"):
+            resp = await syncer.client.search(index=syncer.settings.index_alias, body=body)
+        hits = resp["hits"]["hits"]
+        for hit in hits:
+            if owns(hit["_id"]):
+                yield hit["_id"], int(hit["_version"])
+        if len(hits) < PAGE:
+            return
+        after = hits[-1]["sort"]
+
+
+async def _ordered(pairs: AsyncIterator[tuple[str, Any]], side: str) -> AsyncIterator[Any]:
+    """``pairs`` checked to be strictly increasing (the merge is only right if both are)."""
+    last: str | None = None
+    async for key, value in pairs:
+        if last is not None and key <= last:
+            raise IndexStateError(f"reconcile: {side} ids out of order ({last!r} then {key!r})")
+        last = key
+        yield key, value
+
+
+class _Repairs:
+    """Ids to repair, flushed through the syncer's apply path a page at a time."""
+
+    def __init__(self, syncer: Any, report: ReconcileReport, guard: Callable[[], None]) -> None:
+        self.syncer = syncer
+        self.report = report
+        self.guard = guard
+        self.apply: list[str] = []  # read and apply MongoDB's current copy
+        self.remove: list[str] = []  # delete at the index's version + 1 unless back in MongoDB
+
+    async def add(self, *, apply: str | None = None, remove: str | None = None) -> None:
+        if apply is not None:
+            self.apply.append(apply)
+        if remove is not None:
+            self.remove.append(remove)
+        if len(self.apply) + len(self.remove) >= self.syncer.settings.sync_batch_size:
+            await self.flush()
+
+    async def flush(self) -> None:
+        ids, removals = self.apply + self.remove, set(self.remove)
+        self.apply, self.remove = [], []
+        if not ids:
+            return
+        current = await _read(self.syncer, ids)
+        docs = [current[k] for k in ids if k in current]
+        # gone for good, or back without a usable version: out of the index (the latter is
+        # also dead-lettered when its document goes through the apply step)
+        deletes = [
+            HardDelete(k) for k in removals if k not in current or _version(current[k]) is None
+        ]
+        self.guard()  # still the holder of these partitions
+        batch = ChangeBatch(docs=docs, hard_deletes=deletes)
+        self.report.add(await self.syncer.apply(batch, fresh_only=False))
+
+
+async def _read(syncer: Any, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    coll = items_collection(syncer.db, syncer.settings)
+    out: dict[str, dict[str, Any]] = {}
+    ids = list(ids)
+    with backend_errors("reconcile read failed"):
+        for k in range(0, len(ids), PAGE):
+            async for doc in coll.find({"_id": {"$in": ids[k : k + PAGE]}}):
+                out[doc["_id"]] = doc
+    return out
+
+
+async def reconcile(
+    syncer: Any,
+    owns: Callable[[Any], bool] = lambda _: True,
+    guard: Callable[[], None] = lambda: None,
+) -> ReconcileReport:
+    """One pass over the ids ``owns`` accepts; ``syncer`` is a :class:`~._sync.Syncer`
+    (its clients, embedder, writer and apply path); ``guard`` raises when the caller may no
+    longer write (its leases lapsed) and runs before every repair."""
+    t0 = time.perf_counter()
+    report = ReconcileReport()
+    repairs = _Repairs(syncer, report, guard)
+    mongo = aiter(_ordered(_mongo_side(syncer, owns), "MongoDB"))
+    index = aiter(_ordered(_index_side(syncer, owns), "index"))
+    m = await anext(mongo, None)
+    x = await anext(index, None)
+    while m is not None or x is not None:
+        if x is None or (m is not None and m[0] < x[0]):
+            key, doc = m  # type: ignore[misc]
+            report.mongo_docs += 1
+            if not doc.get("deleted"):
+                report.missing += 1
+                await repairs.add(apply=key)  # invalid ones are dead-lettered there
+            m = await anext(mongo, None)
+        elif m is None or x[0] < m[0]:
+            report.index_docs += 1
+            report.gone += 1
+            await repairs.add(remove=x[0])
+            x = await anext(index, None)
+        else:
+            (key, doc), (_, indexed) = m, x
+            report.mongo_docs += 1
+            report.index_docs += 1
+            version = _version(doc)
+            if version is None:
+                report.unversioned += 1
+                await repairs.add(remove=key)
+            elif version > indexed:
+                report.behind += 1
+                await repairs.add(apply=key)
+            elif version < indexed:
+                report.ahead += 1
+            m, x = await anext(mongo, None), await anext(index, None)
+    await repairs.flush()
+    report.took_s = time.perf_counter() - t0
+    return report

@@ -1,0 +1,323 @@
+"""Learning to rank from the served-list log: outcome join, time split, LambdaMART, report.
+
+**Join.** Every logged list (``signals.ServedLog``: who, when, the candidates' feature rows)
+meets the member's later events: a logged candidate's label is the largest
+:class:`LabelPolicy` gain among the member's events on that item within ``window_hours`` after
+the list was served (an event that names the list's ``request_id`` always counts). By default
+every logged candidate can be labelled (``scope="candidates"``: the member may reach an item
+from another list or surface; what matters is that the ranker saw it here); ``scope="shown"``
+labels only what the list showed. ``pass``/``skip``/``hide`` are explicit zeros. Lists without
+any positive label (no pair to learn from) or with fewer than two rows are dropped.
+
+**Training.** Lists are ordered by serving time; the last ``valid_share`` of them are the
+validation set (time-based: the model is judged on lists served after the ones it learnt
+from); LightGBM lambdarank grouped by request stops early on validation NDCG@k, then the
+model is refitted on every list for the best number of rounds. The report holds the feature
+schema, the label policy, the data window and counts, the validation NDCG@k of the model and
+of the logged order (what was shown first, then the other candidates in candidate order).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from opendisco._backend import backend_errors
+from opendisco._versions import write_next_version
+from opendisco.signals import EVENTS, ServedLog
+
+from ._learned import LTR_PARAMS, LearnedScorer, align_features, train_lambdamart
+from ._types import FEATURE_NAMES
+
+__all__ = [
+    "LabelPolicy",
+    "LtrData",
+    "LtrResult",
+    "join_outcomes",
+    "load_ltr_inputs",
+    "ndcg_at",
+    "save_model",
+    "train_ltr",
+]
+
+
+class LabelPolicy(BaseModel):
+    """How later events label a logged candidate (relevance levels for lambdarank)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gains: dict[str, int] = Field(
+        default_factory=lambda: {
+            "click": 1,
+            "like": 2,
+            "message": 3,
+            "match": 4,
+            "pass": 0,
+            "skip": 0,
+            "hide": 0,
+        },
+        description="Relevance per event type (the strongest event of a candidate wins).",
+    )
+    window_hours: float = Field(168.0, gt=0, description="Outcomes this long after the list.")
+    scope: Literal["candidates", "shown"] = Field(
+        "candidates", description="Label every logged candidate, or only the shown ones."
+    )
+
+    @classmethod
+    def parse(cls, spec: str | None, **kw: Any) -> LabelPolicy:
+        """``"like=2,match=4"`` over the default gains (None: the defaults)."""
+        gains = dict(cls().gains)
+        for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+            name, _, value = part.partition("=")
+            if not value.strip().lstrip("-").isdigit():
+                raise ValueError(f"label policy {part!r}: expected type=integer gain")
+            gains[name.strip()] = int(value)
+        return cls(gains=gains, **kw)
+
+
+@dataclass
+class LtrData:
+    """Rows grouped by list, lists in serving order."""
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray  # rows per list
+    at: list[datetime]  # serving time per list
+    list_ids: list[str]
+    logged_rank: np.ndarray  # per row: its position in the logged order (shown first)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def part(self, lists: slice) -> LtrData:
+        bounds = np.concatenate([[0], np.cumsum(self.groups)])
+        lo, hi = int(bounds[lists.start or 0]), int(bounds[lists.stop or len(self.groups)])
+        return LtrData(
+            self.X[lo:hi],
+            self.y[lo:hi],
+            self.groups[lists],
+            self.at[lists],
+            self.list_ids[lists],
+            self.logged_rank[lo:hi],
+        )
+
+
+def _outcomes(
+    events: Iterable[Mapping[str, Any]], policy: LabelPolicy
+) -> tuple[dict[tuple[str, str], tuple[list[datetime], list[int]]], dict[str, dict[str, int]]]:
+    by_pair: dict[tuple[str, str], list[tuple[datetime, int]]] = defaultdict(list)
+    by_request: dict[str, dict[str, int]] = defaultdict(dict)
+    for ev in events:
+        gain = policy.gains.get(str(ev.get("type")))
+        if gain is None or ev.get("ts") is None:
+            continue
+        by_pair[(str(ev["user_id"]), str(ev["item_id"]))].append((ev["ts"], gain))
+        rid = ev.get("request_id")
+        if rid:
+            seen = by_request[str(rid)]
+            seen[str(ev["item_id"])] = max(seen.get(str(ev["item_id"]), 0), gain)
+    pairs = {}
+    for key, evs in by_pair.items():
+        evs.sort(key=lambda e: e[0])
+        pairs[key] = ([t for t, _ in evs], [g for _, g in evs])
+    return pairs, by_request
+
+
+def join_outcomes(
+    lists: Sequence[Mapping[str, Any]],
+    events: Iterable[Mapping[str, Any]],
+    policy: LabelPolicy | None = None,
+) -> LtrData:
+    """Pure: grouped rows and labels from decoded served lists and raw events (module doc)."""
+    policy = policy or LabelPolicy()
+    pairs, by_request = _outcomes(events, policy)
+    window = timedelta(hours=policy.window_hours)
+    Xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    ranks: list[np.ndarray] = []
+    groups, at, ids = [], [], []
+    skipped = {"no_user": 0, "no_rows": 0, "no_positive": 0}
+    for doc in sorted(lists, key=lambda d: (d["at"], d["_id"])):
+        user, t0 = doc.get("user_id"), doc["at"]
+        items = list(doc.get("ids") or [])
+        if not user:
+            skipped["no_user"] += 1
+            continue
+        if len(items) < 2 or doc["X"].shape[0] != len(items):
+            skipped["no_rows"] += 1
+            continue
+        shown = list(doc.get("shown") or [])
+        allowed = set(shown) if policy.scope == "shown" else set(range(len(items)))
+        direct = by_request.get(str(doc["_id"]), {})
+        y = np.zeros(len(items), dtype=np.int32)
+        for r, item in enumerate(items):
+            if r not in allowed:
+                continue
+            gain = direct.get(item, 0)
+            hit = pairs.get((str(user), item))
+            if hit is not None:
+                times, gains = hit
+                lo = bisect.bisect_left(times, t0)
+                hi = bisect.bisect_right(times, t0 + window)
+                if hi > lo:
+                    gain = max(gain, max(gains[lo:hi]))
+            y[r] = gain
+        if y.max() <= 0:
+            skipped["no_positive"] += 1
+            continue
+        rank = np.empty(len(items), dtype=np.int64)
+        rest = [r for r in range(len(items)) if r not in set(shown)]
+        rank[[*shown, *rest]] = np.arange(len(items))
+        Xs.append(align_features(doc["X"], doc.get("features") or FEATURE_NAMES))
+        ys.append(y)
+        ranks.append(rank)
+        groups.append(len(items))
+        at.append(t0)
+        ids.append(str(doc["_id"]))
+    width = len(FEATURE_NAMES)
+    return LtrData(
+        np.concatenate(Xs) if Xs else np.zeros((0, width)),
+        np.concatenate(ys) if ys else np.zeros(0, dtype=np.int32),
+        np.asarray(groups, dtype=np.int32),
+        at,
+        ids,
+        np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64),
+        skipped,
+    )
+
+
+def ndcg_at(y: np.ndarray, groups: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """Mean NDCG@k over groups (gain ``2**label - 1``, log2 discount; LightGBM's definition)."""
+    out = []
+    start = 0
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    for g in groups.tolist():
+        yy, ss = y[start : start + g], scores[start : start + g]
+        start += g
+        ideal = np.sort(2.0**yy - 1)[::-1][:k]
+        if ideal.sum() <= 0:
+            continue
+        got = (2.0 ** yy[np.argsort(-ss, kind="stable")][:k] - 1) @ disc[: min(k, g)]
+        out.append(got / (ideal @ disc[: len(ideal)]))
+    return float(np.mean(out)) if out else float("nan")
+
+
+@dataclass
+class LtrResult:
+    scorer: LearnedScorer
+    report: dict[str, Any]
+
+
+def train_ltr(
+    data: LtrData,
+    *,
+    policy: LabelPolicy | None = None,
+    valid_share: float = 0.2,
+    max_rounds: int = 1000,
+    early_stopping: int = 50,
+    k: int = 10,
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> LtrResult:
+    """Time split, early stopping on the later lists, refit on all (module doc)."""
+    n = len(data.groups)
+    if n < 2:
+        raise ValueError(
+            f"{n} logged list(s) with an outcome: need at least 2 to train and validate "
+            f"(skipped: {data.skipped})"
+        )
+    cut = min(n - 1, max(1, round(n * (1.0 - valid_share))))
+    train, valid = data.part(slice(0, cut)), data.part(slice(cut, n))
+    first = train_lambdamart(
+        train.X,
+        train.y,
+        train.groups,
+        valid=(valid.X, valid.y, valid.groups),
+        rounds=max_rounds,
+        early_stopping=early_stopping,
+        eval_at=k,
+        params=params,
+        seed=seed,
+    )
+    best = int(first.best_iteration or max_rounds)
+    model_valid = ndcg_at(valid.y, valid.groups, first.score(valid.X), k)
+    logged_valid = ndcg_at(valid.y, valid.groups, -valid.logged_rank.astype(float), k)
+    final = train_lambdamart(
+        data.X, data.y, data.groups, rounds=best, eval_at=k, params=params, seed=seed
+    )
+    report = {
+        "features": list(FEATURE_NAMES),
+        "label_policy": (policy or LabelPolicy()).model_dump(),
+        "lists": n,
+        "rows": len(data.y),
+        "skipped_lists": data.skipped,
+        "labels": {
+            str(v): int(c) for v, c in zip(*np.unique(data.y, return_counts=True), strict=True)
+        },
+        "window": {"first": data.at[0].isoformat(), "last": data.at[-1].isoformat()},
+        "split": {
+            "train_lists": cut,
+            "valid_lists": n - cut,
+            "valid_from": valid.at[0].isoformat(),
+        },
+        "params": {**LTR_PARAMS, **(params or {}), "seed": seed},
+        "best_iteration": best,
+        "metrics": {
+            f"valid_ndcg@{k}": round(model_valid, 5),
+            f"valid_logged_ndcg@{k}": round(logged_valid, 5),
+        },
+        "importance": dict(
+            zip(
+                FEATURE_NAMES,
+                (float(v) for v in final.booster.feature_importance("gain")),
+                strict=True,
+            )
+        ),
+    }
+    return LtrResult(final, report)
+
+
+def save_model(result: LtrResult, out_dir: Path) -> tuple[Path, Path]:
+    """``model-v<N>.txt`` (LightGBM text, feature names inside) and ``model-v<N>.json`` (the
+    report), numbered like ``params-v<N>.json`` (never overwriting)."""
+    text = result.scorer.model_text()
+    model = write_next_version(out_dir, "model", ".txt", lambda fh, _v: fh.write(text))
+    version = int(model.stem.rsplit("-v", 1)[1])
+    report = model.with_suffix(".json")
+    with report.open("x", encoding="utf-8") as fh:
+        json.dump({"version": version, "model": model.name, **result.report}, fh, indent=2)
+        fh.write("\n")
+    return model, report
+
+
+async def load_ltr_inputs(
+    db: Any,
+    policy: LabelPolicy,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The served lists of ``[since, until)`` and the events that can label them (the
+    policy's event types, up to ``window_hours`` after ``until``)."""
+    lists = await ServedLog(db).read(since=since, until=until)
+    query: dict[str, Any] = {"type": {"$in": sorted(policy.gains)}}
+    if since is not None:
+        query["ts"] = {"$gte": since}
+    if until is not None:
+        query.setdefault("ts", {})["$lt"] = until + timedelta(hours=policy.window_hours)
+    with backend_errors("reading events for training failed"):
+        events = (
+            await db[EVENTS]
+            .find(
+                query, projection={"user_id": 1, "item_id": 1, "type": 1, "ts": 1, "request_id": 1}
+            )
+            .to_list(None)
+        )
+    return lists, events

@@ -1,0 +1,318 @@
+"""The playground's JSON API on the real servers: auth (admin key, session cookie + CSRF),
+draft checks (422 naming the problem, never a 500), the hard rule for drafts, promotion to
+versioned files, and the offline evaluation as a background job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pg_support import eligible_member, h, revoke
+
+from opendisco import Settings
+from opendisco.eval._synthetic import _admits
+from opendisco.queries import load
+from opendisco.serving import Artifacts, load_params, load_template
+
+
+def _params(**weights: float) -> dict[str, Any]:
+    return {"kind": "params", "body": {"template_params": {}, "rerank": {"weights": weights}}}
+
+
+# --- auth -----------------------------------------------------------------------------------
+
+
+async def test_the_api_wants_an_admin_key_or_a_session(
+    pg_http: httpx.AsyncClient, pg_keys: dict[str, str]
+) -> None:
+    assert (await pg_http.get("/playground/api/state")).status_code == 401
+    got = await pg_http.get("/playground/api/state", headers=h(pg_keys["read"]))
+    assert got.status_code == 403, got.text
+    ok = await pg_http.get("/playground/api/state", headers=h(pg_keys["admin"]))
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["surfaces"] == ["for_you", "cold_start", "trending"]
+    # the page itself carries no data and is public; its policy allows nothing from elsewhere
+    page = await pg_http.get("/playground")
+    assert page.status_code == 200 and "playground.js" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    bad = await pg_http.post("/playground/session", json={"key": pg_keys["read"]})
+    assert bad.status_code == 403
+
+
+async def test_a_session_cookie_needs_its_csrf_token_and_dies_with_its_key(
+    pg_server: str, pg_settings: Settings, pg_keys: dict[str, str], pg_market: Any
+) -> None:
+    async with httpx.AsyncClient(base_url=pg_server, timeout=60) as browser:
+        signed = await browser.post("/playground/session", json={"key": pg_keys["gone"]})
+        assert signed.status_code == 200, signed.text
+        cookie = signed.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/playground" in cookie
+        csrf = signed.json()["csrf"]
+        assert (await browser.get("/playground/api/state")).status_code == 200
+        draft = {**_params(quality=1.0), "title": "csrf"}
+        forged = await browser.post("/playground/api/drafts", json=draft)
+        assert forged.status_code == 403 and "CSRF" in forged.json()["error"]["message"]
+        wrong = await browser.post(
+            "/playground/api/drafts", json=draft, headers={"X-CSRF-Token": "x" * 43}
+        )
+        assert wrong.status_code == 403
+        made = await browser.post(
+            "/playground/api/drafts", json=draft, headers={"X-CSRF-Token": csrf}
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["author"]["name"] == "pg-gone"
+        revoke(pg_settings, pg_keys["gone_id"])
+        assert (await browser.get("/playground/api/state")).status_code == 401
+        # signing out ends the session (a fresh one, then DELETE)
+        again = await browser.post("/playground/session", json={"key": pg_keys["admin"]})
+        token = again.json()["csrf"]
+        out = await browser.delete("/playground/session", headers={"X-CSRF-Token": token})
+        assert out.status_code == 200
+        assert (await browser.get("/playground/api/state")).status_code == 401
+
+
+# --- drafts: checked like the files they would become -----------------------------------------
+
+
+def _with_required_x() -> dict[str, Any]:
+    raw = json.loads(json.dumps(load("for_you").raw))
+    raw["params"]["x"] = {"type": "int"}
+    raw["sources"]["semantic"]["body"]["size"] = {"$param": "x"}
+    return raw
+
+
+BAD_DRAFTS = [
+    (_params(no_such_feature=1.0), "unknown feature"),
+    (
+        {"kind": "params", "body": {"template_params": {"w_semantic": -1}}},
+        "w_semantic",
+    ),
+    (
+        {"kind": "params", "body": {"template_params": {"for_you": {"w_semantik": 1.0}}}},
+        "w_semantik",
+    ),
+    (
+        {"kind": "params", "body": {"template_params": {"exclude_ids": []}}},
+        "cannot be overridden",
+    ),
+    (
+        {"kind": "params", "body": {"template_params": {"for_you": {"viewer_gender": None}}}},
+        "cannot be overridden",
+    ),
+    ({"kind": "params", "body": ["not", "an", "object"]}, "JSON object"),
+    ({"kind": "params", "body": {"rerank": {"mmr_lambda": 7}}}, "mmr_lambda"),
+    ({"kind": "template", "surface": "for_you", "body": {"sources": {}}}, "sources"),
+    (
+        {
+            "kind": "template",
+            "surface": "for_you",
+            "body": {"sources": {"a": {"body": {"size": {"$param": "nope"}}}}},
+        },
+        "undeclared parameter 'nope'",
+    ),
+    (
+        {
+            "kind": "template",
+            "surface": "for_you",
+            "body": {"sources": {"a": {"body": {"query": {"$ref": "no_fragment"}}}}},
+        },
+        "unknown fragment",
+    ),
+    (
+        {
+            "kind": "template",
+            "surface": "for_you",
+            "body": {
+                "params": {"x": {"type": "int"}},
+                "sources": {"a": {"body": {"size": {"$param": "x"}}}},
+            },
+        },
+        "must declare ['behaviour_vector'",
+    ),
+    (
+        {"kind": "template", "surface": "for_you", "body": _with_required_x()},
+        "does not render: for_you: missing required parameter 'x'",
+    ),
+    ({"kind": "template", "surface": "similar", "body": {}}, "surface must be one of"),
+    ({"kind": "template", "surface": "for_you", "body": "{"}, "JSON object"),
+]
+
+
+@pytest.mark.parametrize(("draft", "needle"), BAD_DRAFTS)
+async def test_a_bad_draft_is_a_422_naming_the_problem(
+    pg_http: httpx.AsyncClient,
+    pg_keys: dict[str, str],
+    pg_market: dict[str, Any],
+    draft: dict[str, Any],
+    needle: str,
+) -> None:
+    for path, body in (
+        ("/playground/api/validate", draft),
+        ("/playground/api/drafts", draft),
+        ("/playground/api/compare", {"user_id": eligible_member(pg_market), "draft": draft}),
+    ):
+        got = await pg_http.post(path, json=body, headers=h(pg_keys["admin"]))
+        assert got.status_code == 422, (path, got.text)
+        assert needle in got.text, got.text
+
+
+async def test_a_template_draft_that_drops_the_hard_filter_still_obeys_it(
+    pg_http: httpx.AsyncClient, pg_keys: dict[str, str], pg_market: dict[str, Any]
+) -> None:
+    """Every source of the draft loses its ``{"$ref": "filter"}``: eligibility both ways,
+    blocks and seen still hold (the render puts every source under the shipped filter)."""
+    users, items = pg_market["users"], pg_market["items"]
+    uid = eligible_member(pg_market, 3)
+    admin = h(pg_keys["admin"])
+    raw = json.loads(
+        json.dumps(load("cold_start").raw).replace('{"$ref": "filter"}', '{"match_all": {}}')
+    )
+    assert '"filter"}' not in json.dumps(raw)
+    draft = {"kind": "template", "surface": "cold_start", "body": raw}
+    first = await pg_http.post(
+        "/playground/api/compare",
+        json={"user_id": uid, "surface": "cold_start", "k": 20, "draft": draft},
+        headers=admin,
+    )
+    assert first.status_code == 200, first.text
+    shown = [i["id"] for i in first.json()["draft"]["items"]]
+    assert len(shown) >= 4
+    # hide (block) the first, pass the second: both must leave the draft's answer
+    now = datetime.now(UTC).isoformat()
+    events = [
+        {"id": f"pg-hide-{uid}", "type": "hide", "user_id": uid, "item_id": shown[0], "ts": now},
+        {"id": f"pg-pass-{uid}", "type": "pass", "user_id": uid, "item_id": shown[1], "ts": now},
+    ]
+    posted = await pg_http.post("/v1/events", json={"events": events}, headers=admin)
+    assert posted.status_code in (200, 202), posted.text
+    again = await pg_http.post(
+        "/playground/api/compare",
+        json={"user_id": uid, "surface": "cold_start", "k": 20, "draft": draft},
+        headers=admin,
+    )
+    data = again.json()
+    assert "-draft@" in data["draft"]["version"]
+    after = [i["id"] for i in data["draft"]["items"]]
+    assert shown[0] not in after and shown[1] not in after
+    me = users[uid]
+    for item_id in after:
+        item = items[item_id]
+        assert item["owner_id"] != uid
+        assert _admits(me, item) and _admits(users[item["owner_id"]], me), item_id
+
+
+async def test_compare_explains_both_answers_and_the_moves(
+    pg_http: httpx.AsyncClient, pg_keys: dict[str, str], pg_market: dict[str, Any]
+) -> None:
+    draft = _params(fused=0.0, content_sim=0.0, behaviour_sim=0.0, quality=5.0, popularity=-2.0)
+    got = await pg_http.post(
+        "/playground/api/compare",
+        json={
+            "user_id": eligible_member(pg_market, 1),
+            "surface": "cold_start",
+            "k": 10,
+            "draft": draft,
+        },
+        headers=h(pg_keys["admin"]),
+    )
+    assert got.status_code == 200, got.text
+    data = got.json()
+    cur, dra = data["current"], data["draft"]
+    assert len(cur["items"]) == 10 and len(dra["items"]) == 10
+    assert cur["version"] != dra["version"] and "+draft@" in dra["version"]
+    first = cur["items"][0]
+    assert first["sources"] and first["ranks"] and set(first["ranks"]) <= set(first["sources"])
+    assert any(it["engine"] for it in cur["items"])  # engine score components per source
+    assert any(it["trace"] for it in dra["items"])  # the rerank steps that moved items
+    assert data["changes"]["changed"]
+    nobody = await pg_http.post(
+        "/playground/api/compare", json={"user_id": "no-such-member"}, headers=h(pg_keys["admin"])
+    )
+    assert nobody.status_code == 404 and "no-such-member" in nobody.text
+    moves = data["changes"]["moves"]
+    ids = [i["id"] for i in cur["items"]]
+    for pos, it in enumerate(dra["items"]):
+        m = moves[it["id"]]
+        assert m["to"] == pos
+        assert m["from"] == (ids.index(it["id"]) if it["id"] in ids else None)
+
+
+# --- promotion ----------------------------------------------------------------------------------
+
+
+async def test_promote_writes_the_next_version_once(
+    pg_http: httpx.AsyncClient,
+    pg_keys: dict[str, str],
+    pg_settings: Settings,
+    pg_versions: Path,
+    pg_market: Any,
+) -> None:
+    admin = h(pg_keys["admin"])
+    made = []
+    for title in ("p-one", "p-two"):
+        body = {**_params(quality=0.9), "title": title}
+        r = await pg_http.post("/playground/api/drafts", json=body, headers=admin)
+        made.append(r.json()["id"])
+    results = await asyncio.gather(
+        *(pg_http.post(f"/playground/api/drafts/{d}/promote", headers=admin) for d in made)
+    )
+    files = sorted(r.json()["promoted"]["file"] for r in results)
+    assert [r.status_code for r in results] == [200, 200]
+    assert len(set(files)) == 2 and all(f.startswith("params-v") for f in files)
+    again = await pg_http.post(f"/playground/api/drafts/{made[0]}/promote", headers=admin)
+    assert again.status_code == 422 and "already promoted" in again.text
+    path = Path(results[0].json()["promoted"]["path"])
+    _, rerank, name = load_params(path)
+    assert rerank.weights["quality"] == 0.9 and name.startswith(path.stem + "@")
+    # a template draft becomes template-<surface>-v<N>.json, served when named in settings
+    raw = load("trending").raw
+    t = await pg_http.post(
+        "/playground/api/drafts",
+        json={"kind": "template", "surface": "trending", "body": raw, "title": "tpl"},
+        headers=admin,
+    )
+    tp = await pg_http.post(f"/playground/api/drafts/{t.json()['id']}/promote", headers=admin)
+    assert tp.status_code == 200, tp.text
+    tpath = Path(tp.json()["promoted"]["path"])
+    assert tpath.name.startswith("template-trending-v") and tpath.parent == pg_versions
+    assert load_template(tpath).version.startswith(tpath.stem + "@")
+    served = Artifacts.from_settings(pg_settings.model_copy(update={"template_files": [tpath]}))
+    assert tpath.stem in served.name and served.templates["trending"].guarded
+
+
+# --- offline evaluation ------------------------------------------------------------------------
+
+
+async def test_evaluation_runs_as_a_job_with_paired_errors(
+    pg_http: httpx.AsyncClient, pg_keys: dict[str, str], pg_market: Any
+) -> None:
+    admin = h(pg_keys["admin"])
+    draft = {**_params(quality=3.0, fused=0.2), "title": "eval me"}
+    made = await pg_http.post("/playground/api/drafts", json=draft, headers=admin)
+    did = made.json()["id"]
+    started = await pg_http.post(
+        f"/playground/api/drafts/{did}/evaluations", json={}, headers=admin
+    )
+    assert started.status_code == 202, started.text
+    job = started.json()
+    assert job["status"] == "queued"  # answered before the work
+    for _ in range(600):
+        job = (await pg_http.get(f"/playground/api/jobs/{job['id']}", headers=admin)).json()
+        if job["status"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.5)
+    assert job["status"] == "done", job
+    result = job["result"]
+    assert result["users"] == 6 and result["stage"] == "validation"
+    assert [m["name"] for m in result["models"]] == ["current", "draft"]
+    for d in result["diffs"]:
+        assert d["n"] == 6
+        assert d["diff"] == pytest.approx(d["b"] - d["a"])
+        assert d["se"] >= 0 or d["se"] != d["se"]  # nan only if every difference is equal
+    listed = (await pg_http.get(f"/playground/api/drafts/{did}", headers=admin)).json()
+    assert listed["evaluations"][0]["id"] == job["id"]

@@ -1,0 +1,117 @@
+"""Serving artifacts: a tuned params file and a trained model load into the served pipeline and
+are named in every response's version string; a model of another feature schema refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from opendisco import ConfigError, Settings
+from opendisco.rerank import FEATURE_NAMES, LearnedScorer
+from opendisco.serving import Artifacts, Discovery
+
+
+def _params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params-v7.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 7,
+                "template_params": {"for_you": {"w_lexical": 0.25}, "cold_start": {}},
+                "rerank": {"mmr_lambda": 0.9, "weights": {"quality": 0.5}},
+            }
+        )
+    )
+    return path
+
+
+def _model(path: Path, names: list[str]) -> Path:
+    rng = np.random.default_rng(0)
+    X = rng.random((60, len(names)))
+    y = (X[:, 0] > 0.5).astype(int)
+    ds = lgb.Dataset(X, label=y, group=[10] * 6, feature_name=names)
+    params = {"objective": "lambdarank", "verbosity": -1, "num_threads": 1, "min_data_in_leaf": 2}
+    lgb.train(params, ds, num_boost_round=3).save_model(str(path))
+    return path
+
+
+def test_params_file_is_loaded_and_named(tmp_path: Path) -> None:
+    settings = Settings(params_file=_params_file(tmp_path))
+    art = Artifacts.from_settings(settings)
+    assert art.params == {"for_you": {"w_lexical": 0.25}, "cold_start": {}}
+    assert art.rerank.mmr_lambda == 0.9
+    # overrides merge key by key: the other default weights stay
+    assert art.rerank.weights["quality"] == 0.5 and art.rerank.weights["fused"] > 0
+    assert art.params_name.startswith("params-v7@") and art.model_name == "linear"
+
+
+def test_model_file_is_loaded_and_named(tmp_path: Path) -> None:
+    path = _model(tmp_path / "model-v2.txt", list(FEATURE_NAMES))
+    art = Artifacts.from_settings(Settings(model_file=path))
+    assert isinstance(art.scorer, LearnedScorer)
+    assert art.model_name.startswith("model-v2@")
+    scores = art.scorer.score(np.zeros((4, len(FEATURE_NAMES))))
+    assert scores.shape == (4,)
+
+
+def test_a_model_of_other_features_refuses_to_load(tmp_path: Path) -> None:
+    other = [*FEATURE_NAMES[:-1], "something_else"]
+    path = _model(tmp_path / "model-v3.txt", other)
+    with pytest.raises(ConfigError, match="trained on features"):
+        Artifacts.from_settings(Settings(model_file=path))
+    bad = tmp_path / "model-v4.txt"
+    bad.write_text("not a model")
+    with pytest.raises(ConfigError, match="model file"):
+        Artifacts.from_settings(Settings(model_file=bad))
+
+
+def test_a_broken_params_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "params-v1.json"
+    path.write_text('{"rerank": {"weights": {"no_such_feature": 1.0}}}')
+    with pytest.raises(ConfigError, match="invalid rerank overrides"):
+        Artifacts.from_settings(Settings(params_file=path))
+    path.write_text("{")
+    with pytest.raises(ConfigError, match="params file"):
+        Artifacts.from_settings(Settings(params_file=path))
+
+
+async def test_served_answers_use_and_name_the_artifacts(
+    market_settings: Settings, market: Any, model: Any, tmp_path: Path
+) -> None:
+    from opendisco import clients
+
+    settings = market_settings.model_copy(
+        update={
+            "params_file": _params_file(tmp_path),
+            "model_file": _model(tmp_path / "model-v2.txt", list(FEATURE_NAMES)),
+        }
+    )
+    os_client = clients.async_opensearch(settings)
+    motor = clients.motor(settings)
+    _, users = market
+    member = users[40]["_id"]
+    try:
+        disco = Discovery(settings, os_client, motor[settings.mongo_db], model=model)
+        liked = (await disco.recommend(member, k=5)).ids[0]
+        like = {"id": f"art-{member}", "type": "like", "user_id": member, "item_id": liked}
+        assert (await disco.record_events([like])).accepted == 1
+        recs = await disco.recommend(member, k=5, explain=True)
+        assert recs.surface == "for_you"
+        assert "+params-v7@" in recs.version and "+model-v2@" in recs.version
+        assert disco.version.endswith(disco.artifacts.name)
+        assert isinstance(disco.reranker.scorer, LearnedScorer)
+        # the served template parameters come from the params file
+        plan = await disco.plan("for_you", 5, user_id=member)
+        assert plan.request.params["w_lexical"] == 0.25
+        default = Discovery(market_settings, os_client, motor[settings.mongo_db], model=model)
+        plan = await default.plan("for_you", 5, user_id=member)
+        assert "w_lexical" not in plan.request.params
+        assert (await default.recommend(member, k=5)).version.endswith("+params-default+linear")
+    finally:
+        await os_client.close()
+        motor.close()

@@ -1,0 +1,138 @@
+"""The served-list log as a side effect of the real pipeline, and exploration's propensities."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from opendisco import Settings, clients
+from opendisco.rerank import FEATURE_NAMES
+from opendisco.serving import Discovery, Explorer
+from opendisco.signals import SERVED_LISTS, ServedList, ServedLog, sample_rows
+
+
+def _like(user: str, item: str) -> dict[str, Any]:
+    return {"id": f"sl-{user}-{item}", "type": "like", "user_id": user, "item_id": item}
+
+
+async def test_every_answer_logs_what_the_ranker_saw(discovery: Any, market: Any) -> None:
+    _, users = market
+    user = users[40]["_id"]
+    first = await discovery.recommend(user, k=5)
+    assert (await discovery.record_events([_like(user, first.ids[0])])).accepted == 1
+    recs = await discovery.recommend(user, k=10, request_id="req-log-1")
+    assert recs.request_id == "req-log-1" and recs.surface == "for_you"
+    await discovery.drain()
+    doc = await discovery.db[SERVED_LISTS].find_one({"_id": "req-log-1"})
+    assert doc is not None
+    assert doc["user_id"] == user and doc["surface"] == "for_you" and doc["k"] == 10
+    assert doc["version"] == recs.version and doc["features"] == list(FEATURE_NAMES)
+    assert doc["candidates"] == len(doc["ids"])  # all fitted under served_log_rows
+    # shown positions name the rows of what was answered, in order
+    assert [doc["ids"][r] for r in doc["shown"]] == recs.ids
+    X = np.frombuffer(bytes(doc["X"]), dtype="<f4").reshape(len(doc["ids"]), len(FEATURE_NAMES))
+    assert np.isfinite(X).all() and X[:, FEATURE_NAMES.index("content_sim")].any()
+    assert doc["propensity"] == [1.0] * 10 and doc["explored"] is False
+    assert doc["policy"] == {"kind": "deterministic"}
+
+
+async def test_explored_answers_log_plackett_luce_propensities(
+    market_settings: Settings, market: Any, model: Any
+) -> None:
+    _, users = market
+    os_client = clients.async_opensearch(market_settings)
+    motor = clients.motor(market_settings)
+    try:
+        disc = Discovery(
+            market_settings,
+            os_client,
+            motor[market_settings.mongo_db],
+            model=model,
+            explorer=Explorer(rate=1.0, pool_factor=2.0, sharpness=1.0),
+        )
+        base = await disc.recommend(users[41]["_id"], k=4, explain=True)  # never explored
+        recs = await disc.recommend(users[41]["_id"], k=4, request_id="req-explore-1")
+        assert recs.explored and not base.explored
+        await disc.drain()
+        doc = await disc.db[SERVED_LISTS].find_one({"_id": "req-explore-1"})
+    finally:
+        await os_client.close()
+        motor.close()
+    assert doc["explored"] and doc["policy"]["kind"] == "plackett_luce"
+    pool = [doc["ids"][r] for r in doc["pool"]]
+    assert pool[:4] == base.ids and len(pool) == 8  # the deterministic order's first 2k rows
+    shown = [doc["ids"][r] for r in doc["shown"]]
+    assert shown == recs.ids and set(shown) <= set(pool)
+    # slot j's propensity: weight of the pick / weight of what was left
+    w = np.asarray(doc["pool_w"])
+    left = np.ones(len(pool), dtype=bool)
+    for j, item in enumerate(shown):
+        i = pool.index(item)
+        assert abs(doc["propensity"][j] - w[i] / w[left].sum()) < 1e-9
+        left[i] = False
+
+
+def test_sampled_rows_keep_the_shown_ones_and_their_inclusion_probabilities() -> None:
+    rng = np.random.default_rng(0)
+    rows, incl = sample_rows(100, [97, 3, 50], 10, rng)
+    assert len(rows) == 10 and {3, 50, 97} <= set(rows.tolist())
+    assert list(rows) == sorted(rows)
+    kept = dict(zip(rows.tolist(), incl.tolist(), strict=True))
+    assert kept[3] == kept[50] == kept[97] == 1.0
+    assert all(abs(p - 7 / 97) < 1e-12 for r, p in kept.items() if r not in (3, 50, 97))
+    rows, incl = sample_rows(5, [1], 10, rng)
+    assert rows.tolist() == [0, 1, 2, 3, 4] and incl.tolist() == [1.0] * 5
+
+
+def _served(rid: str, at: datetime, n: int = 30) -> ServedList:
+    return ServedList(
+        request_id=rid,
+        at=at,
+        user_id="u1",
+        surface="for_you",
+        requested_surface="for_you",
+        version="v",
+        degraded=False,
+        k=5,
+        feature_names=FEATURE_NAMES,
+        X=np.ones((n, len(FEATURE_NAMES))),
+        ids=[f"i{j}" for j in range(n)],
+        shown=[0, 1, 2, 3, 4],
+        propensity=[1.0] * 5,
+    )
+
+
+async def test_log_is_bounded_batched_and_expires(motor_db: Any) -> None:
+    sub = motor_db.client[f"{motor_db.name}sl"]
+    try:
+        log = ServedLog(sub, max_rows=10, max_queue=120, days=1.0)
+        now = datetime.now(UTC).replace(microsecond=0)
+        for j in range(130):  # no running flusher yet is fine: log() never waits
+            log.log(_served(f"r{j:03d}", now - timedelta(days=2 if j < 20 else 0)))
+        assert log.dropped == 10 and log.pending == 120
+        await log.drain()
+        assert log.written == 120 and log.pending == 0
+        docs = await log.read()
+        assert len(docs) == 120 and all(len(d["ids"]) == 10 for d in docs)
+        assert all(d["X"].shape == (10, len(FEATURE_NAMES)) for d in docs)
+        assert all(sum(p == 1.0 for p in d["incl"]) >= 5 for d in docs)
+        assert len(await log.read(since=now - timedelta(hours=1))) == 100
+        assert await log.purge_expired(now) == 20
+        assert await sub[SERVED_LISTS].count_documents({}) == 100
+        # the background flusher: log() from a running loop writes without drain()
+        log.log(_served("late", now))
+        for _ in range(50):
+            if log.written == 121:
+                break
+            await asyncio.sleep(0.05)
+        assert log.written == 121
+        # a repeated request id keeps the first list; the rest of the batch is written
+        log.log(_served("late", now))
+        log.log(_served("later", now))
+        await log.drain()
+        assert log.written == 122 and log.duplicates == 1 and log.failed == 0
+    finally:
+        await motor_db.client.drop_database(f"{motor_db.name}sl")
