@@ -27,78 +27,30 @@ from opendisco._domain import USER_SURFACES, Surface
 from opendisco._exceptions import BackendError, InvalidInput
 from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
-from opendisco.queries import CandidateSet, Template, template_version
+from opendisco.queries import CandidateSet, template_version
 from opendisco.rerank import CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
     BlockStore,
     EventProcessor,
     EventsResult,
     ExposureStore,
-    ItemGraph,
     ServedLog,
     UserStateStore,
 )
 
 from ._artifacts import Artifacts
+from ._assembly import default_parts
 from ._explore import EXPLORED_SURFACES, Explorer
-from ._filters import HardRules, HardRulesFilter
-from ._stages import (
-    GraphNeighbours,
-    LogServed,
-    MemberContext,
-    Parts,
-    RequestBuilder,
-    StoreFeatures,
-    TemplateSource,
-    read_member,
-    run_sources,
-    served_list,
-)
+from ._filters import HardRules
+from ._stages import LogServed, Parts, read_member, run_sources, served_list
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
 
 if TYPE_CHECKING:  # torch: loaded on the first query encoding, not on import
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["Discovery", "default_parts"]
+__all__ = ["Discovery"]
 
 log = logging.getLogger("opendisco.serving")
-
-
-def default_parts(
-    settings: Settings,
-    os_client: AsyncOpenSearch,
-    db: Any,
-    features: FeatureStore,
-    params: Mapping[str, Any],
-    templates: Mapping[str, Template] | None = None,
-) -> Parts:
-    """The default assembly: member context and graph neighbours, the surface's template (or
-    its served version in ``templates``) as the candidate source, the hard rules as the
-    filter, the feature store as the feature hydrator, and (``served_log``) the served-list
-    log as a side effect."""
-    side_effects: list[Any] = []
-    if settings.served_log:
-        side_effects.append(
-            LogServed(
-                ServedLog(
-                    db,
-                    max_rows=settings.served_log_rows,
-                    max_queue=settings.served_log_queue,
-                    days=settings.served_log_days,
-                )
-            )
-        )
-    return Parts(
-        query_hydrators=[
-            MemberContext(db, UserStateStore(db), BlockStore(db)),
-            RequestBuilder(params, dict(templates or {})),
-            GraphNeighbours(ItemGraph(db)),
-        ],
-        sources=[TemplateSource(os_client, settings)],
-        filters=[HardRulesFilter()],
-        feature_hydrators=[StoreFeatures(features)],
-        side_effects=side_effects,
-    )
 
 
 class Discovery:
