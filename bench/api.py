@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -272,6 +273,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             return bool(cs.degraded)
 
         await closed_loop(bare_call, sample, 4, 2.0)  # warm
+        bare_cpu = CpuMeter(settings, None)
         rows: list[dict[str, Any]] = [{"concurrency": c, "api_by_workers": {}} for c in args.levels]
         for workers in args.workers:
             proc = _serve(env, workers)
@@ -287,14 +289,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             raise RuntimeError(r.status)
                         return bool((await r.json())["degraded"])
 
-                await closed_loop(
-                    api_call, sample, 4, 5.0
-                )  # warm every worker (and its fallback lists)
+                # warm every worker (and its fallback lists, refreshed at start)
+                await closed_loop(api_call, sample, 4, 5.0)
+                api_cpu = CpuMeter(settings, proc)
                 for row in rows:
                     conc = row["concurrency"]
+                    api_cpu.start()
                     api = await closed_loop(api_call, sample, conc, args.duration)
+                    api["cpu_ms_per_request"] = api_cpu.per_request_ms(api["n"])
                     if workers == args.workers[0]:  # bare level next to the first API run
-                        row["bare"] = await closed_loop(bare_call, sample, conc, args.duration)
+                        bare_cpu.start()
+                        bare = await closed_loop(bare_call, sample, conc, args.duration)
+                        bare["cpu_ms_per_request"] = bare_cpu.per_request_ms(bare["n"])
+                        row["bare"] = bare
                     row["api_by_workers"][str(workers)] = api
                     bare = row["bare"]
                     print(
@@ -364,6 +371,74 @@ async def _wait_ready(http: Any, base: str, proc: subprocess.Popen[bytes]) -> No
             raise SystemExit(f"API process exited (log: {SERVE_LOG})")
         await asyncio.sleep(0.2)
     raise SystemExit(f"API not ready in 600 s (log: {SERVE_LOG})")
+
+
+def _listener(port: int) -> int | None:
+    """The pid listening on 127.0.0.1/0.0.0.0:``port`` (from /proc; None if not found)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{cols[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return int(pid)
+    return None
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants (the serve parent and its uvicorn workers)."""
+    parent: dict[int, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return out
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU ms per answered request of the API processes, OpenSearch and MongoDB over a level
+    (per-process /proc counters: other work on the machine does not count)."""
+
+    def __init__(self, settings: Settings, api: subprocess.Popen[bytes] | None) -> None:
+        from urllib.parse import urlsplit
+
+        os_port = urlsplit(settings.opensearch_url).port or 9200
+        mongo_port = urlsplit(settings.mongo_url.split(",")[0]).port or 27017
+        self.groups = {
+            "api": _tree(api.pid) if api else [],
+            "opensearch": [p for p in [_listener(os_port)] if p],
+            "mongo": [p for p in [_listener(mongo_port)] if p],
+        }
+
+    def start(self) -> None:
+        self._t0 = {g: _cpu_s(p) for g, p in self.groups.items()}
+
+    def per_request_ms(self, n: int) -> dict[str, float]:
+        return {
+            g: round(1000 * (_cpu_s(p) - self._t0[g]) / max(1, n), 1)
+            for g, p in self.groups.items()
+            if p
+        }
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
