@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from opendisco import clients
 from opendisco._settings import Settings
+from opendisco.experiments import install as install_experiments
 from opendisco.serving import Discovery
 
 from . import routes
@@ -76,6 +77,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
     mongo = clients.motor(settings, serverSelectionTimeoutMS=2000)
     db = mongo[settings.mongo_db]
     disc = discovery if discovery is not None else Discovery(settings, os_client, db)
+    _, exposures = install_experiments(disc, db, settings)  # running experiments' arms
     await disc.warmup()  # the query encoder, before the first request's deadline
     if settings.api_gc_freeze:  # the encoder's heap out of every collection (p99)
         freeze_startup_heap(settings.api_gc_threshold0)
@@ -126,7 +128,10 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         if stuck:
             log.warning("background tasks did not stop: %s", stuck)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(disc.drain(), 5.0)  # the served-list log
+            # event batches applying, served impressions, the served-list log
+            await asyncio.wait_for(disc.drain(), 5.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(exposures.drain(), 5.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(rt.shares.leave(), 2.0)
         Metrics.process_exited(os.getpid())

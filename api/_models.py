@@ -62,6 +62,11 @@ class RecommendationsResponse(_Strict):
     explain: dict[str, Any] | None = Field(
         None, description="Sources, per-step scores and rendered queries (admin keys only)."
     )
+    experiments: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Experiments the list took part in: experiment, arm, design, unit, "
+        "cluster/period and, for item/two-sided designs, each shown candidate's arm.",
+    )
 
 
 class EventBatch(_Strict):
@@ -76,8 +81,16 @@ class Rejected(_Strict):
 class EventsResponse(_Strict):
     request_id: str
     template_version: str
-    accepted: int
-    duplicates: int
+    accepted: int = Field(description="Applied by this call.")
+    duplicates: int = Field(
+        description="Applied before (by an earlier or a concurrent call) or repeated in the batch."
+    )
+    recovered: int = Field(
+        0, description="Left unapplied by a call that died (its claim expired); applied now."
+    )
+    in_flight: int = Field(
+        0, description="Another call holds them and was still applying them: retry to confirm."
+    )
     rejected: list[Rejected]
 
 

@@ -46,6 +46,8 @@ class Answer:
     version: str
     degraded: bool
     explain: dict[str, Any] | None = None
+    #: the experiments the list took part in (arm, design, unit, candidates' arms)
+    experiments: list[dict[str, Any]] = field(default_factory=list)
     #: the pipeline logged it (served-list log side effect); a fallback answer is not
     logged: bool = False
     #: hard rules the (degraded) answer could not check against current data
@@ -135,6 +137,7 @@ class Runtime:
                     version=recs.version,
                     degraded=recs.degraded,
                     explain=recs.explain if explain else None,
+                    experiments=recs.experiments,
                     logged=recs.served is not None,
                 )
             finally:

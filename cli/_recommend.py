@@ -22,6 +22,7 @@ from rich.table import Table
 from opendisco import clients
 from opendisco._domain import Surface
 from opendisco._settings import Settings
+from opendisco.experiments import install as install_experiments
 from opendisco.queries import CandidateSet
 from opendisco.serving import MAX_K, Discovery, Recommendations
 
@@ -85,7 +86,10 @@ def _served(settings: Settings, call: Callable[[Discovery], Awaitable[Any]]) -> 
         os_client = clients.async_opensearch(settings)
         motor = clients.motor(settings)
         try:
-            return await call(Discovery(settings, os_client, motor[settings.mongo_db]))
+            discovery = Discovery(settings, os_client, motor[settings.mongo_db])
+            # running experiments apply as in the API (not logged: this is an inspection)
+            install_experiments(discovery, motor[settings.mongo_db], settings, log=False)
+            return await call(discovery)
         finally:
             await os_client.close()
             motor.close()

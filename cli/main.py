@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "eval": "_eval:eval_group",
     "tune": "_eval:tune_cmd",
     "demo": "_demo:demo_cmd",
+    "experiments": "_experiments:experiments_cmd",
 }
 
 

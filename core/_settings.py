@@ -4,6 +4,10 @@ Precedence (highest first): keyword arguments, ``OPENDISCO_*`` environment varia
 the TOML file named by ``OPENDISCO_CONFIG`` (or ``./opendisco.toml`` when it exists),
 then the defaults below. Every field is documented in ``docs/settings.md``; a test fails
 when one is missing there.
+
+Why this module is long: it is the one settings object (one place for every knob, each field
+with its description, bounds and default); splitting it by area would give several places to
+look a setting up and several precedence chains to keep in step.
 """
 
 from __future__ import annotations
@@ -342,6 +346,90 @@ class Settings(BaseSettings):
     )
     exposure_window_hours: float = Field(
         24.0, gt=0, description="Window over which impressions count towards an exposure cap (h)."
+    )
+    exposure_count_served: bool = Field(
+        True,
+        description="Count the member profiles the API serves toward exposure (in the "
+        "background, batched); client impression events on profiles that name a served list "
+        "(request_id) are then not counted again.",
+    )
+    exposure_flush_s: float = Field(
+        1.0, gt=0, description="How often served impressions are written to the counters (s)."
+    )
+
+    # --- events ------------------------------------------------------------------------
+    events_claim_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="A call's claim on the events it applies expires this long after its last "
+        "renewal (renewed every third of it while applying); only then may another call take "
+        "the events over (recovered).",
+    )
+    events_claim_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a call waits for events another call is applying before it "
+        "answers (what is still running is reported as in_flight).",
+    )
+    events_recover_every_s: float = Field(
+        300.0, gt=0, description="Cadence of the sweep that applies events whose claim expired."
+    )
+
+    # --- marketplace health (two-sided markets) -------------------------------------
+    trending_half_life_hours: float = Field(
+        24.0, gt=0, description="Half-life of the live decayed like/match count per item (h)."
+    )
+    trending_window_hours: float = Field(
+        72.0, gt=0, description="An item nobody liked for this long is not trending (h)."
+    )
+    trending_top_k: int = Field(
+        500, ge=1, le=1000, description="Live trending items handed to the trending source."
+    )
+    trending_refresh_s: float = Field(
+        10.0, gt=0, description="How long a process reuses its live trending list (s)."
+    )
+    pacing: bool = Field(
+        True, description="Pace members' exposure toward the target inbound-attention spread."
+    )
+    pacing_target_top1_share: float | None = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Ceiling on the share of inbound attention the top 1% of members receive "
+        "(None: no ceiling).",
+    )
+    pacing_target_gini: float | None = Field(
+        None, gt=0, lt=1, description="Ceiling on the Gini of inbound attention (None: none)."
+    )
+    pacing_budget_max: float = Field(
+        8.0,
+        gt=0,
+        description="Loosest budget, in multiples of the mean impressions per member per "
+        "window (where the controller starts and returns to when the targets are met).",
+    )
+    pacing_budget_min: float = Field(
+        1.0, gt=0, description="Tightest budget, in multiples of that mean."
+    )
+    pacing_gain: float = Field(
+        0.5, gt=0, description="Controller step: log-budget change per unit of relative error."
+    )
+    pacing_control_s: float = Field(
+        300.0, gt=0, description="How often the controller measures and steps (s)."
+    )
+
+    # --- experiments ------------------------------------------------------------------
+    experiments_holdout: float = Field(
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="Share of members in the global long-term holdout: in no experiment, as "
+        "viewer or candidate.",
+    )
+    experiments_holdout_salt: str = Field(
+        "holdout", description="Salt of the holdout's buckets (changing it reshuffles it)."
+    )
+    experiments_refresh_s: float = Field(
+        10.0, gt=0, description="Seconds between re-reads of the running experiments."
     )
 
     @property

@@ -30,6 +30,7 @@ from opendisco._domain import Surface
 from opendisco._exceptions import ConfigError
 from opendisco._settings import Settings
 from opendisco.queries import (
+    REQUEST_PARAMS,
     Candidate,
     CandidateSet,
     Template,
@@ -37,7 +38,7 @@ from opendisco.queries import (
     load,
     request_for_user,
 )
-from opendisco.rerank import FEATURE_NAMES, CandidateBatch, Features, FeatureStore
+from opendisco.rerank import FEATURE_NAMES, CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
     RECENT_FANOUT,
     BlockStore,
@@ -50,9 +51,10 @@ from opendisco.signals import (
     top_neighbours,
 )
 
+from ._artifacts import Artifacts
 from ._explore import Exploration
 from ._filters import HardRules
-from ._types import CandidatePlan, Recommendations, candidate_k
+from ._types import CandidatePlan, Ranking, Recommendations, candidate_k
 
 __all__ = [
     "GRAPH_NEIGHBOURS",
@@ -70,6 +72,7 @@ __all__ = [
     "TemplateSource",
     "params_for",
     "read_member",
+    "request_ranking",
     "served_list",
 ]
 
@@ -126,13 +129,13 @@ def params_for(
     params: Mapping[str, Any], surface: str, template: Template | None = None
 ) -> dict[str, Any]:
     """Template overrides for ``surface``: ``{"param": v}`` for every surface that declares
-    ``param``, then ``{"<surface>": {...}}`` on top (declared by ``template`` when given)."""
+    ``param``, then ``{"<surface>": {...}}`` on top (declared by ``template`` when given).
+    Never a parameter every request sets (``REQUEST_PARAMS``: the hard rules), whatever the
+    overrides' origin (params file, draft, experiment arm)."""
     specs = (template or load(surface)).specs
-    out = {k: v for k, v in params.items() if k in specs}
     nested = params.get(surface)
-    if isinstance(nested, Mapping):
-        out.update({k: v for k, v in nested.items() if k in specs})
-    return out
+    merged = {**params, **(nested if isinstance(nested, Mapping) else {})}
+    return {k: v for k, v in merged.items() if k in specs and k not in REQUEST_PARAMS}
 
 
 async def read_member(
@@ -192,9 +195,12 @@ class RequestBuilder:
             **plan.extra,
         )
         plan.request.exclude_ids = list(dict.fromkeys([*plan.request.exclude_ids, *plan.exclude]))
-        plan.request.template = self.templates.get(plan.request.surface)
+        art = plan.artifacts  # an experiment arm's, else the pipeline's
+        params = self.params if art is None else art.params
+        templates = self.templates if art is None else art.templates
+        plan.request.template = templates.get(plan.request.surface)
         plan.request.params = {
-            **params_for(self.params, plan.request.surface, plan.request.template),
+            **params_for(params, plan.request.surface, plan.request.template),
             **plan.rules.engine_params(),
         }
 
@@ -237,7 +243,8 @@ class TemplateSource:
 @dataclass
 class StoreFeatures:
     """The reranker's features from :class:`~opendisco.rerank.FeatureStore` (packed vectors
-    from the hits, exposure and inbound counters, graph proximity)."""
+    from the hits, exposure and inbound counters, graph proximity; for member candidates their
+    owners' tastes and the viewer's own profile vector, looked up alongside)."""
 
     store: FeatureStore
     name: str = "store"
@@ -245,7 +252,29 @@ class StoreFeatures:
     async def features(
         self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
     ) -> Features:
-        return await self.store.for_batch(batch, plan.state, plan.graph_weights)
+        profile = (plan.user or {}).get("profile_id") if batch.members.any() else None
+        feats, plan.viewer_profile = await asyncio.gather(
+            self.store.for_batch(
+                batch,
+                plan.state,
+                plan.graph_weights,
+                inbox=plan.inbox,
+                mutual_weights=plan.mutual_weights,
+            ),
+            self.store.profile_vector(profile),
+        )
+        return feats
+
+
+def request_ranking(plan: CandidatePlan, artifacts: Artifacts, reranker: Reranker) -> Ranking:
+    """The request's ranking: its own (``plan.ranking``), its artifacts' reranker (an
+    experiment arm's), or the pipeline's (``artifacts``, ``reranker``). It orders the
+    candidates the filters kept; it never adds one."""
+    if plan.ranking is not None:
+        return plan.ranking
+    if plan.artifacts is None or plan.artifacts is artifacts:
+        return reranker
+    return Reranker(plan.artifacts.rerank, plan.artifacts.scorer)
 
 
 def served_list(
@@ -278,6 +307,7 @@ def served_list(
         policy=exploration.policy if explored else {"kind": "deterministic"},
         pool=exploration.pool.tolist() if explored else (),
         pool_w=exploration.weights.tolist() if explored else (),
+        experiments=plan.experiments,
     )
 
 
@@ -336,3 +366,28 @@ async def run_sources(
         seen.update(c.id for c in other.candidates)
         first.errors.update(other.errors)
     return first, ms
+
+
+def explained(
+    plan: CandidatePlan,
+    cs: CandidateSet,
+    trace: Any,
+    items: Sequence[Any],
+    timings: Mapping[str, float],
+) -> dict[str, Any]:
+    """The explain block of an answer: the candidate stage's sources, the filters' drops and
+    each rerank step's trace for the shown ``items``."""
+    return {
+        "surface": plan.request.surface,
+        "requested_surface": plan.requested_surface,
+        "template_version": cs.template_version,
+        "rendered": cs.rendered,
+        "took_ms": cs.took_ms,
+        "source_took_ms": cs.source_took,
+        "source_errors": cs.errors,
+        "skipped_sources": cs.skipped,
+        "candidates": len(cs.candidates),
+        "filtered": dict(plan.filtered),
+        "rerank": trace.to_dict([r.id for r in items]),
+        "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+    }

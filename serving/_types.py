@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from opendisco.queries import CandidateRequest, CandidateSet
-from opendisco.signals import MemberBlocks, ServedList, UserState
+from opendisco.signals import Inbox, MemberBlocks, PacingState, ServedList, UserState
 
 from ._filters import HardRules
+
+if TYPE_CHECKING:
+    from opendisco.rerank import CandidateBatch, Features, RerankContext, RerankResult
+
+    from ._artifacts import Artifacts
 
 __all__ = [
     "CANDIDATE_FACTOR",
@@ -17,6 +24,7 @@ __all__ = [
     "MAX_K",
     "MIN_CANDIDATES",
     "CandidatePlan",
+    "Ranking",
     "Recommendation",
     "Recommendations",
     "candidate_k",
@@ -32,6 +40,16 @@ MAX_K = MAX_CANDIDATES
 
 def candidate_k(k: int) -> int:
     return max(MIN_CANDIDATES, min(MAX_CANDIDATES, k * CANDIDATE_FACTOR))
+
+
+class Ranking(Protocol):
+    """What orders a request's candidates: a :class:`~opendisco.rerank.Reranker`, or a
+    request-specific one (an experiment ranking each candidate by its own arm)."""
+
+    def run(
+        self, cands: CandidateBatch, features: Features, ctx: RerankContext | None = None, *,
+        timed: bool = False,
+    ) -> RerankResult: ...  # fmt: skip
 
 
 @dataclass
@@ -53,7 +71,18 @@ class CandidatePlan:
     rules: HardRules = field(default_factory=HardRules)
     request: CandidateRequest = field(default_factory=CandidateRequest)
     graph_weights: dict[str, float] | None = None  # the member's co-engagement edges
+    inbox: Inbox | None = None  # who liked the member, whom they matched with
+    mutual_weights: dict[str, float] | None = None  # co-engagement from the matched profiles
+    viewer_profile: np.ndarray | None = None  # the member's own profile vector
+    pacing: PacingState | None = None  # the pacing controller's state (None: pacing off)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: what this request serves when it differs from the pipeline (an experiment arm): the
+    #: template params, rerank config and scorer; named in the response's version string
+    artifacts: Artifacts | None = None
+    #: this request's ranking when it is not one reranker (a pair-level experiment)
+    ranking: Ranking | None = None
+    #: the experiments this request takes part in (experiment, arm, design, unit, ...)
+    experiments: list[dict[str, Any]] = field(default_factory=list)
     #: the answer's id (the API's ``X-Request-ID``); served lists and events refer to it
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: candidates the filters stage dropped, by rule (the engine should have dropped them)
@@ -81,6 +110,8 @@ class Recommendations:
     timings_ms: dict[str, float] = field(default_factory=dict)
     #: the candidate stage, kept only when explaining
     candidate_set: CandidateSet | None = field(default=None, repr=False)
+    #: the experiments the request took part in (see ``CandidatePlan.experiments``)
+    experiments: list[dict[str, Any]] = field(default_factory=list)
     request_id: str = ""
     #: an explored answer: its order was drawn at random (propensities in ``served``)
     explored: bool = False

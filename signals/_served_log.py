@@ -7,7 +7,8 @@ One MongoDB document per served list (collection ``served_lists``, ``_id`` = req
      ids: [logged candidate ids, one per row], incl: [inclusion probability per row],
      candidates: scored candidates in all, shown: [row of position 0, 1, ...],
      propensity: [per-slot probability of what was shown], explored: bool,
-     policy: {...} (how the shown order was drawn), pool: [rows], pool_w: [weights]}
+     policy: {...} (how the shown order was drawn), pool: [rows], pool_w: [weights],
+     experiments: [{experiment, arm, design, unit, ...}] (only when in an experiment)}
 
 **Bounded.** A list logs at most ``max_rows`` rows: every shown row and every exploration pool
 row, then a uniform sample of the other scored candidates (``incl`` = the inclusion
@@ -76,6 +77,8 @@ class ServedList:
     policy: Mapping[str, Any] = field(default_factory=dict)
     pool: Sequence[int] = ()
     pool_w: Sequence[float] = ()
+    #: the experiments the answer took part in (experiment, arm, design, unit, candidates' arms)
+    experiments: Sequence[Mapping[str, Any]] = ()
 
 
 def sample_rows(
@@ -119,6 +122,8 @@ def _encode(s: ServedList, max_rows: int, rng: np.random.Generator) -> dict[str,
     }
     if s.X is not None and len(rows):
         doc["X"] = Binary(np.ascontiguousarray(s.X[rows], dtype="<f4").tobytes())
+    if s.experiments:
+        doc["experiments"] = [dict(e) for e in s.experiments]
     if s.pool:
         doc["pool"] = [pos[int(r)] for r in s.pool]
         doc["pool_w"] = [float(w) for w in s.pool_w]

@@ -39,8 +39,8 @@ class PopulationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    markets: int = Field(40, ge=1, description="Cities; members only meet within theirs.")
-    market_size: int = Field(150, ge=2, description="Members per market.")
+    markets: int = Field(30, ge=1, description="Cities; members only meet within theirs.")
+    market_size: int = Field(600, ge=2, description="Members per market.")
     dim: int = Field(16, ge=2, description="Dimensions of the latent taste/trait vectors.")
     types: int = Field(8, ge=1, description="Interest types (the profile's category).")
     type_noise: float = Field(0.7, ge=0.0, description="Spread of traits/taste around a type.")
@@ -51,8 +51,8 @@ class PopulationConfig(BaseModel):
     pickiness_sd: float = Field(0.5, ge=0.0)
     age_mean: float = Field(31.0, ge=19.0, description="Mean age (ages are 19 + gamma).")
     age_sd: float = Field(7.0, gt=0.0, description="Spread of ages.")
-    age_pref_min: int = Field(5, ge=0, description="Narrowest half-width of an age preference.")
-    age_pref_max: int = Field(15, ge=0, description="Widest half-width of an age preference.")
+    age_pref_min: int = Field(10, ge=0, description="Narrowest half-width of an age preference.")
+    age_pref_max: int = Field(25, ge=0, description="Widest half-width of an age preference.")
     hetero_share: float = Field(0.8, ge=0.0, le=1.0, description="Members with the usual prefs.")
     observe_noise: float = Field(0.35, ge=0.0, description="Noise of the profile embedding.")
     stated_noise: float = Field(1.0, ge=0.0, description="Noise of the stated preferences.")

@@ -175,23 +175,29 @@ def pair_scores(pop: Population, obs: Observed, ranker: Ranker) -> PairScores:
     )
 
 
+def pair_ranks(pop: Population, s: PairScores) -> np.ndarray:
+    """Each pair's position in its viewer's ranking (inf where the rules dropped it)."""
+    rank = np.full(pop.n_pairs, np.inf)
+    rank[s.order] = np.arange(s.order.shape[0]) - np.repeat(s.ptr[:-1], np.diff(s.ptr))
+    return rank
+
+
 def merged_order(
-    pop: Population, control: PairScores, treated: PairScores, mask: np.ndarray, seed: int = 0
+    pop: Population,
+    control: PairScores,
+    treated: PairScores,
+    mask: np.ndarray,
+    seed: int = 0,
+    depth: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`merge_ranks` for every viewer at once: pairs grouped by viewer, each at its
     position in the treated ranking where ``mask[pair]`` and in the control ranking
-    elsewhere. Returns ``(order, ptr)`` like :class:`PairScores`."""
-    P = pop.n_pairs
-    rank_c = np.full(P, np.inf)
-    rank_c[control.order] = np.arange(control.order.shape[0]) - np.repeat(
-        control.ptr[:-1], np.diff(control.ptr)
-    )
-    rank_t = np.full(P, np.inf)
-    rank_t[treated.order] = np.arange(treated.order.shape[0]) - np.repeat(
-        treated.ptr[:-1], np.diff(treated.ptr)
-    )
+    elsewhere. Returns ``(order, ptr)`` like :class:`PairScores`. With ``depth`` only pairs
+    whose own rank is below it are kept: the list is then exact for its first positions
+    (every pair ranked above ``depth`` by its arm is in it), deeper than a run can serve."""
+    rank_c, rank_t = pair_ranks(pop, control), pair_ranks(pop, treated)
     rank = np.where(mask, rank_t, rank_c)
-    idx = np.flatnonzero(np.isfinite(rank))
+    idx = np.flatnonzero(np.isfinite(rank) if depth is None else rank < depth)
     tie = uniform(seed, Stream.ORDER, pop.pair_viewer[idx], pop.pair_candidate[idx])
     width = float(rank[idx].max()) + 2.0 if idx.size else 1.0
     # one float key: viewer blocks apart, then the arm's rank, then the coin

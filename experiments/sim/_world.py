@@ -40,6 +40,7 @@ from ._ranking import (
     Ranker,
     merged,
     merged_order,
+    pair_ranks,
     pair_scores,
     serve,
 )
@@ -57,10 +58,13 @@ class MarketConfig(BaseModel):
         2, ge=1, description="Impressions per session (None: independent exposure, no slots)."
     )
     show_rate: float = Field(2.0, gt=0, description="Independent mode: mean shown per session.")
+    independent_depth: int = Field(
+        20, ge=1, description="Independent mode: top of each ranking a viewer can be shown."
+    )
     capacity: float | None = Field(
         2.0, gt=0, description="Likes a member reviews per active day (None: all of them)."
     )
-    expiry_days: int = Field(3, ge=1, description="A waiting like expires after this.")
+    expiry_days: int = Field(1, ge=1, description="A waiting like expires after this.")
     instant_matches: bool = Field(True, description="A like to an admirer is mutual at once.")
     warmup_days: int = Field(7, ge=1, description="Pre-period under the control ranker.")
     days: int = Field(14, ge=1, description="Days of a run after the pre-period.")
@@ -71,11 +75,14 @@ class MarketConfig(BaseModel):
 
 #: From demand- to supply-constrained, plus the no-interference control (no slots, no
 #: capacity, no instant matches: every impression's outcome depends on its own pair only).
+#: Capacities are reviews per active day, set for the default population's like flow:
+#: ``balanced`` binds for the popular members, ``supply_constrained`` for most members,
+#: ``demand_constrained`` almost never (bench/README.md gives each regime's expired share).
 REGIMES: dict[str, MarketConfig] = {
     "no_interference": MarketConfig(slots=None, capacity=None, instant_matches=False),
-    "demand_constrained": MarketConfig(capacity=8.0),
-    "balanced": MarketConfig(capacity=1.0),
-    "supply_constrained": MarketConfig(capacity=0.35),
+    "demand_constrained": MarketConfig(capacity=12.0),
+    "balanced": MarketConfig(capacity=2.5),
+    "supply_constrained": MarketConfig(capacity=0.8),
 }
 
 
@@ -114,14 +121,17 @@ class World:
         self.control = control or Ranker()
         self.seed = seed
         self._scores: dict[str, PairScores] = {}
-        self._q: dict[str, np.ndarray] = {}
+        self._q: dict[str, tuple[np.ndarray, ...]] = {}
         self._decks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         state = self._new_market(seed)
         obs = Observed.initial(pop)
         first = pair_scores(pop, obs, self.control)
         cursors: dict[int, np.ndarray] = {}
         for day in range(self.market.warmup_days):
-            self._play_static(state, day, [(first.order, first.ptr)], None, None, cursors)
+            if self.market.slots is None:
+                self._play_independent(state, day, self._exposure(first, first, "_warmup"), None)
+            else:
+                self._play_static(state, day, [(first.order, first.ptr)], None, None, cursors)
         self.pre: Outcomes = state.outcomes()
         self.observed = _observed_after(pop, obs, state, self.pre, self.market.warmup_days)
         self._state = state
@@ -172,8 +182,9 @@ class World:
                 _refresh(self.pop, obs, state, self.market.window_days, liked_content)
             return state.outcomes()
         if self.market.slots is None:
+            exp = self._exposure(self.scores(self.control), self.scores(treatment), treatment.name)
             for day in days:
-                self._play_independent(state, day, treatment, assignment)
+                self._play_independent(state, day, exp, assignment)
             return state.outcomes()
         sources, which = self._sources(treatment, assignment)
         cursors: dict[int, np.ndarray] = {}
@@ -200,7 +211,7 @@ class World:
         self, treatment: Ranker, a: Assignment
     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray | None]:
         """The ranked decks a run serves from and which one each viewer uses (per day)."""
-        if not a.viewer.any():
+        if not a.viewer.any() or treatment.name == self.control.name:
             return [self._deck(self.control)], None
         if a.candidate is None:
             return [self._deck(self.control), self._deck(treatment)], a.viewer.astype(np.int64)
@@ -209,7 +220,9 @@ class World:
             raise ConfigError("pair-level designs keep a viewer's arm for the whole run")
         pop = self.pop
         mask = a.viewer[pop.pair_viewer] & a.candidate[pop.pair_candidate]
-        return [self._unseen(*merged_order(pop, c, t, mask, self.seed))], None
+        m = self.market
+        depth = 2 * (m.slots or 0) * (m.warmup_days + m.days) + 8  # deeper than a run serves
+        return [self._unseen(*merged_order(pop, c, t, mask, self.seed, depth))], None
 
     def _play_static(
         self,
@@ -230,46 +243,57 @@ class World:
         shown = np.concatenate(shown_parts) if shown_parts else np.zeros(0, np.int64)
         state.day(day, active, shown, _treated(pop, a, day - self.first_day, shown))
 
-    def _threshold(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per viewer (θ, τ) on the control's scores: σ((s − θ)/τ) summed over the pool is
-        ``show_rate`` (bisection on θ, τ = the scores' spread)."""
-        if "_theta" not in self._q:
-            ctl = self.scores(self.control).score
-            pv, n = self.pop.pair_viewer, self.pop.n
-            ok = np.isfinite(ctl)
-            cnt = np.maximum(np.bincount(pv[ok], minlength=n), 1)
-            mean = np.bincount(pv[ok], ctl[ok], minlength=n) / cnt
-            var = np.bincount(pv[ok], (ctl[ok] - mean[pv[ok]]) ** 2, minlength=n) / cnt
-            tau = np.maximum(np.sqrt(var), 1e-6)
-            target = np.minimum(self.market.show_rate, cnt * 0.999)
-            lo, hi = mean - 20 * tau, mean + 20 * tau
-            z = np.where(ok, ctl, 0.0)
-            for _ in range(50):
-                mid = (lo + hi) / 2
-                q = np.where(ok, 1 / (1 + np.exp(-(z - mid[pv]) / tau[pv])), 0.0)
-                high = np.bincount(pv, q, minlength=n) > target
-                lo, hi = np.where(high, mid, lo), np.where(high, hi, mid)
-            self._q["_theta"], self._q["_tau"] = (lo + hi) / 2, tau
-        return self._q["_theta"], self._q["_tau"]
+    def _exposure(
+        self, control: PairScores, treated: PairScores, key: str
+    ) -> tuple[np.ndarray, ...]:
+        """Independent mode: the pairs a viewer can be shown — the top ``depth`` of either
+        ranking (what retrieval hands the ranker) — and their show probability per session
+        under each arm: σ((score − θ_v)/τ_v) of the pair's *own* score, θ_v and τ_v set on
+        the control's scores so a viewer sees ``show_rate`` per session."""
+        if key in self._q:
+            return self._q[key]
+        pop, depth = self.pop, self.market.independent_depth
+        rank_c, rank_t = pair_ranks(pop, control), pair_ranks(pop, treated)
+        pairs = np.flatnonzero((rank_c < depth) | (rank_t < depth))
+        pv = pop.pair_viewer[pairs]
+        sc, st = control.score[pairs], treated.score[pairs]
+        ok = np.isfinite(sc)
+        n = pop.n
+        cnt = np.maximum(np.bincount(pv[ok], minlength=n), 1)
+        mean = np.bincount(pv[ok], sc[ok], minlength=n) / cnt
+        var = np.bincount(pv[ok], (sc[ok] - mean[pv[ok]]) ** 2, minlength=n) / cnt
+        tau = np.maximum(np.sqrt(var), 1e-6)
+        target = np.minimum(self.market.show_rate, cnt * 0.999)
+        lo, hi = mean - 20 * tau, mean + 20 * tau
+        zc = np.where(ok, sc, 0.0)
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            q = np.where(ok, 1 / (1 + np.exp(-(zc - mid[pv]) / tau[pv])), 0.0)
+            high = np.bincount(pv, q, minlength=n) > target
+            lo, hi = np.where(high, mid, lo), np.where(high, hi, mid)
+        theta = ((lo + hi) / 2)[pv]
 
-    def _independent_q(self, ranker: Ranker) -> np.ndarray:
-        """P(shown per session) per pair from its own score only (no slot competition)."""
-        if ranker.name not in self._q:
-            theta, tau = self._threshold()
-            pv = self.pop.pair_viewer
-            s = self.scores(ranker).score
-            ok = np.isfinite(s)
-            z = (np.where(ok, s, 0.0) - theta[pv]) / tau[pv]
-            self._q[ranker.name] = np.where(ok, 1 / (1 + np.exp(-z)), 0.0)
-        return self._q[ranker.name]
+        def prob(s: np.ndarray) -> np.ndarray:
+            fin = np.isfinite(s)
+            return np.where(fin, 1 / (1 + np.exp(-(np.where(fin, s, 0.0) - theta) / tau[pv])), 0.0)
 
-    def _play_independent(self, state: Market, day: int, treatment: Ranker, a: Assignment) -> None:
+        self._q[key] = (pairs, prob(sc), prob(st))
+        return self._q[key]
+
+    def _play_independent(
+        self,
+        state: Market,
+        day: int,
+        exposure: tuple[np.ndarray, ...],
+        a: Assignment | None,
+    ) -> None:
         pop = self.pop
+        pairs, qc, qt = exposure
         active = state.active_today(day)
-        pairs = np.flatnonzero(active[pop.pair_viewer])
+        sel = active[pop.pair_viewer[pairs]]
+        pairs, qc, qt = pairs[sel], qc[sel], qt[sel]
         treated = _treated(pop, a, day - self.first_day, pairs)
-        qc = self._independent_q(self.control)[pairs]
-        q = np.where(treated, self._independent_q(treatment)[pairs], qc) if treated.any() else qc
+        q = np.where(treated, qt, qc)
         shown = uniform(state.seed, Stream.SHOW, pairs, day) < q
         state.day(day, active, pairs[shown], treated[shown])
 

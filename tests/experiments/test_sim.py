@@ -151,11 +151,18 @@ def test_merged_order_matches_one_request_at_a_time(world: sim.World) -> None:
     mask_c = np.random.default_rng(1).random(pop.n) < 0.5
     mask = mask_c[pop.pair_candidate]
     order, ptr = sim.merged_order(pop, world.scores(world.control), world.scores(BOOST), mask, 3)
+    short, sptr = sim.merged_order(
+        pop, world.scores(world.control), world.scores(BOOST), mask, 3, depth=10
+    )
     for v in (1, 8, 50, 120):
         lo, hi = int(pop.ptr[v]), int(pop.ptr[v + 1])
         cands = pop.pair_candidate[lo:hi]
-        rows = merged(pop, world.observed, v, cands, world.control, BOOST, mask_c[cands], None, 3)
+        rows = merged(
+            pop, world.observed, v, cands, world.control, BOOST, mask_c[cands], hi - lo, 3
+        )
         assert np.array_equal(order[ptr[v] : ptr[v + 1]], lo + rows)
+        # cut at depth 10 the list is exact for its first positions
+        assert np.array_equal(short[sptr[v] : sptr[v] + 6], order[ptr[v] : ptr[v] + 6])
 
 
 def test_merge_ranks_places_each_candidate_by_its_own_arm() -> None:

@@ -1,0 +1,342 @@
+"""Analysis: aggregate to the randomisation unit, estimate, and refuse a broken readout.
+
+* **Difference in means of a ratio metric** (Σ numerator / Σ impressions per arm) by weighted
+  least squares of the unit ratios on the arm, weights = the unit's impressions: the
+  coefficient is the difference of the two ratios and its heteroskedasticity-robust (HC1)
+  standard error is the delta-method one. **CUPED** for ratio metrics (Deng et al. 2013): the
+  difference less θ times the arms' difference of *pre-period* ratios, θ and the SE from
+  the units' influence functions. **Cluster-robust** standard
+  errors (CR1, t with G − 1 degrees of freedom) for the cluster design (clusters) and the
+  switchback design ((region, period) units clustered by region, region fixed effects, burn-in
+  rows dropped). All through statsmodels.
+* **Two-sided**: the four cells (viewer arm × candidate arm) give the interpolating estimator
+  TSRI(β) = β·(r₁₁ − r₀₁) + (1 − β)·(r₁₁ − r₁₀) of Johari, Li, Liskovich & Weintraub (2022):
+  a customer-side contrast (unbiased when the market is demand-constrained) and a
+  listing-side one (supply-constrained) weighted by the market's balance β. Its standard error
+  comes from a two-way bootstrap: Poisson resampling of viewers and, separately, of
+  candidates; their variances add, less the pair-level variance both count (the bootstrap form
+  of two-way clustering, Cameron, Gelbach & Miller 2011; that last term by linearisation).
+* **Sample-ratio mismatch**: χ² (scipy) of the units per arm against the design's shares, on
+  assignments and on exposures, viewer and candidate side; the family is held at
+  ``SRM_ALPHA`` (Bonferroni) and a mismatch blocks the readout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from statsmodels.regression.linear_model import WLS
+
+__all__ = [
+    "SRM_ALPHA",
+    "Estimate",
+    "Exposures",
+    "SrmCheck",
+    "aggregate",
+    "ratio_difference",
+    "srm_blocks",
+    "srm_check",
+    "tsri",
+]
+
+SRM_ALPHA = 0.001
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One treatment-vs-control contrast of one metric."""
+
+    estimator: str
+    effect: float
+    se: float
+    ci_low: float
+    ci_high: float
+    p: float
+    control: float  # the control arm's ratio (× scale)
+    treatment: float
+    units: tuple[int, int]  # control, treatment
+    df: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def relative(self) -> float:
+        return self.effect / self.control if self.control else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "estimator": self.estimator,
+            "effect": self.effect,
+            "se": self.se,
+            "ci": [self.ci_low, self.ci_high],
+            "p": self.p,
+            "control": self.control,
+            "treatment": self.treatment,
+            "relative": self.relative,
+            "units": list(self.units),
+            "df": self.df,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class Exposures:
+    """Impression rows of an experiment (integer codes; -1 = none) and their outcomes."""
+
+    viewer: np.ndarray
+    candidate: np.ndarray
+    viewer_arm: np.ndarray
+    candidate_arm: np.ndarray
+    outcomes: Mapping[str, np.ndarray]  # per row: likes, mutual, matches
+    cluster: np.ndarray | None = None
+    region: np.ndarray | None = None
+    period: np.ndarray | None = None
+    burn_in: np.ndarray | None = None
+    impressions: np.ndarray | None = None  # per row (default 1)
+
+    @property
+    def weight(self) -> np.ndarray:
+        return np.ones(self.viewer.shape[0]) if self.impressions is None else self.impressions
+
+    def subset(self, keep: np.ndarray) -> Exposures:
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[keep]
+
+        return Exposures(
+            self.viewer[keep],
+            self.candidate[keep],
+            self.viewer_arm[keep],
+            self.candidate_arm[keep],
+            {k: v[keep] for k, v in self.outcomes.items()},
+            cut(self.cluster),
+            cut(self.region),
+            cut(self.period),
+            cut(self.burn_in),
+            cut(self.impressions),
+        )
+
+
+def aggregate(keys: np.ndarray, *cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(unique keys, per-key sums of each column...)``."""
+    uniq, inv = np.unique(keys, return_inverse=True)
+    return (uniq, *(np.bincount(inv, weights=c, minlength=uniq.shape[0]) for c in cols))
+
+
+def ratio_difference(
+    num: np.ndarray,
+    den: np.ndarray,
+    arm: np.ndarray,
+    *,
+    scale: float = 1.0,
+    groups: np.ndarray | None = None,
+    covariate: tuple[np.ndarray, np.ndarray] | None = None,
+    fixed: np.ndarray | None = None,
+    estimator: str = "difference",
+    alpha: float = 0.05,
+) -> Estimate:
+    """Ratio of arm 1 minus ratio of arm 0 over units (rows), see the module docstring.
+    ``groups``: cluster ids (cluster-robust); ``covariate``: the unit's pre-period numerator
+    and denominator (CUPED); ``fixed``: fixed-effect ids (switchback regions)."""
+    ok = den > 0
+    num, den, arm = num[ok], den[ok], arm[ok].astype(float)
+    rates = [float(num[arm == a].sum() / den[arm == a].sum()) * scale for a in (0, 1)]
+    units = (int((arm == 0).sum()), int((arm == 1).sum()))
+    g = None if groups is None else np.unique(groups[ok], return_inverse=True)[1]
+    if covariate is not None and fixed is None:
+        xn, xd = covariate[0][ok], covariate[1][ok]
+        if all(xd[arm == a].sum() > 0 for a in (0, 1)):
+            return _cuped(num, den, arm, xn, xd, g, scale, alpha, estimator, rates, units)
+    y = num / den
+    cols = [np.ones_like(y), arm]
+    if fixed is not None:
+        f = fixed[ok]
+        levels = np.unique(f)
+        for lv in levels[1:]:
+            cols.append((f == lv).astype(float))
+    X = np.column_stack(cols)
+    model = WLS(y, X, weights=den)
+    if g is not None:
+        res = model.fit(cov_type="cluster", cov_kwds={"groups": g}, use_t=True)
+        df = float(np.unique(g).shape[0] - 1)
+    else:
+        res = model.fit(cov_type="HC1", use_t=True)
+        df = float(res.df_resid)
+    effect = float(res.params[1]) * scale
+    se = float(res.bse[1]) * scale
+    lo, hi = (float(v) * scale for v in res.conf_int(alpha)[1])
+    return Estimate(estimator, effect, se, lo, hi, float(res.pvalues[1]), *rates, units, df)
+
+
+def _influence(num: np.ndarray, den: np.ndarray, arm: np.ndarray) -> tuple[float, np.ndarray]:
+    """``R₁ − R₀`` and each unit's influence on it (delta method):
+    ``±(numᵢ − R_a·denᵢ) / Σ_a den`` for the unit's arm ``a``."""
+    phi = np.zeros_like(num, dtype=float)
+    diff = 0.0
+    for a, sign in ((0, -1.0), (1, 1.0)):
+        m = arm == a
+        r = num[m].sum() / den[m].sum()
+        phi[m] = sign * (num[m] - r * den[m]) / den[m].sum()
+        diff += sign * r
+    return diff, phi
+
+
+def _cuped(
+    num: np.ndarray,
+    den: np.ndarray,
+    arm: np.ndarray,
+    xn: np.ndarray,
+    xd: np.ndarray,
+    g: np.ndarray | None,
+    scale: float,
+    alpha: float,
+    estimator: str,
+    rates: list[float],
+    units: tuple[int, int],
+) -> Estimate:
+    """CUPED for a ratio metric (Deng, Xu, Kohavi & Walker 2013, delta method): the
+    difference of the arms' ratios less θ times the difference of their *pre-period* ratios
+    (Σ pre numerators / Σ pre denominators). The pre-period difference is zero in expectation
+    under randomisation whatever the treatment does to the exposure weights — adjusting the
+    unit ratios in a regression weighted by post-period impressions is not: a treatment that
+    moves impressions between units moves the covariate's weighted mean too, and the
+    adjustment removes part of the effect. θ and the standard error come from the units'
+    influence functions (summed per cluster when ``g`` is given: CR1, t with G − 1 df;
+    otherwise HC1, t with n − 2 df)."""
+    dy, fy = _influence(num, den, arm)
+    dx, fx = _influence(xn, xd, arm)
+    n = num.shape[0]
+    if g is not None:
+        fy, fx = np.bincount(g, fy), np.bincount(g, fx)
+        k = fy.shape[0]
+        c, df = k / (k - 1) * (n - 1) / (n - 2), float(k - 1)
+    else:
+        c, df = n / (n - 2), float(n - 2)
+    theta = float(fy @ fx / (fx @ fx)) if fx @ fx > 0 else 0.0
+    effect = (dy - theta * dx) * scale
+    se = float(np.sqrt(c * ((fy - theta * fx) ** 2).sum())) * scale
+    q = float(stats.t.ppf(1 - alpha / 2, df))
+    p = float(2 * stats.t.sf(abs(effect / se), df)) if se > 0 else float("nan")
+    return Estimate(
+        estimator, effect, se, effect - q * se, effect + q * se, p, *rates, units, df,
+        extra={"cuped_theta": theta},
+    )  # fmt: skip
+
+
+# --- two-sided -------------------------------------------------------------------------------
+def _cells(cell: np.ndarray, num: np.ndarray, den: np.ndarray, keys: np.ndarray, n: int):
+    """Per key, the 8 sums (num, den of cells 00, 01, 10, 11)."""
+    out = np.zeros((n, 8))
+    for c in range(4):
+        m = cell == c
+        out[:, 2 * c] = np.bincount(keys[m], weights=num[m], minlength=n)
+        out[:, 2 * c + 1] = np.bincount(keys[m], weights=den[m], minlength=n)
+    return out
+
+
+def _tsri_value(S: np.ndarray, beta: float) -> np.ndarray:
+    """TSRI(β) from cell sums (..., 8): β(r11 − r01) + (1 − β)(r11 − r10)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = S[..., 0::2] / S[..., 1::2]  # r00, r01, r10, r11
+    return beta * (r[..., 3] - r[..., 1]) + (1 - beta) * (r[..., 3] - r[..., 2])
+
+
+def tsri(
+    viewer: np.ndarray,
+    candidate: np.ndarray,
+    viewer_arm: np.ndarray,
+    candidate_arm: np.ndarray,
+    num: np.ndarray,
+    den: np.ndarray,
+    *,
+    beta: float = 0.5,
+    scale: float = 1.0,
+    bootstrap: int = 200,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> Estimate:
+    """The two-sided interpolating estimator and its two-way bootstrap standard error."""
+    cell = 2 * viewer_arm.astype(np.int64) + candidate_arm.astype(np.int64)
+    vu, vi = np.unique(viewer, return_inverse=True)
+    cu, ci = np.unique(candidate, return_inverse=True)
+    A = _cells(cell, num, den, vi, vu.shape[0])
+    C = _cells(cell, num, den, ci, cu.shape[0])
+    S = A.sum(axis=0)
+    est = float(_tsri_value(S, beta))
+    rng = np.random.default_rng(seed)
+    var_v = float(np.var(_tsri_value(rng.poisson(1.0, (bootstrap, A.shape[0])) @ A, beta)))
+    var_c = float(np.var(_tsri_value(rng.poisson(1.0, (bootstrap, C.shape[0])) @ C, beta)))
+    # the pair-level term both resamplings count: Σ over pairs of (∇f · pair sums)²
+    pair = viewer.astype(np.int64) * (int(candidate.max()) + 1) + candidate
+    pu, pi = np.unique(pair, return_inverse=True)
+    P = _cells(cell, num, den, pi, pu.shape[0])
+    grad = _gradient(S, beta)
+    var_p = float(((P @ grad) ** 2).sum())
+    var = var_v + var_c - var_p
+    if not var > 0:
+        var = max(var_v, var_c)
+    se = float(np.sqrt(var))
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    r = S[0::2] / np.where(S[1::2] > 0, S[1::2], np.nan)
+    arm_of = np.zeros(vu.shape[0], dtype=np.int64)
+    arm_of[vi] = viewer_arm
+    units = (int((arm_of == 0).sum()), int((arm_of == 1).sum()))
+    return Estimate(
+        f"tsri(beta={beta:g})",
+        est * scale,
+        se * scale,
+        (est - z * se) * scale,
+        (est + z * se) * scale,
+        float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else float("nan"),
+        float(r[0]) * scale,
+        float(r[3]) * scale,
+        units,
+        None,
+        {f"r{c}": float(r[i]) * scale for i, c in enumerate(("00", "01", "10", "11"))},
+    )
+
+
+def _gradient(S: np.ndarray, beta: float, eps: float = 1e-7) -> np.ndarray:
+    """∇ of TSRI w.r.t. the 8 cell sums (central differences, relative step)."""
+    g = np.zeros(8)
+    for j in range(8):
+        h = eps * max(abs(S[j]), 1.0)
+        up, dn = S.copy(), S.copy()
+        up[j] += h
+        dn[j] -= h
+        g[j] = (_tsri_value(up, beta) - _tsri_value(dn, beta)) / (2 * h)
+    return g
+
+
+# --- sample-ratio mismatch -------------------------------------------------------------------
+@dataclass(frozen=True)
+class SrmCheck:
+    name: str  # e.g. "viewer assignments"
+    counts: tuple[int, ...]
+    expected: tuple[float, ...]  # shares
+    p: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "counts": list(self.counts),
+            "expected": list(self.expected),
+            "p": self.p,
+        }
+
+
+def srm_check(name: str, counts: Sequence[int], shares: Sequence[float]) -> SrmCheck:
+    """χ² goodness of fit of the units per arm to the design's shares."""
+    obs = np.asarray(counts, dtype=float)
+    exp = np.asarray(shares, dtype=float) / float(np.sum(shares)) * obs.sum()
+    if obs.sum() == 0:
+        return SrmCheck(name, tuple(int(c) for c in counts), tuple(shares), 1.0)
+    p = float(stats.chisquare(obs, exp).pvalue)
+    return SrmCheck(name, tuple(int(c) for c in counts), tuple(float(s) for s in shares), p)
+
+
+def srm_blocks(checks: Sequence[SrmCheck], alpha: float = SRM_ALPHA) -> bool:
+    """The readout is blocked when any check is below ``alpha / len(checks)``."""
+    return any(c.p < alpha / max(len(checks), 1) for c in checks)

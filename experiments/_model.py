@@ -1,0 +1,196 @@
+"""An experiment as data: what ``opendisco experiments create FILE`` reads and MongoDB keeps.
+
+An :class:`Experiment` has an ``id``, a ``salt`` (its randomisation; changing it re-shuffles
+every unit), a ``layer`` and a ``traffic`` share of that layer, ``arms`` (each an override of
+the served artifacts: template params, rerank config, model file; the first arm is the
+control), a ``design`` (the randomisation unit, see :class:`Design`), pre-registered
+``metrics`` (the first is primary) and its lifecycle (``draft → running → stopped`` with the
+``start``/``stop`` times).
+
+Designs and what an arm may change:
+
+=============  =============================  ==========================================
+design         randomisation unit             the treatment applies to
+=============  =============================  ==========================================
+``user``       the viewer                     the viewer's whole request
+``item``       the candidate                  the candidate, in every viewer's list
+``two_sided``  viewer and candidate, apart    treated viewer × treated candidate pairs
+``cluster``    cluster of the mutual-like /   every request of the cluster's members
+               co-engagement graph (Louvain,
+               snapshotted at start)
+``switchback`` (region, time period)          every request in that region and period
+=============  =============================  ==========================================
+
+``item`` and ``two_sided`` place candidates of both arms in one list (each at its own arm's
+rank, :mod:`._merge`): only two arms, and the arms may change the ranking only (``rerank``,
+``model``), not the candidate generation (``params``) that the list shares.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from opendisco._domain import ID_PATTERN
+from opendisco._exceptions import InvalidInput
+from opendisco.serving import check_params
+
+from ._metrics import METRICS
+
+__all__ = [
+    "PAIR_LEVEL",
+    "Arm",
+    "Design",
+    "DesignKind",
+    "Experiment",
+    "Status",
+]
+
+
+class DesignKind(StrEnum):
+    user = "user"
+    item = "item"
+    two_sided = "two_sided"
+    cluster = "cluster"
+    switchback = "switchback"
+
+
+#: designs whose lists mix arms per candidate
+PAIR_LEVEL = frozenset({DesignKind.item, DesignKind.two_sided})
+
+
+class Status(StrEnum):
+    draft = "draft"
+    running = "running"
+    stopped = "stopped"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Arm(_Strict):
+    """One variant: overrides on top of what the pipeline serves (nothing = as served)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,31}$")
+    weight: float = Field(1.0, gt=0, description="Relative share of the experiment's units.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Template parameter overrides (like a params file)."
+    )
+    rerank: dict[str, Any] = Field(
+        default_factory=dict,
+        description="RerankConfig overrides (weights merged key by key, like a params file).",
+    )
+    model: str | None = Field(None, description="Ranking model file (None: the served one).")
+
+    @model_validator(mode="after")
+    def _checked(self) -> Arm:
+        """The overrides a params file may make, checked the same way: no arm overrides a
+        parameter every request sets (the hard rules: viewer preferences, exclusions, caps)."""
+        try:
+            check_params({"template_params": self.params, "rerank": self.rerank})
+        except InvalidInput as exc:
+            raise ValueError(f"arm {self.name!r}: {exc}") from exc
+        return self
+
+    @property
+    def overrides(self) -> bool:
+        return bool(self.params or self.rerank or self.model)
+
+
+class Design(_Strict):
+    kind: DesignKind = DesignKind.user
+    #: two_sided: share of candidates randomised into the treatment arm, and the weight β of
+    #: the customer-side contrast in the interpolating estimator (pre-registered: 1 for a
+    #: demand-constrained market, 0 for a supply-constrained one)
+    candidate_share: float = Field(0.5, gt=0, lt=1)
+    tsri_beta: float = Field(0.5, ge=0, le=1)
+    #: cluster: Louvain resolution (lower = fewer, larger clusters) and the graph's window
+    resolution: float = Field(1.0, gt=0)
+    graph_days: int = Field(30, ge=1)
+    #: switchback: the member field naming the region, the period and the burn-in dropped
+    region_field: str = "location"
+    period_minutes: int = Field(60 * 24, ge=1)
+    burn_in_minutes: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _burn_in_shorter(self) -> Design:
+        if self.kind == DesignKind.switchback and self.burn_in_minutes >= self.period_minutes:
+            raise ValueError("burn_in_minutes must be shorter than period_minutes")
+        return self
+
+
+class Experiment(_Strict):
+    id: str = Field(pattern=ID_PATTERN, max_length=64)
+    name: str = ""
+    salt: str = Field("", max_length=128, description="Randomisation salt (default: the id).")
+    layer: str = Field("default", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    traffic: float = Field(1.0, gt=0, le=1, description="Share of the layer's members.")
+    arms: list[Arm] = Field(min_length=2, max_length=8)
+    design: Design = Field(default_factory=Design)
+    metrics: list[str] = Field(
+        default_factory=lambda: ["mutual_likes_per_1000"], min_length=1, max_length=16
+    )
+    surfaces: list[str] = Field(default_factory=lambda: ["for_you", "cold_start"])
+    status: Status = Status.draft
+    start: datetime | None = None
+    stop: datetime | None = None
+    #: the layer range it owns, ``[offset, offset + traffic * 10^4)``, set when it starts
+    offset: int | None = Field(None, ge=0, lt=10_000)
+
+    @model_validator(mode="after")
+    def _valid(self) -> Experiment:
+        if not self.salt:
+            self.salt = self.id
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique: {names}")
+        if self.design.kind in PAIR_LEVEL:
+            if len(self.arms) != 2:
+                raise ValueError(f"{self.design.kind.value}: exactly two arms (control, treatment)")
+            bad = [a.name for a in self.arms if a.params]
+            if bad:
+                raise ValueError(
+                    f"{self.design.kind.value}: arms {bad} change template params; a list "
+                    "mixing arms shares its candidates, so only rerank/model may differ"
+                )
+        if self.design.kind in (DesignKind.cluster, DesignKind.switchback) and self.traffic < 1:
+            raise ValueError(
+                f"{self.design.kind.value}: traffic must be 1 (a cluster or region is "
+                "randomised whole; give the experiment its own layer)"
+            )
+        return self
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+        return v
+
+    @property
+    def control(self) -> Arm:
+        return self.arms[0]
+
+    @property
+    def pair_level(self) -> bool:
+        return self.design.kind in PAIR_LEVEL
+
+    @property
+    def width(self) -> int:
+        """Buckets of its layer it owns (of 10^4)."""
+        return max(1, round(self.traffic * 10_000))
+
+    def to_doc(self) -> dict[str, Any]:
+        doc = self.model_dump(mode="python")
+        doc["_id"] = doc.pop("id")
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Experiment:
+        d = {k: v for k, v in doc.items() if k != "_id"}
+        return cls.model_validate({"id": doc["_id"], **d})

@@ -1,0 +1,372 @@
+"""``opendisco experiments report``: served logs + events → both-sided outcomes → readout.
+
+:func:`collect` turns what serving wrote into the analysis' impression rows: every shown item
+of every ``experiment_exposures`` document of the experiment is a row (viewer, the item's
+owner as the candidate, arms, cluster/region/period/burn-in); its outcomes come from the
+events: ``likes`` (the viewer liked the item after it was shown), ``mutual`` (and the
+candidate liked the viewer, ``user_likes``), ``matches`` (the pair matched after it was
+shown, ``user_matches``). Units assigned per arm (for SRM) are recomputed from the members
+with the same pure functions serving used. :func:`both_sides` sums the outcomes per arm as
+seen (viewers) and as received (candidates: impressions, likes and matches received).
+:func:`write_report` prints nothing; it writes ``report.json``, ``report.html`` and
+``effects.png`` and stores the readout in ``experiment_reports``. The pre-period covariate
+of CUPED comes from the served-list log (``served_lists``) and the like events of the 14
+days before the start (none: no CUPED).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from opendisco._backend import backend_errors
+from opendisco.signals import SERVED_LISTS, USER_LIKES, USER_MATCHES
+
+from ._analysis import Exposures
+from ._assign import arm_index, candidate_arm, in_experiment, is_held_out, period_of
+from ._log import EXPOSURES
+from ._model import PAIR_LEVEL, DesignKind, Experiment
+from ._readout import Covariates, Readout
+from ._serving import region_of
+from ._store import ExperimentStore
+
+__all__ = ["REPORTS", "Collected", "both_sides", "collect", "write_report"]
+
+REPORTS = "experiment_reports"
+_SEP = "\x1f"
+
+
+def _utc(t: Any) -> datetime | None:
+    if t is None:
+        return None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+class Collected:
+    """Rows for the analysis, the units assigned per arm, the members (index = the code in
+    the rows) and their pre-period covariates (CUPED; None without a pre-period log)."""
+
+    def __init__(
+        self,
+        rows: Exposures,
+        assigned: dict[str, list[int]],
+        members: list[str],
+        covariates: Covariates | None = None,
+    ) -> None:
+        self.rows = rows
+        self.assigned = assigned
+        self.members = members
+        self.covariates = covariates
+
+
+async def collect(
+    db: Any,
+    exp: Experiment,
+    *,
+    holdout: float,
+    holdout_salt: str,
+    end: datetime | None = None,
+    pre_days: int = 14,
+) -> Collected:
+    start = _utc(exp.start)
+    if start is None:
+        raise ValueError(f"experiment {exp.id!r} never started")
+    end = end or _utc(exp.stop) or datetime.now(UTC)
+    with backend_errors("reading experiment exposures failed"):
+        docs = await db[EXPOSURES].find({"at": {"$gte": start}}).to_list(None)
+    arms = [a.name for a in exp.arms]
+    code: dict[str, int] = {}
+    cols: dict[str, list[Any]] = defaultdict(list)
+    shown: list[tuple[str, str, str, datetime]] = []  # viewer, item, candidate member, at
+    for doc in docs:
+        at = _utc(doc["at"])
+        if at is None or at > end:
+            continue
+        rec = next((r for r in doc.get("experiments", []) if r.get("experiment") == exp.id), None)
+        if rec is None:
+            continue
+        viewer = str(doc["viewer"])
+        varm = arms.index(rec["arm"]) if rec["arm"] in arms else -1
+        cand_arms = rec.get("candidates") or {}
+        for item in doc.get("items", []):
+            member = str(item.get("owner") or item["id"])
+            carm = cand_arms.get(item["id"])
+            cols["viewer"].append(code.setdefault(viewer, len(code)))
+            cols["candidate"].append(code.setdefault(member, len(code)))
+            cols["viewer_arm"].append(varm)
+            cols["candidate_arm"].append(arms.index(carm) if carm in arms else -1)
+            cols["cluster"].append(rec.get("cluster") or "")
+            cols["region"].append(str(rec.get("unit", "")).rsplit(":", 1)[0])
+            cols["period"].append(int(rec.get("period") or 0))
+            cols["burn_in"].append(bool(rec.get("burn_in", False)))
+            shown.append((viewer, str(item["id"]), member, at))
+    likes, mutual, matches = await _outcomes(db, shown, start, end)
+    members = sorted(code, key=code.__getitem__)
+
+    def codes(values: list[Any]) -> np.ndarray:
+        table: dict[Any, int] = {}
+        return np.array([table.setdefault(v, len(table)) for v in values], dtype=np.int64)
+
+    rows = Exposures(
+        viewer=np.array(cols["viewer"], dtype=np.int64),
+        candidate=np.array(cols["candidate"], dtype=np.int64),
+        viewer_arm=np.array(cols["viewer_arm"], dtype=np.int64),
+        candidate_arm=np.array(cols["candidate_arm"], dtype=np.int64),
+        outcomes={"likes": likes, "mutual": mutual, "matches": matches},
+        cluster=codes(cols["cluster"]),
+        region=codes(cols["region"]),
+        period=np.array(cols["period"], dtype=np.int64),
+        burn_in=np.array(cols["burn_in"], dtype=bool),
+    )
+    assigned = await _assigned(db, exp, holdout, holdout_salt, start, end)
+    covariates = await _pre_period(db, code, start, pre_days)
+    return Collected(rows, assigned, members, covariates)
+
+
+async def _pre_period(
+    db: Any, code: dict[str, int], start: datetime, days: int, items: str = "items"
+) -> Covariates | None:
+    """Per member (as viewer and as candidate), the ``days`` before the start from the
+    served-list log (``served_lists``: what every answer showed) and the like events:
+    impressions, likes, mutual likes."""
+    since = start - timedelta(days=days)
+    with backend_errors("reading the pre-period served lists failed"):
+        docs = (
+            await db[SERVED_LISTS]
+            .find(
+                {"at": {"$gte": since, "$lt": start}},
+                {"user_id": 1, "ids": 1, "shown": 1, "at": 1},
+            )
+            .to_list(None)
+        )
+    shown = [
+        (str(d["user_id"]), str(d["ids"][r]), at)
+        for d in docs
+        if d.get("user_id") and (at := _utc(d.get("at"))) is not None
+        for r in d.get("shown") or []
+        if 0 <= r < len(d.get("ids") or [])
+    ]
+    if not shown:
+        return None
+    ids = sorted({i for _, i, _ in shown})
+    with backend_errors("reading item owners failed"):
+        owners = {
+            str(d["_id"]): str(d.get("owner_id") or d["_id"])
+            for k in range(0, len(ids), 500)
+            for d in await db[items]
+            .find({"_id": {"$in": ids[k : k + 500]}}, {"owner_id": 1})
+            .to_list(None)
+        }
+    rows = [(v, i, owners.get(i, i), at) for v, i, at in shown]
+    likes, mutual, _ = await _outcomes(db, rows, since, start)
+    n = len(code)
+    viewer: dict[str, np.ndarray] = {
+        k: np.zeros(n) for k in ("impressions", "likes", "mutual", "matches")
+    }
+    candidate = {k: np.zeros(n) for k in viewer}
+    for (v, _, member, _), lk, mu in zip(rows, likes, mutual, strict=True):
+        for side, who in ((viewer, v), (candidate, member)):
+            c = code.get(who)
+            if c is not None:
+                side["impressions"][c] += 1
+                side["likes"][c] += lk
+                side["mutual"][c] += mu
+    return Covariates(viewer, candidate)
+
+
+async def _outcomes(
+    db: Any, shown: list[tuple[str, str, str, datetime]], start: datetime, end: datetime
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with backend_errors("reading events failed"):
+        events = (
+            await db["events"]
+            .find({"type": "like", "ts": {"$gte": start}}, {"user_id": 1, "item_id": 1, "ts": 1})
+            .to_list(None)
+        )
+        likes_docs = await db[USER_LIKES].find({}, {"src": 1, "dst": 1}).to_list(None)
+        match_docs = await db[USER_MATCHES].find({}, {"users": 1, "at": 1}).to_list(None)
+    first_like: dict[tuple[str, str], datetime] = {}
+    for e in events:
+        ts = _utc(e["ts"])
+        key = (str(e["user_id"]), str(e["item_id"]))
+        if ts is not None and ts <= end and (key not in first_like or ts < first_like[key]):
+            first_like[key] = ts
+    liked_members = {(str(d["src"]), str(d["dst"])) for d in likes_docs}
+    matched = {tuple(sorted(d["users"])): _utc(d.get("at")) for d in match_docs}
+    n = len(shown)
+    likes, mutual, matches = np.zeros(n), np.zeros(n), np.zeros(n)
+    for i, (viewer, item, member, at) in enumerate(shown):
+        ts = first_like.get((viewer, item))
+        if ts is None or ts < at:
+            continue
+        likes[i] = 1.0
+        if (member, viewer) in liked_members:
+            mutual[i] = 1.0
+            m_at = matched.get(tuple(sorted((viewer, member))))
+            matches[i] = float(m_at is not None and at <= m_at <= end)
+    return likes, mutual, matches
+
+
+async def _assigned(
+    db: Any, exp: Experiment, holdout: float, salt: str, start: datetime, end: datetime
+) -> dict[str, list[int]]:
+    """Units per arm in the population, recomputed as serving assigns them."""
+    with backend_errors("reading members failed"):
+        users = await db["users"].find({}, {"_id": 1, exp.design.region_field: 1}).to_list(None)
+    members = [u for u in users if not is_held_out(str(u["_id"]), holdout, salt)]
+    members = [u for u in members if in_experiment(exp, str(u["_id"]))]
+    k, kind = len(exp.arms), exp.design.kind
+    out: dict[str, list[int]] = {}
+    if kind == DesignKind.user:
+        out["viewer"] = np.bincount(
+            [arm_index(exp, str(u["_id"])) for u in members], minlength=k
+        ).tolist()
+    if kind == DesignKind.two_sided:
+        out["viewer"] = np.bincount(
+            [arm_index(exp, f"viewer:{u['_id']}") for u in members], minlength=k
+        ).tolist()
+    if kind in PAIR_LEVEL:
+        out["candidate"] = np.bincount(
+            [candidate_arm(exp, str(u["_id"])) for u in members], minlength=2
+        ).tolist()
+    if kind == DesignKind.cluster:
+        clusters = await ExperimentStore(db).clusters(exp.id)
+        units = {clusters.get(str(u["_id"])) or f"new:{u['_id']}" for u in members}
+        out["unit"] = np.bincount(
+            [arm_index(exp, f"cluster:{c}") for c in units], minlength=k
+        ).tolist()
+    if kind == DesignKind.switchback:
+        regions = {region_of(u, exp.design.region_field) or "unknown" for u in members}
+        last, _ = period_of(exp, end)
+        units = [f"switchback:{r}:{p}" for r in sorted(regions) for p in range(last + 1)]
+        out["unit"] = np.bincount([arm_index(exp, u) for u in units], minlength=k).tolist()
+    return out
+
+
+def both_sides(exp: Experiment, rows: Exposures) -> dict[str, list[dict[str, Any]]]:
+    """Per arm: what viewers saw and did, and what candidates received."""
+    arms = [a.name for a in exp.arms]
+    cand_col = rows.candidate_arm if exp.pair_level else rows.viewer_arm
+    out: dict[str, list[dict[str, Any]]] = {"viewer": [], "candidate": []}
+    for side, who, arm_col in (
+        ("viewer", rows.viewer, rows.viewer_arm),
+        ("candidate", rows.candidate, cand_col),
+    ):
+        for i, name in enumerate(arms):
+            sel = arm_col == i
+            out[side].append(
+                {
+                    "arm": name,
+                    "units": int(np.unique(who[sel]).shape[0]),
+                    "impressions": int(sel.sum()),
+                    **{k: int(v[sel].sum()) for k, v in rows.outcomes.items()},
+                }
+            )
+    return out
+
+
+def _png(readout: Readout, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    est = readout.estimates
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(est) + 1.2))
+    for i, (_, _, e) in enumerate(est):
+        base = e.control or 1.0
+        ax.errorbar(
+            [100 * e.effect / base],
+            [i],
+            xerr=[[100 * (e.effect - e.ci_low) / base], [100 * (e.ci_high - e.effect) / base]],
+            fmt="o",
+            capsize=4,
+        )
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(range(len(est)), [f"{m}\n{a} vs {readout.arms[0]}" for m, a, _ in est])
+    ax.set_xlabel("effect, % of control (95% CI)")
+    ax.set_title(f"{readout.design} design" + (" — BLOCKED (SRM)" if readout.blocked else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values()) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+async def write_report(
+    db: Any, exp: Experiment, readout: Readout, sides: dict[str, Any], out_dir: Path
+) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "experiment": exp.id,
+        "at": datetime.now(UTC).isoformat(),
+        **readout.to_dict(),
+        "sides": sides,
+    }
+    paths = {
+        "json": out_dir / "report.json",
+        "html": out_dir / "report.html",
+        "png": out_dir / "effects.png",
+    }
+    paths["json"].write_text(json.dumps(doc, indent=2, default=str))
+    _png(readout, paths["png"])
+    est_rows = [
+        {
+            "metric": m,
+            "arm": a,
+            "control": e.control,
+            "treatment": e.treatment,
+            "effect": e.effect,
+            "relative": e.relative,
+            "ci": [e.ci_low, e.ci_high],
+            "p": e.p,
+            "estimator": e.estimator,
+        }
+        for m, a, e in readout.estimates
+    ]
+    img = base64.b64encode(paths["png"].read_bytes()).decode()
+    status = (
+        "BLOCKED: sample-ratio mismatch — do not read the estimates" if readout.blocked else "ok"
+    )
+    paths["html"].write_text(
+        "<!doctype html><meta charset='utf-8'><title>experiment " + html.escape(exp.id) + "</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem}</style>"
+        f"<h1>Experiment {html.escape(exp.id)}</h1><p>{html.escape(exp.name)}</p>"
+        f"<p>design <b>{readout.design}</b>, arms {html.escape(', '.join(readout.arms))}, "
+        f"{html.escape(str(exp.start))} → {html.escape(str(exp.stop or 'running'))}; "
+        f"readout: <b>{status}</b></p>"
+        f"<h2>Effects</h2>{_table(est_rows)}<img src='data:image/png;base64,{img}'>"
+        f"<h2>Sample-ratio checks</h2>{_table([c.to_dict() for c in readout.srm])}"
+        f"<h2>Viewers (what they saw and did)</h2>{_table(sides['viewer'])}"
+        f"<h2>Candidates (what they received)</h2>{_table(sides['candidate'])}"
+    )
+    with backend_errors("storing the report failed"):
+        await db[REPORTS].insert_one(
+            {"_id": f"{exp.id}@{doc['at']}", **json.loads(json.dumps(doc, default=str))}
+        )
+    return paths

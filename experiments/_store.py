@@ -1,0 +1,165 @@
+"""Experiments in MongoDB: definitions, their lifecycle, cluster snapshots.
+
+* ``experiments``: one document per experiment (:meth:`Experiment.to_doc`, ``_id`` = id).
+* ``experiment_clusters``: the cluster design's snapshot, taken at start from the member graph
+  (``user_likes`` / ``user_matches`` of :mod:`opendisco.signals`), in chunks of
+  :data:`CLUSTER_CHUNK` members: ``{_id: "<exp>\\x1f<k>", experiment, members: {m: c}}``
+  (FerretDB pushes down only ``_id`` lookups; chunks keep each document small).
+* ``experiment_locks``: the layer lease that makes two concurrent starts in one layer take
+  disjoint ranges.
+
+Starting allocates the experiment's range of its layer (the lowest free one), refuses a full
+layer and a second running pair-level experiment, and snapshots clusters; a stopped
+experiment never runs again (its salt stays reserved: a new run is a new experiment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from opendisco._backend import backend_errors
+from opendisco._exceptions import InvalidInput, NotFound
+from opendisco._store import MAX_WRITES_PER_COMMAND, lease
+from opendisco.signals import USER_LIKES
+
+from ._clusters import louvain_clusters
+from ._model import DesignKind, Experiment, Status
+
+__all__ = ["CLUSTERS", "CLUSTER_CHUNK", "EXPERIMENTS", "LOCKS", "ExperimentStore", "free_offset"]
+
+EXPERIMENTS = "experiments"
+CLUSTERS = "experiment_clusters"
+LOCKS = "experiment_locks"
+CLUSTER_CHUNK = 5000
+
+
+def free_offset(width: int, taken: Iterable[tuple[int, int]], buckets: int = 10_000) -> int | None:
+    """The lowest start of ``width`` free buckets given taken ``(offset, width)`` ranges."""
+    at = 0
+    for off, w in sorted(taken):
+        if off - at >= width:
+            return at
+        at = max(at, off + w)
+    return at if buckets - at >= width else None
+
+
+class ExperimentStore:
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.coll = db[EXPERIMENTS]
+        self.clusters_coll = db[CLUSTERS]
+        self.locks = db[LOCKS]
+
+    async def create(self, exp: Experiment) -> Experiment:
+        exp = exp.model_copy(
+            update={"status": Status.draft, "start": None, "stop": None, "offset": None}
+        )
+        with backend_errors(f"creating experiment {exp.id!r} failed"):
+            try:
+                await self.coll.insert_one(exp.to_doc())
+            except DuplicateKeyError as exc:
+                raise InvalidInput(f"experiment {exp.id!r} exists") from exc
+        return exp
+
+    async def get(self, exp_id: str) -> Experiment:
+        with backend_errors(f"reading experiment {exp_id!r} failed"):
+            doc = await self.coll.find_one({"_id": exp_id})
+        if doc is None:
+            raise NotFound(f"experiment {exp_id!r} not found")
+        return Experiment.from_doc(doc)
+
+    async def list(self) -> list[Experiment]:
+        with backend_errors("listing experiments failed"):
+            docs = await self.coll.find({}).to_list(None)
+        return sorted((Experiment.from_doc(d) for d in docs), key=lambda e: (e.layer, e.id))
+
+    async def running(self) -> list[Experiment]:
+        return [e for e in await self.list() if e.status == Status.running]
+
+    async def start(self, exp_id: str, now: datetime | None = None, seed: int = 0) -> Experiment:
+        now = now or datetime.now(UTC)
+        exp = await self.get(exp_id)
+        if exp.status != Status.draft:
+            raise InvalidInput(f"experiment {exp_id!r} is {exp.status.value}, not draft")
+        async with lease(self.locks, [f"layer:{exp.layer}"], lease_s=30, wait_s=10, what="layer"):
+            running = await self.running()
+            if exp.pair_level and any(e.pair_level for e in running):
+                raise InvalidInput("another pair-level (item/two_sided) experiment is running")
+            taken = [(e.offset or 0, e.width) for e in running if e.layer == exp.layer]
+            offset = free_offset(exp.width, taken)
+            if offset is None:
+                raise InvalidInput(
+                    f"layer {exp.layer!r} has no free {exp.traffic:.1%} (taken: {taken})"
+                )
+            if exp.design.kind == DesignKind.cluster:
+                await self._snapshot(exp, now, seed)
+            with backend_errors(f"starting experiment {exp_id!r} failed"):
+                await self.coll.update_one(
+                    {"_id": exp_id},
+                    {"$set": {"status": Status.running.value, "start": now, "offset": offset}},
+                )
+        return exp.model_copy(update={"status": Status.running, "start": now, "offset": offset})
+
+    async def stop(self, exp_id: str, now: datetime | None = None) -> Experiment:
+        now = now or datetime.now(UTC)
+        exp = await self.get(exp_id)
+        if exp.status != Status.running:
+            raise InvalidInput(f"experiment {exp_id!r} is {exp.status.value}, not running")
+        with backend_errors(f"stopping experiment {exp_id!r} failed"):
+            await self.coll.update_one(
+                {"_id": exp_id}, {"$set": {"status": Status.stopped.value, "stop": now}}
+            )
+        return exp.model_copy(update={"status": Status.stopped, "stop": now})
+
+    # -- clusters ---------------------------------------------------------------------------
+    async def member_graph(self, since: datetime) -> tuple[list[str], list[tuple[str, str, float]]]:
+        """Members and like edges (a mutual like counts on both edges) since ``since``."""
+        with backend_errors("reading the member graph failed"):
+            likes = await self.db[USER_LIKES].find({}, {"src": 1, "dst": 1, "at": 1}).to_list(None)
+        edges = []
+        for d in likes:
+            at = d.get("at")
+            if at is not None and at.tzinfo is None:
+                at = at.replace(tzinfo=UTC)
+            if at is None or at >= since:
+                edges.append((str(d["src"]), str(d["dst"]), 1.0))
+        with backend_errors("reading members failed"):
+            users = await self.db["users"].find({}, {"_id": 1}).to_list(None)
+        members = sorted({str(u["_id"]) for u in users} | {m for e in edges for m in e[:2]})
+        return members, edges
+
+    async def _snapshot(self, exp: Experiment, now: datetime, seed: int) -> dict[str, str]:
+        members, edges = await self.member_graph(now - timedelta(days=exp.design.graph_days))
+        clusters = louvain_clusters(members, edges, resolution=exp.design.resolution, seed=seed)
+        items = sorted(clusters.items())
+        docs = [
+            {
+                "_id": f"{exp.id}\x1f{k}",
+                "experiment": exp.id,
+                "members": dict(items[i : i + CLUSTER_CHUNK]),
+            }
+            for k, i in enumerate(range(0, len(items), CLUSTER_CHUNK))
+        ]
+        with backend_errors(f"writing the cluster snapshot of {exp.id!r} failed"):
+            await self.clusters_coll.delete_many({"experiment": exp.id})
+            for i in range(0, len(docs), MAX_WRITES_PER_COMMAND):
+                await self.clusters_coll.insert_many(docs[i : i + MAX_WRITES_PER_COMMAND])
+        return clusters
+
+    async def clusters(self, exp_id: str) -> dict[str, str]:
+        """The snapshot ``{member: cluster}`` (empty when the experiment has none)."""
+        out: dict[str, str] = {}
+        k = 0
+        while True:
+            ids = [f"{exp_id}\x1f{j}" for j in range(k, k + 20)]
+            with backend_errors(f"reading the cluster snapshot of {exp_id!r} failed"):
+                docs = await self.clusters_coll.find({"_id": {"$in": ids}}).to_list(None)
+            for d in docs:
+                out.update(d["members"])
+            if len(docs) < len(ids):
+                return out
+            k += 20

@@ -1,0 +1,223 @@
+"""Analysis: delta method, CUPED, cluster-robust SEs, the two-sided estimator and its
+two-way bootstrap, the SRM gate — checked against hand formulas and simulated truths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from opendisco.experiments import Design, Experiment, analyze, sim
+from opendisco.experiments._analysis import (
+    SRM_ALPHA,
+    ratio_difference,
+    srm_blocks,
+    srm_check,
+    tsri,
+)
+from opendisco.experiments._simulate import covariates, pre_period_clusters, simulate
+from opendisco.rerank import merged_config
+
+
+def _units(rng: np.random.Generator, n: int, effect: float = 0.0):
+    den = rng.integers(5, 40, n).astype(float)
+    base = rng.beta(2, 8, n)
+    arm = (rng.random(n) < 0.5).astype(float)
+    num = rng.binomial(den.astype(int), np.clip(base + effect * arm, 0, 1)).astype(float)
+    return num, den, arm, base
+
+
+def test_ratio_difference_is_the_delta_method() -> None:
+    rng = np.random.default_rng(0)
+    num, den, arm, _ = _units(rng, 2000, 0.02)
+    est = ratio_difference(num, den, arm, scale=1000)
+    r = [num[arm == a].sum() / den[arm == a].sum() for a in (0, 1)]
+    var = sum(
+        ((num[arm == a] - r[a] * den[arm == a]) ** 2).sum() / den[arm == a].sum() ** 2
+        for a in (0, 1)
+    )
+    n = num.shape[0]
+    assert est.effect == pytest.approx(1000 * (r[1] - r[0]))
+    assert est.se == pytest.approx(1000 * np.sqrt(var * n / (n - 2)), rel=1e-6)  # HC1
+    assert est.control == pytest.approx(1000 * r[0]) and est.treatment == pytest.approx(1000 * r[1])
+    assert est.ci_low < est.effect < est.ci_high
+
+
+def test_cuped_reduces_variance_without_bias() -> None:
+    rng = np.random.default_rng(1)
+    plain, adjusted, se_plain, se_adj = [], [], [], []
+    for _ in range(150):
+        num, den, arm, base = _units(rng, 600, 0.01)
+        pre_den = rng.integers(40, 120, base.shape[0]).astype(float)  # a longer pre-period
+        pre = rng.binomial(pre_den.astype(int), base).astype(float)
+        a = ratio_difference(num, den, arm)
+        b = ratio_difference(num, den, arm, covariate=(pre, pre_den))
+        plain.append(a.effect)
+        adjusted.append(b.effect)
+        se_plain.append(a.se)
+        se_adj.append(b.se)
+    assert np.std(adjusted) < 0.8 * np.std(plain)
+    assert np.mean(se_adj) < 0.8 * np.mean(se_plain)
+    assert abs(np.mean(adjusted) - 0.01) < 3 * np.std(adjusted) / np.sqrt(150)
+    assert np.mean(se_adj) == pytest.approx(np.std(adjusted), rel=0.2)
+
+
+def test_cuped_is_unbiased_when_the_treatment_moves_impressions() -> None:
+    """The treatment shifts impressions toward units with a high rate (what a popularity
+    boost does to candidates): the ratio's effect includes that shift. CUPED on the arms'
+    pre-period ratios keeps it (unbiased, SE matching the spread); an adjustment weighted by
+    the post-period impressions would take part of it away."""
+    rng = np.random.default_rng(2)
+    n, effects, ses, truth = 800, [], [], []
+    for _ in range(200):
+        base = rng.beta(2, 8, n)
+        pre_den = rng.integers(5, 40, n).astype(float)
+        pre = rng.binomial(pre_den.astype(int), base).astype(float)
+        arm = (rng.random(n) < 0.5).astype(float)
+        lam = 20 * np.where(arm == 1, (base / base.mean()) ** 2, 1.0)  # treated: toward high
+        den = np.maximum(rng.poisson(lam), 1).astype(float)
+        num = rng.binomial(den.astype(int), base).astype(float)
+        e = ratio_difference(num, den, arm, covariate=(pre, pre_den))
+        effects.append(e.effect)
+        ses.append(e.se)
+        w1 = (base / base.mean()) ** 2  # all-treated minus all-control ratio of this population
+        truth.append((w1 * base).sum() / w1.sum() - base.mean())
+    tau = float(np.mean(truth))
+    assert tau > 0.02
+    assert abs(np.mean(effects) - tau) < 0.02 * tau + 3 * np.std(effects) / np.sqrt(200)
+    assert np.mean(ses) == pytest.approx(np.std(effects), rel=0.15)
+
+
+def test_cluster_robust_se_covers_clustered_outcomes() -> None:
+    """Arms assigned by cluster, outcomes sharing a cluster shock: HC1 is too small, CR1
+    is right."""
+    rng = np.random.default_rng(2)
+    naive, robust, effects = [], [], []
+    for _ in range(200):
+        g = np.repeat(np.arange(60), 40)
+        arm = (rng.random(60) < 0.5)[g].astype(float)
+        den = np.full(g.shape[0], 10.0)
+        p = np.clip(0.2 + rng.normal(0, 0.05, 60)[g], 0, 1)
+        num = rng.binomial(10, p).astype(float)
+        naive.append(ratio_difference(num, den, arm).se)
+        e = ratio_difference(num, den, arm, groups=g)
+        robust.append(e.se)
+        effects.append(e.effect)
+        assert e.df == 59
+    sd = np.std(effects)
+    assert np.mean(naive) < 0.6 * sd
+    assert np.mean(robust) == pytest.approx(sd, rel=0.15)
+
+
+def test_tsri_cells_and_two_way_bootstrap() -> None:
+    """Crossed viewer × candidate data with viewer and candidate effects and a pair-level
+    treatment: the estimate is unbiased and the two-way SE matches its sampling SD."""
+    rng = np.random.default_rng(3)
+    ests, ses = [], []
+    for rep in range(60):
+        nv, nc = 400, 400
+        va = rng.random(nv) < 0.5
+        ca = rng.random(nc) < 0.5
+        ve, ce = rng.normal(0, 0.05, nv), rng.normal(0, 0.05, nc)
+        v = np.repeat(np.arange(nv), 30)
+        c = rng.integers(0, nc, v.shape[0])
+        p = np.clip(0.2 + ve[v] + ce[c] + 0.05 * (va[v] & ca[c]), 0, 1)
+        y = (rng.random(v.shape[0]) < p).astype(float)
+        e = tsri(
+            v,
+            c,
+            va[v].astype(int),
+            ca[c].astype(int),
+            y,
+            np.ones_like(y),
+            beta=0.5,
+            bootstrap=200,
+            seed=rep,
+        )
+        ests.append(e.effect)
+        ses.append(e.se)
+        assert set(e.extra) == {"r00", "r01", "r10", "r11"}
+    assert abs(np.mean(ests) - 0.05) < 3 * np.std(ests) / np.sqrt(len(ests))
+    assert np.mean(ses) / np.std(ests) == pytest.approx(1.0, abs=0.2)
+
+
+def test_srm_gate() -> None:
+    ok = srm_check("viewer assignments", [5030, 4970], [0.5, 0.5])
+    assert ok.p > 0.1
+    bad = srm_check("viewer exposures", [5300, 4700], [0.5, 0.5])
+    assert bad.p < 1e-6
+    assert not srm_blocks([ok]) and srm_blocks([ok, bad])
+    # the family is held at SRM_ALPHA: a p just under it alone does not block two checks
+    edge = srm_check("x", [5000, 5000], [0.5, 0.5])
+    edge = type(edge)("x", edge.counts, edge.expected, SRM_ALPHA * 0.9)
+    assert srm_blocks([edge]) and not srm_blocks([edge, ok])
+
+
+def test_srm_false_alarms_under_correct_assignment() -> None:
+    rng = np.random.default_rng(4)
+    counts = rng.multinomial(20_000, [0.5, 0.5], size=40_000)
+    p = stats.chisquare(counts, [10_000, 10_000], axis=1).pvalue  # what srm_check runs
+    assert srm_check("a", counts[0], [0.5, 0.5]).p == pytest.approx(p[0])
+    assert np.mean(p < SRM_ALPHA) <= 0.0015  # 0.1% expected (40 of 40k; 60 is 3 sigma)
+
+
+@pytest.fixture(scope="module")
+def world() -> sim.World:
+    pop = sim.generate_population(sim.PopulationConfig(markets=6, market_size=120), seed=5)
+    return sim.World(pop, sim.REGIMES["balanced"], sim.Ranker(name="control"), seed=5)
+
+
+@pytest.mark.parametrize("kind", ["user", "item", "two_sided", "cluster", "switchback"])
+def test_every_design_reads_out_in_the_simulator(world: sim.World, kind: str) -> None:
+    boost = sim.Ranker(merged_config({"weights": {"popularity": 2.0}}), name="boost")
+    opts = {"period_minutes": 2880, "burn_in_minutes": 1440} if kind == "switchback" else {}
+    exp = Experiment(
+        id=f"t-{kind}",
+        arms=[{"name": "control"}, {"name": "boost", "rerank": {"weights": {"popularity": 2.0}}}],
+        design={"kind": kind, **opts},
+        metrics=["mutual_likes_per_1000", "likes_per_1000"],
+    )
+    clusters = pre_period_clusters(world) if kind == "cluster" else None
+    res = simulate(exp, world, boost, seed=1, clusters=clusters)
+    ro = analyze(
+        exp.design,
+        ["control", "boost"],
+        [1, 1],
+        res.rows,
+        assigned=res.assigned,
+        metrics=exp.metrics,
+        covariates=covariates(world),
+        bootstrap=50,
+    )
+    assert not ro.blocked, ro.srm
+    assert {m for m, _, _ in ro.estimates} == {"mutual_likes_per_1000", "likes_per_1000"}
+    likes = ro.estimate("likes_per_1000")
+    assert likes.effect > 0 and likes.ci_low < likes.effect < likes.ci_high  # the boost shows
+    assert ro.srm  # checks ran on both sides the design randomises
+    if kind == "two_sided":
+        assert {c.name for c in ro.srm} >= {"viewer exposures", "candidate exposures"}
+
+
+def test_no_interference_user_design_is_unbiased(world: sim.World) -> None:
+    pop = world.pop
+    w = sim.World(pop, sim.REGIMES["no_interference"], sim.Ranker(name="control"), seed=5)
+    boost = sim.Ranker(merged_config({"weights": {"popularity": 2.0}}), name="boost")
+    truth = np.mean(
+        [
+            sim.mutual_likes_per_1000(w.run(boost, sim.Assignment.everyone(pop.n), seed=s))
+            - sim.mutual_likes_per_1000(w.run(boost, sim.Assignment.nobody(pop.n), seed=s))
+            for s in range(10)
+        ]
+    )
+    arms = [{"name": "control"}, {"name": "boost", "rerank": {"weights": {"popularity": 2.0}}}]
+    ests, cover = [], []
+    for r in range(20):
+        exp = Experiment(id="u", salt=f"s{r}", arms=arms, design=Design())
+        res = simulate(exp, w, boost, seed=r)
+        e = analyze(
+            exp.design, ["control", "boost"], [1, 1], res.rows, metrics=["mutual_likes_per_1000"]
+        ).estimate("mutual_likes_per_1000")
+        ests.append(e.effect)
+        cover.append(e.ci_low <= truth <= e.ci_high)
+    assert abs(np.mean(ests) - truth) < 3.5 * np.std(ests) / np.sqrt(len(ests))
+    assert np.mean(cover) >= 0.8

@@ -1,0 +1,415 @@
+"""Experiments on the real servers: the store and its layers, arms applied in served
+responses, both-sided exposure logs, and an end-to-end experiment read out by the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from opendisco import InvalidInput, Settings, clients
+from opendisco.api import create_app
+from opendisco.cli.main import cli
+from opendisco.experiments import (
+    Experiment,
+    ExperimentStore,
+    arm_index,
+    candidate_arm,
+    install,
+)
+from opendisco.experiments._log import EXPOSURES
+from opendisco.serving import Artifacts, Discovery
+from opendisco.signals import SERVED_LISTS
+
+BOOST = {"weights": {"popularity": 5.0, "content_sim": 0.0, "behaviour_sim": 0.0}}
+
+
+def _exp(kind: str = "user", **kw: Any) -> Experiment:
+    uid = uuid.uuid4().hex[:8]
+    base: dict[str, Any] = {
+        "id": f"x{kind[:3]}{uid}",
+        "layer": f"L{uid}",
+        "arms": [{"name": "control"}, {"name": "boost", "rerank": BOOST}],
+        "design": {"kind": kind},
+    }
+    base.update(kw)
+    return Experiment.model_validate(base)
+
+
+async def test_store_lifecycle_layers_and_exclusivity(ex_db: Any) -> None:
+    store = ExperimentStore(ex_db)
+    a = await store.create(_exp(traffic=0.5))
+    with pytest.raises(InvalidInput, match="exists"):
+        await store.create(a)
+    b = await store.create(_exp(layer=a.layer, traffic=0.5))
+    c = await store.create(_exp(layer=a.layer, traffic=0.2))
+    # two starts at once in one layer take disjoint ranges (the layer lease)
+    sa, sb = await asyncio.gather(store.start(a.id), store.start(b.id))
+    assert {sa.offset, sb.offset} == {0, 5000}
+    with pytest.raises(InvalidInput, match="no free"):
+        await store.start(c.id)
+    assert (await store.get(a.id)).status == "running"
+    stopped = await store.stop(a.id)
+    assert stopped.status == "stopped" and stopped.stop is not None
+    with pytest.raises(InvalidInput, match="not draft"):
+        await store.start(a.id)
+    assert (await store.start(c.id)).offset == sa.offset  # the stopped range is free again
+    listed = {e.id: e for e in await store.list()}
+    assert listed[c.id].status == "running" and listed[a.id].status == "stopped"
+    # one pair-level experiment at a time
+    p1 = await store.create(_exp("two_sided"))
+    p2 = await store.create(_exp("item"))
+    await store.start(p1.id)
+    with pytest.raises(InvalidInput, match="pair-level"):
+        await store.start(p2.id)
+    for e in (p1, b, c):
+        await store.stop(e.id)
+
+
+async def test_cluster_snapshot_from_the_member_graph(ex_db: Any) -> None:
+    store = ExperimentStore(ex_db)
+    now = datetime.now(UTC)
+    group_a = [f"ga{i}" for i in range(12)]
+    group_b = [f"gb{i}" for i in range(12)]
+    docs = []
+    for group in (group_a, group_b):
+        for i, u in enumerate(group):
+            for v in group[i + 1 : i + 5]:
+                docs += [
+                    {"_id": f"{u}\x1f{v}", "src": u, "dst": v, "at": now},
+                    {"_id": f"{v}\x1f{u}", "src": v, "dst": u, "at": now},
+                ]
+    await ex_db["user_likes"].insert_many(docs)
+    try:
+        exp = await store.create(_exp("cluster"))
+        await store.start(exp.id, seed=3)
+        clusters = await store.clusters(exp.id)
+        assert len({clusters[u] for u in group_a}) == 1
+        assert len({clusters[u] for u in group_b}) == 1
+        assert clusters[group_a[0]] != clusters[group_b[0]]
+        await store.stop(exp.id)
+    finally:
+        await ex_db["user_likes"].delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+
+
+async def test_user_design_arms_are_applied_in_served_responses(
+    ex_discovery: Discovery, ex_db: Any, ex_settings: Settings, ex_market: Any, model: Any
+) -> None:
+    _, users = ex_market
+    store = ExperimentStore(ex_db)
+    exp = await store.start((await store.create(_exp())).id)
+    try:
+        registry, log = install(ex_discovery, ex_db, ex_settings)
+        await registry.refresh()
+        os_client = clients.async_opensearch(ex_settings)
+        try:
+            boosted = Discovery(
+                ex_settings, os_client, ex_db, model=model, artifacts=Artifacts.inline(rerank=BOOST)
+            )
+            plain = Discovery(ex_settings, os_client, ex_db, model=model)
+            arms = []
+            served = {}
+            for u in users[:30]:
+                recs = await ex_discovery.recommend(u["_id"], k=10)
+                served[u["_id"]] = recs.ids
+                rec = next(r for r in recs.experiments if r["experiment"] == exp.id)
+                arm = exp.arms[arm_index(exp, u["_id"])].name
+                assert rec == {"experiment": exp.id, "design": "user", "arm": arm, "unit": u["_id"]}
+                reference = boosted if arm == "boost" else plain
+                assert recs.ids == (await reference.recommend(u["_id"], k=10)).ids
+                assert (f"~{exp.id}.boost@" in recs.version) == (arm == "boost")
+                arms.append(arm)
+        finally:
+            await os_client.close()
+        assert {"control", "boost"} <= set(arms)
+        await log.drain()
+        docs = await ex_db[EXPOSURES].find({}).to_list(None)
+        docs = [d for d in docs if any(r.get("experiment") == exp.id for r in d["experiments"])]
+        assert len(docs) == 30
+        for d in docs:  # the viewer and every shown member with its owner
+            assert [i["id"] for i in d["items"]] == served[d["viewer"]]
+            assert all(i["owner"] == "u" + i["id"][1:] for i in d["items"]), d
+    finally:
+        await store.stop(exp.id)
+
+
+async def test_two_sided_lists_carry_each_candidates_arm(
+    ex_discovery: Discovery, ex_db: Any, ex_settings: Settings, ex_market: Any
+) -> None:
+    items, users = ex_market
+    owner = {it["_id"]: it["owner_id"] for it in items}
+    store = ExperimentStore(ex_db)
+    exp = await store.start((await store.create(_exp("two_sided"))).id)
+    try:
+        registry, log = install(ex_discovery, ex_db, ex_settings)
+        await registry.refresh()
+        viewer_arms = set()
+        for u in users[:30]:
+            recs = await ex_discovery.recommend(u["_id"], k=10)
+            rec = next(r for r in recs.experiments if r["experiment"] == exp.id)
+            viewer_arms.add(rec["arm"])
+            assert rec["unit"] == f"viewer:{u['_id']}"
+            assert set(rec["candidates"]) == set(recs.ids)
+            for item_id, arm in rec["candidates"].items():
+                assert arm == exp.arms[candidate_arm(exp, owner[item_id])].name
+            if rec["arm"] == "boost":  # the list ranked both ways: the batch's arms counted
+                assert sum(rec["batch"].values()) >= len(recs.ids)
+        assert viewer_arms == {"control", "boost"}
+        await log.drain()
+        docs = await ex_db[EXPOSURES].find({}).to_list(None)
+        docs = [d for d in docs if any(r.get("experiment") == exp.id for r in d["experiments"])]
+        assert len(docs) == 30
+        for d in docs:  # both sides in the log: the viewer, and every shown member's arm
+            rec = next(r for r in d["experiments"] if r["experiment"] == exp.id)
+            assert d["viewer"] and {i["id"] for i in d["items"]} == set(rec["candidates"])
+            assert all(i["owner"] == owner[i["id"]] for i in d["items"])
+    finally:
+        await store.stop(exp.id)
+
+
+def test_end_to_end_experiment_read_out_by_the_cli(
+    ex_settings: Settings, ex_market: Any, model: Any, tmp_path: Path
+) -> None:
+    """create → start → served traffic and likes (some mutual) → stop → report."""
+    items, users = ex_market
+    exp = _exp(metrics=["mutual_likes_per_1000", "likes_per_1000"])
+    path = tmp_path / "exp.json"
+    path.write_text(
+        json.dumps(exp.model_dump(mode="json", exclude={"status", "start", "stop", "offset"}))
+    )
+    runner = CliRunner()
+    out = runner.invoke(cli, ["experiments", "create", str(path)], obj=ex_settings)
+    assert out.exit_code == 0, out.output
+
+    async def pre_period() -> None:
+        """What was served before the start (the served-list log) and some likes (CUPED's
+        covariate)."""
+        os_client = clients.async_opensearch(ex_settings)
+        motor = clients.motor(ex_settings)
+        db = motor[ex_settings.mongo_db]
+        before = datetime.now(UTC) - timedelta(hours=3)
+        shown = {
+            u["_id"]: [it["_id"] for it in items[i % 50 : i % 50 + 6]]
+            for i, u in enumerate(users[:80])
+        }
+        await db[SERVED_LISTS].insert_many(
+            [
+                {
+                    "_id": f"pre-{exp.id}-{u}",
+                    "at": before,
+                    "user_id": u,
+                    "ids": ids[::-1],  # logged rows; ``shown``: the rows in the order shown
+                    "shown": list(range(len(ids)))[::-1],
+                }
+                for u, ids in shown.items()
+            ]
+        )
+        disc = Discovery(ex_settings, os_client, db, model=model)
+        events = [
+            {
+                "id": f"pre-{exp.id}-{u}-{ids[0]}",
+                "type": "like",
+                "user_id": u,
+                "item_id": ids[0],
+                "ts": before + timedelta(minutes=30),
+            }
+            for k, (u, ids) in enumerate(shown.items())
+            if k % 2 == 0 and owner[ids[0]] != u
+        ]
+        res = await disc.record_events(events)
+        assert not res.rejected, res.rejected
+        await os_client.close()
+        motor.close()
+
+    profile_of = {u["_id"]: u["profile_id"] for u in users}
+    owner = {it["_id"]: it["owner_id"] for it in items}
+    asyncio.run(pre_period())
+    out = runner.invoke(cli, ["experiments", "start", exp.id], obj=ex_settings)
+    assert out.exit_code == 0 and "running" in out.output, out.output
+    rng = np.random.default_rng(0)
+    shown: list[int] = []
+
+    async def traffic() -> None:
+        os_client = clients.async_opensearch(ex_settings)
+        motor = clients.motor(ex_settings)
+        db = motor[ex_settings.mongo_db]
+        disc = Discovery(ex_settings, os_client, db, model=model)
+        registry, log = install(disc, db, ex_settings)
+        await registry.refresh()
+        events = []
+        for u in users[:80]:
+            recs = await disc.recommend(u["_id"], k=8)
+            shown.append(len(recs.ids))
+            for item_id in recs.ids[: int(rng.integers(1, 4))]:
+                events.append(
+                    {
+                        "id": f"e2e-{u['_id']}-{item_id}",
+                        "type": "like",
+                        "user_id": u["_id"],
+                        "item_id": item_id,
+                    }
+                )
+                if rng.random() < 0.4:  # the liked member likes back: a mutual like
+                    events.append(
+                        {
+                            "id": f"e2e-{owner[item_id]}-{u['_id']}",
+                            "type": "like",
+                            "user_id": owner[item_id],
+                            "item_id": profile_of[u["_id"]],
+                        }
+                    )
+        for i in range(0, len(events), 100):
+            res = await disc.record_events(events[i : i + 100])
+            assert not res.rejected, res.rejected
+        await log.drain()
+        await os_client.close()
+        motor.close()
+
+    asyncio.run(traffic())
+    out = runner.invoke(cli, ["experiments", "stop", exp.id], obj=ex_settings)
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(cli, ["experiments", "list"], obj=ex_settings)
+    assert f"{exp.id} [stopped]" in out.output
+    report_dir = tmp_path / "report"
+    out = runner.invoke(
+        cli,
+        ["experiments", "report", exp.id, "--out", str(report_dir), "--bootstrap", "50"],
+        obj=ex_settings,
+    )
+    assert out.exit_code == 0, out.output
+    assert "mutual_likes_per_1000" in out.output and "SRM viewer" in out.output
+    assert "candidate side" in out.output and "BLOCKED" not in out.output
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["design"] == "user" and not report["blocked"]
+    likes = next(e for e in report["estimates"] if e["metric"] == "likes_per_1000")
+    assert likes["control"] > 0 and likes["treatment"] > 0
+    assert likes["estimator"] == "difference + CUPED"  # the pre-period's impressions and likes
+    viewer_side = {r["arm"]: r for r in report["sides"]["viewer"]}
+    assert sum(r["impressions"] for r in viewer_side.values()) == sum(shown) > 0
+    assert sum(r["mutual"] for r in viewer_side.values()) > 0
+    assert (report_dir / "report.html").read_text().count("<table>") >= 4
+    assert (report_dir / "effects.png").read_bytes()[:4] == b"\x89PNG"
+
+
+async def test_api_responses_and_impressions_carry_the_arms(
+    ex_settings: Settings, ex_market: Any, ex_db: Any, model: Any
+) -> None:
+    """Through the HTTP API: every response and impression of a two-sided experiment names
+    the experiment, the viewer's arm, the design, the unit and each shown candidate's arm."""
+    items, users = ex_market
+    owner = {it["_id"]: it["owner_id"] for it in items}
+    settings = ex_settings.model_copy(update={"api_auth": False, "api_deadline_ms": 10_000})
+    store = ExperimentStore(ex_db)
+    exp = await store.start((await store.create(_exp("two_sided"))).id)
+    os_client = clients.async_opensearch(settings)
+    try:
+        disc = Discovery(settings, os_client, ex_db, model=model)
+        app = create_app(settings, disc)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                bodies = {}
+                for u in users[:20]:
+                    r = await client.get(f"/v1/users/{u['_id']}/recommendations", params={"k": 5})
+                    assert r.status_code == 200, r.text
+                    bodies[u["_id"]] = r.json()
+            await disc.drain()  # the served-list log: the API's impressions
+            impressions = {
+                d["user_id"]: d
+                for d in await ex_db[SERVED_LISTS].find({}).to_list(None)
+                if any(e.get("experiment") == exp.id for e in d.get("experiments", []))
+            }
+        for uid, body in bodies.items():
+            assert not body["degraded"]
+            rec = next(e for e in body["experiments"] if e["experiment"] == exp.id)
+            assert rec["design"] == "two_sided" and rec["unit"] == f"viewer:{uid}"
+            assert rec["arm"] == exp.arms[arm_index(exp, f"viewer:{uid}")].name
+            shown = [it["id"] for it in body["items"]]
+            assert set(rec["candidates"]) == set(shown)
+            assert all(
+                a == exp.arms[candidate_arm(exp, owner[i])].name
+                for i, a in rec["candidates"].items()
+            )
+            logged = next(e for e in impressions[uid]["experiments"] if e["experiment"] == exp.id)
+            assert logged == rec  # the impression carries what the response said
+            assert [impressions[uid]["ids"][r] for r in impressions[uid]["shown"]] == shown
+        exposures = await ex_db[EXPOSURES].find({}).to_list(None)
+        assert (
+            sum(any(e.get("experiment") == exp.id for e in d["experiments"]) for d in exposures)
+            == 20
+        )
+    finally:
+        await os_client.close()
+        await store.stop(exp.id)
+
+
+def _admits(prefs: dict[str, Any], other: dict[str, Any]) -> bool:
+    """``prefs``' gender and age preferences admit ``other`` (absent preference: anyone)."""
+    genders = prefs.get("pref_genders")
+    lo, hi = prefs.get("pref_age_min"), prefs.get("pref_age_max")
+    age = other.get("age")
+    return (
+        (not genders or other.get("gender") in genders)
+        and (lo is None or (age is not None and age >= lo))
+        and (hi is None or (age is not None and age <= hi))
+    )
+
+
+async def test_no_arm_shows_an_ineligible_member(
+    ex_discovery: Discovery, ex_db: Any, ex_settings: Settings, ex_market: Any
+) -> None:
+    """The hard rules hold in every arm: a treatment that boosts popularity as hard as it can
+    (and, for a two-sided experiment, ranks each candidate by its own arm) still shows only
+    available members whose preferences and the viewer's admit each other, never the viewer
+    themself, never one they passed on — the arm changes the ranking of what the filters
+    kept, nothing else."""
+    items, users = ex_market
+    by_id = {it["_id"]: it for it in items}
+    store = ExperimentStore(ex_db)
+    heavy = {"weights": {"popularity": 50.0, "quality": 10.0}}
+    user_exp = _exp("user", arms=[{"name": "control"}, {"name": "boost", "rerank": heavy}])
+    pair_exp = _exp("two_sided", arms=[{"name": "control"}, {"name": "boost", "rerank": heavy}])
+    started = [await store.start((await store.create(e)).id) for e in (user_exp, pair_exp)]
+    try:
+        registry, _ = install(ex_discovery, ex_db, ex_settings)
+        await registry.refresh()
+        viewers = users[100:130]
+        # each viewer passes on what their first answer put on top: never served again
+        passed: dict[str, list[str]] = {}
+        for u in viewers:
+            first = await ex_discovery.recommend(u["_id"], k=5)
+            passed[u["_id"]] = first.ids[:2]
+        res = await ex_discovery.record_events(
+            [
+                {"id": f"pass-{started[0].id}-{u}-{i}", "type": "pass", "user_id": u, "item_id": i}
+                for u, ids in passed.items()
+                for i in ids
+            ]
+        )
+        assert not res.rejected, res.rejected
+        arms: set[tuple[str, str]] = set()
+        shown = 0
+        for u in viewers:
+            recs = await ex_discovery.recommend(u["_id"], k=10)
+            arms |= {(r["experiment"], r["arm"]) for r in recs.experiments}
+            for item_id in recs.ids:
+                item = by_id[item_id]
+                assert item.get("available", True) is not False, (u["_id"], item_id)
+                assert item["owner_id"] != u["_id"] and item_id != u["profile_id"]
+                assert item_id not in passed[u["_id"]], (u["_id"], item_id)
+                assert _admits(u, item) and _admits(item, u), (u["_id"], item_id)
+                shown += 1
+        assert shown > 100
+        assert {a for _, a in arms} == {"control", "boost"}  # both arms served
+        assert {e for e, _ in arms} == {e.id for e in started}
+    finally:
+        for e in started:
+            await store.stop(e.id)
