@@ -72,8 +72,7 @@ _PACED_PROPERTIES: dict[str, Any] = {
     "paced": {"type": "double"},
     "paced_at": {"type": "date", "format": "epoch_millis"},
 }
-_MAPPING: dict[str, Any] = {
-    "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
+_MAPPING: dict[str, Any] = {  # shards and replicas from settings (index_shards/_replicas)
     "mappings": {
         "dynamic": "strict",
         "properties": {
@@ -151,12 +150,19 @@ class ExposureStore:
         self.half_life_ms = settings.trending_half_life_hours * 3_600_000
         self.trend_window_ms = settings.trending_window_hours * 3_600_000
 
+    def _body(self) -> dict[str, Any]:
+        shape = {
+            "number_of_shards": self.settings.shards,
+            "number_of_replicas": self.settings.replicas,
+        }
+        return {"settings": {"index": shape}, **_MAPPING}
+
     async def ensure(self) -> None:
         """Create the counters index (idempotent)."""
         with backend_errors(f"cannot create {self.index}"):
             try:
                 if not await self.client.indices.exists(index=self.index):
-                    await self.client.indices.create(index=self.index, body=_MAPPING)
+                    await self.client.indices.create(index=self.index, body=self._body())
             except RequestError as exc:
                 if "resource_already_exists" not in str(exc):
                     raise
