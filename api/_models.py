@@ -81,8 +81,16 @@ class Rejected(_Strict):
 class EventsResponse(_Strict):
     request_id: str
     template_version: str
-    accepted: int
-    duplicates: int
+    accepted: int = Field(description="Applied by this call.")
+    duplicates: int = Field(
+        description="Applied before (by an earlier or a concurrent call) or repeated in the batch."
+    )
+    recovered: int = Field(
+        0, description="Left unapplied by a call that died (its claim expired); applied now."
+    )
+    in_flight: int = Field(
+        0, description="Another call holds them and was still applying them: retry to confirm."
+    )
     rejected: list[Rejected]
 
 

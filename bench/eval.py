@@ -161,6 +161,13 @@ def main() -> None:
         "(opendisco.eval.learn_ranker) and score the test stage with it (default: on)",
     )
     ap.add_argument(
+        "--ltr-lists",
+        type=int,
+        default=None,
+        help="served+ltr: logged lists per member in the learning loop's rolling rounds "
+        "(default: opendisco.eval.LISTS_PER_USER)",
+    )
+    ap.add_argument(
         "--model",
         type=Path,
         default=None,
@@ -212,8 +219,11 @@ def main() -> None:
     )
     if args.served:
         from opendisco.eval._served import ServedRecommender, replay
+        from opendisco.ingest import Embedder
 
         settings = namespaced(load_settings(), args.namespace)
+        # one encoder (and its cache) for the test replay and the learning loop's
+        embedder = Embedder(settings)
         model = ServedRecommender(settings)
         if not args.no_replay:
             # behaviour vectors from every user's fitting data (as the baselines see it); the
@@ -227,6 +237,7 @@ def main() -> None:
                 fresh=True,
                 max_likes=args.max_likes or None,
                 everyone=args.replay_users == "all",
+                embedder=embedder,
                 progress=_progress,
             )
             info["replay"] = rep.__dict__
@@ -241,7 +252,7 @@ def main() -> None:
         if args.ltr or args.model:
             path = args.model
             if path is None:
-                from opendisco.eval import learn_ranker
+                from opendisco.eval import LISTS_PER_USER, learn_ranker
 
                 path, ltr_report = learn_ranker(
                     namespaced(load_settings(), f"{args.namespace}ltr"),
@@ -249,6 +260,8 @@ def main() -> None:
                     split,
                     HERE / "results" / "models",
                     k=k,
+                    lists_per_user=args.ltr_lists or LISTS_PER_USER,
+                    embedder=embedder,
                     progress=_progress,
                 )
                 info["ltr"] = {kk: v for kk, v in ltr_report.items() if kk != "importance"}
@@ -264,6 +277,7 @@ def main() -> None:
             models[f"served {path.stem}"] = ServedRecommender(
                 settings, params=tuned.get("template_params"), rerank=tuned.get("rerank")
             )
+        embedder.close()
         served_note = f"evaluated (namespace {args.namespace!r}, {len(uidx)} users scored)"
         if args.diagnose:
             from opendisco.eval import diagnose

@@ -32,6 +32,7 @@ from opendisco.eval._tune import (
     split_params,
     write_version,
 )
+from opendisco.ingest import Embedder
 
 from ._base import DefaultGroup, pass_settings
 from ._offpolicy import offpolicy_cmd
@@ -164,6 +165,8 @@ def eval_cmd(
     if served:
         ns_settings = namespaced(settings, namespace)
         model = ServedRecommender(ns_settings)
+        # one encoder (and its cache) for the test replay and the learning loop's
+        embedder = Embedder(ns_settings)
         if replay:
             rep = do_replay(
                 ns_settings,
@@ -173,19 +176,26 @@ def eval_cmd(
                 users=uidx,
                 fresh=True,
                 max_likes=max_likes or None,
+                embedder=embedder,
             )
             info["replay"] = rep.__dict__
         models["served"] = model
         if ltr and settings.model_file is None:
             # the learning loop on the validation stage; the test stage scored with its model
             path, ltr_report = learn_ranker(
-                namespaced(settings, f"{namespace}ltr"), data, split, out_dir / "models", k=k
+                namespaced(settings, f"{namespace}ltr"),
+                data,
+                split,
+                out_dir / "models",
+                k=k,
+                embedder=embedder,
             )
             info["ltr"] = {key: v for key, v in ltr_report.items() if key != "importance"}
             info["ltr_model"] = str(path)
             models["served+ltr"] = ServedRecommender(
                 ns_settings.model_copy(update={"model_file": path})
             )
+        embedder.close()
     progress = _progress(len(uidx) * len(models), "scoring")
     with progress:
         task = progress.add_task("scoring", total=len(uidx) * len(models))

@@ -16,13 +16,17 @@ __all__ = ["services_cmd"]
 
 @click.group("services", cls=OpenDiscoGroup)
 def services_cmd() -> None:
-    """Run OpenSearch (+k-NN) and FerretDB on loopback, provisioned into the cache."""
+    """Run OpenSearch (+k-NN) and FerretDB on loopback, provisioned into the cache.
+
+    OPENDISCO_OPENSEARCH_NODES=3 runs a three-node OpenSearch cluster (ports: the URL's port
+    + i for HTTP, opensearch_transport_port + i for transport; see docs/operations.md)."""
 
 
 @services_cmd.command("up")
 @pass_settings
 def up(settings: Settings) -> None:
-    """Provision (first time) and start both servers; wait until healthy. Idempotent."""
+    """Provision (first time) and start both servers; wait until healthy. Idempotent: only
+    servers (cluster nodes) that are not running are started."""
     for svc in services(settings, echo=lambda m: click.echo(f"  {m}", err=True)):
         click.echo(f"{svc.name}: {svc.up()}")
 
@@ -30,7 +34,8 @@ def up(settings: Settings) -> None:
 @services_cmd.command("down")
 @pass_settings
 def down(settings: Settings) -> None:
-    """Stop both servers (and a demo API), SIGTERM then SIGKILL; no process is left behind."""
+    """Stop both servers, every cluster node (and a demo API), SIGTERM then SIGKILL; no
+    process is left behind."""
 
     if stop_pid(api_pid_file(settings), grace=10):
         click.echo("api: stopped")
@@ -41,13 +46,16 @@ def down(settings: Settings) -> None:
 @services_cmd.command("status")
 @pass_settings
 def status(settings: Settings) -> None:
-    """Show health and versions; exit 1 when a server is not healthy."""
+    """Show health and versions, each cluster node and its shards; exit 1 when a server (or
+    a node of the local cluster) is not healthy."""
     ok = True
     for svc in services(settings):
         st = svc.status()
         ok &= st.healthy
         mark = click.style("healthy", fg="green") if st.healthy else click.style("DOWN", fg="red")
         click.echo(f"{svc.name:10} {mark}  {st.detail}")
+        for line in st.lines:
+            click.echo(f"{'':10}   {line}")
     if not ok:
         raise SystemExit(1)
 

@@ -13,8 +13,9 @@ from rich.table import Table
 from opendisco import clients
 from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
-from opendisco.ingest import apply_templates
+from opendisco.ingest import apply_templates, set_replicas
 from opendisco.queries import load, render, store_templates, surfaces, validate_templates
+from opendisco.signals import exposure_index
 
 from ._base import OpenDiscoGroup, pass_settings
 
@@ -114,16 +115,22 @@ def templates_store(settings: Settings, prefix: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Only print the diff against the cluster.")
 @pass_settings
 def templates_apply(settings: Settings, dry_run: bool) -> None:
-    """Put index templates that differ from the cluster (idempotent); print the diff."""
+    """Put index templates that differ from the cluster (idempotent); print the diff. The live
+    items and exposure indices get the settings' replica count (index_replicas)."""
+    exposures = exposure_index(settings)
 
-    async def main() -> list[Any]:
+    async def main() -> tuple[list[Any], tuple[int, int] | None]:
         client = clients.async_opensearch(settings)
         try:
-            return await apply_templates(settings, client, dry_run=dry_run)
+            plans = await apply_templates(settings, client, dry_run=dry_run)
+            changed = await set_replicas(client, exposures, settings.replicas, dry_run=dry_run)
+            return plans, changed
         finally:
             await client.close()
 
-    for plan in asyncio.run(main()):
+    plans, exposure_replicas = asyncio.run(main())
+    setting = "would set" if dry_run else "set"
+    for plan in plans:
         if plan.changed:
             verb = "would update" if dry_run else "updated"
             if not plan.exists:
@@ -132,6 +139,15 @@ def templates_apply(settings: Settings, dry_run: bool) -> None:
             click.echo(plan.diff, nl=False)
         else:
             click.echo(f"{plan.name}: up to date")
+        if plan.live_replicas:
+            was, now = plan.live_replicas
+            click.echo(f"{plan.live_index}: {setting} number_of_replicas {was} -> {now}")
+        if plan.live_shards:
+            was, now = plan.live_shards
+            click.echo(
+                f"{plan.live_index}: number_of_shards is {was}, settings say {now}; "
+                "run `opendisco reindex` to change it"
+            )
         if plan.live_added:
             click.echo(
                 f"{plan.live_index}: mapped new fields in place: {', '.join(plan.live_added)}"
@@ -144,3 +160,6 @@ def templates_apply(settings: Settings, dry_run: bool) -> None:
                 click.echo(plan.live_diff, nl=False)
             else:
                 click.echo(f"{plan.live_index} (behind the alias) matches")
+    if exposure_replicas:
+        was, now = exposure_replicas
+        click.echo(f"{exposures}: {setting} number_of_replicas {was} -> {now}")

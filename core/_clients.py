@@ -1,7 +1,12 @@
 """Client factories: the only place that knows how to reach OpenSearch, MongoDB and the model.
 
 Each factory is thin and swappable; library errors are mapped into the opendisco tree by
-``opendisco.backend_errors`` at the I/O boundary.
+``opendisco.backend_errors`` at the I/O boundary. OpenSearch clients are given every node of
+the cluster (``Settings.opensearch_hosts``) and round-robin over them; a node that fails is
+kept out of rotation for ``DEAD_TIMEOUT_S`` (doubled per consecutive failure), and the async
+client fails over to another node on connection loss whatever its ``max_retries``
+(:class:`~opendisco._transport.FailoverTransport`), so losing the node a client talks to is
+not an outage. MongoDB clients get the URL as it is: a replica set's hosts are named there.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from opensearchpy.serializer import JSONSerializer
 from pymongo import MongoClient
 
 from ._settings import Settings
+from ._transport import FailoverTransport
 
 if TYPE_CHECKING:  # torch: loaded by load_model only
     from sentence_transformers import SentenceTransformer
@@ -32,14 +38,20 @@ __all__ = [
 ]
 
 
+#: seconds a failed node stays out of a client's rotation (opensearch-py's default is 60: a
+#: restarted node would wait a minute for traffic; a still-dead one costs one fast failover)
+DEAD_TIMEOUT_S = 10.0
+
+
 def opensearch(settings: Settings, **kwargs: Any) -> OpenSearch:
     opts: dict[str, Any] = {
         "timeout": settings.opensearch_timeout,
         "http_compress": False,
         "serializer": _serializer(),
+        "dead_timeout": DEAD_TIMEOUT_S,
     }
     opts.update(kwargs)
-    return OpenSearch(hosts=[settings.opensearch_url], **opts)
+    return OpenSearch(hosts=settings.opensearch_hosts, **opts)
 
 
 @lru_cache(maxsize=1)
@@ -70,9 +82,14 @@ def _serializer() -> Any:
 
 
 def async_opensearch(settings: Settings, **kwargs: Any) -> AsyncOpenSearch:
-    opts: dict[str, Any] = {"timeout": settings.opensearch_timeout, "serializer": _serializer()}
+    opts: dict[str, Any] = {
+        "timeout": settings.opensearch_timeout,
+        "serializer": _serializer(),
+        "transport_class": FailoverTransport,
+        "dead_timeout": DEAD_TIMEOUT_S,
+    }
     opts.update(kwargs)
-    return AsyncOpenSearch(hosts=[settings.opensearch_url], **opts)
+    return AsyncOpenSearch(hosts=settings.opensearch_hosts, **opts)
 
 
 def mongo(settings: Settings, **kwargs: Any) -> MongoClient[dict[str, Any]]:

@@ -4,6 +4,10 @@ Precedence (highest first): keyword arguments, ``OPENDISCO_*`` environment varia
 the TOML file named by ``OPENDISCO_CONFIG`` (or ``./opendisco.toml`` when it exists),
 then the defaults below. Every field is documented in ``docs/settings.md``; a test fails
 when one is missing there.
+
+Why this module is long: it is the one settings object (one place for every knob, each field
+with its description, bounds and default); splitting it by area would give several places to
+look a setting up and several precedence chains to keep in step.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -51,13 +55,21 @@ def _config_file() -> Path | None:
     return local if local.is_file() else None
 
 
+def _split_urls(value: str) -> list[str]:
+    return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+
+
 class Settings(BaseSettings):
     """All knobs of opendisco. Field descriptions are the documentation."""
 
     model_config = SettingsConfigDict(env_prefix="OPENDISCO_", extra="forbid", frozen=True)
 
     # --- backends -------------------------------------------------------------
-    opensearch_url: str = Field("http://127.0.0.1:9200", description="OpenSearch base URL.")
+    opensearch_url: str = Field(
+        "http://127.0.0.1:9200",
+        description="OpenSearch base URL; several comma-separated URLs name the nodes of one "
+        "cluster (clients spread requests over them and fail over when one is down).",
+    )
     opensearch_timeout: float = Field(30.0, description="Default OpenSearch request timeout (s).")
     mongo_url: str = Field(
         "mongodb://127.0.0.1:27017/",
@@ -231,7 +243,50 @@ class Settings(BaseSettings):
     )
     opensearch_version: str = Field("2.19.1", description="OpenSearch version fetched from Maven.")
     knn_version: str = Field("2.19.1.0", description="k-NN plugin version fetched from Maven.")
-    opensearch_heap: str = Field("2g", description="OpenSearch JVM heap (-Xms/-Xmx).")
+    opensearch_heap: str | None = Field(
+        None,
+        description="JVM heap of each local OpenSearch node (-Xms/-Xmx); default 2g for a "
+        "single node, 1g per node for a local cluster (3 nodes ~ 4.5 GB resident).",
+    )
+    opensearch_java_opts: str = Field(
+        "",
+        description="Extra JVM options of each local OpenSearch node (after the heap), e.g. "
+        "`-XX:TieredStopAtLevel=1`: C1 only, nodes start ~2x faster on a busy 2-core machine "
+        "at the cost of slower queries (the tests' scratch clusters use it, benchmarks do not).",
+    )
+    opensearch_home: Path | None = Field(
+        None,
+        description="Where OpenSearch is assembled on first `services up` (shared by every "
+        "local node); default: <state_dir>/opensearch-<version>.",
+    )
+    opensearch_nodes: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="OpenSearch nodes `services up` runs on loopback as one cluster: node i "
+        "serves HTTP on the URL's port + i (or the i-th URL) and transport on "
+        "opensearch_transport_port + i; clients are given every node.",
+    )
+    opensearch_transport_port: int | None = Field(
+        None,
+        description="Transport port of the first local node; default: HTTP port + 100 in a "
+        "cluster, the first free port of 9300-9400 for a single node.",
+    )
+    opensearch_cluster_name: str = Field(
+        "opendisco", description="Cluster name of the local OpenSearch node(s)."
+    )
+    index_shards: int | None = Field(
+        None,
+        ge=1,
+        description="Primary shards of the items and exposure indices; default: one per "
+        "OpenSearch node named by opensearch_url/opensearch_nodes (changes need a reindex).",
+    )
+    index_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="Replicas of every shard of those indices; default 0 on one node, 1 on "
+        "several (`templates apply` changes it on the live indices).",
+    )
     java_home: str = Field(
         "/usr/lib/jvm/java-17-openjdk-amd64", description="JDK used to run OpenSearch."
     )
@@ -303,8 +358,25 @@ class Settings(BaseSettings):
     )
     api_cursor_secret: str | None = Field(
         None,
-        description="HMAC secret signing pagination cursors; default: random per process "
-        "(set it when several API processes serve one client).",
+        description="HMAC secret signing pagination cursors; default: one generated once and "
+        "kept in MongoDB (api_secrets), shared by every worker and replica.",
+    )
+    api_workers: int = Field(
+        1, ge=1, description="uvicorn worker processes of `opendisco serve` (--workers)."
+    )
+    api_worker_healthcheck_s: int = Field(
+        120,
+        ge=1,
+        description="With several workers: seconds uvicorn's supervisor waits for a worker to "
+        "answer its health ping before killing and replacing it. A worker answers only once "
+        "its interpreter is up and importing the app (seconds on a busy machine); uvicorn's "
+        "default of 5 s kills every worker in a loop there.",
+    )
+    api_rate_sync_s: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds between the processes' syncs of per-key rate-limit demand "
+        "(MongoDB api_rate_usage): each grants its demand-weighted share of a key's rate.",
     )
     api_cursor_ttl_s: int = Field(3600, ge=1, description="Lifetime of a pagination cursor (s).")
     api_cursor_max_ids: int = Field(
@@ -326,6 +398,75 @@ class Settings(BaseSettings):
     exposure_window_hours: float = Field(
         24.0, gt=0, description="Window over which impressions count towards an exposure cap (h)."
     )
+    exposure_count_served: bool = Field(
+        True,
+        description="Count the member profiles the API serves toward exposure (in the "
+        "background, batched); client impression events on profiles that name a served list "
+        "(request_id) are then not counted again.",
+    )
+    exposure_flush_s: float = Field(
+        1.0, gt=0, description="How often served impressions are written to the counters (s)."
+    )
+
+    # --- events ------------------------------------------------------------------------
+    events_claim_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="A call's claim on the events it applies expires this long after its last "
+        "renewal (renewed every third of it while applying); only then may another call take "
+        "the events over (recovered).",
+    )
+    events_claim_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a call waits for events another call is applying before it "
+        "answers (what is still running is reported as in_flight).",
+    )
+    events_recover_every_s: float = Field(
+        300.0, gt=0, description="Cadence of the sweep that applies events whose claim expired."
+    )
+
+    # --- marketplace health (two-sided markets) -------------------------------------
+    trending_half_life_hours: float = Field(
+        24.0, gt=0, description="Half-life of the live decayed like/match count per item (h)."
+    )
+    trending_window_hours: float = Field(
+        72.0, gt=0, description="An item nobody liked for this long is not trending (h)."
+    )
+    trending_top_k: int = Field(
+        500, ge=1, le=1000, description="Live trending items handed to the trending source."
+    )
+    trending_refresh_s: float = Field(
+        10.0, gt=0, description="How long a process reuses its live trending list (s)."
+    )
+    pacing: bool = Field(
+        True, description="Pace members' exposure toward the target inbound-attention spread."
+    )
+    pacing_target_top1_share: float | None = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Ceiling on the share of inbound attention the top 1% of members receive "
+        "(None: no ceiling).",
+    )
+    pacing_target_gini: float | None = Field(
+        None, gt=0, lt=1, description="Ceiling on the Gini of inbound attention (None: none)."
+    )
+    pacing_budget_max: float = Field(
+        8.0,
+        gt=0,
+        description="Loosest budget, in multiples of the mean impressions per member per "
+        "window (where the controller starts and returns to when the targets are met).",
+    )
+    pacing_budget_min: float = Field(
+        1.0, gt=0, description="Tightest budget, in multiples of that mean."
+    )
+    pacing_gain: float = Field(
+        0.5, gt=0, description="Controller step: log-budget change per unit of relative error."
+    )
+    pacing_control_s: float = Field(
+        300.0, gt=0, description="How often the controller measures and steps (s)."
+    )
 
     # --- experiments ------------------------------------------------------------------
     experiments_holdout: float = Field(
@@ -342,9 +483,52 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds between re-reads of the running experiments."
     )
 
+    @model_validator(mode="after")
+    def _hosts_match_nodes(self) -> Settings:
+        named = len(_split_urls(self.opensearch_url))
+        if named == 0:
+            raise ValueError("opensearch_url names no URL")
+        if self.opensearch_nodes > 1 and named not in (1, self.opensearch_nodes):
+            raise ValueError(
+                f"opensearch_url names {named} URLs but opensearch_nodes is "
+                f"{self.opensearch_nodes} (give one URL, or one per node)"
+            )
+        return self
+
+    @property
+    def opensearch_hosts(self) -> list[str]:
+        """Every OpenSearch node clients should know: the URLs of ``opensearch_url``, or, for
+        a local cluster named by one URL, that URL's port + i for each of the nodes."""
+        urls = _split_urls(self.opensearch_url)
+        if len(urls) == 1 and self.opensearch_nodes > 1:
+            parts = urlsplit(urls[0])
+            port = parts.port or 9200
+            urls = [
+                urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port + i}"))
+                for i in range(self.opensearch_nodes)
+            ]
+        return urls
+
     @property
     def opensearch_port(self) -> int:
-        return urlsplit(self.opensearch_url).port or 9200
+        return urlsplit(self.opensearch_hosts[0]).port or 9200
+
+    @property
+    def shards(self) -> int:
+        """Primary shards of our indices (``index_shards``, else one per node)."""
+        return self.index_shards or len(self.opensearch_hosts)
+
+    @property
+    def replicas(self) -> int:
+        """Replicas per shard (``index_replicas``, else 0 on one node and 1 on several)."""
+        if self.index_replicas is not None:
+            return self.index_replicas
+        return min(1, len(self.opensearch_hosts) - 1)
+
+    @property
+    def heap(self) -> str:
+        """JVM heap of each local OpenSearch node."""
+        return self.opensearch_heap or ("2g" if self.opensearch_nodes == 1 else "1g")
 
     @property
     def mongo_port(self) -> int:

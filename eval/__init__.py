@@ -8,7 +8,7 @@ from ._ab import ArtifactComparison, PairedDiff, compare_artifacts, paired_diffe
 from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender, top_k
 from ._data import POSITIVE_THRESHOLD, Dataset, Ratings, load_dataset, read_movielens
 from ._diagnose import diagnose, stage_recall
-from ._ltr import learn_ranker, log_lists
+from ._ltr import LISTS_PER_USER, LTR_GRID, Round, learn_ranker, log_lists, rolling_rounds
 from ._metrics import (
     average_precision_at_k,
     catalogue_coverage,
@@ -23,13 +23,15 @@ from ._metrics import (
 from ._protocol import Recommender
 from ._runner import EvalReport, ModelResult, accuracy, evaluate
 from ._served import ReplayReport, ServedRecommender, like_event, replay
-from ._split import COLD_USER_MAX, Split, Stage, time_split
+from ._split import COLD_USER_MAX, Split, Stage, roll_split, time_split
 from ._synthetic import eligible_matrix, resolve_dataset, synthetic_dataset
 
 __all__ = [
     "ALS",
     "COLD_USER_MAX",
     "EASE",
+    "LISTS_PER_USER",
+    "LTR_GRID",
     "POSITIVE_THRESHOLD",
     "ArtifactComparison",
     "Dataset",
@@ -41,6 +43,7 @@ __all__ = [
     "Ratings",
     "Recommender",
     "ReplayReport",
+    "Round",
     "ScoringRecommender",
     "ServedRecommender",
     "Split",
@@ -67,6 +70,8 @@ __all__ = [
     "recall_at_k",
     "replay",
     "resolve_dataset",
+    "roll_split",
+    "rolling_rounds",
     "stage_recall",
     "synthetic_dataset",
     "time_split",

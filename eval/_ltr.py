@@ -1,21 +1,29 @@
-"""The learning loop offline: a ranker learnt from served lists of the fitting period.
+"""The learning loop offline: a ranker learnt from lists served over the fitting period.
 
 :func:`learn_ranker` runs production's loop on an evaluation split, with nothing from the
-test period:
+test period. Production logs a list every time a member comes back and labels it with what
+they liked afterwards; the replay does the same, walking every member's fitting history in
+time order (:func:`~opendisco.eval.roll_split` names the parts):
 
-1. :func:`~opendisco.eval.replay` of the **validation** stage into its own namespace (items,
-   reindex, every user's *training* positives as like events);
-2. every user with validation targets asks the served pipeline for a list (``Discovery``, the
-   API's path, the served-list log on as a side effect; exploration off): the logged lists
-   hold the feature rows of every candidate the ranker saw;
-3. the held-out **validation** positives are posted as later ``like`` events;
-4. ``opendisco train ltr``'s code (``load_ltr_inputs`` → ``join_outcomes`` → ``train_ltr``,
-   time split with early stopping) learns the ranker; the model is written as the next
+1. :func:`~opendisco.eval.replay` of the **pre-period** into its own namespace: items (with
+   popularity and ALS behaviour vectors from the pre-period only), reindex, every user's
+   training positives except the last ``lists_per_user`` as like events;
+2. **rolling rounds**: round after round, every member with a rolled positive left is served
+   a list through ``Discovery`` (the API's path; the served-list log on, exploration off),
+   then that positive is posted as a ``like``. Every list is labelled by the likes that
+   follow it, as in production; rounds are aligned on each member's last rolled positive;
+3. the **validation round**: every member with validation targets is served a list (their
+   whole training history known), then the validation positives are posted;
+4. ``opendisco train ltr``'s code (``load_ltr_inputs`` → ``join_outcomes`` → ``train_ltr``):
+   the rolling lists, labelled only by likes posted before the validation round, train; the
+   validation lists (labelled by the validation positives, which is exactly how the test
+   stage is scored one period later) pick the parameters (:data:`LTR_GRID`) and the number
+   of rounds (early stopping); the winner is refitted on both and written as the next
    ``model-v<N>.txt`` of ``out_dir``.
 
 The test stage is then scored through the served pipeline with ``model_file`` pointing at it
 (:class:`~opendisco.eval.ServedRecommender` with those settings): the model never saw a test
-positive, and its parameters were chosen on the validation lists only.
+positive, and every choice was made on the validation lists.
 """
 
 from __future__ import annotations
@@ -23,22 +31,121 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from opendisco import clients
 from opendisco._settings import Settings
+from opendisco.ingest import Embedder
 from opendisco.rerank import LabelPolicy, join_outcomes, load_ltr_inputs, save_model, train_ltr
 from opendisco.serving import Discovery
 
 from ._data import Dataset
 from ._served import like_event, replay
-from ._split import Split
+from ._split import Split, roll_split
 
-__all__ = ["learn_ranker", "log_lists"]
+__all__ = ["LISTS_PER_USER", "LTR_GRID", "Round", "learn_ranker", "log_lists", "rolling_rounds"]
+
+#: training positives per member that are each preceded by a logged list (the rolling rounds)
+LISTS_PER_USER = 10
+#: LightGBM settings tried on the validation lists (the best validation NDCG@k wins; the
+#: first on ties): small strongly regularised trees, then smaller and larger ones
+LTR_GRID: tuple[dict[str, Any], ...] = (
+    {"num_leaves": 7, "min_data_in_leaf": 200, "lambda_l2": 10.0},
+    {"num_leaves": 15, "min_data_in_leaf": 100},
+    {"num_leaves": 63, "min_data_in_leaf": 100},
+    {"num_leaves": 31, "min_data_in_leaf": 400},
+)
+
+
+@dataclass(frozen=True)
+class Round:
+    """Lists served to ``users`` (each excluding its ``exclude`` ids), then ``likes`` posted."""
+
+    users: list[str]
+    exclude: list[list[str]]
+    likes: list[tuple[str, str]]
+
+
+def rolling_rounds(split: Split, users: Sequence[int] | None = None) -> list[Round]:
+    """The rounds of a :func:`~opendisco.eval.roll_split` split: one per rolled position
+    (aligned on each member's last rolled positive), then the validation round (its
+    ``stage("test")``). ``users``: indices of the members served (None: everyone)."""
+    rolling, last = split.stage("validation"), split.stage("test")
+    who = range(len(split.users)) if users is None else [int(u) for u in users]
+    items, ids = split.items, split.users
+    depth = max((len(rolling.targets[u]) for u in who), default=0)
+    rounds = []
+    for j in range(depth):
+        rnd = Round([], [], [])
+        for u in who:
+            todo = rolling.targets[u]
+            pos = j - (depth - len(todo))
+            if pos < 0:
+                continue
+            rnd.users.append(str(ids[u]))
+            rnd.exclude.append([str(items[i]) for i in (*rolling.history[u], *todo[:pos])])
+            rnd.likes.append((str(ids[u]), str(items[todo[pos]])))
+        rounds.append(rnd)
+    done = [u for u in who if len(last.targets[u])]
+    rounds.append(
+        Round(
+            [str(ids[u]) for u in done],
+            [[str(items[i]) for i in last.history[u]] for u in done],
+            [(str(ids[u]), str(items[i])) for u in done for i in last.targets[u]],
+        )
+    )
+    return rounds
+
+
+async def _serve(disc: Discovery, rnd: Round, k: int, concurrency: int) -> None:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(user: str, ex: Sequence[str]) -> None:
+        async with sem:
+            await disc.recommend(user, k=k, exclude=tuple(ex))
+
+    await asyncio.gather(*(one(u, ex) for u, ex in zip(rnd.users, rnd.exclude, strict=True)))
+    await disc.drain()
+
+
+async def _like(disc: Discovery, likes: Sequence[tuple[str, str]], batch: int = 1000) -> int:
+    now = datetime.now(UTC)
+    events = [{**like_event(u, i, now), "id": f"ltr-{u}-{i}"} for u, i in likes]
+    accepted = 0
+    for start in range(0, len(events), batch):
+        accepted += (await disc.record_events(events[start : start + batch], now=now)).accepted
+    return accepted
+
+
+async def _run_rounds(
+    settings: Settings,
+    rounds: Sequence[Round],
+    *,
+    k: int,
+    concurrency: int,
+    progress: Callable[[str, int], None] | None,
+) -> tuple[int, int, datetime]:
+    """Serve and like round by round; returns lists logged, likes accepted and the start of
+    the last round (the validation round)."""
+    motor = clients.motor(settings)
+    os_client = clients.async_opensearch(settings)
+    accepted, last_start = 0, datetime.now(UTC)
+    try:
+        disc = Discovery(settings, os_client, motor[settings.mongo_db])
+        for rnd in rounds:
+            last_start = datetime.now(UTC)
+            await _serve(disc, rnd, k, concurrency)
+            accepted += await _like(disc, rnd.likes)
+            if progress:
+                progress("lists", len(rnd.users))
+        log = disc.served_log
+        return (log.written if log is not None else 0), accepted, last_start
+    finally:
+        motor.close()
+        await os_client.close()
 
 
 async def log_lists(
@@ -50,38 +157,14 @@ async def log_lists(
     concurrency: int = 4,
 ) -> int:
     """One served list per user through ``Discovery.recommend`` (logged as a side effect)."""
-    motor = clients.motor(settings)
-    os_client = clients.async_opensearch(settings)
-    sem = asyncio.Semaphore(concurrency)
-    try:
-        disc = Discovery(settings, os_client, motor[settings.mongo_db])
-
-        async def one(user: str, ex: Sequence[str]) -> None:
-            async with sem:
-                await disc.recommend(user, k=k, exclude=tuple(ex))
-
-        await asyncio.gather(*(one(u, ex) for u, ex in zip(user_ids, exclude, strict=True)))
-        await disc.drain()
-        log = disc.served_log
-        return log.written if log is not None else 0
-    finally:
-        motor.close()
-        await os_client.close()
-
-
-async def _post(settings: Settings, events: list[dict[str, Any]], now: datetime) -> int:
-    motor = clients.motor(settings)
-    os_client = clients.async_opensearch(settings)
-    accepted = 0
-    try:
-        disc = Discovery(settings, os_client, motor[settings.mongo_db])
-        for start in range(0, len(events), 1000):
-            res = await disc.record_events(events[start : start + 1000], now=now)
-            accepted += res.accepted
-        return accepted
-    finally:
-        motor.close()
-        await os_client.close()
+    written, _, _ = await _run_rounds(
+        settings,
+        [Round(list(user_ids), [list(e) for e in exclude], [])],
+        k=k,
+        concurrency=concurrency,
+        progress=None,
+    )
+    return written
 
 
 async def _train_inputs(settings: Settings, policy: LabelPolicy) -> tuple[list, list]:
@@ -100,50 +183,58 @@ def learn_ranker(
     *,
     k: int = 10,
     users: Sequence[int] | None = None,
+    lists_per_user: int = LISTS_PER_USER,
     fresh: bool = True,
     policy: LabelPolicy | None = None,
+    grid: Sequence[dict[str, Any]] = LTR_GRID,
+    concurrency: int = 4,
     seed: int = 0,
+    embedder: Embedder | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Replay the validation stage, log lists, post validation positives, train (module doc).
+    """Replay the pre-period, serve and like round by round, validate, train (module doc).
 
-    ``settings`` name the namespace used (a dedicated one: it is cleared when ``fresh``).
-    Returns the model path and the training report (with the steps' timings)."""
+    ``settings`` name the namespace used (a dedicated one: it is cleared when ``fresh``);
+    ``users`` the members served (indices; None: every member with training positives);
+    ``embedder`` encodes the catalogue (pass the test replay's: one encoding for both).
+    Returns the model path and the training report (with the steps' counts and timings)."""
     t0 = time.perf_counter()
     policy = policy or LabelPolicy()
     settings = settings.model_copy(
         update={"served_log": True, "explore_rate": 0.0, "model_file": None, "params_file": None}
     )
-    stage = split.stage("validation")
-    uidx = np.asarray(stage.evaluable if users is None else users, dtype=np.int64)
-    rep = replay(settings, dataset, split, stage="validation", fresh=fresh, progress=progress)
+    roll = roll_split(split, lists_per_user)
+    rep = replay(
+        settings,
+        dataset,
+        roll,
+        stage="validation",
+        fresh=fresh,
+        embedder=embedder,
+        progress=progress,
+    )
     t1 = time.perf_counter()
-    user_ids = [str(stage.users[u]) for u in uidx]
-    exclude = [[str(stage.items[i]) for i in stage.history[u]] for u in uidx]
-    logged = asyncio.run(log_lists(settings, user_ids, exclude, k=k))
-    if progress:
-        progress("lists", logged)
+    rounds = rolling_rounds(roll, users)
+    logged, accepted, valid_from = asyncio.run(
+        _run_rounds(settings, rounds, k=k, concurrency=concurrency, progress=progress)
+    )
     t2 = time.perf_counter()
-    now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
-    outcomes = [
-        {**like_event(str(stage.users[u]), str(stage.items[i]), now), "id": f"ltr-{u}-{i}"}
-        for u in uidx
-        for i in stage.targets[u]
-    ]
-    time.sleep(max(0.0, (now - datetime.now(UTC)).total_seconds()))
-    accepted = asyncio.run(_post(settings, outcomes, now))
     lists, events = asyncio.run(_train_inputs(settings, policy))
-    data = join_outcomes(lists, events, policy)
-    result = train_ltr(data, policy=policy, k=k, seed=seed)
+    before = [e for e in events if e["ts"] < valid_from]
+    train = join_outcomes([d for d in lists if d["at"] < valid_from], before, policy)
+    valid = join_outcomes([d for d in lists if d["at"] >= valid_from], events, policy)
+    result = train_ltr(train, valid=valid, policy=policy, k=k, grid=grid, seed=seed)
     t3 = time.perf_counter()
     result.report["inputs"] = {
         "replay": rep.__dict__,
+        "lists_per_user": lists_per_user,
+        "rounds": len(rounds),
         "logged_lists": logged,
         "outcome_events": accepted,
         "seconds": {
             "replay": round(t1 - t0, 1),
-            "log": round(t2 - t1, 1),
-            "outcomes_and_train": round(t3 - t2, 1),
+            "rounds": round(t2 - t1, 1),
+            "train": round(t3 - t2, 1),
         },
     }
     model, _ = save_model(result, out_dir)

@@ -37,7 +37,7 @@ import numpy as np
 from opendisco import clients
 from opendisco._backend import backend_errors
 from opendisco._settings import Settings
-from opendisco.ingest import CACHE_COLLECTION, reindex, write_sample
+from opendisco.ingest import CACHE_COLLECTION, Embedder, reindex, write_sample
 from opendisco.rerank import train_als
 from opendisco.serving import Artifacts, Discovery
 
@@ -118,6 +118,7 @@ def replay(
     fresh: bool = False,
     max_likes: int | None = None,
     everyone: bool = True,
+    embedder: Embedder | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> ReplayReport:
     """Load items, reindex and replay the evaluated users' fitting positives as likes.
@@ -133,7 +134,8 @@ def replay(
     evaluated ones; both get their user documents), else only ``users``.
     ``fresh`` clears the namespace's MongoDB collections first, all but the embedding cache
     (events are idempotent by id, so replaying into a used namespace would not rebuild user
-    states); only for a dedicated evaluation namespace.
+    states); only for a dedicated evaluation namespace. ``embedder``: the one to encode the
+    catalogue with (another namespace's: replays of the same items share its cache).
     """
     t0 = time.perf_counter()
     st = split.stage(stage)  # type: ignore[arg-type]
@@ -155,7 +157,7 @@ def replay(
     write_sample(settings, items, user_docs)
     if progress:
         progress("items", len(items))
-    asyncio.run(reindex(settings))
+    asyncio.run(reindex(settings, embedder=embedder))
     # fitting timestamps of the stage, aligned with stage.history
     ts_of = (
         split.train_ts

@@ -28,7 +28,7 @@ as targets (documented choice: the served pipeline replays positives as ``like``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
 
@@ -37,7 +37,7 @@ import scipy.sparse as sp
 
 from ._data import POSITIVE_THRESHOLD, Dataset, Ratings
 
-__all__ = ["COLD_USER_MAX", "Split", "Stage", "time_split"]
+__all__ = ["COLD_USER_MAX", "Split", "Stage", "roll_split", "time_split"]
 
 #: Users with at most this many fitting interactions form the cold-start slice.
 COLD_USER_MAX = 3
@@ -194,6 +194,30 @@ def time_split(
         n_test=n_test,
         n_val=n_val,
         threshold=threshold,
+    )
+
+
+def roll_split(split: Split, n: int) -> Split:
+    """The split moved one level earlier, for learning from the fitting period alone.
+
+    Per user, the last ``n`` training positives (at most all but one) become the
+    ``validation`` targets and the validation targets become the ``test`` ones: its
+    ``stage("validation")`` fits on the earlier training positives (the *pre-period*) and
+    holds the rolled ones out; its ``stage("test")`` is the original validation stage. Nothing
+    of the original test period is in it."""
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    cuts = [max(1, len(t) - n) if len(t) else 0 for t in split.train]
+    return replace(
+        split,
+        train=[t[:c] for t, c in zip(split.train, cuts, strict=True)],
+        validation=[t[c:] for t, c in zip(split.train, cuts, strict=True)],
+        test=split.validation,
+        train_ts=[t[:c] for t, c in zip(split.train_ts, cuts, strict=True)],
+        validation_ts=[t[c:] for t, c in zip(split.train_ts, cuts, strict=True)],
+        test_ts=split.validation_ts,
+        n_test=split.n_val,
+        n_val=n,
     )
 
 

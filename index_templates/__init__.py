@@ -33,9 +33,13 @@ def raw(name: str) -> dict[str, Any]:
 
 
 def render(name: str, settings: Settings) -> dict[str, Any]:
-    """Index body ready for ``indices.create``: comments dropped, vector dims from settings."""
+    """Index body ready for ``indices.create``: comments dropped; vector dims, shards and
+    replicas from settings."""
     body = copy.deepcopy(raw(name))
     body.pop("_comment", None)
+    index = body.setdefault("settings", {}).setdefault("index", {})
+    index["number_of_shards"] = settings.shards
+    index["number_of_replicas"] = settings.replicas
     props = body.get("mappings", {}).get("properties", {})
     if "embedding" in props:
         props["embedding"]["dimension"] = settings.embedding_dim

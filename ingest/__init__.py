@@ -41,7 +41,7 @@ from ._sample import generate_marketplace, write_sample
 from ._schema import ITEM_FIELDS, KINDS, validate_item
 from ._store import DEAD_LETTERS, SYNC_STATE, items_collection, state_key
 from ._sync import LeaseLost, Syncer, SyncReport, run_sync, sync_once
-from ._templates import TemplatePlan, apply_templates, plan_templates
+from ._templates import TemplatePlan, apply_templates, plan_templates, set_replicas
 from ._verify import VerifyReport, verify
 
 __all__ = [
@@ -99,6 +99,7 @@ __all__ = [
     "reindex",
     "run_sync",
     "seed_resume_token",
+    "set_replicas",
     "state_key",
     "swap_alias",
     "sync_once",

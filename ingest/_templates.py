@@ -5,8 +5,10 @@ Each JSON file in ``index_templates/`` becomes a composable index template named
 declared settings and mappings. ``plan`` is a read-only diff; ``apply`` writes only templates
 that differ, and adds fields that are new in the template to the live index in place (an
 additive mapping change is compatible: documents written by the new code, which carry the
-field, are then accepted by the ``strict`` mapping before the next reindex). Any other
-difference to the live index needs ``opendisco reindex``.
+field, are then accepted by the ``strict`` mapping before the next reindex), and sets the
+live index's replica count to the settings' (``index_replicas``: a dynamic setting, the
+cluster copies or drops replicas in the background). Any other difference to the live index
+(including its number of primary shards) needs ``opendisco reindex``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "new_fields",
     "normalise",
     "plan_templates",
+    "set_replicas",
     "template_body",
 ]
 
@@ -42,6 +45,8 @@ class TemplatePlan:
     live_index: str | None = None
     live_diff: str = ""  # mappings of the index behind the alias vs desired
     live_added: list[str] = field(default_factory=list)  # new fields mapped in place by apply
+    live_replicas: tuple[int, int] | None = None  # (live, wanted) when they differ; apply sets
+    live_shards: tuple[int, int] | None = None  # (live, wanted) when they differ: reindex
 
     @property
     def changed(self) -> bool:
@@ -118,8 +123,42 @@ async def plan_templates(settings: Settings, client: Any) -> list[TemplatePlan]:
             plan = TemplatePlan(tname, exists, _diff(current, desired_full, tname))
             if name == "items":
                 plan.live_index, plan.live_diff = await _live(client, settings, desired)
+                if plan.live_index:
+                    plan.live_replicas = await set_replicas(
+                        client, plan.live_index, settings.replicas, dry_run=True
+                    )
+                    plan.live_shards = await _shards(client, plan.live_index, settings.shards)
             plans.append(plan)
     return plans
+
+
+async def _index_setting(client: Any, index: str, name: str) -> int:
+    got = await client.indices.get_settings(index=index, name=f"index.{name}")
+    return int(got[index]["settings"]["index"][name])
+
+
+async def _shards(client: Any, index: str, wanted: int) -> tuple[int, int] | None:
+    live = await _index_setting(client, index, "number_of_shards")
+    return None if live == wanted else (live, wanted)
+
+
+async def set_replicas(
+    client: Any, index: str, wanted: int, *, dry_run: bool = False
+) -> tuple[int, int] | None:
+    """Give a live index ``wanted`` replicas per shard; ``(live, wanted)`` when that was a
+    change (None when it already had them or does not exist)."""
+    with backend_errors(f"setting the replicas of {index} failed"):
+        try:
+            live = await _index_setting(client, index, "number_of_replicas")
+        except NotFoundError:
+            return None
+        if live == wanted:
+            return None
+        if not dry_run:
+            await client.indices.put_settings(
+                index=index, body={"index": {"number_of_replicas": wanted}}
+            )
+    return live, wanted
 
 
 async def _live(client: Any, settings: Settings, desired: dict[str, Any]) -> tuple[str | None, str]:
@@ -147,6 +186,8 @@ async def apply_templates(
                 await client.indices.put_index_template(
                     name=plan.name, body=template_body(name, settings)
                 )
+            if plan.live_index and plan.live_replicas:
+                await set_replicas(client, plan.live_index, settings.replicas)
             if plan.live_index and plan.live_diff:
                 plan.live_added = await _add_new_fields(client, settings, name, plan.live_index)
                 if plan.live_added:

@@ -64,6 +64,11 @@ def example_params(surface: str, settings: Settings, item_id: str = "x") -> dict
         "item_id": item_id,
         "graph_ids": [item_id, "__none__"],
         "graph_weights": [2.0, 1.0],
+        "mutual_ids": [item_id, "__none__"],
+        "mutual_weights": [2.0, 1.0],
+        "liker_ids": ["__none__"],
+        "trending_ids": [item_id, "__none__"],
+        "trending_weights": [3.0, 1.0],
     }
     return {k: v for k, v in full.items() if k in specs}
 

@@ -1,7 +1,8 @@
 """opendisco.rerank: the final, personal, real-time order of a candidate set.
 
-A :class:`Reranker` runs named pure steps (``score → rules → fatigue → exposure → mmr → caps →
-pins``) over numpy arrays; :class:`FeatureStore` fills the arrays with a bounded number of
+A :class:`Reranker` runs named pure steps (``score → rules → fatigue → exposure → reciprocal →
+pacing → mmr → caps → pins``; the two-sided ``reciprocal`` and ``pacing`` act on member
+profiles only) over numpy arrays; :class:`FeatureStore` fills the arrays with a bounded number of
 round trips; ``train_als``/``fold_in`` learn behavioural vectors; ``LearnedScorer`` swaps the
 linear model for LightGBM LambdaMART; ``pl_sample`` draws an explored order with known
 propensities.
@@ -16,12 +17,15 @@ from ._ltr import (
     LabelPolicy,
     LtrData,
     LtrResult,
+    concat_data,
     join_outcomes,
     load_ltr_inputs,
     ndcg_at,
     save_model,
     train_ltr,
 )
+from ._market import combine, live_trending, member_budgets, pacing_penalty, reciprocal_estimate
+from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
 from ._steps import (
     STEPS,
@@ -36,12 +40,21 @@ from ._steps import (
     fatigue_penalty,
     mmr_select,
 )
-from ._types import FEATURE_NAMES, RANKED_SOURCES, CandidateBatch, Features, RerankContext
+from ._types import (
+    FEATURE_NAMES,
+    PROFILE_COLUMNS,
+    RANKED_SOURCES,
+    CandidateBatch,
+    Features,
+    RerankContext,
+)
 
 __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
     "LTR_PARAMS",
+    "PROFILE_COLUMNS",
+    "PROFILE_FIELDS",
     "RANKED_SOURCES",
     "STEPS",
     "AlsModel",
@@ -53,6 +66,7 @@ __all__ = [
     "LinearScorer",
     "LtrData",
     "LtrResult",
+    "MemberProfile",
     "RerankConfig",
     "RerankContext",
     "RerankInputs",
@@ -67,17 +81,24 @@ __all__ = [
     "apply_caps",
     "apply_pins",
     "assemble_features",
+    "combine",
+    "concat_data",
     "exposure_adjustment",
     "fatigue_penalty",
     "fold_in",
     "join_outcomes",
+    "live_trending",
     "load_ltr_inputs",
+    "member_budgets",
     "merged_config",
     "mmr_select",
     "ndcg_at",
+    "pacing_penalty",
     "pl_marginals",
     "pl_sample",
     "pl_weights",
+    "profile_features",
+    "reciprocal_estimate",
     "save_model",
     "train_als",
     "train_lambdamart",

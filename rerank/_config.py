@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -13,7 +13,17 @@ from ._types import FEATURE_NAMES
 
 __all__ = ["DEFAULT_STEPS", "RerankConfig", "merged_config"]
 
-DEFAULT_STEPS: tuple[str, ...] = ("score", "rules", "fatigue", "exposure", "mmr", "caps", "pins")
+DEFAULT_STEPS: tuple[str, ...] = (
+    "score",
+    "rules",
+    "fatigue",
+    "exposure",
+    "reciprocal",
+    "pacing",
+    "mmr",
+    "caps",
+    "pins",
+)
 
 _DEFAULT_WEIGHTS = {
     "fused": 1.0,
@@ -24,6 +34,8 @@ _DEFAULT_WEIGHTS = {
     "popularity": 0.05,
     "freshness": 0.1,
     "n_sources": 0.05,
+    # the two-sided features (reciprocal, liked_viewer, mutual) and trending weigh 0 here: the
+    # reciprocal step combines both directions; the columns feed the learned scorer and tuning
 }
 
 
@@ -55,6 +67,27 @@ class RerankConfig(BaseModel):
         20.0, gt=0.0, description="Recent likes/messages a recipient can handle."
     )
     inbound_strength: float = Field(0.5, ge=0.0, description="Damp per log-unit over capacity.")
+    # two-sided markets (member rows only: neutral for one-sided catalogues; rerank._market)
+    reciprocal_mode: Literal["off", "harmonic", "product"] = Field(
+        "harmonic",
+        description="How the forward score and P(candidate likes the viewer back) combine: "
+        "weighted harmonic mean (RECON), weighted geometric mean, or off.",
+    )
+    reciprocal_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the backward direction (0 = one-sided)."
+    )
+    reciprocal_prior: float = Field(
+        0.3, gt=0.0, lt=1.0, description="Prior like rate of a member without history."
+    )
+    reciprocal_prior_n: float = Field(
+        10.0, gt=0.0, description="Pseudo-count of that prior (likes+passes it weighs as)."
+    )
+    reciprocal_affinity: float = Field(
+        1.0, ge=0.0, description="Log-odds per standard deviation of taste-profile similarity."
+    )
+    pacing_strength: float = Field(
+        1.0, ge=0.0, description="Largest demotion of a member running ahead of its budget."
+    )
     # feedback fatigue
     fatigue_strength: float = Field(0.4, ge=0.0, description="Penalty per log1p(hides+passes).")
     # business rules
@@ -68,6 +101,8 @@ class RerankConfig(BaseModel):
         unknown = sorted(set(v) - set(FEATURE_NAMES))
         if unknown:
             raise ValueError(f"unknown feature(s) {unknown}; known: {list(FEATURE_NAMES)}")
+        if v.get("linear"):
+            raise ValueError("'linear' is the linear model's own score: it cannot be weighted")
         return v
 
     @field_validator("steps")

@@ -9,8 +9,18 @@ Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most
   must bite in real time),
 * 1 MongoDB ``find`` of inbound attention (cached with the vectors' TTL),
 * 1 MongoDB ``find`` of graph proximity to the user's recent items,
+* for member candidates (profiles) only, 1 MongoDB ``find`` of their owners' tastes (content
+  vector, likes and passes given: the reciprocal estimate; cached with the vectors' TTL),
+* 1 OpenSearch ``mget`` of the member's recent positives' profile fields (category, tags,
+  creation date, popularity: :class:`~opendisco.rerank.MemberProfile`), only for ids not in
+  the item-metadata cache (these fields change rarely; the recent items of active members
+  overlap heavily),
 
-issued concurrently. Vectors change only when an item is re-encoded or retrained, so the cache
+issued concurrently. The viewer's own profile vector (what the candidates' tastes are compared
+with) joins the vector fetch (usually cached). The counters reading also brings each
+candidate's paced (decayed) exposure and its live decayed like/match count.
+
+Vectors change only when an item is re-encoded or retrained, so the cache
 TTL bounds staleness after ``opendisco train``.
 
 One store serves every request of a process (the API builds one ``Discovery``), so the caches
@@ -25,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -35,8 +47,17 @@ from opendisco._backend import backend_errors
 from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 from opendisco.ingest import unpack_vectors
-from opendisco.signals import RECENT_FANOUT, ExposureStore, InboundCounter, ItemGraph, UserState
+from opendisco.signals import (
+    RECENT_FANOUT,
+    ExposureStore,
+    InboundCounter,
+    Inbox,
+    ItemGraph,
+    UserState,
+    UserStateStore,
+)
 
+from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._types import CandidateBatch, Features, RerankContext
 
 __all__ = ["FeatureStore", "TTLCache"]
@@ -95,6 +116,7 @@ class FeatureStore:
         *,
         exposure: Any | None = None,
         cache_ttl_s: float = 60.0,
+        meta_ttl_s: float = 600.0,
         inbound_days: int = 7,
     ) -> None:
         self.settings = settings
@@ -104,8 +126,11 @@ class FeatureStore:
         self.graph = ItemGraph(db)
         self.inbound = InboundCounter(db)
         self.inbound_days = inbound_days
+        self.states = UserStateStore(db)
         self.vectors = TTLCache(cache_ttl_s)
         self.inbound_cache = TTLCache(cache_ttl_s)
+        self.taste_cache = TTLCache(cache_ttl_s)
+        self.meta = TTLCache(meta_ttl_s)
         #: id -> the in-flight mget that will bring its vectors (shared by concurrent requests)
         self._inflight: dict[str, asyncio.Future[dict[str, tuple[Any, Any]]]] = {}
 
@@ -171,6 +196,32 @@ class FeatureStore:
                 out[i] = vv
         return out
 
+    async def _meta(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Profile fields (:data:`PROFILE_FIELDS`) of ``ids``: cached, misses in one mget."""
+        hit, miss = self.meta.get_many(list(dict.fromkeys(ids)))
+        if not miss:
+            return hit
+        with backend_errors("item profile lookup failed"):
+            try:
+                resp = await self.os.mget(
+                    index=self.settings.index_alias,
+                    body={"ids": miss},
+                    params={"_source_includes": ",".join(PROFILE_FIELDS), "realtime": "false"},
+                )
+            except NotFoundError:
+                return hit
+        got = {d["_id"]: d.get("_source") or {} for d in resp["docs"] if d.get("found")}
+        self.meta.put_many(got)
+        return {**hit, **got}
+
+    async def profile(self, recent: Sequence[str], now: datetime | None = None) -> MemberProfile:
+        """The member's :class:`MemberProfile` from their recent positives' items."""
+        if not recent:
+            return MemberProfile()
+        meta = await self._meta(recent)
+        docs = [meta[i] for i in dict.fromkeys(recent) if i in meta]
+        return MemberProfile.from_items(docs, now or datetime.now(UTC))
+
     async def _inbound(self, ids: list[str]) -> dict[str, int]:
         hit, miss = self.inbound_cache.get_many(ids)
         if miss:
@@ -179,6 +230,25 @@ class FeatureStore:
             self.inbound_cache.put_many(fresh)
             hit.update(fresh)
         return hit
+
+    async def _tastes(self, owners: list[str]) -> dict[str, tuple[Any, int, int]]:
+        """Each owner's (taste vector, likes given, passes given); members without a state
+        are cached as such too (no history is an answer)."""
+        hit, miss = self.taste_cache.get_many(owners)
+        if miss:
+            got = await self.states.tastes(miss)
+            fresh = {o: got.get(o, (None, 0, 0)) for o in miss}
+            fresh = {o: (_array(v), n, p) for o, (v, n, p) in fresh.items()}
+            self.taste_cache.put_many(fresh)
+            hit.update(fresh)
+        return hit
+
+    async def profile_vector(self, profile_id: str | None) -> np.ndarray | None:
+        """The viewer's own profile content vector (cached like every item vector)."""
+        if not profile_id:
+            return None
+        cv, _ = (await self._vectors([str(profile_id)])).get(str(profile_id), (None, None))
+        return cv if cv is not None and len(cv) == self.settings.embedding_dim else None
 
     async def _graph(self, recent: Sequence[str], ids: list[str]) -> dict[str, float]:
         return await self.graph.proximity(recent, ids) if recent else {}
@@ -190,23 +260,31 @@ class FeatureStore:
         recent: Sequence[str] = (),
         graph_weights: Mapping[str, float] | None = None,
         packed: Mapping[str, str] | None = None,
+        owners: Mapping[str, str] | None = None,
+        inbox: Inbox | None = None,
+        mutual_weights: Mapping[str, float] | None = None,
     ) -> Features:
         """Features aligned with ``ids`` (zeros where something is missing).
 
         ``graph_weights``: the edge weights from ``recent`` already read by the caller (the
         graph candidate source reads the same edges); the graph lookup is then skipped.
         ``packed``: id -> the packed vectors the candidate hits carried; only the other ids'
-        vectors are looked up.
+        vectors are looked up. ``owners``: id -> member for the member candidates (profiles):
+        their tastes are looked up for the reciprocal estimate; ``inbox`` (the viewer's likers
+        and matches) and ``mutual_weights`` (co-engagement from the matched profiles) were
+        read by the query hydrators.
         """
         ids = [str(i) for i in ids]
         uniq = list(dict.fromkeys(ids))
         carried = self._unpack(packed or {}, uniq)
         fetch = [i for i in uniq if i not in carried]
-        vecs, expo, inbound, graph = await asyncio.gather(
+        owners = dict(owners or {})
+        vecs, expo, inbound, graph, tastes = await asyncio.gather(
             self._vectors(fetch),
-            self.exposure.counts(uniq),
+            self.exposure.read(uniq),
             self._inbound(uniq),
             _given(graph_weights) if graph_weights is not None else self._graph(list(recent), uniq),
+            self._tastes(sorted(set(owners.values()))) if owners else _given({}),
         )
         vecs.update(carried)
         n, d, b = len(ids), self.settings.embedding_dim, self.settings.behaviour_dim
@@ -221,29 +299,52 @@ class FeatureStore:
         for M in (content, behaviour):
             norms = np.linalg.norm(M, axis=1, keepdims=True)
             np.divide(M, norms, out=M, where=norms > 0)
-        return Features(
+        feats = Features(
             content=content,
             behaviour=behaviour,
-            exposure=np.array([float(expo.get(i, 0)) for i in ids]),
+            exposure=np.array([float(expo[i].count) for i in ids]),
             inbound=np.array([float(inbound.get(i, 0)) for i in ids]),
             graph=np.array([float(graph.get(i, 0.0)) for i in ids]),
             behaviour_norm=bnorm,
+            trending=np.array([expo[i].trend for i in ids]),
+            paced_exposure=np.array([expo[i].paced for i in ids]),
         )
+        return _two_sided(feats, ids, owners, tastes, inbox, mutual_weights, d) if owners else feats
 
     async def for_batch(
         self,
         batch: CandidateBatch,
         user_state: UserState | None = None,
         graph_weights: Mapping[str, float] | None = None,
+        *,
+        inbox: Inbox | None = None,
+        mutual_weights: Mapping[str, float] | None = None,
     ) -> Features:
-        recent = user_state.recent_positive_ids[:RECENT_FANOUT] if user_state is not None else ()
-        return await self.lookup(
-            batch.ids, recent=recent, graph_weights=graph_weights, packed=batch.packed
+        positives = user_state.recent_positive_ids if user_state is not None else []
+        members = batch.members
+        owners = {
+            i: str(batch.owners[batch.owner[r]])
+            for r, i in enumerate(batch.ids)
+            if members[r] and batch.owner[r] >= 0
+        }
+        feats, profile = await asyncio.gather(
+            self.lookup(
+                batch.ids,
+                recent=positives[:RECENT_FANOUT],
+                graph_weights=graph_weights,
+                packed=batch.packed,
+                owners=owners,
+                inbox=inbox,
+                mutual_weights=mutual_weights,
+            ),
+            self.profile(positives),
         )
+        return replace(feats, affinity=profile_features(batch, profile))
 
     @staticmethod
     def context(user_state: UserState | None, **kw: Any) -> RerankContext:
-        """A :class:`RerankContext` from a ``UserState`` (vector, behaviour, fatigue, bans)."""
+        """A :class:`RerankContext` from a ``UserState`` (vector, behaviour, fatigue, bans);
+        ``kw`` adds the rest (``k``, ``viewer_profile``, ``pacing_budget``, ...)."""
         if user_state is None:
             return RerankContext(**kw)
         return RerankContext(
@@ -256,5 +357,33 @@ class FeatureStore:
         )
 
 
-async def _given(weights: Mapping[str, float]) -> Mapping[str, float]:
-    return weights
+async def _given(value: Any) -> Any:
+    return value
+
+
+def _two_sided(
+    feats: Features,
+    ids: list[str],
+    owners: Mapping[str, str],
+    tastes: Mapping[str, tuple[Any, int, int]],
+    inbox: Inbox | None,
+    mutual: Mapping[str, float] | None,
+    dim: int,
+) -> Features:
+    """The member candidates' two-sided features (rows of other candidates stay zero)."""
+    n = len(ids)
+    taste = np.zeros((n, dim))
+    likes, passes, liked, mut = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    likers = inbox.likers if inbox is not None else {}
+    for r, i in enumerate(ids):
+        owner = owners.get(i)
+        if owner is None:
+            continue
+        v, likes[r], passes[r] = tastes.get(owner, (None, 0, 0))
+        if v is not None and len(v) == dim:
+            taste[r] = v
+        liked[r] = float(owner in likers)
+        mut[r] = float((mutual or {}).get(i, 0.0))
+    return replace(
+        feats, taste=taste, likes_sent=likes, passes_sent=passes, liked_viewer=liked, mutual=mut
+    )

@@ -9,12 +9,15 @@ from another list or surface; what matters is that the ranker saw it here); ``sc
 labels only what the list showed. ``pass``/``skip``/``hide`` are explicit zeros. Lists without
 any positive label (no pair to learn from) or with fewer than two rows are dropped.
 
-**Training.** Lists are ordered by serving time; the last ``valid_share`` of them are the
-validation set (time-based: the model is judged on lists served after the ones it learnt
-from); LightGBM lambdarank grouped by request stops early on validation NDCG@k, then the
-model is refitted on every list for the best number of rounds. The report holds the feature
-schema, the label policy, the data window and counts, the validation NDCG@k of the model and
-of the logged order (what was shown first, then the other candidates in candidate order).
+**Training.** The validation lists are later than every training list (time-based: the
+model is judged on lists served after the ones it learnt from): given explicitly, or the last
+``valid_share`` of the lists in serving order. LightGBM lambdarank grouped by request stops
+early on validation NDCG@k; with a ``grid`` of parameter overrides each is fitted that way
+and the best on validation wins. The winner is refitted on every list (training and
+validation) for its best number of rounds. The report holds the feature schema, the label
+policy, the data window and counts, every grid point's validation NDCG@k, and the validation
+NDCG@k of the model and of the logged order (what was shown first, then the other
+candidates in candidate order).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "LabelPolicy",
     "LtrData",
     "LtrResult",
+    "concat_data",
     "join_outcomes",
     "load_ltr_inputs",
     "ndcg_at",
@@ -215,27 +219,17 @@ class LtrResult:
     report: dict[str, Any]
 
 
-def train_ltr(
-    data: LtrData,
+def _fit(
+    train: LtrData,
+    valid: LtrData,
+    params: Mapping[str, Any],
     *,
-    policy: LabelPolicy | None = None,
-    valid_share: float = 0.2,
-    max_rounds: int = 1000,
-    early_stopping: int = 50,
-    k: int = 10,
-    params: Mapping[str, Any] | None = None,
-    seed: int = 0,
-) -> LtrResult:
-    """Time split, early stopping on the later lists, refit on all (module doc)."""
-    n = len(data.groups)
-    if n < 2:
-        raise ValueError(
-            f"{n} logged list(s) with an outcome: need at least 2 to train and validate "
-            f"(skipped: {data.skipped})"
-        )
-    cut = min(n - 1, max(1, round(n * (1.0 - valid_share))))
-    train, valid = data.part(slice(0, cut)), data.part(slice(cut, n))
-    first = train_lambdamart(
+    max_rounds: int,
+    early_stopping: int,
+    k: int,
+    seed: int,
+) -> tuple[LearnedScorer, int, float]:
+    model = train_lambdamart(
         train.X,
         train.y,
         train.groups,
@@ -246,28 +240,91 @@ def train_ltr(
         params=params,
         seed=seed,
     )
-    best = int(first.best_iteration or max_rounds)
-    model_valid = ndcg_at(valid.y, valid.groups, first.score(valid.X), k)
+    best = int(model.best_iteration or max_rounds)
+    return model, best, ndcg_at(valid.y, valid.groups, model.score(valid.X), k)
+
+
+def train_ltr(
+    data: LtrData,
+    *,
+    valid: LtrData | None = None,
+    policy: LabelPolicy | None = None,
+    valid_share: float = 0.2,
+    max_rounds: int = 1000,
+    early_stopping: int = 50,
+    k: int = 10,
+    params: Mapping[str, Any] | None = None,
+    grid: Sequence[Mapping[str, Any]] = (),
+    seed: int = 0,
+) -> LtrResult:
+    """Validate on later lists, pick parameters and rounds there, refit on all (module doc).
+
+    ``valid``: the validation lists (served after every list of ``data``); without it the last
+    ``valid_share`` of ``data``'s lists are. ``grid``: parameter overrides (over ``params``)
+    tried one by one; the one with the best validation NDCG@k wins (the first on ties, so
+    list the simplest first)."""
+    valid_in = valid
+    if valid is None:
+        n = len(data.groups)
+        if n < 2:
+            raise ValueError(
+                f"{n} logged list(s) with an outcome: need at least 2 to train and validate "
+                f"(skipped: {data.skipped})"
+            )
+        cut = min(n - 1, max(1, round(n * (1.0 - valid_share))))
+        train, valid = data.part(slice(0, cut)), data.part(slice(cut, n))
+    else:
+        train = data
+        if len(train.groups) == 0 or len(valid.groups) == 0:
+            raise ValueError(
+                f"{len(train.groups)} training and {len(valid.groups)} validation list(s) "
+                f"with an outcome: need both (skipped: {train.skipped}, {valid.skipped})"
+            )
+    base = dict(params or {})
+    tried = []
+    best_fit: tuple[float, int, dict[str, Any]] | None = None
+    for over in grid or [{}]:
+        p = {**base, **over}
+        _, rounds, score = _fit(
+            train, valid, p, max_rounds=max_rounds, early_stopping=early_stopping, k=k, seed=seed
+        )
+        tried.append({"params": dict(over), "best_iteration": rounds, f"valid_ndcg@{k}": score})
+        if best_fit is None or score > best_fit[0]:
+            best_fit = (score, rounds, p)
+    assert best_fit is not None
+    model_valid, best, chosen = best_fit
     logged_valid = ndcg_at(valid.y, valid.groups, -valid.logged_rank.astype(float), k)
+    everything = concat_data([train, valid])
     final = train_lambdamart(
-        data.X, data.y, data.groups, rounds=best, eval_at=k, params=params, seed=seed
+        everything.X,
+        everything.y,
+        everything.groups,
+        rounds=best,
+        eval_at=k,
+        params=chosen,
+        seed=seed,
     )
     report = {
         "features": list(FEATURE_NAMES),
         "label_policy": (policy or LabelPolicy()).model_dump(),
-        "lists": n,
-        "rows": len(data.y),
-        "skipped_lists": data.skipped,
-        "labels": {
-            str(v): int(c) for v, c in zip(*np.unique(data.y, return_counts=True), strict=True)
+        "lists": len(everything.groups),
+        "rows": len(everything.y),
+        "skipped_lists": {  # ``data``'s (its parts carry none), or both given sets'
+            key: data.skipped.get(key, 0) + (valid_in.skipped.get(key, 0) if valid_in else 0)
+            for key in {*data.skipped, *(valid_in.skipped if valid_in else ())}
         },
-        "window": {"first": data.at[0].isoformat(), "last": data.at[-1].isoformat()},
+        "labels": {
+            str(v): int(c)
+            for v, c in zip(*np.unique(everything.y, return_counts=True), strict=True)
+        },
+        "window": {"first": train.at[0].isoformat(), "last": valid.at[-1].isoformat()},
         "split": {
-            "train_lists": cut,
-            "valid_lists": n - cut,
+            "train_lists": len(train.groups),
+            "valid_lists": len(valid.groups),
             "valid_from": valid.at[0].isoformat(),
         },
-        "params": {**LTR_PARAMS, **(params or {}), "seed": seed},
+        "params": {**LTR_PARAMS, **chosen, "seed": seed},
+        "grid": [{**t, f"valid_ndcg@{k}": round(t[f"valid_ndcg@{k}"], 5)} for t in tried],
         "best_iteration": best,
         "metrics": {
             f"valid_ndcg@{k}": round(model_valid, 5),
@@ -282,6 +339,21 @@ def train_ltr(
         ),
     }
     return LtrResult(final, report)
+
+
+def concat_data(parts: Sequence[LtrData]) -> LtrData:
+    """Lists of several :class:`LtrData` in the given order (one training set)."""
+    parts = [p for p in parts if len(p.groups)]
+    if not parts:
+        return join_outcomes([], [])  # no list: the empty data
+    return LtrData(
+        np.concatenate([p.X for p in parts]),
+        np.concatenate([p.y for p in parts]),
+        np.concatenate([p.groups for p in parts]),
+        [t for p in parts for t in p.at],
+        [i for p in parts for i in p.list_ids],
+        np.concatenate([p.logged_rank for p in parts]),
+    )
 
 
 def save_model(result: LtrResult, out_dir: Path) -> tuple[Path, Path]:

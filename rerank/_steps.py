@@ -8,12 +8,23 @@ state; none mutates its inputs, so the trace can keep every intermediate state b
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._types import FEATURE_NAMES, RANKED_SOURCES, CandidateBatch, Features, RerankContext
+from ._market import live_trending, reciprocal_estimate, step_pacing, step_reciprocal
+from ._types import (
+    FEATURE_NAMES,
+    PROFILE_COLUMNS,
+    RANKED_SOURCES,
+    CandidateBatch,
+    Features,
+    RerankContext,
+    RerankInputs,
+    RerankState,
+    Scorer,
+    resort,
+)
 
 if TYPE_CHECKING:
     from ._config import RerankConfig
@@ -34,28 +45,6 @@ __all__ = [
 
 _COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
 _LN2 = float(np.log(2.0))
-
-
-class Scorer(Protocol):
-    """Anything that turns a feature matrix (n, len(FEATURE_NAMES)) into scores (n,)."""
-
-    def score(self, X: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class RerankState:
-    scores: np.ndarray  # (n,) score per candidate (row of the batch)
-    order: np.ndarray  # (m,) eligible candidate rows, best first
-
-
-@dataclass(frozen=True)
-class RerankInputs:
-    batch: CandidateBatch
-    features: Features
-    ctx: RerankContext
-    X: np.ndarray  # (n, F) feature matrix
-    scorer: Scorer
-    page: int
 
 
 # --- pure math ------------------------------------------------------------------------------
@@ -103,6 +92,15 @@ def assemble_features(
     X[:, _COL["behaviour_dot"]] = X[:, _COL["behaviour_sim"]] * bnorm * unorm
     X[:, _COL["log_popularity"]] = pop
     X[:, _COL["history"]] = np.log1p(ctx.history)
+    X[:, _COL["graph_norm"]] = np.log1p(
+        features.graph / np.sqrt(1.0 + np.maximum(batch.popularity, 0.0))
+    )
+    age = batch.age_days
+    X[:, _COL["log_age"]] = np.log1p(np.where(np.isfinite(age), age, 0.0))
+    for name in PROFILE_COLUMNS:
+        values = features.affinity.get(name)
+        if values is not None:
+            X[:, _COL[name]] = values
     col = {name: j for j, name in enumerate(batch.source_names)}
     for s in RANKED_SOURCES:
         j = col.get(s)
@@ -114,6 +112,18 @@ def assemble_features(
         if batch.source_ranks is not None:
             rank = batch.source_ranks[:, j]
             X[:, _COL[f"rr_{s}"]] = np.divide(1.0, rank, out=np.zeros(n), where=rank > 0)
+    member = batch.members
+    if member.any():
+        X[:, _COL["reciprocal"]] = np.where(
+            member, reciprocal_estimate(features, ctx, cfg, len(batch)), 0.0
+        )
+        X[:, _COL["liked_viewer"]] = features.column("liked_viewer", n) * member
+        X[:, _COL["mutual"]] = np.log1p(features.column("mutual", n)) * member
+    X[:, _COL["trending"]] = live_trending(features.column("trending", n))
+    # last: the linear model's score of the columns above (its own column weighs nothing)
+    w = cfg.weight_vector()
+    w[_COL["linear"]] = 0.0
+    X[:, _COL["linear"]] = X @ w
     return X
 
 
@@ -240,15 +250,11 @@ def apply_pins(order: np.ndarray, pins: Mapping[int, int]) -> np.ndarray:
 # --- steps ------------------------------------------------------------------------------------
 
 
-def _resort(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
-    return order[np.argsort(-scores[order], kind="stable")]
-
-
 def step_score(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
     scores = np.asarray(inp.scorer.score(inp.X), dtype=np.float64)
     if cfg.source_weights:
         scores = scores + source_bonus(inp.batch, cfg.source_weights)
-    return RerankState(scores, _resort(scores, s.order))
+    return RerankState(scores, resort(scores, s.order))
 
 
 def step_rules(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
@@ -273,7 +279,7 @@ def step_fatigue(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> Rerank
     if not pen.any():
         return s
     scores = s.scores - pen
-    return RerankState(scores, _resort(scores, s.order))
+    return RerankState(scores, resort(scores, s.order))
 
 
 def step_exposure(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
@@ -289,7 +295,7 @@ def step_exposure(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> Reran
     if not adj.any():
         return s
     scores = s.scores + adj
-    return RerankState(scores, _resort(scores, s.order))
+    return RerankState(scores, resort(scores, s.order))
 
 
 def step_mmr(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
@@ -329,6 +335,8 @@ STEPS: dict[str, Step] = {
     "rules": step_rules,
     "fatigue": step_fatigue,
     "exposure": step_exposure,
+    "reciprocal": step_reciprocal,
+    "pacing": step_pacing,
     "mmr": step_mmr,
     "caps": step_caps,
     "pins": step_pins,

@@ -5,11 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["FEATURE_NAMES", "RANKED_SOURCES", "CandidateBatch", "Features", "RerankContext"]
+__all__ = [
+    "FEATURE_NAMES",
+    "PROFILE_COLUMNS",
+    "RANKED_SOURCES",
+    "CandidateBatch",
+    "Features",
+    "RerankContext",
+    "RerankInputs",
+    "RerankState",
+    "Scorer",
+    "resort",
+]
 
 #: Columns of the feature matrix built by :func:`opendisco.rerank.assemble_features`.
 FEATURE_NAMES: tuple[str, ...] = (
@@ -29,6 +40,28 @@ FEATURE_NAMES: tuple[str, ...] = (
     "history",  # log1p(the member's recent positives): same for every row of a list
     *(f"rr_{s}" for s in ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")),
     *(f"score_{s}" for s in ("graph", "semantic", "lexical", "behaviour", "trending", "fresh")),
+    "graph_norm",  # log1p(co-engagement weight / sqrt(1 + popularity)): cosine-like
+    "log_age",  # log1p(item age in days): recency on any time scale
+    # the member's taste profile (rerank._profile): affinity of the candidate to it
+    "category_affinity",
+    "tag_affinity",
+    "age_gap",
+    "newest_gap",
+    "pop_gap",
+    "linear",  # the linear model's score of the row: a learned ranker can start from it
+    # two-sided markets (0 for items that are not member profiles; see rerank._market)
+    "reciprocal",  # estimated P(candidate likes the viewer back), in [0, 1]
+    "liked_viewer",  # 1 when the candidate already liked the viewer
+    "mutual",  # log1p co-engagement from the viewer's matches (friends of matches)
+    "trending",  # log1p(live decayed likes/matches), max-normalised within the batch
+)
+#: the per-candidate columns the feature store computes from the member's profile
+PROFILE_COLUMNS: tuple[str, ...] = (
+    "category_affinity",
+    "tag_affinity",
+    "age_gap",
+    "newest_gap",
+    "pop_gap",
 )
 #: candidate sources with their own reciprocal-rank (``rr_*``) and score (``score_*``, divided
 #: by the source's batch maximum) columns; 0 where the source did not propose the item
@@ -80,8 +113,15 @@ class CandidateBatch:
     #: id -> packed float16 vectors carried by the candidate hits (``ingest.PACKED_FIELD``);
     #: the feature store decodes these instead of fetching the vectors again
     packed: Mapping[str, str] = field(default_factory=dict)
+    #: (n,) bool: the candidate is a member (a ``profile``): reciprocity and pacing apply to it;
+    #: None = no member in the batch (a one-sided catalogue)
+    member: np.ndarray | None = None
     #: (n, S) 1-based rank of the item in each source (columns of ``source_names``); 0 = absent
     source_ranks: np.ndarray | None = None
+
+    @property
+    def members(self) -> np.ndarray:
+        return self.member if self.member is not None else np.zeros(len(self.ids), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -116,6 +156,7 @@ class CandidateBatch:
                         sr[i, col[k]] = float(v or 0)
         cat, cats = _codes([it.get("category") for it in items])
         own, owns = _codes([it.get("owner_id") for it in items])
+        member = np.array([it.get("kind") == "profile" for it in items], dtype=bool)
         return cls(
             ids=ids,
             fused=np.asarray(fused if fused is not None else np.ones(n), dtype=np.float64),
@@ -130,6 +171,7 @@ class CandidateBatch:
             age_days=np.array([_age_days(it.get("created_at"), now) for it in items]),
             available=np.array([it.get("available", True) is not False for it in items]),
             items=list(items),
+            member=member if member.any() else None,
             source_ranks=sr,
         )
 
@@ -150,7 +192,15 @@ class CandidateBatch:
 
 @dataclass(frozen=True)
 class Features:
-    """Per-candidate looked-up features, rows aligned with the batch (zeros when missing)."""
+    """Per-candidate looked-up features, rows aligned with the batch (zeros when missing).
+
+    The two-sided fields (None: not looked up, read as zeros) describe each candidate's member
+    (the owner of a profile) as a *viewer* — what the reciprocal estimate needs — and the
+    live signals: ``taste`` (their user-state content vector), ``likes_sent``/``passes_sent``
+    (their like rate), ``liked_viewer``, ``mutual``, ``trending``, and ``paced_exposure`` (each
+    candidate's impressions decayed with the exposure window as time constant: what pacing
+    compares with its budget).
+    """
 
     content: np.ndarray  # (n, d) L2-normalised content vectors
     behaviour: np.ndarray  # (n, b) L2-normalised behaviour vectors (zeros if none)
@@ -159,10 +209,24 @@ class Features:
     graph: np.ndarray  # (n,) co-engagement weight to the user's recent items
     #: (n,) norms of the behaviour vectors before normalising (the ALS score's item part)
     behaviour_norm: np.ndarray | None = None
+    taste: np.ndarray | None = None  # (n, d) the candidate member's taste (zeros: no history)
+    likes_sent: np.ndarray | None = None  # (n,) likes the candidate member gave
+    passes_sent: np.ndarray | None = None  # (n,) passes/skips/hides the candidate member gave
+    liked_viewer: np.ndarray | None = None  # (n,) 1 = the candidate already liked the viewer
+    mutual: np.ndarray | None = None  # (n,) co-engagement weight from the viewer's matches
+    trending: np.ndarray | None = None  # (n,) live decayed likes/matches
+    paced_exposure: np.ndarray | None = None  # (n,) impressions, leaky bucket (per window)
+    #: :data:`PROFILE_COLUMNS` name -> (n,) affinity of each candidate to the member's profile
+    affinity: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, n: int, dim: int = 384, bdim: int = 32) -> Features:
         return cls(np.zeros((n, dim)), np.zeros((n, bdim)), np.zeros(n), np.zeros(n), np.zeros(n))
+
+    def column(self, name: str, n: int) -> np.ndarray:
+        """An optional per-candidate array, zeros when it was not looked up."""
+        v = getattr(self, name)
+        return np.zeros(n) if v is None else np.asarray(v, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -176,3 +240,38 @@ class RerankContext:
     pins: Mapping[str, int] = field(default_factory=dict)  # item id -> 0-based position
     k: int | None = None  # page size override
     history: int = 0  # the member's recent positives (a list-level ranking feature)
+    #: the viewer's own profile content vector (what candidates' tastes are compared with)
+    viewer_profile: np.ndarray | None = None
+    #: impressions per member per exposure window before pacing demotes (controller output);
+    #: None = pacing off
+    pacing_budget: float | None = None
+    #: mean inbound attention per member (the controller's measurement): a member receiving
+    #: more gets a proportionally smaller share of ``pacing_budget``
+    pacing_mean_inbound: float | None = None
+
+
+class Scorer(Protocol):
+    """Anything that turns a feature matrix (n, len(FEATURE_NAMES)) into scores (n,)."""
+
+    def score(self, X: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RerankState:
+    scores: np.ndarray  # (n,) score per candidate (row of the batch)
+    order: np.ndarray  # (m,) eligible candidate rows, best first
+
+
+@dataclass(frozen=True)
+class RerankInputs:
+    batch: CandidateBatch
+    features: Features
+    ctx: RerankContext
+    X: np.ndarray  # (n, F) feature matrix
+    scorer: Scorer
+    page: int
+
+
+def resort(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The eligible rows ``order`` sorted by ``scores``, best first (stable)."""
+    return order[np.argsort(-scores[order], kind="stable")]

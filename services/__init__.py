@@ -1,5 +1,8 @@
 """Local servers on loopback: OpenSearch (+k-NN) from Maven Central, FerretDB from Go.
 
+OpenSearch runs as one node or as a cluster of ``opensearch_nodes`` nodes (one install,
+per-node ports, data and logs under the state dir).
+
 ``up`` is idempotent (healthy servers are left alone), health-waited, and raises
 :class:`~opendisco.ServiceTimeout` with the server log tail; ``down`` leaves no process.
 """
@@ -11,9 +14,22 @@ from collections.abc import Callable
 from opendisco._settings import Settings
 
 from ._ferretdb import FerretDBService
-from ._opensearch import OpenSearchService, Status
+from ._install import OpenSearchInstall
+from ._opensearch import Node, OpenSearchService, Status, local_nodes
+from ._scratch import FAST_START, free_port_block, scratch_cluster
 
-__all__ = ["FerretDBService", "OpenSearchService", "Status", "services"]
+__all__ = [
+    "FAST_START",
+    "FerretDBService",
+    "Node",
+    "OpenSearchInstall",
+    "OpenSearchService",
+    "Status",
+    "free_port_block",
+    "local_nodes",
+    "scratch_cluster",
+    "services",
+]
 
 
 def services(

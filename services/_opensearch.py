@@ -1,60 +1,44 @@
-"""OpenSearch from Maven Central: fetch, assemble a runnable single node, start, stop, check.
+"""OpenSearch on loopback: one node, or ``opensearch_nodes`` nodes forming one cluster.
 
-Maven serves ``integ-test-zip`` (core + transport-netty4 only) and the k-NN plugin zip
-(Java parts only: we use the ``lucene`` engine). Painless, mustache, analysis-common and
-mapper-extras are modules of the full distribution; their jars are on Maven, so they are
-assembled into ``modules/`` with their plugin descriptors here.
+Node ``i`` of a local cluster serves HTTP on ``opensearch_hosts[i]``'s port and transport on
+``opensearch_transport_port + i`` (default HTTP port + 100), is named ``<cluster>-<i>``, keeps
+its data, logs and pid file under the state dir, and finds the others through
+``discovery.seed_hosts`` (every node's transport address). The first start of a fresh cluster
+bootstraps it with ``cluster.initial_cluster_manager_nodes`` (every node, so any majority
+elects a manager); later starts leave that setting out, as OpenSearch asks. A single node
+keeps the layout it always had (``discovery.type=single-node``, data in
+``<state_dir>/opensearch-data``).
+
+``up`` starts only the nodes that are not running — so after a node is killed, ``up``
+restarts it — and waits until every node has joined; ``down`` stops every node this state
+dir has a pid file for; ``status`` reports each node and where the shards are.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
-import shutil
+import signal
 import subprocess
-import zipfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from opendisco._exceptions import ServiceError
 from opendisco._settings import Settings
 
-from ._process import read_pid, spawn, stop_pid, wait_until
+from ._install import OpenSearchInstall
+from ._process import alive, read_pid, spawn, stop_pid, tail, wait_until
 
-__all__ = ["OpenSearchService"]
+__all__ = ["TRANSPORT_OFFSET", "Node", "OpenSearchService", "Status", "local_nodes"]
 
-# module name -> (classname, extended plugins, jar artifact prefixes, security policy)
-_MODULES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
-    "lang-painless": (
-        "org.opensearch.painless.PainlessPlugin",
-        "",
-        ("lang-painless-", "opensearch-scripting-painless-spi-", "antlr4-runtime-", "asm-"),
-        'grant {\n  permission java.lang.RuntimePermission "createClassLoader";\n'
-        '  permission java.lang.RuntimePermission "getClassLoader";\n};\n',
-    ),
-    "lang-mustache": (
-        "org.opensearch.script.mustache.MustachePlugin",
-        "",
-        ("lang-mustache-client-", "compiler-"),
-        'grant {\n  permission java.lang.reflect.ReflectPermission "suppressAccessChecks";\n'
-        '  permission java.lang.RuntimePermission "accessDeclaredMembers";\n};\n',
-    ),
-    "analysis-common": (
-        "org.opensearch.analysis.common.CommonAnalysisPlugin",
-        "lang-painless",
-        ("analysis-common-",),
-        "",
-    ),
-    "mapper-extras": (
-        "org.opensearch.index.mapper.MapperExtrasPlugin",
-        "",
-        ("mapper-extras-client-",),
-        "",
-    ),
-}
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+#: a cluster node's default transport port: its HTTP port + this
+TRANSPORT_OFFSET = 100
 
 
 @dataclass(frozen=True)
@@ -62,6 +46,59 @@ class Status:
     name: str
     healthy: bool
     detail: str
+    lines: tuple[str, ...] = ()  # one per node, then shard allocation (clusters)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One local OpenSearch process: its name, addresses and files."""
+
+    index: int
+    name: str
+    url: str
+    http_port: int
+    transport: str  # a port, or a range for a single node
+    data: Path
+    logs: Path
+    console: Path
+    pid_file: Path
+
+
+def local_nodes(settings: Settings) -> list[Node]:
+    state, n = settings.state_dir, settings.opensearch_nodes
+    hosts = settings.opensearch_hosts
+    if n == 1:
+        port = httpx.URL(hosts[0]).port or 9200
+        transport = str(settings.opensearch_transport_port or "9300-9400")
+        return [
+            Node(
+                0,
+                f"{settings.opensearch_cluster_name}-0",
+                hosts[0],
+                port,
+                transport,
+                state / "opensearch-data",
+                state / "logs",
+                state / "logs" / "opensearch-console.log",
+                state / "run" / "opensearch.pid",
+            )
+        ]
+    first = httpx.URL(hosts[0]).port or 9200
+    base = settings.opensearch_transport_port or first + TRANSPORT_OFFSET
+    return [
+        Node(
+            i,
+            f"{settings.opensearch_cluster_name}-{i}",
+            url,
+            httpx.URL(url).port or 9200,
+            str(base + i),
+            state / "opensearch-data" / f"node-{i}",
+            state / "logs" / f"opensearch-node-{i}",
+            state / "logs" / f"opensearch-{i}-console.log",
+            state / "run" / f"opensearch-{i}.pid",
+        )
+        for i, url in enumerate(hosts)
+    ]
 
 
 class OpenSearchService:
@@ -70,107 +107,54 @@ class OpenSearchService:
     def __init__(self, settings: Settings, echo=print) -> None:  # type: ignore[no-untyped-def]
         self.s = settings
         self.echo = echo
-        self.downloads = settings.cache_dir / "maven" / settings.opensearch_version
-        self.home = settings.state_dir / f"opensearch-{settings.opensearch_version}"
-        self.data = settings.state_dir / "opensearch-data"
-        self.logs = settings.state_dir / "logs"
-        self.log_file = self.logs / "opensearch.log"
-        self.pid_file = settings.state_dir / "run" / "opensearch.pid"
+        self.installer = OpenSearchInstall(settings, echo)
+        self.nodes = local_nodes(settings)
+        self.run_dir = settings.state_dir / "run"
 
-    # -- provisioning ----------------------------------------------------------------
+    @property
+    def home(self) -> Path:
+        return self.installer.home
+
     @property
     def local(self) -> bool:
-        return httpx.URL(self.s.opensearch_url).host in {"127.0.0.1", "localhost", "::1"}
+        return all(httpx.URL(u).host in _LOOPBACK for u in self.s.opensearch_hosts)
 
-    def _mvn(self, *args: str) -> None:
-        if shutil.which("mvn") is None:
-            raise ServiceError("mvn not found: Maven is needed to fetch OpenSearch")
-        cmd = ["mvn", "-B", "-q", *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ServiceError(
-                f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-3000:]}\n"
-                "See README 'Troubleshooting' for the versions Maven Central serves."
-            )
+    @property
+    def cluster(self) -> bool:
+        return len(self.nodes) > 1
 
-    def fetch(self) -> None:
-        ver, kver = self.s.opensearch_version, self.s.knn_version
-        self.downloads.mkdir(parents=True, exist_ok=True)
-        wanted = {
-            f"opensearch-{ver}.zip": (
-                f"org.opensearch.distribution.integ-test-zip:opensearch:{ver}:zip"
-            ),
-            f"opensearch-knn-{kver}.zip": f"org.opensearch.plugin:opensearch-knn:{kver}:zip",
-        }
-        for file, coords in wanted.items():
-            if not (self.downloads / file).is_file():
-                self.echo(f"fetching {coords}")
-                self._mvn(
-                    "dependency:copy", f"-Dartifact={coords}", f"-DoutputDirectory={self.downloads}"
-                )
-        jars = self.downloads / "module-jars"
-        if not (jars / ".complete").is_file():
-            self.echo("fetching OpenSearch module jars (painless, mustache, analysis-common)")
-            pom = self.downloads / "modules-pom.xml"
-            text = resources.files("opendisco.services").joinpath("modules-pom.xml").read_text()
-            pom.write_text(text.replace("@OS@", ver))
-            self._mvn(
-                "-f", str(pom), "dependency:copy-dependencies",
-                "-DexcludeTransitive=true", f"-DoutputDirectory={jars}",
-            )  # fmt: skip
-            (jars / ".complete").touch()
+    # -- talking to it -------------------------------------------------------------
+    def _get(self, path: str, **params: Any) -> Any:
+        """GET ``path`` (JSON) from the first node that answers."""
+        error: Exception | None = None
+        for url in self.s.opensearch_hosts:
+            try:
+                r = httpx.get(f"{url}{path}", params=params, timeout=3.0)
+                r.raise_for_status()
+                return r.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                error = exc
+        raise ServiceError(f"no OpenSearch node answers ({error})")
 
-    def install(self) -> None:
-        if (self.home / ".complete").is_file():
-            return
-        self.fetch()
-        ver = self.s.opensearch_version
-        self.echo(f"assembling OpenSearch {ver} in {self.home}")
-        staging = self.home.with_name(self.home.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        with zipfile.ZipFile(self.downloads / f"opensearch-{ver}.zip") as zf:
-            zf.extractall(staging)
-            top = staging / f"opensearch-{ver}"
-        for entry in (top / "bin").iterdir():
-            entry.chmod(0o755)
-        jars = sorted((self.downloads / "module-jars").glob("*.jar"))
-        for module, (classname, extended, prefixes, policy) in _MODULES.items():
-            mdir = top / "modules" / module
-            mdir.mkdir(parents=True, exist_ok=True)
-            for jar in jars:
-                if jar.name.startswith(prefixes):
-                    shutil.copy2(jar, mdir / jar.name)
-            (mdir / "plugin-descriptor.properties").write_text(
-                f"description=OpenSearch module {module}\nversion={ver}\nname={module}\n"
-                f"classname={classname}\njava.version=11\nopensearch.version={ver}\n"
-                f"extended.plugins={extended}\nhas.native.controller=false\n"
-            )
-            if policy:
-                (mdir / "plugin-security.policy").write_text(policy)
-        knn = self.downloads / f"opensearch-knn-{self.s.knn_version}.zip"
-        proc = subprocess.run(
-            [str(top / "bin" / "opensearch-plugin"), "install", "--batch", knn.as_uri()],
-            env=self._env(),
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise ServiceError(f"k-NN plugin install failed:\n{proc.stdout}{proc.stderr}")
-        final = staging.parent / self.home.name
-        shutil.rmtree(final, ignore_errors=True)
-        top.rename(final)
-        shutil.rmtree(staging, ignore_errors=True)
-        (final / ".complete").touch()
+    def node_answers(self, node: Node) -> str | None:
+        """The cluster name a node reports, None when it does not answer."""
+        try:
+            return str(httpx.get(node.url, timeout=2).json()["cluster_name"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+
+    def healthy(self) -> bool:
+        """Yellow or green; for a local cluster, with every node joined."""
+        params: dict[str, Any] = {"wait_for_status": "yellow", "timeout": "1s"}
+        if self.cluster and self.local:
+            params["wait_for_nodes"] = f">={len(self.nodes)}"
+        try:
+            health = self._get("/_cluster/health", **params)
+        except ServiceError:
+            return False
+        return not health.get("timed_out", False)
 
     # -- running -----------------------------------------------------------------------
-    def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JAVA_", "OPENSEARCH_"))}
-        env["OPENSEARCH_JAVA_HOME"] = self.s.java_home
-        heap = self.s.opensearch_heap
-        env["OPENSEARCH_JAVA_OPTS"] = f"-Xms{heap} -Xmx{heap} -XX:-HeapDumpOnOutOfMemoryError"
-        return env
-
     def _run_as(self) -> list[str]:
         if os.geteuid() != 0:
             return []
@@ -182,83 +166,166 @@ class OpenSearchService:
                 ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
                 check=True,
             )
-        for path in (self.s.state_dir, self.home, self.data, self.logs, self.pid_file.parent):
-            path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["chown", "-R", f"{user}:{user}", str(self.s.state_dir)], check=True)
+        for node in self.nodes:
+            for path in (node.data, node.logs, node.pid_file.parent):
+                path.mkdir(parents=True, exist_ok=True)
+        for path in {self.s.state_dir, self.home}:
+            subprocess.run(["chown", "-R", f"{user}:{user}", str(path)], check=True)
         self.s.state_dir.chmod(0o755)
         return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
 
-    def healthy(self) -> bool:
-        try:
-            r = httpx.get(
-                f"{self.s.opensearch_url}/_cluster/health",
-                params={"wait_for_status": "yellow", "timeout": "1s"},
-                timeout=3,
+    def _argv(self, node: Node, bootstrap: bool) -> list[str]:
+        argv = [
+            str(self.home / "bin" / "opensearch"),
+            "-Enetwork.host=127.0.0.1",
+            f"-Ehttp.port={node.http_port}",
+            f"-Etransport.port={node.transport}",
+            f"-Epath.data={node.data}",
+            f"-Epath.logs={node.logs}",
+            f"-Ecluster.name={self.s.opensearch_cluster_name}",
+            "-Eaction.auto_create_index=false",
+            "-Ecluster.routing.allocation.disk.threshold_enabled=false",
+            "-Eknn.algo_param.index_thread_qty=2",
+        ]
+        if not self.cluster:
+            return [*argv, "-Ediscovery.type=single-node"]
+        argv += [
+            f"-Enode.name={node.name}",
+            "-Ediscovery.seed_hosts=" + ",".join(f"127.0.0.1:{n.transport}" for n in self.nodes),
+        ]
+        if bootstrap:
+            argv.append(
+                "-Ecluster.initial_cluster_manager_nodes=" + ",".join(n.name for n in self.nodes)
             )
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
+        return argv
+
+    def start(self, node: Node, *, bootstrap: bool) -> int:
+        """Spawn one node (not waiting for it); its pid."""
+        node.data.mkdir(parents=True, exist_ok=True)
+        node.logs.mkdir(parents=True, exist_ok=True)
+        argv = [*self._run_as(), *self._argv(node, bootstrap)]
+        return spawn(
+            argv,
+            log_file=node.console,
+            pid_file=node.pid_file,
+            env=self.installer.env(self.s.heap),
+            cwd=self.home,
+        )
 
     def up(self) -> str:
         if self.healthy():
-            return f"already running at {self.s.opensearch_url}"
+            return f"already running at {', '.join(self.s.opensearch_hosts)}"
         if not self.local:
             raise ServiceError(f"OpenSearch at {self.s.opensearch_url} is not reachable")
-        pid = read_pid(self.pid_file)
-        if pid is None:
-            self.install()
-            self.data.mkdir(parents=True, exist_ok=True)
-            self.logs.mkdir(parents=True, exist_ok=True)
-            argv = [
-                *self._run_as(),
-                str(self.home / "bin" / "opensearch"),
-                "-Ediscovery.type=single-node",
-                "-Enetwork.host=127.0.0.1",
-                f"-Ehttp.port={self.s.opensearch_port}",
-                "-Etransport.port=9300-9400",
-                f"-Epath.data={self.data}",
-                f"-Epath.logs={self.logs}",
-                "-Ecluster.name=opendisco",
-                "-Eaction.auto_create_index=false",
-                "-Ecluster.routing.allocation.disk.threshold_enabled=false",
-                "-Eknn.algo_param.index_thread_qty=2",
-            ]
-            self.echo(f"starting OpenSearch {self.s.opensearch_version} on {self.s.opensearch_url}")
-            pid = spawn(
-                argv,
-                log_file=self.logs / "opensearch-console.log",
-                pid_file=self.pid_file,
-                env=self._env(),
-                cwd=self.home,
+        self.installer.install()
+        # bootstrap only a cluster none of whose nodes has ever started
+        fresh = not any((n.data / "nodes").exists() for n in self.nodes)
+        started: dict[int, Node] = {}
+        for node in self.nodes:
+            if read_pid(node.pid_file) is not None:
+                continue
+            name = self.node_answers(node)
+            if name is not None:
+                if name != self.s.opensearch_cluster_name:
+                    raise ServiceError(f"{node.url} is served by another cluster ({name})")
+                continue
+            self.echo(
+                f"starting OpenSearch {self.s.opensearch_version} node {node.name} on {node.url}"
             )
-        wait_until(
-            self.healthy,
-            name="OpenSearch",
-            timeout=self.s.startup_timeout,
-            pid=pid,
-            log_file=self.logs / "opensearch-console.log",
-        )
-        return f"started at {self.s.opensearch_url} (pid {pid})"
+            started[self.start(node, bootstrap=fresh and self.cluster)] = node
+
+        def ready() -> bool:
+            for pid, node in started.items():
+                if not alive(pid):  # (its /proc cmdline is briefly empty while it execs)
+                    raise ServiceError(
+                        f"OpenSearch node {node.name} exited during startup; last lines of "
+                        f"{node.console}:\n{tail(node.console)}"
+                    )
+            return self.healthy()
+
+        try:
+            wait_until(
+                ready,
+                name=f"OpenSearch ({len(self.nodes)} node{'s' * self.cluster})",
+                timeout=self.s.startup_timeout,
+                pid=None,
+                log_file=next(iter(started.values()), self.nodes[0]).console,
+            )
+        except ServiceError as exc:
+            if len(started) < 2:  # its log tail is in the message already
+                raise
+            logs = "\n".join(f"--- {n.console}\n{tail(n.console, 15)}" for n in started.values())
+            raise type(exc)(f"{exc}\n{logs}") from exc  # ServiceTimeout stays one
+        pids = ", ".join(f"{n.name} pid {pid}" for pid, n in started.items())
+        return f"started at {', '.join(self.s.opensearch_hosts)} ({pids or 'already starting'})"
+
+    def pid_files(self) -> list[Path]:
+        """Every OpenSearch pid file of this state dir (also nodes of an earlier node count)."""
+        return sorted(self.run_dir.glob("opensearch*.pid"))
 
     def down(self) -> str:
-        return "stopped" if stop_pid(self.pid_file) else "not running"
+        files = self.pid_files()
+        with ThreadPoolExecutor(max(1, len(files))) as pool:
+            stopped = sum(pool.map(stop_pid, files))
+        if not stopped:
+            return "not running"
+        return "stopped" if stopped == 1 else f"stopped {stopped} nodes"
 
+    def signal(self, node: Node, sig: signal.Signals) -> int:
+        """Send ``sig`` to one node's process (SIGKILL to crash it, SIGSTOP to hang it)."""
+        pid = read_pid(node.pid_file)
+        if pid is None:
+            raise ServiceError(f"node {node.name} is not running")
+        os.kill(pid, sig)
+        return pid
+
+    # -- reporting ---------------------------------------------------------------------
     def status(self) -> Status:
         try:
-            root = httpx.get(self.s.opensearch_url, timeout=3).json()
-            health = httpx.get(f"{self.s.opensearch_url}/_cluster/health", timeout=3).json()
-            plugins = httpx.get(
-                f"{self.s.opensearch_url}/_cat/plugins", params={"format": "json"}, timeout=3
-            ).json()
-        except (httpx.HTTPError, ValueError) as exc:
-            return Status(self.name, False, f"{self.s.opensearch_url} unreachable ({exc})")
+            root = self._get("/")
+            health = self._get("/_cluster/health")
+            plugins = self._get("/_cat/plugins", format="json")
+            cat_nodes = self._get(
+                "/_cat/nodes", format="json", h="name,http_address,cluster_manager,heap.percent"
+            )
+            shards = self._get("/_cat/shards", format="json", h="prirep,state,node")
+        except ServiceError as exc:
+            return Status(self.name, False, f"{self.s.opensearch_url}: {exc}")
         names = sorted({p["component"] for p in plugins})
-        return Status(
-            self.name,
-            health.get("status") in {"green", "yellow"},
-            f"OpenSearch {root['version']['number']} at {self.s.opensearch_url}, "
-            f"cluster {health.get('status')}, plugins: {', '.join(names) or 'none'}",
+        # a node that just died can stay in the cluster state for a while (until the
+        # manager's follower checks remove it, longer after an election): no stats then
+        joined = {n["name"]: n for n in cat_nodes if n.get("heap.percent") is not None}
+        want = len(self.nodes) if self.local else 1
+        healthy = health.get("status") in {"green", "yellow"} and len(joined) >= want
+        detail = (
+            f"OpenSearch {root['version']['number']} at {', '.join(self.s.opensearch_hosts)}, "
+            f"cluster {health.get('cluster_name')} {health.get('status')}, "
+            f"{len(joined)} node{'s' * (len(joined) != 1)}, plugins: {', '.join(names) or 'none'}"
         )
+        per_node = Counter(
+            (s.get("node"), s["prirep"]) for s in shards if s["state"] != "UNASSIGNED"
+        )
+        lines = []
+        expected = [n.name for n in self.nodes] if self.local and self.cluster else []
+        listed = {n["name"] for n in cat_nodes}
+        for name in sorted(listed | set(expected)):
+            node = joined.get(name)
+            if node is None:
+                why = "not answering" if name in listed else "not in the cluster"
+                lines.append(f"node {name}: DOWN ({why})")
+                continue
+            manager = " (cluster manager)" if node.get("cluster_manager") == "*" else ""
+            lines.append(
+                f"node {name} {node.get('http_address')}{manager}: heap {node['heap.percent']}%, "
+                f"{per_node[(name, 'p')]} primaries, {per_node[(name, 'r')]} replicas"
+            )
+        lines.append(
+            f"shards: {health['active_shards']} active ({health['active_primary_shards']} "
+            f"primaries), {health['relocating_shards']} relocating, "
+            f"{health['initializing_shards']} initializing, {health['unassigned_shards']} "
+            "unassigned"
+        )
+        return Status(self.name, healthy, detail, tuple(lines))
 
     def log_path(self) -> Path:
-        return self.logs / "opensearch-console.log"
+        return self.nodes[0].console

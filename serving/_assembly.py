@@ -1,6 +1,12 @@
 """The default assembly of the served pipeline's named parts (what :class:`Discovery` runs
 unless it is given other ``Parts``: the evaluator, the playground and tests assemble their own
-from the same parts)."""
+from the same parts).
+
+Query hydrators (member context, the request, graph neighbours, mutual likes, live trending,
+the pacing budget) → the surface's template as the candidate source → the hard rules as the
+filter (every source's candidates, whatever proposed them) → the feature store as the feature
+hydrator → (``served_log``) the served-list log as a side effect.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,17 @@ from opensearchpy import AsyncOpenSearch
 from opendisco._settings import Settings
 from opendisco.queries import Template
 from opendisco.rerank import FeatureStore
-from opendisco.signals import BlockStore, ItemGraph, ServedLog, UserStateStore
+from opendisco.signals import (
+    BlockStore,
+    ItemGraph,
+    PacingController,
+    ServedLog,
+    UserGraph,
+    UserStateStore,
+)
 
 from ._filters import HardRulesFilter
+from ._market import LiveTrending, MutualLikes, PacingBudget
 from ._stages import (
     GraphNeighbours,
     LogServed,
@@ -35,11 +49,13 @@ def default_parts(
     features: FeatureStore,
     params: Mapping[str, Any],
     templates: Mapping[str, Template] | None = None,
+    *,
+    pacing: PacingController | None = None,
 ) -> Parts:
-    """The default assembly: member context and graph neighbours, the surface's template (or
-    its served version in ``templates``) as the candidate source, the hard rules as the
-    filter, the feature store as the feature hydrator, and (``served_log``) the served-list
-    log as a side effect."""
+    """The default assembly: member context, graph neighbours, mutual likes, live trending and
+    the pacing budget; the surface's template (or its served version in ``templates``) as the
+    candidate source; the hard rules as the filter; the feature store as the feature
+    hydrator; and (``served_log``) the served-list log as a side effect."""
     side_effects: list[Any] = []
     if settings.served_log:
         side_effects.append(
@@ -52,12 +68,17 @@ def default_parts(
                 )
             )
         )
+    hydrators: list[Any] = [
+        MemberContext(db, UserStateStore(db), BlockStore(db)),
+        RequestBuilder(params, dict(templates or {})),
+        GraphNeighbours(ItemGraph(db)),
+        MutualLikes(UserGraph(db), ItemGraph(db)),
+        LiveTrending(features.exposure, settings.trending_top_k, settings.trending_refresh_s),
+    ]
+    if pacing is not None:
+        hydrators.append(PacingBudget(pacing))
     return Parts(
-        query_hydrators=[
-            MemberContext(db, UserStateStore(db), BlockStore(db)),
-            RequestBuilder(params, dict(templates or {})),
-            GraphNeighbours(ItemGraph(db)),
-        ],
+        query_hydrators=hydrators,
         sources=[TemplateSource(os_client, settings)],
         filters=[HardRulesFilter()],
         feature_hydrators=[StoreFeatures(features)],

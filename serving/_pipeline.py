@@ -4,10 +4,11 @@
 evaluated is exactly what is served. It is assembled from named parts (``Parts``: query
 hydrators, candidate sources, filters, feature hydrators, side effects), a
 :class:`~opendisco.rerank.Reranker` (scorer + named steps) and the serving
-:class:`~opendisco.serving.Artifacts` (tuned params, trained model); :func:`default_parts` is
-the one default assembly. Each request makes a bounded number of round trips: user + user
-state (MongoDB, concurrently) and the graph edges, one ``_msearch`` (candidates), one batched
-feature lookup; reranking is in-process over arrays.
+:class:`~opendisco.serving.Artifacts` (tuned params, trained model);
+:func:`~opendisco.serving.default_parts` (``_assembly``) is the one default assembly. Each
+request makes a bounded number of round trips: user + user state (MongoDB, concurrently) and
+the graph edges, one ``_msearch`` (candidates), one batched feature lookup; reranking is
+in-process over arrays.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from opendisco.queries import CandidateSet, template_version
 from opendisco.rerank import CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
     BlockStore,
-    EventProcessor,
     EventsResult,
     ExposureStore,
+    PacingController,
     ServedLog,
     UserStateStore,
 )
@@ -45,12 +46,14 @@ from ._filters import HardRules
 from ._stages import (
     LogServed,
     Parts,
+    explained,
     read_member,
     request_ranking,
     run_sources,
     served_list,
 )
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
+from ._writes import Writes
 
 if TYPE_CHECKING:  # torch: loaded on the first query encoding, not on import
     from sentence_transformers import SentenceTransformer
@@ -82,6 +85,9 @@ class Discovery:
         self.exposure = ExposureStore(os_client, settings)
         self.features = FeatureStore(settings, os_client, db, exposure=self.exposure)
         self.states = UserStateStore(db)
+        self.pacing = PacingController(settings, db, self.exposure)
+        self.writes = Writes(settings, os_client, db, self.exposure)
+        self.served = self.writes.served  # served impressions not flushed yet
         self.blocks = BlockStore(db)
         self.parts = (
             parts
@@ -93,11 +99,11 @@ class Discovery:
                 self.features,
                 self.artifacts.params,
                 self.artifacts.templates,
+                pacing=self.pacing,
             )
         )
         self.explorer = explorer if explorer is not None else Explorer.from_settings(settings)
         self._model = model
-        self._events: EventProcessor | None = None
         self._ready = False
         self._lock = asyncio.Lock()
         #: the templates and the serving artifacts (params file, model) this pipeline serves
@@ -198,7 +204,14 @@ class Discovery:
         assert feats is not None  # Parts requires a feature hydrator
         plan.timings_ms["features_ms"] = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
-        ctx = FeatureStore.context(plan.state, k=k)
+        pacing = plan.pacing
+        ctx = FeatureStore.context(
+            plan.state,
+            k=k,
+            viewer_profile=plan.viewer_profile,
+            pacing_budget=pacing.impressions if pacing is not None else None,
+            pacing_mean_inbound=pacing.mean_inbound if pacing is not None else None,
+        )
         artifacts = plan.artifacts or self.artifacts
         result = request_ranking(plan, self.artifacts, self.reranker).run(
             batch, feats, ctx, timed=explain
@@ -236,7 +249,7 @@ class Discovery:
             degraded=cs.degraded,
             version=version,
             surface=plan.request.surface,
-            explain=self._explained(plan, cs, result, items, timings) if explain else None,
+            explain=explained(plan, cs, result.trace, items, timings) if explain else None,
             timings_ms=timings,
             candidate_set=cs if explain else None,
             experiments=plan.experiments,
@@ -253,7 +266,7 @@ class Discovery:
         return Recommendations(
             items=[],
             degraded=cs.degraded,
-            version=f"{cs.template_version}+{self.artifacts.name}",
+            version=f"{cs.template_version}+{(plan.artifacts or self.artifacts).name}",
             surface=plan.request.surface,
             explain={"surface": plan.request.surface, "candidates": 0, "filtered": plan.filtered}
             if plan.request.explain
@@ -261,29 +274,6 @@ class Discovery:
             timings_ms=timings,
             candidate_set=cs if plan.request.explain else None,
         )
-
-    @staticmethod
-    def _explained(
-        plan: CandidatePlan,
-        cs: CandidateSet,
-        result: Any,
-        items: Sequence[Recommendation],
-        timings: Mapping[str, float],
-    ) -> dict[str, Any]:
-        return {
-            "surface": plan.request.surface,
-            "requested_surface": plan.requested_surface,
-            "template_version": cs.template_version,
-            "rendered": cs.rendered,
-            "took_ms": cs.took_ms,
-            "source_took_ms": cs.source_took,
-            "source_errors": cs.errors,
-            "skipped_sources": cs.skipped,
-            "candidates": len(cs.candidates),
-            "filtered": dict(plan.filtered),
-            "rerank": result.trace.to_dict([r.id for r in items]),
-            "timings_ms": {k: round(v, 2) for k, v in timings.items()},
-        }
 
     # -- surfaces -------------------------------------------------------------------------
     async def recommend(
@@ -346,8 +336,10 @@ class Discovery:
         return await self.run(await self.plan(Surface.trending, k, request_id=request_id))
 
     async def drain(self) -> None:
-        """Finish every side effect's queued work (served-list log writes): at shutdown and
-        at the end of an evaluation, before the clients close."""
+        """Finish queued work before the clients close (at shutdown and at the end of an
+        evaluation): event batches still applying, served impressions not flushed yet, every
+        side effect's queue (served-list log writes)."""
+        await self.writes.drain()
         for effect in self.parts.side_effects:
             await effect.drain()
 
@@ -367,17 +359,16 @@ class Discovery:
         user, state, blocks = await read_member(self.db, self.states, self.blocks, user_id)
         return HardRules.for_member(user_id, user, state, blocks, exclude=exclude)
 
-    # -- events -----------------------------------------------------------------------------
+    # -- events (the write side: ``_writes``) ----------------------------------------------
     async def record_events(
         self, events: Sequence[Mapping[str, Any]], now: datetime | None = None
     ) -> EventsResult:
-        if self._events is None:
-            async with self._lock:
-                if self._events is None:
-                    proc = EventProcessor(self.settings, self.db, self.os, exposure=self.exposure)
-                    await proc.ensure()
-                    self._events = proc
-        return await self._events.apply(list(events), now=now)
+        """Apply an event batch (to its end, even when the caller gives up)."""
+        return await self.writes.events(events, now=now)
+
+    def record_served(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """Count a list shown to a member toward its profiles' exposure (no I/O here)."""
+        self.writes.shown(items)
 
     async def item(self, item_id: str) -> dict[str, Any]:
         with backend_errors(

@@ -243,7 +243,8 @@ class TemplateSource:
 @dataclass
 class StoreFeatures:
     """The reranker's features from :class:`~opendisco.rerank.FeatureStore` (packed vectors
-    from the hits, exposure and inbound counters, graph proximity)."""
+    from the hits, exposure and inbound counters, graph proximity; for member candidates their
+    owners' tastes and the viewer's own profile vector, looked up alongside)."""
 
     store: FeatureStore
     name: str = "store"
@@ -251,7 +252,18 @@ class StoreFeatures:
     async def features(
         self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
     ) -> Features:
-        return await self.store.for_batch(batch, plan.state, plan.graph_weights)
+        profile = (plan.user or {}).get("profile_id") if batch.members.any() else None
+        feats, plan.viewer_profile = await asyncio.gather(
+            self.store.for_batch(
+                batch,
+                plan.state,
+                plan.graph_weights,
+                inbox=plan.inbox,
+                mutual_weights=plan.mutual_weights,
+            ),
+            self.store.profile_vector(profile),
+        )
+        return feats
 
 
 def request_ranking(plan: CandidatePlan, artifacts: Artifacts, reranker: Reranker) -> Ranking:
@@ -354,3 +366,28 @@ async def run_sources(
         seen.update(c.id for c in other.candidates)
         first.errors.update(other.errors)
     return first, ms
+
+
+def explained(
+    plan: CandidatePlan,
+    cs: CandidateSet,
+    trace: Any,
+    items: Sequence[Any],
+    timings: Mapping[str, float],
+) -> dict[str, Any]:
+    """The explain block of an answer: the candidate stage's sources, the filters' drops and
+    each rerank step's trace for the shown ``items``."""
+    return {
+        "surface": plan.request.surface,
+        "requested_surface": plan.requested_surface,
+        "template_version": cs.template_version,
+        "rendered": cs.rendered,
+        "took_ms": cs.took_ms,
+        "source_took_ms": cs.source_took,
+        "source_errors": cs.errors,
+        "skipped_sources": cs.skipped,
+        "candidates": len(cs.candidates),
+        "filtered": dict(plan.filtered),
+        "rerank": trace.to_dict([r.id for r in items]),
+        "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+    }

@@ -6,8 +6,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 from opendisco.queries import CandidateRequest, CandidateSet
-from opendisco.signals import MemberBlocks, ServedList, UserState
+from opendisco.signals import Inbox, MemberBlocks, PacingState, ServedList, UserState
 
 from ._filters import HardRules
 
@@ -69,6 +71,10 @@ class CandidatePlan:
     rules: HardRules = field(default_factory=HardRules)
     request: CandidateRequest = field(default_factory=CandidateRequest)
     graph_weights: dict[str, float] | None = None  # the member's co-engagement edges
+    inbox: Inbox | None = None  # who liked the member, whom they matched with
+    mutual_weights: dict[str, float] | None = None  # co-engagement from the matched profiles
+    viewer_profile: np.ndarray | None = None  # the member's own profile vector
+    pacing: PacingState | None = None  # the pacing controller's state (None: pacing off)
     timings_ms: dict[str, float] = field(default_factory=dict)
     #: what this request serves when it differs from the pipeline (an experiment arm): the
     #: template params, rerank config and scorer; named in the response's version string

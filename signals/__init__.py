@@ -1,16 +1,19 @@
 """opendisco.signals: what members do, as state the ranking reads in real time.
 
-Events (one :class:`Event` model, validated once; :class:`EventProcessor` applies batches
-idempotently) feed the per-member :class:`UserState` (recent positives/negatives, seen and
-blocked ids, a decayed content vector and a folded-in behaviour vector), the item
-co-engagement graph (:class:`ItemGraph`), mutual likes (:class:`UserGraph`), inbound attention
-counters (:class:`InboundCounter`), blocks between members both ways (:class:`BlockStore`)
-and the exposure counters with the in-engine cap list (:class:`ExposureStore`). Everything
-here writes to and reads from the stores; nothing here ranks.
+Events (one :class:`Event` model, validated once; :class:`EventProcessor` applies each event
+once, also when it is posted concurrently: :class:`EventClaims`) feed the per-member
+:class:`UserState` (recent positives/negatives, seen and blocked ids, a decayed content vector
+and a folded-in behaviour vector), the item co-engagement graph (:class:`ItemGraph`), mutual
+likes (:class:`UserGraph`), inbound attention counters (:class:`InboundCounter`), blocks
+between members both ways (:class:`BlockStore`), the exposure counters with the in-engine cap
+list and live trending counts (:class:`ExposureStore`) and the pacing controller
+(:class:`PacingController`). Everything here writes to and reads from the stores; nothing here
+ranks.
 """
 
 from ._behaviour import fold_in
 from ._blocks import MEMBER_BLOCKS, BlockStore, MemberBlocks
+from ._claims import CLAIMS, ClaimStatus, EventClaims, classify
 from ._event import (
     EVENT_TYPES,
     INBOUND_TYPES,
@@ -22,24 +25,33 @@ from ._event import (
     EventType,
     validate_event,
 )
-from ._exposure import CAPPED_DOC_ID, ExposureStore, capped_lookup, exposure_index
+from ._exposure import CAPPED_DOC_ID, Exposure, ExposureStore, capped_lookup, exposure_index
 from ._graph import (
     INBOUND,
     ITEM_EDGES,
     RECENT_FANOUT,
-    USER_LIKES,
-    USER_MATCHES,
     InboundCounter,
     ItemGraph,
-    UserGraph,
     adjacency_updates,
+    co_engagement_pairs,
     decode_row,
     encode_row,
     merge_rows,
     top_neighbours,
 )
+from ._members import USER_INBOX, USER_LIKES, USER_MATCHES, Inbox, UserGraph
+from ._pacing import (
+    PACING,
+    PacingController,
+    PacingState,
+    PacingTargets,
+    attention_stats,
+    pacing_step,
+)
 from ._processor import EVENTS, EventProcessor
+from ._served import ServedExposure
 from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
+from ._trending import decayed, trend_increments
 from ._user_state import (
     USER_LOCKS,
     USER_STATE,
@@ -53,6 +65,7 @@ from ._user_state import (
 
 __all__ = [
     "CAPPED_DOC_ID",
+    "CLAIMS",
     "EVENTS",
     "EVENT_TYPES",
     "INBOUND",
@@ -60,23 +73,33 @@ __all__ = [
     "ITEM_EDGES",
     "MEMBER_BLOCKS",
     "MUTUAL_TYPES",
+    "PACING",
     "RECENT_FANOUT",
     "REQUEST_ID_PATTERN",
     "SERVED_LISTS",
+    "USER_INBOX",
     "USER_LIKES",
     "USER_LOCKS",
     "USER_MATCHES",
     "USER_STATE",
     "BlockStore",
+    "ClaimStatus",
     "Event",
+    "EventClaims",
     "EventProcessor",
     "EventType",
     "EventsConfig",
     "EventsResult",
+    "Exposure",
     "ExposureStore",
     "InboundCounter",
+    "Inbox",
     "ItemGraph",
     "MemberBlocks",
+    "PacingController",
+    "PacingState",
+    "PacingTargets",
+    "ServedExposure",
     "ServedList",
     "ServedLog",
     "UserGraph",
@@ -84,7 +107,11 @@ __all__ = [
     "UserStateConfig",
     "UserStateStore",
     "adjacency_updates",
+    "attention_stats",
     "capped_lookup",
+    "classify",
+    "co_engagement_pairs",
+    "decayed",
     "decayed_vector",
     "decode_list",
     "decode_row",
@@ -93,8 +120,10 @@ __all__ = [
     "fold_in",
     "merge_events",
     "merge_rows",
+    "pacing_step",
     "recompute",
     "sample_rows",
     "top_neighbours",
+    "trend_increments",
     "validate_event",
 ]

@@ -129,10 +129,17 @@ def validate_event(raw: Any, now: datetime, cfg: EventsConfig) -> Event:
 
 @dataclass
 class EventsResult:
+    """What one call did with each event it was given: ``accepted`` (claimed and applied by
+    this call), ``duplicates`` (applied before, by an earlier or a concurrent call, or repeated
+    within the batch), ``recovered`` (left unapplied by a call that died; applied by this one),
+    ``in_flight`` (another call holds them and was still applying when this one answered),
+    ``rejected`` (index, reason)."""
+
     accepted: int = 0
     duplicates: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
-    recovered: int = 0  # claimed by an earlier, interrupted call and applied now
+    recovered: int = 0  # claimed by a call that died (claim expired): taken over, applied now
+    in_flight: int = 0  # another live call is still applying them (``events_claim_wait_s``)
     capped: list[str] = field(default_factory=list)
     mutual: list[tuple[str, str]] = field(default_factory=list)
     took_ms: float = 0.0
@@ -143,6 +150,7 @@ class EventsResult:
             "duplicates": self.duplicates,
             "rejected": [{"index": i, "reason": r} for i, r in self.rejected],
             "recovered": self.recovered,
+            "in_flight": self.in_flight,
             "capped": self.capped,
             "took_ms": round(self.took_ms, 2),
         }

@@ -22,13 +22,28 @@ Why a separate index (the trade-off):
 
 Windows are tumbling per item: the first impression after ``exposure_window_hours`` resets the
 counter; capped ids carry their window's end in the list document and fall out of it on the
-next :meth:`ExposureStore.record` or :meth:`ExposureStore.sweep` after that moment.
+next :meth:`ExposureStore.record` or :meth:`ExposureStore.sweep` after that moment. A reading
+(:meth:`ExposureStore.read`) also gives each item's *paced* exposure: its impressions decayed
+exponentially with the window as time constant (a leaky bucket, kept in the same scripted
+update) — what exposure pacing compares with a member's budget per window; it paces
+continuously (no reset at a window's end) and budgets below one impression per window work.
+
+**Live trending.** The same counter documents carry an exponentially decayed count of the
+likes and matches each item received (``trend`` at reference time ``trend_at``; half-life
+``trending_half_life_hours``): :meth:`ExposureStore.record_trend` adds a batch's likes in the
+same kind of scripted upsert (each like decayed from its own time, so replayed or late events
+count as of when they happened); its value at time *T* is ``trend · 2^(−(T − trend_at)/h)``,
+and an item nobody liked for ``trending_window_hours`` counts 0. :meth:`ExposureStore.trending`
+ranks the live items in the engine (a ``script_score`` over the counters), which the trending
+candidate source and the ``trending`` feature read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,13 +54,25 @@ from opendisco._backend import backend_errors
 from opendisco._exceptions import InvalidInput, SearchBackendError
 from opendisco._settings import Settings
 
-__all__ = ["CAPPED_DOC_ID", "ExposureStore", "capped_lookup", "exposure_index"]
+from ._trending import (
+    TREND_PROPERTIES,
+    TREND_UPDATE_SCRIPT,
+    TREND_VALUE_SCRIPT,
+    decayed,
+    epoch_ms,
+    trend_increments,
+)
+
+__all__ = ["CAPPED_DOC_ID", "Exposure", "ExposureStore", "capped_lookup", "exposure_index"]
 
 CAPPED_DOC_ID = "_capped"
 CAPPED_PATH = "capped.ids"
 
-_MAPPING: dict[str, Any] = {
-    "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
+_PACED_PROPERTIES: dict[str, Any] = {
+    "paced": {"type": "double"},
+    "paced_at": {"type": "date", "format": "epoch_millis"},
+}
+_MAPPING: dict[str, Any] = {  # shards and replicas from settings (index_shards/_replicas)
     "mappings": {
         "dynamic": "strict",
         "properties": {
@@ -53,7 +80,10 @@ _MAPPING: dict[str, Any] = {
             "count": {"type": "long"},
             "cap": {"type": "integer"},
             "window_start": {"type": "date", "format": "epoch_millis"},
+            "paced": {"type": "double"},
+            "paced_at": {"type": "date", "format": "epoch_millis"},
             "capped": {"type": "object", "enabled": False},  # {ids: [...], until: {id: ms}}
+            **TREND_PROPERTIES,
         },
     },
 }
@@ -66,6 +96,15 @@ if (ctx._source.window_start == null || params.now - ctx._source.window_start >=
 }
 ctx._source.count += params.n;
 ctx._source.cap = params.cap;
+if (ctx._source.paced == null || ctx._source.paced_at == null) {
+  ctx._source.paced = 0.0; ctx._source.paced_at = params.now;
+}
+double dt = params.now - ctx._source.paced_at;
+if (dt > 0) {
+  ctx._source.paced = ctx._source.paced * Math.exp(-dt / params.window);
+  ctx._source.paced_at = params.now;
+}
+ctx._source.paced += params.n;
 """
 
 # the list document: add newly capped ids with their window end, drop expired ones
@@ -76,6 +115,15 @@ for (entry in params.add.entrySet()) { until.put(entry.getKey(), entry.getValue(
 until.entrySet().removeIf(e -> e.getValue() <= params.now);
 ctx._source.capped.ids = new ArrayList(until.keySet());
 """
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One item's counters as read at some time."""
+
+    count: int = 0  # impressions in the current window
+    paced: float = 0.0  # impressions decayed with the window as time constant (leaky bucket)
+    trend: float = 0.0  # live decayed likes/matches
 
 
 def exposure_index(settings: Settings) -> str:
@@ -91,10 +139,6 @@ def capped_lookup(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _ms(ts: datetime) -> int:
-    return int(ts.timestamp() * 1000)
-
-
 class ExposureStore:
     """Impression counters per item and the ``capped`` list the candidate queries exclude."""
 
@@ -103,16 +147,30 @@ class ExposureStore:
         self.settings = settings
         self.index = exposure_index(settings)
         self.window_ms = int(settings.exposure_window_hours * 3_600_000)
+        self.half_life_ms = settings.trending_half_life_hours * 3_600_000
+        self.trend_window_ms = settings.trending_window_hours * 3_600_000
+
+    def _body(self) -> dict[str, Any]:
+        shape = {
+            "number_of_shards": self.settings.shards,
+            "number_of_replicas": self.settings.replicas,
+        }
+        return {"settings": {"index": shape}, **_MAPPING}
 
     async def ensure(self) -> None:
         """Create the counters index (idempotent)."""
         with backend_errors(f"cannot create {self.index}"):
             try:
                 if not await self.client.indices.exists(index=self.index):
-                    await self.client.indices.create(index=self.index, body=_MAPPING)
+                    await self.client.indices.create(index=self.index, body=self._body())
             except RequestError as exc:
                 if "resource_already_exists" not in str(exc):
                     raise
+            # indices created before live trending and pacing: add their fields (a no-op when
+            # present)
+            await self.client.indices.put_mapping(
+                index=self.index, body={"properties": {**TREND_PROPERTIES, **_PACED_PROPERTIES}}
+            )
         # a concurrent creator may have returned before the primary started: a terms lookup
         # against a RECOVERING shard fails every candidate source, so wait for it
         with backend_errors(f"{self.index} did not become available"):
@@ -164,7 +222,7 @@ class ExposureStore:
         batch = {str(k): int(v) for k, v in counts.items() if int(v) != 0}
         if any(v < 0 for v in batch.values()):
             raise InvalidInput("impression counts must be >= 0")
-        now_ms = _ms(now or datetime.now(UTC))
+        now_ms = epoch_ms(now or datetime.now(UTC))
         if not batch:
             return []
         ids = sorted(batch)
@@ -209,7 +267,7 @@ class ExposureStore:
 
     async def sweep(self, now: datetime | None = None) -> list[str]:
         """Drop capped ids whose window ended; returns the capped ids left."""
-        return await self._update_capped({}, _ms(now or datetime.now(UTC)))
+        return await self._update_capped({}, epoch_ms(now or datetime.now(UTC)))
 
     async def _update_capped(self, add: Mapping[str, int], now_ms: int) -> list[str]:
         with backend_errors("capped list update failed"):
@@ -242,11 +300,16 @@ class ExposureStore:
 
     async def counts(self, ids: Iterable[str], now: datetime | None = None) -> dict[str, int]:
         """Impressions in the current window per id (0 for unknown ids or expired windows)."""
+        return {i: e.count for i, e in (await self.read(ids, now)).items()}
+
+    async def read(self, ids: Iterable[str], now: datetime | None = None) -> dict[str, Exposure]:
+        """Every id's counters at ``now`` (one ``mget``): impressions in the current window,
+        how far into it the item is, and its live decayed like/match count."""
         wanted = [str(i) for i in ids]
-        out = dict.fromkeys(wanted, 0)
+        out = dict.fromkeys(wanted, Exposure())
         if not wanted:
             return out
-        now_ms = _ms(now or datetime.now(UTC))
+        now_ms = epoch_ms(now or datetime.now(UTC))
         with backend_errors("exposure counts lookup failed"):
             try:
                 resp = await self.client.mget(index=self.index, body={"ids": wanted})
@@ -254,6 +317,75 @@ class ExposureStore:
                 return out
         for doc in resp.get("docs", []):
             src = doc.get("_source") or {}
-            if doc.get("found") and now_ms - int(src.get("window_start", 0)) < self.window_ms:
-                out[doc["_id"]] = int(src.get("count", 0))
+            if not doc.get("found"):
+                continue
+            age = now_ms - int(src.get("window_start") or 0)
+            live = 0 <= age < self.window_ms
+            trend = 0.0
+            if src.get("trend") is not None and src.get("trend_at") is not None:
+                trend = decayed(
+                    src["trend"], int(src["trend_at"]), now_ms, self.half_life_ms,
+                    self.trend_window_ms,
+                )  # fmt: skip
+            paced = 0.0
+            if src.get("paced") is not None and src.get("paced_at") is not None:
+                dt = max(now_ms - int(src["paced_at"]), 0)
+                paced = float(src["paced"]) * math.exp(-dt / self.window_ms)
+            out[doc["_id"]] = Exposure(
+                count=int(src.get("count", 0)) if live else 0, paced=paced, trend=trend
+            )
         return out
+
+    async def record_trend(
+        self, likes: Iterable[tuple[str, datetime, float]], now: datetime | None = None
+    ) -> int:
+        """Add ``(item, when, weight)`` likes/matches to the items' live decayed counts (one
+        ``_bulk`` of scripted upserts); returns the items updated."""
+        incs = trend_increments(likes, self.half_life_ms)
+        if not incs:
+            return 0
+        body: list[dict[str, Any]] = []
+        for item_id, (at, w) in sorted(incs.items()):
+            params = {"at": at, "w": w, "half_life": self.half_life_ms}
+            body.append({"update": {"_index": self.index, "_id": item_id, "retry_on_conflict": 5}})
+            body.append(
+                {
+                    "script": {"lang": "painless", "source": TREND_UPDATE_SCRIPT, "params": params},
+                    "upsert": {"item_id": item_id},
+                    "scripted_upsert": True,
+                }
+            )
+        with backend_errors("live trending update failed"):
+            resp = await self.client.bulk(body=body)
+        errors = [
+            f"{r['update'].get('_id')}: {r['update']['error']}"
+            for r in resp.get("items", [])
+            if "error" in r.get("update", {})
+        ]
+        if errors:
+            raise SearchBackendError(f"live trending updates failed: {errors[:3]}")
+        return len(incs)
+
+    async def trending(self, k: int, now: datetime | None = None) -> list[tuple[str, float]]:
+        """The ``k`` items with the highest live decayed count at ``now``, best first (one
+        search over the counters, scored in the engine)."""
+        now_ms = epoch_ms(now or datetime.now(UTC))
+        body = {
+            "size": k,
+            "_source": False,
+            "query": {
+                "script_score": {
+                    "query": {"range": {"trend_at": {"gt": now_ms - int(self.trend_window_ms)}}},
+                    "script": {
+                        "source": TREND_VALUE_SCRIPT,
+                        "params": {"now": now_ms, "half_life": self.half_life_ms},
+                    },
+                }
+            },
+        }
+        with backend_errors("live trending lookup failed"):
+            try:
+                resp = await self.client.search(index=self.index, body=body)
+            except NotFoundError:
+                return []
+        return [(h["_id"], float(h["_score"])) for h in resp["hits"]["hits"] if h["_score"] > 0]

@@ -1,6 +1,6 @@
-"""Co-engagement graph (item–item), mutual likes (user–user) and inbound attention counters.
+"""Co-engagement graph (item–item) and inbound attention counters (mutual likes: ``_members``).
 
-All three live in MongoDB and grow incrementally from events (one ``bulk_write`` per batch):
+Both live in MongoDB and grow incrementally from events (one ``bulk_write`` per batch):
 
 * ``item_adjacency``: one document per item, ``{_id: src, n: "<JSON {dst: w}>", k, updated_at}``
   (both directions stored). The neighbour map is one string field on purpose: FerretDB 1.x
@@ -11,8 +11,6 @@ All three live in MongoDB and grow incrementally from events (one ``bulk_write``
   per-item leases in ``item_adjacency_locks`` (FerretDB updates are not atomic
   read-modify-writes), and a request reads the neighbours of its recent items with one
   ``find`` by ``_id``.
-* ``user_likes``: ``{_id: "u\\x1fv", src, dst, at}``; when the reverse edge exists the pair is
-  upserted into ``user_matches``: ``{_id: "a\\x1fb" (sorted), users: [a, b], at}``.
 * ``inbound``: ``{_id: "item\\x1fYYYYMMDD", item, day, n}`` — likes/messages a recipient got
   per day (two-sided markets: how much attention a profile already receives).
 
@@ -25,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,18 +32,18 @@ from pymongo import ReplaceOne, UpdateOne
 from opendisco._backend import backend_errors
 from opendisco._store import bulk_write_chunked, lease
 
+from ._user_state import UserState
+
 __all__ = [
     "INBOUND",
     "ITEM_EDGES",
     "ITEM_LOCKS",
     "RECENT_FANOUT",
     "SEP",
-    "USER_LIKES",
-    "USER_MATCHES",
     "InboundCounter",
     "ItemGraph",
-    "UserGraph",
     "adjacency_updates",
+    "co_engagement_pairs",
     "decode_row",
     "encode_row",
     "ensure_graph_indexes",
@@ -57,8 +55,6 @@ ITEM_EDGES = "item_adjacency"
 ITEM_LOCKS = "item_adjacency_locks"
 #: how many of a user's most recent positives the graph source and feature start from
 RECENT_FANOUT = 20
-USER_LIKES = "user_likes"
-USER_MATCHES = "user_matches"
 INBOUND = "inbound"
 SEP = "\x1f"
 #: ids per ``find({_id: {$in: ...}})`` (one round trip for a request's recent items)
@@ -72,9 +68,8 @@ async def _find(coll: Any, flt: Mapping[str, Any], **kw: Any) -> list[dict[str, 
 
 async def ensure_graph_indexes(db: Any) -> None:
     with backend_errors("graph index creation failed"):
-        await db[USER_LIKES].create_index("dst")
-        await db[USER_MATCHES].create_index("users")
         await db[INBOUND].create_index("item")
+        await db[INBOUND].create_index("day")
 
 
 def encode_row(row: Mapping[str, float]) -> str:
@@ -109,6 +104,21 @@ def adjacency_updates(
         acc[a][b] += float(w)
         acc[b][a] += float(w)
     return {s: dict(d) for s, d in acc.items()}
+
+
+def co_engagement_pairs(
+    states: Mapping[str, UserState], by_user: Mapping[str, Sequence[Mapping[str, Any]]], fanout: int
+) -> list[tuple[str, str, float]]:
+    """Pure: each new positive linked to the member's ``fanout`` most recent earlier positives
+    (``states`` as they were before these events)."""
+    pairs: list[tuple[str, str, float]] = []
+    for user, evs in by_user.items():
+        recent = states[user].recent_positive_ids[:fanout]
+        for ev in sorted(evs, key=lambda e: e["ts"]):
+            if ev["weight"] > 0:
+                pairs += [(ev["item_id"], r, 1.0) for r in recent if r != ev["item_id"]]
+                recent = [ev["item_id"], *recent][:fanout]
+    return pairs
 
 
 class ItemGraph:
@@ -180,51 +190,6 @@ class ItemGraph:
         return {d: w for d, w in weights.items() if d in dst}
 
 
-class UserGraph:
-    """User–user likes and mutual likes (matches)."""
-
-    def __init__(self, db: Any) -> None:
-        self.likes = db[USER_LIKES]
-        self.matches = db[USER_MATCHES]
-
-    async def add_likes(
-        self, likes: Iterable[tuple[str, str]], now: datetime | None = None
-    ) -> list[tuple[str, str]]:
-        """Record ``(liker, liked)`` edges; returns the pairs that became mutual."""
-        now = now or datetime.now(UTC)
-        pairs = list(dict.fromkeys((a, b) for a, b in likes if a != b))
-        if not pairs:
-            return []
-        await bulk_write_chunked(
-            self.likes,
-            [
-                UpdateOne(
-                    {"_id": f"{a}{SEP}{b}"},
-                    {"$set": {"src": a, "dst": b, "at": now}},
-                    upsert=True,
-                )
-                for a, b in pairs
-            ],
-        )
-        reverse = [f"{b}{SEP}{a}" for a, b in pairs]
-        found = {d["_id"] for d in await _find(self.likes, {"_id": {"$in": reverse}})}
-        mutual = [(a, b) for a, b in pairs if f"{b}{SEP}{a}" in found]
-        ops = []
-        for a, b in mutual:
-            x, y = sorted((a, b))
-            ops.append(
-                UpdateOne(
-                    {"_id": f"{x}{SEP}{y}"}, {"$set": {"users": [x, y], "at": now}}, upsert=True
-                )
-            )
-        await bulk_write_chunked(self.matches, ops)
-        return mutual
-
-    async def mutual(self, user_id: str) -> list[str]:
-        docs = await _find(self.matches, {"users": user_id})
-        return sorted(u for d in docs for u in d["users"] if u != user_id)
-
-
 class InboundCounter:
     """Likes/messages received per item per day; summed over a recent window."""
 
@@ -246,6 +211,18 @@ class InboundCounter:
                 for (item, day), n in acc.items()
             ],
         )
+
+    async def totals(self, days: int = 7, now: datetime | None = None) -> dict[str, int]:
+        """Attention received per item over the last ``days`` days, for every item that
+        received any (one ``find`` on ``day``: an index on MongoDB, a scan on FerretDB; the
+        pacing controller's periodic measurement, not a request-path read)."""
+        now = now or datetime.now(UTC)
+        window = [(now - timedelta(days=d)).strftime("%Y%m%d") for d in range(days)]
+        docs = await _find(self.coll, {"day": {"$in": window}}, projection={"item": 1, "n": 1})
+        acc: dict[str, int] = defaultdict(int)
+        for d in docs:
+            acc[d["item"]] += int(d.get("n", 0))
+        return dict(acc)
 
     async def counts(
         self, ids: Iterable[str], days: int = 7, now: datetime | None = None

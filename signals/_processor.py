@@ -1,4 +1,4 @@
-"""Events → real-time signals: validated, idempotent by client event id, applied in one pass.
+"""Events → real-time signals: validated, claimed once, applied in one pass.
 
 Order of one :meth:`EventProcessor.apply` call (FerretDB has no transactions, so the order is
 the guarantee)::
@@ -6,37 +6,48 @@ the guarantee)::
     1. validate every event (pure)            malformed → rejected, nothing written for it
     2. read: user states (1 find) + items (1 mget of content/behaviour vectors, category, kind)
                                               unknown item → rejected, nothing written for it
-    3. claim: insert_many into `events` with _id = event id, applied=False (ordered=False)
-                                              duplicate key + applied=True → duplicate (no-op)
-                                              duplicate key + applied=False → a crashed run
-                                              claimed it: re-applied now (retry-safe)
-    4. effects: user_state (idempotent: entries keyed by event id, vectors recomputed, under
-       per-user leases; one bulk of replaces for the batch), exposure counters
-       (ExposureStore.record), co-engagement graph (one read and one write per distinct source
-       item of the batch, its new edges coalesced, under item leases), mutual likes, blocks
-       between members (a hide of a profile, both directions), inbound attention counters
-       (profiles)
+    3. claim: insert_many into `events` with _id = event id, applied=False and a claim (owner,
+       generation, expiry; see ``_claims``), ordered=False. An id already stored is
+                                              applied → duplicate (no-op)
+                                              claimed, claim live → in flight in another
+                                                call: waited for (events_claim_wait_s), then a
+                                                duplicate; still running → in_flight
+                                              claimed, claim expired → its holder died: taken
+                                                over (one taker wins) and applied: recovered
+    4. effects (claims renewed while they run): user_state (idempotent: entries keyed by event
+       id, vectors recomputed, under per-user leases; one bulk of replaces for the batch; the
+       co-engagement pairs are computed from the fresh states inside the leases, so concurrent
+       batches of one member link each pair once), exposure counters (ExposureStore.record),
+       co-engagement graph (one read and one write per distinct source item, its new edges
+       coalesced, under item leases), mutual likes, blocks between members (a hide of a
+       profile, both directions), inbound attention counters (profiles)
     5. mark: update_many applied=True
 
-Everything that can reject an event happens before its first write. User state is exactly-once;
-counters and graph weights are at-least-once (a crash between 4 and 5 makes the retry add them
-again). Raw events expire through a TTL index on ``ts``.
+Everything that can reject an event happens before its first write. Concurrent posts of one
+event apply it once (the claim), and a call returns only when every event it was given is
+applied by it or by another call (or reports the ones still running as ``in_flight``). User
+state is exactly-once; counters and graph weights are exactly-once except after a crash
+between 4 and 5, whose recovery adds them again (at-least-once there). Raw events expire
+through a TTL index on ``ts``; expired claims are also recovered by a periodic sweep
+(:meth:`EventProcessor.recover_expired`), so an event whose holder died is applied even when
+no client retries it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
+import uuid
 import weakref
-from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from time import perf_counter
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
 from opensearchpy.exceptions import NotFoundError
-from pymongo.errors import BulkWriteError, CollectionInvalid
+from pymongo.errors import CollectionInvalid
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import EventInvalid
@@ -44,25 +55,35 @@ from opendisco._settings import Settings
 from opendisco._store import detect_capabilities
 
 from ._blocks import MEMBER_BLOCK_LOCKS, MEMBER_BLOCKS, BlockStore
-from ._event import INBOUND_TYPES, MUTUAL_TYPES, Event, EventsConfig, EventsResult, validate_event
+from ._claims import CLAIMS, EventClaims, classify
+from ._effects import plan_effects
+from ._event import Event, EventsConfig, EventsResult, validate_event
 from ._exposure import ExposureStore
 from ._graph import (
     INBOUND,
     ITEM_EDGES,
     ITEM_LOCKS,
-    USER_LIKES,
-    USER_MATCHES,
     InboundCounter,
     ItemGraph,
-    UserGraph,
+    co_engagement_pairs,
     ensure_graph_indexes,
 )
-from ._user_state import USER_LOCKS, USER_STATE, UserState, UserStateStore, merge_events, recompute
+from ._members import (
+    INBOX_LOCKS,
+    USER_INBOX,
+    USER_LIKES,
+    USER_MATCHES,
+    UserGraph,
+    ensure_member_indexes,
+)
+from ._pacing import PACING, PACING_LOCKS
+from ._user_state import USER_LOCKS, USER_STATE, UserStateStore, merge_events, recompute
 
 __all__ = ["EVENTS", "EventProcessor"]
 
 EVENTS = "events"
 _ENSURE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+log = logging.getLogger("opendisco.signals")
 
 
 def _ensure_lock() -> asyncio.Lock:
@@ -72,6 +93,18 @@ def _ensure_lock() -> asyncio.Lock:
     if lock is None:
         lock = _ENSURE_LOCKS[loop] = asyncio.Lock()
     return lock
+
+
+def _stored(ev: Event, weight: float, now: datetime) -> dict[str, Any]:
+    doc = {**ev.model_dump(exclude_none=True), "_id": ev.id, "weight": weight, "received_at": now}
+    doc.pop("id", None)
+    return doc
+
+
+def _raw(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored event back to the fields a client posted (for the recovery sweep)."""
+    raw = {k: doc[k] for k in Event.model_fields if k != "id" and doc.get(k) is not None}
+    return {**raw, "id": doc["_id"]}
 
 
 class EventProcessor:
@@ -91,6 +124,7 @@ class EventProcessor:
         self.os = os_client
         self.cfg = config or EventsConfig()
         self.events = db[EVENTS]
+        self.claims = EventClaims(db, lease_s=settings.events_claim_lease_s)
         self.states = UserStateStore(db, self.cfg.user_state)
         self.items = ItemGraph(db)
         self.users = UserGraph(db)
@@ -100,6 +134,7 @@ class EventProcessor:
         self._ready = False
         self.native_ttl = True
         self._last_purge = 0.0
+        self._last_recover = time.monotonic()  # the first sweep one cadence after start
 
     async def purge_expired(self, now: datetime | None = None) -> int:
         """Delete raw events older than the retention (what a TTL index does); returns count.
@@ -109,7 +144,22 @@ class EventProcessor:
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.cfg.ttl_days)
         with backend_errors("purging expired events failed"):
             res = await self.events.delete_many({"ts": {"$lt": cutoff}})
+        await self.claims.purge(cutoff)
         return res.deleted_count
+
+    async def recover_expired(self, limit: int = 1000) -> EventsResult:
+        """Apply stored events whose claim expired unapplied (their holder died and no client
+        retried them); one ``find`` on ``applied`` (an index on MongoDB, a scan on FerretDB)."""
+        with backend_errors("recovery scan failed"):
+            docs = await self.events.find({"applied": False}, limit=limit).to_list(None)
+        now = datetime.now(UTC)
+        stale = [d for d in docs if (st := classify(d, now)).expired and not st.applied]
+        if not stale:
+            return EventsResult()
+        res = await self._apply([_raw(d) for d in stale], now)
+        if res.recovered:
+            log.warning("recovered %d events left by a dead holder", res.recovered)
+        return res
 
     async def ensure(self) -> None:
         """Indexes: TTL on ``events.ts``, lookups on user/type, graph collections, exposure.
@@ -125,13 +175,18 @@ class EventProcessor:
                 have = set(await self.db.list_collection_names())
                 for name in (
                     EVENTS,
+                    CLAIMS,
                     USER_STATE,
                     USER_LOCKS,
                     ITEM_EDGES,
                     ITEM_LOCKS,
                     USER_LIKES,
                     USER_MATCHES,
+                    USER_INBOX,
+                    INBOX_LOCKS,
                     INBOUND,
+                    PACING,
+                    PACING_LOCKS,
                     MEMBER_BLOCKS,
                     MEMBER_BLOCK_LOCKS,
                 ):
@@ -151,7 +206,9 @@ class EventProcessor:
                 await self.events.create_index("ts", name="ts")
             await self.events.create_index("user_id")
             await self.events.create_index("type")
+            await self.events.create_index("applied")
         await ensure_graph_indexes(self.db)
+        await ensure_member_indexes(self.db)
         await self.exposure.ensure()
         self._ready = True
 
@@ -178,17 +235,22 @@ class EventProcessor:
 
     async def apply(self, events: Sequence[Any], now: datetime | None = None) -> EventsResult:
         """Validate and apply a batch; see :class:`EventsResult`."""
-        t0 = perf_counter()
         if not self._ready:
             await self.ensure()
         now = now or datetime.now(UTC)
-        out = EventsResult()
-        if not self.native_ttl and perf_counter() - self._last_purge > self.cfg.purge_every_s:
-            self._last_purge = perf_counter()
+        if not self.native_ttl and time.monotonic() - self._last_purge > self.cfg.purge_every_s:
+            self._last_purge = time.monotonic()
             await self.purge_expired(now)
+        if time.monotonic() - self._last_recover > self.settings.events_recover_every_s:
+            self._last_recover = time.monotonic()
+            await self.recover_expired()
         if len(events) > self.cfg.max_batch:
             raise EventInvalid(f"at most {self.cfg.max_batch} events per call")
+        return await self._apply(events, now)
 
+    async def _apply(self, events: Sequence[Any], now: datetime) -> EventsResult:
+        t0 = time.perf_counter()
+        out = EventsResult()
         # 1. validate (pure)
         valid: list[tuple[int, Event]] = []
         ids_in_batch: set[str] = set()
@@ -203,17 +265,16 @@ class EventProcessor:
                 continue
             ids_in_batch.add(ev.id)
             valid.append((i, ev))
-        if not valid:
-            out.took_ms = (perf_counter() - t0) * 1e3
-            return out
 
         # 2. reads (no writes yet)
-        states = await self.states.get_many(ev.user_id for _, ev in valid)
-        wanted = {ev.item_id for _, ev in valid}
-        for st in states.values():
-            wanted.update(e["id"] for e in (*st.positives, *st.negatives))
-        items = await self._items(sorted(wanted))
-        if self.cfg.require_known_items:
+        items: dict[str, dict[str, Any]] = {}
+        if valid:
+            states = await self.states.get_many(ev.user_id for _, ev in valid)
+            wanted = {ev.item_id for _, ev in valid}
+            for st in states.values():
+                wanted.update(e["id"] for e in (*st.positives, *st.negatives))
+            items = await self._items(sorted(wanted))
+        if valid and self.cfg.require_known_items:
             keep = []
             for i, ev in valid:
                 if ev.item_id in items:
@@ -222,131 +283,95 @@ class EventProcessor:
                     out.rejected.append((i, f"item_id: unknown item {ev.item_id!r}"))
             valid = keep
         out.rejected.sort()
-        if not valid:
-            out.took_ms = (perf_counter() - t0) * 1e3
-            return out
-
-        # 3. claim
-        todo, out.duplicates, out.recovered = await self._claim(valid, now, out.duplicates)
-        out.accepted = len(todo) - out.recovered
-        if todo:
-            # 4. effects
-            await self._effects(todo, states, items, now, out)
-            # 5. mark
-            await self._mark([ev.id for ev in todo])
-        out.took_ms = (perf_counter() - t0) * 1e3
+        if valid:
+            # 3.-5. claim, effects, mark
+            await self._claim_and_apply([ev for _, ev in valid], items, now, out)
+        out.took_ms = (time.perf_counter() - t0) * 1e3
         return out
 
-    async def _claim(
-        self, valid: list[tuple[int, Event]], now: datetime, dups: int
-    ) -> tuple[list[Event], int, int]:
-        docs = [
-            {
-                **ev.model_dump(exclude_none=True),
-                "_id": ev.id,
-                "weight": self.cfg.weights.get(ev.type, 0.0),
-                "received_at": now,
-                "applied": False,
-            }
-            for _, ev in valid
-        ]
-        for d in docs:
-            d.pop("id", None)
-        clashed: set[str] = set()
-        with backend_errors("event insert failed"):
-            try:
-                await self.events.insert_many(docs, ordered=False)
-            except BulkWriteError as exc:
-                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+    async def _claim_and_apply(
+        self, evs: list[Event], items: dict[str, dict[str, Any]], now: datetime, out: EventsResult
+    ) -> None:
+        """Claim ``evs``; apply the claimed ones; wait for those another call holds (taking
+        over any whose claim expires meanwhile) until ``events_claim_wait_s`` has passed."""
+        token = uuid.uuid4().hex
+        by_id = {ev.id: ev for ev in evs}
+        docs = [_stored(ev, self.cfg.weights.get(ev.type, 0.0), now) for ev in evs]
+        waiting = await self.claims.insert(self.claims.stamp(docs, token))
+        mine = [ev for ev in evs if ev.id not in waiting]
+        out.accepted = len(mine)
+        deadline = time.monotonic() + self.settings.events_claim_wait_s
+        pause = 0.01
+        while True:
+            if waiting:
+                status = await self.claims.status(waiting)
+                done = {i for i, st in status.items() if st.applied}
+                expired = {i: st.gen for i, st in status.items() if not st.applied and st.expired}
+                won = await self.claims.take_over(expired, token) if expired else set()
+                out.duplicates += len(done)
+                out.recovered += len(won)
+                waiting -= done | won
+                mine += [by_id[i] for i in sorted(won)]
+            if mine:
+                ids = [ev.id for ev in mine]
+                try:
+                    async with self.claims.renewing(ids, token):
+                        await self._effects(mine, items, now, out)  # 4.
+                except BaseException:
+                    # a failed call gives its claims up at once: a retry takes them over now
+                    # instead of waiting for them to expire (what is done is done again)
+                    await asyncio.shield(self.claims.release(ids, token))
                     raise
-                clashed = {docs[e["index"]]["_id"] for e in exc.details["writeErrors"]}
-        recovered: set[str] = set()
-        if clashed:
-            with backend_errors("event lookup failed"):
-                prior = await self.events.find(
-                    {"_id": {"$in": sorted(clashed)}}, projection={"applied": 1}
-                ).to_list(None)
-            recovered = {d["_id"] for d in prior if not d.get("applied")}
-        todo = [ev for _, ev in valid if ev.id not in clashed or ev.id in recovered]
-        return todo, dups + len(clashed) - len(recovered), len(recovered)
+                await self.claims.mark(ids)  # 5.
+                mine = []
+            if not waiting or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        out.in_flight = len(waiting)
 
     async def _effects(
         self,
         todo: list[Event],
-        states: dict[str, UserState],
         items: dict[str, dict[str, Any]],
         now: datetime,
         out: EventsResult,
     ) -> None:
-        by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for ev in todo:
-            by_user[ev.user_id].append(
-                {
-                    "id": ev.id,
-                    "type": ev.type,
-                    "item_id": ev.item_id,
-                    "ts": ev.ts,
-                    "weight": self.cfg.weights.get(ev.type, 0.0),
-                }
-            )
-        # co-engagement pairs: each new positive with the user's earlier positives
-        pairs: list[tuple[str, str, float]] = []
-        for user, evs in by_user.items():
-            recent = states[user].recent_positive_ids[: self.cfg.graph_fanout]
-            for ev in sorted(evs, key=lambda e: e["ts"]):
-                if ev["weight"] > 0:
-                    pairs += [(ev["item_id"], r, 1.0) for r in recent if r != ev["item_id"]]
-                    recent = [ev["item_id"], *recent][: self.cfg.graph_fanout]
-        impressions = Counter(ev.item_id for ev in todo if ev.type == "impression")
-        likes = []
-        for ev in todo:
-            it = items.get(ev.item_id, {})
-            if ev.type in MUTUAL_TYPES and it.get("kind") == "profile":
-                likes.append((ev.user_id, str(it.get("owner_id") or ev.item_id)))
-        # hiding a member's profile blocks that member, both ways (see signals._blocks)
-        blocks = [
-            (ev.user_id, str(it["owner_id"]))
-            for ev in todo
-            if ev.type == "hide"
-            and (it := items.get(ev.item_id, {})).get("kind") == "profile"
-            and it.get("owner_id")
-        ]
-        # inbound attention is a recipient's load (two-sided markets): only profiles have one; a
-        # movie or product liked by many is popular, not overloaded
-        inbound = [
-            (ev.item_id, ev.ts)
-            for ev in todo
-            if ev.type in INBOUND_TYPES and items.get(ev.item_id, {}).get("kind") == "profile"
-        ]
-
+        fx = plan_effects(
+            todo, items, self.cfg.weights, count_served=self.settings.exposure_count_served
+        )
         # OpenSearch counters run alongside; MongoDB writes go one after another: FerretDB 1.x
         # (SQLite) was seen to hang on concurrent upserting bulk writes into one database
-        exposure = asyncio.ensure_future(
-            self.exposure.record(impressions, now=now) if impressions else _none()
+        engine = asyncio.gather(
+            self.exposure.record(fx.impressions, now=now) if fx.impressions else _none(),
+            self.exposure.record_trend(fx.trend) if fx.trend else _none(),
         )
         try:
-            await self._update_users(by_user, items, now)
+            pairs = await self._update_users(fx.by_user, items, now)
             if pairs:
                 await self.items.add(pairs, now)
-            if likes:
-                out.mutual = list(await self.users.add_likes(likes, now))
-            if blocks:
-                await self.blocks.add(blocks, now)
-            if inbound:
-                await self.inbound.add(inbound)
+            if fx.likes:
+                out.mutual += await self.users.add_likes(fx.likes, now)
+            if fx.blocks:
+                await self.blocks.add(fx.blocks, now)
+            if fx.inbound:
+                await self.inbound.add(fx.inbound)
         finally:
-            capped = await exposure
-        out.capped = list(capped or [])
+            capped, _ = await engine
+        out.capped = sorted(set(out.capped) | set(capped or []))
 
     async def _update_users(
         self,
         by_user: Mapping[str, list[dict[str, Any]]],
         items: dict[str, dict[str, Any]],
         now: datetime,
-    ) -> None:
-        """Read-merge-write of every touched user under their leases (see user_state)."""
+    ) -> list[tuple[str, str, float]]:
+        """Read-merge-write of every touched user under their leases (see user_state); returns
+        the co-engagement pairs of the new positives, computed from the states read inside the
+        leases (a concurrent batch of the same member is either before or after this one)."""
         async with self.states.locked(by_user):
             states = await self.states.get_many(by_user)  # fresh: inside the lease
+            pairs = co_engagement_pairs(states, by_user, self.cfg.graph_fanout)
             need = {e["id"] for st in states.values() for e in (*st.positives, *st.negatives)}
             missing = sorted(need - set(items))
             if missing:  # another writer added positives since our first read
@@ -359,12 +384,7 @@ class EventProcessor:
                 recompute(merge_events(states[u], evs, cats, cfg), vecs, behs, now, cfg)
                 for u, evs in by_user.items()
             )
-
-    async def _mark(self, ids: list[str]) -> None:
-        # one update_many: a bulk of many point updates on `events` was seen to hang
-        # FerretDB 1.24 (SQLite); $in on _id is pushed down by the patched build
-        with backend_errors("marking events applied failed"):
-            await self.events.update_many({"_id": {"$in": ids}}, {"$set": {"applied": True}})
+        return pairs
 
 
 async def _none() -> None:

@@ -42,6 +42,11 @@ __all__ = [
 
 USER_STATE = "user_state"
 USER_LOCKS = "user_state_locks"
+#: what a member's like rate counts: likes given versus passes given
+LIKE_TYPES = frozenset({"like"})
+PASS_TYPES = frozenset({"pass", "skip", "hide"})
+#: the fields :meth:`UserStateStore.tastes` reads of other members
+_TASTE_FIELDS = {"vector": 1, "n_likes": 1, "n_passes": 1}
 
 
 class UserStateConfig(BaseModel):
@@ -68,6 +73,10 @@ class UserState:
     version: int = 0
     updated_at: datetime | None = None
     applied: list[str] = field(default_factory=list)  # recent event ids merged (dedup)
+    #: likes and passes (pass/skip/hide) given, ever: the member's like rate as a viewer, what
+    #: the reciprocal estimate of others' recommendations reads
+    n_likes: int = 0
+    n_passes: int = 0
 
     @property
     def recent_positive_ids(self) -> list[str]:
@@ -90,6 +99,8 @@ class UserState:
             "version": self.version,
             "updated_at": self.updated_at,
             "applied": self.applied,
+            "n_likes": self.n_likes,
+            "n_passes": self.n_passes,
         }
 
     @classmethod
@@ -106,6 +117,8 @@ class UserState:
             version=int(doc.get("version", 0)),
             updated_at=doc.get("updated_at"),
             applied=list(doc.get("applied") or []),
+            n_likes=int(doc.get("n_likes") or 0),
+            n_passes=int(doc.get("n_passes") or 0),
         )
 
 
@@ -128,12 +141,15 @@ def merge_events(
     seen, blocked = list(state.seen), list(state.blocked)
     fatigue = dict(state.fatigue)
     applied = list(state.applied)
+    n_likes, n_passes = state.n_likes, state.n_passes
     for ev in events:
         if ev["id"] in done:
             continue
         done.add(ev["id"])
         applied.append(ev["id"])
         item, w, kind = ev["item_id"], float(ev["weight"]), ev["type"]
+        n_likes += kind in LIKE_TYPES
+        n_passes += kind in PASS_TYPES
         entry = {"e": ev["id"], "id": item, "ts": _aware(ev["ts"]), "w": abs(w)}
         if w > 0:
             pos.append(entry)
@@ -155,6 +171,8 @@ def merge_events(
         blocked=list(dict.fromkeys(reversed(blocked)))[: cfg.max_blocked][::-1],
         fatigue=fatigue,
         applied=applied[-4 * cfg.max_recent :],
+        n_likes=n_likes,
+        n_passes=n_passes,
     )
 
 
@@ -245,6 +263,26 @@ class UserStateStore:
                 docs = await self.coll.find({"_id": {"$in": ids}}).to_list(None)
         found = {d["_id"]: UserState.from_doc(d) for d in docs}
         return {u: found.get(u) or UserState(user_id=u) for u in ids}
+
+    async def tastes(self, user_ids: Iterable[str]) -> dict[str, tuple[Any, int, int]]:
+        """``{member: (content vector | None, likes given, passes given)}`` of the members who
+        have a state (one ``find`` by ``_id`` of three fields: the candidates' owners in the
+        reciprocal estimate)."""
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return {}
+        with backend_errors("user_state taste lookup failed"):
+            docs = await self.coll.find({"_id": {"$in": ids}}, projection=_TASTE_FIELDS).to_list(
+                None
+            )
+        return {
+            str(d["_id"]): (
+                d.get("vector"),
+                int(d.get("n_likes") or 0),
+                int(d.get("n_passes") or 0),
+            )
+            for d in docs
+        }
 
     async def save(self, state: UserState) -> None:
         """Write ``state`` (hold :meth:`locked` for its user while reading and writing)."""

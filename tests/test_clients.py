@@ -1,9 +1,14 @@
-"""Client factories: the orjson serializer encodes what opensearch-py's stdlib one does."""
+"""Client factories: the orjson serializer encodes what opensearch-py's stdlib one does; the
+async client fails over from dead and hung nodes (FailoverTransport)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,3 +53,72 @@ async def test_clients_use_it(settings: Settings) -> None:
     finally:
         sync.close()
         await aio.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once closed: connection refused
+
+
+@contextlib.asynccontextmanager
+async def _hung_server() -> AsyncIterator[int]:
+    """Accepts connections and never answers: a node that hangs (SIGSTOP, partition)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        for w in held:
+            w.transport.abort()
+        server.close()
+
+
+async def test_a_dead_node_costs_no_request(settings: Settings) -> None:
+    """max_retries=0 (the API's choice): requests that meet a refused connection go to the
+    live node; the dead one leaves the rotation."""
+    hosts = f"http://127.0.0.1:{_closed_port()},{settings.opensearch_hosts[0]}"
+    client = clients.async_opensearch(
+        settings.model_copy(update={"opensearch_url": hosts}), max_retries=0
+    )
+    try:
+        for _ in range(6):
+            assert (await client.info())["version"]["number"]
+        pool = client.transport.connection_pool
+        assert [c.port for c in pool.dead_count] == [int(hosts.split(",")[0].rsplit(":", 1)[1])]
+        assert len(pool.connections) == 1
+    finally:
+        await client.close()
+
+
+async def test_a_hung_node_costs_one_timeout_not_one_per_request(settings: Settings) -> None:
+    """A node that accepts and never answers is taken out of rotation after its first timeout
+    (opensearch-py marks dead only when it retries: with retry_on_timeout=False every request
+    routed there waited the full timeout, which the stock transport shows)."""
+    from opensearchpy import AsyncTransport
+    from opensearchpy.exceptions import ConnectionTimeout
+
+    async with _hung_server() as port:
+        hung = settings.model_copy(
+            update={"opensearch_url": f"http://127.0.0.1:{port},{settings.opensearch_hosts[0]}"}
+        )
+        timeouts = {}
+        for name, extra in (("failover", {}), ("stock", {"transport_class": AsyncTransport})):
+            client = clients.async_opensearch(
+                hung, max_retries=0, retry_on_timeout=False, timeout=0.3, **extra
+            )
+            timeouts[name] = 0
+            try:
+                for _ in range(6):
+                    try:
+                        await client.info()
+                    except ConnectionTimeout:
+                        timeouts[name] += 1
+            finally:
+                await client.close()
+        assert timeouts["failover"] == 1
+        assert timeouts["stock"] >= 2  # round-robin keeps sending requests to the hung node

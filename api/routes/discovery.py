@@ -60,6 +60,7 @@ def _respond(
     next_cursor = None
     if served_before is not None:
         next_cursor = rt.cursors.encode(user_id or "", surface, [*served_before, *ids])
+    rt.discovery.record_served(answer.items)  # exposure of the members shown (batched)
     log = rt.discovery.served_log
     if log is not None and not answer.logged:  # the fallback's lists are logged here
         n = len(ids)

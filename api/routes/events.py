@@ -22,7 +22,8 @@ router = APIRouter(tags=["events"])
 async def events(
     request: Request, rt: RuntimeDep, key: WriteKey, batch: EventBatch
 ) -> dict[str, Any]:
-    """Record a batch of events; an event id seen before is counted once (``duplicates``)."""
+    """Record a batch of events; an event id seen before is counted once (``duplicates``), also
+    when the same batch is posted concurrently (a retry after a timeout)."""
     docs = [e.model_dump(mode="python", exclude_none=True) for e in batch.events]
     try:
         res = await asyncio.wait_for(rt.discovery.record_events(docs), max(2.0, 5 * rt.deadline_s))
@@ -37,5 +38,7 @@ async def events(
         "template_version": rt.version,
         "accepted": res.accepted,
         "duplicates": res.duplicates,
+        "recovered": res.recovered,
+        "in_flight": res.in_flight,
         "rejected": [{"index": i, "reason": reason} for i, reason in res.rejected],
     }

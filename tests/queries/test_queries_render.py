@@ -72,7 +72,13 @@ GOLDEN_PARAMS: dict[str, dict[str, Any]] = {
         "viewer_gender_unknown": True,
         "viewer_age_unknown": True,
     },
-    "trending": {"k": 10, "now": NOW, "kinds": ["movie"]},
+    "trending": {
+        "k": 10,
+        "now": NOW,
+        "kinds": ["movie"],
+        "trending_ids": ["m7", "m3"],  # live decayed like/match counts (ExposureStore.trending)
+        "trending_weights": [12.5, 4.0],
+    },
 }
 
 
@@ -184,7 +190,7 @@ def test_optional_clauses_follow_parameters() -> None:
 def test_sources_need_their_required_parameters() -> None:
     out = render("for_you", {})
     assert set(out["sources"]) == {"trending", "fresh"}
-    assert set(out["skipped"]) == {"semantic", "lexical", "behaviour", "graph"}
+    assert set(out["skipped"]) == {"semantic", "lexical", "behaviour", "graph", "likers", "mutual"}
 
 
 def test_request_params_maps_the_request() -> None:

@@ -120,14 +120,16 @@ def _world(n_lists: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict
 def test_train_ltr_learns_validates_on_later_lists_and_versions_the_model(
     tmp_path: Path,
 ) -> None:
-    lists, events = _world(240)
+    # enough lists that the one informative column stands out among len(FEATURE_NAMES) - 1
+    # noise columns
+    lists, events = _world(400)
     data = join_outcomes(lists, events)
     result = train_ltr(data, valid_share=0.25, max_rounds=60, early_stopping=10, k=5)
     rep = result.report
     assert rep["split"] == {
-        "train_lists": 180,
-        "valid_lists": 60,
-        "valid_from": (T0 + timedelta(minutes=180)).isoformat(),
+        "train_lists": 300,
+        "valid_lists": 100,
+        "valid_from": (T0 + timedelta(minutes=300)).isoformat(),
     }
     assert rep["features"] == list(FEATURE_NAMES) and 1 <= rep["best_iteration"] <= 60
     assert rep["metrics"]["valid_ndcg@5"] > 0.9 > rep["metrics"]["valid_logged_ndcg@5"]

@@ -38,6 +38,8 @@ async def discovery(market_settings: Settings, market: Any, model: Any) -> Any:
 
     os_client = clients.async_opensearch(market_settings)
     motor = clients.motor(market_settings)
-    yield Discovery(market_settings, os_client, motor[market_settings.mongo_db], model=model)
+    disco = Discovery(market_settings, os_client, motor[market_settings.mongo_db], model=model)
+    yield disco
+    await disco.drain()  # served impressions still queued for the counters
     await os_client.close()
     motor.close()

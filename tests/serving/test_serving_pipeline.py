@@ -105,29 +105,49 @@ async def test_candidate_hits_carry_the_vectors_no_feature_mget(
     discovery: Any, market: Any
 ) -> None:
     from opendisco.ingest import PACKED_FIELD
-    from opendisco.rerank import CandidateBatch, FeatureStore
+    from opendisco.rerank import PROFILE_FIELDS, CandidateBatch, FeatureStore
 
     _, users = market
     user = users[20]["_id"]
     liked = (await discovery.recommend(user, k=5)).ids[0]
     assert (await discovery.record_events([_like(user, liked, 9)])).accepted == 1
     calls: list[str] = []
+    mget_args: list[dict[str, Any]] = []
     transport = discovery.os.transport
     original = transport.perform_request
 
     async def counting(method: str, url: str, *a: Any, **kw: Any) -> Any:
         calls.append(url)
+        if url.endswith("/_mget") and "-exposures" not in url:
+            mget_args.append(kw)
         return await original(method, url, *a, **kw)
 
     transport.perform_request = counting
     try:
         discovery.features.vectors.clear()
+        discovery.features.meta.clear()
         recs = await discovery.recommend(user, k=20, explain=True)
     finally:
         transport.perform_request = original
     assert recs.surface == "for_you" and len(recs.items) == 20
-    item_mgets = [u for u in calls if u.endswith("/_mget") and "-exposures" not in u]
-    assert not item_mgets, calls  # vectors came packed with the candidate hits
+    # the candidates' vectors came packed with the candidate hits; the item mgets are the
+    # member's taste profile (the profile fields of their recent positives) and at most the
+    # member's own profile vector (the reciprocal estimate compares tastes with it; cached),
+    # never a candidate's vector
+    own = users[20]["profile_id"]
+    fields = ",".join(PROFILE_FIELDS)
+    profile = [kw for kw in mget_args if (kw.get("params") or {}).get("_source_includes") == fields]
+    vectors = [kw for kw in mget_args if kw not in profile]
+    assert len(profile) == 1, calls
+    body = profile[0]["body"]
+    body = json.loads(body) if isinstance(body, (str, bytes)) else body
+    assert liked in body["ids"]
+    assert not set(body["ids"]) & {c.id for c in recs.candidate_set.candidates}
+    bodies = [
+        json.loads(b) if isinstance(b, (str, bytes)) else b
+        for b in (kw.get("body") for kw in vectors)
+    ]
+    assert bodies in ([], [{"ids": [own]}]), calls
     assert all(PACKED_FIELD not in r.item for r in recs.items)  # never leaks to clients
     # the packed float16 vectors give the features the full-precision mget gives
     cands = recs.candidate_set.candidates

@@ -223,3 +223,77 @@ async def test_engine_returns_exactly_what_the_rules_allow(
     assert want, "the viewer must be allowed something, or the comparison proves little"
     assert len(want) < len(combinations)
     assert got == want, (sorted(got - want)[:10], sorted(want - got)[:10])
+
+
+@pytest.mark.parametrize("viewer", list(VIEWERS))
+async def test_two_sided_sources_return_only_what_the_rules_allow(
+    viewer: str, rules_settings: Settings, combinations: list[dict[str, Any]]
+) -> None:
+    """The likers (for_you and cold_start), friends-of-matches and live-trending paths (issue
+    17) propose members by id or owner — every one of them among the ids — and still return
+    exactly what the rules allow: a liker the viewer blocked, who blocked the viewer, or whose
+    preferences exclude the viewer is never a candidate, whatever proposed it."""
+    user, seen, blocked, blocked_by = VIEWERS[viewer]
+    state = UserState(user["_id"], seen=seen)
+    blocks = MemberBlocks(user["_id"], blocked=blocked, blocked_by=blocked_by)
+    rules = HardRules.for_member(user["_id"], user, state, blocks)
+    ids = [d["id"] for d in combinations]
+    mutual = ids[: len(ids) // 2]  # within the source's 500-id limit
+    owners = sorted({d["owner_id"] for d in combinations})  # every owner liked the viewer
+    params = {
+        **rules.engine_params(),
+        "liker_ids": owners,
+        "mutual_ids": mutual,
+        "mutual_weights": [1.0 + i % 5 for i in range(len(mutual))],
+        "trending_ids": ids,
+        "trending_weights": [float(1 + i % 9) for i in range(len(ids))],
+    }
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    client = clients.async_opensearch(rules_settings)
+    try:
+        cs = await generate_candidates(
+            client,
+            rules_settings,
+            CandidateRequest(
+                surface="for_you", k=1000, now=now, params=params, exposure_caps=False
+            ),
+        )
+        trending = await generate_candidates(
+            client,
+            rules_settings,
+            CandidateRequest(
+                surface="trending",
+                k=1000,
+                now=now,
+                params={k: v for k, v in params.items() if not k.startswith(("liker", "mutual"))},
+                exposure_caps=False,
+            ),
+        )
+        cold = await generate_candidates(
+            client,
+            rules_settings,
+            CandidateRequest(
+                surface="cold_start",
+                k=1000,
+                now=now,
+                params={k: v for k, v in params.items() if not k.startswith("mutual")},
+                exposure_caps=False,
+            ),
+        )
+    finally:
+        await client.close()
+    assert not cs.errors and not trending.errors and not cold.errors
+    cold_likers = {c.id for c in cold.candidates if "likers" in c.sources}
+    allowed = {d["id"] for d in combinations if rules.allows(d["id"], d)}
+    by_source: dict[str, set[str]] = {}
+    for c in cs.candidates:
+        for s in c.sources:
+            by_source.setdefault(s, set()).add(c.id)
+    profiles = {d["id"] for d in combinations if d["kind"] == "profile"}
+    assert by_source.get("likers", set()) == allowed & profiles == cold_likers
+    assert {c.id for c in cold.candidates} <= allowed
+    assert by_source.get("mutual", set()) == allowed & set(mutual)
+    assert {c.id for c in cs.candidates} <= allowed
+    assert {c.id for c in trending.candidates} == allowed
+    # the comparison proves something: the proposals included forbidden members
+    assert set(mutual) - allowed and profiles - allowed

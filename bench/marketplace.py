@@ -1,0 +1,581 @@
+"""Marketplace health in the simulator: the two-sided ranker against the one-sided linear one.
+
+    $(./dev env)/bin/python bench/marketplace.py [--quick] [--markets N] [--seeds 1,2,3,4,5]
+        [--validation 101,102,103] [--no-tune] [--write]
+
+The population and the market step are ``opendisco.experiments.sim`` (latent two-sided
+preferences, two-sided eligibility, finite attention — ``slots`` impressions per session — and
+finite reply capacity, in the ``balanced`` regime). Every session is served through the real
+:class:`~opendisco.rerank.Reranker`, one viewer after another in a random order through each
+simulated day, with the features the served pipeline computes, updated as the market moves:
+
+* both arms: profile embedding (content), the viewer's vector learned from the profiles they
+  liked (stated preferences before any like), quality, popularity (prior + likes received),
+  exposure = impressions received *today so far* (the exposure counters' 24-h window, served
+  impressions counted) and the paced exposure (impressions decayed with a one-day time
+  constant, the counters' leaky bucket), inbound = likes received (7-day decayed) — i.e. the
+  linear scorer with every named step of today's defaults;
+* **one-sided** (the baseline): candidates are not flagged as members, so the ``reciprocal``
+  and ``pacing`` steps are inert — the ranker as it was before issue 17;
+* **two-sided**: candidates are members (``CandidateBatch.member``) with the candidate's own
+  history — their learned taste, likes and passes given, whether they already liked the viewer
+  — and the viewer's profile, so ``reciprocal`` combines both directions (weighted harmonic
+  mean); ``pacing`` demotes members ahead of their paced daily budget, the budget set by the
+  feedback controller (``opendisco.signals.pacing_step``, stepped once per simulated day on the
+  7-day inbound attention) toward a ceiling on the top-1% inbound share.
+
+A run: a 7-day pre-period under the one-sided ranker (shared), then 14 days per arm from that
+state with common random numbers (the same seed gives both arms the same draws). Reported per
+arm: mutual likes per 1,000 impressions, share of members with ≥ 1 match per simulated week,
+Gini and top-1% share of inbound attention (likes received during the 14 days). Ratios and
+differences are per seed (paired), quoted as mean ± standard error over the test seeds.
+
+Tuning (``--no-tune`` skips it): the controller's ceiling is half the one-sided top-1% share
+measured on the **validation** seeds (the issue's target, as an operator would set it from
+their own baseline), and ``reciprocal_weight`` × ``inbound_capacity`` (the inbound likes a
+member gets to per window: the market's reply capacity, which the reciprocal estimate's reply
+chance and the exposure step's overload damp read) are picked on those seeds from a small
+grid (the largest mutual-likes ratio among the points with a Gini no higher than the
+one-sided ranker's); the test seeds run only the picked point, on the default population (10
+markets of 150) and on larger markets (3 of 500: viewers' eligible pools of ~100 instead of
+~35, which a 3-week run does not exhaust).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from opendisco.experiments import sim
+from opendisco.rerank import (
+    DEFAULT_STEPS,
+    CandidateBatch,
+    Features,
+    RerankConfig,
+    RerankContext,
+    Reranker,
+    merged_config,
+)
+from opendisco.signals import PacingState, PacingTargets, pacing_step
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "marketplace.json"
+SESSION_ORDER = 8  # a sim random stream of its own: the order viewers arrive in each day
+
+
+@dataclass
+class Arm:
+    name: str
+    config: RerankConfig
+    two_sided: bool
+    targets: PacingTargets | None = None
+
+
+@dataclass
+class Live:
+    """What the ranker observes, updated as the market moves."""
+
+    popularity: np.ndarray
+    inbound: np.ndarray  # likes received, 7-day decayed
+    exposure: np.ndarray  # impressions received today so far
+    acc: np.ndarray  # sum of liked profiles (+ stated preferences): the viewer's vector
+    likes_sent: np.ndarray
+    passes_sent: np.ndarray
+    paced: np.ndarray  # impressions decayed with a one-day time constant (the leaky bucket)
+    paced_at: np.ndarray  # when each member's ``paced`` was last brought up to date (days)
+    pacing: PacingState | None = None
+    budgets: list[float] = field(default_factory=list)
+    controllers: dict[str, PacingState] = field(default_factory=dict)  # pre-period, per arm
+
+    @classmethod
+    def initial(cls, pop: sim.Population) -> Live:
+        n = pop.n
+        return cls(
+            pop.prior.astype(float).copy(),
+            np.zeros(n),
+            np.zeros(n),
+            pop.stated.copy(),
+            np.zeros(n),
+            np.zeros(n),
+            np.zeros(n),
+            np.zeros(n),
+        )
+
+    def copy(self) -> Live:
+        return Live(
+            self.popularity.copy(), self.inbound.copy(), self.exposure.copy(), self.acc.copy(),
+            self.likes_sent.copy(), self.passes_sent.copy(), self.paced.copy(),
+            self.paced_at.copy(), self.pacing, list(self.budgets), dict(self.controllers),
+        )  # fmt: skip
+
+    def paced_now(self, members: np.ndarray, t: float) -> np.ndarray:
+        return self.paced[members] * np.exp(-(t - self.paced_at[members]))
+
+    def shown(self, members: np.ndarray, t: float) -> None:
+        self.paced[members] = self.paced_now(members, t) + 1.0
+        self.paced_at[members] = t
+
+    def user_vector(self, v: int) -> np.ndarray:
+        a = self.acc[v]
+        n = float(np.linalg.norm(a))
+        return a / n if n > 0 else a
+
+
+def _categories(pop: sim.Population) -> list[str]:
+    return [f"type{t}" for t in range(pop.config.types)]
+
+
+def serve(
+    pop: sim.Population,
+    market: sim.Market,
+    live: Live,
+    arm: Arm,
+    reranker: Reranker,
+    v: int,
+    pairs: np.ndarray,
+    k: int,
+    t: float,
+) -> np.ndarray:
+    """One session: the pairs of ``v`` shown (best ``k`` of its unseen pool)."""
+    cand = pop.pair_candidate[pairs]
+    n = cand.shape[0]
+    batch = CandidateBatch(
+        ids=[pop.ids[j] for j in cand.tolist()],
+        fused=np.ones(n),
+        source_names=["market"],
+        source_scores=np.ones((n, 1)),
+        category=pop.kind[cand],
+        categories=_categories(pop),
+        owner=np.arange(n, dtype=np.int64),
+        owners=[pop.ids[j] for j in cand.tolist()],
+        quality=pop.quality[cand],
+        popularity=live.popularity[cand],
+        age_days=pop.age_days[cand],
+        available=np.ones(n, dtype=bool),
+        member=np.ones(n, dtype=bool) if arm.two_sided else None,
+    )
+    feats = Features(
+        content=pop.content[cand],
+        behaviour=np.zeros((n, 1)),
+        exposure=live.exposure[cand],
+        inbound=live.inbound[cand],
+        graph=np.zeros(n),
+    )
+    ctx = RerankContext(user_vector=live.user_vector(v), k=k)
+    if arm.two_sided:
+        norms = np.linalg.norm(live.acc[cand], axis=1, keepdims=True)
+        feats = Features(
+            **{
+                **feats.__dict__,
+                "taste": live.acc[cand] / np.where(norms > 0, norms, 1.0),
+                "likes_sent": live.likes_sent[cand],
+                "passes_sent": live.passes_sent[cand],
+                "liked_viewer": market.liked[pop.reverse[pairs]].astype(float),
+                "paced_exposure": live.paced_now(cand, t),
+            }
+        )
+        pacing = live.pacing
+        ctx = RerankContext(
+            user_vector=ctx.user_vector,
+            k=k,
+            viewer_profile=pop.content[v],
+            pacing_budget=pacing.impressions if pacing is not None else None,
+            pacing_mean_inbound=pacing.mean_inbound if pacing is not None else None,
+        )
+    return pairs[reranker.run(batch, feats, ctx).order[:k]]
+
+
+def play(
+    pop: sim.Population,
+    market: sim.Market,
+    live: Live,
+    arm: Arm,
+    days: range,
+    slots: int,
+    window: int = 7,
+    controllers: Sequence[Arm] = (),
+) -> None:
+    """Serve every session of ``days`` in a random order through each day, advancing the
+    market and what the ranker observes."""
+    reranker = Reranker(arm.config)
+    decay = 1.0 - 1.0 / window
+    for day in days:
+        active = market.active_today(day)
+        viewers = np.flatnonzero(active)
+        viewers = viewers[np.argsort(sim.uniform(market.seed, SESSION_ORDER, viewers, day))]
+        live.exposure[:] = 0.0
+        shown_parts = []
+        for i, v in enumerate(viewers.tolist()):
+            lo, hi = int(pop.ptr[v]), int(pop.ptr[v + 1])
+            pairs = lo + np.flatnonzero(~market.seen[lo:hi])
+            if not pairs.size:
+                continue
+            # sessions arrive spread through the day: the i-th of N at day + i/N
+            t = day + i / max(len(viewers), 1)
+            top = serve(pop, market, live, arm, reranker, v, pairs, slots, t)
+            shown_parts.append(top)
+            live.exposure[pop.pair_candidate[top]] += 1.0
+            live.shown(pop.pair_candidate[top], t)
+        shown = np.concatenate(shown_parts) if shown_parts else np.zeros(0, np.int64)
+        market.day(day, active, shown, np.zeros(shown.shape[0], dtype=bool))
+        shown, liked = market.last_day()
+        live.inbound *= decay
+        np.add.at(live.inbound, pop.pair_candidate[liked], 1.0)
+        np.add.at(live.popularity, pop.pair_candidate[liked], 1.0)
+        np.add.at(live.acc, pop.pair_viewer[liked], pop.content[pop.pair_candidate[liked]])
+        seen_by = np.bincount(pop.pair_viewer[market.seen], minlength=pop.n)
+        live.likes_sent = np.bincount(pop.pair_viewer[market.liked], minlength=pop.n).astype(float)
+        liked_seen = np.bincount(pop.pair_viewer[market.liked & market.seen], minlength=pop.n)
+        live.passes_sent = np.maximum(seen_by - liked_seen, 0).astype(float)
+        mean_exposure = shown.shape[0] / pop.n
+        if arm.targets is not None:
+            state = live.pacing or PacingState(budget=arm.targets.budget_max)
+            live.pacing = pacing_step(state, live.inbound, mean_exposure, arm.targets)
+            live.budgets.append(live.pacing.budget)
+        for other in controllers:
+            if other.targets is not None:
+                state = live.controllers.get(other.name) or PacingState(other.targets.budget_max)
+                live.controllers[other.name] = pacing_step(
+                    state, live.inbound, mean_exposure, other.targets
+                )
+
+
+def one_run(
+    pop: sim.Population, seed: int, arms: list[Arm], regime: sim.MarketConfig
+) -> dict[str, dict[str, Any]]:
+    """Pre-period under the first arm, then every arm for ``regime.days`` from that state."""
+    mc = regime
+    market = sim.Market(
+        pop, seed, mc.capacity, mc.expiry_days, mc.instant_matches, mc.message_rate,
+        mc.reply_rate,
+    )  # fmt: skip
+    live = Live.initial(pop)
+    slots = mc.slots or 2
+    # the pre-period runs under the first arm; the controllers of the others measure it too
+    # (in production the controller has been running long before an experiment starts)
+    play(pop, market, live, arms[0], range(mc.warmup_days), slots, controllers=arms[1:])
+    out: dict[str, dict[str, Any]] = {}
+    for arm in arms:
+        m = market.copy()
+        m.seed = seed
+        m.start_log(mc.warmup_days)
+        lv = live.copy()
+        lv.pacing = live.controllers.get(arm.name)
+        t0 = time.perf_counter()
+        play(pop, m, lv, arm, range(mc.warmup_days, mc.warmup_days + mc.days), slots)
+        res = sim.summary(m.outcomes(), pop)
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        if lv.budgets:
+            res["pacing_budget_last"] = round(lv.budgets[-1], 3)
+        out[arm.name] = res
+    return out
+
+
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    m = statistics.fmean(xs)
+    se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
+    return m, se
+
+
+def compare(runs: list[dict[str, dict[str, Any]]], base: str, arm: str) -> dict[str, Any]:
+    """Paired per-seed ratios/differences of ``arm`` vs ``base``: mean ± SE."""
+    keys = {
+        "mutual_likes_per_1000": "ratio",
+        "match_share_per_week": "ratio",
+        "inbound_gini": "diff",
+        "inbound_top1_share": "ratio",
+    }
+    out: dict[str, Any] = {}
+    for k, how in keys.items():
+        per = [
+            (r[arm][k] / r[base][k]) if how == "ratio" else (r[arm][k] - r[base][k]) for r in runs
+        ]
+        m, se = _mean_se(per)
+        out[f"{k}_{how}"] = {"mean": round(m, 4), "se": round(se, 4), "per_seed": per}
+        for name in (base, arm):
+            mm, ss = _mean_se([r[name][k] for r in runs])
+            out.setdefault(name, {})[k] = {"mean": round(mm, 4), "se": round(ss, 4)}
+    return out
+
+
+def meets(c: dict[str, Any]) -> dict[str, bool]:
+    return {
+        "mutual_likes_x1.3": c["mutual_likes_per_1000_ratio"]["mean"] >= 1.3,
+        "gini_not_higher": c["inbound_gini_diff"]["mean"] <= 0.0,
+        "top1_at_most_half": c["inbound_top1_share_ratio"]["mean"] <= 0.5,
+        "match_share_up_20pct": c["match_share_per_week_ratio"]["mean"] >= 1.2,
+    }
+
+
+def arms_for(
+    reciprocal_weight: float, pacing_strength: float, top1: float, capacity: float = 20.0
+) -> list[Arm]:
+    """The one-sided baseline (today's defaults, members not flagged) and the two-sided ranker
+    (``capacity``: ``inbound_capacity``, the inbound likes a member gets to per window — the
+    market's reply capacity; the reciprocal estimate's reply chance and the exposure step's
+    overload damp read it)."""
+    one_sided_steps = tuple(s for s in DEFAULT_STEPS if s not in ("reciprocal", "pacing"))
+    base = Arm("one-sided", RerankConfig(steps=one_sided_steps), two_sided=False)
+    two = Arm(
+        "two-sided",
+        merged_config(
+            {
+                "reciprocal_weight": reciprocal_weight,
+                "pacing_strength": pacing_strength,
+                "inbound_capacity": capacity,
+            }
+        ),
+        two_sided=True,
+        targets=PacingTargets(top1_share=top1, gini=None, budget_min=0.5, budget_max=8.0),
+    )
+    return [base, two]
+
+
+def _fmt(c: dict[str, Any], key: str) -> str:
+    v = c[key]
+    return f"{v['mean']:.3f} ± {v['se']:.3f}"
+
+
+TARGETS = (
+    # (meets() key, the issue's wording, the compared figure, its prefix)
+    ("mutual_likes_x1.3", "mutual likes / 1,000 impr. ≥ 1.3×", "mutual_likes_per_1000_ratio", "×"),
+    ("gini_not_higher", "inbound Gini not higher", "inbound_gini_diff", ""),
+    ("top1_at_most_half", "top-1% inbound share ≤ 0.5×", "inbound_top1_share_ratio", "×"),
+    ("match_share_up_20pct", "members matched / week ≥ 1.2×", "match_share_per_week_ratio", "×"),
+)  # fmt: skip
+
+
+def _budget_floor_note(r: dict[str, Any]) -> str:
+    """How often the controller ended the test runs at its floor (pacing as strong as allowed)."""
+    parts = []
+    for name, block in r["populations"].items():
+        last = [run["two-sided"].get("pacing_budget_last") for run in block["runs"]]
+        floor = sum(1 for b in last if b is not None and b <= 0.5 + 1e-9)
+        parts.append(f"{floor} of {len(last)} test runs on {name}")
+    return ", ".join(parts)
+
+
+def readme_section(r: dict[str, Any]) -> str:
+    """The ``marketplace`` section of bench/README.md from a result."""
+    lines = [
+        "<!-- marketplace -->",
+        "## marketplace",
+        "",
+        "`python bench/marketplace.py --write` (`--readme-only` rewrites this section from",
+        "`bench/results/marketplace.json`): issue 17's marketplace health in the simulator",
+        "(`opendisco.experiments.sim`, regime `{}`), every session served through the real".format(
+            r["regime"]
+        ),
+        "reranker with the pipeline's features: the two-sided ranker (reciprocal + pacing steps,",
+        "candidates flagged as members) against the **one-sided linear ranker** (today's default",
+        "steps and weights, members not flagged). 7-day pre-period under the one-sided ranker,",
+        "then 14 days per arm from that state with common random numbers. Each cell: one-sided",
+        "→ two-sided (mean over the test seeds), then the **paired** per-seed ratio (×) or",
+        "difference ± its standard error over the test seeds.",
+        "",
+        f"Parameters were picked on **validation seeds {r['validation_seeds']}** only (test seeds",
+        "below are distinct): the controller's ceiling on the top-1% inbound share",
+        f"{r['ceiling_top1_share']} (half the one-sided {r['validation_one_sided_top1_share']} "
+        "measured on validation), and",
+        f"{r['picked']} from a {len(r['tuning'])}-point grid (largest mutual-likes ratio with a",
+        f"Gini no higher). Load before/after: {r['load']['before']} / {r['load']['after']};",
+        f"{r['seconds']:.0f} s.",
+        "",
+        "| population (markets × members) | test seeds | mutual likes / 1,000 impr. | share of"
+        " members with ≥ 1 match / week | inbound Gini (diff.) | top-1% share of inbound"
+        " attention |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, block in r["populations"].items():
+        c = block["compare"]
+        base, two = c["one-sided"], c["two-sided"]
+
+        def pair(k: str, base: dict[str, Any] = base, two: dict[str, Any] = two) -> str:
+            return f"{base[k]['mean']:.4g} → {two[k]['mean']:.4g}"
+
+        lines.append(
+            f"| {name} | {block['test_seeds']} "
+            f"| {pair('mutual_likes_per_1000')} (×{_fmt(c, 'mutual_likes_per_1000_ratio')}) "
+            f"| {pair('match_share_per_week')} (×{_fmt(c, 'match_share_per_week_ratio')}) "
+            f"| {pair('inbound_gini')} ({_fmt(c, 'inbound_gini_diff')}) "
+            f"| {pair('inbound_top1_share')} (×{_fmt(c, 'inbound_top1_share_ratio')}) |"
+        )
+    lines += ["", "Issue 17's targets on the test seeds:", ""]
+    for name, block in r["populations"].items():
+        c, ok = block["compare"], meets(block["compare"])
+        cells = [
+            f"{label}: {prefix}{_fmt(c, key)} {'met' if ok[k] else '**missed**'}"
+            for k, label, key, prefix in TARGETS
+        ]
+        lines.append(f"* {name}: " + "; ".join(cells) + ".")
+    lines += [
+        "",
+        "Why the targets fall short: the pacing controller ended at its budget floor",
+        f"(`budget_min` 0.5, the strongest pacing allowed) in {_budget_floor_note(r)}: on the",
+        "small markets the ceiling it steers toward is out of reach of pacing, which reorders each",
+        "viewer's",
+        "eligible pool but does not remove anyone from it, and in markets of 150 (eligible pools",
+        "of ~34 members, 2 slots per session) roughly two thirds of a viewer's pool is shown",
+        "within the 3 weeks (~15 impressions per member in the 14 test days alone), so demoting",
+        "popular members mostly delays their impressions. Consistent with that, the same",
+        "parameters on markets of 500 (pools of ~115) reach the mutual-likes target. The",
+        "match-share and top-1% targets are missed on both populations. The issue's",
+        "ml-latest-small NDCG condition is not measured here: for a one-sided catalogue the",
+        "reciprocal and pacing steps are inert (no member flags) and the trending and two-sided",
+        "features weigh 0 in the default linear model, so its ranking is unchanged by",
+        "construction (`tests/rerank/test_rerank_market.py`).",
+        "",
+        "Full figures (per seed, the validation grid) in `bench/results/marketplace.json`.",
+        "<!-- /marketplace -->",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(section: str) -> None:
+    path = HERE / "README.md"
+    text = path.read_text()
+    start, end = "<!-- marketplace -->", "<!-- /marketplace -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + section.rstrip("\n") + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="4 markets, 2+2 seeds, no grid")
+    ap.add_argument("--markets", type=int, default=10)
+    ap.add_argument("--market-size", type=int, default=150)
+    ap.add_argument(
+        "--large",
+        default="3x500",
+        help="a second population (markets x size), run with the picked point only; '' skips it",
+    )
+    ap.add_argument("--seeds", default="1,2,3,4,5", help="test seeds (reported)")
+    ap.add_argument("--validation", default="101,102", help="seeds tuning picks on")
+    ap.add_argument("--regime", default="balanced", choices=sorted(sim.REGIMES))
+    ap.add_argument("--no-tune", action="store_true")
+    ap.add_argument("--write", action="store_true", help="write results and bench/README.md")
+    ap.add_argument(
+        "--readme-only",
+        action="store_true",
+        help="rewrite bench/README.md's section from bench/results/marketplace.json (no run)",
+    )
+    args = ap.parse_args()
+    if args.readme_only:
+        write_readme(readme_section(json.loads(RESULTS.read_text())))
+        return
+    quick = args.quick
+    test = [int(s) for s in args.seeds.split(",")][: 2 if quick else None]
+    val = [int(s) for s in args.validation.split(",")][: 2 if quick else None]
+    regime = sim.REGIMES[args.regime]
+    cfg = sim.PopulationConfig(markets=4 if quick else args.markets, market_size=args.market_size)
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+
+    def runs_for(
+        seeds: list[int], arms: list[Arm], pc: sim.PopulationConfig = cfg
+    ) -> list[dict[str, dict[str, Any]]]:
+        out = []
+        for s in seeds:
+            pop = sim.generate_population(pc, seed=s)
+            out.append(one_run(pop, s, arms, regime))
+            brief = {
+                a: {k: round(v, 4) for k, v in r.items() if k in SHOWN} for a, r in out[-1].items()
+            }
+            print(f"  seed {s}: {json.dumps(brief)}", file=sys.stderr, flush=True)
+        return out
+
+    # validation: the one-sided top-1% share sets the ceiling; then the grid
+    print("validation: one-sided baseline", file=sys.stderr)
+    base_only = runs_for(val, arms_for(0.5, 1.0, 0.05)[:1])
+    top1_base = statistics.fmean(r["one-sided"]["inbound_top1_share"] for r in base_only)
+    ceiling = round(0.5 * top1_base, 4)
+    grid = (
+        [(0.7, 1.0, 5.0)]
+        if (args.no_tune or quick)
+        else list(itertools.product((0.5, 0.7, 0.85), (1.0,), (3.0, 5.0, 10.0)))
+    )
+    tuning = []
+    for w, ps, cap in grid:
+        print(f"validation: weight={w} pacing={ps} capacity={cap}", file=sys.stderr)
+        c = compare(runs_for(val, arms_for(w, ps, ceiling, cap)), "one-sided", "two-sided")
+        tuning.append(
+            {
+                "reciprocal_weight": w,
+                "pacing_strength": ps,
+                "inbound_capacity": cap,
+                "compare": {k: v for k, v in c.items() if k.endswith(("ratio", "diff"))},
+                "meets": meets(c),
+            }
+        )
+    ok = [t for t in tuning if t["meets"]["gini_not_higher"]]
+    pick = max(ok or tuning, key=lambda t: t["compare"]["mutual_likes_per_1000_ratio"]["mean"])
+    w, ps, cap = pick["reciprocal_weight"], pick["pacing_strength"], pick["inbound_capacity"]
+    arms = arms_for(w, ps, ceiling, cap)
+    pops = {f"{cfg.markets}x{cfg.market_size}": cfg}
+    if args.large and not quick:
+        m, size = (int(x) for x in args.large.split("x"))
+        pops[args.large] = sim.PopulationConfig(markets=m, market_size=size)
+    populations = {}
+    for name, pc in pops.items():
+        print(
+            f"test seeds {test} on {name}: weight={w} pacing={ps} capacity={cap}", file=sys.stderr
+        )
+        runs = runs_for(test, arms, pc)
+        populations[name] = {
+            "config": pc.model_dump(),
+            "members": pc.markets * pc.market_size,
+            "test_seeds": test,
+            "runs": runs,
+            "compare": compare(runs, "one-sided", "two-sided"),
+        }
+    first = next(iter(populations.values()))
+    result = {
+        "regime": args.regime,
+        "market": regime.model_dump(),
+        "validation_seeds": val,
+        "ceiling_top1_share": ceiling,
+        "validation_one_sided_top1_share": round(top1_base, 4),
+        "picked": {"reciprocal_weight": w, "pacing_strength": ps, "inbound_capacity": cap},
+        "tuning": tuning,
+        "populations": populations,
+        "meets": meets(first["compare"]),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "load": {
+            "before": [round(x, 2) for x in load0],
+            "after": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
+    section = readme_section(result)
+    print(section)
+    if args.write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=1, default=float))
+        write_readme(section)
+
+
+SHOWN = (
+    "mutual_likes_per_1000",
+    "match_share_per_week",
+    "inbound_gini",
+    "inbound_top1_share",
+)
+
+
+if __name__ == "__main__":
+    main()

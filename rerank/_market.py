@@ -1,0 +1,169 @@
+"""Two-sided market steps: reciprocal scoring and exposure pacing (pure, over arrays).
+
+In a dating marketplace a recommendation is only good if it can become a match, and a few
+popular members must not absorb everyone's attention. Both steps act on *member* rows only
+(``CandidateBatch.members``: profiles); a one-sided catalogue (movies, products) has none, so
+there both steps return the state unchanged.
+
+**Reciprocal** (``step_reciprocal``, as in reciprocal recommenders such as RECON, Pizzato et al.
+2010): the forward preference *f* (the score so far: how much the viewer should like the
+candidate, min-max scaled to ``[ε, 1]`` over the eligible rows) is combined with the backward
+estimate *b* = P(candidate likes the viewer back) (:func:`reciprocal_estimate`, scaled by its
+batch maximum so both directions share a scale) by a weighted harmonic mean (RECON) or a
+weighted geometric mean (``product``: with weight ½ the order of f·b, the match probability
+when both were calibrated). The backward estimate, for a candidate member *c* and viewer *v*::
+
+    rate_c  = (likes_c + k·prior) / (likes_c + passes_c + k)      c's like rate, Beta prior
+    z_cv    = standardised cos(taste_c, profile_v) over the batch  c's taste for v's profile
+    h_c     = likes_c / (likes_c + k)                              confidence in taste_c
+    b       = σ(logit(rate_c) + γ · h_c · z_cv) · reply_c          γ = reciprocal_affinity
+    reply_c = min(1, (capacity + 1) / (inbound_c + 1))             c gets to the like at all
+    b       = 1 when c already liked v
+
+so a member without history gets the prior (``reciprocal_prior``), and history moves the
+estimate in proportion to how much of it there is.
+
+**Pacing** (``step_pacing``): each member has an exposure budget per exposure window — the
+controller's budget (``RerankContext.pacing_budget``, set by
+:class:`opendisco.signals.PacingController` toward a target distribution of inbound
+attention) scaled down for members who already receive more than the mean inbound attention
+(:func:`member_budgets`). Spend is the member's *paced* exposure — impressions decayed with the
+window as time constant, a leaky bucket that drains continuously, so the budget is paced
+through the day and a budget below one impression per window still binds — and a member
+running ahead of its budget is demoted smoothly, by ``pacing_strength · tanh(log((paced + 1) /
+(budget + 1)))``, instead of disappearing at a cap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._types import FEATURE_NAMES, Features, RerankContext, RerankInputs, RerankState, resort
+
+if TYPE_CHECKING:
+    from ._config import RerankConfig
+
+__all__ = [
+    "combine",
+    "live_trending",
+    "member_budgets",
+    "pacing_penalty",
+    "reciprocal_estimate",
+    "step_pacing",
+    "step_reciprocal",
+]
+
+_RECIPROCAL = FEATURE_NAMES.index("reciprocal")
+_EPS = 0.05  # floor of the scaled forward preference (the weakest eligible row is not zero)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _affinity(taste: np.ndarray | None, profile: np.ndarray | None, n: int) -> np.ndarray:
+    """Standardised cos(taste_c, profile_v) over the rows with a taste (0 elsewhere)."""
+    z = np.zeros(n)
+    if taste is None or profile is None:
+        return z
+    T = np.asarray(taste, dtype=np.float64)
+    p = np.asarray(profile, dtype=np.float64)
+    if T.ndim != 2 or T.shape[1] != p.shape[0] or not np.linalg.norm(p) > 0:
+        return z
+    norms = np.linalg.norm(T, axis=1)
+    has = norms > 0
+    if has.sum() < 2:
+        return z
+    cos = (T[has] @ p) / (norms[has] * np.linalg.norm(p))
+    sd = float(cos.std())
+    z[has] = (cos - cos.mean()) / sd if sd > 1e-9 else 0.0
+    return z
+
+
+def reciprocal_estimate(
+    features: Features, ctx: RerankContext, cfg: RerankConfig, n: int
+) -> np.ndarray:
+    """P(candidate likes the viewer back) per row (see the module docstring); pure."""
+    likes = features.column("likes_sent", n)
+    passes = features.column("passes_sent", n)
+    k, prior = cfg.reciprocal_prior_n, cfg.reciprocal_prior
+    rate = (likes + k * prior) / (likes + passes + k)
+    h = likes / (likes + k)
+    z = _affinity(features.taste, ctx.viewer_profile, n)
+    b = _sigmoid(_logit(rate) + cfg.reciprocal_affinity * h * z)
+    reply = np.minimum(1.0, (cfg.inbound_capacity + 1.0) / (np.maximum(features.inbound, 0) + 1.0))
+    b = b * reply
+    return np.where(features.column("liked_viewer", n) > 0, 1.0, b)
+
+
+def combine(f: np.ndarray, b: np.ndarray, mode: str, weight: float) -> np.ndarray:
+    """Weighted harmonic (``harmonic``) or geometric (``product``) mean of two preferences in
+    ``(0, 1]``; ``weight`` is the backward direction's share (0 = forward only)."""
+    f = np.maximum(f, 1e-9)
+    b = np.maximum(b, 1e-9)
+    if mode == "product":
+        return f ** (1.0 - weight) * b**weight
+    return 1.0 / ((1.0 - weight) / f + weight / b)
+
+
+def step_reciprocal(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
+    member = inp.batch.members
+    if cfg.reciprocal_mode == "off" or s.order.shape[0] == 0 or not member[s.order].any():
+        return s
+    b = inp.X[:, _RECIPROCAL]  # the estimate the feature matrix already holds
+    bmax = float(b[s.order][member[s.order]].max())
+    back = np.where(member, b / bmax if bmax > 0 else 1.0, 1.0)
+    lo, hi = float(s.scores[s.order].min()), float(s.scores[s.order].max())
+    fwd = _EPS + (1 - _EPS) * ((s.scores - lo) / (hi - lo) if hi > lo else np.ones_like(s.scores))
+    scores = combine(fwd, back, cfg.reciprocal_mode, cfg.reciprocal_weight)
+    return RerankState(scores, resort(scores, s.order))
+
+
+def member_budgets(budget: float, inbound: np.ndarray, mean_inbound: float | None) -> np.ndarray:
+    """Pure: each member's exposure budget — ``budget`` scaled by ``min(1, mean inbound /
+    their inbound)``: a member already receiving k times the average attention may be shown
+    1/k as often, the others keep the whole budget (so the budget binds the members who
+    concentrate attention, not everyone)."""
+    if not mean_inbound or mean_inbound <= 0:
+        return np.full(inbound.shape[0], float(budget))
+    share = np.minimum(1.0, mean_inbound / np.maximum(inbound, 1e-9))
+    return budget * share
+
+
+def pacing_penalty(paced: np.ndarray, budget: float | np.ndarray, strength: float) -> np.ndarray:
+    """``strength · tanh(max(0, log((paced + 1) / (budget + 1))))``: 0 while a member's paced
+    exposure (impressions decayed with the window as time constant — a leaky bucket, whose
+    steady state under a constant rate of r impressions per window is r) keeps within its
+    budget per window, rising smoothly (bounded by ``strength``) as it runs ahead; pure."""
+    over = np.log((np.maximum(paced, 0.0) + 1.0) / (np.maximum(budget, 0.0) + 1.0))
+    return strength * np.tanh(np.maximum(0.0, over))
+
+
+def step_pacing(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
+    member = inp.batch.members
+    budget = inp.ctx.pacing_budget
+    if budget is None or cfg.pacing_strength <= 0 or not member.any():
+        return s
+    f = inp.features
+    n = len(inp.batch)
+    paced = f.column("paced_exposure", n) if f.paced_exposure is not None else f.exposure
+    budgets = member_budgets(budget, f.inbound, inp.ctx.pacing_mean_inbound)
+    pen = np.where(member, pacing_penalty(paced, budgets, cfg.pacing_strength), 0.0)
+    if not pen.any():
+        return s
+    scores = s.scores - pen
+    return RerankState(scores, resort(scores, s.order))
+
+
+def live_trending(counts: np.ndarray) -> np.ndarray:
+    """The ``trending`` feature column: log1p(live decayed count), max-normalised."""
+    t = np.log1p(np.maximum(counts, 0.0))
+    m = float(t.max()) if t.size else 0.0
+    return t / m if m > 0 else np.zeros_like(t)

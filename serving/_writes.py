@@ -1,0 +1,73 @@
+"""The served pipeline's write side: events applied to completion, served impressions batched.
+
+:class:`Writes` is what :meth:`Discovery.record_events`, :meth:`Discovery.record_served` and
+:meth:`Discovery.drain` delegate to:
+
+* an event batch runs in its own task to its end, so a caller that gives up (a client timeout
+  cancels the request) never leaves it half-applied (its claims would otherwise stay held until
+  they expire);
+* a list shown to a member counts toward the exposure of its member profiles through
+  :class:`~opendisco.signals.ServedExposure`'s batched background flush (no I/O on the answer
+  path; setting ``exposure_count_served``); other items (movies, products) count only through
+  client impression events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from opensearchpy import AsyncOpenSearch
+
+from opendisco._settings import Settings
+from opendisco.signals import EventProcessor, EventsResult, ExposureStore, ServedExposure
+
+__all__ = ["Writes"]
+
+
+class Writes:
+    """Events and served impressions of one pipeline (see the module docstring)."""
+
+    def __init__(
+        self, settings: Settings, os_client: AsyncOpenSearch, db: Any, exposure: ExposureStore
+    ) -> None:
+        self.settings = settings
+        self.os = os_client
+        self.db = db
+        self.exposure = exposure
+        self.served = ServedExposure(exposure, settings.exposure_flush_s)
+        self._events: EventProcessor | None = None
+        self._applying: set[asyncio.Future[EventsResult]] = set()
+        self._lock = asyncio.Lock()
+
+    async def events(
+        self, events: Sequence[Mapping[str, Any]], now: datetime | None = None
+    ) -> EventsResult:
+        if self._events is None:
+            async with self._lock:
+                if self._events is None:
+                    proc = EventProcessor(self.settings, self.db, self.os, exposure=self.exposure)
+                    await proc.ensure()
+                    self._events = proc
+        task = asyncio.ensure_future(self._events.apply(list(events), now=now))
+        self._applying.add(task)
+        task.add_done_callback(self._applying.discard)
+        return await asyncio.shield(task)
+
+    def shown(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """Count a list shown to a member (response items: ``{"id", "item": {...}}``)."""
+        if not self.settings.exposure_count_served:
+            return
+        profiles = [
+            str(it["id"]) for it in items if (it.get("item") or {}).get("kind") == "profile"
+        ]
+        if profiles:
+            self.served.add(profiles)
+
+    async def drain(self) -> None:
+        """Finish event batches still applying and write the served impressions not flushed."""
+        if self._applying:
+            await asyncio.wait(list(self._applying))
+        await self.served.drain()

@@ -1,0 +1,242 @@
+"""Event claims: which call applies an event — a lease with an owner and an expiry.
+
+A call claims an event by inserting it into ``events`` with ``_id`` = the client's event id,
+``applied: False``, ``claim_owner`` (a token per call), ``claim_gen: 0`` and
+``claim_expires``. A unique ``_id`` insert is atomic on every backend (FerretDB included), so
+of concurrent posts of one event exactly one wins it. A call that finds the id already stored
+classifies it (:func:`classify`)::
+
+    applied                        duplicate: counted once, nothing done
+    not applied, claim live        in flight in another call: waited for (``wait_s``), then a
+                                   duplicate once that call marks it applied
+    not applied, claim expired     its holder died (or lost its process): taken over —
+                                   ``recovered`` — by inserting the next generation's arbiter
+                                   ``{_id: "<event id>\\x1f<gen>"}`` into ``event_claims``:
+                                   again a unique insert, so one taker wins each generation
+
+The holder renews its claims while it works (every ``lease_s / 3``), so only a holder that
+stopped working loses them. Expiry is wall-clock time (hosts are assumed NTP-synced, as for
+:func:`opendisco._store.lease`); a claim without an expiry (written before claims had one) is
+expired. Generation arbiters are deleted once their event is marked applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from opendisco._backend import backend_errors
+from opendisco._exceptions import BackendError
+
+from ._graph import SEP
+
+__all__ = ["CLAIMS", "ClaimStatus", "EventClaims", "classify"]
+
+CLAIMS = "event_claims"
+#: fields of an ``events`` document that describe its claim
+_PROJECTION = {"applied": 1, "claim_gen": 1, "claim_expires": 1}
+#: generations tried in one take-over call (each needs its predecessor expired)
+_MAX_GENERATIONS = 8
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ClaimStatus:
+    """What a stored event's claim says, classified at ``now`` (see the module docstring)."""
+
+    applied: bool
+    gen: int
+    expired: bool
+
+
+def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
+    """Pure: the claim state of a stored ``events`` document (None: the event is gone — purged
+    after its retention — which counts as applied: nothing is left to do for it)."""
+    if doc is None:
+        return ClaimStatus(applied=True, gen=0, expired=False)
+    expires = _aware(doc.get("claim_expires"))
+    return ClaimStatus(
+        applied=bool(doc.get("applied")),
+        gen=int(doc.get("claim_gen") or 0),
+        expired=expires is None or expires <= now,
+    )
+
+
+def _arbiter(event_id: str, gen: int) -> str:
+    return f"{event_id}{SEP}{gen}"
+
+
+class EventClaims:
+    """Claims on ``events`` documents and their take-over arbiters in ``event_claims``."""
+
+    def __init__(self, db: Any, *, lease_s: float) -> None:
+        self.events = db["events"]
+        self.arbiters = db[CLAIMS]
+        self.lease_s = lease_s
+        #: event id -> generation this process holds beyond 0 (arbiters to delete on mark)
+        self._held: dict[str, int] = {}
+
+    def expiry(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.lease_s)
+
+    def stamp(self, docs: Iterable[dict[str, Any]], token: str) -> list[dict[str, Any]]:
+        """``docs`` (events to insert) with a fresh generation-0 claim held by ``token``."""
+        expires = self.expiry()
+        return [
+            {**d, "applied": False, "claim_owner": token, "claim_gen": 0, "claim_expires": expires}
+            for d in docs
+        ]
+
+    async def insert(self, docs: Sequence[dict[str, Any]]) -> set[str]:
+        """Insert claimed events (unordered); returns the ids already stored (not claimed)."""
+        with backend_errors("event insert failed"):
+            try:
+                await self.events.insert_many(list(docs), ordered=False)
+            except BulkWriteError as exc:
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+                return {docs[e["index"]]["_id"] for e in exc.details["writeErrors"]}
+        return set()
+
+    async def status(self, ids: Iterable[str]) -> dict[str, ClaimStatus]:
+        """The claim state of every id (one ``find`` by ``_id``)."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        with backend_errors("event claim lookup failed"):
+            docs = await self.events.find({"_id": {"$in": wanted}}, projection=_PROJECTION).to_list(
+                None
+            )
+        now = datetime.now(UTC)
+        found = {d["_id"]: d for d in docs}
+        return {i: classify(found.get(i), now) for i in wanted}
+
+    async def take_over(self, expired: Mapping[str, int], token: str) -> set[str]:
+        """Try to take over expired claims (``{event id: its generation}``); returns the ids won.
+
+        Generation ``g + 1`` is won by inserting its arbiter. When that arbiter exists, the
+        taker of ``g + 1`` may itself have died before updating the event: its arbiter's own
+        expiry decides whether ``g + 2`` may be tried.
+        """
+        want = {i: g + 1 for i, g in expired.items()}
+        won: dict[str, int] = {}
+        for _ in range(_MAX_GENERATIONS):
+            if not want:
+                break
+            expires = self.expiry()
+            docs = [
+                {"_id": _arbiter(i, g), "event": i, "gen": g, "owner": token, "expires": expires}
+                for i, g in sorted(want.items())
+            ]
+            lost: set[str] = set()
+            with backend_errors("event claim take-over failed"):
+                try:
+                    await self.arbiters.insert_many(docs, ordered=False)
+                except BulkWriteError as exc:
+                    if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                        raise
+                    lost = {docs[e["index"]]["event"] for e in exc.details["writeErrors"]}
+            won.update((i, g) for i, g in want.items() if i not in lost)
+            if not lost:
+                break
+            with backend_errors("event claim lookup failed"):
+                taken = await self.arbiters.find(
+                    {"_id": {"$in": [_arbiter(i, want[i]) for i in lost]}}
+                ).to_list(None)
+            now = datetime.now(UTC)
+            want = {
+                d["event"]: int(d["gen"]) + 1
+                for d in taken
+                if (_aware(d.get("expires")) or now) <= now
+            }
+        if won:
+            await self._record(won, token)
+        return set(won)
+
+    async def _record(self, won: Mapping[str, int], token: str) -> None:
+        """Write the won generations onto the events (one ``update_many`` per generation)."""
+        by_gen: dict[int, list[str]] = defaultdict(list)
+        for i, g in won.items():
+            by_gen[g].append(i)
+            self._held[i] = g
+        expires = self.expiry()
+        with backend_errors("event claim update failed"):
+            for g, ids in by_gen.items():
+                await self.events.update_many(
+                    {"_id": {"$in": ids}},
+                    {"$set": {"claim_owner": token, "claim_gen": g, "claim_expires": expires}},
+                )
+
+    async def renew(self, ids: Sequence[str], token: str) -> None:
+        """Push the expiry of this holder's claims (and its arbiters) one lease ahead."""
+        expires = self.expiry()
+        with backend_errors("event claim renewal failed"):
+            await self.events.update_many(
+                {"_id": {"$in": list(ids)}, "claim_owner": token},
+                {"$set": {"claim_expires": expires}},
+            )
+            held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
+            if held:
+                await self.arbiters.update_many(
+                    {"_id": {"$in": held}, "owner": token}, {"$set": {"expires": expires}}
+                )
+
+    async def release(self, ids: Sequence[str], token: str) -> None:
+        """Give this holder's claims up (a failed apply): they expire now, best effort."""
+        gone = datetime.fromtimestamp(0, UTC)
+        with contextlib.suppress(PyMongoError):
+            await self.events.update_many(
+                {"_id": {"$in": list(ids)}, "claim_owner": token},
+                {"$set": {"claim_expires": gone}},
+            )
+            held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
+            if held:
+                await self.arbiters.update_many(
+                    {"_id": {"$in": held}, "owner": token}, {"$set": {"expires": gone}}
+                )
+
+    @contextlib.asynccontextmanager
+    async def renewing(self, ids: Sequence[str], token: str) -> AsyncIterator[None]:
+        """Renew the claims on ``ids`` every ``lease_s / 3`` while the block runs."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.lease_s / 3)
+                with contextlib.suppress(BackendError):  # the next round tries again
+                    await self.renew(ids, token)
+
+        task = asyncio.ensure_future(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def mark(self, ids: Sequence[str]) -> None:
+        """Mark events applied (one ``update_many``: a bulk of point updates on ``events`` was
+        seen to hang FerretDB 1.24) and drop the arbiters of generations held for them."""
+        with backend_errors("marking events applied failed"):
+            await self.events.update_many({"_id": {"$in": list(ids)}}, {"$set": {"applied": True}})
+        held = [_arbiter(i, self._held.pop(i)) for i in ids if i in self._held]
+        if held:
+            with contextlib.suppress(PyMongoError):  # leftovers are purged with the events
+                await self.arbiters.delete_many({"_id": {"$in": held}})
+
+    async def purge(self, cutoff: datetime) -> int:
+        """Delete arbiters older than ``cutoff`` (left by holders that died after winning)."""
+        with backend_errors("purging event claims failed"):
+            res = await self.arbiters.delete_many({"expires": {"$lt": cutoff}})
+        return res.deleted_count

@@ -1,0 +1,82 @@
+"""Live trending: decayed like/match counts per item, kept on the exposure counter documents.
+
+Each like or match adds its weight to the item's count, decayed from the moment it happened
+with half-life ``trending_half_life_hours``: the stored pair (``trend``, ``trend_at``) is the
+value at ``trend_at``, and its value at time *T* is ``trend · 2^(−(T − trend_at)/h)``; an item
+nobody liked for ``trending_window_hours`` counts 0. Late or replayed events count as of when
+they happened (:func:`trend_increments` decays a batch's likes to the latest of them, and the
+painless update brings the stored value to the later of the two times before adding). The
+I/O is :meth:`opendisco.signals.ExposureStore.record_trend` (one scripted ``_bulk``) and
+:meth:`~opendisco.signals.ExposureStore.trending` (the top items, scored in the engine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "TREND_PROPERTIES",
+    "TREND_UPDATE_SCRIPT",
+    "TREND_VALUE_SCRIPT",
+    "decayed",
+    "epoch_ms",
+    "trend_increments",
+]
+
+TREND_PROPERTIES: dict[str, Any] = {
+    "trend": {"type": "double"},
+    "trend_at": {"type": "date", "format": "epoch_millis"},
+}
+
+# decayed like/match count: bring the stored value to the later of (trend_at, t), add w there
+TREND_UPDATE_SCRIPT = """
+double hl = params.half_life;
+if (ctx._source.trend == null || ctx._source.trend_at == null) {
+  ctx._source.trend = 0.0; ctx._source.trend_at = params.at;
+}
+long ref = ctx._source.trend_at;
+if (params.at > ref) {
+  ctx._source.trend = ctx._source.trend * Math.pow(2.0, (ref - params.at) / hl) + params.w;
+  ctx._source.trend_at = params.at;
+} else {
+  ctx._source.trend = ctx._source.trend + params.w * Math.pow(2.0, (params.at - ref) / hl);
+}
+"""
+
+# the decayed value of a counter at params.now (0 outside the window)
+TREND_VALUE_SCRIPT = (
+    "if (doc['trend'].size() == 0 || doc['trend_at'].size() == 0) { return 0.0; } "
+    "double age = params.now - doc['trend_at'].value.toInstant().toEpochMilli(); "
+    "return doc['trend'].value * Math.pow(2.0, -Math.max(age, 0) / params.half_life);"
+)
+
+
+def epoch_ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+def decayed(
+    trend: float, trend_at_ms: int, now_ms: int, half_life_ms: float, window_ms: float
+) -> float:
+    """Pure: a stored decayed count's value at ``now_ms`` (0 once it is older than the window)."""
+    age = now_ms - trend_at_ms
+    if age >= window_ms:
+        return 0.0
+    return float(trend) * 2.0 ** (-max(age, 0) / half_life_ms)
+
+
+def trend_increments(
+    likes: Iterable[tuple[str, datetime, float]], half_life_ms: float
+) -> dict[str, tuple[int, float]]:
+    """Pure: per item, ``(reference ms, weight)`` — the batch's likes decayed to the latest of
+    them (one scripted update per item)."""
+    per: dict[str, list[tuple[int, float]]] = {}
+    for item, ts, w in likes:
+        per.setdefault(str(item), []).append((epoch_ms(ts), float(w)))
+    out = {}
+    for item, rows in per.items():
+        ref = max(t for t, _ in rows)
+        out[item] = (ref, sum(w * 2.0 ** ((t - ref) / half_life_ms) for t, w in rows))
+    return out

@@ -1,0 +1,246 @@
+"""Two-sided market math (pure): the reciprocal estimate and step, pacing, the controller, live
+trending counts; and that all of it is neutral for a one-sided catalogue."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from opendisco.rerank import (
+    FEATURE_NAMES,
+    CandidateBatch,
+    Features,
+    RerankConfig,
+    RerankContext,
+    Reranker,
+    member_budgets,
+    pacing_penalty,
+    reciprocal_estimate,
+)
+from opendisco.signals import (
+    PacingState,
+    PacingTargets,
+    attention_stats,
+    decayed,
+    pacing_step,
+    trend_increments,
+)
+
+COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
+
+
+def _members(n: int, *, fused: list[float] | None = None, member: bool = True) -> CandidateBatch:
+    items = [
+        {"id": f"p{i}", "kind": "profile" if member else "movie", "owner_id": f"m{i}"}
+        for i in range(n)
+    ]
+    return CandidateBatch.from_items(items, fused=fused or list(np.linspace(1.0, 0.5, n)))
+
+
+def _features(n: int, dim: int = 4, **kw: Any) -> Features:
+    base = Features.empty(n, dim, 2)
+    return Features(**{**base.__dict__, **kw})
+
+
+def test_new_features_are_appended_to_the_schema() -> None:
+    # learning to rank reads this schema (model files and served lists record it): the
+    # two-sided columns come after the one-sided and learning-to-rank ones
+    assert FEATURE_NAMES[:10] == (
+        "fused",
+        "content_sim",
+        "behaviour_sim",
+        "graph",
+        "quality",
+        "popularity",
+        "freshness",
+        "exposure",
+        "inbound",
+        "n_sources",
+    )
+    assert FEATURE_NAMES[-4:] == ("reciprocal", "liked_viewer", "mutual", "trending")
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+    # the default linear model gives the two-sided columns no weight (the reciprocal step
+    # combines the directions; the columns feed the learned scorer)
+    w = dict(zip(FEATURE_NAMES, RerankConfig().weight_vector(), strict=True))
+    assert all(w[n] == 0.0 for n in FEATURE_NAMES[-4:])
+
+
+def test_reciprocal_estimate_prior_history_and_known_likes() -> None:
+    cfg = RerankConfig()
+    n = 4
+    profile = np.array([1.0, 0.0, 0.0, 0.0])
+    taste = np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [1.0, 0, 0, 0], [0.0, 0, 0, 0]])
+    feats = _features(
+        n,
+        taste=taste,
+        likes_sent=np.array([200.0, 200.0, 2.0, 0.0]),
+        passes_sent=np.array([200.0, 200.0, 2.0, 0.0]),
+        liked_viewer=np.array([0.0, 0.0, 0.0, 0.0]),
+    )
+    ctx = RerankContext(viewer_profile=profile)
+    b = reciprocal_estimate(feats, ctx, cfg, n)
+    # no history: the prior; a long history that likes the viewer's kind: well above; the
+    # opposite taste: well below; little history: close to its own like rate
+    assert b[3] == pytest.approx(cfg.reciprocal_prior)
+    assert b[0] > 0.6 > 0.5 > b[2] > 0.3 > b[1]
+    liked = reciprocal_estimate(
+        _features(n, liked_viewer=np.array([0.0, 1.0, 0.0, 0.0])), ctx, cfg, n
+    )
+    assert liked[1] == 1.0 and liked[0] == pytest.approx(cfg.reciprocal_prior)
+    # a recipient far over its reply capacity rarely gets to the like
+    busy = _features(n, inbound=np.array([0.0, 0.0, 0.0, 10 * cfg.inbound_capacity]))
+    assert reciprocal_estimate(busy, ctx, cfg, n)[3] < 0.15 * cfg.reciprocal_prior
+
+
+def test_reciprocal_step_trades_one_sided_appeal_for_reciprocity() -> None:
+    n = 4
+    batch = _members(n, fused=[1.0, 0.95, 0.9, 0.3])
+    # p0: best forward, will not like back (300 passes); p2: already liked the viewer; p1, p3:
+    # no history (the prior)
+    feats = _features(
+        n,
+        likes_sent=np.zeros(n),
+        passes_sent=np.array([300.0, 0.0, 0.0, 0.0]),
+        liked_viewer=np.array([0.0, 0.0, 1.0, 0.0]),
+    )
+    cfg = RerankConfig(steps=("score", "reciprocal"), weights={"fused": 1.0})
+    res = Reranker(cfg).run(batch, feats, RerankContext())
+    assert res.ids == ["p2", "p1", "p3", "p0"]
+    change = res.trace.changes("reciprocal")
+    assert (change["p2"]["from"], change["p2"]["to"]) == (2, 0)
+    assert (change["p0"]["from"], change["p0"]["to"]) == (0, 3)
+    assert res.trace.X[2, COL["reciprocal"]] == 1.0 and res.trace.X[2, COL["liked_viewer"]] == 1
+    # weight 0: the forward order; the weighted geometric mean agrees on this clear case
+    off = RerankConfig(**{**cfg.get_config(), "reciprocal_weight": 0.0})
+    assert Reranker(off).run(batch, feats, RerankContext()).ids == ["p0", "p1", "p2", "p3"]
+    prod = RerankConfig(**{**cfg.get_config(), "reciprocal_mode": "product"})
+    assert Reranker(prod).run(batch, feats, RerankContext()).ids[0] == "p2"
+    # taste against the viewer's profile: of two otherwise equal candidates, the one whose
+    # likes resemble the viewer's profile goes first
+    profile = np.array([0.0, 1.0, 0.0, 0.0])
+    taste = np.array([[0.0, -1.0, 0, 0], [0.0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, -1.0, 0]])
+    even = _members(n, fused=[1.0, 1.0, 0.3, 0.3])
+    tf = _features(n, taste=taste, likes_sent=np.full(n, 50.0), passes_sent=np.full(n, 50.0))
+    got = Reranker(cfg).run(even, tf, RerankContext(viewer_profile=profile)).ids
+    assert got[0] == "p1"
+
+
+def test_market_steps_are_neutral_for_a_one_sided_catalogue() -> None:
+    # movies: no member rows, so the reciprocal and pacing steps change nothing at all
+    n = 6
+    batch = _members(n, member=False)
+    assert batch.member is None
+    feats = _features(n, exposure=np.full(n, 1e6), paced_exposure=np.full(n, 1e6))
+    ctx = RerankContext(pacing_budget=1.0)
+    res = Reranker(RerankConfig()).run(batch, feats, ctx, timed=True)
+    for step in ("reciprocal", "pacing"):
+        assert res.trace.changes(step) == {}
+    X = res.trace.X
+    assert not X[:, [COL["reciprocal"], COL["liked_viewer"], COL["mutual"]]].any()
+    plain = RerankConfig(
+        steps=tuple(s for s in RerankConfig().steps if s not in ("reciprocal", "pacing"))
+    )
+    assert Reranker(plain).run(batch, feats, ctx).ids == res.ids
+
+
+def test_pacing_penalty_is_smooth_and_bounded() -> None:
+    paced = np.array([0.0, 20.0, 30.0, 40.0, 400.0])
+    pen = pacing_penalty(paced, 20.0, strength=0.5)
+    assert pen[0] == pen[1] == 0.0  # within the budget per window
+    assert 0 < pen[2] < pen[3] < pen[4] <= 0.5  # rising smoothly, bounded by strength
+    # per-member budgets: a member with k times the mean inbound attention gets 1/k of it
+    budgets = member_budgets(20.0, np.array([0.0, 5.0, 10.0, 40.0]), mean_inbound=10.0)
+    assert budgets.tolist() == [20.0, 20.0, 20.0, 5.0]
+    assert member_budgets(20.0, np.array([40.0]), None).tolist() == [20.0]
+    # a budget below one impression per window still binds (the leaky bucket is fractional)
+    assert pacing_penalty(np.array([1.0]), 0.2, 1.0)[0] > 0.4
+
+
+def test_pacing_step_demotes_members_ahead_of_their_budget() -> None:
+    n = 3
+    batch = _members(n, fused=[1.0, 0.9, 0.8])
+    # p0 was shown far more than its budget, p1 as much as p2 but it already receives four
+    # times the mean inbound attention: its own budget is a quarter
+    feats = _features(
+        n,
+        paced_exposure=np.array([500.0, 8.0, 8.0]),
+        inbound=np.array([1.0, 40.0, 1.0]),
+    )
+    cfg = RerankConfig(steps=("score", "pacing"), weights={"fused": 1.0}, pacing_strength=0.5)
+    off = Reranker(cfg).run(batch, feats, RerankContext(pacing_budget=None))
+    assert off.ids == ["p0", "p1", "p2"]
+    ctx = RerankContext(pacing_budget=10.0, pacing_mean_inbound=10.0)
+    on = Reranker(cfg).run(batch, feats, ctx)
+    assert on.ids == ["p2", "p1", "p0"]
+    change = on.trace.changes("pacing")
+    assert change["p0"]["delta"] < -0.45 and change["p2"]["delta"] == 0.0
+    assert -0.45 < change["p1"]["delta"] < 0
+
+
+def test_attention_stats() -> None:
+    assert attention_stats([]) == (0.0, 0.0)
+    assert attention_stats(np.zeros(10)) == (0.0, 0.0)
+    share, gini = attention_stats(np.ones(200))
+    assert share == pytest.approx(2 / 200) and gini == pytest.approx(0.0, abs=1e-12)
+    x = np.zeros(100)
+    x[7] = 5.0
+    share, gini = attention_stats(x)
+    assert share == 1.0 and gini == pytest.approx(0.99)
+
+
+def _toy_market(budget_mult: float, appeal: np.ndarray, traffic: float) -> np.ndarray:
+    """Inbound attention when impressions go by appeal but each member's share is capped at
+    ``budget_mult`` × the mean (what the pacing step does, in the limit of a hard cap)."""
+    share = appeal / appeal.sum() * traffic
+    cap = budget_mult * traffic / appeal.shape[0]
+    for _ in range(50):  # water-filling: what the capped members lose goes to the others
+        over = share > cap
+        excess = float((share[over] - cap).sum())
+        share[over] = cap
+        if excess < 1e-9:
+            break
+        room = ~over
+        share[room] += excess * appeal[room] / appeal[room].sum()
+    return share * 0.2  # likes per impression
+
+
+def test_controller_steers_the_top_share_to_its_ceiling_and_relaxes() -> None:
+    rng = np.random.default_rng(0)
+    appeal = np.exp(1.5 * rng.normal(size=2000))
+    targets = PacingTargets(top1_share=0.05, budget_min=0.5, budget_max=50.0, gain=0.5)
+    state = PacingState(budget=targets.budget_max)
+    free = attention_stats(_toy_market(1e9, appeal, 1e5))[0]
+    assert free > 0.1  # unpaced, the top 1% gets far more than the ceiling
+    for _ in range(40):
+        counts = _toy_market(state.budget, appeal, 1e5)
+        state = pacing_step(state, counts, 50.0, targets)
+    assert attention_stats(_toy_market(state.budget, appeal, 1e5))[0] == pytest.approx(
+        0.05, abs=0.005
+    )
+    assert state.impressions == pytest.approx(state.budget * 50.0)
+    # a spread market: the budget goes back to its loosest (pacing then rarely binds)
+    flat = PacingState(budget=2.0)
+    for _ in range(20):
+        flat = pacing_step(flat, np.ones(2000), 50.0, targets)
+    assert flat.budget == targets.budget_max
+    # a Gini ceiling works the same way
+    g = PacingTargets(top1_share=None, gini=0.5, budget_min=0.5, budget_max=50.0)
+    gs = PacingState(budget=g.budget_max)
+    for _ in range(60):
+        gs = pacing_step(gs, _toy_market(gs.budget, appeal, 1e5), 50.0, g)
+    assert attention_stats(_toy_market(gs.budget, appeal, 1e5))[1] <= 0.52
+
+
+def test_live_trend_counts_decay_from_each_event_time() -> None:
+    hl = 3_600_000.0  # 1 h
+    t0 = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    incs = trend_increments(
+        [("a", t0, 1.0), ("a", t0 - timedelta(hours=1), 1.0), ("b", t0, 2.0)], hl
+    )
+    ref = int(t0.timestamp() * 1000)
+    assert incs == {"a": (ref, 1.5), "b": (ref, 2.0)}
+    assert decayed(1.5, ref, ref + 3_600_000, hl, 72 * hl) == pytest.approx(0.75)
+    assert decayed(1.5, ref, ref + 72 * 3_600_000, hl, 72 * hl) == 0.0  # outside the window

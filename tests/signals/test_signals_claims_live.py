@@ -1,0 +1,349 @@
+"""Event claims against the real servers: concurrent duplicates count once, crashed claims are
+recovered once, live claims are never taken over (issue 19, item 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from itertools import combinations
+from typing import Any
+
+import pytest
+
+from opendisco import SearchBackendError, Settings, clients
+from opendisco.signals import (
+    EVENTS,
+    EventProcessor,
+    EventsResult,
+    ExposureStore,
+    InboundCounter,
+    ItemGraph,
+    UserStateStore,
+)
+
+MOVIES = [f"{c}{j}" for c in ("alpha", "beta", "gamma") for j in range(3, 9)]
+PROFILES = ["prof0", "prof1", "prof2", "prof3"]
+
+
+# the clustered catalogue in a namespace of its own: these tests count every counter of the
+# items they touch, and add edges and impressions other suites' absolute checks must not see
+
+
+@pytest.fixture(scope="module")
+def claims_settings(
+    settings: Settings, os_client: Any, index_items: Any, clustered_items: list[dict[str, Any]]
+) -> Any:
+    s = settings.model_copy(
+        update={"index_alias": f"{settings.index_alias}cl", "mongo_db": f"{settings.mongo_db}cl"}
+    )
+    index_items(s, clustered_items)
+    yield s
+    os_client.indices.delete(
+        index=f"{s.index_alias}*", ignore_unavailable=True, expand_wildcards="all"
+    )
+    with clients.mongo(s) as mc:
+        mc.drop_database(s.mongo_db)
+
+
+@pytest.fixture
+async def claims_db(claims_settings: Settings) -> Any:
+    client = clients.motor(claims_settings)
+    yield client[claims_settings.mongo_db]
+    client.close()
+
+
+@pytest.fixture
+async def claims_os(claims_settings: Settings) -> Any:
+    client = clients.async_opensearch(claims_settings)
+    yield client
+    await client.close()
+
+
+def _batch(rng_seed: int, n_users: int = 6) -> list[dict[str, Any]]:
+    """30 events from fresh members: impressions, movie likes/clicks (graph edges) and profile
+    likes (inbound attention, mutual likes); at most 3 positives per member."""
+    tag = uuid.uuid4().hex[:6]
+    out: list[dict[str, Any]] = []
+    for u in range(n_users):
+        user = f"c{tag}{u}"
+        picks = [MOVIES[(rng_seed * 5 + u * 7 + j * 4) % len(MOVIES)] for j in range(4)]
+        out += [
+            {"type": "impression", "item_id": picks[0]},
+            {"type": "impression", "item_id": picks[1]},
+            {"type": "like", "item_id": picks[2]},
+            {"type": "click", "item_id": picks[3]},
+            {"type": "like", "item_id": PROFILES[(u + rng_seed) % 4]},
+        ]
+        for e in out[-5:]:
+            e.update(id=uuid.uuid4().hex, user_id=user)
+    return out
+
+
+def _expected(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """What applying ``batch`` once adds: impressions, inbound likes, co-engagement pairs."""
+    pos: dict[str, list[str]] = {}
+    for e in batch:
+        if e["type"] in ("like", "click"):
+            pos.setdefault(e["user_id"], []).append(e["item_id"])
+    edges: Counter[tuple[str, str]] = Counter()
+    for items in pos.values():
+        for a, b in combinations(dict.fromkeys(items), 2):
+            edges[(a, b)] += 1
+            edges[(b, a)] += 1
+    return {
+        "exposure": Counter(e["item_id"] for e in batch if e["type"] == "impression"),
+        "inbound": Counter(
+            e["item_id"] for e in batch if e["type"] == "like" and e["item_id"] in PROFILES
+        ),
+        "edges": edges,
+        "positives": pos,
+    }
+
+
+class _Counters:
+    """Reads of every counter a batch touches (exposure, inbound, graph weights)."""
+
+    def __init__(self, proc: EventProcessor, db: Any) -> None:
+        self.proc = proc
+        self.graph = ItemGraph(db)
+        self.inbound = InboundCounter(db)
+
+    async def read(self) -> dict[str, Any]:
+        expo = await self.proc.exposure.counts([*MOVIES, *PROFILES])
+        inbound = await self.inbound.counts(PROFILES)
+        edges = {}
+        for src in [*MOVIES, *PROFILES]:
+            for dst, w in (await self.graph.weights([src])).items():
+                edges[(src, dst)] = w
+        return {"exposure": expo, "inbound": inbound, "edges": edges}
+
+    @staticmethod
+    def delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Counter[Any]]:
+        out: dict[str, Counter[Any]] = {}
+        for key in a:
+            d: Counter[Any] = Counter()
+            for k in set(a[key]) | set(b[key]):
+                diff = b[key].get(k, 0) - a[key].get(k, 0)
+                if diff:
+                    d[k] = diff
+            out[key] = d
+        return out
+
+
+async def _assert_exact(
+    db: Any, batch: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    want = _expected(batch)
+    got = _Counters.delta(before, after)
+    assert got["exposure"] == want["exposure"]
+    assert got["inbound"] == want["inbound"]
+    assert got["edges"] == want["edges"]
+    states = await UserStateStore(db).get_many(want["positives"])
+    for user, items in want["positives"].items():
+        st = states[user]
+        assert sorted(p["id"] for p in st.positives) == sorted(items)
+        assert len(st.applied) == len(set(st.applied)) == 5  # every event merged once
+    ids = [e["id"] for e in batch]
+    stored = await db[EVENTS].find({"_id": {"$in": ids}}).to_list(None)
+    assert len(stored) == len(batch) and all(d["applied"] for d in stored)
+
+
+def _waits(settings: Settings, *, wait: float = 30.0, lease: float = 30.0) -> Settings:
+    """Claims settings for a test: a loaded machine applies a batch in seconds, so callers
+    wait long enough for the holder unless the test says otherwise."""
+    return settings.model_copy(update={"events_claim_wait_s": wait, "events_claim_lease_s": lease})
+
+
+def _sums(results: list[EventsResult]) -> tuple[int, int, int, int]:
+    return (
+        sum(r.accepted for r in results),
+        sum(r.duplicates for r in results),
+        sum(r.recovered for r in results),
+        sum(r.in_flight for r in results),
+    )
+
+
+async def test_concurrent_posts_of_one_batch_count_once(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    # three processors = three API workers receiving a client's batch and its two retries
+    s = _waits(claims_settings)
+    procs = [EventProcessor(s, claims_db, claims_os) for _ in range(3)]
+    counters = _Counters(procs[0], claims_db)
+    for rnd in range(5):
+        batch = _batch(rnd)
+        assert len(batch) == 30
+        before = await counters.read()
+        results = await asyncio.gather(*(p.apply(batch) for p in procs))
+        assert _sums(list(results)) == (30, 60, 0, 0), [r.to_dict() for r in results]
+        assert all(not r.rejected for r in results)
+        await _assert_exact(claims_db, batch, before, await counters.read())
+
+
+async def test_concurrent_posts_within_one_processor_count_once(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    proc = EventProcessor(_waits(claims_settings), claims_db, claims_os)
+    counters = _Counters(proc, claims_db)
+    batch = _batch(7)
+    before = await counters.read()
+    results = await asyncio.gather(*(proc.apply(batch) for _ in range(3)))
+    assert _sums(list(results)) == (30, 60, 0, 0)
+    await _assert_exact(claims_db, batch, before, await counters.read())
+
+
+async def _leave_claims(
+    db: Any, batch: list[dict[str, Any]], *, owner: str, expires: datetime
+) -> None:
+    """What a call that claimed ``batch`` and then stopped (crash, lost process) leaves."""
+    now = datetime.now(UTC)
+    await db[EVENTS].insert_many(
+        [
+            {
+                **{k: v for k, v in e.items() if k != "id"},
+                "_id": e["id"],
+                "ts": now,
+                "received_at": now,
+                "applied": False,
+                "claim_owner": owner,
+                "claim_gen": 0,
+                "claim_expires": expires,
+            }
+            for e in batch
+        ]
+    )
+
+
+async def test_crashed_claim_is_recovered_exactly_once(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    s = _waits(claims_settings)
+    procs = [EventProcessor(s, claims_db, claims_os) for _ in range(3)]
+    counters = _Counters(procs[0], claims_db)
+    batch = _batch(11)
+    before = await counters.read()
+    await _leave_claims(
+        claims_db, batch, owner="dead", expires=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    results = await asyncio.gather(*(p.apply(batch) for p in procs))
+    assert _sums(list(results)) == (0, 60, 30, 0), [r.to_dict() for r in results]
+    await _assert_exact(claims_db, batch, before, await counters.read())
+    again = await procs[0].apply(batch)
+    assert (again.accepted, again.duplicates, again.recovered) == (0, 30, 0)
+
+
+async def test_live_claim_is_not_taken_over(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    proc = EventProcessor(_waits(claims_settings, wait=0.3), claims_db, claims_os)
+    counters = _Counters(proc, claims_db)
+    batch = _batch(13)
+    before = await counters.read()
+    await _leave_claims(
+        claims_db, batch, owner="alive", expires=datetime.now(UTC) + timedelta(seconds=60)
+    )
+    res = await proc.apply(batch)
+    assert (res.accepted, res.duplicates, res.recovered, res.in_flight) == (0, 0, 0, 30)
+    assert _Counters.delta(before, await counters.read()) == {
+        "exposure": Counter(),
+        "inbound": Counter(),
+        "edges": Counter(),
+    }
+    # the holder finishes: a retry now reports duplicates
+    ids = [e["id"] for e in batch]
+    await claims_db[EVENTS].update_many({"_id": {"$in": ids}}, {"$set": {"applied": True}})
+    res = await proc.apply(batch)
+    assert (res.accepted, res.duplicates, res.in_flight) == (0, 30, 0)
+
+
+async def test_claim_expiring_while_waited_for_is_recovered(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    s = _waits(claims_settings)
+    procs = [EventProcessor(s, claims_db, claims_os) for _ in range(2)]
+    counters = _Counters(procs[0], claims_db)
+    batch = _batch(17)
+    before = await counters.read()
+    await _leave_claims(
+        claims_db, batch, owner="dying", expires=datetime.now(UTC) + timedelta(seconds=0.5)
+    )
+    results = await asyncio.gather(*(p.apply(batch) for p in procs))
+    assert _sums(list(results)) == (0, 30, 30, 0), [r.to_dict() for r in results]
+    await _assert_exact(claims_db, batch, before, await counters.read())
+
+
+class _SlowExposure(ExposureStore):
+    """The real exposure store, taking ``delay_s`` longer per write (a slow holder)."""
+
+    delay_s = 8.0
+
+    async def record(self, counts: Any, now: datetime | None = None) -> list[str]:
+        await asyncio.sleep(self.delay_s)
+        return await super().record(counts, now=now)
+
+
+async def test_slow_holder_renews_its_claims(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    # lease 3 s, a holder that takes > 8 s: renewal keeps its claims; the retry waits and
+    # reports duplicates, nothing is applied twice (a loaded machine stalls the loop for ~1 s
+    # and FerretDB writes for as long, so the lease keeps a margin of two renewals)
+    s = _waits(claims_settings, lease=3.0)
+    slow = EventProcessor(s, claims_db, claims_os, exposure=_SlowExposure(claims_os, s))
+    fast = EventProcessor(s, claims_db, claims_os)
+    counters = _Counters(fast, claims_db)
+    batch = _batch(19)
+    before = await counters.read()
+    first = asyncio.ensure_future(slow.apply(batch))
+    await asyncio.sleep(0.3)  # the slow call holds every claim by now
+    second = await fast.apply(batch)
+    res = await first
+    assert (res.accepted, second.duplicates, second.recovered) == (30, 30, 0)
+    await _assert_exact(claims_db, batch, before, await counters.read())
+
+
+async def test_recovery_sweep_applies_events_nobody_retried(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    proc = EventProcessor(claims_settings, claims_db, claims_os)
+    counters = _Counters(proc, claims_db)
+    batch = _batch(23)
+    await proc.ensure()
+    await proc.recover_expired()  # whatever an earlier failed test left behind
+    before = await counters.read()
+    await _leave_claims(
+        claims_db, batch, owner="dead", expires=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    res = await proc.recover_expired()
+    assert res.recovered == 30 and not res.rejected
+    await _assert_exact(claims_db, batch, before, await counters.read())
+    assert (await proc.recover_expired()).recovered == 0
+
+
+class _BrokenExposure(ExposureStore):
+    """The real exposure store whose counter writes fail (an engine outage mid-apply)."""
+
+    async def record(self, counts: Any, now: datetime | None = None) -> list[str]:
+        raise SearchBackendError("exposure counters unavailable")
+
+
+async def test_a_failed_apply_gives_its_claims_up_at_once(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    s = _waits(claims_settings, wait=0.5, lease=300.0)  # a lease no retry would outwait
+    broken = EventProcessor(s, claims_db, claims_os, exposure=_BrokenExposure(claims_os, s))
+    batch = _batch(29)
+    before = await _Counters(broken, claims_db).read()
+    with pytest.raises(SearchBackendError):
+        await broken.apply(batch)
+    proc = EventProcessor(s, claims_db, claims_os)
+    res = await proc.apply(batch)
+    # taken over at once (not in flight for the 300 s lease); applied: the effects the failed
+    # call had written before failing are at-least-once, the exposure counts exactly once
+    assert (res.accepted, res.recovered, res.in_flight) == (0, 30, 0)
+    got = _Counters.delta(before, await _Counters(proc, claims_db).read())
+    assert got["exposure"] == _expected(batch)["exposure"]
+    stored = await claims_db[EVENTS].find({"_id": {"$in": [e["id"] for e in batch]}}).to_list(None)
+    assert all(d["applied"] for d in stored)
