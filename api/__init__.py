@@ -5,14 +5,17 @@
 :class:`Runtime` (``_runtime``: the pipeline behind a breaker and a deadline, the fallback).
 """
 
-from ._app import create_app
+from ._app import SETTINGS_ENV, app_from_env, create_app
 from ._breaker import BreakerState, CircuitBreaker
 from ._cursor import CursorCodec
 from ._keys import ApiKey, ApiKeyStore, create_key, list_keys, revoke_key
+from ._metrics import MULTIPROC_ENV
 from ._ratelimit import RateLimiter, TokenBucket
 from ._runtime import Answer, Runtime
 
 __all__ = [
+    "MULTIPROC_ENV",
+    "SETTINGS_ENV",
     "Answer",
     "ApiKey",
     "ApiKeyStore",
@@ -22,6 +25,7 @@ __all__ = [
     "RateLimiter",
     "Runtime",
     "TokenBucket",
+    "app_from_env",
     "create_app",
     "create_key",
     "list_keys",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from opendisco.serving import Discovery
 from . import routes
 from ._admission import Admission
 from ._breaker import BreakerState, CircuitBreaker
-from ._cursor import CursorCodec
+from ._cursor import CursorCodec, shared_secret
 from ._edge import Edge
 from ._errors import install_error_handlers
 from ._fallback import Fallback
@@ -37,10 +38,14 @@ from ._keys import ApiKeyStore
 from ._metrics import Metrics
 from ._overload import LoopLag, TimedTransport
 from ._ratelimit import RateLimiter
+from ._ratesync import RateShares
 from ._runtime import Runtime
 from ._segments import SegmentLists
 
-__all__ = ["create_app"]
+__all__ = ["SETTINGS_ENV", "app_from_env", "create_app"]
+
+#: how ``opendisco serve --workers N`` hands its settings to the worker processes (JSON)
+SETTINGS_ENV = "OPENDISCO_SERVE_SETTINGS"
 
 log = logging.getLogger("opendisco.api")
 
@@ -78,7 +83,11 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
     if settings.api_gc_freeze:  # the encoder's heap out of every collection (p99)
         freeze_startup_heap(settings.api_gc_threshold0)
     metrics = Metrics()
-    secret = (settings.api_cursor_secret or "").encode() or secrets.token_bytes(32)
+    try:
+        secret = await asyncio.wait_for(shared_secret(db, settings.api_cursor_secret), 10.0)
+    except Exception as exc:  # the store is down at start-up: cursors stay process-local
+        log.error("no shared cursor secret (%r): this process signs with its own", exc)
+        secret = secrets.token_bytes(32)
     rt = Runtime(
         settings=settings,
         discovery=disc,
@@ -86,6 +95,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         os_client=os_client,
         keys=ApiKeyStore(db, cache_s=settings.api_key_cache_s),
         rate=RateLimiter(settings.api_rate_limit, settings.api_rate_burst),
+        shares=RateShares(db, settings.api_rate_sync_s),
         breaker=_breaker(settings, metrics),
         fallback=Fallback(
             disc,
@@ -108,6 +118,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
     rt.tasks = [
         asyncio.create_task(rt.fallback.run()),
         asyncio.create_task(rt.lag.run()),
+        asyncio.create_task(rt.shares.run()),
     ]
     try:
         yield rt
@@ -122,6 +133,9 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
             await asyncio.wait_for(disc.drain(), 5.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(exposures.drain(), 5.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(rt.shares.leave(), 2.0)
+        Metrics.process_exited(os.getpid())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(os_client.close(), 5.0)
         mongo.close()
@@ -164,3 +178,12 @@ def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAP
     for router in (routes.discovery, routes.events, routes.ops, routes.playground):
         app.include_router(router)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``opendisco serve --workers N`` worker: the settings the command
+    resolved, passed as JSON in :data:`SETTINGS_ENV` (uvicorn imports this factory by name)."""
+    raw = os.environ.get(SETTINGS_ENV)
+    if not raw:
+        raise RuntimeError(f"{SETTINGS_ENV} is not set (start workers with opendisco serve)")
+    return create_app(Settings.model_validate_json(raw))

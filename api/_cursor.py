@@ -8,16 +8,43 @@ cursor cannot be forged or replayed for another user.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import secrets
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from pymongo.errors import DuplicateKeyError
+
+from opendisco._backend import backend_errors
 from opendisco._exceptions import InvalidInput
 
-__all__ = ["CursorCodec"]
+__all__ = ["SECRETS", "CursorCodec", "shared_secret"]
+
+#: generated secrets every API process of one deployment shares (``_id`` = purpose)
+SECRETS = "api_secrets"
+
+
+async def shared_secret(db: Any, configured: str | None) -> bytes:
+    """The cursor signing secret: ``api_cursor_secret`` when set, else one generated once per
+    database and kept in ``api_secrets`` (the first process to start inserts it — a unique
+    ``_id`` insert is atomic on FerretDB too — and every other reads it), so a cursor signed by
+    one worker or replica is valid on all of them."""
+    if configured:
+        return configured.encode()
+    coll = db[SECRETS]
+    with backend_errors("cursor secret lookup failed"):
+        doc = await coll.find_one({"_id": "cursor"})
+        if doc is None:
+            # another process may win the race: then its secret is read back below
+            with contextlib.suppress(DuplicateKeyError):
+                await coll.insert_one({"_id": "cursor", "secret": secrets.token_hex(32)})
+            doc = await coll.find_one({"_id": "cursor"})
+    return bytes.fromhex(doc["secret"])
 
 
 def _b64(data: bytes) -> str:

@@ -67,7 +67,8 @@ def scoped(scope: str) -> Callable[..., Awaitable[ApiKey]]:
                     token = auth[7:].strip()
             key = await rt.keys.authenticate(token)
             rt.keys.require(key, scope)
-        wait = rt.rate.take(key.key_id, key.rate_limit)
+        rt.shares.note(key.key_id)
+        wait = rt.rate.take(key.key_id, key.rate_limit, share=rt.shares.share(key.key_id))
         if wait > 0:
             rt.metrics.rejected.labels("rate_limited").inc()
             raise RateLimited(f"rate limit of key {key.key_id} exceeded", wait)

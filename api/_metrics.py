@@ -1,12 +1,36 @@
-"""Prometheus metrics of one app (own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one app (own registry, so several apps can live in one process).
+
+Several uvicorn workers (``opendisco serve --workers N``) run with prometheus-client's
+multiprocess mode: ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a directory of its own
+run before the workers start, every worker's values live in files there, and
+:meth:`Metrics.exposition` merges them, so ``/metrics`` answers for the whole server whichever
+worker serves it (gauges: in flight and queued summed over live workers, breaker state per
+worker).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
 
-__all__ = ["Metrics"]
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
+__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics", "multiprocess_dir"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8, 1.0, 2.0, 5.0)
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory of this server run (None: a single process)."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
@@ -35,6 +59,7 @@ class Metrics:
             "opendisco_api_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
         self.breaker_transitions = Counter(
             "opendisco_api_breaker_transitions_total",
@@ -43,8 +68,31 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "opendisco_api_in_flight", "Requests admitted and working.", registry=self.registry
+            "opendisco_api_in_flight",
+            "Requests admitted and working.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.queued = Gauge(
-            "opendisco_api_queued", "Requests waiting for admission.", registry=self.registry
+            "opendisco_api_queued",
+            "Requests waiting for admission.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
+
+    def exposition(self) -> bytes:
+        """The text format of every worker's metrics (this process's alone without
+        multiprocess mode)."""
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=path)
+        return generate_latest(merged)
+
+    @staticmethod
+    def process_exited(pid: int) -> None:
+        """Drop a finished worker's live gauges (multiprocess mode only)."""
+        path = multiprocess_dir()
+        if path is not None:
+            multiprocess.mark_process_dead(pid, path)

@@ -27,6 +27,7 @@ from ._keys import ApiKeyStore
 from ._metrics import Metrics
 from ._overload import ENGINE_WAIT, EngineWait, LoopLag, TimedTransport, engine_bound
 from ._ratelimit import RateLimiter
+from ._ratesync import RateShares
 
 if TYPE_CHECKING:
     from motor.motor_asyncio import AsyncIOMotorDatabase
@@ -67,6 +68,7 @@ class Runtime:
     os_client: AsyncOpenSearch
     keys: ApiKeyStore
     rate: RateLimiter
+    shares: RateShares
     breaker: CircuitBreaker
     fallback: Fallback
     cursors: CursorCodec

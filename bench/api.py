@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -42,6 +43,7 @@ from opendisco._settings import Settings
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "api.json"
+SERVE_LOG = Path("/tmp") / f"bench-api-serve-{os.getpid()}.log"
 README = ROOT / "README.md"
 LEVELS = (1, 4, 8, 16)
 
@@ -216,6 +218,14 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
         res["median_p99_ratio"] = round(statistics.median(r["p99_ratio"] for r in comp), 2)
         res["max_p99_ratio"] = max(r["p99_ratio"] for r in comp)
         res["median_p50_ratio"] = round(statistics.median(r["p50_ratio"] for r in comp), 2)
+    # QPS at saturation: the best pipeline-served QPS over the levels, per side
+    bare_peak = max(_served_qps(r["bare"]) for r in rows)
+    res["peak_qps"] = {"bare": round(bare_peak, 1)}
+    res["peak_ratio"] = {}
+    for w in res.get("workers", []):
+        peak = max(_served_qps(r["api_by_workers"][str(w)]) for r in rows)
+        res["peak_qps"][f"api_w{w}"] = round(peak, 1)
+        res["peak_ratio"][f"api_w{w}"] = round(peak / bare_peak, 2)
     return res
 
 
@@ -254,54 +264,57 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         load_before = os.getloadavg()
         key, _ = create_key(mongo[settings.mongo_db], "bench", ["read"])
         env = {**os.environ, **{f"OPENDISCO_{k.upper()}": str(v) for k, v in overrides.items()}}
-        exe = Path(sys.executable).with_name("opendisco")
-        proc = subprocess.Popen(
-            [str(exe), "serve", "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL
-        )
         base = f"http://127.0.0.1:{port}"
         os_client = clients.async_opensearch(settings, maxsize=64)
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64), headers={"X-API-Key": key}
-        ) as http:
-            for _ in range(600):
-                try:
-                    async with http.get(f"{base}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if proc.poll() is not None:
-                    raise SystemExit("API process exited")
-                await asyncio.sleep(0.2)
+        sample = [{"_id": u} for u in personal]
 
-            async def api_call(user: dict[str, Any]) -> bool:
-                url = f"{base}/v1/users/{user['_id']}/recommendations?k={args.k}"
-                async with http.get(url) as r:
-                    if r.status != 200:
-                        raise RuntimeError(r.status)
-                    return bool((await r.json())["degraded"])
+        async def bare_call(user: dict[str, Any]) -> bool:
+            cs = await generate_candidates(os_client, settings, plans[user["_id"]])
+            return bool(cs.degraded)
 
-            async def bare_call(user: dict[str, Any]) -> bool:
-                cs = await generate_candidates(os_client, settings, plans[user["_id"]])
-                return bool(cs.degraded)
+        await closed_loop(bare_call, sample, 4, 2.0)  # warm
+        bare_cpu = CpuMeter(settings, None)
+        rows: list[dict[str, Any]] = [{"concurrency": c, "api_by_workers": {}} for c in args.levels]
+        for workers in args.workers:
+            proc = _serve(env, workers)
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64), headers={"X-API-Key": key}
+            ) as http:
+                await _wait_ready(http, base, proc)
 
-            sample = [{"_id": u} for u in personal]
-            for call in (api_call, bare_call):  # warm both paths
-                await closed_loop(call, sample, 4, 2.0)
-            rows = []
-            for conc in args.levels:
-                api = await closed_loop(api_call, sample, conc, args.duration)
-                bare = await closed_loop(bare_call, sample, conc, args.duration)
-                ratio = (api["p99_ms"] or 0) / (bare["p99_ms"] or 1)
-                rows.append(
-                    {"concurrency": conc, "api": api, "bare": bare, "p99_ratio": round(ratio, 2)}
-                )
-                print(
-                    f"c={conc:3}  api {api['qps']:7.1f} qps p50 {api['p50_ms']:7.1f} p99 "
-                    f"{api['p99_ms']:7.1f} | bare {bare['qps']:7.1f} qps p50 {bare['p50_ms']:7.1f} "
-                    f"p99 {bare['p99_ms']:7.1f} | p99 ratio {ratio:.2f}",
-                    file=sys.stderr,
-                )
+                async def api_call(user: dict[str, Any]) -> bool:
+                    url = f"{base}/v1/users/{user['_id']}/recommendations?k={args.k}"
+                    async with http.get(url) as r:
+                        if r.status != 200:
+                            raise RuntimeError(r.status)
+                        return bool((await r.json())["degraded"])
+
+                # warm every worker (and its fallback lists, refreshed at start)
+                await closed_loop(api_call, sample, 4, 5.0)
+                api_cpu = CpuMeter(settings, proc)
+                for row in rows:
+                    conc = row["concurrency"]
+                    api_cpu.start()
+                    api = await closed_loop(api_call, sample, conc, args.duration)
+                    api["cpu_ms_per_request"] = api_cpu.per_request_ms(api["n"])
+                    if workers == args.workers[0]:  # bare level next to the first API run
+                        bare_cpu.start()
+                        bare = await closed_loop(bare_call, sample, conc, args.duration)
+                        bare["cpu_ms_per_request"] = bare_cpu.per_request_ms(bare["n"])
+                        row["bare"] = bare
+                    row["api_by_workers"][str(workers)] = api
+                    bare = row["bare"]
+                    print(
+                        f"w={workers} c={conc:3}  api {api['qps']:7.1f} qps p50 "
+                        f"{api['p50_ms']:7.1f} p99 {api['p99_ms']:7.1f} | bare {bare['qps']:7.1f} "
+                        f"qps p50 {bare['p50_ms']:7.1f} p99 {bare['p99_ms']:7.1f}",
+                        file=sys.stderr,
+                    )
+            _stop(proc)
+            proc = None
+        for row in rows:  # the classic columns: the API with the first worker count
+            row["api"] = row["api_by_workers"][str(args.workers[0])]
+            row["p99_ratio"] = round((row["api"]["p99_ms"] or 0) / (row["bare"]["p99_ms"] or 1), 2)
         await os_client.close()
         return {
             "items": args.items,
@@ -316,15 +329,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "before": round(load_before[0], 2),
                 "after": round(os.getloadavg()[0], 2),
             },
+            "workers": args.workers,
             "levels": rows,
         }
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
         if not (args.keep or args.reuse):
             sync_os.indices.delete(
                 index=f"bench-api-{rid}-items*", ignore_unavailable=True, expand_wildcards="all"
@@ -332,6 +342,112 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             mongo.drop_database(settings.mongo_db)
         sync_os.close()
         mongo.close()
+
+
+def _serve(env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
+    exe = Path(sys.executable).with_name("opendisco")
+    cmd = [str(exe), "serve", "--workers", str(workers), "--log-level", "info"]
+    log = SERVE_LOG.open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    proc.workers = workers  # type: ignore[attr-defined]
+    return proc
+
+
+async def _wait_ready(http: Any, base: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until every worker has finished its start-up (uvicorn logs it once per worker) and the
+    server answers /readyz."""
+    import aiohttp
+
+    for _ in range(3000):
+        started = SERVE_LOG.read_text(errors="replace").count("Application startup complete")
+        if started >= proc.workers:  # type: ignore[attr-defined]
+            try:
+                async with http.get(f"{base}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+        if proc.poll() is not None:
+            raise SystemExit(f"API process exited (log: {SERVE_LOG})")
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"API not ready in 600 s (log: {SERVE_LOG})")
+
+
+def _listener(port: int) -> int | None:
+    """The pid listening on 127.0.0.1/0.0.0.0:``port`` (from /proc; None if not found)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{cols[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return int(pid)
+    return None
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants (the serve parent and its uvicorn workers)."""
+    parent: dict[int, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return out
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU ms per answered request of the API processes, OpenSearch and MongoDB over a level
+    (per-process /proc counters: other work on the machine does not count)."""
+
+    def __init__(self, settings: Settings, api: subprocess.Popen[bytes] | None) -> None:
+        from urllib.parse import urlsplit
+
+        os_port = urlsplit(settings.opensearch_url).port or 9200
+        mongo_port = urlsplit(settings.mongo_url.split(",")[0]).port or 27017
+        self.groups = {
+            "api": _tree(api.pid) if api else [],
+            "opensearch": [p for p in [_listener(os_port)] if p],
+            "mongo": [p for p in [_listener(mongo_port)] if p],
+        }
+
+    def start(self) -> None:
+        self._t0 = {g: _cpu_s(p) for g, p in self.groups.items()}
+
+    def per_request_ms(self, n: int) -> dict[str, float]:
+        return {
+            g: round(1000 * (_cpu_s(p) - self._t0[g]) / max(1, n), 1)
+            for g, p in self.groups.items()
+            if p
+        }
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _load(res: dict[str, Any]) -> str:
@@ -366,6 +482,46 @@ def write_readme(res: dict[str, Any]) -> None:
             f"{100 * a['degraded'] / max(1, a['n']):.0f}% | {b['qps']} | "
             f"{b['p50_ms']} | {b['p99_ms']} | {r.get('p50_ratio', '–')} | {r['p99_ratio']} |"
         )
+    if res.get("workers"):
+        lines += [
+            "",
+            "Worker processes (`opendisco serve --workers N`), same members and levels, same "
+            "run (the bare column above ran next to the first worker count):",
+            "",
+            "| concurrency | "
+            + " | ".join(
+                f"{w} worker{'s' if w > 1 else ''} QPS / p50 / p99 ms" for w in res["workers"]
+            )
+            + " | bare QPS / p50 / p99 ms |",
+            "|---|" + "---|" * (len(res["workers"]) + 1),
+        ]
+        for r in res["levels"]:
+            cells = [r["api_by_workers"][str(w)] for w in res["workers"]] + [r["bare"]]
+            lines.append(
+                f"| {r['concurrency']} | "
+                + " | ".join(
+                    f"{c['qps']} / {c['p50_ms']} / {c['p99_ms']}"
+                    + (
+                        f" ({100 * c['degraded'] / max(1, c['n']):.0f}% degraded)"
+                        if c["degraded"]
+                        else ""
+                    )
+                    for c in cells
+                )
+                + " |"
+            )
+        peak, ratio = res["peak_qps"], res["peak_ratio"]
+        lines += [
+            "",
+            "QPS at saturation (best pipeline-served QPS over the levels): bare "
+            f"{peak['bare']}; "
+            + "; ".join(
+                f"API {w} worker{'s' if w > 1 else ''} {peak[f'api_w{w}']} "
+                f"({ratio[f'api_w{w}']}× bare)"
+                for w in res["workers"]
+            )
+            + " (target ≥ 0.9× bare).",
+        ]
     comp = res.get("comparable_levels", [])
     lines += [
         "",
@@ -404,6 +560,12 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=None)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=list(LEVELS))
+    ap.add_argument(
+        "--workers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 2],
+        help="API worker counts to run (opendisco serve --workers), each on the same levels",
+    )
     ap.add_argument("--history-users", type=int, default=500, help="members given likes")
     ap.add_argument("--likes", type=int, default=5, help="likes per member with history")
     ap.add_argument("--keep", action="store_true", help="keep the index and database")

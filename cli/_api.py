@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import click
 
 from opendisco import clients
 from opendisco._backend import backend_errors
 from opendisco._settings import Settings
-from opendisco.api import create_app, create_key, list_keys, revoke_key
+from opendisco.api import (
+    MULTIPROC_ENV,
+    SETTINGS_ENV,
+    create_app,
+    create_key,
+    list_keys,
+    revoke_key,
+)
 
 from ._base import OpenDiscoGroup, pass_settings
 
@@ -17,19 +31,75 @@ __all__ = ["apikeys_cmd", "serve_cmd"]
 @click.command("serve")
 @click.option("--host", default=None, help="Bind address (default: settings.api_host).")
 @click.option("--port", type=int, default=None, help="Port (default: settings.api_port).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="uvicorn worker processes (default: settings.api_workers). Rate limits, the cursor "
+    "secret and /metrics are shared between them.",
+)
 @click.option("--log-level", default="info", show_default=True)
 @pass_settings
-def serve_cmd(settings: Settings, host: str | None, port: int | None, log_level: str) -> None:
+def serve_cmd(
+    settings: Settings, host: str | None, port: int | None, workers: int | None, log_level: str
+) -> None:
     """Serve the discovery API with uvicorn (OpenAPI at /docs and /openapi.json)."""
     import uvicorn
 
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-        log_level=log_level,
-        access_log=False,
+    settings = settings.model_copy(
+        update={
+            "api_host": host or settings.api_host,
+            "api_port": port or settings.api_port,
+            "api_workers": workers or settings.api_workers,
+        }
     )
+    opts = {
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "log_level": log_level,
+        "access_log": False,
+    }
+    if settings.api_workers == 1:
+        uvicorn.run(create_app(settings), **opts)
+        return
+    with _multiprocess_metrics(settings):
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        uvicorn.run(
+            "opendisco.api:app_from_env",
+            factory=True,
+            workers=settings.api_workers,
+            timeout_worker_healthcheck=settings.api_worker_healthcheck_s,
+            **opts,
+        )
+
+
+@contextlib.contextmanager
+def _multiprocess_metrics(settings: Settings) -> Iterator[None]:
+    """A fresh prometheus-client multiprocess directory for this run (the workers inherit it
+    through the environment; removed when the server stops). Directories left by servers that
+    died without stopping (``serve-<pid>-*`` of a pid no longer running) are removed first."""
+    root = settings.state_dir / "api-metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob("serve-*"):
+        if not _running(int(old.name.split("-")[1])):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"serve-{os.getpid()}-", dir=root))
+    os.environ[MULTIPROC_ENV] = str(path)
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 @click.group("apikeys", cls=OpenDiscoGroup)

@@ -358,8 +358,25 @@ class Settings(BaseSettings):
     )
     api_cursor_secret: str | None = Field(
         None,
-        description="HMAC secret signing pagination cursors; default: random per process "
-        "(set it when several API processes serve one client).",
+        description="HMAC secret signing pagination cursors; default: one generated once and "
+        "kept in MongoDB (api_secrets), shared by every worker and replica.",
+    )
+    api_workers: int = Field(
+        1, ge=1, description="uvicorn worker processes of `opendisco serve` (--workers)."
+    )
+    api_worker_healthcheck_s: int = Field(
+        120,
+        ge=1,
+        description="With several workers: seconds uvicorn's supervisor waits for a worker to "
+        "answer its health ping before killing and replacing it. A worker answers only once "
+        "its interpreter is up and importing the app (seconds on a busy machine); uvicorn's "
+        "default of 5 s kills every worker in a loop there.",
+    )
+    api_rate_sync_s: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds between the processes' syncs of per-key rate-limit demand "
+        "(MongoDB api_rate_usage): each grants its demand-weighted share of a key's rate.",
     )
     api_cursor_ttl_s: int = Field(3600, ge=1, description="Lifetime of a pagination cursor (s).")
     api_cursor_max_ids: int = Field(

@@ -100,12 +100,20 @@ def rolling_rounds(split: Split, users: Sequence[int] | None = None) -> list[Rou
     return rounds
 
 
+#: attempts at a list whose candidate sources failed (a loaded engine timing out): a training
+#: list must be what the pipeline serves, not a degraded leftover
+SERVE_ATTEMPTS = 3
+
+
 async def _serve(disc: Discovery, rnd: Round, k: int, concurrency: int) -> None:
     sem = asyncio.Semaphore(concurrency)
 
     async def one(user: str, ex: Sequence[str]) -> None:
         async with sem:
-            await disc.recommend(user, k=k, exclude=tuple(ex))
+            for _ in range(SERVE_ATTEMPTS):
+                recs = await disc.recommend(user, k=k, exclude=tuple(ex))
+                if recs.served is not None or not recs.degraded:
+                    return  # logged, or nothing eligible (not a failure)
 
     await asyncio.gather(*(one(u, ex) for u, ex in zip(rnd.users, rnd.exclude, strict=True)))
     await disc.drain()

@@ -10,7 +10,7 @@ design        unit of analysis                 estimator (SE)
 user          viewer                           ratio difference + CUPED (HC1)
 item          candidate                        ratio difference + CUPED (HC1)
 two_sided     viewer × candidate cells         TSRI(β) (two-way bootstrap)
-cluster       viewer, clustered by cluster     ratio difference + CUPED (CR1, t(G−1))
+cluster       viewer, clustered by cluster     ratio difference + CUPED (CR2, t(Welch df))
 switchback    (region, period), burn-in        ratio difference, region fixed effects
               dropped                          (CR1 by region, t(G−1))
 ============  ===============================  ======================================

@@ -25,7 +25,7 @@ from ._compare import Pipelines, changes
 from ._drafts import DraftIn, DraftStore, current_body, draft_artifacts
 from ._jobs import EvalJobs, eval_settings
 from ._members import find_members
-from ._promote import arm_overrides, promote, versions_dir
+from ._promote import arm_overrides, draft_experiment, promote, versions_dir
 
 __all__ = [
     "DraftIn",
@@ -39,6 +39,7 @@ __all__ = [
     "changes",
     "current_body",
     "draft_artifacts",
+    "draft_experiment",
     "end_session",
     "eval_settings",
     "find_members",

@@ -172,6 +172,12 @@ class DraftStore:
         docs.sort(key=lambda d: d.get("updated_at") or d.get("created_at"), reverse=True)
         return [_public(d) for d in docs[:limit]]
 
+    async def add_experiment(self, draft_id: str, exp_id: str) -> dict[str, Any]:
+        """Record that experiment ``exp_id`` tests this draft (the draft stays a draft)."""
+        with backend_errors("recording the draft's experiment failed"):
+            await self.coll.update_one({"_id": draft_id}, {"$addToSet": {"experiments": exp_id}})
+        return await self.get(draft_id)
+
     async def mark_promoted(self, draft_id: str, promoted: dict[str, Any]) -> dict[str, Any]:
         with backend_errors("marking the draft promoted failed"):
             res = await self.coll.update_one(

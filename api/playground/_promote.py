@@ -6,8 +6,10 @@ next ``template-<surface>-v<N>.json`` (:func:`opendisco._versions.write_next_ver
 :func:`opendisco.serving.load_template`). Files are created, never overwritten. Serving one is a
 deployment step, as for a tuned params file: name it in ``params_file`` / ``template_files``.
 
-The same document is what an experiment arm overrides (:func:`arm_overrides`): the seam for
-issue 16's "start a draft as an experiment arm" once ``opendisco.experiments`` takes arms.
+A params draft can instead become the treatment arm of an experiment (:func:`draft_experiment`:
+control = what is served, treatment = the draft's overrides), created in ``draft`` status and
+started by an operator (``opendisco experiments start``). Arms take params, rerank and model
+overrides, not template versions: a template draft is promoted, not experimented with.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+from pydantic import ValidationError
+
+from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
 from opendisco._versions import write_next_version
 from opendisco.eval._tune import now_iso, write_version
+from opendisco.experiments import Arm, Design, DesignKind, Experiment
 
-__all__ = ["arm_overrides", "promote", "versions_dir"]
+__all__ = ["arm_overrides", "draft_experiment", "promote", "versions_dir"]
 
 
 def versions_dir(settings: Settings) -> Path:
@@ -78,7 +84,36 @@ def promote(
 
 
 def arm_overrides(draft: dict[str, Any]) -> dict[str, Any]:
-    """What an experiment arm built from this draft overrides (params or one template)."""
-    if draft["kind"] == "params":
-        return {"params": draft["body"]}
-    return {"templates": {draft["surface"]: draft["body"]}}
+    """The :class:`~opendisco.experiments.Arm` overrides of a params draft (its template
+    parameters and rerank overrides); a template draft cannot be an arm."""
+    if draft["kind"] != "params":
+        raise InvalidInput(
+            "an experiment arm overrides params, rerank weights or the model, not a template "
+            "version: promote the template draft instead"
+        )
+    body = draft["body"]
+    return {"params": body.get("template_params") or {}, "rerank": body.get("rerank") or {}}
+
+
+def draft_experiment(
+    draft: dict[str, Any],
+    exp_id: str,
+    *,
+    design: DesignKind = DesignKind.user,
+    traffic: float = 1.0,
+    layer: str = "default",
+) -> Experiment:
+    """An experiment with the served pipeline as control and the draft as treatment; the
+    arm is checked like a params file (no arm reaches a hard-rule parameter)."""
+    try:
+        return Experiment(
+            id=exp_id,
+            name=draft.get("title") or f"playground draft {draft['id']}",
+            layer=layer,
+            traffic=traffic,
+            arms=[Arm(name="control"), Arm(name="treatment", **arm_overrides(draft))],
+            design=Design(kind=design),
+        )
+    except ValidationError as exc:
+        errors = "; ".join(str(e.get("msg", "")) for e in exc.errors())
+        raise InvalidInput(f"the experiment is invalid: {errors}") from exc

@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .._deps import RuntimeDep
+from .._metrics import CONTENT_TYPE_LATEST
 from .._models import HealthResponse, ReadyResponse
 
 __all__ = ["router"]
@@ -53,6 +53,7 @@ async def readyz(rt: RuntimeDep) -> JSONResponse:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(rt: RuntimeDep) -> PlainTextResponse:
-    """Prometheus metrics (latency per route, degraded answers, breaker state)."""
+    """Prometheus metrics (latency per route, degraded answers, breaker state), of every
+    worker when the server runs several."""
     rt.metrics.breaker_state.set(rt.breaker.state.gauge)
-    return PlainTextResponse(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(rt.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

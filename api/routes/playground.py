@@ -14,6 +14,7 @@ from opendisco._backend import backend_errors
 from opendisco._domain import ID_MAX_LENGTH, ID_PATTERN, UserSurface
 from opendisco._exceptions import InvalidInput, NotFound
 from opendisco._store import lease
+from opendisco.experiments import DesignKind, ExperimentStore
 from opendisco.queries import load
 from opendisco.serving import MAX_K
 
@@ -26,6 +27,7 @@ from ..playground import (
     changes,
     current_body,
     draft_artifacts,
+    draft_experiment,
     end_session,
     find_members,
     promote,
@@ -259,3 +261,39 @@ async def promote_draft(draft_id: str, request: Request, rt: RuntimeDep, who: Me
         )
         written = promote(rt.settings, draft, who.as_author(), current.name)
         return await st.drafts.mark_promoted(draft_id, {**written, "by": who.as_author()})
+
+
+class ExperimentIn(BaseModel):
+    """Start a params draft as an experiment's treatment arm (control: what is served)."""
+
+    id: str | None = Field(
+        None, pattern=ID_PATTERN, max_length=64, description="Default: pg-<draft id>."
+    )
+    design: DesignKind = DesignKind.user
+    traffic: float = Field(1.0, gt=0, le=1)
+    layer: str = Field("default", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+
+
+@router.post("/playground/api/drafts/{draft_id}/experiment", status_code=201)
+async def experiment_from_draft(
+    draft_id: str, body: ExperimentIn, request: Request, rt: RuntimeDep, who: MemberDep
+) -> dict[str, Any]:
+    """Create (not start) an experiment whose treatment arm is the draft: an operator starts
+    it with ``opendisco experiments start``; nothing changes for live traffic before that."""
+    st = state_for(request, rt)
+    draft = await st.drafts.get(draft_id)
+    current = st.pipelines.current
+    draft_artifacts(  # re-checked against what is served now, as promote does
+        rt.settings, current, draft["kind"], draft["surface"], draft["body"], "draft"
+    )
+    exp_id = body.id or f"pg-{draft_id}"
+    exp = draft_experiment(
+        draft, exp_id, design=body.design, traffic=body.traffic, layer=body.layer
+    )
+    created = await ExperimentStore(rt.db).create(exp)
+    await st.drafts.add_experiment(draft_id, created.id)
+    return {
+        "experiment": created.model_dump(mode="json"),
+        "draft": draft_id,
+        "start": f"opendisco experiments start {created.id}",
+    }

@@ -369,3 +369,21 @@ def test_segments_a_member_may_find_someone_in() -> None:
         "viewer_pref_age_min": 29,
         "viewer_pref_age_max": 38,
     }
+
+
+def test_a_retuned_bucket_keeps_its_tokens() -> None:
+    b = TokenBucket.full(rate=10.0, burst=10.0, now=0.0)
+    assert all(b.take(0.0) == 0.0 for _ in range(8))
+    b.retune(rate=5.0, burst=5.0, now=0.0)  # a smaller share: not refilled to the new burst
+    assert b.tokens == pytest.approx(2.0)
+    b.retune(rate=10.0, burst=20.0, now=1.0)  # earned at the old rate until now, capped
+    assert b.tokens == pytest.approx(5.0)
+
+
+def test_rate_limiter_grants_its_share_of_a_key() -> None:
+    clock = Clock(0.0)
+    rl = RateLimiter(rate=10.0, burst=10.0, clock=clock)
+    allowed = sum(rl.take("k", share=0.5) == 0.0 for _ in range(20))
+    assert allowed == 5  # half the burst
+    clock.advance(1.0)
+    assert sum(rl.take("k", share=0.5) == 0.0 for _ in range(20)) == 5  # half the rate

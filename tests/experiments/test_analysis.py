@@ -103,10 +103,46 @@ def test_cluster_robust_se_covers_clustered_outcomes() -> None:
         e = ratio_difference(num, den, arm, groups=g)
         robust.append(e.se)
         effects.append(e.effect)
-        assert e.df == 59
+        assert 15 < e.df <= 58  # Welch over the two arms: G − 2 when they are equal
     sd = np.std(effects)
     assert np.mean(naive) < 0.6 * sd
     assert np.mean(robust) == pytest.approx(sd, rel=0.15)
+
+
+@pytest.mark.parametrize("cuped", [False, True])
+def test_cluster_se_holds_with_few_unequal_clusters(cuped: bool) -> None:
+    """The shape of the marketplace's Louvain partition: 10 big clusters (cities) and 30
+    singletons. CR1 with G − 1 df rejects a true null far too often there; CR2 with the
+    Welch–Satterthwaite df holds the level (and the df is about the big clusters, not G),
+    also with CUPED's θ fitted on those few clusters (its leverage and df are counted)."""
+    rng = np.random.default_rng(7)
+    sizes = np.r_[rng.integers(150, 300, 10), np.ones(30, dtype=int)]
+    g = np.repeat(np.arange(sizes.shape[0]), sizes)
+    den = rng.integers(5, 15, g.shape[0]).astype(float)
+    rejected, rejected_cr1, dfs = [], [], []
+    for _ in range(600):
+        shock = rng.normal(0, 0.04, sizes.shape[0])
+        p = np.clip(0.2 + shock[g], 0, 1)
+        num = rng.binomial(den.astype(int), p).astype(float)
+        pre = rng.binomial(den.astype(int), np.clip(0.2 + 0.7 * shock[g], 0, 1)).astype(float)
+        arm = (rng.random(sizes.shape[0]) < 0.5)[g].astype(float)
+        if arm[sizes.cumsum()[:10] - 1].all() or not arm[sizes.cumsum()[:10] - 1].any():
+            continue  # every big cluster in one arm: no readout
+        e = ratio_difference(num, den, arm, groups=g, covariate=(pre, den) if cuped else None)
+        rejected.append(e.p < 0.05)
+        dfs.append(e.df)
+        # CR1 by hand: the influence sums per cluster, G/(G-1), t with G - 1 df
+        phi = np.zeros_like(num)
+        for a, sign in ((0, -1.0), (1, 1.0)):
+            m = arm == a
+            phi[m] = sign * (num[m] - num[m].sum() / den[m].sum() * den[m]) / den[m].sum()
+        s = np.bincount(g, phi)
+        se1 = np.sqrt(s.shape[0] / (s.shape[0] - 1) * (s**2).sum())
+        rejected_cr1.append(2 * stats.t.sf(abs(e.effect) / se1, s.shape[0] - 1) < 0.05)
+    assert len(rejected) > 500
+    assert 0.02 <= np.mean(rejected) <= 0.07  # (without θ's leverage, CUPED: 0.077)
+    assert np.mean(rejected_cr1) > 0.09 or cuped  # (CR1 here is the unadjusted one)
+    assert 4 < np.median(dfs) < 10
 
 
 def test_tsri_cells_and_two_way_bootstrap() -> None:

@@ -165,6 +165,29 @@ def test_merged_order_matches_one_request_at_a_time(world: sim.World) -> None:
         assert np.array_equal(short[sptr[v] : sptr[v] + 6], order[ptr[v] : ptr[v] + 6])
 
 
+def test_two_sided_treats_only_treated_viewer_by_treated_candidate_pairs(world: sim.World) -> None:
+    """In the binding-capacity market the two-sided design's serving path changes only the
+    pairs of a treated viewer and a treated candidate: every impression's treatment flag is
+    that product, and control viewers are shown exactly what the all-control world shows
+    them (same pairs, same days: only outcomes can differ, through the shared capacity)."""
+    pop = world.pop
+    rng = np.random.default_rng(5)
+    viewer, cand = rng.random(pop.n) < 0.5, rng.random(pop.n) < 0.5
+    mixed = world.run(BOOST, sim.Assignment(viewer, cand), seed=4)
+    control = world.run(BOOST, sim.Assignment.nobody(pop.n), seed=4)
+    v, c = pop.pair_viewer[mixed.imp_pair], pop.pair_candidate[mixed.imp_pair]
+    assert np.array_equal(mixed.imp_treated, viewer[v] & cand[c])
+    assert 0 < mixed.imp_treated.sum() < mixed.impressions
+
+    def shown(out: sim.Outcomes, who: np.ndarray) -> set[tuple[int, int]]:
+        keep = who[pop.pair_viewer[out.imp_pair]]
+        return set(zip(out.imp_pair[keep].tolist(), out.imp_day[keep].tolist(), strict=True))
+
+    assert shown(mixed, ~viewer) == shown(control, ~viewer)
+    # treated viewers' lists do change (the treatment is real)
+    assert shown(mixed, viewer) != shown(control, viewer)
+
+
 def test_merge_ranks_places_each_candidate_by_its_own_arm() -> None:
     control = np.array([0, 1, 2, 3])
     treated = np.array([3, 2, 1, 0])

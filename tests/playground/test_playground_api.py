@@ -14,8 +14,9 @@ import httpx
 import pytest
 from pg_support import eligible_member, h, revoke
 
-from opendisco import Settings
+from opendisco import Settings, clients
 from opendisco.eval._synthetic import _admits
+from opendisco.experiments import ExperimentStore
 from opendisco.queries import load
 from opendisco.serving import Artifacts, load_params, load_template
 
@@ -283,6 +284,63 @@ async def test_promote_writes_the_next_version_once(
     assert load_template(tpath).version.startswith(tpath.stem + "@")
     served = Artifacts.from_settings(pg_settings.model_copy(update={"template_files": [tpath]}))
     assert tpath.stem in served.name and served.templates["trending"].guarded
+
+
+async def test_a_params_draft_becomes_an_experiment_arm_never_a_hard_rule_override(
+    pg_http: httpx.AsyncClient, pg_keys: dict[str, str], pg_settings: Settings, pg_market: Any
+) -> None:
+    admin = h(pg_keys["admin"])
+    made = await pg_http.post(
+        "/playground/api/drafts", json={**_params(quality=0.7), "title": "arm"}, headers=admin
+    )
+    draft = made.json()["id"]
+    r = await pg_http.post(
+        f"/playground/api/drafts/{draft}/experiment", json={"design": "user"}, headers=admin
+    )
+    assert r.status_code == 201, r.text
+    exp = r.json()["experiment"]
+    assert exp["id"] == f"pg-{draft}" and exp["status"] == "draft"
+    assert r.json()["start"] == f"opendisco experiments start pg-{draft}"
+    # stored in the experiments collection the CLI and serving read; control = as served
+    motor = clients.motor(pg_settings)
+    try:
+        stored = await ExperimentStore(motor[pg_settings.mongo_db]).get(exp["id"])
+    finally:
+        motor.close()
+    control, treatment = stored.arms
+    assert not control.overrides and treatment.rerank == {"weights": {"quality": 0.7}}
+    assert (await pg_http.get(f"/playground/api/drafts/{draft}", headers=admin)).json()[
+        "experiments"
+    ] == [exp["id"]]
+    # once per id; a pair-level design refuses an arm that changes template parameters
+    again = await pg_http.post(f"/playground/api/drafts/{draft}/experiment", json={}, headers=admin)
+    assert again.status_code == 422 and "exists" in again.text
+    tp = await pg_http.post(
+        "/playground/api/drafts",
+        json={"kind": "params", "body": {"template_params": {"w_lexical": 0.3}}, "title": "tp"},
+        headers=admin,
+    )
+    two = await pg_http.post(
+        f"/playground/api/drafts/{tp.json()['id']}/experiment",
+        json={"design": "two_sided"},
+        headers=admin,
+    )
+    assert two.status_code == 422 and "template params" in two.text
+    # a template draft cannot be an arm (promote it); bad input is a 422, never a 500
+    raw = load("trending").raw
+    t = await pg_http.post(
+        "/playground/api/drafts",
+        json={"kind": "template", "surface": "trending", "body": raw, "title": "tpl-arm"},
+        headers=admin,
+    )
+    tr = await pg_http.post(
+        f"/playground/api/drafts/{t.json()['id']}/experiment", json={}, headers=admin
+    )
+    assert tr.status_code == 422 and "promote the template" in tr.text
+    bad = await pg_http.post(
+        f"/playground/api/drafts/{draft}/experiment", json={"traffic": 2}, headers=admin
+    )
+    assert bad.status_code == 422
 
 
 # --- offline evaluation ------------------------------------------------------------------------

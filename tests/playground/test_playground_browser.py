@@ -122,6 +122,11 @@ async def test_save_promote_and_see_the_new_version(
     assert (pg_versions / name).is_file()
     await expect(row.locator("td.status")).to_contain_text(name)
     await expect(row.locator(".promote-btn")).to_be_disabled()
+    # the same draft as an experiment's treatment arm (created, started by an operator)
+    await row.locator(".experiment-btn").click()
+    await expect(page.locator("#promoted")).to_contain_text("Created experiment pg-")
+    assert "control vs treatment" in await page.inner_text("#promoted")
+    assert "opendisco experiments start pg-" in await page.inner_text("#promoted")
 
 
 async def test_evaluate_a_draft_and_see_the_table_and_chart(

@@ -291,7 +291,10 @@ async function loadDrafts() {
       el("button", { class: "secondary load-btn", type: "button", onclick: () => loadDraft(d.id) }, "Load"), " ",
       el("button", { class: "secondary eval-btn", type: "button", onclick: () => evaluateDraft(d) }, "Evaluate"), " ",
       el("button", { class: "promote-btn", type: "button", onclick: () => promoteDraft(d),
-        ...(d.status === "draft" ? {} : { disabled: "" }) }, "Promote"))));
+        ...(d.status === "draft" ? {} : { disabled: "" }) }, "Promote"),
+      ...(d.kind === "params" ? [" ", el("button", { class: "secondary experiment-btn", type: "button",
+        title: "Create an experiment: control = served, treatment = this draft",
+        onclick: () => experimentDraft(d) }, "Experiment")] : []))));
   $("drafts-table").querySelector("tbody").replaceChildren(...rows);
 }
 
@@ -319,6 +322,18 @@ async function promoteDraft(d) {
     $("promoted").classList.remove("error");
     show($("promoted"), true);
     await loadDrafts();
+  } catch (err) { showError($("promoted"), err); }
+}
+
+async function experimentDraft(d) {
+  show($("promoted"), false);
+  try {
+    const r = await api("POST", `/playground/api/drafts/${d.id}/experiment`, {});
+    const arms = r.experiment.arms.map((a) => a.name).join(" vs ");
+    $("promoted").textContent = `Created experiment ${r.experiment.id} (${r.experiment.design.kind} design, ` +
+      `${arms}, status ${r.experiment.status}).\nStart it: ${r.start}`;
+    $("promoted").classList.remove("error");
+    show($("promoted"), true);
   } catch (err) { showError($("promoted"), err); }
 }
 
