@@ -73,6 +73,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         retry_on_timeout=False,
         maxsize=max(10, 2 * settings.api_max_concurrency),
         transport_class=TimedTransport,  # engine waits per request (what the breaker counts)
+        hung_after=deadline_s / 2,  # a call the deadline cut on a silent node: out of rotation
     )
     mongo = clients.motor(settings, serverSelectionTimeoutMS=2000)
     db = mongo[settings.mongo_db]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
 from typing import Any
 
-from opensearchpy import AsyncTransport
+from opendisco._transport import FailoverTransport
 
 __all__ = ["ENGINE_WAIT", "EngineWait", "LoopLag", "TimedTransport", "engine_bound"]
 
@@ -65,9 +65,11 @@ class EngineWait:
 ENGINE_WAIT: ContextVar[EngineWait | None] = ContextVar("opendisco_engine_wait", default=None)
 
 
-class TimedTransport(AsyncTransport):
-    """opensearch-py's transport, marking each call on the current request's EngineWait, and
-    when the engine last answered any call (``last_answer``, monotonic seconds)."""
+class TimedTransport(FailoverTransport):
+    """The clients' failover transport, marking each call on the current request's EngineWait,
+    and when the engine last answered any call (``last_answer``, monotonic seconds). (It was
+    opensearch-py's plain transport: the API's client, alone of ours, did not fail over, and
+    with a node hung it kept routing calls there — bench/ha's 0% non-degraded.)"""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

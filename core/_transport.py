@@ -13,11 +13,25 @@ consecutive failure), but two of its rules make a node loss cost answers:
   connects and reads time out) is never taken out of rotation and each request routed to
   it waits the full timeout.
 
-Here a connection failure (refused, reset, closed mid-request, timed out) always marks the
-node dead, and one that is not a timeout — it costs no waiting — is retried on the next live
-node, up to once per other node, whatever ``max_retries`` says. ``max_retries``,
+Here a connection failure (refused, reset, closed mid-request) always marks the node dead,
+and so does a timeout on a node that answered nothing else meanwhile (a live node whose
+call waited on a hung node's shard copy inside the cluster keeps answering other calls: it
+stays; before this rule such timeouts emptied the rotation and the pool's forced
+resurrection could pick the hung node). A failure that is not a timeout — it costs no
+waiting — is retried on the next live node, up to once per other node, whatever
+``max_retries`` says. ``max_retries``,
 ``retry_on_timeout`` and ``retry_on_status`` keep their meaning for everything else. With a
 single node nothing changes.
+
+A caller with a deadline shorter than the client's timeout (the API: ``asyncio.wait_for``
+cancels the call) never sees a timeout, so the rule above never fires for it: with a node
+hung (SIGSTOP, a partition) every call routed there was cut by the deadline and the node
+stayed in rotation — after the cluster had dropped the node, 0% of the API's answers came
+from the pipeline for the whole hang (bench/ha). Given ``hung_after`` (seconds), a call
+cancelled after waiting at least that long on a node that answered nothing meanwhile, while
+another node did answer within twice that wait, marks the node dead too. The second
+condition keeps a whole-cluster stall (every node silent: overload, a long GC) from
+emptying the rotation; a slow node that answers something is not hung either.
 
 Retrying after a connection was closed mid-request can apply a write twice; that is
 opensearch-py's default behaviour too (``max_retries=3``). Our writes are idempotent
@@ -27,7 +41,9 @@ count one impression twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -38,6 +54,11 @@ __all__ = ["FailoverTransport"]
 
 
 class FailoverTransport(AsyncTransport):
+    def __init__(self, *args: Any, hung_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hung_after = hung_after
+        self._answered: dict[Any, float] = {}  # connection -> when it last answered (monotonic)
+
     def _all(self) -> list[Any]:
         pool = self.connection_pool
         return list(getattr(pool, "orig_connections", None) or pool.connections)
@@ -57,6 +78,22 @@ class FailoverTransport(AsyncTransport):
         with contextlib.suppress(TransportError):  # a sniff on failure may fail too
             self.mark_dead(connection)
 
+    def _silent(self, connection: Any, since: float) -> bool:
+        """Has the node answered nothing since ``since``?"""
+        return self._answered.get(connection, since) <= since
+
+    def _cut(self, connection: Any, started: float) -> None:
+        """A call on ``connection`` was cancelled: take the node out of rotation if it looks
+        hung (silent for the whole wait, at least ``hung_after``, while another answered)."""
+        if self.hung_after is None or self._nodes() < 2:
+            return
+        now = time.monotonic()
+        waited = now - started
+        if waited < self.hung_after or not self._silent(connection, started):
+            return
+        if any(at >= now - 2 * waited for c, at in self._answered.items() if c is not connection):
+            self._mark_dead(connection)
+
     async def perform_request(
         self,
         method: str,
@@ -74,16 +111,23 @@ class FailoverTransport(AsyncTransport):
         retries = failovers = 0
         while True:
             connection = self.get_connection()
+            started = time.monotonic()
             try:
                 status, raw_headers, data = await connection.perform_request(
                     method, url, params, body, headers=headers, ignore=ignore, timeout=timeout
                 )
+            except asyncio.CancelledError:
+                self._cut(connection, started)
+                raise
             except TransportError as exc:
+                if not isinstance(exc, ConnectionError):  # an answer, if an error
+                    self._answered[connection] = time.monotonic()
                 if method == "HEAD" and exc.status_code == 404:
                     return False
                 if isinstance(exc, ConnectionError):
-                    self._mark_dead(connection)
                     timed_out = isinstance(exc, ConnectionTimeout)
+                    if not timed_out or self._silent(connection, started):
+                        self._mark_dead(connection)
                     if not timed_out and failovers < self._nodes() - 1:
                         failovers += 1
                         continue
@@ -96,6 +140,7 @@ class FailoverTransport(AsyncTransport):
                     raise
                 retries += 1
                 continue
+            self._answered[connection] = time.monotonic()
             self.connection_pool.mark_live(connection)
             if method == "HEAD":
                 return 200 <= status < 300

@@ -122,3 +122,54 @@ async def test_a_hung_node_costs_one_timeout_not_one_per_request(settings: Setti
                 await client.close()
         assert timeouts["failover"] == 1
         assert timeouts["stock"] >= 2  # round-robin keeps sending requests to the hung node
+
+
+async def _cut_calls(client: Any, n: int, deadline: float) -> int:
+    """``n`` calls under a caller's deadline shorter than the client's timeout (the API's
+    case: the call is cancelled, no timeout is ever raised); how many the deadline cut."""
+    cut = 0
+    for _ in range(n):
+        try:
+            await asyncio.wait_for(client.info(), deadline)
+        except TimeoutError:
+            cut += 1
+    return cut
+
+
+async def test_a_call_cut_on_a_hung_node_takes_it_out_of_rotation(settings: Settings) -> None:
+    """With ``hung_after``, a call the caller's deadline cancelled on a node that answered
+    nothing meanwhile, while another node answered, marks that node dead: one cut answer
+    (two when the first call goes there, before any node has answered), then every call
+    goes to the live node. Without it, every other call is cut (round
+    robin keeps the hung node: the API's 0% non-degraded in bench/ha)."""
+    async with _hung_server() as port:
+        hung = settings.model_copy(
+            update={"opensearch_url": f"http://127.0.0.1:{port},{settings.opensearch_hosts[0]}"}
+        )
+        cuts = {}
+        for name, extra in (("hung_after", {"hung_after": 0.1}), ("without", {})):
+            client = clients.async_opensearch(hung, max_retries=0, timeout=30, **extra)
+            try:
+                cuts[name] = await _cut_calls(client, 8, deadline=0.4)
+                dead = [c.port for c in client.transport.connection_pool.dead_count]
+            finally:
+                await client.close()
+            if name == "hung_after":
+                assert dead == [port]
+        assert cuts["hung_after"] <= 2
+        assert cuts["without"] >= 4
+
+
+async def test_a_silent_cluster_keeps_its_nodes(settings: Settings) -> None:
+    """Every node silent (a whole-cluster stall, not one hung node): cut calls mark none
+    dead, so the rotation is never emptied by the caller's deadline alone."""
+    async with _hung_server() as a, _hung_server() as b:
+        both = settings.model_copy(
+            update={"opensearch_url": f"http://127.0.0.1:{a},http://127.0.0.1:{b}"}
+        )
+        client = clients.async_opensearch(both, max_retries=0, timeout=30, hung_after=0.1)
+        try:
+            assert await _cut_calls(client, 4, deadline=0.3) == 4
+            assert not client.transport.connection_pool.dead_count
+        finally:
+            await client.close()

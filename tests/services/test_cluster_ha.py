@@ -1,7 +1,8 @@
 """A real 3-node cluster (its own ports, state dir and cluster name; the shared servers are
 never touched): status shows every node and the shards, `templates apply` changes replicas
 on the live indices, and losing a node under load — SIGKILL, then restart — is not an
-outage: the API answers every request, non-degraded, and the cluster returns to green.
+outage: the API answers every request, non-degraded, and the cluster returns to green; a
+node hung with SIGSTOP stops costing answers once the cluster has dropped it.
 
 The bench with figures (p99 during the loss vs steady, time back to green) is bench/ha.py.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from opensearchpy import OpenSearch
 
 from opendisco import Settings, clients, index_templates
 from opendisco.api import create_app, create_key
@@ -27,7 +29,8 @@ from opendisco.services import FAST_START, OpenSearchService, scratch_cluster
 from opendisco.signals import ExposureStore, exposure_index
 
 N_ITEMS = 200
-# ~1.5-4 min (2 shared cores, by load): three JVMs start, one restarts; part of `./dev test`
+# ~2.5-5 min (2 shared cores, by load): three JVMs start, one restarts, one hangs ~50 s;
+# part of `./dev test`
 pytestmark = pytest.mark.slow
 
 
@@ -216,3 +219,88 @@ async def test_node_loss_under_load_is_not_an_outage(
         f"{sum(during)} of {len(during)} answers degraded during the loss"
     )
     assert all(f"node {n.name} " in _status(settings) for n in svc.nodes)
+
+
+def _nodes_seen_by(settings: Settings, live: list[str]) -> int:
+    """Nodes in the cluster as the live nodes see it (a client that never asks the hung one;
+    cluster health reads the cluster state: `_cat/nodes` would wait for the hung node)."""
+    with contextlib.closing(OpenSearch(hosts=live, timeout=5)) as client:
+        return int(client.cluster.health()["number_of_nodes"])
+
+
+async def test_hung_node_is_routed_around(
+    ha: tuple[Settings, OpenSearchService], model: Any
+) -> None:
+    """A data node hung with SIGSTOP (it accepts connections and never answers) under light
+    load: once the cluster has dropped it, the API answers from the pipeline again within a
+    bounded time — its client stops sending requests to the node that never answers (a call
+    the deadline cut there takes the node out of rotation) — and non-degraded answers hold
+    until SIGCONT; then green again."""
+    base, svc = ha
+    settings = base.model_copy(update={"api_deadline_ms": 3000})
+    users = await _catalogue(settings, model)
+    with clients.mongo(settings) as mc:
+        key, _ = create_key(mc[settings.mongo_db], "hang", ["read"])
+    admin = clients.opensearch(settings)
+    await asyncio.to_thread(
+        admin.cluster.health, wait_for_status="green", timeout="120s", request_timeout=130
+    )
+    manager = admin.cat.cluster_manager(format="json")[0]["node"]
+    victim = next(n for n in svc.nodes if n.name != manager)
+    live = [n.url for n in svc.nodes if n is not victim]
+    records: list[tuple[float, bool]] = []  # (at, non-degraded 200)
+    stop = asyncio.Event()
+
+    async def worker(client: httpx.AsyncClient, i: int) -> None:
+        n = i
+        while not stop.is_set():
+            n += 2
+            resp = await client.get(
+                f"/v1/users/{users[n % len(users)]}/recommendations?k=10",
+                headers={"X-API-Key": key},
+            )
+            assert resp.status_code == 200, resp.text
+            records.append((time.monotonic(), not resp.json()["degraded"]))
+            await asyncio.sleep(0.1)  # light load
+
+    async with _serve(settings) as client:
+        workers = [asyncio.create_task(worker(client, i)) for i in range(2)]
+        try:
+            for _ in range(600):
+                if len(records) >= 10:
+                    break
+                await asyncio.sleep(0.2)
+            stopped_at = time.monotonic()
+            svc.signal(victim, signal.SIGSTOP)
+            try:
+                removed_at = None
+                while time.monotonic() - stopped_at < 45:
+                    if await asyncio.to_thread(_nodes_seen_by, settings, live) == 2:
+                        removed_at = time.monotonic()
+                        break
+                    await asyncio.sleep(0.5)
+                assert removed_at is not None, "the cluster never dropped the hung node"
+                await asyncio.sleep(15)  # answers with the node hung and out of the cluster
+            finally:
+                svc.signal(victim, signal.SIGCONT)
+            resumed_at = time.monotonic()
+            for worker_task in workers:
+                assert not worker_task.done(), worker_task.exception()
+        finally:
+            stop.set()
+            await asyncio.gather(*workers, return_exceptions=True)
+    await asyncio.to_thread(
+        admin.cluster.health, wait_for_status="green", timeout="120s", request_timeout=130
+    )
+    admin.close()
+
+    after = [(at, ok) for at, ok in records if removed_at <= at <= resumed_at]
+    first_ok = next((at for at, ok in after if ok), None)
+    assert first_ok is not None, f"all {len(after)} answers degraded after the node was dropped"
+    # bound: up to two of the breaker's half-open probes (every api_breaker_reset_s, 5 s, one
+    # may still be cut just after the removal) + the deadline
+    assert first_ok - removed_at <= 15, f"pipeline back {first_ok - removed_at:.1f} s after"
+    held = [ok for at, ok in after if at >= first_ok]
+    assert len(held) >= 10 and sum(held) >= 0.9 * len(held), (
+        f"{len(held) - sum(held)} of {len(held)} answers degraded once the pipeline was back"
+    )
