@@ -22,7 +22,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from ._backend import backend_errors
-from ._exceptions import StoreBackendError
+from ._exceptions import BackendError, StoreBackendError
 
 __all__ = [
     "MAX_WRITES_PER_COMMAND",
@@ -39,6 +39,7 @@ __all__ = [
     "detect_capabilities",
     "lease",
     "now_ms",
+    "renewing",
 ]
 
 #: write operations per ``bulk_write``/``insert_many`` command (FerretDB hangs at ~100)
@@ -145,3 +146,31 @@ async def lease(
     finally:
         with contextlib.suppress(PyMongoError):
             await locks.delete_many({"_id": {"$in": ids}, "owner": token})
+
+
+@contextlib.asynccontextmanager
+async def renewing(
+    renew: Callable[[], Awaitable[None]],
+    every_s: float,
+    on_error: Callable[[BackendError], None] | None = None,
+) -> AsyncIterator[None]:
+    """Run ``renew`` every ``every_s`` seconds in the background while the block runs (leases
+    and claims held through a long piece of work). A backend error goes to ``on_error`` and
+    the next round tries again; the holder's own guard decides whether the work may go on."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await renew()
+            except BackendError as exc:
+                if on_error is not None:
+                    on_error(exc)
+
+    task = asyncio.ensure_future(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

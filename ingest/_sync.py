@@ -33,6 +33,7 @@ from opendisco import clients
 from opendisco._backend import backend_errors
 from opendisco._exceptions import BackendError, IndexStateError
 from opendisco._settings import Settings
+from opendisco._store import renewing
 
 from ._apply import Applied, Counters, Prepared, prepare, write
 from ._bulk import Action, BulkWriter
@@ -240,25 +241,14 @@ class Syncer:
             log.warning("worker %s: partitions %s are held by another worker", self.worker, skipped)
         return partitions, skipped
 
-    @contextlib.asynccontextmanager
-    async def _renewing(self) -> Any:
-        """Renew the leases in the background while a pass runs."""
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.settings.sync_lease_seconds / 3)
-                try:
-                    await self.leases.renew()
-                except BackendError as exc:  # the pass stops at its next guard
-                    log.warning("worker %s: lease renewal failed: %s", self.worker, exc)
-
-        task = asyncio.ensure_future(renew())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _renewing(self) -> Any:
+        """Renew the leases in the background while a pass runs (a failed renewal is logged;
+        the pass stops at its next guard if the leases lapse)."""
+        return renewing(
+            self.leases.renew,
+            self.settings.sync_lease_seconds / 3,
+            lambda exc: log.warning("worker %s: lease renewal failed: %s", self.worker, exc),
+        )
 
     async def reconcile(self, *, take_all: bool = False) -> ReconcileReport:
         """Compare the held partitions of MongoDB and the index and repair what differs."""

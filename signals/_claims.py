@@ -22,18 +22,18 @@ expired. Generation arbiters are deleted once their event is marked applied.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import BackendError
+from opendisco._store import renewing
 
 from ._graph import SEP
 
@@ -196,7 +196,7 @@ class EventClaims:
     async def release(self, ids: Sequence[str], token: str) -> None:
         """Give this holder's claims up (a failed apply): they expire now, best effort."""
         gone = datetime.fromtimestamp(0, UTC)
-        with contextlib.suppress(PyMongoError):
+        with contextlib.suppress(BackendError), backend_errors("releasing claims failed"):
             await self.events.update_many(
                 {"_id": {"$in": list(ids)}, "claim_owner": token},
                 {"$set": {"claim_expires": gone}},
@@ -207,23 +207,10 @@ class EventClaims:
                     {"_id": {"$in": held}, "owner": token}, {"$set": {"expires": gone}}
                 )
 
-    @contextlib.asynccontextmanager
-    async def renewing(self, ids: Sequence[str], token: str) -> AsyncIterator[None]:
-        """Renew the claims on ``ids`` every ``lease_s / 3`` while the block runs."""
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.lease_s / 3)
-                with contextlib.suppress(BackendError):  # the next round tries again
-                    await self.renew(ids, token)
-
-        task = asyncio.ensure_future(loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def renewing(self, ids: Sequence[str], token: str) -> Any:
+        """Renew the claims on ``ids`` every ``lease_s / 3`` while the block runs (a failed
+        round is retried by the next)."""
+        return renewing(lambda: self.renew(ids, token), self.lease_s / 3)
 
     async def mark(self, ids: Sequence[str]) -> None:
         """Mark events applied (one ``update_many``: a bulk of point updates on ``events`` was
@@ -232,7 +219,8 @@ class EventClaims:
             await self.events.update_many({"_id": {"$in": list(ids)}}, {"$set": {"applied": True}})
         held = [_arbiter(i, self._held.pop(i)) for i in ids if i in self._held]
         if held:
-            with contextlib.suppress(PyMongoError):  # leftovers are purged with the events
+            # best effort: leftovers are purged with the events
+            with contextlib.suppress(BackendError), backend_errors("dropping arbiters failed"):
                 await self.arbiters.delete_many({"_id": {"$in": held}})
 
     async def purge(self, cutoff: datetime) -> int:

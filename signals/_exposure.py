@@ -48,10 +48,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
-from opensearchpy.exceptions import NotFoundError, OpenSearchException, RequestError
+from opensearchpy.exceptions import NotFoundError, RequestError
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import InvalidInput, SearchBackendError
+from opendisco._exceptions import InvalidInput, NotFound, SearchBackendError
 from opendisco._settings import Settings
 
 from ._trending import (
@@ -185,11 +185,12 @@ class ExposureStore:
         last: Exception | None = None
         for _ in range(attempts):
             try:
-                await self.client.get(index=self.index, id="_capped")
+                with backend_errors("reading the cap list failed", not_found="no cap list yet"):
+                    await self.client.get(index=self.index, id="_capped")
                 return
-            except NotFoundError:
+            except NotFound:
                 return
-            except OpenSearchException as exc:
+            except SearchBackendError as exc:
                 last = exc
                 await asyncio.sleep(0.1)
         raise SearchBackendError(f"{self.index} did not become readable: {last}")
