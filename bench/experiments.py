@@ -32,23 +32,32 @@ import multiprocessing as mp
 import os
 import platform
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from opendisco.experiments import Experiment, analyze, sim
+from opendisco.experiments import Experiment, TwoSidedPlan, analyze, sim, two_sided_plan
 from opendisco.experiments._analysis import srm_check
-from opendisco.experiments._assign import arm_index
-from opendisco.experiments._simulate import covariates, pre_period_clusters, simulate
+from opendisco.experiments._assign import arm_indices
+from opendisco.experiments._simulate import (
+    carry_over_days,
+    covariates,
+    pre_period_balance,
+    pre_period_clusters,
+    simulate,
+)
 from opendisco.rerank import merged_config
 
+#: fixed design settings; the two-sided allocation and β and the switchback period and
+#: burn-in are set per world from its pre-period (:class:`Plan`)
 DESIGNS: dict[str, dict[str, Any]] = {
     "user": {},
     "item": {},
     "two_sided": {},
     "cluster": {},
-    "switchback": {"period_minutes": 2 * 1440, "burn_in_minutes": 1440},
+    "switchback": {},
 }
 BOOST = {"weights": {"popularity": 2.0}}
 METRIC = "mutual_likes_per_1000"
@@ -60,17 +69,35 @@ def _rankers() -> tuple[sim.Ranker, sim.Ranker]:
     return sim.Ranker(name="control"), sim.Ranker(merged_config(BOOST), name="boost")
 
 
-def _experiment(design: str, salt: str, treated: bool = True) -> Experiment:
+@dataclass(frozen=True)
+class Plan:
+    """What a world's pre-period pre-registers (never the truth): the two-sided allocation
+    and β from the market balance, the switchback period and burn-in from the carry-over."""
+
+    two_sided: TwoSidedPlan
+    carry_over_days: int
+
+    def switchback(self) -> dict[str, int]:
+        m = self.carry_over_days
+        return {"period_minutes": (m + 1) * 1440, "burn_in_minutes": m * 1440}
+
+
+def _experiment(
+    design: str, salt: str, treated: bool = True, plan: Plan | None = None
+) -> Experiment:
     arms = [{"name": "control"}, {"name": "treatment", "rerank": BOOST if treated else {}}]
-    return Experiment(
-        id=f"bench-{design}", salt=salt, arms=arms, design={"kind": design, **DESIGNS[design]}
-    )
+    spec: dict[str, Any] = {"kind": design, **DESIGNS[design]}
+    if design == "two_sided" and plan is not None:
+        spec.update(plan.two_sided.design())
+    if design == "switchback":
+        spec.update(plan.switchback() if plan is not None else {"period_minutes": 1440})
+    return Experiment(id=f"bench-{design}", salt=salt, arms=arms, design=spec)
 
 
 def build(scenarios: list[str], pop_cfg: sim.PopulationConfig, seed: int) -> dict[str, Any]:
     pop = sim.generate_population(pop_cfg, seed=seed)
     control, boost = _rankers()
-    worlds, clusters, covs = {}, {}, {}
+    worlds, clusters, covs, plans = {}, {}, {}, {}
     for name in sorted({("balanced" if s == "aa" else s) for s in scenarios}):
         t0 = time.perf_counter()
         w = sim.World(pop, sim.REGIMES[name], control, seed=seed)
@@ -78,12 +105,13 @@ def build(scenarios: list[str], pop_cfg: sim.PopulationConfig, seed: int) -> dic
         worlds[name] = w
         clusters[name] = pre_period_clusters(w, seed=seed)
         covs[name] = covariates(w)
+        plans[name] = Plan(two_sided_plan(pre_period_balance(w)), carry_over_days(w))
         print(
             f"  world {name}: {time.perf_counter() - t0:.1f}s, "
-            f"{np.unique(clusters[name]).shape[0]} clusters",
+            f"{np.unique(clusters[name]).shape[0]} clusters, two-sided plan {plans[name]}",
             flush=True,
         )
-    return {"pop": pop, "worlds": worlds, "clusters": clusters, "covs": covs}
+    return {"pop": pop, "worlds": worlds, "clusters": clusters, "covs": covs, "plans": plans}
 
 
 def _truth(world: sim.World, boost: sim.Ranker, seeds: range) -> list[float]:
@@ -103,7 +131,7 @@ def _replicate(task: tuple[str, str, int, int, bool]) -> dict[str, Any]:
     world = st["worlds"][key]
     control, boost = _rankers()
     treated = scenario != "aa"
-    exp = _experiment(design, f"{scenario}-{design}-{r}", treated)
+    exp = _experiment(design, f"{scenario}-{design}-{r}", treated, st["plans"][key])
     res = simulate(
         exp,
         world,
@@ -178,7 +206,7 @@ def summarise(rows: list[dict[str, Any]], truth: dict[str, float]) -> list[dict[
 
 def arm_shares(n_ids: int) -> dict[str, Any]:
     exp = _experiment("user", "shares")
-    counts = np.bincount([arm_index(exp, f"u{i}") for i in range(n_ids)], minlength=2)
+    counts = np.bincount(arm_indices(exp, [f"u{i}" for i in range(n_ids)]), minlength=2)
     share = counts / n_ids
     return {
         "ids": n_ids,
@@ -193,7 +221,7 @@ def srm_false_alarms(n_salts: int, n_ids: int) -> dict[str, Any]:
     alarms = 0
     for s in range(n_salts):
         exp = _experiment("user", f"srm-{s}")
-        counts = np.bincount([arm_index(exp, u) for u in ids], minlength=2)
+        counts = np.bincount(arm_indices(exp, ids), minlength=2)
         alarms += srm_check("viewer assignments", counts, [0.5, 0.5]).p < 0.001
     return {"salts": n_salts, "ids": n_ids, "alarms": int(alarms), "rate": alarms / n_salts}
 
@@ -332,6 +360,7 @@ def main() -> None:
             "aa_reps": aa_reps,
             "boost": BOOST,
             "designs": DESIGNS,
+            "plans": {k: asdict(v) for k, v in state["plans"].items()},
             "seed": args.seed,
             "bootstrap": args.bootstrap,
             "cuped": not args.no_cuped,

@@ -12,6 +12,7 @@ measured against the true global effect. It sits above ``serving`` (its parts ar
 from . import sim
 from ._analysis import Estimate, Exposures, SrmCheck
 from ._assign import Assignment, arm_index, bucket, candidate_arm, viewer_assignment
+from ._balance import TwoSidedPlan, market_balance, two_sided_plan
 from ._merge import merge_ranks
 from ._metrics import METRICS, Metric
 from ._model import PAIR_LEVEL, Arm, Design, DesignKind, Experiment, Status
@@ -37,12 +38,15 @@ __all__ = [
     "Readout",
     "SrmCheck",
     "Status",
+    "TwoSidedPlan",
     "analyze",
     "arm_index",
     "bucket",
     "candidate_arm",
     "install",
+    "market_balance",
     "merge_ranks",
     "sim",
+    "two_sided_plan",
     "viewer_assignment",
 ]

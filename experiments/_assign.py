@@ -18,9 +18,11 @@ process, on every machine, forever, and the analysis can recompute any unit's ar
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+import numpy as np
 
 from ._model import DesignKind, Experiment
 
@@ -28,12 +30,14 @@ __all__ = [
     "BUCKETS",
     "Assignment",
     "arm_index",
+    "arm_indices",
     "bucket",
     "buckets",
     "candidate_arm",
     "in_experiment",
     "is_held_out",
     "period_of",
+    "side_arms",
     "viewer_assignment",
 ]
 
@@ -46,8 +50,26 @@ def bucket(salt: str, unit: str) -> int:
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
-def buckets(salt: str, units: list[str]) -> list[int]:
-    return [bucket(salt, u) for u in units]
+def buckets(salt: str, units: Sequence[str]) -> list[int]:
+    """:func:`bucket` of many units (the salt's hash state is computed once)."""
+    prefix = hashlib.sha256(f"{salt}\x1f".encode())
+    out = []
+    for u in units:
+        h = prefix.copy()
+        h.update(u.encode())
+        out.append(int.from_bytes(h.digest()[:8], "big") % BUCKETS)
+    return out
+
+
+def arm_indices(exp: Experiment, units: Sequence[str]) -> np.ndarray:
+    """:func:`arm_index` of many units at once (same arms, vectorised)."""
+    total = sum(a.weight for a in exp.arms)
+    edges, edge = [], 0.0
+    for arm in exp.arms:
+        edge += arm.weight / total * BUCKETS
+        edges.append(edge)
+    b = np.asarray(buckets(exp.salt, units), dtype=np.float64)
+    return np.minimum(np.searchsorted(np.asarray(edges), b, side="right"), len(exp.arms) - 1)
 
 
 def arm_index(exp: Experiment, unit: str) -> int:
@@ -142,10 +164,24 @@ def viewer_assignment(
 
 
 def _side_arm(exp: Experiment, unit: str) -> int:
-    """Two-sided: viewers split by the arms' weights, candidates by ``candidate_share``."""
+    """Two-sided: candidates split by ``candidate_share``, viewers by ``viewer_share`` when
+    the design sets it (else by the arms' weights)."""
     if unit.startswith("candidate:"):
         return int(bucket(exp.salt, unit) < exp.design.candidate_share * BUCKETS)
+    if exp.design.viewer_share is not None:
+        return int(bucket(exp.salt, unit) < exp.design.viewer_share * BUCKETS)
     return arm_index(exp, unit)
+
+
+def side_arms(exp: Experiment, members: Sequence[str], side: str) -> np.ndarray:
+    """Two-sided and item designs, many members at once: ``side`` is ``"viewer"`` or
+    ``"candidate"`` (the same arms as :func:`viewer_assignment` / :func:`candidate_arm`)."""
+    units = [f"{side}:{m}" for m in members]
+    d = exp.design
+    share = d.candidate_share if side == "candidate" else d.viewer_share
+    if d.kind == DesignKind.two_sided and share is not None:
+        return (np.asarray(buckets(exp.salt, units)) < share * BUCKETS).astype(np.int64)
+    return arm_indices(exp, units)
 
 
 def candidate_arm(exp: Experiment, member: str) -> int:

@@ -103,10 +103,13 @@ class Arm(_Strict):
 
 class Design(_Strict):
     kind: DesignKind = DesignKind.user
-    #: two_sided: share of candidates randomised into the treatment arm, and the weight β of
-    #: the customer-side contrast in the interpolating estimator (pre-registered: 1 for a
-    #: demand-constrained market, 0 for a supply-constrained one)
+    #: two_sided: share of candidates (a_L) and, when set, of viewers (a_C; default: the
+    #: arms' weights) randomised into the treatment arm, and the weight β of the viewer-side
+    #: contrast in the interpolating estimator — all pre-registered from the pre-period's
+    #: market balance by :func:`~opendisco.experiments.two_sided_plan` (Johari et al. 2022:
+    #: demand-constrained → a_L → 1, β → 1; supply-constrained → a_C → 1, β → 0)
     candidate_share: float = Field(0.5, gt=0, lt=1)
+    viewer_share: float | None = Field(None, gt=0, lt=1)
     tsri_beta: float = Field(0.5, ge=0, le=1)
     #: cluster: Louvain resolution (lower = fewer, larger clusters) and the graph's window
     resolution: float = Field(1.0, gt=0)
@@ -148,6 +151,8 @@ class Experiment(_Strict):
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arm names must be unique: {names}")
+        if self.design.viewer_share is not None and self.design.kind != DesignKind.two_sided:
+            raise ValueError("viewer_share is a two_sided setting (other designs: arm weights)")
         if self.design.kind in PAIR_LEVEL:
             if len(self.arms) != 2:
                 raise ValueError(f"{self.design.kind.value}: exactly two arms (control, treatment)")

@@ -79,9 +79,11 @@ class Readout:
 
 
 def arm_shares(design: Design, weights: Sequence[float], side: str = "viewer") -> list[float]:
-    """The shares the design assigns (two-sided candidates: ``candidate_share``)."""
+    """The shares the design assigns (two-sided: ``candidate_share``, ``viewer_share``)."""
     if design.kind == DesignKind.two_sided and side == "candidate":
         return [1 - design.candidate_share, design.candidate_share]
+    if design.kind == DesignKind.two_sided and design.viewer_share is not None:
+        return [1 - design.viewer_share, design.viewer_share]
     total = float(sum(weights))
     return [w / total for w in weights]
 

@@ -16,13 +16,23 @@ from datetime import UTC, datetime
 import numpy as np
 
 from ._analysis import Exposures
-from ._assign import arm_index, candidate_arm
+from ._assign import arm_index, arm_indices, side_arms
+from ._balance import market_balance
 from ._clusters import louvain_clusters
 from ._model import DesignKind, Experiment
 from ._readout import Covariates
 from .sim import Assignment, Outcomes, Population, Ranker, World
+from .sim._market import EXPIRED
 
-__all__ = ["SimExperiment", "covariates", "pre_period_clusters", "simulate", "to_exposures"]
+__all__ = [
+    "SimExperiment",
+    "carry_over_days",
+    "covariates",
+    "pre_period_balance",
+    "pre_period_clusters",
+    "simulate",
+    "to_exposures",
+]
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -45,6 +55,44 @@ def pre_period_clusters(world: World, resolution: float = 1.0, seed: int = 0) ->
     labels = louvain_clusters(ids, edges, resolution=resolution, seed=seed)
     names = {c: i for i, c in enumerate(sorted(set(labels.values())))}
     return np.array([names[labels[m]] for m in ids], dtype=np.int64)
+
+
+def pre_period_balance(world: World) -> float:
+    """:func:`~._balance.market_balance` of the pre-period: a like is capacity-bound when it
+    expired although its receiver was active on a day it waited (sent or expiry day)."""
+    pop, pre = world.pop, world.pre
+    if not pre.prop_imp.size:
+        return 0.0
+    receiver = pop.pair_candidate[pre.imp_pair[pre.prop_imp]]
+    days = pre.active.shape[0]
+    sent = pre.imp_day[pre.prop_imp] - pre.first_day
+    resolved = np.clip(pre.prop_resolved - pre.first_day, 0, days - 1)
+    waited_active = pre.active[sent, receiver] | pre.active[resolved, receiver]
+    return market_balance(receiver, (pre.prop_status == EXPIRED) & waited_active)
+
+
+def carry_over_days(world: World, q: float = 0.9) -> int:
+    """The market's memory, measured on the pre-period (never on an experiment's outcomes):
+    how many days back what a viewer is shown depends on what they were shown before. A
+    viewer's list skips the candidates already seen (and liked) — the ranker's top is
+    consumed — so an impression on day d depends on every earlier day whose impressions are
+    still remembered; its lag is d minus the first of those days (for a market whose seen
+    memory never expires: d minus the viewer's first day in the pre-period). Returns the
+    ``q`` quantile of the lags of the pre-period's last day — a lower bound when it equals
+    the pre-period (the memory is at least as long as what could be observed). A switchback
+    needs periods longer than this, and its burn-in at least this long."""
+    pre, pop = world.pre, world.pop
+    if not pre.imp_pair.size or world.market.slots is None:
+        return 0  # independent exposure: what is shown does not depend on what was
+    viewer = pop.pair_viewer[pre.imp_pair]
+    day = pre.imp_day - pre.first_day
+    last = day == day.max()
+    memory = np.inf if world.market.seen_days is None else world.market.seen_days
+    remembered = pre.imp_liked | (day.max() - day < memory)
+    first = np.full(pop.n, np.iinfo(np.int64).max)
+    np.minimum.at(first, viewer[remembered], day[remembered])
+    lag = day[last] - np.minimum(first[viewer[last]], day[last])
+    return int(np.ceil(np.quantile(lag, q)))
 
 
 def covariates(world: World) -> Covariates:
@@ -79,14 +127,14 @@ def _assignment(
         raise ValueError("the simulator runs two-arm experiments")
     cand = None
     if kind == DesignKind.user:
-        viewer = np.array([arm_index(exp, m) for m in ids])
+        viewer = arm_indices(exp, ids)
         assigned = {"viewer": np.bincount(viewer, minlength=k).tolist()}
     elif kind in (DesignKind.item, DesignKind.two_sided):
         if kind == DesignKind.two_sided:
-            viewer = np.array([arm_index(exp, f"viewer:{m}") for m in ids])
+            viewer = side_arms(exp, ids, "viewer")
         else:  # item: every viewer serves the merged list
             viewer = np.ones(pop.n, dtype=np.int64)
-        cand = np.array([candidate_arm(exp, m) for m in ids])
+        cand = side_arms(exp, ids, "candidate")
         assigned = {"candidate": np.bincount(cand, minlength=2).tolist()}
         if kind == DesignKind.two_sided:
             assigned["viewer"] = np.bincount(viewer, minlength=k).tolist()
@@ -100,9 +148,8 @@ def _assignment(
         per = _period_days(exp)
         periods = (days + per - 1) // per
         markets = np.unique(pop.market)
-        grid = np.array(
-            [[arm_index(exp, f"switchback:m{m}:{p}") for m in markets] for p in range(periods)]
-        )
+        units = [f"switchback:m{m}:{p}" for p in range(periods) for m in markets]
+        grid = arm_indices(exp, units).reshape(periods, markets.shape[0])
         viewer = np.repeat(grid, per, axis=0)[:days][:, pop.market]
         assigned = {"unit": np.bincount(grid.ravel(), minlength=k).tolist()}
     a = Assignment(viewer.astype(bool), None if cand is None else cand.astype(bool))

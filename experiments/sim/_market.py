@@ -10,6 +10,9 @@ One simulated day:
    probability set by its own ranking score, so no candidate takes a slot from another.
 2. **Likes.** The viewer likes a shown candidate with probability ``p_like`` (a fresh draw per
    impression; a pair is shown at most once in slot mode). A like is a *proposal*.
+   With ``seen_days`` the seen memory is bounded: a candidate passed on (shown, not liked)
+   may be shown again ``seen_days`` days later (:meth:`Market.forget`); without it a pair is
+   shown at most once.
 3. **Instant mutual likes.** With ``instant_matches``, a proposal to someone who already
    likes the proposer is reciprocated at once (no review needed) — also for proposals
    waiting in a queue when the receiver likes the proposer in their own session.
@@ -77,8 +80,10 @@ class Market:
     instant_matches: bool
     message_rate: float
     reply_rate: float
+    seen_days: int | None = None  # a pass is forgotten after this many days (None: never)
     liked: np.ndarray = field(init=False)  # (P,) the viewer has liked the candidate
-    seen: np.ndarray = field(init=False)  # (P,) shown to the viewer
+    seen: np.ndarray = field(init=False)  # (P,) shown to the viewer (and not forgotten)
+    shown_day: np.ndarray = field(init=False)  # (P,) last day shown (-1: never)
     matched: np.ndarray = field(init=False)  # (P,) by the smaller of the pair's two indices
     likes_received: np.ndarray = field(init=False)  # (n,) cumulative
     # the queue of waiting proposals
@@ -100,6 +105,7 @@ class Market:
         P, n = self.pop.n_pairs, self.pop.n
         self.liked = np.zeros(P, dtype=bool)
         self.seen = np.zeros(P, dtype=bool)
+        self.shown_day = np.full(P, -1, dtype=np.int64)
         self.matched = np.zeros(P, dtype=bool)
         self.likes_received = np.zeros(n)
         self.q_pair = np.zeros(0, np.int64)
@@ -119,9 +125,10 @@ class Market:
     def copy(self) -> Market:
         out = Market(
             self.pop, self.seed, self.capacity, self.expiry_days, self.instant_matches,
-            self.message_rate, self.reply_rate,
+            self.message_rate, self.reply_rate, self.seen_days,
         )  # fmt: skip
-        for name in ("liked", "seen", "matched", "likes_received", "q_pair", "q_day"):
+        names = ("liked", "seen", "shown_day", "matched", "likes_received", "q_pair", "q_day")
+        for name in names:
             setattr(out, name, getattr(self, name).copy())
         out.start_log(self._first_day)
         return out
@@ -134,6 +141,18 @@ class Market:
     def active_today(self, day: int) -> np.ndarray:
         return uniform(self.seed, Stream.ACTIVE, np.arange(self.pop.n), day) < self.pop.activity
 
+    def forget(self, day: int) -> np.ndarray:
+        """Bounded seen memory: pairs shown ``seen_days`` or more days ago and not liked
+        become unseen (a pass is forgotten; a like never is). Returns the viewers who got
+        pairs back, whose decks must be scanned from the top again."""
+        if self.seen_days is None:
+            return np.zeros(0, dtype=np.int64)
+        old = self.seen & (self.shown_day <= day - self.seen_days) & ~self.liked
+        if not old.any():
+            return np.zeros(0, dtype=np.int64)
+        self.seen[old] = False
+        return np.unique(self.pop.pair_viewer[old])
+
     # -- one day ---------------------------------------------------------------------------
     def day(self, day: int, active: np.ndarray, shown: np.ndarray, treated: np.ndarray) -> None:
         """Advance one day: ``shown`` are today's impressions (pair indices, a pair at most
@@ -141,6 +160,7 @@ class Market:
         pop = self.pop
         self._active.append(active)
         self.seen[shown] = True
+        self.shown_day[shown] = day
         rows = self._n_imp + np.arange(shown.shape[0])
         self._n_imp += shown.shape[0]
         liked = uniform(self.seed, Stream.LIKE, shown, day) < pop.p_like[shown]

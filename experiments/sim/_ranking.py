@@ -195,7 +195,19 @@ def merged_order(
     elsewhere. Returns ``(order, ptr)`` like :class:`PairScores`. With ``depth`` only pairs
     whose own rank is below it are kept: the list is then exact for its first positions
     (every pair ranked above ``depth`` by its arm is in it), deeper than a run can serve."""
-    rank_c, rank_t = pair_ranks(pop, control), pair_ranks(pop, treated)
+    return merge_ranked(pop, pair_ranks(pop, control), pair_ranks(pop, treated), mask, seed, depth)
+
+
+def merge_ranked(
+    pop: Population,
+    rank_c: np.ndarray,
+    rank_t: np.ndarray,
+    mask: np.ndarray,
+    seed: int = 0,
+    depth: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`merged_order` from the two arms' :func:`pair_ranks` (which a caller ranking
+    many assignments in one world computes once)."""
     rank = np.where(mask, rank_t, rank_c)
     idx = np.flatnonzero(np.isfinite(rank) if depth is None else rank < depth)
     tie = uniform(seed, Stream.ORDER, pop.pair_viewer[idx], pop.pair_candidate[idx])

@@ -38,8 +38,8 @@ from ._ranking import (
     Observed,
     PairScores,
     Ranker,
+    merge_ranked,
     merged,
-    merged_order,
     pair_ranks,
     pair_scores,
     serve,
@@ -66,6 +66,13 @@ class MarketConfig(BaseModel):
     )
     expiry_days: int = Field(1, ge=1, description="A waiting like expires after this.")
     instant_matches: bool = Field(True, description="A like to an admirer is mutual at once.")
+    seen_days: int | None = Field(
+        None,
+        ge=1,
+        description="A candidate passed on may be shown again this many days later (None: a "
+        "pair is shown at most once). Bounds the market's memory, hence the carry-over of a "
+        "ranking change.",
+    )
     warmup_days: int = Field(7, ge=1, description="Pre-period under the control ranker.")
     days: int = Field(14, ge=1, description="Days of a run after the pre-period.")
     window_days: int = Field(7, ge=1, description="Window of the exposure/inbound features.")
@@ -123,6 +130,7 @@ class World:
         self._scores: dict[str, PairScores] = {}
         self._q: dict[str, tuple[np.ndarray, ...]] = {}
         self._decks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._rank_cache: dict[str, np.ndarray] = {}
         state = self._new_market(seed)
         obs = Observed.initial(pop)
         first = pair_scores(pop, obs, self.control)
@@ -144,7 +152,7 @@ class World:
         m = self.market
         return Market(
             self.pop, seed, m.capacity, m.expiry_days, m.instant_matches, m.message_rate,
-            m.reply_rate,
+            m.reply_rate, m.seen_days,
         )  # fmt: skip
 
     def scores(self, ranker: Ranker) -> PairScores:
@@ -202,7 +210,10 @@ class World:
         return self._decks[key]
 
     def _unseen(self, order: np.ndarray, ptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keep = ~self._state.seen[order]
+        if self.market.seen_days is not None:  # passes come back: only likes never do
+            keep = ~self._state.liked[order]
+        else:
+            keep = ~self._state.seen[order]
         viewer = np.repeat(np.arange(self.pop.n), np.diff(ptr))
         counts = np.bincount(viewer[keep], minlength=self.pop.n)
         return order[keep], np.concatenate([[0], np.cumsum(counts)])
@@ -215,14 +226,20 @@ class World:
             return [self._deck(self.control)], None
         if a.candidate is None:
             return [self._deck(self.control), self._deck(treatment)], a.viewer.astype(np.int64)
-        c, t = self.scores(self.control), self.scores(treatment)
         if a.viewer.ndim != 1:
             raise ConfigError("pair-level designs keep a viewer's arm for the whole run")
         pop = self.pop
         mask = a.viewer[pop.pair_viewer] & a.candidate[pop.pair_candidate]
         m = self.market
         depth = 2 * (m.slots or 0) * (m.warmup_days + m.days) + 8  # deeper than a run serves
-        return [self._unseen(*merged_order(pop, c, t, mask, self.seed, depth))], None
+        ranks = [self._ranks(r) for r in (self.control, treatment)]
+        return [self._unseen(*merge_ranked(pop, *ranks, mask, self.seed, depth))], None
+
+    def _ranks(self, ranker: Ranker) -> np.ndarray:
+        """Each pair's position in ``ranker``'s order (cached like :meth:`scores`)."""
+        if ranker.name not in self._rank_cache:
+            self._rank_cache[ranker.name] = pair_ranks(self.pop, self.scores(ranker))
+        return self._rank_cache[ranker.name]
 
     def _play_static(
         self,
@@ -235,10 +252,12 @@ class World:
     ) -> None:
         pop = self.pop
         active = state.active_today(day)
+        back = state.forget(day)
         shown_parts = []
         for s, (order, ptr) in enumerate(sources):
             viewers = np.flatnonzero(active if which is None else active & (which == s))
             cur = cursors.setdefault(s, np.zeros(pop.n, dtype=np.int64))
+            cur[back] = 0
             shown_parts.append(_take(order, ptr, cur, viewers, self.market.slots or 0, state.seen))
         shown = np.concatenate(shown_parts) if shown_parts else np.zeros(0, np.int64)
         state.day(day, active, shown, _treated(pop, a, day - self.first_day, shown))
@@ -302,6 +321,7 @@ class World:
     ) -> None:
         pop = self.pop
         active = state.active_today(day)
+        state.forget(day)
         treated_viewers = a.viewers_on(day - self.first_day)
         k = self.market.slots or 0
         shown_parts = []
