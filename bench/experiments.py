@@ -282,6 +282,11 @@ def main() -> None:
         help="only arm shares at 1M ids and the SRM false-alarm rate, merged into --out",
     )
     ap.add_argument("--srm-salts", type=int, default=None)
+    ap.add_argument(
+        "--no-assignment",
+        action="store_true",
+        help="skip the arm-share and SRM rows (run them apart with --assignment-only)",
+    )
     args = ap.parse_args()
     if args.assignment_only:
         assignment_only(args.out, args.srm_salts or 2000)
@@ -346,13 +351,16 @@ def main() -> None:
     # arrival order depends on the workers: sort, so the same seed gives the same table
     rows.sort(key=lambda r: (r["scenario"], r["design"], r["r"]))
     table = summarise(rows, truth)
-    extra = {
-        "arm_shares_1m": arm_shares(10_000 if args.quick else 1_000_000),
-        "srm_assignment_false_alarms": srm_false_alarms(200 if args.quick else 5000, 2000),
+    extra: dict[str, Any] = {
         "srm_readout_false_alarms": float(
             np.mean([r["blocked"] for r in rows if r["scenario"] in ("aa", "no_interference")])
-        ),
+        )
+        if any(r["scenario"] in ("aa", "no_interference") for r in rows)
+        else None,
     }
+    if not args.no_assignment:
+        extra["arm_shares_1m"] = arm_shares(10_000 if args.quick else 1_000_000)
+        extra["srm_assignment_false_alarms"] = srm_false_alarms(200 if args.quick else 5000, 2000)
     result = {
         "config": {
             "population": pop_cfg.model_dump(),

@@ -22,10 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from opendisco import clients
-from opendisco._exceptions import InvalidInput
+from opendisco._exceptions import ConfigError, InvalidInput
 from opendisco._settings import Settings
 from opendisco.experiments import Experiment, analyze
 from opendisco.experiments._report import both_sides, collect, write_report
+from opendisco.experiments._serving import check_arm_files
 from opendisco.experiments._store import ExperimentStore
 
 from ._base import pass_settings
@@ -53,9 +54,14 @@ def _load(path: Path) -> Experiment:
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"{path}: {exc}") from exc
     try:
-        return Experiment.model_validate(data)
+        exp = Experiment.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput(f"{path}: {exc}") from exc
+    try:
+        check_arm_files(exp)
+    except ConfigError as exc:
+        raise InvalidInput(f"{path}: {exc}") from exc
+    return exp
 
 
 def _summary(exp: Experiment) -> str:

@@ -10,13 +10,7 @@
   clusters a community partition gives make CR1 with G − 1 df too optimistic); for the
   switchback design ((region, period) units clustered by region, region fixed effects,
   burn-in rows dropped) CR1 through statsmodels, t with G − 1 df.
-* **Two-sided**: the four cells (viewer arm × candidate arm) give the interpolating estimator
-  TSRI(β) = β·(r₁₁ − r₀₁) + (1 − β)·(r₁₁ − r₁₀) of Johari, Li, Liskovich & Weintraub (2022):
-  a customer-side contrast (unbiased when the market is demand-constrained) and a
-  listing-side one (supply-constrained) weighted by the market's balance β. Its standard error
-  comes from a two-way bootstrap: Poisson resampling of viewers and, separately, of
-  candidates; their variances add, less the pair-level variance both count (the bootstrap form
-  of two-way clustering, Cameron, Gelbach & Miller 2011; that last term by linearisation).
+* **Two-sided**: TSRI(β) from the four cells, two-way bootstrap SE (:mod:`._twosided`).
 * **Sample-ratio mismatch**: χ² (scipy) of the units per arm against the design's shares, on
   assignments and on exposures, viewer and candidate side; the family is held at
   ``SRM_ALPHA`` (Bonferroni) and a mismatch blocks the readout.
@@ -41,7 +35,6 @@ __all__ = [
     "ratio_difference",
     "srm_blocks",
     "srm_check",
-    "tsri",
 ]
 
 SRM_ALPHA = 0.001
@@ -275,100 +268,6 @@ def _cr2(
     denom = sum(c**2 / v for c, v in zip(comps, dfs, strict=True))
     df = float(sum(comps) ** 2 / denom) if denom > 0 else float("nan")
     return var, df
-
-
-# --- two-sided -------------------------------------------------------------------------------
-def _cells(cell: np.ndarray, num: np.ndarray, den: np.ndarray, keys: np.ndarray, n: int):
-    """Per key, the 8 sums (num, den of cells 00, 01, 10, 11)."""
-    k = keys.astype(np.int64) * 4 + cell
-    out = np.empty((n, 8))
-    out[:, 0::2] = np.bincount(k, weights=num, minlength=4 * n).reshape(n, 4)
-    out[:, 1::2] = np.bincount(k, weights=den, minlength=4 * n).reshape(n, 4)
-    return out
-
-
-#: P(X ≤ k) of Poisson(1), k = 0..19 (the last step is 1 - 1e-19: float-exact)
-_POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1)) for k in range(20)])
-
-
-def _poisson1(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Poisson(1) bootstrap weights by inverting the CDF (several times faster than
-    ``rng.poisson`` for the two-way bootstrap's ``draws × units`` matrix)."""
-    return np.searchsorted(_POISSON1_CDF, rng.random(shape)).astype(np.float64)
-
-
-def _tsri_value(S: np.ndarray, beta: float) -> np.ndarray:
-    """TSRI(β) from cell sums (..., 8): β(r11 − r01) + (1 − β)(r11 − r10)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = S[..., 0::2] / S[..., 1::2]  # r00, r01, r10, r11
-    return beta * (r[..., 3] - r[..., 1]) + (1 - beta) * (r[..., 3] - r[..., 2])
-
-
-def tsri(
-    viewer: np.ndarray,
-    candidate: np.ndarray,
-    viewer_arm: np.ndarray,
-    candidate_arm: np.ndarray,
-    num: np.ndarray,
-    den: np.ndarray,
-    *,
-    beta: float = 0.5,
-    scale: float = 1.0,
-    bootstrap: int = 200,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> Estimate:
-    """The two-sided interpolating estimator and its two-way bootstrap standard error."""
-    cell = 2 * viewer_arm.astype(np.int64) + candidate_arm.astype(np.int64)
-    vu, vi = np.unique(viewer, return_inverse=True)
-    cu, ci = np.unique(candidate, return_inverse=True)
-    A = _cells(cell, num, den, vi, vu.shape[0])
-    C = _cells(cell, num, den, ci, cu.shape[0])
-    S = A.sum(axis=0)
-    est = float(_tsri_value(S, beta))
-    rng = np.random.default_rng(seed)
-    var_v = float(np.var(_tsri_value(_poisson1(rng, (bootstrap, A.shape[0])) @ A, beta)))
-    var_c = float(np.var(_tsri_value(_poisson1(rng, (bootstrap, C.shape[0])) @ C, beta)))
-    # the pair-level term both resamplings count: Σ over pairs of (∇f · pair sums)²
-    pair = viewer.astype(np.int64) * (int(candidate.max()) + 1) + candidate
-    pu, pi = np.unique(pair, return_inverse=True)
-    P = _cells(cell, num, den, pi, pu.shape[0])
-    grad = _gradient(S, beta)
-    var_p = float(((P @ grad) ** 2).sum())
-    var = var_v + var_c - var_p
-    if not var > 0:
-        var = max(var_v, var_c)
-    se = float(np.sqrt(var))
-    z = float(stats.norm.ppf(1 - alpha / 2))
-    r = S[0::2] / np.where(S[1::2] > 0, S[1::2], np.nan)
-    arm_of = np.zeros(vu.shape[0], dtype=np.int64)
-    arm_of[vi] = viewer_arm
-    units = (int((arm_of == 0).sum()), int((arm_of == 1).sum()))
-    return Estimate(
-        f"tsri(beta={beta:g})",
-        est * scale,
-        se * scale,
-        (est - z * se) * scale,
-        (est + z * se) * scale,
-        float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else float("nan"),
-        float(r[0]) * scale,
-        float(r[3]) * scale,
-        units,
-        None,
-        {f"r{c}": float(r[i]) * scale for i, c in enumerate(("00", "01", "10", "11"))},
-    )
-
-
-def _gradient(S: np.ndarray, beta: float, eps: float = 1e-7) -> np.ndarray:
-    """∇ of TSRI w.r.t. the 8 cell sums (central differences, relative step)."""
-    g = np.zeros(8)
-    for j in range(8):
-        h = eps * max(abs(S[j]), 1.0)
-        up, dn = S.copy(), S.copy()
-        up[j] += h
-        dn[j] -= h
-        g[j] = (_tsri_value(up, beta) - _tsri_value(dn, beta)) / (2 * h)
-    return g
 
 
 # --- sample-ratio mismatch -------------------------------------------------------------------

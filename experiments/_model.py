@@ -2,10 +2,10 @@
 
 An :class:`Experiment` has an ``id``, a ``salt`` (its randomisation; changing it re-shuffles
 every unit), a ``layer`` and a ``traffic`` share of that layer, ``arms`` (each an override of
-the served artifacts: template params, rerank config, model file; the first arm is the
-control), a ``design`` (the randomisation unit, see :class:`Design`), pre-registered
-``metrics`` (the first is primary) and its lifecycle (``draft → running → stopped`` with the
-``start``/``stop`` times).
+the served artifacts: template params, rerank config, model file, template version files; the
+first arm is the control), a ``design`` (the randomisation unit, see :class:`Design`),
+pre-registered ``metrics`` (the first is primary) and its lifecycle (``draft → running →
+stopped`` with the ``start``/``stop`` times).
 
 Designs and what an arm may change:
 
@@ -85,6 +85,14 @@ class Arm(_Strict):
         description="RerankConfig overrides (weights merged key by key, like a params file).",
     )
     model: str | None = Field(None, description="Ranking model file (None: the served one).")
+    templates: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Template version files (``template-<surface>-v<N>.json``, what the "
+        "playground promotes) served instead of the served template of their surface. Loaded "
+        "guarded, as every non-shipped template: the hard filter wraps each query and the "
+        "parameters every request sets stay declared (opendisco.serving.load_template).",
+    )
 
     @model_validator(mode="after")
     def _checked(self) -> Arm:
@@ -98,7 +106,7 @@ class Arm(_Strict):
 
     @property
     def overrides(self) -> bool:
-        return bool(self.params or self.rerank or self.model)
+        return bool(self.params or self.rerank or self.model or self.templates)
 
 
 class Design(_Strict):
@@ -156,11 +164,12 @@ class Experiment(_Strict):
         if self.design.kind in PAIR_LEVEL:
             if len(self.arms) != 2:
                 raise ValueError(f"{self.design.kind.value}: exactly two arms (control, treatment)")
-            bad = [a.name for a in self.arms if a.params]
+            bad = [a.name for a in self.arms if a.params or a.templates]
             if bad:
                 raise ValueError(
-                    f"{self.design.kind.value}: arms {bad} change template params; a list "
-                    "mixing arms shares its candidates, so only rerank/model may differ"
+                    f"{self.design.kind.value}: arms {bad} change template params or "
+                    "templates; a list mixing arms shares its candidates, so only "
+                    "rerank/model may differ"
                 )
         if self.design.kind in (DesignKind.cluster, DesignKind.switchback) and self.traffic < 1:
             raise ValueError(

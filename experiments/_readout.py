@@ -35,10 +35,10 @@ from ._analysis import (
     ratio_difference,
     srm_blocks,
     srm_check,
-    tsri,
 )
 from ._metrics import METRICS
 from ._model import Design, DesignKind
+from ._twosided import tsri
 
 __all__ = ["Covariates", "Readout", "analyze", "arm_shares"]
 

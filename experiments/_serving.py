@@ -38,7 +38,7 @@ from opendisco.rerank import (
     RerankResult,
     merged_config,
 )
-from opendisco.serving import Artifacts, CandidatePlan, Discovery, load_model
+from opendisco.serving import Artifacts, CandidatePlan, Discovery, load_model, load_template
 
 from ._assign import bucket, candidate_arm, in_experiment, is_held_out, viewer_assignment
 from ._log import ExperimentLog
@@ -51,6 +51,7 @@ __all__ = [
     "ExperimentRegistry",
     "MergedRanking",
     "arm_artifacts",
+    "check_arm_files",
     "install",
     "region_of",
 ]
@@ -81,6 +82,10 @@ def arm_artifacts(base: Artifacts, exp: Experiment, arm: Arm) -> Artifacts:
     scorer, model_name = base.scorer, base.model_name
     if arm.model:
         scorer, model_name = load_model(Path(arm.model))
+    templates = dict(base.templates)
+    for path in arm.templates:  # guarded: the hard filter and request parameters stay
+        tpl = load_template(Path(path))
+        templates[tpl.surface] = tpl
     blob = json.dumps(
         {"params": params, "rerank": rerank.get_config(), "model": model_name},
         sort_keys=True,
@@ -89,8 +94,23 @@ def arm_artifacts(base: Artifacts, exp: Experiment, arm: Arm) -> Artifacts:
     digest = hashlib.sha256(blob).hexdigest()[:8]
     name = f"{base.params_name}~{exp.id}.{arm.name}@{digest}"
     return replace(
-        base, params=params, rerank=rerank, scorer=scorer, params_name=name, model_name=model_name
-    )  # the served template versions stay
+        base,
+        params=params,
+        rerank=rerank,
+        scorer=scorer,
+        params_name=name,
+        model_name=model_name,
+        templates=templates,  # the arm's template versions, else the served ones
+    )
+
+
+def check_arm_files(exp: Experiment) -> None:
+    """Load every arm's model and template files as serving will (``ConfigError`` naming
+    the first that is missing, malformed, trained on other features or unguardable): an
+    experiment is refused at creation rather than failing its requests."""
+    base = Artifacts()
+    for arm in exp.arms:
+        arm_artifacts(base, exp, arm)
 
 
 def region_of(user: Mapping[str, Any] | None, field_name: str) -> str | None:

@@ -8,8 +8,9 @@ deployment step, as for a tuned params file: name it in ``params_file`` / ``temp
 
 A params draft can instead become the treatment arm of an experiment (:func:`draft_experiment`:
 control = what is served, treatment = the draft's overrides), created in ``draft`` status and
-started by an operator (``opendisco experiments start``). Arms take params, rerank and model
-overrides, not template versions: a template draft is promoted, not experimented with.
+started by an operator (``opendisco experiments start``). A template draft is promoted first;
+the version file it becomes can then be an arm's ``templates`` (a user/cluster/switchback
+experiment: pair-level designs share the candidate generation).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def arm_overrides(draft: dict[str, Any]) -> dict[str, Any]:
     parameters and rerank overrides); a template draft cannot be an arm."""
     if draft["kind"] != "params":
         raise InvalidInput(
-            "an experiment arm overrides params, rerank weights or the model, not a template "
-            "version: promote the template draft instead"
+            "a template draft is not an arm itself: promote the template draft, then name its "
+            "version file in an arm's templates"
         )
     body = draft["body"]
     return {"params": body.get("template_params") or {}, "rerank": body.get("rerank") or {}}

@@ -34,6 +34,7 @@ from opendisco.rerank import (
 )
 
 from .._merge import merge_ranks
+from ._market import Outcomes
 from ._population import Population
 from ._rng import Stream, uniform
 
@@ -216,3 +217,40 @@ def merge_ranked(
     order = idx[np.argsort(pop.pair_viewer[idx] * width + rank[idx] + 0.5 * tie, kind="stable")]
     counts = np.bincount(pop.pair_viewer[idx], minlength=pop.n)
     return order, np.concatenate([[0], np.cumsum(counts)])
+
+
+# -- features from the market ---------------------------------------------------------------
+def observed_after(pop: Population, before: Observed, pre: Outcomes) -> Observed:
+    """Features after the pre-period: popularity = prior + likes received, exposure =
+    impressions received, inbound = likes received, viewer vector learned from the likes."""
+    n = pop.n
+    cand = pop.pair_candidate[pre.imp_pair]
+    exposure = np.bincount(cand, minlength=n).astype(float)
+    inbound = np.bincount(cand[pre.imp_liked], minlength=n).astype(float)
+    liked = pre.imp_pair[pre.imp_liked]
+    acc = before.user_vector.copy()
+    np.add.at(acc, pop.pair_viewer[liked], pop.content[pop.pair_candidate[liked]])
+    norm = np.linalg.norm(acc, axis=1, keepdims=True)
+    return Observed(pop.prior + inbound, exposure, inbound, acc / np.where(norm > 0, norm, 1))
+
+
+def refresh_observed(
+    pop: Population,
+    obs: Observed,
+    shown: np.ndarray,
+    liked: np.ndarray,
+    window: int,
+    acc: np.ndarray,
+) -> None:
+    """Dynamic runs: today's impressions (``shown``) and likes (``liked``, pair indices) enter
+    tomorrow's features (exposure and inbound decay over ``window`` days; ``acc`` sums the
+    viewer's liked profiles)."""
+    decay = 1.0 - 1.0 / window
+    obs.exposure *= decay
+    obs.inbound *= decay
+    np.add.at(obs.exposure, pop.pair_candidate[shown], 1.0)
+    np.add.at(obs.inbound, pop.pair_candidate[liked], 1.0)
+    np.add.at(obs.popularity, pop.pair_candidate[liked], 1.0)
+    np.add.at(acc, pop.pair_viewer[liked], pop.content[pop.pair_candidate[liked]])
+    norm = np.linalg.norm(acc, axis=1, keepdims=True)
+    obs.user_vector[:] = acc / np.where(norm > 0, norm, 1)

@@ -40,8 +40,10 @@ from ._ranking import (
     Ranker,
     merge_ranked,
     merged,
+    observed_after,
     pair_ranks,
     pair_scores,
+    refresh_observed,
     serve,
 )
 from ._rng import Stream, uniform
@@ -141,7 +143,7 @@ class World:
             else:
                 self._play_static(state, day, [(first.order, first.ptr)], None, None, cursors)
         self.pre: Outcomes = state.outcomes()
-        self.observed = _observed_after(pop, obs, state, self.pre, self.market.warmup_days)
+        self.observed = observed_after(pop, obs, self.pre)
         self._state = state
 
     @property
@@ -187,7 +189,10 @@ class World:
                 if before_day is not None:
                     before_day(day, obs)
                 self._play_dynamic(state, day, treatment, assignment, obs)
-                _refresh(self.pop, obs, state, self.market.window_days, liked_content)
+                shown, liked = state.last_day()
+                refresh_observed(
+                    self.pop, obs, shown, liked, self.market.window_days, liked_content
+                )
             return state.outcomes()
         if self.market.slots is None:
             exp = self._exposure(self.scores(self.control), self.scores(treatment), treatment.name)
@@ -382,34 +387,3 @@ def _take(
         viewers, need = viewers[more], (need - got)[more]
         width *= 2
     return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-
-def _observed_after(
-    pop: Population, before: Observed, state: Market, pre: Outcomes, days: int
-) -> Observed:
-    """Features after the pre-period: popularity = prior + likes received, exposure =
-    impressions received, inbound = likes received, viewer vector learned from the likes."""
-    n = pop.n
-    cand = pop.pair_candidate[pre.imp_pair]
-    exposure = np.bincount(cand, minlength=n).astype(float)
-    inbound = np.bincount(cand[pre.imp_liked], minlength=n).astype(float)
-    liked = pre.imp_pair[pre.imp_liked]
-    acc = before.user_vector.copy()
-    np.add.at(acc, pop.pair_viewer[liked], pop.content[pop.pair_candidate[liked]])
-    norm = np.linalg.norm(acc, axis=1, keepdims=True)
-    return Observed(pop.prior + inbound, exposure, inbound, acc / np.where(norm > 0, norm, 1))
-
-
-def _refresh(pop: Population, obs: Observed, state: Market, window: int, acc: np.ndarray) -> None:
-    """Dynamic runs: today's impressions and likes enter tomorrow's features (exposure and
-    inbound decay over ``window`` days; ``acc`` sums the viewer's liked profiles)."""
-    shown, liked = state.last_day()
-    decay = 1.0 - 1.0 / window
-    obs.exposure *= decay
-    obs.inbound *= decay
-    np.add.at(obs.exposure, pop.pair_candidate[shown], 1.0)
-    np.add.at(obs.inbound, pop.pair_candidate[liked], 1.0)
-    np.add.at(obs.popularity, pop.pair_candidate[liked], 1.0)
-    np.add.at(acc, pop.pair_viewer[liked], pop.content[pop.pair_candidate[liked]])
-    norm = np.linalg.norm(acc, axis=1, keepdims=True)
-    obs.user_vector[:] = acc / np.where(norm > 0, norm, 1)

@@ -13,9 +13,9 @@ from opendisco.experiments._analysis import (
     ratio_difference,
     srm_blocks,
     srm_check,
-    tsri,
 )
 from opendisco.experiments._simulate import covariates, pre_period_clusters, simulate
+from opendisco.experiments._twosided import tsri
 from opendisco.rerank import merged_config
 
 

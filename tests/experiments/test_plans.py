@@ -20,10 +20,10 @@ from opendisco.experiments import (
     two_sided_plan,
     viewer_assignment,
 )
-from opendisco.experiments._analysis import _POISSON1_CDF, _poisson1
 from opendisco.experiments._assign import arm_indices, bucket, buckets, side_arms
 from opendisco.experiments._readout import arm_shares
 from opendisco.experiments._simulate import carry_over_days, pre_period_balance
+from opendisco.experiments._twosided import _POISSON1_CDF, _poisson1
 
 SMALL = sim.PopulationConfig(markets=3, market_size=120)
 ARMS = [{"name": "control"}, {"name": "treatment", "rerank": {"weights": {"popularity": 1.0}}}]

@@ -1,0 +1,78 @@
+"""Arms that serve a template version file: served for their surface only, always guarded
+(the shipped hard filter wraps every query, the request-set parameters stay declared), refused
+at creation when the file cannot be served that way, and never in a pair-level design."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from opendisco import Settings
+from opendisco._exceptions import ConfigError, InvalidInput
+from opendisco.cli._experiments import _load
+from opendisco.experiments import Experiment
+from opendisco.experiments._serving import arm_artifacts, check_arm_files
+from opendisco.queries import example_params, load, render
+from opendisco.serving import Artifacts
+
+
+def _version_file(tmp_path: Path, surface: str, raw: object, n: int = 2) -> Path:
+    path = tmp_path / f"template-{surface}-v{n}.json"
+    path.write_text(json.dumps({"surface": surface, "version": n, "template": raw}))
+    return path
+
+
+def _filterless(surface: str) -> dict:
+    """The shipped template with its hard filter replaced by match_all (a careless edit)."""
+    return json.loads(
+        json.dumps(load(surface).raw).replace('{"$ref": "filter"}', '{"match_all": {}}')
+    )
+
+
+def _exp(tmp_path: Path, files: list[str], design: str = "user") -> Experiment:
+    arms = [{"name": "control"}, {"name": "treatment", "templates": files}]
+    return Experiment(id="tpl", arms=arms, design={"kind": design}, offset=0)
+
+
+def test_the_arm_serves_its_template_version_under_the_hard_filter(tmp_path: Path) -> None:
+    path = _version_file(tmp_path, "for_you", _filterless("for_you"))
+    exp = _exp(tmp_path, [str(path)])
+    base = Artifacts()
+    control = arm_artifacts(base, exp, exp.arms[0])
+    treated = arm_artifacts(base, exp, exp.arms[1])
+    assert control is base and not control.templates
+    tpl = treated.templates["for_you"]
+    assert tpl.guarded and tpl.version.startswith(path.stem + "@")
+    assert path.stem in treated.name  # named in every response's version string
+    assert set(treated.templates) == {"for_you"}  # other surfaces: the served template
+    params = example_params("for_you", Settings())
+    for body in render("for_you", params, tpl)["sources"].values():
+        hard = json.dumps(body["query"]["bool"]["filter"])
+        # the request's exclusions and the viewer's preferences, whatever the draft dropped
+        assert "__none__" in hard and "pref_genders" in hard and "_capped" in hard
+
+
+def test_a_file_that_cannot_be_served_guarded_is_refused_at_creation(tmp_path: Path) -> None:
+    dropped = _version_file(tmp_path, "for_you", {"sources": {"a": {"body": {}}}}, n=3)
+    missing = tmp_path / "template-for_you-v9.json"
+    for path in (dropped, missing):
+        with pytest.raises(ConfigError):
+            check_arm_files(_exp(tmp_path, [str(path)]))
+        spec = tmp_path / "exp.json"
+        spec.write_text(json.dumps(_exp(tmp_path, [str(path)]).model_dump(mode="json")))
+        with pytest.raises(InvalidInput, match="template"):
+            _load(spec)  # `opendisco experiments create` refuses it: nothing is stored
+    good = _version_file(tmp_path, "trending", load("trending").raw, n=4)
+    spec = tmp_path / "ok.json"
+    spec.write_text(json.dumps(_exp(tmp_path, [str(good)]).model_dump(mode="json")))
+    assert _load(spec).arms[1].templates == [str(good)]
+
+
+@pytest.mark.parametrize("design", ["item", "two_sided"])
+def test_pair_level_designs_refuse_template_arms(tmp_path: Path, design: str) -> None:
+    path = _version_file(tmp_path, "for_you", load("for_you").raw)
+    with pytest.raises(ValidationError, match="templates"):
+        _exp(tmp_path, [str(path)], design)
