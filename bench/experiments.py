@@ -163,6 +163,9 @@ def _replicate(task: tuple[str, str, int, int, bool]) -> dict[str, Any]:
         "p": e.p,
         "blocked": ro.blocked,
         "srm_min_p": min((c.p for c in ro.srm), default=1.0),
+        "cells": [e.extra.get(f"r{c}") for c in ("00", "01", "10", "11")]
+        if design == "two_sided"
+        else None,
     }
 
 
@@ -200,6 +203,8 @@ def summarise(rows: list[dict[str, Any]], truth: dict[str, float]) -> list[dict[
             "fpr": float(np.mean([r["p"] < 0.05 for r in sel])),
             "blocked": float(np.mean([r["blocked"] for r in sel])),
         }
+        if design == "two_sided":  # mean outcome per impression of each cell (r00..r11)
+            row["cells"] = np.nanmean([r["cells"] for r in sel], axis=0).tolist()
         out.append(row)
     return out
 
