@@ -287,6 +287,7 @@ def main() -> None:
         help="only arm shares at 1M ids and the SRM false-alarm rate, merged into --out",
     )
     ap.add_argument("--srm-salts", type=int, default=None)
+    ap.add_argument("--truth-seeds", type=int, default=None, help="default min(R, 300)")
     ap.add_argument(
         "--no-assignment",
         action="store_true",
@@ -317,7 +318,7 @@ def main() -> None:
     state = build(scenarios, pop_cfg, args.seed)
     _init(state)
     _, boost = _rankers()
-    truth_seeds = range(min(reps, 300))
+    truth_seeds = range(args.truth_seeds or min(reps, 300))
     truth_runs: dict[str, list[float]] = {}
     for scen in scenarios:
         if scen == "aa":
