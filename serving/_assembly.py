@@ -2,10 +2,11 @@
 unless it is given other ``Parts``: the evaluator, the playground and tests assemble their own
 from the same parts).
 
-Query hydrators (member context, the request, graph neighbours, mutual likes, live trending,
-the pacing budget) → the surface's template as the candidate source → the hard rules as the
-filter (every source's candidates, whatever proposed them) → the feature store as the feature
-hydrator → (``served_log``) the served-list log as a side effect.
+Query hydrators (member context with the inbox, the request, graph neighbours with the
+matched profiles' edges, mutual likes, live trending, the pacing budget) → the surface's
+template as the candidate source → the hard rules as the filter (every source's candidates,
+whatever proposed them) → the feature store as the feature hydrator → (``served_log``) the
+served-list log as a side effect.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def default_parts(
             )
         )
     hydrators: list[Any] = [
-        MemberContext(db, UserStateStore(db), BlockStore(db)),
+        MemberContext(db, UserStateStore(db), BlockStore(db), UserGraph(db)),
         RequestBuilder(params, dict(templates or {})),
         GraphNeighbours(ItemGraph(db)),
         MutualLikes(UserGraph(db), ItemGraph(db)),

@@ -37,6 +37,7 @@ from ._graph import (
     decode_row,
     encode_row,
     merge_rows,
+    summed,
     top_neighbours,
 )
 from ._members import USER_INBOX, USER_LIKES, USER_MATCHES, Inbox, UserGraph
@@ -123,6 +124,7 @@ __all__ = [
     "pacing_step",
     "recompute",
     "sample_rows",
+    "summed",
     "top_neighbours",
     "trend_increments",
     "validate_event",
