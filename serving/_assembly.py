@@ -28,6 +28,7 @@ from opendisco.signals import (
     UserStateStore,
 )
 
+from ._features import StoreFeatures
 from ._filters import HardRulesFilter
 from ._market import LiveTrending, MutualLikes, PacingBudget
 from ._stages import (
@@ -36,7 +37,6 @@ from ._stages import (
     MemberContext,
     Parts,
     RequestBuilder,
-    StoreFeatures,
     TemplateSource,
 )
 

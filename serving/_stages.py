@@ -6,7 +6,8 @@ One request runs through these stage kinds, in order (home-mixer's product pipel
                       trip), co-engagement neighbours (one round trip)
     candidate sources one _msearch over the surface's template (several sources fused in it)
     filters           hard rules re-checked on what the engine returned
-    feature hydrators the reranker's per-candidate features (vectors, counters, graph)
+    feature hydrators the reranker's per-candidate features (vectors, counters, graph:
+                      ``_features.StoreFeatures``)
     scorer + steps    the Reranker (named pure steps over arrays)
     side effects      after the answer: impression logging and the like (never on the hot path)
 
@@ -39,7 +40,7 @@ from opendisco.queries import (
     load,
     request_for_user,
 )
-from opendisco.rerank import FEATURE_NAMES, CandidateBatch, Features, FeatureStore, Reranker
+from opendisco.rerank import FEATURE_NAMES, CandidateBatch, Features, Reranker
 from opendisco.signals import (
     RECENT_FANOUT,
     BlockStore,
@@ -70,7 +71,6 @@ __all__ = [
     "QueryHydrator",
     "RequestBuilder",
     "SideEffect",
-    "StoreFeatures",
     "TemplateSource",
     "params_for",
     "read_member",
@@ -259,32 +259,6 @@ class TemplateSource:
 
     async def candidates(self, plan: CandidatePlan) -> CandidateSet:
         return await generate_candidates(self.client, self.settings, plan.request)
-
-
-@dataclass
-class StoreFeatures:
-    """The reranker's features from :class:`~opendisco.rerank.FeatureStore` (packed vectors
-    from the hits, exposure and inbound counters, graph proximity; for member candidates their
-    owners' tastes and the viewer's own profile vector, looked up alongside)."""
-
-    store: FeatureStore
-    name: str = "store"
-
-    async def features(
-        self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
-    ) -> Features:
-        profile = (plan.user or {}).get("profile_id") if batch.members.any() else None
-        feats, plan.viewer_profile = await asyncio.gather(
-            self.store.for_batch(
-                batch,
-                plan.state,
-                plan.graph_weights,
-                inbox=plan.inbox,
-                mutual_weights=plan.mutual_weights,
-            ),
-            self.store.profile_vector(profile),
-        )
-        return feats
 
 
 def request_ranking(plan: CandidatePlan, artifacts: Artifacts, reranker: Reranker) -> Ranking:
