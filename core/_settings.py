@@ -464,6 +464,12 @@ class Settings(BaseSettings):
     pacing_gain: float = Field(
         0.5, gt=0, description="Controller step: log-budget change per unit of relative error."
     )
+    pacing_kp: float = Field(
+        0.0,
+        ge=0,
+        description="Controller's proportional term: log-budget change per unit of the current "
+        "relative error, on top of the integral (0: integral only).",
+    )
     pacing_control_s: float = Field(
         300.0, gt=0, description="How often the controller measures and steps (s)."
     )

@@ -24,7 +24,17 @@ from ._ltr import (
     save_model,
     train_ltr,
 )
-from ._market import combine, live_trending, member_budgets, pacing_penalty, reciprocal_estimate
+from ._market import (
+    below_cut,
+    bucket_level,
+    combine,
+    live_trending,
+    member_budgets,
+    pacing_boost,
+    pacing_penalty,
+    reciprocal_estimate,
+    segment_prior,
+)
 from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
 from ._steps import (
@@ -81,6 +91,8 @@ __all__ = [
     "apply_caps",
     "apply_pins",
     "assemble_features",
+    "below_cut",
+    "bucket_level",
     "combine",
     "concat_data",
     "exposure_adjustment",
@@ -93,6 +105,7 @@ __all__ = [
     "merged_config",
     "mmr_select",
     "ndcg_at",
+    "pacing_boost",
     "pacing_penalty",
     "pl_marginals",
     "pl_sample",
@@ -100,6 +113,7 @@ __all__ = [
     "profile_features",
     "reciprocal_estimate",
     "save_model",
+    "segment_prior",
     "train_als",
     "train_lambdamart",
     "train_ltr",
