@@ -221,7 +221,8 @@ def below_cut(order: np.ndarray, excess: np.ndarray, page: int) -> np.ndarray:
 def step_pacing(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
     member = inp.batch.members
     budget = inp.ctx.pacing_budget
-    if budget is None or cfg.pacing_strength <= 0 or not member.any():
+    active = cfg.pacing_strength > 0 or cfg.pacing_cut is not None or cfg.pacing_boost > 0
+    if budget is None or not active or not member.any():
         return s
     f = inp.features
     n = len(inp.batch)
@@ -248,14 +249,14 @@ def step_pacing(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankS
 def _scores_below_cut(
     scores: np.ndarray, order: np.ndarray, excess: np.ndarray, page: int
 ) -> np.ndarray:
-    """Scores that agree with :func:`below_cut`'s order: each over-budget row placed below the
-    page scores just under the page's lowest, in its place, so a later step that re-sorts by
-    score within the head (``mmr``) keeps it below the cut."""
-    head = order[:page]
+    """Scores that agree with :func:`below_cut`'s page: each over-budget row placed below the
+    page scores under the page and every eligible row within budget, so a later step that
+    re-picks the head by score and diversity (``mmr``) fills the page from those first."""
+    kept = np.concatenate([order[:page], order[excess[order] <= 1.0]])  # the page, in budget
     moved = order[page:][excess[order[page:]] > 1.0]
-    if not moved.size or not head.size:
+    if not moved.size or not kept.size:
         return scores
-    floor = float(scores[head].min())
+    floor = float(scores[kept].min())
     out = scores.copy()
     steps = 1e-3 * np.arange(1, moved.shape[0] + 1)
     out[moved] = np.minimum(scores[moved], floor - steps)

@@ -230,19 +230,23 @@ async def test_pacing_controller_and_step_on_the_live_market(discovery: Any, mar
     steps = {t["step"]: t for t in (rec.trace if rec else [])}
     assert rec is None or ("pacing" in steps and steps["pacing"]["delta"] < 0), steps
     assert _rank(paced, star) > _rank(recs, star)
-    # the budget enforced below the page cut: pacing alone (the exposure and inbound damps and
-    # the reciprocal step off) with a demotion too weak to move anyone. `top` leads the page;
+    # the budget enforced below the page cut: pacing alone (the exposure and inbound damps,
+    # the reciprocal step and the smooth demotion off). `top` leads the page;
     # once it is served past its budget (the live counters), the cut takes it off the page of
     # 3, the page stays full, and everything on it is eligible (in the unpaced answer)
     weak = {
-        "pacing_strength": 0.01,
+        "pacing_strength": 0.0,
         "exposure_strength": 0.0,
         "inbound_strength": 0.0,
         "reciprocal_weight": 0.0,
     }
     discovery.reranker = Reranker(merged_config(weak))
     top = (await discovery.recommend(v, k=3, explain=True)).ids[0]
-    discovery.record_served([{"id": top, "item": {"kind": "profile"}}] * 6)
+    # past the controller's budget (in impressions per window; member budgets are at most
+    # that), below the exposure cap (a capped member would be ineligible, proving nothing)
+    over = int(np.ceil(tighter.impressions or 0)) + 5
+    assert over < discovery.settings.exposure_default_cap
+    discovery.record_served([{"id": top, "item": {"kind": "profile"}}] * over)
     await discovery.served.drain()
     await _refreshed(discovery)
     assert (await discovery.recommend(v, k=3, explain=True)).ids[0] == top
