@@ -168,6 +168,13 @@ def main() -> None:
         "(default: opendisco.eval.LISTS_PER_USER)",
     )
     ap.add_argument(
+        "--ltr-itemsim",
+        type=int,
+        default=0,
+        help="served+ltr: trained item-item neighbours handed to the itemsim candidate source "
+        "in the learning loop and when scoring with the model (0: source off)",
+    )
+    ap.add_argument(
         "--model",
         type=Path,
         default=None,
@@ -250,6 +257,13 @@ def main() -> None:
                     info["replay"] = old["report"]["split"].get("replay")
         models["served"] = model
         if args.ltr or args.model:
+            from opendisco.eval import write_similarity
+
+            # the trained item-item table the learnt ranker's item_sim feature reads: EASE
+            # (lambda picked on validation) on the test stage's fitting positives only
+            info["similarity_rows"] = write_similarity(
+                settings, stage, lam=info["ease_lambda"], max_items=ease_items
+            )
             path = args.model
             if path is None:
                 from opendisco.eval import LISTS_PER_USER, learn_ranker
@@ -262,6 +276,9 @@ def main() -> None:
                     k=k,
                     lists_per_user=args.ltr_lists or LISTS_PER_USER,
                     embedder=embedder,
+                    ease_lambda=info["ease_lambda"],
+                    ease_items=ease_items,
+                    itemsim_candidates=args.ltr_itemsim,
                     progress=_progress,
                 )
                 info["ltr"] = {kk: v for kk, v in ltr_report.items() if kk != "importance"}
@@ -270,7 +287,9 @@ def main() -> None:
                 )[:8]
             info["ltr_model"] = str(path)
             models["served+ltr"] = ServedRecommender(
-                settings.model_copy(update={"model_file": Path(path)})
+                settings.model_copy(
+                    update={"model_file": Path(path), "itemsim_candidates": args.ltr_itemsim}
+                )
             )
         for path in args.params:
             tuned = json.loads(path.read_text())

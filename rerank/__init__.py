@@ -24,9 +24,11 @@ from ._ltr import (
     save_model,
     train_ltr,
 )
+from ._ltr_checks import ablation_ndcg, single_feature_ndcg
 from ._market import combine, live_trending, member_budgets, pacing_penalty, reciprocal_estimate
 from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
+from ._similarity import ease_neighbours
 from ._steps import (
     STEPS,
     LinearScorer,
@@ -42,6 +44,7 @@ from ._steps import (
 )
 from ._types import (
     FEATURE_NAMES,
+    PERCENTILE_COLUMNS,
     PROFILE_COLUMNS,
     RANKED_SOURCES,
     CandidateBatch,
@@ -53,6 +56,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
     "LTR_PARAMS",
+    "PERCENTILE_COLUMNS",
     "PROFILE_COLUMNS",
     "PROFILE_FIELDS",
     "RANKED_SOURCES",
@@ -77,12 +81,14 @@ __all__ = [
     "StepRecord",
     "TTLCache",
     "Trace",
+    "ablation_ndcg",
     "align_features",
     "apply_caps",
     "apply_pins",
     "assemble_features",
     "combine",
     "concat_data",
+    "ease_neighbours",
     "exposure_adjustment",
     "fatigue_penalty",
     "fold_in",
@@ -100,6 +106,7 @@ __all__ = [
     "profile_features",
     "reciprocal_estimate",
     "save_model",
+    "single_feature_ndcg",
     "train_als",
     "train_lambdamart",
     "train_ltr",
