@@ -24,6 +24,7 @@ from ._ltr import (
     save_model,
     train_ltr,
 )
+from ._ltr_checks import ablation_ndcg, single_feature_ndcg
 from ._market import (
     below_cut,
     bucket_level,
@@ -37,6 +38,7 @@ from ._market import (
 )
 from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
+from ._similarity import ease_neighbours
 from ._steps import (
     STEPS,
     LinearScorer,
@@ -52,6 +54,7 @@ from ._steps import (
 )
 from ._types import (
     FEATURE_NAMES,
+    PERCENTILE_COLUMNS,
     PROFILE_COLUMNS,
     RANKED_SOURCES,
     CandidateBatch,
@@ -63,6 +66,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
     "LTR_PARAMS",
+    "PERCENTILE_COLUMNS",
     "PROFILE_COLUMNS",
     "PROFILE_FIELDS",
     "RANKED_SOURCES",
@@ -87,6 +91,7 @@ __all__ = [
     "StepRecord",
     "TTLCache",
     "Trace",
+    "ablation_ndcg",
     "align_features",
     "apply_caps",
     "apply_pins",
@@ -95,6 +100,7 @@ __all__ = [
     "bucket_level",
     "combine",
     "concat_data",
+    "ease_neighbours",
     "exposure_adjustment",
     "fatigue_penalty",
     "fold_in",
@@ -114,6 +120,7 @@ __all__ = [
     "reciprocal_estimate",
     "save_model",
     "segment_prior",
+    "single_feature_ndcg",
     "train_als",
     "train_lambdamart",
     "train_ltr",

@@ -12,6 +12,7 @@ import pytest
 
 from opendisco.rerank import (
     FEATURE_NAMES,
+    PERCENTILE_COLUMNS,
     CandidateBatch,
     Features,
     RerankConfig,
@@ -66,12 +67,16 @@ def test_new_features_are_appended_to_the_schema() -> None:
         "inbound",
         "n_sources",
     )
-    assert FEATURE_NAMES[-4:] == ("reciprocal", "liked_viewer", "mutual", "trending")
+    two_sided = ("reciprocal", "liked_viewer", "mutual", "trending")
+    at = FEATURE_NAMES.index("reciprocal")
+    assert FEATURE_NAMES[at : at + 4] == two_sided
+    # then the trained item-item column and the per-list percentiles
+    assert FEATURE_NAMES[at + 4 :] == ("item_sim", *(f"pct_{c}" for c in PERCENTILE_COLUMNS))
     assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
-    # the default linear model gives the two-sided columns no weight (the reciprocal step
-    # combines the directions; the columns feed the learned scorer)
+    # the default linear model gives the two-sided and the appended columns no weight (the
+    # reciprocal step combines the directions; the columns feed the learned scorer)
     w = dict(zip(FEATURE_NAMES, RerankConfig().weight_vector(), strict=True))
-    assert all(w[n] == 0.0 for n in FEATURE_NAMES[-4:])
+    assert all(w[n] == 0.0 for n in FEATURE_NAMES[at:])
 
 
 def test_reciprocal_estimate_prior_history_and_known_likes() -> None:
