@@ -3,7 +3,8 @@ unless it is given other ``Parts``: the evaluator, the playground and tests asse
 from the same parts).
 
 Query hydrators (member context with the inbox, the request, graph neighbours with the
-matched profiles' edges, mutual likes, live trending, the pacing budget) → the surface's
+matched profiles' edges, mutual likes, live trending, (``itemsim_candidates``) the trained
+item–item neighbours, the pacing budget) → the surface's
 template as the candidate source → the hard rules as the filter (every source's candidates,
 whatever proposed them) → the feature store as the feature hydrator → (``served_log``) the
 served-list log as a side effect.
@@ -30,6 +31,7 @@ from opendisco.signals import (
 
 from ._features import StoreFeatures
 from ._filters import HardRulesFilter
+from ._itemsim import ItemSimNeighbours
 from ._market import LiveTrending, MutualLikes, PacingBudget
 from ._stages import (
     GraphNeighbours,
@@ -76,6 +78,8 @@ def default_parts(
         MutualLikes(UserGraph(db), ItemGraph(db)),
         LiveTrending(features.exposure, settings.trending_top_k, settings.trending_refresh_s),
     ]
+    if settings.itemsim_candidates > 0:
+        hydrators.append(ItemSimNeighbours(features, settings.itemsim_candidates))
     if pacing is not None:
         hydrators.append(PacingBudget(pacing))
     return Parts(

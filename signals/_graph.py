@@ -49,7 +49,7 @@ __all__ = [
     "encode_row",
     "ensure_graph_indexes",
     "merge_rows",
-    "summed",
+    "summed_weights",
     "top_neighbours",
 ]
 
@@ -177,8 +177,7 @@ class ItemGraph:
         """Summed edge weight from ``item_ids`` to every co-engaged item (one point read per
         source item). It is both the graph candidate source (:func:`top_neighbours`) and the
         graph proximity feature of those candidates, so a request reads the edges once."""
-        src = list(item_ids)
-        return summed(await self._rows(src), src)
+        return summed_weights((await self._rows(item_ids)).values())
 
     async def weights_of(self, *groups: Sequence[str]) -> list[dict[str, float]]:
         """:meth:`weights` of each group of source items, all rows read in one ``find``
@@ -186,7 +185,7 @@ class ItemGraph:
         if not any(groups):
             return [{} for _ in groups]
         rows = await self._rows([i for g in groups for i in g])
-        return [summed(rows, g) for g in groups]
+        return [summed_weights(rows[i] for i in dict.fromkeys(g) if i in rows) for g in groups]
 
     async def proximity(self, recent: Iterable[str], candidates: Iterable[str]) -> dict[str, float]:
         """Summed edge weight from the user's recent items to each candidate."""
@@ -253,12 +252,11 @@ class InboundCounter:
         return dict(acc)
 
 
-def summed(rows: Mapping[str, Mapping[str, float]], sources: Iterable[str]) -> dict[str, float]:
-    """Pure: the summed edge weight from the (distinct) ``sources`` to every item their
-    ``rows`` reach."""
+def summed_weights(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Pure: the summed weight to every destination over ``rows`` (one row per source)."""
     acc: dict[str, float] = defaultdict(float)
-    for src in dict.fromkeys(sources):
-        for d, w in rows.get(src, {}).items():
+    for row in rows:
+        for d, w in row.items():
             acc[d] += w
     return dict(acc)
 

@@ -13,7 +13,7 @@ import pytest
 
 from opendisco import BackendError
 from opendisco.serving import GraphNeighbours, MemberContext
-from opendisco.signals import RECENT_FANOUT, ItemGraph, UserGraph, UserStateStore, summed
+from opendisco.signals import RECENT_FANOUT, ItemGraph, UserGraph, UserStateStore
 
 
 def _ev(user: str, kind: str, item: str) -> dict[str, Any]:
@@ -53,12 +53,6 @@ async def _matched_viewer(discovery: Any, market: Any) -> str:
         ]
     )
     return v
-
-
-def test_summed_rows_are_the_weights_of_each_group() -> None:
-    rows = {"a": {"x": 1.0, "y": 2.0}, "b": {"y": 0.5}, "c": {"z": 4.0}}
-    assert summed(rows, ["a", "b", "a", "missing"]) == {"x": 1.0, "y": 2.5}
-    assert summed(rows, []) == {}
 
 
 async def test_graph_and_mutual_edges_come_from_one_read(discovery: Any, market: Any) -> None:
