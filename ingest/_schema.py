@@ -14,6 +14,8 @@ from typing import Any
 
 from opendisco._exceptions import DocumentInvalid
 
+from ._stored import VECTOR_SUBTYPE, read_vector, vector_values
+
 __all__ = ["ITEM_FIELDS", "KINDS", "MAX_ID_BYTES", "MAX_KEYWORD_BYTES", "validate_item"]
 
 KINDS = frozenset({"profile", "movie", "listing", "product"})
@@ -153,6 +155,11 @@ def _vector(doc: Mapping[str, Any], field: str, dim: int | None) -> list[float] 
     value = doc.get(field)
     if value is None:
         return None
+    if isinstance(value, bytes):  # a BSON float32 vector (what ``opendisco train`` writes)
+        vec = read_vector(value) if getattr(value, "subtype", 0) == VECTOR_SUBTYPE else None
+        if vec is None:
+            raise _fail(field, "expected a float32 BSON vector (subtype 9)")
+        value = vector_values(vec)
     if not isinstance(value, list | tuple):
         raise _fail(field, f"expected a list of numbers, got {type(value).__name__}")
     if dim is not None and len(value) != dim:
