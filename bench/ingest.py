@@ -1,11 +1,15 @@
 """Ingest benchmark: reindex and sync throughput vs the bare engine on the same documents.
 
     $(./dev env)/bin/python bench/ingest.py                 # 10,000 synthetic profiles
-    $(./dev env)/bin/python bench/ingest.py --n 100000 --no-cold
+    $(./dev env)/bin/python bench/ingest.py --n 100000 --seed-cache --concurrency 2 --no-sync
     $(./dev env)/bin/python bench/ingest.py --n 2000        # any size (a quick check)
 
 Every item carries a 32-d ``behaviour`` vector, so the index builds both HNSW graphs (384-d
-content + 32-d behaviour), as in production. In one run, on the same documents:
+content + 32-d behaviour), as in production; it is stored as ``opendisco train`` writes it,
+a BSON float32 vector (``--behaviour list``: the older array of doubles). ``--seed-cache``
+fills the embedding cache with random unit vectors of the right shape instead of encoding
+(no cold phase): a warm build reads the cache, never the model, so its timing is the same,
+and 100k encodes would take hours on this CPU. In one run, on the same documents:
 
 1. cold (``--no-cold`` skips it): bare ``SentenceTransformer.encode`` of the texts vs a
    ``reindex`` with an empty embedding cache (target ≥ 0.8× bare encode);
@@ -19,7 +23,9 @@ content + 32-d behaviour), as in production. In one run, on the same documents:
    unchanged), then one ``sync_once`` pass at each c: changes/s against the bare bulk at the
    same c (target ≥ 0.7×).
 
-Also: the load average before/after, this process's CPU seconds per phase and its peak RSS.
+Also: the load average before/after, the CPU milliseconds per document of this process
+(``python``) and of the local OpenSearch and FerretDB processes (their pids from
+``<state_dir>/run``) during each bare and warm run — where the CPU goes — and peak RSS.
 Results go to ``bench/results/ingest.json`` under the key ``n``; when both 10,000 and 100,000
 are there, the 100k/10k warm-time ratio is printed (target ≤ 11). Works in a throwaway
 namespace (alias ``bench<id>-items``, database ``bench<id>``), removed at the end.
