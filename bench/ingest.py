@@ -219,6 +219,14 @@ def main() -> None:
         help="items' behaviour stored as a BSON float32 vector (what train writes) or a list",
     )
     ap.add_argument("--no-sync", action="store_true", help="skip the sync phase")
+    ap.add_argument(
+        "--pid",
+        action="append",
+        default=[],
+        metavar="NAME=PID",
+        help="a server process to report CPU for (default: <state_dir>/run/*.pid), e.g. "
+        "ferretdb=1234 for a private FerretDB at OPENDISCO_MONGO_URL",
+    )
     args = ap.parse_args()
     n, levels = args.n, [int(c) for c in args.concurrency.split(",")]
     run = uuid.uuid4().hex[:6]
@@ -227,7 +235,7 @@ def main() -> None:
     )
     load_before = os.getloadavg()
     model = None if args.seed_cache else clients.load_model(base)
-    pids = server_pids(base)
+    pids = server_pids(base) | {k: int(v) for k, v in (p.split("=", 1) for p in args.pid)}
     items, users = generate_marketplace(n, seed=args.seed)
     items = with_behaviour(items, base.behaviour_dim, args.seed, args.behaviour)
     texts = [embedding_text(validate_item(i)) for i in items]
