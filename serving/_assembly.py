@@ -3,9 +3,10 @@ unless it is given other ``Parts``: the evaluator, the playground and tests asse
 from the same parts).
 
 Query hydrators (member context, the request, graph neighbours, mutual likes, live trending,
-the pacing budget) → the surface's template as the candidate source → the hard rules as the
-filter (every source's candidates, whatever proposed them) → the feature store as the feature
-hydrator → (``served_log``) the served-list log as a side effect.
+(``itemsim_candidates``) the trained item–item neighbours, the pacing budget) → the surface's
+template as the candidate source → the hard rules as the filter (every source's candidates,
+whatever proposed them) → the feature store as the feature hydrator → (``served_log``) the
+served-list log as a side effect.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from opendisco.signals import (
 )
 
 from ._filters import HardRulesFilter
+from ._itemsim import ItemSimNeighbours
 from ._market import LiveTrending, MutualLikes, PacingBudget
 from ._stages import (
     GraphNeighbours,
@@ -75,6 +77,8 @@ def default_parts(
         MutualLikes(UserGraph(db), ItemGraph(db)),
         LiveTrending(features.exposure, settings.trending_top_k, settings.trending_refresh_s),
     ]
+    if settings.itemsim_candidates > 0:
+        hydrators.append(ItemSimNeighbours(features, settings.itemsim_candidates))
     if pacing is not None:
         hydrators.append(PacingBudget(pacing))
     return Parts(
