@@ -114,11 +114,16 @@ class Fallback:
         return self.lists.snapshot is not None
 
     async def run(self) -> None:
-        """Refresh the lists forever (a background task); the first refresh happens at once."""
+        """Refresh the lists forever (a background task): the first refresh at once, every
+        later one spread over half the period (:meth:`SegmentLists.refresh`), one starting
+        every ``refresh_s`` seconds (at least half a period apart)."""
+        loop = asyncio.get_running_loop()
         while True:
-            await self.lists.refresh()
+            started = loop.time()
+            await self.lists.refresh(spread_s=self.refresh_s / 2)
             _raise_if_cancelling()
-            await asyncio.sleep(self.refresh_s)
+            took = loop.time() - started
+            await asyncio.sleep(max(self.refresh_s - took, self.refresh_s / 2))
 
     async def _store(self, what: str, call: Any, timeout_s: float | None = None) -> Any:
         try:

@@ -134,20 +134,35 @@ class SegmentLists:
         ]
         return recs, cs.template_version
 
-    async def refresh(self) -> bool:
+    async def refresh(self, spread_s: float = 0.0) -> bool:
         """One refresh; on failure the previous snapshot is kept (a failed segment keeps its
-        previous list)."""
+        previous list).
+
+        With ``spread_s`` > 0 and a snapshot to serve meanwhile, the lists are fetched one at
+        a time, evenly over ``spread_s`` seconds: a refresh is a dozen or more
+        ``k``-sized candidate queries, and fetched together they queue the requests being
+        served behind them on the engine and this event loop (a latency spike every refresh,
+        the p99 of a lightly loaded server). The first refresh fetches ``parallel`` at once:
+        nothing is served from the lists until it is done."""
         try:
             self._segments = await asyncio.wait_for(self.segments(), self.timeout_s)
         except Exception as exc:  # keep the previous segments
             log.warning("fallback segments not refreshed: %r", exc)
             if not self._segments:
                 self._segments = [ALL]
-        gate = asyncio.Semaphore(self.parallel)
+        paced = spread_s > 0 and self.snapshot is not None
+        gate = asyncio.Semaphore(1 if paced else self.parallel)
+        pause = spread_s / len(self._segments) if paced else 0.0
 
         async def one(seg: Segment) -> tuple[list[Recommendation], str]:
             async with gate:
-                return await asyncio.wait_for(self._list(seg), self.timeout_s)
+                try:
+                    got = await asyncio.wait_for(self._list(seg), self.timeout_s)
+                except Exception:
+                    await asyncio.sleep(pause)
+                    raise
+                await asyncio.sleep(pause)
+                return got
 
         results = await asyncio.gather(*(one(s) for s in self._segments), return_exceptions=True)
         old = self.snapshot

@@ -168,6 +168,13 @@ def main() -> None:
         "(default: opendisco.eval.LISTS_PER_USER)",
     )
     ap.add_argument(
+        "--ltr-itemsim",
+        type=int,
+        default=0,
+        help="served+ltr: trained item-item neighbours handed to the itemsim candidate source "
+        "in the learning loop and when scoring with the model (0: source off)",
+    )
+    ap.add_argument(
         "--model",
         type=Path,
         default=None,
@@ -250,6 +257,13 @@ def main() -> None:
                     info["replay"] = old["report"]["split"].get("replay")
         models["served"] = model
         if args.ltr or args.model:
+            from opendisco.eval import write_similarity
+
+            # the trained item-item table the learnt ranker's item_sim feature reads: EASE
+            # (lambda picked on validation) on the test stage's fitting positives only
+            info["similarity_rows"] = write_similarity(
+                settings, stage, lam=info["ease_lambda"], max_items=ease_items
+            )
             path = args.model
             if path is None:
                 from opendisco.eval import LISTS_PER_USER, learn_ranker
@@ -262,6 +276,9 @@ def main() -> None:
                     k=k,
                     lists_per_user=args.ltr_lists or LISTS_PER_USER,
                     embedder=embedder,
+                    ease_lambda=info["ease_lambda"],
+                    ease_items=ease_items,
+                    itemsim_candidates=args.ltr_itemsim,
                     progress=_progress,
                 )
                 info["ltr"] = {kk: v for kk, v in ltr_report.items() if kk != "importance"}
@@ -270,7 +287,9 @@ def main() -> None:
                 )[:8]
             info["ltr_model"] = str(path)
             models["served+ltr"] = ServedRecommender(
-                settings.model_copy(update={"model_file": Path(path)})
+                settings.model_copy(
+                    update={"model_file": Path(path), "itemsim_candidates": args.ltr_itemsim}
+                )
             )
         for path in args.params:
             tuned = json.loads(path.read_text())
@@ -417,6 +436,36 @@ def _diagnose_md(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ltr_md(result: dict[str, Any]) -> str:
+    """The learning loop's validation figures (what picked the served model)."""
+    ltr = result["report"]["split"].get("ltr")
+    if not ltr:
+        return ""
+    m, inputs = ltr["metrics"], ltr.get("inputs", {})
+    k = result["k"]
+    grid = "; ".join(
+        f"{g['params']} → {g[f'valid_ndcg@{k}']:.4f} ({g['best_iteration']} rounds)"
+        for g in ltr.get("grid", [])
+    )
+    single = ", ".join(
+        f"{n} {v:.4f}" for n, v in list(ltr.get("single_feature_valid_ndcg", {}).items())[:8]
+    )
+    abl = "; ".join(
+        f"{n}: {v[f'valid_ndcg@{k}']:.4f}" for n, v in (ltr.get("ablations") or {}).items()
+    )
+    return f"""
+Learning loop (`opendisco.eval.learn_ranker`, validation lists only): {ltr["lists"]:,} labelled
+lists ({ltr["split"]["train_lists"]:,} training, {ltr["split"]["valid_lists"]:,} validation),
+{inputs.get("lists_per_user")} rolled positives per member, item-item table
+{inputs.get("similarity_rows")} rows (EASE λ={inputs.get("ease_lambda")}, pre-period only),
+itemsim source {inputs.get("itemsim_candidates")} neighbours. Validation NDCG@{k} of the model
+{m.get(f"valid_ndcg@{k}")} (logged order {m.get(f"valid_logged_ndcg@{k}")}; over every
+validation list, lists without a positive candidate counted as 0:
+{m.get(f"valid_ndcg@{k}_all_lists")}). Grid: {grid}. One column alone: {single}. Refitted
+without a column group: {abl}.
+"""
+
+
 def _tune_note(result: dict[str, Any]) -> str:
     out = ""
     for name, tuned in (result.get("params") or {}).items():
@@ -470,7 +519,7 @@ Fitting all baselines (incl. the λ search): {result["fit_baselines_s"]} s.
 NDCG@{result["k"]} relative to most-popular: {result["ratios_vs_most_popular_ndcg"]}.
 
 Served pipeline: {result["served"]}.{_replay_note(result)}
-{_diagnose_md(result)}
+{_diagnose_md(result)}{_ltr_md(result)}
 {_targets_md(result["targets"])}
 How to read it: baselines' latency is batch scoring time per user (in-process numpy), the served
 pipeline's is one full `Discovery.recommend` request each (MongoDB user state, one `_msearch`,

@@ -1,11 +1,15 @@
 """Ingest benchmark: reindex and sync throughput vs the bare engine on the same documents.
 
     $(./dev env)/bin/python bench/ingest.py                 # 10,000 synthetic profiles
-    $(./dev env)/bin/python bench/ingest.py --n 100000 --no-cold
+    $(./dev env)/bin/python bench/ingest.py --n 100000 --seed-cache --concurrency 2 --no-sync
     $(./dev env)/bin/python bench/ingest.py --n 2000        # any size (a quick check)
 
 Every item carries a 32-d ``behaviour`` vector, so the index builds both HNSW graphs (384-d
-content + 32-d behaviour), as in production. In one run, on the same documents:
+content + 32-d behaviour), as in production; it is stored as ``opendisco train`` writes it,
+a BSON float32 vector (``--behaviour list``: the older array of doubles). ``--seed-cache``
+fills the embedding cache with random unit vectors of the right shape instead of encoding
+(no cold phase): a warm build reads the cache, never the model, so its timing is the same,
+and 100k encodes would take hours on this CPU. In one run, on the same documents:
 
 1. cold (``--no-cold`` skips it): bare ``SentenceTransformer.encode`` of the texts vs a
    ``reindex`` with an empty embedding cache (target ≥ 0.8× bare encode);
@@ -19,7 +23,9 @@ content + 32-d behaviour), as in production. In one run, on the same documents:
    unchanged), then one ``sync_once`` pass at each c: changes/s against the bare bulk at the
    same c (target ≥ 0.7×).
 
-Also: the load average before/after, this process's CPU seconds per phase and its peak RSS.
+Also: the load average before/after, the CPU milliseconds per document of this process
+(``python``) and of the local OpenSearch and FerretDB processes (their pids from
+``<state_dir>/run``) during each bare and warm run — where the CPU goes — and peak RSS.
 Results go to ``bench/results/ingest.json`` under the key ``n``; when both 10,000 and 100,000
 are there, the 100k/10k warm-time ratio is printed (target ≤ 11). Works in a throwaway
 namespace (alias ``bench<id>-items``, database ``bench<id>``), removed at the end.
@@ -53,6 +59,7 @@ from opendisco.ingest import (
     generate_marketplace,
     prepare,
     reindex,
+    store_vector,
     sync_once,
     validate_item,
     write_sample,
@@ -70,14 +77,70 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def with_behaviour(items: list[dict[str, Any]], dim: int, seed: int) -> list[dict[str, Any]]:
+def server_pids(settings: Settings) -> dict[str, int]:
+    """The local servers' pids (``<state_dir>/run/*.pid``) whose CPU each run reports."""
+    out = {}
+    for name in ("opensearch", "ferretdb"):
+        path = settings.state_dir / "run" / f"{name}.pid"
+        try:
+            pid = int(path.read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            continue
+        out[name] = pid
+    return out
+
+
+def proc_cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each pid, and of this process as ``python``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"python": cpu_s()}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU milliseconds per document of each process between two ``proc_cpu`` readings."""
+    return {k: round((after[k] - before[k]) / n * 1e3, 3) for k in before if k in after}
+
+
+def seed_cache(settings: Settings, texts: list[str]) -> None:
+    """A warm cache without the model: a random unit vector of the right shape per text key
+    (what a warm build reads is the cache, not the model; encoding 100k texts takes hours
+    on this CPU)."""
+    emb = Embedder(settings, model=object())
+    keys = list(dict.fromkeys(emb.keys(texts)))
+    rng = np.random.default_rng(0)
+    try:
+        for k in range(0, len(keys), 500):
+            chunk = keys[k : k + 500]
+            vecs = rng.standard_normal((len(chunk), settings.embedding_dim)).astype(np.float32)
+            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            assert emb.store is not None
+            emb.store.put_many(dict(zip(chunk, vecs, strict=True)))
+    finally:
+        emb.close()
+
+
+def with_behaviour(
+    items: list[dict[str, Any]], dim: int, seed: int, stored: str
+) -> list[dict[str, Any]]:
+    """A unit ``behaviour`` vector per item, stored as ``opendisco train`` writes it (a BSON
+    float32 vector) or, ``stored="list"``, as the older array of doubles."""
     rng = np.random.default_rng(seed)
-    vecs = rng.standard_normal((len(items), dim))
+    vecs = rng.standard_normal((len(items), dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    return [
-        dict(it, behaviour=[round(float(x), 6) for x in v])
-        for it, v in zip(items, vecs, strict=True)
-    ]
+    if stored == "list":
+        return [
+            dict(it, behaviour=[round(float(x), 6) for x in v])
+            for it, v in zip(items, vecs, strict=True)
+        ]
+    return [dict(it, behaviour=store_vector(v)) for it, v in zip(items, vecs, strict=True)]
 
 
 async def bare_bulk(settings: Settings, chunks: list[bytes], n: int, concurrency: int) -> float:
@@ -143,7 +206,27 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=2, help="rounds of (bare, warm) per concurrency")
     ap.add_argument("--concurrency", default="1,2", help="bulk concurrencies compared")
     ap.add_argument("--no-cold", action="store_true", help="skip bare encode + cold reindex")
+    ap.add_argument(
+        "--seed-cache",
+        action="store_true",
+        help="fill the embedding cache with random unit vectors instead of encoding (no cold)",
+    )
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--behaviour",
+        choices=("binary", "list"),
+        default="binary",
+        help="items' behaviour stored as a BSON float32 vector (what train writes) or a list",
+    )
+    ap.add_argument("--no-sync", action="store_true", help="skip the sync phase")
+    ap.add_argument(
+        "--pid",
+        action="append",
+        default=[],
+        metavar="NAME=PID",
+        help="a server process to report CPU for (default: <state_dir>/run/*.pid), e.g. "
+        "ferretdb=1234 for a private FerretDB at OPENDISCO_MONGO_URL",
+    )
     args = ap.parse_args()
     n, levels = args.n, [int(c) for c in args.concurrency.split(",")]
     run = uuid.uuid4().hex[:6]
@@ -151,18 +234,23 @@ def main() -> None:
         update={"index_alias": f"bench{run}-items", "mongo_db": f"bench{run}", "keep_versions": 0}
     )
     load_before = os.getloadavg()
-    model = clients.load_model(base)
+    model = None if args.seed_cache else clients.load_model(base)
+    pids = server_pids(base) | {k: int(v) for k, v in (p.split("=", 1) for p in args.pid)}
     items, users = generate_marketplace(n, seed=args.seed)
-    items = with_behaviour(items, base.behaviour_dim, args.seed)
+    items = with_behaviour(items, base.behaviour_dim, args.seed, args.behaviour)
     texts = [embedding_text(validate_item(i)) for i in items]
     log(f"{n} documents with behaviour vectors, namespace {base.mongo_db}, load {load_before}")
-    result: dict[str, Any] = {"n": n, "concurrency": levels}
+    result: dict[str, Any] = {"n": n, "concurrency": levels, "behaviour": args.behaviour}
     try:
         t0 = time.perf_counter()
         write_sample(base, items, users)
         log(f"written to MongoDB in {time.perf_counter() - t0:.0f}s")
 
-        if not args.no_cold:
+        if args.seed_cache:
+            t0 = time.perf_counter()
+            seed_cache(base, texts)
+            log(f"cache seeded in {time.perf_counter() - t0:.0f}s")
+        elif not args.no_cold:
             model.encode(texts[:64], batch_size=base.embed_batch_size)  # warm-up
             t0 = time.perf_counter()
             model.encode(
@@ -196,11 +284,12 @@ def main() -> None:
             s = base.model_copy(update={"bulk_concurrency": c})
             rounds = []
             for _ in range(args.warm):
+                p0 = proc_cpu(pids)
                 bare = asyncio.run(bare_bulk(s, chunks, n, c))
+                p1 = proc_cpu(pids)
                 emb = Embedder(s, model)
-                c0 = cpu_s()
                 rep = asyncio.run(reindex(s, embedder=emb))
-                cpu = cpu_s() - c0
+                p2 = proc_cpu(pids)
                 emb.close()
                 assert rep.encoded == 0 and rep.indexed == n, rep
                 rounds.append(
@@ -208,7 +297,8 @@ def main() -> None:
                         "bare_s": round(bare, 2),
                         "reindex_s": round(rep.took_s, 2),
                         "ratio": round(bare / rep.took_s, 3),
-                        "reindex_cpu_ms_per_doc": round(cpu / n * 1e3, 3),
+                        "bare_cpu_ms_per_doc": cpu_split(p0, p1, n),
+                        "reindex_cpu_ms_per_doc": cpu_split(p1, p2, n),
                     }
                 )
                 log(f"warm c={c}: {rounds[-1]}")
@@ -224,14 +314,14 @@ def main() -> None:
         result["warm"] = warm
 
         sync: dict[str, Any] = {}
-        for c in levels:
+        for c in [] if args.no_sync else levels:
             s = base.model_copy(update={"bulk_concurrency": c, "sync_batch_size": 500})
             bare = asyncio.run(bare_bulk(s, chunks, n, c))
             assert bump_all(s) == n
             emb = Embedder(s, model)
-            c0 = cpu_s()
+            p0 = proc_cpu(pids)
             rep = asyncio.run(sync_once(s, embedder=emb))
-            cpu = cpu_s() - c0
+            p1 = proc_cpu(pids)
             emb.close()
             assert rep.indexed == n and rep.encoded == 0, rep
             sync[str(c)] = {
@@ -239,7 +329,7 @@ def main() -> None:
                 "sync_s": round(rep.took_s, 2),
                 "bare_s": round(bare, 2),
                 "ratio": round(bare / rep.took_s, 3),
-                "cpu_ms_per_change": round(cpu / n * 1e3, 3),
+                "cpu_ms_per_change": cpu_split(p0, p1, n),
             }
             log(f"sync c={c}: {sync[str(c)]}")
         result["sync"] = sync
@@ -259,8 +349,8 @@ def main() -> None:
     )
     RESULTS.parent.mkdir(exist_ok=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    old = {k: v for k, v in old.items() if k.isdigit()}  # earlier layouts are dropped
-    old[str(n)] = result
+    old = {k: v for k, v in old.items() if k[:1].isdigit()}  # earlier layouts are dropped
+    old[str(n) if args.behaviour == "binary" else f"{n}-list"] = result
     small, large = old.get("10000"), old.get("100000")
     if small and large:
         for c in set(small["warm"]) & set(large["warm"]):

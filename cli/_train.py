@@ -1,6 +1,6 @@
-"""``opendisco train``: ``als`` (behavioural item vectors) and ``ltr`` (a LambdaMART ranker
-from the served-list log and later outcomes). ``opendisco train [ALS OPTIONS]`` is ``train
-als``."""
+"""``opendisco train``: ``als`` (behavioural item vectors), ``similarity`` (the EASE item–item
+table the ranker's ``item_sim`` feature reads) and ``ltr`` (a LambdaMART ranker from the
+served-list log and later outcomes). ``opendisco train [ALS OPTIONS]`` is ``train als``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
+import scipy.sparse as sp
 from rich.progress import Progress
 
 from opendisco import clients
@@ -19,6 +21,7 @@ from opendisco._settings import Settings
 from opendisco.ingest import load_movielens
 from opendisco.rerank import (
     LabelPolicy,
+    ease_neighbours,
     join_outcomes,
     load_ltr_inputs,
     save_model,
@@ -26,7 +29,7 @@ from opendisco.rerank import (
     train_ltr,
     write_behaviour,
 )
-from opendisco.signals import EVENTS
+from opendisco.signals import EVENTS, ItemSimilarity
 
 from ._base import DefaultGroup, pass_settings
 
@@ -115,6 +118,73 @@ def als_cmd(
     carries the vector to OpenSearch without re-encoding text.
     """
     report = asyncio.run(_train_als(settings, movielens, min_rating, iterations, dry_run))
+    click.echo(json.dumps(report, indent=2))
+
+
+def _positives_matrix(positives: list[tuple[str, str, float]]) -> tuple[sp.csr_matrix, list[str]]:
+    """Pure: the binary member x item matrix of ``positives`` and its column ids."""
+    users = {u: j for j, u in enumerate(dict.fromkeys(u for u, _, _ in positives))}
+    items = list(dict.fromkeys(i for _, i, _ in positives))
+    col = {i: j for j, i in enumerate(items)}
+    rows = np.array([users[u] for u, _, _ in positives])
+    cols = np.array([col[i] for _, i, _ in positives])
+    m = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(users), len(items)))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m, items
+
+
+async def _train_similarity(
+    settings: Settings, movielens: Path | None, min_rating: float, lam: float, **kw: Any
+) -> dict[str, Any]:
+    dry_run = kw.pop("dry_run")
+    mc = clients.motor(settings)
+    db = mc[settings.mongo_db]
+    try:
+        if movielens is not None:
+            positives = _movielens_positives(movielens, min_rating)
+        else:
+            positives = await _event_positives(db)
+        if not positives:
+            raise InvalidInput("no positive interactions to train on")
+        matrix, items = _positives_matrix(positives)
+        rows = ease_neighbours(matrix, items, lam=lam, **kw)
+        report: dict[str, Any] = {"positives": len(positives), "items": len(items)}
+        report["rows"] = len(rows)
+        if not dry_run:
+            version = datetime.now(UTC).strftime("ease-%Y%m%dT%H%M%S")
+            report["written"] = await ItemSimilarity(db).replace(rows, version)
+            report["version"] = version
+    finally:
+        mc.close()
+    return {"similarity": report}
+
+
+@train_cmd.command("similarity")
+@click.option(
+    "--movielens",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Train on MovieLens ratings ≥ --min-rating instead of logged positive events.",
+)
+@click.option("--min-rating", default=4.0, show_default=True)
+@click.option(
+    "--lam",
+    default=200.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="EASE ridge; pick it on validation (bench/eval.py reports the λ it picked).",
+)
+@click.option("--max-items", default=3000, show_default=True, type=click.IntRange(2, 20000))
+@click.option("--top-n", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--dry-run", is_flag=True, help="Fit, but do not replace the table.")
+@pass_settings
+def similarity_cmd(
+    settings: Settings, movielens: Path | None, min_rating: float, **kw: Any
+) -> None:
+    """Fit EASE on the positives and replace the `item_similarity` table (each item's
+    `--top-n` heaviest neighbours among the `--max-items` most liked items). The learnt
+    ranker's `item_sim` feature sums the rows of the member's recent positives."""
+    report = asyncio.run(_train_similarity(settings, movielens, min_rating, **kw))
     click.echo(json.dumps(report, indent=2))
 
 

@@ -162,6 +162,15 @@ class Settings(BaseSettings):
         description="A ranking model written by `opendisco train ltr` (LightGBM); it replaces "
         "the linear scorer, and refuses to load when its features differ from the reranker's.",
     )
+    itemsim_candidates: int = Field(
+        0,
+        ge=0,
+        le=500,
+        description="Heaviest neighbours of the member's recent positives in the trained "
+        "item-item table (`opendisco train similarity`) handed to the for_you template's "
+        "`itemsim` candidate source; 0 (the default) turns the source off. Serve it with a "
+        "ranker learnt from lists that had it (`opendisco train ltr`).",
+    )
     template_files: list[Path] = Field(
         default_factory=list,
         description="Query template versions promoted by the playground "
@@ -463,6 +472,12 @@ class Settings(BaseSettings):
     )
     pacing_gain: float = Field(
         0.5, gt=0, description="Controller step: log-budget change per unit of relative error."
+    )
+    pacing_kp: float = Field(
+        0.0,
+        ge=0,
+        description="Controller's proportional term: log-budget change per unit of the current "
+        "relative error, on top of the integral (0: integral only).",
     )
     pacing_control_s: float = Field(
         300.0, gt=0, description="How often the controller measures and steps (s)."

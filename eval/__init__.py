@@ -23,6 +23,7 @@ from ._metrics import (
 from ._protocol import Recommender
 from ._runner import EvalReport, ModelResult, accuracy, evaluate
 from ._served import ReplayReport, ServedRecommender, like_event, replay
+from ._similarity import SIMILARITY_TOP_N, similarity_rows, write_similarity
 from ._split import COLD_USER_MAX, Split, Stage, roll_split, time_split
 from ._synthetic import eligible_matrix, resolve_dataset, synthetic_dataset
 
@@ -33,6 +34,7 @@ __all__ = [
     "LISTS_PER_USER",
     "LTR_GRID",
     "POSITIVE_THRESHOLD",
+    "SIMILARITY_TOP_N",
     "ArtifactComparison",
     "Dataset",
     "EvalReport",
@@ -72,8 +74,10 @@ __all__ = [
     "resolve_dataset",
     "roll_split",
     "rolling_rounds",
+    "similarity_rows",
     "stage_recall",
     "synthetic_dataset",
     "time_split",
     "top_k",
+    "write_similarity",
 ]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,14 +39,32 @@ from typing import Any
 from opendisco import clients
 from opendisco._settings import Settings
 from opendisco.ingest import Embedder
-from opendisco.rerank import LabelPolicy, join_outcomes, load_ltr_inputs, save_model, train_ltr
+from opendisco.rerank import (
+    PERCENTILE_COLUMNS,
+    LabelPolicy,
+    ablation_ndcg,
+    join_outcomes,
+    load_ltr_inputs,
+    save_model,
+    single_feature_ndcg,
+    train_ltr,
+)
 from opendisco.serving import Discovery
 
 from ._data import Dataset
 from ._served import like_event, replay
+from ._similarity import write_similarity
 from ._split import Split, roll_split
 
-__all__ = ["LISTS_PER_USER", "LTR_GRID", "Round", "learn_ranker", "log_lists", "rolling_rounds"]
+__all__ = [
+    "LISTS_PER_USER",
+    "LTR_ABLATIONS",
+    "LTR_GRID",
+    "Round",
+    "learn_ranker",
+    "log_lists",
+    "rolling_rounds",
+]
 
 #: training positives per member that are each preceded by a logged list (the rolling rounds)
 LISTS_PER_USER = 10
@@ -57,7 +75,13 @@ LTR_GRID: tuple[dict[str, Any], ...] = (
     {"num_leaves": 15, "min_data_in_leaf": 100},
     {"num_leaves": 63, "min_data_in_leaf": 100},
     {"num_leaves": 31, "min_data_in_leaf": 400},
+    {"num_leaves": 127, "min_data_in_leaf": 50},
 )
+#: column groups refitted without, one at a time, on the validation lists (what each adds)
+LTR_ABLATIONS: dict[str, tuple[str, ...]] = {
+    "without item_sim": ("item_sim", "pct_item_sim"),
+    "without percentiles": tuple(f"pct_{c}" for c in PERCENTILE_COLUMNS),
+}
 
 
 @dataclass(frozen=True)
@@ -198,6 +222,10 @@ def learn_ranker(
     concurrency: int = 4,
     seed: int = 0,
     embedder: Embedder | None = None,
+    ease_lambda: float | None = None,
+    ease_items: int = 3000,
+    itemsim_candidates: int = 0,
+    ablations: Mapping[str, Sequence[str]] = LTR_ABLATIONS,
     progress: Callable[[str, int], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Replay the pre-period, serve and like round by round, validate, train (module doc).
@@ -205,11 +233,23 @@ def learn_ranker(
     ``settings`` name the namespace used (a dedicated one: it is cleared when ``fresh``);
     ``users`` the members served (indices; None: every member with training positives);
     ``embedder`` encodes the catalogue (pass the test replay's: one encoding for both).
+    ``ease_lambda`` (picked on validation by the caller): the namespace's item–item table
+    (:func:`~opendisco.eval.write_similarity`) is fitted on the pre-period's positives only;
+    None leaves it empty (the ``item_sim`` columns are then 0); ``itemsim_candidates`` > 0
+    also turns its candidate source on (serve the model with the same setting).
+    ``ablations``: column groups refitted without on the validation lists (reported, not used
+    to pick).
     Returns the model path and the training report (with the steps' counts and timings)."""
     t0 = time.perf_counter()
     policy = policy or LabelPolicy()
     settings = settings.model_copy(
-        update={"served_log": True, "explore_rate": 0.0, "model_file": None, "params_file": None}
+        update={
+            "served_log": True,
+            "explore_rate": 0.0,
+            "model_file": None,
+            "params_file": None,
+            "itemsim_candidates": itemsim_candidates if ease_lambda is not None else 0,
+        }
     )
     roll = roll_split(split, lists_per_user)
     rep = replay(
@@ -221,6 +261,10 @@ def learn_ranker(
         embedder=embedder,
         progress=progress,
     )
+    sim_rows = 0
+    if ease_lambda is not None:
+        pre = roll.stage("validation")
+        sim_rows = write_similarity(settings, pre, lam=ease_lambda, max_items=ease_items)
     t1 = time.perf_counter()
     rounds = rolling_rounds(roll, users)
     logged, accepted, valid_from = asyncio.run(
@@ -232,10 +276,23 @@ def learn_ranker(
     train = join_outcomes([d for d in lists if d["at"] < valid_from], before, policy)
     valid = join_outcomes([d for d in lists if d["at"] >= valid_from], events, policy)
     result = train_ltr(train, valid=valid, policy=policy, k=k, grid=grid, seed=seed)
+    chosen = {key: v for key, v in result.report["params"].items() if key != "seed"}
+    result.report["single_feature_valid_ndcg"] = single_feature_ndcg(valid, k)
+    # comparable across candidate-set changes: a validation list without a positive among its
+    # candidates scores 0 (train_ltr's metric averages only the lists with one)
+    served = max(1, len(rounds[-1].users))
+    result.report["metrics"][f"valid_ndcg@{k}_all_lists"] = round(
+        result.report["metrics"][f"valid_ndcg@{k}"] * len(valid.groups) / served, 5
+    )
+    result.report["metrics"]["valid_lists_served"] = served
+    result.report["ablations"] = ablation_ndcg(train, valid, chosen, ablations, k=k, seed=seed)
     t3 = time.perf_counter()
     result.report["inputs"] = {
         "replay": rep.__dict__,
         "lists_per_user": lists_per_user,
+        "similarity_rows": sim_rows,
+        "ease_lambda": ease_lambda,
+        "itemsim_candidates": settings.itemsim_candidates,
         "rounds": len(rounds),
         "logged_lists": logged,
         "outcome_events": accepted,

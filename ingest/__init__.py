@@ -40,6 +40,7 @@ from ._reindex import ReindexReport, reindex
 from ._sample import generate_marketplace, write_sample
 from ._schema import ITEM_FIELDS, KINDS, validate_item
 from ._store import DEAD_LETTERS, SYNC_STATE, items_collection, state_key
+from ._stored import read_vector, store_vector, vector_values
 from ._sync import LeaseLost, Syncer, SyncReport, run_sync, sync_once
 from ._templates import TemplatePlan, apply_templates, plan_templates, set_replicas
 from ._verify import VerifyReport, verify
@@ -95,18 +96,21 @@ __all__ = [
     "partition_of",
     "plan_templates",
     "prepare",
+    "read_vector",
     "reconcile",
     "reindex",
     "run_sync",
     "seed_resume_token",
     "set_replicas",
     "state_key",
+    "store_vector",
     "swap_alias",
     "sync_once",
     "text_key",
     "to_index_doc",
     "unpack_vectors",
     "validate_item",
+    "vector_values",
     "verify",
     "versioned_indices",
     "write_sample",

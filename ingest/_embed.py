@@ -1,9 +1,12 @@
 """Batched sentence-transformers encoding behind a content-hash cache.
 
-The cache key is ``sha256(model name, text)``; vectors are stored as float32 bytes in the
-MongoDB collection ``embedding_cache`` (``{_id: key, v: Binary}``) with an in-process LRU in
-front, so an unchanged text is never encoded twice — not by reindex, not by sync, not across
-processes.
+The cache key is ``sha256(model name, text)``; vectors are stored in the MongoDB collection
+``embedding_cache`` as ``{_id: key, v: <BSON float32 vector>}`` (``_stored``: the dtype is
+tagged, the dimension is the length; entries of the first form, raw float32 bytes, still
+read) with an in-process LRU in front, so an unchanged text is never encoded twice — not by
+reindex, not by sync, not across processes. An entry that does not hold a finite unit vector
+of ``embedding_dim`` dimensions (corrupt, or written under another dimension setting) is a
+miss: the text is encoded again and the entry replaced, never indexed as it is.
 
 Lookups are one ``{_id: {$in: keys}}`` per batch (≤ 1,000 keys per query): an index search on
 MongoDB and on our patched FerretDB build (``services/_ferretdb.py`` pushes ``_id $in`` down),
@@ -21,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from bson import Binary
 from pymongo.errors import BulkWriteError
 
 from opendisco import clients
@@ -29,8 +31,16 @@ from opendisco._backend import backend_errors
 from opendisco._settings import Settings
 
 from ._document import text_key
+from ._stored import read_vector, store_vector
 
-__all__ = ["CACHE_COLLECTION", "Embedder", "EmbeddingCache", "MemoryCache", "MongoCache"]
+__all__ = [
+    "CACHE_COLLECTION",
+    "Embedder",
+    "EmbeddingCache",
+    "MemoryCache",
+    "MongoCache",
+    "usable",
+]
 
 CACHE_COLLECTION = "embedding_cache"
 MEMORY_ITEMS = 200_000  # in-process LRU entries (~310 MB of 384-d float32 at most)
@@ -70,38 +80,48 @@ class MemoryCache:
         return len(self._data)
 
 
+def usable(vec: np.ndarray | None) -> bool:
+    """A cached vector fit to index: finite and of unit length (``encode`` normalises)."""
+    if vec is None or not np.isfinite(vec).all():
+        return False
+    return abs(float(np.dot(vec, vec)) - 1.0) < 1e-3
+
+
 class MongoCache:
-    """Persistent cache in a (synchronous pymongo) collection; vectors as float32 bytes."""
+    """Persistent cache in a (synchronous pymongo) collection; vectors as BSON float32 vectors."""
 
     def __init__(self, collection: Any, dim: int) -> None:
         self.collection = collection
         self.dim = dim
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The usable entries among ``keys`` (one ``_id $in`` per 1,000 keys, only ``v``)."""
         out: dict[str, np.ndarray] = {}
         with backend_errors("embedding cache read failed"):
             for i in range(0, len(keys), 1000):
                 chunk = list(keys[i : i + 1000])
-                for doc in self.collection.find({"_id": {"$in": chunk}}):
-                    vec = np.frombuffer(bytes(doc["v"]), dtype=np.float32)
-                    if vec.shape == (self.dim,):
+                for doc in self.collection.find({"_id": {"$in": chunk}}, {"v": 1}):
+                    vec = read_vector(doc.get("v"), self.dim)
+                    if usable(vec):
                         out[doc["_id"]] = vec
         return out
 
     def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
         if not vectors:
             return
-        docs = [
-            {"_id": k, "v": Binary(np.asarray(v, np.float32).tobytes())} for k, v in vectors.items()
-        ]
+        docs = [{"_id": k, "v": store_vector(v)} for k, v in vectors.items()]
         with backend_errors("embedding cache write failed"):
             try:
-                # plain inserts (no upsert: FerretDB holds a cursor per update op); a duplicate
-                # key means another process stored the same text first, which is fine
+                # plain inserts (no upsert: FerretDB holds a cursor per update op)
                 self.collection.insert_many(docs, ordered=False)
             except BulkWriteError as exc:
-                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != 11000 for e in errors):
                     raise
+                # a duplicate key: another process stored the text first (then this rewrites
+                # the same vector), or the entry there is unusable (then this replaces it)
+                for e in errors:
+                    self.collection.replace_one({"_id": docs[e["index"]]["_id"]}, docs[e["index"]])
 
 
 class Embedder:

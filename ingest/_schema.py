@@ -12,7 +12,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from opendisco._exceptions import DocumentInvalid
+
+from ._stored import VECTOR_SUBTYPE, read_vector, vector_values
 
 __all__ = ["ITEM_FIELDS", "KINDS", "MAX_ID_BYTES", "MAX_KEYWORD_BYTES", "validate_item"]
 
@@ -54,14 +58,24 @@ def _fail(field: str, problem: str) -> DocumentInvalid:
     return DocumentInvalid(f"{field}: {problem}")
 
 
+# values that cannot nest, skipped by an exact type test (a 32-d list of floats is one level)
+_LEAVES = frozenset({str, int, float, bool, type(None), datetime})
+
+
 def _depth(value: Any, level: int = 0) -> int:
     if level > MAX_DEPTH:
         return level
     if isinstance(value, Mapping):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list | tuple):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+        children: Any = value.values()
+    elif isinstance(value, list | tuple):
+        children = value
+    else:
+        return level
+    deepest = level + 1
+    for v in children:
+        if type(v) not in _LEAVES:
+            deepest = max(deepest, _depth(v, level + 1))
+    return deepest
 
 
 def _str(doc: Mapping[str, Any], field: str, *, required: bool, max_bytes: int) -> str | None:
@@ -153,6 +167,17 @@ def _vector(doc: Mapping[str, Any], field: str, dim: int | None) -> list[float] 
     value = doc.get(field)
     if value is None:
         return None
+    if isinstance(value, bytes):  # a BSON float32 vector (what ``opendisco train`` writes)
+        vec = read_vector(value) if getattr(value, "subtype", 0) == VECTOR_SUBTYPE else None
+        if vec is None:
+            raise _fail(field, "expected a float32 BSON vector (subtype 9)")
+        if dim is not None and len(vec) != dim:
+            raise _fail(field, f"expected {dim} dimensions, got {len(vec)}")
+        if not np.isfinite(vec).all():
+            raise _fail(field, "components must be finite numbers")
+        if not vec.any():
+            raise _fail(field, "zero vector (undefined cosine)")
+        return vector_values(vec)
     if not isinstance(value, list | tuple):
         raise _fail(field, f"expected a list of numbers, got {type(value).__name__}")
     if dim is not None and len(value) != dim:

@@ -54,6 +54,8 @@ REQUEST_PARAMS = frozenset(
         "item_vector",
         "graph_ids",
         "graph_weights",
+        "itemsim_ids",
+        "itemsim_weights",
     }
 )
 

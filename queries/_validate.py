@@ -64,6 +64,8 @@ def example_params(surface: str, settings: Settings, item_id: str = "x") -> dict
         "item_id": item_id,
         "graph_ids": [item_id, "__none__"],
         "graph_weights": [2.0, 1.0],
+        "itemsim_ids": [item_id, "__none__"],
+        "itemsim_weights": [0.5, 0.1],
         "mutual_ids": [item_id, "__none__"],
         "mutual_weights": [2.0, 1.0],
         "liker_ids": ["__none__"],

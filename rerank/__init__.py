@@ -24,9 +24,21 @@ from ._ltr import (
     save_model,
     train_ltr,
 )
-from ._market import combine, live_trending, member_budgets, pacing_penalty, reciprocal_estimate
+from ._ltr_checks import ablation_ndcg, single_feature_ndcg
+from ._market import (
+    below_cut,
+    bucket_level,
+    combine,
+    live_trending,
+    member_budgets,
+    pacing_boost,
+    pacing_penalty,
+    reciprocal_estimate,
+    segment_prior,
+)
 from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
+from ._similarity import ease_neighbours
 from ._steps import (
     STEPS,
     LinearScorer,
@@ -42,6 +54,7 @@ from ._steps import (
 )
 from ._types import (
     FEATURE_NAMES,
+    PERCENTILE_COLUMNS,
     PROFILE_COLUMNS,
     RANKED_SOURCES,
     CandidateBatch,
@@ -53,6 +66,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
     "LTR_PARAMS",
+    "PERCENTILE_COLUMNS",
     "PROFILE_COLUMNS",
     "PROFILE_FIELDS",
     "RANKED_SOURCES",
@@ -77,12 +91,16 @@ __all__ = [
     "StepRecord",
     "TTLCache",
     "Trace",
+    "ablation_ndcg",
     "align_features",
     "apply_caps",
     "apply_pins",
     "assemble_features",
+    "below_cut",
+    "bucket_level",
     "combine",
     "concat_data",
+    "ease_neighbours",
     "exposure_adjustment",
     "fatigue_penalty",
     "fold_in",
@@ -93,6 +111,7 @@ __all__ = [
     "merged_config",
     "mmr_select",
     "ndcg_at",
+    "pacing_boost",
     "pacing_penalty",
     "pl_marginals",
     "pl_sample",
@@ -100,6 +119,8 @@ __all__ = [
     "profile_features",
     "reciprocal_estimate",
     "save_model",
+    "segment_prior",
+    "single_feature_ndcg",
     "train_als",
     "train_lambdamart",
     "train_ltr",

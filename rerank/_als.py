@@ -19,6 +19,7 @@ from pymongo import UpdateOne
 from scipy.sparse import csr_matrix
 
 from opendisco._store import bulk_write_chunked
+from opendisco.ingest import store_vector
 from opendisco.signals import fold_in
 
 __all__ = ["AlsModel", "fold_in", "train_als", "write_behaviour"]
@@ -100,13 +101,14 @@ async def write_behaviour(
     *,
     now: datetime | None = None,
 ) -> int:
-    """``$set behaviour`` + ``$inc version`` + ``updated_at`` per item (bulk); only existing,
+    """``$set behaviour`` (a BSON float32 vector: FerretDB reads it ~30% cheaper than an
+    array of doubles) + ``$inc version`` + ``updated_at`` per item (bulk); only existing,
     non-deleted items are touched. Returns the number of items modified."""
     now = now or datetime.now(UTC)
     ops = [
         UpdateOne(
             {"_id": i, "deleted": {"$ne": True}},
-            {"$set": {"behaviour": list(map(float, v)), "updated_at": now}, "$inc": {"version": 1}},
+            {"$set": {"behaviour": store_vector(v), "updated_at": now}, "$inc": {"version": 1}},
         )
         for i, v in vectors.items()
     ]

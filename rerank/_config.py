@@ -88,6 +88,19 @@ class RerankConfig(BaseModel):
     pacing_strength: float = Field(
         1.0, ge=0.0, description="Largest demotion of a member running ahead of its budget."
     )
+    pacing_cut: float | None = Field(
+        None,
+        gt=0.0,
+        description="Move members whose paced exposure exceeds this multiple of their budget "
+        "below the page cut (they complete the page only when too few others are eligible); "
+        "None: pacing only demotes smoothly.",
+    )
+    pacing_boost: float = Field(
+        0.0,
+        ge=0.0,
+        description="Largest lift of a member below the mean inbound attention with budget "
+        "left (new members get all of it): a first-impression boost; 0 = off.",
+    )
     # feedback fatigue
     fatigue_strength: float = Field(0.4, ge=0.0, description="Penalty per log1p(hides+passes).")
     # business rules

@@ -9,6 +9,9 @@ Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most
   must bite in real time),
 * 1 MongoDB ``find`` of inbound attention (cached with the vectors' TTL),
 * 1 MongoDB ``find`` of graph proximity to the user's recent items,
+* 1 MongoDB ``find`` of the trained item–item rows (``signals.ItemSimilarity``) of the
+  member's recent positives, only for rows not in the item-metadata cache (the table changes
+  only when a trainer replaces it),
 * for member candidates (profiles) only, 1 MongoDB ``find`` of their owners' tastes (content
   vector, likes and passes given: the reciprocal estimate; cached with the vectors' TTL),
 * 1 OpenSearch ``mget`` of the member's recent positives' profile fields (category, tags,
@@ -16,9 +19,11 @@ Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most
   the item-metadata cache (these fields change rarely; the recent items of active members
   overlap heavily),
 
-issued concurrently. The viewer's own profile vector (what the candidates' tastes are compared
-with) joins the vector fetch (usually cached). The counters reading also brings each
-candidate's paced (decayed) exposure and its live decayed like/match count.
+issued concurrently. Why this module is long: one store owns every lookup a request's features
+need, so that their round trips are issued together and their caches shared. The viewer's own
+profile vector (what the candidates' tastes are compared with) joins the vector fetch (usually
+cached). The counters reading also brings each candidate's paced (decayed) exposure and its
+live decayed like/match count.
 
 Vectors change only when an item is re-encoded or retrained, so the cache
 TTL bounds staleness after ``opendisco train``.
@@ -53,8 +58,10 @@ from opendisco.signals import (
     InboundCounter,
     Inbox,
     ItemGraph,
+    ItemSimilarity,
     UserState,
     UserStateStore,
+    summed_weights,
 )
 
 from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
@@ -124,6 +131,8 @@ class FeatureStore:
         self.db = db
         self.exposure = exposure if exposure is not None else ExposureStore(os_client, settings)
         self.graph = ItemGraph(db)
+        self.similarity = ItemSimilarity(db)
+        self.sim_rows = TTLCache(meta_ttl_s)
         self.inbound = InboundCounter(db)
         self.inbound_days = inbound_days
         self.states = UserStateStore(db)
@@ -253,11 +262,30 @@ class FeatureStore:
     async def _graph(self, recent: Sequence[str], ids: list[str]) -> dict[str, float]:
         return await self.graph.proximity(recent, ids) if recent else {}
 
+    async def similar_weights(self, recent: Sequence[str]) -> dict[str, float]:
+        """Summed trained item–item weight from ``recent`` to every neighbour (rows cached:
+        the table changes only when a trainer replaces it). The ``itemsim`` candidate source
+        and the ``item_sim`` feature read the same rows."""
+        if not recent:
+            return {}
+        rows, miss = self.sim_rows.get_many(list(dict.fromkeys(recent)))
+        if miss:
+            found = await self.similarity.rows(miss)
+            fetched = {i: found.get(i, {}) for i in miss}
+            self.sim_rows.put_many(fetched)
+            rows.update(fetched)
+        return summed_weights(rows.values())
+
+    async def _similar(self, recent: Sequence[str], ids: list[str]) -> dict[str, float]:
+        wanted = set(ids)
+        return {d: w for d, w in (await self.similar_weights(recent)).items() if d in wanted}
+
     async def lookup(
         self,
         ids: Sequence[str],
         *,
         recent: Sequence[str] = (),
+        similar_from: Sequence[str] = (),
         graph_weights: Mapping[str, float] | None = None,
         packed: Mapping[str, str] | None = None,
         owners: Mapping[str, str] | None = None,
@@ -279,12 +307,13 @@ class FeatureStore:
         carried = self._unpack(packed or {}, uniq)
         fetch = [i for i in uniq if i not in carried]
         owners = dict(owners or {})
-        vecs, expo, inbound, graph, tastes = await asyncio.gather(
+        vecs, expo, inbound, graph, tastes, similar = await asyncio.gather(
             self._vectors(fetch),
             self.exposure.read(uniq),
             self._inbound(uniq),
             _given(graph_weights) if graph_weights is not None else self._graph(list(recent), uniq),
             self._tastes(sorted(set(owners.values()))) if owners else _given({}),
+            self._similar(similar_from, uniq),
         )
         vecs.update(carried)
         n, d, b = len(ids), self.settings.embedding_dim, self.settings.behaviour_dim
@@ -308,6 +337,7 @@ class FeatureStore:
             behaviour_norm=bnorm,
             trending=np.array([expo[i].trend for i in ids]),
             paced_exposure=np.array([expo[i].paced for i in ids]),
+            item_sim=np.array([float(similar.get(i, 0.0)) for i in ids]),
         )
         return _two_sided(feats, ids, owners, tastes, inbox, mutual_weights, d) if owners else feats
 
@@ -331,6 +361,7 @@ class FeatureStore:
             self.lookup(
                 batch.ids,
                 recent=positives[:RECENT_FANOUT],
+                similar_from=positives,
                 graph_weights=graph_weights,
                 packed=batch.packed,
                 owners=owners,

@@ -13,6 +13,7 @@ batch maximum so both directions share a scale) by a weighted harmonic mean (REC
 weighted geometric mean (``product``: with weight ½ the order of f·b, the match probability
 when both were calibrated). The backward estimate, for a candidate member *c* and viewer *v*::
 
+    prior   = (Σ likes + k·prior₀) / (Σ (likes + passes) + k)     the batch's pooled rate
     rate_c  = (likes_c + k·prior) / (likes_c + passes_c + k)      c's like rate, Beta prior
     z_cv    = standardised cos(taste_c, profile_v) over the batch  c's taste for v's profile
     h_c     = likes_c / (likes_c + k)                              confidence in taste_c
@@ -20,8 +21,10 @@ when both were calibrated). The backward estimate, for a candidate member *c* an
     reply_c = min(1, (capacity + 1) / (inbound_c + 1))             c gets to the like at all
     b       = 1 when c already liked v
 
-so a member without history gets the prior (``reciprocal_prior``), and history moves the
-estimate in proportion to how much of it there is.
+so a member without history gets the prior — empirical Bayes by segment: the pooled like rate
+of the batch's members (the viewer's eligible pool), which falls back to ``reciprocal_prior``
+(prior₀) where nobody in it has history — and history moves the estimate in proportion to how
+much of it there is.
 
 **Pacing** (``step_pacing``): each member has an exposure budget per exposure window — the
 controller's budget (``RerankContext.pacing_budget``, set by
@@ -31,7 +34,16 @@ attention) scaled down for members who already receive more than the mean inboun
 window as time constant, a leaky bucket that drains continuously, so the budget is paced
 through the day and a budget below one impression per window still binds — and a member
 running ahead of its budget is demoted smoothly, by ``pacing_strength · tanh(log((paced + 1) /
-(budget + 1)))``, instead of disappearing at a cap.
+(budget + 1)))``, instead of disappearing at a cap. With ``pacing_cut`` set, a member whose
+paced exposure exceeds the bucket level of ``pacing_cut`` × its budget (:func:`bucket_level`:
+the level at which a member shown whenever it drops below is shown at exactly that rate) is
+moved below the page cut
+(:func:`below_cut`: the page is filled from the members within budget first; over-budget
+members complete it only when too few others are eligible), so pacing removes attention from
+the head instead of only reordering within the page. ``pacing_boost`` lifts the members
+below the mean inbound attention that have budget left (:func:`pacing_boost`; a new member,
+without likes or impressions, gets the whole boost: a first-impression boost). Both act on
+the eligible rows only: they reorder, never add.
 """
 
 from __future__ import annotations
@@ -46,11 +58,15 @@ if TYPE_CHECKING:
     from ._config import RerankConfig
 
 __all__ = [
+    "below_cut",
+    "bucket_level",
     "combine",
     "live_trending",
     "member_budgets",
+    "pacing_boost",
     "pacing_penalty",
     "reciprocal_estimate",
+    "segment_prior",
     "step_pacing",
     "step_reciprocal",
 ]
@@ -87,13 +103,23 @@ def _affinity(taste: np.ndarray | None, profile: np.ndarray | None, n: int) -> n
     return z
 
 
+def segment_prior(likes: np.ndarray, passes: np.ndarray, prior: float, k: float) -> float:
+    """Pure: the empirical-Bayes prior like rate of a segment — the pooled like rate of its
+    members (the rows of one batch: the viewer's eligible pool, one market and preference
+    segment), itself shrunk toward the configured ``prior`` with ``k`` pseudo-counts, so a
+    pool without any history gets ``prior``."""
+    total = float(np.maximum(likes, 0).sum()) + float(np.maximum(passes, 0).sum())
+    return (float(np.maximum(likes, 0).sum()) + k * prior) / (total + k)
+
+
 def reciprocal_estimate(
     features: Features, ctx: RerankContext, cfg: RerankConfig, n: int
 ) -> np.ndarray:
     """P(candidate likes the viewer back) per row (see the module docstring); pure."""
     likes = features.column("likes_sent", n)
     passes = features.column("passes_sent", n)
-    k, prior = cfg.reciprocal_prior_n, cfg.reciprocal_prior
+    k = cfg.reciprocal_prior_n
+    prior = segment_prior(likes, passes, cfg.reciprocal_prior, k)
     rate = (likes + k * prior) / (likes + passes + k)
     h = likes / (likes + k)
     z = _affinity(features.taste, ctx.viewer_profile, n)
@@ -146,20 +172,95 @@ def pacing_penalty(paced: np.ndarray, budget: float | np.ndarray, strength: floa
     return strength * np.tanh(np.maximum(0.0, over))
 
 
+def pacing_boost(
+    paced: np.ndarray,
+    budget: float | np.ndarray,
+    inbound: np.ndarray,
+    mean_inbound: float | None,
+    strength: float,
+) -> np.ndarray:
+    """``strength · tanh(log((mean inbound + 1) / (inbound + 1))) · (1 − paced / budget)``
+    where positive: members receiving less than the mean inbound attention and spending little
+    of their budget (new members first: no inbound, no impressions) are lifted, bounded by
+    ``strength``; 0 once a member reaches the mean attention or its budget; pure."""
+    if strength <= 0 or not mean_inbound or mean_inbound <= 0:
+        return np.zeros(inbound.shape[0])
+    under = np.tanh(np.maximum(0.0, np.log((mean_inbound + 1.0) / (np.maximum(inbound, 0) + 1.0))))
+    room = 1.0 - np.minimum(1.0, np.maximum(paced, 0.0) / np.maximum(budget, 1e-9))
+    return strength * under * room
+
+
+def bucket_level(rate: np.ndarray) -> np.ndarray:
+    """Pure: the leaky-bucket level (impressions decayed with the window as time constant)
+    below which a member may be shown again so that it is shown at most ``rate`` times per
+    window: ``1 / (exp(1 / rate) − 1)``. Shown whenever its bucket drops to the level L, a
+    member's bucket jumps to L + 1 and drains back in ln((L + 1) / L) windows; setting that to
+    1 / rate gives L. ≈ rate − ½ for large rates, and far below the rate for rates under one
+    per window (a threshold at the rate itself would let a member with a budget of 0.2 be shown
+    every 1.8 windows, 0.56 per window)."""
+    r = np.maximum(np.asarray(rate, dtype=np.float64), 1e-6)
+    with np.errstate(over="ignore"):
+        return 1.0 / np.expm1(np.minimum(1.0 / r, 700.0))
+
+
+def below_cut(order: np.ndarray, excess: np.ndarray, page: int) -> np.ndarray:
+    """Pure: ``order`` with the rows whose ``excess`` (spend over budget) is above 1 moved below
+    the page cut — the page is filled with the first ``page`` rows within budget (in their
+    order), then come the rows over budget, least over first (so when too few rows are within
+    budget, the page is completed by those closest to it, not by the most shown), then the
+    rest. A permutation of ``order``: nothing is added or dropped."""
+    flagged = excess[order] > 1.0
+    if not flagged.any():
+        return order
+    ok = order[~flagged]
+    over = order[flagged]
+    over = over[np.argsort(excess[over], kind="stable")]
+    return np.concatenate([ok[:page], over, ok[page:]])
+
+
 def step_pacing(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
     member = inp.batch.members
     budget = inp.ctx.pacing_budget
-    if budget is None or cfg.pacing_strength <= 0 or not member.any():
+    active = cfg.pacing_strength > 0 or cfg.pacing_cut is not None or cfg.pacing_boost > 0
+    if budget is None or not active or not member.any():
         return s
     f = inp.features
     n = len(inp.batch)
     paced = f.column("paced_exposure", n) if f.paced_exposure is not None else f.exposure
-    budgets = member_budgets(budget, f.inbound, inp.ctx.pacing_mean_inbound)
-    pen = np.where(member, pacing_penalty(paced, budgets, cfg.pacing_strength), 0.0)
-    if not pen.any():
+    mean_inbound = inp.ctx.pacing_mean_inbound
+    budgets = member_budgets(budget, f.inbound, mean_inbound)
+    pen = pacing_penalty(paced, budgets, cfg.pacing_strength)
+    pen = pen - pacing_boost(paced, budgets, f.inbound, mean_inbound, cfg.pacing_boost)
+    pen = np.where(member, pen, 0.0)
+    excess = None
+    if cfg.pacing_cut is not None:
+        level = bucket_level(cfg.pacing_cut * budgets)
+        excess = np.where(member, paced / np.maximum(level, 1e-12), 0.0)
+    if not pen.any() and (excess is None or not (excess[s.order] > 1.0).any()):
         return s
     scores = s.scores - pen
-    return RerankState(scores, resort(scores, s.order))
+    order = resort(scores, s.order)
+    if excess is not None:
+        order = below_cut(order, excess, inp.page)
+        scores = _scores_below_cut(scores, order, excess, inp.page)
+    return RerankState(scores, order)
+
+
+def _scores_below_cut(
+    scores: np.ndarray, order: np.ndarray, excess: np.ndarray, page: int
+) -> np.ndarray:
+    """Scores that agree with :func:`below_cut`'s page: each over-budget row placed below the
+    page scores under the page and every eligible row within budget, so a later step that
+    re-picks the head by score and diversity (``mmr``) fills the page from those first."""
+    kept = np.concatenate([order[:page], order[excess[order] <= 1.0]])  # the page, in budget
+    moved = order[page:][excess[order[page:]] > 1.0]
+    if not moved.size or not kept.size:
+        return scores
+    floor = float(scores[kept].min())
+    out = scores.copy()
+    steps = 1e-3 * np.arange(1, moved.shape[0] + 1)
+    out[moved] = np.minimum(scores[moved], floor - steps)
+    return out
 
 
 def live_trending(counts: np.ndarray) -> np.ndarray:

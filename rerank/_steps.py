@@ -11,10 +11,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.stats import rankdata
 
 from ._market import live_trending, reciprocal_estimate, step_pacing, step_reciprocal
 from ._types import (
     FEATURE_NAMES,
+    PERCENTILE_COLUMNS,
     PROFILE_COLUMNS,
     RANKED_SOURCES,
     CandidateBatch,
@@ -120,11 +122,23 @@ def assemble_features(
         X[:, _COL["liked_viewer"]] = features.column("liked_viewer", n) * member
         X[:, _COL["mutual"]] = np.log1p(features.column("mutual", n)) * member
     X[:, _COL["trending"]] = live_trending(features.column("trending", n))
+    X[:, _COL["item_sim"]] = features.column("item_sim", n)
     # last: the linear model's score of the columns above (its own column weighs nothing)
     w = cfg.weight_vector()
     w[_COL["linear"]] = 0.0
     X[:, _COL["linear"]] = X @ w
+    for name in PERCENTILE_COLUMNS:
+        X[:, _COL[f"pct_{name}"]] = list_percentile(X[:, _COL[name]])
     return X
+
+
+def list_percentile(values: np.ndarray) -> np.ndarray:
+    """Pure: each value's percentile within its list, in [0, 1] (ties share their mean rank;
+    a single row is 0.5). Scale-free: the same column means the same on any dataset."""
+    n = len(values)
+    if n <= 1:
+        return np.full(n, 0.5)
+    return (rankdata(values, method="average") - 1.0) / (n - 1.0)
 
 
 class LinearScorer:

@@ -11,6 +11,7 @@ import numpy as np
 
 __all__ = [
     "FEATURE_NAMES",
+    "PERCENTILE_COLUMNS",
     "PROFILE_COLUMNS",
     "RANKED_SOURCES",
     "CandidateBatch",
@@ -22,6 +23,14 @@ __all__ = [
     "resort",
 ]
 
+#: raw columns also given as their per-list percentile (``pct_<name>``)
+PERCENTILE_COLUMNS: tuple[str, ...] = (
+    "item_sim",
+    "behaviour_dot",
+    "content_sim",
+    "graph",
+    "linear",
+)
 #: Columns of the feature matrix built by :func:`opendisco.rerank.assemble_features`.
 FEATURE_NAMES: tuple[str, ...] = (
     "fused",  # candidate fusion score, max-normalised within the batch
@@ -54,6 +63,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "liked_viewer",  # 1 when the candidate already liked the viewer
     "mutual",  # log1p co-engagement from the viewer's matches (friends of matches)
     "trending",  # log1p(live decayed likes/matches), max-normalised within the batch
+    # a trained item–item model (EASE rows, signals.ItemSimilarity): summed weight from the
+    # member's recent positives; then per-list percentiles (0 = lowest in the list, 1 =
+    # highest; ties share the mean), robust to each dataset's score scales
+    "item_sim",
+    *(f"pct_{c}" for c in PERCENTILE_COLUMNS),
 )
 #: the per-candidate columns the feature store computes from the member's profile
 PROFILE_COLUMNS: tuple[str, ...] = (
@@ -218,6 +232,8 @@ class Features:
     paced_exposure: np.ndarray | None = None  # (n,) impressions, leaky bucket (per window)
     #: :data:`PROFILE_COLUMNS` name -> (n,) affinity of each candidate to the member's profile
     affinity: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: (n,) summed trained item–item weight from the user's recent items (None: no table)
+    item_sim: np.ndarray | None = None
 
     @classmethod
     def empty(cls, n: int, dim: int = 384, bdim: int = 32) -> Features:

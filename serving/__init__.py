@@ -10,6 +10,7 @@ string.
 from ._artifacts import Artifacts, check_params, load_model, load_params, load_template
 from ._assembly import default_parts
 from ._explore import EXPLORED_SURFACES, Exploration, Explorer
+from ._features import StoreFeatures
 from ._filters import RULE_FIELDS, HardRules, HardRulesFilter, Rule, stored_rule_fields
 from ._pipeline import Discovery
 from ._stages import (
@@ -24,7 +25,6 @@ from ._stages import (
     QueryHydrator,
     RequestBuilder,
     SideEffect,
-    StoreFeatures,
     TemplateSource,
     params_for,
     read_member,

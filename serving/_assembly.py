@@ -2,10 +2,12 @@
 unless it is given other ``Parts``: the evaluator, the playground and tests assemble their own
 from the same parts).
 
-Query hydrators (member context, the request, graph neighbours, mutual likes, live trending,
-the pacing budget) → the surface's template as the candidate source → the hard rules as the
-filter (every source's candidates, whatever proposed them) → the feature store as the feature
-hydrator → (``served_log``) the served-list log as a side effect.
+Query hydrators (member context with the inbox, the request, graph neighbours with the
+matched profiles' edges, mutual likes, live trending, (``itemsim_candidates``) the trained
+item–item neighbours, the pacing budget) → the surface's
+template as the candidate source → the hard rules as the filter (every source's candidates,
+whatever proposed them) → the feature store as the feature hydrator → (``served_log``) the
+served-list log as a side effect.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from opendisco.signals import (
     UserStateStore,
 )
 
+from ._features import StoreFeatures
 from ._filters import HardRulesFilter
+from ._itemsim import ItemSimNeighbours
 from ._market import LiveTrending, MutualLikes, PacingBudget
 from ._stages import (
     GraphNeighbours,
@@ -35,7 +39,6 @@ from ._stages import (
     MemberContext,
     Parts,
     RequestBuilder,
-    StoreFeatures,
     TemplateSource,
 )
 
@@ -69,12 +72,14 @@ def default_parts(
             )
         )
     hydrators: list[Any] = [
-        MemberContext(db, UserStateStore(db), BlockStore(db)),
+        MemberContext(db, UserStateStore(db), BlockStore(db), UserGraph(db)),
         RequestBuilder(params, dict(templates or {})),
         GraphNeighbours(ItemGraph(db)),
         MutualLikes(UserGraph(db), ItemGraph(db)),
         LiveTrending(features.exposure, settings.trending_top_k, settings.trending_refresh_s),
     ]
+    if settings.itemsim_candidates > 0:
+        hydrators.append(ItemSimNeighbours(features, settings.itemsim_candidates))
     if pacing is not None:
         hydrators.append(PacingBudget(pacing))
     return Parts(

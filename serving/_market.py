@@ -2,11 +2,12 @@
 
 Query hydrators (run after the candidate request is built):
 
-    MutualLikes    the viewer's inbox row (one point read): members who already liked the
-                   viewer → the ``likers`` source (``liker_ids``) and the ``liked_viewer``
-                   feature; the co-engaged neighbours of the viewer's matched profiles (one
-                   read of their graph rows) → the friends-of-matches ``mutual`` source and
-                   feature
+    MutualLikes    the viewer's inbox row (one point read, in the member context's round
+                   trip): members who already liked the viewer → the ``likers`` source
+                   (``liker_ids``) and the ``liked_viewer`` feature; the co-engaged neighbours
+                   of the viewer's matched profiles (their graph rows, read with the recent
+                   positives' by ``GraphNeighbours``) → the friends-of-matches ``mutual``
+                   source and feature
     LiveTrending   the items with the highest live decayed like/match counts (one search over
                    the exposure counters per ``trending_refresh_s`` per process, shared by all
                    requests) → ``trending_ids``/``trending_weights`` of the trending source
@@ -67,14 +68,18 @@ class MutualLikes:
     async def hydrate(self, plan: CandidatePlan) -> None:
         if not plan.user_id:
             return
-        plan.inbox = inbox = await self.users.inbox(plan.user_id)
+        if plan.inbox is None:  # not read with the member context (another assembly)
+            plan.inbox = await self.users.inbox(plan.user_id)
+        inbox = plan.inbox
         if inbox.likers and _declares(plan, "liker_ids"):
             recent = sorted(inbox.likers.items(), key=lambda kv: (-kv[1], kv[0]))
             plan.request.params["liker_ids"] = [m for m, _ in recent[:MAX_LIKERS]]
         matched = sorted(set(inbox.matches.values()))
         if not matched:
             return
-        plan.mutual_weights = weights = await self.graph.weights(matched)
+        if plan.mutual_weights is None:  # not read with the recent positives' edges
+            plan.mutual_weights = await self.graph.weights(matched)
+        weights = plan.mutual_weights
         if _declares(plan, "mutual_ids"):
             skip = [*matched, *plan.request.exclude_ids]
             top = [(i, w) for i, w in top_neighbours(weights, self.neighbours, skip) if w > 0]

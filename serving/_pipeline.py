@@ -6,9 +6,10 @@ hydrators, candidate sources, filters, feature hydrators, side effects), a
 :class:`~opendisco.rerank.Reranker` (scorer + named steps) and the serving
 :class:`~opendisco.serving.Artifacts` (tuned params, trained model);
 :func:`~opendisco.serving.default_parts` (``_assembly``) is the one default assembly. Each
-request makes a bounded number of round trips: user + user state (MongoDB, concurrently) and
-the graph edges, one ``_msearch`` (candidates), one batched feature lookup; reranking is
-in-process over arrays.
+request makes a bounded number of sequential round trips: the member context (users document,
+user state, blocks and inbox: MongoDB point reads, concurrently), the graph edges (recent
+positives' and matched profiles' rows in one ``find``), one ``_msearch`` (candidates), one
+batched feature lookup; reranking is in-process over arrays.
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 
 One request runs through these stage kinds, in order (home-mixer's product pipeline)::
 
-    query hydrators   member context: users document + UserState, co-engagement neighbours
+    query hydrators   member context: users document + UserState + blocks + inbox (one round
+                      trip), co-engagement neighbours (one round trip)
     candidate sources one _msearch over the surface's template (several sources fused in it)
     filters           hard rules re-checked on what the engine returned
-    feature hydrators the reranker's per-candidate features (vectors, counters, graph)
+    feature hydrators the reranker's per-candidate features (vectors, counters, graph:
+                      ``_features.StoreFeatures``)
     scorer + steps    the Reranker (named pure steps over arrays)
     side effects      after the answer: impression logging and the like (never on the hot path)
 
@@ -38,7 +40,7 @@ from opendisco.queries import (
     load,
     request_for_user,
 )
-from opendisco.rerank import FEATURE_NAMES, CandidateBatch, Features, FeatureStore, Reranker
+from opendisco.rerank import FEATURE_NAMES, CandidateBatch, Features, Reranker
 from opendisco.signals import (
     RECENT_FANOUT,
     BlockStore,
@@ -46,6 +48,7 @@ from opendisco.signals import (
     MemberBlocks,
     ServedList,
     ServedLog,
+    UserGraph,
     UserState,
     UserStateStore,
     top_neighbours,
@@ -68,7 +71,6 @@ __all__ = [
     "QueryHydrator",
     "RequestBuilder",
     "SideEffect",
-    "StoreFeatures",
     "TemplateSource",
     "params_for",
     "read_member",
@@ -153,20 +155,29 @@ async def read_member(
 @dataclass
 class MemberContext:
     """The member's ``users`` document, :class:`UserState` and blocks, and the
-    :class:`HardRules` built from them (with the caller's exclusions)."""
+    :class:`HardRules` built from them (with the caller's exclusions); with ``users``, the
+    member's inbox (likers, matches: :class:`~opendisco.serving.MutualLikes`) too. All of
+    them are point reads by the member's id, issued together: one round trip, read fresh
+    every request. When any of them fails the plan fails (nothing is set): the request
+    degrades to the fallback, which reads the rules again."""
 
     db: Any
     states: UserStateStore
     blocks: BlockStore
+    users: UserGraph | None = None
     name: str = "member"
 
     async def hydrate(self, plan: CandidatePlan) -> None:
         if not plan.user_id:
             plan.rules = HardRules.anonymous(plan.exclude)
             return
-        plan.user, plan.state, plan.blocks = await read_member(
-            self.db, self.states, self.blocks, plan.user_id
-        )
+        member = read_member(self.db, self.states, self.blocks, plan.user_id)
+        if self.users is None:
+            plan.user, plan.state, plan.blocks = await member
+        else:
+            (plan.user, plan.state, plan.blocks), plan.inbox = await asyncio.gather(
+                member, self.users.inbox(plan.user_id)
+            )
         plan.rules = HardRules.for_member(
             plan.user_id, plan.user, plan.state, plan.blocks, exclude=plan.exclude
         )
@@ -208,7 +219,10 @@ class RequestBuilder:
 @dataclass
 class GraphNeighbours:
     """Edges from the member's recent positives, read once: the graph candidate source's
-    parameters (heaviest unseen neighbours) and the weights the graph feature uses."""
+    parameters (heaviest unseen neighbours) and the weights the graph feature uses. When the
+    member context brought the inbox, the edges of the member's matched profiles (the
+    ``mutual`` source and feature: :class:`~opendisco.serving.MutualLikes`) come in the same
+    ``find``."""
 
     graph: ItemGraph
     neighbours: int = GRAPH_NEIGHBOURS
@@ -216,10 +230,17 @@ class GraphNeighbours:
 
     async def hydrate(self, plan: CandidatePlan) -> None:
         state = plan.state
-        if plan.request.surface != "for_you" or state is None or not state.recent_positive_ids:
+        recent: list[str] = []
+        if plan.request.surface == "for_you" and state is not None:
+            recent = state.recent_positive_ids[:RECENT_FANOUT]
+        matched = sorted(set(plan.inbox.matches.values())) if plan.inbox is not None else []
+        if not recent and not matched:
             return
-        recent = state.recent_positive_ids[:RECENT_FANOUT]
-        weights = await self.graph.weights(recent)
+        weights, mutual = await self.graph.weights_of(recent, matched)
+        if matched:
+            plan.mutual_weights = mutual
+        if not recent:
+            return
         plan.graph_weights = weights
         skip = [*recent, *plan.rules.exclude_ids]
         top = [(i, w) for i, w in top_neighbours(weights, self.neighbours, skip) if w > 0]
@@ -238,32 +259,6 @@ class TemplateSource:
 
     async def candidates(self, plan: CandidatePlan) -> CandidateSet:
         return await generate_candidates(self.client, self.settings, plan.request)
-
-
-@dataclass
-class StoreFeatures:
-    """The reranker's features from :class:`~opendisco.rerank.FeatureStore` (packed vectors
-    from the hits, exposure and inbound counters, graph proximity; for member candidates their
-    owners' tastes and the viewer's own profile vector, looked up alongside)."""
-
-    store: FeatureStore
-    name: str = "store"
-
-    async def features(
-        self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
-    ) -> Features:
-        profile = (plan.user or {}).get("profile_id") if batch.members.any() else None
-        feats, plan.viewer_profile = await asyncio.gather(
-            self.store.for_batch(
-                batch,
-                plan.state,
-                plan.graph_weights,
-                inbox=plan.inbox,
-                mutual_weights=plan.mutual_weights,
-            ),
-            self.store.profile_vector(profile),
-        )
-        return feats
 
 
 def request_ranking(plan: CandidatePlan, artifacts: Artifacts, reranker: Reranker) -> Ranking:

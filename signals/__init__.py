@@ -3,12 +3,12 @@
 Events (one :class:`Event` model, validated once; :class:`EventProcessor` applies each event
 once, also when it is posted concurrently: :class:`EventClaims`) feed the per-member
 :class:`UserState` (recent positives/negatives, seen and blocked ids, a decayed content vector
-and a folded-in behaviour vector), the item co-engagement graph (:class:`ItemGraph`), mutual
-likes (:class:`UserGraph`), inbound attention counters (:class:`InboundCounter`), blocks
-between members both ways (:class:`BlockStore`), the exposure counters with the in-engine cap
-list and live trending counts (:class:`ExposureStore`) and the pacing controller
-(:class:`PacingController`). Everything here writes to and reads from the stores; nothing here
-ranks.
+and a folded-in behaviour vector), the item co-engagement graph (:class:`ItemGraph`; a trained
+item–item model's rows: :class:`ItemSimilarity`), mutual likes (:class:`UserGraph`), inbound
+attention counters (:class:`InboundCounter`), blocks between members both ways
+(:class:`BlockStore`), the exposure counters with the in-engine cap list and live trending
+counts (:class:`ExposureStore`) and the pacing controller (:class:`PacingController`).
+Everything here writes to and reads from the stores; nothing here ranks.
 """
 
 from ._behaviour import fold_in
@@ -37,6 +37,7 @@ from ._graph import (
     decode_row,
     encode_row,
     merge_rows,
+    summed_weights,
     top_neighbours,
 )
 from ._members import USER_INBOX, USER_LIKES, USER_MATCHES, Inbox, UserGraph
@@ -51,6 +52,7 @@ from ._pacing import (
 from ._processor import EVENTS, EventProcessor
 from ._served import ServedExposure
 from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
+from ._similarity import ITEM_SIMILARITY, ItemSimilarity
 from ._trending import decayed, trend_increments
 from ._user_state import (
     USER_LOCKS,
@@ -71,6 +73,7 @@ __all__ = [
     "INBOUND",
     "INBOUND_TYPES",
     "ITEM_EDGES",
+    "ITEM_SIMILARITY",
     "MEMBER_BLOCKS",
     "MUTUAL_TYPES",
     "PACING",
@@ -95,6 +98,7 @@ __all__ = [
     "InboundCounter",
     "Inbox",
     "ItemGraph",
+    "ItemSimilarity",
     "MemberBlocks",
     "PacingController",
     "PacingState",
@@ -123,6 +127,7 @@ __all__ = [
     "pacing_step",
     "recompute",
     "sample_rows",
+    "summed_weights",
     "top_neighbours",
     "trend_increments",
     "validate_event",

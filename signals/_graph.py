@@ -21,6 +21,7 @@ batches never lose each other's increments (leases).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,6 +49,7 @@ __all__ = [
     "encode_row",
     "ensure_graph_indexes",
     "merge_rows",
+    "summed_weights",
     "top_neighbours",
 ]
 
@@ -175,11 +177,15 @@ class ItemGraph:
         """Summed edge weight from ``item_ids`` to every co-engaged item (one point read per
         source item). It is both the graph candidate source (:func:`top_neighbours`) and the
         graph proximity feature of those candidates, so a request reads the edges once."""
-        acc: dict[str, float] = defaultdict(float)
-        for row in (await self._rows(item_ids)).values():
-            for d, w in row.items():
-                acc[d] += w
-        return dict(acc)
+        return summed_weights((await self._rows(item_ids)).values())
+
+    async def weights_of(self, *groups: Sequence[str]) -> list[dict[str, float]]:
+        """:meth:`weights` of each group of source items, all rows read in one ``find``
+        (a request's recent positives and its matched profiles: one round trip, not two)."""
+        if not any(groups):
+            return [{} for _ in groups]
+        rows = await self._rows([i for g in groups for i in g])
+        return [summed_weights(rows[i] for i in dict.fromkeys(g) if i in rows) for g in groups]
 
     async def proximity(self, recent: Iterable[str], candidates: Iterable[str]) -> dict[str, float]:
         """Summed edge weight from the user's recent items to each candidate."""
@@ -234,13 +240,25 @@ class InboundCounter:
         window = [(now - timedelta(days=d)).strftime("%Y%m%d") for d in range(days)]
         # by _id (item x day): an index search, where {item: {$in}} scans on FerretDB
         keys = [f"{item}{SEP}{day}" for item in wanted for day in window]
-        docs: list[dict[str, Any]] = []
-        for i in range(0, len(keys), 1000):
-            docs += await _find(self.coll, {"_id": {"$in": keys[i : i + 1000]}})
+        chunks = await asyncio.gather(
+            *(
+                _find(self.coll, {"_id": {"$in": keys[i : i + 1000]}})
+                for i in range(0, len(keys), 1000)
+            )
+        )  # one round trip deep, whatever the number of chunks
         acc: dict[str, int] = defaultdict(int)
-        for d in docs:
+        for d in (d for docs in chunks for d in docs):
             acc[d["item"]] += int(d.get("n", 0))
         return dict(acc)
+
+
+def summed_weights(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Pure: the summed weight to every destination over ``rows`` (one row per source)."""
+    acc: dict[str, float] = defaultdict(float)
+    for row in rows:
+        for d, w in row.items():
+            acc[d] += w
+    return dict(acc)
 
 
 def top_neighbours(

@@ -10,10 +10,15 @@ member smoothly once it runs ahead of the elapsed share of its budget
 messages received in ``inbound_days``) of every member — its top-1% share and Gini
 (:func:`attention_stats`). The controller (:func:`pacing_step`) is integral in log space::
 
-    error   = max over the configured targets of (measured / target − 1)   > 0: too concentrated
-    budget ← clip(budget · exp(−gain · clip(error, −1, 1)), budget_min, budget_max)
+    error    = clip(max over the configured targets of (measured / target − 1), −1, 1)
+    integral ← clip(integral − gain · error, log budget_min, log budget_max)   (anti-windup)
+    budget   = clip(exp(integral − kp · error), budget_min, budget_max)
 
-so the budget tightens while attention is more concentrated than the targets allow and
+(``kp`` = 0: a pure integral controller, the budget is the clamped integral). The integral is
+clamped to the budget's range — anti-windup: a controller held at its floor by a target out of
+reach does not accumulate error it would have to unwind, so it loosens as soon as the market
+comes back within the targets; the proportional term reacts to the current error on top.
+So the budget tightens while attention is more concentrated than the targets allow and
 loosens back (to ``budget_max``, where it rarely binds) once they are met — pacing costs
 nothing where the market is already spread. Budgets bind popular members first (they spend
 fastest), which is what moves attention to the others.
@@ -70,6 +75,7 @@ class PacingTargets:
     budget_min: float = 1.0
     budget_max: float = 8.0
     gain: float = 0.5
+    kp: float = 0.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> PacingTargets:
@@ -79,6 +85,7 @@ class PacingTargets:
             budget_min=s.pacing_budget_min,
             budget_max=s.pacing_budget_max,
             gain=s.pacing_gain,
+            kp=s.pacing_kp,
         )
 
 
@@ -87,6 +94,8 @@ class PacingState:
     """The controller's output (``budget``) and what it last measured."""
 
     budget: float
+    #: the controller's integral, log budget (None: not stepped yet, log ``budget``)
+    integral: float | None = None
     mean_exposure: float = 0.0  # impressions per member in the current window
     mean_inbound: float = 0.0  # inbound attention per member in the measurement window
     top1_share: float = 0.0
@@ -148,11 +157,16 @@ def pacing_step(
     # the relative error is clipped to ±1: a market far off target moves by at most e^gain per
     # step (what it responds with is only seen at the next measurement)
     err = min(max(pacing_error(share, gini, targets), -1.0), 1.0)
-    budget = state.budget * math.exp(-targets.gain * err)
-    budget = min(max(budget, targets.budget_min), targets.budget_max)
+    lo, hi = math.log(targets.budget_min), math.log(targets.budget_max)
+    integral = state.integral if state.integral is not None else math.log(state.budget)
+    integral = min(max(integral - targets.gain * err, lo), hi)
+    x = min(max(integral - targets.kp * err, lo), hi)
+    # at either bound exactly the bound (exp(log b) may differ from b in the last bit)
+    budget = targets.budget_min if x <= lo else targets.budget_max if x >= hi else math.exp(x)
     return replace(
         state,
         budget=budget,
+        integral=integral,
         mean_exposure=float(mean_exposure),
         mean_inbound=float(np.mean(counts)) if len(counts) else 0.0,
         top1_share=share,

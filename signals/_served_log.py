@@ -255,12 +255,15 @@ class ServedLog:
 
     async def drain(self) -> None:
         """Write everything queued now and stop the flusher (shutdown, end of an evaluation:
-        before the client closes)."""
+        before the client closes).
+
+        The flusher is awaited, not cancelled: a batch it has taken off the queue is in
+        flight until its insert returns, and cancelling it there would lose the batch without
+        counting it. The flusher ends by itself once the queue is empty (its writes never
+        raise), so this waits at most one ``flush_every_s`` plus the writes."""
         task, self._task = self._task, None
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task
         while await self.flush():
             pass
 

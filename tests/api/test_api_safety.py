@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from api_support import h, proxied, serve
 
-from opendisco import Settings, clients
+from opendisco import BackendError, Settings, clients
 from opendisco.api import create_key
-from opendisco.serving import Discovery
+from opendisco.serving import Discovery, MemberContext
+from opendisco.signals import UserGraph
 
 V = "sv"  # a man of 30 who wants women aged 25-35
 W = "sw"  # a member whose gender and age are unknown
@@ -276,6 +277,33 @@ async def test_degraded_answers_obey_every_rule(
     finally:
         _set_available(safe_settings, GONE, True)
         await os_proxy.close()
+
+
+class _FailingInbox(UserGraph):
+    async def inbox(self, member: str) -> Any:
+        raise BackendError("user_inbox lookup failed (injected)")
+
+
+async def test_a_failing_concurrent_member_read_degrades_to_a_safe_answer(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """The inbox is read together with the users document, state and blocks: when it fails
+    (the others succeed) the request degrades exactly like any pipeline failure, to the
+    fallback, whose items obey every rule for V; nothing built from a partial member context
+    is served."""
+    key = safe["keys"]["read"]
+    async with serve(safe_settings) as client:
+        await _ready(client)
+        disc = client.app.state.runtime.discovery
+        member = next(q for q in disc.parts.query_hydrators if isinstance(q, MemberContext))
+        assert member.users is not None  # the default assembly reads the inbox with it
+        member.users = _FailingInbox(disc.db)
+        for url in READS_FOR_V:
+            body = await _get(client, key, url)
+            ids = [it["id"] for it in body["items"]]
+            assert body["degraded"] is True, url
+            assert ids, url
+            assert not _violations(ids), (url, _violations(ids))
 
 
 async def test_cold_process_with_the_engine_down_serves_safe_popular_items(

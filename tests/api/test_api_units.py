@@ -4,6 +4,8 @@ breaker may count, cursors, keys."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -369,6 +371,61 @@ def test_segments_a_member_may_find_someone_in() -> None:
         "viewer_pref_age_min": 29,
         "viewer_pref_age_max": 38,
     }
+
+
+class _Exposure:
+    async def capped(self) -> list[str]:
+        return []
+
+
+class _TimedLists:
+    """SegmentLists' scheduling with the engine calls replaced (what is fetched is tested
+    live in test_api_safety; this is only when and how many at once)."""
+
+    def __init__(self, **kw: Any) -> None:
+        from opendisco.api._segments import ALL, Segment, SegmentLists
+
+        segs = [ALL, *(Segment(g, (19, 28)) for g in "fmx")]
+        outer = self
+
+        class Lists(SegmentLists):
+            async def segments(self) -> list[Segment]:
+                return segs
+
+            async def _list(self, segment: Segment) -> tuple[list[Any], str]:
+                outer.active += 1
+                outer.peak = max(outer.peak, outer.active)
+                await asyncio.sleep(0.02)
+                outer.active -= 1
+                if outer.fail is not None and segment.gender == outer.fail:
+                    raise RuntimeError("engine error")
+                return [segment.key], "v1"
+
+        self.active = self.peak = 0
+        self.fail: str | None = None
+        self.segs = segs
+        self.lists = Lists(SimpleNamespace(exposure=_Exposure()), **kw)  # type: ignore[arg-type]
+
+
+async def test_fallback_refresh_is_spread_once_lists_are_served() -> None:
+    """The first refresh fetches ``parallel`` lists at once (nothing to serve yet); later
+    ones fetch one list at a time, spread over ``spread_s`` (no burst of k-sized queries in
+    front of the requests being served), and a failed list keeps its previous one."""
+    t = _TimedLists(parallel=4)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert await t.lists.refresh(spread_s=0.4)
+    assert t.peak == 4 and loop.time() - t0 < 0.3
+    first = t.lists.snapshot
+    assert first is not None and set(first.lists) == set(t.segs)
+    t.peak, t.fail = 0, "m"
+    t0 = loop.time()
+    assert not await t.lists.refresh(spread_s=0.4)
+    assert t.peak == 1 and loop.time() - t0 >= 0.4
+    assert t.lists.snapshot is not None and set(t.lists.snapshot.lists) == set(t.segs)
+    t.peak = 0
+    assert not await t.lists.refresh()  # no spread asked: as before, `parallel` at once
+    assert t.peak == 4
 
 
 def test_a_retuned_bucket_keeps_its_tokens() -> None:

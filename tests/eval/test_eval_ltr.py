@@ -18,6 +18,7 @@ from opendisco.eval import (
     read_movielens,
     roll_split,
     rolling_rounds,
+    similarity_rows,
     time_split,
 )
 from opendisco.rerank import LearnedScorer
@@ -112,6 +113,8 @@ async def test_learn_ranker_runs_the_loop_on_the_fitting_period_only(
         k=5,
         lists_per_user=3,
         grid=({"num_leaves": 4, "min_data_in_leaf": 5},),
+        ease_lambda=10.0,
+        itemsim_candidates=20,
     )
     inputs = report["inputs"]
     roll = roll_split(split, 3)
@@ -124,6 +127,12 @@ async def test_learn_ranker_runs_the_loop_on_the_fitting_period_only(
     assert report["split"]["valid_lists"] >= 1 and report["split"]["train_lists"] >= 1
     assert report["window"]["last"] >= report["split"]["valid_from"]
     assert path.name == "model-v1.txt" and LearnedScorer.load(path) is not None
+    # the item-item table of the loop's namespace: fitted on the pre-period only
+    pre_rows = similarity_rows(roll.stage("validation"), lam=10.0)
+    assert inputs["similarity_rows"] == len(pre_rows) > 0
+    assert inputs["itemsim_candidates"] == 20
+    assert set(report["ablations"]) == {"without item_sim", "without percentiles"}
+    assert report["single_feature_valid_ndcg"]
 
     client = clients.mongo(settings)
     try:

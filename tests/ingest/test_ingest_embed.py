@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from opendisco import Settings
-from opendisco.ingest import CACHE_COLLECTION, Embedder, MongoCache
+from opendisco.ingest import CACHE_COLLECTION, Embedder, MongoCache, read_vector
 
 
 def test_encode_matches_model_and_caches(
@@ -29,7 +29,7 @@ def test_encode_matches_model_and_caches(
         emb.close()
     key = hashlib.sha256(f"{emb.model_name}\x00{texts[1]}".encode()).hexdigest()
     stored = mongo_db[CACHE_COLLECTION].find_one({"_id": key})
-    assert np.allclose(np.frombuffer(stored["v"], dtype=np.float32), got[1])
+    assert np.allclose(read_vector(stored["v"], ingest_settings.embedding_dim), got[1])
     fresh = Embedder(ingest_settings, model)  # new process-level cache: served from MongoDB
     try:
         again = fresh.encode(texts)

@@ -47,6 +47,9 @@ GOLDEN_PARAMS: dict[str, dict[str, Any]] = {
         "viewer_pref_age_max": 40,
         "location": {"lat": 52.5, "lon": 13.4},
         "fresh_since": "2026-05-18T12:00:00Z",
+        # the trained item-item neighbours (the itemsim_candidates setting's source)
+        "itemsim_ids": ["m4", "m9"],
+        "itemsim_weights": [0.42, 0.17],
     },
     "similar": {
         "k": 20,
@@ -190,7 +193,8 @@ def test_optional_clauses_follow_parameters() -> None:
 def test_sources_need_their_required_parameters() -> None:
     out = render("for_you", {})
     assert set(out["sources"]) == {"trending", "fresh"}
-    assert set(out["skipped"]) == {"semantic", "lexical", "behaviour", "graph", "likers", "mutual"}
+    skipped = {"semantic", "lexical", "behaviour", "graph", "itemsim", "likers", "mutual"}
+    assert set(out["skipped"]) == skipped
 
 
 def test_request_params_maps_the_request() -> None:

@@ -60,8 +60,8 @@ async def test_like_changes_user_vector_and_next_ranking(
         assert [i[:5] for i in after[:3]] == ["gamma"] * 3, after  # then the category cap
         assert not any(i.startswith("gamma") for i in after[3:]), after
     p95v, p95r = np.percentile(vec_ms, 95), np.percentile(rank_ms, 95)
+    # Informational only: latency budgets live in bench/, not in timed tests.
     print(f"\nevent→vector p95 {p95v:.1f} ms, event→next ranking p95 {p95r:.1f} ms")
-    assert p95r < 1000.0
 
 
 class _Counter(monitoring.CommandListener):

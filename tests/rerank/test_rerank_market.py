@@ -3,6 +3,7 @@ trending counts; and that all of it is neutral for a one-sided catalogue."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,14 +12,20 @@ import pytest
 
 from opendisco.rerank import (
     FEATURE_NAMES,
+    PERCENTILE_COLUMNS,
     CandidateBatch,
     Features,
     RerankConfig,
     RerankContext,
     Reranker,
+    below_cut,
+    bucket_level,
     member_budgets,
+    merged_config,
+    pacing_boost,
     pacing_penalty,
     reciprocal_estimate,
+    segment_prior,
 )
 from opendisco.signals import (
     PacingState,
@@ -60,12 +67,16 @@ def test_new_features_are_appended_to_the_schema() -> None:
         "inbound",
         "n_sources",
     )
-    assert FEATURE_NAMES[-4:] == ("reciprocal", "liked_viewer", "mutual", "trending")
+    two_sided = ("reciprocal", "liked_viewer", "mutual", "trending")
+    at = FEATURE_NAMES.index("reciprocal")
+    assert FEATURE_NAMES[at : at + 4] == two_sided
+    # then the trained item-item column and the per-list percentiles
+    assert FEATURE_NAMES[at + 4 :] == ("item_sim", *(f"pct_{c}" for c in PERCENTILE_COLUMNS))
     assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
-    # the default linear model gives the two-sided columns no weight (the reciprocal step
-    # combines the directions; the columns feed the learned scorer)
+    # the default linear model gives the two-sided and the appended columns no weight (the
+    # reciprocal step combines the directions; the columns feed the learned scorer)
     w = dict(zip(FEATURE_NAMES, RerankConfig().weight_vector(), strict=True))
-    assert all(w[n] == 0.0 for n in FEATURE_NAMES[-4:])
+    assert all(w[n] == 0.0 for n in FEATURE_NAMES[at:])
 
 
 def test_reciprocal_estimate_prior_history_and_known_likes() -> None:
@@ -82,14 +93,22 @@ def test_reciprocal_estimate_prior_history_and_known_likes() -> None:
     )
     ctx = RerankContext(viewer_profile=profile)
     b = reciprocal_estimate(feats, ctx, cfg, n)
-    # no history: the prior; a long history that likes the viewer's kind: well above; the
-    # opposite taste: well below; little history: close to its own like rate
-    assert b[3] == pytest.approx(cfg.reciprocal_prior)
-    assert b[0] > 0.6 > 0.5 > b[2] > 0.3 > b[1]
+    # no history: the segment's prior (empirical Bayes: the pool's pooled like rate, 0.5 here,
+    # shrunk toward the configured prior); a long history that likes the viewer's kind: well
+    # above; the opposite taste: well below; little history: close to the pool's rate
+    pooled = segment_prior(feats.likes_sent, feats.passes_sent, cfg.reciprocal_prior, 10.0)
+    assert pooled == pytest.approx((402 + 10 * cfg.reciprocal_prior) / (804 + 10))
+    assert b[3] == pytest.approx(pooled)
+    assert b[0] > 0.6 > b[2] > 0.4 > b[1]
+    # a pool where nobody has history: the configured prior
     liked = reciprocal_estimate(
         _features(n, liked_viewer=np.array([0.0, 1.0, 0.0, 0.0])), ctx, cfg, n
     )
     assert liked[1] == 1.0 and liked[0] == pytest.approx(cfg.reciprocal_prior)
+    # a picky pool moves a newcomer's prior down, a liberal one up
+    picky = segment_prior(np.full(3, 10.0), np.full(3, 90.0), cfg.reciprocal_prior, 10.0)
+    keen = segment_prior(np.full(3, 90.0), np.full(3, 10.0), cfg.reciprocal_prior, 10.0)
+    assert picky < 0.15 < cfg.reciprocal_prior < 0.8 < keen
     # a recipient far over its reply capacity rarely gets to the like
     busy = _features(n, inbound=np.array([0.0, 0.0, 0.0, 10 * cfg.inbound_capacity]))
     assert reciprocal_estimate(busy, ctx, cfg, n)[3] < 0.15 * cfg.reciprocal_prior
@@ -134,8 +153,10 @@ def test_market_steps_are_neutral_for_a_one_sided_catalogue() -> None:
     batch = _members(n, member=False)
     assert batch.member is None
     feats = _features(n, exposure=np.full(n, 1e6), paced_exposure=np.full(n, 1e6))
-    ctx = RerankContext(pacing_budget=1.0)
-    res = Reranker(RerankConfig()).run(batch, feats, ctx, timed=True)
+    ctx = RerankContext(pacing_budget=1.0, pacing_mean_inbound=5.0)
+    # the pacing cut and the first-impression boost at their strongest: still nothing moves
+    market = merged_config({"pacing_cut": 0.01, "pacing_boost": 5.0})
+    res = Reranker(market).run(batch, feats, ctx, timed=True)
     for step in ("reciprocal", "pacing"):
         assert res.trace.changes(step) == {}
     X = res.trace.X
@@ -178,6 +199,123 @@ def test_pacing_step_demotes_members_ahead_of_their_budget() -> None:
     change = on.trace.changes("pacing")
     assert change["p0"]["delta"] < -0.45 and change["p2"]["delta"] == 0.0
     assert -0.45 < change["p1"]["delta"] < 0
+
+
+def test_bucket_level_paces_a_threshold_policy_to_its_rate() -> None:
+    # a member shown whenever its leaky bucket (1-window time constant) is below the level is
+    # shown at the budgeted rate, also for budgets under one impression per window
+    for rate in (0.2, 0.5, 1.0, 3.0, 10.0):
+        level = float(bucket_level(np.array([rate]))[0])
+        bucket, t, shown, dt = 0.0, 0.0, 0, 1e-3
+        while t < 200.0:
+            if bucket <= level:
+                bucket, shown = bucket + 1.0, shown + 1
+            bucket *= np.exp(-dt)
+            t += dt
+        assert shown / 200.0 == pytest.approx(rate, rel=0.05), rate
+    assert bucket_level(np.array([10.0]))[0] == pytest.approx(9.5, abs=0.01)
+
+
+def test_below_cut_fills_the_page_within_budget_and_only_reorders() -> None:
+    order = np.array([4, 0, 3, 1, 2, 5])
+    excess = np.array([0.5, 3.0, 1.0, 0.2, 2.0, 0.0])  # rows 1 and 4 are over budget
+    got = below_cut(order, excess, page=3)
+    assert got.tolist() == [0, 3, 2, 4, 1, 5]  # the page, the over-budget rows, the rest
+    # too few within budget: the least over complete the page, the most shown go last
+    all_over = below_cut(order, np.array([2.0, 5.0, 3.0, 1.5, 4.0, 9.0]), page=2)
+    assert all_over.tolist() == [3, 0, 2, 4, 1, 5]
+    assert sorted(all_over.tolist()) == sorted(order.tolist())
+    assert below_cut(order, np.zeros(6), page=3) is order
+
+
+def test_pacing_cut_moves_over_budget_members_below_the_page_through_mmr() -> None:
+    # the full default steps (mmr re-sorts the head by score): a member far over its budget is
+    # not on the page while enough members within budget are eligible
+    n = 8
+    batch = _members(n, fused=list(np.linspace(1.0, 0.6, n)))
+    feats = _features(n, paced_exposure=np.array([40.0] + [0.0] * (n - 1)))
+    ctx = RerankContext(pacing_budget=4.0, pacing_mean_inbound=1.0, k=3)
+    soft = Reranker(merged_config({"pacing_strength": 0.05})).run(batch, feats, ctx)
+    assert "p0" in soft.top(3)  # a small smooth demotion keeps it on the page
+    cut = merged_config({"pacing_strength": 0.05, "pacing_cut": 1.0})
+    res = Reranker(cut).run(batch, feats, ctx)
+    assert "p0" not in res.top(3) and sorted(res.ids) == sorted(batch.ids)
+    assert res.trace.changes("pacing")["p0"]["to"] >= 3
+    # everyone over budget: the page is still full, least over first
+    tired = _features(n, paced_exposure=np.arange(n, 0, -1) * 10.0)
+    full = Reranker(cut).run(batch, tired, ctx)
+    assert sorted(full.top(3)) == ["p5", "p6", "p7"]
+
+
+def test_first_impression_boost_lifts_members_without_attention() -> None:
+    inbound = np.array([0.0, 1.0, 4.0, 20.0])
+    paced = np.array([0.0, 0.0, 0.0, 0.0])
+    boost = pacing_boost(paced, 2.0, inbound, mean_inbound=4.0, strength=0.3)
+    assert boost[0] > boost[1] > 0.0 == boost[2] == boost[3]
+    assert boost[0] <= 0.3
+    # budget spent: no boost; no measurement: no boost
+    assert pacing_boost(np.full(4, 2.0), 2.0, inbound, 4.0, 0.3).tolist() == [0.0] * 4
+    assert not pacing_boost(paced, 2.0, inbound, None, 0.3).any()
+    n = 3
+    batch = _members(n, fused=[1.0, 0.95, 0.9])
+    feats = _features(n, inbound=np.array([9.0, 9.0, 0.0]))
+    cfg = RerankConfig(steps=("score", "pacing"), weights={"fused": 1.0}, pacing_boost=0.3)
+    ctx = RerankContext(pacing_budget=5.0, pacing_mean_inbound=6.0)
+    assert Reranker(cfg).run(batch, feats, ctx).ids[0] == "p2"
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_market_steps_never_surface_an_ineligible_candidate(seed: int) -> None:
+    """Whatever the pacing, boost and reciprocal settings and signals, the ranked list is
+    exactly the rows the rules keep (unavailable, banned ids and banned categories dropped):
+    the market steps reorder, never add."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 30))
+    items = [
+        {
+            "id": f"p{i}",
+            "kind": "profile" if rng.random() < 0.8 else "movie",
+            "owner_id": f"m{i}",
+            "category": str(rng.integers(0, 3)),
+            "available": bool(rng.random() < 0.8),
+        }
+        for i in range(n)
+    ]
+    batch = CandidateBatch.from_items(items, fused=list(rng.random(n)))
+    feats = _features(
+        n,
+        exposure=rng.exponential(5, n),
+        paced_exposure=rng.exponential(5, n) * (rng.random(n) < 0.7),
+        inbound=rng.exponential(5, n) * (rng.random(n) < 0.7),
+        likes_sent=rng.integers(0, 50, n).astype(float),
+        passes_sent=rng.integers(0, 50, n).astype(float),
+        liked_viewer=(rng.random(n) < 0.2).astype(float),
+    )
+    bans = frozenset(f"p{i}" for i in range(n) if rng.random() < 0.2)
+    cfg = merged_config(
+        {
+            "pacing_cut": float(rng.choice([0.5, 1.0, 2.0])),
+            "pacing_boost": float(rng.choice([0.0, 0.3, 2.0])),
+            "pacing_strength": float(rng.choice([0.0, 1.0, 5.0])),
+            "reciprocal_mode": str(rng.choice(["harmonic", "product", "off"])),
+            "banned_categories": ("1",) if rng.random() < 0.3 else (),
+        }
+    )
+    ctx = RerankContext(
+        bans=bans,
+        pacing_budget=float(rng.choice([0.1, 1.0, 10.0])),
+        pacing_mean_inbound=float(rng.exponential(5)),
+        k=int(rng.integers(1, 10)),
+    )
+    res = Reranker(cfg).run(batch, feats, ctx)
+    allowed = {
+        it["id"]
+        for it in items
+        if it["available"]
+        and it["id"] not in bans
+        and not (cfg.banned_categories and it["category"] == "1")
+    }
+    assert sorted(res.ids) == sorted(allowed)
 
 
 def test_attention_stats() -> None:
@@ -232,6 +370,28 @@ def test_controller_steers_the_top_share_to_its_ceiling_and_relaxes() -> None:
     for _ in range(60):
         gs = pacing_step(gs, _toy_market(gs.budget, appeal, 1e5), 50.0, g)
     assert attention_stats(_toy_market(gs.budget, appeal, 1e5))[1] <= 0.52
+
+
+def test_controller_integral_is_clamped_anti_windup() -> None:
+    # held at its floor by a target out of reach for 50 steps, the controller loosens at the
+    # first step the market is back within the target (no accumulated error to unwind)
+    targets = PacingTargets(top1_share=0.02, budget_min=0.5, budget_max=8.0, gain=0.5)
+    hot = np.r_[np.full(10, 100.0), np.ones(990)]
+    state = PacingState(budget=targets.budget_max)
+    for _ in range(50):
+        state = pacing_step(state, hot, 1.0, targets)
+    assert state.budget == targets.budget_min
+    assert state.integral == pytest.approx(np.log(targets.budget_min))
+    relaxed = pacing_step(state, np.ones(1000), 1.0, targets)
+    assert relaxed.budget > targets.budget_min
+    # a proportional term reacts to the current error on top of the integral
+    pi = PacingTargets(top1_share=0.05, budget_min=0.5, budget_max=8.0, gain=0.5, kp=0.5)
+    first = pacing_step(PacingState(budget=4.0), hot, 1.0, pi)
+    plain = pacing_step(PacingState(budget=4.0), hot, 1.0, replace(pi, kp=0.0))
+    assert first.integral == pytest.approx(plain.integral)
+    assert first.budget == pytest.approx(plain.budget * np.exp(-0.5))
+    # a state stored before the integral existed steps as before (integral = log budget)
+    assert plain.budget == pytest.approx(4.0 * np.exp(-0.5))
 
 
 def test_live_trend_counts_decay_from_each_event_time() -> None:

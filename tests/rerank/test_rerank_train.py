@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from opendisco import Settings, clients
 from opendisco.cli.main import cli
+from opendisco.ingest import read_vector
 from opendisco.rerank import (
     FEATURE_NAMES,
     LearnedScorer,
@@ -85,10 +86,9 @@ def test_train_cli_writes_behaviour_with_version_bump(
         assert report["als"]["written"] == 5
         docs = {d["_id"]: d for d in coll.find({"_id": {"$in": ids}})}
         for i in ids[:-1]:
-            assert (
-                docs[i]["version"] == 2
-                and len(docs[i]["behaviour"]) == clustered_settings.behaviour_dim
-            )
+            # stored as a BSON float32 vector of behaviour_dim dimensions
+            vec = read_vector(docs[i]["behaviour"], clustered_settings.behaviour_dim)
+            assert docs[i]["version"] == 2 and vec is not None and np.isfinite(vec).all()
         assert "behaviour" not in docs["m-never-rated"] and docs["m-never-rated"]["version"] == 1
     finally:
         coll.delete_many({"_id": {"$in": ids}})

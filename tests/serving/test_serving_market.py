@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from opendisco.rerank import FEATURE_NAMES, CandidateBatch, RerankConfig, assemble_features
+from opendisco.rerank import (
+    FEATURE_NAMES,
+    CandidateBatch,
+    RerankConfig,
+    Reranker,
+    assemble_features,
+    merged_config,
+)
 from opendisco.serving import Artifacts, Discovery, Rule, stored_rule_fields
 from opendisco.signals import PacingController, PacingTargets, UserGraph
 
@@ -223,6 +230,30 @@ async def test_pacing_controller_and_step_on_the_live_market(discovery: Any, mar
     steps = {t["step"]: t for t in (rec.trace if rec else [])}
     assert rec is None or ("pacing" in steps and steps["pacing"]["delta"] < 0), steps
     assert _rank(paced, star) > _rank(recs, star)
+    # the budget enforced below the page cut: pacing alone (the exposure and inbound damps,
+    # the reciprocal step and the smooth demotion off). `top` leads the page;
+    # once it is served past its budget (the live counters), the cut takes it off the page of
+    # 3, the page stays full, and everything on it is eligible (in the unpaced answer)
+    weak = {
+        "pacing_strength": 0.0,
+        "exposure_strength": 0.0,
+        "inbound_strength": 0.0,
+        "reciprocal_weight": 0.0,
+    }
+    discovery.reranker = Reranker(merged_config(weak))
+    top = (await discovery.recommend(v, k=3, explain=True)).ids[0]
+    # past the controller's budget (in impressions per window; member budgets are at most
+    # that), below the exposure cap (a capped member would be ineligible, proving nothing)
+    over = int(np.ceil(tighter.impressions or 0)) + 5
+    assert over < discovery.settings.exposure_default_cap
+    discovery.record_served([{"id": top, "item": {"kind": "profile"}}] * over)
+    await discovery.served.drain()
+    await _refreshed(discovery)
+    assert (await discovery.recommend(v, k=3, explain=True)).ids[0] == top
+    discovery.reranker = Reranker(merged_config({**weak, "pacing_cut": 1.0}))
+    cut = await discovery.recommend(v, k=3, explain=True)
+    assert top not in cut.ids and len(cut.ids) == 3
+    assert set(cut.ids) <= set((await discovery.recommend(v, k=300, explain=True)).ids)
 
 
 async def test_live_trending_from_events(discovery: Any, market: Any) -> None:

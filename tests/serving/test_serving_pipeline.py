@@ -160,3 +160,34 @@ async def test_candidate_hits_carry_the_vectors_no_feature_mget(
     assert np.allclose(packed.behaviour, full.behaviour, atol=2e-3)
     item = await discovery.item(liked)
     assert PACKED_FIELD not in item and "embedding" not in item
+
+
+async def test_itemsim_source_only_when_on_and_never_past_the_hard_rules(
+    discovery: Any, market: Any, market_settings: Any, model: Any
+) -> None:
+    from opendisco.serving import Discovery
+    from opendisco.signals import ITEM_SIMILARITY, ItemSimilarity
+
+    _, users = market
+    b = users[12]
+    first = (await discovery.recommend(b["_id"], k=60)).ids
+    x, z = first[0], first[-1]  # both eligible for b
+    assert (await discovery.record_events([_like(b["_id"], x, 5)])).accepted == 1
+    own = b["profile_id"]  # never shown to b, whatever proposes it
+    table = ItemSimilarity(discovery.db)
+    await table.replace({x: {z: 0.9, own: 5.0}}, "t1")
+    try:
+        off = await discovery.recommend(b["_id"], k=50, explain=True)
+        assert "itemsim" not in off.explain["rendered"]["sources"]  # the default: source off
+        on_settings = market_settings.model_copy(update={"itemsim_candidates": 50})
+        on = Discovery(on_settings, discovery.os, discovery.db, model=model)
+        try:
+            recs = await on.recommend(b["_id"], k=50, explain=True)
+        finally:
+            await on.drain()
+        assert "itemsim" in recs.explain["rendered"]["sources"], recs.explain["skipped_sources"]
+        cands = {c.id: c for c in recs.candidate_set.candidates}
+        assert "itemsim" in cands[z].sources
+        assert own not in cands and own not in recs.ids
+    finally:
+        await discovery.db.drop_collection(ITEM_SIMILARITY)

@@ -108,7 +108,8 @@ def _served(rid: str, at: datetime, n: int = 30) -> ServedList:
 async def test_log_is_bounded_batched_and_expires(motor_db: Any) -> None:
     sub = motor_db.client[f"{motor_db.name}sl"]
     try:
-        log = ServedLog(sub, max_rows=10, max_queue=120, days=1.0)
+        # the flusher's own purge waits (purge_every_s): the explicit purge is checked below
+        log = ServedLog(sub, max_rows=10, max_queue=120, days=1.0, purge_every_s=1e9)
         now = datetime.now(UTC).replace(microsecond=0)
         for j in range(130):  # no running flusher yet is fine: log() never waits
             log.log(_served(f"r{j:03d}", now - timedelta(days=2 if j < 20 else 0)))
@@ -136,3 +137,23 @@ async def test_log_is_bounded_batched_and_expires(motor_db: Any) -> None:
         assert log.written == 122 and log.duplicates == 1 and log.failed == 0
     finally:
         await motor_db.client.drop_database(f"{motor_db.name}sl")
+
+
+async def test_drain_while_a_write_is_in_flight_loses_nothing(motor_db: Any) -> None:
+    """drain() at any moment of the flusher's work (sleeping, mid-insert, between batches)
+    writes every queued list: an evaluation or a shutdown drains right after serving."""
+    sub = motor_db.client[f"{motor_db.name}sd"]
+    try:
+        now = datetime.now(UTC)
+        total = 0
+        for trial, pause in enumerate((0.0, 0.0005, 0.002, 0.005, 0.01, 0.02, 0.05)):
+            log = ServedLog(sub, max_rows=10, flush_every_s=0.0)
+            for j in range(120):  # three commands' worth
+                log.log(_served(f"t{trial}-{j:03d}", now))
+            await asyncio.sleep(pause)  # the flusher is somewhere in its work
+            await log.drain()
+            total += 120
+            assert (log.written, log.failed, log.pending) == (120, 0, 0), (pause, log.written)
+            assert await sub[SERVED_LISTS].count_documents({}) == total
+    finally:
+        await motor_db.client.drop_database(f"{motor_db.name}sd")

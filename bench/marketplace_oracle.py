@@ -1,0 +1,108 @@
+"""Upper bounds for issue 17's targets in the simulator: the two-sided ranker with the latent
+truth in place of its estimates.
+
+    $(./dev env)/bin/python bench/marketplace_oracle.py [--seed 101] [--population 10x150]
+
+One seed (a validation seed by default), the paired run of ``bench/marketplace.py`` (same
+pre-period, same random numbers), the two-sided arm served with:
+
+* ``estimate``: the reranker as served (the point picked on validation);
+* ``oracle reciprocal``: the reciprocal estimate replaced by the latent P(candidate likes
+  viewer) × the same reply chance (1 when the candidate already liked the viewer) — a perfect
+  backward estimate, everything else as served;
+* ``ideal``: the ``reciprocal`` step replaced by the latent match probability P(viewer likes
+  candidate) × that backward term, with all steps (exposure, pacing, mmr, caps) and with only
+  ``score → rules → reciprocal``: the best a myopic ranking could do, with and without the
+  steps that spread attention.
+
+Not a bench of the serving code: a diagnosis of what the simulator allows (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import marketplace as mk  # noqa: E402  (the bench script beside this one)
+
+import opendisco.rerank._steps as rerank_steps  # noqa: E402
+from opendisco.experiments import sim  # noqa: E402
+from opendisco.rerank import RerankState  # noqa: E402
+from opendisco.rerank._types import resort  # noqa: E402
+
+TRUTH: dict[str, np.ndarray] = {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=101)
+    ap.add_argument("--population", default="10x150")
+    args = ap.parse_args()
+    markets, size = (int(x) for x in args.population.split("x"))
+    cfg = sim.PopulationConfig(markets=markets, market_size=size)
+    pop = sim.generate_population(cfg, seed=args.seed)
+    try:
+        val = json.loads(mk.VALIDATION.read_text())
+        point, ceiling = val["picked"], val["ceiling_top1_share"]
+    except FileNotFoundError:
+        point, ceiling = mk.GRID[0], 0.0235
+    serve, estimate, reciprocal = mk.serve, rerank_steps.reciprocal_estimate, None
+
+    def recorded(pop_, market, live, arm, reranker, v, pairs, k, t):  # type: ignore[no-untyped-def]
+        TRUTH["fwd"] = pop.p_like[pairs]
+        TRUTH["back"] = pop.p_like[pop.reverse[pairs]]
+        TRUTH["liked"] = market.liked[pop.reverse[pairs]]
+        return serve(pop_, market, live, arm, reranker, v, pairs, k, t)
+
+    def backward(features: Any, cfg: Any) -> np.ndarray:
+        reply = np.minimum(
+            1.0, (cfg.inbound_capacity + 1.0) / (np.maximum(features.inbound, 0) + 1.0)
+        )
+        return np.where(TRUTH["liked"], 1.0, TRUTH["back"] * reply)
+
+    def oracle_estimate(features: Any, ctx: Any, cfg: Any, n: int) -> np.ndarray:
+        return backward(features, cfg)
+
+    def ideal_step(s: Any, inp: Any, cfg: Any) -> Any:
+        scores = TRUTH["fwd"] * backward(inp.features, cfg)
+        return RerankState(scores, resort(scores, s.order))
+
+    mk.serve = recorded
+    variants = [
+        ("estimate", point, None, None),
+        ("oracle reciprocal", point, oracle_estimate, None),
+        ("ideal, all steps", point, None, ideal_step),
+        ("ideal, score/rules/reciprocal", {**point, "steps": ["score", "rules", "reciprocal"]},
+         None, ideal_step),
+    ]  # fmt: skip
+    print(f"seed {args.seed}, {args.population}, point {point}, ceiling {ceiling}")
+    for name, p, est, step in variants:
+        rerank_steps.reciprocal_estimate = est or estimate
+        reciprocal = rerank_steps.STEPS["reciprocal"]
+        if step is not None:
+            rerank_steps.STEPS["reciprocal"] = step
+        try:
+            r = mk.one_run(pop, args.seed, mk.arms_for(dict(p), ceiling), sim.REGIMES["balanced"])
+        finally:
+            rerank_steps.STEPS["reciprocal"] = reciprocal
+        b, t = r["one-sided"], r["two-sided"]
+        print(
+            f"  {name}: mutual likes / 1,000 ×"
+            f"{t['mutual_likes_per_1000'] / b['mutual_likes_per_1000']:.3f}, matched / week ×"
+            f"{t['match_share_per_week'] / b['match_share_per_week']:.3f}, Gini "
+            f"{t['inbound_gini'] - b['inbound_gini']:+.3f}, top-1% ×"
+            f"{t['inbound_top1_share'] / b['inbound_top1_share']:.3f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The ``itemsim`` candidate source's parameters: the trained item–item table's neighbours.
+
+:class:`ItemSimNeighbours` (a query hydrator, on only with the ``itemsim_candidates``
+setting) sums the :class:`~opendisco.signals.ItemSimilarity` rows of the member's recent
+positives (through the feature store, whose cached rows the ``item_sim`` feature reads too)
+and hands the heaviest unseen neighbours, with their weights, to the for_you template's
+``itemsim`` source. Off by default: the one-sided linear ranking's candidates stay what they
+were; a learnt ranker trained on lists with the source turns it on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opendisco.rerank import FeatureStore
+from opendisco.signals import top_neighbours
+
+from ._types import CandidatePlan
+
+__all__ = ["ItemSimNeighbours"]
+
+
+@dataclass
+class ItemSimNeighbours:
+    """Heaviest unseen neighbours of the member's recent positives (see the module doc)."""
+
+    store: FeatureStore
+    neighbours: int
+    name: str = "itemsim"
+
+    async def hydrate(self, plan: CandidatePlan) -> None:
+        state = plan.state
+        if plan.request.surface != "for_you" or state is None or not state.recent_positive_ids:
+            return
+        recent = state.recent_positive_ids
+        weights = await self.store.similar_weights(recent)
+        skip = [*recent, *plan.rules.exclude_ids]
+        top = [(i, w) for i, w in top_neighbours(weights, self.neighbours, skip) if w > 0]
+        if top:
+            plan.request.params["itemsim_ids"] = [i for i, _ in top]
+            plan.request.params["itemsim_weights"] = [float(w) for _, w in top]

@@ -1,0 +1,67 @@
+"""Learnt item–item similarity (``item_similarity``): a trained table serving reads per request.
+
+The co-engagement graph (:class:`~opendisco.signals.ItemGraph`) counts raw co-occurrences as
+events arrive; this table holds a *model's* item-to-item weights, fitted offline on one period
+of positives (EASE, :func:`opendisco.rerank.ease_neighbours`) and replaced as a whole by the
+trainer: ``{_id: src, n: "<JSON {dst: w}>", k, version}``, the same one-string-per-row layout
+as the graph (FerretDB converts every field of a document on each read; a string costs its
+bytes), read with one ``find`` by ``_id`` for a member's recent items. A candidate's
+similarity feature is the summed weight from the member's recent positives (EASE's score over
+that history, truncated to each item's stored neighbours).
+
+Nothing here learns from live events: the table changes only when a trainer replaces it, so a
+reader may cache rows for minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pymongo import DeleteMany, ReplaceOne
+
+from opendisco._backend import backend_errors
+from opendisco._store import bulk_write_chunked
+
+from ._graph import READ_CHUNK, decode_row, encode_row
+
+__all__ = ["ITEM_SIMILARITY", "ItemSimilarity"]
+
+ITEM_SIMILARITY = "item_similarity"
+
+
+class ItemSimilarity:
+    """Rows of a trained item–item model (see the module doc)."""
+
+    def __init__(self, db: Any) -> None:
+        self.coll = db[ITEM_SIMILARITY]
+
+    async def replace(self, rows: Mapping[str, Mapping[str, float]], version: str) -> int:
+        """Replace the whole table with ``rows`` (``{src: {dst: w}}``), tagged ``version``:
+        the new rows are upserted, then every row of another version is deleted (a reader
+        sees old or new rows of an item, never a half-written one). Returns rows written."""
+        ops: list[Any] = [
+            ReplaceOne(
+                {"_id": str(src)},
+                {"_id": str(src), "n": encode_row(row), "k": len(row), "version": version},
+                upsert=True,
+            )
+            for src, row in sorted(rows.items())
+            if row
+        ]
+        await bulk_write_chunked(self.coll, ops)
+        with backend_errors(f"{ITEM_SIMILARITY} cleanup failed"):
+            await self.coll.bulk_write([DeleteMany({"version": {"$ne": version}})])
+        return len(ops)
+
+    async def rows(self, item_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+        """``{item: {dst: w}}`` for the ``item_ids`` that have a row (``_id`` lookups)."""
+        src = list(dict.fromkeys(str(i) for i in item_ids))
+        out: dict[str, dict[str, float]] = {}
+        for k in range(0, len(src), READ_CHUNK):
+            with backend_errors(f"{ITEM_SIMILARITY} lookup failed"):
+                docs = await self.coll.find(
+                    {"_id": {"$in": src[k : k + READ_CHUNK]}}, projection={"n": 1}
+                ).to_list(None)
+            out.update((d["_id"], decode_row(d.get("n"))) for d in docs)
+        return out

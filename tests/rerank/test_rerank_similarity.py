@@ -1,0 +1,133 @@
+"""The trained item–item feature: EASE rows, the ``item_sim`` and per-list percentile columns,
+the ``ItemSimilarity`` table read by the feature store (real FerretDB)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from click.testing import CliRunner
+
+from opendisco import Settings, clients
+from opendisco.cli.main import cli
+from opendisco.rerank import (
+    FEATURE_NAMES,
+    PERCENTILE_COLUMNS,
+    CandidateBatch,
+    Features,
+    FeatureStore,
+    RerankConfig,
+    RerankContext,
+    assemble_features,
+    ease_neighbours,
+)
+from opendisco.rerank._steps import LinearScorer, list_percentile
+from opendisco.signals import ITEM_SIMILARITY, ItemSimilarity
+
+
+def _ease(X: np.ndarray, lam: float) -> np.ndarray:
+    g = X.T @ X + lam * np.eye(X.shape[1])
+    p = np.linalg.inv(g)
+    b = p / (-np.diag(p))
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+def test_rows_are_each_items_largest_ease_weights() -> None:
+    rng = np.random.default_rng(0)
+    X = (rng.random((200, 30)) < 0.2).astype(float)
+    ids = [f"i{j}" for j in range(30)]
+    rows = ease_neighbours(sp.csr_matrix(X), ids, lam=5.0, top_n=4)
+    B = _ease(X, 5.0)
+    assert rows
+    for src, row in rows.items():
+        r = ids.index(src)
+        assert len(row) <= 4 and src not in row
+        for dst, w in row.items():
+            assert w == pytest.approx(B[r, ids.index(dst)], abs=1e-6) and w > 0
+        kept = min(row.values())
+        others = [B[r, j] for j in range(30) if ids[j] not in row and j != r]
+        assert max(others) <= kept + 1e-6  # nothing heavier was left out
+
+
+def test_only_the_most_popular_items_are_modelled() -> None:
+    X = np.zeros((10, 4))
+    X[:, 0] = X[:, 1] = 1.0
+    X[:3, 2] = 1.0
+    X[0, 3] = 1.0
+    rows = ease_neighbours(sp.csr_matrix(X), list("abcd"), lam=1.0, max_items=3)
+    assert "d" not in rows and all("d" not in r for r in rows.values())
+
+
+def test_item_sim_and_percentiles_leave_the_linear_order_alone() -> None:
+    items = [{"id": i, "popularity": float(p)} for i, p in zip("abcd", (3, 1, 2, 2), strict=True)]
+    batch = CandidateBatch.from_items(items)
+    base = Features.empty(4, 4, 2)
+    with_sim = Features(**{**base.__dict__, "item_sim": np.array([0.1, 0.4, 0.4, -0.2])})
+    cfg, ctx = RerankConfig(), RerankContext(history=3)
+    X0 = assemble_features(batch, base, ctx, cfg)
+    X1 = assemble_features(batch, with_sim, ctx, cfg)
+    col = {n: j for j, n in enumerate(FEATURE_NAMES)}
+    np.testing.assert_allclose(X1[:, col["item_sim"]], [0.1, 0.4, 0.4, -0.2])
+    np.testing.assert_allclose(X1[:, col["pct_item_sim"]], [1 / 3, 5 / 6, 5 / 6, 0.0])
+    for name in PERCENTILE_COLUMNS:
+        assert ((X1[:, col[f"pct_{name}"]] >= 0) & (X1[:, col[f"pct_{name}"]] <= 1)).all()
+    # the one-sided linear scorer weighs none of the new columns
+    lin = LinearScorer(cfg)
+    np.testing.assert_array_equal(lin.score(X0), lin.score(X1))
+
+
+def test_list_percentile() -> None:
+    np.testing.assert_allclose(list_percentile(np.array([5.0, 1.0, 3.0])), [1.0, 0.0, 0.5])
+    np.testing.assert_allclose(list_percentile(np.array([2.0, 2.0])), [0.5, 0.5])
+    np.testing.assert_allclose(list_percentile(np.array([7.0])), [0.5])
+    assert list_percentile(np.array([])).shape == (0,)
+
+
+async def test_feature_store_sums_the_rows_of_the_recent_positives(
+    clustered_settings: Settings,
+    clustered_os: Any,
+    clustered_db: Any,
+    clustered_items: list[dict[str, Any]],
+) -> None:
+    ids = [it["id"] for it in clustered_items][:6]
+    a, b, c, d = ids[:4]
+    table = ItemSimilarity(clustered_db)
+    try:
+        assert await table.replace({a: {c: 0.5, d: 0.25}, b: {c: 1.0}}, "v1") == 2
+        store = FeatureStore(clustered_settings, clustered_os, clustered_db)
+        feats = await store.lookup([c, d, a], similar_from=[a, b, "no-such-item"])
+        np.testing.assert_allclose(feats.item_sim, [1.5, 0.25, 0.0])
+        # a replacement drops the rows of the old version (b has no row in v2)
+        assert await table.replace({a: {d: 2.0}}, "v2") == 1
+        assert set(await table.rows([a, b])) == {a}
+        fresh = FeatureStore(clustered_settings, clustered_os, clustered_db)
+        feats = await fresh.lookup([c, d], similar_from=[a, b])
+        np.testing.assert_allclose(feats.item_sim, [0.0, 2.0])
+        # no recent positives: no read, zeros
+        assert (await fresh.lookup([c, d])).item_sim.tolist() == [0.0, 0.0]
+    finally:
+        await clustered_db.drop_collection(ITEM_SIMILARITY)
+
+
+def test_train_similarity_cli_replaces_the_table(
+    clustered_settings: Settings, movielens: Any
+) -> None:
+    args = ["train", "similarity", "--movielens", str(movielens), "--max-items", "200"]
+    mc = clients.mongo(clustered_settings)
+    coll = mc[clustered_settings.mongo_db][ITEM_SIMILARITY]
+    try:
+        coll.insert_one({"_id": "stale-item", "n": "{}", "k": 0, "version": "old"})
+        res = CliRunner().invoke(cli, [*args, "--top-n", "5"], obj=clustered_settings)
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.output[res.output.index("{") :])["similarity"]
+        assert 0 < report["written"] == report["rows"] <= 200
+        docs = list(coll.find({}))
+        assert len(docs) == report["written"] and all(0 < d["k"] <= 5 for d in docs)
+        assert {d["version"] for d in docs} == {report["version"]}  # the stale row is gone
+    finally:
+        coll.drop()
+        mc.close()
