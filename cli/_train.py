@@ -53,18 +53,27 @@ async def _event_positives(db: Any) -> list[tuple[str, str, float]]:
     return [(d["user_id"], d["item_id"], float(d["weight"])) for d in docs]
 
 
+async def _positives(
+    db: Any, movielens: Path | None, min_rating: float
+) -> list[tuple[str, str, float]]:
+    """What ALS and the item-item table train on: a MovieLens file's ratings at or above
+    ``min_rating`` when given, else the event log's positives; none is an input error."""
+    if movielens is not None:
+        positives = _movielens_positives(movielens, min_rating)
+    else:
+        positives = await _event_positives(db)
+    if not positives:
+        raise InvalidInput("no positive interactions to train on")
+    return positives
+
+
 async def _train_als(
     settings: Settings, movielens: Path | None, min_rating: float, iterations: int, dry_run: bool
 ) -> dict[str, Any]:
     mc = clients.motor(settings)
     db = mc[settings.mongo_db]
     try:
-        if movielens is not None:
-            positives = _movielens_positives(movielens, min_rating)
-        else:
-            positives = await _event_positives(db)
-        if not positives:
-            raise InvalidInput("no positive interactions to train on")
+        positives = await _positives(db, movielens, min_rating)
         click.echo(f"ALS on {len(positives):,} positives (factors={settings.behaviour_dim})")
         model = train_als(positives, factors=settings.behaviour_dim, iterations=iterations)
         vectors = model.vectors()
@@ -141,12 +150,7 @@ async def _train_similarity(
     mc = clients.motor(settings)
     db = mc[settings.mongo_db]
     try:
-        if movielens is not None:
-            positives = _movielens_positives(movielens, min_rating)
-        else:
-            positives = await _event_positives(db)
-        if not positives:
-            raise InvalidInput("no positive interactions to train on")
+        positives = await _positives(db, movielens, min_rating)
         matrix, items = _positives_matrix(positives)
         rows = ease_neighbours(matrix, items, lam=lam, **kw)
         report: dict[str, Any] = {"positives": len(positives), "items": len(items)}
