@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,17 @@ async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -
     return done
 
 
+def _positives_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--movielens`` and ``--min-rating``: where the trainers' positives come from
+    (:func:`_positives`)."""
+    fn = click.option("--min-rating", default=4.0, show_default=True)(fn)
+    return click.option(
+        "--movielens",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Train on MovieLens ratings ≥ --min-rating instead of logged positive events.",
+    )(fn)
+
+
 @click.group("train", cls=DefaultGroup, default="als")
 def train_cmd() -> None:
     """Learn from interactions: `als` (behavioural item vectors, the default) or `ltr` (a
@@ -109,12 +121,7 @@ def train_cmd() -> None:
 
 
 @train_cmd.command("als")
-@click.option(
-    "--movielens",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Train on MovieLens ratings ≥ --min-rating instead of logged positive events.",
-)
-@click.option("--min-rating", default=4.0, show_default=True)
+@_positives_options
 @click.option("--iterations", default=15, show_default=True, type=click.IntRange(1, 200))
 @click.option("--dry-run", is_flag=True, help="Train, but do not write vectors to MongoDB.")
 @pass_settings
@@ -165,12 +172,7 @@ async def _train_similarity(
 
 
 @train_cmd.command("similarity")
-@click.option(
-    "--movielens",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Train on MovieLens ratings ≥ --min-rating instead of logged positive events.",
-)
-@click.option("--min-rating", default=4.0, show_default=True)
+@_positives_options
 @click.option(
     "--lam",
     default=200.0,

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from opendisco.rerank import FeatureStore
-from opendisco.signals import top_neighbours
 
+from ._stages import neighbour_params
 from ._types import CandidatePlan
 
 __all__ = ["ItemSimNeighbours"]
@@ -34,8 +34,4 @@ class ItemSimNeighbours:
             return
         recent = state.recent_positive_ids
         weights = await self.store.similar_weights(recent)
-        skip = [*recent, *plan.rules.exclude_ids]
-        top = [(i, w) for i, w in top_neighbours(weights, self.neighbours, skip) if w > 0]
-        if top:
-            plan.request.params["itemsim_ids"] = [i for i, _ in top]
-            plan.request.params["itemsim_weights"] = [float(w) for _, w in top]
+        neighbour_params(plan, "itemsim", weights, recent, self.neighbours)

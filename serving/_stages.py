@@ -242,11 +242,20 @@ class GraphNeighbours:
         if not recent:
             return
         plan.graph_weights = weights
-        skip = [*recent, *plan.rules.exclude_ids]
-        top = [(i, w) for i, w in top_neighbours(weights, self.neighbours, skip) if w > 0]
-        if top:
-            plan.request.params["graph_ids"] = [i for i, _ in top]
-            plan.request.params["graph_weights"] = [float(w) for _, w in top]
+        neighbour_params(plan, "graph", weights, recent, self.neighbours)
+
+
+def neighbour_params(
+    plan: CandidatePlan, source: str, weights: Mapping[str, float], recent: Sequence[str], n: int
+) -> None:
+    """Hand a neighbour source its parameters (``<source>_ids`` / ``<source>_weights``): the
+    ``n`` heaviest positive-weight neighbours that are neither the member's recent positives
+    nor excluded by the rules (the template's hard filter applies on top)."""
+    skip = [*recent, *plan.rules.exclude_ids]
+    top = [(i, w) for i, w in top_neighbours(weights, n, skip) if w > 0]
+    if top:
+        plan.request.params[f"{source}_ids"] = [i for i, _ in top]
+        plan.request.params[f"{source}_weights"] = [float(w) for _, w in top]
 
 
 @dataclass
