@@ -229,16 +229,18 @@ async def test_engine_returns_exactly_what_the_rules_allow(
 async def test_two_sided_sources_return_only_what_the_rules_allow(
     viewer: str, rules_settings: Settings, combinations: list[dict[str, Any]]
 ) -> None:
-    """The likers (for_you and cold_start), friends-of-matches and live-trending paths (issue
-    17) propose members by id or owner — every one of them among the ids — and still return
-    exactly what the rules allow: a liker the viewer blocked, who blocked the viewer, or whose
-    preferences exclude the viewer is never a candidate, whatever proposed it."""
+    """The likers (for_you and cold_start), friends-of-matches, live-trending, item-graph and
+    item-item (issue 15) paths propose members by id or owner — every one of them among the
+    ids — and still return exactly what the rules allow: a liker the viewer blocked, who
+    blocked the viewer, or whose preferences exclude the viewer is never a candidate,
+    whatever proposed it."""
     user, seen, blocked, blocked_by = VIEWERS[viewer]
     state = UserState(user["_id"], seen=seen)
     blocks = MemberBlocks(user["_id"], blocked=blocked, blocked_by=blocked_by)
     rules = HardRules.for_member(user["_id"], user, state, blocks)
     ids = [d["id"] for d in combinations]
     mutual = ids[: len(ids) // 2]  # within the source's 500-id limit
+    rest = ids[len(ids) // 2 :][:500]  # the item-graph and item-item neighbour sources
     owners = sorted({d["owner_id"] for d in combinations})  # every owner liked the viewer
     params = {
         **rules.engine_params(),
@@ -247,6 +249,10 @@ async def test_two_sided_sources_return_only_what_the_rules_allow(
         "mutual_weights": [1.0 + i % 5 for i in range(len(mutual))],
         "trending_ids": ids,
         "trending_weights": [float(1 + i % 9) for i in range(len(ids))],
+        "graph_ids": rest,
+        "graph_weights": [1.0 + i % 3 for i in range(len(rest))],
+        "itemsim_ids": rest,
+        "itemsim_weights": [0.5 + i % 4 for i in range(len(rest))],
     }
     now = datetime(2026, 1, 2, tzinfo=UTC)
     client = clients.async_opensearch(rules_settings)
@@ -265,7 +271,11 @@ async def test_two_sided_sources_return_only_what_the_rules_allow(
                 surface="trending",
                 k=1000,
                 now=now,
-                params={k: v for k, v in params.items() if not k.startswith(("liker", "mutual"))},
+                params={
+                    k: v
+                    for k, v in params.items()
+                    if not k.startswith(("liker", "mutual", "graph", "itemsim"))
+                },
                 exposure_caps=False,
             ),
         )
@@ -276,7 +286,11 @@ async def test_two_sided_sources_return_only_what_the_rules_allow(
                 surface="cold_start",
                 k=1000,
                 now=now,
-                params={k: v for k, v in params.items() if not k.startswith("mutual")},
+                params={
+                    k: v
+                    for k, v in params.items()
+                    if not k.startswith(("mutual", "graph", "itemsim"))
+                },
                 exposure_caps=False,
             ),
         )
@@ -293,7 +307,9 @@ async def test_two_sided_sources_return_only_what_the_rules_allow(
     assert by_source.get("likers", set()) == allowed & profiles == cold_likers
     assert {c.id for c in cold.candidates} <= allowed
     assert by_source.get("mutual", set()) == allowed & set(mutual)
+    assert by_source.get("graph", set()) == allowed & set(rest)
+    assert by_source.get("itemsim", set()) == allowed & set(rest)
     assert {c.id for c in cs.candidates} <= allowed
     assert {c.id for c in trending.candidates} == allowed
     # the comparison proves something: the proposals included forbidden members
-    assert set(mutual) - allowed and profiles - allowed
+    assert set(mutual) - allowed and profiles - allowed and set(rest) - allowed
