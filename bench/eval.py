@@ -115,6 +115,11 @@ def targets(by: dict[str, Any], k: int, served: str = "served") -> dict[str, Any
     return out
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """``"0,300"`` → (0, 300)."""
+    return tuple(int(p) for p in text.split(",") if p.strip())
+
+
 def _progress(what: str, n: int, _done: dict[str, int] = {}) -> None:  # noqa: B006
     _done[what] = _done.get(what, 0) + n
     print(f"replay: {what} {_done[what]}", flush=True)
@@ -169,10 +174,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--ltr-itemsim",
-        type=int,
-        default=0,
-        help="served+ltr: trained item-item neighbours handed to the itemsim candidate source "
-        "in the learning loop and when scoring with the model (0: source off)",
+        type=_sizes,
+        default=None,
+        help="served+ltr: itemsim candidate source sizes the learning loop serves and picks "
+        "from on the fitting period (comma list, simplest first; 0: source off; default: "
+        "opendisco.eval.ITEMSIM_GRID); with --model, the one size to serve it with",
     )
     ap.add_argument(
         "--model",
@@ -265,6 +271,10 @@ def main() -> None:
                 settings, stage, lam=info["ease_lambda"], max_items=ease_items
             )
             path = args.model
+            from opendisco.eval import ITEMSIM_GRID
+
+            sizes = args.ltr_itemsim or ITEMSIM_GRID
+            itemsim = sizes[0]
             if path is None:
                 from opendisco.eval import LISTS_PER_USER, learn_ranker
 
@@ -278,9 +288,10 @@ def main() -> None:
                     embedder=embedder,
                     ease_lambda=info["ease_lambda"],
                     ease_items=ease_items,
-                    itemsim_candidates=args.ltr_itemsim,
+                    itemsim_candidates=sizes,
                     progress=_progress,
                 )
+                itemsim = ltr_report["inputs"]["itemsim_candidates"]  # picked on validation
                 info["ltr"] = {kk: v for kk, v in ltr_report.items() if kk != "importance"}
                 info["ltr"]["top_features"] = sorted(
                     ltr_report["importance"].items(), key=lambda kv: -kv[1]
@@ -288,7 +299,7 @@ def main() -> None:
             info["ltr_model"] = str(path)
             models["served+ltr"] = ServedRecommender(
                 settings.model_copy(
-                    update={"model_file": Path(path), "itemsim_candidates": args.ltr_itemsim}
+                    update={"model_file": Path(path), "itemsim_candidates": itemsim}
                 )
             )
         for path in args.params:
@@ -436,6 +447,13 @@ def _diagnose_md(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_SELECT_HEAD = (
+    "| itemsim source | labelled lists train / valid | valid NDCG (in-candidate) |"
+    " valid candidate recall | valid round NDCG (all targets) | rolling lists NDCG"
+    " (cross-fitted) |"
+)
+
+
 def _ltr_md(result: dict[str, Any]) -> str:
     """The learning loop's validation figures (what picked the served model)."""
     ltr = result["report"]["split"].get("ltr")
@@ -453,7 +471,37 @@ def _ltr_md(result: dict[str, Any]) -> str:
     abl = "; ".join(
         f"{n}: {v[f'valid_ndcg@{k}']:.4f}" for n, v in (ltr.get("ablations") or {}).items()
     )
-    return f"""
+    sel = ltr.get("selection") or {}
+    rows = "".join(
+        f"| {c['itemsim_candidates']} | {c['train_lists']:,} / {c['valid_lists']:,} |"
+        f" {c[f'valid_ndcg@{k}']:.4f} | {c['valid_candidate_recall']} |"
+        f" {c['valid_round_ndcg']:.4f} | {c['rolling_ndcg']:.4f} |\n"
+        for c in sel.get("per_config", [])
+    )
+    steps = "; ".join(
+        f"{s['richer']} vs {s['against']}: {s['mean']:.4f} vs {s['against_mean']:.4f}, gain"
+        f" {s['gain']:+.4f} (SE {s['se']:.4f}, {s['z']} SE, {s['members']} members) →"
+        f" {'picked' if s['picked'] else 'not picked'}"
+        for s in sel.get("comparisons", [])
+    )
+    picked = (
+        f"""
+Candidate configuration picked on the fitting period (`opendisco.eval._ltr_select`, rule
+declared before the test run: the richer configuration only when its paired per-member gain is
+≥ {sel.get("min_se", 1.0)} SE): itemsim source **{sel.get("picked")}**. Per member: NDCG@{k} of
+every list served to them (validation round: the model fitted on the rolling lists; rolling
+lists: {sel.get("folds")}-fold member cross-fitting), against all the positives that label the
+list. {steps}.
+
+{_SELECT_HEAD}
+|---|---|---|---|---|---|
+{rows}"""
+        if sel
+        else ""
+    )
+    return (
+        picked
+        + f"""
 Learning loop (`opendisco.eval.learn_ranker`, validation lists only): {ltr["lists"]:,} labelled
 lists ({ltr["split"]["train_lists"]:,} training, {ltr["split"]["valid_lists"]:,} validation),
 {inputs.get("lists_per_user")} rolled positives per member, item-item table
@@ -464,6 +512,7 @@ validation list, lists without a positive candidate counted as 0:
 {m.get(f"valid_ndcg@{k}_all_lists")}). Grid: {grid}. One column alone: {single}. Refitted
 without a column group: {abl}.
 """
+    )
 
 
 def _tune_note(result: dict[str, Any]) -> str:

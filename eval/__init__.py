@@ -4,11 +4,25 @@ Pure pieces (readers, the time split, metrics, baselines, the runner) plus the
 :class:`ServedRecommender` adapter that sends the same users through the served pipeline.
 """
 
-from ._ab import ArtifactComparison, PairedDiff, compare_artifacts, paired_difference
+from ._ab import (
+    ArtifactComparison,
+    PairedDiff,
+    compare_artifacts,
+    paired_difference,
+    paired_values,
+)
 from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender, top_k
 from ._data import POSITIVE_THRESHOLD, Dataset, Ratings, load_dataset, read_movielens
 from ._diagnose import diagnose, stage_recall
-from ._ltr import LISTS_PER_USER, LTR_GRID, Round, learn_ranker, log_lists, rolling_rounds
+from ._ltr import (
+    ITEMSIM_GRID,
+    LISTS_PER_USER,
+    LTR_GRID,
+    Round,
+    learn_ranker,
+    log_lists,
+    rolling_rounds,
+)
 from ._metrics import (
     average_precision_at_k,
     catalogue_coverage,
@@ -31,6 +45,7 @@ __all__ = [
     "ALS",
     "COLD_USER_MAX",
     "EASE",
+    "ITEMSIM_GRID",
     "LISTS_PER_USER",
     "LTR_GRID",
     "POSITIVE_THRESHOLD",
@@ -68,6 +83,7 @@ __all__ = [
     "ndcg_at_k",
     "novelty",
     "paired_difference",
+    "paired_values",
     "read_movielens",
     "recall_at_k",
     "replay",

@@ -36,7 +36,13 @@ from ._served import ReplayReport, ServedRecommender, replay
 from ._split import time_split
 from ._synthetic import resolve_dataset
 
-__all__ = ["ArtifactComparison", "PairedDiff", "compare_artifacts", "paired_difference"]
+__all__ = [
+    "ArtifactComparison",
+    "PairedDiff",
+    "compare_artifacts",
+    "paired_difference",
+    "paired_values",
+]
 
 #: the collection (in the evaluation namespace) that records what was replayed there
 MARKER_COLLECTION = "eval_replays"
@@ -63,8 +69,13 @@ class PairedDiff:
 def paired_difference(a: ModelResult, b: ModelResult, metric: str) -> PairedDiff:
     """The per-user difference ``b - a`` of ``metric`` (both scored with ``per_user=True`` on
     the same users): mean and standard error ``sd(d) / sqrt(n)``."""
-    xa = np.asarray(a.per_user.get(metric, []), dtype=np.float64)
-    xb = np.asarray(b.per_user.get(metric, []), dtype=np.float64)
+    return paired_values(a.per_user.get(metric, []), b.per_user.get(metric, []), metric)
+
+
+def paired_values(a: Any, b: Any, metric: str) -> PairedDiff:
+    """Pure: :class:`PairedDiff` of two equally long per-unit value sequences, ``b - a``."""
+    xa = np.asarray(a, dtype=np.float64)
+    xb = np.asarray(b, dtype=np.float64)
     if len(xa) != len(xb) or len(xa) == 0:
         raise InvalidInput(f"{metric}: both models need per-user values for the same users")
     d = xb - xa

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,20 +44,20 @@ from opendisco.rerank import (
     PERCENTILE_COLUMNS,
     LabelPolicy,
     ablation_ndcg,
-    join_outcomes,
     load_ltr_inputs,
     save_model,
     single_feature_ndcg,
-    train_ltr,
 )
 from opendisco.serving import Discovery
 
 from ._data import Dataset
+from ._ltr_select import MIN_SE, fit_config, list_tag, pick_config, round_targets
 from ._served import like_event, replay
 from ._similarity import write_similarity
 from ._split import Split, roll_split
 
 __all__ = [
+    "ITEMSIM_GRID",
     "LISTS_PER_USER",
     "LTR_ABLATIONS",
     "LTR_GRID",
@@ -66,8 +67,10 @@ __all__ = [
     "rolling_rounds",
 ]
 
-#: training positives per member that are each preceded by a logged list (the rolling rounds)
-LISTS_PER_USER = 10
+#: training positives per member that are each preceded by a logged list (the rolling rounds;
+#: each round is served once per ITEMSIM_GRID configuration, so 5 keeps the loop near the cost
+#: of one configuration at 10)
+LISTS_PER_USER = 5
 #: LightGBM settings tried on the validation lists (the best validation NDCG@k wins; the
 #: first on ties): small strongly regularised trees, then smaller and larger ones
 LTR_GRID: tuple[dict[str, Any], ...] = (
@@ -77,6 +80,11 @@ LTR_GRID: tuple[dict[str, Any], ...] = (
     {"num_leaves": 31, "min_data_in_leaf": 400},
     {"num_leaves": 127, "min_data_in_leaf": 50},
 )
+#: ``itemsim_candidates`` configurations the loop serves and compares (simplest first; the
+#: richer one is served only when the fitting period's lists prefer it: ``pick_config``)
+ITEMSIM_GRID: tuple[int, ...] = (0, 300)
+#: member folds of the rolling lists' cross-fitted scores (the configuration comparison)
+SELECT_FOLDS = 5
 #: column groups refitted without, one at a time, on the validation lists (what each adds)
 LTR_ABLATIONS: dict[str, tuple[str, ...]] = {
     "without item_sim": ("item_sim", "pct_item_sim"),
@@ -129,13 +137,15 @@ def rolling_rounds(split: Split, users: Sequence[int] | None = None) -> list[Rou
 SERVE_ATTEMPTS = 3
 
 
-async def _serve(disc: Discovery, rnd: Round, k: int, concurrency: int) -> None:
+async def _serve(disc: Discovery, rnd: Round, k: int, concurrency: int, tag: str) -> None:
+    """Serve the round's lists; request ids ``<tag>.<hex>`` name the configuration and round."""
     sem = asyncio.Semaphore(concurrency)
 
     async def one(user: str, ex: Sequence[str]) -> None:
         async with sem:
             for _ in range(SERVE_ATTEMPTS):
-                recs = await disc.recommend(user, k=k, exclude=tuple(ex))
+                rid = f"{tag}.{uuid.uuid4().hex}"
+                recs = await disc.recommend(user, k=k, exclude=tuple(ex), request_id=rid)
                 if recs.served is not None or not recs.degraded:
                     return  # logged, or nothing eligible (not a failure)
 
@@ -159,22 +169,26 @@ async def _run_rounds(
     k: int,
     concurrency: int,
     progress: Callable[[str, int], None] | None,
+    configs: Sequence[Settings] = (),
 ) -> tuple[int, int, datetime]:
     """Serve and like round by round; returns lists logged, likes accepted and the start of
-    the last round (the validation round)."""
+    the last round (the validation round). With ``configs`` (settings of one namespace), every
+    round is served once per configuration on the same state (request ids ``c<i>.r<j>.…``),
+    then its likes are posted once."""
     motor = clients.motor(settings)
     os_client = clients.async_opensearch(settings)
     accepted, last_start = 0, datetime.now(UTC)
     try:
-        disc = Discovery(settings, os_client, motor[settings.mongo_db])
-        for rnd in rounds:
+        discs = [Discovery(s, os_client, motor[s.mongo_db]) for s in (configs or [settings])]
+        for j, rnd in enumerate(rounds):
             last_start = datetime.now(UTC)
-            await _serve(disc, rnd, k, concurrency)
-            accepted += await _like(disc, rnd.likes)
+            for i, disc in enumerate(discs):
+                await _serve(disc, rnd, k, concurrency, f"c{i}.r{j}")
+            accepted += await _like(discs[0], rnd.likes)
             if progress:
-                progress("lists", len(rnd.users))
-        log = disc.served_log
-        return (log.written if log is not None else 0), accepted, last_start
+                progress("lists", len(rnd.users) * len(discs))
+        logs = [d.served_log for d in discs]
+        return sum(log.written for log in logs if log is not None), accepted, last_start
     finally:
         motor.close()
         await os_client.close()
@@ -224,7 +238,7 @@ def learn_ranker(
     embedder: Embedder | None = None,
     ease_lambda: float | None = None,
     ease_items: int = 3000,
-    itemsim_candidates: int = 0,
+    itemsim_candidates: int | Sequence[int] = ITEMSIM_GRID,
     ablations: Mapping[str, Sequence[str]] = LTR_ABLATIONS,
     progress: Callable[[str, int], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
@@ -235,22 +249,28 @@ def learn_ranker(
     ``embedder`` encodes the catalogue (pass the test replay's: one encoding for both).
     ``ease_lambda`` (picked on validation by the caller): the namespace's item–item table
     (:func:`~opendisco.eval.write_similarity`) is fitted on the pre-period's positives only;
-    None leaves it empty (the ``item_sim`` columns are then 0); ``itemsim_candidates`` > 0
-    also turns its candidate source on (serve the model with the same setting).
+    None leaves it empty (the ``item_sim`` columns are then 0, the source off).
+    ``itemsim_candidates``: the ``itemsim`` source sizes served and compared (0: off; simplest
+    first); every round is served once per size, a ranker trained per size, and the size is
+    picked on the fitting period's lists (``opendisco.eval._ltr_select``); the report's
+    ``inputs.itemsim_candidates`` is the pick: serve the model with it.
     ``ablations``: column groups refitted without on the validation lists (reported, not used
     to pick).
     Returns the model path and the training report (with the steps' counts and timings)."""
     t0 = time.perf_counter()
     policy = policy or LabelPolicy()
+    sizes = [itemsim_candidates] if isinstance(itemsim_candidates, int) else itemsim_candidates
+    sizes = list(dict.fromkeys(sizes)) if ease_lambda is not None else [0]
     settings = settings.model_copy(
         update={
             "served_log": True,
             "explore_rate": 0.0,
             "model_file": None,
             "params_file": None,
-            "itemsim_candidates": itemsim_candidates if ease_lambda is not None else 0,
+            "itemsim_candidates": sizes[0],
         }
     )
+    configs = [settings.model_copy(update={"itemsim_candidates": n}) for n in sizes]
     roll = roll_split(split, lists_per_user)
     rep = replay(
         settings,
@@ -268,14 +288,32 @@ def learn_ranker(
     t1 = time.perf_counter()
     rounds = rolling_rounds(roll, users)
     logged, accepted, valid_from = asyncio.run(
-        _run_rounds(settings, rounds, k=k, concurrency=concurrency, progress=progress)
+        _run_rounds(
+            settings, rounds, k=k, concurrency=concurrency, progress=progress, configs=configs
+        )
     )
     t2 = time.perf_counter()
     lists, events = asyncio.run(_train_inputs(settings, policy))
     before = [e for e in events if e["ts"] < valid_from]
-    train = join_outcomes([d for d in lists if d["at"] < valid_from], before, policy)
-    valid = join_outcomes([d for d in lists if d["at"] >= valid_from], events, policy)
-    result = train_ltr(train, valid=valid, policy=policy, k=k, grid=grid, seed=seed)
+    targets = round_targets([(r.users, r.likes) for r in rounds])
+    fits = [
+        fit_config(
+            [d for d in lists if list_tag(d["_id"])[0] == i],
+            before,
+            events,
+            valid_from,
+            targets,
+            policy=policy,
+            k=k,
+            grid=grid,
+            seed=seed,
+            folds=SELECT_FOLDS,
+        )
+        for i in range(len(sizes))
+    ]
+    members = sorted({m for f in fits for m in f.served})
+    pick, steps = pick_config([f.values(members) for f in fits], sizes)
+    result, train, valid = fits[pick].result, fits[pick].train, fits[pick].valid
     chosen = {key: v for key, v in result.report["params"].items() if key != "seed"}
     result.report["single_feature_valid_ndcg"] = single_feature_ndcg(valid, k)
     # comparable across candidate-set changes: a validation list without a positive among its
@@ -286,13 +324,24 @@ def learn_ranker(
     )
     result.report["metrics"]["valid_lists_served"] = served
     result.report["ablations"] = ablation_ndcg(train, valid, chosen, ablations, k=k, seed=seed)
+    result.report["selection"] = {
+        "itemsim_candidates": sizes,
+        "picked": sizes[pick],
+        "members": len(members),
+        "folds": SELECT_FOLDS,
+        "min_se": MIN_SE,
+        "comparisons": steps,
+        "per_config": [
+            {"itemsim_candidates": n, **f.summary} for n, f in zip(sizes, fits, strict=True)
+        ],
+    }
     t3 = time.perf_counter()
     result.report["inputs"] = {
         "replay": rep.__dict__,
         "lists_per_user": lists_per_user,
         "similarity_rows": sim_rows,
         "ease_lambda": ease_lambda,
-        "itemsim_candidates": settings.itemsim_candidates,
+        "itemsim_candidates": sizes[pick],
         "rounds": len(rounds),
         "logged_lists": logged,
         "outcome_events": accepted,

@@ -215,8 +215,12 @@ def ndcg_at(y: np.ndarray, groups: np.ndarray, scores: np.ndarray, k: int) -> fl
 
 @dataclass
 class LtrResult:
+    """The model refitted on every list (``scorer``), its report, and the grid winner as
+    fitted on the training lists only (``valid_scorer``: what the validation lists judged)."""
+
     scorer: LearnedScorer
     report: dict[str, Any]
+    valid_scorer: LearnedScorer | None = None
 
 
 def _fit(
@@ -282,17 +286,17 @@ def train_ltr(
             )
     base = dict(params or {})
     tried = []
-    best_fit: tuple[float, int, dict[str, Any]] | None = None
+    best_fit: tuple[float, int, dict[str, Any], LearnedScorer] | None = None
     for over in grid or [{}]:
         p = {**base, **over}
-        _, rounds, score = _fit(
+        fitted, rounds, score = _fit(
             train, valid, p, max_rounds=max_rounds, early_stopping=early_stopping, k=k, seed=seed
         )
         tried.append({"params": dict(over), "best_iteration": rounds, f"valid_ndcg@{k}": score})
         if best_fit is None or score > best_fit[0]:
-            best_fit = (score, rounds, p)
+            best_fit = (score, rounds, p, fitted)
     assert best_fit is not None
-    model_valid, best, chosen = best_fit
+    model_valid, best, chosen, on_train = best_fit
     logged_valid = ndcg_at(valid.y, valid.groups, -valid.logged_rank.astype(float), k)
     everything = concat_data([train, valid])
     final = train_lambdamart(
@@ -338,7 +342,7 @@ def train_ltr(
             )
         ),
     }
-    return LtrResult(final, report)
+    return LtrResult(final, report, on_train)
 
 
 def concat_data(parts: Sequence[LtrData]) -> LtrData:

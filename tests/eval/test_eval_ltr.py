@@ -114,14 +114,15 @@ async def test_learn_ranker_runs_the_loop_on_the_fitting_period_only(
         lists_per_user=3,
         grid=({"num_leaves": 4, "min_data_in_leaf": 5},),
         ease_lambda=10.0,
-        itemsim_candidates=20,
+        itemsim_candidates=(0, 20),
     )
     inputs = report["inputs"]
     roll = roll_split(split, 3)
     rolled = sum(len(v) for v in roll.validation)
     valid_likes = sum(len(v) for v in split.validation)
     assert inputs["rounds"] == 4
-    assert inputs["logged_lists"] == rolled + sum(1 for v in split.validation if len(v))
+    # every round served once per configuration (source off, on), on the same state
+    assert inputs["logged_lists"] == 2 * (rolled + sum(1 for v in split.validation if len(v)))
     assert inputs["outcome_events"] == rolled + valid_likes
     assert inputs["replay"]["events"] == sum(len(t) for t in roll.train)  # the pre-period
     assert report["split"]["valid_lists"] >= 1 and report["split"]["train_lists"] >= 1
@@ -130,7 +131,13 @@ async def test_learn_ranker_runs_the_loop_on_the_fitting_period_only(
     # the item-item table of the loop's namespace: fitted on the pre-period only
     pre_rows = similarity_rows(roll.stage("validation"), lam=10.0)
     assert inputs["similarity_rows"] == len(pre_rows) > 0
-    assert inputs["itemsim_candidates"] == 20
+    sel = report["selection"]
+    assert sel["itemsim_candidates"] == [0, 20] and inputs["itemsim_candidates"] == sel["picked"]
+    assert sel["picked"] == (20 if sel["comparisons"][0]["picked"] else 0)
+    assert sel["members"] == len(split.users)
+    assert [c["itemsim_candidates"] for c in sel["per_config"]] == [0, 20]
+    for c in sel["per_config"]:
+        assert 0 <= c["valid_round_ndcg"] <= 1 and 0 <= c["rolling_ndcg"] <= 1
     assert set(report["ablations"]) == {"without item_sim", "without percentiles"}
     assert report["single_feature_valid_ndcg"]
 
@@ -143,6 +150,8 @@ async def test_learn_ranker_runs_the_loop_on_the_fitting_period_only(
         # every training list was served before the validation round began
         lists = list(db["served_lists"].find({}, {"at": 1, "user_id": 1}))
         assert len(lists) == inputs["logged_lists"]
+        tags = [str(d["_id"]).split(".")[0] for d in lists]
+        assert tags.count("c0") == tags.count("c1") == len(lists) // 2
     finally:
         client.drop_database(settings.mongo_db)
         client.close()
