@@ -66,12 +66,13 @@ from opendisco.rerank import (
     Reranker,
     merged_config,
 )
-from opendisco.signals import PacingState, PacingTargets, pacing_step
+from opendisco.signals import PacingState, PacingTargets, pacing_step, rate_per_day
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "marketplace.json"
 VALIDATION = HERE / "results" / "marketplace-validation.json"
 SESSION_ORDER = 8  # a sim random stream of its own: the order viewers arrive in each day
+TREND_HALF_LIFE_DAYS = 1.0  # the live like count's half-life (trending_half_life_hours = 24)
 
 
 @dataclass
@@ -94,6 +95,8 @@ class Live:
     passes_sent: np.ndarray
     paced: np.ndarray  # impressions decayed with a one-day time constant (the leaky bucket)
     paced_at: np.ndarray  # when each member's ``paced`` was last brought up to date (days)
+    trend: np.ndarray  # likes received, decayed with a one-day half-life (the live count)
+    trend_at: float = 0.0  # when ``trend`` was last brought up to date (days)
     pacing: PacingState | None = None
     budgets: list[float] = field(default_factory=list)
     controllers: dict[str, PacingState] = field(default_factory=dict)  # pre-period, per arm
@@ -110,17 +113,29 @@ class Live:
             np.zeros(n),
             np.zeros(n),
             np.zeros(n),
+            np.zeros(n),
         )
 
     def copy(self) -> Live:
         return Live(
             self.popularity.copy(), self.inbound.copy(), self.exposure.copy(), self.acc.copy(),
             self.likes_sent.copy(), self.passes_sent.copy(), self.paced.copy(),
-            self.paced_at.copy(), self.pacing, list(self.budgets), dict(self.controllers),
+            self.paced_at.copy(), self.trend.copy(), self.trend_at, self.pacing,
+            list(self.budgets), dict(self.controllers),
         )  # fmt: skip
 
     def paced_now(self, members: np.ndarray, t: float) -> np.ndarray:
         return self.paced[members] * np.exp(-(t - self.paced_at[members]))
+
+    def like_rate(self, members: np.ndarray, t: float) -> np.ndarray:
+        """Likes reaching each member per day now, from the live decayed count (what the
+        served pipeline reads from the exposure counters' ``trend``)."""
+        now = self.trend[members] * 2.0 ** (-(t - self.trend_at))
+        return rate_per_day(now, TREND_HALF_LIFE_DAYS * 24.0)
+
+    def liked_at(self, likes: np.ndarray, t: float) -> None:
+        self.trend = self.trend * 2.0 ** (-(t - self.trend_at)) + likes
+        self.trend_at = t
 
     def shown(self, members: np.ndarray, t: float) -> None:
         self.paced[members] = self.paced_now(members, t) + 1.0
@@ -183,6 +198,7 @@ def serve(
                 "passes_sent": live.passes_sent[cand],
                 "liked_viewer": market.liked[pop.reverse[pairs]].astype(float),
                 "paced_exposure": live.paced_now(cand, t),
+                "like_rate": live.like_rate(cand, t),
             }
         )
         pacing = live.pacing
@@ -233,6 +249,7 @@ def play(
         live.inbound *= decay
         np.add.at(live.inbound, pop.pair_candidate[liked], 1.0)
         np.add.at(live.popularity, pop.pair_candidate[liked], 1.0)
+        live.liked_at(np.bincount(pop.pair_candidate[liked], minlength=pop.n), day + 1.0)
         np.add.at(live.acc, pop.pair_viewer[liked], pop.content[pop.pair_candidate[liked]])
         seen_by = np.bincount(pop.pair_viewer[market.seen], minlength=pop.n)
         live.likes_sent = np.bincount(pop.pair_viewer[market.liked], minlength=pop.n).astype(float)
@@ -522,6 +539,12 @@ def main() -> None:
         help="validation: the grid only (written with --write); test: the test seeds with the "
         "point picked in bench/results/marketplace-validation.json",
     )
+    ap.add_argument(
+        "--points",
+        default="",
+        help="validation: run only these grid points (a JSON list) and add them to the stored "
+        "grid of bench/results/marketplace-validation.json (same validation seeds), then pick",
+    )
     ap.add_argument("--write", action="store_true", help="write results and bench/README.md")
     ap.add_argument(
         "--readme-only",
@@ -565,10 +588,23 @@ def main() -> None:
         m, size = (int(x) for x in args.large.split("x"))
         pops[args.large] = sim.PopulationConfig(markets=m, market_size=size)
     if args.stage in ("all", "validation"):
-        print("validation: one-sided baseline", file=sys.stderr)
-        ceiling, top1_base = ceiling_for(cfg)
         grid = GRID[:1] if (args.no_tune or quick) else GRID
         tuning = []
+        if args.points:
+            # only these points; the other rows (and the ceiling) come from the stored
+            # validation run on the same seeds
+            grid = json.loads(args.points)
+            stored = json.loads(VALIDATION.read_text())
+            if stored["validation_seeds"] != val:
+                raise SystemExit("--points: the stored grid ran on other validation seeds")
+            tuning = [t for t in stored["tuning"] if t["point"] not in grid]
+            ceiling, top1_base = (
+                stored["ceiling_top1_share"],
+                stored["validation_one_sided_top1_share"],
+            )
+        else:
+            print("validation: one-sided baseline", file=sys.stderr)
+            ceiling, top1_base = ceiling_for(cfg)
         for point in grid:
             print(f"validation: {point}", file=sys.stderr)
             c = compare(runs_for(val, arms_for(point, ceiling)), "one-sided", "two-sided")
