@@ -197,10 +197,16 @@ def test_market_steps_are_neutral_for_a_one_sided_catalogue() -> None:
     n = 6
     batch = _members(n, member=False)
     assert batch.member is None
-    feats = _features(n, exposure=np.full(n, 1e6), paced_exposure=np.full(n, 1e6))
+    feats = _features(
+        n,
+        exposure=np.full(n, 1e6),
+        paced_exposure=np.full(n, 1e6),
+        like_rate=np.linspace(0.0, 500.0, n),
+    )
     ctx = RerankContext(pacing_budget=1.0, pacing_mean_inbound=5.0)
-    # the pacing cut and the first-impression boost at their strongest: still nothing moves
-    market = merged_config({"pacing_cut": 0.01, "pacing_boost": 5.0})
+    # the pacing cut, the first-impression boost and the congestion-aware reply chance at
+    # their strongest: still nothing moves
+    market = merged_config({"pacing_cut": 0.01, "pacing_boost": 5.0, "reply_capacity": 0.01})
     res = Reranker(market).run(batch, feats, ctx, timed=True)
     for step in ("reciprocal", "pacing"):
         assert res.trace.changes(step) == {}
