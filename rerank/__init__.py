@@ -34,6 +34,7 @@ from ._market import (
     pacing_boost,
     pacing_penalty,
     reciprocal_estimate,
+    reply_chance,
     segment_prior,
 )
 from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
@@ -118,6 +119,7 @@ __all__ = [
     "pl_weights",
     "profile_features",
     "reciprocal_estimate",
+    "reply_chance",
     "save_model",
     "segment_prior",
     "single_feature_ndcg",

@@ -85,6 +85,14 @@ class RerankConfig(BaseModel):
     reciprocal_affinity: float = Field(
         1.0, ge=0.0, description="Log-odds per standard deviation of taste-profile similarity."
     )
+    reply_capacity: float | None = Field(
+        None,
+        gt=0.0,
+        description="Likes a member answers per day: the reciprocal estimate's reply chance "
+        "becomes congestion-aware, P(the candidate still has capacity for one more like) from "
+        "the live like rate reaching them (rerank._market.reply_chance); None: the window "
+        "ratio (inbound_capacity + 1) / (inbound + 1).",
+    )
     pacing_strength: float = Field(
         1.0, ge=0.0, description="Largest demotion of a member running ahead of its budget."
     )

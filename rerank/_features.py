@@ -61,6 +61,7 @@ from opendisco.signals import (
     ItemSimilarity,
     UserState,
     UserStateStore,
+    rate_per_day,
     summed_weights,
 )
 
@@ -335,7 +336,8 @@ class FeatureStore:
             inbound=np.array([float(inbound.get(i, 0)) for i in ids]),
             graph=np.array([float(graph.get(i, 0.0)) for i in ids]),
             behaviour_norm=bnorm,
-            trending=np.array([expo[i].trend for i in ids]),
+            trending=(trend := np.array([expo[i].trend for i in ids])),
+            like_rate=rate_per_day(trend, self.settings.trending_half_life_hours),
             paced_exposure=np.array([expo[i].paced for i in ids]),
             item_sim=np.array([float(similar.get(i, 0.0)) for i in ids]),
         )

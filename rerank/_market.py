@@ -21,6 +21,15 @@ when both were calibrated). The backward estimate, for a candidate member *c* an
     reply_c = min(1, (capacity + 1) / (inbound_c + 1))             c gets to the like at all
     b       = 1 when c already liked v
 
+With ``reply_capacity`` set, ``reply_c`` is congestion-aware instead (:func:`reply_chance`):
+the chance that c still has reply capacity for one more like, given the live rate λ_c at which
+likes reach c (``Features.like_rate``: the decayed live like count, per day) and the likes c
+answers per day κ — E[min(1, κ / (N + 1))] with N ~ Poisson(λ_c) other likes competing for c's
+κ answers. So P(match) ≈ P(v likes c) · P(c likes v) · P(c has capacity left), as in matching-
+market rankers with congestion (Su et al. 2022): a member already receiving more likes than
+they answer is worth less to one more admirer, which both raises the likes that are answered and
+moves attention to the members who can still answer.
+
 so a member without history gets the prior — empirical Bayes by segment: the pooled like rate
 of the batch's members (the viewer's eligible pool), which falls back to ``reciprocal_prior``
 (prior₀) where nobody in it has history — and history moves the estimate in proportion to how
@@ -51,6 +60,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.stats import poisson
 
 from ._types import FEATURE_NAMES, Features, RerankContext, RerankInputs, RerankState, resort
 
@@ -66,6 +76,7 @@ __all__ = [
     "pacing_boost",
     "pacing_penalty",
     "reciprocal_estimate",
+    "reply_chance",
     "segment_prior",
     "step_pacing",
     "step_reciprocal",
@@ -124,9 +135,29 @@ def reciprocal_estimate(
     h = likes / (likes + k)
     z = _affinity(features.taste, ctx.viewer_profile, n)
     b = _sigmoid(_logit(rate) + cfg.reciprocal_affinity * h * z)
-    reply = np.minimum(1.0, (cfg.inbound_capacity + 1.0) / (np.maximum(features.inbound, 0) + 1.0))
+    if cfg.reply_capacity is not None:
+        reply = reply_chance(features.column("like_rate", n), cfg.reply_capacity)
+    else:
+        inbound = np.maximum(features.inbound, 0)
+        reply = np.minimum(1.0, (cfg.inbound_capacity + 1.0) / (inbound + 1.0))
     b = b * reply
     return np.where(features.column("liked_viewer", n) > 0, 1.0, b)
+
+
+def reply_chance(load: np.ndarray, capacity: float | np.ndarray) -> np.ndarray:
+    """Pure: the chance that one more like reaches a recipient's answer, E[min(1, capacity /
+    (N + 1))] with N ~ Poisson(``load``) other likes arriving in the same period, answered in
+    random order up to ``capacity`` per period (a scalar, or one per row). 1 while the load is
+    well under the capacity, ≈ capacity / (load + 1) far above it; decreasing in ``load``."""
+    lam = np.maximum(np.asarray(load, dtype=np.float64), 0.0)
+    cap = np.broadcast_to(np.maximum(np.asarray(capacity, dtype=np.float64), 0.0), lam.shape)
+    top = float(lam.max()) if lam.size else 0.0
+    k = np.arange(int(np.ceil(top + 10.0 * np.sqrt(top) + 20.0)) + 1)
+    pmf = poisson.pmf(k[None, :], lam[:, None])  # (n, K)
+    share = np.minimum(1.0, cap[:, None] / (k[None, :] + 1.0))
+    out = (pmf * share).sum(axis=1)
+    tail = np.maximum(0.0, 1.0 - pmf.sum(axis=1))  # mass beyond K: answered at the last rate
+    return np.clip(out + tail * share[:, -1], 0.0, 1.0)
 
 
 def combine(f: np.ndarray, b: np.ndarray, mode: str, weight: float) -> np.ndarray:

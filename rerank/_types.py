@@ -230,6 +230,9 @@ class Features:
     mutual: np.ndarray | None = None  # (n,) co-engagement weight from the viewer's matches
     trending: np.ndarray | None = None  # (n,) live decayed likes/matches
     paced_exposure: np.ndarray | None = None  # (n,) impressions, leaky bucket (per window)
+    #: (n,) likes reaching the candidate per day now: the live decayed count (``trending``)
+    #: divided by its mean age (half-life / ln 2) — the congestion the reply chance reads
+    like_rate: np.ndarray | None = None
     #: :data:`PROFILE_COLUMNS` name -> (n,) affinity of each candidate to the member's profile
     affinity: Mapping[str, np.ndarray] = field(default_factory=dict)
     #: (n,) summed trained item–item weight from the user's recent items (None: no table)

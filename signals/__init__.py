@@ -53,7 +53,7 @@ from ._processor import EVENTS, EventProcessor
 from ._served import ServedExposure
 from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
 from ._similarity import ITEM_SIMILARITY, ItemSimilarity
-from ._trending import decayed, trend_increments
+from ._trending import decayed, rate_per_day, trend_increments
 from ._user_state import (
     USER_LOCKS,
     USER_STATE,
@@ -125,6 +125,7 @@ __all__ = [
     "merge_events",
     "merge_rows",
     "pacing_step",
+    "rate_per_day",
     "recompute",
     "sample_rows",
     "summed_weights",

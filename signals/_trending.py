@@ -12,6 +12,7 @@ I/O is :meth:`opendisco.signals.ExposureStore.record_trend` (one scripted ``_bul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "TREND_VALUE_SCRIPT",
     "decayed",
     "epoch_ms",
+    "rate_per_day",
     "trend_increments",
 ]
 
@@ -65,6 +67,13 @@ def decayed(
     if age >= window_ms:
         return 0.0
     return float(trend) * 2.0 ** (-max(age, 0) / half_life_ms)
+
+
+def rate_per_day(count: Any, half_life_hours: float) -> Any:
+    """Pure: the rate per day a decayed count stands for — a steady rate of r events per day
+    decayed with half-life h (days) holds r · h / ln 2, so the rate is count · ln 2 / h.
+    Scalars or arrays."""
+    return count * math.log(2.0) * 24.0 / half_life_hours
 
 
 def trend_increments(

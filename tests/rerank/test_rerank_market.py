@@ -25,6 +25,7 @@ from opendisco.rerank import (
     pacing_boost,
     pacing_penalty,
     reciprocal_estimate,
+    reply_chance,
     segment_prior,
 )
 from opendisco.signals import (
@@ -33,6 +34,7 @@ from opendisco.signals import (
     attention_stats,
     decayed,
     pacing_step,
+    rate_per_day,
     trend_increments,
 )
 
@@ -114,6 +116,49 @@ def test_reciprocal_estimate_prior_history_and_known_likes() -> None:
     assert reciprocal_estimate(busy, ctx, cfg, n)[3] < 0.15 * cfg.reciprocal_prior
 
 
+def test_reply_chance_is_the_share_of_a_poisson_load_a_recipient_answers() -> None:
+    # E[min(1, capacity / (N + 1))], N ~ Poisson(load): checked against a direct sum and a
+    # seeded simulation of the queue (likes answered in random order up to the capacity)
+    loads = np.array([0.0, 0.5, 2.0, 6.0, 40.0])
+    got = reply_chance(loads, 2.0)
+    rng = np.random.default_rng(7)
+    for lam, p in zip(loads, got, strict=True):
+        N = rng.poisson(lam, 200_000)
+        assert p == pytest.approx(float(np.minimum(1.0, 2.0 / (N + 1)).mean()), abs=0.005)
+    assert got[0] == 1.0  # nobody else: the like is answered
+    assert np.all(np.diff(got) < 0)  # more competing likes, less chance
+    # far above the capacity: about capacity / load
+    assert reply_chance(np.array([400.0]), 2.0)[0] == pytest.approx(2.0 / 401, rel=0.02)
+    # more capacity never lowers the chance; none answers nothing
+    assert np.all(reply_chance(loads, 4.0) >= got)
+    assert not reply_chance(loads, 0.0).any()
+    # a decayed count of a steady rate stands for that rate (r · h / ln 2 held)
+    h = 24.0
+    assert rate_per_day(5.0 * (h / 24.0) / np.log(2.0), h) == pytest.approx(5.0)
+
+
+def test_congestion_aware_reciprocal_estimate_reads_the_live_like_rate() -> None:
+    n = 3
+    ctx = RerankContext()
+    # equal histories; p1 receives 20 likes a day, p2 already liked the viewer (no review
+    # needed: no capacity either), p0 receives none
+    feats = _features(
+        n,
+        likes_sent=np.full(n, 5.0),
+        passes_sent=np.full(n, 5.0),
+        liked_viewer=np.array([0.0, 0.0, 1.0]),
+        like_rate=np.array([0.0, 20.0, 20.0]),
+        inbound=np.zeros(n),
+    )
+    window = reciprocal_estimate(feats, ctx, RerankConfig(), n)
+    assert window[0] == pytest.approx(window[1])  # the window ratio does not see the rate
+    cfg = RerankConfig(reply_capacity=2.0)
+    b = reciprocal_estimate(feats, ctx, cfg, n)
+    assert b[0] == pytest.approx(window[0])  # idle: the whole like rate
+    assert b[1] == pytest.approx(window[1] * reply_chance(np.array([20.0]), 2.0)[0])
+    assert b[1] < 0.15 * b[0] and b[2] == 1.0
+
+
 def test_reciprocal_step_trades_one_sided_appeal_for_reciprocity() -> None:
     n = 4
     batch = _members(n, fused=[1.0, 0.95, 0.9, 0.3])
@@ -152,10 +197,16 @@ def test_market_steps_are_neutral_for_a_one_sided_catalogue() -> None:
     n = 6
     batch = _members(n, member=False)
     assert batch.member is None
-    feats = _features(n, exposure=np.full(n, 1e6), paced_exposure=np.full(n, 1e6))
+    feats = _features(
+        n,
+        exposure=np.full(n, 1e6),
+        paced_exposure=np.full(n, 1e6),
+        like_rate=np.linspace(0.0, 500.0, n),
+    )
     ctx = RerankContext(pacing_budget=1.0, pacing_mean_inbound=5.0)
-    # the pacing cut and the first-impression boost at their strongest: still nothing moves
-    market = merged_config({"pacing_cut": 0.01, "pacing_boost": 5.0})
+    # the pacing cut, the first-impression boost and the congestion-aware reply chance at
+    # their strongest: still nothing moves
+    market = merged_config({"pacing_cut": 0.01, "pacing_boost": 5.0, "reply_capacity": 0.01})
     res = Reranker(market).run(batch, feats, ctx, timed=True)
     for step in ("reciprocal", "pacing"):
         assert res.trace.changes(step) == {}

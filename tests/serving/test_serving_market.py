@@ -293,3 +293,42 @@ async def test_live_trending_from_events(discovery: Any, market: Any) -> None:
     want = np.log1p(feats.trending) / np.log1p(feats.trending).max()
     assert np.allclose(X[:, col], want) and X[:, col].max() == 1.0 and X[0, col] > 0.5
     assert np.isfinite(X).all()
+
+
+async def test_congestion_aware_reciprocity_on_the_live_market(discovery: Any, market: Any) -> None:
+    """With ``reply_capacity`` the reciprocal estimate reads the live like rate reaching each
+    candidate (the decayed counts the events write): a member receiving far more likes than
+    they answer is demoted; the step only reorders — the answer is the same eligible set."""
+    _, users = market
+    v = _broad(users, 4)["_id"]
+    quiet = {"inbound_strength": 0.0, "exposure_strength": 0.0, "reciprocal_weight": 0.9}
+    window = Reranker(merged_config(quiet))
+    congested = Reranker(merged_config({**quiet, "reply_capacity": 1.0}))
+    col = FEATURE_NAMES.index("reciprocal")
+
+    def estimate(recs: Any, item: str) -> float:
+        assert recs.served is not None and recs.served.X is not None
+        return float(recs.served.X[list(recs.served.ids).index(item), col])
+
+    discovery.reranker = congested
+    before = await discovery.recommend(v, k=60, explain=True)
+    busy = before.ids[0]
+    fans = [_ev(f"fan-{uuid.uuid4().hex[:6]}", "like", busy) for _ in range(30)]
+    assert (await discovery.record_events(fans)).accepted == 30
+    await _refreshed(discovery)
+    feats = await discovery.features.lookup([busy])
+    assert feats.like_rate is not None and feats.like_rate[0] > 15.0  # ~30 · ln 2 a day
+    after = await discovery.recommend(v, k=60, explain=True)
+    assert estimate(after, busy) < 0.2 * estimate(before, busy)
+    assert _rank(after, busy) > _rank(before, busy)
+    # the window ratio on the same state (30 inbound likes against inbound_capacity 20: at
+    # most a 21/31 damp) does not see the live rate: the demotion is the congestion term's
+    discovery.reranker = window
+    plain = await discovery.recommend(v, k=60, explain=True)
+    assert estimate(after, busy) < 0.2 * estimate(plain, busy)
+    # only a reordering: with the whole pool asked for, the same eligible members, busy kept
+    whole_plain = await discovery.recommend(v, k=300)
+    discovery.reranker = congested
+    whole = await discovery.recommend(v, k=300)
+    assert set(whole.ids) == set(whole_plain.ids) and busy in whole.ids
+    assert len(whole.ids) == len(set(whole.ids)) >= 10
