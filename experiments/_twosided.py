@@ -9,8 +9,9 @@ k·β(1 − β)·[(r₀₁ − r₀₀) + (r₁₀ − r₀₀)]: the cross cell
 negative in their model (treated pairs take what the control cells would have had), so the
 term removes the part of the TSR contrasts that competition inflates; k = 0 is TSRI(β).
 The standard error comes from a two-way bootstrap: Poisson resampling of viewers and,
-separately, of candidates; their variances add, less the pair-level variance both count (the bootstrap form of two-way
-clustering, Cameron, Gelbach & Miller 2011; that last term by linearisation).
+separately, of candidates; their variances add, less the pair-level variance both count
+(the bootstrap form of two-way clustering, Cameron, Gelbach & Miller 2011; that last term
+by linearisation).
 """
 
 from __future__ import annotations
