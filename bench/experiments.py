@@ -49,6 +49,7 @@ from opendisco.experiments import (
 )
 from opendisco.experiments._analysis import srm_check
 from opendisco.experiments._assign import arm_indices
+from opendisco.experiments._metrics import METRICS
 from opendisco.experiments._simulate import (
     carry_over_days,
     covariates,
@@ -56,6 +57,7 @@ from opendisco.experiments._simulate import (
     pre_period_clusters,
     simulate,
 )
+from opendisco.experiments._twosided import tsri_family
 from opendisco.rerank import merged_config
 
 #: fixed design settings; the two-sided allocation and β and the switchback period and
@@ -150,26 +152,30 @@ def _replicate(task: tuple[str, str, int, int, bool]) -> list[dict[str, Any]]:
         seed=r,
         clusters=st["clusters"][key] if design == "cluster" else None,
     )
-    reads = [(design, exp.design)]
-    if design == "two_sided":
-        reads += [
-            (f"two_sided k={k:g}", exp.design.model_copy(update={"tsri_k": k})) for k in TSRI_K
-        ]
+    ro = analyze(
+        exp.design,
+        ["control", "treatment"],
+        [1.0, 1.0],
+        res.rows,
+        metrics=[METRIC],
+        assigned=res.assigned,
+        covariates=st["covs"][key],
+        cuped=cuped,
+        bootstrap=bootstrap,
+        seed=r,
+    )
+    reads = [(design, ro.estimate(METRIC))]
+    if design == "two_sided":  # TSRI-k on the same cells and the same bootstrap draws
+        rows, col = res.rows, res.rows.outcomes[METRICS[METRIC].numerator]
+        family = tsri_family(
+            rows.viewer, rows.candidate, rows.viewer_arm, rows.candidate_arm, col, rows.weight,
+            beta=exp.design.tsri_beta, ks=(0.0, *TSRI_K), scale=METRICS[METRIC].scale,
+            bootstrap=bootstrap, seed=r,
+        )  # fmt: skip
+        assert family[0].effect == reads[0][1].effect  # the served readout's draws
+        reads += [(f"two_sided k={k:g}", e) for k, e in zip(TSRI_K, family[1:], strict=True)]
     out = []
-    for name, spec in reads:
-        ro = analyze(
-            spec,
-            ["control", "treatment"],
-            [1.0, 1.0],
-            res.rows,
-            metrics=[METRIC],
-            assigned=res.assigned,
-            covariates=st["covs"][key],
-            cuped=cuped,
-            bootstrap=bootstrap,
-            seed=r,
-        )
-        e = ro.estimate(METRIC)
+    for name, e in reads:
         out.append(
             {
                 "scenario": scenario,

@@ -16,12 +16,14 @@ by linearisation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import stats
 
 from ._analysis import Estimate
 
-__all__ = ["tsri"]
+__all__ = ["tsri", "tsri_family"]
 
 
 def _cells(cell: np.ndarray, num: np.ndarray, den: np.ndarray, keys: np.ndarray, n: int):
@@ -73,44 +75,72 @@ def tsri(
 ) -> Estimate:
     """The two-sided interpolating estimator TSRI-k(β) and its two-way bootstrap standard
     error."""
+    args = (viewer, candidate, viewer_arm, candidate_arm, num, den)
+    return tsri_family(*args, beta=beta, ks=(k,), scale=scale, bootstrap=bootstrap, seed=seed,
+                       alpha=alpha)[0]  # fmt: skip
+
+
+def tsri_family(
+    viewer: np.ndarray,
+    candidate: np.ndarray,
+    viewer_arm: np.ndarray,
+    candidate_arm: np.ndarray,
+    num: np.ndarray,
+    den: np.ndarray,
+    *,
+    beta: float = 0.5,
+    ks: Sequence[float] = (0.0,),
+    scale: float = 1.0,
+    bootstrap: int = 200,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> list[Estimate]:
+    """:func:`tsri` for each k of ``ks`` on the same bootstrap draws (one per k)."""
     cell = 2 * viewer_arm.astype(np.int64) + candidate_arm.astype(np.int64)
     vu, vi = np.unique(viewer, return_inverse=True)
     cu, ci = np.unique(candidate, return_inverse=True)
     A = _cells(cell, num, den, vi, vu.shape[0])
     C = _cells(cell, num, den, ci, cu.shape[0])
     S = A.sum(axis=0)
-    est = float(_tsri_value(S, beta, k))
     rng = np.random.default_rng(seed)
-    var_v = float(np.var(_tsri_value(_poisson1(rng, (bootstrap, A.shape[0])) @ A, beta, k)))
-    var_c = float(np.var(_tsri_value(_poisson1(rng, (bootstrap, C.shape[0])) @ C, beta, k)))
+    draws_v = _poisson1(rng, (bootstrap, A.shape[0])) @ A
+    draws_c = _poisson1(rng, (bootstrap, C.shape[0])) @ C
     # the pair-level term both resamplings count: Σ over pairs of (∇f · pair sums)²
     pair = viewer.astype(np.int64) * (int(candidate.max()) + 1) + candidate
     pu, pi = np.unique(pair, return_inverse=True)
     P = _cells(cell, num, den, pi, pu.shape[0])
-    grad = _gradient(S, beta, k)
-    var_p = float(((P @ grad) ** 2).sum())
-    var = var_v + var_c - var_p
-    if not var > 0:
-        var = max(var_v, var_c)
-    se = float(np.sqrt(var))
     z = float(stats.norm.ppf(1 - alpha / 2))
     r = S[0::2] / np.where(S[1::2] > 0, S[1::2], np.nan)
     arm_of = np.zeros(vu.shape[0], dtype=np.int64)
     arm_of[vi] = viewer_arm
     units = (int((arm_of == 0).sum()), int((arm_of == 1).sum()))
-    return Estimate(
-        f"tsri(beta={beta:g}, k={k:g})" if k else f"tsri(beta={beta:g})",
-        est * scale,
-        se * scale,
-        (est - z * se) * scale,
-        (est + z * se) * scale,
-        float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else float("nan"),
-        float(r[0]) * scale,
-        float(r[3]) * scale,
-        units,
-        None,
-        {f"r{c}": float(r[i]) * scale for i, c in enumerate(("00", "01", "10", "11"))},
-    )
+    cells = {f"r{c}": float(r[i]) * scale for i, c in enumerate(("00", "01", "10", "11"))}
+    out = []
+    for k in ks:
+        est = float(_tsri_value(S, beta, k))
+        var_v = float(np.var(_tsri_value(draws_v, beta, k)))
+        var_c = float(np.var(_tsri_value(draws_c, beta, k)))
+        var_p = float(((P @ _gradient(S, beta, k)) ** 2).sum())
+        var = var_v + var_c - var_p
+        if not var > 0:
+            var = max(var_v, var_c)
+        se = float(np.sqrt(var))
+        out.append(
+            Estimate(
+                f"tsri(beta={beta:g}, k={k:g})" if k else f"tsri(beta={beta:g})",
+                est * scale,
+                se * scale,
+                (est - z * se) * scale,
+                (est + z * se) * scale,
+                float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else float("nan"),
+                float(r[0]) * scale,
+                float(r[3]) * scale,
+                units,
+                None,
+                dict(cells),
+            )
+        )
+    return out
 
 
 def _gradient(S: np.ndarray, beta: float, k: float = 0.0, eps: float = 1e-7) -> np.ndarray:
