@@ -17,6 +17,7 @@ by linearisation).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -58,26 +59,11 @@ def _tsri_value(S: np.ndarray, beta: float, k: float = 0.0) -> np.ndarray:
     )
 
 
-def tsri(
-    viewer: np.ndarray,
-    candidate: np.ndarray,
-    viewer_arm: np.ndarray,
-    candidate_arm: np.ndarray,
-    num: np.ndarray,
-    den: np.ndarray,
-    *,
-    beta: float = 0.5,
-    k: float = 0.0,
-    scale: float = 1.0,
-    bootstrap: int = 200,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> Estimate:
+def tsri(*rows: np.ndarray, k: float = 0.0, **options: Any) -> Estimate:
     """The two-sided interpolating estimator TSRI-k(β) and its two-way bootstrap standard
-    error."""
-    args = (viewer, candidate, viewer_arm, candidate_arm, num, den)
-    return tsri_family(*args, beta=beta, ks=(k,), scale=scale, bootstrap=bootstrap, seed=seed,
-                       alpha=alpha)[0]  # fmt: skip
+    error: :func:`tsri_family` for one k (``rows``: viewer, candidate, viewer arm,
+    candidate arm, numerator, denominator per impression row)."""
+    return tsri_family(*rows, ks=(k,), **options)[0]
 
 
 def tsri_family(
@@ -95,7 +81,8 @@ def tsri_family(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> list[Estimate]:
-    """:func:`tsri` for each k of ``ks`` on the same bootstrap draws (one per k)."""
+    """TSRI-k(β) for each k of ``ks``, all on the same bootstrap draws: the viewers' and
+    the candidates' Poisson(1) resamplings, their variances added less the pair term."""
     cell = 2 * viewer_arm.astype(np.int64) + candidate_arm.astype(np.int64)
     vu, vi = np.unique(viewer, return_inverse=True)
     cu, ci = np.unique(candidate, return_inverse=True)

@@ -9,7 +9,7 @@ import pytest
 
 from opendisco.experiments import Design, analyze, switchback_plan
 from opendisco.experiments._analysis import Exposures, _influence, ratio_difference
-from opendisco.experiments._twosided import tsri
+from opendisco.experiments._twosided import tsri, tsri_family
 
 
 def _crossed(nv: int, nc: int, per_viewer: int, rng: np.random.Generator):
@@ -166,3 +166,14 @@ def test_switchback_readouts_recover_the_effect(periods: int) -> None:
     assert ("one period" in e.estimator) == (periods == 1)
     assert abs(np.mean(ests) - 50.0) < 3 * np.std(ests) / np.sqrt(len(ests))
     assert 0.88 <= np.mean(cover) <= 0.995
+
+
+def test_tsri_family_is_tsri_for_each_k_on_the_same_draws() -> None:
+    rng = np.random.default_rng(6)
+    v, c, va, ca = _crossed(80, 60, 12, rng)
+    y = (rng.random(v.shape[0]) < 0.2 + 0.1 * (va[v] & ca[c])).astype(float)
+    args = (v, c, va[v], ca[c], y, np.ones_like(y))
+    family = tsri_family(*args, beta=0.4, ks=(0.0, 1.0, 2.0), bootstrap=50, seed=3)
+    for k, e in zip((0.0, 1.0, 2.0), family, strict=True):
+        one = tsri(*args, beta=0.4, k=k, bootstrap=50, seed=3)
+        assert (e.effect, e.se, e.extra) == (one.effect, one.se, one.extra)
