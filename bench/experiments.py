@@ -38,9 +38,18 @@ from typing import Any
 
 import numpy as np
 
-from opendisco.experiments import Experiment, TwoSidedPlan, analyze, sim, two_sided_plan
+from opendisco.experiments import (
+    Experiment,
+    SwitchbackPlan,
+    TwoSidedPlan,
+    analyze,
+    sim,
+    switchback_plan,
+    two_sided_plan,
+)
 from opendisco.experiments._analysis import srm_check
 from opendisco.experiments._assign import arm_indices
+from opendisco.experiments._metrics import METRICS
 from opendisco.experiments._simulate import (
     carry_over_days,
     covariates,
@@ -48,6 +57,7 @@ from opendisco.experiments._simulate import (
     pre_period_clusters,
     simulate,
 )
+from opendisco.experiments._twosided import tsri_family
 from opendisco.rerank import merged_config
 
 #: fixed design settings; the two-sided allocation and β and the switchback period and
@@ -59,6 +69,9 @@ DESIGNS: dict[str, dict[str, Any]] = {
     "cluster": {},
     "switchback": {},
 }
+#: the two-sided replications are also read by Johari et al.'s TSRI-k (same data, same
+#: bootstrap seed): rows ``two_sided k=1`` and ``two_sided k=2``
+TSRI_K = (1.0, 2.0)
 BOOST = {"weights": {"popularity": 2.0}}
 METRIC = "mutual_likes_per_1000"
 
@@ -75,11 +88,7 @@ class Plan:
     and β from the market balance, the switchback period and burn-in from the carry-over."""
 
     two_sided: TwoSidedPlan
-    carry_over_days: int
-
-    def switchback(self) -> dict[str, int]:
-        m = self.carry_over_days
-        return {"period_minutes": (m + 1) * 1440, "burn_in_minutes": m * 1440}
+    switchback: SwitchbackPlan
 
 
 def _experiment(
@@ -90,7 +99,7 @@ def _experiment(
     if design == "two_sided" and plan is not None:
         spec.update(plan.two_sided.design())
     if design == "switchback":
-        spec.update(plan.switchback() if plan is not None else {"period_minutes": 1440})
+        spec.update(plan.switchback.design() if plan is not None else {"period_minutes": 1440})
     return Experiment(id=f"bench-{design}", salt=salt, arms=arms, design=spec)
 
 
@@ -105,7 +114,11 @@ def build(scenarios: list[str], pop_cfg: sim.PopulationConfig, seed: int) -> dic
         worlds[name] = w
         clusters[name] = pre_period_clusters(w, seed=seed)
         covs[name] = covariates(w)
-        plans[name] = Plan(two_sided_plan(pre_period_balance(w)), carry_over_days(w))
+        m = w.market
+        plans[name] = Plan(
+            two_sided_plan(pre_period_balance(w)),
+            switchback_plan(carry_over_days(w), m.warmup_days, m.days),
+        )
         print(
             f"  world {name}: {time.perf_counter() - t0:.1f}s, "
             f"{np.unique(clusters[name]).shape[0]} clusters, two-sided plan {plans[name]}",
@@ -124,7 +137,7 @@ def _truth(world: sim.World, boost: sim.Ranker, seeds: range) -> list[float]:
     return out
 
 
-def _replicate(task: tuple[str, str, int, int, bool]) -> dict[str, Any]:
+def _replicate(task: tuple[str, str, int, int, bool]) -> list[dict[str, Any]]:
     scenario, design, r, bootstrap, cuped = task
     st = _STATE
     key = "balanced" if scenario == "aa" else scenario
@@ -151,45 +164,73 @@ def _replicate(task: tuple[str, str, int, int, bool]) -> dict[str, Any]:
         bootstrap=bootstrap,
         seed=r,
     )
-    e = ro.estimate(METRIC)
-    return {
-        "scenario": scenario,
-        "design": design,
-        "r": r,
-        "effect": e.effect,
-        "se": e.se,
-        "lo": e.ci_low,
-        "hi": e.ci_high,
-        "p": e.p,
-        "blocked": ro.blocked,
-        "srm_min_p": min((c.p for c in ro.srm), default=1.0),
-        "cells": [e.extra.get(f"r{c}") for c in ("00", "01", "10", "11")]
-        if design == "two_sided"
-        else None,
-    }
+    reads = [(design, ro.estimate(METRIC))]
+    if design == "two_sided":  # TSRI-k on the same cells and the same bootstrap draws
+        rows, col = res.rows, res.rows.outcomes[METRICS[METRIC].numerator]
+        family = tsri_family(
+            rows.viewer, rows.candidate, rows.viewer_arm, rows.candidate_arm, col, rows.weight,
+            beta=exp.design.tsri_beta, ks=(0.0, *TSRI_K), scale=METRICS[METRIC].scale,
+            bootstrap=bootstrap, seed=r,
+        )  # fmt: skip
+        assert family[0].effect == reads[0][1].effect  # the served readout's draws
+        reads += [(f"two_sided k={k:g}", e) for k, e in zip(TSRI_K, family[1:], strict=True)]
+    out = []
+    for name, e in reads:
+        out.append(
+            {
+                "scenario": scenario,
+                "design": name,
+                "r": r,
+                "effect": e.effect,
+                "se": e.se,
+                "lo": e.ci_low,
+                "hi": e.ci_high,
+                "p": e.p,
+                "blocked": ro.blocked,
+                "srm_min_p": min((c.p for c in ro.srm), default=1.0),
+                "cells": [e.extra.get(f"r{c}") for c in ("00", "01", "10", "11")]
+                if design == "two_sided"
+                else None,
+            }
+        )
+    return out
 
 
 def _init(state: dict[str, Any]) -> None:
     _STATE.update(state)
 
 
+_ROWS = [
+    "user",
+    "item",
+    "two_sided",
+    *(f"two_sided k={k:g}" for k in TSRI_K),
+    "cluster",
+    "switchback",
+]
+
+
 def summarise(rows: list[dict[str, Any]], truth: dict[str, float]) -> list[dict[str, Any]]:
     out = []
     keys = sorted(
         {(r["scenario"], r["design"]) for r in rows},
-        key=lambda k: (k[0], list(DESIGNS).index(k[1])),
+        key=lambda k: (k[0], _ROWS.index(k[1])),
     )
     for scen, design in keys:
-        sel = [r for r in rows if r["scenario"] == scen and r["design"] == design]
+        every = [r for r in rows if r["scenario"] == scen and r["design"] == design]
+        # a readout with no estimate or no SE (an arm with no unit, or one cluster alone in
+        # an arm: no variance to estimate) counts against coverage, not in the moments
+        sel = [r for r in every if np.isfinite(r["effect"]) and np.isfinite(r["se"])]
         eff = np.array([r["effect"] for r in sel])
         se = np.array([r["se"] for r in sel])
         tau = truth[scen]
-        cover = np.mean([(r["lo"] <= tau <= r["hi"]) for r in sel])
+        cover = np.mean([(r["lo"] <= tau <= r["hi"]) for r in every])
         sd = float(eff.std(ddof=1))
         row = {
             "scenario": scen,
             "design": design,
-            "R": len(sel),
+            "R": len(every),
+            "no_se": len(every) - len(sel),
             "truth": tau,
             "mean": float(eff.mean()),
             "bias": float(eff.mean() - tau),
@@ -200,10 +241,10 @@ def summarise(rows: list[dict[str, Any]], truth: dict[str, float]) -> list[dict[
             "se_sd": float(se.mean() / sd) if sd else None,
             "coverage": float(cover),
             "rmse": float(np.sqrt(np.mean((eff - tau) ** 2))),
-            "fpr": float(np.mean([r["p"] < 0.05 for r in sel])),
-            "blocked": float(np.mean([r["blocked"] for r in sel])),
+            "fpr": float(np.mean([r["p"] < 0.05 for r in every])),
+            "blocked": float(np.mean([r["blocked"] for r in every])),
         }
-        if design == "two_sided":  # mean outcome per impression of each cell (r00..r11)
+        if design.startswith("two_sided"):  # mean outcome per impression of each cell
             row["cells"] = np.nanmean([r["cells"] for r in sel], axis=0).tolist()
         out.append(row)
     return out
@@ -346,8 +387,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     ctx = mp.get_context("fork")
     with ctx.Pool(args.workers, initializer=_init, initargs=(state,)) as pool:
-        for i, row in enumerate(pool.imap_unordered(_replicate, tasks, chunksize=8)):
-            rows.append(row)
+        for i, reads in enumerate(pool.imap_unordered(_replicate, tasks, chunksize=8)):
+            rows.extend(reads)
             if (i + 1) % 500 == 0:
                 print(
                     f"  {i + 1}/{len(tasks)} replications, {time.perf_counter() - t0:.0f}s",

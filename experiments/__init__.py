@@ -19,6 +19,7 @@ from ._model import PAIR_LEVEL, Arm, Design, DesignKind, Experiment, Status
 from ._readout import Covariates, Readout, analyze
 from ._serving import ExperimentLog, ExperimentRegistry, install
 from ._store import ExperimentStore
+from ._switchback import SwitchbackPlan, switchback_plan
 
 __all__ = [
     "METRICS",
@@ -38,6 +39,7 @@ __all__ = [
     "Readout",
     "SrmCheck",
     "Status",
+    "SwitchbackPlan",
     "TwoSidedPlan",
     "analyze",
     "arm_index",
@@ -47,6 +49,7 @@ __all__ = [
     "market_balance",
     "merge_ranks",
     "sim",
+    "switchback_plan",
     "two_sided_plan",
     "viewer_assignment",
 ]

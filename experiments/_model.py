@@ -119,6 +119,9 @@ class Design(_Strict):
     candidate_share: float = Field(0.5, gt=0, lt=1)
     viewer_share: float | None = Field(None, gt=0, lt=1)
     tsri_beta: float = Field(0.5, ge=0, le=1)
+    #: the k of Johari et al.'s TSRI-k: the estimator adds k·β(1 − β) times the two
+    #: cross-cell spillovers (r₀₁ − r₀₀) + (r₁₀ − r₀₀); 0 is the plain interpolation
+    tsri_k: float = Field(0.0, ge=0)
     #: cluster: Louvain resolution (lower = fewer, larger clusters) and the graph's window
     resolution: float = Field(1.0, gt=0)
     graph_days: int = Field(30, ge=1)

@@ -9,10 +9,12 @@ design        unit of analysis                 estimator (SE)
 ============  ===============================  ======================================
 user          viewer                           ratio difference + CUPED (HC1)
 item          candidate                        ratio difference + CUPED (HC1)
-two_sided     viewer × candidate cells         TSRI(β) (two-way bootstrap)
+two_sided     viewer × candidate cells         TSRI-k(β) (two-way bootstrap)
 cluster       viewer, clustered by cluster     ratio difference + CUPED (CR2, t(Welch df))
-switchback    (region, period), burn-in        ratio difference, region fixed effects
-              dropped                          (CR1 by region, t(G−1))
+switchback    (region, period), burn-in        ratio difference, region and period fixed
+              dropped                          effects (HC2: units assigned apart);
+                                               one period: viewer, regions as clusters
+                                               (as cluster)
 ============  ===============================  ======================================
 
 The SRM checks (assignments and exposures, viewer and candidate side) come first; when one
@@ -168,12 +170,18 @@ def _estimate(
             y,
             w,
             beta=design.tsri_beta,
+            k=design.tsri_k,
             scale=scale,
             bootstrap=bootstrap,
             seed=seed,
         )
     if kind == DesignKind.item:
         keys, arm_col, side = rows.candidate, rows.candidate_arm, "candidate"
+    elif kind == DesignKind.switchback and _one_period(rows):
+        # one period covers the run (the carry-over is as long as the run): each region
+        # keeps one arm throughout — a region-randomised design, read by viewer with the
+        # regions as clusters (CR2, CUPED as for the cluster design)
+        keys, arm_col, side = rows.viewer, rows.viewer_arm, "viewer"
     elif kind == DesignKind.switchback:
         keys = _unit_keys(kind, rows)
         assert keys is not None
@@ -190,10 +198,16 @@ def _estimate(
     if kind == DesignKind.cluster and rows.cluster is not None:
         _, groups = _unique_arm(keys, rows.cluster[sel])
         estimator = "difference, cluster-robust"
-    if kind == DesignKind.switchback:
-        fixed = uniq // 1_000_000
-        groups = fixed
-        estimator = "difference, region FE, cluster-robust"
+    if kind == DesignKind.switchback and side is not None:
+        assert rows.region is not None
+        _, groups = _unique_arm(keys, rows.region[sel])
+        estimator = "difference, one period, region-robust"
+    elif kind == DesignKind.switchback:
+        # the (region, period) units are assigned independently: unit-level HC2 with region
+        # and period fixed effects (clustering by region, wider than the assignment, is
+        # conservative: Abadie, Athey, Imbens & Wooldridge 2023)
+        fixed = [uniq // 1_000_000, uniq % 1_000_000]
+        estimator = "difference, region and period FE (HC2)"
     if cuped and cov is not None and side is not None:
         covariate = _pre_period(getattr(cov, side), column, uniq)
         estimator += " + CUPED"
@@ -206,6 +220,15 @@ def _estimate(
         covariate=covariate,
         fixed=fixed,
         estimator=estimator,
+    )
+
+
+def _one_period(rows: Exposures) -> bool:
+    """Switchback rows (burn-in dropped) with a single period: no region ever switched."""
+    return (
+        rows.region is not None
+        and rows.period is not None
+        and (np.unique(rows.period).shape[0] <= 1)
     )
 
 
