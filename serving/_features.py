@@ -1,11 +1,13 @@
 """The feature hydrators stage: the reranker's per-candidate features from the
 :class:`~opendisco.rerank.FeatureStore`.
 
-(Starting the candidate-independent lookups — the viewer's own profile vector, their taste
-profile — before the ``_msearch`` was measured, issue 12: overlapping them with the member or
-edge reads slowed those as much as it saved here, overlapping them with the ``_msearch``
-slowed the engine's answer; on shared cores the engine and the loop are the bottleneck, so
-they stay here, issued together with the per-candidate lookups.)
+What needs no candidate — the viewer's taste profile, the item–item rows of their recent
+positives, their own profile vector (:meth:`~opendisco.rerank.FeatureStore.viewer`) — is
+started by :meth:`StoreFeatures.prepare` before the candidate ``_msearch`` and runs while the
+engine answers; after the candidates only the per-candidate lookups are waited for. (An
+earlier measurement under heavy load, issue 12, found no gain from the overlap: with every
+core busy the engine and the loop are the bottleneck; on a machine with idle cores at low
+concurrency the overlap takes those lookups off the request's critical path: bench/README.md.)
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from opendisco.rerank import CandidateBatch, Features, FeatureStore
+from opendisco.rerank import CandidateBatch, Features, FeatureStore, ViewerFeatures
 
+from ._stages import settle
 from ._types import CandidatePlan
 
 __all__ = ["StoreFeatures"]
@@ -24,23 +27,37 @@ __all__ = ["StoreFeatures"]
 class StoreFeatures:
     """The reranker's features from :class:`~opendisco.rerank.FeatureStore` (packed vectors
     from the hits, exposure and inbound counters, graph proximity; for member candidates their
-    owners' tastes and the viewer's own profile vector, looked up alongside)."""
+    owners' tastes and the viewer's own profile vector)."""
 
     store: FeatureStore
     name: str = "store"
 
+    def prepare(self, plan: CandidatePlan) -> asyncio.Future[ViewerFeatures]:
+        """Start the viewer's lookups (they need no candidate)."""
+        return asyncio.ensure_future(
+            self.store.viewer(plan.state, (plan.user or {}).get("profile_id"))
+        )
+
     async def features(
-        self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
+        self,
+        plan: CandidatePlan,
+        batch: CandidateBatch,
+        base: Features | None,
+        prepared: asyncio.Future[ViewerFeatures] | None = None,
     ) -> Features:
-        profile = (plan.user or {}).get("profile_id") if batch.members.any() else None
-        feats, plan.viewer_profile = await asyncio.gather(
-            self.store.for_batch(
+        viewer = prepared if prepared is not None else self.prepare(plan)
+        try:
+            feats = await self.store.for_batch(
                 batch,
                 plan.state,
                 plan.graph_weights,
                 inbox=plan.inbox,
                 mutual_weights=plan.mutual_weights,
-            ),
-            self.store.profile_vector(profile),
-        )
+                viewer=viewer,
+            )
+        finally:
+            if prepared is None:
+                settle([viewer])
+        # the viewer's profile vector matters only against member candidates (reciprocal)
+        plan.viewer_profile = viewer.result().vector if batch.members.any() else None
         return feats
