@@ -298,12 +298,17 @@ async def test_a_failing_concurrent_member_read_degrades_to_a_safe_answer(
         member = next(q for q in disc.parts.query_hydrators if isinstance(q, MemberContext))
         assert member.users is not None  # the default assembly reads the inbox with it
         member.users = _FailingInbox(disc.db)
-        for url in READS_FOR_V:
-            body = await _get(client, key, url)
-            ids = [it["id"] for it in body["items"]]
-            assert body["degraded"] is True, url
-            assert ids, url
-            assert not _violations(ids), (url, _violations(ids))
+        await _degraded_and_safe_for_v(client, key)
+
+
+async def _degraded_and_safe_for_v(client: Any, key: str) -> None:
+    """Every read of V is answered (200), from the fallback, non-empty, and keeps every rule."""
+    for url in READS_FOR_V:
+        body = await _get(client, key, url)
+        ids = [it["id"] for it in body["items"]]
+        assert body["degraded"] is True, url
+        assert ids, url
+        assert not _violations(ids), (url, _violations(ids))
 
 
 class _FailingSimilarity(ItemSimilarity):
@@ -328,8 +333,8 @@ async def test_a_failing_viewer_feature_lookup_degrades_to_a_safe_answer(
     pipeline failure — 200, the fallback's items, every rule kept for V — and nothing it
     started is left behind as a lost exception."""
     key = safe["keys"]["read"]
-    settings = safe_settings.model_copy(
-        update={"api_deadline_ms": 400, "api_breaker_failures": 1000}  # every request runs
+    settings = safe_settings.model_copy(  # every request runs the pipeline (no open breaker)
+        update={"api_deadline_ms": 1500, "api_breaker_failures": 1000}
     )
     lost: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
@@ -342,16 +347,14 @@ async def test_a_failing_viewer_feature_lookup_degrades_to_a_safe_answer(
             store.similarity = _FailingSimilarity(store.db, hang=fault == "hangs")
             store.sim_rows.clear()  # V has a recent positive (x-liked): its rows are read
             try:
-                for url in READS_FOR_V:
-                    body = await _get(client, key, url)
-                    ids = [it["id"] for it in body["items"]]
-                    assert body["degraded"] is True, url
-                    assert ids, url
-                    assert not _violations(ids), (url, _violations(ids))
+                await _degraded_and_safe_for_v(client, key)
             finally:
                 store.similarity = saved
-            body = await _get(client, key, f"/v1/users/{V}/recommendations?k=10")
-            assert body["degraded"] is False and body["items"]  # the real lookups serve again
+            for _ in range(5):  # the real lookups serve again (a busy machine may miss one)
+                body = await _get(client, key, f"/v1/users/{V}/recommendations?k=10")
+                if not body["degraded"]:
+                    break
+            assert body["degraded"] is False and body["items"]
             for _ in range(10):
                 await asyncio.sleep(0)
     finally:
