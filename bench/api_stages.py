@@ -2,6 +2,7 @@
 
     $(./dev env)/bin/python bench/api_stages.py --keep           # build bench/api's 20k namespace
     $(./dev env)/bin/python bench/api_stages.py --reuse ID       # profile on a kept namespace
+    $(./dev env)/bin/python bench/api_stages.py --reuse ID --ab  # A/B, paired (below)
     $(./dev env)/bin/python bench/api_stages.py --reuse ID --drop  # then delete it
 
 The namespace is bench/api's (same catalogue, same 500 members with 5 likes seeded through the
@@ -15,6 +16,11 @@ the query hydrators by name, candidates, features, rerank) and the feature stage
 timed by wrappers this tool installs on the feature store (never in the package), are printed
 as p50 / p90 / p99 and written to bench/results/api-stages.json. Served impressions are
 recorded as the API records them (background flushes, as on the server); HTTP is not in it.
+
+``--ab`` builds a second pipeline whose feature hydrator starts the viewer's lookups only once
+the candidates are back (the layout before they ran beside the ``_msearch``) and answers every
+member with both, back to back in random order, then sends the bare query: both layouts'
+stages, and the paired difference of the whole request (mean, SE, ratio of medians).
 """
 
 from __future__ import annotations

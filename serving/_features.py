@@ -4,23 +4,43 @@
 What needs no candidate — the viewer's taste profile, the item–item rows of their recent
 positives, their own profile vector (:meth:`~opendisco.rerank.FeatureStore.viewer`) — is
 started by :meth:`StoreFeatures.prepare` before the candidate ``_msearch`` and runs while the
-engine answers; after the candidates only the per-candidate lookups are waited for. (An
-earlier measurement under heavy load, issue 12, found no gain from the overlap: with every
-core busy the engine and the loop are the bottleneck; on a machine with idle cores at low
-concurrency the overlap takes those lookups off the request's critical path: bench/README.md.)
+engine answers; after the candidates only the per-candidate lookups are waited for.
+Measured in process, paired per member (``bench/api_stages.py --ab``, load 15–17): at c=1
+−14.5 ms per request (SE 6.1); at c=4 no difference (−17 ms, SE 56): with every core busy the
+overlap slows the engine's answer about as much as it saves (bench/README.md, api).
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from opendisco.rerank import CandidateBatch, Features, FeatureStore, ViewerFeatures
 
-from ._stages import settle
+from ._tasks import settle
 from ._types import CandidatePlan
 
-__all__ = ["StoreFeatures"]
+__all__ = ["FeatureHydrator", "StoreFeatures"]
+
+
+class FeatureHydrator(Protocol):
+    """Fills the reranker's per-candidate features; hydrators run in order, each receiving the
+    features built so far (``None`` for the first) and returning them extended. ``prepare``
+    starts, without waiting, what needs no candidate (it runs beside the candidate sources;
+    its future comes back to ``features``; ``settle`` cancels it if unused)."""
+
+    name: str
+
+    def prepare(self, plan: CandidatePlan) -> asyncio.Future[Any] | None: ...
+
+    async def features(
+        self,
+        plan: CandidatePlan,
+        batch: CandidateBatch,
+        base: Features | None,
+        prepared: asyncio.Future[Any] | None = None,
+    ) -> Features: ...
 
 
 @dataclass

@@ -36,7 +36,7 @@ from opendisco.signals import (
     top_neighbours,
 )
 
-from ._stages import retrieve
+from ._tasks import retrieve
 from ._types import CandidatePlan
 
 __all__ = [

@@ -53,8 +53,8 @@ from ._stages import (
     request_ranking,
     run_sources,
     served_list,
-    settle,
 )
+from ._tasks import settle
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
 from ._writes import Writes
 

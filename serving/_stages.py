@@ -40,7 +40,7 @@ from opendisco.queries import (
     load,
     request_for_user,
 )
-from opendisco.rerank import FEATURE_NAMES, CandidateBatch, Features, Reranker
+from opendisco.rerank import FEATURE_NAMES, Reranker
 from opendisco.signals import (
     RECENT_FANOUT,
     BlockStore,
@@ -56,6 +56,7 @@ from opendisco.signals import (
 
 from ._artifacts import Artifacts
 from ._explore import Exploration
+from ._features import FeatureHydrator
 from ._filters import HardRules
 from ._types import CandidatePlan, Ranking, Recommendations, candidate_k
 
@@ -63,7 +64,6 @@ __all__ = [
     "GRAPH_NEIGHBOURS",
     "CandidateFilter",
     "CandidateSource",
-    "FeatureHydrator",
     "GraphNeighbours",
     "LogServed",
     "MemberContext",
@@ -75,9 +75,7 @@ __all__ = [
     "params_for",
     "read_member",
     "request_ranking",
-    "retrieve",
     "served_list",
-    "settle",
 ]
 
 #: co-engaged neighbours handed to the graph candidate source (by raw weight; the engine
@@ -105,29 +103,6 @@ class CandidateFilter(Protocol):
     name: str
 
     def keep(self, plan: CandidatePlan, candidates: Sequence[Candidate]) -> list[Candidate]: ...
-
-
-class FeatureHydrator(Protocol):
-    """Fills the reranker's per-candidate features; hydrators run in order, each receiving the
-    features built so far (``None`` for the first) and returning them extended.
-
-    ``prepare`` runs before the candidate sources and starts what needs no candidate (the
-    viewer's own lookups), without waiting: it runs while the engine answers, and the future
-    is handed back to ``features`` (None: nothing to start). A future the request no longer
-    waits for (the candidates failed, none came back, the request was cancelled) is cancelled
-    (:func:`settle`)."""
-
-    name: str
-
-    def prepare(self, plan: CandidatePlan) -> asyncio.Future[Any] | None: ...
-
-    async def features(
-        self,
-        plan: CandidatePlan,
-        batch: CandidateBatch,
-        base: Features | None,
-        prepared: asyncio.Future[Any] | None = None,
-    ) -> Features: ...
 
 
 class SideEffect(Protocol):
@@ -359,20 +334,6 @@ class Parts:
     def __post_init__(self) -> None:
         if not self.sources or not self.feature_hydrators:
             raise ConfigError("a pipeline needs a candidate source and a feature hydrator")
-
-
-def retrieve(fut: asyncio.Future[Any]) -> None:
-    """Done callback: a failure nobody awaits is retrieved here (not logged as lost)."""
-    if not fut.cancelled():
-        fut.exception()
-
-
-def settle(futures: Sequence[asyncio.Future[Any] | None]) -> None:
-    """Cancel what a request started and no longer waits for (see :class:`FeatureHydrator`)."""
-    for fut in futures:
-        if fut is not None:
-            fut.cancel()  # a no-op once done
-            fut.add_done_callback(retrieve)
 
 
 async def run_sources(
