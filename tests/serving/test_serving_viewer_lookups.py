@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pytest
+from serving_support import event
 
 from opendisco import BackendError
 from opendisco.queries import CandidateSet
@@ -19,23 +19,14 @@ from opendisco.rerank import CandidateBatch
 from opendisco.signals import ItemSimilarity
 
 
-def _ev(user: str, kind: str, item: str) -> dict[str, Any]:
-    return {
-        "id": uuid.uuid4().hex,
-        "type": kind,
-        "user_id": user,
-        "item_id": item,
-        "ts": datetime.now(UTC),
-    }
-
-
 async def _viewer_with_likes(discovery: Any, market: Any) -> tuple[str, list[str]]:
-    """A member with a profile and three likes; returns them and the next answer's ids."""
+    """A member with a profile and three more likes; returns them and the first answer's
+    other ids."""
     _, users = market
     viewer = next(u for u in users if u.get("profile_id"))
     v = viewer["_id"]
     first = await discovery.recommend(v, k=30)
-    await discovery.record_events([_ev(v, "like", i) for i in first.ids[:3]])
+    await discovery.record_events([event(v, "like", i) for i in first.ids[:3]])
     return v, first.ids[3:]
 
 
@@ -88,7 +79,7 @@ async def test_viewer_lookups_overlap_the_candidates_and_give_the_same_features(
     v, later = await _viewer_with_likes(discovery, market)
     state = await discovery.states.get(v)
     positives = state.recent_positive_ids
-    assert len(positives) == 3
+    assert len(positives) >= 3  # (other tests of the session may have liked for them too)
     sims = ItemSimilarity(discovery.db)
     version = "viewer-" + uuid.uuid4().hex[:6]
     await sims.replace({positives[0]: {later[0]: 0.7, later[1]: 0.2}}, version)
