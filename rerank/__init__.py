@@ -11,7 +11,7 @@ propensities.
 from ._als import AlsModel, fold_in, train_als, write_behaviour
 from ._config import DEFAULT_STEPS, RerankConfig, merged_config
 from ._explore import pl_marginals, pl_sample, pl_weights
-from ._features import FeatureStore, TTLCache
+from ._features import FeatureStore, TTLCache, ViewerFeatures
 from ._learned import LTR_PARAMS, LearnedScorer, align_features, train_lambdamart
 from ._ltr import (
     LabelPolicy,
@@ -92,6 +92,7 @@ __all__ = [
     "StepRecord",
     "TTLCache",
     "Trace",
+    "ViewerFeatures",
     "ablation_ndcg",
     "align_features",
     "apply_caps",

@@ -20,10 +20,16 @@ Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most
   overlap heavily),
 
 issued concurrently. Why this module is long: one store owns every lookup a request's features
-need, so that their round trips are issued together and their caches shared. The viewer's own
-profile vector (what the candidates' tastes are compared with) joins the vector fetch (usually
-cached). The counters reading also brings each candidate's paced (decayed) exposure and its
-live decayed like/match count.
+need, so that their round trips are issued together and their caches shared. The counters
+reading also brings each candidate's paced (decayed) exposure and its live decayed like/match
+count.
+
+What needs no candidate — the viewer's taste profile (the profile-fields ``mget`` above), the
+item–item rows of their recent positives and their own profile vector (what the candidates'
+tastes are compared with: the vector fetch, usually cached) — is :meth:`FeatureStore.viewer`,
+a :class:`ViewerFeatures`; the served pipeline starts it before the candidate ``_msearch``
+and hands it to :meth:`FeatureStore.for_batch`, so after the candidates only the per-candidate
+lookups (counters, inbound, owners' tastes) are waited for.
 
 Vectors change only when an item is re-encoded or retrained, so the cache
 TTL bounds staleness after ``opendisco train``.
@@ -39,8 +45,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,7 +74,7 @@ from opendisco.signals import (
 from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._types import CandidateBatch, Features, RerankContext
 
-__all__ = ["FeatureStore", "TTLCache"]
+__all__ = ["FeatureStore", "TTLCache", "ViewerFeatures"]
 
 
 class TTLCache:
@@ -111,6 +117,17 @@ def _array(v: Any) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return a if a.ndim == 1 else None
+
+
+@dataclass(frozen=True)
+class ViewerFeatures:
+    """What a request's features need from the viewer alone: the taste profile of their recent
+    positives, the summed item–item weights from those positives to every neighbour, and their
+    own profile vector (None without a profile)."""
+
+    profile: MemberProfile = field(default_factory=MemberProfile)
+    similar: Mapping[str, float] = field(default_factory=dict)
+    vector: np.ndarray | None = None
 
 
 class FeatureStore:
@@ -343,6 +360,18 @@ class FeatureStore:
         )
         return _two_sided(feats, ids, owners, tastes, inbox, mutual_weights, d) if owners else feats
 
+    async def viewer(
+        self, user_state: UserState | None, profile_id: str | None = None
+    ) -> ViewerFeatures:
+        """The lookups of a request that need no candidate (module docstring), concurrently."""
+        positives = user_state.recent_positive_ids if user_state is not None else []
+        profile, similar, vector = await asyncio.gather(
+            self.profile(positives),
+            self.similar_weights(positives),
+            self.profile_vector(profile_id),
+        )
+        return ViewerFeatures(profile, similar, vector)
+
     async def for_batch(
         self,
         batch: CandidateBatch,
@@ -351,7 +380,11 @@ class FeatureStore:
         *,
         inbox: Inbox | None = None,
         mutual_weights: Mapping[str, float] | None = None,
+        viewer: Awaitable[ViewerFeatures] | None = None,
     ) -> Features:
+        """Features of ``batch``: the per-candidate lookups, concurrently with ``viewer`` (the
+        viewer's side, already started by the caller; None: looked up here, without the
+        profile vector)."""
         positives = user_state.recent_positive_ids if user_state is not None else []
         members = batch.members
         owners = {
@@ -359,20 +392,20 @@ class FeatureStore:
             for r, i in enumerate(batch.ids)
             if members[r] and batch.owner[r] >= 0
         }
-        feats, profile = await asyncio.gather(
+        feats, side = await asyncio.gather(
             self.lookup(
                 batch.ids,
                 recent=positives[:RECENT_FANOUT],
-                similar_from=positives,
                 graph_weights=graph_weights,
                 packed=batch.packed,
                 owners=owners,
                 inbox=inbox,
                 mutual_weights=mutual_weights,
             ),
-            self.profile(positives),
+            viewer if viewer is not None else self.viewer(user_state),
         )
-        return replace(feats, affinity=profile_features(batch, profile))
+        item_sim = np.array([float(side.similar.get(i, 0.0)) for i in batch.ids])
+        return replace(feats, item_sim=item_sim, affinity=profile_features(batch, side.profile))
 
     @staticmethod
     def context(user_state: UserState | None, **kw: Any) -> RerankContext:

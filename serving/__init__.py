@@ -10,14 +10,13 @@ string.
 from ._artifacts import Artifacts, check_params, load_model, load_params, load_template
 from ._assembly import default_parts
 from ._explore import EXPLORED_SURFACES, Exploration, Explorer
-from ._features import StoreFeatures
+from ._features import FeatureHydrator, StoreFeatures
 from ._filters import RULE_FIELDS, HardRules, HardRulesFilter, Rule, stored_rule_fields
 from ._pipeline import Discovery
 from ._stages import (
     GRAPH_NEIGHBOURS,
     CandidateFilter,
     CandidateSource,
-    FeatureHydrator,
     GraphNeighbours,
     LogServed,
     MemberContext,

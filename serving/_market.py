@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from opendisco.queries import load
 from opendisco.signals import (
@@ -37,6 +36,7 @@ from opendisco.signals import (
     top_neighbours,
 )
 
+from ._tasks import retrieve
 from ._types import CandidatePlan
 
 __all__ = [
@@ -105,7 +105,7 @@ class LiveTrending:
         stale = time.monotonic() - self._at > self.refresh_s
         if stale and (self._task is None or self._task.done()):
             self._task = asyncio.ensure_future(self._fetch())
-            self._task.add_done_callback(_retrieve)
+            self._task.add_done_callback(retrieve)  # a failed refresh keeps the previous list
         if self._items is None and self._task is not None:
             await asyncio.shield(self._task)
         return self._items or []
@@ -133,8 +133,3 @@ class PacingBudget:
 
     async def hydrate(self, plan: CandidatePlan) -> None:
         plan.pacing = self.controller.budget()
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()  # a failed refresh leaves the previous list; the next request retries

@@ -8,8 +8,9 @@ hydrators, candidate sources, filters, feature hydrators, side effects), a
 :func:`~opendisco.serving.default_parts` (``_assembly``) is the one default assembly. Each
 request makes a bounded number of sequential round trips: the member context (users document,
 user state, blocks and inbox: MongoDB point reads, concurrently), the graph edges (recent
-positives' and matched profiles' rows in one ``find``), one ``_msearch`` (candidates), one
-batched feature lookup; reranking is in-process over arrays.
+positives' and matched profiles' rows in one ``find``), one ``_msearch`` (candidates) with
+the viewer's own feature lookups running alongside (:meth:`FeatureHydrator.prepare`), one
+batched per-candidate feature lookup; reranking is in-process over arrays.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from ._stages import (
     run_sources,
     served_list,
 )
+from ._tasks import settle
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
 from ._writes import Writes
 
@@ -191,19 +193,24 @@ class Discovery:
         """Stages two to five of a planned request: candidates, filters, features, rerank,
         side effects."""
         explain, k = plan.request.explain, plan.k
-        cs = await self.candidates(plan)
-        if not cs.candidates:  # nothing eligible: an answer (empty), not a failure
-            empty = self._empty(plan, cs)
-            for effect in self.parts.side_effects:
-                effect.after(plan, empty)
-            return empty
-        t1 = time.perf_counter()
-        batch = CandidateBatch.from_candidates(cs.candidates, now=plan.request.now)
-        feats: Features | None = None
-        for hydrator in self.parts.feature_hydrators:
-            feats = await hydrator.features(plan, batch, feats)
-        assert feats is not None  # Parts requires a feature hydrator
-        plan.timings_ms["features_ms"] = (time.perf_counter() - t1) * 1e3
+        hydrators = self.parts.feature_hydrators
+        prepared = [h.prepare(plan) for h in hydrators]  # run while the engine answers
+        try:
+            cs = await self.candidates(plan)
+            if not cs.candidates:  # nothing eligible: an answer (empty), not a failure
+                empty = self._empty(plan, cs)
+                for effect in self.parts.side_effects:
+                    effect.after(plan, empty)
+                return empty
+            t1 = time.perf_counter()
+            batch = CandidateBatch.from_candidates(cs.candidates, now=plan.request.now)
+            feats: Features | None = None
+            for hydrator, ready in zip(hydrators, prepared, strict=True):
+                feats = await hydrator.features(plan, batch, feats, ready)
+            assert feats is not None  # Parts requires a feature hydrator
+            plan.timings_ms["features_ms"] = (time.perf_counter() - t1) * 1e3
+        finally:
+            settle(prepared)
         t2 = time.perf_counter()
         pacing = plan.pacing
         ctx = FeatureStore.context(

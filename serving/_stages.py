@@ -40,7 +40,7 @@ from opendisco.queries import (
     load,
     request_for_user,
 )
-from opendisco.rerank import FEATURE_NAMES, CandidateBatch, Features, Reranker
+from opendisco.rerank import FEATURE_NAMES, Reranker
 from opendisco.signals import (
     RECENT_FANOUT,
     BlockStore,
@@ -56,6 +56,7 @@ from opendisco.signals import (
 
 from ._artifacts import Artifacts
 from ._explore import Exploration
+from ._features import FeatureHydrator
 from ._filters import HardRules
 from ._types import CandidatePlan, Ranking, Recommendations, candidate_k
 
@@ -63,7 +64,6 @@ __all__ = [
     "GRAPH_NEIGHBOURS",
     "CandidateFilter",
     "CandidateSource",
-    "FeatureHydrator",
     "GraphNeighbours",
     "LogServed",
     "MemberContext",
@@ -103,17 +103,6 @@ class CandidateFilter(Protocol):
     name: str
 
     def keep(self, plan: CandidatePlan, candidates: Sequence[Candidate]) -> list[Candidate]: ...
-
-
-class FeatureHydrator(Protocol):
-    """Fills the reranker's per-candidate features; hydrators run in order, each receiving the
-    features built so far (``None`` for the first) and returning them extended."""
-
-    name: str
-
-    async def features(
-        self, plan: CandidatePlan, batch: CandidateBatch, base: Features | None
-    ) -> Features: ...
 
 
 class SideEffect(Protocol):

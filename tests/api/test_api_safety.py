@@ -18,7 +18,7 @@ from api_support import h, proxied, serve
 from opendisco import BackendError, Settings, clients
 from opendisco.api import create_key
 from opendisco.serving import Discovery, MemberContext
-from opendisco.signals import UserGraph
+from opendisco.signals import ItemSimilarity, UserGraph
 
 V = "sv"  # a man of 30 who wants women aged 25-35
 W = "sw"  # a member whose gender and age are unknown
@@ -298,12 +298,68 @@ async def test_a_failing_concurrent_member_read_degrades_to_a_safe_answer(
         member = next(q for q in disc.parts.query_hydrators if isinstance(q, MemberContext))
         assert member.users is not None  # the default assembly reads the inbox with it
         member.users = _FailingInbox(disc.db)
-        for url in READS_FOR_V:
-            body = await _get(client, key, url)
-            ids = [it["id"] for it in body["items"]]
-            assert body["degraded"] is True, url
-            assert ids, url
-            assert not _violations(ids), (url, _violations(ids))
+        await _degraded_and_safe_for_v(client, key)
+
+
+async def _degraded_and_safe_for_v(client: Any, key: str) -> None:
+    """Every read of V is answered (200), from the fallback, non-empty, and keeps every rule."""
+    for url in READS_FOR_V:
+        body = await _get(client, key, url)
+        ids = [it["id"] for it in body["items"]]
+        assert body["degraded"] is True, url
+        assert ids, url
+        assert not _violations(ids), (url, _violations(ids))
+
+
+class _FailingSimilarity(ItemSimilarity):
+    """The item–item rows of the viewer's recent positives (one of the viewer's own feature
+    lookups, which run while the candidate query does): failing, or hanging."""
+
+    def __init__(self, db: Any, hang: bool) -> None:
+        super().__init__(db)
+        self.hang = hang
+
+    async def rows(self, item_ids: Any) -> Any:
+        await asyncio.sleep(60 if self.hang else 0.01)
+        raise BackendError("item_similarity lookup failed (injected)")
+
+
+@pytest.mark.parametrize("fault", ["fails", "hangs"])
+async def test_a_failing_viewer_feature_lookup_degrades_to_a_safe_answer(
+    fault: str, safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """The viewer's own feature lookups are started before the candidate query and run beside
+    it: one failing mid-request, or hanging past the deadline, degrades the answer like any
+    pipeline failure — 200, the fallback's items, every rule kept for V — and nothing it
+    started is left behind as a lost exception."""
+    key = safe["keys"]["read"]
+    settings = safe_settings.model_copy(  # every request runs the pipeline (no open breaker)
+        update={"api_deadline_ms": 1500, "api_breaker_failures": 1000}
+    )
+    lost: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, ctx: lost.append(ctx))
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            store = client.app.state.runtime.discovery.features
+            saved = store.similarity
+            store.similarity = _FailingSimilarity(store.db, hang=fault == "hangs")
+            store.sim_rows.clear()  # V has a recent positive (x-liked): its rows are read
+            try:
+                await _degraded_and_safe_for_v(client, key)
+            finally:
+                store.similarity = saved
+            for _ in range(5):  # the real lookups serve again (a busy machine may miss one)
+                body = await _get(client, key, f"/v1/users/{V}/recommendations?k=10")
+                if not body["degraded"]:
+                    break
+            assert body["degraded"] is False and body["items"]
+            for _ in range(10):
+                await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert not [c for c in lost if "injected" in repr(c)], lost
 
 
 async def test_cold_process_with_the_engine_down_serves_safe_popular_items(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
+from scipy.stats import rankdata
 
 from opendisco import Settings, clients
 from opendisco.cli.main import cli
@@ -24,7 +25,7 @@ from opendisco.rerank import (
     assemble_features,
     ease_neighbours,
 )
-from opendisco.rerank._steps import LinearScorer, list_percentile
+from opendisco.rerank._steps import LinearScorer, average_ranks, list_percentile
 from opendisco.signals import ITEM_SIMILARITY, ItemSimilarity
 
 
@@ -85,6 +86,18 @@ def test_list_percentile() -> None:
     np.testing.assert_allclose(list_percentile(np.array([2.0, 2.0])), [0.5, 0.5])
     np.testing.assert_allclose(list_percentile(np.array([7.0])), [0.5])
     assert list_percentile(np.array([])).shape == (0,)
+
+
+def test_average_ranks_are_scipys() -> None:
+    rng = np.random.default_rng(3)
+    for trial in range(500):
+        n = int(rng.integers(0, 300))
+        values = rng.integers(0, 4, n).astype(float) if trial % 2 else rng.normal(size=n)
+        if trial % 5 == 0 and n:
+            values[: n // 2] = 0.0  # the usual tie: rows without the signal
+        np.testing.assert_array_equal(average_ranks(values), rankdata(values, method="average"))
+    with_nan = np.array([1.0, np.nan, 0.0])
+    np.testing.assert_array_equal(average_ranks(with_nan), rankdata(with_nan, method="average"))
 
 
 async def test_feature_store_sums_the_rows_of_the_recent_positives(

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from serving_support import event
 
 from opendisco.rerank import (
     FEATURE_NAMES,
@@ -20,17 +20,6 @@ from opendisco.rerank import (
 )
 from opendisco.serving import Artifacts, Discovery, Rule, stored_rule_fields
 from opendisco.signals import PacingController, PacingTargets, UserGraph
-
-
-def _ev(user: str, kind: str, item: str, **kw: Any) -> dict[str, Any]:
-    return {
-        "id": uuid.uuid4().hex,
-        "type": kind,
-        "user_id": user,
-        "item_id": item,
-        "ts": datetime.now(UTC),
-        **kw,
-    }
 
 
 def _broad(users: list[dict[str, Any]], nth: int = 0) -> dict[str, Any]:
@@ -54,13 +43,13 @@ async def test_reciprocal_step_and_likers_source(discovery: Any, market: Any) ->
     viewer = _broad(users)
     v = viewer["_id"]
     first = (await discovery.recommend(v, k=5)).ids[0]
-    assert (await discovery.record_events([_ev(v, "like", first)])).accepted == 1
+    assert (await discovery.record_events([event(v, "like", first)])).accepted == 1
     before = await discovery.recommend(v, k=60, explain=True)
     assert before.surface == "for_you" and len(before.ids) >= 30
     # a member low in the viewer's list likes the viewer's profile
     cand = before.ids[-1]
     liker = owner_of[cand]
-    await discovery.record_events([_ev(liker, "like", viewer["profile_id"])])
+    await discovery.record_events([event(liker, "like", viewer["profile_id"])])
     after = await discovery.recommend(v, k=60, explain=True)
     assert _rank(after, cand) < 10, (_rank(before, cand), _rank(after, cand))
     rec = next(r for r in after.items if r.id == cand)
@@ -91,7 +80,7 @@ async def test_a_new_member_sees_who_liked_them(discovery: Any, market: Any) -> 
     before = await discovery.recommend(v, k=60)
     assert before.surface == "cold_start" and len(before.ids) >= 10
     liked_last = next(i for i in reversed(before.ids) if owner_of[i] != users[47]["_id"])
-    await discovery.record_events([_ev(owner_of[liked_last], "like", viewer["profile_id"])])
+    await discovery.record_events([event(owner_of[liked_last], "like", viewer["profile_id"])])
     after = await discovery.recommend(v, k=60, explain=True)
     assert after.surface == "cold_start"
     rec = next(r for r in after.items if r.id == liked_last)
@@ -109,7 +98,7 @@ async def test_likers_blocked_or_ineligible_are_never_shown(discovery: Any, mark
     viewer = _broad(users, 2)
     v = viewer["_id"]
     first = (await discovery.recommend(v, k=5)).ids[0]  # history: for_you, not cold_start
-    assert (await discovery.record_events([_ev(v, "like", first)])).accepted == 1
+    assert (await discovery.record_events([event(v, "like", first)])).accepted == 1
     rules = await discovery.rules_for(v)
     base = await discovery.recommend(v, k=60)
     assert base.surface == "for_you"
@@ -126,7 +115,7 @@ async def test_likers_blocked_or_ineligible_are_never_shown(discovery: Any, mark
         == Rule.ELIGIBILITY
     )
     res = await discovery.record_events(
-        [_ev(m, "like", viewer["profile_id"]) for m in (eligible, excluded["_id"])]
+        [event(m, "like", viewer["profile_id"]) for m in (eligible, excluded["_id"])]
     )
     assert res.accepted == 2
     plan = await discovery.plan("for_you", 60, user_id=v)
@@ -137,7 +126,7 @@ async def test_likers_blocked_or_ineligible_are_never_shown(discovery: Any, mark
     assert excluded["profile_id"] not in shown
     assert excluded["profile_id"] not in {c.id for c in after.candidate_set.candidates}
     # the liker blocks the viewer (hides their profile): gone, though they still liked them
-    res = await discovery.record_events([_ev(eligible, "hide", viewer["profile_id"])])
+    res = await discovery.record_events([event(eligible, "hide", viewer["profile_id"])])
     assert res.accepted == 1
     assert eligible in (await discovery.plan("for_you", 60, user_id=v)).request.params["liker_ids"]
     blocked = await discovery.recommend(v, k=60, explain=True)
@@ -159,14 +148,14 @@ async def test_mutual_likes_feed_friends_of_matches(discovery: Any, market: Any)
     # liked `friend` (a friend of the match)
     res = await discovery.record_events(
         [
-            _ev(other, "like", viewer["profile_id"]),
-            _ev(v, "like", match),
-            _ev("fan-" + uuid.uuid4().hex[:6], "like", match),
+            event(other, "like", viewer["profile_id"]),
+            event(v, "like", match),
+            event("fan-" + uuid.uuid4().hex[:6], "like", match),
         ]
     )
     assert res.accepted == 3 and [set(p) for p in res.mutual] == [{v, other}]
     fan = "fan-" + uuid.uuid4().hex[:6]
-    await discovery.record_events([_ev(fan, "like", match), _ev(fan, "like", friend)])
+    await discovery.record_events([event(fan, "like", match), event(fan, "like", friend)])
     assert await UserGraph(discovery.db).mutual(v) == [other]
     inbox = await UserGraph(discovery.db).inbox(other)
     assert inbox.matches == {v: viewer["profile_id"]}
@@ -192,7 +181,7 @@ async def test_served_impressions_count_once(discovery: Any, market: Any) -> Non
     # the client's impression events of a served list are not counted again; others are
     v = users[5]["_id"]
     res = await discovery.record_events(
-        [_ev(v, "impression", profile, request_id="rq1"), _ev(v, "impression", profile)]
+        [event(v, "impression", profile, request_id="rq1"), event(v, "impression", profile)]
     )
     assert res.accepted == 2
     assert (await discovery.exposure.counts([profile]))[profile] == before + 4
@@ -206,7 +195,7 @@ async def test_pacing_controller_and_step_on_the_live_market(discovery: Any, mar
     star = recs.ids[1]
     # attention concentrated on `star`: likes from 40 members, and many impressions
     await discovery.record_events(
-        [_ev(f"admirer-{uuid.uuid4().hex[:6]}", "like", star) for _ in range(40)]
+        [event(f"admirer-{uuid.uuid4().hex[:6]}", "like", star) for _ in range(40)]
     )
     discovery.record_served([{"id": star, "item": {"kind": "profile"}}] * 400)
     await discovery.served.drain()
@@ -267,7 +256,7 @@ async def test_live_trending_from_events(discovery: Any, market: Any) -> None:
     # 15 likes: trending, within its reply capacity (inbound_capacity 20: more would make it
     # an overloaded recipient, which the exposure and reciprocal steps demote on purpose)
     res = await discovery.record_events(
-        [_ev(f"fan-{uuid.uuid4().hex[:6]}", "like", quiet) for _ in range(15)]
+        [event(f"fan-{uuid.uuid4().hex[:6]}", "like", quiet) for _ in range(15)]
     )
     assert res.accepted == 15, res
     await _refreshed(discovery)  # the counters are searched: near real time (~1 s)

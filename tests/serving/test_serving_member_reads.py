@@ -6,24 +6,14 @@ the rules)."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from serving_support import event
 
 from opendisco import BackendError
 from opendisco.serving import GraphNeighbours, MemberContext
 from opendisco.signals import RECENT_FANOUT, ItemGraph, UserGraph, UserStateStore
-
-
-def _ev(user: str, kind: str, item: str) -> dict[str, Any]:
-    return {
-        "id": uuid.uuid4().hex,
-        "type": kind,
-        "user_id": user,
-        "item_id": item,
-        "ts": datetime.now(UTC),
-    }
 
 
 def _part(discovery: Any, kind: type) -> Any:
@@ -46,10 +36,10 @@ async def _matched_viewer(discovery: Any, market: Any) -> str:
     fan = "fan-" + uuid.uuid4().hex[:6]
     await discovery.record_events(
         [
-            _ev(other, "like", viewer["profile_id"]),
-            _ev(v, "like", match),
-            *(_ev(v, "like", i) for i in liked),
-            *(_ev(fan, "like", i) for i in (match, *liked, recs.ids[-1])),
+            event(other, "like", viewer["profile_id"]),
+            event(v, "like", match),
+            *(event(v, "like", i) for i in liked),
+            *(event(fan, "like", i) for i in (match, *liked, recs.ids[-1])),
         ]
     )
     return v
