@@ -302,7 +302,7 @@ async def test_congestion_aware_reciprocity_on_the_live_market(discovery: Any, m
     discovery.reranker = congested
     before = await discovery.recommend(v, k=60, explain=True)
     busy = before.ids[0]
-    fans = [_ev(f"fan-{uuid.uuid4().hex[:6]}", "like", busy) for _ in range(30)]
+    fans = [event(f"fan-{uuid.uuid4().hex[:6]}", "like", busy) for _ in range(30)]
     assert (await discovery.record_events(fans)).accepted == 30
     await _refreshed(discovery)
     feats = await discovery.features.lookup([busy])
