@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._learned import train_lambdamart
-from ._ltr import LtrData, ndcg_at
+from ._ltr import LtrData, _fit, ndcg_at
 from ._types import FEATURE_NAMES
 
 __all__ = ["ablation_ndcg", "single_feature_ndcg"]
@@ -58,19 +57,8 @@ def ablation_ndcg(
     out = {}
     for name, columns in groups.items():
         tr, va = _without(train, columns), _without(valid, columns)
-        model = train_lambdamart(
-            tr.X,
-            tr.y,
-            tr.groups,
-            valid=(va.X, va.y, va.groups),
-            rounds=max_rounds,
-            early_stopping=early_stopping,
-            eval_at=k,
-            params=params,
-            seed=seed,
+        _, best, ndcg = _fit(
+            tr, va, params, max_rounds=max_rounds, early_stopping=early_stopping, k=k, seed=seed
         )
-        out[name] = {
-            f"valid_ndcg@{k}": round(ndcg_at(va.y, va.groups, model.score(va.X), k), 5),
-            "best_iteration": int(model.best_iteration or max_rounds),
-        }
+        out[name] = {f"valid_ndcg@{k}": round(ndcg, 5), "best_iteration": best}
     return out
