@@ -5,9 +5,10 @@ What needs no candidate — the viewer's taste profile, the item–item rows of 
 positives, their own profile vector (:meth:`~opendisco.rerank.FeatureStore.viewer`) — is
 started by :meth:`StoreFeatures.prepare` before the candidate ``_msearch`` and runs while the
 engine answers; after the candidates only the per-candidate lookups are waited for.
-Measured in process, paired per member (``bench/api_stages.py --ab``, load 15–17): at c=1
-−14.5 ms per request (SE 6.1); at c=4 no difference (−17 ms, SE 56): with every core busy the
-overlap slows the engine's answer about as much as it saves (bench/README.md, api).
+Measured in process, paired per member (``bench/api_stages.py --ab``, c=1): −3.7 ms per
+request (SE 2.9) on a quiet machine, −14.5 ms (SE 6.1) at load 15–17; at c=4 and load 15–17
+no difference (−17 ms, SE 56): with every core busy the overlap slows the engine's answer
+about as much as it saves (bench/README.md, api).
 """
 
 from __future__ import annotations
