@@ -27,10 +27,8 @@ from ._event import (
 )
 from ._exposure import CAPPED_DOC_ID, Exposure, ExposureStore, capped_lookup, exposure_index
 from ._graph import (
-    INBOUND,
     ITEM_EDGES,
     RECENT_FANOUT,
-    InboundCounter,
     ItemGraph,
     adjacency_updates,
     co_engagement_pairs,
@@ -40,6 +38,7 @@ from ._graph import (
     summed_weights,
     top_neighbours,
 )
+from ._inbound import INBOUND, InboundCounter
 from ._members import USER_INBOX, USER_LIKES, USER_MATCHES, Inbox, UserGraph
 from ._pacing import (
     PACING,

@@ -59,15 +59,8 @@ from ._claims import CLAIMS, EventClaims, classify
 from ._effects import plan_effects
 from ._event import Event, EventsConfig, EventsResult, validate_event
 from ._exposure import ExposureStore
-from ._graph import (
-    INBOUND,
-    ITEM_EDGES,
-    ITEM_LOCKS,
-    InboundCounter,
-    ItemGraph,
-    co_engagement_pairs,
-    ensure_graph_indexes,
-)
+from ._graph import ITEM_EDGES, ITEM_LOCKS, ItemGraph, co_engagement_pairs
+from ._inbound import INBOUND, InboundCounter, ensure_inbound_indexes
 from ._members import (
     INBOX_LOCKS,
     USER_INBOX,
@@ -207,7 +200,7 @@ class EventProcessor:
             await self.events.create_index("user_id")
             await self.events.create_index("type")
             await self.events.create_index("applied")
-        await ensure_graph_indexes(self.db)
+        await ensure_inbound_indexes(self.db)
         await ensure_member_indexes(self.db)
         await self.exposure.ensure()
         self._ready = True
@@ -355,7 +348,7 @@ class EventProcessor:
             if fx.blocks:
                 await self.blocks.add(fx.blocks, now)
             if fx.inbound:
-                await self.inbound.add(fx.inbound)
+                await self.inbound.add(fx.inbound, now)
         finally:
             capped, _ = await engine
         out.capped = sorted(set(out.capped) | set(capped or []))
