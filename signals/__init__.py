@@ -54,6 +54,7 @@ from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sampl
 from ._similarity import ITEM_SIMILARITY, ItemSimilarity
 from ._trending import decayed, rate_per_day, trend_increments
 from ._user_state import (
+    MEMBER_TASTES,
     USER_LOCKS,
     USER_STATE,
     UserState,
@@ -74,6 +75,7 @@ __all__ = [
     "ITEM_EDGES",
     "ITEM_SIMILARITY",
     "MEMBER_BLOCKS",
+    "MEMBER_TASTES",
     "MUTUAL_TYPES",
     "PACING",
     "RECENT_FANOUT",

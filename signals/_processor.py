@@ -70,7 +70,14 @@ from ._members import (
     ensure_member_indexes,
 )
 from ._pacing import PACING, PACING_LOCKS
-from ._user_state import USER_LOCKS, USER_STATE, UserStateStore, merge_events, recompute
+from ._user_state import (
+    MEMBER_TASTES,
+    USER_LOCKS,
+    USER_STATE,
+    UserStateStore,
+    merge_events,
+    recompute,
+)
 
 __all__ = ["EVENTS", "EventProcessor"]
 
@@ -171,6 +178,7 @@ class EventProcessor:
                     CLAIMS,
                     USER_STATE,
                     USER_LOCKS,
+                    MEMBER_TASTES,
                     ITEM_EDGES,
                     ITEM_LOCKS,
                     USER_LIKES,

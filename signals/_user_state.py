@@ -50,11 +50,11 @@ __all__ = [
 
 USER_STATE = "user_state"
 USER_LOCKS = "user_state_locks"
+#: each member's taste alone (vector, likes and passes given): what others' requests read
+MEMBER_TASTES = "member_tastes"
 #: what a member's like rate counts: likes given versus passes given
 LIKE_TYPES = frozenset({"like"})
 PASS_TYPES = frozenset({"pass", "skip", "hide"})
-#: the fields :meth:`UserStateStore.tastes` reads of other members
-_TASTE_FIELDS = {"vector": 1, "n_likes": 1, "n_passes": 1}
 
 
 class UserStateConfig(BaseModel):
@@ -94,6 +94,15 @@ class UserState:
     def exclude_ids(self) -> list[str]:
         return list(dict.fromkeys([*self.blocked, *self.seen]))
 
+    def taste_doc(self) -> dict[str, Any]:
+        """What others' requests read of this member (:meth:`UserStateStore.tastes`)."""
+        return {
+            "_id": self.user_id,
+            "vector": _stored(self.vector),
+            "n_likes": self.n_likes,
+            "n_passes": self.n_passes,
+        }
+
     def to_doc(self) -> dict[str, Any]:
         return {
             "_id": self.user_id,
@@ -102,8 +111,8 @@ class UserState:
             "seen": self.seen,
             "blocked": self.blocked,
             "fatigue": [{"c": k, "n": v} for k, v in self.fatigue.items()],
-            "vector": None if self.vector is None else store_vector(self.vector),
-            "behaviour": None if self.behaviour is None else store_vector(self.behaviour),
+            "vector": _stored(self.vector),
+            "behaviour": _stored(self.behaviour),
             "version": self.version,
             "updated_at": self.updated_at,
             "applied": self.applied,
@@ -142,6 +151,10 @@ def stored_vector(value: Any) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return vec if vec.ndim == 1 else None
+
+
+def _stored(vector: list[float] | None) -> Any:
+    return None if vector is None else store_vector(vector)
 
 
 def _values(value: Any) -> list[float] | None:
@@ -275,6 +288,7 @@ class UserStateStore:
 
     def __init__(self, db: Any, cfg: UserStateConfig | None = None) -> None:
         self.coll = db[USER_STATE]
+        self.tastes_coll = db[MEMBER_TASTES]
         self.cfg = cfg or UserStateConfig()
 
     async def get(self, user_id: str) -> UserState:
@@ -297,15 +311,13 @@ class UserStateStore:
         self, user_ids: Iterable[str]
     ) -> dict[str, tuple[np.ndarray | None, int, int]]:
         """``{member: (content vector | None, likes given, passes given)}`` of the members who
-        have a state (one ``find`` by ``_id`` of three fields: the candidates' owners in the
-        reciprocal estimate)."""
+        have a taste document (one ``find`` by ``_id`` in ``member_tastes``: the candidates'
+        owners in the reciprocal estimate)."""
         ids = list(dict.fromkeys(user_ids))
         if not ids:
             return {}
-        with backend_errors("user_state taste lookup failed"):
-            docs = await self.coll.find({"_id": {"$in": ids}}, projection=_TASTE_FIELDS).to_list(
-                None
-            )
+        with backend_errors("member taste lookup failed"):
+            docs = await self.tastes_coll.find({"_id": {"$in": ids}}).to_list(None)
         return {
             str(d["_id"]): (
                 stored_vector(d.get("vector")),
@@ -320,13 +332,19 @@ class UserStateStore:
         doc = {**state.to_doc(), "version": state.version + 1}
         with backend_errors("user_state write failed"):
             await self.coll.replace_one({"_id": state.user_id}, doc, upsert=True)
+            await self.tastes_coll.replace_one(
+                {"_id": state.user_id}, state.taste_doc(), upsert=True
+            )
 
     async def save_many(self, states: Iterable[UserState]) -> None:
+        states = list(states)
         ops = [
             ReplaceOne({"_id": s.user_id}, {**s.to_doc(), "version": s.version + 1}, upsert=True)
             for s in states
         ]
         await bulk_write_chunked(self.coll, ops)
+        tastes = [ReplaceOne({"_id": s.user_id}, s.taste_doc(), upsert=True) for s in states]
+        await bulk_write_chunked(self.tastes_coll, tastes)
 
     @contextlib.asynccontextmanager
     async def locked(self, user_ids: Iterable[str]) -> AsyncIterator[None]:
