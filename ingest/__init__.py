@@ -3,6 +3,8 @@
 Items only: what members do (events, user state, graphs, counters) is ``opendisco.signals``.
 """
 
+from opendisco._stored import read_vector, store_vector, vector_values
+
 from ._apply import Applied, Counters, Prepared, prepare
 from ._bulk import (
     Action,
@@ -40,7 +42,6 @@ from ._reindex import ReindexReport, reindex
 from ._sample import generate_marketplace, write_sample
 from ._schema import ITEM_FIELDS, KINDS, validate_item
 from ._store import DEAD_LETTERS, SYNC_STATE, items_collection, state_key
-from ._stored import read_vector, store_vector, vector_values
 from ._sync import LeaseLost, Syncer, SyncReport, run_sync, sync_once
 from ._templates import TemplatePlan, apply_templates, plan_templates, set_replicas
 from ._verify import VerifyReport, verify

@@ -29,9 +29,9 @@ from pymongo.errors import BulkWriteError
 from opendisco import clients
 from opendisco._backend import backend_errors
 from opendisco._settings import Settings
+from opendisco._stored import read_vector, store_vector
 
 from ._document import text_key
-from ._stored import read_vector, store_vector
 
 __all__ = [
     "CACHE_COLLECTION",

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from opendisco._exceptions import DocumentInvalid
-
-from ._stored import VECTOR_SUBTYPE, read_vector, vector_values
+from opendisco._stored import VECTOR_SUBTYPE, read_vector, vector_values
 
 __all__ = ["ITEM_FIELDS", "KINDS", "MAX_ID_BYTES", "MAX_KEYWORD_BYTES", "validate_item"]
 

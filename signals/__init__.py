@@ -27,10 +27,8 @@ from ._event import (
 )
 from ._exposure import CAPPED_DOC_ID, Exposure, ExposureStore, capped_lookup, exposure_index
 from ._graph import (
-    INBOUND,
     ITEM_EDGES,
     RECENT_FANOUT,
-    InboundCounter,
     ItemGraph,
     adjacency_updates,
     co_engagement_pairs,
@@ -40,6 +38,7 @@ from ._graph import (
     summed_weights,
     top_neighbours,
 )
+from ._inbound import INBOUND, InboundCounter
 from ._members import USER_INBOX, USER_LIKES, USER_MATCHES, Inbox, UserGraph
 from ._pacing import (
     PACING,
@@ -55,6 +54,7 @@ from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sampl
 from ._similarity import ITEM_SIMILARITY, ItemSimilarity
 from ._trending import decayed, rate_per_day, trend_increments
 from ._user_state import (
+    MEMBER_TASTES,
     USER_LOCKS,
     USER_STATE,
     UserState,
@@ -75,6 +75,7 @@ __all__ = [
     "ITEM_EDGES",
     "ITEM_SIMILARITY",
     "MEMBER_BLOCKS",
+    "MEMBER_TASTES",
     "MUTUAL_TYPES",
     "PACING",
     "RECENT_FANOUT",

@@ -1,6 +1,6 @@
-"""Co-engagement graph (item–item) and inbound attention counters (mutual likes: ``_members``).
+"""Co-engagement graph (item–item; mutual likes: ``_members``, inbound attention: ``_inbound``).
 
-Both live in MongoDB and grow incrementally from events (one ``bulk_write`` per batch):
+It lives in MongoDB and grows incrementally from events (one ``bulk_write`` per batch):
 
 * ``item_adjacency``: one document per item, ``{_id: src, n: "<JSON {dst: w}>", k, updated_at}``
   (both directions stored). The neighbour map is one string field on purpose: FerretDB 1.x
@@ -11,8 +11,6 @@ Both live in MongoDB and grow incrementally from events (one ``bulk_write`` per 
   per-item leases in ``item_adjacency_locks`` (FerretDB updates are not atomic
   read-modify-writes), and a request reads the neighbours of its recent items with one
   ``find`` by ``_id``.
-* ``inbound``: ``{_id: "item\\x1fYYYYMMDD", item, day, n}`` — likes/messages a recipient got
-  per day (two-sided markets: how much attention a profile already receives).
 
 Increments are at-least-once: a batch re-applied after a crash between the graph write and the
 event's ``applied`` mark adds its weights twice (see ``opendisco.signals``); concurrent
@@ -21,14 +19,13 @@ batches never lose each other's increments (leases).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ReplaceOne, UpdateOne
+from pymongo import ReplaceOne
 
 from opendisco._backend import backend_errors
 from opendisco._store import bulk_write_chunked, lease
@@ -36,18 +33,15 @@ from opendisco._store import bulk_write_chunked, lease
 from ._user_state import UserState
 
 __all__ = [
-    "INBOUND",
     "ITEM_EDGES",
     "ITEM_LOCKS",
     "RECENT_FANOUT",
     "SEP",
-    "InboundCounter",
     "ItemGraph",
     "adjacency_updates",
     "co_engagement_pairs",
     "decode_row",
     "encode_row",
-    "ensure_graph_indexes",
     "merge_rows",
     "summed_weights",
     "top_neighbours",
@@ -57,7 +51,6 @@ ITEM_EDGES = "item_adjacency"
 ITEM_LOCKS = "item_adjacency_locks"
 #: how many of a user's most recent positives the graph source and feature start from
 RECENT_FANOUT = 20
-INBOUND = "inbound"
 SEP = "\x1f"
 #: ids per ``find({_id: {$in: ...}})`` (one round trip for a request's recent items)
 READ_CHUNK = 500
@@ -66,12 +59,6 @@ READ_CHUNK = 500
 async def _find(coll: Any, flt: Mapping[str, Any], **kw: Any) -> list[dict[str, Any]]:
     with backend_errors(f"{coll.name} lookup failed"):
         return await coll.find(flt, **kw).to_list(None)
-
-
-async def ensure_graph_indexes(db: Any) -> None:
-    with backend_errors("graph index creation failed"):
-        await db[INBOUND].create_index("item")
-        await db[INBOUND].create_index("day")
 
 
 def encode_row(row: Mapping[str, float]) -> str:
@@ -194,62 +181,6 @@ class ItemGraph:
             return {}
         weights = await self.weights(src)
         return {d: w for d, w in weights.items() if d in dst}
-
-
-class InboundCounter:
-    """Likes/messages received per item per day; summed over a recent window."""
-
-    def __init__(self, db: Any) -> None:
-        self.coll = db[INBOUND]
-
-    async def add(self, counts: Iterable[tuple[str, datetime]]) -> None:
-        acc: dict[tuple[str, str], int] = defaultdict(int)
-        for item, ts in counts:
-            acc[(item, ts.astimezone(UTC).strftime("%Y%m%d"))] += 1
-        await bulk_write_chunked(
-            self.coll,
-            [
-                UpdateOne(
-                    {"_id": f"{item}{SEP}{day}"},
-                    {"$inc": {"n": n}, "$set": {"item": item, "day": day}},
-                    upsert=True,
-                )
-                for (item, day), n in acc.items()
-            ],
-        )
-
-    async def totals(self, days: int = 7, now: datetime | None = None) -> dict[str, int]:
-        """Attention received per item over the last ``days`` days, for every item that
-        received any (one ``find`` on ``day``: an index on MongoDB, a scan on FerretDB; the
-        pacing controller's periodic measurement, not a request-path read)."""
-        now = now or datetime.now(UTC)
-        window = [(now - timedelta(days=d)).strftime("%Y%m%d") for d in range(days)]
-        docs = await _find(self.coll, {"day": {"$in": window}}, projection={"item": 1, "n": 1})
-        acc: dict[str, int] = defaultdict(int)
-        for d in docs:
-            acc[d["item"]] += int(d.get("n", 0))
-        return dict(acc)
-
-    async def counts(
-        self, ids: Iterable[str], days: int = 7, now: datetime | None = None
-    ) -> dict[str, int]:
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return {}
-        now = now or datetime.now(UTC)
-        window = [(now - timedelta(days=d)).strftime("%Y%m%d") for d in range(days)]
-        # by _id (item x day): an index search, where {item: {$in}} scans on FerretDB
-        keys = [f"{item}{SEP}{day}" for item in wanted for day in window]
-        chunks = await asyncio.gather(
-            *(
-                _find(self.coll, {"_id": {"$in": keys[i : i + 1000]}})
-                for i in range(0, len(keys), 1000)
-            )
-        )  # one round trip deep, whatever the number of chunks
-        acc: dict[str, int] = defaultdict(int)
-        for d in (d for docs in chunks for d in docs):
-            acc[d["item"]] += int(d.get("n", 0))
-        return dict(acc)
 
 
 def summed_weights(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:

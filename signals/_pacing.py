@@ -49,7 +49,7 @@ from opendisco._settings import Settings
 from opendisco._store import lease
 
 from ._exposure import ExposureStore
-from ._graph import InboundCounter
+from ._inbound import InboundCounter
 
 __all__ = [
     "PACING",

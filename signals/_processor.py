@@ -59,15 +59,8 @@ from ._claims import CLAIMS, EventClaims, classify
 from ._effects import plan_effects
 from ._event import Event, EventsConfig, EventsResult, validate_event
 from ._exposure import ExposureStore
-from ._graph import (
-    INBOUND,
-    ITEM_EDGES,
-    ITEM_LOCKS,
-    InboundCounter,
-    ItemGraph,
-    co_engagement_pairs,
-    ensure_graph_indexes,
-)
+from ._graph import ITEM_EDGES, ITEM_LOCKS, ItemGraph, co_engagement_pairs
+from ._inbound import INBOUND, InboundCounter, ensure_inbound_indexes
 from ._members import (
     INBOX_LOCKS,
     USER_INBOX,
@@ -77,7 +70,14 @@ from ._members import (
     ensure_member_indexes,
 )
 from ._pacing import PACING, PACING_LOCKS
-from ._user_state import USER_LOCKS, USER_STATE, UserStateStore, merge_events, recompute
+from ._user_state import (
+    MEMBER_TASTES,
+    USER_LOCKS,
+    USER_STATE,
+    UserStateStore,
+    merge_events,
+    recompute,
+)
 
 __all__ = ["EVENTS", "EventProcessor"]
 
@@ -178,6 +178,7 @@ class EventProcessor:
                     CLAIMS,
                     USER_STATE,
                     USER_LOCKS,
+                    MEMBER_TASTES,
                     ITEM_EDGES,
                     ITEM_LOCKS,
                     USER_LIKES,
@@ -207,7 +208,7 @@ class EventProcessor:
             await self.events.create_index("user_id")
             await self.events.create_index("type")
             await self.events.create_index("applied")
-        await ensure_graph_indexes(self.db)
+        await ensure_inbound_indexes(self.db)
         await ensure_member_indexes(self.db)
         await self.exposure.ensure()
         self._ready = True
@@ -355,7 +356,7 @@ class EventProcessor:
             if fx.blocks:
                 await self.blocks.add(fx.blocks, now)
             if fx.inbound:
-                await self.inbound.add(fx.inbound)
+                await self.inbound.add(fx.inbound, now)
         finally:
             capped, _ = await engine
         out.capped = sorted(set(out.capped) | set(capped or []))

@@ -2,17 +2,19 @@
 
 An array of doubles costs FerretDB (SQLite rows of JSON) a number parse per component on
 every read: a full scan of items with a 32-d ``behaviour`` array costs it 0.38 ms per
-document, 0.27 ms with the same vector as one Binary (5,000 items, bench/README.md). So
-vectors our code writes into MongoDB — the embedding cache's entries and items'
-``behaviour`` (``opendisco train``) — are BSON Binary vectors: the subtype says "vector",
-the first byte the dtype (float32), the length the dimension; pymongo writes them
-(``Binary.from_vector``) and any MongoDB-protocol server stores them.
+document, 0.27 ms with the same vector as one Binary (5,000 items, bench/README.md); a
+member's state with its 384-d taste vector as an array costs it ~3 ms per document read by
+``_id``, ~0.3 ms with the vector as one Binary (issue 12). So vectors our code writes into
+MongoDB — the embedding cache's entries, items' ``behaviour`` (``opendisco train``) and the
+members' taste and behaviour vectors in ``user_state`` — are BSON Binary vectors: the
+subtype says "vector", the first byte the dtype (float32), the length the dimension;
+pymongo writes them (``Binary.from_vector``) and any MongoDB-protocol server stores them.
 
 Reading is lenient about the *form* (the older forms still read: raw float32 bytes of
-subtype 0 in the embedding cache, lists of numbers in items) and strict about the *content*:
-:func:`read_vector` returns ``None`` for a wrong dtype, a length that is not a whole number
-of float32s, a dimension other than the expected one, so a caller re-encodes or rejects
-instead of indexing a wrong vector.
+subtype 0 in the embedding cache, lists of numbers in items and in older member states) and
+strict about the *content*: :func:`read_vector` returns ``None`` for a wrong dtype, a length
+that is not a whole number of float32s, a dimension other than the expected one, so a caller
+re-encodes or rejects instead of indexing a wrong vector.
 """
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""Inbound attention counters: one document per item with day keys (pure update shapes, live
+counts, windows and pruning on the real store)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from opendisco.signals import INBOUND, InboundCounter
+from opendisco.signals._inbound import (
+    PRUNE_DAYS,
+    RETAIN_DAYS,
+    increments,
+    window_keys,
+    window_total,
+)
+
+NOW = datetime(2026, 6, 30, 12, tzinfo=UTC)
+
+
+def _days_ago(d: float) -> datetime:
+    return NOW - timedelta(days=d)
+
+
+def test_increments_are_one_update_per_item_with_day_keys() -> None:
+    ups = increments(
+        [("a", _days_ago(0)), ("a", _days_ago(0)), ("a", _days_ago(2)), ("b", _days_ago(1))],
+        NOW,
+    )
+    assert set(ups) == {"a", "b"}
+    assert ups["a"]["$inc"] == {"d.20260630": 2, "d.20260628": 1}
+    assert ups["a"]["$max"] == {"last": "20260630"} and ups["b"]["$max"] == {"last": "20260629"}
+    # the keys just past the horizon are dropped, never one being incremented
+    stale = set(ups["a"]["$unset"])
+    assert len(stale) == PRUNE_DAYS and not stale & set(ups["a"]["$inc"])
+    assert max(stale) == "d." + (NOW - timedelta(days=RETAIN_DAYS)).strftime("%Y%m%d")
+
+
+def test_events_past_the_horizon_are_dropped() -> None:
+    assert increments([("a", _days_ago(RETAIN_DAYS + 1))], NOW) == {}
+    assert set(increments([("a", _days_ago(RETAIN_DAYS - 1))], NOW)) == {"a"}
+
+
+def test_window_keys_and_totals() -> None:
+    keys = window_keys(3, NOW)
+    assert keys == ["20260630", "20260629", "20260628"]
+    doc = {"d": {"20260630": 2, "20260628": 1, "20260601": 9}}
+    assert window_total(doc, keys) == 3
+    assert window_total({}, keys) == 0
+    for bad in (0, RETAIN_DAYS + 1):
+        with pytest.raises(ValueError, match="inbound window"):
+            window_keys(bad, NOW)
+
+
+async def test_counts_totals_and_pruning_on_the_store(motor_db: Any) -> None:
+    counter = InboundCounter(motor_db)
+    tag = uuid.uuid4().hex[:8]
+    a, b, c = (f"{x}-{tag}" for x in "abc")
+    await counter.add([(a, _days_ago(0)), (a, _days_ago(1)), (a, _days_ago(6)), (b, NOW)], NOW)
+    await counter.add([(a, _days_ago(0)), (b, _days_ago(10))], NOW)  # a second batch adds up
+    assert await counter.counts([a, b, c], days=7, now=NOW) == {a: 4, b: 1}
+    assert await counter.counts([a, b], days=1, now=NOW) == {a: 2, b: 1}
+    assert await counter.counts([a, b], days=14, now=NOW) == {a: 4, b: 2}
+    totals = await counter.totals(days=7, now=NOW)
+    assert totals[a] == 4 and totals[b] == 1 and c not in totals
+    # weeks later: an increment drops the day keys past the horizon; the window is still right
+    later = NOW + timedelta(days=RETAIN_DAYS + 3)
+    await counter.add([(a, later)], later)
+    doc = await motor_db[INBOUND].find_one({"_id": a})
+    assert sorted(doc["d"]) == [later.strftime("%Y%m%d")]
+    assert await counter.counts([a, b], days=7, now=later) == {a: 1}
+    assert a in await counter.totals(days=7, now=later)
+    assert b not in await counter.totals(days=7, now=later)  # its last day left the window
