@@ -6,7 +6,7 @@
   standard error is the delta-method one. **CUPED** for ratio metrics (Deng et al. 2013): the
   difference less θ times the arms' difference of *pre-period* ratios, θ and the SE from
   the units' influence functions. **Cluster-robust** standard errors for the cluster
-  design: CR2 with Welch–Satterthwaite degrees of freedom (:func:`_cr2`: the few, unequal
+  design: CR2 with Bell–McCaffrey degrees of freedom (:func:`_cr2`: the few, unequal
   clusters a community partition gives make CR1 with G − 1 df too optimistic). For the
   switchback design ((region, period) units, region and period fixed effects, burn-in rows
   dropped) HC2 through statsmodels: the units are assigned independently, so the
@@ -202,8 +202,8 @@ def _cuped(
     unit ratios in a regression weighted by post-period impressions is not: a treatment that
     moves impressions between units moves the covariate's weighted mean too, and the
     adjustment removes part of the effect. θ and the standard error come from the units'
-    influence functions (no covariate: θ = 0). With clusters ``g`` see :func:`_cr2`;
-    otherwise HC1, t with n − 2 df."""
+    influence functions (no covariate: θ = 0). With clusters ``g`` see :func:`_cr2` and
+    :func:`_theta_shrinkage`; otherwise HC1, t with n − 2 df."""
     dy, fy = _influence(num, den, arm)
     dx, fx = (0.0, np.zeros_like(fy)) if xn is None or xd is None else _influence(xn, xd, arm)
     n = num.shape[0]
@@ -215,10 +215,9 @@ def _cuped(
     if g is not None:
         garm = np.zeros(int(g.max()) + 1)
         garm[g] = arm
-        # θ's leverage on each cluster (its share of Σ f_x²) still counts in CR2
-        lev = np.bincount(g, fx**2) / (fx @ fx) if theta else None
+        shrink = _theta_shrinkage(fx, den, arm, g) if theta else None
         fy, fx, gden = np.bincount(g, fy), np.bincount(g, fx), np.bincount(g, den)
-        var, df = _cr2(fy - theta * fx, gden, garm, lev)
+        var, df = _cr2(fy - theta * fx, gden, garm, shrink)
         if not np.isfinite(var) and theta:  # one cluster carries θ: no adjustment
             theta, dx = 0.0, 0.0
             var, df = _cr2(fy, gden, garm)
@@ -234,6 +233,27 @@ def _cuped(
     )  # fmt: skip
 
 
+def _theta_shrinkage(fx: np.ndarray, den: np.ndarray, arm: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """How much fitting CUPED's θ over the units shrinks each cluster's adjusted influence
+    sum, as a share of that sum's variance, under CR2's working model (independent units,
+    each unit's influence ``f_y,i`` with variance ∝ w_i = den_i / D_a², D_a its arm's
+    impressions; Bell & McCaffrey 2002). With θ̂ = Σ f_y f_x / S, S = Σ f_x², the cluster's
+    adjusted sum ψ_g − (θ̂ − θ)·X_g (X_g = Σ_{i∈g} f_x,i) has expected square
+    λ_g − 2·X_g·C_g + X_g²·V_θ, where λ_g = Σ_{i∈g} w_i, C_g = Σ_{i∈g} f_x,i w_i / S
+    = Cov(ψ_g, θ̂) and V_θ = Σ f_x² w / S² = Var θ̂; the share is (2·X_g·C_g − X_g²·V_θ) / λ_g.
+    A covariate constant within clusters gives Σ_{i∈g} f_x,i² / S (θ is then fitted on the
+    clusters and takes its full leverage); one whose deviations cancel within each cluster
+    (X_g ≈ 0: the member-level relation, as in the simulated marketplace) gives ≈ 0 — θ then
+    takes nothing from the cluster sums, and charging it the share of Σ f_x² (the previous
+    rule) inflated the A/A variance by ~40%."""
+    s = float(fx @ fx)
+    d_arm = np.where(arm == 1, den[arm == 1].sum(), den[arm == 0].sum())
+    w = den / d_arm**2
+    v_theta = float((fx**2 * w).sum()) / s**2
+    lam, cov, xg = (np.bincount(g, v) for v in (w, fx * w / s, fx))
+    return (2 * xg * cov - xg**2 * v_theta) / np.where(lam > 0, lam, np.nan)
+
+
 def _cr2(
     psi: np.ndarray, gden: np.ndarray, garm: np.ndarray, extra: np.ndarray | None = None
 ) -> tuple[float, float]:
@@ -247,31 +267,41 @@ def _cr2(
       leverage h_g = D_g / D_a (its share of its arm's impressions; for this model the
       left eigenvector of the cluster's hat block is the weights, so (I − H_gg)^(-1/2)
       scales the cluster's score by (1 − h_g)^(-1/2)). Unbiased under working independence.
-      ``extra``: leverage of further fitted terms (CUPED's θ: Σ_{i∈g} f_x,i² / Σ f_x², θ
-      being fitted on the units; orthogonal to the arm since the covariate's influences sum
-      to zero within each arm).
-    * **Degrees of freedom**: Welch–Satterthwaite over the two arms, each arm's component
-      with ν_a = (Σλ_g)² / Σλ_g² − 1 df, λ_g = D_g / D_a² its expected contribution under
-      working independence: G − 2 for equal clusters, about the number of big clusters less
-      two when a few dominate (Imbens & Kolesár 2016 argue for exactly this kind of df)."""
-    var, comps, dfs = 0.0, [], []
+      ``extra``: the further share of each cluster's variance a fitted term takes
+      (:func:`_theta_shrinkage`).
+    * **Degrees of freedom**: Bell & McCaffrey's, (Σμ)² / Σμ², μ the eigenvalues of the
+      variance estimator's quadratic form under the same working model (Imbens & Kolesár
+      2016): per arm diag(λ) − λλ'/Σλ scaled by (1 − h_g)^(-1/2) on both sides,
+      λ_g = D_g / D_a² (:func:`_bm_df`). G − 2 for equal clusters, about the number of big
+      clusters less two when a few dominate."""
+    var, mus = 0.0, []
     for a in (0, 1):
         m = garm == a
         d = gden[m]
         total = float(d.sum())
         if total <= 0:
             continue
-        h = d / total + (0.0 if extra is None else extra[m])
-        contrib = psi[m] ** 2 / np.where(h < 1, 1 - h, np.nan)
+        h = d / total
+        shrink = h if extra is None else h + extra[m]
+        contrib = psi[m] ** 2 / np.where(shrink < 1, 1 - shrink, np.nan)
         if not np.isfinite(contrib).all():  # one cluster in an arm: no variance estimate
             return float("nan"), float("nan")
         var += float(contrib.sum())
-        lam = d / total**2
-        comps.append(float(lam.sum()))
-        dfs.append(max(float(lam.sum() ** 2 / (lam**2).sum()) - 1.0, 1.0))
-    denom = sum(c**2 / v for c, v in zip(comps, dfs, strict=True))
-    df = float(sum(comps) ** 2 / denom) if denom > 0 else float("nan")
-    return var, df
+        mus.append(_bm_eigenvalues(d / total**2, h))
+    return var, _bm_df(np.concatenate(mus)) if mus else float("nan")
+
+
+def _bm_eigenvalues(lam: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """One arm's eigenvalues of the CR2 quadratic form (:func:`_cr2`)."""
+    s = 1 / np.sqrt(1 - h)
+    block = (np.diag(lam) - np.outer(lam, lam) / lam.sum()) * np.outer(s, s)
+    return np.linalg.eigvalsh(block)
+
+
+def _bm_df(mu: np.ndarray) -> float:
+    """Satterthwaite's df of a quadratic form with eigenvalues ``mu``: (Σμ)² / Σμ²."""
+    q = float((mu**2).sum())
+    return float(mu.sum() ** 2 / q) if q > 0 else float("nan")
 
 
 # --- sample-ratio mismatch -------------------------------------------------------------------

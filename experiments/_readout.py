@@ -10,7 +10,7 @@ design        unit of analysis                 estimator (SE)
 user          viewer                           ratio difference + CUPED (HC1)
 item          candidate                        ratio difference + CUPED (HC1)
 two_sided     viewer × candidate cells         TSRI-k(β) (two-way bootstrap)
-cluster       viewer, clustered by cluster     ratio difference + CUPED (CR2, t(Welch df))
+cluster       viewer, clustered by cluster     ratio difference + CUPED (CR2, t(BM df))
 switchback    (region, period), burn-in        ratio difference, region and period fixed
               dropped                          effects (HC2: units assigned apart);
                                                one period: viewer, regions as clusters
