@@ -16,6 +16,7 @@ from opendisco.eval import (
     Ratings,
     learn_ranker,
     read_movielens,
+    relearn_ranker,
     roll_split,
     rolling_rounds,
     similarity_rows,
@@ -140,6 +141,24 @@ async def test_learn_ranker_runs_the_loop_on_the_fitting_period_only(
         assert 0 <= c["valid_round_ndcg"] <= 1 and 0 <= c["rolling_ndcg"] <= 1
     assert set(report["ablations"]) == {"without item_sim", "without percentiles"}
     assert report["single_feature_valid_ndcg"]
+    for c in sel["per_config"]:  # each grid point's per-member value is reported
+        assert [g["params"] for g in c["grid"]] == [{"num_leaves": 4, "min_data_in_leaf": 5}]
+        assert 0 <= c["grid"][0]["member_value"] <= 1
+
+    # the training step alone on the same logged lists: the same choices and figures
+    again, again_report = await asyncio.to_thread(
+        relearn_ranker,
+        settings,
+        split,
+        out,
+        k=5,
+        lists_per_user=3,
+        grid=({"num_leaves": 4, "min_data_in_leaf": 5},),
+        itemsim_candidates=(0, 20),
+    )
+    assert again.name == "model-v2.txt" and again_report["inputs"]["relearned"]
+    assert again_report["selection"] == sel
+    assert again_report["metrics"] == report["metrics"]
 
     client = clients.mongo(settings)
     try:
