@@ -494,6 +494,12 @@ def _ltr_md(result: dict[str, Any]) -> str:
     )
     sel = ltr.get("selection") or {}
     loop_fn = "relearn_ranker" if inputs.get("relearned") else "learn_ranker"
+    table = (
+        "the lists an earlier loop logged (trained again, nothing served)"
+        if inputs.get("relearned")
+        else f"item-item table {inputs.get('similarity_rows')} rows (EASE"
+        f" λ={inputs.get('ease_lambda')}, pre-period only)"
+    )
     rows = "".join(
         f"| {c['itemsim_candidates']} | {c['train_lists']:,} / {c['valid_lists']:,} |"
         f" {c[f'valid_ndcg@{k}']:.4f} | {c['valid_candidate_recall']} |"
@@ -526,8 +532,7 @@ list. {steps}.
         + f"""
 Learning loop (`opendisco.eval.{loop_fn}`, validation lists only): {ltr["lists"]:,} labelled
 lists ({ltr["split"]["train_lists"]:,} training, {ltr["split"]["valid_lists"]:,} validation),
-{inputs.get("lists_per_user")} rolled positives per member, item-item table
-{inputs.get("similarity_rows")} rows (EASE λ={inputs.get("ease_lambda")}, pre-period only),
+{inputs.get("lists_per_user")} rolled positives per member, {table},
 itemsim source {inputs.get("itemsim_candidates")} neighbours. Validation NDCG@{k} of the model
 {m.get(f"valid_ndcg@{k}")} (logged order {m.get(f"valid_logged_ndcg@{k}")}; over every
 validation list, lists without a positive candidate counted as 0:
