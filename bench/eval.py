@@ -181,6 +181,13 @@ def main() -> None:
         "opendisco.eval.ITEMSIM_GRID); with --model, the one size to serve it with",
     )
     ap.add_argument(
+        "--ltr-relearn",
+        action="store_true",
+        help="served+ltr: train on the lists the learning loop's namespace (<namespace>ltr) "
+        "already logged with the same split and --ltr-lists/--ltr-itemsim, without replaying "
+        "or serving them again (opendisco.eval.relearn_ranker)",
+    )
+    ap.add_argument(
         "--model",
         type=Path,
         default=None,
@@ -276,21 +283,34 @@ def main() -> None:
             sizes = args.ltr_itemsim or ITEMSIM_GRID
             itemsim = sizes[0]
             if path is None:
-                from opendisco.eval import LISTS_PER_USER, learn_ranker
+                from opendisco.eval import LISTS_PER_USER, learn_ranker, relearn_ranker
 
-                path, ltr_report = learn_ranker(
-                    namespaced(load_settings(), f"{args.namespace}ltr"),
-                    data,
-                    split,
-                    HERE / "results" / "models",
-                    k=k,
-                    lists_per_user=args.ltr_lists or LISTS_PER_USER,
-                    embedder=embedder,
-                    ease_lambda=info["ease_lambda"],
-                    ease_items=ease_items,
-                    itemsim_candidates=sizes,
-                    progress=_progress,
-                )
+                loop = namespaced(load_settings(), f"{args.namespace}ltr")
+                models_dir = HERE / "results" / "models"
+                lists_per_user = args.ltr_lists or LISTS_PER_USER
+                if args.ltr_relearn:
+                    path, ltr_report = relearn_ranker(
+                        loop,
+                        split,
+                        models_dir,
+                        k=k,
+                        lists_per_user=lists_per_user,
+                        itemsim_candidates=sizes,
+                    )
+                else:
+                    path, ltr_report = learn_ranker(
+                        loop,
+                        data,
+                        split,
+                        models_dir,
+                        k=k,
+                        lists_per_user=lists_per_user,
+                        embedder=embedder,
+                        ease_lambda=info["ease_lambda"],
+                        ease_items=ease_items,
+                        itemsim_candidates=sizes,
+                        progress=_progress,
+                    )
                 itemsim = ltr_report["inputs"]["itemsim_candidates"]  # picked on validation
                 info["ltr"] = {kk: v for kk, v in ltr_report.items() if kk != "importance"}
                 info["ltr"]["top_features"] = sorted(
@@ -462,7 +482,8 @@ def _ltr_md(result: dict[str, Any]) -> str:
     m, inputs = ltr["metrics"], ltr.get("inputs", {})
     k = result["k"]
     grid = "; ".join(
-        f"{g['params']} → {g[f'valid_ndcg@{k}']:.4f} ({g['best_iteration']} rounds)"
+        f"{g['params']} → member value {g.get('member_value', '–')}, in-candidate"
+        f" {g[f'valid_ndcg@{k}']:.4f} ({g['best_iteration']} rounds)"
         for g in ltr.get("grid", [])
     )
     single = ", ".join(
@@ -472,6 +493,13 @@ def _ltr_md(result: dict[str, Any]) -> str:
         f"{n}: {v[f'valid_ndcg@{k}']:.4f}" for n, v in (ltr.get("ablations") or {}).items()
     )
     sel = ltr.get("selection") or {}
+    loop_fn = "relearn_ranker" if inputs.get("relearned") else "learn_ranker"
+    table = (
+        "the lists an earlier loop logged (trained again, nothing served)"
+        if inputs.get("relearned")
+        else f"item-item table {inputs.get('similarity_rows')} rows (EASE"
+        f" λ={inputs.get('ease_lambda')}, pre-period only)"
+    )
     rows = "".join(
         f"| {c['itemsim_candidates']} | {c['train_lists']:,} / {c['valid_lists']:,} |"
         f" {c[f'valid_ndcg@{k}']:.4f} | {c['valid_candidate_recall']} |"
@@ -502,10 +530,9 @@ list. {steps}.
     return (
         picked
         + f"""
-Learning loop (`opendisco.eval.learn_ranker`, validation lists only): {ltr["lists"]:,} labelled
+Learning loop (`opendisco.eval.{loop_fn}`, validation lists only): {ltr["lists"]:,} labelled
 lists ({ltr["split"]["train_lists"]:,} training, {ltr["split"]["valid_lists"]:,} validation),
-{inputs.get("lists_per_user")} rolled positives per member, item-item table
-{inputs.get("similarity_rows")} rows (EASE λ={inputs.get("ease_lambda")}, pre-period only),
+{inputs.get("lists_per_user")} rolled positives per member, {table},
 itemsim source {inputs.get("itemsim_candidates")} neighbours. Validation NDCG@{k} of the model
 {m.get(f"valid_ndcg@{k}")} (logged order {m.get(f"valid_logged_ndcg@{k}")}; over every
 validation list, lists without a positive candidate counted as 0:

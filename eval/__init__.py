@@ -21,6 +21,7 @@ from ._ltr import (
     Round,
     learn_ranker,
     log_lists,
+    relearn_ranker,
     rolling_rounds,
 )
 from ._metrics import (
@@ -86,6 +87,7 @@ __all__ = [
     "paired_values",
     "read_movielens",
     "recall_at_k",
+    "relearn_ranker",
     "replay",
     "resolve_dataset",
     "roll_split",

@@ -17,9 +17,12 @@ time order (:func:`~opendisco.eval.roll_split` names the parts):
 4. ``opendisco train ltr``'s code (``load_ltr_inputs`` → ``join_outcomes`` → ``train_ltr``):
    the rolling lists, labelled only by likes posted before the validation round, train; the
    validation lists (labelled by the validation positives, which is exactly how the test
-   stage is scored one period later) pick the parameters (:data:`LTR_GRID`) and the number
-   of rounds (early stopping); the winner is refitted on both and written as the next
-   ``model-v<N>.txt`` of ``out_dir``.
+   stage is scored one period later) pick the number of rounds (early stopping); the
+   parameters (:data:`LTR_GRID`) are picked on the per-member NDCG of the validation round
+   and of the member-cross-fitted rolling lists (``opendisco.eval._ltr_train``: about
+   ``lists_per_user + 1`` lists per member instead of one); the winner is refitted on both
+   and written as the next ``model-v<N>.txt`` of ``out_dir``.
+   :func:`relearn_ranker` runs this step alone on the lists an earlier loop logged.
 
 The test stage is then scored through the served pipeline with ``model_file`` pointing at it
 (:class:`~opendisco.eval.ServedRecommender` with those settings): the model never saw a test
@@ -40,18 +43,11 @@ from typing import Any
 from opendisco import clients
 from opendisco._settings import Settings
 from opendisco.ingest import Embedder
-from opendisco.rerank import (
-    PERCENTILE_COLUMNS,
-    LabelPolicy,
-    ablation_ndcg,
-    load_ltr_inputs,
-    save_model,
-    single_feature_ndcg,
-)
+from opendisco.rerank import PERCENTILE_COLUMNS, LabelPolicy, save_model
 from opendisco.serving import Discovery
 
 from ._data import Dataset
-from ._ltr_select import MIN_SE, fit_config, list_tag, pick_config, round_targets
+from ._ltr_train import train_logged
 from ._served import like_event, replay
 from ._similarity import write_similarity
 from ._split import Split, roll_split
@@ -64,6 +60,7 @@ __all__ = [
     "Round",
     "learn_ranker",
     "log_lists",
+    "relearn_ranker",
     "rolling_rounds",
 ]
 
@@ -71,20 +68,23 @@ __all__ = [
 #: each round is served once per ITEMSIM_GRID configuration, so 5 keeps the loop near the cost
 #: of one configuration at 10)
 LISTS_PER_USER = 5
-#: LightGBM settings tried on the validation lists (the best validation NDCG@k wins; the
-#: first on ties): small strongly regularised trees, then smaller and larger ones
-LTR_GRID: tuple[dict[str, Any], ...] = (
-    {"num_leaves": 7, "min_data_in_leaf": 200, "lambda_l2": 10.0},
-    {"num_leaves": 15, "min_data_in_leaf": 100},
-    {"num_leaves": 63, "min_data_in_leaf": 100},
-    {"num_leaves": 31, "min_data_in_leaf": 400},
-    {"num_leaves": 127, "min_data_in_leaf": 50},
+#: LightGBM settings tried (``opendisco.eval._ltr_select.fit_config``: each stops early on the
+#: validation lists, then the highest mean per-member NDCG over the validation round and the
+#: cross-fitted rolling lists wins; the first on ties): the objective (LightGBM's listwise
+#: ``rank_xendcg`` and ``lambdarank``) crossed with small strongly regularised trees, larger
+#: trees with many rows per leaf, and larger trees
+LTR_GRID: tuple[dict[str, Any], ...] = tuple(
+    {"objective": objective, **trees}
+    for objective in ("rank_xendcg", "lambdarank")
+    for trees in (
+        {"num_leaves": 7, "min_data_in_leaf": 200, "lambda_l2": 10.0},
+        {"num_leaves": 31, "min_data_in_leaf": 400},
+        {"num_leaves": 63, "min_data_in_leaf": 100},
+    )
 )
 #: ``itemsim_candidates`` configurations the loop serves and compares (simplest first; the
 #: richer one is served only when the fitting period's lists prefer it: ``pick_config``)
 ITEMSIM_GRID: tuple[int, ...] = (0, 300)
-#: member folds of the rolling lists' cross-fitted scores (the configuration comparison)
-SELECT_FOLDS = 5
 #: column groups refitted without, one at a time, on the validation lists (what each adds)
 LTR_ABLATIONS: dict[str, tuple[str, ...]] = {
     "without item_sim": ("item_sim", "pct_item_sim"),
@@ -213,14 +213,6 @@ async def log_lists(
     return written
 
 
-async def _train_inputs(settings: Settings, policy: LabelPolicy) -> tuple[list, list]:
-    motor = clients.motor(settings)
-    try:
-        return await load_ltr_inputs(motor[settings.mongo_db], policy)
-    finally:
-        motor.close()
-
-
 def learn_ranker(
     settings: Settings,
     dataset: Dataset,
@@ -293,48 +285,17 @@ def learn_ranker(
         )
     )
     t2 = time.perf_counter()
-    lists, events = asyncio.run(_train_inputs(settings, policy))
-    before = [e for e in events if e["ts"] < valid_from]
-    targets = round_targets([(r.users, r.likes) for r in rounds])
-    fits = [
-        fit_config(
-            [d for d in lists if list_tag(d["_id"])[0] == i],
-            before,
-            events,
-            valid_from,
-            targets,
-            policy=policy,
-            k=k,
-            grid=grid,
-            seed=seed,
-            folds=SELECT_FOLDS,
-        )
-        for i in range(len(sizes))
-    ]
-    members = sorted({m for f in fits for m in f.served})
-    pick, steps = pick_config([f.values(members) for f in fits], sizes)
-    result, train, valid = fits[pick].result, fits[pick].train, fits[pick].valid
-    chosen = {key: v for key, v in result.report["params"].items() if key != "seed"}
-    result.report["single_feature_valid_ndcg"] = single_feature_ndcg(valid, k)
-    # comparable across candidate-set changes: a validation list without a positive among its
-    # candidates scores 0 (train_ltr's metric averages only the lists with one)
-    served = max(1, len(rounds[-1].users))
-    result.report["metrics"][f"valid_ndcg@{k}_all_lists"] = round(
-        result.report["metrics"][f"valid_ndcg@{k}"] * len(valid.groups) / served, 5
+    result, pick = train_logged(
+        settings,
+        [(r.users, r.likes) for r in rounds],
+        sizes,
+        policy=policy,
+        k=k,
+        grid=grid,
+        ablations=ablations,
+        seed=seed,
+        valid_from=valid_from,
     )
-    result.report["metrics"]["valid_lists_served"] = served
-    result.report["ablations"] = ablation_ndcg(train, valid, chosen, ablations, k=k, seed=seed)
-    result.report["selection"] = {
-        "itemsim_candidates": sizes,
-        "picked": sizes[pick],
-        "members": len(members),
-        "folds": SELECT_FOLDS,
-        "min_se": MIN_SE,
-        "comparisons": steps,
-        "per_config": [
-            {"itemsim_candidates": n, **f.summary} for n, f in zip(sizes, fits, strict=True)
-        ],
-    }
     t3 = time.perf_counter()
     result.report["inputs"] = {
         "replay": rep.__dict__,
@@ -350,6 +311,48 @@ def learn_ranker(
             "rounds": round(t2 - t1, 1),
             "train": round(t3 - t2, 1),
         },
+    }
+    model, _ = save_model(result, out_dir)
+    return model, result.report
+
+
+def relearn_ranker(
+    settings: Settings,
+    split: Split,
+    out_dir: Path,
+    *,
+    k: int = 10,
+    users: Sequence[int] | None = None,
+    lists_per_user: int = LISTS_PER_USER,
+    policy: LabelPolicy | None = None,
+    grid: Sequence[dict[str, Any]] = LTR_GRID,
+    seed: int = 0,
+    itemsim_candidates: Sequence[int] = ITEMSIM_GRID,
+    ablations: Mapping[str, Sequence[str]] = LTR_ABLATIONS,
+) -> tuple[Path, dict[str, Any]]:
+    """:func:`learn_ranker`'s training step alone, on the lists a loop with the same split,
+    ``users``, ``lists_per_user`` and ``itemsim_candidates`` already logged in the ``settings``
+    namespace (nothing is replayed or served): a change of the training step measured on the
+    same lists. Returns the model path and the training report."""
+    t0 = time.perf_counter()
+    rounds = rolling_rounds(roll_split(split, lists_per_user), users)
+    sizes = list(dict.fromkeys(itemsim_candidates))
+    result, pick = train_logged(
+        settings,
+        [(r.users, r.likes) for r in rounds],
+        sizes,
+        policy=policy or LabelPolicy(),
+        k=k,
+        grid=grid,
+        ablations=ablations,
+        seed=seed,
+    )
+    result.report["inputs"] = {
+        "relearned": True,
+        "lists_per_user": lists_per_user,
+        "itemsim_candidates": sizes[pick],
+        "rounds": len(rounds),
+        "seconds": {"train": round(time.perf_counter() - t0, 1)},
     }
     model, _ = save_model(result, out_dir)
     return model, result.report

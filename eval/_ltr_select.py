@@ -21,6 +21,10 @@ it. Here every logged list is scored the way the test stage scores the served pi
 configurations are listed simplest first and the simplest is the default; a richer one
 replaces the current pick only when its paired per-member gain over it is positive and at
 least :data:`MIN_SE` standard errors (``opendisco.eval.paired_values``).
+
+The same per-member value picks each configuration's LightGBM parameters
+(:func:`fit_config`): a validation round alone (one list per member, NDCG over the candidates
+that reached it) is too few lists to separate grid points.
 """
 
 from __future__ import annotations
@@ -246,16 +250,16 @@ def fit_config(
 ) -> ConfigFit:
     """One configuration's logged lists (decoded, request ids per :func:`list_tag`): the
     rolling lists (served before ``valid_from``, labelled by ``before``) train, the
-    validation round's validate (``train_ltr``, grid and early stopping); then every list is
-    scored for the comparison (module doc)."""
+    validation round's validate (``train_ltr``: early stopping picks the rounds); every list
+    is scored (module doc) for each ``grid`` point, and the point with the highest mean
+    per-member value wins (the first on ties: list the simplest first)."""
     train = join_outcomes([d for d in lists if d["at"] < valid_from], before, policy)
     valid = join_outcomes([d for d in lists if d["at"] >= valid_from], events, policy)
-    result = train_ltr(train, valid=valid, policy=policy, k=k, grid=grid, seed=seed)
-    chosen = {key: v for key, v in result.report["params"].items() if key != "seed"}
     meta = {str(d["_id"]): (str(d["user_id"]), list_tag(d["_id"])[1]) for d in lists}
     served: dict[str, int] = {}
     for user, _ in meta.values():
         served[user] = served.get(user, 0) + 1
+    members = sorted(served)
     in_valid = sorted({str(d["user_id"]) for d in lists if d["at"] >= valid_from})
 
     def scored(data: LtrData, scores: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -263,13 +267,34 @@ def fit_config(
         n = [targets.get(w, 0) for w in who]
         return list_ndcg(data.y, data.groups, scores, n, k), [u for u, _ in who]
 
-    assert result.valid_scorer is not None
-    v_ndcg, v_who = scored(valid, result.valid_scorer.score(valid.X))
-    r_users = [meta[i][0] for i in train.list_ids]
-    r_scores = crossfit_scores(
-        train, r_users, chosen, result.report["best_iteration"], folds=folds, k=k, seed=seed
-    )
-    r_ndcg, r_who = scored(train, r_scores)
+    best: tuple[float, LtrResult, np.ndarray, np.ndarray] | None = None
+    tried = []
+    for over in grid or [{}]:
+        result = train_ltr(train, valid=valid, policy=policy, k=k, grid=[over], seed=seed)
+        chosen = {key: v for key, v in result.report["params"].items() if key != "seed"}
+        assert result.valid_scorer is not None
+        v_ndcg, v_who = scored(valid, result.valid_scorer.score(valid.X))
+        r_users = [meta[i][0] for i in train.list_ids]
+        r_scores = crossfit_scores(
+            train, r_users, chosen, result.report["best_iteration"], folds=folds, k=k, seed=seed
+        )
+        r_ndcg, r_who = scored(train, r_scores)
+        ndcg, who = np.concatenate([r_ndcg, v_ndcg]), [*r_who, *v_who]
+        value = float(member_values(ndcg, who, served, members).mean())
+        tried.append(
+            {
+                "params": dict(over),
+                "best_iteration": result.report["best_iteration"],
+                f"valid_ndcg@{k}": result.report["metrics"][f"valid_ndcg@{k}"],
+                "member_value": round(value, 5),
+            }
+        )
+        if best is None or value > best[0]:
+            best = (value, result, r_ndcg, v_ndcg)
+    assert best is not None
+    _, result, r_ndcg, v_ndcg = best
+    result.report["grid"] = tried
+    who = [meta[i][0] for i in (*train.list_ids, *valid.list_ids)]
     last = max((j for _, j in meta.values()), default=0)
     wanted = sum(targets.get((u, last), 0) for u in in_valid)
     rolling_served = sum(served.values()) - len(in_valid)
@@ -281,9 +306,8 @@ def fit_config(
         "valid_round_ndcg": round(float(v_ndcg.sum()) / max(1, len(in_valid)), 5),
         "rolling_ndcg": round(float(r_ndcg.sum()) / max(1, rolling_served), 5),
         "valid_candidate_recall": round(int((valid.y > 0).sum()) / wanted, 4) if wanted else None,
-        "params": chosen,
+        "params": {key: v for key, v in result.report["params"].items() if key != "seed"},
         "best_iteration": result.report["best_iteration"],
+        "grid": tried,
     }
-    return ConfigFit(
-        result, train, valid, served, np.concatenate([r_ndcg, v_ndcg]), [*r_who, *v_who], summary
-    )
+    return ConfigFit(result, train, valid, served, np.concatenate([r_ndcg, v_ndcg]), who, summary)

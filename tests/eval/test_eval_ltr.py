@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from opendisco.eval import (
     Ratings,
     learn_ranker,
     read_movielens,
+    relearn_ranker,
     roll_split,
     rolling_rounds,
     similarity_rows,
@@ -104,17 +106,14 @@ async def test_learn_ranker_runs_the_loop_on_the_fitting_period_only(
         }
     )
     out = tmp_path / "models"
+    loop: dict[str, Any] = {
+        "k": 5,
+        "lists_per_user": 3,
+        "grid": ({"num_leaves": 4, "min_data_in_leaf": 5},),
+        "itemsim_candidates": (0, 20),
+    }
     path, report = await asyncio.to_thread(
-        learn_ranker,
-        settings,
-        data,
-        split,
-        out,
-        k=5,
-        lists_per_user=3,
-        grid=({"num_leaves": 4, "min_data_in_leaf": 5},),
-        ease_lambda=10.0,
-        itemsim_candidates=(0, 20),
+        learn_ranker, settings, data, split, out, ease_lambda=10.0, **loop
     )
     inputs = report["inputs"]
     roll = roll_split(split, 3)
@@ -140,6 +139,15 @@ async def test_learn_ranker_runs_the_loop_on_the_fitting_period_only(
         assert 0 <= c["valid_round_ndcg"] <= 1 and 0 <= c["rolling_ndcg"] <= 1
     assert set(report["ablations"]) == {"without item_sim", "without percentiles"}
     assert report["single_feature_valid_ndcg"]
+    for c in sel["per_config"]:  # each grid point's per-member value is reported
+        assert [g["params"] for g in c["grid"]] == [{"num_leaves": 4, "min_data_in_leaf": 5}]
+        assert 0 <= c["grid"][0]["member_value"] <= 1
+
+    # the training step alone on the same logged lists: the same choices and figures
+    again, again_report = await asyncio.to_thread(relearn_ranker, settings, split, out, **loop)
+    assert again.name == "model-v2.txt" and again_report["inputs"]["relearned"]
+    assert again_report["selection"] == sel
+    assert again_report["metrics"] == report["metrics"]
 
     client = clients.mongo(settings)
     try:

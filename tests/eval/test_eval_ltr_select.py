@@ -12,6 +12,7 @@ import pytest
 from opendisco.eval._ltr_select import (
     MIN_SE,
     crossfit_scores,
+    fit_config,
     list_ndcg,
     list_tag,
     member_folds,
@@ -20,7 +21,7 @@ from opendisco.eval._ltr_select import (
     round_targets,
     subset,
 )
-from opendisco.rerank import FEATURE_NAMES, LtrData, ndcg_at
+from opendisco.rerank import FEATURE_NAMES, LabelPolicy, LtrData, ndcg_at
 
 
 def _data(groups: list[int], y: list[int], X: np.ndarray | None = None) -> LtrData:
@@ -145,3 +146,61 @@ def test_list_tag_reads_the_loops_request_ids() -> None:
     assert list_tag("c1.r7.0123abcd") == (1, 7)
     with pytest.raises(ValueError):
         list_tag("0123abcd")
+
+
+def _logged(n_members: int, rounds: int, rng: np.random.Generator) -> tuple[list, list, list]:
+    """Loop-like logged lists (``c0.r<j>.<hex>``), one per member and round, whose first
+    feature marks the member's later likes; the likes as events; (members, likes) per round."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    lists, events, plan = [], [], []
+    for j in range(rounds):
+        at = t0 + timedelta(hours=j)
+        likes = []
+        for u in range(n_members):
+            ids = [f"i{j}.{u}.{r}" for r in range(8)]
+            X = rng.normal(size=(8, len(FEATURE_NAMES)))
+            liked = ids[7]  # the last row: ties (a model that learnt nothing) rank it last
+            X[7, 0] += 3.0
+            lists.append(
+                {
+                    "_id": f"c0.r{j}.{u:04x}",
+                    "at": at,
+                    "user_id": f"u{u}",
+                    "ids": ids,
+                    "X": X,
+                    "features": list(FEATURE_NAMES),
+                    "shown": list(range(5)),
+                }
+            )
+            likes.append((f"u{u}", liked))
+            events.append(
+                {"user_id": f"u{u}", "item_id": liked, "type": "like", "ts": at + timedelta(0, 60)}
+            )
+        plan.append(([f"u{u}" for u in range(n_members)], likes))
+    return lists, events, plan
+
+
+def test_fit_config_picks_the_grid_point_with_the_best_member_value() -> None:
+    lists, events, plan = _logged(30, 3, np.random.default_rng(4))
+    valid_from = max(d["at"] for d in lists)
+    before = [e for e in events if e["ts"] < valid_from]
+    # the first point cannot split (every leaf needs more rows than there are): constant
+    # scores, the liked row last, out of the top 5; the second learns the marking feature
+    # (a rolling list's ideal counts the member's later likes too: values stay below 1)
+    grid = [{"min_data_in_leaf": 100_000}, {"num_leaves": 4, "min_data_in_leaf": 5}]
+    fit = fit_config(
+        lists,
+        before,
+        events,
+        valid_from,
+        round_targets(plan),
+        policy=LabelPolicy(),
+        k=5,
+        grid=grid,
+        folds=3,
+    )
+    values = {str(g["params"]): g["member_value"] for g in fit.summary["grid"]}
+    assert values[str(grid[0])] == 0.0 and values[str(grid[1])] > 0.6
+    assert fit.summary["params"]["num_leaves"] == 4
+    assert fit.result.report["grid"] == fit.summary["grid"]
+    assert fit.values(sorted(fit.served)).mean() == pytest.approx(values[str(grid[1])], abs=1e-5)
