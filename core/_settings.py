@@ -482,6 +482,23 @@ class Settings(BaseSettings):
     pacing_control_s: float = Field(
         300.0, gt=0, description="How often the controller measures and steps (s)."
     )
+    pacing_attention_cap: bool = Field(
+        False,
+        description="Steer a ceiling on each member's inbound attention toward the top-1% "
+        "share target: members above it leave the page (signals._pacing.cap_step).",
+    )
+    pacing_cap_gain: float = Field(
+        1.0,
+        gt=0,
+        description="Attention cap's integral gain: log-cap change per unit of relative share "
+        "error per day.",
+    )
+    pacing_cap_min: float = Field(
+        1.0,
+        gt=0,
+        description="Tightest attention cap, in multiples of the mean inbound attention (where "
+        "the cap stays while the top-1% share target is out of reach).",
+    )
 
     # --- experiments ------------------------------------------------------------------
     experiments_holdout: float = Field(
