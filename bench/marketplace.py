@@ -1,7 +1,8 @@
 """Marketplace health in the simulator: the two-sided ranker against the one-sided linear one.
 
     $(./dev env)/bin/python bench/marketplace.py [--quick] [--markets N] [--seeds 1,2,3,4,5]
-        [--validation 101,102,103] [--no-tune] [--write]
+        [--validation 101,102] [--stage all|validation|test] [--points JSON] [--jobs N]
+        [--write]
 
 The population and the market step are ``opendisco.experiments.sim`` (latent two-sided
 preferences, two-sided eligibility, finite attention — ``slots`` impressions per session — and
@@ -22,7 +23,8 @@ simulated day, with the features the served pipeline computes, updated as the ma
   — and the viewer's profile, so ``reciprocal`` combines both directions (weighted harmonic
   mean); ``pacing`` demotes members ahead of their paced daily budget, the budget set by the
   feedback controller (``opendisco.signals.pacing_step``, stepped once per simulated day on the
-  7-day inbound attention) toward a ceiling on the top-1% inbound share.
+  7-day inbound attention) toward a ceiling on the top-1% inbound share; with
+  ``attention_cap`` the second controller (``signals.cap_step``) caps each member's attention.
 
 A run: a 7-day pre-period under the one-sided ranker (shared), then 14 days per arm from that
 state with common random numbers (the same seed gives both arms the same draws). Reported per
@@ -30,18 +32,17 @@ arm: mutual likes per 1,000 impressions, share of members with ≥ 1 match per s
 Gini and top-1% share of inbound attention (likes received during the 14 days). Ratios and
 differences are per seed (paired), quoted as mean ± standard error over the test seeds.
 
-Tuning (``--no-tune`` skips it): the controller's ceiling is half the one-sided top-1% share
-measured on the **validation** seeds (the issue's target, as an operator would set it from
-their own baseline), and ``reciprocal_weight`` × ``inbound_capacity`` (the inbound likes a
-member gets to per window: the market's reply capacity, which the reciprocal estimate's reply
-chance and the exposure step's overload damp read) are picked on those seeds from a small
-grid (the most targets met, the Gini counted as no higher only when it is so on every
-validation seed, then the largest mutual-likes ratio), with ``reply_capacity`` (the
-congestion-aware reply chance, from the live like count each member receives, decayed with a
-one-day half-life like the served ``trend`` counters) among the knobs; the test seeds run
-only the picked point, on the default population (10 markets of 150) and on larger markets
+The two-sided arm is **the serving defaults** (``RerankConfig()`` and the pacing controller's
+``Settings`` defaults), a validation point's overrides on top (:func:`two_sided_arm`); the
+one-sided baseline pins ``inbound_capacity`` 20, its value before issue 17 (:data:`BASELINE`).
+Validation (``--stage validation``) serves every point of :data:`GRID` from one shared
+pre-period per seed, on the default population (10 markets of 150) **and** on larger markets
 (3 of 500: viewers' eligible pools of ~100 instead of ~35, which a 3-week run does not
-exhaust). ``--jobs N`` runs the seeds in N processes (the same figures).
+exhaust), and picks the point meeting the most targets summed over both (the Gini counted as
+no higher only when it is so on every validation seed), then the larger of the two
+populations' mutual-likes ratios' minimum (``marketplace_report.pick_point``). The test stage
+runs only when that pick *is* the serving default — so what is reported is what ships.
+``--jobs N`` runs the (population, seed) pairs in N processes (the same figures).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def test_new_features_are_appended_to_the_schema() -> None:
 
 
 def test_reciprocal_estimate_prior_history_and_known_likes() -> None:
-    cfg = RerankConfig()
+    cfg = RerankConfig(reply_capacity=None)  # the window reply ratio (the live rate: below)
     n = 4
     profile = np.array([1.0, 0.0, 0.0, 0.0])
     taste = np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [1.0, 0, 0, 0], [0.0, 0, 0, 0]])
@@ -150,7 +150,7 @@ def test_congestion_aware_reciprocal_estimate_reads_the_live_like_rate() -> None
         like_rate=np.array([0.0, 20.0, 20.0]),
         inbound=np.zeros(n),
     )
-    window = reciprocal_estimate(feats, ctx, RerankConfig(), n)
+    window = reciprocal_estimate(feats, ctx, RerankConfig(reply_capacity=None), n)
     assert window[0] == pytest.approx(window[1])  # the window ratio does not see the rate
     cfg = RerankConfig(reply_capacity=2.0)
     b = reciprocal_estimate(feats, ctx, cfg, n)
