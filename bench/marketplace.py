@@ -1,7 +1,8 @@
 """Marketplace health in the simulator: the two-sided ranker against the one-sided linear one.
 
     $(./dev env)/bin/python bench/marketplace.py [--quick] [--markets N] [--seeds 1,2,3,4,5]
-        [--validation 101,102,103] [--no-tune] [--write]
+        [--validation 101,102] [--stage all|validation|test] [--points JSON] [--jobs N]
+        [--write]
 
 The population and the market step are ``opendisco.experiments.sim`` (latent two-sided
 preferences, two-sided eligibility, finite attention — ``slots`` impressions per session — and
@@ -22,7 +23,8 @@ simulated day, with the features the served pipeline computes, updated as the ma
   — and the viewer's profile, so ``reciprocal`` combines both directions (weighted harmonic
   mean); ``pacing`` demotes members ahead of their paced daily budget, the budget set by the
   feedback controller (``opendisco.signals.pacing_step``, stepped once per simulated day on the
-  7-day inbound attention) toward a ceiling on the top-1% inbound share.
+  7-day inbound attention) toward a ceiling on the top-1% inbound share; with
+  ``attention_cap`` the second controller (``signals.cap_step``) caps each member's attention.
 
 A run: a 7-day pre-period under the one-sided ranker (shared), then 14 days per arm from that
 state with common random numbers (the same seed gives both arms the same draws). Reported per
@@ -30,18 +32,17 @@ arm: mutual likes per 1,000 impressions, share of members with ≥ 1 match per s
 Gini and top-1% share of inbound attention (likes received during the 14 days). Ratios and
 differences are per seed (paired), quoted as mean ± standard error over the test seeds.
 
-Tuning (``--no-tune`` skips it): the controller's ceiling is half the one-sided top-1% share
-measured on the **validation** seeds (the issue's target, as an operator would set it from
-their own baseline), and ``reciprocal_weight`` × ``inbound_capacity`` (the inbound likes a
-member gets to per window: the market's reply capacity, which the reciprocal estimate's reply
-chance and the exposure step's overload damp read) are picked on those seeds from a small
-grid (the most targets met, the Gini counted as no higher only when it is so on every
-validation seed, then the largest mutual-likes ratio), with ``reply_capacity`` (the
-congestion-aware reply chance, from the live like count each member receives, decayed with a
-one-day half-life like the served ``trend`` counters) among the knobs; the test seeds run
-only the picked point, on the default population (10 markets of 150) and on larger markets
+The two-sided arm is **the serving defaults** (``RerankConfig()`` and the pacing controller's
+``Settings`` defaults), a validation point's overrides on top (:func:`two_sided_arm`); the
+one-sided baseline pins ``inbound_capacity`` 20, its value before issue 17 (:data:`BASELINE`).
+Validation (``--stage validation``) serves every point of :data:`GRID` from one shared
+pre-period per seed, on the default population (10 markets of 150) **and** on larger markets
 (3 of 500: viewers' eligible pools of ~100 instead of ~35, which a 3-week run does not
-exhaust). ``--jobs N`` runs the seeds in N processes (the same figures).
+exhaust), and picks the point meeting the most targets summed over both (the Gini counted as
+no higher only when it is so on every validation seed), then the larger of the two
+populations' mutual-likes ratios' minimum (``marketplace_report.pick_point``). The test stage
+runs only when that pick *is* the serving default — so what is reported is what ships.
+``--jobs N`` runs the (population, seed) pairs in N processes (the same figures).
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from marketplace_report import meets, pick_point, readme_section, write_readme
 
+from opendisco import Settings
 from opendisco.experiments import sim
 from opendisco.rerank import (
     DEFAULT_STEPS,
@@ -212,6 +215,7 @@ def serve(
             viewer_profile=pop.content[v],
             pacing_budget=pacing.impressions if pacing is not None else None,
             pacing_mean_inbound=pacing.mean_inbound if pacing is not None else None,
+            pacing_attention_cap=pacing.attention_cap if pacing is not None else None,
         )
     return pairs[reranker.run(batch, feats, ctx).order[:k]]
 
@@ -299,6 +303,8 @@ def one_run(
         res["seconds"] = round(time.perf_counter() - t0, 1)
         if lv.budgets:
             res["pacing_budget_last"] = round(lv.budgets[-1], 3)
+        if lv.pacing is not None and lv.pacing.cap_log is not None:  # × the mean inbound
+            res["attention_cap_last"] = round(float(np.exp(lv.pacing.cap_log)), 3)
         out[arm.name] = res
     return out
 
@@ -337,210 +343,74 @@ def compare(runs: list[dict[str, dict[str, Any]]], base: str, arm: str) -> dict[
     return out
 
 
-def meets(c: dict[str, Any]) -> dict[str, bool]:
-    return {
-        "mutual_likes_x1.3": c["mutual_likes_per_1000_ratio"]["mean"] >= 1.3,
-        "gini_not_higher": c["inbound_gini_diff"]["mean"] <= 0.0,
-        "top1_at_most_half": c["inbound_top1_share_ratio"]["mean"] <= 0.5,
-        "match_share_up_20pct": c["match_share_per_week_ratio"]["mean"] >= 1.2,
-    }
-
-
-#: the validation grid: the previous pick (reciprocal + soft pacing), then the same with the
-#: budget enforced below the page cut at three controller floors, the first-impression boost,
-#: and the weighted geometric mean
-_BASE = {"reciprocal_weight": 0.85, "inbound_capacity": 5.0}
+#: the validation grid, every point explicit on the knobs it varies (so a pick made the
+#: default reads as the defaults): the serving defaults before this grid; the previous pick
+#: (reciprocal weight 0.85, inbound capacity 5, congestion-aware reply chance, budget floor
+#: 0.5); the same without the congestion term; and with the attention cap (the controller
+#: whose setpoint is the top-1% share) at two floors, with and without the congestion term.
+#: The ceiling is the issue's target on the larger market (half its one-sided top-1% share,
+#: 0.016 on 3x500; the budget controller is at its floor for any ceiling under ~0.025 here)
+_OFF = {"attention_cap": False, "cap_gain": 1.0, "cap_min": 1.0}
+_PICK = {"reciprocal_weight": 0.85, "inbound_capacity": 5.0, "reply_capacity": 1.0,
+         "top1_share": 0.016, "budget_min": 0.5}  # fmt: skip
 GRID: list[dict[str, Any]] = [
-    _BASE,
-    {**_BASE, "pacing_cut": 1.0, "budget_min": 4.0},
-    {**_BASE, "pacing_cut": 1.0, "budget_min": 2.0},
-    {**_BASE, "pacing_cut": 1.0, "budget_min": 1.0},
-    {**_BASE, "pacing_cut": 1.0, "budget_min": 2.0, "pacing_boost": 0.3},
-    {**_BASE, "reciprocal_mode": "product", "reciprocal_weight": 0.6},
-    {**_BASE, "reciprocal_mode": "product", "reciprocal_weight": 0.6, "pacing_cut": 1.0,
-     "budget_min": 2.0},
+    {"reciprocal_weight": 0.5, "inbound_capacity": 20.0, "reply_capacity": None,
+     "top1_share": 0.05, "budget_min": 1.0, **_OFF},
+    {**_PICK, **_OFF},
+    {**_PICK, "reply_capacity": None, **_OFF},
+    {**_PICK, "attention_cap": True, "cap_gain": 1.0, "cap_min": 2.0},
+    {**_PICK, "attention_cap": True, "cap_gain": 1.0, "cap_min": 3.0},
+    {**_PICK, "reply_capacity": None, "attention_cap": True, "cap_gain": 1.0, "cap_min": 3.0},
 ]  # fmt: skip
 
 
-def validation_meets(t: dict[str, Any]) -> dict[str, bool]:
-    """The targets a validation row meets, "at equal or lower Gini" read per seed: the Gini
-    is no higher on **every** validation seed (a mean of two seeds at −0.003 was +0.006 on
-    one seed, and its test run on the larger market came out +0.032)."""
-    out = dict(t["meets"])
-    out["gini_not_higher"] = max(t["compare"]["inbound_gini_diff"]["per_seed"]) <= 0.0
-    return out
+#: the controller's knobs a point may set (the rest of a point overrides ``RerankConfig``)
+TARGET_KEYS = ("top1_share", "budget_min", "kp", "attention_cap", "cap_gain", "cap_min")
+#: the one-sided linear ranker as it was before issue 17: today's default steps without the
+#: two-sided ones, default weights, and the inbound capacity of that time (20: the exposure
+#: step's overload damp reads it, so a later default must not move the baseline)
+BASELINE = {"inbound_capacity": 20.0}
 
 
-def pick_point(tuning: list[dict[str, Any]]) -> dict[str, Any]:
-    """The grid point meeting the most of the issue's targets on validation
-    (:func:`validation_meets`), ties broken by the larger mutual-likes ratio."""
-    best = max(
-        tuning,
-        key=lambda t: (
-            sum(validation_meets(t).values()),
-            t["compare"]["mutual_likes_per_1000_ratio"]["mean"],
-        ),
-    )
-    return dict(best["point"])
+def serving_targets() -> PacingTargets:
+    """The pacing controller's targets as the serving defaults set them (``Settings``' field
+    defaults: no environment, no TOML file)."""
+    return PacingTargets.from_settings(Settings.model_construct())
 
 
-#: the controller's knobs the grid may set (the rest of a point overrides ``RerankConfig``)
-TARGET_KEYS = ("budget_min", "kp")
-
-
-def arms_for(point: dict[str, Any], top1: float) -> list[Arm]:
-    """The one-sided baseline (today's default steps and weights, members not flagged) and
-    the two-sided ranker: ``point`` overrides the reranker's config (``reciprocal_weight``,
-    ``reciprocal_mode``, ``inbound_capacity`` — the inbound likes a member gets to per
-    window, which the reciprocal estimate's reply chance and the exposure step's overload
-    damp read — ``pacing_cut``, ``pacing_boost``, ...) and the controller's ``budget_min`` /
-    ``kp``; the controller steers toward the ceiling ``top1`` on the top-1% inbound share."""
-    one_sided_steps = tuple(s for s in DEFAULT_STEPS if s not in ("reciprocal", "pacing"))
-    base = Arm("one-sided", RerankConfig(steps=one_sided_steps), two_sided=False)
+def two_sided_arm(name: str, point: dict[str, Any]) -> Arm:
+    """The two-sided ranker as served by default, ``point`` on top: its ``TARGET_KEYS`` set
+    the controller's targets, the rest override the reranker's config (``merged_config``)."""
     rerank = {k: v for k, v in point.items() if k not in TARGET_KEYS}
-    two = Arm(
-        "two-sided",
-        merged_config(rerank),
-        two_sided=True,
-        targets=PacingTargets(
-            top1_share=top1,
-            gini=None,
-            budget_min=point.get("budget_min", 0.5),
-            budget_max=8.0,
-            kp=point.get("kp", 0.0),
-        ),
-    )
-    return [base, two]
+    targets = replace(serving_targets(), **{k: v for k, v in point.items() if k in TARGET_KEYS})
+    return Arm(name, merged_config(rerank), two_sided=True, targets=targets)
 
 
-def _fmt(c: dict[str, Any], key: str) -> str:
-    v = c[key]
-    return f"{v['mean']:.3f} ± {v['se']:.3f}"
+def arms_for(points: Sequence[dict[str, Any]]) -> list[Arm]:
+    """The one-sided baseline (:data:`BASELINE`, members not flagged), then one two-sided arm
+    per point (``two-sided`` for a single point, ``p0``, ``p1``, ... for a grid), all served
+    from the same pre-period with common random numbers."""
+    one_sided_steps = tuple(s for s in DEFAULT_STEPS if s not in ("reciprocal", "pacing"))
+    base = Arm("one-sided", merged_config({**BASELINE, "steps": one_sided_steps}), False)
+    names = ["two-sided"] if len(points) == 1 else [f"p{i}" for i in range(len(points))]
+    return [base, *(two_sided_arm(n, p) for n, p in zip(names, points, strict=True))]
 
 
-TARGETS = (
-    # (meets() key, the issue's wording, the compared figure, its prefix)
-    ("mutual_likes_x1.3", "mutual likes / 1,000 impr. ≥ 1.3×", "mutual_likes_per_1000_ratio", "×"),
-    ("gini_not_higher", "inbound Gini not higher", "inbound_gini_diff", ""),
-    ("top1_at_most_half", "top-1% inbound share ≤ 0.5×", "inbound_top1_share_ratio", "×"),
-    ("match_share_up_20pct", "members matched / week ≥ 1.2×", "match_share_per_week_ratio", "×"),
-)  # fmt: skip
+def defaults_point(point: dict[str, Any]) -> bool:
+    """Whether ``point`` changes nothing over the serving defaults (so what the test stage
+    measures with the defaults is the validation pick)."""
+    base = two_sided_arm("x", {})
+    arm = two_sided_arm("x", point)
+    return arm.config == base.config and arm.targets == base.targets
 
 
-def _budget_floor_note(r: dict[str, Any]) -> str:
-    """How often the controller ended the test runs at its floor (pacing as strong as allowed)."""
-    floor = r["picked"].get("budget_min", 0.5)
-    parts = []
-    for name, block in r["populations"].items():
-        last = [run["two-sided"].get("pacing_budget_last") for run in block["runs"]]
-        at = sum(1 for b in last if b is not None and b <= floor + 1e-9)
-        parts.append(f"{at} of {len(last)} test runs on {name}")
-    return ", ".join(parts)
-
-
-def _point(p: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in p.items())
-
-
-def readme_section(r: dict[str, Any]) -> str:
-    """The ``marketplace`` section of bench/README.md from a result."""
-    lines = [
-        "<!-- marketplace -->",
-        "## marketplace",
-        "",
-        "`python bench/marketplace.py --write` (or `--stage validation --write`, then",
-        "`--stage test --write`; `--readme-only` rewrites this section from",
-        "`bench/results/marketplace.json`): issue 17's marketplace health in the simulator",
-        "(`opendisco.experiments.sim`, regime `{}`), every session served through the real".format(
-            r["regime"]
-        ),
-        "reranker with the pipeline's features: the two-sided ranker (reciprocal + pacing steps,",
-        "candidates flagged as members) against the **one-sided linear ranker** (today's default",
-        "steps and weights, members not flagged). 7-day pre-period under the one-sided ranker,",
-        "then 14 days per arm from that state with common random numbers. Each cell: one-sided",
-        "→ two-sided (mean over the test seeds), then the **paired** per-seed ratio (×) or",
-        "difference ± its standard error over the test seeds. The figures are statistics of",
-        "seeded runs (no timing): identical on any machine and load.",
-        "",
-        f"Parameters were picked on **validation seeds {r['validation_seeds']}** only, on",
-        f"{r['population']} (test seeds below are distinct): the grid point meeting the most",
-        "targets, the Gini counted as not higher only when it is no higher on **every**",
-        "validation seed (per-seed differences in the grid), ties broken by the larger",
-        "mutual-likes ratio. `reply_capacity` (likes a member answers per day) makes the",
-        "reciprocal estimate congestion-aware: × P(the candidate still has reply capacity) from",
-        "the live like rate (`rerank._market.reply_chance`). The controller's ceiling on the",
-        "top-1% inbound share is half the one-sided share measured on the validation seeds of",
-        f"each population (on {r['population']}: {r['ceiling_top1_share']}, half of",
-        f"{r['validation_one_sided_top1_share']}). Validation grid (paired means over the",
-        "validation seeds; Gini per seed in brackets):",
-        "",
-        "| point | mutual likes / 1,000 | matched / week | Gini (diff.) | top-1% share |",
-        "|---|---|---|---|---|",
-    ]
-    for t in r["tuning"]:
-        c = t["compare"]
-        lines.append(
-            f"| {_point(t['point'])} | ×{c['mutual_likes_per_1000_ratio']['mean']:.3f} "
-            f"| ×{c['match_share_per_week_ratio']['mean']:.3f} "
-            f"| {c['inbound_gini_diff']['mean']:+.3f} "
-            f"({', '.join(f'{x:+.3f}' for x in c['inbound_gini_diff']['per_seed'])}) "
-            f"| ×{c['inbound_top1_share_ratio']['mean']:.3f} |"
-        )
-    lines += [
-        "",
-        f"Picked: {_point(r['picked'])}. Load before/after: {r['load']['before']} /",
-        f"{r['load']['after']}; {r['seconds']:.0f} s (test stage).",
-        "",
-        "| population (markets × members) | test seeds | mutual likes / 1,000 impr. | share of"
-        " members with ≥ 1 match / week | inbound Gini (diff.) | top-1% share of inbound"
-        " attention |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, block in r["populations"].items():
-        c = block["compare"]
-        base, two = c["one-sided"], c["two-sided"]
-
-        def pair(k: str, base: dict[str, Any] = base, two: dict[str, Any] = two) -> str:
-            return f"{base[k]['mean']:.4g} → {two[k]['mean']:.4g}"
-
-        lines.append(
-            f"| {name} | {block['test_seeds']} "
-            f"| {pair('mutual_likes_per_1000')} (×{_fmt(c, 'mutual_likes_per_1000_ratio')}) "
-            f"| {pair('match_share_per_week')} (×{_fmt(c, 'match_share_per_week_ratio')}) "
-            f"| {pair('inbound_gini')} ({_fmt(c, 'inbound_gini_diff')}) "
-            f"| {pair('inbound_top1_share')} (×{_fmt(c, 'inbound_top1_share_ratio')}) |"
-        )
-    lines += ["", "Issue 17's targets on the test seeds:", ""]
-    for name, block in r["populations"].items():
-        c, ok = block["compare"], meets(block["compare"])
-        cells = [
-            f"{label}: {prefix}{_fmt(c, key)} {'met' if ok[k] else '**missed**'}"
-            for k, label, key, prefix in TARGETS
-        ]
-        lines.append(f"* {name}: " + "; ".join(cells) + ".")
-    lines += [
-        "",
-        f"The controller ended at its floor in {_budget_floor_note(r)}. The diagnosis (where",
-        "the matches are lost, the estimate's accuracy, the trade-off the grid shows) is in",
-        "the next section.",
-        "",
-        "Full figures (per seed, the validation grid) in `bench/results/marketplace.json`.",
-        "<!-- /marketplace -->",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_readme(section: str) -> None:
-    path = HERE / "README.md"
-    text = path.read_text()
-    start, end = "<!-- marketplace -->", "<!-- /marketplace -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        text = head + section.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+def defaults_record() -> dict[str, Any]:
+    """The serving defaults the two-sided arm ran with (the reranker's two-sided knobs and the
+    pacing controller's targets), stored with the result."""
+    cfg = RerankConfig().get_config()
+    knobs = ("reciprocal_mode", "reciprocal_weight", "inbound_capacity", "reply_capacity",
+             "pacing_strength", "pacing_cut", "pacing_boost")  # fmt: skip
+    return {"rerank": {k: cfg[k] for k in knobs}, "targets": asdict(serving_targets())}
 
 
 def main() -> None:
@@ -551,24 +421,24 @@ def main() -> None:
     ap.add_argument(
         "--large",
         default="3x500",
-        help="a second population (markets x size), run with the picked point only; '' skips it",
+        help="a second population (markets x size), validated and tested like the first; "
+        "'' skips it",
     )
     ap.add_argument("--seeds", default="1,2,3,4,5", help="test seeds (reported)")
     ap.add_argument("--validation", default="101,102", help="seeds tuning picks on")
     ap.add_argument("--regime", default="balanced", choices=sorted(sim.REGIMES))
-    ap.add_argument("--no-tune", action="store_true")
     ap.add_argument(
         "--stage",
         default="all",
         choices=("all", "validation", "test"),
         help="validation: the grid only (written with --write); test: the test seeds with the "
-        "point picked in bench/results/marketplace-validation.json",
+        "serving defaults, once bench/results/marketplace-validation.json picked them",
     )
     ap.add_argument(
         "--points",
         default="",
         help="validation: run only these grid points (a JSON list) and add them to the stored "
-        "grid of bench/results/marketplace-validation.json (same validation seeds), then pick",
+        "grid of bench/results/marketplace-validation.json (same seeds), then pick",
     )
     ap.add_argument(
         "--jobs", type=int, default=1, help="seeds run in parallel processes (same figures)"
@@ -592,65 +462,51 @@ def main() -> None:
     t0 = time.perf_counter()
 
     def runs_for(
-        seeds: list[int], arms: list[Arm], pc: sim.PopulationConfig = cfg
-    ) -> list[dict[str, dict[str, Any]]]:
-        jobs = [(pc, s, arms, regime) for s in seeds]
-        if args.jobs > 1 and len(seeds) > 1:
-            with ProcessPoolExecutor(min(args.jobs, len(seeds))) as pool:
+        seeds: list[int], arms: list[Arm], pcs: dict[str, sim.PopulationConfig]
+    ) -> dict[str, list[dict[str, dict[str, Any]]]]:
+        """Every seed of every population (in ``--jobs`` processes): the runs per population."""
+        jobs = [(pc, s, arms, regime) for pc in pcs.values() for s in seeds]
+        if args.jobs > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
                 out = list(pool.map(seed_run, *zip(*jobs, strict=True)))
         else:
             out = [seed_run(*job) for job in jobs]
-        for s, res in zip(seeds, out, strict=True):
+        by_pop: dict[str, list[dict[str, dict[str, Any]]]] = {}
+        for (pc, s, _, _), res in zip(jobs, out, strict=True):
+            name = next(n for n, c in pcs.items() if c is pc)
+            by_pop.setdefault(name, []).append(res)
             brief = {
                 a: {k: round(v, 4) for k, v in r.items() if k in SHOWN} for a, r in res.items()
             }
-            print(f"  seed {s}: {json.dumps(brief)}", file=sys.stderr, flush=True)
-        return out
-
-    def ceiling_for(pc: sim.PopulationConfig) -> tuple[float, float]:
-        """Half the one-sided top-1% inbound share on the validation seeds of ``pc`` (the
-        issue's target, as an operator would set it from their own baseline)."""
-        base_only = runs_for(val, arms_for({}, 0.05)[:1], pc)
-        top1 = statistics.fmean(r["one-sided"]["inbound_top1_share"] for r in base_only)
-        return round(0.5 * top1, 4), round(top1, 4)
+            print(f"  {name} seed {s}: {json.dumps(brief)}", file=sys.stderr, flush=True)
+        return by_pop
 
     pops = {f"{cfg.markets}x{cfg.market_size}": cfg}
     if args.large and not quick:
         m, size = (int(x) for x in args.large.split("x"))
         pops[args.large] = sim.PopulationConfig(markets=m, market_size=size)
     if args.stage in ("all", "validation"):
-        grid = GRID[:1] if (args.no_tune or quick) else GRID
-        tuning = []
-        if args.points:
-            # only these points; the other rows (and the ceiling) come from the stored
-            # validation run on the same seeds
-            grid = json.loads(args.points)
+        grid = json.loads(args.points) if args.points else GRID[: 1 if quick else None]
+        tuning: list[dict[str, Any]] = []
+        if args.points:  # the other rows come from the stored run on the same seeds
             stored = json.loads(VALIDATION.read_text())
-            if stored["validation_seeds"] != val:
-                raise SystemExit("--points: the stored grid ran on other validation seeds")
+            if (stored["validation_seeds"], stored["validation_populations"]) != (val, list(pops)):
+                raise SystemExit("--points: the stored grid ran on other seeds or populations")
             tuning = [t for t in stored["tuning"] if t["point"] not in grid]
-            ceiling, top1_base = (
-                stored["ceiling_top1_share"],
-                stored["validation_one_sided_top1_share"],
-            )
-        else:
-            print("validation: one-sided baseline", file=sys.stderr)
-            ceiling, top1_base = ceiling_for(cfg)
-        for point in grid:
-            print(f"validation: {point}", file=sys.stderr)
-            c = compare(runs_for(val, arms_for(point, ceiling)), "one-sided", "two-sided")
-            tuning.append(
-                {
-                    "point": point,
+        rows: list[dict[str, Any]] = [{"point": p, "by_population": {}} for p in grid]
+        print(f"validation on {list(pops)}: {len(grid)} points", file=sys.stderr)
+        arms = arms_for(grid)
+        for name, runs in runs_for(val, arms, pops).items():
+            for row, arm in zip(rows, arms[1:], strict=True):
+                c = compare(runs, "one-sided", arm.name)
+                row["by_population"][name] = {
                     "compare": {k: v for k, v in c.items() if k.endswith(("ratio", "diff"))},
                     "meets": meets(c),
                 }
-            )
+        tuning += rows
         validation = {
             "validation_seeds": val,
-            "population": f"{cfg.markets}x{cfg.market_size}",
-            "ceiling_top1_share": ceiling,
-            "validation_one_sided_top1_share": top1_base,
+            "validation_populations": list(pops),
             "tuning": tuning,
             "picked": pick_point(tuning),
         }
@@ -663,17 +519,19 @@ def main() -> None:
     else:
         validation = json.loads(VALIDATION.read_text())
     picked = validation["picked"]
+    if not defaults_point(picked):
+        raise SystemExit(
+            f"the validation pick {picked} is not the serving default: make it the default "
+            "(RerankConfig / Settings) first, so that what is measured is what ships"
+        )
     populations = {}
-    for name, pc in pops.items():
-        ceiling, top1_base = ceiling_for(pc)
-        print(f"test seeds {test} on {name}: {picked}, ceiling {ceiling}", file=sys.stderr)
-        runs = runs_for(test, arms_for(picked, ceiling), pc)
+    print(f"test seeds {test} on {list(pops)}: the serving defaults", file=sys.stderr)
+    for name, runs in runs_for(test, arms_for([{}]), pops).items():
+        pc = pops[name]
         populations[name] = {
             "config": pc.model_dump(),
             "members": pc.markets * pc.market_size,
             "test_seeds": test,
-            "ceiling_top1_share": ceiling,
-            "validation_one_sided_top1_share": top1_base,
             "runs": runs,
             "compare": compare(runs, "one-sided", "two-sided"),
         }
@@ -681,6 +539,7 @@ def main() -> None:
         "regime": args.regime,
         "market": regime.model_dump(),
         **validation,
+        "defaults": defaults_record(),
         "populations": populations,
         "meets": meets(next(iter(populations.values()))["compare"]),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -88,9 +88,9 @@ def main() -> None:
     regime = sim.REGIMES["balanced"]
     try:
         val = json.loads(mk.VALIDATION.read_text())
-        point, ceiling = val["picked"], val["ceiling_top1_share"]
+        point = val["picked"]
     except FileNotFoundError:
-        point, ceiling = mk.GRID[0], 0.0235
+        point = {}  # the serving defaults
     rows: list[tuple[np.ndarray, ...]] = []
     within: dict[str, list[float]] = {}
     serve = mk.serve
@@ -124,7 +124,7 @@ def main() -> None:
 
     mk.serve = recorded
     mk.Reranker = Recording
-    arms = mk.arms_for(dict(point), ceiling)
+    arms = mk.arms_for([dict(point)])
     market = sim.Market(
         pop, args.seed, regime.capacity, regime.expiry_days, regime.instant_matches,
         regime.message_rate, regime.reply_rate,
@@ -135,7 +135,7 @@ def main() -> None:
     q99, q90 = np.quantile(att, 0.99), np.quantile(att, 0.9)
     groups = {"top 1%": att >= q99, "next 9%": (att >= q90) & (att < q99), "rest": att < q90}
     groups["all"] = np.ones(pop.n, dtype=bool)
-    print(f"seed {args.seed}, {args.population}, point {point}, ceiling {ceiling}")
+    print(f"seed {args.seed}, {args.population}, point {point}")
     print(f"mean eligible pool {pop.pool_sizes().mean():.1f}; seen after the pre-period "
           f"{market.seen.mean():.3f}")  # fmt: skip
     days = range(regime.warmup_days, regime.warmup_days + regime.days)

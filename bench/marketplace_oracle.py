@@ -73,9 +73,9 @@ def main() -> None:
     pop = sim.generate_population(cfg, seed=args.seed)
     try:
         val = json.loads(mk.VALIDATION.read_text())
-        point, ceiling = val["picked"], val["ceiling_top1_share"]
+        point = val["picked"]
     except FileNotFoundError:
-        point, ceiling = mk.GRID[0], 0.0235
+        point = {}  # the serving defaults
     serve, estimate, reciprocal = mk.serve, rerank_steps.reciprocal_estimate, None
 
     def recorded(pop_, market, live, arm, reranker, v, pairs, k, t):  # type: ignore[no-untyped-def]
@@ -126,7 +126,7 @@ def main() -> None:
             ("coverage 3, s/r/r", bare, None, ideal_step, True, 3.0),
             ("coverage 10, s/r/r", bare, None, ideal_step, True, 10.0),
         ]  # fmt: skip
-    print(f"seed {args.seed}, {args.population}, point {point}, ceiling {ceiling}")
+    print(f"seed {args.seed}, {args.population}, point {point}")
     for name, p, est, step, true_reply, cover in variants:
         MODE.update(true_reply=true_reply, cover=cover)
         rerank_steps.reciprocal_estimate = est or estimate
@@ -134,7 +134,7 @@ def main() -> None:
         if step is not None:
             rerank_steps.STEPS["reciprocal"] = step
         try:
-            r = mk.one_run(pop, args.seed, mk.arms_for(dict(p), ceiling), sim.REGIMES["balanced"])
+            r = mk.one_run(pop, args.seed, mk.arms_for([dict(p)]), sim.REGIMES["balanced"])
         finally:
             rerank_steps.STEPS["reciprocal"] = reciprocal
         b, t = r["one-sided"], r["two-sided"]

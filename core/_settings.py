@@ -452,11 +452,12 @@ class Settings(BaseSettings):
         True, description="Pace members' exposure toward the target inbound-attention spread."
     )
     pacing_target_top1_share: float | None = Field(
-        0.05,
+        0.016,
         gt=0,
         lt=1,
         description="Ceiling on the share of inbound attention the top 1% of members receive "
-        "(None: no ceiling).",
+        "(None: no ceiling). The default is half the one-sided share of the marketplace bench's "
+        "larger simulated market; set it from your own market's.",
     )
     pacing_target_gini: float | None = Field(
         None, gt=0, lt=1, description="Ceiling on the Gini of inbound attention (None: none)."
@@ -468,7 +469,7 @@ class Settings(BaseSettings):
         "window (where the controller starts and returns to when the targets are met).",
     )
     pacing_budget_min: float = Field(
-        1.0, gt=0, description="Tightest budget, in multiples of that mean."
+        0.5, gt=0, description="Tightest budget, in multiples of that mean."
     )
     pacing_gain: float = Field(
         0.5, gt=0, description="Controller step: log-budget change per unit of relative error."
@@ -481,6 +482,23 @@ class Settings(BaseSettings):
     )
     pacing_control_s: float = Field(
         300.0, gt=0, description="How often the controller measures and steps (s)."
+    )
+    pacing_attention_cap: bool = Field(
+        False,
+        description="Steer a ceiling on each member's inbound attention toward the top-1% "
+        "share target: members above it leave the page (signals._pacing.cap_step).",
+    )
+    pacing_cap_gain: float = Field(
+        1.0,
+        gt=0,
+        description="Attention cap's integral gain: log-cap change per unit of relative share "
+        "error per day.",
+    )
+    pacing_cap_min: float = Field(
+        1.0,
+        gt=0,
+        description="Tightest attention cap, in multiples of the mean inbound attention (where "
+        "the cap stays while the top-1% share target is out of reach).",
     )
 
     # --- experiments ------------------------------------------------------------------

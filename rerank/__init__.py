@@ -26,6 +26,7 @@ from ._ltr import (
 )
 from ._ltr_checks import ablation_ndcg, single_feature_ndcg
 from ._market import (
+    attention_excess,
     below_cut,
     bucket_level,
     combine,
@@ -98,6 +99,7 @@ __all__ = [
     "apply_caps",
     "apply_pins",
     "assemble_features",
+    "attention_excess",
     "below_cut",
     "bucket_level",
     "combine",

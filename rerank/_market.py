@@ -51,8 +51,13 @@ moved below the page cut
 members complete it only when too few others are eligible), so pacing removes attention from
 the head instead of only reordering within the page. ``pacing_boost`` lifts the members
 below the mean inbound attention that have budget left (:func:`pacing_boost`; a new member,
-without likes or impressions, gets the whole boost: a first-impression boost). Both act on
-the eligible rows only: they reorder, never add.
+without likes or impressions, gets the whole boost: a first-impression boost). With the
+controller's attention cap (``RerankContext.pacing_attention_cap``, steered toward the top-1%
+share by :func:`opendisco.signals.cap_step`) a member whose inbound attention exceeds the cap is
+moved below the page cut the same way, whatever its budget: its budget is its own paced rate ×
+cap / attention, so it is over budget by attention / cap (:func:`attention_excess`; the
+attention counts the impressions already served in the window, whose likes are on their way).
+All of them act on the eligible rows only: they reorder, never add.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ if TYPE_CHECKING:
     from ._config import RerankConfig
 
 __all__ = [
+    "attention_excess",
     "below_cut",
     "bucket_level",
     "combine",
@@ -249,24 +255,39 @@ def below_cut(order: np.ndarray, excess: np.ndarray, page: int) -> np.ndarray:
     return np.concatenate([ok[:page], over, ok[page:]])
 
 
+def attention_excess(inbound: np.ndarray, exposure: np.ndarray, cap: float) -> np.ndarray:
+    """Pure: each member's attention over the controller's attention ``cap`` (above 1: over
+    the cap, moved below the page; the most over placed last). The attention counted is the
+    inbound attention received plus the impressions served in the current exposure window —
+    attention on its way: a like arrives after the impression, so a member just under the
+    cap would otherwise be shown to every viewer until the likes come in and overshoot it."""
+    inbound = np.maximum(np.asarray(inbound, dtype=np.float64), 0.0)
+    return (inbound + np.maximum(exposure, 0.0)) / max(cap, 1e-12)
+
+
 def step_pacing(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
     member = inp.batch.members
-    budget = inp.ctx.pacing_budget
+    budget, cap = inp.ctx.pacing_budget, inp.ctx.pacing_attention_cap
     active = cfg.pacing_strength > 0 or cfg.pacing_cut is not None or cfg.pacing_boost > 0
-    if budget is None or not active or not member.any():
+    if not member.any() or not ((budget is not None and active) or cap is not None):
         return s
     f = inp.features
-    n = len(inp.batch)
-    paced = f.column("paced_exposure", n) if f.paced_exposure is not None else f.exposure
-    mean_inbound = inp.ctx.pacing_mean_inbound
-    budgets = member_budgets(budget, f.inbound, mean_inbound)
-    pen = pacing_penalty(paced, budgets, cfg.pacing_strength)
-    pen = pen - pacing_boost(paced, budgets, f.inbound, mean_inbound, cfg.pacing_boost)
-    pen = np.where(member, pen, 0.0)
     excess = None
-    if cfg.pacing_cut is not None:
-        level = bucket_level(cfg.pacing_cut * budgets)
-        excess = np.where(member, paced / np.maximum(level, 1e-12), 0.0)
+    if cap is not None:
+        excess = np.where(member, attention_excess(f.inbound, f.exposure, cap), 0.0)
+    pen = np.zeros(len(inp.batch))
+    if budget is not None and active:
+        n = len(inp.batch)
+        paced = f.column("paced_exposure", n) if f.paced_exposure is not None else f.exposure
+        mean_inbound = inp.ctx.pacing_mean_inbound
+        budgets = member_budgets(budget, f.inbound, mean_inbound)
+        pen = pacing_penalty(paced, budgets, cfg.pacing_strength)
+        pen = pen - pacing_boost(paced, budgets, f.inbound, mean_inbound, cfg.pacing_boost)
+        pen = np.where(member, pen, 0.0)
+        if cfg.pacing_cut is not None:
+            level = bucket_level(cfg.pacing_cut * budgets)
+            over = np.where(member, paced / np.maximum(level, 1e-12), 0.0)
+            excess = over if excess is None else np.maximum(excess, over)
     if not pen.any() and (excess is None or not (excess[s.order] > 1.0).any()):
         return s
     scores = s.scores - pen

@@ -267,6 +267,9 @@ class RerankContext:
     #: mean inbound attention per member (the controller's measurement): a member receiving
     #: more gets a proportionally smaller share of ``pacing_budget``
     pacing_mean_inbound: float | None = None
+    #: ceiling on a member's inbound attention (the controller's attention cap, same units as
+    #: ``Features.inbound``): a member above it leaves the page; None = no cap
+    pacing_attention_cap: float | None = None
 
 
 class Scorer(Protocol):

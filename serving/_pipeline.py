@@ -219,6 +219,7 @@ class Discovery:
             viewer_profile=plan.viewer_profile,
             pacing_budget=pacing.impressions if pacing is not None else None,
             pacing_mean_inbound=pacing.mean_inbound if pacing is not None else None,
+            pacing_attention_cap=pacing.attention_cap if pacing is not None else None,
         )
         artifacts = plan.artifacts or self.artifacts
         result = request_ranking(plan, self.artifacts, self.reranker).run(

@@ -46,7 +46,9 @@ from ._pacing import (
     PacingState,
     PacingTargets,
     attention_stats,
+    cap_step,
     pacing_step,
+    water_level,
 )
 from ._processor import EVENTS, EventProcessor
 from ._served import ServedExposure
@@ -113,6 +115,7 @@ __all__ = [
     "UserStateStore",
     "adjacency_updates",
     "attention_stats",
+    "cap_step",
     "capped_lookup",
     "classify",
     "co_engagement_pairs",
@@ -133,4 +136,5 @@ __all__ = [
     "top_neighbours",
     "trend_increments",
     "validate_event",
+    "water_level",
 ]

@@ -23,6 +23,20 @@ loosens back (to ``budget_max``, where it rarely binds) once they are met — pa
 nothing where the market is already spread. Budgets bind popular members first (they spend
 fastest), which is what moves attention to the others.
 
+**The attention cap** (``attention_cap``, :func:`cap_step`): a second controller whose
+setpoint is the top-1% share itself, acting only on the members at the top. It sets a ceiling
+θ on a member's inbound attention, in multiples of the mean (:attr:`PacingState.attention_cap`),
+and the pacing step moves a member whose inbound attention exceeds θ below the page cut, the
+most over first last (the member's budget is its own paced rate × θ / its attention: reduced in
+proportion to the excess). θ is integral in log space, per day of elapsed time (so its gain
+does not depend on the control period)::
+
+    w ← clip(w − cap_gain · Δt_days · error, log cap_min, log cap_max)     θ = mean · e^w
+
+started at the water level (:func:`water_level`: the cap that, applied to the measured counts,
+gives the target share). It reads only the inbound attention the pipeline already has per
+candidate (no extra round trip); the impressions that feed it are the served ones.
+
 :class:`PacingController` is the I/O around it for a serving process: the state lives in
 MongoDB ``pacing`` (one document); every ``pacing_control_s`` one process (under a lease)
 measures — one scan of ``inbound`` for the window, one count of member profiles, one sum over
@@ -57,12 +71,15 @@ __all__ = [
     "PacingState",
     "PacingTargets",
     "attention_stats",
+    "cap_step",
     "pacing_step",
+    "water_level",
 ]
 
 PACING = "pacing"
 PACING_LOCKS = "pacing_locks"
 _DOC_ID = "controller"
+_DAY = timedelta(days=1)
 log = logging.getLogger("opendisco.signals")
 
 
@@ -76,6 +93,11 @@ class PacingTargets:
     budget_max: float = 8.0
     gain: float = 0.5
     kp: float = 0.0
+    #: the attention cap (steered by ``top1_share``): off, or its gain per day of elapsed time
+    attention_cap: bool = False
+    cap_gain: float = 1.0
+    cap_min: float = 1.0  # tightest cap, in multiples of the mean inbound attention
+    cap_max: float = 100.0  # loosest (where it starts when the share is within the target)
 
     @classmethod
     def from_settings(cls, s: Settings) -> PacingTargets:
@@ -86,6 +108,9 @@ class PacingTargets:
             budget_max=s.pacing_budget_max,
             gain=s.pacing_gain,
             kp=s.pacing_kp,
+            attention_cap=s.pacing_attention_cap,
+            cap_gain=s.pacing_cap_gain,
+            cap_min=s.pacing_cap_min,
         )
 
 
@@ -103,6 +128,15 @@ class PacingState:
     members: int = 0
     steps: int = 0
     updated_at: datetime | None = None
+    #: log of the attention cap in multiples of ``mean_inbound`` (None: no cap)
+    cap_log: float | None = None
+
+    @property
+    def attention_cap(self) -> float | None:
+        """The ceiling on a member's inbound attention (None: no cap, or nothing measured)."""
+        if self.cap_log is None or self.mean_inbound <= 0:
+            return None
+        return self.mean_inbound * math.exp(self.cap_log)
 
     @property
     def impressions(self) -> float | None:
@@ -145,14 +179,59 @@ def pacing_error(top1_share: float, gini: float, targets: PacingTargets) -> floa
     return max(errs) if errs else -1.0
 
 
+def water_level(counts: Sequence[float] | np.ndarray, target: float) -> float | None:
+    """Pure: the cap θ on every member's count such that the top-1% share of ``min(counts,
+    θ)`` is ``target`` (None: the counts are within it uncapped). The share is nondecreasing
+    in θ (raising it adds only to the members above it, the top first), so a bisection finds
+    it; when no cap reaches the target (fewer members with attention than 1 / target), the
+    smallest cap tried, a hundredth of the largest count."""
+    x = np.maximum(np.asarray(counts, dtype=np.float64), 0.0)
+    if x.size == 0 or attention_stats(x)[0] <= target:
+        return None
+    top = max(1, math.ceil(0.01 * x.shape[0]))
+    head = np.sort(x)[-top:]
+    lo, hi = 0.01 * float(head[-1]), float(head[-1])
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        capped = np.minimum(x, mid).sum()
+        if float(np.minimum(head, mid).sum()) / capped > target:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+def cap_step(
+    cap_log: float | None,
+    counts: np.ndarray,
+    share: float,
+    targets: PacingTargets,
+    dt_days: float,
+) -> float | None:
+    """Pure: the attention cap's next log level (see the module docstring); None when the cap
+    is off or nobody received attention. The first step starts at the water level (or at the
+    loosest cap when the share is within the target)."""
+    mean = float(np.mean(counts)) if len(counts) else 0.0
+    if not targets.attention_cap or targets.top1_share is None or mean <= 0:
+        return None
+    lo, hi = math.log(targets.cap_min), math.log(targets.cap_max)
+    if cap_log is None:
+        level = water_level(counts, targets.top1_share)
+        return hi if level is None else min(max(math.log(level / mean), lo), hi)
+    err = min(max(share / targets.top1_share - 1.0, -1.0), 1.0)
+    return min(max(cap_log - targets.cap_gain * dt_days * err, lo), hi)
+
+
 def pacing_step(
     state: PacingState,
     counts: Sequence[float] | np.ndarray,
     mean_exposure: float,
     targets: PacingTargets,
     now: datetime | None = None,
+    dt_days: float = 1.0,
 ) -> PacingState:
-    """Pure: one controller step from the measured inbound ``counts`` (one per member)."""
+    """Pure: one controller step from the measured inbound ``counts`` (one per member);
+    ``dt_days`` is the time since the last step (the attention cap's gain is per day)."""
     share, gini = attention_stats(counts)
     # the relative error is clipped to ±1: a market far off target moves by at most e^gain per
     # step (what it responds with is only seen at the next measurement)
@@ -174,6 +253,7 @@ def pacing_step(
         members=len(counts),
         steps=state.steps + 1,
         updated_at=now or datetime.now(UTC),
+        cap_log=cap_step(state.cap_log, np.asarray(counts, float), share, targets, dt_days),
     )
 
 
@@ -239,7 +319,11 @@ class PacingController:
                 if fresh and not force:
                     return state
                 counts, mean = await self.measure(now)
-                state = pacing_step(state, counts, mean, self.targets, now)
+                last = state.updated_at
+                # the time since the last step, at most a day (a controller that did not run
+                # for long does not jump)
+                dt = (now - _aware(last)).total_seconds() / 86400.0 if last else period / _DAY
+                state = pacing_step(state, counts, mean, self.targets, now, min(max(dt, 0), 1))
                 with backend_errors("pacing state write failed"):
                     await self.coll.replace_one({"_id": _DOC_ID}, state.to_doc(), upsert=True)
         except BackendError as exc:  # busy (another process steps) or a store hiccup

@@ -82,7 +82,7 @@ def test_new_features_are_appended_to_the_schema() -> None:
 
 
 def test_reciprocal_estimate_prior_history_and_known_likes() -> None:
-    cfg = RerankConfig()
+    cfg = RerankConfig(reply_capacity=None)  # the window reply ratio (the live rate: below)
     n = 4
     profile = np.array([1.0, 0.0, 0.0, 0.0])
     taste = np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [1.0, 0, 0, 0], [0.0, 0, 0, 0]])
@@ -150,7 +150,7 @@ def test_congestion_aware_reciprocal_estimate_reads_the_live_like_rate() -> None
         like_rate=np.array([0.0, 20.0, 20.0]),
         inbound=np.zeros(n),
     )
-    window = reciprocal_estimate(feats, ctx, RerankConfig(), n)
+    window = reciprocal_estimate(feats, ctx, RerankConfig(reply_capacity=None), n)
     assert window[0] == pytest.approx(window[1])  # the window ratio does not see the rate
     cfg = RerankConfig(reply_capacity=2.0)
     b = reciprocal_estimate(feats, ctx, cfg, n)
@@ -203,9 +203,9 @@ def test_market_steps_are_neutral_for_a_one_sided_catalogue() -> None:
         paced_exposure=np.full(n, 1e6),
         like_rate=np.linspace(0.0, 500.0, n),
     )
-    ctx = RerankContext(pacing_budget=1.0, pacing_mean_inbound=5.0)
-    # the pacing cut, the first-impression boost and the congestion-aware reply chance at
-    # their strongest: still nothing moves
+    ctx = RerankContext(pacing_budget=1.0, pacing_mean_inbound=5.0, pacing_attention_cap=1e-6)
+    # the pacing cut, the first-impression boost, the attention cap and the congestion-aware
+    # reply chance at their strongest: still nothing moves
     market = merged_config({"pacing_cut": 0.01, "pacing_boost": 5.0, "reply_capacity": 0.01})
     res = Reranker(market).run(batch, feats, ctx, timed=True)
     for step in ("reciprocal", "pacing"):
@@ -216,6 +216,13 @@ def test_market_steps_are_neutral_for_a_one_sided_catalogue() -> None:
         steps=tuple(s for s in RerankConfig().steps if s not in ("reciprocal", "pacing"))
     )
     assert Reranker(plain).run(batch, feats, ctx).ids == res.ids
+    # the exposure step's overload damp reads inbound_capacity only through the inbound
+    # attention a *member* receives, which a catalogue's items never get (plan_effects counts
+    # profiles only): whatever the capacity, the same order as the defaults
+    assert not feats.inbound.any()
+    for capacity in (1.0, 5.0, 20.0, 100.0):
+        alt = merged_config({"inbound_capacity": capacity, "reciprocal_weight": 0.99})
+        assert Reranker(alt).run(batch, feats, ctx).ids == Reranker().run(batch, feats, ctx).ids
 
 
 def test_pacing_penalty_is_smooth_and_bounded() -> None:
@@ -317,7 +324,8 @@ def test_first_impression_boost_lifts_members_without_attention() -> None:
 
 @pytest.mark.parametrize("seed", range(25))
 def test_market_steps_never_surface_an_ineligible_candidate(seed: int) -> None:
-    """Whatever the pacing, boost and reciprocal settings and signals, the ranked list is
+    """Whatever the pacing, attention cap, boost and reciprocal settings and signals, the
+    ranked list is
     exactly the rows the rules keep (unavailable, banned ids and banned categories dropped):
     the market steps reorder, never add."""
     rng = np.random.default_rng(seed)
@@ -354,8 +362,9 @@ def test_market_steps_never_surface_an_ineligible_candidate(seed: int) -> None:
     )
     ctx = RerankContext(
         bans=bans,
-        pacing_budget=float(rng.choice([0.1, 1.0, 10.0])),
+        pacing_budget=float(rng.choice([0.1, 1.0, 10.0])) if rng.random() < 0.8 else None,
         pacing_mean_inbound=float(rng.exponential(5)),
+        pacing_attention_cap=float(rng.choice([0.01, 1.0, 5.0])) if rng.random() < 0.7 else None,
         k=int(rng.integers(1, 10)),
     )
     res = Reranker(cfg).run(batch, feats, ctx)

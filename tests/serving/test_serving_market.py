@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pytest
 from serving_support import event
 
 from opendisco.rerank import (
@@ -20,6 +22,15 @@ from opendisco.rerank import (
 )
 from opendisco.serving import Artifacts, Discovery, Rule, stored_rule_fields
 from opendisco.signals import PacingController, PacingTargets, UserGraph
+
+#: pacing alone: the exposure and inbound damps, the reciprocal step and the budget's smooth
+#: demotion off (what is left to move a member is the pacing cut or the attention cap)
+PACING_ONLY = {
+    "pacing_strength": 0.0,
+    "exposure_strength": 0.0,
+    "inbound_strength": 0.0,
+    "reciprocal_weight": 0.0,
+}
 
 
 def _broad(users: list[dict[str, Any]], nth: int = 0) -> dict[str, Any]:
@@ -223,12 +234,7 @@ async def test_pacing_controller_and_step_on_the_live_market(discovery: Any, mar
     # the reciprocal step and the smooth demotion off). `top` leads the page;
     # once it is served past its budget (the live counters), the cut takes it off the page of
     # 3, the page stays full, and everything on it is eligible (in the unpaced answer)
-    weak = {
-        "pacing_strength": 0.0,
-        "exposure_strength": 0.0,
-        "inbound_strength": 0.0,
-        "reciprocal_weight": 0.0,
-    }
+    weak = PACING_ONLY
     discovery.reranker = Reranker(merged_config(weak))
     top = (await discovery.recommend(v, k=3, explain=True)).ids[0]
     # past the controller's budget (in impressions per window; member budgets are at most
@@ -251,10 +257,14 @@ async def test_live_trending_from_events(discovery: Any, market: Any) -> None:
         (it for it in items if it.get("available") and it.get("popularity") is not None),
         key=lambda it: it["popularity"],
     )["_id"]
+    # 15 likes within seconds: trending, and within the reply capacity of this reranker
+    # (inbound_capacity 20, the window ratio: more, or the congestion-aware reply chance, would
+    # make it an overloaded recipient, which the exposure and reciprocal steps demote on
+    # purpose — test_congestion_aware_reciprocity_on_the_live_market)
+    within = Reranker(merged_config({"inbound_capacity": 20.0, "reply_capacity": None}))
+    discovery.reranker = within
     before = await discovery.trending(k=30)
     assert quiet not in before.ids[:10]
-    # 15 likes: trending, within its reply capacity (inbound_capacity 20: more would make it
-    # an overloaded recipient, which the exposure and reciprocal steps demote on purpose)
     res = await discovery.record_events(
         [event(f"fan-{uuid.uuid4().hex[:6]}", "like", quiet) for _ in range(15)]
     )
@@ -263,6 +273,7 @@ async def test_live_trending_from_events(discovery: Any, market: Any) -> None:
     top = dict(await discovery.exposure.trending(10))
     assert top.get(quiet, 0) > 14.9  # 15 likes, decayed by seconds
     fresh = Discovery(discovery.settings, discovery.os, discovery.db, model=discovery._model)
+    fresh.reranker = within
     after = await fresh.trending(k=30)  # a process that reads the live counts now
     plan = await fresh.plan("trending", 30)
     params = plan.request.params
@@ -290,7 +301,13 @@ async def test_congestion_aware_reciprocity_on_the_live_market(discovery: Any, m
     they answer is demoted; the step only reorders — the answer is the same eligible set."""
     _, users = market
     v = _broad(users, 4)["_id"]
-    quiet = {"inbound_strength": 0.0, "exposure_strength": 0.0, "reciprocal_weight": 0.9}
+    quiet = {
+        "inbound_strength": 0.0,
+        "exposure_strength": 0.0,
+        "reciprocal_weight": 0.9,
+        "inbound_capacity": 20.0,
+        "reply_capacity": None,
+    }
     window = Reranker(merged_config(quiet))
     congested = Reranker(merged_config({**quiet, "reply_capacity": 1.0}))
     col = FEATURE_NAMES.index("reciprocal")
@@ -321,3 +338,46 @@ async def test_congestion_aware_reciprocity_on_the_live_market(discovery: Any, m
     whole = await discovery.recommend(v, k=300)
     assert set(whole.ids) == set(whole_plain.ids) and busy in whole.ids
     assert len(whole.ids) == len(set(whole.ids)) >= 10
+
+
+async def test_attention_cap_on_the_live_market(discovery: Any, market: Any) -> None:
+    """The controller whose setpoint is the top-1% share: measured on the live inbound
+    counters, it sets a cap on a member's attention below the liked member's, and the served
+    pipeline takes that member off the page — a reordering of the eligible members only."""
+    _, users = market
+    v = _broad(users, 6)["_id"]
+    # the cap alone: the damps, the reciprocal step and the budget's demotion off
+    weak = PACING_ONLY
+    discovery.reranker = Reranker(merged_config(weak))
+    top = (await discovery.recommend(v, k=3)).ids[0]
+    fans = [event(f"fan-{uuid.uuid4().hex[:6]}", "like", top) for _ in range(40)]
+    assert (await discovery.record_events(fans)).accepted == 40
+    discovery.record_served([{"id": top, "item": {"kind": "profile"}}] * 3)
+    await discovery.served.drain()
+    await _refreshed(discovery)
+    targets = PacingTargets(top1_share=0.05, attention_cap=True, cap_gain=1.0)
+    ctl = PacingController(discovery.settings, discovery.db, discovery.exposure, targets=targets)
+    state = await ctl.refresh(force=True)
+    assert state.top1_share > 0.05 and state.attention_cap is not None
+    assert state.attention_cap < 40  # below the member the 40 fans liked
+    tighter = await ctl.refresh(force=True)  # still above the setpoint: the integral tightens
+    assert tighter.cap_log is not None and state.cap_log is not None
+    assert tighter.cap_log <= state.cap_log
+    stored = await PacingController(discovery.settings, discovery.db, discovery.exposure).read()
+    assert stored.attention_cap == pytest.approx(tighter.attention_cap)
+    # a process that reads the live counters now (no inbound cached from before the likes)
+    fresh = Discovery(discovery.settings, discovery.os, discovery.db, model=discovery._model)
+    fresh.reranker = Reranker(merged_config(weak))
+    fresh.pacing._read_at = float("inf")  # no background refresh in this test
+    fresh.pacing.state = replace(tighter, cap_log=None)
+    uncapped = await fresh.recommend(v, k=3, explain=True)
+    assert uncapped.ids[0] == top
+    whole = set((await fresh.recommend(v, k=300)).ids)
+    fresh.pacing.state = tighter
+    capped = await fresh.recommend(v, k=3, explain=True)
+    assert top not in capped.ids and len(capped.ids) == 3
+    assert set(capped.ids) <= whole
+    # only a reordering: the whole pool is the same eligible members, `top` kept, no duplicate
+    every = (await fresh.recommend(v, k=300)).ids
+    assert set(every) == whole and top in every and len(every) == len(set(every))
+    await fresh.drain()
