@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 from bson.binary import Binary, BinaryVectorDtype
 
-__all__ = ["VECTOR_SUBTYPE", "read_vector", "store_vector", "vector_values"]
+__all__ = ["VECTOR_SUBTYPE", "as_vector", "read_vector", "store_vector", "vector_values"]
 
 VECTOR_SUBTYPE = 9  # BSON binary subtype "vector"
 _FLOAT32 = BinaryVectorDtype.FLOAT32.value[0]  # the dtype byte, 0x27
@@ -60,6 +60,21 @@ def read_vector(value: Any, dim: int | None = None) -> np.ndarray | None:
     if dim is not None and vec.shape != (dim,):
         return None
     return vec
+
+
+def as_vector(value: Any) -> np.ndarray | None:
+    """A stored vector in either form — a BSON float32 vector (or raw float32 bytes:
+    :func:`read_vector`) or a flat sequence of numbers (older documents, JSON sources) — as an
+    array; ``None`` when absent or not a flat vector."""
+    if isinstance(value, bytes):
+        return read_vector(value)
+    if value is None:
+        return None
+    try:
+        vec = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return vec if vec.ndim == 1 else None
 
 
 def vector_values(vec: np.ndarray) -> list[float]:

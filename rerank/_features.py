@@ -60,6 +60,7 @@ from opensearchpy.exceptions import NotFoundError
 from opendisco._backend import backend_errors
 from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
+from opendisco._stored import as_vector
 from opendisco.ingest import unpack_vectors
 from opendisco.signals import (
     RECENT_FANOUT,
@@ -112,14 +113,9 @@ class TTLCache:
 
 
 def _array(v: Any) -> np.ndarray | None:
-    """A stored vector as a float64 array (None when absent or not a flat list of numbers)."""
-    if v is None:
-        return None
-    try:
-        a = np.asarray(v, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return a if a.ndim == 1 else None
+    """A stored vector as a float64 array (None when absent or not a flat vector)."""
+    vec = as_vector(v)
+    return None if vec is None else vec.astype(np.float64, copy=False)
 
 
 @dataclass(frozen=True)

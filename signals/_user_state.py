@@ -35,7 +35,7 @@ from pymongo import ReplaceOne
 
 from opendisco._backend import backend_errors
 from opendisco._store import bulk_write_chunked, lease
-from opendisco._stored import read_vector, store_vector, vector_values
+from opendisco._stored import as_vector, store_vector, vector_values
 
 from ._behaviour import fold_in
 
@@ -139,26 +139,12 @@ class UserState:
         )
 
 
-def stored_vector(value: Any) -> np.ndarray | None:
-    """A state's stored vector as an array: a BSON float32 vector, or a list of numbers (states
-    written before vectors were Binary); None when absent or not a flat vector."""
-    if isinstance(value, bytes):
-        return read_vector(value)
-    if value is None:
-        return None
-    try:
-        vec = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return vec if vec.ndim == 1 else None
-
-
 def _stored(vector: list[float] | None) -> Any:
     return None if vector is None else store_vector(vector)
 
 
 def _values(value: Any) -> list[float] | None:
-    vec = stored_vector(value)
+    vec = as_vector(value)
     if vec is None:
         return None
     return vector_values(vec) if vec.dtype == np.float32 else [float(x) for x in vec]
@@ -320,7 +306,7 @@ class UserStateStore:
             docs = await self.tastes_coll.find({"_id": {"$in": ids}}).to_list(None)
         return {
             str(d["_id"]): (
-                stored_vector(d.get("vector")),
+                as_vector(d.get("vector")),
                 int(d.get("n_likes") or 0),
                 int(d.get("n_passes") or 0),
             )
