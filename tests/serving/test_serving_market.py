@@ -21,7 +21,7 @@ from opendisco.rerank import (
     merged_config,
 )
 from opendisco.serving import Artifacts, Discovery, Rule, stored_rule_fields
-from opendisco.signals import PacingController, PacingTargets, UserGraph
+from opendisco.signals import PACING, PacingController, PacingTargets, UserGraph
 
 #: pacing alone: the exposure and inbound damps, the reciprocal step and the budget's smooth
 #: demotion off (what is left to move a member is the pacing cut or the attention cap)
@@ -344,40 +344,47 @@ async def test_attention_cap_on_the_live_market(discovery: Any, market: Any) -> 
     """The controller whose setpoint is the top-1% share: measured on the live inbound
     counters, it sets a cap on a member's attention below the liked member's, and the served
     pipeline takes that member off the page — a reordering of the eligible members only."""
-    _, users = market
-    v = _broad(users, 6)["_id"]
-    # the cap alone: the damps, the reciprocal step and the budget's demotion off
-    weak = PACING_ONLY
-    discovery.reranker = Reranker(merged_config(weak))
-    top = (await discovery.recommend(v, k=3)).ids[0]
-    fans = [event(f"fan-{uuid.uuid4().hex[:6]}", "like", top) for _ in range(40)]
-    assert (await discovery.record_events(fans)).accepted == 40
-    discovery.record_served([{"id": top, "item": {"kind": "profile"}}] * 3)
-    await discovery.served.drain()
-    await _refreshed(discovery)
-    targets = PacingTargets(top1_share=0.05, attention_cap=True, cap_gain=1.0)
-    ctl = PacingController(discovery.settings, discovery.db, discovery.exposure, targets=targets)
-    state = await ctl.refresh(force=True)
-    assert state.top1_share > 0.05 and state.attention_cap is not None
-    assert state.attention_cap < 40  # below the member the 40 fans liked
-    tighter = await ctl.refresh(force=True)  # still above the setpoint: the integral tightens
-    assert tighter.cap_log is not None and state.cap_log is not None
-    assert tighter.cap_log <= state.cap_log
-    stored = await PacingController(discovery.settings, discovery.db, discovery.exposure).read()
-    assert stored.attention_cap == pytest.approx(tighter.attention_cap)
-    # a process that reads the live counters now (no inbound cached from before the likes)
-    fresh = Discovery(discovery.settings, discovery.os, discovery.db, model=discovery._model)
-    fresh.reranker = Reranker(merged_config(weak))
-    fresh.pacing._read_at = float("inf")  # no background refresh in this test
-    fresh.pacing.state = replace(tighter, cap_log=None)
-    uncapped = await fresh.recommend(v, k=3, explain=True)
-    assert uncapped.ids[0] == top
-    whole = set((await fresh.recommend(v, k=300)).ids)
-    fresh.pacing.state = tighter
-    capped = await fresh.recommend(v, k=3, explain=True)
-    assert top not in capped.ids and len(capped.ids) == 3
-    assert set(capped.ids) <= whole
-    # only a reordering: the whole pool is the same eligible members, `top` kept, no duplicate
-    every = (await fresh.recommend(v, k=300)).ids
-    assert set(every) == whole and top in every and len(every) == len(set(every))
-    await fresh.drain()
+    try:
+        _, users = market
+        v = _broad(users, 6)["_id"]
+        # the cap alone: the damps, the reciprocal step and the budget's demotion off
+        weak = PACING_ONLY
+        discovery.reranker = Reranker(merged_config(weak))
+        top = (await discovery.recommend(v, k=3)).ids[0]
+        fans = [event(f"fan-{uuid.uuid4().hex[:6]}", "like", top) for _ in range(40)]
+        assert (await discovery.record_events(fans)).accepted == 40
+        discovery.record_served([{"id": top, "item": {"kind": "profile"}}] * 3)
+        await discovery.served.drain()
+        await _refreshed(discovery)
+        targets = PacingTargets(top1_share=0.05, attention_cap=True, cap_gain=1.0)
+        ctl = PacingController(
+            discovery.settings, discovery.db, discovery.exposure, targets=targets
+        )
+        state = await ctl.refresh(force=True)
+        assert state.top1_share > 0.05 and state.attention_cap is not None
+        assert state.attention_cap < 40  # below the member the 40 fans liked
+        tighter = await ctl.refresh(force=True)  # still above the setpoint: the integral tightens
+        assert tighter.cap_log is not None and state.cap_log is not None
+        assert tighter.cap_log <= state.cap_log
+        stored = await PacingController(discovery.settings, discovery.db, discovery.exposure).read()
+        assert stored.attention_cap == pytest.approx(tighter.attention_cap)
+        # a process that reads the live counters now (no inbound cached from before the likes)
+        fresh = Discovery(discovery.settings, discovery.os, discovery.db, model=discovery._model)
+        fresh.reranker = Reranker(merged_config(weak))
+        fresh.pacing._read_at = float("inf")  # no background refresh in this test
+        fresh.pacing.state = replace(tighter, cap_log=None)
+        uncapped = await fresh.recommend(v, k=3, explain=True)
+        assert uncapped.ids[0] == top
+        whole = set((await fresh.recommend(v, k=300)).ids)
+        fresh.pacing.state = tighter
+        capped = await fresh.recommend(v, k=3, explain=True)
+        assert top not in capped.ids and len(capped.ids) == 3
+        assert set(capped.ids) <= whole
+        # only a reordering: the whole pool is the same eligible members, `top` kept, no duplicate
+        every = (await fresh.recommend(v, k=300)).ids
+        assert set(every) == whole and top in every and len(every) == len(set(every))
+        await fresh.drain()
+    finally:
+        # the stored controller state (with its attention cap) is shared by every later test
+        # on this catalogue: each fresh Discovery would read it and cap members by live counts
+        await discovery.db[PACING].delete_many({})
