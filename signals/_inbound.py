@@ -32,6 +32,8 @@ from pymongo import UpdateOne
 from opendisco._backend import backend_errors
 from opendisco._store import bulk_write_chunked
 
+from ._graph import _find
+
 __all__ = ["INBOUND", "RETAIN_DAYS", "InboundCounter", "ensure_inbound_indexes", "window_total"]
 
 INBOUND = "inbound_items"
@@ -63,6 +65,12 @@ def window_total(doc: Mapping[str, Any], keys: Iterable[str]) -> int:
     """Pure: a counter document's count over the day ``keys``."""
     per_day = doc.get("d") or {}
     return sum(int(per_day.get(k) or 0) for k in keys)
+
+
+def _received(docs: Iterable[Mapping[str, Any]], keys: list[str]) -> dict[str, int]:
+    """Pure: ``{item: count over keys}`` of the counter documents that received any."""
+    got = {str(d["_id"]): window_total(d, keys) for d in docs}
+    return {i: n for i, n in got.items() if n > 0}
 
 
 def increments(
@@ -108,17 +116,11 @@ class InboundCounter:
             [UpdateOne({"_id": item}, update, upsert=True) for item, update in updates.items()],
         )
 
-    async def _find(self, flt: Mapping[str, Any]) -> list[dict[str, Any]]:
-        with backend_errors(f"{self.coll.name} lookup failed"):
-            return await self.coll.find(flt).to_list(None)
-
     async def totals(self, days: int = 7, now: datetime | None = None) -> dict[str, int]:
         """Attention received per item over the last ``days`` days, for every item that
         received any (the pacing controller's periodic measurement, not a request-path read)."""
         keys = window_keys(days, now)
-        docs = await self._find({"last": {"$gte": keys[-1]}})
-        got = {str(d["_id"]): window_total(d, keys) for d in docs}
-        return {i: n for i, n in got.items() if n > 0}
+        return _received(await _find(self.coll, {"last": {"$gte": keys[-1]}}), keys)
 
     async def counts(
         self, ids: Iterable[str], days: int = 7, now: datetime | None = None
@@ -131,9 +133,8 @@ class InboundCounter:
         keys = window_keys(days, now)
         chunks = await asyncio.gather(
             *(
-                self._find({"_id": {"$in": wanted[i : i + _ID_CHUNK]}})
+                _find(self.coll, {"_id": {"$in": wanted[i : i + _ID_CHUNK]}})
                 for i in range(0, len(wanted), _ID_CHUNK)
             )
         )
-        got = {str(d["_id"]): window_total(d, keys) for docs in chunks for d in docs}
-        return {i: n for i, n in got.items() if n > 0}
+        return _received((d for docs in chunks for d in docs), keys)

@@ -382,8 +382,11 @@ class EventProcessor:
             behs = {i: d["behaviour"] for i, d in items.items() if d.get("behaviour")}
             cfg = self.cfg.user_state
             await self.states.save_many(
-                recompute(merge_events(states[u], evs, cats, cfg), vecs, behs, now, cfg)
-                for u, evs in by_user.items()
+                (
+                    recompute(merge_events(states[u], evs, cats, cfg), vecs, behs, now, cfg)
+                    for u, evs in by_user.items()
+                ),
+                previous=states,
             )
         return pairs
 

@@ -10,6 +10,15 @@ which made a 384-d state cost it ~3 ms per document — the candidates' owners' 
 per request for the reciprocal estimate, cost ~50 ms for 16 states. States written before
 (vectors as arrays) still read.
 
+Each member's taste alone — vector, likes and passes given — is also kept in ``member_tastes``
+(``{_id, vector, n_likes, n_passes}``): a request reads the tastes of up to hundreds of
+candidates' owners, and FerretDB converts a whole document whatever the projection — 500
+states of active members (2,000 seen ids each) cost it 14.1 s, the same 500 tastes 0.18 s
+(load 9). It is written after the state under the same lease, only when it changed (most
+batches are impressions and seen marks); a crash between the two writes leaves the previous
+taste until the member's next like or pass (a feature, never a rule). Members whose state
+predates this have no taste document until then; the reciprocal estimate's prior covers them.
+
 Entries are keyed by event id, so merging the same event twice changes nothing (idempotent);
 vectors are recomputed from the bounded recent lists, never accumulated.
 
@@ -322,14 +331,24 @@ class UserStateStore:
                 {"_id": state.user_id}, state.taste_doc(), upsert=True
             )
 
-    async def save_many(self, states: Iterable[UserState]) -> None:
+    async def save_many(
+        self, states: Iterable[UserState], previous: Mapping[str, UserState] | None = None
+    ) -> None:
+        """Write ``states``; a member's taste only when it differs from their ``previous``
+        state's (the states read under the same leases): most batches are impressions and
+        seen marks, which change the state but not the taste."""
         states = list(states)
         ops = [
             ReplaceOne({"_id": s.user_id}, {**s.to_doc(), "version": s.version + 1}, upsert=True)
             for s in states
         ]
         await bulk_write_chunked(self.coll, ops)
-        tastes = [ReplaceOne({"_id": s.user_id}, s.taste_doc(), upsert=True) for s in states]
+        before = previous or {}
+        tastes = [
+            ReplaceOne({"_id": s.user_id}, doc, upsert=True)
+            for s, doc in ((s, s.taste_doc()) for s in states)
+            if (old := before.get(s.user_id)) is None or old.taste_doc() != doc
+        ]
         await bulk_write_chunked(self.tastes_coll, tastes)
 
     @contextlib.asynccontextmanager

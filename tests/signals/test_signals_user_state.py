@@ -148,3 +148,10 @@ async def test_state_vectors_are_stored_as_bson_vectors_and_older_states_still_r
     # a state saved again after it was read keeps the same vector (no drift through float32)
     await store.save(new)
     assert (await store.get(new_id)).vector == taste
+    # the taste document is written only when the taste changed since the previous state
+    await motor_db[MEMBER_TASTES].delete_one({"_id": new_id})
+    seen_only = replace(new, seen=["x"])
+    await store.save_many([seen_only], previous={new_id: new})
+    assert await motor_db[MEMBER_TASTES].find_one({"_id": new_id}) is None
+    await store.save_many([replace(seen_only, n_passes=1)], previous={new_id: seen_only})
+    assert (await store.tastes([new_id]))[new_id][1:] == (3, 1)
