@@ -188,6 +188,12 @@ def main() -> None:
         "or serving them again (opendisco.eval.relearn_ranker)",
     )
     ap.add_argument(
+        "--ltr-namespace",
+        default=None,
+        help="served+ltr: the learning loop's namespace (default <namespace>ltr; a fresh loop "
+        "clears it)",
+    )
+    ap.add_argument(
         "--model",
         type=Path,
         default=None,
@@ -285,7 +291,7 @@ def main() -> None:
             if path is None:
                 from opendisco.eval import LISTS_PER_USER, learn_ranker, relearn_ranker
 
-                loop = namespaced(load_settings(), f"{args.namespace}ltr")
+                loop = namespaced(load_settings(), args.ltr_namespace or f"{args.namespace}ltr")
                 models_dir = HERE / "results" / "models"
                 lists_per_user = args.ltr_lists or LISTS_PER_USER
                 if args.ltr_relearn:

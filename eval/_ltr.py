@@ -88,6 +88,7 @@ ITEMSIM_GRID: tuple[int, ...] = (0, 300)
 #: column groups refitted without, one at a time, on the validation lists (what each adds)
 LTR_ABLATIONS: dict[str, tuple[str, ...]] = {
     "without item_sim": ("item_sim", "pct_item_sim"),
+    "without item_sim_recent": ("item_sim_recent", "pct_item_sim_recent"),
     "without percentiles": tuple(f"pct_{c}" for c in PERCENTILE_COLUMNS),
 }
 

@@ -40,7 +40,7 @@ from ._market import (
 )
 from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._reranker import Reranker, RerankResult, StepRecord, Trace
-from ._similarity import ease_neighbours
+from ._similarity import ease_neighbours, recency_scales
 from ._steps import (
     STEPS,
     LinearScorer,
@@ -121,6 +121,7 @@ __all__ = [
     "pl_sample",
     "pl_weights",
     "profile_features",
+    "recency_scales",
     "reciprocal_estimate",
     "reply_chance",
     "save_model",

@@ -76,6 +76,7 @@ from opendisco.signals import (
 )
 
 from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
+from ._similarity import recency_scales
 from ._types import CandidateBatch, Features, RerankContext
 
 __all__ = ["FeatureStore", "TTLCache", "ViewerFeatures"]
@@ -127,6 +128,8 @@ class ViewerFeatures:
     profile: MemberProfile = field(default_factory=MemberProfile)
     similar: Mapping[str, float] = field(default_factory=dict)
     vector: np.ndarray | None = None
+    #: the same sums with each positive's row weighted by its recency (``recency_scales``)
+    similar_recent: Mapping[str, float] = field(default_factory=dict)
 
 
 class FeatureStore:
@@ -279,23 +282,43 @@ class FeatureStore:
     async def _graph(self, recent: Sequence[str], ids: list[str]) -> dict[str, float]:
         return await self.graph.proximity(recent, ids) if recent else {}
 
-    async def similar_weights(self, recent: Sequence[str]) -> dict[str, float]:
-        """Summed trained item–item weight from ``recent`` to every neighbour (rows cached:
-        the table changes only when a trainer replaces it). The ``itemsim`` candidate source
-        and the ``item_sim`` feature read the same rows."""
-        if not recent:
-            return {}
-        rows, miss = self.sim_rows.get_many(list(dict.fromkeys(recent)))
+    async def _similarity_rows(self, recent: Sequence[str]) -> list[Mapping[str, float]]:
+        """The trained item–item rows of ``recent`` (deduplicated, most recent first; an item
+        without a row reads empty). Cached: the table changes only when a trainer replaces it."""
+        order = list(dict.fromkeys(recent))
+        if not order:
+            return []
+        rows, miss = self.sim_rows.get_many(order)
         if miss:
             found = await self.similarity.rows(miss)
             fetched = {i: found.get(i, {}) for i in miss}
             self.sim_rows.put_many(fetched)
             rows.update(fetched)
-        return summed_weights(rows.values())
+        return [rows.get(i, {}) for i in order]
 
-    async def _similar(self, recent: Sequence[str], ids: list[str]) -> dict[str, float]:
+    async def similar_weights(self, recent: Sequence[str]) -> dict[str, float]:
+        """Summed trained item–item weight from ``recent`` to every neighbour. The ``itemsim``
+        candidate source and the ``item_sim`` feature read the same rows."""
+        return summed_weights(await self._similarity_rows(recent))
+
+    async def similar_both(
+        self, recent: Sequence[str]
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """The ``item_sim`` sums and the ``item_sim_recent`` ones (rows weighted by
+        :func:`recency_scales`) from ``recent`` (most recent first), from one read."""
+        rows = await self._similarity_rows(recent)
+        scales = recency_scales(len(rows), self.settings.item_sim_half_life)
+        return summed_weights(rows), summed_weights(rows, scales)
+
+    async def _similar(
+        self, recent: Sequence[str], ids: list[str]
+    ) -> tuple[dict[str, float], dict[str, float]]:
         wanted = set(ids)
-        return {d: w for d, w in (await self.similar_weights(recent)).items() if d in wanted}
+        flat, decayed = await self.similar_both(recent)
+        return (
+            {d: w for d, w in flat.items() if d in wanted},
+            {d: w for d, w in decayed.items() if d in wanted},
+        )
 
     async def lookup(
         self,
@@ -355,7 +378,8 @@ class FeatureStore:
             trending=(trend := np.array([expo[i].trend for i in ids])),
             like_rate=rate_per_day(trend, self.settings.trending_half_life_hours),
             paced_exposure=np.array([expo[i].paced for i in ids]),
-            item_sim=np.array([float(similar.get(i, 0.0)) for i in ids]),
+            item_sim=np.array([float(similar[0].get(i, 0.0)) for i in ids]),
+            item_sim_recent=np.array([float(similar[1].get(i, 0.0)) for i in ids]),
         )
         return _two_sided(feats, ids, owners, tastes, inbox, mutual_weights, d) if owners else feats
 
@@ -364,12 +388,12 @@ class FeatureStore:
     ) -> ViewerFeatures:
         """The lookups of a request that need no candidate (module docstring), concurrently."""
         positives = user_state.recent_positive_ids if user_state is not None else []
-        profile, similar, vector = await asyncio.gather(
+        profile, (similar, recent), vector = await asyncio.gather(
             self.profile(positives),
-            self.similar_weights(positives),
+            self.similar_both(positives),
             self.profile_vector(profile_id),
         )
-        return ViewerFeatures(profile, similar, vector)
+        return ViewerFeatures(profile, similar, vector, recent)
 
     async def for_batch(
         self,
@@ -404,7 +428,13 @@ class FeatureStore:
             viewer if viewer is not None else self.viewer(user_state),
         )
         item_sim = np.array([float(side.similar.get(i, 0.0)) for i in batch.ids])
-        return replace(feats, item_sim=item_sim, affinity=profile_features(batch, side.profile))
+        recent = np.array([float(side.similar_recent.get(i, 0.0)) for i in batch.ids])
+        return replace(
+            feats,
+            item_sim=item_sim,
+            item_sim_recent=recent,
+            affinity=profile_features(batch, side.profile),
+        )
 
     @staticmethod
     def context(user_state: UserState | None, **kw: Any) -> RerankContext:

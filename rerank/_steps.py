@@ -122,6 +122,7 @@ def assemble_features(
         X[:, _COL["mutual"]] = np.log1p(features.column("mutual", n)) * member
     X[:, _COL["trending"]] = live_trending(features.column("trending", n))
     X[:, _COL["item_sim"]] = features.column("item_sim", n)
+    X[:, _COL["item_sim_recent"]] = features.column("item_sim_recent", n)
     # last: the linear model's score of the columns above (its own column weighs nothing)
     w = cfg.weight_vector()
     w[_COL["linear"]] = 0.0

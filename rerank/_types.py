@@ -26,6 +26,7 @@ __all__ = [
 #: raw columns also given as their per-list percentile (``pct_<name>``)
 PERCENTILE_COLUMNS: tuple[str, ...] = (
     "item_sim",
+    "item_sim_recent",
     "behaviour_dot",
     "content_sim",
     "graph",
@@ -67,6 +68,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     # member's recent positives; then per-list percentiles (0 = lowest in the list, 1 =
     # highest; ties share the mean), robust to each dataset's score scales
     "item_sim",
+    # the same rows weighted by recency: the i-th most recent positive's row counts
+    # 0.5^(i / item_sim_half_life) (short-term taste; the ranker learns the mix of the two)
+    "item_sim_recent",
     *(f"pct_{c}" for c in PERCENTILE_COLUMNS),
 )
 #: the per-candidate columns the feature store computes from the member's profile
@@ -237,6 +241,8 @@ class Features:
     affinity: Mapping[str, np.ndarray] = field(default_factory=dict)
     #: (n,) summed trained item–item weight from the user's recent items (None: no table)
     item_sim: np.ndarray | None = None
+    #: (n,) the same sum with the rows weighted by the positives' recency (None: no table)
+    item_sim_recent: np.ndarray | None = None
 
     @classmethod
     def empty(cls, n: int, dim: int = 384, bdim: int = 32) -> Features:

@@ -183,12 +183,17 @@ class ItemGraph:
         return {d: w for d, w in weights.items() if d in dst}
 
 
-def summed_weights(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Pure: the summed weight to every destination over ``rows`` (one row per source)."""
+def summed_weights(
+    rows: Iterable[Mapping[str, float]], scales: Iterable[float] | None = None
+) -> dict[str, float]:
+    """Pure: the summed weight to every destination over ``rows`` (one row per source), each
+    row multiplied by its entry of ``scales`` when given (same order and length)."""
     acc: dict[str, float] = defaultdict(float)
-    for row in rows:
+    rows = list(rows)
+    factors = [1.0] * len(rows) if scales is None else list(scales)
+    for row, scale in zip(rows, factors, strict=True):
         for d, w in row.items():
-            acc[d] += w
+            acc[d] += scale * w
     return dict(acc)
 
 

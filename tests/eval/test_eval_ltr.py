@@ -137,7 +137,11 @@ async def test_learn_ranker_runs_the_loop_on_the_fitting_period_only(
     assert [c["itemsim_candidates"] for c in sel["per_config"]] == [0, 20]
     for c in sel["per_config"]:
         assert 0 <= c["valid_round_ndcg"] <= 1 and 0 <= c["rolling_ndcg"] <= 1
-    assert set(report["ablations"]) == {"without item_sim", "without percentiles"}
+    assert set(report["ablations"]) == {
+        "without item_sim",
+        "without item_sim_recent",
+        "without percentiles",
+    }
     assert report["single_feature_valid_ndcg"]
     for c in sel["per_config"]:  # each grid point's per-member value is reported
         assert [g["params"] for g in c["grid"]] == [{"num_leaves": 4, "min_data_in_leaf": 5}]

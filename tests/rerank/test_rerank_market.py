@@ -72,8 +72,12 @@ def test_new_features_are_appended_to_the_schema() -> None:
     two_sided = ("reciprocal", "liked_viewer", "mutual", "trending")
     at = FEATURE_NAMES.index("reciprocal")
     assert FEATURE_NAMES[at : at + 4] == two_sided
-    # then the trained item-item column and the per-list percentiles
-    assert FEATURE_NAMES[at + 4 :] == ("item_sim", *(f"pct_{c}" for c in PERCENTILE_COLUMNS))
+    # then the trained item-item columns (flat, by recency) and the per-list percentiles
+    assert FEATURE_NAMES[at + 4 :] == (
+        "item_sim",
+        "item_sim_recent",
+        *(f"pct_{c}" for c in PERCENTILE_COLUMNS),
+    )
     assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
     # the default linear model gives the two-sided and the appended columns no weight (the
     # reciprocal step combines the directions; the columns feed the learned scorer)

@@ -24,9 +24,10 @@ from opendisco.rerank import (
     RerankContext,
     assemble_features,
     ease_neighbours,
+    recency_scales,
 )
 from opendisco.rerank._steps import LinearScorer, average_ranks, list_percentile
-from opendisco.signals import ITEM_SIMILARITY, ItemSimilarity
+from opendisco.signals import ITEM_SIMILARITY, ItemSimilarity, summed_weights
 
 
 def _ease(X: np.ndarray, lam: float) -> np.ndarray:
@@ -114,6 +115,12 @@ async def test_feature_store_sums_the_rows_of_the_recent_positives(
         store = FeatureStore(clustered_settings, clustered_os, clustered_db)
         feats = await store.lookup([c, d, a], similar_from=[a, b, "no-such-item"])
         np.testing.assert_allclose(feats.item_sim, [1.5, 0.25, 0.0])
+        # by recency (a is the most recent): b's row counts 0.5^(1 / half-life)
+        half = 0.5 ** (1 / clustered_settings.item_sim_half_life)
+        np.testing.assert_allclose(feats.item_sim_recent, [0.5 + half, 0.25, 0.0])
+        later = await store.lookup([c, d, a], similar_from=[b, a])
+        np.testing.assert_allclose(later.item_sim, [1.5, 0.25, 0.0])
+        np.testing.assert_allclose(later.item_sim_recent, [1.0 + 0.5 * half, 0.25 * half, 0.0])
         # a replacement drops the rows of the old version (b has no row in v2)
         assert await table.replace({a: {d: 2.0}}, "v2") == 1
         assert set(await table.rows([a, b])) == {a}
@@ -144,3 +151,13 @@ def test_train_similarity_cli_replaces_the_table(
     finally:
         coll.drop()
         mc.close()
+
+
+def test_recency_scales_halve_every_half_life_and_weight_the_summed_rows() -> None:
+    assert recency_scales(0, 2.0) == []
+    np.testing.assert_allclose(recency_scales(5, 2.0), [1.0, 0.5**0.5, 0.5, 0.5**1.5, 0.25])
+    with pytest.raises(ValueError):
+        recency_scales(3, 0.0)
+    rows = [{"x": 1.0, "y": 2.0}, {"x": 4.0}]
+    assert summed_weights(rows) == {"x": 5.0, "y": 2.0}
+    assert summed_weights(rows, [1.0, 0.25]) == {"x": 2.0, "y": 2.0}

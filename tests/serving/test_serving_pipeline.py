@@ -171,11 +171,15 @@ async def test_itemsim_source_only_when_on_and_never_past_the_hard_rules(
     _, users = market
     b = users[12]
     first = (await discovery.recommend(b["_id"], k=60)).ids
-    x, z = first[0], first[-1]  # both eligible for b
+    x, y, w, z = first[0], first[1], first[-2], first[-1]  # all eligible for b
     assert (await discovery.record_events([_like(b["_id"], x, 5)])).accepted == 1
+    assert (await discovery.record_events([_like(b["_id"], y, 5)])).accepted == 1  # later
     own = b["profile_id"]  # never shown to b, whatever proposes it
     table = ItemSimilarity(discovery.db)
-    await table.replace({x: {z: 0.9, own: 5.0}}, "t1")
+    # flat sums would rank z (0.9) above w (0.8); weighted by recency y (the latest like)
+    # counts 1 and x 0.5^(1 / item_sim_half_life), so w leads the source
+    assert 0.9 * 0.5 ** (1 / market_settings.item_sim_half_life) < 0.8
+    await table.replace({x: {z: 0.9, own: 5.0}, y: {w: 0.8}}, "t1")
     try:
         off = await discovery.recommend(b["_id"], k=50, explain=True)
         assert "itemsim" not in off.explain["rendered"]["sources"]  # the default: source off
@@ -188,6 +192,7 @@ async def test_itemsim_source_only_when_on_and_never_past_the_hard_rules(
         assert "itemsim" in recs.explain["rendered"]["sources"], recs.explain["skipped_sources"]
         cands = {c.id: c for c in recs.candidate_set.candidates}
         assert "itemsim" in cands[z].sources
+        assert cands[w].ranks["itemsim"] < cands[z].ranks["itemsim"]
         assert own not in cands and own not in recs.ids
     finally:
         await discovery.db.drop_collection(ITEM_SIMILARITY)
