@@ -35,8 +35,8 @@ market rankers with congestion (Su et al. 2022): a member already receiving more
 they answer is worth less to one more admirer, which both raises the likes that are answered and
 moves attention to the members who can still answer.
 
-**Without a viewer** (``RerankContext.anonymous``: anonymous search, the fallback's prefetched
-lists) the step does not act and the ``reciprocal`` column is 0. Every factor of *b* is a
+**Without a viewer** (``RerankContext.anonymous``: anonymous ``search``, ``similar`` and
+``trending``) the step does not act and the ``reciprocal`` column is 0. Every factor of *b* is a
 factor of P(match | the viewer likes c): the viewer's like, c's answer to *that* like, c's
 capacity to get to it. A request nobody is logged into sends no like, so there is no match to
 estimate, and what is left of *b* without the viewer (c's own like rate × c's congestion) would
