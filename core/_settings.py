@@ -469,7 +469,10 @@ class Settings(BaseSettings):
         "window (where the controller starts and returns to when the targets are met).",
     )
     pacing_budget_min: float = Field(
-        0.5, gt=0, description="Tightest budget, in multiples of that mean."
+        2.0,
+        gt=0,
+        description="Tightest budget, in multiples of that mean (the marketplace bench's "
+        "validation pick; with a ceiling out of reach the controller sits here).",
     )
     pacing_gain: float = Field(
         0.5, gt=0, description="Controller step: log-budget change per unit of relative error."
