@@ -347,9 +347,12 @@ def compare(runs: list[dict[str, dict[str, Any]]], base: str, arm: str) -> dict[
 #: default reads as the defaults): the serving defaults before this grid; the previous pick
 #: (reciprocal weight 0.85, inbound capacity 5, congestion-aware reply chance, budget floor
 #: 0.5); the same without the congestion term; and with the attention cap (the controller
-#: whose setpoint is the top-1% share) at two floors, with and without the congestion term.
+#: whose setpoint is the top-1% share) at two floors, with and without the congestion term;
+#: then looser budgets: the floor at 2 and 4 times the mean impressions, and the ceiling of
+#: the serving defaults before this grid (0.05, floor 1: the controller barely binds).
 #: The ceiling is the issue's target on the larger market (half its one-sided top-1% share,
-#: 0.016 on 3x500; the budget controller is at its floor for any ceiling under ~0.025 here)
+#: 0.016 on 3x500; the budget controller is at its floor for any ceiling under ~0.025 here,
+#: so the floor is the budget)
 _OFF = {"attention_cap": False, "cap_gain": 1.0, "cap_min": 1.0}
 _PICK = {"reciprocal_weight": 0.85, "inbound_capacity": 5.0, "reply_capacity": 1.0,
          "top1_share": 0.016, "budget_min": 0.5}  # fmt: skip
@@ -361,6 +364,9 @@ GRID: list[dict[str, Any]] = [
     {**_PICK, "attention_cap": True, "cap_gain": 1.0, "cap_min": 2.0},
     {**_PICK, "attention_cap": True, "cap_gain": 1.0, "cap_min": 3.0},
     {**_PICK, "reply_capacity": None, "attention_cap": True, "cap_gain": 1.0, "cap_min": 3.0},
+    {**_PICK, "top1_share": 0.05, "budget_min": 1.0, **_OFF},
+    {**_PICK, "budget_min": 2.0, **_OFF},
+    {**_PICK, "budget_min": 4.0, **_OFF},
 ]  # fmt: skip
 
 

@@ -462,11 +462,12 @@ class Settings(BaseSettings):
         True, description="Pace members' exposure toward the target inbound-attention spread."
     )
     pacing_target_top1_share: float | None = Field(
-        0.05,
+        0.016,
         gt=0,
         lt=1,
         description="Ceiling on the share of inbound attention the top 1% of members receive "
-        "(None: no ceiling).",
+        "(None: no ceiling). The default is half the one-sided share of the marketplace bench's "
+        "larger simulated market; set it from your own market's.",
     )
     pacing_target_gini: float | None = Field(
         None, gt=0, lt=1, description="Ceiling on the Gini of inbound attention (None: none)."
@@ -478,7 +479,10 @@ class Settings(BaseSettings):
         "window (where the controller starts and returns to when the targets are met).",
     )
     pacing_budget_min: float = Field(
-        1.0, gt=0, description="Tightest budget, in multiples of that mean."
+        2.0,
+        gt=0,
+        description="Tightest budget, in multiples of that mean (the marketplace bench's "
+        "validation pick; with a ceiling out of reach the controller sits here).",
     )
     pacing_gain: float = Field(
         0.5, gt=0, description="Controller step: log-budget change per unit of relative error."

@@ -21,6 +21,11 @@ when both were calibrated). The backward estimate, for a candidate member *c* an
     reply_c = min(1, (capacity + 1) / (inbound_c + 1))             c gets to the like at all
     b       = 1 when c already liked v
 
+so a member without history gets the prior — empirical Bayes by segment: the pooled like rate
+of the batch's members (the viewer's eligible pool), which falls back to ``reciprocal_prior``
+(prior₀) where nobody in it has history — and history moves the estimate in proportion to how
+much of it there is.
+
 With ``reply_capacity`` set, ``reply_c`` is congestion-aware instead (:func:`reply_chance`):
 the chance that c still has reply capacity for one more like, given the live rate λ_c at which
 likes reach c (``Features.like_rate``: the decayed live like count, per day) and the likes c
@@ -30,10 +35,15 @@ market rankers with congestion (Su et al. 2022): a member already receiving more
 they answer is worth less to one more admirer, which both raises the likes that are answered and
 moves attention to the members who can still answer.
 
-so a member without history gets the prior — empirical Bayes by segment: the pooled like rate
-of the batch's members (the viewer's eligible pool), which falls back to ``reciprocal_prior``
-(prior₀) where nobody in it has history — and history moves the estimate in proportion to how
-much of it there is.
+**Without a viewer** (``RerankContext.anonymous``: anonymous ``search``, ``similar`` and
+``trending``) the step does not act and the ``reciprocal`` column is 0. Every factor of *b* is a
+factor of P(match | the viewer likes c): the viewer's like, c's answer to *that* like, c's
+capacity to get to it. A request nobody is logged into sends no like, so there is no match to
+estimate, and what is left of *b* without the viewer (c's own like rate × c's congestion) would
+rank members by how picky and how popular they are — for nobody's benefit, after a single like
+in a small pool. Spreading attention is not this step's job: the exposure step and the pacing
+step below act on every list, anonymous ones included (every list shown spends exposure:
+``Discovery.record_served`` counts it), so the distribution goal does not depend on who asks.
 
 **Pacing** (``step_pacing``): each member has an exposure budget per exposure window — the
 controller's budget (``RerankContext.pacing_budget``, set by
@@ -178,7 +188,8 @@ def combine(f: np.ndarray, b: np.ndarray, mode: str, weight: float) -> np.ndarra
 
 def step_reciprocal(s: RerankState, inp: RerankInputs, cfg: RerankConfig) -> RerankState:
     member = inp.batch.members
-    if cfg.reciprocal_mode == "off" or s.order.shape[0] == 0 or not member[s.order].any():
+    off = cfg.reciprocal_mode == "off" or inp.ctx.anonymous  # no viewer: no backward direction
+    if off or s.order.shape[0] == 0 or not member[s.order].any():
         return s
     b = inp.X[:, _RECIPROCAL]  # the estimate the feature matrix already holds
     bmax = float(b[s.order][member[s.order]].max())

@@ -114,7 +114,7 @@ def assemble_features(
             rank = batch.source_ranks[:, j]
             X[:, _COL[f"rr_{s}"]] = np.divide(1.0, rank, out=np.zeros(n), where=rank > 0)
     member = batch.members
-    if member.any():
+    if member.any() and not ctx.anonymous:  # the backward direction needs a viewer
         X[:, _COL["reciprocal"]] = np.where(
             member, reciprocal_estimate(features, ctx, cfg, len(batch)), 0.0
         )

@@ -267,6 +267,11 @@ class RerankContext:
     history: int = 0  # the member's recent positives (a list-level ranking feature)
     #: the viewer's own profile content vector (what candidates' tastes are compared with)
     viewer_profile: np.ndarray | None = None
+    #: no member asks (anonymous search, similar, trending): the two-sided terms
+    #: that need a viewer — P(candidate likes the viewer) and its congestion-aware reply
+    #: chance — do not act (the ``reciprocal`` column is 0, the reciprocal step keeps the
+    #: order); exposure balancing and pacing still act (every list shown spends exposure)
+    anonymous: bool = False
     #: impressions per member per exposure window before pacing demotes (controller output);
     #: None = pacing off
     pacing_budget: float | None = None

@@ -217,6 +217,7 @@ class Discovery:
             plan.state,
             k=k,
             viewer_profile=plan.viewer_profile,
+            anonymous=not plan.user_id,
             pacing_budget=pacing.impressions if pacing is not None else None,
             pacing_mean_inbound=pacing.mean_inbound if pacing is not None else None,
             pacing_attention_cap=pacing.attention_cap if pacing is not None else None,

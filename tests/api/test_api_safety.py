@@ -202,7 +202,8 @@ async def test_served_answers_obey_every_rule(
             assert not _violations(ids), (url, _violations(ids))
         body = await _get(client, key, f"/v1/users/{W}/recommendations?k=10")
         assert {it["id"] for it in body["items"]} == ALLOWED_FOR_W
-        # not vacuous: without a member, the violators lead the same lists
+        # not vacuous: without a member, the violators lead the same lists (an anonymous list
+        # ranks one-sided: the reciprocal terms need a viewer — rerank._market)
         anon = await _get(client, key, "/v1/search?q=jazz%20hiking&k=30")
         shown = {it["id"] for it in anon["items"]}
         assert {"p-sv", "x-gender", "x-hidden", "x-blocker", "x-liked"} <= shown

@@ -196,6 +196,39 @@ def test_reciprocal_step_trades_one_sided_appeal_for_reciprocity() -> None:
     assert got[0] == "p1"
 
 
+def test_without_a_viewer_the_reciprocal_terms_do_not_act() -> None:
+    """Anonymous requests (no member asks): P(candidate likes the viewer) and its congestion
+    term are factors of a match with the viewer, so they do not act — the column is 0 and the
+    step keeps the order; pacing, which spreads exposure, still acts on the same list."""
+    n = 4
+    batch = _members(n, fused=[1.0, 0.95, 0.9, 0.3])
+    # p0: one like received just now (congested at a capacity of 1 a day), p1: picky
+    feats = _features(
+        n,
+        likes_sent=np.array([0.0, 0.0, 0.0, 0.0]),
+        passes_sent=np.array([0.0, 300.0, 0.0, 0.0]),
+        like_rate=np.array([24.0, 0.0, 0.0, 0.0]),
+        paced_exposure=np.array([0.0, 0.0, 50.0, 0.0]),
+    )
+    cfg = merged_config({"steps": ("score", "reciprocal"), "weights": {"fused": 1.0}})
+    assert cfg.reply_capacity is not None  # the serving default: congestion-aware
+    member = Reranker(cfg).run(batch, feats, RerankContext(), timed=True)
+    assert member.ids[:2] == ["p2", "p3"]  # with a viewer both terms demote p0 and p1
+    anon = Reranker(cfg).run(batch, feats, RerankContext(anonymous=True), timed=True)
+    assert anon.ids == ["p0", "p1", "p2", "p3"] and anon.trace.changes("reciprocal") == {}
+    assert not anon.trace.X[:, COL["reciprocal"]].any()
+    assert member.trace.X[:, COL["reciprocal"]].all()
+    off = merged_config({**cfg.get_config(), "reciprocal_mode": "off"})
+    assert np.array_equal(
+        Reranker(off).run(batch, feats, RerankContext(anonymous=True)).scores, anon.scores
+    )
+    # pacing acts on an anonymous list all the same (every list shown spends exposure)
+    paced = merged_config({"steps": ("score", "reciprocal", "pacing"), "pacing_cut": 1.0})
+    ctx = RerankContext(anonymous=True, pacing_budget=1.0, k=2)
+    res = Reranker(paced).run(batch, feats, ctx, timed=True)
+    assert "p2" not in res.ids[:2] and res.trace.changes("pacing")
+
+
 def test_market_steps_are_neutral_for_a_one_sided_catalogue() -> None:
     # movies: no member rows, so the reciprocal and pacing steps change nothing at all
     n = 6

@@ -340,6 +340,44 @@ async def test_congestion_aware_reciprocity_on_the_live_market(discovery: Any, m
     assert len(whole.ids) == len(set(whole.ids)) >= 10
 
 
+async def test_without_a_viewer_the_reciprocal_terms_do_not_act(
+    discovery: Any, market: Any
+) -> None:
+    """The serving defaults on the live market: a member receiving many fresh likes is
+    congested for a member who searches (the reciprocal estimate falls), but an anonymous
+    search — nobody whose like could be answered — ranks as with the reciprocal step off, the
+    column 0; the exposure and pacing steps act on both."""
+    items, users = market
+    v = _broad(users, 5)["_id"]
+    q = " ".join(next(it for it in items if it.get("available"))["tags"][:1])
+    discovery.reranker = Reranker()  # the defaults: reciprocal, congestion-aware
+    assert discovery.reranker.config.reply_capacity is not None
+    col = FEATURE_NAMES.index("reciprocal")
+
+    def column(recs: Any) -> np.ndarray:
+        assert recs.served is not None and recs.served.X is not None
+        return np.asarray(recs.served.X)[:, col]
+
+    member_before = await discovery.search(q, user_id=v, k=60, explain=True)
+    anon_before = await discovery.search(q, k=60)
+    busy = next(i for i in anon_before.ids if i in member_before.ids)
+    fans = [event(f"fan-{uuid.uuid4().hex[:6]}", "like", busy) for _ in range(30)]
+    assert (await discovery.record_events(fans)).accepted == 30
+    await _refreshed(discovery)
+    member_after = await discovery.search(q, user_id=v, k=60, explain=True)
+    at = {i: j for j, i in enumerate(member_before.served.ids)}
+    after_at = {i: j for j, i in enumerate(member_after.served.ids)}
+    assert column(member_after)[after_at[busy]] < 0.2 * column(member_before)[at[busy]]
+    anon = await discovery.search(q, k=60, explain=True)
+    assert busy in anon.ids and not column(anon).any()
+    discovery.reranker = Reranker(merged_config({"reciprocal_mode": "off"}))
+    off = await discovery.search(q, k=60, explain=True)
+    assert anon.ids == off.ids
+    assert [r.score for r in anon.items] == pytest.approx([r.score for r in off.items])
+    # not vacuous: for the member the step does reorder the same state
+    assert (await discovery.search(q, user_id=v, k=60)).ids != member_after.ids
+
+
 async def test_attention_cap_on_the_live_market(discovery: Any, market: Any) -> None:
     """The controller whose setpoint is the top-1% share: measured on the live inbound
     counters, it sets a cap on a member's attention below the liked member's, and the served
