@@ -1,6 +1,6 @@
-"""FerretDB's range pushdown (the build patch in ``opendisco.services._ferretdb``): a range
-filter returns exactly what MongoDB matches across odd documents, and ``up`` restarts a local
-FerretDB of an older patch level only.
+"""FerretDB's range pushdown (a build patch in ``opendisco.services._ferretdb_patches``): a
+range filter returns exactly what MongoDB matches across odd documents; ``up`` restarts a
+local FerretDB of an older patch level only.
 
 The pushdown is a superset pre-filter evaluated by SQLite: a row is dropped only when the
 stored schema says the field holds one date (or one int/long) failing the comparison. The
@@ -25,7 +25,7 @@ from bson import Binary, Int64, ObjectId, Timestamp
 from opendisco import clients, load_settings
 from opendisco.ingest._feed import NOT_A_DATE
 from opendisco.services import FerretDBService
-from opendisco.services._ferretdb import PATCH_LEVEL
+from opendisco.services._ferretdb_patches import PATCH_LEVEL
 from opendisco.services._process import spawn, stop_pid
 
 D1, D2, D3, D4 = (datetime(2026, 1, d, tzinfo=UTC) for d in (1, 2, 3, 4))
