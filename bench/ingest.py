@@ -21,7 +21,8 @@ and 100k encodes would take hours on this CPU. In one run, on the same documents
    warm/bare per round (target ≥ 0.8×);
 3. sync: every item updated in MongoDB (``version`` + 1, new ``popularity``, texts
    unchanged), then one ``sync_once`` pass at each c: changes/s against the bare bulk at the
-   same c (target ≥ 0.7×).
+   same c (target ≥ 0.7×); then one polling window that matches nothing (what each poll
+   between changes costs): its time and CPU per item in the collection.
 
 Also: the load average before/after, the CPU milliseconds per document of this process
 (``python``) and of the local OpenSearch and FerretDB processes (their pids from
@@ -55,6 +56,7 @@ import numpy as np
 from opendisco import Settings, clients, index_templates, load_settings, now_ms
 from opendisco.ingest import (
     Embedder,
+    PollingFeed,
     embedding_text,
     generate_marketplace,
     prepare,
@@ -200,6 +202,22 @@ def bump_all(settings: Settings) -> int:
         return res.modified_count
 
 
+async def idle_poll(settings: Settings) -> float:
+    """One polling window from now: it matches nothing, which is what every poll between
+    changes costs the server (a sync pass itself re-reads the last ``sync_overlap_seconds``
+    of changes, here all n items)."""
+    client = clients.motor(settings)
+    try:
+        feed = PollingFeed(settings, client[settings.mongo_db])
+        t0 = time.perf_counter()
+        async with feed._window(now_ms()) as batches:
+            async for docs in batches:
+                assert not docs, "an idle window read documents"
+        return time.perf_counter() - t0
+    finally:
+        client.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000)
@@ -333,6 +351,12 @@ def main() -> None:
             }
             log(f"sync c={c}: {sync[str(c)]}")
         result["sync"] = sync
+        if not args.no_sync:
+            p0 = proc_cpu(pids)
+            took = asyncio.run(idle_poll(base))
+            p1 = proc_cpu(pids)
+            result["idle_poll"] = {"s": round(took, 3), "cpu_ms_per_item": cpu_split(p0, p1, n)}
+            log(f"idle poll: {result['idle_poll']}")
     finally:
         osc = clients.opensearch(base)
         osc.indices.delete(index=f"{base.index_alias}*", ignore_unavailable=True)

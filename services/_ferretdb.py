@@ -6,18 +6,18 @@ module source is copied from the module cache, ``build/version/version.txt`` wri
 and the binary built with ``go build``. Code talks to it only through pymongo/motor:
 a real MongoDB (``OPENDISCO_MONGO_URL``) is a drop-in and then nothing is started.
 
-One source patch is applied (:data:`PATCHES`): 1.24.2's SQLite backend pushes ``{_id: x}``
-down as ``_ferretdb_sjson->'$._id' = ?`` while its own ``_id_`` index is built on
-``_ferretdb_sjson->"_id"``; SQLite matches index expressions textually, so every point read
-by ``_id`` scanned the whole table (47 ms at 20k users, O(n)). Spelling the pushdown like the
-index (``->'_id'``, the same JSON path) makes it an index search (0.04 ms). The build
-directory name carries the patch level, so an unpatched cached binary is never reused.
+Source patches (:mod:`._ferretdb_patches`) fix 1.24.2's SQLite backend: ``_id`` reads use
+the ``_id`` index, and range filters on top-level dates and ints are evaluated by SQLite.
+The build directory name carries the patch level, so an unpatched cached binary is never
+reused, and ``up`` restarts a local FerretDB it started from an older patch level of the
+same version (its data stays).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,70 +28,13 @@ from pymongo.errors import PyMongoError
 from opendisco._exceptions import ServiceError
 from opendisco._settings import Settings
 
+from ._ferretdb_patches import PATCH_LEVEL, apply_patches
 from ._opensearch import Status
 from ._process import read_pid, spawn, stop_pid, wait_until
 
-__all__ = ["PATCHES", "FerretDBService", "apply_patches"]
+__all__ = ["FerretDBService"]
 
 _MODULE = "github.com/FerretDB/FerretDB"
-_COLLECTION = "internal/backends/sqlite/collection.go"
-_ID_IN_HELPER = """// prepareIDInClause pushes {_id: {$in: [string|ObjectID, ...]}} down as an
-// _id index search (opendisco patch; the handler still applies the whole filter).
-func prepareIDInClause(cond *types.Document) (string, []any) {
-	if cond.Len() != 1 {
-		return "", nil
-	}
-	in, err := cond.Get("$in")
-	if err != nil {
-		return "", nil
-	}
-	arr, ok := in.(*types.Array)
-	if !ok || arr.Len() == 0 || arr.Len() > 1000 {
-		return "", nil
-	}
-	placeholders := make([]string, arr.Len())
-	args := make([]any, arr.Len())
-	for i := 0; i < arr.Len(); i++ {
-		v := must.NotFail(arr.Get(i))
-		switch v.(type) {
-		case string, types.ObjectID:
-		default:
-			return "", nil
-		}
-		placeholders[i] = "?"
-		args[i] = string(must.NotFail(sjson.MarshalSingleValue(v)))
-	}
-	list := strings.Join(placeholders, ", ")
-	return fmt.Sprintf(` WHERE %s IN (%s)`, metadata.IDColumn, list), args
-}
-
-"""
-_EQ_CASE_END = "\t\t\targs = []any{string(must.NotFail(sjson.MarshalSingleValue(v)))}\n\t\t}\n"
-_EXPLAIN_ORDER = "\n\torderByClause := prepareOrderByClause(params.Sort)\n"
-_EXPLAIN_DOC = "// Explain implements backends.Collection interface.\n"
-#: (file, exact original text, replacement, occurrences) applied in order to the module source
-PATCHES = (
-    # the _id pushdown spelled like the _id_ index expression, so SQLite uses the index
-    (
-        "internal/backends/sqlite/metadata/metadata.go",
-        "IDColumn = DefaultColumn + \"->'$._id'\"",
-        "IDColumn = DefaultColumn + \"->'_id'\"",
-        1,
-    ),
-    # {_id: {$in: [...]}} pushed down as well, in Query (find, update, delete) and Explain
-    (
-        _COLLECTION,
-        _EQ_CASE_END,
-        _EQ_CASE_END[: -len("\t\t}\n")]
-        + "\t\tcase *types.Document:\n"
-        + "\t\t\twhereClause, args = prepareIDInClause(v.(*types.Document))\n\t\t}\n",
-        2,
-    ),
-    (_COLLECTION, _EXPLAIN_ORDER, '\n\tfilterPushdown = whereClause != ""\n' + _EXPLAIN_ORDER, 1),
-    (_COLLECTION, _EXPLAIN_DOC, _ID_IN_HELPER + _EXPLAIN_DOC, 1),
-)
-#: bump with any change to PATCHES (part of the build directory name)
-PATCH_LEVEL = 2
 
 
 class FerretDBService:
@@ -149,9 +92,33 @@ class FerretDBService:
             return False
         return True
 
+    def _older_build(self) -> bool:
+        """Whether the local FerretDB we started on this port runs an older patch level of
+        this version (only older: two checkouts at different levels never restart it back
+        and forth)."""
+        pid = read_pid(self.pid_file)
+        if pid is None:
+            return False
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return False
+        if f"--listen-addr=127.0.0.1:{self.s.mongo_port}" not in argv:
+            return False  # the pid file of a server on another port
+        build = re.fullmatch(r"ferretdb-(.+?)(?:-p(\d+))?", Path(argv[0]).parent.parent.name)
+        return (
+            build is not None
+            and build[1] == self.s.ferretdb_version
+            and int(build[2] or 0) < PATCH_LEVEL
+        )
+
     def up(self) -> str:
         if self.healthy():
-            return f"already running at {self.s.mongo_url}"
+            if not (self.local and self._older_build()):
+                return f"already running at {self.s.mongo_url}"
+            self.install()  # built before the stop: the server is down only for a restart
+            self.echo(f"restarting FerretDB on {self.build_dir.name} (it ran an older build)")
+            stop_pid(self.pid_file, grace=10)
         if not self.local:
             raise ServiceError(f"MongoDB at {self.s.mongo_url} is not reachable")
         pid = read_pid(self.pid_file)
@@ -205,13 +172,3 @@ class FerretDBService:
 
     def log_path(self) -> Path:
         return self.log_file
-
-
-def apply_patches(src: Path) -> None:
-    """Apply :data:`PATCHES` to a FerretDB source tree; fail loudly if one no longer fits."""
-    for rel, original, replacement, occurrences in PATCHES:
-        path = src / rel
-        text = path.read_text()
-        if text.count(original) != occurrences:
-            raise ServiceError(f"FerretDB source patch does not apply to {rel}: {original!r}")
-        path.write_text(text.replace(original, replacement))

@@ -74,7 +74,7 @@ async def test_motor_round_trip(motor_db: Any) -> None:
 
 def test_id_lookups_use_the_id_index(mongo_db: Any) -> None:
     """Point and ``$in`` reads by ``_id`` are index searches (FerretDB: the build patch in
-    opendisco.services._ferretdb; on MongoDB: IDHACK / the _id index)."""
+    opendisco.services._ferretdb_patches; on MongoDB: IDHACK / the _id index)."""
     coll = mongo_db["id_lookup_probe"]
     coll.insert_many([{"_id": f"p{i}", "n": i} for i in range(300)])
     by_id = coll.find_one({"_id": "p123"})
