@@ -131,9 +131,9 @@ class Design(_Strict):
     period_minutes: int = Field(60 * 24, ge=1)
     burn_in_minutes: int = Field(0, ge=0)
     #: cluster and switchback: 0 assigns each unit apart (Bernoulli by the arms' weights);
-    #: n (two units of the smallest arm at least) randomises completely within strata of n units of similar pre-period size
-    #: and outcome rate, taken at start (clusters; switchback regions, in every period):
-    #: :mod:`~opendisco.experiments._strata`
+    #: n (two units of the smallest arm at least) randomises completely within strata of n
+    #: units of similar pre-period size and outcome rate, taken at start (clusters;
+    #: switchback regions, in every period): :mod:`~opendisco.experiments._strata`
     strata: int = Field(0, ge=0)
 
     @model_validator(mode="after")

@@ -178,7 +178,11 @@ def _assignment(
         markets = np.unique(pop.market)
         units = [f"switchback:m{m}:{p}" for p in range(periods) for m in markets]
         if strata is not None:  # the markets' strata, in every period
-            cells = [p * (int(strata.max()) + 1) + int(strata[m]) for p in range(periods) for m in markets]
+            cells = [
+                p * (int(strata.max()) + 1) + int(strata[m])
+                for p in range(periods)
+                for m in markets
+            ]
             grid = stratified_arms(exp, units, cells).reshape(periods, markets.shape[0])
         else:
             grid = arm_indices(exp, units).reshape(periods, markets.shape[0])

@@ -18,7 +18,7 @@ Both parts are pure functions:
   class (⌊log₂(pre-period impressions + 1)⌋, largest first) and then pre-period outcome
   rate, cut into consecutive groups of ``per`` (a short last group joins the one before),
   so units of one stratum have similar size and rate.
-* :func:`stratified_arms` — the arms: within each stratum, the units in the order of
+* :func:`~._assign.stratified_arms` — the arms: within each stratum, the units in the order of
   SHA-256(salt ‖ unit) (a seeded permutation), and the i-th of n gets the arm whose
   cumulative-weight range holds (i + o) / n, o = bucket(salt ‖ stratum) / 10⁴ (systematic
   sampling): each arm gets its share of every stratum to within one unit, and each unit's
@@ -27,20 +27,16 @@ Both parts are pure functions:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 
-from ._assign import BUCKETS, bucket
-from ._model import Experiment
+from ._assign import stratified_arms
 
-__all__ = ["stratified_arms", "strata_of"]
+__all__ = ["strata_of", "stratified_arms"]
 
 
-def strata_of(
-    units: Sequence[str], size: np.ndarray, rate: np.ndarray, per: int
-) -> np.ndarray:
+def strata_of(units: Sequence[str], size: np.ndarray, rate: np.ndarray, per: int) -> np.ndarray:
     """Stratum index (0, 1, …) of each unit: ordered by size class, largest first, then
     pre-period rate (ties by unit id), cut into groups of ``per``; a last group shorter than
     ``per`` joins the previous one (fewer than ``per`` units: one stratum)."""
@@ -54,28 +50,4 @@ def strata_of(
     out = np.empty(len(units), dtype=np.int64)
     for pos, i in enumerate(order):
         out[i] = min(pos // per, n_strata - 1)
-    return out
-
-
-def _hash64(salt: str, unit: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{salt}\x1f{unit}".encode()).digest()[:8], "big")
-
-
-def stratified_arms(exp: Experiment, units: Sequence[str], strata: Sequence[int]) -> np.ndarray:
-    """The arm (index into ``exp.arms``) of each unit, its stratum split completely between
-    the arms by the arms' weights (see the module docstring)."""
-    total = sum(a.weight for a in exp.arms)
-    edges = np.cumsum([a.weight / total for a in exp.arms])
-    members: dict[int, list[int]] = {}
-    for i, s in enumerate(strata):
-        members.setdefault(int(s), []).append(i)
-    out = np.empty(len(units), dtype=np.int64)
-    for idx in members.values():
-        names = sorted(units[i] for i in idx)
-        offset = bucket(exp.salt, "stratum:" + "\x1e".join(names)) / BUCKETS
-        ordered = sorted(idx, key=lambda i: (_hash64(exp.salt, units[i]), units[i]))
-        n = len(ordered)
-        for pos, i in enumerate(ordered):
-            u = (pos + offset) / n
-            out[i] = min(int(np.searchsorted(edges, u, side="right")), len(exp.arms) - 1)
     return out
