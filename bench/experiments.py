@@ -1,7 +1,8 @@
 """Experiment designs in the simulated marketplace: bias, SE and coverage against the truth.
 
 For each scenario (a market regime of :mod:`opendisco.experiments.sim`) and each design
-(user, item, two_sided, cluster, switchback), R replications of the same experiment — a
+(user, item, two_sided, cluster, switchback; and cluster and switchback randomised within
+strata of 4 units of similar pre-period size and rate: rows ``… strata=4``), R replications of the same experiment — a
 popularity boost in the real reranker (``rerank.weights.popularity`` 0.05 → 2.0) — each with
 its own salt and its own random numbers, assigned by the served assignment functions
 (SHA-256 buckets), run in the simulator and read by the served analysis
