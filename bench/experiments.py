@@ -2,12 +2,13 @@
 
 For each scenario (a market regime of :mod:`opendisco.experiments.sim`) and each design
 (user, item, two_sided, cluster, switchback; and cluster and switchback randomised within
-strata of 4 units of similar pre-period size and rate: rows ``… strata=4``), R replications of the same experiment — a
-popularity boost in the real reranker (``rerank.weights.popularity`` 0.05 → 2.0) — each with
-its own salt and its own random numbers, assigned by the served assignment functions
-(SHA-256 buckets), run in the simulator and read by the served analysis
-(``opendisco.experiments.analyze``). The truth is the global treatment effect: all-treated
-minus all-control worlds with common random numbers, averaged over seeds.
+strata of 4 units of similar pre-period size and rate: rows ``… strata=4``), R replications
+of the same experiment — a popularity boost in the real reranker
+(``rerank.weights.popularity`` 0.05 → 2.0) — each with its own salt and its own random
+numbers, assigned by the served assignment functions (SHA-256 buckets), run in the
+simulator and read by the served analysis (``opendisco.experiments.analyze``). The truth
+is the global treatment effect: all-treated minus all-control worlds with common random
+numbers, averaged over seeds.
 
 Scenarios: ``no_interference`` (independent exposure, no capacity: SUTVA holds, every
 design must be unbiased), ``balanced`` (binding reply capacity: the naive member-level
