@@ -151,3 +151,49 @@ def test_simulated_stratified_cluster_design_is_the_stratified_assignment() -> N
     assert res.assigned["unit"] == np.bincount(arms, minlength=2).tolist()
     for s in np.unique(strata[uniq]):
         assert abs(int(arms[strata[uniq] == s].sum()) * 2 - int((strata[uniq] == s).sum())) <= 1
+
+
+def test_stratified_df_is_bell_mccaffrey_of_the_stratified_quadratic_form() -> None:
+    """The df the stratified readout passes to its t is Bell–McCaffrey's for *its own*
+    quadratic form, not a count: under working independence (uᵢ = √denᵢ·εᵢ iid) the
+    stratified CR2 is u'Bu with B = (I − H)QQ'(I − H), H the projection on the stratum × arm
+    cells' √den directions (the cell centring), Q's column g √denᵢ / D_a on cluster g scaled
+    by (1 − h_g)^(-1/2), h_g = D_g / D_cell; the df is tr(B)² / tr(B²). Unequal clusters,
+    four strata of 4 split 2/2. By hand for equal clusters, S strata of 4 split 2/2: each
+    cell's form is rank one with eigenvalue 2λ (λ = D_g / D_a², (1 − ½)⁻¹ = 2), so the df is
+    (2S·2λ)² / (2S·(2λ)²) = 2S — below the plain CR2's G − 2 and the count G − 1."""
+    rng = np.random.default_rng(13)
+    S = 4
+    G = 4 * S
+    stratum = np.repeat(np.arange(S), 4)
+    garm = np.concatenate([rng.permutation([0, 0, 1, 1]) for _ in range(S)]).astype(float)
+    g = np.repeat(np.arange(G), rng.integers(30, 90, G))
+    n = g.shape[0]
+    den = rng.integers(3, 30, n).astype(float)
+    arm = garm[g]
+    num = rng.binomial(den.astype(int), 0.3).astype(float)
+    e = ratio_difference(num, den, arm, groups=g, strata=stratum[g])
+    D = np.array([den[arm == a].sum() for a in (0, 1)])
+    cell = stratum[g] * 2 + arm.astype(int)
+    v = np.stack([np.sqrt(den) * (cell == c) for c in range(2 * S)], axis=1)
+    v /= np.linalg.norm(v, axis=0)
+    gd = np.bincount(g, den)
+    h = gd / np.bincount(stratum * 2 + garm.astype(int), gd)[stratum * 2 + garm.astype(int)]
+    Q = np.zeros((n, G))
+    Q[np.arange(n), g] = np.sqrt(den) / D[arm.astype(int)]
+    Q /= np.sqrt(1 - h)
+    resid = np.eye(n) - v @ v.T
+    B = resid @ Q @ Q.T @ resid
+    assert e.df == pytest.approx(np.trace(B) ** 2 / np.trace(B @ B), rel=1e-9)
+    # the variance itself is that quadratic form at the observed data: u = √den·(y − cell mean)
+    u = np.sqrt(den) * (num / den)
+    assert e.se**2 == pytest.approx(float(u @ B @ u), rel=1e-9)
+    # equal clusters by hand: 2S, below G − 2 (the plain CR2's df) and G − 1 (the count)
+    g2 = np.repeat(np.arange(G), 50)
+    den2 = np.full(g2.shape[0], 8.0)
+    num2 = rng.binomial(8, 0.3, g2.shape[0]).astype(float)
+    strat = ratio_difference(num2, den2, garm[g2], groups=g2, strata=stratum[g2])
+    plain = ratio_difference(num2, den2, garm[g2], groups=g2)
+    assert strat.df == pytest.approx(2 * S)
+    assert plain.df == pytest.approx(G - 2)
+    assert strat.df < plain.df < G - 1
