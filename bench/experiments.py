@@ -1,12 +1,14 @@
 """Experiment designs in the simulated marketplace: bias, SE and coverage against the truth.
 
 For each scenario (a market regime of :mod:`opendisco.experiments.sim`) and each design
-(user, item, two_sided, cluster, switchback), R replications of the same experiment — a
-popularity boost in the real reranker (``rerank.weights.popularity`` 0.05 → 2.0) — each with
-its own salt and its own random numbers, assigned by the served assignment functions
-(SHA-256 buckets), run in the simulator and read by the served analysis
-(``opendisco.experiments.analyze``). The truth is the global treatment effect: all-treated
-minus all-control worlds with common random numbers, averaged over seeds.
+(user, item, two_sided, cluster, switchback; and cluster and switchback randomised within
+strata of 4 units of similar pre-period size and rate: rows ``… strata=4``), R replications
+of the same experiment — a popularity boost in the real reranker
+(``rerank.weights.popularity`` 0.05 → 2.0) — each with its own salt and its own random
+numbers, assigned by the served assignment functions (SHA-256 buckets), run in the
+simulator and read by the served analysis (``opendisco.experiments.analyze``). The truth
+is the global treatment effect: all-treated minus all-control worlds with common random
+numbers, averaged over seeds.
 
 Scenarios: ``no_interference`` (independent exposure, no capacity: SUTVA holds, every
 design must be unbiased), ``balanced`` (binding reply capacity: the naive member-level
@@ -55,6 +57,7 @@ from opendisco.experiments._simulate import (
     covariates,
     pre_period_balance,
     pre_period_clusters,
+    pre_period_strata,
     simulate,
 )
 from opendisco.experiments._twosided import tsri_family
@@ -68,6 +71,10 @@ DESIGNS: dict[str, dict[str, Any]] = {
     "two_sided": {},
     "cluster": {},
     "switchback": {},
+    # randomised completely within strata of 4 units of similar pre-period size and
+    # mutual-like rate (opendisco.experiments._strata), read with the stratified CR2
+    "cluster strata=4": {"kind": "cluster", "strata": 4},
+    "switchback strata=4": {"kind": "switchback", "strata": 4},
 }
 #: the two-sided replications are also read by Johari et al.'s TSRI-k (same data, same
 #: bootstrap seed): rows ``two_sided k=1`` and ``two_sided k=2``
@@ -101,17 +108,22 @@ def _experiment(
 ) -> Experiment:
     arms = [{"name": "control"}, {"name": "treatment", "rerank": BOOST if treated else {}}]
     spec: dict[str, Any] = {"kind": design, **DESIGNS[design]}
-    if design == "two_sided" and plan is not None:
+    if spec["kind"] == "two_sided" and plan is not None:
         spec.update(plan.two_sided.design())
-    if design == "switchback":
+    if spec["kind"] == "switchback":
         spec.update(plan.switchback.design() if plan is not None else {"period_minutes": 1440})
-    return Experiment(id=f"bench-{design}", salt=salt, arms=arms, design=spec)
+    return Experiment(id=f"bench-{_kind(design)}", salt=salt, arms=arms, design=spec)
+
+
+def _kind(design: str) -> str:
+    """The design kind of a row name (``cluster strata=4`` → ``cluster``)."""
+    return str(DESIGNS[design].get("kind", design))
 
 
 def build(scenarios: list[str], pop_cfg: sim.PopulationConfig, seed: int) -> dict[str, Any]:
     pop = sim.generate_population(pop_cfg, seed=seed)
     control, boost = _rankers()
-    worlds, clusters, covs, plans = {}, {}, {}, {}
+    worlds, clusters, covs, plans, strata = {}, {}, {}, {}, {}
     for name in sorted({("balanced" if s == "aa" else s) for s in scenarios}):
         t0 = time.perf_counter()
         w = sim.World(pop, sim.REGIMES[name], control, seed=seed)
@@ -119,6 +131,18 @@ def build(scenarios: list[str], pop_cfg: sim.PopulationConfig, seed: int) -> dic
         worlds[name] = w
         clusters[name] = pre_period_clusters(w, seed=seed)
         covs[name] = covariates(w)
+        # the strata of the clusters and of the markets (switchback regions), from the
+        # pre-period as a snapshot at start would take them (same for every salt)
+        strata[name] = {
+            d: pre_period_strata(
+                _experiment(d, "strata"),
+                w,
+                clusters[name] if _kind(d) == "cluster" else pop.market,
+                covs[name],
+            )
+            for d in DESIGNS
+            if DESIGNS[d].get("strata")
+        }
         m = w.market
         plans[name] = Plan(
             two_sided_plan(pre_period_balance(w)),
@@ -129,7 +153,14 @@ def build(scenarios: list[str], pop_cfg: sim.PopulationConfig, seed: int) -> dic
             f"{np.unique(clusters[name]).shape[0]} clusters, two-sided plan {plans[name]}",
             flush=True,
         )
-    return {"pop": pop, "worlds": worlds, "clusters": clusters, "covs": covs, "plans": plans}
+    return {
+        "pop": pop,
+        "worlds": worlds,
+        "clusters": clusters,
+        "covs": covs,
+        "plans": plans,
+        "strata": strata,
+    }
 
 
 def _truth(world: sim.World, boost: sim.Ranker, seeds: range) -> list[float]:
@@ -155,7 +186,8 @@ def _replicate(task: tuple[str, str, int, int, bool]) -> list[dict[str, Any]]:
         world,
         boost if treated else control,
         seed=r,
-        clusters=st["clusters"][key] if design == "cluster" else None,
+        clusters=st["clusters"][key] if _kind(design) == "cluster" else None,
+        strata=st["strata"][key].get(design),
     )
     ro = analyze(
         exp.design,
@@ -211,7 +243,9 @@ _ROWS = [
     "two_sided",
     *(f"two_sided k={k:g}" for k in TSRI_K),
     "cluster",
+    "cluster strata=4",
     "switchback",
+    "switchback strata=4",
 ]
 
 

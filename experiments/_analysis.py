@@ -91,6 +91,7 @@ class Exposures:
     period: np.ndarray | None = None
     burn_in: np.ndarray | None = None
     impressions: np.ndarray | None = None  # per row (default 1)
+    stratum: np.ndarray | None = None  # per row: the stratum of its unit (stratified designs)
 
     @property
     def weight(self) -> np.ndarray:
@@ -111,6 +112,7 @@ class Exposures:
             cut(self.period),
             cut(self.burn_in),
             cut(self.impressions),
+            cut(self.stratum),
         )
 
 
@@ -129,18 +131,22 @@ def ratio_difference(
     groups: np.ndarray | None = None,
     covariate: tuple[np.ndarray, np.ndarray] | None = None,
     fixed: Sequence[np.ndarray] | None = None,
+    strata: np.ndarray | None = None,
     estimator: str = "difference",
     alpha: float = 0.05,
 ) -> Estimate:
     """Ratio of arm 1 minus ratio of arm 0 over units (rows), see the module docstring.
     ``groups``: cluster ids (cluster-robust); ``covariate``: the unit's pre-period numerator
     and denominator (CUPED); ``fixed``: fixed-effect ids, one array per factor (switchback
-    regions and periods; HC2 unless ``groups``)."""
+    regions and periods; HC2 unless ``groups``); ``strata``: the stratum of each unit when the
+    clusters were randomised within strata (:mod:`._strata`): CR2 then centres each cluster on
+    its stratum × arm cell (:func:`_cr2`)."""
     ok = den > 0
     num, den, arm = num[ok], den[ok], arm[ok].astype(float)
     rates = [float(num[arm == a].sum() / den[arm == a].sum()) * scale for a in (0, 1)]
     units = (int((arm == 0).sum()), int((arm == 1).sum()))
     g = None if groups is None else np.unique(groups[ok], return_inverse=True)[1]
+    st = None if strata is None or g is None else strata[ok]
     if fixed is None and (covariate is not None or g is not None):
         xn = xd = None
         if covariate is not None:
@@ -148,7 +154,7 @@ def ratio_difference(
             if not all(xd[arm == a].sum() > 0 for a in (0, 1)):
                 xn = xd = None
         if xn is not None or g is not None:
-            return _cuped(num, den, arm, xn, xd, g, scale, alpha, estimator, rates, units)
+            return _cuped(num, den, arm, xn, xd, g, scale, alpha, estimator, rates, units, st)
     y = num / den
     cols = [np.ones_like(y), arm]
     for factor in fixed or ():
@@ -194,6 +200,7 @@ def _cuped(
     estimator: str,
     rates: list[float],
     units: tuple[int, int],
+    strata: np.ndarray | None = None,
 ) -> Estimate:
     """CUPED for a ratio metric (Deng, Xu, Kohavi & Walker 2013, delta method): the
     difference of the arms' ratios less θ times the difference of their *pre-period* ratios
@@ -215,12 +222,16 @@ def _cuped(
     if g is not None:
         garm = np.zeros(int(g.max()) + 1)
         garm[g] = arm
+        gst = None
+        if strata is not None:
+            gst = np.zeros(garm.shape[0], dtype=np.int64)
+            gst[g] = np.unique(strata, return_inverse=True)[1]
         shrink = _theta_shrinkage(fx, den, arm, g) if theta else None
         fy, fx, gden = np.bincount(g, fy), np.bincount(g, fx), np.bincount(g, den)
-        var, df = _cr2(fy - theta * fx, gden, garm, shrink)
+        var, df = _cr2(fy - theta * fx, gden, garm, shrink, gst)
         if not np.isfinite(var) and theta:  # one cluster carries θ: no adjustment
             theta, dx = 0.0, 0.0
-            var, df = _cr2(fy, gden, garm)
+            var, df = _cr2(fy, gden, garm, None, gst)
     else:
         var, df = n / (n - 2) * float(((fy - theta * fx) ** 2).sum()), float(n - 2)
     effect = (dy - theta * dx) * scale
@@ -255,7 +266,11 @@ def _theta_shrinkage(fx: np.ndarray, den: np.ndarray, arm: np.ndarray, g: np.nda
 
 
 def _cr2(
-    psi: np.ndarray, gden: np.ndarray, garm: np.ndarray, extra: np.ndarray | None = None
+    psi: np.ndarray,
+    gden: np.ndarray,
+    garm: np.ndarray,
+    extra: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Cluster-robust variance of a difference of ratios from the clusters' influence sums
     ``psi`` (whole clusters in one arm), with the small-sample corrections few or unequal
@@ -264,31 +279,64 @@ def _cr2(
     while a dozen clusters carry the information (A/A false positives 0.19, SE/SD 0.75).
 
     * **CR2** (Bell & McCaffrey 2002): each cluster's squared sum divided by 1 − h_g, its
-      leverage h_g = D_g / D_a (its share of its arm's impressions; for this model the
+      leverage h_g = D_g / D_c (its share of its cell's impressions; for this model the
       left eigenvector of the cluster's hat block is the weights, so (I − H_gg)^(-1/2)
       scales the cluster's score by (1 − h_g)^(-1/2)). Unbiased under working independence.
       ``extra``: the further share of each cluster's variance a fitted term takes
       (:func:`_theta_shrinkage`).
+    * **Cells.** Without ``strata`` a cell is an arm (the influences sum to zero in each).
+      With ``strata`` (clusters randomised completely within strata, :mod:`._strata`) a
+      cell is a stratum × arm: each cluster's sum is first centred on its cell's
+      impression-weighted mean — the design fixes how many clusters of a stratum each arm
+      gets, so differences between strata are not part of the variance, and Neyman's
+      heterogeneity term shrinks to the effect differences *within* strata (Imbens & Rubin
+      2015, ch. 9). Each cell needs two clusters: a stratum where an arm has fewer (its
+      clusters had no impressions) is collapsed with the next one (:func:`_collapse`).
     * **Degrees of freedom**: Bell & McCaffrey's, (Σμ)² / Σμ², μ the eigenvalues of the
       variance estimator's quadratic form under the same working model (Imbens & Kolesár
-      2016): per arm diag(λ) − λλ'/Σλ scaled by (1 − h_g)^(-1/2) on both sides,
-      λ_g = D_g / D_a² (:func:`_bm_df`). G − 2 for equal clusters, about the number of big
-      clusters less two when a few dominate."""
+      2016): per cell diag(λ) − λλ'/Σλ scaled by (1 − h_g)^(-1/2) on both sides,
+      λ_g = D_g / D_a² (D_a the arm's impressions; :func:`_bm_df`). G − 2 for equal
+      clusters, about the number of big clusters less two when a few dominate; G − 2S with
+      S strata of equal clusters."""
     var, mus = 0.0, []
+    cells = garm if strata is None else _collapse(strata, garm) * 2 + garm
     for a in (0, 1):
-        m = garm == a
-        d = gden[m]
-        total = float(d.sum())
-        if total <= 0:
+        arm_total = float(gden[garm == a].sum())
+        if arm_total <= 0:
             continue
-        h = d / total
-        shrink = h if extra is None else h + extra[m]
-        contrib = psi[m] ** 2 / np.where(shrink < 1, 1 - shrink, np.nan)
-        if not np.isfinite(contrib).all():  # one cluster in an arm: no variance estimate
-            return float("nan"), float("nan")
-        var += float(contrib.sum())
-        mus.append(_bm_eigenvalues(d / total**2, h))
+        for c in np.unique(cells[garm == a]):
+            m = cells == c
+            d = gden[m]
+            total = float(d.sum())
+            if total <= 0:
+                continue
+            h = d / total
+            resid = psi[m] - h * float(psi[m].sum())
+            shrink = h if extra is None else h + extra[m]
+            contrib = resid**2 / np.where(shrink < 1, 1 - shrink, np.nan)
+            if not np.isfinite(contrib).all():  # one cluster alone in a cell: no estimate
+                return float("nan"), float("nan")
+            var += float(contrib.sum())
+            mus.append(_bm_eigenvalues(d / arm_total**2, h))
     return var, _bm_df(np.concatenate(mus)) if mus else float("nan")
+
+
+def _collapse(strata: np.ndarray, garm: np.ndarray) -> np.ndarray:
+    """Strata merged in their order (the ordered strata of :mod:`._strata` are similar to
+    their neighbours) until each group holds two clusters of each arm; a short tail joins
+    the last full group (collapsed strata: Hansen, Hurwitz & Madow 1953). A stratum whose
+    arms each have two clusters stays as it is."""
+    out = np.empty_like(strata)
+    group, counts, full = 0, np.zeros(2, dtype=np.int64), -1
+    for s in np.unique(strata):
+        m = strata == s
+        out[m] = group
+        counts += np.bincount(garm[m].astype(np.int64), minlength=2)[:2]
+        if (counts >= 2).all():
+            full, group, counts = group, group + 1, np.zeros(2, dtype=np.int64)
+    if counts.any() and full >= 0:
+        out[out == group] = full
+    return out
 
 
 def _bm_eigenvalues(lam: np.ndarray, h: np.ndarray) -> np.ndarray:

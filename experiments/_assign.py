@@ -13,6 +13,9 @@ process, on every machine, forever, and the analysis can recompute any unit's ar
   separately (``two_sided``: ``viewer:m`` and ``candidate:m``, so the two sides are
   independent), the member's cluster (``cluster:c``), or the region and period
   (``switchback:region:period``).
+* **Strata** (cluster and switchback designs with ``design.strata``): the units of a
+  stratum — clusters, or the regions of one period — are split completely between the arms
+  (:func:`stratified_arms`; the strata are taken at start, :mod:`._strata`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +41,10 @@ __all__ = [
     "in_experiment",
     "is_held_out",
     "period_of",
+    "region_of",
     "side_arms",
+    "stratified_arms",
+    "unit_arm",
     "viewer_assignment",
 ]
 
@@ -84,6 +91,52 @@ def arm_index(exp: Experiment, unit: str) -> int:
     return len(exp.arms) - 1
 
 
+def _hash64(salt: str, unit: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{salt}\x1f{unit}".encode()).digest()[:8], "big")
+
+
+def stratified_arms(exp: Experiment, units: Sequence[str], strata: Sequence[int]) -> np.ndarray:
+    """The arm of each unit, each stratum split completely by the arms' weights: within a
+    stratum the units in the order of SHA-256(salt ‖ unit) (a seeded permutation), and the
+    i-th of n gets the arm whose cumulative-weight range holds (i + o) / n,
+    o = bucket(salt ‖ the stratum's sorted units) / 10⁴ (systematic sampling). Every arm gets
+    its share of every stratum to within one unit, and a unit's marginal probability of an
+    arm is exactly that arm's weight."""
+    total = sum(a.weight for a in exp.arms)
+    edges = np.cumsum([a.weight / total for a in exp.arms])
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(strata):
+        members.setdefault(int(s), []).append(i)
+    out = np.empty(len(units), dtype=np.int64)
+    for idx in members.values():
+        names = sorted(units[i] for i in idx)
+        offset = bucket(exp.salt, "stratum:" + "\x1e".join(names)) / BUCKETS
+        ordered = sorted(idx, key=lambda i: (_hash64(exp.salt, units[i]), units[i]))
+        for pos, i in enumerate(ordered):
+            u = (pos + offset) / len(ordered)
+            out[i] = min(int(np.searchsorted(edges, u, side="right")), len(exp.arms) - 1)
+    return out
+
+
+def unit_arm(exp: Experiment, unit: str, stratum: Sequence[str] | None) -> int:
+    """A cluster's or region-period's arm: its ``stratum``'s split (the stratum's units,
+    this one among them) when it has one, else its own bucket."""
+    if not stratum or unit not in stratum:
+        return arm_index(exp, unit)
+    return int(stratified_arms(exp, stratum, [0] * len(stratum))[list(stratum).index(unit)])
+
+
+def region_of(user: Mapping[str, Any] | None, field_name: str) -> str | None:
+    """The member's switchback region: the field's value; a ``{lat, lon}`` location is
+    binned to a 1° grid cell."""
+    if not user:
+        return None
+    value = user.get(field_name)
+    if isinstance(value, Mapping) and "lat" in value and "lon" in value:
+        return f"{round(float(value['lat']))}:{round(float(value['lon']))}"
+    return None if value is None else str(value)
+
+
 def is_held_out(member: str, holdout: float, salt: str) -> bool:
     return holdout > 0 and bucket(salt, member) < holdout * BUCKETS
 
@@ -116,6 +169,7 @@ class Assignment:
     cluster: str | None = None
     period: int | None = None
     burn_in: bool = False
+    stratum: str | None = None  # stratified designs: the stratum's name (its first unit)
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -129,6 +183,8 @@ class Assignment:
         if self.period is not None:
             out["period"] = self.period
             out["burn_in"] = self.burn_in
+        if self.stratum is not None:
+            out["stratum"] = self.stratum
         return out
 
 
@@ -139,9 +195,12 @@ def viewer_assignment(
     at: datetime,
     clusters: Mapping[str, str] | None = None,
     region: str | None = None,
+    strata: Mapping[str, Sequence[str]] | None = None,
 ) -> Assignment:
     """The viewer's assignment (the caller has checked holdout and layer range). For
-    ``item`` every viewer serves the merged list: the viewer side is not randomised."""
+    ``item`` every viewer serves the merged list: the viewer side is not randomised.
+    ``strata``: the start's snapshot, each cluster (cluster) or region (switchback) → the
+    units of its stratum; a unit it does not know is assigned alone."""
     kind = exp.design.kind
     name = exp.arms
     if kind == DesignKind.user:
@@ -155,12 +214,21 @@ def viewer_assignment(
         # a member the snapshot does not know (joined later) is a cluster of its own
         cluster = (clusters or {}).get(member) or f"new:{member}"
         unit = f"cluster:{cluster}"
-        return Assignment(exp.id, kind.value, name[arm_index(exp, unit)].name, unit, cluster)
+        group = (strata or {}).get(cluster)
+        units = [f"cluster:{c}" for c in group] if group else None
+        arm = name[unit_arm(exp, unit, units)].name
+        return Assignment(exp.id, kind.value, arm, unit, cluster, stratum=_name(group))
     period, burn = period_of(exp, at)
     unit = f"switchback:{region or 'unknown'}:{period}"
-    return Assignment(
-        exp.id, kind.value, name[arm_index(exp, unit)].name, unit, region, period, burn
-    )
+    group = (strata or {}).get(region or "unknown")
+    units = [f"switchback:{r}:{period}" for r in group] if group else None
+    arm = name[unit_arm(exp, unit, units)].name
+    stratum = None if group is None else f"{_name(group)}:{period}"
+    return Assignment(exp.id, kind.value, arm, unit, region, period, burn, stratum)
+
+
+def _name(group: Sequence[str] | None) -> str | None:
+    return None if not group else min(group)
 
 
 def _side_arm(exp: Experiment, unit: str) -> int:

@@ -28,6 +28,7 @@ rank, :mod:`._merge`): only two arms, and the arms may change the ranking only (
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -129,6 +130,11 @@ class Design(_Strict):
     region_field: str = "location"
     period_minutes: int = Field(60 * 24, ge=1)
     burn_in_minutes: int = Field(0, ge=0)
+    #: cluster and switchback: 0 assigns each unit apart (Bernoulli by the arms' weights);
+    #: n (two units of the smallest arm at least) randomises completely within strata of n
+    #: units of similar pre-period size and outcome rate, taken at start (clusters;
+    #: switchback regions, in every period): :mod:`~opendisco.experiments._strata`
+    strata: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _burn_in_shorter(self) -> Design:
@@ -174,6 +180,12 @@ class Experiment(_Strict):
                     "templates; a list mixing arms shares its candidates, so only "
                     "rerank/model may differ"
                 )
+        strata = self.design.strata
+        if strata and self.design.kind not in (DesignKind.cluster, DesignKind.switchback):
+            raise ValueError("strata: a cluster or switchback setting")
+        need = math.ceil(2 * sum(a.weight for a in self.arms) / min(a.weight for a in self.arms))
+        if strata and strata < need:
+            raise ValueError(f"strata: at least two units of each arm per stratum ({need})")
         if self.design.kind in (DesignKind.cluster, DesignKind.switchback) and self.traffic < 1:
             raise ValueError(
                 f"{self.design.kind.value}: traffic must be 1 (a cluster or region is "

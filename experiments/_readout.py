@@ -193,7 +193,7 @@ def _estimate(
     uniq, num, den = aggregate(keys, y, w)
     _, unit_arm = _unique_arm(keys, arm_col)
     arm01 = (unit_arm == t).astype(float)
-    groups = fixed = covariate = None
+    groups = fixed = covariate = strata = None
     estimator = "difference"
     if kind == DesignKind.cluster and rows.cluster is not None:
         _, groups = _unique_arm(keys, rows.cluster[sel])
@@ -205,9 +205,15 @@ def _estimate(
     elif kind == DesignKind.switchback:
         # the (region, period) units are assigned independently: unit-level HC2 with region
         # and period fixed effects (clustering by region, wider than the assignment, is
-        # conservative: Abadie, Athey, Imbens & Wooldridge 2023)
+        # conservative: Abadie, Athey, Imbens & Wooldridge 2023); randomised within strata
+        # of regions in each period: the strata's fixed effects (they nest in the periods)
         fixed = [uniq // 1_000_000, uniq % 1_000_000]
+        if rows.stratum is not None:
+            fixed[1] = _unique_arm(keys, rows.stratum[sel])[1]
         estimator = "difference, region and period FE (HC2)"
+    if groups is not None and rows.stratum is not None:
+        _, strata = _unique_arm(keys, rows.stratum[sel])
+        estimator += ", stratified"
     if cuped and cov is not None and side is not None:
         covariate = _pre_period(getattr(cov, side), column, uniq)
         estimator += " + CUPED"
@@ -219,6 +225,7 @@ def _estimate(
         groups=groups,
         covariate=covariate,
         fixed=fixed,
+        strata=strata,
         estimator=estimator,
     )
 

@@ -30,11 +30,18 @@ from opendisco._backend import backend_errors
 from opendisco.signals import SERVED_LISTS, USER_LIKES, USER_MATCHES
 
 from ._analysis import Exposures
-from ._assign import arm_index, candidate_arm, in_experiment, is_held_out, period_of
+from ._assign import (
+    arm_index,
+    candidate_arm,
+    in_experiment,
+    is_held_out,
+    period_of,
+    region_of,
+    unit_arm,
+)
 from ._log import EXPOSURES
 from ._model import PAIR_LEVEL, DesignKind, Experiment
 from ._readout import Covariates, Readout
-from ._serving import region_of
 from ._store import ExperimentStore
 
 __all__ = ["REPORTS", "Collected", "both_sides", "collect", "write_report"]
@@ -106,6 +113,7 @@ async def collect(
             cols["region"].append(str(rec.get("unit", "")).rsplit(":", 1)[0])
             cols["period"].append(int(rec.get("period") or 0))
             cols["burn_in"].append(bool(rec.get("burn_in", False)))
+            cols["stratum"].append(rec.get("stratum") or "")
             shown.append((viewer, str(item["id"]), member, at))
     likes, mutual, matches = await _outcomes(db, shown, start, end)
     members = sorted(code, key=code.__getitem__)
@@ -124,6 +132,7 @@ async def collect(
         region=codes(cols["region"]),
         period=np.array(cols["period"], dtype=np.int64),
         burn_in=np.array(cols["burn_in"], dtype=bool),
+        stratum=codes(cols["stratum"]) if exp.design.strata else None,
     )
     assigned = await _assigned(db, exp, holdout, holdout_salt, start, end)
     covariates = await _pre_period(db, code, start, pre_days)
@@ -236,17 +245,24 @@ async def _assigned(
         out["candidate"] = np.bincount(
             [candidate_arm(exp, str(u["_id"])) for u in members], minlength=2
         ).tolist()
+    strata = await ExperimentStore(db).strata(exp.id) if exp.design.strata else {}
     if kind == DesignKind.cluster:
         clusters = await ExperimentStore(db).clusters(exp.id)
-        units = {clusters.get(str(u["_id"])) or f"new:{u['_id']}" for u in members}
-        out["unit"] = np.bincount(
-            [arm_index(exp, f"cluster:{c}") for c in units], minlength=k
-        ).tolist()
+        found = {clusters.get(str(u["_id"])) or f"new:{u['_id']}" for u in members}
+        arms = [
+            unit_arm(exp, f"cluster:{c}", [f"cluster:{x}" for x in strata.get(c, ())])
+            for c in found
+        ]
+        out["unit"] = np.bincount(arms, minlength=k).tolist()
     if kind == DesignKind.switchback:
         regions = {region_of(u, exp.design.region_field) or "unknown" for u in members}
         last, _ = period_of(exp, end)
-        units = [f"switchback:{r}:{p}" for r in sorted(regions) for p in range(last + 1)]
-        out["unit"] = np.bincount([arm_index(exp, u) for u in units], minlength=k).tolist()
+        arms = [
+            unit_arm(exp, f"switchback:{r}:{p}", [f"switchback:{x}:{p}" for x in strata.get(r, ())])
+            for r in sorted(regions)
+            for p in range(last + 1)
+        ]
+        out["unit"] = np.bincount(arms, minlength=k).tolist()
     return out
 
 

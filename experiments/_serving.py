@@ -40,7 +40,14 @@ from opendisco.rerank import (
 )
 from opendisco.serving import Artifacts, CandidatePlan, Discovery, load_model, load_template
 
-from ._assign import bucket, candidate_arm, in_experiment, is_held_out, viewer_assignment
+from ._assign import (
+    bucket,
+    candidate_arm,
+    in_experiment,
+    is_held_out,
+    region_of,
+    viewer_assignment,
+)
 from ._log import ExperimentLog
 from ._merge import merge_ranks
 from ._model import Arm, DesignKind, Experiment
@@ -113,23 +120,14 @@ def check_arm_files(exp: Experiment) -> None:
         arm_artifacts(base, exp, arm)
 
 
-def region_of(user: Mapping[str, Any] | None, field_name: str) -> str | None:
-    """The member's switchback region: the field's value; a ``{lat, lon}`` location is
-    binned to a 1° grid cell."""
-    if not user:
-        return None
-    value = user.get(field_name)
-    if isinstance(value, Mapping) and "lat" in value and "lon" in value:
-        return f"{round(float(value['lat']))}:{round(float(value['lon']))}"
-    return None if value is None else str(value)
-
-
 @dataclass(frozen=True)
 class Running:
     """One running experiment as served: the experiment and its cluster snapshot."""
 
     experiment: Experiment
     clusters: Mapping[str, str]
+    #: stratified designs: each cluster or region → its stratum's units (the start's snapshot)
+    strata: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -169,7 +167,8 @@ class ExperimentRegistry:
             clusters = (
                 await self.store.clusters(exp.id) if exp.design.kind == DesignKind.cluster else {}
             )
-            out.append(Running(exp, clusters))
+            strata = await self.store.strata(exp.id) if exp.design.strata else {}
+            out.append(Running(exp, clusters, strata))
         if [r.experiment for r in out] != [r.experiment for r in self.running]:
             self._artifacts = {}
         self.running = out
@@ -280,7 +279,9 @@ class ExperimentHydrator:
             if plan.requested_surface not in exp.surfaces or not in_experiment(exp, viewer):
                 continue
             region = region_of(plan.user, exp.design.region_field)
-            a = viewer_assignment(exp, viewer, at=now, clusters=run.clusters, region=region)
+            a = viewer_assignment(
+                exp, viewer, at=now, clusters=run.clusters, region=region, strata=run.strata
+            )
             record = a.to_dict()
             plan.experiments.append(record)
             arm = next(x for x in exp.arms if x.name == a.arm)

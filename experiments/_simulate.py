@@ -19,8 +19,10 @@ from ._analysis import Exposures
 from ._assign import arm_index, arm_indices, side_arms
 from ._balance import market_balance
 from ._clusters import louvain_clusters
+from ._metrics import METRICS
 from ._model import DesignKind, Experiment
 from ._readout import Covariates
+from ._strata import strata_of, stratified_arms
 from .sim import Assignment, Outcomes, Population, Ranker, World
 from .sim._market import EXPIRED
 
@@ -30,6 +32,7 @@ __all__ = [
     "covariates",
     "pre_period_balance",
     "pre_period_clusters",
+    "pre_period_strata",
     "simulate",
     "to_exposures",
 ]
@@ -112,6 +115,21 @@ def covariates(world: World) -> Covariates:
     return Covariates(side(v), side(c))
 
 
+def pre_period_strata(
+    exp: Experiment, world: World, unit_of: np.ndarray, cov: Covariates | None = None
+) -> np.ndarray:
+    """Stratum of each unit code in ``unit_of`` (per member: its cluster or market) from the
+    pre-period: the units' viewer impressions (size) and the experiment's primary metric's
+    numerator per impression (rate), :func:`~._strata.strata_of` of ``exp.design.strata``."""
+    cov = cov or covariates(world)
+    column = METRICS[exp.metrics[0]].numerator
+    n_units = int(unit_of.max()) + 1
+    size = np.bincount(unit_of, cov.viewer["impressions"], n_units)
+    num = np.bincount(unit_of, cov.viewer[column], n_units)
+    rate = np.divide(num, size, out=np.zeros(n_units), where=size > 0)
+    return strata_of([str(u) for u in range(n_units)], size, rate, exp.design.strata)
+
+
 def _matches(out: Outcomes) -> np.ndarray:
     """Per impression: its (reciprocated) like made a new match."""
     made = np.isin(out.imp_pair, out.match_pair) & out.imp_mutual
@@ -119,9 +137,15 @@ def _matches(out: Outcomes) -> np.ndarray:
 
 
 def _assignment(
-    exp: Experiment, pop: Population, days: int, clusters: np.ndarray | None
+    exp: Experiment,
+    pop: Population,
+    days: int,
+    clusters: np.ndarray | None,
+    strata: np.ndarray | None = None,
 ) -> tuple[Assignment, dict[str, list[int]], np.ndarray, np.ndarray]:
-    """Arrays for the world run, units per arm (SRM), and the viewer/candidate arm columns."""
+    """Arrays for the world run, units per arm (SRM), and the viewer/candidate arm columns.
+    ``strata``: per cluster code (cluster) or market (switchback), when the design has
+    them."""
     kind, ids, k = exp.design.kind, pop.ids, len(exp.arms)
     if k != 2:
         raise ValueError("the simulator runs two-arm experiments")
@@ -141,7 +165,11 @@ def _assignment(
     elif kind == DesignKind.cluster:
         assert clusters is not None
         uniq = np.unique(clusters)
-        arm_of = {int(c): arm_index(exp, f"cluster:c{int(c)}") for c in uniq}
+        if strata is not None:
+            arms = stratified_arms(exp, [f"cluster:c{int(c)}" for c in uniq], strata[uniq])
+            arm_of = dict(zip(uniq.tolist(), arms.tolist(), strict=True))
+        else:
+            arm_of = {int(c): arm_index(exp, f"cluster:c{int(c)}") for c in uniq}
         viewer = np.array([arm_of[int(c)] for c in clusters])
         assigned = {"unit": np.bincount(list(arm_of.values()), minlength=k).tolist()}
     else:
@@ -149,7 +177,15 @@ def _assignment(
         periods = (days + per - 1) // per
         markets = np.unique(pop.market)
         units = [f"switchback:m{m}:{p}" for p in range(periods) for m in markets]
-        grid = arm_indices(exp, units).reshape(periods, markets.shape[0])
+        if strata is not None:  # the markets' strata, in every period
+            cells = [
+                p * (int(strata.max()) + 1) + int(strata[m])
+                for p in range(periods)
+                for m in markets
+            ]
+            grid = stratified_arms(exp, units, cells).reshape(periods, markets.shape[0])
+        else:
+            grid = arm_indices(exp, units).reshape(periods, markets.shape[0])
         viewer = np.repeat(grid, per, axis=0)[:days][:, pop.market]
         assigned = {"unit": np.bincount(grid.ravel(), minlength=k).tolist()}
     a = Assignment(viewer.astype(bool), None if cand is None else cand.astype(bool))
@@ -167,6 +203,7 @@ def to_exposures(
     viewer_arm: np.ndarray,
     candidate_arm: np.ndarray,
     clusters: np.ndarray | None,
+    strata: np.ndarray | None = None,
 ) -> Exposures:
     pop = world.pop
     v = pop.pair_viewer[out.imp_pair]
@@ -174,12 +211,16 @@ def to_exposures(
     day = out.imp_day - out.first_day
     kind = exp.design.kind
     varm = viewer_arm[day, v] if viewer_arm.ndim == 2 else viewer_arm[v]
-    region = period = burn = None
+    region = period = burn = stratum = None
     if kind == DesignKind.switchback:
         per = _period_days(exp)
         burn_days = exp.design.burn_in_minutes / 1440
         region, period = pop.market[v], day // per
         burn = (day - period * per) < burn_days
+        if strata is not None:
+            stratum = period * (int(strata.max()) + 1) + strata[region]
+    elif kind == DesignKind.cluster and strata is not None and clusters is not None:
+        stratum = strata[clusters[v]]
     outcomes = {
         "likes": out.imp_liked.astype(float),
         "mutual": out.imp_mutual.astype(float),
@@ -195,6 +236,7 @@ def to_exposures(
         region,
         period,
         burn,
+        stratum=stratum,
     )
 
 
@@ -204,9 +246,18 @@ def simulate(
     treatment: Ranker,
     seed: int,
     clusters: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
 ) -> SimExperiment:
-    """One replication of ``exp`` in ``world`` (``seed``: the run's random numbers)."""
+    """One replication of ``exp`` in ``world`` (``seed``: the run's random numbers).
+    ``strata``: :func:`pre_period_strata` of the clusters (cluster) or markets (switchback),
+    computed here when the design asks for strata and none are given."""
     exp = exp if exp.start is not None else exp.model_copy(update={"start": _EPOCH})
-    a, assigned, varm, carm = _assignment(exp, world.pop, world.market.days, clusters)
+    if strata is None and exp.design.strata:
+        if exp.design.kind == DesignKind.cluster and clusters is not None:
+            strata = pre_period_strata(exp, world, clusters)
+        elif exp.design.kind == DesignKind.switchback:
+            strata = pre_period_strata(exp, world, world.pop.market.astype(np.int64))
+    a, assigned, varm, carm = _assignment(exp, world.pop, world.market.days, clusters, strata)
     out = world.run(treatment, a, seed)
-    return SimExperiment(to_exposures(exp, world, out, varm, carm, clusters), assigned, out)
+    rows = to_exposures(exp, world, out, varm, carm, clusters, strata)
+    return SimExperiment(rows, assigned, out)

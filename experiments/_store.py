@@ -5,6 +5,10 @@
   (``user_likes`` / ``user_matches`` of :mod:`opendisco.signals`), in chunks of
   :data:`CLUSTER_CHUNK` members: ``{_id: "<exp>\\x1f<k>", experiment, members: {m: c}}``
   (FerretDB pushes down only ``_id`` lookups; chunks keep each document small).
+* the strata of a stratified cluster or switchback design (``design.strata``), taken at start
+  in the same collection: ``{_id: "<exp>\x1fstrata\x1f<k>", experiment, strata: {unit: s}}``
+  (units: cluster ids or regions), from the member graph of the same window — size = the
+  unit's members, rate = their mutual likes per member (:func:`~._strata.strata_of`).
 * ``experiment_locks``: the layer lease that makes two concurrent starts in one layer take
   disjoint ranges.
 
@@ -19,6 +23,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from pymongo.errors import DuplicateKeyError
 
 from opendisco._backend import backend_errors
@@ -26,8 +31,10 @@ from opendisco._exceptions import InvalidInput, NotFound
 from opendisco._store import MAX_WRITES_PER_COMMAND, lease
 from opendisco.signals import USER_LIKES
 
+from ._assign import region_of
 from ._clusters import louvain_clusters
 from ._model import DesignKind, Experiment, Status
+from ._strata import strata_of
 
 __all__ = ["CLUSTERS", "CLUSTER_CHUNK", "EXPERIMENTS", "LOCKS", "ExperimentStore", "free_offset"]
 
@@ -95,7 +102,7 @@ class ExperimentStore:
                 raise InvalidInput(
                     f"layer {exp.layer!r} has no free {exp.traffic:.1%} (taken: {taken})"
                 )
-            if exp.design.kind == DesignKind.cluster:
+            if exp.design.kind == DesignKind.cluster or exp.design.strata:
                 await self._snapshot(exp, now, seed)
             with backend_errors(f"starting experiment {exp_id!r} failed"):
                 await self.coll.update_one(
@@ -132,34 +139,79 @@ class ExperimentStore:
         members = sorted({str(u["_id"]) for u in users} | {m for e in edges for m in e[:2]})
         return members, edges
 
-    async def _snapshot(self, exp: Experiment, now: datetime, seed: int) -> dict[str, str]:
+    async def _snapshot(self, exp: Experiment, now: datetime, seed: int) -> None:
         members, edges = await self.member_graph(now - timedelta(days=exp.design.graph_days))
-        clusters = louvain_clusters(members, edges, resolution=exp.design.resolution, seed=seed)
-        items = sorted(clusters.items())
+        with backend_errors(f"clearing the snapshot of {exp.id!r} failed"):
+            await self.clusters_coll.delete_many({"experiment": exp.id})
+        if exp.design.kind == DesignKind.cluster:
+            units = louvain_clusters(members, edges, resolution=exp.design.resolution, seed=seed)
+            await self._write(exp.id, "", units)
+        else:
+            with backend_errors("reading members failed"):
+                users = await self.db["users"].find({}, {exp.design.region_field: 1}).to_list(None)
+            units = {
+                str(u["_id"]): region_of(u, exp.design.region_field) or "unknown" for u in users
+            }
+        if exp.design.strata:
+            await self._write(exp.id, "strata\x1f", _unit_strata(units, edges, exp.design.strata))
+
+    async def _write(self, exp_id: str, prefix: str, mapping: dict[str, Any]) -> None:
+        """``mapping`` in chunks of :data:`CLUSTER_CHUNK` keys (``members``; strata: ``strata``)."""
+        items = sorted(mapping.items())
+        field = "strata" if prefix else "members"
         docs = [
             {
-                "_id": f"{exp.id}\x1f{k}",
-                "experiment": exp.id,
-                "members": dict(items[i : i + CLUSTER_CHUNK]),
+                "_id": f"{exp_id}\x1f{prefix}{k}",
+                "experiment": exp_id,
+                field: dict(items[i : i + CLUSTER_CHUNK]),
             }
             for k, i in enumerate(range(0, len(items), CLUSTER_CHUNK))
         ]
-        with backend_errors(f"writing the cluster snapshot of {exp.id!r} failed"):
-            await self.clusters_coll.delete_many({"experiment": exp.id})
+        with backend_errors(f"writing the snapshot of {exp_id!r} failed"):
             for i in range(0, len(docs), MAX_WRITES_PER_COMMAND):
                 await self.clusters_coll.insert_many(docs[i : i + MAX_WRITES_PER_COMMAND])
-        return clusters
+
+    async def strata(self, exp_id: str) -> dict[str, tuple[str, ...]]:
+        """Each unit (cluster or region) of a stratified design → its stratum's units (empty
+        when the experiment has none)."""
+        by_unit = await self._read(exp_id, "strata\x1f", "strata")
+        groups: dict[int, list[str]] = {}
+        for unit, s in by_unit.items():
+            groups.setdefault(int(s), []).append(unit)
+        return {u: tuple(sorted(groups[int(s)])) for u, s in by_unit.items()}
 
     async def clusters(self, exp_id: str) -> dict[str, str]:
         """The snapshot ``{member: cluster}`` (empty when the experiment has none)."""
-        out: dict[str, str] = {}
+        return await self._read(exp_id, "", "members")
+
+    async def _read(self, exp_id: str, prefix: str, field: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         k = 0
         while True:
-            ids = [f"{exp_id}\x1f{j}" for j in range(k, k + 20)]
-            with backend_errors(f"reading the cluster snapshot of {exp_id!r} failed"):
+            ids = [f"{exp_id}\x1f{prefix}{j}" for j in range(k, k + 20)]
+            with backend_errors(f"reading the snapshot of {exp_id!r} failed"):
                 docs = await self.clusters_coll.find({"_id": {"$in": ids}}).to_list(None)
             for d in docs:
-                out.update(d["members"])
+                out.update(d[field])
             if len(docs) < len(ids):
                 return out
             k += 20
+
+
+def _unit_strata(
+    unit_of: dict[str, str], edges: list[tuple[str, str, float]], per: int
+) -> dict[str, int]:
+    """Each unit's stratum (:func:`~._strata.strata_of`) from the member graph: size = the
+    unit's members, rate = their mutual likes (a like answered by a like) per member."""
+    units = sorted(set(unit_of.values()))
+    index = {u: i for i, u in enumerate(units)}
+    size = np.zeros(len(units))
+    mutual = np.zeros(len(units))
+    for u in unit_of.values():
+        size[index[u]] += 1
+    liked = {(a, b) for a, b, _ in edges}
+    for a, b in liked:
+        if (b, a) in liked and a in unit_of:
+            mutual[index[unit_of[a]]] += 1
+    rate = np.divide(mutual, size, out=np.zeros_like(size), where=size > 0)
+    return dict(zip(units, strata_of(units, size, rate, per).tolist(), strict=True))

@@ -20,11 +20,14 @@ from opendisco.api import create_app
 from opendisco.cli.main import cli
 from opendisco.experiments import (
     Experiment,
+    ExperimentRegistry,
     ExperimentStore,
     arm_index,
     candidate_arm,
     install,
+    viewer_assignment,
 )
+from opendisco.experiments._assign import stratified_arms
 from opendisco.experiments._log import EXPOSURES
 from opendisco.serving import Artifacts, Discovery
 from opendisco.signals import SERVED_LISTS
@@ -98,6 +101,67 @@ async def test_cluster_snapshot_from_the_member_graph(ex_db: Any) -> None:
         await store.stop(exp.id)
     finally:
         await ex_db["user_likes"].delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+
+
+async def test_stratified_snapshot_and_served_split(ex_db: Any) -> None:
+    """A stratified cluster design: the start snapshots strata of the clusters (size and
+    mutual likes per member, from the same graph), the registry serves them, every served
+    cluster takes the arm of its stratum's complete split, and the record names the
+    stratum. A stratified switchback does the same with the members' regions."""
+    store = ExperimentStore(ex_db)
+    now = datetime.now(UTC)
+    tag = uuid.uuid4().hex[:6]
+    groups = [[f"s{tag}g{k}m{i}" for i in range(6 + k)] for k in range(8)]
+    docs = []
+    for k, group in enumerate(groups):
+        for i, u in enumerate(group):
+            for v in group[i + 1 : i + 2 + k % 3]:  # denser groups: more mutual likes
+                docs += [
+                    {"_id": f"{u}\x1f{v}", "src": u, "dst": v, "at": now},
+                    {"_id": f"{v}\x1f{u}", "src": v, "dst": u, "at": now},
+                ]
+    users = [{"_id": m, f"city{tag}": f"r{k}"} for k, group in enumerate(groups) for m in group]
+    await ex_db["user_likes"].insert_many(docs)
+    await ex_db["users"].insert_many(users)
+    try:
+        exp = await store.create(_exp("cluster", design={"kind": "cluster", "strata": 4}))
+        await store.start(exp.id, seed=3)
+        clusters = await store.clusters(exp.id)
+        strata = await store.strata(exp.id)
+        ours = {clusters[g[0]] for g in groups}
+        assert len(ours) == 8 and all(len(strata[c]) >= 4 for c in ours)
+        registry = ExperimentRegistry(store, Artifacts())
+        run = next(r for r in await registry.refresh() if r.experiment.id == exp.id)
+        assert dict(run.strata) == strata
+        for c in ours:
+            units = [f"cluster:{x}" for x in strata[c]]
+            split = stratified_arms(exp, units, [0] * len(units))
+            assert abs(2 * int(split.sum()) - len(units)) <= 1  # the stratum split completely
+            member = next(m for m, x in clusters.items() if x == c)
+            a = viewer_assignment(exp, member, at=now, clusters=run.clusters, strata=run.strata)
+            assert a.arm == exp.arms[int(split[units.index(f"cluster:{c}")])].name
+            assert a.to_dict()["stratum"] == min(strata[c])
+        await store.stop(exp.id)
+        sw = await store.create(
+            _exp(
+                "switchback",
+                design={"kind": "switchback", "strata": 4, "region_field": f"city{tag}"},
+            )
+        )
+        sw = await store.start(sw.id)
+        regions = await store.strata(sw.id)
+        assert all(len(regions[f"r{k}"]) >= 4 for k in range(8))
+        at = now + timedelta(days=1)
+        for k in range(8):
+            rec = viewer_assignment(sw, groups[k][0], at=at, region=f"r{k}", strata=regions)
+            units = [f"switchback:{r}:{rec.period}" for r in regions[f"r{k}"]]
+            split = stratified_arms(sw, units, [0] * len(units))
+            assert rec.arm == sw.arms[int(split[units.index(rec.unit)])].name
+            assert rec.stratum == f"{min(regions[f'r{k}'])}:{rec.period}"
+        await store.stop(sw.id)
+    finally:
+        await ex_db["user_likes"].delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+        await ex_db["users"].delete_many({"_id": {"$in": [u["_id"] for u in users]}})
 
 
 async def test_user_design_arms_are_applied_in_served_responses(
