@@ -183,6 +183,13 @@ def main() -> None:
         "member asking that many times; more lists per repetition)",
     )
     ap.add_argument("--no-replay", action="store_true")
+    ap.add_argument(
+        "--pool-factor",
+        type=float,
+        default=None,
+        help="explore_pool_factor of the logging run (default: the serving setting); a pool "
+        "that covers the candidate list gives every policy support",
+    )
     args = ap.parse_args()
     k, t0 = args.k, time.perf_counter()
     data = synthetic_dataset(args.members)
@@ -195,7 +202,8 @@ def main() -> None:
     if not args.no_replay:
         replay(settings, data, split, stage="test", fresh=True)
     asyncio.run(clear_lists(settings))
-    explore = settings.model_copy(update={"explore_rate": 1.0, "served_log": True})
+    pool = {} if args.pool_factor is None else {"explore_pool_factor": args.pool_factor}
+    explore = settings.model_copy(update={"explore_rate": 1.0, "served_log": True, **pool})
     asyncio.run(log_lists(explore, users, exclude, k=k))
     lists = [d for d in asyncio.run(read_lists(settings)) if d["explored"] and d["k"] == k]
     lists = [d for d in lists if len(d["shown"]) == k]
@@ -253,6 +261,7 @@ def main() -> None:
         "repeat": args.repeat,
         "k": k,
         "seeds": args.seeds,
+        "pool_factor": explore.explore_pool_factor,
         "model": model_path.name,
         "ltr_report": {kk: v for kk, v in ltr.report.items() if kk != "importance"},
         "offpolicy": table,
@@ -272,10 +281,12 @@ def write_readme(r: dict[str, Any]) -> None:
         "## offpolicy",
         "",
         f"`python bench/offpolicy.py --members {r['members']} --seeds {r['seeds']} --k {r['k']}"
-        f" --repeat {r.get('repeat', 1)}`: {r['lists'] // r.get('repeat', 1)} explored lists"
+        f" --repeat {r.get('repeat', 1)} --pool-factor {r.get('pool_factor', 2.0):g}`:"
+        f" {r['lists'] // r.get('repeat', 1)} explored lists"
         " served by the real pipeline on the synthetic marketplace, each drawn"
         f" {r.get('repeat', 1)} time(s) per repetition ({r['lists']} lists)"
-        " (Plackett–Luce over the reranked pool, propensities from the served-list log);"
+        " (Plackett–Luce over the first ceil(pool factor × k) rows of the reranked order,"
+        " propensities from the served-list log);"
         " outcomes from a known position-based like model, so each policy's true value (expected"
         f" likes per list over {r['k']} slots) is exact. {r['seeds']} repetitions redraw the"
         " exploration and the outcomes; the 95% interval should cover the truth ~95% of the time"
