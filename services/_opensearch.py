@@ -32,7 +32,7 @@ from opendisco._exceptions import ServiceError
 from opendisco._settings import Settings
 
 from ._install import OpenSearchInstall
-from ._process import alive, read_pid, spawn, stop_pid, tail, wait_until
+from ._process import alive, chown_tree, read_pid, spawn, stop_pid, tail, wait_until
 
 __all__ = ["TRANSPORT_OFFSET", "Node", "OpenSearchService", "Status", "local_nodes"]
 
@@ -160,17 +160,18 @@ class OpenSearchService:
             return []
         user = self.s.service_user
         try:
-            pwd.getpwnam(user)
+            pw = pwd.getpwnam(user)
         except KeyError:
             subprocess.run(
                 ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
                 check=True,
             )
+            pw = pwd.getpwnam(user)
         for node in self.nodes:
             for path in (node.data, node.logs, node.pid_file.parent):
                 path.mkdir(parents=True, exist_ok=True)
-        for path in {self.s.state_dir, self.home}:
-            subprocess.run(["chown", "-R", f"{user}:{user}", str(path)], check=True)
+        for path in {self.s.state_dir, self.home}:  # other nodes may be running: files vanish
+            chown_tree(path, pw.pw_uid, pw.pw_gid)
         self.s.state_dir.chmod(0o755)
         return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
 

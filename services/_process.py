@@ -12,7 +12,26 @@ from pathlib import Path
 
 from opendisco._exceptions import ServiceError, ServiceTimeout
 
-__all__ = ["alive", "read_pid", "spawn", "stop_pid", "tail", "wait_until"]
+__all__ = ["alive", "chown_tree", "read_pid", "spawn", "stop_pid", "tail", "wait_until"]
+
+
+def chown_tree(root: Path, uid: int, gid: int) -> int:
+    """``chown -R uid:gid root`` that tolerates entries vanishing during the walk: restarting
+    one node of a running cluster walks the data of the nodes still running, whose Lucene
+    merges delete files meanwhile (``chown -R`` then exits 1 and the restart failed). Only
+    entries with another owner are changed; symlinks themselves, never their targets.
+    Returns how many entries were changed."""
+    changed = 0
+    for dirpath, _dirs, files in os.walk(root):  # a directory gone before its listing: skipped
+        for path in (dirpath, *(os.path.join(dirpath, f) for f in files)):
+            try:
+                st = os.lstat(path)
+                if st.st_uid != uid or st.st_gid != gid:
+                    os.lchown(path, uid, gid)
+                    changed += 1
+            except FileNotFoundError:
+                continue
+    return changed
 
 
 def read_pid(pid_file: Path) -> int | None:
