@@ -296,10 +296,11 @@ class FeatureStore:
             rows.update(fetched)
         return [rows.get(i, {}) for i in order]
 
-    async def similar_weights(self, recent: Sequence[str]) -> dict[str, float]:
-        """Summed trained item–item weight from ``recent`` to every neighbour. The ``itemsim``
-        candidate source and the ``item_sim`` feature read the same rows."""
-        return summed_weights(await self._similarity_rows(recent))
+    async def similar_recent(self, recent: Sequence[str]) -> dict[str, float]:
+        """The ``item_sim_recent`` sums alone (the ``itemsim`` candidate source's weights):
+        the rows of ``recent`` (most recent first) weighted by :func:`recency_scales`."""
+        rows = await self._similarity_rows(recent)
+        return summed_weights(rows, recency_scales(len(rows), self.settings.item_sim_half_life))
 
     async def similar_both(
         self, recent: Sequence[str]

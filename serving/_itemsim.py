@@ -34,5 +34,5 @@ class ItemSimNeighbours:
         if plan.request.surface != "for_you" or state is None or not state.recent_positive_ids:
             return
         recent = state.recent_positive_ids
-        _, weights = await self.store.similar_both(recent)
+        weights = await self.store.similar_recent(recent)
         neighbour_params(plan, "itemsim", weights, recent, self.neighbours)
