@@ -30,7 +30,7 @@ from opendisco._settings import Settings
 
 from ._ferretdb_patches import PATCH_LEVEL, apply_patches
 from ._opensearch import Status
-from ._process import read_pid, spawn, stop_pid, wait_until
+from ._process import cmdline, read_pid, spawn, stop_pid, wait_until
 
 __all__ = ["FerretDBService"]
 
@@ -99,9 +99,8 @@ class FerretDBService:
         pid = read_pid(self.pid_file)
         if pid is None:
             return False
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
+        argv = cmdline(pid)
+        if not argv:
             return False
         if f"--listen-addr=127.0.0.1:{self.s.mongo_port}" not in argv:
             return False  # the pid file of a server on another port

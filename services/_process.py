@@ -12,7 +12,16 @@ from pathlib import Path
 
 from opendisco._exceptions import ServiceError, ServiceTimeout
 
-__all__ = ["alive", "chown_tree", "read_pid", "spawn", "stop_pid", "tail", "wait_until"]
+__all__ = [
+    "alive",
+    "chown_tree",
+    "cmdline",
+    "read_pid",
+    "spawn",
+    "stop_pid",
+    "tail",
+    "wait_until",
+]
 
 
 def chown_tree(root: Path, uid: int, gid: int) -> int:
@@ -44,14 +53,18 @@ def read_pid(pid_file: Path) -> int | None:
         return None
     if not alive(pid):
         return None
-    if rest:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            return None
-        if rest[0] not in cmdline:
-            return None
+    if rest and rest[0] not in " ".join(cmdline(pid)):
+        return None
     return pid
+
+
+def cmdline(pid: int) -> list[str]:
+    """The arguments ``pid`` was started with (``/proc``); empty when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
 
 
 def alive(pid: int) -> bool:

@@ -27,7 +27,7 @@ from opendisco import clients, load_settings
 from opendisco.ingest._feed import NOT_A_DATE
 from opendisco.services import FerretDBService
 from opendisco.services._ferretdb_patches import PATCH_LEVEL
-from opendisco.services._process import read_pid, spawn, stop_pid
+from opendisco.services._process import cmdline, read_pid, spawn, stop_pid
 
 D1, D2, D3, D4 = (datetime(2026, 1, d, tzinfo=UTC) for d in (1, 2, 3, 4))
 
@@ -159,19 +159,12 @@ def _fake_ferretdb(tmp_path: Path, build: str, port: int) -> tuple[FerretDBServi
     # the check reads the process's /proc entry: wait until it shows the fake's own command
     # line (a CI run once read it as not ours right after the start; not reproduced since)
     deadline = time.monotonic() + 10.0
-    while read_pid(svc.pid_file) != pid or argv[-1] not in _cmdline(pid):
+    while read_pid(svc.pid_file) != pid or argv[-1] not in cmdline(pid):
         if time.monotonic() > deadline:
             log = (tmp_path / "log").read_text(errors="replace")
             raise AssertionError(f"fake FerretDB {pid} not running as started: {log[:500]!r}")
         time.sleep(0.05)
     return svc, pid
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
 
 
 @pytest.mark.parametrize(
