@@ -350,7 +350,7 @@ class FeatureStore:
         owners = dict(owners or {})
         vecs, expo, inbound, graph, tastes, similar = await asyncio.gather(
             self._vectors(fetch),
-            self.exposure.read(uniq),
+            self.exposure.read(uniq, realtime=False),
             self._inbound(uniq),
             _given(graph_weights) if graph_weights is not None else self._graph(list(recent), uniq),
             self._tastes(sorted(set(owners.values()))) if owners else _given({}),

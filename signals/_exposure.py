@@ -56,11 +56,11 @@ from opendisco._settings import Settings
 
 from ._trending import (
     TREND_PROPERTIES,
-    TREND_UPDATE_SCRIPT,
-    TREND_VALUE_SCRIPT,
     decayed,
     epoch_ms,
     trend_increments,
+    trend_update_actions,
+    trending_query,
 )
 
 __all__ = ["CAPPED_DOC_ID", "Exposure", "ExposureStore", "capped_lookup", "exposure_index"]
@@ -72,6 +72,11 @@ _PACED_PROPERTIES: dict[str, Any] = {
     "paced": {"type": "double"},
     "paced_at": {"type": "date", "format": "epoch_millis"},
 }
+#: explicit, so the shard refreshes while nobody searches it (``index.search.idle.after``):
+#: non-realtime reads (:meth:`ExposureStore.read`) lag the writes by at most this
+_REFRESH: dict[str, Any] = {"refresh_interval": "1s"}
+#: ids per search of a non-realtime read (well under ``index.max_result_window``)
+_SEARCH_IDS = 2000
 _MAPPING: dict[str, Any] = {  # shards and replicas from settings (index_shards/_replicas)
     "mappings": {
         "dynamic": "strict",
@@ -154,6 +159,7 @@ class ExposureStore:
         shape = {
             "number_of_shards": self.settings.shards,
             "number_of_replicas": self.settings.replicas,
+            **_REFRESH,
         }
         return {"settings": {"index": shape}, **_MAPPING}
 
@@ -171,6 +177,7 @@ class ExposureStore:
             await self.client.indices.put_mapping(
                 index=self.index, body={"properties": {**TREND_PROPERTIES, **_PACED_PROPERTIES}}
             )
+            await self.client.indices.put_settings(index=self.index, body={"index": _REFRESH})
         # a concurrent creator may have returned before the primary started: a terms lookup
         # against a RECOVERING shard fails every candidate source, so wait for it
         with backend_errors(f"{self.index} did not become available"):
@@ -303,9 +310,16 @@ class ExposureStore:
         """Impressions in the current window per id (0 for unknown ids or expired windows)."""
         return {i: e.count for i, e in (await self.read(ids, now)).items()}
 
-    async def read(self, ids: Iterable[str], now: datetime | None = None) -> dict[str, Exposure]:
-        """Every id's counters at ``now`` (one ``mget``): impressions in the current window,
-        how far into it the item is, and its live decayed like/match count."""
+    async def read(
+        self, ids: Iterable[str], now: datetime | None = None, *, realtime: bool = True
+    ) -> dict[str, Exposure]:
+        """Every id's counters at ``now``: impressions in the current window, how far into it
+        the item is, and its live decayed like/match count.
+
+        ``realtime=True`` (one ``mget``) reads every write; ``realtime=False`` (one ``ids``
+        search, 3.2 vs 5.1 ms for 500 ids) reads them as of the last refresh (≤ ``_REFRESH``
+        behind): the reranker's features. Caps are enforced from the realtime ``_capped``
+        list inside the candidate query, never from this read."""
         wanted = [str(i) for i in ids]
         out = dict.fromkeys(wanted, Exposure())
         if not wanted:
@@ -313,10 +327,10 @@ class ExposureStore:
         now_ms = epoch_ms(now or datetime.now(UTC))
         with backend_errors("exposure counts lookup failed"):
             try:
-                resp = await self.client.mget(index=self.index, body={"ids": wanted})
+                docs = await (self._get(wanted) if realtime else self._search(wanted))
             except NotFoundError:
                 return out
-        for doc in resp.get("docs", []):
+        for doc in docs:
             src = doc.get("_source") or {}
             if not doc.get("found"):
                 continue
@@ -337,6 +351,21 @@ class ExposureStore:
             )
         return out
 
+    async def _get(self, ids: list[str]) -> list[dict[str, Any]]:
+        resp = await self.client.mget(index=self.index, body={"ids": ids})
+        return list(resp.get("docs", []))
+
+    async def _search(self, ids: list[str]) -> list[dict[str, Any]]:
+        docs: list[dict[str, Any]] = []
+        for k in range(0, len(ids), _SEARCH_IDS):
+            chunk = ids[k : k + _SEARCH_IDS]
+            query = {"size": len(chunk), "query": {"ids": {"values": chunk}}}
+            resp = await self.client.search(
+                index=self.index, body={**query, "_source": {"excludes": ["capped", "item_id"]}}
+            )
+            docs += [{**h, "found": True} for h in resp["hits"]["hits"]]
+        return docs
+
     async def record_trend(
         self, likes: Iterable[tuple[str, datetime, float]], now: datetime | None = None
     ) -> int:
@@ -345,17 +374,7 @@ class ExposureStore:
         incs = trend_increments(likes, self.half_life_ms)
         if not incs:
             return 0
-        body: list[dict[str, Any]] = []
-        for item_id, (at, w) in sorted(incs.items()):
-            params = {"at": at, "w": w, "half_life": self.half_life_ms}
-            body.append({"update": {"_index": self.index, "_id": item_id, "retry_on_conflict": 5}})
-            body.append(
-                {
-                    "script": {"lang": "painless", "source": TREND_UPDATE_SCRIPT, "params": params},
-                    "upsert": {"item_id": item_id},
-                    "scripted_upsert": True,
-                }
-            )
+        body = trend_update_actions(self.index, incs, self.half_life_ms)
         with backend_errors("live trending update failed"):
             resp = await self.client.bulk(body=body)
         errors = [
@@ -371,19 +390,7 @@ class ExposureStore:
         """The ``k`` items with the highest live decayed count at ``now``, best first (one
         search over the counters, scored in the engine)."""
         now_ms = epoch_ms(now or datetime.now(UTC))
-        body = {
-            "size": k,
-            "_source": False,
-            "query": {
-                "script_score": {
-                    "query": {"range": {"trend_at": {"gt": now_ms - int(self.trend_window_ms)}}},
-                    "script": {
-                        "source": TREND_VALUE_SCRIPT,
-                        "params": {"now": now_ms, "half_life": self.half_life_ms},
-                    },
-                }
-            },
-        }
+        body = trending_query(k, now_ms, self.trend_window_ms, self.half_life_ms)
         with backend_errors("live trending lookup failed"):
             try:
                 resp = await self.client.search(index=self.index, body=body)

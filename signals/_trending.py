@@ -25,6 +25,8 @@ __all__ = [
     "epoch_ms",
     "rate_per_day",
     "trend_increments",
+    "trend_update_actions",
+    "trending_query",
 ]
 
 TREND_PROPERTIES: dict[str, Any] = {
@@ -89,3 +91,40 @@ def trend_increments(
         ref = max(t for t, _ in rows)
         out[item] = (ref, sum(w * 2.0 ** ((t - ref) / half_life_ms) for t, w in rows))
     return out
+
+
+def trend_update_actions(
+    index: str, incs: dict[str, tuple[int, float]], half_life_ms: float
+) -> list[dict[str, Any]]:
+    """Pure: the ``_bulk`` body adding :func:`trend_increments` to the counter documents (one
+    scripted upsert per item)."""
+    body: list[dict[str, Any]] = []
+    for item_id, (at, w) in sorted(incs.items()):
+        params = {"at": at, "w": w, "half_life": half_life_ms}
+        body.append({"update": {"_index": index, "_id": item_id, "retry_on_conflict": 5}})
+        body.append(
+            {
+                "script": {"lang": "painless", "source": TREND_UPDATE_SCRIPT, "params": params},
+                "upsert": {"item_id": item_id},
+                "scripted_upsert": True,
+            }
+        )
+    return body
+
+
+def trending_query(k: int, now_ms: int, window_ms: float, half_life_ms: float) -> dict[str, Any]:
+    """Pure: the search for the ``k`` items with the highest live count at ``now_ms``, scored
+    in the engine (items nobody liked within ``window_ms`` are not considered)."""
+    return {
+        "size": k,
+        "_source": False,
+        "query": {
+            "script_score": {
+                "query": {"range": {"trend_at": {"gt": now_ms - int(window_ms)}}},
+                "script": {
+                    "source": TREND_VALUE_SCRIPT,
+                    "params": {"now": now_ms, "half_life": half_life_ms},
+                },
+            }
+        },
+    }
