@@ -75,7 +75,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         transport_class=TimedTransport,  # engine waits per request (what the breaker counts)
         hung_after=deadline_s / 2,  # a call the deadline cut on a silent node: out of rotation
     )
-    mongo = clients.motor(settings, serverSelectionTimeoutMS=2000)
+    mongo = clients.mongo_async(settings, serverSelectionTimeoutMS=2000)
     db = mongo[settings.mongo_db]
     disc = discovery if discovery is not None else Discovery(settings, os_client, db)
     _, exposures = install_experiments(disc, db, settings)  # running experiments' arms
@@ -138,7 +138,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         Metrics.process_exited(os.getpid())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(os_client.close(), 5.0)
-        mongo.close()
+        await mongo.close()
 
 
 def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAPI:

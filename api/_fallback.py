@@ -45,7 +45,7 @@ from opendisco.serving import (
 from ._segments import SegmentLists
 
 if TYPE_CHECKING:
-    from motor.motor_asyncio import AsyncIOMotorDatabase
+    from pymongo.asynchronous.database import AsyncDatabase
 
 __all__ = ["Fallback", "FallbackAnswer", "to_served"]
 
@@ -97,7 +97,7 @@ class FallbackAnswer:
 @dataclass
 class Fallback:
     discovery: Discovery
-    db: AsyncIOMotorDatabase[dict[str, Any]]
+    db: AsyncDatabase[dict[str, Any]]
     lists: SegmentLists
     items_collection: str = "items"
     store_timeout_s: float = 0.5

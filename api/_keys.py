@@ -107,7 +107,7 @@ def _verify(doc: dict[str, Any] | None, secret: str) -> ApiKey:
 
 
 class ApiKeyStore:
-    """Async verification against MongoDB (motor), with a short in-process cache.
+    """Async verification against MongoDB (PyMongo's asyncio client), with a short in-process cache.
 
     Negative answers are cached too, so a flood of bad keys does not reach the database;
     a revocation takes effect within ``cache_s`` seconds.

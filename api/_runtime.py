@@ -30,7 +30,7 @@ from ._ratelimit import RateLimiter
 from ._ratesync import RateShares
 
 if TYPE_CHECKING:
-    from motor.motor_asyncio import AsyncIOMotorDatabase
+    from pymongo.asynchronous.database import AsyncDatabase
 
 __all__ = ["Answer", "Runtime"]
 
@@ -64,7 +64,7 @@ class Runtime:
 
     settings: Settings
     discovery: Discovery
-    db: AsyncIOMotorDatabase[dict[str, Any]]
+    db: AsyncDatabase[dict[str, Any]]
     os_client: AsyncOpenSearch
     keys: ApiKeyStore
     rate: RateLimiter

@@ -116,8 +116,8 @@ async def personal_requests(
 
     rng = random.Random(7)
     os_client = clients.async_opensearch(settings)
-    motor = clients.motor(settings)
-    db = motor[settings.mongo_db]
+    mongo = clients.mongo_async(settings)
+    db = mongo[settings.mongo_db]
     try:
         ids = [d["_id"] async for d in db[settings.items_collection].find({}, {"_id": 1})]
         chosen = rng.sample(users, min(n_users, len(users)))
@@ -147,7 +147,7 @@ async def personal_requests(
         }
     finally:
         await os_client.close()
-        motor.close()
+        await mongo.close()
 
 
 def _pct(xs: list[float], q: float) -> float:

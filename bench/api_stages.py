@@ -137,8 +137,8 @@ async def profile(settings: Any, plans: dict[str, Any], args: argparse.Namespace
     from opendisco.queries import generate_candidates
 
     os_client = clients.async_opensearch(settings, maxsize=64)
-    motor = clients.motor(settings)
-    discos = pipelines(settings, os_client, motor[settings.mongo_db], args.ab)
+    mongo = clients.mongo_async(settings)
+    discos = pipelines(settings, os_client, mongo[settings.mongo_db], args.ab)
     users = list(plans)
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in discos}
     pairs: list[dict[str, float]] = []
@@ -191,7 +191,7 @@ async def profile(settings: Any, plans: dict[str, Any], args: argparse.Namespace
             await disco.drain()
     finally:
         await os_client.close()
-        motor.close()
+        await mongo.close()
     res: dict[str, Any] = {
         "items": args.items,
         "concurrency": args.concurrency,

@@ -206,7 +206,7 @@ async def idle_poll(settings: Settings) -> float:
     """One polling window from now: it matches nothing, which is what every poll between
     changes costs the server (a sync pass itself re-reads the last ``sync_overlap_seconds``
     of changes, here all n items)."""
-    client = clients.motor(settings)
+    client = clients.mongo_async(settings)
     try:
         feed = PollingFeed(settings, client[settings.mongo_db])
         t0 = time.perf_counter()
@@ -215,7 +215,7 @@ async def idle_poll(settings: Settings) -> float:
                 assert not docs, "an idle window read documents"
         return time.perf_counter() - t0
     finally:
-        client.close()
+        await client.close()
 
 
 def main() -> None:

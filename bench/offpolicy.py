@@ -81,19 +81,19 @@ def theta(k: int) -> np.ndarray:
 
 
 async def read_lists(settings: Any) -> list[dict[str, Any]]:
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     try:
-        return await ServedLog(motor[settings.mongo_db]).read()
+        return await ServedLog(mongo[settings.mongo_db]).read()
     finally:
-        motor.close()
+        await mongo.close()
 
 
 async def clear_lists(settings: Any) -> None:
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     try:
-        await motor[settings.mongo_db]["served_lists"].delete_many({})
+        await mongo[settings.mongo_db]["served_lists"].delete_many({})
     finally:
-        motor.close()
+        await mongo.close()
 
 
 def outcomes(

@@ -126,7 +126,7 @@ async def events_latency(n: int) -> dict[str, object]:
 
     tag = uuid.uuid4().hex[:6]
     s = load_settings(index_alias=f"bench{tag}-items", mongo_db=f"bench{tag}")
-    osc, mc = clients.async_opensearch(s), clients.motor(s)
+    osc, mc = clients.async_opensearch(s), clients.mongo_async(s)
     db = mc[s.mongo_db]
     rng = np.random.default_rng(1)
     try:
@@ -176,7 +176,7 @@ async def events_latency(n: int) -> dict[str, object]:
     finally:
         await osc.indices.delete(index=f"{s.index_alias}*", expand_wildcards="all")
         await mc.drop_database(s.mongo_db)
-        mc.close()
+        await mc.close()
         await osc.close()
 
 

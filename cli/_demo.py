@@ -57,9 +57,9 @@ def _table(title: str, recs: Any) -> None:
 
 async def _show(settings: Settings, k: int) -> None:
     os_client = clients.async_opensearch(settings)
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     try:
-        disc = Discovery(settings, os_client, motor[settings.mongo_db])
+        disc = Discovery(settings, os_client, mongo[settings.mongo_db])
         user = "u1"
         cold = await disc.recommend(user, k=k)
         _table(f"for {user}, no history yet (cold start, steered by declared interests)", cold)
@@ -83,7 +83,7 @@ async def _show(settings: Settings, k: int) -> None:
         _table("search 'hiking and jazz' for u1", await disc.search("hiking and jazz", user, k=5))
     finally:
         await os_client.close()
-        motor.close()
+        await mongo.close()
 
 
 def _start_api(settings: Settings) -> str:

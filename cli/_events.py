@@ -44,7 +44,7 @@ def post_cmd(settings: Settings, file: Any, batch: int) -> None:
 
 
 async def _post(settings: Settings, events: list[Any], batch: int) -> dict[str, Any]:
-    mc = clients.motor(settings)
+    mc = clients.mongo_async(settings)
     osc = clients.async_opensearch(settings)
     totals: dict[str, Any] = {"accepted": 0, "duplicates": 0, "recovered": 0, "rejected": []}
     try:
@@ -56,6 +56,6 @@ async def _post(settings: Settings, events: list[Any], batch: int) -> dict[str, 
             totals["recovered"] += res.recovered
             totals["rejected"] += [{"index": k + i, "reason": r} for i, r in res.rejected]
     finally:
-        mc.close()
+        await mc.close()
         await osc.close()
     return totals

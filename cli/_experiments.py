@@ -38,11 +38,11 @@ T = TypeVar("T")
 
 def _run(settings: Settings, call: Callable[[Any], Awaitable[T]]) -> T:
     async def main() -> T:
-        motor = clients.motor(settings)
+        mongo = clients.mongo_async(settings)
         try:
-            return await call(motor[settings.mongo_db])
+            return await call(mongo[settings.mongo_db])
         finally:
-            motor.close()
+            await mongo.close()
 
     return asyncio.run(main())
 

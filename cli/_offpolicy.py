@@ -65,13 +65,13 @@ def offpolicy_cmd(
         raise click.BadParameter(str(exc), param_hint="--labels") from exc
 
     async def read() -> tuple[list[Any], list[Any]]:
-        mc = clients.motor(settings)
+        mc = clients.mongo_async(settings)
         try:
             return await load_ltr_inputs(
                 mc[settings.mongo_db], policy, since=when(since), until=when(until)
             )
         finally:
-            mc.close()
+            await mc.close()
 
     lists, events = asyncio.run(read())
     logs = slate_logs(lists, events, policy, k=k)

@@ -84,15 +84,15 @@ def _served(settings: Settings, call: Callable[[Discovery], Awaitable[Any]]) -> 
 
     async def main() -> Any:
         os_client = clients.async_opensearch(settings)
-        motor = clients.motor(settings)
+        mongo = clients.mongo_async(settings)
         try:
-            discovery = Discovery(settings, os_client, motor[settings.mongo_db])
+            discovery = Discovery(settings, os_client, mongo[settings.mongo_db])
             # running experiments apply as in the API (not logged: this is an inspection)
-            install_experiments(discovery, motor[settings.mongo_db], settings, log=False)
+            install_experiments(discovery, mongo[settings.mongo_db], settings, log=False)
             return await call(discovery)
         finally:
             await os_client.close()
-            motor.close()
+            await mongo.close()
 
     return asyncio.run(main())
 

@@ -71,7 +71,7 @@ async def _positives(
 async def _train_als(
     settings: Settings, movielens: Path | None, min_rating: float, iterations: int, dry_run: bool
 ) -> dict[str, Any]:
-    mc = clients.motor(settings)
+    mc = clients.mongo_async(settings)
     db = mc[settings.mongo_db]
     try:
         positives = await _positives(db, movielens, min_rating)
@@ -86,7 +86,7 @@ async def _train_als(
         if not dry_run:
             report["written"] = await _write(db, settings, vectors)
     finally:
-        mc.close()
+        await mc.close()
     return {"als": report}
 
 
@@ -154,7 +154,7 @@ async def _train_similarity(
     settings: Settings, movielens: Path | None, min_rating: float, lam: float, **kw: Any
 ) -> dict[str, Any]:
     dry_run = kw.pop("dry_run")
-    mc = clients.motor(settings)
+    mc = clients.mongo_async(settings)
     db = mc[settings.mongo_db]
     try:
         positives = await _positives(db, movielens, min_rating)
@@ -167,7 +167,7 @@ async def _train_similarity(
             report["written"] = await ItemSimilarity(db).replace(rows, version)
             report["version"] = version
     finally:
-        mc.close()
+        await mc.close()
     return {"similarity": report}
 
 
@@ -212,13 +212,13 @@ def when(value: str | None) -> datetime | None:
 async def _train_ltr(
     settings: Settings, policy: Any, since: datetime | None, until: datetime | None, **kw: Any
 ) -> tuple[Any, dict[str, Any]]:
-    mc = clients.motor(settings)
+    mc = clients.mongo_async(settings)
     try:
         lists, events = await load_ltr_inputs(
             mc[settings.mongo_db], policy, since=since, until=until
         )
     finally:
-        mc.close()
+        await mc.close()
     data = join_outcomes(lists, events, policy)
     try:
         result = train_ltr(data, policy=policy, **kw)

@@ -1,6 +1,6 @@
 """The one place where backend library errors become opendisco errors.
 
-OpenSearch (opensearch-py) and MongoDB (pymongo/motor) raise their own exception trees; every
+OpenSearch (opensearch-py) and MongoDB (pymongo) raise their own exception trees; every
 I/O call of opendisco runs inside :func:`backend_errors`, which maps them through
 :data:`BACKEND_EXC_MAP` (first match wins, most specific first) and re-raises
 ``mapped(f"{what}: {exc}") from exc`` — the pattern of httpx's ``map_httpcore_exceptions``.

@@ -79,12 +79,12 @@ async def _collect(
     params: Mapping[str, Any] | None,
     rerank: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     os_client = clients.async_opensearch(settings)
     traces: list[UserTrace] = []
     try:
         artifacts = Artifacts.from_settings(settings, params=params, rerank=rerank)
-        discovery = Discovery(settings, os_client, motor[settings.mongo_db], artifacts=artifacts)
+        discovery = Discovery(settings, os_client, mongo[settings.mongo_db], artifacts=artifacts)
         for u in users:
             exclude = tuple(stage.items[i] for i in stage.history[u])
             recs = await discovery.recommend(stage.users[u], k=k, exclude=exclude, explain=True)
@@ -92,6 +92,6 @@ async def _collect(
             sources_of = {c.id: tuple(c.sources) for c in (cs.candidates if cs else [])}
             traces.append((sources_of, recs.ids, [stage.items[i] for i in stage.targets[u]]))
     finally:
-        motor.close()
+        await mongo.close()
         await os_client.close()
     return stage_recall(traces, k)

@@ -176,11 +176,11 @@ async def _run_rounds(
     the last round (the validation round). With ``configs`` (settings of one namespace), every
     round is served once per configuration on the same state (request ids ``c<i>.r<j>.…``),
     then its likes are posted once."""
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     os_client = clients.async_opensearch(settings)
     accepted, last_start = 0, datetime.now(UTC)
     try:
-        discs = [Discovery(s, os_client, motor[s.mongo_db]) for s in (configs or [settings])]
+        discs = [Discovery(s, os_client, mongo[s.mongo_db]) for s in (configs or [settings])]
         for j, rnd in enumerate(rounds):
             last_start = datetime.now(UTC)
             for i, disc in enumerate(discs):
@@ -191,7 +191,7 @@ async def _run_rounds(
         logs = [d.served_log for d in discs]
         return sum(log.written for log in logs if log is not None), accepted, last_start
     finally:
-        motor.close()
+        await mongo.close()
         await os_client.close()
 
 

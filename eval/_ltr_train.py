@@ -34,11 +34,11 @@ SELECT_FOLDS = 5
 
 
 async def _train_inputs(settings: Settings, policy: LabelPolicy) -> tuple[list, list]:
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     try:
-        return await load_ltr_inputs(motor[settings.mongo_db], policy)
+        return await load_ltr_inputs(mongo[settings.mongo_db], policy)
     finally:
-        motor.close()
+        await mongo.close()
 
 
 def train_logged(

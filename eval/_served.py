@@ -209,12 +209,12 @@ async def _post_events(
     progress: Callable[[str, int], None] | None,
     now: datetime,
 ) -> tuple[int, int, int]:
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     os_client = clients.async_opensearch(settings)
     accepted = duplicates = rejected = 0
     try:
         # the API's path: Discovery.record_events -> EventProcessor.apply
-        discovery = Discovery(settings, os_client, motor[settings.mongo_db])
+        discovery = Discovery(settings, os_client, mongo[settings.mongo_db])
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]
             res = await discovery.record_events(chunk, now=now)
@@ -224,7 +224,7 @@ async def _post_events(
             if progress:
                 progress("events", len(chunk))
     finally:
-        motor.close()
+        await mongo.close()
         await os_client.close()
     return accepted, duplicates, rejected
 
@@ -287,12 +287,12 @@ class ServedRecommender:
     async def arecommend_batch(
         self, user_ids: Sequence[str], k: int, exclude: Sequence[Collection[str]]
     ) -> list[list[str]]:
-        motor = clients.motor(self.settings)
+        mongo = clients.mongo_async(self.settings)
         os_client = clients.async_opensearch(self.settings)
         sem = asyncio.Semaphore(self.concurrency)
         try:
             discovery = Discovery(
-                self.settings, os_client, motor[self.settings.mongo_db], artifacts=self.artifacts
+                self.settings, os_client, mongo[self.settings.mongo_db], artifacts=self.artifacts
             )
 
             async def one(user: str, ex: Collection[str]) -> list[str]:
@@ -311,5 +311,5 @@ class ServedRecommender:
             await discovery.drain()  # the served-list log, before the clients close
             return lists
         finally:
-            motor.close()
+            await mongo.close()
             await os_client.close()

@@ -34,11 +34,11 @@ def similarity_rows(
 
 
 async def _write(settings: Settings, rows: dict[str, dict[str, float]], version: str) -> int:
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     try:
-        return await ItemSimilarity(motor[settings.mongo_db]).replace(rows, version)
+        return await ItemSimilarity(mongo[settings.mongo_db]).replace(rows, version)
     finally:
-        motor.close()
+        await mongo.close()
 
 
 def write_similarity(

@@ -221,7 +221,9 @@ class ChangeStreamFeed(_Partitioned):
         token = min((cp.token for cp in self.checkpoints.values()), key=_order)
         with backend_errors("opening change stream failed"):
             try:
-                self._stream = self.coll.watch(full_document="updateLookup", resume_after=token)
+                self._stream = await self.coll.watch(
+                    full_document="updateLookup", resume_after=token
+                )
             except OperationFailure as exc:
                 if exc.code in self.LOST or "resume" in str(exc).lower():
                     await self._alert(str(exc))
@@ -336,7 +338,7 @@ async def seed_resume_token(settings: Settings, db: Any) -> bool:
     state = await load_state(db, key)
     if state and state.get("token") is not None:
         return False
-    async with items_collection(db, settings).watch() as stream_:
+    async with await items_collection(db, settings).watch() as stream_:
         await stream_.try_next()
         token = stream_.resume_token
     await save_state(db, key, {"mode": "change_stream", "token": token})

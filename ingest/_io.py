@@ -21,13 +21,13 @@ async def backends(
     inside are mapped into the error tree (``"<what> failed"``)."""
     own_client = client is None
     client = client or clients.async_opensearch(settings)
-    motor = clients.motor(settings) if db is None else None
-    db = db if db is not None else motor[settings.mongo_db]  # type: ignore[index]
+    mongo = clients.mongo_async(settings) if db is None else None
+    db = db if db is not None else mongo[settings.mongo_db]  # type: ignore[index]
     try:
         with backend_errors(f"{what} failed"):
             yield client, db
     finally:
         if own_client:
             await client.close()
-        if motor is not None:
-            motor.close()
+        if mongo is not None:
+            await mongo.close()

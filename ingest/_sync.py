@@ -86,7 +86,7 @@ class Syncer:
         self.settings = settings
         self._own_client = client is None
         self.client = client or clients.async_opensearch(settings)
-        self._motor = clients.motor(settings) if db is None else None
+        self._motor = clients.mongo_async(settings) if db is None else None
         self.db = db if db is not None else self._motor[settings.mongo_db]  # type: ignore[index]
         self._own_embedder = embedder is None
         self.embedder = embedder or Embedder(settings)
@@ -120,7 +120,7 @@ class Syncer:
         if self._own_client:
             await self.client.close()
         if self._motor is not None:
-            self._motor.close()
+            await self._motor.close()
         if self._own_embedder:
             self.embedder.close()
 

@@ -139,10 +139,10 @@ def mongo_db(settings: Settings) -> Iterator[Any]:
 
 
 @pytest.fixture
-async def motor_db(settings: Settings) -> AsyncIterator[Any]:
-    client = clients.motor(settings)
+async def async_db(settings: Settings) -> AsyncIterator[Any]:
+    client = clients.mongo_async(settings)
     yield client[settings.mongo_db]
-    client.close()
+    await client.close()
 
 
 @pytest.fixture(scope="session")
@@ -249,9 +249,9 @@ def clustered_items(
 async def clustered_db(
     clustered_settings: Settings, clustered_items: list[dict[str, Any]]
 ) -> AsyncIterator[Any]:
-    client = clients.motor(clustered_settings)
+    client = clients.mongo_async(clustered_settings)
     yield client[clustered_settings.mongo_db]
-    client.close()
+    await client.close()
 
 
 @pytest.fixture

@@ -63,8 +63,8 @@ def test_knn_and_bm25_top_hits(settings: Settings, os_client: Any) -> None:
     assert [h["_id"] for h in bm25["hits"]["hits"]] == ["i42"]
 
 
-async def test_motor_round_trip(motor_db: Any) -> None:
-    coll = motor_db["smoke"]
+async def test_async_round_trip(async_db: Any) -> None:
+    coll = async_db["smoke"]
     await coll.insert_one({"_id": "a", "n": 1, "tags": ["x", "y"]})
     await coll.update_one({"_id": "a"}, {"$inc": {"n": 1}})
     doc = await coll.find_one({"_id": "a"})

@@ -119,7 +119,7 @@ def _stored(body: Any) -> str:
 
 
 class DraftStore:
-    """Drafts in MongoDB (motor): create, update while unpromoted, list, get, mark promoted."""
+    """Drafts in MongoDB: create, update while unpromoted, list, get, mark promoted."""
 
     def __init__(self, db: Any) -> None:
         self.coll = db[DRAFTS]

@@ -12,7 +12,7 @@ from opendisco.api import ApiKeyStore
 from opendisco.cli.main import cli
 
 
-async def test_apikeys_create_list_revoke(settings: Settings, mongo_db: Any, motor_db: Any) -> None:
+async def test_apikeys_create_list_revoke(settings: Settings, mongo_db: Any, async_db: Any) -> None:
     runner = CliRunner()
     res = runner.invoke(
         cli,
@@ -26,7 +26,7 @@ async def test_apikeys_create_list_revoke(settings: Settings, mongo_db: Any, mot
     stored = mongo_db["api_keys"].find_one({"_id": key_id})
     assert stored["scopes"] == ["read", "write"] and key.split("_", 2)[2] not in str(stored)
 
-    store = ApiKeyStore(motor_db, cache_s=0)
+    store = ApiKeyStore(async_db, cache_s=0)
     assert (await store.authenticate(key)).scopes == {"read", "write"}
 
     listed = runner.invoke(cli, ["apikeys", "list"], obj=settings)

@@ -34,9 +34,9 @@ def _batch(rnd: int) -> list[dict[str, Any]]:
 
 async def _counters(settings: Settings) -> dict[str, Counter[Any]]:
     osc = clients.async_opensearch(settings)
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     try:
-        db = motor[settings.mongo_db]
+        db = mongo[settings.mongo_db]
         expo = await ExposureStore(osc, settings).counts(ITEMS)
         inbound = await InboundCounter(db).counts(ITEMS)
         graph = ItemGraph(db)
@@ -47,7 +47,7 @@ async def _counters(settings: Settings) -> dict[str, Counter[Any]]:
         return {"exposure": Counter(expo), "inbound": Counter(inbound), "edges": edges}
     finally:
         await osc.close()
-        motor.close()
+        await mongo.close()
 
 
 def _delta(a: Counter[Any], b: Counter[Any]) -> Counter[Any]:
@@ -89,13 +89,13 @@ async def test_concurrent_posts_of_one_batch_count_once(
             assert _delta(before["exposure"], after["exposure"]) == impressions
             assert _delta(before["inbound"], after["inbound"]) == likes
             assert _delta(before["edges"], after["edges"]) == edges
-            motor = clients.motor(api_settings)
+            mongo = clients.mongo_async(api_settings)
             try:
-                states = await UserStateStore(motor[api_settings.mongo_db]).get_many(
+                states = await UserStateStore(mongo[api_settings.mongo_db]).get_many(
                     {e["user_id"] for e in batch}
                 )
             finally:
-                motor.close()
+                await mongo.close()
             for u, st in states.items():
                 mine = [e for e in batch if e["user_id"] == u]
                 assert sorted(st.applied) == sorted(e["id"] for e in mine)

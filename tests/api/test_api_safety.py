@@ -137,15 +137,15 @@ async def safe(safe_settings: Settings, model: Any) -> dict[str, Any]:
         _event(7, "sc", "x-capped", "impression"),
     ]
     os_client = clients.async_opensearch(safe_settings)
-    motor = clients.motor(safe_settings)
+    mongo = clients.mongo_async(safe_settings)
     try:
-        disc = Discovery(safe_settings, os_client, motor[safe_settings.mongo_db], model=model)
+        disc = Discovery(safe_settings, os_client, mongo[safe_settings.mongo_db], model=model)
         res = await disc.record_events(events)
         assert res.accepted == len(events) and not res.rejected, res
         assert "x-capped" in await disc.exposure.capped()
     finally:
         await os_client.close()
-        motor.close()
+        await mongo.close()
     sync = clients.mongo(safe_settings)
     keys = {"read": create_key(sync[safe_settings.mongo_db], "safe", ["read"])[0]}
     sync.close()
@@ -215,9 +215,9 @@ async def test_the_engine_alone_enforces_self_and_blocks_both_ways(
     """The in-engine parameters, with the filters stage removed (defence in depth is not
     what keeps these rules)."""
     os_client = clients.async_opensearch(safe_settings)
-    motor = clients.motor(safe_settings)
+    mongo = clients.mongo_async(safe_settings)
     try:
-        disc = Discovery(safe_settings, os_client, motor[safe_settings.mongo_db], model=model)
+        disc = Discovery(safe_settings, os_client, mongo[safe_settings.mongo_db], model=model)
         disc.parts.filters = []
         for surface in ("for_you", "cold_start", "trending"):
             recs = await disc.recommend(V, surface=surface, k=30)
@@ -229,7 +229,7 @@ async def test_the_engine_alone_enforces_self_and_blocks_both_ways(
         assert "p-sv" in plan.request.params["exclude_ids"]
     finally:
         await os_client.close()
-        motor.close()
+        await mongo.close()
 
 
 @pytest.mark.parametrize("fault", ["paused", "killed"])

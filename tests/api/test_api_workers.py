@@ -30,7 +30,7 @@ class Clock:
         return self.t
 
 
-async def test_two_processes_share_one_keys_rate(motor_db: Any) -> None:
+async def test_two_processes_share_one_keys_rate(async_db: Any) -> None:
     """Two workers (own buckets, real store in between) serve one key at 10/s, burst 10, for
     20 simulated seconds; requests land 3:1 on them. Together they grant what one limiter
     would, plus the documented slack (the first interval, before anyone knows of the other,
@@ -40,8 +40,8 @@ async def test_two_processes_share_one_keys_rate(motor_db: Any) -> None:
     coll = f"rate_usage_{os.getpid()}_{time.monotonic_ns()}"
     workers = []
     for name in ("a", "b"):
-        shares = RateShares(motor_db, 0.5, process_id=name, clock=clock)
-        shares.coll = motor_db[coll]
+        shares = RateShares(async_db, 0.5, process_id=name, clock=clock)
+        shares.coll = async_db[coll]
         workers.append((shares, RateLimiter(10.0, 10.0, clock=clock)))
     allowed = 0
     for step in range(40):  # 40 sync intervals of 0.5 s; 20 requests per interval (40/s)

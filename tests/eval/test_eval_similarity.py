@@ -43,15 +43,15 @@ async def test_write_replaces_the_namespaces_table(ml_split: Split, eval_setting
     rows = similarity_rows(stage, lam=50.0, max_items=ITEMS)
     n = await _run(write_similarity, settings, stage, lam=50.0, max_items=ITEMS)
     assert n == len(rows) > 0
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     try:
         some = sorted(rows)[:20]
-        assert await ItemSimilarity(motor[settings.mongo_db]).rows(some) == {
+        assert await ItemSimilarity(mongo[settings.mongo_db]).rows(some) == {
             s: rows[s] for s in some
         }
     finally:
-        await motor[settings.mongo_db].drop_collection(ITEM_SIMILARITY)
-        motor.close()
+        await mongo[settings.mongo_db].drop_collection(ITEM_SIMILARITY)
+        await mongo.close()
 
 
 async def _run(fn: Any, *args: Any, **kw: Any) -> Any:

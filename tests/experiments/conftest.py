@@ -41,9 +41,9 @@ async def ex_market(
 
 @pytest.fixture
 async def ex_db(ex_settings: Settings) -> AsyncIterator[Any]:
-    motor = clients.motor(ex_settings)
-    yield motor[ex_settings.mongo_db]
-    motor.close()
+    mongo = clients.mongo_async(ex_settings)
+    yield mongo[ex_settings.mongo_db]
+    await mongo.close()
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ async def ex_discovery(ex_settings: Settings, ex_market: Any, model: Any) -> Asy
     from opendisco.serving import Discovery
 
     os_client = clients.async_opensearch(ex_settings)
-    motor = clients.motor(ex_settings)
-    yield Discovery(ex_settings, os_client, motor[ex_settings.mongo_db], model=model)
+    mongo = clients.mongo_async(ex_settings)
+    yield Discovery(ex_settings, os_client, mongo[ex_settings.mongo_db], model=model)
     await os_client.close()
-    motor.close()
+    await mongo.close()

@@ -257,8 +257,8 @@ def test_end_to_end_experiment_read_out_by_the_cli(
         """What was served before the start (the served-list log) and some likes (CUPED's
         covariate)."""
         os_client = clients.async_opensearch(ex_settings)
-        motor = clients.motor(ex_settings)
-        db = motor[ex_settings.mongo_db]
+        mongo = clients.mongo_async(ex_settings)
+        db = mongo[ex_settings.mongo_db]
         before = datetime.now(UTC) - timedelta(hours=3)
         shown = {
             u["_id"]: [it["_id"] for it in items[i % 50 : i % 50 + 6]]
@@ -291,7 +291,7 @@ def test_end_to_end_experiment_read_out_by_the_cli(
         res = await disc.record_events(events)
         assert not res.rejected, res.rejected
         await os_client.close()
-        motor.close()
+        await mongo.close()
 
     profile_of = {u["_id"]: u["profile_id"] for u in users}
     owner = {it["_id"]: it["owner_id"] for it in items}
@@ -303,8 +303,8 @@ def test_end_to_end_experiment_read_out_by_the_cli(
 
     async def traffic() -> None:
         os_client = clients.async_opensearch(ex_settings)
-        motor = clients.motor(ex_settings)
-        db = motor[ex_settings.mongo_db]
+        mongo = clients.mongo_async(ex_settings)
+        db = mongo[ex_settings.mongo_db]
         disc = Discovery(ex_settings, os_client, db, model=model)
         registry, log = install(disc, db, ex_settings)
         await registry.refresh()
@@ -335,7 +335,7 @@ def test_end_to_end_experiment_read_out_by_the_cli(
             assert not res.rejected, res.rejected
         await log.drain()
         await os_client.close()
-        motor.close()
+        await mongo.close()
 
     asyncio.run(traffic())
     out = runner.invoke(cli, ["experiments", "stop", exp.id], obj=ex_settings)

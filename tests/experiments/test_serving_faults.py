@@ -3,7 +3,7 @@ an exposure log that cannot be written drops (and counts) documents."""
 
 from __future__ import annotations
 
-from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import AsyncMongoClient
 
 from opendisco.experiments import ExperimentLog, ExperimentRegistry, ExperimentStore
 from opendisco.experiments._serving import ExperimentHydrator
@@ -11,7 +11,7 @@ from opendisco.serving import Artifacts, CandidatePlan, Recommendation, Recommen
 
 
 def _dead_db() -> object:
-    client = AsyncIOMotorClient("mongodb://127.0.0.1:1/", serverSelectionTimeoutMS=200)
+    client = AsyncMongoClient("mongodb://127.0.0.1:1/", serverSelectionTimeoutMS=200)
     return client["nowhere"]
 
 

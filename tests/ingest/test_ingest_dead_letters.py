@@ -80,7 +80,7 @@ async def test_non_finite_numbers_from_a_real_mongodb(
     ingest_catalogue: list[dict[str, Any]],
     embedder: Embedder,
     mongo_db: Any,
-    motor_db: Any,
+    async_db: Any,
 ) -> None:
     # FerretDB refuses NaN/Inf on write, MongoDB stores them: feed such documents directly
     base = copy.deepcopy(ingest_catalogue[1])
@@ -98,7 +98,7 @@ async def test_non_finite_numbers_from_a_real_mongodb(
         )
         writer = BulkWriter(client, ingest_settings, f"{ingest_settings.index_alias}-raw")
         prepared = prepare(docs, embedder, ingest_settings, source="test", delete_invalid=False)
-        stats = await write(prepared, writer, motor_db, source="test", seen=4)
+        stats = await write(prepared, writer, async_db, source="test", seen=4)
         assert stats.indexed == 1 and stats.dead_lettered == 3
         reasons = {
             d["doc_id"]: d["reason"] for d in mongo_db["dead_letters"].find({"source": "test"})
@@ -113,7 +113,7 @@ async def test_non_finite_numbers_from_a_real_mongodb(
 
 
 async def test_opensearch_rejections_are_dead_lettered(
-    ingest_settings: Settings, mongo_db: Any, motor_db: Any
+    ingest_settings: Settings, mongo_db: Any, async_db: Any
 ) -> None:
     """Documents OpenSearch refuses (past validation): reason recorded, nothing dropped."""
     from opendisco import index_templates
@@ -152,7 +152,7 @@ async def test_opensearch_rejections_are_dead_lettered(
                 ),
             ]
         )
-        stats = await write(prepared, writer, motor_db, source="os-test", seen=5)
+        stats = await write(prepared, writer, async_db, source="os-test", seen=5)
         assert stats.indexed == 1 and stats.dead_lettered == 4
         letters = {d["doc_id"]: d for d in mongo_db["dead_letters"].find({"source": "os-test"})}
         assert set(letters) == {"os-type", "os-field", "os-geo", "os-term"}
@@ -162,8 +162,8 @@ async def test_opensearch_rejections_are_dead_lettered(
         # a newer write of the same id wins, an older one is a version conflict (acknowledged)
         newer = Prepared(actions=[Action("index", "ok1", 5, {**good, "source_version": 5})])
         older = Prepared(actions=[Action("index", "ok1", 3, {**good, "source_version": 3})])
-        assert (await write(newer, writer, motor_db, source="os-test", seen=1)).indexed == 1
-        assert (await write(older, writer, motor_db, source="os-test", seen=1)).conflicts == 1
+        assert (await write(newer, writer, async_db, source="os-test", seen=1)).indexed == 1
+        assert (await write(older, writer, async_db, source="os-test", seen=1)).conflicts == 1
         doc = await client.get(index=index, id="ok1")
         assert doc["_version"] == 5
     finally:

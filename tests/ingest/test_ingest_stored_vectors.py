@@ -121,7 +121,7 @@ async def test_reindex_indexes_stored_vectors_and_lists_alike(
     # the rest gets its behaviour the way `opendisco train` writes it
     bare = [{k: v for k, v in d.items() if k != "behaviour"} for d in items[20:]]
     write_sample(ingest_settings, bare)
-    db = clients.motor(ingest_settings)
+    db = clients.mongo_async(ingest_settings)
     try:
         written = await write_behaviour(
             db[ingest_settings.mongo_db],
@@ -129,7 +129,7 @@ async def test_reindex_indexes_stored_vectors_and_lists_alike(
             {d["_id"]: vecs[20 + i] for i, d in enumerate(items[20:])},
         )
     finally:
-        db.close()
+        await db.close()
     assert written == 20
     stored = mongo_db[ingest_settings.items_collection].find_one({"_id": items[25]["_id"]})
     assert stored["behaviour"].subtype == 9

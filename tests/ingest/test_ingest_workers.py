@@ -35,10 +35,10 @@ def test_partition_of_is_stable_and_spreads() -> None:
 
 
 async def test_leases_split_fairly_and_are_taken_over_after_expiry(
-    ingest_settings: Settings, motor_db: Any
+    ingest_settings: Settings, async_db: Any
 ) -> None:
     s = ingest_settings.model_copy(update={"sync_partitions": 4, "sync_lease_seconds": 2.0})
-    a, b = PartitionLeases(s, motor_db, "worker-a"), PartitionLeases(s, motor_db, "worker-b")
+    a, b = PartitionLeases(s, async_db, "worker-a"), PartitionLeases(s, async_db, "worker-b")
     try:
         assert sorted(await a.rebalance()) == [0, 1, 2, 3]  # alone: everything
         assert await b.rebalance() == {}  # registered; nothing free yet

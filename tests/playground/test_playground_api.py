@@ -302,11 +302,11 @@ async def test_a_params_draft_becomes_an_experiment_arm_never_a_hard_rule_overri
     assert exp["id"] == f"pg-{draft}" and exp["status"] == "draft"
     assert r.json()["start"] == f"opendisco experiments start pg-{draft}"
     # stored in the experiments collection the CLI and serving read; control = as served
-    motor = clients.motor(pg_settings)
+    mongo = clients.mongo_async(pg_settings)
     try:
-        stored = await ExperimentStore(motor[pg_settings.mongo_db]).get(exp["id"])
+        stored = await ExperimentStore(mongo[pg_settings.mongo_db]).get(exp["id"])
     finally:
-        motor.close()
+        await mongo.close()
     control, treatment = stored.arms
     assert not control.overrides and treatment.rerank == {"weights": {"quality": 0.7}}
     assert (await pg_http.get(f"/playground/api/drafts/{draft}", headers=admin)).json()[

@@ -84,7 +84,7 @@ async def test_feature_lookup_round_trips_constant_as_candidates_grow(
     clustered_db: Any,
 ) -> None:
     listener = _Counter()
-    mc = clients.motor(clustered_settings, event_listeners=[listener])
+    mc = clients.mongo_async(clustered_settings, event_listeners=[listener])
     db = mc[clustered_settings.mongo_db]
     os_calls: list[str] = []
     original = clustered_os.transport.perform_request
@@ -114,7 +114,7 @@ async def test_feature_lookup_round_trips_constant_as_candidates_grow(
         assert (len(os_calls), len(listener.commands)) == (1, 1)
     finally:
         clustered_os.transport.perform_request = original
-        mc.close()
+        await mc.close()
 
 
 async def test_mmr_reduces_same_category_share_on_live_features(

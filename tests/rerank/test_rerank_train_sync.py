@@ -39,7 +39,7 @@ def test_train_vectors_reach_opensearch_through_sync_without_reencoding(
     ids = [it["_id"] for it in items]
 
     async def setup() -> None:
-        osc, mc = clients.async_opensearch(s), clients.motor(s)
+        osc, mc = clients.async_opensearch(s), clients.mongo_async(s)
         try:
             await reindex(s, client=osc, db=mc[s.mongo_db], embedder=Embedder(s, model=model))
             proc = EventProcessor(s, mc[s.mongo_db], osc)
@@ -60,7 +60,7 @@ def test_train_vectors_reach_opensearch_through_sync_without_reencoding(
             assert res.rejected == [] and res.accepted == len(events)
         finally:
             await osc.close()
-            mc.close()
+            await mc.close()
 
     asyncio.run(setup())
     res = CliRunner().invoke(cli, ["train", "--iterations", "5"], obj=s)
@@ -70,7 +70,7 @@ def test_train_vectors_reach_opensearch_through_sync_without_reencoding(
     assert written == report["als"]["vectors"] > 30
 
     async def sync_and_read() -> tuple[Any, dict[str, Any], dict[str, int]]:
-        osc, mc = clients.async_opensearch(s), clients.motor(s)
+        osc, mc = clients.async_opensearch(s), clients.mongo_async(s)
         try:
             rep = await sync_once(
                 s, client=osc, db=mc[s.mongo_db], embedder=Embedder(s, model=model)
@@ -89,7 +89,7 @@ def test_train_vectors_reach_opensearch_through_sync_without_reencoding(
             return rep, docs, versions
         finally:
             await osc.close()
-            mc.close()
+            await mc.close()
 
     rep, docs, versions = asyncio.run(sync_and_read())
     assert rep.encoded == 0, rep  # text unchanged: embeddings came from the content-hash cache

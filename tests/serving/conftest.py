@@ -37,9 +37,9 @@ async def discovery(market_settings: Settings, market: Any, model: Any) -> Any:
     from opendisco.serving import Discovery
 
     os_client = clients.async_opensearch(market_settings)
-    motor = clients.motor(market_settings)
-    disco = Discovery(market_settings, os_client, motor[market_settings.mongo_db], model=model)
+    mongo = clients.mongo_async(market_settings)
+    disco = Discovery(market_settings, os_client, mongo[market_settings.mongo_db], model=model)
     yield disco
     await disco.drain()  # served impressions still queued for the counters
     await os_client.close()
-    motor.close()
+    await mongo.close()

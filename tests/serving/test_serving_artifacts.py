@@ -92,11 +92,11 @@ async def test_served_answers_use_and_name_the_artifacts(
         }
     )
     os_client = clients.async_opensearch(settings)
-    motor = clients.motor(settings)
+    mongo = clients.mongo_async(settings)
     _, users = market
     member = users[40]["_id"]
     try:
-        disco = Discovery(settings, os_client, motor[settings.mongo_db], model=model)
+        disco = Discovery(settings, os_client, mongo[settings.mongo_db], model=model)
         liked = (await disco.recommend(member, k=5)).ids[0]
         like = {"id": f"art-{member}", "type": "like", "user_id": member, "item_id": liked}
         assert (await disco.record_events([like])).accepted == 1
@@ -108,10 +108,10 @@ async def test_served_answers_use_and_name_the_artifacts(
         # the served template parameters come from the params file
         plan = await disco.plan("for_you", 5, user_id=member)
         assert plan.request.params["w_lexical"] == 0.25
-        default = Discovery(market_settings, os_client, motor[settings.mongo_db], model=model)
+        default = Discovery(market_settings, os_client, mongo[settings.mongo_db], model=model)
         plan = await default.plan("for_you", 5, user_id=member)
         assert "w_lexical" not in plan.request.params
         assert (await default.recommend(member, k=5)).version.endswith("+params-default+linear")
     finally:
         await os_client.close()
-        motor.close()
+        await mongo.close()

@@ -23,8 +23,8 @@ async def test_log_train_serve_loop(
     _, users = market
     settings = market_settings.model_copy(update={"mongo_db": f"{market_settings.mongo_db}ll"})
     os_client = clients.async_opensearch(settings)
-    motor = clients.motor(settings)
-    db = motor[settings.mongo_db]
+    mongo = clients.mongo_async(settings)
+    db = mongo[settings.mongo_db]
     try:
         # market items, a database of its own with the members' profiles and no history:
         # every member is cold-start here (an unknown member would get no answer at all: the
@@ -56,7 +56,7 @@ async def test_log_train_serve_loop(
         assert res.accepted == len(likes), res.rejected
     finally:
         await os_client.close()
-        motor.close()
+        await mongo.close()
 
     out = tmp_path / "models"
     args = ["train", "ltr", "--out", str(out), "--k", "10", "--valid-share", "0.25"]
@@ -85,15 +85,15 @@ async def test_log_train_serve_loop(
 
     served = settings.model_copy(update={"model_file": out / "model-v1.txt"})
     os_client = clients.async_opensearch(served)
-    motor = clients.motor(served)
+    mongo = clients.mongo_async(served)
     try:
-        disc = Discovery(served, os_client, motor[served.mongo_db], model=model)
+        disc = Discovery(served, os_client, mongo[served.mongo_db], model=model)
         recs = await disc.recommend(users[60]["_id"], k=10)
         assert "+model-v1@" in recs.version and len(recs.items) == 10
         assert recs.served is not None and recs.served.version == recs.version
     finally:
         await os_client.close()
-        motor.close()
+        await mongo.close()
     # the CLI surfaces a model trained on nothing as a usage error, not a traceback
     empty = settings.model_copy(update={"mongo_db": f"{settings.mongo_db}none"})
     run = await asyncio.to_thread(

@@ -44,12 +44,12 @@ async def test_explored_answers_log_plackett_luce_propensities(
 ) -> None:
     _, users = market
     os_client = clients.async_opensearch(market_settings)
-    motor = clients.motor(market_settings)
+    mongo = clients.mongo_async(market_settings)
     try:
         disc = Discovery(
             market_settings,
             os_client,
-            motor[market_settings.mongo_db],
+            mongo[market_settings.mongo_db],
             model=model,
             explorer=Explorer(rate=1.0, pool_factor=2.0, sharpness=1.0),
         )
@@ -60,7 +60,7 @@ async def test_explored_answers_log_plackett_luce_propensities(
         doc = await disc.db[SERVED_LISTS].find_one({"_id": "req-explore-1"})
     finally:
         await os_client.close()
-        motor.close()
+        await mongo.close()
     assert doc["explored"] and doc["policy"]["kind"] == "plackett_luce"
     pool = [doc["ids"][r] for r in doc["pool"]]
     assert pool[:4] == base.ids and len(pool) == 8  # the deterministic order's first 2k rows
@@ -105,8 +105,8 @@ def _served(rid: str, at: datetime, n: int = 30) -> ServedList:
     )
 
 
-async def test_log_is_bounded_batched_and_expires(motor_db: Any) -> None:
-    sub = motor_db.client[f"{motor_db.name}sl"]
+async def test_log_is_bounded_batched_and_expires(async_db: Any) -> None:
+    sub = async_db.client[f"{async_db.name}sl"]
     try:
         # the flusher's own purge waits (purge_every_s): the explicit purge is checked below
         log = ServedLog(sub, max_rows=10, max_queue=120, days=1.0, purge_every_s=1e9)
@@ -136,13 +136,13 @@ async def test_log_is_bounded_batched_and_expires(motor_db: Any) -> None:
         await log.drain()
         assert log.written == 122 and log.duplicates == 1 and log.failed == 0
     finally:
-        await motor_db.client.drop_database(f"{motor_db.name}sl")
+        await async_db.client.drop_database(f"{async_db.name}sl")
 
 
-async def test_drain_while_a_write_is_in_flight_loses_nothing(motor_db: Any) -> None:
+async def test_drain_while_a_write_is_in_flight_loses_nothing(async_db: Any) -> None:
     """drain() at any moment of the flusher's work (sleeping, mid-insert, between batches)
     writes every queued list: an evaluation or a shutdown drains right after serving."""
-    sub = motor_db.client[f"{motor_db.name}sd"]
+    sub = async_db.client[f"{async_db.name}sd"]
     try:
         now = datetime.now(UTC)
         total = 0
@@ -156,4 +156,4 @@ async def test_drain_while_a_write_is_in_flight_loses_nothing(motor_db: Any) -> 
             assert (log.written, log.failed, log.pending) == (120, 0, 0), (pause, log.written)
             assert await sub[SERVED_LISTS].count_documents({}) == total
     finally:
-        await motor_db.client.drop_database(f"{motor_db.name}sd")
+        await async_db.client.drop_database(f"{async_db.name}sd")

@@ -49,9 +49,9 @@ def claims_settings(
 
 @pytest.fixture
 async def claims_db(claims_settings: Settings) -> Any:
-    client = clients.motor(claims_settings)
+    client = clients.mongo_async(claims_settings)
     yield client[claims_settings.mongo_db]
-    client.close()
+    await client.close()
 
 
 @pytest.fixture

@@ -55,8 +55,8 @@ def test_window_keys_and_totals() -> None:
             window_keys(bad, NOW)
 
 
-async def test_counts_totals_and_pruning_on_the_store(motor_db: Any) -> None:
-    counter = InboundCounter(motor_db)
+async def test_counts_totals_and_pruning_on_the_store(async_db: Any) -> None:
+    counter = InboundCounter(async_db)
     tag = uuid.uuid4().hex[:8]
     a, b, c = (f"{x}-{tag}" for x in "abc")
     await counter.add([(a, _days_ago(0)), (a, _days_ago(1)), (a, _days_ago(6)), (b, NOW)], NOW)
@@ -69,7 +69,7 @@ async def test_counts_totals_and_pruning_on_the_store(motor_db: Any) -> None:
     # weeks later: an increment drops the day keys past the horizon; the window is still right
     later = NOW + timedelta(days=RETAIN_DAYS + 3)
     await counter.add([(a, later)], later)
-    doc = await motor_db[INBOUND].find_one({"_id": a})
+    doc = await async_db[INBOUND].find_one({"_id": a})
     assert sorted(doc["d"]) == [later.strftime("%Y%m%d")]
     assert await counter.counts([a, b], days=7, now=later) == {a: 1}
     assert a in await counter.totals(days=7, now=later)

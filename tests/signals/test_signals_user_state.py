@@ -109,7 +109,7 @@ async def test_expired_lease_of_a_crashed_writer_is_taken_over(
 
 
 async def test_state_vectors_are_stored_as_bson_vectors_and_older_states_still_read(
-    motor_db: Any,
+    async_db: Any,
 ) -> None:
     """The taste and behaviour vectors go to MongoDB as BSON float32 vectors (FerretDB parses
     an array of doubles number by number: ~3 ms per 384-d state read); a state written before,
@@ -119,21 +119,21 @@ async def test_state_vectors_are_stored_as_bson_vectors_and_older_states_still_r
 
     from opendisco.signals import MEMBER_TASTES, USER_STATE
 
-    store = UserStateStore(motor_db)
+    store = UserStateStore(async_db)
     tag = uuid.uuid4().hex[:8]
     new_id, old_id, bad_id, many_id = (f"{w}-{tag}" for w in ("new", "old", "bad", "many"))
     taste = [0.1, -0.25, 0.5, 0.125]
     await store.save(UserState(new_id, vector=taste, behaviour=[1.0, 2.0], n_likes=3))
-    raw = await motor_db[USER_STATE].find_one({"_id": new_id})
+    raw = await async_db[USER_STATE].find_one({"_id": new_id})
     assert isinstance(raw["vector"], Binary) and raw["vector"].subtype == 9
     assert isinstance(raw["behaviour"], Binary)
-    assert set(await motor_db[MEMBER_TASTES].find_one({"_id": new_id})) == {
+    assert set(await async_db[MEMBER_TASTES].find_one({"_id": new_id})) == {
         "_id", "vector", "n_likes", "n_passes",
     }  # fmt: skip
-    await motor_db[USER_STATE].insert_one(
+    await async_db[USER_STATE].insert_one(
         {"_id": old_id, "vector": taste, "behaviour": None, "n_likes": 1, "n_passes": 2}
     )
-    await motor_db[USER_STATE].insert_one({"_id": bad_id, "vector": "not a vector"})
+    await async_db[USER_STATE].insert_one({"_id": bad_id, "vector": "not a vector"})
     new, old = await store.get(new_id), await store.get(old_id)
     assert new.vector == taste and new.behaviour == [1.0, 2.0] and new.n_likes == 3
     assert old.vector == taste and old.behaviour is None
@@ -149,9 +149,9 @@ async def test_state_vectors_are_stored_as_bson_vectors_and_older_states_still_r
     await store.save(new)
     assert (await store.get(new_id)).vector == taste
     # the taste document is written only when the taste changed since the previous state
-    await motor_db[MEMBER_TASTES].delete_one({"_id": new_id})
+    await async_db[MEMBER_TASTES].delete_one({"_id": new_id})
     seen_only = replace(new, seen=["x"])
     await store.save_many([seen_only], previous={new_id: new})
-    assert await motor_db[MEMBER_TASTES].find_one({"_id": new_id}) is None
+    assert await async_db[MEMBER_TASTES].find_one({"_id": new_id}) is None
     await store.save_many([replace(seen_only, n_passes=1)], previous={new_id: seen_only})
     assert (await store.tastes([new_id]))[new_id][1:] == (3, 1)
