@@ -11,9 +11,11 @@ hour on 2 cores); some members get likes through the event path, so their reques
 personal (``for_you``). The API runs under uvicorn in a subprocess (``opendisco serve``, auth
 on, impressions logged); the bare path sends, from this process, the exact candidate
 ``_msearch`` the API sends for the same member (``Discovery.plan`` →
-``opendisco.queries.generate_candidates``). At concurrency 1/4/8/16 each
-side runs a closed loop for the same duration; QPS, p50 and p99 are reported, with the level
-where QPS stops growing (saturation). Results: bench/results/api.json and bench/README.md.
+``opendisco.queries.generate_candidates``). At concurrency 1/4/8/16 each side runs a
+closed loop for the same duration, in alternating blocks (API, a settling pause, bare;
+``--blocks``, default 4), so a drift of the shared machine hits both sides; QPS, p50 and
+p99 are reported, with the level where QPS stops growing (saturation). Results:
+bench/results/api.json and bench/README.md.
 
 Levels run 20 s by default (:data:`DURATION_S`): at c=1 the API answers ~20 requests/s, so an
 8 s level held ~160 requests and its p99 was the second-slowest one (one background flush or
@@ -37,6 +39,7 @@ import sys
 import time
 import uuid
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,11 @@ README = ROOT / "README.md"
 LEVELS = (1, 4, 8, 16)
 #: seconds per level and side (see the module docstring: a p99 needs a few hundred requests)
 DURATION_S = 20.0
+#: each level alternates API and bare blocks (drift between two long phases moved the
+#: ratio by ±0.3 between back-to-back runs); the API's deferred writes (served impressions
+#: flushed every second, the served-list log) settle before each bare block
+BLOCKS = 4
+SETTLE_S = 1.5
 
 
 class HashedBowModel:
@@ -157,39 +165,56 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+@dataclass
+class Loop:
+    """One side's latencies, errors and wall time, accumulated over a level's blocks."""
+
+    lat: list[float] = field(default_factory=list)
+    errors: int = 0
+    degraded: int = 0
+    wall: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.lat
+        return {
+            "n": len(lat),
+            "qps": round(len(lat) / self.wall, 1) if self.wall else 0.0,
+            "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
+            "p99_ms": round(_pct(lat, 0.99) * 1000, 2) if lat else None,
+            "errors": self.errors,
+            "degraded": self.degraded,
+        }
+
+
 async def closed_loop(
-    call: Any, users: list[dict[str, Any]], conc: int, dur: float
+    call: Any,
+    users: list[dict[str, Any]],
+    conc: int,
+    dur: float,
+    into: Loop | None = None,
+    rng: random.Random | None = None,
 ) -> dict[str, Any]:
-    lat: list[float] = []
-    errors = 0
-    degraded = 0
+    """``conc`` workers calling back to back for ``dur`` s; ``into`` accumulates blocks."""
+    acc = into if into is not None else Loop()
     stop = time.perf_counter() + dur
-    rng = random.Random(conc)
+    rng = rng if rng is not None else random.Random(conc)
 
     async def worker() -> None:
-        nonlocal errors, degraded
         while time.perf_counter() < stop:
             user = rng.choice(users)
             t0 = time.perf_counter()
             try:
                 deg = await call(user)
             except Exception:
-                errors += 1
+                acc.errors += 1
                 continue
-            lat.append(time.perf_counter() - t0)
-            degraded += bool(deg)
+            acc.lat.append(time.perf_counter() - t0)
+            acc.degraded += bool(deg)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(conc)))
-    wall = time.perf_counter() - t0
-    return {
-        "n": len(lat),
-        "qps": round(len(lat) / wall, 1),
-        "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
-        "p99_ms": round(_pct(lat, 0.99) * 1000, 2) if lat else None,
-        "errors": errors,
-        "degraded": degraded,
-    }
+    acc.wall += time.perf_counter() - t0
+    return acc.summary()
 
 
 def _served_qps(side: dict[str, Any]) -> float:
@@ -300,12 +325,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 api_cpu = CpuMeter(settings, proc)
                 for row in rows:
                     conc = row["concurrency"]
-                    api_cpu.start()
-                    api = await closed_loop(api_call, sample, conc, args.duration)
+                    with_bare = workers == args.workers[0]  # bare next to the first API run
+                    sides = {"api": Loop(), "bare": Loop()}
+                    rngs = {"api": random.Random(conc), "bare": random.Random(conc)}
+                    api_cpu.reset()
+                    bare_cpu.reset()
+                    block = args.duration / args.blocks
+                    for _ in range(args.blocks):  # alternating blocks: drift hits both sides
+                        api_cpu.start()
+                        await closed_loop(api_call, sample, conc, block, sides["api"], rngs["api"])
+                        api_cpu.stop()
+                        if with_bare:
+                            await asyncio.sleep(SETTLE_S)  # the API's deferred writes land first
+                            bare_cpu.start()
+                            await closed_loop(
+                                bare_call, sample, conc, block, sides["bare"], rngs["bare"]
+                            )
+                            bare_cpu.stop()
+                    api = sides["api"].summary()
                     api["cpu_ms_per_request"] = api_cpu.per_request_ms(api["n"])
-                    if workers == args.workers[0]:  # bare level next to the first API run
-                        bare_cpu.start()
-                        bare = await closed_loop(bare_call, sample, conc, args.duration)
+                    if with_bare:
+                        bare = sides["bare"].summary()
                         bare["cpu_ms_per_request"] = bare_cpu.per_request_ms(bare["n"])
                         row["bare"] = bare
                     row["api_by_workers"][str(workers)] = api
@@ -329,6 +369,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "likes_per_user": args.likes,
             "surfaces": surfaces,
             "duration_s": args.duration,
+            "blocks": args.blocks,
             "deadline_ms": settings.api_deadline_ms,
             "cpus": os.cpu_count(),
             "load_avg_1m": {
@@ -436,14 +477,20 @@ class CpuMeter:
             "mongo": [p for p in [_listener(mongo_port)] if p],
         }
 
+    def reset(self) -> None:
+        self._sum = dict.fromkeys(self.groups, 0.0)
+
     def start(self) -> None:
         self._t0 = {g: _cpu_s(p) for g, p in self.groups.items()}
 
+    def stop(self) -> None:
+        for g, p in self.groups.items():
+            self._sum[g] += _cpu_s(p) - self._t0[g]
+
     def per_request_ms(self, n: int) -> dict[str, float]:
+        """CPU ms per request over the blocks between ``reset`` and now."""
         return {
-            g: round(1000 * (_cpu_s(p) - self._t0[g]) / max(1, n), 1)
-            for g, p in self.groups.items()
-            if p
+            g: round(1000 * self._sum[g] / max(1, n), 1) for g, p in self.groups.items() if p
         }
 
 
@@ -467,7 +514,8 @@ def write_readme(res: dict[str, Any]) -> None:
         "## api: Discovery API vs bare candidate queries",
         "",
         f"`bench/api.py` ({res['items']} items, k={res['k']}, closed loop {res['duration_s']} s "
-        f"per level, {res['cpus']} CPUs shared by OpenSearch, FerretDB, the API and the load "
+        f"per side and level in {res.get('blocks', 1)} alternating API/bare blocks, "
+        f"{res['cpus']} CPUs shared by OpenSearch, FerretDB, the API and the load "
         f"generator; 1-min load average {_load(res)} during the run). "
         "API = `GET /v1/users/{id}/recommendations` through uvicorn (auth, rate "
         "limit, breaker, user state, features, rerank, impression log) for "
@@ -567,6 +615,9 @@ def main() -> None:
         "--duration", type=float, default=None, help=f"s per level (default {DURATION_S:g})"
     )
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument(
+        "--blocks", type=int, default=BLOCKS, help="alternating API/bare blocks per level"
+    )
     ap.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=list(LEVELS))
     ap.add_argument(
         "--workers",

@@ -106,7 +106,9 @@ async def test_feature_lookup_round_trips_constant_as_candidates_grow(
             seen.append((len(os_calls), len(listener.commands)))
             assert feats.content.shape == (n, clustered_settings.embedding_dim)
             assert np.allclose(np.linalg.norm(feats.content, axis=1), 1.0)
-        assert seen == [(2, 2)] * 3, seen
+        # engine: exposure + the packed vectors + (this catalogue is indexed raw, without
+        # ingest's packing) the float arrays; store: inbound + graph
+        assert seen == [(3, 2)] * 3, seen
         # warm cache: vectors and inbound served from memory; exposure + graph stay live
         os_calls.clear()
         listener.commands.clear()
