@@ -489,9 +489,7 @@ class CpuMeter:
 
     def per_request_ms(self, n: int) -> dict[str, float]:
         """CPU ms per request over the blocks between ``reset`` and now."""
-        return {
-            g: round(1000 * self._sum[g] / max(1, n), 1) for g, p in self.groups.items() if p
-        }
+        return {g: round(1000 * self._sum[g] / max(1, n), 1) for g, p in self.groups.items() if p}
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
