@@ -25,14 +25,9 @@ exponentially with the window as time constant (a leaky bucket, kept in the same
 update) — what exposure pacing compares with a member's budget per window; it paces
 continuously (no reset at a window's end) and budgets below one impression per window work.
 
-**Live trending.** The same counter documents carry an exponentially decayed count of the
-likes and matches each item received (``trend`` at reference time ``trend_at``; half-life
-``trending_half_life_hours``): :meth:`ExposureStore.record_trend` adds a batch's likes in the
-same kind of scripted upsert (each like decayed from its own time, so replayed or late events
-count as of when they happened); its value at time *T* is ``trend · 2^(−(T − trend_at)/h)``,
-and an item nobody liked for ``trending_window_hours`` counts 0. :meth:`ExposureStore.trending`
-ranks the live items in the engine (a ``script_score`` over the counters), which the trending
-candidate source and the ``trending`` feature read.
+**Live trending** (``signals._trending``): the same documents carry each item's decayed
+like/match count, added by :meth:`ExposureStore.record_trend` and ranked in the engine by
+:meth:`ExposureStore.trending` (the trending source and feature).
 """
 
 from __future__ import annotations
@@ -74,6 +69,7 @@ _PACED_PROPERTIES: dict[str, Any] = {
 _REFRESH: dict[str, Any] = {"refresh_interval": "1s"}
 #: ids per search of a non-realtime read (well under ``index.max_result_window``)
 _SEARCH_IDS = 2000
+_READ_FIELDS = ["item_id", "count", "window_start", "paced", "paced_at", "trend", "trend_at"]
 _MAPPING: dict[str, Any] = {  # shards and replicas from settings (index_shards/_replicas)
     "mappings": {
         "dynamic": "strict",
@@ -317,9 +313,9 @@ class ExposureStore:
         """Every id's counters at ``now``: impressions in the window, how far into it the
         item is, and its live decayed like/match count.
 
-        ``realtime=True`` (one ``mget``) reads every write; ``realtime=False`` (one ``ids``
-        search, 3.2 vs 5.1 ms for 500 ids) reads them as of the last refresh (≤ ``_REFRESH``
-        behind): the reranker's features. Caps are enforced from the realtime ``_capped``
+        ``realtime=True`` (one ``mget``) reads every write; ``realtime=False`` (one search of
+        doc values) reads them as of the last refresh (≤ ``_REFRESH`` behind): the
+        reranker's features. Caps are enforced from the realtime ``_capped``
         list inside the candidate query, never from this read."""
         wanted = [str(i) for i in ids]
         out = dict.fromkeys(wanted, Exposure())
@@ -357,14 +353,18 @@ class ExposureStore:
         return list(resp.get("docs", []))
 
     async def _search(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Counters from doc values, no stored field (not even ``_id``): 500 ids ~6.5 ms."""
         docs: list[dict[str, Any]] = []
-        for k in range(0, len(ids), _SEARCH_IDS):
-            chunk = ids[k : k + _SEARCH_IDS]
+        for chunk in (ids[k : k + _SEARCH_IDS] for k in range(0, len(ids), _SEARCH_IDS)):
             query = {"size": len(chunk), "query": {"ids": {"values": chunk}}}
             resp = await self.client.search(
-                index=self.index, body={**query, "_source": {"excludes": ["capped", "item_id"]}}
+                index=self.index,
+                body={**query, "stored_fields": "_none_", "docvalue_fields": _READ_FIELDS},
             )
-            docs += [{**h, "found": True} for h in resp["hits"]["hits"]]
+            for hit in resp["hits"]["hits"]:
+                got = {k: v[0] for k, v in (hit.get("fields") or {}).items() if v}
+                if (item := got.pop("item_id", None)) is not None:
+                    docs.append({"_id": item, "found": True, "_source": got})
         return docs
 
     async def record_trend(
