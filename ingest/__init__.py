@@ -35,7 +35,7 @@ from ._indices import (
     versioned_indices,
 )
 from ._movielens import MovieLensData, load_movielens
-from ._packed import PACKED_FIELD, pack_vectors, unpack_vectors
+from ._packed import PACKED_FIELD, pack_vectors, unpack_many, unpack_vectors
 from ._partitions import PartitionLeases, partition_of
 from ._reconcile import ReconcileReport, reconcile
 from ._reindex import ReindexReport, reindex
@@ -109,6 +109,7 @@ __all__ = [
     "sync_once",
     "text_key",
     "to_index_doc",
+    "unpack_many",
     "unpack_vectors",
     "validate_item",
     "vector_values",

@@ -61,7 +61,7 @@ from opendisco._backend import backend_errors
 from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 from opendisco._stored import as_vector
-from opendisco.ingest import PACKED_FIELD, unpack_vectors
+from opendisco.ingest import PACKED_FIELD, unpack_many
 from opendisco.signals import (
     RECENT_FANOUT,
     ExposureStore,
@@ -229,12 +229,7 @@ class FeatureStore:
 
     def _unpack(self, packed: Mapping[str, str], ids: list[str]) -> dict[str, tuple[Any, Any]]:
         d, b = self.settings.embedding_dim, self.settings.behaviour_dim
-        out = {}
-        for i in ids:
-            p = packed.get(i)
-            if p and (vv := unpack_vectors(p, d, b)) is not None:
-                out[i] = vv
-        return out
+        return unpack_many({i: p for i in ids if (p := packed.get(i))}, d, b)
 
     async def _meta(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Profile fields (:data:`PROFILE_FIELDS`) of ``ids``: cached, misses in one mget."""

@@ -13,6 +13,7 @@ from opendisco.ingest import (
     content_hash,
     pack_vectors,
     to_index_doc,
+    unpack_many,
     unpack_vectors,
     validate_item,
 )
@@ -53,6 +54,22 @@ def test_without_behaviour_and_mismatched_or_corrupt_input() -> None:
     assert unpack_vectors(pack_vectors(e, [1.0, 2.0, 3.0]), 8, 4) is None
     assert unpack_vectors("not base64!", 8, 4) is None
     assert unpack_vectors("QUJD", 8, 4) is None  # 3 bytes: not float16s
+
+
+def test_unpack_many_equals_one_by_one_on_a_mixed_batch() -> None:
+    rng = np.random.default_rng(5)
+    packed: dict[str, object] = {
+        f"full{i}": pack_vectors(_unit(rng, 8), rng.standard_normal(4)) for i in range(3)
+    }
+    packed |= {f"content{i}": pack_vectors(_unit(rng, 8)) for i in range(2)}
+    packed |= {"other_dims": pack_vectors(_unit(rng, 16)), "bad": "not base64!", "none": None}
+    got = unpack_many(packed, 8, 4)  # type: ignore[arg-type]
+    assert set(got) == {"full0", "full1", "full2", "content0", "content1"}
+    for key, (content, behaviour) in got.items():
+        one = unpack_vectors(packed[key], 8, 4)  # type: ignore[arg-type]
+        assert one is not None and np.array_equal(content, one[0]) and content.dtype == np.float32
+        assert (behaviour is None) == (one[1] is None) == key.startswith("content")
+        assert behaviour is None or np.array_equal(behaviour, one[1])
 
 
 def test_index_doc_carries_the_packing_of_its_vectors_outside_the_hash() -> None:
