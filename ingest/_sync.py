@@ -86,8 +86,8 @@ class Syncer:
         self.settings = settings
         self._own_client = client is None
         self.client = client or clients.async_opensearch(settings)
-        self._motor = clients.mongo_async(settings) if db is None else None
-        self.db = db if db is not None else self._motor[settings.mongo_db]  # type: ignore[index]
+        self._mongo = clients.mongo_async(settings) if db is None else None
+        self.db = db if db is not None else self._mongo[settings.mongo_db]  # type: ignore[index]
         self._own_embedder = embedder is None
         self.embedder = embedder or Embedder(settings)
         self.leases = PartitionLeases(settings, self.db, worker)
@@ -119,8 +119,8 @@ class Syncer:
             await self.leases.leave()
         if self._own_client:
             await self.client.close()
-        if self._motor is not None:
-            await self._motor.close()
+        if self._mongo is not None:
+            await self._mongo.close()
         if self._own_embedder:
             self.embedder.close()
 
