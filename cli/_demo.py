@@ -30,12 +30,9 @@ from opendisco.serving import Discovery
 
 from ._base import pass_settings
 from ._ingest import reindex_cmd
+from ._services import api_pid_file
 
-__all__ = ["api_pid_file", "demo_cmd"]
-
-
-def api_pid_file(settings: Settings) -> Any:
-    return settings.state_dir / "run" / "api.pid"
+__all__ = ["demo_cmd"]
 
 
 def _table(title: str, recs: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from opendisco._settings import Settings
@@ -9,9 +11,13 @@ from opendisco.services import services
 from opendisco.services._process import stop_pid, tail
 
 from ._base import OpenDiscoGroup, pass_settings
-from ._demo import api_pid_file
 
-__all__ = ["services_cmd"]
+__all__ = ["api_pid_file", "services_cmd"]
+
+
+def api_pid_file(settings: Settings) -> Path:
+    """The demo API's pid file (``demo`` writes it, ``services down`` stops that process)."""
+    return settings.state_dir / "run" / "api.pid"
 
 
 @click.group("services", cls=OpenDiscoGroup)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import networkx as nx
-
 __all__ = ["louvain_clusters", "within_share"]
 
 
@@ -25,6 +23,8 @@ def louvain_clusters(
     seed: int = 0,
 ) -> dict[str, str]:
     """``{member: cluster id}`` for every member (and every edge endpoint)."""
+    import networkx as nx  # 1-2 s to import: only experiments start needs it
+
     g = nx.Graph()
     g.add_nodes_from(members)
     for u, v, w in edges:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy.special import ndtr, ndtri
 
 from ._analysis import Estimate
 
@@ -96,7 +96,7 @@ def tsri_family(
     pair = viewer.astype(np.int64) * (int(candidate.max()) + 1) + candidate
     pu, pi = np.unique(pair, return_inverse=True)
     P = _cells(cell, num, den, pi, pu.shape[0])
-    z = float(stats.norm.ppf(1 - alpha / 2))
+    z = float(ndtri(1 - alpha / 2))
     r = S[0::2] / np.where(S[1::2] > 0, S[1::2], np.nan)
     arm_of = np.zeros(vu.shape[0], dtype=np.int64)
     arm_of[vi] = viewer_arm
@@ -119,7 +119,7 @@ def tsri_family(
                 se * scale,
                 (est - z * se) * scale,
                 (est + z * se) * scale,
-                float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else float("nan"),
+                float(2 * ndtr(-abs(est) / se)) if se > 0 else float("nan"),
                 float(r[0]) * scale,
                 float(r[3]) * scale,
                 units,

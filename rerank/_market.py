@@ -75,7 +75,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import poisson
+from scipy.special import gammaln, xlogy
 
 from ._types import FEATURE_NAMES, Features, RerankContext, RerankInputs, RerankState, resort
 
@@ -169,7 +169,8 @@ def reply_chance(load: np.ndarray, capacity: float | np.ndarray) -> np.ndarray:
     cap = np.broadcast_to(np.maximum(np.asarray(capacity, dtype=np.float64), 0.0), lam.shape)
     top = float(lam.max()) if lam.size else 0.0
     k = np.arange(int(np.ceil(top + 10.0 * np.sqrt(top) + 20.0)) + 1)
-    pmf = poisson.pmf(k[None, :], lam[:, None])  # (n, K)
+    kk, ll = k[None, :], lam[:, None]
+    pmf = np.exp(xlogy(kk, ll) - ll - gammaln(kk + 1.0))  # Poisson pmf, (n, K)
     share = np.minimum(1.0, cap[:, None] / (k[None, :] + 1.0))
     out = (pmf * share).sum(axis=1)
     tail = np.maximum(0.0, 1.0 - pmf.sum(axis=1))  # mass beyond K: answered at the last rate

@@ -132,6 +132,8 @@ DEFERRED_OK = frozenset(
         "matplotlib",
         "uvicorn",
         "playwright",
+        "statsmodels",
+        "networkx",
     }
 )
 
