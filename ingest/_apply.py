@@ -21,7 +21,7 @@ from opendisco._settings import Settings
 from ._bulk import Action, BulkResult, BulkWriter
 from ._document import embedding_text, to_index_doc
 from ._embed import Embedder
-from ._schema import validate_item
+from ._schema import indexable_id, validate_item
 from ._store import dead_letter, write_dead_letters
 
 __all__ = ["Applied", "Counters", "Prepared", "prepare", "write"]
@@ -149,12 +149,7 @@ def prepare(
             out.letters.append(dead_letter(source, "validation", raw, str(exc)))
             version = _version_of(raw)
             doc_id = raw.get("_id") if isinstance(raw, Mapping) else None
-            if (
-                delete_invalid
-                and version is not None
-                and isinstance(doc_id, str)
-                and len(doc_id.encode()) <= 512
-            ):
+            if delete_invalid and version is not None and indexable_id(doc_id):
                 out.actions.append(Action("delete", doc_id, version, raw=raw))
             continue
         if item["deleted"]:

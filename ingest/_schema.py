@@ -17,7 +17,14 @@ import numpy as np
 from opendisco._exceptions import DocumentInvalid
 from opendisco._stored import VECTOR_SUBTYPE, read_vector, vector_values
 
-__all__ = ["ITEM_FIELDS", "KINDS", "MAX_ID_BYTES", "MAX_KEYWORD_BYTES", "validate_item"]
+__all__ = [
+    "ITEM_FIELDS",
+    "KINDS",
+    "MAX_ID_BYTES",
+    "MAX_KEYWORD_BYTES",
+    "indexable_id",
+    "validate_item",
+]
 
 KINDS = frozenset({"profile", "movie", "listing", "product"})
 MAX_ID_BYTES = 512
@@ -51,6 +58,13 @@ ITEM_FIELDS = (
     "pref_age_max",
     "behaviour",
 )
+
+
+def indexable_id(value: Any) -> bool:
+    """Whether ``value`` can be an OpenSearch ``_id``: a non-empty string of at most
+    ``MAX_ID_BYTES`` UTF-8 bytes. OpenSearch refuses any other id for the whole bulk request
+    (``action_request_validation_exception``), not just for its own action."""
+    return isinstance(value, str) and 0 < len(value.encode("utf-8")) <= MAX_ID_BYTES
 
 
 def _fail(field: str, problem: str) -> DocumentInvalid:
