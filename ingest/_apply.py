@@ -114,15 +114,20 @@ def _marker(doc: Mapping[str, Any]) -> Any:
 
 
 def _key(doc: Mapping[str, Any]) -> Any:
-    """A hashable id that keeps its BSON type (``424242`` and ``"424242"`` differ)."""
-    value = doc.get("_id") if isinstance(doc, Mapping) else None
-    if value is None:
+    """A hashable id that keeps its BSON type (``424242`` and ``"424242"`` differ).
+
+    A null or embedded-document id (unhashable) is keyed by its type and ``repr`` (a tuple,
+    which no BSON ``_id`` decodes to): forgetting it would re-apply it on every pass, and a
+    sync worker re-reading it every pass (a future or non-date ``updated_at``) never idles.
+    """
+    if not isinstance(doc, Mapping) or "_id" not in doc:
         return None
+    value = doc["_id"]
     try:
         hash(value)
     except TypeError:
-        return None
-    return value
+        return (type(value).__name__, repr(value))
+    return ("NoneType", "None") if value is None else value
 
 
 def _version_of(doc: Mapping[str, Any]) -> int | None:

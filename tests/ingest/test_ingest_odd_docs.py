@@ -57,3 +57,30 @@ async def test_empty_string_id_does_not_block_sync_or_repair(
         assert check.ok and check.invalid == 1, check.summary()
     finally:
         await client.close()
+
+
+async def test_unhashable_id_is_applied_once_per_version(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A document re-read on every polling pass (its ``updated_at`` is not a date) with an
+    embedded-document or null ``_id`` is dead-lettered once, then skipped like any other:
+    re-applying it made every pass report a change, and ``run_sync`` never idled."""
+    client = clients.async_opensearch(ingest_settings)
+    coll = mongo_db[ingest_settings.items_collection]
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        coll.insert_one(_item(ingest_catalogue[0], {"tenant": "a", "n": 1}, updated_at="soon"))
+        coll.insert_one(_item(ingest_catalogue[1], None, updated_at="later"))
+        syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+        try:
+            first = await syncer.once(take_all=True)
+            assert first.dead_lettered == 2
+            again = await syncer.once(take_all=True)
+            assert (again.seen, again.dead_lettered) == (0, 0)
+        finally:
+            await syncer.close()
+    finally:
+        await client.close()
