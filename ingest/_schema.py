@@ -33,6 +33,10 @@ MAX_TEXT_BYTES = 64_000
 MAX_TAGS = 100
 MAX_DEPTH = 8  # nesting of any (even undeclared) field
 MIN_YEAR, MAX_YEAR = 1000, 9999
+# OpenSearch ``float`` fields hold float32: a larger double becomes Infinity and is refused
+F32_MAX = float(np.finfo(np.float32).max)
+# vector components: the float16 copy the reranker reads (``vec_f16``) must stay finite
+F16_MAX = float(np.finfo(np.float16).max)
 
 ITEM_FIELDS = (
     "kind",
@@ -188,8 +192,7 @@ def _vector(doc: Mapping[str, Any], field: str, dim: int | None) -> list[float] 
             raise _fail(field, f"expected {dim} dimensions, got {len(vec)}")
         if not np.isfinite(vec).all():
             raise _fail(field, "components must be finite numbers")
-        if not vec.any():
-            raise _fail(field, "zero vector (undefined cosine)")
+        _check_components(field, vec)
         return vector_values(vec)
     if not isinstance(value, list | tuple):
         raise _fail(field, f"expected a list of numbers, got {type(value).__name__}")
@@ -200,9 +203,16 @@ def _vector(doc: Mapping[str, Any], field: str, dim: int | None) -> list[float] 
         if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
             raise _fail(field, f"components must be finite numbers, got {x!r}")
         out.append(float(x))
-    if not any(out):
-        raise _fail(field, "zero vector (undefined cosine)")
+    _check_components(field, np.asarray(out))
     return out
+
+
+def _check_components(field: str, vec: np.ndarray) -> None:
+    """What OpenSearch's cosine k-NN field and the packed float16 copy can hold."""
+    if float(np.abs(vec).max(initial=0.0)) > F16_MAX:
+        raise _fail(field, f"components must be within +-{F16_MAX:g}")
+    if not vec.astype(np.float32).any():  # what the k-NN field stores: float32
+        raise _fail(field, "zero vector (undefined cosine)")
 
 
 def _location(doc: Mapping[str, Any]) -> dict[str, float] | None:
@@ -253,7 +263,7 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
         "deleted": _bool(doc, "deleted", False),
         "year": _int(doc, "year", lo=MIN_YEAR, hi=MAX_YEAR),
         "location": _location(doc),
-        "popularity": _float(doc, "popularity", 0.0, None) or 0.0,
+        "popularity": _float(doc, "popularity", 0.0, F32_MAX) or 0.0,
         "quality": _float(doc, "quality", 0.0, 1.0),
         "available": _bool(doc, "available", True),
         "exposure_cap": _int(doc, "exposure_cap", lo=0, hi=2**31 - 1),

@@ -84,3 +84,49 @@ async def test_unhashable_id_is_applied_once_per_version(
             await syncer.close()
     finally:
         await client.close()
+
+
+async def test_numbers_opensearch_cannot_hold_are_caught_by_validation(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A finite double past float32 (``popularity`` 4e38, a behaviour component 1e39) or a
+    vector that is zero in float32 was accepted by validation and refused by OpenSearch, so
+    ``verify`` reported it missing for ever; positive values below float32's smallest normal
+    number were refused as rank features. Now: dead letters at validation, or indexed."""
+    dim = ingest_settings.behaviour_dim
+    base = ingest_catalogue[0]
+    bad = {
+        "pop-4e38": _item(base, "pop-4e38", popularity=4e38),
+        "beh-1e39": _item(base, "beh-1e39", behaviour=[1e39] + [0.1] * (dim - 1)),
+        "beh-f16": _item(base, "beh-f16", behaviour=[70_000.0] + [0.1] * (dim - 1)),
+        "beh-f32-zero": _item(base, "beh-f32-zero", behaviour=[1e-46] * dim),
+    }
+    good = {
+        "pop-tiny": _item(base, "pop-tiny", popularity=1e-40),
+        "quality-tiny": _item(base, "quality-tiny", quality=1e-40),
+        "quality-denormal": _item(base, "quality-denormal", quality=5e-324),
+        "beh-small": _item(base, "beh-small", behaviour=[1e-40] * dim),
+    }
+    coll = mongo_db[ingest_settings.items_collection]
+    coll.insert_many([*bad.values(), *good.values()])
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert report.indexed == len(ingest_catalogue) + len(good)
+        letters = {
+            d["doc_id"]: d for d in mongo_db["dead_letters"].find({"doc_id": {"$in": list(bad)}})
+        }
+        assert set(letters) == set(bad)
+        assert {d["stage"] for d in letters.values()} == {"validation"}
+        assert letters["pop-4e38"]["reason"].startswith("popularity")
+        check = await verify(ingest_settings, client=client)
+        assert check.ok and check.invalid == len(bad), check.summary()
+        # fixed in MongoDB, the next sync indexes it
+        _bump(coll, "pop-4e38", popularity=4.0)
+        assert (await sync_once(ingest_settings, client=client, embedder=embedder)).indexed == 1
+        assert (await verify(ingest_settings, client=client)).ok
+    finally:
+        await client.close()
