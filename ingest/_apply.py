@@ -21,7 +21,7 @@ from opendisco._settings import Settings
 from ._bulk import Action, BulkResult, BulkWriter
 from ._document import embedding_text, to_index_doc
 from ._embed import Embedder
-from ._schema import indexable_id, validate_item
+from ._schema import indexable_id, source_version, validate_item
 from ._store import dead_letter, write_dead_letters
 
 __all__ = ["Applied", "Counters", "Prepared", "prepare", "write"]
@@ -131,10 +131,7 @@ def _key(doc: Mapping[str, Any]) -> Any:
 
 
 def _version_of(doc: Mapping[str, Any]) -> int | None:
-    v = doc.get("version") if isinstance(doc, Mapping) else None
-    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**62:
-        return v
-    return None
+    return source_version(doc.get("version")) if isinstance(doc, Mapping) else None
 
 
 def prepare(

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_ID_BYTES",
     "MAX_KEYWORD_BYTES",
     "indexable_id",
+    "source_version",
     "validate_item",
 ]
 
@@ -33,6 +34,7 @@ MAX_TEXT_BYTES = 64_000
 MAX_TAGS = 100
 MAX_DEPTH = 8  # nesting of any (even undeclared) field
 MIN_YEAR, MAX_YEAR = 1000, 9999
+MAX_VERSION = 2**62
 # OpenSearch ``float`` fields hold float32: a larger double becomes Infinity and is refused
 F32_MAX = float(np.finfo(np.float32).max)
 # vector components: the float16 copy the reranker reads (``vec_f16``) must stay finite
@@ -69,6 +71,17 @@ def indexable_id(value: Any) -> bool:
     ``MAX_ID_BYTES`` UTF-8 bytes. OpenSearch refuses any other id for the whole bulk request
     (``action_request_validation_exception``), not just for its own action."""
     return isinstance(value, str) and 0 < len(value.encode("utf-8")) <= MAX_ID_BYTES
+
+
+def source_version(value: Any) -> int | None:
+    """A ``version`` value as validation reads it (an int, or a float holding one, in
+    [1, ``MAX_VERSION``]), else ``None``: the one rule for every step that needs the version
+    of a document that may be invalid (deletes of its stale copy, reconciliation)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_VERSION:
+        return value
+    return None
 
 
 def _fail(field: str, problem: str) -> DocumentInvalid:
@@ -246,7 +259,7 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
     kind = _str(doc, "kind", required=True, max_bytes=64)
     if kind not in KINDS:
         raise _fail("kind", f"{kind!r} not one of {sorted(KINDS)}")
-    version = _int(doc, "version", lo=1, hi=2**62)
+    version = _int(doc, "version", lo=1, hi=MAX_VERSION)
     if version is None:
         raise _fail("version", "required (monotonic per document)")
     out: dict[str, Any] = {

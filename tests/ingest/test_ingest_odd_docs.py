@@ -130,3 +130,29 @@ async def test_numbers_opensearch_cannot_hold_are_caught_by_validation(
         assert (await verify(ingest_settings, client=client)).ok
     finally:
         await client.close()
+
+
+async def test_integral_float_version_survives_reconcile(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """``version: 2.0`` (a double, as some drivers write it) validates as 2 and is indexed;
+    reconciliation read it as "no usable version" and deleted the valid document."""
+    coll = mongo_db[ingest_settings.items_collection]
+    coll.insert_one(_item(ingest_catalogue[0], "float-version", version=2.0))
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+        try:
+            repaired = await syncer.reconcile(take_all=True)
+        finally:
+            await syncer.close()
+        assert (repaired.unversioned, repaired.deleted) == (0, 0)
+        doc = await client.get(index=ingest_settings.index_alias, id="float-version")
+        assert doc["_version"] == 2
+        assert (await verify(ingest_settings, client=client)).ok
+    finally:
+        await client.close()
