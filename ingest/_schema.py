@@ -70,7 +70,7 @@ def indexable_id(value: Any) -> bool:
     """Whether ``value`` can be an OpenSearch ``_id``: a non-empty string of at most
     ``MAX_ID_BYTES`` UTF-8 bytes. OpenSearch refuses any other id for the whole bulk request
     (``action_request_validation_exception``), not just for its own action."""
-    return isinstance(value, str) and 0 < len(value.encode("utf-8")) <= MAX_ID_BYTES
+    return type(value) is str and 0 < len(value.encode("utf-8")) <= MAX_ID_BYTES
 
 
 def source_version(value: Any) -> int | None:
@@ -114,7 +114,7 @@ def _str(doc: Mapping[str, Any], field: str, *, required: bool, max_bytes: int) 
         if required:
             raise _fail(field, "required")
         return None
-    if not isinstance(value, str):
+    if type(value) is not str:  # exactly: BSON JavaScript code decodes to a str subclass
         raise _fail(field, f"expected a string, got {type(value).__name__}")
     if len(value.encode("utf-8")) > max_bytes:
         raise _fail(field, f"longer than {max_bytes} bytes")
@@ -185,7 +185,7 @@ def _keywords(doc: Mapping[str, Any], field: str) -> list[str]:
         raise _fail(field, f"more than {MAX_TAGS} entries")
     out = []
     for i, v in enumerate(value):
-        if not isinstance(v, str):
+        if type(v) is not str:
             raise _fail(f"{field}[{i}]", f"expected a string, got {type(v).__name__}")
         if len(v.encode("utf-8")) > MAX_KEYWORD_BYTES:
             raise _fail(f"{field}[{i}]", f"longer than {MAX_KEYWORD_BYTES} bytes")
@@ -252,7 +252,7 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
     if _depth(doc) > MAX_DEPTH:
         raise _fail("document", f"nested deeper than {MAX_DEPTH} levels")
     doc_id = doc.get("_id")
-    if not isinstance(doc_id, str) or not doc_id:
+    if type(doc_id) is not str or not doc_id:
         raise _fail("_id", f"expected a non-empty string, got {doc_id!r}")
     if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
         raise _fail("_id", f"longer than {MAX_ID_BYTES} bytes")
