@@ -165,23 +165,23 @@ async def test_hard_delete_of_a_non_string_id_spares_its_namesake(
     mongo_db: Any,
     async_db: Any,
 ) -> None:
-    """A change stream's delete event of ``_id: 424242`` (dead-lettered, never indexed) was
-    applied as a hard delete of ``str(key)``: the valid document ``"424242"`` left the index.
+    """A change stream's delete event of ``_id: 515151`` (dead-lettered, never indexed) was
+    applied as a hard delete of ``str(key)``: the valid document ``"515151"`` left the index.
     FerretDB has no change streams, so the event is handed to the feed's router as MongoDB
     sends it; the delete it yields goes through the real sync write path."""
     from opendisco.ingest._checkpoints import Checkpoint
     from opendisco.ingest._feed import ChangeBatch, ChangeStreamFeed
 
     coll = mongo_db[ingest_settings.items_collection]
-    coll.insert_many([_item(ingest_catalogue[0], "424242"), _item(ingest_catalogue[1], 424242)])
+    coll.insert_many([_item(ingest_catalogue[0], "515151"), _item(ingest_catalogue[1], 515151)])
     client = clients.async_opensearch(ingest_settings)
     try:
         await reindex(ingest_settings, client=client, embedder=embedder)
-        coll.delete_one({"_id": 424242})
+        coll.delete_one({"_id": 515151})
         feed = ChangeStreamFeed(ingest_settings, async_db)
         feed.checkpoints = {p: Checkpoint(p) for p in feed.partitions}
         batch = ChangeBatch()
-        for key in (424242, ""):
+        for key in (515151, ""):
             event = {"_id": {"_data": "8201"}, "operationType": "delete"}
             feed._route({**event, "documentKey": {"_id": key}}, batch)
         syncer = Syncer(ingest_settings, client=client, embedder=embedder)
@@ -189,7 +189,7 @@ async def test_hard_delete_of_a_non_string_id_spares_its_namesake(
             await syncer.apply(batch)
         finally:
             await syncer.close()
-        assert await client.exists(index=ingest_settings.index_alias, id="424242")
+        assert await client.exists(index=ingest_settings.index_alias, id="515151")
         assert (await verify(ingest_settings, client=client)).ok
     finally:
         await client.close()
