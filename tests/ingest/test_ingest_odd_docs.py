@@ -193,3 +193,18 @@ async def test_hard_delete_of_a_non_string_id_spares_its_namesake(
         assert (await verify(ingest_settings, client=client)).ok
     finally:
         await client.close()
+
+
+async def test_dead_letters_keep_their_null_fields(mongo_db: Any, async_db: Any) -> None:
+    """Every record has ``doc_id`` and ``version`` (docs/architecture.md): FerretDB dropped
+    the nulls of a document with ``_id: null`` and no usable version, as ``$setOnInsert`` set
+    them, and a reader of ``letter["doc_id"]`` failed on exactly the odd documents."""
+    from opendisco.ingest._store import dead_letter, write_dead_letters
+
+    odd = {"_id": None, "kind": "movie", "title": "t", "version": "one"}
+    for _ in range(2):  # a first record, then the same one read again
+        await write_dead_letters(async_db, [dead_letter("null-test", "validation", odd, "_id")])
+    (letter,) = list(mongo_db["dead_letters"].find({"source": "null-test"}))
+    assert "doc_id" in letter and letter["doc_id"] is None
+    assert "version" in letter and letter["version"] is None
+    assert letter["doc"]["version"] == "one" and letter["reason"] == "_id"
