@@ -21,7 +21,7 @@ from opendisco._settings import Settings
 from ._bulk import Action, BulkResult, BulkWriter
 from ._document import embedding_text, to_index_doc
 from ._embed import Embedder
-from ._schema import validate_item
+from ._schema import indexable_id, source_version, validate_item
 from ._store import dead_letter, write_dead_letters
 
 __all__ = ["Applied", "Counters", "Prepared", "prepare", "write"]
@@ -114,22 +114,24 @@ def _marker(doc: Mapping[str, Any]) -> Any:
 
 
 def _key(doc: Mapping[str, Any]) -> Any:
-    """A hashable id that keeps its BSON type (``424242`` and ``"424242"`` differ)."""
-    value = doc.get("_id") if isinstance(doc, Mapping) else None
-    if value is None:
+    """A hashable id that keeps its BSON type (``424242`` and ``"424242"`` differ).
+
+    A null or embedded-document id (unhashable) is keyed by its type and ``repr`` (a tuple,
+    which no BSON ``_id`` decodes to): forgetting it would re-apply it on every pass, and a
+    sync worker re-reading it every pass (a future or non-date ``updated_at``) never idles.
+    """
+    if not isinstance(doc, Mapping) or "_id" not in doc:
         return None
+    value = doc["_id"]
     try:
         hash(value)
     except TypeError:
-        return None
-    return value
+        return (type(value).__name__, repr(value))
+    return ("NoneType", "None") if value is None else value
 
 
 def _version_of(doc: Mapping[str, Any]) -> int | None:
-    v = doc.get("version") if isinstance(doc, Mapping) else None
-    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**62:
-        return v
-    return None
+    return source_version(doc.get("version")) if isinstance(doc, Mapping) else None
 
 
 def prepare(
@@ -149,12 +151,7 @@ def prepare(
             out.letters.append(dead_letter(source, "validation", raw, str(exc)))
             version = _version_of(raw)
             doc_id = raw.get("_id") if isinstance(raw, Mapping) else None
-            if (
-                delete_invalid
-                and version is not None
-                and isinstance(doc_id, str)
-                and len(doc_id.encode()) <= 512
-            ):
+            if delete_invalid and version is not None and indexable_id(doc_id):
                 out.actions.append(Action("delete", doc_id, version, raw=raw))
             continue
         if item["deleted"]:

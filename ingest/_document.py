@@ -85,14 +85,18 @@ def content_hash(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# rank_features accept only positive *normal* float32 values (Lucene refuses 1e-40 or a
+# double that rounds to 0); a smaller one is left out: absent means "no boost"
+_MIN_FEATURE = float(np.finfo(np.float32).tiny)
+
+
 def _features(item: Mapping[str, Any]) -> dict[str, float]:
-    # rank_features accept only positive values; absent means "no boost"
     feats = {}
-    pop = item.get("popularity") or 0.0
-    if pop > 0:
-        feats["popularity"] = float(math.log1p(pop))
+    pop = float(math.log1p(item.get("popularity") or 0.0))
+    if pop >= _MIN_FEATURE:
+        feats["popularity"] = pop
     q = item.get("quality")
-    if q is not None and q > 0:
+    if q is not None and q >= _MIN_FEATURE:
         feats["quality"] = float(q)
     return feats
 

@@ -42,6 +42,7 @@ from opendisco._store import detect_capabilities, now_ms
 from ._checkpoints import Checkpoint, Floor, load_checkpoints, load_floor, save_checkpoints
 from ._checkpoints import token_order as _order
 from ._partitions import partition_of
+from ._schema import indexable_id
 from ._store import items_collection, load_state, save_state, state_key, stream
 
 __all__ = [
@@ -290,8 +291,10 @@ class ChangeStreamFeed(_Partitioned):
             doc = event.get("fullDocument")
             if doc is not None:  # None: deleted since; a later delete event follows
                 batch.docs.append(doc)
-        elif op == "delete":
-            batch.hard_deletes.append(HardDelete(str(key)))
+        elif op == "delete" and indexable_id(key):
+            # only a string id can be in the index: str() of 424242 or of an ObjectId would
+            # name another document ("424242"), which the delete would remove
+            batch.hard_deletes.append(HardDelete(key))
 
     async def commit(self, batch: ChangeBatch) -> None:
         token, floor = batch.checkpoint.get("token"), batch.checkpoint.get("floor_index")

@@ -34,6 +34,7 @@ from opendisco._exceptions import IndexStateError
 
 from ._apply import Counters
 from ._feed import ChangeBatch, HardDelete
+from ._schema import source_version
 from ._store import items_collection, stream
 
 __all__ = ["ReconcileReport", "reconcile"]
@@ -61,8 +62,7 @@ class ReconcileReport(Counters):
 
 
 def _version(doc: dict[str, Any]) -> int | None:
-    v = doc.get("version")
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else None
+    return source_version(doc.get("version"))  # what validation accepts (2.0 is 2)
 
 
 async def _mongo_side(

@@ -17,7 +17,15 @@ import numpy as np
 from opendisco._exceptions import DocumentInvalid
 from opendisco._stored import VECTOR_SUBTYPE, read_vector, vector_values
 
-__all__ = ["ITEM_FIELDS", "KINDS", "MAX_ID_BYTES", "MAX_KEYWORD_BYTES", "validate_item"]
+__all__ = [
+    "ITEM_FIELDS",
+    "KINDS",
+    "MAX_ID_BYTES",
+    "MAX_KEYWORD_BYTES",
+    "indexable_id",
+    "source_version",
+    "validate_item",
+]
 
 KINDS = frozenset({"profile", "movie", "listing", "product"})
 MAX_ID_BYTES = 512
@@ -26,6 +34,11 @@ MAX_TEXT_BYTES = 64_000
 MAX_TAGS = 100
 MAX_DEPTH = 8  # nesting of any (even undeclared) field
 MIN_YEAR, MAX_YEAR = 1000, 9999
+MAX_VERSION = 2**62
+# OpenSearch ``float`` fields hold float32: a larger double becomes Infinity and is refused
+F32_MAX = float(np.finfo(np.float32).max)
+# vector components: the float16 copy the reranker reads (``vec_f16``) must stay finite
+F16_MAX = float(np.finfo(np.float16).max)
 
 ITEM_FIELDS = (
     "kind",
@@ -51,6 +64,24 @@ ITEM_FIELDS = (
     "pref_age_max",
     "behaviour",
 )
+
+
+def indexable_id(value: Any) -> bool:
+    """Whether ``value`` can be an OpenSearch ``_id``: a non-empty string of at most
+    ``MAX_ID_BYTES`` UTF-8 bytes. OpenSearch refuses any other id for the whole bulk request
+    (``action_request_validation_exception``), not just for its own action."""
+    return type(value) is str and 0 < len(value.encode("utf-8")) <= MAX_ID_BYTES
+
+
+def source_version(value: Any) -> int | None:
+    """A ``version`` value as validation reads it (an int, or a float holding one, in
+    [1, ``MAX_VERSION``]), else ``None``: the one rule for every step that needs the version
+    of a document that may be invalid (deletes of its stale copy, reconciliation)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_VERSION:
+        return value
+    return None
 
 
 def _fail(field: str, problem: str) -> DocumentInvalid:
@@ -83,7 +114,7 @@ def _str(doc: Mapping[str, Any], field: str, *, required: bool, max_bytes: int) 
         if required:
             raise _fail(field, "required")
         return None
-    if not isinstance(value, str):
+    if type(value) is not str:  # exactly: BSON JavaScript code decodes to a str subclass
         raise _fail(field, f"expected a string, got {type(value).__name__}")
     if len(value.encode("utf-8")) > max_bytes:
         raise _fail(field, f"longer than {max_bytes} bytes")
@@ -154,7 +185,7 @@ def _keywords(doc: Mapping[str, Any], field: str) -> list[str]:
         raise _fail(field, f"more than {MAX_TAGS} entries")
     out = []
     for i, v in enumerate(value):
-        if not isinstance(v, str):
+        if type(v) is not str:
             raise _fail(f"{field}[{i}]", f"expected a string, got {type(v).__name__}")
         if len(v.encode("utf-8")) > MAX_KEYWORD_BYTES:
             raise _fail(f"{field}[{i}]", f"longer than {MAX_KEYWORD_BYTES} bytes")
@@ -174,8 +205,7 @@ def _vector(doc: Mapping[str, Any], field: str, dim: int | None) -> list[float] 
             raise _fail(field, f"expected {dim} dimensions, got {len(vec)}")
         if not np.isfinite(vec).all():
             raise _fail(field, "components must be finite numbers")
-        if not vec.any():
-            raise _fail(field, "zero vector (undefined cosine)")
+        _check_components(field, vec)
         return vector_values(vec)
     if not isinstance(value, list | tuple):
         raise _fail(field, f"expected a list of numbers, got {type(value).__name__}")
@@ -186,9 +216,16 @@ def _vector(doc: Mapping[str, Any], field: str, dim: int | None) -> list[float] 
         if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
             raise _fail(field, f"components must be finite numbers, got {x!r}")
         out.append(float(x))
-    if not any(out):
-        raise _fail(field, "zero vector (undefined cosine)")
+    _check_components(field, np.asarray(out))
     return out
+
+
+def _check_components(field: str, vec: np.ndarray) -> None:
+    """What OpenSearch's cosine k-NN field and the packed float16 copy can hold."""
+    if float(np.abs(vec).max(initial=0.0)) > F16_MAX:
+        raise _fail(field, f"components must be within +-{F16_MAX:g}")
+    if not vec.astype(np.float32).any():  # what the k-NN field stores: float32
+        raise _fail(field, "zero vector (undefined cosine)")
 
 
 def _location(doc: Mapping[str, Any]) -> dict[str, float] | None:
@@ -215,14 +252,14 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
     if _depth(doc) > MAX_DEPTH:
         raise _fail("document", f"nested deeper than {MAX_DEPTH} levels")
     doc_id = doc.get("_id")
-    if not isinstance(doc_id, str) or not doc_id:
+    if type(doc_id) is not str or not doc_id:
         raise _fail("_id", f"expected a non-empty string, got {doc_id!r}")
     if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
         raise _fail("_id", f"longer than {MAX_ID_BYTES} bytes")
     kind = _str(doc, "kind", required=True, max_bytes=64)
     if kind not in KINDS:
         raise _fail("kind", f"{kind!r} not one of {sorted(KINDS)}")
-    version = _int(doc, "version", lo=1, hi=2**62)
+    version = _int(doc, "version", lo=1, hi=MAX_VERSION)
     if version is None:
         raise _fail("version", "required (monotonic per document)")
     out: dict[str, Any] = {
@@ -239,7 +276,7 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
         "deleted": _bool(doc, "deleted", False),
         "year": _int(doc, "year", lo=MIN_YEAR, hi=MAX_YEAR),
         "location": _location(doc),
-        "popularity": _float(doc, "popularity", 0.0, None) or 0.0,
+        "popularity": _float(doc, "popularity", 0.0, F32_MAX) or 0.0,
         "quality": _float(doc, "quality", 0.0, 1.0),
         "available": _bool(doc, "available", True),
         "exposure_cap": _int(doc, "exposure_cap", lo=0, hi=2**31 - 1),

@@ -124,11 +124,14 @@ async def write_dead_letters(db: Any, letters: list[dict[str, Any]]) -> int:
         return 0
     ops = []
     for letter in letters:
-        body = {k: v for k, v in letter.items() if k not in ("_id", "at")}
+        body = {k: v for k, v in letter.items() if k not in ("_id", "at") and v is not None}
+        # FerretDB drops a null set by $setOnInsert: null fields go through $set (the same
+        # null on every write), so every record has doc_id and version
+        nulls = {k: None for k, v in letter.items() if v is None}
         ops.append(
             UpdateOne(
                 {"_id": letter["_id"]},
-                {"$setOnInsert": body, "$set": {"at": letter["at"]}},
+                {"$setOnInsert": body, "$set": {**nulls, "at": letter["at"]}},
                 upsert=True,
             )
         )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from bson import DatetimeMS
+from bson import Code, DatetimeMS
 
 from opendisco import DocumentInvalid, Settings
 from opendisco.ingest import (
@@ -69,6 +69,12 @@ BAD = {
     "bad_location": ({"location": {"lat": 95.0, "lon": 0.0}}, "lat"),
     "zero_behaviour": ({"behaviour": [0.0] * 32}, "behaviour"),
     "behaviour_dims": ({"behaviour": [0.1] * 7}, "behaviour"),
+    # BSON JavaScript code decodes to a str subclass (MongoDB stores it; FerretDB does not):
+    # as ``kind`` it raised TypeError (unhashable) out of validation and stopped the batch
+    "code_kind": ({"kind": Code("movie")}, "kind"),
+    "code_title": ({"title": Code("Ana")}, "title"),
+    "code_tag": ({"tags": [Code("jazz")]}, "tags[0]"),
+    "code_id": ({"_id": Code("p1")}, "_id"),
 }
 
 

@@ -1,0 +1,210 @@
+"""Odd documents against the real servers: none stops the feed, none is left half-applied.
+
+Each case is a document FerretDB stores that once got past validation into a bulk request
+OpenSearch refused (as a whole, or for itself while ``verify`` kept expecting it), or that a
+sync worker re-applied on every pass.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from opendisco import Settings, clients, now_ms
+from opendisco.ingest import Embedder, Syncer, reindex, sync_once, verify
+
+
+def _item(base: dict[str, Any], doc_id: Any, **patch: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(base)
+    doc.update({"_id": doc_id, "version": 1, "updated_at": now_ms(), **patch})
+    return doc
+
+
+def _bump(coll: Any, doc_id: Any, **fields: Any) -> None:
+    coll.update_one(
+        {"_id": doc_id}, {"$set": {**fields, "updated_at": now_ms()}, "$inc": {"version": 1}}
+    )
+
+
+async def test_empty_string_id_does_not_block_sync_or_repair(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """``_id: ""`` is invalid (dead letter) and must not become a delete action: OpenSearch
+    refuses an empty id for the whole bulk request, which stopped every valid change with it."""
+    client = clients.async_opensearch(ingest_settings)
+    coll = mongo_db[ingest_settings.items_collection]
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        coll.insert_one(_item(ingest_catalogue[0], ""))
+        _bump(coll, "p1", title="Renamed while an empty id waits in the feed")
+        report = await sync_once(ingest_settings, client=client, embedder=embedder)
+        assert (report.indexed, report.dead_lettered) == (1, 1)
+        doc = await client.get(index=ingest_settings.index_alias, id="p1")
+        assert doc["_version"] == 2
+        letter = mongo_db["dead_letters"].find_one({"doc_id": "", "source": "sync"})
+        assert letter is not None and letter["reason"].startswith("_id")
+
+        syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+        try:
+            repaired = await syncer.reconcile(take_all=True)  # what `verify --repair` runs
+        finally:
+            await syncer.close()
+        assert repaired.missing == 1 and repaired.dead_lettered == 1
+        check = await verify(ingest_settings, client=client)
+        assert check.ok and check.invalid == 1, check.summary()
+    finally:
+        await client.close()
+
+
+async def test_unhashable_id_is_applied_once_per_version(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A document re-read on every polling pass (its ``updated_at`` is not a date) with an
+    embedded-document or null ``_id`` is dead-lettered once, then skipped like any other:
+    re-applying it made every pass report a change, and ``run_sync`` never idled."""
+    client = clients.async_opensearch(ingest_settings)
+    coll = mongo_db[ingest_settings.items_collection]
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        coll.insert_one(_item(ingest_catalogue[0], {"tenant": "a", "n": 1}, updated_at="soon"))
+        coll.insert_one(_item(ingest_catalogue[1], None, updated_at="later"))
+        syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+        try:
+            first = await syncer.once(take_all=True)
+            assert first.dead_lettered == 2
+            again = await syncer.once(take_all=True)
+            assert (again.seen, again.dead_lettered) == (0, 0)
+        finally:
+            await syncer.close()
+    finally:
+        await client.close()
+
+
+async def test_numbers_opensearch_cannot_hold_are_caught_by_validation(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A finite double past float32 (``popularity`` 4e38, a behaviour component 1e39) or a
+    vector that is zero in float32 was accepted by validation and refused by OpenSearch, so
+    ``verify`` reported it missing for ever; positive values below float32's smallest normal
+    number were refused as rank features. Now: dead letters at validation, or indexed."""
+    dim = ingest_settings.behaviour_dim
+    base = ingest_catalogue[0]
+    bad = {
+        "pop-4e38": _item(base, "pop-4e38", popularity=4e38),
+        "beh-1e39": _item(base, "beh-1e39", behaviour=[1e39] + [0.1] * (dim - 1)),
+        "beh-f16": _item(base, "beh-f16", behaviour=[70_000.0] + [0.1] * (dim - 1)),
+        "beh-f32-zero": _item(base, "beh-f32-zero", behaviour=[1e-46] * dim),
+    }
+    good = {
+        "pop-tiny": _item(base, "pop-tiny", popularity=1e-40),
+        "quality-tiny": _item(base, "quality-tiny", quality=1e-40),
+        "quality-denormal": _item(base, "quality-denormal", quality=5e-324),
+        "beh-small": _item(base, "beh-small", behaviour=[1e-40] * dim),
+    }
+    coll = mongo_db[ingest_settings.items_collection]
+    coll.insert_many([*bad.values(), *good.values()])
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert report.indexed == len(ingest_catalogue) + len(good)
+        letters = {
+            d["doc_id"]: d for d in mongo_db["dead_letters"].find({"doc_id": {"$in": list(bad)}})
+        }
+        assert set(letters) == set(bad)
+        assert {d["stage"] for d in letters.values()} == {"validation"}
+        assert letters["pop-4e38"]["reason"].startswith("popularity")
+        check = await verify(ingest_settings, client=client)
+        assert check.ok and check.invalid == len(bad), check.summary()
+        # fixed in MongoDB, the next sync indexes it
+        _bump(coll, "pop-4e38", popularity=4.0)
+        assert (await sync_once(ingest_settings, client=client, embedder=embedder)).indexed == 1
+        assert (await verify(ingest_settings, client=client)).ok
+    finally:
+        await client.close()
+
+
+async def test_integral_float_version_survives_reconcile(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """``version: 2.0`` (a double, as some drivers write it) validates as 2 and is indexed;
+    reconciliation read it as "no usable version" and deleted the valid document."""
+    coll = mongo_db[ingest_settings.items_collection]
+    coll.insert_one(_item(ingest_catalogue[0], "float-version", version=2.0))
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+        try:
+            repaired = await syncer.reconcile(take_all=True)
+        finally:
+            await syncer.close()
+        assert (repaired.unversioned, repaired.deleted) == (0, 0)
+        doc = await client.get(index=ingest_settings.index_alias, id="float-version")
+        assert doc["_version"] == 2
+        assert (await verify(ingest_settings, client=client)).ok
+    finally:
+        await client.close()
+
+
+async def test_hard_delete_of_a_non_string_id_spares_its_namesake(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+    async_db: Any,
+) -> None:
+    """A change stream's delete event of ``_id: 515151`` (dead-lettered, never indexed) was
+    applied as a hard delete of ``str(key)``: the valid document ``"515151"`` left the index.
+    FerretDB has no change streams, so the event is handed to the feed's router as MongoDB
+    sends it; the delete it yields goes through the real sync write path."""
+    from opendisco.ingest._checkpoints import Checkpoint
+    from opendisco.ingest._feed import ChangeBatch, ChangeStreamFeed
+
+    coll = mongo_db[ingest_settings.items_collection]
+    coll.insert_many([_item(ingest_catalogue[0], "515151"), _item(ingest_catalogue[1], 515151)])
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        coll.delete_one({"_id": 515151})
+        feed = ChangeStreamFeed(ingest_settings, async_db)
+        feed.checkpoints = {p: Checkpoint(p) for p in feed.partitions}
+        batch = ChangeBatch()
+        for key in (515151, ""):
+            event = {"_id": {"_data": "8201"}, "operationType": "delete"}
+            feed._route({**event, "documentKey": {"_id": key}}, batch)
+        syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+        try:
+            await syncer.apply(batch)
+        finally:
+            await syncer.close()
+        assert await client.exists(index=ingest_settings.index_alias, id="515151")
+        assert (await verify(ingest_settings, client=client)).ok
+    finally:
+        await client.close()
+
+
+async def test_dead_letters_keep_their_null_fields(mongo_db: Any, async_db: Any) -> None:
+    """Every record has ``doc_id`` and ``version`` (docs/architecture.md): FerretDB dropped
+    the nulls of a document with ``_id: null`` and no usable version, as ``$setOnInsert`` set
+    them, and a reader of ``letter["doc_id"]`` failed on exactly the odd documents."""
+    from opendisco.ingest._store import dead_letter, write_dead_letters
+
+    odd = {"_id": None, "kind": "movie", "title": "t", "version": "one"}
+    for _ in range(2):  # a first record, then the same one read again
+        await write_dead_letters(async_db, [dead_letter("null-test", "validation", odd, "_id")])
+    (letter,) = list(mongo_db["dead_letters"].find({"source": "null-test"}))
+    assert "doc_id" in letter and letter["doc_id"] is None
+    assert "version" in letter and letter["version"] is None
+    assert letter["doc"]["version"] == "one" and letter["reason"] == "_id"
