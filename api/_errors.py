@@ -88,7 +88,7 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         _body(rid, "HTTPError", str(exc.detail)),
         status_code=exc.status_code,
-        headers={"X-Request-ID": rid},
+        headers={**(exc.headers or {}), "X-Request-ID": rid},  # e.g. a 405's Allow
     )
 
 

@@ -58,3 +58,14 @@ async def test_event_features_must_be_finite(
             "/v1/events", json={"events": [_event(features=[0.5, 1.0])]}, headers=h(keys["write"])
         )
     assert ok.status_code == 200 and ok.json()["accepted"] == 1, ok.text
+
+
+async def test_method_not_allowed_names_the_allowed_methods(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    async with serve(api_settings) as client:
+        r = await client.delete("/v1/events", headers=h(keys["write"]))
+        g = await client.put("/healthz")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "HTTPError"
+    assert r.headers["allow"] == "POST"
+    assert g.status_code == 405 and g.headers["allow"] == "GET"
