@@ -26,7 +26,7 @@ from opendisco._exceptions import (
 
 from ._models import ErrorResponse
 
-__all__ = ["ERRORS", "error_response", "install_error_handlers", "request_id"]
+__all__ = ["BODY_ERRORS", "ERRORS", "error_response", "install_error_handlers", "request_id"]
 
 log = logging.getLogger("opendisco.api")
 
@@ -41,6 +41,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (429, "Rate limited (see Retry-After)."),
         (503, "Saturated or no answer at all (see Retry-After)."),
     )
+}
+
+
+#: the statuses of a request body refused at the edge (routes that take a body)
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorResponse, "description": "The body did not arrive in time."},
+    413: {"model": ErrorResponse, "description": "The body is over api_max_body_bytes."},
 }
 
 

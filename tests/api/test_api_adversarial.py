@@ -8,8 +8,10 @@ body holding an admission slot for ever (the API shed every other /v1 request wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -69,3 +71,66 @@ async def test_method_not_allowed_names_the_allowed_methods(
     assert r.status_code == 405 and r.json()["error"]["type"] == "HTTPError"
     assert r.headers["allow"] == "POST"
     assert g.status_code == 405 and g.headers["allow"] == "GET"
+
+
+async def test_body_over_the_limit_is_413_before_any_parsing(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    settings = api_settings.model_copy(update={"api_max_body_bytes": 100_000})
+    big = '{"events": [' + " " * 200_000 + "]}"
+    async with serve(settings) as client:
+        for headers in ({}, h(keys["write"])):  # with or without a key: never read in full
+            r = await client.post(
+                "/v1/events", content=big, headers={**headers, "content-type": "application/json"}
+            )
+            assert r.status_code == 413, r.text
+            assert r.json()["error"]["type"] == "BodyTooLarge"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+            for _ in range(30):
+                yield b" " * 10_000
+
+        r = await client.post("/v1/events", content=chunks(), headers=h(keys["write"]))
+        assert r.status_code == 413, r.text
+        # a body within the limit is served as before
+        ok = await client.post("/v1/events", json={"events": [_event()]}, headers=h(keys["write"]))
+    assert ok.status_code == 200, ok.text
+
+
+async def test_a_stalled_body_does_not_hold_an_admission_slot(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """One /v1 slot, and a client (no key needed) that sends the start of a body and then
+    nothing: other requests are still admitted, and the stalled one ends with 408."""
+    settings = api_settings.model_copy(
+        update={
+            "api_max_concurrency": 1,
+            "api_adaptive_concurrency": False,
+            "api_queue_timeout_ms": 200,
+            "api_body_timeout_s": 2.0,
+        }
+    )
+    stall = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b'{"events": ['
+        await stall.wait()
+        yield b"]}"
+
+    async with serve(settings) as client:
+        post = asyncio.create_task(
+            client.post(
+                "/v1/events", content=stalled(), headers={"content-type": "application/json"}
+            )
+        )
+        try:
+            await asyncio.sleep(0.3)  # the stalled request is in
+            r = await client.get("/v1/users/u1/recommendations?k=3", headers=h(keys["read"]))
+            assert r.status_code == 200, r.text
+            slow = await asyncio.wait_for(post, 30)
+        finally:
+            stall.set()
+            if not post.done():
+                await post
+    assert slow.status_code == 408, slow.text
+    assert slow.json()["error"]["type"] == "BodyTimeout"
