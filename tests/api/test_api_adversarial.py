@@ -134,3 +134,24 @@ async def test_a_stalled_body_does_not_hold_an_admission_slot(
                 await post
     assert slow.status_code == 408, slow.text
     assert slow.json()["error"]["type"] == "BodyTimeout"
+
+
+@pytest.mark.parametrize("token", [b"\xe9", b"\xff" * 43, b"x"])
+async def test_a_non_ascii_csrf_token_is_403(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str], token: bytes
+) -> None:
+    """The playground's CSRF check compared the header's text with hmac.compare_digest, which
+    raises TypeError on non-ASCII str: a 500 instead of the 403 of a wrong token."""
+    async with serve(api_settings) as client:
+        signed = await client.post("/playground/session", json={"key": keys["admin"]})
+        assert signed.status_code == 200, signed.text
+        body = {"kind": "params", "body": {}}
+        r = await client.post(
+            "/playground/api/validate", json=body, headers={"X-CSRF-Token": token}
+        )
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["type"] == "Forbidden"
+        ok = await client.post(
+            "/playground/api/validate", json=body, headers={"X-CSRF-Token": signed.json()["csrf"]}
+        )
+    assert ok.status_code == 200, ok.text
