@@ -9,8 +9,13 @@ body holding an admission slot for ever (the API shed every other /v1 request wi
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
+import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -155,3 +160,43 @@ async def test_a_non_ascii_csrf_token_is_403(
             "/playground/api/validate", json=body, headers={"X-CSRF-Token": signed.json()["csrf"]}
         )
     assert ok.status_code == 200, ok.text
+
+
+def _signed(secret: str, payload: Any) -> str:
+    """A cursor signed with the API's secret, whatever its payload (what another version of
+    the code sharing the secret in ``api_secrets`` might have written)."""
+    body = base64.urlsafe_b64encode(zlib.compress(json.dumps(payload).encode()))
+    text = body.rstrip(b"=").decode()
+    mac = hmac.new(secret.encode(), text.encode(), hashlib.sha256).digest()[:16]
+    return f"{text}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+async def test_a_signed_cursor_of_another_shape_is_422(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    secret = api_settings.api_cursor_secret
+    assert secret
+    later = int(time.time()) + 600
+    odd = [
+        [1],  # not an object
+        {"u": "u1", "s": "for_you", "ids": 5, "exp": later},
+        {"u": "u1", "s": "for_you", "ids": [], "exp": "soon"},
+        {"u": "u1", "s": "for_you", "ids": []},  # no expiry
+    ]
+    async with serve(api_settings) as client:
+        for payload in odd:
+            r = await client.get(
+                "/v1/users/u1/recommendations",
+                params={"k": 3, "cursor": _signed(secret, payload)},
+                headers=h(keys["read"]),
+            )
+            assert r.status_code == 422, (payload, r.text)
+            assert r.json()["error"]["type"] == "InvalidInput"
+        good = {"u": "u1", "s": "for_you", "ids": ["p1"], "exp": later}
+        r = await client.get(
+            "/v1/users/u1/recommendations",
+            params={"k": 3, "cursor": _signed(secret, good)},
+            headers=h(keys["read"]),
+        )
+    assert r.status_code == 200, r.text
+    assert "p1" not in [i["id"] for i in r.json()["items"]]
