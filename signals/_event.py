@@ -89,11 +89,27 @@ class Event(BaseModel):
         None, max_length=64, pattern=REQUEST_ID_PATTERN, description="The served list."
     )
     position: int | None = Field(None, ge=0, le=10_000, description="0-based slot in it.")
-    features: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+    # strict: what the OpenAPI document publishes (a JSON number, never true or "0.5")
+    features: list[Annotated[float, Field(strict=True, allow_inf_nan=False)]] | None = Field(
         None,
         max_length=64,
         description="Feature row the ranker scored (learning to rank); finite numbers only.",
     )
+
+    @field_validator("position", mode="before")
+    @classmethod
+    def _a_json_integer(cls, v: Any) -> Any:
+        # JSON Schema's integer takes 3 and 3.0, never true or "3" (lax pydantic took both)
+        if isinstance(v, bool | str):
+            raise ValueError("a JSON integer, not a boolean or a string")
+        return v
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _not_a_number(cls, v: Any) -> Any:
+        if isinstance(v, int | float):  # seconds or milliseconds? an ISO-8601 string says
+            raise ValueError("an ISO-8601 date-time string, not a number")
+        return v
 
     @field_validator("ts")
     @classmethod

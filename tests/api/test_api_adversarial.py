@@ -67,6 +67,36 @@ async def test_event_features_must_be_finite(
     assert ok.status_code == 200 and ok.json()["accepted"] == 1, ok.text
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"features": [True, 0.5]},  # a boolean is not a number
+        {"features": ["0.5"]},
+        {"position": True},
+        {"position": "3"},
+        {"position": 2.5},
+        {"ts": 1764760000},  # seconds or milliseconds? the schema says an ISO-8601 string
+        {"ts": 0},
+    ],
+)
+async def test_event_fields_are_the_types_the_schema_publishes(
+    api_settings: Settings,
+    api_catalogue: dict[str, Any],
+    keys: dict[str, str],
+    field: dict[str, Any],
+) -> None:
+    """Lax coercion accepted what the OpenAPI document says is invalid (true as 1, "3" as 3,
+    a number as a time), so a client bug was recorded as data instead of a 422. (2.0 is a
+    JSON Schema integer: it stays accepted, as schemathesis checks in test_api_schema.)"""
+    async with serve(api_settings) as client:
+        r = await client.post(
+            "/v1/events", json={"events": [_event(**field)]}, headers=h(keys["write"])
+        )
+    assert r.status_code == 422, r.text
+    name = next(iter(field))
+    assert r.json()["error"]["detail"][0]["loc"][:4] == ["body", "events", "0", name]
+
+
 async def test_method_not_allowed_names_the_allowed_methods(
     api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
