@@ -34,6 +34,7 @@ log = logging.getLogger("opendisco.api")
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": desc}
     for status, desc in (
+        (400, "Malformed request: a body that cannot be decoded (not UTF-8, nested too deep)."),
         (401, "Missing, unknown or revoked API key."),
         (403, "The key lacks the scope (explain=true needs admin)."),
         (404, "Unknown id."),

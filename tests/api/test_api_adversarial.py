@@ -1,10 +1,12 @@
 """Adversarial input on the real servers: what a fuzzer sends gets a clear 4xx JSON error,
 never a 5xx, and a client that never finishes its body cannot starve everyone else.
 
-Each test failed before its fix: an event time whose UTC conversion overflows (500), a
+Each test failed before its fix: an event time whose UTC conversion overflows (500); a
 feature row with NaN/Infinity (Python's JSON reader accepts them; FerretDB then rejected the
-insert: 503), a 405 without its ``Allow`` header, unbounded request bodies, and a stalled
-body holding an admission slot for ever (the API shed every other /v1 request with 503)."""
+insert: 503); event fields coerced against the published schema (true as 1, "3" as 3, a
+number as a time: 200); a 405 without its ``Allow`` header; unbounded request bodies; a
+stalled body holding an admission slot for ever (every other /v1 request shed with 503); a
+non-ASCII CSRF token (500); a signed cursor of another shape (500); an undocumented 400."""
 
 from __future__ import annotations
 
@@ -230,3 +232,24 @@ async def test_a_signed_cursor_of_another_shape_is_422(
         )
     assert r.status_code == 200, r.text
     assert "p1" not in [i["id"] for i in r.json()["items"]]
+
+
+async def test_every_status_a_malformed_request_gets_is_published(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """A body that is not UTF-8 (or nested past the parser's depth) is FastAPI's 400, not a
+    422: the OpenAPI document of every /v1 operation lists it, with the error body."""
+    headers = {**h(keys["write"]), "content-type": "application/json"}
+    async with serve(api_settings) as client:
+        doc = (await client.get("/openapi.json")).json()
+        r = await client.post("/v1/events", content=b'{"events": ["\xff"]}', headers=headers)
+        deep = await client.post(
+            "/v1/events", content=b'{"events": ' + b"[" * 5000 + b"]" * 5000 + b"}", headers=headers
+        )
+    for path, ops in doc["paths"].items():
+        if path.startswith("/v1/"):
+            for op in ops.values():
+                assert "400" in op["responses"], (path, sorted(op["responses"]))
+    for resp in (r, deep):
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["type"] == "HTTPError"
