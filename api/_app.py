@@ -173,7 +173,13 @@ def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAP
         max_queue=settings.api_max_queue,
         target_s=settings.api_deadline_ms / 2000 if settings.api_adaptive_concurrency else None,
     )
-    app.add_middleware(Edge, admission=admission, get_metrics=current_metrics)
+    app.add_middleware(
+        Edge,
+        admission=admission,
+        get_metrics=current_metrics,
+        max_body_bytes=settings.api_max_body_bytes,
+        body_timeout_s=settings.api_body_timeout_s,
+    )
     install_error_handlers(app)
     for router in (routes.discovery, routes.events, routes.ops, routes.playground):
         app.include_router(router)

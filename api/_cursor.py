@@ -87,14 +87,19 @@ class CursorCodec:
     def decode(self, cursor: str, user_id: str, surface: str) -> list[str]:
         """Served ids of a cursor; :class:`InvalidInput` when forged, expired or foreign."""
         body, _, sig = cursor.partition(".")
-        if not body or not sig or not hmac.compare_digest(sig, self._sign(body)):
+        expected = self._sign(body).encode()
+        if not body or not sig or not hmac.compare_digest(sig.encode(), expected):
             raise InvalidInput("invalid cursor")
         try:
             payload = json.loads(zlib.decompress(_unb64(body)))
         except (ValueError, zlib.error) as exc:
             raise InvalidInput("invalid cursor") from exc
+        # signed, yet maybe not what this version writes (another version, same secret)
+        exp, ids = (payload.get("exp"), payload.get("ids")) if isinstance(payload, dict) else (0, 0)
+        if not isinstance(exp, int | float) or not isinstance(ids, list):
+            raise InvalidInput("invalid cursor")
         if payload.get("u") != user_id or payload.get("s") != surface:
             raise InvalidInput("cursor belongs to another user or surface")
-        if payload.get("exp", 0) < self._clock():
+        if not exp >= self._clock():  # NaN too
             raise InvalidInput("cursor expired")
-        return [str(i) for i in payload.get("ids", [])]
+        return [str(i) for i in ids if isinstance(i, str)]

@@ -1,12 +1,19 @@
-"""The pure-ASGI outer layer of the app: request id, latency histogram, admission control.
+"""The pure-ASGI outer layer of the app: request id, latency histogram, request bodies,
+admission control.
 
 It runs before routing and before FastAPI builds anything, so shedding a request the
 :class:`~opendisco.api._admission.Admission` cannot admit (503 + Retry-After) costs almost
 nothing; ops endpoints (``/healthz``, ``/readyz``, ``/metrics``) are never bounded.
+
+A request that declares a body has it received in full here, before admission: at most
+``max_body_bytes`` (413 past it, before anything is parsed) within ``body_timeout_s`` (408).
+A client that starts a body and stalls therefore holds a connection, never one of the
+admitted slots every other /v1 request needs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -15,9 +22,9 @@ from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from opendisco._exceptions import Overloaded
+from opendisco._exceptions import BodyTimeout, BodyTooLarge, Overloaded
 
 from ._admission import Admission
 from ._errors import error_response
@@ -30,16 +37,75 @@ _RID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _BOUNDED = "/v1/"
 
 
+def _declares_body(scope: Scope) -> bool:
+    return any(
+        (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding"
+        for k, v in scope["headers"]
+    )
+
+
+def _declared_length(scope: Scope) -> int | None:
+    raw = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+async def _read_body(receive: Receive, limit: int, timeout_s: float) -> bytes | None:
+    """The whole request body, or None when the client disconnected first;
+    :class:`BodyTooLarge` past ``limit`` bytes, :class:`BodyTimeout` after ``timeout_s``."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"request body larger than {limit} bytes")
+                parts.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(parts)
+    except TimeoutError:
+        raise BodyTimeout(f"request body not received within {timeout_s:g} s") from None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body read already, then the client's messages."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class Edge:
-    """Request id (echoed when well-formed, else generated), latency per route, and /v1
-    requests admitted (or shed) by ``admission``."""
+    """Request id (echoed when well-formed, else generated), latency per route, request
+    bodies read in full (bounded in size and time), and /v1 requests admitted (or shed) by
+    ``admission``."""
 
     def __init__(
-        self, app: ASGIApp, admission: Admission, get_metrics: Callable[[], Metrics | None]
+        self,
+        app: ASGIApp,
+        admission: Admission,
+        get_metrics: Callable[[], Metrics | None],
+        max_body_bytes: int = 8_000_000,
+        body_timeout_s: float = 10.0,
     ) -> None:
         self.app = app
         self.admission = admission
         self.get_metrics = get_metrics
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +127,23 @@ class Edge:
 
         metrics = self.get_metrics()
         started = time.perf_counter()
+        if _declares_body(scope):
+            try:
+                length = _declared_length(scope)
+                if length is not None and length > self.max_body_bytes:
+                    raise BodyTooLarge(f"request body larger than {self.max_body_bytes} bytes")
+                body = await _read_body(receive, self.max_body_bytes, self.body_timeout_s)
+            except (BodyTooLarge, BodyTimeout) as exc:  # the rest is never read: close after
+                if metrics is not None:
+                    reason = "body_too_large" if isinstance(exc, BodyTooLarge) else "body_timeout"
+                    metrics.rejected.labels(reason).inc()
+                resp = error_response(exc, rid)
+                resp.headers["Connection"] = "close"
+                await resp(scope, receive, send_with_id)
+                return
+            if body is None:  # the client went away
+                return
+            receive = _replay(body, receive)
         bounded = scope["path"].startswith(_BOUNDED)
         if bounded and not await self.admission.acquire():
             if metrics is not None:

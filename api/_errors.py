@@ -26,7 +26,7 @@ from opendisco._exceptions import (
 
 from ._models import ErrorResponse
 
-__all__ = ["ERRORS", "error_response", "install_error_handlers", "request_id"]
+__all__ = ["BODY_ERRORS", "ERRORS", "error_response", "install_error_handlers", "request_id"]
 
 log = logging.getLogger("opendisco.api")
 
@@ -34,6 +34,7 @@ log = logging.getLogger("opendisco.api")
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": desc}
     for status, desc in (
+        (400, "Malformed request: a body that cannot be decoded (not UTF-8, nested too deep)."),
         (401, "Missing, unknown or revoked API key."),
         (403, "The key lacks the scope (explain=true needs admin)."),
         (404, "Unknown id."),
@@ -41,6 +42,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (429, "Rate limited (see Retry-After)."),
         (503, "Saturated or no answer at all (see Retry-After)."),
     )
+}
+
+
+#: the statuses of a request body refused at the edge (routes that take a body)
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorResponse, "description": "The body did not arrive in time."},
+    413: {"model": ErrorResponse, "description": "The body is over api_max_body_bytes."},
 }
 
 
@@ -88,7 +96,7 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         _body(rid, "HTTPError", str(exc.detail)),
         status_code=exc.status_code,
-        headers={"X-Request-ID": rid},
+        headers={**(exc.headers or {}), "X-Request-ID": rid},  # e.g. a 405's Allow
     )
 
 

@@ -51,7 +51,8 @@ class Metrics:
         )
         self.rejected = Counter(
             "opendisco_api_rejected_total",
-            "Requests refused before any work (rate limit, saturated: shed by admission).",
+            "Requests refused before any work (rate limit, saturated: shed by admission, "
+            "body_too_large, body_timeout).",
             ["reason"],
             registry=self.registry,
         )

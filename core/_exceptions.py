@@ -16,7 +16,9 @@ boundary with ``raise Mapped(msg) from exc``; the CLI turns the tree into
     ├── InvalidInput                input rejected before any I/O        (HTTP 422)
     │   ├── DocumentInvalid         an item document failed schema validation
     │   ├── EventInvalid            an event failed validation
-    │   └── TemplateParamError      a query template parameter failed validation
+    │   ├── TemplateParamError      a query template parameter failed validation
+    │   ├── BodyTooLarge            a request body over the size limit   (HTTP 413)
+    │   └── BodyTimeout             a request body too slow to arrive    (HTTP 408)
     ├── NotFound                    an id that does not exist            (HTTP 404)
     ├── AuthError                   missing/unknown API key              (HTTP 401)
     │   └── Forbidden               key lacks the scope                  (HTTP 403)
@@ -31,6 +33,8 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "BackendError",
+    "BodyTimeout",
+    "BodyTooLarge",
     "ConfigError",
     "DocumentInvalid",
     "EventInvalid",
@@ -100,6 +104,14 @@ class TemplateParamError(InvalidInput):
     """A query template parameter is missing, unknown or of the wrong type."""
 
 
+class BodyTooLarge(InvalidInput):
+    """A request body is larger than the API accepts (``api_max_body_bytes``)."""
+
+
+class BodyTimeout(InvalidInput):
+    """A request body did not arrive in full within ``api_body_timeout_s``."""
+
+
 class NotFound(OpenDiscoError):
     """The requested id does not exist."""
 
@@ -142,6 +154,8 @@ _STATUS: tuple[tuple[type[OpenDiscoError], int], ...] = (
     (RateLimited, 429),
     (Overloaded, 503),
     (NotFound, 404),
+    (BodyTooLarge, 413),
+    (BodyTimeout, 408),
     (InvalidInput, 422),
     (BackendError, 503),
 )

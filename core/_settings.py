@@ -342,6 +342,18 @@ class Settings(BaseSettings):
     api_max_queue: int = Field(
         64, ge=0, description="Requests waiting for admission at most; more are shed at once."
     )
+    api_max_body_bytes: int = Field(
+        8_000_000,
+        ge=1,
+        description="Largest request body read (bytes); a longer one is refused with 413 "
+        "before any of it is parsed (a full batch of 1000 events is ~3 MB).",
+    )
+    api_body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time to receive a request body, read in full before admission "
+        "(a stalled upload never holds an admission slot); slower is refused with 408.",
+    )
     api_rate_limit: float = Field(50.0, description="Default requests per second per API key.")
     api_auth: bool = Field(True, description="Require API keys (disable only for local demos).")
     # API team (issue 6): keys, rate limits, breaker, fallback, cursors

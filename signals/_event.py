@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -89,16 +89,37 @@ class Event(BaseModel):
         None, max_length=64, pattern=REQUEST_ID_PATTERN, description="The served list."
     )
     position: int | None = Field(None, ge=0, le=10_000, description="0-based slot in it.")
-    features: list[float] | None = Field(
-        None, max_length=64, description="Feature row the ranker scored (learning to rank)."
+    # strict: what the OpenAPI document publishes (a JSON number, never true or "0.5")
+    features: list[Annotated[float, Field(strict=True, allow_inf_nan=False)]] | None = Field(
+        None,
+        max_length=64,
+        description="Feature row the ranker scored (learning to rank); finite numbers only.",
     )
+
+    @field_validator("position", mode="before")
+    @classmethod
+    def _a_json_integer(cls, v: Any) -> Any:
+        # JSON Schema's integer takes 3 and 3.0, never true or "3" (lax pydantic took both)
+        if isinstance(v, bool | str):
+            raise ValueError("a JSON integer, not a boolean or a string")
+        return v
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _not_a_number(cls, v: Any) -> Any:
+        if isinstance(v, int | float):  # seconds or milliseconds? an ISO-8601 string says
+            raise ValueError("an ISO-8601 date-time string, not a number")
+        return v
 
     @field_validator("ts")
     @classmethod
     def _utc(cls, v: datetime | None) -> datetime | None:
         if v is None:
             return v
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        try:
+            return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 is past datetime.max in UTC
+            raise ValueError("out of the representable range once converted to UTC") from None
 
 
 def _reason(exc: ValidationError) -> str:

@@ -112,8 +112,9 @@ async def authenticate(request: Request, rt: Runtime) -> Member:
         raise AuthError("the playground session expired; sign in again")
     key = await _admin_key(rt, session["key_id"])
     if request.method not in _SAFE:
-        sent = request.headers.get(CSRF_HEADER, "")
-        if not sent or not hmac.compare_digest(sent, session["csrf"]):
+        # headers are latin-1 text: compared as bytes (a str with non-ASCII is a TypeError)
+        sent = request.headers.get(CSRF_HEADER, "").encode("latin-1")
+        if not sent or not hmac.compare_digest(sent, str(session["csrf"]).encode()):
             raise Forbidden("missing or wrong X-CSRF-Token for this session")
     _rate(rt, key)
     return Member(key.key_id, key.name, session["csrf"])

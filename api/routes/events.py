@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from opendisco._exceptions import BackendError, OpenDiscoError, Overloaded
 
 from .._deps import RuntimeDep, WriteKey
-from .._errors import ERRORS, request_id
+from .._errors import BODY_ERRORS, ERRORS, request_id
 from .._models import EventBatch, EventsResponse
 
 __all__ = ["router"]
@@ -18,7 +18,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["events"])
 
 
-@router.post("/v1/events", response_model=EventsResponse, responses=ERRORS)
+@router.post("/v1/events", response_model=EventsResponse, responses={**ERRORS, **BODY_ERRORS})
 async def events(
     request: Request, rt: RuntimeDep, key: WriteKey, batch: EventBatch
 ) -> dict[str, Any]:

@@ -1,0 +1,255 @@
+"""Adversarial input on the real servers: what a fuzzer sends gets a clear 4xx JSON error,
+never a 5xx, and a client that never finishes its body cannot starve everyone else.
+
+Each test failed before its fix: an event time whose UTC conversion overflows (500); a
+feature row with NaN/Infinity (Python's JSON reader accepts them; FerretDB then rejected the
+insert: 503); event fields coerced against the published schema (true as 1, "3" as 3, a
+number as a time: 200); a 405 without its ``Allow`` header; unbounded request bodies; a
+stalled body holding an admission slot for ever (every other /v1 request shed with 503); a
+non-ASCII CSRF token (500); a signed cursor of another shape (500); an undocumented 400."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from api_support import h, serve
+
+from opendisco import Settings
+
+
+def _event(**kw: Any) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "type": "click", "user_id": "u1", "item_id": "p2", **kw}
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "9999-12-31T23:59:59-05:00",  # past datetime.max once in UTC
+        "0001-01-01T00:00:00+05:00",  # before datetime.min once in UTC
+    ],
+)
+async def test_event_time_out_of_range_in_utc_is_422(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str], ts: str
+) -> None:
+    async with serve(api_settings) as client:
+        r = await client.post(
+            "/v1/events", json={"events": [_event(ts=ts)]}, headers=h(keys["write"])
+        )
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["type"] == "InvalidInput"
+    assert err["detail"][0]["loc"] == ["body", "events", "0", "ts"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+async def test_event_features_must_be_finite(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str], literal: str
+) -> None:
+    # Python's JSON reader (the API's) takes these literals; json.dumps would write them too
+    body = json.dumps({"events": [_event(features=[0.5, "X"])]}).replace('"X"', literal)
+    headers = {**h(keys["write"]), "content-type": "application/json"}
+    async with serve(api_settings) as client:
+        r = await client.post("/v1/events", content=body, headers=headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["detail"][0]["loc"][:4] == ["body", "events", "0", "features"]
+        # the store still takes a finite row
+        ok = await client.post(
+            "/v1/events", json={"events": [_event(features=[0.5, 1.0])]}, headers=h(keys["write"])
+        )
+    assert ok.status_code == 200 and ok.json()["accepted"] == 1, ok.text
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"features": [True, 0.5]},  # a boolean is not a number
+        {"features": ["0.5"]},
+        {"position": True},
+        {"position": "3"},
+        {"position": 2.5},
+        {"ts": 1764760000},  # seconds or milliseconds? the schema says an ISO-8601 string
+        {"ts": 0},
+    ],
+)
+async def test_event_fields_are_the_types_the_schema_publishes(
+    api_settings: Settings,
+    api_catalogue: dict[str, Any],
+    keys: dict[str, str],
+    field: dict[str, Any],
+) -> None:
+    """Lax coercion accepted what the OpenAPI document says is invalid (true as 1, "3" as 3,
+    a number as a time), so a client bug was recorded as data instead of a 422. (2.0 is a
+    JSON Schema integer: it stays accepted, as schemathesis checks in test_api_schema.)"""
+    async with serve(api_settings) as client:
+        r = await client.post(
+            "/v1/events", json={"events": [_event(**field)]}, headers=h(keys["write"])
+        )
+    assert r.status_code == 422, r.text
+    name = next(iter(field))
+    assert r.json()["error"]["detail"][0]["loc"][:4] == ["body", "events", "0", name]
+
+
+async def test_method_not_allowed_names_the_allowed_methods(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    async with serve(api_settings) as client:
+        r = await client.delete("/v1/events", headers=h(keys["write"]))
+        g = await client.put("/healthz")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "HTTPError"
+    assert r.headers["allow"] == "POST"
+    assert g.status_code == 405 and g.headers["allow"] == "GET"
+
+
+async def test_body_over_the_limit_is_413_before_any_parsing(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    settings = api_settings.model_copy(update={"api_max_body_bytes": 100_000})
+    big = '{"events": [' + " " * 200_000 + "]}"
+    async with serve(settings) as client:
+        for headers in ({}, h(keys["write"])):  # with or without a key: never read in full
+            r = await client.post(
+                "/v1/events", content=big, headers={**headers, "content-type": "application/json"}
+            )
+            assert r.status_code == 413, r.text
+            assert r.json()["error"]["type"] == "BodyTooLarge"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+            for _ in range(30):
+                yield b" " * 10_000
+
+        r = await client.post("/v1/events", content=chunks(), headers=h(keys["write"]))
+        assert r.status_code == 413, r.text
+        # a body within the limit is served as before
+        ok = await client.post("/v1/events", json={"events": [_event()]}, headers=h(keys["write"]))
+    assert ok.status_code == 200, ok.text
+
+
+async def test_a_stalled_body_does_not_hold_an_admission_slot(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """One /v1 slot, and a client (no key needed) that sends the start of a body and then
+    nothing: other requests are still admitted, and the stalled one ends with 408."""
+    settings = api_settings.model_copy(
+        update={
+            "api_max_concurrency": 1,
+            "api_adaptive_concurrency": False,
+            "api_queue_timeout_ms": 200,
+            "api_body_timeout_s": 2.0,
+        }
+    )
+    stall = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b'{"events": ['
+        await stall.wait()
+        yield b"]}"
+
+    async with serve(settings) as client:
+        post = asyncio.create_task(
+            client.post(
+                "/v1/events", content=stalled(), headers={"content-type": "application/json"}
+            )
+        )
+        try:
+            await asyncio.sleep(0.3)  # the stalled request is in
+            r = await client.get("/v1/users/u1/recommendations?k=3", headers=h(keys["read"]))
+            assert r.status_code == 200, r.text
+            slow = await asyncio.wait_for(post, 30)
+        finally:
+            stall.set()
+            if not post.done():
+                await post
+    assert slow.status_code == 408, slow.text
+    assert slow.json()["error"]["type"] == "BodyTimeout"
+
+
+@pytest.mark.parametrize("token", [b"\xe9", b"\xff" * 43, b"x"])
+async def test_a_non_ascii_csrf_token_is_403(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str], token: bytes
+) -> None:
+    """The playground's CSRF check compared the header's text with hmac.compare_digest, which
+    raises TypeError on non-ASCII str: a 500 instead of the 403 of a wrong token."""
+    async with serve(api_settings) as client:
+        signed = await client.post("/playground/session", json={"key": keys["admin"]})
+        assert signed.status_code == 200, signed.text
+        body = {"kind": "params", "body": {}}
+        r = await client.post(
+            "/playground/api/validate", json=body, headers={"X-CSRF-Token": token}
+        )
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["type"] == "Forbidden"
+        ok = await client.post(
+            "/playground/api/validate", json=body, headers={"X-CSRF-Token": signed.json()["csrf"]}
+        )
+    assert ok.status_code == 200, ok.text
+
+
+def _signed(secret: str, payload: Any) -> str:
+    """A cursor signed with the API's secret, whatever its payload (what another version of
+    the code sharing the secret in ``api_secrets`` might have written)."""
+    body = base64.urlsafe_b64encode(zlib.compress(json.dumps(payload).encode()))
+    text = body.rstrip(b"=").decode()
+    mac = hmac.new(secret.encode(), text.encode(), hashlib.sha256).digest()[:16]
+    return f"{text}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+async def test_a_signed_cursor_of_another_shape_is_422(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    secret = api_settings.api_cursor_secret
+    assert secret
+    later = int(time.time()) + 600
+    odd = [
+        [1],  # not an object
+        {"u": "u1", "s": "for_you", "ids": 5, "exp": later},
+        {"u": "u1", "s": "for_you", "ids": [], "exp": "soon"},
+        {"u": "u1", "s": "for_you", "ids": []},  # no expiry
+    ]
+    async with serve(api_settings) as client:
+        for payload in odd:
+            r = await client.get(
+                "/v1/users/u1/recommendations",
+                params={"k": 3, "cursor": _signed(secret, payload)},
+                headers=h(keys["read"]),
+            )
+            assert r.status_code == 422, (payload, r.text)
+            assert r.json()["error"]["type"] == "InvalidInput"
+        good = {"u": "u1", "s": "for_you", "ids": ["p1"], "exp": later}
+        r = await client.get(
+            "/v1/users/u1/recommendations",
+            params={"k": 3, "cursor": _signed(secret, good)},
+            headers=h(keys["read"]),
+        )
+    assert r.status_code == 200, r.text
+    assert "p1" not in [i["id"] for i in r.json()["items"]]
+
+
+async def test_every_status_a_malformed_request_gets_is_published(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """A body that is not UTF-8 (or nested past the parser's depth) is FastAPI's 400, not a
+    422: the OpenAPI document of every /v1 operation lists it, with the error body."""
+    headers = {**h(keys["write"]), "content-type": "application/json"}
+    async with serve(api_settings) as client:
+        doc = (await client.get("/openapi.json")).json()
+        r = await client.post("/v1/events", content=b'{"events": ["\xff"]}', headers=headers)
+        deep = await client.post(
+            "/v1/events", content=b'{"events": ' + b"[" * 5000 + b"]" * 5000 + b"}", headers=headers
+        )
+    for path, ops in doc["paths"].items():
+        if path.startswith("/v1/"):
+            for op in ops.values():
+                assert "400" in op["responses"], (path, sorted(op["responses"]))
+    for resp in (r, deep):
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["type"] == "HTTPError"
