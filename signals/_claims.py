@@ -209,7 +209,7 @@ class EventClaims:
         gone = datetime.fromtimestamp(0, UTC)
         update: dict[str, Any] = {"$set": {"claim_expires": gone}}
         if done:
-            update["$addToSet"] = {"done": {"$each": sorted(set(done))}}
+            update["$addToSet"] = {"done": {"$each": sorted({str(d) for d in done})}}
         with contextlib.suppress(BackendError), backend_errors("releasing claims failed"):
             await self.events.update_many({"_id": {"$in": list(ids)}, "claim_owner": token}, update)
             held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
