@@ -12,15 +12,22 @@ additive effect (:class:`~._effects.Additive`) the failed call completed is reco
 events with the release (``completed``), and the taker applies it only for the events that
 have not had it (``done``). The co-engagement pairs are computed from the states as they were
 before the batch, whether or not a failed call merged it already.
+
+While the engine cannot be read, the events' items come from MongoDB without their vectors
+(:func:`stored_items`): the effects that need no engine write (blocks, hides, passes, user
+state) are applied and the user states keep their vectors, recomputed by the next event
+applied with the engine up.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
+
+from opendisco._backend import backend_errors
 
 from ._blocks import BlockStore
 from ._effects import Additive, Effects, pending, plan_effects
@@ -29,11 +36,29 @@ from ._exposure import ExposureStore
 from ._graph import ItemGraph, co_engagement_pairs
 from ._inbound import InboundCounter
 from ._members import UserGraph
-from ._user_state import UserStateStore, merge_events, recompute
+from ._user_state import UserState, UserStateStore, merge_events, recompute
 
-__all__ = ["EffectWriter"]
+__all__ = ["NO_VECTORS", "EffectWriter", "stored_items"]
 
 ItemFetch = Callable[[Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
+#: marks an item read from MongoDB while the engine was down: its vectors are unknown here
+NO_VECTORS = "_no_vectors"
+_STORED_FIELDS = ("kind", "owner_id", "category")
+
+
+async def stored_items(coll: Any, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Kind, owner and category of the (not deleted) items ``ids`` as MongoDB holds them,
+    marked :data:`NO_VECTORS`: what the effects need but the vectors, when the engine cannot
+    be read (the user states then keep their vectors until an event with the engine up)."""
+    with backend_errors("item lookup for events failed (MongoDB)"):
+        docs = await coll.find(
+            {"_id": {"$in": list(ids)}, "deleted": {"$ne": True}},
+            projection=dict.fromkeys(_STORED_FIELDS, 1),
+        ).to_list(None)
+    return {
+        str(d["_id"]): {**{f: d[f] for f in _STORED_FIELDS if f in d}, NO_VECTORS: True}
+        for d in docs
+    }
 
 
 async def _none() -> None:
@@ -129,12 +154,16 @@ class EffectWriter:
             cats = {i: (d.get("category") or None) for i, d in items.items()}
             vecs = {i: d["embedding"] for i, d in items.items() if d.get("embedding")}
             behs = {i: d["behaviour"] for i, d in items.items() if d.get("behaviour")}
+            blind = any(d.get(NO_VECTORS) for d in items.values())  # keep the vectors
             cfg = self.cfg.user_state
+
+            def merged(st: UserState, evs: list[dict[str, Any]]) -> UserState:
+                new = merge_events(st, evs, cats, cfg)
+                return (
+                    replace(new, updated_at=now) if blind else recompute(new, vecs, behs, now, cfg)
+                )
+
             await self.states.save_many(
-                (
-                    recompute(merge_events(states[u], evs, cats, cfg), vecs, behs, now, cfg)
-                    for u, evs in by_user.items()
-                ),
-                previous=states,
+                (merged(states[u], evs) for u, evs in by_user.items()), previous=states
             )
         return pairs

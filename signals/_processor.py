@@ -54,11 +54,11 @@ from opensearchpy.exceptions import NotFoundError
 from pymongo.errors import CollectionInvalid
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import EventInvalid
+from opendisco._exceptions import EventInvalid, SearchBackendError
 from opendisco._settings import Settings
 from opendisco._store import detect_capabilities
 
-from ._apply import EffectWriter
+from ._apply import EffectWriter, stored_items
 from ._blocks import MEMBER_BLOCK_LOCKS, MEMBER_BLOCKS, BlockStore
 from ._claims import CLAIMS, EventClaims, classify
 from ._event import Event, EventsConfig, EventsResult, validate_event
@@ -224,20 +224,27 @@ class EventProcessor:
     # --- reads ------------------------------------------------------------------------------
 
     async def _items(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The items' vectors, category, kind and owner from the engine (one ``mget``); when
+        the engine fails, all but the vectors from MongoDB (:func:`~._apply.stored_items`):
+        a member can block, pass and hide while the engine is down."""
         if not ids:
             return {}
-        with backend_errors("item lookup for events failed"):
-            try:
-                resp = await self.os.mget(
-                    index=self.settings.index_alias,
-                    body={"ids": list(ids)},
-                    params={
-                        "_source_includes": "embedding,behaviour,category,kind,owner_id",
-                        "realtime": "true",
-                    },
-                )
-            except NotFoundError:  # no items index yet
-                return {}
+        try:
+            with backend_errors("item lookup for events failed"):
+                try:
+                    resp = await self.os.mget(
+                        index=self.settings.index_alias,
+                        body={"ids": list(ids)},
+                        params={
+                            "_source_includes": "embedding,behaviour,category,kind,owner_id",
+                            "realtime": "true",
+                        },
+                    )
+                except NotFoundError:  # no items index yet
+                    return {}
+        except SearchBackendError as exc:
+            log.warning("event items read from MongoDB, vectors kept (engine: %.200s)", exc)
+            return await stored_items(self.db[self.settings.items_collection], ids)
         return {d["_id"]: d.get("_source") or {} for d in resp["docs"] if d.get("found")}
 
     # --- apply ------------------------------------------------------------------------------

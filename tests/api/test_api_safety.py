@@ -147,7 +147,10 @@ async def safe(safe_settings: Settings, model: Any) -> dict[str, Any]:
         await os_client.close()
         await mongo.close()
     sync = clients.mongo(safe_settings)
-    keys = {"read": create_key(sync[safe_settings.mongo_db], "safe", ["read"])[0]}
+    keys = {
+        "read": create_key(sync[safe_settings.mongo_db], "safe", ["read"])[0],
+        "write": create_key(sync[safe_settings.mongo_db], "safe-w", ["write"])[0],
+    }
     sync.close()
     return {"keys": keys, "items": items}
 
@@ -426,3 +429,35 @@ async def test_mongodb_down_too_is_503_never_an_unfiltered_list(
     finally:
         await os_proxy.close()
         await mongo_proxy.close()
+
+
+async def test_a_block_posted_while_the_engine_is_down_is_kept_both_ways(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """With the engine killed, sc hides V's profile: the block is recorded (the items' owner
+    and kind come from MongoDB), and the degraded answers keep it both ways at once — sc no
+    longer sees p-sv, V's rules exclude sc. (Runs last: it leaves the block behind.)"""
+    read, write = safe["keys"]["read"], safe["keys"]["write"]
+    os_proxy, _, settings = await proxied(
+        safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            # a running process: its event processor is set up (indexes ensured) already
+            warm = [_event(900, "s-warm", "ok29", "pass")]
+            resp = await client.post("/v1/events", json={"events": warm}, headers=h(write))
+            assert resp.status_code == 200 and resp.json()["accepted"] == 1, resp.text
+            await os_proxy.kill()
+            body = await _get(client, read, "/v1/users/sc/recommendations?k=30")
+            assert body["degraded"] is True and "p-sv" in [it["id"] for it in body["items"]]
+            hide = [_event(901, "sc", "p-sv", "hide")]
+            resp = await client.post("/v1/events", json={"events": hide}, headers=h(write))
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["accepted"] == 1 and not resp.json()["rejected"], resp.text
+            body = await _get(client, read, "/v1/users/sc/recommendations?k=30")
+            assert body["degraded"] is True and "p-sv" not in [it["id"] for it in body["items"]]
+            rules = await client.app.state.runtime.discovery.rules_for(V)
+            assert "sc" in rules.blocked_owners
+    finally:
+        await os_proxy.close()
