@@ -12,11 +12,14 @@ the member in process with the one definition of the hard rules
    preferences, owner) are re-read from MongoDB ``items`` (``_id $in``, same deadline) and
    filtered again: what the lists knew at refresh time is never trusted alone;
 3. exposure caps are checked against the cap list read at the last refresh; when it is older
-   than two refresh periods, or was never read, ``exposure_cap`` is named in
-   ``degraded_rules`` (the one rule a degraded answer may check on stale data).
+   than two refresh periods ``exposure_cap`` is named in ``degraded_rules`` (the one rule a
+   degraded answer may check on stale data).
 
 Before the first refresh (the engine down since start-up) the lists come from MongoDB: the
-most popular available items in the member's preferred genders and ages, cached briefly.
+most popular available items in the member's preferred genders and ages, cached briefly; the
+caps are checked against the last cap list any process stored there (``_segments.CAPS``,
+named in ``degraded_rules`` when older than two refresh periods; unchecked and named only when
+none was ever stored or it cannot be read).
 
 When MongoDB cannot be read either (or nothing safe is left) there is no safe answer:
 :class:`~opendisco.Overloaded` → 503 + Retry-After. Never an unfiltered list.
@@ -25,6 +28,7 @@ When MongoDB cannot be read either (or nothing safe is left) there is no safe an
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -42,12 +46,14 @@ from opendisco.serving import (
     stored_rule_fields,
 )
 
-from ._segments import SegmentLists
+from ._segments import SegmentLists, load_caps
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.database import AsyncDatabase
 
 __all__ = ["Fallback", "FallbackAnswer", "to_served"]
+
+log = logging.getLogger("opendisco.api")
 
 _VECTOR_FIELDS = frozenset({"embedding", "behaviour", "_id"})
 #: how many more candidates than asked are re-checked per MongoDB round trip
@@ -108,6 +114,8 @@ class Fallback:
     _cold: OrderedDict[tuple[Any, ...], tuple[float, list[Recommendation]]] = field(
         default_factory=OrderedDict
     )
+    #: the cap list stored in MongoDB, as last read: (read at, ids or None, fresh)
+    _stored_caps: tuple[float, frozenset[str] | None, bool] | None = None
 
     @property
     def ready(self) -> bool:
@@ -206,13 +214,33 @@ class Fallback:
             return None, False
         return snap.capped, self.clock() - snap.capped_at <= 2 * self.refresh_s
 
+    async def _cap_list(self) -> tuple[frozenset[str] | None, bool]:
+        """:meth:`_caps`, or before this process read any cap list, the last one stored in
+        MongoDB by any process (read at most every ``mongo_cache_s``)."""
+        capped, fresh = self._caps()
+        if capped is not None:
+            return capped, fresh
+        now = self.clock()
+        if self._stored_caps is not None and now - self._stored_caps[0] < self.mongo_cache_s:
+            return self._stored_caps[1], self._stored_caps[2]
+        alias = self.discovery.settings.index_alias
+        try:
+            got = await asyncio.wait_for(load_caps(self.db, alias), self.store_timeout_s)
+        except Exception as exc:  # unchecked, and named in degraded_rules
+            _raise_if_cancelling()
+            log.warning("fallback: stored cap list not read: %r", exc)
+            return None, False
+        ids, fresh = (None, False) if got is None else (got[0], got[1] <= 2 * self.refresh_s)
+        self._stored_caps = (now, ids, fresh)
+        return ids, fresh
+
     async def answer(
         self, surface: str, user_id: str | None, k: int, exclude: Iterable[str] = ()
     ) -> FallbackAnswer:
         """Up to ``k`` items that obey every hard rule for this viewer; :class:`Overloaded`
         (503) when the rules cannot be read or nothing safe is left."""
         rules = await self._store("member state", self.discovery.rules_for(user_id, tuple(exclude)))
-        capped, caps_fresh = self._caps()
+        capped, caps_fresh = await self._cap_list()
         rules = rules.with_capped(capped)
         pooled = self._pool(rules)
         if pooled is not None:
