@@ -449,7 +449,7 @@ async def test_a_block_posted_while_the_engine_is_down_is_kept_both_ways(
 ) -> None:
     """With the engine killed, sc hides V's profile: the block is recorded (the items' owner
     and kind come from MongoDB), and the degraded answers keep it both ways at once — sc no
-    longer sees p-sv, V's rules exclude sc. (Runs last: it leaves the block behind.)"""
+    longer sees p-sv, V's rules exclude sc."""
     read, write = safe["keys"]["read"], safe["keys"]["write"]
     os_proxy, _, settings = await proxied(
         safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
@@ -474,3 +474,7 @@ async def test_a_block_posted_while_the_engine_is_down_is_kept_both_ways(
             assert "sc" in rules.blocked_owners
     finally:
         await os_proxy.close()
+        with clients.mongo(safe_settings) as mc:  # the other tests' blocks are V's and sb's
+            blocks = mc[safe_settings.mongo_db]["member_blocks"]
+            blocks.update_one({"_id": V}, {"$pull": {"blocked_by": "sc"}})
+            blocks.update_one({"_id": "sc"}, {"$pull": {"blocked": V}})
