@@ -79,6 +79,8 @@ from ._user_state import MEMBER_TASTES, USER_LOCKS, USER_STATE, UserStateStore
 __all__ = ["EVENTS", "EventProcessor"]
 
 EVENTS = "events"
+#: after a failed engine ensure, seconds before :meth:`EventProcessor.ensure` tries again
+_ENGINE_RETRY_S = 5.0
 _ENSURE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 log = logging.getLogger("opendisco.signals")
 
@@ -139,7 +141,9 @@ class EventProcessor:
             self._items,
             count_served=settings.exposure_count_served,
         )
-        self._ready = False
+        self._ready = False  # every index ensured, the engine's included
+        self._store_ready = False  # MongoDB's collections and indexes ensured
+        self._engine_retry_at = 0.0  # monotonic time before which no engine ensure is tried
         self.native_ttl = True
         self._last_purge = 0.0
         self._last_recover = time.monotonic()  # the first sweep one cadence after start
@@ -173,8 +177,24 @@ class EventProcessor:
         """Indexes: TTL on ``events.ts``, lookups on user/type, graph collections, exposure.
 
         Where the server has no TTL indexes (FerretDB 1.x) a plain ``ts`` index is created and
-        :meth:`purge_expired` runs from :meth:`apply` at most every ``purge_every_s``.
+        :meth:`purge_expired` runs from :meth:`apply` at most every ``purge_every_s``. The
+        exposure counters index is the engine's: while the engine fails it is left for a later
+        call (at most one try per ``_ENGINE_RETRY_S``), and events that need no engine write
+        (blocks, hides, passes) are applied meanwhile.
         """
+        if not self._store_ready:
+            await self._ensure_store()
+        if time.monotonic() < self._engine_retry_at:
+            return
+        try:
+            await self.exposure.ensure()
+        except SearchBackendError as exc:
+            self._engine_retry_at = time.monotonic() + _ENGINE_RETRY_S
+            log.warning("events: exposure counters index not ensured yet: %.200s", exc)
+            return
+        self._ready = True
+
+    async def _ensure_store(self) -> None:
         async with _ensure_lock():
             # FerretDB 1.x (SQLite) can deadlock when a collection is created implicitly while
             # other writes are in flight; so every collection is created here, one at a time,
@@ -218,8 +238,7 @@ class EventProcessor:
             await self.events.create_index("applied")
         await ensure_inbound_indexes(self.db)
         await ensure_member_indexes(self.db)
-        await self.exposure.ensure()
-        self._ready = True
+        self._store_ready = True
 
     # --- reads ------------------------------------------------------------------------------
 
