@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from opendisco._backend import backend_errors
+from opendisco._exceptions import SearchBackendError
 
 from ._blocks import BlockStore
 from ._effects import Additive, Effects, pending, plan_effects
@@ -78,6 +79,8 @@ class EffectWriter:
     cfg: EventsConfig
     fetch_items: ItemFetch  # items' vectors and categories by id (the engine's mget)
     count_served: bool = False
+    #: the engine's counters index is ensured (until then a batch with engine writes fails)
+    engine_ready: bool = False
 
     def _plan(
         self,
@@ -104,6 +107,8 @@ class EffectWriter:
         every = self._plan(todo, items, done)
         impressions = self._plan(todo, items, done, Additive.EXPOSURE).impressions
         trend = self._plan(todo, items, done, Additive.TREND).trend
+        if (impressions or trend) and not self.engine_ready:
+            raise SearchBackendError("events: the exposure counters index is not ensured yet")
         engine = {
             Additive.EXPOSURE: asyncio.ensure_future(
                 self.exposure.record(impressions, now=now) if impressions else _none()

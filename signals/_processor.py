@@ -79,8 +79,6 @@ from ._user_state import MEMBER_TASTES, USER_LOCKS, USER_STATE, UserStateStore
 __all__ = ["EVENTS", "EventProcessor"]
 
 EVENTS = "events"
-#: after a failed engine ensure, seconds before :meth:`EventProcessor.ensure` tries again
-_ENGINE_RETRY_S = 5.0
 _ENSURE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 log = logging.getLogger("opendisco.signals")
 
@@ -143,7 +141,6 @@ class EventProcessor:
         )
         self._ready = False  # every index ensured, the engine's included
         self._store_ready = False  # MongoDB's collections and indexes ensured
-        self._engine_retry_at = 0.0  # monotonic time before which no engine ensure is tried
         self.native_ttl = True
         self._last_purge = 0.0
         self._last_recover = time.monotonic()  # the first sweep one cadence after start
@@ -162,6 +159,8 @@ class EventProcessor:
     async def recover_expired(self, limit: int = 1000) -> EventsResult:
         """Apply stored events whose claim expired unapplied (their holder died and no client
         retried them); one ``find`` on ``applied`` (an index on MongoDB, a scan on FerretDB)."""
+        if not self._ready:
+            await self.ensure()
         with backend_errors("recovery scan failed"):
             docs = await self.events.find({"applied": False}, limit=limit).to_list(None)
         now = datetime.now(UTC)
@@ -178,21 +177,19 @@ class EventProcessor:
 
         Where the server has no TTL indexes (FerretDB 1.x) a plain ``ts`` index is created and
         :meth:`purge_expired` runs from :meth:`apply` at most every ``purge_every_s``. The
-        exposure counters index is the engine's: while the engine fails it is left for a later
-        call (at most one try per ``_ENGINE_RETRY_S``), and events that need no engine write
-        (blocks, hides, passes) are applied meanwhile.
+        exposure counters index is the engine's: while the engine fails it is tried again by
+        the next call, events that need no engine write (blocks, hides, passes) are applied
+        meanwhile and the others fail before any write (a counter write must not create the
+        index with dynamic mappings).
         """
         if not self._store_ready:
             await self._ensure_store()
-        if time.monotonic() < self._engine_retry_at:
-            return
         try:
             await self.exposure.ensure()
         except SearchBackendError as exc:
-            self._engine_retry_at = time.monotonic() + _ENGINE_RETRY_S
             log.warning("events: exposure counters index not ensured yet: %.200s", exc)
             return
-        self._ready = True
+        self._ready = self.writer.engine_ready = True
 
     async def _ensure_store(self) -> None:
         async with _ensure_lock():
