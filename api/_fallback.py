@@ -11,9 +11,12 @@ the member in process with the one definition of the hard rules
    the rules on the listed fields, then the survivors' rule fields (availability, deletion,
    preferences, owner) are re-read from MongoDB ``items`` (``_id $in``, same deadline) and
    filtered again: what the lists knew at refresh time is never trusted alone;
-3. exposure caps are checked against the cap list read at the last refresh; when it is older
-   than two refresh periods ``exposure_cap`` is named in ``degraded_rules`` (the one rule a
-   degraded answer may check on stale data).
+3. exposure caps are checked against the cap list read at the last refresh, and against the
+   listed items' impressions read with it plus those this process served since and could not
+   count yet (``Discovery.served``: the fallback's own answers count toward the caps); when
+   the cap list is older than two refresh periods ``exposure_cap`` is named in
+   ``degraded_rules`` (the one rule a degraded answer may check on stale data: other
+   processes' answers are not seen).
 
 Before the first refresh (the engine down since start-up) the lists come from MongoDB: the
 most popular available items in the member's preferred genders and ages, cached briefly; the
@@ -234,6 +237,23 @@ class Fallback:
         self._stored_caps = (now, ids, fresh)
         return ids, fresh
 
+    def _served_to_cap(self, pool: Iterable[Recommendation]) -> frozenset[str]:
+        """Items of ``pool`` whose impressions at the last refresh plus those this process has
+        served and not counted yet (the engine down: ``Discovery.served`` keeps them) reach
+        their cap: the fallback's own answers cap a member while the counters cannot."""
+        snap = self.lists.snapshot
+        if snap is None or snap.counts is None:
+            return frozenset()
+        served = self.discovery.served
+        default = self.discovery.settings.exposure_default_cap
+        out = set()
+        for r in pool:
+            n = snap.counts.get(r.id, 0) + served.unwritten(r.id)
+            cap = r.item.get("exposure_cap")
+            if n and n >= (cap if isinstance(cap, int) and cap > 0 else default):
+                out.add(r.id)
+        return frozenset(out)
+
     async def answer(
         self, surface: str, user_id: str | None, k: int, exclude: Iterable[str] = ()
     ) -> FallbackAnswer:
@@ -241,7 +261,6 @@ class Fallback:
         (503) when the rules cannot be read or nothing safe is left."""
         rules = await self._store("member state", self.discovery.rules_for(user_id, tuple(exclude)))
         capped, caps_fresh = await self._cap_list()
-        rules = rules.with_capped(capped)
         pooled = self._pool(rules)
         if pooled is not None:
             pool, version, source = *pooled, "segments"
@@ -250,6 +269,8 @@ class Fallback:
                 "popular items", self._popular(rules, max(200, 5 * k)), self.cold_timeout_s
             )
             version, source = "fallback-popular", "mongo"
+        near = self._served_to_cap(pool)
+        rules = rules.with_capped(None if capped is None and not near else (capped or set()) | near)
         picked: list[Recommendation] = []
         queue = [r for r in pool if rules.allows(r.id, r.item)]
         for _ in range(_ROUNDS):

@@ -110,6 +110,8 @@ class Snapshot:
     version: str
     capped: frozenset[str] | None
     capped_at: float | None
+    #: the listed items' impressions in their window, read with the cap list (None: unread)
+    counts: dict[str, int] | None = None
 
 
 @dataclass
@@ -169,6 +171,19 @@ class SegmentLists:
         except Exception as exc:  # best effort: this process has the list in memory
             log.warning("fallback: cap list not stored: %r", exc)
 
+    async def _counts(self, lists: dict[Segment, list[Recommendation]]) -> dict[str, int] | None:
+        """The listed items' impressions in their window (doc values: a search per 2,000
+        ids), read beside the cap list; None when they cannot be read."""
+        try:
+            ids = sorted({r.id for recs in lists.values() for r in recs})
+            got = await asyncio.wait_for(
+                self.discovery.exposure.read(ids, realtime=False), self.timeout_s
+            )
+        except Exception as exc:
+            log.warning("fallback: exposure counts not read: %r", exc)
+            return None
+        return {i: e.count for i, e in got.items() if e.count}
+
     async def refresh(self, spread_s: float = 0.0) -> bool:
         """One refresh; on failure the previous snapshot is kept (a failed segment keeps its
         previous list).
@@ -207,9 +222,11 @@ class SegmentLists:
             )
             capped_at: float | None = self.clock()
             await self._store_caps(capped)
+            read = True
         except Exception as exc:  # keep the older cap list, and its age
             log.warning("fallback: exposure cap list not read: %r", exc)
             capped, capped_at = (old.capped, old.capped_at) if old is not None else (None, None)
+            read = False
         lists: dict[Segment, list[Recommendation]] = {}
         version = old.version if old is not None else ""
         failed = 0
@@ -223,7 +240,10 @@ class SegmentLists:
                 continue
             lists[seg], version = res[0], f"fallback:{res[1]}"
         if lists:
-            self.snapshot = Snapshot(lists, version, capped, capped_at)
+            counts = await self._counts(lists) if read else None
+            if not read and old is not None:  # counted with the older cap list
+                counts = old.counts
+            self.snapshot = Snapshot(lists, version, capped, capped_at, counts)
         if failed:
             self.refresh_failures += 1
             log.warning("fallback refresh: %d of %d lists failed", failed, len(results))

@@ -40,6 +40,7 @@ FORBIDDEN = {
     "x-capped": "exposure cap",
 }
 GONE = "x-gone"  # turns unavailable in MongoDB while the engine is down (stale lists)
+NEAR = "x-near"  # the one profile member sn may see: exposure cap 4
 
 
 def _profile(pid: str, owner: str, popularity: float, **kw: Any) -> dict[str, Any]:
@@ -84,6 +85,8 @@ def catalogue() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     for n, pid in enumerate([*FORBIDDEN, GONE]):
         extra = special.get(pid, {})
         items.append(_profile(pid, extra.pop("owner_id", f"o-{pid}"), top - n, **extra))
+    # eligible for sn alone (and sn for it), capped after a few impressions
+    items.append(_profile(NEAR, "o-x-near", 5.0, gender="nb", pref_genders=["nb"], exposure_cap=4))
     users = [
         {
             "_id": V,
@@ -98,6 +101,7 @@ def catalogue() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         {"_id": W, "interests": ["hiking"]},
         {"_id": "sb", "gender": "f", "age": 30, "pref_genders": ["m"]},
         {"_id": "sc", "gender": "f", "age": 31, "pref_genders": ["m"]},
+        {"_id": "sn", "gender": "nb", "age": 30, "pref_genders": ["nb"]},
     ]
     return items, users
 
@@ -395,6 +399,34 @@ async def test_cold_process_with_the_engine_down_serves_safe_popular_items(
                 assert body["degraded_rules"] == ["exposure_cap"]
                 assert "x-capped" in ids  # not vacuous: the one rule left unchecked
                 assert not _violations([i for i in ids if i != "x-capped"])
+    finally:
+        await os_proxy.close()
+
+
+async def test_the_fallback_counts_its_own_answers_toward_exposure_caps(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """The engine killed, sn (who may see x-near alone, cap 4) asks again and again: the
+    impressions the degraded answers serve cannot reach the counters, yet they count — x-near
+    is shown at most its cap, then nothing safe is left for sn (503), never a fifth time."""
+    key = safe["keys"]["read"]
+    os_proxy, _, settings = await proxied(
+        safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            snap = client.app.state.runtime.fallback.lists.snapshot
+            assert NEAR in {r.id for recs in snap.lists.values() for r in recs}
+            await os_proxy.kill()
+            shown, codes = 0, []
+            for _ in range(8):
+                resp = await client.get("/v1/users/sn/recommendations?k=5", headers=h(key))
+                codes.append(resp.status_code)
+                if resp.status_code == 200:
+                    assert resp.json()["degraded"] is True
+                    shown += NEAR in [it["id"] for it in resp.json()["items"]]
+            assert 1 <= shown <= 4 and codes[-1] == 503, (shown, codes)
     finally:
         await os_proxy.close()
 
