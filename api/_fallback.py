@@ -11,12 +11,18 @@ the member in process with the one definition of the hard rules
    the rules on the listed fields, then the survivors' rule fields (availability, deletion,
    preferences, owner) are re-read from MongoDB ``items`` (``_id $in``, same deadline) and
    filtered again: what the lists knew at refresh time is never trusted alone;
-3. exposure caps are checked against the cap list read at the last refresh; when it is older
-   than two refresh periods, or was never read, ``exposure_cap`` is named in
-   ``degraded_rules`` (the one rule a degraded answer may check on stale data).
+3. exposure caps are checked against the cap list read at the last refresh, and against the
+   listed items' impressions read with it plus those this process served since and could not
+   count yet (``Discovery.served``: the fallback's own answers count toward the caps); when
+   the cap list is older than two refresh periods ``exposure_cap`` is named in
+   ``degraded_rules`` (the one rule a degraded answer may check on stale data: other
+   processes' answers are not seen).
 
 Before the first refresh (the engine down since start-up) the lists come from MongoDB: the
-most popular available items in the member's preferred genders and ages, cached briefly.
+most popular available items in the member's preferred genders and ages, cached briefly; the
+caps are checked against the last cap list any process stored there (``_segments.CAPS``,
+named in ``degraded_rules`` when older than two refresh periods; unchecked and named only when
+none was ever stored or it cannot be read).
 
 When MongoDB cannot be read either (or nothing safe is left) there is no safe answer:
 :class:`~opendisco.Overloaded` → 503 + Retry-After. Never an unfiltered list.
@@ -25,6 +31,7 @@ When MongoDB cannot be read either (or nothing safe is left) there is no safe an
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -42,12 +49,14 @@ from opendisco.serving import (
     stored_rule_fields,
 )
 
-from ._segments import SegmentLists
+from ._segments import SegmentLists, load_caps
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.database import AsyncDatabase
 
 __all__ = ["Fallback", "FallbackAnswer", "to_served"]
+
+log = logging.getLogger("opendisco.api")
 
 _VECTOR_FIELDS = frozenset({"embedding", "behaviour", "_id"})
 #: how many more candidates than asked are re-checked per MongoDB round trip
@@ -108,6 +117,8 @@ class Fallback:
     _cold: OrderedDict[tuple[Any, ...], tuple[float, list[Recommendation]]] = field(
         default_factory=OrderedDict
     )
+    #: the cap list stored in MongoDB, as last read: (read at, ids or None, fresh)
+    _stored_caps: tuple[float, frozenset[str] | None, bool] | None = None
 
     @property
     def ready(self) -> bool:
@@ -206,14 +217,50 @@ class Fallback:
             return None, False
         return snap.capped, self.clock() - snap.capped_at <= 2 * self.refresh_s
 
+    async def _cap_list(self) -> tuple[frozenset[str] | None, bool]:
+        """:meth:`_caps`, or before this process read any cap list, the last one stored in
+        MongoDB by any process (read at most every ``mongo_cache_s``)."""
+        capped, fresh = self._caps()
+        if capped is not None:
+            return capped, fresh
+        now = self.clock()
+        if self._stored_caps is not None and now - self._stored_caps[0] < self.mongo_cache_s:
+            return self._stored_caps[1], self._stored_caps[2]
+        alias = self.discovery.settings.index_alias
+        try:
+            got = await asyncio.wait_for(load_caps(self.db, alias), self.store_timeout_s)
+        except Exception as exc:  # unchecked, and named in degraded_rules
+            _raise_if_cancelling()
+            log.warning("fallback: stored cap list not read: %r", exc)
+            return None, False
+        ids, fresh = (None, False) if got is None else (got[0], got[1] <= 2 * self.refresh_s)
+        self._stored_caps = (now, ids, fresh)
+        return ids, fresh
+
+    def _served_to_cap(self, pool: Iterable[Recommendation]) -> frozenset[str]:
+        """Items of ``pool`` whose impressions at the last refresh plus those this process has
+        served and not counted yet (the engine down: ``Discovery.served`` keeps them) reach
+        their cap: the fallback's own answers cap a member while the counters cannot."""
+        snap = self.lists.snapshot
+        if snap is None or snap.counts is None:
+            return frozenset()
+        served = self.discovery.served
+        default = self.discovery.settings.exposure_default_cap
+        out = set()
+        for r in pool:
+            n = snap.counts.get(r.id, 0) + served.unwritten(r.id)
+            cap = r.item.get("exposure_cap")
+            if n and n >= (cap if isinstance(cap, int) and cap > 0 else default):
+                out.add(r.id)
+        return frozenset(out)
+
     async def answer(
         self, surface: str, user_id: str | None, k: int, exclude: Iterable[str] = ()
     ) -> FallbackAnswer:
         """Up to ``k`` items that obey every hard rule for this viewer; :class:`Overloaded`
         (503) when the rules cannot be read or nothing safe is left."""
         rules = await self._store("member state", self.discovery.rules_for(user_id, tuple(exclude)))
-        capped, caps_fresh = self._caps()
-        rules = rules.with_capped(capped)
+        capped, caps_fresh = await self._cap_list()
         pooled = self._pool(rules)
         if pooled is not None:
             pool, version, source = *pooled, "segments"
@@ -222,6 +269,8 @@ class Fallback:
                 "popular items", self._popular(rules, max(200, 5 * k)), self.cold_timeout_s
             )
             version, source = "fallback-popular", "mongo"
+        near = self._served_to_cap(pool)
+        rules = rules.with_capped(None if capped is None and not near else (capped or set()) | near)
         picked: list[Recommendation] = []
         queue = [r for r in pool if rules.allows(r.id, r.item)]
         for _ in range(_ROUNDS):

@@ -6,8 +6,11 @@ age range come from the index (one aggregation), the band width from the setting
 here knows the data. Each list is the trending surface restricted to its segment, run through
 the served candidate stage (``Discovery.candidates``: the engine's eligibility fragment with the
 segment as the viewer's preferences, then the hard-rules filter), so lists hold only available,
-uncapped items at refresh time. A snapshot of the exposure cap list is kept beside them.
-Per member the lists are merged and filtered in process (``_fallback``).
+uncapped items at refresh time. A snapshot of the exposure cap list is kept beside them, and
+in MongoDB (:data:`CAPS`, one document per items alias, written by every refresh that read
+it): a process that starts while the engine is down checks caps against the last list any
+process read (:func:`load_caps`). Per member the lists are merged and filtered in process
+(``_fallback``).
 """
 
 from __future__ import annotations
@@ -17,15 +20,38 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from opendisco._backend import backend_errors
 from opendisco._domain import Surface
 from opendisco.serving import Discovery, HardRules, Recommendation
 
-__all__ = ["ALL", "Segment", "SegmentLists", "Snapshot", "age_bands"]
+__all__ = ["ALL", "CAPS", "Segment", "SegmentLists", "Snapshot", "age_bands", "load_caps"]
 
 log = logging.getLogger("opendisco.api")
+
+#: the last exposure cap list a refresh read: ``{_id: items alias, ids: [...], at}``
+CAPS = "fallback_caps"
+
+
+async def save_caps(db: Any, alias: str, capped: frozenset[str]) -> None:
+    """Keep ``capped`` (the cap list just read from the engine) in MongoDB for ``alias``."""
+    doc = {"_id": alias, "ids": sorted(capped), "at": datetime.now(UTC)}
+    with backend_errors("fallback: storing the cap list failed"):
+        await db[CAPS].replace_one({"_id": alias}, doc, upsert=True)
+
+
+async def load_caps(db: Any, alias: str) -> tuple[frozenset[str], float] | None:
+    """The last cap list stored for ``alias`` and its age in seconds (None: never stored)."""
+    with backend_errors("fallback: reading the stored cap list failed"):
+        doc = await db[CAPS].find_one({"_id": alias})
+    if doc is None:
+        return None
+    at = doc.get("at")
+    at = at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
+    age = (datetime.now(UTC) - at).total_seconds() if at is not None else float("inf")
+    return frozenset(str(i) for i in doc.get("ids") or ()), age
 
 
 @dataclass(frozen=True, order=True)
@@ -84,6 +110,8 @@ class Snapshot:
     version: str
     capped: frozenset[str] | None
     capped_at: float | None
+    #: the listed items' impressions in their window, read with the cap list (None: unread)
+    counts: dict[str, int] | None = None
 
 
 @dataclass
@@ -134,6 +162,28 @@ class SegmentLists:
         ]
         return recs, cs.template_version
 
+    async def _store_caps(self, capped: frozenset[str]) -> None:
+        disc = self.discovery
+        try:
+            await asyncio.wait_for(
+                save_caps(disc.db, disc.settings.index_alias, capped), self.timeout_s
+            )
+        except Exception as exc:  # best effort: this process has the list in memory
+            log.warning("fallback: cap list not stored: %r", exc)
+
+    async def _counts(self, lists: dict[Segment, list[Recommendation]]) -> dict[str, int] | None:
+        """The listed items' impressions in their window (doc values: a search per 2,000
+        ids), read beside the cap list; None when they cannot be read."""
+        try:
+            ids = sorted({r.id for recs in lists.values() for r in recs})
+            got = await asyncio.wait_for(
+                self.discovery.exposure.read(ids, realtime=False), self.timeout_s
+            )
+        except Exception as exc:
+            log.warning("fallback: exposure counts not read: %r", exc)
+            return None
+        return {i: e.count for i, e in got.items() if e.count}
+
     async def refresh(self, spread_s: float = 0.0) -> bool:
         """One refresh; on failure the previous snapshot is kept (a failed segment keeps its
         previous list).
@@ -171,9 +221,12 @@ class SegmentLists:
                 await asyncio.wait_for(self.discovery.exposure.capped(), self.timeout_s)
             )
             capped_at: float | None = self.clock()
+            await self._store_caps(capped)
+            read = True
         except Exception as exc:  # keep the older cap list, and its age
             log.warning("fallback: exposure cap list not read: %r", exc)
             capped, capped_at = (old.capped, old.capped_at) if old is not None else (None, None)
+            read = False
         lists: dict[Segment, list[Recommendation]] = {}
         version = old.version if old is not None else ""
         failed = 0
@@ -187,7 +240,10 @@ class SegmentLists:
                 continue
             lists[seg], version = res[0], f"fallback:{res[1]}"
         if lists:
-            self.snapshot = Snapshot(lists, version, capped, capped_at)
+            counts = await self._counts(lists) if read else None
+            if not read and old is not None:  # counted with the older cap list
+                counts = old.counts
+            self.snapshot = Snapshot(lists, version, capped, capped_at, counts)
         if failed:
             self.refresh_failures += 1
             log.warning("fallback refresh: %d of %d lists failed", failed, len(results))

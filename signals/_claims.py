@@ -18,6 +18,11 @@ The holder renews its claims while it works (every ``lease_s / 3``), so only a h
 stopped working loses them. Expiry is wall-clock time (hosts are assumed NTP-synced, as for
 :func:`opendisco._store.lease`); a claim without an expiry (written before claims had one) is
 expired. Generation arbiters are deleted once their event is marked applied.
+
+A holder that fails gives its claims up at once (:meth:`EventClaims.release`) and writes onto
+the events, in the same update, the additive effects it completed (``done``: counters and
+graph weights, which a second application would add again); the taker reads them with the
+claim (:attr:`ClaimStatus.done`) and applies only the rest.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ from ._graph import SEP
 __all__ = ["CLAIMS", "ClaimStatus", "EventClaims", "classify"]
 
 CLAIMS = "event_claims"
-#: fields of an ``events`` document that describe its claim
-_PROJECTION = {"applied": 1, "claim_gen": 1, "claim_expires": 1}
+#: fields of an ``events`` document that describe its claim (and the additive effects a
+#: failed holder completed: ``done``)
+_PROJECTION = {"applied": 1, "claim_gen": 1, "claim_expires": 1, "done": 1}
 #: generations tried in one take-over call (each needs its predecessor expired)
 _MAX_GENERATIONS = 8
 
@@ -59,6 +65,8 @@ class ClaimStatus:
     applied: bool
     gen: int
     expired: bool
+    #: additive effects already applied by a holder that failed later (not to add again)
+    done: frozenset[str] = frozenset()
 
 
 def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
@@ -71,6 +79,7 @@ def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
         applied=bool(doc.get("applied")),
         gen=int(doc.get("claim_gen") or 0),
         expired=expires is None or expires <= now,
+        done=frozenset(str(s) for s in doc.get("done") or ()),
     )
 
 
@@ -193,14 +202,16 @@ class EventClaims:
                     {"_id": {"$in": held}, "owner": token}, {"$set": {"expires": expires}}
                 )
 
-    async def release(self, ids: Sequence[str], token: str) -> None:
-        """Give this holder's claims up (a failed apply): they expire now, best effort."""
+    async def release(self, ids: Sequence[str], token: str, done: Sequence[str] = ()) -> None:
+        """Give this holder's claims up (a failed apply): they expire now, and record the
+        additive effects it completed for them (``done``: the taker skips them), in the
+        same update; best effort (when it is lost, the taker adds them again)."""
         gone = datetime.fromtimestamp(0, UTC)
+        update: dict[str, Any] = {"$set": {"claim_expires": gone}}
+        if done:
+            update["$addToSet"] = {"done": {"$each": sorted({str(d) for d in done})}}
         with contextlib.suppress(BackendError), backend_errors("releasing claims failed"):
-            await self.events.update_many(
-                {"_id": {"$in": list(ids)}, "claim_owner": token},
-                {"$set": {"claim_expires": gone}},
-            )
+            await self.events.update_many({"_id": {"$in": list(ids)}, "claim_owner": token}, update)
             held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
             if held:
                 await self.arbiters.update_many(

@@ -14,19 +14,33 @@ rules (which events count where) live in one place and are testable without a se
 * ``inbound``: attention a recipient receives (likes/matches/messages of *profiles* only: a
   movie liked by many is popular, not overloaded);
 * ``trend``: ``(item, when, weight)`` of likes/matches, for the live decayed counts.
+
+User state, mutual likes and blocks are idempotent; the other effects add on every application
+(:class:`Additive`): an event records each one a failed call completed for it, and a retry
+applies only the rest (:func:`pending`).
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from ._event import INBOUND_TYPES, MUTUAL_TYPES, Event
 
-__all__ = ["Effects", "plan_effects"]
+__all__ = ["Additive", "Effects", "pending", "plan_effects"]
+
+
+class Additive(StrEnum):
+    """The effects a second application would add again (stored in ``events.done``)."""
+
+    GRAPH = "graph"  # co-engagement weights
+    INBOUND = "inbound"  # inbound attention counters
+    EXPOSURE = "exposure"  # exposure counters (engine)
+    TREND = "trend"  # live decayed like/match counts (engine)
 
 
 @dataclass(frozen=True)
@@ -68,3 +82,11 @@ def plan_effects(
         if ev.type in MUTUAL_TYPES and ev.ts is not None:
             trend.append((ev.item_id, ev.ts, weights.get(ev.type, 1.0)))
     return Effects(dict(by_user), impressions, likes, blocks, inbound, trend)
+
+
+def pending(
+    events: Sequence[Event], done: Mapping[str, Collection[str]], effect: Additive
+) -> list[Event]:
+    """Pure: the ``events`` that have not had ``effect`` yet (``done``: event id -> the
+    additive effects an earlier, failed call completed for it)."""
+    return [ev for ev in events if effect not in done.get(ev.id, ())]

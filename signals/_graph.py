@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,16 +96,23 @@ def adjacency_updates(
 
 
 def co_engagement_pairs(
-    states: Mapping[str, UserState], by_user: Mapping[str, Sequence[Mapping[str, Any]]], fanout: int
+    states: Mapping[str, UserState],
+    by_user: Mapping[str, Sequence[Mapping[str, Any]]],
+    fanout: int,
+    linked: Container[str] | None = None,
 ) -> list[tuple[str, str, float]]:
     """Pure: each new positive linked to the member's ``fanout`` most recent earlier positives
-    (``states`` as they were before these events)."""
+    (``states`` as they were before these events: entries of these events an earlier, failed
+    application merged are left out); with ``linked``, only those event ids' pairs."""
     pairs: list[tuple[str, str, float]] = []
     for user, evs in by_user.items():
-        recent = states[user].recent_positive_ids[:fanout]
+        own = {e["id"] for e in evs}
+        earlier = [p for p in states[user].positives if p.get("e") not in own]
+        recent = list(dict.fromkeys(p["id"] for p in reversed(earlier)))[:fanout]
         for ev in sorted(evs, key=lambda e: e["ts"]):
             if ev["weight"] > 0:
-                pairs += [(ev["item_id"], r, 1.0) for r in recent if r != ev["item_id"]]
+                if linked is None or ev["id"] in linked:
+                    pairs += [(ev["item_id"], r, 1.0) for r in recent if r != ev["item_id"]]
                 recent = [ev["item_id"], *recent][:fanout]
     return pairs
 

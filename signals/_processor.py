@@ -14,20 +14,24 @@ the guarantee)::
                                                 duplicate; still running → in_flight
                                               claimed, claim expired → its holder died: taken
                                                 over (one taker wins) and applied: recovered
-    4. effects (claims renewed while they run): user_state (idempotent: entries keyed by event
-       id, vectors recomputed, under per-user leases; one bulk of replaces for the batch; the
-       co-engagement pairs are computed from the fresh states inside the leases, so concurrent
-       batches of one member link each pair once), exposure counters (ExposureStore.record),
-       co-engagement graph (one read and one write per distinct source item, its new edges
-       coalesced, under item leases), mutual likes, blocks between members (a hide of a
-       profile, both directions), inbound attention counters (profiles)
+    4. effects (claims renewed while they run; ``_apply``): user_state (idempotent: entries
+       keyed by event id, vectors recomputed, under per-user leases; one bulk of replaces for
+       the batch; the co-engagement pairs are computed from the fresh states inside the
+       leases, so concurrent batches of one member link each pair once), exposure counters
+       (ExposureStore.record), co-engagement graph (one read and one write per distinct source
+       item, its new edges coalesced, under item leases), mutual likes, blocks between members
+       (a hide of a profile, both directions), inbound attention counters (profiles)
     5. mark: update_many applied=True
 
 Everything that can reject an event happens before its first write. Concurrent posts of one
 event apply it once (the claim), and a call returns only when every event it was given is
 applied by it or by another call (or reports the ones still running as ``in_flight``). User
-state is exactly-once; counters and graph weights are exactly-once except after a crash
-between 4 and 5, whose recovery adds them again (at-least-once there). Raw events expire
+state is exactly-once. A call that fails in 4 (an engine or store error) gives its claims up at
+once and records on its events the counters and graph weights it completed, so the call that
+takes them over adds only the rest: those are exactly-once too, except after a crash (or a
+lost release) between writing one and 5, whose recovery adds it again (at-least-once there),
+and except for an engine write the call saw fail that was applied all the same (a ``_bulk``
+applied in part, or after the client timed out). Raw events expire
 through a TTL index on ``ts``; expired claims are also recovered by a periodic sweep
 (:meth:`EventProcessor.recover_expired`), so an event whose holder died is applied even when
 no client retries it.
@@ -50,16 +54,16 @@ from opensearchpy.exceptions import NotFoundError
 from pymongo.errors import CollectionInvalid
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import EventInvalid
+from opendisco._exceptions import EventInvalid, SearchBackendError
 from opendisco._settings import Settings
 from opendisco._store import detect_capabilities
 
+from ._apply import EffectWriter, stored_items
 from ._blocks import MEMBER_BLOCK_LOCKS, MEMBER_BLOCKS, BlockStore
 from ._claims import CLAIMS, EventClaims, classify
-from ._effects import plan_effects
 from ._event import Event, EventsConfig, EventsResult, validate_event
 from ._exposure import ExposureStore
-from ._graph import ITEM_EDGES, ITEM_LOCKS, ItemGraph, co_engagement_pairs
+from ._graph import ITEM_EDGES, ITEM_LOCKS, ItemGraph
 from ._inbound import INBOUND, InboundCounter, ensure_inbound_indexes
 from ._members import (
     INBOX_LOCKS,
@@ -70,14 +74,7 @@ from ._members import (
     ensure_member_indexes,
 )
 from ._pacing import PACING, PACING_LOCKS
-from ._user_state import (
-    MEMBER_TASTES,
-    USER_LOCKS,
-    USER_STATE,
-    UserStateStore,
-    merge_events,
-    recompute,
-)
+from ._user_state import MEMBER_TASTES, USER_LOCKS, USER_STATE, UserStateStore
 
 __all__ = ["EVENTS", "EventProcessor"]
 
@@ -131,7 +128,19 @@ class EventProcessor:
         self.inbound = InboundCounter(db)
         self.blocks = BlockStore(db)
         self.exposure = exposure if exposure is not None else ExposureStore(os_client, settings)
-        self._ready = False
+        self.writer = EffectWriter(
+            self.states,
+            self.items,
+            self.users,
+            self.blocks,
+            self.inbound,
+            self.exposure,
+            self.cfg,
+            self._items,
+            count_served=settings.exposure_count_served,
+        )
+        self._ready = False  # every index ensured, the engine's included
+        self._store_ready = False  # MongoDB's collections and indexes ensured
         self.native_ttl = True
         self._last_purge = 0.0
         self._last_recover = time.monotonic()  # the first sweep one cadence after start
@@ -150,6 +159,8 @@ class EventProcessor:
     async def recover_expired(self, limit: int = 1000) -> EventsResult:
         """Apply stored events whose claim expired unapplied (their holder died and no client
         retried them); one ``find`` on ``applied`` (an index on MongoDB, a scan on FerretDB)."""
+        if not self._ready:
+            await self.ensure()
         with backend_errors("recovery scan failed"):
             docs = await self.events.find({"applied": False}, limit=limit).to_list(None)
         now = datetime.now(UTC)
@@ -165,8 +176,22 @@ class EventProcessor:
         """Indexes: TTL on ``events.ts``, lookups on user/type, graph collections, exposure.
 
         Where the server has no TTL indexes (FerretDB 1.x) a plain ``ts`` index is created and
-        :meth:`purge_expired` runs from :meth:`apply` at most every ``purge_every_s``.
+        :meth:`purge_expired` runs from :meth:`apply` at most every ``purge_every_s``. The
+        exposure counters index is the engine's: while the engine fails it is tried again by
+        the next call, events that need no engine write (blocks, hides, passes) are applied
+        meanwhile and the others fail before any write (a counter write must not create the
+        index with dynamic mappings).
         """
+        if not self._store_ready:
+            await self._ensure_store()
+        try:
+            await self.exposure.ensure()
+        except SearchBackendError as exc:
+            log.warning("events: exposure counters index not ensured yet: %.200s", exc)
+            return
+        self._ready = self.writer.engine_ready = True
+
+    async def _ensure_store(self) -> None:
         async with _ensure_lock():
             # FerretDB 1.x (SQLite) can deadlock when a collection is created implicitly while
             # other writes are in flight; so every collection is created here, one at a time,
@@ -210,26 +235,32 @@ class EventProcessor:
             await self.events.create_index("applied")
         await ensure_inbound_indexes(self.db)
         await ensure_member_indexes(self.db)
-        await self.exposure.ensure()
-        self._ready = True
+        self._store_ready = True
 
     # --- reads ------------------------------------------------------------------------------
 
     async def _items(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The items' vectors, category, kind and owner from the engine (one ``mget``); when
+        the engine fails, all but the vectors from MongoDB (:func:`~._apply.stored_items`):
+        a member can block, pass and hide while the engine is down."""
         if not ids:
             return {}
-        with backend_errors("item lookup for events failed"):
-            try:
-                resp = await self.os.mget(
-                    index=self.settings.index_alias,
-                    body={"ids": list(ids)},
-                    params={
-                        "_source_includes": "embedding,behaviour,category,kind,owner_id",
-                        "realtime": "true",
-                    },
-                )
-            except NotFoundError:  # no items index yet
-                return {}
+        try:
+            with backend_errors("item lookup for events failed"):
+                try:
+                    resp = await self.os.mget(
+                        index=self.settings.index_alias,
+                        body={"ids": list(ids)},
+                        params={
+                            "_source_includes": "embedding,behaviour,category,kind,owner_id",
+                            "realtime": "true",
+                        },
+                    )
+                except NotFoundError:  # no items index yet
+                    return {}
+        except SearchBackendError as exc:
+            log.warning("event items read from MongoDB, vectors kept (engine: %.200s)", exc)
+            return await stored_items(self.db[self.settings.items_collection], ids)
         return {d["_id"]: d.get("_source") or {} for d in resp["docs"] if d.get("found")}
 
     # --- apply ------------------------------------------------------------------------------
@@ -297,6 +328,7 @@ class EventProcessor:
         over any whose claim expires meanwhile) until ``events_claim_wait_s`` has passed."""
         token = uuid.uuid4().hex
         by_id = {ev.id: ev for ev in evs}
+        done: dict[str, frozenset[str]] = {}  # taken over: what the failed holder completed
         docs = [_stored(ev, self.cfg.weights.get(ev.type, 0.0), now) for ev in evs]
         waiting = await self.claims.insert(self.claims.stamp(docs, token))
         mine = [ev for ev in evs if ev.id not in waiting]
@@ -306,22 +338,25 @@ class EventProcessor:
         while True:
             if waiting:
                 status = await self.claims.status(waiting)
-                done = {i for i, st in status.items() if st.applied}
+                applied = {i for i, st in status.items() if st.applied}
                 expired = {i: st.gen for i, st in status.items() if not st.applied and st.expired}
                 won = await self.claims.take_over(expired, token) if expired else set()
-                out.duplicates += len(done)
+                out.duplicates += len(applied)
                 out.recovered += len(won)
-                waiting -= done | won
+                waiting -= applied | won
                 mine += [by_id[i] for i in sorted(won)]
+                done.update((i, status[i].done) for i in won)
             if mine:
                 ids = [ev.id for ev in mine]
+                completed: list[str] = []
                 try:
                     async with self.claims.renewing(ids, token):
-                        await self._effects(mine, items, now, out)  # 4.
+                        await self.writer.apply(mine, items, now, out, done, completed)  # 4.
                 except BaseException:
                     # a failed call gives its claims up at once: a retry takes them over now
-                    # instead of waiting for them to expire (what is done is done again)
-                    await asyncio.shield(self.claims.release(ids, token))
+                    # instead of waiting for them to expire, and skips the additive effects
+                    # this call completed (the idempotent ones are done again)
+                    await asyncio.shield(self.claims.release(ids, token, completed))
                     raise
                 await self.claims.mark(ids)  # 5.
                 mine = []
@@ -330,66 +365,3 @@ class EventProcessor:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.2)
         out.in_flight = len(waiting)
-
-    async def _effects(
-        self,
-        todo: list[Event],
-        items: dict[str, dict[str, Any]],
-        now: datetime,
-        out: EventsResult,
-    ) -> None:
-        fx = plan_effects(
-            todo, items, self.cfg.weights, count_served=self.settings.exposure_count_served
-        )
-        # OpenSearch counters run alongside; MongoDB writes go one after another: FerretDB 1.x
-        # (SQLite) was seen to hang on concurrent upserting bulk writes into one database
-        engine = asyncio.gather(
-            self.exposure.record(fx.impressions, now=now) if fx.impressions else _none(),
-            self.exposure.record_trend(fx.trend) if fx.trend else _none(),
-        )
-        try:
-            pairs = await self._update_users(fx.by_user, items, now)
-            if pairs:
-                await self.items.add(pairs, now)
-            if fx.likes:
-                out.mutual += await self.users.add_likes(fx.likes, now)
-            if fx.blocks:
-                await self.blocks.add(fx.blocks, now)
-            if fx.inbound:
-                await self.inbound.add(fx.inbound, now)
-        finally:
-            capped, _ = await engine
-        out.capped = sorted(set(out.capped) | set(capped or []))
-
-    async def _update_users(
-        self,
-        by_user: Mapping[str, list[dict[str, Any]]],
-        items: dict[str, dict[str, Any]],
-        now: datetime,
-    ) -> list[tuple[str, str, float]]:
-        """Read-merge-write of every touched user under their leases (see user_state); returns
-        the co-engagement pairs of the new positives, computed from the states read inside the
-        leases (a concurrent batch of the same member is either before or after this one)."""
-        async with self.states.locked(by_user):
-            states = await self.states.get_many(by_user)  # fresh: inside the lease
-            pairs = co_engagement_pairs(states, by_user, self.cfg.graph_fanout)
-            need = {e["id"] for st in states.values() for e in (*st.positives, *st.negatives)}
-            missing = sorted(need - set(items))
-            if missing:  # another writer added positives since our first read
-                items.update(await self._items(missing))
-            cats = {i: (d.get("category") or None) for i, d in items.items()}
-            vecs = {i: d["embedding"] for i, d in items.items() if d.get("embedding")}
-            behs = {i: d["behaviour"] for i, d in items.items() if d.get("behaviour")}
-            cfg = self.cfg.user_state
-            await self.states.save_many(
-                (
-                    recompute(merge_events(states[u], evs, cats, cfg), vecs, behs, now, cfg)
-                    for u, evs in by_user.items()
-                ),
-                previous=states,
-            )
-        return pairs
-
-
-async def _none() -> None:
-    return None

@@ -36,6 +36,7 @@ class ServedExposure:
         self.flush_s = flush_s
         self.max_pending = max_pending
         self.pending: Counter[str] = Counter()
+        self.flushing: Counter[str] = Counter()  # the batch a flush is writing now
         self.written = 0
         self.dropped = 0
         self._last = time.monotonic()
@@ -60,6 +61,7 @@ class ServedExposure:
         batch, self.pending = self.pending, Counter()
         if not batch:
             return []
+        self.flushing = batch
         try:
             capped = await self.store.record(batch)
         except BackendError as exc:
@@ -70,8 +72,15 @@ class ServedExposure:
                 else:
                     self.dropped += n
             raise
+        finally:
+            self.flushing = Counter()
         self.written += sum(batch.values())
         return capped
+
+    def unwritten(self, item_id: str) -> int:
+        """Impressions of ``item_id`` served and not written to the counters yet (pending, or
+        in a flush still running)."""
+        return self.pending.get(item_id, 0) + self.flushing.get(item_id, 0)
 
     async def drain(self) -> None:
         """Wait for a running flush and write what is left (shutdown, tests, benchmarks)."""

@@ -17,6 +17,7 @@ from api_support import h, proxied, serve
 
 from opendisco import BackendError, Settings, clients
 from opendisco.api import create_key
+from opendisco.api._segments import CAPS
 from opendisco.serving import Discovery, MemberContext
 from opendisco.signals import ItemSimilarity, UserGraph
 
@@ -39,6 +40,7 @@ FORBIDDEN = {
     "x-capped": "exposure cap",
 }
 GONE = "x-gone"  # turns unavailable in MongoDB while the engine is down (stale lists)
+NEAR = "x-near"  # the one profile member sn may see: exposure cap 4
 
 
 def _profile(pid: str, owner: str, popularity: float, **kw: Any) -> dict[str, Any]:
@@ -83,6 +85,8 @@ def catalogue() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     for n, pid in enumerate([*FORBIDDEN, GONE]):
         extra = special.get(pid, {})
         items.append(_profile(pid, extra.pop("owner_id", f"o-{pid}"), top - n, **extra))
+    # eligible for sn alone (and sn for it), capped after a few impressions
+    items.append(_profile(NEAR, "o-x-near", 5.0, gender="nb", pref_genders=["nb"], exposure_cap=4))
     users = [
         {
             "_id": V,
@@ -97,6 +101,7 @@ def catalogue() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         {"_id": W, "interests": ["hiking"]},
         {"_id": "sb", "gender": "f", "age": 30, "pref_genders": ["m"]},
         {"_id": "sc", "gender": "f", "age": 31, "pref_genders": ["m"]},
+        {"_id": "sn", "gender": "nb", "age": 30, "pref_genders": ["nb"]},
     ]
     return items, users
 
@@ -147,7 +152,10 @@ async def safe(safe_settings: Settings, model: Any) -> dict[str, Any]:
         await os_client.close()
         await mongo.close()
     sync = clients.mongo(safe_settings)
-    keys = {"read": create_key(sync[safe_settings.mongo_db], "safe", ["read"])[0]}
+    keys = {
+        "read": create_key(sync[safe_settings.mongo_db], "safe", ["read"])[0],
+        "write": create_key(sync[safe_settings.mongo_db], "safe-w", ["write"])[0],
+    }
     sync.close()
     return {"keys": keys, "items": items}
 
@@ -363,12 +371,19 @@ async def test_a_failing_viewer_feature_lookup_degrades_to_a_safe_answer(
     assert not [c for c in lost if "injected" in repr(c)], lost
 
 
+@pytest.mark.parametrize("stored", [True, False])
 async def test_cold_process_with_the_engine_down_serves_safe_popular_items(
-    safe_settings: Settings, safe: dict[str, Any]
+    stored: bool, safe_settings: Settings, safe: dict[str, Any]
 ) -> None:
     """No list refreshed yet: the most popular items MongoDB holds for V's preferences,
-    filtered per member like any degraded answer; the cap list was never read, so the
-    answer says exposure caps went unchecked."""
+    filtered per member like any degraded answer. Caps are checked against the last cap list
+    a process stored in MongoDB (here one that ran with the engine up); when none was ever
+    stored the answer says exposure caps went unchecked (and the capped profile shows)."""
+    with clients.mongo(safe_settings) as mc:
+        mc[safe_settings.mongo_db][CAPS].delete_many({})
+    if stored:
+        async with serve(safe_settings) as client:
+            await _ready(client)
     os_proxy, _, settings = await proxied(safe_settings, api_deadline_ms=300)
     await os_proxy.kill()
     try:
@@ -377,8 +392,41 @@ async def test_cold_process_with_the_engine_down_serves_safe_popular_items(
             ids = [it["id"] for it in body["items"]]
             assert body["degraded"] is True and ids
             assert body["template_version"] == "fallback-popular"
-            assert body["degraded_rules"] == ["exposure_cap"]
-            assert not _violations([i for i in ids if i != "x-capped"])
+            if stored:
+                assert not _violations(ids), _violations(ids)
+                assert set(body["degraded_rules"]) <= {"exposure_cap"}
+            else:
+                assert body["degraded_rules"] == ["exposure_cap"]
+                assert "x-capped" in ids  # not vacuous: the one rule left unchecked
+                assert not _violations([i for i in ids if i != "x-capped"])
+    finally:
+        await os_proxy.close()
+
+
+async def test_the_fallback_counts_its_own_answers_toward_exposure_caps(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """The engine killed, sn (who may see x-near alone, cap 4) asks again and again: the
+    impressions the degraded answers serve cannot reach the counters, yet they count — x-near
+    is shown at most its cap, then nothing safe is left for sn (503), never a fifth time."""
+    key = safe["keys"]["read"]
+    os_proxy, _, settings = await proxied(
+        safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            snap = client.app.state.runtime.fallback.lists.snapshot
+            assert NEAR in {r.id for recs in snap.lists.values() for r in recs}
+            await os_proxy.kill()
+            shown, codes = 0, []
+            for _ in range(8):
+                resp = await client.get("/v1/users/sn/recommendations?k=5", headers=h(key))
+                codes.append(resp.status_code)
+                if resp.status_code == 200:
+                    assert resp.json()["degraded"] is True
+                    shown += NEAR in [it["id"] for it in resp.json()["items"]]
+            assert 1 <= shown <= 4 and codes[-1] == 503, (shown, codes)
     finally:
         await os_proxy.close()
 
@@ -426,3 +474,36 @@ async def test_mongodb_down_too_is_503_never_an_unfiltered_list(
     finally:
         await os_proxy.close()
         await mongo_proxy.close()
+
+
+async def test_a_block_posted_while_the_engine_is_down_is_kept_both_ways(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """With the engine killed, sc hides V's profile: the block is recorded (the items' owner
+    and kind come from MongoDB; the engine's counters index is ensured later), and the
+    degraded answers keep it both ways at once — sc no longer sees p-sv, V's rules exclude
+    sc."""
+    read, write = safe["keys"]["read"], safe["keys"]["write"]
+    os_proxy, _, settings = await proxied(
+        safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            await os_proxy.kill()  # before this process applied any event (nothing ensured)
+            body = await _get(client, read, "/v1/users/sc/recommendations?k=30")
+            assert body["degraded"] is True and "p-sv" in [it["id"] for it in body["items"]]
+            hide = [_event(901, "sc", "p-sv", "hide")]
+            resp = await client.post("/v1/events", json={"events": hide}, headers=h(write))
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["accepted"] == 1 and not resp.json()["rejected"], resp.text
+            body = await _get(client, read, "/v1/users/sc/recommendations?k=30")
+            assert body["degraded"] is True and "p-sv" not in [it["id"] for it in body["items"]]
+            rules = await client.app.state.runtime.discovery.rules_for(V)
+            assert "sc" in rules.blocked_owners
+    finally:
+        await os_proxy.close()
+        with clients.mongo(safe_settings) as mc:  # the other tests' blocks are V's and sb's
+            blocks = mc[safe_settings.mongo_db]["member_blocks"]
+            blocks.update_one({"_id": V}, {"$pull": {"blocked_by": "sc"}})
+            blocks.update_one({"_id": "sc"}, {"$pull": {"blocked": V}})

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from opendisco.signals import (
+    UserState,
     adjacency_updates,
+    co_engagement_pairs,
     decode_row,
     encode_row,
     merge_rows,
@@ -39,3 +43,25 @@ def test_one_row_per_distinct_source_item() -> None:
     assert rows == {"x": {"y": 2.0}, "y": {"x": 2.0, "z": 1.0}, "z": {"y": 1.0}}
     # one read and one write per distinct source item, whatever the number of edges
     assert len(rows) == 3
+
+
+def test_pairs_are_those_of_the_state_before_the_batch_even_when_it_was_merged() -> None:
+    """A retry after a failed call sees the batch merged into the state already: the pairs
+    are still those of the first application, and ``linked`` keeps only the pairs of the
+    events that have not had their graph weights yet."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    batch = [
+        {"id": f"e{i}", "item_id": item, "ts": t0 + timedelta(minutes=i), "weight": 1.0}
+        for i, item in enumerate(["a", "b"], start=1)
+    ]
+    old = {"e": "e0", "id": "x", "ts": t0, "w": 1.0}
+    before = {"u": UserState(user_id="u", positives=[old])}
+    merged = [old, *({"e": e["id"], "id": e["item_id"], "ts": e["ts"], "w": 1.0} for e in batch)]
+    after = {"u": UserState(user_id="u", positives=merged)}
+    first = co_engagement_pairs(before, {"u": batch}, 10)
+    assert sorted(first) == [("a", "x", 1.0), ("b", "a", 1.0), ("b", "x", 1.0)]
+    assert co_engagement_pairs(after, {"u": batch}, 10) == first
+    assert co_engagement_pairs(after, {"u": batch}, 10, linked={"e2"}) == [
+        ("b", "a", 1.0),
+        ("b", "x", 1.0),
+    ]

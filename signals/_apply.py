@@ -1,0 +1,174 @@
+"""Step 4 of an event batch (``_processor``): the effects of claimed events, written.
+
+:class:`EffectWriter` writes what :func:`~._effects.plan_effects` works out: the engine's
+counters (exposure, live trend) run alongside the MongoDB writes, which go one after another
+(FerretDB 1.x, SQLite, was seen to hang on concurrent upserting bulk writes into one
+database): user states (read-merge-write under per-member leases), co-engagement weights,
+mutual likes, blocks, inbound attention.
+
+A call that fails part-way gives its claims up; the call that takes them over must not add
+again what the failed one added. User state, mutual likes and blocks are idempotent; each
+additive effect (:class:`~._effects.Additive`) the failed call completed is recorded on its
+events with the release (``completed``), and the taker applies it only for the events that
+have not had it (``done``). The co-engagement pairs are computed from the states as they were
+before the batch, whether or not a failed call merged it already.
+
+While the engine cannot be read, the events' items come from MongoDB without their vectors
+(:func:`stored_items`): the effects that need no engine write (blocks, hides, passes, user
+state) are applied and the user states keep their vectors, recomputed by the next event
+applied with the engine up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from opendisco._backend import backend_errors
+from opendisco._exceptions import SearchBackendError
+
+from ._blocks import BlockStore
+from ._effects import Additive, Effects, pending, plan_effects
+from ._event import Event, EventsConfig, EventsResult
+from ._exposure import ExposureStore
+from ._graph import ItemGraph, co_engagement_pairs
+from ._inbound import InboundCounter
+from ._members import UserGraph
+from ._user_state import UserState, UserStateStore, merge_events, recompute
+
+__all__ = ["NO_VECTORS", "EffectWriter", "stored_items"]
+
+ItemFetch = Callable[[Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
+#: marks an item read from MongoDB while the engine was down: its vectors are unknown here
+NO_VECTORS = "_no_vectors"
+_STORED_FIELDS = ("kind", "owner_id", "category")
+
+
+async def stored_items(coll: Any, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Kind, owner and category of the (not deleted) items ``ids`` as MongoDB holds them,
+    marked :data:`NO_VECTORS`: what the effects need but the vectors, when the engine cannot
+    be read (the user states then keep their vectors until an event with the engine up)."""
+    with backend_errors("item lookup for events failed (MongoDB)"):
+        docs = await coll.find(
+            {"_id": {"$in": list(ids)}, "deleted": {"$ne": True}},
+            projection=dict.fromkeys(_STORED_FIELDS, 1),
+        ).to_list(None)
+    return {
+        str(d["_id"]): {**{f: d[f] for f in _STORED_FIELDS if f in d}, NO_VECTORS: True}
+        for d in docs
+    }
+
+
+async def _none() -> None:
+    return None
+
+
+@dataclass
+class EffectWriter:
+    """The stores one event batch writes (see the module docstring)."""
+
+    states: UserStateStore
+    graph: ItemGraph
+    users: UserGraph
+    blocks: BlockStore
+    inbound: InboundCounter
+    exposure: ExposureStore
+    cfg: EventsConfig
+    fetch_items: ItemFetch  # items' vectors and categories by id (the engine's mget)
+    count_served: bool = False
+    #: the engine's counters index is ensured (until then a batch with engine writes fails)
+    engine_ready: bool = False
+
+    def _plan(
+        self,
+        todo: Sequence[Event],
+        items: Mapping[str, Mapping[str, Any]],
+        done: Mapping[str, frozenset[str]],
+        effect: Additive | None = None,
+    ) -> Effects:
+        evs = todo if effect is None else pending(todo, done, effect)
+        return plan_effects(evs, items, self.cfg.weights, count_served=self.count_served)
+
+    async def apply(
+        self,
+        todo: list[Event],
+        items: dict[str, dict[str, Any]],
+        now: datetime,
+        out: EventsResult,
+        done: Mapping[str, frozenset[str]],
+        completed: list[str],
+    ) -> None:
+        """Write ``todo``'s effects; an additive one only for the events that have not had it
+        (``done``: event id -> effects an earlier, failed call completed), each appended to
+        ``completed`` once written (what a failing call records on its events)."""
+        every = self._plan(todo, items, done)
+        impressions = self._plan(todo, items, done, Additive.EXPOSURE).impressions
+        trend = self._plan(todo, items, done, Additive.TREND).trend
+        if (impressions or trend) and not self.engine_ready:
+            raise SearchBackendError("events: the exposure counters index is not ensured yet")
+        engine = {
+            Additive.EXPOSURE: asyncio.ensure_future(
+                self.exposure.record(impressions, now=now) if impressions else _none()
+            ),
+            Additive.TREND: asyncio.ensure_future(
+                self.exposure.record_trend(trend) if trend else _none()
+            ),
+        }
+        try:
+            linked = {ev.id for ev in pending(todo, done, Additive.GRAPH)}
+            pairs = await self._update_users(every.by_user, items, now, linked)
+            if pairs:
+                await self.graph.add(pairs, now)
+            completed.append(Additive.GRAPH)
+            if every.likes:
+                out.mutual += await self.users.add_likes(every.likes, now)
+            if every.blocks:
+                await self.blocks.add(every.blocks, now)
+            inbound = self._plan(todo, items, done, Additive.INBOUND).inbound
+            if inbound:
+                await self.inbound.add(inbound, now)
+            completed.append(Additive.INBOUND)
+        finally:
+            await asyncio.wait(engine.values())
+            completed += [e for e, f in engine.items() if not f.cancelled() and not f.exception()]
+        capped = engine[Additive.EXPOSURE].result()  # the engine's error, when it failed
+        engine[Additive.TREND].result()
+        out.capped = sorted(set(out.capped) | set(capped or []))
+
+    async def _update_users(
+        self,
+        by_user: Mapping[str, list[dict[str, Any]]],
+        items: dict[str, dict[str, Any]],
+        now: datetime,
+        linked: set[str],
+    ) -> list[tuple[str, str, float]]:
+        """Read-merge-write of every touched user under their leases (see user_state); returns
+        the co-engagement pairs of the new positives among ``linked`` (event ids), computed
+        from the states read inside the leases (a concurrent batch of the same member is
+        either before or after this one)."""
+        async with self.states.locked(by_user):
+            states = await self.states.get_many(by_user)  # fresh: inside the lease
+            pairs = co_engagement_pairs(states, by_user, self.cfg.graph_fanout, linked)
+            need = {e["id"] for st in states.values() for e in (*st.positives, *st.negatives)}
+            missing = sorted(need - set(items))
+            if missing:  # another writer added positives since our first read
+                items.update(await self.fetch_items(missing))
+            cats = {i: (d.get("category") or None) for i, d in items.items()}
+            vecs = {i: d["embedding"] for i, d in items.items() if d.get("embedding")}
+            behs = {i: d["behaviour"] for i, d in items.items() if d.get("behaviour")}
+            blind = any(d.get(NO_VECTORS) for d in items.values())  # keep the vectors
+            cfg = self.cfg.user_state
+
+            def merged(st: UserState, evs: list[dict[str, Any]]) -> UserState:
+                new = merge_events(st, evs, cats, cfg)
+                return (
+                    replace(new, updated_at=now) if blind else recompute(new, vecs, behs, now, cfg)
+                )
+
+            await self.states.save_many(
+                (merged(states[u], evs) for u, evs in by_user.items()), previous=states
+            )
+        return pairs

@@ -1,0 +1,164 @@
+"""Event claims under an engine fault on the real servers: a 429 storm on the engine's writes
+(its ``_bulk`` endpoint answers 429 + Retry-After, reads still work) while a client posts one
+batch to several API workers and then retries it. Every call fails until the storm ends; the
+retry after it applies what is left. Every counter — exposure (engine), inbound attention and
+co-engagement weights (MongoDB) — must then hold the batch exactly once: the MongoDB effects
+the failed calls completed are not added again by the calls that take their claims over."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+# the counters of the claims suite: the same catalogue and the same exact checks
+from test_signals_claims_live import MOVIES, PROFILES, _assert_exact, _Counters
+
+from opendisco import SearchBackendError, Settings, clients
+from opendisco.signals import EVENTS, EventProcessor
+
+
+class WriteStormProxy:
+    """An HTTP proxy to OpenSearch on this loop; while ``storm`` it answers every ``_bulk``
+    request itself with 429 + Retry-After (the write thread pool rejecting), forwarding the
+    rest (reads) untouched."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target.rstrip("/")
+        self.storm = False
+        self.rejected = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if self.storm and request.path.rstrip("/").endswith("_bulk"):
+            self.rejected += 1
+            err = {"type": "es_rejected_execution_exception", "reason": "write queue full"}
+            return web.json_response(
+                {"error": {"root_cause": [err], **err}, "status": 429},
+                status=429,
+                headers={"Retry-After": "1"},
+            )
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with self._session.request(
+            request.method, self.target + request.path_qs, data=body, headers=headers
+        ) as resp:
+            data = await resp.read()
+            ctype = {k: v for k, v in resp.headers.items() if k.lower() == "content-type"}
+            return web.Response(body=data, status=resp.status, headers=ctype)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+
+@pytest.fixture(scope="module")
+def storm_settings(
+    settings: Settings, os_client: Any, index_items: Any, clustered_items: list[dict[str, Any]]
+) -> Any:
+    s = settings.model_copy(
+        update={
+            "index_alias": f"{settings.index_alias}st",
+            "mongo_db": f"{settings.mongo_db}st",
+            "events_claim_wait_s": 30.0,
+            "events_claim_lease_s": 30.0,
+        }
+    )
+    index_items(s, clustered_items)
+    yield s
+    os_client.indices.delete(
+        index=f"{s.index_alias}*", ignore_unavailable=True, expand_wildcards="all"
+    )
+    with clients.mongo(s) as mc:
+        mc.drop_database(s.mongo_db)
+
+
+@pytest.fixture
+async def storm(storm_settings: Settings) -> AsyncIterator[tuple[WriteStormProxy, Settings]]:
+    target = urlsplit(storm_settings.opensearch_url)
+    proxy = WriteStormProxy(f"{target.scheme}://{target.netloc}")
+    await proxy.start()
+    try:
+        yield proxy, storm_settings.model_copy(update={"opensearch_url": proxy.url})
+    finally:
+        await proxy.close()
+
+
+def _batch() -> list[dict[str, Any]]:
+    """Events of fresh members: impressions (engine counters), movie likes and clicks (graph
+    edges, several per member), profile likes (inbound attention)."""
+    tag = uuid.uuid4().hex[:6]
+    out: list[dict[str, Any]] = []
+    for u in range(4):
+        user = f"s{tag}{u}"
+        picks = [MOVIES[(u * 7 + j * 4) % len(MOVIES)] for j in range(4)]
+        out += [
+            {"type": "impression", "item_id": picks[0]},
+            {"type": "impression", "item_id": picks[1]},
+            {"type": "like", "item_id": picks[2]},
+            {"type": "click", "item_id": picks[3]},
+            {"type": "like", "item_id": PROFILES[u % 4]},
+        ]
+        for e in out[-5:]:
+            e.update(id=uuid.uuid4().hex, user_id=user)
+    return out
+
+
+async def test_a_write_storm_and_retries_count_the_batch_once(
+    storm: tuple[WriteStormProxy, Settings],
+) -> None:
+    proxy, s = storm
+    os_client = clients.async_opensearch(s)
+    mongo = clients.mongo_async(s)
+    db = mongo[s.mongo_db]
+    try:
+        workers = [EventProcessor(s, db, os_client) for _ in range(3)]
+        for w in workers:
+            await w.ensure()  # creating the counters index is a write of its own
+        counters = _Counters(workers[0], db)
+        batch = _batch()
+        before = await counters.read()
+        proxy.storm = True
+        # a client posts the batch to every worker (it timed out and retried), twice
+        for _ in range(2):
+            results = await asyncio.gather(
+                *(w.apply(batch) for w in workers), return_exceptions=True
+            )
+            assert all(isinstance(r, SearchBackendError) for r in results), results
+        assert proxy.rejected >= 2
+        stored = await db[EVENTS].find({"_id": {"$in": [e["id"] for e in batch]}}).to_list(None)
+        assert len(stored) == len(batch) and not any(d["applied"] for d in stored)
+        proxy.storm = False
+        res = await workers[1].apply(batch)  # the retry after the storm
+        assert (res.accepted, res.recovered, res.in_flight) == (0, len(batch), 0), res
+        await _assert_exact(db, batch, before, await counters.read())
+        again = await workers[2].apply(batch)
+        assert (again.accepted, again.duplicates, again.recovered) == (0, len(batch), 0)
+    finally:
+        await os_client.close()
+        await mongo.close()
