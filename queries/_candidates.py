@@ -16,11 +16,12 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import InvalidInput, SearchBackendError
+from opendisco._exceptions import InvalidInput, SearchBackendError, TemplateParamError
 from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
 from opendisco.signals import UserState, exposure_index
 
+from ._params import ParamSpec
 from ._template import Template, load, render
 
 __all__ = [
@@ -113,7 +114,6 @@ def request_for_user(
     behaviour = state.behaviour if state is not None else None
     if surface is None:
         surface = "for_you" if (vector or behaviour) else "cold_start"
-    loc = user.get("location")
     if surface == "similar":  # the anchor item's vectors, never the member's
         vector = behaviour = None
     return CandidateRequest(
@@ -121,11 +121,41 @@ def request_for_user(
         k=k,
         user_vector=[float(x) for x in vector] if vector else None,
         behaviour_vector=[float(x) for x in behaviour] if behaviour else None,
-        interests=[str(i) for i in user.get("interests") or []],
-        location={"lat": float(loc["lat"]), "lon": float(loc["lon"])} if loc else None,
+        interests=_member_interests(user.get("interests")),
+        location=_member_location(user.get("location")),
         now=now or datetime.now(UTC),
         **extra,
     )
+
+
+# A member's stored interests and location only steer the ranking (tag boosts, BM25 on the
+# interests, the geo decay): odd values in a users document (a string location, lat 91, a
+# number for interests) switch that steering off instead of failing every request of theirs.
+_GEO = ParamSpec("location", "geo", nullable=True)
+
+
+def _member_location(value: Any) -> dict[str, float] | None:
+    try:
+        return _GEO.coerce(value)
+    except TemplateParamError:
+        return None
+
+
+def _member_interests(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        return []
+    return [str(i) for i in value if isinstance(i, str | int | float) and not isinstance(i, bool)]
+
+
+def _fit(spec: ParamSpec | None, values: list[str]) -> list[str]:
+    """The stored values a ``str_list`` parameter can hold: over-long ones dropped, then the
+    first ``max_items``."""
+    if spec is None:
+        return values
+    kept = [v for v in values if spec.max_len is None or len(v) <= spec.max_len]
+    return kept if spec.max_items is None else kept[: spec.max_items]
 
 
 def _fresh_since(now: datetime, days: int = 14) -> datetime:
@@ -136,7 +166,9 @@ def request_params(req: CandidateRequest, settings: Settings) -> dict[str, Any]:
     """Template parameters for ``req`` (pure): only those the surface declares are set."""
     specs = (req.template or load(req.surface)).specs
     viewer = req.viewer or {}
-    interests = [str(i) for i in req.interests]
+    interests = _fit(specs.get("interests"), [str(i) for i in req.interests])
+    text_spec = specs.get("interests_text")
+    interests_text = " ".join(interests)[: text_spec.max_len if text_spec else None]
     candidates: dict[str, Any] = {
         "k": req.k,
         "now": req.now,
@@ -152,7 +184,7 @@ def request_params(req: CandidateRequest, settings: Settings) -> dict[str, Any]:
         "user_vector": req.user_vector,
         "behaviour_vector": req.behaviour_vector,
         "interests": interests,
-        "interests_text": " ".join(interests),
+        "interests_text": interests_text,
         "fresh_since": _fresh_since(req.now),
         "query_text": req.query_text,
         "query_vector": req.query_vector,

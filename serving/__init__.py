@@ -11,7 +11,14 @@ from ._artifacts import Artifacts, check_params, load_model, load_params, load_t
 from ._assembly import default_parts
 from ._explore import EXPLORED_SURFACES, Exploration, Explorer
 from ._features import FeatureHydrator, StoreFeatures
-from ._filters import RULE_FIELDS, HardRules, HardRulesFilter, Rule, stored_rule_fields
+from ._filters import (
+    AGE_DOMAIN,
+    RULE_FIELDS,
+    HardRules,
+    HardRulesFilter,
+    Rule,
+    stored_rule_fields,
+)
 from ._pipeline import Discovery
 from ._stages import (
     GRAPH_NEIGHBOURS,
@@ -39,6 +46,7 @@ from ._types import (
 )
 
 __all__ = [
+    "AGE_DOMAIN",
     "EXPLORED_SURFACES",
     "GRAPH_NEIGHBOURS",
     "MAX_CANDIDATES",

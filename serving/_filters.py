@@ -45,7 +45,14 @@ from opendisco.signals import MemberBlocks, UserState
 if TYPE_CHECKING:
     from ._types import CandidatePlan
 
-__all__ = ["RULE_FIELDS", "HardRules", "HardRulesFilter", "Rule", "stored_rule_fields"]
+__all__ = [
+    "AGE_DOMAIN",
+    "RULE_FIELDS",
+    "HardRules",
+    "HardRulesFilter",
+    "Rule",
+    "stored_rule_fields",
+]
 
 log = logging.getLogger("opendisco.serving")
 
@@ -87,13 +94,30 @@ def _int(value: Any) -> int | None:
         return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite double
         return None
+
+
+#: the domain of the templates' age and gender parameters (``queries/templates/_partials.json``:
+#: ``viewer_age``, ``viewer_pref_age_min|max``, ``viewer_gender``, ``viewer_pref_genders``)
+AGE_DOMAIN = (0, 150)
+_MAX_LEN = 64
+_MAX_GENDERS = 16
+
+
+def _in_age_domain(age: int) -> bool:
+    return AGE_DOMAIN[0] <= age <= AGE_DOMAIN[1]
+
+
+def _clamp_age(age: int | None) -> int | None:
+    return None if age is None else min(max(age, AGE_DOMAIN[0]), AGE_DOMAIN[1])
 
 
 def _strs(value: Any) -> frozenset[str]:
     if value is None or isinstance(value, str):
         return frozenset([value] if value else [])
+    if not isinstance(value, list | tuple | set | frozenset):  # a stray scalar or document
+        return frozenset([str(value)])
     return frozenset(str(v) for v in value if v is not None)
 
 
@@ -165,19 +189,29 @@ class HardRules:
 
     def engine_params(self) -> dict[str, Any]:
         """The template parameters of the ``eligibility`` and ``exclusions`` fragments (they
-        override any tuned parameter of the same name)."""
+        override any tuned parameter of the same name).
+
+        A member's stored values outside the templates' parameter domain (an age of 200, a
+        gender of 100 characters: odd ``users`` documents, not the caller's input) never fail
+        the request: the viewer's own age or gender becomes unknown (fail closed: candidates
+        with preferences on it are excluded), preference bounds are clamped into the domain
+        and over-long genders dropped. The in-process filter keeps the exact stored values, so
+        whatever the engine admits beyond them is still removed before anything is served."""
         m = self.member
+        age = self.age if self.age is not None and _in_age_domain(self.age) else None
+        gender = self.gender if self.gender is not None and len(self.gender) <= _MAX_LEN else None
+        prefs = sorted(g for g in self.pref_genders if len(g) <= _MAX_LEN)[:_MAX_GENDERS]
         return {
             "exclude_ids": self.exclude_ids,
             "viewer_id": self.viewer_id,
             "exclude_owners": sorted(self.blocked_owners),
-            "viewer_gender": self.gender if m else None,
-            "viewer_age": self.age if m else None,
-            "viewer_gender_unknown": m and self.gender is None,
-            "viewer_age_unknown": m and self.age is None,
-            "viewer_pref_genders": sorted(self.pref_genders) if m else [],
-            "viewer_pref_age_min": self.pref_age_min if m else None,
-            "viewer_pref_age_max": self.pref_age_max if m else None,
+            "viewer_gender": gender if m else None,
+            "viewer_age": age if m else None,
+            "viewer_gender_unknown": m and gender is None,
+            "viewer_age_unknown": m and age is None,
+            "viewer_pref_genders": prefs if m else [],
+            "viewer_pref_age_min": _clamp_age(self.pref_age_min) if m else None,
+            "viewer_pref_age_max": _clamp_age(self.pref_age_max) if m else None,
         }
 
     # -- in process -------------------------------------------------------------------------

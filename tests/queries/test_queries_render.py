@@ -17,6 +17,7 @@ from opendisco.queries import (
     clip_terms,
     fuse,
     render,
+    request_for_user,
     request_params,
     script_params,
     surfaces,
@@ -216,6 +217,36 @@ def test_request_params_maps_the_request() -> None:
     out = render("for_you", p)
     assert set(out["sources"]) == {"semantic", "lexical", "trending", "fresh"}
     assert out["fusion"]["weights"]["lexical"] == 0.1
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        {"location": "Paris", "interests": 5},
+        {"location": {"lat": 91, "lon": 0}, "interests": "jazz"},
+        {"location": {"lat": "x", "lon": 2}, "interests": [{"a": 1}, None, True, "ok"]},
+        {"location": {"lat": float("nan"), "lon": 2}, "interests": [f"i{n}" for n in range(500)]},
+        {"location": [2.35, 48.85], "interests": ["x" * 300, *(["y" * 199] * 150)]},
+    ],
+)
+@pytest.mark.parametrize("surface", ["cold_start", "for_you"])
+def test_odd_stored_interests_and_location_steer_nothing_instead_of_failing(
+    user: dict[str, Any], surface: str
+) -> None:
+    """A member's stored interests and location are not the caller's input: odd values turn
+    the tag boosts or the geo decay off (or are cut to what the parameter holds); the request
+    still renders."""
+    req = request_for_user(user, None, surface=surface, now=NOW)
+    p = request_params(req, load_settings(index_alias="od-items"))
+    render(surface, p)
+    assert req.location is None
+    assert all(isinstance(i, str) and len(i) <= 200 for i in p.get("interests", []))
+
+
+def test_usable_stored_interests_and_location_are_kept() -> None:
+    user = {"location": {"lat": 48.85, "lon": 2.35}, "interests": ["jazz", 7]}
+    req = request_for_user(user, None, surface="cold_start", now=NOW)
+    assert req.location == {"lat": 48.85, "lon": 2.35} and req.interests == ["jazz", "7"]
 
 
 def test_mustache_conversion_is_valid_when_flags_substituted() -> None:
