@@ -89,11 +89,16 @@ def stored_rule_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: stored integers are held within ±2⁵³ (a double of 1e300 in a users document is a bound no
+#: age reaches, and stays one: clamped, never dropped, and still encodable in a MongoDB query)
+_BIG = 2**53
+
+
 def _int(value: Any) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
     try:
-        return int(value)
+        return max(-_BIG, min(_BIG, int(value)))
     except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite double
         return None
 

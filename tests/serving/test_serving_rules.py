@@ -131,6 +131,7 @@ ODD_VIEWERS = {
     "long gender": {"_id": "o6", "gender": "g" * 100, "age": 30, "pref_genders": ["f" * 65]},
     "many genders": {"_id": "o0", "age": 40, "pref_genders": [f"g{i}" for i in range(40)]},
     "scalar genders": {"_id": "o2", "gender": 7, "age": 22, "pref_genders": 5},
+    "astronomical bounds": {"_id": "o5", "age": 30, "pref_age_min": 1e300, "pref_age_max": 1e301},
 }
 
 
