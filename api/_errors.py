@@ -1,7 +1,8 @@
 """Error responses: one JSON shape for every failure, and the app's exception handlers.
 
 ``{"request_id", "error": {"type", "message", "detail"}}`` with ``X-Request-ID`` (and
-``Retry-After`` for :class:`~opendisco.RateLimited` / :class:`~opendisco.Overloaded`); the
+``Retry-After`` on every 429 and 503: the wait :class:`~opendisco.RateLimited` /
+:class:`~opendisco.Overloaded` name, else :data:`BACKEND_RETRY_AFTER_S`); the
 status comes from :func:`opendisco.http_status`, the one map of the error tree to HTTP.
 """
 
@@ -61,14 +62,20 @@ def _body(rid: str, kind: str, message: str, detail: Any = None) -> dict[str, An
     return {"request_id": rid, "error": {"type": kind, "message": message, "detail": detail}}
 
 
+#: Retry-After of a 503 that names no wait of its own (a backend call failed): clients retry
+#: soon, and the breaker and the degraded fallback decide what the retry gets
+BACKEND_RETRY_AFTER_S = 1
+
+
 def error_response(exc: OpenDiscoError, rid: str, detail: Any = None) -> JSONResponse:
     headers = {"X-Request-ID": rid}
+    status = http_status(exc)
     if isinstance(exc, RateLimited | Overloaded):
         headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.499)))
+    elif status == 503:
+        headers["Retry-After"] = str(BACKEND_RETRY_AFTER_S)
     return JSONResponse(
-        _body(rid, type(exc).__name__, str(exc), detail),
-        status_code=http_status(exc),
-        headers=headers,
+        _body(rid, type(exc).__name__, str(exc), detail), status_code=status, headers=headers
     )
 
 

@@ -9,10 +9,19 @@ from typing import Any
 
 import pytest
 
-from opendisco import AuthError, Forbidden, InvalidInput
+from opendisco import (
+    AuthError,
+    Forbidden,
+    InvalidInput,
+    Overloaded,
+    RateLimited,
+    SearchTimeout,
+    StoreBackendError,
+)
 from opendisco.api._admission import Admission
 from opendisco.api._breaker import BreakerState, CircuitBreaker
 from opendisco.api._cursor import CursorCodec
+from opendisco.api._errors import error_response
 from opendisco.api._keys import ApiKey, ApiKeyStore, hash_secret, new_key, parse_key
 from opendisco.api._overload import EngineWait, LoopLag, engine_bound
 from opendisco.api._ratelimit import RateLimiter, TokenBucket
@@ -444,3 +453,21 @@ def test_rate_limiter_grants_its_share_of_a_key() -> None:
     assert allowed == 5  # half the burst
     clock.advance(1.0)
     assert sum(rl.take("k", share=0.5) == 0.0 for _ in range(20)) == 5  # half the rate
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "retry_after"),
+    [
+        (StoreBackendError("mongo down"), 503, "1"),
+        (SearchTimeout("engine slow"), 503, "1"),
+        (Overloaded("full", retry_after=2.2), 503, "3"),
+        (RateLimited("slow down", retry_after=0.1), 429, "1"),
+        (InvalidInput("bad"), 422, None),
+    ],
+)
+def test_every_429_and_503_says_when_to_retry(
+    exc: Exception, status: int, retry_after: str | None
+) -> None:
+    r = error_response(exc, "rid-1")  # type: ignore[arg-type]
+    assert r.status_code == status and r.headers["X-Request-ID"] == "rid-1"
+    assert r.headers.get("Retry-After") == retry_after
