@@ -18,10 +18,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from opendisco._exceptions import (
+    BackendError,
     InvalidInput,
     OpenDiscoError,
     Overloaded,
     RateLimited,
+    SearchBackendError,
+    StoreBackendError,
     http_status,
 )
 
@@ -67,6 +70,19 @@ def _body(rid: str, kind: str, message: str, detail: Any = None) -> dict[str, An
 BACKEND_RETRY_AFTER_S = 1
 
 
+def _public_message(exc: OpenDiscoError, rid: str) -> str:
+    """What a client is told: a backend failure names the backend, not its hosts, indices or
+    driver text (those go to the log under the request id)."""
+    if not isinstance(exc, BackendError):
+        return str(exc)
+    log.warning("request %s: %s: %s", rid, type(exc).__name__, exc)
+    if isinstance(exc, SearchBackendError):
+        return "the search engine did not answer; retry later"
+    if isinstance(exc, StoreBackendError):
+        return "the store did not answer; retry later"
+    return "a backend did not answer; retry later"
+
+
 def error_response(exc: OpenDiscoError, rid: str, detail: Any = None) -> JSONResponse:
     headers = {"X-Request-ID": rid}
     status = http_status(exc)
@@ -75,7 +91,9 @@ def error_response(exc: OpenDiscoError, rid: str, detail: Any = None) -> JSONRes
     elif status == 503:
         headers["Retry-After"] = str(BACKEND_RETRY_AFTER_S)
     return JSONResponse(
-        _body(rid, type(exc).__name__, str(exc), detail), status_code=status, headers=headers
+        _body(rid, type(exc).__name__, _public_message(exc, rid), detail),
+        status_code=status,
+        headers=headers,
     )
 
 

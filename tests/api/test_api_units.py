@@ -471,3 +471,9 @@ def test_every_429_and_503_says_when_to_retry(
     r = error_response(exc, "rid-1")  # type: ignore[arg-type]
     assert r.status_code == status and r.headers["X-Request-ID"] == "rid-1"
     assert r.headers.get("Retry-After") == retry_after
+
+
+def test_a_backend_failure_does_not_tell_the_client_its_hosts_or_indices() -> None:
+    exc = StoreBackendError("127.0.0.1:27017: [Errno 111] Connection refused (db opendisco)")
+    body = error_response(exc, "rid-2").body.decode()
+    assert "27017" not in body and "opendisco" not in body and "StoreBackendError" in body
