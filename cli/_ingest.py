@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -214,18 +215,21 @@ def dead_letters_cmd(settings: Settings, show_all: bool, limit: int) -> None:
         + (" (all records, newest first)" if show_all else "")
     )
     for rec in letters:
-        at = rec.get("at")
         line = (
             f"{'open' if rec.get('resolved_at') is None else 'resolved':<8}  "
-            f"{at:%Y-%m-%d %H:%M:%S}  {rec.get('source')}/{rec.get('stage')}  "
+            f"{_when(rec.get('at'))}  {rec.get('source')}/{rec.get('stage')}  "
             f"{rec.get('doc_id')!r} v{rec.get('version')}  {str(rec.get('reason'))[:120]}"
         )
         if rec.get("resolved_at") is not None:
             line += (
                 f"  -> {rec.get('resolved_by')} at v{rec.get('resolved_version')} "
-                f"({rec['resolved_at']:%Y-%m-%d %H:%M:%S})"
+                f"({_when(rec['resolved_at'])})"
             )
         click.echo(line)
+
+
+def _when(value: Any) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S}" if isinstance(value, datetime) else str(value)
 
 
 @click.command("sample")

@@ -189,7 +189,9 @@ async def write(
 ) -> Counters:
     """Send ``prepared``'s actions, dead-letter what OpenSearch refused (and remove its stale
     copy), then record the outcome in ``dead_letters`` (``_letters.record``: new refusals,
-    and the resolution of the records of documents now indexed or deleted)."""
+    and the resolution of the records of documents now indexed or deleted). A 409 settles
+    too: the index already holds that version or a newer one, which is what a replay of a
+    bulk whose resolution was lost (a crash after the acknowledgement) answers."""
     result: BulkResult = await writer.write(prepared.actions)
     collection = writer.settings.items_collection
     letters = list(prepared.letters)
@@ -214,7 +216,9 @@ async def write(
     recorded = await record(
         db,
         letters,
-        result.ok,
+        # a 409 too: the index holds this version or a newer one (not for a hard delete:
+        # its version is the index's, so a 409 says the document came back)
+        result.ok + [a for a in result.conflicts if a.settles == "version"],
         collection=collection,
         source=source,
         versions=writer.versions,

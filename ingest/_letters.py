@@ -18,7 +18,9 @@ is resolved by any later indexing or delete.
 
 Where. :func:`record` ends every bulk (``_apply.write``: reindex, sync, reconcile, so
 ``verify --repair``): one ``_id $in`` read of the records of the bulk's documents, then only
-when there is something to do one write of the new refusals and one of the resolutions.
+when there is something to do one write of the new refusals and one of the resolutions (of
+the documents the bulk indexed or deleted, or found at that version or newer: a 409, which
+is how the replay of a batch whose resolution a crash lost settles it).
 :func:`sweep` (each reconcile pass, the end of a reindex) resolves what no bulk sees:
 invalid documents hard-deleted from MongoDB (never in the index: nothing to reconcile), a
 resolution lost to a crash between a bulk's acknowledgement and its record, and records
@@ -83,6 +85,13 @@ def letter_key(collection: str, doc_id: Any) -> str:
     return hashlib.sha256(f"{collection}\x00{_typed(doc_id)}".encode()).hexdigest()[:32]
 
 
+def _field(key: Any) -> str:
+    """A field name every server stores in an update (FerretDB refuses ``$x`` and ``a.b``
+    there, and pymongo then fails on its answer): fullwidth ``＄`` and ``．`` instead."""
+    name = str(key).replace(".", "\uff0e")
+    return "\uff04" + name[1:] if name.startswith("$") else name
+
+
 def _storable(value: Any, depth: int = 0) -> Any:
     """A copy any MongoDB-protocol server stores (FerretDB refuses NaN/Inf and drops the link)."""
     if depth > 40:
@@ -92,7 +101,7 @@ def _storable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, DatetimeMS):  # out-of-range date: default codecs cannot read it back
         return f"DatetimeMS({int(value)})"
     if isinstance(value, Mapping):
-        return {str(k): _storable(v, depth + 1) for k, v in value.items()}
+        return {_field(k): _storable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_storable(v, depth + 1) for v in value]
     return value
@@ -218,7 +227,7 @@ async def _records(db: Any, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def _store(db: Any, new: list[dict[str, Any]], changed: list[dict[str, Any]]) -> None:
+async def _save(db: Any, new: list[dict[str, Any]], changed: list[dict[str, Any]]) -> None:
     inserts = [{**letter, "first_at": letter["at"]} for letter in new]
     for i, error in (await _write(db, [InsertOne(doc) for doc in inserts]))[1]:
         if error.get("code") == 11000:  # recorded by another writer meanwhile
@@ -265,7 +274,7 @@ async def record(
     new = [letter for letter, fate in fates if fate == "new"]
     changed = [letter for letter, fate in fates if fate == "update"]
     written = new + changed
-    await _store(db, new, changed)
+    await _save(db, new, changed)
     opened = {k for k, rec in records.items() if rec.get("resolved_at") is None}
     opened |= {letter["_id"] for letter in written}
     ops = [_resolve(k, by, v, source) for k, (by, v) in settles.items() if k in opened]

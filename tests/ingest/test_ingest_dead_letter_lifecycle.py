@@ -217,6 +217,39 @@ async def test_a_stale_refusal_does_not_undo_a_resolution(
         await client.close()
 
 
+async def test_a_replayed_batch_resolves_what_a_crash_left_open(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+    async_db: Any,
+) -> None:
+    """The fix reached the index but its resolution did not (killed in between): the replay
+    of the uncommitted batch answers 409, which resolves the record all the same."""
+    coll = mongo_db[ingest_settings.items_collection]
+    client = clients.async_opensearch(ingest_settings)
+    writer = BulkWriter(client, ingest_settings, ingest_settings.index_alias, alias=True)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        coll.insert_one(_bad(ingest_catalogue[0], "crash"))
+        await sync_once(ingest_settings, client=client, embedder=embedder)
+        _bump(coll, "crash", popularity=1.0)
+        fixed = prepare(
+            [coll.find_one({"_id": "crash"})],
+            embedder,
+            ingest_settings,
+            source="sync",
+            delete_invalid=True,
+        )
+        acked = await writer.write(fixed.actions)  # acknowledged; then the worker dies
+        assert len(acked.ok) == 1 and _open(mongo_db, ingest_settings) == {"crash"}
+        replay = await sync_once(ingest_settings, client=client, embedder=embedder)
+        assert replay.conflicts == 1 and replay.dead_letters_resolved == 1, replay
+        assert _open(mongo_db, ingest_settings) == set()
+    finally:
+        await client.close()
+
+
 async def test_concurrent_reindex_and_sync_workers_resolve_every_fix(
     ingest_settings: Settings,
     ingest_catalogue: list[dict[str, Any]],
@@ -315,3 +348,21 @@ async def test_records_from_before_the_lifecycle_are_listed_and_swept(
     finally:
         mongo_db["dead_letters"].delete_one({"_id": legacy["_id"]})  # every namespace sees it
         await client.close()
+
+
+async def test_a_refusal_with_odd_field_names_moves_its_record(
+    mongo_db: Any, async_db: Any
+) -> None:
+    """A new version's refusal updates the record in place: field names FerretDB refuses in
+    an update (``$x``, ``a.b``; pymongo then fails on its answer) are stored escaped."""
+    from opendisco.ingest._letters import dead_letter, record
+
+    coll = "odd-names"
+    for version in (1, 2):
+        doc = {"_id": "odd", "version": version, "$set": 1, "a.b": {"$c.d": 2}}
+        letter = dead_letter("sync", "validation", doc, "kind: required", collection=coll)
+        done = await record(async_db, [letter], collection=coll, source="sync")
+        assert done.written == 1
+    (rec,) = list(mongo_db["dead_letters"].find({"collection": coll}))
+    assert rec["version"] == 2 and rec["doc"]["a\uff0eb"] == {"\uff04c\uff0ed": 2}
+    mongo_db["dead_letters"].delete_many({"collection": coll})
