@@ -1,4 +1,5 @@
-"""``opendisco templates apply | reindex | sync | verify | sample`` (the ingest team's commands)."""
+"""``opendisco templates apply | reindex | sync | verify | dead-letters | sample`` (the ingest
+team's commands)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from opendisco.ingest import (
     Syncer,
     generate_marketplace,
     load_movielens,
+    read_letters,
     reindex,
     run_sync,
     sync_once,
@@ -35,7 +38,7 @@ from opendisco.ingest import (
 
 from ._base import pass_settings
 
-__all__ = ["reindex_cmd", "sample_cmd", "sync_cmd", "verify_cmd"]
+__all__ = ["dead_letters_cmd", "reindex_cmd", "sample_cmd", "sync_cmd", "verify_cmd"]
 
 
 def _progress(label: str) -> tuple[Any, Any]:
@@ -79,8 +82,8 @@ def reindex_cmd(settings: Settings, quiet: bool) -> None:
         report = asyncio.run(reindex(settings, progress=progress))
     click.echo(
         f"{report.alias} -> {report.index}: {report.indexed}/{report.total} indexed, "
-        f"{report.dead_lettered} dead-lettered, {report.encoded} encoded, "
-        f"{report.cache_hits} cache hits, {report.caught_up} caught up, "
+        f"{_letters(report)}, {report.encoded} encoded, {report.cache_hits} cache hits, "
+        f"{report.caught_up} caught up, "
         f"{report.docs_per_s:,.0f} docs/s in {report.took_s:.1f}s"
     )
     if report.previous:
@@ -117,7 +120,7 @@ def sync_cmd(settings: Settings, once: bool, log_level: str) -> None:
         click.echo(
             f"[{report.mode} p{','.join(map(str, report.partitions))}] {report.changes} "
             f"changes: {report.indexed} indexed, {report.deleted} deleted, {report.conflicts} "
-            f"newer-already, {report.dead_lettered} dead-lettered, {report.encoded} encoded"
+            f"newer-already, {_letters(report)}, {report.encoded} encoded"
             + (f"; partitions held elsewhere: {report.skipped}" if report.skipped else "")
         )
 
@@ -144,8 +147,16 @@ def _reconcile_line(report: Any) -> str:
     return (
         f"reconciled: {report.missing} missing, {report.behind} behind, {report.gone} "
         f"hard-deleted, {report.unversioned} without a version, {report.ahead} ahead (left); "
-        f"{report.indexed} indexed, {report.deleted} deleted, {report.dead_lettered} "
-        f"dead-lettered in {report.took_s:.1f}s"
+        f"{report.indexed} indexed, {report.deleted} deleted, {_letters(report)} "
+        f"in {report.took_s:.1f}s"
+    )
+
+
+def _letters(report: Any) -> str:
+    """The dead-letter counters of a report (new refusals, known ones, resolved)."""
+    return (
+        f"{report.dead_lettered} dead-lettered ({report.already_dead_lettered} already), "
+        f"{report.dead_letters_resolved} dead letters resolved"
     )
 
 
@@ -186,6 +197,39 @@ def verify_cmd(settings: Settings, show: int, repair: bool) -> None:
             click.echo(f"  {name}: {values[:show]}{' …' if len(values) > show else ''}")
     if not report.ok:
         sys.exit(1)
+
+
+@click.command("dead-letters")
+@click.option("--all", "show_all", is_flag=True, help="Resolved records too (default: open).")
+@click.option("--limit", default=20, show_default=True, help="Records listed, newest first.")
+@pass_settings
+def dead_letters_cmd(settings: Settings, show_all: bool, limit: int) -> None:
+    """List the documents ingest refused, with the reason; open until fixed or deleted.
+
+    A record is resolved when its document is indexed at its version or later, or deleted
+    from MongoDB; a refusal of a newer version reopens it.
+    """
+    letters, opened = asyncio.run(read_letters(settings, resolved=show_all, limit=limit))
+    click.echo(
+        f"{settings.mongo_db}.{settings.items_collection}: {opened} open dead letters"
+        + (" (all records, newest first)" if show_all else "")
+    )
+    for rec in letters:
+        line = (
+            f"{'open' if rec.get('resolved_at') is None else 'resolved':<8}  "
+            f"{_when(rec.get('at'))}  {rec.get('source')}/{rec.get('stage')}  "
+            f"{rec.get('doc_id')!r} v{rec.get('version')}  {str(rec.get('reason'))[:120]}"
+        )
+        if rec.get("resolved_at") is not None:
+            line += (
+                f"  -> {rec.get('resolved_by')} at v{rec.get('resolved_version')} "
+                f"({_when(rec['resolved_at'])})"
+            )
+        click.echo(line)
+
+
+def _when(value: Any) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S}" if isinstance(value, datetime) else str(value)
 
 
 @click.command("sample")

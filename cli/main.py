@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "reindex": "_ingest:reindex_cmd",
     "sync": "_ingest:sync_cmd",
     "verify": "_ingest:verify_cmd",
+    "dead-letters": "_ingest:dead_letters_cmd",
     "sample": "_ingest:sample_cmd",
     "recommend": "_recommend:recommend_cmd",
     "similar": "_recommend:similar_cmd",

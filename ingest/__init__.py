@@ -34,6 +34,7 @@ from ._indices import (
     swap_alias,
     versioned_indices,
 )
+from ._letters import DEAD_LETTERS, read_letters
 from ._movielens import MovieLensData, load_movielens
 from ._packed import PACKED_FIELD, pack_vectors, unpack_many, unpack_vectors
 from ._partitions import PartitionLeases, partition_of
@@ -41,7 +42,7 @@ from ._reconcile import ReconcileReport, reconcile
 from ._reindex import ReindexReport, reindex
 from ._sample import generate_marketplace, write_sample
 from ._schema import ITEM_FIELDS, KINDS, validate_item
-from ._store import DEAD_LETTERS, SYNC_STATE, items_collection, state_key
+from ._store import SYNC_STATE, items_collection, state_key
 from ._sync import LeaseLost, Syncer, SyncReport, run_sync, sync_once
 from ._templates import TemplatePlan, apply_templates, plan_templates, set_replicas
 from ._verify import VerifyReport, verify
@@ -97,6 +98,7 @@ __all__ = [
     "partition_of",
     "plan_templates",
     "prepare",
+    "read_letters",
     "read_vector",
     "reconcile",
     "reindex",

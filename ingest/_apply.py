@@ -21,8 +21,8 @@ from opendisco._settings import Settings
 from ._bulk import Action, BulkResult, BulkWriter
 from ._document import embedding_text, to_index_doc
 from ._embed import Embedder
+from ._letters import dead_letter, record
 from ._schema import indexable_id, source_version, validate_item
-from ._store import dead_letter, write_dead_letters
 
 __all__ = ["Applied", "Counters", "Prepared", "prepare", "write"]
 
@@ -39,9 +39,13 @@ class Prepared:
 class Counters:
     """What an apply, a sync pass or a reindex did to the index: the one counters type.
 
-    ``seen`` changes read, ``indexed``/``deleted`` writes acknowledged, ``conflicts`` writes
-    answered 409 (a newer copy is already there), ``dead_lettered`` documents recorded in
-    ``dead_letters``, ``encoded``/``cache_hits`` texts through the model / from a cache,
+    ``seen`` changes read, ``indexed``/``deleted`` writes acknowledged (a delete of a document
+    the index did not hold is not counted), ``conflicts`` writes answered 409 (a newer copy is
+    already there), ``dead_lettered`` refusals recorded in ``dead_letters`` (new, or a new
+    version or reason), ``already_dead_lettered`` refusals their open record already held
+    (read again: not a new failure), ``dead_letters_resolved`` open records resolved (the
+    document is now indexed or deleted), ``encoded``/``cache_hits`` texts through the model / from
+    a cache,
     ``retries`` bulk items sent again after a 429/5xx. Reports (``SyncReport``,
     ``ReindexReport``) extend it with what is particular to them.
     """
@@ -51,6 +55,8 @@ class Counters:
     deleted: int = 0
     conflicts: int = 0
     dead_lettered: int = 0
+    already_dead_lettered: int = 0
+    dead_letters_resolved: int = 0
     encoded: int = 0
     cache_hits: int = 0
     retries: int = 0
@@ -148,11 +154,19 @@ def prepare(
         try:
             item = validate_item(raw, behaviour_dim=settings.behaviour_dim)
         except DocumentInvalid as exc:
-            out.letters.append(dead_letter(source, "validation", raw, str(exc)))
             version = _version_of(raw)
             doc_id = raw.get("_id") if isinstance(raw, Mapping) else None
-            if delete_invalid and version is not None and indexable_id(doc_id):
+            if indexable_id(doc_id) and version is not None and raw.get("deleted") is True:
+                # a tombstone: deleted whatever its other fields hold (as a build skips it)
                 out.actions.append(Action("delete", doc_id, version, raw=raw))
+                continue
+            out.letters.append(
+                dead_letter(
+                    source, "validation", raw, str(exc), collection=settings.items_collection
+                )
+            )
+            if delete_invalid and version is not None and indexable_id(doc_id):
+                out.actions.append(Action("delete", doc_id, version, raw=raw, settles=""))
             continue
         if item["deleted"]:
             out.actions.append(Action("delete", item["_id"], item["version"], raw=raw))
@@ -173,27 +187,56 @@ def prepare(
 async def write(
     prepared: Prepared, writer: BulkWriter, db: Any, *, source: str, seen: int
 ) -> Counters:
+    """Send ``prepared``'s actions, dead-letter what OpenSearch refused (and remove its stale
+    copy), then record the outcome in ``dead_letters`` (``_letters.record``: new refusals,
+    and the resolution of the records of documents now indexed or deleted). A 409 settles
+    too: the index already holds that version or a newer one, which is what a replay of a
+    bulk whose resolution was lost (a crash after the acknowledgement) answers."""
     result: BulkResult = await writer.write(prepared.actions)
+    collection = writer.settings.items_collection
     letters = list(prepared.letters)
     followups: list[Action] = []
     for action, reason in result.rejected:
-        letters.append(dead_letter(source, "opensearch", action.raw or {}, reason, action.version))
+        letters.append(
+            dead_letter(
+                source,
+                "opensearch",
+                action.raw or {},
+                reason,
+                action.version,
+                collection=collection,
+            )
+        )
         if action.op == "index":
-            followups.append(Action("delete", action.id, action.version, raw=action.raw))
+            followups.append(
+                Action("delete", action.id, action.version, raw=action.raw, settles="")
+            )
     if followups:
         result.merge(await writer.write(followups))
-    await write_dead_letters(db, letters)
+    recorded = await record(
+        db,
+        letters,
+        # a 409 too: the index holds this version or a newer one (not for a hard delete:
+        # its version is the index's, so a 409 says the document came back)
+        result.ok + [a for a in result.conflicts if a.settles == "version"],
+        collection=collection,
+        source=source,
+        versions=writer.versions,
+    )
     stats = Counters(
         seen=seen,
         conflicts=len(result.conflicts),
-        dead_lettered=len(letters),
+        dead_lettered=recorded.written,
+        already_dead_lettered=recorded.known,
+        dead_letters_resolved=recorded.resolved,
         encoded=prepared.encoded,
         cache_hits=prepared.cache_hits,
         retries=result.retries,
     )
+    absent = {id(action) for action in result.absent}
     for action in result.ok:
         if action.op == "index":
             stats.indexed += 1
-        elif action not in followups:
+        elif action not in followups and id(action) not in absent:
             stats.deleted += 1
     return stats

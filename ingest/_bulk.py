@@ -23,6 +23,7 @@ import orjson
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import TransportError
 
+from opendisco._backend import backend_errors
 from opendisco._exceptions import IndexStateError, SearchBackendError
 from opendisco._settings import Settings
 
@@ -44,7 +45,10 @@ class Action:
     """One index or delete of an item with its external (MongoDB) version.
 
     ``data`` is the encoded NDJSON (``encode_action``), filled in by ``with_data`` where the
-    action is prepared, so the event loop only joins bytes.
+    action is prepared, so the event loop only joins bytes. ``settles`` says what its
+    acknowledgement means for the document's dead letter (``_letters``): ``"version"`` it is
+    indexed or deleted at ``version``, ``"any"`` it is gone (a hard delete: ``version`` is the
+    index's), ``""`` nothing (the removal of a refused document's stale copy).
     """
 
     op: Literal["index", "delete"]
@@ -53,14 +57,18 @@ class Action:
     source: Mapping[str, Any] | None = None
     raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     data: bytes | None = field(default=None, compare=False, repr=False)
+    settles: Literal["version", "any", ""] = field(default="version", compare=False)
 
     def with_data(self) -> Action:
-        return Action(self.op, self.id, self.version, self.source, self.raw, encode_action(self))
+        return Action(
+            self.op, self.id, self.version, self.source, self.raw, encode_action(self), self.settles
+        )
 
 
 @dataclass
 class BulkResult:
     ok: list[Action] = field(default_factory=list)
+    absent: list[Action] = field(default_factory=list)  # deletes among ok that found nothing
     conflicts: list[Action] = field(default_factory=list)  # 409: a newer copy is there
     rejected: list[tuple[Action, str]] = field(default_factory=list)
     retries: int = 0
@@ -71,6 +79,7 @@ class BulkResult:
 
     def merge(self, other: BulkResult) -> None:
         self.ok += other.ok
+        self.absent += other.absent
         self.conflicts += other.conflicts
         self.rejected += other.rejected
         self.retries += other.retries
@@ -157,6 +166,14 @@ class BulkWriter:
                 await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
                 attempt += 1
 
+    async def versions(self, ids: list[str]) -> dict[str, int]:
+        """``id -> _version`` of the documents ``index`` holds among ``ids`` (realtime)."""
+        if not ids:
+            return {}
+        with backend_errors(f"reading versions from {self.index} failed"):
+            resp = await self.client.mget(index=self.index, body={"ids": ids}, _source=False)
+        return {d["_id"]: int(d["_version"]) for d in resp.get("docs", []) if d.get("found")}
+
     async def write(self, actions: Iterable[Action]) -> BulkResult:
         result = BulkResult()
         for chunk in chunk_actions(
@@ -185,6 +202,8 @@ class BulkWriter:
                 outcome, reason = classify(action.op, answer)
                 if outcome == "ok":
                     result.ok.append(action)
+                    if reason == "not_found":
+                        result.absent.append(action)
                 elif outcome == "conflict":
                     result.conflicts.append(action)
                 elif outcome == "retry":

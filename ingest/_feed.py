@@ -64,9 +64,13 @@ NOT_A_DATE = {"updated_at": {"$not": {"$type": "date"}}}
 
 @dataclass(frozen=True)
 class HardDelete:
-    """A document removed from MongoDB; its version is unknown (read from the index)."""
+    """A document removed from MongoDB; its version is unknown (read from the index).
+
+    ``gone=False``: only its indexed copy goes (reconcile: MongoDB's copy lost its version),
+    so its dead letter stays open."""
 
     id: str
+    gone: bool = True
 
 
 @dataclass

@@ -12,9 +12,16 @@ and repairs, through the ordinary external-versioned apply path:
   pushed down by FerretDB too) and deleted at the index's version + 1;
 * in MongoDB, absent from the index or at a newer version (backdated writes, tombstones the
   index still serves): the full document is read by ``_id $in`` and applied like any change
-  (validated → dead letter and removal when invalid; embedded; versioned);
+  (validated → dead letter and removal when invalid; embedded; versioned) — except a document
+  absent because it was refused at this very version: its dead letter is still open (one
+  ``_id $in`` read of ``dead_letters`` per page), so it is counted as
+  ``already_dead_lettered``, not as ``missing``, and not applied again;
 * in the index while MongoDB's copy has no usable ``version``: dead-lettered and removed;
 * the index newer than MongoDB (a version went backwards): counted as ``ahead``, left alone.
+
+Then the open dead letters of the partitions are swept (``_letters.sweep``): those whose
+document is gone, tombstoned or indexed at their version are resolved
+(``dead_letters_resolved``).
 
 Races with concurrent writes are harmless: every repair re-reads the document and every
 write carries a version, so a repair never overwrites a newer copy. Sync runs a pass every
@@ -34,6 +41,7 @@ from opendisco._exceptions import IndexStateError
 
 from ._apply import Counters
 from ._feed import ChangeBatch, HardDelete
+from ._letters import open_versions, sweep
 from ._schema import source_version
 from ._store import items_collection, stream
 
@@ -121,17 +129,28 @@ class _Repairs:
         self.guard = guard
         self.apply: list[str] = []  # read and apply MongoDB's current copy
         self.remove: list[str] = []  # delete at the index's version + 1 unless back in MongoDB
+        self.missing: dict[str, int | None] = {}  # of apply: absent from the index, at version
 
-    async def add(self, *, apply: str | None = None, remove: str | None = None) -> None:
+    async def add(
+        self,
+        *,
+        apply: str | None = None,
+        remove: str | None = None,
+        missing: bool = False,
+        version: int | None = None,
+    ) -> None:
         if apply is not None:
             self.apply.append(apply)
+            if missing:
+                self.missing[apply] = version
         if remove is not None:
             self.remove.append(remove)
         if len(self.apply) + len(self.remove) >= self.syncer.settings.sync_batch_size:
             await self.flush()
 
     async def flush(self) -> None:
-        ids, removals = self.apply + self.remove, set(self.remove)
+        refused = await self._refused()
+        ids, removals = [k for k in self.apply if k not in refused] + self.remove, set(self.remove)
         self.apply, self.remove = [], []
         if not ids:
             return
@@ -140,11 +159,25 @@ class _Repairs:
         # gone for good, or back without a usable version: out of the index (the latter is
         # also dead-lettered when its document goes through the apply step)
         deletes = [
-            HardDelete(k) for k in removals if k not in current or _version(current[k]) is None
+            HardDelete(k, gone=k not in current)
+            for k in removals
+            if k not in current or _version(current[k]) is None
         ]
         self.guard()  # still the holder of these partitions
         batch = ChangeBatch(docs=docs, hard_deletes=deletes)
         self.report.add(await self.syncer.apply(batch, fresh_only=False))
+
+    async def _refused(self) -> set[str]:
+        """The missing ids whose dead letter is open at their version (refused already)."""
+        missing, self.missing = self.missing, {}
+        if not missing:
+            return set()
+        coll = self.syncer.settings.items_collection
+        held = await open_versions(self.syncer.db, coll, list(missing))
+        refused = {k for k, version in missing.items() if k in held and held[k] == version}
+        self.report.missing += len(missing) - len(refused)
+        self.report.already_dead_lettered += len(refused)
+        return refused
 
 
 async def _read(syncer: Any, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -177,9 +210,8 @@ async def reconcile(
         if x is None or (m is not None and m[0] < x[0]):
             key, doc = m  # type: ignore[misc]
             report.mongo_docs += 1
-            if not doc.get("deleted"):
-                report.missing += 1
-                await repairs.add(apply=key)  # invalid ones are dead-lettered there
+            if not doc.get("deleted"):  # counted as missing at the flush (unless refused)
+                await repairs.add(apply=key, missing=True, version=_version(doc))
             m = await anext(mongo, None)
         elif m is None or x[0] < m[0]:
             report.index_docs += 1
@@ -201,5 +233,12 @@ async def reconcile(
                 report.ahead += 1
             m, x = await anext(mongo, None), await anext(index, None)
     await repairs.flush()
+    report.dead_letters_resolved += await sweep(
+        syncer.db,
+        items_collection(syncer.db, syncer.settings),
+        syncer.writer.versions,
+        source="reconcile",
+        owns=owns,
+    )
     report.took_s = time.perf_counter() - t0
     return report

@@ -14,7 +14,9 @@
    build already applied at their version are skipped), swap the alias in one ``_aliases``
    call, record the catch-up's start as the sync *floor* (``_checkpoints``: a running sync
    replays from there what it may have applied to the old index meanwhile; a fresh one starts
-   there), keep ``keep_versions`` old indices.
+   there), keep ``keep_versions`` old indices;
+6. sweep the open dead letters (``_letters.sweep``): every bulk resolved those of the
+   documents it indexed; this resolves those of documents tombstoned or deleted since.
 
 Cost on FerretDB (which pushes down only ``_id`` equality and ``_id $in``): one scan of the
 items for the build, one for the catch-up window, and one indexed cache lookup per document.
@@ -50,6 +52,7 @@ from ._embed import Embedder
 from ._feed import seed_resume_token
 from ._indices import cleanup_partial, new_index_name, retain, swap_alias
 from ._io import backends
+from ._letters import sweep
 from ._pipeline import Pipeline, read_ahead
 from ._store import items_collection, stream
 
@@ -173,6 +176,8 @@ async def _reindex(
     report.removed += await retain(client, alias, index, settings.keep_versions)
     report.add(build)
     report.add(caught)
+    # refusals no bulk settles: tombstones (the build skips them) and hard deletes
+    report.dead_letters_resolved += await sweep(db, coll, writer.versions, source="reindex")
     report.caught_up = caught.seen
     report.took_s = time.perf_counter() - t0
     report.encode_s = embedder.encode_seconds - enc0

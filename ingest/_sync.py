@@ -133,18 +133,11 @@ class Syncer:
 
     async def _hard_deletes(self, deletes: list[HardDelete]) -> list[Action]:
         """Versions for deletes whose document is gone: one past what the index holds."""
-        if not deletes:
-            return []
-        with backend_errors("reading versions of deleted documents failed"):
-            resp = await self.client.mget(
-                index=self.settings.index_alias,
-                body={"ids": [d.id for d in deletes]},
-                _source=False,
-            )  # found documents carry their _version
+        held = await self.writer.versions([d.id for d in deletes])
         return [
-            Action("delete", doc["_id"], int(doc["_version"]) + 1).with_data()
-            for doc in resp.get("docs", [])
-            if doc.get("found")
+            Action("delete", d.id, held[d.id] + 1, settles="any" if d.gone else "").with_data()
+            for d in deletes
+            if d.id in held
         ]
 
     async def _prepare(self, batch: ChangeBatch, fresh_only: bool = True) -> tuple[Prepared, list]:

@@ -4,7 +4,9 @@ Expected: every MongoDB item that validates and is not a tombstone, at its ``ver
 the content hash of the document we would build. Reported: ``missing`` (expected, absent),
 ``extra`` (present, not expected: deleted, tombstoned or invalid in MongoDB), ``stale``
 (present at another version) and ``mismatched`` (right version, but the stored content hash
-differs from MongoDB's, or the stored fields no longer hash to the stored hash).
+differs from MongoDB's, or the stored fields no longer hash to the stored hash). Also counted:
+``open_dead_letters``, the refusals of this collection still waiting for a fix (``invalid``
+counts the invalid documents MongoDB holds now; neither is a difference of the index).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from opendisco._settings import Settings
 
 from ._document import content_hash, to_index_doc
 from ._io import backends
+from ._letters import count_open
 from ._packed import PACKED_FIELD
 from ._schema import validate_item
 from ._store import items_collection, stream
@@ -35,6 +38,7 @@ class VerifyReport:
     extra: list[str] = field(default_factory=list)
     stale: list[tuple[str, int, int]] = field(default_factory=list)  # (id, mongo, index)
     mismatched: list[str] = field(default_factory=list)
+    open_dead_letters: int = 0
 
     @property
     def differences(self) -> int:
@@ -48,7 +52,8 @@ class VerifyReport:
         return (
             f"{self.alias}: mongo={self.mongo_items} expected={self.expected} "
             f"indexed={self.indexed} invalid={self.invalid} missing={len(self.missing)} "
-            f"extra={len(self.extra)} stale={len(self.stale)} mismatched={len(self.mismatched)}"
+            f"extra={len(self.extra)} stale={len(self.stale)} mismatched={len(self.mismatched)} "
+            f"open_dead_letters={self.open_dead_letters}"
         )
 
 
@@ -104,6 +109,7 @@ async def verify(
         expected = await _expected(settings, db, report)
         await client.indices.refresh(index=settings.index_alias)
         indexed = await _indexed(client, settings.index_alias)
+        report.open_dead_letters = await count_open(db, settings.items_collection)
     report.indexed = len(indexed)
     for doc_id, (version, digest) in expected.items():
         got = indexed.get(doc_id)
