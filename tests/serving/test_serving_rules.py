@@ -231,6 +231,22 @@ VIEWERS = {
 }
 
 
+async def _trending(settings: Settings, rules: HardRules) -> list[Candidate]:
+    """What the engine returns on the trending surface for the rules' parameters alone."""
+    req = CandidateRequest(
+        surface="trending",
+        k=1000,
+        now=datetime(2026, 1, 2, tzinfo=UTC),
+        params=rules.engine_params(),
+        exposure_caps=False,
+    )
+    client = clients.async_opensearch(settings)
+    try:
+        return (await generate_candidates(client, settings, req)).candidates
+    finally:
+        await client.close()
+
+
 @pytest.mark.parametrize("viewer", [*VIEWERS, "anonymous"])
 async def test_engine_returns_exactly_what_the_rules_allow(
     viewer: str, rules_settings: Settings, combinations: list[dict[str, Any]]
@@ -242,18 +258,7 @@ async def test_engine_returns_exactly_what_the_rules_allow(
         state = UserState(user["_id"], seen=seen)
         blocks = MemberBlocks(user["_id"], blocked=blocked, blocked_by=blocked_by)
         rules = HardRules.for_member(user["_id"], user, state, blocks)
-    req = CandidateRequest(
-        surface="trending",
-        k=1000,
-        now=datetime(2026, 1, 2, tzinfo=UTC),
-        params=rules.engine_params(),
-        exposure_caps=False,
-    )
-    client = clients.async_opensearch(rules_settings)
-    try:
-        got = {c.id for c in (await generate_candidates(client, rules_settings, req)).candidates}
-    finally:
-        await client.close()
+    got = {c.id for c in await _trending(rules_settings, rules)}
     want = {d["id"] for d in combinations if rules.allows(d["id"], d)}
     assert want, "the viewer must be allowed something, or the comparison proves little"
     assert len(want) < len(combinations)
@@ -358,18 +363,7 @@ async def test_odd_stored_members_are_served_only_what_the_rules_allow(
     stored values allow (the engine's clamped bounds may admit more; the filter removes it)."""
     user = ODD_VIEWERS[viewer]
     rules = HardRules.for_member(str(user["_id"]), user, None, None)
-    req = CandidateRequest(
-        surface="trending",
-        k=1000,
-        now=datetime(2026, 1, 2, tzinfo=UTC),
-        params=rules.engine_params(),
-        exposure_caps=False,
-    )
-    client = clients.async_opensearch(rules_settings)
-    try:
-        cands = (await generate_candidates(client, rules_settings, req)).candidates
-    finally:
-        await client.close()
+    cands = await _trending(rules_settings, rules)
     plan = CandidatePlan("trending", 1000, user_id=str(user["_id"]))
     plan.rules = rules
     served = {c.id for c in HardRulesFilter().keep(plan, cands)}
