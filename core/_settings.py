@@ -456,6 +456,13 @@ class Settings(BaseSettings):
     events_recover_every_s: float = Field(
         300.0, gt=0, description="Cadence of the sweep that applies events whose claim expired."
     )
+    events_engine_timeout_s: float = Field(
+        0.5,
+        gt=0,
+        description="How long an events call waits for the engine's quick reads (the counters "
+        "index check, the items' lookup) before it reads the items from MongoDB: a paused "
+        "engine then costs a block or hide this long, not the client's whole budget.",
+    )
 
     # --- marketplace health (two-sided markets) -------------------------------------
     trending_half_life_hours: float = Field(

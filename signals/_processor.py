@@ -185,6 +185,11 @@ class EventProcessor:
         if not self._store_ready:
             await self._ensure_store()
         try:
+            with backend_errors("engine check for events"):  # a paused engine: fail fast
+                await self.os.indices.exists(
+                    index=self.exposure.index,
+                    request_timeout=self.settings.events_engine_timeout_s,
+                )
             await self.exposure.ensure()
         except SearchBackendError as exc:
             log.warning("events: exposure counters index not ensured yet: %.200s", exc)
@@ -255,6 +260,7 @@ class EventProcessor:
                             "_source_includes": "embedding,behaviour,category,kind,owner_id",
                             "realtime": "true",
                         },
+                        request_timeout=self.settings.events_engine_timeout_s,
                     )
                 except NotFoundError:  # no items index yet
                     return {}

@@ -476,24 +476,32 @@ async def test_mongodb_down_too_is_503_never_an_unfiltered_list(
         await mongo_proxy.close()
 
 
+@pytest.mark.parametrize("fault", ["killed", "paused"])
 async def test_a_block_posted_while_the_engine_is_down_is_kept_both_ways(
-    safe_settings: Settings, safe: dict[str, Any]
+    safe_settings: Settings, safe: dict[str, Any], fault: str
 ) -> None:
-    """With the engine killed, sc hides V's profile: the block is recorded (the items' owner
-    and kind come from MongoDB; the engine's counters index is ensured later), and the
-    degraded answers keep it both ways at once — sc no longer sees p-sv, V's rules exclude
-    sc."""
+    """With the engine killed (or paused: it accepts connections and never answers), sc hides
+    V's profile: the block is recorded within the events call's budget (the items' owner and
+    kind come from MongoDB once the engine's lookup fails or times out; the engine's counters
+    index is ensured later), and the degraded answers keep it both ways at once — sc no
+    longer sees p-sv, V's rules exclude sc."""
     read, write = safe["keys"]["read"], safe["keys"]["write"]
+    with clients.mongo(safe_settings) as mc:  # sc's state, put back after (seen, negatives)
+        sc_state = mc[safe_settings.mongo_db]["user_state"].find_one({"_id": "sc"})
     os_proxy, _, settings = await proxied(
         safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
     )
     try:
         async with serve(settings) as client:
             await _ready(client)
-            await os_proxy.kill()  # before this process applied any event (nothing ensured)
+            # before this process applied any event (nothing ensured)
+            if fault == "paused":
+                os_proxy.pause()
+            else:
+                await os_proxy.kill()
             body = await _get(client, read, "/v1/users/sc/recommendations?k=30")
             assert body["degraded"] is True and "p-sv" in [it["id"] for it in body["items"]]
-            hide = [_event(901, "sc", "p-sv", "hide")]
+            hide = [_event(901 if fault == "killed" else 902, "sc", "p-sv", "hide")]
             resp = await client.post("/v1/events", json={"events": hide}, headers=h(write))
             assert resp.status_code == 200, resp.text
             assert resp.json()["accepted"] == 1 and not resp.json()["rejected"], resp.text
@@ -507,3 +515,8 @@ async def test_a_block_posted_while_the_engine_is_down_is_kept_both_ways(
             blocks = mc[safe_settings.mongo_db]["member_blocks"]
             blocks.update_one({"_id": V}, {"$pull": {"blocked_by": "sc"}})
             blocks.update_one({"_id": "sc"}, {"$pull": {"blocked": V}})
+            states = mc[safe_settings.mongo_db]["user_state"]
+            if sc_state is None:
+                states.delete_one({"_id": "sc"})
+            else:
+                states.replace_one({"_id": "sc"}, sc_state)
