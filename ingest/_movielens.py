@@ -7,6 +7,7 @@ Items are ``m<movieId>`` (kind ``movie``), users ``u<userId>``; ratings are
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import re
 from collections import Counter, defaultdict
@@ -134,32 +135,62 @@ def _build(
     return MovieLensData(items=items, users=users, ratings=ratings, format=fmt)
 
 
-def _load_latest(path: Path, derived: bool = True) -> MovieLensData:
-    movies: dict[str, tuple[str, int | None, list[str]]] = {}
-    with (path / "movies.csv").open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            title, year = _split_title(row["title"])
-            movies[row["movieId"]] = (title, year, row["genres"].split("|"))
-    ratings: list[Rating] = []
-    with (path / "ratings.csv").open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            ratings.append(
-                (
-                    f"u{row['userId']}",
-                    f"m{row['movieId']}",
-                    float(row["rating"]),
-                    _ts(row["timestamp"]),
-                )
-            )
+_Movies = dict[str, tuple[str, int | None, list[str]]]
+
+
+def _table(file: Path) -> tuple[dict[str, int], list[list[str]]]:
+    """A CSV file's column positions (by header name) and rows (``csv.reader``: lists, not a
+    dict per row)."""
+    with file.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        return {name: i for i, name in enumerate(header)}, list(reader)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_latest(
+    path: Path, signature: tuple[int, ...]
+) -> tuple[_Movies, tuple[Rating, ...], dict[str, Counter[str]]]:
+    """The parsed files of one ml-latest-small directory, cached while their sizes and
+    modification times (``signature``) stay the same: a process that loads it again (the
+    evaluator's stages, the test suite) parses it once. Callers get copies of what they
+    change."""
+    movies: _Movies = {}
+    col, rows = _table(path / "movies.csv")
+    for row in rows:
+        title, year = _split_title(row[col["title"]])
+        movies[row[col["movieId"]]] = (title, year, row[col["genres"]].split("|"))
+    col, rows = _table(path / "ratings.csv")
+    u, m, r, t = col["userId"], col["movieId"], col["rating"], col["timestamp"]
+    ratings = [(f"u{x[u]}", f"m{x[m]}", float(x[r]), _ts(x[t])) for x in rows]
+    ratings.sort(key=lambda x: (x[3], x[0], x[1]))
     user_tags: dict[str, Counter[str]] = defaultdict(Counter)
     tags_file = path / "tags.csv"
     if tags_file.is_file():
-        with tags_file.open(newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                tag = row["tag"].strip().lower()
-                if tag and len(tag) <= 64:
-                    user_tags[f"m{row['movieId']}"][tag] += 1
-    return _build(movies, ratings, user_tags, {}, "ml-latest-small", derived)
+        col, rows = _table(tags_file)
+        for row in rows:
+            tag = row[col["tag"]].strip().lower()
+            if tag and len(tag) <= 64:
+                user_tags[f"m{row[col['movieId']]}"][tag] += 1
+    return movies, tuple(ratings), dict(user_tags)
+
+
+def _signature(path: Path) -> tuple[int, ...]:
+    out: list[int] = []
+    for name in ("movies.csv", "ratings.csv", "tags.csv"):
+        try:
+            st = (path / name).stat()
+        except FileNotFoundError:
+            out += [-1, -1]
+        else:
+            out += [st.st_size, st.st_mtime_ns]
+    return tuple(out)
+
+
+def _load_latest(path: Path, derived: bool = True) -> MovieLensData:
+    path = path.resolve()
+    movies, ratings, user_tags = _parse_latest(path, _signature(path))
+    return _build(dict(movies), list(ratings), user_tags, {}, "ml-latest-small", derived)
 
 
 def _load_100k(path: Path, derived: bool = True) -> MovieLensData:

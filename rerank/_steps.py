@@ -149,8 +149,11 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
         return np.full(n, np.nan)
     order = np.argsort(values, kind="mergesort")
     ordered = values[order]
-    first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # each tie group's start
-    ends = np.r_[first[1:], n]
+    starts = np.empty(n, dtype=bool)  # np.r_ costs ~10x this in a per-request step
+    starts[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    first = np.flatnonzero(starts)  # each tie group's start
+    ends = np.append(first[1:], n)
     ranks = np.empty(n)
     ranks[order] = np.repeat((first + ends + 1) / 2.0, ends - first)
     return ranks

@@ -218,8 +218,8 @@ class Market:
             key = (receiver << 42) | ((self.q_day + 1) << 30) | tie
             order = np.argsort(key)
             r = receiver[order]
-            start = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
-            rank = np.arange(r.shape[0]) - np.repeat(start, np.diff(np.r_[start, r.shape[0]]))
+            start = np.flatnonzero(np.concatenate(([True], r[1:] != r[:-1])))
+            rank = np.arange(r.shape[0]) - np.repeat(start, np.diff(np.append(start, r.shape[0])))
             cap = self.capacity * pop.capacity_scale[r]
             whole = np.floor(cap)
             cap = whole + (uniform(self.seed, Stream.CAPACITY, r, day) < cap - whole)
