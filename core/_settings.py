@@ -457,11 +457,12 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Cadence of the sweep that applies events whose claim expired."
     )
     events_engine_timeout_s: float = Field(
-        0.5,
+        1.0,
         gt=0,
-        description="How long an events call waits for the engine's quick reads (the counters "
-        "index check, the items' lookup) before it reads the items from MongoDB: a paused "
-        "engine then costs a block or hide this long, not the client's whole budget.",
+        description="How long an events call waits for the engine's lookup of the events' items "
+        "before it reads them from MongoDB (without vectors: taste vectors wait for the next "
+        "call): a paused engine then costs a block or hide this long, not the client's whole "
+        "budget.",
     )
 
     # --- marketplace health (two-sided markets) -------------------------------------

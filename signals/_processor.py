@@ -185,11 +185,6 @@ class EventProcessor:
         if not self._store_ready:
             await self._ensure_store()
         try:
-            with backend_errors("engine check for events"):  # a paused engine: fail fast
-                await self.os.indices.exists(
-                    index=self.exposure.index,
-                    request_timeout=self.settings.events_engine_timeout_s,
-                )
             await self.exposure.ensure()
         except SearchBackendError as exc:
             log.warning("events: exposure counters index not ensured yet: %.200s", exc)

@@ -480,11 +480,12 @@ async def test_mongodb_down_too_is_503_never_an_unfiltered_list(
 async def test_a_block_posted_while_the_engine_is_down_is_kept_both_ways(
     safe_settings: Settings, safe: dict[str, Any], fault: str
 ) -> None:
-    """With the engine killed (or paused: it accepts connections and never answers), sc hides
-    V's profile: the block is recorded within the events call's budget (the items' owner and
-    kind come from MongoDB once the engine's lookup fails or times out; the engine's counters
-    index is ensured later), and the degraded answers keep it both ways at once — sc no
-    longer sees p-sv, V's rules exclude sc."""
+    """With the engine killed before the process applied any event, or paused (it accepts
+    connections and never answers) under a running one, sc hides V's profile: the block is
+    recorded within the events call's budget (the items' owner and kind come from MongoDB once
+    the engine's lookup fails or times out; a counters index not ensured yet is ensured
+    later), and the degraded answers keep it both ways at once — sc no longer sees p-sv, V's
+    rules exclude sc."""
     read, write = safe["keys"]["read"], safe["keys"]["write"]
     with clients.mongo(safe_settings) as mc:  # sc's state, put back after (seen, negatives)
         sc_state = mc[safe_settings.mongo_db]["user_state"].find_one({"_id": "sc"})
@@ -494,10 +495,13 @@ async def test_a_block_posted_while_the_engine_is_down_is_kept_both_ways(
     try:
         async with serve(settings) as client:
             await _ready(client)
-            # before this process applied any event (nothing ensured)
-            if fault == "paused":
+            if fault == "paused":  # a running process (its counters index ensured) meets a
+                # hung engine: its items' lookup gives up after events_engine_timeout_s
+                warm = [_event(903, "w-warm", "x-gender", "impression")]  # not sc: nothing of sc's
+                resp = await client.post("/v1/events", json={"events": warm}, headers=h(write))
+                assert resp.status_code == 200, resp.text
                 os_proxy.pause()
-            else:
+            else:  # before this process applied any event (nothing ensured)
                 await os_proxy.kill()
             body = await _get(client, read, "/v1/users/sc/recommendations?k=30")
             assert body["degraded"] is True and "p-sv" in [it["id"] for it in body["items"]]
