@@ -48,6 +48,7 @@ from opendisco.serving import (
     Rule,
     stored_rule_fields,
 )
+from opendisco.signals import item_cap
 
 from ._segments import SegmentLists, load_caps
 
@@ -249,8 +250,7 @@ class Fallback:
         out = set()
         for r in pool:
             n = snap.counts.get(r.id, 0) + served.unwritten(r.id)
-            cap = r.item.get("exposure_cap")
-            if n and n >= (cap if isinstance(cap, int) and cap > 0 else default):
+            if n and n >= item_cap(r.item.get("exposure_cap"), default):
                 out.add(r.id)
         return frozenset(out)
 

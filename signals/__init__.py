@@ -13,6 +13,7 @@ Everything here writes to and reads from the stores; nothing here ranks.
 
 from ._behaviour import fold_in
 from ._blocks import MEMBER_BLOCKS, BlockStore, MemberBlocks
+from ._caps import item_cap
 from ._claims import CLAIMS, ClaimStatus, EventClaims, classify
 from ._event import (
     EVENT_TYPES,
@@ -126,6 +127,7 @@ __all__ = [
     "encode_row",
     "exposure_index",
     "fold_in",
+    "item_cap",
     "merge_events",
     "merge_rows",
     "pacing_step",

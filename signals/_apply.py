@@ -82,15 +82,22 @@ class EffectWriter:
     #: the engine's counters index is ensured (until then a batch with engine writes fails)
     engine_ready: bool = False
 
-    def _plan(
+    def _plans(
         self,
         todo: Sequence[Event],
         items: Mapping[str, Mapping[str, Any]],
         done: Mapping[str, frozenset[str]],
-        effect: Additive | None = None,
-    ) -> Effects:
-        evs = todo if effect is None else pending(todo, done, effect)
-        return plan_effects(evs, items, self.cfg.weights, count_served=self.count_served)
+    ) -> Callable[[Additive | None], Effects]:
+        """The effects of ``todo`` (``None``), or of the events that have not had one additive
+        effect yet; planned once when no earlier call completed anything for them."""
+
+        def plan(evs: Sequence[Event]) -> Effects:
+            return plan_effects(evs, items, self.cfg.weights, count_served=self.count_served)
+
+        every = plan(todo)
+        if not any(done.get(ev.id) for ev in todo):
+            return lambda _effect: every
+        return lambda effect: every if effect is None else plan(pending(todo, done, effect))
 
     async def apply(
         self,
@@ -104,9 +111,10 @@ class EffectWriter:
         """Write ``todo``'s effects; an additive one only for the events that have not had it
         (``done``: event id -> effects an earlier, failed call completed), each appended to
         ``completed`` once written (what a failing call records on its events)."""
-        every = self._plan(todo, items, done)
-        impressions = self._plan(todo, items, done, Additive.EXPOSURE).impressions
-        trend = self._plan(todo, items, done, Additive.TREND).trend
+        plan = self._plans(todo, items, done)
+        every = plan(None)
+        impressions = plan(Additive.EXPOSURE).impressions
+        trend = plan(Additive.TREND).trend
         if (impressions or trend) and not self.engine_ready:
             raise SearchBackendError("events: the exposure counters index is not ensured yet")
         engine = {
@@ -127,7 +135,7 @@ class EffectWriter:
                 out.mutual += await self.users.add_likes(every.likes, now)
             if every.blocks:
                 await self.blocks.add(every.blocks, now)
-            inbound = self._plan(todo, items, done, Additive.INBOUND).inbound
+            inbound = plan(Additive.INBOUND).inbound
             if inbound:
                 await self.inbound.add(inbound, now)
             completed.append(Additive.INBOUND)

@@ -46,6 +46,7 @@ from opendisco._backend import backend_errors
 from opendisco._exceptions import InvalidInput, NotFound, SearchBackendError
 from opendisco._settings import Settings
 
+from ._caps import item_cap
 from ._trending import (
     TREND_PROPERTIES,
     decayed,
@@ -211,9 +212,8 @@ class ExposureStore:
                 except NotFoundError:
                     return caps  # no items index yet: defaults
             for hit in resp["hits"]["hits"]:
-                cap = (hit.get("fields") or {}).get("exposure_cap", [None])[0]
-                if isinstance(cap, int) and cap > 0:
-                    caps[hit["_id"]] = cap
+                own_cap = (hit.get("fields") or {}).get("exposure_cap", [None])[0]
+                caps[hit["_id"]] = item_cap(own_cap, self.settings.exposure_default_cap)
         return caps
 
     async def record(self, counts: Mapping[str, int], now: datetime | None = None) -> list[str]:

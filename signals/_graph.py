@@ -106,9 +106,7 @@ def co_engagement_pairs(
     application merged are left out); with ``linked``, only those event ids' pairs."""
     pairs: list[tuple[str, str, float]] = []
     for user, evs in by_user.items():
-        own = {e["id"] for e in evs}
-        earlier = [p for p in states[user].positives if p.get("e") not in own]
-        recent = list(dict.fromkeys(p["id"] for p in reversed(earlier)))[:fanout]
+        recent = states[user].recent_positive_ids_without({e["id"] for e in evs})[:fanout]
         for ev in sorted(evs, key=lambda e: e["ts"]):
             if ev["weight"] > 0:
                 if linked is None or ev["id"] in linked:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -97,7 +97,12 @@ class UserState:
 
     @property
     def recent_positive_ids(self) -> list[str]:
-        return list(dict.fromkeys(p["id"] for p in reversed(self.positives)))
+        return self.recent_positive_ids_without(())
+
+    def recent_positive_ids_without(self, event_ids: Container[str]) -> list[str]:
+        """Positive item ids, most recent first, once each; entries of ``event_ids`` left out."""
+        kept = (p["id"] for p in reversed(self.positives) if p.get("e") not in event_ids)
+        return list(dict.fromkeys(kept))
 
     @property
     def exclude_ids(self) -> list[str]:
