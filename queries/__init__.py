@@ -15,6 +15,7 @@ from ._candidates import (
     generate_candidates,
     request_for_user,
     request_params,
+    with_source_fields,
 )
 from ._params import REQUEST_PARAMS, ParamSpec, clip_terms
 from ._template import (
@@ -56,4 +57,5 @@ __all__ = [
     "template_version",
     "to_mustache",
     "validate_templates",
+    "with_source_fields",
 ]
