@@ -17,17 +17,16 @@ from ._candidates import (
     request_params,
     with_source_fields,
 )
+from ._mustache import script_params, to_mustache
 from ._params import REQUEST_PARAMS, ParamSpec, clip_terms
 from ._template import (
     SURFACES,
     Template,
     load,
     render,
-    script_params,
     surfaces,
     template_from_doc,
     template_version,
-    to_mustache,
 )
 from ._validate import SourceCheck, example_params, script_id, store_templates, validate_templates
 
