@@ -13,6 +13,7 @@ look a setting up and several precedence chains to keep in step.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +23,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -616,9 +618,31 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def _problems(exc: ValidationError) -> str:
+    """One line per invalid setting, named as the environment spells it."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err.get("loc", ())]
+        name = loc[0] if loc else ""
+        where = f"{name} (OPENDISCO_{name.upper()})" if name in Settings.model_fields else name
+        path = ".".join([where, *loc[1:]]) if where else "settings"
+        value = err.get("input")
+        got = "" if isinstance(value, dict) else f", got {value!r:.80}"
+        lines.append(f"{path}: {err.get('msg')}{got}")
+    return "; ".join(lines)
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings, mapping validation problems to :class:`ConfigError`."""
+    """Build settings, mapping every problem with them to :class:`ConfigError`: a value that
+    does not validate (named with its environment variable), a TOML file that does not parse,
+    an environment value that is not the JSON a list or mapping setting needs."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {exc}") from exc
+        raise ConfigError(f"invalid settings: {_problems(exc)}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"settings file {_config_file()}: not valid TOML: {exc}") from exc
+    except SettingsError as exc:  # e.g. OPENDISCO_TEMPLATE_FILES=notjson
+        field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+        env = f"OPENDISCO_{field.upper()}" if field else "an OPENDISCO_* variable"
+        raise ConfigError(f"invalid settings: {env} is not valid JSON ({exc})") from exc
