@@ -45,6 +45,7 @@ CASES = [
     ({"OPENDISCO_KEEP_VERSIONS": "-1"}, ["settings"], "(OPENDISCO_KEEP_VERSIONS)"),
     ({"OPENDISCO_PARAMS_FILE": "deep.json"}, ["recommend", "u1"], "not a JSON document"),
     ({"OPENDISCO_TEMPLATE_FILES": '["binary.json"]'}, ["recommend", "u1"], "not a JSON document"),
+    ({"OPENDISCO_PARAMS_FILE": "deep.json"}, ["serve", "--port", "18779"], "not a JSON document"),
     ({}, ["experiments", "create", "deep.json"], "maximum recursion depth"),
     ({}, ["experiments", "create", "arm.json"], "binary.json: not a JSON document"),
     ({}, ["experiments", "create", "inf.json"], "arms.0.weight: Input should be a finite"),
