@@ -57,6 +57,15 @@ def _config_file() -> Path | None:
     return local if local.is_file() else None
 
 
+#: names the servers accept (checked with the settings, not as a driver error on first use):
+#: MongoDB database names (no ``/\\. "$*<>:|?``, at most 63 bytes), collection names (no ``$``,
+#: not ``system.*``) and OpenSearch index/alias names (lowercase, none of ``\\/*?"<>| ,#:``,
+#: not starting with ``-_+``, not ``.`` or ``..``)
+MONGO_DB_NAME = r'^[^/\\. "$*<>:|?\x00]{1,63}$'
+COLLECTION_NAME = r"^(?!system\.)[^$\x00]{1,120}$"
+INDEX_NAME = r'^(?![-_+])(?!\.{1,2}$)[^A-Z\\/*?"<>| ,#:\x00]{1,200}$'
+
+
 def _split_urls(value: str) -> list[str]:
     return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
 
@@ -64,7 +73,9 @@ def _split_urls(value: str) -> list[str]:
 class Settings(BaseSettings):
     """All knobs of opendisco. Field descriptions are the documentation."""
 
-    model_config = SettingsConfigDict(env_prefix="OPENDISCO_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="OPENDISCO_", extra="forbid", frozen=True, regex_engine="python-re"
+    )
 
     # --- backends -------------------------------------------------------------
     opensearch_url: str = Field(
@@ -77,9 +88,17 @@ class Settings(BaseSettings):
         "mongodb://127.0.0.1:27017/",
         description="MongoDB connection string (FerretDB locally; a real MongoDB is a drop-in).",
     )
-    mongo_db: str = Field("opendisco", description="MongoDB database holding items, events, state.")
-    items_collection: str = Field("items", description="MongoDB collection of source items.")
-    index_alias: str = Field("opendisco-items", description="Read alias of the items index.")
+    mongo_db: str = Field(
+        "opendisco",
+        pattern=MONGO_DB_NAME,
+        description="MongoDB database holding items, events, state.",
+    )
+    items_collection: str = Field(
+        "items", pattern=COLLECTION_NAME, description="MongoDB collection of source items."
+    )
+    index_alias: str = Field(
+        "opendisco-items", pattern=INDEX_NAME, description="Read alias of the items index."
+    )
     keep_versions: int = Field(2, ge=0, description="Old versioned indices kept after a swap.")
 
     # --- embeddings -----------------------------------------------------------

@@ -1,6 +1,7 @@
 """What operators feed the CLI, wrong: a clear one-line error and a usage exit code (2), never
 a traceback. Each case below raised an unhandled exception before (TOMLDecodeError,
-UnicodeDecodeError, RecursionError, OverflowError, SettingsError) or, for ``apikeys create
+UnicodeDecodeError, RecursionError, OverflowError, SettingsError, pymongo's InvalidName), was
+a backend error on first use (an index alias OpenSearch cannot name) or, for ``apikeys create
 --rate nan``, reached the database, whose server closed the connection. No servers: every
 case is refused before a backend is asked."""
 
@@ -43,6 +44,9 @@ CASES = [
     ({"OPENDISCO_CONFIG": "latin1.toml"}, ["settings"], "latin1.toml: not valid TOML"),
     ({"OPENDISCO_TEMPLATE_FILES": "notjson"}, ["settings"], "OPENDISCO_TEMPLATE_FILES is not"),
     ({"OPENDISCO_KEEP_VERSIONS": "-1"}, ["settings"], "(OPENDISCO_KEEP_VERSIONS)"),
+    ({"OPENDISCO_MONGO_DB": "bad/db"}, ["dead-letters"], "mongo_db (OPENDISCO_MONGO_DB)"),
+    ({"OPENDISCO_ITEMS_COLLECTION": "$x"}, ["dead-letters"], "(OPENDISCO_ITEMS_COLLECTION)"),
+    ({"OPENDISCO_INDEX_ALIAS": "Bad Name"}, ["verify"], "index_alias (OPENDISCO_INDEX_ALIAS)"),
     ({"OPENDISCO_PARAMS_FILE": "deep.json"}, ["recommend", "u1"], "not a JSON document"),
     ({"OPENDISCO_TEMPLATE_FILES": '["binary.json"]'}, ["recommend", "u1"], "not a JSON document"),
     ({"OPENDISCO_PARAMS_FILE": "deep.json"}, ["serve", "--port", "18779"], "not a JSON document"),
