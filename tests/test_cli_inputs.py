@@ -50,6 +50,8 @@ CASES = [
     ({"OPENDISCO_PARAMS_FILE": "deep.json"}, ["recommend", "u1"], "not a JSON document"),
     ({"OPENDISCO_TEMPLATE_FILES": '["binary.json"]'}, ["recommend", "u1"], "not a JSON document"),
     ({"OPENDISCO_PARAMS_FILE": "deep.json"}, ["serve", "--port", "18779"], "not a JSON document"),
+    ({}, ["eval", "run", "--dataset", "synthetic:20", "--namespace", "a/b"], "namespace 'a/b'"),
+    ({}, ["tune", "--dataset", "synthetic:20", "--namespace", "A B"], "namespace 'A B'"),
     ({}, ["experiments", "create", "deep.json"], "maximum recursion depth"),
     ({}, ["experiments", "create", "arm.json"], "binary.json: not a JSON document"),
     ({}, ["experiments", "create", "inf.json"], "arms.0.weight: Input should be a finite"),
