@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -74,8 +75,8 @@ def new_key(
     bad = [s for s in scopes if s not in SCOPES]
     if bad or not scopes:
         raise InvalidInput(f"scopes must be a non-empty subset of {SCOPES}, got {scopes}")
-    if rate_limit is not None and rate_limit <= 0:
-        raise InvalidInput("rate_limit must be > 0")
+    if rate_limit is not None and not (math.isfinite(rate_limit) and rate_limit > 0):
+        raise InvalidInput(f"rate_limit must be a finite number > 0, got {rate_limit}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)

@@ -22,6 +22,7 @@ from opendisco.api import (
     list_keys,
     revoke_key,
 )
+from opendisco.serving import Artifacts
 
 from ._base import OpenDiscoGroup, pass_settings
 
@@ -45,6 +46,10 @@ def serve_cmd(
 ) -> None:
     """Serve the discovery API with uvicorn (OpenAPI at /docs and /openapi.json)."""
     import uvicorn
+
+    # the served artifacts (params, template and model files) checked before any worker
+    # starts: a broken one is a one-line error here, not a traceback in each worker's startup
+    Artifacts.from_settings(settings)
 
     settings = settings.model_copy(
         update={

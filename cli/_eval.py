@@ -14,6 +14,7 @@ from opendisco._settings import Settings
 from opendisco.eval import evaluate, learn_ranker, resolve_dataset, time_split
 from opendisco.eval._compare import (
     baseline_objective,
+    check_namespace,
     fit_baselines,
     namespaced,
     sample_users,
@@ -146,6 +147,8 @@ def eval_cmd(
     attracting most of them): watch coverage and the Gini of impressions there.
     """
 
+    if namespace is not None:
+        check_namespace(namespace)
     console = Console(width=160) if not Console().is_terminal else Console()
     data = resolve_dataset(dataset_path)
     if namespace is None:
@@ -266,7 +269,7 @@ def tune_cmd(
     out_dir: Path,
 ) -> None:
     """Optuna search on the validation split; best params written as a new version."""
-
+    check_namespace(namespace)
     data = resolve_dataset(dataset_path)
     split = time_split(data)
     stage = split.stage("validation")

@@ -28,14 +28,14 @@ def events_cmd() -> None:
 @pass_settings
 def post_cmd(settings: Settings, file: Any, batch: int) -> None:
     """Apply events from FILE (a JSON array or JSON lines; `-` for stdin)."""
-    text = file.read()
     try:
+        text = file.read()
         stripped = text.lstrip()
         if stripped.startswith("["):
             events = json.loads(text)
         else:
             events = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: JSON, UTF-8
         raise click.UsageError(f"{file.name}: not JSON / JSON lines: {exc}") from exc
     totals = asyncio.run(_post(settings, events, batch))
     click.echo(json.dumps(totals, indent=2))

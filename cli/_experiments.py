@@ -51,12 +51,16 @@ def _load(path: Path) -> Experiment:
     try:
         text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"{path}: {exc}") from exc
     try:
         exp = Experiment.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(f"{path}: {exc}") from exc
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'experiment'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise InvalidInput(f"{path}: {problems}") from exc
     try:
         check_arm_files(exp)
     except ConfigError as exc:
@@ -129,7 +133,13 @@ def list_cmd(settings: Settings, as_json: bool) -> None:
     default=None,
     help="Directory for report.json/html and effects.png [reports/experiments/ID].",
 )
-@click.option("--bootstrap", default=500, show_default=True, help="Two-sided bootstrap draws.")
+@click.option(
+    "--bootstrap",
+    default=500,
+    show_default=True,
+    type=click.IntRange(10, 100_000),
+    help="Two-sided bootstrap draws.",
+)
 @click.option("--seed", default=0, show_default=True)
 @pass_settings
 def report_cmd(

@@ -201,7 +201,13 @@ def verify_cmd(settings: Settings, show: int, repair: bool) -> None:
 
 @click.command("dead-letters")
 @click.option("--all", "show_all", is_flag=True, help="Resolved records too (default: open).")
-@click.option("--limit", default=20, show_default=True, help="Records listed, newest first.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Records listed, newest first.",
+)
 @pass_settings
 def dead_letters_cmd(settings: Settings, show_all: bool, limit: int) -> None:
     """List the documents ingest refused, with the reason; open until fixed or deleted.
@@ -233,7 +239,14 @@ def _when(value: Any) -> str:
 
 
 @click.command("sample")
-@click.option("-n", "--size", default=1000, show_default=True, help="Marketplace profiles.")
+@click.option(
+    "-n",
+    "--size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Marketplace profiles.",
+)
 @click.option("--seed", default=7, show_default=True)
 @click.option(
     "--movielens",

@@ -62,7 +62,7 @@ def templates_show(surface: str, params_json: str, declared: bool) -> None:
         return
     try:
         params = json.loads(params_json)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise InvalidInput(f"--params is not JSON: {exc}") from exc
     if not isinstance(params, dict):
         raise InvalidInput("--params must be a JSON object")

@@ -201,7 +201,10 @@ def when(value: str | None) -> datetime | None:
     now = datetime.now(UTC)
     if value[:-1].isdigit() and value[-1] in "dh":
         n = int(value[:-1])
-        return now - (timedelta(days=n) if value[-1] == "d" else timedelta(hours=n))
+        try:
+            return now - (timedelta(days=n) if value[-1] == "d" else timedelta(hours=n))
+        except OverflowError as exc:
+            raise click.BadParameter(f"{value!r}: further back than any date") from exc
     try:
         t = datetime.fromisoformat(value)
     except ValueError as exc:

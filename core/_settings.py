@@ -13,6 +13,7 @@ look a setting up and several precedence chains to keep in step.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +23,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -55,6 +57,15 @@ def _config_file() -> Path | None:
     return local if local.is_file() else None
 
 
+#: names the servers accept (checked with the settings, not as a driver error on first use):
+#: MongoDB database names (no ``/\\. "$*<>:|?``, at most 63 bytes), collection names (no ``$``,
+#: not ``system.*``) and OpenSearch index/alias names (lowercase, none of ``\\/*?"<>| ,#:``,
+#: not starting with ``-_+``, not ``.`` or ``..``)
+MONGO_DB_NAME = r'^[^/\\. "$*<>:|?\x00]{1,63}$'
+COLLECTION_NAME = r"^(?!system\.)[^$\x00]{1,120}$"
+INDEX_NAME = r'^(?![-_+])(?!\.{1,2}$)[^A-Z\\/*?"<>| ,#:\x00]{1,200}$'
+
+
 def _split_urls(value: str) -> list[str]:
     return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
 
@@ -62,7 +73,9 @@ def _split_urls(value: str) -> list[str]:
 class Settings(BaseSettings):
     """All knobs of opendisco. Field descriptions are the documentation."""
 
-    model_config = SettingsConfigDict(env_prefix="OPENDISCO_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="OPENDISCO_", extra="forbid", frozen=True, regex_engine="python-re"
+    )
 
     # --- backends -------------------------------------------------------------
     opensearch_url: str = Field(
@@ -75,9 +88,17 @@ class Settings(BaseSettings):
         "mongodb://127.0.0.1:27017/",
         description="MongoDB connection string (FerretDB locally; a real MongoDB is a drop-in).",
     )
-    mongo_db: str = Field("opendisco", description="MongoDB database holding items, events, state.")
-    items_collection: str = Field("items", description="MongoDB collection of source items.")
-    index_alias: str = Field("opendisco-items", description="Read alias of the items index.")
+    mongo_db: str = Field(
+        "opendisco",
+        pattern=MONGO_DB_NAME,
+        description="MongoDB database holding items, events, state.",
+    )
+    items_collection: str = Field(
+        "items", pattern=COLLECTION_NAME, description="MongoDB collection of source items."
+    )
+    index_alias: str = Field(
+        "opendisco-items", pattern=INDEX_NAME, description="Read alias of the items index."
+    )
     keep_versions: int = Field(2, ge=0, description="Old versioned indices kept after a swap.")
 
     # --- embeddings -----------------------------------------------------------
@@ -616,9 +637,31 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def _problems(exc: ValidationError) -> str:
+    """One line per invalid setting, named as the environment spells it."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err.get("loc", ())]
+        name = loc[0] if loc else ""
+        where = f"{name} (OPENDISCO_{name.upper()})" if name in Settings.model_fields else name
+        path = ".".join([where, *loc[1:]]) if where else "settings"
+        value = err.get("input")
+        got = "" if isinstance(value, dict) else f", got {value!r:.80}"
+        lines.append(f"{path}: {err.get('msg')}{got}")
+    return "; ".join(lines)
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings, mapping validation problems to :class:`ConfigError`."""
+    """Build settings, mapping every problem with them to :class:`ConfigError`: a value that
+    does not validate (named with its environment variable), a TOML file that does not parse,
+    an environment value that is not the JSON a list or mapping setting needs."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {exc}") from exc
+        raise ConfigError(f"invalid settings: {_problems(exc)}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"settings file {_config_file()}: not valid TOML: {exc}") from exc
+    except SettingsError as exc:  # e.g. OPENDISCO_TEMPLATE_FILES=notjson
+        field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+        env = f"OPENDISCO_{field.upper()}" if field else "an OPENDISCO_* variable"
+        raise ConfigError(f"invalid settings: {env} is not valid JSON ({exc})") from exc

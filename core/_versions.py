@@ -2,13 +2,16 @@
 
 ``opendisco tune`` writes ``params-v<N>.json`` and ``opendisco train ltr`` writes
 ``model-v<N>.txt`` (+ its ``model-v<N>.json`` report) the same way: the next number is the
-highest existing one + 1, and the file is created with ``open(..., "x")``, so two concurrent
-writers never take the same number and nothing is ever replaced.
+highest existing one + 1, and the complete file is hard-linked to that name (which fails when
+it exists), so two concurrent writers never take the same number, nothing is ever replaced and
+no version file is ever partial.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -35,14 +38,27 @@ def latest_version(out_dir: Path, stem: str, suffix: str) -> int:
 def write_next_version(
     out_dir: Path, stem: str, suffix: str, write: Callable[[IO[str], int], None]
 ) -> Path:
-    """Create the next ``<stem>-v<N><suffix>`` and fill it with ``write(file, N)``."""
+    """Create the next ``<stem>-v<N><suffix>`` and fill it with ``write(file, N)``.
+
+    The content goes to a temporary file first (flushed to disk), which is then linked to the
+    versioned name: a version file is complete or absent — a write that fails or is killed
+    midway (disk full, a value that does not serialise) leaves no partial ``<stem>-v<N>`` that
+    serving would load, and takes no number."""
     out_dir.mkdir(parents=True, exist_ok=True)
     while True:
         version = latest_version(out_dir, stem, suffix) + 1
         path = out_dir / f"{stem}-v{version}{suffix}"
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}-v{version}-", suffix=".tmp", dir=out_dir)
+        tmp = Path(tmp_name)
         try:
-            with path.open("x", encoding="utf-8") as fh:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 write(fh, version)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)  # never replaces: a concurrent writer took this number
+            except FileExistsError:
+                continue
             return path
-        except FileExistsError:  # a concurrent writer took this number
-            continue
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from opendisco._exceptions import InvalidInput
+from opendisco._settings import INDEX_NAME, MONGO_DB_NAME
 
 from ._baselines import ALS, EASE, MostPopular, RandomRecommender, ScoringRecommender
 from ._runner import evaluate
@@ -86,8 +90,22 @@ def sample_users(n_users: int, n: int | None, seed: int = 0) -> np.ndarray | Non
     return np.sort(np.random.default_rng(seed).choice(n_users, size=n, replace=False))
 
 
+def check_namespace(namespace: str) -> str:
+    """``namespace`` when it can name the evaluation's Mongo database and (``-items``) index
+    alias (:class:`InvalidInput` otherwise, before any work)."""
+    if not (
+        re.fullmatch(MONGO_DB_NAME, namespace) and re.fullmatch(INDEX_NAME, f"{namespace}-items")
+    ):
+        raise InvalidInput(
+            f"namespace {namespace!r} cannot name a MongoDB database and an OpenSearch index "
+            "(lowercase letters, digits, '-' and '_'; no '/', '.', spaces)"
+        )
+    return namespace
+
+
 def namespaced(settings: Any, namespace: str) -> Any:
     """Settings whose index alias and Mongo database are the evaluation's own."""
+    check_namespace(namespace)
     return settings.model_copy(update={"index_alias": f"{namespace}-items", "mongo_db": namespace})
 
 

@@ -77,7 +77,9 @@ class Arm(_Strict):
     """One variant: overrides on top of what the pipeline serves (nothing = as served)."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,31}$")
-    weight: float = Field(1.0, gt=0, description="Relative share of the experiment's units.")
+    weight: float = Field(
+        1.0, gt=0, le=1e6, allow_inf_nan=False, description="Relative share of its units."
+    )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Template parameter overrides (like a params file)."
     )
@@ -183,9 +185,10 @@ class Experiment(_Strict):
         strata = self.design.strata
         if strata and self.design.kind not in (DesignKind.cluster, DesignKind.switchback):
             raise ValueError("strata: a cluster or switchback setting")
-        need = math.ceil(2 * sum(a.weight for a in self.arms) / min(a.weight for a in self.arms))
-        if strata and strata < need:
-            raise ValueError(f"strata: at least two units of each arm per stratum ({need})")
+        if strata:
+            need = 2 * sum(a.weight for a in self.arms) / min(a.weight for a in self.arms)
+            if not math.isfinite(need) or strata < math.ceil(need):
+                raise ValueError(f"strata: at least two units of each arm per stratum ({need:.0f})")
         if self.design.kind in (DesignKind.cluster, DesignKind.switchback) and self.traffic < 1:
             raise ValueError(
                 f"{self.design.kind.value}: traffic must be 1 (a cluster or region is "

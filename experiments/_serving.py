@@ -3,7 +3,9 @@
 * :class:`ExperimentRegistry` — the running experiments, their cluster snapshots and each
   arm's :class:`~opendisco.serving.Artifacts`, held in memory and re-read from MongoDB every
   ``experiments_refresh_s`` (a failed refresh keeps the last snapshot: requests never wait on
-  it after the first load).
+  it after the first load). An experiment whose arm files cannot be loaded (moved, cut
+  short) is not served — its members get the served artifacts and log no exposure for it —
+  rather than failing every request of its treated members.
 * :class:`ExperimentHydrator` — a query hydrator placed right after the member context: the
   viewer's holdout, layers and assignment (:mod:`._assign`), then the arm's overrides as the
   request's ``plan.artifacts`` (template params, rerank config, model: named in the version
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from opendisco._exceptions import ConfigError
 from opendisco._settings import Settings
 from opendisco.rerank import (
     CandidateBatch,
@@ -58,6 +61,7 @@ __all__ = [
     "ExperimentRegistry",
     "MergedRanking",
     "arm_artifacts",
+    "arm_files",
     "check_arm_files",
     "install",
     "region_of",
@@ -77,8 +81,11 @@ def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def arm_artifacts(base: Artifacts, exp: Experiment, arm: Arm) -> Artifacts:
-    """The served artifacts with the arm's overrides on top (``base`` when it has none)."""
+def arm_artifacts(
+    base: Artifacts, exp: Experiment, arm: Arm, files: Artifacts | None = None
+) -> Artifacts:
+    """The served artifacts with the arm's overrides on top (``base`` when it has none).
+    ``files``: the arm's model and template files loaded already (:func:`arm_files`)."""
     if not arm.overrides:
         return base
     params = _deep_merge(base.params, arm.params)
@@ -87,12 +94,17 @@ def arm_artifacts(base: Artifacts, exp: Experiment, arm: Arm) -> Artifacts:
         {**config, **arm.rerank, "weights": {**config["weights"], **arm.rerank.get("weights", {})}}
     )
     scorer, model_name = base.scorer, base.model_name
-    if arm.model:
-        scorer, model_name = load_model(Path(arm.model))
     templates = dict(base.templates)
-    for path in arm.templates:  # guarded: the hard filter and request parameters stay
-        tpl = load_template(Path(path))
-        templates[tpl.surface] = tpl
+    if files is not None:
+        if arm.model:
+            scorer, model_name = files.scorer, files.model_name
+        templates.update(files.templates)
+    else:
+        if arm.model:
+            scorer, model_name = load_model(Path(arm.model))
+        for path in arm.templates:  # guarded: the hard filter and request parameters stay
+            tpl = load_template(Path(path))
+            templates[tpl.surface] = tpl
     blob = json.dumps(
         {"params": params, "rerank": rerank.get_config(), "model": model_name},
         sort_keys=True,
@@ -111,13 +123,19 @@ def arm_artifacts(base: Artifacts, exp: Experiment, arm: Arm) -> Artifacts:
     )
 
 
-def check_arm_files(exp: Experiment) -> None:
-    """Load every arm's model and template files as serving will (``ConfigError`` naming
-    the first that is missing, malformed, trained on other features or unguardable): an
-    experiment is refused at creation rather than failing its requests."""
+def arm_files(exp: Experiment) -> dict[str, Artifacts]:
+    """Every arm's model and template files, loaded as serving will (arm name -> artifacts
+    holding just them; ``ConfigError`` naming the first that is missing, malformed, trained on
+    other features or unguardable)."""
     base = Artifacts()
-    for arm in exp.arms:
-        arm_artifacts(base, exp, arm)
+    return {
+        arm.name: arm_artifacts(base, exp, arm) for arm in exp.arms if arm.model or arm.templates
+    }
+
+
+def check_arm_files(exp: Experiment) -> None:
+    """An experiment is refused at creation rather than failing its requests (:func:`arm_files`)."""
+    arm_files(exp)
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,8 @@ class Running:
     clusters: Mapping[str, str]
     #: stratified designs: each cluster or region → its stratum's units (the start's snapshot)
     strata: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: each arm's model and template files, loaded when the registry first read it
+    files: Mapping[str, Artifacts] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,9 +169,10 @@ class ExperimentRegistry:
         key = tuple((e.id, a.name) for e, a in arms)
         art = self._artifacts.get(key)
         if art is None:
+            files = {r.experiment.id: r.files for r in self.running}
             art = self.base
             for exp, arm in arms:
-                art = arm_artifacts(art, exp, arm)
+                art = arm_artifacts(art, exp, arm, files.get(exp.id, {}).get(arm.name))
             self._artifacts[key] = art
         return art
 
@@ -164,11 +185,16 @@ class ExperimentRegistry:
             if prev is not None and prev.experiment == exp:
                 out.append(prev)
                 continue
+            try:  # once per change; a file gone later stays served from memory
+                files = arm_files(exp)
+            except ConfigError as exc:  # not applied, so none of its exposures is logged
+                log.warning("experiment %s is not served: %s", exp.id, exc)
+                continue
             clusters = (
                 await self.store.clusters(exp.id) if exp.design.kind == DesignKind.cluster else {}
             )
             strata = await self.store.strata(exp.id) if exp.design.strata else {}
-            out.append(Running(exp, clusters, strata))
+            out.append(Running(exp, clusters, strata, files))
         if [r.experiment for r in out] != [r.experiment for r in self.running]:
             self._artifacts = {}
         self.running = out

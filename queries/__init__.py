@@ -15,18 +15,18 @@ from ._candidates import (
     generate_candidates,
     request_for_user,
     request_params,
+    with_source_fields,
 )
+from ._mustache import script_params, to_mustache
 from ._params import REQUEST_PARAMS, ParamSpec, clip_terms
 from ._template import (
     SURFACES,
     Template,
     load,
     render,
-    script_params,
     surfaces,
     template_from_doc,
     template_version,
-    to_mustache,
 )
 from ._validate import SourceCheck, example_params, script_id, store_templates, validate_templates
 
@@ -56,4 +56,5 @@ __all__ = [
     "template_version",
     "to_mustache",
     "validate_templates",
+    "with_source_fields",
 ]

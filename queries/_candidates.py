@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
@@ -33,6 +34,7 @@ __all__ = [
     "generate_candidates",
     "request_for_user",
     "request_params",
+    "with_source_fields",
 ]
 
 
@@ -56,6 +58,9 @@ class CandidateRequest:
     explain: bool = False  # ask OpenSearch for per-hit score explanations
     exposure_caps: bool = True  # exclude items over their exposure cap
     template: Template | None = None  # a version/draft of ``surface`` (None: the shipped file)
+    #: fields every hit's ``_source`` carries whatever a template's ``_source`` says (the
+    #: served pipeline's in-process hard rules read them: ``opendisco.serving.RULE_FIELDS``)
+    keep_fields: tuple[str, ...] = ()
 
 
 @dataclass
@@ -199,6 +204,33 @@ def request_params(req: CandidateRequest, settings: Settings) -> dict[str, Any]:
     return out
 
 
+def with_source_fields(body: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    """``body`` whose ``_source`` filtering keeps ``fields`` (pure): added to its includes,
+    dropped from its excludes (a pattern matching one of them goes), ``false`` becomes just
+    them. A template may trim what hits carry, never the fields a re-check reads."""
+    out = dict(body)
+    src = out.get("_source", True)
+    if not fields or src is True:
+        return out
+    if src is False or src is None:
+        out["_source"] = {"includes": list(fields)}
+        return out
+    if isinstance(src, str | list):
+        src = {"includes": src}
+    if not isinstance(src, Mapping):
+        return out  # not a _source filter: the engine refuses the body
+    inc = src.get("includes", src.get("include", []))
+    exc = src.get("excludes", src.get("exclude", []))
+    inc = [inc] if isinstance(inc, str) else list(inc or [])
+    exc = [exc] if isinstance(exc, str) else list(exc or [])
+    keep = [p for p in exc if not any(fnmatchcase(f, str(p)) for f in fields)]
+    new: dict[str, Any] = {"excludes": keep} if keep else {}
+    if inc:
+        new["includes"] = [*inc, *(f for f in fields if f not in inc)]
+    out["_source"] = new or True
+    return out
+
+
 def fuse(
     hits_by_source: Mapping[str, Sequence[Mapping[str, Any]]],
     fusion: Mapping[str, Any],
@@ -308,7 +340,7 @@ async def generate_candidates(
     body: list[dict[str, Any]] = []
     for name in names:
         body.append({"index": settings.index_alias})
-        src = rendered["sources"][name]
+        src = with_source_fields(rendered["sources"][name], req.keep_fields)
         body.append({**src, "explain": True} if req.explain else src)
     t0 = time.perf_counter()
     with backend_errors(f"{req.surface}: _msearch failed"):

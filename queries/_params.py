@@ -52,6 +52,8 @@ REQUEST_PARAMS = frozenset(
         "query_vector",
         "item_id",
         "item_vector",
+        "viewer_gender_unknown",  # the hard rules' fail-closed flags (HardRules.engine_params)
+        "viewer_age_unknown",
         "graph_ids",
         "graph_weights",
         "itemsim_ids",
@@ -93,6 +95,7 @@ class ParamSpec:
         extra = set(decl) - known
         if extra:
             raise TemplateParamError(f"parameter {name!r}: unknown keys {sorted(extra)}")
+        _check_decl(name, decl)
         opts = {k: v for k, v in decl.items() if k != "choices"}
         spec = cls(name=name, choices=tuple(decl.get("choices", ())), **opts)
         if spec.default is not _MISSING and spec.default is not None:
@@ -206,6 +209,29 @@ class ParamSpec:
             ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
             return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         raise self._fail("unsupported type")  # pragma: no cover - TYPES is checked on load
+
+
+def _check_decl(name: str, decl: Mapping[str, Any]) -> None:
+    """The declaration's options have the types ``coerce`` uses (TemplateParamError)."""
+
+    def fail(msg: str) -> TemplateParamError:
+        return TemplateParamError(f"parameter {name!r}: {msg}")
+
+    for key in ("min", "max"):
+        v = decl.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise fail(f"{key} must be a number, got {v!r:.40}")
+    for key in ("max_len", "max_items", "max_terms"):
+        v = decl.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise fail(f"{key} must be an integer >= 1, got {v!r:.40}")
+    choices = decl.get("choices", [])
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise fail("choices must be a list of strings")
+    if not isinstance(decl.get("nullable", False), bool):
+        raise fail("nullable must be true or false")
+    if not isinstance(decl.get("doc", ""), str):
+        raise fail("doc must be a string")
 
 
 def clip_terms(text: str, max_terms: int) -> str:

@@ -15,7 +15,7 @@ parameters it ``requires``). Inside the bodies three directives are allowed:
 ``_partials.json`` also declares the parameters every surface shares; a surface file may
 override their defaults. The same structure converts to mustache for OpenSearch stored
 search templates (:func:`to_mustache`), where ``$param`` becomes ``{{#toJson}}name{{/toJson}}``
-and ``$if`` becomes a section on the boolean ``has_<name>`` (see :func:`script_params`).
+and ``$if`` becomes a section on the boolean ``has_<name>`` (:mod:`._mustache`).
 
 A template that is not a shipped file — a promoted version or a playground draft, built by
 :func:`template_from_doc` — is parsed the same way with the shipped partials, and is
@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -46,11 +47,9 @@ __all__ = [
     "is_set",
     "load",
     "render",
-    "script_params",
     "surfaces",
     "template_from_doc",
     "template_version",
-    "to_mustache",
 ]
 
 #: one template file per surface (a test checks the files against the enum)
@@ -121,8 +120,8 @@ class Template:
             return {k: self.expand(v) for k, v in node.items()}
         return node
 
-    def _fragment(self, name: str) -> Any:
-        if name not in self.fragments:
+    def _fragment(self, name: Any) -> Any:
+        if not isinstance(name, str) or name not in self.fragments:
             raise ConfigError(f"{self.surface}: unknown fragment {name!r}")
         return copy.deepcopy(self.fragments[name])
 
@@ -133,8 +132,8 @@ def _check_refs(node: Any, specs: Mapping[str, ParamSpec], where: str) -> None:
             _check_refs(el, specs, where)
     elif isinstance(node, dict):
         for key in ("$param", "$if"):
-            if key in node and node[key] not in specs:
-                raise ConfigError(f"{where}: {key} names undeclared parameter {node[key]!r}")
+            if key in node and (not isinstance(node[key], str) or node[key] not in specs):
+                raise ConfigError(f"{where}: {key} names undeclared parameter {node[key]!r:.80}")
         if "$if" in node and set(node) != {"$if", "then"}:
             raise ConfigError(f"{where}: $if takes exactly 'then'")
         for v in node.values():
@@ -227,11 +226,23 @@ def template_from_doc(surface: str, raw: Any, label: str | None = None) -> Templ
         raise
     except ConfigError as exc:
         raise TemplateParamError(str(exc)) from exc
-    # the request sets these whenever the shipped template declares them: keep them declared
-    dropped = sorted((set(load(surface).specs) & REQUEST_PARAMS) - set(tpl.specs))
+    # the request sets these whenever the shipped template declares them: keep them declared,
+    # as shipped (a narrower type or bound would fail requests; a text type clips the value)
+    shipped = load(surface).specs
+    dropped = sorted((set(shipped) & REQUEST_PARAMS) - set(tpl.specs))
     if dropped:
         raise TemplateParamError(
             f"{surface}: the template must declare {dropped} (every request sets them)"
+        )
+    changed = sorted(
+        n
+        for n in set(shipped) & REQUEST_PARAMS
+        if replace(tpl.specs[n], doc="") != replace(shipped[n], doc="")
+    )
+    if changed:
+        raise TemplateParamError(
+            f"{surface}: the template redeclares {changed}; every request sets them, so they "
+            "keep their shipped declarations"
         )
     return tpl
 
@@ -314,77 +325,27 @@ def render(
         "surface": surface,
         "version": tpl.version,
         "sources": sources,
-        "fusion": _fill(copy.deepcopy(tpl.fusion), values),
+        "fusion": _check_fusion(surface, _fill(copy.deepcopy(tpl.fusion), values)),
         "skipped": skipped,
     }
 
 
-# --- stored search templates (mustache) ---------------------------------------------------
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _has(name: str) -> str:
-    return f"has_{name}"
-
-
-def _section(flag: str, inner: str) -> str:
-    return "{{#" + flag + "}}" + inner + "{{/" + flag + "}}"
-
-
-def _join(parts: list[tuple[str | None, str]], what: str) -> str:
-    """Comma-join in order; a conditional part sits in its section with its own comma.
-
-    Conditional parts before the first unconditional one carry a trailing comma, those after
-    it a leading comma, so the order of the file is kept and the JSON stays valid.
-    """
-    first = next((i for i, (flag, _) in enumerate(parts) if flag is None), None)
-    if first is None and parts:
-        raise ConfigError(f"{what} with $if entries needs one unconditional entry")
-    out = []
-    for i, (flag, text) in enumerate(parts):
-        if flag is None:
-            out.append(("," if i > first else "") + text)  # type: ignore[operator]
-        elif first is not None and i < first:
-            out.append(_section(flag, text + ","))
-        else:
-            out.append(_section(flag, "," + text))
-    return "".join(out)
-
-
-def _mustache(node: Any, strings: frozenset[str]) -> str:
-    if isinstance(node, list):
-        parts: list[tuple[str | None, str]] = []
-        for el in node:
-            if isinstance(el, dict) and "$if" in el:
-                parts.append((_has(el["$if"]), _mustache(el["then"], strings)))
-            else:
-                parts.append((None, _mustache(el, strings)))
-        return "[" + _join(parts, "a list") + "]"
-    if isinstance(node, dict):
-        if "$param" in node:
-            if node["$param"] in strings:  # toJson leaves scalars bare; {{x}} is JSON-escaped
-                return '"{{' + node["$param"] + '}}"'
-            return _section("toJson", node["$param"])
-        parts = []
-        for k, v in node.items():
-            if isinstance(v, dict) and "$if" in v:
-                parts.append((_has(v["$if"]), json.dumps(k) + ":" + _mustache(v["then"], strings)))
-            else:
-                parts.append((None, json.dumps(k) + ":" + _mustache(v, strings)))
-        return "{" + _join(parts, "an object") + "}"
-    return json.dumps(node)
-
-
-def to_mustache(surface: str, source: str) -> str:
-    """One source of a surface as a mustache search template (for ``_scripts``)."""
-    tpl = load(surface)
-    if source not in tpl.sources:
-        raise TemplateParamError(f"{surface}: no source {source!r}; have {list(tpl.sources)}")
-    strings = frozenset(n for n, p in tpl.specs.items() if p.type in ("str", "text", "date"))
-    return _mustache(tpl.expand(tpl.sources[source]["body"]), strings)
-
-
-def script_params(surface: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Validated values plus the ``has_<name>`` flags the stored templates' sections test."""
-    tpl = load(surface)
-    values = validate_params(tpl.specs, params or {}, surface)
-    return {**values, **{_has(k): is_set(v) for k, v in values.items()}}
+def _check_fusion(surface: str, fusion: dict[str, Any]) -> dict[str, Any]:
+    """The rendered fusion as :func:`~opendisco.queries.fuse` reads it (TemplateParamError)."""
+    rc = fusion.get("rank_constant", 60)
+    weights = fusion.get("weights", {})
+    share = fusion.get("explore_share", 0.0)
+    source = fusion.get("explore_source")
+    if not _number(rc) or rc < 0:
+        raise TemplateParamError(f"{surface}.fusion: rank_constant must be a number >= 0")
+    if not isinstance(weights, Mapping) or not all(_number(w) for w in weights.values()):
+        raise TemplateParamError(f"{surface}.fusion: weights must map sources to numbers")
+    if share is not None and (not _number(share) or not 0 <= share <= 1):
+        raise TemplateParamError(f"{surface}.fusion: explore_share must be within 0..1")
+    if source is not None and not isinstance(source, str):
+        raise TemplateParamError(f"{surface}.fusion: explore_source must name a source")
+    return fusion

@@ -14,7 +14,8 @@ from opendisco._backend import backend_errors
 from opendisco._settings import Settings
 from opendisco.signals import exposure_index
 
-from ._template import load, render, surfaces, to_mustache
+from ._mustache import to_mustache
+from ._template import load, render, surfaces
 
 __all__ = ["SourceCheck", "example_params", "script_id", "store_templates", "validate_templates"]
 

@@ -20,7 +20,13 @@ from opendisco._exceptions import ConfigError
 
 from ._types import FEATURE_NAMES
 
-__all__ = ["LTR_PARAMS", "LearnedScorer", "align_features", "train_lambdamart"]
+__all__ = [
+    "LTR_PARAMS",
+    "LearnedScorer",
+    "align_features",
+    "check_model_text",
+    "train_lambdamart",
+]
 
 #: LightGBM parameters of ``train_lambdamart`` (single-threaded and deterministic: the serving
 #: process scores one request at a time and training runs beside other work)
@@ -53,6 +59,56 @@ def align_features(X: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return out
 
 
+_TREE_KEYS = (b"num_leaves=", b"leaf_value=")
+
+
+def check_model_text(data: bytes, where: str) -> str:
+    """The text of a LightGBM model file whose trees are all there (:class:`ConfigError`
+    otherwise). LightGBM's parser trusts the ``tree_sizes`` its header lists: a file cut short
+    (a copy or a save that did not finish) crashes the whole process (SIGSEGV or abort) in
+    ``lgb.Booster`` instead of raising, so every tree block is checked against those sizes
+    first, then the ``end of trees`` marker after them and the end of the parameters section
+    (cut inside it, the parser reads past the end of the text as well)."""
+
+    def bad(msg: str) -> ConfigError:
+        return ConfigError(f"model file {where}: {msg} (truncated or not a LightGBM model)")
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad(f"not text: {exc}") from exc
+    if not data.startswith(b"tree\n"):
+        raise bad("no LightGBM model header")
+    end = data.find(b"\nend of trees")
+    if end < 0:
+        raise bad("no 'end of trees'")
+    first = data.find(b"\nTree=0\n")
+    start = (first if first >= 0 else end) + 1
+    sizes_line = next(
+        (ln for ln in data[:start].splitlines() if ln.startswith(b"tree_sizes=")), None
+    )
+    if sizes_line is None:
+        raise bad("no tree_sizes in its header")
+    try:
+        sizes = [int(x) for x in sizes_line.removeprefix(b"tree_sizes=").split()]
+    except ValueError as exc:
+        raise bad(f"bad tree_sizes: {exc}") from exc
+    at = start
+    for n, size in enumerate(sizes):
+        block = data[at : at + size]
+        if size <= 0 or len(block) < size or not block.startswith(b"Tree=%d\n" % n):
+            raise bad(f"tree {n} of {len(sizes)} is not where its header puts it")
+        if not all(key in block for key in _TREE_KEYS):
+            raise bad(f"tree {n} is incomplete")
+        at += size
+    if not data[at:].startswith(b"end of trees"):
+        raise bad(f"'end of trees' does not follow its {len(sizes)} trees")
+    params = data.find(b"\nparameters:\n", at)
+    if params >= 0 and data.find(b"\nend of parameters", params) < 0:
+        raise bad("its parameters section has no end")
+    return text
+
+
 class LearnedScorer:
     """A LightGBM booster scoring the feature matrix (a ``Scorer``)."""
 
@@ -76,8 +132,13 @@ class LearnedScorer:
         import lightgbm as lgb
 
         try:
-            booster = lgb.Booster(model_file=str(path))
-        except lgb.basic.LightGBMError as exc:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"model file {path}: {exc}") from exc
+        text = check_model_text(data, str(path))
+        try:
+            booster = lgb.Booster(model_str=text)
+        except (lgb.basic.LightGBMError, ValueError) as exc:  # ValueError: pandas_categorical
             raise ConfigError(f"model file {path}: not a LightGBM model: {exc}") from exc
         names = tuple(booster.feature_name())
         if names != FEATURE_NAMES:

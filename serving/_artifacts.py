@@ -174,8 +174,8 @@ def load_params(path: Path) -> tuple[dict[str, Any], RerankConfig, str]:
     try:
         data = path.read_bytes()
         doc = json.loads(data)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"params file {path}: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON, UTF-8
+        raise ConfigError(f"params file {path}: not a JSON document: {exc}") from exc
     try:
         tparams, rerank = check_params(doc)
     except InvalidInput as exc:
@@ -188,8 +188,8 @@ def load_template(path: Path) -> Template:
     named ``<file stem>@<content hash>`` and guarded like every non-shipped template."""
     try:
         doc = json.loads(path.read_bytes())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"template file {path}: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON, UTF-8
+        raise ConfigError(f"template file {path}: not a JSON document: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("surface"), str):
         raise ConfigError(f"template file {path}: not a template version ({{surface, template}})")
     try:

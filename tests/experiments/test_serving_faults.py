@@ -37,3 +37,71 @@ async def test_exposure_log_drops_and_counts_when_the_store_is_down() -> None:
     log.after(plan, recs)
     await log.drain()
     assert log.written == 0 and log.dropped == 2 and not log.queue
+
+
+class _Store:
+    """The registry's view of the store, holding one running experiment (no MongoDB: this is
+    about what the registry does with the arm files)."""
+
+    def __init__(self, exp: object) -> None:
+        self.exp = exp
+
+    async def running(self) -> list:
+        return [self.exp]
+
+    async def clusters(self, exp_id: str) -> dict:
+        return {}
+
+    async def strata(self, exp_id: str) -> dict:
+        return {}
+
+
+def _ranker(path: object) -> None:
+    import lightgbm as lgb
+    import numpy as np
+
+    from opendisco.rerank import FEATURE_NAMES
+
+    X = np.random.default_rng(0).random((60, len(FEATURE_NAMES)))
+    y = (X[:, 0] > 0.5).astype(int)
+    ds = lgb.Dataset(X, label=y, group=[10] * 6, feature_name=list(FEATURE_NAMES))
+    params = {"objective": "lambdarank", "verbosity": -1, "num_threads": 1, "min_data_in_leaf": 2}
+    lgb.train(params, ds, num_boost_round=2).save_model(str(path))
+
+
+async def test_an_arm_whose_model_file_is_gone_is_not_served_and_fails_no_request(
+    tmp_path: object,
+) -> None:
+    """The arm's model file moved away after ``experiments create``: every request of a treated
+    member raised ConfigError (the API degraded them all and counted breaker failures). Now
+    the experiment is not served (its members get the served artifacts, no exposure is
+    logged for it); a file that goes away once loaded keeps being served from memory."""
+    from pathlib import Path
+
+    from opendisco.experiments import Experiment
+    from opendisco.rerank import LearnedScorer
+
+    model = Path(str(tmp_path)) / "model-v1.txt"
+    arms = [{"name": "control"}, {"name": "treatment", "model": str(model)}]
+    exp = Experiment(id="gone", arms=arms, status="running", offset=0)
+    users = [f"u{i}" for i in range(40)]
+
+    reg = ExperimentRegistry(_Store(exp), Artifacts(), refresh_s=60)  # type: ignore[arg-type]
+    for user in users:
+        plan = CandidatePlan("for_you", 10, user_id=user)
+        await ExperimentHydrator(reg).hydrate(plan)
+        assert plan.experiments == [] and plan.artifacts is None, user
+
+    _ranker(model)
+    reg = ExperimentRegistry(_Store(exp), Artifacts(), refresh_s=60)  # type: ignore[arg-type]
+    await reg.refresh()
+    model.unlink()  # loaded at refresh: still served
+    treated = 0
+    for user in users:
+        plan = CandidatePlan("for_you", 10, user_id=user)
+        await ExperimentHydrator(reg).hydrate(plan)
+        assert [r["experiment"] for r in plan.experiments] == ["gone"]
+        if plan.experiments[0]["arm"] == "treatment":
+            assert isinstance(plan.artifacts.scorer, LearnedScorer)
+            treated += 1
+    assert 0 < treated < len(users)

@@ -67,6 +67,55 @@ def test_a_bad_template_document_names_the_problem(raw: object, needle: str) -> 
     assert needle in str(err.value)
 
 
+def _edited(path: str, value: object) -> dict:
+    """The shipped cold_start document with ``value`` at ``path`` (keys joined by '/')."""
+    raw = json.loads(json.dumps(load("cold_start").raw))
+    node = raw
+    *parents, last = path.split("/")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "needle"),
+    [
+        ("sources/trending/body/size", {"$param": ["k"]}, "names undeclared parameter"),
+        ("sources/trending/body/size", {"$param": {"k": 1}}, "names undeclared parameter"),
+        ("sources/trending/body/_source", {"$ref": ["source_fields"]}, "unknown fragment"),
+        ("sources/trending/body/x", {"$if": ["k"], "then": 1}, "names undeclared parameter"),
+        ("params/zz", {"type": "int", "min": "abc", "nullable": True}, "min must be a number"),
+        ("params/zz", {"type": "text", "max_terms": "x", "default": ""}, "max_terms must be"),
+        ("params/zz", {"type": "str", "choices": 5}, "choices must be a list"),
+        ("fusion/rank_constant", "abc", "rank_constant must be a number"),
+        ("fusion/rank_constant", -1, "rank_constant must be a number"),
+        ("fusion/weights", [1, 2], "weights must map sources to numbers"),
+        ("fusion/weights", {"trending": "x"}, "weights must map sources to numbers"),
+        ("fusion/explore_share", "x", "explore_share must be within 0..1"),
+        ("fusion/explore_share", 1e308, "explore_share must be within 0..1"),
+        ("fusion/explore_source", ["fresh"], "explore_source must name a source"),
+        # the parameters every request sets keep their shipped declarations: a text type would
+        # clip the viewer's id to its first word, the self-exclusion would match nobody
+        ("params/viewer_id", {"type": "text", "max_terms": 1, "nullable": True}, "redeclares"),
+        ("params/viewer_gender_unknown", {"type": "bool", "default": True}, "redeclares"),
+        ("params/exclude_ids", {"type": "str_list", "max_items": 5}, "redeclares"),
+    ],
+)
+def test_a_malformed_template_draft_is_an_input_error(
+    path: str, value: object, needle: str
+) -> None:
+    """Each of these was an unhandled TypeError/ValueError/ZeroDivisionError/OverflowError
+    (HTTP 500 on the playground's validate/compare) or, for the redeclarations, accepted."""
+    from opendisco.api.playground._drafts import draft_artifacts
+
+    with pytest.raises(InvalidInput) as err:
+        draft_artifacts(
+            Settings(), Artifacts(), "template", "cold_start", _edited(path, value), "d"
+        )
+    assert needle in str(err.value), err.value
+
+
 def test_the_params_check_refuses_request_parameters_and_bad_values() -> None:
     tparams, config = check_params(
         {"template_params": {"w_semantic": 2.0, "cold_start": {"w_quality": 0.5}}, "rerank": {}}
@@ -79,6 +128,7 @@ def test_the_params_check_refuses_request_parameters_and_bad_values() -> None:
         ({"template_params": {"nope": 1}}, "no template declares"),
         ({"rerank": {"steps": ["score", "teleport"]}}, "teleport"),
         ({"template_params": []}, "must be an object"),
+        ({"template_params": {"viewer_gender_unknown": False}}, "cannot be overridden"),
     ):
         with pytest.raises(InvalidInput) as err:
             check_params(doc)

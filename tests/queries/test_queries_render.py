@@ -300,3 +300,23 @@ def test_fuse_budget_has_no_float_drift() -> None:
     fusion = {"weights": {"fresh": 0.0}, "explore_source": "fresh", "explore_share": 0.1}
     out = fuse({"main": main, "fresh": fresh}, fusion, k=30)  # 30 * 0.1 = 3.0000000000000004
     assert sum(c.explore for c in out) == 3
+
+
+def test_with_source_fields_keeps_what_a_recheck_reads() -> None:
+    from opendisco.queries import with_source_fields
+
+    keep = ("owner_id", "pref_genders", "available")
+    body = {"query": {"match_all": {}}, "size": 5}
+    assert with_source_fields(body, keep) == body  # whole _source: nothing to do
+    assert with_source_fields({**body, "_source": True}, keep)["_source"] is True
+    assert with_source_fields({**body, "_source": False}, keep)["_source"] == {
+        "includes": list(keep)
+    }
+    got = with_source_fields({"_source": ["title", "owner_id"]}, keep)["_source"]
+    assert got == {"includes": ["title", "owner_id", "pref_genders", "available"]}
+    got = with_source_fields({"_source": {"excludes": ["embedding", "pref_*", "owner_id"]}}, keep)
+    assert got["_source"] == {"excludes": ["embedding"]}
+    got = with_source_fields({"_source": {"include": "title", "exclude": "*"}}, keep)["_source"]
+    assert got == {"includes": ["title", *keep]}
+    assert with_source_fields({"_source": {"excludes": ["owner_id"]}}, keep)["_source"] is True
+    assert with_source_fields({"_source": False}, ())["_source"] is False

@@ -4,6 +4,8 @@ are named in every response's version string; a model of another feature schema 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,45 @@ def test_a_model_of_other_features_refuses_to_load(tmp_path: Path) -> None:
     bad.write_text("not a model")
     with pytest.raises(ConfigError, match="model file"):
         Artifacts.from_settings(Settings(model_file=bad))
+
+
+_LOAD_CUTS = """
+import sys
+from pathlib import Path
+from opendisco import ConfigError
+from opendisco.serving import load_model
+full = Path(sys.argv[1]).read_bytes()
+for cut in map(int, sys.argv[2:]):
+    path = Path(sys.argv[1]).with_name(f"model-v{cut + 10}.txt")
+    path.write_bytes(full[:cut])
+    try:
+        load_model(path)
+        print(cut, "loaded")
+    except ConfigError as exc:
+        print(cut, "refused", str(exc).splitlines()[0])
+"""
+
+
+def test_a_truncated_model_file_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """A model file cut short (a copy or a save that did not finish) is a ConfigError naming
+    it: LightGBM's own parser segfaulted or aborted the whole process (serve, recommend,
+    experiments create) on most cuts. Loaded in a child process: a crash fails the test."""
+    path = _model(tmp_path / "model-v1.txt", list(FEATURE_NAMES))
+    data = path.read_bytes()
+    trees = data.index(b"\nTree=0\n")
+    params = data.index(b"\nparameters:\n")
+    cuts = [0, 5, trees // 2, trees + 20, (trees + params) // 2, params + 40, len(data) - 2]
+    got = subprocess.run(
+        [sys.executable, "-c", _LOAD_CUTS, str(path), *map(str, cuts)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert got.returncode == 0, (got.returncode, got.stderr[-2000:])
+    lines = got.stdout.splitlines()
+    assert len(lines) == len(cuts), got.stdout
+    for line in lines:
+        assert " refused model file " in line, line
 
 
 def test_a_broken_params_file_is_a_config_error(tmp_path: Path) -> None:

@@ -196,3 +196,62 @@ async def test_itemsim_source_only_when_on_and_never_past_the_hard_rules(
         assert own not in cands and own not in recs.ids
     finally:
         await discovery.db.drop_collection(ITEM_SIMILARITY)
+
+
+def _admits(prefs: dict[str, Any], other: dict[str, Any]) -> bool:
+    genders, age = prefs.get("pref_genders"), other.get("age")
+    lo, hi = prefs.get("pref_age_min"), prefs.get("pref_age_max")
+    return (
+        (not genders or other.get("gender") in genders)
+        and (lo is None or (age is not None and age >= lo))
+        and (hi is None or (age is not None and age <= hi))
+    )
+
+
+async def test_a_template_that_drops_the_filter_and_trims_source_still_obeys_the_rules(
+    market_settings: Any, market: Any, model: Any
+) -> None:
+    """A shipped template edited to lose ``{"$ref": "filter"}`` (shipped files are not
+    guarded) and to fetch less ``_source`` — without the fields the in-process re-check reads
+    — served members profiles whose preferences exclude them (58 of 132 in the first probe):
+    the re-check saw no preferences and no owner. Every hit now carries the rule fields."""
+    from dataclasses import replace
+
+    from opendisco import clients
+    from opendisco.queries import load, template_from_doc
+    from opendisco.serving import Artifacts, Discovery
+
+    items, users = market
+    by_id = {it["_id"]: it for it in items}
+    raw = json.loads(
+        json.dumps(load("cold_start").raw).replace('{"$ref": "filter"}', '{"match_all": {}}')
+    )
+    for source in raw["sources"].values():  # the candidates' preferences and owner trimmed
+        source["body"]["_source"] = {"excludes": ["embedding", "behaviour", "pref_*", "owner_id"]}
+    edited = replace(
+        template_from_doc("cold_start", raw, label="edited"), guarded=False, hard_filter=None
+    )
+    os_client = clients.async_opensearch(market_settings)
+    mongo = clients.mongo_async(market_settings)
+    settings = market_settings.model_copy(update={"served_log": False, "explore_rate": 0.0})
+    disco = Discovery(
+        settings,
+        os_client,
+        mongo[market_settings.mongo_db],
+        model=model,
+        artifacts=Artifacts(templates={"cold_start": edited}),
+    )
+    try:
+        shown = 0
+        for user in users[200:230]:
+            recs = await disco.recommend(user["_id"], surface="cold_start", k=20)
+            for item_id in recs.ids:
+                item = by_id[item_id]
+                assert item["owner_id"] != user["_id"], (user["_id"], item_id)
+                assert _admits(user, item) and _admits(item, user), (user["_id"], item_id)
+                shown += 1
+        assert shown > 50
+    finally:
+        await disco.drain()
+        await os_client.close()
+        await mongo.close()

@@ -1,0 +1,90 @@
+"""What operators feed the CLI, wrong: a clear one-line error and a usage exit code (2), never
+a traceback. Each case below raised an unhandled exception before (TOMLDecodeError,
+UnicodeDecodeError, RecursionError, OverflowError, SettingsError, pymongo's InvalidName), was
+a backend error on first use (an index alias OpenSearch cannot name) or, for ``apikeys create
+--rate nan``, reached the database, whose server closed the connection. No servers: every
+case is refused before a backend is asked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from opendisco.cli.main import cli
+
+DEEP = "[" * 20_000 + "]" * 20_000
+
+
+def _files(tmp: Path) -> dict[str, Path]:
+    out = {
+        "bad.toml": b"keep_versions = [\n",
+        "latin1.toml": b"index_alias = '\xe9t\xe9'\n",
+        "binary.json": b"\xff\xfe{}",
+        "deep.json": DEEP.encode(),
+    }
+    paths = {}
+    for name, data in out.items():
+        paths[name] = tmp / name
+        paths[name].write_bytes(data)
+    arms = [{"name": "control"}, {"name": "t", "templates": [str(paths["binary.json"])]}]
+    paths["arm.json"] = tmp / "arm.json"
+    paths["arm.json"].write_text(json.dumps({"id": "x", "arms": arms}))
+    paths["inf.json"] = tmp / "inf.json"
+    paths["inf.json"].write_text(
+        '{"id": "x", "arms": [{"name": "a", "weight": Infinity}, {"name": "b"}]}'
+    )
+    return paths
+
+
+CASES = [
+    ({"OPENDISCO_CONFIG": "bad.toml"}, ["settings"], "bad.toml: not valid TOML"),
+    ({"OPENDISCO_CONFIG": "latin1.toml"}, ["settings"], "latin1.toml: not valid TOML"),
+    ({"OPENDISCO_TEMPLATE_FILES": "notjson"}, ["settings"], "OPENDISCO_TEMPLATE_FILES is not"),
+    ({"OPENDISCO_KEEP_VERSIONS": "-1"}, ["settings"], "(OPENDISCO_KEEP_VERSIONS)"),
+    ({"OPENDISCO_MONGO_DB": "bad/db"}, ["dead-letters"], "mongo_db (OPENDISCO_MONGO_DB)"),
+    ({"OPENDISCO_ITEMS_COLLECTION": "$x"}, ["dead-letters"], "(OPENDISCO_ITEMS_COLLECTION)"),
+    ({"OPENDISCO_INDEX_ALIAS": "Bad Name"}, ["verify"], "index_alias (OPENDISCO_INDEX_ALIAS)"),
+    ({"OPENDISCO_PARAMS_FILE": "deep.json"}, ["recommend", "u1"], "not a JSON document"),
+    ({"OPENDISCO_TEMPLATE_FILES": '["binary.json"]'}, ["recommend", "u1"], "not a JSON document"),
+    ({"OPENDISCO_PARAMS_FILE": "deep.json"}, ["serve", "--port", "18779"], "not a JSON document"),
+    ({}, ["eval", "run", "--dataset", "synthetic:20", "--namespace", "a/b"], "namespace 'a/b'"),
+    ({}, ["tune", "--dataset", "synthetic:20", "--namespace", "A B"], "namespace 'A B'"),
+    ({}, ["experiments", "create", "deep.json"], "maximum recursion depth"),
+    ({}, ["experiments", "create", "arm.json"], "binary.json: not a JSON document"),
+    ({}, ["experiments", "create", "inf.json"], "arms.0.weight: Input should be a finite"),
+    ({}, ["experiments", "report", "x", "--bootstrap", "-5"], "--bootstrap"),
+    ({}, ["events", "post", "binary.json"], "not JSON / JSON lines"),
+    ({}, ["events", "post", "deep.json"], "not JSON / JSON lines"),
+    ({}, ["templates", "show", "for_you", "--params", DEEP], "--params is not JSON"),
+    ({}, ["dead-letters", "--limit", "99999999999999999999"], "--limit"),
+    ({}, ["sample", "-n", "-5"], "--size"),
+    ({}, ["train", "ltr", "--since", "99999999999999d"], "further back than any date"),
+    ({}, ["apikeys", "create", "--name", "x", "--rate", "nan"], "rate_limit must be a finite"),
+]
+
+
+@pytest.mark.parametrize(("env", "args", "needle"), CASES, ids=[" ".join(c[1])[:40] for c in CASES])
+def test_bad_operator_input_is_a_usage_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    args: list[str],
+    needle: str,
+) -> None:
+    paths = _files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("OPENDISCO_MONGO_URL", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300")
+    monkeypatch.setenv("OPENDISCO_OPENSEARCH_URL", "http://127.0.0.1:1")
+    assert paths
+    result = CliRunner().invoke(cli, args)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 2, result.output
+    assert needle in result.output, result.output
+    assert "Traceback" not in result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1, result.output
