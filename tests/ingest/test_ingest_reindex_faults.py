@@ -1,0 +1,88 @@
+"""Reindex under faults: two rebuilds of one alias at once, a crash around the alias swap."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from opendisco import IndexStateError, Settings, clients
+from opendisco._holder import holder as this_host
+from opendisco.ingest import (
+    Embedder,
+    alias_targets,
+    reindex,
+    verify,
+    versioned_indices,
+)
+
+LEASES = "reindex_leases"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+async def test_a_second_concurrent_reindex_is_refused_and_the_alias_survives(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """Two rebuilds at once with keep_versions=0 each deleted the other's index (the alias
+    target) and both succeeded: the alias pointed at nothing. One is refused now."""
+    ingest_settings = ingest_settings.model_copy(update={"keep_versions": 0})
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        results = await asyncio.gather(
+            *(reindex(ingest_settings, client=client, embedder=embedder) for _ in range(2)),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, BaseException)]
+        done = [r for r in results if not isinstance(r, BaseException)]
+        assert len(refused) == 1 and len(done) == 1, results
+        assert isinstance(refused[0], IndexStateError), refused
+        assert "another reindex" in str(refused[0]) and str(os.getpid()) in str(refused[0])
+        assert await alias_targets(client, ingest_settings.index_alias) == [done[0].index]
+        indices = await versioned_indices(client, ingest_settings.index_alias)
+        assert list(indices) == [done[0].index]
+        assert (await verify(ingest_settings, client=client)).ok
+        # the lease is released: the next run is not refused
+        again = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert await alias_targets(client, ingest_settings.index_alias) == [again.index]
+    finally:
+        await client.close()
+
+
+async def test_the_lease_of_a_killed_reindex_is_taken_over_a_live_one_refuses(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    leases = mongo_db[LEASES]
+    alias = ingest_settings.index_alias
+    now = datetime.now(UTC)
+    holder = {"owner": "x", "started_at": now, "expires": now + timedelta(minutes=5)}
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        # a live holder on another host: refused, nothing built, nothing swapped
+        leases.insert_one({"_id": alias, **holder, "pid": 1, "host": "elsewhere"})
+        with pytest.raises(IndexStateError, match="pid 1 on elsewhere"):
+            await reindex(ingest_settings, client=client, embedder=embedder)
+        assert await versioned_indices(client, alias) == {}
+        assert leases.find_one({"_id": alias})["owner"] == "x"
+        # the same holder once its lease expired, then one killed with -9 on this host
+        leases.update_one({"_id": alias}, {"$set": {"expires": now - timedelta(seconds=1)}})
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        leases.insert_one(
+            {"_id": alias, **holder, **this_host(), "pid": _dead_pid(), "started": None}
+        )
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert await alias_targets(client, alias) == [report.index]
+        assert leases.find_one({"_id": alias}) is None  # released
+    finally:
+        await client.close()
