@@ -14,7 +14,8 @@
    and raise; the alias keeps serving the old one);
 5. one catch-up of the writes made during the build (``updated_at`` window; documents the
    build already applied at their version are skipped), swap the alias in one ``_aliases``
-   call, record the catch-up's start as the sync *floor* (``_checkpoints``: a running sync
+   call, record the catch-up's start as the sync *floor* (pending before the swap, final
+   after it: ``_checkpoints``; a running sync
    replays from there what it may have applied to the old index meanwhile; a fresh one starts
    there), keep ``keep_versions`` old indices;
 6. sweep the open dead letters (``_letters.sweep``): every bulk resolved those of the
@@ -182,6 +183,8 @@ async def _reindex(
     await client.indices.put_mapping(
         index=index, body={"_meta": {"opendisco": {"state": "complete", "count": count}}}
     )
+    # pending before the swap: a crash between the swap and the floor still has sync replay
+    await save_floor(db, settings, caught_from, index, pending=True)
     report.previous = await swap_alias(client, alias, index)
     await save_floor(db, settings, caught_from, index)
     await client.indices.refresh(index=index)

@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
-from opendisco import IndexStateError, Settings, clients
+import opendisco.ingest._reindex as reindex_module
+from opendisco import IndexStateError, Settings, clients, now_ms
 from opendisco._holder import holder as this_host
 from opendisco.ingest import (
     Embedder,
     alias_targets,
     reindex,
+    sync_once,
     verify,
     versioned_indices,
 )
@@ -84,5 +86,59 @@ async def test_the_lease_of_a_killed_reindex_is_taken_over_a_live_one_refuses(
         report = await reindex(ingest_settings, client=client, embedder=embedder)
         assert await alias_targets(client, alias) == [report.index]
         assert leases.find_one({"_id": alias}) is None  # released
+    finally:
+        await client.close()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+async def test_a_crash_right_after_the_swap_loses_no_write_sync_sent_to_the_old_index(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reindex killed between its alias swap and its sync floor left sync nothing to
+    replay: what a running sync had applied to the old index after the catch-up read past
+    it stayed stale in the new one. The floor is saved as pending before the swap now."""
+    settings = ingest_settings.model_copy(update={"sync_overlap_seconds": 0.0})
+    coll = mongo_db[settings.items_collection]
+    client = clients.async_opensearch(settings)
+    real_swap = reindex_module.swap_alias
+
+    def bump(doc_id: str, title: str) -> None:
+        coll.update_one(
+            {"_id": doc_id},
+            {"$set": {"title": title, "updated_at": now_ms()}, "$inc": {"version": 1}},
+        )
+
+    async def swap_then_die(client: Any, alias: str, index: str) -> list[str]:
+        # after the catch-up: a running sync applies two writes to the old index
+        bump("p1", "Written after the catch-up: sailing")
+        await asyncio.sleep(0.02)
+        bump("p2", "Also after the catch-up: chess")
+        await sync_once(settings, client=client, embedder=embedder)
+        await real_swap(client, alias, index)
+        raise Crash("killed right after the swap")
+
+    try:
+        await reindex(settings, client=client, embedder=embedder)
+        await sync_once(settings, client=client, embedder=embedder)  # the first floor replayed
+        monkeypatch.setattr(reindex_module, "swap_alias", swap_then_die)
+        with pytest.raises(Crash):
+            await reindex(settings, client=client, embedder=embedder)
+        monkeypatch.undo()
+        await sync_once(settings, client=client, embedder=embedder)
+        check = await verify(settings, client=client)
+        assert check.ok, check.summary()
+        # the next reindex's floor supersedes the pending one; sync goes on as usual
+        await reindex(settings, client=client, embedder=embedder)
+        bump("p3", "After the next reindex")
+        await sync_once(settings, client=client, embedder=embedder)
+        check = await verify(settings, client=client)
+        assert check.ok, check.summary()
     finally:
         await client.close()
