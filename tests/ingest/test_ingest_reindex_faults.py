@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from ingest_support import HeldBulkProxy
 
 import opendisco.ingest._reindex as reindex_module
 from opendisco import IndexStateError, Settings, clients, now_ms
@@ -142,3 +143,39 @@ async def test_a_crash_right_after_the_swap_loses_no_write_sync_sent_to_the_old_
         assert check.ok, check.summary()
     finally:
         await client.close()
+
+
+async def test_a_bulk_that_timed_out_but_landed_does_not_fail_the_build(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """A bulk whose answer was lost to a timeout (the engine stalled after applying it) is
+    sent again and answered 409 for every document: the build counted them as not indexed,
+    found more documents than acknowledged and threw the whole build away."""
+    proxy = HeldBulkProxy(ingest_settings.opensearch_url, nth=2)
+    await proxy.start()
+    settings = ingest_settings.model_copy(
+        update={
+            "opensearch_url": proxy.url,
+            "opensearch_timeout": 3.0,
+            "bulk_batch_size": 20,
+            "bulk_concurrency": 1,
+        }
+    )
+    client = clients.async_opensearch(settings)
+
+    async def stall() -> None:
+        await proxy.held.wait()
+        await asyncio.sleep(4.5)  # past the client's timeout: the bulk is sent again
+        proxy.release()
+
+    staller = asyncio.create_task(stall())
+    try:
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert proxy.held.is_set() and staller.done()
+        assert report.indexed == len(ingest_catalogue) and report.conflicts == 0
+        assert await alias_targets(client, settings.index_alias) == [report.index]
+        assert (await verify(settings, client=client)).ok
+    finally:
+        staller.cancel()
+        await client.close()
+        await proxy.close()
