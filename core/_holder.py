@@ -4,8 +4,10 @@ A holder is ``{host, pid, started}``: ``host`` is the host name and the process-
 (two containers with one host name have two namespaces, and a pid means something only in
 its own), ``started`` the process's start time (``/proc/<pid>/stat``; ``None`` where there is
 no ``/proc``), so a pid the kernel gave again to a new process is not taken for the old
-holder. Only a holder of this host and namespace can be known to be gone; of any other,
-:func:`holder_gone` says nothing (``False``) and the lease's expiry decides.
+holder; a killed process its parent has not reaped yet (a zombie) is gone. Only a holder of
+this host and namespace can be known to be gone; of any other, :func:`holder_gone` says
+nothing (``False``) and the lease's expiry decides. (``services._process.alive`` answers the
+same question for the local servers' pid files, a layer above this one.)
 """
 
 from __future__ import annotations
@@ -27,19 +29,24 @@ def _host() -> str:
     return f"{socket.gethostname()}|{ns}"
 
 
-def _started(pid: int) -> int | None:
-    """The start time of process ``pid`` (clock ticks after boot), when ``/proc`` tells."""
+def _stat(pid: int) -> tuple[bytes, int | None]:
+    """The state and start time (clock ticks after boot) of process ``pid``, as far as
+    ``/proc`` tells (``b""`` and ``None`` where it does not)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return None
+        return b"", None
     # the command name (field 2) may hold spaces and parentheses: fields after its last ")"
     fields = stat[stat.rfind(b")") + 2 :].split()
     try:
-        return int(fields[19])  # field 22 of the whole line
+        return fields[0], int(fields[19])  # fields 3 and 22 of the whole line
     except (IndexError, ValueError):
-        return None
+        return (fields[0] if fields else b""), None
+
+
+def _started(pid: int) -> int | None:
+    return _stat(pid)[1]
 
 
 def holder() -> dict[str, Any]:
@@ -67,7 +74,9 @@ def holder_gone(host: Any, pid: Any, started: Any = None) -> bool:
         return False
     if not process_alive(pid):
         return True
+    state, now = _stat(pid)
+    if state in (b"Z", b"X"):  # killed, not yet reaped by its parent
+        return True
     if isinstance(started, int) and not isinstance(started, bool):
-        now = _started(pid)
         return now is not None and now != started
     return False
