@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure, PyMongoError
 
 from ._backend import backend_errors
 from ._exceptions import BackendError, StoreBackendError
@@ -36,6 +36,7 @@ __all__ = [
     "MAX_WRITES_PER_COMMAND",
     "StoreCapabilities",
     "bulk_write_chunked",
+    "create_collection",
     "detect_capabilities",
     "lease",
     "now_ms",
@@ -44,6 +45,23 @@ __all__ = [
 
 #: write operations per ``bulk_write``/``insert_many`` command (FerretDB hangs at ~100)
 MAX_WRITES_PER_COMMAND = 50
+
+
+#: the server's answer to creating a collection that exists (MongoDB and FerretDB alike)
+_NAMESPACE_EXISTS = 48
+
+
+async def create_collection(db: Any, name: str) -> None:
+    """Create collection ``name`` unless it exists, also when another process creates it at
+    the same moment (a listing taken before its create is stale: the server answers
+    NamespaceExists, which the first events call of two fresh API processes met as a 503)."""
+    try:
+        await db.create_collection(name)
+    except CollectionInvalid:
+        pass
+    except OperationFailure as exc:
+        if exc.code != _NAMESPACE_EXISTS:
+            raise
 
 
 def now_ms() -> datetime:

@@ -153,16 +153,22 @@ class BulkWriter:
         if alias:
             self.params["require_alias"] = "true"
 
-    async def _send(self, body: bytes) -> dict[str, Any]:
+    async def _send(self, body: bytes) -> tuple[dict[str, Any], bool]:
+        """The engine's answer to ``body``, and whether an earlier attempt of it may have been
+        applied: it failed after it was sent (a timeout, a lost connection, a 502/503/504 of
+        whatever stands between); a 429 was refused before anything was done."""
         attempt = 0
+        resent = False
         while True:
             try:
-                return await self.client.bulk(body=body, index=self.index, params=self.params)
+                resp = await self.client.bulk(body=body, index=self.index, params=self.params)
+                return resp, resent
             except (OSConnectionError, TransportError) as exc:
                 status = getattr(exc, "status_code", None)
                 transient = isinstance(exc, OSConnectionError) or status in (429, 502, 503, 504)
                 if not transient or attempt >= self.settings.bulk_max_retries:
                     raise SearchBackendError(f"bulk request failed: {exc}") from exc
+                resent = resent or status != 429
                 await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
                 attempt += 1
 
@@ -190,7 +196,7 @@ class BulkWriter:
             if attempt:
                 result.retries += len(pending)
                 await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
-            resp = await self._send(b"".join(data for _, data in pending))
+            resp, resent = await self._send(b"".join(data for _, data in pending))
             items = resp.get("items", [])
             if len(items) != len(pending):
                 raise SearchBackendError(
@@ -204,6 +210,10 @@ class BulkWriter:
                     result.ok.append(action)
                     if reason == "not_found":
                         result.absent.append(action)
+                elif outcome == "conflict" and resent and action.op == "index":
+                    # the index holds this version: most likely the earlier attempt, which
+                    # landed although its answer was lost (a reindex counts it as indexed)
+                    result.ok.append(action)
                 elif outcome == "conflict":
                     result.conflicts.append(action)
                 elif outcome == "retry":

@@ -11,6 +11,15 @@ sync to the *old* index. A partition whose checkpoint has not yet seen this floo
 ``floor_index`` with the commits of that pass. The reindex writes only the floor, never a
 checkpoint, so a sync committing concurrently cannot overwrite it.
 
+The reindex writes the same floor as *pending* (``<alias>:<collection>:floor-pending``) just
+before its swap: one killed between the swap and the floor left sync nothing to replay, and
+what sync had sent to the old index after the catch-up read past it stayed stale in the new
+one. A pending floor newer than the floor is the floor, under its own identity
+(``<index>~pending``); once the alias serves its index, a sync saves it as the final floor
+(:func:`settle_floor`), whose new identity makes every partition replay it again (a pass may
+have replayed the pending floor into the old index before the swap). A pending floor whose
+swap never happened costs one replay into the old index.
+
 A partition with no checkpoint of its own (first run, or a new ``sync_partitions`` layout)
 starts from the oldest checkpoint of any layout for the same scope (or the legacy single
 checkpoint), else the floor, else the beginning of time (polling) / a ``SyncGap``
@@ -19,6 +28,7 @@ checkpoint), else the floor, else the beginning of time (polling) / a ``SyncGap`
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +49,7 @@ __all__ = [
     "load_floor",
     "save_checkpoints",
     "save_floor",
+    "settle_floor",
     "token_order",
 ]
 
@@ -62,8 +73,12 @@ def checkpoint_id(settings: Settings, kind: str, partition: int) -> str:
     return f"{scope(settings)}:{kind}:p{partition}of{settings.sync_partitions}"
 
 
-def _floor_id(settings: Settings) -> str:
-    return f"{scope(settings)}:floor"
+def _floor_id(settings: Settings, *, pending: bool = False) -> str:
+    return f"{scope(settings)}:floor" + ("-pending" if pending else "")
+
+
+#: the identity of a pending floor (see the module docstring): never a real index name
+PENDING = "~pending"
 
 
 def _utc(value: Any) -> datetime | None:
@@ -71,16 +86,40 @@ def _utc(value: Any) -> datetime | None:
 
 
 async def load_floor(db: Any, settings: Settings) -> Floor | None:
+    """The floor, or a pending floor newer than it (a reindex died around its swap)."""
+    ids = [_floor_id(settings), _floor_id(settings, pending=True)]
     with backend_errors("reading sync state failed"):
-        doc = await db[SYNC_STATE].find_one({"_id": _floor_id(settings)})
+        docs = await db[SYNC_STATE].find({"_id": {"$in": ids}}).to_list(None)
+    found = {d["_id"]: d for d in docs}
+    floor, pending = (_as_floor(found.get(i)) for i in ids)
+    if pending is not None and (floor is None or pending.ts > floor.ts):
+        return Floor(pending.ts, pending.index + PENDING)
+    return floor
+
+
+async def settle_floor(
+    db: Any, settings: Settings, serving: Callable[[], Awaitable[list[str]]]
+) -> None:
+    """Save a pending floor as the floor once ``serving()`` (the alias targets) has its index."""
+    floor = await load_floor(db, settings)
+    if floor is None or not floor.index.endswith(PENDING):
+        return
+    index = floor.index.removesuffix(PENDING)
+    if index in await serving():
+        await save_floor(db, settings, floor.ts, index)
+
+
+def _as_floor(doc: dict[str, Any] | None) -> Floor | None:
     ts = _utc(doc.get("ts")) if doc else None
     return Floor(ts, str(doc.get("index"))) if doc and ts else None
 
 
-async def save_floor(db: Any, settings: Settings, ts: datetime, index: str) -> None:
+async def save_floor(
+    db: Any, settings: Settings, ts: datetime, index: str, *, pending: bool = False
+) -> None:
     with backend_errors("saving sync state failed"):
         await db[SYNC_STATE].update_one(
-            {"_id": _floor_id(settings)},
+            {"_id": _floor_id(settings, pending=pending)},
             {"$set": {"scope": scope(settings), "ts": ts, "index": index, "saved_at": now_ms()}},
             upsert=True,
         )

@@ -15,6 +15,7 @@ from typing import Any
 from opensearchpy.exceptions import NotFoundError
 
 from opendisco._exceptions import IndexStateError
+from opendisco._holder import process_alive
 
 __all__ = [
     "STALE_BUILD",
@@ -65,15 +66,8 @@ def builder_gone(meta: dict[str, Any]) -> bool:
     if meta.get("host") != socket.gethostname():
         return False
     pid = meta.get("pid")
-    if not isinstance(pid, int):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return pid == os.getpid()  # our own earlier, failed attempt
+    # our own earlier, failed attempt (the rebuild lease keeps two of one alias from running)
+    return not process_alive(pid) or pid == os.getpid()
 
 
 async def cleanup_partial(client: Any, alias: str) -> list[str]:
@@ -103,9 +97,12 @@ async def swap_alias(client: Any, alias: str, index: str) -> list[str]:
 
 
 async def retain(client: Any, alias: str, current: str, keep: int) -> list[str]:
+    """Delete the complete indices of ``alias`` beyond the newest ``keep`` (never ``current``
+    nor an index the alias points at)."""
     indices = await versioned_indices(client, alias)
+    serving = {current, *await alias_targets(client, alias)}
     done = sorted(
-        (n for n, m in indices.items() if n != current and m.get("state") == "complete"),
+        (n for n, m in indices.items() if n not in serving and m.get("state") == "complete"),
         reverse=True,
     )
     removed = done[keep:]

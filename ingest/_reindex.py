@@ -1,5 +1,7 @@
 """Zero-downtime rebuild: MongoDB → new ``<alias>-v<UTC timestamp>`` index → atomic alias swap.
 
+0. take the rebuild lease of the alias (``_build_lease``): a second reindex of the same
+   alias is refused while this one runs;
 1. delete partial indices left by crashed runs (``_meta.opendisco.state == "building"`` and
    the builder process is gone or the index is older than ``STALE_BUILD``);
 2. create the new index from ``index_templates/items.json`` (refresh off while building);
@@ -12,7 +14,8 @@
    and raise; the alias keeps serving the old one);
 5. one catch-up of the writes made during the build (``updated_at`` window; documents the
    build already applied at their version are skipped), swap the alias in one ``_aliases``
-   call, record the catch-up's start as the sync *floor* (``_checkpoints``: a running sync
+   call, record the catch-up's start as the sync *floor* (pending before the swap, final
+   after it: ``_checkpoints``; a running sync
    replays from there what it may have applied to the old index meanwhile; a fresh one starts
    there), keep ``keep_versions`` old indices;
 6. sweep the open dead letters (``_letters.sweep``): every bulk resolved those of the
@@ -46,6 +49,7 @@ from opendisco._settings import Settings
 from opendisco._store import detect_capabilities, now_ms
 
 from ._apply import Applied, Counters, prepare, write
+from ._build_lease import BuildLease, build_lease
 from ._bulk import BulkWriter
 from ._checkpoints import save_floor
 from ._embed import Embedder
@@ -91,15 +95,23 @@ async def reindex(
     own_embedder = embedder is None
     embedder = embedder or Embedder(settings)
     try:
-        async with backends(settings, client, db, "reindex") as (client, db):
-            return await _reindex(settings, client, db, embedder, progress)
+        async with (
+            backends(settings, client, db, "reindex") as (client, db),
+            build_lease(db, settings.index_alias) as lease,
+        ):
+            return await _reindex(settings, client, db, embedder, progress, lease)
     finally:
         if own_embedder:
             embedder.close()
 
 
 async def _reindex(
-    settings: Settings, client: Any, db: Any, embedder: Embedder, progress: Progress | None
+    settings: Settings,
+    client: Any,
+    db: Any,
+    embedder: Embedder,
+    progress: Progress | None,
+    lease: BuildLease,
 ) -> ReindexReport:
     alias = settings.index_alias
     t0 = time.perf_counter()
@@ -167,9 +179,12 @@ async def _reindex(
         select=applied.fresh,
         order=[("_id", 1)],
     )
+    lease.check()  # a rebuild that lost its lease leaves the alias to the one that took it
     await client.indices.put_mapping(
         index=index, body={"_meta": {"opendisco": {"state": "complete", "count": count}}}
     )
+    # pending before the swap: a crash between the swap and the floor still has sync replay
+    await save_floor(db, settings, caught_from, index, pending=True)
     report.previous = await swap_alias(client, alias, index)
     await save_floor(db, settings, caught_from, index)
     await client.indices.refresh(index=index)

@@ -37,6 +37,7 @@ from opendisco._store import renewing
 
 from ._apply import Applied, Counters, Prepared, prepare, write
 from ._bulk import Action, BulkWriter
+from ._checkpoints import settle_floor
 from ._embed import Embedder
 from ._feed import ChangeBatch, ChangeFeed, HardDelete, open_feed
 from ._indices import alias_targets
@@ -102,13 +103,15 @@ class Syncer:
 
     async def check(self) -> None:
         """The alias must exist (a configuration error otherwise: run a reindex first)."""
-        with backend_errors("checking the alias failed"):
-            targets = await alias_targets(self.client, self.settings.index_alias)
-        if not targets:
+        if not await self._serving():
             raise IndexStateError(
                 f"alias {self.settings.index_alias} does not exist: run `opendisco reindex`"
             )
         self.checked = True
+
+    async def _serving(self) -> list[str]:
+        with backend_errors("checking the alias failed"):
+            return await alias_targets(self.client, self.settings.index_alias)
 
     async def close(self) -> None:
         if self.feed is not None:
@@ -195,6 +198,8 @@ class Syncer:
         every partition no live worker holds, waiting out the leases of dead ones)."""
         t0 = time.perf_counter()
         held, skipped = await self._coordinate(take_all)
+        if held:
+            await settle_floor(self.db, self.settings, self._serving)
         feed = await self._feed_for(held) if held else None
         report = SyncReport(mode=feed.name if feed else "", partitions=held, skipped=skipped)
         if feed is None:

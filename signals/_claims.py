@@ -15,7 +15,11 @@ classifies it (:func:`classify`)::
                                    again a unique insert, so one taker wins each generation
 
 The holder renews its claims while it works (every ``lease_s / 3``), so only a holder that
-stopped working loses them. Expiry is wall-clock time (hosts are assumed NTP-synced, as for
+stopped working loses them. A claim (or arbiter) also records its holder process
+(``claim_host``, ``claim_pid``, ``claim_started``: ``opendisco._holder``); one whose holder
+was a process of this host that is gone (killed with -9, say) counts as expired at once, so a
+retry after the restart applies it (a block among them included) instead of reporting it in
+flight until the lease runs out. Expiry is wall-clock time (hosts are assumed NTP-synced, as for
 :func:`opendisco._store.lease`); a claim without an expiry (written before claims had one) is
 expired. Generation arbiters are deleted once their event is marked applied.
 
@@ -38,6 +42,7 @@ from pymongo.errors import BulkWriteError
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import BackendError
+from opendisco._holder import holder, holder_gone
 from opendisco._store import renewing
 
 from ._graph import SEP
@@ -47,7 +52,15 @@ __all__ = ["CLAIMS", "ClaimStatus", "EventClaims", "classify"]
 CLAIMS = "event_claims"
 #: fields of an ``events`` document that describe its claim (and the additive effects a
 #: failed holder completed: ``done``)
-_PROJECTION = {"applied": 1, "claim_gen": 1, "claim_expires": 1, "done": 1}
+_PROJECTION = {
+    "applied": 1,
+    "claim_gen": 1,
+    "claim_expires": 1,
+    "claim_host": 1,
+    "claim_pid": 1,
+    "claim_started": 1,
+    "done": 1,
+}
 #: generations tried in one take-over call (each needs its predecessor expired)
 _MAX_GENERATIONS = 8
 
@@ -78,9 +91,16 @@ def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
     return ClaimStatus(
         applied=bool(doc.get("applied")),
         gen=int(doc.get("claim_gen") or 0),
-        expired=expires is None or expires <= now,
+        expired=expires is None
+        or expires <= now
+        or holder_gone(doc.get("claim_host"), doc.get("claim_pid"), doc.get("claim_started")),
         done=frozenset(str(s) for s in doc.get("done") or ()),
     )
+
+
+def _claimant() -> dict[str, Any]:
+    """This process as the holder of a claim (fields of the event)."""
+    return {f"claim_{k}": v for k, v in holder().items()}
 
 
 def _arbiter(event_id: str, gen: int) -> str:
@@ -105,6 +125,7 @@ class EventClaims:
         expires = self.expiry()
         return [
             {**d, "applied": False, "claim_owner": token, "claim_gen": 0, "claim_expires": expires}
+            | _claimant()
             for d in docs
         ]
 
@@ -147,6 +168,7 @@ class EventClaims:
             expires = self.expiry()
             docs = [
                 {"_id": _arbiter(i, g), "event": i, "gen": g, "owner": token, "expires": expires}
+                | holder()
                 for i, g in sorted(want.items())
             ]
             lost: set[str] = set()
@@ -169,6 +191,7 @@ class EventClaims:
                 d["event"]: int(d["gen"]) + 1
                 for d in taken
                 if (_aware(d.get("expires")) or now) <= now
+                or holder_gone(d.get("host"), d.get("pid"), d.get("started"))
             }
         if won:
             await self._record(won, token)
@@ -185,7 +208,14 @@ class EventClaims:
             for g, ids in by_gen.items():
                 await self.events.update_many(
                     {"_id": {"$in": ids}},
-                    {"$set": {"claim_owner": token, "claim_gen": g, "claim_expires": expires}},
+                    {
+                        "$set": {
+                            "claim_owner": token,
+                            "claim_gen": g,
+                            "claim_expires": expires,
+                            **_claimant(),
+                        }
+                    },
                 )
 
     async def renew(self, ids: Sequence[str], token: str) -> None:

@@ -40,7 +40,6 @@ no client retries it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -51,12 +50,11 @@ from typing import Any
 
 from opensearchpy import AsyncOpenSearch
 from opensearchpy.exceptions import NotFoundError
-from pymongo.errors import CollectionInvalid
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import EventInvalid, SearchBackendError
 from opendisco._settings import Settings
-from opendisco._store import detect_capabilities
+from opendisco._store import create_collection, detect_capabilities
 
 from ._apply import EffectWriter, stored_items
 from ._blocks import MEMBER_BLOCK_LOCKS, MEMBER_BLOCKS, BlockStore
@@ -217,8 +215,7 @@ class EventProcessor:
                     MEMBER_BLOCK_LOCKS,
                 ):
                     if name not in have:
-                        with contextlib.suppress(CollectionInvalid):
-                            await self.db.create_collection(name)
+                        await create_collection(self.db, name)
             await self._ensure_indexes()
 
     async def _ensure_indexes(self) -> None:

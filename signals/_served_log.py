@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 from bson import Binary
-from pymongo.errors import BulkWriteError, CollectionInvalid
+from pymongo.errors import BulkWriteError
 
 from opendisco._backend import backend_errors
-from opendisco._store import MAX_WRITES_PER_COMMAND, detect_capabilities
+from opendisco._store import MAX_WRITES_PER_COMMAND, create_collection, detect_capabilities
 
 __all__ = ["SERVED_LISTS", "ServedList", "ServedLog", "decode_list", "sample_rows"]
 
@@ -198,8 +198,7 @@ class ServedLog:
         self._native_ttl = (await detect_capabilities(self.db)).ttl_indexes
         with backend_errors("served_lists setup failed"):
             if SERVED_LISTS not in await self.db.list_collection_names():
-                with contextlib.suppress(CollectionInvalid):
-                    await self.db.create_collection(SERVED_LISTS)
+                await create_collection(self.db, SERVED_LISTS)
             if self._native_ttl:
                 await self.coll.create_index(
                     "at", expireAfterSeconds=int(self.days * 86400), name="ttl_at"

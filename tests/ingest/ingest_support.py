@@ -15,7 +15,7 @@ from aiohttp import web
 
 from opendisco import Settings
 
-__all__ = ["OPENDISCO", "FaultyHttpProxy", "worker_env"]
+__all__ = ["OPENDISCO", "FaultyHttpProxy", "HeldBulkProxy", "worker_env"]
 
 OPENDISCO = Path(sys.executable).with_name("opendisco")
 
@@ -100,3 +100,59 @@ class FaultyHttpProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+class HeldBulkProxy:
+    """A TCP proxy (on the running loop) that forwards the ``nth`` ``_bulk`` request to the
+    engine and then holds every byte both ways until :meth:`release`: that bulk is applied
+    but its answer is lost to a client timeout (an engine that stalls mid-request)."""
+
+    def __init__(self, target: str, nth: int = 2) -> None:
+        parts = target.rstrip("/").rsplit(":", 1)
+        self.target = (parts[0].split("//")[-1], int(parts[1]))
+        self.nth = nth
+        self.held = asyncio.Event()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def release(self) -> None:
+        self._flowing.set()
+
+    async def close(self) -> None:
+        self.release()
+        if self._server is not None:
+            self._server.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self._flowing.wait()
+                writer.write(data)
+                await writer.drain()
+                if b"/_bulk" in data and not self.held.is_set():
+                    self.nth -= 1
+                    if self.nth <= 0:
+                        self._flowing.clear()
+                        self.held.set()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except ConnectionError:
+            writer.close()
+            return
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))

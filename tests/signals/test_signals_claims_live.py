@@ -4,6 +4,9 @@ recovered once, live claims are never taken over (issue 19, item 1)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -15,6 +18,7 @@ import pytest
 from opendisco import SearchBackendError, Settings, clients
 from opendisco.signals import (
     EVENTS,
+    BlockStore,
     EventProcessor,
     EventsResult,
     ExposureStore,
@@ -344,3 +348,57 @@ async def test_a_failed_apply_gives_its_claims_up_at_once(
     # graph weights and inbound counts the failed call had written are not added again
     assert (res.accepted, res.recovered, res.in_flight) == (0, 30, 0)
     await _assert_exact(claims_db, batch, before, await _Counters(proc, claims_db).read())
+
+
+#: a process that claims a batch and hangs before any effect (to be killed with -9 there)
+_CLAIM_THEN_HANG = """
+import asyncio, json, sys
+from opendisco import Settings, clients
+from opendisco.signals import EventProcessor
+
+async def main():
+    s = Settings().model_copy(update=json.loads(sys.argv[1]))
+    proc = EventProcessor(s, clients.mongo_async(s)[s.mongo_db], clients.async_opensearch(s))
+
+    async def hang(*args, **kwargs):
+        print("claimed", flush=True)
+        await asyncio.sleep(3600)
+
+    proc.writer.apply = hang
+    await proc.apply(json.loads(sys.argv[2]))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_claim_of_a_process_killed_9_is_applied_by_the_next_retry(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    """A call killed with -9 between its claim and its effects left the claim live for the
+    whole lease (30 s): a retry after the restart reported the batch in flight and a hide
+    among it was no block yet. Its holder is known gone now: the retry applies it, once."""
+    s = _waits(claims_settings, wait=0.3)
+    proc = EventProcessor(s, claims_db, claims_os)
+    counters = _Counters(proc, claims_db)
+    batch = _batch(17)
+    hider = f"h{uuid.uuid4().hex[:8]}"
+    batch.append({"id": uuid.uuid4().hex, "type": "hide", "user_id": hider, "item_id": "prof3"})
+    before = await counters.read()
+    fields = {k: getattr(s, k) for k in ("opensearch_url", "mongo_url", "mongo_db", "index_alias")}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CLAIM_THEN_HANG, json.dumps(fields), json.dumps(batch)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert (await asyncio.to_thread(child.stdout.readline)).strip() == "claimed"
+    finally:
+        child.kill()
+        child.wait()
+    res = await proc.apply(batch)
+    assert (res.accepted, res.duplicates, res.recovered, res.in_flight) == (0, 0, 31, 0)
+    await _assert_exact(claims_db, batch, before, await counters.read())
+    assert (await BlockStore(claims_db).get(hider)).blocked == ("person3",)
+    again = await proc.apply(batch)
+    assert (again.accepted, again.duplicates, again.recovered) == (0, 31, 0)

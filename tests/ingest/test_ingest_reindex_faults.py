@@ -1,0 +1,181 @@
+"""Reindex under faults: two rebuilds of one alias at once, a crash around the alias swap."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from ingest_support import HeldBulkProxy
+
+import opendisco.ingest._reindex as reindex_module
+from opendisco import IndexStateError, Settings, clients, now_ms
+from opendisco._holder import holder as this_host
+from opendisco.ingest import (
+    Embedder,
+    alias_targets,
+    reindex,
+    sync_once,
+    verify,
+    versioned_indices,
+)
+
+LEASES = "reindex_leases"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+async def test_a_second_concurrent_reindex_is_refused_and_the_alias_survives(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """Two rebuilds at once with keep_versions=0 each deleted the other's index (the alias
+    target) and both succeeded: the alias pointed at nothing. One is refused now."""
+    ingest_settings = ingest_settings.model_copy(update={"keep_versions": 0})
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        results = await asyncio.gather(
+            *(reindex(ingest_settings, client=client, embedder=embedder) for _ in range(2)),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, BaseException)]
+        done = [r for r in results if not isinstance(r, BaseException)]
+        assert len(refused) == 1 and len(done) == 1, results
+        assert isinstance(refused[0], IndexStateError), refused
+        assert "another reindex" in str(refused[0]) and str(os.getpid()) in str(refused[0])
+        assert await alias_targets(client, ingest_settings.index_alias) == [done[0].index]
+        indices = await versioned_indices(client, ingest_settings.index_alias)
+        assert list(indices) == [done[0].index]
+        assert (await verify(ingest_settings, client=client)).ok
+        # the lease is released: the next run is not refused
+        again = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert await alias_targets(client, ingest_settings.index_alias) == [again.index]
+    finally:
+        await client.close()
+
+
+async def test_the_lease_of_a_killed_reindex_is_taken_over_a_live_one_refuses(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    leases = mongo_db[LEASES]
+    alias = ingest_settings.index_alias
+    now = datetime.now(UTC)
+    holder = {"owner": "x", "started_at": now, "expires": now + timedelta(minutes=5)}
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        # a live holder on another host: refused, nothing built, nothing swapped
+        leases.insert_one({"_id": alias, **holder, "pid": 1, "host": "elsewhere"})
+        with pytest.raises(IndexStateError, match="pid 1 on elsewhere"):
+            await reindex(ingest_settings, client=client, embedder=embedder)
+        assert await versioned_indices(client, alias) == {}
+        assert leases.find_one({"_id": alias})["owner"] == "x"
+        # the same holder once its lease expired, then one killed with -9 on this host
+        leases.update_one({"_id": alias}, {"$set": {"expires": now - timedelta(seconds=1)}})
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        leases.insert_one(
+            {"_id": alias, **holder, **this_host(), "pid": _dead_pid(), "started": None}
+        )
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert await alias_targets(client, alias) == [report.index]
+        assert leases.find_one({"_id": alias}) is None  # released
+    finally:
+        await client.close()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+async def test_a_crash_right_after_the_swap_loses_no_write_sync_sent_to_the_old_index(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reindex killed between its alias swap and its sync floor left sync nothing to
+    replay: what a running sync had applied to the old index after the catch-up read past
+    it stayed stale in the new one. The floor is saved as pending before the swap now."""
+    settings = ingest_settings.model_copy(update={"sync_overlap_seconds": 0.0})
+    coll = mongo_db[settings.items_collection]
+    client = clients.async_opensearch(settings)
+    real_swap = reindex_module.swap_alias
+
+    def bump(doc_id: str, title: str) -> None:
+        coll.update_one(
+            {"_id": doc_id},
+            {"$set": {"title": title, "updated_at": now_ms()}, "$inc": {"version": 1}},
+        )
+
+    async def swap_then_die(client: Any, alias: str, index: str) -> list[str]:
+        # after the catch-up: a running sync applies two writes to the old index
+        bump("p1", "Written after the catch-up: sailing")
+        await asyncio.sleep(0.02)
+        bump("p2", "Also after the catch-up: chess")
+        await sync_once(settings, client=client, embedder=embedder)
+        await real_swap(client, alias, index)
+        raise Crash("killed right after the swap")
+
+    try:
+        await reindex(settings, client=client, embedder=embedder)
+        await sync_once(settings, client=client, embedder=embedder)  # the first floor replayed
+        monkeypatch.setattr(reindex_module, "swap_alias", swap_then_die)
+        with pytest.raises(Crash):
+            await reindex(settings, client=client, embedder=embedder)
+        monkeypatch.undo()
+        await sync_once(settings, client=client, embedder=embedder)
+        check = await verify(settings, client=client)
+        assert check.ok, check.summary()
+        # the next reindex's floor supersedes the pending one; sync goes on as usual
+        await reindex(settings, client=client, embedder=embedder)
+        bump("p3", "After the next reindex")
+        await sync_once(settings, client=client, embedder=embedder)
+        check = await verify(settings, client=client)
+        assert check.ok, check.summary()
+    finally:
+        await client.close()
+
+
+async def test_a_bulk_that_timed_out_but_landed_does_not_fail_the_build(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """A bulk whose answer was lost to a timeout (the engine stalled after applying it) is
+    sent again and answered 409 for every document: the build counted them as not indexed,
+    found more documents than acknowledged and threw the whole build away."""
+    proxy = HeldBulkProxy(ingest_settings.opensearch_url, nth=2)
+    await proxy.start()
+    settings = ingest_settings.model_copy(
+        update={
+            "opensearch_url": proxy.url,
+            "opensearch_timeout": 3.0,
+            "bulk_batch_size": 20,
+            "bulk_concurrency": 1,
+        }
+    )
+    client = clients.async_opensearch(settings)
+
+    async def stall() -> None:
+        await proxy.held.wait()
+        await asyncio.sleep(4.5)  # past the client's timeout: the bulk is sent again
+        proxy.release()
+
+    staller = asyncio.create_task(stall())
+    try:
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert proxy.held.is_set() and staller.done()
+        assert report.indexed == len(ingest_catalogue) and report.conflicts == 0
+        assert await alias_targets(client, settings.index_alias) == [report.index]
+        assert (await verify(settings, client=client)).ok
+    finally:
+        staller.cancel()
+        await client.close()
+        await proxy.close()
