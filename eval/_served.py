@@ -209,6 +209,10 @@ async def _post_events(
     progress: Callable[[str, int], None] | None,
     now: datetime,
 ) -> tuple[int, int, int]:
+    # offline: the events' item lookup may take the engine's whole timeout (the short
+    # ``events_engine_timeout_s`` spares an interactive block; past it the likes' vectors would
+    # miss the tastes, so a loaded machine would change what the replay learns)
+    settings = settings.model_copy(update={"events_engine_timeout_s": settings.opensearch_timeout})
     mongo = clients.mongo_async(settings)
     os_client = clients.async_opensearch(settings)
     accepted = duplicates = rejected = 0

@@ -20,6 +20,7 @@ from opendisco.eval import (
     replay,
     time_split,
 )
+from opendisco.signals import UserStateStore
 
 MOVIES = [f"m{i}" for i in (1, 2, 3, 5, 6, 7, 10, 11, 16, 17, 19, 21, 25, 32, 34, 36)]
 
@@ -89,3 +90,31 @@ async def test_replay_then_served_eval_goes_through_the_pipeline(
     # running it again without clearing is idempotent: every like is a duplicate
     again = await asyncio.to_thread(replay, eval_settings, data, split, stage="test")
     assert again.duplicates == expected_events and again.accepted == 0
+
+
+async def test_replay_learns_tastes_whatever_the_events_engine_bound(
+    eval_settings: Settings, mini: tuple[Dataset, Split]
+) -> None:
+    """The replay is offline: the interactive bound on the events' item lookup
+    (``events_engine_timeout_s``, past which likes are applied without their vectors) must not
+    decide what it learns — a loaded machine would otherwise change the evaluation."""
+    data, split = mini
+    hurried = eval_settings.model_copy(
+        update={
+            "events_engine_timeout_s": 1e-4,
+            "index_alias": f"{eval_settings.index_alias}-b",
+            "mongo_db": f"{eval_settings.mongo_db}b",
+        }
+    )
+    report = await asyncio.to_thread(replay, hurried, data, split, stage="test", fresh=True)
+    assert report.accepted > 0
+    mongo = clients.mongo_async(hurried)
+    try:
+        states = await UserStateStore(mongo[hurried.mongo_db]).get_many(["u1", "u2", "u3"])
+        assert all(len(s.vector or []) == hurried.embedding_dim for s in states.values())
+    finally:
+        await mongo.close()
+        clients.mongo(hurried).drop_database(hurried.mongo_db)
+        clients.opensearch(hurried).indices.delete(
+            index=f"{hurried.index_alias}*", ignore_unavailable=True
+        )
