@@ -71,7 +71,8 @@ def eval_group() -> None:
     "dataset_path",
     required=True,
     callback=_dataset_spec,
-    help="MovieLens directory (ml-latest-small or ml-100k layout), or synthetic[:N] for the "
+    help="MovieLens release directory (ml-latest-small, ml-latest, ml-20m/25m/32m, ml-1m, "
+    "ml-10m or ml-100k layout), or synthetic[:N] for the "
     "synthetic marketplace of N members (default 500; opendisco.eval.synthetic_dataset).",
 )
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000))
@@ -139,9 +140,10 @@ def eval_cmd(
 ) -> None:
     """Time-split offline evaluation: baselines and the served pipeline, one table.
 
-    Positives are ratings >= 4; per user the last --n-test positives are the test targets and
-    the --n-val before them the validation targets (EASE's lambda is picked there). Writes
-    eval.json and eval.md into --out. ``--dataset synthetic[:N]`` evaluates on the synthetic
+    Positives are ratings >= 4/5 of the top of the data's scale (4 stars on MovieLens); per
+    user the last --n-test positives are the test targets and the --n-val before them the
+    validation targets (EASE's lambda is picked there). Writes eval.json and eval.md into
+    --out. ``--dataset synthetic[:N]`` evaluates on the synthetic
     marketplace (seeded likes between two-sided-eligible members, a few popular profiles
     attracting most of them): watch coverage and the Gini of impressions there.
     """

@@ -1,6 +1,7 @@
 """The time-based split used by every evaluation (documented contract).
 
-Per user, over the **positives** (ratings >= :data:`POSITIVE_THRESHOLD`, i.e. 4 stars) sorted
+Per user, over the **positives** (ratings >= the dataset's threshold: 4/5 of the top of its
+rating scale, i.e. 4 stars on MovieLens; :data:`POSITIVE_THRESHOLD` for bare ratings) sorted
 by timestamp (ties broken by item id, so the split is deterministic):
 
 * the last ``n_test`` positives are the **test** targets;
@@ -140,7 +141,7 @@ def time_split(
     *,
     n_test: int = 5,
     n_val: int = 5,
-    threshold: float = POSITIVE_THRESHOLD,
+    threshold: float | None = None,
     users: int | None = None,
     seed: int = 0,
 ) -> Split:
@@ -150,6 +151,8 @@ def time_split(
     cold-item slice see items nobody interacted with.
     """
     ratings = data.ratings if isinstance(data, Dataset) else data
+    if threshold is None:
+        threshold = data.threshold if isinstance(data, Dataset) else POSITIVE_THRESHOLD
     catalogue = set(data.items) if isinstance(data, Dataset) else set()
     catalogue.update(ratings.item_ids.tolist())
     items = np.array(sorted(catalogue, key=_natural), dtype=object)
