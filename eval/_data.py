@@ -84,7 +84,7 @@ def load_dataset(path: str | Path) -> Dataset:
     """The MovieLens release at ``path`` (any layout ``opendisco.ingest.load_movielens``
     reads); its positive threshold comes from its rating scale."""
 
-    path = Path(path)
+    path = Path(path).resolve()  # "." is named after its directory
     data = load_movielens(path, derived=False)  # no item field learnt from held-out ratings
     items = {doc["_id"]: dict(doc) for doc in data.items}
     ratings = Ratings.from_rows([tuple(r) for r in data.ratings])

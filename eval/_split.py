@@ -11,9 +11,9 @@ by timestamp (ties broken by item id, so the split is deterministic):
 
 At least one training positive is always kept: a user with ``p`` positives gets
 ``min(n_test, p - 1)`` test and ``min(n_val, p - 1 - n_test')`` validation targets; users with
-fewer than two positives are dropped. Hence every training timestamp is <= every validation
-timestamp <= every test timestamp of the same user, and no held-out interaction is ever in
-the data a model is fitted on.
+fewer than two positives are dropped (none left is an ``InvalidInput``). Hence every training
+timestamp is <= every validation timestamp <= every test timestamp of the same user, and no
+held-out interaction is ever in the data a model is fitted on.
 
 Two *stages* are evaluated (:meth:`Split.stage`):
 
@@ -35,6 +35,8 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
+
+from opendisco._exceptions import InvalidInput
 
 from ._data import POSITIVE_THRESHOLD, Dataset, Ratings
 
@@ -167,6 +169,11 @@ def time_split(
     bounds = [*starts.tolist(), len(u_sorted)]
 
     keep = [k for k in range(len(user_ids)) if bounds[k + 1] - bounds[k] >= 2]
+    if not keep:
+        raise InvalidInput(
+            f"no user has two positives (ratings >= {threshold:g}) among {len(ratings)} "
+            "ratings: nothing to hold out and still fit on"
+        )
     if users is not None and users < len(keep):
         rng = np.random.default_rng(seed)
         keep = sorted(rng.choice(keep, size=users, replace=False).tolist())

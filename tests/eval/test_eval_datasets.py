@@ -69,3 +69,46 @@ def test_eval_runs_with_default_settings_on_a_derived_dataset(
     assert by["EASE"]["metrics"]["ndcg@10"] > by["random"]["metrics"]["ndcg@10"]
     ids = read_movielens(path).ratings.user_ids
     assert len(np.unique(ids)) == len({r[0] for r in ml_slice.ratings})
+
+
+def _strict_json(text: str) -> dict:
+    def no_nan(value: str) -> None:
+        raise AssertionError(f"{value} in eval.json")
+
+    return json.loads(text, parse_constant=no_nan)
+
+
+def _write(path: Path, ratings: str) -> Path:
+    path.mkdir()
+    (path / "movies.csv").write_text("movieId,title,genres\n1,A (1999),Drama\n2,B (2000),Comedy\n")
+    (path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings)
+    return path
+
+
+def test_no_validation_targets_leave_ease_untuned_not_nan(
+    tmp_path: Path, base_settings: Settings
+) -> None:
+    """Every user with exactly two positives: one to fit, one to test, none to validate. Every
+    λ scored NaN and the first of the grid won silently (NaN written into eval.json)."""
+    path = _write(tmp_path / "two", "1,1,5,10\n1,2,4,11\n2,2,4,11\n2,1,5,12\n3,1,4,1\n3,2,5,2\n")
+    out = tmp_path / "res"
+    args = ["eval", "--dataset", str(path), "--no-served", "--out", str(out)]
+    result = CliRunner().invoke(cli, args, obj=base_settings, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = _strict_json((out / "eval.json").read_text())
+    assert report["split"]["validation"] == 0
+    assert report["split"]["ease_lambda_untuned"] == "no validation targets"
+    assert "ease_validation_ndcg" not in report["split"]
+
+
+def test_a_dataset_without_two_positives_per_user_is_rejected(
+    tmp_path: Path, base_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It wrote an all-empty report (0 users scored) as if the evaluation had run."""
+    path = _write(tmp_path / "one", "1,1,5,10\n2,2,4,11\n3,1,3,12\n3,2,2,13\n")
+    result = CliRunner().invoke(
+        cli, ["eval", "--dataset", str(path), "--no-served"], obj=base_settings
+    )
+    assert result.exit_code != 0 and "no user has two positives (ratings >= 4)" in result.output
+    monkeypatch.chdir(path)
+    assert read_movielens(".").name == "one"  # "." was an unnamed dataset
