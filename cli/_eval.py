@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
 from opendisco.eval import evaluate, learn_ranker, resolve_dataset, time_split
 from opendisco.eval._compare import (
@@ -273,6 +274,11 @@ def tune_cmd(
     split = time_split(data)
     stage = split.stage("validation")
     evaluable = stage.evaluable
+    if not len(evaluable):
+        raise InvalidInput(
+            f"{data.name}: no user has validation targets (a user needs {split.n_test + 2} "
+            "positives: one to fit on, the test ones, then a validation one): nothing to tune on"
+        )
     pick = sample_users(len(evaluable), users, seed)
     uidx = evaluable if pick is None else evaluable[pick]
     if target == "served":

@@ -112,3 +112,15 @@ def test_a_dataset_without_two_positives_per_user_is_rejected(
     assert result.exit_code != 0 and "no user has two positives (ratings >= 4)" in result.output
     monkeypatch.chdir(path)
     assert read_movielens(".").name == "one"  # "." was an unnamed dataset
+
+
+def test_tune_without_validation_targets_is_an_input_error(
+    tmp_path: Path, base_settings: Settings
+) -> None:
+    """It crashed inside optuna ('No trials are completed yet': every trial scored NaN)."""
+    path = _write(tmp_path / "two", "1,1,5,10\n1,2,4,11\n2,2,4,11\n2,1,5,12\n")
+    args = ["tune", "--dataset", str(path), "--target", "EASE", "--trials", "2"]
+    result = CliRunner().invoke(
+        cli, [*args, "--out", str(tmp_path / "t")], obj=base_settings, catch_exceptions=False
+    )
+    assert result.exit_code == 2 and "no user has validation targets" in result.output
