@@ -4,8 +4,10 @@ default settings (baselines only here; the served path is in test_eval_replay.py
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from click.testing import CliRunner
 
 from opendisco import Settings
 from opendisco.cli.main import cli
-from opendisco.eval import read_movielens, time_split
+from opendisco.eval import ServedRecommender, evaluate, read_movielens, replay, time_split
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +126,31 @@ def test_tune_without_validation_targets_is_an_input_error(
         cli, [*args, "--out", str(tmp_path / "t")], obj=base_settings, catch_exceptions=False
     )
     assert result.exit_code == 2 and "no user has validation targets" in result.output
+
+
+def _small_world(s: L.Slice, users: int, movies: int) -> L.Slice:
+    """The first ``users`` users' ratings of the ``movies`` movies they rated most."""
+    keep_u = sorted({r[0] for r in s.ratings}, key=int)[:users]
+    rows = [r for r in s.ratings if r[0] in keep_u]
+    top = {m for m, _ in Counter(r[1] for r in rows).most_common(movies)}
+    rows = [r for r in rows if r[1] in top]
+    return L.Slice([m for m in s.movies if m[0] in top], rows, [])
+
+
+async def test_served_replay_and_eval_on_a_remapped_same_time_ml10m(
+    ml_slice: L.Slice, tmp_path: Path, eval_settings: Settings
+) -> None:
+    """The served path on ids, layout and timestamps ml-latest-small never has: 12 users of an
+    ml-10m-layout world with remapped ids and one timestamp for every rating."""
+    world = L.remap_ids(L.equal_timestamps(_small_world(ml_slice, 12, 40)))
+    data = read_movielens(L.write_ml10m(world, tmp_path / "ml-10M100K"))
+    split = time_split(data, n_test=2, n_val=1)
+    stage = split.stage("test")
+    rep = await asyncio.to_thread(replay, eval_settings, data, split, stage="test", fresh=True)
+    assert rep.items == len(world.movies) and rep.rejected == 0
+    assert rep.accepted == sum(len(h) for h in stage.history)
+    model = ServedRecommender(eval_settings)
+    result = await asyncio.to_thread(evaluate, {"served": model}, stage, k=5)
+    served = result.models[0]
+    assert served.users == len(stage.evaluable) > 0 and model.degraded == 0
+    assert 0.0 <= served.metrics["ndcg@5"] <= 1.0 and served.metrics["hitrate@5"] > 0.0
