@@ -2,7 +2,8 @@
 
 Per user, over the **positives** (ratings >= the dataset's threshold: 4/5 of the top of its
 rating scale, i.e. 4 stars on MovieLens; :data:`POSITIVE_THRESHOLD` for bare ratings) sorted
-by timestamp (ties broken by item id, so the split is deterministic):
+by timestamp (ties broken by a fixed hash of user and item ids: deterministic, and unrelated
+to the item; item-id order sent the later-added movies to test wherever timestamps tie):
 
 * the last ``n_test`` positives are the **test** targets;
 * the ``n_val`` positives before them are the **validation** targets (used by ``tune`` and
@@ -29,6 +30,7 @@ as targets (documented choice: the served pipeline replays positives as ``like``
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
@@ -162,7 +164,10 @@ def time_split(
 
     pos = ratings.positives(threshold)
     item_idx = np.fromiter((item_index[i] for i in pos.item_ids), np.int64, len(pos))
-    order = np.lexsort((item_idx, pos.timestamps, pos.user_ids.astype(str)))
+    ties = np.fromiter(
+        (_tie(u, i) for u, i in zip(pos.user_ids, pos.item_ids, strict=True)), np.int64, len(pos)
+    )
+    order = np.lexsort((item_idx, ties, pos.timestamps, pos.user_ids.astype(str)))
     u_sorted = pos.user_ids[order].astype(str)
     i_sorted, t_sorted = item_idx[order], pos.timestamps[order]
     user_ids, starts = np.unique(u_sorted, return_index=True)
@@ -229,6 +234,12 @@ def roll_split(split: Split, n: int) -> Split:
         n_test=split.n_val,
         n_val=n,
     )
+
+
+def _tie(user: str, item: str) -> int:
+    """A fixed pseudo-random rank of (user, item) among equal timestamps (63 bits)."""
+    digest = hashlib.blake2b(f"{user}\0{item}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest) >> 1
 
 
 def _natural(item: str) -> tuple[str, int, str]:
