@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
 from opendisco.eval import evaluate, learn_ranker, resolve_dataset, time_split
 from opendisco.eval._compare import (
@@ -72,7 +73,8 @@ def eval_group() -> None:
     "dataset_path",
     required=True,
     callback=_dataset_spec,
-    help="MovieLens directory (ml-latest-small or ml-100k layout), or synthetic[:N] for the "
+    help="MovieLens release directory (ml-latest-small, ml-latest, ml-20m/25m/32m, ml-1m, "
+    "ml-10m or ml-100k layout), or synthetic[:N] for the "
     "synthetic marketplace of N members (default 500; opendisco.eval.synthetic_dataset).",
 )
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000))
@@ -140,9 +142,10 @@ def eval_cmd(
 ) -> None:
     """Time-split offline evaluation: baselines and the served pipeline, one table.
 
-    Positives are ratings >= 4; per user the last --n-test positives are the test targets and
-    the --n-val before them the validation targets (EASE's lambda is picked there). Writes
-    eval.json and eval.md into --out. ``--dataset synthetic[:N]`` evaluates on the synthetic
+    Positives are ratings >= 4/5 of the top of the data's scale (4 stars on MovieLens); per
+    user the last --n-test positives are the test targets and the --n-val before them the
+    validation targets (EASE's lambda is picked there). Writes eval.json and eval.md into
+    --out. ``--dataset synthetic[:N]`` evaluates on the synthetic
     marketplace (seeded likes between two-sided-eligible members, a few popular profiles
     attracting most of them): watch coverage and the Gini of impressions there.
     """
@@ -274,6 +277,11 @@ def tune_cmd(
     split = time_split(data)
     stage = split.stage("validation")
     evaluable = stage.evaluable
+    if not len(evaluable):
+        raise InvalidInput(
+            f"{data.name}: no user has validation targets (a user needs {split.n_test + 2} "
+            "positives: one to fit on, the test ones, then a validation one): nothing to tune on"
+        )
     pick = sample_users(len(evaluable), users, seed)
     uidx = evaluable if pick is None else evaluable[pick]
     if target == "served":

@@ -251,7 +251,8 @@ def _when(value: Any) -> str:
 @click.option(
     "--movielens",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Load a MovieLens directory (ml-latest-small or ml-100k) instead.",
+    help="Load a MovieLens release directory (ml-latest-small, ml-latest, ml-20m/25m/32m, "
+    "ml-1m, ml-10m or ml-100k) instead.",
 )
 @pass_settings
 def sample_cmd(settings: Settings, size: int, seed: int, movielens: Path | None) -> None:

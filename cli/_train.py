@@ -37,9 +37,12 @@ from ._base import DefaultGroup, pass_settings
 __all__ = ["train_cmd", "when"]
 
 
-def _movielens_positives(path: Path, min_rating: float) -> list[tuple[str, str, float]]:
+def _movielens_positives(path: Path, min_rating: float | None) -> list[tuple[str, str, float]]:
+    """Ratings at or above ``min_rating`` (default: the release's own threshold, 4/5 of the
+    top of its rating scale)."""
     data = load_movielens(path)
-    return [(str(r[0]), str(r[1]), 1.0) for r in data.ratings if float(r[2]) >= min_rating]
+    cut = data.positive_threshold if min_rating is None else min_rating
+    return [(str(r[0]), str(r[1]), 1.0) for r in data.ratings if float(r[2]) >= cut]
 
 
 async def _event_positives(db: Any) -> list[tuple[str, str, float]]:
@@ -55,7 +58,7 @@ async def _event_positives(db: Any) -> list[tuple[str, str, float]]:
 
 
 async def _positives(
-    db: Any, movielens: Path | None, min_rating: float
+    db: Any, movielens: Path | None, min_rating: float | None
 ) -> list[tuple[str, str, float]]:
     """What ALS and the item-item table train on: a MovieLens file's ratings at or above
     ``min_rating`` when given, else the event log's positives; none is an input error."""
@@ -69,7 +72,11 @@ async def _positives(
 
 
 async def _train_als(
-    settings: Settings, movielens: Path | None, min_rating: float, iterations: int, dry_run: bool
+    settings: Settings,
+    movielens: Path | None,
+    min_rating: float | None,
+    iterations: int,
+    dry_run: bool,
 ) -> dict[str, Any]:
     mc = clients.mongo_async(settings)
     db = mc[settings.mongo_db]
@@ -106,7 +113,13 @@ async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -
 def _positives_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--movielens`` and ``--min-rating``: where the trainers' positives come from
     (:func:`_positives`)."""
-    fn = click.option("--min-rating", default=4.0, show_default=True)(fn)
+    fn = click.option(
+        "--min-rating",
+        type=float,
+        default=None,
+        help="Positive from this rating up  [default: 4/5 of the top of the data's scale, "
+        "4 stars on MovieLens].",
+    )(fn)
     return click.option(
         "--movielens",
         type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -126,7 +139,11 @@ def train_cmd() -> None:
 @click.option("--dry-run", is_flag=True, help="Train, but do not write vectors to MongoDB.")
 @pass_settings
 def als_cmd(
-    settings: Settings, movielens: Path | None, min_rating: float, iterations: int, dry_run: bool
+    settings: Settings,
+    movielens: Path | None,
+    min_rating: float | None,
+    iterations: int,
+    dry_run: bool,
 ) -> None:
     """Learn behavioural item vectors (implicit ALS) and write them into items' `behaviour`.
 
@@ -151,7 +168,7 @@ def _positives_matrix(positives: list[tuple[str, str, float]]) -> tuple[sp.csr_m
 
 
 async def _train_similarity(
-    settings: Settings, movielens: Path | None, min_rating: float, lam: float, **kw: Any
+    settings: Settings, movielens: Path | None, min_rating: float | None, lam: float, **kw: Any
 ) -> dict[str, Any]:
     dry_run = kw.pop("dry_run")
     mc = clients.mongo_async(settings)
@@ -185,7 +202,7 @@ async def _train_similarity(
 @click.option("--dry-run", is_flag=True, help="Fit, but do not replace the table.")
 @pass_settings
 def similarity_cmd(
-    settings: Settings, movielens: Path | None, min_rating: float, **kw: Any
+    settings: Settings, movielens: Path | None, min_rating: float | None, **kw: Any
 ) -> None:
     """Fit EASE on the positives and replace the `item_similarity` table (each item's
     `--top-n` heaviest neighbours among the `--max-items` most liked items). The learnt

@@ -65,6 +65,14 @@ def fit_baselines(
     """Fit random, most-popular, EASE (λ tuned on validation) and ALS on ``stage``."""
     info: dict[str, Any] = {}
     lam = 500.0
+    held_out = split.stage("validation").evaluable
+    if tune_users is not None:
+        held_out = np.intersect1d(held_out, np.asarray(tune_users, dtype=np.int64))
+    if tune and not len(held_out):
+        # the users' positives all went to training and test: nothing to pick λ on (every λ
+        # scored NaN and the first one won)
+        tune = False
+        info["ease_lambda_untuned"] = "no validation targets"
     if tune:
         lam, grid = tune_ease(split, k=k, max_items=max_items, users=tune_users)
         info["ease_validation_ndcg"] = {str(key): round(v, 5) for key, v in grid.items()}

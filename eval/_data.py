@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from opendisco.ingest import load_movielens
+from opendisco.ingest import load_movielens, positive_threshold
 
 __all__ = ["POSITIVE_THRESHOLD", "Dataset", "Ratings", "load_dataset", "read_movielens"]
 
-#: A rating at or above this value is a positive interaction (MovieLens 0.5-5 stars).
-POSITIVE_THRESHOLD = 4.0
+#: A rating at or above this value is a positive interaction on MovieLens' 5-star scales; a
+#: loaded dataset carries its own (:attr:`Dataset.threshold`, from its rating scale).
+POSITIVE_THRESHOLD = positive_threshold(5.0)
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,14 @@ class Dataset:
 
     ``users`` (user id → user document) is filled by datasets that know their members (the
     synthetic marketplace); the served replay writes those documents instead of empty users.
+    ``threshold`` is the positive threshold of its rating scale (4/5 of its top rating).
     """
 
     name: str
     ratings: Ratings
     items: dict[str, dict[str, Any]] = field(repr=False)
     users: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    threshold: float = POSITIVE_THRESHOLD
 
 
 def _unix(value: Any) -> int:
@@ -78,12 +81,14 @@ def _unix(value: Any) -> int:
 
 
 def load_dataset(path: str | Path) -> Dataset:
-    """The MovieLens directory at ``path`` (ml-latest-small or ml-100k layout)."""
+    """The MovieLens release at ``path`` (any layout ``opendisco.ingest.load_movielens``
+    reads); its positive threshold comes from its rating scale."""
 
-    path = Path(path)
+    path = Path(path).resolve()  # "." is named after its directory
     data = load_movielens(path, derived=False)  # no item field learnt from held-out ratings
     items = {doc["_id"]: dict(doc) for doc in data.items}
-    return Dataset(path.name, Ratings.from_rows([tuple(r) for r in data.ratings]), items)
+    ratings = Ratings.from_rows([tuple(r) for r in data.ratings])
+    return Dataset(path.name, ratings, items, threshold=data.positive_threshold)
 
 
 #: the name the evaluation code and tests use

@@ -10,6 +10,7 @@ pipeline does) and otherwise the batch time divided by the users in the batch.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,7 +52,8 @@ class EvalReport:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.as_dict(), indent=2, sort_keys=False)
+        """Strict JSON: an empty slice's NaN mean is ``null`` (``NaN`` is not JSON)."""
+        return json.dumps(_finite(self.as_dict()), indent=2, sort_keys=False, allow_nan=False)
 
     def columns(self) -> list[str]:
         k = self.k
@@ -123,6 +125,16 @@ class EvalReport:
             table.add_row(*row)
         table.caption = self.notes()
         return table
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _fmt(v: float | None) -> str:

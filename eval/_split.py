@@ -1,7 +1,9 @@
 """The time-based split used by every evaluation (documented contract).
 
-Per user, over the **positives** (ratings >= :data:`POSITIVE_THRESHOLD`, i.e. 4 stars) sorted
-by timestamp (ties broken by item id, so the split is deterministic):
+Per user, over the **positives** (ratings >= the dataset's threshold: 4/5 of the top of its
+rating scale, i.e. 4 stars on MovieLens; :data:`POSITIVE_THRESHOLD` for bare ratings) sorted
+by timestamp (ties broken by a fixed hash of user and item ids: deterministic, and unrelated
+to the item; item-id order sent the later-added movies to test wherever timestamps tie):
 
 * the last ``n_test`` positives are the **test** targets;
 * the ``n_val`` positives before them are the **validation** targets (used by ``tune`` and
@@ -10,9 +12,9 @@ by timestamp (ties broken by item id, so the split is deterministic):
 
 At least one training positive is always kept: a user with ``p`` positives gets
 ``min(n_test, p - 1)`` test and ``min(n_val, p - 1 - n_test')`` validation targets; users with
-fewer than two positives are dropped. Hence every training timestamp is <= every validation
-timestamp <= every test timestamp of the same user, and no held-out interaction is ever in
-the data a model is fitted on.
+fewer than two positives are dropped (none left is an ``InvalidInput``). Hence every training
+timestamp is <= every validation timestamp <= every test timestamp of the same user, and no
+held-out interaction is ever in the data a model is fitted on.
 
 Two *stages* are evaluated (:meth:`Split.stage`):
 
@@ -28,12 +30,15 @@ as targets (documented choice: the served pipeline replays positives as ``like``
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
+
+from opendisco._exceptions import InvalidInput
 
 from ._data import POSITIVE_THRESHOLD, Dataset, Ratings
 
@@ -140,7 +145,7 @@ def time_split(
     *,
     n_test: int = 5,
     n_val: int = 5,
-    threshold: float = POSITIVE_THRESHOLD,
+    threshold: float | None = None,
     users: int | None = None,
     seed: int = 0,
 ) -> Split:
@@ -150,6 +155,8 @@ def time_split(
     cold-item slice see items nobody interacted with.
     """
     ratings = data.ratings if isinstance(data, Dataset) else data
+    if threshold is None:
+        threshold = data.threshold if isinstance(data, Dataset) else POSITIVE_THRESHOLD
     catalogue = set(data.items) if isinstance(data, Dataset) else set()
     catalogue.update(ratings.item_ids.tolist())
     items = np.array(sorted(catalogue, key=_natural), dtype=object)
@@ -157,13 +164,21 @@ def time_split(
 
     pos = ratings.positives(threshold)
     item_idx = np.fromiter((item_index[i] for i in pos.item_ids), np.int64, len(pos))
-    order = np.lexsort((item_idx, pos.timestamps, pos.user_ids.astype(str)))
+    ties = np.fromiter(
+        (_tie(u, i) for u, i in zip(pos.user_ids, pos.item_ids, strict=True)), np.int64, len(pos)
+    )
+    order = np.lexsort((item_idx, ties, pos.timestamps, pos.user_ids.astype(str)))
     u_sorted = pos.user_ids[order].astype(str)
     i_sorted, t_sorted = item_idx[order], pos.timestamps[order]
     user_ids, starts = np.unique(u_sorted, return_index=True)
     bounds = [*starts.tolist(), len(u_sorted)]
 
     keep = [k for k in range(len(user_ids)) if bounds[k + 1] - bounds[k] >= 2]
+    if not keep:
+        raise InvalidInput(
+            f"no user has two positives (ratings >= {threshold:g}) among {len(ratings)} "
+            "ratings: nothing to hold out and still fit on"
+        )
     if users is not None and users < len(keep):
         rng = np.random.default_rng(seed)
         keep = sorted(rng.choice(keep, size=users, replace=False).tolist())
@@ -219,6 +234,12 @@ def roll_split(split: Split, n: int) -> Split:
         n_test=split.n_val,
         n_val=n,
     )
+
+
+def _tie(user: str, item: str) -> int:
+    """A fixed pseudo-random rank of (user, item) among equal timestamps (63 bits)."""
+    digest = hashlib.blake2b(f"{user}\0{item}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest) >> 1
 
 
 def _natural(item: str) -> tuple[str, int, str]:

@@ -35,7 +35,7 @@ from ._indices import (
     versioned_indices,
 )
 from ._letters import DEAD_LETTERS, read_letters
-from ._movielens import MovieLensData, load_movielens
+from ._movielens import MovieLensData, load_movielens, positive_threshold
 from ._packed import PACKED_FIELD, pack_vectors, unpack_many, unpack_vectors
 from ._partitions import PartitionLeases, partition_of
 from ._reconcile import ReconcileReport, reconcile
@@ -97,6 +97,7 @@ __all__ = [
     "pack_vectors",
     "partition_of",
     "plan_templates",
+    "positive_threshold",
     "prepare",
     "read_letters",
     "read_vector",

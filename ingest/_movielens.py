@@ -1,33 +1,30 @@
-"""MovieLens loader (pure parse): ml-latest-small (CSV) and ml-100k (``u.item``/``u.data``).
+"""MovieLens loader (pure parse): every classic release layout (see ``_movielens_files``).
 
 Items are ``m<movieId>`` (kind ``movie``), users ``u<userId>``; ratings are
-``(user_id, item_id, rating, timestamp)`` tuples sorted by time.
+``(user_id, item_id, rating, timestamp)`` tuples sorted by time. Nothing is fitted to one
+release: the rating scale (0.5-5 half stars, 1-5 whole stars, ...) and the positive threshold
+come from the ratings read.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opendisco._exceptions import InvalidInput
+from ._movielens_files import LAYOUTS, Parsed, Rating, detect, read_layout
 
-__all__ = ["MovieLensData", "load_movielens"]
+__all__ = ["MovieLensData", "load_movielens", "positive_threshold"]
 
-Rating = tuple[str, str, float, datetime]
 
-_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
-_ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
-]  # fmt: skip
+def positive_threshold(top: float) -> float:
+    """A rating at or above this is a positive: 4/5 of the top of the scale (4 stars on the
+    MovieLens 5-star scales, whatever the lowest step)."""
+    return 0.8 * top
 
 
 @dataclass
@@ -36,23 +33,11 @@ class MovieLensData:
     users: list[dict[str, Any]]
     ratings: list[Rating] = field(repr=False)
     format: str = "ml-latest-small"
+    scale: tuple[float, float] = (0.5, 5.0)  # lowest and highest rating read
 
-
-def _ts(seconds: str | int) -> datetime:
-    return datetime.fromtimestamp(int(seconds), tz=UTC)
-
-
-def _split_title(raw: str) -> tuple[str, int | None]:
-    raw = raw.strip()
-    m = _YEAR.search(raw)
-    if not m:
-        return raw, None
-    title = raw[: m.start()].strip()
-    # "Matrix, The" -> "The Matrix"
-    for art in ("The", "A", "An"):
-        if title.endswith(f", {art}"):
-            title = f"{art} {title[: -len(art) - 2]}"
-    return title, int(m.group(1))
+    @property
+    def positive_threshold(self) -> float:
+        return positive_threshold(self.scale[1])
 
 
 def _build(
@@ -72,13 +57,14 @@ def _build(
         first_seen.setdefault(iid, ts)
         last_seen[iid] = ts
     all_r = [r for _, _, r, _ in ratings]
-    global_mean = sum(all_r) / len(all_r) if all_r else 3.5
-    epoch = datetime(1995, 1, 1, tzinfo=UTC)
+    global_mean = sum(all_r) / len(all_r)
+    lo, hi = min(all_r), max(all_r)
+    epoch = ratings[0][3]  # an item nobody rated: the first rating's time
     items = []
     for mid, (title, year, genres) in movies.items():
         iid = f"m{mid}"
         rs = per_item.get(iid, [])
-        # Bayesian mean on a 0.5..5 scale, mapped to [0, 1]
+        # Bayesian mean on the ratings' own scale, mapped to [0, 1]
         bayes = (sum(rs) + 10 * global_mean) / (len(rs) + 10)
         top_tags = [t for t, _ in user_tags.get(iid, Counter()).most_common(5)] if derived else []
         genre_words = [g for g in genres if g and g != "(no genres listed)" and g != "unknown"]
@@ -110,7 +96,7 @@ def _build(
                 "year": year if year and 1000 <= year <= 9999 else None,
                 "location": None,
                 "popularity": float(len(rs)) if derived else 0.0,
-                "quality": round(min(1.0, max(0.0, (bayes - 0.5) / 4.5)), 4) if derived else 0.0,
+                "quality": _unit(bayes, lo, hi) if derived else 0.0,
                 "available": True,
                 "exposure_cap": None,
             }
@@ -118,9 +104,10 @@ def _build(
     genres_of = {f"m{mid}": g for mid, (_, _, g) in movies.items()}
     liked: dict[str, Counter[str]] = defaultdict(Counter)
     first_rating: dict[str, datetime] = {}
+    liked_at = positive_threshold(hi)
     for uid, iid, r, ts in ratings:
         first_rating.setdefault(uid, ts)
-        if r >= 4.0:
+        if r >= liked_at:
             liked[uid].update(g for g in genres_of.get(iid, []) if g not in ("unknown",))
     users = []
     for uid in sorted(first_rating, key=lambda u: int(u[1:]) if u[1:].isdigit() else math.inf):
@@ -132,52 +119,25 @@ def _build(
         }
         u.update(user_info.get(uid, {}))
         users.append(u)
-    return MovieLensData(items=items, users=users, ratings=ratings, format=fmt)
+    return MovieLensData(items, users, ratings, fmt, (lo, hi))
 
 
-_Movies = dict[str, tuple[str, int | None, list[str]]]
-
-
-def _table(file: Path) -> tuple[dict[str, int], list[list[str]]]:
-    """A CSV file's column positions (by header name) and rows (``csv.reader``: lists, not a
-    dict per row)."""
-    with file.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, [])
-        return {name: i for i, name in enumerate(header)}, list(reader)
+def _unit(value: float, lo: float, hi: float) -> float:
+    return round(min(1.0, max(0.0, (value - lo) / (hi - lo))), 4) if hi > lo else 0.5
 
 
 @functools.lru_cache(maxsize=4)
-def _parse_latest(
-    path: Path, signature: tuple[int, ...]
-) -> tuple[_Movies, tuple[Rating, ...], dict[str, Counter[str]]]:
-    """The parsed files of one ml-latest-small directory, cached while their sizes and
-    modification times (``signature``) stay the same: a process that loads it again (the
-    evaluator's stages, the test suite) parses it once. Callers get copies of what they
-    change."""
-    movies: _Movies = {}
-    col, rows = _table(path / "movies.csv")
-    for row in rows:
-        title, year = _split_title(row[col["title"]])
-        movies[row[col["movieId"]]] = (title, year, row[col["genres"]].split("|"))
-    col, rows = _table(path / "ratings.csv")
-    u, m, r, t = col["userId"], col["movieId"], col["rating"], col["timestamp"]
-    ratings = [(f"u{x[u]}", f"m{x[m]}", float(x[r]), _ts(x[t])) for x in rows]
-    ratings.sort(key=lambda x: (x[3], x[0], x[1]))
-    user_tags: dict[str, Counter[str]] = defaultdict(Counter)
-    tags_file = path / "tags.csv"
-    if tags_file.is_file():
-        col, rows = _table(tags_file)
-        for row in rows:
-            tag = row[col["tag"]].strip().lower()
-            if tag and len(tag) <= 64:
-                user_tags[f"m{row[col['movieId']]}"][tag] += 1
-    return movies, tuple(ratings), dict(user_tags)
+def _parse(path: Path, layout: str, signature: tuple[int, ...]) -> Parsed:
+    """The parsed files of one release directory, cached while their sizes and modification
+    times (``signature``) stay the same: a process that loads it again (the evaluator's
+    stages, the test suite) parses it once. Callers get copies of what they change."""
+    return read_layout(path, layout)
 
 
-def _signature(path: Path) -> tuple[int, ...]:
+def _signature(path: Path, layout: str) -> tuple[int, ...]:
+    movies, ratings, optional = LAYOUTS[layout]
     out: list[int] = []
-    for name in ("movies.csv", "ratings.csv", "tags.csv"):
+    for name in (movies, ratings, *optional):
         try:
             st = (path / name).stat()
         except FileNotFoundError:
@@ -187,56 +147,30 @@ def _signature(path: Path) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _load_latest(path: Path, derived: bool = True) -> MovieLensData:
-    path = path.resolve()
-    movies, ratings, user_tags = _parse_latest(path, _signature(path))
-    return _build(dict(movies), list(ratings), user_tags, {}, "ml-latest-small", derived)
+#: CSV releases known by their directory name; another name is reported as ``movielens-csv``
+_CSV_RELEASES = ("ml-latest-small", "ml-latest", "ml-20m", "ml-25m", "ml-32m")
 
 
-def _load_100k(path: Path, derived: bool = True) -> MovieLensData:
-    movies: dict[str, tuple[str, int | None, list[str]]] = {}
-    with (path / "u.item").open(encoding="latin-1") as f:
-        for line in f:
-            parts = line.rstrip("\n").split("|")
-            if len(parts) < 5 + len(_ML100K_GENRES):
-                continue
-            title, year = _split_title(parts[1])
-            if year is None and parts[2][-4:].isdigit():
-                year = int(parts[2][-4:])
-            flags = parts[5 : 5 + len(_ML100K_GENRES)]
-            genres = [g for g, flag in zip(_ML100K_GENRES, flags, strict=True) if flag == "1"]
-            movies[parts[0]] = (title, year, genres)
-    ratings: list[Rating] = []
-    with (path / "u.data").open(encoding="latin-1") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 4:
-                ratings.append((f"u{parts[0]}", f"m{parts[1]}", float(parts[2]), _ts(parts[3])))
-    info: dict[str, dict[str, Any]] = {}
-    user_file = path / "u.user"
-    if user_file.is_file():
-        with user_file.open(encoding="latin-1") as f:
-            for line in f:
-                parts = line.rstrip("\n").split("|")
-                if len(parts) >= 4:
-                    info[f"u{parts[0]}"] = {
-                        "age": int(parts[1]),
-                        "gender": {"F": "f", "M": "m"}.get(parts[2], "x"),
-                        "occupation": parts[3],
-                    }
-    return _build(movies, ratings, {}, info, "ml-100k", derived)
+def _format(path: Path, layout: str) -> str:
+    if layout == "csv":
+        return path.name if path.name in _CSV_RELEASES else "movielens-csv"
+    if layout == "dat":
+        return "ml-1m" if (path / "users.dat").is_file() else "ml-10m"
+    return layout
 
 
 def load_movielens(path: str | Path, *, derived: bool = True) -> MovieLensData:
-    """Parse a MovieLens directory (ml-latest-small or ml-100k layout); no I/O beyond reading.
+    """Parse a MovieLens release directory; no I/O beyond reading. Layouts: the CSV releases
+    (ml-latest-small, ml-latest, ml-20m/25m/32m), ml-1m and ml-10m (``::``-separated ``.dat``
+    files) and ml-100k; anything else, a missing file, a malformed row (named by its line) or
+    an empty dataset is :class:`InvalidInput`.
 
-    ``derived=False`` leaves out everything learnt from ratings and tags.csv (popularity,
+    ``derived=False`` leaves out everything learnt from ratings and tags (popularity,
     quality, "viewers describe it as" tags, first/last-rated dates): offline evaluation needs
     items that carry nothing from the held-out period.
     """
-    path = Path(path)
-    if (path / "movies.csv").is_file() and (path / "ratings.csv").is_file():
-        return _load_latest(path, derived)
-    if (path / "u.item").is_file() and (path / "u.data").is_file():
-        return _load_100k(path, derived)
-    raise InvalidInput(f"{path}: neither ml-latest-small (movies.csv) nor ml-100k (u.item)")
+    path = Path(path).resolve()
+    layout = detect(path)
+    movies, ratings, user_tags, info = _parse(path, layout, _signature(path, layout))
+    fmt = _format(path, layout)
+    return _build(dict(movies), list(ratings), user_tags, info, fmt, derived)

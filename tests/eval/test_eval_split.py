@@ -43,6 +43,20 @@ def test_split_by_time_per_user() -> None:
         split.stage("train")  # type: ignore[arg-type]
 
 
+def test_timestamp_ties_are_not_broken_by_item_id() -> None:
+    """Equal timestamps (a dataset with coarse or missing times): by item id every user's
+    highest ids, MovieLens' later-added movies, were the test targets (m16..m20 here) and a
+    replayed order made "recent" mean "high id"; a fixed hash of (user, item) is neutral and
+    still deterministic."""
+    rows = [(f"u{u}", f"m{i}", 5.0, 1000) for u in range(50) for i in range(1, 21)]
+    split = time_split(_ratings(rows), n_test=5, n_val=5)
+    test_ids = [int(split.items[i][1:]) for t in split.test for i in t]
+    assert 8.0 < float(np.mean(test_ids)) < 13.0  # ~10.5 when ties say nothing; 18 by id
+    assert len({tuple(sorted(t.tolist())) for t in split.test}) > 40  # not one set for all
+    again = time_split(_ratings(rows), n_test=5, n_val=5)
+    assert all(np.array_equal(a, b) for a, b in zip(split.test, again.test, strict=True))
+
+
 def test_split_on_movielens_respects_time_and_keeps_test_out_of_fitting(movielens: Path) -> None:
     data = read_movielens(movielens)
     assert len(data.ratings) == 100_836 and len(data.items) == 9_742
