@@ -6,8 +6,8 @@ its own), ``started`` the process's start time (``/proc/<pid>/stat``; ``None`` w
 no ``/proc``), so a pid the kernel gave again to a new process is not taken for the old
 holder; a killed process its parent has not reaped yet (a zombie) is gone. Only a holder of
 this host and namespace can be known to be gone; of any other, :func:`holder_gone` says
-nothing (``False``) and the lease's expiry decides. (``services._process.alive`` answers the
-same question for the local servers' pid files, a layer above this one.)
+nothing (``False``) and the lease's expiry decides. :func:`process_alive` is also what the
+local servers' pid files are checked with (``services._process``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def holder() -> dict[str, Any]:
 
 
 def process_alive(pid: Any) -> bool:
-    """Whether process ``pid`` of this host runs (a non-integer pid never does)."""
+    """Whether process ``pid`` of this host runs (a non-integer pid never does; a zombie,
+    killed and not yet reaped by its parent, does not)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
@@ -64,7 +65,7 @@ def process_alive(pid: Any) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return _stat(pid)[0] not in (b"Z", b"X")
 
 
 def holder_gone(host: Any, pid: Any, started: Any = None) -> bool:
@@ -74,9 +75,7 @@ def holder_gone(host: Any, pid: Any, started: Any = None) -> bool:
         return False
     if not process_alive(pid):
         return True
-    state, now = _stat(pid)
-    if state in (b"Z", b"X"):  # killed, not yet reaped by its parent
-        return True
+    now = _started(pid)
     if isinstance(started, int) and not isinstance(started, bool):
         return now is not None and now != started
     return False
