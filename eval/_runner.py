@@ -53,7 +53,7 @@ class EvalReport:
 
     def to_json(self) -> str:
         """Strict JSON: an empty slice's NaN mean is ``null`` (``NaN`` is not JSON)."""
-        return json.dumps(_finite(self.as_dict()), indent=2, sort_keys=False, allow_nan=False)
+        return json.dumps(finite(self.as_dict()), indent=2, sort_keys=False, allow_nan=False)
 
     def columns(self) -> list[str]:
         k = self.k
@@ -127,13 +127,14 @@ class EvalReport:
         return table
 
 
-def _finite(obj: Any) -> Any:
+def finite(obj: Any) -> Any:
+    """``obj`` with NaN/inf (an empty slice's mean) as None, for strict JSON."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return obj
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 import threading
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from opendisco._settings import Settings
 from opendisco._store import lease
 from opendisco.eval import compare_artifacts
 from opendisco.eval._compare import namespaced
+from opendisco.eval._runner import finite
 from opendisco.serving import Artifacts
 
 from .._runtime import Runtime
@@ -49,17 +49,6 @@ class _Cancelled(Exception):
 def eval_settings(settings: Settings) -> Settings:
     """The evaluation's own namespace (never the live one: replayed likes are real events)."""
     return namespaced(settings, settings.playground_eval_namespace or f"{settings.mongo_db}pgeval")
-
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf (an empty slice's mean) as None: the result is stored and served as JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _iso(ts: Any) -> Any:
@@ -144,7 +133,7 @@ class EvalJobs:
                 surface=p["surface"],
                 progress=progress,
             )
-            return _finite(comparison.as_dict())
+            return finite(comparison.as_dict())
 
         try:
             async with lease(
