@@ -161,7 +161,13 @@ def _letters(report: Any) -> str:
 
 
 @click.command("verify")
-@click.option("--show", default=10, show_default=True, help="Ids listed per kind of difference.")
+@click.option(
+    "--show",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="Ids listed per kind of difference.",
+)
 @click.option(
     "--repair",
     is_flag=True,

@@ -60,6 +60,7 @@ CASES = [
     ({}, ["events", "post", "deep.json"], "not JSON / JSON lines"),
     ({}, ["templates", "show", "for_you", "--params", DEEP], "--params is not JSON"),
     ({}, ["dead-letters", "--limit", "99999999999999999999"], "--limit"),
+    ({}, ["verify", "--show", "-1"], "--show"),
     ({}, ["sample", "-n", "-5"], "--size"),
     ({}, ["train", "ltr", "--since", "99999999999999d"], "further back than any date"),
     ({}, ["apikeys", "create", "--name", "x", "--rate", "nan"], "rate_limit must be a finite"),
