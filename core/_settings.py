@@ -12,6 +12,8 @@ look a setting up and several precedence chains to keep in step.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -651,10 +653,46 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+#: ``OPENDISCO_*`` variables that are not settings (read by the settings loader itself, the
+#: CLI's worker processes, ./dev and the tests)
+NOT_SETTINGS = frozenset(
+    {
+        "OPENDISCO_CONFIG",
+        "OPENDISCO_SERVE_SETTINGS",
+        "OPENDISCO_MOVIELENS",
+        "OPENDISCO_PYTHON",
+        "OPENDISCO_REGEN_GOLDEN",
+        "OPENDISCO_PLAYGROUND_SCREENSHOT",
+    }
+)
+_warned: set[str] = set()
+
+
+def unknown_env(environ: Any = None) -> dict[str, str | None]:
+    """``OPENDISCO_*`` variables that name no setting (a misspelling is otherwise silently
+    ignored), each with the closest setting's variable, if any."""
+    known = {f"OPENDISCO_{name.upper()}" for name in Settings.model_fields}
+    out: dict[str, str | None] = {}
+    for key in os.environ if environ is None else environ:
+        name = key.upper()
+        if name.startswith("OPENDISCO_") and name not in known and name not in NOT_SETTINGS:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            out[key] = close[0] if close else None
+    return out
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build settings, mapping every problem with them to :class:`ConfigError`: a value that
     does not validate (named with its environment variable), a TOML file that does not parse,
-    an environment value that is not the JSON a list or mapping setting needs."""
+    an environment value that is not the JSON a list or mapping setting needs. An
+    ``OPENDISCO_*`` variable that names no setting is logged once per process (a warning)."""
+    for key, close in unknown_env().items():
+        if key not in _warned:
+            _warned.add(key)
+            hint = f" (did you mean {close}?)" if close else ""
+            logging.getLogger("opendisco.settings").warning(
+                "%s is not a setting and is ignored%s", key, hint
+            )
     try:
         return Settings(**overrides)
     except ValidationError as exc:

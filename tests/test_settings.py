@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from opendisco import ConfigError, Settings, load_settings
+from opendisco._settings import unknown_env
 from opendisco.cli._settings_cmd import markdown
 from opendisco.cli.main import cli
 
@@ -54,3 +55,17 @@ def test_cli_maps_config_error_to_usage_error(monkeypatch: pytest.MonkeyPatch) -
     result = CliRunner().invoke(cli, ["settings"])
     assert result.exit_code == 2
     assert "invalid settings" in result.output
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_resembles(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ``OPENDISCO_*`` variable that is no setting was silently ignored: an operator who
+    wrote ``OPENDISCO_INDX_ALIAS`` served the default index without a word."""
+    monkeypatch.setenv("OPENDISCO_INDX_ALIAS", "mine")
+    monkeypatch.setenv("OPENDISCO_CONFIG", "")  # not a setting, but the loader's own
+    assert unknown_env() == {"OPENDISCO_INDX_ALIAS": "OPENDISCO_INDEX_ALIAS"}
+    with caplog.at_level("WARNING", logger="opendisco.settings"):
+        assert load_settings().index_alias != "mine"
+    assert "OPENDISCO_INDX_ALIAS is not a setting" in caplog.text
+    assert "did you mean OPENDISCO_INDEX_ALIAS?" in caplog.text
