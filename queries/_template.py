@@ -57,6 +57,9 @@ SURFACES: tuple[str, ...] = tuple(s.value for s in Surface)
 _PARTIALS = "_partials"
 #: the shipped fragment holding every hard rule (eligibility, exclusions, exposure caps)
 HARD_FILTER = "filter"
+#: the fragments that are the engine's half of the hard rules: every source of a shipped
+#: (unguarded) template must reach both (directly or through ``HARD_FILTER``)
+HARD_FRAGMENTS = frozenset({"eligibility", "exclusions"})
 
 
 def _read(name: str) -> tuple[str, dict[str, Any]]:
@@ -191,7 +194,30 @@ def _parse(
     _check_refs(tpl.fusion, specs, f"{surface}.fusion")
     if guarded:
         return replace(tpl, hard_filter=tpl.expand({"$ref": HARD_FILTER}))
+    for name, src in tpl.sources.items():  # a shipped file is rendered as written
+        missing = sorted(HARD_FRAGMENTS - _reached(src["body"], tpl.fragments))
+        if missing:
+            raise ConfigError(
+                f"{surface}.{name}: the source does not apply the hard rules' fragments "
+                f'{missing} (keep {{"$ref": "{HARD_FILTER}"}} in its query)'
+            )
     return tpl
+
+
+def _reached(node: Any, fragments: Mapping[str, Any], seen: set[str] | None = None) -> set[str]:
+    """The fragment names ``node`` ``$ref``s, directly or through other fragments."""
+    seen = set() if seen is None else seen
+    if isinstance(node, list):
+        for el in node:
+            _reached(el, fragments, seen)
+    elif isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref not in seen:
+            seen.add(ref)
+            _reached(fragments.get(ref), fragments, seen)
+        for value in node.values():
+            _reached(value, fragments, seen)
+    return seen
 
 
 @cache

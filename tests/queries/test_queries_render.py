@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from opendisco import TemplateParamError, load_settings
+from opendisco import ConfigError, TemplateParamError, load_settings
 from opendisco.queries import (
     SURFACES,
     CandidateRequest,
+    _template,
     clip_terms,
     fuse,
     render,
@@ -320,3 +321,37 @@ def test_with_source_fields_keeps_what_a_recheck_reads() -> None:
     assert got == {"includes": ["title", *keep]}
     assert with_source_fields({"_source": {"excludes": ["owner_id"]}}, keep)["_source"] is True
     assert with_source_fields({"_source": False}, ())["_source"] is False
+
+
+def test_a_shipped_source_without_the_hard_filter_does_not_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shipped template is rendered as written (drafts and promoted versions are wrapped in
+    the shipped filter): an edit that drops ``{"$ref": "filter"}`` from one source used to
+    load and leave the hard rules to the in-process check alone; now it fails loudly."""
+
+    def drop_filter(node: Any) -> Any:
+        if isinstance(node, list):
+            return [drop_filter(el) for el in node if el != {"$ref": "filter"}]
+        if isinstance(node, dict):
+            return {k: drop_filter(v) for k, v in node.items()}
+        return node
+
+    real = _template._read
+
+    def edited(name: str) -> tuple[str, dict[str, Any]]:
+        text, raw = real(name)
+        if name == "for_you":
+            raw = json.loads(text)
+            raw["sources"]["graph"]["body"] = drop_filter(raw["sources"]["graph"]["body"])
+            text = json.dumps(raw)
+        return text, raw
+
+    _template.load.cache_clear()
+    monkeypatch.setattr(_template, "_read", edited)
+    try:
+        with pytest.raises(ConfigError, match=r"for_you\.graph: .*\['eligibility', 'exclusions'\]"):
+            _template.load("for_you")
+        assert _template.load("similar").sources  # eligibility + exclusions, no "filter"
+    finally:
+        _template.load.cache_clear()
