@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -65,7 +66,17 @@ def _load(path: Path) -> Experiment:
         check_arm_files(exp)
     except ConfigError as exc:
         raise InvalidInput(f"{path}: {exc}") from exc
-    return exp
+    # stored as found here: a relative path would be read from the server's working directory
+    arms = [
+        arm.model_copy(
+            update={
+                "model": os.path.abspath(arm.model) if arm.model else None,
+                "templates": [os.path.abspath(t) for t in arm.templates],
+            }
+        )
+        for arm in exp.arms
+    ]
+    return exp.model_copy(update={"arms": arms})
 
 
 def _summary(exp: Experiment) -> str:

@@ -76,3 +76,16 @@ def test_pair_level_designs_refuse_template_arms(tmp_path: Path, design: str) ->
     path = _version_file(tmp_path, "for_you", load("for_you").raw)
     with pytest.raises(ValidationError, match="templates"):
         _exp(tmp_path, [str(path)], design)
+
+
+def test_arm_files_are_stored_as_found_at_creation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative arm path was stored as written, so the API read it from its own working
+    directory: the file was not found there and the experiment was not served."""
+    good = _version_file(tmp_path, "trending", load("trending").raw, n=4)
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "rel.json"
+    spec.write_text(json.dumps(_exp(tmp_path, [good.name]).model_dump(mode="json")))
+    stored = _load(spec)
+    assert stored.arms[1].templates == [str(good)] and stored.arms[0].model is None
