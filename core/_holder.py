@@ -15,9 +15,11 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["holder", "holder_gone", "process_alive"]
+__all__ = ["held_until_over", "holder", "holder_gone", "process_alive"]
 
 
 @functools.cache
@@ -49,9 +51,10 @@ def _started(pid: int) -> int | None:
     return _stat(pid)[1]
 
 
-def holder() -> dict[str, Any]:
-    """This process as a holder (the fields to store with a lease or a claim)."""
-    return {"host": _host(), "pid": os.getpid(), "started": _started(os.getpid())}
+def holder(prefix: str = "") -> dict[str, Any]:
+    """This process as a holder: the fields to store with a lease or a claim (``prefix``ed)."""
+    me = {"host": _host(), "pid": os.getpid(), "started": _started(os.getpid())}
+    return {f"{prefix}{k}": v for k, v in me.items()}
 
 
 def process_alive(pid: Any) -> bool:
@@ -79,3 +82,17 @@ def holder_gone(host: Any, pid: Any, started: Any = None) -> bool:
     if isinstance(started, int) and not isinstance(started, bool):
         return now is not None and now != started
     return False
+
+
+def held_until_over(doc: Mapping[str, Any], now: datetime, prefix: str = "") -> bool:
+    """Whether the lease or claim stored in ``doc`` (``<prefix>expires`` and the
+    :func:`holder` fields) holds no more: it has no expiry or has expired, or its holder is
+    known to be gone. A naive ``expires`` is UTC (as MongoDB returns it)."""
+    expires = doc.get(f"{prefix}expires")
+    if not isinstance(expires, datetime):
+        return True
+    if (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) <= now:
+        return True
+    return holder_gone(
+        doc.get(f"{prefix}host"), doc.get(f"{prefix}pid"), doc.get(f"{prefix}started")
+    )

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +29,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import IndexStateError
-from opendisco._holder import holder, holder_gone
+from opendisco._holder import held_until_over, holder
 from opendisco._store import renewing
 
 __all__ = ["LEASE", "REINDEX_LEASES", "BuildLease", "build_lease"]
@@ -38,13 +38,6 @@ log = logging.getLogger(__name__)
 
 REINDEX_LEASES = "reindex_leases"
 LEASE = timedelta(seconds=60)
-
-
-def _holder_gone(doc: Mapping[str, Any], now: datetime) -> bool:
-    expires = doc.get("expires")
-    if not isinstance(expires, datetime) or expires.replace(tzinfo=UTC) < now:
-        return True
-    return holder_gone(doc.get("host"), doc.get("pid"), doc.get("started"))
 
 
 class BuildLease:
@@ -83,7 +76,7 @@ class BuildLease:
                     return
                 if held is None:
                     continue  # released meanwhile
-                if _holder_gone(held, now):
+                if held_until_over(held, now):
                     await self.coll.delete_one({"_id": self.alias, "owner": held.get("owner")})
                     continue
             raise IndexStateError(

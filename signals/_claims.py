@@ -42,7 +42,7 @@ from pymongo.errors import BulkWriteError
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import BackendError
-from opendisco._holder import holder, holder_gone
+from opendisco._holder import held_until_over, holder
 from opendisco._store import renewing
 
 from ._graph import SEP
@@ -65,12 +65,6 @@ _PROJECTION = {
 _MAX_GENERATIONS = 8
 
 
-def _aware(ts: datetime | None) -> datetime | None:
-    if ts is None:
-        return None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-
-
 @dataclass(frozen=True)
 class ClaimStatus:
     """What a stored event's claim says, classified at ``now`` (see the module docstring)."""
@@ -87,20 +81,12 @@ def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
     after its retention — which counts as applied: nothing is left to do for it)."""
     if doc is None:
         return ClaimStatus(applied=True, gen=0, expired=False)
-    expires = _aware(doc.get("claim_expires"))
     return ClaimStatus(
         applied=bool(doc.get("applied")),
         gen=int(doc.get("claim_gen") or 0),
-        expired=expires is None
-        or expires <= now
-        or holder_gone(doc.get("claim_host"), doc.get("claim_pid"), doc.get("claim_started")),
+        expired=held_until_over(doc, now, "claim_"),
         done=frozenset(str(s) for s in doc.get("done") or ()),
     )
-
-
-def _claimant() -> dict[str, Any]:
-    """This process as the holder of a claim (fields of the event)."""
-    return {f"claim_{k}": v for k, v in holder().items()}
 
 
 def _arbiter(event_id: str, gen: int) -> str:
@@ -125,7 +111,7 @@ class EventClaims:
         expires = self.expiry()
         return [
             {**d, "applied": False, "claim_owner": token, "claim_gen": 0, "claim_expires": expires}
-            | _claimant()
+            | holder("claim_")
             for d in docs
         ]
 
@@ -187,12 +173,7 @@ class EventClaims:
                     {"_id": {"$in": [_arbiter(i, want[i]) for i in lost]}}
                 ).to_list(None)
             now = datetime.now(UTC)
-            want = {
-                d["event"]: int(d["gen"]) + 1
-                for d in taken
-                if (_aware(d.get("expires")) or now) <= now
-                or holder_gone(d.get("host"), d.get("pid"), d.get("started"))
-            }
+            want = {d["event"]: int(d["gen"]) + 1 for d in taken if held_until_over(d, now)}
         if won:
             await self._record(won, token)
         return set(won)
@@ -213,7 +194,7 @@ class EventClaims:
                             "claim_owner": token,
                             "claim_gen": g,
                             "claim_expires": expires,
-                            **_claimant(),
+                            **holder("claim_"),
                         }
                     },
                 )
