@@ -119,6 +119,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         asyncio.create_task(rt.fallback.run()),
         asyncio.create_task(rt.lag.run()),
         asyncio.create_task(rt.shares.run()),
+        asyncio.create_task(disc.recover_events_forever()),
     ]
     try:
         yield rt

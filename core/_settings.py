@@ -477,7 +477,11 @@ class Settings(BaseSettings):
         "answers (what is still running is reported as in_flight).",
     )
     events_recover_every_s: float = Field(
-        300.0, gt=0, description="Cadence of the sweep that applies events whose claim expired."
+        300.0,
+        gt=0,
+        description="Cadence of the sweep that applies events whose claim expired (each API "
+        "process runs it in the background, the first one 5 s after its start or one cadence "
+        "if shorter).",
     )
     events_engine_timeout_s: float = Field(
         1.0,

@@ -345,6 +345,12 @@ class Discovery:
         """The non-personal list (the same for everyone)."""
         return await self.run(await self.plan(Surface.trending, k, request_id=request_id))
 
+    async def recover_events_forever(self) -> None:
+        """The events' recovery sweep, run in the background by each API process: events a
+        dead holder left claimed are applied seconds after a start, then every
+        ``events_recover_every_s`` (``EventProcessor.recover_forever``)."""
+        await self.writes.recover_forever()
+
     async def drain(self) -> None:
         """Finish queued work before the clients close (at shutdown and at the end of an
         evaluation): event batches still applying, served impressions not flushed yet, every

@@ -15,16 +15,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
 
+from opendisco._exceptions import BackendError
 from opendisco._settings import Settings
-from opendisco.signals import EventProcessor, EventsResult, ExposureStore, ServedExposure
+from opendisco.signals import (
+    RECOVER_FIRST_S,
+    EventProcessor,
+    EventsResult,
+    ExposureStore,
+    ServedExposure,
+)
 
 __all__ = ["Writes"]
+
+log = logging.getLogger("opendisco.serving")
 
 
 class Writes:
@@ -42,16 +52,20 @@ class Writes:
         self._applying: set[asyncio.Future[EventsResult]] = set()
         self._lock = asyncio.Lock()
 
-    async def events(
-        self, events: Sequence[Mapping[str, Any]], now: datetime | None = None
-    ) -> EventsResult:
+    async def _processor(self) -> EventProcessor:
         if self._events is None:
             async with self._lock:
                 if self._events is None:
                     proc = EventProcessor(self.settings, self.db, self.os, exposure=self.exposure)
                     await proc.ensure()
                     self._events = proc
-        task = asyncio.ensure_future(self._events.apply(list(events), now=now))
+        return self._events
+
+    async def events(
+        self, events: Sequence[Mapping[str, Any]], now: datetime | None = None
+    ) -> EventsResult:
+        proc = await self._processor()
+        task = asyncio.ensure_future(proc.apply(list(events), now=now))
         self._applying.add(task)
         task.add_done_callback(self._applying.discard)
         return await asyncio.shield(task)
@@ -65,6 +79,18 @@ class Writes:
         ]
         if profiles:
             self.served.add(profiles)
+
+    async def recover_forever(self) -> None:
+        """The events' recovery sweep in the background (``EventProcessor.recover_forever``),
+        from the first moment the stores answer."""
+        while True:
+            try:
+                proc = await self._processor()
+                break
+            except BackendError as exc:
+                log.warning("events recovery not started yet: %.200s", exc)
+                await asyncio.sleep(min(RECOVER_FIRST_S, self.settings.events_recover_every_s))
+        await proc.recover_forever()
 
     async def drain(self) -> None:
         """Finish event batches still applying and write the served impressions not flushed."""

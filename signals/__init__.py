@@ -51,7 +51,7 @@ from ._pacing import (
     pacing_step,
     water_level,
 )
-from ._processor import EVENTS, EventProcessor
+from ._processor import EVENTS, RECOVER_FIRST_S, EventProcessor
 from ._served import ServedExposure
 from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
 from ._similarity import ITEM_SIMILARITY, ItemSimilarity
@@ -82,6 +82,7 @@ __all__ = [
     "MUTUAL_TYPES",
     "PACING",
     "RECENT_FANOUT",
+    "RECOVER_FIRST_S",
     "REQUEST_ID_PATTERN",
     "SERVED_LISTS",
     "USER_INBOX",

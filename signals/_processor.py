@@ -33,8 +33,9 @@ lost release) between writing one and 5, whose recovery adds it again (at-least-
 and except for an engine write the call saw fail that was applied all the same (a ``_bulk``
 applied in part, or after the client timed out). Raw events expire
 through a TTL index on ``ts``; expired claims are also recovered by a periodic sweep
-(:meth:`EventProcessor.recover_expired`), so an event whose holder died is applied even when
-no client retries it.
+(:meth:`EventProcessor.recover_expired`; each API process runs it in the background from 5 s
+after its start, :meth:`EventProcessor.recover_forever`), so an event whose holder died is
+applied even when no client retries it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from opensearchpy import AsyncOpenSearch
 from opensearchpy.exceptions import NotFoundError
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import EventInvalid, SearchBackendError
+from opendisco._exceptions import BackendError, EventInvalid, SearchBackendError
 from opendisco._settings import Settings
 from opendisco._store import create_collection, detect_capabilities
 
@@ -77,6 +78,10 @@ from ._user_state import MEMBER_TASTES, USER_LOCKS, USER_STATE, UserStateStore
 __all__ = ["EVENTS", "EventProcessor"]
 
 EVENTS = "events"
+#: the background recovery sweep's first run after a process starts (``recover_forever``):
+#: soon enough that events a killed process left claimed are applied seconds after a
+#: restart, late enough not to compete with the start-up work
+RECOVER_FIRST_S = 5.0
 _ENSURE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 log = logging.getLogger("opendisco.signals")
 
@@ -153,6 +158,22 @@ class EventProcessor:
             res = await self.events.delete_many({"ts": {"$lt": cutoff}})
         await self.claims.purge(cutoff)
         return res.deleted_count
+
+    async def recover_forever(self, first_s: float = RECOVER_FIRST_S) -> None:
+        """Run :meth:`recover_expired` in the background: ``first_s`` after start (at most one
+        cadence), then every ``events_recover_every_s`` (the API runs it per process). Events
+        whose holder died with the previous process are then applied soon after a restart,
+        with or without a client retry or a later events call; a failing sweep is logged and
+        tried again a cadence later."""
+        every = self.settings.events_recover_every_s
+        await asyncio.sleep(min(first_s, every))
+        while True:
+            self._last_recover = time.monotonic()  # the in-call trigger waits a cadence
+            try:
+                await self.recover_expired()
+            except BackendError as exc:
+                log.warning("events recovery sweep failed, next in %.0f s: %.200s", every, exc)
+            await asyncio.sleep(every)
 
     async def recover_expired(self, limit: int = 1000) -> EventsResult:
         """Apply stored events whose claim expired unapplied (their holder died and no client

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from opendisco import SearchBackendError, Settings, clients
+from opendisco.api import create_app
 from opendisco.signals import (
     EVENTS,
     BlockStore,
@@ -371,19 +373,8 @@ asyncio.run(main())
 """
 
 
-async def test_a_claim_of_a_process_killed_9_is_applied_by_the_next_retry(
-    claims_settings: Settings, claims_db: Any, claims_os: Any
-) -> None:
-    """A call killed with -9 between its claim and its effects left the claim live for the
-    whole lease (30 s): a retry after the restart reported the batch in flight and a hide
-    among it was no block yet. Its holder is known gone now: the retry applies it, once."""
-    s = _waits(claims_settings, wait=0.3)
-    proc = EventProcessor(s, claims_db, claims_os)
-    counters = _Counters(proc, claims_db)
-    batch = _batch(17)
-    hider = f"h{uuid.uuid4().hex[:8]}"
-    batch.append({"id": uuid.uuid4().hex, "type": "hide", "user_id": hider, "item_id": "prof3"})
-    before = await counters.read()
+async def _claimed_then_killed_9(s: Settings, batch: list[dict[str, Any]]) -> None:
+    """A process claims ``batch`` and is killed with -9 before any effect."""
     fields = {k: getattr(s, k) for k in ("opensearch_url", "mongo_url", "mongo_db", "index_alias")}
     child = subprocess.Popen(
         [sys.executable, "-c", _CLAIM_THEN_HANG, json.dumps(fields), json.dumps(batch)],
@@ -396,9 +387,56 @@ async def test_a_claim_of_a_process_killed_9_is_applied_by_the_next_retry(
     finally:
         child.kill()
         child.wait()
+
+
+def _with_hide(batch: list[dict[str, Any]]) -> str:
+    hider = f"h{uuid.uuid4().hex[:8]}"
+    batch.append({"id": uuid.uuid4().hex, "type": "hide", "user_id": hider, "item_id": "prof3"})
+    return hider
+
+
+async def test_a_claim_of_a_process_killed_9_is_applied_by_the_next_retry(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    """A call killed with -9 between its claim and its effects left the claim live for the
+    whole lease (30 s): a retry after the restart reported the batch in flight and a hide
+    among it was no block yet. Its holder is known gone now: the retry applies it, once."""
+    s = _waits(claims_settings, wait=0.3)
+    proc = EventProcessor(s, claims_db, claims_os)
+    counters = _Counters(proc, claims_db)
+    batch = _batch(17)
+    hider = _with_hide(batch)
+    before = await counters.read()
+    await _claimed_then_killed_9(s, batch)
     res = await proc.apply(batch)
     assert (res.accepted, res.duplicates, res.recovered, res.in_flight) == (0, 0, 31, 0)
     await _assert_exact(claims_db, batch, before, await counters.read())
     assert (await BlockStore(claims_db).get(hider)).blocked == ("person3",)
     again = await proc.apply(batch)
     assert (again.accepted, again.duplicates, again.recovered) == (0, 31, 0)
+
+
+async def test_a_claim_of_a_process_killed_9_is_applied_by_the_next_api_process_unasked(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    """Killed with -9 between claim and effects, and no client retries: the events waited for
+    the first events call one recovery cadence (300 s) after a restart. An API process runs
+    the sweep in the background from start (first after 5 s, or one cadence: 0.5 s here) and
+    applies the batch once, without being asked."""
+    s = _waits(claims_settings, wait=0.3).model_copy(update={"events_recover_every_s": 0.5})
+    counters = _Counters(EventProcessor(s, claims_db, claims_os), claims_db)
+    batch = _batch(31)
+    hider = _with_hide(batch)
+    ids = [e["id"] for e in batch]
+    before = await counters.read()
+    await _claimed_then_killed_9(s, batch)
+    app = create_app(s)
+    async with app.router.lifespan_context(app):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            docs = await claims_db[EVENTS].find({"_id": {"$in": ids}}).to_list(None)
+            if all(d.get("applied") for d in docs):
+                break
+            await asyncio.sleep(0.2)
+    await _assert_exact(claims_db, batch, before, await counters.read())
+    assert (await BlockStore(claims_db).get(hider)).blocked == ("person3",)
