@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["latest_version", "write_next_version"]
+__all__ = ["latest_version", "write_new", "write_next_version"]
 
 
 def _pattern(stem: str, suffix: str) -> re.Pattern[str]:
@@ -62,3 +62,19 @@ def write_next_version(
             return path
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def write_new(path: Path, text: str) -> Path:
+    """Create ``path`` (which must not exist: FileExistsError) with ``text``, complete or not
+    at all, as :func:`write_next_version` does (a version's companion file: a model's report)."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+        return path
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from opendisco._backend import backend_errors
-from opendisco._versions import write_next_version
+from opendisco._versions import write_new, write_next_version
 from opendisco.signals import EVENTS, ServedLog
 
 from ._learned import LTR_PARAMS, LearnedScorer, align_features, train_lambdamart
@@ -366,11 +366,8 @@ def save_model(result: LtrResult, out_dir: Path) -> tuple[Path, Path]:
     text = result.scorer.model_text()
     model = write_next_version(out_dir, "model", ".txt", lambda fh, _v: fh.write(text))
     version = int(model.stem.rsplit("-v", 1)[1])
-    report = model.with_suffix(".json")
-    with report.open("x", encoding="utf-8") as fh:
-        json.dump({"version": version, "model": model.name, **result.report}, fh, indent=2)
-        fh.write("\n")
-    return model, report
+    body = json.dumps({"version": version, "model": model.name, **result.report}, indent=2)
+    return model, write_new(model.with_suffix(".json"), body + "\n")
 
 
 async def load_ltr_inputs(

@@ -9,7 +9,7 @@ from typing import IO
 
 import pytest
 
-from opendisco._versions import latest_version, write_next_version
+from opendisco._versions import latest_version, write_new, write_next_version
 
 
 def test_a_write_that_fails_midway_leaves_no_version_file(tmp_path: Path) -> None:
@@ -29,3 +29,13 @@ def test_a_write_that_fails_midway_leaves_no_version_file(tmp_path: Path) -> Non
     again = write_next_version(tmp_path, "params", ".json", lambda fh, v: json.dump({"v": v}, fh))
     assert again.name == "params-v2.json" and latest_version(tmp_path, "params", ".json") == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params-v1.json", "params-v2.json"]
+
+
+def test_a_companion_file_is_created_whole_and_never_replaced(tmp_path: Path) -> None:
+    report = tmp_path / "model-v1.json"
+    assert write_new(report, '{"version": 1}\n') == report
+    assert report.read_text() == '{"version": 1}\n'
+    with pytest.raises(FileExistsError):
+        write_new(report, '{"version": 2}\n')
+    assert report.read_text() == '{"version": 1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-v1.json"]  # no temporary left
