@@ -15,8 +15,9 @@ before the batch, whether or not a failed call merged it already.
 
 While the engine cannot be read, the events' items come from MongoDB without their vectors
 (:func:`stored_items`): the effects that need no engine write (blocks, hides, passes, user
-state) are applied and the user states keep their vectors, recomputed by the next event
-applied with the engine up.
+state) are applied and the user states keep their vectors, marked ``vectors_stale``: recomputed
+by the member's next event applied with the engine up, or by the recovery sweep's repair
+(:meth:`~._processor.EventProcessor.repair_vectors`) once the engine answers again.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ._inbound import InboundCounter
 from ._members import UserGraph
 from ._user_state import UserState, UserStateStore, merge_events, recompute
 
-__all__ = ["NO_VECTORS", "EffectWriter", "stored_items"]
+__all__ = ["NO_VECTORS", "EffectWriter", "item_vectors", "stored_items"]
 
 ItemFetch = Callable[[Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
 #: marks an item read from MongoDB while the engine was down: its vectors are unknown here
@@ -60,6 +61,15 @@ async def stored_items(coll: Any, ids: Sequence[str]) -> dict[str, dict[str, Any
         str(d["_id"]): {**{f: d[f] for f in _STORED_FIELDS if f in d}, NO_VECTORS: True}
         for d in docs
     }
+
+
+def item_vectors(
+    items: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The content and behaviour vectors among ``items`` (as read for the effects)."""
+    vecs = {i: d["embedding"] for i, d in items.items() if d.get("embedding")}
+    behs = {i: d["behaviour"] for i, d in items.items() if d.get("behaviour")}
+    return vecs, behs
 
 
 async def _none() -> None:
@@ -165,16 +175,15 @@ class EffectWriter:
             if missing:  # another writer added positives since our first read
                 items.update(await self.fetch_items(missing))
             cats = {i: (d.get("category") or None) for i, d in items.items()}
-            vecs = {i: d["embedding"] for i, d in items.items() if d.get("embedding")}
-            behs = {i: d["behaviour"] for i, d in items.items() if d.get("behaviour")}
+            vecs, behs = item_vectors(items)
             blind = any(d.get(NO_VECTORS) for d in items.values())  # keep the vectors
             cfg = self.cfg.user_state
 
             def merged(st: UserState, evs: list[dict[str, Any]]) -> UserState:
                 new = merge_events(st, evs, cats, cfg)
-                return (
-                    replace(new, updated_at=now) if blind else recompute(new, vecs, behs, now, cfg)
-                )
+                if blind:  # repaired by the member's next event or the recovery sweep
+                    return replace(new, updated_at=now, vectors_stale=True)
+                return recompute(new, vecs, behs, now, cfg)
 
             await self.states.save_many(
                 (merged(states[u], evs) for u, evs in by_user.items()), previous=states

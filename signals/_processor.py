@@ -73,6 +73,7 @@ from ._members import (
     ensure_member_indexes,
 )
 from ._pacing import PACING, PACING_LOCKS
+from ._repair import repair_vectors
 from ._user_state import MEMBER_TASTES, USER_LOCKS, USER_STATE, UserStateStore
 
 __all__ = ["EVENTS", "EventProcessor"]
@@ -160,20 +161,31 @@ class EventProcessor:
         return res.deleted_count
 
     async def recover_forever(self, first_s: float = RECOVER_FIRST_S) -> None:
-        """Run :meth:`recover_expired` in the background: ``first_s`` after start (at most one
-        cadence), then every ``events_recover_every_s`` (the API runs it per process). Events
-        whose holder died with the previous process are then applied soon after a restart,
-        with or without a client retry or a later events call; a failing sweep is logged and
-        tried again a cadence later."""
+        """Run :meth:`sweep` in the background: ``first_s`` after start (at most one cadence),
+        then every ``events_recover_every_s`` (each API process), so what a killed process left
+        claimed is applied soon after a restart, retried or not; a failed sweep is logged."""
         every = self.settings.events_recover_every_s
         await asyncio.sleep(min(first_s, every))
         while True:
-            self._last_recover = time.monotonic()  # the in-call trigger waits a cadence
             try:
-                await self.recover_expired()
+                await self.sweep()
             except BackendError as exc:
                 log.warning("events recovery sweep failed, next in %.0f s: %.200s", every, exc)
             await asyncio.sleep(every)
+
+    async def sweep(self) -> None:
+        """One recovery sweep: events whose claim expired (:meth:`recover_expired`), then user
+        states merged while the engine could not be read (:meth:`repair_vectors`)."""
+        self._last_recover = time.monotonic()  # the in-call trigger waits a cadence
+        await self.recover_expired()
+        await self.repair_vectors()
+
+    async def repair_vectors(self, limit: int = 100) -> int:
+        """Recompute the vectors of up to ``limit`` members merged while the engine could not
+        be read (:func:`~._repair.repair_vectors`); returns the states repaired."""
+        if not self._ready:
+            await self.ensure()
+        return await repair_vectors(self.states, self._items, self.cfg.user_state, limit)
 
     async def recover_expired(self, limit: int = 1000) -> EventsResult:
         """Apply stored events whose claim expired unapplied (their holder died and no client
@@ -293,8 +305,10 @@ class EventProcessor:
             self._last_purge = time.monotonic()
             await self.purge_expired(now)
         if time.monotonic() - self._last_recover > self.settings.events_recover_every_s:
-            self._last_recover = time.monotonic()
-            await self.recover_expired()
+            try:
+                await self.sweep()
+            except BackendError as exc:  # the batch itself may still apply
+                log.warning("events recovery sweep failed: %.200s", exc)
         if len(events) > self.cfg.max_batch:
             raise EventInvalid(f"at most {self.cfg.max_batch} events per call")
         return await self._apply(events, now)

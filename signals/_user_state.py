@@ -94,6 +94,9 @@ class UserState:
     #: the reciprocal estimate of others' recommendations reads
     n_likes: int = 0
     n_passes: int = 0
+    #: merged while the engine could not be read: the vectors do not reflect every positive
+    #: yet (recomputed by the member's next event or the recovery sweep's repair)
+    vectors_stale: bool = False
 
     @property
     def recent_positive_ids(self) -> list[str]:
@@ -132,6 +135,7 @@ class UserState:
             "applied": self.applied,
             "n_likes": self.n_likes,
             "n_passes": self.n_passes,
+            **({"vectors_stale": True} if self.vectors_stale else {}),
         }
 
     @classmethod
@@ -150,6 +154,7 @@ class UserState:
             applied=list(doc.get("applied") or []),
             n_likes=int(doc.get("n_likes") or 0),
             n_passes=int(doc.get("n_passes") or 0),
+            vectors_stale=bool(doc.get("vectors_stale")),
         )
 
 
@@ -274,6 +279,7 @@ def recompute(
         vector=decayed_vector(state.positives, state.negatives, vectors, now, cfg),
         behaviour=behaviour_vector(state.positives, behaviours, now, cfg),
         updated_at=now,
+        vectors_stale=False,
     )
 
 
@@ -306,6 +312,14 @@ class UserStateStore:
                 docs = await self.coll.find({"_id": {"$in": ids}}).to_list(None)
         found = {d["_id"]: UserState.from_doc(d) for d in docs}
         return {u: found.get(u) or UserState(user_id=u) for u in ids}
+
+    async def stale_vectors(self, limit: int) -> list[str]:
+        """Members whose state was merged without the items' vectors (``vectors_stale``)."""
+        with backend_errors("user_state scan failed"):
+            docs = await self.coll.find(
+                {"vectors_stale": True}, projection={"_id": 1}, limit=limit
+            ).to_list(None)
+        return [str(d["_id"]) for d in docs]
 
     async def tastes(
         self, user_ids: Iterable[str]

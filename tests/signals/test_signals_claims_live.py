@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import combinations
 from typing import Any
 
+import numpy as np
 import pytest
 
 from opendisco import SearchBackendError, Settings, clients
@@ -440,3 +441,51 @@ async def test_a_claim_of_a_process_killed_9_is_applied_by_the_next_api_process_
             await asyncio.sleep(0.2)
     await _assert_exact(claims_db, batch, before, await counters.read())
     assert (await BlockStore(claims_db).get(hider)).blocked == ("person3",)
+
+
+async def test_likes_applied_without_vectors_are_repaired_by_the_sweep(
+    claims_settings: Settings,
+    claims_db: Any,
+    claims_os: Any,
+    clustered_items: list[dict[str, Any]],
+) -> None:
+    """Likes applied while the engine's item lookup outlasts its bound are merged without the
+    items' vectors: the member kept their old vectors until their next event, however long
+    that took. The state is marked stale; the recovery sweep leaves it while the engine still
+    cannot be read, then recomputes it: the vectors an apply with the engine up gives."""
+    hurried = claims_settings.model_copy(update={"events_engine_timeout_s": 1e-4})
+    blind = EventProcessor(hurried, claims_db, claims_os)
+    normal = EventProcessor(claims_settings, claims_db, claims_os)
+    states = UserStateStore(claims_db)
+    tag = uuid.uuid4().hex[:8]
+    ts = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+
+    def likes(user: str) -> list[dict[str, Any]]:
+        return [
+            {"id": uuid.uuid4().hex, "type": t, "user_id": user, "item_id": MOVIES[j], "ts": ts}
+            for t, j in (("like", 0), ("like", 7), ("click", 13), ("pass", 4))
+        ]
+
+    # MongoDB's copies of the items: what an apply reads when the engine cannot be
+    for j in (0, 7, 13, 4):
+        doc = next(d for d in clustered_items if d["id"] == MOVIES[j])
+        await claims_db[claims_settings.items_collection].replace_one(
+            {"_id": doc["id"]}, {k: v for k, v in doc.items() if k != "id"}, upsert=True
+        )
+    stale, control = f"rs{tag}", f"rc{tag}"
+    assert (await blind.apply(likes(stale))).accepted == 4
+    assert (await normal.apply(likes(control))).accepted == 4
+    before = await states.get(stale)
+    assert before.vectors_stale and before.vector is None and len(before.positives) == 3
+    assert stale in await states.stale_vectors(10_000)
+    assert await blind.repair_vectors(limit=10_000) == 0  # the engine still cannot be read
+    assert (await states.get(stale)).vectors_stale
+    assert await normal.repair_vectors(limit=10_000) >= 1
+    got, want = await states.get(stale), await states.get(control)
+    assert not got.vectors_stale and stale not in await states.stale_vectors(10_000)
+    assert got.vector is not None and want.vector is not None
+    np.testing.assert_allclose(got.vector, want.vector, rtol=1e-6, atol=1e-7)
+    assert (got.behaviour is None) == (want.behaviour is None)
+    if got.behaviour is not None:
+        np.testing.assert_allclose(got.behaviour, want.behaviour, rtol=1e-6, atol=1e-7)
+    assert [p["id"] for p in got.positives] == [p["id"] for p in before.positives]

@@ -1,0 +1,48 @@
+"""User states merged while the engine could not be read, given their vectors back.
+
+An event batch applied while the engine's item lookup fails (or outlasts
+``events_engine_timeout_s``) merges the members' states from MongoDB's copies of the items,
+which have no vectors (``_apply.stored_items``): the states keep their old vectors and are
+marked ``vectors_stale``. A member's next event applied with the engine up recomputes them;
+:func:`repair_vectors` does it for members who post nothing more, from the recovery sweep
+(``EventProcessor.sweep``, every ``events_recover_every_s``; each API process runs one).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from ._apply import NO_VECTORS, ItemFetch, item_vectors
+from ._user_state import UserStateConfig, UserStateStore, recompute
+
+__all__ = ["repair_vectors"]
+
+log = logging.getLogger("opendisco.signals")
+
+
+async def repair_vectors(
+    states: UserStateStore, fetch_items: ItemFetch, cfg: UserStateConfig, limit: int = 100
+) -> int:
+    """Recompute the vectors of up to ``limit`` members whose state is ``vectors_stale``,
+    under their leases (a concurrent event of one of them is before or after this); nothing
+    while the engine still cannot be read (the next sweep tries again). Returns the states
+    repaired."""
+    users = await states.stale_vectors(limit)
+    if not users:
+        return 0
+    async with states.locked(users):
+        fresh = await states.get_many(users)  # inside the leases
+        stale = {u: st for u, st in fresh.items() if st.vectors_stale}
+        ids = {e["id"] for st in stale.values() for e in (*st.positives, *st.negatives)}
+        items = await fetch_items(sorted(ids)) if ids else {}
+        if any(d.get(NO_VECTORS) for d in items.values()):
+            return 0
+        vecs, behs = item_vectors(items)
+        now = datetime.now(UTC)
+        await states.save_many(
+            (recompute(st, vecs, behs, now, cfg) for st in stale.values()), previous=stale
+        )
+    if stale:
+        log.info("repaired the vectors of %d members merged without them", len(stale))
+    return len(stale)
