@@ -8,10 +8,12 @@ mutual likes, blocks, inbound attention.
 
 A call that fails part-way gives its claims up; the call that takes them over must not add
 again what the failed one added. User state, mutual likes and blocks are idempotent; each
-additive effect (:class:`~._effects.Additive`) the failed call completed is recorded on its
-events with the release (``completed``), and the taker applies it only for the events that
-have not had it (``done``). The co-engagement pairs are computed from the states as they were
-before the batch, whether or not a failed call merged it already.
+additive effect (:class:`~._effects.Additive`) the call completed is recorded on its events as
+soon as it is written (``record``; again with the release of a failed call: ``completed``), and
+the taker applies it only for the events that have not had it (``done``) — after a crash too,
+except for an effect written in the few milliseconds before its record. The co-engagement
+pairs are computed from the states as they were before the batch, whether or not a failed
+call merged it already.
 
 While the engine cannot be read, the events' items come from MongoDB without their vectors
 (:func:`stored_items`): the effects that need no engine write (blocks, hides, passes, user
@@ -43,6 +45,8 @@ from ._user_state import UserState, UserStateStore, merge_events, recompute
 __all__ = ["NO_VECTORS", "EffectWriter", "item_vectors", "stored_items"]
 
 ItemFetch = Callable[[Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
+#: stores that one additive effect of the batch is written (``EventClaims.record_done``)
+Record = Callable[[str], Awaitable[None]]
 #: marks an item read from MongoDB while the engine was down: its vectors are unknown here
 NO_VECTORS = "_no_vectors"
 _STORED_FIELDS = ("kind", "owner_id", "category")
@@ -70,10 +74,6 @@ def item_vectors(
     vecs = {i: d["embedding"] for i, d in items.items() if d.get("embedding")}
     behs = {i: d["behaviour"] for i, d in items.items() if d.get("behaviour")}
     return vecs, behs
-
-
-async def _none() -> None:
-    return None
 
 
 @dataclass
@@ -117,10 +117,26 @@ class EffectWriter:
         out: EventsResult,
         done: Mapping[str, frozenset[str]],
         completed: list[str],
+        record: Record | None = None,
     ) -> None:
         """Write ``todo``'s effects; an additive one only for the events that have not had it
         (``done``: event id -> effects an earlier, failed call completed), each appended to
-        ``completed`` once written (what a failing call records on its events)."""
+        ``completed`` once written (what a failing call records on its events) and, when it
+        wrote something, passed to ``record`` at once (the claims store it on the events, so
+        the call taking them over after a crash of this one skips it too)."""
+
+        async def landed(effect: str, wrote: bool) -> None:
+            completed.append(effect)
+            if wrote and record is not None:
+                await record(effect)
+
+        async def engine_effect(effect: str, write: Awaitable[Any] | None) -> Any:
+            if write is None:
+                return await landed(effect, False)
+            result = await write
+            await landed(effect, True)
+            return result
+
         plan = self._plans(todo, items, done)
         every = plan(None)
         impressions = plan(Additive.EXPOSURE).impressions
@@ -129,10 +145,13 @@ class EffectWriter:
             raise SearchBackendError("events: the exposure counters index is not ensured yet")
         engine = {
             Additive.EXPOSURE: asyncio.ensure_future(
-                self.exposure.record(impressions, now=now) if impressions else _none()
+                engine_effect(
+                    Additive.EXPOSURE,
+                    self.exposure.record(impressions, now=now) if impressions else None,
+                )
             ),
             Additive.TREND: asyncio.ensure_future(
-                self.exposure.record_trend(trend) if trend else _none()
+                engine_effect(Additive.TREND, self.exposure.record_trend(trend) if trend else None)
             ),
         }
         try:
@@ -140,7 +159,7 @@ class EffectWriter:
             pairs = await self._update_users(every.by_user, items, now, linked)
             if pairs:
                 await self.graph.add(pairs, now)
-            completed.append(Additive.GRAPH)
+            await landed(Additive.GRAPH, bool(pairs))
             if every.likes:
                 out.mutual += await self.users.add_likes(every.likes, now)
             if every.blocks:
@@ -148,10 +167,9 @@ class EffectWriter:
             inbound = plan(Additive.INBOUND).inbound
             if inbound:
                 await self.inbound.add(inbound, now)
-            completed.append(Additive.INBOUND)
+            await landed(Additive.INBOUND, bool(inbound))
         finally:
             await asyncio.wait(engine.values())
-            completed += [e for e, f in engine.items() if not f.cancelled() and not f.exception()]
         capped = engine[Additive.EXPOSURE].result()  # the engine's error, when it failed
         engine[Additive.TREND].result()
         out.capped = sorted(set(out.capped) | set(capped or []))

@@ -31,6 +31,7 @@ claim (:attr:`ClaimStatus.done`) and applies only the rest.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -102,6 +103,10 @@ class EventClaims:
         self.lease_s = lease_s
         #: event id -> generation this process holds beyond 0 (arbiters to delete on mark)
         self._held: dict[str, int] = {}
+        #: one update of a holder's events at a time: FerretDB 1.x rewrites a whole document
+        #: per update, and of two concurrent updates of one event (a renewal, the records of
+        #: two effects) the last one written dropped the other's change
+        self._updating = asyncio.Lock()
 
     def expiry(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.lease_s)
@@ -203,10 +208,11 @@ class EventClaims:
         """Push the expiry of this holder's claims (and its arbiters) one lease ahead."""
         expires = self.expiry()
         with backend_errors("event claim renewal failed"):
-            await self.events.update_many(
-                {"_id": {"$in": list(ids)}, "claim_owner": token},
-                {"$set": {"claim_expires": expires}},
-            )
+            async with self._updating:
+                await self.events.update_many(
+                    {"_id": {"$in": list(ids)}, "claim_owner": token},
+                    {"$set": {"claim_expires": expires}},
+                )
             held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
             if held:
                 await self.arbiters.update_many(
@@ -227,6 +233,16 @@ class EventClaims:
             if held:
                 await self.arbiters.update_many(
                     {"_id": {"$in": held}, "owner": token}, {"$set": {"expires": gone}}
+                )
+
+    async def record_done(self, ids: Sequence[str], token: str, effect: str) -> None:
+        """Record on this holder's events that the additive ``effect`` is written (one
+        ``update_many``): a call that takes them over, after this one died, skips it."""
+        with backend_errors("recording applied effects failed"):
+            async with self._updating:
+                await self.events.update_many(
+                    {"_id": {"$in": list(ids)}, "claim_owner": token},
+                    {"$addToSet": {"done": str(effect)}},
                 )
 
     def renewing(self, ids: Sequence[str], token: str) -> Any:

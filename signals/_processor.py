@@ -26,16 +26,13 @@ the guarantee)::
 Everything that can reject an event happens before its first write. Concurrent posts of one
 event apply it once (the claim), and a call returns only when every event it was given is
 applied by it or by another call (or reports the ones still running as ``in_flight``). User
-state is exactly-once. A call that fails in 4 (an engine or store error) gives its claims up at
-once and records on its events the counters and graph weights it completed, so the call that
-takes them over adds only the rest: those are exactly-once too, except after a crash (or a
-lost release) between writing one and 5, whose recovery adds it again (at-least-once there),
-and except for an engine write the call saw fail that was applied all the same (a ``_bulk``
-applied in part, or after the client timed out). Raw events expire
-through a TTL index on ``ts``; expired claims are also recovered by a periodic sweep
-(:meth:`EventProcessor.recover_expired`; each API process runs it in the background from 5 s
-after its start, :meth:`EventProcessor.recover_forever`), so an event whose holder died is
-applied even when no client retries it.
+state is exactly-once. Each counter and graph-weight write done in 4 is recorded on its events
+at once, and a call that fails in 4 gives its claims up at once, so the call that takes them
+over (after a failure or a crash) adds only the rest: exactly-once too, except for a crash in
+the milliseconds between such a write and its record, and for an engine write the call saw
+fail that was applied all the same (a ``_bulk`` applied in part, or after a client timeout).
+Raw events expire through a TTL index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`,
+in each API process from 5 s after start) applies expired claims nobody retried.
 """
 
 from __future__ import annotations
@@ -47,6 +44,7 @@ import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
@@ -384,7 +382,8 @@ class EventProcessor:
                 completed: list[str] = []
                 try:
                     async with self.claims.renewing(ids, token):
-                        await self.writer.apply(mine, items, now, out, done, completed)  # 4.
+                        record = partial(self.claims.record_done, ids, token)
+                        await self.writer.apply(mine, items, now, out, done, completed, record)
                 except BaseException:
                     # a failed call gives its claims up at once: a retry takes them over now
                     # instead of waiting for them to expire, and skips the additive effects

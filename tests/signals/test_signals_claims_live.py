@@ -374,11 +374,18 @@ asyncio.run(main())
 """
 
 
-async def _claimed_then_killed_9(s: Settings, batch: list[dict[str, Any]]) -> None:
-    """A process claims ``batch`` and is killed with -9 before any effect."""
+#: a process that applies a batch's effects and hangs before marking it applied (step 5)
+_APPLY_THEN_HANG = _CLAIM_THEN_HANG.replace("proc.writer.apply = hang", "proc.claims.mark = hang")
+
+
+async def _claimed_then_killed_9(
+    s: Settings, batch: list[dict[str, Any]], script: str = _CLAIM_THEN_HANG
+) -> None:
+    """A process claims ``batch`` and is killed with -9 where ``script`` hangs (before any
+    effect, by default)."""
     fields = {k: getattr(s, k) for k in ("opensearch_url", "mongo_url", "mongo_db", "index_alias")}
     child = subprocess.Popen(
-        [sys.executable, "-c", _CLAIM_THEN_HANG, json.dumps(fields), json.dumps(batch)],
+        [sys.executable, "-c", script, json.dumps(fields), json.dumps(batch)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -415,6 +422,24 @@ async def test_a_claim_of_a_process_killed_9_is_applied_by_the_next_retry(
     assert (await BlockStore(claims_db).get(hider)).blocked == ("person3",)
     again = await proc.apply(batch)
     assert (again.accepted, again.duplicates, again.recovered) == (0, 31, 0)
+
+
+async def test_a_process_killed_9_after_its_effects_is_not_counted_twice(
+    claims_settings: Settings, claims_db: Any, claims_os: Any
+) -> None:
+    """Killed with -9 after writing the counters and graph weights, before marking the events
+    applied: the retry that took them over added them all again (the completed effects were
+    recorded only when a failing call gave its claims up). Each is recorded as it is written
+    now: the retry applies the batch, and counts it once."""
+    s = _waits(claims_settings, wait=0.3)
+    proc = EventProcessor(s, claims_db, claims_os)
+    counters = _Counters(proc, claims_db)
+    batch = _batch(37)
+    before = await counters.read()
+    await _claimed_then_killed_9(s, batch, _APPLY_THEN_HANG)
+    res = await proc.apply(batch)
+    assert (res.accepted, res.duplicates, res.recovered, res.in_flight) == (0, 0, 30, 0)
+    await _assert_exact(claims_db, batch, before, await counters.read())
 
 
 async def test_a_claim_of_a_process_killed_9_is_applied_by_the_next_api_process_unasked(
