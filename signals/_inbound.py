@@ -16,7 +16,9 @@ never a wrong count. Reads ask for at most :data:`RETAIN_DAYS` days.
 The pacing controller's periodic measurement (:meth:`InboundCounter.totals`) reads the items
 whose ``last`` day is inside the window (an index on MongoDB, a scan on FerretDB).
 
-Increments are at-least-once, like the graph's (see ``opendisco.signals``).
+Increments are at-least-once, like the graph's (see ``opendisco.signals``). Where one update
+of a document is not atomic (FerretDB 1.x: concurrent ``$inc`` of one counter lost most of
+them), a batch's increments run under leases on its items (``inbound_items_locks``).
 """
 
 from __future__ import annotations
@@ -30,13 +32,21 @@ from typing import Any
 from pymongo import UpdateOne
 
 from opendisco._backend import backend_errors
-from opendisco._store import bulk_write_chunked
+from opendisco._store import bulk_write_chunked, detect_capabilities, lease
 
 from ._graph import _find
 
-__all__ = ["INBOUND", "RETAIN_DAYS", "InboundCounter", "ensure_inbound_indexes", "window_total"]
+__all__ = [
+    "INBOUND",
+    "INBOUND_LOCKS",
+    "RETAIN_DAYS",
+    "InboundCounter",
+    "ensure_inbound_indexes",
+    "window_total",
+]
 
 INBOUND = "inbound_items"
+INBOUND_LOCKS = "inbound_items_locks"
 #: days a counter keeps (the longest window a read may ask for)
 RETAIN_DAYS = 28
 #: keys past the horizon each increment drops
@@ -104,17 +114,31 @@ async def ensure_inbound_indexes(db: Any) -> None:
 class InboundCounter:
     """Attention received per item per day; summed over a recent window."""
 
+    #: a batch's lease on its items outlives a crashed writer by this long
+    lease_s = 10.0
+    lock_wait_s = 30.0
+
     def __init__(self, db: Any) -> None:
+        self.db = db
         self.coll = db[INBOUND]
 
     async def add(
         self, counts: Iterable[tuple[str, datetime]], now: datetime | None = None
     ) -> None:
+        """Add the attention ``counts`` (item, when) in one bulk of ``$inc`` upserts, under the
+        items' leases where updates are not atomic (module docstring)."""
         updates = increments(counts, now)
-        await bulk_write_chunked(
-            self.coll,
-            [UpdateOne({"_id": item}, update, upsert=True) for item, update in updates.items()],
-        )
+        if not updates:
+            return
+        ops = [UpdateOne({"_id": item}, update, upsert=True) for item, update in updates.items()]
+        if (await detect_capabilities(self.db)).atomic_updates:
+            await bulk_write_chunked(self.coll, ops)
+            return
+        locks = self.db[INBOUND_LOCKS]
+        async with lease(
+            locks, updates, lease_s=self.lease_s, wait_s=self.lock_wait_s, what=INBOUND
+        ):
+            await bulk_write_chunked(self.coll, ops)
 
     async def totals(self, days: int = 7, now: datetime | None = None) -> dict[str, int]:
         """Attention received per item over the last ``days`` days, for every item that

@@ -61,7 +61,7 @@ from ._claims import CLAIMS, EventClaims, classify
 from ._event import Event, EventsConfig, EventsResult, validate_event
 from ._exposure import ExposureStore
 from ._graph import ITEM_EDGES, ITEM_LOCKS, ItemGraph
-from ._inbound import INBOUND, InboundCounter, ensure_inbound_indexes
+from ._inbound import INBOUND, INBOUND_LOCKS, InboundCounter, ensure_inbound_indexes
 from ._members import (
     INBOX_LOCKS,
     USER_INBOX,
@@ -240,6 +240,7 @@ class EventProcessor:
                     USER_INBOX,
                     INBOX_LOCKS,
                     INBOUND,
+                    INBOUND_LOCKS,
                     PACING,
                     PACING_LOCKS,
                     MEMBER_BLOCKS,
