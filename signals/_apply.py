@@ -10,7 +10,9 @@ A call that fails part-way gives its claims up; the call that takes them over mu
 again what the failed one added. User state, mutual likes and blocks are idempotent; each
 additive effect (:class:`~._effects.Additive`) the failed call completed is recorded on its
 events with the release (``completed``), and the taker applies it only for the events that
-have not had it (``done``). The co-engagement pairs are computed from the states as they were
+have not had it (``done``). An engine counter ``_bulk`` applied in part records the effect on
+the events whose items it wrote (the counters are per item), so the taker adds only the items
+it did not. The co-engagement pairs are computed from the states as they were
 before the batch, whether or not a failed call merged it already.
 
 While the engine cannot be read, the events' items come from MongoDB without their vectors
@@ -28,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import SearchBackendError
+from opendisco._exceptions import PartialWrite, SearchBackendError
 
 from ._blocks import BlockStore
 from ._effects import Additive, Effects, pending, plan_effects
@@ -107,10 +109,13 @@ class EffectWriter:
         out: EventsResult,
         done: Mapping[str, frozenset[str]],
         completed: list[str],
+        partly: dict[str, set[str]] | None = None,
     ) -> None:
         """Write ``todo``'s effects; an additive one only for the events that have not had it
         (``done``: event id -> effects an earlier, failed call completed), each appended to
-        ``completed`` once written (what a failing call records on its events)."""
+        ``completed`` once written (what a failing call records on its events). An engine
+        counter written in part (:class:`~opendisco.PartialWrite`) adds, in ``partly``, the
+        effect -> the events whose items it did write."""
         plan = self._plans(todo, items, done)
         every = plan(None)
         impressions = plan(Additive.EXPOSURE).impressions
@@ -141,7 +146,14 @@ class EffectWriter:
             completed.append(Additive.INBOUND)
         finally:
             await asyncio.wait(engine.values())
-            completed += [e for e, f in engine.items() if not f.cancelled() and not f.exception()]
+            for effect, fut in engine.items():
+                exc = None if fut.cancelled() else fut.exception()
+                if not fut.cancelled() and exc is None:
+                    completed.append(effect)
+                elif isinstance(exc, PartialWrite) and partly is not None:
+                    # counters are per item: an event's share was written with its item's
+                    written = pending(todo, done, effect)
+                    partly[effect] = {ev.id for ev in written if ev.item_id not in exc.unwritten}
         capped = engine[Additive.EXPOSURE].result()  # the engine's error, when it failed
         engine[Additive.TREND].result()
         out.capped = sorted(set(out.capped) | set(capped or []))

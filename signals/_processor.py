@@ -30,8 +30,9 @@ state is exactly-once. A call that fails in 4 (an engine or store error) gives i
 once and records on its events the counters and graph weights it completed, so the call that
 takes them over adds only the rest: those are exactly-once too, except after a crash (or a
 lost release) between writing one and 5, whose recovery adds it again (at-least-once there),
-and except for an engine write the call saw fail that was applied all the same (a ``_bulk``
-applied in part, or after the client timed out). Raw events expire
+and except for an engine write the call saw fail that was applied all the same (after the
+client timed out). A counters ``_bulk`` applied in part is read item by item: the events whose
+items it wrote record it done, the others do not (``_apply``). Raw events expire
 through a TTL index on ``ts``; expired claims are also recovered by a periodic sweep
 (:meth:`EventProcessor.recover_expired`), so an event whose holder died is applied even when
 no client retries it.
@@ -347,14 +348,15 @@ class EventProcessor:
             if mine:
                 ids = [ev.id for ev in mine]
                 completed: list[str] = []
+                partly: dict[str, set[str]] = {}  # an engine _bulk applied in part
                 try:
                     async with self.claims.renewing(ids, token):
-                        await self.writer.apply(mine, items, now, out, done, completed)  # 4.
+                        await self.writer.apply(mine, items, now, out, done, completed, partly)
                 except BaseException:
                     # a failed call gives its claims up at once: a retry takes them over now
                     # instead of waiting for them to expire, and skips the additive effects
                     # this call completed (the idempotent ones are done again)
-                    await asyncio.shield(self.claims.release(ids, token, completed))
+                    await asyncio.shield(self.claims.release(ids, token, completed, partly))
                     raise
                 await self.claims.mark(ids)  # 5.
                 mine = []

@@ -3,12 +3,17 @@
 batch to several API workers and then retries it. Every call fails until the storm ends; the
 retry after it applies what is left. Every counter — exposure (engine), inbound attention and
 co-engagement weights (MongoDB) — must then hold the batch exactly once: the MongoDB effects
-the failed calls completed are not added again by the calls that take their claims over."""
+the failed calls completed are not added again by the calls that take their claims over.
+
+The same for 429s on single items inside the counters' ``_bulk`` answers (the rest applied),
+for the served impressions' flush (``ServedExposure``) under those, and for a refused update
+of the cap list after the counters were written (``tests/http_faults.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,12 +21,22 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 from aiohttp import web
+from http_faults import FaultyHttpProxy
 
 # the counters of the claims suite: the same catalogue and the same exact checks
 from test_signals_claims_live import MOVIES, PROFILES, _assert_exact, _Counters
 
 from opendisco import SearchBackendError, Settings, clients
-from opendisco.signals import EVENTS, EventProcessor
+from opendisco.signals import (
+    CAPPED_DOC_ID,
+    EVENTS,
+    EventProcessor,
+    EventsConfig,
+    ExposureStore,
+    ServedExposure,
+)
+
+CAPPED_ITEM = "cap0"  # exposure_cap 3: see conftest.clustered_catalogue
 
 
 class WriteStormProxy:
@@ -162,3 +177,127 @@ async def test_a_write_storm_and_retries_count_the_batch_once(
     finally:
         await os_client.close()
         await mongo.close()
+
+
+# --- per-item 429s inside the counters' ``_bulk`` answers (tests/http_faults.py) -------------
+
+
+def _rejects(index: str, ids: set[str]) -> Any:
+    return lambda idx, doc_id: idx == index and doc_id in ids
+
+
+async def test_items_rejected_inside_the_counters_bulk_count_the_batch_once(
+    storm_settings: Settings,
+) -> None:
+    """The engine applies a bulk of counter updates but rejects some items with 429 (its
+    write queue full), on every try until the storm ends: the calls fail, and the retry after
+    it adds only the items that were not written — exposure and live trend exactly once."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
+        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
+        os_client = clients.async_opensearch(s)
+        mongo = clients.mongo_async(s)
+        db = mongo[s.mongo_db]
+        try:
+            workers = [EventProcessor(s, db, os_client) for _ in range(2)]
+            for w in workers:
+                await w.ensure()
+            counters = _Counters(workers[0], db)
+            batch = _batch()
+            touched = sorted({e["item_id"] for e in batch})
+            liked = Counter(e["item_id"] for e in batch if e["type"] == "like")
+            before, trend0 = await counters.read(), await _trend(workers[0], touched)
+            # half the impressions' items and half the liked ones: written and rejected both
+            seen = sorted({e["item_id"] for e in batch if e["type"] == "impression"})
+            proxy.reject_item = _rejects(
+                workers[0].exposure.index, {*seen[::2], *sorted(liked)[::2]}
+            )
+            for _ in range(2):  # a client retrying during the storm
+                results = await asyncio.gather(
+                    *(w.apply(batch) for w in workers), return_exceptions=True
+                )
+                assert all(isinstance(r, SearchBackendError) for r in results), results
+            assert proxy.rejected
+            proxy.reject_item = None
+            res = await workers[1].apply(batch)  # the retry after the storm
+            # (a call that took over only events with nothing left to write applied them)
+            assert (res.accepted, res.in_flight) == (0, 0), res
+            assert res.recovered + res.duplicates == len(batch) and res.recovered > 0, res
+            await _assert_exact(db, batch, before, await counters.read())
+            trend = await _trend(workers[0], touched)
+            like = EventsConfig().weights["like"]
+            for item in touched:
+                assert abs(trend[item] - trend0[item] - like * liked[item]) < 0.01, item
+        finally:
+            await os_client.close()
+            await mongo.close()
+
+
+async def _trend(proc: EventProcessor, ids: list[str]) -> dict[str, float]:
+    return {i: e.trend for i, e in (await proc.exposure.read(ids)).items()}
+
+
+async def test_served_impressions_rejected_in_part_are_kept_and_the_rest_counted_once(
+    storm_settings: Settings,
+) -> None:
+    """A flush whose bulk was applied in part keeps only the rejected items' counts for the
+    next flush (not the whole batch: the others were written); after the storm the counters
+    hold exactly what was served."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
+        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
+        os_client = clients.async_opensearch(s)
+        try:
+            store = ExposureStore(os_client, s)
+            await store.ensure()
+            served = ServedExposure(store, flush_s=3600.0)
+            ids = MOVIES[:6]
+            rejected = set(ids[::2])
+            before = await store.counts(ids)
+            served.add(ids)
+            served.add(ids[:3])
+            shown = Counter([*ids, *ids[:3]])
+            proxy.reject_item = _rejects(store.index, rejected)
+            with pytest.raises(SearchBackendError):
+                await served.flush()
+            assert dict(served.pending) == {i: shown[i] for i in rejected}
+            assert served.written == sum(n for i, n in shown.items() if i not in rejected)
+            assert served.unwritten(ids[0]) == shown[ids[0]]  # what the fallback adds to caps
+            proxy.reject_item = None
+            await served.drain()
+            after = await store.counts(ids)
+            assert {i: after[i] - before[i] for i in ids} == dict(shown)
+            assert served.written == sum(shown.values()) and served.dropped == 0
+        finally:
+            await os_client.close()
+
+
+async def test_a_cap_list_update_refused_after_the_counts_were_written_counts_them_once(
+    storm_settings: Settings,
+) -> None:
+    """The counters are written, then the update of the ``_capped`` list is refused (429):
+    the flush must not keep its counts for the next one (they would be added twice), and the
+    item that reached its cap joins the list with the next update once the engine takes it."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
+        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
+        os_client = clients.async_opensearch(s)
+        try:
+            store = ExposureStore(os_client, s)
+            await store.ensure()
+            served = ServedExposure(store, flush_s=3600.0)
+            ids = [CAPPED_ITEM, *MOVIES[6:9]]  # CAPPED_ITEM: exposure_cap 3
+            before = await store.counts(ids)
+            assert before[CAPPED_ITEM] < 3 and CAPPED_ITEM not in await store.capped()
+            for _ in range(3):
+                served.add(ids)
+            proxy.fail_if = lambda method, path: path.endswith(f"/_update/{CAPPED_DOC_ID}")
+            await served.flush()
+            assert not served.pending and served.written == 3 * len(ids)
+            after = await store.counts(ids)
+            assert {i: after[i] - before[i] for i in ids} == dict.fromkeys(ids, 3)
+            assert proxy.answered.get(429)  # the list update was refused
+            assert CAPPED_ITEM not in await store.capped()
+            proxy.fail_if = None
+            assert CAPPED_ITEM in await store.sweep()  # the next update carries it
+            assert CAPPED_ITEM in await store.capped()
+            assert await store.counts(ids) == after
+        finally:
+            await os_client.close()
