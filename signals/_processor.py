@@ -240,7 +240,9 @@ class EventProcessor:
     async def _items(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The items' vectors, category, kind and owner from the engine (one ``mget``); when
         the engine fails, all but the vectors from MongoDB (:func:`~._apply.stored_items`):
-        a member can block, pass and hide while the engine is down."""
+        a member can block, pass and hide while the engine is down. So are the documents the
+        ``mget`` answers with an error (a shard that rejected or failed its part): read as
+        missing, their events were rejected as about an unknown item, and lost."""
         if not ids:
             return {}
         try:
@@ -260,7 +262,14 @@ class EventProcessor:
         except SearchBackendError as exc:
             log.warning("event items read from MongoDB, vectors kept (engine: %.200s)", exc)
             return await stored_items(self.db[self.settings.items_collection], ids)
-        return {d["_id"]: d.get("_source") or {} for d in resp["docs"] if d.get("found")}
+        docs = resp["docs"]
+        out = {d["_id"]: d.get("_source") or {} for d in docs if d.get("found")}
+        if failed := [str(d["_id"]) for d in docs if d.get("error")]:
+            # a shard that failed to answer (e.g. 429 from its get queue) is not "unknown item"
+            first = next(d["error"] for d in docs if d.get("error"))
+            log.warning("%d event items read from MongoDB (engine: %.200s)", len(failed), first)
+            out.update(await stored_items(self.db[self.settings.items_collection], failed))
+        return out
 
     # --- apply ------------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ touched, nothing of OpenSearch is mocked: every request not faulted reaches it):
   (a storm on one kind of call, e.g. the cap-list update);
 * ``reject_item(index, id)``: inside ``_bulk`` requests, the matching items are not forwarded
   and answered ``429 es_rejected_execution_exception`` in their place in the bulk answer (an
-  engine whose write queue rejects single items of a bulk it otherwise applies).
+  engine whose write queue rejects single items of a bulk it otherwise applies); in ``_mget``
+  answers the matching documents are replaced by that error (a shard's get queue full).
 """
 
 from __future__ import annotations
@@ -121,6 +122,22 @@ class FaultyHttpProxy:
         errors = any("error" in next(iter(it.values())) for it in merged)
         return web.json_response({"took": took, "errors": errors, "items": merged})
 
+    async def _mget(self, request: web.Request, body: bytes) -> web.Response:
+        """Forward; answer the matching documents with the rejection instead of the engine's."""
+        assert self.reject_item is not None
+        status, data, ctype = await self._forward(request, body)
+        if status != 200:
+            return web.Response(body=data, status=status, content_type=ctype.split(";")[0])
+        answer = json.loads(data)
+        docs = []
+        for doc in answer.get("docs", []):
+            index, doc_id = str(doc.get("_index", "")), str(doc.get("_id", ""))
+            if self.reject_item(index, doc_id):
+                self.rejected[doc_id] += 1
+                doc = {"_index": index, "_id": doc_id, "error": dict(_REJECTED)}
+            docs.append(doc)
+        return web.json_response({**answer, "docs": docs})
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if self.failing:
@@ -130,6 +147,8 @@ class FaultyHttpProxy:
             return self._refuse(429)
         if self.reject_item is not None and request.path.endswith("/_bulk") and body.strip():
             return await self._bulk(request, body)
+        if self.reject_item is not None and request.path.endswith("/_mget"):
+            return await self._mget(request, body)
         status, data, ctype = await self._forward(request, body)
         return web.Response(body=data, status=status, headers={"Content-Type": ctype})
 

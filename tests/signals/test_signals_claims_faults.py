@@ -34,6 +34,7 @@ from opendisco.signals import (
     EventsConfig,
     ExposureStore,
     ServedExposure,
+    UserStateStore,
 )
 
 CAPPED_ITEM = "cap0"  # exposure_cap 3: see conftest.clustered_catalogue
@@ -301,3 +302,35 @@ async def test_a_cap_list_update_refused_after_the_counts_were_written_counts_th
             assert await store.counts(ids) == after
         finally:
             await os_client.close()
+
+
+async def test_an_item_the_lookup_could_not_read_is_not_an_unknown_item(
+    storm_settings: Settings,
+) -> None:
+    """The events' item lookup (``mget``) answers one document with a shard's 429 instead of
+    the document: the event is about a known item (MongoDB says so) and is applied, not
+    rejected as about an unknown item (a rejection a client does not retry: the like lost)."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
+        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
+        os_client = clients.async_opensearch(s)
+        mongo = clients.mongo_async(s)
+        db = mongo[s.mongo_db]
+        try:
+            proc = EventProcessor(s, db, os_client)
+            await proc.ensure()
+            # this catalogue lives in the engine alone: the item's source document
+            doc = {"_id": "beta5", "kind": "movie", "category": "beta", "owner_id": "o5"}
+            await db[s.items_collection].replace_one({"_id": "beta5"}, doc, upsert=True)
+            user = f"m{uuid.uuid4().hex[:8]}"
+            like = {"id": uuid.uuid4().hex, "type": "like", "user_id": user, "item_id": "beta5"}
+            proxy.reject_item = lambda index, doc_id: (
+                index != proc.exposure.index and doc_id == "beta5"
+            )
+            res = await proc.apply([like])
+            assert proxy.rejected["beta5"] == 1
+            assert (res.accepted, res.rejected) == (1, []), res
+            st = await UserStateStore(db).get(user)
+            assert [p["id"] for p in st.positives] == ["beta5"]
+        finally:
+            await os_client.close()
+            await mongo.close()
