@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from .._deps import RuntimeDep
+from .._errors import BACKEND_RETRY_AFTER_S
 from .._metrics import CONTENT_TYPE_LATEST
 from .._models import HealthResponse, ReadyResponse
 
@@ -38,13 +39,15 @@ async def _answers(call: Awaitable[Any], timeout_s: float = 1.0) -> bool:
     responses={503: {"model": ReadyResponse, "description": "A backend is unreachable."}},
 )
 async def readyz(rt: RuntimeDep) -> JSONResponse:
-    """OpenSearch and MongoDB answer."""
+    """OpenSearch and MongoDB answer (a 503 says when to ask again, like every 503 of the API)."""
     os_ok, mongo_ok = await asyncio.gather(
         _answers(rt.os_client.cluster.health()), _answers(rt.db.command("ping"))
     )
     checks = {"opensearch": os_ok, "mongo": mongo_ok}
     ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    headers = {} if ready else {"Retry-After": str(BACKEND_RETRY_AFTER_S)}
+    body = {"ready": ready, "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
 
 
 @router.get(
