@@ -8,7 +8,9 @@ counted as written. An overloaded engine rejects single items of a bulk it other
 sends those again, alone, up to ``retries`` times with a doubling pause, and returns what was
 applied and what still was not, by document id. A retry round that fails as a whole (the engine
 stopped answering) ends the retries: its items are returned as not applied. A first request
-that fails as a whole raises (nothing of it was applied).
+that fails as a whole raises (nothing of it was applied). A request that timed out may have
+been applied all the same: read as not applied, it is counted again by the caller's retry (the
+one at-least-once case left, as for any engine write whose answer was lost).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Event claims under an engine fault on the real servers: a 429 storm on the engine's writes
-(its ``_bulk`` endpoint answers 429 + Retry-After, reads still work) while a client posts one
+(its ``_bulk`` endpoint answers 429, reads still work) while a client posts one
 batch to several API workers and then retries it. Every call fails until the storm ends; the
 retry after it applies what is left. Every counter — exposure (engine), inbound attention and
 co-engagement weights (MongoDB) — must then hold the batch exactly once: the MongoDB effects
@@ -7,20 +7,18 @@ the failed calls completed are not added again by the calls that take their clai
 
 The same for 429s on single items inside the counters' ``_bulk`` answers (the rest applied),
 for the served impressions' flush (``ServedExposure``) under those, and for a refused update
-of the cap list after the counters were written (``tests/http_faults.py``)."""
+of the cap list after the counters were written, and for an item lookup (``mget``) that
+answers one document with a shard's rejection (all through ``tests/http_faults.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 import pytest
-from aiohttp import web
 from http_faults import FaultyHttpProxy
 
 # the counters of the claims suite: the same catalogue and the same exact checks
@@ -38,59 +36,6 @@ from opendisco.signals import (
 )
 
 CAPPED_ITEM = "cap0"  # exposure_cap 3: see conftest.clustered_catalogue
-
-
-class WriteStormProxy:
-    """An HTTP proxy to OpenSearch on this loop; while ``storm`` it answers every ``_bulk``
-    request itself with 429 + Retry-After (the write thread pool rejecting), forwarding the
-    rest (reads) untouched."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target.rstrip("/")
-        self.storm = False
-        self.rejected = 0
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if self.storm and request.path.rstrip("/").endswith("_bulk"):
-            self.rejected += 1
-            err = {"type": "es_rejected_execution_exception", "reason": "write queue full"}
-            return web.json_response(
-                {"error": {"root_cause": [err], **err}, "status": 429},
-                status=429,
-                headers={"Retry-After": "1"},
-            )
-        assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        async with self._session.request(
-            request.method, self.target + request.path_qs, data=body, headers=headers
-        ) as resp:
-            data = await resp.read()
-            ctype = {k: v for k, v in resp.headers.items() if k.lower() == "content-type"}
-            return web.Response(body=data, status=resp.status, headers=ctype)
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-        app = web.Application(client_max_size=256 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +60,15 @@ def storm_settings(
 
 
 @pytest.fixture
-async def storm(storm_settings: Settings) -> AsyncIterator[tuple[WriteStormProxy, Settings]]:
-    target = urlsplit(storm_settings.opensearch_url)
-    proxy = WriteStormProxy(f"{target.scheme}://{target.netloc}")
-    await proxy.start()
-    try:
+def storm(storm_settings: Settings) -> Iterator[tuple[FaultyHttpProxy, Settings]]:
+    """The fault proxy in front of the engine and settings that go through it."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
         yield proxy, storm_settings.model_copy(update={"opensearch_url": proxy.url})
-    finally:
-        await proxy.close()
+
+
+def _write_storm(method: str, path: str) -> bool:
+    """Every ``_bulk`` answered 429 (the write thread pool rejecting); reads forwarded."""
+    return path.rstrip("/").endswith("_bulk")
 
 
 def _batch() -> list[dict[str, Any]]:
@@ -146,7 +92,7 @@ def _batch() -> list[dict[str, Any]]:
 
 
 async def test_a_write_storm_and_retries_count_the_batch_once(
-    storm: tuple[WriteStormProxy, Settings],
+    storm: tuple[FaultyHttpProxy, Settings],
 ) -> None:
     proxy, s = storm
     os_client = clients.async_opensearch(s)
@@ -159,17 +105,17 @@ async def test_a_write_storm_and_retries_count_the_batch_once(
         counters = _Counters(workers[0], db)
         batch = _batch()
         before = await counters.read()
-        proxy.storm = True
+        proxy.fail_if = _write_storm
         # a client posts the batch to every worker (it timed out and retried), twice
         for _ in range(2):
             results = await asyncio.gather(
                 *(w.apply(batch) for w in workers), return_exceptions=True
             )
             assert all(isinstance(r, SearchBackendError) for r in results), results
-        assert proxy.rejected >= 2
+        assert proxy.answered.get(429, 0) >= 2
         stored = await db[EVENTS].find({"_id": {"$in": [e["id"] for e in batch]}}).to_list(None)
         assert len(stored) == len(batch) and not any(d["applied"] for d in stored)
-        proxy.storm = False
+        proxy.fail_if = None
         res = await workers[1].apply(batch)  # the retry after the storm
         assert (res.accepted, res.recovered, res.in_flight) == (0, len(batch), 0), res
         await _assert_exact(db, batch, before, await counters.read())
