@@ -73,11 +73,15 @@ class ServedExposure:
             kept = {i: batch[i] for i in unwritten if i in batch}
             self.written += sum(batch.values()) - sum(kept.values())
             log.warning("served impressions not counted yet (%d ids): %s", len(kept), exc)
+            lost = 0
             for i, n in kept.items():
                 if i in self.pending or len(self.pending) < self.max_pending:
                     self.pending[i] += n
                 else:
-                    self.dropped += n
+                    lost += n
+            if lost:
+                log.warning("%d served impressions dropped: %d ids pending", lost, self.max_pending)
+                self.dropped += lost
             raise
         finally:
             self.flushing = Counter()

@@ -56,7 +56,12 @@ async def readyz(rt: RuntimeDep) -> JSONResponse:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(rt: RuntimeDep) -> PlainTextResponse:
-    """Prometheus metrics (latency per route, degraded answers, breaker state), of every
-    worker when the server runs several."""
+    """Prometheus metrics (latency per route, degraded answers, breaker state, served
+    impressions and lists not written), of every worker when the server runs several."""
     rt.metrics.breaker_state.set(rt.breaker.state.gauge)
+    served = rt.discovery.served
+    rt.metrics.exposure_unwritten.set(sum(served.pending.values()) + sum(served.flushing.values()))
+    rt.metrics.exposure_dropped.set(served.dropped)
+    log = rt.discovery.served_log
+    rt.metrics.served_log_dropped.set(log.dropped if log is not None else 0)
     return PlainTextResponse(rt.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

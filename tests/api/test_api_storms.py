@@ -277,7 +277,17 @@ async def test_a_429_storm_answers_safely_and_applies_retried_events_once(
                         queues[name] = max(queues[name], n)
                     await asyncio.sleep(0.05)
 
-            await asyncio.gather(*readers, *posters, block(), calm(), sample())
+            async def metrics() -> None:
+                """Mid-storm: what the counters could not take yet is on /metrics."""
+                await asyncio.sleep(STORM_S * 0.8)
+                text = (await client.get("/metrics")).text
+                line = next(ln for ln in text.splitlines() if ln.startswith("opendisco_api_exp"))
+                assert (
+                    line.startswith("opendisco_api_exposure_unwritten ")
+                    and float(line.split()[-1]) > 0
+                ), line
+
+            await asyncio.gather(*readers, *posters, block(), calm(), sample(), metrics())
             # the breaker closes again: the pipeline answers
             for _ in range(100):
                 resp = await client.get(f"/v1/users/{V}/recommendations?k=10", headers=h(read))
@@ -306,6 +316,9 @@ async def test_a_429_storm_answers_safely_and_applies_retried_events_once(
             assert not disc.served.pending and disc.served.dropped == 0
             assert not disc.writes._applying
             assert disc.served_log is None or disc.served_log.pending == 0
+            text = (await client.get("/metrics")).text
+            assert "opendisco_api_exposure_unwritten 0.0" in text
+            assert "opendisco_api_exposure_dropped 0.0" in text
             db = disc.db
             posted = [e["id"] for e in [*batch, *hide]]
             stored = await db[EVENTS].find({"_id": {"$in": posted}}).to_list(None)
