@@ -81,6 +81,26 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+        self.exposure_unwritten = Gauge(
+            "opendisco_api_exposure_unwritten",
+            "Served impressions not written to the exposure counters yet (pending the next "
+            "flush, or kept after a failed one); bounded by exposure ids kept.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.exposure_dropped = Gauge(
+            "opendisco_api_exposure_dropped",
+            "Served impressions never counted: the pending ids were at their bound.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.served_log_dropped = Gauge(
+            "opendisco_api_served_log_dropped",
+            "Served lists not logged: the served-list log's queue was full.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+
     def exposition(self) -> bytes:
         """The text format of every worker's metrics (this process's alone without
         multiprocess mode)."""

@@ -11,7 +11,8 @@ boundary with ``raise Mapped(msg) from exc``; the CLI turns the tree into
     │   └── ServiceTimeout          a server did not become healthy in time (log tail attached)
     ├── BackendError                an I/O call to a backend failed      (HTTP 503)
     │   ├── SearchBackendError      OpenSearch
-    │   │   └── SearchTimeout       OpenSearch did not answer within the deadline
+    │   │   ├── SearchTimeout       OpenSearch did not answer within the deadline
+    │   │   └── PartialWrite        a ``_bulk`` applied in part (``unwritten``: the ids it did not)
     │   └── StoreBackendError       MongoDB / FerretDB
     ├── InvalidInput                input rejected before any I/O        (HTTP 422)
     │   ├── DocumentInvalid         an item document failed schema validation
@@ -44,6 +45,7 @@ __all__ = [
     "NotFound",
     "OpenDiscoError",
     "Overloaded",
+    "PartialWrite",
     "RateLimited",
     "SearchBackendError",
     "SearchTimeout",
@@ -82,6 +84,17 @@ class SearchBackendError(BackendError):
 
 class SearchTimeout(SearchBackendError):
     """OpenSearch did not answer within the deadline."""
+
+
+class PartialWrite(SearchBackendError):
+    """A ``_bulk`` was applied in part: the documents in ``unwritten`` were not (their items
+    failed, e.g. ``429 es_rejected_execution_exception``), every other one was. A caller that
+    adds (counters) must count the others as written: writing the whole batch again would add
+    them twice."""
+
+    def __init__(self, message: str, unwritten: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.unwritten = unwritten
 
 
 class StoreBackendError(BackendError):

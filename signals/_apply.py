@@ -11,9 +11,11 @@ again what the failed one added. User state, mutual likes and blocks are idempot
 additive effect (:class:`~._effects.Additive`) the call completed is recorded on its events as
 soon as it is written (``record``; again with the release of a failed call: ``completed``), and
 the taker applies it only for the events that have not had it (``done``) — after a crash too,
-except for an effect written in the few milliseconds before its record. The co-engagement
-pairs are computed from the states as they were before the batch, whether or not a failed
-call merged it already.
+except for an effect written in the few milliseconds before its record. An engine counter
+``_bulk`` applied in part records the effect on the events whose items it wrote (the counters
+are per item), so the taker adds only the items it did not. The co-engagement pairs are
+computed from the states as they were before the batch, whether or not a failed call merged
+it already.
 
 While the engine cannot be read, the events' items come from MongoDB without their vectors
 (:func:`stored_items`): the effects that need no engine write (blocks, hides, passes, user
@@ -31,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import SearchBackendError
+from opendisco._exceptions import PartialWrite, SearchBackendError
 
 from ._blocks import BlockStore
 from ._effects import Additive, Effects, pending, plan_effects
@@ -117,13 +119,16 @@ class EffectWriter:
         out: EventsResult,
         done: Mapping[str, frozenset[str]],
         completed: list[str],
+        partly: dict[str, set[str]] | None = None,
         record: Record | None = None,
     ) -> None:
         """Write ``todo``'s effects; an additive one only for the events that have not had it
         (``done``: event id -> effects an earlier, failed call completed), each appended to
         ``completed`` once written (what a failing call records on its events) and, when it
         wrote something, passed to ``record`` at once (the claims store it on the events, so
-        the call taking them over after a crash of this one skips it too)."""
+        the call taking them over after a crash of this one skips it too). An engine counter
+        written in part (:class:`~opendisco.PartialWrite`) adds, in ``partly``, the effect ->
+        the events whose items it did write."""
 
         async def landed(effect: str, wrote: bool) -> None:
             completed.append(effect)
@@ -170,6 +175,12 @@ class EffectWriter:
             await landed(Additive.INBOUND, bool(inbound))
         finally:
             await asyncio.wait(engine.values())
+            for effect, fut in engine.items():
+                exc = None if fut.cancelled() else fut.exception()
+                if isinstance(exc, PartialWrite) and partly is not None:
+                    # counters are per item: an event's share was written with its item's
+                    written = pending(todo, done, effect)
+                    partly[effect] = {ev.id for ev in written if ev.item_id not in exc.unwritten}
         capped = engine[Additive.EXPOSURE].result()  # the engine's error, when it failed
         engine[Additive.TREND].result()
         out.capped = sorted(set(out.capped) | set(capped or []))

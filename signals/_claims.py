@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -219,15 +219,30 @@ class EventClaims:
                     {"_id": {"$in": held}, "owner": token}, {"$set": {"expires": expires}}
                 )
 
-    async def release(self, ids: Sequence[str], token: str, done: Sequence[str] = ()) -> None:
+    async def release(
+        self,
+        ids: Sequence[str],
+        token: str,
+        done: Sequence[str] = (),
+        partly: Mapping[str, Collection[str]] | None = None,
+    ) -> None:
         """Give this holder's claims up (a failed apply): they expire now, and record the
         additive effects it completed for them (``done``: the taker skips them), in the
-        same update; best effort (when it is lost, the taker adds them again)."""
+        same update; best effort (when it is lost, the taker adds them again). ``partly``:
+        effects completed for some of the events only (effect -> event ids: a ``_bulk``
+        applied in part), recorded first, while the claims still hold."""
         gone = datetime.fromtimestamp(0, UTC)
         update: dict[str, Any] = {"$set": {"claim_expires": gone}}
         if done:
             update["$addToSet"] = {"done": {"$each": sorted({str(d) for d in done})}}
         with contextlib.suppress(BackendError), backend_errors("releasing claims failed"):
+            for effect, some in sorted((partly or {}).items()):
+                mine = sorted(set(some) & set(ids))
+                if mine:
+                    await self.events.update_many(
+                        {"_id": {"$in": mine}, "claim_owner": token},
+                        {"$addToSet": {"done": str(effect)}},
+                    )
             await self.events.update_many({"_id": {"$in": list(ids)}, "claim_owner": token}, update)
             held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
             if held:

@@ -33,6 +33,7 @@ like/match count, added by :meth:`ExposureStore.record_trend` and ranked in the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -43,10 +44,12 @@ from opensearchpy import AsyncOpenSearch
 from opensearchpy.exceptions import NotFoundError, RequestError
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import InvalidInput, NotFound, SearchBackendError
+from opendisco._exceptions import InvalidInput, NotFound, PartialWrite, SearchBackendError
 from opendisco._settings import Settings
 
 from ._caps import item_cap
+from ._counting import CAPPED_SCRIPT, count_pairs
+from ._engine_bulk import bulk_updates
 from ._trending import (
     TREND_PROPERTIES,
     decayed,
@@ -57,6 +60,8 @@ from ._trending import (
 )
 
 __all__ = ["CAPPED_DOC_ID", "Exposure", "ExposureStore", "capped_lookup", "exposure_index"]
+
+log = logging.getLogger("opendisco.signals")
 
 CAPPED_DOC_ID = "_capped"
 CAPPED_PATH = "capped.ids"
@@ -86,34 +91,6 @@ _MAPPING: dict[str, Any] = {  # shards and replicas from settings (index_shards/
         },
     },
 }
-
-# one counter document per item: tumbling window, then add; report whether it is at its cap
-_COUNT_SCRIPT = """
-if (ctx._source.window_start == null || params.now - ctx._source.window_start >= params.window) {
-  ctx._source.window_start = params.now;
-  ctx._source.count = 0;
-}
-ctx._source.count += params.n;
-ctx._source.cap = params.cap;
-if (ctx._source.paced == null || ctx._source.paced_at == null) {
-  ctx._source.paced = 0.0; ctx._source.paced_at = params.now;
-}
-double dt = params.now - ctx._source.paced_at;
-if (dt > 0) {
-  ctx._source.paced = ctx._source.paced * Math.exp(-dt / params.window);
-  ctx._source.paced_at = params.now;
-}
-ctx._source.paced += params.n;
-"""
-
-# the list document: add newly capped ids with their window end, drop expired ones
-_CAPPED_SCRIPT = """
-if (ctx._source.capped == null) { ctx._source.capped = ['ids': [], 'until': [:]]; }
-Map until = ctx._source.capped.until;
-for (entry in params.add.entrySet()) { until.put(entry.getKey(), entry.getValue()); }
-until.entrySet().removeIf(e -> e.getValue() <= params.now);
-ctx._source.capped.ids = new ArrayList(until.keySet());
-"""
 
 
 @dataclass(frozen=True)
@@ -148,6 +125,8 @@ class ExposureStore:
         self.window_ms = int(settings.exposure_window_hours * 3_600_000)
         self.half_life_ms = settings.trending_half_life_hours * 3_600_000
         self.trend_window_ms = settings.trending_window_hours * 3_600_000
+        #: newly capped ids (-> window end) whose cap-list update failed: sent with the next
+        self._due: dict[str, int] = {}
 
     def _body(self) -> dict[str, Any]:
         shape = {
@@ -219,9 +198,14 @@ class ExposureStore:
     async def record(self, counts: Mapping[str, int], now: datetime | None = None) -> list[str]:
         """Add impressions per item id; returns the ids that are capped after this call.
 
-        One ``mget`` (caps), one ``_bulk`` of scripted upserts (counters), and one scripted
-        update of the capped list when something reached its cap. Item documents are never
-        written.
+        One search (caps), one ``_bulk`` of scripted upserts (counters; items the engine
+        rejects with 429 sent again, ``_engine_bulk``), and one scripted update of the capped
+        list. Item documents are never written. Counters that still were not written raise
+        :class:`~opendisco.PartialWrite` naming them (every other one was: a caller must not
+        add those again). A cap-list update that fails after the counters were written does
+        not fail the call (failing would have it counted again): the newly capped ids are
+        sent with the next update of the list (``record`` or ``sweep``) and the ids returned
+        are those this store knows capped.
         """
         batch = {str(k): int(v) for k, v in counts.items() if int(v) != 0}
         if any(v < 0 for v in batch.values()):
@@ -231,57 +215,49 @@ class ExposureStore:
             return []
         ids = sorted(batch)
         caps = await self._caps(ids)
-        body: list[dict[str, Any]] = []
-        for item_id in ids:
-            params = {
-                "n": batch[item_id],
-                "cap": caps[item_id],
-                "now": now_ms,
-                "window": self.window_ms,
-            }
-            body.append({"update": {"_index": self.index, "_id": item_id, "retry_on_conflict": 5}})
-            body.append(
-                {
-                    "script": {"lang": "painless", "source": _COUNT_SCRIPT, "params": params},
-                    "upsert": {
-                        "item_id": item_id,
-                        "count": 0,
-                        "cap": caps[item_id],
-                        "window_start": now_ms,
-                    },
-                    "scripted_upsert": True,
-                    "_source": ["count", "cap", "window_start"],
-                }
-            )
-        with backend_errors("exposure bulk update failed"):
-            resp = await self.client.bulk(body=body)
+        pairs = count_pairs(self.index, batch, caps, now_ms, self.window_ms)
+        applied, failed = await bulk_updates(self.client, pairs, "exposure bulk update failed")
         add: dict[str, int] = {}
-        errors = []
-        for item in resp.get("items", []):
-            res = item.get("update", {})
-            if "error" in res:
-                errors.append(f"{res.get('_id')}: {res['error']}")
-                continue
+        for res in applied:
             src = (res.get("get") or {}).get("_source") or {}
             if src.get("count", 0) >= src.get("cap", self.settings.exposure_default_cap):
                 add[res["_id"]] = int(src.get("window_start", now_ms)) + self.window_ms
-        if errors:
-            raise SearchBackendError(f"exposure updates failed: {errors[:3]}")
-        return await self._update_capped(add, now_ms)
+        try:
+            capped = await self._update_capped(add, now_ms)
+        except SearchBackendError as exc:  # the counts are written: never count them again
+            log.warning("exposure cap list not updated yet (kept for the next update): %s", exc)
+            capped = sorted(i for i, until in self._due.items() if until > now_ms)
+        if failed:
+            raise PartialWrite(
+                f"exposure updates failed: {list(failed.items())[:3]}", frozenset(failed)
+            )
+        return capped
 
     async def sweep(self, now: datetime | None = None) -> list[str]:
         """Drop capped ids whose window ended; returns the capped ids left."""
         return await self._update_capped({}, epoch_ms(now or datetime.now(UTC)))
 
     async def _update_capped(self, add: Mapping[str, int], now_ms: int) -> list[str]:
+        """Add ``add`` and the ids left by updates that failed (``_due``) to the list."""
+        sent, self._due = {**self._due, **add}, {}
+        try:
+            resp = await self._send_capped(sent, now_ms)
+        except SearchBackendError:
+            for i, until in sent.items():  # kept for the next update (record or sweep)
+                self._due[i] = max(self._due.get(i, 0), until)
+            raise
+        src = (resp.get("get") or {}).get("_source") or {}
+        return sorted((src.get("capped") or {}).get("ids") or [])
+
+    async def _send_capped(self, add: Mapping[str, int], now_ms: int) -> dict[str, Any]:
         with backend_errors("capped list update failed"):
-            resp = await self.client.update(
+            return await self.client.update(
                 index=self.index,
                 id=CAPPED_DOC_ID,
                 body={
                     "script": {
                         "lang": "painless",
-                        "source": _CAPPED_SCRIPT,
+                        "source": CAPPED_SCRIPT,
                         "params": {"add": dict(add), "now": now_ms},
                     },
                     "upsert": {"capped": {"ids": [], "until": {}}},
@@ -290,8 +266,6 @@ class ExposureStore:
                 },
                 params={"retry_on_conflict": 10},
             )
-        src = (resp.get("get") or {}).get("_source") or {}
-        return sorted((src.get("capped") or {}).get("ids") or [])
 
     async def capped(self) -> list[str]:
         """The ids the candidate queries currently exclude."""
@@ -372,15 +346,11 @@ class ExposureStore:
         if not incs:
             return 0
         body = trend_update_actions(self.index, incs, self.half_life_ms)
-        with backend_errors("live trending update failed"):
-            resp = await self.client.bulk(body=body)
-        errors = [
-            f"{r['update'].get('_id')}: {r['update']['error']}"
-            for r in resp.get("items", [])
-            if "error" in r.get("update", {})
-        ]
-        if errors:
-            raise SearchBackendError(f"live trending updates failed: {errors[:3]}")
+        pairs = list(zip(body[::2], body[1::2], strict=True))
+        _applied, failed = await bulk_updates(self.client, pairs, "live trending update failed")
+        if failed:
+            msg = f"live trending updates failed: {list(failed.items())[:3]}"
+            raise PartialWrite(msg, frozenset(failed))
         return len(incs)
 
     async def trending(self, k: int, now: datetime | None = None) -> list[tuple[str, float]]:

@@ -30,9 +30,11 @@ state is exactly-once. Each counter and graph-weight write done in 4 is recorded
 at once, and a call that fails in 4 gives its claims up at once, so the call that takes them
 over (after a failure or a crash) adds only the rest: exactly-once too, except for a crash in
 the milliseconds between such a write and its record, and for an engine write the call saw
-fail that was applied all the same (a ``_bulk`` applied in part, or after a client timeout).
-Raw events expire through a TTL index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`,
-in each API process from 5 s after start) applies expired claims nobody retried.
+fail that was applied all the same (after a client timeout). A counters ``_bulk`` applied in
+part is read item by item: the events whose items it wrote record it done, the others do not
+(``_apply``). Raw events expire through a TTL index on ``ts``; a periodic sweep
+(:meth:`EventProcessor.sweep`, in each API process from 5 s after start) applies expired
+claims nobody retried.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ import asyncio
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -53,45 +54,26 @@ from opensearchpy.exceptions import NotFoundError
 from opendisco._backend import backend_errors
 from opendisco._exceptions import BackendError, EventInvalid, SearchBackendError
 from opendisco._settings import Settings
-from opendisco._store import create_collection, detect_capabilities
 
 from ._apply import EffectWriter, stored_items
-from ._blocks import MEMBER_BLOCK_LOCKS, MEMBER_BLOCKS, BlockStore
-from ._claims import CLAIMS, EventClaims, classify
+from ._blocks import BlockStore
+from ._claims import EventClaims, classify
 from ._event import Event, EventsConfig, EventsResult, validate_event
+from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
-from ._graph import ITEM_EDGES, ITEM_LOCKS, ItemGraph
-from ._inbound import INBOUND, INBOUND_LOCKS, InboundCounter, ensure_inbound_indexes
-from ._members import (
-    INBOX_LOCKS,
-    USER_INBOX,
-    USER_LIKES,
-    USER_MATCHES,
-    UserGraph,
-    ensure_member_indexes,
-)
-from ._pacing import PACING, PACING_LOCKS
+from ._graph import ItemGraph
+from ._inbound import InboundCounter
+from ._members import UserGraph
 from ._repair import repair_vectors
-from ._user_state import MEMBER_TASTES, USER_LOCKS, USER_STATE, UserStateStore
+from ._user_state import UserStateStore
 
 __all__ = ["EVENTS", "EventProcessor"]
 
-EVENTS = "events"
 #: the background recovery sweep's first run after a process starts (``recover_forever``):
 #: soon enough that events a killed process left claimed are applied seconds after a
 #: restart, late enough not to compete with the start-up work
 RECOVER_FIRST_S = 5.0
-_ENSURE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 log = logging.getLogger("opendisco.signals")
-
-
-def _ensure_lock() -> asyncio.Lock:
-    """One lock per event loop (an asyncio.Lock is bound to the loop that first uses it)."""
-    loop = asyncio.get_running_loop()
-    lock = _ENSURE_LOCKS.get(loop)
-    if lock is None:
-        lock = _ENSURE_LOCKS[loop] = asyncio.Lock()
-    return lock
 
 
 def _stored(ev: Event, weight: float, now: datetime) -> dict[str, Any]:
@@ -221,49 +203,7 @@ class EventProcessor:
         self._ready = self.writer.engine_ready = True
 
     async def _ensure_store(self) -> None:
-        async with _ensure_lock():
-            # FerretDB 1.x (SQLite) can deadlock when a collection is created implicitly while
-            # other writes are in flight; so every collection is created here, one at a time,
-            # before any concurrent write touches it
-            with backend_errors("events collections"):
-                have = set(await self.db.list_collection_names())
-                for name in (
-                    EVENTS,
-                    CLAIMS,
-                    USER_STATE,
-                    USER_LOCKS,
-                    MEMBER_TASTES,
-                    ITEM_EDGES,
-                    ITEM_LOCKS,
-                    USER_LIKES,
-                    USER_MATCHES,
-                    USER_INBOX,
-                    INBOX_LOCKS,
-                    INBOUND,
-                    INBOUND_LOCKS,
-                    PACING,
-                    PACING_LOCKS,
-                    MEMBER_BLOCKS,
-                    MEMBER_BLOCK_LOCKS,
-                ):
-                    if name not in have:
-                        await create_collection(self.db, name)
-            await self._ensure_indexes()
-
-    async def _ensure_indexes(self) -> None:
-        self.native_ttl = (await detect_capabilities(self.db)).ttl_indexes
-        with backend_errors("events index creation failed"):
-            if self.native_ttl:
-                await self.events.create_index(
-                    "ts", expireAfterSeconds=int(self.cfg.ttl_days * 86400), name="ttl_ts"
-                )
-            else:  # FerretDB 1.x: no TTL indexes; purge_expired stands in
-                await self.events.create_index("ts", name="ts")
-            await self.events.create_index("user_id")
-            await self.events.create_index("type")
-            await self.events.create_index("applied")
-        await ensure_inbound_indexes(self.db)
-        await ensure_member_indexes(self.db)
+        self.native_ttl = await ensure_events_store(self.db, self.cfg.ttl_days)
         self._store_ready = True
 
     # --- reads ------------------------------------------------------------------------------
@@ -271,7 +211,9 @@ class EventProcessor:
     async def _items(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The items' vectors, category, kind and owner from the engine (one ``mget``); when
         the engine fails, all but the vectors from MongoDB (:func:`~._apply.stored_items`):
-        a member can block, pass and hide while the engine is down."""
+        a member can block, pass and hide while the engine is down. So are the documents the
+        ``mget`` answers with an error (a shard that rejected or failed its part): read as
+        missing, their events were rejected as about an unknown item, and lost."""
         if not ids:
             return {}
         try:
@@ -291,7 +233,14 @@ class EventProcessor:
         except SearchBackendError as exc:
             log.warning("event items read from MongoDB, vectors kept (engine: %.200s)", exc)
             return await stored_items(self.db[self.settings.items_collection], ids)
-        return {d["_id"]: d.get("_source") or {} for d in resp["docs"] if d.get("found")}
+        docs = resp["docs"]
+        out = {d["_id"]: d.get("_source") or {} for d in docs if d.get("found")}
+        if failed := [str(d["_id"]) for d in docs if d.get("error")]:
+            # a shard that failed to answer (e.g. 429 from its get queue) is not "unknown item"
+            first = next(d["error"] for d in docs if d.get("error"))
+            log.warning("%d event items read from MongoDB (engine: %.200s)", len(failed), first)
+            out.update(await stored_items(self.db[self.settings.items_collection], failed))
+        return out
 
     # --- apply ------------------------------------------------------------------------------
 
@@ -381,15 +330,18 @@ class EventProcessor:
             if mine:
                 ids = [ev.id for ev in mine]
                 completed: list[str] = []
+                partly: dict[str, set[str]] = {}  # an engine _bulk applied in part
                 try:
                     async with self.claims.renewing(ids, token):
                         record = partial(self.claims.record_done, ids, token)
-                        await self.writer.apply(mine, items, now, out, done, completed, record)
+                        await self.writer.apply(
+                            mine, items, now, out, done, completed, partly, record
+                        )
                 except BaseException:
                     # a failed call gives its claims up at once: a retry takes them over now
                     # instead of waiting for them to expire, and skips the additive effects
                     # this call completed (the idempotent ones are done again)
-                    await asyncio.shield(self.claims.release(ids, token, completed))
+                    await asyncio.shield(self.claims.release(ids, token, completed, partly))
                     raise
                 await self.claims.mark(ids)  # 5.
                 mine = []

@@ -6,7 +6,9 @@ the API's answer calls :meth:`ServedExposure.add` (through ``Discovery.record_se
 update, no I/O), and the counts are written with :meth:`ExposureStore.record` by a background
 flush at most every ``exposure_flush_s`` — one ``_bulk`` for all requests of that period, never a
 round trip of a request. A flush that fails keeps its counts for the next one (bounded by
-``max_pending`` ids); counts not yet flushed when a process stops are lost (at most one
+``max_pending`` ids); one whose ``_bulk`` was applied in part keeps only the counts it did not
+write (:class:`~opendisco.PartialWrite`: the others are written, and would be added twice);
+counts not yet flushed when a process stops are lost (at most one
 period's). Client impression events naming a served list (``request_id``) are then not
 counted again (``EventProcessor``; setting ``exposure_count_served``).
 """
@@ -19,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from opendisco._exceptions import BackendError
+from opendisco._exceptions import BackendError, PartialWrite
 
 from ._exposure import ExposureStore
 
@@ -65,12 +67,21 @@ class ServedExposure:
         try:
             capped = await self.store.record(batch)
         except BackendError as exc:
-            log.warning("served impressions not counted yet (%d ids): %s", len(batch), exc)
-            for i, n in batch.items():
+            # a bulk applied in part (PartialWrite) wrote every count it does not name:
+            # counting those again would add them twice
+            unwritten = exc.unwritten if isinstance(exc, PartialWrite) else batch.keys()
+            kept = {i: batch[i] for i in unwritten if i in batch}
+            self.written += sum(batch.values()) - sum(kept.values())
+            log.warning("served impressions not counted yet (%d ids): %s", len(kept), exc)
+            lost = 0
+            for i, n in kept.items():
                 if i in self.pending or len(self.pending) < self.max_pending:
                     self.pending[i] += n
                 else:
-                    self.dropped += n
+                    lost += n
+            if lost:
+                log.warning("%d served impressions dropped: %d ids pending", lost, self.max_pending)
+                self.dropped += lost
             raise
         finally:
             self.flushing = Counter()

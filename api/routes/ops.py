@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from .._deps import RuntimeDep
+from .._errors import BACKEND_RETRY_AFTER_S
 from .._metrics import CONTENT_TYPE_LATEST
 from .._models import HealthResponse, ReadyResponse
 
@@ -38,13 +39,15 @@ async def _answers(call: Awaitable[Any], timeout_s: float = 1.0) -> bool:
     responses={503: {"model": ReadyResponse, "description": "A backend is unreachable."}},
 )
 async def readyz(rt: RuntimeDep) -> JSONResponse:
-    """OpenSearch and MongoDB answer."""
+    """OpenSearch and MongoDB answer (a 503 says when to ask again, like every 503 of the API)."""
     os_ok, mongo_ok = await asyncio.gather(
         _answers(rt.os_client.cluster.health()), _answers(rt.db.command("ping"))
     )
     checks = {"opensearch": os_ok, "mongo": mongo_ok}
     ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    headers = {} if ready else {"Retry-After": str(BACKEND_RETRY_AFTER_S)}
+    body = {"ready": ready, "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
 
 
 @router.get(
@@ -53,7 +56,12 @@ async def readyz(rt: RuntimeDep) -> JSONResponse:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(rt: RuntimeDep) -> PlainTextResponse:
-    """Prometheus metrics (latency per route, degraded answers, breaker state), of every
-    worker when the server runs several."""
+    """Prometheus metrics (latency per route, degraded answers, breaker state, served
+    impressions and lists not written), of every worker when the server runs several."""
     rt.metrics.breaker_state.set(rt.breaker.state.gauge)
+    served = rt.discovery.served
+    rt.metrics.exposure_unwritten.set(sum(served.pending.values()) + sum(served.flushing.values()))
+    rt.metrics.exposure_dropped.set(served.dropped)
+    log = rt.discovery.served_log
+    rt.metrics.served_log_dropped.set(log.dropped if log is not None else 0)
     return PlainTextResponse(rt.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

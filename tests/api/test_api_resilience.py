@@ -81,6 +81,7 @@ async def test_outage_degrades_then_recovers(
             assert 'opendisco_api_degraded_total{reason="timeout",surface="for_you"}' in metrics
             ready = await client.get("/readyz")
             assert ready.status_code == 503 and ready.json()["checks"]["opensearch"] is False
+            assert int(ready.headers["Retry-After"]) >= 1  # like every 503 of the API
 
             # --- resume: half-open probe succeeds, answers are live again ---------------
             await proxy.resume()

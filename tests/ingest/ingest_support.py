@@ -6,12 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-from aiohttp import web
+from http_faults import FaultyHttpProxy
 
 from opendisco import Settings
 
@@ -36,70 +33,6 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-class FaultyHttpProxy:
-    """An HTTP reverse proxy to ``target`` on its own thread; while ``failing`` it answers
-    every request itself, alternating 429 and 503 (an overloaded or restarting OpenSearch)."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target.rstrip("/")
-        self.failing = False
-        self.port = 0
-        self.answered: dict[int, int] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if self.failing:
-            n = sum(self.answered.values())
-            status = 429 if n % 2 else 503
-            self.answered[status] = self.answered.get(status, 0) + 1
-            reason = "es_rejected_execution_exception" if status == 429 else "unavailable"
-            return web.json_response({"error": {"type": reason}, "status": status}, status=status)
-        assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host",)}
-        async with self._session.request(
-            request.method, self.target + request.path_qs, data=body, headers=headers
-        ) as resp:
-            data = await resp.read()
-            self.answered[resp.status] = self.answered.get(resp.status, 0) + 1
-            out = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type",)}
-            return web.Response(body=data, status=resp.status, headers=out)
-
-    async def _start(self) -> None:
-        self._session = aiohttp.ClientSession()
-        app = web.Application(client_max_size=256 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def _stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
-
-    def __enter__(self) -> FaultyHttpProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 class HeldBulkProxy:

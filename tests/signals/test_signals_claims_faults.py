@@ -1,80 +1,41 @@
 """Event claims under an engine fault on the real servers: a 429 storm on the engine's writes
-(its ``_bulk`` endpoint answers 429 + Retry-After, reads still work) while a client posts one
+(its ``_bulk`` endpoint answers 429, reads still work) while a client posts one
 batch to several API workers and then retries it. Every call fails until the storm ends; the
 retry after it applies what is left. Every counter — exposure (engine), inbound attention and
 co-engagement weights (MongoDB) — must then hold the batch exactly once: the MongoDB effects
-the failed calls completed are not added again by the calls that take their claims over."""
+the failed calls completed are not added again by the calls that take their claims over.
+
+The same for 429s on single items inside the counters' ``_bulk`` answers (the rest applied),
+for the served impressions' flush (``ServedExposure``) under those, and for a refused update
+of the cap list after the counters were written, and for an item lookup (``mget``) that
+answers one document with a shard's rejection (all through ``tests/http_faults.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 import pytest
-from aiohttp import web
+from http_faults import FaultyHttpProxy
 
 # the counters of the claims suite: the same catalogue and the same exact checks
 from test_signals_claims_live import MOVIES, PROFILES, _assert_exact, _Counters
 
 from opendisco import SearchBackendError, Settings, clients
-from opendisco.signals import EVENTS, EventProcessor
+from opendisco.signals import (
+    CAPPED_DOC_ID,
+    EVENTS,
+    EventProcessor,
+    EventsConfig,
+    ExposureStore,
+    ServedExposure,
+    UserStateStore,
+)
 
-
-class WriteStormProxy:
-    """An HTTP proxy to OpenSearch on this loop; while ``storm`` it answers every ``_bulk``
-    request itself with 429 + Retry-After (the write thread pool rejecting), forwarding the
-    rest (reads) untouched."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target.rstrip("/")
-        self.storm = False
-        self.rejected = 0
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if self.storm and request.path.rstrip("/").endswith("_bulk"):
-            self.rejected += 1
-            err = {"type": "es_rejected_execution_exception", "reason": "write queue full"}
-            return web.json_response(
-                {"error": {"root_cause": [err], **err}, "status": 429},
-                status=429,
-                headers={"Retry-After": "1"},
-            )
-        assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        async with self._session.request(
-            request.method, self.target + request.path_qs, data=body, headers=headers
-        ) as resp:
-            data = await resp.read()
-            ctype = {k: v for k, v in resp.headers.items() if k.lower() == "content-type"}
-            return web.Response(body=data, status=resp.status, headers=ctype)
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-        app = web.Application(client_max_size=256 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+CAPPED_ITEM = "cap0"  # exposure_cap 3: see conftest.clustered_catalogue
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +60,15 @@ def storm_settings(
 
 
 @pytest.fixture
-async def storm(storm_settings: Settings) -> AsyncIterator[tuple[WriteStormProxy, Settings]]:
-    target = urlsplit(storm_settings.opensearch_url)
-    proxy = WriteStormProxy(f"{target.scheme}://{target.netloc}")
-    await proxy.start()
-    try:
+def storm(storm_settings: Settings) -> Iterator[tuple[FaultyHttpProxy, Settings]]:
+    """The fault proxy in front of the engine and settings that go through it."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
         yield proxy, storm_settings.model_copy(update={"opensearch_url": proxy.url})
-    finally:
-        await proxy.close()
+
+
+def _write_storm(method: str, path: str) -> bool:
+    """Every ``_bulk`` answered 429 (the write thread pool rejecting); reads forwarded."""
+    return path.rstrip("/").endswith("_bulk")
 
 
 def _batch() -> list[dict[str, Any]]:
@@ -130,7 +92,7 @@ def _batch() -> list[dict[str, Any]]:
 
 
 async def test_a_write_storm_and_retries_count_the_batch_once(
-    storm: tuple[WriteStormProxy, Settings],
+    storm: tuple[FaultyHttpProxy, Settings],
 ) -> None:
     proxy, s = storm
     os_client = clients.async_opensearch(s)
@@ -143,17 +105,17 @@ async def test_a_write_storm_and_retries_count_the_batch_once(
         counters = _Counters(workers[0], db)
         batch = _batch()
         before = await counters.read()
-        proxy.storm = True
+        proxy.fail_if = _write_storm
         # a client posts the batch to every worker (it timed out and retried), twice
         for _ in range(2):
             results = await asyncio.gather(
                 *(w.apply(batch) for w in workers), return_exceptions=True
             )
             assert all(isinstance(r, SearchBackendError) for r in results), results
-        assert proxy.rejected >= 2
+        assert proxy.answered.get(429, 0) >= 2
         stored = await db[EVENTS].find({"_id": {"$in": [e["id"] for e in batch]}}).to_list(None)
         assert len(stored) == len(batch) and not any(d["applied"] for d in stored)
-        proxy.storm = False
+        proxy.fail_if = None
         res = await workers[1].apply(batch)  # the retry after the storm
         assert (res.accepted, res.recovered, res.in_flight) == (0, len(batch), 0), res
         await _assert_exact(db, batch, before, await counters.read())
@@ -162,3 +124,159 @@ async def test_a_write_storm_and_retries_count_the_batch_once(
     finally:
         await os_client.close()
         await mongo.close()
+
+
+# --- per-item 429s inside the counters' ``_bulk`` answers (tests/http_faults.py) -------------
+
+
+def _rejects(index: str, ids: set[str]) -> Any:
+    return lambda idx, doc_id: idx == index and doc_id in ids
+
+
+async def test_items_rejected_inside_the_counters_bulk_count_the_batch_once(
+    storm_settings: Settings,
+) -> None:
+    """The engine applies a bulk of counter updates but rejects some items with 429 (its
+    write queue full), on every try until the storm ends: the calls fail, and the retry after
+    it adds only the items that were not written — exposure and live trend exactly once."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
+        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
+        os_client = clients.async_opensearch(s)
+        mongo = clients.mongo_async(s)
+        db = mongo[s.mongo_db]
+        try:
+            workers = [EventProcessor(s, db, os_client) for _ in range(2)]
+            for w in workers:
+                await w.ensure()
+            counters = _Counters(workers[0], db)
+            batch = _batch()
+            touched = sorted({e["item_id"] for e in batch})
+            liked = Counter(e["item_id"] for e in batch if e["type"] == "like")
+            before, trend0 = await counters.read(), await _trend(workers[0], touched)
+            # half the impressions' items and half the liked ones: written and rejected both
+            seen = sorted({e["item_id"] for e in batch if e["type"] == "impression"})
+            proxy.reject_item = _rejects(
+                workers[0].exposure.index, {*seen[::2], *sorted(liked)[::2]}
+            )
+            for _ in range(2):  # a client retrying during the storm
+                results = await asyncio.gather(
+                    *(w.apply(batch) for w in workers), return_exceptions=True
+                )
+                assert all(isinstance(r, SearchBackendError) for r in results), results
+            assert proxy.rejected
+            proxy.reject_item = None
+            res = await workers[1].apply(batch)  # the retry after the storm
+            # (a call that took over only events with nothing left to write applied them)
+            assert (res.accepted, res.in_flight) == (0, 0), res
+            assert res.recovered + res.duplicates == len(batch) and res.recovered > 0, res
+            await _assert_exact(db, batch, before, await counters.read())
+            trend = await _trend(workers[0], touched)
+            like = EventsConfig().weights["like"]
+            for item in touched:
+                assert abs(trend[item] - trend0[item] - like * liked[item]) < 0.01, item
+        finally:
+            await os_client.close()
+            await mongo.close()
+
+
+async def _trend(proc: EventProcessor, ids: list[str]) -> dict[str, float]:
+    return {i: e.trend for i, e in (await proc.exposure.read(ids)).items()}
+
+
+async def test_served_impressions_rejected_in_part_are_kept_and_the_rest_counted_once(
+    storm_settings: Settings,
+) -> None:
+    """A flush whose bulk was applied in part keeps only the rejected items' counts for the
+    next flush (not the whole batch: the others were written); after the storm the counters
+    hold exactly what was served."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
+        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
+        os_client = clients.async_opensearch(s)
+        try:
+            store = ExposureStore(os_client, s)
+            await store.ensure()
+            served = ServedExposure(store, flush_s=3600.0)
+            ids = MOVIES[:6]
+            rejected = set(ids[::2])
+            before = await store.counts(ids)
+            served.add(ids)
+            served.add(ids[:3])
+            shown = Counter([*ids, *ids[:3]])
+            proxy.reject_item = _rejects(store.index, rejected)
+            with pytest.raises(SearchBackendError):
+                await served.flush()
+            assert dict(served.pending) == {i: shown[i] for i in rejected}
+            assert served.written == sum(n for i, n in shown.items() if i not in rejected)
+            assert served.unwritten(ids[0]) == shown[ids[0]]  # what the fallback adds to caps
+            proxy.reject_item = None
+            await served.drain()
+            after = await store.counts(ids)
+            assert {i: after[i] - before[i] for i in ids} == dict(shown)
+            assert served.written == sum(shown.values()) and served.dropped == 0
+        finally:
+            await os_client.close()
+
+
+async def test_a_cap_list_update_refused_after_the_counts_were_written_counts_them_once(
+    storm_settings: Settings,
+) -> None:
+    """The counters are written, then the update of the ``_capped`` list is refused (429):
+    the flush must not keep its counts for the next one (they would be added twice), and the
+    item that reached its cap joins the list with the next update once the engine takes it."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
+        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
+        os_client = clients.async_opensearch(s)
+        try:
+            store = ExposureStore(os_client, s)
+            await store.ensure()
+            served = ServedExposure(store, flush_s=3600.0)
+            ids = [CAPPED_ITEM, *MOVIES[6:9]]  # CAPPED_ITEM: exposure_cap 3
+            before = await store.counts(ids)
+            assert before[CAPPED_ITEM] < 3 and CAPPED_ITEM not in await store.capped()
+            for _ in range(3):
+                served.add(ids)
+            proxy.fail_if = lambda method, path: path.endswith(f"/_update/{CAPPED_DOC_ID}")
+            await served.flush()
+            assert not served.pending and served.written == 3 * len(ids)
+            after = await store.counts(ids)
+            assert {i: after[i] - before[i] for i in ids} == dict.fromkeys(ids, 3)
+            assert proxy.answered.get(429)  # the list update was refused
+            assert CAPPED_ITEM not in await store.capped()
+            proxy.fail_if = None
+            assert CAPPED_ITEM in await store.sweep()  # the next update carries it
+            assert CAPPED_ITEM in await store.capped()
+            assert await store.counts(ids) == after
+        finally:
+            await os_client.close()
+
+
+async def test_an_item_the_lookup_could_not_read_is_not_an_unknown_item(
+    storm_settings: Settings,
+) -> None:
+    """The events' item lookup (``mget``) answers one document with a shard's 429 instead of
+    the document: the event is about a known item (MongoDB says so) and is applied, not
+    rejected as about an unknown item (a rejection a client does not retry: the like lost)."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
+        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
+        os_client = clients.async_opensearch(s)
+        mongo = clients.mongo_async(s)
+        db = mongo[s.mongo_db]
+        try:
+            proc = EventProcessor(s, db, os_client)
+            await proc.ensure()
+            # this catalogue lives in the engine alone: the item's source document
+            doc = {"_id": "beta5", "kind": "movie", "category": "beta", "owner_id": "o5"}
+            await db[s.items_collection].replace_one({"_id": "beta5"}, doc, upsert=True)
+            user = f"m{uuid.uuid4().hex[:8]}"
+            like = {"id": uuid.uuid4().hex, "type": "like", "user_id": user, "item_id": "beta5"}
+            proxy.reject_item = lambda index, doc_id: (
+                index != proc.exposure.index and doc_id == "beta5"
+            )
+            res = await proc.apply([like])
+            assert proxy.rejected["beta5"] == 1
+            assert (res.accepted, res.rejected) == (1, []), res
+            st = await UserStateStore(db).get(user)
+            assert [p["id"] for p in st.positives] == ["beta5"]
+        finally:
+            await os_client.close()
+            await mongo.close()

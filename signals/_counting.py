@@ -1,0 +1,58 @@
+"""The exposure counters' engine side (pure): the painless scripts and the ``_bulk`` items of
+one :meth:`~opendisco.signals.ExposureStore.record` (one scripted upsert per item)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["CAPPED_SCRIPT", "COUNT_SCRIPT", "count_pairs"]
+
+# one counter document per item: tumbling window, then add; report whether it is at its cap
+COUNT_SCRIPT = """
+if (ctx._source.window_start == null || params.now - ctx._source.window_start >= params.window) {
+  ctx._source.window_start = params.now;
+  ctx._source.count = 0;
+}
+ctx._source.count += params.n;
+ctx._source.cap = params.cap;
+if (ctx._source.paced == null || ctx._source.paced_at == null) {
+  ctx._source.paced = 0.0; ctx._source.paced_at = params.now;
+}
+double dt = params.now - ctx._source.paced_at;
+if (dt > 0) {
+  ctx._source.paced = ctx._source.paced * Math.exp(-dt / params.window);
+  ctx._source.paced_at = params.now;
+}
+ctx._source.paced += params.n;
+"""
+
+# the list document: add newly capped ids with their window end, drop expired ones
+CAPPED_SCRIPT = """
+if (ctx._source.capped == null) { ctx._source.capped = ['ids': [], 'until': [:]]; }
+Map until = ctx._source.capped.until;
+for (entry in params.add.entrySet()) { until.put(entry.getKey(), entry.getValue()); }
+until.entrySet().removeIf(e -> e.getValue() <= params.now);
+ctx._source.capped.ids = new ArrayList(until.keySet());
+"""
+
+
+def count_pairs(
+    index: str, batch: Mapping[str, int], caps: Mapping[str, int], now_ms: int, window_ms: int
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pure: ``(action, source)`` of each item's counter upsert (``batch``: impressions per
+    id), answering the counter's ``count``, ``cap`` and ``window_start``."""
+    pairs = []
+    for item_id in sorted(batch):
+        params = {"n": batch[item_id], "cap": caps[item_id], "now": now_ms, "window": window_ms}
+        upsert = {"item_id": item_id, "count": 0, "cap": caps[item_id], "window_start": now_ms}
+        source = {
+            "script": {"lang": "painless", "source": COUNT_SCRIPT, "params": params},
+            "upsert": upsert,
+            "scripted_upsert": True,
+            "_source": ["count", "cap", "window_start"],
+        }
+        pairs.append(
+            ({"update": {"_index": index, "_id": item_id, "retry_on_conflict": 5}}, source)
+        )
+    return pairs

@@ -1,0 +1,83 @@
+"""One ``_bulk`` of scripted counter upserts, its rejected items sent again (opensearch-py's
+``streaming_bulk`` rule: only 429s are retried).
+
+The engine's counters (exposure, live trend) add on every application, so a ``_bulk`` answer
+is read item by item: an item applied must never be sent again and one not applied must not be
+counted as written. An overloaded engine rejects single items of a bulk it otherwise applies
+(``429 es_rejected_execution_exception``: a shard's write queue full); :func:`bulk_updates`
+sends those again, alone, up to ``retries`` times with a doubling pause, and returns what was
+applied and what still was not, by document id. A retry round that fails as a whole (the engine
+stopped answering) ends the retries: its items are returned as not applied. A first request
+that fails as a whole raises (nothing of it was applied). A request that timed out may have
+been applied all the same: read as not applied, it is counted again by the caller's retry (the
+one at-least-once case left, as for any engine write whose answer was lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from opensearchpy import AsyncOpenSearch
+
+from opendisco._backend import backend_errors
+from opendisco._exceptions import BackendError
+
+__all__ = ["BulkOutcome", "bulk_updates"]
+
+#: ``(action line, source line)`` of one item: ``({"update": {"_id": ...}}, {"script": ...})``
+Pair = tuple[dict[str, Any], dict[str, Any]]
+BulkOutcome = tuple[list[dict[str, Any]], dict[str, str]]
+
+
+def _split(
+    pairs: Sequence[Pair], items: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[tuple[Pair, str, bool]]]:
+    """The results of the applied items, and ``(pair, error, retryable)`` of the others."""
+    applied: list[dict[str, Any]] = []
+    failed: list[tuple[Pair, str, bool]] = []
+    for pair, item in zip(pairs, items, strict=False):
+        res = next(iter(item.values()), {}) if item else {}
+        if "error" not in res and 200 <= int(res.get("status", 200)) < 300:
+            applied.append(res)
+        else:
+            failed.append((pair, str(res.get("error")), int(res.get("status", 0)) == 429))
+    for pair in pairs[len(items) :]:  # an answer shorter than the request: not known applied
+        failed.append((pair, "no result in the bulk answer", False))
+    return applied, failed
+
+
+def _id(pair: Pair) -> str:
+    return str(next(iter(pair[0].values()))["_id"])
+
+
+async def bulk_updates(
+    client: AsyncOpenSearch,
+    pairs: Sequence[Pair],
+    what: str,
+    *,
+    retries: int = 2,
+    pause_s: float = 0.05,
+) -> BulkOutcome:
+    """Send ``pairs`` in one ``_bulk``; returns the applied items' results and ``{id: error}``
+    of the items not applied (see the module docstring)."""
+    if not pairs:
+        return [], {}
+    with backend_errors(what):
+        resp = await client.bulk(body=[line for pair in pairs for line in pair])
+    applied, failed = _split(pairs, resp.get("items", []))
+    for attempt in range(retries):
+        again = [pair for pair, _err, retryable in failed if retryable]
+        if not again:
+            break
+        await asyncio.sleep(pause_s * 2**attempt)
+        try:
+            with backend_errors(what):
+                resp = await client.bulk(body=[line for pair in again for line in pair])
+        except BackendError:
+            break  # the engine stopped answering: what was retried stays not applied
+        more, still = _split(again, resp.get("items", []))
+        applied += more
+        failed = [f for f in failed if not f[2]] + still
+    return applied, {_id(pair): err for pair, err, _retryable in failed}
