@@ -110,28 +110,28 @@ def _event(n: int, user: str, item: str, kind: str) -> dict[str, Any]:
     return {"id": f"safe-{n}", "user_id": user, "item_id": item, "type": kind}
 
 
-@pytest.fixture(scope="module")
-def safe_settings(api_settings: Settings) -> Settings:
+def namespaced(api_settings: Settings, tag: str) -> Settings:
+    """The API settings these tests serve with, in an index alias and database of their own
+    (the fallback refreshed every second, its store reads given 3 s)."""
     return api_settings.model_copy(
         update={
-            "index_alias": f"{api_settings.index_alias}-safe",
-            "mongo_db": f"{api_settings.mongo_db}safe",
+            "index_alias": f"{api_settings.index_alias}-{tag}",
+            "mongo_db": f"{api_settings.mongo_db}{tag}",
             "api_fallback_refresh_s": 1.0,
             "api_fallback_store_timeout_ms": 3000,
         }
     )
 
 
-@pytest.fixture(scope="module")
-async def safe(safe_settings: Settings, model: Any) -> dict[str, Any]:
+async def build_safe(settings: Settings, model: Any, tag: str) -> dict[str, Any]:
     """The catalogue in MongoDB, reindexed (real path), and the events that block, like,
     pass, show and cap, applied by the real event processor; keys in the same database."""
     from opendisco.ingest import Embedder, write_sample
     from opendisco.ingest._reindex import reindex
 
     items, users = catalogue()
-    write_sample(safe_settings, items, users)
-    await reindex(safe_settings, embedder=Embedder(safe_settings, model=model))
+    write_sample(settings, items, users)
+    await reindex(settings, embedder=Embedder(settings, model=model))
     events = [
         _event(1, V, "x-hidden", "hide"),
         _event(2, "sb", "p-sv", "hide"),  # sb blocks V: V must never see sb's profile
@@ -141,23 +141,32 @@ async def safe(safe_settings: Settings, model: Any) -> dict[str, Any]:
         _event(6, "sc", "x-capped", "impression"),
         _event(7, "sc", "x-capped", "impression"),
     ]
-    os_client = clients.async_opensearch(safe_settings)
-    mongo = clients.mongo_async(safe_settings)
+    os_client = clients.async_opensearch(settings)
+    mongo = clients.mongo_async(settings)
     try:
-        disc = Discovery(safe_settings, os_client, mongo[safe_settings.mongo_db], model=model)
+        disc = Discovery(settings, os_client, mongo[settings.mongo_db], model=model)
         res = await disc.record_events(events)
         assert res.accepted == len(events) and not res.rejected, res
         assert "x-capped" in await disc.exposure.capped()
     finally:
         await os_client.close()
         await mongo.close()
-    sync = clients.mongo(safe_settings)
-    keys = {
-        "read": create_key(sync[safe_settings.mongo_db], "safe", ["read"])[0],
-        "write": create_key(sync[safe_settings.mongo_db], "safe-w", ["write"])[0],
-    }
-    sync.close()
+    with clients.mongo(settings) as sync:
+        keys = {
+            "read": create_key(sync[settings.mongo_db], tag, ["read"])[0],
+            "write": create_key(sync[settings.mongo_db], f"{tag}-w", ["write"])[0],
+        }
     return {"keys": keys, "items": items}
+
+
+@pytest.fixture(scope="module")
+def safe_settings(api_settings: Settings) -> Settings:
+    return namespaced(api_settings, "safe")
+
+
+@pytest.fixture(scope="module")
+async def safe(safe_settings: Settings, model: Any) -> dict[str, Any]:
+    return await build_safe(safe_settings, model, "safe")
 
 
 def _set_available(settings: Settings, item: str, available: bool) -> None:

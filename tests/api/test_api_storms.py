@@ -27,11 +27,9 @@ import httpx
 import pytest
 from api_support import h, serve
 from http_faults import FaultyHttpProxy
-from test_api_safety import READS_FOR_V, V, _event, _ready, _violations, catalogue
+from test_api_safety import READS_FOR_V, V, _ready, _violations, build_safe, namespaced
 
 from opendisco import Settings, clients
-from opendisco.api import create_key
-from opendisco.serving import Discovery
 from opendisco.signals import EVENTS, EventsConfig, ExposureStore, InboundCounter, UserStateStore
 
 STORM_S = 3.0
@@ -39,50 +37,14 @@ STORM_S = 3.0
 
 @pytest.fixture(scope="module")
 def storm_settings(api_settings: Settings) -> Settings:
-    return api_settings.model_copy(
-        update={
-            "index_alias": f"{api_settings.index_alias}-storm",
-            "mongo_db": f"{api_settings.mongo_db}storm",
-            "api_fallback_refresh_s": 1.0,
-            "api_fallback_store_timeout_ms": 3000,
-        }
-    )
+    return namespaced(api_settings, "storm")
 
 
 @pytest.fixture(scope="module")
 async def storm_catalogue(storm_settings: Settings, model: Any) -> AsyncIterator[dict[str, Any]]:
     """test_api_safety's catalogue and rule events in a namespace of its own."""
-    from opendisco.ingest import Embedder, write_sample
-    from opendisco.ingest._reindex import reindex
-
-    items, users = catalogue()
-    write_sample(storm_settings, items, users)
-    await reindex(storm_settings, embedder=Embedder(storm_settings, model=model))
-    events = [
-        _event(1, V, "x-hidden", "hide"),
-        _event(2, "sb", "p-sv", "hide"),
-        _event(3, V, "x-seen", "impression"),
-        _event(4, V, "x-liked", "like"),
-        _event(5, V, "x-passed", "pass"),
-        _event(6, "sc", "x-capped", "impression"),
-        _event(7, "sc", "x-capped", "impression"),
-    ]
-    os_client = clients.async_opensearch(storm_settings)
-    mongo = clients.mongo_async(storm_settings)
-    try:
-        disc = Discovery(storm_settings, os_client, mongo[storm_settings.mongo_db], model=model)
-        res = await disc.record_events(events)
-        assert res.accepted == len(events) and not res.rejected, res
-    finally:
-        await os_client.close()
-        await mongo.close()
-    with clients.mongo(storm_settings) as sync:
-        db = sync[storm_settings.mongo_db]
-        keys = {
-            "read": create_key(db, "st", ["read"])[0],
-            "write": create_key(db, "st-w", ["write"])[0],
-        }
-    yield {"keys": keys, "ids": sorted(str(it["_id"]) for it in items)}
+    built = await build_safe(storm_settings, model, "storm")
+    yield {"keys": built["keys"], "ids": sorted(str(it["_id"]) for it in built["items"])}
 
 
 def _batch(tag: str) -> list[dict[str, Any]]:

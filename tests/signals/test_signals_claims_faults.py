@@ -13,9 +13,10 @@ answers one document with a shard's rejection (all through ``tests/http_faults.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -64,6 +65,19 @@ def storm(storm_settings: Settings) -> Iterator[tuple[FaultyHttpProxy, Settings]
     """The fault proxy in front of the engine and settings that go through it."""
     with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
         yield proxy, storm_settings.model_copy(update={"opensearch_url": proxy.url})
+
+
+@contextlib.asynccontextmanager
+async def _served_through(s: Settings) -> AsyncIterator[tuple[ExposureStore, ServedExposure]]:
+    """The exposure counters (ensured) and a served-impressions batcher that never flushes on
+    its own, on a client of ``s``."""
+    os_client = clients.async_opensearch(s)
+    try:
+        store = ExposureStore(os_client, s)
+        await store.ensure()
+        yield store, ServedExposure(store, flush_s=3600.0)
+    finally:
+        await os_client.close()
 
 
 def _write_storm(method: str, path: str) -> bool:
@@ -184,70 +198,56 @@ async def _trend(proc: EventProcessor, ids: list[str]) -> dict[str, float]:
 
 
 async def test_served_impressions_rejected_in_part_are_kept_and_the_rest_counted_once(
-    storm_settings: Settings,
+    storm: tuple[FaultyHttpProxy, Settings],
 ) -> None:
     """A flush whose bulk was applied in part keeps only the rejected items' counts for the
     next flush (not the whole batch: the others were written); after the storm the counters
     hold exactly what was served."""
-    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
-        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
-        os_client = clients.async_opensearch(s)
-        try:
-            store = ExposureStore(os_client, s)
-            await store.ensure()
-            served = ServedExposure(store, flush_s=3600.0)
-            ids = MOVIES[:6]
-            rejected = set(ids[::2])
-            before = await store.counts(ids)
-            served.add(ids)
-            served.add(ids[:3])
-            shown = Counter([*ids, *ids[:3]])
-            proxy.reject_item = _rejects(store.index, rejected)
-            with pytest.raises(SearchBackendError):
-                await served.flush()
-            assert dict(served.pending) == {i: shown[i] for i in rejected}
-            assert served.written == sum(n for i, n in shown.items() if i not in rejected)
-            assert served.unwritten(ids[0]) == shown[ids[0]]  # what the fallback adds to caps
-            proxy.reject_item = None
-            await served.drain()
-            after = await store.counts(ids)
-            assert {i: after[i] - before[i] for i in ids} == dict(shown)
-            assert served.written == sum(shown.values()) and served.dropped == 0
-        finally:
-            await os_client.close()
+    proxy, s = storm
+    async with _served_through(s) as (store, served):
+        ids = MOVIES[:6]
+        rejected = set(ids[::2])
+        before = await store.counts(ids)
+        served.add(ids)
+        served.add(ids[:3])
+        shown = Counter([*ids, *ids[:3]])
+        proxy.reject_item = _rejects(store.index, rejected)
+        with pytest.raises(SearchBackendError):
+            await served.flush()
+        assert dict(served.pending) == {i: shown[i] for i in rejected}
+        assert served.written == sum(n for i, n in shown.items() if i not in rejected)
+        assert served.unwritten(ids[0]) == shown[ids[0]]  # what the fallback adds to caps
+        proxy.reject_item = None
+        await served.drain()
+        after = await store.counts(ids)
+        assert {i: after[i] - before[i] for i in ids} == dict(shown)
+        assert served.written == sum(shown.values()) and served.dropped == 0
 
 
 async def test_a_cap_list_update_refused_after_the_counts_were_written_counts_them_once(
-    storm_settings: Settings,
+    storm: tuple[FaultyHttpProxy, Settings],
 ) -> None:
     """The counters are written, then the update of the ``_capped`` list is refused (429):
     the flush must not keep its counts for the next one (they would be added twice), and the
     item that reached its cap joins the list with the next update once the engine takes it."""
-    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
-        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
-        os_client = clients.async_opensearch(s)
-        try:
-            store = ExposureStore(os_client, s)
-            await store.ensure()
-            served = ServedExposure(store, flush_s=3600.0)
-            ids = [CAPPED_ITEM, *MOVIES[6:9]]  # CAPPED_ITEM: exposure_cap 3
-            before = await store.counts(ids)
-            assert before[CAPPED_ITEM] < 3 and CAPPED_ITEM not in await store.capped()
-            for _ in range(3):
-                served.add(ids)
-            proxy.fail_if = lambda method, path: path.endswith(f"/_update/{CAPPED_DOC_ID}")
-            await served.flush()
-            assert not served.pending and served.written == 3 * len(ids)
-            after = await store.counts(ids)
-            assert {i: after[i] - before[i] for i in ids} == dict.fromkeys(ids, 3)
-            assert proxy.answered.get(429)  # the list update was refused
-            assert CAPPED_ITEM not in await store.capped()
-            proxy.fail_if = None
-            assert CAPPED_ITEM in await store.sweep()  # the next update carries it
-            assert CAPPED_ITEM in await store.capped()
-            assert await store.counts(ids) == after
-        finally:
-            await os_client.close()
+    proxy, s = storm
+    async with _served_through(s) as (store, served):
+        ids = [CAPPED_ITEM, *MOVIES[6:9]]  # CAPPED_ITEM: exposure_cap 3
+        before = await store.counts(ids)
+        assert before[CAPPED_ITEM] < 3 and CAPPED_ITEM not in await store.capped()
+        for _ in range(3):
+            served.add(ids)
+        proxy.fail_if = lambda method, path: path.endswith(f"/_update/{CAPPED_DOC_ID}")
+        await served.flush()
+        assert not served.pending and served.written == 3 * len(ids)
+        after = await store.counts(ids)
+        assert {i: after[i] - before[i] for i in ids} == dict.fromkeys(ids, 3)
+        assert proxy.answered.get(429)  # the list update was refused
+        assert CAPPED_ITEM not in await store.capped()
+        proxy.fail_if = None
+        assert CAPPED_ITEM in await store.sweep()  # the next update carries it
+        assert CAPPED_ITEM in await store.capped()
+        assert await store.counts(ids) == after
 
 
 async def test_an_item_the_lookup_could_not_read_is_not_an_unknown_item(
