@@ -180,11 +180,20 @@ async def renewing(
 ) -> AsyncIterator[None]:
     """Run ``renew`` every ``every_s`` seconds in the background while the block runs (leases
     and claims held through a long piece of work). A backend error goes to ``on_error`` and
-    the next round tries again; the holder's own guard decides whether the work may go on."""
+    the next round tries again; the holder's own guard decides whether the work may go on.
+
+    Leaving the block waits for a round in flight instead of cancelling it: a cancelled update
+    the server received still lands, and where one update is not atomic (FerretDB 1.x rewrites
+    the whole document) it could land after, and undo, the holder's next write of the same
+    documents (marking its events applied, giving its claims up)."""
+    stop = asyncio.Event()
 
     async def loop() -> None:
         while True:
-            await asyncio.sleep(every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+            if stop.is_set():
+                return
             try:
                 await renew()
             except BackendError as exc:
@@ -195,6 +204,7 @@ async def renewing(
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        # shielded: a caller cancelled meanwhile is cancelled, the round still finishes (and
+        # the loop ends after it)
+        await asyncio.shield(task)
