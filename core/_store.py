@@ -134,7 +134,9 @@ async def lease(
 
     ``insert_many({_id, owner, expires})`` is atomic per id on FerretDB too; ids someone else
     holds make this caller release what it got and retry; an expired lease (a crashed holder)
-    is taken over; after ``wait_s`` :class:`StoreBackendError` names the busy ids.
+    is taken over; after ``wait_s`` :class:`StoreBackendError` names the busy ids. Held
+    leases are renewed every ``lease_s / 3`` (:func:`renewing`), so only a crashed (or frozen)
+    holder's expire.
     """
     ids = sorted(set(ids))
     if not ids:
@@ -165,8 +167,20 @@ async def lease(
         if time.monotonic() > deadline:
             raise StoreBackendError(f"{what} busy: {busy[:5]} (waited {wait_s}s)")
         await asyncio.sleep(random.uniform(0.002, 0.004 * 2 ** min(attempt, 5)))
+
+    async def extend() -> None:
+        expires = datetime.now(UTC) + timedelta(seconds=lease_s)
+        with backend_errors(f"{what} lease renewal failed"):
+            await locks.update_many(
+                {"_id": {"$in": ids}, "owner": token}, {"$set": {"expires": expires}}
+            )
+
     try:
-        yield
+        # renewed while held: a holder slower than ``lease_s`` (a stalled store, a slow
+        # engine read) kept working after its lease expired, beside the writer that took it
+        # over, and the one that wrote last undid the other's read-modify-write
+        async with renewing(extend, lease_s / 3):
+            yield
     finally:
         with contextlib.suppress(PyMongoError):
             await locks.delete_many({"_id": {"$in": ids}, "owner": token})
@@ -180,11 +194,20 @@ async def renewing(
 ) -> AsyncIterator[None]:
     """Run ``renew`` every ``every_s`` seconds in the background while the block runs (leases
     and claims held through a long piece of work). A backend error goes to ``on_error`` and
-    the next round tries again; the holder's own guard decides whether the work may go on."""
+    the next round tries again; the holder's own guard decides whether the work may go on.
+
+    Leaving the block waits for a round in flight instead of cancelling it: a cancelled update
+    the server received still lands, and where one update is not atomic (FerretDB 1.x rewrites
+    the whole document) it could land after, and undo, the holder's next write of the same
+    documents (marking its events applied, giving its claims up)."""
+    stop = asyncio.Event()
 
     async def loop() -> None:
         while True:
-            await asyncio.sleep(every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+            if stop.is_set():
+                return
             try:
                 await renew()
             except BackendError as exc:
@@ -195,6 +218,7 @@ async def renewing(
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        # shielded: a caller cancelled meanwhile is cancelled, the round still finishes (and
+        # the loop ends after it)
+        await asyncio.shield(task)

@@ -93,6 +93,11 @@ class ExperimentStore:
         if exp.status != Status.draft:
             raise InvalidInput(f"experiment {exp_id!r} is {exp.status.value}, not draft")
         async with lease(self.locks, [f"layer:{exp.layer}"], lease_s=30, wait_s=10, what="layer"):
+            # again under the lease: of two starts of one experiment, the second took another
+            # range and overwrote the first's offset and start (its members changed arms)
+            exp = await self.get(exp_id)
+            if exp.status != Status.draft:
+                raise InvalidInput(f"experiment {exp_id!r} is {exp.status.value}, not draft")
             running = await self.running()
             if exp.pair_level and any(e.pair_level for e in running):
                 raise InvalidInput("another pair-level (item/two_sided) experiment is running")

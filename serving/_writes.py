@@ -82,14 +82,17 @@ class Writes:
 
     async def recover_forever(self) -> None:
         """The events' recovery sweep in the background (``EventProcessor.recover_forever``),
-        from the first moment the stores answer."""
+        from the first moment the stores answer (a set-up that fails, however, is tried again:
+        an exception that ended this task would leave the process without recovery)."""
         while True:
             try:
                 proc = await self._processor()
                 break
             except BackendError as exc:
                 log.warning("events recovery not started yet: %.200s", exc)
-                await asyncio.sleep(min(RECOVER_FIRST_S, self.settings.events_recover_every_s))
+            except Exception:
+                log.exception("events recovery not started yet")
+            await asyncio.sleep(min(RECOVER_FIRST_S, self.settings.events_recover_every_s))
         await proc.recover_forever()
 
     async def drain(self) -> None:

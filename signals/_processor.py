@@ -143,15 +143,24 @@ class EventProcessor:
     async def recover_forever(self, first_s: float = RECOVER_FIRST_S) -> None:
         """Run :meth:`sweep` in the background: ``first_s`` after start (at most one cadence),
         then every ``events_recover_every_s`` (each API process), so what a killed process left
-        claimed is applied soon after a restart, retried or not; a failed sweep is logged."""
+        claimed is applied soon after a restart, retried or not; a failed sweep is logged and
+        the next one runs all the same (whatever it raised: an exception that ended this loop
+        would end the process's recovery until its restart, with nothing but a log at exit)."""
         every = self.settings.events_recover_every_s
         await asyncio.sleep(min(first_s, every))
         while True:
-            try:
-                await self.sweep()
-            except BackendError as exc:
-                log.warning("events recovery sweep failed, next in %.0f s: %.200s", every, exc)
+            await self._sweep_logged(f"next in {every:.0f} s")
             await asyncio.sleep(every)
+
+    async def _sweep_logged(self, then: str) -> None:
+        """:meth:`sweep`, its failure logged instead of raised (a backend error as a warning,
+        anything else with its traceback: a bug, not a reason to stop sweeping)."""
+        try:
+            await self.sweep()
+        except BackendError as exc:
+            log.warning("events recovery sweep failed, %s: %.200s", then, exc)
+        except Exception:
+            log.exception("events recovery sweep failed unexpectedly, %s", then)
 
     async def sweep(self) -> None:
         """One recovery sweep: events whose claim expired (:meth:`recover_expired`), then user
@@ -253,10 +262,7 @@ class EventProcessor:
             self._last_purge = time.monotonic()
             await self.purge_expired(now)
         if time.monotonic() - self._last_recover > self.settings.events_recover_every_s:
-            try:
-                await self.sweep()
-            except BackendError as exc:  # the batch itself may still apply
-                log.warning("events recovery sweep failed: %.200s", exc)
+            await self._sweep_logged("the batch applies all the same")
         if len(events) > self.cfg.max_batch:
             raise EventInvalid(f"at most {self.cfg.max_batch} events per call")
         return await self._apply(events, now)

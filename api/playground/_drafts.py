@@ -12,9 +12,10 @@ filter) and a render with every clause switched on. Every problem is an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ from opendisco._exceptions import (
     TemplateParamError,
 )
 from opendisco._settings import Settings
+from opendisco._store import detect_capabilities, lease
 from opendisco.queries import Template, example_params, load, render, template_from_doc
 from opendisco.serving import Artifacts
 
@@ -42,6 +44,9 @@ __all__ = [
 ]
 
 DRAFTS = "playground_drafts"
+#: leases on drafts being written (``draft-<id>``), where one update is not atomic
+#: (``DraftStore.writing``); the playground's other leases are there too (``promote-<id>``)
+DRAFT_LOCKS = "playground_locks"
 #: the largest draft body accepted (a template is a few KB)
 MAX_DRAFT_BYTES = 256_000
 Kind = Literal["params", "template"]
@@ -121,8 +126,32 @@ def _stored(body: Any) -> str:
 class DraftStore:
     """Drafts in MongoDB: create, update while unpromoted, list, get, mark promoted."""
 
+    #: a write's lease on its draft outlives a crashed writer by this long
+    lease_s = 10.0
+    lock_wait_s = 10.0
+
     def __init__(self, db: Any) -> None:
+        self.db = db
         self.coll = db[DRAFTS]
+
+    @contextlib.asynccontextmanager
+    async def writing(self, draft_id: str) -> AsyncIterator[None]:
+        """One write of the draft at a time where one update is not atomic: FerretDB 1.x
+        rewrites the whole document, so of an edit, a promotion and experiments recorded at
+        once on one draft the last written undid the others (an experiment lost, a promoted
+        draft back to ``draft``: editable and promotable again). A lease on MongoDB would only
+        cost round trips."""
+        if (await detect_capabilities(self.db)).atomic_updates:
+            yield
+            return
+        async with lease(
+            self.db[DRAFT_LOCKS],
+            [f"draft-{draft_id}"],
+            lease_s=self.lease_s,
+            wait_s=self.lock_wait_s,
+            what="draft",
+        ):
+            yield
 
     async def create(self, draft: DraftIn, author: dict[str, str], based_on: str) -> dict:
         now = datetime.now(UTC)
@@ -162,8 +191,9 @@ class DraftStore:
             "author": author,
             "updated_at": datetime.now(UTC),
         }
-        with backend_errors("updating the draft failed"):
-            await self.coll.update_one({"_id": draft_id, "status": "draft"}, {"$set": fields})
+        async with self.writing(draft_id):
+            with backend_errors("updating the draft failed"):
+                await self.coll.update_one({"_id": draft_id, "status": "draft"}, {"$set": fields})
         return await self.get(draft_id)
 
     async def list(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -174,16 +204,20 @@ class DraftStore:
 
     async def add_experiment(self, draft_id: str, exp_id: str) -> dict[str, Any]:
         """Record that experiment ``exp_id`` tests this draft (the draft stays a draft)."""
-        with backend_errors("recording the draft's experiment failed"):
-            await self.coll.update_one({"_id": draft_id}, {"$addToSet": {"experiments": exp_id}})
+        async with self.writing(draft_id):
+            with backend_errors("recording the draft's experiment failed"):
+                await self.coll.update_one(
+                    {"_id": draft_id}, {"$addToSet": {"experiments": exp_id}}
+                )
         return await self.get(draft_id)
 
     async def mark_promoted(self, draft_id: str, promoted: dict[str, Any]) -> dict[str, Any]:
-        with backend_errors("marking the draft promoted failed"):
-            res = await self.coll.update_one(
-                {"_id": draft_id, "status": "draft"},
-                {"$set": {"status": "promoted", "promoted": promoted}},
-            )
+        async with self.writing(draft_id):
+            with backend_errors("marking the draft promoted failed"):
+                res = await self.coll.update_one(
+                    {"_id": draft_id, "status": "draft"},
+                    {"$set": {"status": "promoted", "promoted": promoted}},
+                )
         if res.matched_count != 1:
             raise InvalidInput(f"draft {draft_id} is not an unpromoted draft")
         return await self.get(draft_id)

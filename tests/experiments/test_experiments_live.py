@@ -480,3 +480,20 @@ async def test_no_arm_shows_an_ineligible_member(
     finally:
         for e in started:
             await store.stop(e.id)
+
+
+async def test_two_starts_of_one_experiment_start_it_once(ex_db: Any) -> None:
+    store = ExperimentStore(ex_db)
+    other = await store.create(_exp(traffic=0.3))
+    exp = await store.create(_exp(layer=other.layer, traffic=0.3))
+    await store.start(other.id)
+    got = await asyncio.gather(store.start(exp.id), store.start(exp.id), return_exceptions=True)
+    started = [g for g in got if isinstance(g, Experiment)]
+    refused = [g for g in got if isinstance(g, InvalidInput)]
+    assert len(started) == 1 and len(refused) == 1, got
+    assert "not draft" in str(refused[0])
+    stored = await store.get(exp.id)
+    # the range and start the caller was told are the stored ones (not another start's)
+    assert stored.offset == started[0].offset
+    assert stored.start is not None and started[0].start is not None
+    assert abs((stored.start - started[0].start).total_seconds()) < 0.001  # BSON: ms
