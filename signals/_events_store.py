@@ -79,6 +79,8 @@ async def ensure_events_store(db: Any, ttl_days: float) -> bool:
             await events.create_index("user_id")
             await events.create_index("type")
             await events.create_index("applied")
+            # the recovery sweep's repair finds the few states marked vectors_stale
+            await db[USER_STATE].create_index("vectors_stale", sparse=True)
         await ensure_inbound_indexes(db)
         await ensure_member_indexes(db)
     return native_ttl
