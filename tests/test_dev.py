@@ -50,3 +50,21 @@ def test_a_second_checkout_does_not_repoint_the_first(tmp_path: Path) -> None:
     finally:
         if theirs.is_dir() and os.access(theirs, os.W_OK):
             shutil.rmtree(theirs, ignore_errors=True)
+
+
+def test_a_fresh_clone_at_a_path_used_before_imports_its_own_code(tmp_path: Path) -> None:
+    """The editable install is a tree of links inside the checkout (``build/``): a clone
+    deleted and made again at the same path (a CI workspace) found its overlay marked ready
+    and imported nothing (``ModuleNotFoundError: opendisco``)."""
+    clone = tmp_path / "again"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    venv = _dev_env(clone)
+    try:
+        assert _imported_from(venv).is_relative_to(clone.resolve())
+        shutil.rmtree(clone)
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+        assert _dev_env(clone) == venv
+        assert _imported_from(venv).is_relative_to(clone.resolve())
+    finally:
+        if venv.is_dir() and os.access(venv, os.W_OK):
+            shutil.rmtree(venv, ignore_errors=True)
