@@ -39,6 +39,7 @@ __all__ = [
     "create_collection",
     "detect_capabilities",
     "lease",
+    "leased_unless_atomic",
     "now_ms",
     "renewing",
 ]
@@ -184,6 +185,21 @@ async def lease(
     finally:
         with contextlib.suppress(PyMongoError):
             await locks.delete_many({"_id": {"$in": ids}, "owner": token})
+
+
+@contextlib.asynccontextmanager
+async def leased_unless_atomic(
+    db: Any, locks: str, ids: Iterable[str], *, lease_s: float, wait_s: float, what: str
+) -> AsyncIterator[None]:
+    """:func:`lease` on ``ids`` (in the ``locks`` collection of ``db``) only where one update of
+    a document is not atomic (:attr:`StoreCapabilities.atomic_updates`: FerretDB 1.x rewrites
+    whole documents, so concurrent updates of one lose all but the last); on MongoDB the block
+    runs without the lease's round trips."""
+    if (await detect_capabilities(db)).atomic_updates:
+        yield
+        return
+    async with lease(db[locks], ids, lease_s=lease_s, wait_s=wait_s, what=what):
+        yield
 
 
 @contextlib.asynccontextmanager

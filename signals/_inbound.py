@@ -32,7 +32,7 @@ from typing import Any
 from pymongo import UpdateOne
 
 from opendisco._backend import backend_errors
-from opendisco._store import bulk_write_chunked, detect_capabilities, lease
+from opendisco._store import bulk_write_chunked, leased_unless_atomic
 
 from ._graph import _find
 
@@ -131,13 +131,10 @@ class InboundCounter:
         if not updates:
             return
         ops = [UpdateOne({"_id": item}, update, upsert=True) for item, update in updates.items()]
-        if (await detect_capabilities(self.db)).atomic_updates:
-            await bulk_write_chunked(self.coll, ops)
-            return
-        locks = self.db[INBOUND_LOCKS]
-        async with lease(
-            locks, updates, lease_s=self.lease_s, wait_s=self.lock_wait_s, what=INBOUND
-        ):
+        async with leased_unless_atomic(
+            self.db, INBOUND_LOCKS, updates, lease_s=self.lease_s, wait_s=self.lock_wait_s,
+            what=INBOUND,
+        ):  # fmt: skip
             await bulk_write_chunked(self.coll, ops)
 
     async def totals(self, days: int = 7, now: datetime | None = None) -> dict[str, int]:

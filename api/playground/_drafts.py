@@ -30,7 +30,7 @@ from opendisco._exceptions import (
     TemplateParamError,
 )
 from opendisco._settings import Settings
-from opendisco._store import detect_capabilities, lease
+from opendisco._store import leased_unless_atomic
 from opendisco.queries import Template, example_params, load, render, template_from_doc
 from opendisco.serving import Artifacts
 
@@ -141,11 +141,9 @@ class DraftStore:
         once on one draft the last written undid the others (an experiment lost, a promoted
         draft back to ``draft``: editable and promotable again). A lease on MongoDB would only
         cost round trips."""
-        if (await detect_capabilities(self.db)).atomic_updates:
-            yield
-            return
-        async with lease(
-            self.db[DRAFT_LOCKS],
+        async with leased_unless_atomic(
+            self.db,
+            DRAFT_LOCKS,
             [f"draft-{draft_id}"],
             lease_s=self.lease_s,
             wait_s=self.lock_wait_s,
