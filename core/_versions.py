@@ -9,6 +9,7 @@ no version file is ever partial.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -47,26 +48,18 @@ def write_next_version(
     out_dir.mkdir(parents=True, exist_ok=True)
     while True:
         version = latest_version(out_dir, stem, suffix) + 1
-        path = out_dir / f"{stem}-v{version}{suffix}"
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}-v{version}-", suffix=".tmp", dir=out_dir)
-        tmp = Path(tmp_name)
+        buf = io.StringIO()
+        write(buf, version)  # a value that does not serialise fails here: no file, no number
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                write(fh, version)
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, path)  # never replaces: a concurrent writer took this number
-            except FileExistsError:
-                continue
-            return path
-        finally:
-            tmp.unlink(missing_ok=True)
+            return write_new(out_dir / f"{stem}-v{version}{suffix}", buf.getvalue())
+        except FileExistsError:  # a concurrent writer took this number
+            continue
 
 
 def write_new(path: Path, text: str) -> Path:
-    """Create ``path`` (which must not exist: FileExistsError) with ``text``, complete or not
-    at all, as :func:`write_next_version` does (a version's companion file: a model's report)."""
+    """Create ``path`` (which must not exist: FileExistsError) with ``text``, complete or not at
+    all: the text goes to a temporary file first (flushed to disk), which is then hard-linked to
+    ``path`` (never replacing it). Version files, and a version's companion (a model's report)."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:

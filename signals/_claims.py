@@ -237,12 +237,8 @@ class EventClaims:
             update["$addToSet"] = {"done": {"$each": sorted({str(d) for d in done})}}
         with contextlib.suppress(BackendError), backend_errors("releasing claims failed"):
             for effect, some in sorted((partly or {}).items()):
-                mine = sorted(set(some) & set(ids))
-                if mine:
-                    await self.events.update_many(
-                        {"_id": {"$in": mine}, "claim_owner": token},
-                        {"$addToSet": {"done": str(effect)}},
-                    )
+                if mine := sorted(set(some) & set(ids)):
+                    await self.record_done(mine, token, effect)
             await self.events.update_many({"_id": {"$in": list(ids)}, "claim_owner": token}, update)
             held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
             if held:
