@@ -51,7 +51,7 @@ from opendisco import clients, load_settings
 RESULTS = Path(__file__).resolve().parent / "results" / "api-stages.json"
 #: the feature store's lookups, timed one by one (attribute paths on the FeatureStore)
 LOOKUPS = {
-    "f.exposure": ("exposure", "read"),
+    "f.exposure": ("counters", "read"),  # the process's copy, else the engine
     "f.inbound": (None, "_inbound"),
     "f.tastes": (None, "_tastes"),
     "f.itemsim": (None, "_similar"),
@@ -178,9 +178,12 @@ async def profile(settings: Any, plans: dict[str, Any], args: argparse.Namespace
 
         await asyncio.gather(*(worker() for _ in range(conc)))
 
+    mirrors = []
     try:
         for disco in discos.values():
             await disco.ensure()  # (no query encoder: for_you requests only)
+            if settings.exposure_mirror_s > 0:  # as the API does: the counters' copy
+                mirrors.append(asyncio.create_task(disco.counters.run()))
         if settings.api_gc_freeze:  # as the API process does after start-up (its p99)
             freeze_startup_heap(settings.api_gc_threshold0)
         await loop(4, args.warm, False, 4)
@@ -190,6 +193,9 @@ async def profile(settings: Any, plans: dict[str, Any], args: argparse.Namespace
         for disco in discos.values():
             await disco.drain()
     finally:
+        for task in mirrors:
+            task.cancel()
+        await asyncio.gather(*mirrors, return_exceptions=True)
         await os_client.close()
         await mongo.close()
     res: dict[str, Any] = {

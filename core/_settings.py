@@ -461,6 +461,19 @@ class Settings(BaseSettings):
     exposure_flush_s: float = Field(
         1.0, gt=0, description="How often served impressions are written to the counters (s)."
     )
+    exposure_mirror_s: float = Field(
+        1.0,
+        ge=0,
+        description="How often each API process reads the exposure counters touched since its "
+        "last read into its own copy, which the reranker's exposure features read instead of "
+        "the engine per request (s; 0: read the engine per request).",
+    )
+    exposure_mirror_max_items: int = Field(
+        200_000,
+        ge=0,
+        description="Above this many counter documents the process keeps no copy (memory) and "
+        "the features read the engine per request.",
+    )
 
     # --- events ------------------------------------------------------------------------
     events_claim_lease_s: float = Field(

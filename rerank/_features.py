@@ -5,8 +5,10 @@ Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most
 * 1 OpenSearch ``mget`` of content + behaviour vectors — only for ids whose vectors neither came
   packed with the candidate hits (``ingest.PACKED_FIELD``, float16, the normal case: no round
   trip at all) nor sit in the TTL cache (documents indexed before the packed field existed),
-* 1 OpenSearch ``mget`` of exposure counters (``ExposureStore.counts``; never cached: caps
-  must bite in real time),
+* the exposure counters (impressions in the window, paced exposure, live trend): from the
+  process's copy (``signals.ExposureMirror``, ≤ ~1 s behind the engine) when the API keeps
+  one, else 1 OpenSearch search of their doc values (caps are not read here: the candidate
+  queries exclude capped items by the engine's realtime list),
 * 1 MongoDB ``find`` of inbound attention (one document per candidate; cached with the
   vectors' TTL),
 * 1 MongoDB ``find`` of graph proximity to the user's recent items,
@@ -64,6 +66,7 @@ from opendisco._stored import as_vector
 from opendisco.ingest import PACKED_FIELD, unpack_many
 from opendisco.signals import (
     RECENT_FANOUT,
+    ExposureMirror,
     ExposureStore,
     InboundCounter,
     Inbox,
@@ -142,6 +145,7 @@ class FeatureStore:
         db: Any,
         *,
         exposure: Any | None = None,
+        counters: ExposureMirror | None = None,
         cache_ttl_s: float = 60.0,
         meta_ttl_s: float = 600.0,
         inbound_days: int = 7,
@@ -149,7 +153,11 @@ class FeatureStore:
         self.settings = settings
         self.os = os_client
         self.db = db
-        self.exposure = exposure if exposure is not None else ExposureStore(os_client, settings)
+        if exposure is None:
+            exposure = counters.store if counters else ExposureStore(os_client, settings)
+        self.exposure = exposure
+        #: what the exposure features read: a process's copy of the counters, else the engine
+        self.counters: ExposureStore | ExposureMirror = counters or self.exposure
         self.graph = ItemGraph(db)
         self.similarity = ItemSimilarity(db)
         self.sim_rows = TTLCache(meta_ttl_s)
@@ -347,7 +355,7 @@ class FeatureStore:
         owners = dict(owners or {})
         vecs, expo, inbound, graph, tastes, similar = await asyncio.gather(
             self._vectors(fetch),
-            self.exposure.read(uniq, realtime=False),
+            self.counters.read(uniq, realtime=False),
             self._inbound(uniq),
             _given(graph_weights) if graph_weights is not None else self._graph(list(recent), uniq),
             self._tastes(sorted(set(owners.values()))) if owners else _given({}),

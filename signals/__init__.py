@@ -27,6 +27,7 @@ from ._event import (
     validate_event,
 )
 from ._exposure import CAPPED_DOC_ID, Exposure, ExposureStore, capped_lookup, exposure_index
+from ._exposure_mirror import ExposureMirror
 from ._graph import (
     ITEM_EDGES,
     RECENT_FANOUT,
@@ -99,6 +100,7 @@ __all__ = [
     "EventsConfig",
     "EventsResult",
     "Exposure",
+    "ExposureMirror",
     "ExposureStore",
     "InboundCounter",
     "Inbox",

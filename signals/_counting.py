@@ -15,6 +15,7 @@ if (ctx._source.window_start == null || params.now - ctx._source.window_start >=
   ctx._source.count = 0;
 }
 ctx._source.count += params.n;
+ctx._source.touched_at = params.now;
 ctx._source.cap = params.cap;
 if (ctx._source.paced == null || ctx._source.paced_at == null) {
   ctx._source.paced = 0.0; ctx._source.paced_at = params.now;

@@ -59,7 +59,14 @@ from ._trending import (
     trending_query,
 )
 
-__all__ = ["CAPPED_DOC_ID", "Exposure", "ExposureStore", "capped_lookup", "exposure_index"]
+__all__ = [
+    "CAPPED_DOC_ID",
+    "READ_FIELDS",
+    "Exposure",
+    "ExposureStore",
+    "capped_lookup",
+    "exposure_index",
+]
 
 log = logging.getLogger("opendisco.signals")
 
@@ -70,12 +77,15 @@ _PACED_PROPERTIES: dict[str, Any] = {
     "paced": {"type": "double"},
     "paced_at": {"type": "date", "format": "epoch_millis"},
 }
+#: when a counter document was last written (the writer's clock): the processes' copies of
+#: the counters read what changed by it (``signals._exposure_mirror``)
+_TOUCHED_PROPERTIES: dict[str, Any] = {"touched_at": {"type": "date", "format": "epoch_millis"}}
 #: explicit, so the shard refreshes while nobody searches it (``index.search.idle.after``):
 #: non-realtime reads (:meth:`ExposureStore.read`) lag the writes by at most this
 _REFRESH: dict[str, Any] = {"refresh_interval": "1s"}
 #: ids per search of a non-realtime read (well under ``index.max_result_window``)
 _SEARCH_IDS = 2000
-_READ_FIELDS = ["item_id", "count", "window_start", "paced", "paced_at", "trend", "trend_at"]
+READ_FIELDS = ["item_id", "count", "window_start", "paced", "paced_at", "trend", "trend_at"]
 _MAPPING: dict[str, Any] = {  # shards and replicas from settings (index_shards/_replicas)
     "mappings": {
         "dynamic": "strict",
@@ -88,6 +98,7 @@ _MAPPING: dict[str, Any] = {  # shards and replicas from settings (index_shards/
             "paced_at": {"type": "date", "format": "epoch_millis"},
             "capped": {"type": "object", "enabled": False},  # {ids: [...], until: {id: ms}}
             **TREND_PROPERTIES,
+            **_TOUCHED_PROPERTIES,
         },
     },
 }
@@ -145,11 +156,10 @@ class ExposureStore:
             except RequestError as exc:
                 if "resource_already_exists" not in str(exc):
                     raise
-            # indices created before live trending and pacing: add their fields (a no-op when
-            # present)
-            await self.client.indices.put_mapping(
-                index=self.index, body={"properties": {**TREND_PROPERTIES, **_PACED_PROPERTIES}}
-            )
+            # indices created before live trending, pacing and the copies: add their fields
+            # (a no-op when present)
+            fields = {**TREND_PROPERTIES, **_PACED_PROPERTIES, **_TOUCHED_PROPERTIES}
+            await self.client.indices.put_mapping(index=self.index, body={"properties": fields})
             await self.client.indices.put_settings(index=self.index, body={"index": _REFRESH})
         # a concurrent creator may have returned before the primary started: a terms lookup
         # against a RECOVERING shard fails every candidate source, so wait for it
@@ -298,25 +308,25 @@ class ExposureStore:
             except NotFoundError:
                 return out
         for doc in docs:
-            src = doc.get("_source") or {}
-            if not doc.get("found"):
-                continue
-            age = now_ms - int(src.get("window_start") or 0)
-            live = 0 <= age < self.window_ms
-            trend = 0.0
-            if src.get("trend") is not None and src.get("trend_at") is not None:
-                trend = decayed(
-                    src["trend"], int(src["trend_at"]), now_ms, self.half_life_ms,
-                    self.trend_window_ms,
-                )  # fmt: skip
-            paced = 0.0
-            if src.get("paced") is not None and src.get("paced_at") is not None:
-                dt = max(now_ms - int(src["paced_at"]), 0)
-                paced = float(src["paced"]) * math.exp(-dt / self.window_ms)
-            out[doc["_id"]] = Exposure(
-                count=int(src.get("count", 0)) if live else 0, paced=paced, trend=trend
-            )
+            if doc.get("found"):
+                out[doc["_id"]] = self.exposure_of(doc.get("_source") or {}, now_ms)
         return out
+
+    def exposure_of(self, src: Mapping[str, Any], now_ms: int) -> Exposure:
+        """Pure: one counter document's fields (``READ_FIELDS``) read at ``now_ms``."""
+        age = now_ms - int(src.get("window_start") or 0)
+        live = 0 <= age < self.window_ms
+        trend = 0.0
+        if src.get("trend") is not None and src.get("trend_at") is not None:
+            trend = decayed(
+                src["trend"], int(src["trend_at"]), now_ms, self.half_life_ms,
+                self.trend_window_ms,
+            )  # fmt: skip
+        paced = 0.0
+        if src.get("paced") is not None and src.get("paced_at") is not None:
+            dt = max(now_ms - int(src["paced_at"]), 0)
+            paced = float(src["paced"]) * math.exp(-dt / self.window_ms)
+        return Exposure(count=int(src.get("count", 0)) if live else 0, paced=paced, trend=trend)
 
     async def _get(self, ids: list[str]) -> list[dict[str, Any]]:
         resp = await self.client.mget(index=self.index, body={"ids": ids})
@@ -329,7 +339,7 @@ class ExposureStore:
             query = {"size": len(chunk), "query": {"ids": {"values": chunk}}}
             resp = await self.client.search(
                 index=self.index,
-                body={**query, "stored_fields": "_none_", "docvalue_fields": _READ_FIELDS},
+                body={**query, "stored_fields": "_none_", "docvalue_fields": READ_FIELDS},
             )
             for hit in resp["hits"]["hits"]:
                 got = {k: v[0] for k, v in (hit.get("fields") or {}).items() if v}
@@ -345,7 +355,8 @@ class ExposureStore:
         incs = trend_increments(likes, self.half_life_ms)
         if not incs:
             return 0
-        body = trend_update_actions(self.index, incs, self.half_life_ms)
+        now_ms = epoch_ms(now or datetime.now(UTC))
+        body = trend_update_actions(self.index, incs, self.half_life_ms, now_ms)
         pairs = list(zip(body[::2], body[1::2], strict=True))
         _applied, failed = await bulk_updates(self.client, pairs, "live trending update failed")
         if failed:

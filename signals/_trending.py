@@ -47,6 +47,7 @@ if (params.at > ref) {
 } else {
   ctx._source.trend = ctx._source.trend + params.w * Math.pow(2.0, (params.at - ref) / hl);
 }
+ctx._source.touched_at = params.now;
 """
 
 # the decayed value of a counter at params.now (0 outside the window)
@@ -94,13 +95,13 @@ def trend_increments(
 
 
 def trend_update_actions(
-    index: str, incs: dict[str, tuple[int, float]], half_life_ms: float
+    index: str, incs: dict[str, tuple[int, float]], half_life_ms: float, now_ms: int
 ) -> list[dict[str, Any]]:
     """Pure: the ``_bulk`` body adding :func:`trend_increments` to the counter documents (one
-    scripted upsert per item)."""
+    scripted upsert per item; ``now_ms``: when written, the copies' ``touched_at``)."""
     body: list[dict[str, Any]] = []
     for item_id, (at, w) in sorted(incs.items()):
-        params = {"at": at, "w": w, "half_life": half_life_ms}
+        params = {"at": at, "w": w, "half_life": half_life_ms, "now": now_ms}
         body.append({"update": {"_index": index, "_id": item_id, "retry_on_conflict": 5}})
         body.append(
             {

@@ -1,0 +1,135 @@
+"""A process's copy of the exposure counters (``ExposureMirror``) on the real engine: it reads
+what the engine reads, picks up other writers' changes by ``touched_at``, catches untimed
+documents on its full read, and falls back to the engine when it has no fresh copy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from opendisco import Settings, clients
+from opendisco.signals import ExposureMirror, ExposureStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[ExposureStore]:
+    s = settings.model_copy(update={"index_alias": f"{settings.index_alias}-mirror"})
+    os_client = clients.async_opensearch(s)
+    st = ExposureStore(os_client, s)
+    await st.ensure()
+    try:
+        yield st
+    finally:
+        await os_client.indices.delete(index=st.index, ignore_unavailable=True)
+        await os_client.close()
+
+
+async def _visible(store: ExposureStore) -> None:
+    await store.client.indices.refresh(index=store.index)
+
+
+async def test_the_copy_reads_what_the_engine_reads(store: ExposureStore) -> None:
+    await store.record({"a": 3, "b": 1})
+    await store.record_trend([("c", datetime.now(UTC), 1.0), ("a", datetime.now(UTC), 2.0)])
+    await _visible(store)
+    clock = Clock()
+    mirror = ExposureMirror(store, every_s=1.0, max_items=100, clock=clock)
+    assert not mirror.fresh()
+    await mirror.refresh()
+    assert mirror.fresh() and mirror.items == 3
+    now = datetime.now(UTC)
+    ids = ["a", "b", "c", "never-seen"]
+    engine = await store.read(ids, now, realtime=False)
+    assert await mirror.read(ids, now) == engine
+    assert engine["a"].count == 3 and engine["a"].trend > 1.9 and engine["never-seen"].count == 0
+    later = datetime.fromtimestamp(now.timestamp() + 30 * 3600, UTC)  # past the 24 h window
+    assert await mirror.read(ids, later) == await store.read(ids, later, realtime=False)
+
+
+async def test_other_writers_changes_arrive_and_the_full_read_catches_untimed_ones(
+    store: ExposureStore,
+) -> None:
+    clock = Clock()
+    mirror = ExposureMirror(store, every_s=1.0, max_items=100, full_every_s=60.0, clock=clock)
+    await store.record({"a": 1})
+    await _visible(store)
+    await mirror.refresh()  # the first read is a full one
+    other = ExposureStore(store.client, store.settings)  # another process's store
+    other.index = store.index
+    await other.record({"a": 2, "d": 4})
+    # a counter written by older code, without touched_at: only a full read sees it
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    await store.client.index(
+        index=store.index, id="old", body={"item_id": "old", "count": 5, "window_start": now_ms}
+    )
+    await _visible(store)
+    clock.t += 1.0
+    await mirror.refresh()  # what changed since the last read
+    got = await mirror.read(["a", "d", "old"])
+    assert (got["a"].count, got["d"].count, got["old"].count) == (3, 4, 0)
+    clock.t += 60.0
+    await mirror.refresh()  # full
+    assert (await mirror.read(["old"]))["old"].count == 5
+
+
+async def test_a_stale_or_absent_copy_reads_the_engine(store: ExposureStore) -> None:
+    clock = Clock()
+    mirror = ExposureMirror(store, every_s=1.0, max_items=100, clock=clock)
+    await store.record({"a": 1})
+    await _visible(store)
+    assert (await mirror.read(["a"]))["a"].count == 1  # no copy yet: the engine's
+    await mirror.refresh()
+    await store.record({"a": 1})
+    await _visible(store)
+    assert (await mirror.read(["a"]))["a"].count == 1  # fresh copy, not yet refreshed
+    clock.t += mirror.stale_s + 0.1
+    assert not mirror.fresh()
+    assert (await mirror.read(["a"]))["a"].count == 2  # stale: the engine's
+
+
+async def test_too_many_counters_keep_no_copy(store: ExposureStore) -> None:
+    await store.record({"a": 1, "b": 1, "c": 1})
+    await _visible(store)
+    mirror = ExposureMirror(store, every_s=1.0, max_items=2, clock=Clock())
+    await mirror.refresh()
+    assert mirror.items is None and not mirror.fresh()
+    await store.record({"a": 1})
+    await _visible(store)
+    assert (await mirror.read(["a"]))["a"].count == 2
+
+
+async def test_the_loop_outlives_an_engine_it_cannot_reach(store: ExposureStore) -> None:
+    await store.record({"a": 1})
+    await _visible(store)
+    dead = clients.async_opensearch(
+        store.settings.model_copy(
+            update={"opensearch_url": "http://127.0.0.1:9", "opensearch_timeout": 0.5}
+        )
+    )
+    real, store.client = store.client, dead
+    mirror = ExposureMirror(store, every_s=0.05, max_items=100)
+    task = asyncio.create_task(mirror.run())
+    try:
+        await asyncio.sleep(0.5)
+        assert mirror.items is None and not task.done()
+        store.client = real
+        for _ in range(200):
+            if mirror.items is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert mirror.items == 1 and mirror.fresh()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await dead.close()
