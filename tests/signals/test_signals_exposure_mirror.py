@@ -12,6 +12,7 @@ import pytest
 
 from opendisco import Settings, clients
 from opendisco.signals import ExposureMirror, ExposureStore
+from opendisco.signals._exposure_mirror import scan_counters
 
 
 class Clock:
@@ -133,3 +134,11 @@ async def test_the_loop_outlives_an_engine_it_cannot_reach(store: ExposureStore)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await dead.close()
+
+
+async def test_reads_page_through_every_counter(store: ExposureStore) -> None:
+    await store.record({f"i{n}": n + 1 for n in range(7)})
+    await _visible(store)
+    rows = await scan_counters(store, page=2)
+    assert rows is not None and sorted(rows) == [f"i{n}" for n in range(7)]
+    assert await scan_counters(store, page=2, limit=6) is None
