@@ -85,6 +85,11 @@ def instrument(store: Any) -> None:
         setattr(target, attr, _timed(name, getattr(target, attr)))
 
 
+def slowest(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    top = sorted(rows, key=lambda r: r.get("whole_ms", 0.0))[-max(1, len(rows) // 100) :]
+    return [{k: round(v, 2) for k, v in r.items()} for r in top]
+
+
 def summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     keys = sorted({k for r in rows for k in r})
     out = {}
@@ -205,6 +210,8 @@ async def profile(settings: Any, plans: dict[str, Any], args: argparse.Namespace
         "n": len(pairs),
         "load_avg_1m": {"before": round(load_before, 2), "after": round(load_after, 2)},
         "stages_ms": {name: summary(r) for name, r in rows.items()},
+        # what the slowest 1% of requests spent where (the p99's make-up), each whole row
+        "slowest_1pct": {name: slowest(r) for name, r in rows.items()},
     }
     if args.ab:  # paired: the same member, back to back, in random order
         d = [p["served"] - p["after"] for p in pairs]

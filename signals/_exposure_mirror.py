@@ -167,11 +167,18 @@ class ExposureMirror:
     async def run(self) -> None:
         """Refresh every ``every_s`` forever (a background task); a failed read leaves the
         copy to go stale, when reads fall back to the engine."""
+        failing = False
         while True:
             try:
                 await self.refresh()
+                if failing:
+                    log.info("exposure counters copy refreshed again")
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the loop must outlive any failure
-                log.warning("exposure counters copy not refreshed: %r", exc)
+                # once per outage at warning level, not once per second
+                log.log(logging.DEBUG if failing else logging.WARNING,
+                        "exposure counters copy not refreshed: %r", exc)  # fmt: skip
+                failing = True
             await asyncio.sleep(self.every_s)

@@ -5,6 +5,7 @@ documents on its full read, and falls back to the engine when it has no fresh co
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -110,7 +111,9 @@ async def test_too_many_counters_keep_no_copy(store: ExposureStore) -> None:
     assert (await mirror.read(["a"]))["a"].count == 2
 
 
-async def test_the_loop_outlives_an_engine_it_cannot_reach(store: ExposureStore) -> None:
+async def test_the_loop_outlives_an_engine_it_cannot_reach(
+    store: ExposureStore, caplog: pytest.LogCaptureFixture
+) -> None:
     await store.record({"a": 1})
     await _visible(store)
     dead = clients.async_opensearch(
@@ -122,8 +125,11 @@ async def test_the_loop_outlives_an_engine_it_cannot_reach(store: ExposureStore)
     mirror = ExposureMirror(store, every_s=0.05, max_items=100)
     task = asyncio.create_task(mirror.run())
     try:
-        await asyncio.sleep(0.5)
+        with caplog.at_level(logging.INFO, logger="opendisco.signals"):
+            await asyncio.sleep(0.5)
         assert mirror.items is None and not task.done()
+        warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warned) == 1, warned  # once per outage, not once per attempt
         store.client = real
         for _ in range(200):
             if mirror.items is not None:
