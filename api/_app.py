@@ -121,8 +121,8 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         asyncio.create_task(rt.shares.run()),
         asyncio.create_task(disc.recover_events_forever()),
     ]
-    if settings.exposure_mirror_s > 0:
-        rt.tasks.append(asyncio.create_task(disc.counters.run()))
+    if settings.signal_copies_s > 0:
+        rt.tasks.append(asyncio.create_task(disc.copies.run()))
     try:
         yield rt
     finally:

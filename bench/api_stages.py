@@ -187,8 +187,8 @@ async def profile(settings: Any, plans: dict[str, Any], args: argparse.Namespace
     try:
         for disco in discos.values():
             await disco.ensure()  # (no query encoder: for_you requests only)
-            if settings.exposure_mirror_s > 0:  # as the API does: the counters' copy
-                mirrors.append(asyncio.create_task(disco.counters.run()))
+            if settings.signal_copies_s > 0:  # as the API does: the signals' copies
+                mirrors.append(asyncio.create_task(disco.copies.run()))
         if settings.api_gc_freeze:  # as the API process does after start-up (its p99)
             freeze_startup_heap(settings.api_gc_threshold0)
         await loop(4, args.warm, False, 4)

@@ -461,18 +461,25 @@ class Settings(BaseSettings):
     exposure_flush_s: float = Field(
         1.0, gt=0, description="How often served impressions are written to the counters (s)."
     )
-    exposure_mirror_s: float = Field(
+    signal_copies_s: float = Field(
         1.0,
         ge=0,
-        description="How often each API process reads the exposure counters touched since its "
-        "last read into its own copy, which the reranker's exposure features read instead of "
-        "the engine per request (s; 0: read the engine per request).",
+        description="How often each API process reads the exposure counters, inbound "
+        "attention and member tastes written since its last read into its own copies, which "
+        "the reranker's features read instead of the stores per request (s; 0: read the "
+        "stores per request).",
     )
-    exposure_mirror_max_items: int = Field(
+    signal_copies_max_items: int = Field(
         200_000,
         ge=0,
-        description="Above this many counter documents the process keeps no copy (memory) and "
-        "the features read the engine per request.",
+        description="Above this many exposure counters (or inbound counters) a process keeps "
+        "no copy of them (memory) and the features read the store per request.",
+    )
+    taste_copy_max_members: int = Field(
+        20_000,
+        ge=0,
+        description="Above this many member tastes (a 384-d vector each, ~1.6 kB) a process "
+        "keeps no copy of them and the features read MongoDB per request.",
     )
 
     # --- events ------------------------------------------------------------------------

@@ -6,19 +6,19 @@ Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most
   packed with the candidate hits (``ingest.PACKED_FIELD``, float16, the normal case: no round
   trip at all) nor sit in the TTL cache (documents indexed before the packed field existed),
 * the exposure counters (impressions in the window, paced exposure, live trend): from the
-  process's copy (``signals.ExposureMirror``, ≤ ~1 s behind the engine) when the API keeps
+  process's copy (``signals.SignalCopies``, ≤ ~1 s behind the engine) when the API keeps
   one, else 1 OpenSearch search of their doc values (caps are not read here: the candidate
   queries exclude capped items by the engine's realtime list),
-* 1 MongoDB ``find`` of inbound attention (one document per candidate; cached with the
-  vectors' TTL),
+* inbound attention: from the process's copy, else 1 MongoDB ``find`` (one document per
+  candidate; cached with the vectors' TTL),
 * 1 MongoDB ``find`` of graph proximity to the user's recent items,
 * 1 MongoDB ``find`` of the trained item–item rows (``signals.ItemSimilarity``) of the
   member's recent positives, only for rows not in the item-metadata cache (the table changes
   only when a trainer replaces it),
-* for member candidates (profiles) only, 1 MongoDB ``find`` of their owners' tastes (content
-  vector, likes and passes given: the reciprocal estimate; the vector stored as a BSON
-  float32 vector, which FerretDB reads ~10× faster than an array; cached with the vectors'
-  TTL),
+* for member candidates (profiles) only, their owners' tastes (content vector, likes and
+  passes given: the reciprocal estimate): from the process's copy, else 1 MongoDB ``find``
+  (the vector stored as a BSON float32 vector, which FerretDB reads ~10× faster than an
+  array; cached with the vectors' TTL),
 * 1 OpenSearch ``mget`` of the member's recent positives' profile fields (category, tags,
   creation date, popularity: :class:`~opendisco.rerank.MemberProfile`), only for ids not in
   the item-metadata cache (these fields change rarely; the recent items of active members
@@ -72,6 +72,7 @@ from opendisco.signals import (
     Inbox,
     ItemGraph,
     ItemSimilarity,
+    SignalCopies,
     UserState,
     UserStateStore,
     rate_per_day,
@@ -145,7 +146,7 @@ class FeatureStore:
         db: Any,
         *,
         exposure: Any | None = None,
-        counters: ExposureMirror | None = None,
+        copies: SignalCopies | None = None,
         cache_ttl_s: float = 60.0,
         meta_ttl_s: float = 600.0,
         inbound_days: int = 7,
@@ -154,10 +155,12 @@ class FeatureStore:
         self.os = os_client
         self.db = db
         if exposure is None:
-            exposure = counters.store if counters else ExposureStore(os_client, settings)
+            exposure = copies.exposure.store if copies else ExposureStore(os_client, settings)
         self.exposure = exposure
-        #: what the exposure features read: a process's copy of the counters, else the engine
-        self.counters: ExposureStore | ExposureMirror = counters or self.exposure
+        #: the process's copies of the per-candidate signals (read while fresh), if it keeps any
+        self.copies = copies
+        #: what the exposure features read: the process's copy of the counters, else the engine
+        self.counters: ExposureStore | ExposureMirror = copies.exposure if copies else exposure
         self.graph = ItemGraph(db)
         self.similarity = ItemSimilarity(db)
         self.sim_rows = TTLCache(meta_ttl_s)
@@ -257,6 +260,8 @@ class FeatureStore:
         return MemberProfile.from_items(docs, now or datetime.now(UTC))
 
     async def _inbound(self, ids: list[str]) -> dict[str, int]:
+        if self.copies and (got := self.copies.inbound.counts(ids, self.inbound_days)) is not None:
+            return {i: got.get(i, 0) for i in ids}
         hit, miss = self.inbound_cache.get_many(ids)
         if miss:
             got = await self.inbound.counts(miss, days=self.inbound_days)
@@ -268,6 +273,9 @@ class FeatureStore:
     async def _tastes(self, owners: list[str]) -> dict[str, tuple[Any, int, int]]:
         """Each owner's (taste vector, likes given, passes given); members without a state
         are cached as such too (no history is an answer)."""
+        if self.copies and (got := self.copies.tastes.tastes(owners)) is not None:
+            none = (None, 0, 0)
+            return {o: (_array(v), n, p) for o in owners for v, n, p in [got.get(o, none)]}
         hit, miss = self.taste_cache.get_many(owners)
         if miss:
             got = await self.states.tastes(miss)

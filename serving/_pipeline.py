@@ -35,10 +35,10 @@ from opendisco.rerank import CandidateBatch, Features, FeatureStore, Reranker
 from opendisco.signals import (
     BlockStore,
     EventsResult,
-    ExposureMirror,
     ExposureStore,
     PacingController,
     ServedLog,
+    SignalCopies,
     UserStateStore,
 )
 
@@ -87,8 +87,8 @@ class Discovery:
         self.artifacts = artifacts if artifacts is not None else Artifacts.from_settings(settings)
         self.reranker = Reranker(self.artifacts.rerank, self.artifacts.scorer)
         self.exposure = ExposureStore(os_client, settings)
-        self.counters = ExposureMirror.from_settings(self.exposure, settings)  # API: .run()
-        self.features = FeatureStore(settings, os_client, db, counters=self.counters)
+        self.copies = SignalCopies.from_settings(self.exposure, db, settings)  # API: .run()
+        self.features = FeatureStore(settings, os_client, db, copies=self.copies)
         self.states = UserStateStore(db)
         self.pacing = PacingController(settings, db, self.exposure)
         self.writes = Writes(settings, os_client, db, self.exposure)

@@ -55,6 +55,7 @@ from ._pacing import (
 from ._processor import EVENTS, RECOVER_FIRST_S, EventProcessor
 from ._served import ServedExposure
 from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
+from ._signal_copies import SignalCopies
 from ._similarity import ITEM_SIMILARITY, ItemSimilarity
 from ._trending import decayed, rate_per_day, trend_increments
 from ._user_state import (
@@ -113,6 +114,7 @@ __all__ = [
     "ServedExposure",
     "ServedList",
     "ServedLog",
+    "SignalCopies",
     "UserGraph",
     "UserState",
     "UserStateConfig",

@@ -81,6 +81,7 @@ async def ensure_events_store(db: Any, ttl_days: float) -> bool:
             await events.create_index("applied")
             # the recovery sweep's repair finds the few states marked vectors_stale
             await db[USER_STATE].create_index("vectors_stale", sparse=True)
+            await db[MEMBER_TASTES].create_index("at")  # the processes' copies (_taste_copy)
         await ensure_inbound_indexes(db)
         await ensure_member_indexes(db)
     return native_ttl

@@ -34,12 +34,14 @@ from pymongo import UpdateOne
 from opendisco._backend import backend_errors
 from opendisco._store import bulk_write_chunked, leased_unless_atomic
 
+from ._copies import LocalCopy
 from ._graph import _find
 
 __all__ = [
     "INBOUND",
     "INBOUND_LOCKS",
     "RETAIN_DAYS",
+    "InboundCopy",
     "InboundCounter",
     "ensure_inbound_indexes",
     "window_total",
@@ -96,11 +98,13 @@ def increments(
         if day > horizon:
             acc[item][_key(day)] += 1
     stale = [f"d.{_key(horizon - timedelta(days=k))}" for k in range(PRUNE_DAYS)]
+    at = now or datetime.now(UTC)  # when written: what the processes' copies read changes by
     return {
         item: {
             "$inc": {f"d.{k}": n for k, n in days.items()},
             "$unset": dict.fromkeys(stale, ""),
             "$max": {"last": max(days)},
+            "$set": {"at": at},
         }
         for item, days in acc.items()
     }
@@ -109,6 +113,7 @@ def increments(
 async def ensure_inbound_indexes(db: Any) -> None:
     with backend_errors("inbound index creation failed"):
         await db[INBOUND].create_index("last")
+        await db[INBOUND].create_index("at")
 
 
 class InboundCounter:
@@ -159,3 +164,43 @@ class InboundCounter:
             )
         )
         return _received((d for docs in chunks for d in docs), keys)
+
+
+class _InboundRows:
+    """Inbound counters (``{day: n}`` per item) as a copy's source (``signals._copies``)."""
+
+    what = "inbound attention"
+
+    def __init__(self, db: Any) -> None:
+        self.coll = db[INBOUND]
+
+    async def scan(
+        self, touched_since_ms: int | None, *, limit: int | None = None
+    ) -> dict[str, dict[str, int]] | None:
+        since = None if touched_since_ms is None else datetime.fromtimestamp(
+            touched_since_ms / 1000, UTC
+        )  # fmt: skip
+        with backend_errors(f"{INBOUND} copy read failed"):
+            if limit is not None and await self.coll.estimated_document_count() > limit:
+                return None
+            flt = {} if since is None else {"at": {"$gte": since}}
+            docs = await self.coll.find(flt, projection={"d": 1}).to_list(None)
+        return {str(d["_id"]): dict(d.get("d") or {}) for d in docs}
+
+
+class InboundCopy(LocalCopy[dict[str, int]]):
+    """A process's copy of the inbound counters (:class:`InboundCounter.counts` from memory)."""
+
+    def __init__(self, db: Any, *, every_s: float, max_items: int, **kw: Any) -> None:
+        super().__init__(_InboundRows(db), every_s=every_s, max_items=max_items, **kw)
+
+    def counts(
+        self, ids: Iterable[str], days: int = 7, now: datetime | None = None
+    ) -> dict[str, int] | None:
+        """Like :meth:`InboundCounter.counts` while the copy is fresh, else ``None``."""
+        rows = self.rows()
+        if rows is None:
+            return None
+        keys = window_keys(days, now)
+        got = {i: window_total({"d": rows.get(i)}, keys) for i in map(str, ids) if i in rows}
+        return {i: n for i, n in got.items() if n > 0}

@@ -332,14 +332,7 @@ class UserStateStore:
             return {}
         with backend_errors("member taste lookup failed"):
             docs = await self.tastes_coll.find({"_id": {"$in": ids}}).to_list(None)
-        return {
-            str(d["_id"]): (
-                as_vector(d.get("vector")),
-                int(d.get("n_likes") or 0),
-                int(d.get("n_passes") or 0),
-            )
-            for d in docs
-        }
+        return {str(d["_id"]): taste_of(d) for d in docs}
 
     async def save(self, state: UserState) -> None:
         """Write ``state`` (hold :meth:`locked` for its user while reading and writing)."""
@@ -347,7 +340,7 @@ class UserStateStore:
         with backend_errors("user_state write failed"):
             await self.coll.replace_one({"_id": state.user_id}, doc, upsert=True)
             await self.tastes_coll.replace_one(
-                {"_id": state.user_id}, state.taste_doc(), upsert=True
+                {"_id": state.user_id}, _touched(state.taste_doc()), upsert=True
             )
 
     async def save_many(
@@ -364,7 +357,7 @@ class UserStateStore:
         await bulk_write_chunked(self.coll, ops)
         before = previous or {}
         tastes = [
-            ReplaceOne({"_id": s.user_id}, doc, upsert=True)
+            ReplaceOne({"_id": s.user_id}, _touched(doc), upsert=True)
             for s, doc in ((s, s.taste_doc()) for s in states)
             if (old := before.get(s.user_id)) is None or old.taste_doc() != doc
         ]
@@ -381,3 +374,14 @@ class UserStateStore:
             what="user_state",
         ):
             yield
+
+
+def taste_of(doc: Mapping[str, Any]) -> tuple[np.ndarray | None, int, int]:
+    """Pure: a ``member_tastes`` document as (content vector | None, likes, passes given)."""
+    return as_vector(doc.get("vector")), int(doc.get("n_likes") or 0), int(doc.get("n_passes") or 0)
+
+
+def _touched(taste: dict[str, Any]) -> dict[str, Any]:
+    """A taste document as written: with when (``at``: the processes' copies read changes by
+    it, ``signals._taste_copy``)."""
+    return {**taste, "at": datetime.now(UTC)}

@@ -148,15 +148,15 @@ async def test_served_profiles_reach_the_processs_copy_of_the_exposure_counters(
 ) -> None:
     # the features read the counters from the process's copy (signals.ExposureMirror), kept
     # by a background task of the API: the profiles it serves are counted there within seconds
-    disc = api.app.state.runtime.discovery
+    copy = api.app.state.runtime.discovery.copies.exposure
     user = _broad_user(api_catalogue)
     body = _ok(await api.get(f"/v1/users/{user}/recommendations?k=10", headers=h(keys["read"])))
     served = [it["id"] for it in body["items"] if it["id"].startswith("p")]
     assert served
     for _ in range(150):
-        got = await disc.counters.read(served)
-        if disc.counters.fresh() and all(got[i].count >= 1 for i in served):
+        got = await copy.read(served)
+        if copy.fresh() and all(got[i].count >= 1 for i in served):
             break
         await asyncio.sleep(0.1)
-    assert disc.counters.fresh() and disc.counters.items, "the API keeps no fresh copy"
+    assert copy.fresh() and copy.items, "the API keeps no fresh copy"
     assert all(got[i].count >= 1 for i in served), {i: got[i] for i in served}

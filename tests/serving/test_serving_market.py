@@ -15,6 +15,7 @@ from serving_support import event
 from opendisco.rerank import (
     FEATURE_NAMES,
     CandidateBatch,
+    FeatureStore,
     RerankConfig,
     Reranker,
     assemble_features,
@@ -426,3 +427,39 @@ async def test_attention_cap_on_the_live_market(discovery: Any, market: Any) -> 
         # the stored controller state (with its attention cap) is shared by every later test
         # on this catalogue: each fresh Discovery would read it and cap members by live counts
         await discovery.db[PACING].delete_many({})
+
+
+async def test_features_from_the_processs_copies_equal_the_stores(
+    discovery: Any, market: Any
+) -> None:
+    # what the API's features read from its copies of the per-candidate signals (exposure
+    # counters, inbound attention, owners' tastes) is what the stores answer
+    items, users = market
+    owner_of = {it["_id"]: it["owner_id"] for it in items if it.get("owner_id")}
+    v = _broad(users, 3)["_id"]
+    ids = (await discovery.recommend(v, k=40)).ids
+    likers = [u["_id"] for u in users[10:16]]  # attention the candidates receive
+    givers = [owner_of[i] for i in ids[:4] if i in owner_of]  # candidates' owners who like
+    res = await discovery.record_events(
+        [event(u, "like", i) for u in likers for i in ids[:5]]
+        + [event(u, "pass", i) for u in likers[:3] for i in ids[5:8]]
+        + [event(g, "like", i) for g in givers for i in ids[10:12]]
+    )
+    assert res.accepted == len(likers) * 5 + 9 + len(givers) * 2 and givers
+    discovery.record_served([{"id": i, "item": {"kind": "profile"}} for i in ids[:10]])
+    await discovery.served.drain()
+    await _refreshed(discovery)
+    owners = {i: owner_of[i] for i in ids if i in owner_of}
+    assert owners, "the market's profiles have owners"
+    copies = discovery.copies
+    args = (discovery.settings, discovery.os, discovery.db)
+    stores = await FeatureStore(*args).lookup(ids, owners=owners)  # no copies, no cache yet
+    for c in (copies.exposure, copies.inbound, copies.tastes):
+        await c.refresh()
+        assert c.fresh() and c.items
+    copied = await FeatureStore(*args, copies=copies).lookup(ids, owners=owners)
+    assert stores.inbound.sum() > 0 and stores.exposure.sum() > 0
+    assert stores.likes_sent is not None and stores.likes_sent.sum() > 0
+    for name in ("exposure", "inbound", "taste", "likes_sent", "passes_sent", "paced_exposure"):
+        a, b = getattr(stores, name), getattr(copied, name)
+        assert a is not None and b is not None and np.allclose(a, b, rtol=1e-6), name

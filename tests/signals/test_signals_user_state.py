@@ -128,7 +128,7 @@ async def test_state_vectors_are_stored_as_bson_vectors_and_older_states_still_r
     assert isinstance(raw["vector"], Binary) and raw["vector"].subtype == 9
     assert isinstance(raw["behaviour"], Binary)
     assert set(await async_db[MEMBER_TASTES].find_one({"_id": new_id})) == {
-        "_id", "vector", "n_likes", "n_passes",
+        "_id", "vector", "n_likes", "n_passes", "at",
     }  # fmt: skip
     await async_db[USER_STATE].insert_one(
         {"_id": old_id, "vector": taste, "behaviour": None, "n_likes": 1, "n_passes": 2}
