@@ -40,10 +40,11 @@ from ._packed import PACKED_FIELD, pack_vectors, unpack_many, unpack_vectors
 from ._partitions import PartitionLeases, partition_of
 from ._reconcile import ReconcileReport, reconcile
 from ._reindex import ReindexReport, reindex
+from ._run_sync import run_sync
 from ._sample import generate_marketplace, write_sample
 from ._schema import ITEM_FIELDS, KINDS, validate_item
 from ._store import SYNC_STATE, items_collection, state_key
-from ._sync import LeaseLost, Syncer, SyncReport, run_sync, sync_once
+from ._sync import LeaseLost, Syncer, SyncReport, sync_once
 from ._templates import TemplatePlan, apply_templates, plan_templates, set_replicas
 from ._verify import VerifyReport, verify
 
