@@ -6,6 +6,7 @@ Items only: what members do (events, user state, graphs, counters) is ``opendisc
 from opendisco._stored import read_vector, store_vector, vector_values
 
 from ._apply import Applied, Counters, Prepared, prepare
+from ._behaviour import BehaviourFeed, behaviour_collection, join_behaviour, write_behaviour
 from ._bulk import (
     Action,
     BulkResult,
@@ -57,6 +58,7 @@ __all__ = [
     "SYNC_STATE",
     "Action",
     "Applied",
+    "BehaviourFeed",
     "BulkResult",
     "BulkWriter",
     "ChangeBatch",
@@ -82,6 +84,7 @@ __all__ = [
     "alias_targets",
     "apply_templates",
     "backoff_delay",
+    "behaviour_collection",
     "build_index_doc",
     "chunk_actions",
     "classify",
@@ -92,6 +95,7 @@ __all__ = [
     "encode_action",
     "generate_marketplace",
     "items_collection",
+    "join_behaviour",
     "load_movielens",
     "new_index_name",
     "open_feed",
@@ -119,5 +123,6 @@ __all__ = [
     "vector_values",
     "verify",
     "versioned_indices",
+    "write_behaviour",
     "write_sample",
 ]
