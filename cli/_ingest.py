@@ -103,7 +103,8 @@ def reindex_cmd(settings: Settings, quiet: bool) -> None:
 )
 @pass_settings
 def sync_cmd(settings: Settings, once: bool, log_level: str) -> None:
-    """Stream MongoDB changes into the alias (change streams, or watermark polling).
+    """Stream MongoDB changes into the alias (change streams, or watermark polling), and
+    the behaviour vectors `opendisco train` stored (their items are sent again).
 
     Several workers may run at once: they split the partitions of the feed under leases.
     A worker never exits on a backend error (it backs off and retries); it exits on a
@@ -119,8 +120,9 @@ def sync_cmd(settings: Settings, once: bool, log_level: str) -> None:
     def show(report: Any) -> None:
         click.echo(
             f"[{report.mode} p{','.join(map(str, report.partitions))}] {report.changes} "
-            f"changes: {report.indexed} indexed, {report.deleted} deleted, {report.conflicts} "
-            f"newer-already, {_letters(report)}, {report.encoded} encoded"
+            f"changes ({report.behaviour} trained vectors): {report.indexed} indexed, "
+            f"{report.deleted} deleted, {report.conflicts} newer-already, {_letters(report)}, "
+            f"{report.encoded} encoded"
             + (f"; partitions held elsewhere: {report.skipped}" if report.skipped else "")
         )
 

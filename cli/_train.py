@@ -19,7 +19,7 @@ from rich.progress import Progress
 from opendisco import clients
 from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
-from opendisco.ingest import load_movielens
+from opendisco.ingest import load_movielens, write_behaviour
 from opendisco.rerank import (
     LabelPolicy,
     ease_neighbours,
@@ -28,7 +28,6 @@ from opendisco.rerank import (
     save_model,
     train_als,
     train_ltr,
-    write_behaviour,
 )
 from opendisco.signals import EVENTS, ItemSimilarity
 
@@ -105,7 +104,7 @@ async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -
         task = progress.add_task("writing behaviour vectors", total=len(ids))
         for k in range(0, len(ids), step):
             chunk = {i: vectors[i] for i in ids[k : k + step]}
-            done += await write_behaviour(db, settings.items_collection, chunk)
+            done += await write_behaviour(db, settings, chunk)
             progress.advance(task, len(chunk))
     return done
 
@@ -136,7 +135,7 @@ def train_cmd() -> None:
 @train_cmd.command("als")
 @_positives_options
 @click.option("--iterations", default=15, show_default=True, type=click.IntRange(1, 200))
-@click.option("--dry-run", is_flag=True, help="Train, but do not write vectors to MongoDB.")
+@click.option("--dry-run", is_flag=True, help="Train, but do not store the vectors.")
 @pass_settings
 def als_cmd(
     settings: Settings,
@@ -145,10 +144,12 @@ def als_cmd(
     iterations: int,
     dry_run: bool,
 ) -> None:
-    """Learn behavioural item vectors (implicit ALS) and write them into items' `behaviour`.
+    """Learn behavioural item vectors (implicit ALS) and store them for the engine.
 
-    Each written item gets `version + 1` and a fresh `updated_at`, so the ingest sync path
-    carries the vector to OpenSearch without re-encoding text.
+    The vectors go to the behaviour collection (`item_behaviour_collection`), never into
+    the items (the application's documents: their fields, `version` and `updated_at` stay
+    untouched); the next `opendisco sync` pass sends each changed vector's item again, so
+    the vector reaches OpenSearch without re-encoding text.
     """
     report = asyncio.run(_train_als(settings, movielens, min_rating, iterations, dry_run))
     click.echo(json.dumps(report, indent=2))

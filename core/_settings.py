@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     items_collection: str = Field(
         "items", pattern=COLLECTION_NAME, description="MongoDB collection of source items."
     )
+    item_behaviour_collection: str | None = Field(
+        None,
+        pattern=COLLECTION_NAME,
+        description="MongoDB collection of the trained behaviour vectors (`opendisco train` "
+        "writes them there, never into the items); default: `<items_collection>_behaviour`.",
+    )
     index_alias: str = Field(
         "opendisco-items", pattern=INDEX_NAME, description="Read alias of the items index."
     )
@@ -607,6 +613,11 @@ class Settings(BaseSettings):
                 f"{self.opensearch_nodes} (give one URL, or one per node)"
             )
         return self
+
+    @property
+    def behaviour_collection(self) -> str:
+        """Where trained behaviour vectors live (``item_behaviour_collection`` or its default)."""
+        return self.item_behaviour_collection or f"{self.items_collection}_behaviour"
 
     @property
     def opensearch_hosts(self) -> list[str]:

@@ -37,7 +37,7 @@ import numpy as np
 from opendisco import clients
 from opendisco._backend import backend_errors
 from opendisco._settings import Settings
-from opendisco.ingest import CACHE_COLLECTION, Embedder, reindex, write_sample
+from opendisco.ingest import CACHE_COLLECTION, Embedder, reindex, write_behaviour, write_sample
 from opendisco.rerank import train_als
 from opendisco.serving import Artifacts, Discovery
 
@@ -123,7 +123,7 @@ def replay(
 ) -> ReplayReport:
     """Load items, reindex and replay the evaluated users' fitting positives as likes.
 
-    With ``behaviour`` the items carry behavioural vectors trained (implicit ALS, as
+    With ``behaviour`` the items get behavioural vectors trained (implicit ALS, as
     ``opendisco train`` does) on *every* user's fitting positives of the stage — the steady
     state of production, where ``train`` ran over the logged likes and sync carried the
     vectors into the index before new events arrive.
@@ -143,18 +143,14 @@ def replay(
         _drop_database(settings)
     uidx = np.asarray(st.evaluable if users is None else users, dtype=np.int64)
     items = stage_items(dataset, st)
-    vectors: dict[str, list[float]] = {}
-    if behaviour:
-        vectors = behaviour_vectors(st, factors=settings.behaviour_dim)
-        for doc in items:
-            if doc["_id"] in vectors:
-                doc["behaviour"] = vectors[doc["_id"]]
+    vectors = behaviour_vectors(st, factors=settings.behaviour_dim) if behaviour else {}
     ridx = (np.flatnonzero([len(h) > 0 for h in st.history]) if everyone else uidx).astype(np.int64)
     ridx = np.union1d(ridx, uidx)
     user_docs = [
         dataset.users.get(st.users[u]) or {"_id": st.users[u], "interests": []} for u in ridx
     ]
     write_sample(settings, items, user_docs)
+    asyncio.run(_store_behaviour(settings, vectors))
     if progress:
         progress("items", len(items))
     asyncio.run(reindex(settings, embedder=embedder))
@@ -200,6 +196,19 @@ def _drop_database(settings: Settings) -> None:
         for name in db.list_collection_names():
             if name != CACHE_COLLECTION:
                 db.drop_collection(name)
+
+
+async def _store_behaviour(settings: Settings, vectors: Mapping[str, list[float]]) -> None:
+    """Replace the namespace's behaviour vectors with ``vectors`` (stored as `train` does)."""
+    mongo = clients.mongo_async(settings)
+    try:
+        db = mongo[settings.mongo_db]
+        with backend_errors(f"clearing {settings.behaviour_collection!r}"):
+            await db.drop_collection(settings.behaviour_collection)
+        if vectors:
+            await write_behaviour(db, settings, vectors)
+    finally:
+        await mongo.close()
 
 
 async def _post_events(

@@ -6,6 +6,7 @@ Items only: what members do (events, user state, graphs, counters) is ``opendisc
 from opendisco._stored import read_vector, store_vector, vector_values
 
 from ._apply import Applied, Counters, Prepared, prepare
+from ._behaviour import BehaviourFeed, behaviour_collection, join_behaviour, write_behaviour
 from ._bulk import (
     Action,
     BulkResult,
@@ -40,10 +41,11 @@ from ._packed import PACKED_FIELD, pack_vectors, unpack_many, unpack_vectors
 from ._partitions import PartitionLeases, partition_of
 from ._reconcile import ReconcileReport, reconcile
 from ._reindex import ReindexReport, reindex
+from ._run_sync import run_sync
 from ._sample import generate_marketplace, write_sample
 from ._schema import ITEM_FIELDS, KINDS, validate_item
 from ._store import SYNC_STATE, items_collection, state_key
-from ._sync import LeaseLost, Syncer, SyncReport, run_sync, sync_once
+from ._sync import LeaseLost, Syncer, SyncReport, sync_once
 from ._templates import TemplatePlan, apply_templates, plan_templates, set_replicas
 from ._verify import VerifyReport, verify
 
@@ -56,6 +58,7 @@ __all__ = [
     "SYNC_STATE",
     "Action",
     "Applied",
+    "BehaviourFeed",
     "BulkResult",
     "BulkWriter",
     "ChangeBatch",
@@ -81,6 +84,7 @@ __all__ = [
     "alias_targets",
     "apply_templates",
     "backoff_delay",
+    "behaviour_collection",
     "build_index_doc",
     "chunk_actions",
     "classify",
@@ -91,6 +95,7 @@ __all__ = [
     "encode_action",
     "generate_marketplace",
     "items_collection",
+    "join_behaviour",
     "load_movielens",
     "new_index_name",
     "open_feed",
@@ -118,5 +123,6 @@ __all__ = [
     "vector_values",
     "verify",
     "versioned_indices",
+    "write_behaviour",
     "write_sample",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
@@ -48,7 +48,10 @@ class Action:
     action is prepared, so the event loop only joins bytes. ``settles`` says what its
     acknowledgement means for the document's dead letter (``_letters``): ``"version"`` it is
     indexed or deleted at ``version``, ``"any"`` it is gone (a hard delete: ``version`` is the
-    index's), ``""`` nothing (the removal of a refused document's stale copy).
+    index's), ``""`` nothing (the removal of a refused document's stale copy). ``refresh``:
+    the document is sent again at the *same* version (``external_gte``) because something
+    outside the item changed — its trained behaviour vector (``_behaviour``); a 409 still
+    means a newer version is there.
     """
 
     op: Literal["index", "delete"]
@@ -58,11 +61,14 @@ class Action:
     raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     data: bytes | None = field(default=None, compare=False, repr=False)
     settles: Literal["version", "any", ""] = field(default="version", compare=False)
+    refresh: bool = False
 
     def with_data(self) -> Action:
-        return Action(
-            self.op, self.id, self.version, self.source, self.raw, encode_action(self), self.settles
-        )
+        return replace(self, data=encode_action(self))
+
+    def refreshed(self) -> Action:
+        """This action sent at the same version again (``external_gte``), re-encoded."""
+        return replace(self, refresh=True).with_data()
 
 
 @dataclass
@@ -90,7 +96,8 @@ _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 def encode_action(action: Action) -> bytes:
     """The NDJSON lines of ``action`` (no ``_index``: bulk requests name their index)."""
-    meta = {action.op: {"_id": action.id, "version": action.version, "version_type": "external"}}
+    kind = "external_gte" if action.refresh else "external"
+    meta = {action.op: {"_id": action.id, "version": action.version, "version_type": kind}}
     if action.op == "index":
         return b"%b\n%b\n" % (orjson.dumps(meta), orjson.dumps(action.source, option=_NUMPY))
     return orjson.dumps(meta) + b"\n"

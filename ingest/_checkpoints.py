@@ -2,7 +2,9 @@
 
 ``sync_state`` holds, per (scope, feed kind, partition layout, partition), a document
 ``{_id: "<alias>:<collection>:<kind>:p<k>of<P>", ts | token, floor_index}`` — written only by
-the worker holding that partition's lease, after every change up to it was acknowledged.
+the worker holding that partition's lease, after every change up to it was acknowledged. The
+kinds: ``polling`` and ``change_stream`` (the items feed), ``behaviour`` (the feed of trained
+vectors, ``_behaviour``: a watermark like ``polling``).
 
 The **floor** (``<alias>:<collection>:floor``, ``{ts, index}``) is written by a reindex after
 its alias swap: writes made after its catch-up started may have been applied by a running
@@ -167,7 +169,7 @@ async def _fallback(db: Any, settings: Settings, kind: str) -> Checkpoint:
     ]
     if legacy:
         candidates.append([legacy])
-    if kind == "polling":
+    if kind != "change_stream":  # a watermark: polling, behaviour
         starts = [] if floor is None else [floor.ts]
         for group in candidates:
             stamps = [_effective(d, floor) for d in group]
@@ -210,7 +212,7 @@ async def save_checkpoints(
             "owner": owner,
             "saved_at": now_ms(),
         }
-        if kind == "polling":
+        if kind != "change_stream":  # a watermark: polling, behaviour
             fields["ts"] = cp.ts
         else:
             fields["token"] = cp.token

@@ -9,11 +9,14 @@
    pays more for a filter than for sending them), ``bulk_batch_size`` documents per batch,
    the next batch read while this one is prepared (validate → dead letters, embed: one
    ``_id $in`` cache lookup per batch, encode the actions with orjson, in a thread) and up to
-   ``bulk_concurrency`` external-versioned bulks in flight (``_pipeline``);
+   ``bulk_concurrency`` external-versioned bulks in flight (``_pipeline``); each batch's
+   items get their trained vectors from the behaviour collection (``_behaviour``: one
+   ``_id $in`` read per batch);
 4. refresh and verify the count equals the acknowledged documents (else drop the new index
    and raise; the alias keeps serving the old one);
 5. one catch-up of the writes made during the build (``updated_at`` window; documents the
-   build already applied at their version are skipped), swap the alias in one ``_aliases``
+   build already applied at their version are skipped) and of the behaviour vectors written
+   during it (their items sent again at the same version), swap the alias in one ``_aliases``
    call, record the catch-up's start as the sync *floor* (pending before the swap, final
    after it: ``_checkpoints``; a running sync
    replays from there what it may have applied to the old index meanwhile; a fresh one starts
@@ -22,7 +25,8 @@
    documents it indexed; this resolves those of documents tombstoned or deleted since.
 
 Cost on FerretDB (which pushes down only ``_id`` equality and ``_id $in``): one scan of the
-items for the build, one for the catch-up window, and one indexed cache lookup per document.
+items for the build, one for the catch-up window, one ``_id $in`` read of behaviour vectors
+per batch, and one indexed cache lookup per document.
 
 A build killed midway is not resumed: the next run drops the partial index (step 1) and
 rebuilds. What the killed run encoded is in the embedding cache, so the rebuild pays only the
@@ -49,6 +53,7 @@ from opendisco._settings import Settings
 from opendisco._store import detect_capabilities, now_ms
 
 from ._apply import Applied, Counters, prepare, write
+from ._behaviour import behaviour_collection, join_behaviour, marks, prepare_refresh
 from ._build_lease import BuildLease, build_lease
 from ._bulk import BulkWriter
 from ._checkpoints import save_floor
@@ -137,6 +142,10 @@ async def _reindex(
     coll = items_collection(db, settings)
     total = await _estimated_total(coll, db)
     applied = Applied(max_items=10**9)  # documents written during the build, as read
+    joined = Applied(max_items=10**9)  # vectors written during the build, sent with their items
+
+    def sent(found: list[dict[str, Any]]) -> None:
+        joined.remember(marks(d for d in found if _written_since(d, since)))
 
     def remember(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         applied.remember(d for d in docs if _written_since(d, since))
@@ -156,6 +165,7 @@ async def _reindex(
         delete_invalid=False,
         select=remember,
         on_done=done,
+        joined=sent,
     )
     await client.indices.put_settings(index=index, body={"index": {"refresh_interval": refresh}})
     await client.indices.refresh(index=index)
@@ -178,7 +188,10 @@ async def _reindex(
         delete_invalid=True,
         select=applied.fresh,
         order=[("_id", 1)],
+        joined=sent,
     )
+    # and the vectors `opendisco train` wrote during the build (their items did not change)
+    caught.add(await _refresh_stream(settings, db, writer, embedder, since, joined))
     lease.check()  # a rebuild that lost its lease leaves the alias to the one that took it
     await client.indices.put_mapping(
         index=index, body={"_meta": {"opendisco": {"state": "complete", "count": count}}}
@@ -210,6 +223,7 @@ async def _apply_stream(
     select: Callable[[list[dict[str, Any]]], list[Any]],
     on_done: Any = None,
     order: list[tuple[str, int]] | None = None,
+    joined: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Counters:
     """Stream ``query`` through prepare and bounded concurrent bulks (the build in natural
     order: a sort costs FerretDB ~30% more CPU per document and buys nothing here)."""
@@ -223,6 +237,7 @@ async def _apply_stream(
             docs = select(docs)
             if not docs:
                 continue
+            docs = await join_behaviour(db, settings, docs, joined)
             prepared = await asyncio.to_thread(
                 prepare, docs, embedder, settings, source="reindex", delete_invalid=delete_invalid
             )
@@ -230,6 +245,29 @@ async def _apply_stream(
                 None, lambda p=prepared, n=len(docs): write(p, writer, db, source="reindex", seen=n)
             )
     return pipe.counters
+
+
+async def _refresh_stream(
+    settings: Settings,
+    db: Any,
+    writer: BulkWriter,
+    embedder: Embedder,
+    since: datetime,
+    joined: Applied,
+) -> Counters:
+    """Send again the items whose behaviour vector changed since ``since`` and was not
+    ``joined`` to them by the build or its catch-up."""
+    query = {"updated_at": {"$gte": since}}
+    counters = Counters()
+    async with stream(behaviour_collection(db, settings), query, settings.bulk_batch_size) as it:
+        async for page in it:
+            fresh = {m["_id"] for m in joined.fresh(marks(page))}
+            changed = [d for d in page if d["_id"] in fresh]
+            prepared, items = await prepare_refresh(
+                db, settings, embedder, changed, source="reindex"
+            )
+            counters.add(await write(prepared, writer, db, source="reindex", seen=len(items)))
+    return counters
 
 
 async def _estimated_total(coll: Any, db: Any) -> int | None:

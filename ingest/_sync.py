@@ -11,11 +11,11 @@ document's external version. A batch with hard deletes waits for the bulks in fl
 the version of its deletes is read from the index. Before every bulk and commit the worker
 checks that its leases are still valid; if not, the pass stops (nothing is committed).
 
-``run_sync`` repeats passes until stopped, reconciles its partitions every
-``sync_reconcile_interval`` seconds (``_reconcile``), and never exits on a backend error: it
-backs off (capped at ``sync_backoff_max``), logs the health of both backends, keeps the
-checkpoint, and retries. It exits only on configuration errors (``ConfigError``, and
-``IndexStateError``: the alias is missing, or change-stream history was lost).
+Each pass reads the items feed, then the feed of trained behaviour vectors
+(``_behaviour.BehaviourFeed``, same partitions, its own checkpoints): every changed vector's
+item is sent again at its current version (``external_gte``), so ``opendisco train`` never
+has to touch an item for its vectors to reach the engine. ``run_sync`` (``_run_sync``) is
+the continuous loop.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,7 @@ from opendisco._settings import Settings
 from opendisco._store import renewing
 
 from ._apply import Applied, Counters, Prepared, prepare, write
+from ._behaviour import BehaviourFeed, join_behaviour, marks, prepare_refresh
 from ._bulk import Action, BulkWriter
 from ._checkpoints import settle_floor
 from ._embed import Embedder
@@ -45,7 +45,7 @@ from ._partitions import PartitionLeases
 from ._pipeline import Pipeline, read_ahead
 from ._reconcile import ReconcileReport, reconcile
 
-__all__ = ["LeaseLost", "SyncReport", "Syncer", "run_sync", "sync_once"]
+__all__ = ["LeaseLost", "SyncReport", "Syncer", "sync_once"]
 
 #: passes ``sync_once`` runs when its leases lapse mid-pass (each resumes from the checkpoints)
 ONCE_ATTEMPTS = 5
@@ -65,6 +65,7 @@ class SyncReport(Counters):
     partitions: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # held by another live worker
     batches: int = 0
+    behaviour: int = 0  # of ``seen``: trained vectors sent again with their items
     took_s: float = 0.0
 
     @property
@@ -95,6 +96,8 @@ class Syncer:
         self.feed: ChangeFeed | None = None
         self.writer = BulkWriter(self.client, settings, settings.index_alias, alias=True)
         self.applied = Applied()  # acknowledged by this process: overlap re-reads skip them
+        self.behaviour_feed: BehaviourFeed | None = None
+        self.applied_behaviour = Applied()  # vectors sent, by their updated_at
         self.checked = False
 
     @property
@@ -114,10 +117,7 @@ class Syncer:
             return await alias_targets(self.client, self.settings.index_alias)
 
     async def close(self) -> None:
-        if self.feed is not None:
-            with contextlib.suppress(Exception):
-                await self.feed.close()
-            self.feed = None
+        await self.reset()
         with contextlib.suppress(Exception):
             await self.leases.leave()
         if self._own_client:
@@ -133,6 +133,7 @@ class Syncer:
             with contextlib.suppress(Exception):
                 await self.feed.close()
             self.feed = None
+        self.behaviour_feed = None
 
     async def _hard_deletes(self, deletes: list[HardDelete]) -> list[Action]:
         """Versions for deletes whose document is gone: one past what the index holds."""
@@ -143,15 +144,34 @@ class Syncer:
             if d.id in held
         ]
 
-    async def _prepare(self, batch: ChangeBatch, fresh_only: bool = True) -> tuple[Prepared, list]:
+    async def _prepare(
+        self, batch: ChangeBatch, fresh_only: bool = True
+    ) -> tuple[Prepared, Callable[[], None], int]:
+        """The writes for a batch of changed items, what to remember once they are
+        acknowledged, and how many changes they are."""
         docs = self.applied.fresh(batch.docs) if fresh_only else list(batch.docs)
         if not docs and not batch.hard_deletes:
-            return Prepared(), []
+            return Prepared(), lambda: None, 0
+        docs = await join_behaviour(self.db, self.settings, docs)
         prepared = await asyncio.to_thread(
             prepare, docs, self.embedder, self.settings, source="sync", delete_invalid=True
         )
         prepared.actions += await self._hard_deletes(batch.hard_deletes)
-        return prepared, docs
+        return prepared, lambda: self.applied.remember(docs), len(docs) + len(batch.hard_deletes)
+
+    async def _prepare_behaviour(
+        self, batch: ChangeBatch
+    ) -> tuple[Prepared, Callable[[], None], int]:
+        """The same for a batch of changed behaviour vectors (their items sent again)."""
+        sent = marks(batch.docs)
+        fresh = {m["_id"] for m in self.applied_behaviour.fresh(sent)}
+        changed = [d for d in batch.docs if d.get("_id") in fresh]
+        if not changed:
+            return Prepared(), lambda: None, 0
+        prepared, _ = await prepare_refresh(
+            self.db, self.settings, self.embedder, changed, source="sync"
+        )
+        return prepared, lambda: self.applied_behaviour.remember(sent), len(changed)
 
     def _guard(self, partitions: list[int] | None) -> None:
         """Refuse to write for partitions this worker may no longer hold."""
@@ -161,9 +181,14 @@ class Syncer:
             raise LeaseLost(f"worker {self.worker}: leases on {partitions} lapsed")
 
     async def _write(
-        self, prepared: Prepared, docs: list, seen: int, partitions: list[int] | None = None
+        self,
+        prepared: Prepared,
+        remember: Callable[[], None],
+        seen: int,
+        partitions: list[int] | None = None,
     ) -> Counters:
         if not prepared.actions and not prepared.letters:
+            remember()
             return Counters()
         self._guard(partitions)
         started = time.time()
@@ -176,13 +201,12 @@ class Syncer:
             time.time(),
             len(prepared.actions),
         )
-        self.applied.remember(docs)
+        remember()
         return stats
 
     async def apply(self, batch: ChangeBatch, *, fresh_only: bool = True) -> Counters:
         """Apply one batch now (no checkpoint; what a pass does to each of its batches)."""
-        prepared, docs = await self._prepare(batch, fresh_only)
-        return await self._write(prepared, docs, len(docs) + len(batch.hard_deletes))
+        return await self._write(*await self._prepare(batch, fresh_only))
 
     async def _feed_for(self, partitions: list[int]) -> ChangeFeed:
         if self.feed is not None and self.feed.partitions != partitions:
@@ -204,28 +228,49 @@ class Syncer:
         report = SyncReport(mode=feed.name if feed else "", partitions=held, skipped=skipped)
         if feed is None:
             return report
+        if self.behaviour_feed is None or self.behaviour_feed.partitions != held:
+            self.behaviour_feed = BehaviourFeed(self.settings, self.db, held, self.worker)
+        async with self._renewing():
+            await self._pass(feed, self._prepare, self.applied, held, report)
+            # after the items: a vector is sent with its item as MongoDB holds it by then
+            behaviour = await self._pass(
+                self.behaviour_feed, self._prepare_behaviour, self.applied_behaviour, held, report
+            )
+        report.behaviour = behaviour.seen
+        report.took_s = time.perf_counter() - t0
+        return report
+
+    async def _pass(
+        self,
+        feed: ChangeFeed,
+        prepare_batch: Callable[[ChangeBatch], Awaitable[tuple[Prepared, Callable[[], None], int]]],
+        applied: Applied,
+        held: list[int],
+        report: SyncReport,
+    ) -> Counters:
+        """Read ``feed`` until caught up; commit each batch once it and every batch before
+        it were acknowledged."""
 
         async def committed(batch: ChangeBatch, _: Counters) -> None:
             self._guard(held)
             await feed.commit(batch)  # this batch and all before it were acknowledged
 
         async with (
-            self._renewing(),
             feed.batches() as batches,
             Pipeline[ChangeBatch](self.settings.bulk_concurrency, committed) as pipe,
         ):
             if feed.rewound:  # a reindex swapped the index: what we applied may be gone
-                self.applied.clear()
+                applied.clear()
             async for batch in read_ahead(batches):
                 if batch.hard_deletes:
                     await pipe.drain()
-                prepared, docs = await self._prepare(batch)
-                n = len(docs) + len(batch.hard_deletes)
-                await pipe.submit(batch, lambda p=prepared, d=docs, n=n: self._write(p, d, n, held))
+                prepared, remember, n = await prepare_batch(batch)
+                await pipe.submit(
+                    batch, lambda p=prepared, r=remember, n=n: self._write(p, r, n, held)
+                )
         report.add(pipe.counters)
-        report.batches = pipe.batches
-        report.took_s = time.perf_counter() - t0
-        return report
+        report.batches += pipe.batches
+        return pipe.counters
 
     async def _coordinate(self, take_all: bool) -> tuple[list[int], list[int]]:
         held = await self.leases.rebalance(take_all=take_all)
@@ -301,72 +346,5 @@ async def sync_once(
                 continue
             return report
         raise AssertionError("unreachable")  # the last attempt returns or raises
-    finally:
-        await syncer.close()
-
-
-def backoff(failures: int, cap: float, base: float = 0.5) -> float:
-    """Capped exponential backoff with jitter (half fixed, half random)."""
-    delay = min(cap, base * 2 ** max(0, failures - 1))
-    return delay / 2 + random.uniform(0, delay / 2)
-
-
-async def run_sync(
-    settings: Settings,
-    *,
-    stop: asyncio.Event | None = None,
-    on_report: Callable[[SyncReport], None] | None = None,
-    on_reconcile: Callable[[ReconcileReport], None] | None = None,
-) -> None:
-    """Sync until ``stop`` is set, polling every ``sync_poll_interval`` seconds when idle."""
-    stop = stop or asyncio.Event()
-    syncer = Syncer(settings)
-    interval = settings.sync_reconcile_interval
-    next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
-    failures, failing_since = 0, 0.0
-    log.info("worker %s: syncing into %s", syncer.worker, settings.index_alias)
-    try:
-        while not stop.is_set():
-            try:
-                if not syncer.checked:
-                    await syncer.check()
-                report = await syncer.once()
-                if time.monotonic() >= next_reconcile:
-                    rec = await syncer.reconcile()
-                    next_reconcile = time.monotonic() + interval
-                    if on_reconcile is not None:
-                        on_reconcile(rec)
-            except LeaseLost as exc:
-                log.warning("%s; coordinating again", exc)
-                await syncer.reset()
-                continue
-            except BackendError as exc:
-                failures += 1
-                failing_since = failing_since or time.monotonic()
-                delay = backoff(failures, settings.sync_backoff_max)
-                log.warning(
-                    "backend error (%s); attempt %d, retrying in %.1fs, checkpoint kept; %s",
-                    exc,
-                    failures,
-                    delay,
-                    await syncer.health(),
-                )
-                await syncer.reset()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                continue
-            if failures:
-                log.warning(
-                    "backends reachable again after %d failed attempts (%.0fs)",
-                    failures,
-                    time.monotonic() - failing_since,
-                )
-                failures, failing_since = 0, 0.0
-            if on_report is not None and report.changes:
-                on_report(report)
-            if report.changes:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=settings.sync_poll_interval)
     finally:
         await syncer.close()

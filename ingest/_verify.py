@@ -1,7 +1,8 @@
 """Compare MongoDB (truth) with the documents behind the read alias.
 
 Expected: every MongoDB item that validates and is not a tombstone, at its ``version`` with
-the content hash of the document we would build. Reported: ``missing`` (expected, absent),
+the content hash of the document we would build (with its trained behaviour vector: a vector
+the engine has not received yet shows as ``mismatched``). Reported: ``missing`` (expected, absent),
 ``extra`` (present, not expected: deleted, tombstoned or invalid in MongoDB), ``stale``
 (present at another version) and ``mismatched`` (right version, but the stored content hash
 differs from MongoDB's, or the stored fields no longer hash to the stored hash). Also counted:
@@ -17,6 +18,7 @@ from typing import Any
 from opendisco._exceptions import DocumentInvalid
 from opendisco._settings import Settings
 
+from ._behaviour import join_behaviour
 from ._document import content_hash, to_index_doc
 from ._io import backends
 from ._letters import count_open
@@ -61,7 +63,7 @@ async def _expected(settings: Settings, db: Any, report: VerifyReport) -> dict[s
     out: dict[str, tuple[int, str]] = {}
     async with stream(items_collection(db, settings), {}, 1000) as batches:
         async for page in batches:
-            for raw in page:
+            for raw in await join_behaviour(db, settings, page):
                 report.mongo_items += 1
                 try:
                     item = validate_item(raw, behaviour_dim=settings.behaviour_dim)

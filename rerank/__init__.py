@@ -8,7 +8,7 @@ linear model for LightGBM LambdaMART; ``pl_sample`` draws an explored order with
 propensities.
 """
 
-from ._als import AlsModel, fold_in, train_als, write_behaviour
+from ._als import AlsModel, fold_in, train_als
 from ._config import DEFAULT_STEPS, RerankConfig, merged_config
 from ._explore import pl_marginals, pl_sample, pl_weights
 from ._features import FeatureStore, TTLCache, ViewerFeatures
@@ -130,5 +130,4 @@ __all__ = [
     "train_als",
     "train_lambdamart",
     "train_ltr",
-    "write_behaviour",
 ]

@@ -2,27 +2,23 @@
 
 ``train_als`` fits item/user factors on positive interactions (implicit, CPU); ``fold_in``
 solves one user's factor from the factors of items they engaged with, so a user vector exists
-the moment they act, without retraining; ``write_behaviour`` stores item factors in MongoDB's
-``behaviour`` field with a version bump so the ingest sync path carries them into OpenSearch
-(the content embedding is never recomputed: its text did not change).
+the moment they act, without retraining. ``opendisco train`` stores the item factors with
+``opendisco.ingest.write_behaviour`` in a collection of our own (never in the app's items);
+sync carries them into OpenSearch (the content embedding is never recomputed: its text did
+not change).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
-from pymongo import UpdateOne
 from scipy.sparse import csr_matrix
 
-from opendisco._store import bulk_write_chunked
-from opendisco.ingest import store_vector
 from opendisco.signals import fold_in
 
-__all__ = ["AlsModel", "fold_in", "train_als", "write_behaviour"]
+__all__ = ["AlsModel", "fold_in", "train_als"]
 
 
 @dataclass(frozen=True)
@@ -92,24 +88,3 @@ def train_als(
         user_factors=np.asarray(model.user_factors, dtype=np.float64),
         regularization=regularization,
     )
-
-
-async def write_behaviour(
-    db: Any,
-    collection: str,
-    vectors: Mapping[str, Sequence[float]],
-    *,
-    now: datetime | None = None,
-) -> int:
-    """``$set behaviour`` (a BSON float32 vector: FerretDB reads it ~30% cheaper than an
-    array of doubles) + ``$inc version`` + ``updated_at`` per item (bulk); only existing,
-    non-deleted items are touched. Returns the number of items modified."""
-    now = now or datetime.now(UTC)
-    ops = [
-        UpdateOne(
-            {"_id": i, "deleted": {"$ne": True}},
-            {"$set": {"behaviour": store_vector(v), "updated_at": now}, "$inc": {"version": 1}},
-        )
-        for i, v in vectors.items()
-    ]
-    return await bulk_write_chunked(db[collection], ops)

@@ -35,6 +35,7 @@ def ingest_settings(settings: Settings, os_client: Any, mongo_db: Any) -> Iterat
     os_client.indices.delete(index=f"{ns.index_alias}*", ignore_unavailable=True)
     os_client.indices.delete_index_template(name=f"{ns.index_alias}-items", ignore=[404])
     mongo_db[ns.items_collection].drop()
+    mongo_db[ns.behaviour_collection].drop()
 
 
 @pytest.fixture

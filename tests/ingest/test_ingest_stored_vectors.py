@@ -22,9 +22,9 @@ from opendisco.ingest import (
     text_key,
     validate_item,
     vector_values,
+    write_behaviour,
     write_sample,
 )
-from opendisco.rerank import write_behaviour
 
 GOOD = {
     "_id": "v1",
@@ -125,13 +125,15 @@ async def test_reindex_indexes_stored_vectors_and_lists_alike(
     try:
         written = await write_behaviour(
             db[ingest_settings.mongo_db],
-            ingest_settings.items_collection,
+            ingest_settings,
             {d["_id"]: vecs[20 + i] for i, d in enumerate(items[20:])},
         )
     finally:
         await db.close()
     assert written == 20
-    stored = mongo_db[ingest_settings.items_collection].find_one({"_id": items[25]["_id"]})
+    item = mongo_db[ingest_settings.items_collection].find_one({"_id": items[25]["_id"]})
+    assert "behaviour" not in item  # the app's document is not touched
+    stored = mongo_db[ingest_settings.behaviour_collection].find_one({"_id": items[25]["_id"]})
     assert stored["behaviour"].subtype == 9
     report = await reindex(ingest_settings, embedder=embedder)
     assert report.indexed == 40 and report.dead_lettered == 0

@@ -67,11 +67,13 @@ def test_learned_scorer_round_trips_through_a_file(tmp_path: Path) -> None:
     np.testing.assert_allclose(LearnedScorer.load(tmp_path / "m.txt").score(X), s.score(X))
 
 
-def test_train_cli_writes_behaviour_with_version_bump(
+def test_train_cli_stores_behaviour_and_leaves_the_items_alone(
     clustered_settings: Settings, movielens: Path
 ) -> None:
     mc = clients.mongo(clustered_settings)
-    coll = mc[clustered_settings.mongo_db][clustered_settings.items_collection]
+    db = mc[clustered_settings.mongo_db]
+    coll = db[clustered_settings.items_collection]
+    store = db[clustered_settings.behaviour_collection]
     ids = [f"m{i}" for i in (1, 2, 3, 6, 10)] + ["m-never-rated"]
     coll.delete_many({"_id": {"$in": ids}})
     coll.insert_many([{"_id": i, "title": i, "version": 1, "deleted": False} for i in ids])
@@ -83,15 +85,19 @@ def test_train_cli_writes_behaviour_with_version_bump(
         )
         assert res.exit_code == 0, res.output
         report = json.loads(res.output[res.output.index("{") :])
-        assert report["als"]["written"] == 5
-        docs = {d["_id"]: d for d in coll.find({"_id": {"$in": ids}})}
-        for i in ids[:-1]:
+        assert report["als"]["written"] == report["als"]["vectors"] > 5
+        assert store.count_documents({}) == report["als"]["vectors"]
+        items = {d["_id"]: d for d in coll.find({"_id": {"$in": ids}})}
+        assert all(d["version"] == 1 and "behaviour" not in d for d in items.values())
+        stored = {d["_id"]: d for d in store.find({"_id": {"$in": ids}})}
+        assert sorted(stored) == sorted(ids[:-1])  # never rated: no vector
+        for d in stored.values():
             # stored as a BSON float32 vector of behaviour_dim dimensions
-            vec = read_vector(docs[i]["behaviour"], clustered_settings.behaviour_dim)
-            assert docs[i]["version"] == 2 and vec is not None and np.isfinite(vec).all()
-        assert "behaviour" not in docs["m-never-rated"] and docs["m-never-rated"]["version"] == 1
+            vec = read_vector(d["behaviour"], clustered_settings.behaviour_dim)
+            assert vec is not None and np.isfinite(vec).all()
     finally:
         coll.delete_many({"_id": {"$in": ids}})
+        store.drop()
         mc.close()
 
 

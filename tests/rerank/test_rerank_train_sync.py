@@ -1,4 +1,5 @@
-"""End to end: events → `opendisco train` → MongoDB → sync → OpenSearch, no re-encoding."""
+"""End to end: events → `opendisco train` → our behaviour collection → sync → OpenSearch, no
+re-encoding, and the app's items untouched."""
 
 from __future__ import annotations
 
@@ -63,6 +64,11 @@ def test_train_vectors_reach_opensearch_through_sync_without_reencoding(
             await mc.close()
 
     asyncio.run(setup())
+    mc = clients.mongo(s)
+    try:
+        before = {d["_id"]: d for d in mc[s.mongo_db][s.items_collection].find({})}
+    finally:
+        mc.close()
     res = CliRunner().invoke(cli, ["train", "--iterations", "5"], obj=s)
     assert res.exit_code == 0, res.output
     report = json.loads(res.output[res.output.index("{") :])
@@ -93,6 +99,8 @@ def test_train_vectors_reach_opensearch_through_sync_without_reencoding(
 
     rep, docs, versions = asyncio.run(sync_and_read())
     assert rep.encoded == 0, rep  # text unchanged: embeddings came from the content-hash cache
+    assert rep.behaviour == written, rep
+    assert versions == {i: d["version"] for i, d in before.items()}  # train bumped nothing
     with_vec = [i for i, d in docs.items() if d.get("behaviour")]
     assert len(with_vec) == written
     for i in with_vec:

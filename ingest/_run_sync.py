@@ -1,0 +1,94 @@
+"""The continuous sync loop: passes until stopped, periodic reconciliation, backoff.
+
+``run_sync`` repeats :class:`~._sync.Syncer` passes until stopped, reconciles its partitions
+every ``sync_reconcile_interval`` seconds (``_reconcile``), and never exits on a backend
+error: it backs off (capped at ``sync_backoff_max``), logs the health of both backends, keeps
+the checkpoint, and retries. It exits only on configuration errors (``ConfigError``, and
+``IndexStateError``: the alias is missing, or change-stream history was lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from opendisco._exceptions import BackendError
+from opendisco._settings import Settings
+
+from ._reconcile import ReconcileReport
+from ._sync import LeaseLost, Syncer, SyncReport
+
+__all__ = ["backoff", "run_sync"]
+
+log = logging.getLogger("opendisco.ingest.sync")
+
+
+def backoff(failures: int, cap: float, base: float = 0.5) -> float:
+    """Capped exponential backoff with jitter (half fixed, half random)."""
+    delay = min(cap, base * 2 ** max(0, failures - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+async def run_sync(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_report: Callable[[SyncReport], None] | None = None,
+    on_reconcile: Callable[[ReconcileReport], None] | None = None,
+) -> None:
+    """Sync until ``stop`` is set, polling every ``sync_poll_interval`` seconds when idle."""
+    stop = stop or asyncio.Event()
+    syncer = Syncer(settings)
+    interval = settings.sync_reconcile_interval
+    next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
+    failures, failing_since = 0, 0.0
+    log.info("worker %s: syncing into %s", syncer.worker, settings.index_alias)
+    try:
+        while not stop.is_set():
+            try:
+                if not syncer.checked:
+                    await syncer.check()
+                report = await syncer.once()
+                if time.monotonic() >= next_reconcile:
+                    rec = await syncer.reconcile()
+                    next_reconcile = time.monotonic() + interval
+                    if on_reconcile is not None:
+                        on_reconcile(rec)
+            except LeaseLost as exc:
+                log.warning("%s; coordinating again", exc)
+                await syncer.reset()
+                continue
+            except BackendError as exc:
+                failures += 1
+                failing_since = failing_since or time.monotonic()
+                delay = backoff(failures, settings.sync_backoff_max)
+                log.warning(
+                    "backend error (%s); attempt %d, retrying in %.1fs, checkpoint kept; %s",
+                    exc,
+                    failures,
+                    delay,
+                    await syncer.health(),
+                )
+                await syncer.reset()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                continue
+            if failures:
+                log.warning(
+                    "backends reachable again after %d failed attempts (%.0fs)",
+                    failures,
+                    time.monotonic() - failing_since,
+                )
+                failures, failing_since = 0, 0.0
+            if on_report is not None and report.changes:
+                on_report(report)
+            if report.changes:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=settings.sync_poll_interval)
+    finally:
+        await syncer.close()

@@ -1,0 +1,257 @@
+"""Trained behaviour vectors live in a collection of our own, never in the app's items.
+
+The race: on FerretDB 1.x an update rewrites the whole document, so ``train`` updating items
+while the app marks members unavailable or deleted lost some of the app's writes (a member
+came back as available). Then: the vectors reach the engine through sync (no version bump),
+survive a crash between the store write and the engine write, and an item that still
+carries an old ``behaviour`` field keeps working (the stored vector wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from opendisco import Settings, clients, now_ms
+from opendisco.ingest import (
+    Embedder,
+    Syncer,
+    reindex,
+    store_vector,
+    sync_once,
+    vector_values,
+    verify,
+    write_behaviour,
+    write_sample,
+)
+
+#: app writes per item during the race (each item is written by one app connection only:
+#: two app connections writing one document race on FerretDB as well, which is not ours)
+ROUNDS = 5
+
+
+def _vectors(ids: list[str], dim: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {i: rng.standard_normal(dim).astype(np.float32) for i in ids}
+
+
+async def test_train_writes_never_lose_concurrent_app_writes(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]]
+) -> None:
+    s = ingest_settings
+    ids = [d["_id"] for d in ingest_catalogue[:60]]
+    mongos = [clients.mongo_async(s) for _ in range(4)]  # train's + 3 app connections
+    try:
+        db = mongos[0][s.mongo_db]
+        before = {d["_id"]: d async for d in db[s.items_collection].find({"_id": {"$in": ids}})}
+        done = asyncio.Event()
+        trained = 0
+
+        async def train() -> None:
+            nonlocal trained
+            while not done.is_set():
+                await write_behaviour(db, s, _vectors(ids, s.behaviour_dim, trained))
+                trained += 1
+
+        async def app(k: int) -> None:
+            coll = mongos[1 + k][s.mongo_db][s.items_collection]
+            for _ in range(ROUNDS):
+                for j, i in enumerate(ids):
+                    if j % 3 == k:
+                        flag = {"deleted": True} if j % 2 else {"available": False}
+                        inc = {"version": 1, "app_writes": 1}
+                        await coll.update_one({"_id": i}, {"$set": flag, "$inc": inc})
+
+        async def apps() -> None:
+            try:
+                await asyncio.gather(*(app(k) for k in range(3)))
+            finally:
+                done.set()
+
+        await asyncio.gather(train(), apps())
+        after = {d["_id"]: d async for d in db[s.items_collection].find({"_id": {"$in": ids}})}
+    finally:
+        for m in mongos:
+            await m.close()
+    assert trained >= 1  # train wrote while the app did (until the app was done)
+    lost = []
+    for j, i in enumerate(ids):
+        doc = after[i]
+        flag_kept = doc.get("deleted") is True if j % 2 else doc.get("available") is False
+        if not flag_kept or doc.get("app_writes") != ROUNDS:
+            lost.append(i)
+    assert lost == [], f"{len(lost)} of {len(ids)} items lost an app write"
+    for i in ids:  # and train owns none of the app's fields
+        doc = after[i]
+        assert doc["version"] == before[i]["version"] + ROUNDS
+        assert doc["updated_at"] == before[i]["updated_at"]
+        assert "behaviour" not in doc
+
+
+async def _engine(s: Settings, ids: list[str]) -> dict[str, dict[str, Any]]:
+    client = clients.async_opensearch(s)
+    try:
+        await client.indices.refresh(index=s.index_alias)
+        resp = await client.mget(index=s.index_alias, body={"ids": ids})
+    finally:
+        await client.close()
+    return {d["_id"]: d["_source"] for d in resp["docs"] if d.get("found")}
+
+
+def _same(got: list[float] | None, want: np.ndarray) -> bool:
+    return got is not None and np.allclose(got, want, atol=1e-6)
+
+
+async def test_sync_carries_new_vectors_without_a_version_bump(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    async_db: Any,
+) -> None:
+    s = ingest_settings
+    ids = [d["_id"] for d in ingest_catalogue]
+    await reindex(s, embedder=embedder)
+    first = _vectors(ids[:50], s.behaviour_dim, 1)
+    await write_behaviour(async_db, s, first)
+    rep = await sync_once(s, db=async_db, embedder=embedder)
+    assert rep.behaviour == 50 and rep.encoded == 0, rep
+    docs = await _engine(s, ids)
+    assert all(_same(docs[i].get("behaviour"), first[i]) for i in ids[:50])
+    assert all(docs[i].get("behaviour") is None for i in ids[50:])
+    assert all(docs[i]["source_version"] == 1 for i in ids)  # the items did not change
+    # a second training at the same item versions replaces the vectors (external_gte)
+    second = _vectors(ids[:50], s.behaviour_dim, 2)
+    await write_behaviour(async_db, s, second)
+    # meanwhile the app changes some items: they are indexed with the stored vector
+    coll = async_db[s.items_collection]
+    await coll.update_many(
+        {"_id": {"$in": ids[:5]}}, {"$set": {"version": 2, "updated_at": now_ms()}}
+    )
+    syncer = Syncer(s, db=async_db, embedder=embedder)
+    try:
+        await syncer.check()
+        rep = await syncer.once(take_all=True)
+        assert rep.behaviour == 50, rep
+        docs = await _engine(s, ids)
+        assert all(_same(docs[i].get("behaviour"), second[i]) for i in ids[:50])
+        assert [docs[i]["source_version"] for i in ids[:6]] == [2, 2, 2, 2, 2, 1]
+        assert (await verify(s, db=async_db)).ok
+        # nothing new: the overlap re-read is not sent again
+        again = await syncer.once(take_all=True)
+        assert again.behaviour == 0 and again.changes == 0, again
+    finally:
+        await syncer.close()
+
+
+class _Crash(Exception):
+    """The sync process dies here (before the engine got the vectors)."""
+
+
+async def test_crash_between_store_and_engine_converges_on_next_sync(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    async_db: Any,
+) -> None:
+    s = ingest_settings.model_copy(update={"bulk_batch_size": 20, "sync_batch_size": 20})
+    ids = [d["_id"] for d in ingest_catalogue]
+    await reindex(s, embedder=embedder)
+    assert (await sync_once(s, db=async_db, embedder=embedder)).changes == 0
+    vectors = _vectors(ids, s.behaviour_dim, 3)
+    await write_behaviour(async_db, s, vectors)
+    verified = await verify(s, db=async_db)
+    assert len(verified.mismatched) == len(ids)  # verify sees the engine is behind
+
+    syncer = Syncer(s, db=async_db, embedder=embedder)
+    real, sent = syncer.writer.write, []
+
+    async def dies_after_one_bulk(actions: Any) -> Any:
+        actions = list(actions)
+        if any(a.refresh for a in actions):
+            if sent:
+                raise _Crash
+            sent.append(len(actions))
+        return await real(actions)
+
+    syncer.writer.write = dies_after_one_bulk  # type: ignore[method-assign]
+    try:
+        await syncer.check()
+        try:
+            await syncer.once(take_all=True)
+        except _Crash:
+            pass
+        else:
+            raise AssertionError("the pass should have died in its second behaviour bulk")
+    finally:
+        await syncer.close()
+    assert sent == [20]
+    docs = await _engine(s, ids)
+    behind = [i for i in ids if not _same(docs[i].get("behaviour"), vectors[i])]
+    assert len(behind) == len(ids) - 20
+    # the restarted worker resumes from the behaviour checkpoint, which the crash left behind
+    rep = await sync_once(s, db=async_db, embedder=embedder)
+    assert rep.behaviour >= len(behind), rep
+    docs = await _engine(s, ids)
+    assert all(_same(docs[i].get("behaviour"), vectors[i]) for i in ids)
+    assert (await verify(s, db=async_db)).ok
+
+
+async def test_items_with_an_old_behaviour_field_keep_working(
+    ingest_settings: Settings, embedder: Embedder, async_db: Any
+) -> None:
+    s = ingest_settings
+    rng = np.random.default_rng(4)
+    old, new = (rng.standard_normal((3, s.behaviour_dim)).astype(np.float32) for _ in range(2))
+    items = [
+        {"_id": f"o{k}", "kind": "listing", "title": f"old item {k}", "behaviour": v}
+        for k, v in enumerate(
+            [vector_values(old[0]), store_vector(old[1]), store_vector(old[2])]  # both forms
+        )
+    ]
+    write_sample(s, items)
+    await write_behaviour(async_db, s, {"o1": new[1], "o2": new[2]})
+    await reindex(s, embedder=embedder)
+    docs = await _engine(s, ["o0", "o1", "o2"])
+    assert _same(docs["o0"]["behaviour"], old[0])  # no stored vector: the item's own
+    assert _same(docs["o1"]["behaviour"], new[1]) and _same(docs["o2"]["behaviour"], new[2])
+    # sync of an app change of such an item: the stored vector still wins
+    await async_db[s.items_collection].update_one(
+        {"_id": "o2"},
+        {"$set": {"title": "renamed", "updated_at": now_ms()}, "$inc": {"version": 1}},
+    )
+    await sync_once(s, db=async_db, embedder=embedder)
+    docs = await _engine(s, ["o2"])
+    assert docs["o2"]["title"] == "renamed" and _same(docs["o2"]["behaviour"], new[2])
+    assert (await verify(s, db=async_db)).ok
+
+
+async def test_vectors_trained_during_a_reindex_reach_the_new_index(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    s = ingest_settings  # 100 documents per bulk: the 120 items are built in two batches
+    ids = [d["_id"] for d in ingest_catalogue]
+    vectors = _vectors(ids, s.behaviour_dim, 5)
+
+    async def train() -> None:
+        mongo = clients.mongo_async(s)
+        try:
+            await write_behaviour(mongo[s.mongo_db], s, vectors)
+        finally:
+            await mongo.close()
+
+    trained: list[int] = []
+
+    def progress(done: int, _: int | None) -> None:
+        if not trained:  # after the first bulk: its items went without vectors
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, train()).result()
+            trained.append(done)
+
+    report = await reindex(s, embedder=embedder, progress=progress)
+    assert trained == [100] and report.indexed >= 120
+    docs = await _engine(s, ids)
+    assert all(_same(docs[i].get("behaviour"), vectors[i]) for i in ids)
+    assert all(docs[i]["source_version"] == 1 for i in ids)
