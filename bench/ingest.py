@@ -5,8 +5,10 @@
     $(./dev env)/bin/python bench/ingest.py --n 2000        # any size (a quick check)
 
 Every item carries a 32-d ``behaviour`` vector, so the index builds both HNSW graphs (384-d
-content + 32-d behaviour), as in production; it is stored as ``opendisco train`` writes it,
-a BSON float32 vector (``--behaviour list``: the older array of doubles). ``--seed-cache``
+content + 32-d behaviour), as in production; it rides on the item documents (the older
+layout ``ingest.join_behaviour`` still reads; ``opendisco train`` now writes its own
+collection, joined the same way) as a BSON float32 vector (``--behaviour list``: the older
+array of doubles), so the bench reads one collection as before. ``--seed-cache``
 fills the embedding cache with random unit vectors of the right shape instead of encoding
 (no cold phase): a warm build reads the cache, never the model, so its timing is the same,
 and 100k encodes would take hours on this CPU. In one run, on the same documents:
@@ -132,8 +134,8 @@ def seed_cache(settings: Settings, texts: list[str]) -> None:
 def with_behaviour(
     items: list[dict[str, Any]], dim: int, seed: int, stored: str
 ) -> list[dict[str, Any]]:
-    """A unit ``behaviour`` vector per item, stored as ``opendisco train`` writes it (a BSON
-    float32 vector) or, ``stored="list"``, as the older array of doubles."""
+    """A unit ``behaviour`` vector per item on the item itself, a BSON float32 vector (what
+    ``opendisco train`` stores) or, ``stored="list"``, the older array of doubles."""
     rng = np.random.default_rng(seed)
     vecs = rng.standard_normal((len(items), dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
