@@ -10,19 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from signals_support import Clock
 
 from opendisco import Settings, clients
 from opendisco.signals import INBOUND, MEMBER_TASTES, InboundCounter, UserState, UserStateStore
 from opendisco.signals._inbound import InboundCopy
 from opendisco.signals._taste_copy import TasteCopy
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

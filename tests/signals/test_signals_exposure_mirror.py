@@ -10,18 +10,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from signals_support import Clock
 
 from opendisco import Settings, clients
 from opendisco.signals import ExposureMirror, ExposureStore
 from opendisco.signals._exposure_mirror import scan_counters
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
