@@ -17,9 +17,13 @@ closed loop for the same duration, in alternating blocks (API, a settling pause,
 p99 are reported, with the level where QPS stops growing (saturation). Results:
 bench/results/api.json and bench/README.md.
 
-Levels run 20 s by default (:data:`DURATION_S`): at c=1 the API answers ~20 requests/s, so an
-8 s level held ~160 requests and its p99 was the second-slowest one (one background flush or
-collection landing on a request moved it); 20 s holds ~400 (p99: the fourth-slowest).
+Levels run 60 s per side by default (:data:`DURATION_S`): at c=1 the API answers ~20
+requests/s, so an 8 s level held ~160 requests and its p99 was the second-slowest one (one
+background flush or collection landing on a request moved it); 20 s held ~400 (p99: the
+fourth-slowest), and the same code's p99 ratio swung by ±0.3 between runs; 60 s holds ~1,100
+(p99: the eleventh-slowest). Each level's p99 ratio comes with a bootstrap 95% interval
+(:func:`ratio_interval`: each side's latencies resampled on their own), so a run says how
+far its ratio can be trusted.
 """
 
 from __future__ import annotations
@@ -53,8 +57,8 @@ RESULTS = ROOT / "results" / "api.json"
 SERVE_LOG = Path("/tmp") / f"bench-api-serve-{os.getpid()}.log"
 README = ROOT / "README.md"
 LEVELS = (1, 4, 8, 16)
-#: seconds per level and side (see the module docstring: a p99 needs a few hundred requests)
-DURATION_S = 20.0
+#: seconds per level and side (see the module docstring: a p99 needs a thousand requests)
+DURATION_S = 60.0
 #: each level alternates API and bare blocks (drift between two long phases moved the
 #: ratio by ±0.3 between back-to-back runs); the API's deferred writes (served impressions
 #: flushed every second, the served-list log) settle before each bare block
@@ -163,6 +167,27 @@ def _pct(xs: list[float], q: float) -> float:
         return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def ratio_interval(
+    api: list[float], bare: list[float], q: float = 0.99, draws: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap 95% interval of ``_pct(api, q) / _pct(bare, q)``: each side's latencies
+    resampled with replacement on their own (the sides are separate closed loops). Requests
+    of one closed loop are not independent (a slow second slows its neighbours), so the
+    interval is a lower bound on the run-to-run spread, not the whole of it."""
+    if not api or not bare:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+
+    def pct(xs: list[float]) -> np.ndarray:
+        x = np.asarray(xs)
+        draws_ = np.sort(rng.choice(x, size=(draws, len(x))), axis=1)
+        return draws_[:, min(len(x) - 1, int(q * len(x)))]
+
+    ratios = pct(api) / pct(bare)
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    return (round(float(lo), 2), round(float(hi), 2))
 
 
 @dataclass
@@ -348,6 +373,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         bare = sides["bare"].summary()
                         bare["cpu_ms_per_request"] = bare_cpu.per_request_ms(bare["n"])
                         row["bare"] = bare
+                        row["p99_ratio_ci95"] = ratio_interval(sides["api"].lat, sides["bare"].lat)
                     row["api_by_workers"][str(workers)] = api
                     bare = row["bare"]
                     print(
@@ -524,7 +550,7 @@ def write_readme(res: dict[str, Any]) -> None:
         "graph neighbours), sent from this process.",
         "",
         "| concurrency | API QPS | API p50 ms | API p99 ms | API degraded "
-        "| bare QPS | bare p50 ms | bare p99 ms | p50 ratio | p99 ratio |",
+        "| bare QPS | bare p50 ms | bare p99 ms | p50 ratio | p99 ratio (95% CI) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["levels"]:
@@ -532,7 +558,9 @@ def write_readme(res: dict[str, Any]) -> None:
         lines.append(
             f"| {r['concurrency']} | {a['qps']} | {a['p50_ms']} | {a['p99_ms']} | "
             f"{100 * a['degraded'] / max(1, a['n']):.0f}% | {b['qps']} | "
-            f"{b['p50_ms']} | {b['p99_ms']} | {r.get('p50_ratio', '–')} | {r['p99_ratio']} |"
+            f"{b['p50_ms']} | {b['p99_ms']} | {r.get('p50_ratio', '–')} | {r['p99_ratio']}"
+            + (" ({}–{})".format(*r["p99_ratio_ci95"]) if r.get("p99_ratio_ci95") else "")
+            + " |"
         )
     if res.get("workers"):
         lines += [

@@ -475,6 +475,13 @@ class Settings(BaseSettings):
         "the reranker's features read instead of the stores per request (s; 0: read the "
         "stores per request).",
     )
+    graph_cache_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a serving process keeps the co-engagement rows (item "
+        "adjacency) its requests read: the graph candidate source's and feature's edges "
+        "(s; 0: read MongoDB per request). A like's new edges reach candidates within it.",
+    )
     signal_copies_max_items: int = Field(
         200_000,
         ge=0,

@@ -11,7 +11,7 @@ propensities.
 from ._als import AlsModel, fold_in, train_als
 from ._config import DEFAULT_STEPS, RerankConfig, merged_config
 from ._explore import pl_marginals, pl_sample, pl_weights
-from ._features import FeatureStore, TTLCache, ViewerFeatures
+from ._features import FeatureStore, ViewerFeatures
 from ._learned import LTR_PARAMS, LearnedScorer, align_features, train_lambdamart
 from ._ltr import (
     LabelPolicy,
@@ -91,7 +91,6 @@ __all__ = [
     "Reranker",
     "Scorer",
     "StepRecord",
-    "TTLCache",
     "Trace",
     "ViewerFeatures",
     "ablation_ndcg",

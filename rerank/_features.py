@@ -49,7 +49,6 @@ list→array conversion).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -60,6 +59,7 @@ from opensearchpy import AsyncOpenSearch
 from opensearchpy.exceptions import NotFoundError
 
 from opendisco._backend import backend_errors
+from opendisco._cache import TTLCache
 from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 from opendisco._stored import as_vector
@@ -83,38 +83,7 @@ from ._profile import PROFILE_FIELDS, MemberProfile, profile_features
 from ._similarity import recency_scales
 from ._types import CandidateBatch, Features, RerankContext
 
-__all__ = ["FeatureStore", "TTLCache", "ViewerFeatures"]
-
-
-class TTLCache:
-    """A small dict cache with per-entry expiry and a size bound (oldest evicted first)."""
-
-    def __init__(self, ttl_s: float, max_size: int = 50_000) -> None:
-        self.ttl = ttl_s
-        self.max_size = max_size
-        self._d: dict[str, tuple[float, Any]] = {}
-
-    def get_many(self, keys: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-        now = time.monotonic()
-        hit, miss = {}, []
-        for k in keys:
-            e = self._d.get(k)
-            if e is not None and e[0] > now:
-                hit[k] = e[1]
-            else:
-                miss.append(k)
-        return hit, miss
-
-    def put_many(self, values: dict[str, Any]) -> None:
-        exp = time.monotonic() + self.ttl
-        for k, v in values.items():
-            self._d.pop(k, None)
-            self._d[k] = (exp, v)
-        while len(self._d) > self.max_size:
-            self._d.pop(next(iter(self._d)))
-
-    def clear(self) -> None:
-        self._d.clear()
+__all__ = ["FeatureStore", "ViewerFeatures"]
 
 
 def _array(v: Any) -> np.ndarray | None:
@@ -161,7 +130,8 @@ class FeatureStore:
         self.copies = copies
         #: what the exposure features read: the process's copy of the counters, else the engine
         self.counters: ExposureStore | ExposureMirror = copies.exposure if copies else exposure
-        self.graph = ItemGraph(db)
+        #: co-engagement edges: rows read by requests are kept ``graph_cache_s``
+        self.graph = ItemGraph(db, cache_s=settings.graph_cache_s)
         self.similarity = ItemSimilarity(db)
         self.sim_rows = TTLCache(meta_ttl_s)
         self.inbound = InboundCounter(db)

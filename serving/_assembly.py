@@ -22,7 +22,6 @@ from opendisco.queries import Template
 from opendisco.rerank import FeatureStore
 from opendisco.signals import (
     BlockStore,
-    ItemGraph,
     PacingController,
     ServedLog,
     UserGraph,
@@ -74,8 +73,8 @@ def default_parts(
     hydrators: list[Any] = [
         MemberContext(db, UserStateStore(db), BlockStore(db), UserGraph(db)),
         RequestBuilder(params, dict(templates or {})),
-        GraphNeighbours(ItemGraph(db)),
-        MutualLikes(UserGraph(db), ItemGraph(db)),
+        GraphNeighbours(features.graph),  # one graph (and its row cache) per pipeline
+        MutualLikes(UserGraph(db), features.graph),
         LiveTrending(features.exposure, settings.trending_top_k, settings.trending_refresh_s),
     ]
     if settings.itemsim_candidates > 0:

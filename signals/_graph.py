@@ -10,7 +10,10 @@ It lives in MongoDB and grows incrementally from events (one ``bulk_write`` per 
   and rewrites each touched source item by ``_id`` once — its increments coalesced — under
   per-item leases in ``item_adjacency_locks`` (FerretDB updates are not atomic
   read-modify-writes), and a request reads the neighbours of its recent items with one
-  ``find`` by ``_id``.
+  ``find`` by ``_id``. A serving process may keep the rows its requests read for
+  ``cache_s`` (``graph_cache_s``): the edges are a soft signal (candidates and a feature,
+  never a hard rule), popular items' rows are read by most requests, and a cached row saves
+  the round trip and the decoding; the writer (:meth:`ItemGraph.add`) never reads the cache.
 
 Increments are at-least-once: a batch re-applied after a crash between the graph write and the
 event's ``applied`` mark adds its weights twice (see ``opendisco.signals``); concurrent
@@ -28,6 +31,7 @@ from typing import Any
 from pymongo import ReplaceOne
 
 from opendisco._backend import backend_errors
+from opendisco._cache import TTLCache
 from opendisco._store import bulk_write_chunked, lease
 
 from ._user_state import UserState
@@ -122,9 +126,11 @@ class ItemGraph:
     lease_s = 60.0
     lock_wait_s = 30.0
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, *, cache_s: float = 0.0) -> None:
         self.coll = db[ITEM_EDGES]
         self.locks = db[ITEM_LOCKS]
+        #: rows requests read, kept ``cache_s`` (an item without a row is kept as empty)
+        self._cache = TTLCache(cache_s) if cache_s > 0 else None
 
     async def add(
         self, pairs: Iterable[tuple[str, str, float]], now: datetime | None = None
@@ -165,18 +171,30 @@ class ItemGraph:
             out.update((d["_id"], decode_row(d.get("n"))) for d in docs)
         return out
 
+    async def _read_rows(self, item_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+        """:meth:`_rows` for a request: from the cache when it holds them (see ``cache_s``)."""
+        if self._cache is None:
+            return await self._rows(item_ids)
+        rows, miss = self._cache.get_many(list(dict.fromkeys(item_ids)))
+        if miss:
+            got = await self._rows(miss)
+            fresh = {i: got.get(i, {}) for i in miss}
+            self._cache.put_many(fresh)
+            rows.update(fresh)
+        return {i: row for i, row in rows.items() if row}
+
     async def weights(self, item_ids: Iterable[str]) -> dict[str, float]:
         """Summed edge weight from ``item_ids`` to every co-engaged item (one point read per
         source item). It is both the graph candidate source (:func:`top_neighbours`) and the
         graph proximity feature of those candidates, so a request reads the edges once."""
-        return summed_weights((await self._rows(item_ids)).values())
+        return summed_weights((await self._read_rows(item_ids)).values())
 
     async def weights_of(self, *groups: Sequence[str]) -> list[dict[str, float]]:
         """:meth:`weights` of each group of source items, all rows read in one ``find``
         (a request's recent positives and its matched profiles: one round trip, not two)."""
         if not any(groups):
             return [{} for _ in groups]
-        rows = await self._rows([i for g in groups for i in g])
+        rows = await self._read_rows([i for g in groups for i in g])
         return [summed_weights(rows[i] for i in dict.fromkeys(g) if i in rows) for g in groups]
 
     async def proximity(self, recent: Iterable[str], candidates: Iterable[str]) -> dict[str, float]:

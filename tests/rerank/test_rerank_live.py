@@ -109,11 +109,12 @@ async def test_feature_lookup_round_trips_constant_as_candidates_grow(
         # engine: exposure + the packed vectors + (this catalogue is indexed raw, without
         # ingest's packing) the float arrays; store: inbound + graph
         assert seen == [(3, 2)] * 3, seen
-        # warm cache: vectors and inbound served from memory; exposure + graph stay live
+        # warm cache: vectors, inbound and the graph's rows (``graph_cache_s``) served from
+        # memory; the exposure counters stay live
         os_calls.clear()
         listener.commands.clear()
         await store.lookup(ids, recent=recent)
-        assert (len(os_calls), len(listener.commands)) == (1, 1)
+        assert (len(os_calls), len(listener.commands)) == (1, 0)
     finally:
         clustered_os.transport.perform_request = original
         await mc.close()

@@ -58,7 +58,9 @@ async def test_graph_and_mutual_edges_come_from_one_read(discovery: Any, market:
 
     graph._rows = counted
     try:
+        graph._cache.clear()  # rows earlier requests read (``graph_cache_s``)
         plan = await discovery.plan("for_you", 20, user_id=v)
+        again = await discovery.plan("for_you", 20, user_id=v)
     finally:
         del graph._rows
     state = await UserStateStore(discovery.db).get(v)
@@ -66,7 +68,8 @@ async def test_graph_and_mutual_edges_come_from_one_read(discovery: Any, market:
     recent = state.recent_positive_ids[:RECENT_FANOUT]
     matched = sorted(set(inbox.matches.values()))
     assert recent and matched  # not vacuous: both kinds of edges are read
-    assert len(reads) == 1 and set(reads[0]) == {*recent, *matched}
+    assert len(reads) == 1 and set(reads[0]) == {*recent, *matched}  # the second: cached
+    assert (again.graph_weights, again.mutual_weights) == (plan.graph_weights, plan.mutual_weights)
     assert plan.inbox == inbox
     assert plan.graph_weights == await ItemGraph(discovery.db).weights(recent)
     assert plan.mutual_weights == await ItemGraph(discovery.db).weights(matched)

@@ -127,6 +127,27 @@ async def test_graph_co_engagement_and_mutual_likes(
     assert await UserGraph(clustered_db).mutual("person0") == ["person1"]
 
 
+async def test_a_serving_graph_keeps_rows_it_read_and_its_writes_never_read_them(
+    clustered_db: Any,
+) -> None:
+    """``cache_s``: a request's rows are kept (a soft signal, stale at most ``cache_s``), an
+    item without a row is kept as such, and :meth:`ItemGraph.add` read-modify-writes from
+    the store, never from the cache, so no increment is lost behind a cached row."""
+    a, b, c, none = (f"gc{uuid.uuid4().hex[:8]}" for _ in range(4))
+    store = ItemGraph(clustered_db)
+    cached = ItemGraph(clustered_db, cache_s=0.5)
+    await store.add([(a, b, 1.0)])
+    assert await cached.weights_of([a], [none]) == [{b: 1.0}, {}]
+    await cached.add([(a, b, 1.0), (a, c, 1.0)])  # through the cached graph: from the store
+    assert await store.weights([a]) == {b: 2.0, c: 1.0}
+    assert await cached.weights([a]) == {b: 1.0}  # the row it read, kept
+    await store.add([(none, c, 1.0)])
+    assert await cached.weights([none]) == {}  # no row was an answer too, kept
+    await asyncio.sleep(0.6)
+    assert await cached.weights([a]) == {b: 2.0, c: 1.0}
+    assert await cached.proximity([a, none], [c]) == {c: 2.0}
+
+
 async def test_counters_reach_caps_and_capped_items_disappear(
     clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
