@@ -467,6 +467,13 @@ class Settings(BaseSettings):
     exposure_flush_s: float = Field(
         1.0, gt=0, description="How often served impressions are written to the counters (s)."
     )
+    exposure_flush_chunk: int = Field(
+        100,
+        ge=0,
+        description="Served-impression counters per _bulk of a flush; a flush's parts are "
+        "spread over half its period, so one engine write thread is not held for a whole "
+        "period's updates at once (0: one _bulk per flush).",
+    )
     signal_copies_s: float = Field(
         1.0,
         ge=0,

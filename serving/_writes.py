@@ -47,7 +47,9 @@ class Writes:
         self.os = os_client
         self.db = db
         self.exposure = exposure
-        self.served = ServedExposure(exposure, settings.exposure_flush_s)
+        self.served = ServedExposure(
+            exposure, settings.exposure_flush_s, chunk=settings.exposure_flush_chunk
+        )
         self._events: EventProcessor | None = None
         self._applying: set[asyncio.Future[EventsResult]] = set()
         self._lock = asyncio.Lock()

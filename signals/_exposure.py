@@ -205,12 +205,16 @@ class ExposureStore:
                 caps[hit["_id"]] = item_cap(own_cap, self.settings.exposure_default_cap)
         return caps
 
-    async def record(self, counts: Mapping[str, int], now: datetime | None = None) -> list[str]:
+    async def record(
+        self, counts: Mapping[str, int], now: datetime | None = None, *, cap_list: bool = True
+    ) -> list[str]:
         """Add impressions per item id; returns the ids that are capped after this call.
 
         One search (caps), one ``_bulk`` of scripted upserts (counters; items the engine
         rejects with 429 sent again, ``_engine_bulk``), and one scripted update of the capped
-        list. Item documents are never written. Counters that still were not written raise
+        list (with ``cap_list=False`` none: the newly capped ids wait for the next update, as
+        after a refused one; a caller writing one batch in parts updates it once, with the
+        last part). Item documents are never written. Counters that still were not written raise
         :class:`~opendisco.PartialWrite` naming them (every other one was: a caller must not
         add those again). A cap-list update that fails after the counters were written does
         not fail the call (failing would have it counted again): the newly capped ids are
@@ -232,11 +236,16 @@ class ExposureStore:
             src = (res.get("get") or {}).get("_source") or {}
             if src.get("count", 0) >= src.get("cap", self.settings.exposure_default_cap):
                 add[res["_id"]] = int(src.get("window_start", now_ms)) + self.window_ms
-        try:
-            capped = await self._update_capped(add, now_ms)
-        except SearchBackendError as exc:  # the counts are written: never count them again
-            log.warning("exposure cap list not updated yet (kept for the next update): %s", exc)
+        if not cap_list:
+            for i, until in add.items():
+                self._due[i] = max(self._due.get(i, 0), until)
             capped = sorted(i for i, until in self._due.items() if until > now_ms)
+        else:
+            try:
+                capped = await self._update_capped(add, now_ms)
+            except SearchBackendError as exc:  # the counts are written: never count them again
+                log.warning("exposure cap list not updated yet (kept for the next update): %s", exc)
+                capped = sorted(i for i, until in self._due.items() if until > now_ms)
         if failed:
             raise PartialWrite(
                 f"exposure updates failed: {list(failed.items())[:3]}", frozenset(failed)

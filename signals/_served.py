@@ -11,6 +11,13 @@ write (:class:`~opendisco.PartialWrite`: the others are written, and would be ad
 counts not yet flushed when a process stops are lost (at most one
 period's). Client impression events naming a served list (``request_id``) are then not
 counted again (``EventProcessor``; setting ``exposure_count_served``).
+
+A flush writes its batch in parts of ``chunk`` items (``exposure_flush_chunk``), spread over
+half of its period, with one update of the capped list (the last part's): one ``_bulk`` of a
+period's ~400 scripted upserts held one engine write thread — one of the two cores here —
+for ~55 ms at once, and a candidate ``_msearch`` landing in it waited (served p99 at c=1
+84.9 ms with served counting vs 77.0 without, bench/README.md api). A part that fails keeps
+its unwritten counts and every later part's for the next flush; the earlier parts are written.
 """
 
 from __future__ import annotations
@@ -33,10 +40,17 @@ log = logging.getLogger("opendisco.signals")
 class ServedExposure:
     """Accumulates served item ids and flushes them to the exposure counters in batches."""
 
-    def __init__(self, store: ExposureStore, flush_s: float, max_pending: int = 100_000) -> None:
+    #: the parts of a flush are spread over this share of its period (at most 1 s in all)
+    pace_share = 0.5
+
+    def __init__(
+        self, store: ExposureStore, flush_s: float, max_pending: int = 100_000, chunk: int = 0
+    ) -> None:
         self.store = store
         self.flush_s = flush_s
         self.max_pending = max_pending
+        #: items per ``_bulk`` of a flush (0: the whole batch in one)
+        self.chunk = chunk
         self.pending: Counter[str] = Counter()
         self.flushing: Counter[str] = Counter()  # the batch a flush is writing now
         self.written = 0
@@ -58,35 +72,60 @@ class ServedExposure:
             self._task = asyncio.ensure_future(self.flush())
             self._task.add_done_callback(_retrieve)
 
-    async def flush(self) -> list[str]:
-        """Write what is pending (one ``ExposureStore.record``); returns the capped ids."""
+    async def flush(self, pace: bool = True) -> list[str]:
+        """Write what is pending (in parts of ``chunk`` items, spread out unless ``pace`` is
+        False); returns the capped ids."""
         batch, self.pending = self.pending, Counter()
         if not batch:
             return []
         self.flushing = batch
+        ids = sorted(batch)
+        size = self.chunk or len(ids)
+        parts = [ids[k : k + size] for k in range(0, len(ids), size)]
+        gap = min(self.flush_s, 1.0) * self.pace_share / len(parts) if pace else 0.0
+        capped: list[str] = []
         try:
-            capped = await self.store.record(batch)
-        except BackendError as exc:
-            # a bulk applied in part (PartialWrite) wrote every count it does not name:
-            # counting those again would add them twice
-            unwritten = exc.unwritten if isinstance(exc, PartialWrite) else batch.keys()
-            kept = {i: batch[i] for i in unwritten if i in batch}
-            self.written += sum(batch.values()) - sum(kept.values())
-            log.warning("served impressions not counted yet (%d ids): %s", len(kept), exc)
-            lost = 0
-            for i, n in kept.items():
-                if i in self.pending or len(self.pending) < self.max_pending:
-                    self.pending[i] += n
-                else:
-                    lost += n
-            if lost:
-                log.warning("%d served impressions dropped: %d ids pending", lost, self.max_pending)
-                self.dropped += lost
-            raise
+            for j, part in enumerate(parts):
+                if j and gap > 0:
+                    await asyncio.sleep(gap)
+                counts = {i: batch[i] for i in part}
+                try:
+                    capped = await self.store.record(counts, cap_list=j == len(parts) - 1)
+                except BackendError as exc:
+                    # a bulk applied in part (PartialWrite) wrote every count it does not name:
+                    # counting those again would add them twice; later parts were not sent
+                    unwritten = exc.unwritten if isinstance(exc, PartialWrite) else part
+                    self._keep(counts, unwritten, [i for p in parts[j + 1 :] for i in p], batch)
+                    log.warning("served impressions not counted yet: %s", exc)
+                    raise
+                self.written += sum(counts.values())
+                for i in part:
+                    del self.flushing[i]
         finally:
             self.flushing = Counter()
-        self.written += sum(batch.values())
         return capped
+
+    def _keep(
+        self,
+        counts: Counter[str] | dict[str, int],
+        unwritten: Iterable[str],
+        later: list[str],
+        batch: Counter[str],
+    ) -> None:
+        """Put a failed part's unwritten counts and the later parts' back in ``pending``
+        (bounded by ``max_pending``); the part's other counts were written."""
+        kept = {i: counts[i] for i in unwritten if i in counts}
+        self.written += sum(counts.values()) - sum(kept.values())
+        kept.update((i, batch[i]) for i in later)
+        lost = 0
+        for i, n in kept.items():
+            if i in self.pending or len(self.pending) < self.max_pending:
+                self.pending[i] += n
+            else:
+                lost += n
+        if lost:
+            log.warning("%d served impressions dropped: %d ids pending", lost, self.max_pending)
+            self.dropped += lost
 
     def unwritten(self, item_id: str) -> int:
         """Impressions of ``item_id`` served and not written to the counters yet (pending, or
@@ -97,7 +136,7 @@ class ServedExposure:
         """Wait for a running flush and write what is left (shutdown, tests, benchmarks)."""
         if self._task is not None and not self._task.done():
             await asyncio.wait([self._task])
-        await self.flush()
+        await self.flush(pace=False)
 
 
 def _retrieve(fut: asyncio.Future[list[str]]) -> None:

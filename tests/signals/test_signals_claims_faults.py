@@ -224,6 +224,55 @@ async def test_served_impressions_rejected_in_part_are_kept_and_the_rest_counted
         assert served.written == sum(shown.values()) and served.dropped == 0
 
 
+async def test_a_flush_in_parts_is_spread_out_and_a_refused_part_keeps_it_and_the_rest(
+    storm: tuple[FaultyHttpProxy, Settings],
+) -> None:
+    """``chunk``: a flush's parts go as separate ``_bulk`` requests spread over half its
+    period, with one update of the cap list. When the engine refuses the second part, the
+    first is counted (and not kept), the second and third are kept for the next flush; after
+    the storm the counters hold exactly what was served."""
+    proxy, s = storm
+    async with _served_through(s) as (store, _):
+        served = ServedExposure(store, flush_s=1.0, chunk=2)
+        ids = MOVIES[9:16]
+        before = await store.counts(ids)
+        sent: list[tuple[float, str]] = []
+        refuse_from: list[int] = []
+
+        def watch(method: str, path: str) -> bool:
+            if path.rstrip("/").endswith("_bulk") or CAPPED_DOC_ID in path:
+                sent.append((asyncio.get_running_loop().time(), path))
+            bulks = sum(p.endswith("_bulk") for _, p in sent)
+            return bool(refuse_from) and path.endswith("_bulk") and bulks >= refuse_from[0]
+
+        proxy.fail_if = watch
+        for _ in range(3):
+            served.add(ids)
+        await served.flush()
+        bulks = [t for t, p in sent if p.endswith("_bulk")]
+        assert len(bulks) == 4  # 7 ids in parts of 2
+        assert min(b - a for a, b in zip(bulks, bulks[1:], strict=False)) >= 0.1  # 0.5 s / 4
+        assert [p for _, p in sent if CAPPED_DOC_ID in p] == [sent[-1][1]]  # once, at the end
+        assert served.written == 3 * len(ids) and not served.pending
+
+        sent.clear()
+        refuse_from.append(2)  # the second _bulk of the next flush (429: every retry too)
+        served.add(ids[:6])
+        with pytest.raises(SearchBackendError):
+            await served.flush()
+        assert dict(served.pending) == dict.fromkeys(ids[2:6], 1)  # parts 2 and 3
+        assert served.written == 3 * len(ids) + 2
+        assert not served.flushing and served.unwritten(ids[2]) == 1
+        proxy.fail_if = None
+        await served.drain()
+        after = await store.counts(ids)
+        assert {i: after[i] - before[i] for i in ids} == {
+            **dict.fromkeys(ids[:6], 4),
+            ids[6]: 3,
+        }
+        assert served.written == 3 * len(ids) + 6 and served.dropped == 0
+
+
 async def test_a_cap_list_update_refused_after_the_counts_were_written_counts_them_once(
     storm: tuple[FaultyHttpProxy, Settings],
 ) -> None:
