@@ -354,9 +354,9 @@ class Discovery:
         await self.writes.recover_forever()
 
     async def drain(self) -> None:
-        """Finish queued work before the clients close (at shutdown and at the end of an
-        evaluation): event batches still applying, served impressions not flushed yet, every
-        side effect's queue (served-list log writes)."""
+        """Finish queued work before the clients close (shutdown, an evaluation's end): a
+        pacing step (cut off, its lease stayed held), events, served impressions, side effects."""
+        await self.pacing.settle()
         await self.writes.drain()
         for effect in self.parts.side_effects:
             await effect.drain()

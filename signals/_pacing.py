@@ -261,6 +261,8 @@ class PacingController:
     """The controller's state for a serving process (see the module docstring)."""
 
     lease_s = 120.0
+    #: a forced step waits this long for a step in progress elsewhere (an unforced one: never)
+    force_wait_s = 30.0
 
     def __init__(
         self,
@@ -295,6 +297,11 @@ class PacingController:
             self._refresh.add_done_callback(_log_failure)
         return self.state if self.state.impressions is not None else None
 
+    async def settle(self) -> None:
+        """Wait for a background refresh still running (its outcome is logged, not raised)."""
+        if self._refresh is not None and not self._refresh.done():
+            await asyncio.wait([self._refresh])
+
     async def read(self) -> PacingState:
         with backend_errors("pacing state read failed"):
             doc = await self.coll.find_one({"_id": _DOC_ID})
@@ -303,7 +310,9 @@ class PacingController:
 
     async def refresh(self, now: datetime | None = None, *, force: bool = False) -> PacingState:
         """Step the controller when the stored state is older than the control period (or
-        ``force``), under a lease so one process steps per period; else just re-read it."""
+        ``force``), under a lease so one process steps per period; else just re-read it.
+        A forced step waits for a step another caller is taking (``force_wait_s``), then
+        takes its own; an unforced one leaves the period to that caller."""
         now = now or datetime.now(UTC)
         state = await self.read()
         period = timedelta(seconds=self.settings.pacing_control_s)
@@ -312,7 +321,11 @@ class PacingController:
             return state
         try:
             async with lease(
-                self.db[PACING_LOCKS], [_DOC_ID], lease_s=self.lease_s, wait_s=0.0, what="pacing"
+                self.db[PACING_LOCKS],
+                [_DOC_ID],
+                lease_s=self.lease_s,
+                wait_s=self.force_wait_s if force else 0.0,
+                what="pacing",
             ):
                 state = await self.read()  # another process may have stepped meanwhile
                 fresh = state.updated_at is not None and _aware(state.updated_at) > now - period

@@ -3,9 +3,11 @@ reciprocal step and mutual likes, exposure pacing with served impressions, live 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -197,6 +199,56 @@ async def test_served_impressions_count_once(discovery: Any, market: Any) -> Non
     )
     assert res.accepted == 2
     assert (await discovery.exposure.counts([profile]))[profile] == before + 4
+
+
+async def test_a_forced_pacing_step_waits_for_a_step_in_progress(
+    discovery: Any, market: Any
+) -> None:
+    """Another caller holds the step's lease (the pipeline's own background refresh, say): an
+    unforced refresh of a stale state leaves the period to it; a forced one waits for it and
+    then steps (``force_wait_s``), not skipped."""
+    from opendisco._store import lease
+    from opendisco.signals._pacing import _DOC_ID, PACING_LOCKS
+
+    await discovery.ensure()  # the exposure counters' index (the step measures them)
+    ctl = PacingController(discovery.settings, discovery.db, discovery.exposure)
+    await ctl.refresh(force=True)
+    first = await ctl.read()  # as stored (MongoDB keeps milliseconds)
+    assert first.updated_at is not None
+    held = asyncio.Event()
+
+    async def holder() -> None:
+        locks = discovery.db[PACING_LOCKS]
+        async with lease(locks, [_DOC_ID], lease_s=60.0, wait_s=5.0, what="pacing"):
+            held.set()
+            await asyncio.sleep(1.0)
+
+    task = asyncio.ensure_future(holder())
+    try:
+        await held.wait()
+        later = first.updated_at + timedelta(days=1)  # the stored state is a day old by then
+        unforced = await ctl.refresh(now=later)
+        assert unforced.updated_at == first.updated_at  # busy: left to the holder
+        forced = await ctl.refresh(force=True)
+        assert task.done()  # it waited for the holder's step to end
+        assert forced.updated_at > first.updated_at and forced.steps == first.steps + 1
+    finally:
+        await task  # the holder's lease released whatever happened here
+
+
+async def test_drain_waits_for_the_pipelines_pacing_step(discovery: Any, market: Any) -> None:
+    """A request starts the pipeline's background pacing step; ``drain`` (shutdown, a test's
+    end) waits for it, so closing the clients never leaves its lease held for ``lease_s``."""
+    from opendisco.signals._pacing import _DOC_ID, PACING_LOCKS
+
+    await discovery.ensure()
+    discovery.pacing._read_at = float("-inf")  # due now
+    discovery.pacing.budget()
+    running = discovery.pacing._refresh
+    assert running is not None and not running.done()
+    await discovery.drain()
+    assert running.done()
+    assert await discovery.db[PACING_LOCKS].find_one({"_id": _DOC_ID}) is None
 
 
 async def test_pacing_controller_and_step_on_the_live_market(discovery: Any, market: Any) -> None:
