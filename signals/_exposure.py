@@ -237,15 +237,14 @@ class ExposureStore:
             if src.get("count", 0) >= src.get("cap", self.settings.exposure_default_cap):
                 add[res["_id"]] = int(src.get("window_start", now_ms)) + self.window_ms
         if not cap_list:
-            for i, until in add.items():
-                self._due[i] = max(self._due.get(i, 0), until)
-            capped = sorted(i for i, until in self._due.items() if until > now_ms)
+            self._defer(add)
+            capped = self._known_capped(now_ms)
         else:
             try:
                 capped = await self._update_capped(add, now_ms)
             except SearchBackendError as exc:  # the counts are written: never count them again
                 log.warning("exposure cap list not updated yet (kept for the next update): %s", exc)
-                capped = sorted(i for i, until in self._due.items() if until > now_ms)
+                capped = self._known_capped(now_ms)
         if failed:
             raise PartialWrite(
                 f"exposure updates failed: {list(failed.items())[:3]}", frozenset(failed)
@@ -262,11 +261,21 @@ class ExposureStore:
         try:
             resp = await self._send_capped(sent, now_ms)
         except SearchBackendError:
-            for i, until in sent.items():  # kept for the next update (record or sweep)
-                self._due[i] = max(self._due.get(i, 0), until)
+            self._defer(sent)
             raise
         src = (resp.get("get") or {}).get("_source") or {}
         return sorted((src.get("capped") or {}).get("ids") or [])
+
+    def _defer(self, add: Mapping[str, int]) -> None:
+        """Keep newly capped ids (with their window end) for the next update of the list
+        (``record`` or ``sweep``)."""
+        for i, until in add.items():
+            self._due[i] = max(self._due.get(i, 0), until)
+
+    def _known_capped(self, now_ms: int) -> list[str]:
+        """The capped ids this store knows of without reading the list: those it holds for
+        the next update, still within their window."""
+        return sorted(i for i, until in self._due.items() if until > now_ms)
 
     async def _send_capped(self, add: Mapping[str, int], now_ms: int) -> dict[str, Any]:
         with backend_errors("capped list update failed"):

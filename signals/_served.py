@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from opendisco._exceptions import BackendError, PartialWrite
 
@@ -95,8 +95,11 @@ class ServedExposure:
                     # a bulk applied in part (PartialWrite) wrote every count it does not name:
                     # counting those again would add them twice; later parts were not sent
                     unwritten = exc.unwritten if isinstance(exc, PartialWrite) else part
-                    self._keep(counts, unwritten, [i for p in parts[j + 1 :] for i in p], batch)
-                    log.warning("served impressions not counted yet: %s", exc)
+                    kept = {i: counts[i] for i in unwritten if i in counts}
+                    self.written += sum(counts.values()) - sum(kept.values())
+                    kept.update((i, batch[i]) for later in parts[j + 1 :] for i in later)
+                    log.warning("served impressions not counted yet (%d ids): %s", len(kept), exc)
+                    self._requeue(kept)
                     raise
                 self.written += sum(counts.values())
                 for i in part:
@@ -105,18 +108,8 @@ class ServedExposure:
             self.flushing = Counter()
         return capped
 
-    def _keep(
-        self,
-        counts: Counter[str] | dict[str, int],
-        unwritten: Iterable[str],
-        later: list[str],
-        batch: Counter[str],
-    ) -> None:
-        """Put a failed part's unwritten counts and the later parts' back in ``pending``
-        (bounded by ``max_pending``); the part's other counts were written."""
-        kept = {i: counts[i] for i in unwritten if i in counts}
-        self.written += sum(counts.values()) - sum(kept.values())
-        kept.update((i, batch[i]) for i in later)
+    def _requeue(self, kept: Mapping[str, int]) -> None:
+        """Put counts a flush did not write back in ``pending`` (bounded by ``max_pending``)."""
         lost = 0
         for i, n in kept.items():
             if i in self.pending or len(self.pending) < self.max_pending:

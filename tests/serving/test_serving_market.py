@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from serving_support import event
 
+from opendisco._store import lease
 from opendisco.rerank import (
     FEATURE_NAMES,
     CandidateBatch,
@@ -25,6 +26,7 @@ from opendisco.rerank import (
 )
 from opendisco.serving import Artifacts, Discovery, Rule, stored_rule_fields
 from opendisco.signals import PACING, PacingController, PacingTargets, UserGraph
+from opendisco.signals._pacing import _DOC_ID, PACING_LOCKS
 
 #: pacing alone: the exposure and inbound damps, the reciprocal step and the budget's smooth
 #: demotion off (what is left to move a member is the pacing cut or the attention cap)
@@ -207,9 +209,6 @@ async def test_a_forced_pacing_step_waits_for_a_step_in_progress(
     """Another caller holds the step's lease (the pipeline's own background refresh, say): an
     unforced refresh of a stale state leaves the period to it; a forced one waits for it and
     then steps (``force_wait_s``), not skipped."""
-    from opendisco._store import lease
-    from opendisco.signals._pacing import _DOC_ID, PACING_LOCKS
-
     await discovery.ensure()  # the exposure counters' index (the step measures them)
     ctl = PacingController(discovery.settings, discovery.db, discovery.exposure)
     await ctl.refresh(force=True)
@@ -239,8 +238,6 @@ async def test_a_forced_pacing_step_waits_for_a_step_in_progress(
 async def test_drain_waits_for_the_pipelines_pacing_step(discovery: Any, market: Any) -> None:
     """A request starts the pipeline's background pacing step; ``drain`` (shutdown, a test's
     end) waits for it, so closing the clients never leaves its lease held for ``lease_s``."""
-    from opendisco.signals._pacing import _DOC_ID, PACING_LOCKS
-
     await discovery.ensure()
     discovery.pacing._read_at = float("-inf")  # due now
     discovery.pacing.budget()
