@@ -43,11 +43,13 @@ import sys
 import time
 import uuid
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jvm_threads import by_pool, thread_cpu_ms  # bench/jvm_threads.py, beside this file
 
 from opendisco import clients, load_settings
 from opendisco._settings import Settings
@@ -503,19 +505,40 @@ class CpuMeter:
             "mongo": [p for p in [_listener(mongo_port)] if p],
         }
 
+        #: the engine's JVM threads (``jvm_threads``), when jcmd can attach to it
+        self._engine = self.groups["opensearch"][0] if self.groups["opensearch"] else None
+        self._pools = self._engine is not None and thread_cpu_ms(self._engine) is not None
+
     def reset(self) -> None:
         self._sum = dict.fromkeys(self.groups, 0.0)
+        self._pool_sum: Counter[str] = Counter()
 
     def start(self) -> None:
+        # the thread dump first: the process counters then exclude the dump's own cost
+        self._threads0 = thread_cpu_ms(self._engine) if self._pools and self._engine else None
         self._t0 = {g: _cpu_s(p) for g, p in self.groups.items()}
 
     def stop(self) -> None:
         for g, p in self.groups.items():
             self._sum[g] += _cpu_s(p) - self._t0[g]
+        if self._threads0 is not None and self._engine:
+            after = thread_cpu_ms(self._engine)
+            if after is not None:
+                self._pool_sum.update(by_pool(self._threads0, after))
 
-    def per_request_ms(self, n: int) -> dict[str, float]:
-        """CPU ms per request over the blocks between ``reset`` and now."""
-        return {g: round(1000 * self._sum[g] / max(1, n), 1) for g, p in self.groups.items() if p}
+    def per_request_ms(self, n: int) -> dict[str, Any]:
+        """CPU ms per request over the blocks between ``reset`` and now (the engine's also by
+        thread pool, the biggest first, when jcmd attached)."""
+        out: dict[str, Any] = {
+            g: round(1000 * self._sum[g] / max(1, n), 1) for g, p in self.groups.items() if p
+        }
+        if self._pool_sum:
+            out["opensearch_pools"] = {
+                pool: round(ms / max(1, n), 2)
+                for pool, ms in self._pool_sum.most_common()
+                if ms / max(1, n) >= 0.05
+            }
+        return out
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -530,6 +553,48 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _load(res: dict[str, Any]) -> str:
     load = res.get("load_avg_1m")
     return f"{load['before']:.1f} → {load['after']:.1f}" if load else "not recorded"
+
+
+def _cpu_lines(levels: list[dict[str, Any]]) -> list[str]:
+    """The CPU table: ms per answered request by process, and the engine's by thread pool
+    (``jvm_threads``) on each side, so the API's extra engine work is named."""
+    if not all(r["api"].get("cpu_ms_per_request") for r in levels):
+        return []
+    pools = sorted(
+        {p for r in levels for side in (r["api"], r["bare"]) for p in _pools(side)},
+        key=lambda p: -max(_pools(r["api"]).get(p, 0.0) for r in levels),
+    )[:6]
+    head = " | ".join(f"engine {p} API / bare" for p in pools)
+    out = [
+        "",
+        "CPU ms per answered request (per-process `/proc` counters over the level's blocks; "
+        "the engine's by thread pool from `jcmd Thread.print`, `bench/jvm_threads.py`; the "
+        "bare side's client runs in this load generator, not counted):",
+        "",
+        "| concurrency | API process | API engine / FerretDB | bare engine / FerretDB"
+        + (f" | {head}" if pools else "")
+        + " |",
+        "|---|---|---|---" + "|---" * len(pools) + "|",
+    ]
+    for r in levels:
+        a, b = r["api"]["cpu_ms_per_request"], r["bare"].get("cpu_ms_per_request") or {}
+        cells = [
+            f"{_pools(r['api']).get(p, 0.0):.2f} / {_pools(r['bare']).get(p, 0.0):.2f}"
+            for p in pools
+        ]
+        row = [
+            str(r["concurrency"]),
+            str(a.get("api", "–")),
+            f"{a.get('opensearch', '–')} / {a.get('mongo', '–')}",
+            f"{b.get('opensearch', '–')} / {b.get('mongo', '–')}",
+            *cells,
+        ]
+        out.append("| " + " | ".join(row) + " |")
+    return out
+
+
+def _pools(side: dict[str, Any]) -> dict[str, float]:
+    return (side.get("cpu_ms_per_request") or {}).get("opensearch_pools") or {}
 
 
 def write_readme(res: dict[str, Any]) -> None:
@@ -602,6 +667,7 @@ def write_readme(res: dict[str, Any]) -> None:
             )
             + " (target ≥ 0.9× bare).",
         ]
+    lines += _cpu_lines(res["levels"])
     comp = res.get("comparable_levels", [])
     lines += [
         "",
