@@ -3,9 +3,10 @@
 ``jcmd <pid> Thread.print`` (the JDK's diagnostic command, next to the engine's ``java``)
 lists every JVM thread with the CPU time it has used (``cpu=…ms``). Two snapshots around a
 block of load, summed by the pool a thread belongs to (``opensearch[node][search][T#3]`` →
-``search``; the JIT's compiler threads → ``jit``; the garbage collector's → ``gc``), say where
-the engine's CPU went: the candidate queries (``search``), the counter writes (``write``,
-``get``, ``refresh``, ``merge``), the network (``transport_worker``), the JIT. Process CPU
+``search``; the JIT's compiler threads → ``jit``; the garbage collector's → ``gc``; the VM
+thread's safepoints → ``vm``), say where the engine's CPU went: the candidate queries
+(``search``), the counter writes (``write``, ``get``, ``refresh``, ``merge``), the network
+(``transport_worker``), the JIT. Process CPU
 from ``/proc`` cannot tell these apart. Used by ``bench/api.py``; nothing in the package
 depends on it. Without ``jcmd`` (or as another user than the engine's) it returns ``None``
 and the benchmarks report the process total alone.
@@ -24,7 +25,7 @@ from pathlib import Path
 _THREAD = re.compile(r'^"([^"]+)".*?\bcpu=([\d.]+)ms', re.M)
 _POOL = re.compile(r"\]\[([A-Za-z_\-]+)\]\[T#\d+\]")
 #: what the JVM's own threads are reported as
-_JVM = (("CompilerThread", "jit"), ("GC Thread", "gc"), ("G1 ", "gc"), ("VM Thread", "gc"))
+_JVM = (("CompilerThread", "jit"), ("GC Thread", "gc"), ("G1 ", "gc"), ("VM Thread", "vm"))
 
 
 def _jcmd(pid: int) -> str | None:
