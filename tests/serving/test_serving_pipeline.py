@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from opendisco import InvalidInput
+from opendisco import InvalidInput, clients
 
 
 def _like(user: str, item: str, n: int) -> dict[str, Any]:
@@ -72,9 +72,29 @@ async def test_similar_excludes_anchor_and_search_is_literal(discovery: Any, mar
         await discovery.search("   ")
 
 
-async def test_trending_is_non_personal(discovery: Any, market: Any) -> None:
-    a = await discovery.trending(k=8)
-    b = await discovery.trending(k=8)
+async def test_trending_is_non_personal(market_settings: Any, market: Any, model: Any) -> None:
+    """The same state gives everyone the same list. The state is held still: a first call
+    loads the process's pacing state (read in the background: the first request never waits
+    for it, the next one applies it), what earlier tests' pipelines counted is made visible
+    (else the counters index's own 1 s refresh can land between the two calls and move the
+    exposure features), and these calls count no served impressions of their own."""
+    from opendisco.serving import Discovery
+    from opendisco.signals import exposure_index
+
+    still = market_settings.model_copy(update={"exposure_count_served": False})
+    os_client = clients.async_opensearch(still)
+    mongo = clients.mongo_async(still)
+    disco = Discovery(still, os_client, mongo[still.mongo_db], model=model)
+    try:
+        await disco.trending(k=8)
+        await disco.pacing.settle()
+        await os_client.indices.refresh(index=exposure_index(still))
+        a = await disco.trending(k=8)
+        b = await disco.trending(k=8)
+    finally:
+        await disco.drain()
+        await os_client.close()
+        await mongo.close()
     assert a.ids == b.ids and len(a.ids) == 8
 
 
