@@ -1,6 +1,6 @@
 """Discovery API under closed-loop load vs the bare OpenSearch candidate queries (same run).
 
-    $(./dev env)/bin/python bench/api.py            # 20k items, 20 s per level
+    $(./dev env)/bin/python bench/api.py            # 20k items, 60 s per side and level
     $(./dev env)/bin/python bench/api.py --full     # 100k items
     $(./dev env)/bin/python bench/api.py --keep     # keep the namespace; prints its id
     $(./dev env)/bin/python bench/api.py --reuse ID # reuse a kept namespace (same --items)
@@ -24,6 +24,10 @@ fourth-slowest), and the same code's p99 ratio swung by ±0.3 between runs; 60 s
 (p99: the eleventh-slowest). Each level's p99 ratio comes with a bootstrap 95% interval
 (:func:`ratio_interval`: each side's latencies resampled on their own), so a run says how
 far its ratio can be trusted.
+
+CPU per answered request is read per process (the API's, the engine's, FerretDB's) over each
+side's blocks, and the engine's also by JVM thread pool (``bench/jvm_threads.py``: search,
+write, get, refresh, JIT...), so the engine work only the API causes is named, not inferred.
 """
 
 from __future__ import annotations
@@ -504,7 +508,6 @@ class CpuMeter:
             "opensearch": [p for p in [_listener(os_port)] if p],
             "mongo": [p for p in [_listener(mongo_port)] if p],
         }
-
         #: the engine's JVM threads (``jvm_threads``), when jcmd can attach to it
         self._engine = self.groups["opensearch"][0] if self.groups["opensearch"] else None
         self._pools = self._engine is not None and thread_cpu_ms(self._engine) is not None
