@@ -28,6 +28,7 @@ from opendisco.ingest import (
     Syncer,
     generate_marketplace,
     load_movielens,
+    purge_letters,
     read_letters,
     reindex,
     run_sync,
@@ -159,6 +160,7 @@ def _letters(report: Any) -> str:
     return (
         f"{report.dead_lettered} dead-lettered ({report.already_dead_lettered} already), "
         f"{report.dead_letters_resolved} dead letters resolved"
+        + (f", {report.dead_letters_purged} purged" if report.dead_letters_purged else "")
     )
 
 
@@ -216,13 +218,26 @@ def verify_cmd(settings: Settings, show: int, repair: bool) -> None:
     type=click.IntRange(1, 100_000),
     help="Records listed, newest first.",
 )
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="First delete the records resolved more than `dead_letter_days` ago (each "
+    "reconcile pass and reindex does too); open records are never purged.",
+)
 @pass_settings
-def dead_letters_cmd(settings: Settings, show_all: bool, limit: int) -> None:
+def dead_letters_cmd(settings: Settings, show_all: bool, limit: int, purge: bool) -> None:
     """List the documents ingest refused, with the reason; open until fixed or deleted.
 
     A record is resolved when its document is indexed at its version or later, or deleted
-    from MongoDB; a refusal of a newer version reopens it.
+    from MongoDB; a refusal of a newer version reopens it. Resolved records are kept
+    `dead_letter_days`, then purged.
     """
+    if purge:
+        purged = asyncio.run(purge_letters(settings))
+        click.echo(
+            f"purged {purged} dead letters resolved more than "
+            f"{settings.dead_letter_days:g} days ago"
+        )
     letters, opened = asyncio.run(read_letters(settings, resolved=show_all, limit=limit))
     click.echo(
         f"{settings.mongo_db}.{settings.items_collection}: {opened} open dead letters"

@@ -151,6 +151,13 @@ class Settings(BaseSettings):
         description="Lease on a partition: renewed every third of it; a worker that stops "
         "renewing (killed) loses its partitions to others after this long plus one pass.",
     )
+    dead_letter_days: float = Field(
+        30.0,
+        gt=0,
+        description="Retention of resolved dead letters (open ones stay until resolved): "
+        "each reconcile pass and reindex deletes those resolved longer ago than this, "
+        "`opendisco dead-letters --purge` on demand.",
+    )
     sync_reconcile_interval: float = Field(
         300.0,
         ge=0,

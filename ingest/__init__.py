@@ -35,7 +35,8 @@ from ._indices import (
     swap_alias,
     versioned_indices,
 )
-from ._letters import DEAD_LETTERS, read_letters
+from ._letters import DEAD_LETTERS
+from ._letters_admin import purge_letters, read_letters
 from ._movielens import MovieLensData, load_movielens, positive_threshold
 from ._packed import PACKED_FIELD, pack_vectors, unpack_many, unpack_vectors
 from ._partitions import PartitionLeases, partition_of
@@ -104,6 +105,7 @@ __all__ = [
     "plan_templates",
     "positive_threshold",
     "prepare",
+    "purge_letters",
     "read_letters",
     "read_vector",
     "reconcile",

@@ -44,10 +44,10 @@ class Counters:
     already there), ``dead_lettered`` refusals recorded in ``dead_letters`` (new, or a new
     version or reason), ``already_dead_lettered`` refusals their open record already held
     (read again: not a new failure), ``dead_letters_resolved`` open records resolved (the
-    document is now indexed or deleted), ``encoded``/``cache_hits`` texts through the model / from
-    a cache,
-    ``retries`` bulk items sent again after a 429/5xx. Reports (``SyncReport``,
-    ``ReindexReport``) extend it with what is particular to them.
+    document is now indexed or deleted), ``dead_letters_purged`` resolved records deleted
+    after their retention (``dead_letter_days``), ``encoded``/``cache_hits`` texts through
+    the model / from a cache, ``retries`` bulk items sent again after a 429/5xx. Reports
+    (``SyncReport``, ``ReindexReport``) extend it with what is particular to them.
     """
 
     seen: int = 0
@@ -57,6 +57,7 @@ class Counters:
     dead_lettered: int = 0
     already_dead_lettered: int = 0
     dead_letters_resolved: int = 0
+    dead_letters_purged: int = 0
     encoded: int = 0
     cache_hits: int = 0
     retries: int = 0

@@ -27,6 +27,12 @@ resolution lost to a crash between a bulk's acknowledgement and its record, and 
 written before this lifecycle existed (keyed by a hash of source, id, version and reason,
 without ``collection``; they are listed and counted with every collection's).
 
+Retention. Open records stay until resolved, whatever their age; a resolved record is kept
+``dead_letter_days`` after its resolution (the audit trail: what was refused, why, and what
+settled it), then ``_letters_admin.purge_resolved`` deletes it (each reconcile pass and reindex, and
+``opendisco dead-letters --purge``). A refusal that finds its record purged between its read
+and its write writes it anew (:func:`_save`), so a purge never loses a refusal.
+
 Races. Every write is conditional on the record's state, so two writers (sync workers during
 a lease handover, a reindex and sync) cannot reopen a resolved record with an older refusal
 or resolve a newer one. One case has no record to condition on: a stale refusal written just
@@ -47,9 +53,7 @@ from bson import DatetimeMS
 from pymongo import InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from opendisco import clients
 from opendisco._backend import backend_errors
-from opendisco._settings import Settings
 from opendisco._store import MAX_WRITES_PER_COMMAND, now_ms
 
 from ._bulk import Action
@@ -58,12 +62,9 @@ from ._schema import indexable_id, source_version
 __all__ = [
     "DEAD_LETTERS",
     "Recorded",
-    "count_open",
     "dead_letter",
     "letter_key",
-    "list_letters",
     "open_versions",
-    "read_letters",
     "record",
     "sweep",
 ]
@@ -227,15 +228,25 @@ async def _records(db: Any, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def _save(db: Any, new: list[dict[str, Any]], changed: list[dict[str, Any]]) -> None:
+async def _save(
+    db: Any, new: list[dict[str, Any]], changed: list[dict[str, Any]], attempts: int = 3
+) -> None:
+    """Insert the ``new`` refusals, update the records of the ``changed`` ones. An update
+    that matched nothing either met a record that knows better (written meanwhile: left) or
+    none at all (purged since it was read): those are inserted again, ``attempts`` rounds."""
     inserts = [{**letter, "first_at": letter["at"]} for letter in new]
     for i, error in (await _write(db, [InsertOne(doc) for doc in inserts]))[1]:
         if error.get("code") == 11000:  # recorded by another writer meanwhile
             changed.append(new[i])
         else:
             await _write(db, [InsertOne(_slim(inserts[i]))])
-    for i, _ in (await _write(db, [_update(letter) for letter in changed]))[1]:
+    done, errors = await _write(db, [_update(letter) for letter in changed])
+    for i, _ in errors:
         await _write(db, [_update(_slim(changed[i]))])
+    if done + len(errors) < len(changed) and attempts > 1:
+        held = await _records(db, (letter["_id"] for letter in changed))
+        if gone := [letter for letter in changed if letter["_id"] not in held]:
+            await _save(db, gone, [], attempts - 1)
 
 
 def _settlements(settled: Iterable[Action], collection: str) -> dict[str, tuple[str, int | None]]:
@@ -290,7 +301,7 @@ async def record(
     return Recorded(written=len(written), known=len(letters) - len(written), resolved=resolved)
 
 
-def _ours(collection: str) -> dict[str, Any]:
+def records_of(collection: str) -> dict[str, Any]:
     """This collection's records and those written before records named their collection."""
     return {"collection": {"$in": [collection, None]}}
 
@@ -300,37 +311,6 @@ async def open_versions(db: Any, collection: str, ids: list[str]) -> dict[str, i
     keys = {letter_key(collection, i): i for i in ids}
     records = await _records(db, keys)
     return {keys[k]: r.get("version") for k, r in records.items() if r.get("resolved_at") is None}
-
-
-async def count_open(db: Any, collection: str) -> int:
-    with backend_errors("counting dead letters failed"):
-        query = {**_ours(collection), "resolved_at": None}
-        return int(await db[DEAD_LETTERS].count_documents(query))
-
-
-async def list_letters(
-    db: Any, collection: str, *, resolved: bool = False, limit: int = 20
-) -> list[dict[str, Any]]:
-    """The newest records (open only unless ``resolved``), without the refused document."""
-    query = _ours(collection) if resolved else {**_ours(collection), "resolved_at": None}
-    with backend_errors("reading dead letters failed"):
-        cursor = db[DEAD_LETTERS].find(query, {"doc": 0}).sort("at", -1).limit(limit)
-        return [rec async for rec in cursor]
-
-
-async def read_letters(
-    settings: Settings, *, resolved: bool = False, limit: int = 20
-) -> tuple[list[dict[str, Any]], int]:
-    """:func:`list_letters` of ``settings``' items collection and its open records' count."""
-    mongo = clients.mongo_async(settings)
-    try:
-        db = mongo[settings.mongo_db]
-        collection = settings.items_collection
-        return await list_letters(db, collection, resolved=resolved, limit=limit), await count_open(
-            db, collection
-        )
-    finally:
-        await mongo.close()
 
 
 async def sweep(
@@ -347,7 +327,7 @@ async def sweep(
     documents and the index by id, a page at a time. Returns the records resolved."""
     opened = []
     with backend_errors("reading dead letters failed"):
-        query = {**_ours(items.name), "resolved_at": None}
+        query = {**records_of(items.name), "resolved_at": None}
         async for rec in db[DEAD_LETTERS].find(query, {"doc_id": 1, "version": 1}):
             if owns(rec.get("doc_id")):
                 opened.append(rec)

@@ -21,7 +21,8 @@ and repairs, through the ordinary external-versioned apply path:
 
 Then the open dead letters of the partitions are swept (``_letters.sweep``): those whose
 document is gone, tombstoned or indexed at their version are resolved
-(``dead_letters_resolved``).
+(``dead_letters_resolved``), and the records resolved more than ``dead_letter_days`` ago are
+deleted (``dead_letters_purged``, the whole collection's: the delete is idempotent).
 
 Races with concurrent writes are harmless: every repair re-reads the document and every
 write carries a version, so a repair never overwrites a newer copy. Sync runs a pass every
@@ -42,6 +43,7 @@ from opendisco._exceptions import IndexStateError
 from ._apply import Counters
 from ._feed import ChangeBatch, HardDelete
 from ._letters import open_versions, sweep
+from ._letters_admin import purge_resolved
 from ._schema import source_version
 from ._store import items_collection, stream
 
@@ -239,6 +241,9 @@ async def reconcile(
         syncer.writer.versions,
         source="reconcile",
         owns=owns,
+    )
+    report.dead_letters_purged += await purge_resolved(
+        syncer.db, syncer.settings.items_collection, syncer.settings.dead_letter_days
     )
     report.took_s = time.perf_counter() - t0
     return report

@@ -62,6 +62,7 @@ from ._feed import seed_resume_token
 from ._indices import cleanup_partial, new_index_name, retain, swap_alias
 from ._io import backends
 from ._letters import sweep
+from ._letters_admin import purge_resolved
 from ._pipeline import Pipeline, read_ahead
 from ._store import items_collection, stream
 
@@ -206,6 +207,9 @@ async def _reindex(
     report.add(caught)
     # refusals no bulk settles: tombstones (the build skips them) and hard deletes
     report.dead_letters_resolved += await sweep(db, coll, writer.versions, source="reindex")
+    report.dead_letters_purged += await purge_resolved(
+        db, settings.items_collection, settings.dead_letter_days
+    )
     report.caught_up = caught.seen
     report.took_s = time.perf_counter() - t0
     report.encode_s = embedder.encode_seconds - enc0

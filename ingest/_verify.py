@@ -21,7 +21,7 @@ from opendisco._settings import Settings
 from ._behaviour import join_behaviour
 from ._document import content_hash, to_index_doc
 from ._io import backends
-from ._letters import count_open
+from ._letters_admin import count_open
 from ._packed import PACKED_FIELD
 from ._schema import validate_item
 from ._store import items_collection, stream

@@ -4,15 +4,25 @@ when several test folders are collected in one run)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from http_faults import FaultyHttpProxy
 
-from opendisco import Settings
+from opendisco import Settings, now_ms
 
-__all__ = ["OPENDISCO", "FaultyHttpProxy", "HeldBulkProxy", "worker_env"]
+__all__ = [
+    "OPENDISCO",
+    "FaultyHttpProxy",
+    "HeldBulkProxy",
+    "bad_item",
+    "bump",
+    "dead_letters_of",
+    "worker_env",
+]
 
 OPENDISCO = Path(sys.executable).with_name("opendisco")
 
@@ -89,3 +99,24 @@ class HeldBulkProxy:
             writer.close()
             return
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+
+def bad_item(base: dict[str, Any], doc_id: str) -> dict[str, Any]:
+    """A copy of ``base`` as ``doc_id`` at version 1 that validation refuses."""
+    doc = copy.deepcopy(base)
+    doc.update(_id=doc_id, version=1, updated_at=now_ms(), popularity="lots")  # not a number
+    return doc
+
+
+def bump(coll: Any, doc_id: str, **fields: Any) -> None:
+    """Set ``fields`` on a MongoDB item with the next version (what sync reads as a change)."""
+    coll.update_one(
+        {"_id": doc_id}, {"$set": {"updated_at": now_ms(), **fields}, "$inc": {"version": 1}}
+    )
+
+
+def dead_letters_of(mongo_db: Any, settings: Settings) -> dict[Any, dict[str, Any]]:
+    """``doc_id -> record`` of this test's dead letters (the session's tests share one
+    ``dead_letters``)."""
+    found = mongo_db["dead_letters"].find({"collection": settings.items_collection})
+    return {rec["doc_id"]: rec for rec in found}

@@ -6,10 +6,10 @@ a still-invalid update keeps it open; concurrent writers do not lose a resolutio
 from __future__ import annotations
 
 import asyncio
-import copy
 from typing import Any
 
 from click.testing import CliRunner
+from ingest_support import bad_item, bump, dead_letters_of
 
 from opendisco import Settings, clients, now_ms
 from opendisco.cli.main import cli
@@ -17,26 +17,12 @@ from opendisco.ingest import BulkWriter, Embedder, Syncer, prepare, reindex, syn
 from opendisco.ingest._apply import write
 
 
-def _bad(base: dict[str, Any], doc_id: str) -> dict[str, Any]:
-    doc = copy.deepcopy(base)
-    doc.update(_id=doc_id, version=1, updated_at=now_ms(), popularity="lots")  # not a number
-    return doc
-
-
-def _bump(coll: Any, doc_id: str, **fields: Any) -> None:
-    coll.update_one(
-        {"_id": doc_id}, {"$set": {"updated_at": now_ms(), **fields}, "$inc": {"version": 1}}
-    )
-
-
-def _letters(mongo_db: Any, settings: Settings) -> dict[Any, dict[str, Any]]:
-    """This test's records (the session's tests share one ``dead_letters``)."""
-    found = mongo_db["dead_letters"].find({"collection": settings.items_collection})
-    return {rec["doc_id"]: rec for rec in found}
-
-
 def _open(mongo_db: Any, settings: Settings) -> set[Any]:
-    return {k for k, rec in _letters(mongo_db, settings).items() if rec.get("resolved_at") is None}
+    return {
+        k
+        for k, rec in dead_letters_of(mongo_db, settings).items()
+        if rec.get("resolved_at") is None
+    }
 
 
 async def _reconcile(settings: Settings, client: Any, embedder: Embedder) -> Any:
@@ -58,29 +44,29 @@ async def test_sync_resolves_fixed_and_deleted_documents(
     client = clients.async_opensearch(ingest_settings)
     try:
         await reindex(ingest_settings, client=client, embedder=embedder)
-        coll.insert_many([_bad(ingest_catalogue[0], k) for k in ("fixme", "tomb", "gone")])
+        coll.insert_many([bad_item(ingest_catalogue[0], k) for k in ("fixme", "tomb", "gone")])
         first = await sync_once(ingest_settings, client=client, embedder=embedder)
         assert first.dead_lettered == 3 and first.deleted == 0, first  # nothing to delete
         assert _open(mongo_db, ingest_settings) == {"fixme", "tomb", "gone"}
         assert (await verify(ingest_settings, client=client)).open_dead_letters == 3
 
         # a still-invalid update keeps the record open, at the new version and reason
-        _bump(coll, "fixme", popularity=None, quality="high")
+        bump(coll, "fixme", popularity=None, quality="high")
         still = await sync_once(ingest_settings, client=client, embedder=embedder)
         assert (still.dead_lettered, still.dead_letters_resolved) == (1, 0), still
-        letter = _letters(mongo_db, ingest_settings)["fixme"]
+        letter = dead_letters_of(mongo_db, ingest_settings)["fixme"]
         assert letter.get("resolved_at") is None
         assert letter["version"] == 2 and letter["reason"].startswith("quality")
 
         # fixed with a version bump: indexed, and its record resolved at that version
-        _bump(coll, "fixme", quality=0.5)
-        _bump(coll, "tomb", deleted=True)  # a tombstone
+        bump(coll, "fixme", quality=0.5)
+        bump(coll, "tomb", deleted=True)  # a tombstone
         coll.delete_one({"_id": "gone"})  # a hard delete: nothing for the watermark to read
         fixed = await sync_once(ingest_settings, client=client, embedder=embedder)
         assert fixed.indexed == 1 and fixed.dead_letters_resolved == 2, fixed
         assert fixed.deleted == 0  # the tombstone's delete found nothing in the index
         assert (await client.get(index=ingest_settings.index_alias, id="fixme"))["_version"] == 3
-        letters = _letters(mongo_db, ingest_settings)
+        letters = dead_letters_of(mongo_db, ingest_settings)
         assert letters["fixme"]["resolved_by"] == "indexed"
         assert letters["fixme"]["resolved_version"] == 3
         assert letters["fixme"]["resolved_source"] == "sync"
@@ -93,17 +79,17 @@ async def test_sync_resolves_fixed_and_deleted_documents(
         # the hard delete: reconciliation (sync's periodic pass, `verify --repair`) sweeps it
         rec = await _reconcile(ingest_settings, client, embedder)
         assert rec.dead_letters_resolved == 1 and rec.repairs == 0, rec
-        gone = _letters(mongo_db, ingest_settings)["gone"]
+        gone = dead_letters_of(mongo_db, ingest_settings)["gone"]
         assert (gone["resolved_by"], gone["resolved_version"]) == ("deleted", None)
         check = await verify(ingest_settings, client=client)
         assert check.ok and check.open_dead_letters == 0, check.summary()
 
         # the same document back, invalid at a newer version: the record reopens
-        coll.insert_one({**_bad(ingest_catalogue[0], "gone"), "version": 7})
+        coll.insert_one({**bad_item(ingest_catalogue[0], "gone"), "version": 7})
         again = await sync_once(ingest_settings, client=client, embedder=embedder)
         assert again.dead_lettered == 1, again
         assert _open(mongo_db, ingest_settings) == {"gone"}
-        assert _letters(mongo_db, ingest_settings)["gone"]["version"] == 7
+        assert dead_letters_of(mongo_db, ingest_settings)["gone"]["version"] == 7
     finally:
         await client.close()
 
@@ -118,13 +104,13 @@ async def test_reconcile_does_not_report_known_refusals_again(
     client = clients.async_opensearch(ingest_settings)
     try:
         await reindex(ingest_settings, client=client, embedder=embedder)
-        coll.insert_many([_bad(ingest_catalogue[0], f"bad{i}") for i in range(3)])
+        coll.insert_many([bad_item(ingest_catalogue[0], f"bad{i}") for i in range(3)])
         await sync_once(ingest_settings, client=client, embedder=embedder)
         for _ in range(2):  # every pass sees them absent from the index
             rec = await _reconcile(ingest_settings, client, embedder)
             assert (rec.missing, rec.dead_lettered, rec.already_dead_lettered) == (0, 0, 3), rec
         # a fix the watermark misses (backdated) is still repaired: its version is newer
-        _bump(coll, "bad1", popularity=3.0, updated_at=now_ms().replace(year=2001))
+        bump(coll, "bad1", popularity=3.0, updated_at=now_ms().replace(year=2001))
         rec = await _reconcile(ingest_settings, client, embedder)
         assert (rec.missing, rec.indexed, rec.already_dead_lettered) == (1, 1, 2), rec
         assert rec.dead_letters_resolved == 1
@@ -143,20 +129,20 @@ async def test_reindex_resolves_fixed_and_deleted_documents(
     client = clients.async_opensearch(ingest_settings)
     ids = ("fixme", "tomb", "gone", "still")
     try:
-        coll.insert_many([_bad(ingest_catalogue[0], k) for k in ids])
+        coll.insert_many([bad_item(ingest_catalogue[0], k) for k in ids])
         first = await reindex(ingest_settings, client=client, embedder=embedder)
         assert first.dead_lettered == 4
         second = await reindex(ingest_settings, client=client, embedder=embedder)
         assert (second.dead_lettered, second.already_dead_lettered) == (0, 4), second
         assert _open(mongo_db, ingest_settings) == set(ids)
 
-        _bump(coll, "fixme", popularity=2.0)
-        _bump(coll, "tomb", deleted=True)
+        bump(coll, "fixme", popularity=2.0)
+        bump(coll, "tomb", deleted=True)
         coll.delete_one({"_id": "gone"})
-        _bump(coll, "still", title=None, popularity=1.0)  # still invalid (no title)
+        bump(coll, "still", title=None, popularity=1.0)  # still invalid (no title)
         third = await reindex(ingest_settings, client=client, embedder=embedder)
         assert third.dead_letters_resolved == 3 and third.dead_lettered == 1, third
-        letters = _letters(mongo_db, ingest_settings)
+        letters = dead_letters_of(mongo_db, ingest_settings)
         assert {k: letters[k].get("resolved_by") for k in ids} == {
             "fixme": "indexed",
             "tomb": "deleted",
@@ -189,7 +175,7 @@ async def test_a_stale_refusal_does_not_undo_a_resolution(
 
     try:
         await reindex(ingest_settings, client=client, embedder=embedder)
-        coll.insert_many([_bad(ingest_catalogue[0], k) for k in ("before", "after")])
+        coll.insert_many([bad_item(ingest_catalogue[0], k) for k in ("before", "after")])
         # "before": its refusal is recorded first, then the fix is indexed, then the slow
         # writer's refusal arrives again
         await sync_once(ingest_settings, client=client, embedder=embedder)
@@ -199,7 +185,7 @@ async def test_a_stale_refusal_does_not_undo_a_resolution(
         mongo_db["dead_letters"].delete_many({"collection": ingest_settings.items_collection})
         await write(slow_before, writer, async_db, source="sync", seen=1)
         for k in ("before", "after"):
-            _bump(coll, k, popularity=4.0)
+            bump(coll, k, popularity=4.0)
         fixed = await sync_once(ingest_settings, client=client, embedder=embedder)
         assert fixed.indexed == 2 and fixed.dead_letters_resolved == 1, fixed
         late = [
@@ -211,7 +197,7 @@ async def test_a_stale_refusal_does_not_undo_a_resolution(
         assert _open(mongo_db, ingest_settings) == set()
         assert all(
             (rec["resolved_by"], rec["resolved_version"]) == ("indexed", 2)
-            for rec in _letters(mongo_db, ingest_settings).values()
+            for rec in dead_letters_of(mongo_db, ingest_settings).values()
         )
     finally:
         await client.close()
@@ -231,9 +217,9 @@ async def test_a_replayed_batch_resolves_what_a_crash_left_open(
     writer = BulkWriter(client, ingest_settings, ingest_settings.index_alias, alias=True)
     try:
         await reindex(ingest_settings, client=client, embedder=embedder)
-        coll.insert_one(_bad(ingest_catalogue[0], "crash"))
+        coll.insert_one(bad_item(ingest_catalogue[0], "crash"))
         await sync_once(ingest_settings, client=client, embedder=embedder)
-        _bump(coll, "crash", popularity=1.0)
+        bump(coll, "crash", popularity=1.0)
         fixed = prepare(
             [coll.find_one({"_id": "crash"})],
             embedder,
@@ -261,13 +247,13 @@ async def test_concurrent_reindex_and_sync_workers_resolve_every_fix(
     ids = [f"fix{i}" for i in range(40)]
     try:
         await reindex(ingest_settings, client=client, embedder=embedder)
-        coll.insert_many([_bad(ingest_catalogue[i % 50], k) for i, k in enumerate(ids)])
+        coll.insert_many([bad_item(ingest_catalogue[i % 50], k) for i, k in enumerate(ids)])
         await sync_once(ingest_settings, client=client, embedder=embedder)
         assert _open(mongo_db, ingest_settings) == set(ids)
         for k in ids[:30]:
-            _bump(coll, k, popularity=5.0)
+            bump(coll, k, popularity=5.0)
         for k in ids[30:35]:
-            _bump(coll, k, deleted=True)
+            bump(coll, k, deleted=True)
         coll.delete_many({"_id": {"$in": ids[35:]}})
 
         async def worker() -> Any:
@@ -284,7 +270,7 @@ async def test_concurrent_reindex_and_sync_workers_resolve_every_fix(
             worker(), worker(), reindex(ingest_settings, client=client, embedder=embedder)
         )
         assert _open(mongo_db, ingest_settings) == set()
-        letters = _letters(mongo_db, ingest_settings)
+        letters = dead_letters_of(mongo_db, ingest_settings)
         assert {letters[k]["resolved_by"] for k in ids[:30]} == {"indexed"}
         assert {letters[k]["resolved_by"] for k in ids[30:]} == {"deleted"}
         check = await verify(ingest_settings, client=client)
@@ -297,10 +283,10 @@ def test_cli_lists_open_dead_letters_and_resolved_ones_on_request(
     ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], mongo_db: Any
 ) -> None:
     coll = mongo_db[ingest_settings.items_collection]
-    coll.insert_many([_bad(ingest_catalogue[0], k) for k in ("cli-open", "cli-fixed")])
+    coll.insert_many([bad_item(ingest_catalogue[0], k) for k in ("cli-open", "cli-fixed")])
     runner = CliRunner()
     assert runner.invoke(cli, ["reindex", "--quiet"], obj=ingest_settings).exit_code == 0
-    _bump(coll, "cli-fixed", popularity=1.0)
+    bump(coll, "cli-fixed", popularity=1.0)
     res = runner.invoke(cli, ["sync", "--once"], obj=ingest_settings)
     assert res.exit_code == 0 and "1 dead letters resolved" in res.output, res.output
     res = runner.invoke(cli, ["dead-letters"], obj=ingest_settings)
@@ -335,7 +321,9 @@ async def test_records_from_before_the_lifecycle_are_listed_and_swept(
     }
     try:
         await reindex(ingest_settings, client=client, embedder=embedder)
-        coll.insert_one({**_bad(ingest_catalogue[0], "old-bad"), "popularity": 1.0, "version": 2})
+        coll.insert_one(
+            {**bad_item(ingest_catalogue[0], "old-bad"), "popularity": 1.0, "version": 2}
+        )
         mongo_db["dead_letters"].insert_one(legacy)
         assert (await verify(ingest_settings, client=client)).open_dead_letters == 1
         fixed = await sync_once(ingest_settings, client=client, embedder=embedder)
