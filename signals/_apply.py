@@ -11,7 +11,10 @@ again what the failed one added. User state, mutual likes and blocks are idempot
 additive effect (:class:`~._effects.Additive`) the call completed is recorded on its events as
 soon as it is written (``record``; again with the release of a failed call: ``completed``), and
 the taker applies it only for the events that have not had it (``done``) — after a crash too,
-except for an effect written in the few milliseconds before its record. An engine counter
+except for an effect written in the few milliseconds before its record. A MongoDB counter write
+(co-engagement, inbound) stores the call's token with what it writes, so when its answer is
+lost (the store cut off after applying it) the failing call reads the token back and records
+the effect all the same (``unsure``). An engine counter
 ``_bulk`` applied in part records the effect on the events whose items it wrote (the counters
 are per item), so the taker adds only the items it did not. The co-engagement pairs are
 computed from the states as they were before the batch, whether or not a failed call merged
@@ -30,6 +33,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from opendisco._backend import backend_errors
@@ -49,6 +53,9 @@ __all__ = ["NO_VECTORS", "EffectWriter", "item_vectors", "stored_items"]
 ItemFetch = Callable[[Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
 #: stores that one additive effect of the batch is written (``EventClaims.record_done``)
 Record = Callable[[str], Awaitable[None]]
+#: whether a MongoDB counter write that failed landed all the same: ``True`` / ``False`` for
+#: the whole effect, or the ids of the events it counted (``EffectWriter.apply``'s ``unsure``)
+Check = Callable[[], Awaitable[bool | set[str]]]
 #: marks an item read from MongoDB while the engine was down: its vectors are unknown here
 NO_VECTORS = "_no_vectors"
 _STORED_FIELDS = ("kind", "owner_id", "category")
@@ -121,6 +128,8 @@ class EffectWriter:
         completed: list[str],
         partly: dict[str, set[str]] | None = None,
         record: Record | None = None,
+        unsure: dict[str, Check] | None = None,
+        mark: str | None = None,
     ) -> None:
         """Write ``todo``'s effects; an additive one only for the events that have not had it
         (``done``: event id -> effects an earlier, failed call completed), each appended to
@@ -128,7 +137,10 @@ class EffectWriter:
         wrote something, passed to ``record`` at once (the claims store it on the events, so
         the call taking them over after a crash of this one skips it too). An engine counter
         written in part (:class:`~opendisco.PartialWrite`) adds, in ``partly``, the effect ->
-        the events whose items it did write."""
+        the events whose items it did write. A MongoDB counter write that fails leaves in
+        ``unsure`` the effect -> a check of whether it landed all the same (the reply lost on
+        the way back): ``mark`` is stored with the write, the check reads it back (``True``
+        or the ids of the events it did count), see :meth:`EventProcessor._claim_and_apply`."""
 
         async def landed(effect: str, wrote: bool) -> None:
             completed.append(effect)
@@ -163,7 +175,10 @@ class EffectWriter:
             linked = {ev.id for ev in pending(todo, done, Additive.GRAPH)}
             pairs = await self._update_users(every.by_user, items, now, linked)
             if pairs:
-                await self.graph.add(pairs, now)
+                if unsure is not None and mark is not None:
+                    unsure[Additive.GRAPH] = partial(self.graph.marked, pairs, mark)
+                await self.graph.add(pairs, now, mark=mark)
+                (unsure or {}).pop(Additive.GRAPH, None)
             await landed(Additive.GRAPH, bool(pairs))
             if every.likes:
                 out.mutual += await self.users.add_likes(every.likes, now)
@@ -171,7 +186,11 @@ class EffectWriter:
                 await self.blocks.add(every.blocks, now)
             inbound = plan(Additive.INBOUND).inbound
             if inbound:
-                await self.inbound.add(inbound, now)
+                if unsure is not None and mark is not None:
+                    counted = pending(todo, done, Additive.INBOUND)
+                    unsure[Additive.INBOUND] = partial(self._inbound_landed, counted, mark)
+                await self.inbound.add(inbound, now, mark=mark)
+                (unsure or {}).pop(Additive.INBOUND, None)
             await landed(Additive.INBOUND, bool(inbound))
         finally:
             await asyncio.wait(engine.values())
@@ -184,6 +203,11 @@ class EffectWriter:
         capped = engine[Additive.EXPOSURE].result()  # the engine's error, when it failed
         engine[Additive.TREND].result()
         out.capped = sorted(set(out.capped) | set(capped or []))
+
+    async def _inbound_landed(self, counted: Sequence[Event], mark: str) -> set[str]:
+        """The ids of ``counted`` whose item's inbound counter carries ``mark``."""
+        got = await self.inbound.marked((ev.item_id for ev in counted), mark)
+        return {ev.id for ev in counted if ev.item_id in got}
 
     async def _update_users(
         self,

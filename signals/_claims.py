@@ -26,7 +26,9 @@ expired. Generation arbiters are deleted once their event is marked applied.
 A holder that fails gives its claims up at once (:meth:`EventClaims.release`) and writes onto
 the events, in the same update, the additive effects it completed (``done``: counters and
 graph weights, which a second application would add again); the taker reads them with the
-claim (:attr:`ClaimStatus.done`) and applies only the rest.
+claim (:attr:`ClaimStatus.done`) and applies only the rest. When the store itself is what
+failed, the release is tried again until the store answers (:meth:`EventClaims.release_until`,
+up to two leases): the claims stay live meanwhile, so no taker acts on them first.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,12 +227,14 @@ class EventClaims:
         token: str,
         done: Sequence[str] = (),
         partly: Mapping[str, Collection[str]] | None = None,
-    ) -> None:
+    ) -> bool:
         """Give this holder's claims up (a failed apply): they expire now, and record the
         additive effects it completed for them (``done``: the taker skips them), in the
-        same update; best effort (when it is lost, the taker adds them again). ``partly``:
-        effects completed for some of the events only (effect -> event ids: a ``_bulk``
-        applied in part), recorded first, while the claims still hold."""
+        same update. ``partly``: effects completed for some of the events only (effect ->
+        event ids: a ``_bulk`` applied in part), recorded first, while the claims still
+        hold. Returns whether it was written (the store may be what failed the apply: see
+        :meth:`release_until`); every step is conditional on the claims, so a repeat is
+        harmless and a release after a take-over changes nothing."""
         gone = datetime.fromtimestamp(0, UTC)
         update: dict[str, Any] = {"$set": {"claim_expires": gone}}
         if done:
@@ -245,6 +249,45 @@ class EventClaims:
                 await self.arbiters.update_many(
                     {"_id": {"$in": held}, "owner": token}, {"$set": {"expires": gone}}
                 )
+            return True
+        return False
+
+    async def release_until(
+        self,
+        ids: Sequence[str],
+        token: str,
+        done: Sequence[str] = (),
+        partly: Mapping[str, Collection[str]] | None = None,
+        *,
+        within_s: float,
+        settle: Callable[[], Awaitable[None]] | None = None,
+        pause_s: float = 0.25,
+    ) -> bool:
+        """:meth:`release`, tried again (backoff up to 2 s) for ``within_s`` while the store
+        does not answer: the effects a call wrote before the store went away are recorded
+        when it is back, before a taker can act on the claims (they are live for a lease
+        after their last renewal), instead of being added a second time by it. ``settle``
+        runs first each round (it may add to ``done`` / ``partly``: the writes whose answer
+        was lost, read back); a round it fails is tried again with the release."""
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + within_s
+        while True:
+            try:
+                if settle is not None:
+                    await settle()
+            except Exception:  # the store still away (or a check that failed): next round
+                settled = False
+            else:
+                settled = True
+                if await self.release(ids, token, done, partly):
+                    return True
+            if clock() + pause_s > deadline:
+                if settled:
+                    return False
+                # out of time: give the claims up with what is known (best effort)
+                return await self.release(ids, token, done, partly)
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, 2.0)
 
     async def record_done(self, ids: Sequence[str], token: str, effect: str) -> None:
         """Record on this holder's events that the additive ``effect`` is written (one

@@ -2,22 +2,23 @@
 
 It lives in MongoDB and grows incrementally from events (one ``bulk_write`` per batch):
 
-* ``item_adjacency``: one document per item, ``{_id: src, n: "<JSON {dst: w}>", k, updated_at}``
-  (both directions stored). The neighbour map is one string field on purpose: FerretDB 1.x
-  converts every field of a document on each read and write (a popular item has thousands of
-  neighbours), while a string costs about as much as its bytes. Only ``_id`` lookups (equality
-  and ``$in``) use an index there (any other field is a full scan), so a batch of events reads
-  and rewrites each touched source item by ``_id`` once — its increments coalesced — under
-  per-item leases in ``item_adjacency_locks`` (FerretDB updates are not atomic
-  read-modify-writes), and a request reads the neighbours of its recent items with one
-  ``find`` by ``_id``. A serving process may keep the rows its requests read for
-  ``cache_s`` (``graph_cache_s``): the edges are a soft signal (candidates and a feature,
-  never a hard rule), popular items' rows are read by most requests, and a cached row saves
-  the round trip and the decoding; the writer (:meth:`ItemGraph.add`) never reads the cache.
+* ``item_adjacency``: one document per item, ``{_id: src, n: "<JSON {dst: w}>", k, updated_at, m}``
+  (both directions stored; ``m``: the last writing call's mark). The neighbour map is one string
+  field on purpose: FerretDB 1.x converts every field of a document on each read and write (a
+  popular item has thousands of neighbours), while a string costs about as much as its bytes. Only
+  ``_id`` lookups (equality and ``$in``) use an index there (any other field is a full scan), so a
+  batch of events reads and rewrites each touched source item by ``_id`` once — its increments
+  coalesced — under per-item leases in ``item_adjacency_locks`` (FerretDB updates are not atomic
+  read-modify-writes), and a request reads the neighbours of its recent items with one ``find`` by
+  ``_id``. A serving process may keep the rows its requests read for ``cache_s``
+  (``graph_cache_s``): the edges are a soft signal (candidates and a feature, never a hard rule),
+  popular items' rows are read by most requests, and a cached row saves the round trip and the
+  decoding; the writer (:meth:`ItemGraph.add`) never reads the cache.
 
 Increments are at-least-once: a batch re-applied after a crash between the graph write and the
-event's ``applied`` mark adds its weights twice (see ``opendisco.signals``); concurrent
-batches never lose each other's increments (leases).
+event's ``applied`` mark adds its weights twice (see ``opendisco.signals``); a write whose
+answer was lost is read back by the writer's mark (``m`` on each row, :meth:`ItemGraph.marked`)
+and not added again; concurrent batches never lose each other's increments (leases).
 """
 
 from __future__ import annotations
@@ -133,15 +134,21 @@ class ItemGraph:
         self._cache = TTLCache(cache_s) if cache_s > 0 else None
 
     async def add(
-        self, pairs: Iterable[tuple[str, str, float]], now: datetime | None = None
+        self,
+        pairs: Iterable[tuple[str, str, float]],
+        now: datetime | None = None,
+        *,
+        mark: str | None = None,
     ) -> int:
         """Add co-engagement weight between item pairs: each distinct source item is read and
         rewritten once (under its lease), in chunked bulk writes; returns directed edges
-        touched."""
+        touched. ``mark`` (the writing call's token) is stored on each row written, so a
+        call whose write failed on the way back can tell whether it landed (:meth:`marked`)."""
         now = now or datetime.now(UTC)
         incs = adjacency_updates(pairs)
         if not incs:
             return 0
+        stamp = {} if mark is None else {"m": mark}
         async with lease(
             self.locks, incs, lease_s=self.lease_s, wait_s=self.lock_wait_s, what=ITEM_EDGES
         ):
@@ -149,15 +156,20 @@ class ItemGraph:
             ops = []
             for src, inc in sorted(incs.items()):
                 row = merge_rows(current.get(src, {}), inc)
-                ops.append(
-                    ReplaceOne(
-                        {"_id": src},
-                        {"_id": src, "n": encode_row(row), "k": len(row), "updated_at": now},
-                        upsert=True,
-                    )
-                )
+                doc = {"_id": src, "n": encode_row(row), "k": len(row), "updated_at": now}
+                ops.append(ReplaceOne({"_id": src}, {**doc, **stamp}, upsert=True))
             await bulk_write_chunked(self.coll, ops)
         return sum(len(row) for row in incs.values())
+
+    async def marked(self, pairs: Iterable[tuple[str, str, float]], mark: str) -> bool:
+        """Whether :meth:`add` of ``pairs`` with ``mark`` landed: every source row carries the
+        mark. A later writer of a row replaces the mark, and then this answers no although
+        the write landed: the one case where the events' taker adds the weights again."""
+        srcs = list(adjacency_updates(pairs))
+        if not srcs:
+            return True
+        docs = await _find(self.coll, {"_id": {"$in": srcs}}, projection={"m": 1})
+        return len(docs) == len(srcs) and all(d.get("m") == mark for d in docs)
 
     async def _rows(self, item_ids: Iterable[str]) -> dict[str, dict[str, float]]:
         """``{item: {dst: w}}`` for the ``item_ids`` that have a row: one ``find`` by ``_id``

@@ -1,12 +1,13 @@
 """Inbound attention counters: the likes, matches and messages a member profile received, by day.
 
-``inbound_items`` holds one document per item: ``{_id: item, d: {"YYYYMMDD": n}, last:
-"YYYYMMDD"}``. A request reads its candidates' counts with one ``find`` by ``_id`` — one
-document per candidate. The earlier layout (collection ``inbound``, one document per item and
-day) made the same read ask for candidates × window days ids (3,500 in 4 chunks for 500
-candidates over 7 days): 68 → 18 ms p50 on FerretDB for 500 candidates (bench/api's
-catalogue, 2,374 counters, load 8; issue 12). Counters written in that layout are not read:
-counts restart from zero after the upgrade and are whole again once a window has passed.
+``inbound_items`` holds one document per item: ``{_id: item, d: {"YYYYMMDD": n}, last: "YYYYMMDD",
+at, m}`` (``at`` when last written, ``m`` the last writing call's mark). A request reads its
+candidates' counts with one ``find`` by ``_id`` — one document per candidate. The earlier layout
+(collection ``inbound``, one document per item and day) made the same read ask for candidates ×
+window days ids (3,500 in 4 chunks for 500 candidates over 7 days): 68 → 18 ms p50 on FerretDB for
+500 candidates (bench/api's catalogue, 2,374 counters, load 8; issue 12). Counters written in that
+layout are not read: counts restart from zero after the upgrade and are whole again once a window
+has passed.
 
 Day keys older than :data:`RETAIN_DAYS` are dropped by the item's later increments (an
 ``$unset`` of the :data:`PRUNE_DAYS` keys just past the horizon, in the same update); a read
@@ -16,7 +17,8 @@ never a wrong count. Reads ask for at most :data:`RETAIN_DAYS` days.
 The pacing controller's periodic measurement (:meth:`InboundCounter.totals`) reads the items
 whose ``last`` day is inside the window (an index on MongoDB, a scan on FerretDB).
 
-Increments are at-least-once, like the graph's (see ``opendisco.signals``). Where one update
+Increments are at-least-once, like the graph's (see ``opendisco.signals``; the writer's mark
+``m`` tells a write whose answer was lost: :meth:`InboundCounter.marked`). Where one update
 of a document is not atomic (FerretDB 1.x: concurrent ``$inc`` of one counter lost most of
 them), a batch's increments run under leases on its items (``inbound_items_locks``).
 """
@@ -128,19 +130,36 @@ class InboundCounter:
         self.coll = db[INBOUND]
 
     async def add(
-        self, counts: Iterable[tuple[str, datetime]], now: datetime | None = None
+        self,
+        counts: Iterable[tuple[str, datetime]],
+        now: datetime | None = None,
+        *,
+        mark: str | None = None,
     ) -> None:
         """Add the attention ``counts`` (item, when) in one bulk of ``$inc`` upserts, under the
-        items' leases where updates are not atomic (module docstring)."""
+        items' leases where updates are not atomic (module docstring). ``mark`` (the writing
+        call's token) is set on each counter written (:meth:`marked`)."""
         updates = increments(counts, now)
         if not updates:
             return
+        if mark is not None:
+            for update in updates.values():
+                update["$set"]["m"] = mark
         ops = [UpdateOne({"_id": item}, update, upsert=True) for item, update in updates.items()]
         async with leased_unless_atomic(
             self.db, INBOUND_LOCKS, updates, lease_s=self.lease_s, wait_s=self.lock_wait_s,
             what=INBOUND,
         ):  # fmt: skip
             await bulk_write_chunked(self.coll, ops)
+
+    async def marked(self, items: Iterable[str], mark: str) -> set[str]:
+        """Of ``items``, those whose counter carries ``mark``: :meth:`add` with that mark
+        landed for them (a later writer replaces the mark: the item is then not reported)."""
+        wanted = list(dict.fromkeys(items))
+        if not wanted:
+            return set()
+        docs = await _find(self.coll, {"_id": {"$in": wanted}}, projection={"m": 1})
+        return {str(d["_id"]) for d in docs if d.get("m") == mark}
 
     async def totals(self, days: int = 7, now: datetime | None = None) -> dict[str, int]:
         """Attention received per item over the last ``days`` days, for every item that

@@ -23,18 +23,20 @@ the guarantee)::
        (a hide of a profile, both directions), inbound attention counters (profiles)
     5. mark: update_many applied=True
 
-Everything that can reject an event happens before its first write. Concurrent posts of one
-event apply it once (the claim), and a call returns only when every event it was given is
-applied by it or by another call (or reports the ones still running as ``in_flight``). User
-state is exactly-once. Each counter and graph-weight write done in 4 is recorded on its events
-at once, and a call that fails in 4 gives its claims up at once, so the call that takes them
-over (after a failure or a crash) adds only the rest: exactly-once too, except for a crash in
-the milliseconds between such a write and its record, and for an engine write the call saw
-fail that was applied all the same (after a client timeout). A counters ``_bulk`` applied in
-part is read item by item: the events whose items it wrote record it done, the others do not
-(``_apply``). Raw events expire through a TTL index on ``ts``; a periodic sweep
-(:meth:`EventProcessor.sweep`, in each API process from 5 s after start) applies expired
-claims nobody retried.
+Everything that can reject an event happens before its first write. Concurrent posts of one event
+apply it once (the claim), and a call returns only when every event it was given is applied by it or
+by another call (or reports the ones still running as ``in_flight``). User state is exactly-once.
+Each counter and graph-weight write done in 4 is recorded on its events at once, and a call that
+fails in 4 gives its claims up at once with what it wrote (a MongoDB counter write whose answer was
+lost is read back by its mark; the release is retried while the store does not answer, up to two
+leases, so a store outage between a write and its record is waited out), so the call that takes them
+over (after a failure or a crash) adds only the rest: exactly-once too, except for a crash in the
+milliseconds between such a write and its record, a lost MongoDB counter write whose row another
+call rewrote before it was read back, and an engine write the call saw fail that was applied all the
+same (after a client timeout). A counters ``_bulk`` applied in part is read item by item: the events
+whose items it wrote record it done, the others do not (``_apply``). Raw events expire through a TTL
+index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`, in each API process from 5 s after
+start) applies expired claims nobody retried.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from opendisco._backend import backend_errors
 from opendisco._exceptions import BackendError, EventInvalid, SearchBackendError
 from opendisco._settings import Settings
 
-from ._apply import EffectWriter, stored_items
+from ._apply import Check, EffectWriter, stored_items
 from ._blocks import BlockStore
 from ._claims import EventClaims, classify
 from ._event import Event, EventsConfig, EventsResult, validate_event
@@ -86,6 +88,21 @@ def _raw(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A stored event back to the fields a client posted (for the recovery sweep)."""
     raw = {k: doc[k] for k in Event.model_fields if k != "id" and doc.get(k) is not None}
     return {**raw, "id": doc["_id"]}
+
+
+async def _settle(
+    unsure: dict[str, Check], completed: list[str], partly: dict[str, set[str]]
+) -> None:
+    """Ask each effect whose write failed whether it landed all the same (its mark read
+    back): landed, it joins ``completed`` (or ``partly``, for the events it counted) and the
+    call taking the events over does not add it again. Each is asked until it answers."""
+    for effect, check in list(unsure.items()):
+        landed = await check()
+        if landed is True:
+            completed.append(effect)
+        elif landed:
+            partly[effect] = set(partly.get(effect, ())) | set(landed)
+        del unsure[effect]
 
 
 class EventProcessor:
@@ -337,17 +354,26 @@ class EventProcessor:
                 ids = [ev.id for ev in mine]
                 completed: list[str] = []
                 partly: dict[str, set[str]] = {}  # an engine _bulk applied in part
+                unsure: dict[str, Check] = {}  # a store write that failed: did it land?
                 try:
                     async with self.claims.renewing(ids, token):
                         record = partial(self.claims.record_done, ids, token)
                         await self.writer.apply(
-                            mine, items, now, out, done, completed, partly, record
+                            mine, items, now, out, done, completed, partly, record, unsure, token
                         )
                 except BaseException:
                     # a failed call gives its claims up at once: a retry takes them over now
                     # instead of waiting for them to expire, and skips the additive effects
-                    # this call completed (the idempotent ones are done again)
-                    await asyncio.shield(self.claims.release(ids, token, completed, partly))
+                    # this call completed (the idempotent ones are done again). With effects
+                    # written (or maybe written), the release is tried until the store
+                    # answers: lost, a taker would add those effects a second time.
+                    within = 2 * self.claims.lease_s if completed or partly or unsure else 0.0
+                    settle = partial(_settle, unsure, completed, partly)
+                    await asyncio.shield(
+                        self.claims.release_until(
+                            ids, token, completed, partly, within_s=within, settle=settle
+                        )
+                    )
                     raise
                 await self.claims.mark(ids)  # 5.
                 mine = []

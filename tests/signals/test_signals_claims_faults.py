@@ -26,13 +26,15 @@ from http_faults import FaultyHttpProxy
 # the counters of the claims suite: the same catalogue and the same exact checks
 from test_signals_claims_live import MOVIES, PROFILES, _assert_exact, _Counters
 
-from opendisco import SearchBackendError, Settings, clients
+from opendisco import SearchBackendError, Settings, StoreBackendError, clients
 from opendisco.signals import (
     CAPPED_DOC_ID,
     EVENTS,
     EventProcessor,
     EventsConfig,
     ExposureStore,
+    InboundCounter,
+    ItemGraph,
     ServedExposure,
     UserStateStore,
 )
@@ -136,6 +138,45 @@ async def test_a_write_storm_and_retries_count_the_batch_once(
         await _assert_exact(db, batch, before, await counters.read())
         again = await workers[2].apply(batch)
         assert (again.accepted, again.duplicates, again.recovered) == (0, len(batch), 0)
+    finally:
+        await os_client.close()
+        await mongo.close()
+
+
+@pytest.mark.parametrize("lost", ["graph", "inbound"])
+async def test_a_store_write_applied_whose_answer_was_lost_is_not_added_again(
+    storm: tuple[FaultyHttpProxy, Settings], monkeypatch: pytest.MonkeyPatch, lost: str
+) -> None:
+    """The store applies a counter write and the connection drops before its answer (a
+    kill of the store, a cut network): the call fails not knowing. It reads its mark back
+    before giving its claims up, so the retry that takes them over does not add it again."""
+    _, s = storm
+    os_client = clients.async_opensearch(s)
+    mongo = clients.mongo_async(s)
+    db = mongo[s.mongo_db]
+    store = {"graph": ItemGraph, "inbound": InboundCounter}[lost]
+    real, cut = store.add, []
+
+    async def applied_then_cut(self: Any, *args: Any, **kw: Any) -> Any:
+        await real(self, *args, **kw)
+        cut.append(kw.get("mark"))
+        raise StoreBackendError(f"{lost}: connection closed (the answer lost)")
+
+    try:
+        workers = [EventProcessor(s, db, os_client) for _ in range(2)]
+        for w in workers:
+            await w.ensure()
+        counters = _Counters(workers[0], db)
+        batch = _batch()
+        before = await counters.read()
+        with monkeypatch.context() as m:
+            m.setattr(store, "add", applied_then_cut)
+            with pytest.raises(StoreBackendError):
+                await workers[0].apply(batch)
+        assert len(cut) == 1 and cut[0]  # written, with the call's mark
+        res = await workers[1].apply(batch)  # the client's retry
+        assert (res.accepted, res.recovered, res.in_flight) == (0, len(batch), 0), res
+        await _assert_exact(db, batch, before, await counters.read())
     finally:
         await os_client.close()
         await mongo.close()
