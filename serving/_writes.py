@@ -98,7 +98,10 @@ class Writes:
         await proc.recover_forever()
 
     async def drain(self) -> None:
-        """Finish event batches still applying and write the served impressions not flushed."""
+        """Finish event batches still applying (and the releases of failed ones still retried)
+        and write the served impressions not flushed."""
         if self._applying:
             await asyncio.wait(list(self._applying))
+        if self._events is not None:
+            await self._events.drain()
         await self.served.drain()

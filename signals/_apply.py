@@ -12,9 +12,10 @@ additive effect (:class:`~._effects.Additive`) the call completed is recorded on
 soon as it is written (``record``; again with the release of a failed call: ``completed``), and
 the taker applies it only for the events that have not had it (``done``) — after a crash too,
 except for an effect written in the few milliseconds before its record. A MongoDB counter write
-(co-engagement, inbound) stores the call's token with what it writes, so when its answer is
-lost (the store cut off after applying it) the failing call reads the token back and records
-the effect all the same (``unsure``). An engine counter
+(co-engagement, inbound) and an engine counter write (exposure, trend) store the call's token
+with what they write, so when the answer is lost (the connection cut after the write was
+applied) the failing call reads the token back and records the effect all the same
+(``unsure``). An engine counter
 ``_bulk`` applied in part records the effect on the events whose items it wrote (the counters
 are per item), so the taker adds only the items it did not. The co-engagement pairs are
 computed from the states as they were before the batch, whether or not a failed call merged
@@ -48,12 +49,12 @@ from ._inbound import InboundCounter
 from ._members import UserGraph
 from ._user_state import UserState, UserStateStore, merge_events, recompute
 
-__all__ = ["NO_VECTORS", "EffectWriter", "item_vectors", "stored_items"]
+__all__ = ["NO_VECTORS", "Check", "EffectWriter", "item_vectors", "settle_unsure", "stored_items"]
 
 ItemFetch = Callable[[Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
 #: stores that one additive effect of the batch is written (``EventClaims.record_done``)
 Record = Callable[[str], Awaitable[None]]
-#: whether a MongoDB counter write that failed landed all the same: ``True`` / ``False`` for
+#: whether a counter write that failed landed all the same: ``True`` / ``False`` for
 #: the whole effect, or the ids of the events it counted (``EffectWriter.apply``'s ``unsure``)
 Check = Callable[[], Awaitable[bool | set[str]]]
 #: marks an item read from MongoDB while the engine was down: its vectors are unknown here
@@ -83,6 +84,21 @@ def item_vectors(
     vecs = {i: d["embedding"] for i, d in items.items() if d.get("embedding")}
     behs = {i: d["behaviour"] for i, d in items.items() if d.get("behaviour")}
     return vecs, behs
+
+
+async def settle_unsure(
+    unsure: dict[str, Check], completed: list[str], partly: dict[str, set[str]]
+) -> None:
+    """Ask each effect whose write failed whether it landed all the same (its mark read
+    back): landed, it joins ``completed`` (or ``partly``, for the events it counted) and the
+    call taking the events over does not add it again. Each is asked until it answers."""
+    for effect, check in list(unsure.items()):
+        landed = await check()
+        if landed is True:
+            completed.append(effect)
+        elif landed:
+            partly[effect] = set(partly.get(effect, ())) | set(landed)
+        del unsure[effect]
 
 
 @dataclass
@@ -137,20 +153,32 @@ class EffectWriter:
         wrote something, passed to ``record`` at once (the claims store it on the events, so
         the call taking them over after a crash of this one skips it too). An engine counter
         written in part (:class:`~opendisco.PartialWrite`) adds, in ``partly``, the effect ->
-        the events whose items it did write. A MongoDB counter write that fails leaves in
-        ``unsure`` the effect -> a check of whether it landed all the same (the reply lost on
-        the way back): ``mark`` is stored with the write, the check reads it back (``True``
-        or the ids of the events it did count), see :meth:`EventProcessor._claim_and_apply`."""
+        the events whose items it did write. A counter write that fails without an answer
+        leaves in ``unsure`` the effect -> a check of whether it landed all the same (the
+        answer lost on the way back): ``mark`` is stored with the write, the check reads it
+        back (``True`` or the ids of the events it did count), see
+        :meth:`EventProcessor._claim_and_apply`."""
 
         async def landed(effect: str, wrote: bool) -> None:
             completed.append(effect)
             if wrote and record is not None:
                 await record(effect)
 
+        def mark_of(effect: str) -> str | None:
+            return None if mark is None else f"{mark[:16]}.{effect}"
+
         async def engine_effect(effect: str, write: Awaitable[Any] | None) -> Any:
             if write is None:
                 return await landed(effect, False)
-            result = await write
+            if unsure is not None and (m := mark_of(effect)) is not None:
+                counted = pending(todo, done, Additive(effect))
+                unsure[effect] = partial(self._engine_landed, counted, m)
+            try:
+                result = await write
+            except PartialWrite:  # answered item by item: ``partly`` knows what was written
+                (unsure or {}).pop(effect, None)
+                raise
+            (unsure or {}).pop(effect, None)
             await landed(effect, True)
             return result
 
@@ -160,15 +188,20 @@ class EffectWriter:
         trend = plan(Additive.TREND).trend
         if (impressions or trend) and not self.engine_ready:
             raise SearchBackendError("events: the exposure counters index is not ensured yet")
+        expo, tr = Additive.EXPOSURE, Additive.TREND
         engine = {
-            Additive.EXPOSURE: asyncio.ensure_future(
+            expo: asyncio.ensure_future(
                 engine_effect(
-                    Additive.EXPOSURE,
-                    self.exposure.record(impressions, now=now) if impressions else None,
+                    expo,
+                    self.exposure.record(impressions, now=now, mark=mark_of(expo))
+                    if impressions
+                    else None,
                 )
             ),
-            Additive.TREND: asyncio.ensure_future(
-                engine_effect(Additive.TREND, self.exposure.record_trend(trend) if trend else None)
+            tr: asyncio.ensure_future(
+                engine_effect(
+                    tr, self.exposure.record_trend(trend, mark=mark_of(tr)) if trend else None
+                )
             ),
         }
         try:
@@ -203,6 +236,11 @@ class EffectWriter:
         capped = engine[Additive.EXPOSURE].result()  # the engine's error, when it failed
         engine[Additive.TREND].result()
         out.capped = sorted(set(out.capped) | set(capped or []))
+
+    async def _engine_landed(self, counted: Sequence[Event], mark: str) -> set[str]:
+        """The ids of ``counted`` whose item's engine counter keeps ``mark``."""
+        got = await self.exposure.marked((ev.item_id for ev in counted), mark)
+        return {ev.id for ev in counted if ev.item_id in got}
 
     async def _inbound_landed(self, counted: Sequence[Event], mark: str) -> set[str]:
         """The ids of ``counted`` whose item's inbound counter carries ``mark``."""

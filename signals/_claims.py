@@ -252,40 +252,49 @@ class EventClaims:
             return True
         return False
 
+    async def try_release(
+        self,
+        ids: Sequence[str],
+        token: str,
+        done: list[str],
+        partly: dict[str, set[str]],
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool | None:
+        """One round of giving a failed call's claims up: ``settle`` first (it may add to
+        ``done`` / ``partly``: the writes whose answer was lost, read back), then
+        :meth:`release`. ``None``: ``settle`` failed, so nothing was released (a release
+        without what it would have found could let a taker add those writes again)."""
+        try:
+            if settle is not None:
+                await settle()
+        except Exception:  # the store or the engine still away (or a check that failed)
+            return None
+        return await self.release(ids, token, done, partly)
+
     async def release_until(
         self,
         ids: Sequence[str],
         token: str,
-        done: Sequence[str] = (),
-        partly: Mapping[str, Collection[str]] | None = None,
+        done: list[str],
+        partly: dict[str, set[str]],
         *,
         within_s: float,
         settle: Callable[[], Awaitable[None]] | None = None,
         pause_s: float = 0.25,
     ) -> bool:
-        """:meth:`release`, tried again (backoff up to 2 s) for ``within_s`` while the store
-        does not answer: the effects a call wrote before the store went away are recorded
-        when it is back, before a taker can act on the claims (they are live for a lease
-        after their last renewal), instead of being added a second time by it. ``settle``
-        runs first each round (it may add to ``done`` / ``partly``: the writes whose answer
-        was lost, read back); a round it fails is tried again with the release."""
+        """:meth:`try_release` again (backoff up to 2 s) for ``within_s`` while the backends
+        do not answer: the effects a call wrote before they went away are recorded when they
+        are back, before a taker can act on the claims (live for a lease after their last
+        renewal), instead of being added a second time by it. Out of time, the claims are
+        given up with what is known (best effort). Returns whether they were released."""
         clock = asyncio.get_running_loop().time
         deadline = clock() + within_s
         while True:
-            try:
-                if settle is not None:
-                    await settle()
-            except Exception:  # the store still away (or a check that failed): next round
-                settled = False
-            else:
-                settled = True
-                if await self.release(ids, token, done, partly):
-                    return True
+            got = await self.try_release(ids, token, done, partly, settle)
+            if got:
+                return True
             if clock() + pause_s > deadline:
-                if settled:
-                    return False
-                # out of time: give the claims up with what is known (best effort)
-                return await self.release(ids, token, done, partly)
+                return got is None and await self.release(ids, token, done, partly)
             await asyncio.sleep(pause_s)
             pause_s = min(2 * pause_s, 2.0)
 

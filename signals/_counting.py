@@ -6,10 +6,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CAPPED_SCRIPT", "COUNT_SCRIPT", "count_pairs"]
+__all__ = [
+    "CAPPED_SCRIPT",
+    "COUNT_SCRIPT",
+    "MARKS_KEPT",
+    "MARK_PROPERTIES",
+    "MARK_SCRIPT",
+    "count_pairs",
+    "marked",
+]
+
+#: the last writers' marks a counter document keeps (``marks``): an event batch's call marks
+#: what it writes, so when the answer is lost it can read back whether the write landed
+MARKS_KEPT = 16
+MARK_PROPERTIES: dict[str, Any] = {
+    "marks": {"type": "keyword", "index": False, "doc_values": False}
+}
+#: appended to a counter script: keep ``params.mark`` among the last ``params.keep`` marks
+MARK_SCRIPT = """
+if (params.containsKey('mark')) {
+  if (ctx._source.marks == null) { ctx._source.marks = new ArrayList(); }
+  ctx._source.marks.add(params.mark);
+  while (ctx._source.marks.size() > params.keep) { ctx._source.marks.remove(0); }
+}
+"""
 
 # one counter document per item: tumbling window, then add; report whether it is at its cap
-COUNT_SCRIPT = """
+COUNT_SCRIPT = (
+    """
 if (ctx._source.window_start == null || params.now - ctx._source.window_start >= params.window) {
   ctx._source.window_start = params.now;
   ctx._source.count = 0;
@@ -27,6 +51,8 @@ if (dt > 0) {
 }
 ctx._source.paced += params.n;
 """
+    + MARK_SCRIPT
+)
 
 # the list document: add newly capped ids with their window end, drop expired ones
 CAPPED_SCRIPT = """
@@ -38,14 +64,26 @@ ctx._source.capped.ids = new ArrayList(until.keySet());
 """
 
 
+def marked(params: dict[str, Any], mark: str | None) -> dict[str, Any]:
+    """Pure: a counter script's ``params`` with ``mark`` (when given) for :data:`MARK_SCRIPT`."""
+    return params if mark is None else {**params, "mark": mark, "keep": MARKS_KEPT}
+
+
 def count_pairs(
-    index: str, batch: Mapping[str, int], caps: Mapping[str, int], now_ms: int, window_ms: int
+    index: str,
+    batch: Mapping[str, int],
+    caps: Mapping[str, int],
+    now_ms: int,
+    window_ms: int,
+    mark: str | None = None,
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Pure: ``(action, source)`` of each item's counter upsert (``batch``: impressions per
-    id), answering the counter's ``count``, ``cap`` and ``window_start``."""
+    id), answering the counter's ``count``, ``cap`` and ``window_start``; ``mark`` is kept
+    on each counter written (:data:`MARK_SCRIPT`)."""
     pairs = []
     for item_id in sorted(batch):
         params = {"n": batch[item_id], "cap": caps[item_id], "now": now_ms, "window": window_ms}
+        params = marked(params, mark)
         upsert = {"item_id": item_id, "count": 0, "cap": caps[item_id], "window_start": now_ms}
         source = {
             "script": {"lang": "painless", "source": COUNT_SCRIPT, "params": params},

@@ -9,8 +9,9 @@ sends those again, alone, up to ``retries`` times with a doubling pause, and ret
 applied and what still was not, by document id. A retry round that fails as a whole (the engine
 stopped answering) ends the retries: its items are returned as not applied. A first request
 that fails as a whole raises (nothing of it was applied). A request that timed out may have
-been applied all the same: read as not applied, it is counted again by the caller's retry (the
-one at-least-once case left, as for any engine write whose answer was lost).
+been applied all the same: an event batch's call marks its writes (``_counting.MARK_SCRIPT``)
+and reads the marks back before its events are taken over (``_apply``); a retry round's items
+are returned as not applied, so they are counted again (the at-least-once case left here).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from opendisco._exceptions import InvalidInput, NotFound, PartialWrite, SearchBa
 from opendisco._settings import Settings
 
 from ._caps import item_cap
-from ._counting import CAPPED_SCRIPT, count_pairs
+from ._counting import CAPPED_SCRIPT, MARK_PROPERTIES, count_pairs
 from ._engine_bulk import bulk_updates
 from ._trending import (
     TREND_PROPERTIES,
@@ -99,6 +99,7 @@ _MAPPING: dict[str, Any] = {  # shards and replicas from settings (index_shards/
             "capped": {"type": "object", "enabled": False},  # {ids: [...], until: {id: ms}}
             **TREND_PROPERTIES,
             **_TOUCHED_PROPERTIES,
+            **MARK_PROPERTIES,
         },
     },
 }
@@ -158,7 +159,12 @@ class ExposureStore:
                     raise
             # indices created before live trending, pacing and the copies: add their fields
             # (a no-op when present)
-            fields = {**TREND_PROPERTIES, **_PACED_PROPERTIES, **_TOUCHED_PROPERTIES}
+            fields = {
+                **TREND_PROPERTIES,
+                **_PACED_PROPERTIES,
+                **_TOUCHED_PROPERTIES,
+                **MARK_PROPERTIES,
+            }
             await self.client.indices.put_mapping(index=self.index, body={"properties": fields})
             await self.client.indices.put_settings(index=self.index, body={"index": _REFRESH})
         # a concurrent creator may have returned before the primary started: a terms lookup
@@ -206,7 +212,12 @@ class ExposureStore:
         return caps
 
     async def record(
-        self, counts: Mapping[str, int], now: datetime | None = None, *, cap_list: bool = True
+        self,
+        counts: Mapping[str, int],
+        now: datetime | None = None,
+        *,
+        cap_list: bool = True,
+        mark: str | None = None,
     ) -> list[str]:
         """Add impressions per item id; returns the ids that are capped after this call.
 
@@ -219,7 +230,8 @@ class ExposureStore:
         add those again). A cap-list update that fails after the counters were written does
         not fail the call (failing would have it counted again): the newly capped ids are
         sent with the next update of the list (``record`` or ``sweep``) and the ids returned
-        are those this store knows capped.
+        are those this store knows capped. ``mark`` is kept on each counter written
+        (:meth:`marked` reads it back).
         """
         batch = {str(k): int(v) for k, v in counts.items() if int(v) != 0}
         if any(v < 0 for v in batch.values()):
@@ -229,7 +241,7 @@ class ExposureStore:
             return []
         ids = sorted(batch)
         caps = await self._caps(ids)
-        pairs = count_pairs(self.index, batch, caps, now_ms, self.window_ms)
+        pairs = count_pairs(self.index, batch, caps, now_ms, self.window_ms, mark)
         applied, failed = await bulk_updates(self.client, pairs, "exposure bulk update failed")
         add: dict[str, int] = {}
         for res in applied:
@@ -347,8 +359,23 @@ class ExposureStore:
         return Exposure(count=int(src.get("count", 0)) if live else 0, paced=paced, trend=trend)
 
     async def _get(self, ids: list[str]) -> list[dict[str, Any]]:
-        resp = await self.client.mget(index=self.index, body={"ids": ids})
+        resp = await self.client.mget(
+            index=self.index, body={"ids": ids}, params={"_source_includes": ",".join(READ_FIELDS)}
+        )
         return list(resp.get("docs", []))
+
+    async def marked(self, ids: Iterable[str], mark: str) -> set[str]:
+        """Of ``ids``, those whose counter keeps ``mark`` among its last writers' marks: a
+        write with that mark landed there (one realtime ``mget``)."""
+        wanted = sorted({str(i) for i in ids})
+        if not wanted:
+            return set()
+        with backend_errors("exposure marks lookup failed"):
+            resp = await self.client.mget(
+                index=self.index, body={"ids": wanted}, params={"_source_includes": "marks"}
+            )
+        docs = resp.get("docs", [])
+        return {d["_id"] for d in docs if mark in ((d.get("_source") or {}).get("marks") or [])}
 
     async def _search(self, ids: list[str]) -> list[dict[str, Any]]:
         """Counters from doc values, no stored field (not even ``_id``): 500 ids ~6.5 ms."""
@@ -366,15 +393,19 @@ class ExposureStore:
         return docs
 
     async def record_trend(
-        self, likes: Iterable[tuple[str, datetime, float]], now: datetime | None = None
+        self,
+        likes: Iterable[tuple[str, datetime, float]],
+        now: datetime | None = None,
+        *,
+        mark: str | None = None,
     ) -> int:
         """Add ``(item, when, weight)`` likes/matches to the items' live decayed counts (one
-        ``_bulk`` of scripted upserts); returns the items updated."""
+        ``_bulk`` of scripted upserts, each keeping ``mark``); returns the items updated."""
         incs = trend_increments(likes, self.half_life_ms)
         if not incs:
             return 0
         now_ms = epoch_ms(now or datetime.now(UTC))
-        body = trend_update_actions(self.index, incs, self.half_life_ms, now_ms)
+        body = trend_update_actions(self.index, incs, self.half_life_ms, now_ms, mark)
         pairs = list(zip(body[::2], body[1::2], strict=True))
         _applied, failed = await bulk_updates(self.client, pairs, "live trending update failed")
         if failed:

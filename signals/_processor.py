@@ -27,16 +27,17 @@ Everything that can reject an event happens before its first write. Concurrent p
 apply it once (the claim), and a call returns only when every event it was given is applied by it or
 by another call (or reports the ones still running as ``in_flight``). User state is exactly-once.
 Each counter and graph-weight write done in 4 is recorded on its events at once, and a call that
-fails in 4 gives its claims up at once with what it wrote (a MongoDB counter write whose answer was
-lost is read back by its mark; the release is retried while the store does not answer, up to two
-leases, so a store outage between a write and its record is waited out), so the call that takes them
-over (after a failure or a crash) adds only the rest: exactly-once too, except for a crash in the
-milliseconds between such a write and its record, a lost MongoDB counter write whose row another
-call rewrote before it was read back, and an engine write the call saw fail that was applied all the
-same (after a client timeout). A counters ``_bulk`` applied in part is read item by item: the events
-whose items it wrote record it done, the others do not (``_apply``). Raw events expire through a TTL
-index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`, in each API process from 5 s after
-start) applies expired claims nobody retried.
+fails in 4 gives its claims up at once with what it wrote: a counter write whose answer was lost
+(engine or MongoDB) is read back by its mark, and the release is retried while the store does not
+answer (up to two leases, so a store outage between a write and its record is waited out). So the
+call that takes them over (after a failure or a crash) adds only the rest: exactly-once too, except
+for a crash in the milliseconds between such a write and its record, a lost write whose mark later
+writers pushed out before it was read back (one mark per MongoDB row, the last 16 per engine
+counter), an outage longer than the read-back waits, and a 429 retry round of the engine's ``_bulk``
+whose answer was lost. A counters ``_bulk`` applied in part is read item by item: the events whose
+items it wrote record it done, the others do not (``_apply``). Raw events expire through a TTL index
+on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`, in each API process from 5 s after start)
+applies expired claims nobody retried.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from opendisco._backend import backend_errors
 from opendisco._exceptions import BackendError, EventInvalid, SearchBackendError
 from opendisco._settings import Settings
 
-from ._apply import Check, EffectWriter, stored_items
+from ._apply import Check, EffectWriter, settle_unsure, stored_items
 from ._blocks import BlockStore
 from ._claims import EventClaims, classify
 from ._event import Event, EventsConfig, EventsResult, validate_event
@@ -88,21 +89,6 @@ def _raw(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A stored event back to the fields a client posted (for the recovery sweep)."""
     raw = {k: doc[k] for k in Event.model_fields if k != "id" and doc.get(k) is not None}
     return {**raw, "id": doc["_id"]}
-
-
-async def _settle(
-    unsure: dict[str, Check], completed: list[str], partly: dict[str, set[str]]
-) -> None:
-    """Ask each effect whose write failed whether it landed all the same (its mark read
-    back): landed, it joins ``completed`` (or ``partly``, for the events it counted) and the
-    call taking the events over does not add it again. Each is asked until it answers."""
-    for effect, check in list(unsure.items()):
-        landed = await check()
-        if landed is True:
-            completed.append(effect)
-        elif landed:
-            partly[effect] = set(partly.get(effect, ())) | set(landed)
-        del unsure[effect]
 
 
 class EventProcessor:
@@ -145,6 +131,37 @@ class EventProcessor:
         self.native_ttl = True
         self._last_purge = 0.0
         self._last_recover = time.monotonic()  # the first sweep one cadence after start
+        self._releasing: set[asyncio.Future[bool]] = set()  # releases retried (``_give_up``)
+
+    async def _give_up(
+        self,
+        ids: list[str],
+        token: str,
+        completed: list[str],
+        partly: dict[str, set[str]],
+        unsure: dict[str, Check],
+    ) -> None:
+        """Release a failed call's claims with what it wrote (writes whose answer was lost
+        read back first). When the backends do not answer and it wrote (or may have written)
+        something, the release is retried in the background (:meth:`drain` waits for it):
+        lost, a taker would add those effects a second time; the caller is answered now."""
+        settle = partial(settle_unsure, unsure, completed, partly)
+        if await self.claims.try_release(ids, token, completed, partly, settle):
+            return
+        if completed or partly or unsure:
+            within = 2 * self.claims.lease_s
+            task = asyncio.ensure_future(
+                self.claims.release_until(
+                    ids, token, completed, partly, within_s=within, settle=settle
+                )
+            )
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def drain(self) -> None:
+        """Wait for the releases still retried in the background (a process stopping)."""
+        if self._releasing:
+            await asyncio.wait(list(self._releasing))
 
     async def purge_expired(self, now: datetime | None = None) -> int:
         """Delete raw events older than the retention (what a TTL index does); returns count.
@@ -364,16 +381,8 @@ class EventProcessor:
                 except BaseException:
                     # a failed call gives its claims up at once: a retry takes them over now
                     # instead of waiting for them to expire, and skips the additive effects
-                    # this call completed (the idempotent ones are done again). With effects
-                    # written (or maybe written), the release is tried until the store
-                    # answers: lost, a taker would add those effects a second time.
-                    within = 2 * self.claims.lease_s if completed or partly or unsure else 0.0
-                    settle = partial(_settle, unsure, completed, partly)
-                    await asyncio.shield(
-                        self.claims.release_until(
-                            ids, token, completed, partly, within_s=within, settle=settle
-                        )
-                    )
+                    # this call completed (the idempotent ones are done again)
+                    await asyncio.shield(self._give_up(ids, token, completed, partly, unsure))
                     raise
                 await self.claims.mark(ids)  # 5.
                 mine = []

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from ._counting import MARK_SCRIPT, marked
+
 __all__ = [
     "TREND_PROPERTIES",
     "TREND_UPDATE_SCRIPT",
@@ -35,7 +37,8 @@ TREND_PROPERTIES: dict[str, Any] = {
 }
 
 # decayed like/match count: bring the stored value to the later of (trend_at, t), add w there
-TREND_UPDATE_SCRIPT = """
+TREND_UPDATE_SCRIPT = (
+    """
 double hl = params.half_life;
 if (ctx._source.trend == null || ctx._source.trend_at == null) {
   ctx._source.trend = 0.0; ctx._source.trend_at = params.at;
@@ -49,6 +52,8 @@ if (params.at > ref) {
 }
 ctx._source.touched_at = params.now;
 """
+    + MARK_SCRIPT
+)
 
 # the decayed value of a counter at params.now (0 outside the window)
 TREND_VALUE_SCRIPT = (
@@ -95,13 +100,18 @@ def trend_increments(
 
 
 def trend_update_actions(
-    index: str, incs: dict[str, tuple[int, float]], half_life_ms: float, now_ms: int
+    index: str,
+    incs: dict[str, tuple[int, float]],
+    half_life_ms: float,
+    now_ms: int,
+    mark: str | None = None,
 ) -> list[dict[str, Any]]:
     """Pure: the ``_bulk`` body adding :func:`trend_increments` to the counter documents (one
-    scripted upsert per item; ``now_ms``: when written, the copies' ``touched_at``)."""
+    scripted upsert per item; ``now_ms``: when written, the copies' ``touched_at``; ``mark``
+    kept on each, as the exposure counts keep theirs)."""
     body: list[dict[str, Any]] = []
     for item_id, (at, w) in sorted(incs.items()):
-        params = {"at": at, "w": w, "half_life": half_life_ms, "now": now_ms}
+        params = marked({"at": at, "w": w, "half_life": half_life_ms, "now": now_ms}, mark)
         body.append({"update": {"_index": index, "_id": item_id, "retry_on_conflict": 5}})
         body.append(
             {

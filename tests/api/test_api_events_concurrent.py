@@ -132,7 +132,8 @@ async def _until_settled(w: httpx.AsyncClient, batch: list[dict[str, Any]], key:
 
 
 @pytest.mark.parametrize(
-    ("fault", "outage_s"), [("paused", 5.0), ("killed", 7.0), ("engine paused", 8.0)]
+    ("fault", "outage_s"),
+    [("paused", 5.0), ("killed", 7.0), ("engine paused", 8.0), ("engine killed", 3.0)],
 )
 async def test_a_store_outage_mid_batch_with_retries_counts_every_event_once(
     api_settings: Settings,

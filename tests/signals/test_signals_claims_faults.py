@@ -143,24 +143,34 @@ async def test_a_write_storm_and_retries_count_the_batch_once(
         await mongo.close()
 
 
-@pytest.mark.parametrize("lost", ["graph", "inbound"])
-async def test_a_store_write_applied_whose_answer_was_lost_is_not_added_again(
+#: a counter write per effect: the store's class, its write method and the error of a lost answer
+_WRITES = {
+    "graph": (ItemGraph, "add", StoreBackendError),
+    "inbound": (InboundCounter, "add", StoreBackendError),
+    "exposure": (ExposureStore, "record", SearchBackendError),
+    "trend": (ExposureStore, "record_trend", SearchBackendError),
+}
+
+
+@pytest.mark.parametrize("lost", sorted(_WRITES))
+async def test_a_counter_write_applied_whose_answer_was_lost_is_not_added_again(
     storm: tuple[FaultyHttpProxy, Settings], monkeypatch: pytest.MonkeyPatch, lost: str
 ) -> None:
-    """The store applies a counter write and the connection drops before its answer (a
-    kill of the store, a cut network): the call fails not knowing. It reads its mark back
-    before giving its claims up, so the retry that takes them over does not add it again."""
+    """The store (MongoDB) or the engine applies a counter write and the connection drops
+    before its answer (a kill, a cut network): the call fails not knowing. It reads its mark
+    back before giving its claims up, so the retry that takes them over does not add the
+    write again."""
     _, s = storm
     os_client = clients.async_opensearch(s)
     mongo = clients.mongo_async(s)
     db = mongo[s.mongo_db]
-    store = {"graph": ItemGraph, "inbound": InboundCounter}[lost]
-    real, cut = store.add, []
+    store, method, error = _WRITES[lost]
+    real, cut = getattr(store, method), []
 
     async def applied_then_cut(self: Any, *args: Any, **kw: Any) -> Any:
         await real(self, *args, **kw)
         cut.append(kw.get("mark"))
-        raise StoreBackendError(f"{lost}: connection closed (the answer lost)")
+        raise error(f"{lost}: connection closed (the answer lost)")
 
     try:
         workers = [EventProcessor(s, db, os_client) for _ in range(2)]
@@ -169,14 +179,21 @@ async def test_a_store_write_applied_whose_answer_was_lost_is_not_added_again(
         counters = _Counters(workers[0], db)
         batch = _batch()
         before = await counters.read()
+        liked = Counter(e["item_id"] for e in batch if e["type"] == "like")
+        trend_before = await workers[0].exposure.read(liked)
         with monkeypatch.context() as m:
-            m.setattr(store, "add", applied_then_cut)
-            with pytest.raises(StoreBackendError):
+            m.setattr(store, method, applied_then_cut)
+            with pytest.raises(error):
                 await workers[0].apply(batch)
         assert len(cut) == 1 and cut[0]  # written, with the call's mark
         res = await workers[1].apply(batch)  # the client's retry
         assert (res.accepted, res.recovered, res.in_flight) == (0, len(batch), 0), res
         await _assert_exact(db, batch, before, await counters.read())
+        trend_after = await workers[0].exposure.read(liked)
+        weight = EventsConfig().weights["like"]
+        for item, n in liked.items():  # the live count: each like once (decay over seconds)
+            added = trend_after[item].trend - trend_before[item].trend
+            assert added == pytest.approx(n * weight, rel=0.01), (item, added, n)
     finally:
         await os_client.close()
         await mongo.close()

@@ -286,9 +286,9 @@ class _SlowExposure(ExposureStore):
 
     delay_s = 8.0
 
-    async def record(self, counts: Any, now: datetime | None = None) -> list[str]:
+    async def record(self, counts: Any, now: datetime | None = None, **kw: Any) -> list[str]:
         await asyncio.sleep(self.delay_s)
-        return await super().record(counts, now=now)
+        return await super().record(counts, now=now, **kw)
 
 
 async def test_slow_holder_renews_its_claims(
@@ -332,7 +332,7 @@ async def test_recovery_sweep_applies_events_nobody_retried(
 class _BrokenExposure(ExposureStore):
     """The real exposure store whose counter writes fail (an engine outage mid-apply)."""
 
-    async def record(self, counts: Any, now: datetime | None = None) -> list[str]:
+    async def record(self, counts: Any, now: datetime | None = None, **kw: Any) -> list[str]:
         raise SearchBackendError("exposure counters unavailable")
 
 
