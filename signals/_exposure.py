@@ -48,10 +48,10 @@ from opendisco._exceptions import InvalidInput, NotFound, PartialWrite, SearchBa
 from opendisco._settings import Settings
 
 from ._caps import item_cap
-from ._counting import CAPPED_SCRIPT, MARK_PROPERTIES, count_pairs
+from ._counters_index import ADDED_PROPERTIES, MAPPING, REFRESH
+from ._counting import CAPPED_SCRIPT, count_pairs
 from ._engine_bulk import bulk_updates
 from ._trending import (
-    TREND_PROPERTIES,
     decayed,
     epoch_ms,
     trend_increments,
@@ -73,36 +73,9 @@ log = logging.getLogger("opendisco.signals")
 CAPPED_DOC_ID = "_capped"
 CAPPED_PATH = "capped.ids"
 
-_PACED_PROPERTIES: dict[str, Any] = {
-    "paced": {"type": "double"},
-    "paced_at": {"type": "date", "format": "epoch_millis"},
-}
-#: when a counter document was last written (the writer's clock): the processes' copies of
-#: the counters read what changed by it (``signals._exposure_mirror``)
-_TOUCHED_PROPERTIES: dict[str, Any] = {"touched_at": {"type": "date", "format": "epoch_millis"}}
-#: explicit, so the shard refreshes while nobody searches it (``index.search.idle.after``):
-#: non-realtime reads (:meth:`ExposureStore.read`) lag the writes by at most this
-_REFRESH: dict[str, Any] = {"refresh_interval": "1s"}
 #: ids per search of a non-realtime read (well under ``index.max_result_window``)
 _SEARCH_IDS = 2000
 READ_FIELDS = ["item_id", "count", "window_start", "paced", "paced_at", "trend", "trend_at"]
-_MAPPING: dict[str, Any] = {  # shards and replicas from settings (index_shards/_replicas)
-    "mappings": {
-        "dynamic": "strict",
-        "properties": {
-            "item_id": {"type": "keyword", "ignore_above": 512},
-            "count": {"type": "long"},
-            "cap": {"type": "integer"},
-            "window_start": {"type": "date", "format": "epoch_millis"},
-            "paced": {"type": "double"},
-            "paced_at": {"type": "date", "format": "epoch_millis"},
-            "capped": {"type": "object", "enabled": False},  # {ids: [...], until: {id: ms}}
-            **TREND_PROPERTIES,
-            **_TOUCHED_PROPERTIES,
-            **MARK_PROPERTIES,
-        },
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -144,9 +117,9 @@ class ExposureStore:
         shape = {
             "number_of_shards": self.settings.shards,
             "number_of_replicas": self.settings.replicas,
-            **_REFRESH,
+            **REFRESH,
         }
-        return {"settings": {"index": shape}, **_MAPPING}
+        return {"settings": {"index": shape}, **MAPPING}
 
     async def ensure(self) -> None:
         """Create the counters index (idempotent)."""
@@ -159,14 +132,10 @@ class ExposureStore:
                     raise
             # indices created before live trending, pacing and the copies: add their fields
             # (a no-op when present)
-            fields = {
-                **TREND_PROPERTIES,
-                **_PACED_PROPERTIES,
-                **_TOUCHED_PROPERTIES,
-                **MARK_PROPERTIES,
-            }
-            await self.client.indices.put_mapping(index=self.index, body={"properties": fields})
-            await self.client.indices.put_settings(index=self.index, body={"index": _REFRESH})
+            await self.client.indices.put_mapping(
+                index=self.index, body={"properties": ADDED_PROPERTIES}
+            )
+            await self.client.indices.put_settings(index=self.index, body={"index": REFRESH})
         # a concurrent creator may have returned before the primary started: a terms lookup
         # against a RECOVERING shard fails every candidate source, so wait for it
         with backend_errors(f"{self.index} did not become available"):
@@ -325,7 +294,7 @@ class ExposureStore:
     ) -> dict[str, Exposure]:
         """Every id's counters at ``now`` (impressions in the window, how far into it, live
         decayed like/match count): by ``mget`` (``realtime``, every write), else by one search
-        of doc values as of the last refresh (≤ ``_REFRESH`` behind: the reranker's features;
+        of doc values as of the last refresh (≤ ``REFRESH`` behind: the reranker's features;
         caps are enforced by the realtime ``_capped`` list in the candidate query, not here)."""
         wanted = [str(i) for i in ids]
         out = dict.fromkeys(wanted, Exposure())
