@@ -2,8 +2,8 @@
 
 It lives in MongoDB and grows incrementally from events (one ``bulk_write`` per batch):
 
-* ``item_adjacency``: one document per item, ``{_id: src, n: "<JSON {dst: w}>", k, updated_at, m}``
-  (both directions stored; ``m``: the last writing call's mark). The neighbour map is one string
+* ``item_adjacency``: one document per item, ``{_id: src, n: "<JSON {dst: w}>", k, updated_at, ms}``
+  (both directions stored; ``ms``: the last writing calls' marks). The neighbour map is one string
   field on purpose: FerretDB 1.x converts every field of a document on each read and write (a
   popular item has thousands of neighbours), while a string costs about as much as its bytes. Only
   ``_id`` lookups (equality and ``$in``) use an index there (any other field is a full scan), so a
@@ -17,7 +17,7 @@ It lives in MongoDB and grows incrementally from events (one ``bulk_write`` per 
 
 Increments are at-least-once: a batch re-applied after a crash between the graph write and the
 event's ``applied`` mark adds its weights twice (see ``opendisco.signals``); a write whose
-answer was lost is read back by the writer's mark (``m`` on each row, :meth:`ItemGraph.marked`)
+answer was lost is read back by the writer's mark (``ms`` on each row, :meth:`ItemGraph.marked`)
 and not added again; concurrent batches never lose each other's increments (leases).
 """
 
@@ -59,6 +59,18 @@ RECENT_FANOUT = 20
 SEP = "\x1f"
 #: ids per ``find({_id: {$in: ...}})`` (one round trip for a request's recent items)
 READ_CHUNK = 500
+
+
+#: the last writers' marks a row keeps (``ms``; ``ItemGraph.marked``)
+MARKS_KEPT = 16
+
+
+class _Marked(dict[str, float]):
+    """A row's neighbour map with the marks of its last writers (``marks``)."""
+
+    def __init__(self, row: Mapping[str, float], marks: Sequence[str]) -> None:
+        super().__init__(row)
+        self.marks = list(marks)
 
 
 async def _find(coll: Any, flt: Mapping[str, Any], **kw: Any) -> list[dict[str, Any]]:
@@ -148,39 +160,50 @@ class ItemGraph:
         incs = adjacency_updates(pairs)
         if not incs:
             return 0
-        stamp = {} if mark is None else {"m": mark}
         async with lease(
             self.locks, incs, lease_s=self.lease_s, wait_s=self.lock_wait_s, what=ITEM_EDGES
         ):
-            current = await self._rows(list(incs))
+            current = await self._rows(list(incs), with_marks=True)
             ops = []
             for src, inc in sorted(incs.items()):
-                row = merge_rows(current.get(src, {}), inc)
+                old = current.get(src, {})
+                row = merge_rows(old, inc)
                 doc = {"_id": src, "n": encode_row(row), "k": len(row), "updated_at": now}
-                ops.append(ReplaceOne({"_id": src}, {**doc, **stamp}, upsert=True))
+                marks = list(getattr(old, "marks", []))
+                if mark is not None:
+                    doc["ms"] = [*marks, mark][-MARKS_KEPT:]
+                elif marks:
+                    doc["ms"] = marks
+                ops.append(ReplaceOne({"_id": src}, doc, upsert=True))
             await bulk_write_chunked(self.coll, ops)
         return sum(len(row) for row in incs.values())
 
     async def marked(self, pairs: Iterable[tuple[str, str, float]], mark: str) -> bool:
-        """Whether :meth:`add` of ``pairs`` with ``mark`` landed: every source row carries the
-        mark. A later writer of a row replaces the mark, and then this answers no although
-        the write landed: the one case where the events' taker adds the weights again."""
+        """Whether :meth:`add` of ``pairs`` with ``mark`` landed: every source row keeps the
+        mark among its last :data:`MARKS_KEPT` writers' (more later writers of a row push it
+        out: then this answers no although the write landed)."""
         srcs = list(adjacency_updates(pairs))
         if not srcs:
             return True
-        docs = await _find(self.coll, {"_id": {"$in": srcs}}, projection={"m": 1})
-        return len(docs) == len(srcs) and all(d.get("m") == mark for d in docs)
+        docs = await _find(self.coll, {"_id": {"$in": srcs}}, projection={"ms": 1})
+        return len(docs) == len(srcs) and all(mark in (d.get("ms") or []) for d in docs)
 
-    async def _rows(self, item_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+    async def _rows(
+        self, item_ids: Iterable[str], *, with_marks: bool = False
+    ) -> dict[str, dict[str, float]]:
         """``{item: {dst: w}}`` for the ``item_ids`` that have a row: one ``find`` by ``_id``
-        per :data:`READ_CHUNK` ids (``_id`` lookups, ``$in`` included, use the primary key)."""
+        per :data:`READ_CHUNK` ids (``_id`` lookups, ``$in`` included, use the primary key);
+        ``with_marks``: each row a :class:`_Marked` dict that also holds the row's marks."""
         src = list(dict.fromkeys(item_ids))
         out: dict[str, dict[str, float]] = {}
+        fields = {"n": 1, "ms": 1} if with_marks else {"n": 1}
         for k in range(0, len(src), READ_CHUNK):
             docs = await _find(
-                self.coll, {"_id": {"$in": src[k : k + READ_CHUNK]}}, projection={"n": 1}
+                self.coll, {"_id": {"$in": src[k : k + READ_CHUNK]}}, projection=fields
             )
-            out.update((d["_id"], decode_row(d.get("n"))) for d in docs)
+            for d in docs:
+                row = decode_row(d.get("n"))
+                out[d["_id"]] = _Marked(row, d.get("ms") or []) if with_marks else row
         return out
 
     async def _read_rows(self, item_ids: Iterable[str]) -> dict[str, dict[str, float]]:

@@ -103,8 +103,19 @@ class UserState:
         return self.recent_positive_ids_without(())
 
     def recent_positive_ids_without(self, event_ids: Container[str]) -> list[str]:
-        """Positive item ids, most recent first, once each; entries of ``event_ids`` left out."""
-        kept = (p["id"] for p in reversed(self.positives) if p.get("e") not in event_ids)
+        """Positive item ids, most recent first, once each, as the state was before any of
+        ``event_ids`` was merged: their entries left out, and when an earlier (failed)
+        application merged some of them, also the entries merged after the first of those
+        (``applied`` is in merge order): another call's events, which linked themselves to
+        these already, are not linked again from the other side."""
+        order = {e: i for i, e in enumerate(self.applied)}
+        mine = [i for e, i in order.items() if e in event_ids]
+        cut = min(mine) if mine else len(order)
+        kept = (
+            p["id"]
+            for p in reversed(self.positives)
+            if p.get("e") not in event_ids and order.get(p.get("e"), -1) < cut
+        )
         return list(dict.fromkeys(kept))
 
     @property

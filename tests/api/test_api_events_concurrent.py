@@ -1,7 +1,8 @@
 """POST /v1/events: one batch posted three times concurrently (a client retrying after a
 timeout) is counted once, through three API workers on the real servers (issue 19, item 1);
-also when MongoDB stops answering mid-batch (paused like SIGSTOP, or its connections cut like
-a kill) while the three clients keep retrying: once it is back, every event is counted once."""
+also when MongoDB, the engine or both stop answering mid-batch (paused like SIGSTOP, or their
+connections cut like a kill) while the three clients keep retrying: once they are back, every
+event is counted once."""
 
 from __future__ import annotations
 
@@ -133,7 +134,13 @@ async def _until_settled(w: httpx.AsyncClient, batch: list[dict[str, Any]], key:
 
 @pytest.mark.parametrize(
     ("fault", "outage_s"),
-    [("paused", 5.0), ("killed", 7.0), ("engine paused", 8.0), ("engine killed", 3.0)],
+    [
+        ("paused", 5.0),
+        ("killed", 7.0),
+        ("engine paused", 8.0),
+        ("engine killed", 3.0),
+        ("both killed", 7.0),
+    ],
 )
 async def test_a_store_outage_mid_batch_with_retries_counts_every_event_once(
     api_settings: Settings,
@@ -164,13 +171,16 @@ async def test_a_store_outage_mid_batch_with_retries_counts_every_event_once(
                 posts = [_until_settled(w, batch, keys["write"]) for w in workers]
                 clients_done = asyncio.gather(*posts)
                 await asyncio.sleep(delay)
-                proxy = os_proxy if fault.startswith("engine") else mongo_proxy
-                if fault.endswith("paused"):
-                    proxy.pause()
-                else:
-                    await proxy.kill()
+                cut = {"engine": [os_proxy], "both": [os_proxy, mongo_proxy]}
+                proxies = cut.get(fault.split()[0], [mongo_proxy])
+                for proxy in proxies:
+                    if fault.endswith("paused"):
+                        proxy.pause()
+                    else:
+                        await proxy.kill()
                 await asyncio.sleep(outage_s)
-                await proxy.resume()
+                for proxy in proxies:
+                    await proxy.resume()
                 await clients_done
                 await _counted_once(api_settings, batch, before, (fault, delay))
     finally:

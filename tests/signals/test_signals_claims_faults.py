@@ -152,25 +152,37 @@ _WRITES = {
 }
 
 
+@pytest.mark.parametrize("overlapped", [False, True])
 @pytest.mark.parametrize("lost", sorted(_WRITES))
 async def test_a_counter_write_applied_whose_answer_was_lost_is_not_added_again(
-    storm: tuple[FaultyHttpProxy, Settings], monkeypatch: pytest.MonkeyPatch, lost: str
+    storm: tuple[FaultyHttpProxy, Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    lost: str,
+    overlapped: bool,
 ) -> None:
     """The store (MongoDB) or the engine applies a counter write and the connection drops
     before its answer (a kill, a cut network): the call fails not knowing. It reads its mark
     back before giving its claims up, so the retry that takes them over does not add the
-    write again."""
+    write again. ``overlapped``: the backend stays away for the read-back while another
+    call's batch writes the same counters; the read-back, done in the background once the
+    backend is back, still finds the mark among the later writers'."""
     _, s = storm
     os_client = clients.async_opensearch(s)
     mongo = clients.mongo_async(s)
     db = mongo[s.mongo_db]
     store, method, error = _WRITES[lost]
     real, cut = getattr(store, method), []
+    real_marked, back = store.marked, asyncio.Event()
 
     async def applied_then_cut(self: Any, *args: Any, **kw: Any) -> Any:
         await real(self, *args, **kw)
         cut.append(kw.get("mark"))
         raise error(f"{lost}: connection closed (the answer lost)")
+
+    async def marked_once_back(self: Any, *args: Any) -> Any:
+        if not back.is_set():
+            raise error(f"{lost}: still away")
+        return await real_marked(self, *args)
 
     try:
         workers = [EventProcessor(s, db, os_client) for _ in range(2)]
@@ -178,17 +190,26 @@ async def test_a_counter_write_applied_whose_answer_was_lost_is_not_added_again(
             await w.ensure()
         counters = _Counters(workers[0], db)
         batch = _batch()
+        other = _batch()  # other members, the same items: the same counters and rows
         before = await counters.read()
-        liked = Counter(e["item_id"] for e in batch if e["type"] == "like")
+        everything = batch + other if overlapped else batch
+        liked = Counter(e["item_id"] for e in everything if e["type"] == "like")
         trend_before = await workers[0].exposure.read(liked)
+        if not overlapped:
+            back.set()
+        monkeypatch.setattr(store, "marked", marked_once_back)
         with monkeypatch.context() as m:
             m.setattr(store, method, applied_then_cut)
             with pytest.raises(error):
                 await workers[0].apply(batch)
         assert len(cut) == 1 and cut[0]  # written, with the call's mark
+        if overlapped:
+            await workers[1].apply(other)  # written over the same counters meanwhile
+            back.set()
+            await workers[0].drain()  # the background read-back and release
         res = await workers[1].apply(batch)  # the client's retry
         assert (res.accepted, res.recovered, res.in_flight) == (0, len(batch), 0), res
-        await _assert_exact(db, batch, before, await counters.read())
+        await _assert_exact(db, everything, before, await counters.read())
         trend_after = await workers[0].exposure.read(liked)
         weight = EventsConfig().weights["like"]
         for item, n in liked.items():  # the live count: each like once (decay over seconds)

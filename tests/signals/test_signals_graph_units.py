@@ -65,3 +65,36 @@ def test_pairs_are_those_of_the_state_before_the_batch_even_when_it_was_merged()
         ("b", "a", 1.0),
         ("b", "x", 1.0),
     ]
+
+
+def test_a_taker_does_not_link_back_to_what_another_call_merged_after_the_failed_one() -> None:
+    """One member's events split over two concurrent calls (three clients posting one batch):
+    call A merged e1 and failed before its graph write; call C then merged e2, linking b to
+    a (and x). The call taking e1 over links a to x only: the pair (a, b) exists once."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def entry(e: str, item: str, minutes: int) -> dict[str, object]:
+        return {"e": e, "id": item, "ts": t0 + timedelta(minutes=minutes), "w": 1.0}
+
+    e1 = {"id": "e1", "item_id": "a", "ts": t0 + timedelta(minutes=2), "weight": 1.0}
+    e2 = {"id": "e2", "item_id": "b", "ts": t0 + timedelta(minutes=1), "weight": 1.0}
+    old = entry("e0", "x", 0)
+    after_a = UserState(user_id="u", positives=[old, entry("e1", "a", 2)], applied=["e0", "e1"])
+    by_c = co_engagement_pairs({"u": after_a}, {"u": [e2]}, 10)
+    assert sorted(by_c) == [("b", "a", 1.0), ("b", "x", 1.0)]
+    # C merged e2 (earlier ts than e1: the positives' order is not the merge order)
+    after_c = UserState(
+        user_id="u",
+        positives=[old, entry("e2", "b", 1), entry("e1", "a", 2)],
+        applied=["e0", "e1", "e2"],
+    )
+    taker = co_engagement_pairs({"u": after_c}, {"u": [e1]}, 10)
+    assert taker == [("a", "x", 1.0)]
+    both = adjacency_updates(by_c + taker)
+    assert both["a"] == {"b": 1.0, "x": 1.0} and both["b"] == {"a": 1.0, "x": 1.0}
+    # without an earlier application of e1 nothing is cut: every earlier positive links
+    before = UserState(user_id="u", positives=[old, entry("e2", "b", 1)], applied=["e0", "e2"])
+    assert sorted(co_engagement_pairs({"u": before}, {"u": [e1]}, 10)) == [
+        ("a", "b", 1.0),
+        ("a", "x", 1.0),
+    ]
