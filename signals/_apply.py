@@ -159,13 +159,15 @@ class EffectWriter:
         back (``True`` or the ids of the events it did count), see
         :meth:`EventProcessor._claim_and_apply`."""
 
+        mark = None if mark is None else mark[:12]  # 48 random bits of the call's token
+
         async def landed(effect: str, wrote: bool) -> None:
             completed.append(effect)
             if wrote and record is not None:
                 await record(effect)
 
         def mark_of(effect: str) -> str | None:
-            return None if mark is None else f"{mark[:16]}.{effect}"
+            return None if mark is None else f"{mark}.{effect[0]}"
 
         async def engine_effect(effect: str, write: Awaitable[Any] | None) -> Any:
             if write is None:

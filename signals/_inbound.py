@@ -77,7 +77,7 @@ def window_keys(days: int, now: datetime | None = None) -> list[str]:
 
 #: slots of a counter's writers' marks (``ms``): a later writer replaces a mark only when it
 #: takes the same slot (bounded, and one ``$set`` on every backend)
-MARK_SLOTS = 64
+MARK_SLOTS = 32
 
 
 def mark_slot(mark: str) -> str:
