@@ -31,7 +31,7 @@ by the member's next event applied with the engine up, or by the recovery sweep'
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
@@ -101,6 +101,16 @@ async def settle_unsure(
         del unsure[effect]
 
 
+async def _events_marked(
+    marked: Callable[[Iterable[str], str], Awaitable[set[str]]],
+    counted: Sequence[Event],
+    mark: str,
+) -> set[str]:
+    """The ids of ``counted`` whose item's counter keeps ``mark`` (``marked``: a store's)."""
+    got = await marked((ev.item_id for ev in counted), mark)
+    return {ev.id for ev in counted if ev.item_id in got}
+
+
 @dataclass
 class EffectWriter:
     """The stores one event batch writes (see the module docstring)."""
@@ -160,6 +170,7 @@ class EffectWriter:
         :meth:`EventProcessor._claim_and_apply`."""
 
         mark = None if mark is None else mark[:12]  # 48 random bits of the call's token
+        unsure = {} if unsure is None else unsure
 
         async def landed(effect: str, wrote: bool) -> None:
             completed.append(effect)
@@ -172,15 +183,15 @@ class EffectWriter:
         async def engine_effect(effect: str, write: Awaitable[Any] | None) -> Any:
             if write is None:
                 return await landed(effect, False)
-            if unsure is not None and (m := mark_of(effect)) is not None:
+            if (m := mark_of(effect)) is not None:
                 counted = pending(todo, done, Additive(effect))
-                unsure[effect] = partial(self._engine_landed, counted, m)
+                unsure[effect] = partial(_events_marked, self.exposure.marked, counted, m)
             try:
                 result = await write
             except PartialWrite:  # answered item by item: ``partly`` knows what was written
-                (unsure or {}).pop(effect, None)
+                unsure.pop(effect, None)
                 raise
-            (unsure or {}).pop(effect, None)
+            unsure.pop(effect, None)
             await landed(effect, True)
             return result
 
@@ -210,10 +221,10 @@ class EffectWriter:
             linked = {ev.id for ev in pending(todo, done, Additive.GRAPH)}
             pairs = await self._update_users(every.by_user, items, now, linked)
             if pairs:
-                if unsure is not None and mark is not None:
+                if mark is not None:
                     unsure[Additive.GRAPH] = partial(self.graph.marked, pairs, mark)
                 await self.graph.add(pairs, now, mark=mark)
-                (unsure or {}).pop(Additive.GRAPH, None)
+                unsure.pop(Additive.GRAPH, None)
             await landed(Additive.GRAPH, bool(pairs))
             if every.likes:
                 out.mutual += await self.users.add_likes(every.likes, now)
@@ -221,11 +232,12 @@ class EffectWriter:
                 await self.blocks.add(every.blocks, now)
             inbound = plan(Additive.INBOUND).inbound
             if inbound:
-                if unsure is not None and mark is not None:
+                if mark is not None:
                     counted = pending(todo, done, Additive.INBOUND)
-                    unsure[Additive.INBOUND] = partial(self._inbound_landed, counted, mark)
+                    marked = self.inbound.marked
+                    unsure[Additive.INBOUND] = partial(_events_marked, marked, counted, mark)
                 await self.inbound.add(inbound, now, mark=mark)
-                (unsure or {}).pop(Additive.INBOUND, None)
+                unsure.pop(Additive.INBOUND, None)
             await landed(Additive.INBOUND, bool(inbound))
         finally:
             await asyncio.wait(engine.values())
@@ -238,16 +250,6 @@ class EffectWriter:
         capped = engine[Additive.EXPOSURE].result()  # the engine's error, when it failed
         engine[Additive.TREND].result()
         out.capped = sorted(set(out.capped) | set(capped or []))
-
-    async def _engine_landed(self, counted: Sequence[Event], mark: str) -> set[str]:
-        """The ids of ``counted`` whose item's engine counter keeps ``mark``."""
-        got = await self.exposure.marked((ev.item_id for ev in counted), mark)
-        return {ev.id for ev in counted if ev.item_id in got}
-
-    async def _inbound_landed(self, counted: Sequence[Event], mark: str) -> set[str]:
-        """The ids of ``counted`` whose item's inbound counter carries ``mark``."""
-        got = await self.inbound.marked((ev.item_id for ev in counted), mark)
-        return {ev.id for ev in counted if ev.item_id in got}
 
     async def _update_users(
         self,
