@@ -62,10 +62,10 @@ async def test_overload_is_shed_not_degraded(
 async def test_a_busy_process_misses_deadlines_without_opening_the_breaker(
     api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
-    """The event loop is blocked in bursts (CPU starvation inside the process): requests miss
-    their 300 ms deadline while the engine is healthy. They degrade (safely) but are not
-    engine failures, so the breaker (2 failures would open it for 30 s) stays closed and the
-    first request after the hog stops is fresh."""
+    """The event loop stalls 400 ms while requests are in flight, past their engine calls
+    (CPU starvation inside the process): they miss their 300 ms deadline while the engine is
+    healthy. They degrade (safely) but are not engine failures, so the breaker (2 failures
+    would open it for 30 s) stays closed and the first request after the stalls is fresh."""
     settings = api_settings.model_copy(
         update={
             "api_deadline_ms": 300,
@@ -74,28 +74,32 @@ async def test_a_busy_process_misses_deadlines_without_opening_the_breaker(
             "api_max_concurrency": 16,
         }
     )
-    stop = asyncio.Event()
-
-    async def hog() -> None:  # holds the loop 400 ms out of every 450
-        while not stop.is_set():
-            time.sleep(0.4)
-            await asyncio.sleep(0.05)
-
     async with serve(settings) as client:
         rt = client.app.state.runtime
         url = "/v1/users/u3/recommendations?k=10"
         await _until_fresh(client, url, keys["read"])  # warm (a cold first call can be slow)
-        hogging = asyncio.ensure_future(hog())
+        transport = rt.os_client.transport
+        answer = transport.perform_request
+        stall = asyncio.Event()
+
+        async def answer_then_stall(*args: Any, **kwargs: Any) -> Any:
+            result = await answer(*args, **kwargs)
+            if stall.is_set():  # a request is past its engine call, the others in flight
+                stall.clear()
+                time.sleep(0.4)
+            return result
+
+        transport.perform_request = answer_then_stall
+        kinds: Counter[str] = Counter()
         try:
-            kinds: Counter[str] = Counter()
             for _ in range(4):
+                stall.set()
                 batch = await asyncio.gather(
                     *(client.get(url, headers=h(keys["read"])) for _ in range(4))
                 )
                 kinds.update(_kind(r) for r in batch)
         finally:
-            stop.set()
-            await hogging
+            del transport.perform_request
         assert kinds["degraded"] > 0, kinds  # deadlines were missed ...
         assert rt.breaker.state.value == "closed" and rt.breaker.failures == 0  # ... not counted
         metrics = (await client.get("/metrics")).text
