@@ -35,8 +35,8 @@ emptying the rotation; a slow node that answers something is not hung either.
 
 Retrying after a connection was closed mid-request can apply a write twice; that is
 opensearch-py's default behaviour too (``max_retries=3``). Our writes are idempotent
-(externally versioned documents, upserts by id) except exposure counters, which may then
-count one impression twice.
+(externally versioned documents, upserts by id; the exposure and live-trend counters ignore a
+write whose mark they keep: ``signals._counting.once_per_mark``).
 """
 
 from __future__ import annotations

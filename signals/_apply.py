@@ -15,11 +15,13 @@ except for an effect written in the few milliseconds before its record. A MongoD
 (co-engagement, inbound) and an engine counter write (exposure, trend) store the call's token
 with what they write, so when the answer is lost (the connection cut after the write was
 applied) the failing call reads the token back and records the effect all the same
-(``unsure``). An engine counter
-``_bulk`` applied in part records the effect on the events whose items it wrote (the counters
-are per item), so the taker adds only the items it did not. The co-engagement pairs are
-computed from the states as they were before the batch, whether or not a failed call merged
-it already.
+(``unsure``); an engine counter keeps the last marks and ignores a write whose mark it keeps
+(the transport's re-sends of a request whose answer was lost). An engine counter ``_bulk``
+applied in part records the effect on the events whose items it wrote (the counters are per
+item), so the taker adds only the items it did not — those it names unwritten are read back by
+their mark too (a 429 retry round that failed as a whole may have been applied). The
+co-engagement pairs are computed from the states as they were before the batch, whether or not
+a failed call merged it already.
 
 While the engine cannot be read, the events' items come from MongoDB without their vectors
 (:func:`stored_items`): the effects that need no engine write (blocks, hides, passes, user
@@ -183,13 +185,16 @@ class EffectWriter:
         async def engine_effect(effect: str, write: Awaitable[Any] | None) -> Any:
             if write is None:
                 return await landed(effect, False)
+            counted = pending(todo, done, Additive(effect))
             if (m := mark_of(effect)) is not None:
-                counted = pending(todo, done, Additive(effect))
                 unsure[effect] = partial(_events_marked, self.exposure.marked, counted, m)
             try:
                 result = await write
-            except PartialWrite:  # answered item by item: ``partly`` knows what was written
+            except PartialWrite as exc:  # answered item by item: ``partly`` has the written
                 unsure.pop(effect, None)
+                maybe = [ev for ev in counted if ev.item_id in exc.unwritten]
+                if m is not None and maybe:  # ... and a retry round lost on the way may not
+                    unsure[effect] = partial(_events_marked, self.exposure.marked, maybe, m)
                 raise
             unsure.pop(effect, None)
             await landed(effect, True)

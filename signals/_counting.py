@@ -14,10 +14,13 @@ __all__ = [
     "MARK_SCRIPT",
     "count_pairs",
     "marked",
+    "once_per_mark",
 ]
 
-#: the last writers' marks a counter document keeps (``marks``): an event batch's call marks
-#: what it writes, so when the answer is lost it can read back whether the write landed
+#: the last writers' marks a counter document keeps (``marks``): a writer marks what it
+#: writes, so when the answer is lost it can read back whether the write landed (an event
+#: batch's call), or send the write again with the same mark (a served-impression flush):
+#: a counter that keeps the mark already ignores it (:func:`once_per_mark`)
 MARKS_KEPT = 16
 MARK_PROPERTIES: dict[str, Any] = {
     "marks": {"type": "keyword", "index": False, "doc_values": False}
@@ -31,8 +34,21 @@ if (params.containsKey('mark')) {
 }
 """
 
+
+def once_per_mark(body: str) -> str:
+    """Pure: a counter script that applies ``body`` and keeps ``params.mark`` (when given)
+    unless the counter keeps that mark already: then the update is a no-op (``noop``, its
+    ``_source`` answered as for any update), so a write sent again with its mark is applied
+    once."""
+    seen = (
+        "params.containsKey('mark') && ctx._source.marks != null"
+        " && ctx._source.marks.contains(params.mark)"
+    )
+    return f"if ({seen}) {{ ctx.op = 'noop'; }} else {{{body}{MARK_SCRIPT}}}"
+
+
 # one counter document per item: tumbling window, then add; report whether it is at its cap
-COUNT_SCRIPT = (
+COUNT_SCRIPT = once_per_mark(
     """
 if (ctx._source.window_start == null || params.now - ctx._source.window_start >= params.window) {
   ctx._source.window_start = params.now;
@@ -51,7 +67,6 @@ if (dt > 0) {
 }
 ctx._source.paced += params.n;
 """
-    + MARK_SCRIPT
 )
 
 # the list document: add newly capped ids with their window end, drop expired ones

@@ -8,10 +8,12 @@ counted as written. An overloaded engine rejects single items of a bulk it other
 sends those again, alone, up to ``retries`` times with a doubling pause, and returns what was
 applied and what still was not, by document id. A retry round that fails as a whole (the engine
 stopped answering) ends the retries: its items are returned as not applied. A first request
-that fails as a whole raises (nothing of it was applied). A request that timed out may have
-been applied all the same: an event batch's call marks its writes (``_counting.MARK_SCRIPT``)
-and reads the marks back before its events are taken over (``_apply``); a retry round's items
-are returned as not applied, so they are counted again (the at-least-once case left here).
+that fails as a whole raises. A request that failed without an answer (timed out, connection
+cut) may have been applied all the same, and a retry round's items are then returned as not
+applied: the writers mark their counter writes and a counter ignores a mark it keeps
+(``_counting.once_per_mark``), so the transport's re-sends and a served flush's retry of the same
+part count once, and an event batch's call reads its marks back before its events are taken
+over (``_apply``).
 """
 
 from __future__ import annotations

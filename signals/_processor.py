@@ -33,11 +33,11 @@ answer (up to two leases, so a store outage between a write and its record is wa
 call that takes them over (after a failure or a crash) adds only the rest: exactly-once too, except
 for a crash in the milliseconds between such a write and its record, a lost write whose mark later
 writers pushed out before it was read back (one mark per MongoDB row, the last 16 per engine
-counter), an outage longer than the read-back waits, and a 429 retry round of the engine's ``_bulk``
-whose answer was lost. A counters ``_bulk`` applied in part is read item by item: the events whose
-items it wrote record it done, the others do not (``_apply``). Raw events expire through a TTL index
-on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`, in each API process from 5 s after start)
-applies expired claims nobody retried.
+counter), and an outage longer than the read-back waits. A counters ``_bulk`` applied in part is
+read item by item: the events whose items it wrote record it done, those whose items it names
+unwritten are read back by their mark (a 429 retry round whose answer was lost, ``_apply``).
+Raw events expire through a TTL index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`,
+in each API process from 5 s after start) applies expired claims nobody retried.
 """
 
 from __future__ import annotations

@@ -5,25 +5,35 @@ caps saw what clients chose to report. :class:`ServedExposure` counts what is ac
 the API's answer calls :meth:`ServedExposure.add` (through ``Discovery.record_served``; a dict
 update, no I/O), and the counts are written with :meth:`ExposureStore.record` by a background
 flush at most every ``exposure_flush_s`` — one ``_bulk`` for all requests of that period, never a
-round trip of a request. A flush that fails keeps its counts for the next one (bounded by
-``max_pending`` ids); one whose ``_bulk`` was applied in part keeps only the counts it did not
-write (:class:`~opendisco.PartialWrite`: the others are written, and would be added twice);
-counts not yet flushed when a process stops are lost (at most one
-period's). Client impression events naming a served list (``request_id``) are then not
-counted again (``EventProcessor``; setting ``exposure_count_served``).
+round trip of a request. Counts not yet flushed when a process stops are lost (at most one
+period's).
+
+Each part a flush writes carries a mark of its own, kept on every counter it updates
+(``_counting.once_per_mark``): a counter that keeps the mark ignores the write. A part whose
+write failed is sent again by the next flush, first, with the same counts and the same mark
+(``retry``), so a write applied whose answer was lost (a connection cut after the engine
+applied it; the transport's own re-sends of it too) is counted once — as long as its mark is
+among the counter's last ``MARKS_KEPT`` writers' when it comes again. A ``_bulk`` applied in
+part (:class:`~opendisco.PartialWrite`) keeps only the items it did not write. The parts after
+a failed one were not sent: their counts go back to ``pending`` (bounded by ``max_pending``
+ids). A flush stops at its first failure and the part kept is sent first by the next, so at
+most one part waits to be sent again.
+
+Client impression events naming a served list (``request_id``) are not counted again
+(``EventProcessor``; setting ``exposure_count_served``).
 
 A flush writes its batch in parts of ``chunk`` items (``exposure_flush_chunk``), spread over
 half of its period, with one update of the capped list (the last part's): one ``_bulk`` of a
 period's ~400 scripted upserts held one engine write thread — one of the two cores here —
 for ~55 ms at once, and a candidate ``_msearch`` landing in it waited (served p99 at c=1
-84.9 ms with served counting vs 77.0 without, bench/README.md api). A part that fails keeps
-its unwritten counts and every later part's for the next flush; the earlier parts are written.
+84.9 ms with served counting vs 77.0 without, bench/README.md api).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -52,7 +62,9 @@ class ServedExposure:
         #: items per ``_bulk`` of a flush (0: the whole batch in one)
         self.chunk = chunk
         self.pending: Counter[str] = Counter()
-        self.flushing: Counter[str] = Counter()  # the batch a flush is writing now
+        self.flushing: Counter[str] = Counter()  # the counts a flush is writing now
+        #: ``(mark, counts)`` of a part whose write failed, sent first by the next flush
+        self.retry: tuple[str, dict[str, int]] | None = None
         self.written = 0
         self.dropped = 0
         self._last = time.monotonic()
@@ -73,37 +85,49 @@ class ServedExposure:
             self._task.add_done_callback(_retrieve)
 
     async def flush(self, pace: bool = True) -> list[str]:
-        """Write what is pending (in parts of ``chunk`` items, spread out unless ``pace`` is
-        False); returns the capped ids."""
+        """Write the part kept by a failed flush, then what is pending (in parts of ``chunk``
+        items, spread out unless ``pace`` is False); returns the capped ids."""
         batch, self.pending = self.pending, Counter()
-        if not batch:
-            return []
-        self.flushing = batch
+        retry, self.retry = self.retry, None
         ids = sorted(batch)
-        size = self.chunk or len(ids)
-        parts = [ids[k : k + size] for k in range(0, len(ids), size)]
+        size = self.chunk or len(ids) or 1
+        parts = [] if retry is None else [retry]
+        parts += [
+            (_mark(), {i: batch[i] for i in ids[k : k + size]}) for k in range(0, len(ids), size)
+        ]
+        if not parts:
+            return []
+        self.flushing = Counter(batch) + Counter(retry[1] if retry else {})
         gap = min(self.flush_s, 1.0) * self.pace_share / len(parts) if pace else 0.0
         capped: list[str] = []
         try:
-            for j, part in enumerate(parts):
+            for j, (mark, counts) in enumerate(parts):
                 if j and gap > 0:
                     await asyncio.sleep(gap)
-                counts = {i: batch[i] for i in part}
                 try:
-                    capped = await self.store.record(counts, cap_list=j == len(parts) - 1)
+                    capped = await self.store.record(
+                        counts, cap_list=j == len(parts) - 1, mark=mark
+                    )
                 except BackendError as exc:
-                    # a bulk applied in part (PartialWrite) wrote every count it does not name:
-                    # counting those again would add them twice; later parts were not sent
-                    unwritten = exc.unwritten if isinstance(exc, PartialWrite) else part
-                    kept = {i: counts[i] for i in unwritten if i in counts}
-                    self.written += sum(counts.values()) - sum(kept.values())
-                    kept.update((i, batch[i]) for later in parts[j + 1 :] for i in later)
-                    log.warning("served impressions not counted yet (%d ids): %s", len(kept), exc)
-                    self._requeue(kept)
+                    # a bulk applied in part (PartialWrite) wrote every count it does not name;
+                    # what it names, or all of a part that failed unanswered, goes again with
+                    # its mark (a counter that got it ignores it); later parts were not sent
+                    unwritten = exc.unwritten if isinstance(exc, PartialWrite) else counts
+                    again = {i: counts[i] for i in unwritten if i in counts}
+                    self.written += sum(counts.values()) - sum(again.values())
+                    self.retry = (mark, again) if again else None
+                    later = Counter[str]()
+                    for _, rest in parts[j + 1 :]:
+                        later.update(rest)
+                    log.warning(
+                        "served impressions not counted yet (%d ids): %s",
+                        len(again) + len(later),
+                        exc,
+                    )
+                    self._requeue(later)
                     raise
                 self.written += sum(counts.values())
-                for i in part:
-                    del self.flushing[i]
+                self.flushing -= Counter(counts)
         finally:
             self.flushing = Counter()
         return capped
@@ -121,15 +145,26 @@ class ServedExposure:
             self.dropped += lost
 
     def unwritten(self, item_id: str) -> int:
-        """Impressions of ``item_id`` served and not written to the counters yet (pending, or
-        in a flush still running)."""
-        return self.pending.get(item_id, 0) + self.flushing.get(item_id, 0)
+        """Impressions of ``item_id`` served and not known written to the counters (pending,
+        in a flush still running, or in the part kept to be sent again)."""
+        kept = self.retry[1].get(item_id, 0) if self.retry is not None else 0
+        return self.pending.get(item_id, 0) + self.flushing.get(item_id, 0) + kept
+
+    def unwritten_total(self) -> int:
+        """Impressions served and not known written to the counters, of every item."""
+        kept = sum(self.retry[1].values()) if self.retry is not None else 0
+        return sum(self.pending.values()) + sum(self.flushing.values()) + kept
 
     async def drain(self) -> None:
         """Wait for a running flush and write what is left (shutdown, tests, benchmarks)."""
         if self._task is not None and not self._task.done():
             await asyncio.wait([self._task])
         await self.flush(pace=False)
+
+
+def _mark() -> str:
+    """A part's mark: 48 random bits (the events' marks end in ``.e`` / ``.t``)."""
+    return f"{secrets.token_hex(6)}.s"
 
 
 def _retrieve(fut: asyncio.Future[list[str]]) -> None:

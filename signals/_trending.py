@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from ._counting import MARK_SCRIPT, marked
+from ._counting import marked, once_per_mark
 
 __all__ = [
     "TREND_PROPERTIES",
@@ -37,7 +37,7 @@ TREND_PROPERTIES: dict[str, Any] = {
 }
 
 # decayed like/match count: bring the stored value to the later of (trend_at, t), add w there
-TREND_UPDATE_SCRIPT = (
+TREND_UPDATE_SCRIPT = once_per_mark(
     """
 double hl = params.half_life;
 if (ctx._source.trend == null || ctx._source.trend_at == null) {
@@ -52,7 +52,6 @@ if (params.at > ref) {
 }
 ctx._source.touched_at = params.now;
 """
-    + MARK_SCRIPT
 )
 
 # the decayed value of a counter at params.now (0 outside the window)

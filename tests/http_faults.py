@@ -11,7 +11,9 @@ touched, nothing of OpenSearch is mocked: every request not faulted reaches it):
 * ``reject_item(index, id)``: inside ``_bulk`` requests, the matching items are not forwarded
   and answered ``429 es_rejected_execution_exception`` in their place in the bulk answer (an
   engine whose write queue rejects single items of a bulk it otherwise applies); in ``_mget``
-  answers the matching documents are replaced by that error (a shard's get queue full).
+  answers the matching documents are replaced by that error (a shard's get queue full);
+* ``lose_answer_if(method, path, body)``: the matching requests are forwarded and applied by
+  the engine, then the client's connection is cut before the answer (``lost`` counts them).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class FaultyHttpProxy:
         self.failing = False
         self.fail_if: Callable[[str, str], bool] | None = None
         self.reject_item: Callable[[str, str], bool] | None = None
+        self.lose_answer_if: Callable[[str, str, bytes], bool] | None = None
+        self.lost = 0
         self.port = 0
         self.answered: dict[int, int] = {}
         self.rejected: Counter[str] = Counter()  # bulk items rejected, by id
@@ -145,6 +149,13 @@ class FaultyHttpProxy:
             return self._refuse(self.statuses[n % len(self.statuses)])
         if self.fail_if is not None and self.fail_if(request.method, request.path):
             return self._refuse(429)
+        lose = self.lose_answer_if
+        if lose is not None and lose(request.method, request.path, body):
+            await self._forward(request, body)  # applied by the engine ...
+            self.lost += 1
+            assert request.transport is not None
+            request.transport.abort()  # ... and the answer lost: the connection cut
+            return web.Response(status=204)
         if self.reject_item is not None and request.path.endswith("/_bulk") and body.strip():
             return await self._bulk(request, body)
         if self.reject_item is not None and request.path.endswith("/_mget"):

@@ -60,7 +60,7 @@ async def metrics(rt: RuntimeDep) -> PlainTextResponse:
     impressions and lists not written), of every worker when the server runs several."""
     rt.metrics.breaker_state.set(rt.breaker.state.gauge)
     served = rt.discovery.served
-    rt.metrics.exposure_unwritten.set(sum(served.pending.values()) + sum(served.flushing.values()))
+    rt.metrics.exposure_unwritten.set(served.unwritten_total())
     rt.metrics.exposure_dropped.set(served.dropped)
     log = rt.discovery.served_log
     rt.metrics.served_log_dropped.set(log.dropped if log is not None else 0)

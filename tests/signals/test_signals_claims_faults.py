@@ -83,6 +83,23 @@ async def _served_through(s: Settings) -> AsyncIterator[tuple[ExposureStore, Ser
         await os_client.close()
 
 
+@contextlib.asynccontextmanager
+async def processors(s: Settings, n: int) -> AsyncIterator[tuple[list[EventProcessor], Any]]:
+    """``n`` event processors (API workers) on one engine client and one MongoDB database of
+    ``s``, their stores ensured, and that database."""
+    os_client = clients.async_opensearch(s)
+    mongo = clients.mongo_async(s)
+    db = mongo[s.mongo_db]
+    try:
+        workers = [EventProcessor(s, db, os_client) for _ in range(n)]
+        for w in workers:
+            await w.ensure()
+        yield workers, db
+    finally:
+        await os_client.close()
+        await mongo.close()
+
+
 def _write_storm(method: str, path: str) -> bool:
     """Every ``_bulk`` answered 429 (the write thread pool rejecting); reads forwarded."""
     return path.rstrip("/").endswith("_bulk")
@@ -235,13 +252,7 @@ async def test_items_rejected_inside_the_counters_bulk_count_the_batch_once(
     it adds only the items that were not written — exposure and live trend exactly once."""
     with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
         s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
-        os_client = clients.async_opensearch(s)
-        mongo = clients.mongo_async(s)
-        db = mongo[s.mongo_db]
-        try:
-            workers = [EventProcessor(s, db, os_client) for _ in range(2)]
-            for w in workers:
-                await w.ensure()
+        async with processors(s, 2) as (workers, db):
             counters = _Counters(workers[0], db)
             batch = _batch()
             touched = sorted({e["item_id"] for e in batch})
@@ -268,9 +279,6 @@ async def test_items_rejected_inside_the_counters_bulk_count_the_batch_once(
             like = EventsConfig().weights["like"]
             for item in touched:
                 assert abs(trend[item] - trend0[item] - like * liked[item]) < 0.01, item
-        finally:
-            await os_client.close()
-            await mongo.close()
 
 
 async def _trend(proc: EventProcessor, ids: list[str]) -> dict[str, float]:
@@ -281,8 +289,8 @@ async def test_served_impressions_rejected_in_part_are_kept_and_the_rest_counted
     storm: tuple[FaultyHttpProxy, Settings],
 ) -> None:
     """A flush whose bulk was applied in part keeps only the rejected items' counts for the
-    next flush (not the whole batch: the others were written); after the storm the counters
-    hold exactly what was served."""
+    next flush (not the whole batch: the others were written), to be sent again with the
+    part's mark; after the storm the counters hold exactly what was served."""
     proxy, s = storm
     async with _served_through(s) as (store, served):
         ids = MOVIES[:6]
@@ -294,7 +302,8 @@ async def test_served_impressions_rejected_in_part_are_kept_and_the_rest_counted
         proxy.reject_item = _rejects(store.index, rejected)
         with pytest.raises(SearchBackendError):
             await served.flush()
-        assert dict(served.pending) == {i: shown[i] for i in rejected}
+        assert not served.pending  # what was not written is sent again, with its mark
+        assert served.retry is not None and served.retry[1] == {i: shown[i] for i in rejected}
         assert served.written == sum(n for i, n in shown.items() if i not in rejected)
         assert served.unwritten(ids[0]) == shown[ids[0]]  # what the fallback adds to caps
         proxy.reject_item = None
@@ -309,8 +318,9 @@ async def test_a_flush_in_parts_is_spread_out_and_a_refused_part_keeps_it_and_th
 ) -> None:
     """``chunk``: a flush's parts go as separate ``_bulk`` requests spread over half its
     period, with one update of the cap list. When the engine refuses the second part, the
-    first is counted (and not kept), the second and third are kept for the next flush; after
-    the storm the counters hold exactly what was served."""
+    first is counted (and not kept), the second is kept to be sent again with its mark and
+    the third, not sent, goes back to pending; after the storm the counters hold exactly what
+    was served."""
     proxy, s = storm
     async with _served_through(s) as (store, _):
         served = ServedExposure(store, flush_s=1.0, chunk=2)
@@ -340,7 +350,8 @@ async def test_a_flush_in_parts_is_spread_out_and_a_refused_part_keeps_it_and_th
         served.add(ids[:6])
         with pytest.raises(SearchBackendError):
             await served.flush()
-        assert dict(served.pending) == dict.fromkeys(ids[2:6], 1)  # parts 2 and 3
+        assert served.retry is not None and served.retry[1] == dict.fromkeys(ids[2:4], 1)
+        assert dict(served.pending) == dict.fromkeys(ids[4:6], 1)  # part 3: not sent
         assert served.written == 3 * len(ids) + 2
         assert not served.flushing and served.unwritten(ids[2]) == 1
         proxy.fail_if = None
