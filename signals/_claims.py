@@ -63,6 +63,11 @@ _PROJECTION = {
     "claim_pid": 1,
     "claim_started": 1,
     "done": 1,
+    # what the stored event is about: a later event with its id about something else is not
+    # a retry of it
+    "type": 1,
+    "user_id": 1,
+    "item_id": 1,
 }
 #: generations tried in one take-over call (each needs its predecessor expired)
 _MAX_GENERATIONS = 8
@@ -77,6 +82,8 @@ class ClaimStatus:
     expired: bool
     #: additive effects already applied by a holder that failed later (not to add again)
     done: frozenset[str] = frozenset()
+    #: ``(type, user_id, item_id)`` of the stored event (None: it is gone)
+    about: tuple[str, str, str] | None = None
 
 
 def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
@@ -89,6 +96,7 @@ def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
         gen=int(doc.get("claim_gen") or 0),
         expired=held_until_over(doc, now, "claim_"),
         done=frozenset(str(s) for s in doc.get("done") or ()),
+        about=(str(doc.get("type")), str(doc.get("user_id")), str(doc.get("item_id"))),
     )
 
 

@@ -78,7 +78,10 @@ class Event(BaseModel):
         min_length=1,
         max_length=200,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,199}$",
-        description="Client event id; a repeated id is counted once.",
+        description=(
+            "Client event id; a repeated id is counted once (a retry). An id names one event:"
+            " reused for another type, member or item, the event is rejected."
+        ),
     )
     type: EventType
     user_id: Id

@@ -8,6 +8,9 @@ the guarantee)::
                                               unknown item → rejected, nothing written for it
     3. claim: insert_many into `events` with _id = event id, applied=False and a claim (owner,
        generation, expiry; see ``_claims``), ordered=False. An id already stored is
+                                              about another type, member or item → rejected
+                                                (a retry repeats its event; ids are one
+                                                namespace for every API key)
                                               applied → duplicate (no-op)
                                               claimed, claim live → in flight in another
                                                 call: waited for (events_claim_wait_s), then a
@@ -60,7 +63,7 @@ from opendisco._settings import Settings
 
 from ._apply import Check, EffectWriter, settle_unsure, stored_items
 from ._blocks import BlockStore
-from ._claims import EventClaims, classify
+from ._claims import ClaimStatus, EventClaims, classify
 from ._event import Event, EventsConfig, EventsResult, validate_event
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
@@ -83,6 +86,20 @@ def _stored(ev: Event, weight: float, now: datetime) -> dict[str, Any]:
     doc = {**ev.model_dump(exclude_none=True), "_id": ev.id, "weight": weight, "received_at": now}
     doc.pop("id", None)
     return doc
+
+
+def _about(ev: Event) -> tuple[str, str, str]:
+    """What an event is about: a retry repeats it, another event with its id does not."""
+    return (ev.type, ev.user_id, ev.item_id)
+
+
+def _reuse_reason(about: tuple[str, str, str]) -> str:
+    return f"id: already used by another event {about} (an id names one event, never reused)"
+
+
+def _reused(status: Mapping[str, ClaimStatus], by_id: Mapping[str, Event]) -> list[str]:
+    """Pure: the ids whose stored event is about something other than the posted one."""
+    return [i for i, st in status.items() if st.about is not None and st.about != _about(by_id[i])]
 
 
 def _raw(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -306,17 +323,20 @@ class EventProcessor:
         out = EventsResult()
         # 1. validate (pure)
         valid: list[tuple[int, Event]] = []
-        ids_in_batch: set[str] = set()
+        ids_in_batch: dict[str, Event] = {}
         for i, raw in enumerate(events):
             try:
                 ev = validate_event(raw, now, self.cfg)
             except EventInvalid as exc:
                 out.rejected.append((i, str(exc)))
                 continue
-            if ev.id in ids_in_batch:
-                out.duplicates += 1
+            if (first := ids_in_batch.get(ev.id)) is not None:
+                if _about(first) == _about(ev):
+                    out.duplicates += 1
+                else:
+                    out.rejected.append((i, _reuse_reason(_about(first))))
                 continue
-            ids_in_batch.add(ev.id)
+            ids_in_batch[ev.id] = ev
             valid.append((i, ev))
 
         # 2. reads (no writes yet)
@@ -338,16 +358,25 @@ class EventProcessor:
         out.rejected.sort()
         if valid:
             # 3.-5. claim, effects, mark
-            await self._claim_and_apply([ev for _, ev in valid], items, now, out)
+            await self._claim_and_apply(valid, items, now, out)
+            out.rejected.sort()
         out.took_ms = (time.perf_counter() - t0) * 1e3
         return out
 
     async def _claim_and_apply(
-        self, evs: list[Event], items: dict[str, dict[str, Any]], now: datetime, out: EventsResult
+        self,
+        valid: list[tuple[int, Event]],
+        items: dict[str, dict[str, Any]],
+        now: datetime,
+        out: EventsResult,
     ) -> None:
-        """Claim ``evs``; apply the claimed ones; wait for those another call holds (taking
-        over any whose claim expires meanwhile) until ``events_claim_wait_s`` has passed."""
+        """Claim ``valid`` (``(index in the batch, event)``); apply the claimed ones; wait for
+        those another call holds (taking over any whose claim expires meanwhile) until
+        ``events_claim_wait_s`` has passed. An id stored for an event about something else
+        (type, member or item) is rejected: a retry repeats its event."""
         token = uuid.uuid4().hex
+        evs = [ev for _, ev in valid]
+        index = {ev.id: i for i, ev in valid}
         by_id = {ev.id: ev for ev in evs}
         done: dict[str, frozenset[str]] = {}  # taken over: what the failed holder completed
         docs = [_stored(ev, self.cfg.weights.get(ev.type, 0.0), now) for ev in evs]
@@ -359,6 +388,9 @@ class EventProcessor:
         while True:
             if waiting:
                 status = await self.claims.status(waiting)
+                for i in _reused(status, by_id):
+                    out.rejected.append((index[i], _reuse_reason(status.pop(i).about)))
+                    waiting.discard(i)
                 applied = {i for i, st in status.items() if st.applied}
                 expired = {i: st.gen for i, st in status.items() if not st.applied and st.expired}
                 won = await self.claims.take_over(expired, token) if expired else set()

@@ -40,6 +40,32 @@ async def test_duplicates_counted_once(
     assert await clustered_db[EVENTS].count_documents({"user_id": user}) == 2
 
 
+async def test_an_id_reused_for_another_event_is_rejected_not_a_duplicate(
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
+) -> None:
+    """A retry repeats its event; an id posted for another item, member or type (a client
+    bug, or another client's ids: one namespace for every key) is rejected with the reason,
+    not counted as a duplicate of what it is not — in the store and inside one batch."""
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
+    user, stranger = _uid(), _uid()
+    first = _ev(user, "like", "beta5")
+    assert (await proc.apply([first])).accepted == 1
+    for reused in ({**first, "item_id": "beta6"}, {**first, "user_id": stranger}):
+        res = await proc.apply([reused])  # another item, another member
+        assert (res.accepted, res.duplicates, [i for i, _ in res.rejected]) == (0, 0, [0]), res
+        assert "already used by another event ('like'" in res.rejected[0][1]
+    assert (await proc.apply([dict(first)])).duplicates == 1  # the retry
+    twice = _ev(user, "impression", "beta3")
+    res = await proc.apply([twice, {**twice, "type": "click"}, dict(twice)])
+    assert (res.accepted, res.duplicates, [i for i, _ in res.rejected]) == (1, 1, [1]), res
+    assert "already used by another event ('impression'" in res.rejected[0][1]
+    st = await UserStateStore(clustered_db).get(user)
+    assert [p["id"] for p in st.positives] == ["beta5"]
+    assert await clustered_db[EVENTS].count_documents({"user_id": stranger}) == 0
+    stored = await clustered_db[EVENTS].find_one({"_id": first["id"]})
+    assert stored is not None and stored["item_id"] == "beta5"
+
+
 async def test_malformed_events_rejected_and_nothing_applied(
     clustered_settings: Settings, clustered_db: Any, clustered_os: Any
 ) -> None:
