@@ -12,9 +12,9 @@ additive effect (:class:`~._effects.Additive`) the call completed is recorded on
 soon as it is written (``record``; again with the release of a failed call: ``completed``), and
 the taker applies it only for the events that have not had it (``done``) — after a crash too,
 except for an effect written in the few milliseconds before its record. A MongoDB counter write
-(co-engagement, inbound) and an engine counter write (exposure, trend) store the call's token
+(co-engagement, inbound) and an engine counter write (exposure, trend) store a mark of the write
 with what they write, so when the answer is lost (the connection cut after the write was
-applied) the failing call reads the token back and records the effect all the same
+applied) the failing call reads the mark back and records the effect all the same
 (``unsure``); an engine counter keeps the last marks and ignores a write whose mark it keeps
 (the transport's re-sends of a request whose answer was lost). An engine counter ``_bulk``
 applied in part records the effect on the events whose items it wrote (the counters are per
@@ -171,7 +171,7 @@ class EffectWriter:
         back (``True`` or the ids of the events it did count), see
         :meth:`EventProcessor._claim_and_apply`."""
 
-        mark = None if mark is None else mark[:12]  # 48 random bits of the call's token
+        mark = None if mark is None else mark[:12]  # 48 random bits, fresh per apply
         unsure = {} if unsure is None else unsure
 
         async def landed(effect: str, wrote: bool) -> None:

@@ -48,9 +48,10 @@ from opendisco._exceptions import BackendError
 from opendisco._holder import held_until_over, holder
 from opendisco._store import renewing
 
+from ._event import Event, about
 from ._graph import SEP
 
-__all__ = ["CLAIMS", "ClaimStatus", "EventClaims", "classify"]
+__all__ = ["CLAIMS", "ClaimStatus", "EventClaims", "classify", "reused"]
 
 CLAIMS = "event_claims"
 #: fields of an ``events`` document that describe its claim (and the additive effects a
@@ -98,6 +99,12 @@ def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
         done=frozenset(str(s) for s in doc.get("done") or ()),
         about=(str(doc.get("type")), str(doc.get("user_id")), str(doc.get("item_id"))),
     )
+
+
+def reused(status: Mapping[str, ClaimStatus], posted: Mapping[str, Event]) -> list[str]:
+    """Pure: the ids whose stored event is about something other than the one ``posted``
+    with that id (not a retry of it)."""
+    return [i for i, st in status.items() if st.about is not None and st.about != about(posted[i])]
 
 
 def _arbiter(event_id: str, gen: int) -> str:

@@ -8,7 +8,7 @@ each event of a batch posted through any path (API, CLI, evaluation replay).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -29,6 +29,9 @@ __all__ = [
     "EventType",
     "EventsConfig",
     "EventsResult",
+    "about",
+    "reuse_reason",
+    "validate_batch",
     "validate_event",
 ]
 
@@ -149,6 +152,42 @@ def validate_event(raw: Any, now: datetime, cfg: EventsConfig) -> Event:
     if ev.ts < now - timedelta(days=cfg.ttl_days):
         raise EventInvalid(f"ts: older than the {cfg.ttl_days:g}-day retention")
     return ev
+
+
+def about(ev: Event) -> tuple[str, str, str]:
+    """Pure: what an event is about, ``(type, user_id, item_id)``: a retry repeats it, another
+    event with its id does not."""
+    return (ev.type, ev.user_id, ev.item_id)
+
+
+def reuse_reason(first: tuple[str, str, str]) -> str:
+    """The rejection of an event whose id names another event (``first``: what that one is
+    about)."""
+    return f"id: already used by another event {first} (an id names one event, never reused)"
+
+
+def validate_batch(
+    events: Sequence[Any], now: datetime, cfg: EventsConfig, out: EventsResult
+) -> list[tuple[int, Event]]:
+    """Pure: ``(index, event)`` of the valid events of a batch, each id once; the others are
+    added to ``out`` — rejected with the reason, or a repeat within the batch counted a
+    duplicate (an id repeated for another event is rejected)."""
+    valid: list[tuple[int, Event]] = []
+    firsts: dict[str, Event] = {}
+    for i, raw in enumerate(events):
+        try:
+            ev = validate_event(raw, now, cfg)
+        except EventInvalid as exc:
+            out.rejected.append((i, str(exc)))
+            continue
+        if (first := firsts.get(ev.id)) is None:
+            firsts[ev.id] = ev
+            valid.append((i, ev))
+        elif about(first) == about(ev):
+            out.duplicates += 1
+        else:
+            out.rejected.append((i, reuse_reason(about(first))))
+    return valid
 
 
 @dataclass

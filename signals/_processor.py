@@ -63,8 +63,8 @@ from opendisco._settings import Settings
 
 from ._apply import Check, EffectWriter, settle_unsure, stored_items
 from ._blocks import BlockStore
-from ._claims import ClaimStatus, EventClaims, classify
-from ._event import Event, EventsConfig, EventsResult, validate_event
+from ._claims import EventClaims, classify, reused
+from ._event import Event, EventsConfig, EventsResult, reuse_reason, validate_batch
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
 from ._graph import ItemGraph
@@ -86,20 +86,6 @@ def _stored(ev: Event, weight: float, now: datetime) -> dict[str, Any]:
     doc = {**ev.model_dump(exclude_none=True), "_id": ev.id, "weight": weight, "received_at": now}
     doc.pop("id", None)
     return doc
-
-
-def _about(ev: Event) -> tuple[str, str, str]:
-    """What an event is about: a retry repeats it, another event with its id does not."""
-    return (ev.type, ev.user_id, ev.item_id)
-
-
-def _reuse_reason(about: tuple[str, str, str]) -> str:
-    return f"id: already used by another event {about} (an id names one event, never reused)"
-
-
-def _reused(status: Mapping[str, ClaimStatus], by_id: Mapping[str, Event]) -> list[str]:
-    """Pure: the ids whose stored event is about something other than the posted one."""
-    return [i for i, st in status.items() if st.about is not None and st.about != _about(by_id[i])]
 
 
 def _raw(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -321,23 +307,7 @@ class EventProcessor:
     async def _apply(self, events: Sequence[Any], now: datetime) -> EventsResult:
         t0 = time.perf_counter()
         out = EventsResult()
-        # 1. validate (pure)
-        valid: list[tuple[int, Event]] = []
-        ids_in_batch: dict[str, Event] = {}
-        for i, raw in enumerate(events):
-            try:
-                ev = validate_event(raw, now, self.cfg)
-            except EventInvalid as exc:
-                out.rejected.append((i, str(exc)))
-                continue
-            if (first := ids_in_batch.get(ev.id)) is not None:
-                if _about(first) == _about(ev):
-                    out.duplicates += 1
-                else:
-                    out.rejected.append((i, _reuse_reason(_about(first))))
-                continue
-            ids_in_batch[ev.id] = ev
-            valid.append((i, ev))
+        valid = validate_batch(events, now, self.cfg, out)  # 1. (pure)
 
         # 2. reads (no writes yet)
         items: dict[str, dict[str, Any]] = {}
@@ -388,8 +358,8 @@ class EventProcessor:
         while True:
             if waiting:
                 status = await self.claims.status(waiting)
-                for i in _reused(status, by_id):
-                    out.rejected.append((index[i], _reuse_reason(status.pop(i).about)))
+                for i in reused(status, by_id):
+                    out.rejected.append((index[i], reuse_reason(status.pop(i).about)))
                     waiting.discard(i)
                 applied = {i for i, st in status.items() if st.applied}
                 expired = {i: st.gen for i, st in status.items() if not st.applied and st.expired}
@@ -407,8 +377,11 @@ class EventProcessor:
                 try:
                     async with self.claims.renewing(ids, token):
                         record = partial(self.claims.record_done, ids, token)
+                        # each write its own mark (a counter ignores a mark it keeps): a
+                        # later round of this call may count the same items again
+                        mark = uuid.uuid4().hex
                         await self.writer.apply(
-                            mine, items, now, out, done, completed, partly, record, unsure, token
+                            mine, items, now, out, done, completed, partly, record, unsure, mark
                         )
                 except BaseException:
                     # a failed call gives its claims up at once: a retry takes them over now

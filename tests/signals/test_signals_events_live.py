@@ -113,6 +113,33 @@ async def test_interrupted_claim_is_reapplied_once(
     assert [p["id"] for p in st.positives] == ["alpha7"]
 
 
+async def test_a_call_that_takes_a_claim_over_later_counts_its_items_again(
+    clustered_settings: Settings, clustered_db: Any, clustered_os: Any
+) -> None:
+    """A call applies its own event, waits for one another call holds, and takes it over
+    when that claim expires: both are impressions of one item. The second write is the
+    call's own too, not a re-send of the first, so the counter adds it (a write's mark is
+    the write's, not the call's: a counter ignores a mark it keeps)."""
+    proc = EventProcessor(clustered_settings, clustered_db, clustered_os)
+    mine, held = _ev(_uid(), "impression", "gamma3"), _ev(_uid(), "impression", "gamma3")
+    await clustered_db[EVENTS].insert_one(  # held by a call that stops renewing it
+        {
+            "_id": held["id"],
+            "type": "impression",
+            "user_id": held["user_id"],
+            "item_id": "gamma3",
+            "applied": False,
+            "claim_owner": "another call",
+            "claim_gen": 0,
+            "claim_expires": datetime.now(UTC) + timedelta(seconds=1),
+        }
+    )
+    before = (await proc.exposure.counts(["gamma3"]))["gamma3"]
+    res = await proc.apply([mine, held])
+    assert (res.accepted, res.recovered, res.in_flight) == (1, 1, 0), res
+    assert (await proc.exposure.counts(["gamma3"]))["gamma3"] == before + 2
+
+
 async def test_user_vector_is_decayed_mean_of_positives_minus_negatives(
     clustered_settings: Settings,
     clustered_db: Any,
