@@ -11,7 +11,6 @@ __all__ = [
     "COUNT_SCRIPT",
     "MARKS_KEPT",
     "MARK_PROPERTIES",
-    "MARK_SCRIPT",
     "count_pairs",
     "marked",
     "once_per_mark",
@@ -26,7 +25,7 @@ MARK_PROPERTIES: dict[str, Any] = {
     "marks": {"type": "keyword", "index": False, "doc_values": False}
 }
 #: appended to a counter script: keep ``params.mark`` among the last ``params.keep`` marks
-MARK_SCRIPT = """
+_MARK_SCRIPT = """
 if (params.containsKey('mark')) {
   if (ctx._source.marks == null) { ctx._source.marks = new ArrayList(); }
   ctx._source.marks.add(params.mark);
@@ -44,7 +43,7 @@ def once_per_mark(body: str) -> str:
         "params.containsKey('mark') && ctx._source.marks != null"
         " && ctx._source.marks.contains(params.mark)"
     )
-    return f"if ({seen}) {{ ctx.op = 'noop'; }} else {{{body}{MARK_SCRIPT}}}"
+    return f"if ({seen}) {{ ctx.op = 'noop'; }} else {{{body}{_MARK_SCRIPT}}}"
 
 
 # one counter document per item: tumbling window, then add; report whether it is at its cap
@@ -80,7 +79,7 @@ ctx._source.capped.ids = new ArrayList(until.keySet());
 
 
 def marked(params: dict[str, Any], mark: str | None) -> dict[str, Any]:
-    """Pure: a counter script's ``params`` with ``mark`` (when given) for :data:`MARK_SCRIPT`."""
+    """Pure: a counter script's ``params`` with ``mark`` (when given) for :func:`once_per_mark`."""
     return params if mark is None else {**params, "mark": mark, "keep": MARKS_KEPT}
 
 
@@ -94,7 +93,7 @@ def count_pairs(
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Pure: ``(action, source)`` of each item's counter upsert (``batch``: impressions per
     id), answering the counter's ``count``, ``cap`` and ``window_start``; ``mark`` is kept
-    on each counter written (:data:`MARK_SCRIPT`)."""
+    on each counter written (:func:`once_per_mark`)."""
     pairs = []
     for item_id in sorted(batch):
         params = {"n": batch[item_id], "cap": caps[item_id], "now": now_ms, "window": window_ms}

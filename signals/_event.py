@@ -169,8 +169,8 @@ def reuse_reason(first: tuple[str, str, str]) -> str:
 def validate_batch(
     events: Sequence[Any], now: datetime, cfg: EventsConfig, out: EventsResult
 ) -> list[tuple[int, Event]]:
-    """Pure: ``(index, event)`` of the valid events of a batch, each id once; the others are
-    added to ``out`` — rejected with the reason, or a repeat within the batch counted a
+    """``(index, event)`` of the valid events of a batch, each id once (no I/O); the others
+    are added to ``out`` — rejected with the reason, or a repeat within the batch counted a
     duplicate (an id repeated for another event is rejected)."""
     valid: list[tuple[int, Event]] = []
     firsts: dict[str, Event] = {}

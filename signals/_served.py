@@ -147,13 +147,16 @@ class ServedExposure:
     def unwritten(self, item_id: str) -> int:
         """Impressions of ``item_id`` served and not known written to the counters (pending,
         in a flush still running, or in the part kept to be sent again)."""
-        kept = self.retry[1].get(item_id, 0) if self.retry is not None else 0
-        return self.pending.get(item_id, 0) + self.flushing.get(item_id, 0) + kept
+        counts = (self.pending, self.flushing, self._kept())
+        return sum(c.get(item_id, 0) for c in counts)
 
     def unwritten_total(self) -> int:
         """Impressions served and not known written to the counters, of every item."""
-        kept = sum(self.retry[1].values()) if self.retry is not None else 0
-        return sum(self.pending.values()) + sum(self.flushing.values()) + kept
+        return sum(sum(c.values()) for c in (self.pending, self.flushing, self._kept()))
+
+    def _kept(self) -> Mapping[str, int]:
+        """The counts of the part kept to be sent again (none: empty)."""
+        return self.retry[1] if self.retry is not None else {}
 
     async def drain(self) -> None:
         """Wait for a running flush and write what is left (shutdown, tests, benchmarks)."""
