@@ -131,9 +131,11 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         _, stuck = await asyncio.wait(rt.tasks, timeout=5.0)
         if stuck:
             log.warning("background tasks did not stop: %s", stuck)
-        with contextlib.suppress(Exception):
-            # event batches applying, served impressions, the served-list log
+        try:  # event batches applying, served impressions, the served-list log
             await asyncio.wait_for(disc.drain(), 5.0)
+        except Exception as exc:  # the engine is down or paused: what it could not take
+            left = disc.served.unwritten_total()
+            log.warning("shutdown: %d served impressions not counted (%r)", left, exc)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(exposures.drain(), 5.0)
         with contextlib.suppress(Exception):

@@ -299,16 +299,10 @@ class Discovery:
     ) -> Recommendations:
         if surface not in USER_SURFACES:
             raise InvalidInput(f"surface {surface!r} needs an item or a query, not a member")
-        return await self.run(
-            await self.plan(
-                surface,
-                k,
-                user_id=user_id,
-                exclude=exclude,
-                explain=explain,
-                request_id=request_id,
-            )
+        plan = await self.plan(
+            surface, k, user_id=user_id, exclude=exclude, explain=explain, request_id=request_id
         )
+        return await self.run(plan)
 
     async def similar(
         self,
@@ -354,12 +348,15 @@ class Discovery:
         await self.writes.recover_forever()
 
     async def drain(self) -> None:
-        """Finish queued work before the clients close (shutdown, an evaluation's end): a
-        pacing step (cut off, its lease stayed held), events, served impressions, side effects."""
-        await self.pacing.settle()
-        await self.writes.drain()
-        for effect in self.parts.side_effects:
-            await effect.drain()
+        """Finish queued work before the clients close (shutdown, an evaluation's end): pacing,
+        events, served impressions, side effects — side by side, so a hung engine write does
+        not hold back the served-list log (a store write); then the first failure is raised."""
+        effects = (e.drain() for e in self.parts.side_effects)
+        done = await asyncio.gather(
+            self.pacing.settle(), self.writes.drain(), *effects, return_exceptions=True
+        )
+        if failed := [o for o in done if isinstance(o, BaseException)]:
+            raise failed[0]
 
     @property
     def served_log(self) -> ServedLog | None:

@@ -5,8 +5,9 @@ caps saw what clients chose to report. :class:`ServedExposure` counts what is ac
 the API's answer calls :meth:`ServedExposure.add` (through ``Discovery.record_served``; a dict
 update, no I/O), and the counts are written with :meth:`ExposureStore.record` by a background
 flush at most every ``exposure_flush_s`` — one ``_bulk`` for all requests of that period, never a
-round trip of a request. Counts not yet flushed when a process stops are lost (at most one
-period's).
+round trip of a request. Counts not yet flushed when a process is killed are lost (at most one
+period's); a shutdown drains them, and what the engine does not take within the shutdown's
+deadline is logged (a flush cut in flight keeps its part, as a failed one does).
 
 Each part a flush writes carries a mark of its own, kept on every counter it updates
 (``_counting.once_per_mark``): a counter that keeps the mark ignores the write. A part whose
@@ -108,10 +109,11 @@ class ServedExposure:
                     capped = await self.store.record(
                         counts, cap_list=j == len(parts) - 1, mark=mark
                     )
-                except BackendError as exc:
+                except (BackendError, asyncio.CancelledError) as exc:
                     # a bulk applied in part (PartialWrite) wrote every count it does not name;
-                    # what it names, or all of a part that failed unanswered, goes again with
-                    # its mark (a counter that got it ignores it); later parts were not sent
+                    # what it names, or all of a part that failed unanswered (or was cancelled
+                    # in flight: a shutdown's deadline), goes again with its mark (a counter
+                    # that got it ignores it); later parts were not sent
                     unwritten = exc.unwritten if isinstance(exc, PartialWrite) else counts
                     again = {i: counts[i] for i in unwritten if i in counts}
                     self.written += sum(counts.values()) - sum(again.values())
@@ -120,7 +122,7 @@ class ServedExposure:
                     for _, rest in parts[j + 1 :]:
                         later.update(rest)
                     log.warning(
-                        "served impressions not counted yet (%d ids): %s",
+                        "served impressions not counted yet (%d ids): %r",
                         len(again) + len(later),
                         exc,
                     )

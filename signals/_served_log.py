@@ -167,6 +167,7 @@ class ServedLog:
         self._queue: deque[ServedList] = deque()
         self._rng = np.random.default_rng(seed)
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None  # the running flusher's: set, it writes now
         self._ready = False
         self._native_ttl = True
         self._last_purge = 0.0
@@ -184,7 +185,9 @@ class ServedLog:
         self._queue.append(served)
         if self._task is None or self._task.done():
             with contextlib.suppress(RuntimeError):  # no running loop: flushed by drain()
-                self._task = asyncio.get_running_loop().create_task(self._run())
+                loop = asyncio.get_running_loop()
+                self._wake = asyncio.Event()
+                self._task = loop.create_task(self._run(self._wake))
 
     @property
     def pending(self) -> int:
@@ -239,10 +242,12 @@ class ServedLog:
             log.warning("served-list log write failed (%d lists lost): %r", len(docs), exc)
         return len(batch)
 
-    async def _run(self) -> None:
-        """The flusher: started by :meth:`log`, ends when the queue is empty."""
+    async def _run(self, wake: asyncio.Event) -> None:
+        """The flusher: started by :meth:`log`, ends when the queue is empty; writes every
+        ``flush_every_s``, or at once when ``wake`` is set (:meth:`drain`)."""
         while self._queue:
-            await asyncio.sleep(self.flush_every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.flush_every_s)
             while await self.flush():
                 pass
             if not self._native_ttl and time.monotonic() - self._last_purge > self.purge_every_s:
@@ -256,12 +261,14 @@ class ServedLog:
         """Write everything queued now and stop the flusher (shutdown, end of an evaluation:
         before the client closes).
 
-        The flusher is awaited, not cancelled: a batch it has taken off the queue is in
-        flight until its insert returns, and cancelling it there would lose the batch without
-        counting it. The flusher ends by itself once the queue is empty (its writes never
-        raise), so this waits at most one ``flush_every_s`` plus the writes."""
+        The flusher is woken and awaited, not cancelled: a batch it has taken off the queue
+        is in flight until its insert returns, and cancelling it there would lose the batch
+        without counting it. The flusher ends by itself once the queue is empty (its writes
+        never raise), so this waits for the writes only, not for a ``flush_every_s``."""
         task, self._task = self._task, None
         if task is not None and not task.done():
+            if self._wake is not None:
+                self._wake.set()
             await task
         while await self.flush():
             pass

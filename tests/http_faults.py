@@ -13,7 +13,9 @@ touched, nothing of OpenSearch is mocked: every request not faulted reaches it):
   engine whose write queue rejects single items of a bulk it otherwise applies); in ``_mget``
   answers the matching documents are replaced by that error (a shard's get queue full);
 * ``lose_answer_if(method, path, body)``: the matching requests are forwarded and applied by
-  the engine, then the client's connection is cut before the answer (``lost`` counts them).
+  the engine, then the client's connection is cut before the answer (``lost`` counts them);
+* ``hang_if(method, path)``: the matching requests wait unanswered (a paused engine) until
+  :meth:`FaultyHttpProxy.resume` or the proxy's exit, then go through (``hung`` counts them).
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class FaultyHttpProxy:
         self.reject_item: Callable[[str, str], bool] | None = None
         self.lose_answer_if: Callable[[str, str, bytes], bool] | None = None
         self.lost = 0
+        self.hang_if: Callable[[str, str], bool] | None = None
+        self.hung = 0
+        self._resumed: asyncio.Event | None = None  # the proxy loop's, made in _start
         self.port = 0
         self.answered: dict[int, int] = {}
         self.rejected: Counter[str] = Counter()  # bulk items rejected, by id
@@ -149,6 +154,10 @@ class FaultyHttpProxy:
             return self._refuse(self.statuses[n % len(self.statuses)])
         if self.fail_if is not None and self.fail_if(request.method, request.path):
             return self._refuse(429)
+        if self.hang_if is not None and self.hang_if(request.method, request.path):
+            assert self._resumed is not None
+            self.hung += 1
+            await self._resumed.wait()
         lose = self.lose_answer_if
         if lose is not None and lose(request.method, request.path, body):
             await self._forward(request, body)  # applied by the engine ...
@@ -163,7 +172,13 @@ class FaultyHttpProxy:
         status, data, ctype = await self._forward(request, body)
         return web.Response(body=data, status=status, headers={"Content-Type": ctype})
 
+    def resume(self) -> None:
+        """Let the hung requests through (and every later one ``hang_if`` matches)."""
+        assert self._resumed is not None
+        self._loop.call_soon_threadsafe(self._resumed.set)
+
     async def _start(self) -> None:
+        self._resumed = asyncio.Event()
         self._session = aiohttp.ClientSession()
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -185,6 +200,7 @@ class FaultyHttpProxy:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.resume()
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
