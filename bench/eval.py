@@ -115,6 +115,15 @@ def targets(by: dict[str, Any], k: int, served: str = "served") -> dict[str, Any
     return out
 
 
+def _shown(path: Path) -> str:
+    """``path`` as a result file names it: relative to the checkout when inside it (a result
+    is read in other clones), else as given."""
+    try:
+        return str(path.resolve().relative_to(HERE.parent))
+    except ValueError:
+        return str(path)
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     """``"0,300"`` → (0, 300)."""
     return tuple(int(p) for p in text.split(",") if p.strip())
@@ -322,7 +331,7 @@ def main() -> None:
                 info["ltr"]["top_features"] = sorted(
                     ltr_report["importance"].items(), key=lambda kv: -kv[1]
                 )[:8]
-            info["ltr_model"] = str(path)
+            info["ltr_model"] = _shown(Path(path))  # relative to the checkout when inside it
             models["served+ltr"] = ServedRecommender(
                 settings.model_copy(
                     update={"model_file": Path(path), "itemsim_candidates": itemsim}
