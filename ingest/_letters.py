@@ -326,9 +326,13 @@ async def sweep(
     at their version or later. Scans ``dead_letters`` once (small: the refusals); reads the
     documents and the index by id, a page at a time. Returns the records resolved."""
     opened = []
+    # the ids read back as ``items`` reads them: a datetime ``_id`` decoded by the database's
+    # codec carries another ``tzinfo``, hence another ``repr`` (``_typed``, ``owns``), and
+    # the document it names was taken for one deleted
+    letters = db.get_collection(DEAD_LETTERS, codec_options=items.codec_options)
     with backend_errors("reading dead letters failed"):
         query = {**records_of(items.name), "resolved_at": None}
-        async for rec in db[DEAD_LETTERS].find(query, {"doc_id": 1, "version": 1}):
+        async for rec in letters.find(query, {"doc_id": 1, "version": 1}):
             if owns(rec.get("doc_id")):
                 opened.append(rec)
     resolved = 0

@@ -211,3 +211,36 @@ async def test_dead_letters_keep_their_null_fields(mongo_db: Any, async_db: Any)
     assert "doc_id" in letter and letter["doc_id"] is None
     assert "version" in letter and letter["version"] is None
     assert letter["doc"]["version"] == "one" and letter["reason"] == "_id"
+
+
+async def test_datetime_id_keeps_its_dead_letter_open(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """An invalid document whose ``_id`` is (or holds) a date stays refused while it exists:
+    the sweep read the records' ids with the database's codec (another ``tzinfo``, so
+    another ``repr`` than the items' codec gives), did not find the document and resolved its
+    record as deleted, in the very reindex that opened it."""
+    from datetime import UTC, datetime
+
+    coll = mongo_db[ingest_settings.items_collection]
+    ids = [datetime(2020, 1, 1, tzinfo=UTC), {"t": datetime(2021, 1, 1, tzinfo=UTC)}]
+    coll.insert_many([_item(ingest_catalogue[i], doc_id) for i, doc_id in enumerate(ids)])
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert (report.dead_lettered, report.dead_letters_resolved) == (2, 0)
+        syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+        try:
+            repaired = await syncer.reconcile(take_all=True)  # its sweep, by partition
+        finally:
+            await syncer.close()
+        assert repaired.dead_letters_resolved == 0, repaired
+        letters = mongo_db["dead_letters"].find({"collection": ingest_settings.items_collection})
+        assert [rec.get("resolved_at") for rec in letters] == [None, None]
+        check = await verify(ingest_settings, client=client)
+        assert check.ok and check.invalid == check.open_dead_letters == 2, check.summary()
+    finally:
+        await client.close()
