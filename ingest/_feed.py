@@ -11,11 +11,13 @@ OpenSearch or dead-lettered. Documents of partitions the worker does not hold ar
   ``sync_batch_size`` and closed when the pass ends (FerretDB scans the collection once per
   query, so a pass costs one scan, not one per batch). A pass starts
   ``sync_overlap_seconds`` before the oldest checkpoint it holds, so a writer whose
-  ``updated_at`` lags its commit is still seen; deletes are tombstones (``deleted: true``),
-  turned into external-versioned deletes by the apply step. Documents whose ``updated_at``
-  is missing or not a date are read by every pass, so the apply step dead-letters them (and
-  removes the indexed copy of a document whose new version lost it). What no watermark can
-  see — hard deletes, writes backdated behind it — is repaired by ``_reconcile``.
+  ``updated_at`` lags its commit is still seen, and a checkpoint never passes the reader's
+  clock, so a writer whose clock runs ahead hides no other writer's writes; deletes are
+  tombstones (``deleted: true``), turned into external-versioned deletes by the apply step.
+  Documents whose ``updated_at`` is missing or not a date are read by every pass, so the
+  apply step dead-letters them (and removes the indexed copy of a document whose new
+  version lost it). What no watermark can see — hard deletes, writes backdated behind it —
+  is repaired by ``_reconcile``.
 * :class:`ChangeStreamFeed` — MongoDB replica-set change streams (``updateLookup``), resumed
   from the oldest token the worker's partitions hold; an event at or before a partition's own
   token is skipped for it. Lost history (the token fell off the oplog) raises
@@ -58,7 +60,6 @@ __all__ = [
 ]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_CLOCK_SKEW = timedelta(minutes=5)
 NOT_A_DATE = {"updated_at": {"$not": {"$type": "date"}}}
 
 
@@ -168,13 +169,16 @@ class PollingFeed(_Partitioned):
     async def _batches(
         self, batches: AsyncIterator[list[dict[str, Any]]]
     ) -> AsyncIterator[ChangeBatch]:
-        horizon = now_ms() + MAX_CLOCK_SKEW
+        # the watermark never passes this reader's clock: a write dated ahead of it (a writer
+        # whose clock runs ahead) would drag it past the other writers' next writes, which no
+        # pass would read again; such a write is read by every pass until the clock catches
+        # up (the applied memory skips it)
+        horizon = now_ms()
         reached: datetime | None = None
         async for docs in batches:
             for doc in docs:
                 u = doc.get("updated_at")
                 if isinstance(u, datetime) and u.astimezone(UTC) <= horizon:
-                    # a future-dated updated_at must never drag the watermark past real writes
                     reached = max(reached or EPOCH, u.astimezone(UTC))
             mine = [d for d in docs if self.mine(d.get("_id"))]
             yield ChangeBatch(docs=mine, checkpoint={"ts": reached})

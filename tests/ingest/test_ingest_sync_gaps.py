@@ -205,3 +205,28 @@ async def test_sync_rides_out_429_and_503_for_a_minute(
         assert "reachable again" in log
     finally:
         await client.close()
+
+
+async def test_a_write_dated_ahead_hides_no_later_write(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A writer whose clock runs two minutes ahead moved the watermark to its ``updated_at``
+    (the horizon allowed five minutes of skew): the next ordinary write to another item,
+    dated now, was behind the watermark and no polling pass read it (stale until a
+    reconciliation). The watermark stops at the reader's clock now."""
+    coll = mongo_db[ingest_settings.items_collection]
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        _bump(coll, "p3", title="Dated ahead")
+        coll.update_one({"_id": "p3"}, {"$set": {"updated_at": now_ms() + timedelta(minutes=2)}})
+        assert (await sync_once(ingest_settings, client=client, embedder=embedder)).indexed == 1
+        _bump(coll, "p4", title="Written after, dated now")
+        assert (await sync_once(ingest_settings, client=client, embedder=embedder)).indexed == 1
+        check = await verify(ingest_settings, client=client)
+        assert check.ok, check.summary()
+    finally:
+        await client.close()
