@@ -8,6 +8,7 @@ a build in progress from one left by a crashed process.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,13 +38,19 @@ def new_index_name(alias: str, now: datetime | None = None) -> str:
 
 
 async def versioned_indices(client: Any, alias: str) -> dict[str, dict[str, Any]]:
-    """``{index: _meta.opendisco}`` of every ``<alias>-v*`` index."""
+    """``{index: _meta.opendisco}`` of every ``<alias>-v<digits>`` index (what
+    ``new_index_name`` names). The wildcard ``<alias>-v*`` also matches the builds of another
+    alias named like ``<alias>-v…`` (``items-vip``, ``items-v2``): a retention or a cleanup
+    of ``alias`` deleted them, and that alias with them."""
     try:
         resp = await client.indices.get_mapping(index=f"{alias}-v*", expand_wildcards="all")
     except NotFoundError:
         return {}
+    ours = re.compile(re.escape(alias) + r"-v[0-9]+")
     out = {}
     for name, body in resp.items():
+        if not ours.fullmatch(name):
+            continue
         meta = (body.get("mappings") or {}).get("_meta") or {}
         out[name] = meta.get("opendisco") or {}
     return out

@@ -275,3 +275,32 @@ async def test_reindex_killed_midway_is_rebuilt_without_reencoding(
     finally:
         fresh.close()
         await client.close()
+
+
+async def test_retention_and_cleanup_spare_an_alias_named_like_a_version(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """``<alias>-v*`` also matches the builds of an alias ``<alias>-vip``: a reindex of
+    ``<alias>`` with ``keep_versions=0`` deleted the index ``<alias>-vip`` served (and the
+    alias with it), and its cleanup deleted the other alias's build left by a dead process."""
+    ours = ingest_settings.model_copy(update={"keep_versions": 0})
+    other = ingest_settings.model_copy(update={"index_alias": f"{ours.index_alias}-vip"})
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        built = await reindex(other, client=client, embedder=embedder)
+        orphan = f"{other.index_alias}-v19990101000000000000"
+        body = index_templates.render("items", other)
+        body["mappings"]["_meta"] = {
+            "opendisco": {"state": "building", "pid": _dead_pid(), "host": socket.gethostname()}
+        }
+        await client.indices.create(index=orphan, body=body)
+        await reindex(ours, client=client, embedder=embedder)
+        report = await reindex(ours, client=client, embedder=embedder)
+        assert report.removed and built.index not in report.removed, report.removed
+        assert orphan not in report.removed
+        assert await alias_targets(client, other.index_alias) == [built.index]
+        assert sorted(await versioned_indices(client, other.index_alias)) == [orphan, built.index]
+        assert sorted(await versioned_indices(client, ours.index_alias)) == [report.index]
+        assert (await verify(other, client=client)).ok
+    finally:
+        await client.close()
