@@ -2,13 +2,16 @@
 
 Each JSON file in ``index_templates/`` becomes a composable index template named
 ``<alias>-<name>`` matching ``<alias>-v*`` (``items``), so every versioned index gets the
-declared settings and mappings. ``plan`` is a read-only diff; ``apply`` writes only templates
-that differ, and adds fields that are new in the template to the live index in place (an
-additive mapping change is compatible: documents written by the new code, which carry the
-field, are then accepted by the ``strict`` mapping before the next reindex), and sets the
-live index's replica count to the settings' (``index_replicas``: a dynamic setting, the
-cluster copies or drops replicas in the background). Any other difference to the live index
-(including its number of primary shards) needs ``opendisco reindex``.
+declared settings and mappings. Its priority grows with the alias's length: ``items-vip-v*``
+is also matched by ``items-v*``, and OpenSearch refuses overlapping patterns of one priority
+(the second alias's template was refused) and gives an index the highest one's template.
+``plan`` is a read-only diff; ``apply`` writes only templates that differ, and adds fields
+that are new in the template to the live index in place (an additive mapping change is
+compatible: documents written by the new code, which carry the field, are then accepted by
+the ``strict`` mapping before the next reindex), and sets the live index's replica count to
+the settings' (``index_replicas``: a dynamic setting, the cluster copies or drops replicas in
+the background). Any other difference to the live index (including its number of primary
+shards) needs ``opendisco reindex``.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def template_body(name: str, settings: Settings) -> dict[str, Any]:
         "index_patterns": [
             PATTERNS.get(name, "{alias}-" + name + "*").format(alias=settings.index_alias)
         ],
-        "priority": 100,
+        "priority": 100 + len(settings.index_alias),  # the longer alias's pattern wins
         "template": {"settings": rendered["settings"], "mappings": rendered["mappings"]},
         "_meta": {"managed_by": "opendisco", "template": name},
     }
@@ -116,10 +119,15 @@ async def plan_templates(settings: Settings, client: Any) -> list[TemplatePlan]:
                     tpl.get("template", {}).get("mappings", {}),
                 )
                 current["index_patterns"] = tpl.get("index_patterns")
+                current["priority"] = tpl.get("priority")
                 exists = True
             except NotFoundError:
                 current, exists = None, False
-            desired_full = {**desired, "index_patterns": body["index_patterns"]}
+            desired_full = {
+                **desired,
+                "index_patterns": body["index_patterns"],
+                "priority": body["priority"],
+            }
             plan = TemplatePlan(tname, exists, _diff(current, desired_full, tname))
             if name == "items":
                 plan.live_index, plan.live_diff = await _live(client, settings, desired)

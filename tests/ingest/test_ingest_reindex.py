@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from ingest_support import OPENDISCO, worker_env
+from opensearchpy.exceptions import NotFoundError
 
 from opendisco import Settings, clients, index_templates
 from opendisco.ingest import (
@@ -149,6 +151,32 @@ async def test_templates_apply_is_idempotent(ingest_settings: Settings) -> None:
             0
         ].changed  # dry run wrote nothing
     finally:
+        await client.close()
+
+
+async def test_templates_of_an_alias_named_like_a_version_both_apply(
+    ingest_settings: Settings,
+) -> None:
+    """``<alias>-v*`` also matches ``<alias>-vip-v…``: at one priority the second alias's
+    template was refused (overlapping patterns). The longer alias's template has the higher
+    priority, so both apply and each alias's builds get their own."""
+    ours = ingest_settings.model_copy(update={"index_alias": f"{ingest_settings.index_alias}-tp"})
+    other = ours.model_copy(update={"index_alias": f"{ours.index_alias}-vip", "behaviour_dim": 16})
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await apply_templates(ours, client)
+        await apply_templates(other, client)  # was: 400 illegal_argument_exception (overlap)
+        for s in (ours, other):
+            assert not (await plan_templates(s, client))[0].changed
+            got = await client.transport.perform_request(
+                "POST", f"/_index_template/_simulate_index/{s.index_alias}-v20261204000000"
+            )
+            props = got["template"]["mappings"]["properties"]
+            assert props["behaviour"]["dimension"] == s.behaviour_dim  # its own template's
+    finally:
+        for s in (other, ours):
+            with contextlib.suppress(NotFoundError):
+                await client.indices.delete_index_template(name=f"{s.index_alias}-items")
         await client.close()
 
 
