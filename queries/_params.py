@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,8 +22,29 @@ __all__ = ["REQUEST_PARAMS", "ParamSpec", "clip_terms", "validate_params"]
 TYPES = ("int", "float", "bool", "str", "text", "str_list", "vector", "geo", "date")
 _MISSING = object()
 # Lucene counts every term clause against indices.query.bool.max_clause_count (1024); a
-# multi_match over three fields multiplies the terms, so long texts keep their first terms.
-_TERM = re.compile(r"\w+", re.UNICODE)
+# multi_match over three fields multiplies the terms, so long texts keep their first terms,
+# counted at least as finely as the engine's standard tokenizer (UAX #29) cuts them
+# (``_term_ends``). Counted as ``\w+`` runs, 1000 Han ideographs were one term, 1000 emoji
+# none and "aア" * 500 one: too many clauses, and the lexical sources failed.
+_TERM = re.compile(r"\S+")
+_ASCII_TERM = re.compile(r"\w+", re.ASCII)
+#: letters (and ASCII or full-width digits) that form words with each other across these
+#: alphabetic scripts: Latin, Greek, Cyrillic, Armenian, Hebrew, Arabic, the Indic scripts,
+#: Georgian, Hangul, full-width Latin
+_WORD = (
+    (0x00C0, 0x058F), (0x0591, 0x05F4), (0x0610, 0x06FF), (0x0750, 0x077F), (0x0900, 0x0DFF),
+    (0x10A0, 0x10FF), (0x1100, 0x11FF), (0x1E00, 0x1FFF), (0x3131, 0x318E), (0xAC00, 0xD7A3),
+    (0xFF21, 0xFF3A), (0xFF41, 0xFF5A),
+)  # fmt: skip
+#: scripts whose letters form words of their own script only: Katakana, South-East Asian
+_KANA = ((0x30A1, 0x30FA), (0x30FC, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9F))
+_SEA = (
+    (0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x1950, 0x19DF), (0x1A20, 0x1AAF),
+    (0xAA60, 0xAADF),
+)  # fmt: skip
+#: letters assigned by Unicode 3.2 (2002) only join words: a later one may be unknown to the
+#: engine's tables, and an unknown character breaks words like a space
+_OLD = unicodedata.ucd_3_2_0
 _DATE_MATH = re.compile(r"now(-\d{1,5}[yMwdhms])?(/[yMwdhms])?")
 
 #: the template parameters every request sets from the member, the caller and the settings
@@ -234,9 +256,51 @@ def _check_decl(name: str, decl: Mapping[str, Any]) -> None:
         raise fail("doc must be a string")
 
 
+def _within(c: str, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return any(lo <= ord(c) <= hi for lo, hi in ranges)
+
+
+def _word_class(c: str) -> str | None:
+    """The word a character may be part of (``w``: the alphabetic scripts, ``k``: Katakana,
+    ``s``: South-East Asian), ``""`` when it is ASCII punctuation (no term), None when it is
+    a term of its own: a Han ideograph, Hiragana, an emoji, any other digit, symbol or
+    letter, any character Unicode 3.2 did not have (more terms than the engine sees only
+    clip earlier)."""
+    if c.isascii():
+        return "w" if c.isalnum() or c == "_" else ""
+    letter = (c.isalpha() or unicodedata.category(c)[0] == "M") and _OLD.category(c) != "Cn"
+    if (letter and _within(c, _WORD)) or "\uff10" <= c <= "\uff19":
+        return "w"
+    if letter and _within(c, _KANA):
+        return "k"
+    if letter and _within(c, _SEA):
+        return "s"
+    return None
+
+
+def _term_ends(text: str) -> Iterator[int]:
+    """Where each term of ``text`` ends: words of one class (``_word_class``) each, every
+    other character that is no space or ASCII punctuation alone."""
+    if text.isascii():  # the common case, at regex speed
+        yield from (m.end() for m in _ASCII_TERM.finditer(text))
+        return
+    for m in _TERM.finditer(text):
+        run: str | None = ""
+        for i, c in enumerate(m.group(), start=m.start()):
+            cls = _word_class(c)
+            if run and cls != run:
+                yield i
+            if cls is None:
+                yield i + 1
+            run = cls
+        if run:
+            yield m.end()
+
+
 def clip_terms(text: str, max_terms: int) -> str:
-    """The prefix of ``text`` holding its first ``max_terms`` word tokens (verbatim)."""
-    ends = [m.end() for _, m in zip(range(max_terms + 1), _TERM.finditer(text), strict=False)]
+    """The prefix of ``text`` holding its first ``max_terms`` terms (verbatim), counted at
+    least as finely as the engine's tokenizer does (``_term_ends``)."""
+    ends = [e for _, e in zip(range(max_terms + 1), _term_ends(text), strict=False)]
     return text[: ends[max_terms - 1]] if len(ends) > max_terms else text
 
 

@@ -172,6 +172,35 @@ async def test_hostile_query_strings_are_searched_literally(
     assert not cs.errors  # clipped below Lucene's clause limit, no TooManyClauses
 
 
+#: texts the engine's standard tokenizer cuts into more than 341 distinct tokens (1024 clauses
+#: over three fields), where a count of word runs saw one term or none: Han ideographs,
+#: Hiragana, emoji, Latin letters between Katakana words, Hangul syllables between letters
+#: newer than the engine's Unicode tables
+PER_CHARACTER = {
+    "han": "".join(chr(0x4E00 + i) for i in range(1000)),
+    "hiragana": "".join(chr(0x3041 + i % 86) + chr(0x4E00 + i) for i in range(500)),
+    "emoji": "".join(chr(0x1F300 + i) for i in range(1000)),
+    "mixed": " ".join(f"w{i}" + chr(0x4E00 + i) + chr(0x1F600 + i % 80) for i in range(333)),
+    "katakana": "".join(
+        chr(0x62 + i % 25) + chr(0x30A1 + i % 90) + chr(0x30A1 + i // 90) for i in range(333)
+    ),
+    "unknown": "".join(chr(0xAC00 + i) + "\u0d04" for i in range(500)),  # U+0D04: Unicode 13
+}
+
+
+@pytest.mark.parametrize("name", sorted(PER_CHARACTER))
+async def test_per_character_scripts_are_clipped_below_the_clause_limit(
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]], name: str
+) -> None:
+    # the API's longest query (1000 characters): the lexical sources answer, no
+    # too_many_nested_clauses from 1000 tokens in three fields
+    text = PER_CHARACTER[name][:1000]
+    cs = await generate_candidates(
+        query_os, query_settings, CandidateRequest(surface="search", k=5, query_text=text, now=NOW)
+    )
+    assert not cs.errors, cs.errors
+
+
 async def test_cold_start_user_gets_results_steered_by_interests(
     query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:

@@ -175,6 +175,16 @@ def test_long_text_keeps_its_first_terms_verbatim() -> None:
     assert q["multi_match"]["query"].count(",") == 199
     assert q["multi_match"]["query"].endswith(",w199")
     assert clip_terms("a b c", 2) == "a b" and clip_terms("a b", 5) == "a b"
+    # one term per Han ideograph, Hiragana character or emoji: what the engine's tokenizer
+    # makes of them (a word-run count saw one term in a line of ideographs, none in emoji)
+    assert clip_terms("日本語の本", 3) == "日本語"
+    assert clip_terms("ひらがな", 2) == "ひら"
+    assert clip_terms("🎷🎺 jazz", 2) == "🎷🎺"
+    assert clip_terms("jazz日本🎷", 2) == "jazz日"
+    assert clip_terms("Привет мир café", 2) == "Привет мир"  # words of other scripts stay whole
+    assert clip_terms("a, b. c!", 2) == "a, b"  # ASCII punctuation is no term
+    assert clip_terms("bアcイ", 3) == "bアc"  # Katakana forms no word with Latin letters
+    assert clip_terms("b\u0d04c\u0d04", 2) == "b\u0d04"  # a letter newer than Unicode 3.2
     with pytest.raises(TemplateParamError, match="max_len"):
         render("search", {"query_text": "x" * 20_001})
 
