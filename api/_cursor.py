@@ -23,10 +23,14 @@ from pymongo.errors import DuplicateKeyError
 from opendisco._backend import backend_errors
 from opendisco._exceptions import InvalidInput
 
-__all__ = ["SECRETS", "CursorCodec", "shared_secret"]
+__all__ = ["MAX_CURSOR_CHARS", "SECRETS", "CursorCodec", "shared_secret"]
 
 #: generated secrets every API process of one deployment shares (``_id`` = purpose)
 SECRETS = "api_secrets"
+#: the longest cursor a request may carry (the ``cursor`` parameter's bound): a session whose
+#: served ids do not fit in one ends as one that served ``max_ids`` (item ids may have 512
+#: characters: 999 of 100 signed to 78,746, a cursor the next page was refused with)
+MAX_CURSOR_CHARS = 65536
 
 
 async def shared_secret(db: Any, configured: str | None) -> bytes:
@@ -72,7 +76,8 @@ class CursorCodec:
         return _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest()[:16])
 
     def encode(self, user_id: str, surface: str, served: Sequence[str]) -> str | None:
-        """The next-page cursor, or None once the session has served ``max_ids`` items."""
+        """The next-page cursor, or None once the session has served ``max_ids`` items (or
+        more than one cursor of :data:`MAX_CURSOR_CHARS` holds)."""
         if len(served) >= self.max_ids:
             return None
         payload = {
@@ -82,7 +87,8 @@ class CursorCodec:
             "exp": int(self._clock()) + self.ttl_s,
         }
         body = _b64(zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 6))
-        return f"{body}.{self._sign(body)}"
+        cursor = f"{body}.{self._sign(body)}"
+        return cursor if len(cursor) <= MAX_CURSOR_CHARS else None
 
     def decode(self, cursor: str, user_id: str, surface: str) -> list[str]:
         """Served ids of a cursor; :class:`InvalidInput` when forged, expired or foreign."""

@@ -16,6 +16,7 @@ from fastapi.security import APIKeyHeader
 from opendisco._domain import ID_MAX_LENGTH, ID_PATTERN, UserSurface
 from opendisco._exceptions import Overloaded, RateLimited
 
+from ._cursor import MAX_CURSOR_CHARS
 from ._keys import ApiKey, ApiKeyStore
 from ._runtime import Runtime
 
@@ -101,7 +102,7 @@ SurfaceQ = Annotated[UserSurface, Query(description="Surface.")]
 CursorQ = Annotated[
     str | None,
     Query(
-        max_length=65536,
+        max_length=MAX_CURSOR_CHARS,
         pattern=r"^[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$",
         description="next_cursor of the previous page (opaque, signed).",
     ),

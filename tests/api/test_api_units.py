@@ -4,10 +4,13 @@ breaker may count, cursors, keys."""
 from __future__ import annotations
 
 import asyncio
+import random
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from opendisco import (
     AuthError,
@@ -20,7 +23,8 @@ from opendisco import (
 )
 from opendisco.api._admission import Admission
 from opendisco.api._breaker import BreakerState, CircuitBreaker
-from opendisco.api._cursor import CursorCodec
+from opendisco.api._cursor import MAX_CURSOR_CHARS, CursorCodec
+from opendisco.api._deps import CursorQ
 from opendisco.api._errors import error_response
 from opendisco.api._keys import ApiKey, ApiKeyStore, hash_secret, new_key, parse_key
 from opendisco.api._overload import EngineWait, LoopLag, engine_bound
@@ -295,6 +299,30 @@ def test_cursor_round_trip_and_binding() -> None:
     with pytest.raises(InvalidInput, match="expired"):
         codec.decode(cur, "u1", "for_you")
     assert codec.encode("u1", "for_you", list("abcde")) is None  # session full
+
+
+async def test_every_cursor_issued_is_one_the_route_accepts() -> None:
+    # item ids may be 512 characters: 999 served ids of 100 signed to a 78,746-character
+    # cursor, which the next page's request was refused with (422: over CursorQ's limit)
+    app = FastAPI()
+
+    @app.get("/page")
+    async def page(cursor: CursorQ = None) -> dict[str, int]:
+        return {"n": len(codec.decode(cursor or "", "u1", "for_you"))}
+
+    codec = CursorCodec(b"s3cret", max_ids=1000)
+    rng = random.Random(3)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for length, n in ((100, 999), (512, 300), (512, 100), (8, 999)):
+            ids = ["".join(rng.choices("0123456789abcdef", k=length)) for _ in range(n)]
+            cur = codec.encode("u1", "for_you", ids)
+            if cur is None:  # the session ends as when it served max_ids items
+                assert len(ids) * length > MAX_CURSOR_CHARS
+                continue
+            assert len(cur) <= MAX_CURSOR_CHARS
+            r = await client.get("/page", params={"cursor": cur})
+            assert r.status_code == 200 and r.json() == {"n": n}, (length, n, r.text[:200])
 
 
 # --- keys -----------------------------------------------------------------------------
