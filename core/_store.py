@@ -31,6 +31,7 @@ from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure, 
 
 from ._backend import backend_errors
 from ._exceptions import BackendError, StoreBackendError
+from ._holder import held_until_over, holder
 
 __all__ = [
     "MAX_WRITES_PER_COMMAND",
@@ -133,9 +134,12 @@ async def lease(
 ) -> AsyncIterator[None]:
     """Hold leases on all ``ids`` in the ``locks`` collection (all or none, jittered backoff).
 
-    ``insert_many({_id, owner, expires})`` is atomic per id on FerretDB too; ids someone else
-    holds make this caller release what it got and retry; an expired lease (a crashed holder)
-    is taken over; after ``wait_s`` :class:`StoreBackendError` names the busy ids. Held
+    ``insert_many({_id, owner, expires, host, pid, started})`` is atomic per id on FerretDB
+    too; ids someone else holds make this caller release what it got and retry; a lease whose
+    holder died is taken over: expired, or at once when it was a process of this host that is
+    gone (``opendisco._holder``: killed with -9, its leases held every writer of those items or
+    members off for ``lease_s`` after a restart, and the events recovery sweep gave up and
+    waited a cadence); after ``wait_s`` :class:`StoreBackendError` names the busy ids. Held
     leases are renewed every ``lease_s / 3`` (:func:`renewing`), so only a crashed (or frozen)
     holder's expire.
     """
@@ -144,13 +148,13 @@ async def lease(
         yield
         return
     token = uuid.uuid4().hex
+    me = holder()
     deadline = time.monotonic() + wait_s
     attempt = 0
     while True:
         now = datetime.now(UTC)
-        docs = [
-            {"_id": u, "owner": token, "expires": now + timedelta(seconds=lease_s)} for u in ids
-        ]
+        expires = now + timedelta(seconds=lease_s)
+        docs = [{"_id": u, "owner": token, "expires": expires} | me for u in ids]
         with backend_errors(f"{what} lock failed"):
             try:
                 await locks.insert_many(docs, ordered=False)
@@ -162,8 +166,15 @@ async def lease(
                 got = [u for u in ids if u not in set(busy)]
                 if got:  # all or none: avoids two batches waiting on each other
                     await locks.delete_many({"_id": {"$in": got}, "owner": token})
-                # take over leases whose holder died
-                await locks.delete_many({"_id": {"$in": busy}, "expires": {"$lt": now}})
+                # take over leases whose holder died: gone (read first, and every 8th try)
+                # or expired
+                if attempt % 8 == 0:
+                    held = await locks.find({"_id": {"$in": busy}}).to_list(None)
+                    over = sorted({str(d.get("owner")) for d in held if held_until_over(d, now)})
+                    if over:
+                        await locks.delete_many({"_id": {"$in": busy}, "owner": {"$in": over}})
+                else:
+                    await locks.delete_many({"_id": {"$in": busy}, "expires": {"$lt": now}})
         attempt += 1
         if time.monotonic() > deadline:
             raise StoreBackendError(f"{what} busy: {busy[:5]} (waited {wait_s}s)")
