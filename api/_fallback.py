@@ -12,8 +12,9 @@ the member in process with the one definition of the hard rules
    preferences, owner) are re-read from MongoDB ``items`` (``_id $in``, same deadline) and
    filtered again: what the lists knew at refresh time is never trusted alone;
 3. exposure caps are checked against the cap list read at the last refresh, and against the
-   listed items' impressions read with it plus those this process served since and could not
-   count yet (``Discovery.served``: the fallback's own answers count toward the caps); when
+   listed items' impressions read with it plus those this process served since, written to
+   the counters after that read or not yet (``Discovery.served``: its served answers and the
+   fallback's own count toward the caps); when
    the cap list is older than two refresh periods ``exposure_cap`` is named in
    ``degraded_rules`` (the one rule a degraded answer may check on stale data: other
    processes' answers are not seen).
@@ -240,8 +241,12 @@ class Fallback:
 
     def _served_to_cap(self, pool: Iterable[Recommendation]) -> frozenset[str]:
         """Items of ``pool`` whose impressions at the last refresh plus those this process has
-        served and not counted yet (the engine down: ``Discovery.served`` keeps them) reach
-        their cap: the fallback's own answers cap a member while the counters cannot."""
+        served since (``Discovery.served``: written to the counters after that read, or not
+        yet — the engine down) reach their cap: the fallback's own answers, and the served
+        answers since the refresh, cap a member while the counters cannot be read. (Counting
+        only those not yet written, the answers served with the engine up between the refresh
+        and the outage were counted nowhere: a member this process had shown up to its cap
+        was shown again, ``exposure_cap`` not named.)"""
         snap = self.lists.snapshot
         if snap is None or snap.counts is None:
             return frozenset()
@@ -249,7 +254,7 @@ class Fallback:
         default = self.discovery.settings.exposure_default_cap
         out = set()
         for r in pool:
-            n = snap.counts.get(r.id, 0) + served.unwritten(r.id)
+            n = snap.counts.get(r.id, 0) + served.served_since(r.id, snap.served_window)
             if n and n >= item_cap(r.item.get("exposure_cap"), default):
                 out.add(r.id)
         return frozenset(out)

@@ -112,6 +112,9 @@ class Snapshot:
     capped_at: float | None
     #: the listed items' impressions in their window, read with the cap list (None: unread)
     counts: dict[str, int] | None = None
+    #: the window of this process's served impressions opened just before ``counts`` were
+    #: read (``ServedExposure.served_since``: what they cannot hold)
+    served_window: int = 0
 
 
 @dataclass
@@ -240,10 +243,13 @@ class SegmentLists:
                 continue
             lists[seg], version = res[0], f"fallback:{res[1]}"
         if lists:
-            counts = await self._counts(lists) if read else None
-            if not read and old is not None:  # counted with the older cap list
-                counts = old.counts
-            self.snapshot = Snapshot(lists, version, capped, capped_at, counts)
+            counts, window = None, 0
+            if read:
+                window = self.discovery.served.open_window()  # before the read: nothing missed
+                counts = await self._counts(lists)
+            elif old is not None:  # counted with the older cap list
+                counts, window = old.counts, old.served_window
+            self.snapshot = Snapshot(lists, version, capped, capped_at, counts, window)
         if failed:
             self.refresh_failures += 1
             log.warning("fallback refresh: %d of %d lists failed", failed, len(results))

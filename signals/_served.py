@@ -70,6 +70,10 @@ class ServedExposure:
         self.dropped = 0
         self._last = time.monotonic()
         self._task: asyncio.Future[list[str]] | None = None
+        #: ``(generation, counts)`` of the last two windows :meth:`open_window` opened: what
+        #: was served since (or unwritten then), newest last
+        self._windows: list[tuple[int, Counter[str]]] = []
+        self._generation = 0
 
     def add(self, ids: Iterable[str]) -> None:
         """Count one impression of each id (no I/O); starts a background flush when due."""
@@ -78,6 +82,9 @@ class ServedExposure:
                 self.pending[i] += 1
             else:
                 self.dropped += 1
+            for _, window in self._windows:
+                if i in window or len(window) < self.max_pending:
+                    window[i] += 1
         if time.monotonic() - self._last >= self.flush_s and (
             self._task is None or self._task.done()
         ):
@@ -151,6 +158,26 @@ class ServedExposure:
         in a flush still running, or in the part kept to be sent again)."""
         counts = (self.pending, self.flushing, self._kept())
         return sum(c.get(item_id, 0) for c in counts)
+
+    def open_window(self) -> int:
+        """Start counting what is served from now on, beside what is unwritten now; returns
+        the window's generation (:meth:`served_since`). Opened just before the counters are
+        read, it holds every impression such a read may miss — written after it, or not yet
+        (one written while the read runs is in both: counted twice, never missed). The last
+        two windows are kept: the snapshot read before stays in use until the new one is."""
+        self._generation += 1
+        start = Counter(self.pending) + Counter(self.flushing) + Counter(self._kept())
+        self._windows = [*self._windows[-1:], (self._generation, start)]
+        return self._generation
+
+    def served_since(self, item_id: str, generation: int) -> int:
+        """Impressions of ``item_id`` in the window of ``generation`` (served since it opened,
+        or unwritten then): what a read of the counters made then cannot hold. Of a window
+        no longer kept (or never opened), what is unwritten now."""
+        for g, window in self._windows:
+            if g == generation:
+                return window.get(item_id, 0)
+        return self.unwritten(item_id)
 
     def unwritten_total(self) -> int:
         """Impressions served and not known written to the counters, of every item."""

@@ -440,6 +440,52 @@ async def test_the_fallback_counts_its_own_answers_toward_exposure_caps(
         await os_proxy.close()
 
 
+async def test_the_fallback_counts_the_answers_served_since_its_refresh(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """sn is shown x-near (cap 4) twice while the engine answers — written to the counters,
+    after the fallback's lists and counts were read — then the engine is killed: the
+    degraded answers count those two as well, so x-near is shown at most its cap in all.
+    (Counting only the impressions not written yet, they were counted nowhere: x-near was
+    shown four more times, ``degraded_rules`` empty.)"""
+    key = safe["keys"]["read"]
+    os_proxy, _, settings = await proxied(
+        safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            rt = client.app.state.runtime
+            snap = rt.fallback.lists.snapshot
+            assert NEAR in {r.id for recs in snap.lists.values() for r in recs}
+            before = (snap.counts or {}).get(NEAR, 0)
+            assert before <= 2, before  # room left for two served and one degraded answer
+            served = 0
+            for _ in range(10):
+                if served == 2:
+                    break
+                resp = await client.get("/v1/users/sn/recommendations?k=5", headers=h(key))
+                assert resp.status_code == 200 and resp.json()["degraded"] is False
+                served += NEAR in [it["id"] for it in resp.json()["items"]]
+            assert served == 2
+            await rt.discovery.served.drain()  # written to the counters
+            assert rt.discovery.served.unwritten(NEAR) == 0
+            assert rt.fallback.lists.snapshot is snap  # no refresh since
+            await os_proxy.kill()
+            degraded, codes = 0, []
+            for _ in range(8):
+                resp = await client.get("/v1/users/sn/recommendations?k=5", headers=h(key))
+                codes.append(resp.status_code)
+                if resp.status_code == 200:
+                    assert resp.json()["degraded"] is True
+                    assert resp.json()["degraded_rules"] == []  # the caps count as checked
+                    degraded += NEAR in [it["id"] for it in resp.json()["items"]]
+            assert before + served + degraded <= 4, (before, served, degraded, codes)
+            assert degraded >= 1 and codes[-1] == 503, (degraded, codes)
+    finally:
+        await os_proxy.close()
+
+
 async def test_an_empty_engine_answer_is_served_empty_not_replaced(
     safe_settings: Settings, safe: dict[str, Any], index_items: Any
 ) -> None:

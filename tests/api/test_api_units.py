@@ -29,6 +29,7 @@ from opendisco.api._errors import error_response
 from opendisco.api._keys import ApiKey, ApiKeyStore, hash_secret, new_key, parse_key
 from opendisco.api._overload import EngineWait, LoopLag, engine_bound
 from opendisco.api._ratelimit import RateLimiter, TokenBucket
+from opendisco.signals import ServedExposure
 
 
 class Clock:
@@ -441,7 +442,10 @@ class _TimedLists:
         self.active = self.peak = 0
         self.fail: str | None = None
         self.segs = segs
-        self.lists = Lists(SimpleNamespace(exposure=_Exposure()), **kw)  # type: ignore[arg-type]
+        exposure = _Exposure()
+        served = ServedExposure(exposure, 1.0)  # type: ignore[arg-type]
+        disc = SimpleNamespace(exposure=exposure, served=served)
+        self.lists = Lists(disc, **kw)  # type: ignore[arg-type]
 
 
 async def test_fallback_refresh_is_spread_once_lists_are_served() -> None:
