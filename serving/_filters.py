@@ -20,6 +20,7 @@ The rules (:class:`Rule`), in the order they are checked:
 ``self``          never the member's own profile (or anything they own)
 ``blocks``        never a hidden item; never a member blocked by, or blocking, the viewer
 ``seen``          never an item already seen, liked, passed or served earlier in the session
+                  (the state's last ``max_seen`` seen ids; its last ``max_liked`` likes)
 ``eligibility``   two-sided: the candidate's gender and age preferences admit the viewer, and
                   the viewer's admit the candidate (profiles); a preference that cannot be
                   confirmed (viewer's gender or age unknown) excludes
@@ -167,6 +168,7 @@ class HardRules:
         blocked: frozenset[str] = frozenset()
         if state is not None:
             seen.update(state.seen)
+            seen.update(state.liked)  # for good: a like outlives the seen window
             seen.update(str(e["id"]) for e in (*state.positives, *state.negatives) if e.get("id"))
             blocked = frozenset(state.blocked)
         gender = user.get("gender")

@@ -10,17 +10,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from opendisco._backend import backend_errors
 
 from ._copies import LocalCopy
-from ._user_state import MEMBER_TASTES, taste_of
+from ._user_state import MEMBER_TASTES, Taste, taste_of
 
 __all__ = ["Taste", "TasteCopy"]
-
-#: (content vector | None, likes given, passes given)
-Taste = tuple[np.ndarray | None, int, int]
 
 
 class _TasteRows:

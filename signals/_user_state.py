@@ -1,31 +1,29 @@
 """Per-user real-time state in MongoDB ``user_state``.
 
-``{_id: user_id, positives: [{e, id, ts, w}], negatives: [...], seen: [...], blocked: [...],
-fatigue: [{c: category, n}], vector: <BSON float32 vector> | None, behaviour: <...> | None,
-version, updated_at}``
+``{_id: user_id, positives: [{e, id, ts, w}], negatives: [...], seen: [...], liked: [...],
+blocked: [...], fatigue: [{c: category, n}], vector: <BSON float32 vector> | None,
+behaviour: <...> | None, version, updated_at}``. ``seen`` keeps the last ``max_seen`` ids
+shown or acted on; ``liked`` the last ``max_liked`` liked, so a like is never shown again
+after it leaves ``seen`` (the hard rules read both).
 
-The taste and behaviour vectors are stored as BSON Binary float32 vectors
-(:mod:`opendisco._stored`): FerretDB parses an array of doubles number by number on every read,
-which made a 384-d state cost it ~3 ms per document — the candidates' owners' tastes, read
-per request for the reciprocal estimate, cost ~50 ms for 16 states. States written before
-(vectors as arrays) still read.
+The taste and behaviour vectors are BSON Binary float32 vectors (:mod:`opendisco._stored`):
+FerretDB parses an array of doubles number by number on every read (a 384-d state cost it
+~3 ms; 16 owners' tastes per request ~50 ms). States written before (arrays) still read.
 
-Each member's taste alone — vector, likes and passes given — is also kept in ``member_tastes``
-(``{_id, vector, n_likes, n_passes}``): a request reads the tastes of up to hundreds of
-candidates' owners, and FerretDB converts a whole document whatever the projection — 500
-states of active members (2,000 seen ids each) cost it 14.1 s, the same 500 tastes 0.18 s
-(load 9). It is written after the state under the same lease, only when it changed (most
-batches are impressions and seen marks); a crash between the two writes leaves the previous
-taste until the member's next like or pass (a feature, never a rule). Members whose state
-predates this have no taste document until then; the reciprocal estimate's prior covers them.
+Each member's taste alone is also kept in ``member_tastes`` (``{_id, vector, n_likes,
+n_passes}``): a request reads up to hundreds of candidates' owners' tastes, and FerretDB
+converts a whole document whatever the projection (500 states of 2,000 seen ids: 14.1 s; 500
+tastes: 0.18 s; load 9). Written after the state under the same lease when it changed; a
+crash in between leaves the previous taste until the next like or pass (a feature, never a
+rule); a member without one gets the reciprocal estimate's prior.
 
 Entries are keyed by event id, so merging the same event twice changes nothing (idempotent);
 vectors are recomputed from the bounded recent lists, never accumulated.
 
 Concurrent writers of one user: FerretDB 1.x applies updates as non-atomic read-modify-write
-(measured: concurrent ``$push`` loses entries, a ``replace_one({_id, version})`` CAS can
-match twice), but a unique ``_id`` insert is atomic. So read-merge-write runs under a per-user
-lease in ``user_state_locks`` (``insert_one({_id: user, owner, expires})``; released by
+(concurrent ``$push`` loses entries, a ``replace_one({_id, version})`` CAS can match twice),
+but a unique ``_id`` insert is atomic: read-merge-write runs under a per-user lease in
+``user_state_locks`` (``insert_one({_id: user, owner, expires})``, released by
 ``delete_one({_id, owner})``; an expired lease, left by a crashed writer, is taken over).
 """
 
@@ -64,6 +62,8 @@ MEMBER_TASTES = "member_tastes"
 #: what a member's like rate counts: likes given versus passes given
 LIKE_TYPES = frozenset({"like"})
 PASS_TYPES = frozenset({"pass", "skip", "hide"})
+#: a member's taste as others' requests read it: (content vector | None, likes, passes given)
+Taste = tuple[np.ndarray | None, int, int]
 
 
 class UserStateConfig(BaseModel):
@@ -73,6 +73,7 @@ class UserStateConfig(BaseModel):
     negative_weight: float = Field(0.5, ge=0, description="Scale of negatives in the vector.")
     max_recent: int = Field(50, ge=1, description="Positives/negatives kept per user.")
     max_seen: int = Field(2000, ge=1, description="Seen ids kept per user (most recent).")
+    max_liked: int = Field(10_000, ge=1, description="Liked ids kept per user: never shown again.")
     max_blocked: int = Field(2000, ge=1)
     fold_in_reg: float = Field(0.1, gt=0, description="Ridge of the behaviour fold-in.")
 
@@ -97,6 +98,8 @@ class UserState:
     #: merged while the engine could not be read: the vectors do not reflect every positive
     #: yet (recomputed by the member's next event or the recovery sweep's repair)
     vectors_stale: bool = False
+    #: items liked, most recent last: excluded for good, also after they leave ``seen``
+    liked: list[str] = field(default_factory=list)
 
     @property
     def recent_positive_ids(self) -> list[str]:
@@ -118,10 +121,6 @@ class UserState:
         )
         return list(dict.fromkeys(kept))
 
-    @property
-    def exclude_ids(self) -> list[str]:
-        return list(dict.fromkeys([*self.blocked, *self.seen]))
-
     def taste_doc(self) -> dict[str, Any]:
         """What others' requests read of this member (:meth:`UserStateStore.tastes`)."""
         return {
@@ -137,6 +136,7 @@ class UserState:
             "positives": self.positives,
             "negatives": self.negatives,
             "seen": self.seen,
+            "liked": self.liked,
             "blocked": self.blocked,
             "fatigue": [{"c": k, "n": v} for k, v in self.fatigue.items()],
             "vector": _stored(self.vector),
@@ -166,6 +166,7 @@ class UserState:
             n_likes=int(doc.get("n_likes") or 0),
             n_passes=int(doc.get("n_passes") or 0),
             vectors_stale=bool(doc.get("vectors_stale")),
+            liked=list(doc.get("liked") or []),
         )
 
 
@@ -196,7 +197,7 @@ def merge_events(
     """
     done = set(state.applied) | {e["e"] for e in (*state.positives, *state.negatives)}
     pos, neg = list(state.positives), list(state.negatives)
-    seen, blocked = list(state.seen), list(state.blocked)
+    seen, blocked, liked = list(state.seen), list(state.blocked), list(state.liked)
     fatigue = dict(state.fatigue)
     applied = list(state.applied)
     n_likes, n_passes = state.n_likes, state.n_passes
@@ -218,6 +219,8 @@ def merge_events(
                 fatigue[cat] = fatigue.get(cat, 0.0) + (1.0 if kind == "hide" else 0.5)
         if kind == "hide":
             blocked.append(item)
+        if kind in LIKE_TYPES:
+            liked.append(item)
         seen.append(item)
     pos.sort(key=lambda p: p["ts"])
     neg.sort(key=lambda p: p["ts"])
@@ -227,6 +230,7 @@ def merge_events(
         negatives=neg[-cfg.max_recent :],
         seen=list(dict.fromkeys(reversed(seen)))[: cfg.max_seen][::-1],
         blocked=list(dict.fromkeys(reversed(blocked)))[: cfg.max_blocked][::-1],
+        liked=list(dict.fromkeys(reversed(liked)))[: cfg.max_liked][::-1],
         fatigue=fatigue,
         applied=applied[-4 * cfg.max_recent :],
         n_likes=n_likes,
@@ -332,9 +336,7 @@ class UserStateStore:
             ).to_list(None)
         return [str(d["_id"]) for d in docs]
 
-    async def tastes(
-        self, user_ids: Iterable[str]
-    ) -> dict[str, tuple[np.ndarray | None, int, int]]:
+    async def tastes(self, user_ids: Iterable[str]) -> dict[str, Taste]:
         """``{member: (content vector | None, likes given, passes given)}`` of the members who
         have a taste document (one ``find`` by ``_id`` in ``member_tastes``: the candidates'
         owners in the reciprocal estimate)."""
@@ -387,7 +389,7 @@ class UserStateStore:
             yield
 
 
-def taste_of(doc: Mapping[str, Any]) -> tuple[np.ndarray | None, int, int]:
+def taste_of(doc: Mapping[str, Any]) -> Taste:
     """Pure: a ``member_tastes`` document as (content vector | None, likes, passes given)."""
     return as_vector(doc.get("vector")), int(doc.get("n_likes") or 0), int(doc.get("n_passes") or 0)
 

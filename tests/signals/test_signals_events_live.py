@@ -232,11 +232,10 @@ async def test_graph_neighbours_skip_what_the_member_has_seen(
     await proc.apply([_ev(b, "like", "alpha15")])
     st = await UserStateStore(clustered_db).get(b)
     recent = st.recent_positive_ids[:RECENT_FANOUT]
-    nb = top_neighbours(
-        await ItemGraph(clustered_db).weights(recent), 50, [*recent, *st.exclude_ids]
-    )
+    seen = [*st.blocked, *st.seen, *st.liked]
+    nb = top_neighbours(await ItemGraph(clustered_db).weights(recent), 50, [*recent, *seen])
     assert nb and nb[0][0] == "beta15"
-    assert all(i not in st.exclude_ids and i not in recent for i, _ in nb)
+    assert all(i not in seen and i not in recent for i, _ in nb)
 
 
 async def test_large_multi_user_batch_applies(

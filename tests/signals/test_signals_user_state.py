@@ -34,6 +34,26 @@ def _e(eid: str, kind: str, item: str, w: float, hours_ago: float = 0.0) -> dict
     }
 
 
+def test_a_like_outlives_the_seen_window() -> None:
+    """``seen`` and the recent lists are bounded (most recent); a liked item stays in
+    ``liked`` after newer likes and passes push it out of both, a passed one does not, and
+    the state round-trips through its document (an old document without ``liked`` reads)."""
+    cfg = UserStateConfig(max_recent=2, max_seen=4, max_liked=3)
+    st = merge_events(UserState("u"), [_e("l0", "like", "x", 1.0, 9)], {}, cfg)
+    st = merge_events(st, [_e("p0", "pass", "y", -1.0, 8)], {}, cfg)
+    later = [_e(f"l{i}", "like", f"a{i}", 1.0, 7 - i) for i in range(1, 3)]
+    later += [_e(f"p{i}", "pass", f"b{i}", -1.0, 5 - i) for i in range(1, 5)]
+    st = merge_events(st, later, {}, cfg)
+    recent = {e["id"] for e in (*st.positives, *st.negatives)}
+    assert "x" not in st.seen and "x" not in recent  # out of every bounded window
+    assert st.liked == ["x", "a1", "a2"] and "y" not in st.liked
+    st = merge_events(st, [_e("l9", "like", "a9", 1.0)], {}, cfg)
+    assert st.liked == ["a1", "a2", "a9"]  # max_liked: the most recent
+    assert UserState.from_doc(st.to_doc()).liked == st.liked
+    old = {k: v for k, v in st.to_doc().items() if k != "liked"}
+    assert UserState.from_doc(old).liked == []
+
+
 def test_merge_is_idempotent_by_event_id() -> None:
     cfg = UserStateConfig()
     evs = [_e("a", "like", "x", 1.0), _e("b", "hide", "y", -1.0), _e("c", "impression", "z", 0)]
