@@ -156,8 +156,7 @@ class ServedExposure:
     def unwritten(self, item_id: str) -> int:
         """Impressions of ``item_id`` served and not known written to the counters (pending,
         in a flush still running, or in the part kept to be sent again)."""
-        counts = (self.pending, self.flushing, self._kept())
-        return sum(c.get(item_id, 0) for c in counts)
+        return sum(c.get(item_id, 0) for c in self._unwritten_parts())
 
     def open_window(self) -> int:
         """Start counting what is served from now on, beside what is unwritten now; returns
@@ -166,7 +165,7 @@ class ServedExposure:
         (one written while the read runs is in both: counted twice, never missed). The last
         two windows are kept: the snapshot read before stays in use until the new one is."""
         self._generation += 1
-        start = Counter(self.pending) + Counter(self.flushing) + Counter(self._kept())
+        start = sum((Counter(c) for c in self._unwritten_parts()), Counter[str]())
         self._windows = [*self._windows[-1:], (self._generation, start)]
         return self._generation
 
@@ -181,11 +180,13 @@ class ServedExposure:
 
     def unwritten_total(self) -> int:
         """Impressions served and not known written to the counters, of every item."""
-        return sum(sum(c.values()) for c in (self.pending, self.flushing, self._kept()))
+        return sum(sum(c.values()) for c in self._unwritten_parts())
 
-    def _kept(self) -> Mapping[str, int]:
-        """The counts of the part kept to be sent again (none: empty)."""
-        return self.retry[1] if self.retry is not None else {}
+    def _unwritten_parts(self) -> tuple[Mapping[str, int], ...]:
+        """What is served and not known written: pending, in a flush still running, and the
+        part a failed flush kept to be sent again."""
+        kept = self.retry[1] if self.retry is not None else {}
+        return (self.pending, self.flushing, kept)
 
     async def drain(self) -> None:
         """Wait for a running flush and write what is left (shutdown, tests, benchmarks)."""
