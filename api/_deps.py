@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import APIKeyHeader
+from pydantic import BeforeValidator
 
 from opendisco._domain import ID_MAX_LENGTH, ID_PATTERN, UserSurface
 from opendisco._exceptions import Overloaded, RateLimited
@@ -90,7 +91,20 @@ def _path_id(description: str) -> Any:
 
 ReadKey = Annotated[ApiKey, Depends(scoped("read"))]
 WriteKey = Annotated[ApiKey, Depends(scoped("write"))]
-K = Annotated[int, Query(ge=1, le=100, description="Number of items (1..100).")]
+
+
+def _plain_digits(value: Any) -> Any:
+    """A count written as plain digits: ``int()`` would also take ``5_0``, ``+5`` and `` 5``."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) <= 6):
+        raise ValueError("must be a whole number written in digits")
+    return value
+
+
+K = Annotated[
+    int,
+    BeforeValidator(_plain_digits),
+    Query(ge=1, le=100, description="Number of items (1..100)."),
+]
 Explain = Annotated[bool, Query(description="Sources, per-step scores, rendered query (admin).")]
 UserQ = Annotated[
     str | None,

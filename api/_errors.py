@@ -69,6 +69,10 @@ def _body(rid: str, kind: str, message: str, detail: Any = None) -> dict[str, An
 #: soon, and the breaker and the degraded fallback decide what the retry gets
 BACKEND_RETRY_AFTER_S = 1
 
+#: the longest Retry-After told: a key with a tiny rate (one request a day) would otherwise be
+#: told to wait its whole refill; a client that comes back sooner gets the rest of the wait
+MAX_RETRY_AFTER_S = 3600
+
 
 def _public_message(exc: OpenDiscoError, rid: str) -> str:
     """What a client is told: a backend failure names the backend, not its hosts, indices or
@@ -87,7 +91,8 @@ def error_response(exc: OpenDiscoError, rid: str, detail: Any = None) -> JSONRes
     headers = {"X-Request-ID": rid}
     status = http_status(exc)
     if isinstance(exc, RateLimited | Overloaded):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.499)))
+        wait = min(float(MAX_RETRY_AFTER_S), exc.retry_after)
+        headers["Retry-After"] = str(max(1, round(wait + 0.499)))
     elif status == 503:
         headers["Retry-After"] = str(BACKEND_RETRY_AFTER_S)
     return JSONResponse(

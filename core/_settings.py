@@ -390,7 +390,9 @@ class Settings(BaseSettings):
         description="Longest time to receive a request body, read in full before admission "
         "(a stalled upload never holds an admission slot); slower is refused with 408.",
     )
-    api_rate_limit: float = Field(50.0, description="Default requests per second per API key.")
+    api_rate_limit: float = Field(
+        50.0, gt=0, description="Default requests per second per API key."
+    )
     api_auth: bool = Field(True, description="Require API keys (disable only for local demos).")
     # API team (issue 6): keys, rate limits, breaker, fallback, cursors
     api_rate_burst: float = Field(

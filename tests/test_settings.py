@@ -37,6 +37,10 @@ def test_bad_values_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError):
         load_settings()
     monkeypatch.setenv("OPENDISCO_KEEP_VERSIONS", "1")
+    monkeypatch.setenv("OPENDISCO_API_RATE_LIMIT", "0")  # every request would divide by it
+    with pytest.raises(ConfigError):
+        load_settings()
+    monkeypatch.delenv("OPENDISCO_API_RATE_LIMIT")
     monkeypatch.setenv("OPENDISCO_CONFIG", "/nonexistent.toml")
     with pytest.raises(ConfigError):
         load_settings()

@@ -494,6 +494,7 @@ def test_rate_limiter_grants_its_share_of_a_key() -> None:
         (SearchTimeout("engine slow"), 503, "1"),
         (Overloaded("full", retry_after=2.2), 503, "3"),
         (RateLimited("slow down", retry_after=0.1), 429, "1"),
+        (RateLimited("a key of 1e-300/s", retry_after=1e300), 429, "3600"),
         (InvalidInput("bad"), 422, None),
     ],
 )
