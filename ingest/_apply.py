@@ -22,7 +22,7 @@ from ._bulk import Action, BulkResult, BulkWriter
 from ._document import embedding_text, to_index_doc
 from ._embed import Embedder
 from ._letters import dead_letter, record
-from ._schema import indexable_id, source_version, validate_item
+from ._schema import indexable_id, is_tombstone, source_version, validate_item
 
 __all__ = ["Applied", "Counters", "Prepared", "prepare", "write"]
 
@@ -157,8 +157,7 @@ def prepare(
         except DocumentInvalid as exc:
             version = _version_of(raw)
             doc_id = raw.get("_id") if isinstance(raw, Mapping) else None
-            if indexable_id(doc_id) and version is not None and raw.get("deleted") is True:
-                # a tombstone: deleted whatever its other fields hold (as a build skips it)
+            if is_tombstone(raw):
                 out.actions.append(Action("delete", doc_id, version, raw=raw))
                 continue
             out.letters.append(

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_ID_BYTES",
     "MAX_KEYWORD_BYTES",
     "indexable_id",
+    "is_tombstone",
     "source_version",
     "validate_item",
 ]
@@ -82,6 +83,17 @@ def source_version(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_VERSION:
         return value
     return None
+
+
+def is_tombstone(doc: Any) -> bool:
+    """``deleted: true`` with an indexable id and a version: deleted whatever its other fields
+    hold (sync deletes it, a build skips it, nothing is refused)."""
+    return (
+        isinstance(doc, Mapping)
+        and doc.get("deleted") is True
+        and indexable_id(doc.get("_id"))
+        and source_version(doc.get("version")) is not None
+    )
 
 
 def _fail(field: str, problem: str) -> DocumentInvalid:

@@ -23,7 +23,7 @@ from ._document import content_hash, to_index_doc
 from ._io import backends
 from ._letters_admin import count_open
 from ._packed import PACKED_FIELD
-from ._schema import validate_item
+from ._schema import is_tombstone, validate_item
 from ._store import items_collection, stream
 
 __all__ = ["VerifyReport", "verify"]
@@ -65,6 +65,8 @@ async def _expected(settings: Settings, db: Any, report: VerifyReport) -> dict[s
         async for page in batches:
             for raw in await join_behaviour(db, settings, page):
                 report.mongo_items += 1
+                if is_tombstone(raw):
+                    continue  # deleted, valid or not: no refusal to count
                 try:
                     item = validate_item(raw, behaviour_dim=settings.behaviour_dim)
                 except DocumentInvalid:

@@ -49,7 +49,11 @@ async def test_bad_documents_are_dead_lettered_and_counted(
     mongo_db: Any,
 ) -> None:
     bad = _bad_docs(ingest_catalogue[0])
-    mongo_db[ingest_settings.items_collection].insert_many([d for d, _ in bad.values()])
+    # a tombstone whose other fields are invalid is a delete, not a refusal: not counted
+    tombstone = {**bad["wrong_type"][0], "_id": "gone-bad-type", "deleted": True}
+    mongo_db[ingest_settings.items_collection].insert_many(
+        [d for d, _ in bad.values()] + [tombstone]
+    )
     client = clients.async_opensearch(ingest_settings)
     try:
         report = await reindex(ingest_settings, client=client, embedder=embedder)
