@@ -22,6 +22,7 @@ feed's checkpoint behind those vectors, so the next pass sends them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,7 @@ from opendisco._stored import store_vector
 from ._apply import Prepared, prepare
 from ._embed import Embedder
 from ._feed import PollingFeed
+from ._schema import vector_problem
 from ._store import items_collection
 
 __all__ = [
@@ -46,6 +48,8 @@ __all__ = [
     "prepare_refresh",
     "write_behaviour",
 ]
+
+log = logging.getLogger(__name__)
 
 #: the sync-state kind of the behaviour feed's checkpoints
 KIND = "behaviour"
@@ -93,6 +97,27 @@ async def _read(db: Any, settings: Settings, ids: list[Any]) -> list[dict[str, A
     return [d for d in found if d.get("behaviour") is not None]
 
 
+def _valid(vectors: Mapping[Any, Any], dim: int) -> dict[Any, Any]:
+    """The stored vectors that are valid behaviour vectors. One that is not (another length
+    after ``behaviour_dim`` changed, NaN from a diverged training) is left out with a
+    warning: its item is built as if untrained (a refresh does not send it) instead of being
+    refused for a field the application never wrote."""
+    out, bad = {}, []
+    for key, vec in vectors.items():
+        problem = vector_problem(vec, "behaviour", dim)
+        if problem is None:
+            out[key] = vec
+        else:
+            bad.append((key, problem))
+    if bad:
+        log.warning(
+            "%d stored behaviour vectors left out (their items built without one), e.g. %r: %s",
+            len(bad),
+            *bad[0],
+        )
+    return out
+
+
 def _joined(docs: Iterable[Any], vectors: Mapping[Any, Any]) -> list[Any]:
     """``docs`` with the stored vector of each (a copy; the stored vector wins)."""
     out = []
@@ -119,7 +144,8 @@ async def join_behaviour(
     found = await _read(db, settings, ids)
     if joined is not None:
         joined(found)
-    return _joined(docs, {d["_id"]: d["behaviour"] for d in found})
+    stored = _valid({d["_id"]: d["behaviour"] for d in found}, settings.behaviour_dim)
+    return _joined(docs, stored)
 
 
 async def _items(db: Any, settings: Settings, ids: list[str]) -> list[dict[str, Any]]:
@@ -141,7 +167,10 @@ async def prepare_refresh(
     current version with ``external_gte`` (the item did not change; a 409 still means the
     engine holds a newer version, which was built with this vector or a later one).
     Returns the prepared writes and the item documents (vectors without an item: none)."""
-    vectors = {d["_id"]: d["behaviour"] for d in changed if d.get("behaviour") is not None}
+    vectors = _valid(
+        {d["_id"]: d["behaviour"] for d in changed if d.get("behaviour") is not None},
+        settings.behaviour_dim,
+    )
     ids = [i for i in vectors if isinstance(i, str)]
     if not ids:
         return Prepared(), []

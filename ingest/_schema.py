@@ -26,6 +26,7 @@ __all__ = [
     "is_tombstone",
     "source_version",
     "validate_item",
+    "vector_problem",
 ]
 
 KINDS = frozenset({"profile", "movie", "listing", "product"})
@@ -203,6 +204,16 @@ def _keywords(doc: Mapping[str, Any], field: str) -> list[str]:
             raise _fail(f"{field}[{i}]", f"longer than {MAX_KEYWORD_BYTES} bytes")
         out.append(v)
     return out
+
+
+def vector_problem(value: Any, field: str, dim: int | None) -> str | None:
+    """Why ``value`` is no valid ``field`` vector (the rule :func:`validate_item` applies),
+    or ``None`` when it is one."""
+    try:
+        _vector({field: value}, field, dim)
+    except DocumentInvalid as exc:
+        return str(exc)
+    return None
 
 
 def _vector(doc: Mapping[str, Any], field: str, dim: int | None) -> list[float] | None:

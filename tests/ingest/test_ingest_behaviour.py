@@ -255,3 +255,32 @@ async def test_vectors_trained_during_a_reindex_reach_the_new_index(
     docs = await _engine(s, ids)
     assert all(_same(docs[i].get("behaviour"), vectors[i]) for i in ids)
     assert all(docs[i]["source_version"] == 1 for i in ids)
+
+
+async def test_a_bad_stored_vector_never_takes_its_item_out_of_the_index(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    async_db: Any,
+) -> None:
+    """A stored vector of another length (``behaviour_dim`` changed) or with NaN (a diverged
+    training) is left out: the item is indexed as if untrained, not refused; a bad retrain
+    of an indexed item leaves its engine document as it was."""
+    s = ingest_settings
+    ids = [d["_id"] for d in ingest_catalogue]
+    good = _vectors(ids[:3], s.behaviour_dim, 6)
+    nan = np.full(s.behaviour_dim, np.nan, dtype=np.float32)
+    short = np.ones(s.behaviour_dim - 1, dtype=np.float32)
+    await write_behaviour(async_db, s, {ids[0]: nan, ids[1]: short, ids[2]: good[ids[2]]})
+    await reindex(s, embedder=embedder)
+    docs = await _engine(s, ids)
+    assert set(docs) == set(ids)  # every item indexed
+    assert docs[ids[0]].get("behaviour") is None and docs[ids[1]].get("behaviour") is None
+    assert _same(docs[ids[2]].get("behaviour"), good[ids[2]])
+    assert await async_db["dead_letters"].count_documents({"doc_id": {"$in": ids[:3]}}) == 0
+    # a bad retrain of an indexed item: sync does not send it; the engine keeps the good one
+    await write_behaviour(async_db, s, {ids[2]: nan})
+    await sync_once(s, db=async_db, embedder=embedder)
+    docs = await _engine(s, ids[:3])
+    assert _same(docs[ids[2]].get("behaviour"), good[ids[2]])
+    assert await async_db["dead_letters"].count_documents({"doc_id": ids[2]}) == 0
