@@ -70,7 +70,9 @@ class Status(StrEnum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    #: finite numbers only: FerretDB refuses to store NaN or infinity (closing the connection
+    #: on a NaN), so such a value is a validation error rather than a failed write
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Arm(_Strict):

@@ -40,9 +40,11 @@ _DEFAULT_WEIGHTS = {
 
 
 class RerankConfig(BaseModel):
-    """Tunable weights and knobs; ``get_config()``/``from_config()`` round-trip."""
+    """Tunable weights and knobs; ``get_config()``/``from_config()`` round-trip. Every number is
+    finite: a NaN weight scores every candidate NaN, and MongoDB documents holding one (an
+    experiment's arm, a playground draft) are refused by FerretDB."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     steps: tuple[str, ...] = Field(DEFAULT_STEPS, description="Named steps, run in this order.")
     weights: dict[str, float] = Field(

@@ -8,6 +8,7 @@ case is refused before a backend is asked."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,18 @@ def _files(tmp: Path) -> dict[str, Path]:
     paths["inf.json"].write_text(
         '{"id": "x", "arms": [{"name": "a", "weight": Infinity}, {"name": "b"}]}'
     )
+    # NaN/infinity (Python's json writes and reads them): FerretDB refuses to store them (on a
+    # NaN it closes the connection) and a NaN weight scores every candidate NaN
+    nan_arm = {"name": "t", "rerank": {"weights": {"fused": math.nan}}}
+    paths["nan-arm.json"] = tmp / "nan-arm.json"
+    paths["nan-arm.json"].write_text(json.dumps({"id": "x", "arms": [{"name": "c"}, nan_arm]}))
+    inf_design = {"kind": "cluster", "tsri_k": math.inf}
+    paths["inf-design.json"] = tmp / "inf-design.json"
+    paths["inf-design.json"].write_text(
+        json.dumps({"id": "x", "design": inf_design, "arms": [{"name": "c"}, {"name": "t"}]})
+    )
+    paths["nan-params.json"] = tmp / "nan-params.json"
+    paths["nan-params.json"].write_text(json.dumps({"rerank": {"weights": {"fused": math.nan}}}))
     return paths
 
 
@@ -55,6 +68,9 @@ CASES = [
     ({}, ["experiments", "create", "deep.json"], "maximum recursion depth"),
     ({}, ["experiments", "create", "arm.json"], "binary.json: not a JSON document"),
     ({}, ["experiments", "create", "inf.json"], "arms.0.weight: Input should be a finite"),
+    ({}, ["experiments", "create", "nan-arm.json"], "Input should be a finite number"),
+    ({}, ["experiments", "create", "inf-design.json"], "design.tsri_k: Input should be a finite"),
+    ({"OPENDISCO_PARAMS_FILE": "nan-params.json"}, ["recommend", "u1"], "a finite number"),
     ({}, ["experiments", "report", "x", "--bootstrap", "-5"], "--bootstrap"),
     ({}, ["events", "post", "binary.json"], "not JSON / JSON lines"),
     ({}, ["events", "post", "deep.json"], "not JSON / JSON lines"),
