@@ -29,15 +29,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from opendisco._backend import backend_errors
 from opendisco._versions import write_new, write_next_version
 from opendisco.signals import EVENTS, ServedLog
 
+from ._labels import LabelPolicy
 from ._learned import LTR_PARAMS, LearnedScorer, align_features, train_lambdamart
 from ._types import FEATURE_NAMES
 
@@ -52,40 +52,6 @@ __all__ = [
     "save_model",
     "train_ltr",
 ]
-
-
-class LabelPolicy(BaseModel):
-    """How later events label a logged candidate (relevance levels for lambdarank)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    gains: dict[str, int] = Field(
-        default_factory=lambda: {
-            "click": 1,
-            "like": 2,
-            "message": 3,
-            "match": 4,
-            "pass": 0,
-            "skip": 0,
-            "hide": 0,
-        },
-        description="Relevance per event type (the strongest event of a candidate wins).",
-    )
-    window_hours: float = Field(168.0, gt=0, description="Outcomes this long after the list.")
-    scope: Literal["candidates", "shown"] = Field(
-        "candidates", description="Label every logged candidate, or only the shown ones."
-    )
-
-    @classmethod
-    def parse(cls, spec: str | None, **kw: Any) -> LabelPolicy:
-        """``"like=2,match=4"`` over the default gains (None: the defaults)."""
-        gains = dict(cls().gains)
-        for part in filter(None, (p.strip() for p in (spec or "").split(","))):
-            name, _, value = part.partition("=")
-            if not value.strip().lstrip("-").isdigit():
-                raise ValueError(f"label policy {part!r}: expected type=integer gain")
-            gains[name.strip()] = int(value)
-        return cls(gains=gains, **kw)
 
 
 @dataclass

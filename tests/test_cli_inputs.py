@@ -79,6 +79,12 @@ CASES = [
     ({}, ["verify", "--show", "-1"], "--show"),
     ({}, ["sample", "-n", "-5"], "--size"),
     ({}, ["train", "ltr", "--since", "99999999999999d"], "further back than any date"),
+    # a misspelt event type was ignored silently; a gain past 30 failed in LightGBM after
+    # the join (LightGBMError: not less than the number of label mappings), a huge one in
+    # numpy (OverflowError), both as tracebacks
+    ({}, ["train", "ltr", "--labels", "lik=2"], "unknown event type(s) ['lik']"),
+    ({}, ["train", "ltr", "--labels", "like=31"], "each from 0 to 30"),
+    ({}, ["train", "ltr", "--labels", "like=" + "9" * 30], "each from 0 to 30"),
     ({}, ["apikeys", "create", "--name", "x", "--rate", "nan"], "rate_limit must be a finite"),
 ]
 
