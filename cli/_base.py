@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -9,7 +10,7 @@ import click
 from opendisco._exceptions import ConfigError, InvalidInput, OpenDiscoError
 from opendisco._settings import Settings
 
-__all__ = ["DefaultGroup", "OpenDiscoGroup", "pass_settings"]
+__all__ = ["DefaultGroup", "OpenDiscoGroup", "out_dir_ready", "pass_settings"]
 
 
 class OpenDiscoGroup(click.Group):
@@ -25,6 +26,17 @@ class OpenDiscoGroup(click.Group):
 
 
 pass_settings = click.make_pass_decorator(Settings, ensure=False)
+
+
+def out_dir_ready(path: Path, option: str = "--out") -> Path:
+    """``path`` created now (with its parents), before the work whose results go there: a
+    directory that cannot be made (a file on the way, no permission) is a usage error up
+    front rather than a traceback once training or tuning has finished."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror or exc}", param_hint=option) from exc
+    return path
 
 
 class DefaultGroup(OpenDiscoGroup):

@@ -36,7 +36,7 @@ from opendisco.eval._tune import (
 )
 from opendisco.ingest import Embedder
 
-from ._base import DefaultGroup, pass_settings
+from ._base import DefaultGroup, out_dir_ready, pass_settings
 from ._offpolicy import offpolicy_cmd
 
 __all__ = ["eval_group", "tune_cmd"]
@@ -152,6 +152,7 @@ def eval_cmd(
 
     if namespace is not None:
         check_namespace(namespace)
+    out_dir_ready(out_dir)
     console = Console(width=160) if not Console().is_terminal else Console()
     data = resolve_dataset(dataset_path)
     if namespace is None:
@@ -215,7 +216,6 @@ def eval_cmd(
             progress=lambda name, n: progress.update(task, advance=n, description=name),
         )
     console.print(report.rich_table())
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(report.to_json() + "\n")
     (out_dir / "eval.md").write_text(report.to_markdown())
     click.echo(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.md'}", err=True)
@@ -273,6 +273,7 @@ def tune_cmd(
 ) -> None:
     """Optuna search on the validation split; best params written as a new version."""
     check_namespace(namespace)
+    out_dir_ready(out_dir)
     data = resolve_dataset(dataset_path)
     split = time_split(data)
     stage = split.stage("validation")

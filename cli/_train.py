@@ -31,7 +31,7 @@ from opendisco.rerank import (
 )
 from opendisco.signals import EVENTS, ItemSimilarity
 
-from ._base import DefaultGroup, pass_settings
+from ._base import DefaultGroup, out_dir_ready, pass_settings
 
 __all__ = ["train_cmd", "when"]
 
@@ -300,6 +300,7 @@ def ltr_cmd(
         policy = LabelPolicy.parse(labels, window_hours=window_hours, scope=scope)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--labels") from exc
+    out_dir_ready(out_dir)
     result, counts = asyncio.run(
         _train_ltr(
             settings,

@@ -25,6 +25,7 @@ def _files(tmp: Path) -> dict[str, Path]:
         "latin1.toml": b"index_alias = '\xe9t\xe9'\n",
         "binary.json": b"\xff\xfe{}",
         "deep.json": DEEP.encode(),
+        "afile": b"a file where an output directory's parent should be",
     }
     paths = {}
     for name, data in out.items():
@@ -75,6 +76,29 @@ CASES = [
     ({}, ["events", "post", "binary.json"], "not JSON / JSON lines"),
     ({}, ["events", "post", "deep.json"], "not JSON / JSON lines"),
     ({}, ["templates", "show", "for_you", "--params", DEEP], "--params is not JSON"),
+    # an --out that cannot be made failed after the work (training, tuning, evaluating) with
+    # a NotADirectoryError traceback
+    ({}, ["train", "ltr", "--out", "afile/models"], "--out: afile/models: Not a directory"),
+    (
+        {},
+        [
+            "tune",
+            "--dataset",
+            "synthetic:20",
+            "--target",
+            "EASE",
+            "--trials",
+            "1",
+            "--out",
+            "afile/t",
+        ],
+        "--out: afile/t: Not a directory",
+    ),
+    (
+        {},
+        ["eval", "run", "--dataset", "synthetic:20", "--no-served", "--out", "afile/e"],
+        "--out: afile/e: Not a directory",
+    ),
     ({}, ["dead-letters", "--limit", "99999999999999999999"], "--limit"),
     ({}, ["verify", "--show", "-1"], "--show"),
     ({}, ["sample", "-n", "-5"], "--size"),
