@@ -273,7 +273,7 @@ def tune_cmd(
 ) -> None:
     """Optuna search on the validation split; best params written as a new version."""
     check_namespace(namespace)
-    out_dir_ready(out_dir)
+    version, current = current_version(out_dir_ready(out_dir))  # read before any work
     data = resolve_dataset(dataset_path)
     split = time_split(data)
     stage = split.stage("validation")
@@ -300,7 +300,6 @@ def tune_cmd(
         objective = served_objective(ns_settings, split, k=k, users=uidx)
     else:
         objective = baseline_objective(target, split, k=k, users=uidx)
-    version, current = current_version(out_dir)
     start = None
     if current and current.get("target") == target:
         start = current.get("flat_params")

@@ -24,6 +24,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from opendisco._exceptions import InvalidInput
 from opendisco._versions import latest_version, write_next_version
 from opendisco.queries import load
 from opendisco.rerank import RerankConfig
@@ -106,11 +107,20 @@ def split_params(flat: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 
 
 def current_version(out_dir: Path) -> tuple[int, dict[str, Any] | None]:
-    """Highest ``params-v<N>.json`` in ``out_dir`` and its content (0, None when none)."""
+    """Highest ``params-v<N>.json`` in ``out_dir`` and its content (0, None when none);
+    :class:`InvalidInput` when that file is not a JSON object (``flat_params``, the next
+    study's first trial, an object too)."""
     best = latest_version(out_dir, "params", ".json")
     if best == 0:
         return 0, None
-    return best, json.loads((out_dir / f"params-v{best}.json").read_text())
+    path = out_dir / f"params-v{best}.json"
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON, UTF-8
+        raise InvalidInput(f"{path}: not a JSON document: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("flat_params", {}), dict):
+        raise InvalidInput(f"{path}: not a params file (a JSON object, flat_params an object)")
+    return best, doc
 
 
 def write_version(out_dir: Path, payload: Mapping[str, Any]) -> Path:

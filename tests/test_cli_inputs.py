@@ -50,6 +50,10 @@ def _files(tmp: Path) -> dict[str, Path]:
     )
     paths["nan-params.json"] = tmp / "nan-params.json"
     paths["nan-params.json"].write_text(json.dumps({"rerank": {"weights": {"fused": math.nan}}}))
+    # the latest version in tune's --out, hand-edited into something else
+    for name, text in (("tuned", "{cut short"), ("tuned-list", "[1]")):
+        (tmp / name).mkdir()
+        (tmp / name / "params-v1.json").write_text(text)
     return paths
 
 
@@ -98,6 +102,28 @@ CASES = [
         {},
         ["eval", "run", "--dataset", "synthetic:20", "--no-served", "--out", "afile/e"],
         "--out: afile/e: Not a directory",
+    ),
+    # tune read it after the replay (served) with json.loads: a JSONDecodeError traceback, an
+    # AttributeError on a list
+    (
+        {},
+        [
+            "tune",
+            "--dataset",
+            "synthetic:20",
+            "--target",
+            "EASE",
+            "--trials",
+            "1",
+            "--out",
+            "tuned",
+        ],
+        "tuned/params-v1.json: not a JSON document",
+    ),
+    (
+        {},
+        ["tune", "--dataset", "synthetic:20", "--target", "EASE", "--out", "tuned-list"],
+        "tuned-list/params-v1.json: not a params file",
     ),
     ({}, ["dead-letters", "--limit", "99999999999999999999"], "--limit"),
     ({}, ["verify", "--show", "-1"], "--show"),
