@@ -98,8 +98,9 @@ def slate_logs(
         ids.append(str(d["_id"]))
     return SlateLogs(
         Xs,
-        np.asarray(shown, dtype=np.int64).reshape(-1, k),
-        np.asarray(reward, dtype=np.float64).reshape(-1, k),
+        # reshape(-1, 0) of no list at all (k 0: nothing explored) is a ValueError
+        np.asarray(shown, dtype=np.int64).reshape(len(keep), k),
+        np.asarray(reward, dtype=np.float64).reshape(len(keep), k),
         margs,
         ids,
     )

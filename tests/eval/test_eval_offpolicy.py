@@ -1,12 +1,16 @@
 """Off-policy estimators: a hand-computed case, and unbiasedness and 95% coverage over
-repeated seeds of a world whose true value is known (pure, no servers)."""
+repeated seeds of a world whose true value is known (pure, no servers); the CLI on an empty
+log (real FerretDB)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from opendisco.eval._offpolicy import SlateLogs, estimate
+from opendisco import Settings
+from opendisco.cli.main import cli
+from opendisco.eval._offpolicy import SlateLogs, estimate, slate_logs
 from opendisco.rerank import pl_marginals, pl_sample, pl_weights
 
 
@@ -76,3 +80,21 @@ def test_estimates_are_unbiased_and_cover_the_true_value() -> None:
         z = np.asarray(errors[name])
         assert abs(z.mean()) < 0.5, (name, z.mean())  # no bias beyond noise
         assert 0.85 <= covered[name] / seeds <= 1.0, (name, covered[name])
+
+
+def test_no_explored_list_is_an_empty_log() -> None:
+    """No list explored (an empty or fresh log, explore_rate 0): no slate, not a ValueError
+    from reshaping nothing into k=0 columns (`opendisco eval offpolicy` then says so)."""
+    unexplored = {"_id": "r1", "user_id": "u1", "ids": ["a"], "X": np.zeros((1, 1)), "shown": [0]}
+    for lists in ([], [unexplored]):
+        logs = slate_logs(lists, [])
+        assert len(logs) == 0 and logs.shown.shape == (0, 0)
+
+
+def test_offpolicy_on_an_empty_log_is_a_usage_error(settings: Settings) -> None:
+    """The CLI on a namespace nothing was served in (real FerretDB, an empty database): the
+    usage error naming the cause, not a traceback."""
+    empty = settings.model_copy(update={"mongo_db": f"{settings.mongo_db}opnone"})
+    run = CliRunner().invoke(cli, ["eval", "offpolicy", "linear"], obj=empty)
+    assert run.exit_code == 2, run.output
+    assert "no explored list among 0 logged lists" in run.output
