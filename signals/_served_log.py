@@ -131,13 +131,18 @@ def _encode(s: ServedList, max_rows: int, rng: np.random.Generator) -> dict[str,
 
 
 def decode_list(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored document with ``X`` as a float64 matrix (rows x features; empty if absent)."""
+    """A stored document with ``X`` as a float64 matrix (rows x features; empty if absent).
+    Bytes that are not whole rows of its features (a document cut short or written by other
+    code) decode to no rows: training and off-policy evaluation skip that list (``no_rows``)
+    instead of failing on it."""
     out = dict(doc)
     names = list(doc.get("features") or [])
     raw = doc.get("X")
     if raw is not None and names:
-        X = np.frombuffer(bytes(raw), dtype="<f4").astype(np.float64)
-        out["X"] = X.reshape(-1, len(names))
+        data = bytes(raw)
+        whole = len(data) - len(data) % (4 * len(names))
+        X = np.frombuffer(data[:whole], dtype="<f4").astype(np.float64).reshape(-1, len(names))
+        out["X"] = X if whole == len(data) else X[:0]
     else:
         out["X"] = np.zeros((len(doc.get("ids") or []), len(names)))
     return out

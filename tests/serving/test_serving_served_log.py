@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from opendisco import Settings, clients
-from opendisco.rerank import FEATURE_NAMES
+from opendisco.rerank import FEATURE_NAMES, join_outcomes
 from opendisco.serving import Discovery, Explorer
 from opendisco.signals import SERVED_LISTS, ServedList, ServedLog, sample_rows
 
@@ -157,3 +157,30 @@ async def test_drain_while_a_write_is_in_flight_loses_nothing(async_db: Any) -> 
             assert await sub[SERVED_LISTS].count_documents({}) == total
     finally:
         await async_db.client.drop_database(f"{async_db.name}sd")
+
+
+async def test_a_list_whose_rows_are_cut_short_is_skipped_not_fatal(async_db: Any) -> None:
+    """One stored list whose ``X`` is not whole rows (cut short, written by other code) made
+    every read fail (numpy: buffer size must be a multiple of element size), so
+    `opendisco train ltr` and `eval offpolicy` died on it; it now reads as no rows and the
+    join counts it under ``no_rows``, the other lists still train."""
+    sub = async_db.client[f"{async_db.name}sx"]
+    try:
+        log = ServedLog(sub, max_rows=10)
+        now = datetime.now(UTC)
+        for rid in ("good", "cut"):
+            log.log(_served(rid, now))
+        await log.drain()
+        doc = await sub[SERVED_LISTS].find_one({"_id": "cut"})
+        await sub[SERVED_LISTS].update_one({"_id": "cut"}, {"$set": {"X": doc["X"][:-3]}})
+        docs = {d["_id"]: d for d in await log.read()}
+        assert docs["good"]["X"].shape == (10, len(FEATURE_NAMES))
+        assert docs["cut"]["X"].shape == (0, len(FEATURE_NAMES))
+        likes = [
+            {"type": "like", "user_id": "u1", "item_id": "i0", "ts": now, "request_id": r}
+            for r in ("good", "cut")
+        ]
+        data = join_outcomes(list(docs.values()), likes)
+        assert data.list_ids == ["good"] and data.skipped["no_rows"] == 1
+    finally:
+        await async_db.client.drop_database(f"{async_db.name}sx")
