@@ -21,25 +21,36 @@ from typing import Any
 from pymongo import DeleteMany, ReplaceOne
 
 from opendisco._backend import backend_errors
-from opendisco._store import bulk_write_chunked
+from opendisco._store import bulk_write_chunked, lease
 
 from ._graph import READ_CHUNK, decode_row, encode_row
 
 __all__ = ["ITEM_SIMILARITY", "ItemSimilarity"]
 
 ITEM_SIMILARITY = "item_similarity"
+#: the one lease a replace holds (``_locks`` of the table)
+REPLACE_LOCK = "replace"
 
 
 class ItemSimilarity:
     """Rows of a trained item–item model (see the module doc)."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, *, lease_s: float = 30.0, wait_s: float = 900.0) -> None:
         self.coll = db[ITEM_SIMILARITY]
+        self.locks = db[f"{ITEM_SIMILARITY}_locks"]
+        self.lease_s = lease_s
+        self.wait_s = wait_s
 
     async def replace(self, rows: Mapping[str, Mapping[str, float]], version: str) -> int:
         """Replace the whole table with ``rows`` (``{src: {dst: w}}``), tagged ``version``:
         the new rows are upserted, then every row of another version is deleted (a reader
-        sees old or new rows of an item, never a half-written one). Returns rows written."""
+        sees old or new rows of an item, never a half-written one). Returns rows written.
+
+        One replace at a time (a lease, renewed while held; a second trainer waits up to
+        ``wait_s``, then replaces the whole table in turn): two at once each deleted the
+        other's rows ("every row of another version") and left a table of neither, and
+        FerretDB answered their concurrent upserts of one row without ``nModified`` (pymongo
+        KeyError)."""
         ops: list[Any] = [
             ReplaceOne(
                 {"_id": str(src)},
@@ -49,9 +60,17 @@ class ItemSimilarity:
             for src, row in sorted(rows.items())
             if row
         ]
-        await bulk_write_chunked(self.coll, ops)
-        with backend_errors(f"{ITEM_SIMILARITY} cleanup failed"):
-            await self.coll.bulk_write([DeleteMany({"version": {"$ne": version}})])
+        held = lease(
+            self.locks,
+            [REPLACE_LOCK],
+            lease_s=self.lease_s,
+            wait_s=self.wait_s,
+            what=ITEM_SIMILARITY,
+        )
+        async with held:
+            await bulk_write_chunked(self.coll, ops)
+            with backend_errors(f"{ITEM_SIMILARITY} cleanup failed"):
+                await self.coll.bulk_write([DeleteMany({"version": {"$ne": version}})])
         return len(ops)
 
     async def rows(self, item_ids: Iterable[str]) -> dict[str, dict[str, float]]:

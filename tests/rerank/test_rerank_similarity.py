@@ -3,6 +3,7 @@ the ``ItemSimilarity`` table read by the feature store (real FerretDB)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -151,6 +152,32 @@ def test_train_similarity_cli_replaces_the_table(
     finally:
         coll.drop()
         mc.close()
+
+
+async def test_two_replaces_at_once_leave_one_whole_table(settings: Settings) -> None:
+    """Two `train similarity` runs at once (real FerretDB): each replace deleted the rows of
+    every other version, the other's included, and FerretDB answered their concurrent upserts
+    of one row without ``nModified`` (pymongo KeyError). Under the replace lease they run in
+    turn: the table is one version's rows, whole."""
+    client = clients.mongo_async(settings)
+    db = client[f"{settings.mongo_db}simrace"]
+    try:
+        tables = {
+            "ease-1": {f"i{j}": {f"i{(j + 1) % 300}": 0.5} for j in range(300)},
+            "ease-2": {f"i{j}": {f"i{(j + 2) % 300}": 0.25} for j in range(0, 300, 2)},
+        }
+        written = await asyncio.gather(
+            *(ItemSimilarity(db).replace(rows, v) for v, rows in tables.items())
+        )
+        assert written == [300, 150]
+        docs = await db[ITEM_SIMILARITY].find({}).to_list(None)
+        versions = {d["version"] for d in docs}
+        assert len(versions) == 1, versions
+        assert len(docs) == len(tables[versions.pop()])
+        assert await db[f"{ITEM_SIMILARITY}_locks"].count_documents({}) == 0
+    finally:
+        await client.drop_database(f"{settings.mongo_db}simrace")
+        await client.close()
 
 
 def test_recency_scales_halve_every_half_life_and_weight_the_summed_rows() -> None:
