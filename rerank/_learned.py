@@ -10,6 +10,7 @@ groups from logged lists and later outcomes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,16 @@ def align_features(X: np.ndarray, names: Sequence[str]) -> np.ndarray:
 _TREE_KEYS = (b"num_leaves=", b"leaf_value=")
 
 
+def _finite_leaves(block: bytes) -> bool:
+    """Whether every ``leaf_value`` of a tree block is a finite number."""
+    at = block.find(b"\nleaf_value=")
+    line = block[at + 12 : block.find(b"\n", at + 1)] if at >= 0 else b""
+    try:
+        return all(math.isfinite(float(x)) for x in line.split())
+    except ValueError:
+        return False
+
+
 def check_model_text(data: bytes, where: str) -> str:
     """The text of a LightGBM model file whose trees are all there (:class:`ConfigError`
     otherwise). LightGBM's parser trusts the ``tree_sizes`` its header lists: a file cut short
@@ -100,6 +111,11 @@ def check_model_text(data: bytes, where: str) -> str:
             raise bad(f"tree {n} of {len(sizes)} is not where its header puts it")
         if not all(key in block for key in _TREE_KEYS):
             raise bad(f"tree {n} is incomplete")
+        if not _finite_leaves(block):
+            raise ConfigError(
+                f"model file {where}: tree {n} has a leaf value that is not a finite number "
+                "(a diverged training): every score would be NaN; retrain it"
+            )
         at += size
     if not data[at:].startswith(b"end of trees"):
         raise bad(f"'end of trees' does not follow its {len(sizes)} trees")

@@ -172,6 +172,25 @@ def test_a_model_trained_on_other_features_refuses_to_load(tmp_path: Path) -> No
     assert s.best_iteration == 3
 
 
+def test_a_model_with_a_nan_leaf_refuses_to_load(tmp_path: Path) -> None:
+    """A diverged training's NaN (or inf) leaf would make every score NaN: refused at load,
+    so the reranker keeps the scorer it had."""
+    rng = np.random.default_rng(1)
+    s = train_lambdamart(rng.random((40, F)), np.arange(40) % 2, np.array([10] * 4), rounds=3)
+    s.save(tmp_path / "good.txt")
+    LearnedScorer.load(tmp_path / "good.txt")
+    lines = (tmp_path / "good.txt").read_text().splitlines(keepends=True)
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("leaf_value="))
+    for bad in ("nan", "inf", "-inf", "x"):
+        values = lines[at].removeprefix("leaf_value=").split()
+        values[-1] = bad  # the same length: tree_sizes still hold when the digits do
+        edited = lines.copy()
+        edited[at] = "leaf_value=" + " ".join(values).ljust(len(lines[at]) - 12) + "\n"
+        (tmp_path / "bad.txt").write_text("".join(edited))
+        with pytest.raises(ConfigError, match="leaf value"):
+            LearnedScorer.load(tmp_path / "bad.txt")
+
+
 def test_learning_to_rank_columns() -> None:
     from opendisco.rerank import RerankContext, assemble_features
 
