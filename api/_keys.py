@@ -75,6 +75,8 @@ def new_key(
     bad = [s for s in scopes if s not in SCOPES]
     if bad or not scopes:
         raise InvalidInput(f"scopes must be a non-empty subset of {SCOPES}, got {scopes}")
+    if not name.strip():
+        raise InvalidInput("name must say who the key is for (it is empty)")
     if rate_limit is not None and not (math.isfinite(rate_limit) and rate_limit > 0):
         raise InvalidInput(f"rate_limit must be a finite number > 0, got {rate_limit}")
     key_id = secrets.token_hex(6)

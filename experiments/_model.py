@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from opendisco._domain import ID_PATTERN
+from opendisco._domain import ID_PATTERN, Surface
 from opendisco._exceptions import InvalidInput
 from opendisco.serving import check_params
 
@@ -158,7 +158,7 @@ class Experiment(_Strict):
     metrics: list[str] = Field(
         default_factory=lambda: ["mutual_likes_per_1000"], min_length=1, max_length=16
     )
-    surfaces: list[str] = Field(default_factory=lambda: ["for_you", "cold_start"])
+    surfaces: list[str] = Field(default_factory=lambda: ["for_you", "cold_start"], min_length=1)
     status: Status = Status.draft
     start: datetime | None = None
     stop: datetime | None = None
@@ -204,6 +204,14 @@ class Experiment(_Strict):
         unknown = [m for m in v if m not in METRICS]
         if unknown:
             raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+        return v
+
+    @field_validator("surfaces")
+    @classmethod
+    def _surfaces(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in set(Surface)]
+        if unknown:  # a misspelt surface: an experiment that never applies
+            raise ValueError(f"unknown surface(s) {unknown}; known: {[s.value for s in Surface]}")
         return v
 
     @property

@@ -43,6 +43,10 @@ def _files(tmp: Path) -> dict[str, Path]:
     nan_arm = {"name": "t", "rerank": {"weights": {"fused": math.nan}}}
     paths["nan-arm.json"] = tmp / "nan-arm.json"
     paths["nan-arm.json"].write_text(json.dumps({"id": "x", "arms": [{"name": "c"}, nan_arm]}))
+    paths["surface.json"] = tmp / "surface.json"  # a misspelt surface: it would never apply
+    paths["surface.json"].write_text(
+        json.dumps({"id": "x", "arms": [{"name": "c"}, {"name": "t"}], "surfaces": ["foryou"]})
+    )
     inf_design = {"kind": "cluster", "tsri_k": math.inf}
     paths["inf-design.json"] = tmp / "inf-design.json"
     paths["inf-design.json"].write_text(
@@ -75,8 +79,10 @@ CASES = [
     ({}, ["experiments", "create", "inf.json"], "arms.0.weight: Input should be a finite"),
     ({}, ["experiments", "create", "nan-arm.json"], "Input should be a finite number"),
     ({}, ["experiments", "create", "inf-design.json"], "design.tsri_k: Input should be a finite"),
+    ({}, ["experiments", "create", "surface.json"], "unknown surface(s) ['foryou']"),
     ({"OPENDISCO_PARAMS_FILE": "nan-params.json"}, ["recommend", "u1"], "a finite number"),
     ({}, ["experiments", "report", "x", "--bootstrap", "-5"], "--bootstrap"),
+    ({}, ["apikeys", "create", "--name", " "], "name must say who the key is for"),
     ({}, ["events", "post", "binary.json"], "not JSON / JSON lines"),
     ({}, ["events", "post", "deep.json"], "not JSON / JSON lines"),
     ({}, ["templates", "show", "for_you", "--params", DEEP], "--params is not JSON"),
