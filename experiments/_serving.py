@@ -186,7 +186,7 @@ class ExperimentRegistry:
                 out.append(prev)
                 continue
             try:  # once per change; a file gone later stays served from memory
-                files = arm_files(exp)
+                files = await asyncio.to_thread(arm_files, exp)  # a model parse: off the loop
             except ConfigError as exc:  # not applied, so none of its exposures is logged
                 log.warning("experiment %s is not served: %s", exp.id, exc)
                 continue

@@ -3,6 +3,7 @@ an exposure log that cannot be written drops (and counts) documents."""
 
 from __future__ import annotations
 
+import pytest
 from pymongo import AsyncMongoClient
 
 from opendisco.experiments import ExperimentLog, ExperimentRegistry, ExperimentStore
@@ -105,3 +106,31 @@ async def test_an_arm_whose_model_file_is_gone_is_not_served_and_fails_no_reques
             assert isinstance(plan.artifacts.scorer, LearnedScorer)
             treated += 1
     assert 0 < treated < len(users)
+
+
+async def test_arm_files_load_off_the_event_loop(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An arm's model is parsed when its experiment (re)loads, in the background refresh of
+    a serving process: on the event loop it held every request of the process meanwhile."""
+    import threading
+    from pathlib import Path
+
+    from opendisco.experiments import Experiment, _serving
+
+    model = Path(str(tmp_path)) / "model-v1.txt"
+    _ranker(model)
+    arms = [{"name": "control"}, {"name": "treatment", "model": str(model)}]
+    exp = Experiment(id="thread", arms=arms, status="running", offset=0)
+    threads = []
+
+    def recorded(e: Experiment) -> dict[str, Artifacts]:
+        threads.append(threading.get_ident())
+        return real(e)
+
+    real = _serving.arm_files
+    monkeypatch.setattr(_serving, "arm_files", recorded)
+    reg = ExperimentRegistry(_Store(exp), Artifacts(), refresh_s=60)  # type: ignore[arg-type]
+    await reg.refresh()
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    assert [r.experiment.id for r in reg.running] == ["thread"]
