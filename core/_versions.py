@@ -37,9 +37,16 @@ def latest_version(out_dir: Path, stem: str, suffix: str) -> int:
 
 
 def write_next_version(
-    out_dir: Path, stem: str, suffix: str, write: Callable[[IO[str], int], None]
+    out_dir: Path,
+    stem: str,
+    suffix: str,
+    write: Callable[[IO[str], int], None],
+    companions: tuple[str, ...] = (),
 ) -> Path:
     """Create the next ``<stem>-v<N><suffix>`` and fill it with ``write(file, N)``.
+    ``companions``: the suffixes of files written beside each version (a model's ``.json``
+    report): ``N`` also passes theirs, so a companion left by a version whose file was
+    deleted is never in the way of the new one.
 
     The content goes to a temporary file first (flushed to disk), which is then linked to the
     versioned name: a version file is complete or absent — a write that fails or is killed
@@ -47,7 +54,7 @@ def write_next_version(
     serving would load, and takes no number."""
     out_dir.mkdir(parents=True, exist_ok=True)
     while True:
-        version = latest_version(out_dir, stem, suffix) + 1
+        version = max(latest_version(out_dir, stem, x) for x in (suffix, *companions)) + 1
         buf = io.StringIO()
         write(buf, version)  # a value that does not serialise fails here: no file, no number
         try:

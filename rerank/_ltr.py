@@ -330,7 +330,9 @@ def save_model(result: LtrResult, out_dir: Path) -> tuple[Path, Path]:
     """``model-v<N>.txt`` (LightGBM text, feature names inside) and ``model-v<N>.json`` (the
     report), numbered like ``params-v<N>.json`` (never overwriting)."""
     text = result.scorer.model_text()
-    model = write_next_version(out_dir, "model", ".txt", lambda fh, _v: fh.write(text))
+    model = write_next_version(
+        out_dir, "model", ".txt", lambda fh, _v: fh.write(text), companions=(".json",)
+    )
     version = int(model.stem.rsplit("-v", 1)[1])
     body = json.dumps({"version": version, "model": model.name, **result.report}, indent=2)
     return model, write_new(model.with_suffix(".json"), body + "\n")

@@ -39,3 +39,12 @@ def test_a_companion_file_is_created_whole_and_never_replaced(tmp_path: Path) ->
         write_new(report, '{"version": 2}\n')
     assert report.read_text() == '{"version": 1}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-v1.json"]  # no temporary left
+
+
+def test_a_version_passes_the_companion_of_a_deleted_version(tmp_path: Path) -> None:
+    """model-v1.txt deleted by hand, its report left: the next model is v2, not a v1 whose
+    report cannot be written (FileExistsError after the whole training)."""
+    write_new(tmp_path / "model-v1.json", "{}\n")
+    path = write_next_version(tmp_path, "model", ".txt", lambda fh, _v: fh.write("m"), (".json",))
+    assert path.name == "model-v2.txt"
+    assert write_new(path.with_suffix(".json"), "{}\n").name == "model-v2.json"
