@@ -244,10 +244,16 @@ class SegmentLists:
             lists[seg], version = res[0], f"fallback:{res[1]}"
         if lists:
             counts, window = None, 0
+            served = self.discovery.served
             if read:
-                window = self.discovery.served.open_window()  # before the read: nothing missed
+                window = served.open_window()  # before the read: nothing missed
                 counts = await self._counts(lists)
-            elif old is not None:  # counted with the older cap list
+            if counts is None and old is not None and old.counts is not None:
+                # not read (the cap list or the counts): the older counts, with everything
+                # served since they were read (dropping them, the fallback checked the cap
+                # list alone and showed a member past its cap all through a search storm)
+                if read:
+                    served.close_window(window)
                 counts, window = old.counts, old.served_window
             self.snapshot = Snapshot(lists, version, capped, capped_at, counts, window)
         if failed:

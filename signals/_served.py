@@ -169,6 +169,11 @@ class ServedExposure:
         self._windows = [*self._windows[-1:], (self._generation, start)]
         return self._generation
 
+    def close_window(self, generation: int) -> None:
+        """Stop keeping the window of ``generation`` (the read it was opened for failed): the
+        windows opened before it stay kept for the reads that did succeed."""
+        self._windows = [(g, w) for g, w in self._windows if g != generation]
+
     def served_since(self, item_id: str, generation: int) -> int:
         """Impressions of ``item_id`` in the window of ``generation`` (served since it opened,
         or unwritten then): what a read of the counters made then cannot hold. Of a window
