@@ -75,7 +75,14 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         transport_class=TimedTransport,  # engine waits per request (what the breaker counts)
         hung_after=deadline_s / 2,  # a call the deadline cut on a silent node: out of rotation
     )
-    mongo = clients.mongo_async(settings, serverSelectionTimeoutMS=2000)
+    # an operation MongoDB has not answered within a third of the claim lease fails (its
+    # connection closed): with no socket timeout the driver waited forever on connections
+    # whose server went silent without a reset (a host lost, a partition), and one such
+    # claim update held the lock every later one takes while the claims expired under it —
+    # no batch applied again until a restart, and a retry that took the claims over counted
+    # the effects again. A third: a hung update fails before the lease its renewals keep.
+    socket_ms = int(settings.events_claim_lease_s * 1000 / 3)
+    mongo = clients.mongo_async(settings, serverSelectionTimeoutMS=2000, socketTimeoutMS=socket_ms)
     db = mongo[settings.mongo_db]
     disc = discovery if discovery is not None else Discovery(settings, os_client, db)
     _, exposures = install_experiments(disc, db, settings)  # running experiments' arms

@@ -54,7 +54,9 @@ class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target; ``pause``/``kill``/``resume`` simulate outages.
 
     pause: connections stay open (and new ones are accepted by the kernel) but no byte moves,
-    like a SIGSTOPped server. kill: every connection is closed and nothing listens, like a
+    like a SIGSTOPped server. strand: the open connections never move a byte again and are
+    never closed (their server gone without a reset: a host lost, a partition that dropped
+    their state), new ones flow. kill: every connection is closed and nothing listens, like a
     killed server (connection refused). resume: listen again on the same port and forward.
     """
 
@@ -66,6 +68,7 @@ class TcpProxy:
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._gates: set[asyncio.Event] = set()  # one per open connection (strand)
 
     @property
     def url(self) -> str:
@@ -77,14 +80,18 @@ class TcpProxy:
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event
+    ) -> None:
         try:
             while True:
                 await self._flowing.wait()
+                await gate.wait()
                 data = await reader.read(65536)
                 if not data:
                     break
                 await self._flowing.wait()
+                await gate.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -104,9 +111,12 @@ class TcpProxy:
             writer.close()
             return
         self._writers.add(up_writer)
+        gate = asyncio.Event()
+        gate.set()
+        self._gates.add(gate)
         pipes = [
-            asyncio.ensure_future(self._pipe(reader, up_writer)),
-            asyncio.ensure_future(self._pipe(up_reader, writer)),
+            asyncio.ensure_future(self._pipe(reader, up_writer, gate)),
+            asyncio.ensure_future(self._pipe(up_reader, writer, gate)),
         ]
         self._tasks.update(pipes)
         await asyncio.gather(*pipes, return_exceptions=True)
@@ -116,6 +126,11 @@ class TcpProxy:
 
     def pause(self) -> None:
         self._flowing.clear()
+
+    def strand(self) -> None:
+        for gate in self._gates:
+            gate.clear()
+        self._gates.clear()
 
     async def kill(self) -> None:
         if self._server is not None:

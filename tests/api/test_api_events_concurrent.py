@@ -186,3 +186,58 @@ async def test_a_store_outage_mid_batch_with_retries_counts_every_event_once(
     finally:
         await os_proxy.close()
         await mongo_proxy.close()
+
+
+async def test_store_connections_that_never_answer_again_do_not_stop_event_ingestion(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """MongoDB's open connections go silent for good while a batch is applied (their server
+    gone without a reset: a host lost, a partition that dropped their state; new connections
+    reach the store). The batch's store operations fail after the API's socket timeout (a
+    third of the claim lease), its
+    claims are given up, and a client posting it again has it counted once within a bounded
+    time, as is a fresh batch after it. (Without a socket timeout the driver waited on the
+    silent connections forever, one of those waits holding the lock every claim update
+    takes: no event was applied again until the process restarted — live, FerretDB paused
+    for 60 s under retrying clients: every post 503 for the 15 minutes after it was back.)"""
+    os_proxy, mongo_proxy, settings = await proxied(
+        api_settings,
+        mongo=True,
+        events_claim_lease_s=6.0,  # socket timeout: 2 s
+    )
+    assert mongo_proxy is not None
+    key = keys["write"]
+
+    async def settles(client: httpx.AsyncClient, batch: list[dict[str, Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline, last = loop.time() + 90.0, None
+        while loop.time() < deadline:
+            r = await client.post("/v1/events", json={"events": batch}, headers=h(key))
+            last = (r.status_code, r.text[:300])
+            if r.status_code == 200 and r.json()["in_flight"] == 0 and not r.json()["rejected"]:
+                return
+            if r.status_code != 200:  # 200: some events still in flight (claims held)
+                assert r.status_code in (429, 503) and r.headers["Retry-After"], last
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"the batch was not applied within 90 s: {last}")
+
+    try:
+        async with serve(settings) as client:
+            await settles(client, _batch(300))  # the driver's pool holds open connections
+            batch = _batch(301)
+            before = await _counters(api_settings)
+            first = asyncio.ensure_future(
+                client.post("/v1/events", json={"events": batch}, headers=h(key))
+            )
+            await asyncio.sleep(0.05)
+            mongo_proxy.strand()
+            assert (await first).status_code in (200, 503)
+            await settles(client, batch)
+            await _counted_once(api_settings, batch, before, "stranded")
+            fresh = _batch(302)
+            before = await _counters(api_settings)
+            await settles(client, fresh)
+            await _counted_once(api_settings, fresh, before, "after")
+    finally:
+        await os_proxy.close()
+        await mongo_proxy.close()
