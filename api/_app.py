@@ -127,6 +127,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         asyncio.create_task(rt.lag.run()),
         asyncio.create_task(rt.shares.run()),
         asyncio.create_task(disc.recover_events_forever()),
+        asyncio.create_task(disc.served.flush_forever()),  # also when no answer is served
     ]
     if settings.signal_copies_s > 0:
         rt.tasks.append(asyncio.create_task(disc.copies.run()))

@@ -5,9 +5,11 @@ caps saw what clients chose to report. :class:`ServedExposure` counts what is ac
 the API's answer calls :meth:`ServedExposure.add` (through ``Discovery.record_served``; a dict
 update, no I/O), and the counts are written with :meth:`ExposureStore.record` by a background
 flush at most every ``exposure_flush_s`` — one ``_bulk`` for all requests of that period, never a
-round trip of a request. Counts not yet flushed when a process is killed are lost (at most one
-period's); a shutdown drains them, and what the engine does not take within the shutdown's
-deadline is logged (a flush cut in flight keeps its part, as a failed one does).
+round trip of a request; :meth:`ServedExposure.flush_forever` (a background task of each API
+process) starts the flush of what waits when no answer comes to start it. Counts not yet
+flushed when a process is killed are lost (at most one period's); a shutdown drains them, and
+what the engine does not take within the shutdown's deadline is logged (a flush cut in flight
+keeps its part, as a failed one does).
 
 Each part a flush writes carries a mark of its own, kept on every counter it updates
 (``_counting.once_per_mark``): a counter that keeps the mark ignores the write. A part whose
@@ -85,12 +87,26 @@ class ServedExposure:
             for _, window in self._windows:
                 if i in window or len(window) < self.max_pending:
                     window[i] += 1
+        self._start_due()
+
+    def _start_due(self) -> None:
+        """Start a background flush when one is due (a period since the last) and none runs."""
         if time.monotonic() - self._last >= self.flush_s and (
             self._task is None or self._task.done()
         ):
             self._last = time.monotonic()
             self._task = asyncio.ensure_future(self.flush())
             self._task.add_done_callback(_retrieve)
+
+    async def flush_forever(self) -> None:
+        """Flush what waits (pending, or the part a failed flush kept) at least every period,
+        also when no answer is served: a process that went quiet kept its last period's
+        counts, and a part a storm left, unwritten until its next answer — other processes'
+        caps and pacing saw stale counts, and a kill -9 lost them."""
+        while True:
+            await asyncio.sleep(self.flush_s)
+            if self.pending or self.retry is not None:
+                self._start_due()
 
     async def flush(self, pace: bool = True) -> list[str]:
         """Write the part kept by a failed flush, then what is pending (in parts of ``chunk``

@@ -420,3 +420,38 @@ async def test_an_item_the_lookup_could_not_read_is_not_an_unknown_item(
         finally:
             await os_client.close()
             await mongo.close()
+
+
+async def test_what_waits_is_flushed_when_no_answer_comes(
+    storm: tuple[FaultyHttpProxy, Settings],
+) -> None:
+    """A flush used to start only from the next answer's ``add``: a process that went quiet
+    kept its last period's counts, and the part a storm left, unwritten (other processes'
+    caps saw stale counts; a kill -9 lost them). ``flush_forever`` writes both with no
+    further answer."""
+    proxy, s = storm
+    async with _served_through(s) as (store, _):
+        served = ServedExposure(store, flush_s=0.3)
+        ids = MOVIES[15:18]
+        before = await store.counts(ids)
+        proxy.fail_if = lambda _m, path: path.rstrip("/").endswith("_bulk")  # a 429 storm
+        served.add(ids)
+        await asyncio.sleep(0.4)
+        served.add(ids)  # due: this answer starts a flush, which the storm refuses
+        task = asyncio.ensure_future(served.flush_forever())
+        try:
+            for _ in range(100):
+                if served.retry is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert served.retry is not None  # the refused part, kept with its mark
+            proxy.fail_if = None  # the storm ends; no answer is served any more
+            for _ in range(150):
+                if served.unwritten_total() == 0:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+        after = await store.counts(ids)
+        assert {i: after[i] - before[i] for i in ids} == dict.fromkeys(ids, 2)
+        assert served.written == 2 * len(ids) and served.unwritten_total() == 0
