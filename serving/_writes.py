@@ -70,6 +70,7 @@ class Writes:
         task = asyncio.ensure_future(proc.apply(list(events), now=now))
         self._applying.add(task)
         task.add_done_callback(self._applying.discard)
+        task.add_done_callback(_unawaited)
         return await asyncio.shield(task)
 
     def shown(self, items: Sequence[Mapping[str, Any]]) -> None:
@@ -105,3 +106,11 @@ class Writes:
         if self._events is not None:
             await self._events.drain()
         await self.served.drain()
+
+
+def _unawaited(task: asyncio.Future[Any]) -> None:
+    """A batch whose caller went away (the client gave up: the shield's outside cancelled)
+    finishes alone; its failure is logged here once instead of asyncio's "Task exception was
+    never retrieved" traceback (its events are retried by the client or recovered)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.info("an event batch failed after its request was gone: %r", exc)
