@@ -15,6 +15,14 @@ row, then a uniform sample of the other scored candidates (``incl`` = the inclus
 probability of each row, 1.0 when everything fitted). The queue holds at most ``max_queue``
 lists; when it is full a list is dropped and counted (``dropped``), never waited for.
 
+**A store outage loses nothing the queue holds.** A write that fails (the store down, cut
+off or paused past its timeouts) puts its lists back at the head of the queue and the
+flusher tries again after a backoff (up to ``MAX_BACKOFF_S``); a list whose answer was
+lost and that is written again is a duplicate request id (the first copy stays). Only
+what overflows the queue meanwhile, and what :meth:`ServedLog.drain` cannot write when the
+store fails at shutdown, is dropped, and counted in ``dropped`` (the API's
+``opendisco_api_served_log_dropped``).
+
 **Batched, off the hot path.** :meth:`ServedLog.log` appends a reference to what the request
 already computed (no copy, no encoding) and returns; a background flusher encodes and
 ``insert_many``\\ s up to :data:`~opendisco._store.MAX_WRITES_PER_COMMAND` documents per
@@ -47,6 +55,8 @@ from opendisco._store import MAX_WRITES_PER_COMMAND, create_collection, detect_c
 __all__ = ["SERVED_LISTS", "ServedList", "ServedLog", "decode_list", "sample_rows"]
 
 SERVED_LISTS = "served_lists"
+#: the longest wait between two attempts of a write the store refused
+MAX_BACKOFF_S = 5.0
 log = logging.getLogger("opendisco.signals")
 
 
@@ -178,8 +188,9 @@ class ServedLog:
         self._last_purge = 0.0
         self.written = 0
         self.dropped = 0
-        self.failed = 0
+        self.failed = 0  # write attempts (in lists) the store refused; retried, not lost
         self.duplicates = 0
+        self._failures = 0  # consecutive failed writes (the flusher's backoff)
 
     # -- the hot path ---------------------------------------------------------------------
     def log(self, served: ServedList) -> None:
@@ -223,7 +234,8 @@ class ServedLog:
         return int(res.deleted_count)
 
     async def flush(self) -> int:
-        """Write up to one command's worth of queued lists; returns how many were taken."""
+        """Write up to one command's worth of queued lists; returns how many were written
+        (0 when the queue is empty or the write failed: the lists are queued again)."""
         batch: list[ServedList] = []
         while self._queue and len(batch) < MAX_WRITES_PER_COMMAND:
             batch.append(self._queue.popleft())
@@ -242,19 +254,40 @@ class ServedLog:
                         raise
                     self.written += len(docs) - len(errors)
                     self.duplicates += len(errors)
-        except Exception as exc:  # the store is down or slow: logging is best effort
+        except Exception as exc:  # the store is down or slow: keep the lists for a retry
             self.failed += len(docs)
-            log.warning("served-list log write failed (%d lists lost): %r", len(docs), exc)
+            self._failures += 1
+            self._queue.extendleft(reversed(batch))
+            over = len(self._queue) - self.max_queue
+            for _ in range(max(0, over)):  # lists logged meanwhile filled the queue
+                self._queue.pop()
+            self.dropped += max(0, over)
+            log.warning(
+                "served-list log write failed (%d lists queued again, %d queued): %r",
+                len(docs),
+                len(self._queue),
+                exc,
+            )
+            return 0
+        self._failures = 0
         return len(batch)
+
+    def _delay(self) -> float:
+        if not self._failures:
+            return self.flush_every_s
+        return min(MAX_BACKOFF_S, max(self.flush_every_s, 0.1) * 2**self._failures)
 
     async def _run(self, wake: asyncio.Event) -> None:
         """The flusher: started by :meth:`log`, ends when the queue is empty; writes every
-        ``flush_every_s``, or at once when ``wake`` is set (:meth:`drain`)."""
+        ``flush_every_s`` (backing off while the store fails), or at once when ``wake`` is
+        set (:meth:`drain`: then a failed write ends it, drain counts what is left)."""
         while self._queue:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.flush_every_s)
+                await asyncio.wait_for(wake.wait(), self._delay())
             while await self.flush():
                 pass
+            if self._failures and wake.is_set():
+                return
             if not self._native_ttl and time.monotonic() - self._last_purge > self.purge_every_s:
                 self._last_purge = time.monotonic()
                 try:
@@ -268,15 +301,24 @@ class ServedLog:
 
         The flusher is woken and awaited, not cancelled: a batch it has taken off the queue
         is in flight until its insert returns, and cancelling it there would lose the batch
-        without counting it. The flusher ends by itself once the queue is empty (its writes
-        never raise), so this waits for the writes only, not for a ``flush_every_s``."""
+        without counting it. The flusher ends by itself once the queue is empty or a write
+        failed (its writes never raise), so this waits for the writes only, not for a
+        ``flush_every_s``. What the store did not take (it is down) is dropped, counted and
+        logged: one failed write ends the drain, which must not outlast a shutdown."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
+        ran = task is not None and not task.done()
+        if ran:
             if self._wake is not None:
                 self._wake.set()
             await task
-        while await self.flush():
-            pass
+        if not (ran and self._failures):  # the flusher's last attempt failed: no second one
+            while await self.flush():
+                pass
+        if self._queue:
+            left = len(self._queue)
+            self._queue.clear()
+            self.dropped += left
+            log.warning("served-list log: %d lists not written (the store failed)", left)
 
     # -- reading (training, off-policy evaluation) ----------------------------------------
     async def read(
