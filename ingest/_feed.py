@@ -11,9 +11,10 @@ OpenSearch or dead-lettered. Documents of partitions the worker does not hold ar
   ``sync_batch_size`` and closed when the pass ends (FerretDB scans the collection once per
   query, so a pass costs one scan, not one per batch). A pass starts
   ``sync_overlap_seconds`` before the oldest checkpoint it holds, so a writer whose
-  ``updated_at`` lags its commit is still seen, and a checkpoint never passes the reader's
-  clock, so a writer whose clock runs ahead hides no other writer's writes; deletes are
-  tombstones (``deleted: true``), turned into external-versioned deletes by the apply step.
+  ``updated_at`` lags its commit is still seen (after a stall of the store, from before
+  the stall: ``_stalls``), and a checkpoint never passes the reader's clock, so a writer
+  whose clock runs ahead hides no other writer's writes; deletes are tombstones
+  (``deleted: true``), turned into external-versioned deletes by the apply step.
   Documents whose ``updated_at`` is missing or not a date are read by every pass, so the
   apply step dead-letters them (and removes the indexed copy of a document whose new
   version lost it). What no watermark can see — hard deletes, writes backdated behind it —
@@ -45,6 +46,7 @@ from ._checkpoints import Checkpoint, Floor, load_checkpoints, load_floor, save_
 from ._checkpoints import token_order as _order
 from ._partitions import partition_of
 from ._schema import indexable_id
+from ._stalls import Stalls
 from ._store import items_collection, load_state, save_state, state_key, stream
 
 __all__ = [
@@ -149,6 +151,17 @@ class _Partitioned:
 class PollingFeed(_Partitioned):
     name = "polling"
 
+    def __init__(
+        self,
+        settings: Settings,
+        db: Any,
+        partitions: Sequence[int] | None = None,
+        owner: str = "",
+        stalls: Stalls | None = None,
+    ) -> None:
+        super().__init__(settings, db, partitions, owner)
+        self.stalls = stalls if stalls is not None else Stalls()
+
     async def start(self) -> None:
         await self._load()
         self.rewound = False
@@ -161,19 +174,22 @@ class PollingFeed(_Partitioned):
     @asynccontextmanager
     async def batches(self) -> AsyncIterator[AsyncIterator[ChangeBatch]]:
         await self.start()
-        low = min((cp.ts or EPOCH for cp in self.checkpoints.values()), default=EPOCH)
-        overlap = timedelta(seconds=self.settings.sync_overlap_seconds)
-        async with self._window(low - overlap) as docs:
-            yield self._batches(docs)
-
-    async def _batches(
-        self, batches: AsyncIterator[list[dict[str, Any]]]
-    ) -> AsyncIterator[ChangeBatch]:
         # the watermark never passes this reader's clock: a write dated ahead of it (a writer
         # whose clock runs ahead) would drag it past the other writers' next writes, which no
         # pass would read again; such a write is read by every pass until the clock catches
-        # up (the applied memory skips it)
+        # up (the applied memory skips it). After a stall, nor the stall's start (_stalls).
         horizon = now_ms()
+        low = min((cp.ts or EPOCH for cp in self.checkpoints.values()), default=EPOCH)
+        overlap = timedelta(seconds=self.settings.sync_overlap_seconds)
+        held = self.stalls.begin(horizon, overlap, self.partitions)
+        if held is not None:
+            low, horizon = min(low, held), min(horizon, held)
+        async with self._window(low - overlap) as docs:
+            yield self._batches(docs, horizon)
+
+    async def _batches(
+        self, batches: AsyncIterator[list[dict[str, Any]]], horizon: datetime
+    ) -> AsyncIterator[ChangeBatch]:
         reached: datetime | None = None
         async for docs in batches:
             for doc in docs:
@@ -334,10 +350,12 @@ async def open_feed(
     *,
     partitions: Sequence[int] | None = None,
     owner: str = "",
+    stalls: Stalls | None = None,
 ) -> ChangeFeed:
     mode = mode or await detect_mode(settings, db)
-    kind = ChangeStreamFeed if mode == "change_stream" else PollingFeed
-    return kind(settings, db, partitions, owner)
+    if mode == "change_stream":
+        return ChangeStreamFeed(settings, db, partitions, owner)
+    return PollingFeed(settings, db, partitions, owner, stalls)
 
 
 async def seed_resume_token(settings: Settings, db: Any) -> bool:

@@ -44,6 +44,7 @@ from ._indices import alias_targets
 from ._partitions import PartitionLeases
 from ._pipeline import Pipeline, read_ahead
 from ._reconcile import ReconcileReport, reconcile
+from ._stalls import Stalls
 
 __all__ = ["LeaseLost", "SyncReport", "Syncer", "sync_once"]
 
@@ -94,6 +95,7 @@ class Syncer:
         self.embedder = embedder or Embedder(settings)
         self.leases = PartitionLeases(settings, self.db, worker)
         self.feed: ChangeFeed | None = None
+        self.stalls = Stalls()  # gaps between passes, kept when the feed is reopened
         self.writer = BulkWriter(self.client, settings, settings.index_alias, alias=True)
         self.applied = Applied()  # acknowledged by this process: overlap re-reads skip them
         self.behaviour_feed: BehaviourFeed | None = None
@@ -213,7 +215,7 @@ class Syncer:
             await self.reset()
         if self.feed is None:
             self.feed = await open_feed(
-                self.settings, self.db, partitions=partitions, owner=self.worker
+                self.settings, self.db, partitions=partitions, owner=self.worker, stalls=self.stalls
             )
         return self.feed
 

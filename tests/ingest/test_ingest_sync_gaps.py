@@ -4,15 +4,18 @@ dead-letter ids, and a sync that rides out an OpenSearch answering 429/503."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import subprocess
 import threading
 import time
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from click.testing import CliRunner
 from ingest_support import OPENDISCO, FaultyHttpProxy, worker_env
+from tcp_faults import TcpProxy
 
 from opendisco import Settings, clients, now_ms
 from opendisco.cli.main import cli
@@ -230,3 +233,56 @@ async def test_a_write_dated_ahead_hides_no_later_write(
         assert check.ok, check.summary()
     finally:
         await client.close()
+
+
+async def test_a_write_a_store_stall_held_back_is_synced_without_a_reconciliation(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """The store stalls (both TCP proxies paused, as a SIGSTOPped FerretDB is for everyone)
+    while the app marks p5 unavailable: its write, dated before the stall, lands after the
+    worker's first pass after the stall read the app's next write (p6). That pass moved the
+    watermark past p5's date plus the overlap, and p5 stayed indexed as available until a
+    reconciliation (measured on a private FerretDB SIGSTOPped for 20 s: minutes). After a
+    stall the worker reads from before it until the held-back writes have landed."""
+    overlap = ingest_settings.sync_overlap_seconds
+    m = urlsplit(ingest_settings.mongo_url.split(",")[0])
+    worker_side, app_side = (TcpProxy(m.hostname or "127.0.0.1", m.port or 27017) for _ in "wa")
+    await worker_side.start()
+    await app_side.start()
+    through = {p: f"mongodb://127.0.0.1:{p.port}/" for p in (worker_side, app_side)}
+    app = clients.mongo_async(ingest_settings.model_copy(update={"mongo_url": through[app_side]}))
+    app_items = app[ingest_settings.mongo_db][ingest_settings.items_collection]
+    worker = ingest_settings.model_copy(update={"mongo_url": through[worker_side]})
+    client = clients.async_opensearch(ingest_settings)
+    syncer = Syncer(worker, client=client, embedder=embedder)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        await app_items.find_one({"_id": "p5"})  # the app's connection is open
+        await syncer.check()
+        await syncer.once()
+        worker_side.pause()
+        app_side.pause()
+        write = {"$set": {"updated_at": now_ms(), "available": False}, "$inc": {"version": 1}}
+        held = asyncio.ensure_future(app_items.update_one({"_id": "p5"}, write))
+        stalled = asyncio.ensure_future(syncer.once())
+        await asyncio.sleep(3 * overlap)
+        await worker_side.resume()
+        await stalled
+        _bump(mongo_db[ingest_settings.items_collection], "p6", title="Written after the stall")
+        assert (await syncer.once()).indexed == 1  # p6
+        await app_side.resume()
+        await held  # p5's write lands only now
+        await syncer.once()
+        doc = await client.get(index=ingest_settings.index_alias, id="p5")
+        assert doc["_source"]["available"] is False, doc["_version"]
+        check = await verify(ingest_settings, client=client)
+        assert check.ok, check.summary()
+    finally:
+        await syncer.close()
+        await client.close()
+        await app.close()
+        await worker_side.close()
+        await app_side.close()
