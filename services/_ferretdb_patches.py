@@ -10,6 +10,14 @@ matches nothing (a reindex's catch-up, every polling sync pass). The range patch
 comparisons of top-level dates and ints (and ``$or`` of them) down as a superset pre-filter
 evaluated by SQLite on the stored JSON (0.014 ms per row; its comment states why no matching
 document is dropped).
+
+1.24.2's ``update`` command closed each statement's result rows only when the whole command
+ended (``defer`` inside its loop): a command of K statements held K of the database's 100
+SQLite connections, and a few concurrent commands (event batches of several API processes,
+or what a paused store let pile up) each holding some and waiting for more wedged the
+database for good (measured: 4 concurrent ``bulk_write`` s of 50 updates, every command then
+timed out and ``ferretdb_sqldb_in_use`` stayed 100 until a restart). Each statement's rows
+are now closed as soon as it is applied.
 """
 
 from __future__ import annotations
@@ -213,6 +221,7 @@ func pushdownPlainField(key string) bool {
 }
 
 """
+_UPDATE = "internal/handler/msg_update.go"
 #: (file, exact original text, replacement, occurrences) applied in order to the module source
 PATCHES = (
     # the _id pushdown spelled like the _id_ index expression, so SQLite uses the index
@@ -241,9 +250,23 @@ PATCHES = (
     ),
     (_COLLECTION, _EXPLAIN_DOC, _ID_IN_HELPER + _RANGE_HELPER + _EXPLAIN_DOC, 1),
     (_COLLECTION, '\t"strings"\n\n', '\t"strings"\n\t"time"\n\n', 1),
+    # an update statement's rows closed when it is applied, not when the command ends
+    (
+        _UPDATE,
+        "\t\tcloser := iterator.NewMultiCloser()\n\t\tdefer closer.Close()\n",
+        "\t\tcloser := iterator.NewMultiCloser()\n",
+        1,
+    ),
+    (
+        _UPDATE,
+        '\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)\n',
+        '\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)\n'
+        "\t\tcloser.Close() // opendisco patch: release the statement's connection now\n",
+        1,
+    ),
 )
 #: bump with any change to PATCHES (part of the build directory name)
-PATCH_LEVEL = 3
+PATCH_LEVEL = 4
 
 
 def apply_patches(src: Path) -> None:
