@@ -81,7 +81,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
     # claim update held the lock every later one takes while the claims expired under it —
     # no batch applied again until a restart, and a retry that took the claims over counted
     # the effects again. A third: a hung update fails before the lease its renewals keep.
-    socket_ms = int(settings.events_claim_lease_s * 1000 / 3)
+    socket_ms = int(min(settings.mongo_socket_timeout_s, settings.events_claim_lease_s / 3) * 1000)
     mongo = clients.mongo_async(settings, serverSelectionTimeoutMS=2000, socketTimeoutMS=socket_ms)
     db = mongo[settings.mongo_db]
     disc = discovery if discovery is not None else Discovery(settings, os_client, db)

@@ -12,6 +12,7 @@ not an outage. MongoDB clients get the URL as it is: a replica set's hosts are n
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -91,9 +92,19 @@ def async_opensearch(settings: Settings, **kwargs: Any) -> AsyncOpenSearch:
     return AsyncOpenSearch(hosts=settings.opensearch_hosts, **opts)
 
 
+def _mongo_options(settings: Settings, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Options of every MongoDB client: a socket timeout (``mongo_socket_timeout_s``) so no
+    operation waits forever on a connection whose server went silent without a reset."""
+    return {
+        "serverSelectionTimeoutMS": 5000,
+        "tz_aware": True,
+        "socketTimeoutMS": int(settings.mongo_socket_timeout_s * 1000),
+        **kwargs,
+    }
+
+
 def mongo(settings: Settings, **kwargs: Any) -> MongoClient[dict[str, Any]]:
-    opts: dict[str, Any] = {"serverSelectionTimeoutMS": 5000, "tz_aware": True}
-    opts.update(kwargs)
+    opts = _mongo_options(settings, kwargs)
     return MongoClient(settings.mongo_url, **opts)
 
 
@@ -101,9 +112,7 @@ def mongo_async(settings: Settings, **kwargs: Any) -> AsyncMongoClient[dict[str,
     """PyMongo's native asyncio client (Motor, which ran each operation on a thread pool,
     reached end of life in May 2026): on the API's c=1 path ~1 ms less per batch of
     concurrent point reads (bench/README.md, api), and no executor threads."""
-    opts: dict[str, Any] = {"serverSelectionTimeoutMS": 5000, "tz_aware": True}
-    opts.update(kwargs)
-    return AsyncMongoClient(settings.mongo_url, **opts)
+    return AsyncMongoClient(settings.mongo_url, **_mongo_options(settings, kwargs))
 
 
 def default_model_path() -> str:

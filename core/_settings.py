@@ -90,6 +90,14 @@ class Settings(BaseSettings):
         "mongodb://127.0.0.1:27017/",
         description="MongoDB connection string (FerretDB locally; a real MongoDB is a drop-in).",
     )
+    mongo_socket_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="A MongoDB operation not answered within this many seconds fails (its "
+        "connection closed), so a store gone silent without a reset (a lost host, a "
+        "partition) never hangs a sync worker or a command for good; the API uses at most a "
+        "third of events_claim_lease_s.",
+    )
     mongo_db: str = Field(
         "opendisco",
         pattern=MONGO_DB_NAME,

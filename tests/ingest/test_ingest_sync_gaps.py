@@ -13,11 +13,12 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from click.testing import CliRunner
 from ingest_support import OPENDISCO, FaultyHttpProxy, worker_env
 from tcp_faults import TcpProxy
 
-from opendisco import Settings, clients, now_ms
+from opendisco import Settings, StoreBackendError, clients, now_ms
 from opendisco.cli.main import cli
 from opendisco.ingest import Embedder, Syncer, reindex, sync_once, verify
 
@@ -286,3 +287,46 @@ async def test_a_write_a_store_stall_held_back_is_synced_without_a_reconciliatio
         await app.close()
         await worker_side.close()
         await app_side.close()
+
+
+async def test_a_store_gone_silent_fails_a_pass_instead_of_hanging_the_worker(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """The store's host is lost without a reset (a partition): the worker's open connections
+    never answer again. With no socket timeout a pass waited until the driver's monitor gave
+    the server up (its own connection silent too: ~20 s here, ``connectTimeoutMS``) — or for
+    good when only the operation's connection went silent (the API's hung claim update);
+    now it fails after ``mongo_socket_timeout_s`` as a store error, and later passes, on new
+    connections, sync."""
+    m = urlsplit(ingest_settings.mongo_url.split(",")[0])
+    proxy = TcpProxy(m.hostname or "127.0.0.1", m.port or 27017)
+    await proxy.start()
+    worker = ingest_settings.model_copy(
+        update={"mongo_url": f"mongodb://127.0.0.1:{proxy.port}/", "mongo_socket_timeout_s": 2.0}
+    )
+    client = clients.async_opensearch(ingest_settings)
+    syncer = Syncer(worker, client=client, embedder=embedder)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        await syncer.check()
+        await syncer.once()
+        proxy.strand()  # the open connections go silent for good; new ones flow
+        with pytest.raises(StoreBackendError):
+            await asyncio.wait_for(syncer.once(), 12)  # TimeoutError: the old wait
+        _bump(mongo_db[ingest_settings.items_collection], "p7", title="Written after the loss")
+        for _ in range(10):  # each stranded pooled connection fails once, then new ones
+            try:
+                rep = await asyncio.wait_for(syncer.once(), 60)
+            except StoreBackendError:
+                continue
+            if rep.indexed:
+                break
+        doc = await client.get(index=ingest_settings.index_alias, id="p7")
+        assert doc["_source"]["title"] == "Written after the loss"
+    finally:
+        await syncer.close()
+        await client.close()
+        await proxy.close()
