@@ -178,26 +178,28 @@ class EventProcessor:
         return res.deleted_count
 
     async def recover_forever(self, first_s: float = RECOVER_FIRST_S) -> None:
-        """Run :meth:`sweep` in the background: ``first_s`` after start (at most one cadence),
-        then every ``events_recover_every_s`` (each API process), so what a killed process left
-        claimed is applied soon after a restart, retried or not; a failed sweep is logged and
-        the next one runs all the same (whatever it raised: an exception that ended this loop
-        would end the process's recovery until its restart, with nothing but a log at exit)."""
+        """Run :meth:`sweep` in the background: ``first_s`` after start, then every
+        ``events_recover_every_s`` (what a killed process left claimed is applied soon after a
+        restart). A failed sweep is logged and tried again sooner (``first_s`` doubling up to
+        the cadence: a store down at start delayed recovery a cadence); the loop goes on."""
         every = self.settings.events_recover_every_s
-        await asyncio.sleep(min(first_s, every))
+        wait = min(first_s, every)
         while True:
-            await self._sweep_logged(f"next in {every:.0f} s")
-            await asyncio.sleep(every)
+            await asyncio.sleep(wait)
+            ok = await self._sweep_logged(f"next in at most {every:.0f} s")
+            wait = every if ok else min(2 * wait, every)
 
-    async def _sweep_logged(self, then: str) -> None:
+    async def _sweep_logged(self, then: str) -> bool:
         """:meth:`sweep`, its failure logged instead of raised (a backend error as a warning,
         anything else with its traceback: a bug, not a reason to stop sweeping)."""
         try:
             await self.sweep()
+            return True
         except BackendError as exc:
             log.warning("events recovery sweep failed, %s: %.200s", then, exc)
         except Exception:
             log.exception("events recovery sweep failed unexpectedly, %s", then)
+        return False
 
     async def sweep(self) -> None:
         """One recovery sweep: events whose claim expired (:meth:`recover_expired`), then user

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from opendisco import Settings, clients
+from opendisco import Settings, StoreBackendError, clients
 from opendisco.signals import EventProcessor
 
 
@@ -55,6 +55,34 @@ async def test_background_sweep_survives_an_unexpected_error(processor: EventPro
             await asyncio.sleep(0.05)
         assert not task.done(), task.exception()
         assert len(calls) >= 3  # the sweeps after the failed one ran (on the real stores)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_failed_sweep_is_tried_again_before_the_next_cadence(
+    processor: EventProcessor,
+) -> None:
+    """The store is down when the process starts: its first sweeps fail. They used to be
+    tried again only a whole ``events_recover_every_s`` (300 s) later, so what a killed
+    process left claimed waited that long; now sooner, backing off from ``first_s``."""
+    processor.settings = processor.settings.model_copy(update={"events_recover_every_s": 300.0})
+    calls: list[int] = []
+
+    async def sweep() -> None:
+        calls.append(len(calls))
+        if len(calls) <= 2:
+            raise StoreBackendError("the store is not up yet")
+
+    processor.sweep = sweep  # type: ignore[method-assign]
+    task = asyncio.create_task(processor.recover_forever(first_s=0.05))
+    try:
+        for _ in range(200):
+            if len(calls) >= 3 or task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert not task.done(), task.exception()
+        assert len(calls) == 3  # two failures retried within a second, then the cadence
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
