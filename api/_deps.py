@@ -100,10 +100,12 @@ def _plain_digits(value: Any) -> Any:
     return value
 
 
+#: the validator after ``Query``: before it, the published schema said ``ge``/``le`` where
+#: OpenAPI says ``minimum``/``maximum`` (clients and schemathesis saw no bound)
 K = Annotated[
     int,
-    BeforeValidator(_plain_digits),
     Query(ge=1, le=100, description="Number of items (1..100)."),
+    BeforeValidator(_plain_digits),
 ]
 Explain = Annotated[bool, Query(description="Sources, per-step scores, rendered query (admin).")]
 UserQ = Annotated[

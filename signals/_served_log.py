@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 from bson import Binary
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, InvalidOperation
 
 from opendisco._backend import backend_errors
 from opendisco._store import MAX_WRITES_PER_COMMAND, create_collection, detect_capabilities
@@ -256,6 +256,14 @@ class ServedLog:
                     self.duplicates += len(errors)
         except Exception as exc:  # the store is down or slow: keep the lists for a retry
             self.failed += len(docs)
+            if isinstance(exc, InvalidOperation) or isinstance(exc.__cause__, InvalidOperation):
+                # the client was closed under the log (its owner gone without a drain):
+                # no retry can write these; dropped and counted, and the flusher ends
+                left = len(docs) + len(self._queue)
+                self._queue.clear()
+                self.dropped += left
+                log.warning("served-list log: %d lists not written (client closed)", left)
+                return 0
             self._failures += 1
             self._queue.extendleft(reversed(batch))
             over = len(self._queue) - self.max_queue

@@ -184,3 +184,19 @@ async def test_a_list_whose_rows_are_cut_short_is_skipped_not_fatal(async_db: An
         assert data.list_ids == ["good"] and data.skipped["no_rows"] == 1
     finally:
         await async_db.client.drop_database(f"{async_db.name}sx")
+
+
+async def test_a_log_whose_client_was_closed_drops_and_stops(settings: Settings) -> None:
+    """Its owner closed the client without draining: no retry can ever write the queue. The
+    lists are dropped and counted and the flusher ends, instead of retrying for good (with a
+    warning every few seconds from a task nothing owns)."""
+    mongo = clients.mongo_async(settings)
+    log = ServedLog(mongo[f"{settings.mongo_db}sc"], max_rows=10, flush_every_s=0.05)
+    await mongo.close()
+    now = datetime.now(UTC)
+    for j in range(3):
+        log.log(_served(f"c{j}", now))
+    task = log._task
+    assert task is not None
+    await asyncio.wait_for(task, 10)  # ended by itself
+    assert (log.written, log.dropped, log.pending) == (0, 3, 0)
