@@ -259,10 +259,8 @@ class ServedLog:
             if isinstance(exc, InvalidOperation) or isinstance(exc.__cause__, InvalidOperation):
                 # the client was closed under the log (its owner gone without a drain):
                 # no retry can write these; dropped and counted, and the flusher ends
-                left = len(docs) + len(self._queue)
-                self._queue.clear()
-                self.dropped += left
-                log.warning("served-list log: %d lists not written (client closed)", left)
+                self._queue.extendleft(reversed(batch))
+                self._drop_queue("the client was closed")
                 return 0
             self._failures += 1
             self._queue.extendleft(reversed(batch))
@@ -322,11 +320,15 @@ class ServedLog:
         if not (ran and self._failures):  # the flusher's last attempt failed: no second one
             while await self.flush():
                 pass
+        self._drop_queue("the store failed")
+
+    def _drop_queue(self, why: str) -> None:
+        """Drop what is queued, counted in ``dropped`` and logged (no write can take it)."""
         if self._queue:
             left = len(self._queue)
             self._queue.clear()
             self.dropped += left
-            log.warning("served-list log: %d lists not written (the store failed)", left)
+            log.warning("served-list log: %d lists not written (%s)", left, why)
 
     # -- reading (training, off-policy evaluation) ----------------------------------------
     async def read(
