@@ -53,7 +53,9 @@ MAX_LIKERS = 500
 
 
 def _declares(plan: CandidatePlan, param: str) -> bool:
-    return param in load(plan.request.surface).specs
+    """The request's template (an arm's or a served version, else the shipped file) declares
+    ``param``: a version that dropped a source and its parameters is not handed them."""
+    return param in (plan.request.template or load(plan.request.surface)).specs
 
 
 @dataclass

@@ -4,8 +4,11 @@ at creation when the file cannot be served that way, and never in a pair-level d
 
 from __future__ import annotations
 
+import copy
 import json
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -13,10 +16,10 @@ from pydantic import ValidationError
 from opendisco import Settings
 from opendisco._exceptions import ConfigError, InvalidInput
 from opendisco.cli._experiments import _load
-from opendisco.experiments import Experiment
+from opendisco.experiments import Experiment, ExperimentStore, install
 from opendisco.experiments._serving import arm_artifacts, check_arm_files
 from opendisco.queries import example_params, load, render
-from opendisco.serving import Artifacts
+from opendisco.serving import Artifacts, Discovery
 
 
 def _version_file(tmp_path: Path, surface: str, raw: object, n: int = 2) -> Path:
@@ -89,3 +92,63 @@ def test_arm_files_are_stored_as_found_at_creation(
     spec.write_text(json.dumps(_exp(tmp_path, [good.name]).model_dump(mode="json")))
     stored = _load(spec)
     assert stored.arms[1].templates == [str(good)] and stored.arms[0].model is None
+
+
+def _without(surface: str, sources: dict[str, list[str]]) -> dict:
+    """The shipped template less some sources and the parameters only they read."""
+    raw = copy.deepcopy(load(surface).raw)
+    for source, params in sources.items():
+        raw["sources"].pop(source)
+        raw["fusion"]["weights"].pop(source)
+        for name in params:
+            raw["params"].pop(name)
+    return raw
+
+
+async def test_a_template_arm_without_the_market_sources_serves_its_members(
+    ex_discovery: Discovery, ex_db: Any, ex_settings: Settings, ex_market: Any, tmp_path: Path
+) -> None:
+    """A promoted for_you version that dropped the likers and trending sources (and the
+    parameters only they read): the market hydrators handed every treated request the
+    parameters the *shipped* template declares (liker_ids, trending_ids), and the request
+    failed with TemplateParamError — a 422 on every for_you read of a treated member with a
+    liker or while anything trended (control members were served). Now each hydrator asks
+    the request's own template."""
+    _, users = ex_market
+    dropped = {
+        "likers": ["liker_ids", "w_likers"],
+        "trending": ["trending_ids", "trending_weights", "w_live", "w_trending"],
+    }
+    path = _version_file(tmp_path, "for_you", _without("for_you", dropped), n=5)
+    exp = Experiment(
+        id=f"tplmk{uuid.uuid4().hex[:6]}",
+        layer=f"L{uuid.uuid4().hex[:6]}",
+        arms=[{"name": "control"}, {"name": "treatment", "templates": [str(path)]}],
+    )
+    store = ExperimentStore(ex_db)
+    exp = await store.start((await store.create(exp)).id)
+    try:
+        registry, _ = install(ex_discovery, ex_db, ex_settings, log=False)
+        await registry.refresh()
+        viewers = users[40:100]
+        tag = uuid.uuid4().hex[:6]
+        events = []
+        for i, u in enumerate(viewers):  # a history (for_you) and a liker (the likers source)
+            liker = viewers[(i + 1) % len(viewers)]
+            events += [
+                {"id": f"h{tag}{i}", "type": "like", "user_id": u["_id"], "item_id": "p0"},
+                {"id": f"l{tag}{i}", "type": "like", "user_id": liker["_id"],
+                 "item_id": u["profile_id"]},
+            ]  # fmt: skip
+        res = await ex_discovery.record_events(events)
+        assert not res.rejected, res.rejected
+        arms = []
+        for u in viewers:
+            recs = await ex_discovery.recommend(u["_id"], k=10)
+            rec = next(r for r in recs.experiments if r["experiment"] == exp.id)
+            arms.append(rec["arm"])
+            assert recs.surface == "for_you" and recs.ids, u["_id"]
+            assert (path.stem in recs.version) == (rec["arm"] == "treatment")
+        assert {"control", "treatment"} <= set(arms)
+    finally:
+        await store.stop(exp.id)
