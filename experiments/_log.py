@@ -55,12 +55,18 @@ class ExperimentLog:
         self._task: asyncio.Task[None] | None = None
 
     def _candidate_arms(self, recs: Recommendations) -> None:
+        """Each shown candidate's arm in every pair-level record. A treated viewer's ranking
+        records the arms of its top k, which are not the items shown when the answer was
+        explored (a page drawn from further down): those records are recomputed too."""
         if self.registry is None:
             return
         by_id = {r.experiment.id: r.experiment for r in self.registry.running}
+        shown = [r.id for r in recs.items]
         for rec in recs.experiments:
             exp = by_id.get(str(rec.get("experiment")))
-            if exp is None or not exp.pair_level or "candidates" in rec:
+            if exp is None or not exp.pair_level:
+                continue
+            if "candidates" in rec and list(rec["candidates"]) == shown:
                 continue
             names = [a.name for a in exp.arms]
             reg = self.registry

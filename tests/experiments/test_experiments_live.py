@@ -239,6 +239,40 @@ async def test_two_sided_lists_carry_each_candidates_arm(
         await store.stop(exp.id)
 
 
+async def test_explored_two_sided_lists_name_the_arm_of_every_shown_candidate(
+    ex_db: Any, ex_settings: Settings, ex_market: Any, model: Any
+) -> None:
+    """An explored answer (a page drawn from the top 2k of the merged ranking,
+    ``explore_rate``) of a treated viewer carried the arms of the ranking's top k, not of the
+    items shown: the report read the others as arm -1 (measured with every answer explored:
+    15 of 19 treated lists had shown candidates without an arm; by default 5% of the treated
+    viewers' answers are explored). Every shown candidate's arm is recorded now."""
+    items, users = ex_market
+    owner = {it["_id"]: it["owner_id"] for it in items}
+    settings = ex_settings.model_copy(update={"explore_rate": 1.0})
+    store = ExperimentStore(ex_db)
+    exp = await store.start((await store.create(_exp("two_sided"))).id)
+    os_client = clients.async_opensearch(settings)
+    try:
+        disc = Discovery(settings, os_client, ex_db, model=model)
+        registry, _ = install(disc, ex_db, settings)
+        await registry.refresh()
+        treated = 0
+        for u in users[:30]:
+            recs = await disc.recommend(u["_id"], k=10)
+            assert recs.explored
+            rec = next(r for r in recs.experiments if r["experiment"] == exp.id)
+            assert list(rec["candidates"]) == recs.ids, (rec["arm"], u["_id"])
+            for item_id, arm in rec["candidates"].items():
+                assert arm == exp.arms[candidate_arm(exp, owner[item_id])].name
+            treated += rec["arm"] == "boost"
+        assert 0 < treated < 30
+        await disc.drain()
+    finally:
+        await os_client.close()
+        await store.stop(exp.id)
+
+
 def test_end_to_end_experiment_read_out_by_the_cli(
     ex_settings: Settings, ex_market: Any, model: Any, tmp_path: Path
 ) -> None:
