@@ -204,14 +204,22 @@ class ExperimentRegistry:
     async def current(self) -> list[Running]:
         """The snapshot; loads it on first use, refreshes a stale one in the background. A
         store that cannot be read serves no experiment (fail open to the served artifacts)
-        until the next refresh succeeds."""
+        until the next refresh succeeds. The first load is one task the waiting requests
+        share: a request that gives up (its deadline) leaves it running. (Awaited in the
+        request, a load longer than the deadline — a large cluster snapshot — was cancelled
+        with every request and never completed: every answer of the process degraded.)"""
         if self.loaded_at < 0:
-            await self._refresh_quietly()
+            await asyncio.shield(self._refreshing())
             return self.running
-        stale = time.monotonic() - self.loaded_at > self.refresh_s
-        if stale and (self._task is None or self._task.done()):
-            self._task = asyncio.get_running_loop().create_task(self._refresh_quietly())
+        if time.monotonic() - self.loaded_at > self.refresh_s:
+            self._refreshing()
         return self.running
+
+    def _refreshing(self) -> asyncio.Task[None]:
+        """The refresh running now, or a new one."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._refresh_quietly())
+        return self._task
 
     async def _refresh_quietly(self) -> None:
         try:

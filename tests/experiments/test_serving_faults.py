@@ -3,6 +3,8 @@ an exposure log that cannot be written drops (and counts) documents."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pymongo import AsyncMongoClient
 
@@ -134,3 +136,52 @@ async def test_arm_files_load_off_the_event_loop(
     await reg.refresh()
     assert len(threads) == 1 and threads[0] != threading.get_ident()
     assert [r.experiment.id for r in reg.running] == ["thread"]
+
+
+async def test_a_first_load_longer_than_the_deadline_completes(ex_db: Any) -> None:
+    """The registry's first load ran inside the request that found it empty: a load longer
+    than the request deadline (a cluster snapshot of 300,000 members read in 3.8 s on
+    FerretDB, deadline 800 ms) was cancelled with the request, the next request started it
+    again, and it never completed (0 of 8 requests served, never loaded): every answer of the
+    process degraded, whoever asked. The first load is now one task the requests share."""
+    import asyncio
+    import time
+    import uuid
+
+    from opendisco.experiments import Experiment
+    from opendisco.experiments._store import CLUSTER_CHUNK, CLUSTERS
+
+    store = ExperimentStore(ex_db)
+    tag = uuid.uuid4().hex[:6]
+    arms = [{"name": "control"}, {"name": "boost", "rerank": {"weights": {"popularity": 2.0}}}]
+    exp = Experiment(id=f"big{tag}", layer=f"L{tag}", arms=arms, design={"kind": "cluster"})
+    exp = await store.start((await store.create(exp)).id)
+    n = 12 * CLUSTER_CHUNK
+    await ex_db[CLUSTERS].delete_many({"experiment": exp.id})
+    chunks = [range(k, k + CLUSTER_CHUNK) for k in range(0, n, CLUSTER_CHUNK)]
+    await ex_db[CLUSTERS].insert_many(
+        {
+            "_id": f"{exp.id}\x1f{k}",
+            "experiment": exp.id,
+            "members": {f"m{i}": f"c{i % 97}" for i in chunk},
+        }
+        for k, chunk in enumerate(chunks)
+    )
+    try:
+        t0 = time.perf_counter()
+        assert len(await store.clusters(exp.id)) == n
+        deadline = (time.perf_counter() - t0) / 4  # every request gives up before a load ends
+        hydrator = ExperimentHydrator(ExperimentRegistry(store, Artifacts(), refresh_s=60))
+        served = 0
+        for _ in range(40):
+            plan = CandidatePlan("for_you", 10, user_id="m5")
+            try:
+                await asyncio.wait_for(hydrator.hydrate(plan), deadline)
+            except TimeoutError:
+                continue
+            served += 1
+            assert [r["experiment"] for r in plan.experiments] == [exp.id]
+        assert served > 20, served
+    finally:
+        await store.stop(exp.id)
+        await ex_db[CLUSTERS].delete_many({"experiment": exp.id})
