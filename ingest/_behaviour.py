@@ -38,6 +38,7 @@ from ._apply import Prepared, prepare
 from ._embed import Embedder
 from ._feed import PollingFeed
 from ._schema import vector_problem
+from ._stalls import Stalls
 from ._store import items_collection
 
 __all__ = [
@@ -197,6 +198,7 @@ class BehaviourFeed(PollingFeed):
         db: Any,
         partitions: Sequence[int] | None = None,
         owner: str = "",
+        stalls: Stalls | None = None,
     ) -> None:
-        super().__init__(settings, db, partitions, owner)
+        super().__init__(settings, db, partitions, owner, stalls)
         self.coll = behaviour_collection(db, settings)

@@ -95,7 +95,9 @@ class Syncer:
         self.embedder = embedder or Embedder(settings)
         self.leases = PartitionLeases(settings, self.db, worker)
         self.feed: ChangeFeed | None = None
-        self.stalls = Stalls()  # gaps between passes, kept when the feed is reopened
+        # gaps between passes, kept when a feed is reopened after a failed pass (one per feed:
+        # each notes its own passes' starts)
+        self.stalls, self.behaviour_stalls = Stalls(), Stalls()
         self.writer = BulkWriter(self.client, settings, settings.index_alias, alias=True)
         self.applied = Applied()  # acknowledged by this process: overlap re-reads skip them
         self.behaviour_feed: BehaviourFeed | None = None
@@ -231,7 +233,9 @@ class Syncer:
         if feed is None:
             return report
         if self.behaviour_feed is None or self.behaviour_feed.partitions != held:
-            self.behaviour_feed = BehaviourFeed(self.settings, self.db, held, self.worker)
+            self.behaviour_feed = BehaviourFeed(
+                self.settings, self.db, held, self.worker, self.behaviour_stalls
+            )
         async with self._renewing():
             await self._pass(feed, self._prepare, self.applied, held, report)
             # after the items: a vector is sent with its item as MongoDB holds it by then

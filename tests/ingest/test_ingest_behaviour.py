@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
+import pytest
+from tcp_faults import TcpProxy
 
-from opendisco import Settings, clients, now_ms
+from opendisco import Settings, StoreBackendError, clients, now_ms
 from opendisco.ingest import (
     Embedder,
     Syncer,
@@ -284,3 +287,55 @@ async def test_a_bad_stored_vector_never_takes_its_item_out_of_the_index(
     docs = await _engine(s, ids[:3])
     assert _same(docs[ids[2]].get("behaviour"), good[ids[2]])
     assert await async_db["dead_letters"].count_documents({"doc_id": ids[2]}) == 0
+
+
+async def test_a_vector_a_store_stall_held_back_is_synced_after_a_failed_pass(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    async_db: Any,
+) -> None:
+    """The store stalls (both TCP proxies paused) while ``train`` writes a vector: the write,
+    dated before the stall, lands after the worker's first pass after it read a later vector.
+    The stalled pass failed (socket timeout) and the worker reopened its feeds, as its loop
+    does; the behaviour feed used to start with no memory of the stall then, moved its
+    watermark past the held-back vector's date plus the overlap, and the vector waited for a
+    reconciliation. Its stalls are now kept across feeds, like the items feed's."""
+    s = ingest_settings
+    ids = [d["_id"] for d in ingest_catalogue]
+    vectors = _vectors(ids[:3], s.behaviour_dim, 7)
+    m = urlsplit(s.mongo_url.split(",")[0])
+    worker_side, app_side = (TcpProxy(m.hostname or "127.0.0.1", m.port or 27017) for _ in "wa")
+    await worker_side.start()
+    await app_side.start()
+    through = {p: f"mongodb://127.0.0.1:{p.port}/" for p in (worker_side, app_side)}
+    app = clients.mongo_async(s.model_copy(update={"mongo_url": through[app_side]}))
+    worker = s.model_copy(update={"mongo_url": through[worker_side], "mongo_socket_timeout_s": 2.0})
+    client = clients.async_opensearch(s)
+    syncer = Syncer(worker, client=client, embedder=embedder)
+    try:
+        await reindex(s, client=client, embedder=embedder)
+        await write_behaviour(app[s.mongo_db], s, {ids[0]: vectors[ids[0]]})  # connection open
+        await syncer.check()
+        assert (await syncer.once(take_all=True)).behaviour == 1
+        worker_side.pause()
+        app_side.pause()
+        held = asyncio.ensure_future(write_behaviour(app[s.mongo_db], s, {ids[1]: vectors[ids[1]]}))
+        with pytest.raises(StoreBackendError):
+            await syncer.once()
+        await syncer.reset()  # what the worker's loop does after a failed pass
+        await asyncio.sleep(3 * s.sync_overlap_seconds)
+        await worker_side.resume()
+        await write_behaviour(async_db, s, {ids[2]: vectors[ids[2]]})
+        assert (await syncer.once()).behaviour == 1  # ids[2]
+        await app_side.resume()
+        assert await held == 1  # the held-back vector lands only now
+        await syncer.once()
+        docs = await _engine(s, ids[:3])
+        assert all(_same(docs[i].get("behaviour"), vectors[i]) for i in ids[:3])
+    finally:
+        await syncer.close()
+        await client.close()
+        await app.close()
+        await worker_side.close()
+        await app_side.close()
