@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from opensearchpy.exceptions import ConnectionTimeout, OpenSearchException
 from opensearchpy.exceptions import NotFoundError as SearchNotFound
-from pymongo.errors import PyMongoError
+from pymongo.errors import AutoReconnect, PyMongoError
 
 from ._exceptions import (
     BackendError,
@@ -35,11 +35,24 @@ BACKEND_EXC_MAP: tuple[tuple[type[BaseException], type[BackendError]], ...] = (
 )
 
 
+#: pymongo's whole text when it cancelled an operation because it dropped the server's pool
+#: (the server stopped answering the driver's monitor: paused, partitioned, failing over)
+_CANCELLED = "operation cancelled"
+
+
+def _detail(exc: BaseException) -> str:
+    """The library's text, said so an operator can act on it."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, AutoReconnect) and text == _CANCELLED:
+        return f"{text} (the store stopped answering; the driver dropped its connections)"
+    return text
+
+
 def map_backend_error(exc: BaseException, what: str) -> BackendError | None:
     """The opendisco error for a library exception, or None when it is not a backend error."""
     for kind, mapped in BACKEND_EXC_MAP:
         if isinstance(exc, kind):
-            return mapped(f"{what}: {exc}")
+            return mapped(f"{what}: {_detail(exc)}")
     return None
 
 
