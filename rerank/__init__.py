@@ -9,7 +9,7 @@ propensities.
 """
 
 from ._als import AlsModel, fold_in, train_als
-from ._config import DEFAULT_STEPS, RerankConfig, merged_config
+from ._config import DEFAULT_STEPS, MAX_KNOB, RerankConfig, merged_config
 from ._explore import pl_marginals, pl_sample, pl_weights
 from ._features import FeatureStore, ViewerFeatures
 from ._learned import LTR_PARAMS, LearnedScorer, align_features, train_lambdamart
@@ -68,6 +68,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "FEATURE_NAMES",
     "LTR_PARAMS",
+    "MAX_KNOB",
     "PERCENTILE_COLUMNS",
     "PROFILE_COLUMNS",
     "PROFILE_FIELDS",

@@ -6,12 +6,17 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._steps import STEPS
 from ._types import FEATURE_NAMES
 
-__all__ = ["DEFAULT_STEPS", "RerankConfig", "merged_config"]
+__all__ = ["DEFAULT_STEPS", "MAX_KNOB", "RerankConfig", "merged_config"]
+
+#: the largest magnitude of any number in a config: far beyond any useful weight or knob, far
+#: below where a weight times a feature (or a strength times a penalty) overflows a float
+#: (a popularity weight of 1e308 scored every candidate inf or NaN: an arbitrary order)
+MAX_KNOB = 1e6
 
 DEFAULT_STEPS: tuple[str, ...] = (
     "score",
@@ -41,8 +46,9 @@ _DEFAULT_WEIGHTS = {
 
 class RerankConfig(BaseModel):
     """Tunable weights and knobs; ``get_config()``/``from_config()`` round-trip. Every number is
-    finite: a NaN weight scores every candidate NaN, and MongoDB documents holding one (an
-    experiment's arm, a playground draft) are refused by FerretDB."""
+    finite and within ±:data:`MAX_KNOB`: a NaN weight scores every candidate NaN, a huge one
+    overflows, and MongoDB documents holding a NaN (an experiment's arm, a playground draft)
+    are refused by FerretDB."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -130,6 +136,17 @@ class RerankConfig(BaseModel):
         if v.get("linear"):
             raise ValueError("'linear' is the linear model's own score: it cannot be weighted")
         return v
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RerankConfig:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            numbers = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, x in numbers:
+                if isinstance(x, int | float) and not isinstance(x, bool) and abs(x) > MAX_KNOB:
+                    where = f"{name}[{key!r}]" if key is not None else name
+                    raise ValueError(f"{where} = {x:g} is beyond ±{MAX_KNOB:g}")
+        return self
 
     @field_validator("steps")
     @classmethod

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from opendisco.rerank import (
     FEATURE_NAMES,
+    MAX_KNOB,
     CandidateBatch,
     Features,
     RerankConfig,
@@ -46,6 +47,31 @@ def test_config_round_trip_and_forbids_unknown() -> None:
         RerankConfig(weights={"not_a_feature": 1.0})
     with pytest.raises(ValidationError):
         RerankConfig(steps=("score", "bogus"))
+
+
+def test_every_number_of_a_config_is_bounded_so_scores_stay_finite() -> None:
+    """A huge finite weight (an arm, a draft, a params file) overflowed every score to inf or
+    NaN: the API answered ``"score": null`` in an arbitrary order. At the bound, with every
+    weight and strength there, the scores are finite."""
+    for bad in (
+        {"weights": {"popularity": 1e308}},
+        {"source_weights": {"likers": -1e7}},
+        {"exposure_strength": 1e300},
+    ):
+        with pytest.raises(ValidationError, match="beyond"):
+            RerankConfig.from_config(bad)
+    cfg = RerankConfig(
+        weights={n: MAX_KNOB for n in FEATURE_NAMES if n != "linear"},
+        source_weights={"semantic": MAX_KNOB},
+        exposure_strength=MAX_KNOB,
+        fatigue_strength=MAX_KNOB,
+        pacing_strength=MAX_KNOB,
+    )
+    b, rng = _batch(30)
+    V = rng.normal(size=(30, 8))
+    feats = Features(V, rng.normal(size=(30, 4)), rng.random(30) * 1e4, np.zeros(30), np.zeros(30))
+    res = Reranker(cfg).run(b, feats, RerankContext(user_vector=V[0]))
+    assert len(res.ids) == 30 and np.isfinite(res.scores).all()
 
 
 def test_linear_score_is_weighted_sum_of_columns() -> None:
