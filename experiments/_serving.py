@@ -203,11 +203,13 @@ class ExperimentRegistry:
 
     async def current(self) -> list[Running]:
         """The snapshot; loads it on first use, refreshes a stale one in the background. A
-        store that cannot be read serves no experiment (fail open to the served artifacts)
-        until the next refresh succeeds. The first load is one task the waiting requests
-        share: a request that gives up (its deadline) leaves it running. (Awaited in the
-        request, a load longer than the deadline — a large cluster snapshot — was cancelled
-        with every request and never completed: every answer of the process degraded.)"""
+        store that cannot be read at the first load serves no experiment (fail open to the
+        served artifacts) until a refresh succeeds; a failed later refresh keeps serving the
+        last snapshot (an experiment stopped meanwhile runs until the store answers). The
+        first load is one task the waiting requests share: a request that gives up (its
+        deadline) leaves it running. (Awaited in the request, a load longer than the deadline
+        — a large cluster snapshot — was cancelled with every request and never completed:
+        every answer of the process degraded.)"""
         if self.loaded_at < 0:
             await asyncio.shield(self._refreshing())
             return self.running
