@@ -274,6 +274,11 @@ class Settings(BaseSettings):
     served_log_days: float = Field(
         30.0, gt=0, description="Retention of served lists (TTL index, or a periodic purge)."
     )
+    serve_recheck: bool = Field(
+        True,
+        description="Re-read the rule fields of each served page's items from MongoDB and drop "
+        "what breaks a rule now (the engine's copy trails the store by the sync lag).",
+    )
     explore_rate: float = Field(
         0.05,
         ge=0.0,

@@ -1,8 +1,9 @@
 """opendisco.serving: the served pipeline, assembled from named parts, and its artifacts.
 
 :class:`Discovery` runs query hydrators → candidate sources → filters (the hard rules,
-``_filters``) → feature hydrators → the reranker → exploration (a share of personal answers,
-``_explore``) → side effects (the served-list log; see ``_stages``); :class:`Artifacts` are
+``_filters``) → feature hydrators → the reranker → the page (exploration for a share of
+personal answers, ``_explore``; every shown item re-checked against MongoDB, ``_page``) → side
+effects (the served-list log; see ``_stages``); :class:`Artifacts` are
 the tuned params file and the trained model it serves, named in every response's version
 string.
 """

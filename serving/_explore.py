@@ -63,8 +63,14 @@ class Explorer:
 
     def draw(self, order: np.ndarray, k: int) -> Exploration | None:
         """An explored page of ``k`` rows from ``order`` (None: answer deterministically)."""
-        if self.rate <= 0.0 or self.rng.random() >= self.rate:
-            return None
+        return self.sample(order, k) if self.explores() else None
+
+    def explores(self) -> bool:
+        """The request's coin: whether its answer is explored."""
+        return self.rate > 0.0 and self.rng.random() < self.rate
+
+    def sample(self, order: np.ndarray, k: int) -> Exploration | None:
+        """A page of ``k`` rows drawn from the top of ``order`` (None: too few rows to draw)."""
         pool = order[: min(order.shape[0], math.ceil(self.pool_factor * k))]
         if pool.shape[0] < 2:
             return None

@@ -46,6 +46,7 @@ from ._artifacts import Artifacts
 from ._assembly import default_parts
 from ._explore import EXPLORED_SURFACES, Explorer
 from ._filters import HardRules
+from ._page import StoreRecheck, pick_page
 from ._stages import (
     LogServed,
     Parts,
@@ -108,6 +109,8 @@ class Discovery:
             )
         )
         self.explorer = explorer if explorer is not None else Explorer.from_settings(settings)
+        recheck = StoreRecheck(db, settings.items_collection) if settings.serve_recheck else None
+        self.recheck = recheck  # the page's items re-read from MongoDB before shown (_page)
         self._model = model
         self._ready = False
         self._lock = asyncio.Lock()
@@ -228,16 +231,15 @@ class Discovery:
         result = request_ranking(plan, self.artifacts, self.reranker).run(
             batch, feats, ctx, timed=explain
         )
-        rows, scores = result.order[:k], result.scores[:k]
-        exploration = None
         explorable = plan.request.surface in EXPLORED_SURFACES and not ctx.pins
-        if plan.user_id and explorable and not explain:
-            exploration = self.explorer.draw(result.order, k)
-        if exploration is not None:  # scores follow the rows they belong to
-            pos = {int(r): p for p, r in enumerate(result.order.tolist())}
-            rows = exploration.shown
-            scores = result.scores[[pos[int(r)] for r in rows.tolist()]]
+        explorer = self.explorer if plan.user_id and explorable and not explain else None
         plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3
+        t3 = time.perf_counter()
+        page = await pick_page(result, k, plan.rules, explorer, self.recheck)
+        rows, scores, exploration = page.rows, page.scores, page.exploration
+        for rule, n in page.dropped.items():  # added to what the filters counted
+            plan.filtered[rule] = plan.filtered.get(rule, 0) + n
+        plan.timings_ms["recheck_ms"] = (time.perf_counter() - t3) * 1e3
         by_id = {c.id: c for c in cs.candidates}
         items = []
         for row, score in zip(rows.tolist(), scores.tolist(), strict=True):

@@ -105,12 +105,17 @@ def _special() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def query_settings(settings: Settings) -> Settings:
-    """Own alias inside the session namespace (other teams' fixtures own ``index_alias``)."""
-    return settings.model_copy(update={"index_alias": f"{settings.index_alias}-q"})
+    """Own alias and items collection inside the session namespace (other teams' fixtures own
+    ``index_alias`` and ``items``)."""
+    return settings.model_copy(
+        update={"index_alias": f"{settings.index_alias}-q", "items_collection": "items_q"}
+    )
 
 
 @pytest.fixture(scope="session")
-def query_catalogue(query_settings: Settings, index_items: Any, model: Any) -> list[dict[str, Any]]:
+def query_catalogue(
+    query_settings: Settings, index_items: Any, mongo_db: Any, model: Any
+) -> list[dict[str, Any]]:
     rng = random.Random(4)
     docs = [_item(i, rng) for i in range(300)] + _special()
     texts = [f"{d['title']}. {d['description']}. {' '.join(d['tags'])}" for d in docs]
@@ -122,6 +127,9 @@ def query_catalogue(query_settings: Settings, index_items: Any, model: Any) -> l
     by_id["twin-new"]["embedding"] = by_id["twin-old"]["embedding"]
     by_id["twin-new"]["behaviour"] = by_id["twin-old"]["behaviour"]
     index_items(query_settings, docs)
+    # the store holds them too (a served page is re-checked against it: serving._page)
+    store = mongo_db[query_settings.items_collection]
+    store.insert_many([{"_id": d["id"], **{k: v for k, v in d.items() if k != "id"}} for d in docs])
     return docs
 
 

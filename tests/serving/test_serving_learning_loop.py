@@ -20,7 +20,7 @@ from opendisco.serving import Discovery, Explorer
 async def test_log_train_serve_loop(
     market_settings: Settings, market: Any, model: Any, tmp_path: Path
 ) -> None:
-    _, users = market
+    items, users = market
     settings = market_settings.model_copy(update={"mongo_db": f"{market_settings.mongo_db}ll"})
     os_client = clients.async_opensearch(settings)
     mongo = clients.mongo_async(settings)
@@ -28,8 +28,10 @@ async def test_log_train_serve_loop(
     try:
         # market items, a database of its own with the members' profiles and no history:
         # every member is cold-start here (an unknown member would get no answer at all: the
-        # two-sided preferences cannot be confirmed)
+        # two-sided preferences cannot be confirmed); the items as the index has them (a
+        # served page is re-checked against the store's)
         await db["users"].insert_many([dict(u) for u in users[:40]] + [dict(users[60])])
+        await db[settings.items_collection].insert_many([dict(i) for i in items])
         disc = Discovery(settings, os_client, db, model=model, explorer=Explorer(rate=0.5))
         col = FEATURE_NAMES.index("popularity")
         likes = []

@@ -1,0 +1,126 @@
+"""The served page: the first ``k`` rows of the reranked order (or the explorer's draw from
+it), every shown item re-checked against MongoDB, the source of truth.
+
+The engine filtered the candidates on its copy of the items' rule fields (availability,
+deletion, owner, the two-sided preferences). That copy trails MongoDB by the sync lag, and
+for as long as no sync worker runs (killed, wedged, failing): a member who paused their
+profile, or changed whom they want to meet, stayed served on the engine's copy. So the page's
+items are re-read (one ``_id $in`` of the page's ids: ~2 ms on FerretDB for 20, the same
+read the degraded fallback makes) and checked with the request's
+:class:`~opendisco.serving.HardRules`. An item that breaks a rule now is dropped and the page
+is picked again from the rest of the order; an explored page is drawn again from the
+shortened order, so the logged propensities are those of the page shown. After
+:data:`MAX_ROUNDS` picks that each dropped something, the page is the checked items that
+passed, in order, deterministic: a shorter page, never an unchecked item.
+
+A member's request whose re-read fails fails (it read the member from MongoDB already; the
+API degrades it). An anonymous request (``similar``/``search`` without a member: the only
+item rule is availability) keeps the engine's copy when MongoDB cannot be read, with a
+warning, so those surfaces stay up through a store outage as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from opendisco._backend import backend_errors
+from opendisco._exceptions import BackendError
+
+from ._explore import Exploration, Explorer
+from ._filters import RULE_FIELDS, HardRules, Rule, stored_rule_fields
+
+if TYPE_CHECKING:
+    from opendisco.rerank import RerankResult
+
+__all__ = ["MAX_ROUNDS", "Page", "Recheck", "StoreRecheck", "pick_page"]
+
+log = logging.getLogger("opendisco.serving")
+
+#: page picks before the page is cut to what was checked
+MAX_ROUNDS = 3
+
+
+class Recheck(Protocol):
+    """The rules ``ids`` break now, by id (an id missing from the store breaks
+    ``available``); the ids that pass are absent."""
+
+    async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]: ...
+
+
+@dataclass(frozen=True)
+class StoreRecheck:
+    """:class:`Recheck` against the items collection."""
+
+    db: Any
+    collection: str
+
+    async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]:
+        with backend_errors("re-reading the page's items failed"):
+            docs = (
+                await self.db[self.collection]
+                .find({"_id": {"$in": ids}}, projection=dict.fromkeys(RULE_FIELDS, 1))
+                .to_list(None)
+            )
+        now = {str(d["_id"]): stored_rule_fields(d) for d in docs}
+        broken: dict[str, Rule] = {}
+        for i in ids:
+            rule = rules.broken(i, now[i]) if i in now else Rule.AVAILABLE
+            if rule is not None:
+                broken[i] = rule
+        return broken
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: np.ndarray  # batch rows shown, in order
+    scores: np.ndarray  # their scores
+    exploration: Exploration | None
+    dropped: Counter[str]  # rule → items the re-check dropped
+
+
+async def pick_page(
+    result: RerankResult,
+    k: int,
+    rules: HardRules,
+    explorer: Explorer | None = None,
+    recheck: Recheck | None = None,
+) -> Page:
+    """The page of ``k`` rows from the reranked order: its top, or an explored draw when
+    ``explorer`` is given and its coin says so (tossed once per request), every row
+    re-checked by ``recheck`` (see the module docstring)."""
+    order, ids = result.order, result.batch.ids
+    explore = explorer is not None and explorer.explores()
+    keep = np.ones(order.shape[0], dtype=bool)
+    passed: set[int] = set()
+    dropped: Counter[str] = Counter()
+    rows, exploration = order[:k], None
+    for _ in range(MAX_ROUNDS):
+        live = order[keep]
+        exploration = explorer.sample(live, k) if explore and explorer is not None else None
+        rows = exploration.shown if exploration is not None else live[:k]
+        todo = [r for r in rows.tolist() if r not in passed]
+        if recheck is None or not todo:
+            break
+        try:
+            broken = await recheck(rules, [ids[r] for r in todo])
+        except BackendError as exc:
+            if rules.member:
+                raise
+            log.warning("anonymous page served on the engine's copy: %s", exc)
+            break
+        passed.update(r for r in todo if ids[r] not in broken)
+        if not broken:
+            break
+        dropped.update(rule.value for rule in broken.values())
+        log.info("re-check dropped %s (the engine's copy trails the store)", broken)
+        keep &= ~np.isin(order, [r for r in todo if ids[r] in broken])
+    else:  # every pick dropped something: the checked survivors, in order
+        exploration = None
+        rows = np.array([r for r in order[keep].tolist() if r in passed][:k], dtype=order.dtype)
+    at = {int(r): p for p, r in enumerate(order.tolist())}
+    return Page(rows, result.scores[[at[int(r)] for r in rows.tolist()]], exploration, dropped)

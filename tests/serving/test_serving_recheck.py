@@ -1,0 +1,105 @@
+"""The served page re-checked against MongoDB (``serving._page``), on the real servers: what
+the engine's copy still shows — no sync ran since the store changed — is not served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from opendisco.serving import Discovery, Explorer, HardRules, Rule
+from opendisco.serving._page import MAX_ROUNDS, pick_page
+
+
+def _open_viewer(users: list[dict[str, Any]]) -> dict[str, Any]:
+    """A member open to every gender and a wide age range, whose list is long."""
+    open_ = [u for u in users if len(u["pref_genders"]) == 3]
+    return sorted(open_, key=lambda u: u["pref_age_min"] - u["pref_age_max"])[1]
+
+
+@pytest.fixture
+async def changed_in_store(discovery: Any, market: Any) -> Any:
+    """Three of a member's first five changed in MongoDB only (the index keeps its copies):
+    one paused (``available: false``), one deleted outright, one no longer open to the
+    member's gender. Restored afterwards (the market is shared by the session)."""
+    _, users = market
+    viewer = _open_viewer(users)
+    first = await discovery.recommend(viewer["_id"], k=5)
+    paused, gone, closed = first.ids[:3]
+    coll = discovery.db[discovery.settings.items_collection]
+    originals = [await coll.find_one({"_id": i}) for i in (paused, gone, closed)]
+    others = sorted({u["gender"] for u in users} - {viewer["gender"]})
+    await coll.update_one({"_id": paused}, {"$set": {"available": False}})
+    await coll.delete_one({"_id": gone})
+    await coll.update_one({"_id": closed}, {"$set": {"pref_genders": others}})
+    yield viewer, {paused, gone, closed}
+    for doc in originals:
+        await coll.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+
+async def test_what_the_store_changed_since_the_last_sync_is_not_served(
+    discovery: Any, changed_in_store: Any
+) -> None:
+    viewer, changed = changed_in_store
+    v = viewer["_id"]
+    recs = await discovery.recommend(v, k=10, explain=True)
+    assert not changed & set(recs.ids)
+    assert len(recs.ids) == 10  # the page was filled from the rest of the order
+    assert recs.explain["filtered"]["available"] >= 2 and recs.explain["filtered"]["eligibility"]
+    # the engine's copy alone still shows all three (the same pipeline without the re-check)
+    engine_only = Discovery(
+        discovery.settings.model_copy(update={"serve_recheck": False}),
+        discovery.os,
+        discovery.db,
+        model=discovery._model,
+    )
+    assert changed <= set((await engine_only.recommend(v, k=10)).ids)
+    # an explored page is drawn again from the order without them
+    explored = Discovery(
+        discovery.settings,
+        discovery.os,
+        discovery.db,
+        model=discovery._model,
+        explorer=Explorer(rate=1.0, rng=np.random.default_rng(3)),
+    )
+    for _ in range(5):
+        recs = await explored.recommend(v, k=10)
+        assert recs.explored and len(recs.ids) == 10 and not changed & set(recs.ids)
+    await explored.drain()
+
+
+class _Order:
+    """A reranked order of ``n`` rows as :func:`pick_page` reads it."""
+
+    def __init__(self, n: int) -> None:
+        self.order = np.arange(n)
+        self.scores = np.linspace(1.0, 0.0, n)
+        self.batch = type("B", (), {"ids": [f"i{r}" for r in range(n)]})()
+
+
+class _Store:
+    """A :class:`Recheck` over a set of ids that break ``available`` now; counts its reads."""
+
+    def __init__(self, broken: set[str]) -> None:
+        self.broken, self.reads = broken, []
+
+    async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]:
+        self.reads.append(ids)
+        return {i: Rule.AVAILABLE for i in ids if i in self.broken}
+
+
+async def test_a_page_is_never_an_unchecked_item() -> None:
+    """Each pick reads only what it did not check; after MAX_ROUNDS picks that each dropped
+    something, the page is the checked survivors (shorter), never an unchecked row."""
+    rules = HardRules.anonymous()
+    store = _Store({"i1", "i4"})
+    page = await pick_page(_Order(20), 4, rules, recheck=store)
+    assert page.rows.tolist() == [0, 2, 3, 5]
+    assert store.reads == [["i0", "i1", "i2", "i3"], ["i4"], ["i5"]]
+    assert page.scores.tolist() == _Order(20).scores[[0, 2, 3, 5]].tolist()
+    # every pick finds the next row broken: MAX_ROUNDS reads, then the checked survivors
+    store = _Store({f"i{r}" for r in range(3, 20)})
+    page = await pick_page(_Order(20), 5, rules, recheck=store)
+    assert len(store.reads) == MAX_ROUNDS
+    assert page.rows.tolist() == [0, 1, 2] and page.dropped["available"] >= MAX_ROUNDS
