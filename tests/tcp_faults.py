@@ -5,8 +5,18 @@ importable from every suite)."""
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
-__all__ = ["TcpProxy"]
+__all__ = ["TcpProxy", "store_proxy"]
+
+
+async def store_proxy(mongo_url: str) -> TcpProxy:
+    """A started proxy in front of the first MongoDB host of ``mongo_url`` (clients given its
+    :attr:`TcpProxy.mongo_url` go through it; one per client role, to cut one and not another)."""
+    m = urlsplit(mongo_url.split(",")[0])
+    proxy = TcpProxy(m.hostname or "127.0.0.1", m.port or 27017)
+    await proxy.start()
+    return proxy
 
 
 class TcpProxy:
@@ -32,6 +42,10 @@ class TcpProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mongo_url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(

@@ -8,10 +8,9 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import numpy as np
-from api_support import TcpProxy
+from tcp_faults import store_proxy
 
 from opendisco import Settings, clients
 from opendisco.rerank import FEATURE_NAMES
@@ -50,10 +49,8 @@ async def test_lists_logged_while_the_store_is_down_are_written_when_it_is_back(
     ``failed`` only, so ``opendisco_api_served_log_dropped`` stayed 0: 7 of 743 lists of a
     probe's answers were missing after a 10 s kill -9 of FerretDB, unseen by the alert."""
     name = f"{settings.mongo_db}slo"
-    m = urlsplit(settings.mongo_url.split(",")[0])
-    proxy = TcpProxy(m.hostname or "127.0.0.1", m.port or 27017)
-    await proxy.start()
-    cut = settings.model_copy(update={"mongo_url": f"mongodb://127.0.0.1:{proxy.port}/"})
+    proxy = await store_proxy(settings.mongo_url)
+    cut = settings.model_copy(update={"mongo_url": proxy.mongo_url})
     mongo = clients.mongo_async(cut)
     direct = clients.mongo_async(settings)
     try:

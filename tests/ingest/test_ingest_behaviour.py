@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from tcp_faults import TcpProxy
+from tcp_faults import store_proxy
 
 from opendisco import Settings, StoreBackendError, clients, now_ms
 from opendisco.ingest import (
@@ -304,13 +303,11 @@ async def test_a_vector_a_store_stall_held_back_is_synced_after_a_failed_pass(
     s = ingest_settings
     ids = [d["_id"] for d in ingest_catalogue]
     vectors = _vectors(ids[:3], s.behaviour_dim, 7)
-    m = urlsplit(s.mongo_url.split(",")[0])
-    worker_side, app_side = (TcpProxy(m.hostname or "127.0.0.1", m.port or 27017) for _ in "wa")
-    await worker_side.start()
-    await app_side.start()
-    through = {p: f"mongodb://127.0.0.1:{p.port}/" for p in (worker_side, app_side)}
-    app = clients.mongo_async(s.model_copy(update={"mongo_url": through[app_side]}))
-    worker = s.model_copy(update={"mongo_url": through[worker_side], "mongo_socket_timeout_s": 2.0})
+    worker_side, app_side = await store_proxy(s.mongo_url), await store_proxy(s.mongo_url)
+    app = clients.mongo_async(s.model_copy(update={"mongo_url": app_side.mongo_url}))
+    worker = s.model_copy(
+        update={"mongo_url": worker_side.mongo_url, "mongo_socket_timeout_s": 2.0}
+    )
     client = clients.async_opensearch(s)
     syncer = Syncer(worker, client=client, embedder=embedder)
     try:

@@ -11,12 +11,11 @@ import threading
 import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
 from ingest_support import OPENDISCO, FaultyHttpProxy, worker_env
-from tcp_faults import TcpProxy
+from tcp_faults import store_proxy
 
 from opendisco import Settings, StoreBackendError, clients, now_ms
 from opendisco.cli.main import cli
@@ -249,14 +248,11 @@ async def test_a_write_a_store_stall_held_back_is_synced_without_a_reconciliatio
     reconciliation (measured on a private FerretDB SIGSTOPped for 20 s: minutes). After a
     stall the worker reads from before it until the held-back writes have landed."""
     overlap = ingest_settings.sync_overlap_seconds
-    m = urlsplit(ingest_settings.mongo_url.split(",")[0])
-    worker_side, app_side = (TcpProxy(m.hostname or "127.0.0.1", m.port or 27017) for _ in "wa")
-    await worker_side.start()
-    await app_side.start()
-    through = {p: f"mongodb://127.0.0.1:{p.port}/" for p in (worker_side, app_side)}
-    app = clients.mongo_async(ingest_settings.model_copy(update={"mongo_url": through[app_side]}))
+    url = ingest_settings.mongo_url
+    worker_side, app_side = await store_proxy(url), await store_proxy(url)
+    app = clients.mongo_async(ingest_settings.model_copy(update={"mongo_url": app_side.mongo_url}))
     app_items = app[ingest_settings.mongo_db][ingest_settings.items_collection]
-    worker = ingest_settings.model_copy(update={"mongo_url": through[worker_side]})
+    worker = ingest_settings.model_copy(update={"mongo_url": worker_side.mongo_url})
     client = clients.async_opensearch(ingest_settings)
     syncer = Syncer(worker, client=client, embedder=embedder)
     try:
@@ -301,11 +297,9 @@ async def test_a_store_gone_silent_fails_a_pass_instead_of_hanging_the_worker(
     good when only the operation's connection went silent (the API's hung claim update);
     now it fails after ``mongo_socket_timeout_s`` as a store error, and later passes, on new
     connections, sync."""
-    m = urlsplit(ingest_settings.mongo_url.split(",")[0])
-    proxy = TcpProxy(m.hostname or "127.0.0.1", m.port or 27017)
-    await proxy.start()
+    proxy = await store_proxy(ingest_settings.mongo_url)
     worker = ingest_settings.model_copy(
-        update={"mongo_url": f"mongodb://127.0.0.1:{proxy.port}/", "mongo_socket_timeout_s": 2.0}
+        update={"mongo_url": proxy.mongo_url, "mongo_socket_timeout_s": 2.0}
     )
     client = clients.async_opensearch(ingest_settings)
     syncer = Syncer(worker, client=client, embedder=embedder)
