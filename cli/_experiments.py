@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from opendisco import clients
-from opendisco._exceptions import ConfigError, InvalidInput
+from opendisco._exceptions import ConfigError, InvalidInput, validation_problems
 from opendisco._settings import Settings
 from opendisco.experiments import Experiment, analyze
 from opendisco.experiments._report import both_sides, collect, write_report
@@ -57,11 +57,7 @@ def _load(path: Path) -> Experiment:
     try:
         exp = Experiment.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'experiment'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise InvalidInput(f"{path}: {problems}") from exc
+        raise InvalidInput(f"{path}: {validation_problems(exc, 'experiment')}") from exc
     try:
         check_arm_files(exp)
     except ConfigError as exc:

@@ -31,6 +31,8 @@ boundary with ``raise Mapped(msg) from exc``; the CLI turns the tree into
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AuthError",
     "BackendError",
@@ -55,6 +57,7 @@ __all__ = [
     "SyncGap",
     "TemplateParamError",
     "http_status",
+    "validation_problems",
 ]
 
 
@@ -172,6 +175,14 @@ _STATUS: tuple[tuple[type[OpenDiscoError], int], ...] = (
     (InvalidInput, 422),
     (BackendError, 503),
 )
+
+
+def validation_problems(exc: Any, root: str = "value") -> str:
+    """A pydantic ``ValidationError`` on one line, ``loc: msg; loc: msg`` (``root`` names an
+    error of the whole value): what an operator reads, not pydantic's multi-line report."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or root}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
 
 
 def http_status(exc: OpenDiscoError) -> int:

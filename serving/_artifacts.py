@@ -24,7 +24,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from opendisco._exceptions import ConfigError, InvalidInput, TemplateParamError
+from pydantic import ValidationError
+
+from opendisco._exceptions import (
+    ConfigError,
+    InvalidInput,
+    TemplateParamError,
+    validation_problems,
+)
 from opendisco._settings import Settings
 from opendisco.queries import REQUEST_PARAMS, Template, load, surfaces, template_from_doc
 from opendisco.rerank import LearnedScorer, RerankConfig, Scorer, merged_config
@@ -165,7 +172,8 @@ def check_params(doc: Any) -> tuple[dict[str, Any], RerankConfig]:
     try:
         config = merged_config(rerank)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"invalid rerank overrides: {exc}") from exc
+        why = validation_problems(exc) if isinstance(exc, ValidationError) else exc
+        raise InvalidInput(f"invalid rerank overrides: {why}") from exc
     return dict(tparams), config
 
 

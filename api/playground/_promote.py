@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from opendisco._exceptions import InvalidInput
+from opendisco._exceptions import InvalidInput, validation_problems
 from opendisco._settings import Settings
 from opendisco._versions import write_next_version
 from opendisco.eval._tune import now_iso, write_version
@@ -116,5 +116,4 @@ def draft_experiment(
             design=Design(kind=design),
         )
     except ValidationError as exc:
-        errors = "; ".join(str(e.get("msg", "")) for e in exc.errors())
-        raise InvalidInput(f"the experiment is invalid: {errors}") from exc
+        raise InvalidInput(f"the experiment is invalid: {validation_problems(exc)}") from exc
