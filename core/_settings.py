@@ -279,6 +279,13 @@ class Settings(BaseSettings):
         description="Re-read the rule fields of each served page's items from MongoDB and drop "
         "what breaks a rule now (the engine's copy trails the store by the sync lag).",
     )
+    serve_recheck_anonymous_timeout_ms: int = Field(
+        150,
+        ge=1,
+        description="Longest wait for the re-read of an anonymous page (similar/search without "
+        "a member): past it the page is served on the engine's copy, as when MongoDB fails. "
+        "A member's page waits for the request deadline (then the API degrades).",
+    )
     explore_rate: float = Field(
         0.05,
         ge=0.0,

@@ -16,11 +16,16 @@ passed, in order, deterministic: a shorter page, never an unchecked item.
 A member's request whose re-read fails fails (it read the member from MongoDB already; the
 API degrades it). An anonymous request (``similar``/``search`` without a member: the only
 item rule is availability) keeps the engine's copy when MongoDB cannot be read, with a
-warning, so those surfaces stay up through a store outage as before.
+warning, so those surfaces stay up through a store outage as before. Its read is bounded by
+its own ``anonymous_timeout_s`` (``serve_recheck_anonymous_timeout_ms``): a store that does
+not answer (paused, a connection stranded, server selection waiting on a store that refuses)
+raises no error before the request deadline, and the API's fallback, which reads the store
+too, has no safe answer then (503).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -30,6 +35,7 @@ import numpy as np
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import BackendError
+from opendisco._settings import Settings
 
 from ._explore import Exploration, Explorer
 from ._filters import RULE_FIELDS, HardRules, Rule, stored_rule_fields
@@ -58,14 +64,32 @@ class StoreRecheck:
 
     db: Any
     collection: str
+    #: the longest an anonymous request waits for the read (None: the request deadline)
+    anonymous_timeout_s: float | None = None
 
-    async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]:
+    @classmethod
+    def from_settings(cls, db: Any, settings: Settings) -> StoreRecheck | None:
+        """The re-check ``settings`` ask for (None: ``serve_recheck`` off)."""
+        if not settings.serve_recheck:
+            return None
+        timeout_s = settings.serve_recheck_anonymous_timeout_ms / 1000
+        return cls(db, settings.items_collection, timeout_s)
+
+    async def _read(self, ids: list[str]) -> list[dict[str, Any]]:
         with backend_errors("re-reading the page's items failed"):
-            docs = (
+            docs: list[dict[str, Any]] = (
                 await self.db[self.collection]
                 .find({"_id": {"$in": ids}}, projection=dict.fromkeys(RULE_FIELDS, 1))
                 .to_list(None)
             )
+        return docs
+
+    async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]:
+        timeout = None if rules.member else self.anonymous_timeout_s
+        try:
+            docs = await asyncio.wait_for(self._read(ids), timeout)
+        except TimeoutError as exc:
+            raise BackendError(f"re-reading the page's items took over {timeout} s") from exc
         now = {str(d["_id"]): stored_rule_fields(d) for d in docs}
         broken: dict[str, Rule] = {}
         for i in ids:

@@ -109,8 +109,7 @@ class Discovery:
             )
         )
         self.explorer = explorer if explorer is not None else Explorer.from_settings(settings)
-        recheck = StoreRecheck(db, settings.items_collection) if settings.serve_recheck else None
-        self.recheck = recheck  # the page's items re-read from MongoDB before shown (_page)
+        self.recheck = StoreRecheck.from_settings(db, settings)  # the page re-read (_page)
         self._model = model
         self._ready = False
         self._lock = asyncio.Lock()
