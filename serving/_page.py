@@ -9,9 +9,14 @@ items are re-read (one ``_id $in`` of the page's ids: ~2 ms on FerretDB for 20, 
 read the degraded fallback makes) and checked with the request's
 :class:`~opendisco.serving.HardRules`. An item that breaks a rule now is dropped and the page
 is picked again from the rest of the order; an explored page is drawn again from the
-shortened order, so the logged propensities are those of the page shown. After
-:data:`MAX_ROUNDS` picks that each dropped something, the page is the checked items that
-passed, in order, deterministic: a shorter page, never an unchecked item.
+shortened order, so the logged propensities are those of the page shown. A pick after a drop
+reads, beside its page, the unchecked rows of the order's first :data:`LOOKAHEAD` pages (and
+the explored pool): where the store changed one item of a page it changed others further
+down, and re-reading only the replacements spent the rounds on them (short pages with
+eligible candidates left). After :data:`MAX_ROUNDS` picks that each dropped something, the
+page is taken from the checked items that passed, in order (explored: drawn from them, so the
+log holds the page's propensities and pool, not a "deterministic" page the coin never chose):
+a shorter page only when fewer passed, never an unchecked item.
 
 A member's request whose re-read fails fails (it read the member from MongoDB already; the
 API degrades it). An anonymous request (``similar``/``search`` without a member: the only
@@ -43,12 +48,14 @@ from ._filters import RULE_FIELDS, HardRules, Rule, stored_rule_fields
 if TYPE_CHECKING:
     from opendisco.rerank import RerankResult
 
-__all__ = ["MAX_ROUNDS", "Page", "Recheck", "StoreRecheck", "pick_page"]
+__all__ = ["LOOKAHEAD", "MAX_ROUNDS", "Page", "Recheck", "StoreRecheck", "pick_page"]
 
 log = logging.getLogger("opendisco.serving")
 
 #: page picks before the page is cut to what was checked
 MAX_ROUNDS = 3
+#: after a pick dropped something, each read covers this many pages of the order's top
+LOOKAHEAD = 2
 
 
 class Recheck(Protocol):
@@ -130,6 +137,9 @@ async def pick_page(
         todo = [r for r in rows.tolist() if r not in passed]
         if recheck is None or not todo:
             break
+        if dropped:  # the store changed under the engine's copy: read ahead
+            ahead = _ahead(live, k, exploration).tolist()
+            todo = [r for r in dict.fromkeys([*todo, *ahead]) if r not in passed]
         try:
             broken = await recheck(rules, [ids[r] for r in todo])
         except BackendError as exc:
@@ -143,8 +153,16 @@ async def pick_page(
         dropped.update(rule.value for rule in broken.values())
         log.info("re-check dropped %s (the engine's copy trails the store)", broken)
         keep &= ~np.isin(order, [r for r in todo if ids[r] in broken])
-    else:  # every pick dropped something: the checked survivors, in order
-        exploration = None
-        rows = np.array([r for r in order[keep].tolist() if r in passed][:k], dtype=order.dtype)
+    else:  # every pick dropped something: the page from the checked survivors, in order
+        survivors = np.array([r for r in order[keep].tolist() if r in passed], dtype=order.dtype)
+        exploration = explorer.sample(survivors, k) if explore and explorer is not None else None
+        rows = exploration.shown if exploration is not None else survivors[:k]
     at = {int(r): p for p, r in enumerate(order.tolist())}
     return Page(rows, result.scores[[at[int(r)] for r in rows.tolist()]], exploration, dropped)
+
+
+def _ahead(live: np.ndarray, k: int, exploration: Exploration | None) -> np.ndarray:
+    """The rows a pick after a drop reads beyond its page: the top :data:`LOOKAHEAD` pages of
+    the order and the explored pool (the replacements the next picks would need)."""
+    top = live[: LOOKAHEAD * k]
+    return top if exploration is None else np.concatenate([top, exploration.pool])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from opendisco.serving import Discovery, Explorer, HardRules, Rule
-from opendisco.serving._page import MAX_ROUNDS, pick_page
+from opendisco.serving._page import LOOKAHEAD, MAX_ROUNDS, pick_page
 
 
 def _open_viewer(users: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,6 +69,63 @@ async def test_what_the_store_changed_since_the_last_sync_is_not_served(
     await explored.drain()
 
 
+def _engine_only(discovery: Any) -> Discovery:
+    """The same pipeline without the re-check: the engine's copy alone."""
+    return Discovery(
+        discovery.settings.model_copy(update={"serve_recheck": False}),
+        discovery.os,
+        discovery.db,
+        model=discovery._model,
+    )
+
+
+@pytest.fixture
+async def half_paused(discovery: Any, market: Any) -> Any:
+    """Every other item of a member's first ``2 * LOOKAHEAD`` pages of 10 (the engine's
+    order) paused in MongoDB only; restored afterwards."""
+    _, users = market
+    viewer = _open_viewer(users)
+    top = (await _engine_only(discovery).recommend(viewer["_id"], k=10 * LOOKAHEAD)).ids
+    assert len(top) == 10 * LOOKAHEAD
+    paused = top[1::2]
+    coll = discovery.db[discovery.settings.items_collection]
+    await coll.update_many({"_id": {"$in": paused}}, {"$set": {"available": False}})
+    yield viewer, set(paused)
+    await coll.update_many({"_id": {"$in": paused}}, {"$set": {"available": True}})
+
+
+async def test_a_page_stays_full_when_the_store_changed_much(
+    discovery: Any, half_paused: Any
+) -> None:
+    """Half the engine's first pages paused in the store since the last sync: the page is
+    still full (it was 9 of 10: each pick re-read only its replacements, half of which were
+    paused too, until the rounds ran out), and an explored page is still an explored page,
+    logged with the pool and propensities it was drawn with (9 of 10 were cut to the checked
+    survivors and logged as deterministic answers, propensity 1, though the coin said
+    explore)."""
+    viewer, paused = half_paused
+    v = viewer["_id"]
+    recs = await discovery.recommend(v, k=10, explain=True)
+    assert len(recs.ids) == 10 and not paused & set(recs.ids)
+    assert recs.explain["filtered"]["available"] >= 5
+    explored = Discovery(
+        discovery.settings,
+        discovery.os,
+        discovery.db,
+        model=discovery._model,
+        explorer=Explorer(rate=1.0, rng=np.random.default_rng(5)),
+    )
+    for _ in range(10):
+        recs = await explored.recommend(v, k=10)
+        assert recs.explored and len(recs.ids) == 10 and not paused & set(recs.ids)
+        served = recs.served
+        assert [served.ids[r] for r in served.shown] == recs.ids
+        assert served.explored and len(served.propensity) == 10
+        assert set(served.shown) <= set(served.pool)
+        assert not paused & {served.ids[r] for r in served.pool}
+    await explored.drain()
+
+
 class _Order:
     """A reranked order of ``n`` rows as :func:`pick_page` reads it."""
 
@@ -96,7 +153,8 @@ async def test_a_page_is_never_an_unchecked_item() -> None:
     store = _Store({"i1", "i4"})
     page = await pick_page(_Order(20), 4, rules, recheck=store)
     assert page.rows.tolist() == [0, 2, 3, 5]
-    assert store.reads == [["i0", "i1", "i2", "i3"], ["i4"], ["i5"]]
+    # the pick after the drop reads ahead: the unchecked rows of the first LOOKAHEAD pages
+    assert store.reads == [["i0", "i1", "i2", "i3"], ["i4", "i5", "i6", "i7", "i8"]]
     assert page.scores.tolist() == _Order(20).scores[[0, 2, 3, 5]].tolist()
     # every pick finds the next row broken: MAX_ROUNDS reads, then the checked survivors
     store = _Store({f"i{r}" for r in range(3, 20)})
