@@ -236,7 +236,8 @@ class HardRules:
             return False
         if item.get("kind") != "profile":
             return True
-        if self.pref_genders and item.get("gender") not in self.pref_genders:
+        gender = item.get("gender")  # a store document may hold a list or a document here
+        if self.pref_genders and not (isinstance(gender, str) and gender in self.pref_genders):
             return False
         age = _int(item.get("age"))
         if self.pref_age_min is not None and (age is None or age < self.pref_age_min):

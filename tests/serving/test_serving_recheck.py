@@ -126,6 +126,29 @@ async def test_a_page_stays_full_when_the_store_changed_much(
     await explored.drain()
 
 
+@pytest.mark.parametrize("odd", [["f", "m", "x"], {"gender": "f"}])
+async def test_an_odd_gender_in_the_store_is_dropped_not_a_failure(
+    discovery: Any, market: Any, odd: Any
+) -> None:
+    """A profile whose stored ``gender`` is a list or a document (the index kept its valid
+    copy: sync refuses the document) is not eligible for a viewer with gender preferences;
+    it raised ``TypeError: unhashable type`` — the member's request failed (the API
+    degraded it and counted a breaker failure) for as long as the document stayed so."""
+    _, users = market
+    viewer = _open_viewer(users)
+    first = await discovery.recommend(viewer["_id"], k=5)
+    odd_id = first.ids[0]
+    coll = discovery.db[discovery.settings.items_collection]
+    original = await coll.find_one({"_id": odd_id})
+    await coll.update_one({"_id": odd_id}, {"$set": {"gender": odd}})
+    try:
+        recs = await discovery.recommend(viewer["_id"], k=5, explain=True)
+        assert len(recs.ids) == 5 and odd_id not in recs.ids
+        assert recs.explain["filtered"]["eligibility"] >= 1
+    finally:
+        await coll.replace_one({"_id": odd_id}, original)
+
+
 class _Order:
     """A reranked order of ``n`` rows as :func:`pick_page` reads it."""
 
