@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from opensearchpy import AsyncOpenSearch
 
-from opendisco._exceptions import AuthError, BackendError, InvalidInput, NotFound
+from opendisco._exceptions import (
+    AuthError,
+    BackendError,
+    InvalidInput,
+    NotFound,
+    StoreBackendError,
+)
 from opendisco._settings import Settings
 from opendisco.serving import Discovery, Recommendations
 
@@ -103,9 +109,11 @@ class Runtime:
         every hard rule checked for ``user_id``) when it times out, fails or the breaker is
         open; :class:`~opendisco.Overloaded` (503) when no safe answer exists.
 
-        The breaker counts engine failures only: a backend error, or a deadline missed while
-        the engine kept the request waiting (``_overload.engine_bound``); a deadline missed
-        because this process was busy degrades the answer without counting."""
+        The breaker counts engine failures only: a backend error other than MongoDB's, or a
+        deadline missed while the engine kept the request waiting (``_overload.engine_bound``);
+        a deadline missed because this process was busy degrades the answer without counting,
+        and so does a MongoDB error (opening the breaker on it sent the requests that need no
+        store read, and would have been served, to a fallback that needs one)."""
         reason = "breaker_open"
         if self.breaker.allow():
             wait = EngineWait()
@@ -126,6 +134,10 @@ class Runtime:
                 else:  # local queueing or CPU: not the engine's failure
                     self.breaker.release()
                     reason = "timeout_local"
+            except StoreBackendError as exc:  # MongoDB's: the breaker guards the engine
+                self.breaker.release()
+                reason = "store_error"
+                log.warning("discovery %s failed: %r", surface, exc)
             except Exception as exc:  # outage or any backend failure: degrade, never 5xx
                 self.breaker.record_failure()
                 reason = "backend_error" if isinstance(exc, BackendError) else "error"

@@ -6,13 +6,15 @@ it runs: an anonymous ``similar``/``search`` page is still served on the engine'
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from api_support import TcpProxy, h, proxied, serve
 
-from opendisco import Settings
+from opendisco import Settings, clients
+from opendisco.serving._page import StoreRecheck
 
 ANONYMOUS = ("/v1/items/p7/similar?k=10", "/v1/search?q=hiking&k=10")
 MEMBER = "/v1/users/u5/recommendations?k=10"
@@ -73,3 +75,38 @@ async def test_a_store_that_stops_answering_during_the_recheck(
     finally:
         await os_proxy.close()
         await mongo_proxy.close()
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_store_errors_do_not_open_the_engine_breaker(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """The re-check's MongoDB refuses connections (a store error within the deadline: server
+    selection gives up after 100 ms). Members' answers degrade; the breaker (2 failures open
+    it for 30 s) guards the engine, which is healthy, so it stays closed and an anonymous
+    ``similar`` keeps being served by the pipeline on the engine's copy. It used to count the
+    store errors: open after two, and every answer, anonymous ones too, went to the fallback."""
+    settings = api_settings.model_copy(
+        update={"api_breaker_failures": 2, "api_breaker_reset_s": 30.0, "explore_rate": 0.0}
+    )
+    dead = settings.model_copy(update={"mongo_url": f"mongodb://127.0.0.1:{_dead_port()}/"})
+    gone = clients.mongo_async(dead, serverSelectionTimeoutMS=100)
+    key = keys["read"]
+    try:
+        async with serve(settings) as client:
+            rt = client.app.state.runtime
+            assert (await client.get(MEMBER, headers=h(key))).status_code == 200
+            rt.discovery.recheck = StoreRecheck(gone[settings.mongo_db], settings.items_collection)
+            for _ in range(3):
+                resp = await client.get(MEMBER, headers=h(key))
+                assert resp.status_code == 200 and resp.json()["degraded"] is True, resp.text
+            assert rt.breaker.state.value == "closed"
+            resp = await client.get(ANONYMOUS[0], headers=h(key))
+            assert resp.status_code == 200 and resp.json()["degraded"] is False, resp.text
+    finally:
+        await gone.close()
