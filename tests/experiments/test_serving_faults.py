@@ -180,7 +180,8 @@ async def test_a_first_load_longer_than_the_deadline_completes(ex_db: Any) -> No
             except TimeoutError:
                 continue
             served += 1
-            assert [r["experiment"] for r in plan.experiments] == [exp.id]
+            # (other tests' experiments may run in this database too, in other layers)
+            assert exp.id in [r["experiment"] for r in plan.experiments]
         assert served > 20, served
     finally:
         await store.stop(exp.id)
