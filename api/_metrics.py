@@ -49,6 +49,13 @@ class Metrics:
             ["surface", "reason"],
             registry=self.registry,
         )
+        self.recheck_dropped = Counter(
+            "opendisco_api_recheck_dropped_total",
+            "Items a served page dropped because MongoDB says they break a rule now (the "
+            "engine's copy trails the store: sync lag, or no sync worker running), by rule.",
+            ["rule"],
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "opendisco_api_rejected_total",
             "Requests refused before any work (rate limit, saturated: shed by admission, "

@@ -144,6 +144,8 @@ class Runtime:
                 log.warning("discovery %s failed: %r", surface, exc)
             else:
                 self.breaker.record_success()
+                for rule, n in recs.rechecked.items():
+                    self.metrics.recheck_dropped.labels(rule).inc(n)
                 return Answer(
                     items=[to_served(r, with_trace=explain) for r in recs.items],
                     version=recs.version,

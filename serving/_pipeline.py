@@ -269,6 +269,7 @@ class Discovery:
             request_id=plan.request_id,
             explored=exploration is not None,
             served=served,
+            rechecked=dict(page.dropped),
         )
         for effect in self.parts.side_effects:
             effect.after(plan, recs)

@@ -117,6 +117,8 @@ class Recommendations:
     explored: bool = False
     #: what the ranker saw (feature rows, shown rows, propensities): the log side effect's input
     served: ServedList | None = field(default=None, repr=False)
+    #: rule → items the page's re-check against MongoDB dropped (``_page``)
+    rechecked: dict[str, int] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[str]:

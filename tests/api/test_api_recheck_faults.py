@@ -110,3 +110,24 @@ async def test_store_errors_do_not_open_the_engine_breaker(
             assert resp.status_code == 200 and resp.json()["degraded"] is False, resp.text
     finally:
         await gone.close()
+
+
+async def test_what_the_recheck_drops_is_counted_by_rule(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str], mongo_db: Any
+) -> None:
+    """A member paused in MongoDB only (no sync since): the answer leaves them out and
+    ``opendisco_api_recheck_dropped_total{rule="available"}`` counts it — what tells an operator
+    that answers are being corrected for a sync that lags or stopped."""
+    key = keys["read"]
+    items = mongo_db[api_settings.items_collection]
+    async with serve(api_settings.model_copy(update={"explore_rate": 0.0})) as client:
+        first = (await client.get(MEMBER, headers=h(key))).json()["items"][0]["id"]
+        stored = items.find_one({"_id": first})
+        items.update_one({"_id": first}, {"$set": {"available": False}})
+        try:
+            again = (await client.get(MEMBER, headers=h(key))).json()
+            assert again["degraded"] is False and first not in {i["id"] for i in again["items"]}
+            metrics = (await client.get("/metrics")).text
+        finally:
+            items.replace_one({"_id": first}, stored)
+    assert 'opendisco_api_recheck_dropped_total{rule="available"} 1.0' in metrics, metrics
