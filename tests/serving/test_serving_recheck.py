@@ -18,6 +18,14 @@ def _open_viewer(users: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(open_, key=lambda u: u["pref_age_min"] - u["pref_age_max"])[1]
 
 
+def _always_explored(discovery: Any, seed: int) -> Discovery:
+    """The same pipeline with every answer explored."""
+    explorer = Explorer(rate=1.0, rng=np.random.default_rng(seed))
+    return Discovery(
+        discovery.settings, discovery.os, discovery.db, model=discovery._model, explorer=explorer
+    )
+
+
 @pytest.fixture
 async def changed_in_store(discovery: Any, market: Any) -> Any:
     """Three of a member's first five changed in MongoDB only (the index keeps its copies):
@@ -56,13 +64,7 @@ async def test_what_the_store_changed_since_the_last_sync_is_not_served(
     )
     assert changed <= set((await engine_only.recommend(v, k=10)).ids)
     # an explored page is drawn again from the order without them
-    explored = Discovery(
-        discovery.settings,
-        discovery.os,
-        discovery.db,
-        model=discovery._model,
-        explorer=Explorer(rate=1.0, rng=np.random.default_rng(3)),
-    )
+    explored = _always_explored(discovery, 3)
     for _ in range(5):
         recs = await explored.recommend(v, k=10)
         assert recs.explored and len(recs.ids) == 10 and not changed & set(recs.ids)
@@ -108,13 +110,7 @@ async def test_a_page_stays_full_when_the_store_changed_much(
     recs = await discovery.recommend(v, k=10, explain=True)
     assert len(recs.ids) == 10 and not paused & set(recs.ids)
     assert recs.explain["filtered"]["available"] >= 5
-    explored = Discovery(
-        discovery.settings,
-        discovery.os,
-        discovery.db,
-        model=discovery._model,
-        explorer=Explorer(rate=1.0, rng=np.random.default_rng(5)),
-    )
+    explored = _always_explored(discovery, 5)
     for _ in range(10):
         recs = await explored.recommend(v, k=10)
         assert recs.explored and len(recs.ids) == 10 and not paused & set(recs.ids)
