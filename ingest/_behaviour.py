@@ -38,7 +38,6 @@ from ._apply import Prepared, prepare
 from ._embed import Embedder
 from ._feed import PollingFeed
 from ._schema import vector_problem
-from ._stalls import Stalls
 from ._store import items_collection
 
 __all__ = [
@@ -191,14 +190,4 @@ class BehaviourFeed(PollingFeed):
     own kind."""
 
     name = KIND
-
-    def __init__(
-        self,
-        settings: Settings,
-        db: Any,
-        partitions: Sequence[int] | None = None,
-        owner: str = "",
-        stalls: Stalls | None = None,
-    ) -> None:
-        super().__init__(settings, db, partitions, owner, stalls)
-        self.coll = behaviour_collection(db, settings)
+    collection = staticmethod(behaviour_collection)

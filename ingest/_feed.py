@@ -104,6 +104,8 @@ class _Partitioned:
     """What both feeds share: the partitions held, their checkpoints, the floor."""
 
     name = ""
+    #: the collection read (``(db, settings) -> collection``)
+    collection = staticmethod(items_collection)
 
     def __init__(
         self,
@@ -114,7 +116,7 @@ class _Partitioned:
     ) -> None:
         self.settings = settings
         self.db = db
-        self.coll = items_collection(db, settings)
+        self.coll = self.collection(db, settings)
         self.partitions = sorted(
             range(settings.sync_partitions) if partitions is None else partitions
         )
