@@ -42,12 +42,11 @@ from typing import TYPE_CHECKING, Any
 from opendisco._backend import backend_errors
 from opendisco._exceptions import Overloaded
 from opendisco.serving import (
-    RULE_FIELDS,
     Discovery,
     HardRules,
     Recommendation,
     Rule,
-    stored_rule_fields,
+    read_rule_fields,
 )
 from opendisco.signals import item_cap
 
@@ -145,17 +144,6 @@ class Fallback:
             raise Overloaded(
                 f"no safe degraded answer: {what} unreadable ({exc!r:.200})", 2.0
             ) from exc
-
-    async def _fresh(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The rule fields of ``ids`` as MongoDB holds them now (missing: no such item)."""
-        proj = dict.fromkeys(RULE_FIELDS, 1)
-        with backend_errors("fallback: item re-check failed"):
-            docs = (
-                await self.db[self.items_collection]
-                .find({"_id": {"$in": ids}}, projection=proj)
-                .to_list(None)
-            )
-        return {str(d["_id"]): d for d in docs}
 
     async def _popular(self, rules: HardRules, k: int) -> list[Recommendation]:
         """Cold start of the process: the most popular available items of the genders and
@@ -282,13 +270,12 @@ class Fallback:
             if not queue or len(picked) >= k:
                 break
             batch, queue = queue[: _OVERFETCH * k], queue[_OVERFETCH * k :]
-            fresh = await self._store("items", self._fresh([r.id for r in batch]))
+            ids = [r.id for r in batch]
+            read = read_rule_fields(self.db[self.items_collection], ids, "fallback: item re-check")
+            fresh = await self._store("items", read)
             for r in batch:
-                doc = fresh.get(r.id)
-                if doc is None:
-                    continue
-                now = stored_rule_fields(doc)
-                if rules.allows(r.id, now):
+                now = fresh.get(r.id)
+                if now is not None and rules.allows(r.id, now):
                     picked.append(replace(r, item={**r.item, **now}))
         if not picked:
             raise Overloaded("no safe degraded answer for this member", 2.0)

@@ -20,6 +20,7 @@ from ._filters import (
     Rule,
     stored_rule_fields,
 )
+from ._page import read_rule_fields
 from ._pipeline import Discovery
 from ._stages import (
     GRAPH_NEIGHBOURS,
@@ -84,5 +85,6 @@ __all__ = [
     "load_template",
     "params_for",
     "read_member",
+    "read_rule_fields",
     "stored_rule_fields",
 ]

@@ -61,10 +61,6 @@ class Explorer:
             "sharpness": self.sharpness,
         }
 
-    def draw(self, order: np.ndarray, k: int) -> Exploration | None:
-        """An explored page of ``k`` rows from ``order`` (None: answer deterministically)."""
-        return self.sample(order, k) if self.explores() else None
-
     def explores(self) -> bool:
         """The request's coin: whether its answer is explored."""
         return self.rate > 0.0 and self.rng.random() < self.rate

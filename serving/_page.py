@@ -48,14 +48,33 @@ from ._filters import RULE_FIELDS, HardRules, Rule, stored_rule_fields
 if TYPE_CHECKING:
     from opendisco.rerank import RerankResult
 
-__all__ = ["LOOKAHEAD", "MAX_ROUNDS", "Page", "Recheck", "StoreRecheck", "pick_page"]
+__all__ = [
+    "LOOKAHEAD",
+    "MAX_ROUNDS",
+    "Page",
+    "Recheck",
+    "StoreRecheck",
+    "pick_page",
+    "read_rule_fields",
+]
 
 log = logging.getLogger("opendisco.serving")
 
+#: the fields :func:`read_rule_fields` reads
+PROJECTION = dict.fromkeys(RULE_FIELDS, 1)
 #: page picks before the page is cut to what was checked
 MAX_ROUNDS = 3
 #: after a pick dropped something, each read covers this many pages of the order's top
 LOOKAHEAD = 2
+
+
+async def read_rule_fields(coll: Any, ids: list[str], what: str) -> dict[str, dict[str, Any]]:
+    """The rule fields of ``ids`` as the items collection ``coll`` holds them now
+    (:func:`stored_rule_fields`; an id absent from the result: no such item). One ``_id $in``:
+    the served page's re-check and the degraded fallback's."""
+    with backend_errors(f"{what} failed"):
+        docs = await coll.find({"_id": {"$in": ids}}, projection=PROJECTION).to_list(None)
+    return {str(d["_id"]): stored_rule_fields(d) for d in docs}
 
 
 class Recheck(Protocol):
@@ -82,22 +101,13 @@ class StoreRecheck:
         timeout_s = settings.serve_recheck_anonymous_timeout_ms / 1000
         return cls(db, settings.items_collection, timeout_s)
 
-    async def _read(self, ids: list[str]) -> list[dict[str, Any]]:
-        with backend_errors("re-reading the page's items failed"):
-            docs: list[dict[str, Any]] = (
-                await self.db[self.collection]
-                .find({"_id": {"$in": ids}}, projection=dict.fromkeys(RULE_FIELDS, 1))
-                .to_list(None)
-            )
-        return docs
-
     async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]:
         timeout = None if rules.member else self.anonymous_timeout_s
+        read = read_rule_fields(self.db[self.collection], ids, "re-reading the page's items")
         try:
-            docs = await asyncio.wait_for(self._read(ids), timeout)
+            now = await asyncio.wait_for(read, timeout)
         except TimeoutError as exc:
             raise BackendError(f"re-reading the page's items took over {timeout} s") from exc
-        now = {str(d["_id"]): stored_rule_fields(d) for d in docs}
         broken: dict[str, Rule] = {}
         for i in ids:
             rule = rules.broken(i, now[i]) if i in now else Rule.AVAILABLE
@@ -125,15 +135,14 @@ async def pick_page(
     ``explorer`` is given and its coin says so (tossed once per request), every row
     re-checked by ``recheck`` (see the module docstring)."""
     order, ids = result.order, result.batch.ids
-    explore = explorer is not None and explorer.explores()
+    drawer = explorer if explorer is not None and explorer.explores() else None
     keep = np.ones(order.shape[0], dtype=bool)
     passed: set[int] = set()
     dropped: Counter[str] = Counter()
     rows, exploration = order[:k], None
     for _ in range(MAX_ROUNDS):
         live = order[keep]
-        exploration = explorer.sample(live, k) if explore and explorer is not None else None
-        rows = exploration.shown if exploration is not None else live[:k]
+        rows, exploration = _pick(live, k, drawer)
         todo = [r for r in rows.tolist() if r not in passed]
         if recheck is None or not todo:
             break
@@ -155,10 +164,18 @@ async def pick_page(
         keep &= ~np.isin(order, [r for r in todo if ids[r] in broken])
     else:  # every pick dropped something: the page from the checked survivors, in order
         survivors = np.array([r for r in order[keep].tolist() if r in passed], dtype=order.dtype)
-        exploration = explorer.sample(survivors, k) if explore and explorer is not None else None
-        rows = exploration.shown if exploration is not None else survivors[:k]
+        rows, exploration = _pick(survivors, k, drawer)
     at = {int(r): p for p, r in enumerate(order.tolist())}
     return Page(rows, result.scores[[at[int(r)] for r in rows.tolist()]], exploration, dropped)
+
+
+def _pick(
+    order: np.ndarray, k: int, drawer: Explorer | None
+) -> tuple[np.ndarray, Exploration | None]:
+    """A page of ``order``: drawn by ``drawer`` (the request's coin said explore), else its
+    top ``k`` (also when too few rows are left to draw from)."""
+    exploration = drawer.sample(order, k) if drawer is not None else None
+    return (exploration.shown if exploration is not None else order[:k]), exploration
 
 
 def _ahead(live: np.ndarray, k: int, exploration: Exploration | None) -> np.ndarray:
