@@ -1,5 +1,7 @@
 """The served page re-checked against MongoDB (``serving._page``), on the real servers: what
-the engine's copy still shows — no sync ran since the store changed — is not served."""
+the engine's copy still shows — no sync ran since the store changed — is not served. The last
+test is pure: :func:`pick_page`'s rounds with an in-memory :class:`Recheck` (which ids are read
+when), no store involved."""
 
 from __future__ import annotations
 
@@ -154,8 +156,9 @@ class _Order:
         self.batch = type("B", (), {"ids": [f"i{r}" for r in range(n)]})()
 
 
-class _Store:
-    """A :class:`Recheck` over a set of ids that break ``available`` now; counts its reads."""
+class _Broken:
+    """An in-memory :class:`Recheck` (not a store): ``broken`` ids break ``available``; it
+    records which ids each pick asked for."""
 
     def __init__(self, broken: set[str]) -> None:
         self.broken, self.reads = broken, []
@@ -169,14 +172,14 @@ async def test_a_page_is_never_an_unchecked_item() -> None:
     """Each pick reads only what it did not check; after MAX_ROUNDS picks that each dropped
     something, the page is the checked survivors (shorter), never an unchecked row."""
     rules = HardRules.anonymous()
-    store = _Store({"i1", "i4"})
+    store = _Broken({"i1", "i4"})
     page = await pick_page(_Order(20), 4, rules, recheck=store)
     assert page.rows.tolist() == [0, 2, 3, 5]
     # the pick after the drop reads ahead: the unchecked rows of the first LOOKAHEAD pages
     assert store.reads == [["i0", "i1", "i2", "i3"], ["i4", "i5", "i6", "i7", "i8"]]
     assert page.scores.tolist() == _Order(20).scores[[0, 2, 3, 5]].tolist()
     # every pick finds the next row broken: MAX_ROUNDS reads, then the checked survivors
-    store = _Store({f"i{r}" for r in range(3, 20)})
+    store = _Broken({f"i{r}" for r in range(3, 20)})
     page = await pick_page(_Order(20), 5, rules, recheck=store)
     assert len(store.reads) == MAX_ROUNDS
     assert page.rows.tolist() == [0, 1, 2] and page.dropped["available"] >= MAX_ROUNDS
