@@ -59,7 +59,13 @@ async def _show(settings: Settings, k: int) -> None:
         disc = Discovery(settings, os_client, mongo[settings.mongo_db])
         user = "u1"
         cold = await disc.recommend(user, k=k)
-        _table(f"for {user}, no history yet (cold start, steered by declared interests)", cold)
+        # a demo run before this one left u1's likes behind: then it is no cold start
+        history = (
+            "no history yet (cold start, steered by declared interests)"
+            if cold.surface == "cold_start"
+            else "with the likes of an earlier demo run"
+        )
+        _table(f"for {user}, {history}", cold)
         liked = cold.ids[:2]
         now = datetime.now(UTC)
         events = [
