@@ -184,6 +184,7 @@ class OpenSearchService:
             f"-Epath.data={node.data}",
             f"-Epath.logs={node.logs}",
             f"-Ecluster.name={self.s.opensearch_cluster_name}",
+            f"-Enode.name={node.name}",  # single node too: the name the start message gives
             "-Eaction.auto_create_index=false",
             "-Ecluster.routing.allocation.disk.threshold_enabled=false",
             "-Eknn.algo_param.index_thread_qty=2",
@@ -191,7 +192,6 @@ class OpenSearchService:
         if not self.cluster:
             return [*argv, "-Ediscovery.type=single-node"]
         argv += [
-            f"-Enode.name={node.name}",
             "-Ediscovery.seed_hosts=" + ",".join(f"127.0.0.1:{n.transport}" for n in self.nodes),
         ]
         if bootstrap:

@@ -79,6 +79,8 @@ def test_cluster_argv_bootstraps_only_when_fresh() -> None:
     argv = single._argv(single.nodes[0], bootstrap=False)
     assert "-Ediscovery.type=single-node" in argv
     assert not any("seed_hosts" in a for a in argv)
+    # the name the start message gives (before, a single node took the host's name)
+    assert f"-Enode.name={single.nodes[0].name}" in argv
 
 
 def test_indices_take_shards_and_replicas_from_settings() -> None:
