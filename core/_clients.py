@@ -126,7 +126,10 @@ def _load(path: str) -> SentenceTransformer:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    # no "Loading weights" progress bar in the CLI's output and the API's log
+    transformers_logging.disable_progress_bar()
     return SentenceTransformer(path, device="cpu")
 
 
