@@ -252,7 +252,7 @@ class Settings(BaseSettings):
     playground_eval_namespace: str | None = Field(
         None,
         description="Index alias prefix / Mongo database the playground evaluation replays "
-        "into (default: <mongo_db>-pgeval); never the live namespace.",
+        "into (default: <mongo_db>pgeval); never the live namespace.",
     )
 
     # --- learning loop: served-list log and exploration ------------------------------
@@ -365,7 +365,10 @@ class Settings(BaseSettings):
     java_home: str = Field(
         "/usr/lib/jvm/java-17-openjdk-amd64", description="JDK used to run OpenSearch."
     )
-    ferretdb_version: str = Field("1.24.2", description="FerretDB version built with go install.")
+    ferretdb_version: str = Field(
+        "1.24.2",
+        description="FerretDB version built from the Go module proxy's source (patched, go build).",
+    )
     ferretdb_debug_port: int = Field(
         8088, description="FerretDB debug/metrics HTTP port on 127.0.0.1 (open cursors, etc.)."
     )
