@@ -1,4 +1,5 @@
-"""``opendisco templates list | show | validate | store`` (query templates, queries/templates/)."""
+"""``opendisco templates list | show | validate | store | apply``: query templates
+(queries/templates/) and index templates."""
 
 from __future__ import annotations
 
