@@ -14,7 +14,8 @@ the member in process with the one definition of the hard rules
 3. exposure caps are checked against the cap list read at the last refresh, and against the
    listed items' impressions read with it plus those this process served since, written to
    the counters after that read or not yet (``Discovery.served``: its served answers and the
-   fallback's own count toward the caps); when
+   fallback's own count toward the caps; ``signals.KnownImpressions``, the one definition the
+   served pipeline checks too); when
    the cap list is older than two refresh periods ``exposure_cap`` is named in
    ``degraded_rules`` (the one rule a degraded answer may check on stale data: other
    processes' answers are not seen).
@@ -48,7 +49,7 @@ from opendisco.serving import (
     Rule,
     read_rule_fields,
 )
-from opendisco.signals import item_cap
+from opendisco.signals import KnownImpressions
 
 from ._segments import SegmentLists, load_caps
 
@@ -238,14 +239,14 @@ class Fallback:
         snap = self.lists.snapshot
         if snap is None or snap.counts is None:
             return frozenset()
-        served = self.discovery.served
-        default = self.discovery.settings.exposure_default_cap
-        out = set()
-        for r in pool:
-            n = snap.counts.get(r.id, 0) + served.served_since(r.id, snap.served_window)
-            if n and n >= item_cap(r.item.get("exposure_cap"), default):
-                out.add(r.id)
-        return frozenset(out)
+        counts = snap.counts
+        known = KnownImpressions(
+            lambda i: counts.get(i, 0),
+            self.discovery.served,
+            snap.served_window,
+            self.discovery.settings.exposure_default_cap,
+        )
+        return frozenset(known.reached((r.id, r.item.get("exposure_cap")) for r in pool))
 
     async def answer(
         self, surface: str, user_id: str | None, k: int, exclude: Iterable[str] = ()

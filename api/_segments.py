@@ -246,7 +246,7 @@ class SegmentLists:
             counts, window = None, 0
             served = self.discovery.served
             if read:
-                window = served.open_window()  # before the read: nothing missed
+                window = served.open_window("fallback")  # before the read: nothing missed
                 counts = await self._counts(lists)
             if counts is None and old is not None and old.counts is not None:
                 # not read (the cap list or the counts): the older counts, with everything

@@ -13,7 +13,7 @@ Everything here writes to and reads from the stores; nothing here ranks.
 
 from ._behaviour import fold_in
 from ._blocks import MEMBER_BLOCKS, BlockStore, MemberBlocks
-from ._caps import item_cap
+from ._caps import KnownImpressions, item_cap
 from ._claims import CLAIMS, ClaimStatus, EventClaims, classify
 from ._event import (
     EVENT_TYPES,
@@ -107,6 +107,7 @@ __all__ = [
     "Inbox",
     "ItemGraph",
     "ItemSimilarity",
+    "KnownImpressions",
     "MemberBlocks",
     "PacingController",
     "PacingState",

@@ -47,7 +47,7 @@ from opendisco._backend import backend_errors
 from opendisco._exceptions import InvalidInput, NotFound, PartialWrite, SearchBackendError
 from opendisco._settings import Settings
 
-from ._caps import item_cap
+from ._caps import item_cap, window_count
 from ._counters_index import ADDED_PROPERTIES, MAPPING, REFRESH
 from ._counting import CAPPED_SCRIPT, count_pairs
 from ._engine_bulk import bulk_updates
@@ -313,8 +313,7 @@ class ExposureStore:
 
     def exposure_of(self, src: Mapping[str, Any], now_ms: int) -> Exposure:
         """Pure: one counter document's fields (``READ_FIELDS``) read at ``now_ms``."""
-        age = now_ms - int(src.get("window_start") or 0)
-        live = 0 <= age < self.window_ms
+        count = window_count(src.get("count"), src.get("window_start"), now_ms, self.window_ms)
         trend = 0.0
         if src.get("trend") is not None and src.get("trend_at") is not None:
             trend = decayed(
@@ -325,7 +324,7 @@ class ExposureStore:
         if src.get("paced") is not None and src.get("paced_at") is not None:
             dt = max(now_ms - int(src["paced_at"]), 0)
             paced = float(src["paced"]) * math.exp(-dt / self.window_ms)
-        return Exposure(count=int(src.get("count", 0)) if live else 0, paced=paced, trend=trend)
+        return Exposure(count=count, paced=paced, trend=trend)
 
     async def _get(self, ids: list[str]) -> list[dict[str, Any]]:
         resp = await self.client.mget(

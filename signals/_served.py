@@ -25,6 +25,12 @@ most one part waits to be sent again.
 Client impression events naming a served list (``request_id``) are not counted again
 (``EventProcessor``; setting ``exposure_count_served``).
 
+What a read of the counters cannot hold yet — served since it began, unwritten then, or
+written too shortly before it for its doc values to show (``visible_s``) — is kept per reader
+in windows (:meth:`ServedExposure.open_window`, :meth:`ServedExposure.served_since`): the
+degraded fallback's snapshot and the process's copy of the counters (``ExposureMirror``) each
+add it to what they read (``signals._caps.KnownImpressions``).
+
 A flush writes its batch in parts of ``chunk`` items (``exposure_flush_chunk``), spread over
 half of its period, with one update of the capped list (the last part's): one ``_bulk`` of a
 period's ~400 scripted upserts held one engine write thread — one of the two cores here —
@@ -38,8 +44,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
 
 from opendisco._exceptions import BackendError, PartialWrite
 
@@ -55,9 +61,18 @@ class ServedExposure:
 
     #: the parts of a flush are spread over this share of its period (at most 1 s in all)
     pace_share = 0.5
+    #: how long a written count may stay out of a read of the counters' doc values (the index
+    #: refreshes every second, ``_counters_index.REFRESH``; the copies' overlap is 3 s too)
+    visible_s = 3.0
 
     def __init__(
-        self, store: ExposureStore, flush_s: float, max_pending: int = 100_000, chunk: int = 0
+        self,
+        store: ExposureStore,
+        flush_s: float,
+        max_pending: int = 100_000,
+        chunk: int = 0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.flush_s = flush_s
@@ -72,10 +87,14 @@ class ServedExposure:
         self.dropped = 0
         self._last = time.monotonic()
         self._task: asyncio.Future[list[str]] | None = None
-        #: ``(generation, counts)`` of the last two windows :meth:`open_window` opened: what
-        #: was served since (or unwritten then), newest last
-        self._windows: list[tuple[int, Counter[str]]] = []
+        #: the generations of the last two windows :meth:`open_window` opened per reader
+        #: (newest last), and each kept window's counts: served since it opened, or unread then
+        self._readers: dict[str, list[int]] = {}
+        self._windows: dict[int, Counter[str]] = {}
         self._generation = 0
+        self._clock = clock
+        #: ``(written at, counts)`` of the parts written in the last ``visible_s``
+        self._recent: deque[tuple[float, Mapping[str, int]]] = deque()
 
     def add(self, ids: Iterable[str]) -> None:
         """Count one impression of each id (no I/O); starts a background flush when due."""
@@ -84,7 +103,7 @@ class ServedExposure:
                 self.pending[i] += 1
             else:
                 self.dropped += 1
-            for _, window in self._windows:
+            for window in self._windows.values():
                 if i in window or len(window) < self.max_pending:
                     window[i] += 1
         self._start_due()
@@ -140,6 +159,7 @@ class ServedExposure:
                     unwritten = exc.unwritten if isinstance(exc, PartialWrite) else counts
                     again = {i: counts[i] for i in unwritten if i in counts}
                     self.written += sum(counts.values()) - sum(again.values())
+                    self._wrote({i: n for i, n in counts.items() if i not in again})
                     self.retry = (mark, again) if again else None
                     later = Counter[str]()
                     for _, rest in parts[j + 1 :]:
@@ -152,6 +172,7 @@ class ServedExposure:
                     self._requeue(later)
                     raise
                 self.written += sum(counts.values())
+                self._wrote(counts)
                 self.flushing -= Counter(counts)
         finally:
             self.flushing = Counter()
@@ -174,34 +195,61 @@ class ServedExposure:
         in a flush still running, or in the part kept to be sent again)."""
         return sum(c.get(item_id, 0) for c in self._unwritten_parts())
 
-    def open_window(self) -> int:
-        """Start counting what is served from now on, beside what is unwritten now; returns
-        the window's generation (:meth:`served_since`). Opened just before the counters are
-        read, it holds every impression such a read may miss — written after it, or not yet
-        (one written while the read runs is in both: counted twice, never missed). The last
-        two windows are kept: the snapshot read before stays in use until the new one is."""
+    def _wrote(self, counts: Mapping[str, int]) -> None:
+        """Keep the counts of a part just written for ``visible_s`` (:meth:`_unread_parts`)."""
+        self._forget_read()
+        if counts:
+            self._recent.append((self._clock(), counts))
+
+    def _forget_read(self) -> None:
+        """Drop the parts written over ``visible_s`` ago: any read now shows them."""
+        horizon = self._clock() - self.visible_s
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
+
+    def open_window(self, reader: str) -> int:
+        """Start counting, for ``reader``, what is served from now on, beside what a read of
+        the counters made now cannot hold (unwritten, or written in the last ``visible_s``:
+        a read of doc values may not show it yet); returns the window's generation
+        (:meth:`served_since`). Opened just before ``reader`` reads the counters, it holds
+        every impression that read may miss — written after it, not yet, or too recently (one
+        the read does show is in both: counted twice for a few seconds, never missed). The
+        last two windows of each reader are kept: the counts it read before stay in use until
+        the new ones are."""
         self._generation += 1
-        start = sum((Counter(c) for c in self._unwritten_parts()), Counter[str]())
-        self._windows = [*self._windows[-1:], (self._generation, start)]
+        kept = self._readers.get(reader, [])
+        for old in kept[:-1]:
+            self._windows.pop(old, None)
+        self._readers[reader] = [*kept[-1:], self._generation]
+        start = sum((Counter(c) for c in self._unread_parts()), Counter[str]())
+        self._windows[self._generation] = start
         return self._generation
 
     def close_window(self, generation: int) -> None:
         """Stop keeping the window of ``generation`` (the read it was opened for failed): the
         windows opened before it stay kept for the reads that did succeed."""
-        self._windows = [(g, w) for g, w in self._windows if g != generation]
+        self._windows.pop(generation, None)
+        for reader, kept in self._readers.items():
+            self._readers[reader] = [g for g in kept if g != generation]
 
     def served_since(self, item_id: str, generation: int) -> int:
         """Impressions of ``item_id`` in the window of ``generation`` (served since it opened,
-        or unwritten then): what a read of the counters made then cannot hold. Of a window
-        no longer kept (or never opened), what is unwritten now."""
-        for g, window in self._windows:
-            if g == generation:
-                return window.get(item_id, 0)
-        return self.unwritten(item_id)
+        or unread then): what a read of the counters made then cannot hold. Of a window no
+        longer kept (or never opened), what a read made now could not hold."""
+        window = self._windows.get(generation)
+        if window is not None:
+            return window.get(item_id, 0)
+        return sum(c.get(item_id, 0) for c in self._unread_parts())
 
     def unwritten_total(self) -> int:
         """Impressions served and not known written to the counters, of every item."""
         return sum(sum(c.values()) for c in self._unwritten_parts())
+
+    def _unread_parts(self) -> tuple[Mapping[str, int], ...]:
+        """What a read of the counters made now may not hold: what is unwritten, and the
+        parts written in the last ``visible_s``."""
+        self._forget_read()
+        return (*self._unwritten_parts(), *(c for _, c in self._recent))
 
     def _unwritten_parts(self) -> tuple[Mapping[str, int], ...]:
         """What is served and not known written: pending, in a flush still running, and the
