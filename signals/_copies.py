@@ -19,7 +19,9 @@ lookup:
   read and while the store refuses.
 
 What a stale copy can change: features, by at most ``stale_s`` of writes. Never eligibility:
-the hard rules (caps, blocks, seen, preferences) are read from their stores on every request.
+the hard rules (caps, blocks, seen, preferences) are read from their stores on every request;
+the exposure counters' copy only adds to them (``ExposureMirror.known``: a cap this process
+knows was reached), stale or not.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ class LocalCopy(Generic[T]):
 
     def fresh(self) -> bool:
         return self._rows is not None and self._clock() - self._fresh_at <= self.stale_s
+
+    def last_rows(self) -> Mapping[str, T] | None:
+        """The copy as its last successful read left it, fresh or not (``None``: no copy)."""
+        return self._rows
 
     def rows(self) -> Mapping[str, T] | None:
         """The copy while it is fresh (an id without a row has none in the store either),

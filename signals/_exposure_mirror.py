@@ -3,8 +3,18 @@ for the reranker's exposure features: impressions in the window, paced exposure 
 trend of every candidate, read from a dict instead of one engine search per request (that
 search queued behind the candidate k-NN searches: p50 17–28 ms at concurrency 4 on 2 cores).
 Rows are read from doc values in pages of 1,000 (a page's parsing holds the event loop
-~2–3 ms, not ~15), by ``touched_at``, which every counter script sets. Caps are not read
-here: the candidate queries exclude capped items by the engine's realtime ``_capped`` list.
+~2–3 ms, not ~15), by ``touched_at``, which every counter script sets.
+
+The copy also tells the served pipeline which candidates this process knows reached their
+exposure cap (:meth:`ExposureMirror.known`, the one definition in ``signals._caps``): the
+engine's ``_capped`` list changes only when served impressions are flushed, so between two
+flushes (and while a flush fails) it alone let one process show an item many times past its
+cap. Each refresh opens a window of this process's served impressions just before it reads
+(``ServedExposure.open_window``, as the degraded fallback's snapshot does), so the copy's count
+plus that window misses none of this process's impressions. A stale copy is still used (its
+counts as last read, plus everything this process served since: other processes' impressions
+since are not seen — that is what stale means); without one (before the first read, over
+``max_items``, ``signal_copies_s`` 0) this process's own unread impressions alone are known.
 """
 
 from __future__ import annotations
@@ -17,15 +27,20 @@ from opensearchpy.exceptions import NotFoundError
 
 from opendisco._backend import backend_errors
 
+from ._caps import KnownImpressions, window_count
 from ._copies import LocalCopy
 from ._exposure import READ_FIELDS, Exposure, ExposureStore
+from ._served import ServedExposure
 from ._trending import epoch_ms
 
-__all__ = ["ExposureMirror", "scan_counters"]
+__all__ = ["MIRROR", "ExposureMirror", "scan_counters"]
 
 #: one counter document's fields, in ``READ_FIELDS`` order after ``item_id`` (raw doc values)
 _FIELDS = tuple(f for f in READ_FIELDS if f != "item_id")
+_COUNT, _START = _FIELDS.index("count"), _FIELDS.index("window_start")
 _Row = tuple[Any, ...]
+#: the copy's windows of served impressions (``ServedExposure.open_window``)
+MIRROR = "mirror"
 
 
 async def scan_counters(
@@ -88,12 +103,62 @@ class _CounterRows:
         return await scan_counters(self.store, touched_since_ms, limit=limit)
 
 
-class ExposureMirror(LocalCopy[_Row]):
-    """Reads like :meth:`ExposureStore.read` (not realtime), from a copy kept by :meth:`run`."""
+class _Unserved:
+    """No served impressions (a copy without :class:`ServedExposure`)."""
 
-    def __init__(self, store: ExposureStore, *, every_s: float, max_items: int, **kw: Any) -> None:
+    def served_since(self, item_id: str, generation: int) -> int:
+        return 0
+
+
+class ExposureMirror(LocalCopy[_Row]):
+    """Reads like :meth:`ExposureStore.read` (not realtime), from a copy kept by :meth:`run`;
+    :meth:`known`: the impressions this process knows of (with ``served``, its own)."""
+
+    def __init__(
+        self,
+        store: ExposureStore,
+        *,
+        every_s: float,
+        max_items: int,
+        served: ServedExposure | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(_CounterRows(store), every_s=every_s, max_items=max_items, **kw)
         self.store = store
+        self.served = served
+        #: the window of ``served`` opened just before the read the copy holds (0: none)
+        self.window = 0
+
+    async def refresh(self, now: datetime | None = None) -> None:
+        """One read (:meth:`LocalCopy.refresh`), a window of the served impressions opened just
+        before it: what this read cannot hold (:meth:`known`)."""
+        if self.served is None:
+            return await super().refresh(now)
+        window = self.served.open_window(MIRROR)
+        try:
+            await super().refresh(now)
+        except BaseException:
+            self.served.close_window(window)  # the copy still holds the read before
+            raise
+        self.window = window
+
+    def known(self, now: datetime | None = None) -> KnownImpressions:
+        """The impressions this process knows each item has had in its window at ``now``
+        (``signals._caps``): the copy's count as its last read left it — fresh or stale, a
+        lower bound still — plus what this process served since that read, held unwritten
+        then, or wrote too recently for it; with no copy, the latter alone."""
+        rows = self.last_rows()
+        served = self.served if self.served is not None else _Unserved()
+        default = self.store.settings.exposure_default_cap
+        if rows is None:
+            return KnownImpressions(lambda _: 0, served, 0, default)
+        now_ms, window_ms = epoch_ms(now or datetime.now(UTC)), self.store.window_ms
+
+        def counted(item_id: str) -> int:
+            row = rows.get(item_id)
+            return 0 if row is None else window_count(row[_COUNT], row[_START], now_ms, window_ms)
+
+        return KnownImpressions(counted, served, self.window, default)
 
     async def read(
         self, ids: Iterable[str], now: datetime | None = None, *, realtime: bool = False
