@@ -85,6 +85,9 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
     mongo = clients.mongo_async(settings, serverSelectionTimeoutMS=2000, socketTimeoutMS=socket_ms)
     db = mongo[settings.mongo_db]
     disc = discovery if discovery is not None else Discovery(settings, os_client, db)
+    # this process serves members: each page counts toward exposure when the pipeline picks
+    # it, before another request can pick its items (serving._caps)
+    disc.caps.count = disc.record_served
     _, exposures = install_experiments(disc, db, settings)  # running experiments' arms
     await disc.warmup()  # the query encoder, before the first request's deadline
     if settings.api_gc_freeze:  # the encoder's heap out of every collection (p99)

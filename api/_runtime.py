@@ -58,6 +58,8 @@ class Answer:
     logged: bool = False
     #: hard rules the (degraded) answer could not check against current data
     degraded_rules: list[str] = field(default_factory=list)
+    #: counted toward exposure when the pipeline picked it; a fallback answer is not
+    counted: bool = False
 
     @property
     def ids(self) -> list[str]:
@@ -153,6 +155,7 @@ class Runtime:
                     explain=recs.explain if explain else None,
                     experiments=recs.experiments,
                     logged=recs.served is not None,
+                    counted=recs.counted,
                 )
             finally:
                 ENGINE_WAIT.reset(token)

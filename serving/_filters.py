@@ -25,7 +25,8 @@ The rules (:class:`Rule`), in the order they are checked:
                   the viewer's admit the candidate (profiles); a preference that cannot be
                   confirmed (viewer's gender or age unknown) excludes
 ``exposure_cap``  never an item over its exposure cap (in the engine: the ``_capped`` list;
-                  in process only when a cap list is known — see ``capped_ids``)
+                  in process the items whose impressions known to the process reach their
+                  cap — ``serving._caps`` — and the fallback's cap list: ``capped_ids``)
 
 Without a member (anonymous ``similar``/``search``) only ``available``, ``seen`` (the caller's
 exclusions) and ``exposure_cap`` apply.
@@ -270,7 +271,9 @@ class HardRules:
 class HardRulesFilter:
     """The filters stage: drops every candidate :attr:`CandidatePlan.rules` forbids. The
     engine applied the same rules already, so anything dropped here is logged (a template
-    that lost a rule, or an index behind its source)."""
+    that lost a rule, or an index behind its source) — but for ``exposure_cap``: the items
+    this process knows reached their cap since the engine's cap list last changed
+    (``serving._caps``) are expected."""
 
     name: str = "hard_rules"
 
@@ -286,5 +289,6 @@ class HardRulesFilter:
                 dropped[rule.value] += 1
         if dropped:
             plan.filtered.update(dropped)
-            log.warning("hard rules dropped engine hits for %s: %s", plan.user_id, dict(dropped))
+        if unexpected := {r: n for r, n in dropped.items() if r != Rule.EXPOSURE_CAP}:
+            log.warning("hard rules dropped engine hits for %s: %s", plan.user_id, unexpected)
         return kept

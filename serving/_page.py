@@ -18,6 +18,13 @@ page is taken from the checked items that passed, in order (explored: drawn from
 log holds the page's propensities and pool, not a "deterministic" page the coin never chose):
 a shorter page only when fewer passed, never an unchecked item.
 
+Then, after the re-read (the pick's last await), the page's items are checked against their
+exposure caps as this process knows them now (``caps``: ``serving._caps``) and, when none
+reached its cap, counted toward exposure in the same step of the event loop: no other request
+sees the page's impressions uncounted. An item that reached its cap while the request
+awaited (another request took its last impression) is dropped like a re-check drop and the
+page picked again; the page cut to the checked survivors is checked the same way.
+
 A member's request whose re-read fails fails (it read the member from MongoDB already; the
 API degrades it). An anonymous request (``similar``/``search`` without a member: the only
 item rule is availability) keeps the engine's copy when MongoDB cannot be read, with a
@@ -33,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,6 +60,7 @@ __all__ = [
     "LOOKAHEAD",
     "MAX_ROUNDS",
     "Page",
+    "PageCheck",
     "Recheck",
     "StoreRecheck",
     "pick_page",
@@ -116,12 +125,22 @@ class StoreRecheck:
         return broken
 
 
+class PageCheck(Protocol):
+    """The exposure caps of one page (``serving._caps.PageCaps``): the ids that reached
+    their cap now, and the page counted toward exposure (whether it was)."""
+
+    def reached(self, ids: Sequence[str]) -> set[str]: ...
+
+    def take(self, ids: Sequence[str]) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Page:
     rows: np.ndarray  # batch rows shown, in order
     scores: np.ndarray  # their scores
     exploration: Exploration | None
-    dropped: Counter[str]  # rule → items the re-check dropped
+    dropped: Counter[str]  # rule → items the re-check (and the caps' check) dropped
+    counted: bool = False  # counted toward exposure when picked (``PageCheck.take``)
 
 
 async def pick_page(
@@ -130,43 +149,71 @@ async def pick_page(
     rules: HardRules,
     explorer: Explorer | None = None,
     recheck: Recheck | None = None,
+    caps: PageCheck | None = None,
 ) -> Page:
     """The page of ``k`` rows from the reranked order: its top, or an explored draw when
     ``explorer`` is given and its coin says so (tossed once per request), every row
-    re-checked by ``recheck`` (see the module docstring)."""
+    re-checked by ``recheck`` and, after that, against ``caps`` (see the module docstring)."""
     order, ids = result.order, result.batch.ids
     drawer = explorer if explorer is not None and explorer.explores() else None
     keep = np.ones(order.shape[0], dtype=bool)
     passed: set[int] = set()
     dropped: Counter[str] = Counter()
-    rows, exploration = order[:k], None
     for _ in range(MAX_ROUNDS):
         live = order[keep]
         rows, exploration = _pick(live, k, drawer)
         todo = [r for r in rows.tolist() if r not in passed]
-        if recheck is None or not todo:
-            break
-        if dropped:  # the store changed under the engine's copy: read ahead
-            ahead = _ahead(live, k, exploration).tolist()
-            todo = [r for r in dict.fromkeys([*todo, *ahead]) if r not in passed]
-        try:
-            broken = await recheck(rules, [ids[r] for r in todo])
-        except BackendError as exc:
-            if rules.member:
-                raise
-            log.warning("anonymous page served on the engine's copy: %s", exc)
-            break
-        passed.update(r for r in todo if ids[r] not in broken)
-        if not broken:
-            break
+        broken: dict[int, Rule] = {}
+        if recheck is not None and todo:
+            if dropped:  # the store changed under the engine's copy: read ahead
+                ahead = _ahead(live, k, exploration).tolist()
+                todo = [r for r in dict.fromkeys([*todo, *ahead]) if r not in passed]
+            try:
+                got = await recheck(rules, [ids[r] for r in todo])
+            except BackendError as exc:
+                if rules.member:
+                    raise
+                log.warning("anonymous page served on the engine's copy: %s", exc)
+                recheck, got = None, {}
+            passed.update(r for r in todo if ids[r] not in got)
+            broken = {r: got[ids[r]] for r in todo if ids[r] in got}
+            if broken:
+                log.info("re-check dropped %s (the engine's copy trails the store)", got)
+        if not broken and not (broken := _capped(caps, ids, rows)):
+            return _page(result, rows, exploration, dropped, caps, ids)  # no await since
         dropped.update(rule.value for rule in broken.values())
-        log.info("re-check dropped %s (the engine's copy trails the store)", broken)
-        keep &= ~np.isin(order, [r for r in todo if ids[r] in broken])
-    else:  # every pick dropped something: the page from the checked survivors, in order
-        survivors = np.array([r for r in order[keep].tolist() if r in passed], dtype=order.dtype)
-        rows, exploration = _pick(survivors, k, drawer)
-    at = {int(r): p for p, r in enumerate(order.tolist())}
-    return Page(rows, result.scores[[at[int(r)] for r in rows.tolist()]], exploration, dropped)
+        keep &= ~np.isin(order, list(broken))
+    # every pick dropped something: the page from the checked survivors, in order
+    survivors = [r for r in order[keep].tolist() if recheck is None or r in passed]
+    while True:  # no await: the caps as they are now
+        rows, exploration = _pick(np.array(survivors, dtype=order.dtype), k, drawer)
+        if not (broken := _capped(caps, ids, rows)):
+            return _page(result, rows, exploration, dropped, caps, ids)
+        dropped.update(rule.value for rule in broken.values())
+        survivors = [r for r in survivors if r not in broken]
+
+
+def _capped(caps: PageCheck | None, ids: Sequence[str], rows: np.ndarray) -> dict[int, Rule]:
+    """The rows of the page whose items reached their exposure cap (``caps``) now."""
+    if caps is None or not rows.size:
+        return {}
+    at_cap = caps.reached([ids[r] for r in rows.tolist()])
+    return {r: Rule.EXPOSURE_CAP for r in rows.tolist() if ids[r] in at_cap}
+
+
+def _page(
+    result: RerankResult,
+    rows: np.ndarray,
+    exploration: Exploration | None,
+    dropped: Counter[str],
+    caps: PageCheck | None,
+    ids: Sequence[str],
+) -> Page:
+    """The page picked, counted toward exposure by ``caps`` in the same step as its check."""
+    counted = caps is not None and caps.take([ids[r] for r in rows.tolist()])
+    at = {int(r): p for p, r in enumerate(result.order.tolist())}
+    scores = result.scores[[at[int(r)] for r in rows.tolist()]]
+    return Page(rows, scores, exploration, dropped, counted)
 
 
 def _pick(

@@ -44,6 +44,7 @@ from opendisco.signals import (
 
 from ._artifacts import Artifacts
 from ._assembly import default_parts
+from ._caps import ExposureCaps
 from ._explore import EXPLORED_SURFACES, Explorer
 from ._filters import HardRules
 from ._page import StoreRecheck, pick_page
@@ -88,12 +89,14 @@ class Discovery:
         self.artifacts = artifacts if artifacts is not None else Artifacts.from_settings(settings)
         self.reranker = Reranker(self.artifacts.rerank, self.artifacts.scorer)
         self.exposure = ExposureStore(os_client, settings)
-        self.copies = SignalCopies.from_settings(self.exposure, db, settings)  # API: .run()
+        self.writes = Writes(settings, os_client, db, self.exposure)
+        self.served = self.writes.served  # served impressions not flushed yet
+        self.copies = SignalCopies.from_settings(self.exposure, db, settings, self.served)
         self.features = FeatureStore(settings, os_client, db, copies=self.copies)
         self.states = UserStateStore(db)
         self.pacing = PacingController(settings, db, self.exposure)
-        self.writes = Writes(settings, os_client, db, self.exposure)
-        self.served = self.writes.served  # served impressions not flushed yet
+        #: caps this process knows reached (``_caps``; the API sets ``count``: pages counted)
+        self.caps = ExposureCaps(self.copies.exposure)
         self.blocks = BlockStore(db)
         self.parts = (
             parts
@@ -189,6 +192,7 @@ class Discovery:
         await self.ensure()
         cs, ms = await run_sources(self.parts.sources, plan)
         plan.timings_ms["candidates_ms"] = ms
+        self.caps.apply(plan, cs.candidates)  # the caps this process knows reached
         for f in self.parts.filters:
             cs.candidates = f.keep(plan, cs.candidates)
         return cs
@@ -202,7 +206,7 @@ class Discovery:
         try:
             cs = await self.candidates(plan)
             if not cs.candidates:  # nothing eligible: an answer (empty), not a failure
-                empty = self._empty(plan, cs)
+                empty = Recommendations.empty(plan, cs, (plan.artifacts or self.artifacts).name)
                 for effect in self.parts.side_effects:
                     effect.after(plan, empty)
                 return empty
@@ -234,7 +238,9 @@ class Discovery:
         explorer = self.explorer if plan.user_id and explorable and not explain else None
         plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         t3 = time.perf_counter()
-        page = await pick_page(result, k, plan.rules, explorer, self.recheck)
+        caps = self.caps.page(cs.candidates)  # checked and counted after the last await
+        page = await pick_page(result, k, plan.rules, explorer, self.recheck, caps)
+        # nothing below awaits: the page counted (``page.counted``) is the one answered
         rows, scores, exploration = page.rows, page.scores, page.exploration
         for rule, n in page.dropped.items():  # added to what the filters counted
             plan.filtered[rule] = plan.filtered.get(rule, 0) + n
@@ -270,24 +276,11 @@ class Discovery:
             explored=exploration is not None,
             served=served,
             rechecked=dict(page.dropped),
+            counted=page.counted,
         )
         for effect in self.parts.side_effects:
             effect.after(plan, recs)
         return recs
-
-    def _empty(self, plan: CandidatePlan, cs: CandidateSet) -> Recommendations:
-        timings = {**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())}
-        return Recommendations(
-            items=[],
-            degraded=cs.degraded,
-            version=f"{cs.template_version}+{(plan.artifacts or self.artifacts).name}",
-            surface=plan.request.surface,
-            explain={"surface": plan.request.surface, "candidates": 0, "filtered": plan.filtered}
-            if plan.request.explain
-            else None,
-            timings_ms=timings,
-            candidate_set=cs if plan.request.explain else None,
-        )
 
     # -- surfaces -------------------------------------------------------------------------
     async def recommend(

@@ -117,8 +117,26 @@ class Recommendations:
     explored: bool = False
     #: what the ranker saw (feature rows, shown rows, propensities): the log side effect's input
     served: ServedList | None = field(default=None, repr=False)
-    #: rule → items the page's re-check against MongoDB dropped (``_page``)
+    #: rule → items the page's re-check against MongoDB (and its caps' check) dropped
     rechecked: dict[str, int] = field(default_factory=dict)
+    #: the page was counted toward exposure when it was picked (``_caps``): not again
+    counted: bool = False
+
+    @classmethod
+    def empty(cls, plan: CandidatePlan, cs: CandidateSet, artifacts: str) -> Recommendations:
+        """The answer of a request with no eligible candidate (``artifacts``: their name)."""
+        explain = plan.request.explain
+        return cls(
+            items=[],
+            degraded=cs.degraded,
+            version=f"{cs.template_version}+{artifacts}",
+            surface=plan.request.surface,
+            explain={"surface": plan.request.surface, "candidates": 0, "filtered": plan.filtered}
+            if explain
+            else None,
+            timings_ms={**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())},
+            candidate_set=cs if explain else None,
+        )
 
     @property
     def ids(self) -> list[str]:

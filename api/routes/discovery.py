@@ -60,7 +60,8 @@ def _respond(
     next_cursor = None
     if served_before is not None:
         next_cursor = rt.cursors.encode(user_id or "", surface, [*served_before, *ids])
-    rt.discovery.record_served(answer.items)  # exposure of the members shown (batched)
+    if not answer.counted:  # the pipeline counts its pages when it picks them (serving._caps)
+        rt.discovery.record_served(answer.items)  # exposure of the members shown (batched)
     log = rt.discovery.served_log
     if log is not None and not answer.logged:  # the fallback's lists are logged here
         n = len(ids)
