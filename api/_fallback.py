@@ -15,7 +15,9 @@ the member in process with the one definition of the hard rules
    listed items' impressions read with it plus those this process served since, written to
    the counters after that read or not yet (``Discovery.served``: its served answers and the
    fallback's own count toward the caps; ``signals.KnownImpressions``, the one definition the
-   served pipeline checks too); when
+   served pipeline checks too) — again once the answer is picked, when it is counted at
+   once (no await between: two answers in flight cannot both take an item's last
+   impression); when
    the cap list is older than two refresh periods ``exposure_cap`` is named in
    ``degraded_rules`` (the one rule a degraded answer may check on stale data: other
    processes' answers are not seen).
@@ -103,6 +105,8 @@ class FallbackAnswer:
     source: str  # "segments" | "mongo"
     #: hard rules checked on stale data or not at all (see the module docstring)
     degraded_rules: list[str] = field(default_factory=list)
+    #: counted toward exposure when picked (``Discovery.record_served``): not again
+    counted: bool = False
 
 
 @dataclass
@@ -278,8 +282,13 @@ class Fallback:
                 now = fresh.get(r.id)
                 if now is not None and rules.allows(r.id, now):
                     picked.append(replace(r, item={**r.item, **now}))
+        # after the last await: the caps as they are now, and the answer counted at once (two
+        # degraded answers in flight must not both take an item's last impression)
+        near = self._served_to_cap(picked)
+        picked = [r for r in picked if r.id not in near]
         if not picked:
             raise Overloaded("no safe degraded answer for this member", 2.0)
         unchecked = [] if capped is not None and caps_fresh else [Rule.EXPOSURE_CAP.value]
         items = [to_served(r) for r in picked[:k]]
-        return FallbackAnswer(items, version, source, unchecked)
+        self.discovery.record_served(items)
+        return FallbackAnswer(items, version, source, unchecked, counted=True)

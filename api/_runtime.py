@@ -166,4 +166,5 @@ class Runtime:
             version=fb.template_version,
             degraded=True,
             degraded_rules=fb.degraded_rules,
+            counted=fb.counted,
         )

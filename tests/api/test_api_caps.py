@@ -15,8 +15,8 @@ import contextlib
 from typing import Any
 
 import pytest
-from api_support import h, serve
-from test_api_safety import namespaced
+from api_support import h, proxied, serve
+from test_api_safety import _ready, namespaced
 
 from opendisco import Settings, clients
 from opendisco.api import create_key
@@ -26,7 +26,11 @@ CAP = 3
 COUNTED = 2  # impressions in the counters before the members ask: room for one more
 MEMBERS = 10
 #: the capped item of each test, and the gender its members and it want (nobody else's)
-GROUPS = {"seq": ("cap-seq", "g-seq"), "conc": ("cap-conc", "g-conc")}
+GROUPS = {
+    "seq": ("cap-seq", "g-seq"),
+    "conc": ("cap-conc", "g-conc"),
+    "deg": ("cap-deg", "g-deg"),
+}
 
 
 def _profile(pid: str, gender: str, popularity: float, **kw: Any) -> dict[str, Any]:
@@ -170,3 +174,36 @@ async def test_members_all_at_once_see_an_item_at_most_its_cap(
         asks = [_shown(client, key, f"conc{i}", capped) for i in range(MEMBERS)]
         shown = await asyncio.gather(*asks)
         assert sum(shown) == CAP - COUNTED, shown
+
+
+async def test_degraded_answers_all_at_once_show_an_item_at_most_its_cap(
+    caps_settings: Settings, caps_catalogue: dict[str, Any]
+) -> None:
+    """The engine killed, ten members ask at once: the fallback's answers count toward the
+    cap too, each checked and counted once it is picked. (Checked only before the answer's
+    store reads and counted when the API answered, all ten showed it.)"""
+    capped, _ = GROUPS["deg"]
+    key = caps_catalogue["keys"]["read"]
+    os_proxy, _, settings = await proxied(
+        caps_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            lists = client.app.state.runtime.fallback.lists
+            for _ in range(100):  # a refresh that read the item's impressions
+                if (lists.snapshot.counts or {}).get(capped) == COUNTED:
+                    break
+                await asyncio.sleep(0.1)
+            assert (lists.snapshot.counts or {}).get(capped) == COUNTED
+            await os_proxy.kill()
+            url = "/v1/users/deg{}/recommendations?k=10"
+            resps = await asyncio.gather(
+                *(client.get(url.format(i), headers=h(key)) for i in range(MEMBERS))
+            )
+            bodies = [r.json() for r in resps if r.status_code == 200]
+            assert len(bodies) == MEMBERS and all(b["degraded"] for b in bodies)
+            shown = [capped in [it["id"] for it in b["items"]] for b in bodies]
+            assert sum(shown) == CAP - COUNTED, shown
+    finally:
+        await os_proxy.close()
