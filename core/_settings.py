@@ -511,8 +511,10 @@ class Settings(BaseSettings):
         ge=0,
         description="How often each API process reads the exposure counters, inbound "
         "attention and member tastes written since its last read into its own copies, which "
-        "the reranker's features read instead of the stores per request (s; 0: read the "
-        "stores per request).",
+        "the reranker's features read instead of the stores per request, and which the "
+        "exposure-cap check of each request reads beside this process's own impressions "
+        "(s; 0: read the stores per request; caps: the engine's list and this process's "
+        "impressions not yet read, alone).",
     )
     graph_cache_s: float = Field(
         30.0,
