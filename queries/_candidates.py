@@ -59,7 +59,7 @@ class CandidateRequest:
     exposure_caps: bool = True  # exclude items over their exposure cap
     template: Template | None = None  # a version/draft of ``surface`` (None: the shipped file)
     #: fields every hit's ``_source`` carries whatever a template's ``_source`` says (the
-    #: served pipeline's in-process hard rules read them: ``opendisco.serving.RULE_FIELDS``)
+    #: served pipeline's in-process hard rules read them: ``serving._filters.HIT_FIELDS``)
     keep_fields: tuple[str, ...] = ()
 
 

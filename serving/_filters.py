@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGE_DOMAIN",
+    "HIT_FIELDS",
     "RULE_FIELDS",
     "HardRules",
     "HardRulesFilter",
@@ -80,6 +81,11 @@ RULE_FIELDS = (
     "pref_age_min",
     "pref_age_max",
 )
+#: the fields every candidate hit carries whatever its template's ``_source`` says: the rule
+#: fields and the item's own ``exposure_cap``, which the in-process cap check reads from the
+#: hit (``serving._caps``; trimmed away, the default cap applied: 10 of 10 members were shown
+#: an item with its own cap of 3)
+HIT_FIELDS = (*RULE_FIELDS, "exposure_cap")
 
 
 def stored_rule_fields(doc: Mapping[str, Any]) -> dict[str, Any]:

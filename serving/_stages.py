@@ -57,7 +57,7 @@ from opendisco.signals import (
 from ._artifacts import Artifacts
 from ._explore import Exploration
 from ._features import FeatureHydrator
-from ._filters import RULE_FIELDS, HardRules
+from ._filters import HIT_FIELDS, HardRules
 from ._types import CandidatePlan, Ranking, Recommendations, candidate_k
 
 __all__ = [
@@ -199,7 +199,7 @@ class RequestBuilder:
         params = self.params if art is None else art.params
         templates = self.templates if art is None else art.templates
         plan.request.template = templates.get(plan.request.surface)
-        plan.request.keep_fields = RULE_FIELDS  # a template's _source cannot hide them
+        plan.request.keep_fields = HIT_FIELDS  # a template's _source cannot hide them
         plan.request.params = {
             **params_for(params, plan.request.surface, plan.request.template),
             **plan.rules.engine_params(),

@@ -30,6 +30,7 @@ GROUPS = {
     "seq": ("cap-seq", "g-seq"),
     "conc": ("cap-conc", "g-conc"),
     "deg": ("cap-deg", "g-deg"),
+    "tpl": ("cap-tpl", "g-tpl"),
 }
 
 
@@ -207,3 +208,47 @@ async def test_degraded_answers_all_at_once_show_an_item_at_most_its_cap(
             assert sum(shown) == CAP - COUNTED, shown
     finally:
         await os_proxy.close()
+
+
+def _trimmed(surface: str) -> Any:
+    """The shipped template of ``surface`` whose hits carry only what its author listed (a
+    template version or an arm's file may trim ``_source``): no ``exposure_cap``."""
+    import json
+
+    from opendisco.ingest import PACKED_FIELD
+    from opendisco.queries import load, template_from_doc
+
+    raw = json.loads(json.dumps(load(surface).raw))
+    for source in raw["sources"].values():
+        source["body"]["_source"] = {"includes": ["title", "tags", "popularity", PACKED_FIELD]}
+    return template_from_doc(surface, raw, label="trimmed")
+
+
+async def test_a_template_that_trims_source_keeps_the_items_own_cap(
+    caps_settings: Settings, caps_catalogue: dict[str, Any], model: Any
+) -> None:
+    """An experiment arm's or a promoted template version's ``_source`` without
+    ``exposure_cap``: the check read the hit's field, found none, and applied
+    ``exposure_default_cap`` (200) — the item with its own cap 3 went to every member."""
+    from opendisco.serving import Artifacts
+
+    capped, _ = GROUPS["tpl"]
+    key = caps_catalogue["keys"]["read"]
+    os_client = clients.async_opensearch(caps_settings)
+    mongo = clients.mongo_async(caps_settings)
+    templates = {s: _trimmed(s) for s in ("for_you", "cold_start")}
+    disc = Discovery(
+        caps_settings,
+        os_client,
+        mongo[caps_settings.mongo_db],
+        model=model,
+        artifacts=Artifacts(templates=templates),
+    )
+    try:
+        async with serve(caps_settings, disc) as client:
+            await _copy_read(client, capped)
+            shown = [await _shown(client, key, f"tpl{i}", capped) for i in range(MEMBERS)]
+            assert sum(shown) == CAP - COUNTED, shown
+    finally:
+        await os_client.close()
+        await mongo.close()
