@@ -239,15 +239,17 @@ class Fallback:
         answers since the refresh, cap a member while the counters cannot be read. (Counting
         only those not yet written, the answers served with the engine up between the refresh
         and the outage were counted nowhere: a member this process had shown up to its cap
-        was shown again, ``exposure_cap`` not named.)"""
+        was shown again, ``exposure_cap`` not named.) With no counts read (the engine down
+        since start-up), this process's own impressions not yet read alone, as on the served
+        path without a copy (returning none, every degraded answer showed the item)."""
         snap = self.lists.snapshot
-        if snap is None or snap.counts is None:
-            return frozenset()
-        counts = snap.counts
+        read = snap.counts if snap is not None else None
+        counts = read if read is not None else {}
+        window = snap.served_window if snap is not None and read is not None else 0
         known = KnownImpressions(
             lambda i: counts.get(i, 0),
             self.discovery.served,
-            snap.served_window,
+            window,
             self.discovery.settings.exposure_default_cap,
         )
         return frozenset(known.reached((r.id, r.item.get("exposure_cap")) for r in pool))

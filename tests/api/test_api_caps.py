@@ -31,6 +31,7 @@ GROUPS = {
     "conc": ("cap-conc", "g-conc"),
     "deg": ("cap-deg", "g-deg"),
     "tpl": ("cap-tpl", "g-tpl"),
+    "cold": ("cap-cold", "g-cold"),
 }
 
 
@@ -252,3 +253,31 @@ async def test_a_template_that_trims_source_keeps_the_items_own_cap(
     finally:
         await os_client.close()
         await mongo.close()
+
+
+async def test_a_process_started_with_the_engine_down_counts_its_degraded_answers(
+    caps_settings: Settings, caps_catalogue: dict[str, Any]
+) -> None:
+    """The engine down since start-up: no list refreshed, no counts read, the answers are the
+    most popular items MongoDB holds. The counters cannot be read, but this process's own
+    answers count (as on the served path without a copy): the item is shown at most its cap
+    by this process. (With no snapshot counts the fallback counted nothing: 10 of 10.)"""
+    capped, _ = GROUPS["cold"]
+    key = caps_catalogue["keys"]["read"]
+    os_proxy, _, settings = await proxied(
+        caps_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    await os_proxy.kill()
+    try:
+        async with serve(settings) as client:
+            url = "/v1/users/cold{}/recommendations?k=10"
+            resps = await asyncio.gather(
+                *(client.get(url.format(i), headers=h(key)) for i in range(MEMBERS))
+            )
+            bodies = [r.json() for r in resps if r.status_code == 200]
+            assert len(bodies) == MEMBERS, [r.text for r in resps]
+            assert all(b["template_version"] == "fallback-popular" for b in bodies)
+            shown = [capped in [it["id"] for it in b["items"]] for b in bodies]
+            assert sum(shown) == CAP, shown  # its own impressions alone: the counters unread
+    finally:
+        await os_proxy.close()
