@@ -8,8 +8,9 @@ concurrency 4 on 2 cores, ``bench/api_stages.py``). A :class:`LocalCopy` makes e
 lookup:
 
 * :meth:`LocalCopy.refresh` reads the rows written (a ``touched`` timestamp set by every
-  writer, on the writer's clock) since its previous read began, minus ``overlap_ms`` (the
-  engine refreshes every second; a write lands some time after its clock reading);
+  writer, on the writer's clock — the exposure counters': the engine's, when it applies the
+  write) since its previous read began, minus ``overlap_ms`` (the engine refreshes every
+  second; a write lands some time after its clock reading);
 * every ``full_every_s`` it reads them all instead and replaces the copy: rows written
   without the timestamp (by older code), a write in flight longer than the overlap, clocks
   further apart than it, deleted rows;

@@ -11,6 +11,7 @@ __all__ = [
     "COUNT_SCRIPT",
     "MARKS_KEPT",
     "MARK_PROPERTIES",
+    "TOUCHED",
     "count_pairs",
     "marked",
     "once_per_mark",
@@ -46,6 +47,13 @@ def once_per_mark(body: str) -> str:
     return f"if ({seen}) {{ ctx.op = 'noop'; }} else {{{body}{_MARK_SCRIPT}}}"
 
 
+#: a counter's ``touched_at`` (what the copies' incremental reads select by): the engine's clock
+#: when the write is applied (``ctx._now``), not the writer's ``params.now`` — a write the
+#: engine applied seconds after its writer began (a paused node, a full write queue) was older
+#: than every later read's overlap: the copy never read it, and the process that served those
+#: impressions forgot them ``visible_s`` after the write (an item at its cap shown again)
+TOUCHED = "ctx._source.touched_at = ctx._now;"
+
 # one counter document per item: tumbling window, then add; report whether it is at its cap
 COUNT_SCRIPT = once_per_mark(
     """
@@ -54,7 +62,9 @@ if (ctx._source.window_start == null || params.now - ctx._source.window_start >=
   ctx._source.count = 0;
 }
 ctx._source.count += params.n;
-ctx._source.touched_at = params.now;
+"""
+    + TOUCHED
+    + """
 ctx._source.cap = params.cap;
 if (ctx._source.paced == null || ctx._source.paced_at == null) {
   ctx._source.paced = 0.0; ctx._source.paced_at = params.now;

@@ -3,7 +3,9 @@ for the reranker's exposure features: impressions in the window, paced exposure 
 trend of every candidate, read from a dict instead of one engine search per request (that
 search queued behind the candidate k-NN searches: p50 17–28 ms at concurrency 4 on 2 cores).
 Rows are read from doc values in pages of 1,000 (a page's parsing holds the event loop
-~2–3 ms, not ~15), by ``touched_at``, which every counter script sets.
+~2–3 ms, not ~15), by ``touched_at``, which every counter script sets to the engine's clock
+when it applies the write (``_counting.TOUCHED``: a write applied seconds after its writer
+began is still read, not only by the full read every five minutes).
 
 The copy also tells the served pipeline which candidates this process knows reached their
 exposure cap (:meth:`ExposureMirror.known`, the one definition in ``signals._caps``): the

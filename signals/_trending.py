@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from ._counting import marked, once_per_mark
+from ._counting import TOUCHED, marked, once_per_mark
 
 __all__ = [
     "TREND_PROPERTIES",
@@ -50,8 +50,8 @@ if (params.at > ref) {
 } else {
   ctx._source.trend = ctx._source.trend + params.w * Math.pow(2.0, (params.at - ref) / hl);
 }
-ctx._source.touched_at = params.now;
 """
+    + TOUCHED
 )
 
 # the decayed value of a counter at params.now (0 outside the window)
@@ -106,8 +106,9 @@ def trend_update_actions(
     mark: str | None = None,
 ) -> list[dict[str, Any]]:
     """Pure: the ``_bulk`` body adding :func:`trend_increments` to the counter documents (one
-    scripted upsert per item; ``now_ms``: when written, the copies' ``touched_at``; ``mark``
-    kept on each, as the exposure counts keep theirs)."""
+    scripted upsert per item; ``now_ms``: when written, on the writer's clock — the copies'
+    ``touched_at`` is the engine's, ``_counting.TOUCHED``; ``mark`` kept on each, as the
+    exposure counts keep theirs)."""
     body: list[dict[str, Any]] = []
     for item_id, (at, w) in sorted(incs.items()):
         params = marked({"at": at, "w": w, "half_life": half_life_ms, "now": now_ms}, mark)

@@ -152,3 +152,44 @@ async def test_reads_page_through_every_counter(store: ExposureStore) -> None:
     rows = await scan_counters(store, page=2)
     assert rows is not None and sorted(rows) == [f"i{n}" for n in range(7)]
     assert await scan_counters(store, page=2, limit=6) is None
+
+
+async def test_a_flush_the_engine_wrote_late_is_still_known(store: ExposureStore) -> None:
+    """The engine took a flush's write seconds after the flush began (the writer's
+    connection held; a full write queue does the same) while it kept answering the copy's
+    reads. The counter's ``touched_at`` was the flush's start, older than any later read's
+    overlap: the copy never read the new count, and once the write was ``visible_s`` old this
+    process no longer knew its own impression (known 0, counted 1) — an item at its cap was
+    shown again."""
+    from urllib.parse import urlsplit
+
+    from tcp_faults import TcpProxy
+
+    from opendisco.signals import ServedExposure
+
+    target = urlsplit(store.settings.opensearch_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
+    await proxy.start()
+    slow = clients.async_opensearch(store.settings.model_copy(update={"opensearch_url": proxy.url}))
+    clock = Clock()
+    served = ServedExposure(ExposureStore(slow, store.settings), 3600.0, clock=clock)
+    mirror = ExposureMirror(store, every_s=0.5, max_items=100, served=served)
+    try:
+        await mirror.refresh()
+        served.add(["late"])
+        proxy.pause()  # the flush's write waits; the copy's reads are answered
+        flush = asyncio.ensure_future(served.flush(pace=False))
+        for _ in range(9):
+            await asyncio.sleep(0.5)
+            await mirror.refresh()
+        await proxy.resume()
+        await flush
+        assert (await store.counts(["late"]))["late"] == 1  # written, late
+        for _ in range(10):  # reads after the write became visible, ``visible_s`` and on
+            await asyncio.sleep(0.5)
+            clock.t += 0.5
+            await mirror.refresh()
+        assert mirror.known().of("late") == 1
+    finally:
+        await proxy.close()
+        await slow.close()
