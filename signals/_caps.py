@@ -32,9 +32,11 @@ def item_cap(own: Any, default: int) -> int:
 
 def window_count(count: Any, window_start: Any, now_ms: int, window_ms: int) -> int:
     """Pure: a counter's impressions in its current window at ``now_ms``: 0 once the window
-    ``window_start`` opened has ended (the next impression opens a new one, from 0)."""
+    ``window_start`` opened has ended (the next impression opens a new one, from 0). A window
+    that opened after ``now_ms`` (its writer's clock ahead of this one) is current: read as
+    ended, its impressions were forgotten by the cap check until this clock caught up."""
     age = now_ms - int(window_start or 0)
-    return int(count or 0) if 0 <= age < window_ms else 0
+    return int(count or 0) if age < window_ms else 0
 
 
 class ServedSince(Protocol):
