@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from api_support import h, serve
 
 from opendisco import Settings
-from opendisco.api import create_key
+from opendisco.api import RateLimiter, create_key
 
 READS = [
     ("GET", "/v1/users/u1/recommendations", None),
@@ -116,7 +115,13 @@ async def test_request_id_is_echoed_or_generated(api: Any, keys: dict[str, str])
 async def test_per_key_rate_limit_is_429_with_retry_after(
     api: Any, api_settings: Settings, mongo_db: Any
 ) -> None:
-    # default rate 10k/s (burst 10k); this key's own rate 2/s gets a burst of 2
+    # default rate 10k/s (burst 10k); this key's own rate 2/s gets a burst of 2. The app's
+    # limiter reads a clock the test moves: on the wall clock every request (a key read from
+    # the store) refilled the bucket, and a slow store made the 429s 422s
+    now = [1_000_000.0]
+    api.app.state.runtime.rate = RateLimiter(
+        api_settings.api_rate_limit, api_settings.api_rate_burst, clock=lambda: now[0]
+    )
     slow, _ = create_key(mongo_db, "test-slow", ["read"], rate_limit=2.0)
     other, _ = create_key(mongo_db, "test-other", ["read"], rate_limit=2.0)
     bad = "/v1/users/u1/recommendations?k=0"  # 422 after auth: exercises the bucket only
@@ -126,7 +131,7 @@ async def test_per_key_rate_limit_is_429_with_retry_after(
     _assert_error(resp, 429, "RateLimited")
     assert int(resp.headers["Retry-After"]) >= 1
     assert (await api.get(bad, headers=h(other))).status_code == 422  # buckets are per key
-    await asyncio.sleep(0.55)  # one token refills at 2/s
+    now[0] += 0.5  # one token refills at 2/s
     assert (await api.get(bad, headers=h(slow))).status_code == 422
     assert (await api.get(bad, headers=h(slow))).status_code == 429
     metrics = (await api.get("/metrics")).text
