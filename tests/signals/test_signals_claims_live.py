@@ -282,11 +282,17 @@ async def test_claim_expiring_while_waited_for_is_recovered(
 
 
 class _SlowExposure(ExposureStore):
-    """The real exposure store, taking ``delay_s`` longer per write (a slow holder)."""
+    """The real exposure store, taking ``delay_s`` longer per write (a slow holder);
+    ``entered`` is set once a write has begun (its caller holds its claims by then)."""
 
     delay_s = 8.0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entered = asyncio.Event()
+
     async def record(self, counts: Any, now: datetime | None = None, **kw: Any) -> list[str]:
+        self.entered.set()
         await asyncio.sleep(self.delay_s)
         return await super().record(counts, now=now, **kw)
 
@@ -298,13 +304,16 @@ async def test_slow_holder_renews_its_claims(
     # reports duplicates, nothing is applied twice (a loaded machine stalls the loop for ~1 s
     # and FerretDB writes for as long, so the lease keeps a margin of two renewals)
     s = _waits(claims_settings, lease=3.0)
-    slow = EventProcessor(s, claims_db, claims_os, exposure=_SlowExposure(claims_os, s))
+    exposure = _SlowExposure(claims_os, s)
+    slow = EventProcessor(s, claims_db, claims_os, exposure=exposure)
     fast = EventProcessor(s, claims_db, claims_os)
     counters = _Counters(fast, claims_db)
     batch = _batch(19)
     before = await counters.read()
     first = asyncio.ensure_future(slow.apply(batch))
-    await asyncio.sleep(0.3)  # the slow call holds every claim by now
+    # the slow call holds every claim once its effects have begun (claims are inserted
+    # before any effect; a fixed pause raced the reads and the claim insert on a busy store)
+    await asyncio.wait_for(exposure.entered.wait(), 60)
     second = await fast.apply(batch)
     res = await first
     assert (res.accepted, second.duplicates, second.recovered) == (30, 30, 0)
