@@ -5,7 +5,7 @@ those are read from their stores on every request."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["TTLCache"]
@@ -14,13 +14,16 @@ __all__ = ["TTLCache"]
 class TTLCache:
     """A small dict cache with per-entry expiry and a size bound (oldest evicted first)."""
 
-    def __init__(self, ttl_s: float, max_size: int = 50_000) -> None:
+    def __init__(
+        self, ttl_s: float, max_size: int = 50_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl_s
         self.max_size = max_size
+        self._clock = clock
         self._d: dict[str, tuple[float, Any]] = {}
 
     def get_many(self, keys: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-        now = time.monotonic()
+        now = self._clock()
         hit, miss = {}, []
         for k in keys:
             e = self._d.get(k)
@@ -31,7 +34,7 @@ class TTLCache:
         return hit, miss
 
     def put_many(self, values: dict[str, Any]) -> None:
-        exp = time.monotonic() + self.ttl
+        exp = self._clock() + self.ttl
         for k, v in values.items():
             self._d.pop(k, None)
             self._d[k] = (exp, v)

@@ -24,8 +24,9 @@ and not added again; concurrent batches never lose each other's increments (leas
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -139,11 +140,13 @@ class ItemGraph:
     lease_s = 60.0
     lock_wait_s = 30.0
 
-    def __init__(self, db: Any, *, cache_s: float = 0.0) -> None:
+    def __init__(
+        self, db: Any, *, cache_s: float = 0.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.coll = db[ITEM_EDGES]
         self.locks = db[ITEM_LOCKS]
         #: rows requests read, kept ``cache_s`` (an item without a row is kept as empty)
-        self._cache = TTLCache(cache_s) if cache_s > 0 else None
+        self._cache = TTLCache(cache_s, clock=clock) if cache_s > 0 else None
 
     async def add(
         self,

@@ -188,7 +188,10 @@ async def test_a_serving_graph_keeps_rows_it_read_and_its_writes_never_read_them
     the store, never from the cache, so no increment is lost behind a cached row."""
     a, b, c, none = (f"gc{uuid.uuid4().hex[:8]}" for _ in range(4))
     store = ItemGraph(clustered_db)
-    cached = ItemGraph(clustered_db, cache_s=0.5)
+    # the cache's clock is the test's: on the wall clock, a store slower than 0.5 s over the
+    # reads and writes below expired the rows the test expects kept
+    now = [1_000_000.0]
+    cached = ItemGraph(clustered_db, cache_s=0.5, clock=lambda: now[0])
     await store.add([(a, b, 1.0)])
     assert await cached.weights_of([a], [none]) == [{b: 1.0}, {}]
     await cached.add([(a, b, 1.0), (a, c, 1.0)])  # through the cached graph: from the store
@@ -196,7 +199,7 @@ async def test_a_serving_graph_keeps_rows_it_read_and_its_writes_never_read_them
     assert await cached.weights([a]) == {b: 1.0}  # the row it read, kept
     await store.add([(none, c, 1.0)])
     assert await cached.weights([none]) == {}  # no row was an answer too, kept
-    await asyncio.sleep(0.6)
+    now[0] += 0.6
     assert await cached.weights([a]) == {b: 2.0, c: 1.0}
     assert await cached.proximity([a, none], [c]) == {c: 2.0}
 
