@@ -510,3 +510,36 @@ def test_a_backend_failure_does_not_tell_the_client_its_hosts_or_indices() -> No
     exc = StoreBackendError("127.0.0.1:27017: [Errno 111] Connection refused (db opendisco)")
     body = error_response(exc, "rid-2").body.decode()
     assert "27017" not in body and "opendisco" not in body and "StoreBackendError" in body
+
+
+async def test_shutdown_stops_a_background_loop_that_swallowed_its_cancellation() -> None:
+    """The MongoDB driver can swallow a cancellation (an operation cancelled while its
+    connection fails returns instead; seen after a store outage). A background loop whose
+    one cancellation was swallowed ran on after the app's shutdown, on closed clients, for
+    the rest of the process (in the test session: through every later test)."""
+    from opendisco.api._app import stop_tasks
+
+    inside, swallowed, rounds = asyncio.Event(), [], [0]
+
+    async def store_call() -> None:
+        inside.set()
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed.append(True)  # the driver's way, once: the call just returns
+
+    async def background_loop() -> None:
+        while True:
+            await store_call()
+            rounds[0] += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(background_loop())
+    await inside.wait()  # the first cancellation lands inside the store call
+    assert await stop_tasks([task], timeout_s=5.0) == set()
+    assert swallowed and task.cancelled()
+    ended = rounds[0]
+    await asyncio.sleep(0.1)
+    assert rounds[0] == ended  # stopped for good
