@@ -11,12 +11,17 @@ not an outage. MongoDB clients get the URL as it is: a replica set's hosts are n
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import pymongo.asynchronous.pool
+import pymongo.asynchronous.topology
+import pymongo.lock
 from opensearchpy import AsyncOpenSearch, OpenSearch
 from opensearchpy.exceptions import SerializationError
 from opensearchpy.serializer import JSONSerializer
@@ -106,6 +111,32 @@ def _mongo_options(settings: Settings, kwargs: Mapping[str, Any]) -> dict[str, A
 def mongo(settings: Settings, **kwargs: Any) -> MongoClient[dict[str, Any]]:
     opts = _mongo_options(settings, kwargs)
     return MongoClient(settings.mongo_url, **opts)
+
+
+async def _condition_wait(condition: Any, timeout: float | None) -> bool:
+    """PyMongo's wait on a connection pool's or topology's condition (a checkout, a server
+    selection), timed with ``asyncio.timeout`` in the waiting task itself.
+
+    PyMongo waits with ``asyncio.wait_for``, which on Python 3.11 runs the wait in a task of
+    its own: when the waiting operation was cancelled twice (a deadline, then a shutdown)
+    before that task had taken the lock back, the caller released a lock it no longer held
+    ("Lock is not acquired") and the task then took it for good. Every later operation of
+    the client, and its close(), waited on that lock forever (seen in the test suite: an
+    API's shutdown after a store outage hung until the 600 s test timeout). Python 3.12's
+    wait_for has no such task."""
+    if timeout is None:
+        return bool(await condition.wait())
+    try:
+        async with asyncio.timeout(timeout):
+            return bool(await condition.wait())
+    except TimeoutError:
+        return False
+
+
+if sys.version_info < (3, 12):  # pragma: no branch (the project's Python is 3.11)
+    for _module in (pymongo.lock, pymongo.asynchronous.pool, pymongo.asynchronous.topology):
+        if hasattr(_module, "_async_cond_wait"):
+            _module._async_cond_wait = _condition_wait  # type: ignore[attr-defined]
 
 
 def mongo_async(settings: Settings, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:

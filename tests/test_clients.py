@@ -173,3 +173,36 @@ async def test_a_silent_cluster_keeps_its_nodes(settings: Settings) -> None:
             assert not client.transport.connection_pool.dead_count
         finally:
             await client.close()
+
+
+async def test_a_pool_wait_cancelled_twice_gives_its_lock_back() -> None:
+    """PyMongo's wait on a pool or topology condition (``_async_cond_wait``), cancelled once
+    and again before it took the lock back (a deadline, then a shutdown), while another
+    operation held the lock. With Python 3.11's ``asyncio.wait_for`` the lock stayed taken
+    by nobody: the client's every later operation and its close() waited forever."""
+    import pymongo.asynchronous.pool
+    from pymongo._asyncio_lock import Condition, Lock
+
+    lock = Lock()
+    cond = Condition(lock)
+    other_done = asyncio.Event()
+
+    async def waiting_operation() -> None:
+        async with lock:
+            await pymongo.asynchronous.pool._async_cond_wait(cond, 10.0)
+
+    async def other_operation() -> None:
+        async with lock:
+            await other_done.wait()
+
+    waiting = asyncio.create_task(waiting_operation())
+    await asyncio.sleep(0.01)  # waiting on the condition (the lock released meanwhile)
+    other = asyncio.create_task(other_operation())
+    await asyncio.sleep(0.01)  # another operation holds the lock
+    waiting.cancel()
+    await asyncio.sleep(0.01)  # the wait must take the lock back before it ends
+    waiting.cancel()
+    other_done.set()  # cancelled again just as the other operation ends
+    results = await asyncio.gather(waiting, other, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError) and results[1] is None, results
+    assert not lock.locked()  # nobody holds it: free
