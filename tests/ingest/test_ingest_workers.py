@@ -144,7 +144,8 @@ def test_two_workers_kill_9_three_times_under_a_writer(
     finally:
         stop.set()
         writer.join()
-    time.sleep(s.sync_lease_seconds + 3)  # the survivor takes the dead one's partitions...
+    # the survivor takes the dead one's partitions (the workers' lease, not the settings')...
+    time.sleep(float(env["OPENDISCO_SYNC_LEASE_SECONDS"]) + 3)
     steady.send_signal(signal.SIGTERM)  # ...and stops cleanly (releasing them)
     steady.wait(timeout=120)
     time.sleep(0.5)
