@@ -4,7 +4,7 @@ WORKDIR /app
 COPY requirements.lock pyproject.toml README.md ./
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock
 COPY . .
-RUN pip install --no-cache-dir --no-deps . && useradd --system opendisco
+RUN pip install --no-cache-dir --no-deps . && useradd --system --create-home opendisco
 USER opendisco
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 EXPOSE 8000

@@ -26,6 +26,7 @@ from opendisco import clients
 from opendisco._settings import Settings
 from opendisco.experiments import install as install_experiments
 from opendisco.serving import Discovery
+from opendisco.signals import ServedJournal
 
 from . import routes
 from ._admission import Admission
@@ -108,6 +109,12 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
     # this process serves members: each page counts toward exposure when the pipeline picks
     # it, before another request can pick its items (serving._caps)
     disc.caps.count = disc.record_served
+    if settings.exposure_count_served and settings.exposure_journal:
+        # what a process killed here left unwritten is counted, before anything is served
+        try:
+            disc.served.attach(*ServedJournal.for_settings(settings))
+        except OSError as exc:
+            log.error("served journal not opened (%r): a kill -9 loses unflushed counts", exc)
     _, exposures = install_experiments(disc, db, settings)  # running experiments' arms
     await disc.warmup()  # the query encoder, before the first request's deadline
     if settings.api_gc_freeze:  # the encoder's heap out of every collection (p99)
@@ -165,6 +172,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         except Exception as exc:  # the engine is down or paused: what it could not take
             left = disc.served.unwritten_total()
             log.warning("shutdown: %d served impressions not counted (%r)", left, exc)
+        disc.served.detach()  # kept when something is left: the next process here counts it
         with contextlib.suppress(Exception):
             await asyncio.wait_for(exposures.drain(), 5.0)
         with contextlib.suppress(Exception):

@@ -506,6 +506,13 @@ class Settings(BaseSettings):
         "spread over half its period, so one engine write thread is not held for a whole "
         "period's updates at once (0: one _bulk per flush).",
     )
+    exposure_journal: bool = Field(
+        True,
+        description="Each API process journals the served impressions it has not written to "
+        "the counters yet in <state_dir>/served-journal/<counters index>/ (a local append, no "
+        "fsync), and a process started there later counts what a killed one left: a kill -9 "
+        "loses no served impression toward the caps (false: up to exposure_flush_s of them).",
+    )
     signal_copies_s: float = Field(
         1.0,
         ge=0,

@@ -54,6 +54,7 @@ from ._pacing import (
 )
 from ._processor import EVENTS, RECOVER_FIRST_S, EventProcessor
 from ._served import ServedExposure
+from ._served_journal import Adopted, ServedJournal, journal_dir, read_journal
 from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
 from ._signal_copies import SignalCopies
 from ._similarity import ITEM_SIMILARITY, ItemSimilarity
@@ -92,6 +93,7 @@ __all__ = [
     "USER_LOCKS",
     "USER_MATCHES",
     "USER_STATE",
+    "Adopted",
     "BlockStore",
     "ClaimStatus",
     "Event",
@@ -113,6 +115,7 @@ __all__ = [
     "PacingState",
     "PacingTargets",
     "ServedExposure",
+    "ServedJournal",
     "ServedList",
     "ServedLog",
     "SignalCopies",
@@ -134,10 +137,12 @@ __all__ = [
     "exposure_index",
     "fold_in",
     "item_cap",
+    "journal_dir",
     "merge_events",
     "merge_rows",
     "pacing_step",
     "rate_per_day",
+    "read_journal",
     "recompute",
     "sample_rows",
     "summed_weights",

@@ -7,9 +7,11 @@ update, no I/O), and the counts are written with :meth:`ExposureStore.record` by
 flush at most every ``exposure_flush_s`` — one ``_bulk`` for all requests of that period, never a
 round trip of a request; :meth:`ServedExposure.flush_forever` (a background task of each API
 process) starts the flush of what waits when no answer comes to start it. Counts not yet
-flushed when a process is killed are lost (at most one period's); a shutdown drains them, and
-what the engine does not take within the shutdown's deadline is logged (a flush cut in flight
-keeps its part, as a failed one does).
+flushed when a process is killed are kept in its local journal when it has one
+(:meth:`ServedExposure.attach`, ``signals._served_journal``: the API's processes), and the next
+process started on that host adopts them; without a journal they are lost (at most one
+period's). A shutdown drains them, and what the engine does not take within the shutdown's
+deadline stays in the journal (a flush cut in flight keeps its part, as a failed one does).
 
 Each part a flush writes carries a mark of its own, kept on every counter it updates
 (``_counting.once_per_mark``): a counter that keeps the mark ignores the write. A part whose
@@ -20,7 +22,8 @@ among the counter's last ``MARKS_KEPT`` writers' when it comes again. A ``_bulk`
 part (:class:`~opendisco.PartialWrite`) keeps only the items it did not write. The parts after
 a failed one were not sent: their counts go back to ``pending`` (bounded by ``max_pending``
 ids). A flush stops at its first failure and the part kept is sent first by the next, so at
-most one part waits to be sent again.
+most one part waits to be sent again (more only after adopting a dead process's journal: its
+parts, each with its own mark, wait together).
 
 Client impression events naming a served list (``request_id``) are not counted again
 (``EventProcessor``; setting ``exposure_count_served``).
@@ -41,15 +44,18 @@ for ~55 ms at once, and a candidate ``_msearch`` landing in it waited (served p9
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from opendisco._exceptions import BackendError, PartialWrite
 
 from ._exposure import ExposureStore
+from ._served_journal import Adopted, ServedJournal
 
 __all__ = ["ServedExposure"]
 
@@ -81,8 +87,11 @@ class ServedExposure:
         self.chunk = chunk
         self.pending: Counter[str] = Counter()
         self.flushing: Counter[str] = Counter()  # the counts a flush is writing now
-        #: ``(mark, counts)`` of a part whose write failed, sent first by the next flush
-        self.retry: tuple[str, dict[str, int]] | None = None
+        #: ``(mark, counts)`` of the parts whose write failed (or that a dead process's journal
+        #: left), sent first by the next flush with their marks
+        self.retry: list[tuple[str, dict[str, int]]] = []
+        #: the local journal of what is unwritten (None: a kill -9 loses it)
+        self.journal: ServedJournal | None = None
         self.written = 0
         self.dropped = 0
         self._last = time.monotonic()
@@ -96,8 +105,26 @@ class ServedExposure:
         #: ``(written at, counts)`` of the parts written in the last ``visible_s``
         self._recent: deque[tuple[float, Mapping[str, int]]] = deque()
 
+    def attach(self, journal: ServedJournal, adopted: Adopted) -> None:
+        """Journal from now on (before anything is served), and take over what dead processes'
+        journals left: their parts (sent first, with their marks) and pages (pending)."""
+        self.journal = journal
+        self.retry.extend(adopted.parts)
+        self._requeue(adopted.counts)
+
+    def detach(self) -> None:
+        """Stop journaling (shutdown): the journal is removed when nothing is left unwritten,
+        else kept for the next process to adopt."""
+        journal, self.journal = self.journal, None
+        if journal is not None:
+            with contextlib.suppress(OSError):
+                journal.close(remove=self.unwritten_total() == 0)
+
     def add(self, ids: Iterable[str]) -> None:
-        """Count one impression of each id (no I/O); starts a background flush when due."""
+        """Count one impression of each id (journaled, no network I/O); starts a background
+        flush when due."""
+        ids = list(ids)
+        self._journal("served", ids)
         for i in ids:
             if i in self.pending or len(self.pending) < self.max_pending:
                 self.pending[i] += 1
@@ -124,30 +151,31 @@ class ServedExposure:
         caps and pacing saw stale counts, and a kill -9 lost them."""
         while True:
             await asyncio.sleep(self.flush_s)
-            if self.pending or self.retry is not None:
+            if self.pending or self.retry:
                 self._start_due()
 
     async def flush(self, pace: bool = True) -> list[str]:
-        """Write the part kept by a failed flush, then what is pending (in parts of ``chunk``
-        items, spread out unless ``pace`` is False); returns the capped ids."""
+        """Write the parts kept by a failed flush (or adopted), then what is pending (in parts
+        of ``chunk`` items, spread out unless ``pace`` is False); returns the capped ids."""
         batch, self.pending = self.pending, Counter()
-        retry, self.retry = self.retry, None
+        retry, self.retry = self.retry, []
         ids = sorted(batch)
         size = self.chunk or len(ids) or 1
-        parts = [] if retry is None else [retry]
-        parts += [
-            (_mark(), {i: batch[i] for i in ids[k : k + size]}) for k in range(0, len(ids), size)
-        ]
+        cut = [{i: batch[i] for i in ids[k : k + size]} for k in range(0, len(ids), size)]
+        parts = [*retry, *((_mark(), counts) for counts in cut)]
         if not parts:
             return []
-        self.flushing = Counter(batch) + Counter(retry[1] if retry else {})
+        self._journal("rotate", parts)  # everything unwritten now, each part with its mark
+        self.flushing = Counter(batch)
+        for _, counts in retry:
+            self.flushing.update(counts)
         gap = min(self.flush_s, 1.0) * self.pace_share / len(parts) if pace else 0.0
         capped: list[str] = []
         try:
             for j, (mark, counts) in enumerate(parts):
-                if j and gap > 0:
-                    await asyncio.sleep(gap)
                 try:
+                    if j and gap > 0:  # a cancel here: this part and the later ones are kept
+                        await asyncio.sleep(gap)
                     capped = await self.store.record(
                         counts, cap_list=j == len(parts) - 1, mark=mark
                     )
@@ -160,13 +188,16 @@ class ServedExposure:
                     again = {i: counts[i] for i in unwritten if i in counts}
                     self.written += sum(counts.values()) - sum(again.values())
                     self._wrote({i: n for i, n in counts.items() if i not in again})
-                    self.retry = (mark, again) if again else None
+                    self.retry = [(mark, again)] if again else []
+                    # later parts sent before (kept or adopted) keep their marks; new ones go
+                    # back to pending
+                    self.retry += parts[j + 1 : len(retry)]
                     later = Counter[str]()
-                    for _, rest in parts[j + 1 :]:
+                    for _, rest in parts[max(j + 1, len(retry)) :]:
                         later.update(rest)
                     log.warning(
                         "served impressions not counted yet (%d ids): %r",
-                        len(again) + len(later),
+                        sum(len(c) for _, c in self.retry) + len(later),
                         exc,
                     )
                     self._requeue(later)
@@ -174,6 +205,7 @@ class ServedExposure:
                 self.written += sum(counts.values())
                 self._wrote(counts)
                 self.flushing -= Counter(counts)
+                self._journal("written", mark)
         finally:
             self.flushing = Counter()
         return capped
@@ -254,14 +286,26 @@ class ServedExposure:
     def _unwritten_parts(self) -> tuple[Mapping[str, int], ...]:
         """What is served and not known written: pending, in a flush still running, and the
         part a failed flush kept to be sent again."""
-        kept = self.retry[1] if self.retry is not None else {}
-        return (self.pending, self.flushing, kept)
+        return (self.pending, self.flushing, *(c for _, c in self.retry))
 
     async def drain(self) -> None:
         """Wait for a running flush and write what is left (shutdown, tests, benchmarks)."""
         if self._task is not None and not self._task.done():
             await asyncio.wait([self._task])
         await self.flush(pace=False)
+
+    def _journal(self, op: str, arg: Any) -> None:
+        """Write to the journal; one that fails (a full disk) is dropped, the answer goes on
+        without it, as a process without a journal does."""
+        if self.journal is None:
+            return
+        try:
+            getattr(self.journal, op)(arg)
+        except OSError as exc:
+            log.error("served journal failed, serving without it: %r", exc)
+            with contextlib.suppress(OSError):
+                self.journal.close(remove=False)
+            self.journal = None
 
 
 def _mark() -> str:

@@ -47,11 +47,11 @@ async def test_a_paused_engine_at_shutdown_holds_back_neither_the_log_nor_the_co
             assert doc is not None, "the served list waited on the engine's write"
             assert [doc["ids"][r] for r in doc["shown"]] == recs.ids
             assert disc.served.unwritten_total() == shown  # kept, not lost
-            assert disc.served.retry is not None
+            assert disc.served.retry
 
             proxy.resume()  # the engine answers again (the held request goes through too)
             await disc.drain()
-            assert disc.served.unwritten_total() == 0 and disc.served.retry is None
+            assert disc.served.unwritten_total() == 0 and not disc.served.retry
             after = await disc.exposure.counts(recs.ids)
             assert {i: after[i] - before[i] for i in recs.ids} == dict.fromkeys(recs.ids, 1)
         finally:

@@ -303,7 +303,7 @@ async def test_served_impressions_rejected_in_part_are_kept_and_the_rest_counted
         with pytest.raises(SearchBackendError):
             await served.flush()
         assert not served.pending  # what was not written is sent again, with its mark
-        assert served.retry is not None and served.retry[1] == {i: shown[i] for i in rejected}
+        assert len(served.retry) == 1 and served.retry[0][1] == {i: shown[i] for i in rejected}
         assert served.written == sum(n for i, n in shown.items() if i not in rejected)
         assert served.unwritten(ids[0]) == shown[ids[0]]  # what the fallback adds to caps
         proxy.reject_item = None
@@ -350,7 +350,7 @@ async def test_a_flush_in_parts_is_spread_out_and_a_refused_part_keeps_it_and_th
         served.add(ids[:6])
         with pytest.raises(SearchBackendError):
             await served.flush()
-        assert served.retry is not None and served.retry[1] == dict.fromkeys(ids[2:4], 1)
+        assert len(served.retry) == 1 and served.retry[0][1] == dict.fromkeys(ids[2:4], 1)
         assert dict(served.pending) == dict.fromkeys(ids[4:6], 1)  # part 3: not sent
         assert served.written == 3 * len(ids) + 2
         assert not served.flushing and served.unwritten(ids[2]) == 1
@@ -441,10 +441,10 @@ async def test_what_waits_is_flushed_when_no_answer_comes(
         task = asyncio.ensure_future(served.flush_forever())
         try:
             for _ in range(100):
-                if served.retry is not None:
+                if served.retry:
                     break
                 await asyncio.sleep(0.1)
-            assert served.retry is not None  # the refused part, kept with its mark
+            assert served.retry  # the refused part, kept with its mark
             proxy.fail_if = None  # the storm ends; no answer is served any more
             for _ in range(150):
                 if served.unwritten_total() == 0:

@@ -1,0 +1,252 @@
+"""A local journal of served impressions not yet counted, so a kill -9 does not lose them.
+
+:class:`~opendisco.signals.ServedExposure` counts served impressions in memory and writes them
+to the exposure counters at most every ``exposure_flush_s``. Before this journal, a process
+killed between two flushes lost its last period's counts: nobody ever counted them, so an item
+could be served past its cap for the rest of its window (the hard rule's "capped").
+
+Each API process appends to a file of its own, ``<dir>/<name>.jsonl``, one JSON line per
+record (``os.write`` on an ``O_APPEND`` descriptor: the kernel holds what was written when the
+process dies, no ``fsync`` — a power cut can lose the last writes, a kill -9 cannot):
+
+* ``["a", [ids]]`` — a page served (every id one impression), written before it is answered;
+* ``["p", mark, {id: n}]`` — a part a flush sends (with the mark its counters keep:
+  ``_counting.once_per_mark``), possibly applied already;
+* ``["d", mark]`` — that part written.
+
+A flush starts by replacing the file (``os.replace`` of a new file holding one ``p`` record per
+part it will send, including the parts kept from failed flushes): everything unwritten at that
+moment is in those parts, so the file never grows past one flush period's pages.
+
+**Who reads a journal.** A process holds an exclusive ``flock`` on ``<name>.lock`` for its
+life (the file is locked before it gets its name, so a lock file is never seen unlocked while
+its owner lives). A process that starts takes every lock it can get in its directory (one
+directory per counters index): those journals' owners are gone. Their parts not marked ``d``
+come back with their marks, their pages as counts to send; a part applied whose answer was lost
+is ignored by the counters that kept its mark, i.e. counted once. The adopter writes them to
+its own journal before it deletes the orphan's: a kill -9 between the two counts them twice,
+never zero times (an item capped early, never late). Journals older than one exposure window
+are deleted unread (their impressions count toward no cap any more). A clean shutdown that
+wrote everything removes its journal.
+
+Not covered: a host that is gone with its disk (another host's process cannot read it), and a
+directory that cannot be written (the process then serves without a journal and says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opendisco._settings import Settings
+
+from ._exposure import exposure_index
+
+__all__ = ["Adopted", "ServedJournal", "journal_dir", "read_journal"]
+
+log = logging.getLogger("opendisco.signals")
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """What dead processes' journals left unwritten: parts to send again with their marks,
+    and pages (counts) never sent."""
+
+    parts: list[tuple[str, dict[str, int]]] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    journals: int = 0
+
+    @property
+    def impressions(self) -> int:
+        return sum(sum(c.values()) for _, c in self.parts) + sum(self.counts.values())
+
+
+def read_journal(lines: Iterable[bytes]) -> tuple[list[tuple[str, dict[str, int]]], Counter[str]]:
+    """The parts of a journal not marked written (each with its mark; the last ``p`` of a mark
+    wins) and the pages served after its last rotation, as counts. A line the process did not
+    finish writing (the last one, cut by the kill) is skipped."""
+    parts: dict[str, dict[str, int]] = {}
+    done: set[str] = set()
+    counts: Counter[str] = Counter()
+    for raw in lines:
+        try:
+            rec = json.loads(raw)
+            kind = rec[0]
+            if kind == "a":
+                counts.update(str(i) for i in rec[1])
+            elif kind == "p":
+                parts[str(rec[1])] = {str(i): int(n) for i, n in rec[2].items()}
+            elif kind == "d":
+                done.add(str(rec[1]))
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+            log.warning("served journal: a line skipped (%d bytes)", len(raw))
+    return [(m, c) for m, c in parts.items() if m not in done and c], counts
+
+
+def journal_dir(settings: Settings) -> Path:
+    """Where the API's processes of one counters index (namespace) journal on this host."""
+    return settings.state_dir / "served-journal" / exposure_index(settings)
+
+
+class ServedJournal:
+    """One process's journal (see the module docstring). :meth:`open` adopts the orphans."""
+
+    def __init__(self, root: Path, name: str, lock_fd: int) -> None:
+        self.root = root
+        self.path = root / f"{name}.jsonl"
+        self.lock_path = root / f"{name}.lock"
+        self._lock_fd = lock_fd
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    @classmethod
+    def open(cls, root: Path, max_age_s: float) -> tuple[ServedJournal, Adopted]:
+        """A new journal in ``root`` and what the dead processes' journals there left (now in
+        the new journal, theirs deleted). Raises ``OSError`` when ``root`` cannot be written."""
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        tmp = root / f".{name}.lock"
+        lock_fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.replace(tmp, root / f"{name}.lock")  # named only once locked
+        journal = cls(root, name, lock_fd)
+        _sweep_siblings(root, max_age_s)
+        adopted, orphans = journal._take_orphans(max_age_s)
+        journal.rotate([*adopted.parts, *((None, {i: n}) for i, n in adopted.counts.items())])
+        for lock_path, fd in orphans:  # ours hold their parts now
+            with contextlib.suppress(FileNotFoundError):
+                lock_path.with_suffix(".jsonl").unlink()
+            with contextlib.suppress(FileNotFoundError):
+                lock_path.unlink()
+            os.close(fd)
+        if adopted.journals:
+            log.warning(
+                "served journal: %d impressions of %d stopped processes adopted (%s)",
+                adopted.impressions,
+                adopted.journals,
+                root,
+            )
+        return journal, adopted
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> tuple[ServedJournal, Adopted]:
+        """:meth:`open` in :func:`journal_dir`; journals older than one exposure window go."""
+        return cls.open(journal_dir(settings), settings.exposure_window_hours * 3600)
+
+    def _take_orphans(self, max_age_s: float) -> tuple[Adopted, list[tuple[Path, int]]]:
+        """Lock every journal whose owner is gone and read it (too old: read nothing)."""
+        adopted = Adopted()
+        taken: list[tuple[Path, int]] = []
+        for lock_path in sorted(self.root.glob("*.lock")):
+            if lock_path == self.lock_path:
+                continue
+            try:
+                fd = os.open(lock_path, os.O_RDWR)
+            except FileNotFoundError:  # adopted by another process meanwhile
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its owner lives
+                os.close(fd)
+                continue
+            taken.append((lock_path, fd))
+            path = lock_path.with_suffix(".jsonl")
+            try:
+                if time.time() - path.stat().st_mtime > max_age_s:
+                    log.warning("served journal: %s is older than the window, dropped", path)
+                    continue
+                with path.open("rb") as f:
+                    parts, counts = read_journal(f)
+            except FileNotFoundError:
+                continue
+            adopted.parts.extend(parts)
+            adopted.counts.update(counts)
+            object.__setattr__(adopted, "journals", adopted.journals + 1)
+        return adopted, taken
+
+    def served(self, ids: Sequence[str]) -> None:
+        """A page served: its ids, before it is answered."""
+        self._append(["a", list(ids)])
+
+    def rotate(self, parts: Sequence[tuple[str | None, Mapping[str, int]]]) -> None:
+        """Replace the journal by ``parts`` (everything unwritten now); a part without a mark
+        is written as a page of counts (it gets its mark when a flush cuts it)."""
+        lines = []
+        for mark, counts in parts:
+            if mark is None:
+                ids = [i for i, n in counts.items() for _ in range(n)]
+                lines.append(_line(["a", ids]))
+            else:
+                lines.append(_line(["p", mark, dict(counts)]))
+        tmp = self.path.with_name(f".{self.path.name}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, b"".join(lines))
+        except BaseException:
+            os.close(fd)
+            raise
+        os.replace(tmp, self.path)
+        old, self._fd = self._fd, fd
+        os.close(old)
+
+    def written(self, mark: str) -> None:
+        """The part of ``mark`` is written (all of it)."""
+        self._append(["d", mark])
+
+    def close(self, remove: bool) -> None:
+        """Stop journaling; ``remove``: nothing is left unwritten, delete the journal (else it
+        stays for the next process here to adopt)."""
+        os.close(self._fd)
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self.lock_path.unlink()
+        os.close(self._lock_fd)
+        if remove:
+            with contextlib.suppress(OSError):  # only when empty: another process may be here
+                self.root.rmdir()
+
+    def _append(self, rec: list[object]) -> None:
+        os.write(self._fd, _line(rec))
+
+
+def _sweep_siblings(root: Path, max_age_s: float) -> None:
+    """Delete the journals of other counters indices (namespaces) whose owners are gone and
+    that are older than one window (nothing there counts any more), and their emptied
+    directories: a namespace no process starts again would keep them for ever."""
+    for lock_path in root.parent.glob("*/*.lock"):
+        if lock_path.parent == root:
+            continue
+        path = lock_path.with_suffix(".jsonl")
+        try:
+            if time.time() - lock_path.stat().st_mtime <= max_age_s:
+                continue
+            fd = os.open(lock_path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - path.stat().st_mtime <= max_age_s:
+                    continue
+                path.unlink()
+            lock_path.unlink()
+            with contextlib.suppress(OSError):
+                lock_path.parent.rmdir()
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _line(rec: list[object]) -> bytes:
+    return json.dumps(rec, separators=(",", ":")).encode() + b"\n"
