@@ -124,7 +124,8 @@ class ServedExposure:
         """Count one impression of each id (journaled, no network I/O); starts a background
         flush when due."""
         ids = list(ids)
-        self._journal("served", ids)
+        if ids:
+            self._journal("served", ids)
         for i in ids:
             if i in self.pending or len(self.pending) < self.max_pending:
                 self.pending[i] += 1

@@ -56,7 +56,7 @@ __all__ = ["Adopted", "ServedJournal", "journal_dir", "read_journal"]
 log = logging.getLogger("opendisco.signals")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Adopted:
     """What dead processes' journals left unwritten: parts to send again with their marks,
     and pages (counts) never sent."""
@@ -169,7 +169,7 @@ class ServedJournal:
                 continue
             adopted.parts.extend(parts)
             adopted.counts.update(counts)
-            object.__setattr__(adopted, "journals", adopted.journals + 1)
+            adopted.journals += 1
         return adopted, taken
 
     def served(self, ids: Sequence[str]) -> None:
