@@ -251,6 +251,7 @@ class Fallback:
             self.discovery.served,
             window,
             self.discovery.settings.exposure_default_cap,
+            frozenset(self.discovery.exposure.known_capped()),
         )
         return frozenset(known.reached((r.id, r.item.get("exposure_cap")) for r in pool))
 

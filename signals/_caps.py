@@ -58,6 +58,11 @@ class KnownImpressions:
     served: ServedSince
     window: int
     default_cap: int  # ``exposure_default_cap``
+    #: ids this process counted to their cap whose cap-list update failed
+    #: (``ExposureStore.known_capped``): at their cap whatever the counts read say — once
+    #: this process's own written impressions are older than a read can miss, and with no
+    #: copy of the counters, nothing else here remembers them until the list is updated
+    capped: frozenset[str] = frozenset()
 
     def of(self, item_id: str) -> int:
         return self.counted(item_id) + self.served.served_since(item_id, self.window)
@@ -65,5 +70,5 @@ class KnownImpressions:
     def reached(self, items: Iterable[tuple[str, Any]]) -> set[str]:
         """The ids, of ``(id, the item's own exposure_cap)`` pairs, whose known impressions
         reach the item's cap (:func:`item_cap`): never to be shown by this process."""
-        default = self.default_cap
-        return {i for i, own in items if self.of(i) >= item_cap(own, default)}
+        default, capped = self.default_cap, self.capped
+        return {i for i, own in items if i in capped or self.of(i) >= item_cap(own, default)}

@@ -219,13 +219,13 @@ class ExposureStore:
                 add[res["_id"]] = int(src.get("window_start", now_ms)) + self.window_ms
         if not cap_list:
             self._defer(add)
-            capped = self._known_capped(now_ms)
+            capped = self.known_capped(now_ms)
         else:
             try:
                 capped = await self._update_capped(add, now_ms)
             except SearchBackendError as exc:  # the counts are written: never count them again
                 log.warning("exposure cap list not updated yet (kept for the next update): %s", exc)
-                capped = self._known_capped(now_ms)
+                capped = self.known_capped(now_ms)
         if failed:
             raise PartialWrite(
                 f"exposure updates failed: {list(failed.items())[:3]}", frozenset(failed)
@@ -253,9 +253,12 @@ class ExposureStore:
         for i, until in add.items():
             self._due[i] = max(self._due.get(i, 0), until)
 
-    def _known_capped(self, now_ms: int) -> list[str]:
+    def known_capped(self, now_ms: int | None = None) -> list[str]:
         """The capped ids this store knows of without reading the list: those it holds for
-        the next update, still within their window."""
+        the next update (their cap-list update failed: not on the engine's list yet), still
+        within their window. The process's cap check counts them as at their cap
+        (``KnownImpressions.capped``)."""
+        now_ms = epoch_ms(datetime.now(UTC)) if now_ms is None else now_ms
         return sorted(i for i, until in self._due.items() if until > now_ms)
 
     async def _send_capped(self, add: Mapping[str, int], now_ms: int) -> dict[str, Any]:

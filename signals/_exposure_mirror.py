@@ -152,15 +152,16 @@ class ExposureMirror(LocalCopy[_Row]):
         rows = self.last_rows()
         served = self.served if self.served is not None else _Unserved()
         default = self.store.settings.exposure_default_cap
-        if rows is None:
-            return KnownImpressions(lambda _: 0, served, 0, default)
         now_ms, window_ms = epoch_ms(now or datetime.now(UTC)), self.store.window_ms
+        capped = frozenset(self.store.known_capped(now_ms))
+        if rows is None:
+            return KnownImpressions(lambda _: 0, served, 0, default, capped)
 
         def counted(item_id: str) -> int:
             row = rows.get(item_id)
             return 0 if row is None else window_count(row[_COUNT], row[_START], now_ms, window_ms)
 
-        return KnownImpressions(counted, served, self.window, default)
+        return KnownImpressions(counted, served, self.window, default, capped)
 
     async def read(
         self, ids: Iterable[str], now: datetime | None = None, *, realtime: bool = False

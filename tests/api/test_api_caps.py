@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from api_support import h, proxied, serve
+from http_faults import FaultyHttpProxy
 from test_api_safety import _ready, namespaced
 
 from opendisco import Settings, clients
@@ -32,6 +33,7 @@ GROUPS = {
     "deg": ("cap-deg", "g-deg"),
     "tpl": ("cap-tpl", "g-tpl"),
     "cold": ("cap-cold", "g-cold"),
+    "list": ("cap-list", "g-list"),
 }
 
 
@@ -281,3 +283,34 @@ async def test_a_process_started_with_the_engine_down_counts_its_degraded_answer
             assert sum(shown) == CAP, shown  # its own impressions alone: the counters unread
     finally:
         await os_proxy.close()
+
+
+async def test_an_item_whose_cap_list_update_failed_stays_out_without_a_copy(
+    caps_settings: Settings, caps_catalogue: dict[str, Any]
+) -> None:
+    """No copy of the counters (``signal_copies_s`` 0: as above ``signal_copies_max_items``).
+    A member is shown the item's last impression; the flush writes it (the counters hold the
+    cap) but the cap-list update is refused (a 429 storm on ``_update/_capped``), so the
+    engine's list does not have it. Once the process's own written impressions are older than
+    a read could miss (``visible_s``), nothing else in it remembered them: the next members
+    were shown the item past its cap. The store keeps the ids whose list update failed
+    (``ExposureStore.known_capped``) and the cap check counts them at their cap."""
+    capped, _ = GROUPS["list"]
+    key = caps_catalogue["keys"]["read"]
+    with FaultyHttpProxy(caps_settings.opensearch_url, statuses=(429,)) as proxy:
+        settings = caps_settings.model_copy(
+            update={"opensearch_url": proxy.url, "signal_copies_s": 0.0}
+        )
+        async with serve(settings) as client:
+            disc = client.app.state.runtime.discovery
+            assert await _shown(client, key, "list0", capped)  # 2 counted: room for one
+            proxy.fail_if = lambda method, path: path.endswith("/_update/_capped")
+            await disc.served.flush(pace=False)  # the counts are written, the list is not
+            assert proxy.answered.get(429, 0) >= 1
+            assert (await disc.exposure.counts([capped]))[capped] == CAP
+            assert capped not in await disc.exposure.capped()
+            await asyncio.sleep(disc.served.visible_s + 0.5)  # its own impressions forgotten
+            assert disc.served.unwritten(capped) == 0
+            shown = [await _shown(client, key, f"list{i}", capped) for i in range(1, MEMBERS)]
+            assert not any(shown), shown
+            proxy.fail_if = None

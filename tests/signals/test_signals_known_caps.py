@@ -84,3 +84,10 @@ async def test_a_window_holds_what_was_written_too_recently_to_be_read() -> None
     clock.t += served.visible_s + 0.1
     assert served.served_since("a", window) == 2  # the window keeps what it opened with
     assert served.served_since("a", served.open_window("mirror")) == 0  # shown by a read now
+
+
+async def test_an_id_whose_cap_list_update_failed_is_at_its_cap_whatever_was_read() -> None:
+    clock = Clock()
+    served, _ = _served(clock)
+    known = KnownImpressions(lambda _: 0, served, 0, default_cap=200, capped=frozenset({"a"}))
+    assert known.reached([("a", 3), ("b", 3), ("a", None)]) == {"a"}
