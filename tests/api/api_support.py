@@ -4,7 +4,12 @@ when several test folders are collected in one run)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,7 +19,7 @@ from tcp_faults import TcpProxy
 from opendisco import Settings
 from opendisco.api import create_app
 
-__all__ = ["TcpProxy", "h", "proxied", "serve"]
+__all__ = ["TcpProxy", "free_port", "h", "proxied", "serve", "start_serve"]
 
 
 @contextlib.asynccontextmanager
@@ -48,3 +53,33 @@ async def proxied(
         await mongo_proxy.start()
         update["mongo_url"] = f"mongodb://127.0.0.1:{mongo_proxy.port}/"
     return os_proxy, mongo_proxy, settings.model_copy(update=update)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve(
+    env: Mapping[str, str], port: int, log: Path, workers: int = 1
+) -> subprocess.Popen[bytes]:
+    """``opendisco serve`` as a child process (stderr to ``log``), returned once each of its
+    ``workers`` has started (uvicorn logs each) and ``/healthz`` answers (240 s at most)."""
+    exe = Path(sys.executable).with_name("opendisco")
+    cmd = [str(exe), "serve", "--port", str(port), "--log-level", "info"]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
+    proc = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"serve exited: {log.read_text(errors='replace')[-2000:]}"
+        if log.read_text(errors="replace").count("Application startup complete") >= workers:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"serve not up in 240 s: {log.read_text(errors='replace')[-2000:]}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import h
-from test_api_caps import _profile
+from api_support import free_port, start_serve
+from test_api_caps import _profile, _shown
 from test_api_safety import namespaced
-from test_api_workers import _free_port
 
 from opendisco import Settings
 from opendisco.api import create_key
@@ -70,7 +68,7 @@ class Server:
     """``opendisco serve`` (one process) of ``settings`` in ``state``, started and killed."""
 
     def __init__(self, settings: Settings, state: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.state = state
         self.env = {
             **os.environ,
@@ -85,24 +83,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        exe = Path(sys.executable).with_name("opendisco")
-        log = self.state / f"serve-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [str(exe), "serve", "--port", str(self.port), "--log-level", "info"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("wb"),
-        )
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, log.read_text(errors="replace")[-2000:]
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"serve not up in 240 s: {log.read_text()[-2000:]}")
+        self.proc = start_serve(self.env, self.port, self.state / f"serve-{time.time_ns()}.log")
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -127,29 +108,23 @@ def server(kill_settings: Settings, tmp_path: Path) -> Iterator[Server]:
         srv.stop()
 
 
-def _shown(srv: Server, key: str, member: str) -> bool:
-    url = f"{srv.base}/v1/users/{member}/recommendations?k=10"
-    resp = httpx.get(url, headers=h(key), timeout=30)
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
-    assert body["degraded"] is False
-    ids = [it["id"] for it in body["items"]]
-    assert ids, member  # the fillers are always eligible: not vacuous
-    return CAPPED in ids
+async def _members_shown(srv: Server, key: str, members: range) -> list[bool]:
+    async with httpx.AsyncClient(base_url=srv.base, timeout=30) as client:
+        return [await _shown(client, key, f"kill{i}", CAPPED) for i in members]
 
 
-def test_a_cap_holds_across_a_kill_9_of_the_api_process(
+async def test_a_cap_holds_across_a_kill_9_of_the_api_process(
     server: Server, kill_settings: Settings, kill_catalogue: dict[str, Any]
 ) -> None:
     key = kill_catalogue["key"]
     server.start()
     half = MEMBERS // 2
-    first = [_shown(server, key, f"kill{i}") for i in range(half)]
+    first = await _members_shown(server, key, range(half))
     assert first[: CAP - COUNTED] == [True] * (CAP - COUNTED) and sum(first) == CAP - COUNTED
     server.kill9()
     journal = journal_dir(kill_settings.model_copy(update={"state_dir": server.state}))
     assert list(journal.glob("*.jsonl")), "the killed process left no journal"
 
     server.start()  # the same state directory: adopts the journal before it answers
-    again = [_shown(server, key, f"kill{i}") for i in range(half, MEMBERS)]
+    again = await _members_shown(server, key, range(half, MEMBERS))
     assert not any(again), again  # the killed process's impressions still count

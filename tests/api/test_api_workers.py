@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from api_support import h, serve
+from api_support import free_port, h, serve, start_serve
 
 from opendisco import Settings
 from opendisco.api import RateLimiter, create_key
@@ -81,15 +79,9 @@ async def test_processes_share_the_generated_cursor_secret(
         assert not ids & {it["id"] for it in nxt.json()["items"]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def two_workers(api_settings: Settings, api_catalogue: dict[str, Any], tmp_path: Path) -> Any:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "OPENDISCO_INDEX_ALIAS": api_settings.index_alias,
@@ -97,28 +89,9 @@ def two_workers(api_settings: Settings, api_catalogue: dict[str, Any], tmp_path:
         "OPENDISCO_STATE_DIR": str(tmp_path),
         "OPENDISCO_API_DEADLINE_MS": "5000",
     }
-    exe = Path(sys.executable).with_name("opendisco")
-    proc = subprocess.Popen(
-        [str(exe), "serve", "--workers", "2", "--port", str(port), "--log-level", "info"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "serve.log").open("wb"),
-    )
+    proc = start_serve(env, port, tmp_path / "serve.log", workers=2)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        log = tmp_path / "serve.log"
-        while time.monotonic() < deadline:  # both workers started (uvicorn logs each), answering
-            assert proc.poll() is None, "serve --workers 2 exited"
-            if log.read_text(errors="replace").count("Application startup complete") >= 2:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"serve --workers 2 not up in 240 s: {log.read_text()[-2000:]}")
         yield base, tmp_path
     finally:
         proc.terminate()
