@@ -112,6 +112,18 @@ class ServedExposure:
         self.retry.extend(adopted.parts)
         self._requeue(adopted.counts)
 
+    def adopt(self) -> None:
+        """Take over the journals of processes gone since (a worker killed beside this one)."""
+        if self.journal is None:
+            return
+        try:
+            adopted = self.journal.adopt()
+        except OSError as exc:
+            log.warning("served journal: orphans not adopted now: %r", exc)
+            return
+        self.retry.extend(adopted.parts)
+        self._requeue(adopted.counts)
+
     def detach(self) -> None:
         """Stop journaling (shutdown): the journal is removed when nothing is left unwritten,
         else kept for the next process to adopt."""
@@ -152,6 +164,7 @@ class ServedExposure:
         caps and pacing saw stale counts, and a kill -9 lost them."""
         while True:
             await asyncio.sleep(self.flush_s)
+            self.adopt()
             if self.pending or self.retry:
                 self._start_due()
 
@@ -189,10 +202,10 @@ class ServedExposure:
                     again = {i: counts[i] for i in unwritten if i in counts}
                     self.written += sum(counts.values()) - sum(again.values())
                     self._wrote({i: n for i, n in counts.items() if i not in again})
-                    self.retry = [(mark, again)] if again else []
-                    # later parts sent before (kept or adopted) keep their marks; new ones go
-                    # back to pending
-                    self.retry += parts[j + 1 : len(retry)]
+                    # later parts sent before (kept or adopted) keep their marks, before the
+                    # parts adopted while this flush ran; new ones go back to pending
+                    kept = [(mark, again)] if again else []
+                    self.retry = [*kept, *parts[j + 1 : len(retry)], *self.retry]
                     later = Counter[str]()
                     for _, rest in parts[max(j + 1, len(retry)) :]:
                         later.update(rest)

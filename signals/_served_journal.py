@@ -10,6 +10,7 @@ record (``os.write`` on an ``O_APPEND`` descriptor: the kernel holds what was wr
 process dies, no ``fsync`` — a power cut can lose the last writes, a kill -9 cannot):
 
 * ``["a", [ids]]`` — a page served (every id one impression), written before it is answered;
+* ``["c", {id: n}]`` — impressions adopted from a dead process's pages;
 * ``["p", mark, {id: n}]`` — a part a flush sends (with the mark its counters keep:
   ``_counting.once_per_mark``), possibly applied already;
 * ``["d", mark]`` — that part written.
@@ -20,8 +21,10 @@ moment is in those parts, so the file never grows past one flush period's pages.
 
 **Who reads a journal.** A process holds an exclusive ``flock`` on ``<name>.lock`` for its
 life (the file is locked before it gets its name, so a lock file is never seen unlocked while
-its owner lives). A process that starts takes every lock it can get in its directory (one
-directory per counters index): those journals' owners are gone. Their parts not marked ``d``
+its owner lives). A process takes every lock it can get in its directory (one directory per
+counters index) when it starts and then every flush period (``ServedExposure.flush_forever``:
+a worker killed beside living ones is adopted by them, not only by its restart): those
+journals' owners are gone. Their parts not marked ``d``
 come back with their marks, their pages as counts to send; a part applied whose answer was lost
 is ignored by the counters that kept its mark, i.e. counted once. The adopter writes them to
 its own journal before it deletes the orphan's: a kill -9 between the two counts them twice,
@@ -83,6 +86,8 @@ def read_journal(lines: Iterable[bytes]) -> tuple[list[tuple[str, dict[str, int]
             kind = rec[0]
             if kind == "a":
                 counts.update(str(i) for i in rec[1])
+            elif kind == "c":
+                counts.update({str(i): int(n) for i, n in rec[1].items()})
             elif kind == "p":
                 parts[str(rec[1])] = {str(i): int(n) for i, n in rec[2].items()}
             elif kind == "d":
@@ -100,8 +105,10 @@ def journal_dir(settings: Settings) -> Path:
 class ServedJournal:
     """One process's journal (see the module docstring). :meth:`open` adopts the orphans."""
 
-    def __init__(self, root: Path, name: str, lock_fd: int) -> None:
+    def __init__(self, root: Path, name: str, lock_fd: int, max_age_s: float) -> None:
         self.root = root
+        #: journals last written longer ago are dropped unread (one exposure window)
+        self.max_age_s = max_age_s
         self.path = root / f"{name}.jsonl"
         self.lock_path = root / f"{name}.lock"
         self._lock_fd = lock_fd
@@ -117,10 +124,24 @@ class ServedJournal:
         lock_fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.replace(tmp, root / f"{name}.lock")  # named only once locked
-        journal = cls(root, name, lock_fd)
+        journal = cls(root, name, lock_fd, max_age_s)
         _sweep_siblings(root, max_age_s)
-        adopted, orphans = journal._take_orphans(max_age_s)
-        journal.rotate([*adopted.parts, *((None, {i: n}) for i, n in adopted.counts.items())])
+        return journal, journal.adopt()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> tuple[ServedJournal, Adopted]:
+        """:meth:`open` in :func:`journal_dir`; journals older than one exposure window go."""
+        return cls.open(journal_dir(settings), settings.exposure_window_hours * 3600)
+
+    def adopt(self) -> Adopted:
+        """Take the journals in this directory whose owners are gone: what they left unwritten
+        is appended to this journal (their parts with their marks, their pages as counts),
+        then theirs are deleted."""
+        adopted, orphans = self._take_orphans(self.max_age_s)
+        for mark, counts in adopted.parts:
+            self._append(["p", mark, counts])
+        if adopted.counts:
+            self._append(["c", dict(adopted.counts)])
         for lock_path, fd in orphans:  # ours hold their parts now
             with contextlib.suppress(FileNotFoundError):
                 lock_path.with_suffix(".jsonl").unlink()
@@ -132,14 +153,9 @@ class ServedJournal:
                 "served journal: %d impressions of %d stopped processes adopted (%s)",
                 adopted.impressions,
                 adopted.journals,
-                root,
+                self.root,
             )
-        return journal, adopted
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> tuple[ServedJournal, Adopted]:
-        """:meth:`open` in :func:`journal_dir`; journals older than one exposure window go."""
-        return cls.open(journal_dir(settings), settings.exposure_window_hours * 3600)
+        return adopted
 
     def _take_orphans(self, max_age_s: float) -> tuple[Adopted, list[tuple[Path, int]]]:
         """Lock every journal whose owner is gone and read it (too old: read nothing)."""
@@ -176,16 +192,9 @@ class ServedJournal:
         """A page served: its ids, before it is answered."""
         self._append(["a", list(ids)])
 
-    def rotate(self, parts: Sequence[tuple[str | None, Mapping[str, int]]]) -> None:
-        """Replace the journal by ``parts`` (everything unwritten now); a part without a mark
-        is written as a page of counts (it gets its mark when a flush cuts it)."""
-        lines = []
-        for mark, counts in parts:
-            if mark is None:
-                ids = [i for i, n in counts.items() for _ in range(n)]
-                lines.append(_line(["a", ids]))
-            else:
-                lines.append(_line(["p", mark, dict(counts)]))
+    def rotate(self, parts: Sequence[tuple[str, Mapping[str, int]]]) -> None:
+        """Replace the journal by ``parts`` (everything unwritten now, each with its mark)."""
+        lines = [_line(["p", mark, dict(counts)]) for mark, counts in parts]
         tmp = self.path.with_name(f".{self.path.name}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:

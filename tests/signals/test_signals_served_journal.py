@@ -11,6 +11,7 @@ pure file tests beside them."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -19,13 +20,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from opendisco import Settings, clients
+from opendisco import SearchBackendError, Settings, clients
 from opendisco.signals import (
     ExposureStore,
     ServedExposure,
@@ -38,7 +39,7 @@ from opendisco.signals import (
 #: right after the engine applied the first part, then SIGKILL itself
 CHILD = """
 import asyncio, json, os, signal, sys
-from opendisco import Settings, clients
+from opendisco import SearchBackendError, Settings, clients
 from opendisco.signals import ExposureStore, ServedExposure, ServedJournal
 
 settings = Settings.model_validate_json(os.environ["T_SETTINGS"])
@@ -117,6 +118,55 @@ async def test_what_a_killed_process_served_is_counted_once_by_the_next(
     assert {i: after[i] - before[i] for i in IDS} == dict(shown)  # every impression, once
     served.detach()
     assert not journal_dir(s).exists()  # all written: the journal and its directory are gone
+
+
+async def test_a_process_killed_beside_a_living_one_is_adopted_by_it(
+    journaled: tuple[Settings, ExposureStore],
+) -> None:
+    """Not only a restart adopts: a living process takes a dead neighbour's journal at its
+    next flush period (``flush_forever`` calls ``adopt``), e.g. a worker killed beside it."""
+    s, store = journaled
+    living = ServedExposure(store, 3600.0)
+    living.attach(*ServedJournal.for_settings(s))
+    living.add(IDS[:1])
+    before = await store.counts(IDS)
+    _killed_child(s, "unflushed")
+    living.adopt()
+    shown = Counter(i for page in PAGES for i in page)
+    assert living.unwritten_total() == sum(shown.values()) + 1
+    await living.drain()
+    after = await store.counts(IDS)
+    assert {i: after[i] - before[i] for i in IDS} == dict(shown + Counter(IDS[:1]))
+    assert [p.name for p in journal_dir(s).glob("*.lock")] == [living.journal.lock_path.name]
+    living.detach()
+
+
+async def test_parts_adopted_while_a_flush_fails_are_kept(tmp_path: Path) -> None:
+    """A flush that fails puts its parts back for the next; the parts adopted while it was
+    waiting on the engine stay too (they are only in memory and in the journal the next flush
+    replaces). An in-memory stand-in for the counters: the logic, not the engine."""
+    release = asyncio.Event()
+
+    class Refusing:
+        async def record(self, counts: Mapping[str, int], **_: Any) -> list[str]:
+            await release.wait()
+            raise SearchBackendError("refused")
+
+    served = ServedExposure(Refusing(), 3600.0)  # type: ignore[arg-type]
+    served.attach(*ServedJournal.open(tmp_path, 3600.0))
+    served.add(["a"])
+    flush = asyncio.ensure_future(served.flush(pace=False))
+    await asyncio.sleep(0)  # the flush waits on the engine
+    dead, _ = ServedJournal.open(tmp_path, 3600.0)
+    dead.rotate([("m-dead", {"b": 2})])
+    dead.close(remove=False)
+    served.adopt()
+    release.set()
+    with pytest.raises(SearchBackendError):
+        await flush
+    assert sorted(c for _, part in served.retry for c in part) == ["a", "b"]
+    assert ("m-dead", {"b": 2}) in served.retry  # with its mark
+    assert served.unwritten_total() == 3
 
 
 async def test_a_clean_shutdown_that_could_not_write_keeps_the_journal(
@@ -206,9 +256,9 @@ def test_the_parts_not_written_and_the_pages_after_them() -> None:
 def test_a_rotation_holds_everything_unwritten(tmp_path: Path) -> None:
     journal, _ = ServedJournal.open(tmp_path, 3600.0)
     journal.served(["a", "b"])
-    journal.rotate([("m1", {"a": 1, "b": 1}), (None, {"c": 2})])
+    journal.rotate([("m1", {"a": 1, "b": 1}), ("m2", {"c": 2})])
     journal.served(["d"])
     journal.written("m1")
     with journal.path.open("rb") as f:
         parts, counts = read_journal(f)
-    assert parts == [] and counts == Counter({"c": 2, "d": 1})
+    assert parts == [("m2", {"c": 2})] and counts == Counter({"d": 1})
