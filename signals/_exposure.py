@@ -254,10 +254,8 @@ class ExposureStore:
             self._due[i] = max(self._due.get(i, 0), until)
 
     def known_capped(self, now_ms: int | None = None) -> list[str]:
-        """The capped ids this store knows of without reading the list: those it holds for
-        the next update (their cap-list update failed: not on the engine's list yet), still
-        within their window. The process's cap check counts them as at their cap
-        (``KnownImpressions.capped``)."""
+        """The capped ids this store holds for the next list update (not on the engine's list
+        yet), within their window: at their cap for this process (``KnownImpressions``)."""
         now_ms = epoch_ms(datetime.now(UTC)) if now_ms is None else now_ms
         return sorted(i for i, until in self._due.items() if until > now_ms)
 

@@ -310,7 +310,9 @@ class ServedExposure:
 
     def _journal(self, op: str, arg: Any) -> None:
         """Write to the journal; one that fails (a full disk) is dropped, the answer goes on
-        without it, as a process without a journal does."""
+        without it, as a process without a journal does. It is deleted: this process holds
+        everything in it and writes it; left, its lock released, a process started here would
+        have adopted it and counted it again."""
         if self.journal is None:
             return
         try:
@@ -318,7 +320,7 @@ class ServedExposure:
         except OSError as exc:
             log.error("served journal failed, serving without it: %r", exc)
             with contextlib.suppress(OSError):
-                self.journal.close(remove=False)
+                self.journal.close(remove=True)
             self.journal = None
 
 

@@ -21,24 +21,27 @@ moment is in those parts, so the file never grows past one flush period's pages.
 
 **Who reads a journal.** A process holds an exclusive ``flock`` on ``<name>.lock`` for its
 life (the file is locked before it gets its name, so a lock file is never seen unlocked while
-its owner lives). A process takes every lock it can get in its directory (one directory per
-counters index) when it starts and then every flush period (``ServedExposure.flush_forever``:
-a worker killed beside living ones is adopted by them, not only by its restart): those
-journals' owners are gone. Their parts not marked ``d``
-come back with their marks, their pages as counts to send; a part applied whose answer was lost
-is ignored by the counters that kept its mark, i.e. counted once. The adopter writes them to
-its own journal before it deletes the orphan's: a kill -9 between the two counts them twice,
-never zero times (an item capped early, never late). Journals older than one exposure window
-are deleted unread (their impressions count toward no cap any more). A clean shutdown that
-wrote everything removes its journal.
+its owner lives; one under its temporary name, ``.<name>.lock``, is never taken). A process
+takes every lock it can get in its directory (one directory per counters index) when it
+starts and then every flush period (``ServedExposure.flush_forever``: a worker killed beside
+living ones is adopted by them, not only by its restart): those journals' owners are gone.
+Their parts not marked ``d`` come back with their marks, their pages as counts to send; a part
+applied whose answer was lost is ignored by the counters that kept its mark, i.e. counted
+once. The adopter writes them to its own journal before it deletes the orphan's: a kill -9
+between the two counts them twice, never zero times (an item capped early, never late).
+Journals older than one exposure window are deleted unread (their impressions count toward
+no cap any more). A clean shutdown that wrote everything removes its journal.
 
 Not covered: a host that is gone with its disk (another host's process cannot read it), and a
-directory that cannot be written (the process then serves without a journal and says so).
+directory that cannot be written (the process then serves without a journal and says so; a
+journal whose write fails later, a full disk, is deleted and the process goes on without one:
+alive, it holds what the journal held).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -118,12 +121,7 @@ class ServedJournal:
     def open(cls, root: Path, max_age_s: float) -> tuple[ServedJournal, Adopted]:
         """A new journal in ``root`` and what the dead processes' journals there left (now in
         the new journal, theirs deleted). Raises ``OSError`` when ``root`` cannot be written."""
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"{os.getpid()}-{secrets.token_hex(6)}"
-        tmp = root / f".{name}.lock"
-        lock_fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.replace(tmp, root / f"{name}.lock")  # named only once locked
+        name, lock_fd = _new_lock(root)
         journal = cls(root, name, lock_fd, max_age_s)
         _sweep_siblings(root, max_age_s)
         return journal, journal.adopt()
@@ -143,10 +141,7 @@ class ServedJournal:
         if adopted.counts:
             self._append(["c", dict(adopted.counts)])
         for lock_path, fd in orphans:  # ours hold their parts now
-            with contextlib.suppress(FileNotFoundError):
-                lock_path.with_suffix(".jsonl").unlink()
-            with contextlib.suppress(FileNotFoundError):
-                lock_path.unlink()
+            _remove(lock_path)
             os.close(fd)
         if adopted.journals:
             log.warning(
@@ -162,6 +157,9 @@ class ServedJournal:
         adopted = Adopted()
         taken: list[tuple[Path, int]] = []
         for lock_path in sorted(self.root.glob("*.lock")):
+            if _temporary(lock_path):
+                _remove_stale(lock_path, max_age_s)
+                continue
             if lock_path == self.lock_path:
                 continue
             try:
@@ -198,7 +196,7 @@ class ServedJournal:
         tmp = self.path.with_name(f".{self.path.name}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
-            os.write(fd, b"".join(lines))
+            _write(fd, b"".join(lines))
         except BaseException:
             os.close(fd)
             raise
@@ -215,26 +213,44 @@ class ServedJournal:
         stays for the next process here to adopt)."""
         os.close(self._fd)
         if remove:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            with contextlib.suppress(FileNotFoundError):
-                self.lock_path.unlink()
+            _remove(self.lock_path)
         os.close(self._lock_fd)
         if remove:
             with contextlib.suppress(OSError):  # only when empty: another process may be here
                 self.root.rmdir()
 
     def _append(self, rec: list[object]) -> None:
-        os.write(self._fd, _line(rec))
+        _write(self._fd, _line(rec))
+
+
+def _new_lock(root: Path, attempts: int = 5) -> tuple[str, int]:
+    """A new name in ``root`` (created when missing) and its lock, locked. The last process
+    there that stops with everything written removes the directory: one starting at that
+    moment, between creating it and its lock in it (once that exists, the directory is never
+    empty), creates both again — before, it served without a journal."""
+    name = f"{os.getpid()}-{secrets.token_hex(6)}"
+    tmp = root / f".{name}.lock"
+    for attempt in range(attempts):
+        try:  # mkdir: FileExistsError when it was created, then removed, as it checked
+            root.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
+            break
+        except (FileNotFoundError, FileExistsError):
+            if attempt == attempts - 1:
+                raise
+    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.replace(tmp, root / f"{name}.lock")  # named only once locked
+    return name, lock_fd
 
 
 def _sweep_siblings(root: Path, max_age_s: float) -> None:
     """Delete the journals of other counters indices (namespaces) whose owners are gone and
     that are older than one window (nothing there counts any more), and their emptied
-    directories: a namespace no process starts again would keep them for ever."""
-    for lock_path in root.parent.glob("*/*.lock"):
-        if lock_path.parent == root:
-            continue
+    directories: a namespace no process starts again would keep them for ever. Processes
+    starting together sweep the same ones: a file or directory another one deleted meanwhile
+    is passed over (before, the start-up failed and the process served without a journal)."""
+    siblings = [d for d in _listed(root.parent) if d != root]
+    for lock_path in (p for d in siblings for p in _listed(d) if p.suffix == ".lock"):
         path = lock_path.with_suffix(".jsonl")
         try:
             if time.time() - lock_path.stat().st_mtime <= max_age_s:
@@ -247,14 +263,58 @@ def _sweep_siblings(root: Path, max_age_s: float) -> None:
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - path.stat().st_mtime <= max_age_s:
                     continue
-                path.unlink()
-            lock_path.unlink()
+            _remove(lock_path)
             with contextlib.suppress(OSError):
                 lock_path.parent.rmdir()
         except BlockingIOError:
             pass
         finally:
             os.close(fd)
+
+
+def _remove(lock_path: Path) -> None:
+    """Delete a journal whose lock this process holds: the journal, a rotation its owner was
+    killed writing or failed to write (``.<name>.jsonl``, never named: the journal holds
+    everything), then the lock."""
+    leftover = lock_path.with_name(f".{lock_path.stem}.jsonl")
+    for path in (lock_path.with_suffix(".jsonl"), leftover, lock_path):
+        path.unlink(missing_ok=True)
+
+
+def _remove_stale(tmp_lock: Path, max_age_s: float) -> None:
+    """Delete a lock under its temporary name older than the window: its owner was killed
+    before it named it (one starting names it at once), and had no journal yet."""
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - tmp_lock.stat().st_mtime > max_age_s:
+            tmp_lock.unlink()
+
+
+def _listed(directory: Path) -> list[Path]:
+    """The entries of ``directory``; none when it is gone (emptied and removed by another
+    process) or is not a directory."""
+    try:
+        return sorted(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _write(fd: int, data: bytes) -> None:
+    """Write all of ``data`` or raise ``OSError``: a ``write`` a full disk cuts returns what it
+    took without an error, and the next line appended to the cut one made both unreadable (the
+    process journaling on, unaware)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n == 0:
+            raise OSError(errno.ENOSPC, "served journal: nothing written")
+        view = view[n:]
+
+
+def _temporary(path: Path) -> bool:
+    """A file under its temporary name (``.<name>``): a lock its owner, starting, has not
+    locked yet (taken and deleted, the owner's naming failed: it served without a journal),
+    or a rotation being written. Never an orphan's journal."""
+    return path.name.startswith(".")
 
 
 def _line(rec: list[object]) -> bytes:

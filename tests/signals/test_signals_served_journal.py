@@ -5,20 +5,17 @@ writes to the real OpenSearch counters and is killed with SIGKILL by itself at t
 test; the process started after it adopts its journal and writes what it left. The counters
 must then hold every impression once: the pages never flushed (before the journal, all lost),
 and a part the engine applied whose "written" mark the killed process never journaled (sent
-again with its mark: not counted twice). The journal's file rules (a live owner's journal is
-never taken, a journal older than the window is dropped, a cut last line is skipped) are
-pure file tests beside them."""
+again with its mark: not counted twice). The journal's files under concurrent processes and
+faults are in ``test_signals_served_journal_files``."""
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -32,7 +29,6 @@ from opendisco.signals import (
     ServedExposure,
     ServedJournal,
     journal_dir,
-    read_journal,
 )
 
 #: the child: serve ``pages`` (journaled, never flushed on its own), optionally flush and die
@@ -186,79 +182,3 @@ async def test_a_clean_shutdown_that_could_not_write_keeps_the_journal(
     after = await store.counts(IDS)
     assert {i: after[i] - before[i] for i in IDS[:2]} == dict.fromkeys(IDS[:2], 1)
     second.detach()
-
-
-# --- the journal's files (no servers) ----------------------------------------------------
-
-
-def test_a_live_owners_journal_is_never_taken(tmp_path: Path) -> None:
-    live, _ = ServedJournal.open(tmp_path, 3600.0)
-    live.served(["a", "b"])
-    other, adopted = ServedJournal.open(tmp_path, 3600.0)
-    assert adopted.impressions == 0 and live.path.exists()
-    live.close(remove=False)  # its owner gone: the next one takes it
-    third, adopted = ServedJournal.open(tmp_path, 3600.0)
-    assert dict(adopted.counts) == {"a": 1, "b": 1} and not live.path.exists()
-    assert sorted(p.name for p in tmp_path.glob("*.lock")) == sorted(
-        [other.lock_path.name, third.lock_path.name]
-    )
-
-
-def test_a_lock_file_is_locked_before_it_has_its_name(tmp_path: Path) -> None:
-    journal, _ = ServedJournal.open(tmp_path, 3600.0)
-    fd = os.open(journal.lock_path, os.O_RDWR)
-    try:
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(fd)
-    assert not list(tmp_path.glob(".*"))  # no temporary name left
-
-
-def test_a_journal_older_than_the_window_is_dropped_unread(tmp_path: Path) -> None:
-    old, _ = ServedJournal.open(tmp_path, 3600.0)
-    old.served(["a"])
-    old.close(remove=False)
-    past = time.time() - 7200
-    os.utime(old.path, (past, past))
-    _, adopted = ServedJournal.open(tmp_path, 3600.0)
-    assert adopted.impressions == 0 and not old.path.exists()
-
-
-def test_other_namespaces_old_orphans_are_swept(tmp_path: Path) -> None:
-    old, _ = ServedJournal.open(tmp_path / "ns-a", 3600.0)
-    old.served(["a"])
-    old.close(remove=False)
-    live, _ = ServedJournal.open(tmp_path / "ns-b", 3600.0)  # alive, however old
-    past = time.time() - 7200
-    for p in (old.path, old.lock_path, live.path, live.lock_path):
-        os.utime(p, (past, past))
-    ServedJournal.open(tmp_path / "ns-c", 3600.0)
-    assert not (tmp_path / "ns-a").exists()
-    assert live.path.exists() and live.lock_path.exists()
-
-
-def test_the_parts_not_written_and_the_pages_after_them() -> None:
-    lines = [
-        b'["p","m1",{"a":2,"b":1}]\n',
-        b'["p","m2",{"c":1}]\n',
-        b'["p","m3",{"d":4}]\n',
-        b'["d","m1"]\n',
-        b'["p","m2",{"c":1,"e":1}]\n',  # the last record of a mark wins
-        b'["a",["x","y","x"]]\n',
-        b'["a",["z"',  # the kill cut the last line: skipped
-    ]
-    parts, counts = read_journal(lines)
-    assert parts == [("m2", {"c": 1, "e": 1}), ("m3", {"d": 4})]
-    assert counts == Counter({"x": 2, "y": 1})
-
-
-def test_a_rotation_holds_everything_unwritten(tmp_path: Path) -> None:
-    journal, _ = ServedJournal.open(tmp_path, 3600.0)
-    journal.served(["a", "b"])
-    journal.rotate([("m1", {"a": 1, "b": 1}), ("m2", {"c": 2})])
-    journal.served(["d"])
-    journal.written("m1")
-    with journal.path.open("rb") as f:
-        parts, counts = read_journal(f)
-    assert parts == [("m2", {"c": 2})] and counts == Counter({"d": 1})
