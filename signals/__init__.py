@@ -54,7 +54,7 @@ from ._pacing import (
 )
 from ._processor import EVENTS, RECOVER_FIRST_S, EventProcessor
 from ._served import ServedExposure
-from ._served_journal import Adopted, ServedJournal, journal_dir, read_journal
+from ._served_journal import Adopted, ServedJournal, adopted_mark, journal_dir, read_journal
 from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
 from ._signal_copies import SignalCopies
 from ._similarity import ITEM_SIMILARITY, ItemSimilarity
@@ -124,6 +124,7 @@ __all__ = [
     "UserStateConfig",
     "UserStateStore",
     "adjacency_updates",
+    "adopted_mark",
     "attention_stats",
     "cap_step",
     "capped_lookup",

@@ -107,10 +107,9 @@ class ServedExposure:
 
     def attach(self, journal: ServedJournal, adopted: Adopted) -> None:
         """Journal from now on (before anything is served), and take over what dead processes'
-        journals left: their parts (sent first, with their marks) and pages (pending)."""
+        journals left: their parts, sent first, each with its mark."""
         self.journal = journal
         self.retry.extend(adopted.parts)
-        self._requeue(adopted.counts)
 
     def adopt(self) -> None:
         """Take over the journals of processes gone since (a worker killed beside this one)."""
@@ -122,7 +121,6 @@ class ServedExposure:
             log.warning("served journal: orphans not adopted now: %r", exc)
             return
         self.retry.extend(adopted.parts)
-        self._requeue(adopted.counts)
 
     def detach(self) -> None:
         """Stop journaling (shutdown): the journal is removed when nothing is left unwritten,

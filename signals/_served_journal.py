@@ -10,7 +10,6 @@ record (``os.write`` on an ``O_APPEND`` descriptor: the kernel holds what was wr
 process dies, no ``fsync`` — a power cut can lose the last writes, a kill -9 cannot):
 
 * ``["a", [ids]]`` — a page served (every id one impression), written before it is answered;
-* ``["c", {id: n}]`` — impressions adopted from a dead process's pages;
 * ``["p", mark, {id: n}]`` — a part a flush sends (with the mark its counters keep:
   ``_counting.once_per_mark``), possibly applied already;
 * ``["d", mark]`` — that part written.
@@ -25,10 +24,11 @@ its owner lives; one under its temporary name, ``.<name>.lock``, is never taken)
 takes every lock it can get in its directory (one directory per counters index) when it
 starts and then every flush period (``ServedExposure.flush_forever``: a worker killed beside
 living ones is adopted by them, not only by its restart): those journals' owners are gone.
-Their parts not marked ``d`` come back with their marks, their pages as counts to send; a part
-applied whose answer was lost is ignored by the counters that kept its mark, i.e. counted
-once. The adopter writes them to its own journal before it deletes the orphan's: a kill -9
-between the two counts them twice, never zero times (an item capped early, never late).
+Their parts not marked ``d`` come back with their marks, their pages as parts whose marks are
+derived from the orphan's name (``adopted_mark``); a part applied whose answer was lost is
+ignored by the counters that kept its mark, i.e. counted once. The adopter writes them to its
+own journal before it deletes the orphan's: a kill -9 between the two leaves both for the next
+adopter, the same parts under the same marks in each, so they are counted once too.
 Journals older than one exposure window are deleted unread (their impressions count toward
 no cap any more). A clean shutdown that wrote everything removes its journal.
 
@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -57,23 +58,57 @@ from opendisco._settings import Settings
 
 from ._exposure import exposure_index
 
-__all__ = ["Adopted", "ServedJournal", "journal_dir", "read_journal"]
+__all__ = [
+    "ADOPTED_PART",
+    "Adopted",
+    "ServedJournal",
+    "adopted_mark",
+    "journal_dir",
+    "pages_as_parts",
+    "read_journal",
+]
+
+#: ids per part of an orphan's pages (the flush's own parts: ``exposure_flush_chunk``, 100)
+ADOPTED_PART = 100
 
 log = logging.getLogger("opendisco.signals")
 
 
 @dataclass
 class Adopted:
-    """What dead processes' journals left unwritten: parts to send again with their marks,
-    and pages (counts) never sent."""
+    """What dead processes' journals left unwritten: parts to send, each with its mark (their
+    own, or one derived from the orphan's name for its pages never sent)."""
 
     parts: list[tuple[str, dict[str, int]]] = field(default_factory=list)
-    counts: Counter[str] = field(default_factory=Counter)
     journals: int = 0
 
     @property
+    def counts(self) -> Counter[str]:
+        """Impressions per id, over every part."""
+        out: Counter[str] = Counter()
+        for _, part in self.parts:
+            out.update(part)
+        return out
+
+    @property
     def impressions(self) -> int:
-        return sum(sum(c.values()) for _, c in self.parts) + sum(self.counts.values())
+        return sum(sum(c.values()) for _, c in self.parts)
+
+
+def adopted_mark(orphan: str, k: int) -> str:
+    """Pure: the mark of the ``k``-th part of an orphan's pages (sorted ids in parts of
+    :data:`ADOPTED_PART` ids): the same whoever adopts it, so a journal adopted twice (its
+    adopter killed before it deleted it) sends the same parts under the same marks."""
+    return hashlib.sha256(f"{orphan}/{k}".encode()).hexdigest()[:12] + ".s"
+
+
+def pages_as_parts(orphan: str, counts: Mapping[str, int]) -> list[tuple[str, dict[str, int]]]:
+    """Pure: an orphan's pages (counts) as marked parts (:func:`adopted_mark`)."""
+    ids = sorted(i for i, n in counts.items() if n > 0)
+    return [
+        (adopted_mark(orphan, k), {i: counts[i] for i in ids[at : at + ADOPTED_PART]})
+        for k, at in enumerate(range(0, len(ids), ADOPTED_PART))
+    ]
 
 
 def read_journal(lines: Iterable[bytes]) -> tuple[list[tuple[str, dict[str, int]]], Counter[str]]:
@@ -89,8 +124,6 @@ def read_journal(lines: Iterable[bytes]) -> tuple[list[tuple[str, dict[str, int]
             kind = rec[0]
             if kind == "a":
                 counts.update(str(i) for i in rec[1])
-            elif kind == "c":
-                counts.update({str(i): int(n) for i, n in rec[1].items()})
             elif kind == "p":
                 parts[str(rec[1])] = {str(i): int(n) for i, n in rec[2].items()}
             elif kind == "d":
@@ -133,13 +166,10 @@ class ServedJournal:
 
     def adopt(self) -> Adopted:
         """Take the journals in this directory whose owners are gone: what they left unwritten
-        is appended to this journal (their parts with their marks, their pages as counts),
-        then theirs are deleted."""
+        is appended to this journal (as parts, each with its mark), then theirs are deleted."""
         adopted, orphans = self._take_orphans(self.max_age_s)
         for mark, counts in adopted.parts:
             self._append(["p", mark, counts])
-        if adopted.counts:
-            self._append(["c", dict(adopted.counts)])
         for lock_path, fd in orphans:  # ours hold their parts now
             _remove(lock_path)
             os.close(fd)
@@ -182,7 +212,7 @@ class ServedJournal:
             except FileNotFoundError:
                 continue
             adopted.parts.extend(parts)
-            adopted.counts.update(counts)
+            adopted.parts.extend(pages_as_parts(lock_path.stem, counts))
             adopted.journals += 1
         return adopted, taken
 

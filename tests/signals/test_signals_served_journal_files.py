@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from opendisco.signals import ServedJournal, read_journal
+from opendisco.signals import ServedJournal, adopted_mark, read_journal
 
 #: a process starting: opens its journal in ``root`` when ``go`` exists (all start at once),
 #: reports what it adopted and lives until ``done`` exists (its journal is nobody's orphan)
@@ -269,7 +269,7 @@ def test_what_a_killed_process_left_half_made_is_deleted(tmp_path: Path) -> None
     past = time.time() - 7200
     os.utime(stale, (past, past))
     live, adopted = ServedJournal.open(tmp_path, 3600.0)
-    assert adopted.parts == [] and dict(adopted.counts) == {"a": 1}
+    assert adopted.parts == [(adopted_mark(dead.lock_path.stem, 0), {"a": 1})]  # not m1
     live.close(remove=True)
     assert not tmp_path.exists()
 
@@ -321,3 +321,25 @@ def test_a_rotation_holds_everything_unwritten(tmp_path: Path) -> None:
     with journal.path.open("rb") as f:
         parts, counts = read_journal(f)
     assert parts == [("m2", {"c": 2})] and counts == Counter({"d": 1})
+
+
+def test_a_journal_adopted_twice_sends_the_same_parts_under_the_same_marks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An adopter killed after it wrote the orphan's parts to its own journal and before it
+    deleted the orphan: the next adopter takes both, the orphan's pages under the same marks
+    in each, so the counters (``once_per_mark``) take them once."""
+    from opendisco.signals import _served_journal
+
+    dead, _ = ServedJournal.open(tmp_path, 3600.0)
+    dead.served(["a", "b"])
+    dead.served(["a"])
+    dead.close(remove=False)
+    monkeypatch.setattr(_served_journal, "_remove", lambda lock_path: None)  # killed here
+    first, adopted = ServedJournal.open(tmp_path, 3600.0)
+    assert adopted.parts == [(adopted_mark(dead.lock_path.stem, 0), {"a": 2, "b": 1})]
+    first.close(remove=False)
+    monkeypatch.undo()
+    _, again = ServedJournal.open(tmp_path, 3600.0)
+    assert again.journals == 2
+    assert {m for m, _ in again.parts} == {m for m, _ in adopted.parts}  # one mark, twice
