@@ -16,7 +16,10 @@ down, and re-reading only the replacements spent the rounds on them (short pages
 eligible candidates left). After :data:`MAX_ROUNDS` picks that each dropped something, the
 page is taken from the checked items that passed, in order (explored: drawn from them, so the
 log holds the page's propensities and pool, not a "deterministic" page the coin never chose):
-a shorter page only when fewer passed, never an unchecked item.
+a shorter page only when fewer passed, never an unchecked item. An explored page's first pick
+reads its pool too (``2k`` rows): the pool is logged with the page's propensities, and one
+that held items the store has paused was logged as what the page was drawn from, though they
+were never eligible (whenever the draw itself missed them: no drop, no read ahead).
 
 Then, after the re-read (the pick's last await), the page's items are checked against their
 exposure caps as this process knows them now (``caps``: ``serving._caps``) and, when none
@@ -162,7 +165,10 @@ async def pick_page(
     for _ in range(MAX_ROUNDS):
         live = order[keep]
         rows, exploration = _pick(live, k, drawer)
-        todo = [r for r in rows.tolist() if r not in passed]
+        shown = rows.tolist()
+        if exploration is not None:  # the pool is logged with the page: checked with it
+            shown = [*dict.fromkeys([*shown, *exploration.pool.tolist()])]
+        todo = [r for r in shown if r not in passed]
         broken: dict[int, Rule] = {}
         if recheck is not None and todo:
             if dropped:  # the store changed under the engine's copy: read ahead

@@ -183,3 +183,20 @@ async def test_a_page_is_never_an_unchecked_item() -> None:
     page = await pick_page(_Order(20), 5, rules, recheck=store)
     assert len(store.reads) == MAX_ROUNDS
     assert page.rows.tolist() == [0, 1, 2] and page.dropped["available"] >= MAX_ROUNDS
+
+
+async def test_an_explored_page_is_drawn_from_a_checked_pool() -> None:
+    """The first pick of an explored page reads its pool with it: an item of the pool the
+    store paused is out of the pool the page is drawn from and logged with, also when the
+    draw missed it (before: read only when a drop made the pick read ahead)."""
+
+    order, k = _Order(40), 5
+    rules = HardRules(viewer_id="m")
+    paused = {f"i{2 * k - 1}"}  # the pool's last row: most draws miss it
+    for seed in range(20):
+        recheck = _Broken(paused)
+        explorer = Explorer(rate=1.0, rng=np.random.default_rng(seed))
+        page = await pick_page(order, k, rules, explorer=explorer, recheck=recheck)
+        assert page.exploration is not None
+        pool = {order.batch.ids[r] for r in page.exploration.pool.tolist()}
+        assert len(page.rows) == k and not pool & paused, (seed, pool & paused)
