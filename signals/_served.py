@@ -50,7 +50,6 @@ import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from opendisco._exceptions import BackendError, PartialWrite
 
@@ -135,7 +134,7 @@ class ServedExposure:
         flush when due."""
         ids = list(ids)
         if ids:
-            self._journal("served", ids)
+            self._journal(lambda j: j.served(ids))
         for i in ids:
             if i in self.pending or len(self.pending) < self.max_pending:
                 self.pending[i] += 1
@@ -177,7 +176,7 @@ class ServedExposure:
         parts = [*retry, *((_mark(), counts) for counts in cut)]
         if not parts:
             return []
-        self._journal("rotate", parts)  # everything unwritten now, each part with its mark
+        self._journal(lambda j: j.rotate(parts))  # all unwritten now, each part with its mark
         self.flushing = Counter(batch)
         for _, counts in retry:
             self.flushing.update(counts)
@@ -217,7 +216,7 @@ class ServedExposure:
                 self.written += sum(counts.values())
                 self._wrote(counts)
                 self.flushing -= Counter(counts)
-                self._journal("written", mark)
+                self._journal(lambda j, mark=mark: j.written(mark))
         finally:
             self.flushing = Counter()
         return capped
@@ -306,7 +305,7 @@ class ServedExposure:
             await asyncio.wait([self._task])
         await self.flush(pace=False)
 
-    def _journal(self, op: str, arg: Any) -> None:
+    def _journal(self, write: Callable[[ServedJournal], None]) -> None:
         """Write to the journal; one that fails (a full disk) is dropped, the answer goes on
         without it, as a process without a journal does. It is deleted: this process holds
         everything in it and writes it; left, its lock released, a process started here would
@@ -314,7 +313,7 @@ class ServedExposure:
         if self.journal is None:
             return
         try:
-            getattr(self.journal, op)(arg)
+            write(self.journal)
         except OSError as exc:
             log.error("served journal failed, serving without it: %r", exc)
             with contextlib.suppress(OSError):

@@ -167,7 +167,7 @@ class ServedJournal:
     def adopt(self) -> Adopted:
         """Take the journals in this directory whose owners are gone: what they left unwritten
         is appended to this journal (as parts, each with its mark), then theirs are deleted."""
-        adopted, orphans = self._take_orphans(self.max_age_s)
+        adopted, orphans = self._take_orphans()
         for mark, counts in adopted.parts:
             self._append(["p", mark, counts])
         for lock_path, fd in orphans:  # ours hold their parts now
@@ -182,29 +182,20 @@ class ServedJournal:
             )
         return adopted
 
-    def _take_orphans(self, max_age_s: float) -> tuple[Adopted, list[tuple[Path, int]]]:
+    def _take_orphans(self) -> tuple[Adopted, list[tuple[Path, int]]]:
         """Lock every journal whose owner is gone and read it (too old: read nothing)."""
         adopted = Adopted()
         taken: list[tuple[Path, int]] = []
         for lock_path in sorted(self.root.glob("*.lock")):
             if _temporary(lock_path):
-                _remove_stale(lock_path, max_age_s)
+                _remove_stale(lock_path, self.max_age_s)
                 continue
-            if lock_path == self.lock_path:
-                continue
-            try:
-                fd = os.open(lock_path, os.O_RDWR)
-            except FileNotFoundError:  # adopted by another process meanwhile
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # its owner lives
-                os.close(fd)
+            if lock_path == self.lock_path or (fd := _take_lock(lock_path)) is None:
                 continue
             taken.append((lock_path, fd))
             path = lock_path.with_suffix(".jsonl")
             try:
-                if time.time() - path.stat().st_mtime > max_age_s:
+                if time.time() - path.stat().st_mtime > self.max_age_s:
                     log.warning("served journal: %s is older than the window, dropped", path)
                     continue
                 with path.open("rb") as f:
@@ -285,21 +276,34 @@ def _sweep_siblings(root: Path, max_age_s: float) -> None:
         try:
             if time.time() - lock_path.stat().st_mtime <= max_age_s:
                 continue
-            fd = os.open(lock_path, os.O_RDWR)
         except FileNotFoundError:
             continue
+        if (fd := _take_lock(lock_path)) is None:
+            continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - path.stat().st_mtime <= max_age_s:
                     continue
             _remove(lock_path)
             with contextlib.suppress(OSError):
                 lock_path.parent.rmdir()
-        except BlockingIOError:
-            pass
         finally:
             os.close(fd)
+
+
+def _take_lock(lock_path: Path) -> int | None:
+    """The lock of a journal whose owner is gone, taken (its descriptor); None when its owner
+    lives or another process took and deleted it meanwhile."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _remove(lock_path: Path) -> None:
