@@ -51,7 +51,7 @@ def served(pages: list[list[str]], journal: bool) -> float:
     return took / len(pages) * 1e6
 
 
-def rotation(parts: list[tuple[str | None, dict[str, int]]]) -> float:
+def rotation(parts: list[tuple[str, dict[str, int]]]) -> float:
     """ms for one rotation of ``parts`` (a flush's start)."""
     root = Path(tempfile.mkdtemp())
     journal, _ = ServedJournal.open(root, 3600.0)
@@ -86,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     ids = [f"profile-{i:06d}" for i in range(2_000)]
     pages = [[ids[(p * 7 + j * 13) % len(ids)] for j in range(PAGE)] for p in range(args.pages)]
-    parts: list[tuple[str | None, dict[str, int]]] = [
+    parts: list[tuple[str, dict[str, int]]] = [
         (f"{k:012x}.s", {i: 1 for i in ids[k * 100 : (k + 1) * 100]}) for k in range(4)
     ]
     load = [os.getloadavg()[0]]
