@@ -41,13 +41,10 @@ alive, it holds what the journal held).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -57,6 +54,7 @@ from pathlib import Path
 from opendisco._settings import Settings
 
 from ._exposure import exposure_index
+from ._owned_files import listed, new_lock, remove_stale, take_lock, temporary, write_all
 
 __all__ = [
     "ADOPTED_PART",
@@ -154,7 +152,7 @@ class ServedJournal:
     def open(cls, root: Path, max_age_s: float) -> tuple[ServedJournal, Adopted]:
         """A new journal in ``root`` and what the dead processes' journals there left (now in
         the new journal, theirs deleted). Raises ``OSError`` when ``root`` cannot be written."""
-        name, lock_fd = _new_lock(root)
+        name, lock_fd = new_lock(root)
         journal = cls(root, name, lock_fd, max_age_s)
         _sweep_siblings(root, max_age_s)
         return journal, journal.adopt()
@@ -187,10 +185,10 @@ class ServedJournal:
         adopted = Adopted()
         taken: list[tuple[Path, int]] = []
         for lock_path in sorted(self.root.glob("*.lock")):
-            if _temporary(lock_path):
-                _remove_stale(lock_path, self.max_age_s)
+            if temporary(lock_path):
+                remove_stale(lock_path, self.max_age_s)
                 continue
-            if lock_path == self.lock_path or (fd := _take_lock(lock_path)) is None:
+            if lock_path == self.lock_path or (fd := take_lock(lock_path)) is None:
                 continue
             taken.append((lock_path, fd))
             path = lock_path.with_suffix(".jsonl")
@@ -217,7 +215,7 @@ class ServedJournal:
         tmp = self.path.with_name(f".{self.path.name}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
-            _write(fd, b"".join(lines))
+            write_all(fd, b"".join(lines))
         except BaseException:
             os.close(fd)
             raise
@@ -241,27 +239,7 @@ class ServedJournal:
                 self.root.rmdir()
 
     def _append(self, rec: list[object]) -> None:
-        _write(self._fd, _line(rec))
-
-
-def _new_lock(root: Path, attempts: int = 5) -> tuple[str, int]:
-    """A new name in ``root`` (created when missing) and its lock, locked. The last process
-    there that stops with everything written removes the directory: one starting at that
-    moment, between creating it and its lock in it (once that exists, the directory is never
-    empty), creates both again — before, it served without a journal."""
-    name = f"{os.getpid()}-{secrets.token_hex(6)}"
-    tmp = root / f".{name}.lock"
-    for attempt in range(attempts):
-        try:  # mkdir: FileExistsError when it was created, then removed, as it checked
-            root.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
-            break
-        except (FileNotFoundError, FileExistsError):
-            if attempt == attempts - 1:
-                raise
-    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.replace(tmp, root / f"{name}.lock")  # named only once locked
-    return name, lock_fd
+        write_all(self._fd, _line(rec))
 
 
 def _sweep_siblings(root: Path, max_age_s: float) -> None:
@@ -270,15 +248,15 @@ def _sweep_siblings(root: Path, max_age_s: float) -> None:
     directories: a namespace no process starts again would keep them for ever. Processes
     starting together sweep the same ones: a file or directory another one deleted meanwhile
     is passed over (before, the start-up failed and the process served without a journal)."""
-    siblings = [d for d in _listed(root.parent) if d != root]
-    for lock_path in (p for d in siblings for p in _listed(d) if p.suffix == ".lock"):
+    siblings = [d for d in listed(root.parent) if d != root]
+    for lock_path in (p for d in siblings for p in listed(d) if p.suffix == ".lock"):
         path = lock_path.with_suffix(".jsonl")
         try:
             if time.time() - lock_path.stat().st_mtime <= max_age_s:
                 continue
         except FileNotFoundError:
             continue
-        if (fd := _take_lock(lock_path)) is None:
+        if (fd := take_lock(lock_path)) is None:
             continue
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -291,21 +269,6 @@ def _sweep_siblings(root: Path, max_age_s: float) -> None:
             os.close(fd)
 
 
-def _take_lock(lock_path: Path) -> int | None:
-    """The lock of a journal whose owner is gone, taken (its descriptor); None when its owner
-    lives or another process took and deleted it meanwhile."""
-    try:
-        fd = os.open(lock_path, os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def _remove(lock_path: Path) -> None:
     """Delete a journal whose lock this process holds: the journal, a rotation its owner was
     killed writing or failed to write (``.<name>.jsonl``, never named: the journal holds
@@ -313,42 +276,6 @@ def _remove(lock_path: Path) -> None:
     leftover = lock_path.with_name(f".{lock_path.stem}.jsonl")
     for path in (lock_path.with_suffix(".jsonl"), leftover, lock_path):
         path.unlink(missing_ok=True)
-
-
-def _remove_stale(tmp_lock: Path, max_age_s: float) -> None:
-    """Delete a lock under its temporary name older than the window: its owner was killed
-    before it named it (one starting names it at once), and had no journal yet."""
-    with contextlib.suppress(FileNotFoundError):
-        if time.time() - tmp_lock.stat().st_mtime > max_age_s:
-            tmp_lock.unlink()
-
-
-def _listed(directory: Path) -> list[Path]:
-    """The entries of ``directory``; none when it is gone (emptied and removed by another
-    process) or is not a directory."""
-    try:
-        return sorted(directory.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _write(fd: int, data: bytes) -> None:
-    """Write all of ``data`` or raise ``OSError``: a ``write`` a full disk cuts returns what it
-    took without an error, and the next line appended to the cut one made both unreadable (the
-    process journaling on, unaware)."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n == 0:
-            raise OSError(errno.ENOSPC, "served journal: nothing written")
-        view = view[n:]
-
-
-def _temporary(path: Path) -> bool:
-    """A file under its temporary name (``.<name>``): a lock its owner, starting, has not
-    locked yet (taken and deleted, the owner's naming failed: it served without a journal),
-    or a rotation being written. Never an orphan's journal."""
-    return path.name.startswith(".")
 
 
 def _line(rec: list[object]) -> bytes:
