@@ -26,7 +26,7 @@ from opendisco import clients
 from opendisco._settings import Settings
 from opendisco.experiments import install as install_experiments
 from opendisco.serving import Discovery
-from opendisco.signals import ServedJournal
+from opendisco.signals import ServedJournal, ServedSpool
 
 from . import routes
 from ._admission import Admission
@@ -115,6 +115,13 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
             disc.served.attach(*ServedJournal.for_settings(settings))
         except OSError as exc:
             log.error("served journal not opened (%r): a kill -9 loses unflushed counts", exc)
+    served_log = disc.served_log
+    if served_log is not None and settings.served_log_spool_mb > 0:
+        # the lists a process killed here could not write are written, before any new one
+        try:
+            served_log.attach_spool(ServedSpool.for_settings(settings))
+        except OSError as exc:
+            log.error("served-list spool not opened (%r): an outage's lists stay in memory", exc)
     _, exposures = install_experiments(disc, db, settings)  # running experiments' arms
     await disc.warmup()  # the query encoder, before the first request's deadline
     if settings.api_gc_freeze:  # the encoder's heap out of every collection (p99)
@@ -173,6 +180,8 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
             left = disc.served.unwritten_total()
             log.warning("shutdown: %d served impressions not counted (%r)", left, exc)
         disc.served.detach()  # kept when something is left: the next process here counts it
+        if served_log is not None:
+            served_log.close_spool()  # likewise: the next process here writes it back
         with contextlib.suppress(Exception):
             await asyncio.wait_for(exposures.drain(), 5.0)
         with contextlib.suppress(Exception):

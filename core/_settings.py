@@ -274,6 +274,16 @@ class Settings(BaseSettings):
     served_log_days: float = Field(
         30.0, gt=0, description="Retention of served lists (TTL index, or a periodic purge)."
     )
+    served_log_spool_mb: int = Field(
+        512,
+        ge=0,
+        description="Each API process appends the served lists the store does not take (a "
+        "failed write and everything queued behind it, then every list while writes fail) to "
+        "<state_dir>/served-log-spool/<mongo_db>/ (a local append, no fsync) and writes them "
+        "back when the store answers; a process started there later writes back what a killed "
+        "one left. At most this many MB per process (0: no spool; an outage's lists then wait "
+        "in the queue, lost on a kill -9).",
+    )
     serve_recheck: bool = Field(
         True,
         description="Re-read the rule fields of each served page's items from MongoDB and drop "

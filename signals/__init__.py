@@ -55,7 +55,9 @@ from ._pacing import (
 from ._processor import EVENTS, RECOVER_FIRST_S, EventProcessor
 from ._served import ServedExposure
 from ._served_journal import Adopted, ServedJournal, adopted_mark, journal_dir, read_journal
-from ._served_log import SERVED_LISTS, ServedList, ServedLog, decode_list, sample_rows
+from ._served_list import ServedList, decode_list, sample_rows
+from ._served_log import SERVED_LISTS, ServedLog
+from ._served_spool import ServedSpool, read_spooled, spool_dir
 from ._signal_copies import SignalCopies
 from ._similarity import ITEM_SIMILARITY, ItemSimilarity
 from ._trending import decayed, rate_per_day, trend_increments
@@ -118,6 +120,7 @@ __all__ = [
     "ServedJournal",
     "ServedList",
     "ServedLog",
+    "ServedSpool",
     "SignalCopies",
     "UserGraph",
     "UserState",
@@ -144,8 +147,10 @@ __all__ = [
     "pacing_step",
     "rate_per_day",
     "read_journal",
+    "read_spooled",
     "recompute",
     "sample_rows",
+    "spool_dir",
     "summed_weights",
     "top_neighbours",
     "trend_increments",

@@ -23,6 +23,15 @@ what overflows the queue meanwhile, and what :meth:`ServedLog.drain` cannot writ
 store fails at shutdown, is dropped, and counted in ``dropped`` (the API's
 ``opendisco_api_served_log_dropped``).
 
+**With a spool** (:class:`~opendisco.signals.ServedSpool`, the API's processes: setting
+``served_log_spool_mb``) **neither does a kill -9.** The failed batch and everything queued
+behind it go to a local file instead, then every list logged while writes fail (encoded as it
+is logged); the flusher writes the files back once the store answers, and a process started
+later in the same state directory writes back what a killed one left. A kill -9 then loses
+only what was in memory: the lists of the last ``flush_every_s`` and a batch in flight, or,
+when the store went silent, those logged before its first write failed (one socket timeout).
+The drain at shutdown spools what the store did not take instead of dropping it.
+
 **Batched, off the hot path.** :meth:`ServedLog.log` appends a reference to what the request
 already computed (no copy, no encoding) and returns; a background flusher encodes and
 ``insert_many``\\ s up to :data:`~opendisco._store.MAX_WRITES_PER_COMMAND` documents per
@@ -40,122 +49,24 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from bson import Binary
 from pymongo.errors import BulkWriteError, InvalidOperation
 
 from opendisco._backend import backend_errors
 from opendisco._store import MAX_WRITES_PER_COMMAND, create_collection, detect_capabilities
 
-__all__ = ["SERVED_LISTS", "ServedList", "ServedLog", "decode_list", "sample_rows"]
+from ._served_list import ServedList, decode_list, encode_list
+from ._served_spool import ServedSpool
+
+__all__ = ["SERVED_LISTS", "ServedLog"]
 
 SERVED_LISTS = "served_lists"
 #: the longest wait between two attempts of a write the store refused
 MAX_BACKOFF_S = 5.0
 log = logging.getLogger("opendisco.signals")
-
-
-@dataclass(frozen=True)
-class ServedList:
-    """One served answer as the ranker saw it (references, encoded later by the flusher).
-
-    ``X`` rows align with ``ids`` (every scored candidate); ``shown`` are the rows in the
-    order shown; ``propensity[p]`` the probability that the policy put ``shown[p]`` at slot
-    ``p`` given the slots before it (1.0 for a deterministic answer); ``pool``/``pool_w`` the
-    rows and weights an explored answer was sampled from (Plackett–Luce, see ``rerank``).
-    """
-
-    request_id: str
-    at: datetime
-    user_id: str | None
-    surface: str
-    requested_surface: str
-    version: str
-    degraded: bool
-    k: int
-    feature_names: Sequence[str]
-    X: np.ndarray | None
-    ids: Sequence[str]
-    shown: Sequence[int]
-    propensity: Sequence[float] = ()
-    explored: bool = False
-    policy: Mapping[str, Any] = field(default_factory=dict)
-    pool: Sequence[int] = ()
-    pool_w: Sequence[float] = ()
-    #: the experiments the answer took part in (experiment, arm, design, unit, candidates' arms)
-    experiments: Sequence[Mapping[str, Any]] = ()
-
-
-def sample_rows(
-    n: int, keep: Sequence[int], max_rows: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows to log and their inclusion probabilities (pure but for ``rng``): every ``keep``
-    row (probability 1), then a uniform sample of the others filling ``max_rows``."""
-    must = np.unique(np.asarray([r for r in keep if 0 <= r < n], dtype=np.int64))
-    if n <= max_rows:
-        return np.arange(n, dtype=np.int64), np.ones(n)
-    rest = np.setdiff1d(np.arange(n, dtype=np.int64), must, assume_unique=True)
-    room = max(0, max_rows - len(must))
-    picked = np.sort(rng.choice(rest, size=min(room, len(rest)), replace=False))
-    rows = np.concatenate([must, picked])
-    incl = np.concatenate([np.ones(len(must)), np.full(len(picked), len(picked) / len(rest))])
-    order = np.argsort(rows, kind="stable")
-    return rows[order], incl[order]
-
-
-def _encode(s: ServedList, max_rows: int, rng: np.random.Generator) -> dict[str, Any]:
-    n = len(s.ids)
-    rows, incl = sample_rows(n, [*s.shown, *s.pool], max_rows, rng)
-    pos = {int(r): i for i, r in enumerate(rows.tolist())}  # candidate row -> logged row
-    doc: dict[str, Any] = {
-        "_id": s.request_id,
-        "at": s.at,
-        "user_id": s.user_id,
-        "surface": s.surface,
-        "requested_surface": s.requested_surface,
-        "version": s.version,
-        "degraded": s.degraded,
-        "k": s.k,
-        "features": list(s.feature_names),
-        "ids": [s.ids[r] for r in rows.tolist()],
-        "incl": [round(float(p), 6) for p in incl],
-        "candidates": n,
-        "shown": [pos[int(r)] for r in s.shown],
-        "propensity": [float(p) for p in s.propensity],
-        "explored": s.explored,
-        "policy": dict(s.policy),
-    }
-    if s.X is not None and len(rows):
-        doc["X"] = Binary(np.ascontiguousarray(s.X[rows], dtype="<f4").tobytes())
-    if s.experiments:
-        doc["experiments"] = [dict(e) for e in s.experiments]
-    if s.pool:
-        doc["pool"] = [pos[int(r)] for r in s.pool]
-        doc["pool_w"] = [float(w) for w in s.pool_w]
-    return doc
-
-
-def decode_list(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored document with ``X`` as a float64 matrix (rows x features; empty if absent).
-    Bytes that are not whole rows of its features (a document cut short or written by other
-    code) decode to no rows: training and off-policy evaluation skip that list (``no_rows``)
-    instead of failing on it."""
-    out = dict(doc)
-    names = list(doc.get("features") or [])
-    raw = doc.get("X")
-    if raw is not None and names:
-        data = bytes(raw)
-        whole = len(data) - len(data) % (4 * len(names))
-        X = np.frombuffer(data[:whole], dtype="<f4").astype(np.float64).reshape(-1, len(names))
-        out["X"] = X if whole == len(data) else X[:0]
-    else:
-        out["X"] = np.zeros((len(doc.get("ids") or []), len(names)))
-    return out
 
 
 class ServedLog:
@@ -171,6 +82,8 @@ class ServedLog:
         purge_every_s: float = 300.0,
         flush_every_s: float = 0.2,
         seed: int | None = None,
+        spool: ServedSpool | None = None,
+        adopt_every_s: float = 60.0,
     ) -> None:
         self.db = db
         self.coll = db[SERVED_LISTS]
@@ -191,14 +104,45 @@ class ServedLog:
         self.failed = 0  # write attempts (in lists) the store refused; retried, not lost
         self.duplicates = 0
         self._failures = 0  # consecutive failed writes (the flusher's backoff)
+        self._failed = False  # the last write attempt failed
+        #: where lists go while the store fails (``signals._served_spool``), if anywhere
+        self.spool = spool
+        self.adopt_every_s = adopt_every_s
+        self._last_adopt = time.monotonic()
 
     # -- the hot path ---------------------------------------------------------------------
     def log(self, served: ServedList) -> None:
-        """Queue one list; never blocks (a full queue drops it and counts it)."""
-        if len(self._queue) >= self.max_queue:
+        """Queue one list; never blocks (a full queue drops it and counts it). While the
+        store fails, with a spool, the list goes to the spool instead (encoded now)."""
+        if self._failures and self.spool is not None:
+            self._spill([], [served])
+        elif len(self._queue) >= self.max_queue:
             self.dropped += 1
             return
-        self._queue.append(served)
+        else:
+            self._queue.append(served)
+        self._start()
+
+    def attach_spool(self, spool: ServedSpool) -> None:
+        """Spool lists the store does not take (the API's processes; see the module doc);
+        what the spool adopted from stopped processes is written back from now on."""
+        self.spool = spool
+        if spool.pending:
+            self._start()
+
+    def close_spool(self) -> None:
+        """Stop spooling (shutdown, after :meth:`drain`): what is not written back stays on
+        disk for the next process."""
+        spool, self.spool = self.spool, None
+        if spool is not None:
+            spool.close()
+
+    @property
+    def spooled(self) -> int:
+        """Lists appended to the spool (in total)."""
+        return self.spool.spooled if self.spool is not None else 0
+
+    def _start(self) -> None:
         if self._task is None or self._task.done():
             with contextlib.suppress(RuntimeError):  # no running loop: flushed by drain()
                 loop = asyncio.get_running_loop()
@@ -241,28 +185,25 @@ class ServedLog:
             batch.append(self._queue.popleft())
         if not batch:
             return 0
-        docs = [_encode(s, self.max_rows, self._rng) for s in batch]
+        docs = [encode_list(s, self.max_rows, self._rng) for s in batch]
         try:
-            await self.ensure()
-            with backend_errors("served_lists write failed"):
-                try:
-                    await self.coll.insert_many(docs, ordered=False)
-                    self.written += len(docs)
-                except BulkWriteError as exc:  # a repeated request id: the first list stays
-                    errors = exc.details.get("writeErrors", [])
-                    if any(e.get("code") != 11000 for e in errors):
-                        raise
-                    self.written += len(docs) - len(errors)
-                    self.duplicates += len(errors)
+            await self._insert(docs)
         except Exception as exc:  # the store is down or slow: keep the lists for a retry
             self.failed += len(docs)
+            self._failed = True
             if isinstance(exc, InvalidOperation) or isinstance(exc.__cause__, InvalidOperation):
                 # the client was closed under the log (its owner gone without a drain):
-                # no retry can write these; dropped and counted, and the flusher ends
+                # no retry can write these; spooled or dropped, and the flusher ends
                 self._queue.extendleft(reversed(batch))
                 self._drop_queue("the client was closed")
                 return 0
             self._failures += 1
+            if self.spool is not None:  # on disk: neither the queue's bound nor a kill loses it
+                self._spill(docs, [])
+                self._spill([], list(self._queue))
+                self._queue.clear()
+                log.warning("served-list log write failed (%d lists spooled): %r", len(docs), exc)
+                return 0
             self._queue.extendleft(reversed(batch))
             over = len(self._queue) - self.max_queue
             for _ in range(max(0, over)):  # lists logged meanwhile filled the queue
@@ -276,7 +217,52 @@ class ServedLog:
             )
             return 0
         self._failures = 0
+        self._failed = False
         return len(batch)
+
+    async def _insert(self, docs: list[dict[str, Any]]) -> None:
+        """Insert encoded lists; a repeated request id is a duplicate (the first copy stays)."""
+        await self.ensure()
+        with backend_errors("served_lists write failed"):
+            try:
+                await self.coll.insert_many(docs, ordered=False)
+                self.written += len(docs)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != 11000 for e in errors):
+                    raise
+                self.written += len(docs) - len(errors)
+                self.duplicates += len(errors)
+
+    def _spill(self, docs: list[dict[str, Any]], lists: list[ServedList]) -> None:
+        """``docs`` and ``lists`` (encoded here) to the spool; what it refuses is dropped
+        (counted by the spool and in ``dropped``)."""
+        assert self.spool is not None
+        everything = [*docs, *(encode_list(s, self.max_rows, self._rng) for s in lists)]
+        if everything:
+            self.dropped += len(everything) - self.spool.spill(everything)
+
+    async def _write_back(self) -> bool:
+        """Write the spooled files back, oldest first, each deleted once all of it is in the
+        store; False when a write failed (the rest stays spooled)."""
+        assert self.spool is not None
+        for f in self.spool.seal():
+            docs = list(self.spool.read(f))
+            try:
+                for at in range(0, len(docs), MAX_WRITES_PER_COMMAND):
+                    await self._insert(docs[at : at + MAX_WRITES_PER_COMMAND])
+            except Exception as exc:
+                self._failures += 1
+                self._failed = True
+                log.warning("served-list spool: write-back failed (%s): %r", f.path.name, exc)
+                return False
+            self.spool.written(f)
+            self._failures = 0
+            self._failed = False
+        return True
+
+    def _spooled(self) -> bool:
+        return self.spool is not None and self.spool.pending
 
     def _delay(self) -> float:
         if not self._failures:
@@ -287,13 +273,21 @@ class ServedLog:
         """The flusher: started by :meth:`log`, ends when the queue is empty; writes every
         ``flush_every_s`` (backing off while the store fails), or at once when ``wake`` is
         set (:meth:`drain`: then a failed write ends it, drain counts what is left)."""
-        while self._queue:
+        while self._queue or self._spooled():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self._delay())
+            self._failed = False
             while await self.flush():
                 pass
             if self._failures and wake.is_set():
                 return
+            if self._spooled() and not self._queue and not self._failed:
+                await self._write_back()  # while the store fails: the probe of its return
+            if wake.is_set():  # drain() writes what is left itself
+                return
+            if self.spool is not None and time.monotonic() - self._last_adopt > self.adopt_every_s:
+                self._last_adopt = time.monotonic()
+                self.spool.adopt()  # a process killed beside this one
             if not self._native_ttl and time.monotonic() - self._last_purge > self.purge_every_s:
                 self._last_purge = time.monotonic()
                 try:
@@ -320,10 +314,18 @@ class ServedLog:
         if not (ran and self._failures):  # the flusher's last attempt failed: no second one
             while await self.flush():
                 pass
+            if self._spooled() and not self._failures:
+                await self._write_back()
         self._drop_queue("the store failed")
 
     def _drop_queue(self, why: str) -> None:
-        """Drop what is queued, counted in ``dropped`` and logged (no write can take it)."""
+        """Drop what is queued, counted in ``dropped`` and logged (no write can take it) —
+        with a spool, spool it instead: the next process here writes it."""
+        if self._queue and self.spool is not None:
+            left = len(self._queue)
+            self._spill([], list(self._queue))
+            self._queue.clear()
+            log.warning("served-list log: %d lists spooled (%s)", left, why)
         if self._queue:
             left = len(self._queue)
             self._queue.clear()
