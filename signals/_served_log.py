@@ -53,7 +53,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from pymongo.errors import BulkWriteError, InvalidOperation
+from bson.errors import InvalidDocument
+from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidOperation, WriteError
 
 from opendisco._backend import backend_errors
 from opendisco._store import MAX_WRITES_PER_COMMAND, create_collection, detect_capabilities
@@ -64,6 +65,11 @@ from ._served_spool import ServedSpool
 __all__ = ["SERVED_LISTS", "ServedLog"]
 
 SERVED_LISTS = "served_lists"
+DUPLICATE_KEY = 11000
+#: a document's own refusals, which no retry changes (a list written again: DUPLICATE_KEY;
+#: BadValue, InvalidBSON, DocumentValidationFailure, BSONObjectTooLarge): dropped and counted,
+#: where a retry of its batch failed on it for ever and the lists behind it with it
+_NOT_RETRIED = frozenset({DUPLICATE_KEY, 2, 22, 121, 10334})
 #: the longest wait between two attempts of a write the store refused
 MAX_BACKOFF_S = 5.0
 log = logging.getLogger("opendisco.signals")
@@ -227,12 +233,33 @@ class ServedLog:
             try:
                 await self.coll.insert_many(docs, ordered=False)
                 self.written += len(docs)
-            except BulkWriteError as exc:
+            except BulkWriteError as exc:  # the others of an unordered insert are written
                 errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != 11000 for e in errors):
+                if any(e.get("code") not in _NOT_RETRIED for e in errors):
                     raise
+                refused = [e for e in errors if e.get("code") != DUPLICATE_KEY]
                 self.written += len(docs) - len(errors)
-                self.duplicates += len(errors)
+                self.duplicates += len(errors) - len(refused)
+                self.dropped += len(refused)
+                for e in refused:
+                    log.error("served-list log: a list refused by the store: %s", e.get("errmsg"))
+            except InvalidDocument:  # one cannot be stored (over 16 MB): the others one by one
+                for doc in docs:
+                    await self._insert_one(doc)
+
+    async def _insert_one(self, doc: dict[str, Any]) -> None:
+        """Insert one list; one no store can take (its BSON over the limit) is dropped and
+        counted — before, it failed its batch for ever and every list queued behind it."""
+        try:
+            await self.coll.insert_one(doc)
+            self.written += 1
+        except DuplicateKeyError:
+            self.duplicates += 1
+        except (InvalidDocument, WriteError) as exc:
+            if isinstance(exc, WriteError) and exc.code not in _NOT_RETRIED:
+                raise
+            self.dropped += 1
+            log.error("served-list log: list %r cannot be stored (%s)", doc.get("_id"), exc)
 
     def _spill(self, docs: list[dict[str, Any]], lists: list[ServedList]) -> None:
         """``docs`` and ``lists`` (encoded here) to the spool; what it refuses is dropped

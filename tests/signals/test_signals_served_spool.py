@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,44 @@ async def test_a_list_written_back_twice_is_stored_once(spooled: tuple[Settings,
     finally:
         await proxy.close()
         await mongo.close()
+
+
+async def test_a_list_over_the_bson_limit_does_not_hold_back_the_others(
+    spooled: tuple[Settings, Any],
+) -> None:
+    """A list whose document is over the server's BSON limit (its ids: 200 of 100 KB): the
+    driver refuses the batch holding it (``DocumentTooLarge``) on every attempt, so before,
+    the lists queued behind it were never written either (and a spool holding it was never
+    emptied). Now that batch goes one list at a time: the others are written, and the big
+    one is written where the server takes it alone (FerretDB does) or dropped and counted."""
+    s, db = spooled
+    huge = replace(_served("huge"), ids=[f"{i:03d}" + "x" * 100_000 for i in range(200)])
+    huge = replace(huge, X=np.ones((200, len(FEATURE_NAMES))), shown=[0, 1, 2])
+    proxy = await store_proxy(s.mongo_url)
+    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
+    try:
+        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
+        log.log(_served("a"))
+        log.log(huge)
+        log.log(_served("b"))
+        await _until(lambda: log.written + log.dropped == 3 and log.pending == 0)
+        log.attach_spool(ServedSpool.for_settings(s))
+        await proxy.kill()
+        log.log(_served("c"))
+        await _until(lambda: log.failed > 0)
+        log.log(replace(huge, request_id="huge2"))  # spooled while writes fail
+        log.log(_served("d"))
+        await _until(lambda: log.spooled == 3)
+        await proxy.resume()
+        await _until(lambda: log.written + log.dropped == 6 and not _bson_files(s))
+        ids = {d["_id"] async for d in db[SERVED_LISTS].find({}, {"_id": 1})}
+        assert {"a", "b", "c", "d"} <= ids and len(ids) == 6 - log.dropped
+        await log.drain()
+        log.close_spool()
+    finally:
+        await proxy.close()
+        await mongo.close()
+
+
+def _bson_files(s: Settings) -> list[str]:
+    return [n for n in _spool_files(s) if n.endswith(".bson")]
