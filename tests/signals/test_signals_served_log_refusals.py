@@ -41,7 +41,7 @@ class Refusing:
 
 def _served(rid: str) -> ServedList:
     at = datetime.now(UTC)
-    return ServedList(rid, at, "u1", "surface", "surface", "v", False, 0, FEATURE_NAMES, None, [], [])
+    return ServedList(rid, at, "u1", "s", "s", "v", False, 0, FEATURE_NAMES, None, [], [])
 
 
 async def test_a_list_no_store_takes_is_dropped_and_counted_the_others_written() -> None:
