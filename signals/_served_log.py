@@ -194,6 +194,9 @@ class ServedLog:
         docs = [encode_list(s, self.max_rows, self._rng) for s in batch]
         try:
             await self._insert(docs)
+        except asyncio.CancelledError:  # drain() cut short (a paused store at shutdown):
+            self._queue.extendleft(reversed(batch))  # it spools them (in or not: once)
+            raise
         except Exception as exc:  # the store is down or slow: keep the lists for a retry
             self.failed += len(docs)
             self._failed = True
@@ -331,19 +334,27 @@ class ServedLog:
         without counting it. The flusher ends by itself once the queue is empty or a write
         failed (its writes never raise), so this waits for the writes only, not for a
         ``flush_every_s``. What the store did not take (it is down) is dropped, counted and
-        logged: one failed write ends the drain, which must not outlast a shutdown."""
+        logged: one failed write ends the drain, which must not outlast a shutdown.
+
+        With a spool, what is queued is spooled instead, also when the caller gives up on the
+        drain (cancels it: the store paused, a write hanging until its socket timeout): the
+        batch in flight and the lists queued behind it are spooled, not lost."""
         task, self._task = self._task, None
         ran = task is not None and not task.done()
-        if ran:
-            if self._wake is not None:
-                self._wake.set()
-            await task
-        if not (ran and self._failures):  # the flusher's last attempt failed: no second one
-            while await self.flush():
-                pass
-            if self._spooled() and not self._failures:
-                await self._write_back()
-        self._drop_queue("the store failed")
+        why = "the drain was cancelled"
+        try:
+            if ran:
+                if self._wake is not None:
+                    self._wake.set()
+                await task
+            if not (ran and self._failures):  # the flusher's last attempt failed: no second
+                while await self.flush():
+                    pass
+                if self._spooled() and not self._failures:
+                    await self._write_back()
+            why = "the store failed"
+        finally:
+            self._drop_queue(why)
 
     def _drop_queue(self, why: str) -> None:
         """Drop what is queued, counted in ``dropped`` and logged (no write can take it) —

@@ -1,0 +1,107 @@
+"""The served-list log's spool under the faults its first tests did not cover, on the real
+store (a TCP proxy in front of the shared FerretDB, the server itself never touched): a store
+paused at shutdown, a spool that cannot write, a list that cannot be encoded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tcp_faults import store_proxy
+
+from opendisco import Settings, clients
+from opendisco.rerank import FEATURE_NAMES
+from opendisco.signals import SERVED_LISTS, ServedList, ServedLog, ServedSpool
+
+
+def _served(rid: str) -> ServedList:
+    return ServedList(
+        request_id=rid,
+        at=datetime.now(UTC),
+        user_id="u1",
+        surface="for_you",
+        requested_surface="for_you",
+        version="v",
+        degraded=True,
+        k=3,
+        feature_names=FEATURE_NAMES,
+        X=np.ones((3, len(FEATURE_NAMES))),
+        ids=["a", "b", "c"],
+        shown=[0, 1, 2],
+        propensity=[1.0] * 3,
+    )
+
+
+async def _until(what: Callable[[], bool], timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def spooled(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Settings, Any]]:
+    """Settings of a database of their own with a state dir of their own, and that database."""
+    s = settings.model_copy(
+        update={"mongo_db": f"{settings.mongo_db}spoolf{os.getpid()}", "state_dir": tmp_path}
+    )
+    direct = clients.mongo_async(s)
+    try:
+        yield s, direct[s.mongo_db]
+    finally:
+        await direct.drop_database(s.mongo_db)
+        await direct.close()
+
+
+async def _ids(db: Any) -> set[str]:
+    return {d["_id"] async for d in db[SERVED_LISTS].find({}, {"_id": 1})}
+
+
+async def test_a_drain_cut_short_by_a_paused_store_spools_what_it_held(
+    spooled: tuple[Settings, Any],
+) -> None:
+    """The store paused (connections open, no byte moves) just before shutdown: the flusher's
+    write hangs until the socket timeout, past the app's wait on the drain, which cancels it.
+    Before, the batch in flight and the lists queued behind it were lost, uncounted (the
+    drain never reached its spilling); now the cancelled drain spools them and the next
+    process writes every one."""
+    s, db = spooled
+    proxy = await store_proxy(s.mongo_url)
+    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
+    try:
+        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
+        log.attach_spool(ServedSpool.for_settings(s))
+        log.log(_served("before"))
+        await _until(lambda: log.written == 1)
+        proxy.pause()
+        for j in range(4):  # their write hangs (no failure yet: no spooling)
+            log.log(_served(f"paused-{j}"))
+        await asyncio.sleep(0.3)
+        for j in range(4, 8):  # queued behind it
+            log.log(_served(f"paused-{j}"))
+        with pytest.raises(TimeoutError):  # the app gives the drain 5 s
+            await asyncio.wait_for(log.drain(), 1.0)
+        assert (log.spooled, log.dropped, log.pending) == (8, 0, 0)
+        log.close_spool()
+    finally:
+        await proxy.resume()
+        await proxy.close()
+        await mongo.close()
+
+    direct = clients.mongo_async(s)
+    try:
+        again = ServedLog(direct[s.mongo_db], flush_every_s=0.05)
+        again.attach_spool(ServedSpool.for_settings(s))  # the next process here
+        await _until(lambda: again.written + again.duplicates == 8)
+        assert await _ids(db) == {"before", *(f"paused-{j}" for j in range(8))}
+        await again.drain()
+        again.close_spool()
+    finally:
+        await direct.close()
