@@ -120,7 +120,11 @@ class ServedLog:
     def log(self, served: ServedList) -> None:
         """Queue one list; never blocks (a full queue drops it and counts it). While the
         store fails, with a spool, the list goes to the spool instead (encoded now)."""
-        if self._failures and self.spool is not None:
+        if self._failures and self._spooled():
+            # a write failed and the spool holds what it took: write-back probes the store.
+            # With nothing spooled (the spool refused it all: full, its disk gone), the list
+            # is queued, and its write is the probe — else every list was spooled (refused)
+            # for good, the store back or not
             self._spill([], [served])
         elif len(self._queue) >= self.max_queue:
             self.dropped += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from tcp_faults import store_proxy
 
 from opendisco import Settings, clients
 from opendisco.rerank import FEATURE_NAMES
-from opendisco.signals import SERVED_LISTS, ServedList, ServedLog, ServedSpool
+from opendisco.signals import SERVED_LISTS, ServedList, ServedLog, ServedSpool, spool_dir
 
 
 def _served(rid: str) -> ServedList:
@@ -105,3 +106,37 @@ async def test_a_drain_cut_short_by_a_paused_store_spools_what_it_held(
         again.close_spool()
     finally:
         await direct.close()
+
+
+async def test_a_spool_that_cannot_write_does_not_stop_the_log_after_the_outage(
+    spooled: tuple[Settings, Any],
+) -> None:
+    """The spool's directory removed under the process (an unwritable or full disk likewise),
+    then a store outage: the lists of the outage cannot be spooled (dropped, counted). Before,
+    the log stayed in its "writes fail" state for good — nothing spooled, so no write-back
+    probed the store — and every later list was dropped though the store was back; now a
+    list is queued when nothing is spooled, and its write finds the store."""
+    s, db = spooled
+    proxy = await store_proxy(s.mongo_url)
+    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
+    try:
+        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
+        log.attach_spool(ServedSpool.for_settings(s))
+        log.log(_served("before"))
+        await _until(lambda: log.written == 1)
+        shutil.rmtree(spool_dir(s))
+        await proxy.kill()
+        log.log(_served("down-0"))
+        await _until(lambda: log.failed > 0)
+        log.log(_served("down-1"))  # queued: nothing spooled, its write probes the store
+        assert log.dropped == 1 and log.spooled == 0
+        await proxy.resume()
+        for j in range(3):
+            log.log(_served(f"after-{j}"))
+        await _until(lambda: log.written == 5)
+        assert await _ids(db) == {"before", "down-1", "after-0", "after-1", "after-2"}
+        await asyncio.wait_for(log.drain(), 20)
+        log.close_spool()
+    finally:
+        await proxy.close()
+        await mongo.close()
