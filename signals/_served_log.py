@@ -72,6 +72,9 @@ DUPLICATE_KEY = 11000
 _NOT_RETRIED = frozenset({DUPLICATE_KEY, 2, 22, 121, 10334})
 #: the longest wait between two attempts of a write the store refused
 MAX_BACKOFF_S = 5.0
+#: what the driver cannot encode (over the BSON limit, a string with no UTF-8, an int over 64
+#: bits): no retry changes it
+_UNENCODABLE = (InvalidDocument, UnicodeEncodeError, OverflowError)
 log = logging.getLogger("opendisco.signals")
 
 
@@ -250,7 +253,7 @@ class ServedLog:
                 self.dropped += len(refused)
                 for e in refused:
                     log.error("served-list log: a list refused by the store: %s", e.get("errmsg"))
-            except InvalidDocument:  # one cannot be stored (over 16 MB): the others one by one
+            except _UNENCODABLE:  # one cannot be stored (over 16 MB, no UTF-8): one by one
                 for doc in docs:
                     await self._insert_one(doc)
 
@@ -262,7 +265,7 @@ class ServedLog:
             self.written += 1
         except DuplicateKeyError:
             self.duplicates += 1
-        except (InvalidDocument, WriteError) as exc:
+        except (*_UNENCODABLE, WriteError) as exc:
             if isinstance(exc, WriteError) and exc.code not in _NOT_RETRIED:
                 raise
             self.dropped += 1
@@ -272,7 +275,13 @@ class ServedLog:
         """``docs`` and ``lists`` (encoded here) to the spool; what it refuses is dropped
         (counted by the spool and in ``dropped``)."""
         assert self.spool is not None
-        everything = [*docs, *(encode_list(s, self.max_rows, self._rng) for s in lists)]
+        everything = list(docs)
+        for s in lists:
+            try:  # a caller's bad list: never raised on the hot path (log()), nor the flusher's
+                everything.append(encode_list(s, self.max_rows, self._rng))
+            except Exception as exc:
+                self.dropped += 1
+                log.error("served-list log: list %r cannot be encoded (%r)", s.request_id, exc)
         if everything:
             self.dropped += len(everything) - self.spool.spill(everything)
 

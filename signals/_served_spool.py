@@ -39,7 +39,7 @@ from typing import Any
 
 import bson
 from bson.codec_options import CodecOptions
-from bson.errors import InvalidBSON
+from bson.errors import BSONError, InvalidBSON
 
 from opendisco._settings import Settings
 
@@ -129,7 +129,11 @@ class ServedSpool:
         data: list[bytes] = []
         size = 0
         for doc in docs:
-            raw = bson.encode(doc, codec_options=_CODEC)
+            try:  # one BSON cannot encode (a string with no UTF-8): dropped, not raised
+                raw = bson.encode(doc, codec_options=_CODEC)
+            except (BSONError, ValueError, OverflowError) as exc:
+                log.error("served-list spool: list %r cannot be encoded (%r)", doc.get("_id"), exc)
+                continue
             if self.bytes + size + len(raw) > self.max_bytes:
                 break
             data.append(raw)

@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,43 @@ async def test_a_spool_that_cannot_write_does_not_stop_the_log_after_the_outage(
             log.log(_served(f"after-{j}"))
         await _until(lambda: log.written == 5)
         assert await _ids(db) == {"before", "down-1", "after-0", "after-1", "after-2"}
+        await asyncio.wait_for(log.drain(), 20)
+        log.close_spool()
+    finally:
+        await proxy.close()
+        await mongo.close()
+
+
+async def test_a_list_that_cannot_be_encoded_is_dropped_not_raised_nor_retried(
+    spooled: tuple[Settings, Any],
+) -> None:
+    """A list holding a lone surrogate (no UTF-8: BSON cannot encode it). Without a spool,
+    the driver's UnicodeEncodeError failed its batch on every retry: the lists behind it were
+    never written. While writes fail, with a spool, it raised out of :meth:`ServedLog.log`
+    (the request's answer a 500) and, in the flusher's spill, ended the flusher with its batch
+    lost. Now it is dropped and counted, and the others are written."""
+    s, db = spooled
+    bad = replace(_served("bad"), user_id="u\ud800")
+    proxy = await store_proxy(s.mongo_url)
+    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
+    try:
+        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
+        for rid in ("a", "bad", "b"):
+            log.log(bad if rid == "bad" else _served(rid))
+        await _until(lambda: log.written == 2 and log.dropped == 1)
+
+        log.attach_spool(ServedSpool.for_settings(s))
+        await proxy.kill()
+        log.log(_served("c"))
+        log.log(replace(bad, request_id="bad-2"))  # in the batch whose write fails
+        log.log(_served("d"))
+        await _until(lambda: log.failed > 0)
+        log.log(replace(bad, request_id="bad-3"))  # on the hot path: spooled at once
+        log.log(_served("e"))
+        assert (log.spooled, log.dropped) == (3, 3)
+        await proxy.resume()
+        await _until(lambda: log.written == 5)
+        assert await _ids(db) == {"a", "b", "c", "d", "e"}
         await asyncio.wait_for(log.drain(), 20)
         log.close_spool()
     finally:
