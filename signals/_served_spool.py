@@ -151,6 +151,11 @@ class ServedSpool:
         except OSError as exc:
             self.dropped += len(docs)
             log.error("served-list spool: %d lists not spooled (%r)", len(docs), exc)
+            if self._fd is not None:
+                # the write may have been cut part-way (a full disk, the file-size limit):
+                # what follows goes to a new file, the cut document stays this one's last
+                # (skipped). Appended after it, it hid every later list of the file
+                self.seal()
             return 0
         self._current_bytes += size
         self.bytes += size

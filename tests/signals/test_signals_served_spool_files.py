@@ -143,3 +143,41 @@ def test_files_older_than_the_retention_are_deleted_unread(tmp_path: Path) -> No
     assert spool.seal() == []
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{spool.name}.lock"]
     assert name != spool.name
+
+
+#: a child whose file-size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write past it
+#: is cut, then fails with EFBIG) cuts a spool's write mid-document, then is lifted (the room
+#: an ENOSPC lacked freed); it prints what the spool took and what its files hold
+CUT = """
+import json, os, resource
+from pathlib import Path
+from opendisco.signals import ServedSpool
+spool = ServedSpool.open(Path(os.environ["T_ROOT"]), 1 << 20, 3600.0)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, hard))
+doc = lambda i: {"_id": f"r{i}", "p": "x" * 990}
+taken = sum(spool.spill([doc(i)]) for i in range(12))
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+taken += sum(spool.spill([doc(i)]) for i in range(12, 20))
+files = spool.seal()
+read = [d["_id"] for f in files for d in spool.read(f)]
+print(json.dumps({"taken": taken, "read": read, "dropped": spool.dropped}), flush=True)
+"""
+
+
+def test_a_write_cut_by_a_full_disk_does_not_hide_the_lists_appended_after_it(
+    tmp_path: Path,
+) -> None:
+    """A spool write cut part-way (a full disk, the file-size limit) left a partial document
+    in the file, and the lists appended after it, once there was room again, were taken
+    (counted spooled) but unreadable: the reader stops at the cut document. Now a cut file is
+    sealed (the cut document its last, skipped) and the next lists start a new file."""
+    env = {**os.environ, "T_ROOT": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", CUT], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["dropped"] >= 1 and out["taken"] + out["dropped"] == 20
+    assert len(out["read"]) == out["taken"]  # every list taken is read back
+    assert {f"r{i}" for i in range(12, 20)} <= set(out["read"])
