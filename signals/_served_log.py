@@ -13,7 +13,8 @@ One MongoDB document per served list (collection ``served_lists``, ``_id`` = req
 **Bounded.** A list logs at most ``max_rows`` rows: every shown row and every exploration pool
 row, then a uniform sample of the other scored candidates (``incl`` = the inclusion
 probability of each row, 1.0 when everything fitted). The queue holds at most ``max_queue``
-lists; when it is full a list is dropped and counted (``dropped``), never waited for.
+lists; when it is full a list is dropped and counted (``dropped``), never waited for (with a
+spool: spooled).
 
 **A store outage loses nothing the queue holds.** A write that fails (the store down, cut
 off or paused past its timeouts) puts its lists back at the head of the queue and the
@@ -121,8 +122,9 @@ class ServedLog:
 
     # -- the hot path ---------------------------------------------------------------------
     def log(self, served: ServedList) -> None:
-        """Queue one list; never blocks (a full queue drops it and counts it). While the
-        store fails, with a spool, the list goes to the spool instead (encoded now)."""
+        """Queue one list; never blocks (a full queue drops it and counts it). With a spool,
+        a list the full queue cannot take, and every list while the store fails, goes to the
+        spool instead (encoded now)."""
         if self._failures and self._spooled():
             # a write failed and the spool holds what it took: write-back probes the store.
             # With nothing spooled (the spool refused it all: full, its disk gone), the list
@@ -130,8 +132,12 @@ class ServedLog:
             # for good, the store back or not
             self._spill([], [served])
         elif len(self._queue) >= self.max_queue:
-            self.dropped += 1
-            return
+            if self.spool is None:
+                self.dropped += 1
+                return
+            # no write failed yet (one hangs: the store gone silent, or slow): spooled, not
+            # dropped, and written back after the queue
+            self._spill([], [served])
         else:
             self._queue.append(served)
         self._start()

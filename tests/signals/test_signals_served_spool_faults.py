@@ -178,3 +178,34 @@ async def test_a_list_that_cannot_be_encoded_is_dropped_not_raised_nor_retried(
     finally:
         await proxy.close()
         await mongo.close()
+
+
+async def test_the_queue_bound_drops_nothing_while_a_write_hangs(
+    spooled: tuple[Settings, Any],
+) -> None:
+    """The store paused (gone silent): its first write hangs until the socket timeout, no
+    write has failed yet, and the lists logged meanwhile fill the queue. Before, what
+    overflowed it was dropped though a spool was there; now it is spooled, and written back
+    with the rest once the store answers."""
+    s, db = spooled
+    proxy = await store_proxy(s.mongo_url)
+    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
+    try:
+        log = ServedLog(mongo[s.mongo_db], max_queue=3, flush_every_s=0.05)
+        log.attach_spool(ServedSpool.for_settings(s))
+        log.log(_served("before"))
+        await _until(lambda: log.written == 1)
+        proxy.pause()
+        log.log(_served("silent-0"))
+        await asyncio.sleep(0.3)  # its write hangs
+        for j in range(1, 10):  # 3 queued, 6 over the bound
+            log.log(_served(f"silent-{j}"))
+        assert (log.pending, log.spooled, log.dropped) == (3, 6, 0)
+        await proxy.resume()
+        await _until(lambda: log.written == 11 and not log.spool.pending)  # type: ignore[union-attr]
+        assert await _ids(db) == {"before", *(f"silent-{j}" for j in range(10))}
+        await asyncio.wait_for(log.drain(), 20)
+        log.close_spool()
+    finally:
+        await proxy.close()
+        await mongo.close()
