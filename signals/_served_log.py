@@ -41,6 +41,9 @@ command. Append-only: documents are never updated.
 **Retention.** ``days``: a TTL index on ``at`` where the server has them; on FerretDB (no TTL
 indexes, see :class:`~opendisco._store.StoreCapabilities`) the flusher deletes expired lists at
 most every ``purge_every_s`` (the events processor's fallback).
+
+Why this module is long: the writer's failure handling (the queue, the spool, the store's
+refusals, a drain cut short) is one state machine, read and reviewed in one place.
 """
 
 from __future__ import annotations
@@ -126,17 +129,14 @@ class ServedLog:
         a list the full queue cannot take, and every list while the store fails, goes to the
         spool instead (encoded now)."""
         if self._failures and self._spooled():
-            # a write failed and the spool holds what it took: write-back probes the store.
-            # With nothing spooled (the spool refused it all: full, its disk gone), the list
-            # is queued, and its write is the probe — else every list was spooled (refused)
-            # for good, the store back or not
+            # write-back probes the store. Nothing spooled (the spool refused it: its disk
+            # gone or full): queued, its write the probe (else refused for good)
             self._spill([], [served])
         elif len(self._queue) >= self.max_queue:
             if self.spool is None:
                 self.dropped += 1
                 return
-            # no write failed yet (one hangs: the store gone silent, or slow): spooled, not
-            # dropped, and written back after the queue
+            # no write failed yet (one hangs: the store silent): spooled, written back later
             self._spill([], [served])
         else:
             self._queue.append(served)
