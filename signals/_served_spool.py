@@ -227,9 +227,10 @@ class ServedSpool:
                 key=lambda p: _seq(p),
             )
             fresh = [p for p in files if not self._expired(p)]
-            if not fresh:
-                for p in files:
+            for p in files:  # expired: deleted unread (else, beside fresh ones, left for ever)
+                if p not in fresh:
                     p.unlink(missing_ok=True)
+            if not fresh:
                 lock_path.unlink(missing_ok=True)
                 os.close(fd)
                 continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,3 +182,24 @@ def test_a_write_cut_by_a_full_disk_does_not_hide_the_lists_appended_after_it(
     assert out["dropped"] >= 1 and out["taken"] + out["dropped"] == 20
     assert len(out["read"]) == out["taken"]  # every list taken is read back
     assert {f"r{i}" for i in range(12, 20)} <= set(out["read"])
+
+
+def test_an_expired_file_beside_fresh_ones_of_a_dead_owner_is_deleted_too(
+    tmp_path: Path,
+) -> None:
+    """A killed owner left an expired file and a fresh one: the fresh one is adopted and
+    written back, the expired one deleted unread. Before, only an owner whose files had all
+    expired had them deleted: here the expired file was never adopted nor deleted, and once
+    the fresh one was written back (its lock with it) no process ever looked at it again."""
+    proc, name = _owner(tmp_path, 3)
+    _kill9(proc)
+    (old,) = tmp_path.glob(f"{name}-*.bson")
+    shutil.copy(old, tmp_path / f"{name}-000002.bson")
+    then = time.time() - 7200
+    os.utime(old, (then, then))
+    spool = ServedSpool.open(tmp_path, 1 << 20, 3600.0)
+    (f,) = spool.seal()
+    assert f.path.name == f"{name}-000002.bson"
+    spool.written(f)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{spool.name}.lock"]
+    spool.close()
