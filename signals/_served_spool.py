@@ -83,6 +83,8 @@ class SpoolFile:
     path: Path
     lock_path: Path
     owner_fd: int | None = None
+    #: this process's bytes in it (what ``bytes`` counted; 0 for an adopted file)
+    size: int = 0
 
 
 class ServedSpool:
@@ -179,7 +181,9 @@ class ServedSpool:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            self._sealed.append(SpoolFile(self._path(self._seq), self.lock_path))
+            self._sealed.append(
+                SpoolFile(self._path(self._seq), self.lock_path, size=self._current_bytes)
+            )
             self._current_bytes = 0
         return list(self._sealed)
 
@@ -198,9 +202,10 @@ class ServedSpool:
         """Every document of ``f`` is in the store: delete it (and, for a dead owner's last
         file, its lock)."""
         self._sealed.remove(f)
-        if f.owner_fd is None:
-            with contextlib.suppress(FileNotFoundError):
-                self.bytes -= f.path.stat().st_size
+        # what was counted, not the file's size now: a file deleted under the process (its
+        # directory removed) kept its bytes counted for good, a write cut part-way made it
+        # count the cut bytes of another file off
+        self.bytes -= f.size
         f.path.unlink(missing_ok=True)
         if f.owner_fd is not None and not any(s.lock_path == f.lock_path for s in self._sealed):
             f.lock_path.unlink(missing_ok=True)

@@ -203,3 +203,19 @@ def test_an_expired_file_beside_fresh_ones_of_a_dead_owner_is_deleted_too(
     spool.written(f)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{spool.name}.lock"]
     spool.close()
+
+
+def test_the_bound_counts_what_was_spooled_not_what_is_on_disk(tmp_path: Path) -> None:
+    """The spool's directory removed under the process (a process starting creates it again):
+    its sealed file is gone when written back. Before, ``bytes`` was lowered by the file's
+    size on disk, so a file gone kept its bytes counted for good and the spool, full of
+    nothing, dropped every later list; now by what it counted when it spooled them."""
+    root = tmp_path / "spool"
+    spool = ServedSpool.open(root, 10_000, 3600.0)
+    assert [spool.spill([_doc(i, pad=990)]) for i in range(9)] == [1] * 9
+    (f,) = spool.seal()
+    shutil.rmtree(root)
+    root.mkdir()
+    spool.written(f)
+    assert spool.bytes == 0
+    assert [spool.spill([_doc(i, pad=990)]) for i in range(9, 18)] == [1] * 9
