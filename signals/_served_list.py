@@ -8,6 +8,7 @@ evaluation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -85,18 +86,37 @@ def encode_list(s: ServedList, max_rows: int, rng: np.random.Generator) -> dict[
         "incl": [round(float(p), 6) for p in incl],
         "candidates": n,
         "shown": [pos[int(r)] for r in s.shown],
-        "propensity": [float(p) for p in s.propensity],
+        "propensity": [_finite(p) for p in s.propensity],
         "explored": s.explored,
-        "policy": dict(s.policy),
+        "policy": _finite_values(dict(s.policy)),
     }
     if s.X is not None and len(rows):
         doc["X"] = Binary(np.ascontiguousarray(s.X[rows], dtype="<f4").tobytes())
     if s.experiments:
-        doc["experiments"] = [dict(e) for e in s.experiments]
+        doc["experiments"] = [_finite_values(dict(e)) for e in s.experiments]
     if s.pool:
         doc["pool"] = [pos[int(r)] for r in s.pool]
-        doc["pool_w"] = [float(w) for w in s.pool_w]
+        doc["pool_w"] = [_finite(w) for w in s.pool_w]
     return doc
+
+
+def _finite(x: Any) -> float | None:
+    """A float for the store; NaN and infinities as None (FerretDB closes the connection on a
+    NaN, so one list held the whole log back as if the store were down; an infinity it
+    refuses)."""
+    f = float(x)
+    return f if math.isfinite(f) else None
+
+
+def _finite_values(value: Any) -> Any:
+    """``value`` with every non-finite float in it (nested dicts and lists) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_values(v) for v in value]
+    return value
 
 
 def decode_list(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -204,7 +204,9 @@ class ServedLog:
             batch.append(self._queue.popleft())
         if not batch:
             return 0
-        docs = [encode_list(s, self.max_rows, self._rng) for s in batch]
+        docs = self._encoded(batch)
+        if not docs:  # none could be encoded (dropped, counted): nothing to write
+            return len(batch)
         try:
             await self._insert(docs)
         except asyncio.CancelledError:  # drain() cut short (a paused store at shutdown):
@@ -281,15 +283,21 @@ class ServedLog:
         """``docs`` and ``lists`` (encoded here) to the spool; what it refuses is dropped
         (counted by the spool and in ``dropped``)."""
         assert self.spool is not None
-        everything = list(docs)
+        everything = [*docs, *self._encoded(lists)]
+        if everything:
+            self.dropped += len(everything) - self.spool.spill(everything)
+
+    def _encoded(self, lists: list[ServedList]) -> list[dict[str, Any]]:
+        """The documents of ``lists``; a caller's bad list (a shown row it does not have) is
+        dropped and counted: never raised on the hot path (log()), nor ending the flusher."""
+        docs: list[dict[str, Any]] = []
         for s in lists:
-            try:  # a caller's bad list: never raised on the hot path (log()), nor the flusher's
-                everything.append(encode_list(s, self.max_rows, self._rng))
+            try:
+                docs.append(encode_list(s, self.max_rows, self._rng))
             except Exception as exc:
                 self.dropped += 1
                 log.error("served-list log: list %r cannot be encoded (%r)", s.request_id, exc)
-        if everything:
-            self.dropped += len(everything) - self.spool.spill(everything)
+        return docs
 
     async def _write_back(self) -> bool:
         """Write the spooled files back, oldest first, each deleted once all of it is in the

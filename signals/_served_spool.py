@@ -193,6 +193,9 @@ class ServedSpool:
             data = f.path.read_bytes()
         except FileNotFoundError:
             return iter(())
+        except OSError as exc:  # not a file (a directory of that name), unreadable: skipped
+            log.error("served-list spool: %s cannot be read, skipped (%r)", f.path, exc)
+            return iter(())
         docs, skipped = read_spooled(data)
         if skipped:
             log.warning("served-list spool: %d bytes skipped at the end of %s", skipped, f.path)
@@ -201,12 +204,15 @@ class ServedSpool:
     def written(self, f: SpoolFile) -> None:
         """Every document of ``f`` is in the store: delete it (and, for a dead owner's last
         file, its lock)."""
+        if f not in self._sealed:  # written back already (two write-backs at once)
+            return
         self._sealed.remove(f)
         # what was counted, not the file's size now: a file deleted under the process (its
         # directory removed) kept its bytes counted for good, a write cut part-way made it
         # count the cut bytes of another file off
         self.bytes -= f.size
-        f.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # gone, or not a file (left where it is)
+            f.path.unlink(missing_ok=True)
         if f.owner_fd is not None and not any(s.lock_path == f.lock_path for s in self._sealed):
             f.lock_path.unlink(missing_ok=True)
             os.close(f.owner_fd)

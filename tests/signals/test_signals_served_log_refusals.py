@@ -4,13 +4,16 @@ FerretDB takes such documents, ``test_signals_served_spool.py`` writes one throu
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from pymongo.errors import BulkWriteError, DocumentTooLarge, WriteError
 
 from opendisco.rerank import FEATURE_NAMES
 from opendisco.signals import ServedList, ServedLog
+from opendisco.signals._served_list import encode_list
 
 
 class Refusing:
@@ -60,3 +63,38 @@ async def test_a_list_no_store_takes_is_dropped_and_counted_the_others_written()
         pass
     assert (log.pending, log.written, log.dropped, log.failed) == (0, 5, 3, 0)
     assert coll.stored == ["a", "b", "c", "d", "e"]
+
+
+async def test_a_list_that_cannot_be_encoded_is_dropped_not_the_flusher() -> None:
+    """A caller's bad list (a shown row it does not have) raised out of the flusher's encoding:
+    the flusher ended with its batch taken off the queue, lost uncounted."""
+    coll = Refusing()
+    log = ServedLog({"served_lists": coll})
+    log._ready = True
+    bad = replace(_served("bad-rows"), ids=["x"], shown=[3])
+    for s in (_served("a"), bad, _served("b")):
+        log.log(s)
+    while await log.flush():
+        pass
+    assert (log.pending, log.written, log.dropped) == (0, 2, 1)
+    log.log(bad)  # alone in its batch
+    assert await log.flush() == 1 and log.dropped == 2
+
+
+def test_non_finite_floats_are_stored_as_none() -> None:
+    """FerretDB closes the connection on a NaN (the list then held the whole log back as if
+    the store were down) and refuses an infinity: both are stored as None (pure)."""
+    s = replace(
+        _served("nan"),
+        ids=["x", "y"],
+        shown=[0, 1],
+        propensity=[float("nan"), 0.5],
+        pool=[0, 1],
+        pool_w=[float("inf"), 1.0],
+        policy={"kind": "pl", "t": float("nan"), "w": [1.0, float("-inf")]},
+        experiments=[{"experiment": "e", "share": float("nan")}],
+    )
+    doc = encode_list(s, 10, np.random.default_rng(0))
+    assert doc["propensity"] == [None, 0.5] and doc["pool_w"] == [None, 1.0]
+    assert doc["policy"] == {"kind": "pl", "t": None, "w": [1.0, None]}
+    assert doc["experiments"] == [{"experiment": "e", "share": None}]

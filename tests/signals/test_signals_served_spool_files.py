@@ -219,3 +219,20 @@ def test_the_bound_counts_what_was_spooled_not_what_is_on_disk(tmp_path: Path) -
     spool.written(f)
     assert spool.bytes == 0
     assert [spool.spill([_doc(i, pad=990)]) for i in range(9, 18)] == [1] * 9
+
+
+def test_an_unreadable_entry_is_skipped_and_a_file_written_back_twice_is_no_error(
+    tmp_path: Path,
+) -> None:
+    """A dead owner's ``.bson`` entry that is a directory made ``read`` raise in the flusher
+    on every pass (it ended each time); a second write-back of a file (a flusher started
+    during a drain) raised in ``written``."""
+    (tmp_path / "7-dead-000001.bson").mkdir()
+    (tmp_path / "7-dead.lock").touch()
+    spool = ServedSpool.open(tmp_path, 1 << 20, 3600.0)
+    (f,) = spool.seal()
+    assert list(spool.read(f)) == []
+    spool.written(f)
+    spool.written(f)
+    assert not spool.pending and not (tmp_path / "7-dead.lock").exists()
+    spool.close()
