@@ -7,44 +7,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 from api_support import free_port, h, start_serve
+from served_lists import served_list, until
 from tcp_faults import store_proxy
 
 from opendisco import Settings, clients
-from opendisco.rerank import FEATURE_NAMES
-from opendisco.signals import SERVED_LISTS, ServedList, ServedLog, read_spooled, spool_dir
-
-
-def _served(rid: str) -> ServedList:
-    return ServedList(
-        request_id=rid,
-        at=datetime.now(UTC),
-        user_id="u1",
-        surface="for_you",
-        requested_surface="for_you",
-        version="v",
-        degraded=False,
-        k=3,
-        feature_names=FEATURE_NAMES,
-        X=np.ones((3, len(FEATURE_NAMES))),
-        ids=["a", "b", "c"],
-        shown=[0, 1, 2],
-        propensity=[1.0] * 3,
-    )
-
-
-async def _until(what: Callable[[], bool], timeout: float = 90.0) -> None:
-    end = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < end, "timed out"
-        await asyncio.sleep(0.1)
+from opendisco.signals import SERVED_LISTS, ServedLog, read_spooled, spool_dir
 
 
 async def test_lists_logged_while_the_store_is_down_are_written_when_it_is_back(
@@ -60,21 +32,21 @@ async def test_lists_logged_while_the_store_is_down_are_written_when_it_is_back(
     direct = clients.mongo_async(settings)
     try:
         log = ServedLog(mongo[name], max_rows=10, flush_every_s=0.05)
-        log.log(_served("before"))
-        await _until(lambda: log.written == 1)
+        log.log(served_list("before"))
+        await until(lambda: log.written == 1)
         await proxy.kill()
         for j in range(60):  # more than one command's worth
-            log.log(_served(f"down-{j:02d}"))
-        await _until(lambda: log.failed > 0)  # the flusher tried and the store refused
+            log.log(served_list(f"down-{j:02d}"))
+        await until(lambda: log.failed > 0)  # the flusher tried and the store refused
         assert (log.written, log.pending, log.dropped) == (1, 60, 0)
         await proxy.resume()
-        await _until(lambda: log.written == 61)
+        await until(lambda: log.written == 61)
         assert (log.pending, log.dropped) == (0, 0)
         assert await direct[name][SERVED_LISTS].count_documents({}) == 61
         # the store down at shutdown: drain gives up after one failed write, counting the rest
         await proxy.kill()
         for j in range(3):
-            log.log(_served(f"end-{j}"))
+            log.log(served_list(f"end-{j}"))
         await asyncio.wait_for(log.drain(), 60)
         assert (log.written, log.pending, log.dropped) == (61, 0, 3)
     finally:
@@ -129,7 +101,7 @@ async def test_lists_served_during_an_outage_survive_a_kill_9_of_the_api(
                     out |= {str(d["_id"]) for d in read_spooled(p.read_bytes())[0]}
                 return out
 
-            await _until(lambda: set(served) <= spooled(), timeout=60)
+            await until(lambda: set(served) <= spooled(), timeout=60)
         proc.kill()  # SIGKILL: no shutdown, no drain
         assert proc.wait(30) == -9
         assert await coll.count_documents({"_id": {"$in": served}}) == 0

@@ -14,20 +14,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
+from served_lists import served_list, until
 from tcp_faults import store_proxy
 
 from opendisco import Settings, clients
 from opendisco.rerank import FEATURE_NAMES
-from opendisco.signals import SERVED_LISTS, ServedList, ServedLog, ServedSpool, spool_dir
+from opendisco.signals import SERVED_LISTS, ServedLog, ServedSpool, spool_dir
 
 #: the child: a log whose store is down (nothing listens), ``T_N`` lists logged, the first
 #: ones queued until a write failed, the rest spooled as they are logged; then SIGKILL
@@ -65,45 +61,6 @@ asyncio.run(main())
 """
 
 
-def _served(rid: str) -> ServedList:
-    return ServedList(
-        request_id=rid,
-        at=datetime.now(UTC),
-        user_id="u1",
-        surface="for_you",
-        requested_surface="for_you",
-        version="v",
-        degraded=True,
-        k=3,
-        feature_names=FEATURE_NAMES,
-        X=np.arange(3 * len(FEATURE_NAMES), dtype=np.float64).reshape(3, -1),
-        ids=["a", "b", "c"],
-        shown=[0, 1, 2],
-        propensity=[1.0] * 3,
-    )
-
-
-async def _until(what: Callable[[], bool], timeout: float = 90.0) -> None:
-    end = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < end, "timed out"
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def spooled(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Settings, Any]]:
-    """Settings of a database of their own with a state dir of their own, and that database."""
-    s = settings.model_copy(
-        update={"mongo_db": f"{settings.mongo_db}spool{os.getpid()}", "state_dir": tmp_path}
-    )
-    direct = clients.mongo_async(s)
-    try:
-        yield s, direct[s.mongo_db]
-    finally:
-        await direct.drop_database(s.mongo_db)
-        await direct.close()
-
-
 def _spool_files(s: Settings) -> list[str]:
     d = spool_dir(s)
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
@@ -122,20 +79,20 @@ async def test_an_outage_past_the_queue_bound_loses_no_list(
     try:
         log = ServedLog(mongo[s.mongo_db], max_rows=10, max_queue=5, flush_every_s=0.05)
         log.attach_spool(ServedSpool.for_settings(s.model_copy(update={"served_log_spool_mb": 8})))
-        log.log(_served("before"))
-        await _until(lambda: log.written == 1)
+        log.log(served_list("before"))
+        await until(lambda: log.written == 1)
         await proxy.kill()
         for j in range(3):  # queued until a write fails
-            log.log(_served(f"down-{j:02d}"))
-        await _until(lambda: log.failed > 0)
+            log.log(served_list(f"down-{j:02d}"))
+        await until(lambda: log.failed > 0)
         for j in range(3, 60):  # then spooled as they are logged: the queue bound is moot
-            log.log(_served(f"down-{j:02d}"))
+            log.log(served_list(f"down-{j:02d}"))
         assert log.pending == 0
         assert (log.spooled, log.dropped) == (60, 0)
         assert any(name.endswith(".bson") for name in _spool_files(s))
         await proxy.resume()
-        await _until(lambda: log.written == 61)
-        await _until(lambda: not any(n.endswith(".bson") for n in _spool_files(s)))
+        await until(lambda: log.written == 61)
+        await until(lambda: not any(n.endswith(".bson") for n in _spool_files(s)))
         assert (log.pending, log.dropped) == (0, 0)
         assert await db[SERVED_LISTS].count_documents({}) == 61
         doc = await db[SERVED_LISTS].find_one({"_id": "down-07"})
@@ -143,14 +100,14 @@ async def test_an_outage_past_the_queue_bound_loses_no_list(
 
         await proxy.kill()  # the store down at shutdown
         for j in range(3):
-            log.log(_served(f"end-{j}"))
+            log.log(served_list(f"end-{j}"))
         await asyncio.wait_for(log.drain(), 60)
         assert log.dropped == 0 and log.pending == 0
         log.close_spool()
         await proxy.resume()
         again = ServedLog(mongo[s.mongo_db], max_rows=10, flush_every_s=0.05)
         again.attach_spool(ServedSpool.for_settings(s))  # the next process here
-        await _until(lambda: again.written == 3)
+        await until(lambda: again.written == 3)
         ids = {d["_id"] async for d in db[SERVED_LISTS].find({}, {"_id": 1})}
         assert {f"end-{j}" for j in range(3)} <= ids and len(ids) == 64
         await again.drain()
@@ -178,7 +135,7 @@ async def test_lists_spooled_by_a_process_killed_during_an_outage_are_written_by
     try:
         log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
         log.attach_spool(ServedSpool.for_settings(s))
-        await _until(lambda: log.written == 12)
+        await until(lambda: log.written == 12)
         ids = sorted([d["_id"] async for d in db[SERVED_LISTS].find({}, {"_id": 1})])
         assert ids == sorted(f"kill-{i}" for i in range(12))
         doc = await db[SERVED_LISTS].find_one({"_id": "kill-5"})
@@ -203,17 +160,17 @@ async def test_a_list_written_back_twice_is_stored_once(spooled: tuple[Settings,
         log.attach_spool(spool)
         await proxy.kill()
         for j in range(4):
-            log.log(_served(f"twice-{j}"))
-        await _until(lambda: log.spooled == 4)
+            log.log(served_list(f"twice-{j}"))
+        await until(lambda: log.spooled == 4)
         root = spool_dir(s)
         for p in list(root.glob(f"{spool.name}-*.bson")):
             shutil.copy(p, root / p.name.replace(spool.name, "1-dead"))
         (root / "1-dead.lock").touch()
         await proxy.resume()
-        await _until(lambda: log.written == 4)
+        await until(lambda: log.written == 4)
         again = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
         again.attach_spool(ServedSpool.for_settings(s))
-        await _until(lambda: again.duplicates == 4)
+        await until(lambda: again.duplicates == 4)
         assert await db[SERVED_LISTS].count_documents({}) == 4
         for each in (log, again):
             await asyncio.wait_for(each.drain(), 60)
@@ -233,25 +190,25 @@ async def test_a_list_over_the_bson_limit_does_not_hold_back_the_others(
     emptied). Now that batch goes one list at a time: the others are written, and the big
     one is written where the server takes it alone (FerretDB does) or dropped and counted."""
     s, db = spooled
-    huge = replace(_served("huge"), ids=[f"{i:03d}" + "x" * 100_000 for i in range(200)])
+    huge = replace(served_list("huge"), ids=[f"{i:03d}" + "x" * 100_000 for i in range(200)])
     huge = replace(huge, X=np.ones((200, len(FEATURE_NAMES))), shown=[0, 1, 2])
     proxy = await store_proxy(s.mongo_url)
     mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
     try:
         log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
-        log.log(_served("a"))
+        log.log(served_list("a"))
         log.log(huge)
-        log.log(_served("b"))
-        await _until(lambda: log.written + log.dropped == 3 and log.pending == 0)
+        log.log(served_list("b"))
+        await until(lambda: log.written + log.dropped == 3 and log.pending == 0)
         log.attach_spool(ServedSpool.for_settings(s))
         await proxy.kill()
-        log.log(_served("c"))
-        await _until(lambda: log.failed > 0)
+        log.log(served_list("c"))
+        await until(lambda: log.failed > 0)
         log.log(replace(huge, request_id="huge2"))  # spooled while writes fail
-        log.log(_served("d"))
-        await _until(lambda: log.spooled == 3)
+        log.log(served_list("d"))
+        await until(lambda: log.spooled == 3)
         await proxy.resume()
-        await _until(lambda: log.written + log.dropped == 6 and not _bson_files(s))
+        await until(lambda: log.written + log.dropped == 6 and not _bson_files(s))
         ids = {d["_id"] async for d in db[SERVED_LISTS].find({}, {"_id": 1})}
         assert {"a", "b", "c", "d"} <= ids and len(ids) == 6 - log.dropped
         await log.drain()

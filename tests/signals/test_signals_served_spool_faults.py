@@ -5,61 +5,16 @@ paused at shutdown, a spool that cannot write, a list that cannot be encoded."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from served_lists import served_list, until
 from tcp_faults import store_proxy
 
 from opendisco import Settings, clients
-from opendisco.rerank import FEATURE_NAMES
-from opendisco.signals import SERVED_LISTS, ServedList, ServedLog, ServedSpool, spool_dir
-
-
-def _served(rid: str) -> ServedList:
-    return ServedList(
-        request_id=rid,
-        at=datetime.now(UTC),
-        user_id="u1",
-        surface="for_you",
-        requested_surface="for_you",
-        version="v",
-        degraded=True,
-        k=3,
-        feature_names=FEATURE_NAMES,
-        X=np.ones((3, len(FEATURE_NAMES))),
-        ids=["a", "b", "c"],
-        shown=[0, 1, 2],
-        propensity=[1.0] * 3,
-    )
-
-
-async def _until(what: Callable[[], bool], timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < end, "timed out"
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def spooled(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Settings, Any]]:
-    """Settings of a database of their own with a state dir of their own, and that database."""
-    s = settings.model_copy(
-        update={"mongo_db": f"{settings.mongo_db}spoolf{os.getpid()}", "state_dir": tmp_path}
-    )
-    direct = clients.mongo_async(s)
-    try:
-        yield s, direct[s.mongo_db]
-    finally:
-        await direct.drop_database(s.mongo_db)
-        await direct.close()
+from opendisco.signals import SERVED_LISTS, ServedLog, ServedSpool, spool_dir
 
 
 async def _ids(db: Any) -> set[str]:
@@ -80,14 +35,14 @@ async def test_a_drain_cut_short_by_a_paused_store_spools_what_it_held(
     try:
         log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
         log.attach_spool(ServedSpool.for_settings(s))
-        log.log(_served("before"))
-        await _until(lambda: log.written == 1)
+        log.log(served_list("before"))
+        await until(lambda: log.written == 1)
         proxy.pause()
         for j in range(4):  # their write hangs (no failure yet: no spooling)
-            log.log(_served(f"paused-{j}"))
+            log.log(served_list(f"paused-{j}"))
         await asyncio.sleep(0.3)
         for j in range(4, 8):  # queued behind it
-            log.log(_served(f"paused-{j}"))
+            log.log(served_list(f"paused-{j}"))
         with pytest.raises(TimeoutError):  # the app gives the drain 5 s
             await asyncio.wait_for(log.drain(), 1.0)
         assert (log.spooled, log.dropped, log.pending) == (8, 0, 0)
@@ -101,7 +56,7 @@ async def test_a_drain_cut_short_by_a_paused_store_spools_what_it_held(
     try:
         again = ServedLog(direct[s.mongo_db], flush_every_s=0.05)
         again.attach_spool(ServedSpool.for_settings(s))  # the next process here
-        await _until(lambda: again.written + again.duplicates == 8)
+        await until(lambda: again.written + again.duplicates == 8)
         assert await _ids(db) == {"before", *(f"paused-{j}" for j in range(8))}
         await again.drain()
         again.close_spool()
@@ -123,18 +78,18 @@ async def test_a_spool_that_cannot_write_does_not_stop_the_log_after_the_outage(
     try:
         log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
         log.attach_spool(ServedSpool.for_settings(s))
-        log.log(_served("before"))
-        await _until(lambda: log.written == 1)
+        log.log(served_list("before"))
+        await until(lambda: log.written == 1)
         shutil.rmtree(spool_dir(s))
         await proxy.kill()
-        log.log(_served("down-0"))
-        await _until(lambda: log.failed > 0)
-        log.log(_served("down-1"))  # queued: nothing spooled, its write probes the store
+        log.log(served_list("down-0"))
+        await until(lambda: log.failed > 0)
+        log.log(served_list("down-1"))  # queued: nothing spooled, its write probes the store
         assert log.dropped == 1 and log.spooled == 0
         await proxy.resume()
         for j in range(3):
-            log.log(_served(f"after-{j}"))
-        await _until(lambda: log.written == 5)
+            log.log(served_list(f"after-{j}"))
+        await until(lambda: log.written == 5)
         assert await _ids(db) == {"before", "down-1", "after-0", "after-1", "after-2"}
         await asyncio.wait_for(log.drain(), 20)
         log.close_spool()
@@ -152,26 +107,26 @@ async def test_a_list_that_cannot_be_encoded_is_dropped_not_raised_nor_retried(
     (the request's answer a 500) and, in the flusher's spill, ended the flusher with its batch
     lost. Now it is dropped and counted, and the others are written."""
     s, db = spooled
-    bad = replace(_served("bad"), user_id="u\ud800")
+    bad = replace(served_list("bad"), user_id="u\ud800")
     proxy = await store_proxy(s.mongo_url)
     mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
     try:
         log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
         for rid in ("a", "bad", "b"):
-            log.log(bad if rid == "bad" else _served(rid))
-        await _until(lambda: log.written == 2 and log.dropped == 1)
+            log.log(bad if rid == "bad" else served_list(rid))
+        await until(lambda: log.written == 2 and log.dropped == 1)
 
         log.attach_spool(ServedSpool.for_settings(s))
         await proxy.kill()
-        log.log(_served("c"))
+        log.log(served_list("c"))
         log.log(replace(bad, request_id="bad-2"))  # in the batch whose write fails
-        log.log(_served("d"))
-        await _until(lambda: log.failed > 0)
+        log.log(served_list("d"))
+        await until(lambda: log.failed > 0)
         log.log(replace(bad, request_id="bad-3"))  # on the hot path: spooled at once
-        log.log(_served("e"))
+        log.log(served_list("e"))
         assert (log.spooled, log.dropped) == (3, 3)
         await proxy.resume()
-        await _until(lambda: log.written == 5)
+        await until(lambda: log.written == 5)
         assert await _ids(db) == {"a", "b", "c", "d", "e"}
         await asyncio.wait_for(log.drain(), 20)
         log.close_spool()
@@ -193,16 +148,16 @@ async def test_the_queue_bound_drops_nothing_while_a_write_hangs(
     try:
         log = ServedLog(mongo[s.mongo_db], max_queue=3, flush_every_s=0.05)
         log.attach_spool(ServedSpool.for_settings(s))
-        log.log(_served("before"))
-        await _until(lambda: log.written == 1)
+        log.log(served_list("before"))
+        await until(lambda: log.written == 1)
         proxy.pause()
-        log.log(_served("silent-0"))
+        log.log(served_list("silent-0"))
         await asyncio.sleep(0.3)  # its write hangs
         for j in range(1, 10):  # 3 queued, 6 over the bound
-            log.log(_served(f"silent-{j}"))
+            log.log(served_list(f"silent-{j}"))
         assert (log.pending, log.spooled, log.dropped) == (3, 6, 0)
         await proxy.resume()
-        await _until(lambda: log.written == 11 and not log.spool.pending)  # type: ignore[union-attr]
+        await until(lambda: log.written == 11 and not log.spool.pending)  # type: ignore[union-attr]
         assert await _ids(db) == {"before", *(f"silent-{j}" for j in range(10))}
         await asyncio.wait_for(log.drain(), 20)
         log.close_spool()
