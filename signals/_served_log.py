@@ -31,7 +31,14 @@ is logged); the flusher writes the files back once the store answers, and a proc
 later in the same state directory writes back what a killed one left. A kill -9 then loses
 only what was in memory: the lists of the last ``flush_every_s`` and a batch in flight, or,
 when the store went silent, those logged before its first write failed (one socket timeout).
-The drain at shutdown spools what the store did not take instead of dropping it.
+The drain at shutdown spools what the store did not take instead of dropping it, also when
+its caller's deadline cuts it short (a paused store: the batch in flight goes too, written
+once either way by request id).
+
+**What no retry changes is dropped and counted**, never retried with the lists behind it: a
+list the store refuses (over the BSON limit, a document-level write error) or that cannot be
+encoded (a string with no UTF-8, an int over 64 bits, a caller's bad rows). Non-finite floats
+are stored as None (FerretDB closes the connection on a NaN, as if the store were down).
 
 **Batched, off the hot path.** :meth:`ServedLog.log` appends a reference to what the request
 already computed (no copy, no encoding) and returns; a background flusher encodes and
