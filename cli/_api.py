@@ -25,6 +25,7 @@ from opendisco.api import (
 from opendisco.serving import Artifacts
 
 from ._base import OpenDiscoGroup, pass_settings
+from ._workers import watched_workers
 
 __all__ = ["apikeys_cmd", "serve_cmd"]
 
@@ -67,7 +68,7 @@ def serve_cmd(
     if settings.api_workers == 1:
         uvicorn.run(create_app(settings), **opts)
         return
-    with _multiprocess_metrics(settings):
+    with _multiprocess_metrics(settings), watched_workers():
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         uvicorn.run(
             "opendisco.api:app_from_env",
