@@ -137,7 +137,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         discovery=disc,
         db=db,
         os_client=os_client,
-        keys=ApiKeyStore(db, cache_s=settings.api_key_cache_s),
+        keys=ApiKeyStore(db, cache_s=settings.api_key_cache_s, timeout_s=deadline_s),
         rate=RateLimiter(settings.api_rate_limit, settings.api_rate_burst),
         shares=RateShares(db, settings.api_rate_sync_s),
         breaker=_breaker(settings, metrics),

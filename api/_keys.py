@@ -7,6 +7,7 @@ the HMAC of the secret are stored, so a database dump reveals no usable key. Sco
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
@@ -113,15 +114,24 @@ class ApiKeyStore:
     """Async verification against MongoDB (PyMongo's asyncio client), with a short in-process cache.
 
     Negative answers are cached too, so a flood of bad keys does not reach the database;
-    a revocation takes effect within ``cache_s`` seconds.
+    a revocation takes effect within ``cache_s`` seconds. A lookup the store has not answered
+    within ``timeout_s`` (the API gives it the request deadline) fails with
+    :class:`StoreBackendError` (503 + Retry-After): on connections gone silent without a
+    reset the driver waited for its socket timeout (10 s in the API) and then retried, so
+    every request of a key not cached hung far past the deadline.
     """
 
     def __init__(
-        self, db: Any, cache_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+        self,
+        db: Any,
+        cache_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        timeout_s: float | None = None,
     ) -> None:
         self._coll = db[COLLECTION]
         self._cache_s = cache_s
         self._clock = clock
+        self._timeout_s = timeout_s
         self._cache: dict[str, tuple[float, ApiKey | AuthError]] = {}
 
     async def authenticate(self, token: str | None) -> ApiKey:
@@ -134,7 +144,12 @@ class ApiKeyStore:
                 raise AuthError(str(hit[1]))
             return hit[1]
         try:
-            doc = await self._coll.find_one({"_id": key_id})
+            async with asyncio.timeout(self._timeout_s):
+                doc = await self._coll.find_one({"_id": key_id})
+        except TimeoutError as exc:
+            raise StoreBackendError(
+                f"api key lookup failed: no answer from the store in {self._timeout_s} s"
+            ) from exc
         except Exception as exc:  # pymongo errors: the key store is unreachable
             raise StoreBackendError(f"api key lookup failed: {exc}") from exc
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -136,3 +137,44 @@ async def test_per_key_rate_limit_is_429_with_retry_after(
     assert (await api.get(bad, headers=h(slow))).status_code == 429
     metrics = (await api.get("/metrics")).text
     assert 'opendisco_api_rejected_total{reason="rate_limited"}' in metrics
+
+
+async def test_a_key_lookup_on_a_silent_store_is_503_within_the_deadline(
+    api_settings: Settings, keys: dict[str, str]
+) -> None:
+    """The store's connections go silent without a reset (a lost host, a partition: the TCP
+    proxy strands them) while keys are looked up (cache off): the lookup is bounded by the
+    request deadline, so the answer is 503 + Retry-After within it. Before, the lookup waited
+    for the driver's socket timeout (10 s in the API) and then retried on a new connection:
+    every request of a key not cached hung ten times past the deadline (a chaos soak: a
+    422 answered after 10 s, an events call after 10 s, past its own bound)."""
+    from api_support import proxied
+
+    os_proxy, mongo_proxy, settings = await proxied(
+        api_settings, mongo=True, api_key_cache_s=0.0, api_deadline_ms=1000
+    )
+    assert mongo_proxy is not None
+    bad_k = "/v1/users/u1/recommendations?k=0"  # 422 once the key is checked: nothing else
+    try:
+        async with serve(settings) as client:
+            resp = await client.get(bad_k, headers=h(keys["read"]))
+            assert resp.status_code == 422, resp.text  # the key read: a pooled connection
+            mongo_proxy.strand()
+            loop = asyncio.get_running_loop()
+            codes = []
+            for _ in range(3):
+                t0 = loop.time()
+                resp = await client.get(bad_k, headers=h(keys["read"]))
+                took = loop.time() - t0
+                codes.append(resp.status_code)
+                assert took < 2.5, (took, resp.status_code, resp.text)
+                if resp.status_code == 503:
+                    assert int(resp.headers["Retry-After"]) >= 1
+                    message = resp.json()["error"]["message"]
+                    assert message == "the store did not answer; retry later"
+                else:
+                    assert resp.status_code == 422, resp.text
+            assert 503 in codes  # not vacuous: a lookup met a silent connection
+    finally:
+        await os_proxy.close()
+        await mongo_proxy.close()
