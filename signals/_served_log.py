@@ -30,7 +30,9 @@ behind it go to a local file instead, then every list logged while writes fail (
 is logged); the flusher writes the files back once the store answers, and a process started
 later in the same state directory writes back what a killed one left. A kill -9 then loses
 only what was in memory: the lists of the last ``flush_every_s`` and a batch in flight, or,
-when the store went silent, those logged before its first write failed (one socket timeout).
+when the store went silent, those logged before its first write gave up (``WRITE_TIMEOUT_S``,
+3 s, not the driver's socket timeout: a write that long unanswered has failed; the lists of
+one that was applied all the same are written again and kept once).
 The drain at shutdown spools what the store did not take instead of dropping it, also when
 its caller's deadline cuts it short (a paused store: the batch in flight goes too, written
 once either way by request id).
@@ -83,6 +85,8 @@ DUPLICATE_KEY = 11000
 _NOT_RETRIED = frozenset({DUPLICATE_KEY, 2, 22, 121, 10334})
 #: the longest wait between two attempts of a write the store refused
 MAX_BACKOFF_S = 5.0
+#: the longest wait for one write (``insert_many`` of up to 50 lists: tens of ms answered)
+WRITE_TIMEOUT_S = 3.0
 #: what the driver cannot encode (over the BSON limit, a string with no UTF-8, an int over 64
 #: bits): no retry changes it
 _UNENCODABLE = (InvalidDocument, UnicodeEncodeError, OverflowError)
@@ -104,6 +108,7 @@ class ServedLog:
         seed: int | None = None,
         spool: ServedSpool | None = None,
         adopt_every_s: float = 60.0,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         self.db = db
         self.coll = db[SERVED_LISTS]
@@ -128,6 +133,8 @@ class ServedLog:
         #: where lists go while the store fails (``signals._served_spool``), if anywhere
         self.spool = spool
         self.adopt_every_s = adopt_every_s
+        #: a write not answered by then failed (its lists spooled, or queued again)
+        self.write_timeout_s = write_timeout_s
         self._last_adopt = time.monotonic()
 
     # -- the hot path ---------------------------------------------------------------------
@@ -256,7 +263,11 @@ class ServedLog:
         await self.ensure()
         with backend_errors("served_lists write failed"):
             try:
-                await self.coll.insert_many(docs, ordered=False)
+                # a store gone silent answers nothing until the socket timeout (10 s in the
+                # API): the lists logged meanwhile waited in memory, lost on a kill -9
+                await asyncio.wait_for(
+                    self.coll.insert_many(docs, ordered=False), self.write_timeout_s
+                )
                 self.written += len(docs)
             except BulkWriteError as exc:  # the others of an unordered insert are written
                 errors = exc.details.get("writeErrors", [])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -159,6 +160,41 @@ async def test_the_queue_bound_drops_nothing_while_a_write_hangs(
         await proxy.resume()
         await until(lambda: log.written == 11 and not log.spool.pending)  # type: ignore[union-attr]
         assert await _ids(db) == {"before", *(f"silent-{j}" for j in range(10))}
+        await asyncio.wait_for(log.drain(), 20)
+        log.close_spool()
+    finally:
+        await proxy.close()
+        await mongo.close()
+
+
+async def test_lists_logged_on_a_silent_store_are_spooled_within_the_write_timeout(
+    spooled: tuple[Settings, Any],
+) -> None:
+    """The store paused (gone silent, no reset): its first write hung until the driver's
+    socket timeout (10 s in the API, 300 s here) while the lists logged meanwhile waited in
+    memory — the chaos soak's kill -9 in that window lost 119 of them. Now a write unanswered
+    after ``write_timeout_s`` has failed: the batch and the queue behind it are spooled, and
+    every later list as it is logged."""
+    s, db = spooled
+    proxy = await store_proxy(s.mongo_url)
+    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
+    try:
+        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05, write_timeout_s=1.0)
+        log.attach_spool(ServedSpool.for_settings(s))
+        log.log(served_list("before"))
+        await until(lambda: log.written == 1)
+        proxy.pause()
+        t = time.monotonic()
+        for j in range(5):
+            log.log(served_list(f"silent-{j}"))
+        await until(lambda: log.spooled == 5 and log.pending == 0, timeout=20)
+        assert time.monotonic() - t < 5.0  # one write timeout, not the socket's
+        log.log(served_list("silent-5"))  # the store still silent: spooled at once
+        assert log.spooled == 6
+        await proxy.resume()  # the timed-out write, held by the silent store, lands now too:
+        await until(lambda: not log.spool.pending)  # type: ignore[union-attr]
+        assert await _ids(db) == {"before", *(f"silent-{j}" for j in range(6))}
+        assert log.written - 1 + log.duplicates == 6  # each spooled list stored once
         await asyncio.wait_for(log.drain(), 20)
         log.close_spool()
     finally:
