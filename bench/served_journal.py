@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,10 @@ from opendisco.signals import ServedExposure, ServedJournal
 logging.getLogger("opendisco.signals").setLevel(logging.ERROR)  # the adoption's warning
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_readme import write_section  # noqa: E402  (bench/, beside this file)
+
 PAGE = 20
 
 
@@ -126,15 +131,7 @@ milliseconds (bench/api.py), the journal is microseconds of it.
 
 Full figures in `bench/results/served_journal.json`.
 <!-- /served-journal -->"""
-    readme = HERE / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- served-journal -->", "<!-- /served-journal -->"
-    if start in text:
-        head, rest = text.split(start, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    readme.write_text(text)
+    write_section("served-journal", section)
     print(section)
 
 

@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -46,6 +47,10 @@ from opendisco.signals._served_list import encode_list
 logging.getLogger("opendisco.signals").setLevel(logging.CRITICAL)  # the outage's warnings
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_readme import write_section  # noqa: E402  (bench/, beside this file)
+
 CANDIDATES, SHOWN = 200, 20
 
 
@@ -181,15 +186,7 @@ target: an outage's answers are degraded anyway.
 
 Full figures in `bench/results/served_spool.json`.
 <!-- /served-spool -->"""
-    readme = HERE / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- served-spool -->", "<!-- /served-spool -->"
-    if start in text:
-        head, rest = text.split(start, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    readme.write_text(text)
+    write_section("served-spool", section)
     print(section)
 
 
