@@ -137,7 +137,9 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         discovery=disc,
         db=db,
         os_client=os_client,
-        keys=ApiKeyStore(db, cache_s=settings.api_key_cache_s, timeout_s=deadline_s),
+        # the store's answer bounded (a silent store: 503, not a socket timeout), but never
+        # under 1 s: a lookup a busy event loop delays is not the store failing (shed instead)
+        keys=ApiKeyStore(db, cache_s=settings.api_key_cache_s, timeout_s=max(deadline_s, 1.0)),
         rate=RateLimiter(settings.api_rate_limit, settings.api_rate_burst),
         shares=RateShares(db, settings.api_rate_sync_s),
         breaker=_breaker(settings, metrics),
