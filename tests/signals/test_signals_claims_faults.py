@@ -149,10 +149,16 @@ async def test_a_write_storm_and_retries_count_the_batch_once(
             assert all(isinstance(r, SearchBackendError) for r in results), results
         assert proxy.answered.get(429, 0) >= 2
         stored = await db[EVENTS].find({"_id": {"$in": [e["id"] for e in batch]}}).to_list(None)
-        assert len(stored) == len(batch) and not any(d["applied"] for d in stored)
+        assert len(stored) == len(batch)
+        # a call whose claims fell on clicks only (no engine write) applied them: the three
+        # workers split the claims as their inserts raced; no event with an engine effect did
+        applied = {d["_id"] for d in stored if d["applied"]}
+        assert all(e["type"] == "click" for e in batch if e["id"] in applied), applied
         proxy.fail_if = None
         res = await workers[1].apply(batch)  # the retry after the storm
-        assert (res.accepted, res.recovered, res.in_flight) == (0, len(batch), 0), res
+        left = len(batch) - len(applied)
+        got = (res.accepted, res.recovered, res.duplicates, res.in_flight)
+        assert got == (0, left, len(applied), 0), res
         await _assert_exact(db, batch, before, await counters.read())
         again = await workers[2].apply(batch)
         assert (again.accepted, again.duplicates, again.recovered) == (0, len(batch), 0)
