@@ -64,19 +64,21 @@ NO_VECTORS = "_no_vectors"
 _STORED_FIELDS = ("kind", "owner_id", "category")
 
 
-async def stored_items(coll: Any, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+async def stored_items(
+    coll: Any, ids: Sequence[str], *, unindexed: bool = False
+) -> dict[str, dict[str, Any]]:
     """Kind, owner and category of the (not deleted) items ``ids`` as MongoDB holds them,
     marked :data:`NO_VECTORS`: what the effects need but the vectors, when the engine cannot
-    be read (the user states then keep their vectors until an event with the engine up)."""
+    be read (the user states then keep their vectors until an event with the engine up).
+    ``unindexed``: the engine answered that it holds none of them (not synced yet), so there
+    are no vectors to wait for: not marked."""
     with backend_errors("item lookup for events failed (MongoDB)"):
         docs = await coll.find(
             {"_id": {"$in": list(ids)}, "deleted": {"$ne": True}},
             projection=dict.fromkeys(_STORED_FIELDS, 1),
         ).to_list(None)
-    return {
-        str(d["_id"]): {**{f: d[f] for f in _STORED_FIELDS if f in d}, NO_VECTORS: True}
-        for d in docs
-    }
+    mark = {} if unindexed else {NO_VECTORS: True}
+    return {str(d["_id"]): {**{f: d[f] for f in _STORED_FIELDS if f in d}, **mark} for d in docs}
 
 
 def item_vectors(

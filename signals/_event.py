@@ -66,7 +66,9 @@ class EventsConfig(BaseModel):
     ttl_days: float = Field(30.0, gt=0, description="Raw events expire after this many days.")
     max_future_skew_s: float = Field(300.0, ge=0, description="Tolerated client clock skew.")
     graph_fanout: int = Field(20, ge=0, description="Recent positives a new positive links to.")
-    require_known_items: bool = Field(True, description="Reject events for unindexed items.")
+    require_known_items: bool = Field(
+        True, description="Reject events for items MongoDB does not hold (nor the engine)."
+    )
     max_batch: int = Field(1000, ge=1)
     purge_every_s: float = Field(300.0, gt=0, description="Purge cadence without TTL indexes.")
     user_state: UserStateConfig = Field(default_factory=UserStateConfig)

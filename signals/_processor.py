@@ -4,7 +4,8 @@ Order of one :meth:`EventProcessor.apply` call (FerretDB has no transactions, so
 the guarantee)::
 
     1. validate every event (pure)            malformed → rejected, nothing written for it
-    2. read: user states (1 find) + items (1 mget of content/behaviour vectors, category, kind)
+    2. read: user states (1 find) + items (1 mget of content/behaviour vectors, category, kind;
+       MongoDB for the ones the engine does not hold)
                                               unknown item → rejected, nothing written for it
     3. claim: insert_many into `events` with _id = event id, applied=False and a claim (owner,
        generation, expiry; see ``_claims``), ordered=False. An id already stored is
@@ -49,7 +50,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -256,14 +257,23 @@ class EventProcessor:
 
     # --- reads ------------------------------------------------------------------------------
 
-    async def _items(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def _items(
+        self, ids: Sequence[str], about: Collection[str] = ()
+    ) -> dict[str, dict[str, Any]]:
         """The items' vectors, category, kind and owner from the engine (one ``mget``); when
         the engine fails, all but the vectors from MongoDB (:func:`~._apply.stored_items`):
         a member can block, pass and hide while the engine is down. So are the documents the
         ``mget`` answers with an error (a shard that rejected or failed its part): read as
-        missing, their events were rejected as about an unknown item, and lost."""
+        missing, their events were rejected as about an unknown item, and lost. And so are
+        the items events are ``about`` that the engine does not hold (yet): an item is
+        unknown when MongoDB, the source of truth, does not hold it. A profile created since
+        the last sync was rejected as unknown when its member was hidden or liked, and, once
+        synced, shown to the member who hid or liked it (and that member to the one hidden).
+        (Other ids, the members' earlier positives, are read for their vectors: MongoDB has
+        none of those to add.)"""
         if not ids:
             return {}
+        coll = self.db[self.settings.items_collection]
         try:
             with backend_errors("item lookup for events failed"):
                 try:
@@ -277,17 +287,19 @@ class EventProcessor:
                         request_timeout=self.settings.events_engine_timeout_s,
                     )
                 except NotFoundError:  # no items index yet
-                    return {}
+                    return await stored_items(coll, list(about), unindexed=True) if about else {}
         except SearchBackendError as exc:
             log.warning("event items read from MongoDB, vectors kept (engine: %.200s)", exc)
-            return await stored_items(self.db[self.settings.items_collection], ids)
+            return await stored_items(coll, ids)
         docs = resp["docs"]
         out = {d["_id"]: d.get("_source") or {} for d in docs if d.get("found")}
         if failed := [str(d["_id"]) for d in docs if d.get("error")]:
             # a shard that failed to answer (e.g. 429 from its get queue) is not "unknown item"
             first = next(d["error"] for d in docs if d.get("error"))
             log.warning("%d event items read from MongoDB (engine: %.200s)", len(failed), first)
-            out.update(await stored_items(self.db[self.settings.items_collection], failed))
+            out.update(await stored_items(coll, failed))
+        if unindexed := [str(i) for i in about if i not in out and i not in failed]:
+            out.update(await stored_items(coll, unindexed, unindexed=True))
         return out
 
     # --- apply ------------------------------------------------------------------------------
@@ -318,7 +330,7 @@ class EventProcessor:
             wanted = {ev.item_id for _, ev in valid}
             for st in states.values():
                 wanted.update(e["id"] for e in (*st.positives, *st.negatives))
-            items = await self._items(sorted(wanted))
+            items = await self._items(sorted(wanted), about={ev.item_id for _, ev in valid})
         if valid and self.cfg.require_known_items:
             keep = []
             for i, ev in valid:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -604,3 +605,63 @@ async def test_a_block_posted_while_the_engine_is_down_is_kept_both_ways(
                 states.delete_one({"_id": "sc"})
             else:
                 states.replace_one({"_id": "sc"}, sc_state)
+
+
+async def test_a_profile_not_synced_yet_can_be_hidden_and_liked(
+    safe_settings: Settings, safe: dict[str, Any], model: Any, os_client: Any
+) -> None:
+    """Three profiles MongoDB holds and the engine does not yet (created since the last sync):
+    member sr hides one and likes another. The events were rejected as about an unknown
+    item (the engine's lookup was the only one), so once the profiles were synced sr was
+    shown both, and the member sr hid was shown sr. They are applied, and kept."""
+    from opendisco.ingest import Embedder, sync_once
+
+    read, write = safe["keys"]["read"], safe["keys"]["write"]
+    now = datetime.now(UTC)
+    new = {"p-sr": "sr", "y-hidden": "sh", "y-liked": "sl"}
+    docs = [
+        _profile("p-sr", "sr", 3000.0, gender="m", pref_genders=["f"], version=1),
+        _profile("y-hidden", "sh", 2999.0, version=1),
+        _profile("y-liked", "sl", 2998.0, version=1),
+    ]
+    members = [
+        {"_id": "sr", "profile_id": "p-sr", "gender": "m", "age": 30, "pref_genders": ["f"]},
+        {"_id": "sh", "gender": "f", "age": 30, "pref_genders": ["m"]},
+        {"_id": "sl", "gender": "f", "age": 30, "pref_genders": ["m"]},
+    ]
+    db = clients.mongo(safe_settings)
+    try:
+        store = db[safe_settings.mongo_db]
+        store[safe_settings.items_collection].insert_many(
+            [{**d, "created_at": now, "updated_at": now} for d in docs]
+        )
+        store["users"].insert_many(members)
+        async with serve(safe_settings) as client:
+            events = [_event(911, "sr", "y-hidden", "hide"), _event(912, "sr", "y-liked", "like")]
+            resp = await client.post("/v1/events", json={"events": events}, headers=h(write))
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["accepted"] == 2 and not resp.json()["rejected"], resp.text
+            report = await sync_once(safe_settings, embedder=Embedder(safe_settings, model=model))
+            assert report.indexed >= len(new), report
+            await asyncio.to_thread(os_client.indices.refresh, index=safe_settings.index_alias)
+            body = await _get(client, read, "/v1/users/sr/recommendations?k=40")
+            shown = {it["id"] for it in body["items"]}
+            assert not body["degraded"] and shown, body
+            assert not shown & {"y-hidden", "y-liked"}, shown
+            for member, allowed in (("sh", False), ("sl", True)):  # sl: not vacuous
+                body = await _get(client, read, f"/v1/users/{member}/recommendations?k=40")
+                assert ("p-sr" in {it["id"] for it in body["items"]}) is allowed, (member, body)
+    finally:
+        store = db[safe_settings.mongo_db]
+        store[safe_settings.items_collection].delete_many({"_id": {"$in": list(new)}})
+        store["users"].delete_many({"_id": {"$in": [m["_id"] for m in members]}})
+        store["member_blocks"].delete_many({"_id": {"$in": list(new.values())}})
+        db.close()
+        for pid in new:
+            await asyncio.to_thread(
+                os_client.delete,
+                index=safe_settings.index_alias,
+                id=pid,
+                refresh=True,
+                ignore=[404],
+            )
