@@ -49,6 +49,10 @@ DRAFTS = "playground_drafts"
 DRAFT_LOCKS = "playground_locks"
 #: the largest draft body accepted (a template is a few KB)
 MAX_DRAFT_BYTES = 256_000
+#: the deepest nesting of a draft body accepted (the shipped templates: 13 to 16 levels). The
+#: request's JSON parser takes ~1000; the template's parser, renderer and store walk a body
+#: recursively, and one nested 300-900 levels deep exceeded Python's recursion limit: a 500
+MAX_DRAFT_DEPTH = 64
 Kind = Literal["params", "template"]
 SURFACE_NAMES = tuple(str(s.value) for s in USER_SURFACES)
 
@@ -62,11 +66,26 @@ class DraftIn(BaseModel):
     body: Any = Field(description="params: {template_params, rerank}; template: a surface doc")
 
 
+def _depth(body: Any) -> int:
+    """How deep ``body``'s objects and arrays nest (walked without recursion)."""
+    deepest, todo = 0, [(body, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, Mapping | list):
+            deepest = max(deepest, depth)
+            todo.extend(
+                (v, depth + 1) for v in (node.values() if isinstance(node, Mapping) else node)
+            )
+    return deepest
+
+
 def _check_shape(kind: str, surface: str, body: Any) -> None:
     if surface not in SURFACE_NAMES:
         raise InvalidInput(f"surface must be one of {list(SURFACE_NAMES)}, got {surface!r}")
     if not isinstance(body, Mapping):
         raise InvalidInput(f"the {kind} draft must be a JSON object")
+    if _depth(body) > MAX_DRAFT_DEPTH:
+        raise InvalidInput(f"the draft nests deeper than {MAX_DRAFT_DEPTH} levels")
     if len(json.dumps(body, default=str)) > MAX_DRAFT_BYTES:
         raise InvalidInput(f"the draft is larger than {MAX_DRAFT_BYTES} bytes")
 

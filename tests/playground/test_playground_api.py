@@ -87,6 +87,19 @@ def _with_required_x() -> dict[str, Any]:
     return raw
 
 
+def _nested(levels: int) -> Any:
+    value: Any = 1.0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _with_source_query(query: Any) -> dict[str, Any]:
+    raw = json.loads(json.dumps(load("for_you").raw))
+    raw["sources"]["semantic"]["body"]["query"] = query
+    return raw
+
+
 BAD_DRAFTS = [
     (_params(no_such_feature=1.0), "unknown feature"),
     (
@@ -140,6 +153,12 @@ BAD_DRAFTS = [
         "does not render: for_you: missing required parameter 'x'",
     ),
     ({"kind": "template", "surface": "similar", "body": {}}, "surface must be one of"),
+    # nested past Python's recursion limit in the template's parser and store (a 500), though
+    # well within the request parser's: 600 levels (the shipped templates nest 13-16)
+    (
+        {"kind": "template", "surface": "for_you", "body": _with_source_query(_nested(600))},
+        "nests deeper than 64 levels",
+    ),
     ({"kind": "template", "surface": "for_you", "body": "{"}, "JSON object"),
 ]
 
