@@ -66,17 +66,28 @@ class DraftIn(BaseModel):
     body: Any = Field(description="params: {template_params, rerank}; template: a surface doc")
 
 
-def _depth(body: Any) -> int:
-    """How deep ``body``'s objects and arrays nest (walked without recursion)."""
-    deepest, todo = 0, [(body, 1)]
+def _check_body(body: Any) -> None:
+    """The draft body nests at most :data:`MAX_DRAFT_DEPTH` levels and its texts (keys and
+    values) are Unicode: a lone surrogate (the JSON escape ``"\\ud800"``, which the request's
+    parser takes) was stored, and then every answer holding the draft failed to encode: a
+    500, the draft unreadable. Walked without recursion."""
+    todo: list[tuple[Any, int]] = [(body, 1)]
     while todo:
         node, depth = todo.pop()
         if isinstance(node, Mapping | list):
-            deepest = max(deepest, depth)
-            todo.extend(
-                (v, depth + 1) for v in (node.values() if isinstance(node, Mapping) else node)
-            )
-    return deepest
+            if depth > MAX_DRAFT_DEPTH:
+                raise InvalidInput(f"the draft nests deeper than {MAX_DRAFT_DEPTH} levels")
+            items = node.items() if isinstance(node, Mapping) else enumerate(node)
+            for key, value in items:
+                todo.append((key, depth))
+                todo.append((value, depth + 1))
+        elif isinstance(node, str):
+            try:
+                node.encode()
+            except UnicodeEncodeError:
+                raise InvalidInput(
+                    f"the draft holds text that is not Unicode (a lone surrogate): {node!r:.60}"
+                ) from None
 
 
 def _check_shape(kind: str, surface: str, body: Any) -> None:
@@ -84,8 +95,7 @@ def _check_shape(kind: str, surface: str, body: Any) -> None:
         raise InvalidInput(f"surface must be one of {list(SURFACE_NAMES)}, got {surface!r}")
     if not isinstance(body, Mapping):
         raise InvalidInput(f"the {kind} draft must be a JSON object")
-    if _depth(body) > MAX_DRAFT_DEPTH:
-        raise InvalidInput(f"the draft nests deeper than {MAX_DRAFT_DEPTH} levels")
+    _check_body(body)
     if len(json.dumps(body, default=str)) > MAX_DRAFT_BYTES:
         raise InvalidInput(f"the draft is larger than {MAX_DRAFT_BYTES} bytes")
 

@@ -181,6 +181,41 @@ async def test_a_bad_draft_is_a_422_naming_the_problem(
         assert needle in got.text, got.text
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"template_params": {"for_you": {"w_geo\\ud800": 1.0}}}',  # a key
+        b'{"template_params": {}, "rerank": {}, "note": "\\udfff"}',  # a value
+    ],
+)
+async def test_a_draft_holding_a_lone_surrogate_is_a_422_and_not_stored(
+    pg_http: httpx.AsyncClient,
+    pg_keys: dict[str, str],
+    pg_market: dict[str, Any],
+    body: bytes,
+) -> None:
+    """The JSON escape of a lone surrogate is taken by the request's parser; in a declared
+    string field pydantic refuses it, but a draft's body is any JSON. The draft was stored
+    and answered with a 500 (its text cannot be encoded), and every later read of it failed
+    the same way."""
+    headers = {**h(pg_keys["admin"]), "content-type": "application/json"}
+    draft = b'{"kind": "params", "body": ' + body + b"}"
+    listed = await pg_http.get("/playground/api/drafts", headers=h(pg_keys["admin"]))
+    for path, content in (
+        ("/playground/api/validate", draft),
+        ("/playground/api/drafts", draft),
+        (
+            "/playground/api/compare",
+            b'{"user_id": "%s", "draft": %s}' % (eligible_member(pg_market).encode(), draft),
+        ),
+    ):
+        got = await pg_http.post(path, content=content, headers=headers)
+        assert got.status_code == 422, (path, got.text)
+        assert "lone surrogate" in got.json()["error"]["message"], got.text
+    after = await pg_http.get("/playground/api/drafts", headers=h(pg_keys["admin"]))
+    assert len(after.json()["drafts"]) == len(listed.json()["drafts"])
+
+
 async def test_a_template_draft_that_drops_the_hard_filter_still_obeys_it(
     pg_http: httpx.AsyncClient, pg_keys: dict[str, str], pg_market: dict[str, Any]
 ) -> None:
