@@ -36,7 +36,10 @@ emptying the rotation; a slow node that answers something is not hung either.
 Retrying after a connection was closed mid-request can apply a write twice; that is
 opensearch-py's default behaviour too (``max_retries=3``). Our writes are idempotent
 (externally versioned documents, upserts by id; the exposure and live-trend counters ignore a
-write whose mark they keep: ``signals._counting.once_per_mark``).
+write whose mark they keep: ``signals._counting.once_per_mark``). A caller that must tell a
+version conflict caused by its own earlier attempt from one caused by another writer (a bulk
+of externally versioned documents answered 409 for what the lost attempt applied) counts the
+sends of its call with :func:`counting_sends`: the resend is otherwise invisible to it.
 """
 
 from __future__ import annotations
@@ -44,13 +47,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from opensearchpy import AsyncTransport
 from opensearchpy.exceptions import ConnectionError, ConnectionTimeout, TransportError
 
-__all__ = ["FailoverTransport"]
+__all__ = ["FailoverTransport", "Sends", "counting_sends"]
+
+
+@dataclass
+class Sends:
+    """How many times the transport sent the requests of a :func:`counting_sends` block."""
+
+    count: int = 0
+
+
+_SENDS: ContextVar[Sends | None] = ContextVar("opendisco_transport_sends", default=None)
+
+
+@contextlib.contextmanager
+def counting_sends() -> Iterator[Sends]:
+    """Count the sends of the requests made in the block (in this task): more sends than
+    requests means the transport sent one again after a failure that may have come after
+    the node applied it (a connection cut mid-request, a 502/503/504 of a proxy)."""
+    sends = Sends()
+    token = _SENDS.set(sends)
+    try:
+        yield sends
+    finally:
+        _SENDS.reset(token)
 
 
 class FailoverTransport(AsyncTransport):
@@ -112,6 +140,8 @@ class FailoverTransport(AsyncTransport):
         while True:
             connection = self.get_connection()
             started = time.monotonic()
+            if (sends := _SENDS.get()) is not None:
+                sends.count += 1
             try:
                 status, raw_headers, data = await connection.perform_request(
                     method, url, params, body, headers=headers, ignore=ignore, timeout=timeout

@@ -26,6 +26,7 @@ from opensearchpy.exceptions import TransportError
 from opendisco._backend import backend_errors
 from opendisco._exceptions import IndexStateError, SearchBackendError
 from opendisco._settings import Settings
+from opendisco._transport import counting_sends
 
 __all__ = [
     "Action",
@@ -163,13 +164,17 @@ class BulkWriter:
     async def _send(self, body: bytes) -> tuple[dict[str, Any], bool]:
         """The engine's answer to ``body``, and whether an earlier attempt of it may have been
         applied: it failed after it was sent (a timeout, a lost connection, a 502/503/504 of
-        whatever stands between); a 429 was refused before anything was done."""
+        whatever stands between); a 429 was refused before anything was done. The client's
+        transport sends a request again by itself after a cut connection (``max_retries``)
+        and answers as if it had been sent once: its sends are counted
+        (``counting_sends``), else that resend's 409s were taken for another writer's."""
         attempt = 0
         resent = False
         while True:
             try:
-                resp = await self.client.bulk(body=body, index=self.index, params=self.params)
-                return resp, resent
+                with counting_sends() as sends:
+                    resp = await self.client.bulk(body=body, index=self.index, params=self.params)
+                return resp, resent or sends.count > 1
             except (OSConnectionError, TransportError) as exc:
                 status = getattr(exc, "status_code", None)
                 transient = isinstance(exc, OSConnectionError) or status in (429, 502, 503, 504)
@@ -199,11 +204,17 @@ class BulkWriter:
         result = BulkResult()
         pending = chunk
         last_reason = ""
+        # actions an attempt may have applied although its answer never came: their 409 on a
+        # later attempt (this one's resend, or a retry of an item the resend refused 429) is
+        # most likely that attempt's write
+        landed: set[int] = set()
         for attempt in range(self.settings.bulk_max_retries + 1):
             if attempt:
                 result.retries += len(pending)
                 await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
             resp, resent = await self._send(b"".join(data for _, data in pending))
+            if resent:
+                landed.update(id(action) for action, _ in pending)
             items = resp.get("items", [])
             if len(items) != len(pending):
                 raise SearchBackendError(
@@ -217,7 +228,7 @@ class BulkWriter:
                     result.ok.append(action)
                     if reason == "not_found":
                         result.absent.append(action)
-                elif outcome == "conflict" and resent and action.op == "index":
+                elif outcome == "conflict" and id(action) in landed and action.op == "index":
                     # the index holds this version: most likely the earlier attempt, which
                     # landed although its answer was lost (a reindex counts it as indexed)
                     result.ok.append(action)

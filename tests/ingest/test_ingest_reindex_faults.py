@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from ingest_support import HeldBulkProxy
+from ingest_support import FaultyHttpProxy, HeldBulkProxy
 
 import opendisco.ingest._reindex as reindex_module
 from opendisco import IndexStateError, Settings, clients, now_ms
@@ -179,3 +179,69 @@ async def test_a_bulk_that_timed_out_but_landed_does_not_fail_the_build(
         staller.cancel()
         await client.close()
         await proxy.close()
+
+
+def _first_bulk_of(doc_id: str) -> Any:
+    """A ``lose_answer_if`` matching the first ``_bulk`` that carries ``doc_id``, once."""
+    lost: list[bytes] = []
+
+    def match(method: str, path: str, body: bytes) -> bool:
+        if lost or not path.endswith("/_bulk") or f'"_id":"{doc_id}"'.encode() not in body:
+            return False
+        lost.append(body)
+        return True
+
+    return match
+
+
+async def test_a_bulk_whose_connection_was_cut_after_it_landed_does_not_fail_the_build(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """The engine applied a bulk and the connection was cut before its answer: the client's
+    transport sent it again by itself, every document came back 409, and the writer, which
+    had not seen the resend, counted them as not indexed; the build then found 20 more
+    documents than acknowledged and threw the whole rebuild away (every time)."""
+    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+        proxy.lose_answer_if = _first_bulk_of("p5")
+        settings = ingest_settings.model_copy(
+            update={"opensearch_url": proxy.url, "bulk_batch_size": 20, "bulk_concurrency": 1}
+        )
+        client = clients.async_opensearch(settings)
+        try:
+            report = await reindex(settings, client=client, embedder=embedder)
+            assert proxy.lost == 1
+            assert report.indexed == len(ingest_catalogue) and report.conflicts == 0
+            assert await alias_targets(client, settings.index_alias) == [report.index]
+            assert (await verify(settings, client=client)).ok
+        finally:
+            await client.close()
+
+
+async def test_an_item_refused_on_the_resend_of_a_landed_bulk_counts_as_indexed(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """The resend of a bulk whose answer was lost had one item refused 429 (a full write
+    queue); that item, already applied by the lost attempt, was sent alone again, answered
+    409 and counted as not indexed: the build failed its count check (every time)."""
+    refused: list[str] = []
+
+    def once(index: str, doc_id: str) -> bool:
+        if doc_id != "p5" or refused or not proxy.lost:
+            return False
+        refused.append(doc_id)
+        return True
+
+    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+        proxy.lose_answer_if = _first_bulk_of("p5")
+        proxy.reject_item = once
+        settings = ingest_settings.model_copy(
+            update={"opensearch_url": proxy.url, "bulk_batch_size": 20, "bulk_concurrency": 1}
+        )
+        client = clients.async_opensearch(settings)
+        try:
+            report = await reindex(settings, client=client, embedder=embedder)
+            assert proxy.lost == 1 and refused == ["p5"]
+            assert report.indexed == len(ingest_catalogue) and report.conflicts == 0
+            assert await alias_targets(client, settings.index_alias) == [report.index]
+        finally:
+            await client.close()
