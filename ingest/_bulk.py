@@ -185,12 +185,35 @@ class BulkWriter:
                 attempt += 1
 
     async def versions(self, ids: list[str]) -> dict[str, int]:
-        """``id -> _version`` of the documents ``index`` holds among ``ids`` (realtime)."""
-        if not ids:
-            return {}
-        with backend_errors(f"reading versions from {self.index} failed"):
-            resp = await self.client.mget(index=self.index, body={"ids": ids}, _source=False)
-        return {d["_id"]: int(d["_version"]) for d in resp.get("docs", []) if d.get("found")}
+        """``id -> _version`` of the documents ``index`` holds among ``ids`` (realtime).
+
+        A document the answer carries an error for (a shard's get queue full) is not known
+        to be absent: it is read again like a refused bulk item, and still failing raises
+        :class:`SearchBackendError` — taken for absent, its hard delete was never sent."""
+        held: dict[str, int] = {}
+        pending, reason = list(ids), ""
+        for attempt in range(self.settings.bulk_max_retries + 1):
+            if not pending:
+                return held
+            if attempt:
+                await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
+            with backend_errors(f"reading versions from {self.index} failed"):
+                resp = await self.client.mget(
+                    index=self.index, body={"ids": pending}, _source=False
+                )
+            pending = []
+            for doc in resp.get("docs", []):
+                if doc.get("error") is not None:
+                    pending.append(doc["_id"])
+                    reason = _reason(doc["error"])
+                elif doc.get("found"):
+                    held[doc["_id"]] = int(doc["_version"])
+        if not pending:
+            return held
+        raise SearchBackendError(
+            f"reading versions from {self.index}: {len(pending)} documents still failing"
+            f" after {self.settings.bulk_max_retries} retries: {reason}"
+        )
 
     async def write(self, actions: Iterable[Action]) -> BulkResult:
         result = BulkResult()

@@ -324,3 +324,42 @@ async def test_a_store_gone_silent_fails_a_pass_instead_of_hanging_the_worker(
         await syncer.close()
         await client.close()
         await proxy.close()
+
+
+async def test_a_version_read_refused_for_one_document_skips_no_hard_delete(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A realtime ``_mget`` whose answer carries an error for one document (a shard's get
+    queue full: 429 in its place) read that document as absent: the reconciliation that
+    found it hard-deleted then sent no delete for it and reported the pass done, the
+    document still served (every time). The refused read is retried now."""
+    coll = mongo_db[ingest_settings.items_collection]
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        coll.delete_many({"_id": {"$in": ["p10", "p11"]}})  # hard deletes: nothing to poll
+        refused: list[str] = []
+
+        def once(index: str, doc_id: str) -> bool:
+            if doc_id != "p10" or refused:
+                return False
+            refused.append(doc_id)
+            return True
+
+        with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+            proxy.reject_item = once
+            faulty = ingest_settings.model_copy(update={"opensearch_url": proxy.url})
+            syncer = Syncer(faulty, embedder=embedder)
+            try:
+                rec = await syncer.reconcile(take_all=True)
+            finally:
+                await syncer.close()
+        assert refused == ["p10"]
+        assert (rec.gone, rec.deleted) == (2, 2), rec
+        after = await verify(ingest_settings, client=client)
+        assert after.ok, after.summary()
+    finally:
+        await client.close()
