@@ -77,14 +77,20 @@ def builder_gone(meta: dict[str, Any]) -> bool:
     return not process_alive(pid) or pid == os.getpid()
 
 
-async def cleanup_partial(client: Any, alias: str) -> list[str]:
-    """Delete indices whose build never finished (never the alias target)."""
+async def cleanup_partial(client: Any, alias: str, *, leased: bool = False) -> list[str]:
+    """Delete indices whose build never finished (never the alias target).
+
+    ``leased``: the caller holds the alias's rebuild lease (``_build_lease``), so no build
+    of it is running: every ``building`` index is left by a run that died or lost the lease
+    (which can no longer swap it in). Without the lease only the builds of processes known
+    to be gone go: of this host, or older than ``STALE_BUILD`` — a build killed in another
+    container, or whose pid a new process got since, stayed that long."""
     targets = set(await alias_targets(client, alias))
     removed = []
     for name, meta in (await versioned_indices(client, alias)).items():
         if name in targets or meta.get("state") != "building":
             continue
-        if builder_gone(meta):
+        if leased or builder_gone(meta):
             await client.indices.delete(index=name, ignore_unavailable=True)
             removed.append(name)
     return removed

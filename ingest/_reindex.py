@@ -2,8 +2,8 @@
 
 0. take the rebuild lease of the alias (``_build_lease``): a second reindex of the same
    alias is refused while this one runs;
-1. delete partial indices left by crashed runs (``_meta.opendisco.state == "building"`` and
-   the builder process is gone or the index is older than ``STALE_BUILD``);
+1. delete partial indices left by crashed runs (``_meta.opendisco.state == "building"``: under
+   the lease no other build of the alias runs, whatever host or pid a partial index names);
 2. create the new index from ``index_templates/items.json`` (refresh off while building);
 3. read MongoDB **once**: one unfiltered, unsorted cursor (tombstones dropped here: FerretDB
    pays more for a filter than for sending them), ``bulk_batch_size`` documents per batch,
@@ -122,7 +122,7 @@ async def _reindex(
     alias = settings.index_alias
     t0 = time.perf_counter()
     enc0 = embedder.encode_seconds
-    removed = await cleanup_partial(client, alias)
+    removed = await cleanup_partial(client, alias, leased=True)  # ours: see step 1
     index = new_index_name(alias)
     report = ReindexReport(alias=alias, index=index, removed=removed)
     body = index_templates.render("items", settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from ingest_support import FaultyHttpProxy, HeldBulkProxy
 
 import opendisco.ingest._reindex as reindex_module
-from opendisco import IndexStateError, Settings, clients, now_ms
+from opendisco import IndexStateError, Settings, clients, index_templates, now_ms
 from opendisco._holder import holder as this_host
 from opendisco.ingest import (
     Embedder,
@@ -245,3 +246,33 @@ async def test_an_item_refused_on_the_resend_of_a_landed_bulk_counts_as_indexed(
             assert await alias_targets(client, settings.index_alias) == [report.index]
         finally:
             await client.close()
+
+
+async def test_a_build_left_by_a_reindex_killed_on_another_host_is_cleaned_up(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """A reindex killed -9 in another container (another host name), or whose pid the
+    kernel has given to a live process since, left its partial index "building": the next
+    rebuilds kept it for ``STALE_BUILD`` (6 h) because its builder could not be known to be
+    gone, though they held the alias's rebuild lease, which no running build lacks."""
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        body = index_templates.render("items", ingest_settings)
+        orphans = {
+            f"{ingest_settings.index_alias}-v19990101000000000000": "another-container",
+            f"{ingest_settings.index_alias}-v19990101000000000001": socket.gethostname(),
+        }
+        for name, host in orphans.items():
+            started = datetime.now(UTC).isoformat()
+            meta = {"state": "building", "pid": os.getppid(), "host": host, "started_at": started}
+            body["mappings"]["_meta"] = {"opendisco": meta}
+            await client.indices.create(index=name, body=body)
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert set(orphans) <= set(report.removed)
+        left = await versioned_indices(client, ingest_settings.index_alias)
+        assert not set(orphans) & set(left)
+        assert all(m.get("state") == "complete" for m in left.values())
+        assert await alias_targets(client, ingest_settings.index_alias) == [report.index]
+    finally:
+        await client.close()
