@@ -13,7 +13,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from opensearchpy.exceptions import NotFoundError
+from opensearchpy.exceptions import NotFoundError, RequestError
 
 from opendisco._exceptions import IndexStateError
 from opendisco._holder import process_alive
@@ -23,6 +23,7 @@ __all__ = [
     "alias_targets",
     "builder_gone",
     "cleanup_partial",
+    "create_build",
     "new_index_name",
     "retain",
     "swap_alias",
@@ -54,6 +55,24 @@ async def versioned_indices(client: Any, alias: str) -> dict[str, dict[str, Any]
         meta = (body.get("mappings") or {}).get("_meta") or {}
         out[name] = meta.get("opendisco") or {}
     return out
+
+
+async def create_build(client: Any, index: str, body: dict[str, Any]) -> None:
+    """Create the new build index ``index`` (its ``_meta.opendisco`` names this build).
+
+    A create whose connection was cut after the engine applied it is sent again by the
+    client's transport and answered ``resource_already_exists_exception``: the index whose
+    ``_meta.opendisco`` is this build's (its start time to the microsecond) is that create,
+    not another build's — before, the rebuild failed there."""
+    try:
+        await client.indices.create(index=index, body=body)
+    except RequestError as exc:
+        if exc.error != "resource_already_exists_exception":
+            raise
+        resp = await client.indices.get_mapping(index=index)
+        meta = ((resp.get(index) or {}).get("mappings") or {}).get("_meta") or {}
+        if meta.get("opendisco") != body["mappings"]["_meta"]["opendisco"]:
+            raise IndexStateError(f"{index} exists already, created by another build") from exc
 
 
 async def alias_targets(client: Any, alias: str) -> list[str]:

@@ -59,7 +59,7 @@ from ._bulk import BulkWriter
 from ._checkpoints import save_floor
 from ._embed import Embedder
 from ._feed import seed_resume_token
-from ._indices import cleanup_partial, new_index_name, retain, swap_alias
+from ._indices import cleanup_partial, create_build, new_index_name, retain, swap_alias
 from ._io import backends
 from ._letters import sweep
 from ._letters_admin import purge_resolved
@@ -136,7 +136,7 @@ async def _reindex(
             "started_at": datetime.now(UTC).isoformat(),
         }
     }
-    await client.indices.create(index=index, body=body)
+    await create_build(client, index, body)
     await seed_resume_token(settings, db)  # change streams resume from before the read
     since = now_ms() - timedelta(seconds=settings.sync_overlap_seconds)
     writer = BulkWriter(client, settings, index)

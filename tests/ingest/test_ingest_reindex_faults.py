@@ -276,3 +276,31 @@ async def test_a_build_left_by_a_reindex_killed_on_another_host_is_cleaned_up(
         assert await alias_targets(client, ingest_settings.index_alias) == [report.index]
     finally:
         await client.close()
+
+
+async def test_a_build_index_created_by_a_lost_answer_does_not_fail_the_build(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """The engine created the new index and the connection was cut before its answer: the
+    transport sent the create again, the engine answered ``resource_already_exists_exception``
+    and the rebuild failed at its first step (every time)."""
+    created: list[str] = []
+
+    def create(method: str, path: str, body: bytes) -> bool:
+        name = path.strip("/")
+        if created or method != "PUT" or not name.startswith(f"{ingest_settings.index_alias}-v"):
+            return False
+        created.append(name)
+        return True
+
+    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+        proxy.lose_answer_if = create
+        settings = ingest_settings.model_copy(update={"opensearch_url": proxy.url})
+        client = clients.async_opensearch(settings)
+        try:
+            report = await reindex(settings, client=client, embedder=embedder)
+            assert created == [report.index] and proxy.lost == 1
+            assert await alias_targets(client, settings.index_alias) == [report.index]
+            assert (await verify(settings, client=client)).ok
+        finally:
+            await client.close()
