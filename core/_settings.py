@@ -187,6 +187,13 @@ class Settings(BaseSettings):
         6, ge=0, description="Retries of 429/5xx bulk items (capped exponential backoff)."
     )
     bulk_backoff_max: float = Field(5.0, gt=0, description="Cap of the bulk retry backoff (s).")
+    reindex_retry_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a rebuild keeps retrying a bulk the engine refuses (429/5xx) or "
+        "whose connection fails, backing off up to bulk_backoff_max, before it gives up "
+        "(a rebuild cannot resume: it would start over); at least bulk_max_retries retries.",
+    )
     bulk_concurrency: int = Field(
         2,
         ge=1,

@@ -14,7 +14,9 @@ dropped silently. Writes through an alias send ``require_alias``: a missing alia
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -146,17 +148,31 @@ def classify(op: str, item: Mapping[str, Any]) -> tuple[Outcome, str]:
 
 def backoff_delay(attempt: int, cap: float, base: float = 0.1) -> float:
     """Capped exponential backoff with full jitter."""
-    return random.uniform(0, min(cap, base * 2**attempt))
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 60)))
 
 
 class BulkWriter:
     """Writes actions into ``index``: a concrete index, or (``alias=True``) a single-index
-    alias that must exist."""
+    alias that must exist.
 
-    def __init__(self, client: Any, settings: Settings, index: str, *, alias: bool = False) -> None:
+    A refused or failed bulk is retried ``bulk_max_retries`` times, and for at least
+    ``retry_for`` seconds: a rebuild, which cannot resume, rides out an engine that answers
+    429 for a while (``reindex_retry_seconds``); sync gives up sooner and backs off with its
+    checkpoint kept (``run_sync``)."""
+
+    def __init__(
+        self,
+        client: Any,
+        settings: Settings,
+        index: str,
+        *,
+        alias: bool = False,
+        retry_for: float = 0.0,
+    ) -> None:
         self.client = client
         self.settings = settings
         self.index = index
+        self.retry_for = retry_for
         self.params: dict[str, str] = {"filter_path": "items.*.status,items.*.error"}
         if alias:
             self.params["require_alias"] = "true"
@@ -170,6 +186,7 @@ class BulkWriter:
         (``counting_sends``), else that resend's 409s were taken for another writer's."""
         attempt = 0
         resent = False
+        deadline = time.monotonic() + self.retry_for
         while True:
             try:
                 with counting_sends() as sends:
@@ -178,11 +195,15 @@ class BulkWriter:
             except (OSConnectionError, TransportError) as exc:
                 status = getattr(exc, "status_code", None)
                 transient = isinstance(exc, OSConnectionError) or status in (429, 502, 503, 504)
-                if not transient or attempt >= self.settings.bulk_max_retries:
+                if not transient or self._spent(attempt, deadline):
                     raise SearchBackendError(f"bulk request failed: {exc}") from exc
                 resent = resent or status != 429
                 await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
                 attempt += 1
+
+    def _spent(self, attempt: int, deadline: float) -> bool:
+        """Whether ``attempt`` retries used up the retry budget (count and time)."""
+        return attempt >= self.settings.bulk_max_retries and time.monotonic() >= deadline
 
     async def versions(self, ids: list[str]) -> dict[str, int]:
         """``id -> _version`` of the documents ``index`` holds among ``ids`` (realtime).
@@ -231,7 +252,8 @@ class BulkWriter:
         # later attempt (this one's resend, or a retry of an item the resend refused 429) is
         # most likely that attempt's write
         landed: set[int] = set()
-        for attempt in range(self.settings.bulk_max_retries + 1):
+        deadline = time.monotonic() + self.retry_for
+        for attempt in itertools.count():
             if attempt:
                 result.retries += len(pending)
                 await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
@@ -266,11 +288,12 @@ class BulkWriter:
                     result.rejected.append((action, reason))
             if not retry:
                 return result
+            if self._spent(attempt, deadline):
+                raise SearchBackendError(
+                    f"{len(retry)} bulk items still failing after {attempt} retries: {last_reason}"
+                )
             pending = retry
-        raise SearchBackendError(
-            f"{len(pending)} bulk items still failing after "
-            f"{self.settings.bulk_max_retries} retries: {last_reason}"
-        )
+        raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _missing_index(answer: Mapping[str, Any]) -> bool:

@@ -139,7 +139,7 @@ async def _reindex(
     await create_build(client, index, body)
     await seed_resume_token(settings, db)  # change streams resume from before the read
     since = now_ms() - timedelta(seconds=settings.sync_overlap_seconds)
-    writer = BulkWriter(client, settings, index)
+    writer = BulkWriter(client, settings, index, retry_for=settings.reindex_retry_seconds)
     coll = items_collection(db, settings)
     total = await _estimated_total(coll, db)
     applied = Applied(max_items=10**9)  # documents written during the build, as read

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -302,5 +303,41 @@ async def test_a_build_index_created_by_a_lost_answer_does_not_fail_the_build(
             assert created == [report.index] and proxy.lost == 1
             assert await alias_targets(client, settings.index_alias) == [report.index]
             assert (await verify(settings, client=client)).ok
+        finally:
+            await client.close()
+
+
+async def test_a_build_rides_out_a_429_storm_on_its_bulks(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """An engine answering every bulk 429 for a few seconds (its write queue full) made a
+    rebuild give up after ``bulk_max_retries`` quick retries (about 3 s with the defaults)
+    and throw away all it had built, every time; a rebuild keeps backing off for
+    ``reindex_retry_seconds`` now (a sync worker keeps failing the pass and backing off)."""
+    storm: list[float] = []
+
+    def bulks(method: str, path: str) -> bool:
+        if not path.endswith("/_bulk"):
+            return False
+        storm.append(time.monotonic())
+        return len(storm) > 2 and storm[-1] - storm[2] < 5.0  # from the third bulk, for 5 s
+
+    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+        proxy.fail_if = bulks
+        settings = ingest_settings.model_copy(
+            update={
+                "opensearch_url": proxy.url,
+                "bulk_batch_size": 20,
+                "bulk_max_retries": 2,
+                "bulk_backoff_max": 0.5,
+                "reindex_retry_seconds": 60.0,
+            }
+        )
+        client = clients.async_opensearch(settings)
+        try:
+            report = await reindex(settings, client=client, embedder=embedder)
+            assert proxy.answered.get(429, 0) > 3 and storm[-1] - storm[2] >= 5.0
+            assert report.indexed == len(ingest_catalogue)
+            assert await alias_targets(client, settings.index_alias) == [report.index]
         finally:
             await client.close()
