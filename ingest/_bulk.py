@@ -17,9 +17,9 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
@@ -38,9 +38,12 @@ __all__ = [
     "chunk_actions",
     "classify",
     "encode_action",
+    "patiently",
+    "transient",
 ]
 
 Outcome = Literal["ok", "conflict", "retry", "reject"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,30 @@ def backoff_delay(attempt: int, cap: float, base: float = 0.1) -> float:
     return random.uniform(0, min(cap, base * 2 ** min(attempt, 60)))
 
 
+def transient(exc: BaseException) -> bool:
+    """An engine failure worth retrying: a failed connection, or 429/502/503/504."""
+    status = getattr(exc, "status_code", None)
+    return isinstance(exc, OSConnectionError) or status in (429, 502, 503, 504)
+
+
+async def patiently(
+    call: Callable[[], Awaitable[T]], settings: Settings, *, retry_for: float = 0.0
+) -> T:
+    """``call()`` — an idempotent engine call — retried after :func:`transient` failures
+    like a bulk: ``bulk_max_retries`` times and for at least ``retry_for`` seconds, with
+    the bulk backoff; then (or on any other failure) its error is raised as it is."""
+    deadline = time.monotonic() + retry_for
+    for attempt in itertools.count():
+        try:
+            return await call()
+        except (OSConnectionError, TransportError) as exc:
+            spent = attempt >= settings.bulk_max_retries and time.monotonic() >= deadline
+            if not transient(exc) or spent:
+                raise
+        await asyncio.sleep(backoff_delay(attempt, settings.bulk_backoff_max))
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
 class BulkWriter:
     """Writes actions into ``index``: a concrete index, or (``alias=True``) a single-index
     alias that must exist.
@@ -193,11 +220,9 @@ class BulkWriter:
                     resp = await self.client.bulk(body=body, index=self.index, params=self.params)
                 return resp, resent or sends.count > 1
             except (OSConnectionError, TransportError) as exc:
-                status = getattr(exc, "status_code", None)
-                transient = isinstance(exc, OSConnectionError) or status in (429, 502, 503, 504)
-                if not transient or self._spent(attempt, deadline):
+                if not transient(exc) or self._spent(attempt, deadline):
                     raise SearchBackendError(f"bulk request failed: {exc}") from exc
-                resent = resent or status != 429
+                resent = resent or getattr(exc, "status_code", None) != 429
                 await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
                 attempt += 1
 
@@ -219,8 +244,12 @@ class BulkWriter:
             if attempt:
                 await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
             with backend_errors(f"reading versions from {self.index} failed"):
-                resp = await self.client.mget(
-                    index=self.index, body={"ids": pending}, _source=False
+                resp = await patiently(
+                    lambda ids=pending: self.client.mget(
+                        index=self.index, body={"ids": ids}, _source=False
+                    ),
+                    self.settings,
+                    retry_for=self.retry_for,
                 )
             pending = []
             for doc in resp.get("docs", []):

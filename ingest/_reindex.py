@@ -42,10 +42,10 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from opendisco import index_templates
 from opendisco._exceptions import IndexStateError
@@ -55,7 +55,7 @@ from opendisco._store import detect_capabilities, now_ms
 from ._apply import Applied, Counters, prepare, write
 from ._behaviour import behaviour_collection, join_behaviour, marks, prepare_refresh
 from ._build_lease import BuildLease, build_lease
-from ._bulk import BulkWriter
+from ._bulk import BulkWriter, patiently
 from ._checkpoints import save_floor
 from ._embed import Embedder
 from ._feed import seed_resume_token
@@ -69,6 +69,7 @@ from ._store import items_collection, stream
 __all__ = ["ReindexReport", "reindex"]
 
 Progress = Callable[[int, int | None], None]  # (documents done, total when known)
+T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
@@ -168,9 +169,11 @@ async def _reindex(
         on_done=done,
         joined=sent,
     )
-    await client.indices.put_settings(index=index, body={"index": {"refresh_interval": refresh}})
-    await client.indices.refresh(index=index)
-    count = (await client.count(index=index))["count"]
+    # the build is done: from here a storm must not cost it (idempotent calls, retried)
+    settle = {"index": {"refresh_interval": refresh}}
+    await _patiently(settings, lambda: client.indices.put_settings(index=index, body=settle))
+    await _patiently(settings, lambda: client.indices.refresh(index=index))
+    count = (await _patiently(settings, lambda: client.count(index=index)))["count"]
     if count != build.indexed:
         await client.indices.delete(index=index, ignore_unavailable=True)
         raise IndexStateError(
@@ -194,15 +197,16 @@ async def _reindex(
     # and the vectors `opendisco train` wrote during the build (their items did not change)
     caught.add(await _refresh_stream(settings, db, writer, embedder, since, joined))
     lease.check()  # a rebuild that lost its lease leaves the alias to the one that took it
-    await client.indices.put_mapping(
-        index=index, body={"_meta": {"opendisco": {"state": "complete", "count": count}}}
-    )
+    done = {"_meta": {"opendisco": {"state": "complete", "count": count}}}
+    await _patiently(settings, lambda: client.indices.put_mapping(index=index, body=done))
     # pending before the swap: a crash between the swap and the floor still has sync replay
     await save_floor(db, settings, caught_from, index, pending=True)
-    report.previous = await swap_alias(client, alias, index)
+    report.previous = await _patiently(settings, lambda: swap_alias(client, alias, index))
     await save_floor(db, settings, caught_from, index)
-    await client.indices.refresh(index=index)
-    report.removed += await retain(client, alias, index, settings.keep_versions)
+    await _patiently(settings, lambda: client.indices.refresh(index=index))
+    report.removed += await _patiently(
+        settings, lambda: retain(client, alias, index, settings.keep_versions)
+    )
     report.add(build)
     report.add(caught)
     # refusals no bulk settles: tombstones (the build skips them) and hard deletes
@@ -214,6 +218,12 @@ async def _reindex(
     report.took_s = time.perf_counter() - t0
     report.encode_s = embedder.encode_seconds - enc0
     return report
+
+
+def _patiently(settings: Settings, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+    """An idempotent engine call of the rebuild, retried like its bulks (a storm at the end
+    of a build failed the rebuild at once and threw the complete build away)."""
+    return patiently(call, settings, retry_for=settings.reindex_retry_seconds)
 
 
 async def _apply_stream(

@@ -341,3 +341,31 @@ async def test_a_build_rides_out_a_429_storm_on_its_bulks(
             assert await alias_targets(client, settings.index_alias) == [report.index]
         finally:
             await client.close()
+
+
+async def test_a_build_rides_out_a_429_storm_after_its_bulks(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """An engine answering everything 429 for 3 s from the moment the build was complete
+    (refresh turned back on, then refresh, count, mapping, alias swap) failed the rebuild
+    at its first call and threw the complete build away (every time)."""
+    storm: list[float] = []
+
+    def everything(method: str, path: str) -> bool:
+        if not storm and method == "PUT" and path.endswith("/_settings"):
+            storm.append(time.monotonic())
+        return bool(storm) and time.monotonic() - storm[0] < 3.0
+
+    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+        proxy.fail_if = everything
+        settings = ingest_settings.model_copy(
+            update={"opensearch_url": proxy.url, "bulk_backoff_max": 0.5}
+        )
+        client = clients.async_opensearch(settings)
+        try:
+            report = await reindex(settings, client=client, embedder=embedder)
+            assert storm and proxy.answered.get(429, 0) > 2
+            assert report.indexed == len(ingest_catalogue)
+            assert await alias_targets(client, settings.index_alias) == [report.index]
+        finally:
+            await client.close()
