@@ -123,7 +123,8 @@ async def _reindex(
     alias = settings.index_alias
     t0 = time.perf_counter()
     enc0 = embedder.encode_seconds
-    removed = await cleanup_partial(client, alias, leased=True)  # ours: see step 1
+    # ours: see step 1; a storm at the start is waited out like one during the build
+    removed = await _patiently(settings, lambda: cleanup_partial(client, alias, leased=True))
     index = new_index_name(alias)
     report = ReindexReport(alias=alias, index=index, removed=removed)
     body = index_templates.render("items", settings)
@@ -137,7 +138,8 @@ async def _reindex(
             "started_at": datetime.now(UTC).isoformat(),
         }
     }
-    await create_build(client, index, body)
+    # retried too: the "already exists" of a create that landed is ours (create_build)
+    await _patiently(settings, lambda: create_build(client, index, body))
     await seed_resume_token(settings, db)  # change streams resume from before the read
     since = now_ms() - timedelta(seconds=settings.sync_overlap_seconds)
     writer = BulkWriter(client, settings, index, retry_for=settings.reindex_retry_seconds)
@@ -222,7 +224,8 @@ async def _reindex(
 
 def _patiently(settings: Settings, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
     """An idempotent engine call of the rebuild, retried like its bulks (a storm at the end
-    of a build failed the rebuild at once and threw the complete build away)."""
+    of a build failed the rebuild at once and threw the complete build away; one at its
+    start failed it before it began)."""
     return patiently(call, settings, retry_for=settings.reindex_retry_seconds)
 
 

@@ -369,3 +369,30 @@ async def test_a_build_rides_out_a_429_storm_after_its_bulks(
             assert await alias_targets(client, settings.index_alias) == [report.index]
         finally:
             await client.close()
+
+
+async def test_a_rebuild_started_in_a_429_storm_waits_it_out(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """A rebuild started while the engine answered everything 429 failed at its first call
+    (the cleanup of partial builds, then the create): the storm cost nothing built yet, but
+    the rebuild did not run (every time)."""
+    storm: list[float] = []
+
+    def everything(method: str, path: str) -> bool:
+        storm.append(time.monotonic())
+        return storm[-1] - storm[0] < 2.0
+
+    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+        proxy.fail_if = everything
+        settings = ingest_settings.model_copy(
+            update={"opensearch_url": proxy.url, "bulk_backoff_max": 0.5}
+        )
+        client = clients.async_opensearch(settings)
+        try:
+            report = await reindex(settings, client=client, embedder=embedder)
+            assert proxy.answered.get(429, 0) > 2
+            assert report.indexed == len(ingest_catalogue)
+            assert await alias_targets(client, settings.index_alias) == [report.index]
+        finally:
+            await client.close()
