@@ -5,9 +5,13 @@ path, so actions are encoded once, off the event loop, by whoever prepares them)
 by count and bytes (``chunk_actions``), and the meaning of one per-item result (``classify``).
 I/O: ``BulkWriter.write`` sends chunks, retries 429/5xx items (and whole-request
 429/5xx/connection failures) with capped exponential backoff, and returns every action as
-acknowledged (2xx, or 409 = a newer copy is there) or rejected with OpenSearch's reason.
-Anything still failing after the retries raises :class:`SearchBackendError` — nothing is
-dropped silently. Writes through an alias send ``require_alias``: a missing alias is an
+acknowledged (2xx, or 409 = a newer copy is there, or the write of an attempt whose answer
+was lost, resends of the client's transport included) or rejected with OpenSearch's reason.
+Anything still failing after the retries (``bulk_max_retries``, and ``retry_for`` seconds:
+a rebuild's ``reindex_retry_seconds``) raises :class:`SearchBackendError` — nothing is
+dropped silently; ``BulkWriter.versions`` reads a document its ``_mget`` refused again the
+same way, never taking it for absent; ``patiently`` retries any idempotent engine call so.
+Writes through an alias send ``require_alias``: a missing alias is an
 :class:`IndexStateError`, never a new concrete index named like the alias.
 """
 
