@@ -188,7 +188,7 @@ class Settings(BaseSettings):
     )
     bulk_backoff_max: float = Field(5.0, gt=0, description="Cap of the bulk retry backoff (s).")
     reindex_retry_seconds: float = Field(
-        300.0,
+        120.0,
         ge=0,
         description="How long a rebuild keeps retrying a bulk the engine refuses (429/5xx) or "
         "whose connection fails, backing off up to bulk_backoff_max, before it gives up "
