@@ -21,12 +21,15 @@ from opendisco._store import lease
 async def test_a_lease_held_past_its_term_is_not_taken_over(async_db: Any) -> None:
     locks = async_db["test_lease_locks"]
     ids = [f"u-{uuid.uuid4().hex[:8]}"]
-    async with lease(locks, ids, lease_s=0.3, wait_s=1.0, what="t"):
-        await asyncio.sleep(0.9)  # three terms of work
+    # a term long enough that a renewal round (renewed every lease_s / 3) cannot miss it on a
+    # loaded machine: at 0.3 s a store update and event-loop delay past 0.2 s let the
+    # second holder take the lease over (1 run in 11 with the CPU busy)
+    async with lease(locks, ids, lease_s=1.5, wait_s=1.0, what="t"):
+        await asyncio.sleep(4.5)  # three terms of work
         with pytest.raises(StoreBackendError, match="busy"):
-            async with lease(locks, ids, lease_s=0.3, wait_s=0.5, what="t"):
+            async with lease(locks, ids, lease_s=1.5, wait_s=1.0, what="t"):
                 pass
-    async with lease(locks, ids, lease_s=0.3, wait_s=0.1, what="t"):  # released: free
+    async with lease(locks, ids, lease_s=1.5, wait_s=0.1, what="t"):  # released: free
         pass
     assert await locks.count_documents({"_id": {"$in": ids}}) == 0
 
