@@ -20,16 +20,23 @@ ANONYMOUS = ("/v1/items/p7/similar?k=10", "/v1/search?q=hiking&k=10")
 MEMBER = "/v1/users/u5/recommendations?k=10"
 
 
-def _cut_during_recheck(rt: Any, cut: Callable[[], Awaitable[None]]) -> None:
+def _cut_during_recheck(rt: Any, cut: Callable[[], Awaitable[None]]) -> list[float]:
     """The pipeline's re-check, with the store cut just before it reads (the candidates,
-    features and rerank stages ran on a store that answered)."""
+    features and rerank stages ran on a store that answered); returns the list of how long
+    each re-check on the cut store took."""
     real = rt.discovery.recheck
+    took: list[float] = []
 
     async def recheck(rules: Any, ids: list[str]) -> Any:
         await cut()
-        return await real(rules, ids)
+        t0 = time.perf_counter()
+        try:
+            return await real(rules, ids)
+        finally:
+            took.append(time.perf_counter() - t0)
 
     rt.discovery.recheck = recheck
+    return took
 
 
 async def _pause(proxy: TcpProxy) -> None:
@@ -42,7 +49,9 @@ async def test_a_store_that_stops_answering_during_the_recheck(
     os_proxy, mongo_proxy, settings = await proxied(
         api_settings,
         mongo=True,
-        api_deadline_ms=800,
+        # a deadline far past the re-check's own 150 ms bound: a loaded machine's pipeline
+        # (0.5 s once) must not reach it before the re-check starts
+        api_deadline_ms=2000,
         api_key_cache_s=600.0,  # the key is read once, before the store is cut
         explore_rate=0.0,
     )
@@ -55,15 +64,18 @@ async def test_a_store_that_stops_answering_during_the_recheck(
                 assert (await client.get(url, headers=h(key))).status_code == 200
             real = rt.discovery.recheck
             for cut in (lambda: _pause(mongo_proxy), mongo_proxy.kill):
-                _cut_during_recheck(rt, cut)
+                took = _cut_during_recheck(rt, cut)
                 for url in ANONYMOUS:
-                    t0 = time.perf_counter()
+                    took.clear()
                     resp = await client.get(url, headers=h(key))
-                    took = time.perf_counter() - t0
                     assert resp.status_code == 200, resp.text
                     body = resp.json()
+                    # answered within the deadline (not degraded) ...
                     assert body["degraded"] is False and len(body["items"]) == 10
-                    assert took < 0.6, took  # its own bound, not the 800 ms deadline
+                    # ... the re-check within its own 150 ms bound, not waiting for the
+                    # deadline (timed alone: the whole request, 0.66 s once on a loaded
+                    # machine, failed a bound of 0.6 s meant for the re-check)
+                    assert took and max(took) < 0.6, took
                     await mongo_proxy.resume()
                 resp = await client.get(MEMBER, headers=h(key))
                 assert resp.status_code in (200, 503), resp.text
