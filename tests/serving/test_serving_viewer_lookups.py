@@ -172,7 +172,7 @@ async def test_viewer_lookups_are_cancelled_when_the_request_no_longer_needs_the
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, ctx: lost.append(ctx))
     sources = discovery.parts.sources
-    block = asyncio.Event()
+    block, querying = asyncio.Event(), asyncio.Event()
 
     class Source:
         name = "template"
@@ -181,6 +181,7 @@ async def test_viewer_lookups_are_cancelled_when_the_request_no_longer_needs_the
             if outcome == "failed":
                 raise BackendError("candidate query failed (injected)")
             if outcome == "cancelled":
+                querying.set()
                 await block.wait()
             return CandidateSet(plan.request.surface, "test", [], {}, 0, 0.0)
 
@@ -194,8 +195,18 @@ async def test_viewer_lookups_are_cancelled_when_the_request_no_longer_needs_the
         elif outcome == "empty":
             assert (await discovery.recommend(v, k=10)).items == []
         else:
+            # the deadline falls while the candidate query runs; a fixed 0.2 s could fall
+            # before it (the member's reads on a loaded machine): no lookup started yet
             with pytest.raises(TimeoutError):
-                await asyncio.wait_for(discovery.recommend(v, k=10), 0.2)
+                async with asyncio.timeout(None) as deadline:
+
+                    async def falls() -> None:
+                        await querying.wait()
+                        deadline.reschedule(loop.time())
+
+                    falling = asyncio.ensure_future(falls())
+                    await discovery.recommend(v, k=10)
+            await falling
         for _ in range(10):
             await asyncio.sleep(0)
         assert calls == [v] and outcomes == ["cancelled"]
