@@ -73,6 +73,10 @@ async def test_lists_served_during_an_outage_survive_a_kill_9_of_the_api(
         "OPENDISCO_STATE_DIR": str(tmp_path),
         "OPENDISCO_API_KEY_CACHE_S": "600",  # the key was checked before the store went away
         "OPENDISCO_API_DEADLINE_MS": "5000",
+        # the signals' copies (read at start-up) stay fresh through the outage: with a read a
+        # second they went stale 5 s into it, the features then read the store, and a loaded
+        # machine's twelve requests outlasting that were answered 503 (no safe fallback)
+        "OPENDISCO_SIGNAL_COPIES_S": "30",
     }
     item = str(api_catalogue["items"][0]["_id"])
     direct = clients.mongo_async(api_settings)
