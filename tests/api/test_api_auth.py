@@ -159,10 +159,13 @@ async def test_a_key_lookup_on_a_silent_store_is_503_within_the_deadline(
         async with serve(settings) as client:
             resp = await client.get(bad_k, headers=h(keys["read"]))
             assert resp.status_code == 422, resp.text  # the key read: a pooled connection
-            mongo_proxy.strand()
             loop = asyncio.get_running_loop()
-            codes = []
-            for _ in range(3):
+            codes: list[int] = []
+            # each round strands every connection open then, the last lookup's among them:
+            # stranded once, when the app's background reads (copies, rate shares) held every
+            # open connection, the first lookup opened a new one and the three reused it
+            while len(codes) < 3 or (503 not in codes and len(codes) < 8):
+                mongo_proxy.strand()
                 t0 = loop.time()
                 resp = await client.get(bad_k, headers=h(keys["read"]))
                 took = loop.time() - t0
