@@ -39,6 +39,12 @@ lookups (counters, inbound, owners' tastes) are waited for.
 Vectors change only when an item is re-encoded or retrained, so the cache
 TTL bounds staleness after ``opendisco train``.
 
+While MongoDB refuses, inbound attention and the owners' tastes come from the process's copy
+as its last read left it, however old (not cached): a copy goes stale when the store stops
+answering its reads, and the features then failed every request a few seconds into a store
+outage — anonymous pages included, which need nothing else from the store. Features only:
+eligibility is never read from a copy (``signals._copies``).
+
 One store serves every request of a process (the API builds one ``Discovery``), so the caches
 are shared; vector misses are single-flight: an id already being fetched by a concurrent
 request is awaited, not fetched again (the trending/fresh heads overlap across users), and the
@@ -60,7 +66,7 @@ from opensearchpy.exceptions import NotFoundError
 
 from opendisco._backend import backend_errors
 from opendisco._cache import TTLCache
-from opendisco._exceptions import SearchBackendError
+from opendisco._exceptions import SearchBackendError, StoreBackendError
 from opendisco._settings import Settings
 from opendisco._stored import as_vector
 from opendisco.ingest import PACKED_FIELD, unpack_many
@@ -230,11 +236,20 @@ class FeatureStore:
         return MemberProfile.from_items(docs, now or datetime.now(UTC))
 
     async def _inbound(self, ids: list[str]) -> dict[str, int]:
+        """Inbound attention of ``ids``: the copy while fresh, else the store (cached); the
+        store refusing, the copy as its last read left it (module docstring)."""
         if self.copies and (got := self.copies.inbound.counts(ids, self.inbound_days)) is not None:
             return {i: got.get(i, 0) for i in ids}
         hit, miss = self.inbound_cache.get_many(ids)
         if miss:
-            got = await self.inbound.counts(miss, days=self.inbound_days)
+            try:
+                got = await self.inbound.counts(miss, days=self.inbound_days)
+            except StoreBackendError:
+                copies = self.copies
+                got = copies and copies.inbound.counts(miss, self.inbound_days, stale_ok=True)
+                if got is None:
+                    raise
+                return {**hit, **{i: got.get(i, 0) for i in miss}}
             fresh = {i: got.get(i, 0) for i in miss}
             self.inbound_cache.put_many(fresh)
             hit.update(fresh)
@@ -242,14 +257,24 @@ class FeatureStore:
 
     async def _tastes(self, owners: list[str]) -> dict[str, tuple[Any, int, int]]:
         """Each owner's (taste vector, likes given, passes given); members without a state
-        are cached as such too (no history is an answer)."""
+        are cached as such too (no history is an answer). The copy while fresh, else the
+        store; the store refusing, the copy as its last read left it (module docstring)."""
+        none = (None, 0, 0)
         if self.copies and (got := self.copies.tastes.tastes(owners)) is not None:
-            none = (None, 0, 0)
             return {o: (_array(v), n, p) for o in owners for v, n, p in [got.get(o, none)]}
         hit, miss = self.taste_cache.get_many(owners)
         if miss:
-            got = await self.states.tastes(miss)
-            fresh = {o: got.get(o, (None, 0, 0)) for o in miss}
+            try:
+                got = await self.states.tastes(miss)
+            except StoreBackendError:
+                got = self.copies and self.copies.tastes.tastes(miss, stale_ok=True)
+                if got is None:
+                    raise
+                return {
+                    **hit,
+                    **{o: (_array(v), n, p) for o in miss for v, n, p in [got.get(o, none)]},
+                }
+            fresh = {o: got.get(o, none) for o in miss}
             fresh = {o: (_array(v), n, p) for o, (v, n, p) in fresh.items()}
             self.taste_cache.put_many(fresh)
             hit.update(fresh)

@@ -227,10 +227,16 @@ class InboundCopy(LocalCopy[dict[str, int]]):
         super().__init__(_InboundRows(db), every_s=every_s, max_items=max_items, **kw)
 
     def counts(
-        self, ids: Iterable[str], days: int = 7, now: datetime | None = None
+        self,
+        ids: Iterable[str],
+        days: int = 7,
+        now: datetime | None = None,
+        *,
+        stale_ok: bool = False,
     ) -> dict[str, int] | None:
-        """Like :meth:`InboundCounter.counts` while the copy is fresh, else ``None``."""
-        rows = self.rows()
+        """Like :meth:`InboundCounter.counts` while the copy is fresh, else ``None``;
+        ``stale_ok``: from the copy as its last read left it (the store refusing)."""
+        rows = self.last_rows() if stale_ok else self.rows()
         if rows is None:
             return None
         keys = window_keys(days, now)

@@ -43,9 +43,10 @@ class TasteCopy(LocalCopy[Taste]):
     def __init__(self, db: Any, *, every_s: float, max_items: int, **kw: Any) -> None:
         super().__init__(_TasteRows(db), every_s=every_s, max_items=max_items, **kw)
 
-    def tastes(self, user_ids: Iterable[str]) -> dict[str, Taste] | None:
-        """Like :meth:`UserStateStore.tastes` while the copy is fresh, else ``None``."""
-        rows = self.rows()
+    def tastes(self, user_ids: Iterable[str], *, stale_ok: bool = False) -> dict[str, Taste] | None:
+        """Like :meth:`UserStateStore.tastes` while the copy is fresh, else ``None``;
+        ``stale_ok``: from the copy as its last read left it (the store refusing)."""
+        rows = self.last_rows() if stale_ok else self.rows()
         if rows is None:
             return None
         return {u: rows[u] for u in map(str, user_ids) if u in rows}
