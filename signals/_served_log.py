@@ -287,7 +287,7 @@ class ServedLog:
         """Insert one list; one no store can take (its BSON over the limit) is dropped and
         counted — before, it failed its batch for ever and every list queued behind it."""
         try:
-            await self.coll.insert_one(doc)
+            await asyncio.wait_for(self.coll.insert_one(doc), self.write_timeout_s)  # as a batch
             self.written += 1
         except DuplicateKeyError:
             self.duplicates += 1

@@ -4,6 +4,7 @@ FerretDB takes such documents, ``test_signals_served_spool.py`` writes one throu
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -98,3 +99,23 @@ def test_non_finite_floats_are_stored_as_none() -> None:
     assert doc["propensity"] == [None, 0.5] and doc["pool_w"] == [None, 1.0]
     assert doc["policy"] == {"kind": "pl", "t": None, "w": [1.0, None]}
     assert doc["experiments"] == [{"experiment": "e", "share": None}]
+
+
+class SilentAfterRefusal(Refusing):
+    """The store goes silent (paused, no reset) once a batch was refused for a huge list: the
+    one-by-one inserts that follow are never answered."""
+
+    async def insert_one(self, doc: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_silent_store_on_the_one_by_one_path_fails_within_the_write_timeout() -> None:
+    """The one-by-one inserts after a refused batch had no write timeout: a store gone
+    silent there held the flusher until the driver's socket timeout, the lists logged
+    meanwhile waiting in memory (lost on a kill -9)."""
+    log = ServedLog({"served_lists": SilentAfterRefusal()}, write_timeout_s=0.2)
+    log._ready = True
+    for rid in ("a", "huge-1", "b"):
+        log.log(_served(rid))
+    assert await asyncio.wait_for(log.flush(), 10) == 0  # failed, not hung
+    assert (log.pending, log.written, log.failed) == (3, 0, 3)  # queued again
