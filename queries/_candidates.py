@@ -306,7 +306,7 @@ def explain_components(explanation: Mapping[str, Any], depth: int = 4) -> list[d
 async def _anchor(client: AsyncOpenSearch, settings: Settings, item_id: str) -> dict[str, Any]:
     with backend_errors(
         f"fetching item {item_id!r} failed",
-        not_found=f"item {item_id!r} is not in {settings.index_alias}",
+        not_found=f"item {item_id!r} is not in the catalogue",  # no index name: a client's 404
     ):
         doc = await client.get(
             index=settings.index_alias,
