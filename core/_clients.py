@@ -99,11 +99,15 @@ def async_opensearch(settings: Settings, **kwargs: Any) -> AsyncOpenSearch:
 
 def _mongo_options(settings: Settings, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Options of every MongoDB client: a socket timeout (``mongo_socket_timeout_s``) so no
-    operation waits forever on a connection whose server went silent without a reset."""
+    operation waits forever on a connection whose server went silent without a reset; strings
+    that are not UTF-8 decoded with U+FFFD in place of the bad bytes (what FerretDB stores),
+    not raised: MongoDB keeps such a string a driver wrote, and the strict default failed
+    every read of a batch holding it (a sync pass, on every restart, for ever)."""
     return {
         "serverSelectionTimeoutMS": 5000,
         "tz_aware": True,
         "socketTimeoutMS": int(settings.mongo_socket_timeout_s * 1000),
+        "unicode_decode_error_handler": "replace",
         **kwargs,
     }
 

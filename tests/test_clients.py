@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import bson
 import numpy as np
 import pytest
 from opensearchpy.exceptions import SerializationError
@@ -206,3 +207,25 @@ async def test_a_pool_wait_cancelled_twice_gives_its_lock_back() -> None:
     results = await asyncio.gather(waiting, other, return_exceptions=True)
     assert isinstance(results[0], asyncio.CancelledError) and results[1] is None, results
     assert not lock.locked()  # nobody holds it: free
+
+
+async def test_a_string_that_is_not_utf8_is_read_with_a_replacement_character(
+    settings: Settings,
+) -> None:
+    """MongoDB keeps a string a driver wrote that is not UTF-8 (FerretDB replaces its bytes at
+    insert); PyMongo's strict default raised InvalidBSON on every read of a batch holding it
+    — a sync pass failing for ever. The document as the server returns it (raw BSON, the
+    bad bytes in a value) read with each client's options."""
+    # "é" (2 bytes in UTF-8) overwritten with Latin-1's one byte and a "!"
+    raw = bson.encode({"_id": "m1", "bio": "café"}).replace("é".encode(), b"\xe9!")
+    sync_client = clients.mongo(settings)
+    async_client = clients.mongo_async(settings)
+    try:
+        for client in (sync_client, async_client):
+            doc = bson.decode(raw, codec_options=client.codec_options)
+            assert doc == {"_id": "m1", "bio": "caf\ufffd!"}
+        with pytest.raises(bson.errors.InvalidBSON):
+            bson.decode(raw)  # the strict default
+    finally:
+        sync_client.close()
+        await async_client.close()
