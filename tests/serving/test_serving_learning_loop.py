@@ -93,6 +93,7 @@ async def test_log_train_serve_loop(
         recs = await disc.recommend(users[60]["_id"], k=10)
         assert "+model-v1@" in recs.version and len(recs.items) == 10
         assert recs.served is not None and recs.served.version == recs.version
+        await disc.drain()  # its background pacing step and queued writes, before the close
     finally:
         await os_client.close()
         await mongo.close()
