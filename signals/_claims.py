@@ -25,8 +25,10 @@ expired. Generation arbiters are deleted once their event is marked applied.
 
 A holder that fails gives its claims up at once (:meth:`EventClaims.release`) and writes onto
 the events, in the same update, the additive effects it completed (``done``: counters and
-graph weights, which a second application would add again); the taker reads them with the
-claim (:attr:`ClaimStatus.done`) and applies only the rest. When the store itself is what
+graph weights, which a second application would add again); the taker reads them once it
+holds the claims (:attr:`ClaimStatus.done`: a read from before its take-over can predate a
+holder of a generation in between, which wrote effects and failed) and applies only the
+rest. When the store itself is what
 failed, the release is tried again until the store answers (:meth:`EventClaims.release_until`,
 up to two leases): the claims stay live meanwhile, so no taker acts on them first.
 """

@@ -382,7 +382,14 @@ class EventProcessor:
                 out.recovered += len(won)
                 waiting -= applied | won
                 mine += [by_id[i] for i in sorted(won)]
-                done.update((i, status[i].done) for i in won)
+                if won:
+                    # what the earlier holders completed, read once the claims are ours: the
+                    # status above may predate a holder that took them over after that read,
+                    # wrote some effects and gave them up, this call then winning the next
+                    # generation (taken from the status above, that holder's counter writes
+                    # were added again: test_signals_claims_faults, seen under load)
+                    fresh = await self.claims.status(won)
+                    done.update((i, fresh[i].done) for i in won)
             if mine:
                 ids = [ev.id for ev in mine]
                 completed: list[str] = []

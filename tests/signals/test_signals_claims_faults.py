@@ -301,6 +301,56 @@ async def test_items_rejected_inside_the_counters_bulk_count_the_batch_once(
                 assert abs(trend[item] - trend0[item] - like * liked[item]) < 0.01, item
 
 
+async def test_a_taker_whose_read_of_the_claims_predates_another_taker_adds_only_the_rest(
+    storm_settings: Settings,
+) -> None:
+    """Three calls of one batch: the first fails in a storm of rejected counter items and
+    gives its claims up; a second reads them expired, and before it takes them over a third
+    takes them over, writes the impressions the first could not (the storm eased) and fails on
+    the likes. The second then takes over the generation after the third's: it must add only
+    what neither wrote (it once applied what the first had left, read before the third ran:
+    the third's impressions counted twice; seen on a loaded machine in test_api_storms)."""
+    with FaultyHttpProxy(storm_settings.opensearch_url) as proxy:
+        s = storm_settings.model_copy(update={"opensearch_url": proxy.url})
+        async with processors(s, 3) as (workers, db):
+            counters = _Counters(workers[0], db)
+            batch = _batch()
+            touched = sorted({e["item_id"] for e in batch})
+            liked = Counter(e["item_id"] for e in batch if e["type"] == "like")
+            before, trend0 = await counters.read(), await _trend(workers[0], touched)
+            seen = sorted({e["item_id"] for e in batch if e["type"] == "impression"})
+            index = workers[0].exposure.index
+            proxy.reject_item = _rejects(index, {*seen[::2], *sorted(liked)[::2]})
+            with pytest.raises(SearchBackendError):
+                await workers[0].apply(batch)
+            # the second call stops right after it read the claims (expired, given up)
+            read, resume = asyncio.Event(), asyncio.Event()
+            status = workers[1].claims.status
+
+            async def status_then_wait(ids: Any) -> Any:
+                got = await status(ids)
+                if not read.is_set() and any(st.expired for st in got.values()):
+                    read.set()
+                    await resume.wait()
+                return got
+
+            workers[1].claims.status = status_then_wait  # type: ignore[method-assign]
+            second = asyncio.ensure_future(workers[1].apply(batch))
+            await asyncio.wait_for(read.wait(), 30)
+            proxy.reject_item = _rejects(index, set(sorted(liked)[::2]))  # impressions pass
+            with pytest.raises(SearchBackendError):
+                await workers[2].apply(batch)
+            proxy.reject_item = None
+            resume.set()
+            res = await second
+            assert res.recovered == len(batch) and res.in_flight == 0, res
+            await _assert_exact(db, batch, before, await counters.read())
+            trend = await _trend(workers[0], touched)
+            like = EventsConfig().weights["like"]
+            for item in touched:
+                assert abs(trend[item] - trend0[item] - like * liked[item]) < 0.01, item
+
+
 async def _trend(proc: EventProcessor, ids: list[str]) -> dict[str, float]:
     return {i: e.trend for i, e in (await proc.exposure.read(ids)).items()}
 
