@@ -56,16 +56,16 @@ from functools import partial
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
-from opensearchpy.exceptions import NotFoundError
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import BackendError, EventInvalid, SearchBackendError
 from opendisco._settings import Settings
 
-from ._apply import Check, EffectWriter, settle_unsure, stored_items
+from ._apply import Check, EffectWriter, settle_unsure
 from ._blocks import BlockStore
 from ._claims import EventClaims, classify, reused
 from ._event import Event, EventsConfig, EventsResult, reuse_reason, validate_batch
+from ._event_items import event_items
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
 from ._graph import ItemGraph
@@ -260,47 +260,9 @@ class EventProcessor:
     async def _items(
         self, ids: Sequence[str], about: Collection[str] = ()
     ) -> dict[str, dict[str, Any]]:
-        """The items' vectors, category, kind and owner from the engine (one ``mget``); when
-        the engine fails, all but the vectors from MongoDB (:func:`~._apply.stored_items`):
-        a member can block, pass and hide while the engine is down. So are the documents the
-        ``mget`` answers with an error (a shard that rejected or failed its part): read as
-        missing, their events were rejected as about an unknown item, and lost. And so are
-        the items events are ``about`` that the engine does not hold (yet): an item is
-        unknown when MongoDB, the source of truth, does not hold it. A profile created since
-        the last sync was rejected as unknown when its member was hidden or liked, and, once
-        synced, shown to the member who hid or liked it (and that member to the one hidden).
-        (Other ids, the members' earlier positives, are read for their vectors: MongoDB has
-        none of those to add.)"""
-        if not ids:
-            return {}
+        """The items ``ids`` for the effects (:func:`~._event_items.event_items`)."""
         coll = self.db[self.settings.items_collection]
-        try:
-            with backend_errors("item lookup for events failed"):
-                try:
-                    resp = await self.os.mget(
-                        index=self.settings.index_alias,
-                        body={"ids": list(ids)},
-                        params={
-                            "_source_includes": "embedding,behaviour,category,kind,owner_id",
-                            "realtime": "true",
-                        },
-                        request_timeout=self.settings.events_engine_timeout_s,
-                    )
-                except NotFoundError:  # no items index yet
-                    return await stored_items(coll, list(about), unindexed=True) if about else {}
-        except SearchBackendError as exc:
-            log.warning("event items read from MongoDB, vectors kept (engine: %.200s)", exc)
-            return await stored_items(coll, ids)
-        docs = resp["docs"]
-        out = {d["_id"]: d.get("_source") or {} for d in docs if d.get("found")}
-        if failed := [str(d["_id"]) for d in docs if d.get("error")]:
-            # a shard that failed to answer (e.g. 429 from its get queue) is not "unknown item"
-            first = next(d["error"] for d in docs if d.get("error"))
-            log.warning("%d event items read from MongoDB (engine: %.200s)", len(failed), first)
-            out.update(await stored_items(coll, failed))
-        if unindexed := [str(i) for i in about if i not in out and i not in failed]:
-            out.update(await stored_items(coll, unindexed, unindexed=True))
-        return out
+        return await event_items(self.os, coll, self.settings, ids, about)
 
     # --- apply ------------------------------------------------------------------------------
 
