@@ -164,6 +164,12 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, OSConnectionError) or status in (429, 502, 503, 504)
 
 
+def _spent(attempt: int, deadline: float, settings: Settings) -> bool:
+    """Whether ``attempt`` retries used up the retry budget: ``bulk_max_retries`` and the
+    time until ``deadline`` (``retry_for``), both."""
+    return attempt >= settings.bulk_max_retries and time.monotonic() >= deadline
+
+
 async def patiently(
     call: Callable[[], Awaitable[T]], settings: Settings, *, retry_for: float = 0.0
 ) -> T:
@@ -175,8 +181,7 @@ async def patiently(
         try:
             return await call()
         except (OSConnectionError, TransportError) as exc:
-            spent = attempt >= settings.bulk_max_retries and time.monotonic() >= deadline
-            if not transient(exc) or spent:
+            if not transient(exc) or _spent(attempt, deadline, settings):
                 raise
         await asyncio.sleep(backoff_delay(attempt, settings.bulk_backoff_max))
     raise AssertionError("unreachable")  # the loop returns or raises
@@ -224,15 +229,11 @@ class BulkWriter:
                     resp = await self.client.bulk(body=body, index=self.index, params=self.params)
                 return resp, resent or sends.count > 1
             except (OSConnectionError, TransportError) as exc:
-                if not transient(exc) or self._spent(attempt, deadline):
+                if not transient(exc) or _spent(attempt, deadline, self.settings):
                     raise SearchBackendError(f"bulk request failed: {exc}") from exc
                 resent = resent or getattr(exc, "status_code", None) != 429
                 await asyncio.sleep(backoff_delay(attempt, self.settings.bulk_backoff_max))
                 attempt += 1
-
-    def _spent(self, attempt: int, deadline: float) -> bool:
-        """Whether ``attempt`` retries used up the retry budget (count and time)."""
-        return attempt >= self.settings.bulk_max_retries and time.monotonic() >= deadline
 
     async def versions(self, ids: list[str]) -> dict[str, int]:
         """``id -> _version`` of the documents ``index`` holds among ``ids`` (realtime).
@@ -321,7 +322,7 @@ class BulkWriter:
                     result.rejected.append((action, reason))
             if not retry:
                 return result
-            if self._spent(attempt, deadline):
+            if _spent(attempt, deadline, self.settings):
                 raise SearchBackendError(
                     f"{len(retry)} bulk items still failing after {attempt} retries: {last_reason}"
                 )
