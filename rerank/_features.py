@@ -111,6 +111,15 @@ class ViewerFeatures:
     similar_recent: Mapping[str, float] = field(default_factory=dict)
 
 
+def _taste_rows(
+    got: Mapping[str, tuple[Any, int, int]], owners: Sequence[str]
+) -> dict[str, tuple[Any, int, int]]:
+    """Each owner's (taste vector as an array, likes given, passes given) from ``got``
+    (a store's or a copy's rows); an owner without a row has no history: ``(None, 0, 0)``."""
+    rows = {o: got.get(o, (None, 0, 0)) for o in owners}
+    return {o: (_array(v), n, p) for o, (v, n, p) in rows.items()}
+
+
 class FeatureStore:
     """Batched, cached feature lookups for :class:`~opendisco.rerank.Reranker`."""
 
@@ -259,9 +268,8 @@ class FeatureStore:
         """Each owner's (taste vector, likes given, passes given); members without a state
         are cached as such too (no history is an answer). The copy while fresh, else the
         store; the store refusing, the copy as its last read left it (module docstring)."""
-        none = (None, 0, 0)
         if self.copies and (got := self.copies.tastes.tastes(owners)) is not None:
-            return {o: (_array(v), n, p) for o in owners for v, n, p in [got.get(o, none)]}
+            return _taste_rows(got, owners)
         hit, miss = self.taste_cache.get_many(owners)
         if miss:
             try:
@@ -270,12 +278,8 @@ class FeatureStore:
                 got = self.copies and self.copies.tastes.tastes(miss, stale_ok=True)
                 if got is None:
                     raise
-                return {
-                    **hit,
-                    **{o: (_array(v), n, p) for o in miss for v, n, p in [got.get(o, none)]},
-                }
-            fresh = {o: got.get(o, none) for o in miss}
-            fresh = {o: (_array(v), n, p) for o, (v, n, p) in fresh.items()}
+                return {**hit, **_taste_rows(got, miss)}
+            fresh = _taste_rows(got, miss)
             self.taste_cache.put_many(fresh)
             hit.update(fresh)
         return hit
