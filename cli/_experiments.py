@@ -30,7 +30,7 @@ from opendisco.experiments._report import both_sides, collect, write_report
 from opendisco.experiments._serving import check_arm_files
 from opendisco.experiments._store import ExperimentStore
 
-from ._base import pass_settings
+from ._base import out_dir_ready, pass_settings
 
 __all__ = ["experiments_cmd"]
 
@@ -154,7 +154,7 @@ def report_cmd(
 ) -> None:
     """Read out EXP_ID: the SRM gate, then every pre-registered metric by the design's
     estimator, both sides' outcomes; writes the HTML/PNG report."""
-    out_dir = out_dir or Path("reports") / "experiments" / exp_id
+    out_dir = out_dir_ready(out_dir or Path("reports") / "experiments" / exp_id)
 
     async def call(db: Any) -> tuple[Experiment, Any, Any, dict[str, Path]]:
         exp = await ExperimentStore(db).get(exp_id)

@@ -142,8 +142,17 @@ def ratio_difference(
     its stratum × arm cell (:func:`_cr2`)."""
     ok = den > 0
     num, den, arm = num[ok], den[ok], arm[ok].astype(float)
-    rates = [float(num[arm == a].sum() / den[arm == a].sum()) * scale for a in (0, 1)]
     units = (int((arm == 0).sum()), int((arm == 1).sum()))
+    if min(units) == 0 or sum(units) < 3:
+        # an arm without an exposed unit, or no residual left: no contrast to estimate (the
+        # regression divided by zero), the arms' own rates still reported
+        nan = float("nan")
+        rates = [
+            float(num[arm == a].sum() / den[arm == a].sum()) * scale if n else nan
+            for a, n in enumerate(units)
+        ]
+        return Estimate(estimator, nan, nan, nan, nan, nan, *rates, units, nan)
+    rates = [float(num[arm == a].sum() / den[arm == a].sum()) * scale for a in (0, 1)]
     g = None if groups is None else np.unique(groups[ok], return_inverse=True)[1]
     st = None if strata is None or g is None else strata[ok]
     if fixed is None and (covariate is not None or g is not None):

@@ -42,6 +42,7 @@ __all__ = [
     "is_held_out",
     "period_of",
     "region_of",
+    "served_candidate_arm",
     "side_arms",
     "stratified_arms",
     "unit_arm",
@@ -257,3 +258,11 @@ def candidate_arm(exp: Experiment, member: str) -> int:
     if exp.design.kind == DesignKind.two_sided:
         return _side_arm(exp, f"candidate:{member}")
     return arm_index(exp, f"candidate:{member}")
+
+
+def served_candidate_arm(exp: Experiment, member: str, holdout: float, holdout_salt: str) -> int:
+    """The arm serving gives ``member`` as a candidate of a pair-level experiment: the
+    control (0) when held out or outside the experiment's range, else :func:`candidate_arm`."""
+    if is_held_out(member, holdout, holdout_salt) or not in_experiment(exp, member):
+        return 0
+    return candidate_arm(exp, member)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from opendisco.serving import CandidatePlan, Recommendations
 
-from ._assign import candidate_arm, in_experiment, is_held_out
+from ._assign import served_candidate_arm
 
 if TYPE_CHECKING:
     from ._serving import ExperimentRegistry
@@ -72,12 +72,11 @@ class ExperimentLog:
             reg = self.registry
             rec["candidates"] = {
                 r.id: names[
-                    0
-                    if is_held_out(m, reg.holdout, reg.holdout_salt) or not in_experiment(exp, m)
-                    else candidate_arm(exp, m)
+                    served_candidate_arm(
+                        exp, str(r.item.get("owner_id") or r.id), reg.holdout, reg.holdout_salt
+                    )
                 ]
                 for r in recs.items
-                for m in [str(r.item.get("owner_id") or r.id)]
             }
 
     def after(self, plan: CandidatePlan, recs: Recommendations) -> None:

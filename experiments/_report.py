@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from opendisco._backend import backend_errors
+from opendisco._exceptions import InvalidInput
 from opendisco.signals import SERVED_LISTS, USER_LIKES, USER_MATCHES
 
 from ._analysis import Exposures
@@ -37,6 +39,7 @@ from ._assign import (
     is_held_out,
     period_of,
     region_of,
+    served_candidate_arm,
     unit_arm,
 )
 from ._log import EXPOSURES
@@ -83,8 +86,8 @@ async def collect(
     pre_days: int = 14,
 ) -> Collected:
     start = _utc(exp.start)
-    if start is None:
-        raise ValueError(f"experiment {exp.id!r} never started")
+    if start is None:  # a draft (a traceback before: ValueError)
+        raise InvalidInput(f"experiment {exp.id!r} is {exp.status.value}: it never started")
     end = end or _utc(exp.stop) or datetime.now(UTC)
     with backend_errors("reading experiment exposures failed"):
         docs = await db[EXPOSURES].find({"at": {"$gte": start}}).to_list(None)
@@ -105,6 +108,11 @@ async def collect(
         for item in doc.get("items", []):
             member = str(item.get("owner") or item["id"])
             carm = cand_arms.get(item["id"])
+            if carm is None and exp.pair_level:
+                # not recorded (a list logged while the process's registry no longer held the
+                # experiment): the arm serving gives the member, as the log would have named it
+                # (left -1, it failed the readout's SRM check with a ValueError)
+                carm = arms[served_candidate_arm(exp, member, holdout, holdout_salt)]
             cols["viewer"].append(code.setdefault(viewer, len(code)))
             cols["candidate"].append(code.setdefault(member, len(code)))
             cols["viewer_arm"].append(varm)
@@ -333,6 +341,20 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` (a JSON document) with every NaN or infinity as null: an estimate there is
+    none of (no exposure in an arm, no outcome in the control, one cluster) is NaN, and
+    FerretDB refuses to store one (it closed the connection: the report failed with a
+    StoreBackendError after it was computed); ``report.json`` is strict JSON the same way."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 async def write_report(
     db: Any, exp: Experiment, readout: Readout, sides: dict[str, Any], out_dir: Path
 ) -> dict[str, Path]:
@@ -348,7 +370,8 @@ async def write_report(
         "html": out_dir / "report.html",
         "png": out_dir / "effects.png",
     }
-    paths["json"].write_text(json.dumps(doc, indent=2, default=str))
+    doc = _finite(json.loads(json.dumps(doc, default=str)))
+    paths["json"].write_text(json.dumps(doc, indent=2, allow_nan=False))
     _png(readout, paths["png"])
     est_rows = [
         {
@@ -382,7 +405,5 @@ async def write_report(
         f"<h2>Candidates (what they received)</h2>{_table(sides['candidate'])}"
     )
     with backend_errors("storing the report failed"):
-        await db[REPORTS].insert_one(
-            {"_id": f"{exp.id}@{doc['at']}", **json.loads(json.dumps(doc, default=str))}
-        )
+        await db[REPORTS].insert_one({"_id": f"{exp.id}@{doc['at']}", **doc})
     return paths

@@ -45,10 +45,10 @@ from opendisco.serving import Artifacts, CandidatePlan, Discovery, load_model, l
 
 from ._assign import (
     bucket,
-    candidate_arm,
     in_experiment,
     is_held_out,
     region_of,
+    served_candidate_arm,
     viewer_assignment,
 )
 from ._log import ExperimentLog
@@ -245,10 +245,7 @@ class MergedRanking:
     holdout_salt: str = "holdout"
 
     def candidate_arm(self, member: str) -> int:
-        exp = self.experiment
-        if is_held_out(member, self.holdout, self.holdout_salt) or not in_experiment(exp, member):
-            return 0
-        return candidate_arm(exp, member)
+        return served_candidate_arm(self.experiment, member, self.holdout, self.holdout_salt)
 
     def run(
         self,

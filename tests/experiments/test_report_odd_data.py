@@ -1,0 +1,165 @@
+"""``opendisco experiments report`` on odd data, on the real servers: a readout or a clear
+error (exit 2), never a traceback nor a failure after the work.
+
+Before: a draft's report raised ValueError (a traceback); a readout with an estimate there is
+none of (no outcome in the control arm: its relative effect is NaN; one cluster; one arm
+exposed) failed with ``StoreBackendError: storing the report failed: connection closed``
+(FerretDB closes the connection on a NaN); a two-sided experiment whose logged lists did not
+name their candidates' arms failed its SRM check (``ValueError: 'list' argument must have no
+negative elements``); an ``--out`` under a file failed with NotADirectoryError after the
+analysis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from opendisco import Settings, clients
+from opendisco.cli.main import cli
+from opendisco.experiments import Experiment, ExperimentStore
+from opendisco.experiments._log import EXPOSURES
+from opendisco.experiments._report import REPORTS
+
+T = Any
+
+
+def _on_db(settings: Settings, call: Callable[[Any], Awaitable[T]]) -> T:
+    """``call(db)`` on its own loop (the CLI runs ``asyncio.run``: the tests are not async)."""
+
+    async def main() -> T:
+        mongo = clients.mongo_async(settings)
+        try:
+            return await call(mongo[settings.mongo_db])
+        finally:
+            await mongo.close()
+
+    return asyncio.run(main())
+
+
+ARMS = [{"name": "control"}, {"name": "boost", "rerank": {"weights": {"popularity": 2.0}}}]
+
+
+async def _started(db: Any, kind: str = "user") -> Experiment:
+    uid = uuid.uuid4().hex[:8]
+    exp = Experiment.model_validate(
+        {"id": f"odd{uid}", "layer": f"L{uid}", "arms": ARMS, "design": {"kind": kind}}
+    )
+    store = ExperimentStore(db)
+    await store.create(exp)
+    return await store.start(exp.id)
+
+
+async def _log(db: Any, exp: Experiment, lists: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Exposure documents as serving writes them: (viewer, arm, extra record fields)."""
+    await db[EXPOSURES].insert_many(
+        [
+            {
+                "_id": uuid.uuid4().hex,
+                "at": datetime.now(UTC),
+                "viewer": viewer,
+                "surface": "for_you",
+                "version": "v",
+                "degraded": False,
+                "experiments": [
+                    {"experiment": exp.id, "design": exp.design.kind.value, "arm": arm}
+                    | {"unit": viewer}
+                    | extra
+                ],
+                "items": [
+                    {"id": f"p-{viewer}-{j}", "owner": f"m-{viewer}-{j}", "position": j}
+                    for j in range(3)
+                ],
+            }
+            for viewer, arm, extra in lists
+        ]
+    )
+
+
+def _report(settings: Settings, exp_id: str, out: Path) -> Any:
+    return CliRunner().invoke(
+        cli,
+        ["experiments", "report", exp_id, "--out", str(out), "--bootstrap", "20"],
+        obj=settings,
+    )
+
+
+def test_a_drafts_report_is_a_usage_error(ex_settings: Settings, tmp_path: Path) -> None:
+    uid = uuid.uuid4().hex[:8]
+    exp = Experiment.model_validate({"id": f"odd{uid}", "layer": f"L{uid}", "arms": ARMS})
+    _on_db(ex_settings, lambda db: ExperimentStore(db).create(exp))
+    out = _report(ex_settings, exp.id, tmp_path)
+    assert out.exit_code == 2, (out.output, out.exception)
+    assert "never started" in out.output
+
+
+def test_readouts_without_an_estimate_are_stored(ex_settings: Settings, tmp_path: Path) -> None:
+    """No outcome at all (relative effects NaN), one arm exposed, one viewer per arm (no
+    residual: the regression divided by zero), one cluster: a readout
+    (blocked or not), report.json strict JSON with null where there is no estimate, and the
+    readout stored."""
+    cases = {
+        "no-outcomes": ("user", [(f"v{i}", ARMS[i % 2]["name"], {}) for i in range(20)]),
+        "one-arm": ("user", [(f"v{i}", "control", {}) for i in range(20)]),
+        "one-viewer-each": ("user", [("v0", "control", {}), ("v1", "boost", {})]),
+        "one-cluster": ("cluster", [(f"v{i}", "boost", {"cluster": "c0"}) for i in range(20)]),
+    }
+    for name, (kind, lists) in cases.items():
+        exp = _on_db(ex_settings, lambda db, kind=kind: _started(db, kind))
+        _on_db(ex_settings, lambda db, exp=exp, lists=lists: _log(db, exp, lists))
+        out = _report(ex_settings, exp.id, tmp_path / name)
+        assert out.exit_code == 0, (name, out.output, out.exception)
+        text = (tmp_path / name / "report.json").read_text()
+        assert "NaN" not in text and "Infinity" not in text, name
+        report = json.loads(text)
+        assert report["estimates"] and any(e["relative"] is None for e in report["estimates"])
+        stored = _on_db(
+            ex_settings, lambda db, exp=exp: db[REPORTS].find_one({"experiment": exp.id})
+        )
+        assert stored is not None and stored["design"] == kind, name
+
+
+def test_two_sided_lists_without_candidate_arms_are_read_out(
+    ex_settings: Settings, tmp_path: Path
+) -> None:
+    """Lists logged without their candidates' arms (the process's registry no longer held the
+    experiment) get the arm serving gives each candidate: the candidate-side SRM check counts
+    them instead of failing."""
+
+    async def setup(db: Any) -> Experiment:
+        store = ExperimentStore(db)
+        for e in await store.running():  # one pair-level experiment at a time: another test's
+            if e.pair_level:
+                await store.stop(e.id)
+        exp = await _started(db, "two_sided")
+        await _log(db, exp, [(f"v{i}", ARMS[i % 2]["name"], {}) for i in range(40)])
+        return exp
+
+    exp = _on_db(ex_settings, setup)
+    out = _report(ex_settings, exp.id, tmp_path / "ts")
+    assert out.exit_code == 0, (out.output, out.exception)
+    report = json.loads((tmp_path / "ts" / "report.json").read_text())
+    check = next(c for c in report["srm"] if c["name"] == "candidate exposures")
+    assert sum(check["counts"]) == 20 * 3  # every candidate of the control viewers' lists
+    _on_db(ex_settings, lambda db: ExperimentStore(db).stop(exp.id))
+
+
+def test_an_out_dir_that_cannot_be_made_is_refused_up_front(
+    ex_settings: Settings, tmp_path: Path
+) -> None:
+    exp = _on_db(ex_settings, _started)
+    _on_db(
+        ex_settings,
+        lambda db: _log(db, exp, [(f"v{i}", ARMS[i % 2]["name"], {}) for i in range(10)]),
+    )
+    (tmp_path / "afile").write_text("x")
+    out = _report(ex_settings, exp.id, tmp_path / "afile" / "sub")
+    assert out.exit_code == 2, (out.output, out.exception)
+    assert "--out" in out.output
+    assert _on_db(ex_settings, lambda db: db[REPORTS].find_one({"experiment": exp.id})) is None
