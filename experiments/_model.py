@@ -59,6 +59,9 @@ class DesignKind(StrEnum):
     switchback = "switchback"
 
 
+#: the longest graph window or switchback period a design may name (ten years)
+MAX_DAYS = 3660
+
 #: designs whose lists mix arms per candidate
 PAIR_LEVEL = frozenset({DesignKind.item, DesignKind.two_sided})
 
@@ -128,12 +131,14 @@ class Design(_Strict):
     #: cross-cell spillovers (r₀₁ − r₀₀) + (r₁₀ − r₀₀); 0 is the plain interpolation
     tsri_k: float = Field(0.0, ge=0)
     #: cluster: Louvain resolution (lower = fewer, larger clusters) and the graph's window
+    #: (bounded: a date cannot go back further than year 1, MongoDB stores 8-byte ints)
     resolution: float = Field(1.0, gt=0)
-    graph_days: int = Field(30, ge=1)
-    #: switchback: the member field naming the region, the period and the burn-in dropped
-    region_field: str = "location"
-    period_minutes: int = Field(60 * 24, ge=1)
-    burn_in_minutes: int = Field(0, ge=0)
+    graph_days: int = Field(30, ge=1, le=MAX_DAYS)
+    #: switchback: the member field naming the region (a top-level field of ``users``: it
+    #: is projected from there), the period and the burn-in dropped
+    region_field: str = Field("location", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    period_minutes: int = Field(60 * 24, ge=1, le=MAX_DAYS * 24 * 60)
+    burn_in_minutes: int = Field(0, ge=0, le=MAX_DAYS * 24 * 60)
     #: cluster and switchback: 0 assigns each unit apart (Bernoulli by the arms' weights);
     #: n (two units of the smallest arm at least) randomises completely within strata of n
     #: units of similar pre-period size and outcome rate, taken at start (clusters;

@@ -52,6 +52,20 @@ def _files(tmp: Path) -> dict[str, Path]:
     paths["inf-design.json"].write_text(
         json.dumps({"id": "x", "design": inf_design, "arms": [{"name": "c"}, {"name": "t"}]})
     )
+    # past what MongoDB stores (OverflowError traceback at create) or what a date can go back
+    # (graph_days: OverflowError traceback at start); a region field FerretDB cannot project
+    # (its start or report failed after the create)
+    for name, design in (
+        ("huge-days.json", {"kind": "cluster", "graph_days": 10**30}),
+        ("far-days.json", {"kind": "cluster", "graph_days": 10**7}),
+        ("huge-period.json", {"kind": "switchback", "period_minutes": 10**30}),
+        ("region-op.json", {"kind": "switchback", "region_field": "$where"}),
+        ("region-empty.json", {"kind": "switchback", "region_field": ""}),
+    ):
+        paths[name] = tmp / name
+        paths[name].write_text(
+            json.dumps({"id": "x", "design": design, "arms": [{"name": "c"}, {"name": "t"}]})
+        )
     paths["nan-params.json"] = tmp / "nan-params.json"
     paths["nan-params.json"].write_text(json.dumps({"rerank": {"weights": {"fused": math.nan}}}))
     # the latest version in tune's --out, hand-edited into something else
@@ -80,6 +94,11 @@ CASES = [
     ({}, ["experiments", "create", "nan-arm.json"], "weights.fused: Input should be a finite"),
     ({}, ["experiments", "create", "inf-design.json"], "design.tsri_k: Input should be a finite"),
     ({}, ["experiments", "create", "surface.json"], "unknown surface(s) ['foryou']"),
+    ({}, ["experiments", "create", "huge-days.json"], "design.graph_days: Input should be less"),
+    ({}, ["experiments", "create", "far-days.json"], "design.graph_days: Input should be less"),
+    ({}, ["experiments", "create", "huge-period.json"], "design.period_minutes: Input should"),
+    ({}, ["experiments", "create", "region-op.json"], "design.region_field: String should"),
+    ({}, ["experiments", "create", "region-empty.json"], "design.region_field: String should"),
     ({"OPENDISCO_PARAMS_FILE": "nan-params.json"}, ["recommend", "u1"], "a finite number"),
     ({}, ["experiments", "report", "x", "--bootstrap", "-5"], "--bootstrap"),
     ({}, ["apikeys", "create", "--name", " "], "name must say who the key is for"),
