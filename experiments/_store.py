@@ -10,7 +10,7 @@
   (units: cluster ids or regions), from the member graph of the same window — size = the
   unit's members, rate = their mutual likes per member (:func:`~._strata.strata_of`).
 * ``experiment_locks``: the layer lease that makes two concurrent starts in one layer take
-  disjoint ranges.
+  disjoint ranges, and of two stops of one experiment the first the only one.
 
 Starting allocates the experiment's range of its layer (the lowest free one), refuses a full
 layer and a second running pair-level experiment, and snapshots clusters; a stopped
@@ -121,10 +121,17 @@ class ExperimentStore:
         exp = await self.get(exp_id)
         if exp.status != Status.running:
             raise InvalidInput(f"experiment {exp_id!r} is {exp.status.value}, not running")
-        with backend_errors(f"stopping experiment {exp_id!r} failed"):
-            await self.coll.update_one(
-                {"_id": exp_id}, {"$set": {"status": Status.stopped.value, "stop": now}}
-            )
+        async with lease(self.locks, [f"layer:{exp.layer}"], lease_s=30, wait_s=10, what="layer"):
+            # again under the lease: of two stops of one experiment, both were told "stopped"
+            # and the later one moved its stop time (the readout's end) past the first's
+            exp = await self.get(exp_id)
+            if exp.status != Status.running:
+                raise InvalidInput(f"experiment {exp_id!r} is {exp.status.value}, not running")
+            with backend_errors(f"stopping experiment {exp_id!r} failed"):
+                await self.coll.update_one(
+                    {"_id": exp_id, "status": Status.running.value},
+                    {"$set": {"status": Status.stopped.value, "stop": now}},
+                )
         return exp.model_copy(update={"status": Status.stopped, "stop": now})
 
     # -- clusters ---------------------------------------------------------------------------

@@ -531,3 +531,25 @@ async def test_two_starts_of_one_experiment_start_it_once(ex_db: Any) -> None:
     assert stored.offset == started[0].offset
     assert stored.start is not None and started[0].start is not None
     assert abs((stored.start - started[0].start).total_seconds()) < 0.001  # BSON: ms
+
+
+async def test_two_stops_of_one_experiment_stop_it_once(ex_db: Any) -> None:
+    """Two operators stop one experiment: one is told it stopped, the other that it is
+    stopped already, and the stored stop time (the readout's end) is the first's. Before, both
+    were told "stopped" and the later stop moved the end past the first's."""
+    store = ExperimentStore(ex_db)
+    exp = await store.create(_exp())
+    await store.start(exp.id)
+    first = datetime.now(UTC)
+    got = await asyncio.gather(
+        store.stop(exp.id, now=first),
+        store.stop(exp.id, now=first + timedelta(hours=1)),
+        return_exceptions=True,
+    )
+    stopped = [g for g in got if isinstance(g, Experiment)]
+    refused = [g for g in got if isinstance(g, InvalidInput)]
+    assert len(stopped) == 1 and len(refused) == 1, got
+    assert "is stopped, not running" in str(refused[0])
+    stored = await store.get(exp.id)
+    assert stored.stop is not None and stopped[0].stop is not None
+    assert abs((stored.stop - stopped[0].stop).total_seconds()) < 0.001  # BSON: ms
