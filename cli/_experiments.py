@@ -115,15 +115,25 @@ def start_cmd(settings: Settings, exp_id: str, seed: int) -> None:
 def stop_cmd(settings: Settings, exp_id: str) -> None:
     """Stop a running experiment (its members return to the served artifacts)."""
     exp = _run(settings, lambda db: ExperimentStore(db).stop(exp_id))
-    click.echo(f"stopped {_summary(exp)}")
+    click.echo(
+        f"stopped {_summary(exp) if exp else exp_id + ' (in a form this version cannot read)'}"
+    )
 
 
 @experiments_cmd.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the documents as JSON.")
 @pass_settings
 def list_cmd(settings: Settings, as_json: bool) -> None:
-    """Every experiment with its state, layer range and arms."""
-    exps = _run(settings, lambda db: ExperimentStore(db).list())
+    """Every experiment with its state, layer range and arms (one stored in a form this
+    version cannot read: its id and why, on stderr)."""
+
+    async def call(db: Any) -> tuple[list[Experiment], dict[str, str]]:
+        store = ExperimentStore(db)
+        return await store.list(), store.unreadable
+
+    exps, unreadable = _run(settings, call)
+    for problem in unreadable.values():
+        click.echo(f"unreadable: {problem}", err=True)
     if as_json:
         click.echo(json.dumps([e.model_dump(mode="json") for e in exps], indent=2))
         return
@@ -154,10 +164,11 @@ def report_cmd(
 ) -> None:
     """Read out EXP_ID: the SRM gate, then every pre-registered metric by the design's
     estimator, both sides' outcomes; writes the HTML/PNG report."""
-    out_dir = out_dir_ready(out_dir or Path("reports") / "experiments" / exp_id)
+    out_dir = out_dir or Path("reports") / "experiments" / exp_id
 
     async def call(db: Any) -> tuple[Experiment, Any, Any, dict[str, Path]]:
         exp = await ExperimentStore(db).get(exp_id)
+        out_dir_ready(out_dir)  # before the work (NotADirectoryError after it before)
         got = await collect(
             db,
             exp,

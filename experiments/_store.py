@@ -19,21 +19,24 @@ experiment never runs again (its salt stays reserved: a new run is a new experim
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import InvalidInput, NotFound
+from opendisco._exceptions import InvalidInput, NotFound, validation_problems
 from opendisco._store import MAX_WRITES_PER_COMMAND, lease
 from opendisco.signals import USER_LIKES
 
 from ._assign import region_of
 from ._clusters import louvain_clusters
-from ._model import DesignKind, Experiment, Status
+from ._model import PAIR_LEVEL, DesignKind, Experiment, Status
 from ._strata import strata_of
 
 __all__ = ["CLUSTERS", "CLUSTER_CHUNK", "EXPERIMENTS", "LOCKS", "ExperimentStore", "free_offset"]
@@ -42,6 +45,8 @@ EXPERIMENTS = "experiments"
 CLUSTERS = "experiment_clusters"
 LOCKS = "experiment_locks"
 CLUSTER_CHUNK = 5000
+
+log = logging.getLogger("opendisco.experiments")
 
 
 def free_offset(width: int, taken: Iterable[tuple[int, int]], buckets: int = 10_000) -> int | None:
@@ -60,6 +65,8 @@ class ExperimentStore:
         self.coll = db[EXPERIMENTS]
         self.clusters_coll = db[CLUSTERS]
         self.locks = db[LOCKS]
+        #: experiments the last :meth:`list` could not read: id -> why
+        self.unreadable: dict[str, str] = {}
 
     async def create(self, exp: Experiment) -> Experiment:
         exp = exp.model_copy(
@@ -73,16 +80,25 @@ class ExperimentStore:
         return exp
 
     async def get(self, exp_id: str) -> Experiment:
-        with backend_errors(f"reading experiment {exp_id!r} failed"):
-            doc = await self.coll.find_one({"_id": exp_id})
-        if doc is None:
-            raise NotFound(f"experiment {exp_id!r} not found")
-        return Experiment.from_doc(doc)
+        return _readable(await self._doc(exp_id))
+
+    async def _docs(self) -> list[dict[str, Any]]:
+        with backend_errors("listing experiments failed"):
+            return list(await self.coll.find({}).to_list(None))
 
     async def list(self) -> list[Experiment]:
-        with backend_errors("listing experiments failed"):
-            docs = await self.coll.find({}).to_list(None)
-        return sorted((Experiment.from_doc(d) for d in docs), key=lambda e: (e.layer, e.id))
+        """Every experiment this version can read; the others are in :attr:`unreadable`
+        (``{id: problem}``, logged): one stored document that fails validation (hand-edited,
+        or written under older rules) failed every listing, start and registry refresh
+        with a pydantic ValidationError."""
+        out, self.unreadable = [], {}
+        for doc in await self._docs():
+            try:
+                out.append(_readable(doc))
+            except InvalidInput as exc:
+                self.unreadable[str(doc.get("_id"))] = str(exc)
+                log.warning("%s", exc)
+        return sorted(out, key=lambda e: (e.layer, e.id))
 
     async def running(self) -> list[Experiment]:
         return [e for e in await self.list() if e.status == Status.running]
@@ -98,10 +114,12 @@ class ExperimentStore:
             exp = await self.get(exp_id)
             if exp.status != Status.draft:
                 raise InvalidInput(f"experiment {exp_id!r} is {exp.status.value}, not draft")
-            running = await self.running()
-            if exp.pair_level and any(e.pair_level for e in running):
+            running = [_Range.of(d) for d in await self._docs()]
+            running = [r for r in running if r.status == Status.running.value]
+            if exp.pair_level and any(r.pair_level for r in running):
                 raise InvalidInput("another pair-level (item/two_sided) experiment is running")
-            taken = [(e.offset or 0, e.width) for e in running if e.layer == exp.layer]
+            # from the stored fields (an unreadable running experiment still holds its range)
+            taken = [(r.offset, r.width) for r in running if r.layer == exp.layer]
             offset = free_offset(exp.width, taken)
             if offset is None:
                 raise InvalidInput(
@@ -116,23 +134,39 @@ class ExperimentStore:
                 )
         return exp.model_copy(update={"status": Status.running, "start": now, "offset": offset})
 
-    async def stop(self, exp_id: str, now: datetime | None = None) -> Experiment:
+    async def stop(self, exp_id: str, now: datetime | None = None) -> Experiment | None:
+        """Stop a running experiment; returns it as stopped, or None when it is stored in a
+        form this version cannot read (stopped all the same, from its stored fields: it
+        held its layer range and could not be stopped)."""
         now = now or datetime.now(UTC)
-        exp = await self.get(exp_id)
-        if exp.status != Status.running:
-            raise InvalidInput(f"experiment {exp_id!r} is {exp.status.value}, not running")
-        async with lease(self.locks, [f"layer:{exp.layer}"], lease_s=30, wait_s=10, what="layer"):
+        doc = await self._doc(exp_id)
+        async with lease(
+            self.locks, [f"layer:{_Range.of(doc).layer}"], lease_s=30, wait_s=10, what="layer"
+        ):
             # again under the lease: of two stops of one experiment, both were told "stopped"
             # and the later one moved its stop time (the readout's end) past the first's
-            exp = await self.get(exp_id)
-            if exp.status != Status.running:
-                raise InvalidInput(f"experiment {exp_id!r} is {exp.status.value}, not running")
+            doc = await self._doc(exp_id)
+            status = _Range.of(doc).status
+            if status != Status.running.value:
+                raise InvalidInput(f"experiment {exp_id!r} is {status}, not running")
             with backend_errors(f"stopping experiment {exp_id!r} failed"):
                 await self.coll.update_one(
                     {"_id": exp_id, "status": Status.running.value},
                     {"$set": {"status": Status.stopped.value, "stop": now}},
                 )
+        try:
+            exp = _readable(doc)
+        except InvalidInput as exc:
+            log.warning("stopped: %s", exc)
+            return None
         return exp.model_copy(update={"status": Status.stopped, "stop": now})
+
+    async def _doc(self, exp_id: str) -> dict[str, Any]:
+        with backend_errors(f"reading experiment {exp_id!r} failed"):
+            doc = await self.coll.find_one({"_id": exp_id})
+        if doc is None:
+            raise NotFound(f"experiment {exp_id!r} not found")
+        return dict(doc)
 
     # -- clusters ---------------------------------------------------------------------------
     async def member_graph(self, since: datetime) -> tuple[list[str], list[tuple[str, str, float]]]:
@@ -208,6 +242,42 @@ class ExperimentStore:
             if len(docs) < len(ids):
                 return out
             k += 20
+
+
+def _readable(doc: dict[str, Any]) -> Experiment:
+    """The stored experiment, or :class:`InvalidInput` naming why this version cannot read it."""
+    try:
+        return Experiment.from_doc(doc)
+    except ValidationError as exc:
+        raise InvalidInput(
+            f"experiment {doc.get('_id')!r} is stored in a form this version cannot read: "
+            f"{validation_problems(exc, 'experiment')}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class _Range:
+    """What a start needs of a stored experiment, read from its fields alone."""
+
+    status: str
+    layer: str
+    offset: int
+    width: int
+    pair_level: bool
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> _Range:
+        design = doc.get("design") if isinstance(doc.get("design"), dict) else {}
+        traffic = doc.get("traffic", 1.0)
+        traffic = float(traffic) if isinstance(traffic, int | float) else 1.0
+        offset = doc.get("offset")
+        return cls(
+            status=str(doc.get("status")),
+            layer=str(doc.get("layer", "default")),
+            offset=int(offset) if isinstance(offset, int | float) else 0,
+            width=max(1, round(min(max(traffic, 0.0), 1.0) * 10_000)),
+            pair_level=design.get("kind", DesignKind.user.value) in PAIR_LEVEL,
+        )
 
 
 def _unit_strata(
