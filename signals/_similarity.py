@@ -3,11 +3,11 @@
 The co-engagement graph (:class:`~opendisco.signals.ItemGraph`) counts raw co-occurrences as
 events arrive; this table holds a *model's* item-to-item weights, fitted offline on one period
 of positives (EASE, :func:`opendisco.rerank.ease_neighbours`) and replaced as a whole by the
-trainer: ``{_id: src, n: "<JSON {dst: w}>", k, version}``, the same one-string-per-row layout
-as the graph (FerretDB converts every field of a document on each read; a string costs its
-bytes), read with one ``find`` by ``_id`` for a member's recent items. A candidate's
-similarity feature is the summed weight from the member's recent positives (EASE's score over
-that history, truncated to each item's stored neighbours).
+trainer: ``{_id: src, n: "<JSON {dst: w}>", k, version, w: the replace's mark}``, the same
+one-string-per-row layout as the graph (FerretDB converts every field of a document on each
+read; a string costs its bytes), read with one ``find`` by ``_id`` for a member's recent
+items. A candidate's similarity feature is the summed weight from the member's recent
+positives (EASE's score over that history, truncated to each item's stored neighbours).
 
 Nothing here learns from live events: the table changes only when a trainer replaces it, so a
 reader may cache rows for minutes.
@@ -15,6 +15,7 @@ reader may cache rows for minutes.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -43,7 +44,7 @@ class ItemSimilarity:
 
     async def replace(self, rows: Mapping[str, Mapping[str, float]], version: str) -> int:
         """Replace the whole table with ``rows`` (``{src: {dst: w}}``), tagged ``version``:
-        the new rows are upserted, then every row of another version is deleted (a reader
+        the new rows are upserted, then every row another replace wrote is deleted (a reader
         sees old or new rows of an item, never a half-written one). Returns rows written.
 
         One replace at a time (a lease, renewed while held; a second trainer waits up to
@@ -51,10 +52,20 @@ class ItemSimilarity:
         other's rows ("every row of another version") and left a table of neither, and
         FerretDB answered their concurrent upserts of one row without ``nModified`` (pymongo
         KeyError)."""
+        # each replace's own mark: the version names the model (`train similarity` stamps it
+        # to the second), so two runs in one second shared it and the second's cleanup kept
+        # the first's rows of items it did not write: a table of both
+        mark = uuid.uuid4().hex
         ops: list[Any] = [
             ReplaceOne(
                 {"_id": str(src)},
-                {"_id": str(src), "n": encode_row(row), "k": len(row), "version": version},
+                {
+                    "_id": str(src),
+                    "n": encode_row(row),
+                    "k": len(row),
+                    "version": version,
+                    "w": mark,
+                },
                 upsert=True,
             )
             for src, row in sorted(rows.items())
@@ -70,7 +81,7 @@ class ItemSimilarity:
         async with held:
             await bulk_write_chunked(self.coll, ops)
             with backend_errors(f"{ITEM_SIMILARITY} cleanup failed"):
-                await self.coll.bulk_write([DeleteMany({"version": {"$ne": version}})])
+                await self.coll.bulk_write([DeleteMany({"w": {"$ne": mark}})])
         return len(ops)
 
     async def rows(self, item_ids: Iterable[str]) -> dict[str, dict[str, float]]:

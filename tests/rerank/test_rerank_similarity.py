@@ -180,6 +180,26 @@ async def test_two_replaces_at_once_leave_one_whole_table(settings: Settings) ->
         await client.close()
 
 
+async def test_two_replaces_of_one_version_leave_one_whole_table(settings: Settings) -> None:
+    """`train similarity` names its version to the second: two runs finishing in one second
+    (different inputs: --max-items, --movielens) replaced the table under one version, and the
+    second's cleanup ("every row of another version") kept the first's rows of the items it
+    did not write: 300 rows, half of each table."""
+    client = clients.mongo_async(settings)
+    db = client[f"{settings.mongo_db}simsame"]
+    try:
+        tables = [
+            {f"i{j}": {f"i{(j + 1) % 300}": 0.5} for j in range(300)},
+            {f"i{j}": {f"i{(j + 2) % 300}": 0.25} for j in range(0, 300, 2)},
+        ]
+        await asyncio.gather(*(ItemSimilarity(db).replace(t, "ease-same") for t in tables))
+        rows = await ItemSimilarity(db).rows(f"i{j}" for j in range(300))
+        assert rows in tables, (len(rows), sorted({w for r in rows.values() for w in r.values()}))
+    finally:
+        await client.drop_database(f"{settings.mongo_db}simsame")
+        await client.close()
+
+
 def test_recency_scales_halve_every_half_life_and_weight_the_summed_rows() -> None:
     assert recency_scales(0, 2.0) == []
     np.testing.assert_allclose(recency_scales(5, 2.0), [1.0, 0.5**0.5, 0.5, 0.5**1.5, 0.25])
