@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 import uuid
@@ -39,11 +40,26 @@ __all__ = [
     "bulk_write_chunked",
     "create_collection",
     "detect_capabilities",
+    "finite_values",
     "lease",
     "leased_unless_atomic",
     "now_ms",
     "renewing",
 ]
+
+
+def finite_values(value: Any) -> Any:
+    """``value`` (a document: nested dicts, lists and tuples) with every NaN or infinity as
+    None: FerretDB closes the connection on a NaN and refuses an infinity, and strict JSON
+    has neither."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_values(v) for v in value]
+    return value
+
 
 #: write operations per ``bulk_write``/``insert_many`` command (FerretDB hangs at ~100)
 MAX_WRITES_PER_COMMAND = 50

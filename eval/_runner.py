@@ -10,7 +10,6 @@ pipeline does) and otherwise the batch time divided by the users in the batch.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 from rich.table import Table
+
+from opendisco._store import finite_values as finite
 
 from . import _metrics as m
 from ._protocol import Recommender
@@ -125,17 +126,6 @@ class EvalReport:
             table.add_row(*row)
         table.caption = self.notes()
         return table
-
-
-def finite(obj: Any) -> Any:
-    """``obj`` with NaN/inf (an empty slice's mean) as None, for strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite(v) for v in obj]
-    return obj
 
 
 def _fmt(v: float | None) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import InvalidInput
+from opendisco._store import finite_values
 from opendisco.signals import SERVED_LISTS, USER_LIKES, USER_MATCHES
 
 from ._analysis import Exposures
@@ -341,20 +341,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _finite(value: Any) -> Any:
-    """``value`` (a JSON document) with every NaN or infinity as null: an estimate there is
-    none of (no exposure in an arm, no outcome in the control, one cluster) is NaN, and
-    FerretDB refuses to store one (it closed the connection: the report failed with a
-    StoreBackendError after it was computed); ``report.json`` is strict JSON the same way."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 async def write_report(
     db: Any, exp: Experiment, readout: Readout, sides: dict[str, Any], out_dir: Path
 ) -> dict[str, Path]:
@@ -370,7 +356,10 @@ async def write_report(
         "html": out_dir / "report.html",
         "png": out_dir / "effects.png",
     }
-    doc = _finite(json.loads(json.dumps(doc, default=str)))
+    # NaN as null: an estimate there is none of (no exposure in an arm, no outcome in the
+    # control, one cluster) is NaN, and FerretDB closed the connection on it (the report
+    # failed with a StoreBackendError after it was computed); report.json is strict JSON
+    doc = finite_values(json.loads(json.dumps(doc, default=str)))
     paths["json"].write_text(json.dumps(doc, indent=2, allow_nan=False))
     _png(readout, paths["png"])
     est_rows = [

@@ -86,13 +86,16 @@ def _outcomes(
     by_request: dict[str, dict[str, int]] = defaultdict(dict)
     for ev in events:
         gain = policy.gains.get(str(ev.get("type")))
-        if gain is None or ev.get("ts") is None:
+        user, item = ev.get("user_id"), ev.get("item_id")
+        # an event stored by other code without a time, member or item labels nothing (a
+        # time that is not one failed the sort or the window's bisect with a TypeError)
+        if gain is None or not isinstance(ev.get("ts"), datetime) or user is None or item is None:
             continue
-        by_pair[(str(ev["user_id"]), str(ev["item_id"]))].append((ev["ts"], gain))
+        by_pair[(str(user), str(item))].append((ev["ts"], gain))
         rid = ev.get("request_id")
         if rid:
             seen = by_request[str(rid)]
-            seen[str(ev["item_id"])] = max(seen.get(str(ev["item_id"]), 0), gain)
+            seen[str(item)] = max(seen.get(str(item), 0), gain)
     pairs = {}
     for key, evs in by_pair.items():
         evs.sort(key=lambda e: e[0])

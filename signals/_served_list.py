@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 from bson import Binary
 
-__all__ = ["ServedList", "decode_list", "encode_list", "sample_rows"]
+from opendisco._store import finite_values
+
+__all__ = ["ServedList", "decode_list", "encode_list", "malformed", "sample_rows"]
 
 
 @dataclass(frozen=True)
@@ -88,12 +90,12 @@ def encode_list(s: ServedList, max_rows: int, rng: np.random.Generator) -> dict[
         "shown": [pos[int(r)] for r in s.shown],
         "propensity": [_finite(p) for p in s.propensity],
         "explored": s.explored,
-        "policy": _finite_values(dict(s.policy)),
+        "policy": finite_values(dict(s.policy)),
     }
     if s.X is not None and len(rows):
         doc["X"] = Binary(np.ascontiguousarray(s.X[rows], dtype="<f4").tobytes())
     if s.experiments:
-        doc["experiments"] = [_finite_values(dict(e)) for e in s.experiments]
+        doc["experiments"] = [finite_values(dict(e)) for e in s.experiments]
     if s.pool:
         doc["pool"] = [pos[int(r)] for r in s.pool]
         doc["pool_w"] = [_finite(w) for w in s.pool_w]
@@ -108,22 +110,15 @@ def _finite(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _finite_values(value: Any) -> Any:
-    """``value`` with every non-finite float in it (nested dicts and lists) as None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_values(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_values(v) for v in value]
-    return value
-
-
 def decode_list(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A stored document with ``X`` as a float64 matrix (rows x features; empty if absent).
     Bytes that are not whole rows of its features (a document cut short or written by other
     code) decode to no rows: training and off-policy evaluation skip that list (``no_rows``)
-    instead of failing on it."""
+    instead of failing on it. A document whose fields are not of the types :func:`encode_list`
+    writes is a ValueError naming the first that is not (:func:`malformed`)."""
+    problem = malformed(doc)
+    if problem:
+        raise ValueError(f"served list {doc.get('_id')!r}: {problem}")
     out = dict(doc)
     names = list(doc.get("features") or [])
     raw = doc.get("X")
@@ -135,3 +130,47 @@ def decode_list(doc: Mapping[str, Any]) -> dict[str, Any]:
     else:
         out["X"] = np.zeros((len(doc.get("ids") or []), len(names)))
     return out
+
+
+def _strs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _rows(v: Any, n: int) -> bool:
+    return isinstance(v, list) and all(type(x) is int and 0 <= x < n for x in v)
+
+
+def _numbers(v: Any, missing: bool = True) -> bool:
+    """A list of numbers (and of None where a non-finite one was stored, with ``missing``)."""
+    return isinstance(v, list) and all(
+        (missing and x is None) or (isinstance(x, int | float) and not isinstance(x, bool))
+        for x in v
+    )
+
+
+def malformed(doc: Mapping[str, Any]) -> str | None:
+    """Why a stored document is not a served list as :func:`encode_list` writes it (a field
+    missing or of another type, a row index past its rows), or None. Readers skip such a
+    document (written by other code, or edited): ``train ltr`` and ``eval offpolicy`` failed
+    on one with a TypeError traceback."""
+    at = doc.get("at")
+    if not isinstance(at, datetime):
+        return "'at' is not a time"
+    if doc.get("user_id") is not None and not isinstance(doc.get("user_id"), str):
+        return "'user_id' is not a string"
+    ids = doc.get("ids")
+    if not _strs(ids):
+        return "'ids' is not a list of item ids"
+    if not _strs(doc.get("features") or []):
+        return "'features' is not a list of names"
+    if doc.get("X") is not None and not isinstance(doc["X"], bytes):
+        return "'X' is not binary"
+    for key in ("shown", "pool"):
+        if not _rows(doc.get(key) or [], len(ids)):
+            return f"'{key}' is not a list of its row numbers"
+    for key in ("propensity", "pool_w", "incl"):
+        if not _numbers(doc.get(key) or [], missing=key != "pool_w"):
+            return f"'{key}' is not a list of numbers"
+    if len(doc.get("pool_w") or []) != len(doc.get("pool") or []):
+        return "'pool_w' does not weigh 'pool'"
+    return None

@@ -128,6 +128,7 @@ class ServedLog:
         self.dropped = 0
         self.failed = 0  # write attempts (in lists) the store refused; retried, not lost
         self.duplicates = 0
+        self.unreadable = 0  # documents :meth:`read` skipped: not served lists
         self._failures = 0  # consecutive failed writes (the flusher's backoff)
         self._failed = False  # the last write attempt failed
         #: where lists go while the store fails (``signals._served_spool``), if anywhere
@@ -424,7 +425,9 @@ class ServedLog:
         explored: bool | None = None,
         batch: int = 500,
     ) -> list[dict[str, Any]]:
-        """Decoded lists (:func:`decode_list`) served in ``[since, until)``, oldest first.
+        """Decoded lists (:func:`decode_list`) served in ``[since, until)``, oldest first;
+        a document that is not a served list (:func:`malformed`) is skipped and counted in
+        :attr:`unreadable`.
 
         Paged by ``_id`` in keyset order (FerretDB scans once per page and a cursor is never
         left open between pages)."""
@@ -444,7 +447,12 @@ class ServedLog:
                 page = await self.coll.find(page_q).sort("_id", 1).limit(batch).to_list(batch)
             if not page:
                 break
-            out += [decode_list(d) for d in page]
+            for d in page:
+                try:
+                    out.append(decode_list(d))
+                except ValueError as exc:  # written by other code: skipped, said
+                    self.unreadable += 1
+                    log.warning("served-list log: %s: skipped", exc)
             last = page[-1]["_id"]
             if len(page) < batch:
                 break

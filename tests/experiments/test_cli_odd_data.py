@@ -13,10 +13,9 @@ traceback, and could not be stopped."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,27 +23,17 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from opendisco import Settings, clients
+from opendisco import Settings
+from opendisco.cli._experiments import _run
 from opendisco.cli.main import cli
 from opendisco.experiments import Experiment, ExperimentRegistry, ExperimentStore
 from opendisco.experiments._log import EXPOSURES
 from opendisco.experiments._report import REPORTS
 from opendisco.serving import Artifacts
 
-T = Any
-
-
-def _on_db(settings: Settings, call: Callable[[Any], Awaitable[T]]) -> T:
-    """``call(db)`` on its own loop (the CLI runs ``asyncio.run``: the tests are not async)."""
-
-    async def main() -> T:
-        mongo = clients.mongo_async(settings)
-        try:
-            return await call(mongo[settings.mongo_db])
-        finally:
-            await mongo.close()
-
-    return asyncio.run(main())
+#: ``call(db)`` on its own loop, as the CLI runs it (the CLI runs ``asyncio.run``: the tests
+#: are not async)
+_on_db = _run
 
 
 @pytest.fixture(autouse=True)
