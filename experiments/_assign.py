@@ -21,6 +21,7 @@ process, on every machine, forever, and the analysis can recompute any unit's ar
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -134,7 +135,17 @@ def region_of(user: Mapping[str, Any] | None, field_name: str) -> str | None:
         return None
     value = user.get(field_name)
     if isinstance(value, Mapping) and "lat" in value and "lon" in value:
-        return f"{round(float(value['lat']))}:{round(float(value['lon']))}"
+        # a member's location as the application stored it: coordinates that are not finite
+        # numbers are no region ("unknown", as a missing one), as candidate generation takes
+        # them for no location (a ValueError/TypeError here failed every request of that
+        # member while a switchback experiment ran, and its start and report)
+        try:
+            lat, lon = float(value["lat"]), float(value["lon"])
+        except (TypeError, ValueError):
+            return None
+        if not (math.isfinite(lat) and math.isfinite(lon)):
+            return None
+        return f"{round(lat)}:{round(lon)}"
     return None if value is None else str(value)
 
 

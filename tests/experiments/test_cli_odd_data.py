@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from opendisco import Settings
+from opendisco import Settings, clients
 from opendisco.cli._experiments import _run
 from opendisco.cli.main import cli
-from opendisco.experiments import Experiment, ExperimentRegistry, ExperimentStore
+from opendisco.experiments import Experiment, ExperimentRegistry, ExperimentStore, install
 from opendisco.experiments._log import EXPOSURES
 from opendisco.experiments._report import REPORTS
-from opendisco.serving import Artifacts
+from opendisco.serving import Artifacts, Discovery
 
 #: ``call(db)`` on its own loop, as the CLI runs it (the CLI runs ``asyncio.run``: the tests
 #: are not async)
@@ -217,3 +217,57 @@ def test_an_unreadable_experiment_is_listed_apart_keeps_its_range_and_stops(
     assert out.exit_code == 0 and f"stopped {bad_id}" in out.output, (out.output, out.exception)
     out = runner.invoke(cli, ["experiments", "start", good.id], obj=ex_settings)
     assert out.exit_code == 0 and "buckets 0..5999" in out.output, (out.output, out.exception)
+
+
+def test_a_member_whose_location_is_no_place_is_served_in_a_switchback(
+    ex_settings: Settings, ex_market: Any, model: Any, tmp_path: Path
+) -> None:
+    """A member whose stored location is not coordinates (``{"lat": "north"}``) is in the
+    "unknown" region: before, float("north") failed the stratified switchback's start (its
+    snapshot reads every member's region) and, while one ran, every request of that member."""
+    _, users = ex_market
+    member = users[3]["_id"]
+    uid = uuid.uuid4().hex[:8]
+    exp = Experiment.model_validate(
+        {
+            "id": f"odd{uid}",
+            "layer": f"L{uid}",
+            "arms": ARMS,
+            "design": {"kind": "switchback", "strata": 4},
+        }
+    )
+    location = users[3].get("location")
+    _on_db(ex_settings, lambda db: ExperimentStore(db).create(exp))
+
+    def set_location(value: Any) -> Any:
+        return _on_db(
+            ex_settings,
+            lambda db: db["users"].update_one({"_id": member}, {"$set": {"location": value}}),
+        )
+
+    set_location({"lat": "north", "lon": 0})
+    try:
+        out = CliRunner().invoke(cli, ["experiments", "start", exp.id], obj=ex_settings)
+        assert out.exit_code == 0, (out.output, out.exception)
+
+        async def served(db: Any) -> Any:
+            os_client = clients.async_opensearch(ex_settings)
+            try:
+                disc = Discovery(ex_settings, os_client, db, model=model)
+                registry, log = install(disc, db, ex_settings)
+                await registry.refresh()
+                recs = await disc.recommend(member, k=5)
+                await log.drain()
+                await disc.drain()
+                return recs
+            finally:
+                await os_client.close()
+
+        recs = _on_db(ex_settings, served)
+        assert not recs.degraded and recs.items
+        mine = [e for e in recs.experiments if e.get("experiment") == exp.id]
+        assert mine and mine[0]["unit"].startswith("switchback:unknown:"), recs.experiments
+        out = _report(ex_settings, exp.id, tmp_path / "sw")
+        assert out.exit_code == 0, (out.output, out.exception)
+    finally:
+        set_location(location)
