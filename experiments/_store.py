@@ -10,7 +10,7 @@
   (units: cluster ids or regions), from the member graph of the same window — size = the
   unit's members, rate = their mutual likes per member (:func:`~._strata.strata_of`).
 * ``experiment_locks``: the layer lease that makes two concurrent starts in one layer take
-  disjoint ranges, and of two stops of one experiment the first the only one.
+  disjoint ranges; and a lease per experiment that makes the first of two stops the only one.
 
 Starting allocates the experiment's range of its layer (the lowest free one), refuses a full
 layer and a second running pair-level experiment, and snapshots clusters; a stopped
@@ -139,11 +139,10 @@ class ExperimentStore:
         form this version cannot read (stopped all the same, from its stored fields: it
         held its layer range and could not be stopped)."""
         now = now or datetime.now(UTC)
-        doc = await self._doc(exp_id)
-        async with lease(
-            self.locks, [f"layer:{_Range.of(doc).layer}"], lease_s=30, wait_s=10, what="layer"
-        ):
-            # again under the lease: of two stops of one experiment, both were told "stopped"
+        # the experiment's own lease, not its layer's: a stop never waits for another
+        # experiment's start (a cluster snapshot takes tens of seconds on a large graph)
+        async with lease(self.locks, [f"stop:{exp_id}"], lease_s=30, wait_s=10, what="experiment"):
+            # read under the lease: of two stops of one experiment, both were told "stopped"
             # and the later one moved its stop time (the readout's end) past the first's
             doc = await self._doc(exp_id)
             status = _Range.of(doc).status

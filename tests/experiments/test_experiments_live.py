@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from opendisco import InvalidInput, Settings, clients
+from opendisco._store import lease
 from opendisco.api import create_app
 from opendisco.cli.main import cli
 from opendisco.experiments import (
@@ -553,3 +554,14 @@ async def test_two_stops_of_one_experiment_stop_it_once(ex_db: Any) -> None:
     stored = await store.get(exp.id)
     assert stored.stop is not None and stopped[0].stop is not None
     assert abs((stored.stop - stopped[0].stop).total_seconds()) < 0.001  # BSON: ms
+
+
+async def test_a_stop_does_not_wait_for_a_start_in_its_layer(ex_db: Any) -> None:
+    """A start holds its layer's lease through its cluster snapshot (tens of seconds on a
+    large graph); stopping another experiment of that layer (a harmful arm) goes at once."""
+    store = ExperimentStore(ex_db)
+    exp = await store.create(_exp(traffic=0.2))
+    await store.start(exp.id)
+    async with lease(store.locks, [f"layer:{exp.layer}"], lease_s=30, wait_s=5, what="layer"):
+        stopped = await asyncio.wait_for(store.stop(exp.id), timeout=5)
+    assert stopped is not None and stopped.status.value == "stopped"
