@@ -270,6 +270,17 @@ class BulkWriter:
             f" after {self.settings.bulk_max_retries} retries: {reason}"
         )
 
+    async def _settle_deletes(self, deletes: list[Action], result: BulkResult) -> None:
+        """Deletes answered 409 after an attempt of theirs may have landed: acknowledged when
+        the document is absent now (the 409 was the landed delete's own tombstone; before,
+        a hard delete's dead letter stayed open and the delete was counted as a conflict),
+        conflicts when the index holds it (a newer copy came back)."""
+        if not deletes:
+            return
+        held = await self.versions([action.id for action in deletes])
+        for action in deletes:
+            (result.conflicts if action.id in held else result.ok).append(action)
+
     async def write(self, actions: Iterable[Action]) -> BulkResult:
         result = BulkResult()
         for chunk in chunk_actions(
@@ -286,6 +297,9 @@ class BulkWriter:
         # later attempt (this one's resend, or a retry of an item the resend refused 429) is
         # most likely that attempt's write
         landed: set[int] = set()
+        # deletes such an attempt may have applied, answered 409 by a later one: the 409 of
+        # a delete is its own tombstone's when the document is now absent (read below)
+        maybe_deleted: list[Action] = []
         deadline = time.monotonic() + self.retry_for
         for attempt in itertools.count():
             if attempt:
@@ -311,6 +325,8 @@ class BulkWriter:
                     # the index holds this version: most likely the earlier attempt, which
                     # landed although its answer was lost (a reindex counts it as indexed)
                     result.ok.append(action)
+                elif outcome == "conflict" and id(action) in landed:
+                    maybe_deleted.append(action)
                 elif outcome == "conflict":
                     result.conflicts.append(action)
                 elif outcome == "retry":
@@ -321,6 +337,7 @@ class BulkWriter:
                 else:
                     result.rejected.append((action, reason))
             if not retry:
+                await self._settle_deletes(maybe_deleted, result)
                 return result
             if _spent(attempt, deadline, self.settings):
                 raise SearchBackendError(
