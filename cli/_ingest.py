@@ -23,6 +23,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from opendisco._exceptions import IndexStateError
 from opendisco._settings import Settings
 from opendisco.ingest import (
     Syncer,
@@ -31,6 +32,7 @@ from opendisco.ingest import (
     purge_letters,
     read_letters,
     reindex,
+    remove_partial_builds,
     run_sync,
     sync_once,
     verify,
@@ -96,6 +98,14 @@ def reindex_cmd(settings: Settings, quiet: bool) -> None:
 @click.command("sync")
 @click.option("--once", is_flag=True, help="Catch up once over every partition and exit.")
 @click.option(
+    "--reconcile/--no-reconcile",
+    default=True,
+    show_default=True,
+    help="With --once: then reconcile MongoDB and the index (hard deletes and backdated "
+    "writes, which the change feed does not show on FerretDB), as a running worker does "
+    "every `sync_reconcile_interval`.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -103,7 +113,7 @@ def reindex_cmd(settings: Settings, quiet: bool) -> None:
     help="Log level of the worker's log (stderr): leases, backoff, health, repairs.",
 )
 @pass_settings
-def sync_cmd(settings: Settings, once: bool, log_level: str) -> None:
+def sync_cmd(settings: Settings, once: bool, reconcile: bool, log_level: str) -> None:
     """Stream MongoDB changes into the alias (change streams, or watermark polling), and
     the behaviour vectors `opendisco train` stored (their items are sent again).
 
@@ -132,7 +142,10 @@ def sync_cmd(settings: Settings, once: bool, log_level: str) -> None:
             click.echo(_reconcile_line(report))
 
     if once:
-        show(asyncio.run(sync_once(settings)))
+        report = asyncio.run(sync_once(settings, reconcile=reconcile))
+        show(report)
+        if report.reconciled is not None:
+            click.echo(_reconcile_line(report.reconciled))
         return
 
     async def main() -> None:
@@ -176,11 +189,15 @@ def _letters(report: Any) -> str:
     "--repair",
     is_flag=True,
     help="First reconcile MongoDB and the index (hard deletes, backdated writes, missing or "
-    "stale documents) over every partition no sync worker holds, then verify.",
+    "stale documents) over every partition no sync worker holds, and delete the partial "
+    "indices of rebuilds that died (unless a reindex runs), then verify.",
 )
 @pass_settings
 def verify_cmd(settings: Settings, show: int, repair: bool) -> None:
-    """Compare MongoDB and the alias by ids, versions, content hashes; exit 1 on differences."""
+    """Compare MongoDB and the alias by ids, versions, content hashes; exit 1 on differences.
+
+    Also listed (not differences): open dead letters, and the partial indices of rebuilds
+    that died (`partial_builds`; the next reindex or `--repair` deletes them)."""
 
     if repair:
 
@@ -199,9 +216,16 @@ def verify_cmd(settings: Settings, show: int, repair: bool) -> None:
             click.echo(
                 f"  partitions held by running sync workers (they reconcile them): {skipped}"
             )
+        try:
+            removed = asyncio.run(remove_partial_builds(settings))
+        except IndexStateError as exc:  # a reindex runs: its build is not a partial one
+            click.echo(f"  partial builds kept: {exc}")
+        else:
+            if removed:
+                click.echo(f"removed partial builds of rebuilds that died: {', '.join(removed)}")
     report = asyncio.run(verify(settings))
     click.echo(report.summary())
-    for name in ("missing", "extra", "stale", "mismatched"):
+    for name in ("missing", "extra", "stale", "mismatched", "partial_builds"):
         values = getattr(report, name)
         if values:
             click.echo(f"  {name}: {values[:show]}{' …' if len(values) > show else ''}")

@@ -41,7 +41,7 @@ from ._movielens import MovieLensData, load_movielens, positive_threshold
 from ._packed import PACKED_FIELD, pack_vectors, unpack_many, unpack_vectors
 from ._partitions import PartitionLeases, partition_of
 from ._reconcile import ReconcileReport, reconcile
-from ._reindex import ReindexReport, reindex
+from ._reindex import ReindexReport, reindex, remove_partial_builds
 from ._run_sync import run_sync
 from ._sample import generate_marketplace, write_sample
 from ._schema import ITEM_FIELDS, KINDS, validate_item
@@ -110,6 +110,7 @@ __all__ = [
     "read_vector",
     "reconcile",
     "reindex",
+    "remove_partial_builds",
     "run_sync",
     "seed_resume_token",
     "set_replicas",

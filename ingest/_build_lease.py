@@ -32,7 +32,7 @@ from opendisco._exceptions import IndexStateError
 from opendisco._holder import held_until_over, holder
 from opendisco._store import renewing
 
-__all__ = ["LEASE", "REINDEX_LEASES", "BuildLease", "build_lease"]
+__all__ = ["LEASE", "REINDEX_LEASES", "BuildLease", "build_lease", "rebuild_running"]
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +125,11 @@ async def build_lease(db: Any, alias: str) -> AsyncIterator[BuildLease]:
             yield lease
     finally:
         await lease.release()
+
+
+async def rebuild_running(db: Any, alias: str) -> bool:
+    """Whether a rebuild of ``alias`` holds its lease now (its ``building`` index is not a
+    partial one left by a run that died)."""
+    with backend_errors("reading the reindex lease failed"):
+        held = await db[REINDEX_LEASES].find_one({"_id": alias})
+    return held is not None and not held_until_over(held, datetime.now(UTC))

@@ -27,7 +27,8 @@ deleted (``dead_letters_purged``, the whole collection's: the delete is idempote
 Races with concurrent writes are harmless: every repair re-reads the document and every
 write carries a version, so a repair never overwrites a newer copy. Sync runs a pass every
 ``sync_reconcile_interval`` seconds (over the partitions it holds), so such a change is
-repaired within that interval plus one pass; ``opendisco verify --repair`` runs one now.
+repaired within that interval plus one pass; ``opendisco verify --repair`` runs one now, and
+``opendisco sync --once`` after its pass.
 """
 
 from __future__ import annotations

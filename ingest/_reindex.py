@@ -66,7 +66,7 @@ from ._letters_admin import purge_resolved
 from ._pipeline import Pipeline, read_ahead
 from ._store import items_collection, stream
 
-__all__ = ["ReindexReport", "reindex"]
+__all__ = ["ReindexReport", "reindex", "remove_partial_builds"]
 
 Progress = Callable[[int, int | None], None]  # (documents done, total when known)
 T = TypeVar("T")
@@ -220,6 +220,20 @@ async def _reindex(
     report.took_s = time.perf_counter() - t0
     report.encode_s = embedder.encode_seconds - enc0
     return report
+
+
+async def remove_partial_builds(
+    settings: Settings, *, client: Any | None = None, db: Any | None = None
+) -> list[str]:
+    """Step 1 alone (``verify --repair``): delete the partial indices of rebuilds that died,
+    under the alias's rebuild lease; :class:`IndexStateError` while a reindex runs (its
+    index is not a partial one). Returns the indices deleted."""
+    async with (
+        backends(settings, client, db, "removing partial builds") as (client, db),
+        build_lease(db, settings.index_alias),
+    ):
+        alias = settings.index_alias
+        return await _patiently(settings, lambda: cleanup_partial(client, alias, leased=True))
 
 
 def _patiently(settings: Settings, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:

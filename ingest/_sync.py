@@ -68,6 +68,7 @@ class SyncReport(Counters):
     batches: int = 0
     behaviour: int = 0  # of ``seen``: trained vectors sent again with their items
     took_s: float = 0.0
+    reconciled: ReconcileReport | None = None  # ``sync_once(reconcile=True)``'s pass
 
     @property
     def changes(self) -> int:
@@ -304,6 +305,10 @@ class Syncer:
         held, _ = await self._coordinate(take_all)
         if not held:
             return ReconcileReport()
+        # it compares what search sees: a document the last pass indexed would be taken
+        # for missing and sent again
+        with backend_errors("refreshing the alias failed"):
+            await self.client.indices.refresh(index=self.settings.index_alias)
         async with self._renewing():
             report = await reconcile(self, owns=self.leases.owns, guard=lambda: self._guard(held))
         report.partitions = held
@@ -331,9 +336,16 @@ async def sync_once(
     client: Any | None = None,
     db: Any | None = None,
     embedder: Embedder | None = None,
+    reconcile: bool = False,
 ) -> SyncReport:
     """One catch-up pass over every partition (what ``opendisco sync --once`` runs): waits
     out the leases of dead workers, skips (and reports) partitions live workers hold.
+
+    ``reconcile``: then one reconciliation pass over the same partitions (``report.
+    reconciled``), what ``opendisco sync --once`` does unless ``--no-reconcile``: hard
+    deletes and backdated writes, which no pass sees, reach the index now rather than at a
+    running worker's next ``sync_reconcile_interval`` (before, a one-off sync left a
+    document deleted from MongoDB in the index, and ``verify`` failed on it).
 
     A pass whose leases lapse (renewals too slow on a loaded store, or another worker took a
     partition) stops at its next guard with its checkpoints kept; it then coordinates again
@@ -344,6 +356,8 @@ async def sync_once(
         for attempt in range(1, ONCE_ATTEMPTS + 1):
             try:
                 report = await syncer.once(take_all=True)
+                if reconcile and report.partitions:
+                    report.reconciled = await syncer.reconcile(take_all=True)
             except LeaseLost as exc:
                 if attempt == ONCE_ATTEMPTS:
                     raise

@@ -7,7 +7,11 @@ the engine has not received yet shows as ``mismatched``). Reported: ``missing`` 
 (present at another version) and ``mismatched`` (right version, but the stored content hash
 differs from MongoDB's, or the stored fields no longer hash to the stored hash). Also counted:
 ``open_dead_letters``, the refusals of this collection still waiting for a fix (``invalid``
-counts the invalid documents MongoDB holds now; neither is a difference of the index).
+counts the invalid documents MongoDB holds now; neither is a difference of the index), and
+``partial_builds``: the alias's ``building`` indices behind no alias, left by rebuilds that
+died (``rebuilding``: a reindex holds the rebuild lease now, so one of them is its build);
+a reindex deletes them first, ``verify --repair`` when no reindex runs. Not a difference
+either: the alias never serves them, but they hold disk and heap until deleted.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from opendisco._exceptions import DocumentInvalid
 from opendisco._settings import Settings
 
 from ._behaviour import join_behaviour
+from ._build_lease import rebuild_running
 from ._document import content_hash, to_index_doc
+from ._indices import alias_targets, versioned_indices
 from ._io import backends
 from ._letters_admin import count_open
 from ._packed import PACKED_FIELD
@@ -41,6 +47,8 @@ class VerifyReport:
     stale: list[tuple[str, int, int]] = field(default_factory=list)  # (id, mongo, index)
     mismatched: list[str] = field(default_factory=list)
     open_dead_letters: int = 0
+    partial_builds: list[str] = field(default_factory=list)
+    rebuilding: bool = False
 
     @property
     def differences(self) -> int:
@@ -55,7 +63,9 @@ class VerifyReport:
             f"{self.alias}: mongo={self.mongo_items} expected={self.expected} "
             f"indexed={self.indexed} invalid={self.invalid} missing={len(self.missing)} "
             f"extra={len(self.extra)} stale={len(self.stale)} mismatched={len(self.mismatched)} "
-            f"open_dead_letters={self.open_dead_letters}"
+            f"open_dead_letters={self.open_dead_letters} "
+            f"partial_builds={len(self.partial_builds)}"
+            + (" (a reindex is running)" if self.rebuilding else "")
         )
 
 
@@ -104,6 +114,12 @@ async def _indexed(client: Any, alias: str) -> dict[str, tuple[int, int, str, bo
         after = hits[-1]["sort"]
 
 
+async def _partial_builds(client: Any, alias: str) -> list[str]:
+    serving = set(await alias_targets(client, alias))
+    builds = await versioned_indices(client, alias)
+    return sorted(n for n, m in builds.items() if m.get("state") == "building" and n not in serving)
+
+
 async def verify(
     settings: Settings, *, client: Any | None = None, db: Any | None = None
 ) -> VerifyReport:
@@ -114,6 +130,8 @@ async def verify(
         await client.indices.refresh(index=settings.index_alias)
         indexed = await _indexed(client, settings.index_alias)
         report.open_dead_letters = await count_open(db, settings.items_collection)
+        report.partial_builds = await _partial_builds(client, settings.index_alias)
+        report.rebuilding = await rebuild_running(db, settings.index_alias)
     report.indexed = len(indexed)
     for doc_id, (version, digest) in expected.items():
         got = indexed.get(doc_id)

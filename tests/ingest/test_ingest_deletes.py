@@ -6,11 +6,17 @@ runs)."""
 
 from __future__ import annotations
 
+import os
+import socket
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ingest_support import FaultyHttpProxy, bump, dead_letters_of
+from click.testing import CliRunner
+from ingest_support import FaultyHttpProxy, bad_item, bump, dead_letters_of
 
-from opendisco import Settings, clients
+from opendisco import Settings, clients, index_templates
+from opendisco._holder import holder
+from opendisco.cli.main import cli
 from opendisco.ingest import (
     BulkWriter,
     ChangeBatch,
@@ -22,6 +28,33 @@ from opendisco.ingest import (
     sync_once,
     verify,
 )
+
+
+def test_sync_once_takes_hard_deletes_out_of_the_index(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], mongo_db: Any
+) -> None:
+    """Before, ``sync --once`` never reconciled: a document deleted from MongoDB (no
+    tombstone: nothing for the watermark to read) stayed in the index and ``verify`` failed
+    until a running worker's next reconciliation (every time)."""
+    coll = mongo_db[ingest_settings.items_collection]
+    coll.insert_one(bad_item(ingest_catalogue[0], "refused"))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["reindex", "--quiet"], obj=ingest_settings).exit_code == 0
+    coll.delete_many({"_id": {"$in": ["p3", "p7", "refused"]}})
+
+    res = runner.invoke(cli, ["sync", "--once", "--no-reconcile"], obj=ingest_settings)
+    assert res.exit_code == 0 and "reconciled:" not in res.output, res.output
+    res = runner.invoke(cli, ["verify"], obj=ingest_settings)
+    assert res.exit_code == 1 and "extra=2" in res.output, res.output
+
+    res = runner.invoke(cli, ["sync", "--once"], obj=ingest_settings)
+    assert res.exit_code == 0, res.output
+    assert "reconciled: 0 missing, 0 behind, 2 hard-deleted" in res.output, res.output
+    assert "2 deleted, 0 dead-lettered (0 already), 1 dead letters resolved" in res.output
+    res = runner.invoke(cli, ["verify"], obj=ingest_settings)
+    assert res.exit_code == 0 and "extra=0 " in res.output, res.output
+    assert "open_dead_letters=0" in res.output
+    assert dead_letters_of(mongo_db, ingest_settings)["refused"]["resolved_by"] == "deleted"
 
 
 async def test_a_hard_delete_whose_answer_was_lost_settles_its_dead_letter(
@@ -86,3 +119,44 @@ async def test_a_hard_delete_whose_answer_was_lost_settles_its_dead_letter(
         assert check.ok and check.open_dead_letters == 0, check.summary()
     finally:
         await client.close()
+
+
+def test_verify_lists_partial_builds_and_repair_removes_them(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], os_client: Any, mongo_db: Any
+) -> None:
+    """A rebuild killed midway left its ``building`` index: before, nothing showed it (it
+    held disk and heap until the next reindex); ``verify`` lists it without failing, and
+    ``verify --repair`` deletes it, but not while a reindex holds the rebuild lease."""
+    runner = CliRunner()
+    assert runner.invoke(cli, ["reindex", "--quiet"], obj=ingest_settings).exit_code == 0
+    orphan = f"{ingest_settings.index_alias}-v19990101000000000000"
+    body = index_templates.render("items", ingest_settings)
+    started = datetime.now(UTC).isoformat()
+    meta = {"state": "building", "pid": os.getpid(), "host": socket.gethostname()}
+    body["mappings"]["_meta"] = {"opendisco": {**meta, "started_at": started}}
+    os_client.indices.create(index=orphan, body=body)
+
+    res = runner.invoke(cli, ["verify"], obj=ingest_settings)
+    assert res.exit_code == 0, res.output
+    assert "partial_builds=1\n" in res.output and orphan in res.output, res.output
+
+    leases = mongo_db["reindex_leases"]
+    now = datetime.now(UTC)
+    leases.insert_one(
+        {"_id": ingest_settings.index_alias, "owner": "t", "started_at": now, **holder()}
+        | {"expires": now + timedelta(minutes=5)}
+    )
+    try:
+        res = runner.invoke(cli, ["verify", "--repair"], obj=ingest_settings)
+        assert res.exit_code == 0, res.output
+        assert "partial builds kept: another reindex" in res.output, res.output
+        assert "partial_builds=1 (a reindex is running)" in res.output
+        assert os_client.indices.exists(index=orphan)
+    finally:
+        leases.delete_one({"_id": ingest_settings.index_alias})
+
+    res = runner.invoke(cli, ["verify", "--repair"], obj=ingest_settings)
+    assert res.exit_code == 0, res.output
+    assert f"removed partial builds of rebuilds that died: {orphan}" in res.output
+    assert "partial_builds=0" in res.output
+    assert not os_client.indices.exists(index=orphan)
