@@ -29,6 +29,9 @@ write carries a version, so a repair never overwrites a newer copy. Sync runs a 
 ``sync_reconcile_interval`` seconds (over the partitions it holds), so such a change is
 repaired within that interval plus one pass; ``opendisco verify --repair`` runs one now, and
 ``opendisco sync --once`` after its pass.
+
+``remove_gone`` is the hard-delete half alone, over a rebuild's new index before its swap:
+the documents its read found and a hard delete removed since (no catch-up sees them).
 """
 
 from __future__ import annotations
@@ -40,15 +43,17 @@ from typing import Any
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import IndexStateError
+from opendisco._settings import Settings
 
-from ._apply import Counters
+from ._apply import Counters, Prepared, write
+from ._bulk import Action, BulkWriter, patiently
 from ._feed import ChangeBatch, HardDelete
 from ._letters import open_versions, sweep
 from ._letters_admin import purge_resolved
 from ._schema import source_version
 from ._store import items_collection, stream
 
-__all__ = ["ReconcileReport", "reconcile"]
+__all__ = ["ReconcileReport", "reconcile", "remove_gone"]
 
 PAGE = 1000
 
@@ -77,9 +82,8 @@ def _version(doc: dict[str, Any]) -> int | None:
 
 
 async def _mongo_side(
-    syncer: Any, owns: Callable[[Any], bool]
+    coll: Any, owns: Callable[[Any], bool]
 ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    coll = items_collection(syncer.db, syncer.settings)
     fields = {"version": 1, "deleted": 1}
     async with stream(coll, {}, PAGE, sort=[("_id", 1)], projection=fields) as batches:
         async for docs in batches:
@@ -90,7 +94,9 @@ async def _mongo_side(
                     yield key, doc
 
 
-async def _index_side(syncer: Any, owns: Callable[[Any], bool]) -> AsyncIterator[tuple[str, int]]:
+async def _index_side(
+    client: Any, index: str, settings: Settings, owns: Callable[[Any], bool], retry_for: float = 0.0
+) -> AsyncIterator[tuple[str, int]]:
     after: list[Any] | None = None
     while True:
         body: dict[str, Any] = {
@@ -103,7 +109,11 @@ async def _index_side(syncer: Any, owns: Callable[[Any], bool]) -> AsyncIterator
         if after:
             body["search_after"] = after
         with backend_errors("reading index versions failed"):
-            resp = await syncer.client.search(index=syncer.settings.index_alias, body=body)
+            resp = await patiently(
+                lambda body=body: client.search(index=index, body=body),
+                settings,
+                retry_for=retry_for,
+            )
         hits = resp["hits"]["hits"]
         for hit in hits:
             if owns(hit["_id"]):
@@ -157,7 +167,7 @@ class _Repairs:
         self.apply, self.remove = [], []
         if not ids:
             return
-        current = await _read(self.syncer, ids)
+        current = await _read(items_collection(self.syncer.db, self.syncer.settings), ids)
         docs = [current[k] for k in ids if k in current]
         # gone for good, or back without a usable version: out of the index (the latter is
         # also dead-lettered when its document goes through the apply step)
@@ -183,8 +193,7 @@ class _Repairs:
         return refused
 
 
-async def _read(syncer: Any, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    coll = items_collection(syncer.db, syncer.settings)
+async def _read(coll: Any, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     ids = list(ids)
     with backend_errors("reconcile read failed"):
@@ -205,8 +214,11 @@ async def reconcile(
     t0 = time.perf_counter()
     report = ReconcileReport()
     repairs = _Repairs(syncer, report, guard)
-    mongo = aiter(_ordered(_mongo_side(syncer, owns), "MongoDB"))
-    index = aiter(_ordered(_index_side(syncer, owns), "index"))
+    settings = syncer.settings
+    mongo = aiter(_ordered(_mongo_side(items_collection(syncer.db, settings), owns), "MongoDB"))
+    index = aiter(
+        _ordered(_index_side(syncer.client, settings.index_alias, settings, owns), "index")
+    )
     m = await anext(mongo, None)
     x = await anext(index, None)
     while m is not None or x is not None:
@@ -248,3 +260,52 @@ async def reconcile(
     )
     report.took_s = time.perf_counter() - t0
     return report
+
+
+async def _index_only(
+    mongo: AsyncIterator[tuple[str, Any]], index: AsyncIterator[tuple[str, int]]
+) -> AsyncIterator[str]:
+    """The ids of the sorted ``index`` stream that the sorted ``mongo`` stream lacks."""
+    m, x = await anext(mongo, None), await anext(index, None)
+    while x is not None:
+        if m is not None and m[0] < x[0]:
+            m = await anext(mongo, None)
+        elif m is not None and m[0] == x[0]:
+            m, x = await anext(mongo, None), await anext(index, None)
+        else:
+            yield x[0]
+            x = await anext(index, None)
+
+
+async def remove_gone(db: Any, settings: Settings, writer: BulkWriter, *, source: str) -> Counters:
+    """Delete from ``writer``'s index the documents MongoDB no longer holds, at the index's
+    version + 1 (their dead letters resolved): what a rebuild does before its swap, for the
+    documents its read found and a hard delete removed before the swap — no catch-up sees
+    a hard delete (before, the new index served them until a reconciliation)."""
+    coll = items_collection(db, settings)
+    everything: Callable[[Any], bool] = lambda _: True  # noqa: E731
+    mongo = aiter(_ordered(_mongo_side(coll, everything), "MongoDB"))
+    indexed = _index_side(writer.client, writer.index, settings, everything, writer.retry_for)
+    index = aiter(_ordered(indexed, "index"))
+    counters, page = Counters(), []
+    async for key in _index_only(mongo, index):
+        page.append(key)
+        if len(page) >= PAGE:
+            counters.add(await _delete_gone(coll, writer, db, page, source))
+            page = []
+    counters.add(await _delete_gone(coll, writer, db, page, source))
+    return counters
+
+
+async def _delete_gone(
+    coll: Any, writer: BulkWriter, db: Any, ids: list[str], source: str
+) -> Counters:
+    if not ids:
+        return Counters()
+    current = await _read(coll, ids)  # confirmed gone (not written since the stream read)
+    gone = [k for k in ids if k not in current]
+    held = await writer.versions(gone)
+    actions = [
+        Action("delete", k, held[k] + 1, settles="any").with_data() for k in gone if k in held
+    ]
+    return await write(Prepared(actions=actions), writer, db, source=source, seen=len(actions))

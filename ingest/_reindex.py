@@ -16,7 +16,10 @@
    and raise; the alias keeps serving the old one);
 5. one catch-up of the writes made during the build (``updated_at`` window; documents the
    build already applied at their version are skipped) and of the behaviour vectors written
-   during it (their items sent again at the same version), swap the alias in one ``_aliases``
+   during it (their items sent again at the same version), the removal of the documents
+   hard-deleted since the build read them (``_reconcile.remove_gone``: the new index's ids
+   merged with MongoDB's; before, the new index served them until a reconciliation),
+   swap the alias in one ``_aliases``
    call, record the catch-up's start as the sync *floor* (pending before the swap, final
    after it: ``_checkpoints``; a running sync
    replays from there what it may have applied to the old index meanwhile; a fresh one starts
@@ -64,6 +67,7 @@ from ._io import backends
 from ._letters import sweep
 from ._letters_admin import purge_resolved
 from ._pipeline import Pipeline, read_ahead
+from ._reconcile import remove_gone
 from ._store import items_collection, stream
 
 __all__ = ["ReindexReport", "reindex", "remove_partial_builds"]
@@ -198,6 +202,10 @@ async def _reindex(
     )
     # and the vectors `opendisco train` wrote during the build (their items did not change)
     caught.add(await _refresh_stream(settings, db, writer, embedder, since, joined))
+    # and the documents deleted from MongoDB since the build read them (no catch-up sees a
+    # hard delete): out of the new index before it serves
+    await _patiently(settings, lambda: client.indices.refresh(index=index))
+    caught.add(await remove_gone(db, settings, writer, source="reindex"))
     lease.check()  # a rebuild that lost its lease leaves the alias to the one that took it
     done = {"_meta": {"opendisco": {"state": "complete", "count": count}}}
     await _patiently(settings, lambda: client.indices.put_mapping(index=index, body=done))

@@ -4,15 +4,17 @@ when several test folders are collected in one run)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from http_faults import FaultyHttpProxy
 
-from opendisco import Settings, now_ms
+from opendisco import Settings, clients, now_ms
 
 __all__ = [
     "OPENDISCO",
@@ -21,6 +23,7 @@ __all__ = [
     "bad_item",
     "bump",
     "dead_letters_of",
+    "faulty_engine",
     "worker_env",
 ]
 
@@ -43,6 +46,22 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+@contextlib.asynccontextmanager
+async def faulty_engine(
+    settings: Settings, **update: Any
+) -> AsyncIterator[tuple[FaultyHttpProxy, Settings, Any]]:
+    """``(proxy, settings, client)``: a :class:`FaultyHttpProxy` in front of ``settings``'
+    engine (set its faults on ``proxy``), ``settings`` pointed at it with ``update`` applied,
+    and an async OpenSearch client of those settings (closed on exit)."""
+    with FaultyHttpProxy(settings.opensearch_url) as proxy:
+        faulty = settings.model_copy(update={"opensearch_url": proxy.url, **update})
+        client = clients.async_opensearch(faulty)
+        try:
+            yield proxy, faulty, client
+        finally:
+            await client.close()
 
 
 class HeldBulkProxy:

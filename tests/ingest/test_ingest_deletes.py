@@ -6,13 +6,14 @@ runs)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from click.testing import CliRunner
-from ingest_support import FaultyHttpProxy, bad_item, bump, dead_letters_of
+from ingest_support import bad_item, bump, dead_letters_of, faulty_engine
 
 from opendisco import Settings, clients, index_templates
 from opendisco._holder import holder
@@ -95,10 +96,8 @@ async def test_a_hard_delete_whose_answer_was_lost_settles_its_dead_letter(
             lost.append(body)
             return True
 
-        with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+        async with faulty_engine(ingest_settings) as (proxy, settings, faulty):
             proxy.lose_answer_if = delete_bulk
-            settings = ingest_settings.model_copy(update={"opensearch_url": proxy.url})
-            faulty = clients.async_opensearch(settings)
             syncer = Syncer(settings, client=faulty, embedder=embedder)
             try:
                 # what a change stream's delete event applies (a replica set's sync)
@@ -114,7 +113,6 @@ async def test_a_hard_delete_whose_answer_was_lost_settles_its_dead_letter(
                 assert (rec.gone, rec.deleted, rec.conflicts) == (1, 1, 0), rec
             finally:
                 await syncer.close()
-                await faulty.close()
         check = await verify(ingest_settings, client=client)
         assert check.ok and check.open_dead_letters == 0, check.summary()
     finally:
@@ -160,3 +158,44 @@ def test_verify_lists_partial_builds_and_repair_removes_them(
     assert f"removed partial builds of rebuilds that died: {orphan}" in res.output
     assert "partial_builds=0" in res.output
     assert not os_client.indices.exists(index=orphan)
+
+
+async def test_documents_deleted_during_a_rebuild_are_not_in_its_index(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """Documents the build had read and indexed, then deleted from MongoDB before the swap
+    (no tombstone: the catch-up reads only what was written), were served by the new index
+    and ``verify`` failed (``extra``) until a sync worker's next reconciliation (every
+    time); the rebuild removes them before its swap now."""
+    coll = mongo_db[ingest_settings.items_collection]
+    first = [d["_id"] for d in coll.find({}, {"_id": 1}).limit(5)]  # the first bulk's
+    bulks: list[str] = []
+
+    def third_bulk(method: str, path: str) -> bool:
+        if path.endswith("/_bulk"):
+            bulks.append(path)
+            return len(bulks) == 3
+        return False
+
+    async with faulty_engine(ingest_settings, bulk_batch_size=20, bulk_concurrency=1) as (
+        proxy,
+        settings,
+        client,
+    ):
+        proxy.hang_if = third_bulk  # the engine pauses mid-build ...
+
+        async def delete_meanwhile() -> None:
+            while not proxy.hung:
+                await asyncio.sleep(0.05)
+            coll.delete_many({"_id": {"$in": first}})  # ... while the application deletes
+            proxy.resume()
+
+        deleter = asyncio.create_task(delete_meanwhile())
+        report = await reindex(settings, client=client, embedder=embedder)
+        await deleter
+        assert report.indexed == len(ingest_catalogue) and report.deleted == len(first)
+        check = await verify(settings, client=client)
+        assert check.ok and check.indexed == len(ingest_catalogue) - len(first), check.summary()
