@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from ingest_support import FaultyHttpProxy, HeldBulkProxy
+from ingest_support import HeldBulkProxy, faulty_engine
 
 import opendisco.ingest._reindex as reindex_module
 from opendisco import IndexStateError, Settings, clients, index_templates, now_ms
@@ -203,20 +203,17 @@ async def test_a_bulk_whose_connection_was_cut_after_it_landed_does_not_fail_the
     transport sent it again by itself, every document came back 409, and the writer, which
     had not seen the resend, counted them as not indexed; the build then found 20 more
     documents than acknowledged and threw the whole rebuild away (every time)."""
-    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+    async with faulty_engine(ingest_settings, bulk_batch_size=20, bulk_concurrency=1) as (
+        proxy,
+        settings,
+        client,
+    ):
         proxy.lose_answer_if = _first_bulk_of("p5")
-        settings = ingest_settings.model_copy(
-            update={"opensearch_url": proxy.url, "bulk_batch_size": 20, "bulk_concurrency": 1}
-        )
-        client = clients.async_opensearch(settings)
-        try:
-            report = await reindex(settings, client=client, embedder=embedder)
-            assert proxy.lost == 1
-            assert report.indexed == len(ingest_catalogue) and report.conflicts == 0
-            assert await alias_targets(client, settings.index_alias) == [report.index]
-            assert (await verify(settings, client=client)).ok
-        finally:
-            await client.close()
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert proxy.lost == 1
+        assert report.indexed == len(ingest_catalogue) and report.conflicts == 0
+        assert await alias_targets(client, settings.index_alias) == [report.index]
+        assert (await verify(settings, client=client)).ok
 
 
 async def test_an_item_refused_on_the_resend_of_a_landed_bulk_counts_as_indexed(
@@ -233,20 +230,17 @@ async def test_an_item_refused_on_the_resend_of_a_landed_bulk_counts_as_indexed(
         refused.append(doc_id)
         return True
 
-    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+    async with faulty_engine(ingest_settings, bulk_batch_size=20, bulk_concurrency=1) as (
+        proxy,
+        settings,
+        client,
+    ):
         proxy.lose_answer_if = _first_bulk_of("p5")
         proxy.reject_item = once
-        settings = ingest_settings.model_copy(
-            update={"opensearch_url": proxy.url, "bulk_batch_size": 20, "bulk_concurrency": 1}
-        )
-        client = clients.async_opensearch(settings)
-        try:
-            report = await reindex(settings, client=client, embedder=embedder)
-            assert proxy.lost == 1 and refused == ["p5"]
-            assert report.indexed == len(ingest_catalogue) and report.conflicts == 0
-            assert await alias_targets(client, settings.index_alias) == [report.index]
-        finally:
-            await client.close()
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert proxy.lost == 1 and refused == ["p5"]
+        assert report.indexed == len(ingest_catalogue) and report.conflicts == 0
+        assert await alias_targets(client, settings.index_alias) == [report.index]
 
 
 async def test_a_build_left_by_a_reindex_killed_on_another_host_is_cleaned_up(
@@ -294,17 +288,12 @@ async def test_a_build_index_created_by_a_lost_answer_does_not_fail_the_build(
         created.append(name)
         return True
 
-    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+    async with faulty_engine(ingest_settings) as (proxy, settings, client):
         proxy.lose_answer_if = create
-        settings = ingest_settings.model_copy(update={"opensearch_url": proxy.url})
-        client = clients.async_opensearch(settings)
-        try:
-            report = await reindex(settings, client=client, embedder=embedder)
-            assert created == [report.index] and proxy.lost == 1
-            assert await alias_targets(client, settings.index_alias) == [report.index]
-            assert (await verify(settings, client=client)).ok
-        finally:
-            await client.close()
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert created == [report.index] and proxy.lost == 1
+        assert await alias_targets(client, settings.index_alias) == [report.index]
+        assert (await verify(settings, client=client)).ok
 
 
 async def test_a_build_rides_out_a_429_storm_on_its_bulks(
@@ -322,25 +311,18 @@ async def test_a_build_rides_out_a_429_storm_on_its_bulks(
         storm.append(time.monotonic())
         return len(storm) > 2 and storm[-1] - storm[2] < 5.0  # from the third bulk, for 5 s
 
-    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+    async with faulty_engine(
+        ingest_settings,
+        bulk_batch_size=20,
+        bulk_max_retries=2,
+        bulk_backoff_max=0.5,
+        reindex_retry_seconds=60.0,
+    ) as (proxy, settings, client):
         proxy.fail_if = bulks
-        settings = ingest_settings.model_copy(
-            update={
-                "opensearch_url": proxy.url,
-                "bulk_batch_size": 20,
-                "bulk_max_retries": 2,
-                "bulk_backoff_max": 0.5,
-                "reindex_retry_seconds": 60.0,
-            }
-        )
-        client = clients.async_opensearch(settings)
-        try:
-            report = await reindex(settings, client=client, embedder=embedder)
-            assert proxy.answered.get(429, 0) > 3 and storm[-1] - storm[2] >= 5.0
-            assert report.indexed == len(ingest_catalogue)
-            assert await alias_targets(client, settings.index_alias) == [report.index]
-        finally:
-            await client.close()
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert proxy.answered.get(429, 0) > 3 and storm[-1] - storm[2] >= 5.0
+        assert report.indexed == len(ingest_catalogue)
+        assert await alias_targets(client, settings.index_alias) == [report.index]
 
 
 async def test_a_build_rides_out_a_429_storm_after_its_bulks(
@@ -356,19 +338,12 @@ async def test_a_build_rides_out_a_429_storm_after_its_bulks(
             storm.append(time.monotonic())
         return bool(storm) and time.monotonic() - storm[0] < 3.0
 
-    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+    async with faulty_engine(ingest_settings, bulk_backoff_max=0.5) as (proxy, settings, client):
         proxy.fail_if = everything
-        settings = ingest_settings.model_copy(
-            update={"opensearch_url": proxy.url, "bulk_backoff_max": 0.5}
-        )
-        client = clients.async_opensearch(settings)
-        try:
-            report = await reindex(settings, client=client, embedder=embedder)
-            assert storm and proxy.answered.get(429, 0) > 2
-            assert report.indexed == len(ingest_catalogue)
-            assert await alias_targets(client, settings.index_alias) == [report.index]
-        finally:
-            await client.close()
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert storm and proxy.answered.get(429, 0) > 2
+        assert report.indexed == len(ingest_catalogue)
+        assert await alias_targets(client, settings.index_alias) == [report.index]
 
 
 async def test_a_rebuild_started_in_a_429_storm_waits_it_out(
@@ -383,16 +358,9 @@ async def test_a_rebuild_started_in_a_429_storm_waits_it_out(
         storm.append(time.monotonic())
         return storm[-1] - storm[0] < 2.0
 
-    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+    async with faulty_engine(ingest_settings, bulk_backoff_max=0.5) as (proxy, settings, client):
         proxy.fail_if = everything
-        settings = ingest_settings.model_copy(
-            update={"opensearch_url": proxy.url, "bulk_backoff_max": 0.5}
-        )
-        client = clients.async_opensearch(settings)
-        try:
-            report = await reindex(settings, client=client, embedder=embedder)
-            assert proxy.answered.get(429, 0) > 2
-            assert report.indexed == len(ingest_catalogue)
-            assert await alias_targets(client, settings.index_alias) == [report.index]
-        finally:
-            await client.close()
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert proxy.answered.get(429, 0) > 2
+        assert report.indexed == len(ingest_catalogue)
+        assert await alias_targets(client, settings.index_alias) == [report.index]
