@@ -15,6 +15,7 @@ from typing import Any
 from http_faults import FaultyHttpProxy
 
 from opendisco import Settings, clients, now_ms
+from opendisco.ingest import BulkResult, BulkWriter, Embedder, prepare
 
 __all__ = [
     "OPENDISCO",
@@ -25,6 +26,7 @@ __all__ = [
     "dead_letters_of",
     "faulty_engine",
     "worker_env",
+    "write_unrecorded",
 ]
 
 OPENDISCO = Path(sys.executable).with_name("opendisco")
@@ -139,3 +141,13 @@ def dead_letters_of(mongo_db: Any, settings: Settings) -> dict[Any, dict[str, An
     ``dead_letters``)."""
     found = mongo_db["dead_letters"].find({"collection": settings.items_collection})
     return {rec["doc_id"]: rec for rec in found}
+
+
+async def write_unrecorded(
+    settings: Settings, client: Any, embedder: Embedder, doc: dict[str, Any]
+) -> BulkResult:
+    """``doc`` written into the alias as sync writes it, acknowledged, and nothing recorded
+    in ``dead_letters`` (a worker killed between the bulk's answer and its record)."""
+    prepared = prepare([doc], embedder, settings, source="sync", delete_invalid=True)
+    writer = BulkWriter(client, settings, settings.index_alias, alias=True)
+    return await writer.write(prepared.actions)

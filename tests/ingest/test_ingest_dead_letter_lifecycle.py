@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 from click.testing import CliRunner
-from ingest_support import bad_item, bump, dead_letters_of
+from ingest_support import bad_item, bump, dead_letters_of, write_unrecorded
 
 from opendisco import Settings, clients, now_ms
 from opendisco.cli.main import cli
@@ -214,20 +214,15 @@ async def test_a_replayed_batch_resolves_what_a_crash_left_open(
     of the uncommitted batch answers 409, which resolves the record all the same."""
     coll = mongo_db[ingest_settings.items_collection]
     client = clients.async_opensearch(ingest_settings)
-    writer = BulkWriter(client, ingest_settings, ingest_settings.index_alias, alias=True)
     try:
         await reindex(ingest_settings, client=client, embedder=embedder)
         coll.insert_one(bad_item(ingest_catalogue[0], "crash"))
         await sync_once(ingest_settings, client=client, embedder=embedder)
         bump(coll, "crash", popularity=1.0)
-        fixed = prepare(
-            [coll.find_one({"_id": "crash"})],
-            embedder,
-            ingest_settings,
-            source="sync",
-            delete_invalid=True,
+        # acknowledged; then the worker dies
+        acked = await write_unrecorded(
+            ingest_settings, client, embedder, coll.find_one({"_id": "crash"})
         )
-        acked = await writer.write(fixed.actions)  # acknowledged; then the worker dies
         assert len(acked.ok) == 1 and _open(mongo_db, ingest_settings) == {"crash"}
         replay = await sync_once(ingest_settings, client=client, embedder=embedder)
         assert replay.conflicts == 1 and replay.dead_letters_resolved == 1, replay

@@ -13,18 +13,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from click.testing import CliRunner
-from ingest_support import bad_item, bump, dead_letters_of, faulty_engine
+from ingest_support import bad_item, bump, dead_letters_of, faulty_engine, write_unrecorded
 
 from opendisco import Settings, clients, index_templates
 from opendisco._holder import holder
 from opendisco.cli.main import cli
 from opendisco.ingest import (
-    BulkWriter,
     ChangeBatch,
     Embedder,
     HardDelete,
     Syncer,
-    prepare,
     reindex,
     sync_once,
     verify,
@@ -76,15 +74,10 @@ async def test_a_hard_delete_whose_answer_was_lost_settles_its_dead_letter(
         await sync_once(ingest_settings, client=client, embedder=embedder)
         # fixed at v3 and indexed by a sync killed before it recorded the resolution
         bump(coll, "p1", popularity=2.0)
-        prepared = prepare(
-            [coll.find_one({"_id": "p1"})],
-            embedder,
-            ingest_settings,
-            source="sync",
-            delete_invalid=True,
+        acked = await write_unrecorded(
+            ingest_settings, client, embedder, coll.find_one({"_id": "p1"})
         )
-        writer = BulkWriter(client, ingest_settings, ingest_settings.index_alias, alias=True)
-        assert len((await writer.write(prepared.actions)).ok) == 1
+        assert len(acked.ok) == 1
         assert dead_letters_of(mongo_db, ingest_settings)["p1"].get("resolved_at") is None
         coll.delete_many({"_id": {"$in": ["p1", "p2"]}})
 
