@@ -279,10 +279,10 @@ class Syncer:
         report.batches += pipe.batches
         return pipe.counters
 
-    async def _coordinate(self, take_all: bool) -> tuple[list[int], list[int]]:
+    async def _coordinate(self, take_all: bool, wait: bool = True) -> tuple[list[int], list[int]]:
         held = await self.leases.rebalance(take_all=take_all)
         deadline = time.monotonic() + self.settings.sync_lease_seconds + 1.0
-        while take_all and len(held) < self.leases.count and time.monotonic() < deadline:
+        while wait and take_all and len(held) < self.leases.count and time.monotonic() < deadline:
             await asyncio.sleep(min(1.0, self.settings.sync_lease_seconds / 3))
             held = await self.leases.rebalance(take_all=True)
         partitions = sorted(held)
@@ -300,9 +300,10 @@ class Syncer:
             lambda exc: log.warning("worker %s: lease renewal failed: %s", self.worker, exc),
         )
 
-    async def reconcile(self, *, take_all: bool = False) -> ReconcileReport:
-        """Compare the held partitions of MongoDB and the index and repair what differs."""
-        held, _ = await self._coordinate(take_all)
+    async def reconcile(self, *, take_all: bool = False, wait: bool = True) -> ReconcileReport:
+        """Compare the held partitions of MongoDB and the index and repair what differs
+        (``take_all`` and ``wait``: first wait out the leases of dead workers, as ``once``)."""
+        held, _ = await self._coordinate(take_all, wait)
         if not held:
             return ReconcileReport()
         # it compares what search sees: a document the last pass indexed would be taken
@@ -357,7 +358,9 @@ async def sync_once(
             try:
                 report = await syncer.once(take_all=True)
                 if reconcile and report.partitions:
-                    report.reconciled = await syncer.reconcile(take_all=True)
+                    # the pass waited out dead workers' leases already: what live ones hold
+                    # is theirs to reconcile (waiting again doubled --once's time)
+                    report.reconciled = await syncer.reconcile(take_all=True, wait=False)
             except LeaseLost as exc:
                 if attempt == ONCE_ATTEMPTS:
                     raise

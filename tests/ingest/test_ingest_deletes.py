@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -192,3 +193,33 @@ async def test_documents_deleted_during_a_rebuild_are_not_in_its_index(
         assert report.indexed == len(ingest_catalogue) and report.deleted == len(first)
         check = await verify(settings, client=client)
         assert check.ok and check.indexed == len(ingest_catalogue) - len(first), check.summary()
+
+
+async def test_sync_once_waits_for_a_live_workers_partition_once(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A partition another live worker holds is waited for (in case its holder is dead) by
+    the pass, then skipped; the reconciliation after the pass waited for it a second time,
+    doubling ``sync --once``'s time whenever a worker runs."""
+    settings = ingest_settings.model_copy(update={"sync_lease_seconds": 15.0})
+    client = clients.async_opensearch(settings)
+    try:
+        await reindex(settings, client=client, embedder=embedder)
+        now = datetime.now(UTC)
+        scope = f"{settings.index_alias}:{settings.items_collection}"
+        count = settings.sync_partitions
+        mongo_db["sync_leases"].insert_one(
+            {"_id": f"{scope}:p0of{count}:t1", "scope": scope, "of": count, "partition": 0}
+            | {"term": 1, "owner": "elsewhere", "expires": now + timedelta(minutes=5)}
+        )
+        started = time.monotonic()
+        report = await sync_once(settings, client=client, embedder=embedder, reconcile=True)
+        took = time.monotonic() - started
+        assert report.skipped == [0] and report.reconciled is not None
+        assert report.reconciled.partitions == report.partitions == list(range(1, count))
+        assert 15.0 <= took < 28.0, took  # one wait of the lease (16 s), not two (32 s)
+    finally:
+        await client.close()
