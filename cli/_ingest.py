@@ -141,6 +141,11 @@ def sync_cmd(settings: Settings, once: bool, reconcile: bool, log_level: str) ->
         if report.repairs:
             click.echo(_reconcile_line(report))
 
+    if not once and not reconcile:
+        raise click.UsageError(
+            "--no-reconcile applies to --once; a worker reconciles every "
+            "sync_reconcile_interval seconds (OPENDISCO_SYNC_RECONCILE_INTERVAL=0: never)"
+        )
     if once:
         report = asyncio.run(sync_once(settings, reconcile=reconcile))
         show(report)

@@ -42,6 +42,8 @@ def test_sync_once_takes_hard_deletes_out_of_the_index(
     assert runner.invoke(cli, ["reindex", "--quiet"], obj=ingest_settings).exit_code == 0
     coll.delete_many({"_id": {"$in": ["p3", "p7", "refused"]}})
 
+    res = runner.invoke(cli, ["sync", "--no-reconcile"], obj=ingest_settings)  # not a worker's
+    assert res.exit_code == 2 and "applies to --once" in res.output, res.output
     res = runner.invoke(cli, ["sync", "--once", "--no-reconcile"], obj=ingest_settings)
     assert res.exit_code == 0 and "reconciled:" not in res.output, res.output
     res = runner.invoke(cli, ["verify"], obj=ingest_settings)
