@@ -31,6 +31,8 @@ __all__ = ["Applied", "Counters", "Prepared", "prepare", "write"]
 class Prepared:
     actions: list[Action] = field(default_factory=list)
     letters: list[dict[str, Any]] = field(default_factory=list)
+    # settled with nothing to write: hard deletes of documents the index does not hold
+    settled: list[Action] = field(default_factory=list)
     encoded: int = 0
     cache_hits: int = 0
 
@@ -218,7 +220,7 @@ async def write(
         letters,
         # a 409 too: the index holds this version or a newer one (not for a hard delete:
         # its version is the index's, so a 409 says the document came back)
-        result.ok + [a for a in result.conflicts if a.settles == "version"],
+        result.ok + [a for a in result.conflicts if a.settles == "version"] + prepared.settled,
         collection=collection,
         source=source,
         versions=writer.versions,

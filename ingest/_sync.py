@@ -140,14 +140,20 @@ class Syncer:
             self.feed = None
         self.behaviour_feed = None
 
-    async def _hard_deletes(self, deletes: list[HardDelete]) -> list[Action]:
-        """Versions for deletes whose document is gone: one past what the index holds."""
+    async def _hard_deletes(self, deletes: list[HardDelete]) -> tuple[list[Action], list[Action]]:
+        """Deletes for documents gone from MongoDB at one past the version the index holds,
+        and the gone ones it does not hold: nothing to write, but their dead letters are
+        settled (a refused document deleted; before, a change stream's delete event left
+        its record open until the next reconciliation's sweep)."""
         held = await self.writer.versions([d.id for d in deletes])
-        return [
-            Action("delete", d.id, held[d.id] + 1, settles="any" if d.gone else "").with_data()
-            for d in deletes
-            if d.id in held
-        ]
+        writes, settled = [], []
+        for d in deletes:
+            if d.id in held:
+                settles = "any" if d.gone else ""
+                writes.append(Action("delete", d.id, held[d.id] + 1, settles=settles).with_data())
+            elif d.gone:
+                settled.append(Action("delete", d.id, 0, settles="any"))
+        return writes, settled
 
     async def _prepare(
         self, batch: ChangeBatch, fresh_only: bool = True
@@ -161,7 +167,9 @@ class Syncer:
         prepared = await asyncio.to_thread(
             prepare, docs, self.embedder, self.settings, source="sync", delete_invalid=True
         )
-        prepared.actions += await self._hard_deletes(batch.hard_deletes)
+        writes, settled = await self._hard_deletes(batch.hard_deletes)
+        prepared.actions += writes
+        prepared.settled += settled
         return prepared, lambda: self.applied.remember(docs), len(docs) + len(batch.hard_deletes)
 
     async def _prepare_behaviour(
@@ -192,7 +200,7 @@ class Syncer:
         seen: int,
         partitions: list[int] | None = None,
     ) -> Counters:
-        if not prepared.actions and not prepared.letters:
+        if not prepared.actions and not prepared.letters and not prepared.settled:
             remember()
             return Counters()
         self._guard(partitions)

@@ -225,3 +225,30 @@ async def test_sync_once_waits_for_a_live_workers_partition_once(
         assert 15.0 <= took < 28.0, took  # one wait of the lease (16 s), not two (32 s)
     finally:
         await client.close()
+
+
+async def test_a_delete_event_of_a_refused_document_settles_its_dead_letter(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A change stream's delete event (a replica set's sync; built by hand here, FerretDB
+    has none) of a document that was refused, so never indexed, wrote nothing and left its
+    dead letter open until the next reconciliation's sweep (``sync_reconcile_interval``)."""
+    coll = mongo_db[ingest_settings.items_collection]
+    client = clients.async_opensearch(ingest_settings)
+    syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        coll.insert_one(bad_item(ingest_catalogue[0], "refused"))
+        await sync_once(ingest_settings, client=client, embedder=embedder)
+        assert dead_letters_of(mongo_db, ingest_settings)["refused"].get("resolved_at") is None
+        coll.delete_one({"_id": "refused"})
+        stats = await syncer.apply(ChangeBatch(hard_deletes=[HardDelete("refused")]))
+        assert (stats.deleted, stats.dead_letters_resolved) == (0, 1), stats
+        letter = dead_letters_of(mongo_db, ingest_settings)["refused"]
+        assert (letter["resolved_by"], letter["resolved_source"]) == ("deleted", "sync")
+    finally:
+        await syncer.close()
+        await client.close()
