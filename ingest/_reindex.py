@@ -29,7 +29,9 @@
 
 Cost on FerretDB (which pushes down only ``_id`` equality and ``_id $in``): one scan of the
 items for the build, one for the catch-up window, one ``_id $in`` read of behaviour vectors
-per batch, and one indexed cache lookup per document.
+per batch, and one indexed cache lookup per document; then, for the hard deletes, one read
+of ``_id`` and ``version`` in ``_id`` order beside the new index's ids (20,000 documents:
+2.4–3.8 s on FerretDB, under 2% of a warm build).
 
 A build killed midway is not resumed: the next run drops the partial index (step 1) and
 rebuilds. What the killed run encoded is in the embedding cache, so the rebuild pays only the
