@@ -25,7 +25,7 @@ from ._assign import served_candidate_arm
 if TYPE_CHECKING:
     from ._serving import ExperimentRegistry
 
-__all__ = ["EXPOSURES", "ExperimentLog"]
+__all__ = ["EXPOSURES", "ExperimentLog", "exposure_record"]
 
 log = logging.getLogger("opendisco.experiments")
 
@@ -126,3 +126,26 @@ class ExperimentLog:
                 log.warning("experiment log write failed (%d dropped): %r", len(docs), exc)
         self.written += n
         return n
+
+
+def exposure_record(doc: Any, exp_id: str) -> dict[str, Any] | None:
+    """The experiment's record of an exposure document as :class:`ExperimentLog`
+    writes it, or None (not the experiment's, or not such a document: written by other
+    code, edited; one of those failed the report with a KeyError or AttributeError)."""
+    recs = doc.get("experiments")
+    if not isinstance(recs, list):
+        return None
+    rec = next((r for r in recs if isinstance(r, dict) and r.get("experiment") == exp_id), None)
+    items = doc.get("items")
+    well_formed = (
+        rec is not None
+        and isinstance(rec.get("arm"), str)
+        and isinstance(rec.get("candidates") or {}, dict)
+        and isinstance(doc.get("at"), datetime)
+        and isinstance(doc.get("viewer"), str)
+        and isinstance(items, list)
+        and all(isinstance(i, dict) and isinstance(i.get("id"), str) for i in items)
+    )
+    if rec is not None and not well_formed:
+        log.warning("experiment %s: exposure document %r skipped", exp_id, doc.get("_id"))
+    return rec if well_formed else None

@@ -42,7 +42,7 @@ from ._assign import (
     served_candidate_arm,
     unit_arm,
 )
-from ._log import EXPOSURES
+from ._log import EXPOSURES, exposure_record
 from ._model import PAIR_LEVEL, DesignKind, Experiment
 from ._readout import Covariates, Readout
 from ._store import ExperimentStore
@@ -96,16 +96,16 @@ async def collect(
     cols: dict[str, list[Any]] = defaultdict(list)
     shown: list[tuple[str, str, str, datetime]] = []  # viewer, item, candidate member, at
     for doc in docs:
+        rec = exposure_record(doc, exp.id)
+        if rec is None:
+            continue
         at = _utc(doc["at"])
         if at is None or at > end:
-            continue
-        rec = next((r for r in doc.get("experiments", []) if r.get("experiment") == exp.id), None)
-        if rec is None:
             continue
         viewer = str(doc["viewer"])
         varm = arms.index(rec["arm"]) if rec["arm"] in arms else -1
         cand_arms = rec.get("candidates") or {}
-        for item in doc.get("items", []):
+        for item in doc["items"]:
             member = str(item.get("owner") or item["id"])
             carm = cand_arms.get(item["id"])
             if carm is None and exp.pair_level:

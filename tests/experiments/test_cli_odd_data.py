@@ -271,3 +271,34 @@ def test_a_member_whose_location_is_no_place_is_served_in_a_switchback(
         assert out.exit_code == 0, (out.output, out.exception)
     finally:
         set_location(location)
+
+
+def test_exposure_documents_other_code_wrote_are_skipped(
+    ex_settings: Settings, tmp_path: Path
+) -> None:
+    """Exposure documents of the experiment that are not what the exposure log writes (no
+    time, no viewer, an item without id, a record without arm) are skipped; the readout is of
+    the others. Before: KeyError / AttributeError tracebacks."""
+    exp = _on_db(ex_settings, _started)
+    lists = [(f"v{i}", ARMS[i % 2]["name"], {}) for i in range(20)]
+    _on_db(ex_settings, lambda db: _log(db, exp, lists))
+    rec = {"experiment": exp.id, "design": "user", "arm": "control", "unit": "v1"}
+    now = datetime.now(UTC)
+    odd = [
+        {"_id": "no-at", "viewer": "v1", "experiments": [rec], "items": []},
+        {"_id": "str-at", "at": "now", "viewer": "v1", "experiments": [rec], "items": []},
+        {"_id": "no-viewer", "at": now, "experiments": [rec], "items": [{"id": "p"}]},
+        {"_id": "no-id", "at": now, "viewer": "v1", "experiments": [rec], "items": [{"x": 1}]},
+        {"_id": "items", "at": now, "viewer": "v1", "experiments": [rec], "items": "p1"},
+        {"_id": "no-arm", "at": now, "viewer": "v1", "experiments": [{"experiment": exp.id}]},
+        {"_id": "recs", "at": now, "viewer": "v1", "experiments": "x", "items": []},
+    ]
+    _on_db(
+        ex_settings,
+        lambda db: db[EXPOSURES].insert_many([{**d, "_id": f"{exp.id}-{d['_id']}"} for d in odd]),
+    )
+    out = _report(ex_settings, exp.id, tmp_path / "odd")
+    assert out.exit_code == 0, (out.output, out.exception)
+    report = json.loads((tmp_path / "odd" / "report.json").read_text())
+    viewer_side = {r["arm"]: r for r in report["sides"]["viewer"]}
+    assert sum(r["impressions"] for r in viewer_side.values()) == 20 * 3
