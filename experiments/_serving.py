@@ -134,8 +134,13 @@ def arm_files(exp: Experiment) -> dict[str, Artifacts]:
 
 
 def check_arm_files(exp: Experiment) -> None:
-    """An experiment is refused at creation rather than failing its requests (:func:`arm_files`)."""
-    arm_files(exp)
+    """An experiment is refused at creation rather than failing its requests (:func:`arm_files`),
+    and so is an arm with two templates of one surface, as ``template_files`` is (it served
+    the later one: the earlier was never used, silently)."""
+    loaded = arm_files(exp)
+    for arm in exp.arms:
+        if arm.name in loaded and len(loaded[arm.name].templates) < len(arm.templates):
+            raise ConfigError(f"arm {arm.name!r}: two templates of one surface in {arm.templates}")
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,18 @@ def test_a_file_that_cannot_be_served_guarded_is_refused_at_creation(tmp_path: P
     assert _load(spec).arms[1].templates == [str(good)]
 
 
+def test_an_arm_with_two_templates_of_one_surface_is_refused_at_creation(
+    tmp_path: Path,
+) -> None:
+    """As ``template_files`` refuses two of one surface; before, the arm served the later one
+    and the earlier was never used, silently."""
+    files = [str(_version_file(tmp_path, "for_you", load("for_you").raw, n=n)) for n in (2, 3)]
+    spec = tmp_path / "two.json"
+    spec.write_text(json.dumps(_exp(tmp_path, files).model_dump(mode="json")))
+    with pytest.raises(InvalidInput, match="two templates of one surface"):
+        _load(spec)
+
+
 @pytest.mark.parametrize("design", ["item", "two_sided"])
 def test_pair_level_designs_refuse_template_arms(tmp_path: Path, design: str) -> None:
     path = _version_file(tmp_path, "for_you", load("for_you").raw)
