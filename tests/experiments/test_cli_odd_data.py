@@ -297,8 +297,12 @@ def test_exposure_documents_other_code_wrote_are_skipped(
         ex_settings,
         lambda db: db[EXPOSURES].insert_many([{**d, "_id": f"{exp.id}-{d['_id']}"} for d in odd]),
     )
-    out = _report(ex_settings, exp.id, tmp_path / "odd")
-    assert out.exit_code == 0, (out.output, out.exception)
-    report = json.loads((tmp_path / "odd" / "report.json").read_text())
-    viewer_side = {r["arm"]: r for r in report["sides"]["viewer"]}
-    assert sum(r["impressions"] for r in viewer_side.values()) == 20 * 3
+    try:
+        out = _report(ex_settings, exp.id, tmp_path / "odd")
+        assert out.exit_code == 0, (out.output, out.exception)
+        report = json.loads((tmp_path / "odd" / "report.json").read_text())
+        viewer_side = {r["arm"]: r for r in report["sides"]["viewer"]}
+        assert sum(r["impressions"] for r in viewer_side.values()) == 20 * 3
+    finally:  # the other tests of the database read every exposure document
+        ids = [f"{exp.id}-{d['_id']}" for d in odd]
+        _on_db(ex_settings, lambda db: db[EXPOSURES].delete_many({"_id": {"$in": ids}}))
