@@ -16,7 +16,10 @@ except for an effect written in the few milliseconds before its record. A MongoD
 with what they write, so when the answer is lost (the connection cut after the write was
 applied) the failing call reads the mark back and records the effect all the same
 (``unsure``); an engine counter keeps the last marks and ignores a write whose mark it keeps
-(the transport's re-sends of a request whose answer was lost). An engine counter ``_bulk``
+(the transport's re-sends of a request whose answer was lost). The engine's check is a fence
+(``_fence``): a write that is still on its way when checked can no longer land, and a call
+taking events over fences the writes of their earlier holders first (:meth:`EffectWriter.
+fence_earlier`). An engine counter ``_bulk``
 applied in part records the effect on the events whose items it wrote (the counters are per
 item), so the taker adds only the items it did not — those it names unwritten are read back by
 their mark too (a 429 retry round that failed as a whole may have been applied). The
@@ -115,6 +118,12 @@ async def _events_marked(
     return {ev.id for ev in counted if ev.item_id in got}
 
 
+def _engine_mark(mark: str, effect: str) -> str:
+    """Pure: the mark a call's engine write of ``effect`` carries (exposure and trend write
+    the same counter documents)."""
+    return f"{mark[:12]}.{effect[0]}"
+
+
 @dataclass
 class EffectWriter:
     """The stores one event batch writes (see the module docstring)."""
@@ -147,6 +156,45 @@ class EffectWriter:
         if not any(done.get(ev.id) for ev in todo):
             return lambda _effect: every
         return lambda effect: every if effect is None else plan(pending(todo, done, effect))
+
+    async def fence_earlier(
+        self,
+        todo: Sequence[Event],
+        items: Mapping[str, Mapping[str, Any]],
+        earlier: dict[str, frozenset[str]],
+        done: dict[str, frozenset[str]],
+        record: Callable[..., Awaitable[None]],
+    ) -> None:
+        """Before a call applies events it took over: fence the engine counter writes their
+        earlier holders marked (``earlier``: event id -> those holders' marks; one ``_bulk``,
+        ``_fence``), which may still land — a paused node, an answer timed out, a holder
+        killed before it could check. Those that landed join ``done`` and are recorded
+        (``record(ids, effect=...)``); the others can no longer land, so this call's write
+        counts each event once whatever the interleaving. ``earlier`` is emptied for them."""
+        asks: dict[tuple[str, str], list[tuple[str, Additive]]] = {}
+        for ev in todo:
+            marks = earlier.pop(ev.id, frozenset())
+            if not marks:
+                continue
+            own = plan_effects([ev], items, self.cfg.weights, count_served=self.count_served)
+            for effect, has in ((Additive.EXPOSURE, own.impressions), (Additive.TREND, own.trend)):
+                if has and effect not in done.get(ev.id, ()):
+                    for m in marks:
+                        asks.setdefault((ev.item_id, _engine_mark(m, effect)), []).append(
+                            (ev.id, effect)
+                        )
+        if not asks:
+            return
+        if not self.engine_ready:
+            raise SearchBackendError("events: the exposure counters index is not ensured yet")
+        landed: dict[Additive, set[str]] = {}
+        for key in await self.exposure.fence(asks):
+            for ev_id, effect in asks[key]:
+                landed.setdefault(effect, set()).add(ev_id)
+        for effect, ids in sorted(landed.items()):
+            await record(sorted(ids), effect=effect)
+            for i in ids:
+                done[i] = done.get(i, frozenset()) | {effect}
 
     async def apply(
         self,
@@ -182,21 +230,21 @@ class EffectWriter:
                 await record(effect)
 
         def mark_of(effect: str) -> str | None:
-            return None if mark is None else f"{mark}.{effect[0]}"
+            return None if mark is None else _engine_mark(mark, effect)
 
         async def engine_effect(effect: str, write: Awaitable[Any] | None) -> Any:
             if write is None:
                 return await landed(effect, False)
             counted = pending(todo, done, Additive(effect))
             if (m := mark_of(effect)) is not None:
-                unsure[effect] = partial(_events_marked, self.exposure.marked, counted, m)
+                unsure[effect] = partial(_events_marked, self.exposure.landed, counted, m)
             try:
                 result = await write
             except PartialWrite as exc:  # answered item by item: ``partly`` has the written
                 unsure.pop(effect, None)
                 maybe = [ev for ev in counted if ev.item_id in exc.unwritten]
                 if m is not None and maybe:  # ... and a retry round lost on the way may not
-                    unsure[effect] = partial(_events_marked, self.exposure.marked, maybe, m)
+                    unsure[effect] = partial(_events_marked, self.exposure.landed, maybe, m)
                 raise
             unsure.pop(effect, None)
             await landed(effect, True)

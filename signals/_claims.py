@@ -66,6 +66,7 @@ _PROJECTION = {
     "claim_pid": 1,
     "claim_started": 1,
     "done": 1,
+    "claim_marks": 1,
     # what the stored event is about: a later event with its id about something else is not
     # a retry of it
     "type": 1,
@@ -87,6 +88,8 @@ class ClaimStatus:
     done: frozenset[str] = frozenset()
     #: ``(type, user_id, item_id)`` of the stored event (None: it is gone)
     about: tuple[str, str, str] | None = None
+    #: the marks of the calls that held it (their counter writes': see :meth:`EventClaims.stamp`)
+    marks: frozenset[str] = frozenset()
 
 
 def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
@@ -100,6 +103,7 @@ def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
         expired=held_until_over(doc, now, "claim_"),
         done=frozenset(str(s) for s in doc.get("done") or ()),
         about=(str(doc.get("type")), str(doc.get("user_id")), str(doc.get("item_id"))),
+        marks=frozenset(str(m) for m in doc.get("claim_marks") or ()),
     )
 
 
@@ -130,14 +134,14 @@ class EventClaims:
     def expiry(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.lease_s)
 
-    def stamp(self, docs: Iterable[dict[str, Any]], token: str) -> list[dict[str, Any]]:
-        """``docs`` (events to insert) with a fresh generation-0 claim held by ``token``."""
+    def stamp(self, docs: Iterable[dict[str, Any]], token: str, mark: str) -> list[dict[str, Any]]:
+        """``docs`` (events to insert) with a fresh generation-0 claim held by ``token``, which
+        marks its counter writes with ``mark``: each holder's mark is kept on the event
+        (``claim_marks``, also by :meth:`take_over`), so a later holder can fence the writes of
+        an earlier one that may still land (``_fence``), in the claim's own write."""
         expires = self.expiry()
-        return [
-            {**d, "applied": False, "claim_owner": token, "claim_gen": 0, "claim_expires": expires}
-            | holder("claim_")
-            for d in docs
-        ]
+        claim = {"applied": False, "claim_owner": token, "claim_gen": 0, "claim_expires": expires}
+        return [{**d, **claim, "claim_marks": [mark]} | holder("claim_") for d in docs]
 
     async def insert(self, docs: Sequence[dict[str, Any]]) -> set[str]:
         """Insert claimed events (unordered); returns the ids already stored (not claimed)."""
@@ -163,8 +167,9 @@ class EventClaims:
         found = {d["_id"]: d for d in docs}
         return {i: classify(found.get(i), now) for i in wanted}
 
-    async def take_over(self, expired: Mapping[str, int], token: str) -> set[str]:
-        """Try to take over expired claims (``{event id: its generation}``); returns the ids won.
+    async def take_over(self, expired: Mapping[str, int], token: str, mark: str) -> set[str]:
+        """Try to take over expired claims (``{event id: its generation}``); returns the ids won
+        (``mark``: the taker's counter writes', kept on them as in :meth:`stamp`).
 
         Generation ``g + 1`` is won by inserting its arbiter. When that arbiter exists, the
         taker of ``g + 1`` may itself have died before updating the event: its arbiter's own
@@ -199,10 +204,10 @@ class EventClaims:
             now = datetime.now(UTC)
             want = {d["event"]: int(d["gen"]) + 1 for d in taken if held_until_over(d, now)}
         if won:
-            await self._record(won, token)
+            await self._record(won, token, mark)
         return set(won)
 
-    async def _record(self, won: Mapping[str, int], token: str) -> None:
+    async def _record(self, won: Mapping[str, int], token: str, mark: str) -> None:
         """Write the won generations onto the events (one ``update_many`` per generation)."""
         by_gen: dict[int, list[str]] = defaultdict(list)
         for i, g in won.items():
@@ -219,7 +224,8 @@ class EventClaims:
                             "claim_gen": g,
                             "claim_expires": expires,
                             **holder("claim_"),
-                        }
+                        },
+                        "$addToSet": {"claim_marks": mark},
                     },
                 )
 

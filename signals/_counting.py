@@ -9,6 +9,7 @@ from typing import Any
 __all__ = [
     "CAPPED_SCRIPT",
     "COUNT_SCRIPT",
+    "KEEP_MARK_SCRIPT",
     "MARKS_KEPT",
     "MARK_PROPERTIES",
     "TOUCHED",
@@ -18,15 +19,18 @@ __all__ = [
 ]
 
 #: the last writers' marks a counter document keeps (``marks``): a writer marks what it
-#: writes, so when the answer is lost it can read back whether the write landed (an event
-#: batch's call), or send the write again with the same mark (a served-impression flush):
+#: writes, so when the answer is lost it can tell whether the write landed (an event
+#: batch's call: ``_fence``), or send the write again with the same mark (a served flush):
 #: a counter that keeps the mark already ignores it (:func:`once_per_mark`)
 MARKS_KEPT = 16
+#: ``fenced``: the marks of those among ``marks`` a fence put there, not a write
+#: (``signals._fence``)
 MARK_PROPERTIES: dict[str, Any] = {
-    "marks": {"type": "keyword", "index": False, "doc_values": False}
+    "marks": {"type": "keyword", "index": False, "doc_values": False},
+    "fenced": {"type": "keyword", "index": False, "doc_values": False},
 }
 #: appended to a counter script: keep ``params.mark`` among the last ``params.keep`` marks
-_MARK_SCRIPT = """
+KEEP_MARK_SCRIPT = """
 if (params.containsKey('mark')) {
   if (ctx._source.marks == null) { ctx._source.marks = new ArrayList(); }
   ctx._source.marks.add(params.mark);
@@ -44,7 +48,7 @@ def once_per_mark(body: str) -> str:
         "params.containsKey('mark') && ctx._source.marks != null"
         " && ctx._source.marks.contains(params.mark)"
     )
-    return f"if ({seen}) {{ ctx.op = 'noop'; }} else {{{body}{_MARK_SCRIPT}}}"
+    return f"if ({seen}) {{ ctx.op = 'noop'; }} else {{{body}{KEEP_MARK_SCRIPT}}}"
 
 
 #: a counter's ``touched_at`` (what the copies' incremental reads select by): the engine's clock

@@ -51,6 +51,7 @@ from ._caps import item_cap, window_count
 from ._counters_index import ADDED_PROPERTIES, MAPPING, REFRESH
 from ._counting import CAPPED_SCRIPT, count_pairs
 from ._engine_bulk import bulk_updates
+from ._fence import fence
 from ._trending import (
     decayed,
     epoch_ms,
@@ -200,7 +201,7 @@ class ExposureStore:
         not fail the call (failing would have it counted again): the newly capped ids are
         sent with the next update of the list (``record`` or ``sweep``) and the ids returned
         are those this store knows capped. ``mark`` is kept on each counter written
-        (:meth:`marked` reads it back).
+        (:meth:`landed` tells whether a failed write landed).
         """
         batch = {str(k): int(v) for k, v in counts.items() if int(v) != 0}
         if any(v < 0 for v in batch.values()):
@@ -333,18 +334,14 @@ class ExposureStore:
         )
         return list(resp.get("docs", []))
 
-    async def marked(self, ids: Iterable[str], mark: str) -> set[str]:
-        """Of ``ids``, those whose counter keeps ``mark`` among its last writers' marks: a
-        write with that mark landed there (one realtime ``mget``)."""
-        wanted = sorted({str(i) for i in ids})
-        if not wanted:
-            return set()
-        with backend_errors("exposure marks lookup failed"):
-            resp = await self.client.mget(
-                index=self.index, body={"ids": wanted}, params={"_source_includes": "marks"}
-            )
-        docs = resp.get("docs", [])
-        return {d["_id"] for d in docs if mark in ((d.get("_source") or {}).get("marks") or [])}
+    async def landed(self, ids: Iterable[str], mark: str) -> set[str]:
+        """Of ``ids``, those whose counter write with ``mark`` landed; on the others it is
+        fenced: it never counts, even if it arrives later (:func:`~._fence.fence`)."""
+        return {i for i, _ in await self.fence((str(i), mark) for i in ids)}
+
+    async def fence(self, marks: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The ``(item id, mark)`` whose write landed, the others fenced (``_fence``)."""
+        return await fence(self.client, self.index, marks)
 
     async def _search(self, ids: list[str]) -> list[dict[str, Any]]:
         """Counters from doc values, no stored field (not even ``_id``): 500 ids ~6.5 ms."""

@@ -35,9 +35,13 @@ fails in 4 gives its claims up at once with what it wrote: a counter write whose
 (engine or MongoDB) is read back by its mark, and the release is retried while the store does not
 answer (up to two leases, so a store outage between a write and its record is waited out). So the
 call that takes them over (after a failure or a crash) adds only the rest: exactly-once too, except
-for a crash in the milliseconds between such a write and its record, a lost write whose mark later
-writers pushed out before it was read back (one mark per MongoDB row, the last 16 per engine
-counter), and an outage longer than the read-back waits. A counters ``_bulk`` applied in part is
+for a crash in the milliseconds between a MongoDB counter write and its record, a lost write whose
+mark later writers pushed out before it was read back (one mark per MongoDB row, the last 16 per
+engine counter), and an outage longer than the read-back waits. An engine counter write is not
+read back but fenced (``_fence``: landed, or made a no-op should it land later — a paused node
+applies it when it wakes), and each holder's mark is kept on its events with its claim, so the
+call taking them over fences the writes of earlier holders that could not (a crash, an engine
+that did not answer) before it writes. A counters ``_bulk`` applied in part is
 read item by item: the events whose items it wrote record it done, those whose items it names
 unwritten are read back by their mark (a 429 retry round whose answer was lost, ``_apply``).
 Raw events expire through a TTL index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`,
@@ -326,7 +330,11 @@ class EventProcessor:
         by_id = {ev.id: ev for ev in evs}
         done: dict[str, frozenset[str]] = {}  # taken over: what the failed holder completed
         docs = [_stored(ev, self.cfg.weights.get(ev.type, 0.0), now) for ev in evs]
-        waiting = await self.claims.insert(self.claims.stamp(docs, token))
+        # each round's counter writes their own mark (a counter ignores a mark it keeps: a
+        # later round of this call may count the same items again), kept on its events
+        mark = uuid.uuid4().hex[:12]
+        earlier: dict[str, frozenset[str]] = {}  # taken over: the marks of earlier holders
+        waiting = await self.claims.insert(self.claims.stamp(docs, token, mark))
         mine = [ev for ev in evs if ev.id not in waiting]
         out.accepted = len(mine)
         deadline = time.monotonic() + self.settings.events_claim_wait_s
@@ -339,7 +347,7 @@ class EventProcessor:
                     waiting.discard(i)
                 applied = {i for i, st in status.items() if st.applied}
                 expired = {i: st.gen for i, st in status.items() if not st.applied and st.expired}
-                won = await self.claims.take_over(expired, token) if expired else set()
+                won = await self.claims.take_over(expired, token, mark) if expired else set()
                 out.duplicates += len(applied)
                 out.recovered += len(won)
                 waiting -= applied | won
@@ -352,6 +360,7 @@ class EventProcessor:
                     # were added again: test_signals_claims_faults, seen under load)
                     fresh = await self.claims.status(won)
                     done.update((i, fresh[i].done) for i in won)
+                    earlier.update((i, fresh[i].marks - {mark}) for i in won)
             if mine:
                 ids = [ev.id for ev in mine]
                 completed: list[str] = []
@@ -360,9 +369,9 @@ class EventProcessor:
                 try:
                     async with self.claims.renewing(ids, token):
                         record = partial(self.claims.record_done, ids, token)
-                        # each write its own mark (a counter ignores a mark it keeps): a
-                        # later round of this call may count the same items again
-                        mark = uuid.uuid4().hex
+                        # earlier holders' counter writes: landed (done) or fenced
+                        noted = partial(self.claims.record_done, token=token)
+                        await self.writer.fence_earlier(mine, items, earlier, done, noted)
                         await self.writer.apply(
                             mine, items, now, out, done, completed, partly, record, unsure, mark
                         )
@@ -373,7 +382,7 @@ class EventProcessor:
                     await asyncio.shield(self._give_up(ids, token, completed, partly, unsure))
                     raise
                 await self.claims.mark(ids)  # 5.
-                mine = []
+                mine, mark = [], uuid.uuid4().hex[:12]
             if not waiting or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(pause)

@@ -167,12 +167,13 @@ async def test_a_write_storm_and_retries_count_the_batch_once(
         await mongo.close()
 
 
-#: a counter write per effect: the store's class, its write method and the error of a lost answer
+#: a counter write per effect: the store's class, its write method, the error of a lost answer
+#: and its check of a write that failed (the engine's fences the write: ``signals._fence``)
 _WRITES = {
-    "graph": (ItemGraph, "add", StoreBackendError),
-    "inbound": (InboundCounter, "add", StoreBackendError),
-    "exposure": (ExposureStore, "record", SearchBackendError),
-    "trend": (ExposureStore, "record_trend", SearchBackendError),
+    "graph": (ItemGraph, "add", StoreBackendError, "marked"),
+    "inbound": (InboundCounter, "add", StoreBackendError, "marked"),
+    "exposure": (ExposureStore, "record", SearchBackendError, "landed"),
+    "trend": (ExposureStore, "record_trend", SearchBackendError, "landed"),
 }
 
 
@@ -194,9 +195,9 @@ async def test_a_counter_write_applied_whose_answer_was_lost_is_not_added_again(
     os_client = clients.async_opensearch(s)
     mongo = clients.mongo_async(s)
     db = mongo[s.mongo_db]
-    store, method, error = _WRITES[lost]
+    store, method, error, check = _WRITES[lost]
     real, cut = getattr(store, method), []
-    real_marked, back = store.marked, asyncio.Event()
+    real_marked, back = getattr(store, check), asyncio.Event()
 
     async def applied_then_cut(self: Any, *args: Any, **kw: Any) -> Any:
         await real(self, *args, **kw)
@@ -232,7 +233,7 @@ async def test_a_counter_write_applied_whose_answer_was_lost_is_not_added_again(
                 return slots.setdefault(mark, str(len(slots) % _inbound.MARK_SLOTS))
 
             monkeypatch.setattr(_inbound, "mark_slot", own_slot)
-        monkeypatch.setattr(store, "marked", marked_once_back)
+        monkeypatch.setattr(store, check, marked_once_back)
         with monkeypatch.context() as m:
             m.setattr(store, method, applied_then_cut)
             with pytest.raises(error):

@@ -1,0 +1,109 @@
+"""Engine counter writes that land late, on the real servers: the fault proxy
+(``tests/http_faults.py``, ``hang_if``) holds the counters' ``_bulk`` requests unanswered past
+the client's timeout — what a paused node (SIGSTOP) does — and lets them reach the engine
+afterwards, once the failing call has checked its marks or a retry has taken its events over.
+Every impression and like must be counted once whatever the interleaving: the failing call's
+check of a write fences its mark (a write that lands after it is a no-op), and a call taking
+events over fences the marks of the writes their earlier holders could not check."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from http_faults import FaultyHttpProxy
+from test_signals_claims_faults import _batch, processors, storm, storm_settings
+from test_signals_claims_live import _assert_exact, _Counters
+
+from opendisco import SearchBackendError, Settings
+from opendisco.signals import EventsConfig
+
+__all__ = ["storm", "storm_settings"]  # the fixtures, shared with the claims-fault suite
+
+#: the client's timeout in these tests: a held ``_bulk`` fails the call after it
+TIMEOUT_S = 3.0
+
+
+def _bulks(method: str, path: str) -> bool:
+    return path.rstrip("/").endswith("_bulk")
+
+
+async def _until(check: Any, within_s: float = 60.0) -> None:
+    """Wait until ``await check()`` is true (a condition, not a sleep)."""
+    deadline = time.monotonic() + within_s
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def _landed(proxy: FaultyHttpProxy, held: int) -> None:
+    """Wait until the ``held`` requests the proxy let through were answered by the engine."""
+
+    async def all_answered() -> bool:
+        return sum(proxy.answered.values()) >= held
+
+    await _until(all_answered)
+
+
+def _liked(batch: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(e["item_id"] for e in batch if e["type"] == "like")
+
+
+async def _assert_counted_once(
+    proc: Any, db: Any, batch: list[dict[str, Any]], before: dict[str, Any], trend: Any
+) -> None:
+    counters = _Counters(proc, db)
+    await _assert_exact(db, batch, before, await counters.read())
+    liked = _liked(batch)
+    after = await proc.exposure.read(liked)
+    weight = EventsConfig().weights["like"]
+    for item, n in liked.items():
+        added = after[item].trend - trend[item].trend
+        assert added == pytest.approx(n * weight, rel=0.01), (item, added, n)
+
+
+@pytest.mark.parametrize("retry_first", [False, True], ids=["lands-first", "retry-first"])
+@pytest.mark.parametrize("paused", [False, True], ids=["writes-held", "paused"])
+async def test_a_counters_bulk_that_lands_after_its_check_counts_once(
+    storm: tuple[FaultyHttpProxy, Settings], retry_first: bool, paused: bool
+) -> None:
+    """The batch's counter writes (its exposure and trend ``_bulk``) are held past the
+    client's timeout: the call fails. ``writes-held``: the engine answers the call's check of
+    its marks (nothing there yet); ``paused``: it answers nothing until the call gives its
+    claims up unchecked, and the retry taking them over must settle the writes itself. The
+    held writes then land, before or after the client's retry has written the events."""
+    proxy, s = storm
+    lease = {"opensearch_timeout": TIMEOUT_S, "events_claim_lease_s": 2 * TIMEOUT_S}
+    s = s.model_copy(update=lease)
+    async with processors(s, 1) as ([proc], db):
+        batch = _batch()
+        before = await _Counters(proc, db).read()
+        trend = await proc.exposure.read(_liked(batch))
+        proxy.hang_if = lambda m, p: _bulks(m, p) and (paused or proxy.hung < 2)
+        with pytest.raises(SearchBackendError):
+            await proc.apply(batch)
+        await proc.drain()  # checked and released, or released unchecked (paused)
+        held = proxy.hung
+        assert held >= 2 if paused else held == 2  # exposure and trend (and checks)
+        proxy.hang_if = None
+        if retry_first:  # the retry's writes are not held: they land first
+            retry = asyncio.ensure_future(proc.apply(batch))
+            await _until(lambda: _done(retry))
+            answered = sum(proxy.answered.values())
+            proxy.resume()
+            await _landed(proxy, answered + held)
+            res = retry.result()
+        else:
+            answered = sum(proxy.answered.values())
+            proxy.resume()
+            await _landed(proxy, answered + held)
+            res = await proc.apply(batch)
+        assert res.in_flight == 0 and res.rejected == [], res
+        await _assert_counted_once(proc, db, batch, before, trend)
+
+
+async def _done(fut: asyncio.Future[Any]) -> bool:
+    return fut.done()
