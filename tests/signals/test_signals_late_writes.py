@@ -107,3 +107,37 @@ async def test_a_counters_bulk_that_lands_after_its_check_counts_once(
 
 async def _done(fut: asyncio.Future[Any]) -> bool:
     return fut.done()
+
+
+async def test_a_check_the_engine_answers_with_an_error_for_a_counter_is_asked_again(
+    storm: tuple[FaultyHttpProxy, Settings],
+) -> None:
+    """The counter writes are applied and their answers lost; the call's check of them gets a
+    shard's rejection (429) for one counter in place of its answer. Not knowing is not "not
+    written": the check is asked again until answered, so the retry that takes the events
+    over does not count that counter's impressions a second time."""
+    proxy, s = storm
+    async with processors(s, 1) as ([proc], db):
+        batch = _batch()
+        liked = _liked(batch)
+        seen = sorted({e["item_id"] for e in batch if e["type"] == "impression"} - set(liked))
+        item, index = seen[0], proc.exposure.index
+        before = await _Counters(proc, db).read()
+        trend = await proc.exposure.read(liked)
+
+        def writes(method: str, path: str, body: bytes) -> bool:
+            return _bulks(method, path) and b"ctx._source.fenced" not in body
+
+        proxy.lose_answer_if = writes
+        # the check's answer for one counter: rejected three times (a bulk and its 2 retries)
+        proxy.reject_item = lambda idx, doc_id: (
+            idx == index and doc_id == item and proxy.rejected[item] < 3
+        )
+        with pytest.raises(SearchBackendError):
+            await proc.apply(batch)
+        await proc.drain()
+        assert proxy.lost >= 1 and proxy.rejected[item] >= 1
+        proxy.lose_answer_if = proxy.reject_item = None
+        res = await proc.apply(batch)  # the client's retry
+        assert res.in_flight == 0 and res.rejected == [], res
+        await _assert_counted_once(proc, db, batch, before, trend)
