@@ -93,11 +93,18 @@ class PartialWrite(SearchBackendError):
     """A ``_bulk`` was applied in part: the documents in ``unwritten`` were not (their items
     failed, e.g. ``429 es_rejected_execution_exception``), every other one was. A caller that
     adds (counters) must count the others as written: writing the whole batch again would add
-    them twice."""
+    them twice. ``unsure``: those of ``unwritten`` whose last send failed without an answer
+    (timed out, connection cut): the engine may still apply them (the others were refused)."""
 
-    def __init__(self, message: str, unwritten: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        message: str,
+        unwritten: frozenset[str] = frozenset(),
+        unsure: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__(message)
         self.unwritten = unwritten
+        self.unsure = unsure
 
 
 class StoreBackendError(BackendError):

@@ -242,8 +242,8 @@ class EffectWriter:
                 result = await write
             except PartialWrite as exc:  # answered item by item: ``partly`` has the written
                 unsure.pop(effect, None)
-                maybe = [ev for ev in counted if ev.item_id in exc.unwritten]
-                if m is not None and maybe:  # ... and a retry round lost on the way may not
+                maybe = [ev for ev in counted if ev.item_id in exc.unsure]
+                if m is not None and maybe:  # ... and a retry round lost on the way may land
                     unsure[effect] = partial(_events_marked, self.exposure.landed, maybe, m)
                 raise
             unsure.pop(effect, None)

@@ -1,5 +1,23 @@
 """The exposure counters index (``<alias>-exposures``): its mapping and refresh settings, one
-counter document per item plus the capped list (``signals._exposure``)."""
+counter document per item plus the capped list (``signals._exposure``).
+
+Why a separate index (the trade-off):
+
+* Counting impressions on the item documents would re-index a document with two
+  ``knn_vector`` fields per ``_update`` (Lucene has no in-place update: its vectors go back
+  into the HNSW graphs), churn segments and fight the sync's external versioning
+  (``source_version``): indexing cost multiplied by the traffic.
+* Here each item has a tiny counter document (``item_id``, ``count``, ``cap``,
+  ``window_start``; no vectors, no text) updated with a painless scripted upsert — cheap,
+  atomic per document, and batched in one ``_bulk`` per ``record`` call.
+* The price: a count is not a field of the item, so queries cannot sort or decay by it.
+  Instead the store keeps one list document (``_capped``) of the ids whose count reached
+  their cap in the current window; candidate queries exclude them with a ``terms`` lookup
+  (``{"terms": {"id": {"index": ..., "id": "_capped", "path": "capped.ids"}}}``), which the
+  engine resolves with a realtime GET — no refresh needed, one small fetch per query. The
+  list is a hot document (updates to it serialise), bounded by ``index.max_terms_count``
+  (65,536); capping is binary, and the reranker reads the counts (``signals.ExposureStore.read``).
+"""
 
 from __future__ import annotations
 

@@ -8,9 +8,11 @@ counted as written. An overloaded engine rejects single items of a bulk it other
 sends those again, alone, up to ``retries`` times with a doubling pause, and returns what was
 applied and what still was not, by document id. A retry round that fails as a whole (the engine
 stopped answering) ends the retries: its items are returned as not applied. A first request
-that fails as a whole raises. A request that failed without an answer (timed out, connection
-cut) may have been applied all the same, and a retry round's items are then returned as not
-applied: the writers mark their counter writes and a counter ignores a mark it keeps
+that fails as a whole raises (:class:`~opendisco.PartialWrite` naming every item when the
+engine refused it: answered 429 to its only send, nothing was applied). A request that failed
+without an answer (timed out, connection cut, or sent again by the transport after such a
+failure) may have been applied all the same, and a retry round's items are then returned as
+not applied and unsure: the writers mark their counter writes and a counter ignores a mark it keeps
 (``_counting.once_per_mark``), so the transport's re-sends and a served flush's retry of the same
 part count once, and an event batch's call reads its marks back before its events are taken
 over (``_apply``).
@@ -25,13 +27,16 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import BackendError
+from opendisco._exceptions import BackendError, PartialWrite
+from opendisco._transport import counting_sends
 
-__all__ = ["BulkOutcome", "bulk_updates"]
+__all__ = ["BulkOutcome", "Pair", "bulk_updates"]
 
 #: ``(action line, source line)`` of one item: ``({"update": {"_id": ...}}, {"script": ...})``
 Pair = tuple[dict[str, Any], dict[str, Any]]
-BulkOutcome = tuple[list[dict[str, Any]], dict[str, str]]
+#: the applied items' results, ``{id: error}`` of the others, the ids of those among them the
+#: engine may still apply (their request failed without an answer)
+BulkOutcome = tuple[list[dict[str, Any]], dict[str, str], frozenset[str]]
 
 
 def _split(
@@ -55,6 +60,20 @@ def _id(pair: Pair) -> str:
     return str(next(iter(pair[0].values()))["_id"])
 
 
+async def _send(client: AsyncOpenSearch, pairs: Sequence[Pair], what: str) -> dict[str, Any]:
+    """One ``_bulk`` of ``pairs``; refused (429 to its only send: nothing applied) raises
+    :class:`~opendisco.PartialWrite` naming them all, any other failure as it came."""
+    with counting_sends() as sends:
+        try:
+            with backend_errors(what):
+                return await client.bulk(body=[line for pair in pairs for line in pair])
+        except BackendError as exc:
+            if sends.count == 1 and getattr(exc.__cause__, "status_code", None) == 429:
+                ids = frozenset(_id(pair) for pair in pairs)
+                raise PartialWrite(f"{what}: refused, nothing applied: {exc}", ids) from exc
+            raise
+
+
 async def bulk_updates(
     client: AsyncOpenSearch,
     pairs: Sequence[Pair],
@@ -63,24 +82,27 @@ async def bulk_updates(
     retries: int = 2,
     pause_s: float = 0.05,
 ) -> BulkOutcome:
-    """Send ``pairs`` in one ``_bulk``; returns the applied items' results and ``{id: error}``
-    of the items not applied (see the module docstring)."""
+    """Send ``pairs`` in one ``_bulk``; returns the applied items' results, ``{id: error}``
+    of the items not applied and which of those may be applied still (see the module
+    docstring)."""
     if not pairs:
-        return [], {}
-    with backend_errors(what):
-        resp = await client.bulk(body=[line for pair in pairs for line in pair])
+        return [], {}, frozenset()
+    resp = await _send(client, pairs, what)
     applied, failed = _split(pairs, resp.get("items", []))
+    unsure: frozenset[str] = frozenset()
     for attempt in range(retries):
         again = [pair for pair, _err, retryable in failed if retryable]
         if not again:
             break
         await asyncio.sleep(pause_s * 2**attempt)
         try:
-            with backend_errors(what):
-                resp = await client.bulk(body=[line for pair in again for line in pair])
+            resp = await _send(client, again, what)
+        except PartialWrite:
+            break  # refused: what was retried stays not applied
         except BackendError:
+            unsure = frozenset(_id(pair) for pair in again)  # it may land still
             break  # the engine stopped answering: what was retried stays not applied
         more, still = _split(again, resp.get("items", []))
         applied += more
         failed = [f for f in failed if not f[2]] + still
-    return applied, {_id(pair): err for pair, err, _retryable in failed}
+    return applied, {_id(pair): err for pair, err, _retryable in failed}, unsure

@@ -1,21 +1,6 @@
 """Exposure counters and the in-engine cap list (``<alias>-exposures``).
 
-Why a separate index (the trade-off):
-
-* Counting impressions on the item documents would re-index a document with two
-  ``knn_vector`` fields per ``_update`` (Lucene has no in-place update: its vectors go back
-  into the HNSW graphs), churn segments and fight the sync's external versioning
-  (``source_version``): indexing cost multiplied by the traffic.
-* Here each item has a tiny counter document (``item_id``, ``count``, ``cap``,
-  ``window_start``; no vectors, no text) updated with a painless scripted upsert — cheap,
-  atomic per document, and batched in one ``_bulk`` per ``record`` call.
-* The price: a count is not a field of the item, so queries cannot sort or decay by it.
-  Instead the store keeps one list document (``_capped``) of the ids whose count reached
-  their cap in the current window; candidate queries exclude them with a ``terms`` lookup
-  (``{"terms": {"id": {"index": ..., "id": "_capped", "path": "capped.ids"}}}``), which the
-  engine resolves with a realtime GET — no refresh needed, one small fetch per query. The
-  list is a hot document (updates to it serialise), bounded by ``index.max_terms_count``
-  (65,536); capping is binary, and the reranker reads the counts (:meth:`ExposureStore.read`).
+Why a separate index, and its cap list (the trade-off): ``signals._counters_index``.
 
 Windows are tumbling per item: the first impression after ``exposure_window_hours`` resets the
 counter; capped ids carry their window's end in the list document and fall out of it on the
@@ -212,12 +197,10 @@ class ExposureStore:
         ids = sorted(batch)
         caps = await self._caps(ids)
         pairs = count_pairs(self.index, batch, caps, now_ms, self.window_ms, mark)
-        applied, failed = await bulk_updates(self.client, pairs, "exposure bulk update failed")
-        add: dict[str, int] = {}
-        for res in applied:
-            src = (res.get("get") or {}).get("_source") or {}
-            if src.get("count", 0) >= src.get("cap", self.settings.exposure_default_cap):
-                add[res["_id"]] = int(src.get("window_start", now_ms)) + self.window_ms
+        applied, failed, unsure = await bulk_updates(
+            self.client, pairs, "exposure bulk update failed"
+        )
+        add = self._at_cap((r["_id"], (r.get("get") or {}).get("_source") or {}) for r in applied)
         if not cap_list:
             self._defer(add)
             capped = self.known_capped(now_ms)
@@ -228,9 +211,8 @@ class ExposureStore:
                 log.warning("exposure cap list not updated yet (kept for the next update): %s", exc)
                 capped = self.known_capped(now_ms)
         if failed:
-            raise PartialWrite(
-                f"exposure updates failed: {list(failed.items())[:3]}", frozenset(failed)
-            )
+            msg = f"exposure updates failed: {list(failed.items())[:3]}"
+            raise PartialWrite(msg, frozenset(failed), unsure)
         return capped
 
     async def sweep(self, now: datetime | None = None) -> list[str]:
@@ -247,6 +229,15 @@ class ExposureStore:
             raise
         src = (resp.get("get") or {}).get("_source") or {}
         return sorted((src.get("capped") or {}).get("ids") or [])
+
+    def _at_cap(self, counters: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, int]:
+        """Pure: of ``(id, counter as a write answered it)``, those at their cap -> the end of
+        their window (ended windows fall out of the list with its update)."""
+        add: dict[str, int] = {}
+        for item_id, src in counters:
+            if src.get("count", 0) >= src.get("cap", self.settings.exposure_default_cap):
+                add[item_id] = int(src.get("window_start", 0)) + self.window_ms
+        return add
 
     def _defer(self, add: Mapping[str, int]) -> None:
         """Keep newly capped ids (with their window end) for the next update of the list
@@ -340,8 +331,17 @@ class ExposureStore:
         return {i for i, _ in await self.fence((str(i), mark) for i in ids)}
 
     async def fence(self, marks: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        """The ``(item id, mark)`` whose write landed, the others fenced (``_fence``)."""
-        return await fence(self.client, self.index, marks)
+        """The ``(item id, mark)`` whose write landed, the others fenced (``_fence``). A landed
+        write that brought its counter to its cap puts it on the cap list now (nobody writes
+        those impressions again: their ``record`` never got that far), as ``record`` does."""
+        landed = await fence(self.client, self.index, marks)
+        if add := self._at_cap((i, src) for (i, _mark), src in landed.items()):
+            now_ms = epoch_ms(datetime.now(UTC))
+            try:
+                await self._update_capped(add, now_ms)
+            except SearchBackendError as exc:  # kept for the next update (``_due``)
+                log.warning("exposure cap list not updated yet (kept for the next update): %s", exc)
+        return set(landed)
 
     async def _search(self, ids: list[str]) -> list[dict[str, Any]]:
         """Counters from doc values, no stored field (not even ``_id``): 500 ids ~6.5 ms."""
@@ -373,10 +373,10 @@ class ExposureStore:
         now_ms = epoch_ms(now or datetime.now(UTC))
         body = trend_update_actions(self.index, incs, self.half_life_ms, now_ms, mark)
         pairs = list(zip(body[::2], body[1::2], strict=True))
-        _applied, failed = await bulk_updates(self.client, pairs, "live trending update failed")
+        _applied, failed, unsure = await bulk_updates(self.client, pairs, "live trending failed")
         if failed:
             msg = f"live trending updates failed: {list(failed.items())[:3]}"
-            raise PartialWrite(msg, frozenset(failed))
+            raise PartialWrite(msg, frozenset(failed), unsure)
         return len(incs)
 
     async def trending(self, k: int, now: datetime | None = None) -> list[tuple[str, float]]:

@@ -22,6 +22,7 @@ late write arriving after that many others, counted again too).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from opensearchpy import AsyncOpenSearch
 
@@ -58,6 +59,7 @@ def fence_pairs(index: str, marks: Iterable[tuple[str, str]]) -> list[Pair]:
             "script": {"lang": "painless", "source": FENCE_SCRIPT, "params": params},
             "upsert": {"item_id": item_id},
             "scripted_upsert": True,
+            "_source": ["count", "cap", "window_start"],  # a landed write's: at its cap?
         }
         pairs.append(
             ({"update": {"_index": index, "_id": item_id, "retry_on_conflict": 5}}, source)
@@ -67,22 +69,27 @@ def fence_pairs(index: str, marks: Iterable[tuple[str, str]]) -> list[Pair]:
 
 async def fence(
     client: AsyncOpenSearch, index: str, marks: Iterable[tuple[str, str]]
-) -> set[tuple[str, str]]:
+) -> dict[tuple[str, str], dict[str, Any]]:
     """Fence each ``(item id, mark)`` (one ``_bulk`` per mark of a counter, 429s sent again);
-    returns those whose write had landed. A counter not answered raises
-    :class:`~opendisco.SearchBackendError`: not knowing is a failure to retry, never "not
-    landed"."""
+    returns those whose write had landed, with their counter's ``count``, ``cap`` and
+    ``window_start`` (the write may have brought it to its cap). A counter not answered
+    raises :class:`~opendisco.SearchBackendError`: not knowing is a failure to retry, never
+    "not landed"."""
     rounds: list[dict[str, str]] = []  # each counter once per bulk: its answer is by id
     for item_id, mark in sorted(set(marks)):
         free = next((r for r in rounds if item_id not in r), None)
         if free is None:
             rounds.append(free := {})
         free[item_id] = mark
-    landed = set()
+    landed = {}
     for one in rounds:
         pairs = fence_pairs(index, one.items())
-        applied, failed = await bulk_updates(client, pairs, "fencing counter writes failed")
+        applied, failed, _unsure = await bulk_updates(
+            client, pairs, "fencing counter writes failed"
+        )
         if failed:
             raise SearchBackendError(f"fencing counter writes failed: {list(failed.items())[:3]}")
-        landed |= {(r["_id"], one[r["_id"]]) for r in applied if r.get("result") == "noop"}
+        for res in applied:
+            if res.get("result") == "noop":
+                landed[(res["_id"], one[res["_id"]])] = (res.get("get") or {}).get("_source") or {}
     return landed

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
 import pytest
 from http_faults import FaultyHttpProxy
-from test_signals_claims_faults import _batch, processors, storm, storm_settings
+from test_signals_claims_faults import CAPPED_ITEM, _batch, processors, storm, storm_settings
 from test_signals_claims_live import _assert_exact, _Counters
 
 from opendisco import SearchBackendError, Settings
-from opendisco.signals import EventsConfig
+from opendisco.signals import CAPPED_DOC_ID, EventsConfig
 
 __all__ = ["storm", "storm_settings"]  # the fixtures, shared with the claims-fault suite
 
@@ -141,3 +142,76 @@ async def test_a_check_the_engine_answers_with_an_error_for_a_counter_is_asked_a
         res = await proc.apply(batch)  # the client's retry
         assert res.in_flight == 0 and res.rejected == [], res
         await _assert_counted_once(proc, db, batch, before, trend)
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["answer-lost", "paused"])
+async def test_an_item_a_landed_write_brought_to_its_cap_joins_the_cap_list(
+    storm: tuple[FaultyHttpProxy, Settings], paused: bool
+) -> None:
+    """Impressions that bring an item to its cap (``cap0``: exposure_cap 3) are written but
+    the call never reads the answer: ``answer-lost`` (applied, the connection cut) — its check
+    finds them landed; ``paused`` (held past the timeout, then applied) — the retry taking
+    the events over finds them landed. Either way no call counts them again, and the item must
+    join the engine's cap list all the same: the candidate queries exclude only what is on it
+    (a capped member shown is a hard-rule breach)."""
+    proxy, s = storm
+    lease = {"opensearch_timeout": TIMEOUT_S, "events_claim_lease_s": 2 * TIMEOUT_S}
+    s = s.model_copy(update=lease)
+    async with processors(s, 1) as ([proc], _db):
+        store = proc.exposure
+        for doc in (CAPPED_ITEM, CAPPED_DOC_ID):  # the item's counter from zero, off the list
+            await store.client.delete(index=store.index, id=doc, ignore=[404], refresh=True)
+        before = await proc.exposure.counts([CAPPED_ITEM])
+        assert before[CAPPED_ITEM] == 0 and CAPPED_ITEM not in await proc.exposure.capped()
+        tag = uuid.uuid4().hex[:6]
+        batch = [
+            {"id": uuid.uuid4().hex, "type": "impression", "user_id": f"c{tag}{u}"}
+            | {"item_id": CAPPED_ITEM}
+            for u in range(3)
+        ]
+        if paused:
+            proxy.hang_if = _bulks
+        else:
+            proxy.lose_answer_if = lambda m, p, body: _bulks(m, p) and b"fenced" not in body
+        with pytest.raises(SearchBackendError):
+            await proc.apply(batch)
+        await proc.drain()
+        proxy.hang_if = proxy.lose_answer_if = None
+        if paused:
+            answered = sum(proxy.answered.values())
+            held = proxy.hung
+            proxy.resume()
+            await _landed(proxy, answered + held)
+        res = await proc.apply(batch)  # the client's retry
+        assert (res.recovered, res.in_flight) == (3, 0), res
+        assert (await proc.exposure.counts([CAPPED_ITEM]))[CAPPED_ITEM] == 3  # counted once
+        assert CAPPED_ITEM in await proc.exposure.capped()
+
+
+async def test_two_workers_posted_one_batch_on_a_paused_engine_count_it_once(
+    storm: tuple[FaultyHttpProxy, Settings],
+) -> None:
+    """A client posts one batch to two workers while the engine is paused (every ``_bulk``
+    held): one claims the events, the other waits and takes them over once the first gives
+    them up unchecked; its check of the first one's writes is held too and it fails. The
+    engine wakes (every held write and check lands, in any order), and the client's retry on
+    either worker counts every impression and like once."""
+    proxy, s = storm
+    lease = {"opensearch_timeout": TIMEOUT_S, "events_claim_lease_s": 2 * TIMEOUT_S}
+    s = s.model_copy(update=lease)
+    async with processors(s, 2) as (workers, db):
+        batch = _batch()
+        before = await _Counters(workers[0], db).read()
+        trend = await workers[0].exposure.read(_liked(batch))
+        proxy.hang_if = _bulks
+        results = await asyncio.gather(*(w.apply(batch) for w in workers), return_exceptions=True)
+        assert all(isinstance(r, SearchBackendError) for r in results), results
+        for w in workers:
+            await w.drain()
+        proxy.hang_if = None
+        answered, held = sum(proxy.answered.values()), proxy.hung
+        proxy.resume()
+        await _landed(proxy, answered + held)
+        res = await workers[1].apply(batch)
+        assert res.in_flight == 0 and res.rejected == [], res
+        await _assert_counted_once(workers[0], db, batch, before, trend)
