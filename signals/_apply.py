@@ -21,8 +21,8 @@ applied) the failing call reads the mark back and records the effect all the sam
 taking events over fences the writes of their earlier holders first (:meth:`EffectWriter.
 fence_earlier`). An engine counter ``_bulk``
 applied in part records the effect on the events whose items it wrote (the counters are per
-item), so the taker adds only the items it did not — those it names unwritten are read back by
-their mark too (a 429 retry round that failed as a whole may have been applied). The
+item), so the taker adds only the items it did not — those it names unsure are fenced by
+their mark too (a 429 retry round that failed without an answer may have been applied). The
 co-engagement pairs are computed from the states as they were before the batch, whether or not
 a failed call merged it already.
 

@@ -43,7 +43,7 @@ applies it when it wakes), and each holder's mark is kept on its events with its
 call taking them over fences the writes of earlier holders that could not (a crash, an engine
 that did not answer) before it writes. A counters ``_bulk`` applied in part is
 read item by item: the events whose items it wrote record it done, those whose items it names
-unwritten are read back by their mark (a 429 retry round whose answer was lost, ``_apply``).
+unsure are fenced by their mark (a 429 retry round whose answer was lost, ``_apply``).
 Raw events expire through a TTL index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`,
 in each API process from 5 s after start) applies expired claims nobody retried.
 """
