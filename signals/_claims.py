@@ -336,11 +336,16 @@ class EventClaims:
         round is retried by the next)."""
         return renewing(lambda: self.renew(ids, token), self.lease_s / 3)
 
-    async def mark(self, ids: Sequence[str]) -> None:
-        """Mark events applied (one ``update_many``: a bulk of point updates on ``events`` was
-        seen to hang FerretDB 1.24) and drop the arbiters of generations held for them."""
+    async def mark(self, ids: Sequence[str], token: str) -> None:
+        """Mark this holder's events applied (one ``update_many``: a bulk of point updates on
+        ``events`` was seen to hang FerretDB 1.24) and drop the arbiters of generations held
+        for them. An event another call took over meanwhile (this one stalled past its lease)
+        is not marked: its taker fenced this call's engine writes, which were no-ops, and
+        applies it (marked here, nobody would have counted it)."""
         with backend_errors("marking events applied failed"):
-            await self.events.update_many({"_id": {"$in": list(ids)}}, {"$set": {"applied": True}})
+            await self.events.update_many(
+                {"_id": {"$in": list(ids)}, "claim_owner": token}, {"$set": {"applied": True}}
+            )
         held = [_arbiter(i, self._held.pop(i)) for i in ids if i in self._held]
         if held:
             # best effort: leftovers are purged with the events

@@ -381,7 +381,7 @@ class EventProcessor:
                     # this call completed (the idempotent ones are done again)
                     await asyncio.shield(self._give_up(ids, token, completed, partly, unsure))
                     raise
-                await self.claims.mark(ids)  # 5.
+                await self.claims.mark(ids, token)  # 5.
                 mine, mark = [], uuid.uuid4().hex[:12]
             if not waiting or time.monotonic() >= deadline:
                 break

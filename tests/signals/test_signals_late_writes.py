@@ -227,3 +227,57 @@ async def test_two_workers_posted_one_batch_on_a_paused_engine_count_it_once(
         res = await _retry(workers[1], batch)
         assert res.in_flight == 0 and res.rejected == [], res
         await _assert_counted_once(workers[0], db, batch, before, trend)
+
+
+async def test_a_holder_whose_claims_were_taken_over_does_not_mark_the_events_applied(
+    storm_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder stalls (a paused process: its claims' renewals stop, its counters ``_bulk``
+    held) past its lease; another worker takes the events over, fences the holder's writes
+    and fails before writing its own (its ``_bulk`` refused). The holder wakes: its writes
+    are no-ops (fenced) — so it must not mark the events applied, or nobody would count
+    them: the impressions under-counted (a capped member shown) and the likes lost. The
+    client's retry then counts every impression and like once."""
+    with (
+        FaultyHttpProxy(storm_settings.opensearch_url) as slow,
+        FaultyHttpProxy(storm_settings.opensearch_url) as other,
+    ):
+        base = {"events_claim_lease_s": 3.0, "events_claim_wait_s": 30.0}
+        s_slow = storm_settings.model_copy(update={**base, "opensearch_url": slow.url})
+        s_other = storm_settings.model_copy(update={**base, "opensearch_url": other.url})
+        async with processors(s_slow, 1) as ([holder], db), processors(s_other, 1) as ([taker], _):
+            batch = _batch()
+            before = await _Counters(taker, db).read()
+            trend = await taker.exposure.read(_liked(batch))
+
+            async def stalled(*_a: Any, **_k: Any) -> None:  # renewals stop: a paused process
+                return None
+
+            monkeypatch.setattr(holder.claims, "renew", stalled)
+            slow.hang_if = _bulks
+            stuck = asyncio.ensure_future(holder.apply(batch))
+            await _until(lambda: _hung(slow, 2))
+            fences = []  # the taker's fence goes through; its own writes are refused
+            other.fail_if = lambda m, p: _bulks(m, p) and len(fences) > 0
+            other.lose_answer_if = None
+
+            def first_bulk(m: str, p: str, body: bytes) -> bool:
+                if _bulks(m, p) and b"ctx._source.fenced" in body:
+                    fences.append(1)
+                return False
+
+            other.lose_answer_if = first_bulk
+            with pytest.raises(SearchBackendError):
+                await taker.apply(batch)  # takes over once the holder's claims expire
+            assert fences
+            await taker.drain()
+            other.fail_if = other.lose_answer_if = None
+            slow.resume()
+            await asyncio.wait([stuck])  # the holder's writes land (no-ops) and it goes on
+            res = await _retry(taker, batch)
+            assert res.in_flight == 0 and res.rejected == [], res
+            await _assert_counted_once(taker, db, batch, before, trend)
+
+
+async def _hung(proxy: FaultyHttpProxy, n: int) -> bool:
+    return proxy.hung >= n
