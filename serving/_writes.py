@@ -85,6 +85,8 @@ class Writes:
 
     async def recover_forever(self) -> None:
         """The events' recovery sweep in the background (``EventProcessor.recover_forever``),
+        and the retry of the events this process's failed calls gave up (applied once the
+        backends answer, not a sweep cadence later: ``EventProcessor.retry_given_up_forever``),
         from the first moment the stores answer (a set-up that fails, however, is tried again:
         an exception that ended this task would leave the process without recovery)."""
         while True:
@@ -96,7 +98,7 @@ class Writes:
             except Exception:
                 log.exception("events recovery not started yet")
             await asyncio.sleep(min(RECOVER_FIRST_S, self.settings.events_recover_every_s))
-        await proc.recover_forever()
+        await asyncio.gather(proc.recover_forever(), proc.retry_given_up_forever())
 
     async def drain(self) -> None:
         """Finish event batches still applying (and the releases of failed ones still retried)

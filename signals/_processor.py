@@ -45,7 +45,9 @@ that did not answer) before it writes. A counters ``_bulk`` applied in part is
 read item by item: the events whose items it wrote record it done, those whose items it names
 unsure are fenced by their mark (a 429 retry round whose answer was lost, ``_apply``).
 Raw events expire through a TTL index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`,
-in each API process from 5 s after start) applies expired claims nobody retried.
+in each API process from 5 s after start) applies expired claims nobody retried; the events of
+this process's failed calls are applied again by the process as soon as the backends answer
+(:meth:`EventProcessor.retry_given_up_forever`, ``_given_up``).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -72,6 +74,7 @@ from ._event import Event, EventsConfig, EventsResult, reuse_reason, validate_ba
 from ._event_items import event_items
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
+from ._given_up import GivenUp, raw_event
 from ._graph import ItemGraph
 from ._inbound import InboundCounter
 from ._members import UserGraph
@@ -91,12 +94,6 @@ def _stored(ev: Event, weight: float, now: datetime) -> dict[str, Any]:
     doc = {**ev.model_dump(exclude_none=True), "_id": ev.id, "weight": weight, "received_at": now}
     doc.pop("id", None)
     return doc
-
-
-def _raw(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored event back to the fields a client posted (for the recovery sweep)."""
-    raw = {k: doc[k] for k in Event.model_fields if k != "id" and doc.get(k) is not None}
-    return {**raw, "id": doc["_id"]}
 
 
 class EventProcessor:
@@ -140,6 +137,7 @@ class EventProcessor:
         self._last_purge = 0.0
         self._last_recover = time.monotonic()  # the first sweep one cadence after start
         self._releasing: set[asyncio.Future[bool]] = set()  # releases retried (``_give_up``)
+        self.given_up = GivenUp(self.events, self._apply_ready)
 
     async def _give_up(
         self,
@@ -231,10 +229,20 @@ class EventProcessor:
         stale = [d for d in docs if (st := classify(d, now)).expired and not st.applied]
         if not stale:
             return EventsResult()
-        res = await self._apply([_raw(d) for d in stale], now)
+        res = await self._apply([raw_event(d) for d in stale], now)
         if res.recovered:
             log.warning("recovered %d events left by a dead holder", res.recovered)
         return res
+
+    async def retry_given_up_forever(self) -> None:
+        """Apply again, in the background, the events this process's failed calls gave up, as
+        soon as the backends answer (:class:`~._given_up.GivenUp`)."""
+        await self.given_up.retry_forever()
+
+    async def _apply_ready(self, events: Sequence[Any], now: datetime) -> EventsResult:
+        if not self._ready:
+            await self.ensure()
+        return await self._apply(events, now)
 
     async def ensure(self) -> None:
         """Indexes: TTL on ``events.ts``, lookups on user/type, graph collections, exposure.
@@ -378,7 +386,9 @@ class EventProcessor:
                 except BaseException:
                     # a failed call gives its claims up at once: a retry takes them over now
                     # instead of waiting for them to expire, and skips the additive effects
-                    # this call completed (the idempotent ones are done again)
+                    # this call completed (the idempotent ones are done again); this process
+                    # retries them itself once the backends answer (``_given_up``)
+                    self.given_up.add(ids)
                     await asyncio.shield(self._give_up(ids, token, completed, partly, unsure))
                     raise
                 await self.claims.mark(ids, token)  # 5.

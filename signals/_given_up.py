@@ -1,0 +1,111 @@
+"""Events a call of this process claimed and then gave up (a backend failed while it applied
+them), applied again by the process itself as soon as the backends answer.
+
+A call that fails answers its client 503 ("retry later") and gives its claims up; the events
+stay stored, unapplied. A client that retries takes them over; one that does not (or whose
+retry budget ran out during a long engine outage) left them to the recovery sweep, which runs
+every ``events_recover_every_s`` (300 s): measured with the engine killed with -9 and
+restarted, such a batch was applied 270 s after the engine was back
+(``tests/api/test_api_engine_kills.py``). :class:`GivenUp` remembers their ids (at most
+``LIMIT``; beyond that the sweep still applies them) and :meth:`GivenUp.retry_forever` applies
+them again — the claims taken over like any retry's, so exactly once — every ``first_s`` while
+some are left, backing off to ``max_s`` while the backends still fail or the claims are still
+held (their release is retried until the store answers: ``_claims``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from opendisco._backend import backend_errors
+from opendisco._exceptions import BackendError
+
+from ._claims import classify
+from ._event import Event, EventsResult
+
+__all__ = ["LIMIT", "GivenUp", "raw_event"]
+
+#: ids remembered at most (a longer outage leaves the rest to the recovery sweep)
+LIMIT = 10_000
+#: ids read and applied again per round
+ROUND = 500
+log = logging.getLogger("opendisco.signals")
+
+Apply = Callable[[list[dict[str, Any]], datetime], Awaitable[EventsResult]]
+
+
+def raw_event(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored event back to the fields a client posted (what a retry would post)."""
+    raw = {k: doc[k] for k in Event.model_fields if k != "id" and doc.get(k) is not None}
+    return {**raw, "id": doc["_id"]}
+
+
+class GivenUp:
+    """The ids of the events this process gave up, and their retry (module docstring)."""
+
+    def __init__(self, events: Any, apply: Apply, limit: int = LIMIT) -> None:
+        self.events = events
+        self.apply = apply
+        self.limit = limit
+        self._ids: dict[str, None] = {}  # insertion-ordered set
+        self._some = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, ids: Iterable[str]) -> None:
+        for i in ids:
+            if len(self._ids) >= self.limit:
+                break
+            self._ids[i] = None
+        if self._ids:
+            self._some.set()
+
+    def _discard(self, ids: Iterable[str]) -> None:
+        for i in ids:
+            self._ids.pop(i, None)
+        if not self._ids:
+            self._some.clear()
+
+    async def retry_once(self, now: datetime | None = None) -> int:
+        """Apply the given-up events whose claims are free again; drop those applied (by
+        anyone), gone or refused. Returns how many this round applied."""
+        ids = list(self._ids)[:ROUND]
+        if not ids:
+            return 0
+        now = now or datetime.now(UTC)
+        with backend_errors("reading given-up events failed"):
+            docs = await self.events.find({"_id": {"$in": ids}}).to_list(None)
+        found = {d["_id"]: d for d in docs}
+        status = {i: classify(found.get(i), now) for i in ids}
+        self._discard(i for i, st in status.items() if st.applied)
+        free = [found[i] for i, st in status.items() if not st.applied and st.expired]
+        if not free:
+            return 0
+        res = await self.apply([raw_event(d) for d in free], now)
+        self._discard(free[i]["_id"] for i, _ in res.rejected)
+        done = res.accepted + res.recovered
+        if done:
+            log.info("applied %d events given up while a backend failed", done)
+        return done
+
+    async def retry_forever(self, first_s: float = 1.0, max_s: float = 10.0) -> None:
+        """:meth:`retry_once` while ids are left: every ``first_s``, backing off to ``max_s``
+        while nothing could be applied; waits for the next given-up call when none is left."""
+        wait = first_s
+        while True:
+            await self._some.wait()
+            await asyncio.sleep(wait)
+            try:
+                applied = await self.retry_once()
+            except BackendError as exc:
+                log.warning("given-up events not applied yet: %.200s", exc)
+                applied = 0
+            except Exception:
+                log.exception("given-up events not applied: unexpected failure")
+                applied = 0
+            wait = first_s if applied else min(2 * wait, max_s)
