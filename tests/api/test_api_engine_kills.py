@@ -285,23 +285,21 @@ async def index_matches_store(settings: Settings) -> None:
     await until(matches, 90, "the sync worker never caught up")
 
 
-def mongo_changes(settings: Settings, traffic: Traffic) -> None:
-    """What MongoDB is told while the engine is away: a member's profile paused (never shown
-    from now on: the pages are re-checked against MongoDB) and a few titles edited (synced
-    once the engine is back)."""
+def mongo_changes(settings: Settings, traffic: Traffic, fault: str) -> None:
+    """What MongoDB is told while the engine is away: a member's profile paused and another's
+    deleted (tombstone) — never shown from then on: the pages are re-checked against MongoDB —
+    and the titles of the other profiles edited (synced once the engine is back)."""
+    bump = {"$inc": {"version": 1}}
     with clients.mongo(settings) as mc:
         items = mc[settings.mongo_db][settings.items_collection]
-        items.update_one(
-            {"_id": GONE},
-            {"$set": {"available": False, "updated_at": now_ms()}, "$inc": {"version": 1}},
-        )
-        traffic.forbidden_since[GONE] = time.monotonic()
-        for i in range(3):
+        for pid, change in ((GONE, {"available": False}), (DELETED[fault], {"deleted": True})):
+            items.update_one({"_id": pid}, {"$set": {**change, "updated_at": now_ms()}, **bump})
+            traffic.forbidden_since[pid] = time.monotonic()
+        for i in range(20):
+            title = f"edited {uuid.uuid4().hex[:6]}"
             items.update_one(
-                {"_id": f"ok{i}"},
-                {"$set": {"title": f"edited {uuid.uuid4().hex[:6]}"}, "$inc": {"version": 1}},
+                {"_id": f"ok{i}"}, {"$set": {"title": title, "updated_at": now_ms()}, **bump}
             )
-            items.update_one({"_id": f"ok{i}"}, {"$set": {"updated_at": now_ms()}})
 
 
 async def engine_answers(settings: Settings) -> bool:
@@ -327,9 +325,11 @@ class Outage:
 
 
 #: the engine's outage: killed -9 (restarted after this long), or paused (SIGCONT after)
-HOLD_S = {"kill": 8.0, "pause": 25.0}
+HOLD_S = {"kill": 8.0, "pause": 40.0}
 #: V's actions during each outage: a like, a hide (its owner blocked) and an impression
 ACTS = {"kill": ("ok5", "ok7", "ok9"), "pause": ("ok11", "ok13", "ok15")}
+#: a profile deleted (tombstone) in MongoDB during each outage
+DELETED = {"kill": "ok25", "pause": "ok27"}
 
 
 async def v_acts(product: Product, traffic: Traffic, fault: str) -> None:
@@ -361,7 +361,7 @@ async def run_outage(product: Product, fault: str) -> Outage:
         svc.signal(node, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
         try:
             await asyncio.sleep(2)
-            mongo_changes(settings, traffic)
+            mongo_changes(settings, traffic, fault)
             tasks.append(asyncio.create_task(v_acts(product, traffic, fault)))
             async with httpx.AsyncClient(base_url=product.base, timeout=60) as client:
                 for _ in range(2):  # posted once each: a client that does not retry
@@ -401,7 +401,7 @@ async def _true(value: bool) -> bool:
 
 @pytest.fixture(scope="module", params=["kill", "pause"])
 async def outage(request: pytest.FixtureRequest, product: Product) -> Outage:
-    """The engine killed with -9 mid-traffic and restarted, or paused (SIGSTOP) 25 s and
+    """The engine killed with -9 mid-traffic and restarted, or paused (SIGSTOP) 40 s and
     resumed, once for all the tests of that fault."""
     return await run_outage(product, request.param)
 
@@ -473,7 +473,8 @@ async def test_every_page_served_counts_once_toward_exposure(
 
 
 async def test_the_sync_worker_catches_up(outage: Outage, product: Product) -> None:
-    """The titles edited and the profile paused in MongoDB during the outage reach the index:
+    """The titles edited, the profile paused and the one deleted in MongoDB during the outage
+    reach the index:
     it matches MongoDB again (``verify``), the worker never restarted."""
     await index_matches_store(product.settings)
     product.alive()

@@ -2,7 +2,8 @@
 never touched): status shows every node and the shards, `templates apply` changes replicas
 on the live indices, and losing a node under load — SIGKILL, then restart — is not an
 outage: the API answers every request, non-degraded, and the cluster returns to green; a
-node hung with SIGSTOP stops costing answers once the cluster has dropped it.
+node hung with SIGSTOP stops costing answers once the cluster has dropped it; losing the
+node of the primaries loses no event and the sync worker catches up.
 
 The bench with figures (p99 during the loss vs steady, time back to green) is bench/ha.py.
 """
@@ -11,20 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import subprocess
+import sys
 import time
+import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
+from event_counts import all_applied, applied_once, counters, event_batch, post_settled, until
 from opensearchpy import OpenSearch
 
-from opendisco import Settings, clients, index_templates
+from opendisco import Settings, clients, index_templates, now_ms
 from opendisco.api import create_app, create_key
 from opendisco.cli.main import cli
-from opendisco.ingest import Embedder, generate_marketplace, reindex, write_sample
+from opendisco.ingest import Embedder, generate_marketplace, reindex, verify, write_sample
 from opendisco.services import FAST_START, OpenSearchService, scratch_cluster
 from opendisco.signals import ExposureStore, exposure_index
 
@@ -306,3 +314,128 @@ async def test_hung_node_is_routed_around(
     assert len(held) >= 10 and sum(held) >= 0.9 * len(held), (
         f"{len(held) - sum(held)} of {len(held)} answers degraded once the pipeline was back"
     )
+
+
+def _primaries(settings: Settings, indices: list[str]) -> Counter[str]:
+    """Primary shards per node name of ``indices``."""
+    with contextlib.closing(clients.opensearch(settings)) as client:
+        rows = client.cat.shards(index=",".join(indices), format="json")
+    return Counter(r["node"] for r in rows if r["prirep"] == "p" and r.get("node"))
+
+
+async def test_losing_the_node_of_the_primaries_loses_no_event_and_sync_catches_up(
+    ha: tuple[Settings, OpenSearchService], model: Any, tmp_path: Path
+) -> None:
+    """SIGKILL the data node holding the most primaries of the items and the exposure counters
+    (the events' counter writes go to a primary) while a client posts event batches (retrying
+    on 503, as told) and an `opendisco sync` worker follows edits of MongDB items; restart it.
+    No answer is a 500; every event is counted once (impressions, likes, states, blocks); the
+    worker, never restarted, brings the index back to MongoDB's state."""
+    settings, svc = ha
+    await _catalogue(settings, model)
+    osc = clients.async_opensearch(settings)
+    try:
+        await ExposureStore(osc, settings).ensure()  # the counters the events write
+    finally:
+        await osc.close()
+    items = [f"p{i}" for i in range(10, 14)]
+    with clients.mongo(settings) as mc:
+        db = mc[settings.mongo_db]
+        key, _ = create_key(db, "ha-events", ["write"])
+        owners = {
+            d["_id"]: d["owner_id"]
+            for d in db[settings.items_collection].find({"_id": {"$in": items}})
+        }
+    admin = clients.opensearch(settings)
+    await asyncio.to_thread(
+        admin.cluster.health, wait_for_status="green", timeout="120s", request_timeout=130
+    )
+    alias_index = next(iter(admin.indices.get_alias(name=settings.index_alias)))
+    held = _primaries(settings, [alias_index, exposure_index(settings)])
+    victim = next(n for n in svc.nodes if n.name == held.most_common(1)[0][0])
+    before = await counters(settings, list(owners))
+    env = {
+        **os.environ,
+        "OPENDISCO_OPENSEARCH_URL": settings.opensearch_url,
+        "OPENDISCO_OPENSEARCH_NODES": str(len(svc.nodes)),
+        "OPENDISCO_MONGO_DB": settings.mongo_db,
+        "OPENDISCO_INDEX_ALIAS": settings.index_alias,
+        "OPENDISCO_STATE_DIR": str(tmp_path),
+        "OPENDISCO_SYNC_POLL_INTERVAL": "0.2",
+    }
+    sync = subprocess.Popen(
+        [str(Path(sys.executable).with_name("opendisco")), "sync"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "sync.log").open("wb"),
+    )
+    batches: list[list[dict[str, Any]]] = []
+    posts: list[tuple[float, float, int, str]] = []
+    stop = asyncio.Event()
+
+    async def writer(client: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            batches.append(event_batch(list(owners)))
+            await post_settled(client, batches[-1], key, posts)
+            await asyncio.sleep(0.2)
+
+    try:
+        async with _serve(settings) as client:
+            task = asyncio.create_task(writer(client))
+            try:
+                await until(lambda: _true(len(batches) >= 3), 120, "no steady event traffic")
+                killed_at = time.monotonic()
+                svc.signal(victim, signal.SIGKILL)
+                with clients.mongo(settings) as mc:
+                    coll = mc[settings.mongo_db][settings.items_collection]
+                    for i in range(20, 25):  # edited while the node is dead: synced after
+                        coll.update_one(
+                            {"_id": f"p{i}"},
+                            {
+                                "$set": {
+                                    "title": f"edited {uuid.uuid4().hex[:6]}",
+                                    "updated_at": now_ms(),
+                                },
+                                "$inc": {"version": 1},
+                            },
+                        )
+                await until(
+                    lambda: _true(sum(p[0] > killed_at + 1 for p in posts) >= 5),
+                    120,
+                    "no event posts with the node dead",
+                )
+                assert await asyncio.to_thread(svc.up)
+                await asyncio.to_thread(
+                    admin.cluster.health,
+                    wait_for_status="green",
+                    timeout="120s",
+                    request_timeout=130,
+                )
+                await until(lambda: _true(len(batches) >= 3 + 5), 120, "no events after")
+                assert not task.done(), task.exception()
+            finally:
+                stop.set()
+                await asyncio.gather(task, return_exceptions=True)
+            assert task.exception() is None, task.exception()
+        statuses = Counter(p[2] for p in posts)
+        print(f"\nevent posts {statuses}, slowest {max(p[1] - p[0] for p in posts):.1f} s")
+        assert set(statuses) <= {200, 429, 503}, statuses
+        await until(lambda: all_applied(settings, batches), 60, "events not applied")
+        await applied_once(settings, batches, before, owners)
+
+        async def synced() -> bool:
+            return (await verify(settings)).ok
+
+        await until(synced, 90, "the sync worker never caught up")
+        assert sync.poll() is None, (tmp_path / "sync.log").read_text()[-2000:]
+    finally:
+        admin.close()
+        sync.terminate()
+        try:
+            sync.wait(30)
+        except subprocess.TimeoutExpired:
+            sync.kill()
+
+
+async def _true(value: bool) -> bool:
+    return value
