@@ -241,3 +241,47 @@ async def test_store_connections_that_never_answer_again_do_not_stop_event_inges
     finally:
         await os_proxy.close()
         await mongo_proxy.close()
+
+
+async def test_a_batch_answered_503_while_the_engine_is_cut_is_applied_without_a_retry(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """The engine's connections cut (like kill -9) under one post of a batch: answered 503,
+    its client never posts it again. Once the engine answers, the API process applies it
+    itself, once. (It was left to the recovery sweep, every events_recover_every_s: 300 s.)"""
+    os_proxy, _, settings = await proxied(api_settings, events_recover_every_s=300.0)
+    key = keys["write"]
+    try:
+        async with serve(settings) as client:
+            warm = await client.post("/v1/events", json={"events": _batch(400)}, headers=h(key))
+            assert warm.status_code == 200, warm.text  # every index ensured
+            # the first recovery sweep (5 s after the start) is over: the next is 300 s away
+            proc = client.app.state.runtime.discovery.writes._events
+            swept, real = asyncio.Event(), proc.sweep
+
+            async def sweep() -> None:
+                await real()
+                swept.set()
+
+            proc.sweep = sweep
+            with contextlib.suppress(TimeoutError):  # a slow start: it ran before the wrap
+                await asyncio.wait_for(swept.wait(), 15)
+            batch = _batch(401)
+            before = await _counters(api_settings)
+            await os_proxy.kill()
+            r = await client.post("/v1/events", json={"events": batch}, headers=h(key))
+            assert r.status_code == 503 and r.headers["Retry-After"], r.text
+            await os_proxy.resume()
+            mongo = clients.mongo_async(api_settings)
+            try:
+                events = mongo[api_settings.mongo_db]["events"]
+                ids = [e["id"] for e in batch]
+                for _ in range(120):  # 60 s
+                    if await events.count_documents({"_id": {"$in": ids}, "applied": True}) == 30:
+                        break
+                    await asyncio.sleep(0.5)
+            finally:
+                await mongo.close()
+            await _counted_once(api_settings, batch, before, "posted once")
+    finally:
+        await os_proxy.close()
