@@ -16,9 +16,10 @@ from opendisco._settings import Settings
 from ._ferretdb import FerretDBService
 from ._install import OpenSearchInstall
 from ._opensearch import Node, OpenSearchService, Status, local_nodes
-from ._scratch import FAST_START, free_port_block, scratch_cluster
+from ._scratch import FAST_FAULT_DETECTION, FAST_START, free_port_block, scratch_cluster
 
 __all__ = [
+    "FAST_FAULT_DETECTION",
     "FAST_START",
     "FerretDBService",
     "Node",

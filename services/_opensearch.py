@@ -21,6 +21,7 @@ import pwd
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,9 +105,13 @@ def local_nodes(settings: Settings) -> list[Node]:
 class OpenSearchService:
     name = "opensearch"
 
-    def __init__(self, settings: Settings, echo=print) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, settings: Settings, echo=print, node_options: Mapping[str, str] | None = None
+    ) -> None:
         self.s = settings
         self.echo = echo
+        #: more static node settings (``-E``), e.g. a scratch cluster's fault detection
+        self.node_options = dict(node_options or {})
         self.installer = OpenSearchInstall(settings, echo)
         self.nodes = local_nodes(settings)
         self.run_dir = settings.state_dir / "run"
@@ -188,6 +193,7 @@ class OpenSearchService:
             "-Eaction.auto_create_index=false",
             "-Ecluster.routing.allocation.disk.threshold_enabled=false",
             "-Eknn.algo_param.index_thread_qty=2",
+            *(f"-E{k}={v}" for k, v in self.node_options.items()),
         ]
         if not self.cluster:
             return [*argv, "-Ediscovery.type=single-node"]

@@ -13,19 +13,28 @@ import contextlib
 import random
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from opendisco._exceptions import ServiceError
 from opendisco._settings import Settings
 
 from ._opensearch import TRANSPORT_OFFSET, OpenSearchService
 
-__all__ = ["FAST_START", "free_port_block", "scratch_cluster"]
+__all__ = ["FAST_FAULT_DETECTION", "FAST_START", "free_port_block", "scratch_cluster"]
 
 #: C1-only JIT: a 3-node cluster started in 22-28 s instead of 47-52 s and a killed node
 #: rejoined in 15-26 s instead of 32-35 s (2 shared cores, load ~12); queries run slower, so
 #: for tests that restart nodes, never for benchmarks
 FAST_START = "-XX:TieredStopAtLevel=1"
+
+#: a hung node (SIGSTOP) dropped from the cluster after ~3 missed 2 s checks (≈ 7 s) instead
+#: of the defaults' 3 × 10 s (≈ 33 s), and a hung cluster manager given up as fast, for tests
+#: that wait for the drop; benchmarks keep the defaults
+FAST_FAULT_DETECTION = {
+    f"cluster.fault_detection.{check}.{key}": value
+    for check in ("follower_check", "leader_check")
+    for key, value in (("interval", "1s"), ("timeout", "2s"), ("retry_count", "3"))
+}
 
 
 def _free(port: int) -> bool:
@@ -57,10 +66,12 @@ def scratch_cluster(
     nodes: int = 3,
     heap: str = "512m",
     java_opts: str | None = None,
+    node_options: Mapping[str, str] | None = None,
     echo: Callable[[str], None] = lambda m: None,
 ) -> Iterator[tuple[Settings, OpenSearchService]]:
     """Start a fresh ``nodes``-node cluster; yield settings that reach it and its service.
-    ``java_opts`` replaces ``opensearch_java_opts`` (tests pass ``FAST_START``)."""
+    ``java_opts`` replaces ``opensearch_java_opts`` (tests pass ``FAST_START``);
+    ``node_options`` are more static node settings (e.g. ``FAST_FAULT_DETECTION``)."""
     root = settings.state_dir.with_name(settings.state_dir.name + "-ha")
     state = root / name
     shutil.rmtree(state, ignore_errors=True)
@@ -81,7 +92,7 @@ def scratch_cluster(
             "startup_timeout": max(settings.startup_timeout, 600.0),
         }
     )
-    svc = OpenSearchService(scratch, echo)
+    svc = OpenSearchService(scratch, echo, node_options)
     try:
         svc.up()
         yield scratch, svc

@@ -157,7 +157,7 @@ def _writer(settings: Settings, stop: threading.Event, done: list[str]) -> None:
             time.sleep(0.5)
 
 
-async def test_sync_rides_out_429_and_503_for_a_minute(
+async def test_sync_rides_out_429_and_503_for_half_a_minute(
     ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
 ) -> None:
     client = clients.async_opensearch(ingest_settings)
@@ -169,7 +169,7 @@ async def test_sync_rides_out_429_and_503_for_a_minute(
                 OPENDISCO_OPENSEARCH_URL=proxy.url,
                 OPENDISCO_BULK_MAX_RETRIES="2",
                 OPENDISCO_BULK_BACKOFF_MAX="1",
-                OPENDISCO_SYNC_BACKOFF_MAX="8",
+                OPENDISCO_SYNC_BACKOFF_MAX="4",  # several backoffs at their cap in the storm
             )
             proc = subprocess.Popen(
                 [str(OPENDISCO), "sync"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -183,7 +183,7 @@ async def test_sync_rides_out_429_and_503_for_a_minute(
                 assert proc.poll() is None
                 proxy.failing = True
                 writer.start()
-                time.sleep(60)
+                time.sleep(30)
                 assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # never exits
                 stop.set()
                 writer.join()
@@ -196,7 +196,7 @@ async def test_sync_rides_out_429_and_503_for_a_minute(
                         break
                     time.sleep(1)
                 assert check.ok, check.summary()  # caught up: 0 lost
-                assert len(written) >= 100
+                assert len(written) >= 40
                 assert proc.poll() is None
             finally:
                 stop.set()
