@@ -5,9 +5,21 @@ importable from every suite)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import struct
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["TcpProxy", "store_proxy"]
+__all__ = ["TcpProxy", "command_on", "store_proxy"]
+
+
+def command_on(command: str, collection: str) -> Callable[[bytes], bool]:
+    """A :attr:`TcpProxy.hold_if` predicate: the chunk carries a MongoDB ``command`` (``update``,
+    ``insert``, ``find``...) on ``collection`` (the BSON element ``{command: collection}``)."""
+    name = collection.encode() + b"\x00"
+    element = b"\x02" + command.encode() + b"\x00" + struct.pack("<i", len(name)) + name
+    return lambda data: element in data
 
 
 async def store_proxy(mongo_url: str) -> TcpProxy:
@@ -19,6 +31,14 @@ async def store_proxy(mongo_url: str) -> TcpProxy:
     return proxy
 
 
+class _Conn:
+    """One proxied connection: whether a request of it was held, and when it was answered."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.answered = asyncio.Event()
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target; ``pause``/``kill``/``resume`` simulate outages.
 
@@ -27,6 +47,9 @@ class TcpProxy:
     never closed (their server gone without a reset: a host lost, a partition that dropped
     their state), new ones flow. kill: every connection is closed and nothing listens, like a
     killed server (connection refused). resume: listen again on the same port and forward.
+    hold_if: a request chunk it picks is held (its connection moves no byte to the server)
+    until :meth:`release`, then sent: a write the server applies after its client timed out and
+    closed the connection (``held`` counts them, ``late_answers`` the answers they got).
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -38,6 +61,10 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gates: set[asyncio.Event] = set()  # one per open connection (strand)
+        self.hold_if: Callable[[bytes], bool] | None = None
+        self.held = 0
+        self.late_answers = 0
+        self._released = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -53,24 +80,63 @@ class TcpProxy:
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
+    async def _read(self, reader: asyncio.StreamReader, gate: asyncio.Event) -> bytes:
+        """The next bytes of ``reader`` once the proxy and its connection flow."""
+        await self._flowing.wait()
+        await gate.wait()
+        return await reader.read(65536)
+
+    async def _write(self, writer: asyncio.StreamWriter, gate: asyncio.Event, data: bytes) -> None:
+        await self._flowing.wait()
+        await gate.wait()
+        writer.write(data)
+        await writer.drain()
+
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        gate: asyncio.Event,
+        conn: _Conn,
     ) -> None:
+        """A connection's requests to the server: a chunk ``hold_if`` picks waits for
+        :meth:`release`, and once the client has closed, the server side stays open until the
+        held request is answered."""
         try:
-            while True:
-                await self._flowing.wait()
-                await gate.wait()
-                data = await reader.read(65536)
-                if not data:
-                    break
-                await self._flowing.wait()
-                await gate.wait()
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
+            while data := await self._read(reader, gate):
+                if self.hold_if is not None and self.hold_if(data):
+                    self.held += 1
+                    conn.held = True
+                    await self._released.wait()
+                await self._write(writer, gate, data)
+            if conn.held:  # the client gave up, not the server
+                await asyncio.wait_for(conn.answered.wait(), 30.0)
+        except (ConnectionError, asyncio.CancelledError, TimeoutError):
             pass
         finally:
             writer.close()
+
+    async def _answers(self, conn: _Conn, gate: asyncio.Event, *streams: Any) -> None:
+        """The server's answers (``streams``: its reader, the client's writer) to a
+        connection's client (a held request's counted late)."""
+        reader, writer = streams
+        try:
+            while data := await self._read(reader, gate):
+                if conn.held and not conn.answered.is_set():
+                    self.late_answers += 1
+                    conn.answered.set()
+                with contextlib.suppress(ConnectionError):  # the client may be gone
+                    await self._write(writer, gate, data)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            conn.answered.set()
+            writer.close()
+
+    def release(self) -> None:
+        """Send the requests ``hold_if`` held (and hold no more)."""
+        self.hold_if = None
+        self._released.set()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         me = asyncio.current_task()
@@ -87,9 +153,10 @@ class TcpProxy:
         gate = asyncio.Event()
         gate.set()
         self._gates.add(gate)
+        conn = _Conn()
         pipes = [
-            asyncio.ensure_future(self._pipe(reader, up_writer, gate)),
-            asyncio.ensure_future(self._pipe(up_reader, writer, gate)),
+            asyncio.ensure_future(self._pipe(reader, up_writer, gate, conn)),
+            asyncio.ensure_future(self._answers(conn, gate, up_reader, writer)),
         ]
         self._tasks.update(pipes)
         await asyncio.gather(*pipes, return_exceptions=True)
