@@ -19,7 +19,11 @@ applied) the failing call reads the mark back and records the effect all the sam
 (the transport's re-sends of a request whose answer was lost). The engine's check is a fence
 (``_fence``): a write that is still on its way when checked can no longer land, and a call
 taking events over fences the writes of their earlier holders first (:meth:`EffectWriter.
-fence_earlier`). An engine counter ``_bulk``
+fence_earlier`). The MongoDB writes (inbound counters, co-engagement rows) are fenced the
+same way (``_store_fence``: a write held on its way past the client's timeout and applied
+later counted twice); the co-engagement rows are fenced by the taker as it writes them, and it
+leaves out the rows that keep an earlier holder's mark (a write that landed for some rows
+only: ``_graph``). An engine counter ``_bulk``
 applied in part records the effect on the events whose items it wrote (the counters are per
 item), so the taker adds only the items it did not — those it names unsure are fenced by
 their mark too (a 429 retry round that failed without an answer may have been applied). The
@@ -36,7 +40,7 @@ by the member's next event applied with the engine up, or by the recovery sweep'
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
@@ -49,7 +53,7 @@ from ._blocks import BlockStore
 from ._effects import Additive, Effects, pending, plan_effects
 from ._event import Event, EventsConfig, EventsResult
 from ._exposure import ExposureStore
-from ._graph import ItemGraph, co_engagement_pairs
+from ._graph import ItemGraph, co_engagement_links
 from ._inbound import InboundCounter
 from ._members import UserGraph
 from ._user_state import UserState, UserStateStore, merge_events, recompute
@@ -164,18 +168,23 @@ class EffectWriter:
         earlier: dict[str, frozenset[str]],
         done: dict[str, frozenset[str]],
         record: Callable[..., Awaitable[None]],
-    ) -> None:
-        """Before a call applies events it took over: fence the engine counter writes their
-        earlier holders marked (``earlier``: event id -> those holders' marks; one ``_bulk``,
-        ``_fence``), which may still land — a paused node, an answer timed out, a holder
-        killed before it could check. Those that landed join ``done`` and are recorded
+    ) -> dict[str, frozenset[str]]:
+        """Before a call applies events it took over: fence the counter writes their earlier
+        holders marked (``earlier``: event id -> those holders' marks; the engine's in one
+        ``_bulk``, ``_fence``; the inbound counters' per mark, :meth:`InboundCounter.fence`),
+        which may still land — a paused node or store, an answer timed out, a holder killed
+        before it could check. Those that landed join ``done`` and are recorded
         (``record(ids, effect=...)``); the others can no longer land, so this call's write
-        counts each event once whatever the interleaving. ``earlier`` is emptied for them."""
+        counts each event once whatever the interleaving. ``earlier`` is emptied for them;
+        returns what it held for them (``apply``'s ``earlier``: the co-engagement rows)."""
         asks: dict[tuple[str, str], list[tuple[str, Additive]]] = {}
+        inbound: dict[str, list[Event]] = {}  # an earlier holder's mark -> its events to fence
+        prior: dict[str, frozenset[str]] = {}
         for ev in todo:
             marks = earlier.pop(ev.id, frozenset())
             if not marks:
                 continue
+            prior[ev.id] = marks
             own = plan_effects([ev], items, self.cfg.weights, count_served=self.count_served)
             for effect, has in ((Additive.EXPOSURE, own.impressions), (Additive.TREND, own.trend)):
                 if has and effect not in done.get(ev.id, ()):
@@ -183,18 +192,25 @@ class EffectWriter:
                         asks.setdefault((ev.item_id, _engine_mark(m, effect)), []).append(
                             (ev.id, effect)
                         )
-        if not asks:
-            return
-        if not self.engine_ready:
-            raise SearchBackendError("events: the exposure counters index is not ensured yet")
+            if own.inbound and Additive.INBOUND not in done.get(ev.id, ()):
+                for m in marks:
+                    inbound.setdefault(m, []).append(ev)
         landed: dict[Additive, set[str]] = {}
-        for key in await self.exposure.fence(asks):
+        for m, evs in sorted(inbound.items()):  # MongoDB's counters: fenced like the engine's
+            got = await _events_marked(self.inbound.fence, evs, m[:12])
+            landed.setdefault(Additive.INBOUND, set()).update(got)
+        if asks and not self.engine_ready:
+            raise SearchBackendError("events: the exposure counters index is not ensured yet")
+        for key in await self.exposure.fence(asks) if asks else ():
             for ev_id, effect in asks[key]:
                 landed.setdefault(effect, set()).add(ev_id)
         for effect, ids in sorted(landed.items()):
+            if not ids:
+                continue
             await record(sorted(ids), effect=effect)
             for i in ids:
                 done[i] = done.get(i, frozenset()) | {effect}
+        return prior
 
     async def apply(
         self,
@@ -208,6 +224,7 @@ class EffectWriter:
         record: Record | None = None,
         unsure: dict[str, Check] | None = None,
         mark: str | None = None,
+        earlier: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         """Write ``todo``'s effects; an additive one only for the events that have not had it
         (``done``: event id -> effects an earlier, failed call completed), each appended to
@@ -219,7 +236,8 @@ class EffectWriter:
         leaves in ``unsure`` the effect -> a check of whether it landed all the same (the
         answer lost on the way back): ``mark`` is stored with the write, the check reads it
         back (``True`` or the ids of the events it did count), see
-        :meth:`EventProcessor._claim_and_apply`."""
+        :meth:`EventProcessor._claim_and_apply`. ``earlier``: event id -> the marks of the
+        calls that held it before (the co-engagement rows that keep one got its pairs)."""
 
         mark = None if mark is None else mark[:12]  # 48 random bits, fresh per apply
         unsure = {} if unsure is None else unsure
@@ -274,11 +292,13 @@ class EffectWriter:
         }
         try:
             linked = {ev.id for ev in pending(todo, done, Additive.GRAPH)}
-            pairs = await self._update_users(every.by_user, items, now, linked)
+            links = await self._update_users(every.by_user, items, now, linked)
+            pairs = [pair for _, pair in links]
             if pairs:
                 if mark is not None:
-                    unsure[Additive.GRAPH] = partial(self.graph.marked, pairs, mark)
-                await self.graph.add(pairs, now, mark=mark)
+                    unsure[Additive.GRAPH] = partial(self.graph.fence, pairs, mark)
+                held = [(earlier or {}).get(ev_id, frozenset()) for ev_id, _ in links]
+                await self.graph.add(pairs, now, mark=mark, landed_if=held)
                 unsure.pop(Additive.GRAPH, None)
             await landed(Additive.GRAPH, bool(pairs))
             if every.likes:
@@ -289,8 +309,8 @@ class EffectWriter:
             if inbound:
                 if mark is not None:
                     counted = pending(todo, done, Additive.INBOUND)
-                    marked = self.inbound.marked
-                    unsure[Additive.INBOUND] = partial(_events_marked, marked, counted, mark)
+                    fence = self.inbound.fence
+                    unsure[Additive.INBOUND] = partial(_events_marked, fence, counted, mark)
                 await self.inbound.add(inbound, now, mark=mark)
                 unsure.pop(Additive.INBOUND, None)
             await landed(Additive.INBOUND, bool(inbound))
@@ -312,14 +332,15 @@ class EffectWriter:
         items: dict[str, dict[str, Any]],
         now: datetime,
         linked: set[str],
-    ) -> list[tuple[str, str, float]]:
+    ) -> list[tuple[str, tuple[str, str, float]]]:
         """Read-merge-write of every touched user under their leases (see user_state); returns
-        the co-engagement pairs of the new positives among ``linked`` (event ids), computed
+        the co-engagement pairs of the new positives among ``linked`` (event ids, each with its
+        pair: :func:`~._graph.co_engagement_links`), computed
         from the states read inside the leases (a concurrent batch of the same member is
         either before or after this one)."""
         async with self.states.locked(by_user):
             states = await self.states.get_many(by_user)  # fresh: inside the lease
-            pairs = co_engagement_pairs(states, by_user, self.cfg.graph_fanout, linked)
+            links = co_engagement_links(states, by_user, self.cfg.graph_fanout, linked)
             need = {e["id"] for st in states.values() for e in (*st.positives, *st.negatives)}
             missing = sorted(need - set(items))
             if missing:  # another writer added positives since our first read
@@ -338,4 +359,4 @@ class EffectWriter:
             await self.states.save_many(
                 (merged(states[u], evs) for u, evs in by_user.items()), previous=states
             )
-        return pairs
+        return links

@@ -31,6 +31,7 @@ __all__ = [
     "EventsResult",
     "about",
     "reuse_reason",
+    "stored_event",
     "validate_batch",
     "validate_event",
 ]
@@ -136,6 +137,13 @@ def _reason(exc: ValidationError) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "event"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
+
+
+def stored_event(ev: Event, weight: float, now: datetime) -> dict[str, Any]:
+    """Pure: the ``events`` document of ``ev`` (``_id`` its id) with its weight and arrival."""
+    doc = {**ev.model_dump(exclude_none=True), "_id": ev.id, "weight": weight, "received_at": now}
+    doc.pop("id", None)
+    return doc
 
 
 def validate_event(raw: Any, now: datetime, cfg: EventsConfig) -> Event:

@@ -17,8 +17,17 @@ It lives in MongoDB and grows incrementally from events (one ``bulk_write`` per 
 
 Increments are at-least-once: a batch re-applied after a crash between the graph write and the
 event's ``applied`` mark adds its weights twice (see ``opendisco.signals``); a write whose
-answer was lost is read back by the writer's mark (``ms`` on each row, :meth:`ItemGraph.marked`)
+answer was lost is read back by the writer's mark (``ms`` on each row, :meth:`ItemGraph.fence`)
 and not added again; concurrent batches never lose each other's increments (leases).
+
+A marked write is guarded by its mark (``_store_fence``): the check of a write that failed
+without an answer fences it (:meth:`ItemGraph.fence`), and a call taking events over fences
+the marks of their earlier holders on its rows before it reads them, then leaves out, row by
+row, the increments of events whose earlier holder's mark the row keeps (``landed_if`` of
+:meth:`ItemGraph.add`): a write that landed late, or for some rows only (its bulk cut
+part-way), is not added again (seen with ``TcpProxy.hold_if``: a batch's edges counted twice).
+A row is rewritten whole (``$set`` of the string): a write that lands late — after its lease
+ended — and before its fence puts back the row it read, without what was written since.
 """
 
 from __future__ import annotations
@@ -26,16 +35,17 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ReplaceOne
+from pymongo import UpdateOne
 
 from opendisco._backend import backend_errors
 from opendisco._cache import TTLCache
-from opendisco._store import bulk_write_chunked, lease
+from opendisco._store import lease
 
+from ._store_fence import fence_marks, guard, write_guarded
 from ._user_state import UserState
 
 __all__ = [
@@ -45,6 +55,7 @@ __all__ = [
     "SEP",
     "ItemGraph",
     "adjacency_updates",
+    "co_engagement_links",
     "co_engagement_pairs",
     "decode_row",
     "encode_row",
@@ -62,8 +73,24 @@ SEP = "\x1f"
 READ_CHUNK = 500
 
 
-#: the last writers' marks a row keeps (``ms``; ``ItemGraph.marked``)
+#: the last writers' marks a row keeps (``ms``; ``ItemGraph.fence``)
 MARKS_KEPT = 16
+
+
+def _rewritten(
+    old: Any, inc: Mapping[str, float], mark: str | None, now: datetime
+) -> dict[str, Any]:
+    """Pure: the update of a row as read (``old``: a :class:`_Marked` row, None when new) with
+    the increments ``inc`` and the writer's ``mark`` (kept, and guarding the write)."""
+    row = merge_rows(old or {}, inc)
+    doc = {"n": encode_row(row), "k": len(row), "updated_at": now}
+    marks = list(getattr(old, "marks", []))
+    if mark is not None:
+        doc["ms"] = [*marks, mark][-MARKS_KEPT:]
+        return {"$set": doc, **guard(mark)}
+    if marks:
+        doc["ms"] = marks
+    return {"$set": doc}
 
 
 class _Marked(dict[str, float]):
@@ -113,24 +140,56 @@ def adjacency_updates(
     return {s: dict(d) for s, d in acc.items()}
 
 
+def co_engagement_links(
+    states: Mapping[str, UserState],
+    by_user: Mapping[str, Sequence[Mapping[str, Any]]],
+    fanout: int,
+    linked: Container[str] | None = None,
+) -> list[tuple[str, tuple[str, str, float]]]:
+    """Pure: each new positive linked to the member's ``fanout`` most recent earlier positives
+    (``states`` as they were before these events: entries of these events an earlier, failed
+    application merged are left out); with ``linked``, only those event ids' pairs. Each pair
+    with the id of the event that made it."""
+    links: list[tuple[str, tuple[str, str, float]]] = []
+    for user, evs in by_user.items():
+        recent = states[user].recent_positive_ids_without({e["id"] for e in evs})[:fanout]
+        for ev in sorted(evs, key=lambda e: e["ts"]):
+            if ev["weight"] > 0:
+                if linked is None or ev["id"] in linked:
+                    item = ev["item_id"]
+                    links += [(ev["id"], (item, r, 1.0)) for r in recent if r != item]
+                recent = [ev["item_id"], *recent][:fanout]
+    return links
+
+
 def co_engagement_pairs(
     states: Mapping[str, UserState],
     by_user: Mapping[str, Sequence[Mapping[str, Any]]],
     fanout: int,
     linked: Container[str] | None = None,
 ) -> list[tuple[str, str, float]]:
-    """Pure: each new positive linked to the member's ``fanout`` most recent earlier positives
-    (``states`` as they were before these events: entries of these events an earlier, failed
-    application merged are left out); with ``linked``, only those event ids' pairs."""
-    pairs: list[tuple[str, str, float]] = []
-    for user, evs in by_user.items():
-        recent = states[user].recent_positive_ids_without({e["id"] for e in evs})[:fanout]
-        for ev in sorted(evs, key=lambda e: e["ts"]):
-            if ev["weight"] > 0:
-                if linked is None or ev["id"] in linked:
-                    pairs += [(ev["item_id"], r, 1.0) for r in recent if r != ev["item_id"]]
-                recent = [ev["item_id"], *recent][:fanout]
-    return pairs
+    """Pure: the pairs of :func:`co_engagement_links`."""
+    return [pair for _, pair in co_engagement_links(states, by_user, fanout, linked)]
+
+
+def row_increments(
+    pairs: Sequence[tuple[str, str, float]],
+    rows: Mapping[str, Any],
+    landed_if: Sequence[Collection[str]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Pure: :func:`adjacency_updates` of ``pairs``, without a pair's increment of a row whose
+    marks (``rows[src].marks``) include one of ``landed_if[i]`` (pair ``i``'s event's earlier
+    holders' marks: their write of that row landed)."""
+    if not landed_if:
+        return adjacency_updates(pairs)
+    acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for (a, b, w), marks in zip(pairs, landed_if, strict=True):
+        if a == b:
+            continue
+        for src, dst in ((a, b), (b, a)):
+            if not set(marks) & set(getattr(rows.get(src), "marks", ())):
+                acc[src][dst] += float(w)
+    return {s: dict(d) for s, d in acc.items()}
 
 
 class ItemGraph:
@@ -154,41 +213,51 @@ class ItemGraph:
         now: datetime | None = None,
         *,
         mark: str | None = None,
+        landed_if: Sequence[Collection[str]] | None = None,
     ) -> int:
         """Add co-engagement weight between item pairs: each distinct source item is read and
         rewritten once (under its lease), in chunked bulk writes; returns directed edges
         touched. ``mark`` (the writing call's token) is stored on each row written, so a
-        call whose write failed on the way back can tell whether it landed (:meth:`marked`)."""
+        call whose write failed on the way back can tell whether it landed (:meth:`fence`).
+        ``landed_if`` (one per pair): marks of earlier writes of the pair's event; a row that
+        keeps one of them got the pair's increment already (:func:`row_increments`)."""
         now = now or datetime.now(UTC)
-        incs = adjacency_updates(pairs)
-        if not incs:
+        pairs = list(pairs)
+        srcs = adjacency_updates(pairs)
+        if not srcs:
             return 0
         async with lease(
-            self.locks, incs, lease_s=self.lease_s, wait_s=self.lock_wait_s, what=ITEM_EDGES
+            self.locks, srcs, lease_s=self.lease_s, wait_s=self.lock_wait_s, what=ITEM_EDGES
         ):
-            current = await self._rows(list(incs), with_marks=True)
-            ops = []
-            for src, inc in sorted(incs.items()):
-                old = current.get(src, {})
-                row = merge_rows(old, inc)
-                doc = {"_id": src, "n": encode_row(row), "k": len(row), "updated_at": now}
-                marks = list(getattr(old, "marks", []))
-                if mark is not None:
-                    doc["ms"] = [*marks, mark][-MARKS_KEPT:]
-                elif marks:
-                    doc["ms"] = marks
-                ops.append(ReplaceOne({"_id": src}, doc, upsert=True))
-            await bulk_write_chunked(self.coll, ops)
-        return sum(len(row) for row in incs.values())
+            earlier: dict[str, set[str]] = {}  # an earlier holder's mark -> its rows here
+            for (a, b, _w), marks in zip(pairs, landed_if or [], strict=False):
+                for m in marks:
+                    earlier.setdefault(m, set()).update((a, b))
+            for m, rows in sorted(earlier.items()):  # landed, or never: then read
+                await fence_marks(self.coll, sorted(rows), m, now)
+            current = await self._rows(list(srcs), with_marks=True)
+            incs = row_increments(pairs, current, landed_if)
+            ops = [
+                UpdateOne({"_id": src}, _rewritten(current.get(src), inc, mark, now), upsert=True)
+                for src, inc in sorted(incs.items())
+            ]
+            await write_guarded(self.coll, ops)
+        return sum(len(row) for row in srcs.values())
 
-    async def marked(self, pairs: Iterable[tuple[str, str, float]], mark: str) -> bool:
+    async def fence(self, pairs: Iterable[tuple[str, str, float]], mark: str) -> bool:
         """Whether :meth:`add` of ``pairs`` with ``mark`` landed: every source row keeps the
         mark among its last :data:`MARKS_KEPT` writers' (more later writers of a row push it
-        out: then this answers no although the write landed)."""
+        out: then this answers no although the write landed). On the rows it did not reach
+        it is fenced first (``_store_fence``): it never lands after this answer. Not all:
+        the call taking the events over adds only to the rows without it (:meth:`add`)."""
         srcs = list(adjacency_updates(pairs))
         if not srcs:
             return True
-        docs = await _find(self.coll, {"_id": {"$in": srcs}}, projection={"ms": 1})
+        async with lease(
+            self.locks, srcs, lease_s=self.lease_s, wait_s=self.lock_wait_s, what=ITEM_EDGES
+        ):
+            await fence_marks(self.coll, srcs, mark)
+            docs = await _find(self.coll, {"_id": {"$in": srcs}}, projection={"ms": 1})
         return len(docs) == len(srcs) and all(mark in (d.get("ms") or []) for d in docs)
 
     async def _rows(

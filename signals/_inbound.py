@@ -17,10 +17,14 @@ never a wrong count. Reads ask for at most :data:`RETAIN_DAYS` days.
 The pacing controller's periodic measurement (:meth:`InboundCounter.totals`) reads the items
 whose ``last`` day is inside the window (an index on MongoDB, a scan on FerretDB).
 
-Increments are at-least-once, like the graph's (see ``opendisco.signals``; the writer's mark
-``ms`` tells a write whose answer was lost: :meth:`InboundCounter.marked`). Where one update
-of a document is not atomic (FerretDB 1.x: concurrent ``$inc`` of one counter lost most of
-them), a batch's increments run under leases on its items (``inbound_items_locks``).
+Increments are at-least-once, like the graph's (see ``opendisco.signals``). A marked write
+(the event processor's) keeps its mark in its slot of ``ms`` and is guarded by it: a write
+that failed without an answer is settled by :meth:`InboundCounter.fence` — it landed, or it
+never will (``_store_fence``: one held on its way past its client's timeout reached the store
+after the call taking its events over had counted them, every like counted twice). Where one
+update of a document is not atomic (FerretDB 1.x: concurrent ``$inc`` of one counter lost most
+of them), a batch's increments and a fence run under leases on their items
+(``inbound_items_locks``).
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ from typing import Any
 from pymongo import UpdateOne
 
 from opendisco._backend import backend_errors
-from opendisco._store import bulk_write_chunked, leased_unless_atomic
+from opendisco._store import leased_unless_atomic
 
 from ._copies import LocalCopy
 from ._graph import _find
+from ._store_fence import fence_marks, guard, write_guarded
 
 __all__ = [
     "INBOUND",
@@ -148,30 +153,38 @@ class InboundCounter:
     ) -> None:
         """Add the attention ``counts`` (item, when) in one bulk of ``$inc`` upserts, under the
         items' leases where updates are not atomic (module docstring). ``mark`` (the writing
-        call's token) is set on each counter written, in its slot of ``ms`` (:meth:`marked`)."""
+        call's token) is set on each counter written, in its slot of ``ms``, and guards the
+        write: refused on a counter that fenced it (:meth:`fence`)."""
         updates = increments(counts, now)
         if not updates:
             return
         if mark is not None:
             for update in updates.values():
                 update["$set"][f"ms.{mark_slot(mark)}"] = mark
+                update.update(guard(mark))
         ops = [UpdateOne({"_id": item}, update, upsert=True) for item, update in updates.items()]
-        async with leased_unless_atomic(
-            self.db, INBOUND_LOCKS, updates, lease_s=self.lease_s, wait_s=self.lock_wait_s,
-            what=INBOUND,
-        ):  # fmt: skip
-            await bulk_write_chunked(self.coll, ops)
+        async with self._leased(updates):
+            await write_guarded(self.coll, ops)
 
-    async def marked(self, items: Iterable[str], mark: str) -> set[str]:
-        """Of ``items``, those whose counter carries ``mark``: :meth:`add` with that mark
-        landed for them (a later writer whose mark takes the same slot replaces it: the item
-        is then not reported)."""
+    async def fence(self, items: Iterable[str], mark: str, now: datetime | None = None) -> set[str]:
+        """Of ``items``, those whose :meth:`add` with ``mark`` landed; on the others it is
+        fenced (``_store_fence``): it never counts, should it reach the store later. Asked
+        again, the same answer. A landed write whose mark a later writer of its slot replaced
+        is taken for not landed (the other writer's mark in its place)."""
         wanted = list(dict.fromkeys(items))
         if not wanted:
             return set()
-        docs = await _find(self.coll, {"_id": {"$in": wanted}}, projection={"ms": 1})
+        async with self._leased(wanted):
+            await fence_marks(self.coll, wanted, mark, now)
+            docs = await _find(self.coll, {"_id": {"$in": wanted}}, projection={"ms": 1})
         slot = mark_slot(mark)
         return {str(d["_id"]) for d in docs if (d.get("ms") or {}).get(slot) == mark}
+
+    def _leased(self, items: Iterable[str]) -> Any:
+        return leased_unless_atomic(
+            self.db, INBOUND_LOCKS, items, lease_s=self.lease_s, wait_s=self.lock_wait_s,
+            what=INBOUND,
+        )  # fmt: skip
 
     async def totals(self, days: int = 7, now: datetime | None = None) -> dict[str, int]:
         """Attention received per item over the last ``days`` days, for every item that

@@ -41,9 +41,9 @@ engine counter), and an outage longer than the read-back waits. An engine counte
 read back but fenced (``_fence``: landed, or made a no-op should it land later — a paused node
 applies it when it wakes), and each holder's mark is kept on its events with its claim, so the
 call taking them over fences the writes of earlier holders that could not (a crash, an engine
-that did not answer) before it writes. A counters ``_bulk`` applied in part is
-read item by item: the events whose items it wrote record it done, those whose items it names
-unsure are fenced by their mark (a 429 retry round whose answer was lost, ``_apply``).
+that did not answer) before it writes (the inbound counters' too; co-engagement rows: ``_graph``).
+A counters ``_bulk`` applied in part is read item by item: the events whose items it wrote
+record it done, those it names unsure are fenced by their mark (a 429 retry round, ``_apply``).
 Raw events expire through a TTL index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`,
 in each API process from 5 s after start) applies expired claims nobody retried; the events of
 this process's failed calls are applied again by the process as soon as the backends answer
@@ -70,7 +70,7 @@ from opendisco._settings import Settings
 from ._apply import Check, EffectWriter, settle_unsure
 from ._blocks import BlockStore
 from ._claims import EventClaims, classify, reused
-from ._event import Event, EventsConfig, EventsResult, reuse_reason, validate_batch
+from ._event import Event, EventsConfig, EventsResult, reuse_reason, stored_event, validate_batch
 from ._event_items import event_items
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
@@ -88,12 +88,6 @@ __all__ = ["EVENTS", "EventProcessor"]
 #: restart, late enough not to compete with the start-up work
 RECOVER_FIRST_S = 5.0
 log = logging.getLogger("opendisco.signals")
-
-
-def _stored(ev: Event, weight: float, now: datetime) -> dict[str, Any]:
-    doc = {**ev.model_dump(exclude_none=True), "_id": ev.id, "weight": weight, "received_at": now}
-    doc.pop("id", None)
-    return doc
 
 
 class EventProcessor:
@@ -337,7 +331,7 @@ class EventProcessor:
         index = {ev.id: i for i, ev in valid}
         by_id = {ev.id: ev for ev in evs}
         done: dict[str, frozenset[str]] = {}  # taken over: what the failed holder completed
-        docs = [_stored(ev, self.cfg.weights.get(ev.type, 0.0), now) for ev in evs]
+        docs = [stored_event(ev, self.cfg.weights.get(ev.type, 0.0), now) for ev in evs]
         # each round's counter writes their own mark (a counter ignores a mark it keeps: a
         # later round of this call may count the same items again), kept on its events
         mark = uuid.uuid4().hex[:12]
@@ -379,10 +373,11 @@ class EventProcessor:
                         record = partial(self.claims.record_done, ids, token)
                         # earlier holders' counter writes: landed (done) or fenced
                         noted = partial(self.claims.record_done, token=token)
-                        await self.writer.fence_earlier(mine, items, earlier, done, noted)
+                        prior = await self.writer.fence_earlier(mine, items, earlier, done, noted)
                         await self.writer.apply(
-                            mine, items, now, out, done, completed, partly, record, unsure, mark
-                        )
+                            mine, items, now, out, done, completed, partly, record, unsure, mark,
+                            earlier=prior,
+                        )  # fmt: skip
                 except BaseException:
                     # a failed call gives its claims up at once: a retry takes them over now
                     # instead of waiting for them to expire, and skips the additive effects

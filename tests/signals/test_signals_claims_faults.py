@@ -170,8 +170,8 @@ async def test_a_write_storm_and_retries_count_the_batch_once(
 #: a counter write per effect: the store's class, its write method, the error of a lost answer
 #: and its check of a write that failed (the engine's fences the write: ``signals._fence``)
 _WRITES = {
-    "graph": (ItemGraph, "add", StoreBackendError, "marked"),
-    "inbound": (InboundCounter, "add", StoreBackendError, "marked"),
+    "graph": (ItemGraph, "add", StoreBackendError, "fence"),
+    "inbound": (InboundCounter, "add", StoreBackendError, "fence"),
     "exposure": (ExposureStore, "record", SearchBackendError, "landed"),
     "trend": (ExposureStore, "record_trend", SearchBackendError, "landed"),
 }

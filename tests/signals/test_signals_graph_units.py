@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +15,7 @@ from opendisco.signals import (
     encode_row,
     merge_rows,
 )
+from opendisco.signals._graph import row_increments
 
 
 @pytest.mark.parametrize(
@@ -98,3 +100,19 @@ def test_a_taker_does_not_link_back_to_what_another_call_merged_after_the_failed
         ("a", "b", 1.0),
         ("a", "x", 1.0),
     ]
+
+
+def test_a_row_that_keeps_an_earlier_writers_mark_is_not_given_its_pairs_again() -> None:
+    """The call taking events over leaves out, row by row, the increments of pairs whose
+    event's earlier holder wrote that row (its mark kept): a write cut part-way is completed,
+    not repeated."""
+    pairs = [("a", "b", 1.0), ("c", "d", 1.0), ("a", "c", 2.0)]
+    rows = {"a": SimpleNamespace(marks=["m0", "m1"]), "b": SimpleNamespace(marks=["m9"])}
+    landed_if = [{"m1"}, {"m1"}, set()]
+    assert row_increments(pairs, rows, landed_if) == {
+        "b": {"a": 1.0},
+        "c": {"d": 1.0, "a": 2.0},
+        "d": {"c": 1.0},
+        "a": {"c": 2.0},
+    }
+    assert row_increments(pairs, rows) == adjacency_updates(pairs)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from opendisco import StoreBackendError
 from opendisco.signals import INBOUND, InboundCounter
 from opendisco.signals._inbound import (
     PRUNE_DAYS,
@@ -18,6 +19,7 @@ from opendisco.signals._inbound import (
     window_keys,
     window_total,
 )
+from opendisco.signals._store_fence import FENCE_KEPT
 
 NOW = datetime(2026, 6, 30, 12, tzinfo=UTC)
 
@@ -91,3 +93,26 @@ async def test_concurrent_increments_of_one_item_all_count(async_db: Any) -> Non
 
     await asyncio.gather(*(writer(k) for k in range(4)))
     assert await InboundCounter(async_db).counts([item], days=7, now=NOW) == {item: 60}
+
+
+async def test_a_fenced_write_never_counts_and_a_landed_one_is_told(async_db: Any) -> None:
+    """:meth:`InboundCounter.fence` settles a marked write: landed (told, left as it is) or
+    fenced (the write, should it arrive later, is refused); asked again, the same answer. A
+    fenced mark is dropped by a later fence once older than ``FENCE_KEPT``; a counter written
+    without marks (before them) counts a marked write."""
+    counter = InboundCounter(async_db)
+    tag = uuid.uuid4().hex[:6]
+    a, b, c = f"fa{tag}", f"fb{tag}", f"fc{tag}"
+    m = "0123456789ab"
+    await counter.add([(a, NOW)], NOW, mark=m)  # landed on a only
+    assert await counter.fence([a, b], m, NOW) == {a}
+    assert await counter.fence([a, b], m, NOW) == {a}
+    with pytest.raises(StoreBackendError, match="refused"):  # the same write, late: refused
+        await counter.add([(a, NOW), (b, NOW)], NOW, mark=m)
+    assert await counter.counts([a, b], 1, NOW) == {a: 1}
+    later = NOW + FENCE_KEPT + timedelta(minutes=1)
+    assert await counter.fence([b], "ba9876543210", later) == set()
+    assert set((await async_db[INBOUND].find_one({"_id": b}))["fz"]) == {"ba9876543210"}
+    await counter.add([(c, NOW)], NOW)
+    await counter.add([(c, NOW)], NOW, mark=m)
+    assert await counter.counts([c], 1, NOW) == {c: 2}

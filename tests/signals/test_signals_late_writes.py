@@ -16,16 +16,19 @@ from typing import Any
 
 import pytest
 from http_faults import FaultyHttpProxy
+from tcp_faults import TcpProxy, command_on, store_proxy
 from test_signals_claims_faults import CAPPED_ITEM, _batch, processors, storm, storm_settings
 from test_signals_claims_live import _assert_exact, _Counters
 
-from opendisco import SearchBackendError, Settings
-from opendisco.signals import CAPPED_DOC_ID, EventsConfig
+from opendisco import BackendError, SearchBackendError, Settings, _store
+from opendisco.signals import CAPPED_DOC_ID, INBOUND, ITEM_EDGES, EventsConfig, _graph
 
 __all__ = ["storm", "storm_settings"]  # the fixtures, shared with the claims-fault suite
 
 #: the client's timeout in these tests: a held ``_bulk`` fails the call after it
 TIMEOUT_S = 3.0
+#: the store client's socket timeout in the tests of MongoDB writes held (``TcpProxy.hold_if``)
+STORE_TIMEOUT_S = 1.5
 
 
 def _bulks(method: str, path: str) -> bool:
@@ -281,3 +284,84 @@ async def test_a_holder_whose_claims_were_taken_over_does_not_mark_the_events_ap
 
 async def _hung(proxy: FaultyHttpProxy, n: int) -> bool:
     return proxy.hung >= n
+
+
+async def _late_answer(proxy: TcpProxy) -> bool:
+    return proxy.late_answers >= proxy.held
+
+
+@pytest.mark.parametrize("retry_first", [False, True], ids=["lands-first", "retry-first"])
+@pytest.mark.parametrize("collection", [INBOUND, ITEM_EDGES], ids=["inbound", "graph"])
+async def test_a_store_counter_write_that_lands_after_its_check_counts_once(
+    storm_settings: Settings, collection: str, retry_first: bool
+) -> None:
+    """The batch's first write of the inbound counters (or of the co-engagement rows) is held
+    on the way to MongoDB (``TcpProxy.hold_if``) past the client's socket timeout: the call
+    fails, its check of the write finds nothing, and it gives its claims up. The write then
+    reaches the store, before or after the client's retry has taken the events over and
+    written them (and, ``retry-first``, another batch liked the same items): every like must
+    be counted once (a write of a mark that a check or a later write went past is a no-op; a
+    late rewrite of a co-engagement row must not put back the row it read)."""
+    proxy = await store_proxy(storm_settings.mongo_url)
+    update = {"mongo_url": proxy.mongo_url, "mongo_socket_timeout_s": STORE_TIMEOUT_S}
+    try:
+        async with processors(storm_settings.model_copy(update=update), 1) as ([proc], db):
+            batch, more = _batch(), _batch()
+            before = await _Counters(proc, db).read()
+            trend = await proc.exposure.read(_liked(batch + more))
+            writes = [command_on(c, collection) for c in ("update", "insert")]
+            proxy.hold_if = lambda data: proxy.held == 0 and any(w(data) for w in writes)
+            with pytest.raises(BackendError):
+                await proc.apply(batch)
+            await proc.drain()
+            assert proxy.held == 1
+            if retry_first:
+                res = await proc.apply(batch)
+                assert (await proc.apply(more)).accepted == len(more)
+            proxy.release()
+            await _until(lambda: _late_answer(proxy))
+            if not retry_first:
+                res = await proc.apply(batch)
+                assert (await proc.apply(more)).accepted == len(more)
+            assert res.in_flight == 0 and res.rejected == [] and res.recovered, res
+            await _assert_counted_once(proc, db, batch + more, before, trend)
+    finally:
+        await proxy.close()
+
+
+async def test_a_co_engagement_write_cut_part_way_is_not_added_again_to_the_rows_it_wrote(
+    storm_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's co-engagement rows are written 4 per command; the second command is held
+    past the client's timeout: the rows of the first have the call's mark, the others not, so
+    its check (all rows or nothing) answers "not landed". The client's retry takes the events
+    over: it must not add again what the first command wrote, nor the held one once it lands."""
+    monkeypatch.setattr(_graph, "MAX_WRITES_PER_COMMAND", 4, raising=False)  # before: none
+    monkeypatch.setattr(_store, "MAX_WRITES_PER_COMMAND", 4)  # the writes before the fix
+    proxy = await store_proxy(storm_settings.mongo_url)
+    update = {"mongo_url": proxy.mongo_url, "mongo_socket_timeout_s": STORE_TIMEOUT_S}
+    try:
+        async with processors(storm_settings.model_copy(update=update), 1) as ([proc], db):
+            batch = _batch()
+            before = await _Counters(proc, db).read()
+            trend = await proc.exposure.read(_liked(batch))
+            writes = [command_on(c, ITEM_EDGES) for c in ("update", "insert")]
+            seen = Counter[str]()
+
+            def second_write(data: bytes) -> bool:
+                if any(w(data) for w in writes):
+                    seen["writes"] += 1
+                return seen["writes"] == 2 and proxy.held == 0
+
+            proxy.hold_if = second_write
+            with pytest.raises(BackendError):
+                await proc.apply(batch)
+            await proc.drain()
+            assert proxy.held == 1
+            res = await proc.apply(batch)
+            proxy.release()
+            await _until(lambda: _late_answer(proxy))
+            assert res.in_flight == 0 and res.rejected == [] and res.recovered, res
+            await _assert_counted_once(proc, db, batch, before, trend)
+    finally:
+        await proxy.close()
