@@ -336,21 +336,28 @@ class EventClaims:
         round is retried by the next)."""
         return renewing(lambda: self.renew(ids, token), self.lease_s / 3)
 
-    async def mark(self, ids: Sequence[str], token: str) -> None:
+    async def mark(self, ids: Sequence[str], token: str) -> set[str]:
         """Mark this holder's events applied (one ``update_many``: a bulk of point updates on
         ``events`` was seen to hang FerretDB 1.24) and drop the arbiters of generations held
         for them. An event another call took over meanwhile (this one stalled past its lease)
-        is not marked: its taker fenced this call's engine writes, which were no-ops, and
-        applies it (marked here, nobody would have counted it)."""
+        is not marked: its taker fenced this call's counter writes, which were no-ops, and
+        applies it (marked here, nobody would have counted it). Returns those not marked (read
+        only when fewer than all were): not applied by this call."""
         with backend_errors("marking events applied failed"):
-            await self.events.update_many(
+            res = await self.events.update_many(
                 {"_id": {"$in": list(ids)}, "claim_owner": token}, {"$set": {"applied": True}}
             )
+            lost: set[str] = set()
+            if res.modified_count < len(set(ids)):
+                others = {"_id": {"$in": list(ids)}, "claim_owner": {"$ne": token}}
+                taken = await self.events.find(others, projection={"_id": 1}).to_list(None)
+                lost = {str(d["_id"]) for d in taken}
         held = [_arbiter(i, self._held.pop(i)) for i in ids if i in self._held]
         if held:
             # best effort: leftovers are purged with the events
             with contextlib.suppress(BackendError), backend_errors("dropping arbiters failed"):
                 await self.arbiters.delete_many({"_id": {"$in": held}})
+        return lost
 
     async def purge(self, cutoff: datetime) -> int:
         """Delete arbiters older than ``cutoff`` (left by holders that died after winning)."""

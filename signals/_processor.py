@@ -25,7 +25,7 @@ the guarantee)::
        (ExposureStore.record), co-engagement graph (one read and one write per distinct source
        item, its new edges coalesced, under item leases), mutual likes, blocks between members
        (a hide of a profile, both directions), inbound attention counters (profiles)
-    5. mark: update_many applied=True
+    5. mark: update_many applied=True (an event taken over meanwhile: waited for, not accepted)
 
 Everything that can reject an event happens before its first write. Concurrent posts of one event
 apply it once (the claim), and a call returns only when every event it was given is applied by it or
@@ -339,6 +339,7 @@ class EventProcessor:
         waiting = await self.claims.insert(self.claims.stamp(docs, token, mark))
         mine = [ev for ev in evs if ev.id not in waiting]
         out.accepted = len(mine)
+        claimed = {ev.id for ev in mine}  # by this call's insert (the others: taken over)
         deadline = time.monotonic() + self.settings.events_claim_wait_s
         pause = 0.01
         while True:
@@ -386,7 +387,11 @@ class EventProcessor:
                     self.given_up.add(ids)
                     await asyncio.shield(self._give_up(ids, token, completed, partly, unsure))
                     raise
-                await self.claims.mark(ids, token)  # 5.
+                lost = await self.claims.mark(ids, token)  # 5.
+                if lost:  # taken over while this call stalled: not applied by it, waited for
+                    out.accepted -= len(lost & claimed)
+                    out.recovered -= len(lost - claimed)
+                    waiting |= lost
                 mine, mark = [], uuid.uuid4().hex[:12]
             if not waiting or time.monotonic() >= deadline:
                 break

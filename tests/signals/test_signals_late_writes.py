@@ -239,8 +239,9 @@ async def test_a_holder_whose_claims_were_taken_over_does_not_mark_the_events_ap
     held) past its lease; another worker takes the events over, fences the holder's writes
     and fails before writing its own (its ``_bulk`` refused). The holder wakes: its writes
     are no-ops (fenced) — so it must not mark the events applied, or nobody would count
-    them: the impressions under-counted (a capped member shown) and the likes lost. The
-    client's retry then counts every impression and like once."""
+    them: the impressions under-counted (a capped member shown) and the likes lost — nor
+    answer them ``accepted`` (it waits for them, takes them over again or reports them in
+    flight). The client's retry then counts every impression and like once."""
     with (
         FaultyHttpProxy(storm_settings.opensearch_url) as slow,
         FaultyHttpProxy(storm_settings.opensearch_url) as other,
@@ -277,6 +278,9 @@ async def test_a_holder_whose_claims_were_taken_over_does_not_mark_the_events_ap
             other.fail_if = other.lose_answer_if = None
             slow.resume()
             await asyncio.wait([stuck])  # the holder's writes land (no-ops) and it goes on
+            woke = stuck.result()  # not applied by it: not "accepted" (the client would not retry)
+            assert woke.accepted == 0, woke
+            assert woke.recovered + woke.duplicates + woke.in_flight == len(batch), woke
             res = await _retry(taker, batch)
             assert res.in_flight == 0 and res.rejected == [], res
             await _assert_counted_once(taker, db, batch, before, trend)
