@@ -19,7 +19,7 @@ from rich.progress import Progress
 from opendisco import clients
 from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
-from opendisco.ingest import load_movielens, write_behaviour
+from opendisco.ingest import load_movielens, publish_behaviour
 from opendisco.rerank import (
     LabelPolicy,
     ease_neighbours,
@@ -90,23 +90,20 @@ async def _train_als(
             "vectors": len(vectors),
         }
         if not dry_run:
-            report["written"] = await _write(db, settings, vectors)
+            report.update(await _write(db, settings, vectors))
     finally:
         await mc.close()
     return {"als": report}
 
 
-async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -> int:
-    ids = list(vectors)
-    step = 1000
-    done = 0
+async def _write(db: Any, settings: Settings, vectors: dict[str, list[float]]) -> dict[str, Any]:
+    """Publish the vectors as the served model, whole (``publish_behaviour``)."""
     with Progress(transient=True) as progress:
-        task = progress.add_task("writing behaviour vectors", total=len(ids))
-        for k in range(0, len(ids), step):
-            chunk = {i: vectors[i] for i in ids[k : k + step]}
-            done += await write_behaviour(db, settings, chunk)
-            progress.advance(task, len(chunk))
-    return done
+        task = progress.add_task("writing behaviour vectors", total=len(vectors))
+        done = await publish_behaviour(
+            db, settings, vectors, progress=lambda n: progress.advance(task, n)
+        )
+    return {"written": done.written, "version": done.version}
 
 
 def _positives_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,10 +143,12 @@ def als_cmd(
 ) -> None:
     """Learn behavioural item vectors (implicit ALS) and store them for the engine.
 
-    The vectors go to the behaviour collection (`item_behaviour_collection`), never into
-    the items (the application's documents: their fields, `version` and `updated_at` stay
-    untouched); the next `opendisco sync` pass sends each changed vector's item again, so
-    the vector reaches OpenSearch without re-encoding text.
+    The vectors go to a collection of their own beside the behaviour collection
+    (`item_behaviour_collection`), never into the items (the application's documents: their
+    fields, `version` and `updated_at` stay untouched), and the model is published whole
+    once all are written: a run killed midway leaves the previous model served, and two runs
+    at once publish one after the other. The next `opendisco sync` pass sends each item again
+    with its new vector, so it reaches OpenSearch without re-encoding text.
     """
     report = asyncio.run(_train_als(settings, movielens, min_rating, iterations, dry_run))
     click.echo(json.dumps(report, indent=2))

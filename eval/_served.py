@@ -37,7 +37,7 @@ import numpy as np
 from opendisco import clients
 from opendisco._backend import backend_errors
 from opendisco._settings import Settings
-from opendisco.ingest import CACHE_COLLECTION, Embedder, reindex, write_behaviour, write_sample
+from opendisco.ingest import CACHE_COLLECTION, Embedder, publish_behaviour, reindex, write_sample
 from opendisco.rerank import train_als
 from opendisco.serving import Artifacts, Discovery
 
@@ -203,10 +203,7 @@ async def _store_behaviour(settings: Settings, vectors: Mapping[str, list[float]
     mongo = clients.mongo_async(settings)
     try:
         db = mongo[settings.mongo_db]
-        with backend_errors(f"clearing {settings.behaviour_collection!r}"):
-            await db.drop_collection(settings.behaviour_collection)
-        if vectors:
-            await write_behaviour(db, settings, vectors)
+        await publish_behaviour(db, settings, vectors)
     finally:
         await mongo.close()
 

@@ -7,6 +7,7 @@ from opendisco._stored import read_vector, store_vector, vector_values
 
 from ._apply import Applied, Counters, Prepared, prepare
 from ._behaviour import BehaviourFeed, behaviour_collection, join_behaviour, write_behaviour
+from ._behaviour_model import Published, publish_behaviour, served_collection
 from ._bulk import (
     Action,
     BulkResult,
@@ -76,6 +77,7 @@ __all__ = [
     "PartitionLeases",
     "PollingFeed",
     "Prepared",
+    "Published",
     "ReconcileReport",
     "ReindexReport",
     "SyncReport",
@@ -105,6 +107,7 @@ __all__ = [
     "plan_templates",
     "positive_threshold",
     "prepare",
+    "publish_behaviour",
     "purge_letters",
     "read_letters",
     "read_vector",
@@ -113,6 +116,7 @@ __all__ = [
     "remove_partial_builds",
     "run_sync",
     "seed_resume_token",
+    "served_collection",
     "set_replicas",
     "state_key",
     "store_vector",

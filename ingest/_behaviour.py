@@ -2,7 +2,8 @@
 
 The items collection belongs to the application (it writes ``available``, ``deleted``, the
 profile fields, ``version``). ``opendisco train`` writes the ALS item factors into
-``settings.behaviour_collection`` instead — ``{_id: <item id>, behaviour: <BSON float32
+``settings.behaviour_collection`` (one collection per model, published whole:
+:mod:`._behaviour_model`) instead — ``{_id: <item id>, behaviour: <BSON float32
 vector>, updated_at}`` — and never touches an item: on FerretDB 1.x an update rewrites the
 whole document, so a batch job updating items loses the application's concurrent writes
 (a member marked unavailable came back), and a batch job has no business bumping the
@@ -27,14 +28,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import UpdateOne
-
 from opendisco._backend import backend_errors
 from opendisco._settings import Settings
-from opendisco._store import bulk_write_chunked, now_ms
-from opendisco._stored import store_vector
+from opendisco._store import now_ms
 
 from ._apply import Prepared, prepare
+from ._behaviour_model import served_collection, store_vectors
 from ._embed import Embedder
 from ._feed import PollingFeed
 from ._schema import vector_problem
@@ -56,7 +55,8 @@ KIND = "behaviour"
 
 
 def behaviour_collection(db: Any, settings: Settings) -> Any:
-    """The behaviour collection, read with the same codec as the items (UTC dates)."""
+    """The unversioned behaviour collection (served until a model is published:
+    :mod:`._behaviour_model`), read with the same codec as the items (UTC dates)."""
     opts = items_collection(db, settings).codec_options
     return db.get_collection(settings.behaviour_collection, codec_options=opts)
 
@@ -68,20 +68,11 @@ async def write_behaviour(
     *,
     now: datetime | None = None,
 ) -> int:
-    """Upsert ``item id → vector`` into the behaviour collection (a BSON float32 vector:
-    FerretDB reads it ~30% cheaper than an array of doubles), all stamped ``now``; the
-    items are not touched. Returns the number of vectors written (new or changed)."""
-    coll = behaviour_collection(db, settings)
-    stamp = now or now_ms()
-    with backend_errors(f"indexing {coll.name} failed"):
-        await coll.create_index("updated_at")  # the feed polls by it (no-op once it exists)
-    ops = [
-        UpdateOne(
-            {"_id": i}, {"$set": {"behaviour": store_vector(v), "updated_at": stamp}}, upsert=True
-        )
-        for i, v in vectors.items()
-    ]
-    return await bulk_write_chunked(coll, ops)
+    """Upsert ``item id → vector`` into the served model's collection, all stamped ``now``;
+    the items are not touched. Returns the number of vectors written (new or changed).
+    A trained model is published whole with :func:`publish_behaviour` instead: this mixes the
+    new vectors into the served model's (fixtures, a few vectors set by hand)."""
+    return await store_vectors(await served_collection(db, settings), vectors, now or now_ms())
 
 
 def marks(changed: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -91,7 +82,7 @@ def marks(changed: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def _read(db: Any, settings: Settings, ids: list[Any]) -> list[dict[str, Any]]:
-    coll = behaviour_collection(db, settings)
+    coll = await served_collection(db, settings)
     with backend_errors(f"reading {coll.name} failed"):
         found = await coll.find({"_id": {"$in": ids}}).to_list(None)  # FerretDB: pushed down
     return [d for d in found if d.get("behaviour") is not None]
@@ -191,3 +182,9 @@ class BehaviourFeed(PollingFeed):
 
     name = KIND
     collection = staticmethod(behaviour_collection)
+
+    async def start(self) -> None:
+        """Each pass reads the model served when it starts (a switch during a pass is read
+        by the next: the previous model's collection outlives it)."""
+        self.coll = await served_collection(self.db, self.settings)
+        await super().start()

@@ -58,7 +58,8 @@ from opendisco._settings import Settings
 from opendisco._store import detect_capabilities, now_ms
 
 from ._apply import Applied, Counters, prepare, write
-from ._behaviour import behaviour_collection, join_behaviour, marks, prepare_refresh
+from ._behaviour import join_behaviour, marks, prepare_refresh
+from ._behaviour_model import served_collection
 from ._build_lease import BuildLease, build_lease
 from ._bulk import BulkWriter, patiently
 from ._checkpoints import save_floor
@@ -300,7 +301,8 @@ async def _refresh_stream(
     ``joined`` to them by the build or its catch-up."""
     query = {"updated_at": {"$gte": since}}
     counters = Counters()
-    async with stream(behaviour_collection(db, settings), query, settings.bulk_batch_size) as it:
+    coll = await served_collection(db, settings)
+    async with stream(coll, query, settings.bulk_batch_size) as it:
         async for page in it:
             fresh = {m["_id"] for m in joined.fresh(marks(page))}
             changed = [d for d in page if d["_id"] in fresh]

@@ -73,7 +73,7 @@ def test_train_cli_stores_behaviour_and_leaves_the_items_alone(
     mc = clients.mongo(clustered_settings)
     db = mc[clustered_settings.mongo_db]
     coll = db[clustered_settings.items_collection]
-    store = db[clustered_settings.behaviour_collection]
+    base = clustered_settings.behaviour_collection
     ids = [f"m{i}" for i in (1, 2, 3, 6, 10)] + ["m-never-rated"]
     coll.delete_many({"_id": {"$in": ids}})
     coll.insert_many([{"_id": i, "title": i, "version": 1, "deleted": False} for i in ids])
@@ -86,6 +86,10 @@ def test_train_cli_stores_behaviour_and_leaves_the_items_alone(
         assert res.exit_code == 0, res.output
         report = json.loads(res.output[res.output.index("{") :])
         assert report["als"]["written"] == report["als"]["vectors"] > 5
+        # published as a collection of its own, named by the pointer every reader follows
+        pointer = db[f"{base}_model"].find_one({"_id": "current"})
+        assert pointer["version"] == report["als"]["version"]
+        store = db[pointer["collection"]]
         assert store.count_documents({}) == report["als"]["vectors"]
         items = {d["_id"]: d for d in coll.find({"_id": {"$in": ids}})}
         assert all(d["version"] == 1 and "behaviour" not in d for d in items.values())
@@ -97,7 +101,9 @@ def test_train_cli_stores_behaviour_and_leaves_the_items_alone(
             assert vec is not None and np.isfinite(vec).all()
     finally:
         coll.delete_many({"_id": {"$in": ids}})
-        store.drop()
+        for name in db.list_collection_names():  # the models, their pointer and lease
+            if name.startswith(base):
+                db.drop_collection(name)
         mc.close()
 
 

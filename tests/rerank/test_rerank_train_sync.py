@@ -8,10 +8,12 @@ import json
 import uuid
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from opendisco import Settings, clients
+from opendisco._stored import read_vector
 from opendisco.cli.main import cli
 from opendisco.ingest import Embedder, generate_marketplace, reindex, sync_once, write_sample
 from opendisco.signals import EventProcessor
@@ -106,3 +108,23 @@ def test_train_vectors_reach_opensearch_through_sync_without_reencoding(
     for i in with_vec:
         assert len(docs[i]["behaviour"]) == s.behaviour_dim
         assert docs[i]["source_version"] == versions[i]
+
+    # a second model replaces the first: one pass sends every item again with its new vector
+    # (the feed follows the pointer to the new model's collection; its vectors are dated after
+    # every vector of the first)
+    res = CliRunner().invoke(cli, ["train", "--iterations", "9"], obj=s)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{") :])["als"]["written"] == written
+    rep, again, _ = asyncio.run(sync_and_read())
+    assert rep.behaviour == written, rep
+    mc = clients.mongo(s)
+    try:
+        db = mc[s.mongo_db]
+        pointer = db[f"{s.behaviour_collection}_model"].find_one({"_id": "current"})
+        new = {d["_id"]: read_vector(d["behaviour"]) for d in db[pointer["collection"]].find()}
+    finally:
+        mc.close()
+    assert sorted(i for i, d in again.items() if d.get("behaviour")) == sorted(new)
+    for i, vec in new.items():
+        np.testing.assert_allclose(again[i]["behaviour"], vec, rtol=1e-6)
+    assert not all(np.allclose(docs[i]["behaviour"], new[i]) for i in new)  # another model

@@ -1,0 +1,211 @@
+"""`opendisco train als` publishes a model whole: kill -9 midway, or two runs at once, never
+leave the behaviour vectors of two models served side by side (their similarities mean
+nothing across models)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from opendisco import Settings, clients
+from opendisco._stored import read_vector
+from opendisco.cli.main import cli
+from opendisco.ingest import join_behaviour, load_movielens
+from opendisco.rerank import train_als
+
+OPENDISCO = Path(sys.executable).with_name("opendisco")
+#: positives from 4 stars: ~6k items, written in several chunks
+MIN_RATING = 4.0
+
+
+@pytest.fixture
+def train_settings(settings: Settings) -> Iterator[Settings]:
+    s = settings.model_copy(update={"mongo_db": f"{settings.mongo_db}tk"})
+    yield s
+    mc = clients.mongo(s)
+    mc.drop_database(s.mongo_db)
+    mc.close()
+
+
+def _env(s: Settings) -> dict[str, str]:
+    return dict(
+        os.environ,
+        OPENDISCO_MONGO_URL=s.mongo_url,
+        OPENDISCO_MONGO_DB=s.mongo_db,
+        OPENDISCO_ITEMS_COLLECTION=s.items_collection,
+    )
+
+
+def _cmd(movielens: Path, iterations: int) -> list[str]:
+    return [
+        str(OPENDISCO),
+        "train",
+        "als",
+        "--movielens",
+        str(movielens),
+        "--min-rating",
+        str(MIN_RATING),
+        "--iterations",
+        str(iterations),
+    ]
+
+
+@pytest.fixture(scope="module")
+def ratings(movielens: Path) -> Any:
+    return load_movielens(movielens).ratings
+
+
+def _model(ratings: Any, iterations: int) -> dict[str, Any]:
+    """The vectors a run writes (ALS here is deterministic: seed 0, one thread), as the
+    float32 they are stored in."""
+    pos = [(str(r[0]), str(r[1]), 1.0) for r in ratings if float(r[2]) >= MIN_RATING]
+    vectors = train_als(pos, factors=32, iterations=iterations).vectors()
+    return {i: np.asarray(v, dtype=np.float32) for i, v in vectors.items()}
+
+
+def _train_here(s: Settings, movielens: Path, iterations: int) -> None:
+    """One `train als` run in this process (a subprocess costs seconds of imports)."""
+    res = CliRunner().invoke(cli, _cmd(movielens, iterations)[1:], obj=s)
+    assert res.exit_code == 0, res.output
+
+
+def _sample(model: dict[str, Any]) -> list[str]:
+    """Every 10th item, in the order a run writes them: some of every chunk it writes."""
+    return sorted(list(model)[::10])
+
+
+def _served(s: Settings, ids: list[str]) -> dict[str, np.ndarray]:
+    """Item id → the behaviour vector every engine document is built with now."""
+
+    async def read() -> list[Any]:
+        mc = clients.mongo_async(s)
+        try:
+            return await join_behaviour(mc[s.mongo_db], s, [{"_id": i} for i in ids])
+        finally:
+            await mc.close()
+
+    out = {}
+    for doc in asyncio.run(read()):
+        vec = read_vector(doc.get("behaviour"), s.behaviour_dim)
+        if vec is not None:
+            out[doc["_id"]] = vec
+    return out
+
+
+def _models_served(
+    served: dict[str, np.ndarray], models: dict[str, dict[str, np.ndarray]]
+) -> set[str]:
+    """The names of the models whose vectors are among ``served`` (one item each: its vector
+    is one model's, or none's)."""
+    found = set()
+    for item, vec in served.items():
+        for name, vectors in models.items():
+            if item in vectors and np.array_equal(vectors[item], vec):
+                found.add(name)
+                break
+        else:
+            found.add("neither")
+    return found
+
+
+def _new_docs(s: Settings, since: datetime, mc: Any = None) -> int:
+    """Vectors written since ``since`` into the behaviour collection or any collection named
+    after it (wherever a run writes before it publishes)."""
+    client = mc or clients.mongo(s)
+    try:
+        db = client[s.mongo_db]
+        names = [n for n in db.list_collection_names() if n.startswith(s.behaviour_collection)]
+        return sum(db[n].count_documents({"updated_at": {"$gt": since}}) for n in names)
+    finally:
+        if mc is None:
+            client.close()
+
+
+def _written_by(proc: subprocess.Popen[bytes], s: Settings, since: datetime) -> None:
+    """Wait until ``proc`` (a `train als` run) has written vectors since ``since``."""
+    deadline = time.monotonic() + 60
+    mc = clients.mongo(s)
+    try:
+        while _new_docs(s, since, mc) == 0:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        mc.close()
+
+
+def _models_left(s: Settings) -> list[str]:
+    mc = clients.mongo(s)
+    try:
+        names = mc[s.mongo_db].list_collection_names()
+        return sorted(n for n in names if n.startswith(f"{s.behaviour_collection}__"))
+    finally:
+        mc.close()
+
+
+def test_kill_9_midway_through_publishing_leaves_the_previous_model_served(
+    train_settings: Settings, movielens: Path, ratings: Any
+) -> None:
+    s = train_settings
+    assert s.behaviour_dim == 32
+    _train_here(s, movielens, 1)
+    first, second, third = (_model(ratings, n) for n in (1, 3, 2))
+    ids = _sample(first)
+    assert _models_served(_served(s, ids), {"first": first}) == {"first"}
+    published = datetime.now(UTC)
+
+    proc = subprocess.Popen(
+        _cmd(movielens, 3), env=_env(s), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _written_by(proc, s, published)  # killed once its first chunk is written
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    finally:
+        proc.kill()
+    assert 0 < _new_docs(s, published) < len(first)  # killed midway
+    served = _served(s, ids)
+    assert _models_served(served, {"first": first, "second": second}) == {"first"}
+    assert sorted(served) == ids
+    left = _models_left(s)
+    assert len(left) == 2  # the first model's and the killed run's
+
+    # the next run publishes whole and drops what the killed one wrote (the first model's
+    # collection stays until the next publish: a reader may have resolved it just before)
+    _train_here(s, movielens, 2)
+    assert _models_served(_served(s, ids), {"third": third}) == {"third"}
+    now = _models_left(s)
+    assert len(now) == 2 and left[0] in now and left[1] not in now
+
+
+def test_two_runs_at_once_each_publish_their_model_whole(
+    train_settings: Settings, movielens: Path, ratings: Any
+) -> None:
+    s = train_settings
+    runs = [
+        subprocess.Popen(
+            _cmd(movielens, n), env=_env(s), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for n in (1, 3)
+    ]
+    for proc in runs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    one, three = _model(ratings, 1), _model(ratings, 3)
+    served = _served(s, _sample(one))
+    found = _models_served(served, {"one": one, "three": three})
+    assert found in ({"one"}, {"three"})  # the one published last, whole
+    assert sorted(served) == _sample(one)  # (both have the same items)
+    assert len(_models_left(s)) == 2  # the served model and the one before it
