@@ -143,23 +143,29 @@ class LearnedScorer:
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedScorer:
-        """A saved booster; :class:`ConfigError` when it was trained on other features than
-        :data:`FEATURE_NAMES` (LightGBM stores the names in the model file)."""
-        import lightgbm as lgb
-
+        """A saved booster (:meth:`from_bytes` of the file's content)."""
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"model file {path}: {exc}") from exc
-        text = check_model_text(data, str(path))
+        return cls.from_bytes(data, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> LearnedScorer:
+        """A booster from the content of a saved model (``where``: the file, for errors);
+        :class:`ConfigError` when it was trained on other features than
+        :data:`FEATURE_NAMES` (LightGBM stores the names in the model file)."""
+        import lightgbm as lgb
+
+        text = check_model_text(data, where)
         try:
             booster = lgb.Booster(model_str=text)
         except (lgb.basic.LightGBMError, ValueError) as exc:  # ValueError: pandas_categorical
-            raise ConfigError(f"model file {path}: not a LightGBM model: {exc}") from exc
+            raise ConfigError(f"model file {where}: not a LightGBM model: {exc}") from exc
         names = tuple(booster.feature_name())
         if names != FEATURE_NAMES:
             raise ConfigError(
-                f"model file {path} was trained on features {list(names)}; this reranker "
+                f"model file {where} was trained on features {list(names)}; this reranker "
                 f"computes {list(FEATURE_NAMES)}: retrain it (`opendisco train ltr`)"
             )
         return cls(booster)

@@ -207,10 +207,12 @@ def load_template(path: Path) -> Template:
 
 
 def load_model(path: Path) -> tuple[Scorer, str]:
-    """A trained ranking model and its name; refuses a model trained on other features."""
+    """A trained ranking model and its name; refuses a model trained on other features.
+    The file is read once: the name's hash is of the content loaded, also when the file is
+    replaced meanwhile."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"model file {path}: {exc}") from exc
-    scorer = LearnedScorer.load(path)  # raises ConfigError on a schema mismatch
+    scorer = LearnedScorer.from_bytes(data, str(path))  # ConfigError on a schema mismatch
     return scorer, _label(path, data)

@@ -3,7 +3,10 @@ are named in every response's version string; a model of another feature schema 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +18,7 @@ import pytest
 
 from opendisco import ConfigError, Settings
 from opendisco.rerank import FEATURE_NAMES, LearnedScorer
-from opendisco.serving import Artifacts, Discovery
+from opendisco.serving import Artifacts, Discovery, load_model
 
 
 def _params_file(tmp_path: Path) -> Path:
@@ -32,13 +35,13 @@ def _params_file(tmp_path: Path) -> Path:
     return path
 
 
-def _model(path: Path, names: list[str]) -> Path:
+def _model(path: Path, names: list[str], rounds: int = 3) -> Path:
     rng = np.random.default_rng(0)
     X = rng.random((60, len(names)))
     y = (X[:, 0] > 0.5).astype(int)
     ds = lgb.Dataset(X, label=y, group=[10] * 6, feature_name=names)
     params = {"objective": "lambdarank", "verbosity": -1, "num_threads": 1, "min_data_in_leaf": 2}
-    lgb.train(params, ds, num_boost_round=3).save_model(str(path))
+    lgb.train(params, ds, num_boost_round=rounds).save_model(str(path))
     return path
 
 
@@ -59,6 +62,32 @@ def test_model_file_is_loaded_and_named(tmp_path: Path) -> None:
     assert art.model_name.startswith("model-v2@")
     scores = art.scorer.score(np.zeros((4, len(FEATURE_NAMES))))
     assert scores.shape == (4,)
+
+
+def test_a_model_replaced_while_it_loads_is_named_by_the_content_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = list(FEATURE_NAMES)
+    first, second = _model(tmp_path / "first.txt", names), _model(tmp_path / "second.txt", names, 8)
+    path = tmp_path / "model-v3.txt"
+    shutil.copy(first, path)
+    read_bytes = Path.read_bytes
+
+    def then_replaced(self: Path) -> bytes:  # an operator's `mv` right after each read
+        data = read_bytes(self)
+        if self == path:
+            shutil.copy(second, tmp_path / "next.txt")
+            os.replace(tmp_path / "next.txt", path)
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", then_replaced)
+    scorer, name = load_model(path)
+    monkeypatch.undo()
+    assert name == f"model-v3@{hashlib.sha256(first.read_bytes()).hexdigest()[:8]}"
+    X = np.random.default_rng(1).random((20, len(names)))
+    loaded = LearnedScorer.load(first).score(X)
+    assert not np.allclose(loaded, LearnedScorer.load(second).score(X))
+    np.testing.assert_allclose(scorer.score(X), loaded)  # the content its name hashes
 
 
 def test_a_model_of_other_features_refuses_to_load(tmp_path: Path) -> None:
