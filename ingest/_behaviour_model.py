@@ -30,8 +30,10 @@ from datetime import datetime
 from typing import Any
 
 from pymongo import UpdateOne
+from pymongo.errors import DuplicateKeyError
 
 from opendisco._backend import backend_errors
+from opendisco._exceptions import StoreBackendError
 from opendisco._settings import Settings
 from opendisco._store import bulk_write_chunked, lease, now_ms
 from opendisco._stored import store_vector
@@ -110,6 +112,39 @@ async def _drop_all_but(db: Any, settings: Settings, keep: set[str]) -> list[str
     return gone
 
 
+async def _switch(
+    db: Any, settings: Settings, current: Mapping[str, Any], doc: Mapping[str, Any]
+) -> None:
+    """Point the readers at ``doc["collection"]``, if all its vectors are there and the
+    pointer still names ``current``: a publish whose lease lapsed (paused longer than
+    ``lease_s``) finds its collection dropped or the pointer moved by the publish that took
+    over, and switches to nothing (:class:`StoreBackendError`; the model served stays)."""
+    coll = db[doc["collection"]]
+    with backend_errors(f"counting {coll.name} failed"):
+        have = await coll.count_documents({})
+    if have != doc["vectors"]:
+        raise StoreBackendError(
+            f"{coll.name}: {have} of its {doc['vectors']} vectors are there (its publish lost "
+            "its lease, and another dropped it); the served model did not change"
+        )
+    pointer = _pointer(db, settings)
+    with backend_errors(f"switching {pointer.name} failed"):
+        if "_id" in current:  # the pointer read: replaced only if it still names that
+            res = await pointer.replace_one({"_id": CURRENT, "version": current["version"]}, doc)
+            switched = res.matched_count == 1
+        else:  # none yet (the unversioned collection served): the first pointer
+            try:
+                await pointer.insert_one({"_id": CURRENT, **doc})
+                switched = True
+            except DuplicateKeyError:
+                switched = False
+    if not switched:
+        raise StoreBackendError(
+            f"{pointer.name}: another publish switched the model while {doc['version']} was "
+            "written (its lease lapsed); that one stays served"
+        )
+
+
 async def publish_behaviour(
     db: Any,
     settings: Settings,
@@ -147,8 +182,6 @@ async def publish_behaviour(
             "published_at": stamp,
             "vectors": written,
         }
-        pointer = _pointer(db, settings)
-        with backend_errors(f"switching {pointer.name} failed"):
-            await pointer.replace_one({"_id": CURRENT}, doc, upsert=True)
+        await _switch(db, settings, current, doc)
         await _drop_all_but(db, settings, {coll.name, current["collection"]})
     return Published(version=version, collection=coll.name, written=written)

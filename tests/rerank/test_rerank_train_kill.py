@@ -20,9 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 from opendisco import Settings, clients
+from opendisco._exceptions import StoreBackendError
 from opendisco._stored import read_vector
 from opendisco.cli.main import cli
-from opendisco.ingest import join_behaviour, load_movielens
+from opendisco.ingest import join_behaviour, load_movielens, publish_behaviour
 from opendisco.rerank import train_als
 
 OPENDISCO = Path(sys.executable).with_name("opendisco")
@@ -209,3 +210,46 @@ def test_two_runs_at_once_each_publish_their_model_whole(
     assert found in ({"one"}, {"three"})  # the one published last, whole
     assert sorted(served) == _sample(one)  # (both have the same items)
     assert len(_models_left(s)) == 2  # the served model and the one before it
+
+
+@pytest.mark.parametrize("other", ["dropped_it", "switched"])
+async def test_a_publish_that_lost_its_lease_never_switches_to_its_model(
+    train_settings: Settings, other: str
+) -> None:
+    """Paused past its lease, a publish finds its collection dropped (or the pointer moved)
+    by the publish that took over: it fails, and the model served stays."""
+    s = train_settings
+    mc, sync = clients.mongo_async(s), clients.mongo(s)
+    db = mc[s.mongo_db]
+    try:
+        first = await publish_behaviour(db, s, {"i0": [1.0] * 32})
+        taken: list[str] = []
+
+        def taken_over(_n: int) -> None:  # after its first chunk (what the other did)
+            if taken:
+                return
+            names = sync[s.mongo_db].list_collection_names()
+            (mine,) = [
+                n
+                for n in names
+                if n.startswith(f"{s.behaviour_collection}__als") and n != first.collection
+            ]
+            taken.append(mine)
+            if other == "dropped_it":
+                sync[s.mongo_db].drop_collection(mine)
+            else:
+                sync[s.mongo_db][f"{s.behaviour_collection}_model"].update_one(
+                    {"_id": "current"}, {"$set": {"version": "another"}}
+                )
+
+        vectors = {f"i{k}": [float(k % 5 + 1)] * 32 for k in range(2500)}  # three chunks
+        with pytest.raises(StoreBackendError, match="lease"):
+            await publish_behaviour(db, s, vectors, progress=taken_over)
+        assert taken
+        pointer = sync[s.mongo_db][f"{s.behaviour_collection}_model"].find_one()
+        assert pointer["collection"] == first.collection
+        docs = await join_behaviour(db, s, [{"_id": "i0"}, {"_id": "i1"}])
+        assert [d["_id"] for d in docs if d.get("behaviour") is not None] == ["i0"]
+    finally:
+        await mc.close()
+        sync.close()
