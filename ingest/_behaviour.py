@@ -157,12 +157,14 @@ async def prepare_refresh(
     them now, each with its new vector, prepared like any change and sent at the item's
     current version with ``external_gte`` (the item did not change; a 409 still means the
     engine holds a newer version, which was built with this vector or a later one).
+    A mark of an item the new model left out (``behaviour: None``) sends it without one.
     Returns the prepared writes and the item documents (vectors without an item: none)."""
     vectors = _valid(
         {d["_id"]: d["behaviour"] for d in changed if d.get("behaviour") is not None},
         settings.behaviour_dim,
     )
-    ids = [i for i in vectors if isinstance(i, str)]
+    left_out = [d["_id"] for d in changed if "behaviour" in d and d["behaviour"] is None]
+    ids = [i for i in [*vectors, *left_out] if isinstance(i, str)]
     if not ids:
         return Prepared(), []
     items = _joined(await _items(db, settings, ids), vectors)

@@ -18,7 +18,10 @@ publish.
 
 All of a model's vectors are stamped with one ``updated_at``, the time its publish took the
 lease: later than every vector of the model it replaces, so the sync feed (an ``updated_at``
-watermark) sends every item again with its new vector once the pointer moves.
+watermark) sends every item again with its new vector once the pointer moves. An item the
+replaced model had a vector for and the new one has not (no positives left in the new data)
+gets a mark ``{_id, behaviour: None, updated_at}``: the feed sends it again without a vector
+(the old model's, beside the new model's, would mean nothing).
 """
 
 from __future__ import annotations
@@ -112,6 +115,16 @@ async def _drop_all_but(db: Any, settings: Settings, keep: set[str]) -> list[str
     return gone
 
 
+async def _left_out(
+    db: Any, settings: Settings, served: str, vectors: Mapping[str, Any]
+) -> list[str]:
+    """The items with a vector in the ``served`` model and none in ``vectors``."""
+    coll = db[served]
+    with backend_errors(f"reading {coll.name} failed"):
+        had = await coll.find({"behaviour": {"$ne": None}}, projection={"_id": 1}).to_list(None)
+    return [d["_id"] for d in had if d["_id"] not in vectors]
+
+
 async def _switch(
     db: Any, settings: Settings, current: Mapping[str, Any], doc: Mapping[str, Any]
 ) -> None:
@@ -122,7 +135,7 @@ async def _switch(
     coll = db[doc["collection"]]
     with backend_errors(f"counting {coll.name} failed"):
         have = await coll.count_documents({})
-    if have != doc["vectors"]:
+    if have != doc["vectors"] + doc["left_out"]:
         raise StoreBackendError(
             f"{coll.name}: {have} of its {doc['vectors']} vectors are there (its publish lost "
             "its lease, and another dropped it); the served model did not change"
@@ -175,12 +188,20 @@ async def publish_behaviour(
                 written += len((await coll.insert_many(docs, ordered=False)).inserted_ids)
                 if progress is not None:
                     progress(len(docs))
+            dropped = await _left_out(db, settings, current["collection"], vectors)
+            for k in range(0, len(dropped), CHUNK):
+                marks = [
+                    {"_id": i, "behaviour": None, "updated_at": stamp}
+                    for i in dropped[k : k + CHUNK]
+                ]
+                await coll.insert_many(marks, ordered=False)
         doc = {
             "collection": coll.name,
             "previous": current["collection"],
             "version": version,
             "published_at": stamp,
             "vectors": written,
+            "left_out": len(dropped),
         }
         await _switch(db, settings, current, doc)
         await _drop_all_but(db, settings, {coll.name, current["collection"]})

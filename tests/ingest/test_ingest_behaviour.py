@@ -21,6 +21,7 @@ from opendisco import Settings, StoreBackendError, clients, now_ms
 from opendisco.ingest import (
     Embedder,
     Syncer,
+    publish_behaviour,
     reindex,
     store_vector,
     sync_once,
@@ -146,6 +147,33 @@ async def test_sync_carries_new_vectors_without_a_version_bump(
         assert again.behaviour == 0 and again.changes == 0, again
     finally:
         await syncer.close()
+
+
+async def test_an_item_the_next_model_leaves_out_loses_the_old_models_vector(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    async_db: Any,
+) -> None:
+    """A model's vector beside the next model's means nothing: an item the next training
+    has no vector for (no positives left in its data) is sent again without one."""
+    s = ingest_settings
+    ids = [d["_id"] for d in ingest_catalogue]
+    await reindex(s, embedder=embedder)
+    first = _vectors(ids[:20], s.behaviour_dim, 1)
+    await publish_behaviour(async_db, s, first)
+    assert (await sync_once(s, db=async_db, embedder=embedder)).behaviour == 20
+    second = _vectors(ids[:10], s.behaviour_dim, 2)
+    await publish_behaviour(async_db, s, second)
+    rep = await sync_once(s, db=async_db, embedder=embedder)
+    assert rep.behaviour == 20 and rep.encoded == 0, rep
+    docs = await _engine(s, ids)
+    assert all(_same(docs[i].get("behaviour"), second[i]) for i in ids[:10])
+    assert [i for i in ids[10:] if docs[i].get("behaviour") is not None] == []
+    assert (await verify(s, db=async_db)).ok
+    # the next model does not carry the marks of items without a vector along
+    await publish_behaviour(async_db, s, second)
+    assert (await sync_once(s, db=async_db, embedder=embedder)).behaviour == 10
 
 
 class _Crash(Exception):
