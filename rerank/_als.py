@@ -3,7 +3,7 @@
 ``train_als`` fits item/user factors on positive interactions (implicit, CPU); ``fold_in``
 solves one user's factor from the factors of items they engaged with, so a user vector exists
 the moment they act, without retraining. ``opendisco train`` stores the item factors with
-``opendisco.ingest.write_behaviour`` in a collection of our own (never in the app's items);
+``opendisco.ingest.publish_behaviour`` in a collection of our own (never in the app's items);
 sync carries them into OpenSearch (the content embedding is never recomputed: its text did
 not change).
 """
