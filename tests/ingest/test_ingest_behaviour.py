@@ -160,20 +160,21 @@ async def test_an_item_the_next_model_leaves_out_loses_the_old_models_vector(
     s = ingest_settings
     ids = [d["_id"] for d in ingest_catalogue]
     await reindex(s, embedder=embedder)
-    first = _vectors(ids[:20], s.behaviour_dim, 1)
-    await publish_behaviour(async_db, s, first)
-    assert (await sync_once(s, db=async_db, embedder=embedder)).behaviour == 20
+
+    async def published(vectors: dict[str, np.ndarray]) -> Any:
+        await publish_behaviour(async_db, s, vectors)
+        return await sync_once(s, db=async_db, embedder=embedder)
+
+    assert (await published(_vectors(ids[:20], s.behaviour_dim, 1))).behaviour == 20
     second = _vectors(ids[:10], s.behaviour_dim, 2)
-    await publish_behaviour(async_db, s, second)
-    rep = await sync_once(s, db=async_db, embedder=embedder)
-    assert rep.behaviour == 20 and rep.encoded == 0, rep
+    rep = await published(second)
+    assert rep.behaviour == 20 and rep.encoded == 0, rep  # 10 new vectors, 10 without one
     docs = await _engine(s, ids)
     assert all(_same(docs[i].get("behaviour"), second[i]) for i in ids[:10])
     assert [i for i in ids[10:] if docs[i].get("behaviour") is not None] == []
     assert (await verify(s, db=async_db)).ok
     # the next model does not carry the marks of items without a vector along
-    await publish_behaviour(async_db, s, second)
-    assert (await sync_once(s, db=async_db, embedder=embedder)).behaviour == 10
+    assert (await published(second)).behaviour == 10
 
 
 class _Crash(Exception):
