@@ -1,0 +1,159 @@
+"""A trained model's table, served whole: its collections, the pointer, publishing a new one.
+
+What a trainer writes for serving (ALS behaviour vectors, EASE item–item rows) means something
+only beside the rest of the same model, so a model is never written into the collection
+readers read. A publish writes every document of the new model into a collection of its own,
+``<base>__<version>``, then switches the pointer document (``<base>_model``: ``{_id:
+"current", collection, previous, version, ...}``) to it with one single-document write. Every
+reader (:meth:`Generations.served`) follows the pointer; with none (a database from before),
+the unversioned ``<base>`` collection is served.
+
+A run killed before the switch leaves the previous model served whole; its partial collection
+is dropped by the next publish. Publishes are one at a time (a lease in ``<base>_locks``,
+renewed while held, taken over at once from a killed holder): a second trainer waits, then
+publishes its own model whole in turn. The previous model's collection is kept after a switch
+(a reader that resolved the pointer just before still reads it) and dropped by the next
+publish. A publish whose lease lapsed (paused longer than ``lease_s``) finds its collection
+dropped or the pointer moved by the publish that took over, and switches to nothing
+(:class:`StoreBackendError`; the model served stays).
+
+Use::
+
+    gens = Generations(db, "item_similarity")
+    async with gens.publishing(lease_s=..., wait_s=..., what="...") :
+        draft = await gens.begin(version)
+        ...  # write the model into draft.coll
+        await gens.commit(draft, documents=n, version=version, ...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from ._backend import backend_errors
+from ._exceptions import StoreBackendError
+from ._store import lease
+
+__all__ = ["CURRENT", "Draft", "Generations"]
+
+#: the pointer document's ``_id``
+CURRENT = "current"
+#: the one lease a publish holds
+PUBLISH_LOCK = "publish"
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A model being written: its own collection, and the pointer it replaces."""
+
+    coll: Any
+    version: str
+    current: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Generations:
+    """The collections of the models of the served table ``base`` (see the module doc)."""
+
+    db: Any
+    base: str
+    #: how the model collections are read (e.g. the items' UTC dates); the db's by default
+    codec_options: Any = None
+
+    @property
+    def pointer(self) -> Any:
+        return self.db[f"{self.base}_model"]
+
+    @property
+    def locks(self) -> Any:
+        return self.db[f"{self.base}_locks"]
+
+    def named(self, name: str) -> Any:
+        return self.db.get_collection(name, codec_options=self.codec_options)
+
+    async def current(self) -> dict[str, Any]:
+        """The pointer document, else ``{collection: base}`` (no model published yet)."""
+        with backend_errors(f"reading {self.pointer.name} failed"):
+            doc = await self.pointer.find_one({"_id": CURRENT})
+        return doc or {"collection": self.base}
+
+    async def served(self) -> Any:
+        """The collection of the model served now (the pointer's, else ``base``)."""
+        return self.named((await self.current())["collection"])
+
+    async def drop_all_but(self, keep: set[str]) -> list[str]:
+        """Drop every model collection (``base`` and ``base__*``) not in ``keep``."""
+        with backend_errors(f"listing {self.base} models failed"):
+            names = await self.db.list_collection_names()
+        gone = [
+            n for n in names if (n == self.base or n.startswith(f"{self.base}__")) and n not in keep
+        ]
+        for name in gone:
+            with backend_errors(f"dropping {name} failed"):
+                await self.db.drop_collection(name)
+        return gone
+
+    async def drop(self) -> None:
+        """Drop every model and the pointer (nothing served: readers read an empty ``base``)."""
+        await self.drop_all_but(set())
+        with backend_errors(f"dropping {self.pointer.name} failed"):
+            await self.pointer.drop()
+
+    @asynccontextmanager
+    async def publishing(self, *, lease_s: float, wait_s: float, what: str) -> AsyncIterator[None]:
+        """Hold the one publish lease of ``base`` (renewed while held)."""
+        async with lease(self.locks, [PUBLISH_LOCK], lease_s=lease_s, wait_s=wait_s, what=what):
+            yield
+
+    async def begin(self, version: str) -> Draft:
+        """Under :meth:`publishing`: drop what a killed publish left (no other publish is
+        writing) and name the new model's collection."""
+        current = await self.current()
+        await self.drop_all_but({current["collection"], current.get("previous", "")})
+        return Draft(self.named(f"{self.base}__{version}"), version, current)
+
+    async def commit(self, draft: Draft, *, documents: int, **fields: Any) -> str:
+        """Point the readers at ``draft``'s collection (the pointer document gets ``fields``)
+        if all its ``documents`` are there and the pointer still names the one ``draft``
+        replaces; then drop the model before that. Returns the collection served."""
+        doc = {
+            "collection": draft.coll.name,
+            "previous": draft.current["collection"],
+            "version": draft.version,
+            **fields,
+        }
+        await self._switch(draft, doc, documents)
+        await self.drop_all_but({draft.coll.name, draft.current["collection"]})
+        return str(draft.coll.name)
+
+    async def _switch(self, draft: Draft, doc: Mapping[str, Any], documents: int) -> None:
+        with backend_errors(f"counting {draft.coll.name} failed"):
+            have = await draft.coll.count_documents({})
+        if have != documents:
+            raise StoreBackendError(
+                f"{draft.coll.name}: {have} of its {documents} documents are there (its publish "
+                "lost its lease, and another dropped it); the served model did not change"
+            )
+        current, pointer = draft.current, self.pointer
+        with backend_errors(f"switching {pointer.name} failed"):
+            if "_id" in current:  # the pointer read: replaced only if it still names that
+                res = await pointer.replace_one(
+                    {"_id": CURRENT, "version": current["version"]}, doc
+                )
+                switched = res.matched_count == 1
+            else:  # none yet (the unversioned collection served): the first pointer
+                try:
+                    await pointer.insert_one({"_id": CURRENT, **doc})
+                    switched = True
+                except DuplicateKeyError:
+                    switched = False
+        if not switched:
+            raise StoreBackendError(
+                f"{pointer.name}: another publish switched the model while {draft.version} "
+                "was written (its lease lapsed); that one stays served"
+            )
