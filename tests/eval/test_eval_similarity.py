@@ -10,7 +10,7 @@ import numpy as np
 
 from opendisco import clients
 from opendisco.eval import Split, roll_split, similarity_rows, write_similarity
-from opendisco.signals import ITEM_SIMILARITY, ItemSimilarity
+from opendisco.signals import ItemSimilarity
 
 ITEMS = 300  # a small EASE keeps the suite quick
 
@@ -50,7 +50,7 @@ async def test_write_replaces_the_namespaces_table(ml_split: Split, eval_setting
             s: rows[s] for s in some
         }
     finally:
-        await mongo[settings.mongo_db].drop_collection(ITEM_SIMILARITY)
+        await ItemSimilarity(mongo[settings.mongo_db]).clear()
         await mongo.close()
 
 

@@ -131,27 +131,43 @@ async def test_feature_store_sums_the_rows_of_the_recent_positives(
         # no recent positives: no read, zeros
         assert (await fresh.lookup([c, d])).item_sim.tolist() == [0.0, 0.0]
     finally:
-        await clustered_db.drop_collection(ITEM_SIMILARITY)
+        await table.clear()
 
 
 def test_train_similarity_cli_replaces_the_table(
     clustered_settings: Settings, movielens: Any
 ) -> None:
+    """A database from before (rows in the unversioned table, no pointer): the run serves its
+    own model's collection, and drops the old table."""
     args = ["train", "similarity", "--movielens", str(movielens), "--max-items", "200"]
     mc = clients.mongo(clustered_settings)
-    coll = mc[clustered_settings.mongo_db][ITEM_SIMILARITY]
+    db = mc[clustered_settings.mongo_db]
     try:
-        coll.insert_one({"_id": "stale-item", "n": "{}", "k": 0, "version": "old"})
+        db[ITEM_SIMILARITY].insert_one({"_id": "stale-item", "n": "{}", "k": 0, "version": "old"})
         res = CliRunner().invoke(cli, [*args, "--top-n", "5"], obj=clustered_settings)
         assert res.exit_code == 0, res.output
         report = json.loads(res.output[res.output.index("{") :])["similarity"]
         assert 0 < report["written"] == report["rows"] <= 200
-        docs = list(coll.find({}))
+        pointer = db[f"{ITEM_SIMILARITY}_model"].find_one()
+        assert pointer["collection"].startswith(f"{ITEM_SIMILARITY}__{report['version']}-")
+        docs = list(db[pointer["collection"]].find({}))
         assert len(docs) == report["written"] and all(0 < d["k"] <= 5 for d in docs)
-        assert {d["version"] for d in docs} == {report["version"]}  # the stale row is gone
+        assert {d["version"] for d in docs} == {report["version"]}
+        assert ITEM_SIMILARITY in db.list_collection_names()  # kept: the one before
+        res = CliRunner().invoke(cli, args, obj=clustered_settings)
+        assert res.exit_code == 0, res.output
+        assert ITEM_SIMILARITY not in db.list_collection_names()  # the stale row is gone
     finally:
-        coll.drop()
+        asyncio.run(_clear(clustered_settings))
         mc.close()
+
+
+async def _clear(settings: Settings) -> None:
+    mc = clients.mongo_async(settings)
+    try:
+        await ItemSimilarity(mc[settings.mongo_db]).clear()
+    finally:
+        await mc.close()
 
 
 async def test_two_replaces_at_once_leave_one_whole_table(settings: Settings) -> None:
@@ -170,7 +186,7 @@ async def test_two_replaces_at_once_leave_one_whole_table(settings: Settings) ->
             *(ItemSimilarity(db).replace(rows, v) for v, rows in tables.items())
         )
         assert written == [300, 150]
-        docs = await db[ITEM_SIMILARITY].find({}).to_list(None)
+        docs = await (await ItemSimilarity(db).served()).find({}).to_list(None)
         versions = {d["version"] for d in docs}
         assert len(versions) == 1, versions
         assert len(docs) == len(tables[versions.pop()])
@@ -208,3 +224,21 @@ def test_recency_scales_halve_every_half_life_and_weight_the_summed_rows() -> No
     rows = [{"x": 1.0, "y": 2.0}, {"x": 4.0}]
     assert summed_weights(rows) == {"x": 5.0, "y": 2.0}
     assert summed_weights(rows, [1.0, 0.25]) == {"x": 2.0, "y": 2.0}
+
+
+async def test_a_table_from_before_is_served_until_a_model_is_published(settings: Settings) -> None:
+    """A database from before versioned models (rows in ``item_similarity``, no pointer):
+    requests read those rows; a replace serves its own model's rows, and only those."""
+    client = clients.mongo_async(settings)
+    db = client[f"{settings.mongo_db}simold"]
+    try:
+        old = {"_id": "a", "n": json.dumps({"b": 0.5}), "k": 1, "version": "old"}
+        await db[ITEM_SIMILARITY].insert_one(old)
+        assert await ItemSimilarity(db).rows(["a", "c"]) == {"a": {"b": 0.5}}
+        assert await ItemSimilarity(db).replace({"c": {"d": 1.0}}, "new") == 1
+        assert await ItemSimilarity(db).rows(["a", "c"]) == {"c": {"d": 1.0}}
+        assert await ItemSimilarity(db).replace({}, "empty") == 0  # nothing served: no rows
+        assert await ItemSimilarity(db).rows(["a", "c"]) == {}
+    finally:
+        await client.drop_database(f"{settings.mongo_db}simold")
+        await client.close()

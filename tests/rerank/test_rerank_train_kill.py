@@ -1,11 +1,13 @@
-"""`opendisco train als` publishes a model whole: kill -9 midway, or two runs at once, never
-leave the behaviour vectors of two models served side by side (their similarities mean
-nothing across models)."""
+"""`opendisco train als` and `train similarity` publish a model whole: kill -9 midway, or two
+runs at once, never leave the behaviour vectors (or the item–item rows) of two models served
+side by side (their similarities mean nothing across models)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tcp_faults import store_proxy
 
 from opendisco import Settings, clients
 from opendisco._exceptions import StoreBackendError
@@ -25,6 +28,7 @@ from opendisco._stored import read_vector
 from opendisco.cli.main import cli
 from opendisco.ingest import join_behaviour, load_movielens, publish_behaviour
 from opendisco.rerank import train_als
+from opendisco.signals import ITEM_SIMILARITY, ItemSimilarity
 
 OPENDISCO = Path(sys.executable).with_name("opendisco")
 #: positives from 4 stars: ~6k items, written in several chunks
@@ -253,3 +257,114 @@ async def test_a_publish_that_lost_its_lease_never_switches_to_its_model(
     finally:
         await mc.close()
         sync.close()
+
+
+# --- `train similarity`: the item–item rows of one EASE model, never of two ----------------
+
+
+def _similarity_cmd(movielens: Path, lam: float) -> list[str]:
+    return [
+        str(OPENDISCO),
+        *("train", "similarity", "--movielens", str(movielens), "--max-items", "1500"),
+        *("--top-n", "20", "--lam", str(lam)),
+    ]
+
+
+def _similarity_here(s: Settings, movielens: Path, lam: float) -> str:
+    """One `train similarity` run in this process; returns the version it wrote."""
+    res = CliRunner().invoke(cli, _similarity_cmd(movielens, lam)[1:], obj=s)
+    assert res.exit_code == 0, res.output
+    return str(json.loads(res.output[res.output.index("{") :])["similarity"]["version"])
+
+
+def _similarity_rows(s: Settings, ids: list[str]) -> dict[str, dict[str, float]]:
+    """The rows a request reads now."""
+
+    async def read() -> dict[str, dict[str, float]]:
+        mc = clients.mongo_async(s)
+        try:
+            return await ItemSimilarity(mc[s.mongo_db]).rows(ids)
+        finally:
+            await mc.close()
+
+    return asyncio.run(read())
+
+
+def _similarity_tables(db: Any) -> list[str]:
+    """The collections holding rows (the table, or a model's of its own)."""
+    names = db.list_collection_names()
+    return [
+        n for n in names if n.startswith(ITEM_SIMILARITY) and not n.endswith(("_locks", "_model"))
+    ]
+
+
+def _rows_not_of(s: Settings, version: str) -> int:
+    """Rows of another version than ``version``, wherever a run writes them."""
+    mc = clients.mongo(s)
+    try:
+        db = mc[s.mongo_db]
+        tables = _similarity_tables(db)
+        return sum(db[n].count_documents({"version": {"$ne": version}}) for n in tables)
+    finally:
+        mc.close()
+
+
+#: a command writing rows (``insert``/``update`` on the table or a model's collection)
+ROWS_WRITE = re.compile(
+    rb"\x02(?:insert|update)\x00.{4}" + ITEM_SIMILARITY.encode() + rb"(?:__|\x00)", re.S
+)
+
+
+async def test_kill_9_midway_through_train_similarity_leaves_the_previous_rows_served(
+    train_settings: Settings, movielens: Path
+) -> None:
+    """Killed midway, `train similarity` left the new model's rows for the items it had
+    written and the old model's for the rest: a table of two models (each item's row of
+    another fit) until the next successful run. The run's store traffic goes through a
+    proxy that holds its fourth write of rows: it is killed with three written."""
+    s = train_settings
+    first = await asyncio.to_thread(_similarity_here, s, movielens, 200.0)
+    mc = clients.mongo(s)
+    try:  # the items with a row (the model's collection holds nothing else)
+        (table,) = _similarity_tables(mc[s.mongo_db])
+        ids = sorted(d["_id"] for d in mc[s.mongo_db][table].find({}, projection={"_id": 1}))
+    finally:
+        mc.close()
+    before = await asyncio.to_thread(_similarity_rows, s, ids)
+    assert len(before) == len(ids) > 1000
+    proxy = await store_proxy(s.mongo_url)
+    writes = [0]
+
+    def fourth_on(data: bytes) -> bool:
+        if ROWS_WRITE.search(data):
+            writes[0] += 1
+        return writes[0] > 3
+
+    proxy.hold_if = fourth_on
+    env = _env(s) | {"OPENDISCO_MONGO_URL": proxy.mongo_url}
+    proc = subprocess.Popen(
+        _similarity_cmd(movielens, 20.0), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not proxy.held:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    finally:
+        proc.kill()
+        await proxy.close()
+    assert 0 < await asyncio.to_thread(_rows_not_of, s, first) < len(ids)  # killed midway
+    assert await asyncio.to_thread(_similarity_rows, s, ids) == before  # the first's rows, all
+
+    # the next run serves its model whole and drops what the killed one wrote
+    await asyncio.to_thread(_similarity_here, s, movielens, 50.0)
+    after = await asyncio.to_thread(_similarity_rows, s, ids)
+    assert after.keys() == before.keys() and all(after[i] != before[i] for i in ids[:50])
+    mc = clients.mongo(s)
+    try:
+        assert len(_similarity_tables(mc[s.mongo_db])) == 2  # served, and the one before
+    finally:
+        mc.close()

@@ -186,7 +186,7 @@ async def test_itemsim_source_only_when_on_and_never_past_the_hard_rules(
     discovery: Any, market: Any, market_settings: Any, model: Any
 ) -> None:
     from opendisco.serving import Discovery
-    from opendisco.signals import ITEM_SIMILARITY, ItemSimilarity
+    from opendisco.signals import ItemSimilarity
 
     _, users = market
     b = users[12]
@@ -215,7 +215,7 @@ async def test_itemsim_source_only_when_on_and_never_past_the_hard_rules(
         assert cands[w].ranks["itemsim"] < cands[z].ranks["itemsim"]
         assert own not in cands and own not in recs.ids
     finally:
-        await discovery.db.drop_collection(ITEM_SIMILARITY)
+        await table.clear()
 
 
 def _admits(prefs: dict[str, Any], other: dict[str, Any]) -> bool:
