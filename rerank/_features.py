@@ -14,7 +14,8 @@ Per :meth:`FeatureStore.lookup` call, whatever the number of candidates, at most
 * 1 MongoDB ``find`` of graph proximity to the user's recent items,
 * 1 MongoDB ``find`` of the trained item–item rows (``signals.ItemSimilarity``) of the
   member's recent positives, only for rows not in the item-metadata cache (the table changes
-  only when a trainer replaces it),
+  only when a trainer replaces it; the pointer to the served model is read every
+  :data:`SIM_POINTER_S`, and a new model drops every cached row),
 * for member candidates (profiles) only, their owners' tastes (content vector, likes and
   passes given: the reciprocal estimate): from the process's copy, else 1 MongoDB ``find``
   (the vector stored as a BSON float32 vector, which FerretDB reads ~10× faster than an
@@ -91,6 +92,9 @@ from ._types import CandidateBatch, Features, RerankContext
 
 __all__ = ["FeatureStore", "ViewerFeatures"]
 
+#: how long a process keeps serving the item–item model it found before reading the pointer again
+SIM_POINTER_S = 30.0
+
 
 def _array(v: Any) -> np.ndarray | None:
     """A stored vector as a float64 array (None when absent or not a flat vector)."""
@@ -147,8 +151,10 @@ class FeatureStore:
         self.counters: ExposureStore | ExposureMirror = copies.exposure if copies else exposure
         #: co-engagement edges: rows read by requests are kept ``graph_cache_s``
         self.graph = ItemGraph(db, cache_s=settings.graph_cache_s)
-        self.similarity = ItemSimilarity(db)
+        #: the served model's rows: cached ``meta_ttl_s``, all dropped when the model changes
+        self.similarity = ItemSimilarity(db, pointer_s=min(SIM_POINTER_S, meta_ttl_s))
         self.sim_rows = TTLCache(meta_ttl_s)
+        self._sim_model = ""
         self.inbound = InboundCounter(db)
         self.inbound_days = inbound_days
         self.states = UserStateStore(db)
@@ -300,9 +306,13 @@ class FeatureStore:
         order = list(dict.fromkeys(recent))
         if not order:
             return []
+        served = await self.similarity.served()
+        if served.name != self._sim_model:  # rows of two models never summed together
+            self.sim_rows.clear()
+            self._sim_model = served.name
         rows, miss = self.sim_rows.get_many(order)
         if miss:
-            found = await self.similarity.rows(miss)
+            found = await self.similarity.rows(miss, served)
             fetched = {i: found.get(i, {}) for i in miss}
             self.sim_rows.put_many(fetched)
             rows.update(fetched)

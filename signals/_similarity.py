@@ -16,12 +16,15 @@ Each model's rows are a collection of their own, published whole
 never rows of two models (each item's row of another fit) side by side.
 
 Nothing here learns from live events: the table changes only when a trainer replaces it, so a
-reader may cache rows for minutes.
+reader may cache rows for minutes, as long as it drops them when the served model changes (the
+feature store: :meth:`ItemSimilarity.served` names the model, the pointer read at most every
+``pointer_s``; the model before stays readable until the next replace).
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -39,14 +42,27 @@ ITEM_SIMILARITY = "item_similarity"
 class ItemSimilarity:
     """Rows of a trained item–item model (see the module doc)."""
 
-    def __init__(self, db: Any, *, lease_s: float = 30.0, wait_s: float = 900.0) -> None:
+    def __init__(
+        self, db: Any, *, lease_s: float = 30.0, wait_s: float = 900.0, pointer_s: float = 0.0
+    ) -> None:
         self.models = Generations(db, ITEM_SIMILARITY)
         self.lease_s = lease_s
         self.wait_s = wait_s
+        #: how long the served model's collection, once read from the pointer, is kept
+        self.pointer_s = pointer_s
+        self._served: tuple[float, Any] | None = None
 
     async def served(self) -> Any:
-        """The collection of the rows served now."""
-        return await self.models.served()
+        """The collection of the rows served now (read from the pointer at most every
+        ``pointer_s``)."""
+        now = time.monotonic()
+        if self._served is None or now - self._served[0] >= self.pointer_s:
+            self._served = (now, await self.models.served())
+        return self._served[1]
+
+    def forget_served(self) -> None:
+        """Read the pointer again at the next :meth:`served`."""
+        self._served = None
 
     async def clear(self) -> None:
         """Drop every model's rows (none served)."""
@@ -78,14 +94,16 @@ class ItemSimilarity:
             await self.models.commit(draft, documents=len(docs), rows=len(docs))
         return len(docs)
 
-    async def rows(self, item_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+    async def rows(
+        self, item_ids: Iterable[str], served: Any = None
+    ) -> dict[str, dict[str, float]]:
         """``{item: {dst: w}}`` for the ``item_ids`` that have a row (``_id`` lookups in the
-        served model's collection)."""
+        ``served`` collection, by default the served model's)."""
         src = list(dict.fromkeys(str(i) for i in item_ids))
         out: dict[str, dict[str, float]] = {}
         if not src:
             return out
-        coll = await self.served()
+        coll = served if served is not None else await self.served()
         for k in range(0, len(src), READ_CHUNK):
             with backend_errors(f"{ITEM_SIMILARITY} lookup failed"):
                 docs = await coll.find(

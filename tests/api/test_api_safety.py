@@ -340,7 +340,7 @@ class _FailingSimilarity(ItemSimilarity):
         super().__init__(db)
         self.hang = hang
 
-    async def rows(self, item_ids: Any) -> Any:
+    async def rows(self, item_ids: Any, served: Any = None) -> Any:
         await asyncio.sleep(60 if self.hang else 0.01)
         raise BackendError("item_similarity lookup failed (injected)")
 

@@ -134,6 +134,25 @@ async def test_feature_store_sums_the_rows_of_the_recent_positives(
         await table.clear()
 
 
+async def test_cached_rows_of_a_replaced_model_are_never_summed_with_the_new_models(
+    clustered_settings: Settings, clustered_os: Any, clustered_db: Any
+) -> None:
+    """A process cached the rows it read (``meta_ttl_s``, 10 minutes): after a replace, a
+    member's recent items summed the old model's cached rows with the new model's rows of the
+    items not cached. Once the process reads the pointer again, every cached row goes."""
+    table = ItemSimilarity(clustered_db)
+    try:
+        await table.replace({"a": {"x": 1.0}, "b": {"x": 1.0}}, "m1")
+        store = FeatureStore(clustered_settings, clustered_os, clustered_db)
+        store.similarity.pointer_s = 0.0  # (every 30 s): reads the pointer at each lookup
+        assert await store.similar_recent(["a"]) == {"x": 1.0}  # a's row cached
+        await table.replace({"a": {"y": 2.0}, "b": {"y": 2.0}}, "m2")
+        summed = await store.similar_both(["a", "b"])
+        assert summed[0] == {"y": 4.0}  # not {"x": 1.0, "y": 2.0}
+    finally:
+        await table.clear()
+
+
 def test_train_similarity_cli_replaces_the_table(
     clustered_settings: Settings, movielens: Any
 ) -> None:

@@ -83,7 +83,7 @@ async def test_viewer_lookups_overlap_the_candidates_and_give_the_same_features(
     sims = ItemSimilarity(discovery.db)
     version = "viewer-" + uuid.uuid4().hex[:6]
     await sims.replace({positives[0]: {later[0]: 0.7, later[1]: 0.2}}, version)
-    discovery.features.sim_rows.clear()
+    discovery.features.similarity.forget_served()  # (read every 30 s): the new model now
     sources = discovery.parts.sources
     recording = _Recording(sources[0], calls)
     discovery.parts.sources = [recording]
@@ -135,7 +135,7 @@ async def test_viewer_lookups_overlap_the_candidates_and_give_the_same_features(
 
 
 class _FailingSimilarity(ItemSimilarity):
-    async def rows(self, item_ids: Any) -> Any:
+    async def rows(self, item_ids: Any, served: Any = None) -> Any:
         await asyncio.sleep(0.01)  # fails while the candidate query runs
         raise BackendError("item_similarity lookup failed (injected)")
 
