@@ -11,8 +11,9 @@ blocked *me*. Each member's document holds both sides::
 so serving reads one document by ``_id`` (a point read on FerretDB too) and excludes the
 items of every member in either list (the blocked member must not see the blocker either).
 A block touches two documents: they are read, merged and replaced under both members'
-leases (FerretDB updates are not atomic read-modify-writes); adding the same pair again
-changes nothing, so a re-applied event batch is harmless.
+leases (FerretDB updates are not atomic read-modify-writes), fenced (``_store_fence``: a
+write held past its client's timeout no longer lands over a newer block); adding the same
+pair again changes nothing, so a re-applied event batch is harmless.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ReplaceOne
-
 from opendisco._backend import backend_errors
-from opendisco._store import bulk_write_chunked, lease
+from opendisco._store import lease
+
+from ._store_fence import replace_fenced
 
 __all__ = ["MEMBER_BLOCKS", "MEMBER_BLOCK_LOCKS", "BlockStore", "MemberBlocks"]
 
@@ -91,14 +92,15 @@ class BlockStore:
             with backend_errors("member_blocks read failed"):
                 docs = await self.coll.find({"_id": {"$in": users}}).to_list(None)
             current = {d["_id"]: MemberBlocks.from_doc(d["_id"], d) for d in docs}
-            ops = []
+            writes = []
             for user in users:
                 old = current.get(user) or MemberBlocks(user)
                 new_blocked = sorted({*old.blocked, *blocked.get(user, ())})
                 new_by = sorted({*old.blocked_by, *blocked_by.get(user, ())})
                 if new_blocked == sorted(old.blocked) and new_by == sorted(old.blocked_by):
                     continue
-                doc = {"_id": user, "blocked": new_blocked, "blocked_by": new_by, "updated_at": now}
-                ops.append(ReplaceOne({"_id": user}, doc, upsert=True))
-            await bulk_write_chunked(self.coll, ops)
-        return len(ops)
+                writes.append(
+                    {"_id": user, "blocked": new_blocked, "blocked_by": new_by, "updated_at": now}
+                )
+            await replace_fenced(self.coll, writes)
+        return len(writes)

@@ -19,21 +19,29 @@ documents it fences that are older than :data:`FENCE_KEPT`.
 
 FerretDB 1.24 answers a bulk whose update was refused in a form pymongo cannot read (a
 ``KeyError``); :func:`write_guarded` reports it as the refusal it is.
+
+Whole documents read, merged and written back under leases (user states, member blocks) are
+fenced the same way (:func:`replace_fenced`): a write held past its client's timeout landed
+after the next holder's newer document and put the older one back (a like, a hide, a block
+lost: the item or member shown again). Each write carries a mark of its own, and the writer
+whose write failed fences that mark before it gives its leases up; the next holder then reads
+either the landed write or a document it can no longer reach.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import UpdateOne
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import StoreBackendError
+from opendisco._exceptions import BackendError, StoreBackendError
 from opendisco._store import bulk_write_chunked
 
-__all__ = ["FENCED", "FENCE_KEPT", "fence_marks", "guard", "write_guarded"]
+__all__ = ["FENCED", "FENCE_KEPT", "fence_marks", "guard", "replace_fenced", "write_guarded"]
 
 #: the field of a document's fenced marks (``{mark: when}``)
 FENCED = "fz"
@@ -81,3 +89,31 @@ async def write_guarded(coll: Any, ops: Sequence[Any]) -> None:
         await bulk_write_chunked(coll, ops)
     except KeyError as exc:  # FerretDB 1.24's answer to a refused update of the bulk
         raise StoreBackendError(f"{coll.name}: a write refused (its mark fenced)") from exc
+
+
+def rewrite(doc: Mapping[str, Any], mark: str, optional: Iterable[str] = ()) -> dict[str, Any]:
+    """Pure: the update that makes ``doc`` the whole document (but its fenced marks; the
+    ``optional`` fields it lacks removed), refused once ``mark`` is fenced."""
+    update: dict[str, Any] = {"$set": {k: v for k, v in doc.items() if k != "_id"}, **guard(mark)}
+    gone = {f: "" for f in optional if f not in doc}
+    if gone:
+        update["$unset"] = gone
+    return update
+
+
+async def replace_fenced(
+    coll: Any, docs: Sequence[Mapping[str, Any]], optional: Iterable[str] = ()
+) -> None:
+    """Write the whole documents ``docs`` (upserts by ``_id``; ``optional``: fields a document
+    may lack, removed where it does) under a fresh mark; when the write fails, fence the mark
+    before re-raising: the caller, still holding its leases, knows that its write either
+    landed or never will, so the next holder's newer document cannot be undone by it."""
+    if not docs:
+        return
+    mark, optional = uuid.uuid4().hex, tuple(optional)
+    ops = [UpdateOne({"_id": d["_id"]}, rewrite(d, mark, optional), upsert=True) for d in docs]
+    try:
+        await write_guarded(coll, ops)
+    except BackendError:
+        await fence_marks(coll, [str(d["_id"]) for d in docs], mark)
+        raise

@@ -24,7 +24,9 @@ Concurrent writers of one user: FerretDB 1.x applies updates as non-atomic read-
 (concurrent ``$push`` loses entries, a ``replace_one({_id, version})`` CAS can match twice),
 but a unique ``_id`` insert is atomic: read-merge-write runs under a per-user lease in
 ``user_state_locks`` (``insert_one({_id: user, owner, expires})``, released by
-``delete_one({_id, owner})``; an expired lease, left by a crashed writer, is taken over).
+``delete_one({_id, owner})``; an expired lease, left by a crashed writer, is taken over). The
+write is fenced (``_store_fence.replace_fenced``): one held on its way past the client's
+timeout can no longer land after the next holder's newer state and put the older one back.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from opendisco._store import bulk_write_chunked, lease
 from opendisco._stored import as_vector, store_vector, vector_values
 
 from ._behaviour import fold_in
+from ._store_fence import replace_fenced
 
 __all__ = [
     "USER_STATE",
@@ -349,25 +352,21 @@ class UserStateStore:
 
     async def save(self, state: UserState) -> None:
         """Write ``state`` (hold :meth:`locked` for its user while reading and writing)."""
-        doc = {**state.to_doc(), "version": state.version + 1}
-        with backend_errors("user_state write failed"):
-            await self.coll.replace_one({"_id": state.user_id}, doc, upsert=True)
-            await self.tastes_coll.replace_one(
-                {"_id": state.user_id}, _touched(state.taste_doc()), upsert=True
-            )
+        await self.save_many([state])
 
     async def save_many(
         self, states: Iterable[UserState], previous: Mapping[str, UserState] | None = None
     ) -> None:
         """Write ``states``; a member's taste only when it differs from their ``previous``
         state's (the states read under the same leases): most batches are impressions and
-        seen marks, which change the state but not the taste."""
+        seen marks, which change the state but not the taste.
+
+        The states are written fenced (``_store_fence.replace_fenced``): a write held on its
+        way past the client's timeout landed after, and undid, the newer state the next
+        holder wrote (its likes and hides lost: those items shown again)."""
         states = list(states)
-        ops = [
-            ReplaceOne({"_id": s.user_id}, {**s.to_doc(), "version": s.version + 1}, upsert=True)
-            for s in states
-        ]
-        await bulk_write_chunked(self.coll, ops)
+        docs = [{**s.to_doc(), "version": s.version + 1} for s in states]
+        await replace_fenced(self.coll, docs, optional=("vectors_stale",))
         before = previous or {}
         tastes = [
             ReplaceOne({"_id": s.user_id}, _touched(doc), upsert=True)

@@ -12,16 +12,26 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from http_faults import FaultyHttpProxy
 from tcp_faults import TcpProxy, command_on, store_proxy
 from test_signals_claims_faults import CAPPED_ITEM, _batch, processors, storm, storm_settings
-from test_signals_claims_live import _assert_exact, _Counters
+from test_signals_claims_live import MOVIES, PROFILES, _assert_exact, _Counters
 
 from opendisco import BackendError, SearchBackendError, Settings, _store
-from opendisco.signals import CAPPED_DOC_ID, INBOUND, ITEM_EDGES, EventsConfig, _graph
+from opendisco.serving import HardRules
+from opendisco.signals import (
+    CAPPED_DOC_ID,
+    INBOUND,
+    ITEM_EDGES,
+    MEMBER_BLOCKS,
+    USER_STATE,
+    EventsConfig,
+    _graph,
+)
 
 __all__ = ["storm", "storm_settings"]  # the fixtures, shared with the claims-fault suite
 
@@ -369,3 +379,84 @@ async def test_a_co_engagement_write_cut_part_way_is_not_added_again_to_the_rows
             await _assert_counted_once(proc, db, batch, before, trend)
     finally:
         await proxy.close()
+
+
+async def _held_then_newer(
+    s: Settings,
+    collection: str,
+    first: list[dict[str, Any]],
+    later: list[dict[str, Any]],
+    check: Callable[[Any], Awaitable[None]],
+    *,
+    retried: bool = True,
+) -> None:
+    """Apply ``first`` with its first write to ``collection`` held on the way to MongoDB past
+    the client's socket timeout (the call fails); then the client's retry of it (unless not
+    ``retried``) and ``later``, which write newer documents; then the held write lands, and
+    ``check(processor)`` reads what is stored."""
+    proxy = await store_proxy(s.mongo_url)
+    update = {"mongo_url": proxy.mongo_url, "mongo_socket_timeout_s": STORE_TIMEOUT_S}
+    try:
+        async with processors(s.model_copy(update=update), 1) as ([proc], _db):
+            writes = command_on("update", collection)
+            proxy.hold_if = lambda data: proxy.held == 0 and writes(data)
+            with pytest.raises(BackendError):
+                await proc.apply(first)
+            await proc.drain()
+            assert proxy.held == 1
+            if retried:
+                assert (await proc.apply(first)).recovered == len(first)
+            assert (await proc.apply(later)).accepted == len(later)
+            proxy.release()
+            await _until(lambda: _late_answer(proxy))
+            await check(proc)
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.parametrize("retried", [True, False], ids=["retried", "next-batch"])
+async def test_a_user_state_write_that_lands_late_does_not_undo_a_newer_state(
+    storm_settings: Settings, retried: bool
+) -> None:
+    """A member's state write (``save_many``) is held past the client's timeout: the call
+    fails. The client's retry (or, ``next-batch``, only the member's next batch) writes a
+    newer state — a like and a hide — and then the held write lands. It must not put back the
+    older state: the liked and the hidden item would be shown to the member again (the hard
+    rules read ``liked``, ``seen`` and ``blocked`` from the state)."""
+    user = f"l{uuid.uuid4().hex[:8]}"
+    first = [_event(user, "like", MOVIES[0])]
+    later = [_event(user, "like", MOVIES[1]), _event(user, "hide", MOVIES[2])]
+
+    async def newer_kept(proc: Any) -> None:
+        state = await proc.states.get(user)
+        assert MOVIES[1] in state.liked and MOVIES[2] in state.blocked, state
+        rules = HardRules.for_member(user, None, state, None)
+        assert {MOVIES[1], MOVIES[2]} <= set(rules.exclude_ids)
+
+    await _held_then_newer(storm_settings, USER_STATE, first, later, newer_kept, retried=retried)
+
+
+async def test_a_block_write_that_lands_late_does_not_undo_a_newer_block(
+    storm_settings: Settings,
+) -> None:
+    """Member ``a`` hides a profile (blocks its owner): the write of both members' block
+    documents is held past the client's timeout, the client's retry writes them, then member
+    ``c`` hides the same profile, and the held write lands. The owner's document must still
+    say ``c`` blocked them: serving excludes the blocker's items from the blocked member's
+    answers from that document alone."""
+    tag = uuid.uuid4().hex[:8]
+    owner = "person1"  # the owner of PROFILES[1]
+    first, later = (
+        [_event(f"a{tag}", "hide", PROFILES[1])],
+        [_event(f"c{tag}", "hide", PROFILES[1])],
+    )
+
+    async def newer_kept(proc: Any) -> None:
+        blocks = await proc.blocks.get(owner)
+        assert {f"a{tag}", f"c{tag}"} <= blocks.either_way, blocks
+
+    await _held_then_newer(storm_settings, MEMBER_BLOCKS, first, later, newer_kept)
+
+
+def _event(user: str, kind: str, item: str) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "type": kind, "user_id": user, "item_id": item}
