@@ -10,7 +10,8 @@
   feature, and the matched profiles whose co-engaged neighbours are the friends-of-matches
   candidates and the ``mutual`` feature. Finding likers in ``user_likes`` would be a query on
   ``dst`` (a full scan on FerretDB); the rows are kept like the item adjacency rows (strings,
-  read-modify-written under per-member leases in ``user_inbox_locks``).
+  read-modify-written under per-member leases in ``user_inbox_locks``, fenced: ``_store_fence``
+  — a row write held past its client's timeout no longer lands over a newer row).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ReplaceOne, UpdateOne
+from pymongo import UpdateOne
 
 from opendisco._backend import backend_errors
 from opendisco._store import bulk_write_chunked, lease
 
 from ._graph import SEP
+from ._store_fence import replace_fenced
 
 __all__ = [
     "INBOX_LOCKS",
@@ -156,15 +158,15 @@ class UserGraph:
             self.locks, members, lease_s=self.lease_s, wait_s=self.lock_wait_s, what=USER_INBOX
         ):
             rows = await self.inboxes_of(members)
-            ops = []
+            docs = []
             for m in members:
                 box = rows[m]
                 new = Inbox(
                     likers={**box.likers, **likers.get(m, {})},
                     matches={**box.matches, **matched.get(m, {})},
                 )
-                ops.append(ReplaceOne({"_id": m}, new.to_doc(m, now), upsert=True))
-            await bulk_write_chunked(self.inboxes, ops)
+                docs.append(new.to_doc(m, now))
+            await replace_fenced(self.inboxes, docs)
 
     async def inboxes_of(self, members: Iterable[str]) -> dict[str, Inbox]:
         """Each member's inbox row (empty for members without one); one ``find`` by ``_id``."""

@@ -28,6 +28,7 @@ from opendisco.signals import (
     INBOUND,
     ITEM_EDGES,
     MEMBER_BLOCKS,
+    USER_INBOX,
     USER_STATE,
     EventsConfig,
     _graph,
@@ -456,6 +457,26 @@ async def test_a_block_write_that_lands_late_does_not_undo_a_newer_block(
         assert {f"a{tag}", f"c{tag}"} <= blocks.either_way, blocks
 
     await _held_then_newer(storm_settings, MEMBER_BLOCKS, first, later, newer_kept)
+
+
+async def test_an_inbox_write_that_lands_late_does_not_undo_a_newer_like(
+    storm_settings: Settings,
+) -> None:
+    """Member ``a`` likes a profile: the write of its owner's inbox row is held past the
+    client's timeout, the client's retry writes it, then member ``c`` likes the same profile,
+    and the held write lands. The owner's inbox must still list ``c`` among its likers."""
+    tag = uuid.uuid4().hex[:8]
+    owner = "person2"  # the owner of PROFILES[2]
+    first, later = (
+        [_event(f"a{tag}", "like", PROFILES[2])],
+        [_event(f"c{tag}", "like", PROFILES[2])],
+    )
+
+    async def newer_kept(proc: Any) -> None:
+        inbox = (await proc.users.inboxes_of([owner]))[owner]
+        assert {f"a{tag}", f"c{tag}"} <= set(inbox.likers), inbox
+
+    await _held_then_newer(storm_settings, USER_INBOX, first, later, newer_kept)
 
 
 def _event(user: str, kind: str, item: str) -> dict[str, Any]:
