@@ -4,7 +4,11 @@ the client's timeout — what a paused node (SIGSTOP) does — and lets them rea
 afterwards, once the failing call has checked its marks or a retry has taken its events over.
 Every impression and like must be counted once whatever the interleaving: the failing call's
 check of a write fences its mark (a write that lands after it is a no-op), and a call taking
-events over fences the marks of the writes their earlier holders could not check."""
+events over fences the marks of the writes their earlier holders could not check.
+
+The MongoDB writes are held the same way (``tests/tcp_faults.py``, ``hold_if``): counters must
+count once, and a whole document written late (a member's state, block document, inbox row)
+must not put back an older document over the newer one written meanwhile."""
 
 from __future__ import annotations
 
@@ -437,46 +441,30 @@ async def test_a_user_state_write_that_lands_late_does_not_undo_a_newer_state(
     await _held_then_newer(storm_settings, USER_STATE, first, later, newer_kept, retried=retried)
 
 
-async def test_a_block_write_that_lands_late_does_not_undo_a_newer_block(
-    storm_settings: Settings,
+@pytest.mark.parametrize("kind", ["hide", "like"], ids=["blocks", "inbox"])
+async def test_a_member_row_write_that_lands_late_does_not_undo_a_newer_one(
+    storm_settings: Settings, kind: str
 ) -> None:
-    """Member ``a`` hides a profile (blocks its owner): the write of both members' block
-    documents is held past the client's timeout, the client's retry writes them, then member
-    ``c`` hides the same profile, and the held write lands. The owner's document must still
-    say ``c`` blocked them: serving excludes the blocker's items from the blocked member's
-    answers from that document alone."""
+    """Member ``a`` hides (blocks its owner) or likes a profile: the write of the owner's
+    block document (or inbox row) is held past the client's timeout, the client's retry writes
+    it, then member ``c`` does the same, and the held write lands. The owner's document must
+    still name ``c``: serving excludes a blocker's items from the blocked member's answers
+    from that document alone (the inbox: ``c``'s like would be lost from the owner's likers)."""
     tag = uuid.uuid4().hex[:8]
-    owner = "person1"  # the owner of PROFILES[1]
-    first, later = (
-        [_event(f"a{tag}", "hide", PROFILES[1])],
-        [_event(f"c{tag}", "hide", PROFILES[1])],
-    )
+    hide = kind == "hide"
+    profile, owner = (PROFILES[1], "person1") if hide else (PROFILES[2], "person2")
+    members = {f"a{tag}", f"c{tag}"}
+    first, later = ([_event(m, kind, profile)] for m in sorted(members))
 
     async def newer_kept(proc: Any) -> None:
-        blocks = await proc.blocks.get(owner)
-        assert {f"a{tag}", f"c{tag}"} <= blocks.either_way, blocks
+        if hide:
+            named = set((await proc.blocks.get(owner)).either_way)
+        else:
+            named = set((await proc.users.inboxes_of([owner]))[owner].likers)
+        assert members <= named, named
 
-    await _held_then_newer(storm_settings, MEMBER_BLOCKS, first, later, newer_kept)
-
-
-async def test_an_inbox_write_that_lands_late_does_not_undo_a_newer_like(
-    storm_settings: Settings,
-) -> None:
-    """Member ``a`` likes a profile: the write of its owner's inbox row is held past the
-    client's timeout, the client's retry writes it, then member ``c`` likes the same profile,
-    and the held write lands. The owner's inbox must still list ``c`` among its likers."""
-    tag = uuid.uuid4().hex[:8]
-    owner = "person2"  # the owner of PROFILES[2]
-    first, later = (
-        [_event(f"a{tag}", "like", PROFILES[2])],
-        [_event(f"c{tag}", "like", PROFILES[2])],
-    )
-
-    async def newer_kept(proc: Any) -> None:
-        inbox = (await proc.users.inboxes_of([owner]))[owner]
-        assert {f"a{tag}", f"c{tag}"} <= set(inbox.likers), inbox
-
-    await _held_then_newer(storm_settings, USER_INBOX, first, later, newer_kept)
+    row = MEMBER_BLOCKS if hide else USER_INBOX
+    await _held_then_newer(storm_settings, row, first, later, newer_kept)
 
 
 def _event(user: str, kind: str, item: str) -> dict[str, Any]:
