@@ -59,6 +59,8 @@ DEADLINE_MS = 2000
 #: slack over the deadline a loaded 2-core machine (a JVM restarting on it) may add to an
 #: answer: the request's own work after the deadline cut it (the degraded answer)
 SLACK_S = 8.0
+#: the product processes' OpenSearch client timeout: shorter than the pause
+OPENSEARCH_TIMEOUT_S = 8.0
 #: profiles no reader is ever shown (V may not see them, W sees "nopref" alone): the events'
 #: items, so the served pages' own impressions do not move their counters
 EVENT_ITEMS = ["x-gender", "x-old", "x-wants-women", "x-wants-older"]
@@ -106,6 +108,9 @@ def _env(settings: Settings, state: Path) -> dict[str, str]:
         "OPENDISCO_STATE_DIR": str(state),
         "OPENDISCO_EXPLORE_RATE": "0",
         "OPENDISCO_API_DEADLINE_MS": str(DEADLINE_MS),
+        # the calls a paused engine holds time out within the pause (HOLD_S), as they do in
+        # a longer pause at the default 30 s
+        "OPENDISCO_OPENSEARCH_TIMEOUT": str(OPENSEARCH_TIMEOUT_S),
         "OPENDISCO_API_RATE_LIMIT": "10000",
         "OPENDISCO_API_RATE_BURST": "10000",
         "OPENDISCO_API_CURSOR_SECRET": "engine-kills",
@@ -325,7 +330,7 @@ class Outage:
 
 
 #: the engine's outage: killed -9 (restarted after this long), or paused (SIGCONT after)
-HOLD_S = {"kill": 8.0, "pause": 40.0}
+HOLD_S = {"kill": 8.0, "pause": 20.0}
 #: V's actions during each outage: a like, a hide (its owner blocked) and an impression
 ACTS = {"kill": ("ok5", "ok7", "ok9"), "pause": ("ok11", "ok13", "ok15")}
 #: a profile deleted (tombstone) in MongoDB during each outage
@@ -401,7 +406,7 @@ async def _true(value: bool) -> bool:
 
 @pytest.fixture(scope="module", params=["kill", "pause"])
 async def outage(request: pytest.FixtureRequest, product: Product) -> Outage:
-    """The engine killed with -9 mid-traffic and restarted, or paused (SIGSTOP) 40 s and
+    """The engine killed with -9 mid-traffic and restarted, or paused (SIGSTOP) 20 s and
     resumed, once for all the tests of that fault."""
     return await run_outage(product, request.param)
 
