@@ -312,4 +312,7 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
     }
     if not out["title"].strip():
         raise _fail("title", "empty")
+    lo, hi = out["pref_age_min"], out["pref_age_max"]
+    if lo is not None and hi is not None and lo > hi:
+        raise _fail("pref_age_min", f"{lo} above pref_age_max {hi}")
     return out

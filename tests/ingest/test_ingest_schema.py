@@ -75,6 +75,7 @@ BAD = {
     "code_title": ({"title": Code("Ana")}, "title"),
     "code_tag": ({"tags": [Code("jazz")]}, "tags[0]"),
     "code_id": ({"_id": Code("p1")}, "_id"),
+    "pref_ages_inverted": ({"pref_age_min": 40, "pref_age_max": 30}, "pref_age_min"),
 }
 
 
