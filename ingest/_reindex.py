@@ -164,8 +164,8 @@ async def _reindex(
 
     async def done(_: Any, counters: Counters) -> None:
         report.total += counters.seen
-        if progress:
-            progress(report.total, total)
+        if progress:  # the size is an estimate: documents written during the build add up
+            progress(report.total, None if total is None else max(total, report.total))
 
     build = await _apply_stream(
         settings,
