@@ -102,23 +102,13 @@ async def publish_behaviour(
         stamp = now_ms()
         draft = await gens.begin(f"als-{stamp:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}")
         coll = draft.coll
-        with backend_errors(f"writing {coll.name} failed"):
+        with backend_errors(f"indexing {coll.name} failed"):
             await coll.create_index("updated_at")  # the feed polls by it
-            ids = list(vectors)
-            written = 0
-            for k in range(0, len(ids), CHUNK):
-                # a new collection: inserts (FerretDB upserts one by one, ~15x slower)
-                docs = [_doc(i, vectors[i], stamp) for i in ids[k : k + CHUNK]]
-                written += len((await coll.insert_many(docs, ordered=False)).inserted_ids)
-                if progress is not None:
-                    progress(len(docs))
-            dropped = await _left_out(db, draft.current["collection"], vectors)
-            for k in range(0, len(dropped), CHUNK):
-                marks = [
-                    {"_id": i, "behaviour": None, "updated_at": stamp}
-                    for i in dropped[k : k + CHUNK]
-                ]
-                await coll.insert_many(marks, ordered=False)
+        docs = [_doc(i, v, stamp) for i, v in vectors.items()]
+        written = await gens.write(draft, docs, chunk=CHUNK, progress=progress)
+        dropped = await _left_out(db, draft.current["collection"], vectors)
+        marks = [{"_id": i, "behaviour": None, "updated_at": stamp} for i in dropped]
+        await gens.write(draft, marks, chunk=CHUNK)
         await gens.commit(
             draft,
             documents=written + len(dropped),

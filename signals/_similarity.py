@@ -87,10 +87,7 @@ class ItemSimilarity:
         )
         async with held:
             draft = await self.models.begin(f"{version}-{secrets.token_hex(3)}")
-            with backend_errors(f"writing {draft.coll.name} failed"):
-                for k in range(0, len(docs), MAX_WRITES_PER_COMMAND):
-                    chunk = docs[k : k + MAX_WRITES_PER_COMMAND]
-                    await draft.coll.insert_many(chunk, ordered=False)
+            await self.models.write(draft, docs, chunk=MAX_WRITES_PER_COMMAND)
             await self.models.commit(draft, documents=len(docs), rows=len(docs))
         return len(docs)
 
