@@ -28,6 +28,7 @@ Use::
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,9 +38,10 @@ from pymongo.errors import DuplicateKeyError
 
 from ._backend import backend_errors
 from ._exceptions import StoreBackendError
+from ._settings import Settings
 from ._store import lease
 
-__all__ = ["CURRENT", "Draft", "Generations"]
+__all__ = ["CURRENT", "Draft", "Followed", "Generations", "behaviour_models"]
 
 #: the pointer document's ``_id``
 CURRENT = "current"
@@ -177,3 +179,40 @@ class Generations:
                 f"{pointer.name}: another publish switched the model while {draft.version} "
                 "was written (its lease lapsed); that one stays served"
             )
+
+
+class Followed:
+    """The served model of ``models`` as a serving process follows it: the pointer read at
+    most every ``every_s`` (no round trip per request; a new model is seen within
+    ``every_s``)."""
+
+    def __init__(self, models: Generations, every_s: float) -> None:
+        self.models = models
+        self.every_s = every_s
+        self._read: tuple[float, dict[str, Any]] | None = None
+
+    async def current(self) -> dict[str, Any]:
+        """The pointer document (:meth:`Generations.current`), read again once it is older
+        than ``every_s``."""
+        now = time.monotonic()
+        if self._read is None or now - self._read[0] >= self.every_s:
+            self._read = (now, await self.models.current())
+        return self._read[1]
+
+    async def version(self) -> str | None:
+        """The served model's version (None: no model published, the unversioned table)."""
+        return (await self.current()).get("version")
+
+    async def served(self) -> Any:
+        """The collection of the model served now."""
+        return self.models.named((await self.current())["collection"])
+
+    def forget(self) -> None:
+        """Read the pointer again at the next call."""
+        self._read = None
+
+
+def behaviour_models(db: Any, settings: Settings, codec_options: Any = None) -> Generations:
+    """The trained behaviour vectors' models (``settings.behaviour_collection``), written by
+    ``opendisco train``; the members' folded vectors name the one they came from."""
+    return Generations(db, settings.behaviour_collection, codec_options=codec_options)

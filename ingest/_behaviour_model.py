@@ -29,7 +29,7 @@ from typing import Any
 from pymongo import UpdateOne
 
 from opendisco._backend import backend_errors
-from opendisco._published import Generations
+from opendisco._published import Generations, behaviour_models
 from opendisco._settings import Settings
 from opendisco._store import bulk_write_chunked, now_ms
 from opendisco._stored import store_vector
@@ -50,8 +50,7 @@ class Published:
 
 def _generations(db: Any, settings: Settings) -> Generations:
     """The behaviour models, read with the same codec as the items (UTC dates)."""
-    codec = items_collection(db, settings).codec_options
-    return Generations(db, settings.behaviour_collection, codec_options=codec)
+    return behaviour_models(db, settings, items_collection(db, settings).codec_options)
 
 
 async def served_collection(db: Any, settings: Settings) -> Any:

@@ -17,10 +17,12 @@ from typing import Any
 
 from opensearchpy import AsyncOpenSearch
 
+from opendisco._published import Followed, behaviour_models
 from opendisco._settings import Settings
 from opendisco.queries import Template
 from opendisco.rerank import FeatureStore
 from opendisco.signals import (
+    BEHAVIOUR_POINTER_S,
     BlockStore,
     PacingController,
     ServedLog,
@@ -71,7 +73,13 @@ def default_parts(
             )
         )
     hydrators: list[Any] = [
-        MemberContext(db, UserStateStore(db), BlockStore(db), UserGraph(db)),
+        MemberContext(
+            db,
+            UserStateStore(db),
+            BlockStore(db),
+            UserGraph(db),
+            Followed(behaviour_models(db, settings), BEHAVIOUR_POINTER_S),
+        ),
         RequestBuilder(params, dict(templates or {})),
         GraphNeighbours(features.graph),  # one graph (and its row cache) per pipeline
         MutualLikes(UserGraph(db), features.graph),

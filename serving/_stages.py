@@ -30,6 +30,7 @@ from opensearchpy import AsyncOpenSearch
 from opendisco._backend import backend_errors
 from opendisco._domain import Surface
 from opendisco._exceptions import ConfigError
+from opendisco._published import Followed
 from opendisco._settings import Settings
 from opendisco.queries import (
     REQUEST_PARAMS,
@@ -51,6 +52,7 @@ from opendisco.signals import (
     UserGraph,
     UserState,
     UserStateStore,
+    as_served,
     top_neighbours,
 )
 
@@ -148,12 +150,16 @@ class MemberContext:
     member's inbox (likers, matches: :class:`~opendisco.serving.MutualLikes`) too. All of
     them are point reads by the member's id, issued together: one round trip, read fresh
     every request. When any of them fails the plan fails (nothing is set): the request
-    degrades to the fallback, which reads the rules again."""
+    degrades to the fallback, which reads the rules again.
+
+    With ``behaviour`` (the served behaviour model, followed), a behaviour vector folded from
+    another model is left out of the state the request uses (``signals.as_served``)."""
 
     db: Any
     states: UserStateStore
     blocks: BlockStore
     users: UserGraph | None = None
+    behaviour: Followed | None = None
     name: str = "member"
 
     async def hydrate(self, plan: CandidatePlan) -> None:
@@ -162,14 +168,21 @@ class MemberContext:
             return
         member = read_member(self.db, self.states, self.blocks, plan.user_id)
         if self.users is None:
-            plan.user, plan.state, plan.blocks = await member
-        else:
-            (plan.user, plan.state, plan.blocks), plan.inbox = await asyncio.gather(
-                member, self.users.inbox(plan.user_id)
+            (plan.user, plan.state, plan.blocks), model = await asyncio.gather(
+                member, self._behaviour_model()
             )
+        else:
+            (plan.user, plan.state, plan.blocks), plan.inbox, model = await asyncio.gather(
+                member, self.users.inbox(plan.user_id), self._behaviour_model()
+            )
+        plan.state = as_served(plan.state, model)
         plan.rules = HardRules.for_member(
             plan.user_id, plan.user, plan.state, plan.blocks, exclude=plan.exclude
         )
+
+    async def _behaviour_model(self) -> str | None:
+        """The served behaviour model's version (its pointer read at most every 30 s)."""
+        return await self.behaviour.version() if self.behaviour is not None else None
 
 
 @dataclass

@@ -28,6 +28,13 @@ from ._event import (
 )
 from ._exposure import CAPPED_DOC_ID, Exposure, ExposureStore, capped_lookup, exposure_index
 from ._exposure_mirror import ExposureMirror
+from ._folding import (
+    BEHAVIOUR_POINTER_S,
+    as_served,
+    decayed_vector,
+    needs_refold,
+    recompute,
+)
 from ._graph import (
     ITEM_EDGES,
     RECENT_FANOUT,
@@ -68,12 +75,11 @@ from ._user_state import (
     UserState,
     UserStateConfig,
     UserStateStore,
-    decayed_vector,
     merge_events,
-    recompute,
 )
 
 __all__ = [
+    "BEHAVIOUR_POINTER_S",
     "CAPPED_DOC_ID",
     "CLAIMS",
     "EVENTS",
@@ -128,6 +134,7 @@ __all__ = [
     "UserStateStore",
     "adjacency_updates",
     "adopted_mark",
+    "as_served",
     "attention_stats",
     "cap_step",
     "capped_lookup",
@@ -144,6 +151,7 @@ __all__ = [
     "journal_dir",
     "merge_events",
     "merge_rows",
+    "needs_refold",
     "pacing_step",
     "rate_per_day",
     "read_journal",

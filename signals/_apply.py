@@ -48,15 +48,17 @@ from typing import Any
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import PartialWrite, SearchBackendError
+from opendisco._published import Followed
 
 from ._blocks import BlockStore
 from ._effects import Additive, Effects, pending, plan_effects
 from ._event import Event, EventsConfig, EventsResult
 from ._exposure import ExposureStore
+from ._folding import recompute
 from ._graph import ItemGraph, co_engagement_links
 from ._inbound import InboundCounter
 from ._members import UserGraph
-from ._user_state import UserState, UserStateStore, merge_events, recompute
+from ._user_state import UserState, UserStateStore, merge_events
 
 __all__ = ["NO_VECTORS", "Check", "EffectWriter", "item_vectors", "settle_unsure", "stored_items"]
 
@@ -143,6 +145,9 @@ class EffectWriter:
     count_served: bool = False
     #: the engine's counters index is ensured (until then a batch with engine writes fails)
     engine_ready: bool = False
+    #: the served behaviour model, which the states folded name (``_folding``; None: the
+    #: unversioned one)
+    behaviour: Followed | None = None
 
     def _plans(
         self,
@@ -338,6 +343,7 @@ class EffectWriter:
         pair: :func:`~._graph.co_engagement_links`), computed
         from the states read inside the leases (a concurrent batch of the same member is
         either before or after this one)."""
+        model = await self.behaviour.version() if self.behaviour is not None else None
         async with self.states.locked(by_user):
             states = await self.states.get_many(by_user)  # fresh: inside the lease
             links = co_engagement_links(states, by_user, self.cfg.graph_fanout, linked)
@@ -354,7 +360,7 @@ class EffectWriter:
                 new = merge_events(st, evs, cats, cfg)
                 if blind:  # repaired by the member's next event or the recovery sweep
                     return replace(new, updated_at=now, vectors_stale=True)
-                return recompute(new, vecs, behs, now, cfg)
+                return recompute(new, vecs, behs, now, cfg, model)
 
             await self.states.save_many(
                 (merged(states[u], evs) for u, evs in by_user.items()), previous=states

@@ -74,6 +74,7 @@ from ._event import Event, EventsConfig, EventsResult, reuse_reason, stored_even
 from ._event_items import event_items
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
+from ._folding import followed_behaviour
 from ._given_up import GivenUp, raw_event
 from ._graph import ItemGraph
 from ._inbound import InboundCounter
@@ -124,6 +125,7 @@ class EventProcessor:
             self.cfg,
             self._items,
             count_served=settings.exposure_count_served,
+            behaviour=followed_behaviour(db, settings),
         )
         self._ready = False  # every index ensured, the engine's included
         self._store_ready = False  # MongoDB's collections and indexes ensured
@@ -165,9 +167,7 @@ class EventProcessor:
 
     async def purge_expired(self, now: datetime | None = None) -> int:
         """Delete raw events older than the retention (what a TTL index does); returns count.
-
-        Safe for idempotency: an event that old is rejected by validation anyway.
-        """
+        Safe for idempotency: an event that old is rejected by validation anyway."""
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.cfg.ttl_days)
         with backend_errors("purging expired events failed"):
             res = await self.events.delete_many({"ts": {"$lt": cutoff}})
@@ -200,17 +200,17 @@ class EventProcessor:
 
     async def sweep(self) -> None:
         """One recovery sweep: events whose claim expired (:meth:`recover_expired`), then user
-        states merged while the engine could not be read (:meth:`repair_vectors`)."""
+        states whose vectors are to be folded again (:meth:`repair_vectors`)."""
         self._last_recover = time.monotonic()  # the in-call trigger waits a cadence
         await self.recover_expired()
         await self.repair_vectors()
 
     async def repair_vectors(self, limit: int = 100) -> int:
-        """Recompute the vectors of up to ``limit`` members merged while the engine could not
-        be read (:func:`~._repair.repair_vectors`); returns the states repaired."""
+        """Fold again the vectors of up to ``limit`` members (:func:`~._repair.repair_vectors`)."""
         if not self._ready:
             await self.ensure()
-        return await repair_vectors(self.states, self._items, self.cfg.user_state, limit)
+        model = self.writer.behaviour
+        return await repair_vectors(self.states, self._items, self.cfg.user_state, limit, model)
 
     async def recover_expired(self, limit: int = 1000) -> EventsResult:
         """Apply stored events whose claim expired unapplied (their holder died and no client

@@ -24,12 +24,11 @@ feature store: :meth:`ItemSimilarity.served` names the model, the pointer read a
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opendisco._backend import backend_errors
-from opendisco._published import Generations
+from opendisco._published import Followed, Generations
 from opendisco._store import MAX_WRITES_PER_COMMAND
 
 from ._graph import READ_CHUNK, decode_row, encode_row
@@ -48,21 +47,17 @@ class ItemSimilarity:
         self.models = Generations(db, ITEM_SIMILARITY)
         self.lease_s = lease_s
         self.wait_s = wait_s
-        #: how long the served model's collection, once read from the pointer, is kept
-        self.pointer_s = pointer_s
-        self._served: tuple[float, Any] | None = None
+        #: the served model, its pointer read at most every ``pointer_s``
+        self.followed = Followed(self.models, pointer_s)
 
     async def served(self) -> Any:
         """The collection of the rows served now (read from the pointer at most every
         ``pointer_s``)."""
-        now = time.monotonic()
-        if self._served is None or now - self._served[0] >= self.pointer_s:
-            self._served = (now, await self.models.served())
-        return self._served[1]
+        return await self.followed.served()
 
     def forget_served(self) -> None:
         """Read the pointer again at the next :meth:`served`."""
-        self._served = None
+        self.followed.forget()
 
     async def clear(self) -> None:
         """Drop every model's rows (none served)."""

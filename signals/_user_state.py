@@ -2,9 +2,9 @@
 
 ``{_id: user_id, positives: [{e, id, ts, w}], negatives: [...], seen: [...], liked: [...],
 blocked: [...], fatigue: [{c: category, n}], vector: <BSON float32 vector> | None,
-behaviour: <...> | None, version, updated_at}``. ``seen`` keeps the last ``max_seen`` ids
-shown or acted on; ``liked`` the last ``max_liked`` liked, so a like is never shown again
-after it leaves ``seen`` (the hard rules read both).
+behaviour: <...> | None, behaviour_model, version, updated_at}``. ``seen`` keeps the last
+``max_seen`` ids shown or acted on; ``liked`` the last ``max_liked`` liked, so a like is never
+shown again after it leaves ``seen`` (the hard rules read both).
 
 The taste and behaviour vectors are BSON Binary float32 vectors (:mod:`opendisco._stored`):
 FerretDB parses an array of doubles number by number on every read (a 384-d state cost it
@@ -46,7 +46,6 @@ from opendisco._backend import backend_errors
 from opendisco._store import bulk_write_chunked, lease
 from opendisco._stored import as_vector, store_vector, vector_values
 
-from ._behaviour import fold_in
 from ._store_fence import replace_fenced
 
 __all__ = [
@@ -54,7 +53,6 @@ __all__ = [
     "UserState",
     "UserStateConfig",
     "UserStateStore",
-    "decayed_vector",
     "merge_events",
 ]
 
@@ -103,6 +101,9 @@ class UserState:
     vectors_stale: bool = False
     #: items liked, most recent last: excluded for good, also after they leave ``seen``
     liked: list[str] = field(default_factory=list)
+    #: the served behaviour model when ``behaviour`` was folded (None: none published;
+    #: ``_folding``)
+    behaviour_model: str | None = None
 
     @property
     def recent_positive_ids(self) -> list[str]:
@@ -150,6 +151,7 @@ class UserState:
             "n_likes": self.n_likes,
             "n_passes": self.n_passes,
             **({"vectors_stale": True} if self.vectors_stale else {}),
+            **({"behaviour_model": self.behaviour_model} if self.behaviour_model else {}),
         }
 
     @classmethod
@@ -170,6 +172,7 @@ class UserState:
             n_passes=int(doc.get("n_passes") or 0),
             vectors_stale=bool(doc.get("vectors_stale")),
             liked=list(doc.get("liked") or []),
+            behaviour_model=doc.get("behaviour_model") or None,
         )
 
 
@@ -184,7 +187,7 @@ def _values(value: Any) -> list[float] | None:
     return vector_values(vec) if vec.dtype == np.float32 else [float(x) for x in vec]
 
 
-def _aware(ts: datetime) -> datetime:
+def aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
@@ -212,7 +215,7 @@ def merge_events(
         item, w, kind = ev["item_id"], float(ev["weight"]), ev["type"]
         n_likes += kind in LIKE_TYPES
         n_passes += kind in PASS_TYPES
-        entry = {"e": ev["id"], "id": item, "ts": _aware(ev["ts"]), "w": abs(w)}
+        entry = {"e": ev["id"], "id": item, "ts": aware(ev["ts"]), "w": abs(w)}
         if w > 0:
             pos.append(entry)
         elif w < 0:
@@ -238,66 +241,6 @@ def merge_events(
         applied=applied[-4 * cfg.max_recent :],
         n_likes=n_likes,
         n_passes=n_passes,
-    )
-
-
-def _weights(entries: Sequence[Mapping[str, Any]], now: datetime, half_life_h: float) -> np.ndarray:
-    ages = np.array([(now - _aware(e["ts"])).total_seconds() / 3600.0 for e in entries])
-    return np.array([float(e["w"]) for e in entries]) * np.exp2(-np.maximum(ages, 0) / half_life_h)
-
-
-def decayed_vector(
-    positives: Sequence[Mapping[str, Any]],
-    negatives: Sequence[Mapping[str, Any]],
-    vectors: Mapping[str, Sequence[float]],
-    now: datetime,
-    cfg: UserStateConfig,
-) -> list[float] | None:
-    """Pure: unit(Σ decayed wᵢ·vᵢ over positives − β·Σ decayed wⱼ·vⱼ over negatives)."""
-    acc: np.ndarray | None = None
-    for entries, sign in ((positives, 1.0), (negatives, -cfg.negative_weight)):
-        have = [e for e in entries if vectors.get(e["id"]) is not None]
-        if not have or sign == 0:
-            continue
-        w = _weights(have, now, cfg.half_life_hours)
-        M = np.asarray([vectors[e["id"]] for e in have], dtype=np.float64)
-        M /= np.maximum(np.linalg.norm(M, axis=1, keepdims=True), 1e-12)
-        part = sign * (w @ M) / max(float(w.sum()), 1e-12)
-        acc = part if acc is None else acc + part
-    if acc is None:
-        return None
-    n = float(np.linalg.norm(acc))
-    return (acc / n).tolist() if n > 1e-12 else None
-
-
-def behaviour_vector(
-    positives: Sequence[Mapping[str, Any]],
-    behaviours: Mapping[str, Sequence[float]],
-    now: datetime,
-    cfg: UserStateConfig,
-) -> list[float] | None:
-    """Fold-in of the decayed positives' behaviour vectors (ALS user solve)."""
-    have = [e for e in positives if behaviours.get(e["id"]) is not None]
-    if not have:
-        return None
-    w = _weights(have, now, cfg.half_life_hours)
-    u = fold_in(np.asarray([behaviours[e["id"]] for e in have]), w, regularization=cfg.fold_in_reg)
-    return None if u is None else u.tolist()
-
-
-def recompute(
-    state: UserState,
-    vectors: Mapping[str, Sequence[float]],
-    behaviours: Mapping[str, Sequence[float]],
-    now: datetime,
-    cfg: UserStateConfig,
-) -> UserState:
-    return replace(
-        state,
-        vector=decayed_vector(state.positives, state.negatives, vectors, now, cfg),
-        behaviour=behaviour_vector(state.positives, behaviours, now, cfg),
-        updated_at=now,
-        vectors_stale=False,
     )
 
 
@@ -331,12 +274,13 @@ class UserStateStore:
         found = {d["_id"]: UserState.from_doc(d) for d in docs}
         return {u: found.get(u) or UserState(user_id=u) for u in ids}
 
-    async def stale_vectors(self, limit: int) -> list[str]:
-        """Members whose state was merged without the items' vectors (``vectors_stale``)."""
+    async def stale_vectors(self, limit: int, behaviour_model: str | None = None) -> list[str]:
+        """Members whose vectors are to be folded again (:func:`needs_refold`): merged without
+        the items' vectors (``vectors_stale``), or folded from another behaviour model than
+        ``behaviour_model`` (a state without the field: none published)."""
+        query = {"$or": [{"vectors_stale": True}, {"behaviour_model": {"$ne": behaviour_model}}]}
         with backend_errors("user_state scan failed"):
-            docs = await self.coll.find(
-                {"vectors_stale": True}, projection={"_id": 1}, limit=limit
-            ).to_list(None)
+            docs = await self.coll.find(query, projection={"_id": 1}, limit=limit).to_list(None)
         return [str(d["_id"]) for d in docs]
 
     async def tastes(self, user_ids: Iterable[str]) -> dict[str, Taste]:
@@ -366,7 +310,7 @@ class UserStateStore:
         holder wrote (its likes and hides lost: those items shown again)."""
         states = list(states)
         docs = [{**s.to_doc(), "version": s.version + 1} for s in states]
-        await replace_fenced(self.coll, docs, optional=("vectors_stale",))
+        await replace_fenced(self.coll, docs, optional=("vectors_stale", "behaviour_model"))
         before = previous or {}
         tastes = [
             ReplaceOne({"_id": s.user_id}, _touched(doc), upsert=True)

@@ -144,7 +144,7 @@ async def test_cached_rows_of_a_replaced_model_are_never_summed_with_the_new_mod
     try:
         await table.replace({"a": {"x": 1.0}, "b": {"x": 1.0}}, "m1")
         store = FeatureStore(clustered_settings, clustered_os, clustered_db)
-        store.similarity.pointer_s = 0.0  # (every 30 s): reads the pointer at each lookup
+        store.similarity.followed.every_s = 0.0  # (every 30 s): reads the pointer at each lookup
         assert await store.similar_recent(["a"]) == {"x": 1.0}  # a's row cached
         await table.replace({"a": {"y": 2.0}, "b": {"y": 2.0}}, "m2")
         summed = await store.similar_both(["a", "b"])

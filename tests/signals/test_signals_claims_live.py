@@ -28,6 +28,7 @@ from opendisco.signals import (
     InboundCounter,
     ItemGraph,
     UserStateStore,
+    as_served,
 )
 
 MOVIES = [f"{c}{j}" for c in ("alpha", "beta", "gamma") for j in range(3, 9)]
@@ -523,3 +524,66 @@ async def test_likes_applied_without_vectors_are_repaired_by_the_sweep(
     if got.behaviour is not None:
         np.testing.assert_allclose(got.behaviour, want.behaviour, rtol=1e-6, atol=1e-7)
     assert [p["id"] for p in got.positives] == [p["id"] for p in before.positives]
+
+
+async def test_a_new_behaviour_model_is_folded_into_members_and_no_other_is_searched_with(
+    claims_settings: Settings, claims_os: Any
+) -> None:
+    """Two ALS models' latent axes mean nothing to each other. After ``train`` published a
+    new model, every member kept the behaviour vector folded from the one before, and
+    requests searched the new model's item vectors with it until the member's next event
+    (however long that took). Now the state names the model it was folded from: serving
+    leaves a vector of another model out (the member context), the recovery sweep folds the
+    member again, and an event after the switch names the new model."""
+    from opendisco._published import Followed, Generations, behaviour_models
+    from opendisco.ingest import publish_behaviour
+    from opendisco.serving import CandidatePlan, MemberContext
+
+    s = claims_settings.model_copy(update={"mongo_db": f"{claims_settings.mongo_db}bm"})
+    client = clients.mongo_async(s)
+    db = client[s.mongo_db]
+    try:
+        proc = EventProcessor(s, db, claims_os)
+        states = UserStateStore(db)
+        ts = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+        tag = uuid.uuid4().hex[:6]
+
+        def likes(user: str, movies: list[str]) -> list[dict[str, Any]]:
+            return [
+                {"id": uuid.uuid4().hex, "type": "like", "user_id": user, "item_id": m, "ts": ts}
+                for m in movies
+            ]
+
+        member, later = f"bm{tag}", f"bl{tag}"
+        assert (await proc.apply(likes(member, MOVIES[:3]))).accepted == 3
+        before = await states.get(member)
+        assert before.behaviour is not None and before.behaviour_model is None
+        assert member not in await states.stale_vectors(100, None)  # nothing to fold yet
+
+        rng = np.random.default_rng(5)
+        vectors = {m: rng.normal(size=s.behaviour_dim).tolist() for m in MOVIES}
+        published = await publish_behaviour(db, s, vectors)  # what `opendisco train als` does
+        member_ctx = MemberContext(
+            db, states, BlockStore(db), behaviour=Followed(behaviour_models(db, s), 0.0)
+        )
+        plan = CandidatePlan("for_you", 10, user_id=member)
+        await member_ctx.hydrate(plan)
+        assert plan.state is not None and plan.state.behaviour is None  # the old model's: out
+        assert plan.state.vector == before.vector  # the content taste stays
+        assert member in await states.stale_vectors(100, published.version)
+
+        proc.writer.behaviour.forget()  # (a process reads the pointer every 30 s)
+        assert await proc.repair_vectors(limit=100) == 1
+        folded = await states.get(member)
+        assert folded.behaviour_model == published.version and folded.behaviour is not None
+        assert member not in await states.stale_vectors(100, published.version)
+        assert as_served(folded, published.version) == folded
+        await member_ctx.hydrate(plan := CandidatePlan("for_you", 10, user_id=member))
+        assert plan.state is not None and plan.state.behaviour == folded.behaviour
+
+        assert (await proc.apply(likes(later, MOVIES[3:5]))).accepted == 2
+        assert (await states.get(later)).behaviour_model == published.version
+    finally:
+        await Generations(db, s.behaviour_collection).drop()
+        await client.drop_database(s.mongo_db)
+        await client.close()
