@@ -17,17 +17,16 @@ from typing import Any
 
 from opensearchpy import AsyncOpenSearch
 
-from opendisco._published import Followed, behaviour_models
 from opendisco._settings import Settings
 from opendisco.queries import Template
 from opendisco.rerank import FeatureStore
 from opendisco.signals import (
-    BEHAVIOUR_POINTER_S,
     BlockStore,
     PacingController,
     ServedLog,
     UserGraph,
     UserStateStore,
+    followed_behaviour,
 )
 
 from ._features import StoreFeatures
@@ -78,7 +77,7 @@ def default_parts(
             UserStateStore(db),
             BlockStore(db),
             UserGraph(db),
-            Followed(behaviour_models(db, settings), BEHAVIOUR_POINTER_S),
+            followed_behaviour(db, settings),
         ),
         RequestBuilder(params, dict(templates or {})),
         GraphNeighbours(features.graph),  # one graph (and its row cache) per pipeline

@@ -32,6 +32,7 @@ from ._folding import (
     BEHAVIOUR_POINTER_S,
     as_served,
     decayed_vector,
+    followed_behaviour,
     needs_refold,
     recompute,
 )
@@ -147,6 +148,7 @@ __all__ = [
     "encode_row",
     "exposure_index",
     "fold_in",
+    "followed_behaviour",
     "item_cap",
     "journal_dir",
     "merge_events",
