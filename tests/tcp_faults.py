@@ -50,6 +50,8 @@ class TcpProxy:
     hold_if: a request chunk it picks is held (its connection moves no byte to the server)
     until :meth:`release`, then sent: a write the server applies after its client timed out and
     closed the connection (``held`` counts them, ``late_answers`` the answers they got).
+    cut_if: a request chunk it picks is never sent, and its connection is closed (``cut``
+    counts them): the server unreachable for that request alone, a held one untouched.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -63,6 +65,8 @@ class TcpProxy:
         self._gates: set[asyncio.Event] = set()  # one per open connection (strand)
         self.hold_if: Callable[[bytes], bool] | None = None
         self.held = 0
+        self.cut_if: Callable[[bytes], bool] | None = None
+        self.cut = 0
         self.late_answers = 0
         self._released = asyncio.Event()
 
@@ -104,6 +108,9 @@ class TcpProxy:
         held request is answered."""
         try:
             while data := await self._read(reader, gate):
+                if self.cut_if is not None and self.cut_if(data):
+                    self.cut += 1
+                    break
                 if self.hold_if is not None and self.hold_if(data):
                     self.held += 1
                     conn.held = True
