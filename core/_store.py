@@ -23,7 +23,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,7 +36,9 @@ from ._holder import held_until_over, holder
 
 __all__ = [
     "MAX_WRITES_PER_COMMAND",
+    "Lease",
     "StoreCapabilities",
+    "TakeOver",
     "bulk_write_chunked",
     "create_collection",
     "detect_capabilities",
@@ -144,10 +146,36 @@ async def bulk_write_chunked(coll: Any, ops: Sequence[Any], *, ordered: bool = F
     return done
 
 
+#: what a taker of leases does before it frees them: ``{id: previous holder's token}``
+TakeOver = Callable[[Mapping[str, str]], Awaitable[None]]
+
+
+@dataclass
+class Lease:
+    """Leases held (what ``async with lease(...) as held`` gives): ``token``, the holder's, is
+    the mark of the whole-document writes made under them (``signals._store_fence``), so a
+    taker of the leases knows which writes to fence; ``kept``: left to expire at the end, not
+    released (:meth:`keep`)."""
+
+    token: str
+    kept: bool = False
+
+    def keep(self) -> None:
+        """Leave the leases to expire instead of releasing them: a write made under them may
+        still land and could not be fenced; whoever takes them over fences it first."""
+        self.kept = True
+
+
 @contextlib.asynccontextmanager
 async def lease(
-    locks: Any, ids: Iterable[str], *, lease_s: float, wait_s: float, what: str
-) -> AsyncIterator[None]:
+    locks: Any,
+    ids: Iterable[str],
+    *,
+    lease_s: float,
+    wait_s: float,
+    what: str,
+    take_over: TakeOver | None = None,
+) -> AsyncIterator[Lease]:
     """Hold leases on all ``ids`` in the ``locks`` collection (all or none, jittered backoff).
 
     ``insert_many({_id, owner, expires, host, pid, started})`` is atomic per id on FerretDB
@@ -158,12 +186,18 @@ async def lease(
     waited a cadence); after ``wait_s`` :class:`StoreBackendError` names the busy ids. Held
     leases are renewed every ``lease_s / 3`` (:func:`renewing`), so only a crashed (or frozen)
     holder's expire.
+
+    ``take_over`` (``{id: previous holder's token}``) runs before leases are taken over, and
+    they are freed only once it succeeded: whoever inserts a freed lease next (this caller or
+    another waiter) finds the previous holder's late writes fenced (``signals._store_fence``).
+    Without it, expired leases are freed unread (one round trip, not two).
     """
     ids = sorted(set(ids))
-    if not ids:
-        yield
-        return
     token = uuid.uuid4().hex
+    held = Lease(token)
+    if not ids:
+        yield held
+        return
     me = holder()
     deadline = time.monotonic() + wait_s
     attempt = 0
@@ -185,12 +219,21 @@ async def lease(
                 # take over leases whose holder died: gone (read first, and every 8th try)
                 # or expired
                 if attempt % 8 == 0:
-                    held = await locks.find({"_id": {"$in": busy}}).to_list(None)
-                    over = sorted({str(d.get("owner")) for d in held if held_until_over(d, now)})
-                    if over:
-                        await locks.delete_many({"_id": {"$in": busy}, "owner": {"$in": over}})
-                else:
+                    found = await locks.find({"_id": {"$in": busy}}).to_list(None)
+                    over = [d for d in found if held_until_over(d, now)]
+                elif take_over is None:
                     await locks.delete_many({"_id": {"$in": busy}, "expires": {"$lt": now}})
+                    over = []
+                else:
+                    late = {"_id": {"$in": busy}, "expires": {"$lt": now}}
+                    over = await locks.find(late, projection={"owner": 1}).to_list(None)
+                if over:
+                    previous = {str(d["_id"]): str(d.get("owner")) for d in over}
+                    if take_over is not None:
+                        await take_over(previous)
+                    owners = sorted(set(previous.values()))
+                    gone = {"_id": {"$in": sorted(previous)}, "owner": {"$in": owners}}
+                    await locks.delete_many(gone)
         attempt += 1
         if time.monotonic() > deadline:
             raise StoreBackendError(f"{what} busy: {busy[:5]} (waited {wait_s}s)")
@@ -208,10 +251,11 @@ async def lease(
         # engine read) kept working after its lease expired, beside the writer that took it
         # over, and the one that wrote last undid the other's read-modify-write
         async with renewing(extend, lease_s / 3):
-            yield
+            yield held
     finally:
-        with contextlib.suppress(PyMongoError):
-            await locks.delete_many({"_id": {"$in": ids}, "owner": token})
+        if not held.kept:
+            with contextlib.suppress(PyMongoError):
+                await locks.delete_many({"_id": {"$in": ids}, "owner": token})
 
 
 @contextlib.asynccontextmanager

@@ -344,7 +344,7 @@ class EffectWriter:
         from the states read inside the leases (a concurrent batch of the same member is
         either before or after this one)."""
         model = await self.behaviour.version() if self.behaviour is not None else None
-        async with self.states.locked(by_user):
+        async with self.states.locked(by_user) as held:
             states = await self.states.get_many(by_user)  # fresh: inside the lease
             links = co_engagement_links(states, by_user, self.cfg.graph_fanout, linked)
             need = {e["id"] for st in states.values() for e in (*st.positives, *st.negatives)}
@@ -363,6 +363,8 @@ class EffectWriter:
                 return recompute(new, vecs, behs, now, cfg, model)
 
             await self.states.save_many(
-                (merged(states[u], evs) for u, evs in by_user.items()), previous=states
+                (merged(states[u], evs) for u, evs in by_user.items()),
+                previous=states,
+                held=held,
             )
         return links

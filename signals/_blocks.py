@@ -11,8 +11,9 @@ blocked *me*. Each member's document holds both sides::
 so serving reads one document by ``_id`` (a point read on FerretDB too) and excludes the
 items of every member in either list (the blocked member must not see the blocker either).
 A block touches two documents: they are read, merged and replaced under both members'
-leases (FerretDB updates are not atomic read-modify-writes), fenced (``_store_fence``: a
-write held past its client's timeout no longer lands over a newer block); adding the same
+leases (FerretDB updates are not atomic read-modify-writes), fenced by the leases' token
+(``_store_fence``: a write held past its client's timeout no longer lands over a newer block,
+its writer's fence failed or not); adding the same
 pair again changes nothing, so a re-applied event batch is harmless.
 """
 
@@ -25,9 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opendisco._backend import backend_errors
-from opendisco._store import lease
 
-from ._store_fence import replace_fenced
+from ._store_fence import lease_documents, replace_fenced
 
 __all__ = ["MEMBER_BLOCKS", "MEMBER_BLOCK_LOCKS", "BlockStore", "MemberBlocks"]
 
@@ -86,9 +86,9 @@ class BlockStore:
             blocked_by[b].add(a)
         users = sorted({*blocked, *blocked_by})
         now = now or datetime.now(UTC)
-        async with lease(
-            self.locks, users, lease_s=self.lease_s, wait_s=self.lock_wait_s, what=MEMBER_BLOCKS
-        ):
+        async with lease_documents(
+            self.coll, self.locks, users, lease_s=self.lease_s, wait_s=self.lock_wait_s
+        ) as held:
             with backend_errors("member_blocks read failed"):
                 docs = await self.coll.find({"_id": {"$in": users}}).to_list(None)
             current = {d["_id"]: MemberBlocks.from_doc(d["_id"], d) for d in docs}
@@ -102,5 +102,5 @@ class BlockStore:
                 writes.append(
                     {"_id": user, "blocked": new_blocked, "blocked_by": new_by, "updated_at": now}
                 )
-            await replace_fenced(self.coll, writes)
+            await replace_fenced(self.coll, writes, held=held)
         return len(writes)

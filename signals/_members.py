@@ -26,10 +26,10 @@ from typing import Any
 from pymongo import UpdateOne
 
 from opendisco._backend import backend_errors
-from opendisco._store import bulk_write_chunked, lease
+from opendisco._store import bulk_write_chunked
 
 from ._graph import SEP
-from ._store_fence import replace_fenced
+from ._store_fence import lease_documents, replace_fenced
 
 __all__ = [
     "INBOX_LOCKS",
@@ -154,9 +154,9 @@ class UserGraph:
         now: datetime,
     ) -> None:
         members = sorted(set(likers) | set(matched))
-        async with lease(
-            self.locks, members, lease_s=self.lease_s, wait_s=self.lock_wait_s, what=USER_INBOX
-        ):
+        async with lease_documents(
+            self.inboxes, self.locks, members, lease_s=self.lease_s, wait_s=self.lock_wait_s
+        ) as held:
             rows = await self.inboxes_of(members)
             docs = []
             for m in members:
@@ -166,7 +166,7 @@ class UserGraph:
                     matches={**box.matches, **matched.get(m, {})},
                 )
                 docs.append(new.to_doc(m, now))
-            await replace_fenced(self.inboxes, docs)
+            await replace_fenced(self.inboxes, docs, held=held)
 
     async def inboxes_of(self, members: Iterable[str]) -> dict[str, Inbox]:
         """Each member's inbox row (empty for members without one); one ``find`` by ``_id``."""

@@ -47,7 +47,7 @@ async def repair_vectors(
     users = await states.stale_vectors(limit, model)
     if not users:
         return 0
-    async with states.locked(users):
+    async with states.locked(users) as held:
         fresh = await states.get_many(users)  # inside the leases
         stale = {u: st for u, st in fresh.items() if needs_refold(st, model)}
         ids = {e["id"] for st in stale.values() for e in (*st.positives, *st.negatives)}
@@ -59,6 +59,7 @@ async def repair_vectors(
         await states.save_many(
             (recompute(st, vecs, behs, now, cfg, model) for st in stale.values()),
             previous=stale,
+            held=held,
         )
     if stale:
         log.info("folded the vectors of %d members again", len(stale))

@@ -20,18 +20,32 @@ documents it fences that are older than :data:`FENCE_KEPT`.
 FerretDB 1.24 answers a bulk whose update was refused in a form pymongo cannot read (a
 ``KeyError``); :func:`write_guarded` reports it as the refusal it is.
 
-Whole documents read, merged and written back under leases (user states, member blocks) are
-fenced the same way (:func:`replace_fenced`): a write held past its client's timeout landed
-after the next holder's newer document and put the older one back (a like, a hide, a block
-lost: the item or member shown again). Each write carries a mark of its own, and the writer
-whose write failed fences that mark before it gives its leases up; the next holder then reads
-either the landed write or a document it can no longer reach.
+Whole documents read, merged and written back under leases (user states, member blocks, inbox
+rows) are fenced the same way (:func:`replace_fenced`): a write held past its client's timeout
+landed after the next holder's newer document and put the older one back (a like, a hide, a
+block lost: the item or member shown again). The mark of such a write is its lease's token
+(fencing tokens): the writer whose write failed fences it before it gives its leases up; when
+that fence fails too (the store unreachable at that moment), it keeps its leases (left to
+expire, :meth:`~opendisco._store.Lease.keep`), and whoever takes them over fences the
+previous holder's token on those documents before freeing them (:func:`fence_taken_over`,
+the ``take_over`` of :func:`~opendisco._store.lease`; :func:`lease_documents`) — so is a
+holder that crashed, or
+froze past its lease, fenced. Either way the next holder reads the landed write or a document
+the write can no longer reach. The normal path costs nothing more (the mark is the token the
+lease already has); a takeover costs one fence (a ``find`` and an upsert per document).
+
+What remains: FerretDB's updates are not atomic — a late write whose update the server is
+applying while the fence is applied can still land after it (the window of one update on the
+server, not of a hold on the network), and the next holder reads it only if that is before
+its read. A write held longer than :data:`FENCE_KEPT` after its fence lands.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,9 +53,18 @@ from pymongo import UpdateOne
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import BackendError, StoreBackendError
-from opendisco._store import bulk_write_chunked
+from opendisco._store import Lease, TakeOver, bulk_write_chunked, lease
 
-__all__ = ["FENCED", "FENCE_KEPT", "fence_marks", "guard", "replace_fenced", "write_guarded"]
+__all__ = [
+    "FENCED",
+    "FENCE_KEPT",
+    "fence_marks",
+    "fence_taken_over",
+    "guard",
+    "lease_documents",
+    "replace_fenced",
+    "write_guarded",
+]
 
 #: the field of a document's fenced marks (``{mark: when}``)
 FENCED = "fz"
@@ -102,18 +125,56 @@ def rewrite(doc: Mapping[str, Any], mark: str, optional: Iterable[str] = ()) -> 
 
 
 async def replace_fenced(
-    coll: Any, docs: Sequence[Mapping[str, Any]], optional: Iterable[str] = ()
+    coll: Any,
+    docs: Sequence[Mapping[str, Any]],
+    optional: Iterable[str] = (),
+    held: Lease | None = None,
 ) -> None:
     """Write the whole documents ``docs`` (upserts by ``_id``; ``optional``: fields a document
-    may lack, removed where it does) under a fresh mark; when the write fails, fence the mark
-    before re-raising: the caller, still holding its leases, knows that its write either
-    landed or never will, so the next holder's newer document cannot be undone by it."""
+    may lack, removed where it does) under a mark — the token of the leases ``held`` they are
+    written under (one write per lease: once fenced, its token refuses any later one), a fresh
+    one without; when the write fails, fence the mark before re-raising: the caller, still
+    holding its leases, knows that its write either landed or never will, so the next holder's
+    newer document cannot be undone by it. When the fence fails too, the leases are kept (left
+    to expire): their taker fences the token (:func:`fence_taken_over`)."""
     if not docs:
         return
-    mark, optional = uuid.uuid4().hex, tuple(optional)
+    mark = held.token if held is not None else uuid.uuid4().hex
+    optional = tuple(optional)
     ops = [UpdateOne({"_id": d["_id"]}, rewrite(d, mark, optional), upsert=True) for d in docs]
     try:
         await write_guarded(coll, ops)
     except BackendError:
-        await fence_marks(coll, [str(d["_id"]) for d in docs], mark)
+        try:
+            await fence_marks(coll, [str(d["_id"]) for d in docs], mark)
+        except BackendError:
+            if held is not None:
+                held.keep()
+            raise
         raise
+
+
+def fence_taken_over(coll: Any) -> TakeOver:
+    """The ``take_over`` of the leases ``coll``'s whole documents are written under
+    (:func:`~opendisco._store.lease`): fence each previous holder's token on its documents,
+    so a write of it still on its way (its own fence failed, or it crashed or froze past its
+    lease) never lands."""
+
+    async def fence(previous: Mapping[str, str]) -> None:
+        by_owner: dict[str, list[str]] = defaultdict(list)
+        for doc_id, owner in previous.items():
+            by_owner[owner].append(doc_id)
+        for owner, ids in by_owner.items():
+            await fence_marks(coll, ids, owner)
+
+    return fence
+
+
+def lease_documents(
+    coll: Any, locks: Any, ids: Iterable[str], *, lease_s: float, wait_s: float
+) -> AbstractAsyncContextManager[Lease]:
+    """The leases (in ``locks``) of ``coll``'s documents ``ids``, read, merged and written back
+    under them with :func:`replace_fenced` (``held=``): a taker of one fences its previous
+    holder's token first (:func:`fence_taken_over`)."""
+    take_over = fence_taken_over(coll)
+    return lease(locks, ids, lease_s=lease_s, wait_s=wait_s, what=coll.name, take_over=take_over)

@@ -25,15 +25,15 @@ Concurrent writers of one user: FerretDB 1.x applies updates as non-atomic read-
 but a unique ``_id`` insert is atomic: read-merge-write runs under a per-user lease in
 ``user_state_locks`` (``insert_one({_id: user, owner, expires})``, released by
 ``delete_one({_id, owner})``; an expired lease, left by a crashed writer, is taken over). The
-write is fenced (``_store_fence.replace_fenced``): one held on its way past the client's
-timeout can no longer land after the next holder's newer state and put the older one back.
+write is fenced by the lease's token (``_store_fence``): one held past the client's timeout
+can no longer land after the next holder's newer state, its writer's own fence failed or not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -43,10 +43,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ReplaceOne
 
 from opendisco._backend import backend_errors
-from opendisco._store import bulk_write_chunked, lease
+from opendisco._store import Lease, bulk_write_chunked
 from opendisco._stored import as_vector, store_vector, vector_values
 
-from ._store_fence import replace_fenced
+from ._store_fence import lease_documents, replace_fenced
 
 __all__ = [
     "USER_STATE",
@@ -299,18 +299,21 @@ class UserStateStore:
         await self.save_many([state])
 
     async def save_many(
-        self, states: Iterable[UserState], previous: Mapping[str, UserState] | None = None
+        self,
+        states: Iterable[UserState],
+        previous: Mapping[str, UserState] | None = None,
+        held: Lease | None = None,
     ) -> None:
-        """Write ``states``; a member's taste only when it differs from their ``previous``
-        state's (the states read under the same leases): most batches are impressions and
-        seen marks, which change the state but not the taste.
-
-        The states are written fenced (``_store_fence.replace_fenced``): a write held on its
-        way past the client's timeout landed after, and undid, the newer state the next
-        holder wrote (its likes and hides lost: those items shown again)."""
+        """Write ``states`` under :meth:`locked`'s leases ``held``; a member's taste only when
+        it differs from their ``previous`` state's (read under the same leases): most batches
+        are impressions and seen marks, which change the state but not the taste. Fenced by
+        ``held``'s token (``_store_fence.replace_fenced``): a write held past the client's
+        timeout landed after, and undid, the next holder's newer state (likes, hides lost)."""
         states = list(states)
         docs = [{**s.to_doc(), "version": s.version + 1} for s in states]
-        await replace_fenced(self.coll, docs, optional=("vectors_stale", "behaviour_model"))
+        await replace_fenced(
+            self.coll, docs, optional=("vectors_stale", "behaviour_model"), held=held
+        )
         before = previous or {}
         tastes = [
             ReplaceOne({"_id": s.user_id}, _touched(doc), upsert=True)
@@ -319,17 +322,13 @@ class UserStateStore:
         ]
         await bulk_write_chunked(self.tastes_coll, tastes)
 
-    @contextlib.asynccontextmanager
-    async def locked(self, user_ids: Iterable[str]) -> AsyncIterator[None]:
-        """Hold the leases of all ``user_ids`` (all or none, retried with jittered backoff)."""
-        async with lease(
-            self.coll.database[USER_LOCKS],
-            user_ids,
-            lease_s=self.lease_s,
-            wait_s=self.lock_wait_s,
-            what="user_state",
-        ):
-            yield
+    def locked(self, user_ids: Iterable[str]) -> contextlib.AbstractAsyncContextManager[Lease]:
+        """Hold the leases of all ``user_ids`` (all or none, retried with jittered backoff;
+        a taker of one fences its previous holder's :meth:`save_many` first)."""
+        locks = self.coll.database[USER_LOCKS]
+        return lease_documents(
+            self.coll, locks, user_ids, lease_s=self.lease_s, wait_s=self.lock_wait_s
+        )
 
 
 def taste_of(doc: Mapping[str, Any]) -> Taste:

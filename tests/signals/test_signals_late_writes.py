@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from http_faults import FaultyHttpProxy
+from pymongo import UpdateOne
 from tcp_faults import TcpProxy, command_on, store_proxy
 from test_signals_claims_faults import CAPPED_ITEM, _batch, processors, storm, storm_settings
 from test_signals_claims_live import MOVIES, PROFILES, _assert_exact, _Counters
@@ -36,6 +37,7 @@ from opendisco.signals import (
     USER_STATE,
     EventsConfig,
     _graph,
+    _store_fence,
 )
 
 __all__ = ["storm", "storm_settings"]  # the fixtures, shared with the claims-fault suite
@@ -44,6 +46,8 @@ __all__ = ["storm", "storm_settings"]  # the fixtures, shared with the claims-fa
 TIMEOUT_S = 2.0
 #: the store client's socket timeout in the tests of MongoDB writes held (``TcpProxy.hold_if``)
 STORE_TIMEOUT_S = 1.5
+#: the member leases in the tests of a writer that keeps them (its fence failed): they lapse
+LEASE_S = 2.0
 
 
 def _bulks(method: str, path: str) -> bool:
@@ -394,21 +398,29 @@ async def _held_then_newer(
     check: Callable[[Any], Awaitable[None]],
     *,
     retried: bool = True,
+    fence_cut: bool = False,
 ) -> None:
     """Apply ``first`` with its first write to ``collection`` held on the way to MongoDB past
-    the client's socket timeout (the call fails); then the client's retry of it (unless not
-    ``retried``) and ``later``, which write newer documents; then the held write lands, and
+    the client's socket timeout (the call fails; ``fence_cut``: the store unreachable for its
+    fence of that write too); then the client's retry of it (unless not ``retried``) and
+    ``later``, which write newer documents; then the held write lands, and
     ``check(processor)`` reads what is stored."""
     proxy = await store_proxy(s.mongo_url)
     update = {"mongo_url": proxy.mongo_url, "mongo_socket_timeout_s": STORE_TIMEOUT_S}
     try:
         async with processors(s.model_copy(update=update), 1) as ([proc], _db):
+            for store in (proc.states, proc.blocks, proc.users):
+                store.lease_s = LEASE_S
             writes = command_on("update", collection)
             proxy.hold_if = lambda data: proxy.held == 0 and writes(data)
+            if fence_cut:  # the fence's read of the marks (projection ``{fz: 1}``), retried
+                fence = command_on("find", collection)
+                proxy.cut_if = lambda data: fence(data) and b"\x10fz\x00\x01\x00" in data
             with pytest.raises(BackendError):
                 await proc.apply(first)
             await proc.drain()
-            assert proxy.held == 1
+            proxy.cut_if = None
+            assert proxy.held == 1 and (proxy.cut >= 1) == fence_cut
             if retried:
                 assert (await proc.apply(first)).recovered == len(first)
             assert (await proc.apply(later)).accepted == len(later)
@@ -419,15 +431,18 @@ async def _held_then_newer(
         await proxy.close()
 
 
+@pytest.mark.parametrize("fence_cut", [False, True], ids=["fenced", "fence-cut"])
 @pytest.mark.parametrize("retried", [True, False], ids=["retried", "next-batch"])
 async def test_a_user_state_write_that_lands_late_does_not_undo_a_newer_state(
-    storm_settings: Settings, retried: bool
+    storm_settings: Settings, retried: bool, fence_cut: bool
 ) -> None:
     """A member's state write (``save_many``) is held past the client's timeout: the call
-    fails. The client's retry (or, ``next-batch``, only the member's next batch) writes a
-    newer state — a like and a hide — and then the held write lands. It must not put back the
-    older state: the liked and the hidden item would be shown to the member again (the hard
-    rules read ``liked``, ``seen`` and ``blocked`` from the state)."""
+    fails (``fence-cut``: and so does its fence of that write, the store unreachable for it:
+    the writer keeps its lease until it lapses, and the next holder fences the write). The
+    client's retry (or, ``next-batch``, only the member's next batch) writes a newer state — a
+    like and a hide — and then the held write lands. It must not put back the older state: the
+    liked and the hidden item would be shown to the member again (the hard rules read
+    ``liked``, ``seen`` and ``blocked`` from the state)."""
     user = f"l{uuid.uuid4().hex[:8]}"
     first = [_event(user, "like", MOVIES[0])]
     later = [_event(user, "like", MOVIES[1]), _event(user, "hide", MOVIES[2])]
@@ -438,18 +453,22 @@ async def test_a_user_state_write_that_lands_late_does_not_undo_a_newer_state(
         rules = HardRules.for_member(user, None, state, None)
         assert {MOVIES[1], MOVIES[2]} <= set(rules.exclude_ids)
 
-    await _held_then_newer(storm_settings, USER_STATE, first, later, newer_kept, retried=retried)
+    await _held_then_newer(
+        storm_settings, USER_STATE, first, later, newer_kept, retried=retried, fence_cut=fence_cut
+    )
 
 
+@pytest.mark.parametrize("fence_cut", [False, True], ids=["fenced", "fence-cut"])
 @pytest.mark.parametrize("kind", ["hide", "like"], ids=["blocks", "inbox"])
 async def test_a_member_row_write_that_lands_late_does_not_undo_a_newer_one(
-    storm_settings: Settings, kind: str
+    storm_settings: Settings, kind: str, fence_cut: bool
 ) -> None:
     """Member ``a`` hides (blocks its owner) or likes a profile: the write of the owner's
-    block document (or inbox row) is held past the client's timeout, the client's retry writes
-    it, then member ``c`` does the same, and the held write lands. The owner's document must
-    still name ``c``: serving excludes a blocker's items from the blocked member's answers
-    from that document alone (the inbox: ``c``'s like would be lost from the owner's likers)."""
+    block document (or inbox row) is held past the client's timeout (``fence-cut``: and its
+    fence cut), the client's retry writes it, then member ``c`` does the same, and the held
+    write lands. The owner's document must still name ``c``: serving excludes a blocker's
+    items from the blocked member's answers from that document alone (the inbox: ``c``'s like
+    would be lost from the owner's likers)."""
     tag = uuid.uuid4().hex[:8]
     hide = kind == "hide"
     profile, owner = (PROFILES[1], "person1") if hide else (PROFILES[2], "person2")
@@ -464,8 +483,47 @@ async def test_a_member_row_write_that_lands_late_does_not_undo_a_newer_one(
         assert members <= named, named
 
     row = MEMBER_BLOCKS if hide else USER_INBOX
-    await _held_then_newer(storm_settings, row, first, later, newer_kept)
+    await _held_then_newer(storm_settings, row, first, later, newer_kept, fence_cut=fence_cut)
 
 
 def _event(user: str, kind: str, item: str) -> dict[str, Any]:
     return {"id": uuid.uuid4().hex, "type": kind, "user_id": user, "item_id": item}
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["expires-while-waiting", "expired"])
+async def test_a_write_of_a_lease_taken_over_is_fenced_before_the_lease_is_freed(
+    async_db: Any, expired: bool
+) -> None:
+    """A holder's whole-document write is on its way and its fence failed: it keeps its lease
+    (left to lapse). The next writer takes the lease over once it expired (at its first try,
+    ``expired``, or while it waits): it fences the previous holder's token on the documents
+    before it frees the lease (whoever inserts it next finds the write fenced), then writes a
+    newer document. The held write lands after: refused, the newer document kept."""
+    coll, locks = async_db["test_fence_docs"], async_db["test_fence_locks"]
+    doc_id = f"m{uuid.uuid4().hex[:8]}"
+    take_over = _store_fence.fence_taken_over(coll)
+    async with _store.lease(
+        locks, [doc_id], lease_s=1.0, wait_s=1.0, what="t", take_over=take_over
+    ) as first:
+        first.keep()  # its write failed and so did its fence
+    late = UpdateOne({"_id": doc_id}, _store_fence.rewrite({"v": "older"}, first.token), True)
+    if expired:
+        await asyncio.sleep(1.1)
+    seen: list[int] = []
+
+    async def fencing(previous: Any) -> None:  # the lease still there while it fences
+        seen.append(await locks.count_documents({"_id": doc_id, "owner": first.token}))
+        await take_over(previous)
+
+    t0 = time.monotonic()
+    async with _store.lease(
+        locks, [doc_id], lease_s=5.0, wait_s=3.0, what="t", take_over=fencing
+    ) as second:
+        assert time.monotonic() - t0 < 2.0
+        await _store_fence.replace_fenced(coll, [{"_id": doc_id, "v": "newer"}], held=second)
+    assert seen == [1]
+    with pytest.raises(BackendError):
+        await _store_fence.write_guarded(coll, [late])
+    stored = await coll.find_one({"_id": doc_id})
+    assert stored is not None and stored["v"] == "newer", stored
+    assert first.token in stored[_store_fence.FENCED]
