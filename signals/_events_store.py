@@ -79,8 +79,10 @@ async def ensure_events_store(db: Any, ttl_days: float) -> bool:
             await events.create_index("user_id")
             await events.create_index("type")
             await events.create_index("applied")
-            # the recovery sweep's repair finds the few states marked vectors_stale
+            # the recovery sweep's repair finds the few states marked vectors_stale, and those
+            # folded from another behaviour model than the served one (``$ne``: not sparse)
             await db[USER_STATE].create_index("vectors_stale", sparse=True)
+            await db[USER_STATE].create_index("behaviour_model")
             await db[MEMBER_TASTES].create_index("at")  # the processes' copies (_taste_copy)
         await ensure_inbound_indexes(db)
         await ensure_member_indexes(db)
