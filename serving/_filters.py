@@ -23,7 +23,8 @@ The rules (:class:`Rule`), in the order they are checked:
                   (the state's last ``max_seen`` seen ids; its last ``max_liked`` likes)
 ``eligibility``   two-sided: the candidate's gender and age preferences admit the viewer, and
                   the viewer's admit the candidate (profiles); a preference that cannot be
-                  confirmed (viewer's gender or age unknown) excludes
+                  confirmed (viewer's gender or age unknown; an age bound stated as no age,
+                  either side's) excludes
 ``exposure_cap``  never an item over its exposure cap (in the engine: the ``_capped`` list;
                   in process the items whose impressions known to the process reach their
                   cap — ``serving._caps`` — and the fallback's cap list: ``capped_ids``)
@@ -111,6 +112,18 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def _bound(value: Any, closed: int) -> int | None:
+    """An age bound as stored: None when none is stated, else the age it holds; a bound that
+    is stated but holds no age (a word, a boolean, a list, a document, an infinity: nothing
+    ingest would index) is ``closed``, a bound no age meets (fail closed: whom it admits cannot
+    be confirmed; read as no bound, a profile whose stored ``pref_age_min`` was ``"forty"``
+    was shown to members of every age)."""
+    if value is None:
+        return None
+    age = _int(value)
+    return closed if age is None else age
+
+
 #: the domain of the templates' age and gender parameters (``queries/templates/_partials.json``:
 #: ``viewer_age``, ``viewer_pref_age_min|max``, ``viewer_gender``, ``viewer_pref_genders``)
 AGE_DOMAIN = (0, 150)
@@ -185,8 +198,8 @@ class HardRules:
             gender=str(gender) if gender else None,
             age=_int(user.get("age")),
             pref_genders=_strs(user.get("pref_genders")),
-            pref_age_min=_int(user.get("pref_age_min")),
-            pref_age_max=_int(user.get("pref_age_max")),
+            pref_age_min=_bound(user.get("pref_age_min"), _BIG),
+            pref_age_max=_bound(user.get("pref_age_max"), -_BIG),
             blocked_ids=blocked,
             seen_ids=frozenset(seen),
             blocked_owners=blocks.either_way if blocks is not None else frozenset(),
@@ -236,7 +249,8 @@ class HardRules:
         wants = _strs(item.get("pref_genders"))
         if wants and (self.gender is None or self.gender not in wants):
             return False
-        lo, hi = _int(item.get("pref_age_min")), _int(item.get("pref_age_max"))
+        lo = _bound(item.get("pref_age_min"), _BIG)
+        hi = _bound(item.get("pref_age_max"), -_BIG)
         if lo is not None and (self.age is None or self.age < lo):
             return False
         if hi is not None and (self.age is None or self.age > hi):

@@ -665,3 +665,56 @@ async def test_a_profile_not_synced_yet_can_be_hidden_and_liked(
                 refresh=True,
                 ignore=[404],
             )
+
+
+#: age bounds MongoDB may come to hold after the last sync that ingest refuses (so the engine
+#: keeps each profile's earlier bounds, 20-45: V admitted), and V's own
+NO_AGE_BOUNDS = {
+    "ok18": {"pref_age_min": "forty"},
+    "ok17": {"pref_age_max": True},
+    "ok16": {"pref_age_max": [40]},
+    "ok15": {"pref_age_min": {"years": 40}},
+}
+
+
+async def test_a_stored_age_bound_that_holds_no_age_admits_nobody(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """Profiles whose age bound in MongoDB is stated but holds no age (a word, a boolean, a
+    list, a document): whether they admit V cannot be confirmed, so V is not shown them,
+    served (the page's re-check) or degraded (the fallback's re-read); and W, whose own bound
+    holds no age, is shown no profile. (Each was read as no bound: V was shown all four.)"""
+    read = safe["keys"]["read"]
+    odd = set(NO_AGE_BOUNDS)
+    url = f"/v1/users/{V}/recommendations?k=40"
+    os_proxy, _, settings = await proxied(
+        safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    mc = clients.mongo(safe_settings)
+    db = mc[safe_settings.mongo_db]
+    items = db[safe_settings.items_collection]
+    saved = {d["_id"]: d for d in items.find({"_id": {"$in": sorted(odd)}})}
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            assert odd <= {it["id"] for it in (await _get(client, read, url))["items"]}
+            for pid, bound in NO_AGE_BOUNDS.items():
+                items.update_one({"_id": pid}, {"$set": bound})
+            db["users"].update_one({"_id": W}, {"$set": {"pref_age_max": "old"}})
+            for degraded in (False, True):
+                if degraded:
+                    os_proxy.pause()
+                body = await _get(client, read, url)
+                ids = [it["id"] for it in body["items"]]
+                assert body["degraded"] is degraded and ids, body
+                assert not set(ids) & odd, (degraded, sorted(set(ids) & odd))
+                resp = await client.get(f"/v1/users/{W}/recommendations?k=10", headers=h(read))
+                shown = resp.json()["items"] if resp.status_code == 200 else []
+                assert resp.status_code in (200, 503) and not shown, (degraded, resp.text)
+            await os_proxy.resume()
+    finally:
+        for doc in saved.values():
+            items.replace_one({"_id": doc["_id"]}, doc)
+        db["users"].update_one({"_id": W}, {"$unset": {"pref_age_max": ""}})
+        mc.close()
+        await os_proxy.close()
