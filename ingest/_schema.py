@@ -315,4 +315,8 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
     lo, hi = out["pref_age_min"], out["pref_age_max"]
     if lo is not None and hi is not None and lo > hi:
         raise _fail("pref_age_min", f"{lo} above pref_age_max {hi}")
+    if kind == "profile" and not out["owner_id"] and not out["deleted"]:
+        # the member it belongs to: without it a hide of the profile blocked nobody (its
+        # member went on seeing the hider), a like of it matched nobody
+        raise _fail("owner_id", "required for a profile (the member it belongs to)")
     return out

@@ -76,6 +76,10 @@ BAD = {
     "code_tag": ({"tags": [Code("jazz")]}, "tags[0]"),
     "code_id": ({"_id": Code("p1")}, "_id"),
     "pref_ages_inverted": ({"pref_age_min": 40, "pref_age_max": 30}, "pref_age_min"),
+    # a hide of a profile blocks its member both ways through owner_id: without one it blocked
+    # nobody (the hidden member was still shown the hider)
+    "profile_without_owner": ({"owner_id": None}, "owner_id"),
+    "profile_with_empty_owner": ({"owner_id": ""}, "owner_id"),
 }
 
 
@@ -86,6 +90,12 @@ def test_valid_item_is_normalised() -> None:
     assert "extra_annotation" not in item
     naive = dict(GOOD, updated_at=datetime(2025, 2, 2))
     assert validate_item(naive)["updated_at"].tzinfo == UTC
+
+
+def test_a_deleted_profile_needs_no_owner() -> None:
+    """A tombstone is applied (the profile taken out of the index) whatever else it lacks."""
+    gone = validate_item({**GOOD, "owner_id": None, "deleted": True}, behaviour_dim=32)
+    assert gone["deleted"] is True and gone["owner_id"] is None
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))
