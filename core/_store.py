@@ -23,12 +23,26 @@ import math
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    CollectionInvalid,
+    InvalidOperation,
+    OperationFailure,
+    PyMongoError,
+)
 
 from ._backend import backend_errors
 from ._exceptions import BackendError, StoreBackendError
@@ -166,6 +180,47 @@ class Lease:
         self.kept = True
 
 
+#: lease releases retried in the background (:func:`_released_on_error`), kept here while
+#: they run
+_RELEASING: set[asyncio.Future[None]] = set()
+
+
+async def _release(locks: Any, ids: Sequence[str], token: str, within_s: float) -> None:
+    """Delete the leases ``token`` holds on ``ids``, tried again (backoff up to 2 s) while the
+    store does not answer, for ``within_s`` at most: by then they have expired anyway."""
+    pause, deadline = 0.25, time.monotonic() + within_s
+    while True:
+        try:
+            await locks.delete_many({"_id": {"$in": list(ids)}, "owner": token})
+            return
+        except InvalidOperation:  # the client was closed: the process is stopping
+            return
+        except PyMongoError:
+            if time.monotonic() + pause > deadline:
+                return
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, 2.0)
+
+
+@contextlib.contextmanager
+def _released_on_error(
+    locks: Any, ids: Sequence[str], token: str, within_s: float
+) -> Iterator[None]:
+    """A lease's write to ``locks`` (taking or giving its leases up) that fails may have
+    landed all the same (its answer lost: the store cut, a timeout, the caller cancelled), or
+    did not give them up: the leases ``token`` holds on ``ids`` are then released in the
+    background (:func:`_release`) once the store answers. Left, they held every writer of
+    those ids off for the lease's whole term (60 s for graph rows: a batch applied ~50 s
+    after a killed store was back, measured)."""
+    try:
+        yield
+    except BaseException:
+        task = asyncio.ensure_future(_release(locks, ids, token, within_s))
+        _RELEASING.add(task)
+        task.add_done_callback(_RELEASING.discard)
+        raise
+
+
 @contextlib.asynccontextmanager
 async def lease(
     locks: Any,
@@ -185,7 +240,9 @@ async def lease(
     members off for ``lease_s`` after a restart, and the events recovery sweep gave up and
     waited a cadence); after ``wait_s`` :class:`StoreBackendError` names the busy ids. Held
     leases are renewed every ``lease_s / 3`` (:func:`renewing`), so only a crashed (or frozen)
-    holder's expire.
+    holder's expire. A lock write that fails (the store cut, a timeout) may have landed, or
+    left them held: they are released in the background once the store answers
+    (:func:`_released_on_error`).
 
     ``take_over`` (``{id: previous holder's token}``) runs before leases are taken over, and
     they are freed only once it succeeded: whoever inserts a freed lease next (this caller or
@@ -205,7 +262,7 @@ async def lease(
         now = datetime.now(UTC)
         expires = now + timedelta(seconds=lease_s)
         docs = [{"_id": u, "owner": token, "expires": expires} | me for u in ids]
-        with backend_errors(f"{what} lock failed"):
+        with _released_on_error(locks, ids, token, lease_s), backend_errors(f"{what} lock failed"):
             try:
                 await locks.insert_many(docs, ordered=False)
                 break
@@ -254,7 +311,7 @@ async def lease(
             yield held
     finally:
         if not held.kept:
-            with contextlib.suppress(PyMongoError):
+            with contextlib.suppress(PyMongoError), _released_on_error(locks, ids, token, lease_s):
                 await locks.delete_many({"_id": {"$in": ids}, "owner": token})
 
 

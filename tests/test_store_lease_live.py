@@ -1,7 +1,8 @@
 """``opendisco._store.lease`` on the real store: a holder working past ``lease_s`` keeps its
 lease (renewed while held) — before, a second writer took it over once it expired and both
 read-modified-wrote the same documents (a member's state, blocks: the last write undid the
-other's) — a released lease is free at once, and so is one whose holder was killed."""
+other's) — a released lease is free at once, and so is one whose holder was killed, or whose
+release failed (the store cut) once the store answers again."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import uuid
 from typing import Any
 
 import pytest
+from tcp_faults import store_proxy
 
-from opendisco import Settings, StoreBackendError
+from opendisco import Settings, StoreBackendError, clients
 from opendisco._store import lease
 
 
@@ -72,3 +74,29 @@ async def test_a_lease_of_a_killed_holder_is_taken_over_at_once(
     async with lease(locks, ids, lease_s=60, wait_s=3.0, what="t"):
         assert time.monotonic() - t0 < 2.0
     assert await locks.count_documents({"_id": {"$in": ids}}) == 0
+
+
+async def test_a_lease_whose_release_failed_is_free_once_the_store_answers(
+    async_db: Any, settings: Settings
+) -> None:
+    # the store cut (kill -9, a failover) as a holder gave its leases up: the release failed
+    # and the leases held every writer of those ids off for lease_s (60 s for graph rows: an
+    # event batch applied ~50 s after the store was back, test_api_events_concurrent[killed])
+    locks = async_db["test_lease_locks"]
+    ids = [f"r-{uuid.uuid4().hex[:8]}"]
+    proxy = await store_proxy(settings.mongo_url)
+    cut = clients.mongo_async(
+        settings.model_copy(update={"mongo_url": proxy.mongo_url}), serverSelectionTimeoutMS=500
+    )
+    try:
+        async with lease(cut[settings.mongo_db][locks.name], ids, lease_s=60, wait_s=1, what="t"):
+            await proxy.kill()
+        assert await locks.count_documents({"_id": {"$in": ids}}) == 1  # left behind
+        await proxy.resume()
+        t0 = time.monotonic()
+        async with lease(locks, ids, lease_s=60, wait_s=5.0, what="t"):
+            assert time.monotonic() - t0 < 4.0
+        assert await locks.count_documents({"_id": {"$in": ids}}) == 0
+    finally:
+        await proxy.close()
+        await cut.close()
