@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from opensearchpy.exceptions import ConnectionTimeout, OpenSearchException
 from opensearchpy.exceptions import NotFoundError as SearchNotFound
-from pymongo.errors import AutoReconnect, PyMongoError
+from pymongo.errors import AutoReconnect, PyMongoError, ServerSelectionTimeoutError
 
 from ._exceptions import (
     BackendError,
@@ -23,6 +23,7 @@ from ._exceptions import (
     SearchBackendError,
     SearchTimeout,
     StoreBackendError,
+    StoreUnreachable,
 )
 
 __all__ = ["BACKEND_EXC_MAP", "backend_errors", "map_backend_error"]
@@ -31,6 +32,7 @@ __all__ = ["BACKEND_EXC_MAP", "backend_errors", "map_backend_error"]
 BACKEND_EXC_MAP: tuple[tuple[type[BaseException], type[BackendError]], ...] = (
     (ConnectionTimeout, SearchTimeout),
     (OpenSearchException, SearchBackendError),
+    (ServerSelectionTimeoutError, StoreUnreachable),
     (PyMongoError, StoreBackendError),
 )
 

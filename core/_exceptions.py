@@ -14,6 +14,7 @@ boundary with ``raise Mapped(msg) from exc``; the CLI turns the tree into
     │   │   ├── SearchTimeout       OpenSearch did not answer within the deadline
     │   │   └── PartialWrite        a ``_bulk`` applied in part (``unwritten``: the ids it did not)
     │   └── StoreBackendError       MongoDB / FerretDB
+    │       └── StoreUnreachable    no server selected in time: the operation was never sent
     ├── InvalidInput                input rejected before any I/O        (HTTP 422)
     │   ├── DocumentInvalid         an item document failed schema validation
     │   ├── EventInvalid            an event failed validation
@@ -54,6 +55,7 @@ __all__ = [
     "ServiceError",
     "ServiceTimeout",
     "StoreBackendError",
+    "StoreUnreachable",
     "SyncGap",
     "TemplateParamError",
     "http_status",
@@ -109,6 +111,12 @@ class PartialWrite(SearchBackendError):
 
 class StoreBackendError(BackendError):
     """MongoDB (or FerretDB) rejected a request or could not be reached."""
+
+
+class StoreUnreachable(StoreBackendError):
+    """No MongoDB server could be selected within the client's server selection timeout: the
+    failing operation was never sent, so it cannot land later (a failed *retry* of a sent
+    write raises the first attempt's error instead: pymongo's retryable writes)."""
 
 
 class InvalidInput(OpenDiscoError):

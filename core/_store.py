@@ -45,7 +45,7 @@ from pymongo.errors import (
 )
 
 from ._backend import backend_errors
-from ._exceptions import BackendError, StoreBackendError
+from ._exceptions import BackendError, StoreBackendError, StoreUnreachable
 from ._holder import held_until_over, holder
 
 __all__ = [
@@ -151,12 +151,19 @@ async def detect_capabilities(db: Any) -> StoreCapabilities:
 
 async def bulk_write_chunked(coll: Any, ops: Sequence[Any], *, ordered: bool = False) -> int:
     """``bulk_write`` in commands of at most :data:`MAX_WRITES_PER_COMMAND` operations;
-    returns the documents modified or upserted."""
-    done = 0
-    with backend_errors(f"{coll.name} bulk write failed"):
-        for k in range(0, len(ops), MAX_WRITES_PER_COMMAND):
-            res = await coll.bulk_write(list(ops[k : k + MAX_WRITES_PER_COMMAND]), ordered=ordered)
-            done += res.modified_count + res.upserted_count
+    returns the documents modified or upserted. :class:`StoreUnreachable` only when nothing
+    was sent: a later command's is a :class:`StoreBackendError` (the earlier ones written)."""
+    done, k = 0, 0
+    try:
+        with backend_errors(f"{coll.name} bulk write failed"):
+            for k in range(0, len(ops), MAX_WRITES_PER_COMMAND):
+                chunk = list(ops[k : k + MAX_WRITES_PER_COMMAND])
+                res = await coll.bulk_write(chunk, ordered=ordered)
+                done += res.modified_count + res.upserted_count
+    except StoreUnreachable as exc:
+        if k == 0:
+            raise
+        raise StoreBackendError(f"{exc} (after {k} of {len(ops)} writes)") from exc.__cause__
     return done
 
 

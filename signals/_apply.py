@@ -47,7 +47,7 @@ from functools import partial
 from typing import Any
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import PartialWrite, SearchBackendError
+from opendisco._exceptions import BackendError, PartialWrite, SearchBackendError
 from opendisco._published import Followed
 
 from ._blocks import BlockStore
@@ -58,6 +58,7 @@ from ._folding import recompute
 from ._graph import ItemGraph, co_engagement_links
 from ._inbound import InboundCounter
 from ._members import UserGraph
+from ._store_fence import needs_fence
 from ._user_state import UserState, UserStateStore, merge_events
 
 __all__ = ["NO_VECTORS", "Check", "EffectWriter", "item_vectors", "settle_unsure", "stored_items"]
@@ -122,6 +123,20 @@ async def _events_marked(
     """The ids of ``counted`` whose item's counter keeps ``mark`` (``marked``: a store's)."""
     got = await marked((ev.item_id for ev in counted), mark)
     return {ev.id for ev in counted if ev.item_id in got}
+
+
+async def _stored(write: Awaitable[Any], unsure: dict[str, Check], effect: str) -> None:
+    """Await a MongoDB counter ``write`` of ``effect``; ``unsure[effect]`` (whether it landed
+    all the same) is dropped once it is written, or when it failed before it was sent
+    (:func:`~._store_fence.needs_fence`: it cannot land, and the check would have waited out
+    another server selection before the claims could be given up)."""
+    try:
+        await write
+    except BackendError as exc:
+        if not needs_fence(exc):
+            unsure.pop(effect, None)
+        raise
+    unsure.pop(effect, None)
 
 
 def _engine_mark(mark: str, effect: str) -> str:
@@ -303,8 +318,8 @@ class EffectWriter:
                 if mark is not None:
                     unsure[Additive.GRAPH] = partial(self.graph.fence, pairs, mark)
                 held = [(earlier or {}).get(ev_id, frozenset()) for ev_id, _ in links]
-                await self.graph.add(pairs, now, mark=mark, landed_if=held)
-                unsure.pop(Additive.GRAPH, None)
+                add = self.graph.add(pairs, now, mark=mark, landed_if=held)
+                await _stored(add, unsure, Additive.GRAPH)
             await landed(Additive.GRAPH, bool(pairs))
             if every.likes:
                 out.mutual += await self.users.add_likes(every.likes, now)
@@ -316,8 +331,7 @@ class EffectWriter:
                     counted = pending(todo, done, Additive.INBOUND)
                     fence = self.inbound.fence
                     unsure[Additive.INBOUND] = partial(_events_marked, fence, counted, mark)
-                await self.inbound.add(inbound, now, mark=mark)
-                unsure.pop(Additive.INBOUND, None)
+                await _stored(self.inbound.add(inbound, now, mark=mark), unsure, Additive.INBOUND)
             await landed(Additive.INBOUND, bool(inbound))
         finally:
             await asyncio.wait(engine.values())

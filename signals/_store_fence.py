@@ -52,7 +52,7 @@ from typing import Any
 from pymongo import UpdateOne
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import BackendError, StoreBackendError
+from opendisco._exceptions import BackendError, StoreBackendError, StoreUnreachable
 from opendisco._store import Lease, TakeOver, bulk_write_chunked, lease
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "fence_taken_over",
     "guard",
     "lease_documents",
+    "needs_fence",
     "replace_fenced",
     "write_guarded",
 ]
@@ -70,6 +71,15 @@ __all__ = [
 FENCED = "fz"
 #: a fenced mark is kept this long: a write held on its way longer could still count
 FENCE_KEPT = timedelta(days=1)
+
+
+def needs_fence(exc: BaseException) -> bool:
+    """Pure: whether a write that failed with ``exc`` may land all the same, so it is fenced
+    (or read back); not when no server could be selected for it (:class:`StoreUnreachable`:
+    never sent — a cut store, after the first write failed with the connection's error, fails
+    the next ones on server selection, and a fence then waited out another selection while
+    the writer held its leases)."""
+    return not isinstance(exc, StoreUnreachable)
 
 
 def guard(mark: str) -> dict[str, Any]:
@@ -133,10 +143,11 @@ async def replace_fenced(
     """Write the whole documents ``docs`` (upserts by ``_id``; ``optional``: fields a document
     may lack, removed where it does) under a mark — the token of the leases ``held`` they are
     written under (one write per lease: once fenced, its token refuses any later one), a fresh
-    one without; when the write fails, fence the mark before re-raising: the caller, still
-    holding its leases, knows that its write either landed or never will, so the next holder's
-    newer document cannot be undone by it. When the fence fails too, the leases are kept (left
-    to expire): their taker fences the token (:func:`fence_taken_over`)."""
+    one without; when the write fails (unless it was never sent: :func:`needs_fence`), fence
+    the mark before re-raising: the caller, still holding its leases, knows that its write
+    either landed or never will, so the next holder's newer document cannot be undone by it.
+    When the fence fails too, the leases are kept (left to expire): their taker fences the
+    token (:func:`fence_taken_over`)."""
     if not docs:
         return
     mark = held.token if held is not None else uuid.uuid4().hex
@@ -144,13 +155,14 @@ async def replace_fenced(
     ops = [UpdateOne({"_id": d["_id"]}, rewrite(d, mark, optional), upsert=True) for d in docs]
     try:
         await write_guarded(coll, ops)
-    except BackendError:
-        try:
-            await fence_marks(coll, [str(d["_id"]) for d in docs], mark)
-        except BackendError:
-            if held is not None:
-                held.keep()
-            raise
+    except BackendError as exc:
+        if needs_fence(exc):
+            try:
+                await fence_marks(coll, [str(d["_id"]) for d in docs], mark)
+            except BackendError:
+                if held is not None:
+                    held.keep()
+                raise
         raise
 
 

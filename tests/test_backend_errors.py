@@ -6,9 +6,14 @@ from __future__ import annotations
 import pytest
 from opensearchpy.exceptions import ConnectionError as SearchConnectionError
 from opensearchpy.exceptions import ConnectionTimeout
-from pymongo.errors import AutoReconnect, DuplicateKeyError, _OperationCancelled
+from pymongo.errors import (
+    AutoReconnect,
+    DuplicateKeyError,
+    ServerSelectionTimeoutError,
+    _OperationCancelled,
+)
 
-from opendisco import SearchBackendError, SearchTimeout, StoreBackendError
+from opendisco import SearchBackendError, SearchTimeout, StoreBackendError, StoreUnreachable
 from opendisco._backend import backend_errors
 
 
@@ -19,6 +24,8 @@ from opendisco._backend import backend_errors
         (SearchConnectionError("N/A", "refused", None), SearchBackendError),
         (AutoReconnect("127.0.0.1:27017: connection refused"), StoreBackendError),
         (DuplicateKeyError("E11000"), StoreBackendError),
+        # no server selected: the operation was never sent (not fenced: _store_fence)
+        (ServerSelectionTimeoutError("127.0.0.1:27017: connection refused"), StoreUnreachable),
     ],
 )
 def test_library_errors_become_the_project_errors(raised: Exception, kind: type) -> None:
