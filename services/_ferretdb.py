@@ -15,6 +15,7 @@ same version (its data stays).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -66,9 +67,17 @@ class FerretDBService:
     def install(self) -> None:
         if self.binary.is_file():
             return
+        self.build_dir.mkdir(parents=True, exist_ok=True)
+        with (self.build_dir / ".install.lock").open("w") as lock:
+            # another checkout may be building it: the source tree and the binary's temporary
+            # name are shared (two builds at once failed on each other's files)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.binary.is_file():
+                self._build()
+
+    def _build(self) -> None:
         ver = f"v{self.s.ferretdb_version}"
         self.echo(f"building FerretDB {ver} (go module proxy)")
-        self.build_dir.mkdir(parents=True, exist_ok=True)
         info = json.loads(
             self._go("mod", "download", "-json", f"{_MODULE}@{ver}", cwd=self.build_dir)
         )
