@@ -87,6 +87,17 @@ def _writer(settings: Settings, stop: threading.Event, seed: int, counts: dict[s
 _BULK = re.compile(r"bulk worker=(\S+) partitions=\[([\d, ]*)\] start=([\d.]+) end=([\d.]+)")
 
 
+_LEASE = re.compile(r"worker \S+ (took|released|lost) partition (\d+)")
+
+
+def _held(log: list[str]) -> set[int]:
+    """The partitions a worker holds by its log (took, then released or lost)."""
+    held: set[int] = set()
+    for kind, part in _LEASE.findall("".join(log)):
+        (held.add if kind == "took" else held.discard)(int(part))
+    return held
+
+
 def _intervals(log: str) -> list[tuple[str, set[int], float, float]]:
     """Every completed bulk a worker logged: (worker, partitions held, start, end)."""
     out = []
@@ -144,8 +155,11 @@ def test_two_workers_kill_9_three_times_under_a_writer(
     finally:
         stop.set()
         writer.join()
-    # the survivor takes the dead one's partitions (the workers' lease, not the settings')...
-    time.sleep(float(env["OPENDISCO_SYNC_LEASE_SECONDS"]) + 3)
+    # the survivor takes the dead one's partitions (once the workers' lease has expired)...
+    deadline = time.monotonic() + 60  # a loaded machine; ends as soon as it holds them
+    while _held(steady_log) != set(range(4)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _held(steady_log) == set(range(4)), "".join(steady_log)[-3000:]
     steady.send_signal(signal.SIGTERM)  # ...and stops cleanly (releasing them)
     steady.wait(timeout=120)
     time.sleep(0.5)
