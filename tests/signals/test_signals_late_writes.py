@@ -43,7 +43,7 @@ from opendisco.signals import (
 __all__ = ["storm", "storm_settings"]  # the fixtures, shared with the claims-fault suite
 
 #: the client's timeout in these tests: a held ``_bulk`` fails the call after it
-TIMEOUT_S = 2.0
+TIMEOUT_S = 1.5
 #: the store client's socket timeout in the tests of MongoDB writes held (``TcpProxy.hold_if``)
 STORE_TIMEOUT_S = 1.5
 #: the member leases in the tests of a writer that keeps them (its fence failed): they lapse
