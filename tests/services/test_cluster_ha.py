@@ -164,29 +164,22 @@ async def _serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-@pytest.fixture(scope="module")
-def embedder(ha: tuple[Settings, OpenSearchService], model: Any) -> Embedder:
-    """The session's model (the API's, loaded once) behind one in-memory cache for the module:
-    the sample's texts are encoded once, not again by each test's reindex."""
-    return Embedder(ha[0], model=model, persist=False)
-
-
-async def _catalogue(settings: Settings, embedder: Embedder) -> list[str]:
-    """The marketplace sample, written and reindexed afresh."""
+async def _catalogue(settings: Settings, model: Any) -> list[str]:
+    """The marketplace sample, encoded by the session's model (the API's, loaded once)."""
     items, users = generate_marketplace(N_ITEMS, seed=5)
     write_sample(settings, items, users)
-    await reindex(settings, embedder=embedder)
+    await reindex(settings, embedder=Embedder(settings, model=model, persist=False))
     return [u["_id"] for u in users]
 
 
 async def test_node_loss_under_load_is_not_an_outage(
-    ha: tuple[Settings, OpenSearchService], embedder: Embedder
+    ha: tuple[Settings, OpenSearchService], model: Any
 ) -> None:
     """Closed-loop load (3 workers) on the API; SIGKILL the elected cluster manager (also a
     data node: the hardest single loss), restart it with `services up` while the load goes
     on, until green. Every answer is a 200 and ≥ 99% are non-degraded during the loss."""
     settings, svc = ha
-    users = await _catalogue(settings, embedder)
+    users = await _catalogue(settings, model)
     with clients.mongo(settings) as mc:
         key, _ = create_key(mc[settings.mongo_db], "ha", ["read"])
     admin = clients.opensearch(settings)
@@ -259,7 +252,7 @@ def _nodes_seen_by(settings: Settings, live: list[str]) -> int:
 
 
 async def test_hung_node_is_routed_around(
-    ha: tuple[Settings, OpenSearchService], embedder: Embedder
+    ha: tuple[Settings, OpenSearchService], model: Any
 ) -> None:
     """A data node hung with SIGSTOP (it accepts connections and never answers) under light
     load: once the cluster has dropped it, the API answers from the pipeline again within a
@@ -270,7 +263,7 @@ async def test_hung_node_is_routed_around(
     # fixed admission: this test is about routing; the adaptive limit (issue 19) may shed a
     # few requests with 503 + Retry-After while calls wait out the deadline on the hung node
     settings = base.model_copy(update={"api_deadline_ms": 3000, "api_adaptive_concurrency": False})
-    users = await _catalogue(settings, embedder)
+    users = await _catalogue(settings, model)
     with clients.mongo(settings) as mc:
         key, _ = create_key(mc[settings.mongo_db], "hang", ["read"])
     admin = clients.opensearch(settings)
@@ -353,7 +346,7 @@ def _primaries(settings: Settings, indices: list[str]) -> Counter[str]:
 
 @pytest.mark.parametrize("fault", ["kill", "pause"])
 async def test_losing_the_node_of_the_primaries_loses_no_event_and_sync_catches_up(
-    ha: tuple[Settings, OpenSearchService], embedder: Embedder, tmp_path: Path, fault: str
+    ha: tuple[Settings, OpenSearchService], model: Any, tmp_path: Path, fault: str
 ) -> None:
     """SIGKILL (then restart) or SIGSTOP (until the cluster drops it, then SIGCONT) the data
     node holding the most primaries of the items and the exposure counters (the events'
@@ -364,7 +357,7 @@ async def test_losing_the_node_of_the_primaries_loses_no_event_and_sync_catches_
     base, svc = ha
     # an event call is answered within 5 deadlines (503 after): not 30 s ones (the module's)
     settings = base.model_copy(update={"api_deadline_ms": 3000})
-    await _catalogue(settings, embedder)
+    await _catalogue(settings, model)
     osc = clients.async_opensearch(settings)
     try:
         await ExposureStore(osc, settings).ensure()  # the counters the events write
