@@ -164,6 +164,14 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, OSConnectionError) or status in (429, 502, 503, 504)
 
 
+def index_missing(exc: BaseException) -> bool:
+    """Whether the engine answered that the index does not exist (404
+    ``index_not_found_exception``)."""
+    return getattr(exc, "status_code", None) == 404 and getattr(exc, "error", None) == (
+        "index_not_found_exception"
+    )
+
+
 def _spent(attempt: int, deadline: float, settings: Settings) -> bool:
     """Whether ``attempt`` retries used up the retry budget: ``bulk_max_retries`` and the
     time until ``deadline`` (``retry_for``), both."""
@@ -171,17 +179,26 @@ def _spent(attempt: int, deadline: float, settings: Settings) -> bool:
 
 
 async def patiently(
-    call: Callable[[], Awaitable[T]], settings: Settings, *, retry_for: float = 0.0
+    call: Callable[[], Awaitable[T]],
+    settings: Settings,
+    *,
+    retry_for: float = 0.0,
+    own_index: bool = False,
 ) -> T:
     """``call()`` — an idempotent engine call — retried after :func:`transient` failures
     like a bulk: ``bulk_max_retries`` times and for at least ``retry_for`` seconds, with
-    the bulk backoff; then (or on any other failure) its error is raised as it is."""
+    the bulk backoff; then (or on any other failure) its error is raised as it is.
+
+    ``own_index``: the call is about an index the caller created (and holds), so an answer
+    that it does not exist (:func:`index_missing`) came from a node behind on the cluster
+    state (one resumed after a pause answers from the state it had) and is retried too."""
     deadline = time.monotonic() + retry_for
     for attempt in itertools.count():
         try:
             return await call()
         except (OSConnectionError, TransportError) as exc:
-            if not transient(exc) or _spent(attempt, deadline, settings):
+            retry = transient(exc) or (own_index and index_missing(exc))
+            if not retry or _spent(attempt, deadline, settings):
                 raise
         await asyncio.sleep(backoff_delay(attempt, settings.bulk_backoff_max))
     raise AssertionError("unreachable")  # the loop returns or raises

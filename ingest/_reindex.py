@@ -180,9 +180,9 @@ async def _reindex(
     )
     # the build is done: from here a storm must not cost it (idempotent calls, retried)
     settle = {"index": {"refresh_interval": refresh}}
-    await _patiently(settings, lambda: client.indices.put_settings(index=index, body=settle))
-    await _patiently(settings, lambda: client.indices.refresh(index=index))
-    count = (await _patiently(settings, lambda: client.count(index=index)))["count"]
+    await _on_built(settings, lambda: client.indices.put_settings(index=index, body=settle))
+    await _on_built(settings, lambda: client.indices.refresh(index=index))
+    count = (await _on_built(settings, lambda: client.count(index=index)))["count"]
     if count != build.indexed:
         await client.indices.delete(index=index, ignore_unavailable=True)
         raise IndexStateError(
@@ -207,16 +207,16 @@ async def _reindex(
     caught.add(await _refresh_stream(settings, db, writer, embedder, since, joined))
     # and the documents deleted from MongoDB since the build read them (no catch-up sees a
     # hard delete): out of the new index before it serves
-    await _patiently(settings, lambda: client.indices.refresh(index=index))
+    await _on_built(settings, lambda: client.indices.refresh(index=index))
     caught.add(await remove_gone(db, settings, writer, source="reindex"))
     lease.check()  # a rebuild that lost its lease leaves the alias to the one that took it
     done = {"_meta": {"opendisco": {"state": "complete", "count": count}}}
-    await _patiently(settings, lambda: client.indices.put_mapping(index=index, body=done))
+    await _on_built(settings, lambda: client.indices.put_mapping(index=index, body=done))
     # pending before the swap: a crash between the swap and the floor still has sync replay
     await save_floor(db, settings, caught_from, index, pending=True)
-    report.previous = await _patiently(settings, lambda: swap_alias(client, alias, index))
+    report.previous = await _on_built(settings, lambda: swap_alias(client, alias, index))
     await save_floor(db, settings, caught_from, index)
-    await _patiently(settings, lambda: client.indices.refresh(index=index))
+    await _on_built(settings, lambda: client.indices.refresh(index=index))
     report.removed += await _patiently(
         settings, lambda: retain(client, alias, index, settings.keep_versions)
     )
@@ -252,6 +252,13 @@ def _patiently(settings: Settings, call: Callable[[], Awaitable[T]]) -> Awaitabl
     of a build failed the rebuild at once and threw the complete build away; one at its
     start failed it before it began)."""
     return patiently(call, settings, retry_for=settings.reindex_retry_seconds)
+
+
+def _on_built(settings: Settings, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+    """:func:`_patiently`, for a call about the index this rebuild created: an answer that it
+    does not exist came from a node behind on the cluster state and is retried too (a node
+    resumed after a pause answered a refresh of the new index 404: the build thrown away)."""
+    return patiently(call, settings, retry_for=settings.reindex_retry_seconds, own_index=True)
 
 
 async def _apply_stream(

@@ -15,7 +15,9 @@ touched, nothing of OpenSearch is mocked: every request not faulted reaches it):
 * ``lose_answer_if(method, path, body)``: the matching requests are forwarded and applied by
   the engine, then the client's connection is cut before the answer (``lost`` counts them);
 * ``hang_if(method, path)``: the matching requests wait unanswered (a paused engine) until
-  :meth:`FaultyHttpProxy.resume` or the proxy's exit, then go through (``hung`` counts them).
+  :meth:`FaultyHttpProxy.resume` or the proxy's exit, then go through (``hung`` counts them);
+* ``missing_if(method, path)``: the matching requests answered 404 ``index_not_found_exception``
+  (a node behind on the cluster state, e.g. resumed after a pause, asked about a new index).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class FaultyHttpProxy:
         self.lost = 0
         self.hang_if: Callable[[str, str], bool] | None = None
         self.hung = 0
+        self.missing_if: Callable[[str, str], bool] | None = None
         self._resumed: asyncio.Event | None = None  # the proxy loop's, made in _start
         self.port = 0
         self.answered: dict[int, int] = {}
@@ -154,6 +157,11 @@ class FaultyHttpProxy:
             return self._refuse(self.statuses[n % len(self.statuses)])
         if self.fail_if is not None and self.fail_if(request.method, request.path):
             return self._refuse(429)
+        if self.missing_if is not None and self.missing_if(request.method, request.path):
+            self._count(404)
+            index = request.path.strip("/").split("/")[0]
+            error = {"type": "index_not_found_exception", "reason": f"no such index [{index}]"}
+            return web.json_response({"error": error, "status": 404}, status=404)
         if self.hang_if is not None and self.hang_if(request.method, request.path):
             assert self._resumed is not None
             self.hung += 1

@@ -364,3 +364,27 @@ async def test_a_rebuild_started_in_a_429_storm_waits_it_out(
         assert proxy.answered.get(429, 0) > 2
         assert report.indexed == len(ingest_catalogue)
         assert await alias_targets(client, settings.index_alias) == [report.index]
+
+
+async def test_a_rebuild_asked_about_its_index_by_a_lagging_node_retries(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """A node behind on the cluster state (one resumed after a pause answers from the state
+    it had) answers that the index the rebuild just created does not exist: the refresh
+    after the build failed with a 404 and the rebuild threw the complete build away (seen on
+    the 3-node cluster right after a hung node came back). Such answers about its own index
+    are retried like a storm's."""
+    asked: list[str] = []
+
+    def lagging(method: str, path: str) -> bool:
+        if not path.endswith("/_refresh"):
+            return False
+        asked.append(path)
+        return len(asked) <= 2  # the first two refreshes (after the build)
+
+    async with faulty_engine(ingest_settings, bulk_backoff_max=0.2) as (proxy, settings, client):
+        proxy.missing_if = lagging
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert len(asked) > 2  # the two lagging answers were asked again
+        assert report.indexed == len(ingest_catalogue)
+        assert await alias_targets(client, settings.index_alias) == [report.index]
