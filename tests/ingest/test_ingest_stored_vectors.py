@@ -29,6 +29,7 @@ from opendisco.ingest import (
 GOOD = {
     "_id": "v1",
     "kind": "profile",
+    "owner_id": "m-v1",
     "title": "Quiet reader",
     "version": 1,
     "updated_at": datetime(2026, 1, 1, tzinfo=UTC),
