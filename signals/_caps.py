@@ -25,8 +25,11 @@ __all__ = ["KnownImpressions", "ServedSince", "item_cap", "window_count"]
 
 
 def item_cap(own: Any, default: int) -> int:
-    """Pure: the item's own ``exposure_cap`` when it is a positive integer, else ``default``
+    """Pure: the item's own ``exposure_cap`` when it is a positive integer (a whole double
+    too, as MongoDB may store it and ingest indexes it), else ``default``
     (``exposure_default_cap``)."""
+    if isinstance(own, float) and own.is_integer():
+        own = int(own)
     return own if isinstance(own, int) and own > 0 else default
 
 

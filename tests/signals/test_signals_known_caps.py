@@ -58,6 +58,7 @@ async def test_known_impressions_reach_the_cap() -> None:
     served.add(["d"])
     assert "d" in known.reached(items)  # no count read: its own impressions alone
     assert known.reached([("a", 0), ("a", "3"), ("a", 4)]) == set()  # odd caps: the default
+    assert known.reached([("a", 3.0)]) == {"a"}  # a whole double, as MongoDB may store it
     # another reader's windows (the fallback's) leave this one's alone
     for _ in range(3):
         served.open_window("fallback")
