@@ -9,10 +9,13 @@ the member in process with the one definition of the hard rules
    document, :class:`UserState`, blocks both ways) under ``api_fallback_store_timeout_ms``;
 2. the lists the member's preferences select are merged (best first) and filtered with
    the rules on the listed fields, then the survivors' rule fields (availability, deletion,
-   preferences, owner) are re-read from MongoDB ``items`` (``_id $in``, same deadline) and
-   filtered again: what the lists knew at refresh time is never trusted alone;
+   preferences, owner) and own ``exposure_cap`` are re-read from MongoDB ``items`` (``_id
+   $in``, same deadline) and filtered again: what the lists knew at refresh time is never
+   trusted alone (a cap the app lowered in MongoDB only — 100 → 3 — went to every member on
+   the lists' copy);
 3. exposure caps are checked against the cap list read at the last refresh, and against the
-   listed items' impressions read with it plus those this process served since, written to
+   listed items' impressions read with it plus those this process served since (each item's
+   cap: the one step 2 read, at the final check), written to
    the counters after that read or not yet (``Discovery.served``: its served answers and the
    fallback's own count toward the caps; ``signals.KnownImpressions``, the one definition the
    served pipeline checks too) — again once the answer is picked, when it is counted at

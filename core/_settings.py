@@ -293,8 +293,9 @@ class Settings(BaseSettings):
     )
     serve_recheck: bool = Field(
         True,
-        description="Re-read the rule fields of each served page's items from MongoDB and drop "
-        "what breaks a rule now (the engine's copy trails the store by the sync lag).",
+        description="Re-read the rule fields and exposure_cap of each served page's items from "
+        "MongoDB and drop what breaks a rule or reached its stored cap now (the engine's copy "
+        "trails the store by the sync lag).",
     )
     serve_recheck_anonymous_timeout_ms: int = Field(
         150,

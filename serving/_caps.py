@@ -8,7 +8,8 @@ second. So this process also leaves out every candidate whose impressions *known
 its cap (:class:`~opendisco.signals.KnownImpressions`, the one definition the degraded
 fallback checks too): the count in its copy of the counters (``ExposureMirror.known``) plus
 what it served since that copy's read. The item's cap is its own ``exposure_cap`` (a field
-of the candidate hit) or ``exposure_default_cap``.
+of the candidate hit; on the page, as MongoDB holds it when the page's re-check read it) or
+``exposure_default_cap``.
 
 Checked twice, with no round trip:
 
@@ -16,7 +17,9 @@ Checked twice, with no round trip:
   request's :class:`~opendisco.serving.HardRules` (``capped_ids``) and are dropped by the
   hard-rules filter, counted in ``explain.filtered["exposure_cap"]``;
 * the page (:class:`PageCaps`, from ``serving._page.pick_page``): after the page's re-check
-  — its last await — the page's items are checked again and, when none reached its cap, the
+  — its last await — the page's items are checked again, on the caps that read returned
+  (the engine's copy trails an ``exposure_cap`` the app lowered in MongoDB, for good while
+  no sync runs: 100 → 3 went to every member), and, when none reached its cap, the
   page is counted at once (``count``: the API), before any other request runs: the event
   loop is the only thread, so two requests in flight cannot both take an item's last
   impression. One that reached it meanwhile is dropped and the page picked again from the
@@ -54,14 +57,14 @@ class ExposureCaps:
     #: counts each page when it is picked (the API's process); None: nothing counted
     count: Count | None = None
 
-    def reached(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> set[str]:
-        """The ids of ``(id, item)`` whose known impressions reach the item's cap now."""
-        known = self.mirror.known()
-        return known.reached((i, item.get("exposure_cap")) for i, item in items)
+    def reached(self, items: Iterable[tuple[str, Any]]) -> set[str]:
+        """The ids of ``(id, the item's own exposure_cap)`` whose known impressions reach the
+        item's cap now."""
+        return self.mirror.known().reached(items)
 
     def apply(self, plan: CandidatePlan, candidates: Sequence[Candidate]) -> None:
         """The filters stage's half: the candidates at their cap join the request's rules."""
-        at_cap = self.reached((c.id, c.item) for c in candidates)
+        at_cap = self.reached((c.id, c.item.get("exposure_cap")) for c in candidates)
         if at_cap:
             plan.rules = plan.rules.with_capped((plan.rules.capped_ids or frozenset()) | at_cap)
 
@@ -78,8 +81,13 @@ class PageCaps:
     caps: ExposureCaps
     items: Mapping[str, Mapping[str, Any]]
 
-    def reached(self, ids: Sequence[str]) -> set[str]:
-        return self.caps.reached((i, self.items[i]) for i in ids)
+    def reached(self, ids: Sequence[str], stored: Mapping[str, Any]) -> set[str]:
+        """The ids at their cap now: the cap ``stored`` holds for an id the page re-read from
+        MongoDB (None: none of its own), else its hit's (the engine's copy)."""
+        own = self.items
+        return self.caps.reached(
+            (i, stored[i] if i in stored else own[i].get("exposure_cap")) for i in ids
+        )
 
     def take(self, ids: Sequence[str]) -> bool:
         """Count the page toward exposure; whether it was counted (a caller that counts)."""

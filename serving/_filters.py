@@ -90,9 +90,11 @@ HIT_FIELDS = (*RULE_FIELDS, "exposure_cap")
 
 
 def stored_rule_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """The rule fields of an item as MongoDB stores it, with the defaults ingest gives absent
-    ones (``available`` true, ``deleted`` false: ``opendisco.ingest.validate_item``)."""
-    out = {f: doc.get(f) for f in RULE_FIELDS}
+    """The rule fields of an item as MongoDB stores it and its own ``exposure_cap`` (the
+    :data:`HIT_FIELDS`), with the defaults ingest gives absent ones (``available`` true,
+    ``deleted`` false: ``opendisco.ingest.validate_item``; no ``exposure_cap``: None, the
+    default cap applies, ``signals.item_cap``)."""
+    out = {f: doc.get(f) for f in HIT_FIELDS}
     out["available"] = True if doc.get("available") is None else doc.get("available")
     out["deleted"] = bool(doc.get("deleted"))
     return out

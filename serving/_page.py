@@ -21,10 +21,15 @@ reads its pool too (``2k`` rows): the pool is logged with the page's propensitie
 that held items the store has paused was logged as what the page was drawn from, though they
 were never eligible (whenever the draw itself missed them: no drop, no read ahead).
 
-Then, after the re-read (the pick's last await), the page's items are checked against their
-exposure caps as this process knows them now (``caps``: ``serving._caps``) and, when none
-reached its cap, counted toward exposure in the same step of the event loop: no other request
-sees the page's impressions uncounted. An item that reached its cap while the request
+The read also returns each item's own ``exposure_cap`` as MongoDB holds it (no cap stored:
+none of its own, the default cap, as ingest would index it). Then, after the re-read (the
+pick's last await), the page's items are checked against their exposure caps as this process
+knows them now (``caps``: ``serving._caps``), each item's cap the one the store returned (the
+engine's copy trails one the app lowered — 100 → 3 went to every member for as long as no sync
+ran — or raised: MongoDB is the source of truth; the hit's cap only for items the store was
+not read for: ``serve_recheck`` off, an anonymous page served on the engine's copy) and, when
+none reached its cap, counted toward exposure in the same step of the event loop: no other
+request sees the page's impressions uncounted. An item that reached its cap while the request
 awaited (another request took its last impression) is dropped like a re-check drop and the
 page picked again; the page cut to the checked survivors is checked the same way.
 
@@ -43,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,7 +59,7 @@ from opendisco._exceptions import BackendError
 from opendisco._settings import Settings
 
 from ._explore import Exploration, Explorer
-from ._filters import RULE_FIELDS, HardRules, Rule, stored_rule_fields
+from ._filters import HIT_FIELDS, HardRules, Rule, stored_rule_fields
 
 if TYPE_CHECKING:
     from opendisco.rerank import RerankResult
@@ -65,6 +70,7 @@ __all__ = [
     "Page",
     "PageCheck",
     "Recheck",
+    "Reread",
     "StoreRecheck",
     "pick_page",
     "read_rule_fields",
@@ -72,8 +78,8 @@ __all__ = [
 
 log = logging.getLogger("opendisco.serving")
 
-#: the fields :func:`read_rule_fields` reads
-PROJECTION = dict.fromkeys(RULE_FIELDS, 1)
+#: the fields :func:`read_rule_fields` reads: the rule fields and the item's own cap
+PROJECTION = dict.fromkeys(HIT_FIELDS, 1)
 #: page picks before the page is cut to what was checked
 MAX_ROUNDS = 3
 #: after a pick dropped something, each read covers this many pages of the order's top
@@ -81,19 +87,28 @@ LOOKAHEAD = 2
 
 
 async def read_rule_fields(coll: Any, ids: list[str], what: str) -> dict[str, dict[str, Any]]:
-    """The rule fields of ``ids`` as the items collection ``coll`` holds them now
-    (:func:`stored_rule_fields`; an id absent from the result: no such item). One ``_id $in``:
-    the served page's re-check and the degraded fallback's."""
+    """The rule fields and ``exposure_cap`` of ``ids`` as the items collection ``coll`` holds
+    them now (:func:`stored_rule_fields`; an id absent from the result: no such item). One
+    ``_id $in``: the served page's re-check and the degraded fallback's."""
     with backend_errors(f"{what} failed"):
         docs = await coll.find({"_id": {"$in": ids}}, projection=PROJECTION).to_list(None)
     return {str(d["_id"]): stored_rule_fields(d) for d in docs}
 
 
-class Recheck(Protocol):
-    """The rules ``ids`` break now, by id (an id missing from the store breaks
-    ``available``); the ids that pass are absent."""
+@dataclass(frozen=True)
+class Reread:
+    """What a re-check read: the rules ids break now, by id (an id missing from the store
+    breaks ``available``; the ids that pass are absent), and the ``exposure_cap`` the store
+    holds for each id it holds (None: none of its own, the default cap)."""
 
-    async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]: ...
+    broken: dict[str, Rule]
+    caps: dict[str, Any]
+
+
+class Recheck(Protocol):
+    """The page's items re-read: :class:`Reread`."""
+
+    async def __call__(self, rules: HardRules, ids: list[str]) -> Reread: ...
 
 
 @dataclass(frozen=True)
@@ -113,7 +128,7 @@ class StoreRecheck:
         timeout_s = settings.serve_recheck_anonymous_timeout_ms / 1000
         return cls(db, settings.items_collection, timeout_s)
 
-    async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]:
+    async def __call__(self, rules: HardRules, ids: list[str]) -> Reread:
         timeout = None if rules.member else self.anonymous_timeout_s
         read = read_rule_fields(self.db[self.collection], ids, "re-reading the page's items")
         try:
@@ -125,14 +140,15 @@ class StoreRecheck:
             rule = rules.broken(i, now[i]) if i in now else Rule.AVAILABLE
             if rule is not None:
                 broken[i] = rule
-        return broken
+        return Reread(broken, {i: doc["exposure_cap"] for i, doc in now.items()})
 
 
 class PageCheck(Protocol):
     """The exposure caps of one page (``serving._caps.PageCaps``): the ids that reached
-    their cap now, and the page counted toward exposure (whether it was)."""
+    their cap now (an id of ``stored``: on the cap the re-check read, else the hit's), and
+    the page counted toward exposure (whether it was)."""
 
-    def reached(self, ids: Sequence[str]) -> set[str]: ...
+    def reached(self, ids: Sequence[str], stored: Mapping[str, Any]) -> set[str]: ...
 
     def take(self, ids: Sequence[str]) -> bool: ...
 
@@ -161,6 +177,7 @@ async def pick_page(
     drawer = explorer if explorer is not None and explorer.explores() else None
     keep = np.ones(order.shape[0], dtype=bool)
     passed: set[int] = set()
+    stored: dict[str, Any] = {}  # id → its exposure_cap as the re-check read it
     dropped: Counter[str] = Counter()
     for _ in range(MAX_ROUNDS):
         live = order[keep]
@@ -180,12 +197,13 @@ async def pick_page(
                 if rules.member:
                     raise
                 log.warning("anonymous page served on the engine's copy: %s", exc)
-                recheck, got = None, {}
-            passed.update(r for r in todo if ids[r] not in got)
-            broken = {r: got[ids[r]] for r in todo if ids[r] in got}
+                recheck, got = None, Reread({}, {})
+            stored.update(got.caps)
+            passed.update(r for r in todo if ids[r] not in got.broken)
+            broken = {r: got.broken[ids[r]] for r in todo if ids[r] in got.broken}
             if broken:
-                log.info("re-check dropped %s (the engine's copy trails the store)", got)
-        if not broken and not (broken := _capped(caps, ids, rows)):
+                log.info("re-check dropped %s (the engine's copy trails the store)", got.broken)
+        if not broken and not (broken := _capped(caps, ids, rows, stored)):
             return _page(result, rows, exploration, dropped, caps, ids)  # no await since
         dropped.update(rule.value for rule in broken.values())
         keep &= ~np.isin(order, list(broken))
@@ -193,17 +211,20 @@ async def pick_page(
     survivors = [r for r in order[keep].tolist() if recheck is None or r in passed]
     while True:  # no await: the caps as they are now
         rows, exploration = _pick(np.array(survivors, dtype=order.dtype), k, drawer)
-        if not (broken := _capped(caps, ids, rows)):
+        if not (broken := _capped(caps, ids, rows, stored)):
             return _page(result, rows, exploration, dropped, caps, ids)
         dropped.update(rule.value for rule in broken.values())
         survivors = [r for r in survivors if r not in broken]
 
 
-def _capped(caps: PageCheck | None, ids: Sequence[str], rows: np.ndarray) -> dict[int, Rule]:
-    """The rows of the page whose items reached their exposure cap (``caps``) now."""
+def _capped(
+    caps: PageCheck | None, ids: Sequence[str], rows: np.ndarray, stored: Mapping[str, Any]
+) -> dict[int, Rule]:
+    """The rows of the page whose items reached their exposure cap (``caps``; the cap
+    ``stored`` holds for the items re-read) now."""
     if caps is None or not rows.size:
         return {}
-    at_cap = caps.reached([ids[r] for r in rows.tolist()])
+    at_cap = caps.reached([ids[r] for r in rows.tolist()], stored)
     return {r: Rule.EXPOSURE_CAP for r in rows.tolist() if ids[r] in at_cap}
 
 

@@ -34,7 +34,12 @@ GROUPS = {
     "tpl": ("cap-tpl", "g-tpl"),
     "cold": ("cap-cold", "g-cold"),
     "list": ("cap-list", "g-list"),
+    "low": ("cap-low", "g-low"),
+    "deglow": ("cap-deglow", "g-deglow"),
 }
+#: the groups whose item the engine indexed with another cap (None: none, the default) than
+#: the ``CAP`` the app then sets in MongoDB only (no sync writes it to the engine)
+LOWERED = {"low": 100, "deglow": None}
 
 
 def _profile(pid: str, gender: str, popularity: float, **kw: Any) -> dict[str, Any]:
@@ -61,7 +66,7 @@ def _profile(pid: str, gender: str, popularity: float, **kw: Any) -> dict[str, A
 def catalogue() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     items, users = [], []
     for tag, (capped, gender) in GROUPS.items():
-        items.append(_profile(capped, gender, 1000.0, exposure_cap=CAP))
+        items.append(_profile(capped, gender, 1000.0, exposure_cap=LOWERED.get(tag, CAP)))
         items += [_profile(f"fill-{tag}{i}", gender, 10.0 + i) for i in range(3)]
         users += [
             {"_id": f"{tag}{i}", "gender": gender, "age": 30, "pref_genders": [gender]}
@@ -114,6 +119,16 @@ async def _copy_read(client: Any, item: str) -> None:
     raise AssertionError("the copy of the counters was never read")
 
 
+def _lower_in_store(settings: Settings, tag: str) -> None:
+    """The app sets the item's ``exposure_cap`` to ``CAP`` in MongoDB; no sync runs, the
+    engine's copy keeps the cap it indexed (``LOWERED``)."""
+    if tag in LOWERED:
+        with clients.mongo(settings) as sync:
+            items = sync[settings.mongo_db][settings.items_collection]
+            got = items.update_one({"_id": GROUPS[tag][0]}, {"$set": {"exposure_cap": CAP}})
+            assert got.matched_count == 1
+
+
 async def _shown(client: Any, key: str, member: str, item: str) -> bool:
     resp = await client.get(f"/v1/users/{member}/recommendations?k=10", headers=h(key))
     assert resp.status_code == 200, resp.text
@@ -124,20 +139,26 @@ async def _shown(client: Any, key: str, member: str, item: str) -> bool:
     return item in ids
 
 
+@pytest.mark.parametrize("tag", ["seq", "low"])
 async def test_members_one_after_another_see_an_item_at_most_its_cap(
-    caps_settings: Settings, caps_catalogue: dict[str, Any]
+    caps_settings: Settings, caps_catalogue: dict[str, Any], tag: str
 ) -> None:
-    capped, _ = GROUPS["seq"]
+    """``low``: the engine indexed the item with cap 100, the app lowered it to 3 in MongoDB
+    only. The page's re-check reads the stored cap with the rule fields and the page is
+    checked against it (checked against the hit's 100, 10 of 10 members were shown it for as
+    long as sync did not write the new cap)."""
+    capped, _ = GROUPS[tag]
     keys = caps_catalogue["keys"]
+    _lower_in_store(caps_settings, tag)
     async with serve(caps_settings) as client:
         rt = client.app.state.runtime
         await _copy_read(client, capped)
-        shown = [await _shown(client, keys["read"], f"seq{i}", capped) for i in range(MEMBERS)]
+        shown = [await _shown(client, keys["read"], f"{tag}{i}", capped) for i in range(MEMBERS)]
         assert sum(shown) == CAP - COUNTED, shown
         assert shown[0]  # room for one: the first member saw it
         assert capped not in await rt.discovery.exposure.capped()  # nothing flushed yet
         # the next member's answer leaves it out under the cap rule, named in the explain
-        url = "/v1/users/seq0/recommendations?k=10&explain=true"
+        url = f"/v1/users/{tag}0/recommendations?k=10&explain=true"
         resp = await client.get(url, headers=h(keys["admin"]))
         body = resp.json()
         assert capped not in [it["id"] for it in body["items"]]
@@ -180,13 +201,17 @@ async def test_members_all_at_once_see_an_item_at_most_its_cap(
         assert sum(shown) == CAP - COUNTED, shown
 
 
+@pytest.mark.parametrize("tag", ["deg", "deglow"])
 async def test_degraded_answers_all_at_once_show_an_item_at_most_its_cap(
-    caps_settings: Settings, caps_catalogue: dict[str, Any]
+    caps_settings: Settings, caps_catalogue: dict[str, Any], tag: str
 ) -> None:
     """The engine killed, ten members ask at once: the fallback's answers count toward the
     cap too, each checked and counted once it is picked. (Checked only before the answer's
-    store reads and counted when the API answered, all ten showed it.)"""
-    capped, _ = GROUPS["deg"]
+    store reads and counted when the API answered, all ten showed it.) ``deglow``: indexed
+    with no cap (the default, 200), set to 3 in MongoDB only; the fallback's re-read of the
+    items carries the stored cap (checked against the lists' copy, 10 of 10)."""
+    capped, _ = GROUPS[tag]
+    _lower_in_store(caps_settings, tag)
     key = caps_catalogue["keys"]["read"]
     os_proxy, _, settings = await proxied(
         caps_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
@@ -201,7 +226,7 @@ async def test_degraded_answers_all_at_once_show_an_item_at_most_its_cap(
                 await asyncio.sleep(0.1)
             assert (lists.snapshot.counts or {}).get(capped) == COUNTED
             await os_proxy.kill()
-            url = "/v1/users/deg{}/recommendations?k=10"
+            url = f"/v1/users/{tag}{{}}/recommendations?k=10"
             resps = await asyncio.gather(
                 *(client.get(url.format(i), headers=h(key)) for i in range(MEMBERS))
             )

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from test_serving_recheck import _Broken, _Order
 
-from opendisco.serving import HardRules, Rule
-from opendisco.serving._page import MAX_ROUNDS, pick_page
+from opendisco.serving import HardRules
+from opendisco.serving._caps import ExposureCaps, PageCaps
+from opendisco.serving._page import MAX_ROUNDS, Reread, pick_page
+from opendisco.signals import KnownImpressions
 
 
 class _Caps:
@@ -29,7 +32,7 @@ class _Caps:
         self.capped = capped
         self.taken: list[list[str]] = []
 
-    def reached(self, ids: Sequence[str]) -> set[str]:
+    def reached(self, ids: Sequence[str], stored: Mapping[str, Any]) -> set[str]:
         mine = [i for i in ids if self.capped is None or i in self.capped]
         return {i for i in mine if self.known[i] >= self.cap}
 
@@ -43,7 +46,7 @@ class _Caps:
 class _Slow(_Broken):
     """A re-check that yields to the event loop before it answers (a store read)."""
 
-    async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]:
+    async def __call__(self, rules: HardRules, ids: list[str]) -> Reread:
         await asyncio.sleep(0)
         return await super().__call__(rules, ids)
 
@@ -86,7 +89,7 @@ async def test_the_survivors_page_is_checked_against_the_caps_too() -> None:
     store = _Broken({f"i{r}" for r in range(3, 20)})
 
     class Late(_Broken):  # another request takes i1 while this one's last read runs
-        async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]:
+        async def __call__(self, rules: HardRules, ids: list[str]) -> Reread:
             if len(store.reads) == MAX_ROUNDS - 1:
                 caps.known["i1"] += 1
             return await store(rules, ids)
@@ -95,3 +98,38 @@ async def test_the_survivors_page_is_checked_against_the_caps_too() -> None:
     assert len(store.reads) == MAX_ROUNDS
     assert page.rows.tolist() == [0, 2] and page.dropped["exposure_cap"] == 1
     assert caps.taken == [["i0", "i2"]]
+
+
+class _Served:
+    def served_since(self, item_id: str, generation: int) -> int:
+        return 0
+
+
+class _Mirror:
+    """A copy of the counters holding ``counts`` (``ExposureMirror.known``)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def known(self) -> KnownImpressions:
+        return KnownImpressions(lambda i: self.counts.get(i, 0), _Served(), 0, default_cap=200)
+
+
+async def test_the_page_is_checked_on_the_caps_the_store_holds() -> None:
+    """The engine's copy of the caps trails MongoDB: the page is checked on the caps its
+    re-check read (the real :class:`PageCaps`) — lowered (i0: 100 → 3) it is out, raised
+    (i1: 3 → 100) or removed (i2: the default, 200) it is in. Without a re-read, the hits'."""
+    engine = {"i0": 100, "i1": 3, "i2": 3}
+    items = {f"i{r}": {"exposure_cap": engine.get(f"i{r}")} for r in range(20)}
+    caps = PageCaps(ExposureCaps(_Mirror(dict.fromkeys(engine, 3))), items)  # type: ignore[arg-type]
+
+    class Store(_Broken):
+        async def __call__(self, rules: HardRules, ids: list[str]) -> Reread:
+            stored = {"i0": 3, "i1": 100, "i2": None}
+            return Reread({}, {i: stored.get(i) for i in ids})
+
+    rules = HardRules.anonymous()
+    page = await pick_page(_Order(20), 3, rules, recheck=Store(set()), caps=caps)
+    assert page.rows.tolist() == [1, 2, 3] and page.dropped == {"exposure_cap": 1}
+    page = await pick_page(_Order(20), 3, rules, caps=caps)
+    assert page.rows.tolist() == [0, 3, 4] and page.dropped == {"exposure_cap": 2}

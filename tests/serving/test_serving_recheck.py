@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from opendisco.serving import Discovery, Explorer, HardRules, Rule
-from opendisco.serving._page import LOOKAHEAD, MAX_ROUNDS, pick_page
+from opendisco.serving._page import LOOKAHEAD, MAX_ROUNDS, Reread, pick_page
 
 
 def _open_viewer(users: list[dict[str, Any]]) -> dict[str, Any]:
@@ -163,9 +163,9 @@ class _Broken:
     def __init__(self, broken: set[str]) -> None:
         self.broken, self.reads = broken, []
 
-    async def __call__(self, rules: HardRules, ids: list[str]) -> dict[str, Rule]:
+    async def __call__(self, rules: HardRules, ids: list[str]) -> Reread:
         self.reads.append(ids)
-        return {i: Rule.AVAILABLE for i in ids if i in self.broken}
+        return Reread({i: Rule.AVAILABLE for i in ids if i in self.broken}, {})
 
 
 async def test_a_page_is_never_an_unchecked_item() -> None:

@@ -157,6 +157,7 @@ def test_odd_stored_members_render_instead_of_failing_the_request(viewer: str) -
 def test_stored_items_get_the_ingest_defaults() -> None:
     got = stored_rule_fields({"_id": "a", "kind": "profile", "title": "t"})
     assert got["available"] is True and got["deleted"] is False
+    assert got["exposure_cap"] is None  # none of its own: the default cap (item_cap)
     assert stored_rule_fields({"available": False})["available"] is False
 
 
