@@ -45,7 +45,7 @@ from ._reconcile import ReconcileReport, reconcile
 from ._reindex import ReindexReport, reindex, remove_partial_builds
 from ._run_sync import run_sync
 from ._sample import generate_marketplace, write_sample
-from ._schema import ITEM_FIELDS, KINDS, validate_item
+from ._schema import ITEM_FIELDS, KINDS, exposure_cap, validate_item
 from ._store import SYNC_STATE, items_collection, state_key
 from ._sync import LeaseLost, Syncer, SyncReport, sync_once
 from ._templates import TemplatePlan, apply_templates, plan_templates, set_replicas
@@ -96,6 +96,7 @@ __all__ = [
     "detect_mode",
     "embedding_text",
     "encode_action",
+    "exposure_cap",
     "generate_marketplace",
     "items_collection",
     "join_behaviour",

@@ -150,6 +150,12 @@ def _int(
     return value
 
 
+def exposure_cap(doc: Mapping[str, Any]) -> int | None:
+    """The item's own ``exposure_cap`` as it is indexed (None: none stated); a value that is
+    not an integer in [0, 2³¹ − 1] (a whole double is one) raises :class:`DocumentInvalid`."""
+    return _int(doc, "exposure_cap", lo=0, hi=2**31 - 1)
+
+
 def _float(doc: Mapping[str, Any], field: str, lo: float, hi: float | None) -> float | None:
     value = doc.get(field)
     if value is None:
@@ -302,7 +308,7 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
         "popularity": _float(doc, "popularity", 0.0, F32_MAX) or 0.0,
         "quality": _float(doc, "quality", 0.0, 1.0),
         "available": _bool(doc, "available", True),
-        "exposure_cap": _int(doc, "exposure_cap", lo=0, hi=2**31 - 1),
+        "exposure_cap": exposure_cap(doc),
         "gender": _str(doc, "gender", required=False, max_bytes=64),
         "age": _int(doc, "age", lo=0, hi=150),
         "pref_genders": _keywords(doc, "pref_genders"),

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from opendisco._exceptions import DocumentInvalid
+from opendisco.ingest import exposure_cap
 from opendisco.queries import Candidate
 from opendisco.signals import MemberBlocks, UserState
 
@@ -93,10 +95,16 @@ def stored_rule_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The rule fields of an item as MongoDB stores it and its own ``exposure_cap`` (the
     :data:`HIT_FIELDS`), with the defaults ingest gives absent ones (``available`` true,
     ``deleted`` false: ``opendisco.ingest.validate_item``; no ``exposure_cap``: None, the
-    default cap applies, ``signals.item_cap``)."""
+    default cap applies, ``signals.item_cap``). A stored cap ingest would refuse is left out:
+    the engine's copy holds the last version ingest indexed, whose cap then applies (read as
+    no cap, a cap stored as ``"3"`` had the default cap of 200 win over the engine's 3)."""
     out = {f: doc.get(f) for f in HIT_FIELDS}
     out["available"] = True if doc.get("available") is None else doc.get("available")
     out["deleted"] = bool(doc.get("deleted"))
+    try:
+        out["exposure_cap"] = exposure_cap(doc)
+    except DocumentInvalid:
+        del out["exposure_cap"]
     return out
 
 

@@ -99,7 +99,8 @@ async def read_rule_fields(coll: Any, ids: list[str], what: str) -> dict[str, di
 class Reread:
     """What a re-check read: the rules ids break now, by id (an id missing from the store
     breaks ``available``; the ids that pass are absent), and the ``exposure_cap`` the store
-    holds for each id it holds (None: none of its own, the default cap)."""
+    holds for each id it holds (None: none of its own, the default cap; an id whose stored cap
+    ingest would refuse is absent: the hit's, the last version indexed, applies)."""
 
     broken: dict[str, Rule]
     caps: dict[str, Any]
@@ -140,7 +141,8 @@ class StoreRecheck:
             rule = rules.broken(i, now[i]) if i in now else Rule.AVAILABLE
             if rule is not None:
                 broken[i] = rule
-        return Reread(broken, {i: doc["exposure_cap"] for i, doc in now.items()})
+        caps = {i: doc["exposure_cap"] for i, doc in now.items() if "exposure_cap" in doc}
+        return Reread(broken, caps)
 
 
 class PageCheck(Protocol):

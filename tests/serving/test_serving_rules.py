@@ -161,6 +161,17 @@ def test_stored_items_get_the_ingest_defaults() -> None:
     assert stored_rule_fields({"available": False})["available"] is False
 
 
+def test_a_stored_cap_ingest_would_refuse_leaves_the_engines_cap() -> None:
+    """The page's caps check and the fallback take the stored ``exposure_cap`` over the hit's:
+    one ingest refuses (a word, a negative, a fraction) was read as no cap of its own, so the
+    default cap of 200 replaced the engine's copy of the last valid cap (3)."""
+    assert stored_rule_fields({"exposure_cap": 3.0})["exposure_cap"] == 3
+    for bad in ("3", -1, 2.5, True, [3], 2**31):
+        assert "exposure_cap" not in stored_rule_fields({"exposure_cap": bad}), bad
+    hit = {"exposure_cap": 3}
+    assert {**hit, **stored_rule_fields({"exposure_cap": "3"})}["exposure_cap"] == 3
+
+
 def test_filter_stage_drops_and_counts_what_the_engine_should_not_have_returned() -> None:
     plan = CandidatePlan("for_you", 10, user_id="u1")
     plan.rules = _rules()
