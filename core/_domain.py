@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
-__all__ = ["ID_MAX_LENGTH", "ID_PATTERN", "USER_SURFACES", "Id", "Surface", "UserSurface"]
+from ._exceptions import StoreBackendError
+
+__all__ = [
+    "ID_MAX_LENGTH",
+    "ID_PATTERN",
+    "USER_SURFACES",
+    "Id",
+    "Surface",
+    "UserSurface",
+    "stored_ids",
+]
 
 
 class Surface(StrEnum):
@@ -29,3 +39,21 @@ UserSurface = StrEnum("UserSurface", {s.name: s.value for s in USER_SURFACES})  
 ID_MAX_LENGTH = 512
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,511}$"
 Id = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
+
+
+def stored_ids(value: Any, what: str) -> list[str]:
+    """A list of ids as a MongoDB document holds it (``what``: the field, for the error), as
+    strings: none stated (None), none; one id stored alone (a string, an integer), that id (a
+    string iterated as a list was read character by character: a block of ``"sb"`` blocked
+    the members ``s`` and ``b``, not sb); a list, its ids. Anything else holds ids that cannot
+    be read: :class:`StoreBackendError` (fail closed: a read of the member's rules fails, and
+    with it the answer: 503, never a list that skipped them)."""
+    if value is None:
+        return []
+    one = isinstance(value, str | int) and not isinstance(value, bool)
+    values = [value] if one else value if isinstance(value, list | tuple) else None
+    if values is None or not all(
+        isinstance(v, str | int) and not isinstance(v, bool) for v in values
+    ):
+        raise StoreBackendError(f"{what} holds no list of ids: {value!r:.100}")
+    return [str(v) for v in values]

@@ -24,7 +24,7 @@ The rules (:class:`Rule`), in the order they are checked:
 ``eligibility``   two-sided: the candidate's gender and age preferences admit the viewer, and
                   the viewer's admit the candidate (profiles); a preference that cannot be
                   confirmed (viewer's gender or age unknown; an age bound stated as no age,
-                  either side's) excludes
+                  a gender preference naming no gender, either side's) excludes
 ``exposure_cap``  never an item over its exposure cap (in the engine: the ``_capped`` list;
                   in process the items whose impressions known to the process reach their
                   cap — ``serving._caps`` — and the fallback's cap list: ``capped_ids``)
@@ -95,12 +95,15 @@ def stored_rule_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The rule fields of an item as MongoDB stores it and its own ``exposure_cap`` (the
     :data:`HIT_FIELDS`), with the defaults ingest gives absent ones (``available`` true,
     ``deleted`` false: ``opendisco.ingest.validate_item``; no ``exposure_cap``: None, the
-    default cap applies, ``signals.item_cap``). A stored cap ingest would refuse is left out:
+    default cap applies, ``signals.item_cap``). A stored ``deleted`` other than false (``0``,
+    ``""``, ``[]``: what ingest refuses) deletes (read as ``bool``, those items were served on
+    the engine's copy). A stored cap ingest would refuse is left out:
     the engine's copy holds the last version ingest indexed, whose cap then applies (read as
     no cap, a cap stored as ``"3"`` had the default cap of 200 win over the engine's 3)."""
     out = {f: doc.get(f) for f in HIT_FIELDS}
     out["available"] = True if doc.get("available") is None else doc.get("available")
-    out["deleted"] = bool(doc.get("deleted"))
+    deleted = doc.get("deleted")
+    out["deleted"] = deleted is not None and deleted is not False
     try:
         out["exposure_cap"] = exposure_cap(doc)
     except DocumentInvalid:
@@ -149,12 +152,29 @@ def _clamp_age(age: int | None) -> int | None:
     return None if age is None else min(max(age, AGE_DOMAIN[0]), AGE_DOMAIN[1])
 
 
-def _strs(value: Any) -> frozenset[str]:
-    if value is None or isinstance(value, str):
-        return frozenset([value] if value else [])
-    if not isinstance(value, list | tuple | set | frozenset):  # a stray scalar or document
-        return frozenset([str(value)])
-    return frozenset(str(v) for v in value if v is not None)
+#: what a gender preference stated but naming no gender reads as: a gender no member has,
+#: so the preference admits nobody (:func:`_admits` never matches it, and the engine's
+#: ``terms`` on it matches no profile)
+NO_GENDER = "\x00no gender"
+
+
+def _genders(value: Any) -> frozenset[str]:
+    """A gender preference as stored: none stated (None, an empty list) is empty, every
+    gender admitted; else the genders its strings name (one string: that gender). Stated but
+    naming no gender (``""``, ``[None]``, ``[1]``, a number, a document: nothing ingest would
+    index) is ``{NO_GENDER}``: fail closed, like :func:`_bound` (read as no preference, a
+    profile whose stored ``pref_genders`` was ``[null]`` or ``""`` was shown to members of
+    every gender)."""
+    if value is None or (isinstance(value, list | tuple) and not value):
+        return frozenset()
+    named = [value] if isinstance(value, str) else value if isinstance(value, list | tuple) else []
+    return frozenset(g for g in named if isinstance(g, str) and g) or frozenset([NO_GENDER])
+
+
+def _admits(wants: frozenset[str], gender: Any) -> bool:
+    """Whether the stated gender preference ``wants`` admits ``gender`` (a gender as stored:
+    a list or a document here is no gender)."""
+    return isinstance(gender, str) and gender != NO_GENDER and gender in wants
 
 
 @dataclass(frozen=True)
@@ -207,7 +227,7 @@ class HardRules:
             profile_id=str(user["profile_id"]) if user.get("profile_id") else None,
             gender=str(gender) if gender else None,
             age=_int(user.get("age")),
-            pref_genders=_strs(user.get("pref_genders")),
+            pref_genders=_genders(user.get("pref_genders")),
             pref_age_min=_bound(user.get("pref_age_min"), _BIG),
             pref_age_max=_bound(user.get("pref_age_max"), -_BIG),
             blocked_ids=blocked,
@@ -256,8 +276,8 @@ class HardRules:
         """Two-sided preferences (what the ``eligibility`` fragment matches)."""
         if not self.member:
             return True
-        wants = _strs(item.get("pref_genders"))
-        if wants and (self.gender is None or self.gender not in wants):
+        wants = _genders(item.get("pref_genders"))
+        if wants and not _admits(wants, self.gender):
             return False
         lo = _bound(item.get("pref_age_min"), _BIG)
         hi = _bound(item.get("pref_age_max"), -_BIG)
@@ -267,8 +287,7 @@ class HardRules:
             return False
         if item.get("kind") != "profile":
             return True
-        gender = item.get("gender")  # a store document may hold a list or a document here
-        if self.pref_genders and not (isinstance(gender, str) and gender in self.pref_genders):
+        if self.pref_genders and not _admits(self.pref_genders, item.get("gender")):
             return False
         age = _int(item.get("age"))
         if self.pref_age_min is not None and (age is None or age < self.pref_age_min):

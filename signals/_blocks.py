@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opendisco._backend import backend_errors
+from opendisco._domain import stored_ids
 
 from ._store_fence import lease_documents, replace_fenced
 
@@ -53,8 +54,10 @@ class MemberBlocks:
         doc = doc or {}
         return cls(
             user_id=user_id,
-            blocked=tuple(str(u) for u in doc.get("blocked") or ()),
-            blocked_by=tuple(str(u) for u in doc.get("blocked_by") or ()),
+            blocked=tuple(stored_ids(doc.get("blocked"), f"member_blocks {user_id!r} blocked")),
+            blocked_by=tuple(
+                stored_ids(doc.get("blocked_by"), f"member_blocks {user_id!r} blocked_by")
+            ),
         )
 
 

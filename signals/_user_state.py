@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ReplaceOne
 
 from opendisco._backend import backend_errors
+from opendisco._domain import stored_ids
 from opendisco._store import Lease, bulk_write_chunked
 from opendisco._stored import as_vector, store_vector, vector_values
 
@@ -160,8 +161,8 @@ class UserState:
             user_id=str(doc["_id"]),
             positives=list(doc.get("positives") or []),
             negatives=list(doc.get("negatives") or []),
-            seen=list(doc.get("seen") or []),
-            blocked=list(doc.get("blocked") or []),
+            seen=stored_ids(doc.get("seen"), f"user_state {doc['_id']!r} seen"),
+            blocked=stored_ids(doc.get("blocked"), f"user_state {doc['_id']!r} blocked"),
             fatigue={str(f["c"]): float(f["n"]) for f in doc.get("fatigue") or []},
             vector=_values(doc.get("vector")),
             behaviour=_values(doc.get("behaviour")),
@@ -171,7 +172,7 @@ class UserState:
             n_likes=int(doc.get("n_likes") or 0),
             n_passes=int(doc.get("n_passes") or 0),
             vectors_stale=bool(doc.get("vectors_stale")),
-            liked=list(doc.get("liked") or []),
+            liked=stored_ids(doc.get("liked"), f"user_state {doc['_id']!r} liked"),
             behaviour_model=doc.get("behaviour_model") or None,
         )
 

@@ -718,3 +718,81 @@ async def test_a_stored_age_bound_that_holds_no_age_admits_nobody(
         db["users"].update_one({"_id": W}, {"$unset": {"pref_age_max": ""}})
         mc.close()
         await os_proxy.close()
+
+
+#: rule fields MongoDB may come to hold after the last sync that ingest refuses (so the
+#: engine keeps each profile's earlier fields, which admit V): a preference stated but naming
+#: no gender, a deletion flag that is not ``false``
+ODD_RULE_FIELDS = {
+    "ok0": {"pref_genders": ""},
+    "ok1": {"pref_genders": [None]},
+    "ok2": {"pref_genders": [1]},
+    "ok3": {"pref_genders": {"g": "m"}},
+    "ok4": {"deleted": 0},
+    "ok5": {"deleted": ""},
+    "ok6": {"deleted": []},
+    "ok7": {"deleted": {}},
+}
+#: V's blocks and state as another writer may store them: one id as a plain string (each
+#: was read character by character: the block of sb, who blocked V, was lost)
+ODD_MEMBER_DOCS = {
+    "member_blocks": {"blocked": "o-ok8", "blocked_by": "sb"},
+    "user_state": {"seen": "ok9", "blocked": "ok10", "liked": "ok11"},
+}
+
+
+async def test_odd_stored_rule_fields_fail_closed(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """Rule fields stated in MongoDB but unreadable (what ingest refuses: the engine's copy
+    still admits V) exclude, served (the page's re-check) and degraded (the fallback's
+    re-read): a profile whose gender preference names no gender admits nobody, W's own such
+    preference admits no profile, a deletion flag other than ``false`` deletes; one id stored
+    as a plain string in V's blocks or state is that id."""
+    read = safe["keys"]["read"]
+    odd_items = set(ODD_RULE_FIELDS)
+    odd_ids = {"ok8", "ok9", "ok10", "ok11", "x-blocker"}
+    url = f"/v1/users/{V}/recommendations?k=45"
+    os_proxy, _, settings = await proxied(
+        safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    mc = clients.mongo(safe_settings)
+    db = mc[safe_settings.mongo_db]
+    items = db[safe_settings.items_collection]
+    saved = {d["_id"]: d for d in items.find({"_id": {"$in": sorted(odd_items)}})}
+    docs = {c: db[c].find_one({"_id": V}) for c in ODD_MEMBER_DOCS}
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            shown = {it["id"] for it in (await _get(client, read, url))["items"]}
+            assert odd_items | (odd_ids - {"x-blocker"}) <= shown  # not vacuous
+            for pid, fields in ODD_RULE_FIELDS.items():
+                items.update_one({"_id": pid}, {"$set": fields})
+            for coll, fields in ODD_MEMBER_DOCS.items():
+                db[coll].update_one({"_id": V}, {"$set": fields})
+            for degraded in (False, True):
+                if degraded:
+                    os_proxy.pause()
+                body = await _get(client, read, url)
+                ids = [it["id"] for it in body["items"]]
+                assert body["degraded"] is degraded and ids, body
+                bad = set(ids) & (odd_items | odd_ids)
+                assert not bad, (degraded, sorted(bad))
+                for value in ("", [None], 7):
+                    db["users"].update_one({"_id": W}, {"$set": {"pref_genders": value}})
+                    resp = await client.get(f"/v1/users/{W}/recommendations?k=10", headers=h(read))
+                    got = resp.json()["items"] if resp.status_code == 200 else []
+                    assert resp.status_code in (200, 503) and not got, (value, degraded, resp.text)
+            # blocks that hold no ids: no list that skipped them (the fallback's read fails)
+            db["member_blocks"].update_one({"_id": V}, {"$set": {"blocked_by": {"sb": 1}}})
+            resp = await client.get(url, headers=h(read))
+            assert resp.status_code == 503 and "Retry-After" in resp.headers, resp.text
+            await os_proxy.resume()
+    finally:
+        for doc in saved.values():
+            items.replace_one({"_id": doc["_id"]}, doc)
+        for coll, doc in docs.items():
+            db[coll].replace_one({"_id": V}, doc)
+        db["users"].update_one({"_id": W}, {"$unset": {"pref_genders": ""}})
+        mc.close()
+        await os_proxy.close()

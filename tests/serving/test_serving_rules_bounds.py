@@ -1,6 +1,8 @@
-"""An age bound stated but holding no age (what MongoDB may hold and ingest would refuse, read
-by the page's re-check and the degraded fallback): the hard rules fail closed on either side,
-and the engine's parameters still render."""
+"""An age bound stated but holding no age, a gender preference naming no gender, a deletion
+flag other than false (what MongoDB may hold and ingest would refuse, read by the page's
+re-check and the degraded fallback): the hard rules fail closed on either side, and the
+engine's parameters still render. Ids a member's blocks or state hold alone are that id;
+unreadable ones fail the read."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ from typing import Any
 
 import pytest
 
+from opendisco import StoreBackendError
 from opendisco.queries import load
 from opendisco.queries._params import validate_params
-from opendisco.serving import HardRules, Rule
+from opendisco.serving import HardRules, Rule, stored_rule_fields
+from opendisco.serving._filters import NO_GENDER
+from opendisco.signals import MemberBlocks, UserState
 
 NO_AGE = ["forty", "", True, [40], {"years": 40}, float("inf"), float("nan")]
 VIEWER = {"_id": "u1", "gender": "m", "age": 30, "pref_genders": ["f"]}
@@ -37,3 +42,44 @@ def test_a_viewer_bound_holding_no_age_admits_no_profile(field: str, value: Any)
     validate_params(specs, {k: v for k, v in params.items() if k in specs}, "for_you")
     # the engine gets the bound nearest to none (the domain's edge); the filter keeps it exact
     assert params[f"viewer_{field}"] == (150 if field == "pref_age_min" else 0)
+
+
+NO_GENDER_NAMED = ["", [None], [1], [""], 7, True, {"g": "m"}]
+
+
+@pytest.mark.parametrize("value", NO_GENDER_NAMED, ids=repr)
+def test_a_gender_preference_naming_no_gender_admits_nobody(value: Any) -> None:
+    rules = HardRules.for_member("u1", VIEWER, None, None)
+    wants_m = {**PROFILE, "pref_genders": ["m"]}
+    assert rules.allows("p", wants_m)  # not vacuous
+    assert rules.broken("p", {**PROFILE, "pref_genders": value}) is Rule.ELIGIBILITY
+    for none in (None, []):  # none stated: no preference
+        assert rules.allows("p", {**PROFILE, "pref_genders": none})
+    assert rules.allows("p", {**PROFILE, "pref_genders": "m"})  # one gender, stored alone
+    viewer = HardRules.for_member("u1", {**VIEWER, "pref_genders": value}, None, None)
+    assert viewer.broken("p", wants_m) is Rule.ELIGIBILITY
+    assert viewer.allows("m", {"kind": "movie", "available": True})  # not a profile
+    params = viewer.engine_params()
+    specs = load("for_you").specs
+    validate_params(specs, {k: v for k, v in params.items() if k in specs}, "for_you")
+    assert params["viewer_pref_genders"] == [NO_GENDER]  # a gender no profile has
+    # a profile whose gender is the marker itself is no gender either
+    assert not viewer.allows("p", {**wants_m, "gender": NO_GENDER})
+
+
+@pytest.mark.parametrize("value", [0, "", [], {}, "false", 1])
+def test_a_stored_deletion_flag_other_than_false_deletes(value: Any) -> None:
+    rules = HardRules.for_member("u1", VIEWER, None, None)
+    assert rules.allows("p", stored_rule_fields({**PROFILE, "deleted": False}))
+    assert rules.allows("p", stored_rule_fields(PROFILE))  # none stated
+    assert rules.broken("p", stored_rule_fields({**PROFILE, "deleted": value})) is Rule.AVAILABLE
+
+
+def test_ids_stored_alone_are_one_id_and_unreadable_ones_fail_the_read() -> None:
+    blocks = MemberBlocks.from_doc("u1", {"blocked": "sb", "blocked_by": 42})
+    assert blocks.either_way == {"sb", "42"}  # not {"s", "b"}
+    state = UserState.from_doc({"_id": "u1", "seen": "p9", "liked": ["p1", 2], "blocked": None})
+    assert (state.seen, state.liked, state.blocked) == (["p9"], ["p1", "2"], [])
+    for odd in ({"sb": 1}, True, ["sb", {"id": "x"}], 1.5):
+        with pytest.raises(StoreBackendError):  # the API degrades, its fallback answers 503
+            MemberBlocks.from_doc("u1", {"blocked_by": odd})
