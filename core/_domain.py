@@ -16,6 +16,7 @@ __all__ = [
     "Id",
     "Surface",
     "UserSurface",
+    "readable_id",
     "stored_ids",
 ]
 
@@ -41,6 +42,12 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,511}$"
 Id = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 
 
+def readable_id(value: Any) -> bool:
+    """Whether a stored value reads as an id: a string, or an integer (its digits: a member
+    ``42`` is ``"42"``); a float, a boolean, a list or a document does not."""
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
 def stored_ids(value: Any, what: str) -> list[str]:
     """A list of ids as a MongoDB document holds it (``what``: the field, for the error), as
     strings: none stated (None), none; one id stored alone (a string, an integer), that id (a
@@ -50,10 +57,7 @@ def stored_ids(value: Any, what: str) -> list[str]:
     with it the answer: 503, never a list that skipped them)."""
     if value is None:
         return []
-    one = isinstance(value, str | int) and not isinstance(value, bool)
-    values = [value] if one else value if isinstance(value, list | tuple) else None
-    if values is None or not all(
-        isinstance(v, str | int) and not isinstance(v, bool) for v in values
-    ):
+    values = [value] if readable_id(value) else value if isinstance(value, list | tuple) else None
+    if values is None or not all(readable_id(v) for v in values):
         raise StoreBackendError(f"{what} holds no list of ids: {value!r:.100}")
     return [str(v) for v in values]

@@ -732,11 +732,21 @@ ODD_RULE_FIELDS = {
     "ok5": {"deleted": ""},
     "ok6": {"deleted": []},
     "ok7": {"deleted": {}},
+    "ok12": {"kind": None, "gender": "m"},  # no kind: still a profile V does not want
+    "ok13": {"kind": "Profile", "gender": "m"},
+    "ok14": {"owner_id": ["o-ok14"]},  # whose it is cannot be read: not confirmed unblocked
+    "ok19": {"available": "false"},
+    "ok20": {"available": "no"},
+    "ok21": {"available": "0"},
+    "ok22": {"available": 0},
+    "ok23": {"available": [True]},
+    "ok24": {"available": "true"},
+    "ok25": {"owner_id": 4244},  # blocked by V as a number
 }
 #: V's blocks and state as another writer may store them: one id as a plain string (each
 #: was read character by character: the block of sb, who blocked V, was lost)
 ODD_MEMBER_DOCS = {
-    "member_blocks": {"blocked": "o-ok8", "blocked_by": "sb"},
+    "member_blocks": {"blocked": ["o-ok8", 4244], "blocked_by": "sb"},
     "user_state": {"seen": "ok9", "blocked": "ok10", "liked": "ok11"},
 }
 

@@ -83,3 +83,19 @@ def test_ids_stored_alone_are_one_id_and_unreadable_ones_fail_the_read() -> None
     for odd in ({"sb": 1}, True, ["sb", {"id": "x"}], 1.5):
         with pytest.raises(StoreBackendError):  # the API degrades, its fallback answers 503
             MemberBlocks.from_doc("u1", {"blocked_by": odd})
+
+
+@pytest.mark.parametrize("kind", [None, "Profile", ["profile"], {"k": 1}, 3])
+def test_a_kind_stored_as_none_of_the_kinds_is_checked_as_a_profile(kind: Any) -> None:
+    rules = HardRules.for_member("u1", VIEWER, None, None)
+    assert rules.allows("m", {**PROFILE, "kind": "movie", "gender": "m"})  # not vacuous
+    assert rules.broken("p", {**PROFILE, "kind": kind, "gender": "m"}) is Rule.ELIGIBILITY
+    assert rules.allows("p", {**PROFILE, "kind": kind})
+
+
+@pytest.mark.parametrize("owner", [["u2"], {"id": "u2"}, 2.0, True])
+def test_an_owner_stored_as_no_id_is_not_confirmed_unblocked(owner: Any) -> None:
+    rules = HardRules.for_member("u1", VIEWER, None, MemberBlocks("u1", blocked=("42",)))
+    assert rules.broken("p", {**PROFILE, "owner_id": 42}) is Rule.BLOCKS  # an int is its digits
+    assert rules.broken("p", {**PROFILE, "owner_id": owner}) is Rule.BLOCKS
+    assert HardRules.anonymous().allows("p", {**PROFILE, "owner_id": owner})  # no member
