@@ -57,11 +57,19 @@ class ExperimentLog:
     def _candidate_arms(self, recs: Recommendations) -> None:
         """Each shown candidate's arm in every pair-level record. A treated viewer's ranking
         records the arms of its top k, which are not the items shown when the answer was
-        explored (a page drawn from further down): those records are recomputed too."""
+        explored (a page drawn from further down) or the page's re-check dropped some (the
+        store made them unavailable, or no longer eligible, since the last sync): those
+        records are recomputed too; a record of an experiment no longer running keeps the
+        shown ones alone (it stopped while the request was in flight: the answer named
+        unavailable members it never showed)."""
+        shown = [r.id for r in recs.items]
+        for rec in recs.experiments:
+            named = rec.get("candidates")
+            if isinstance(named, dict) and not set(named) <= set(shown):
+                rec["candidates"] = {i: a for i, a in named.items() if i in set(shown)}
         if self.registry is None:
             return
         by_id = {r.experiment.id: r.experiment for r in self.registry.running}
-        shown = [r.id for r in recs.items]
         for rec in recs.experiments:
             exp = by_id.get(str(rec.get("experiment")))
             if exp is None or not exp.pair_level:

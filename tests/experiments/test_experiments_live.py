@@ -4,6 +4,7 @@ responses, both-sided exposure logs, and an end-to-end experiment read out by th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -565,3 +566,48 @@ async def test_a_stop_does_not_wait_for_a_start_in_its_layer(ex_db: Any) -> None
     async with lease(store.locks, [f"layer:{exp.layer}"], lease_s=30, wait_s=5, what="layer"):
         stopped = await asyncio.wait_for(store.stop(exp.id), timeout=5)
     assert stopped is not None and stopped.status.value == "stopped"
+
+
+async def test_a_list_names_no_candidate_its_page_check_dropped(
+    ex_discovery: Discovery, ex_db: Any, ex_settings: Settings, ex_market: Any
+) -> None:
+    """A treated viewer's record names the ranking's top k as candidates; the page's re-check
+    then drops those the store has made unavailable since the last sync. The record answered
+    (``experiments[].candidates``) names only the members shown, also when the experiment
+    stopped while the request was in flight (its registry no longer lists it)."""
+    _, users = ex_market
+    store = ExperimentStore(ex_db)
+    exp = await store.start((await store.create(_exp("two_sided"))).id)
+    items = ex_db[ex_settings.items_collection]
+    gone: list[str] = []
+    real = ex_discovery.recheck
+    try:
+        registry, _ = install(ex_discovery, ex_db, ex_settings)
+        await registry.refresh()
+        for u in users[:40]:  # a treated viewer with a list
+            first = await ex_discovery.recommend(u["_id"], k=5)
+            rec = next(r for r in first.experiments if r["experiment"] == exp.id)
+            if rec["arm"] == "boost" and len(first.ids) == 5:
+                break
+        else:
+            raise AssertionError("no treated viewer")
+        gone = first.ids[:2]
+        await items.update_many({"_id": {"$in": gone}}, {"$set": {"available": False}})
+
+        async def stopping(rules: Any, ids: list[str]) -> Any:
+            got = await real(rules, ids)
+            if exp.id in {r.experiment.id for r in registry.running}:  # stopped in flight
+                await store.stop(exp.id)
+                await registry.refresh()
+            return got
+
+        ex_discovery.recheck = stopping
+        recs = await ex_discovery.recommend(u["_id"], k=5)
+        assert recs.rechecked.get("available") == 2 and not set(recs.ids) & set(gone)
+        rec = next(r for r in recs.experiments if r["experiment"] == exp.id)
+        assert set(rec["candidates"]) <= set(recs.ids), (rec["candidates"], recs.ids, gone)
+    finally:
+        ex_discovery.recheck = real
+        await items.update_many({"_id": {"$in": gone}}, {"$set": {"available": True}})
+        with contextlib.suppress(InvalidInput):  # stopped by the test already
+            await store.stop(exp.id)
