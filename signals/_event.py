@@ -170,9 +170,13 @@ def about(ev: Event) -> tuple[str, str, str]:
     return (ev.type, ev.user_id, ev.item_id)
 
 
-def reuse_reason(first: tuple[str, str, str]) -> str:
-    """The rejection of an event whose id names another event (``first``: what that one is
-    about)."""
+def reuse_reason(first: tuple[str, str, str], posted: Event) -> str:
+    """The rejection of ``posted``, whose id names another event (``first``: what that one
+    is about). Another member's event is not described: ids are one namespace
+    for every key, and what it is about is that member's (the reason of a reused id told the
+    poster ``('hide', 'sb', 'p-sv')``: that sb blocked p-sv's member)."""
+    if first[1] != posted.user_id:
+        return "id: already used by another member's event (an id names one event, never reused)"
     return f"id: already used by another event {first} (an id names one event, never reused)"
 
 
@@ -196,7 +200,7 @@ def validate_batch(
         elif about(first) == about(ev):
             out.duplicates += 1
         else:
-            out.rejected.append((i, reuse_reason(about(first))))
+            out.rejected.append((i, reuse_reason(about(first), ev)))
     return valid
 
 

@@ -346,7 +346,7 @@ class EventProcessor:
             if waiting:
                 status = await self.claims.status(waiting)
                 for i in reused(status, by_id):
-                    out.rejected.append((index[i], reuse_reason(status.pop(i).about)))
+                    out.rejected.append((index[i], reuse_reason(status.pop(i).about, by_id[i])))
                     waiting.discard(i)
                 applied = {i for i, st in status.items() if st.applied}
                 expired = {i: st.gen for i, st in status.items() if not st.applied and st.expired}

@@ -806,3 +806,21 @@ async def test_odd_stored_rule_fields_fail_closed(
         db["users"].update_one({"_id": W}, {"$unset": {"pref_genders": ""}})
         mc.close()
         await os_proxy.close()
+
+
+async def test_a_reused_event_id_does_not_tell_another_members_event(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """``safe-2`` is sb's hide of V's profile (sb blocked V). A post of that id about another
+    member is rejected without naming sb, V's profile or the hide (it said
+    ``('hide', 'sb', 'p-sv')``); the member's own reuse still names what the id is."""
+    write = safe["keys"]["write"]
+    async with serve(safe_settings) as client:
+        for user, shown in (("sc", False), ("sb", True)):
+            ev = {"id": "safe-2", "user_id": user, "item_id": "ok1", "type": "like"}
+            resp = await client.post("/v1/events", json={"events": [ev]}, headers=h(write))
+            assert resp.status_code == 200, resp.text
+            [rejected] = resp.json()["rejected"]
+            reason = rejected["reason"]
+            assert ("p-sv" in reason and "hide" in reason) is shown, (user, reason)
+            assert ("'sb'" in reason) is shown, (user, reason)
