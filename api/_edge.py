@@ -1,5 +1,6 @@
 """The pure-ASGI outer layer of the app: request id, latency histogram, request bodies,
-admission control.
+admission control; every ``/v1`` answer ``Cache-Control: no-store`` (a list is one member's,
+as the rules stand now: a cache in front of the API that kept one served it after a block).
 
 It runs before routing and before FastAPI builds anything, so shedding a request the
 :class:`~opendisco.api._admission.Admission` cannot admit (503 + Retry-After) costs almost
@@ -122,7 +123,10 @@ class Edge:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = rid
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = rid
+                if scope["path"].startswith("/v1/"):  # per member, now: never kept by a cache
+                    headers.setdefault("Cache-Control", "no-store")
             await send(message)
 
         metrics = self.get_metrics()

@@ -826,3 +826,17 @@ async def test_a_reused_event_id_does_not_tell_another_members_event(
             reason = rejected["reason"]
             assert ("p-sv" in reason and "hide" in reason) is shown, (user, reason)
             assert ("'sb'" in reason) is shown, (user, reason)
+
+
+async def test_no_v1_answer_may_be_kept_by_a_cache(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """A list is one member's, under the rules as they stand at the request: an HTTP cache in
+    front of the API must not keep it (it had no Cache-Control: a shared cache may serve a
+    stored list after a block), nor an error."""
+    read = safe["keys"]["read"]
+    async with serve(safe_settings) as client:
+        for url in (*READS_FOR_V, "/v1/users/nobody-x/recommendations?k=0"):
+            resp = await client.get(url, headers=h(read))
+            assert resp.headers.get("cache-control") == "no-store", (url, resp.status_code)
+        assert "no-store" not in (await client.get("/healthz")).headers.get("cache-control", "")
