@@ -12,10 +12,12 @@ from ._exceptions import StoreBackendError
 __all__ = [
     "ID_MAX_LENGTH",
     "ID_PATTERN",
+    "KINDS",
     "USER_SURFACES",
     "Id",
     "Surface",
     "UserSurface",
+    "maybe_profile",
     "readable_id",
     "stored_ids",
 ]
@@ -40,6 +42,20 @@ UserSurface = StrEnum("UserSurface", {s.name: s.value for s in USER_SURFACES})  
 ID_MAX_LENGTH = 512
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,511}$"
 Id = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
+
+
+#: the item kinds (MongoDB ``items.kind``; ``opendisco.ingest`` indexes no other)
+KINDS = frozenset({"profile", "movie", "listing", "product"})
+_NOT_PROFILES = KINDS - {"profile"}
+
+
+def maybe_profile(kind: Any) -> bool:
+    """Whether an item of stored kind ``kind`` is, or may be, a member's profile: any kind but
+    the other known ones (none, a typo, a list: what ingest refuses, and what MongoDB may hold
+    while the engine keeps an earlier copy). The rules about members fail closed on it: read as
+    no profile, a profile stored as ``"Profile"`` skipped the viewer's preferences in the page's
+    re-check, and its hide while the engine was down blocked nobody."""
+    return not (isinstance(kind, str) and kind in _NOT_PROFILES)
 
 
 def readable_id(value: Any) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from opendisco._domain import KINDS
 from opendisco._exceptions import DocumentInvalid
 from opendisco._stored import VECTOR_SUBTYPE, read_vector, vector_values
 
@@ -29,7 +30,6 @@ __all__ = [
     "vector_problem",
 ]
 
-KINDS = frozenset({"profile", "movie", "listing", "product"})
 MAX_ID_BYTES = 512
 MAX_KEYWORD_BYTES = 1024  # tags/category/gender: far below Lucene's 32 KB term limit
 MAX_TEXT_BYTES = 64_000

@@ -42,9 +42,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from opendisco._domain import readable_id
+from opendisco._domain import maybe_profile, readable_id
 from opendisco._exceptions import DocumentInvalid
-from opendisco.ingest import KINDS, exposure_cap
+from opendisco.ingest import exposure_cap
 from opendisco.queries import Candidate
 from opendisco.signals import MemberBlocks, UserState
 
@@ -172,12 +172,6 @@ def _genders(value: Any) -> frozenset[str]:
     return frozenset(g for g in named if isinstance(g, str) and g) or frozenset([NO_GENDER])
 
 
-#: the kinds the viewer's own preferences never apply to (any other stored kind — none, a
-#: typo, a list: what ingest refuses — is checked as a profile: read as no profile, a profile
-#: whose stored kind was ``null`` and gender one the viewer does not want was shown)
-_NOT_PROFILES = KINDS - {"profile"}
-
-
 def _admits(wants: frozenset[str], gender: Any) -> bool:
     """Whether the stated gender preference ``wants`` admits ``gender`` (a gender as stored:
     a list or a document here is no gender)."""
@@ -292,8 +286,7 @@ class HardRules:
             return False
         if hi is not None and (self.age is None or self.age > hi):
             return False
-        kind = item.get("kind")  # a kind stored as none of them (a list too): a profile
-        if isinstance(kind, str) and kind in _NOT_PROFILES:
+        if not maybe_profile(item.get("kind")):
             return True
         if self.pref_genders and not _admits(self.pref_genders, item.get("gender")):
             return False

@@ -29,6 +29,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from opendisco._domain import maybe_profile, readable_id
+
 from ._event import INBOUND_TYPES, MUTUAL_TYPES, Event
 
 __all__ = ["Additive", "Effects", "pending", "plan_effects"]
@@ -75,8 +77,9 @@ def plan_effects(
             impressions[ev.item_id] += 1
         if ev.type in MUTUAL_TYPES and profile:
             likes.append((ev.user_id, str(it.get("owner_id") or ev.item_id), ev.item_id))
-        if ev.type == "hide" and profile and it.get("owner_id"):
-            blocks.append((ev.user_id, str(it["owner_id"])))
+        owner = it.get("owner_id")  # a hide blocks the member of whatever may be a profile
+        if ev.type == "hide" and maybe_profile(it.get("kind")) and owner and readable_id(owner):
+            blocks.append((ev.user_id, str(owner)))
         if ev.type in INBOUND_TYPES and profile and ev.ts is not None:
             inbound.append((ev.item_id, ev.ts))
         if ev.type in MUTUAL_TYPES and ev.ts is not None:

@@ -840,3 +840,42 @@ async def test_no_v1_answer_may_be_kept_by_a_cache(
             resp = await client.get(url, headers=h(read))
             assert resp.headers.get("cache-control") == "no-store", (url, resp.status_code)
         assert "no-store" not in (await client.get("/healthz")).headers.get("cache-control", "")
+
+
+async def test_a_hide_with_the_engine_down_blocks_the_member_of_an_odd_profile(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """The engine killed, a hide's item is read from MongoDB, which may hold what ingest
+    refuses: ok27's kind stored as ``"Profile"`` (the engine's copy: a profile), ok28's owner
+    as the number 4243. Both hides block the member both ways (the kind was read as no
+    profile: ok27's member was not blocked, and went on seeing sz)."""
+    write = safe["keys"]["write"]
+    odd = {"ok27": {"kind": "Profile"}, "ok28": {"owner_id": 4243}}
+    mc = clients.mongo(safe_settings)
+    db = mc[safe_settings.mongo_db]
+    items = db[safe_settings.items_collection]
+    saved = {d["_id"]: d for d in items.find({"_id": {"$in": sorted(odd)}})}
+    os_proxy, _, settings = await proxied(safe_settings)
+    try:
+        for pid, fields in odd.items():
+            items.update_one({"_id": pid}, {"$set": fields})
+        async with serve(settings) as client:
+            await os_proxy.kill()
+            hides = [_event(931, "sz", "ok27", "hide"), _event(932, "sz", "ok28", "hide")]
+            resp = await client.post("/v1/events", json={"events": hides}, headers=h(write))
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["accepted"] == 2, resp.text
+            rules = await client.app.state.runtime.discovery.rules_for("sz")
+            assert {"o-ok27", "4243"} <= rules.blocked_owners, rules.blocked_owners
+            for member in ("o-ok27", "4243"):  # and the other way
+                assert (
+                    "sz"
+                    in (await client.app.state.runtime.discovery.rules_for(member)).blocked_owners
+                )
+    finally:
+        await os_proxy.close()
+        for doc in saved.values():
+            items.replace_one({"_id": doc["_id"]}, doc)
+        db["member_blocks"].delete_many({"_id": {"$in": ["sz", "o-ok27", "4243"]}})
+        db["user_state"].delete_one({"_id": "sz"})
+        mc.close()
