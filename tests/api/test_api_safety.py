@@ -667,63 +667,15 @@ async def test_a_profile_not_synced_yet_can_be_hidden_and_liked(
             )
 
 
-#: age bounds MongoDB may come to hold after the last sync that ingest refuses (so the engine
-#: keeps each profile's earlier bounds, 20-45: V admitted), and V's own
-NO_AGE_BOUNDS = {
+#: rule fields MongoDB may come to hold after the last sync that ingest refuses (so the
+#: engine keeps each profile's earlier fields, which admit V): an age bound holding no age, a
+#: gender preference naming no gender, a kind none of the kinds, an owner that is no id, an
+#: availability or deletion flag that is not a boolean
+ODD_RULE_FIELDS = {
     "ok18": {"pref_age_min": "forty"},
     "ok17": {"pref_age_max": True},
     "ok16": {"pref_age_max": [40]},
     "ok15": {"pref_age_min": {"years": 40}},
-}
-
-
-async def test_a_stored_age_bound_that_holds_no_age_admits_nobody(
-    safe_settings: Settings, safe: dict[str, Any]
-) -> None:
-    """Profiles whose age bound in MongoDB is stated but holds no age (a word, a boolean, a
-    list, a document): whether they admit V cannot be confirmed, so V is not shown them,
-    served (the page's re-check) or degraded (the fallback's re-read); and W, whose own bound
-    holds no age, is shown no profile. (Each was read as no bound: V was shown all four.)"""
-    read = safe["keys"]["read"]
-    odd = set(NO_AGE_BOUNDS)
-    url = f"/v1/users/{V}/recommendations?k=40"
-    os_proxy, _, settings = await proxied(
-        safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
-    )
-    mc = clients.mongo(safe_settings)
-    db = mc[safe_settings.mongo_db]
-    items = db[safe_settings.items_collection]
-    saved = {d["_id"]: d for d in items.find({"_id": {"$in": sorted(odd)}})}
-    try:
-        async with serve(settings) as client:
-            await _ready(client)
-            assert odd <= {it["id"] for it in (await _get(client, read, url))["items"]}
-            for pid, bound in NO_AGE_BOUNDS.items():
-                items.update_one({"_id": pid}, {"$set": bound})
-            db["users"].update_one({"_id": W}, {"$set": {"pref_age_max": "old"}})
-            for degraded in (False, True):
-                if degraded:
-                    os_proxy.pause()
-                body = await _get(client, read, url)
-                ids = [it["id"] for it in body["items"]]
-                assert body["degraded"] is degraded and ids, body
-                assert not set(ids) & odd, (degraded, sorted(set(ids) & odd))
-                resp = await client.get(f"/v1/users/{W}/recommendations?k=10", headers=h(read))
-                shown = resp.json()["items"] if resp.status_code == 200 else []
-                assert resp.status_code in (200, 503) and not shown, (degraded, resp.text)
-            await os_proxy.resume()
-    finally:
-        for doc in saved.values():
-            items.replace_one({"_id": doc["_id"]}, doc)
-        db["users"].update_one({"_id": W}, {"$unset": {"pref_age_max": ""}})
-        mc.close()
-        await os_proxy.close()
-
-
-#: rule fields MongoDB may come to hold after the last sync that ingest refuses (so the
-#: engine keeps each profile's earlier fields, which admit V): a preference stated but naming
-#: no gender, a deletion flag that is not ``false``
-ODD_RULE_FIELDS = {
     "ok0": {"pref_genders": ""},
     "ok1": {"pref_genders": [None]},
     "ok2": {"pref_genders": [1]},
@@ -749,16 +701,20 @@ ODD_MEMBER_DOCS = {
     "member_blocks": {"blocked": ["o-ok8", 4244], "blocked_by": "sb"},
     "user_state": {"seen": "ok9", "blocked": "ok10", "liked": "ok11"},
 }
+#: W's own preferences stated but unreadable, one at a time
+ODD_FOR_W = [{"pref_age_max": "old"}, {"pref_genders": ""}, {"pref_genders": [None]}]
 
 
-async def test_odd_stored_rule_fields_fail_closed(
+async def test_stored_rule_fields_ingest_would_refuse_fail_closed(
     safe_settings: Settings, safe: dict[str, Any]
 ) -> None:
     """Rule fields stated in MongoDB but unreadable (what ingest refuses: the engine's copy
     still admits V) exclude, served (the page's re-check) and degraded (the fallback's
-    re-read): a profile whose gender preference names no gender admits nobody, W's own such
-    preference admits no profile, a deletion flag other than ``false`` deletes; one id stored
-    as a plain string in V's blocks or state is that id."""
+    re-read): a profile whose age bound holds no age (a word, a boolean, a list, a document)
+    or whose gender preference names no gender admits nobody, W's own such preference admits
+    no profile; a kind none of the kinds is a profile; availability and deletion flags other
+    than true and false hide the profile; one id stored as a plain string or a number in V's
+    blocks or state is that id. (Read leniently, V was shown every one of them.)"""
     read = safe["keys"]["read"]
     odd_items = set(ODD_RULE_FIELDS)
     odd_ids = {"ok8", "ok9", "ok10", "ok11", "x-blocker"}
@@ -788,13 +744,15 @@ async def test_odd_stored_rule_fields_fail_closed(
                 assert body["degraded"] is degraded and ids, body
                 bad = set(ids) & (odd_items | odd_ids)
                 assert not bad, (degraded, sorted(bad))
-                for value in ("", [None], 7):
-                    db["users"].update_one({"_id": W}, {"$set": {"pref_genders": value}})
+                for fields in ODD_FOR_W:
+                    db["users"].replace_one(
+                        {"_id": W}, {"_id": W, "interests": ["hiking"], **fields}
+                    )
                     resp = await client.get(f"/v1/users/{W}/recommendations?k=10", headers=h(read))
-                    # served: nobody (the engine's parameter names a gender nobody has);
-                    # degraded: no safe answer
-                    assert resp.status_code == (503 if degraded else 200), (value, resp.text)
-                    assert degraded or resp.json()["items"] == [], (value, resp.text)
+                    # served: nobody (the engine's parameters admit no profile); degraded: no
+                    # safe answer
+                    assert resp.status_code == (503 if degraded else 200), (fields, resp.text)
+                    assert degraded or resp.json()["items"] == [], (fields, resp.text)
             # blocks that hold no ids: no list that skipped them (the fallback's read fails)
             db["member_blocks"].update_one({"_id": V}, {"$set": {"blocked_by": {"sb": 1}}})
             resp = await client.get(url, headers=h(read))
@@ -805,7 +763,7 @@ async def test_odd_stored_rule_fields_fail_closed(
             items.replace_one({"_id": doc["_id"]}, doc)
         for coll, doc in docs.items():
             db[coll].replace_one({"_id": V}, doc)
-        db["users"].update_one({"_id": W}, {"$unset": {"pref_genders": ""}})
+        db["users"].replace_one({"_id": W}, {"_id": W, "interests": ["hiking"]})
         mc.close()
         await os_proxy.close()
 
