@@ -8,6 +8,7 @@ each event of a batch posted through any path (API, CLI, evaluation replay).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,8 @@ INBOUND_TYPES = frozenset({"like", "match", "message"})
 MUTUAL_TYPES = frozenset({"like", "match"})
 #: request ids: what the API issues (``X-Request-ID``) and events refer back to
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
+#: how an event time starts: a date and a time (``T``, or a space as RFC 3339 allows)
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
 
 class EventsConfig(BaseModel):
@@ -78,7 +81,9 @@ class EventsConfig(BaseModel):
 class Event(BaseModel):
     """One client event; ``id`` is the client's idempotency key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # strings as written: stripping made " e1 " and "e1\n" one id (the second event counted
+    # a duplicate, never recorded) and "u1\n" member u1, where the published patterns say 422
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(
         min_length=1,
@@ -116,8 +121,10 @@ class Event(BaseModel):
     @field_validator("ts", mode="before")
     @classmethod
     def _not_a_number(cls, v: Any) -> Any:
-        if isinstance(v, int | float):  # seconds or milliseconds? an ISO-8601 string says
-            raise ValueError("an ISO-8601 date-time string, not a number")
+        # seconds or milliseconds? an ISO-8601 string says; lax pydantic also read digits in
+        # a string ("1764760000") as either, by their size, and a bare date as midnight
+        if isinstance(v, int | float) or (isinstance(v, str) and not _DATE_TIME.match(v)):
+            raise ValueError("an ISO-8601 date-time string (a date and a time), not a number")
         return v
 
     @field_validator("ts")

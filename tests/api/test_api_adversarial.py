@@ -99,6 +99,36 @@ async def test_event_fields_are_the_types_the_schema_publishes(
     assert r.json()["error"]["detail"][0]["loc"][:4] == ["body", "events", "0", name]
 
 
+async def test_event_ids_and_times_are_taken_as_written(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """Ids and times the published schema refuses were rewritten and recorded: whitespace was
+    stripped (" e1 " and "e1\\n" became one id, so the second event was counted a duplicate
+    and lost; "u1\\n" became member u1), a time in digits was read as epoch seconds or
+    milliseconds by its size, and a bare date as midnight UTC."""
+    eid = uuid.uuid4().hex
+    refused = {
+        "id": [f" {eid} ", f"{eid}\n"],
+        "user_id": ["u1\n", "\tu1", "u1\u00a0"],
+        "item_id": ["p2 "],
+        "request_id": [" r1 "],
+        "ts": [str(int(time.time())), str(int(time.time() * 1000)), "2026-12-06"],
+    }
+    async with serve(api_settings) as client:
+        for name, values in refused.items():
+            for value in values:
+                ev = {**_event(), name: value}
+                r = await client.post("/v1/events", json={"events": [ev]}, headers=h(keys["write"]))
+                assert r.status_code == 422, (name, value, r.text)
+                assert r.json()["error"]["detail"][0]["loc"][:4] == ["body", "events", "0", name]
+        # the id as written, and a date-time without an offset (read as UTC), are taken
+        naive = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        ok = await client.post(
+            "/v1/events", json={"events": [_event(id=eid, ts=naive)]}, headers=h(keys["write"])
+        )
+    assert ok.status_code == 200 and ok.json()["accepted"] == 1, ok.text
+
+
 async def test_method_not_allowed_names_the_allowed_methods(
     api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
