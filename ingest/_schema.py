@@ -8,13 +8,14 @@ what lands in ``dead_letters.reason``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from opendisco._domain import KINDS
+from opendisco._domain import ID_PATTERN, KINDS
 from opendisco._exceptions import DocumentInvalid
 from opendisco._stored import VECTOR_SUBTYPE, read_vector, vector_values
 
@@ -37,6 +38,8 @@ MAX_TAGS = 100
 MAX_DEPTH = 8  # nesting of any (even undeclared) field
 MIN_YEAR, MAX_YEAR = 1000, 9999
 MAX_VERSION = 2**62
+# an item id the API can name (``opendisco.Id``): events and ``/similar`` refuse any other
+_API_ID = re.compile(ID_PATTERN)
 # OpenSearch ``float`` fields hold float32: a larger double becomes Infinity and is refused
 F32_MAX = float(np.finfo(np.float32).max)
 # vector components: the float16 copy the reranker reads (``vec_f16``) must stay finite
@@ -285,6 +288,9 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
         raise _fail("_id", f"expected a non-empty string, got {doc_id!r}")
     if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
         raise _fail("_id", f"longer than {MAX_ID_BYTES} bytes")
+    if not _API_ID.fullmatch(doc_id):
+        # indexed, it was served, and every event batch naming it was a 422 as a whole
+        raise _fail("_id", f"{doc_id!r} is not an API id (letters, digits, _.:@-)")
     kind = _str(doc, "kind", required=True, max_bytes=64)
     if kind not in KINDS:
         raise _fail("kind", f"{kind!r} not one of {sorted(KINDS)}")

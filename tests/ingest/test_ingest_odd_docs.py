@@ -244,3 +244,42 @@ async def test_datetime_id_keeps_its_dead_letter_open(
         assert check.ok and check.invalid == check.open_dead_letters == 2, check.summary()
     finally:
         await client.close()
+
+
+async def test_ids_the_api_cannot_name_are_dead_lettered(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """An item is indexed only under an id the API takes (``opendisco.Id``): ``"a b"`` or
+    ``"../x"`` were indexed and served, yet every event naming them (an impression of the
+    list they were served in) made the whole batch a 422, and ``/similar`` refused them."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from opendisco._domain import Id
+
+    ids = [" ", "a b", "../../_bulk", "a?b#c", "\U0001f642", "a\x01b", "x\n", "ok-1:a@b.c_d"]
+    coll = mongo_db[ingest_settings.items_collection]
+    coll.insert_many([_item(ingest_catalogue[i], doc_id) for i, doc_id in enumerate(ids)])
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        letters = {
+            d["doc_id"]: d["reason"]
+            for d in mongo_db["dead_letters"].find({"collection": ingest_settings.items_collection})
+        }
+        for doc_id in ids:
+            try:
+                TypeAdapter(Id).validate_python(doc_id)
+                named = True
+            except ValidationError:
+                named = False
+            indexed = await client.exists(index=ingest_settings.index_alias, id=doc_id)
+            assert bool(indexed) == named, (doc_id, letters.get(doc_id))
+            assert named or letters[doc_id].startswith("_id"), (doc_id, letters.get(doc_id))
+        assert report.dead_lettered == len(ids) - 1
+        check = await verify(ingest_settings, client=client)
+        assert check.ok and check.invalid == len(ids) - 1, check.summary()
+    finally:
+        await client.close()
