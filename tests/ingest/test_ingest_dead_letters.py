@@ -61,7 +61,13 @@ async def test_bad_documents_are_dead_lettered_and_counted(
         assert report.dead_lettered == len(bad)
         letters = {
             d["doc_id"]: d
-            for d in mongo_db["dead_letters"].find({"source": "reindex", "stage": "validation"})
+            for d in mongo_db["dead_letters"].find(
+                {
+                    "collection": ingest_settings.items_collection,
+                    "source": "reindex",
+                    "stage": "validation",
+                }
+            )
         }
         for kind, (doc, field) in bad.items():
             letter = letters.get(doc["_id"])
