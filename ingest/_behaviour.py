@@ -185,6 +185,11 @@ class BehaviourFeed(PollingFeed):
     name = KIND
     collection = staticmethod(behaviour_collection)
 
+    def mine(self, doc_id: Any) -> bool:
+        # a vector whose ``_id`` is no string names no item (none is indexed under it): a
+        # document ``_id`` made every pass fail (unhashable), and no change was carried
+        return isinstance(doc_id, str) and super().mine(doc_id)
+
     async def start(self) -> None:
         """Each pass reads the model served when it starts (a switch during a pass is read
         by the next: the previous model's collection outlives it)."""

@@ -317,6 +317,38 @@ async def test_a_bad_stored_vector_never_takes_its_item_out_of_the_index(
     assert await async_db["dead_letters"].count_documents({"doc_id": ids[2]}) == 0
 
 
+async def test_a_stored_vector_whose_id_names_no_item_is_skipped(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    async_db: Any,
+) -> None:
+    """A behaviour document whose ``_id`` is no string (an embedded document, a number: no
+    item is indexed under it) is skipped by sync: a document ``_id`` made every pass fail
+    (unhashable in the applied memory), so no worker carried any change any more."""
+    from opendisco.ingest._behaviour_model import served_collection
+
+    s = ingest_settings
+    ids = [d["_id"] for d in ingest_catalogue]
+    await reindex(s, embedder=embedder)
+    good = _vectors(ids[:1], s.behaviour_dim, 7)
+    await write_behaviour(async_db, s, good)
+    coll = await served_collection(async_db, s)
+    vec = store_vector(good[ids[0]])
+    await coll.insert_many(
+        [{"_id": key, "behaviour": vec, "updated_at": now_ms()} for key in ({"n": 1}, 7)]
+    )
+    await async_db[s.items_collection].update_one(
+        {"_id": ids[1]},
+        {"$set": {"title": "Renamed", "updated_at": now_ms()}, "$inc": {"version": 1}},
+    )
+    report = await sync_once(s, db=async_db, embedder=embedder)
+    assert report.behaviour == 1 and report.indexed == 2, report
+    docs = await _engine(s, ids[:2])
+    assert _same(docs[ids[0]].get("behaviour"), good[ids[0]])
+    assert docs[ids[1]]["title"] == "Renamed"
+
+
 async def test_a_vector_a_store_stall_held_back_is_synced_after_a_failed_pass(
     ingest_settings: Settings,
     ingest_catalogue: list[dict[str, Any]],
