@@ -281,8 +281,9 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
     """
     if not isinstance(doc, Mapping):
         raise _fail("document", f"expected a mapping, got {type(doc).__name__}")
-    if _depth(doc) > MAX_DEPTH:
-        raise _fail("document", f"nested deeper than {MAX_DEPTH} levels")
+    for key, value in doc.items():  # the field that nests too deep, named in the reason
+        if type(value) not in _LEAVES and _depth(value, 1) > MAX_DEPTH:
+            raise _fail(str(key), f"nested deeper than {MAX_DEPTH} levels")
     doc_id = doc.get("_id")
     if type(doc_id) is not str or not doc_id:
         raise _fail("_id", f"expected a non-empty string, got {doc_id!r}")

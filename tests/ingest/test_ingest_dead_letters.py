@@ -37,7 +37,7 @@ def _bad_docs(base: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
         "wrong_type": (doc("bad-type", popularity="lots"), "popularity"),
         "keyword_40kb": (doc("bad-keyword", category="k" * 40_000), "category"),
         "id_too_long": (doc("x" * 600), "_id"),
-        "deep_nesting": (doc("bad-deep", annotations=_deep()), "document"),
+        "deep_nesting": (doc("bad-deep", annotations=_deep()), "annotations"),
         "no_version": ({**doc("bad-version"), "version": None}, "version"),
     }
 

@@ -62,7 +62,7 @@ BAD = {
     "tag_40kb": ({"tags": ["y" * 40_000]}, "tags[0]"),
     "id_too_long": ({"_id": "i" * 600}, "_id"),
     "id_not_string": ({"_id": 42}, "_id"),
-    "deep_nesting": ({"extra_annotation": DEEP}, "document"),
+    "deep_nesting": ({"extra_annotation": DEEP}, "extra_annotation"),
     "no_version": ({"version": None}, "version"),
     "unknown_kind": ({"kind": "spaceship"}, "kind"),
     "empty_title": ({"title": "   "}, "title"),
