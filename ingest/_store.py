@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC
 from typing import Any
 
-from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.codec_options import DatetimeConversion
 
 from opendisco._backend import backend_errors
 from opendisco._settings import Settings
@@ -30,8 +30,10 @@ SYNC_STATE = "sync_state"
 
 
 def items_collection(db: Any, settings: Settings) -> Any:
-    """The items collection with a codec that never fails on out-of-range dates."""
-    opts = CodecOptions(
+    """The items collection with a codec that never fails on out-of-range dates; the rest
+    of the client's codec is kept (strings that are not UTF-8 read with U+FFFD: a fresh
+    ``CodecOptions`` was strict, and such a document failed every read of its batch)."""
+    opts = db.codec_options.with_options(
         tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO
     )
     return db.get_collection(settings.items_collection, codec_options=opts)

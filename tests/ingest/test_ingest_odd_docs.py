@@ -283,3 +283,31 @@ async def test_ids_the_api_cannot_name_are_dead_lettered(
         assert check.ok and check.invalid == len(ids) - 1, check.summary()
     finally:
         await client.close()
+
+
+def test_items_are_read_with_the_clients_utf8_tolerance(
+    ingest_settings: Settings, mongo_db: Any
+) -> None:
+    """A string that is not UTF-8 (a real MongoDB keeps what another driver wrote; FerretDB
+    stores U+FFFD instead, so the server's answer is decoded here as the feeds decode it)
+    reads with U+FFFD in place of the bad bytes, as every client of ours reads it: the items
+    collection's own codec (UTC dates, out-of-range dates kept) was strict, and such a
+    document failed every read of its batch (every reindex, every sync pass, for ever)."""
+    import bson
+
+    from opendisco.ingest import items_collection
+    from opendisco.ingest._behaviour import behaviour_collection
+
+    raw = bson.encode({"_id": "bad-utf8", "title": "ABCD", "created_at": bson.DatetimeMS(-1)})
+    raw = raw.replace(b"ABCD", b"A\xff\xfeD")
+    late = bson.encode({"_id": "late", "updated_at": bson.DatetimeMS(253402300800000 + 1)})
+    for coll in (
+        items_collection(mongo_db, ingest_settings),
+        behaviour_collection(mongo_db, ingest_settings),
+    ):
+        doc = bson.decode(raw, codec_options=coll.codec_options)
+        assert doc["title"] == "A\ufffd\ufffdD"
+        assert doc["created_at"].tzinfo is not None  # UTC-aware, as before
+        assert isinstance(
+            bson.decode(late, codec_options=coll.codec_options)["updated_at"], bson.DatetimeMS
+        )
