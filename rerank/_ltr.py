@@ -3,7 +3,8 @@
 **Join.** Every logged list (``signals.ServedLog``: who, when, the candidates' feature rows)
 meets the member's later events: a logged candidate's label is the largest
 :class:`LabelPolicy` gain among the member's events on that item within ``window_hours`` after
-the list was served (an event that names the list's ``request_id`` always counts). By default
+the list was served (an event of the member's that names the list's ``request_id`` always
+counts; another member's never: a client's ``X-Request-ID`` may repeat one). By default
 every logged candidate can be labelled (``scope="candidates"``: the member may reach an item
 from another list or surface; what matters is that the ranker saw it here); ``scope="shown"``
 labels only what the list showed. ``pass``/``skip``/``hide`` are explicit zeros. Lists without
@@ -81,9 +82,13 @@ class LtrData:
 
 def _outcomes(
     events: Iterable[Mapping[str, Any]], policy: LabelPolicy
-) -> tuple[dict[tuple[str, str], tuple[list[datetime], list[int]]], dict[str, dict[str, int]]]:
+) -> tuple[
+    dict[tuple[str, str], tuple[list[datetime], list[int]]], dict[tuple[str, str], dict[str, int]]
+]:
     by_pair: dict[tuple[str, str], list[tuple[datetime, int]]] = defaultdict(list)
-    by_request: dict[str, dict[str, int]] = defaultdict(dict)
+    # per (member, request id): a request id is the client's when it sent one (X-Request-ID),
+    # so another member's events may name it; they never label this member's list
+    by_request: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
     for ev in events:
         gain = policy.gains.get(str(ev.get("type")))
         user, item = ev.get("user_id"), ev.get("item_id")
@@ -94,7 +99,7 @@ def _outcomes(
         by_pair[(str(user), str(item))].append((ev["ts"], gain))
         rid = ev.get("request_id")
         if rid:
-            seen = by_request[str(rid)]
+            seen = by_request[(str(user), str(rid))]
             seen[str(item)] = max(seen.get(str(item), 0), gain)
     pairs = {}
     for key, evs in by_pair.items():
@@ -128,7 +133,7 @@ def join_outcomes(
             continue
         shown = list(doc.get("shown") or [])
         allowed = set(shown) if policy.scope == "shown" else set(range(len(items)))
-        direct = by_request.get(str(doc["_id"]), {})
+        direct = by_request.get((str(user), str(doc["_id"])), {})
         y = np.zeros(len(items), dtype=np.int32)
         for r, item in enumerate(items):
             if r not in allowed:

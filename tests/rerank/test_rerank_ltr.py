@@ -83,6 +83,15 @@ def test_join_labels_by_the_strongest_outcome_inside_the_window() -> None:
         LabelPolicy.parse("like=much")
 
 
+def test_an_event_naming_another_members_list_does_not_label_it() -> None:
+    """A request id is the client's when it sends one (X-Request-ID): u8's app reusing u7's
+    id names u7's list in u8's events, which must not label what u7 was shown."""
+    lists = [_list("rid", "u7", ["a", "b"], T0)]
+    late = T0 + timedelta(days=60)  # outside the window: only the request id could join it
+    assert len(join_outcomes(lists, [_ev("like", "u8", "b", late, rid="rid")]).groups) == 0
+    assert join_outcomes(lists, [_ev("like", "u7", "b", late, rid="rid")]).y.tolist() == [0, 2]
+
+
 def test_features_logged_under_another_schema_are_aligned_by_name() -> None:
     X = np.arange(6, dtype=float).reshape(2, 3)
     out = align_features(X, ["graph", "gone", "fused"])
