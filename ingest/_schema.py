@@ -328,7 +328,12 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
     lo, hi = out["pref_age_min"], out["pref_age_max"]
     if lo is not None and hi is not None and lo > hi:
         raise _fail("pref_age_min", f"{lo} above pref_age_max {hi}")
-    if kind == "profile" and not out["owner_id"] and not out["deleted"]:
+    owner = out["owner_id"]
+    if owner and not _API_ID.fullmatch(owner):
+        # a member no API call can name: a hide of the profile blocked an id no viewer has
+        # (" sb" is not sb), and its member could never be served as themselves
+        raise _fail("owner_id", f"{owner!r} is not an API id (letters, digits, _.:@-)")
+    if kind == "profile" and not owner and not out["deleted"]:
         # the member it belongs to: without it a hide of the profile blocked nobody (its
         # member went on seeing the hider), a like of it matched nobody
         raise _fail("owner_id", "required for a profile (the member it belongs to)")

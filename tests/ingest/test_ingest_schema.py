@@ -80,6 +80,9 @@ BAD = {
     # nobody (the hidden member was still shown the hider)
     "profile_without_owner": ({"owner_id": None}, "owner_id"),
     "profile_with_empty_owner": ({"owner_id": ""}, "owner_id"),
+    # an owner no API call can name: its hide blocked an id no viewer has (" sb" is not sb)
+    "owner_with_space": ({"owner_id": " sb"}, "owner_id"),
+    "owner_with_nbsp": ({"owner_id": "sb\u00a0"}, "owner_id"),
 }
 
 
