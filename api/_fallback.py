@@ -149,9 +149,10 @@ class Fallback:
         try:
             return await asyncio.wait_for(call, timeout_s or self.store_timeout_s)
         except Exception as exc:
-            raise Overloaded(
-                f"no safe degraded answer: {what} unreadable ({exc!r:.200})", 2.0
-            ) from exc
+            # the cause to the log only: its text may name hosts, or stored ids (who blocked
+            # the member: member_blocks' blocked_by)
+            log.warning("degraded answer: %s unreadable: %r", what, exc)
+            raise Overloaded(f"no safe degraded answer: {what} unreadable", 2.0) from exc
 
     async def _popular(self, rules: HardRules, k: int) -> list[Recommendation]:
         """Cold start of the process: the most popular available items of the genders and

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from ._exceptions import StoreBackendError
+
+log = logging.getLogger("opendisco")
 
 __all__ = [
     "ID_MAX_LENGTH",
@@ -64,16 +67,34 @@ def readable_id(value: Any) -> bool:
     return isinstance(value, str | int) and not isinstance(value, bool)
 
 
-def stored_ids(value: Any, what: str) -> list[str]:
+def stored_ids(value: Any, what: str, *, salvage: bool = False) -> list[str]:
     """A list of ids as a MongoDB document holds it (``what``: the field, for the error), as
     strings: none stated (None), none; one id stored alone (a string, an integer), that id (a
     string iterated as a list was read character by character: a block of ``"sb"`` blocked
     the members ``s`` and ``b``, not sb); a list, its ids. Anything else holds ids that cannot
     be read: :class:`StoreBackendError` (fail closed: a read of the member's rules fails, and
-    with it the answer: 503, never a list that skipped them)."""
+    with it the answer: 503, never a list that skipped them; the error names the field, never
+    the stored ids: who blocked the member). ``salvage`` (a writer about to rewrite the
+    document clean): every id found in it, a document's keys and values too (more ids block
+    or exclude more: the safe side), logged — failing there kept the other member's side of
+    a block unwritten, and held back every event of the batch."""
     if value is None:
         return []
     values = [value] if readable_id(value) else value if isinstance(value, list | tuple) else None
-    if values is None or not all(readable_id(v) for v in values):
-        raise StoreBackendError(f"{what} holds no list of ids: {value!r:.100}")
-    return [str(v) for v in values]
+    if values is not None and all(readable_id(v) for v in values):
+        return [str(v) for v in values]
+    if not salvage:
+        raise StoreBackendError(f"{what} holds no list of ids")
+    log.error("%s holds no list of ids (rewritten with every id found in it): %r", what, value)
+    return list(dict.fromkeys(_every_id(value)))
+
+
+def _every_id(value: Any) -> list[str]:
+    """Every id in a stored value: itself, or in its items, a document's keys and values."""
+    if readable_id(value):
+        return [str(value)]
+    if isinstance(value, list | tuple):
+        return [i for v in value for i in _every_id(v)]
+    if isinstance(value, dict):
+        return [*(str(k) for k in value), *(i for v in value.values() for i in _every_id(v))]
+    return []

@@ -359,7 +359,7 @@ class EffectWriter:
         either before or after this one)."""
         model = await self.behaviour.version() if self.behaviour is not None else None
         async with self.states.locked(by_user) as held:
-            states = await self.states.get_many(by_user)  # fresh: inside the lease
+            states = await self.states.get_many(by_user, salvage=True)  # fresh: in the lease
             links = co_engagement_links(states, by_user, self.cfg.graph_fanout, linked)
             need = {e["id"] for st in states.values() for e in (*st.positives, *st.negatives)}
             missing = sorted(need - set(items))

@@ -50,13 +50,18 @@ class MemberBlocks:
         return frozenset((*self.blocked, *self.blocked_by))
 
     @classmethod
-    def from_doc(cls, user_id: str, doc: dict[str, Any] | None) -> MemberBlocks:
+    def from_doc(
+        cls, user_id: str, doc: dict[str, Any] | None, *, salvage: bool = False
+    ) -> MemberBlocks:
+        """The member's blocks as stored (``salvage``: a writer's read, see
+        :func:`~opendisco._domain.stored_ids`)."""
         doc = doc or {}
+        where = f"member_blocks {user_id!r}"
         return cls(
             user_id=user_id,
-            blocked=tuple(stored_ids(doc.get("blocked"), f"member_blocks {user_id!r} blocked")),
+            blocked=tuple(stored_ids(doc.get("blocked"), f"{where} blocked", salvage=salvage)),
             blocked_by=tuple(
-                stored_ids(doc.get("blocked_by"), f"member_blocks {user_id!r} blocked_by")
+                stored_ids(doc.get("blocked_by"), f"{where} blocked_by", salvage=salvage)
             ),
         )
 
@@ -94,7 +99,9 @@ class BlockStore:
         ) as held:
             with backend_errors("member_blocks read failed"):
                 docs = await self.coll.find({"_id": {"$in": users}}).to_list(None)
-            current = {d["_id"]: MemberBlocks.from_doc(d["_id"], d) for d in docs}
+            # salvaged: failing on one member's odd document left the other side of each
+            # of its blocks unwritten (the blocked member went on seeing the blocker)
+            current = {d["_id"]: MemberBlocks.from_doc(d["_id"], d, salvage=True) for d in docs}
             writes = []
             for user in users:
                 old = current.get(user) or MemberBlocks(user)

@@ -294,7 +294,7 @@ class EventProcessor:
         # 2. reads (no writes yet)
         items: dict[str, dict[str, Any]] = {}
         if valid:
-            states = await self.states.get_many(ev.user_id for _, ev in valid)
+            states = await self.states.get_many((ev.user_id for _, ev in valid), salvage=True)
             wanted = {ev.item_id for _, ev in valid}
             for st in states.values():
                 wanted.update(e["id"] for e in (*st.positives, *st.negatives))

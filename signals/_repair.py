@@ -48,7 +48,7 @@ async def repair_vectors(
     if not users:
         return 0
     async with states.locked(users) as held:
-        fresh = await states.get_many(users)  # inside the leases
+        fresh = await states.get_many(users, salvage=True)  # inside the leases
         stale = {u: st for u, st in fresh.items() if needs_refold(st, model)}
         ids = {e["id"] for st in stale.values() for e in (*st.positives, *st.negatives)}
         items = await fetch_items(sorted(ids)) if ids else {}

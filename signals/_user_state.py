@@ -156,13 +156,16 @@ class UserState:
         }
 
     @classmethod
-    def from_doc(cls, doc: Mapping[str, Any]) -> UserState:
+    def from_doc(cls, doc: Mapping[str, Any], *, salvage: bool = False) -> UserState:
+        """The state as stored (``salvage``: a writer's read, see
+        :func:`~opendisco._domain.stored_ids`)."""
+        where = f"user_state {doc['_id']!r}"
         return cls(
             user_id=str(doc["_id"]),
             positives=list(doc.get("positives") or []),
             negatives=list(doc.get("negatives") or []),
-            seen=stored_ids(doc.get("seen"), f"user_state {doc['_id']!r} seen"),
-            blocked=stored_ids(doc.get("blocked"), f"user_state {doc['_id']!r} blocked"),
+            seen=stored_ids(doc.get("seen"), f"{where} seen", salvage=salvage),
+            blocked=stored_ids(doc.get("blocked"), f"{where} blocked", salvage=salvage),
             fatigue={str(f["c"]): float(f["n"]) for f in doc.get("fatigue") or []},
             vector=_values(doc.get("vector")),
             behaviour=_values(doc.get("behaviour")),
@@ -172,7 +175,7 @@ class UserState:
             n_likes=int(doc.get("n_likes") or 0),
             n_passes=int(doc.get("n_passes") or 0),
             vectors_stale=bool(doc.get("vectors_stale")),
-            liked=stored_ids(doc.get("liked"), f"user_state {doc['_id']!r} liked"),
+            liked=stored_ids(doc.get("liked"), f"{where} liked", salvage=salvage),
             behaviour_model=doc.get("behaviour_model") or None,
         )
 
@@ -263,7 +266,12 @@ class UserStateStore:
         """The user's state (an empty one for an unknown user)."""
         return (await self.get_many([user_id]))[user_id]
 
-    async def get_many(self, user_ids: Iterable[str]) -> dict[str, UserState]:
+    async def get_many(
+        self, user_ids: Iterable[str], *, salvage: bool = False
+    ) -> dict[str, UserState]:
+        """The states of ``user_ids`` (``salvage``: a writer's read, which rewrites a list
+        holding odd entries without them, :func:`~opendisco._domain.stored_ids`; serving's
+        read fails on it instead)."""
         ids = list(dict.fromkeys(user_ids))
         with backend_errors("user_state lookup failed"):
             if len(ids) <= self.point_reads:
@@ -272,7 +280,7 @@ class UserStateStore:
                 docs = [d for d in found_docs if d is not None]
             else:
                 docs = await self.coll.find({"_id": {"$in": ids}}).to_list(None)
-        found = {d["_id"]: UserState.from_doc(d) for d in docs}
+        found = {d["_id"]: UserState.from_doc(d, salvage=salvage) for d in docs}
         return {u: found.get(u) or UserState(user_id=u) for u in ids}
 
     async def stale_vectors(self, limit: int, behaviour_model: str | None = None) -> list[str]:

@@ -757,12 +757,25 @@ async def test_stored_rule_fields_ingest_would_refuse_fail_closed(
             db["member_blocks"].update_one({"_id": V}, {"$set": {"blocked_by": {"sb": 1}}})
             resp = await client.get(url, headers=h(read))
             assert resp.status_code == 503 and "Retry-After" in resp.headers, resp.text
+            assert "sb" not in resp.text, resp.text  # who blocked V: never told (it was)
             await os_proxy.resume()
+            # a writer reads what it cannot read as every id found in it (blocks more, never
+            # less) and rewrites it clean: V's hide lands both ways (it was a 503 for ever,
+            # and o-ok26 went on seeing V)
+            hide = [_event(941, V, "ok26", "hide")]
+            write = safe["keys"]["write"]
+            resp = await client.post("/v1/events", json={"events": hide}, headers=h(write))
+            assert resp.status_code == 200 and resp.json()["accepted"] == 1, resp.text
+            stored = db["member_blocks"].find_one({"_id": V})
+            assert "sb" in stored["blocked_by"] and "o-ok26" in stored["blocked"], stored
+            assert V in db["member_blocks"].find_one({"_id": "o-ok26"})["blocked_by"]
     finally:
         for doc in saved.values():
             items.replace_one({"_id": doc["_id"]}, doc)
         for coll, doc in docs.items():
             db[coll].replace_one({"_id": V}, doc)
+        db["member_blocks"].delete_one({"_id": "o-ok26"})
+        db["events"].delete_one({"_id": "safe-941"})
         db["users"].replace_one({"_id": W}, {"_id": W, "interests": ["hiking"]})
         mc.close()
         await os_proxy.close()

@@ -13,7 +13,13 @@ import pytest
 from opendisco import StoreBackendError
 from opendisco.queries import load
 from opendisco.queries._params import validate_params
-from opendisco.serving import HardRules, Rule, stored_rule_fields
+from opendisco.serving import (
+    HardRules,
+    Recommendation,
+    Recommendations,
+    Rule,
+    stored_rule_fields,
+)
 from opendisco.serving._filters import NO_GENDER
 from opendisco.signals import MemberBlocks, UserState
 
@@ -81,8 +87,16 @@ def test_ids_stored_alone_are_one_id_and_unreadable_ones_fail_the_read() -> None
     state = UserState.from_doc({"_id": "u1", "seen": "p9", "liked": ["p1", 2], "blocked": None})
     assert (state.seen, state.liked, state.blocked) == (["p9"], ["p1", "2"], [])
     for odd in ({"sb": 1}, True, ["sb", {"id": "x"}], 1.5):
-        with pytest.raises(StoreBackendError):  # the API degrades, its fallback answers 503
+        with pytest.raises(StoreBackendError) as err:  # the API degrades, its fallback 503s
             MemberBlocks.from_doc("u1", {"blocked_by": odd})
+        assert "sb" not in str(err.value)  # who blocked the member: never in an answer
+    # a writer's read (it rewrites the document): every id found, blocking more, never less
+    salvaged = MemberBlocks.from_doc("u1", {"blocked_by": ["sb", {"id": "x"}]}, salvage=True)
+    assert salvaged.blocked_by == ("sb", "id", "x")
+    assert MemberBlocks.from_doc("u1", {"blocked": {"sb": 1.5}}, salvage=True).blocked == ("sb",)
+    odd_state = {"_id": "u1", "seen": [["p1"], True], "liked": {"p2": None}}
+    state = UserState.from_doc(odd_state, salvage=True)
+    assert (state.seen, state.liked) == (["p1"], ["p2"])
 
 
 @pytest.mark.parametrize("kind", [None, "Profile", ["profile"], {"k": 1}, 3])
@@ -99,3 +113,13 @@ def test_an_owner_stored_as_no_id_is_not_confirmed_unblocked(owner: Any) -> None
     assert rules.broken("p", {**PROFILE, "owner_id": 42}) is Rule.BLOCKS  # an int is its digits
     assert rules.broken("p", {**PROFILE, "owner_id": owner}) is Rule.BLOCKS
     assert HardRules.anonymous().allows("p", {**PROFILE, "owner_id": owner})  # no member
+
+
+def test_an_answer_names_no_experiment_candidate_it_does_not_show() -> None:
+    """Every answer (served, degraded, the CLI's: with or without the experiment log) names
+    in ``experiments[].candidates`` the members it shows, no other: the ranking's top k may
+    hold members the page's re-check dropped."""
+    shown = [Recommendation(id=i, score=1.0, sources={}, item={}) for i in ("a", "c")]
+    record = {"experiment": "e", "arm": "boost", "candidates": {"a": "boost", "b": "control"}}
+    recs = Recommendations(shown, False, "v", "for_you", experiments=[record])
+    assert recs.experiments[0]["candidates"] == {"a": "boost"}
