@@ -60,13 +60,9 @@ class ExperimentLog:
         explored (a page drawn from further down) or the page's re-check dropped some (the
         store made them unavailable, or no longer eligible, since the last sync): those
         records are recomputed too; a record of an experiment no longer running keeps the
-        shown ones alone (it stopped while the request was in flight: the answer named
-        unavailable members it never showed)."""
-        shown = [r.id for r in recs.items]
-        for rec in recs.experiments:
-            named = rec.get("candidates")
-            if isinstance(named, dict) and not set(named) <= set(shown):
-                rec["candidates"] = {i: a for i, a in named.items() if i in set(shown)}
+        shown ones alone (``Recommendations`` names no other: it stopped while the request
+        was in flight, and the answer named unavailable members it never showed)."""
+        shown = recs.ids
         if self.registry is None:
             return
         by_id = {r.experiment.id: r.experiment for r in self.registry.running}

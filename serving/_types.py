@@ -122,6 +122,15 @@ class Recommendations:
     #: the page was counted toward exposure when it was picked (``_caps``): not again
     counted: bool = False
 
+    def __post_init__(self) -> None:
+        # an experiment's record names the members shown, no other (the ranking's top k may
+        # hold members the page's re-check dropped, e.g. unavailable: never told the viewer)
+        shown = set(self.ids)
+        for rec in self.experiments:
+            named = rec.get("candidates")
+            if isinstance(named, dict) and not set(named) <= shown:
+                rec["candidates"] = {i: a for i, a in named.items() if i in shown}
+
     @classmethod
     def empty(cls, plan: CandidatePlan, cs: CandidateSet, artifacts: str) -> Recommendations:
         """The answer of a request with no eligible candidate (``artifacts``: their name)."""
