@@ -329,10 +329,10 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
     if lo is not None and hi is not None and lo > hi:
         raise _fail("pref_age_min", f"{lo} above pref_age_max {hi}")
     owner = out["owner_id"]
-    if owner and not _API_ID.fullmatch(owner):
+    if kind == "profile" and owner and not _API_ID.fullmatch(owner):
         # a member no API call can name: a hide of the profile blocked an id no viewer has
-        # (" sb" is not sb), and its member could never be served as themselves
-        raise _fail("owner_id", f"{owner!r} is not an API id (letters, digits, _.:@-)")
+        # (" sb" is not sb); another kind's owner ("Acme Ltd") is no member
+        raise _fail("owner_id", f"{owner!r} is not a member's API id (letters, digits, _.:@-)")
     if kind == "profile" and not owner and not out["deleted"]:
         # the member it belongs to: without it a hide of the profile blocked nobody (its
         # member went on seeing the hider), a like of it matched nobody

@@ -95,6 +95,11 @@ def test_valid_item_is_normalised() -> None:
     assert validate_item(naive)["updated_at"].tzinfo == UTC
 
 
+def test_only_a_profiles_owner_must_be_a_member_id() -> None:
+    listing = validate_item({**GOOD, "kind": "listing", "owner_id": "Acme Ltd"}, behaviour_dim=32)
+    assert listing["owner_id"] == "Acme Ltd"
+
+
 def test_a_deleted_profile_needs_no_owner() -> None:
     """A tombstone is applied (the profile taken out of the index) whatever else it lacks."""
     gone = validate_item({**GOOD, "owner_id": None, "deleted": True}, behaviour_dim=32)
