@@ -26,6 +26,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opendisco._exceptions import BodyTimeout, BodyTooLarge, Overloaded
+from opendisco.signals import REQUEST_ID_PATTERN
 
 from ._admission import Admission
 from ._errors import error_response
@@ -33,7 +34,7 @@ from ._metrics import Metrics
 
 __all__ = ["Edge"]
 
-_RID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_RID = re.compile(REQUEST_ID_PATTERN)
 #: the paths whose requests go through admission control
 _BOUNDED = "/v1/"
 

@@ -11,6 +11,7 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch
 
 from opendisco._backend import backend_errors
+from opendisco._domain import KINDS
 from opendisco._settings import Settings
 from opendisco.signals import exposure_index
 
@@ -48,7 +49,7 @@ def example_params(surface: str, settings: Settings, item_id: str = "x") -> dict
         "index": settings.index_alias,
         "exclude_ids": ["__none__"],
         "exposure_index": exposure_index(settings),
-        "kinds": ["profile", "movie", "listing", "product"],
+        "kinds": sorted(KINDS),
         "viewer_gender": "f",
         "viewer_age": 30,
         "viewer_pref_genders": ["m", "f", "x"],

@@ -72,6 +72,8 @@ def plan_effects(
             {"id": ev.id, "type": ev.type, "item_id": ev.item_id, "ts": ev.ts, "weight": w}
         )
         it = items.get(ev.item_id, {})
+        # a profile for what it grants (a like's match, inbound attention, served counting);
+        # ``maybe_profile`` for what a rule takes away (a hide's block): the safe side of each
         profile = it.get("kind") == "profile"
         if ev.type == "impression" and not (count_served and ev.request_id and profile):
             impressions[ev.item_id] += 1
