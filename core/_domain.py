@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "Id",
     "Surface",
     "UserSurface",
+    "is_api_id",
     "maybe_profile",
     "readable_id",
     "stored_ids",
@@ -45,6 +47,13 @@ UserSurface = StrEnum("UserSurface", {s.name: s.value for s in USER_SURFACES})  
 ID_MAX_LENGTH = 512
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,511}$"
 Id = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
+_ID = re.compile(ID_PATTERN)
+
+
+def is_api_id(value: str) -> bool:
+    """Whether ``value`` is an id the API takes (:data:`Id`; all of it: ``re.match`` let a
+    trailing newline through ``$``)."""
+    return _ID.fullmatch(value) is not None
 
 
 #: the item kinds (MongoDB ``items.kind``; ``opendisco.ingest`` indexes no other)

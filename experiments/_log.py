@@ -62,9 +62,9 @@ class ExperimentLog:
         records are recomputed too; a record of an experiment no longer running keeps the
         shown ones alone (``Recommendations`` names no other: it stopped while the request
         was in flight, and the answer named unavailable members it never showed)."""
-        shown = recs.ids
         if self.registry is None:
             return
+        shown = recs.ids
         by_id = {r.experiment.id: r.experiment for r in self.registry.running}
         for rec in recs.experiments:
             exp = by_id.get(str(rec.get("experiment")))

@@ -8,14 +8,13 @@ what lands in ``dead_letters.reason``.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from opendisco._domain import ID_PATTERN, KINDS
+from opendisco._domain import KINDS, is_api_id
 from opendisco._exceptions import DocumentInvalid
 from opendisco._stored import VECTOR_SUBTYPE, read_vector, vector_values
 
@@ -38,8 +37,6 @@ MAX_TAGS = 100
 MAX_DEPTH = 8  # nesting of any (even undeclared) field
 MIN_YEAR, MAX_YEAR = 1000, 9999
 MAX_VERSION = 2**62
-# an item id the API can name (``opendisco.Id``): events and ``/similar`` refuse any other
-_API_ID = re.compile(ID_PATTERN)
 # OpenSearch ``float`` fields hold float32: a larger double becomes Infinity and is refused
 F32_MAX = float(np.finfo(np.float32).max)
 # vector components: the float16 copy the reranker reads (``vec_f16``) must stay finite
@@ -289,9 +286,8 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
         raise _fail("_id", f"expected a non-empty string, got {doc_id!r}")
     if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
         raise _fail("_id", f"longer than {MAX_ID_BYTES} bytes")
-    if not _API_ID.fullmatch(doc_id):
-        # indexed, it was served, and every event batch naming it was a 422 as a whole
-        raise _fail("_id", f"{doc_id!r} is not an API id (letters, digits, _.:@-)")
+    # indexed, it was served, and every event batch naming it was a 422 as a whole
+    _api_id("_id", doc_id, "an API id")
     kind = _str(doc, "kind", required=True, max_bytes=64)
     if kind not in KINDS:
         raise _fail("kind", f"{kind!r} not one of {sorted(KINDS)}")
@@ -329,12 +325,19 @@ def validate_item(doc: Mapping[str, Any], *, behaviour_dim: int | None = None) -
     if lo is not None and hi is not None and lo > hi:
         raise _fail("pref_age_min", f"{lo} above pref_age_max {hi}")
     owner = out["owner_id"]
-    if kind == "profile" and owner and not _API_ID.fullmatch(owner):
+    if kind == "profile" and owner:
         # a member no API call can name: a hide of the profile blocked an id no viewer has
         # (" sb" is not sb); another kind's owner ("Acme Ltd") is no member
-        raise _fail("owner_id", f"{owner!r} is not a member's API id (letters, digits, _.:@-)")
-    if kind == "profile" and not owner and not out["deleted"]:
+        _api_id("owner_id", owner, "a member's API id")
+    elif kind == "profile" and not out["deleted"]:
         # the member it belongs to: without it a hide of the profile blocked nobody (its
         # member went on seeing the hider), a like of it matched nobody
         raise _fail("owner_id", "required for a profile (the member it belongs to)")
     return out
+
+
+def _api_id(field: str, value: str, what: str) -> None:
+    """``value`` is an id the API takes (:func:`opendisco._domain.is_api_id`), else the
+    document is refused naming ``field``: events and ``/similar`` refuse any other."""
+    if not is_api_id(value):
+        raise _fail(field, f"{value!r} is not {what} (letters, digits, _.:@-)")

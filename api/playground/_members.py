@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from opendisco._backend import backend_errors
-from opendisco._domain import ID_PATTERN
+from opendisco._domain import is_api_id
 
 from .._runtime import Runtime
 
 __all__ = ["find_members", "member_card"]
 
-_ID = re.compile(ID_PATTERN)
 _CARD = ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max", "interests")
 
 
@@ -27,7 +25,7 @@ async def find_members(rt: Runtime, q: str, limit: int = 10) -> list[dict[str, A
     q = q.strip()
     users = rt.db["users"]
     found: list[dict[str, Any]] = []
-    if _ID.match(q):
+    if is_api_id(q):
         with backend_errors("member lookup failed"):
             doc = await users.find_one({"_id": q})
         if doc is not None:
