@@ -10,7 +10,9 @@
   (units: cluster ids or regions), from the member graph of the same window — size = the
   unit's members, rate = their mutual likes per member (:func:`~._strata.strata_of`).
 * ``experiment_locks``: the layer lease that makes two concurrent starts in one layer take
-  disjoint ranges; and a lease per experiment that makes the first of two stops the only one.
+  disjoint ranges, and the pair-level lease that keeps two concurrent starts of pair-level
+  experiments (in any layers) from both starting; and a lease per experiment that makes the
+  first of two stops the only one.
 
 Starting allocates the experiment's range of its layer (the lowest free one), refuses a full
 layer and a second running pair-level experiment, and snapshots clusters; a stopped
@@ -45,6 +47,8 @@ EXPERIMENTS = "experiments"
 CLUSTERS = "experiment_clusters"
 LOCKS = "experiment_locks"
 CLUSTER_CHUNK = 5000
+#: the lease a pair-level start holds beside its layer's (one pair-level experiment runs)
+PAIR_LEVEL_LOCK = "pair-level"
 
 log = logging.getLogger("opendisco.experiments")
 
@@ -108,7 +112,10 @@ class ExperimentStore:
         exp = await self.get(exp_id)
         if exp.status != Status.draft:
             raise InvalidInput(f"experiment {exp_id!r} is {exp.status.value}, not draft")
-        async with lease(self.locks, [f"layer:{exp.layer}"], lease_s=30, wait_s=10, what="layer"):
+        # a pair-level start also holds the one pair-level lease: its exclusivity spans
+        # layers, and two in two layers each under its own layer's lease both started
+        ids = [f"layer:{exp.layer}", *([PAIR_LEVEL_LOCK] if exp.pair_level else [])]
+        async with lease(self.locks, ids, lease_s=30, wait_s=10, what="layer"):
             # again under the lease: of two starts of one experiment, the second took another
             # range and overwrote the first's offset and start (its members changed arms)
             exp = await self.get(exp_id)

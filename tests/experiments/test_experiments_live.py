@@ -611,3 +611,24 @@ async def test_a_list_names_no_candidate_its_page_check_dropped(
         await items.update_many({"_id": {"$in": gone}}, {"$set": {"available": True}})
         with contextlib.suppress(InvalidInput):  # stopped by the test already
             await store.stop(exp.id)
+
+
+async def test_two_starts_of_pair_level_experiments_in_two_layers_start_one(ex_db: Any) -> None:
+    """One pair-level (item/two_sided) experiment runs at a time, whatever its layer: two
+    operators starting two in different layers at once each held only its own layer's lease,
+    both saw none running and both started (serving then applied one pair's arms while the
+    other's records named a treatment its viewers never got)."""
+    store = ExperimentStore(ex_db)
+    for _ in range(3):  # the race is a window of one read and one write: give it chances
+        p1 = await store.create(_exp("two_sided"))
+        p2 = await store.create(_exp("item"))
+        got = await asyncio.gather(store.start(p1.id), store.start(p2.id), return_exceptions=True)
+        try:
+            started = [g for g in got if isinstance(g, Experiment)]
+            refused = [g for g in got if isinstance(g, InvalidInput)]
+            assert len(started) == 1 and len(refused) == 1, got
+            assert "pair-level" in str(refused[0])
+        finally:
+            for p in (p1, p2):
+                if (await store.get(p.id)).status.value == "running":
+                    await store.stop(p.id)
