@@ -16,7 +16,8 @@
    and raise; the alias keeps serving the old one);
 5. one catch-up of the writes made during the build (``updated_at`` window; documents the
    build already applied at their version are skipped) and of the behaviour vectors written
-   during it (their items sent again at the same version), the removal of the documents
+   during it (their items sent again at the same version; every item of a model whose
+   publish switched the pointer during the build), the removal of the documents
    hard-deleted since the build read them (``_reconcile.remove_gone``: the new index's ids
    merged with MongoDB's; before, the new index served them until a reconciliation),
    swap the alias in one ``_aliases``
@@ -152,6 +153,7 @@ async def _reindex(
     writer = BulkWriter(client, settings, index, retry_for=settings.reindex_retry_seconds)
     coll = items_collection(db, settings)
     total = await _estimated_total(coll, db)
+    model = (await served_collection(db, settings)).name  # the vectors the build joins
     applied = Applied(max_items=10**9)  # documents written during the build, as read
     joined = Applied(max_items=10**9)  # vectors written during the build, sent with their items
 
@@ -204,7 +206,7 @@ async def _reindex(
         joined=sent,
     )
     # and the vectors `opendisco train` wrote during the build (their items did not change)
-    caught.add(await _refresh_stream(settings, db, writer, embedder, since, joined))
+    caught.add(await _refresh_stream(settings, db, writer, embedder, since, joined, model))
     # and the documents deleted from MongoDB since the build read them (no catch-up sees a
     # hard delete): out of the new index before it serves
     await _on_built(settings, lambda: client.indices.refresh(index=index))
@@ -303,12 +305,17 @@ async def _refresh_stream(
     embedder: Embedder,
     since: datetime,
     joined: Applied,
+    model: str,
 ) -> Counters:
     """Send again the items whose behaviour vector changed since ``since`` and was not
-    ``joined`` to them by the build or its catch-up."""
-    query = {"updated_at": {"$gte": since}}
+    ``joined`` to them by the build or its catch-up. When another model than ``model`` (the
+    one served at the build's start) is served now, every item of the new one: its vectors
+    are stamped when its publish began, which may be before ``since`` (a ``train`` writing
+    when the reindex started), and the items built before its switch got the previous
+    model's vectors (before, they kept them beside the new model's until a sync pass)."""
     counters = Counters()
     coll = await served_collection(db, settings)
+    query = {"updated_at": {"$gte": since}} if coll.name == model else {}
     async with stream(coll, query, settings.bulk_batch_size) as it:
         async for page in it:
             fresh = {m["_id"] for m in joined.fresh(marks(page))}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 from tcp_faults import store_proxy
 
 from opendisco import Settings, StoreBackendError, clients, now_ms
+from opendisco._published import Draft, behaviour_models
 from opendisco.ingest import (
     Embedder,
     Syncer,
@@ -397,3 +399,49 @@ async def test_a_vector_a_store_stall_held_back_is_synced_after_a_failed_pass(
         await app.close()
         await worker_side.close()
         await app_side.close()
+
+
+async def test_a_model_switched_during_a_reindex_reaches_every_item_of_the_new_index(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    async_db: Any,
+) -> None:
+    """A model's vectors are stamped when its publish began: a ``train`` that began writing
+    before the reindex and switched the pointer during the build stamped them before the
+    build's start, and the catch-up (vectors stamped since the start) sent none again. The
+    items built before the switch kept the previous model's vectors beside the new model's
+    in one index (two models' axes side by side) until a sync pass."""
+    s = ingest_settings  # 100 documents per bulk: the 120 items are built in two batches
+    ids = [d["_id"] for d in ingest_catalogue]
+    await publish_behaviour(async_db, s, _vectors(ids, s.behaviour_dim, 1))
+    second = _vectors(ids, s.behaviour_dim, 2)
+    gens = behaviour_models(async_db, s)
+    draft = await gens.begin("als-slow")  # a train whose publish began a minute ago
+    began = now_ms() - timedelta(minutes=1)
+    docs = [
+        {"_id": i, "behaviour": store_vector(v), "updated_at": began} for i, v in second.items()
+    ]
+    await gens.write(draft, docs, chunk=1000)
+
+    async def switch() -> None:
+        mongo = clients.mongo_async(s)
+        try:
+            gens = behaviour_models(mongo[s.mongo_db], s)
+            mine = Draft(gens.named(draft.coll.name), draft.version, draft.current)
+            await gens.commit(mine, documents=len(ids))
+        finally:
+            await mongo.close()
+
+    switched: list[int] = []
+
+    def progress(done: int, _: int | None) -> None:
+        if not switched:  # after the first bulk: its items went with the first model
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, switch()).result()
+            switched.append(done)
+
+    report = await reindex(s, embedder=embedder, progress=progress)
+    assert switched == [100] and report.indexed >= 120
+    docs = await _engine(s, ids)
+    assert [i for i in ids if not _same(docs[i].get("behaviour"), second[i])] == []
