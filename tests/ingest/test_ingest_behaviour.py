@@ -10,6 +10,7 @@ carries an old ``behaviour`` field keeps working (the stored vector wins).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -261,6 +262,32 @@ async def test_items_with_an_old_behaviour_field_keep_working(
     assert (await verify(s, db=async_db)).ok
 
 
+async def _reindex_with_after_first_bulk(
+    s: Settings, embedder: Embedder, call: Callable[[Any], Awaitable[None]]
+) -> Any:
+    """Reindex ``s``, running ``call(db)`` (another process's write: its own client, in a
+    thread) once the first bulk is acknowledged; asserts that was after 100 documents."""
+
+    async def other() -> None:
+        mongo = clients.mongo_async(s)
+        try:
+            await call(mongo[s.mongo_db])
+        finally:
+            await mongo.close()
+
+    ran: list[int] = []
+
+    def progress(done: int, _: int | None) -> None:
+        if not ran:  # after the first bulk: its items went without that write
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, other()).result()
+            ran.append(done)
+
+    report = await reindex(s, embedder=embedder, progress=progress)
+    assert ran == [100] and report.indexed >= 120
+    return report
+
+
 async def test_vectors_trained_during_a_reindex_reach_the_new_index(
     ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
 ) -> None:
@@ -268,23 +295,10 @@ async def test_vectors_trained_during_a_reindex_reach_the_new_index(
     ids = [d["_id"] for d in ingest_catalogue]
     vectors = _vectors(ids, s.behaviour_dim, 5)
 
-    async def train() -> None:
-        mongo = clients.mongo_async(s)
-        try:
-            await write_behaviour(mongo[s.mongo_db], s, vectors)
-        finally:
-            await mongo.close()
+    async def train(db: Any) -> None:
+        await write_behaviour(db, s, vectors)
 
-    trained: list[int] = []
-
-    def progress(done: int, _: int | None) -> None:
-        if not trained:  # after the first bulk: its items went without vectors
-            with ThreadPoolExecutor(1) as pool:
-                pool.submit(asyncio.run, train()).result()
-            trained.append(done)
-
-    report = await reindex(s, embedder=embedder, progress=progress)
-    assert trained == [100] and report.indexed >= 120
+    await _reindex_with_after_first_bulk(s, embedder, train)
     docs = await _engine(s, ids)
     assert all(_same(docs[i].get("behaviour"), vectors[i]) for i in ids)
     assert all(docs[i]["source_version"] == 1 for i in ids)
@@ -424,24 +438,11 @@ async def test_a_model_switched_during_a_reindex_reaches_every_item_of_the_new_i
     ]
     await gens.write(draft, docs, chunk=1000)
 
-    async def switch() -> None:
-        mongo = clients.mongo_async(s)
-        try:
-            gens = behaviour_models(mongo[s.mongo_db], s)
-            mine = Draft(gens.named(draft.coll.name), draft.version, draft.current)
-            await gens.commit(mine, documents=len(ids))
-        finally:
-            await mongo.close()
+    async def switch(db: Any) -> None:  # after the first bulk: built with the first model
+        gens = behaviour_models(db, s)
+        mine = Draft(gens.named(draft.coll.name), draft.version, draft.current)
+        await gens.commit(mine, documents=len(ids))
 
-    switched: list[int] = []
-
-    def progress(done: int, _: int | None) -> None:
-        if not switched:  # after the first bulk: its items went with the first model
-            with ThreadPoolExecutor(1) as pool:
-                pool.submit(asyncio.run, switch()).result()
-            switched.append(done)
-
-    report = await reindex(s, embedder=embedder, progress=progress)
-    assert switched == [100] and report.indexed >= 120
+    await _reindex_with_after_first_bulk(s, embedder, switch)
     docs = await _engine(s, ids)
     assert [i for i in ids if not _same(docs[i].get("behaviour"), second[i])] == []
