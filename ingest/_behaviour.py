@@ -33,7 +33,7 @@ from opendisco._settings import Settings
 from opendisco._store import now_ms
 
 from ._apply import Prepared, prepare
-from ._behaviour_model import served_collection, store_vectors
+from ._behaviour_model import served_collection, served_model, store_vectors
 from ._embed import Embedder
 from ._feed import PollingFeed
 from ._schema import vector_problem
@@ -192,6 +192,15 @@ class BehaviourFeed(PollingFeed):
 
     async def start(self) -> None:
         """Each pass reads the model served when it starts (a switch during a pass is read
-        by the next: the previous model's collection outlives it)."""
-        self.coll = await served_collection(self.db, self.settings)
+        by the next: the previous model's collection outlives it). A partition whose watermark
+        was read from another model (or, new, starts at the floor of a reindex that sent
+        another model) reads this one from its vectors' stamp: they are stamped when its
+        publish began, which may be before that watermark (a ``train`` writing while a reindex
+        ran and switching after it: a new sync, starting at that reindex's floor, never sent
+        them)."""
+        self.coll, stamp = await served_model(self.db, self.settings)
         await super().start()
+        for cp in self.checkpoints.values():
+            if cp.model not in (None, self.coll.name) and stamp is not None:
+                cp.ts = stamp if cp.ts is None else min(cp.ts, stamp)
+            cp.model = self.coll.name

@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import UpdateOne
@@ -36,7 +36,13 @@ from opendisco._stored import store_vector
 
 from ._store import items_collection
 
-__all__ = ["Published", "publish_behaviour", "served_collection", "store_vectors"]
+__all__ = [
+    "Published",
+    "publish_behaviour",
+    "served_collection",
+    "served_model",
+    "store_vectors",
+]
 
 CHUNK = 1000
 
@@ -56,6 +62,19 @@ def _generations(db: Any, settings: Settings) -> Generations:
 async def served_collection(db: Any, settings: Settings) -> Any:
     """The collection of the model served now (the pointer's, else ``<behaviour>``)."""
     return await _generations(db, settings).served()
+
+
+async def served_model(db: Any, settings: Settings) -> tuple[Any, datetime | None]:
+    """The collection of the model served now and the ``updated_at`` of all its vectors
+    (None: no model published, the unversioned collection)."""
+    gens = _generations(db, settings)
+    current = await gens.current()
+    stamp = current.get("published_at")
+    if isinstance(stamp, datetime):
+        stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+    else:
+        stamp = None
+    return gens.named(current["collection"]), stamp
 
 
 def _doc(item: str, vector: Sequence[float], stamp: datetime) -> dict[str, Any]:

@@ -4,9 +4,11 @@
 ``{_id: "<alias>:<collection>:<kind>:p<k>of<P>", ts | token, floor_index}`` — written only by
 the worker holding that partition's lease, after every change up to it was acknowledged. The
 kinds: ``polling`` and ``change_stream`` (the items feed), ``behaviour`` (the feed of trained
-vectors, ``_behaviour``: a watermark like ``polling``).
+vectors, ``_behaviour``: a watermark like ``polling``, and ``model``: the model's collection it
+was read from, so a partition reads a model switched in since from its vectors' stamp).
 
-The **floor** (``<alias>:<collection>:floor``, ``{ts, index}``) is written by a reindex after
+The **floor** (``<alias>:<collection>:floor``, ``{ts, index, model}``: ``model``, the behaviour
+model whose vectors the new index got) is written by a reindex after
 its alias swap: writes made after its catch-up started may have been applied by a running
 sync to the *old* index. A partition whose checkpoint has not yet seen this floor
 (``floor_index`` differs) restarts its next pass from ``min(checkpoint, floor.ts)`` and records
@@ -62,6 +64,9 @@ class Checkpoint:
     ts: datetime | None = None  # polling watermark
     token: Any = None  # change-stream resume token
     floor_index: str | None = None  # the floor this partition has replayed
+    #: behaviour: the model (collection) the watermark was read from (None: not recorded,
+    #: written before models were: taken as the one served)
+    model: str | None = None
     fields: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -69,6 +74,8 @@ class Checkpoint:
 class Floor:
     ts: datetime
     index: str
+    #: the behaviour model (collection) whose vectors the reindex sent (None: not recorded)
+    model: str | None = None
 
 
 def checkpoint_id(settings: Settings, kind: str, partition: int) -> str:
@@ -95,7 +102,7 @@ async def load_floor(db: Any, settings: Settings) -> Floor | None:
     found = {d["_id"]: d for d in docs}
     floor, pending = (_as_floor(found.get(i)) for i in ids)
     if pending is not None and (floor is None or pending.ts > floor.ts):
-        return Floor(pending.ts, pending.index + PENDING)
+        return Floor(pending.ts, pending.index + PENDING, pending.model)
     return floor
 
 
@@ -108,21 +115,31 @@ async def settle_floor(
         return
     index = floor.index.removesuffix(PENDING)
     if index in await serving():
-        await save_floor(db, settings, floor.ts, index)
+        await save_floor(db, settings, floor.ts, index, model=floor.model)
 
 
 def _as_floor(doc: dict[str, Any] | None) -> Floor | None:
     ts = _utc(doc.get("ts")) if doc else None
-    return Floor(ts, str(doc.get("index"))) if doc and ts else None
+    if not doc or not ts:
+        return None
+    model = doc.get("model")
+    return Floor(ts, str(doc.get("index")), model if isinstance(model, str) else None)
 
 
 async def save_floor(
-    db: Any, settings: Settings, ts: datetime, index: str, *, pending: bool = False
+    db: Any,
+    settings: Settings,
+    ts: datetime,
+    index: str,
+    *,
+    pending: bool = False,
+    model: str | None = None,
 ) -> None:
+    fields = {"scope": scope(settings), "ts": ts, "index": index, "model": model}
     with backend_errors("saving sync state failed"):
         await db[SYNC_STATE].update_one(
             {"_id": _floor_id(settings, pending=pending)},
-            {"$set": {"scope": scope(settings), "ts": ts, "index": index, "saved_at": now_ms()}},
+            {"$set": {**fields, "saved_at": now_ms()}},
             upsert=True,
         )
 
@@ -136,7 +153,7 @@ async def load_checkpoints(
         docs = await db[SYNC_STATE].find({"_id": {"$in": list(ids)}}).to_list(None)
     out = {
         ids[d["_id"]]: Checkpoint(
-            ids[d["_id"]], _utc(d.get("ts")), d.get("token"), d.get("floor_index")
+            ids[d["_id"]], _utc(d.get("ts")), d.get("token"), d.get("floor_index"), d.get("model")
         )
         for d in docs
     }
@@ -144,7 +161,7 @@ async def load_checkpoints(
     if missing:
         start = await _fallback(db, settings, kind)
         for p in missing:
-            out[p] = Checkpoint(p, start.ts, start.token, start.floor_index)
+            out[p] = Checkpoint(p, start.ts, start.token, start.floor_index, start.model)
     return out
 
 
@@ -169,14 +186,18 @@ async def _fallback(db: Any, settings: Settings, kind: str) -> Checkpoint:
     ]
     if legacy:
         candidates.append([legacy])
-    if kind != "change_stream":  # a watermark: polling, behaviour
-        starts = [] if floor is None else [floor.ts]
+    if kind != "change_stream":  # a watermark: polling, behaviour (and the model read)
+        starts: list[tuple[datetime, str | None]] = []
+        if floor is not None:
+            starts.append((floor.ts, floor.model))
         for group in candidates:
-            stamps = [_effective(d, floor) for d in group]
-            if all(t is not None for t in stamps):
-                starts.append(min(t for t in stamps if t is not None))
-        ts = max(starts) if starts else None
-        return Checkpoint(-1, ts=ts, floor_index=floor.index if floor is not None else None)
+            stamps = [(_effective(d, floor), d.get("model")) for d in group]
+            dated = [(t, m) for t, m in stamps if t is not None]
+            if len(dated) == len(stamps):
+                starts.append(min(dated, key=lambda s: s[0]))
+        ts, model = max(starts, key=lambda s: s[0]) if starts else (None, None)
+        index = floor.index if floor is not None else None
+        return Checkpoint(-1, ts=ts, floor_index=index, model=model)
     tokens = []
     for group in candidates:
         if all(d.get("token") is not None for d in group):
@@ -214,6 +235,8 @@ async def save_checkpoints(
         }
         if kind != "change_stream":  # a watermark: polling, behaviour
             fields["ts"] = cp.ts
+            if cp.model is not None:
+                fields["model"] = cp.model
         else:
             fields["token"] = cp.token
         ops.append(

@@ -206,7 +206,8 @@ async def _reindex(
         joined=sent,
     )
     # and the vectors `opendisco train` wrote during the build (their items did not change)
-    caught.add(await _refresh_stream(settings, db, writer, embedder, since, joined, model))
+    served = await served_collection(db, settings)  # the model the new index gets
+    caught.add(await _refresh_stream(settings, db, writer, embedder, since, joined, model, served))
     # and the documents deleted from MongoDB since the build read them (no catch-up sees a
     # hard delete): out of the new index before it serves
     await _on_built(settings, lambda: client.indices.refresh(index=index))
@@ -215,9 +216,9 @@ async def _reindex(
     done = {"_meta": {"opendisco": {"state": "complete", "count": count}}}
     await _on_built(settings, lambda: client.indices.put_mapping(index=index, body=done))
     # pending before the swap: a crash between the swap and the floor still has sync replay
-    await save_floor(db, settings, caught_from, index, pending=True)
+    await save_floor(db, settings, caught_from, index, pending=True, model=served.name)
     report.previous = await _on_built(settings, lambda: swap_alias(client, alias, index))
-    await save_floor(db, settings, caught_from, index)
+    await save_floor(db, settings, caught_from, index, model=served.name)
     await _on_built(settings, lambda: client.indices.refresh(index=index))
     report.removed += await _patiently(
         settings, lambda: retain(client, alias, index, settings.keep_versions)
@@ -306,15 +307,16 @@ async def _refresh_stream(
     since: datetime,
     joined: Applied,
     model: str,
+    coll: Any,
 ) -> Counters:
     """Send again the items whose behaviour vector changed since ``since`` and was not
-    ``joined`` to them by the build or its catch-up. When another model than ``model`` (the
-    one served at the build's start) is served now, every item of the new one: its vectors
-    are stamped when its publish began, which may be before ``since`` (a ``train`` writing
-    when the reindex started), and the items built before its switch got the previous
-    model's vectors (before, they kept them beside the new model's until a sync pass)."""
+    ``joined`` to them by the build or its catch-up, from ``coll`` (the model served now).
+    When it is another model than ``model`` (the one served at the build's start), every
+    item of it: its vectors are stamped when its publish began, which may be before
+    ``since`` (a ``train`` writing when the reindex started), and the items built before its
+    switch got the previous model's vectors (before, they kept them beside the new model's
+    until a sync pass)."""
     counters = Counters()
-    coll = await served_collection(db, settings)
     query = {"updated_at": {"$gte": since}} if coll.name == model else {}
     async with stream(coll, query, settings.bulk_batch_size) as it:
         async for page in it:

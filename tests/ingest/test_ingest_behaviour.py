@@ -441,8 +441,42 @@ async def test_a_model_switched_during_a_reindex_reaches_every_item_of_the_new_i
     async def switch(db: Any) -> None:  # after the first bulk: built with the first model
         gens = behaviour_models(db, s)
         mine = Draft(gens.named(draft.coll.name), draft.version, draft.current)
-        await gens.commit(mine, documents=len(ids))
+        await gens.commit(mine, documents=len(ids), published_at=began)
 
     await _reindex_with_after_first_bulk(s, embedder, switch)
     docs = await _engine(s, ids)
     assert [i for i in ids if not _same(docs[i].get("behaviour"), second[i])] == []
+
+
+@pytest.mark.parametrize("synced_before", [False, True])
+async def test_a_model_switched_after_a_reindex_reaches_a_sync_that_starts_at_its_floor(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    async_db: Any,
+    synced_before: bool,
+) -> None:
+    """A behaviour feed partition without a checkpoint starts at the last reindex's floor; a
+    model whose publish began before that reindex and switched after it is stamped before the
+    floor, and such a sync never sent it (``verify``: every item ``mismatched``, until the next
+    train) — nor a sync whose first pass, before the switch, saved its checkpoints there."""
+    s = ingest_settings
+    ids = [d["_id"] for d in ingest_catalogue]
+    await publish_behaviour(async_db, s, _vectors(ids, s.behaviour_dim, 1))
+    second = _vectors(ids, s.behaviour_dim, 2)
+    gens = behaviour_models(async_db, s)
+    draft = await gens.begin("als-slow")  # a train writing while the reindex runs
+    began = now_ms() - timedelta(minutes=1)
+    docs = [
+        {"_id": i, "behaviour": store_vector(v), "updated_at": began} for i, v in second.items()
+    ]
+    await gens.write(draft, docs, chunk=1000)
+    await reindex(s, embedder=embedder)
+    if synced_before:  # its checkpoints: past the new model's stamp, read from the first
+        await sync_once(s, db=async_db, embedder=embedder)
+    await gens.commit(draft, documents=len(ids), published_at=began)
+    rep = await sync_once(s, db=async_db, embedder=embedder)
+    assert rep.behaviour == len(ids), rep
+    got = await _engine(s, ids)
+    assert [i for i in ids if not _same(got[i].get("behaviour"), second[i])] == []
+    assert (await verify(s, db=async_db)).ok
