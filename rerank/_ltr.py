@@ -8,7 +8,8 @@ counts; another member's never: a client's ``X-Request-ID`` may repeat one). By 
 every logged candidate can be labelled (``scope="candidates"``: the member may reach an item
 from another list or surface; what matters is that the ranker saw it here); ``scope="shown"``
 labels only what the list showed. ``pass``/``skip``/``hide`` are explicit zeros. Lists without
-any positive label (no pair to learn from) or with fewer than two rows are dropped.
+any positive label (no pair to learn from), with fewer than two rows, or logged without
+features (the API's fallback answers: no ranker scored them) are dropped.
 
 **Training.** The validation lists are later than every training list (time-based: the
 model is judged on lists served after the ones it learnt from): given explicitly, or the last
@@ -121,7 +122,7 @@ def join_outcomes(
     ys: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
     groups, at, ids = [], [], []
-    skipped = {"no_user": 0, "no_rows": 0, "no_positive": 0}
+    skipped = {"no_user": 0, "no_rows": 0, "no_features": 0, "no_positive": 0}
     for doc in sorted(lists, key=lambda d: (d["at"], d["_id"])):
         user, t0 = doc.get("user_id"), doc["at"]
         items = list(doc.get("ids") or [])
@@ -130,6 +131,9 @@ def join_outcomes(
             continue
         if len(items) < 2 or doc["X"].shape[0] != len(items):
             skipped["no_rows"] += 1
+            continue
+        if not doc.get("features"):  # the API's fallback answers: no ranker saw a feature
+            skipped["no_features"] += 1
             continue
         shown = list(doc.get("shown") or [])
         allowed = set(shown) if policy.scope == "shown" else set(range(len(items)))
@@ -153,7 +157,7 @@ def join_outcomes(
         rank = np.empty(len(items), dtype=np.int64)
         rest = [r for r in range(len(items)) if r not in set(shown)]
         rank[[*shown, *rest]] = np.arange(len(items))
-        Xs.append(align_features(doc["X"], doc.get("features") or FEATURE_NAMES))
+        Xs.append(align_features(doc["X"], doc["features"]))
         ys.append(y)
         ranks.append(rank)
         groups.append(len(items))

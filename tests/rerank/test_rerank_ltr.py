@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from opendisco import ConfigError
+from opendisco.signals import ServedList
+from opendisco.signals._served_list import decode_list, encode_list
 from opendisco.rerank import (
     FEATURE_NAMES,
     CandidateBatch,
@@ -232,3 +234,38 @@ def test_learning_to_rank_columns() -> None:
     # the linear model gives them no weight: its scores are unchanged by the new columns
     w = RerankConfig().weight_vector()
     assert all(w[FEATURE_NAMES.index(n)] == 0 for n in ("behaviour_dot", "rr_graph", "history"))
+
+
+def test_a_fallback_list_logged_without_features_is_skipped_not_a_crash() -> None:
+    """The API logs its fallback answers (served while the pipeline failed) with no feature
+    names and no rows (``api.routes.discovery``). Before, ``join_outcomes`` read such a list
+    as having every feature (its ``features`` empty → ``FEATURE_NAMES``) and zero columns, and
+    one beside a ranked list failed ``opendisco train ltr`` with numpy's "all the input array
+    dimensions ... must match exactly"."""
+    rng = np.random.default_rng(0)
+
+    def logged(rid: str, fallback: bool) -> dict[str, Any]:
+        served = ServedList(
+            request_id=rid,
+            at=T0,
+            user_id="u1",
+            surface="for_you",
+            requested_surface="for_you",
+            version="v",
+            degraded=fallback,
+            k=3,
+            feature_names=() if fallback else FEATURE_NAMES,
+            X=None if fallback else np.ones((3, F)),
+            ids=["a", "b", "c"],
+            shown=[0, 1, 2],
+            propensity=[1.0] * 3,
+            policy={"kind": "fallback" if fallback else "deterministic"},
+        )
+        return decode_list(encode_list(served, 200, rng))
+
+    like = [_ev("like", "u1", "b", T0 + timedelta(minutes=1))]
+    data = join_outcomes([logged("r1", False), logged("r2", True)], like)
+    assert data.list_ids == ["r1"] and data.X.shape == (3, F)
+    assert data.skipped["no_features"] == 1
+    alone = join_outcomes([logged("r2", True)], like)
+    assert len(alone.groups) == 0 and alone.X.shape == (0, F)
