@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from opendisco._exceptions import InvalidInput
 from opendisco.rerank import LabelPolicy, align_features, join_outcomes, pl_marginals
 
 __all__ = ["OffPolicyResult", "SlateLogs", "estimate", "slate_logs"]
@@ -136,7 +137,7 @@ class OffPolicyResult:
 
 
 def _ci(value: float, terms: np.ndarray) -> dict[str, float]:
-    se = float(terms.std(ddof=1) / np.sqrt(len(terms))) if len(terms) > 1 else float("nan")
+    se = float(terms.std(ddof=1) / np.sqrt(len(terms)))  # estimate() needs 2 lists or more
     return {"value": value, "se": se, "ci_low": value - Z95 * se, "ci_high": value + Z95 * se}
 
 
@@ -153,8 +154,10 @@ def estimate(
 ) -> OffPolicyResult:
     """IPS, SNIPS and DR estimates of ``target`` (a scorer: feature rows -> scores)."""
     n, k = logs.shown.shape
-    if n == 0 or k == 0:
-        raise ValueError("no explored list with outcomes to estimate from")
+    if n < 2 or k == 0:  # one list has no standard error: its intervals were NaN
+        raise InvalidInput(
+            f"{n} explored list(s) with outcomes: at least 2 are needed to estimate from"
+        )
     alpha = 1.0 / np.log2(np.arange(k) + 2.0) if weights == "dcg" else np.ones(k)
     tgt = np.zeros((n, k), dtype=np.int64)
     pi0 = np.zeros((n, k))

@@ -4,14 +4,18 @@ log (real FerretDB)."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from opendisco import Settings
+from opendisco import InvalidInput, Settings, clients
 from opendisco.cli.main import cli
 from opendisco.eval._offpolicy import SlateLogs, estimate, slate_logs
-from opendisco.rerank import pl_marginals, pl_sample, pl_weights
+from opendisco.rerank import FEATURE_NAMES, pl_marginals, pl_sample, pl_weights
+from opendisco.signals import EVENTS, ServedList, ServedLog
 
 
 def _const(q: float):  # a (misspecified) reward model for DR
@@ -98,3 +102,50 @@ def test_offpolicy_on_an_empty_log_is_a_usage_error(settings: Settings) -> None:
     run = CliRunner().invoke(cli, ["eval", "offpolicy", "linear"], obj=empty)
     assert run.exit_code == 2, run.output
     assert "no explored list among 0 logged lists" in run.output
+
+
+def test_one_explored_list_is_a_usage_error_not_nan_intervals(settings: Settings) -> None:
+    """One explored list has no standard error: before, ``estimate`` answered NaN standard
+    errors and intervals, and ``eval offpolicy --json`` printed ``NaN`` (not JSON). The CLI on
+    a log of one explored list and its like (real FerretDB) says why, exit code 2."""
+    X = np.array([[1.0], [0.0]])
+    one = SlateLogs([X], np.array([[0]]), np.array([[1.0]]), [np.full((2, 1), 0.5)])
+    with pytest.raises(InvalidInput, match="1 explored list"):
+        estimate(one, lambda X: X[:, 0], reward_model=_const(0.5))
+    ns = settings.model_copy(update={"mongo_db": f"{settings.mongo_db}opone"})
+    at = datetime.now(UTC) - timedelta(hours=1)
+
+    async def log_one() -> None:
+        mongo = clients.mongo_async(ns)
+        db = mongo[ns.mongo_db]
+        log = ServedLog(db)
+        log.log(
+            ServedList(
+                request_id="r1",
+                at=at,
+                user_id="u1",
+                surface="for_you",
+                requested_surface="for_you",
+                version="v",
+                degraded=False,
+                k=2,
+                feature_names=FEATURE_NAMES,
+                X=np.zeros((3, len(FEATURE_NAMES))),
+                ids=["a", "b", "c"],
+                shown=[1, 0],
+                propensity=[0.5, 0.5],
+                explored=True,
+                pool=[0, 1, 2],
+                pool_w=[1.0, 1.0, 1.0],
+            )
+        )
+        await log.drain()
+        like = {"type": "like", "user_id": "u1", "item_id": "b", "ts": at + timedelta(minutes=1)}
+        await db[EVENTS].insert_one(like)
+        await mongo.close()
+
+    asyncio.run(log_one())
+    run = CliRunner().invoke(cli, ["eval", "offpolicy", "linear", "--json"], obj=ns)
+    assert run.exit_code == 2, run.output
+    assert "1 explored list(s) with outcomes: at least 2" in run.output
+    assert "NaN" not in run.output
