@@ -61,6 +61,20 @@ def align_features(X: np.ndarray, names: Sequence[str]) -> np.ndarray:
 
 
 _TREE_KEYS = (b"num_leaves=", b"leaf_value=")
+#: a tree's per-node arrays (``num_leaves - 1`` values each; LightGBM requires the first four)
+_NODE_ARRAYS = (
+    b"left_child",
+    b"right_child",
+    b"split_feature",
+    b"threshold",
+    b"split_gain",
+    b"decision_type",
+    b"internal_value",
+    b"internal_weight",
+    b"internal_count",
+)
+#: its per-leaf arrays (``num_leaves`` values each)
+_LEAF_ARRAYS = (b"leaf_value", b"leaf_weight", b"leaf_count")
 
 
 def _finite_leaves(block: bytes) -> bool:
@@ -73,13 +87,67 @@ def _finite_leaves(block: bytes) -> bool:
         return False
 
 
+def _tree_problem(block: bytes, features: int) -> str | None:
+    """Why LightGBM cannot be trusted with a tree block, or None. Its parser aborts the whole
+    process (an exception in its parallel tree parse) on an array whose length is not what
+    ``num_leaves`` says, and its prediction follows ``left_child``/``right_child`` and reads
+    ``split_feature`` unchecked: a child out of range or pointing back up, or a feature past
+    the model's, read past its arrays or looped for ever. A categorical or linear tree (never
+    written by ``train_lambdamart``) has arrays of its own: refused too."""
+    keys = dict(ln.split(b"=", 1) for ln in block.splitlines()[1:] if b"=" in ln)
+    try:
+        leaves = int(keys[b"num_leaves"])
+        if leaves < 1:
+            return f"{leaves} leaves"
+        if int(keys.get(b"num_cat", b"0") or 0) or int(keys.get(b"is_linear", b"0") or 0):
+            return "categorical or linear splits"
+        arrays = {k: keys[k].split() for k in (*_NODE_ARRAYS, *_LEAF_ARRAYS) if keys.get(k)}
+        for key, values in arrays.items():
+            want = leaves if key in _LEAF_ARRAYS else leaves - 1
+            if len(values) != want and (want or key not in _NODE_ARRAYS):
+                return f"{len(values)} {key.decode()} values for {leaves} leaves"
+        if leaves == 1:
+            return None
+        if missing := [k.decode() for k in _NODE_ARRAYS[:4] if k not in arrays]:
+            return f"no {missing[0]}"
+        if not all(math.isfinite(float(x)) for x in arrays[b"threshold"]):
+            return "a threshold that is not a finite number"
+        split = [int(x) for x in arrays[b"split_feature"]]
+        kinds = [int(x) for x in arrays.get(b"decision_type", ())]
+        left, right = arrays[b"left_child"], arrays[b"right_child"]
+        children = [(int(a), int(b)) for a, b in zip(left, right, strict=True)]
+    except (KeyError, ValueError) as exc:
+        return f"not a tree: {exc!r}"
+    if any(not 0 <= f < features for f in split):
+        return f"a split on a feature past the model's {features}"
+    if any(k & 1 or not 0 <= k < 16 or (k >> 2) & 3 == 3 for k in kinds):
+        return "a decision type this loader does not know (categorical, or not one)"
+    seen_nodes, seen_leaves, todo = set(), set(), [0]
+    while todo:
+        node = todo.pop()
+        if node < 0:
+            if not ~node < leaves or ~node in seen_leaves:
+                return "a leaf out of range or reached twice"
+            seen_leaves.add(~node)
+        elif node >= leaves - 1 or node in seen_nodes:
+            return "a node out of range or reached twice (not a tree)"
+        else:
+            seen_nodes.add(node)
+            todo.extend(children[node])
+    if len(seen_leaves) != leaves:
+        return "a leaf no path reaches"
+    return None
+
+
 def check_model_text(data: bytes, where: str) -> str:
     """The text of a LightGBM model file whose trees are all there (:class:`ConfigError`
     otherwise). LightGBM's parser trusts the ``tree_sizes`` its header lists: a file cut short
     (a copy or a save that did not finish) crashes the whole process (SIGSEGV or abort) in
     ``lgb.Booster`` instead of raising, so every tree block is checked against those sizes
     first, then the ``end of trees`` marker after them and the end of the parameters section
-    (cut inside it, the parser reads past the end of the text as well)."""
+    (cut inside it, the parser reads past the end of the text as well), and every tree's
+    arrays and structure (:func:`_tree_problem`: a corrupted one aborts the process or
+    mis-scores)."""
 
     def bad(msg: str) -> ConfigError:
         return ConfigError(f"model file {where}: {msg} (truncated or not a LightGBM model)")
@@ -95,15 +163,15 @@ def check_model_text(data: bytes, where: str) -> str:
         raise bad("no 'end of trees'")
     first = data.find(b"\nTree=0\n")
     start = (first if first >= 0 else end) + 1
-    sizes_line = next(
-        (ln for ln in data[:start].splitlines() if ln.startswith(b"tree_sizes=")), None
-    )
-    if sizes_line is None:
-        raise bad("no tree_sizes in its header")
+    header = dict(ln.split(b"=", 1) for ln in data[:start].splitlines() if b"=" in ln)
+    for key in (b"tree_sizes", b"max_feature_idx"):
+        if key not in header:
+            raise bad(f"no {key.decode()} in its header")
     try:
-        sizes = [int(x) for x in sizes_line.removeprefix(b"tree_sizes=").split()]
+        sizes = [int(x) for x in header[b"tree_sizes"].split()]
+        features = int(header[b"max_feature_idx"]) + 1
     except ValueError as exc:
-        raise bad(f"bad tree_sizes: {exc}") from exc
+        raise bad(f"bad tree_sizes or max_feature_idx: {exc}") from exc
     at = start
     for n, size in enumerate(sizes):
         block = data[at : at + size]
@@ -116,6 +184,8 @@ def check_model_text(data: bytes, where: str) -> str:
                 f"model file {where}: tree {n} has a leaf value that is not a finite number "
                 "(a diverged training): every score would be NaN; retrain it"
             )
+        if problem := _tree_problem(block, features):
+            raise ConfigError(f"model file {where}: tree {n}: {problem} (a corrupted model)")
         at += size
     if not data[at:].startswith(b"end of trees"):
         raise bad(f"'end of trees' does not follow its {len(sizes)} trees")

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 
 from opendisco import ConfigError
-from opendisco.signals import ServedList
-from opendisco.signals._served_list import decode_list, encode_list
 from opendisco.rerank import (
     FEATURE_NAMES,
     CandidateBatch,
@@ -29,6 +27,8 @@ from opendisco.rerank import (
     train_lambdamart,
     train_ltr,
 )
+from opendisco.signals import ServedList
+from opendisco.signals._served_list import decode_list, encode_list
 
 T0 = datetime(2026, 1, 10, tzinfo=UTC)
 F = len(FEATURE_NAMES)

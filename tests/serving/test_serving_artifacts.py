@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from opendisco import ConfigError, Settings
-from opendisco.rerank import FEATURE_NAMES, LearnedScorer
+from opendisco.rerank import FEATURE_NAMES, LearnedScorer, train_lambdamart
 from opendisco.serving import Artifacts, Discovery, load_model
 
 
@@ -193,3 +193,75 @@ async def test_served_answers_use_and_name_the_artifacts(
             await d.drain()
         await os_client.close()
         await mongo.close()
+
+
+_LOAD_EDITS = """
+import sys
+from pathlib import Path
+import numpy as np
+from opendisco import ConfigError
+from opendisco.rerank import FEATURE_NAMES
+from opendisco.serving import load_model
+for name in sys.argv[1:]:
+    try:
+        scorer, _ = load_model(Path(name))
+        scores = scorer.score(np.zeros((3, len(FEATURE_NAMES))))
+        print(Path(name).stem, "loaded", scores.tolist(), flush=True)
+    except ConfigError as exc:
+        print(Path(name).stem, "refused", str(exc).splitlines()[0], flush=True)
+"""
+
+
+def _same_length(block: str, key: str, pick: Any, value: Any) -> str:
+    """``block`` with the first token of line ``key=`` that ``pick`` accepts replaced by
+    ``value(token)`` (as long as the token: the header's tree sizes still hold)."""
+    lines = block.split("\n")
+    at = next(i for i, ln in enumerate(lines) if ln.startswith(f"{key}="))
+    tokens = lines[at].removeprefix(f"{key}=").split(" ")
+    j = next(j for j, t in enumerate(tokens) if pick(t))
+    tokens[j] = str(value(tokens[j]))
+    lines[at] = f"{key}=" + " ".join(tokens)
+    return "\n".join(lines)
+
+
+def test_a_corrupted_model_file_is_refused_not_a_crash_a_hang_or_a_misread(
+    tmp_path: Path,
+) -> None:
+    """Edits that keep every tree's size (a flipped digit): LightGBM's loader aborted the
+    whole process on a leaf count its arrays disagree with (an exception in its parallel
+    tree parse), looped for ever on a child pointing back up, and read past its arrays on a
+    split feature or child out of range or a categorical decision type without categories.
+    Each is a ConfigError naming the file (child processes: a crash or a hang fails)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, len(FEATURE_NAMES)))
+    y = (X[:, 0] > 0.5).astype(int) + (X[:, 3] > 1.0)
+    path = tmp_path / "model-v1.txt"
+    train_lambdamart(X, y, np.full(100, 20), rounds=2, min_data_in_leaf=5).save(path)
+    text = path.read_text()
+    start, end = text.index("Tree=0\n"), text.index("\n\n", text.index("Tree=0\n"))
+    tree = text[start:end]
+    leaves = int(tree.split("num_leaves=")[1].split("\n")[0])
+    assert 11 <= leaves <= 99, tree  # a two-digit count: one less keeps its length
+    edits = {
+        "leaves": _same_length(tree, "num_leaves", lambda t: True, lambda t: int(t) - 1),
+        "feature": _same_length(tree, "split_feature", lambda t: len(t) == 2, lambda t: 99),
+        "loop": _same_length(tree, "left_child", lambda t: t == "1", lambda t: 0),
+        "child": _same_length(tree, "right_child", lambda t: len(t) == 2, lambda t: 98),
+        "categorical": _same_length(tree, "decision_type", lambda t: t == "2", lambda t: 3),
+    }
+    files = []
+    for name, edited in edits.items():
+        assert len(edited) == len(tree) and edited != tree, name
+        files.append(tmp_path / f"{name}.txt")
+        files[-1].write_text(text[:start] + edited + text[end:])
+    got = subprocess.run(
+        [sys.executable, "-c", _LOAD_EDITS, str(path), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert got.returncode == 0, (got.returncode, got.stdout, got.stderr[-2000:])
+    lines = got.stdout.splitlines()
+    assert lines[0].startswith("model-v1 loaded"), got.stdout  # the file as written
+    assert [ln.split()[:2] for ln in lines[1:]] == [[n, "refused"] for n in edits], got.stdout
+    assert all("tree 0:" in ln and "corrupted" in ln for ln in lines[1:]), got.stdout
