@@ -23,9 +23,9 @@ from opendisco.ingest import load_movielens, publish_behaviour
 from opendisco.rerank import (
     LabelPolicy,
     ease_neighbours,
-    join_outcomes,
     load_ltr_inputs,
     save_model,
+    split_outcomes,
     train_als,
     train_ltr,
 )
@@ -230,7 +230,12 @@ def when(value: str | None) -> datetime | None:
 
 
 async def _train_ltr(
-    settings: Settings, policy: Any, since: datetime | None, until: datetime | None, **kw: Any
+    settings: Settings,
+    policy: Any,
+    since: datetime | None,
+    until: datetime | None,
+    valid_share: float,
+    **kw: Any,
 ) -> tuple[Any, dict[str, Any]]:
     mc = clients.mongo_async(settings)
     try:
@@ -239,9 +244,9 @@ async def _train_ltr(
         )
     finally:
         await mc.close()
-    data = join_outcomes(lists, events, policy)
     try:
-        result = train_ltr(data, policy=policy, **kw)
+        train, valid, data = split_outcomes(lists, events, policy, valid_share=valid_share)
+        result = train_ltr(train, valid=valid, refit=data, policy=policy, **kw)
     except ValueError as exc:
         raise InvalidInput(f"{exc} (from {len(lists)} logged lists, {len(events)} events)") from exc
     return result, {"logged_lists": len(lists), "events": len(events)}
@@ -291,7 +296,8 @@ def ltr_cmd(
 
     Every served list (`served_lists`: the candidates' feature rows) is labelled by the
     member's events on its candidates within --window-hours; the latest --valid-share of the
-    lists validate (early stopping on NDCG@k), then the model is refitted on all. Writes the
+    lists validate (early stopping on NDCG@k; the lists before them are labelled only by the
+    events before them), then the model is refitted on all. Writes the
     next model-v<N>.txt and model-v<N>.json (feature schema, label policy, metrics) into
     --out; serve it with `model_file` (OPENDISCO_MODEL_FILE).
     """

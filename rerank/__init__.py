@@ -22,6 +22,7 @@ from ._ltr import (
     load_ltr_inputs,
     ndcg_at,
     save_model,
+    split_outcomes,
     train_ltr,
 )
 from ._ltr_checks import ablation_ndcg, single_feature_ndcg
@@ -127,6 +128,7 @@ __all__ = [
     "save_model",
     "segment_prior",
     "single_feature_ndcg",
+    "split_outcomes",
     "train_als",
     "train_lambdamart",
     "train_ltr",

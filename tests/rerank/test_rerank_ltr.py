@@ -24,6 +24,7 @@ from opendisco.rerank import (
     join_outcomes,
     ndcg_at,
     save_model,
+    split_outcomes,
     train_lambdamart,
     train_ltr,
 )
@@ -269,3 +270,24 @@ def test_a_fallback_list_logged_without_features_is_skipped_not_a_crash() -> Non
     assert data.skipped["no_features"] == 1
     alone = join_outcomes([logged("r2", True)], like)
     assert len(alone.groups) == 0 and alone.X.shape == (0, F)
+
+
+def test_a_validation_outcome_never_labels_a_training_list() -> None:
+    """``split_outcomes`` (what ``opendisco train ltr`` trains on): the lists before the
+    validation period are labelled only by the events before it. Before, one join labelled
+    every list, so a like posted during the validation period labelled the training lists
+    that showed the item too, and a model that learnt it was judged on the same like."""
+    lists = [_list(f"r{d}", "u1", ["a", "b", "c"], T0 + timedelta(days=d)) for d in range(5)]
+    events = [
+        _ev("like", "u1", "a", T0 + timedelta(hours=1)),  # labels r0 (and nothing later)
+        _ev("like", "u1", "c", T0 + timedelta(days=3, hours=1)),  # after r3 served: valid
+    ]
+    train, valid, everything = split_outcomes(lists, events, valid_share=0.25)
+    assert valid.list_ids == ["r3"] and valid.y.tolist() == [0, 0, 2]
+    assert train.list_ids == ["r0"] and train.y.tolist() == [2, 0, 0]  # c: not before r3
+    assert train.skipped["no_positive"] == 2  # r1, r2: their only outcome came later
+    assert everything.list_ids == ["r0", "r1", "r2", "r3"]  # the refit: every outcome
+    assert everything.y.reshape(4, 3)[:3, 2].tolist() == [2, 2, 2]
+    result = train_ltr(train, valid=valid, refit=everything, max_rounds=3, early_stopping=2)
+    assert result.report["lists"] == 4 and result.report["split"]["train_lists"] == 1
+    assert result.report["skipped_lists"] == everything.skipped
