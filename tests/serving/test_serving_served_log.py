@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from opendisco import Settings, clients
-from opendisco.rerank import FEATURE_NAMES, join_outcomes
-from opendisco.serving import Discovery, Explorer
+from opendisco.rerank import FEATURE_NAMES, LinearScorer, RerankConfig, join_outcomes
+from opendisco.serving import Artifacts, Discovery, Explorer
 from opendisco.signals import SERVED_LISTS, ServedList, ServedLog, sample_rows
 
 
@@ -200,3 +200,54 @@ async def test_a_log_whose_client_was_closed_drops_and_stops(settings: Settings)
     assert task is not None
     await asyncio.wait_for(task, 10)  # ended by itself
     assert (log.written, log.dropped, log.pending) == (0, 3, 0)
+
+
+class _Recording(LinearScorer):
+    """The linear scorer, keeping a copy of every feature matrix it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(RerankConfig())
+        self.seen: list[np.ndarray] = []
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        self.seen.append(np.array(X, copy=True))
+        return super().score(X)
+
+
+async def test_the_scorer_is_fed_exactly_the_rows_the_log_keeps(
+    market_settings: Settings, market: Any, model: Any
+) -> None:
+    """No training/serving skew: for every (member, request, item) the stored row is, to
+    float32, what the scorer scored (same names, order, values), explored answers included,
+    and the shown rows name the answer."""
+    _, users = market
+    os_client = clients.async_opensearch(market_settings)
+    mongo = clients.mongo_async(market_settings)
+    scorer = _Recording()
+    try:
+        disc = Discovery(
+            market_settings,
+            os_client,
+            mongo[market_settings.mongo_db],
+            model=model,
+            artifacts=Artifacts.inline(scorer=scorer, model_name="recording"),
+            explorer=Explorer(rate=0.5, rng=np.random.default_rng(3)),
+        )
+        answers = {}
+        for n, user in enumerate(users[:8]):
+            recs = await disc.recommend(user["_id"], k=8, request_id=f"skew-{n}")
+            answers[recs.request_id] = (scorer.seen[-1], recs)
+        assert len(scorer.seen) == 8
+        await disc.drain()
+        logged = {d["_id"]: d for d in await ServedLog(disc.db).read()}
+        assert any(logged[rid]["explored"] for rid in answers)
+        for rid, (X, recs) in answers.items():
+            doc = logged[rid]
+            assert doc["features"] == list(FEATURE_NAMES) and doc["user_id"] == recs.served.user_id
+            row = {item: r for r, item in enumerate(recs.served.ids)}
+            scored = X[[row[item] for item in doc["ids"]]].astype(np.float32)
+            assert np.array_equal(doc["X"], scored.astype(np.float64)), rid
+            assert [doc["ids"][r] for r in doc["shown"]] == recs.ids
+    finally:
+        await os_client.close()
+        await mongo.close()
