@@ -22,6 +22,10 @@ best number of rounds. The report holds the feature schema, the label
 policy, the data window and counts, every grid point's validation NDCG@k, and the validation
 NDCG@k of the model and of the logged order (what was shown first, then the other
 candidates in candidate order).
+
+Why this module is long: the join, the time split and the training are one procedure whose
+invariants (the lists' order, the validation cut, which outcomes may label which lists) are
+read and reviewed together.
 """
 
 from __future__ import annotations
