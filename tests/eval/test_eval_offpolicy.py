@@ -5,17 +5,19 @@ log (real FerretDB)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from served_lists import served_list
 
 from opendisco import InvalidInput, Settings, clients
 from opendisco.cli.main import cli
 from opendisco.eval._offpolicy import SlateLogs, estimate, slate_logs
-from opendisco.rerank import FEATURE_NAMES, pl_marginals, pl_sample, pl_weights
-from opendisco.signals import EVENTS, ServedList, ServedLog
+from opendisco.rerank import pl_marginals, pl_sample, pl_weights
+from opendisco.signals import EVENTS, ServedLog
 
 
 def _const(q: float):  # a (misspecified) reward model for DR
@@ -119,26 +121,8 @@ def test_one_explored_list_is_a_usage_error_not_nan_intervals(settings: Settings
         mongo = clients.mongo_async(ns)
         db = mongo[ns.mongo_db]
         log = ServedLog(db)
-        log.log(
-            ServedList(
-                request_id="r1",
-                at=at,
-                user_id="u1",
-                surface="for_you",
-                requested_surface="for_you",
-                version="v",
-                degraded=False,
-                k=2,
-                feature_names=FEATURE_NAMES,
-                X=np.zeros((3, len(FEATURE_NAMES))),
-                ids=["a", "b", "c"],
-                shown=[1, 0],
-                propensity=[0.5, 0.5],
-                explored=True,
-                pool=[0, 1, 2],
-                pool_w=[1.0, 1.0, 1.0],
-            )
-        )
+        one = replace(served_list("r1", degraded=False), at=at, k=2, shown=[1, 0])
+        log.log(replace(one, propensity=[0.5, 0.5], explored=True, pool=[0, 1, 2], pool_w=[1] * 3))
         await log.drain()
         like = {"type": "like", "user_id": "u1", "item_id": "b", "ts": at + timedelta(minutes=1)}
         await db[EVENTS].insert_one(like)

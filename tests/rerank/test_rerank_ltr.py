@@ -4,12 +4,14 @@ versioned model and its schema check (pure, no servers)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from served_lists import served_list
 
 from opendisco import ConfigError
 from opendisco.rerank import (
@@ -28,7 +30,6 @@ from opendisco.rerank import (
     train_lambdamart,
     train_ltr,
 )
-from opendisco.signals import ServedList
 from opendisco.signals._served_list import decode_list, encode_list
 
 T0 = datetime(2026, 1, 10, tzinfo=UTC)
@@ -246,22 +247,9 @@ def test_a_fallback_list_logged_without_features_is_skipped_not_a_crash() -> Non
     rng = np.random.default_rng(0)
 
     def logged(rid: str, fallback: bool) -> dict[str, Any]:
-        served = ServedList(
-            request_id=rid,
-            at=T0,
-            user_id="u1",
-            surface="for_you",
-            requested_surface="for_you",
-            version="v",
-            degraded=fallback,
-            k=3,
-            feature_names=() if fallback else FEATURE_NAMES,
-            X=None if fallback else np.ones((3, F)),
-            ids=["a", "b", "c"],
-            shown=[0, 1, 2],
-            propensity=[1.0] * 3,
-            policy={"kind": "fallback" if fallback else "deterministic"},
-        )
+        served = replace(served_list(rid, degraded=fallback), at=T0)
+        if fallback:  # as api.routes.discovery logs it
+            served = replace(served, feature_names=(), X=None, policy={"kind": "fallback"})
         return decode_list(encode_list(served, 200, rng))
 
     like = [_ev("like", "u1", "b", T0 + timedelta(minutes=1))]
