@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +14,18 @@ from opendisco import Settings, clients
 from opendisco.rerank import FEATURE_NAMES, LinearScorer, RerankConfig, join_outcomes
 from opendisco.serving import Artifacts, Discovery, Explorer
 from opendisco.signals import SERVED_LISTS, ServedList, ServedLog, sample_rows
+
+
+@contextlib.asynccontextmanager
+async def _discovery(settings: Settings, model: Any, **kw: Any) -> AsyncIterator[Discovery]:
+    """A pipeline of its own on the real servers (its clients closed after)."""
+    os_client = clients.async_opensearch(settings)
+    mongo = clients.mongo_async(settings)
+    try:
+        yield Discovery(settings, os_client, mongo[settings.mongo_db], model=model, **kw)
+    finally:
+        await os_client.close()
+        await mongo.close()
 
 
 def _like(user: str, item: str) -> dict[str, Any]:
@@ -43,24 +57,13 @@ async def test_explored_answers_log_plackett_luce_propensities(
     market_settings: Settings, market: Any, model: Any
 ) -> None:
     _, users = market
-    os_client = clients.async_opensearch(market_settings)
-    mongo = clients.mongo_async(market_settings)
-    try:
-        disc = Discovery(
-            market_settings,
-            os_client,
-            mongo[market_settings.mongo_db],
-            model=model,
-            explorer=Explorer(rate=1.0, pool_factor=2.0, sharpness=1.0),
-        )
+    explorer = Explorer(rate=1.0, pool_factor=2.0, sharpness=1.0)
+    async with _discovery(market_settings, model, explorer=explorer) as disc:
         base = await disc.recommend(users[41]["_id"], k=4, explain=True)  # never explored
         recs = await disc.recommend(users[41]["_id"], k=4, request_id="req-explore-1")
         assert recs.explored and not base.explored
         await disc.drain()
         doc = await disc.db[SERVED_LISTS].find_one({"_id": "req-explore-1"})
-    finally:
-        await os_client.close()
-        await mongo.close()
     assert doc["explored"] and doc["policy"]["kind"] == "plackett_luce"
     pool = [doc["ids"][r] for r in doc["pool"]]
     assert pool[:4] == base.ids and len(pool) == 8  # the deterministic order's first 2k rows
@@ -221,18 +224,13 @@ async def test_the_scorer_is_fed_exactly_the_rows_the_log_keeps(
     float32, what the scorer scored (same names, order, values), explored answers included,
     and the shown rows name the answer."""
     _, users = market
-    os_client = clients.async_opensearch(market_settings)
-    mongo = clients.mongo_async(market_settings)
     scorer = _Recording()
-    try:
-        disc = Discovery(
-            market_settings,
-            os_client,
-            mongo[market_settings.mongo_db],
-            model=model,
-            artifacts=Artifacts.inline(scorer=scorer, model_name="recording"),
-            explorer=Explorer(rate=0.5, rng=np.random.default_rng(3)),
-        )
+    async with _discovery(
+        market_settings,
+        model,
+        artifacts=Artifacts.inline(scorer=scorer, model_name="recording"),
+        explorer=Explorer(rate=0.5, rng=np.random.default_rng(3)),
+    ) as disc:
         answers = {}
         for n, user in enumerate(users[:8]):
             recs = await disc.recommend(user["_id"], k=8, request_id=f"skew-{n}")
@@ -248,6 +246,3 @@ async def test_the_scorer_is_fed_exactly_the_rows_the_log_keeps(
             scored = X[[row[item] for item in doc["ids"]]].astype(np.float32)
             assert np.array_equal(doc["X"], scored.astype(np.float64)), rid
             assert [doc["ids"][r] for r in doc["shown"]] == recs.ids
-    finally:
-        await os_client.close()
-        await mongo.close()
