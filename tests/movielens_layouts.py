@@ -5,7 +5,7 @@ the ``write_*`` functions lay a slice out as one release's files: the CSV releas
 (ml-latest-small, ml-latest, ml-20m/25m/32m), ml-1m (``::``, latin-1 ``movies.dat``,
 ``users.dat``, integer stars) and ml-10m (``::``, half stars, ``tags.dat``). The transforms
 make the slice differ the way an unseen dataset would (remapped ids, integer-only ratings,
-all timestamps equal, mostly high ratings).
+all timestamps equal, timestamps in milliseconds, mostly high ratings).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ __all__ = [
     "Slice",
     "equal_timestamps",
     "integer_stars",
+    "milliseconds",
     "mostly_high",
     "read_slice",
     "remap_ids",
@@ -77,6 +78,15 @@ def equal_timestamps(s: Slice, ts: int = 1_000_000_000) -> Slice:
         s,
         ratings=[(*r[:3], str(ts)) for r in s.ratings],
         tags=[(*t[:3], str(ts)) for t in s.tags],
+    )
+
+
+def milliseconds(s: Slice, factor: int = 1000) -> Slice:
+    """Timestamps in milliseconds (``factor``: 10**6 microseconds) since the epoch."""
+    return replace(
+        s,
+        ratings=[(*r[:3], str(int(r[3]) * factor)) for r in s.ratings],
+        tags=[(*t[:3], str(int(t[3]) * factor)) for t in s.tags],
     )
 
 

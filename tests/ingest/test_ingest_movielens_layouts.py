@@ -40,6 +40,20 @@ def test_csv_releases_are_read(
     assert data.scale == (0.5, 5.0) and data.positive_threshold == 4.0
 
 
+@pytest.mark.parametrize("factor", [1000, 10**6])
+def test_timestamps_in_milliseconds_read_as_the_same_times(
+    ml_slice: L.Slice, tmp_path: Path, factor: int
+) -> None:
+    """An export counting milliseconds (or microseconds) since the epoch was refused: its first
+    row was "malformed" (year 32549 is out of range). Decimal seconds read too."""
+    seconds = load_movielens(L.write_csv(ml_slice, tmp_path / "s"))
+    data = load_movielens(L.write_csv(L.milliseconds(ml_slice, factor), tmp_path / "ms"))
+    assert _triples(data) == _triples(seconds)
+    decimal = L.Slice(ml_slice.movies, [(*r[:3], f"{r[3]}.25") for r in ml_slice.ratings], [])
+    data = load_movielens(L.write_csv(decimal, tmp_path / "decimal"))
+    assert _triples(data) == _triples(seconds)
+
+
 def test_ml1m_layout(ml_slice: L.Slice, tmp_path: Path) -> None:
     csv_data = load_movielens(L.write_csv(L.integer_stars(ml_slice), tmp_path / "csv"))
     data = load_movielens(L.write_ml1m(ml_slice, tmp_path / "ml-1m"))
