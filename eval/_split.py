@@ -26,6 +26,12 @@ Slices of a stage: **cold-start users** have <= ``cold_user_max`` (3) positives 
 fitting data; **cold items** have no positive in the stage's fitting data (the cold-item slice
 scores only those held-out targets). Ratings below the threshold are not used for fitting nor
 as targets (documented choice: the served pipeline replays positives as ``like`` events).
+
+A user who rated an item more than once counts its **latest** rating only (at its time; equal
+times: the later row): a re-rating replaces the earlier one, as MovieLens keeps it. Each
+repeat was a positive of its own, so an item fitted on came back as a test target that every
+model must exclude (seen), and NDCG@10 fell from 0.073 to 0.016 when a quarter of
+ml-latest-small's ratings were repeated a month later.
 """
 
 from __future__ import annotations
@@ -162,7 +168,7 @@ def time_split(
     items = np.array(sorted(catalogue, key=_natural), dtype=object)
     item_index = {item: i for i, item in enumerate(items)}
 
-    pos = ratings.positives(threshold)
+    pos = _latest(ratings, item_index).positives(threshold)
     item_idx = np.fromiter((item_index[i] for i in pos.item_ids), np.int64, len(pos))
     ties = np.fromiter(
         (_tie(u, i) for u, i in zip(pos.user_ids, pos.item_ids, strict=True)), np.int64, len(pos)
@@ -233,6 +239,24 @@ def roll_split(split: Split, n: int) -> Split:
         test_ts=split.validation_ts,
         n_test=split.n_val,
         n_val=n,
+    )
+
+
+def _latest(ratings: Ratings, item_index: dict[str, int]) -> Ratings:
+    """Each (user, item)'s latest rating (equal times: the later row), in the rows' order."""
+    _, ucode = np.unique(ratings.user_ids.astype(str), return_inverse=True)
+    icode = np.fromiter((item_index[i] for i in ratings.item_ids), np.int64, len(ratings))
+    pair = ucode.astype(np.int64) * len(item_index) + icode
+    last = np.argsort(ratings.timestamps, kind="stable")[::-1]  # latest first
+    _, first = np.unique(pair[last], return_index=True)
+    if len(first) == len(ratings):
+        return ratings
+    keep = np.sort(last[first])
+    return Ratings(
+        ratings.user_ids[keep],
+        ratings.item_ids[keep],
+        ratings.ratings[keep],
+        ratings.timestamps[keep],
     )
 
 

@@ -154,3 +154,26 @@ async def test_served_replay_and_eval_on_a_remapped_same_time_ml10m(
     served = result.models[0]
     assert served.users == len(stage.evaluable) > 0 and model.degraded == 0
     assert 0.0 <= served.metrics["ndcg@5"] <= 1.0 and served.metrics["hitrate@5"] > 0.0
+
+
+def test_a_rerated_item_counts_once_at_its_latest_rating(ml_slice: L.Slice, tmp_path: Path) -> None:
+    """Every fourth rating given again a month later: each repeat was a positive of its own,
+    so items fitted on came back as test targets no model may recommend (already seen)."""
+    month = 30 * 86400
+    again = [(*r[:3], str(int(r[3]) + month)) for r in ml_slice.ratings[::4]]
+    # and one positive taken back: rated 5, then 1 a month later (not a positive any more)
+    u, i, _, t = next(r for r in ml_slice.ratings[1::4] if float(r[2]) >= 4)
+    taken_back = (u, i, "1", str(int(t) + month))
+    rows = [*ml_slice.ratings, *again, taken_back]
+    split = time_split(read_movielens(L.write_csv(replace(ml_slice, ratings=rows), tmp_path)))
+    latest: dict[tuple[str, str], tuple[int, float]] = {}
+    for user, item, value, ts in rows:
+        latest[(user, item)] = max(latest.get((user, item), (0, 0.0)), (int(ts), float(value)))
+    positives = {pair for pair, (_, value) in latest.items() if value >= 4}
+    seen = set()
+    for user, *parts in zip(split.users, split.train, split.validation, split.test, strict=True):
+        items = np.concatenate(parts)
+        assert len(items) == len(set(items.tolist())), user
+        seen |= {(user[1:], split.items[j][1:]) for j in items}
+    assert (u, i) not in seen and seen <= positives
+    assert len(seen) >= 0.99 * len(positives)  # all but users with fewer than two positives
