@@ -72,6 +72,25 @@ def test_replayed_items_carry_only_fitting_popularity(ml_split: Split, movielens
     assert docs[0]["_id"] == stage.items[0]
 
 
+def test_replayed_quality_does_not_saturate_on_a_larger_dataset(
+    ml_split: Split, movielens: Path
+) -> None:
+    """The same world with every user cloned 20 times (20x the positives per item) gets the
+    same replayed quality: a fixed prior of 10 put nearly every rated item at ~1 there."""
+    from dataclasses import replace
+
+    from opendisco.eval import read_movielens
+
+    data = read_movielens(movielens)
+    stage = ml_split.stage("test")
+    big = replace(stage, users=np.repeat(stage.users, 20), history=stage.history * 20)
+    small = np.array([d["quality"] for d in stage_items(data, stage)])
+    large = np.array([d["quality"] for d in stage_items(data, big)])
+    np.testing.assert_allclose(large, small, atol=1e-4)
+    rated = stage.item_counts > 0
+    assert (large[rated] > 0.95).mean() < 0.05  # the column still tells items apart
+
+
 def test_served_adapter_is_a_recommender() -> None:
     from opendisco import Settings
     from opendisco.eval import Recommender, ServedRecommender
