@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from opendisco import Settings
 from opendisco.cli.main import cli
 from opendisco.eval import ServedRecommender, evaluate, read_movielens, replay, time_split
+from opendisco.eval._compare import EASE_EXTEND, EASE_LAMBDAS, tune_ease
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +178,15 @@ def test_a_rerated_item_counts_once_at_its_latest_rating(ml_slice: L.Slice, tmp_
         seen |= {(user[1:], split.items[j][1:]) for j in items}
     assert (u, i) not in seen and seen <= positives
     assert len(seen) >= 0.99 * len(positives)  # all but users with fewer than two positives
+
+
+def test_ease_lambda_search_goes_past_a_winning_edge_of_its_grid(
+    ml_slice: L.Slice, tmp_path: Path
+) -> None:
+    """On 60 users the largest λ of the grid (2000) won, and the pick stopped there: a dataset
+    whose best λ is outside the grid (it grows with the users) got the edge."""
+    split = time_split(read_movielens(L.write_csv(ml_slice, tmp_path / "slice")))
+    best, scores = tune_ease(split, max_items=500)
+    assert max(scores) > max(EASE_LAMBDAS)
+    assert min(scores) < best < max(scores) or len(scores) == len(EASE_LAMBDAS) + EASE_EXTEND
+    assert scores[best] == max(scores.values())
