@@ -12,7 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
-from opendisco.eval import evaluate, learn_ranker, resolve_dataset, time_split
+from opendisco.eval import (
+    evaluate,
+    learn_ranker,
+    resolve_dataset,
+    time_split,
+    write_similarity,
+)
 from opendisco.eval._compare import (
     baseline_objective,
     check_namespace,
@@ -188,7 +194,14 @@ def eval_cmd(
             info["replay"] = rep.__dict__
         models["served"] = model
         if ltr and settings.model_file is None:
-            # the learning loop on the validation stage; the test stage scored with its model
+            # the learning loop on the validation stage; the test stage scored with its model,
+            # as bench/eval.py measures it: the item-item table its item_sim columns read (EASE
+            # at the validation λ, the test stage's fitting positives; the loop fits its own on
+            # the pre-period) and the itemsim source size the loop picked. Without them both
+            # columns were 0 and the source off: the ranker lost its strongest feature.
+            info["similarity_rows"] = write_similarity(
+                ns_settings, stage, lam=info["ease_lambda"], max_items=ease_items
+            )
             path, ltr_report = learn_ranker(
                 namespaced(settings, f"{namespace}ltr"),
                 data,
@@ -196,11 +209,14 @@ def eval_cmd(
                 out_dir / "models",
                 k=k,
                 embedder=embedder,
+                ease_lambda=info["ease_lambda"],
+                ease_items=ease_items,
             )
             info["ltr"] = {key: v for key, v in ltr_report.items() if key != "importance"}
             info["ltr_model"] = str(path)
+            itemsim = ltr_report["inputs"]["itemsim_candidates"]  # picked on validation
             models["served+ltr"] = ServedRecommender(
-                ns_settings.model_copy(update={"model_file": path})
+                ns_settings.model_copy(update={"model_file": path, "itemsim_candidates": itemsim})
             )
         embedder.close()
     progress = _progress(len(uidx) * len(models), "scoring")
