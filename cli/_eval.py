@@ -127,7 +127,8 @@ def eval_group() -> None:
     default=True,
     show_default=True,
     help="Served: also learn a ranker from lists served on the validation stage and score "
-    "the test stage with it (`served+ltr`; skipped when the settings name a model_file).",
+    "the test stage with it, beside the item-item table (EASE at the validation λ) its "
+    "item_sim columns read (`served+ltr`; skipped when the settings name a model_file).",
 )
 @pass_settings
 def eval_cmd(
