@@ -105,10 +105,10 @@ def _dated(file: Path, ratings: list[RawRating]) -> list[Rating]:
     unit = 1
     while top / unit >= _SECONDS_END and unit < 10**9:
         unit *= 1000
-    out: list[Rating] = []
-    for user, item, value, t in ratings:
+    out: list[Any] = ratings  # converted in place: a big release holds one list, not two
+    for n, (user, item, value, t) in enumerate(ratings):
         try:
-            out.append((user, item, value, datetime.fromtimestamp(t / unit, tz=UTC)))
+            out[n] = (user, item, value, datetime.fromtimestamp(t / unit, tz=UTC))
         except (ValueError, OverflowError, OSError) as exc:
             raise InvalidInput(f"{file}: timestamp {t} is out of range ({exc})") from exc
     return out
