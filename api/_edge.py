@@ -10,11 +10,18 @@ A request that declares a body has it received in full here, before admission: a
 ``max_body_bytes`` (413 past it, before anything is parsed) within ``body_timeout_s`` (408).
 A client that starts a body and stalls therefore holds a connection, never one of the
 admitted slots every other /v1 request needs.
+
+A request whose client went away while it waited for admission (a client that timed out and
+retries leaves the request it gave up on in the queue: a retry storm is mostly such requests)
+is dropped once admitted, before any work: its slot goes to the next in the queue. Worked out,
+each one took a slot for a whole answer nobody read, its list logged and counted toward
+exposure, while the live requests behind it waited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -76,18 +83,30 @@ async def _read_body(receive: Receive, limit: int, timeout_s: float) -> bytes | 
         raise BodyTimeout(f"request body not received within {timeout_s:g} s") from None
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that hands the app the body read already, then the client's messages."""
-    pending = True
+def _replay(ready: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the messages read already (the body), then the
+    client's."""
+    pending = list(ready)
 
     async def replay() -> Message:
-        nonlocal pending
         if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
+            return pending.pop(0)
         return await receive()
 
     return replay
+
+
+async def _ready_message(receive: Receive) -> Message | None:
+    """The client's next message if the server holds it now (a disconnect once the client
+    went away; a bodiless request's own), else None: never waited for."""
+    task = asyncio.ensure_future(receive())
+    await asyncio.sleep(0)  # one step: a message the server holds is returned in it
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 class Edge:
@@ -132,6 +151,7 @@ class Edge:
 
         metrics = self.get_metrics()
         started = time.perf_counter()
+        ready: list[Message] = []  # the client's messages read here, replayed to the app
         if _declares_body(scope):
             try:
                 length = _declared_length(scope)
@@ -148,7 +168,7 @@ class Edge:
                 return
             if body is None:  # the client went away
                 return
-            receive = _replay(body, receive)
+            ready.append({"type": "http.request", "body": body, "more_body": False})
         bounded = scope["path"].startswith(_BOUNDED)
         if bounded and not await self.admission.acquire():
             if metrics is not None:
@@ -156,6 +176,21 @@ class Edge:
             resp = error_response(Overloaded("overloaded: request shed before any work", 1.0), rid)
             await resp(scope, receive, send_with_id)
             return
+        if bounded:  # the client left while it waited: nobody to answer, no work
+            try:
+                message = await _ready_message(receive)
+            except BaseException:
+                self.admission.release()
+                raise
+            if message is not None and message["type"] == "http.disconnect":
+                self.admission.release()
+                if metrics is not None:
+                    metrics.rejected.labels("client_gone").inc()
+                return
+            if message is not None:
+                ready.append(message)
+        if ready:
+            receive = _replay(ready, receive)
         admitted = time.perf_counter()
         if metrics is not None:
             metrics.in_flight.set(self.admission.in_flight)

@@ -59,7 +59,7 @@ class Metrics:
         self.rejected = Counter(
             "opendisco_api_rejected_total",
             "Requests refused before any work (rate limit, saturated: shed by admission, "
-            "body_too_large, body_timeout).",
+            "body_too_large, body_timeout, client_gone: its client left while it was queued).",
             ["reason"],
             registry=self.registry,
         )

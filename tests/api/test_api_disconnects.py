@@ -1,0 +1,128 @@
+"""Clients that go away before their request is answered, the app served by uvicorn on a
+loopback port (a disconnect is seen by the server; the in-process ASGI transport never shows
+one).
+
+A retry storm is mostly such requests: a client that times out and posts again leaves the
+request it gave up on in the admission queue. Each one admitted used to be worked out in full
+(candidates, rerank, its list logged and counted toward exposure) for nobody, while the
+retries of live clients waited behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import uvicorn
+from api_support import free_port, h
+from tcp_faults import command_on, store_proxy
+
+from opendisco import Settings, clients
+from opendisco.api import create_app
+from opendisco.signals import SERVED_LISTS
+
+ORPHANS = 8
+
+
+def _abandoned_get(port: int, path: str, key: str, rid: str) -> socket.socket:
+    """A GET sent in full on a raw socket (closed later by the caller: the client gone)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    head = f"GET {path} HTTP/1.1\r\nHost: api\r\nX-API-Key: {key}\r\nX-Request-ID: {rid}"
+    sock.sendall(f"{head}\r\n\r\n".encode())
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def _served(settings: Settings) -> AsyncIterator[int]:
+    """The app served by uvicorn on a loopback port, on this event loop (its store proxies
+    too); the port."""
+    port = free_port()
+    app = create_app(settings.model_copy(update={"api_gc_freeze": False}))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.ensure_future(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), "the API did not start"
+            await asyncio.sleep(0.02)
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def test_a_request_whose_client_left_while_queued_is_not_worked_out(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    proxy = await store_proxy(api_settings.mongo_url)
+    settings = api_settings.model_copy(
+        update={
+            "mongo_url": proxy.mongo_url,
+            "api_key_cache_s": 600.0,
+            "api_deadline_ms": 1000,
+            # one request at a time, a queue that waits for as long as the slot is held
+            "api_max_concurrency": 1,
+            "api_adaptive_concurrency": False,
+            "api_queue_timeout_ms": 20_000,
+        }
+    )
+    direct = clients.mongo_async(api_settings)
+    lists = direct[api_settings.mongo_db][SERVED_LISTS]
+    read, write = keys["read"], keys["write"]
+    tag = uuid.uuid4().hex[:8]
+    orphans = [f"orphan{tag}{i}" for i in range(ORPHANS)]
+    try:
+        async with (
+            _served(settings) as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client,
+        ):
+            # both keys cached, the events processor ready
+            r = await client.get("/v1/users/u1/recommendations?k=5", headers=h(read))
+            assert r.status_code == 200, r.text
+            r = await client.post("/v1/events", json={"events": [_like()]}, headers=h(write))
+            assert r.status_code == 200, r.text
+            # the one slot held: an event batch whose claim insert the store holds
+            proxy.hold_if = command_on("insert", "events")
+            holder = asyncio.ensure_future(
+                client.post("/v1/events", json={"events": [_like()]}, headers=h(write))
+            )
+            while proxy.held == 0:
+                await asyncio.sleep(0.01)
+            socks = [
+                _abandoned_get(port, f"/v1/users/u{i + 2}/recommendations?k=5", read, rid)
+                for i, rid in enumerate(orphans)
+            ]
+            await asyncio.sleep(0.3)  # queued behind the batch
+            for sock in socks:  # the clients give up
+                sock.close()
+            await asyncio.sleep(0.2)
+            proxy.release()
+            assert (await holder).status_code == 200
+            live = f"live{tag}"
+            r = await client.get(
+                "/v1/users/u1/recommendations?k=5", headers={**h(read), "X-Request-ID": live}
+            )
+            assert r.status_code == 200, r.text
+            end = time.monotonic() + 30
+            while not await lists.count_documents({"_id": live}):
+                assert time.monotonic() < end, "the live request's list was never logged"
+                await asyncio.sleep(0.1)
+            # the orphans were admitted before it: logged by now, had they been worked out
+            logged = await lists.distinct("_id", {"_id": {"$in": orphans}})
+            metrics = (await client.get("/metrics")).text
+        # nobody read those lists: none was worked out, logged or counted toward exposure
+        assert logged == []
+        assert f'opendisco_api_rejected_total{{reason="client_gone"}} {ORPHANS}.0' in metrics
+    finally:
+        await proxy.close()
+        await direct.close()
+
+
+def _like() -> dict[str, str]:
+    return {"id": uuid.uuid4().hex, "type": "like", "user_id": "u1", "item_id": "p201"}
