@@ -21,7 +21,6 @@ exposure, while the live requests behind it waited.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 import uuid
@@ -100,13 +99,13 @@ async def _ready_message(receive: Receive) -> Message | None:
     """The client's next message if the server holds it now (a disconnect once the client
     went away; a bodiless request's own), else None: never waited for."""
     task = asyncio.ensure_future(receive())
-    await asyncio.sleep(0)  # one step: a message the server holds is returned in it
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None
+    try:
+        await asyncio.sleep(0)  # one step: a message the server holds is returned in it
+    finally:
+        waiting = not task.done()
+        if waiting:  # nothing received: the wait is cancelled (also when this caller is)
+            task.cancel()
+    return None if waiting else task.result()
 
 
 class Edge:
