@@ -15,7 +15,10 @@ A request whose client went away while it waited for admission (a client that ti
 retries leaves the request it gave up on in the queue: a retry storm is mostly such requests)
 is dropped once admitted, before any work: its slot goes to the next in the queue. Worked out,
 each one took a slot for a whole answer nobody read, its list logged and counted toward
-exposure, while the live requests behind it waited.
+exposure, while the live requests behind it waited. A read whose client goes away while it is
+worked out is cancelled then (:func:`_unless_gone`); an event batch is not (it runs to its end
+in its own task, ``serving._writes``: its request keeps the slot, so abandoned batches stay
+bounded by admission).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
@@ -43,6 +46,8 @@ __all__ = ["Edge"]
 _RID = re.compile(REQUEST_ID_PATTERN)
 #: the paths whose requests go through admission control
 _BOUNDED = "/v1/"
+#: the status a read whose client went away is recorded with (nginx's "client closed request")
+CLIENT_GONE = 499
 
 
 def _declares_body(scope: Scope) -> bool:
@@ -108,6 +113,55 @@ async def _ready_message(receive: Receive) -> Message | None:
     return None if waiting else task.result()
 
 
+async def _unless_gone(
+    run: Callable[[Receive], Awaitable[None]],
+    ready: list[Message],
+    receive: Receive,
+    answered: Callable[[], bool],
+) -> bool:
+    """Run a read (``run``: the app, given its ``receive``), cancelled as soon as its client
+    goes away: whether it was. The client's messages are read here (a disconnect is all that
+    can come once the request is read); the app is handed ``ready``, then a disconnect when
+    there is one (the server's disconnect once the answer is sent, ``answered``, cancels
+    nothing). Worked out, an answer nobody reads held its slot to the deadline (and its
+    fallback after it) while live requests waited in the queue; the pipeline counts a page
+    only when it picks it, with no await after, so a read cancelled before is counted
+    nowhere."""
+    gone = asyncio.Event()
+    pending = list(ready)
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    async def app_receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    work = asyncio.ensure_future(run(app_receive))
+    watcher = asyncio.ensure_future(watch())
+    watcher.add_done_callback(lambda t: t.cancelled() or t.exception())
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done() or not gone.is_set() or answered():
+            await work
+            return False
+        work.cancel()
+        try:
+            await work  # its cleanup done before its slot is freed
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this request cancelled too
+                raise
+        return True
+    finally:
+        watcher.cancel()
+        work.cancel()  # a no-op once it is done
+
+
 class Edge:
     """Request id (echoed when well-formed, else generated), latency per route, request
     bodies read in full (bounded in size and time), and /v1 requests admitted (or shed) by
@@ -137,9 +191,12 @@ class Edge:
         rid = incoming if _RID.match(incoming) else uuid.uuid4().hex
         scope["state"] = {**scope.get("state", {}), "request_id": rid}
         status = 500
+        sent = False  # the whole response
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, sent
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                sent = True
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
@@ -188,17 +245,23 @@ class Edge:
                 return
             if message is not None:
                 ready.append(message)
-        if ready:
-            receive = _replay(ready, receive)
         admitted = time.perf_counter()
         if metrics is not None:
             metrics.in_flight.set(self.admission.in_flight)
             metrics.queued.set(self.admission.waiting)
+        abandoned = False
         try:
-            await self.app(scope, receive, send_with_id)
+            if bounded and scope["method"] == "GET":
+                abandoned = await _unless_gone(
+                    lambda rcv: self.app(scope, rcv, send_with_id), ready, receive, lambda: sent
+                )
+                if abandoned:  # the client closed the request (nginx's 499), not an error
+                    status = CLIENT_GONE
+            else:
+                await self.app(scope, _replay(ready, receive) if ready else receive, send_with_id)
         finally:
             if bounded:
-                if scope["method"] == "GET":  # reads size the limit (event writes vary)
+                if scope["method"] == "GET" and not abandoned:  # reads size the limit
                     self.admission.observe(time.perf_counter() - admitted)
                 self.admission.release()
             if metrics is not None:

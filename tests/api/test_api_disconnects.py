@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from api_support import free_port, h
 from tcp_faults import command_on, store_proxy
@@ -126,3 +127,52 @@ async def test_a_request_whose_client_left_while_queued_is_not_worked_out(
 
 def _like() -> dict[str, str]:
     return {"id": uuid.uuid4().hex, "type": "like", "user_id": "u1", "item_id": "p201"}
+
+
+async def test_a_read_whose_client_left_mid_work_frees_its_slot_at_once(
+    api_settings: Settings,
+    api_catalogue: dict[str, Any],
+    keys: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = await store_proxy(api_settings.mongo_url)
+    settings = api_settings.model_copy(
+        update={
+            "mongo_url": proxy.mongo_url,
+            "api_key_cache_s": 600.0,
+            "api_deadline_ms": 4000,
+            "api_max_concurrency": 1,
+            "api_adaptive_concurrency": False,
+            "api_queue_timeout_ms": 20_000,
+        }
+    )
+    read = keys["read"]
+    item = str(api_catalogue["items"][0]["_id"])
+    try:
+        async with (
+            _served(settings) as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client,
+        ):
+            r = await client.get("/v1/users/u1/recommendations?k=5", headers=h(read))
+            assert r.status_code == 200, r.text
+            # the one slot held by a member's list whose member document the store holds
+            # (to the deadline, then its fallback's own read of it)
+            proxy.hold_if = command_on("find", "users")
+            sock = _abandoned_get(port, "/v1/users/u3/recommendations?k=5", read, "gone1")
+            while proxy.held == 0:
+                await asyncio.sleep(0.01)
+            sock.close()  # the client gives up
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            r = await client.get(f"/v1/items/{item}/similar?k=5", headers=h(read))
+            took = time.monotonic() - started
+            assert r.status_code == 200, r.text
+            metrics = (await client.get("/metrics")).text
+            proxy.release()
+        # answered at once, not after the abandoned read's 4 s deadline and fallback
+        assert took < 2.0, took
+        gone = 'route="/v1/users/{user_id}/recommendations",status="499"'
+        assert any(gone in line and "_count" in line for line in metrics.splitlines())
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    finally:
+        await proxy.close()
