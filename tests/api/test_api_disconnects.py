@@ -39,11 +39,23 @@ def _abandoned_get(port: int, path: str, key: str, rid: str) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def _served(settings: Settings) -> AsyncIterator[int]:
-    """The app served by uvicorn on a loopback port, on this event loop (its store proxies
-    too); the port."""
+async def _one_slot(
+    settings: Settings, mongo_url: str, deadline_ms: int, read: str
+) -> AsyncIterator[tuple[int, httpx.AsyncClient]]:
+    """The app served by uvicorn on a loopback port, on this event loop (its store proxy
+    too), one request at a time and a queue that waits as long as the slot is held; its port
+    and a client of it, once a member's list was served (``read`` cached, the pipeline warm)."""
     port = free_port()
-    app = create_app(settings.model_copy(update={"api_gc_freeze": False}))
+    update = {
+        "mongo_url": mongo_url,
+        "api_key_cache_s": 600.0,
+        "api_deadline_ms": deadline_ms,
+        "api_max_concurrency": 1,
+        "api_adaptive_concurrency": False,
+        "api_queue_timeout_ms": 20_000,
+        "api_gc_freeze": False,
+    }
+    app = create_app(settings.model_copy(update=update))
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -52,7 +64,10 @@ async def _served(settings: Settings) -> AsyncIterator[int]:
         while not server.started:
             assert not task.done(), "the API did not start"
             await asyncio.sleep(0.02)
-        yield port
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            r = await client.get("/v1/users/u1/recommendations?k=5", headers=h(read))
+            assert r.status_code == 200, r.text
+            yield port, client
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
@@ -62,30 +77,14 @@ async def test_a_request_whose_client_left_while_queued_is_not_worked_out(
     api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
     proxy = await store_proxy(api_settings.mongo_url)
-    settings = api_settings.model_copy(
-        update={
-            "mongo_url": proxy.mongo_url,
-            "api_key_cache_s": 600.0,
-            "api_deadline_ms": 1000,
-            # one request at a time, a queue that waits for as long as the slot is held
-            "api_max_concurrency": 1,
-            "api_adaptive_concurrency": False,
-            "api_queue_timeout_ms": 20_000,
-        }
-    )
     direct = clients.mongo_async(api_settings)
     lists = direct[api_settings.mongo_db][SERVED_LISTS]
     read, write = keys["read"], keys["write"]
     tag = uuid.uuid4().hex[:8]
     orphans = [f"orphan{tag}{i}" for i in range(ORPHANS)]
     try:
-        async with (
-            _served(settings) as port,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client,
-        ):
-            # both keys cached, the events processor ready
-            r = await client.get("/v1/users/u1/recommendations?k=5", headers=h(read))
-            assert r.status_code == 200, r.text
+        async with _one_slot(api_settings, proxy.mongo_url, 1000, read) as (port, client):
+            # the write key cached, the events processor ready
             r = await client.post("/v1/events", json={"events": [_like()]}, headers=h(write))
             assert r.status_code == 200, r.text
             # the one slot held: an event batch whose claim insert the store holds
@@ -136,25 +135,10 @@ async def test_a_read_whose_client_left_mid_work_frees_its_slot_at_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     proxy = await store_proxy(api_settings.mongo_url)
-    settings = api_settings.model_copy(
-        update={
-            "mongo_url": proxy.mongo_url,
-            "api_key_cache_s": 600.0,
-            "api_deadline_ms": 4000,
-            "api_max_concurrency": 1,
-            "api_adaptive_concurrency": False,
-            "api_queue_timeout_ms": 20_000,
-        }
-    )
     read = keys["read"]
     item = str(api_catalogue["items"][0]["_id"])
     try:
-        async with (
-            _served(settings) as port,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client,
-        ):
-            r = await client.get("/v1/users/u1/recommendations?k=5", headers=h(read))
-            assert r.status_code == 200, r.text
+        async with _one_slot(api_settings, proxy.mongo_url, 4000, read) as (port, client):
             # the one slot held by a member's list whose member document the store holds
             # (to the deadline, then its fallback's own read of it)
             proxy.hold_if = command_on("find", "users")
