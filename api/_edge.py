@@ -35,6 +35,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opendisco._exceptions import BodyTimeout, BodyTooLarge, Overloaded
+from opendisco.serving import retrieve
 from opendisco.signals import REQUEST_ID_PATTERN
 
 from ._admission import Admission
@@ -143,7 +144,7 @@ async def _unless_gone(
 
     work = asyncio.ensure_future(run(app_receive))
     watcher = asyncio.ensure_future(watch())
-    watcher.add_done_callback(lambda t: t.cancelled() or t.exception())
+    watcher.add_done_callback(retrieve)
     try:
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if work.done() or not gone.is_set() or answered():
@@ -159,7 +160,9 @@ async def _unless_gone(
         return True
     finally:
         watcher.cancel()
-        work.cancel()  # a no-op once it is done
+        if not work.done():  # this request cancelled: its work too, its end not waited for
+            work.cancel()
+            work.add_done_callback(retrieve)
 
 
 class Edge:

@@ -37,6 +37,7 @@ from ._stages import (
     params_for,
     read_member,
 )
+from ._tasks import retrieve
 from ._types import (
     MAX_CANDIDATES,
     MAX_K,
@@ -86,5 +87,6 @@ __all__ = [
     "params_for",
     "read_member",
     "read_rule_fields",
+    "retrieve",
     "stored_rule_fields",
 ]
