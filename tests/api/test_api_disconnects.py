@@ -25,6 +25,8 @@ from tcp_faults import command_on, store_proxy
 
 from opendisco import Settings, clients
 from opendisco.api import create_app
+from opendisco.api._admission import Admission
+from opendisco.api._edge import Edge
 from opendisco.signals import SERVED_LISTS
 
 ORPHANS = 8
@@ -160,3 +162,56 @@ async def test_a_read_whose_client_left_mid_work_frees_its_slot_at_once(
         assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
     finally:
         await proxy.close()
+
+
+async def _edge_read(app_tail_s: float, gone_after_s: float | None) -> tuple[list[Any], bool]:
+    """One GET through the :class:`Edge` on a server that reports a disconnect once the
+    response is complete (as uvicorn does), or ``gone_after_s`` into the request (the client
+    leaving); the app answers at once, then ``app_tail_s`` of work. The messages sent and
+    whether the app got to its end."""
+    answered = asyncio.Event()
+    done = False
+    sent: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal done
+        if gone_after_s is not None:
+            await asyncio.sleep(10 * gone_after_s)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+        answered.set()
+        await asyncio.sleep(app_tail_s)
+        done = True
+
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if gone_after_s is None:
+            await answered.wait()
+        else:
+            await asyncio.sleep(gone_after_s)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    admission = Admission(1)
+    edge = Edge(app, admission, get_metrics=lambda: None)
+    scope = {"type": "http", "method": "GET", "path": "/v1/x", "headers": []}
+    await asyncio.wait_for(edge(scope, receive, send), 5)
+    assert admission.in_flight == 0
+    return sent, done
+
+
+async def test_a_read_answered_in_full_is_not_cancelled_by_the_servers_disconnect() -> None:
+    sent, done = await _edge_read(app_tail_s=0.05, gone_after_s=None)
+    assert sent[0]["status"] == 200 and done  # the work after the answer ran to its end
+
+
+async def test_a_read_whose_client_leaves_is_cancelled_at_once() -> None:
+    sent, done = await _edge_read(app_tail_s=0.0, gone_after_s=0.05)
+    assert sent == [] and not done
