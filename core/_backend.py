@@ -6,12 +6,19 @@ I/O call of opendisco runs inside :func:`backend_errors`, which maps them throug
 ``mapped(f"{what}: {exc}") from exc`` — the pattern of httpx's ``map_httpcore_exceptions``.
 Errors that carry meaning for the caller (a 404 that means "absent", a duplicate key that means
 "already claimed") are caught *inside* the block, before they reach the map.
+
+A 200 from OpenSearch can still be partial: a search some shards failed (``_shards.failed``,
+their hits missing) or that timed out, an ``_mget`` whose documents are error objects.
+:func:`whole_search` and :func:`whole_docs` turn those into :class:`SearchBackendError` for
+the lookups whose callers read a missing hit as a fact (an item with no impressions, no cap of
+its own): the same error a refused lookup raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from opensearchpy.exceptions import ConnectionTimeout, OpenSearchException
 from opensearchpy.exceptions import NotFoundError as SearchNotFound
@@ -26,7 +33,7 @@ from ._exceptions import (
     StoreUnreachable,
 )
 
-__all__ = ["BACKEND_EXC_MAP", "backend_errors", "map_backend_error"]
+__all__ = ["BACKEND_EXC_MAP", "backend_errors", "map_backend_error", "whole_docs", "whole_search"]
 
 #: library exception -> opendisco exception (checked in order)
 BACKEND_EXC_MAP: tuple[tuple[type[BaseException], type[BackendError]], ...] = (
@@ -75,3 +82,25 @@ def backend_errors(what: str, *, not_found: str | None = None) -> Iterator[None]
         mapped = map_backend_error(exc, what)
         assert mapped is not None
         raise mapped from exc
+
+
+def whole_search(resp: Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    """``resp``, a search answer, when every shard answered in time; else
+    :class:`SearchBackendError` (its hits are some of the matches, not all of them)."""
+    shards = resp.get("_shards") or {}
+    failed = int(shards.get("failed") or 0)
+    if failed or resp.get("timed_out"):
+        reasons = [str((f.get("reason") or {}).get("type", f)) for f in shards.get("failures") or []]
+        said = f"{failed} of {shards.get('total', '?')} shards failed" if failed else "timed out"
+        raise SearchBackendError(f"{what}: partial answer ({said}: {sorted(set(reasons))[:3]})")
+    return resp
+
+
+def whole_docs(docs: Sequence[Mapping[str, Any]], what: str) -> Sequence[Mapping[str, Any]]:
+    """``docs`` of an ``_mget`` answer when none is an error object (a shard's get queue
+    rejected it: not a document that is absent); else :class:`SearchBackendError`."""
+    if errors := [d for d in docs if "error" in d]:
+        first = errors[0]["error"]
+        said = first.get("type", first) if isinstance(first, Mapping) else first
+        raise SearchBackendError(f"{what}: {len(errors)} of {len(docs)} documents failed: {said}")
+    return docs

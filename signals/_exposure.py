@@ -28,7 +28,7 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch
 from opensearchpy.exceptions import NotFoundError, RequestError
 
-from opendisco._backend import backend_errors
+from opendisco._backend import backend_errors, whole_docs, whole_search
 from opendisco._exceptions import InvalidInput, NotFound, PartialWrite, SearchBackendError
 from opendisco._settings import Settings
 
@@ -161,7 +161,8 @@ class ExposureStore:
                     )
                 except NotFoundError:
                     return caps  # no items index yet: defaults
-            for hit in resp["hits"]["hits"]:
+            # a failed shard's items read as having no cap: the default (200) over their own
+            for hit in whole_search(resp, "exposure caps lookup")["hits"]["hits"]:
                 own_cap = (hit.get("fields") or {}).get("exposure_cap", [None])[0]
                 caps[hit["_id"]] = item_cap(own_cap, self.settings.exposure_default_cap)
         return caps
@@ -323,7 +324,7 @@ class ExposureStore:
         resp = await self.client.mget(
             index=self.index, body={"ids": ids}, params={"_source_includes": ",".join(READ_FIELDS)}
         )
-        return list(resp.get("docs", []))
+        return list(whole_docs(resp.get("docs", []), "exposure counts lookup"))
 
     async def landed(self, ids: Iterable[str], mark: str) -> set[str]:
         """Of ``ids``, those whose counter write with ``mark`` landed; on the others it is
@@ -352,7 +353,7 @@ class ExposureStore:
                 index=self.index,
                 body={**query, "stored_fields": "_none_", "docvalue_fields": READ_FIELDS},
             )
-            for hit in resp["hits"]["hits"]:
+            for hit in whole_search(resp, "exposure counts lookup")["hits"]["hits"]:
                 got = {k: v[0] for k, v in (hit.get("fields") or {}).items() if v}
                 if (item := got.pop("item_id", None)) is not None:
                     docs.append({"_id": item, "found": True, "_source": got})

@@ -27,7 +27,7 @@ from typing import Any
 
 from opensearchpy.exceptions import NotFoundError
 
-from opendisco._backend import backend_errors
+from opendisco._backend import backend_errors, whole_search
 
 from ._caps import KnownImpressions, window_count
 from ._copies import LocalCopy
@@ -79,7 +79,8 @@ async def scan_counters(
                 }
                 if after is not None:
                     body["search_after"] = after
-                hits = (await store.client.search(index=store.index, body=body))["hits"]["hits"]
+                resp = await store.client.search(index=store.index, body=body)
+                hits = whole_search(resp, "exposure counters scan")["hits"]["hits"]
                 for hit in hits:
                     fields = {k: v[0] for k, v in (hit.get("fields") or {}).items() if v}
                     if (item := fields.get("item_id")) is not None:

@@ -17,7 +17,11 @@ touched, nothing of OpenSearch is mocked: every request not faulted reaches it):
 * ``hang_if(method, path)``: the matching requests wait unanswered (a paused engine) until
   :meth:`FaultyHttpProxy.resume` or the proxy's exit, then go through (``hung`` counts them);
 * ``missing_if(method, path)``: the matching requests answered 404 ``index_not_found_exception``
-  (a node behind on the cluster state, e.g. resumed after a pause, asked about a new index).
+  (a node behind on the cluster state, e.g. resumed after a pause, asked about a new index);
+* ``rewrite_if(method, path, answer)``: the engine's 200 JSON answers to the matching requests
+  are replaced by what it returns (None: left as they are; ``rewritten`` counts them): the
+  engine's partial answers, e.g. a search with ``_shards.failed`` (a shard's search queue
+  full: its hits missing from a 200) or an ``_msearch`` with one sub-search an error object.
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class FaultyHttpProxy:
         self.hang_if: Callable[[str, str], bool] | None = None
         self.hung = 0
         self.missing_if: Callable[[str, str], bool] | None = None
+        self.rewrite_if: Callable[[str, str, dict[str, Any]], dict[str, Any] | None] | None = None
+        self.rewritten = 0
         self._resumed: asyncio.Event | None = None  # the proxy loop's, made in _start
         self.port = 0
         self.answered: dict[int, int] = {}
@@ -178,6 +184,11 @@ class FaultyHttpProxy:
         if self.reject_item is not None and request.path.endswith("/_mget"):
             return await self._mget(request, body)
         status, data, ctype = await self._forward(request, body)
+        if self.rewrite_if is not None and status == 200 and ctype.startswith("application/json"):
+            new = self.rewrite_if(request.method, request.path, json.loads(data))
+            if new is not None:
+                self.rewritten += 1
+                return web.json_response(new)
         return web.Response(body=data, status=status, headers={"Content-Type": ctype})
 
     def resume(self) -> None:
