@@ -33,7 +33,14 @@ from ._exceptions import (
     StoreUnreachable,
 )
 
-__all__ = ["BACKEND_EXC_MAP", "backend_errors", "map_backend_error", "whole_docs", "whole_search"]
+__all__ = [
+    "BACKEND_EXC_MAP",
+    "backend_errors",
+    "map_backend_error",
+    "partial",
+    "whole_docs",
+    "whole_search",
+]
 
 #: library exception -> opendisco exception (checked in order)
 BACKEND_EXC_MAP: tuple[tuple[type[BaseException], type[BackendError]], ...] = (
@@ -84,15 +91,23 @@ def backend_errors(what: str, *, not_found: str | None = None) -> Iterator[None]
         raise mapped from exc
 
 
+def partial(resp: Mapping[str, Any]) -> str | None:
+    """Why the search answer ``resp`` holds only some of the matches (shards failed, or it
+    timed out), or None when it is whole."""
+    shards = resp.get("_shards") or {}
+    failed = int(shards.get("failed") or 0)
+    if not failed and not resp.get("timed_out"):
+        return None
+    reasons = [str((f.get("reason") or {}).get("type", f)) for f in shards.get("failures") or []]
+    said = f"{failed} of {shards.get('total', '?')} shards failed" if failed else "timed out"
+    return f"partial answer ({said}: {sorted(set(reasons))[:3]})"
+
+
 def whole_search(resp: Mapping[str, Any], what: str) -> Mapping[str, Any]:
     """``resp``, a search answer, when every shard answered in time; else
     :class:`SearchBackendError` (its hits are some of the matches, not all of them)."""
-    shards = resp.get("_shards") or {}
-    failed = int(shards.get("failed") or 0)
-    if failed or resp.get("timed_out"):
-        reasons = [str((f.get("reason") or {}).get("type", f)) for f in shards.get("failures") or []]
-        said = f"{failed} of {shards.get('total', '?')} shards failed" if failed else "timed out"
-        raise SearchBackendError(f"{what}: partial answer ({said}: {sorted(set(reasons))[:3]})")
+    if (why := partial(resp)) is not None:
+        raise SearchBackendError(f"{what}: {why}")
     return resp
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from opensearchpy import AsyncOpenSearch
 
-from opendisco._backend import backend_errors
+from opendisco._backend import backend_errors, partial
 from opendisco._exceptions import InvalidInput, SearchBackendError, TemplateParamError
 from opendisco._settings import Settings
 from opendisco.ingest import PACKED_FIELD
@@ -84,7 +84,7 @@ class CandidateSet:
     took_ms: int  # engine time (max over sources)
     wall_ms: float  # round trip as seen by the client
     source_took: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # source -> error (degraded)
+    errors: dict[str, str] = field(default_factory=dict)  # source -> why it is not whole (degraded)
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -322,7 +322,9 @@ async def generate_candidates(
     """Render the surface, run its sources in one ``_msearch``, fuse them.
 
     A failing source degrades the set (``errors``) instead of failing it; when every source
-    fails the error is raised. ``similar`` fetches the anchor's vectors first (one GET).
+    fails the error is raised. A source the engine answered in part (shards failed, timed
+    out) keeps its hits and is named in ``errors`` too, as is one the answer left out.
+    ``similar`` fetches the anchor's vectors first (one GET).
     With exposure caps on, the counters index must exist (``ExposureStore.ensure``).
     """
     params = request_params(req, settings)
@@ -349,7 +351,10 @@ async def generate_candidates(
     hits: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, str] = {}
     took: dict[str, int] = {}
-    for name, r in zip(names, resp.get("responses", []), strict=False):
+    answers = list(resp.get("responses", []))
+    for name in names[len(answers) :]:  # an answer short: those sources were not searched
+        errors[name] = "no answer in the _msearch response"
+    for name, r in zip(names, answers, strict=False):
         if "error" in r:
             err = r["error"]
             errors[name] = (
@@ -360,6 +365,8 @@ async def generate_candidates(
             continue
         took[name] = int(r.get("took", 0))
         hits[name] = r.get("hits", {}).get("hits", [])
+        if (why := partial(r)) is not None:  # its hits kept: some of its matches, named
+            errors[name] = why
     if errors and not hits:
         raise SearchBackendError(f"{req.surface}: every source failed: {errors}")
     cands = fuse(hits, rendered["fusion"], req.k)

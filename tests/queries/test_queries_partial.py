@@ -15,6 +15,7 @@ import pytest
 from http_faults import FaultyHttpProxy
 
 from opendisco import SearchBackendError, Settings, clients
+from opendisco.queries import CandidateRequest, generate_candidates
 from opendisco.signals import ExposureStore
 from opendisco.signals._exposure_mirror import scan_counters
 
@@ -64,9 +65,7 @@ async def test_a_caps_lookup_missing_a_shard_fails_the_count_not_the_cap(
     applied and 2 impressions left it off the cap list (shown to 3 more members)."""
     proxy, store, own = through
     alias = store.settings.index_alias
-    proxy.rewrite_if = lambda m, path, a: (
-        _shard_failed(a) if path == f"/{alias}/_search" else None
-    )
+    proxy.rewrite_if = lambda m, path, a: _shard_failed(a) if path == f"/{alias}/_search" else None
     with pytest.raises(SearchBackendError, match="shards failed"):
         await store.record({own: 2})
     assert proxy.rewritten == 1
@@ -98,3 +97,43 @@ async def test_counter_reads_missing_a_shard_or_a_document_fail_not_read_zero(
     proxy.rewrite_if = None
     assert (await store.read([own], realtime=False))[own].count == 1
     assert (await store.counts([own, "i0002"])) == {own: 1, "i0002": 1}
+
+
+async def test_an_msearch_with_failed_partial_and_missing_sub_searches_names_each(
+    query_settings: Settings, query_catalogue: list[dict[str, Any]]
+) -> None:
+    """One ``_msearch``: its first sub-search an error object (429: its search queue full),
+    its second a 200 missing a shard, and the answer one response short. The set keeps every
+    hit it got and names each source that is not whole (``errors``: the explain block's
+    ``source_errors``): read as whole, the partial and the unanswered sources were silent."""
+    vecs = [d["embedding"] for d in query_catalogue if d.get("category") == "jazz"][:10]
+    uv = [sum(col) / len(vecs) for col in zip(*vecs, strict=True)]
+    req = CandidateRequest(
+        surface="for_you", k=40, user_vector=uv, behaviour_vector=uv[:32], interests=["jazz"]
+    )
+
+    def degrade(method: str, path: str, answer: dict[str, Any]) -> dict[str, Any] | None:
+        if not path.endswith("/_msearch"):
+            return None
+        _first, second, *rest = answer["responses"]
+        rejected = {"error": {"type": "es_rejected_execution_exception"}, "status": 429}
+        return {**answer, "responses": [rejected, _shard_failed(second), *rest[:-1]]}
+
+    with FaultyHttpProxy(query_settings.opensearch_url) as proxy:
+        s = query_settings.model_copy(update={"opensearch_url": proxy.url})
+        client = clients.async_opensearch(s)
+        try:
+            whole = await generate_candidates(client, s, req)
+            names = list(whole.rendered["sources"])
+            assert len(names) >= 4 and not whole.errors
+            proxy.rewrite_if = degrade
+            cs = await generate_candidates(client, s, req)
+        finally:
+            await client.close()
+    assert proxy.rewritten == 1
+    assert set(cs.errors) == {names[0], names[1], names[-1]}, cs.errors
+    assert "es_rejected_execution_exception" in cs.errors[names[0]]
+    assert "shards failed" in cs.errors[names[1]]
+    assert "no answer" in cs.errors[names[-1]]
+    assert set(cs.source_took) == set(names[1:-1])  # the partial source's hits are kept
+    assert cs.candidates
