@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from opendisco._backend import backend_errors
+from opendisco._backend import backend_errors, whole_search
 from opendisco._exceptions import IndexStateError
 from opendisco._settings import Settings
 
@@ -114,7 +114,9 @@ async def _index_side(
                 settings,
                 retry_for=retry_for,
             )
-        hits = resp["hits"]["hits"]
+        # a failed shard's documents read as missing from the index (indexed again) and a
+        # short page as the scan's end (the later ones unchecked): no repair on that view
+        hits = whole_search(resp, "reading index versions")["hits"]["hits"]
         for hit in hits:
             if owns(hit["_id"]):
                 yield hit["_id"], int(hit["_version"])
