@@ -49,6 +49,13 @@ class Metrics:
             ["surface", "reason"],
             registry=self.registry,
         )
+        self.source_errors = Counter(
+            "opendisco_api_source_errors_total",
+            "Live answers (degraded) one of whose candidate sources the engine did not answer "
+            "whole (an error object in the _msearch, shards failed, timed out), by source.",
+            ["surface", "source"],
+            registry=self.registry,
+        )
         self.recheck_dropped = Counter(
             "opendisco_api_recheck_dropped_total",
             "Items a served page dropped because MongoDB says they break a rule now (the "

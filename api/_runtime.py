@@ -148,6 +148,8 @@ class Runtime:
                 self.breaker.record_success()
                 for rule, n in recs.rechecked.items():
                     self.metrics.recheck_dropped.labels(rule).inc(n)
+                for source in recs.source_errors:
+                    self.metrics.source_errors.labels(surface, source).inc()
                 return Answer(
                     items=[to_served(r, with_trace=explain) for r in recs.items],
                     version=recs.version,

@@ -266,6 +266,7 @@ class Discovery:
         recs = Recommendations(
             items=items,
             degraded=cs.degraded,
+            source_errors=dict(cs.errors),
             version=version,
             surface=plan.request.surface,
             explain=explained(plan, cs, result.trace, items, timings) if explain else None,

@@ -121,6 +121,9 @@ class Recommendations:
     rechecked: dict[str, int] = field(default_factory=dict)
     #: the page was counted toward exposure when it was picked (``_caps``): not again
     counted: bool = False
+    #: the candidate sources the engine did not answer whole (failed, partial, left out):
+    #: source -> why (the explain block's ``source_errors``; what ``degraded`` says, by name)
+    source_errors: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # an experiment's record names the members shown, no other (the ranking's top k may
@@ -138,6 +141,7 @@ class Recommendations:
         return cls(
             items=[],
             degraded=cs.degraded,
+            source_errors=dict(cs.errors),
             version=f"{cs.template_version}+{artifacts}",
             surface=plan.request.surface,
             explain={"surface": plan.request.surface, "candidates": 0, "filtered": plan.filtered}

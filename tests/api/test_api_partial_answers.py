@@ -1,0 +1,77 @@
+"""The API over candidate ``_msearch`` answers that are neither plain successes nor plain
+failures, on the real engine behind the fault proxy (``tests/http_faults.py``,
+``rewrite_if``): a 200 whose sub-searches are error objects (429: a search queue full), in
+part or all of them; an answer a response short or with none; hits without their
+``_source`` (the rule fields). Each is a 200 that shows nothing a rule forbids: a live
+answer marked ``degraded`` and counted by source, or the fallback's, never a 5xx."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from api_support import h, serve
+from http_faults import FaultyHttpProxy
+
+from opendisco import Settings
+
+URL = "/v1/users/u5/recommendations?k=10&explain=true"
+_REJECTED = {"error": {"type": "es_rejected_execution_exception", "reason": "queue"}, "status": 429}
+
+
+def _msearch(change: Any) -> Any:
+    def rewrite(method: str, path: str, answer: dict[str, Any]) -> dict[str, Any] | None:
+        return change(answer) if path.endswith("/_msearch") else None
+
+    return rewrite
+
+
+def _no_source(answer: dict[str, Any]) -> dict[str, Any]:
+    for r in answer["responses"]:
+        for hit in r.get("hits", {}).get("hits", []):
+            hit.pop("_source", None)
+    return answer
+
+
+async def test_msearch_answers_in_part_degrade_by_source_and_never_break_a_rule(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    key = keys["admin"]
+    with FaultyHttpProxy(api_settings.opensearch_url) as proxy:
+        s = api_settings.model_copy(
+            update={"opensearch_url": proxy.url, "api_breaker_failures": 100}
+        )
+        async with serve(s) as client:
+            rt = client.app.state.runtime
+            for _ in range(100):
+                if rt.fallback.ready:
+                    break
+                await asyncio.sleep(0.1)
+            whole = (await client.get(URL, headers=h(key))).json()
+            assert whole["degraded"] is False and len(whole["items"]) == 10
+            # one sub-search refused: a live answer from the others, degraded, counted
+            proxy.rewrite_if = _msearch(
+                lambda a: {**a, "responses": [_REJECTED, *a["responses"][1:]]}
+            )
+            resp = await client.get(URL, headers=h(key))
+            body = resp.json()
+            assert resp.status_code == 200 and body["degraded"] is True, resp.text
+            (failed,) = body["explain"]["source_errors"]
+            metrics = (await client.get("/metrics")).text
+            assert f'opendisco_api_source_errors_total{{source="{failed}",' in metrics
+            assert rt.breaker.state.value == "closed"
+            # none answered (all refused, or the answer holds no response): the fallback's
+            for change in (
+                lambda a: {**a, "responses": [_REJECTED for _ in a["responses"]]},
+                lambda a: {**a, "responses": []},
+            ):
+                proxy.rewrite_if = _msearch(change)
+                resp = await client.get(URL, headers=h(key))
+                body = resp.json()
+                assert resp.status_code == 200 and body["degraded"] is True, resp.text
+                assert body["items"] and not body.get("explain"), body
+            # hits without their rule fields: none shown (unconfirmed: ``available`` fails)
+            proxy.rewrite_if = _msearch(_no_source)
+            resp = await client.get(URL, headers=h(key))
+            assert resp.status_code == 200 and resp.json()["items"] == [], resp.text
+            assert resp.json()["explain"]["filtered"].get("available", 0) > 0
