@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from ingest_support import FaultyHttpProxy
 
-from opendisco import SearchBackendError, Settings, clients
+from opendisco import SearchBackendError, Settings
 from opendisco.ingest import Embedder, Syncer, reindex
 
 
@@ -29,11 +29,7 @@ def _a_shard_failed(answer: dict[str, Any]) -> dict[str, Any] | None:
 async def test_a_reconcile_page_missing_a_shard_fails_the_pass_not_the_documents(
     ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
 ) -> None:
-    client = clients.async_opensearch(ingest_settings)
-    try:
-        await reindex(ingest_settings, client=client, embedder=embedder)
-    finally:
-        await client.close()
+    await reindex(ingest_settings, embedder=embedder)  # its own client
     with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
         proxy.rewrite_if = lambda m, path, a: (
             _a_shard_failed(a) if path.endswith("/_search") else None
