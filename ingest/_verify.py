@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from opendisco._backend import whole_search
 from opendisco._exceptions import DocumentInvalid
 from opendisco._settings import Settings
 
@@ -102,7 +103,8 @@ async def _indexed(client: Any, alias: str) -> dict[str, tuple[int, int, str, bo
         }
         if after:
             body["search_after"] = after
-        resp = await client.search(index=alias, body=body)
+        # a failed shard's documents are not documents missing from the index
+        resp = whole_search(await client.search(index=alias, body=body), "verify page")
         hits = resp["hits"]["hits"]
         for hit in hits:
             src = hit["_source"]

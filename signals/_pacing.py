@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from opendisco._backend import backend_errors
+from opendisco._backend import backend_errors, whole_search
 from opendisco._exceptions import BackendError
 from opendisco._settings import Settings
 from opendisco._store import lease
@@ -362,7 +362,8 @@ class PacingController:
                 index=self.settings.index_alias,
                 body={"query": {"term": {"kind": "profile"}}},
             )
-        return int(resp.get("count", 0))
+        # a failed shard's members are not members the market lacks (nor its impressions)
+        return int(whole_search(resp, "member count").get("count", 0))
 
     async def _impressions(self, now: datetime) -> float:
         start = int(now.timestamp() * 1000) - self.exposure.window_ms
@@ -373,7 +374,7 @@ class PacingController:
         }
         with backend_errors("exposure sum failed"):
             resp = await self.exposure.client.search(index=self.exposure.index, body=body)
-        return float(resp["aggregations"]["n"]["value"] or 0.0)
+        return float(whole_search(resp, "exposure sum")["aggregations"]["n"]["value"] or 0.0)
 
 
 def _aware(ts: datetime) -> datetime:

@@ -14,7 +14,7 @@ import pytest
 from ingest_support import FaultyHttpProxy
 
 from opendisco import SearchBackendError, Settings
-from opendisco.ingest import Embedder, Syncer, reindex
+from opendisco.ingest import Embedder, Syncer, reindex, verify
 
 
 def _a_shard_failed(answer: dict[str, Any]) -> dict[str, Any] | None:
@@ -45,3 +45,21 @@ async def test_a_reconcile_page_missing_a_shard_fails_the_pass_not_the_documents
         finally:
             await syncer.close()
     assert (rec.missing, rec.gone, rec.indexed, rec.deleted) == (0, 0, 0, 0), rec
+
+
+async def test_verify_on_a_page_missing_a_shard_fails_not_reports_missing(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """Read as the whole index, the failed shard's documents were reported missing (and
+    ``verify --repair`` would re-send them): the check fails instead, as on a refused page."""
+    await reindex(ingest_settings, embedder=embedder)
+    with FaultyHttpProxy(ingest_settings.opensearch_url) as proxy:
+        proxy.rewrite_if = lambda m, path, a: (
+            _a_shard_failed(a) if path.endswith("/_search") else None
+        )
+        faulty = ingest_settings.model_copy(update={"opensearch_url": proxy.url})
+        with pytest.raises(SearchBackendError, match="shards failed"):
+            await verify(faulty)
+        assert proxy.rewritten == 1
+        proxy.rewrite_if = None
+        assert (await verify(faulty)).ok

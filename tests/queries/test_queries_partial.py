@@ -9,6 +9,7 @@ what is shown were enforced on made-up numbers. Each must fail the lookup instea
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from http_faults import FaultyHttpProxy
 
 from opendisco import SearchBackendError, Settings, clients
 from opendisco.queries import CandidateRequest, generate_candidates
-from opendisco.signals import ExposureStore
+from opendisco.signals import ExposureStore, PacingController
 from opendisco.signals._exposure_mirror import scan_counters
 
 
@@ -137,3 +138,32 @@ async def test_an_msearch_with_failed_partial_and_missing_sub_searches_names_eac
     assert "no answer" in cs.errors[names[-1]]
     assert set(cs.source_took) == set(names[1:-1])  # the partial source's hits are kept
     assert cs.candidates
+
+
+async def test_pacing_measures_nothing_from_a_partial_count_or_sum(
+    through: tuple[FaultyHttpProxy, ExposureStore, str], async_db: Any
+) -> None:
+    """The controller's mean impressions per member: the members counted on the index and
+    the impressions summed on the counters. A failed shard's share of either, read as whole,
+    moved the budget on numbers of part of the market: the measure fails (the step is
+    skipped, :meth:`PacingController.step` keeps the last state)."""
+    proxy, store, own = through
+    await store.record({own: 3})
+    await store.client.indices.refresh(index=store.index)
+    ctl = PacingController(store.settings, async_db, store)
+    now = datetime.now(UTC)
+    _, whole = await ctl.measure(now)
+
+    def fail_shard(path: str, wanted: str, answer: dict[str, Any]) -> dict[str, Any] | None:
+        if path != wanted:
+            return None
+        shards = {"total": 2, "successful": 1, "skipped": 0, "failed": 1}
+        return {**answer, "_shards": shards}
+
+    for wanted in (f"/{store.index}/_search", f"/{store.settings.index_alias}/_count"):
+        proxy.rewrite_if = lambda m, path, a, w=wanted: fail_shard(path, w, a)
+        with pytest.raises(SearchBackendError, match="shards failed"):
+            await ctl.measure(now)
+    proxy.rewrite_if = None
+    assert proxy.rewritten == 2
+    assert (await ctl.measure(now))[1] == whole
