@@ -5,8 +5,9 @@ times) and returns at once; the work — :func:`opendisco.eval.compare_artifacts
 ``opendisco eval`` over the current and the draft served artifacts — runs in a worker thread
 of the process that took the request, one evaluation at a time across processes (a lease in
 ``playground_locks``: they share the evaluation namespace). The job document is refreshed
-every second with the progress, so any API process can answer ``GET .../jobs/{id}``; a job
-whose process died stops refreshing and reads as ``interrupted``. Cancelled (shutdown) jobs
+every second with the progress (a queued job's too), so any API process can answer
+``GET .../jobs/{id}``; a job whose process died, queued or running, stops refreshing and reads
+as ``interrupted``. Cancelled (shutdown) jobs
 stop at the next batch of users.
 """
 
@@ -21,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import NotFound, OpenDiscoError
+from opendisco._exceptions import NotFound, OpenDiscoError, Overloaded
 from opendisco._settings import Settings
-from opendisco._store import lease
+from opendisco._store import lease, renewing
 from opendisco.eval import compare_artifacts
 from opendisco.eval._compare import namespaced
 from opendisco.eval._runner import finite
@@ -37,9 +38,13 @@ log = logging.getLogger("opendisco.api.playground")
 
 JOBS = "playground_jobs"
 LOCKS = "playground_locks"
-#: a running job refreshes its document this often; twice... this long silent = interrupted
+#: a queued or running job refreshes its document this often; this long silent = interrupted
 _BEAT_S = 1.0
 _STALE_S = 60.0
+#: the evaluation jobs one API process holds unfinished (one runs at a time, the others wait
+#: for the slot): each waiting job polls the slot's lease and beats, so without a bound a
+#: script posting evaluations in a loop piled up tasks and store round trips without end
+MAX_PENDING = 8
 
 
 class _Cancelled(Exception):
@@ -64,6 +69,7 @@ class EvalJobs:
         self.rt = rt
         self.coll = rt.db[JOBS]
         self.locks = rt.db[LOCKS]
+        self.pending: set[asyncio.Task[None]] = set()
 
     async def start(
         self,
@@ -76,6 +82,12 @@ class EvalJobs:
         k: int,
         seed: int,
     ) -> dict[str, Any]:
+        if len(self.pending) >= MAX_PENDING:
+            raise Overloaded(
+                f"{len(self.pending)} evaluations are queued or running in this API process "
+                f"(at most {MAX_PENDING}); retry when one has finished",
+                retry_after=30.0,
+            )
         settings = self.rt.settings
         now = datetime.now(UTC)
         doc = {
@@ -104,6 +116,8 @@ class EvalJobs:
             await self.coll.insert_one(doc)
         task = asyncio.create_task(self._run(doc, current, candidate))
         self.rt.tasks.append(task)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
         task.add_done_callback(lambda t: t in self.rt.tasks and self.rt.tasks.remove(t))
         return self._public(doc)
 
@@ -113,7 +127,7 @@ class EvalJobs:
 
     async def _run(self, doc: dict[str, Any], current: Artifacts, candidate: Artifacts) -> None:
         job_id, p = doc["_id"], doc["params"]
-        state = {"phase": "starting", "done": 0, "total": 0}
+        state = {"phase": doc["phase"], "done": 0, "total": 0}
         cancel = threading.Event()
 
         def progress(phase: str, done: int, total: int) -> None:
@@ -135,16 +149,26 @@ class EvalJobs:
             )
             return finite(comparison.as_dict())
 
+        # one write of the job document at a time: FerretDB 1.x rewrites the whole document,
+        # and a beat beside the "running" write could undo it
+        writes = asyncio.Lock()
+
+        async def beat() -> None:
+            async with writes:
+                await self._set(job_id, beat_at=datetime.now(UTC), **state)
+
         try:
-            async with lease(
-                self.locks, ["eval"], lease_s=3600, wait_s=3600, what="playground evaluation"
-            ):
-                await self._set(job_id, status="running", started_at=datetime.now(UTC))
-                fut = asyncio.ensure_future(asyncio.to_thread(work))
-                while not fut.done():
-                    await asyncio.wait({fut}, timeout=_BEAT_S)
-                    await self._set(job_id, beat_at=datetime.now(UTC), **state)
-                result = fut.result()
+            # the job beats from the start, queued too: a job whose process died while it
+            # waited for the slot read "queued" for ever. A beat that fails (the store cut)
+            # is retried at the next one and fails nothing: the work goes on
+            async with renewing(beat, _BEAT_S):
+                async with lease(
+                    self.locks, ["eval"], lease_s=3600, wait_s=3600, what="playground evaluation"
+                ):
+                    state["phase"] = "starting"
+                    async with writes:
+                        await self._set(job_id, status="running", started_at=datetime.now(UTC))
+                    result = await asyncio.to_thread(work)
             await self._set(
                 job_id, status="done", result=result, phase="done", finished_at=datetime.now(UTC)
             )
@@ -171,7 +195,7 @@ class EvalJobs:
         if doc is None:
             raise NotFound(f"no evaluation job {job_id!r}")
         beat = doc.get("beat_at")
-        if isinstance(beat, datetime) and doc["status"] == "running":
+        if isinstance(beat, datetime) and doc["status"] in ("queued", "running"):
             beat = beat.replace(tzinfo=beat.tzinfo or UTC)
             if datetime.now(UTC) - beat > timedelta(seconds=_STALE_S):
                 doc["status"], doc["error"] = "interrupted", "its API process stopped"
