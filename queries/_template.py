@@ -166,8 +166,10 @@ def _parse(
     if not isinstance(sources, Mapping) or not sources:
         raise ConfigError(f"{surface}: 'sources' must map source names to {{requires, body}}")
     fusion = raw.get("fusion", {})
-    if not isinstance(fusion, Mapping):
-        raise ConfigError(f"{surface}: 'fusion' must be an object")
+    if not isinstance(fusion, Mapping) or {"$param", "$if", "$ref"} & set(fusion):
+        # a directive in place of the whole fusion rendered to a number or nothing: an
+        # AttributeError (HTTP 500) on the playground, or on every request that left it unset
+        raise ConfigError(f"{surface}: 'fusion' must be an object (not a directive)")
     tpl = Template(
         surface=surface,
         version=version,

@@ -95,6 +95,8 @@ def _edited(path: str, value: object) -> dict:
         ("fusion/explore_share", "x", "explore_share must be within 0..1"),
         ("fusion/explore_share", 1e308, "explore_share must be within 0..1"),
         ("fusion/explore_source", ["fresh"], "explore_source must name a source"),
+        ("fusion", {"$param": "k"}, "'fusion' must be an object"),  # AttributeError
+        ("fusion", {"$if": "location", "then": {}}, "'fusion' must be an object"),
         # the parameters every request sets keep their shipped declarations: a text type would
         # clip the viewer's id to its first word, the self-exclusion would match nobody
         ("params/viewer_id", {"type": "text", "max_terms": 1, "nullable": True}, "redeclares"),
