@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -68,9 +69,11 @@ class DraftIn(BaseModel):
 
 def _check_body(body: Any) -> None:
     """The draft body nests at most :data:`MAX_DRAFT_DEPTH` levels and its texts (keys and
-    values) are Unicode: a lone surrogate (the JSON escape ``"\\ud800"``, which the request's
+    values) are Unicode and its numbers finite: a lone surrogate (the JSON escape ``"\\ud800"``, which the request's
     parser takes) was stored, and then every answer holding the draft failed to encode: a
-    500, the draft unreadable. Walked without recursion."""
+    500, the draft unreadable. ``NaN``/``Infinity`` (which the parser takes too) passed every
+    check, were promoted as a file that is not JSON, and failed the source at the engine on
+    every request. Walked without recursion."""
     todo: list[tuple[Any, int]] = [(body, 1)]
     while todo:
         node, depth = todo.pop()
@@ -81,6 +84,11 @@ def _check_body(body: Any) -> None:
             for key, value in items:
                 todo.append((key, depth))
                 todo.append((value, depth + 1))
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise InvalidInput(
+                "the draft holds a number that is not finite (NaN or Infinity): JSON has none, "
+                "and the engine refuses the body"
+            )
         elif isinstance(node, str):
             try:
                 node.encode()

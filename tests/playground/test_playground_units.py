@@ -95,6 +95,8 @@ def _edited(path: str, value: object) -> dict:
         ("fusion/explore_share", "x", "explore_share must be within 0..1"),
         ("fusion/explore_share", 1e308, "explore_share must be within 0..1"),
         ("fusion/explore_source", ["fresh"], "explore_source must name a source"),
+        ("sources/trending/body/min_score", float("nan"), "not finite"),  # sent to the engine
+        ("sources/trending/body/x", [1, {"y": float("-inf")}], "not finite"),
         ("fusion", {"$param": "k"}, "'fusion' must be an object"),  # AttributeError
         ("fusion", {"$if": "location", "then": {}}, "'fusion' must be an object"),
         # the parameters every request sets keep their shipped declarations: a text type would
