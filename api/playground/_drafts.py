@@ -31,7 +31,7 @@ from opendisco._exceptions import (
     TemplateParamError,
 )
 from opendisco._settings import Settings
-from opendisco._store import leased_unless_atomic
+from opendisco._store import lease, leased_unless_atomic
 from opendisco.queries import Template, example_params, load, render, template_from_doc
 from opendisco.serving import Artifacts
 
@@ -166,6 +166,9 @@ class DraftStore:
     #: a write's lease on its draft outlives a crashed writer by this long
     lease_s = 10.0
     lock_wait_s = 10.0
+    #: a promotion's (or an edit's) lease on its draft (:meth:`promoting`)
+    promote_lease_s = 60.0
+    promote_wait_s = 30.0
 
     def __init__(self, db: Any) -> None:
         self.db = db
@@ -185,6 +188,20 @@ class DraftStore:
             lease_s=self.lease_s,
             wait_s=self.lock_wait_s,
             what="draft",
+        ):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def promoting(self, draft_id: str) -> AsyncIterator[None]:
+        """A promotion of the draft (read, write the version file, mark it promoted) or an
+        edit, one at a time: an edit landing between a promotion's read and its mark left a
+        draft "promoted" whose body was not the one the version file holds."""
+        async with lease(
+            self.db[DRAFT_LOCKS],
+            [f"promote-{draft_id}"],
+            lease_s=self.promote_lease_s,
+            wait_s=self.promote_wait_s,
+            what="promote",
         ):
             yield
 
@@ -215,20 +232,23 @@ class DraftStore:
         return _public(doc)
 
     async def update(self, draft_id: str, draft: DraftIn, author: dict[str, str]) -> dict:
-        current = await self.get(draft_id)
-        if current["status"] != "draft":
-            raise InvalidInput(f"draft {draft_id} was promoted; start a new draft from it")
-        fields = {
-            "kind": draft.kind,
-            "surface": draft.surface,
-            "title": draft.title or current["title"],
-            "body_json": _stored(draft.body),
-            "author": author,
-            "updated_at": datetime.now(UTC),
-        }
-        async with self.writing(draft_id):
-            with backend_errors("updating the draft failed"):
-                await self.coll.update_one({"_id": draft_id, "status": "draft"}, {"$set": fields})
+        async with self.promoting(draft_id):
+            current = await self.get(draft_id)
+            if current["status"] != "draft":
+                raise InvalidInput(f"draft {draft_id} was promoted; start a new draft from it")
+            fields = {
+                "kind": draft.kind,
+                "surface": draft.surface,
+                "title": draft.title or current["title"],
+                "body_json": _stored(draft.body),
+                "author": author,
+                "updated_at": datetime.now(UTC),
+            }
+            async with self.writing(draft_id):
+                with backend_errors("updating the draft failed"):
+                    await self.coll.update_one(
+                        {"_id": draft_id, "status": "draft"}, {"$set": fields}
+                    )
         return await self.get(draft_id)
 
     async def list(self, limit: int = 50) -> list[dict[str, Any]]:

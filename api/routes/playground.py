@@ -13,7 +13,6 @@ from pydantic import BaseModel, Field
 from opendisco._backend import backend_errors
 from opendisco._domain import ID_MAX_LENGTH, ID_PATTERN, UserSurface
 from opendisco._exceptions import InvalidInput, NotFound
-from opendisco._store import lease
 from opendisco.experiments import DesignKind, ExperimentStore
 from opendisco.queries import load
 from opendisco.serving import MAX_K
@@ -249,9 +248,7 @@ async def job(job_id: str, request: Request, rt: RuntimeDep, who: MemberDep) -> 
 async def promote_draft(draft_id: str, request: Request, rt: RuntimeDep, who: MemberDep) -> dict:
     """Write the draft as the next versioned params file / template version (once)."""
     st = state_for(request, rt)
-    async with lease(
-        rt.db["playground_locks"], [f"promote-{draft_id}"], lease_s=60, wait_s=30, what="promote"
-    ):
+    async with st.drafts.promoting(draft_id):
         draft = await st.drafts.get(draft_id)
         if draft["status"] != "draft":
             raise InvalidInput(f"draft {draft_id} was already promoted ({draft['promoted']})")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from opendisco import Settings, clients
+from opendisco import InvalidInput, Settings, clients
 from opendisco.api.playground._drafts import DraftIn, DraftStore
 
 AUTHOR = {"key_id": "k", "name": "tester"}
@@ -52,3 +52,22 @@ async def test_an_experiment_recorded_beside_a_promotion_keeps_it(drafts_db: Any
         got = await store.get(draft["id"])
         assert got["status"] == "promoted" and got["promoted"] == {"file": "p.json"}
         assert sorted(got["experiments"]) == exps
+
+
+async def test_an_edit_waits_for_a_promotion_in_progress(drafts_db: Any) -> None:
+    """An edit landing between a promotion's read of the draft and its mark left a draft
+    "promoted" whose stored body was not the one written to the version file. The edit now
+    waits for the promotion, then is refused: the promoted draft keeps the promoted body."""
+    store = DraftStore(drafts_db)
+    draft = await store.create(_draft(), AUTHOR, based_on="v1")
+    edit = DraftIn(kind="params", body={"template_params": {"w_quality": 3.0}, "rerank": {}})
+    async with store.promoting(draft["id"]):
+        read = await store.get(draft["id"])  # what the version file is written from
+        editing = asyncio.ensure_future(store.update(draft["id"], edit, AUTHOR))
+        await asyncio.sleep(0.5)
+        assert not editing.done(), "the edit did not wait for the promotion"
+        await store.mark_promoted(draft["id"], {"file": "params-v1.json"})
+    with pytest.raises(InvalidInput, match="was promoted"):
+        await editing
+    got = await store.get(draft["id"])
+    assert got["status"] == "promoted" and got["body"] == read["body"]
