@@ -185,8 +185,15 @@ class EvalJobs:
 
     @staticmethod
     def _public(doc: dict[str, Any]) -> dict[str, Any]:
+        """The job as answered; one queued or running whose document stopped being refreshed
+        (its API process died) reads ``interrupted``, in a draft's list too."""
         out = {k: _iso(v) for k, v in doc.items() if k != "_id"}
         out["id"] = doc["_id"]
+        beat = doc.get("beat_at")
+        if isinstance(beat, datetime) and doc.get("status") in ("queued", "running"):
+            beat = beat.replace(tzinfo=beat.tzinfo or UTC)
+            if datetime.now(UTC) - beat > timedelta(seconds=_STALE_S):
+                out["status"], out["error"] = "interrupted", "its API process stopped"
         return out
 
     async def get(self, job_id: str) -> dict[str, Any]:
@@ -194,11 +201,6 @@ class EvalJobs:
             doc = await self.coll.find_one({"_id": job_id})
         if doc is None:
             raise NotFound(f"no evaluation job {job_id!r}")
-        beat = doc.get("beat_at")
-        if isinstance(beat, datetime) and doc["status"] in ("queued", "running"):
-            beat = beat.replace(tzinfo=beat.tzinfo or UTC)
-            if datetime.now(UTC) - beat > timedelta(seconds=_STALE_S):
-                doc["status"], doc["error"] = "interrupted", "its API process stopped"
         return self._public(doc)
 
     async def for_draft(self, draft_id: str) -> list[dict[str, Any]]:

@@ -83,6 +83,8 @@ async def test_a_queued_job_whose_process_died_reads_interrupted(
             await asyncio.sleep(0.5)
     assert job["status"] == "interrupted", job
     assert "stopped" in job["error"]
+    # the draft's list of evaluations (what the page shows) says so too
+    assert [j["status"] for j in await reader.for_draft("d-killed")] == ["interrupted"]
 
 
 async def test_evaluations_waiting_for_the_slot_are_bounded(jobs_db: Any) -> None:
