@@ -68,12 +68,12 @@ class DraftIn(BaseModel):
 
 
 def _check_body(body: Any) -> None:
-    """The draft body nests at most :data:`MAX_DRAFT_DEPTH` levels and its texts (keys and
-    values) are Unicode and its numbers finite: a lone surrogate (the JSON escape ``"\\ud800"``, which the request's
-    parser takes) was stored, and then every answer holding the draft failed to encode: a
-    500, the draft unreadable. ``NaN``/``Infinity`` (which the parser takes too) passed every
-    check, were promoted as a file that is not JSON, and failed the source at the engine on
-    every request. Walked without recursion."""
+    """The draft body nests at most :data:`MAX_DRAFT_DEPTH` levels, its texts (keys and
+    values) are Unicode and its numbers finite. A lone surrogate (the JSON escape
+    ``"\\ud800"``, which the request's parser takes) was stored, and then every answer
+    holding the draft failed to encode: a 500, the draft unreadable. ``NaN``/``Infinity``
+    (which the parser takes too) passed every check, were promoted as a file that is not
+    JSON, and failed the source at the engine on every request. Walked without recursion."""
     todo: list[tuple[Any, int]] = [(body, 1)]
     while todo:
         node, depth = todo.pop()

@@ -161,14 +161,16 @@ class EvalJobs:
             # the job beats from the start, queued too: a job whose process died while it
             # waited for the slot read "queued" for ever. A beat that fails (the store cut)
             # is retried at the next one and fails nothing: the work goes on
-            async with renewing(beat, _BEAT_S):
-                async with lease(
+            async with (
+                renewing(beat, _BEAT_S),
+                lease(
                     self.locks, ["eval"], lease_s=3600, wait_s=3600, what="playground evaluation"
-                ):
-                    state["phase"] = "starting"
-                    async with writes:
-                        await self._set(job_id, status="running", started_at=datetime.now(UTC))
-                    result = await asyncio.to_thread(work)
+                ),
+            ):
+                state["phase"] = "starting"
+                async with writes:
+                    await self._set(job_id, status="running", started_at=datetime.now(UTC))
+                result = await asyncio.to_thread(work)
             await self._set(
                 job_id, status="done", result=result, phase="done", finished_at=datetime.now(UTC)
             )
