@@ -212,7 +212,8 @@ async def update_draft(
 class EvalIn(BaseModel):
     users: int | None = Field(None, ge=2, le=5000)
     k: int = Field(10, ge=1, le=100)
-    seed: int = Field(0, ge=0)
+    #: stored in the job document: a BSON integer has 8 bytes (a larger seed was a 500)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
 
 
 @router.post("/playground/api/drafts/{draft_id}/evaluations", status_code=202)

@@ -428,3 +428,18 @@ async def test_evaluation_runs_as_a_job_with_paired_errors(
         assert d["se"] >= 0 or d["se"] != d["se"]  # nan only if every difference is equal
     listed = (await pg_http.get(f"/playground/api/drafts/{did}", headers=admin)).json()
     assert listed["evaluations"][0]["id"] == job["id"]
+
+
+async def test_an_evaluation_seed_past_what_the_job_store_holds_is_a_422(
+    pg_http: httpx.AsyncClient, pg_keys: dict[str, str], pg_market: Any
+) -> None:
+    """The seed is stored in the job document, whose integers have 8 bytes: 2**63 was a 500
+    (the store's encoder failed) after the draft was read."""
+    admin = h(pg_keys["admin"])
+    made = await pg_http.post("/playground/api/drafts", json=_params(quality=2.0), headers=admin)
+    did = made.json()["id"]
+    got = await pg_http.post(
+        f"/playground/api/drafts/{did}/evaluations", json={"seed": 2**63}, headers=admin
+    )
+    assert got.status_code == 422, got.text
+    assert "seed" in got.text
