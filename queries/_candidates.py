@@ -207,8 +207,13 @@ def request_params(req: CandidateRequest, settings: Settings) -> dict[str, Any]:
 def with_source_fields(body: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
     """``body`` whose ``_source`` filtering keeps ``fields`` (pure): added to its includes,
     dropped from its excludes (a pattern matching one of them goes), ``false`` becomes just
-    them. A template may trim what hits carry, never the fields a re-check reads."""
+    them. A template may trim what hits carry, never the fields a re-check reads — nor
+    ``_id``: ``stored_fields: "_none_"`` (hits without ``_id`` or ``_source``: a KeyError,
+    HTTP 500, on every request the template served) goes."""
     out = dict(body)
+    stored = out.get("stored_fields")
+    if stored == "_none_" or (isinstance(stored, list) and "_none_" in stored):
+        del out["stored_fields"]
     src = out.get("_source", True)
     if not fields or src is True:
         return out

@@ -331,6 +331,11 @@ def test_with_source_fields_keeps_what_a_recheck_reads() -> None:
     assert got == {"includes": ["title", *keep]}
     assert with_source_fields({"_source": {"excludes": ["owner_id"]}}, keep)["_source"] is True
     assert with_source_fields({"_source": False}, ())["_source"] is False
+    # hits without _id: the fusion failed (KeyError, HTTP 500 on every request served)
+    for none in ("_none_", ["_none_"]):
+        assert "stored_fields" not in with_source_fields({**body, "stored_fields": none}, ())
+        assert "stored_fields" not in with_source_fields({**body, "stored_fields": none}, keep)
+    assert with_source_fields({"stored_fields": ["title"]}, ())["stored_fields"] == ["title"]
 
 
 def test_a_shipped_source_without_the_hard_filter_does_not_load(
