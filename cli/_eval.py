@@ -216,9 +216,21 @@ def eval_cmd(
             info["ltr"] = {key: v for key, v in ltr_report.items() if key != "importance"}
             info["ltr_model"] = str(path)
             itemsim = ltr_report["inputs"]["itemsim_candidates"]  # picked on validation
-            models["served+ltr"] = ServedRecommender(
-                ns_settings.model_copy(update={"model_file": path, "itemsim_candidates": itemsim})
-            )
+            adoption = ltr_report["adoption"]  # vs the linear order, on validation too
+            if adoption["adopted"]:
+                models["served+ltr"] = ServedRecommender(
+                    ns_settings.model_copy(
+                        update={"model_file": path, "itemsim_candidates": itemsim}
+                    )
+                )
+            else:
+                click.echo(
+                    f"learnt ranker not adopted (not scored): per-member validation NDCG "
+                    f"{adoption['mean']} vs the linear order's {adoption['against_mean']}, "
+                    f"gain {adoption['gain']:+} (SE {adoption['se']}; needs >= "
+                    f"{adoption['min_se']} SE); the linear pipeline stays served",
+                    err=True,
+                )
         embedder.close()
     progress = _progress(len(uidx) * len(models), "scoring")
     with progress:

@@ -21,6 +21,9 @@ it. Here every logged list is scored the way the test stage scores the served pi
 configurations are listed simplest first and the simplest is the default; a richer one
 replaces the current pick only when its paired per-member gain over it is positive and at
 least :data:`MIN_SE` standard errors (``opendisco.eval.paired_values``).
+:func:`adoption` applies the same rule to the picked ranker against the linear pipeline (the
+lists in the order they were served): on small data the ranker can beat the logged order on
+the in-candidate NDCG of its validation lists and still lose per member over all targets.
 
 The same per-member value picks each configuration's LightGBM parameters
 (:func:`fit_config`): a validation round alone (one list per member, NDCG over the candidates
@@ -50,6 +53,7 @@ from ._ab import paired_values
 __all__ = [
     "MIN_SE",
     "ConfigFit",
+    "adoption",
     "crossfit_scores",
     "fit_config",
     "list_ndcg",
@@ -185,6 +189,17 @@ def pick_config(
     return pick, steps
 
 
+def adoption(
+    linear: np.ndarray, ranker: np.ndarray, name: str, min_se: float = MIN_SE
+) -> dict[str, Any]:
+    """Pure: whether a learnt ranker is adopted over the linear pipeline — :func:`pick_config`'s
+    rule with the linear pipeline as the simplest configuration: per member, ``linear`` is the
+    value of the lists in the order they were served (:meth:`ConfigFit.logged_values` of the
+    pipeline's own configuration), ``ranker`` the picked ranker's (:meth:`ConfigFit.values`)."""
+    pick, (step,) = pick_config([linear, ranker], ["linear", name], min_se)
+    return {"adopted": pick == 1, "min_se": min_se, **step}
+
+
 def list_tag(request_id: Any) -> tuple[int, int]:
     """Pure: (configuration, round) of a loop's request id ``c<i>.r<j>.<hex>``."""
     parts = str(request_id).split(".")
@@ -229,10 +244,16 @@ class ConfigFit:
     ndcg: np.ndarray  # per labelled list (rolling cross-fitted, then validation)
     list_members: list[str]
     summary: dict[str, Any]
+    logged: np.ndarray  # per labelled list, as ``ndcg``: the logged (served) order's
 
     def values(self, members: Sequence[str]) -> np.ndarray:
         """Per member: :func:`member_values` over every list served to them."""
         return member_values(self.ndcg, self.list_members, self.served, members)
+
+    def logged_values(self, members: Sequence[str]) -> np.ndarray:
+        """Per member, as :meth:`values`: the lists in the order they were served (the
+        pipeline's own ranking, the comparison an adopted ranker has to win)."""
+        return member_values(self.logged, self.list_members, self.served, members)
 
 
 def fit_config(
@@ -295,6 +316,9 @@ def fit_config(
     _, result, r_ndcg, v_ndcg = best
     result.report["grid"] = tried
     who = [meta[i][0] for i in (*train.list_ids, *valid.list_ids)]
+    logged = np.concatenate(
+        [scored(d, -d.logged_rank.astype(np.float64))[0] for d in (train, valid)]
+    )
     last = max((j for _, j in meta.values()), default=0)
     wanted = sum(targets.get((u, last), 0) for u in in_valid)
     rolling_served = sum(served.values()) - len(in_valid)
@@ -310,4 +334,7 @@ def fit_config(
         "best_iteration": result.report["best_iteration"],
         "grid": tried,
     }
-    return ConfigFit(result, train, valid, served, np.concatenate([r_ndcg, v_ndcg]), who, summary)
+    summary["logged_value"] = round(float(member_values(logged, who, served, members).mean()), 5)
+    return ConfigFit(
+        result, train, valid, served, np.concatenate([r_ndcg, v_ndcg]), who, summary, logged
+    )

@@ -25,7 +25,7 @@ from opendisco.rerank import (
     single_feature_ndcg,
 )
 
-from ._ltr_select import MIN_SE, fit_config, list_tag, pick_config, round_targets
+from ._ltr_select import MIN_SE, adoption, fit_config, list_tag, pick_config, round_targets
 
 __all__ = ["SELECT_FOLDS", "train_logged"]
 
@@ -59,7 +59,12 @@ def train_logged(
     ``rounds``: (members served, likes posted after) per round of the loop, the last being
     the validation round; ``sizes``: the ``itemsim`` source size of each configuration (its
     lists carry request ids ``c<i>.…``); ``valid_from``: when the validation round began
-    (None: its first logged list's time — no like is posted while a round is served)."""
+    (None: its first logged list's time — no like is posted while a round is served).
+
+    ``report["adoption"]``: whether the ranker is adopted, by :func:`pick_config`'s rule
+    against the first configuration's lists in their served (linear) order on the same
+    per-member value; a ranker not adopted is still trained and saved, but the linear
+    pipeline is what should be served."""
     lists, events = asyncio.run(_train_inputs(settings, policy))
     last = len(rounds) - 1
     configs = {list_tag(d["_id"])[0] for d in lists}
@@ -90,6 +95,11 @@ def train_logged(
     members = sorted({m for f in fits for m in f.served})
     pick, steps = pick_config([f.values(members) for f in fits], list(sizes))
     result, train, valid = fits[pick].result, fits[pick].train, fits[pick].valid
+    # the same rule against the linear pipeline: the first configuration's lists in the order
+    # they were served (the pipeline's defaults) vs the picked ranker's, per member
+    adopted = adoption(
+        fits[0].logged_values(members), fits[pick].values(members), f"ltr (itemsim {sizes[pick]})"
+    )
     chosen = {key: v for key, v in result.report["params"].items() if key != "seed"}
     result.report["single_feature_valid_ndcg"] = single_feature_ndcg(valid, k)
     # comparable across candidate-set changes: a validation list without a positive among its
@@ -100,6 +110,7 @@ def train_logged(
     )
     result.report["metrics"]["valid_lists_served"] = served
     result.report["ablations"] = ablation_ndcg(train, valid, chosen, ablations, k=k, seed=seed)
+    result.report["adoption"] = adopted
     result.report["selection"] = {
         "itemsim_candidates": list(sizes),
         "picked": sizes[pick],

@@ -212,4 +212,7 @@ def test_eval_cli_serves_the_learnt_ranker_with_its_item_item_table(
     assert inputs["ease_lambda"] == split["ease_lambda"] and inputs["similarity_rows"] > 0
     assert split["ltr"]["selection"]["itemsim_candidates"] == [0, 300]
     by = {m["name"]: m for m in report["models"]}
+    # scored because adopted: it beat the served (linear) order per member on validation
+    adoption = split["ltr"]["adoption"]
+    assert adoption["adopted"] and adoption["z"] >= adoption["min_se"]
     assert by["served+ltr"]["users"] == by["served"]["users"] > 0

@@ -11,6 +11,7 @@ import pytest
 
 from opendisco.eval._ltr_select import (
     MIN_SE,
+    adoption,
     crossfit_scores,
     fit_config,
     list_ndcg,
@@ -204,3 +205,38 @@ def test_fit_config_picks_the_grid_point_with_the_best_member_value() -> None:
     assert fit.summary["params"]["num_leaves"] == 4
     assert fit.result.report["grid"] == fit.summary["grid"]
     assert fit.values(sorted(fit.served)).mean() == pytest.approx(values[str(grid[1])], abs=1e-5)
+
+
+@pytest.mark.parametrize("liked_shown_first", [True, False])
+def test_a_ranker_is_adopted_only_when_it_beats_the_served_order_per_member(
+    liked_shown_first: bool,
+) -> None:
+    """On a 100-user slice the learnt ranker beat the logged order on its validation lists'
+    in-candidate NDCG (0.236 vs 0.168) and lost to the linear pipeline on the test stage:
+    adoption is decided against the served order on the same per-member value."""
+    lists, events, plan = _logged(30, 3, np.random.default_rng(4))
+    for d in lists:  # the served order: row 7 (the liked one) shown first, or not shown
+        d["shown"] = [7, 0, 1, 2, 3] if liked_shown_first else list(range(5))
+    valid_from = max(d["at"] for d in lists)
+    fit = fit_config(
+        lists,
+        [e for e in events if e["ts"] < valid_from],
+        events,
+        valid_from,
+        round_targets(plan),
+        policy=LabelPolicy(),
+        k=5,
+        grid=[{"num_leaves": 4, "min_data_in_leaf": 5}],
+        folds=3,
+    )
+    members = sorted(fit.served)
+    linear, ranker = fit.logged_values(members), fit.values(members)
+    assert fit.summary["logged_value"] == pytest.approx(linear.mean(), abs=1e-5)
+    decision = adoption(linear, ranker, "ltr")
+    if liked_shown_first:  # the served order already ranks the like first: nothing to gain
+        assert linear.mean() > 0.6 and ranker.mean() <= linear.mean() + 1e-9
+        assert not decision["adopted"]
+    else:  # the like never shown: the ranker that learnt the marking feature wins
+        assert linear.mean() == 0.0 and ranker.mean() > 0.6
+        assert decision["adopted"] and decision["z"] >= MIN_SE
+    assert decision["members"] == len(members)
