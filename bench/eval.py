@@ -527,6 +527,18 @@ def _ltr_md(result: dict[str, Any]) -> str:
         f" {'picked' if s['picked'] else 'not picked'}"
         for s in sel.get("comparisons", [])
     )
+    ad = ltr.get("adoption")
+    verdict = (
+        "adopted" if ad and ad["adopted"] else "**not adopted** (`opendisco eval`: not served)"
+    )
+    adopted = (
+        f" Against the linear pipeline (the same rule, `_ltr_select.adoption`: the first"
+        f" configuration's lists in their served order): {ad['mean']:.4f} vs"
+        f" {ad['against_mean']:.4f}, gain {ad['gain']:+.4f} (SE {ad['se']:.4f}, {ad['z']} SE)"
+        f" → {verdict}."
+        if ad
+        else ""
+    )
     picked = (
         f"""
 Candidate configuration picked on the fitting period (`opendisco.eval._ltr_select`, rule
@@ -534,7 +546,7 @@ declared before the test run: the richer configuration only when its paired per-
 ≥ {sel.get("min_se", 1.0)} SE): itemsim source **{sel.get("picked")}**. Per member: NDCG@{k} of
 every list served to them (validation round: the model fitted on the rolling lists; rolling
 lists: {sel.get("folds")}-fold member cross-fitting), against all the positives that label the
-list. {steps}.
+list. {steps}.{adopted}
 
 {_SELECT_HEAD}
 |---|---|---|---|---|---|
