@@ -36,6 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,21 @@ class LtrData:
         )
 
 
+def _labelled(ev: Mapping[str, Any], policy: LabelPolicy) -> tuple[str, str, int] | None:
+    """(member, item, gain) of an event that labels (else None)."""
+    gain = policy.gains.get(str(ev.get("type")))
+    user, item = ev.get("user_id"), ev.get("item_id")
+    # an event stored by other code without a time, member or item labels nothing (a
+    # time that is not one failed the sort or the window's bisect with a TypeError)
+    if gain is None or not isinstance(ev.get("ts"), datetime) or user is None or item is None:
+        return None
+    return str(user), str(item), gain
+
+
 def _outcomes(
-    events: Iterable[Mapping[str, Any]], policy: LabelPolicy
+    events: Iterable[Mapping[str, Any]],
+    policy: LabelPolicy,
+    named: Iterable[Mapping[str, Any]] = (),
 ) -> tuple[
     dict[tuple[str, str], tuple[list[datetime], list[int]]], dict[tuple[str, str], dict[str, int]]
 ]:
@@ -97,18 +111,15 @@ def _outcomes(
     # per (member, request id): a request id is the client's when it sent one (X-Request-ID),
     # so another member's events may name it; they never label this member's list
     by_request: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-    for ev in events:
-        gain = policy.gains.get(str(ev.get("type")))
-        user, item = ev.get("user_id"), ev.get("item_id")
-        # an event stored by other code without a time, member or item labels nothing (a
-        # time that is not one failed the sort or the window's bisect with a TypeError)
-        if gain is None or not isinstance(ev.get("ts"), datetime) or user is None or item is None:
+    for ev, windowed in chain(((e, True) for e in events), ((e, False) for e in named)):
+        if (got := _labelled(ev, policy)) is None:
             continue
-        by_pair[(str(user), str(item))].append((ev["ts"], gain))
-        rid = ev.get("request_id")
-        if rid:
-            seen = by_request[(str(user), str(rid))]
-            seen[str(item)] = max(seen.get(str(item), 0), gain)
+        user, item, gain = got
+        if windowed:
+            by_pair[(user, item)].append((ev["ts"], gain))
+        if rid := ev.get("request_id"):
+            seen = by_request[(user, str(rid))]
+            seen[item] = max(seen.get(item, 0), gain)
     pairs = {}
     for key, evs in by_pair.items():
         evs.sort(key=lambda e: e[0])
@@ -120,10 +131,13 @@ def join_outcomes(
     lists: Sequence[Mapping[str, Any]],
     events: Iterable[Mapping[str, Any]],
     policy: LabelPolicy | None = None,
+    *,
+    named: Iterable[Mapping[str, Any]] = (),
 ) -> LtrData:
-    """Pure: grouped rows and labels from decoded served lists and raw events (module doc)."""
+    """Pure: grouped rows and labels from decoded served lists and raw events (module doc);
+    ``named``: events that label only the list their request id names (no window)."""
     policy = policy or LabelPolicy()
-    pairs, by_request = _outcomes(events, policy)
+    pairs, by_request = _outcomes(events, policy, named)
     window = timedelta(hours=policy.window_hours)
     Xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
@@ -243,6 +257,16 @@ def _valid_cut(n: int, valid_share: float, skipped: Mapping[str, int]) -> int:
     return min(n - 1, max(1, round(n * (1.0 - valid_share))))
 
 
+def _before(event: Mapping[str, Any], t: datetime) -> bool:
+    return isinstance(event.get("ts"), datetime) and event["ts"] < t
+
+
+def _names(event: Mapping[str, Any], lists: set[tuple[str, str]]) -> bool:
+    """Whether ``event`` names one of ``lists`` ((member, request id)) as its own."""
+    rid = event.get("request_id")
+    return bool(rid) and (str(event.get("user_id")), str(rid)) in lists
+
+
 def split_outcomes(
     lists: Sequence[Mapping[str, Any]],
     events: Sequence[Mapping[str, Any]],
@@ -252,17 +276,22 @@ def split_outcomes(
 ) -> tuple[LtrData, LtrData, LtrData]:
     """Pure: ``(train, valid, everything)`` for :func:`train_ltr` (``valid=``, ``refit=``).
     The last ``valid_share`` of the lists with an outcome validate, with every outcome; the
-    lists served before the first of them train, labelled only by the events before it: an
-    outcome of the validation period labelled training lists too, and a model that learnt it
-    was judged on it again (outcomes nothing predicts, at random times: validation NDCG@10
-    0.62 against the logged order's 0.28; kept apart, 0.31). ``everything``: every list with
-    all its outcomes (the refit)."""
+    lists served before the first of them train, labelled only by the events before it and by
+    a later event that names one of them (its member's request id: that list's own outcome,
+    however late it came; it labels only that list). An outcome of the validation period
+    labelled training lists too, and a model that learnt it was judged on it again (outcomes
+    nothing predicts, at random times: validation NDCG@10 0.62 against the logged order's
+    0.28; kept apart, 0.31).
+    ``everything``: every list with all its outcomes (the refit)."""
     everything = join_outcomes(lists, events, policy)
     n = len(everything.groups)
     valid_from = everything.at[_valid_cut(n, valid_share, everything.skipped)]
     first = bisect.bisect_left(everything.at, valid_from)  # lists served then validate too
-    before = [e for e in events if isinstance(e.get("ts"), datetime) and e["ts"] < valid_from]
-    train = join_outcomes([d for d in lists if d["at"] < valid_from], before, policy)
+    early = [d for d in lists if d["at"] < valid_from]
+    named = {(str(d.get("user_id")), str(d["_id"])) for d in early}
+    before = [e for e in events if _before(e, valid_from)]
+    late = [e for e in events if not _before(e, valid_from) and _names(e, named)]
+    train = join_outcomes(early, before, policy, named=late)
     return train, everything.part(slice(first, n)), everything
 
 

@@ -279,3 +279,21 @@ def test_a_validation_outcome_never_labels_a_training_list() -> None:
     result = train_ltr(train, valid=valid, refit=everything, max_rounds=3, early_stopping=2)
     assert result.report["lists"] == 4 and result.report["split"]["train_lists"] == 1
     assert result.report["skipped_lists"] == everything.skipped
+
+
+def test_a_late_outcome_naming_its_training_list_still_labels_it() -> None:
+    """An event that names a training list (its member's request id) is that list's own
+    outcome even when it comes after the validation period began (a burst of lists served
+    within a second, the likes after them): without it every training list had no outcome
+    and ``train ltr`` refused to train. It labels no other member's list."""
+    lists = [_list(f"r{d}", "u1", ["a", "b", "c"], T0 + timedelta(seconds=d)) for d in range(3)]
+    lists.append(_list("r3", "u1", ["d", "e", "c"], T0 + timedelta(seconds=3)))
+    late = T0 + timedelta(minutes=5)  # after every list was served
+    events = [
+        _ev("like", "u1", "a", late, rid="r0"),
+        _ev("like", "u2", "b", late, rid="r1"),  # another member naming r1: nothing
+        _ev("like", "u1", "c", late, rid="r3"),
+    ]
+    train, valid, _ = split_outcomes(lists, events, valid_share=0.25)
+    assert valid.list_ids == ["r3"] and valid.y.tolist() == [0, 0, 2]
+    assert train.list_ids == ["r0"] and train.y.tolist() == [2, 0, 0]
