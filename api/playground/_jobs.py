@@ -70,6 +70,7 @@ class EvalJobs:
         self.coll = rt.db[JOBS]
         self.locks = rt.db[LOCKS]
         self.pending: set[asyncio.Task[None]] = set()
+        self.starting = 0  # starts storing their job, their task not yet pending
 
     async def start(
         self,
@@ -82,12 +83,29 @@ class EvalJobs:
         k: int,
         seed: int,
     ) -> dict[str, Any]:
-        if len(self.pending) >= MAX_PENDING:
+        if len(self.pending) + self.starting >= MAX_PENDING:
             raise Overloaded(
-                f"{len(self.pending)} evaluations are queued or running in this API process "
-                f"(at most {MAX_PENDING}); retry when one has finished",
+                f"{len(self.pending) + self.starting} evaluations are queued or running in this "
+                f"API process (at most {MAX_PENDING}); retry when one has finished",
                 retry_after=30.0,
             )
+        self.starting += 1  # its place held while its job is stored (starts posted at once)
+        try:
+            return await self._start(draft, current, candidate, author, users=users, k=k, seed=seed)
+        finally:
+            self.starting -= 1
+
+    async def _start(
+        self,
+        draft: dict[str, Any],
+        current: Artifacts,
+        candidate: Artifacts,
+        author: dict[str, str],
+        *,
+        users: int,
+        k: int,
+        seed: int,
+    ) -> dict[str, Any]:
         settings = self.rt.settings
         now = datetime.now(UTC)
         doc = {

@@ -102,17 +102,25 @@ async def test_evaluations_waiting_for_the_slot_are_bounded(jobs_db: Any) -> Non
             draft, Artifacts(), Artifacts(), {"name": "t"}, users=2, k=5, seed=0
         )
 
-    async with lease(db[_jobs.LOCKS], ["eval"], lease_s=60, wait_s=10, what="the test"):
-        try:
-            started = [await start() for _ in range(_jobs.MAX_PENDING)]
-            with pytest.raises(Overloaded, match="at most"):
+    async with asyncio.timeout(60):  # a failure here must not hang the suite
+        async with lease(db[_jobs.LOCKS], ["eval"], lease_s=60, wait_s=10, what="the test"):
+            try:
+                # posted at once: each start stores its job before its task exists, so a check
+                # of the running tasks alone let every start in that window through
+                got = await asyncio.gather(
+                    *(start() for _ in range(_jobs.MAX_PENDING + 3)), return_exceptions=True
+                )
+                started = [j for j in got if isinstance(j, dict)]
+                refused = [e for e in got if isinstance(e, Overloaded)]
+                assert (len(started), len(refused)) == (_jobs.MAX_PENDING, 3), got
+                with pytest.raises(Overloaded, match="at most"):
+                    await start()
+                assert await db[_jobs.JOBS].count_documents({}) == _jobs.MAX_PENDING
+                assert {(await jobs.get(j["id"]))["status"] for j in started} == {"queued"}
+                rt.tasks[0].cancel()
+                await asyncio.gather(rt.tasks[0], return_exceptions=True)
                 await start()
-            assert await db[_jobs.JOBS].count_documents({}) == _jobs.MAX_PENDING
-            assert {(await jobs.get(j["id"]))["status"] for j in started} == {"queued"}
-            rt.tasks[0].cancel()
-            await asyncio.gather(rt.tasks[0], return_exceptions=True)
-            await start()
-        finally:
-            for task in rt.tasks:
-                task.cancel()
-            await asyncio.gather(*rt.tasks, return_exceptions=True)
+            finally:
+                for task in rt.tasks:
+                    task.cancel()
+                await asyncio.gather(*rt.tasks, return_exceptions=True)
