@@ -141,6 +141,8 @@ async def test_a_read_whose_client_left_mid_work_frees_its_slot_at_once(
     item = str(api_catalogue["items"][0]["_id"])
     try:
         async with _one_slot(api_settings, proxy.mongo_url, 4000, read) as (port, client):
+            warm = await client.get(f"/v1/items/{item}/similar?k=5", headers=h(read))
+            assert warm.status_code == 200, warm.text  # timed below: its route warm too
             # the one slot held by a member's list whose member document the store holds
             # (to the deadline, then its fallback's own read of it)
             proxy.hold_if = command_on("find", "users")
@@ -155,8 +157,8 @@ async def test_a_read_whose_client_left_mid_work_frees_its_slot_at_once(
             assert r.status_code == 200, r.text
             metrics = (await client.get("/metrics")).text
             proxy.release()
-        # answered at once, not after the abandoned read's 4 s deadline and fallback
-        assert took < 2.0, took
+        # answered at once, not after the abandoned read's 4 s deadline and fallback (4.4 s)
+        assert took < 3.0, took
         gone = 'route="/v1/users/{user_id}/recommendations",status="499"'
         assert any(gone in line and "_count" in line for line in metrics.splitlines())
         assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
