@@ -18,6 +18,7 @@ import contextlib
 import logging
 import secrets
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -72,6 +73,22 @@ class EvalJobs:
         self.pending: set[asyncio.Task[None]] = set()
         self.starting = 0  # starts storing their job, their task not yet pending
 
+    @contextlib.contextmanager
+    def _place(self) -> Iterator[None]:
+        """A place among the ``MAX_PENDING`` held while a start stores its job (before its
+        task is pending: starts posted at once all passed a check of the tasks alone)."""
+        if len(self.pending) + self.starting >= MAX_PENDING:
+            raise Overloaded(
+                f"{len(self.pending) + self.starting} evaluations are queued or running in this "
+                f"API process (at most {MAX_PENDING}); retry when one has finished",
+                retry_after=30.0,
+            )
+        self.starting += 1
+        try:
+            yield
+        finally:
+            self.starting -= 1
+
     async def start(
         self,
         draft: dict[str, Any],
@@ -83,61 +100,39 @@ class EvalJobs:
         k: int,
         seed: int,
     ) -> dict[str, Any]:
-        if len(self.pending) + self.starting >= MAX_PENDING:
-            raise Overloaded(
-                f"{len(self.pending) + self.starting} evaluations are queued or running in this "
-                f"API process (at most {MAX_PENDING}); retry when one has finished",
-                retry_after=30.0,
-            )
-        self.starting += 1  # its place held while its job is stored (starts posted at once)
-        try:
-            return await self._start(draft, current, candidate, author, users=users, k=k, seed=seed)
-        finally:
-            self.starting -= 1
-
-    async def _start(
-        self,
-        draft: dict[str, Any],
-        current: Artifacts,
-        candidate: Artifacts,
-        author: dict[str, str],
-        *,
-        users: int,
-        k: int,
-        seed: int,
-    ) -> dict[str, Any]:
-        settings = self.rt.settings
-        now = datetime.now(UTC)
-        doc = {
-            "_id": "j" + secrets.token_hex(6),
-            "draft_id": draft["id"],
-            "author": author,
-            "status": "queued",
-            "phase": "waiting for the evaluation slot",
-            "done": 0,
-            "total": 0,
-            "created_at": now,
-            "beat_at": now,
-            "params": {
-                "users": users,
-                "k": k,
-                "seed": seed,
-                "dataset": settings.playground_eval_dataset,
-                "surface": draft["surface"] if draft["kind"] == "template" else "for_you",
-                "current": current.name,
-                "draft": candidate.name,
-            },
-            "result": None,
-            "error": None,
-        }
-        with backend_errors("storing the evaluation job failed"):
-            await self.coll.insert_one(doc)
-        task = asyncio.create_task(self._run(doc, current, candidate))
-        self.rt.tasks.append(task)
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-        task.add_done_callback(lambda t: t in self.rt.tasks and self.rt.tasks.remove(t))
-        return self._public(doc)
+        with self._place():
+            settings = self.rt.settings
+            now = datetime.now(UTC)
+            doc = {
+                "_id": "j" + secrets.token_hex(6),
+                "draft_id": draft["id"],
+                "author": author,
+                "status": "queued",
+                "phase": "waiting for the evaluation slot",
+                "done": 0,
+                "total": 0,
+                "created_at": now,
+                "beat_at": now,
+                "params": {
+                    "users": users,
+                    "k": k,
+                    "seed": seed,
+                    "dataset": settings.playground_eval_dataset,
+                    "surface": draft["surface"] if draft["kind"] == "template" else "for_you",
+                    "current": current.name,
+                    "draft": candidate.name,
+                },
+                "result": None,
+                "error": None,
+            }
+            with backend_errors("storing the evaluation job failed"):
+                await self.coll.insert_one(doc)
+            task = asyncio.create_task(self._run(doc, current, candidate))
+            self.rt.tasks.append(task)
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+            task.add_done_callback(lambda t: t in self.rt.tasks and self.rt.tasks.remove(t))
+            return self._public(doc)
 
     async def _set(self, job_id: str, **fields: Any) -> None:
         with backend_errors("updating the evaluation job failed"):
