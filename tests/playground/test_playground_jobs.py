@@ -123,4 +123,5 @@ async def test_evaluations_waiting_for_the_slot_are_bounded(jobs_db: Any) -> Non
             finally:
                 for task in rt.tasks:
                     task.cancel()
-                await asyncio.gather(*rt.tasks, return_exceptions=True)
+                _, stuck = await asyncio.wait(list(rt.tasks), timeout=30)
+                assert not stuck, f"{len(stuck)} jobs did not stop when cancelled"
