@@ -6,9 +6,12 @@ claims given up), and does not wait for a round that has not started."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
-from opendisco._store import renewing
+import pytest
+
+from opendisco._store import _raise_lost_cancel, renewing
 
 
 class _Rounds:
@@ -61,3 +64,26 @@ async def test_leaving_between_rounds_is_immediate() -> None:
     async with renewing(rounds, every_s=10.0):
         await asyncio.sleep(0.01)
     assert time.monotonic() - t0 < 1.0 and rounds.started == 0
+
+
+async def test_a_cancel_an_await_swallowed_is_raised_before_the_lease_wait_goes_on() -> None:
+    """Python 3.11's ``asyncio.wait_for`` (which the driver awaits through) can return its
+    result when the cancel lands as the operation completes: the lease's wait loop then kept
+    polling, cancelled, for its whole ``wait_s``. The loop raises such a cancel itself."""
+    polled = 0
+
+    async def waiter() -> None:
+        nonlocal polled
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed, as wait_for may
+            await asyncio.sleep(10)
+        while polled < 100:  # the lease's wait loop
+            polled += 1
+            _raise_lost_cancel()
+            await asyncio.sleep(0.001)
+
+    task = asyncio.ensure_future(waiter())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert polled == 1
