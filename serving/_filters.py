@@ -118,20 +118,25 @@ _BIG = 2**53
 
 
 def _int(value: Any) -> int | None:
+    """An age as stored, or None when it holds none. A fraction holds none (ingest refuses
+    it, as it accepts a whole double: ``ingest._schema``); truncated, a ``pref_age_min`` of
+    30.5 admitted a member of 30, a profile aged 35.5 a viewer who wants 35 at most."""
     if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float) and not value.is_integer():  # NaN and the infinities too
         return None
     try:
         return max(-_BIG, min(_BIG, int(value)))
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite double
+    except (TypeError, ValueError):
         return None
 
 
 def _bound(value: Any, closed: int) -> int | None:
     """An age bound as stored: None when none is stated, else the age it holds; a bound that
-    is stated but holds no age (a word, a boolean, a list, a document, an infinity: nothing
-    ingest would index) is ``closed``, a bound no age meets (fail closed: whom it admits cannot
-    be confirmed; read as no bound, a profile whose stored ``pref_age_min`` was ``"forty"``
-    was shown to members of every age)."""
+    is stated but holds no age (a word, a boolean, a list, a document, a fraction, an
+    infinity: nothing ingest would index) is ``closed``, a bound no age meets (fail closed:
+    whom it admits cannot be confirmed; read as no bound, a profile whose stored
+    ``pref_age_min`` was ``"forty"`` was shown to members of every age)."""
     if value is None:
         return None
     age = _int(value)

@@ -694,6 +694,8 @@ ODD_RULE_FIELDS = {
     "ok23": {"available": [True]},
     "ok24": {"available": "true"},
     "ok25": {"owner_id": 4244},  # blocked by V as a number
+    "ok27": {"pref_age_min": 30.5},  # a fraction is no age (read as 30, it admitted V, 30)
+    "ok28": {"age": 35.5},  # V wants 25-35 (read as 35, V was shown her)
 }
 #: V's blocks and state as another writer may store them: one id as a plain string (each
 #: was read character by character: the block of sb, who blocked V, was lost)
@@ -710,11 +712,12 @@ async def test_stored_rule_fields_ingest_would_refuse_fail_closed(
 ) -> None:
     """Rule fields stated in MongoDB but unreadable (what ingest refuses: the engine's copy
     still admits V) exclude, served (the page's re-check) and degraded (the fallback's
-    re-read): a profile whose age bound holds no age (a word, a boolean, a list, a document)
-    or whose gender preference names no gender admits nobody, W's own such preference admits
-    no profile; a kind none of the kinds is a profile; availability and deletion flags other
-    than true and false hide the profile; one id stored as a plain string or a number in V's
-    blocks or state is that id. (Read leniently, V was shown every one of them.)"""
+    re-read): a profile whose age bound holds no age (a word, a boolean, a list, a document,
+    a fraction), whose own age is a fraction or whose gender preference names no gender
+    admits nobody, W's own such preference admits no profile; a kind none of the kinds is a
+    profile; availability and deletion flags other than true and false hide the profile; one
+    id stored as a plain string or a number in V's blocks or state is that id. (Read
+    leniently, V was shown every one of them.)"""
     read = safe["keys"]["read"]
     odd_items = set(ODD_RULE_FIELDS)
     odd_ids = {"ok8", "ok9", "ok10", "ok11", "x-blocker"}

@@ -23,7 +23,9 @@ from opendisco.serving import (
 from opendisco.serving._filters import NO_GENDER
 from opendisco.signals import MemberBlocks, UserState
 
-NO_AGE = ["forty", "", True, [40], {"years": 40}, float("inf"), float("nan")]
+#: a fraction too (ingest refuses one: 30.5 read as 30 admitted a member of 30 past a bound
+#: of 30.5, 29.5 as 29 one of 29 past a bound of 29.5)
+NO_AGE = ["forty", "", True, [40], {"years": 40}, float("inf"), float("nan"), 29.5, 30.5]
 VIEWER = {"_id": "u1", "gender": "m", "age": 30, "pref_genders": ["f"]}
 PROFILE = {"kind": "profile", "available": True, "gender": "f", "age": 30, "owner_id": "u2"}
 
@@ -48,6 +50,23 @@ def test_a_viewer_bound_holding_no_age_admits_no_profile(field: str, value: Any)
     validate_params(specs, {k: v for k, v in params.items() if k in specs}, "for_you")
     # the engine gets the bound nearest to none (the domain's edge); the filter keeps it exact
     assert params[f"viewer_{field}"] == (150 if field == "pref_age_min" else 0)
+
+
+@pytest.mark.parametrize("age", [35.5, 24.5, 30.5], ids=repr)
+def test_a_fractional_age_is_no_age_either_side(age: float) -> None:
+    """A member's own age stored as a fraction is unknown, not truncated: V wants 25-35 (a
+    profile of 35.5 read as 35 was shown to V), a profile wants 25-30 (a viewer of 30.5 read
+    as 30 was shown it)."""
+    viewer = {**VIEWER, "pref_age_min": 25, "pref_age_max": 35}
+    rules = HardRules.for_member("u1", viewer, None, None)
+    assert rules.allows("p", {**PROFILE, "age": 30.0})  # a whole double is that age
+    assert rules.broken("p", {**PROFILE, "age": age}) is Rule.ELIGIBILITY
+    wants = {**PROFILE, "pref_age_min": 25, "pref_age_max": 30}
+    assert HardRules.for_member("u1", {**viewer, "age": 30.0}, None, None).allows("p", wants)
+    odd = HardRules.for_member("u1", {**viewer, "age": age}, None, None)
+    assert odd.broken("p", wants) is Rule.ELIGIBILITY
+    assert odd.allows("p", PROFILE)  # states no age bound: the viewer's age is not asked
+    assert odd.engine_params()["viewer_age_unknown"] is True
 
 
 NO_GENDER_NAMED = ["", [None], [1], [""], 7, True, {"g": "m"}]
