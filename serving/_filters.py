@@ -258,12 +258,16 @@ class HardRules:
         gender of 100 characters: odd ``users`` documents, not the caller's input) never fail
         the request: the viewer's own age or gender becomes unknown (fail closed: candidates
         with preferences on it are excluded), preference bounds are clamped into the domain
-        and over-long genders dropped. The in-process filter keeps the exact stored values, so
-        whatever the engine admits beyond them is still removed before anything is served."""
+        and over-long genders dropped (a preference left naming none is :data:`NO_GENDER`:
+        dropped to none, it admitted every gender). The in-process filter keeps the exact
+        stored values, so whatever the engine admits beyond them is still removed before
+        anything is served."""
         m = self.member
         age = self.age if self.age is not None and _in_age_domain(self.age) else None
         gender = self.gender if self.gender is not None and len(self.gender) <= _MAX_LEN else None
         prefs = sorted(g for g in self.pref_genders if len(g) <= _MAX_LEN)[:_MAX_GENDERS]
+        if self.pref_genders and not prefs:
+            prefs = [NO_GENDER]
         return {
             "exclude_ids": self.exclude_ids,
             "viewer_id": self.viewer_id,

@@ -142,3 +142,17 @@ def test_an_answer_names_no_experiment_candidate_it_does_not_show() -> None:
     record = {"experiment": "e", "arm": "boost", "candidates": {"a": "boost", "b": "control"}}
     recs = Recommendations(shown, False, "v", "for_you", experiments=[record])
     assert recs.experiments[0]["candidates"] == {"a": "boost"}
+
+
+def test_a_gender_preference_the_engine_cannot_take_admits_no_gender_there() -> None:
+    """A viewer whose stated genders are all longer than the templates' parameter takes: the
+    engine's half still admits nobody (dropped, the preference read as none: the engine
+    returned profiles of every gender for the filters stage to drop — 29 of 95 in the
+    fixture catalogue)."""
+    long_only = HardRules.for_member("u1", {**VIEWER, "pref_genders": ["m" * 65]}, None, None)
+    assert long_only.broken("p", {**PROFILE, "gender": "m"}) is Rule.ELIGIBILITY
+    assert long_only.engine_params()["viewer_pref_genders"] == [NO_GENDER]
+    mixed = HardRules.for_member("u1", {**VIEWER, "pref_genders": ["m" * 65, "f"]}, None, None)
+    assert mixed.engine_params()["viewer_pref_genders"] == ["f"]  # what fits is kept
+    none = HardRules.for_member("u1", {**VIEWER, "pref_genders": []}, None, None)
+    assert none.engine_params()["viewer_pref_genders"] == []  # no preference: every gender
