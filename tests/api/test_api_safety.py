@@ -784,6 +784,82 @@ async def test_stored_rule_fields_ingest_would_refuse_fail_closed(
         await os_proxy.close()
 
 
+#: profile edits the app makes in MongoDB (valid ones, which sync would index) after which V
+#: (a man of 30 who wants women aged 25-35) may not see the profile: her preferences narrowed
+#: (to the boundary's other side), inverted or naming a gender nobody has; her own age or
+#: gender left V's range; paused, deleted, passed to a member who blocked V, or to V
+PROFILE_EDITS = {
+    "ok0": {"pref_genders": ["f"]},
+    "ok1": {"pref_age_min": 31},
+    "ok2": {"pref_age_max": 29},
+    "ok3": {"pref_age_min": 40, "pref_age_max": 20},
+    "ok4": {"pref_genders": ["x-unknown"]},
+    "ok5": {"age": 36},
+    "ok6": {"gender": "nb"},
+    "ok7": {"available": False},
+    "ok8": {"deleted": True},
+    "ok9": {"owner_id": "sb"},
+    "ok10": {"owner_id": V},
+}
+HARD_DELETED = "ok11"
+#: edits after which V still may: bounds at V's age, no preference, an unknown gender beside
+#: V's, no location
+STILL_ELIGIBLE = {
+    "ok12": {"pref_age_min": 30, "pref_age_max": 30},
+    "ok13": {"pref_genders": []},
+    "ok14": {"pref_genders": ["m", "x-unknown"]},
+    "ok15": {"location": None},
+}
+
+
+async def test_profile_edits_not_synced_yet_hold_in_the_next_answer(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """A profile edited in MongoDB (no sync since: the engine still admits V) is shown to V
+    on the rules as the store has them in the very next answer: served (for_you and its next
+    cursor page, search) and degraded (the fallback's lists still hold it)."""
+    read = safe["keys"]["read"]
+    edited = {*PROFILE_EDITS, HARD_DELETED}
+    urls = [f"/v1/users/{V}/recommendations?k=40", f"/v1/search?q=jazz%20hiking&k=40&user_id={V}"]
+    os_proxy, _, settings = await proxied(
+        safe_settings, api_deadline_ms=300, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    mc = clients.mongo(safe_settings)
+    items = mc[safe_settings.mongo_db][safe_settings.items_collection]
+    changed = [*edited, *STILL_ELIGIBLE]
+    saved = list(items.find({"_id": {"$in": changed}}))
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            shown = {it["id"] for it in (await _get(client, read, urls[0]))["items"]}
+            assert set(changed) <= shown  # not vacuous
+            for pid, fields in {**PROFILE_EDITS, **STILL_ELIGIBLE}.items():
+                items.update_one({"_id": pid}, {"$set": fields})
+            items.delete_one({"_id": HARD_DELETED})
+            for degraded in (False, True):
+                if degraded:
+                    os_proxy.pause()
+                for url in urls:
+                    body = await _get(client, read, url)
+                    ids = {it["id"] for it in body["items"]}
+                    assert body["degraded"] is degraded and ids, (url, body)
+                    assert not ids & edited, (degraded, url, sorted(ids & edited))
+                    if not degraded and "recommendations" in url:
+                        assert set(STILL_ELIGIBLE) <= ids, sorted(set(STILL_ELIGIBLE) - ids)
+                # a session's pages
+                page = f"/v1/users/{V}/recommendations?k=8"
+                first = await _get(client, read, page)
+                second = await _get(client, read, f"{page}&cursor={first['next_cursor']}")
+                ids = {it["id"] for it in first["items"] + second["items"]}
+                assert len(ids) == 16 and not ids & edited, (degraded, sorted(ids & edited))
+            await os_proxy.resume()
+    finally:
+        for doc in saved:
+            items.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        mc.close()
+        await os_proxy.close()
+
+
 async def test_a_reused_event_id_does_not_tell_another_members_event(
     safe_settings: Settings, safe: dict[str, Any]
 ) -> None:

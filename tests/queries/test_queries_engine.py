@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from opendisco.queries import (
     store_templates,
     validate_templates,
 )
+from opendisco.serving import HardRules
 from opendisco.signals import ExposureStore
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # the fixture query_catalogue's "now" (conftest.NOW)
@@ -252,6 +254,53 @@ async def test_two_sided_eligibility(
         ),
     )
     assert set(cs.ids) == fits
+
+
+def _viewers() -> list[dict[str, Any]]:
+    """Seeded members (genders known and not, ages across the domain and past it, bounds at
+    its edges and inverted) and odd stored ones."""
+    rng = random.Random(5)
+    out: list[dict[str, Any]] = []
+    for _ in range(60):
+        v: dict[str, Any] = {
+            "gender": rng.choice(["f", "m", "x", "nb", None]),
+            "age": rng.choice([None, 0, 18, 25, 30, 44, 60, 150, rng.randint(18, 70)]),
+        }
+        if rng.random() < 0.7:
+            v["pref_genders"] = rng.sample(["f", "m", "x", "zz"], rng.randint(0, 3))
+        if rng.random() < 0.7:
+            v["pref_age_min"] = rng.choice([0, 18, 25, 30, 40, 60, 151, -3])
+        if rng.random() < 0.7:
+            v["pref_age_max"] = rng.choice([0, 18, 25, 30, 45, 60, 150, 200])
+        out.append(v)
+    return [
+        *out,
+        {"gender": "f", "age": 30, "pref_genders": ["m" * 65]},  # longer than the parameter
+        {"gender": "f", "age": 30, "pref_age_min": 40, "pref_age_max": 20},
+        {"gender": "f" * 65, "age": 30},
+        {"gender": "f", "age": 151},
+        {"gender": "", "age": -1},
+        {"gender": "f", "age": 30.0, "pref_genders": "m", "pref_age_min": 1e300},
+        {"gender": 5, "age": "30", "pref_age_max": 30.5},
+    ]
+
+
+async def test_the_engine_admits_whom_the_hard_rules_admit(
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
+) -> None:
+    """The templates' eligibility fragment with :meth:`HardRules.engine_params` admits the
+    profiles :meth:`HardRules.eligible` admits, no more, no fewer (one definition; the filters
+    stage and the page's re-check only catch what the engine's copy trails). A viewer stating
+    only genders longer than the parameter takes was read as stating none (every gender)."""
+    profiles = {d["id"]: d for d in query_catalogue if d["kind"] == "profile" and d["available"]}
+    for n, viewer in enumerate(_viewers()):
+        rules = HardRules.for_member(f"viewer{n}", viewer, None, None)
+        params = {**rules.engine_params(), "kinds": ["profile"]}
+        req = CandidateRequest(surface="trending", k=1000, params=params, now=NOW)
+        cs = await generate_candidates(query_os, query_settings, req)
+        assert not cs.errors, (viewer, cs.errors)
+        eligible = {i for i, d in profiles.items() if rules.eligible(d)}
+        assert set(cs.ids) == eligible, (viewer, set(cs.ids) ^ eligible)
 
 
 async def test_similar_excludes_the_anchor_and_reports_sources(
