@@ -166,7 +166,7 @@ def report_cmd(
     estimator, both sides' outcomes; writes the HTML/PNG report."""
     out_dir = out_dir or Path("reports") / "experiments" / exp_id
 
-    async def call(db: Any) -> tuple[Experiment, Any, Any, dict[str, Path]]:
+    async def call(db: Any) -> tuple[Experiment, Any, Any, dict[str, Path], int]:
         exp = await ExperimentStore(db).get(exp_id)
         out_dir_ready(out_dir)  # before the work (NotADirectoryError after it before)
         got = await collect(
@@ -191,9 +191,9 @@ def report_cmd(
         )
         sides = both_sides(exp, got.rows)
         paths = await write_report(db, exp, readout, sides, out_dir)
-        return exp, readout, sides, paths
+        return exp, readout, sides, paths, got.foreign
 
-    exp, readout, sides, paths = _run(settings, call)
+    exp, readout, sides, paths, foreign = _run(settings, call)
     console = Console(width=max(Console().width, 150))
     click.echo(_summary(exp))
     for check in readout.srm:
@@ -223,11 +223,16 @@ def report_cmd(
             f"{e.treatment:.3f}",
             f"{e.effect:+.3f}",
             f"{e.relative:+.1%}",
-            f"[{e.ci_low:+.3f}, {e.ci_high:+.3f}]",
-            f"{e.p:.3g}",
+            f"[{e.ci_low:+.3f}, {e.ci_high:+.3f}]" if not e.note else "none",
+            f"{e.p:.3g}" if not e.note else "",
             e.estimator,
         )
     console.print(table)
+    for metric, arm, e in readout.estimates:
+        if e.note:
+            click.echo(f"{metric} {arm}: {e.note}")
+    if foreign:
+        click.echo(f"left out: {foreign} shown items logged under arms the experiment lacks")
     for side in ("viewer", "candidate"):
         t = Table(title=f"{side} side")
         for col in sides[side][0]:

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from opendisco._exceptions import InvalidInput
+
 from ._analysis import (
     Estimate,
     Exposures,
@@ -37,6 +39,7 @@ from ._analysis import (
     ratio_difference,
     srm_blocks,
     srm_check,
+    without_interval,
 )
 from ._metrics import METRICS
 from ._model import Design, DesignKind
@@ -116,8 +119,16 @@ def analyze(
     seed: int = 0,
 ) -> Readout:
     """Estimates of every ``metrics`` for each treatment arm against ``arms[0]``.
-    ``assigned``: units per arm in the population (``viewer``/``candidate``), for SRM."""
+    ``assigned``: units per arm in the population (``viewer``/``candidate``), for SRM.
+    An estimate without a readable interval has none and says why (``note``:
+    :func:`~._analysis.without_interval`); outcomes or weights that are not finite numbers
+    are refused (:class:`InvalidInput`; they gave a NaN readout without a word)."""
     kind = design.kind
+    columns = {"weights": rows.weight}
+    columns |= {METRICS[m].numerator: rows.outcomes[METRICS[m].numerator] for m in metrics}
+    bad = [c for c, v in columns.items() if not np.isfinite(v).all()]
+    if bad:
+        raise InvalidInput(f"outcomes that are not finite numbers: {', '.join(sorted(bad))}")
     checks = _srm(design, weights, rows, assigned or {})
     if kind == DesignKind.switchback and rows.burn_in is not None:
         rows = rows.subset(~rows.burn_in)
@@ -140,7 +151,7 @@ def analyze(
                 bootstrap,
                 seed,
             )
-            out.append((name, arms[t], est))
+            out.append((name, arms[t], without_interval(est)))
     diag: dict[str, Any] = {"rows": int(rows.viewer.shape[0])}
     if kind == DesignKind.cluster and rows.cluster is not None:
         diag["clusters"] = int(np.unique(rows.cluster).shape[0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,6 +51,7 @@ from ._store import ExperimentStore
 __all__ = ["REPORTS", "Collected", "both_sides", "collect", "write_report"]
 
 REPORTS = "experiment_reports"
+log = logging.getLogger("opendisco.experiments")
 _SEP = "\x1f"
 
 
@@ -69,11 +71,14 @@ class Collected:
         assigned: dict[str, list[int]],
         members: list[str],
         covariates: Covariates | None = None,
+        foreign: int = 0,
     ) -> None:
         self.rows = rows
         self.assigned = assigned
         self.members = members
         self.covariates = covariates
+        #: shown items logged under an arm the experiment does not have (left out)
+        self.foreign = foreign
 
 
 async def collect(
@@ -95,6 +100,7 @@ async def collect(
     code: dict[str, int] = {}
     cols: dict[str, list[Any]] = defaultdict(list)
     shown: list[tuple[str, str, str, datetime]] = []  # viewer, item, candidate member, at
+    foreign = 0  # shown items logged under an arm the experiment does not have
     for doc in docs:
         rec = exposure_record(doc, exp.id)
         if rec is None:
@@ -103,7 +109,10 @@ async def collect(
         if at is None or at > end:
             continue
         viewer = str(doc["viewer"])
-        varm = arms.index(rec["arm"]) if rec["arm"] in arms else -1
+        if rec["arm"] not in arms:  # an arm the experiment no longer has (its document edited)
+            foreign += len(doc["items"])
+            continue
+        varm = arms.index(rec["arm"])
         cand_arms = rec.get("candidates") or {}
         for item in doc["items"]:
             member = str(item.get("owner") or item["id"])
@@ -113,16 +122,23 @@ async def collect(
                 # experiment): the arm serving gives the member, as the log would have named it
                 # (left -1, it failed the readout's SRM check with a ValueError)
                 carm = arms[served_candidate_arm(exp, member, holdout, holdout_salt)]
+            if carm is not None and carm not in arms:
+                foreign += 1
+                continue
             cols["viewer"].append(code.setdefault(viewer, len(code)))
             cols["candidate"].append(code.setdefault(member, len(code)))
             cols["viewer_arm"].append(varm)
-            cols["candidate_arm"].append(arms.index(carm) if carm in arms else -1)
+            cols["candidate_arm"].append(arms.index(carm) if carm is not None else -1)
             cols["cluster"].append(rec.get("cluster") or "")
             cols["region"].append(str(rec.get("unit", "")).rsplit(":", 1)[0])
             cols["period"].append(int(rec.get("period") or 0))
             cols["burn_in"].append(bool(rec.get("burn_in", False)))
             cols["stratum"].append(rec.get("stratum") or "")
             shown.append((viewer, str(item["id"]), member, at))
+    if foreign:
+        # dropped, not read as arm -1: the SRM check's bincount failed the report with a
+        # ValueError traceback
+        log.warning("experiment %s: %d shown items under arms it does not have", exp.id, foreign)
     likes, mutual, matches = await _outcomes(db, shown, start, end)
     members = sorted(code, key=code.__getitem__)
 
@@ -144,7 +160,7 @@ async def collect(
     )
     assigned = await _assigned(db, exp, holdout, holdout_salt, start, end)
     covariates = await _pre_period(db, code, start, pre_days)
-    return Collected(rows, assigned, members, covariates)
+    return Collected(rows, assigned, members, covariates, foreign)
 
 
 async def _pre_period(

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from opendisco._exceptions import InvalidInput
 from opendisco.experiments import Design, Experiment, analyze, sim
 from opendisco.experiments._analysis import (
     SRM_ALPHA,
+    Exposures,
     ratio_difference,
     srm_blocks,
     srm_check,
@@ -257,3 +259,70 @@ def test_no_interference_user_design_is_unbiased(world: sim.World) -> None:
         cover.append(e.ci_low <= truth <= e.ci_high)
     assert abs(np.mean(ests) - truth) < 3.5 * np.std(ests) / np.sqrt(len(ests))
     assert np.mean(cover) >= 0.8
+
+
+def _odd_rows(kind: str, y: np.ndarray, units_per_arm: int = 10) -> Exposures:
+    """Five impressions per viewer, viewers alternating arms; a cluster per
+    ``units_per_arm``-th of the viewers (cluster), or daily (region, period) units."""
+    n = 2 * units_per_arm
+    viewer = np.repeat(np.arange(n), 5)
+    arm = viewer % 2
+    zero = np.zeros_like(viewer)
+    out = {"mutual": y, "likes": y, "matches": y}
+    if kind == "cluster":  # one cluster per arm
+        return Exposures(viewer, zero, arm, zero, out, cluster=arm)
+    if kind == "switchback":  # 2 regions x 2 periods: the fixed effects leave no residual df
+        period = (np.arange(viewer.shape[0]) * 2) // viewer.shape[0]
+        sb_arm = (arm + period) % 2
+        return Exposures(viewer, zero, sb_arm, zero, out, None, arm, period, zero.astype(bool))
+    return Exposures(viewer, zero, arm, zero, out)
+
+
+@pytest.mark.parametrize(
+    ("kind", "outcome", "note"),
+    [
+        ("user", "zero", "does not vary"),  # was [0, 0], p NaN
+        ("user", "control-zero-treated-one", "does not vary"),  # was [1000, 1000], p = 1e-279
+        ("user", "one", "does not vary"),  # was an SE of 1e-13 and p = 0.25: rounding
+        ("cluster", "random", "too few units"),  # one cluster an arm (NaN without a word)
+        ("switchback", "random", "too few units"),  # no residual df
+    ],
+)
+def test_an_estimate_without_a_readable_interval_has_none_and_says_why(
+    kind: str, outcome: str, note: str
+) -> None:
+    """A confident interval is never read off data that cannot give one: an outcome that
+    does not vary within the arms gives a standard error of 0 (to rounding) — a zero-width
+    interval and p = 1e-279 from ten viewers an arm before — and one cluster an arm gives
+    none; the estimate keeps its effect, has no SE, interval or p, and notes why."""
+    n = 100
+    y = {
+        "zero": np.zeros(n),
+        "one": np.ones(n),
+        "control-zero-treated-one": (np.repeat(np.arange(20), 5) % 2).astype(float),
+        "random": (np.random.default_rng(1).random(n) < 0.3).astype(float),
+    }[outcome]
+    design = Design(kind=kind, period_minutes=1440)
+    e = analyze(design, ["c", "t"], [1, 1], _odd_rows(kind, y), metrics=["likes_per_1000"])
+    est = e.estimate("likes_per_1000")
+    assert note in est.note
+    assert all(np.isnan(v) for v in (est.se, est.ci_low, est.ci_high, est.p)), est
+    assert np.isfinite(est.effect)
+    assert e.to_dict()["estimates"][0]["note"] == est.note
+
+
+def test_an_estimate_with_an_interval_has_no_note() -> None:
+    y = (np.random.default_rng(2).random(100) < 0.3).astype(float)
+    est = analyze(
+        Design(), ["c", "t"], [1, 1], _odd_rows("user", y), metrics=["likes_per_1000"]
+    ).estimate("likes_per_1000")
+    assert est.note == "" and est.ci_low < est.effect < est.ci_high
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_outcomes_that_are_not_numbers_are_refused(bad: float) -> None:
+    """A NaN outcome made every estimate NaN without a word; now a clear error."""
+    y = np.zeros(100)
+    y[7] = bad
+    with pytest.raises(InvalidInput, match="not finite"):
+        analyze(Design(), ["c", "t"], [1, 1], _odd_rows("user", y), metrics=["likes_per_1000"])

@@ -306,3 +306,23 @@ def test_exposure_documents_other_code_wrote_are_skipped(
     finally:  # the other tests of the database read every exposure document
         ids = [f"{exp.id}-{d['_id']}" for d in odd]
         _on_db(ex_settings, lambda db: db[EXPOSURES].delete_many({"_id": {"$in": ids}}))
+
+
+def test_lists_under_an_arm_the_experiment_lacks_are_left_out(
+    ex_settings: Settings, tmp_path: Path
+) -> None:
+    """Exposure lists that name an arm the experiment does not have (its document edited:
+    an arm renamed while running) are left out and counted; before, read as arm -1 they
+    failed the report with a ValueError traceback (``np.bincount`` in the SRM check). An
+    estimate without an interval says why instead of printing one."""
+    exp = _on_db(ex_settings, lambda db: _started(db, "user"))
+    lists = [(f"v{i}", ARMS[i % 2]["name"], {}) for i in range(20)] + [("vx", "renamed", {})]
+    _on_db(ex_settings, lambda db: _log(db, exp, lists))
+    out = _report(ex_settings, exp.id, tmp_path / "r")
+    assert out.exit_code == 0, (out.output, out.exception)
+    assert "left out: 3 shown items" in out.output
+    # no like at all: the outcome does not vary, so no interval is printed or stored
+    assert "does not vary within the arms" in out.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["estimates"][0]["ci"] == [None, None]
+    assert sum(report["srm"][-1]["counts"]) == 20
