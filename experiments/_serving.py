@@ -368,6 +368,10 @@ def install(
     hydrators = list(parts.query_hydrators)
     at = next((i + 1 for i, h in enumerate(hydrators) if h.name == "member"), 0)
     hydrators.insert(at, ExperimentHydrator(registry))
-    effects = [*parts.side_effects, exp_log] if log else list(parts.side_effects)
+    # first: it names each shown candidate's arm in the records (control viewers of a
+    # two-sided experiment, explored or re-checked pages) before any other side effect reads
+    # them — the served-list log encodes a list at once while its store fails (spooled), and
+    # appended after it, the spooled list named no candidate's arm or ones never shown
+    effects = [exp_log, *parts.side_effects] if log else list(parts.side_effects)
     discovery.parts = replace(parts, query_hydrators=hydrators, side_effects=effects)
     return registry, exp_log

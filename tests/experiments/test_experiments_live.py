@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -237,6 +239,41 @@ async def test_two_sided_lists_carry_each_candidates_arm(
             rec = next(r for r in d["experiments"] if r["experiment"] == exp.id)
             assert d["viewer"] and {i["id"] for i in d["items"]} == set(rec["candidates"])
             assert all(i["owner"] == owner[i["id"]] for i in d["items"])
+    finally:
+        await store.stop(exp.id)
+
+
+async def test_every_side_effect_reads_the_shown_candidates_arms(
+    ex_discovery: Discovery, ex_db: Any, ex_settings: Settings, ex_market: Any
+) -> None:
+    """The records a side effect reads name every shown candidate's arm when it is called,
+    not later: the served-list log encodes a list at once while its store fails (spooled),
+    and the exposure log, appended after it, filled a control viewer's two-sided record only
+    afterwards — the spooled ``served_lists`` document named no candidate's arm."""
+    seen: list[tuple[list[str], list[dict[str, Any]]]] = []
+
+    class Snapshot:  # as the spooling served-list log does: reads the record when called
+        name = "snapshot"
+
+        def after(self, plan: Any, recs: Any) -> None:
+            seen.append((list(recs.ids), copy.deepcopy(recs.experiments)))
+
+    parts = ex_discovery.parts
+    ex_discovery.parts = replace(parts, side_effects=[*parts.side_effects, Snapshot()])
+    _, users = ex_market
+    store = ExperimentStore(ex_db)
+    exp = await store.start((await store.create(_exp("two_sided"))).id)
+    try:
+        registry, _ = install(ex_discovery, ex_db, ex_settings)
+        await registry.refresh()
+        for u in users[:20]:
+            await ex_discovery.recommend(u["_id"], k=5)
+        arms = set()
+        for ids, records in seen:
+            rec = next(r for r in records if r["experiment"] == exp.id)
+            arms.add(rec["arm"])
+            assert set(rec.get("candidates") or {}) == set(ids), (rec, ids)
+        assert arms == {"control", "boost"} and len(seen) == 20
     finally:
         await store.stop(exp.id)
 
