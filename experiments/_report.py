@@ -223,7 +223,7 @@ async def _outcomes(
             .find({"type": "like", "ts": {"$gte": start}}, {"user_id": 1, "item_id": 1, "ts": 1})
             .to_list(None)
         )
-        likes_docs = await db[USER_LIKES].find({}, {"src": 1, "dst": 1}).to_list(None)
+        likes_docs = await db[USER_LIKES].find({}, {"src": 1, "dst": 1, "at": 1}).to_list(None)
         match_docs = await db[USER_MATCHES].find({}, {"users": 1, "at": 1}).to_list(None)
     first_like: dict[tuple[str, str], datetime] = {}
     for e in events:
@@ -231,7 +231,14 @@ async def _outcomes(
         key = (str(e["user_id"]), str(e["item_id"]))
         if ts is not None and ts <= end and (key not in first_like or ts < first_like[key]):
             first_like[key] = ts
-    liked_members = {(str(d["src"]), str(d["dst"])) for d in likes_docs}
+    # a like back recorded after the end (the stop) is not the experiment's outcome, as a
+    # match after it is not (it counted: the readout of a stopped experiment grew with the
+    # likes that arrived after its stop, while their matches did not)
+    liked_members = {
+        (str(d["src"]), str(d["dst"]))
+        for d in likes_docs
+        if (at := _utc(d.get("at"))) is None or at <= end
+    }
     matched = {tuple(sorted(d["users"])): _utc(d.get("at")) for d in match_docs}
     n = len(shown)
     likes, mutual, matches = np.zeros(n), np.zeros(n), np.zeros(n)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +326,35 @@ def test_lists_under_an_arm_the_experiment_lacks_are_left_out(
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["estimates"][0]["ci"] == [None, None]
     assert sum(report["srm"][-1]["counts"]) == 20
+
+
+def test_likes_back_after_the_stop_are_not_the_experiments_outcome(
+    ex_settings: Settings, tmp_path: Path
+) -> None:
+    """Every viewer liked its first shown member during the run; half of those members
+    liked back before the stop, half after it. The readout counts the first half's mutual
+    likes only — as it counts a match only before the stop. Before, a report run after the
+    stop counted all (and grew with every like back arriving after it)."""
+    uid = uuid.uuid4().hex[:6]
+    viewers = [f"w{uid}{i}" for i in range(20)]
+
+    async def setup(db: Any) -> Experiment:
+        exp = await _started(db, "user")
+        await _log(db, exp, [(v, ARMS[i % 2]["name"], {}) for i, v in enumerate(viewers)])
+        now = datetime.now(UTC)
+        await db["events"].insert_many(
+            [{"type": "like", "user_id": v, "item_id": f"p-{v}-0", "ts": now} for v in viewers]
+        )
+        back = [{"src": f"m-{v}-0", "dst": v} for v in viewers]
+        await db["user_likes"].insert_many([{**d, "at": now} for d in back[::2]])
+        await ExperimentStore(db).stop(exp.id)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        await db["user_likes"].insert_many([{**d, "at": later} for d in back[1::2]])
+        return exp
+
+    exp = _on_db(ex_settings, setup)
+    out = _report(ex_settings, exp.id, tmp_path / "m")
+    assert out.exit_code == 0, (out.output, out.exception)
+    sides = json.loads((tmp_path / "m" / "report.json").read_text())["sides"]["viewer"]
+    assert [s["likes"] for s in sides] == [10, 10]
+    assert sum(s["mutual"] for s in sides) == 10
