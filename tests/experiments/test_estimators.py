@@ -177,3 +177,26 @@ def test_tsri_family_is_tsri_for_each_k_on_the_same_draws() -> None:
     for k, e in zip((0.0, 1.0, 2.0), family, strict=True):
         one = tsri(*args, beta=0.4, k=k, bootstrap=50, seed=3)
         assert (e.effect, e.se, e.extra) == (one.effect, one.se, one.extra)
+
+
+def test_a_viewer_who_moved_regions_counts_under_each_regions_arm() -> None:
+    """One period over the run (regions randomised): a third of the viewers move to the
+    next region half-way, so their rows took two arms. Each row's outcome is its arm's rate
+    (0.2 control, 0.3 treated): the effect is exactly 100 per 1,000. Before, a moved viewer
+    was one unit with its first row's arm, its rows under the other arm counted in it: 67."""
+    regions, per, k = 20, 30, 20
+    region_arm = np.tile([0, 1], regions // 2)
+    viewer = np.repeat(np.arange(regions * per), k)
+    step = np.tile(np.arange(k), regions * per)
+    home = viewer // per
+    moved = (viewer % 3 == 0) & (step >= k // 2)
+    region = np.where(moved, (home + 1) % regions, home)
+    arm = region_arm[region]
+    y = 0.2 + 0.1 * arm
+    zero = np.zeros_like(viewer)
+    rows = Exposures(viewer, zero, arm, zero, {"mutual": y}, None, region, zero, zero.astype(bool))
+    design = Design(kind="switchback", period_minutes=1440)
+    e = analyze(design, ["c", "t"], [1, 1], rows, metrics=["mutual_likes_per_1000"])
+    est = e.estimate("mutual_likes_per_1000")
+    assert "one period" in est.estimator
+    assert est.effect == pytest.approx(100.0)
