@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,6 @@ __all__ = [
     "ratio_difference",
     "srm_blocks",
     "srm_check",
-    "without_interval",
 ]
 
 SRM_ALPHA = 0.001
@@ -56,8 +55,7 @@ class Estimate:
     units: tuple[int, int]  # control, treatment
     df: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
-    #: why there is no interval (empty when there is one): :func:`without_interval`
-    note: str = ""
+    note: str = ""  # why there is no interval (:func:`~._readout.without_interval`)
 
     @property
     def relative(self) -> float:
@@ -181,8 +179,7 @@ def ratio_difference(
         res = model.fit(cov_type="cluster", cov_kwds={"groups": g}, use_t=True)
         df = float(np.unique(g).shape[0] - 1)
     else:
-        # a unit of leverage 1 (HC2 divides by 1 − h) or no residual left after the fixed
-        # effects: no SE (NaN, noted by without_interval), not a RuntimeWarning
+        # leverage 1 (HC2) or no residual df after the fixed effects: NaN, not a warning
         with np.errstate(divide="ignore", invalid="ignore"):
             res = model.fit(cov_type="HC1" if fixed is None else "HC2", use_t=True)
         df = float(res.df_resid)
@@ -190,30 +187,6 @@ def ratio_difference(
     se = float(res.bse[1]) * scale
     lo, hi = (float(v) * scale for v in res.conf_int(alpha)[1])
     return Estimate(estimator, effect, se, lo, hi, float(res.pvalues[1]), *rates, units, df)
-
-
-def without_interval(e: Estimate) -> Estimate:
-    """``e``, or — when its interval cannot be read — ``e`` without one (SE, interval and p
-    NaN, which the report writes as null) and a ``note`` saying why:
-
-    * an arm without an exposed unit (no contrast);
-    * no standard error (NaN or infinite: one cluster or region in an arm, no residual
-      degree of freedom, a two-sided cell empty in the bootstrap's draws);
-    * a standard error of 0 to rounding (the outcome does not vary within the arms: all
-      zero, or every unit of an arm alike): not a certainty — too little data to see the
-      variance. Before, [0, 0] or [1000, 1000] with p = 1e-279 from ten viewers an arm."""
-    rates = np.abs([e.control, e.treatment])
-    scale = float(rates.max()) if np.isfinite(rates).all() else 0.0
-    if min(e.units) == 0:
-        note = "no exposed unit in an arm: no contrast"
-    elif not np.isfinite(e.se):
-        note = "no standard error: too few units (clusters, regions) in an arm"
-    elif e.se <= 1e-9 * scale or e.se == 0:
-        note = "the outcome does not vary within the arms: no interval"
-    else:
-        return e
-    nan = float("nan")
-    return replace(e, se=nan, ci_low=nan, ci_high=nan, p=nan, note=note)
 
 
 def _influence(num: np.ndarray, den: np.ndarray, arm: np.ndarray) -> tuple[float, np.ndarray]:

@@ -24,7 +24,7 @@ fails the readout is ``blocked`` and its estimates must not be read.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,13 +39,12 @@ from ._analysis import (
     ratio_difference,
     srm_blocks,
     srm_check,
-    without_interval,
 )
 from ._metrics import METRICS
 from ._model import Design, DesignKind
 from ._twosided import tsri
 
-__all__ = ["Covariates", "Readout", "analyze", "arm_shares"]
+__all__ = ["Covariates", "Readout", "analyze", "arm_shares", "without_interval"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def analyze(
     """Estimates of every ``metrics`` for each treatment arm against ``arms[0]``.
     ``assigned``: units per arm in the population (``viewer``/``candidate``), for SRM.
     An estimate without a readable interval has none and says why (``note``:
-    :func:`~._analysis.without_interval`); outcomes or weights that are not finite numbers
+    :func:`without_interval`); outcomes or weights that are not finite numbers
     are refused (:class:`InvalidInput`; they gave a NaN readout without a word)."""
     kind = design.kind
     columns = {"weights": rows.weight}
@@ -156,6 +155,30 @@ def analyze(
     if kind == DesignKind.cluster and rows.cluster is not None:
         diag["clusters"] = int(np.unique(rows.cluster).shape[0])
     return Readout(kind.value, list(arms), out, checks, srm_blocks(checks), diag)
+
+
+def without_interval(e: Estimate) -> Estimate:
+    """``e``, or — when its interval cannot be read — ``e`` without one (SE, interval and p
+    NaN, which the report writes as null) and a ``note`` saying why:
+
+    * an arm without an exposed unit (no contrast);
+    * no standard error (NaN or infinite: one cluster or region in an arm, no residual
+      degree of freedom, a two-sided cell empty in the bootstrap's draws);
+    * a standard error of 0 to rounding (the outcome does not vary within the arms: all
+      zero, or every unit of an arm alike): not a certainty — too little data to see the
+      variance. Before, [0, 0] or [1000, 1000] with p = 1e-279 from ten viewers an arm."""
+    rates = np.abs([e.control, e.treatment])
+    scale = float(rates.max()) if np.isfinite(rates).all() else 0.0
+    if min(e.units) == 0:
+        note = "no exposed unit in an arm: no contrast"
+    elif not np.isfinite(e.se):
+        note = "no standard error: too few units (clusters, regions) in an arm"
+    elif e.se <= 1e-9 * scale or e.se == 0:
+        note = "the outcome does not vary within the arms: no interval"
+    else:
+        return e
+    nan = float("nan")
+    return replace(e, se=nan, ci_low=nan, ci_high=nan, p=nan, note=note)
 
 
 def _estimate(
