@@ -49,14 +49,15 @@ def _poisson1(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 def _tsri_value(S: np.ndarray, beta: float, k: float = 0.0) -> np.ndarray:
     """TSRI-k(β) from cell sums (..., 8): β(r11 − r01) + (1 − β)(r11 − r10)
     + kβ(1 − β)(r01 + r10 − 2·r00)."""
+    # an empty cell (no treated viewer: r = NaN) is a NaN estimate, not a RuntimeWarning
     with np.errstate(divide="ignore", invalid="ignore"):
         r = S[..., 0::2] / S[..., 1::2]  # r00, r01, r10, r11
-    spill = r[..., 1] + r[..., 2] - 2 * r[..., 0]
-    return (
-        beta * (r[..., 3] - r[..., 1])
-        + (1 - beta) * (r[..., 3] - r[..., 2])
-        + k * beta * (1 - beta) * spill
-    )
+        spill = r[..., 1] + r[..., 2] - 2 * r[..., 0]
+        return (
+            beta * (r[..., 3] - r[..., 1])
+            + (1 - beta) * (r[..., 3] - r[..., 2])
+            + k * beta * (1 - beta) * spill
+        )
 
 
 def tsri(*rows: np.ndarray, k: float = 0.0, **options: Any) -> Estimate:

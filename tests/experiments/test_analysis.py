@@ -326,3 +326,16 @@ def test_outcomes_that_are_not_numbers_are_refused(bad: float) -> None:
     y[7] = bad
     with pytest.raises(InvalidInput, match="not finite"):
         analyze(Design(), ["c", "t"], [1, 1], _odd_rows("user", y), metrics=["likes_per_1000"])
+
+
+def test_a_two_sided_readout_without_a_treated_viewer_says_so() -> None:
+    """Every viewer in the control arm: TSRI's treated cells are empty. Before, k·β(1 − β)
+    times their NaN spillover raised a RuntimeWarning (a failed ``report`` under the test
+    suite's warning filter; noise on stderr otherwise) before the NaN estimate."""
+    viewer, candidate = np.repeat(np.arange(5), 3), np.arange(15)
+    zero = np.zeros(15, dtype=np.int64)
+    rows = Exposures(viewer, candidate, zero, candidate % 2, {"mutual": np.zeros(15)})
+    e = analyze(
+        Design(kind="two_sided"), ["c", "t"], [1, 1], rows, metrics=["mutual_likes_per_1000"]
+    ).estimate("mutual_likes_per_1000")
+    assert e.note == "no exposed unit in an arm: no contrast" and np.isnan(e.ci_low)
