@@ -162,10 +162,12 @@ def in_experiment(exp: Experiment, member: str) -> bool:
 
 
 def period_of(exp: Experiment, at: datetime) -> tuple[int, bool]:
-    """Switchback: (period index since the start, inside the burn-in)."""
+    """Switchback: (period index since the start, inside the burn-in). A time before the
+    start (an API host whose clock lags the one that started it) is the start: period -1
+    was a unit no other host served and no readout counts, its arm a coin of its own."""
     if exp.start is None:
         return 0, False
-    minutes = (at - exp.start).total_seconds() / 60.0
+    minutes = max(0.0, (at - exp.start).total_seconds() / 60.0)
     period = int(minutes // exp.design.period_minutes)
     return period, minutes - period * exp.design.period_minutes < exp.design.burn_in_minutes
 

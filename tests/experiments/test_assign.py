@@ -177,3 +177,14 @@ def test_no_arm_reaches_the_hard_rule_parameters() -> None:
     art = arm_artifacts(Artifacts(), _exp(), arm)
     assert params_for(art.params, "for_you") == {"w_geo": 1.0, "w_quality": 2.0}
     assert not set(params_for(art.params, "cold_start")) & REQUEST_PARAMS
+
+
+def test_a_request_before_the_start_is_in_the_first_period() -> None:
+    """An API host whose clock lags the host that started a switchback serves it before its
+    start: that is period 0 (burn-in included), the unit every other host serves and the
+    readout counts — before, period -1, an arm of its own for the lag's length."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    sw = _exp(design={"kind": "switchback", "period_minutes": 60, "burn_in_minutes": 10}, start=at)
+    early = viewer_assignment(sw, "m1", at=at - timedelta(seconds=2), region="berlin")
+    assert (early.unit, early.period, early.burn_in) == ("switchback:berlin:0", 0, True)
+    assert early.arm == viewer_assignment(sw, "m1", at=at, region="berlin").arm
