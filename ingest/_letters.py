@@ -2,7 +2,8 @@
 
 One record per source document (items collection + ``_id`` with its BSON type: ``424242`` and
 ``"424242"`` are two documents): ``{_id, collection, source, stage, doc_id, version, reason,
-doc, at, first_at}`` plus, once resolved, ``{resolved_at, resolved_by, resolved_version,
+doc, at, first_at}`` (and ``doc_key``, the id as BSON bytes, when ``doc_id`` holds it in
+another form) plus, once resolved, ``{resolved_at, resolved_by, resolved_version,
 resolved_source}``. The ``_id`` is :func:`letter_key`, so every lookup ingest makes is an
 ``_id $in`` read, the one filter FerretDB pushes down.
 
@@ -49,7 +50,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bson import DatetimeMS
+import bson
+from bson import Binary, DatetimeMS
 from pymongo import InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
@@ -121,17 +123,34 @@ def dead_letter(
     doc_id = doc.get("_id") if isinstance(doc, Mapping) else None
     if version is None and isinstance(doc, Mapping):
         version = doc.get("version")
+    shown = _storable(doc_id)
+    exact = {} if _typed(shown) == _typed(doc_id) else {"doc_key": _encoded_id(doc_id)}
     return {
         "_id": letter_key(collection, doc_id),
         "collection": collection,
         "source": source,
         "stage": stage,
-        "doc_id": _storable(doc_id),
+        "doc_id": shown,
+        **exact,
         "version": source_version(version),  # what validation reads (2.0 is 2), else null
         "reason": reason[:2000],
         "doc": _storable(doc) if isinstance(doc, Mapping) else {"value": repr(doc)[:1000]},
         "at": now_ms(),
     }
+
+
+def _encoded_id(doc_id: Any) -> Binary:
+    """The id itself as BSON bytes, for a record whose ``doc_id`` had to be made storable
+    (an out-of-range date, NaN): the sweep looks the document up by it."""
+    return Binary(bson.encode({"_id": doc_id}))
+
+
+def _source_id(rec: Mapping[str, Any], codec_options: Any) -> Any:
+    """The id of the document a record refused, as the items collection reads it."""
+    key = rec.get("doc_key")
+    if isinstance(key, bytes):
+        return bson.decode(key, codec_options=codec_options)["_id"]
+    return rec.get("doc_id")
 
 
 @dataclass
@@ -332,8 +351,9 @@ async def sweep(
     letters = db.get_collection(DEAD_LETTERS, codec_options=items.codec_options)
     with backend_errors("reading dead letters failed"):
         query = {**records_of(items.name), "resolved_at": None}
-        async for rec in letters.find(query, {"doc_id": 1, "version": 1}):
-            if owns(rec.get("doc_id")):
+        async for rec in letters.find(query, {"doc_id": 1, "doc_key": 1, "version": 1}):
+            rec["doc_id"] = _source_id(rec, items.codec_options)
+            if owns(rec["doc_id"]):
                 opened.append(rec)
     resolved = 0
     for start in range(0, len(opened), PAGE):

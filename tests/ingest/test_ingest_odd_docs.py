@@ -311,3 +311,37 @@ def test_items_are_read_with_the_clients_utf8_tolerance(
         assert isinstance(
             bson.decode(late, codec_options=coll.codec_options)["updated_at"], bson.DatetimeMS
         )
+
+
+async def test_an_id_stored_in_another_form_keeps_its_dead_letter_open(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A record whose ``doc_id`` had to be stored in another form (an out-of-range date is
+    kept as the text ``DatetimeMS(...)``: default codecs cannot read it back) stays open
+    while its document exists: the sweep looked that text up in the items, found nothing and
+    resolved the record as deleted in the very reindex that opened it (``verify`` then
+    counted one invalid document more than open dead letters). Deleted, it is resolved."""
+    from bson import DatetimeMS
+
+    late = DatetimeMS(253402300800000 + 5)  # 10000-01-01: FerretDB stores it
+    ids = [late, {"d": late}]
+    coll = mongo_db[ingest_settings.items_collection]
+    coll.insert_many([_item(ingest_catalogue[i], doc_id) for i, doc_id in enumerate(ids)])
+    client = clients.async_opensearch(ingest_settings)
+    syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+    try:
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert (report.dead_lettered, report.dead_letters_resolved) == (2, 0)
+        assert (await syncer.reconcile(take_all=True)).dead_letters_resolved == 0
+        check = await verify(ingest_settings, client=client)
+        assert check.ok and check.invalid == check.open_dead_letters == 2, check.summary()
+        coll.delete_one({"_id": late})
+        assert (await syncer.reconcile(take_all=True)).dead_letters_resolved == 1
+        check = await verify(ingest_settings, client=client)
+        assert check.invalid == check.open_dead_letters == 1, check.summary()
+    finally:
+        await syncer.close()
+        await client.close()
