@@ -125,18 +125,17 @@ def _marker(doc: Mapping[str, Any]) -> Any:
 def _key(doc: Mapping[str, Any]) -> Any:
     """A hashable id that keeps its BSON type (``424242`` and ``"424242"`` differ).
 
-    A null or embedded-document id (unhashable) is keyed by its type and ``repr`` (a tuple,
-    which no BSON ``_id`` decodes to): forgetting it would re-apply it on every pass, and a
-    sync worker re-reading it every pass (a future or non-date ``updated_at``) never idles.
+    Any id but a string is keyed by its type and ``repr`` (a tuple, which no BSON ``_id``
+    decodes to): Python takes ``True`` for ``1`` (and ``False`` for ``0``), so a document
+    ``_id: true`` read after ``_id: 1`` was skipped as applied and never dead-lettered; a
+    null or embedded-document id is unhashable, and forgetting it would re-apply it on every
+    pass (a sync worker re-reading it every pass, a future or non-date ``updated_at``, never
+    idles).
     """
     if not isinstance(doc, Mapping) or "_id" not in doc:
         return None
     value = doc["_id"]
-    try:
-        hash(value)
-    except TypeError:
-        return (type(value).__name__, repr(value))
-    return ("NoneType", "None") if value is None else value
+    return value if type(value) is str else (type(value).__name__, repr(value))
 
 
 def _version_of(doc: Mapping[str, Any]) -> int | None:

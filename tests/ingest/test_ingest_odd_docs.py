@@ -345,3 +345,31 @@ async def test_an_id_stored_in_another_form_keeps_its_dead_letter_open(
     finally:
         await syncer.close()
         await client.close()
+
+
+async def test_ids_python_takes_for_equal_are_each_dead_lettered(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """``_id: true`` and ``_id: 1`` are two MongoDB documents, but one key of the sync
+    worker's memory of what it applied (``True == 1`` in Python): the one read in a later
+    pass was skipped as already applied and never dead-lettered (``verify``: 4 invalid,
+    3 open)."""
+    coll = mongo_db[ingest_settings.items_collection]
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+        try:
+            coll.insert_many([_item(ingest_catalogue[0], 1), _item(ingest_catalogue[1], 0)])
+            assert (await syncer.once(take_all=True)).dead_lettered == 2
+            coll.insert_many([_item(ingest_catalogue[2], True), _item(ingest_catalogue[3], False)])
+            assert (await syncer.once(take_all=True)).dead_lettered == 2
+        finally:
+            await syncer.close()
+        check = await verify(ingest_settings, client=client)
+        assert check.ok and check.invalid == check.open_dead_letters == 4, check.summary()
+    finally:
+        await client.close()
