@@ -31,7 +31,8 @@ __all__ = ["Applied", "Counters", "Prepared", "prepare", "write"]
 class Prepared:
     actions: list[Action] = field(default_factory=list)
     letters: list[dict[str, Any]] = field(default_factory=list)
-    # settled with nothing to write: hard deletes of documents the index does not hold
+    # settled with nothing to write: hard deletes of documents the index does not hold,
+    # tombstones of ids it cannot hold
     settled: list[Action] = field(default_factory=list)
     encoded: int = 0
     cache_hits: int = 0
@@ -159,7 +160,9 @@ def prepare(
             version = _version_of(raw)
             doc_id = raw.get("_id") if isinstance(raw, Mapping) else None
             if is_tombstone(raw):
-                out.actions.append(Action("delete", doc_id, version, raw=raw))
+                # an id OpenSearch cannot hold was never indexed: nothing to delete there
+                tombstone = Action("delete", doc_id, version, raw=raw)
+                (out.actions if indexable_id(doc_id) else out.settled).append(tombstone)
                 continue
             out.letters.append(
                 dead_letter(

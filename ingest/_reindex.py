@@ -72,6 +72,7 @@ from ._letters import sweep
 from ._letters_admin import purge_resolved
 from ._pipeline import Pipeline, read_ahead
 from ._reconcile import remove_gone
+from ._schema import is_tombstone
 from ._store import items_collection, stream
 
 __all__ = ["ReindexReport", "reindex", "remove_partial_builds"]
@@ -162,7 +163,7 @@ async def _reindex(
 
     def remember(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         applied.remember(d for d in docs if _written_since(d, since))
-        return [d for d in docs if d.get("deleted") is not True]  # tombstones: nothing to build
+        return [d for d in docs if not is_tombstone(d)]  # nothing to build
 
     async def done(_: Any, counters: Counters) -> None:
         report.total += counters.seen

@@ -79,7 +79,10 @@ async def test_bad_documents_are_dead_lettered_and_counted(
         # a second run records each bad document once (ids are content hashes)
         await reindex(ingest_settings, client=client, embedder=embedder)
         assert mongo_db["dead_letters"].count_documents(
-            {"doc_id": {"$in": [d["_id"] for d, _ in bad.values()]}}
+            {
+                "collection": ingest_settings.items_collection,
+                "doc_id": {"$in": [d["_id"] for d, _ in bad.values()]},
+            }
         ) == len(bad)
     finally:
         await client.close()

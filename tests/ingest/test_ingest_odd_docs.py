@@ -373,3 +373,36 @@ async def test_ids_python_takes_for_equal_are_each_dead_lettered(
         assert check.ok and check.invalid == check.open_dead_letters == 4, check.summary()
     finally:
         await client.close()
+
+
+async def test_a_tombstone_settles_whatever_its_id(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """``deleted: true`` with a version deletes the document whatever its id: a refused
+    ``_id: 7`` or ``"x" * 600`` tombstoned later was refused again by sync at the new version
+    (its record reopened for a deleted document) and counted ``invalid`` by ``verify``; a
+    reindex skipped a tombstone with no usable version, which sync and ``verify`` refuse
+    (verify: 1 invalid, 0 open)."""
+    coll = mongo_db[ingest_settings.items_collection]
+    ids = [7, "x" * 600, "a/b"]
+    coll.insert_many([_item(ingest_catalogue[i], doc_id) for i, doc_id in enumerate(ids)])
+    coll.insert_one(_item(ingest_catalogue[3], "gone-unversioned", deleted=True, version="x"))
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert report.dead_lettered == len(ids) + 1
+        for doc_id in ids:
+            _bump(coll, doc_id, deleted=True)
+        syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+        try:
+            passed = await syncer.once(take_all=True)
+        finally:
+            await syncer.close()
+        assert (passed.dead_lettered, passed.dead_letters_resolved) == (0, len(ids)), passed
+        check = await verify(ingest_settings, client=client)
+        assert check.ok and check.invalid == check.open_dead_letters == 1, check.summary()
+    finally:
+        await client.close()
