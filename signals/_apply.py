@@ -47,6 +47,7 @@ from functools import partial
 from typing import Any
 
 from opendisco._backend import backend_errors
+from opendisco._domain import readable_id
 from opendisco._exceptions import BackendError, PartialWrite, SearchBackendError
 from opendisco._published import Followed
 
@@ -88,7 +89,22 @@ async def stored_items(
             projection=dict.fromkeys(_STORED_FIELDS, 1),
         ).to_list(None)
     mark = {} if unindexed else {NO_VECTORS: True}
-    return {str(d["_id"]): {**{f: d[f] for f in _STORED_FIELDS if f in d}, **mark} for d in docs}
+    return {str(d["_id"]): {**_as_indexed(d), **mark} for d in docs}
+
+
+def _as_indexed(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored fields of an item as the effects can read them: a category that is not a
+    string (a document ingest refuses) is none, an owner that reads as no id
+    (:func:`~opendisco._domain.readable_id`: a document, a list) too. A hide or a pass of an
+    item stored with ``category: {...}`` failed its whole batch (an unhashable fatigue key:
+    503), and every background retry and recovery sweep with it, the other members' events
+    too; ``kind`` is kept as stored (``maybe_profile`` reads an odd one on the safe side)."""
+    out = {f: doc[f] for f in _STORED_FIELDS if f in doc}
+    if "category" in out and not isinstance(out["category"], str):
+        out["category"] = None
+    if "owner_id" in out and not readable_id(out["owner_id"]):
+        out["owner_id"] = None
+    return out
 
 
 def item_vectors(
