@@ -46,7 +46,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from opendisco._backend import backend_errors
-from opendisco._exceptions import Overloaded
+from opendisco._exceptions import DocumentInvalid, Overloaded
+from opendisco.ingest import validate_item
 from opendisco.serving import (
     Discovery,
     HardRules,
@@ -99,6 +100,18 @@ def _raise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _servable(doc: dict[str, Any]) -> bool:
+    """Whether ingest would index the stored item ``doc`` (:func:`opendisco.ingest.validate_item`;
+    its vectors are not read here). A refused one (dead-lettered: a title that is a
+    document) was served as it is stored, and one ``popularity: "lots"`` made every cold
+    degraded answer a 503."""
+    try:
+        validate_item(doc)
+    except DocumentInvalid:
+        return False
+    return True
 
 
 @dataclass
@@ -182,7 +195,7 @@ class Fallback:
             .limit(k)
         )
         with backend_errors("fallback: popular items lookup failed"):
-            docs = await cursor.to_list(k)
+            docs = [d for d in await cursor.to_list(k) if _servable(d)]
         recs = [
             Recommendation(
                 id=str(d["_id"]),

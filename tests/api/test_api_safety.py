@@ -415,6 +415,34 @@ async def test_cold_process_with_the_engine_down_serves_safe_popular_items(
         await os_proxy.close()
 
 
+async def test_the_cold_fallback_serves_no_item_ingest_refuses(
+    safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """The most popular items MongoDB holds include the ones ingest dead-letters: one stored
+    with a title that is a document was served as it is stored, and one with
+    ``popularity: "lots"`` made every cold degraded answer a 503 (not a number to score)."""
+    odd = {"odd-title": {"title": {"en": 1}}, "odd-pop": {"popularity": "lots"}}
+    with clients.mongo(safe_settings) as mc:
+        coll = mc[safe_settings.mongo_db][safe_settings.items_collection]
+        base = coll.find_one({"_id": "ok0"})
+        base.update(popularity=1e29, available=True)
+        coll.insert_many([{**base, "_id": i, **patch} for i, patch in odd.items()])
+    os_proxy, _, settings = await proxied(safe_settings, api_deadline_ms=300)
+    await os_proxy.kill()
+    try:
+        async with serve(settings) as client:
+            body = await _get(client, safe["keys"]["read"], f"/v1/users/{V}/recommendations?k=20")
+        ids = [it["id"] for it in body["items"]]
+        assert body["template_version"] == "fallback-popular" and ids
+        assert not set(ids) & set(odd), ids
+    finally:
+        await os_proxy.close()
+        with clients.mongo(safe_settings) as mc:
+            mc[safe_settings.mongo_db][safe_settings.items_collection].delete_many(
+                {"_id": {"$in": list(odd)}}
+            )
+
+
 async def test_the_fallback_counts_its_own_answers_toward_exposure_caps(
     safe_settings: Settings, safe: dict[str, Any]
 ) -> None:
