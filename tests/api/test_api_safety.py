@@ -396,21 +396,26 @@ async def test_cold_process_with_the_engine_down_serves_safe_popular_items(
     if stored:
         async with serve(safe_settings) as client:
             await _ready(client)
-    os_proxy, _, settings = await proxied(safe_settings, api_deadline_ms=300)
+    body = await _cold_recommendations(safe_settings, safe["keys"]["read"])
+    ids = [it["id"] for it in body["items"]]
+    assert body["degraded"] is True and ids
+    assert body["template_version"] == "fallback-popular"
+    if stored:
+        assert not _violations(ids), _violations(ids)
+        assert set(body["degraded_rules"]) <= {"exposure_cap"}
+    else:
+        assert body["degraded_rules"] == ["exposure_cap"]
+        assert "x-capped" in ids  # not vacuous: the one rule left unchecked
+        assert not _violations([i for i in ids if i != "x-capped"])
+
+
+async def _cold_recommendations(settings: Settings, key: str) -> dict[str, Any]:
+    """V's recommendations from a process started with the engine killed (no list yet)."""
+    os_proxy, _, settings = await proxied(settings, api_deadline_ms=300)
     await os_proxy.kill()
     try:
         async with serve(settings) as client:
-            body = await _get(client, safe["keys"]["read"], f"/v1/users/{V}/recommendations?k=20")
-            ids = [it["id"] for it in body["items"]]
-            assert body["degraded"] is True and ids
-            assert body["template_version"] == "fallback-popular"
-            if stored:
-                assert not _violations(ids), _violations(ids)
-                assert set(body["degraded_rules"]) <= {"exposure_cap"}
-            else:
-                assert body["degraded_rules"] == ["exposure_cap"]
-                assert "x-capped" in ids  # not vacuous: the one rule left unchecked
-                assert not _violations([i for i in ids if i != "x-capped"])
+            return await _get(client, key, f"/v1/users/{V}/recommendations?k=20")
     finally:
         await os_proxy.close()
 
@@ -427,16 +432,12 @@ async def test_the_cold_fallback_serves_no_item_ingest_refuses(
         base = coll.find_one({"_id": "ok0"})
         base.update(popularity=1e29, available=True)
         coll.insert_many([{**base, "_id": i, **patch} for i, patch in odd.items()])
-    os_proxy, _, settings = await proxied(safe_settings, api_deadline_ms=300)
-    await os_proxy.kill()
     try:
-        async with serve(settings) as client:
-            body = await _get(client, safe["keys"]["read"], f"/v1/users/{V}/recommendations?k=20")
+        body = await _cold_recommendations(safe_settings, safe["keys"]["read"])
         ids = [it["id"] for it in body["items"]]
         assert body["template_version"] == "fallback-popular" and ids
         assert not set(ids) & set(odd), ids
     finally:
-        await os_proxy.close()
         with clients.mongo(safe_settings) as mc:
             mc[safe_settings.mongo_db][safe_settings.items_collection].delete_many(
                 {"_id": {"$in": list(odd)}}
