@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from http_faults import FaultyHttpProxy
 from signals_support import Clock
 
-from opendisco import Settings, clients
+from opendisco import SearchBackendError, Settings, clients
 from opendisco.signals import ExposureMirror, ExposureStore
 from opendisco.signals._exposure_mirror import scan_counters
 
@@ -152,6 +153,29 @@ async def test_reads_page_through_every_counter(store: ExposureStore) -> None:
     rows = await scan_counters(store, page=2)
     assert rows is not None and sorted(rows) == [f"i{n}" for n in range(7)]
     assert await scan_counters(store, page=2, limit=6) is None
+
+
+async def test_a_count_missing_a_shard_fails_the_read_not_the_limit(store: ExposureStore) -> None:
+    """The count that guards ``limit`` is a 200 whose ``_shards.failed`` is 1 (a shard's
+    search queue full), its count short: read as the whole count, it let the scan hold every
+    counter past ``signal_copies_max_items`` (7 rows under a limit of 6). The read fails
+    instead, as when the count is refused (the copy keeps what it last read)."""
+    await store.record({f"i{n}": n + 1 for n in range(7)})
+    await _visible(store)
+    shards = {"total": 2, "successful": 1, "skipped": 0, "failed": 1}
+    with FaultyHttpProxy(store.settings.opensearch_url) as proxy:
+        proxy.rewrite_if = lambda m, path, a: (
+            {**a, "count": 3, "_shards": shards} if path.endswith("/_count") else None
+        )
+        faulty = clients.async_opensearch(
+            store.settings.model_copy(update={"opensearch_url": proxy.url})
+        )
+        try:
+            with pytest.raises(SearchBackendError, match="shards failed"):
+                await scan_counters(ExposureStore(faulty, store.settings), page=2, limit=6)
+            assert proxy.rewritten == 1
+        finally:
+            await faulty.close()
 
 
 async def test_a_flush_the_engine_wrote_late_is_still_known(store: ExposureStore) -> None:
