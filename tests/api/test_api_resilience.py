@@ -1,7 +1,8 @@
 """OpenSearch made unavailable mid-test (through a proxy: paused like SIGSTOP, closed like
 kill -9) -> degraded 200s from the fallback, breaker opens and half-opens, then recovery;
-bounded concurrency answers 503 + Retry-After when saturated. (That degraded answers obey the
-hard rules is test_api_safety's subject.)"""
+bounded concurrency answers 503 + Retry-After when saturated; a 429 storm is not multiplied
+toward the engine (no retried refusal, the breaker stops the rest). (That degraded answers
+obey the hard rules is test_api_safety's subject.)"""
 
 from __future__ import annotations
 
@@ -140,3 +141,62 @@ async def test_saturation_is_503_with_retry_after(
             await proxy.resume()
     finally:
         await proxy.close()
+
+
+async def test_a_429_storm_is_not_multiplied_toward_the_engine(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """Every search refused with 429 ``es_rejected_execution_exception`` while clients retry
+    at once (no backoff): the API never retries a refused search (at most one candidate
+    ``_msearch`` per request) and the breaker stops sending them, bar one half-open probe per
+    ``api_breaker_reset_s``: an engine shedding load is not sent more of it. Every answer is
+    a degraded 200 (or 503 + Retry-After), within the deadline."""
+    from http_faults import FaultyHttpProxy
+
+    sent: list[str] = []
+    conc, asked, failures, reset_s = 8, 60, 3, 1.0
+    with FaultyHttpProxy(api_settings.opensearch_url, statuses=(429,)) as proxy:
+        settings = api_settings.model_copy(
+            update={
+                "opensearch_url": proxy.url,
+                "api_deadline_ms": 800,
+                "api_breaker_failures": failures,
+                "api_breaker_reset_s": reset_s,
+            }
+        )
+        async with serve(settings) as client:
+            await _wait_fallback(client)
+            assert (await _until(client, keys["read"], degraded=False))["items"]
+
+            def refuse(method: str, path: str) -> bool:
+                if path.endswith("/_msearch"):
+                    sent.append(path)
+                return True
+
+            proxy.fail_if = refuse
+            codes: list[int] = []
+            slowest = 0.0
+            began = time.monotonic()
+
+            async def reader() -> None:  # until ``asked`` requests (8 s at most)
+                nonlocal slowest
+                while len(codes) < asked and time.monotonic() < began + 8:
+                    t0 = time.perf_counter()
+                    resp = await client.get(URL, headers=h(keys["read"]))
+                    slowest = max(slowest, time.perf_counter() - t0)
+                    codes.append(resp.status_code)
+                    if resp.status_code == 200:
+                        assert resp.json()["degraded"] is True, resp.text
+                    else:
+                        assert resp.status_code == 503 and int(resp.headers["Retry-After"]) >= 1
+
+            await asyncio.gather(*(reader() for _ in range(conc)))
+            storm_s = time.monotonic() - began
+            proxy.fail_if = None
+            await _until(client, keys["read"], degraded=False)  # and it recovers
+    # the requests in flight when the storm began, then one probe per reset period
+    most = conc + failures + int(storm_s / reset_s) + 1
+    assert len(codes) > 2 * most, (codes, storm_s)  # many more requests than that
+    assert len(sent) <= most, (len(sent), len(codes), storm_s)
+    assert codes.count(200) >= len(codes) / 2, codes
+    assert slowest < 0.8 + 1.0, slowest  # the deadline, and a fallback's MongoDB reads
