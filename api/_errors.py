@@ -107,14 +107,18 @@ async def _opendisco_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc, request_id(request))
 
 
+def _msg(error: Any) -> str:
+    """A validation error's message; a body that is not JSON also says why (the decoder's
+    words: ``Expecting value``, ``duplicate key 'events'``)."""
+    msg = str(error.get("msg"))
+    why = (error.get("ctx") or {}).get("error") if error.get("type") == "json_invalid" else None
+    return f"{msg}: {why}" if why else msg
+
+
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     detail = [
-        {
-            "loc": [str(p) for p in e.get("loc", ())],
-            "msg": str(e.get("msg")),
-            "type": str(e.get("type")),
-        }
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": _msg(e), "type": str(e.get("type"))}
         for e in exc.errors()
     ]
     return error_response(InvalidInput("request validation failed"), request_id(request), detail)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from opendisco._domain import UserSurface
 from opendisco.signals import ServedList
 
+from .._body import StrictJSONRoute
 from .._deps import (
     CursorQ,
     Explain,
@@ -34,7 +35,7 @@ from .._runtime import Answer, Runtime
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["discovery"])
+router = APIRouter(tags=["discovery"], route_class=StrictJSONRoute)
 
 _READ: dict[str, Any] = {
     "response_model": RecommendationsResponse,

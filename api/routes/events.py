@@ -9,13 +9,14 @@ from fastapi import APIRouter, Request
 
 from opendisco._exceptions import BackendError, OpenDiscoError, Overloaded
 
+from .._body import StrictJSONRoute
 from .._deps import RuntimeDep, WriteKey
 from .._errors import BODY_ERRORS, ERRORS, request_id
 from .._models import EventBatch, EventsResponse
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/events", response_model=EventsResponse, responses={**ERRORS, **BODY_ERRORS})

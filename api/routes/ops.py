@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from .._body import StrictJSONRoute
 from .._deps import RuntimeDep
 from .._errors import BACKEND_RETRY_AFTER_S
 from .._metrics import CONTENT_TYPE_LATEST
@@ -16,7 +17,7 @@ from .._models import HealthResponse, ReadyResponse
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["ops"])
+router = APIRouter(tags=["ops"], route_class=StrictJSONRoute)
 
 
 @router.get("/healthz", response_model=HealthResponse)

@@ -17,6 +17,7 @@ from opendisco.experiments import DesignKind, ExperimentStore
 from opendisco.queries import load
 from opendisco.serving import MAX_K
 
+from .._body import StrictJSONRoute
 from .._deps import RuntimeDep
 from .._runtime import Runtime
 from ..playground import (
@@ -38,7 +39,7 @@ from ..playground._compare import answer, draft_answer
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["playground"], include_in_schema=False)
+router = APIRouter(tags=["playground"], include_in_schema=False, route_class=StrictJSONRoute)
 
 _STATIC = {
     "playground.js": "text/javascript; charset=utf-8",

@@ -310,3 +310,38 @@ async def test_every_status_a_malformed_request_gets_is_published(
     for resp in (r, deep):
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["type"] == "HTTPError"
+
+
+async def test_a_json_object_naming_a_key_twice_is_422(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """Python's JSON reader keeps the last of a repeated key: ``{"events": [A], "events": [B]}``
+    recorded B, answered 200 with ``accepted: 1``, and A was lost without a word; an event
+    naming ``type`` twice was recorded as whichever came last (another reader — a proxy, a
+    log — may take the first). Such a body is refused, naming the key, and nothing of it is
+    recorded."""
+    a, b = _event(), _event()
+    twice = {
+        "events": f'{{"events": [{json.dumps(a)}], "events": [{json.dumps(b)}]}}',
+        "type": json.dumps({"events": [a]}).replace(
+            '"type": "click"', '"type": "click", "type": "hide"'
+        ),
+    }
+    headers = {**h(keys["write"]), "content-type": "application/json"}
+    async with serve(api_settings) as client:
+        for key, body in twice.items():
+            r = await client.post("/v1/events", content=body, headers=headers)
+            assert r.status_code == 422, (key, r.text)
+            err = r.json()["error"]
+            assert err["type"] == "InvalidInput"
+            assert f"duplicate key {key!r}" in err["detail"][0]["msg"], err
+        pg = await client.post(
+            "/playground/api/validate",
+            content='{"kind": "params", "kind": "template", "body": {}}',
+            headers={**h(keys["admin"]), "content-type": "application/json"},
+        )
+        assert pg.status_code == 422, pg.text
+        # nothing of the refused bodies was recorded: both events are new now
+        ok = await client.post("/v1/events", json={"events": [a, b]}, headers=h(keys["write"]))
+    assert ok.status_code == 200, ok.text
+    assert (ok.json()["accepted"], ok.json()["duplicates"]) == (2, 0), ok.text
