@@ -5,7 +5,7 @@ MongoDB, the source of truth."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
@@ -16,8 +16,9 @@ from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 
 from ._apply import stored_items
+from ._event import Event, EventsResult
 
-__all__ = ["event_items"]
+__all__ = ["about_items", "event_items"]
 
 log = logging.getLogger("opendisco.signals")
 
@@ -69,3 +70,27 @@ async def event_items(
     if unindexed := [str(i) for i in about if i not in out and i not in failed]:
         out.update(await stored_items(coll, unindexed, unindexed=True))
     return out
+
+
+def about_items(
+    valid: list[tuple[int, Event]],
+    items: Mapping[str, Mapping[str, Any]],
+    require_known: bool,
+    out: EventsResult,
+) -> list[tuple[int, Event]]:
+    """Pure: the ``(index, event)`` of ``valid`` whose item may be the subject of an event;
+    the others are added to ``out.rejected`` with the reason. An item no store holds is
+    unknown (when ``require_known``); the member's own profile is not theirs to engage
+    with: a like, match or message on it added to its trending count and inbound attention
+    (a member lifting their own profile), a click or a hide put it in the member's own
+    positives or negatives; serving never shows a member their own profile."""
+    keep = []
+    for i, ev in valid:
+        item = items.get(ev.item_id)
+        if item is None and require_known:
+            out.rejected.append((i, f"item_id: unknown item {ev.item_id!r}"))
+        elif item is not None and item.get("owner_id") == ev.user_id:
+            out.rejected.append((i, "item_id: the member's own profile (an event about oneself)"))
+        else:
+            keep.append((i, ev))
+    return keep

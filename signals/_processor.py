@@ -71,7 +71,7 @@ from ._apply import Check, EffectWriter, settle_unsure
 from ._blocks import BlockStore
 from ._claims import EventClaims, classify, reused
 from ._event import Event, EventsConfig, EventsResult, reuse_reason, stored_event, validate_batch
-from ._event_items import event_items
+from ._event_items import about_items, event_items
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
 from ._folding import followed_behaviour
@@ -299,14 +299,7 @@ class EventProcessor:
             for st in states.values():
                 wanted.update(e["id"] for e in (*st.positives, *st.negatives))
             items = await self._items(sorted(wanted), about={ev.item_id for _, ev in valid})
-        if valid and self.cfg.require_known_items:
-            keep = []
-            for i, ev in valid:
-                if ev.item_id in items:
-                    keep.append((i, ev))
-                else:
-                    out.rejected.append((i, f"item_id: unknown item {ev.item_id!r}"))
-            valid = keep
+        valid = about_items(valid, items, self.cfg.require_known_items, out)  # (pure)
         out.rejected.sort()
         if valid:
             # 3.-5. claim, effects, mark

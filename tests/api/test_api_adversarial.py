@@ -26,6 +26,7 @@ import pytest
 from api_support import h, serve
 
 from opendisco import Settings
+from opendisco.signals import EVENTS
 
 
 def _event(**kw: Any) -> dict[str, Any]:
@@ -345,3 +346,33 @@ async def test_a_json_object_naming_a_key_twice_is_422(
         ok = await client.post("/v1/events", json={"events": [a, b]}, headers=h(keys["write"]))
     assert ok.status_code == 200, ok.text
     assert (ok.json()["accepted"], ok.json()["duplicates"]) == (2, 0), ok.text
+
+
+async def test_an_event_about_the_members_own_profile_is_rejected(
+    api_settings: Settings,
+    api_catalogue: dict[str, Any],
+    keys: dict[str, str],
+    mongo_db: Any,
+) -> None:
+    """A member's like, match or message on their own profile was applied: it added to the
+    profile's trending count and inbound attention (a member could lift their own profile),
+    and a click or a hide put it in their own positives or negatives. Such an event is
+    ``rejected`` with the reason, nothing of it recorded; the same event about another
+    member's profile is accepted."""
+    users = api_catalogue["users"]
+    member = next(u for u in users if u.get("profile_id"))
+    uid, own = member["_id"], member["profile_id"]
+    other = next(u["profile_id"] for u in users if u.get("profile_id") and u["_id"] != uid)
+    mine = [_event(type=t, user_id=uid, item_id=own) for t in ("like", "match", "click", "hide")]
+    theirs = _event(type="like", user_id=uid, item_id=other)
+    async with serve(api_settings) as client:
+        r = await client.post(
+            "/v1/events", json={"events": [*mine, theirs]}, headers=h(keys["write"])
+        )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["accepted"], out["duplicates"]) == (1, 0), out
+    assert [x["index"] for x in out["rejected"]] == [0, 1, 2, 3], out
+    assert all("own profile" in x["reason"] for x in out["rejected"]), out
+    ids = [e["id"] for e in mine]
+    assert await asyncio.to_thread(mongo_db[EVENTS].count_documents, {"_id": {"$in": ids}}) == 0
