@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from opendisco._domain import Surface
 from opendisco.signals import Event
 
 __all__ = [
+    "MAX_BATCH_ERRORS",
     "ErrorBody",
     "ErrorResponse",
     "EventBatch",
@@ -69,8 +70,37 @@ class RecommendationsResponse(_Strict):
     )
 
 
+#: the most validation errors worked out for an event batch, about its first events (and
+#: the last one's all): every wrong field of every event was, 1000 events with 700 unknown
+#: fields each (7.6 MB) took 13.6 s on the event loop, every other request waiting, and
+#: answered a 72 MB 422
+MAX_BATCH_ERRORS = 100
+MAX_BATCH = 1000
+
+
 class EventBatch(_Strict):
-    events: list[Event] = Field(min_length=1, max_length=1000)
+    events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _first_errors(cls, value: Any) -> Any:
+        """The events validated one by one, up to the event whose errors reach
+        :data:`MAX_BATCH_ERRORS`: the batch is cut after it (invalid all the same, its 422
+        naming the errors of the events up to there). The valid ones are handed on as
+        :class:`Event`, not validated again."""
+        if not isinstance(value, list) or len(value) > MAX_BATCH:
+            return value  # the field's own checks say why
+        out: list[Any] = []
+        errors = 0
+        for raw in value:
+            try:
+                out.append(Event.model_validate(raw))
+            except ValidationError as exc:
+                out.append(raw)  # validated again by the field: its errors, where they are
+                errors += exc.error_count()
+                if errors >= MAX_BATCH_ERRORS:
+                    break
+        return out
 
 
 class Rejected(_Strict):
