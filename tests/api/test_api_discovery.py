@@ -130,6 +130,9 @@ async def test_ops_endpoints(api: Any, keys: dict[str, str]) -> None:
         "opensearch": True,
         "mongo": True,
     }
+    for probe in ("/healthz", "/readyz"):  # a load balancer's HEAD probe (it was 405)
+        head = await api.head(probe)
+        assert head.status_code == 200 and not head.content, (probe, head.status_code)
     await api.get("/v1/users/u1/recommendations?k=3", headers=h(keys["read"]))
     text = (await api.get("/metrics")).text
     assert 'route="/v1/users/{user_id}/recommendations"' in text
