@@ -18,11 +18,11 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
 from opendisco import clients
+from opendisco._cancel import stop_tasks
 from opendisco._settings import Settings
 from opendisco.experiments import install as install_experiments
 from opendisco.serving import Discovery
@@ -61,25 +61,6 @@ def _breaker(settings: Settings, metrics: Metrics) -> CircuitBreaker:
     return CircuitBreaker(
         settings.api_breaker_failures, settings.api_breaker_reset_s, on_change=on_change
     )
-
-
-async def stop_tasks(tasks: list[asyncio.Task[None]], timeout_s: float = 5.0) -> set[Any]:
-    """Cancel ``tasks`` and wait up to ``timeout_s`` for them to end, cancelling again each
-    that goes on; returns those still running. The MongoDB driver can swallow a cancellation
-    (an operation cancelled while its connection fails or is checked out returns, or raises
-    its own error, instead): a background loop cancelled once then ran on after shutdown,
-    on closed clients, for as long as the process lived."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    pending: set[Any] = {t for t in tasks if not t.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        left = deadline - loop.time()
-        if left <= 0:
-            break
-        _, pending = await asyncio.wait(pending, timeout=min(0.2, left))
-    return pending
 
 
 @asynccontextmanager

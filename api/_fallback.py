@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from opendisco._backend import backend_errors
+from opendisco._cancel import raise_lost_cancel
 from opendisco._exceptions import DocumentInvalid, Overloaded
 from opendisco.ingest import validate_item
 from opendisco.serving import (
@@ -93,13 +94,6 @@ def to_served(rec: Recommendation, with_trace: bool = False) -> dict[str, Any]:
         "item": {k: _plain(v) for k, v in rec.item.items() if k not in _VECTOR_FIELDS},
         "trace": _plain(trace) if trace is not None else None,
     }
-
-
-def _raise_if_cancelling() -> None:
-    # a backend client may turn our cancellation into an ordinary error; do not outlive it
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _servable(doc: dict[str, Any]) -> bool:
@@ -154,7 +148,7 @@ class Fallback:
         while True:
             started = loop.time()
             await self.lists.refresh(spread_s=self.refresh_s / 2)
-            _raise_if_cancelling()
+            raise_lost_cancel()
             took = loop.time() - started
             await asyncio.sleep(max(self.refresh_s - took, self.refresh_s / 2))
 
@@ -242,7 +236,7 @@ class Fallback:
         try:
             got = await asyncio.wait_for(load_caps(self.db, alias), self.store_timeout_s)
         except Exception as exc:  # unchecked, and named in degraded_rules
-            _raise_if_cancelling()
+            raise_lost_cancel()
             log.warning("fallback: stored cap list not read: %r", exc)
             return None, False
         ids, fresh = (None, False) if got is None else (got[0], got[1] <= 2 * self.refresh_s)

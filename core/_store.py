@@ -45,6 +45,7 @@ from pymongo.errors import (
 )
 
 from ._backend import backend_errors
+from ._cancel import raise_lost_cancel
 from ._exceptions import BackendError, StoreBackendError, StoreUnreachable
 from ._holder import held_until_over, holder
 
@@ -228,17 +229,6 @@ def _released_on_error(
         raise
 
 
-def _raise_lost_cancel() -> None:
-    """Raise the cancellation of this task when an await swallowed it: on Python 3.11
-    ``asyncio.wait_for`` returns its result when the cancel lands as the awaited operation
-    completes (gh-86296, fixed in 3.12), and the driver awaits through it. A waiter for a
-    lease then kept polling, cancelled, for its whole ``wait_s`` (a playground job cancelled
-    at shutdown: up to an hour; seen in CI)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 @contextlib.asynccontextmanager
 async def lease(
     locks: Any,
@@ -312,7 +302,7 @@ async def lease(
         attempt += 1
         if time.monotonic() > deadline:
             raise StoreBackendError(f"{what} busy: {busy[:5]} (waited {wait_s}s)")
-        _raise_lost_cancel()
+        raise_lost_cancel()
         await asyncio.sleep(random.uniform(0.002, 0.004 * 2 ** min(attempt, 5)))
 
     async def extend() -> None:

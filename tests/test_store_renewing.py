@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from opendisco._store import _raise_lost_cancel, renewing
+from opendisco._cancel import raise_lost_cancel
+from opendisco._store import renewing
 
 
 class _Rounds:
@@ -78,7 +79,7 @@ async def test_a_cancel_an_await_swallowed_is_raised_before_the_lease_wait_goes_
             await asyncio.sleep(10)
         while polled < 100:  # the lease's wait loop
             polled += 1
-            _raise_lost_cancel()
+            raise_lost_cancel()
             await asyncio.sleep(0.001)
 
     task = asyncio.ensure_future(waiter())

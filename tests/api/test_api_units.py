@@ -517,7 +517,7 @@ async def test_shutdown_stops_a_background_loop_that_swallowed_its_cancellation(
     connection fails returns instead; seen after a store outage). A background loop whose
     one cancellation was swallowed ran on after the app's shutdown, on closed clients, for
     the rest of the process (in the test session: through every later test)."""
-    from opendisco.api._app import stop_tasks
+    from opendisco._cancel import stop_tasks
 
     inside, swallowed, rounds = asyncio.Event(), [], [0]
 
