@@ -172,7 +172,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
         Metrics.process_exited(os.getpid())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(os_client.close(), 5.0)
-        await mongo.close()
+        await clients.close_mongo(mongo)
 
 
 def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAPI:

@@ -229,3 +229,25 @@ async def test_a_string_that_is_not_utf8_is_read_with_a_replacement_character(
     finally:
         sync_client.close()
         await async_client.close()
+
+
+async def test_closing_a_client_of_a_paused_store_is_bounded(settings: Settings) -> None:
+    """``AsyncMongoClient.close`` first sends ``endSessions`` on a connection to the store:
+    paused, it held the close for ~20 s (the connect timeout; up to the socket timeout on a
+    pooled connection), and a sync worker stopped then exited 24 s late. Closed with
+    :func:`clients.close_mongo`, the sessions get 2 s and the pools and monitors stop."""
+    from tcp_faults import store_proxy
+
+    proxy = await store_proxy(settings.mongo_url)
+    client = clients.mongo_async(settings.model_copy(update={"mongo_url": proxy.mongo_url}))
+    try:
+        await client[settings.mongo_db]["close_probe"].find_one({})  # a session to end
+        proxy.pause()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await clients.close_mongo(client, end_sessions_s=1.0)
+        assert loop.time() - t0 < 3.0
+        with pytest.raises(Exception, match="after close"):  # closed for good
+            await client[settings.mongo_db]["close_probe"].find_one({})
+    finally:
+        await proxy.close()
