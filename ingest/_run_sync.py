@@ -16,13 +16,14 @@ import random
 import time
 from collections.abc import Callable
 
+from opendisco._cancel import stop_tasks
 from opendisco._exceptions import BackendError
 from opendisco._settings import Settings
 
 from ._reconcile import ReconcileReport
 from ._sync import LeaseLost, Syncer, SyncReport
 
-__all__ = ["backoff", "run_sync"]
+__all__ = ["STOP_GRACE_S", "backoff", "run_sync"]
 
 log = logging.getLogger("opendisco.ingest.sync")
 
@@ -33,6 +34,13 @@ def backoff(failures: int, cap: float, base: float = 0.5) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
+#: how long the pass in flight may go on once the worker is told to stop (SIGTERM, SIGINT)
+#: before it is cancelled: a pass is crash-safe (checkpoints move only after the engine
+#: acknowledged), and one a paused store or engine held up kept the worker for ~40 s (past
+#: compose's 10 s stop grace, measured), a second signal changing nothing
+STOP_GRACE_S = 3.0
+
+
 async def run_sync(
     settings: Settings,
     *,
@@ -40,55 +48,76 @@ async def run_sync(
     on_report: Callable[[SyncReport], None] | None = None,
     on_reconcile: Callable[[ReconcileReport], None] | None = None,
 ) -> None:
-    """Sync until ``stop`` is set, polling every ``sync_poll_interval`` seconds when idle."""
+    """Sync until ``stop`` is set, polling every ``sync_poll_interval`` seconds when idle.
+    Once it is set, the pass in flight has :data:`STOP_GRACE_S` to finish, then is cancelled;
+    the worker's leases are then released (:meth:`Syncer.close`, bounded)."""
     stop = stop or asyncio.Event()
     syncer = Syncer(settings)
+    log.info("worker %s: syncing into %s", syncer.worker, settings.index_alias)
+    work = asyncio.ensure_future(_passes(syncer, settings, stop, on_report, on_reconcile))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            await asyncio.wait({work}, timeout=STOP_GRACE_S)
+        if work.done():
+            work.result()  # a configuration error ends the worker
+    finally:
+        if await stop_tasks([work, stopped]):
+            log.warning("worker %s: the pass in flight did not stop", syncer.worker)
+        await syncer.close()
+
+
+async def _passes(
+    syncer: Syncer,
+    settings: Settings,
+    stop: asyncio.Event,
+    on_report: Callable[[SyncReport], None] | None,
+    on_reconcile: Callable[[ReconcileReport], None] | None,
+) -> None:
+    """:func:`run_sync`'s passes, reconciliations and backoff until ``stop`` is set."""
     interval = settings.sync_reconcile_interval
     next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
     failures, failing_since = 0, 0.0
-    log.info("worker %s: syncing into %s", syncer.worker, settings.index_alias)
-    try:
-        while not stop.is_set():
-            try:
-                if not syncer.checked:
-                    await syncer.check()
-                report = await syncer.once()
-                if time.monotonic() >= next_reconcile:
-                    rec = await syncer.reconcile()
-                    next_reconcile = time.monotonic() + interval
-                    if on_reconcile is not None:
-                        on_reconcile(rec)
-            except LeaseLost as exc:
-                log.warning("%s; coordinating again", exc)
-                await syncer.reset()
-                continue
-            except BackendError as exc:
-                failures += 1
-                failing_since = failing_since or time.monotonic()
-                delay = backoff(failures, settings.sync_backoff_max)
-                log.warning(
-                    "backend error (%s); attempt %d, retrying in %.1fs, checkpoint kept; %s",
-                    exc,
-                    failures,
-                    delay,
-                    await syncer.health(),
-                )
-                await syncer.reset()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                continue
-            if failures:
-                log.warning(
-                    "backends reachable again after %d failed attempts (%.0fs)",
-                    failures,
-                    time.monotonic() - failing_since,
-                )
-                failures, failing_since = 0, 0.0
-            if on_report is not None and report.changes:
-                on_report(report)
-            if report.changes:
-                continue
+    while not stop.is_set():
+        try:
+            if not syncer.checked:
+                await syncer.check()
+            report = await syncer.once()
+            if time.monotonic() >= next_reconcile:
+                rec = await syncer.reconcile()
+                next_reconcile = time.monotonic() + interval
+                if on_reconcile is not None:
+                    on_reconcile(rec)
+        except LeaseLost as exc:
+            log.warning("%s; coordinating again", exc)
+            await syncer.reset()
+            continue
+        except BackendError as exc:
+            failures += 1
+            failing_since = failing_since or time.monotonic()
+            delay = backoff(failures, settings.sync_backoff_max)
+            log.warning(
+                "backend error (%s); attempt %d, retrying in %.1fs, checkpoint kept; %s",
+                exc,
+                failures,
+                delay,
+                await syncer.health(),
+            )
+            await syncer.reset()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=settings.sync_poll_interval)
-    finally:
-        await syncer.close()
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            continue
+        if failures:
+            log.warning(
+                "backends reachable again after %d failed attempts (%.0fs)",
+                failures,
+                time.monotonic() - failing_since,
+            )
+            failures, failing_since = 0, 0.0
+        if on_report is not None and report.changes:
+            on_report(report)
+        if report.changes:
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.sync_poll_interval)

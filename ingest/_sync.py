@@ -50,6 +50,8 @@ __all__ = ["LeaseLost", "SyncReport", "Syncer", "sync_once"]
 
 #: passes ``sync_once`` runs when its leases lapse mid-pass (each resumes from the checkpoints)
 ONCE_ATTEMPTS = 5
+#: at most this long for a stopping worker to release its leases (:meth:`Syncer.close`)
+LEAVE_S = 2.0
 
 log = logging.getLogger("opendisco.ingest.sync")
 
@@ -122,15 +124,21 @@ class Syncer:
             return await alias_targets(self.client, self.settings.index_alias)
 
     async def close(self) -> None:
-        await self.reset()
+        """Release the leases (for at most :data:`LEAVE_S`: a store that does not answer kept
+        a stopping worker ~10 s; its partitions then free up when their leases expire) and
+        close the clients."""
         with contextlib.suppress(Exception):
-            await self.leases.leave()
+            await asyncio.wait_for(self._leave(), LEAVE_S)
         if self._own_client:
             await self.client.close()
         if self._mongo is not None:
-            await self._mongo.close()
+            await clients.close_mongo(self._mongo)
         if self._own_embedder:
             self.embedder.close()
+
+    async def _leave(self) -> None:
+        await self.reset()
+        await self.leases.leave()
 
     async def reset(self) -> None:
         """Drop the feed after a failure (the next pass reopens it from the checkpoints)."""

@@ -1,0 +1,64 @@
+"""``opendisco sync`` (the running worker) stops within a bound on SIGINT or SIGTERM while its
+store is paused (a real subprocess; the store paused by a TCP proxy in front of it): the pass
+in flight is cancelled after ``STOP_GRACE_S``, the leases' release and the client's close
+are bounded. Before, it waited for the driver to give up on the paused store: ~38 s, past
+compose's 10 s stop grace (then killed with -9), a second signal changing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+from ingest_support import OPENDISCO, worker_env
+from tcp_faults import store_proxy
+
+from opendisco import Settings
+from opendisco.ingest._run_sync import STOP_GRACE_S
+from opendisco.ingest._sync import LEAVE_S
+
+
+async def test_a_worker_stops_within_its_bound_while_its_store_is_paused(
+    ingest_settings: Settings, index_items: Any
+) -> None:
+    await asyncio.to_thread(index_items, ingest_settings, [])  # the alias it syncs into
+    proxy = await store_proxy(ingest_settings.mongo_url)
+    lines: list[str] = []
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(OPENDISCO), "sync", "--log-level", "debug",
+            env=worker_env(ingest_settings, OPENDISCO_MONGO_URL=proxy.mongo_url),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+        async def read() -> None:
+            assert proc.stderr is not None
+            async for ln in proc.stderr:
+                lines.append(ln.decode(errors="replace"))
+
+        reading = asyncio.ensure_future(read())
+        deadline = time.monotonic() + 120  # a loaded machine starts python slowly
+        while not any("took partition" in ln for ln in lines) and time.monotonic() < deadline:
+            assert proc.returncode is None, "".join(lines)[-3000:]
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # polling every 0.1 s
+        proxy.pause()
+        await asyncio.sleep(1.0)  # a poll (or a renewal) waits on the paused store
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # a second signal: the same bound
+        try:
+            await asyncio.wait_for(proc.wait(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await reading
+        took = time.monotonic() - t0
+        # the pass's grace, the leases' release, the client's endSessions, and a margin
+        assert took < STOP_GRACE_S + LEAVE_S + 2.0 + 2.0, (took, "".join(lines)[-3000:])
+        assert proc.returncode == 0, "".join(lines)[-3000:]
+    finally:
+        await proxy.close()
