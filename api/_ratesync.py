@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from opendisco._backend import backend_errors
+from opendisco._cancel import raise_lost_cancel
 
 __all__ = ["RATE_USAGE", "RateShares"]
 
@@ -111,6 +112,7 @@ class RateShares:
                 await self.sync()
             except Exception as exc:
                 log.warning("rate limit shares not synced: %r", exc)
+            raise_lost_cancel()
             await asyncio.sleep(self.interval_s)
 
     async def leave(self) -> None:

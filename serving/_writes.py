@@ -22,6 +22,7 @@ from typing import Any
 
 from opensearchpy import AsyncOpenSearch
 
+from opendisco._cancel import raise_lost_cancel
 from opendisco._exceptions import BackendError
 from opendisco._settings import Settings
 from opendisco.signals import (
@@ -97,6 +98,7 @@ class Writes:
                 log.warning("events recovery not started yet: %.200s", exc)
             except Exception:
                 log.exception("events recovery not started yet")
+            raise_lost_cancel()
             await asyncio.sleep(min(RECOVER_FIRST_S, self.settings.events_recover_every_s))
         await asyncio.gather(proc.recover_forever(), proc.retry_given_up_forever())
 

@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Generic, Protocol, TypeVar
 
+from opendisco._cancel import raise_lost_cancel
+
 from ._trending import epoch_ms
 
 __all__ = ["CopySource", "LocalCopy"]
@@ -130,4 +132,5 @@ class LocalCopy(Generic[T]):
                 log.log(logging.DEBUG if failing else logging.WARNING,
                         "%s copy not refreshed: %r", self.source.what, exc)  # fmt: skip
                 failing = True
+            raise_lost_cancel()
             await asyncio.sleep(self.every_s)

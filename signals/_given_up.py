@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opendisco._backend import backend_errors
+from opendisco._cancel import raise_lost_cancel
 from opendisco._exceptions import BackendError
 
 from ._claims import classify
@@ -109,3 +110,4 @@ class GivenUp:
                 log.exception("given-up events not applied: unexpected failure")
                 applied = 0
             wait = first_s if applied else min(2 * wait, max_s)
+            raise_lost_cancel()

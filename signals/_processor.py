@@ -64,6 +64,7 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch
 
 from opendisco._backend import backend_errors
+from opendisco._cancel import raise_lost_cancel
 from opendisco._exceptions import BackendError, EventInvalid, SearchBackendError
 from opendisco._settings import Settings
 
@@ -176,14 +177,13 @@ class EventProcessor:
 
     async def recover_forever(self, first_s: float = RECOVER_FIRST_S) -> None:
         """Run :meth:`sweep` in the background: ``first_s`` after start, then every
-        ``events_recover_every_s`` (what a killed process left claimed is applied soon after a
-        restart). A failed sweep is logged and tried again sooner (``first_s`` doubling up to
-        the cadence: a store down at start delayed recovery a cadence); the loop goes on."""
-        every = self.settings.events_recover_every_s
-        wait = min(first_s, every)
+        ``events_recover_every_s``; a failed sweep is logged and tried again sooner (``first_s``
+        doubling up to the cadence: a store down at start delayed recovery a cadence)."""
+        wait = min(first_s, every := self.settings.events_recover_every_s)
         while True:
             await asyncio.sleep(wait)
             ok = await self._sweep_logged(f"next in at most {every:.0f} s")
+            raise_lost_cancel()
             wait = every if ok else min(2 * wait, every)
 
     async def _sweep_logged(self, then: str) -> bool:
