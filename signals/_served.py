@@ -51,6 +51,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 
+from opendisco._cancel import raise_lost_cancel
 from opendisco._exceptions import BackendError, PartialWrite
 
 from ._exposure import ExposureStore
@@ -185,8 +186,10 @@ class ServedExposure:
         try:
             for j, (mark, counts) in enumerate(parts):
                 try:
-                    if j and gap > 0:  # a cancel here: this part and the later ones are kept
-                        await asyncio.sleep(gap)
+                    if j:  # a cancel here (or one the last write swallowed): this part and
+                        raise_lost_cancel()  # the later ones are kept
+                        if gap > 0:
+                            await asyncio.sleep(gap)
                     capped = await self.store.record(
                         counts, cap_list=j == len(parts) - 1, mark=mark
                     )

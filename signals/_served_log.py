@@ -70,6 +70,7 @@ from bson.errors import InvalidDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidOperation, WriteError
 
 from opendisco._backend import backend_errors
+from opendisco._cancel import raise_lost_cancel
 from opendisco._store import MAX_WRITES_PER_COMMAND, create_collection, detect_capabilities
 
 from ._served_list import ServedList, decode_list, encode_list
@@ -354,7 +355,7 @@ class ServedLog:
                 await asyncio.wait_for(wake.wait(), self._delay())
             self._failed = False
             while await self.flush():
-                pass
+                raise_lost_cancel()  # one the write swallowed: drain() is cut short
             if self._failures and wake.is_set():
                 return
             if self._spooled() and not self._queue and not self._failed:
@@ -395,7 +396,7 @@ class ServedLog:
                 await task
             if not (ran and self._failures):  # the flusher's last attempt failed: no second
                 while await self.flush():
-                    pass
+                    raise_lost_cancel()
                 if self._spooled() and not self._failures:
                     await self._write_back()
             why = "the store failed"

@@ -17,13 +17,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from served_lists import served_list
 
 from opendisco import Settings, StoreBackendError
+from opendisco._store import MAX_WRITES_PER_COMMAND
 from opendisco.api._ratesync import RateShares
 from opendisco.serving._writes import Writes
 from opendisco.signals._copies import LocalCopy
 from opendisco.signals._given_up import GivenUp
 from opendisco.signals._processor import EventProcessor
+from opendisco.signals._served import ServedExposure
+from opendisco.signals._served_log import ServedLog
 
 
 class _Swallowing:
@@ -98,6 +102,54 @@ async def test_a_loop_ends_on_a_cancel_its_store_call_swallowed(
     try:
         assert done, "the loop went on after its cancellation"
         assert task.cancelled()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _cancelled_once_in(task: asyncio.Future[Any], call: _Swallowing) -> set[Any]:
+    """``task`` cancelled once as it is in ``call``; what ended within 1 s."""
+    await asyncio.wait_for(call.entered.wait(), 5.0)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=1.0)
+    return done
+
+
+async def test_a_flush_cut_short_sends_no_later_part_after_a_swallowed_cancel() -> None:
+    """The shutdown's drain cancels a flush of the served impressions at its deadline: the
+    parts after the one in flight are kept for the next process (the journal), not sent one
+    by one to an engine that does not answer, each until its timeout."""
+    call = _Swallowing([])
+    served = ServedExposure(SimpleNamespace(record=call), flush_s=1.0, chunk=1)  # type: ignore[arg-type]
+    served.add(["a", "b", "c"])
+    task = asyncio.ensure_future(served.flush(pace=False))
+    done = await _cancelled_once_in(task, call)
+    try:
+        assert done and task.cancelled(), "the flush went on after its cancellation"
+        assert served.written == 1  # the part in flight landed; the others are kept
+        assert sum(sum(c.values()) for _, c in served.retry) + sum(served.pending.values()) == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_drain_cut_short_writes_no_later_batch_after_a_swallowed_cancel() -> None:
+    """The shutdown's drain of the served-list log, cancelled at its deadline, stops after the
+    batch in flight: the lists behind it are dropped and counted (spooled, with a spool), not
+    written batch by batch to a store that does not answer, each until its write timeout."""
+    call = _Swallowing()
+    log = ServedLog(defaultdict(lambda: None))
+    log._ready = True
+    log._insert = call  # type: ignore[method-assign]
+    for i in range(MAX_WRITES_PER_COMMAND + 1):
+        log.log(served_list(f"r{i}"))
+    task = asyncio.ensure_future(log.drain())
+    done = await _cancelled_once_in(task, call)
+    try:
+        assert done and task.cancelled(), "the drain went on after its cancellation"
+        assert log.dropped == 1  # the list behind the batch in flight: counted, not written
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
