@@ -18,6 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from opendisco._cancel import raise_lost_cancel
 from opendisco.serving import CandidatePlan, Recommendations
 
 from ._assign import served_candidate_arm
@@ -125,10 +126,11 @@ class ExperimentLog:
             try:
                 await self.coll.insert_many(docs, ordered=False)
                 n += len(docs)
+                self.written += len(docs)  # counted also when a cancel ends the drain
             except Exception as exc:  # the store is down: exposure logs are best effort
                 self.dropped += len(docs)
                 log.warning("experiment log write failed (%d dropped): %r", len(docs), exc)
-        self.written += n
+            raise_lost_cancel()  # one the write swallowed, or answered with its own error
         return n
 
 

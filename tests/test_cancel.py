@@ -22,6 +22,7 @@ from served_lists import served_list
 from opendisco import Settings, StoreBackendError
 from opendisco._store import MAX_WRITES_PER_COMMAND
 from opendisco.api._ratesync import RateShares
+from opendisco.experiments._log import ExperimentLog
 from opendisco.serving._writes import Writes
 from opendisco.signals._copies import LocalCopy
 from opendisco.signals._given_up import GivenUp
@@ -150,6 +151,24 @@ async def test_a_drain_cut_short_writes_no_later_batch_after_a_swallowed_cancel(
     try:
         assert done and task.cancelled(), "the drain went on after its cancellation"
         assert log.dropped == 1  # the list behind the batch in flight: counted, not written
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_an_experiment_log_drain_cut_short_writes_no_later_batch() -> None:
+    """The shutdown's drain of the experiments' exposure log (5 s) stops after the batch in
+    flight when its write swallowed the cancel, or answered it with its own error: it wrote
+    every later batch to a store that does not answer, each until its socket timeout."""
+    call = _Swallowing(StoreBackendError("operation cancelled"))
+    log = ExperimentLog(defaultdict(lambda: SimpleNamespace(insert_many=call)), batch=1)
+    log.queue = [{"_id": str(i)} for i in range(3)]
+    task = asyncio.ensure_future(log.drain())
+    done = await _cancelled_once_in(task, call)
+    try:
+        assert done and task.cancelled(), "the drain went on after its cancellation"
+        assert len(log.queue) == 2  # not sent: the process stops
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
