@@ -2,25 +2,30 @@
 store is paused (a real subprocess; the store paused by a TCP proxy in front of it): the pass
 in flight is cancelled after ``STOP_GRACE_S``, the leases' release and the client's close
 are bounded. Before, it waited for the driver to give up on the paused store: ~38 s, past
-compose's 10 s stop grace (then killed with -9), a second signal changing nothing."""
+compose's 10 s stop grace (then killed with -9), a second signal changing nothing. With the
+store answering, it stops at once and its partitions are free for the next worker."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from ingest_support import OPENDISCO, worker_env
 from tcp_faults import store_proxy
 
-from opendisco import Settings
+from opendisco import Settings, clients
 from opendisco.ingest._run_sync import STOP_GRACE_S
 from opendisco.ingest._sync import LEAVE_S
 
 
-async def test_a_worker_stops_within_its_bound_while_its_store_is_paused(
-    ingest_settings: Settings, index_items: Any
+@pytest.mark.parametrize("paused", [True, False], ids=["store paused", "store answering"])
+async def test_a_worker_stops_within_its_bound(
+    ingest_settings: Settings, index_items: Any, paused: bool
 ) -> None:
     await asyncio.to_thread(index_items, ingest_settings, [])  # the alias it syncs into
     proxy = await store_proxy(ingest_settings.mongo_url)
@@ -43,12 +48,14 @@ async def test_a_worker_stops_within_its_bound_while_its_store_is_paused(
             assert proc.returncode is None, "".join(lines)[-3000:]
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # polling every 0.1 s
-        proxy.pause()
-        await asyncio.sleep(1.0)  # a poll (or a renewal) waits on the paused store
+        if paused:
+            proxy.pause()
+            await asyncio.sleep(1.0)  # a poll (or a renewal) waits on the paused store
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        await asyncio.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)  # a second signal: the same bound
+        if paused:
+            proc.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # paused: a second signal, the same bound
         try:
             await asyncio.wait_for(proc.wait(), 60)
         finally:
@@ -58,7 +65,14 @@ async def test_a_worker_stops_within_its_bound_while_its_store_is_paused(
         await reading
         took = time.monotonic() - t0
         # the pass's grace, the leases' release, the client's endSessions, and a margin
-        assert took < STOP_GRACE_S + LEAVE_S + 2.0 + 2.0, (took, "".join(lines)[-3000:])
+        bound = STOP_GRACE_S + LEAVE_S + 2.0 + 2.0 if paused else 3.0
+        assert took < bound, (took, "".join(lines)[-3000:])
         assert proc.returncode == 0, "".join(lines)[-3000:]
+        if not paused:  # released: the next worker takes them at once
+            worker = re.search(r"worker (\S+) took partition", "".join(lines))
+            assert worker is not None
+            with clients.mongo(ingest_settings) as mc:
+                held = list(mc[ingest_settings.mongo_db]["sync_leases"].find({"owner": worker[1]}))
+            assert held and all(d["expires"] < datetime.now(UTC) for d in held), held
     finally:
         await proxy.close()
