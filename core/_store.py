@@ -203,9 +203,10 @@ async def _release(locks: Any, ids: Sequence[str], token: str, within_s: float) 
             return
         except InvalidOperation:  # the client was closed: the process is stopping
             return
-        except PyMongoError:
+        except PyMongoError:  # (the driver's answer to a cancel, too)
             if time.monotonic() + pause > deadline:
                 return
+        raise_lost_cancel()
         await asyncio.sleep(pause)
         pause = min(2 * pause, 2.0)
 

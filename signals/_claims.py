@@ -46,6 +46,7 @@ from typing import Any
 from pymongo.errors import BulkWriteError
 
 from opendisco._backend import backend_errors
+from opendisco._cancel import raise_lost_cancel
 from opendisco._exceptions import BackendError
 from opendisco._holder import held_until_over, holder
 from opendisco._store import renewing
@@ -318,6 +319,7 @@ class EventClaims:
                 return True
             if clock() + pause_s > deadline:
                 return got is None and await self.release(ids, token, done, partly)
+            raise_lost_cancel()
             await asyncio.sleep(pause_s)
             pause_s = min(2 * pause_s, 2.0)
 

@@ -17,13 +17,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pymongo.errors import AutoReconnect
 from served_lists import served_list
 
 from opendisco import Settings, StoreBackendError
-from opendisco._store import MAX_WRITES_PER_COMMAND
+from opendisco._store import MAX_WRITES_PER_COMMAND, _release
 from opendisco.api._ratesync import RateShares
 from opendisco.experiments._log import ExperimentLog
 from opendisco.serving._writes import Writes
+from opendisco.signals._claims import EventClaims
 from opendisco.signals._copies import LocalCopy
 from opendisco.signals._given_up import GivenUp
 from opendisco.signals._processor import EventProcessor
@@ -169,6 +171,36 @@ async def test_an_experiment_log_drain_cut_short_writes_no_later_batch() -> None
     try:
         assert done and task.cancelled(), "the drain went on after its cancellation"
         assert len(log.queue) == 2  # not sent: the process stops
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _lease_release(call: _Swallowing) -> Coroutine[Any, Any, None]:
+    call.result = AutoReconnect("operation cancelled")  # the driver's answer to the cancel
+    return _release(SimpleNamespace(delete_many=call), ["a"], "token", within_s=60.0)
+
+
+def _claims_release(call: _Swallowing) -> Coroutine[Any, Any, bool]:
+    claims = EventClaims.__new__(EventClaims)  # the loop alone: no clients
+    call.result = False  # not released: tried again
+    claims.try_release = call  # type: ignore[method-assign]
+    return claims.release_until(["e1"], "token", [], {}, within_s=60.0)
+
+
+@pytest.mark.parametrize("start", [_lease_release, _claims_release], ids=lambda f: f.__name__)
+async def test_a_release_retried_in_the_background_ends_on_one_cancel(
+    start: Callable[[_Swallowing], Coroutine[Any, Any, Any]],
+) -> None:
+    """Releases of leases and claims a failed write left are retried in the background for up
+    to a lease; the process's end (``asyncio.run`` cancels what is left once, and waits for it)
+    waited that long for one whose store answered the cancel with its own error."""
+    call = _Swallowing()
+    task = asyncio.ensure_future(start(call))
+    done = await _cancelled_once_in(task, call)
+    try:
+        assert done and task.cancelled(), "the release went on after its cancellation"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
