@@ -35,6 +35,8 @@ from ._base import out_dir_ready, pass_settings
 __all__ = ["experiments_cmd"]
 
 T = TypeVar("T")
+#: what numpy's generators take (non-negative) and a stored integer holds (8 bytes)
+MAX_SEED = 2**63 - 1
 
 
 def _run(settings: Settings, call: Callable[[Any], Awaitable[T]]) -> T:
@@ -101,7 +103,13 @@ def create_cmd(settings: Settings, file: Path) -> None:
 
 @experiments_cmd.command("start")
 @click.argument("exp_id")
-@click.option("--seed", default=0, show_default=True, help="Louvain seed (cluster design).")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, MAX_SEED),
+    help="Louvain seed (cluster design).",
+)
 @pass_settings
 def start_cmd(settings: Settings, exp_id: str, seed: int) -> None:
     """Start a draft: allocate its layer range (snapshot clusters for the cluster design)."""
@@ -157,7 +165,13 @@ def list_cmd(settings: Settings, as_json: bool) -> None:
     type=click.IntRange(10, 100_000),
     help="Two-sided bootstrap draws.",
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, MAX_SEED),
+    help="Bootstrap seed (two-sided design).",
+)
 @pass_settings
 def report_cmd(
     settings: Settings, exp_id: str, out_dir: Path | None, bootstrap: int, seed: int

@@ -15,7 +15,7 @@ from ._assign import Assignment, arm_index, bucket, candidate_arm, viewer_assign
 from ._balance import TwoSidedPlan, market_balance, two_sided_plan
 from ._merge import merge_ranks
 from ._metrics import METRICS, Metric
-from ._model import PAIR_LEVEL, Arm, Design, DesignKind, Experiment, Status
+from ._model import PAIR_LEVEL, Arm, Design, DesignKind, Experiment, Status, Traffic
 from ._readout import Covariates, Readout, analyze
 from ._serving import ExperimentLog, ExperimentRegistry, install
 from ._store import ExperimentStore
@@ -40,6 +40,7 @@ __all__ = [
     "SrmCheck",
     "Status",
     "SwitchbackPlan",
+    "Traffic",
     "TwoSidedPlan",
     "analyze",
     "arm_index",

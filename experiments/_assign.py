@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._model import DesignKind, Experiment
+from ._model import BUCKETS, DesignKind, Experiment
 
 __all__ = [
     "BUCKETS",
@@ -49,8 +49,6 @@ __all__ = [
     "unit_arm",
     "viewer_assignment",
 ]
-
-BUCKETS = 10_000
 
 
 def bucket(salt: str, unit: str) -> int:

@@ -31,9 +31,17 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from opendisco._domain import ID_PATTERN, Surface
 from opendisco._exceptions import InvalidInput
@@ -42,12 +50,15 @@ from opendisco.serving import check_params
 from ._metrics import METRICS
 
 __all__ = [
+    "BUCKETS",
+    "MIN_TRAFFIC",
     "PAIR_LEVEL",
     "Arm",
     "Design",
     "DesignKind",
     "Experiment",
     "Status",
+    "Traffic",
 ]
 
 
@@ -62,6 +73,36 @@ class DesignKind(StrEnum):
 #: the longest graph window or switchback period a design may name (ten years)
 MAX_DAYS = 3660
 
+#: the buckets of a layer (:func:`~opendisco.experiments.bucket`): an experiment owns a whole
+#: number of them, so its traffic is a multiple of one bucket's share
+BUCKETS = 10_000
+MIN_TRAFFIC = 1 / BUCKETS
+#: how far ``traffic × BUCKETS`` may be off a whole number (decimal fractions in binary)
+_BUCKET_SLACK = 1e-6
+
+
+def _whole_buckets(value: float, info: ValidationInfo) -> float:
+    """A traffic share that is a whole number of buckets: 0.12345 was served as 1234 of
+    them (rounded), 5e-324 as one. Stored experiments are read as they were stored
+    (``context={"stored": True}``: written by a version that rounded)."""
+    if info.context and info.context.get("stored"):
+        return value
+    buckets = value * BUCKETS
+    if abs(buckets - round(buckets)) > _BUCKET_SLACK:
+        raise ValueError(
+            f"traffic {value!r} is {buckets:g} of a layer's {BUCKETS} buckets: give a "
+            f"multiple of {MIN_TRAFFIC:g}"
+        )
+    return value
+
+
+#: an experiment's share of its layer's members: a JSON number in [1e-4, 1], whole buckets
+Traffic = Annotated[
+    float,
+    Field(ge=MIN_TRAFFIC, le=1, strict=True, allow_inf_nan=False),
+    AfterValidator(_whole_buckets),
+]
+
 #: designs whose lists mix arms per candidate
 PAIR_LEVEL = frozenset({DesignKind.item, DesignKind.two_sided})
 
@@ -74,7 +115,8 @@ class Status(StrEnum):
 
 class _Strict(BaseModel):
     #: finite numbers only: FerretDB refuses to store NaN or infinity (closing the connection
-    #: on a NaN), so such a value is a validation error rather than a failed write
+    #: on a NaN), so such a value is a validation error rather than a failed write; unknown
+    #: fields refused; every number field ``strict=True`` (a number, never "5" or true)
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
@@ -83,7 +125,12 @@ class Arm(_Strict):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,31}$")
     weight: float = Field(
-        1.0, gt=0, le=1e6, allow_inf_nan=False, description="Relative share of its units."
+        1.0,
+        gt=0,
+        le=1e6,
+        strict=True,
+        allow_inf_nan=False,
+        description="Relative share of its units.",
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Template parameter overrides (like a params file)."
@@ -124,26 +171,26 @@ class Design(_Strict):
     #: contrast in the interpolating estimator — all pre-registered from the pre-period's
     #: market balance by :func:`~opendisco.experiments.two_sided_plan` (Johari et al. 2022:
     #: demand-constrained → a_L → 1, β → 1; supply-constrained → a_C → 1, β → 0)
-    candidate_share: float = Field(0.5, gt=0, lt=1)
-    viewer_share: float | None = Field(None, gt=0, lt=1)
-    tsri_beta: float = Field(0.5, ge=0, le=1)
+    candidate_share: float = Field(0.5, gt=0, lt=1, strict=True)
+    viewer_share: float | None = Field(None, gt=0, lt=1, strict=True)
+    tsri_beta: float = Field(0.5, ge=0, le=1, strict=True)
     #: the k of Johari et al.'s TSRI-k: the estimator adds k·β(1 − β) times the two
     #: cross-cell spillovers (r₀₁ − r₀₀) + (r₁₀ − r₀₀); 0 is the plain interpolation
-    tsri_k: float = Field(0.0, ge=0)
+    tsri_k: float = Field(0.0, ge=0, strict=True)
     #: cluster: Louvain resolution (lower = fewer, larger clusters) and the graph's window
     #: (bounded: a date cannot go back further than year 1, MongoDB stores 8-byte ints)
-    resolution: float = Field(1.0, gt=0)
-    graph_days: int = Field(30, ge=1, le=MAX_DAYS)
+    resolution: float = Field(1.0, gt=0, strict=True)
+    graph_days: int = Field(30, ge=1, le=MAX_DAYS, strict=True)
     #: switchback: the member field naming the region (a top-level field of ``users``: it
     #: is projected from there), the period and the burn-in dropped
     region_field: str = Field("location", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    period_minutes: int = Field(60 * 24, ge=1, le=MAX_DAYS * 24 * 60)
-    burn_in_minutes: int = Field(0, ge=0, le=MAX_DAYS * 24 * 60)
+    period_minutes: int = Field(60 * 24, ge=1, le=MAX_DAYS * 24 * 60, strict=True)
+    burn_in_minutes: int = Field(0, ge=0, le=MAX_DAYS * 24 * 60, strict=True)
     #: cluster and switchback: 0 assigns each unit apart (Bernoulli by the arms' weights);
     #: n (two units of the smallest arm at least) randomises completely within strata of n
     #: units of similar pre-period size and outcome rate, taken at start (clusters;
     #: switchback regions, in every period): :mod:`~opendisco.experiments._strata`
-    strata: int = Field(0, ge=0)
+    strata: int = Field(0, ge=0, strict=True)
 
     @model_validator(mode="after")
     def _burn_in_shorter(self) -> Design:
@@ -157,7 +204,7 @@ class Experiment(_Strict):
     name: str = ""
     salt: str = Field("", max_length=128, description="Randomisation salt (default: the id).")
     layer: str = Field("default", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
-    traffic: float = Field(1.0, gt=0, le=1, description="Share of the layer's members.")
+    traffic: Traffic = Field(1.0, description="Share of the layer's members (whole buckets).")
     arms: list[Arm] = Field(min_length=2, max_length=8)
     design: Design = Field(default_factory=Design)
     metrics: list[str] = Field(
@@ -168,7 +215,7 @@ class Experiment(_Strict):
     start: datetime | None = None
     stop: datetime | None = None
     #: the layer range it owns, ``[offset, offset + traffic * 10^4)``, set when it starts
-    offset: int | None = Field(None, ge=0, lt=10_000)
+    offset: int | None = Field(None, ge=0, lt=BUCKETS, strict=True)
 
     @model_validator(mode="after")
     def _valid(self) -> Experiment:
@@ -230,7 +277,7 @@ class Experiment(_Strict):
     @property
     def width(self) -> int:
         """Buckets of its layer it owns (of 10^4)."""
-        return max(1, round(self.traffic * 10_000))
+        return max(1, round(self.traffic * BUCKETS))
 
     def to_doc(self) -> dict[str, Any]:
         doc = self.model_dump(mode="python")
@@ -240,4 +287,4 @@ class Experiment(_Strict):
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Experiment:
         d = {k: v for k, v in doc.items() if k != "_id"}
-        return cls.model_validate({"id": doc["_id"], **d})
+        return cls.model_validate({"id": doc["_id"], **d}, context={"stored": True})

@@ -38,7 +38,7 @@ from opendisco.signals import USER_LIKES
 
 from ._assign import region_of
 from ._clusters import louvain_clusters
-from ._model import PAIR_LEVEL, DesignKind, Experiment, Status
+from ._model import BUCKETS, PAIR_LEVEL, DesignKind, Experiment, Status
 from ._strata import strata_of
 
 __all__ = ["CLUSTERS", "CLUSTER_CHUNK", "EXPERIMENTS", "LOCKS", "ExperimentStore", "free_offset"]
@@ -53,7 +53,7 @@ PAIR_LEVEL_LOCK = "pair-level"
 log = logging.getLogger("opendisco.experiments")
 
 
-def free_offset(width: int, taken: Iterable[tuple[int, int]], buckets: int = 10_000) -> int | None:
+def free_offset(width: int, taken: Iterable[tuple[int, int]], buckets: int = BUCKETS) -> int | None:
     """The lowest start of ``width`` free buckets given taken ``(offset, width)`` ranges."""
     at = 0
     for off, w in sorted(taken):
@@ -281,7 +281,7 @@ class _Range:
             status=str(doc.get("status")),
             layer=str(doc.get("layer", "default")),
             offset=int(offset) if isinstance(offset, int | float) else 0,
-            width=max(1, round(min(max(traffic, 0.0), 1.0) * 10_000)),
+            width=max(1, round(min(max(traffic, 0.0), 1.0) * BUCKETS)),
             pair_level=design.get("kind", DesignKind.user.value) in PAIR_LEVEL,
         )
 

@@ -66,6 +66,19 @@ def _files(tmp: Path) -> dict[str, Path]:
         paths[name].write_text(
             json.dumps({"id": "x", "design": design, "arms": [{"name": "c"}, {"name": "t"}]})
         )
+    # read as something else before: "0.5" as 0.5, "30" as 30, true as 1; a traffic below
+    # one bucket (5e-324) or between two (0.12345) as one bucket or 1234
+    arms = [{"name": "c"}, {"name": "t"}]
+    for name, fields in (
+        ("str-traffic.json", {"traffic": "0.5"}),
+        ("tiny-traffic.json", {"traffic": 5e-324}),
+        ("part-bucket.json", {"traffic": 0.12345}),
+        ("str-weight.json", {"arms": [{"name": "c", "weight": "2"}, {"name": "t"}]}),
+        ("str-days.json", {"design": {"kind": "cluster", "graph_days": "30"}}),
+        ("bool-strata.json", {"design": {"kind": "cluster", "strata": True}}),
+    ):
+        paths[name] = tmp / name
+        paths[name].write_text(json.dumps({"id": "x", "arms": arms, **fields}))
     paths["nan-params.json"] = tmp / "nan-params.json"
     paths["nan-params.json"].write_text(json.dumps({"rerank": {"weights": {"fused": math.nan}}}))
     # the latest version in tune's --out, hand-edited into something else
@@ -99,6 +112,14 @@ CASES = [
     ({}, ["experiments", "create", "huge-period.json"], "design.period_minutes: Input should"),
     ({}, ["experiments", "create", "region-op.json"], "design.region_field: String should"),
     ({}, ["experiments", "create", "region-empty.json"], "design.region_field: String should"),
+    ({}, ["experiments", "create", "str-traffic.json"], "traffic: Input should be a valid num"),
+    ({}, ["experiments", "create", "tiny-traffic.json"], "traffic: Input should be greater"),
+    ({}, ["experiments", "create", "part-bucket.json"], "give a multiple of 0.0001"),
+    ({}, ["experiments", "create", "str-weight.json"], "arms.0.weight: Input should be a valid"),
+    ({}, ["experiments", "create", "str-days.json"], "design.graph_days: Input should be a val"),
+    ({}, ["experiments", "create", "bool-strata.json"], "design.strata: Input should be a valid"),
+    ({}, ["experiments", "start", "x", "--seed", "-1"], "--seed"),
+    ({}, ["experiments", "report", "x", "--seed", "-1"], "--seed"),
     ({"OPENDISCO_PARAMS_FILE": "nan-params.json"}, ["recommend", "u1"], "a finite number"),
     ({}, ["experiments", "report", "x", "--bootstrap", "-5"], "--bootstrap"),
     ({}, ["apikeys", "create", "--name", " "], "name must say who the key is for"),
