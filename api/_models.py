@@ -20,14 +20,19 @@ __all__ = [
     "RecommendationOut",
     "RecommendationsResponse",
     "Rejected",
+    "StrictModel",
 ]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Every model the API reads or answers: a field it does not declare is a 422 naming it,
+    never ignored. A number field is declared ``Field(strict=True)`` (a JSON number, never
+    ``"5"`` or ``true``): what the published schema says is what is accepted."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class RecommendationOut(_Strict):
+class RecommendationOut(StrictModel):
     id: str
     score: float
     sources: dict[str, float] = Field(
@@ -39,7 +44,7 @@ class RecommendationOut(_Strict):
     )
 
 
-class RecommendationsResponse(_Strict):
+class RecommendationsResponse(StrictModel):
     request_id: str
     template_version: str = Field(
         description="What produced the list: the surface's template version and the serving "
@@ -78,7 +83,7 @@ MAX_BATCH_ERRORS = 100
 MAX_BATCH = 1000
 
 
-class EventBatch(_Strict):
+class EventBatch(StrictModel):
     events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
 
     @field_validator("events", mode="before")
@@ -103,12 +108,12 @@ class EventBatch(_Strict):
         return out
 
 
-class Rejected(_Strict):
+class Rejected(StrictModel):
     index: int
     reason: str
 
 
-class EventsResponse(_Strict):
+class EventsResponse(StrictModel):
     request_id: str
     template_version: str
     accepted: int = Field(description="Applied by this call.")
@@ -124,21 +129,21 @@ class EventsResponse(_Strict):
     rejected: list[Rejected]
 
 
-class HealthResponse(_Strict):
+class HealthResponse(StrictModel):
     status: str
 
 
-class ReadyResponse(_Strict):
+class ReadyResponse(StrictModel):
     ready: bool
     checks: dict[str, bool]
 
 
-class ErrorBody(_Strict):
+class ErrorBody(StrictModel):
     type: str
     message: str
     detail: list[dict[str, Any]] | None = None
 
 
-class ErrorResponse(_Strict):
+class ErrorResponse(StrictModel):
     request_id: str
     error: ErrorBody

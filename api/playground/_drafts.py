@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from opendisco._backend import backend_errors
 from opendisco._domain import USER_SURFACES
@@ -34,6 +34,8 @@ from opendisco._settings import Settings
 from opendisco._store import lease, leased_unless_atomic
 from opendisco.queries import Template, example_params, load, render, template_from_doc
 from opendisco.serving import Artifacts
+
+from .._models import StrictModel
 
 __all__ = [
     "DRAFTS",
@@ -58,7 +60,7 @@ Kind = Literal["params", "template"]
 SURFACE_NAMES = tuple(str(s.value) for s in USER_SURFACES)
 
 
-class DraftIn(BaseModel):
+class DraftIn(StrictModel):
     """A draft as the page sends it: what it edits and the edited JSON document."""
 
     kind: Kind

@@ -8,17 +8,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from opendisco._backend import backend_errors
 from opendisco._domain import ID_MAX_LENGTH, ID_PATTERN, UserSurface
 from opendisco._exceptions import InvalidInput, NotFound
-from opendisco.experiments import DesignKind, ExperimentStore
+from opendisco.experiments import DesignKind, ExperimentStore, Traffic
 from opendisco.queries import load
 from opendisco.serving import MAX_K
 
 from .._body import StrictJSONRoute
 from .._deps import RuntimeDep
+from .._models import StrictModel
 from .._runtime import Runtime
 from ..playground import (
     DraftIn,
@@ -83,7 +84,7 @@ async def static(name: str) -> Response:
     return Response(_static(name), media_type=_STATIC[name])
 
 
-class SignIn(BaseModel):
+class SignIn(StrictModel):
     key: str = Field(min_length=1, max_length=512)
 
 
@@ -134,10 +135,10 @@ async def members(
     return {"members": await find_members(rt, q)}
 
 
-class CompareIn(BaseModel):
+class CompareIn(StrictModel):
     user_id: str = Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)
     surface: UserSurface = UserSurface.for_you
-    k: int = Field(20, ge=1, le=min(100, MAX_K))
+    k: int = Field(20, ge=1, le=min(100, MAX_K), strict=True)
     draft: DraftIn | None = None
     draft_id: str | None = Field(None, max_length=64)
 
@@ -210,11 +211,11 @@ async def update_draft(
     return await st.drafts.update(draft_id, body, who.as_author())
 
 
-class EvalIn(BaseModel):
-    users: int | None = Field(None, ge=2, le=5000)
-    k: int = Field(10, ge=1, le=100)
+class EvalIn(StrictModel):
+    users: int | None = Field(None, ge=2, le=5000, strict=True)
+    k: int = Field(10, ge=1, le=100, strict=True)
     #: stored in the job document: a BSON integer has 8 bytes (a larger seed was a 500)
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    seed: int = Field(0, ge=0, le=2**63 - 1, strict=True)
 
 
 @router.post("/playground/api/drafts/{draft_id}/evaluations", status_code=202)
@@ -262,14 +263,14 @@ async def promote_draft(draft_id: str, request: Request, rt: RuntimeDep, who: Me
         return await st.drafts.mark_promoted(draft_id, {**written, "by": who.as_author()})
 
 
-class ExperimentIn(BaseModel):
+class ExperimentIn(StrictModel):
     """Start a params draft as an experiment's treatment arm (control: what is served)."""
 
     id: str | None = Field(
         None, pattern=ID_PATTERN, max_length=64, description="Default: pg-<draft id>."
     )
     design: DesignKind = DesignKind.user
-    traffic: float = Field(1.0, gt=0, le=1)
+    traffic: Traffic = 1.0
     layer: str = Field("default", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
 
 

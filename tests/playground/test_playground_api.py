@@ -443,3 +443,59 @@ async def test_an_evaluation_seed_past_what_the_job_store_holds_is_a_422(
     )
     assert got.status_code == 422, got.text
     assert "seed" in got.text
+
+
+# --- request bodies: what is declared, as declared ----------------------------------------------
+
+#: ``(route, body, the field the 422 names)``: a number sent as a string or a boolean was read
+#: as the number (``{"users": "5"}`` as 5), a field no model declares was ignored (``{"x": 1}``:
+#: the job started, 202), a traffic below one bucket (5e-324) or between two was rounded
+LAX_BODIES = [
+    ("evaluations", {"users": "5"}, "users"),
+    ("evaluations", {"k": True}, "k"),
+    ("evaluations", {"seed": 1.0}, "seed"),
+    ("evaluations", {"x": 1}, "x"),
+    ("experiment", {"traffic": "0.5"}, "traffic"),
+    ("experiment", {"traffic": 5e-324}, "traffic"),
+    ("experiment", {"traffic": 0.12345}, "traffic"),
+    ("experiment", {"layer": "lax", "x": 1}, "x"),
+    ("compare", {"k": "5"}, "k"),
+    ("compare", {"x": 1}, "x"),
+    ("drafts", {"x": 1}, "x"),
+    ("validate", {"x": 1}, "x"),
+    ("session", {"x": 1}, "x"),
+]
+
+
+async def test_a_lax_body_is_a_422_naming_the_field_and_starts_nothing(
+    pg_http: httpx.AsyncClient, pg_keys: dict[str, str], pg_market: Any
+) -> None:
+    admin = h(pg_keys["admin"])
+    draft = {**_params(quality=1.5), "title": "lax bodies"}
+    did = (await pg_http.post("/playground/api/drafts", json=draft, headers=admin)).json()["id"]
+    member = eligible_member(pg_market)
+    paths = {
+        "evaluations": (f"/playground/api/drafts/{did}/evaluations", {}),
+        "experiment": (f"/playground/api/drafts/{did}/experiment", {}),
+        "compare": ("/playground/api/compare", {"user_id": member}),
+        "drafts": ("/playground/api/drafts", {**draft, "title": "lax extra"}),
+        "validate": ("/playground/api/validate", draft),
+        "session": ("/playground/session", {"key": pg_keys["admin"]}),
+    }
+    for route, fields, name in LAX_BODIES:
+        path, base = paths[route]
+        got = await pg_http.post(path, json={**base, **fields}, headers=admin)
+        assert got.status_code == 422, (route, fields, got.status_code, got.text)
+        named = [d["loc"][-1] for d in got.json()["error"]["detail"]]
+        assert named == [name], (route, fields, got.text)
+    # nothing was started, created or stored by any of them
+    stored = (await pg_http.get(f"/playground/api/drafts/{did}", headers=admin)).json()
+    assert stored["evaluations"] == [] and stored.get("experiments", []) == []
+    listed = (await pg_http.get("/playground/api/drafts", headers=admin)).json()["drafts"]
+    assert "lax extra" not in [d.get("title") for d in listed]
+    # what the page sends (numbers as numbers, only declared fields) is accepted
+    ok = await pg_http.post(
+        f"/playground/api/drafts/{did}/experiment", json={"traffic": 0.0001}, headers=admin
+    )
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["experiment"]["traffic"] == 0.0001
