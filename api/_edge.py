@@ -252,6 +252,7 @@ class Edge:
         if metrics is not None:
             metrics.in_flight.set(self.admission.in_flight)
             metrics.queued.set(self.admission.waiting)
+            metrics.concurrency_limit.set(self.admission.limit)  # as of this request (a scrape)
         abandoned = False
         try:
             if bounded and scope["method"] == "GET":
@@ -266,6 +267,8 @@ class Edge:
             if bounded:
                 if scope["method"] == "GET" and not abandoned:  # reads size the limit
                     self.admission.observe(time.perf_counter() - admitted)
+                    if metrics is not None:
+                        metrics.concurrency_limit.set(self.admission.limit)
                 self.admission.release()
             if metrics is not None:
                 route = scope.get("route")

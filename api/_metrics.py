@@ -4,8 +4,8 @@ Several uvicorn workers (``opendisco serve --workers N``) run with prometheus-cl
 multiprocess mode: ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a directory of its own
 run before the workers start, every worker's values live in files there, and
 :meth:`Metrics.exposition` merges them, so ``/metrics`` answers for the whole server whichever
-worker serves it (gauges: in flight and queued summed over live workers, breaker state per
-worker).
+worker serves it (gauges: in flight, queued and the admission limit summed over live
+workers, breaker state per worker).
 """
 
 from __future__ import annotations
@@ -85,6 +85,14 @@ class Metrics:
         self.in_flight = Gauge(
             "opendisco_api_in_flight",
             "Requests admitted and working.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.concurrency_limit = Gauge(
+            "opendisco_api_concurrency_limit",
+            "Requests admission lets work at once now: the adaptive limit (shrinks while "
+            "answers take longer than half the deadline, grows back as they speed up), "
+            "api_max_concurrency when not adaptive.",
             registry=self.registry,
             multiprocess_mode="livesum",
         )

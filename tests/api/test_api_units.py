@@ -25,8 +25,10 @@ from opendisco.api._admission import Admission
 from opendisco.api._breaker import BreakerState, CircuitBreaker
 from opendisco.api._cursor import MAX_CURSOR_CHARS, CursorCodec
 from opendisco.api._deps import CursorQ
+from opendisco.api._edge import Edge
 from opendisco.api._errors import error_response
 from opendisco.api._keys import ApiKey, ApiKeyStore, hash_secret, new_key, parse_key
+from opendisco.api._metrics import Metrics
 from opendisco.api._overload import EngineWait, LoopLag, engine_bound
 from opendisco.api._ratelimit import RateLimiter, TokenBucket
 from opendisco.signals import ServedExposure
@@ -229,6 +231,60 @@ async def test_a_lowered_limit_drains_through_releases() -> None:
     assert not waiter.done() and adm.in_flight == 1
     adm.release()
     assert await waiter is True and adm.in_flight == 1
+
+
+async def test_the_admission_limit_is_exported_as_it_shrinks_and_grows_back() -> None:
+    """``opendisco_api_concurrency_limit`` is the limit admission applies, read through the
+    edge as a scrape would: it falls while reads are slower than the target and recovers
+    when they are fast again (the operator saw neither before: no such metric)."""
+    metrics = Metrics()
+    admission = Admission(8, target_s=0.1, smoothing=1.0)
+    edge = Edge(_Timed(), admission, get_metrics=lambda: metrics)
+
+    def exported() -> float | None:
+        return metrics.registry.get_sample_value("opendisco_api_concurrency_limit")
+
+    await _through(edge, "/v1/x", 0.0)
+    assert exported() == 8
+    seen = []
+    for _ in range(4):  # slower than the target: 8 -> 7.2 -> 6.5 -> 5.8 -> 5.2
+        await _through(edge, "/v1/x", 0.15)
+        seen.append(exported())
+    assert seen == [7, 6, 5, 5] and admission.limit == 5
+    await _through(edge, "/metrics", 0.0)  # not admission's: a scrape reads the limit as is
+    assert exported() == 5
+    for _ in range(30):  # fast again: +1/limit each
+        await _through(edge, "/v1/x", 0.0)
+    assert exported() == 8 == admission.limit
+
+
+class _Timed:
+    """An ASGI app that answers 200 after ``scope["sleep"]`` seconds."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(scope["sleep"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def _through(edge: Edge, path: str, sleep: float) -> None:
+    answered = asyncio.Event()
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body":
+            answered.set()
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "sleep": sleep}
+    await asyncio.wait_for(edge(scope, receive, send), 5)
 
 
 def test_engine_wait_measures_the_current_uninterrupted_engine_wait() -> None:

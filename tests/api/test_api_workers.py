@@ -201,3 +201,6 @@ async def test_serve_with_two_workers(
         )
         recs = _total(text, "opendisco_api_request_seconds_count", 'status="200"', "/recommend")
         assert recs == sum(_served_per_worker(state, "200").values())
+        # each live worker's admission limit, summed (16 each at most; fast reads keep it
+        # there, more than half of it for both at least)
+        assert 16 < _total(text, "opendisco_api_concurrency_limit") <= 2 * 16, text
