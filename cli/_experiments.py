@@ -77,6 +77,13 @@ def _load(path: Path) -> Experiment:
     return exp.model_copy(update={"arms": arms})
 
 
+def _seed(text: str) -> Callable[[T], T]:
+    """A ``--seed`` option: a number numpy's generators take and a stored integer holds."""
+    return click.option(
+        "--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED), help=text
+    )
+
+
 def _summary(exp: Experiment) -> str:
     arms = ", ".join(a.name for a in exp.arms)
     rng = "" if exp.offset is None else f" buckets {exp.offset}..{exp.offset + exp.width - 1}"
@@ -103,13 +110,7 @@ def create_cmd(settings: Settings, file: Path) -> None:
 
 @experiments_cmd.command("start")
 @click.argument("exp_id")
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0, MAX_SEED),
-    help="Louvain seed (cluster design).",
-)
+@_seed("Louvain seed (cluster design).")
 @pass_settings
 def start_cmd(settings: Settings, exp_id: str, seed: int) -> None:
     """Start a draft: allocate its layer range (snapshot clusters for the cluster design)."""
@@ -165,13 +166,7 @@ def list_cmd(settings: Settings, as_json: bool) -> None:
     type=click.IntRange(10, 100_000),
     help="Two-sided bootstrap draws.",
 )
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0, MAX_SEED),
-    help="Bootstrap seed (two-sided design).",
-)
+@_seed("Bootstrap seed (two-sided design).")
 @pass_settings
 def report_cmd(
     settings: Settings, exp_id: str, out_dir: Path | None, bootstrap: int, seed: int

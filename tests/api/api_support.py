@@ -3,12 +3,13 @@ when several test folders are collected in one run)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,6 +54,28 @@ async def proxied(
         await mongo_proxy.start()
         update["mongo_url"] = f"mongodb://127.0.0.1:{mongo_proxy.port}/"
     return os_proxy, mongo_proxy, settings.model_copy(update=update)
+
+
+def server_receive(
+    answered: asyncio.Event, gone_after_s: float | None = None
+) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI server's ``receive`` for one request without a body: the request, then a
+    disconnect once the response is complete (``answered`` set; as uvicorn reports it) or
+    ``gone_after_s`` into the request (the client leaving)."""
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if gone_after_s is None:
+            await answered.wait()
+        else:
+            await asyncio.sleep(gone_after_s)
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from api_support import free_port, h
+from api_support import free_port, h, server_receive
 from tcp_faults import command_on, store_proxy
 
 from opendisco import Settings, clients
@@ -185,26 +185,13 @@ async def _edge_read(app_tail_s: float, gone_after_s: float | None) -> tuple[lis
         await asyncio.sleep(app_tail_s)
         done = True
 
-    first = True
-
-    async def receive() -> dict[str, Any]:
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": b"", "more_body": False}
-        if gone_after_s is None:
-            await answered.wait()
-        else:
-            await asyncio.sleep(gone_after_s)
-        return {"type": "http.disconnect"}
-
     async def send(message: Any) -> None:
         sent.append(message)
 
     admission = Admission(1)
     edge = Edge(app, admission, get_metrics=lambda: None)
     scope = {"type": "http", "method": "GET", "path": "/v1/x", "headers": []}
-    await asyncio.wait_for(edge(scope, receive, send), 5)
+    await asyncio.wait_for(edge(scope, server_receive(answered, gone_after_s), send), 5)
     assert admission.in_flight == 0
     return sent, done
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from api_support import server_receive
 from fastapi import FastAPI
 
 from opendisco import (
@@ -269,22 +270,13 @@ class _Timed:
 
 async def _through(edge: Edge, path: str, sleep: float) -> None:
     answered = asyncio.Event()
-    first = True
-
-    async def receive() -> dict[str, Any]:
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await answered.wait()
-        return {"type": "http.disconnect"}
 
     async def send(message: Any) -> None:
         if message["type"] == "http.response.body":
             answered.set()
 
     scope = {"type": "http", "method": "GET", "path": path, "headers": [], "sleep": sleep}
-    await asyncio.wait_for(edge(scope, receive, send), 5)
+    await asyncio.wait_for(edge(scope, server_receive(answered), send), 5)
 
 
 def test_engine_wait_measures_the_current_uninterrupted_engine_wait() -> None:
