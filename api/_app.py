@@ -137,11 +137,13 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
             store_timeout_s=settings.api_fallback_store_timeout_ms / 1000,
             refresh_s=settings.api_fallback_refresh_s,
             cold_timeout_s=max(2.0, 5 * deadline_s),
+            fill_reserve_s=deadline_s / 2,
         ),
         cursors=CursorCodec(secret, settings.api_cursor_ttl_s, settings.api_cursor_max_ids),
         metrics=metrics,
         lag=LoopLag(),
     )
+    disc.fill = rt.fallback  # a page a failed candidate source left short: from its lists
     rt.tasks = [
         asyncio.create_task(rt.fallback.run()),
         asyncio.create_task(rt.lag.run()),

@@ -33,6 +33,16 @@ none was ever stored or it cannot be read).
 
 When MongoDB cannot be read either (or nothing safe is left) there is no safe answer:
 :class:`~opendisco.Overloaded` → 503 + Retry-After. Never an unfiltered list.
+
+**Filling a short page** (:meth:`Fallback.fill`, the served pipeline's ``Discovery.fill``). When
+a candidate source failed and the others left fewer eligible candidates than the page (one
+sub-search refused: 3 of 10), the same lists, merged for the member's rules as above, become
+candidates of the pipeline's request (source ``fallback``): they pass its filters, ranking,
+the page's re-check against MongoDB and its caps, and are logged with the page (``filled``
+rows) and counted with it. They are offered only when the cap list is fresh (within two
+refresh periods: the pipeline's answer names no ``degraded_rules``), each item left out when
+this process knows it reached its cap, and only within the request's deadline
+(:data:`DEADLINE`) less ``fill_reserve_s`` (the ranking and the re-check still to run).
 """
 
 from __future__ import annotations
@@ -42,14 +52,18 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from opendisco._backend import backend_errors
 from opendisco._cancel import raise_lost_cancel
-from opendisco._exceptions import DocumentInvalid, Overloaded
+from opendisco._exceptions import BackendError, DocumentInvalid, Overloaded
 from opendisco.ingest import validate_item
+from opendisco.queries import Candidate
 from opendisco.serving import (
+    CandidatePlan,
     Discovery,
     HardRules,
     Recommendation,
@@ -63,7 +77,7 @@ from ._segments import SegmentLists, load_caps
 if TYPE_CHECKING:
     from pymongo.asynchronous.database import AsyncDatabase
 
-__all__ = ["Fallback", "FallbackAnswer", "to_served"]
+__all__ = ["DEADLINE", "Fallback", "FallbackAnswer", "to_served"]
 
 log = logging.getLogger("opendisco.api")
 
@@ -71,6 +85,8 @@ _VECTOR_FIELDS = frozenset({"embedding", "behaviour", "_id"})
 #: how many more candidates than asked are re-checked per MongoDB round trip
 _OVERFETCH = 2
 _ROUNDS = 3
+#: the request's deadline on the event loop's clock (``Runtime.guarded``; None: no deadline)
+DEADLINE: ContextVar[float | None] = ContextVar("opendisco_deadline", default=None)
 
 
 def _plain(value: Any) -> Any:
@@ -130,6 +146,9 @@ class Fallback:
     cold_timeout_s: float = 5.0
     mongo_cache_s: float = 10.0
     clock: Callable[[], float] = time.monotonic
+    #: the part of the request deadline a page's fill leaves to the ranking and re-check
+    fill_reserve_s: float = 0.4
+    name: str = "fallback"
     _cold: OrderedDict[tuple[Any, ...], tuple[float, list[Recommendation]]] = field(
         default_factory=OrderedDict
     )
@@ -265,6 +284,45 @@ class Fallback:
             frozenset(self.discovery.exposure.known_capped()),
         )
         return frozenset(known.reached((r.id, r.item.get("exposure_cap")) for r in pool))
+
+    async def fill(self, plan: CandidatePlan, n: int, have: AbstractSet[str]) -> list[Candidate]:
+        """Up to ``n`` candidates (none of ``have``) from the lists for the pipeline's request
+        ``plan``: those its rules allow on the listed fields, not on the cap list nor known
+        to have reached their cap here, best first; none when the cap list is not fresh or
+        the time left is not (see the module docstring)."""
+        budget, deadline = self.store_timeout_s, DEADLINE.get()
+        if deadline is not None:
+            left = deadline - asyncio.get_running_loop().time() - self.fill_reserve_s
+            budget = min(budget, left)
+        if budget <= 0:
+            return []
+        try:
+            async with asyncio.timeout(budget):
+                capped, fresh = await self._cap_list()
+                if capped is None or not fresh:  # caps unconfirmed: the page stays short
+                    return []
+                pooled = self._pool(plan.rules)
+                pool = (
+                    pooled[0]
+                    if pooled is not None
+                    else await self._popular(plan.rules, max(200, 5 * n))
+                )
+        except (TimeoutError, BackendError) as exc:
+            raise_lost_cancel()
+            log.warning("short page not filled: %r", exc)
+            return []
+        near = self._served_to_cap(pool)
+        rules = plan.rules.with_capped(capped | near | (plan.rules.capped_ids or frozenset()))
+        out: list[Candidate] = []
+        for r in pool:
+            if len(out) >= n:
+                break
+            if r.id not in have and rules.allows(r.id, r.item):
+                rank = len(out) + 1
+                out.append(
+                    Candidate(r.id, {self.name: r.score}, {self.name: rank}, 0.0, dict(r.item))
+                )
+        return out
 
     async def answer(
         self, surface: str, user_id: str | None, k: int, exclude: Iterable[str] = ()

@@ -28,7 +28,7 @@ from opendisco.serving import Discovery, Recommendations
 
 from ._breaker import CircuitBreaker
 from ._cursor import CursorCodec
-from ._fallback import Fallback, to_served
+from ._fallback import DEADLINE, Fallback, to_served
 from ._keys import ApiKeyStore
 from ._metrics import Metrics
 from ._overload import ENGINE_WAIT, EngineWait, LoopLag, TimedTransport, engine_bound
@@ -120,6 +120,7 @@ class Runtime:
         if self.breaker.allow():
             wait = EngineWait()
             token = ENGINE_WAIT.set(wait)  # copied into the task wait_for runs the call in
+            by = DEADLINE.set(asyncio.get_running_loop().time() + self.deadline_s)
             try:
                 recs = await asyncio.wait_for(call(), self.deadline_s)
             except (InvalidInput, NotFound, AuthError):
@@ -160,6 +161,7 @@ class Runtime:
                     counted=recs.counted,
                 )
             finally:
+                DEADLINE.reset(by)
                 ENGINE_WAIT.reset(token)
         self.metrics.degraded.labels(surface, reason).inc()
         fb = await self.fallback.answer(surface, user_id, k, exclude)

@@ -1,17 +1,18 @@
 """opendisco.serving: the served pipeline, assembled from named parts, and its artifacts.
 
-:class:`Discovery` runs query hydrators → candidate sources → filters (the hard rules,
-``_filters``) → feature hydrators → the reranker → the page (exploration for a share of
-personal answers, ``_explore``; every shown item re-checked against MongoDB, ``_page``) → side
-effects (the served-list log; see ``_stages``); :class:`Artifacts` are
-the tuned params file and the trained model it serves, named in every response's version
-string.
+:class:`Discovery` runs query hydrators → candidate sources (a page a failed one left short
+filled from a :class:`FillSource`, ``_fill``) → filters (the hard rules, ``_filters``) →
+feature hydrators → the reranker → the page (exploration for a share of personal answers,
+``_explore``; every shown item re-checked against MongoDB, ``_page``) → side effects (the
+served-list log; see ``_stages``); :class:`Artifacts` are the tuned params file and the
+trained model it serves, named in every response's version string.
 """
 
 from ._artifacts import Artifacts, check_params, load_model, load_params, load_template
 from ._assembly import default_parts
 from ._explore import EXPLORED_SURFACES, Exploration, Explorer
 from ._features import FeatureHydrator, StoreFeatures
+from ._fill import FillSource
 from ._filters import (
     AGE_DOMAIN,
     RULE_FIELDS,
@@ -63,6 +64,7 @@ __all__ = [
     "Exploration",
     "Explorer",
     "FeatureHydrator",
+    "FillSource",
     "GraphNeighbours",
     "HardRules",
     "HardRulesFilter",

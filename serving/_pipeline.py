@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ from ._artifacts import Artifacts
 from ._assembly import default_parts
 from ._caps import ExposureCaps
 from ._explore import EXPLORED_SURFACES, Explorer
+from ._fill import FillSource, fill_page, filled_rows
 from ._filters import HardRules
 from ._page import StoreRecheck, pick_page
 from ._stages import (
@@ -82,6 +84,7 @@ class Discovery:
         parts: Parts | None = None,
         model: SentenceTransformer | None = None,
         explorer: Explorer | None = None,
+        fill: FillSource | None = None,
     ) -> None:
         self.settings = settings
         self.os = os_client
@@ -113,6 +116,7 @@ class Discovery:
         )
         self.explorer = explorer if explorer is not None else Explorer.from_settings(settings)
         self.recheck = StoreRecheck.from_settings(db, settings)  # the page re-read (_page)
+        self.fill = fill  # a page a failed source left short is filled from it (_fill)
         self._model = model
         self._ready = False
         self._lock = asyncio.Lock()
@@ -205,6 +209,7 @@ class Discovery:
         prepared = [h.prepare(plan) for h in hydrators]  # run while the engine answers
         try:
             cs = await self.candidates(plan)
+            filled = await fill_page(plan, cs, self.fill, self.caps, self.parts.filters)
             if not cs.candidates:  # nothing eligible: an answer (empty), not a failure
                 empty = Recommendations.empty(plan, cs, (plan.artifacts or self.artifacts).name)
                 for effect in self.parts.side_effects:
@@ -263,6 +268,7 @@ class Discovery:
         timings["total_ms"] = sum(plan.timings_ms.values())
         version = f"{cs.template_version}+{artifacts.name}"
         served = served_list(plan, cs, batch.ids, result.trace.X, rows, exploration, version)
+        served = replace(served, filled=filled_rows(batch.ids, filled))
         recs = Recommendations(
             items=items,
             degraded=cs.degraded,

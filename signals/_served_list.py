@@ -29,7 +29,9 @@ class ServedList:
     ``X`` rows align with ``ids`` (every scored candidate); ``shown`` are the rows in the
     order shown; ``propensity[p]`` the probability that the policy put ``shown[p]`` at slot
     ``p`` given the slots before it (1.0 for a deterministic answer); ``pool``/``pool_w`` the
-    rows and weights an explored answer was sampled from (Plackett–Luce, see ``rerank``).
+    rows and weights an explored answer was sampled from (Plackett–Luce, see ``rerank``);
+    ``filled`` the rows a failed source's page was filled with (the degraded fallback's
+    candidates, ``serving.FillSource``: not what the sources proposed).
     """
 
     request_id: str
@@ -51,6 +53,7 @@ class ServedList:
     pool_w: Sequence[float] = ()
     #: the experiments the answer took part in (experiment, arm, design, unit, candidates' arms)
     experiments: Sequence[Mapping[str, Any]] = ()
+    filled: Sequence[int] = ()
 
 
 def sample_rows(
@@ -72,7 +75,7 @@ def sample_rows(
 
 def encode_list(s: ServedList, max_rows: int, rng: np.random.Generator) -> dict[str, Any]:
     n = len(s.ids)
-    rows, incl = sample_rows(n, [*s.shown, *s.pool], max_rows, rng)
+    rows, incl = sample_rows(n, [*s.shown, *s.pool, *s.filled], max_rows, rng)
     pos = {int(r): i for i, r in enumerate(rows.tolist())}  # candidate row -> logged row
     doc: dict[str, Any] = {
         "_id": s.request_id,
@@ -99,6 +102,8 @@ def encode_list(s: ServedList, max_rows: int, rng: np.random.Generator) -> dict[
     if s.pool:
         doc["pool"] = [pos[int(r)] for r in s.pool]
         doc["pool_w"] = [_finite(w) for w in s.pool_w]
+    if s.filled:
+        doc["filled"] = [pos[int(r)] for r in s.filled]
     return doc
 
 
@@ -165,7 +170,7 @@ def malformed(doc: Mapping[str, Any]) -> str | None:
         return "'features' is not a list of names"
     if doc.get("X") is not None and not isinstance(doc["X"], bytes):
         return "'X' is not binary"
-    for key in ("shown", "pool"):
+    for key in ("shown", "pool", "filled"):
         if not _rows(doc.get(key) or [], len(ids)):
             return f"'{key}' is not a list of its row numbers"
     for key in ("propensity", "pool_w", "incl"):

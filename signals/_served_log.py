@@ -8,7 +8,8 @@ One MongoDB document per served list (collection ``served_lists``, ``_id`` = req
      candidates: scored candidates in all, shown: [row of position 0, 1, ...],
      propensity: [per-slot probability of what was shown], explored: bool,
      policy: {...} (how the shown order was drawn), pool: [rows], pool_w: [weights],
-     experiments: [{experiment, arm, design, unit, ...}] (only when in an experiment)}
+     experiments: [{experiment, arm, design, unit, ...}] (only when in an experiment),
+     filled: [rows the degraded fallback's candidates filled a short page with] (only then)}
 
 **Bounded.** A list logs at most ``max_rows`` rows: every shown row and every exploration pool
 row, then a uniform sample of the other scored candidates (``incl`` = the inclusion

@@ -15,12 +15,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from http_faults import FaultyHttpProxy
 from tcp_faults import TcpProxy
 
 from opendisco import Settings
 from opendisco.api import create_app
 
-__all__ = ["TcpProxy", "free_port", "h", "proxied", "serve", "start_serve"]
+__all__ = [
+    "TcpProxy",
+    "free_port",
+    "h",
+    "proxied",
+    "serve",
+    "serve_faulty",
+    "start_serve",
+    "wait_fallback",
+]
 
 
 @contextlib.asynccontextmanager
@@ -32,6 +42,29 @@ async def serve(settings: Settings, discovery: Any = None) -> AsyncIterator[http
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
+
+
+async def wait_fallback(client: Any) -> None:
+    """Until the app's degraded fallback has its lists (its first refresh), 10 s at most."""
+    rt = client.app.state.runtime
+    for _ in range(100):
+        if rt.fallback.ready:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("fallback never refreshed")
+
+
+@contextlib.asynccontextmanager
+async def serve_faulty(
+    settings: Settings, **overrides: Any
+) -> AsyncIterator[tuple[FaultyHttpProxy, httpx.AsyncClient]]:
+    """The app with the engine behind an HTTP fault proxy (``http_faults``), its fallback's
+    lists ready (``overrides``: settings on top)."""
+    with FaultyHttpProxy(settings.opensearch_url) as proxy:
+        update = {"opensearch_url": proxy.url, **overrides}
+        async with serve(settings.model_copy(update=update)) as client:
+            await wait_fallback(client)
+            yield proxy, client
 
 
 def h(key: str) -> dict[str, str]:

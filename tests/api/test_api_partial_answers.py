@@ -7,11 +7,9 @@ answer marked ``degraded`` and counted by source, or the fallback's, never a 5xx
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from api_support import h, serve
-from http_faults import FaultyHttpProxy
+from api_support import h, serve_faulty
 
 from opendisco import Settings
 
@@ -37,41 +35,31 @@ async def test_msearch_answers_in_part_degrade_by_source_and_never_break_a_rule(
     api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
 ) -> None:
     key = keys["admin"]
-    with FaultyHttpProxy(api_settings.opensearch_url) as proxy:
-        s = api_settings.model_copy(
-            update={"opensearch_url": proxy.url, "api_breaker_failures": 100}
-        )
-        async with serve(s) as client:
-            rt = client.app.state.runtime
-            for _ in range(100):
-                if rt.fallback.ready:
-                    break
-                await asyncio.sleep(0.1)
-            whole = (await client.get(URL, headers=h(key))).json()
-            assert whole["degraded"] is False and len(whole["items"]) == 10
-            # one sub-search refused: a live answer from the others, degraded, counted
-            proxy.rewrite_if = _msearch(
-                lambda a: {**a, "responses": [_REJECTED, *a["responses"][1:]]}
-            )
+    async with serve_faulty(api_settings, api_breaker_failures=100) as (proxy, client):
+        rt = client.app.state.runtime
+        whole = (await client.get(URL, headers=h(key))).json()
+        assert whole["degraded"] is False and len(whole["items"]) == 10
+        # one sub-search refused: a live answer from the others, degraded, counted
+        proxy.rewrite_if = _msearch(lambda a: {**a, "responses": [_REJECTED, *a["responses"][1:]]})
+        resp = await client.get(URL, headers=h(key))
+        body = resp.json()
+        assert resp.status_code == 200 and body["degraded"] is True, resp.text
+        (failed,) = body["explain"]["source_errors"]
+        metrics = (await client.get("/metrics")).text
+        assert f'opendisco_api_source_errors_total{{source="{failed}",' in metrics
+        assert rt.breaker.state.value == "closed"
+        # none answered (all refused, or the answer holds no response): the fallback's
+        for change in (
+            lambda a: {**a, "responses": [_REJECTED for _ in a["responses"]]},
+            lambda a: {**a, "responses": []},
+        ):
+            proxy.rewrite_if = _msearch(change)
             resp = await client.get(URL, headers=h(key))
             body = resp.json()
             assert resp.status_code == 200 and body["degraded"] is True, resp.text
-            (failed,) = body["explain"]["source_errors"]
-            metrics = (await client.get("/metrics")).text
-            assert f'opendisco_api_source_errors_total{{source="{failed}",' in metrics
-            assert rt.breaker.state.value == "closed"
-            # none answered (all refused, or the answer holds no response): the fallback's
-            for change in (
-                lambda a: {**a, "responses": [_REJECTED for _ in a["responses"]]},
-                lambda a: {**a, "responses": []},
-            ):
-                proxy.rewrite_if = _msearch(change)
-                resp = await client.get(URL, headers=h(key))
-                body = resp.json()
-                assert resp.status_code == 200 and body["degraded"] is True, resp.text
-                assert body["items"] and not body.get("explain"), body
-            # hits without their rule fields: none shown (unconfirmed: ``available`` fails)
-            proxy.rewrite_if = _msearch(_no_source)
-            resp = await client.get(URL, headers=h(key))
-            assert resp.status_code == 200 and resp.json()["items"] == [], resp.text
-            assert resp.json()["explain"]["filtered"].get("available", 0) > 0
+            assert body["items"] and not body.get("explain"), body
+        # hits without their rule fields: none shown (unconfirmed: ``available`` fails)
+        proxy.rewrite_if = _msearch(_no_source)
+        resp = await client.get(URL, headers=h(key))
+        assert resp.status_code == 200 and resp.json()["items"] == [], resp.text
+        assert resp.json()["explain"]["filtered"].get("available", 0) > 0

@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-from api_support import TcpProxy, h, proxied, serve
+from api_support import TcpProxy, h, proxied, serve, wait_fallback
 
 from opendisco import Settings
 
@@ -21,15 +21,6 @@ async def _proxied(settings: Settings, **overrides: Any) -> tuple[TcpProxy, Sett
     """A pausable/killable proxy in front of OpenSearch, and settings that go through it."""
     proxy, _, proxied_settings = await proxied(settings, **overrides)
     return proxy, proxied_settings
-
-
-async def _wait_fallback(client: Any) -> None:
-    rt = client.app.state.runtime
-    for _ in range(100):
-        if rt.fallback.ready:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("fallback never refreshed")
 
 
 async def _until(client: Any, key: str, degraded: bool, timeout: float = 15.0) -> dict[str, Any]:
@@ -57,7 +48,7 @@ async def test_outage_degrades_then_recovers(
     key = keys["read"]
     try:
         async with serve(settings) as client:
-            await _wait_fallback(client)
+            await wait_fallback(client)
             rt = client.app.state.runtime
             healthy = await _until(client, key, degraded=False)
             assert len(healthy["items"]) == 10
@@ -123,7 +114,7 @@ async def test_saturation_is_503_with_retry_after(
     )
     try:
         async with serve(settings) as client:
-            await _wait_fallback(client)
+            await wait_fallback(client)
             proxy.pause()  # every Discovery call now hangs until the deadline
             resps = await asyncio.gather(
                 *(client.get(URL, headers=h(keys["read"])) for _ in range(6))
@@ -165,7 +156,7 @@ async def test_a_429_storm_is_not_multiplied_toward_the_engine(
             }
         )
         async with serve(settings) as client:
-            await _wait_fallback(client)
+            await wait_fallback(client)
             assert (await _until(client, keys["read"], degraded=False))["items"]
 
             def refuse(method: str, path: str) -> bool:
