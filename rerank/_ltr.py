@@ -9,7 +9,10 @@ every logged candidate can be labelled (``scope="candidates"``: the member may r
 from another list or surface; what matters is that the ranker saw it here); ``scope="shown"``
 labels only what the list showed. ``pass``/``skip``/``hide`` are explicit zeros. Lists without
 any positive label (no pair to learn from), with fewer than two rows, or logged without
-features (the API's fallback answers: no ranker scored them) are dropped.
+features (the API's fallback answers: no ranker scored them) are dropped; so are the rows a
+failed source's short page was filled with from the fallback's lists (``filled``: no source
+proposed them, their outcomes are not those of the served candidates), counted in
+``skipped["filled_rows"]``.
 
 **Training.** The validation lists are later than every training list (time-based: the
 model is judged on lists served after the ones it learnt from): given explicitly, or the last
@@ -143,7 +146,7 @@ def join_outcomes(
     ys: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
     groups, at, ids = [], [], []
-    skipped = {"no_user": 0, "no_rows": 0, "no_features": 0, "no_positive": 0}
+    skipped = {"no_user": 0, "no_rows": 0, "no_features": 0, "no_positive": 0, "filled_rows": 0}
     for doc in sorted(lists, key=lambda d: (d["at"], d["_id"])):
         user, t0 = doc.get("user_id"), doc["at"]
         items = list(doc.get("ids") or [])
@@ -156,7 +159,15 @@ def join_outcomes(
         if not doc.get("features"):  # the API's fallback answers: no ranker saw a feature
             skipped["no_features"] += 1
             continue
-        shown = list(doc.get("shown") or [])
+        X, shown = doc["X"], list(doc.get("shown") or [])
+        if filled := set(doc.get("filled") or ()):  # not proposed by a source: left out
+            keep = [r for r in range(len(items)) if r not in filled]
+            row = {r: i for i, r in enumerate(keep)}
+            items, X, shown = [items[r] for r in keep], X[keep], [row[r] for r in shown if r in row]
+            skipped["filled_rows"] += len(filled)
+            if len(items) < 2:
+                skipped["no_rows"] += 1
+                continue
         allowed = set(shown) if policy.scope == "shown" else set(range(len(items)))
         direct = by_request.get((str(user), str(doc["_id"])), {})
         y = np.zeros(len(items), dtype=np.int32)
@@ -178,7 +189,7 @@ def join_outcomes(
         rank = np.empty(len(items), dtype=np.int64)
         rest = [r for r in range(len(items)) if r not in set(shown)]
         rank[[*shown, *rest]] = np.arange(len(items))
-        Xs.append(align_features(doc["X"], doc["features"]))
+        Xs.append(align_features(X, doc["features"]))
         ys.append(y)
         ranks.append(rank)
         groups.append(len(items))

@@ -297,3 +297,18 @@ def test_a_late_outcome_naming_its_training_list_still_labels_it() -> None:
     train, valid, _ = split_outcomes(lists, events, valid_share=0.25)
     assert valid.list_ids == ["r3"] and valid.y.tolist() == [0, 0, 2]
     assert train.list_ids == ["r0"] and train.y.tolist() == [2, 0, 0]
+
+
+def test_rows_a_short_page_was_filled_with_are_logged_as_such_and_not_learned_from() -> None:
+    """A page a failed source left short is filled from the fallback's lists (``filled``
+    rows: no source proposed them); the served-list log marks them and the join leaves them
+    out, outcome and all, keeping the list's other rows."""
+    rng = np.random.default_rng(0)
+    served = replace(served_list("r1"), at=T0, filled=[1])
+    doc = encode_list(served, 200, rng)
+    assert [doc["ids"][r] for r in doc["filled"]] == ["b"]
+    likes = [_ev("like", "u1", i, T0 + timedelta(minutes=1)) for i in ("b", "c")]
+    data = join_outcomes([decode_list(doc)], likes)
+    assert data.groups.tolist() == [2] and data.y.tolist() == [0, 2]
+    assert data.X.tolist() == [served.X[0].tolist(), served.X[2].tolist()]
+    assert data.logged_rank.tolist() == [0, 1] and data.skipped["filled_rows"] == 1
