@@ -23,13 +23,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import orjson
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import TransportError
 
-from opendisco._backend import backend_errors
+from opendisco._backend import backend_errors, whole_search
 from opendisco._exceptions import IndexStateError, SearchBackendError
 from opendisco._settings import Settings
 from opendisco._transport import counting_sends
@@ -184,6 +184,7 @@ async def patiently(
     *,
     retry_for: float = 0.0,
     own_index: bool = False,
+    whole: str | None = None,
 ) -> T:
     """``call()`` — an idempotent engine call — retried after :func:`transient` failures
     like a bulk: ``bulk_max_retries`` times and for at least ``retry_for`` seconds, with
@@ -191,15 +192,29 @@ async def patiently(
 
     ``own_index``: the call is about an index the caller created (and holds), so an answer
     that it does not exist (:func:`index_missing`) came from a node behind on the cluster
-    state (one resumed after a pause answers from the state it had) and is retried too."""
+    state (one resumed after a pause answers from the state it had) and is retried too.
+
+    ``whole``: the call is a search or a count, what it reads (for the error): an answer
+    only some shards gave (``_shards.failed``, ``timed_out``: ``whole_search``) is asked
+    again like a transient failure, and when the budget is spent it is the
+    :class:`SearchBackendError` naming the failed shards (before, a rebuild read such a count
+    as the index's and threw the whole build away as short of documents)."""
     deadline = time.monotonic() + retry_for
     for attempt in itertools.count():
         try:
-            return await call()
+            answer = await call()
         except (OSConnectionError, TransportError) as exc:
             retry = transient(exc) or (own_index and index_missing(exc))
             if not retry or _spent(attempt, deadline, settings):
                 raise
+        else:
+            try:
+                if whole is not None:
+                    whole_search(cast("Mapping[str, Any]", answer), whole)
+                return answer
+            except SearchBackendError:
+                if _spent(attempt, deadline, settings):
+                    raise
         await asyncio.sleep(backoff_delay(attempt, settings.bulk_backoff_max))
     raise AssertionError("unreachable")  # the loop returns or raises
 

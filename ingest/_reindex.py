@@ -13,7 +13,8 @@
    items get their trained vectors from the behaviour collection (``_behaviour``: one
    ``_id $in`` read per batch);
 4. refresh and verify the count equals the acknowledged documents (else drop the new index
-   and raise; the alias keeps serving the old one);
+   and raise; the alias keeps serving the old one); a count some shards did not answer is
+   asked again, and fails the rebuild naming them once the retries are spent;
 5. one catch-up of the writes made during the build (``updated_at`` window; documents the
    build already applied at their version are skipped) and of the behaviour vectors written
    during it (their items sent again at the same version; every item of a model whose
@@ -185,7 +186,11 @@ async def _reindex(
     settle = {"index": {"refresh_interval": refresh}}
     await _on_built(settings, lambda: client.indices.put_settings(index=index, body=settle))
     await _on_built(settings, lambda: client.indices.refresh(index=index))
-    count = (await _on_built(settings, lambda: client.count(index=index)))["count"]
+    # a count some shards did not answer is asked again, never taken for the index's
+    counted = await _on_built(
+        settings, lambda: client.count(index=index), whole=f"counting {index} after the build"
+    )
+    count = counted["count"]
     if count != build.indexed:
         await client.indices.delete(index=index, ignore_unavailable=True)
         raise IndexStateError(
@@ -258,11 +263,16 @@ def _patiently(settings: Settings, call: Callable[[], Awaitable[T]]) -> Awaitabl
     return patiently(call, settings, retry_for=settings.reindex_retry_seconds)
 
 
-def _on_built(settings: Settings, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+def _on_built(
+    settings: Settings, call: Callable[[], Awaitable[T]], *, whole: str | None = None
+) -> Awaitable[T]:
     """:func:`_patiently`, for a call about the index this rebuild created: an answer that it
     does not exist came from a node behind on the cluster state and is retried too (a node
-    resumed after a pause answered a refresh of the new index 404: the build thrown away)."""
-    return patiently(call, settings, retry_for=settings.reindex_retry_seconds, own_index=True)
+    resumed after a pause answered a refresh of the new index 404: the build thrown away);
+    ``whole``: a partial answer too (:func:`patiently`)."""
+    return patiently(
+        call, settings, retry_for=settings.reindex_retry_seconds, own_index=True, whole=whole
+    )
 
 
 async def _apply_stream(

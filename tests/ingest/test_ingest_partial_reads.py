@@ -4,17 +4,18 @@ whose ``_shards.failed`` is 1 (a shard's search queue full), its hits missing. R
 whole index, the documents of that shard were "missing from the index": re-read, embedded
 and indexed again, counted as repairs that were none (and a short page ended the scan, every
 later document unchecked: their hard deletes never sent that pass). The pass fails instead
-(as when the page is refused), and repairs nothing on a view it does not have."""
+(as when the page is refused), and repairs nothing on a view it does not have. A rebuild's
+count of its new index answered so is asked again."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from ingest_support import FaultyHttpProxy
+from ingest_support import FaultyHttpProxy, faulty_engine
 
 from opendisco import SearchBackendError, Settings
-from opendisco.ingest import Embedder, Syncer, reindex, verify
+from opendisco.ingest import Embedder, Syncer, alias_targets, reindex, verify
 
 
 def _a_shard_failed(answer: dict[str, Any]) -> dict[str, Any] | None:
@@ -63,3 +64,44 @@ async def test_verify_on_a_page_missing_a_shard_fails_not_reports_missing(
         assert proxy.rewritten == 1
         proxy.rewrite_if = None
         assert (await verify(faulty)).ok
+
+
+def _count_short_a_shard(answer: dict[str, Any]) -> dict[str, Any]:
+    """A ``_count`` answered by one shard of two: the other's documents not counted."""
+    shards = {"total": 2, "successful": 1, "skipped": 0, "failed": 1}
+    shards["failures"] = [{"shard": 1, "reason": {"type": "es_rejected_execution_exception"}}]
+    return {**answer, "count": answer["count"] // 2, "_shards": shards}
+
+
+async def test_a_partial_count_after_a_build_is_asked_again_not_taken_as_short(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """The count of the new index after its build, answered by some shards only, was read as
+    the index's: "N documents after build, M acknowledged", the complete build thrown away.
+    It is asked again like a storm's 429 now; still partial when the retries are spent, the
+    rebuild fails naming the failed shards (and leaves the alias as it was)."""
+    counts: list[str] = []
+
+    def counted(method: str, path: str, answer: dict[str, Any]) -> dict[str, Any] | None:
+        if not path.endswith("/_count"):
+            return None
+        counts.append(path)
+        return _count_short_a_shard(answer) if len(counts) <= limit else None
+
+    limit = 10**6  # every count partial: the rebuild gives up, naming the cause
+    async with faulty_engine(
+        ingest_settings, bulk_max_retries=1, bulk_backoff_max=0.1, reindex_retry_seconds=0.5
+    ) as (proxy, settings, client):
+        proxy.rewrite_if = counted
+        with pytest.raises(
+            SearchBackendError, match=r"counting .* after the build: .*1 of 2 shards failed"
+        ):
+            await reindex(settings, client=client, embedder=embedder)
+        assert len(counts) > 1  # asked again before giving up
+        assert await alias_targets(client, settings.index_alias) == []
+        counts.clear()
+        limit = 2  # two partial answers, then whole ones: the build is kept
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert proxy.rewritten > 2 and len(counts) == 3
+        assert report.indexed == len(ingest_catalogue)
+        assert await alias_targets(client, settings.index_alias) == [report.index]
