@@ -115,7 +115,12 @@ class Settings(BaseSettings):
     index_alias: str = Field(
         "opendisco-items", pattern=INDEX_NAME, description="Read alias of the items index."
     )
-    keep_versions: int = Field(2, ge=0, description="Old versioned indices kept after a swap.")
+    keep_versions: int = Field(
+        2,
+        ge=0,
+        description="Old versioned indices the alias served kept after a swap (rollback "
+        "targets; a complete index never swapped in is deleted, not counted).",
+    )
 
     # --- embeddings -----------------------------------------------------------
     model_path: str | None = Field(

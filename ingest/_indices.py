@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from opendisco._holder import process_alive
 __all__ = [
     "STALE_BUILD",
     "alias_targets",
+    "beyond_retention",
     "builder_gone",
     "cleanup_partial",
     "create_build",
@@ -128,16 +130,35 @@ async def swap_alias(client: Any, alias: str, index: str) -> list[str]:
     return old
 
 
-async def retain(client: Any, alias: str, current: str, keep: int) -> list[str]:
-    """Delete the complete indices of ``alias`` beyond the newest ``keep`` (never ``current``
-    nor an index the alias points at)."""
+async def retain(
+    client: Any, alias: str, current: str, keep: int, served: Iterable[str] = ()
+) -> list[str]:
+    """Delete the complete indices of ``alias`` beyond the newest ``keep`` rollback targets,
+    and those never served (:func:`beyond_retention`); never ``current`` nor an index the
+    alias points at. ``served``: the indices the alias pointed at before ``current`` was
+    swapped in (what the swap returned)."""
     indices = await versioned_indices(client, alias)
     serving = {current, *await alias_targets(client, alias)}
-    done = sorted(
-        (n for n, m in indices.items() if n not in serving and m.get("state") == "complete"),
-        reverse=True,
-    )
-    removed = done[keep:]
+    complete = [n for n, m in indices.items() if n not in serving and m.get("state") == "complete"]
+    removed = beyond_retention(complete, [s for s in served if s in indices], keep)
     for name in removed:
         await client.indices.delete(index=name, ignore_unavailable=True)
     return removed
+
+
+def beyond_retention(complete: Iterable[str], served: Iterable[str], keep: int) -> list[str]:
+    """The ``complete`` indices of one alias retention deletes (pure): those built after the
+    newest of ``served`` (the indices the alias pointed at until now) that are not one of
+    them — never swapped in: a rebuild killed between marking its index complete and its
+    swap left it — and the rollback targets beyond the newest ``keep``, the rollback
+    targets being the others (rebuilds of an alias run one at a time, under its lease, and
+    each swaps in the newest index: an index named before a served one was served in its
+    turn). Counted among the ``keep``, such an orphan had the oldest index the alias served
+    deleted instead, one rollback target fewer than promised. Without ``served`` (nothing
+    was swapped out) every complete index is a rollback target."""
+    swapped_out = set(served)
+    newest = max(swapped_out, default=None)
+    names = sorted(complete, reverse=True)  # newest first: names end in their UTC build time
+    orphans = [n for n in names if newest is not None and n > newest and n not in swapped_out]
+    targets = [n for n in names if n not in orphans]
+    return [*orphans, *targets[keep:]]

@@ -25,7 +25,8 @@
    call, record the catch-up's start as the sync *floor* (pending before the swap, final
    after it: ``_checkpoints``; a running sync
    replays from there what it may have applied to the old index meanwhile; a fresh one starts
-   there), keep ``keep_versions`` old indices;
+   there), keep the ``keep_versions`` newest old indices the alias served (a complete one a
+   run killed before its swap left is deleted, not counted: ``_indices.beyond_retention``);
 6. sweep the open dead letters (``_letters.sweep``): every bulk resolved those of the
    documents it indexed; this resolves those of documents tombstoned or deleted since.
 
@@ -227,7 +228,7 @@ async def _reindex(
     await save_floor(db, settings, caught_from, index, model=served.name)
     await _on_built(settings, lambda: client.indices.refresh(index=index))
     report.removed += await _patiently(
-        settings, lambda: retain(client, alias, index, settings.keep_versions)
+        settings, lambda: retain(client, alias, index, settings.keep_versions, report.previous)
     )
     report.add(build)
     report.add(caught)

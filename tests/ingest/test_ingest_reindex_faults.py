@@ -147,6 +147,41 @@ async def test_a_crash_right_after_the_swap_loses_no_write_sync_sent_to_the_old_
         await client.close()
 
 
+async def test_a_complete_build_killed_before_its_swap_is_no_rollback_target(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reindex killed after marking its index complete and before swapping the alias left
+    a complete index the alias never served; the next rebuild's retention counted it among
+    ``keep_versions`` and deleted the older index the alias had served instead: no rollback
+    target left that was ever served. Retention keeps the ``keep_versions`` newest indices
+    the alias served now and deletes the orphan."""
+    settings = ingest_settings.model_copy(update={"keep_versions": 1})
+    alias = settings.index_alias
+    client = clients.async_opensearch(settings)
+
+    async def die(client: Any, alias: str, index: str) -> list[str]:
+        raise Crash("killed after the complete mark, before the swap")
+
+    try:
+        served = await reindex(settings, client=client, embedder=embedder)
+        monkeypatch.setattr(reindex_module, "swap_alias", die)
+        with pytest.raises(Crash):
+            await reindex(settings, client=client, embedder=embedder)
+        monkeypatch.undo()
+        states = await versioned_indices(client, alias)
+        (orphan,) = set(states) - {served.index}
+        assert states[orphan].get("state") == "complete"
+        assert await alias_targets(client, alias) == [served.index]
+        latest = await reindex(settings, client=client, embedder=embedder)
+        assert latest.previous == [served.index] and orphan in latest.removed
+        assert sorted(await versioned_indices(client, alias)) == [served.index, latest.index]
+    finally:
+        await client.close()
+
+
 async def test_a_bulk_that_timed_out_but_landed_does_not_fail_the_build(
     ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
 ) -> None:
