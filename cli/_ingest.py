@@ -202,7 +202,9 @@ def verify_cmd(settings: Settings, show: int, repair: bool) -> None:
     """Compare MongoDB and the alias by ids, versions, content hashes; exit 1 on differences.
 
     Also listed (not differences): open dead letters, and the partial indices of rebuilds
-    that died (`partial_builds`; the next reindex or `--repair` deletes them)."""
+    that died (`partial_builds`; the next reindex or `--repair` deletes them). And the
+    members' profiles whose gender, age or preferences differ from their `users` document
+    (`profiles_disagreeing`, counted by field): exit 1 on those too."""
 
     if repair:
 
@@ -230,11 +232,12 @@ def verify_cmd(settings: Settings, show: int, repair: bool) -> None:
                 click.echo(f"removed partial builds of rebuilds that died: {', '.join(removed)}")
     report = asyncio.run(verify(settings))
     click.echo(report.summary())
-    for name in ("missing", "extra", "stale", "mismatched", "partial_builds"):
+    names = ("missing", "extra", "stale", "mismatched", "partial_builds", "profiles_disagreeing")
+    for name in names:
         values = getattr(report, name)
         if values:
             click.echo(f"  {name}: {values[:show]}{' …' if len(values) > show else ''}")
-    if not report.ok:
+    if not report.ok or report.profiles_disagreeing:
         sys.exit(1)
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "ID_MAX_LENGTH",
     "ID_PATTERN",
     "KINDS",
+    "MEMBER_RULE_FIELDS",
     "USER_SURFACES",
     "Id",
     "Surface",
@@ -59,6 +60,12 @@ def is_api_id(value: str) -> bool:
 #: the item kinds (MongoDB ``items.kind``; ``opendisco.ingest`` indexes no other)
 KINDS = frozenset({"profile", "movie", "listing", "product"})
 _NOT_PROFILES = KINDS - {"profile"}
+
+
+#: a member's side of the two-sided rules (``serving.HardRules``), stored twice: in their
+#: ``users`` document, read when they view, and in their profile (an item of kind ``profile``),
+#: read when they are the candidate; ``opendisco verify`` reports profiles where they differ
+MEMBER_RULE_FIELDS = ("gender", "age", "pref_genders", "pref_age_min", "pref_age_max")
 
 
 def maybe_profile(kind: Any) -> bool:

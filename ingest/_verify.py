@@ -12,14 +12,27 @@ counts the invalid documents MongoDB holds now; neither is a difference of the i
 died (``rebuilding``: a reindex holds the rebuild lease now, so one of them is its build);
 a reindex deletes them first, ``verify --repair`` when no reindex runs. Not a difference
 either: the alias never serves them, but they hold disk and heap until deleted.
+
+And ``profiles_disagreeing``: the profiles (valid, not deleted, with an owner) whose member's
+side of the two-sided rules (``MEMBER_RULE_FIELDS``) differs from their owner's ``users``
+document — the rules read it from there when the member views and from the profile when
+they are the candidate, so an app that wrote one of the two has the member checked against
+two sets of preferences (``disagreeing_fields`` counts them by field; a list is compared as
+the set of its values). Not a difference of the index either (sync copies the profile as
+it is), but a fault of the data: ``opendisco verify`` exits 1 on it too. Costs one
+``_id $in`` read of ``users`` per 1000 profiles (FerretDB pushes it down); a profile
+whose owner has no ``users`` document is not compared.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from opendisco._backend import whole_search
+from opendisco._domain import MEMBER_RULE_FIELDS
 from opendisco._exceptions import DocumentInvalid
 from opendisco._settings import Settings
 
@@ -33,7 +46,10 @@ from ._packed import PACKED_FIELD
 from ._schema import is_tombstone, validate_item
 from ._store import items_collection, stream
 
-__all__ = ["VerifyReport", "verify"]
+__all__ = ["VerifyReport", "differing_rule_fields", "verify"]
+
+USERS = "users"  # the members' documents (as serving reads them)
+_USERS_PER_READ = 1000
 
 
 @dataclass
@@ -50,6 +66,8 @@ class VerifyReport:
     open_dead_letters: int = 0
     partial_builds: list[str] = field(default_factory=list)
     rebuilding: bool = False
+    profiles_disagreeing: list[str] = field(default_factory=list)
+    disagreeing_fields: dict[str, int] = field(default_factory=dict)
 
     @property
     def differences(self) -> int:
@@ -67,10 +85,19 @@ class VerifyReport:
             f"open_dead_letters={self.open_dead_letters} "
             f"partial_builds={len(self.partial_builds)}"
             + (" (a reindex is running)" if self.rebuilding else "")
+            + f" profiles_disagreeing={len(self.profiles_disagreeing)}"
+            + (f" {self.disagreeing_fields}" if self.disagreeing_fields else "")
         )
 
 
-async def _expected(settings: Settings, db: Any, report: VerifyReport) -> dict[str, tuple]:
+async def _expected(
+    settings: Settings,
+    db: Any,
+    report: VerifyReport,
+    profiles: dict[str, tuple[str, Mapping[str, Any]]],
+) -> dict[str, tuple]:
+    """``{id: (version, content hash)}`` of what the index should hold; ``profiles`` gets
+    ``{id: (owner, stored document)}`` of the members' profiles among them."""
     out: dict[str, tuple[int, str]] = {}
     async with stream(items_collection(db, settings), {}, 1000) as batches:
         async for page in batches:
@@ -86,6 +113,8 @@ async def _expected(settings: Settings, db: Any, report: VerifyReport) -> dict[s
                 if item["deleted"]:
                     continue
                 out[item["_id"]] = (item["version"], to_index_doc(item, None)["content_hash"])
+                if item["kind"] == "profile" and item["owner_id"]:
+                    profiles[item["_id"]] = (item["owner_id"], raw)
     report.expected = len(out)
     return out
 
@@ -122,13 +151,53 @@ async def _partial_builds(client: Any, alias: str) -> list[str]:
     return sorted(n for n, m in builds.items() if m.get("state") == "building" and n not in serving)
 
 
+def differing_rule_fields(profile: Mapping[str, Any], user: Mapping[str, Any]) -> list[str]:
+    """The :data:`MEMBER_RULE_FIELDS` whose values differ between a member's ``profile`` (an
+    item) and their ``users`` document (pure): absent and None agree, and so do two lists of
+    the same values (an empty one is no value: no preference stated)."""
+    return [
+        f for f in MEMBER_RULE_FIELDS if _rule_value(profile.get(f)) != _rule_value(user.get(f))
+    ]
+
+
+def _rule_value(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return frozenset(map(repr, value)) or None
+    return value
+
+
+async def _disagreeing(
+    db: Any, profiles: Mapping[str, tuple[str, Mapping[str, Any]]], report: VerifyReport
+) -> None:
+    """Fill ``report.profiles_disagreeing`` and ``disagreeing_fields`` (module docstring)."""
+    owners = sorted({owner for owner, _ in profiles.values()})
+    users: dict[str, Mapping[str, Any]] = {}
+    fields = dict.fromkeys(MEMBER_RULE_FIELDS, 1)
+    for i in range(0, len(owners), _USERS_PER_READ):
+        query = {"_id": {"$in": owners[i : i + _USERS_PER_READ]}}
+        async with stream(db[USERS], query, _USERS_PER_READ, projection=fields) as batches:
+            async for page in batches:
+                users.update((str(u["_id"]), u) for u in page)
+    counts: Counter[str] = Counter()
+    for profile_id, (owner, doc) in profiles.items():
+        user = users.get(owner)
+        if user is not None and (differ := differing_rule_fields(doc, user)):
+            report.profiles_disagreeing.append(profile_id)
+            counts.update(differ)
+    report.profiles_disagreeing.sort()
+    report.disagreeing_fields = dict(sorted(counts.items()))
+
+
 async def verify(
     settings: Settings, *, client: Any | None = None, db: Any | None = None
 ) -> VerifyReport:
-    """Ids, versions and content hashes of MongoDB vs ``settings.index_alias``."""
+    """Ids, versions and content hashes of MongoDB vs ``settings.index_alias``; the members'
+    profiles vs their ``users`` documents (the module docstring)."""
     report = VerifyReport(alias=settings.index_alias)
     async with backends(settings, client, db, "verify") as (client, db):
-        expected = await _expected(settings, db, report)
+        profiles: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        expected = await _expected(settings, db, report, profiles)
+        await _disagreeing(db, profiles, report)
         await client.indices.refresh(index=settings.index_alias)
         indexed = await _indexed(client, settings.index_alias)
         report.open_dead_letters = await count_open(db, settings.items_collection)

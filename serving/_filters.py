@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from opendisco._domain import maybe_profile, readable_id
+from opendisco._domain import MEMBER_RULE_FIELDS, maybe_profile, readable_id
 from opendisco._exceptions import DocumentInvalid
 from opendisco.ingest import exposure_cap
 from opendisco.queries import Candidate
@@ -74,17 +74,7 @@ class Rule(StrEnum):
 
 
 #: the item fields the rules read (what a fresh re-check fetches from the store)
-RULE_FIELDS = (
-    "kind",
-    "owner_id",
-    "available",
-    "deleted",
-    "gender",
-    "age",
-    "pref_genders",
-    "pref_age_min",
-    "pref_age_max",
-)
+RULE_FIELDS = ("kind", "owner_id", "available", "deleted", *MEMBER_RULE_FIELDS)
 #: the fields every candidate hit carries whatever its template's ``_source`` says: the rule
 #: fields and the item's own ``exposure_cap``, which the in-process cap check reads from the
 #: hit (``serving._caps``; trimmed away, the default cap applied: 10 of 10 members were shown
