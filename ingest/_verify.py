@@ -82,11 +82,11 @@ class VerifyReport:
             f"{self.alias}: mongo={self.mongo_items} expected={self.expected} "
             f"indexed={self.indexed} invalid={self.invalid} missing={len(self.missing)} "
             f"extra={len(self.extra)} stale={len(self.stale)} mismatched={len(self.mismatched)} "
-            f"open_dead_letters={self.open_dead_letters} "
+            f"profiles_disagreeing={len(self.profiles_disagreeing)}"
+            + (f" {self.disagreeing_fields}" if self.disagreeing_fields else "")
+            + f" open_dead_letters={self.open_dead_letters} "
             f"partial_builds={len(self.partial_builds)}"
             + (" (a reindex is running)" if self.rebuilding else "")
-            + f" profiles_disagreeing={len(self.profiles_disagreeing)}"
-            + (f" {self.disagreeing_fields}" if self.disagreeing_fields else "")
         )
 
 
