@@ -20,13 +20,13 @@ they are the candidate, so an app that wrote one of the two has the member check
 two sets of preferences (``disagreeing_fields`` counts them by field; a list is compared as
 the set of its values). Not a difference of the index either (sync copies the profile as
 it is), but a fault of the data: ``opendisco verify`` exits 1 on it too. Costs one
-``_id $in`` read of ``users`` per 1000 profiles (FerretDB pushes it down); a profile
-whose owner has no ``users`` document is not compared.
+``_id $in`` read of ``users`` per page of items that holds profiles (FerretDB pushes it
+down; nothing kept beyond the page); a profile whose owner has no ``users`` document is not
+compared.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +49,6 @@ from ._store import items_collection, stream
 __all__ = ["VerifyReport", "differing_rule_fields", "verify"]
 
 USERS = "users"  # the members' documents (as serving reads them)
-_USERS_PER_READ = 1000
 
 
 @dataclass
@@ -90,17 +89,13 @@ class VerifyReport:
         )
 
 
-async def _expected(
-    settings: Settings,
-    db: Any,
-    report: VerifyReport,
-    profiles: dict[str, tuple[str, Mapping[str, Any]]],
-) -> dict[str, tuple]:
-    """``{id: (version, content hash)}`` of what the index should hold; ``profiles`` gets
-    ``{id: (owner, stored document)}`` of the members' profiles among them."""
+async def _expected(settings: Settings, db: Any, report: VerifyReport) -> dict[str, tuple]:
+    """``{id: (version, content hash)}`` of what the index should hold; each page's member
+    profiles compared with their ``users`` documents on the way (:func:`_disagreeing`)."""
     out: dict[str, tuple[int, str]] = {}
     async with stream(items_collection(db, settings), {}, 1000) as batches:
         async for page in batches:
+            profiles: dict[str, tuple[str, Mapping[str, Any]]] = {}
             for raw in await join_behaviour(db, settings, page):
                 report.mongo_items += 1
                 if is_tombstone(raw):
@@ -115,7 +110,10 @@ async def _expected(
                 out[item["_id"]] = (item["version"], to_index_doc(item, None)["content_hash"])
                 if item["kind"] == "profile" and item["owner_id"]:
                     profiles[item["_id"]] = (item["owner_id"], raw)
+            await _disagreeing(db, profiles, report)
     report.expected = len(out)
+    report.profiles_disagreeing.sort()
+    report.disagreeing_fields = dict(sorted(report.disagreeing_fields.items()))
     return out
 
 
@@ -169,23 +167,23 @@ def _rule_value(value: Any) -> Any:
 async def _disagreeing(
     db: Any, profiles: Mapping[str, tuple[str, Mapping[str, Any]]], report: VerifyReport
 ) -> None:
-    """Fill ``report.profiles_disagreeing`` and ``disagreeing_fields`` (module docstring)."""
-    owners = sorted({owner for owner, _ in profiles.values()})
-    users: dict[str, Mapping[str, Any]] = {}
+    """Add to ``report`` the ``profiles`` (``{id: (owner, stored document)}``, a page's)
+    whose rule fields differ from their owner's ``users`` document: one ``_id $in`` read."""
+    if not profiles:
+        return
+    query = {"_id": {"$in": sorted({owner for owner, _ in profiles.values()})}}
     fields = dict.fromkeys(MEMBER_RULE_FIELDS, 1)
-    for i in range(0, len(owners), _USERS_PER_READ):
-        query = {"_id": {"$in": owners[i : i + _USERS_PER_READ]}}
-        async with stream(db[USERS], query, _USERS_PER_READ, projection=fields) as batches:
-            async for page in batches:
-                users.update((str(u["_id"]), u) for u in page)
-    counts: Counter[str] = Counter()
+    users: dict[str, Mapping[str, Any]] = {}
+    async with stream(db[USERS], query, len(profiles), projection=fields) as batches:
+        async for found in batches:
+            users.update((str(u["_id"]), u) for u in found)
+    counts = report.disagreeing_fields
     for profile_id, (owner, doc) in profiles.items():
         user = users.get(owner)
         if user is not None and (differ := differing_rule_fields(doc, user)):
             report.profiles_disagreeing.append(profile_id)
-            counts.update(differ)
-    report.profiles_disagreeing.sort()
-    report.disagreeing_fields = dict(sorted(counts.items()))
+            for name in differ:
+                counts[name] = counts.get(name, 0) + 1
 
 
 async def verify(
@@ -195,9 +193,7 @@ async def verify(
     profiles vs their ``users`` documents (the module docstring)."""
     report = VerifyReport(alias=settings.index_alias)
     async with backends(settings, client, db, "verify") as (client, db):
-        profiles: dict[str, tuple[str, Mapping[str, Any]]] = {}
-        expected = await _expected(settings, db, report, profiles)
-        await _disagreeing(db, profiles, report)
+        expected = await _expected(settings, db, report)
         await client.indices.refresh(index=settings.index_alias)
         indexed = await _indexed(client, settings.index_alias)
         report.open_dead_letters = await count_open(db, settings.items_collection)
