@@ -56,6 +56,7 @@ import numpy as np
 from jvm_threads import by_pool, thread_cpu_ms  # bench/jvm_threads.py, beside this file
 
 from opendisco import clients, load_settings
+from opendisco._domain import USERS_COLLECTION
 from opendisco._settings import Settings
 
 ROOT = Path(__file__).resolve().parent
@@ -110,7 +111,7 @@ async def build(settings: Settings, n: int) -> list[dict[str, Any]]:
     items, users = generate_marketplace(n, seed=3)
     # a fresh database: plain inserts (write_sample's per-item upserts are slow on FerretDB)
     db = clients.mongo(settings)[settings.mongo_db]
-    for coll, docs in ((settings.items_collection, items), ("users", users)):
+    for coll, docs in ((settings.items_collection, items), (USERS_COLLECTION, users)):
         for i in range(0, len(docs), 5000):
             db[coll].insert_many(docs[i : i + 5000], ordered=False)
     db.client.close()
@@ -313,7 +314,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     proc: subprocess.Popen[bytes] | None = None
     try:
         if args.reuse:  # built earlier by this script (--keep) with the same --items
-            users = list(mongo[settings.mongo_db]["users"].find({}))
+            users = list(mongo[settings.mongo_db][USERS_COLLECTION].find({}))
             if len(users) == 0:
                 raise SystemExit(f"nothing to reuse in {settings.mongo_db}")
         else:

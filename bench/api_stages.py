@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api import _pct, build, personal_requests  # bench/api.py, beside this file
 from opendisco import clients, load_settings
+from opendisco._domain import USERS_COLLECTION
 
 RESULTS = Path(__file__).resolve().parent / "results" / "api-stages.json"
 #: the feature store's lookups, timed one by one (attribute paths on the FeatureStore)
@@ -254,7 +255,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any] | None:
         if args.drop:
             return None
         if args.reuse:
-            users = list(mongo[settings.mongo_db]["users"].find({}))
+            users = list(mongo[settings.mongo_db][USERS_COLLECTION].find({}))
             if not users:
                 raise SystemExit(f"nothing to reuse in {settings.mongo_db}")
         else:

@@ -18,6 +18,7 @@ __all__ = [
     "ID_PATTERN",
     "KINDS",
     "MEMBER_RULE_FIELDS",
+    "USERS_COLLECTION",
     "USER_SURFACES",
     "Id",
     "Surface",
@@ -55,6 +56,11 @@ def is_api_id(value: str) -> bool:
     """Whether ``value`` is an id the API takes (:data:`Id`; all of it: ``re.match`` let a
     trailing newline through ``$``)."""
     return _ID.fullmatch(value) is not None
+
+
+#: the MongoDB collection of the members' documents (``_id``: the member id; their side of the
+#: rules, :data:`MEMBER_RULE_FIELDS`), read by serving, the API, verify and experiments
+USERS_COLLECTION = "users"
 
 
 #: the item kinds (MongoDB ``items.kind``; ``opendisco.ingest`` indexes no other)

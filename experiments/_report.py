@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from opendisco._backend import backend_errors
+from opendisco._domain import USERS_COLLECTION
 from opendisco._exceptions import InvalidInput
 from opendisco.signals import SERVED_LISTS, USER_LIKES, USER_MATCHES
 
@@ -254,7 +255,11 @@ async def _assigned(
 ) -> dict[str, list[int]]:
     """Units per arm in the population, recomputed as serving assigns them."""
     with backend_errors("reading members failed"):
-        users = await db["users"].find({}, {"_id": 1, exp.design.region_field: 1}).to_list(None)
+        users = (
+            await db[USERS_COLLECTION]
+            .find({}, {"_id": 1, exp.design.region_field: 1})
+            .to_list(None)
+        )
     members = [u for u in users if not is_held_out(str(u["_id"]), holdout, salt)]
     members = [u for u in members if in_experiment(exp, str(u["_id"]))]
     k, kind = len(exp.arms), exp.design.kind

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError
 
 from opendisco._backend import backend_errors
+from opendisco._domain import USERS_COLLECTION
 from opendisco._exceptions import InvalidInput, NotFound, validation_problems
 from opendisco._store import MAX_WRITES_PER_COMMAND, lease
 from opendisco.signals import USER_LIKES
@@ -187,7 +188,7 @@ class ExperimentStore:
             if at is None or at >= since:
                 edges.append((str(d["src"]), str(d["dst"]), 1.0))
         with backend_errors("reading members failed"):
-            users = await self.db["users"].find({}, {"_id": 1}).to_list(None)
+            users = await self.db[USERS_COLLECTION].find({}, {"_id": 1}).to_list(None)
         members = sorted({str(u["_id"]) for u in users} | {m for e in edges for m in e[:2]})
         return members, edges
 
@@ -200,7 +201,11 @@ class ExperimentStore:
             await self._write(exp.id, "", units)
         else:
             with backend_errors("reading members failed"):
-                users = await self.db["users"].find({}, {exp.design.region_field: 1}).to_list(None)
+                users = (
+                    await self.db[USERS_COLLECTION]
+                    .find({}, {exp.design.region_field: 1})
+                    .to_list(None)
+                )
             units = {
                 str(u["_id"]): region_of(u, exp.design.region_field) or "unknown" for u in users
             }

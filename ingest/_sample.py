@@ -16,6 +16,7 @@ from pymongo import ReplaceOne
 
 from opendisco import clients
 from opendisco._backend import backend_errors
+from opendisco._domain import USERS_COLLECTION
 from opendisco._settings import Settings
 from opendisco._store import MAX_WRITES_PER_COMMAND, now_ms
 
@@ -198,7 +199,7 @@ def write_sample(
     *,
     batch: int = 1000,
 ) -> dict[str, int]:
-    """Upsert ``items`` into ``settings.items_collection`` and ``users`` into ``users``.
+    """Upsert ``items`` into ``settings.items_collection`` and ``users`` into ``USERS_COLLECTION``.
 
     An item that already exists gets ``version = max(given, stored + 1)`` and a fresh
     ``updated_at`` so sync and reindex pick the new copy up. Returns counts.
@@ -228,6 +229,8 @@ def write_sample(
         for start in range(0, len(users), batch):
             chunk = list(users[start : start + batch])
             ids = [u["_id"] for u in chunk]
-            existing = {d["_id"] for d in db["users"].find({"_id": {"$in": ids}}, {"_id": 1})}
-            users_written += _upsert(db["users"], chunk, existing)
+            existing = {
+                d["_id"] for d in db[USERS_COLLECTION].find({"_id": {"$in": ids}}, {"_id": 1})
+            }
+            users_written += _upsert(db[USERS_COLLECTION], chunk, existing)
     return {"items": written, "users": users_written}

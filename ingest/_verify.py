@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opendisco._backend import whole_search
-from opendisco._domain import MEMBER_RULE_FIELDS
+from opendisco._domain import MEMBER_RULE_FIELDS, USERS_COLLECTION
 from opendisco._exceptions import DocumentInvalid
 from opendisco._settings import Settings
 
@@ -47,8 +47,6 @@ from ._schema import is_tombstone, validate_item
 from ._store import items_collection, stream
 
 __all__ = ["VerifyReport", "differing_rule_fields", "verify"]
-
-USERS = "users"  # the members' documents (as serving reads them)
 
 
 @dataclass
@@ -174,7 +172,7 @@ async def _disagreeing(
     query = {"_id": {"$in": sorted({owner for owner, _ in profiles.values()})}}
     fields = dict.fromkeys(MEMBER_RULE_FIELDS, 1)
     users: dict[str, Mapping[str, Any]] = {}
-    async with stream(db[USERS], query, len(profiles), projection=fields) as batches:
+    async with stream(db[USERS_COLLECTION], query, len(profiles), projection=fields) as batches:
         async for found in batches:
             users.update((str(u["_id"]), u) for u in found)
     counts = report.disagreeing_fields

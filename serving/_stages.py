@@ -28,7 +28,7 @@ import numpy as np
 from opensearchpy import AsyncOpenSearch
 
 from opendisco._backend import backend_errors
-from opendisco._domain import Surface
+from opendisco._domain import USERS_COLLECTION, Surface
 from opendisco._exceptions import ConfigError
 from opendisco._published import Followed
 from opendisco._settings import Settings
@@ -138,7 +138,7 @@ async def read_member(
     ``_id``, concurrently (what the hard rules and the candidate request are built from)."""
     with backend_errors(f"loading user {user_id!r} failed"):
         user, state, member_blocks = await asyncio.gather(
-            db["users"].find_one({"_id": user_id}), states.get(user_id), blocks.get(user_id)
+            db[USERS_COLLECTION].find_one(user_id), states.get(user_id), blocks.get(user_id)
         )
     return user, state, member_blocks
 

@@ -158,3 +158,35 @@ def test_function_level_imports_only_defer_heavy_dependencies() -> None:
                         if name.split(".")[0] not in DEFERRED_OK:
                             found.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
     assert not found, f"import at module level instead: {found}"
+
+
+def _is_users(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value == "users"
+
+
+def _names_users_collection(node: ast.AST) -> bool:
+    """``db["users"]``, ``client[name]["users"]``, ``db.get_collection("users")`` or a
+    module-level ``NAME = "users"``: the members' collection named outside ``_domain``."""
+    if isinstance(node, ast.Subscript) and _is_users(node.slice):
+        db = node.value
+        name = db.attr if isinstance(db, ast.Attribute) else getattr(db, "id", "")
+        return isinstance(db, ast.Subscript) or name.endswith("db")
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return node.func.attr == "get_collection" and any(_is_users(a) for a in node.args)
+    return isinstance(node, ast.Assign) and _is_users(node.value)
+
+
+def test_users_collection_is_named_once() -> None:
+    """Every reader of the members' documents goes through ``_domain.USERS_COLLECTION``."""
+    found = []
+    for folder in (*PACKAGE_DIRS, "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path == ROOT / "core" / "_domain.py":
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            found += [
+                f"{path.relative_to(ROOT)}:{n.lineno}"
+                for n in ast.walk(tree)
+                if _names_users_collection(n)
+            ]
+    assert not found, f"the users collection named outside _domain.USERS_COLLECTION: {found}"

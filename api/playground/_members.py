@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from opendisco._backend import backend_errors
-from opendisco._domain import is_api_id
+from opendisco._domain import USERS_COLLECTION, is_api_id
 
 from .._runtime import Runtime
 
@@ -23,7 +23,7 @@ def member_card(user: dict[str, Any], profile: dict[str, Any] | None = None) -> 
 async def find_members(rt: Runtime, q: str, limit: int = 10) -> list[dict[str, Any]]:
     """The member whose id is ``q`` first, then owners of the profiles matching ``q``."""
     q = q.strip()
-    users = rt.db["users"]
+    users = rt.db[USERS_COLLECTION]
     found: list[dict[str, Any]] = []
     if is_api_id(q):
         with backend_errors("member lookup failed"):

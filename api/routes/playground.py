@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import Field
 
 from opendisco._backend import backend_errors
-from opendisco._domain import ID_MAX_LENGTH, ID_PATTERN, UserSurface
+from opendisco._domain import ID_MAX_LENGTH, ID_PATTERN, USERS_COLLECTION, UserSurface
 from opendisco._exceptions import InvalidInput, NotFound
 from opendisco.experiments import DesignKind, ExperimentStore, Traffic
 from opendisco.queries import load
@@ -155,7 +155,7 @@ async def compare(body: CompareIn, request: Request, rt: RuntimeDep, who: Member
         draft = DraftIn(kind=saved["kind"], surface=saved["surface"], body=saved["body"])
     surface = str(body.surface.value)
     with backend_errors("member lookup failed"):
-        if await rt.db["users"].find_one({"_id": body.user_id}, {"_id": 1}) is None:
+        if await rt.db[USERS_COLLECTION].find_one({"_id": body.user_id}, {"_id": 1}) is None:
             raise NotFound(f"no member {body.user_id!r}")
     timeout = _timeout(rt)
     cur = await answer(st.pipelines.get(current), body.user_id, surface, body.k, timeout)
