@@ -7,16 +7,22 @@ way the task's cancellation is consumed while the task still counts it
 (``Task.cancelling()``), and a loop around the call went on: its next ``asyncio.sleep`` is
 not cancelled. Each loop that retries around a driver call raises such a cancel itself
 (:func:`raise_lost_cancel`) before it waits; a process stopping its background tasks cancels
-each again until it ends (:func:`stop_tasks`).
+each again until it ends (:func:`stop_tasks`); a step given a time budget is waited for, then
+stopped the same way (:func:`bounded`), not cut with ``wait_for``, which waits for the
+cancelled step to end — as long as a swallowed cancel lets it run on.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
-__all__ = ["raise_lost_cancel", "stop_tasks"]
+__all__ = ["bounded", "in_daemon_thread", "raise_lost_cancel", "stop_tasks"]
+
+T = TypeVar("T")
 
 
 def raise_lost_cancel() -> None:
@@ -44,3 +50,47 @@ async def stop_tasks(tasks: Iterable[asyncio.Future[Any]], timeout_s: float = 5.
             break
         _, pending = await asyncio.wait(pending, timeout=min(0.2, left))
     return pending
+
+
+async def bounded(step: Awaitable[T], timeout_s: float, stop_s: float = 1.0) -> T:
+    """The result of ``step`` (a coroutine or future) when it ends within ``timeout_s``; else
+    it is stopped (:func:`stop_tasks`, up to ``stop_s``) and :class:`TimeoutError` raised.
+    ``asyncio.wait_for`` on 3.11 waits for the cancelled step to end instead: a shutdown's
+    drain whose write swallowed the cancel went on past its budget (see the module)."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.wait([task], timeout=timeout_s)
+    finally:  # also when this caller is cancelled: the step does not outlive it
+        if not task.done():
+            await stop_tasks([task], stop_s)
+    if task.cancelled():
+        raise TimeoutError(f"cut short after {timeout_s:g} s")
+    return task.result()
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread of its own that the process's exit does not wait for (unlike
+    ``asyncio.to_thread``: the default executor's threads are joined when ``asyncio.run``
+    ends and again at exit). For a long call whose result a cancelled caller no longer needs:
+    the encoder's load, ~9 s, held the exit of an API process stopped while it started."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if done.done():  # the caller was cancelled meanwhile
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, exc = fn(*args), None
+        except BaseException as e:  # handed to the caller
+            result, exc = None, e
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(target=run, name=getattr(fn, "__name__", "call"), daemon=True).start()
+    return await done

@@ -21,6 +21,7 @@ from pymongo.errors import AutoReconnect
 from served_lists import served_list
 
 from opendisco import Settings, StoreBackendError
+from opendisco._cancel import bounded, in_daemon_thread
 from opendisco._store import MAX_WRITES_PER_COMMAND, _release
 from opendisco.api._ratesync import RateShares
 from opendisco.experiments._log import ExperimentLog
@@ -205,3 +206,27 @@ async def test_a_release_retried_in_the_background_ends_on_one_cancel(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_bounded_step_ends_at_its_budget_when_it_swallowed_the_cancel() -> None:
+    """A shutdown's step given a budget (:func:`bounded`): one that swallows the cancel and
+    goes on (a drain sending its next batch) is cancelled again and ends at its budget;
+    ``asyncio.wait_for`` waited for it to end on its own (here 30 s: the budget lost)."""
+
+    async def drain(call: _Swallowing) -> None:
+        await call()  # swallows the first cancel, as the driver may
+        await asyncio.sleep(30)  # the next batch, to a store that does not answer
+
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await bounded(drain(_Swallowing()), 0.2)
+    assert asyncio.get_running_loop().time() - t0 < 1.0
+    assert await bounded(asyncio.sleep(0, "done"), 1.0) == "done"
+
+
+async def test_a_call_in_a_daemon_thread_hands_back_its_result_or_error() -> None:
+    """:func:`in_daemon_thread` (the encoder's load: a process stopped while it loads does
+    not wait for it at exit) hands back what the call returned or raised."""
+    assert await in_daemon_thread(lambda x: x + 1, 1) == 2
+    with pytest.raises(ZeroDivisionError):
+        await in_daemon_thread(lambda: 1 / 0)
