@@ -5,7 +5,7 @@
 :class:`Runtime` (``_runtime``: the pipeline behind a breaker and a deadline, the fallback).
 """
 
-from ._app import SETTINGS_ENV, app_from_env, create_app
+from ._app import REQUESTS_GRACE_S, SETTINGS_ENV, STOP_S, app_from_env, create_app
 from ._breaker import BreakerState, CircuitBreaker
 from ._cursor import CursorCodec
 from ._keys import ApiKey, ApiKeyStore, create_key, list_keys, revoke_key
@@ -15,7 +15,9 @@ from ._runtime import Answer, Runtime
 
 __all__ = [
     "MULTIPROC_ENV",
+    "REQUESTS_GRACE_S",
     "SETTINGS_ENV",
+    "STOP_S",
     "Answer",
     "ApiKey",
     "ApiKeyStore",

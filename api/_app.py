@@ -16,13 +16,18 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
+from opensearchpy import AsyncOpenSearch
 
 from opendisco import clients
-from opendisco._cancel import stop_tasks
+from opendisco._cancel import bounded, stop_tasks
 from opendisco._settings import Settings
 from opendisco.experiments import install as install_experiments
 from opendisco.serving import Discovery
@@ -44,7 +49,7 @@ from ._ratesync import RateShares
 from ._runtime import Runtime
 from ._segments import SegmentLists
 
-__all__ = ["SETTINGS_ENV", "app_from_env", "create_app"]
+__all__ = ["REQUESTS_GRACE_S", "SETTINGS_ENV", "STOP_S", "app_from_env", "create_app"]
 
 #: how ``opendisco serve --workers N`` hands its settings to the worker processes (JSON)
 SETTINGS_ENV = "OPENDISCO_SERVE_SETTINGS"
@@ -64,7 +69,9 @@ def _breaker(settings: Settings, metrics: Metrics) -> CircuitBreaker:
 
 
 @asynccontextmanager
-async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIterator[Runtime]:
+async def _running(
+    settings: Settings, discovery: Discovery | None, stops: _StopSignals | None = None
+) -> AsyncIterator[Runtime]:
     """Clients, the pipeline (encoder warmed up), the runtime and its background tasks; all
     torn down on exit."""
     deadline_s = settings.api_deadline_ms / 1000
@@ -87,6 +94,22 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
     mongo = clients.mongo_async(settings, serverSelectionTimeoutMS=2000, socketTimeoutMS=socket_ms)
     db = mongo[settings.mongo_db]
     disc = discovery if discovery is not None else Discovery(settings, os_client, db)
+    try:
+        rt = await _start(settings, disc, db, os_client)
+    except BaseException:  # start-up cut short (a stop signal) or failed: nothing served yet
+        await _close(disc, os_client, mongo, CLOSE_S)
+        raise
+    try:
+        yield rt
+    finally:
+        await _stop(rt, os_client, mongo, stops.at if stops is not None else None)
+
+
+async def _start(
+    settings: Settings, disc: Discovery, db: Any, os_client: AsyncOpenSearch
+) -> Runtime:
+    """The pipeline (encoder warmed up), the runtime and its background tasks."""
+    deadline_s = settings.api_deadline_ms / 1000
     # this process serves members: each page counts toward exposure when the pipeline picks
     # it, before another request can pick its items (serving._caps)
     disc.caps.count = disc.record_served
@@ -103,7 +126,7 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
             served_log.attach_spool(ServedSpool.for_settings(settings))
         except OSError as exc:
             log.error("served-list spool not opened (%r): an outage's lists stay in memory", exc)
-    _, exposures = install_experiments(disc, db, settings)  # running experiments' arms
+    install_experiments(disc, db, settings)  # running experiments' arms (drained with disc)
     await disc.warmup()  # the query encoder, before the first request's deadline
     if settings.api_gc_freeze:  # the encoder's heap out of every collection (p99)
         freeze_startup_heap(settings.api_gc_threshold0)
@@ -153,28 +176,116 @@ async def _running(settings: Settings, discovery: Discovery | None) -> AsyncIter
     ]
     if settings.signal_copies_s > 0:
         rt.tasks.append(asyncio.create_task(disc.copies.run()))
-    try:
-        yield rt
-    finally:
-        stuck = await stop_tasks(rt.tasks)
-        if stuck:
-            log.warning("background tasks did not stop: %s", stuck)
-        try:  # event batches applying, served impressions, the served-list log
-            await asyncio.wait_for(disc.drain(), 5.0)
-        except Exception as exc:  # the engine is down or paused: what it could not take
-            left = disc.served.unwritten_total()
-            log.warning("shutdown: %d served impressions not counted (%r)", left, exc)
-        disc.served.detach()  # kept when something is left: the next process here counts it
-        if served_log is not None:
-            served_log.close_spool()  # likewise: the next process here writes it back
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(exposures.drain(), 5.0)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(rt.shares.leave(), 2.0)
-        Metrics.process_exited(os.getpid())
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(os_client.close(), 5.0)
-        await clients.close_mongo(mongo)
+    return rt
+
+
+#: a stopping process's queued writes are given this long (the engine or store may not answer)
+DRAIN_S = 5.0
+#: its rate share's withdrawal (a paused store: the others take it over within 3 syncs anyway)
+LEAVE_S = 2.0
+#: the clients' close when the store does not answer (its ``endSessions``; else up to 2 s)
+CLOSE_S = 0.5
+#: from the stop signal, the requests in flight (up to :data:`REQUESTS_GRACE_S`), the drain
+#: and the close: well under compose's 10 s stop grace
+STOP_S = 7.0
+#: requests still running this long after the stop signal are cancelled (uvicorn's
+#: ``timeout_graceful_shutdown``; a 500 for them, an event batch going on in the drain): an
+#: event batch's own bound, ``max(2, 5 x api_deadline_ms)``, answers 503 before it by default
+REQUESTS_GRACE_S = 4.0
+
+
+async def _stop(
+    rt: Runtime, os_client: AsyncOpenSearch, mongo: Any, asked_at: float | None = None
+) -> None:
+    """Tear down within :data:`STOP_S` when the backends do not answer: the background tasks
+    stopped, then the drain and the rate share's withdrawal side by side (each waits on a
+    different write), then both clients closed side by side, the store's ``endSessions``
+    given what is left (0.5 s when the withdrawal went unanswered). What the drain could not
+    write is kept: the served impressions in the served journal and the lists in the spool,
+    for the next process here; accepted events are in the store already (the recovery sweep
+    applies what a batch cut short left); leases and the rate share not withdrawn expire."""
+    loop = asyncio.get_running_loop()
+    deadline = (loop.time() if asked_at is None else asked_at) + STOP_S
+    disc = rt.discovery
+    stuck = await stop_tasks(rt.tasks, timeout_s=1.0)
+    if stuck:
+        log.warning("background tasks did not stop: %s", stuck)
+    # event batches applying, served impressions, the served-list log, the experiments' log
+    drain_s = max(0.5, min(DRAIN_S, deadline - CLOSE_S - loop.time()))
+    drained, withdrawn = await asyncio.gather(
+        bounded(disc.drain(), drain_s),
+        bounded(rt.shares.leave(), min(LEAVE_S, drain_s)),
+        return_exceptions=True,
+    )
+    if isinstance(drained, BaseException):  # the engine or store is down or paused
+        left = disc.served.unwritten_total()
+        log.warning("shutdown: %d served impressions not counted (%r)", left, drained)
+    if isinstance(withdrawn, BaseException):
+        log.info("shutdown: rate share not withdrawn (it expires): %r", withdrawn)
+    # a store that did not take the withdrawal will not answer ``endSessions`` either
+    end_sessions_s = CLOSE_S if isinstance(withdrawn, BaseException) else 2.0
+    await _close(disc, os_client, mongo, max(CLOSE_S, min(end_sessions_s, deadline - loop.time())))
+
+
+async def _close(disc: Discovery, os_client: AsyncOpenSearch, mongo: Any, timeout_s: float) -> None:
+    """The served journal and the served-list spool closed (kept when something is left: the
+    next process here writes it), then both clients side by side, each within ``timeout_s``
+    (the store's ``endSessions``: :func:`~opendisco.clients.close_mongo`)."""
+    disc.served.detach()
+    if (served_log := disc.served_log) is not None:
+        served_log.close_spool()
+    Metrics.process_exited(os.getpid())
+    await asyncio.gather(
+        bounded(os_client.close(), timeout_s),
+        clients.close_mongo(mongo, timeout_s),
+        return_exceptions=True,
+    )
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT as this process's server takes them (its handlers chained: still
+    called), noted while the app's lifespan runs. During start-up one cancels it: uvicorn
+    only sets its ``should_exit`` and lets the start-up run to its end — the encoder's load,
+    the counters index's ensure, the cursor secret's lookup, each waiting on a backend that
+    does not answer — before it stops (a replica stopped while it started took 60–90 s to
+    exit); one its server took before (while it imported the app) cancels it at once. The
+    first one's time starts the teardown's budget (:data:`STOP_S`), the requests in flight
+    included. Only Python handlers are chained (a default SIGTERM still ends the process),
+    and only in the main thread."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None  # loop time of the first stop signal
+        self._saved: dict[int, Any] = {}
+        self._starting: asyncio.Future[Any] | None = None
+
+    def install(self, starting: asyncio.Future[Any]) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        self._starting = starting
+
+        def on_signal(sig: int, frame: FrameType | None) -> None:
+            if self.at is None:
+                self.at = loop.time()
+            if self._starting is not None:
+                loop.call_soon_threadsafe(self._starting.cancel)
+            self._saved[sig](sig, frame)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if callable(handler := signal.getsignal(sig)):
+                self._saved[sig] = handler
+                signal.signal(sig, on_signal)
+                if getattr(getattr(handler, "__self__", None), "should_exit", False) is True:
+                    self.at = loop.time()  # uvicorn's server, asked to stop already
+                    starting.cancel()
+
+    def started(self) -> None:
+        self._starting = None
+
+    def restore(self) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
 
 
 def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAPI:
@@ -183,12 +294,27 @@ def create_app(settings: Settings, discovery: Discovery | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with _running(settings, discovery) as rt:
-            app.state.runtime = rt
-            try:
-                yield
-            finally:
-                app.state.runtime = None
+        stops = _StopSignals()
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                starting = asyncio.ensure_future(
+                    stack.enter_async_context(_running(settings, discovery, stops))
+                )
+                stops.install(starting)
+                try:
+                    app.state.runtime = await starting
+                except asyncio.CancelledError:
+                    if stops.at is None:
+                        raise
+                    # started with nothing to serve: the server sees its stop and exits
+                    log.warning("stopped during start-up: nothing served, nothing to drain")
+                stops.started()
+                try:
+                    yield
+                finally:
+                    app.state.runtime = None
+        finally:
+            stops.restore()
 
     app = FastAPI(
         title="opendisco discovery API",

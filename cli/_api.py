@@ -16,6 +16,7 @@ from opendisco._backend import backend_errors
 from opendisco._settings import Settings
 from opendisco.api import (
     MULTIPROC_ENV,
+    REQUESTS_GRACE_S,
     SETTINGS_ENV,
     create_app,
     create_key,
@@ -64,6 +65,9 @@ def serve_cmd(
         "port": settings.api_port,
         "log_level": log_level,
         "access_log": False,
+        # a stop does not wait longer for requests in flight (their backends may not answer):
+        # the rest of its budget is the drain's (opendisco.api.STOP_S)
+        "timeout_graceful_shutdown": REQUESTS_GRACE_S,
     }
     if settings.api_workers == 1:
         uvicorn.run(create_app(settings), **opts)

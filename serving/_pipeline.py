@@ -27,6 +27,7 @@ from opensearchpy import AsyncOpenSearch
 
 from opendisco import clients
 from opendisco._backend import backend_errors
+from opendisco._cancel import in_daemon_thread
 from opendisco._domain import USER_SURFACES, Surface
 from opendisco._exceptions import BackendError, InvalidInput
 from opendisco._settings import Settings
@@ -144,7 +145,8 @@ class Discovery:
 
     async def _encode(self, text: str) -> list[float]:
         if self._model is None:
-            self._model = await asyncio.to_thread(clients.load_model, self.settings)
+            # a daemon thread: a process stopped while it starts does not wait for the load
+            self._model = await in_daemon_thread(clients.load_model, self.settings)
         vec = await asyncio.to_thread(
             self._model.encode, [text], normalize_embeddings=True, show_progress_bar=False
         )
