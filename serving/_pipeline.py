@@ -145,7 +145,6 @@ class Discovery:
 
     async def _encode(self, text: str) -> list[float]:
         if self._model is None:
-            # a daemon thread: a process stopped while it starts does not wait for the load
             self._model = await in_daemon_thread(clients.load_model, self.settings)
         vec = await asyncio.to_thread(
             self._model.encode, [text], normalize_embeddings=True, show_progress_bar=False
