@@ -5,7 +5,10 @@ explored page by Plackett–Luce sampling over the reranked pool, see ``rerank.p
 the pool rows and their weights, the shown rows, and one reward per shown slot (from the
 later outcomes, :class:`~opendisco.rerank.LabelPolicy`: reward = 1 when the gain is > 0).
 Explored requests are a random share of all requests, independent of the member, so a value
-estimated on them is the value over all requests.
+estimated on them is the value over all requests. The rows a failed source's short page was
+filled with (``filled``) stay, with their own outcomes: the page was drawn from a pool holding
+them, by the logged weights (training leaves them out; here they are part of what the
+logging and the target policies rank).
 
 **Target.** The candidate model scores the list's logged feature rows and shows its top ``k``
 in score order (a deterministic policy; the served steps after scoring — caps, MMR — are not
@@ -110,9 +113,14 @@ def slate_logs(
 def _labels(
     lists: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]], policy: LabelPolicy
 ) -> dict[str, np.ndarray]:
+    """Per list, the label of every logged row. The filled rows of a short page too: the
+    training join leaves them out (no source proposed them), but an explored page drew them
+    from its pool with the logged weights like any other row, and the target ranks them as
+    the served pipeline does; without them the labels lost their rows (a row after a filled
+    one got its neighbour's outcome)."""
     out = {}
     for d in lists:  # one list at a time: join_outcomes drops lists without a positive
-        data = join_outcomes([d], events, policy)
+        data = join_outcomes([{**d, "filled": []}], events, policy)
         if len(data.groups):
             out[str(d["_id"])] = data.y.astype(np.float64)
     return out

@@ -18,6 +18,7 @@ from opendisco.cli.main import cli
 from opendisco.eval._offpolicy import SlateLogs, estimate, slate_logs
 from opendisco.rerank import pl_marginals, pl_sample, pl_weights
 from opendisco.signals import EVENTS, ServedLog
+from opendisco.signals._served_list import decode_list, encode_list
 
 
 def _const(q: float):  # a (misspecified) reward model for DR
@@ -133,3 +134,32 @@ def test_one_explored_list_is_a_usage_error_not_nan_intervals(settings: Settings
     assert run.exit_code == 2, run.output
     assert "1 explored list(s) with outcomes: at least 2" in run.output
     assert "NaN" not in run.output
+
+
+def test_rewards_of_a_filled_explored_page_stay_on_their_rows() -> None:
+    """An explored page a failed source left short is filled (``filled`` rows, in the pool
+    the page was drawn from): the rewards are read per logged row. Before, the labels came
+    from the training join, which leaves the filled rows out, so every row after a filled one
+    got its neighbour's outcome (a like on row 2 credited to row 1) and a shown last row was
+    an IndexError."""
+    rng = np.random.default_rng(0)
+    at = datetime(2026, 1, 10, tzinfo=UTC)
+    explored = replace(
+        served_list("r1"),
+        at=at,
+        k=2,
+        shown=[2, 0],
+        propensity=[0.5, 0.5],
+        explored=True,
+        pool=[0, 1, 2],
+        pool_w=[1.0] * 3,
+        filled=[1],
+    )
+    doc = decode_list(encode_list(explored, 200, rng))
+    like = {"type": "like", "user_id": "u1", "item_id": "c", "ts": at + timedelta(minutes=1)}
+    logs = slate_logs([doc], [like])
+    assert logs.shown.tolist() == [[2, 0]]
+    assert logs.reward.tolist() == [[1.0, 0.0]]  # "c" (row 2) liked, shown first
+    last = replace(explored, request_id="r2", shown=[0, 2])
+    logs = slate_logs([doc, decode_list(encode_list(last, 200, rng))], [like])
+    assert logs.reward.tolist() == [[1.0, 0.0], [0.0, 1.0]]
