@@ -13,6 +13,7 @@ import click
 
 from opendisco import clients
 from opendisco._backend import backend_errors
+from opendisco._exceptions import ConfigError
 from opendisco._settings import Settings
 from opendisco.api import (
     MULTIPROC_ENV,
@@ -49,10 +50,6 @@ def serve_cmd(
     """Serve the discovery API with uvicorn (OpenAPI at /docs and /openapi.json)."""
     import uvicorn
 
-    # the served artifacts (params, template and model files) checked before any worker
-    # starts: a broken one is a one-line error here, not a traceback in each worker's startup
-    Artifacts.from_settings(settings)
-
     settings = settings.model_copy(
         update={
             "api_host": host or settings.api_host,
@@ -69,10 +66,18 @@ def serve_cmd(
         # the rest of its budget is the drain's (opendisco.api.STOP_S)
         "timeout_graceful_shutdown": REQUESTS_GRACE_S,
     }
+    # the served artifacts (params, template and model files) are checked before any worker
+    # starts: a broken one is a one-line error here, not a traceback in each worker's startup
     if settings.api_workers == 1:
+        Artifacts.from_settings(settings)
         uvicorn.run(create_app(settings), **opts)
         return
-    with _multiprocess_metrics(settings), watched_workers():
+    with (
+        _multiprocess_metrics(settings),
+        _pinned_model(settings) as settings,
+        watched_workers(),
+    ):
+        Artifacts.from_settings(settings)  # the model's copy every worker loads
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         uvicorn.run(
             "opendisco.api:app_from_env",
@@ -83,22 +88,49 @@ def serve_cmd(
         )
 
 
-@contextlib.contextmanager
-def _multiprocess_metrics(settings: Settings) -> Iterator[None]:
-    """A fresh prometheus-client multiprocess directory for this run (the workers inherit it
-    through the environment; removed when the server stops). Directories left by servers that
-    died without stopping (``serve-<pid>-*`` of a pid no longer running) are removed first."""
-    root = settings.state_dir / "api-metrics"
+def _run_dir(root: Path) -> Path:
+    """A fresh ``serve-<pid>-*`` directory of this run under ``root``; directories left there by
+    servers that died without stopping (a pid no longer running) are removed first."""
     root.mkdir(parents=True, exist_ok=True)
     for old in root.glob("serve-*"):
         if not _running(int(old.name.split("-")[1])):
             shutil.rmtree(old, ignore_errors=True)
-    path = Path(tempfile.mkdtemp(prefix=f"serve-{os.getpid()}-", dir=root))
+    return Path(tempfile.mkdtemp(prefix=f"serve-{os.getpid()}-", dir=root))
+
+
+@contextlib.contextmanager
+def _multiprocess_metrics(settings: Settings) -> Iterator[None]:
+    """A fresh prometheus-client multiprocess directory for this run (the workers inherit it
+    through the environment; removed when the server stops)."""
+    path = _run_dir(settings.state_dir / "api-metrics")
     os.environ[MULTIPROC_ENV] = str(path)
     try:
         yield
     finally:
         os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _pinned_model(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with ``model_file`` a copy of it made now, for this run's workers (removed
+    when the server stops). uvicorn replaces a dead worker with a new process that loads the
+    model again: from the served path it loaded what had been published there since (two
+    workers, two models), or a model cut short or of other features (every replacement
+    refused to start). From the copy every worker serves the bytes checked at start, under
+    the same file name (the same version string); a new model is served by a restart."""
+    if settings.model_file is None:
+        yield settings
+        return
+    path = _run_dir(settings.state_dir / "api-models")
+    try:
+        copy = path / settings.model_file.name
+        try:
+            copy.write_bytes(settings.model_file.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"model file {settings.model_file}: {exc}") from exc
+        yield settings.model_copy(update={"model_file": copy})
+    finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
