@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -74,10 +75,10 @@ def serve_cmd(
         return
     with (
         _multiprocess_metrics(settings),
-        _pinned_model(settings) as settings,
+        _pinned_artifacts(settings) as settings,
         watched_workers(),
     ):
-        Artifacts.from_settings(settings)  # the model's copy every worker loads
+        Artifacts.from_settings(settings)  # the copies every worker loads
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         uvicorn.run(
             "opendisco.api:app_from_env",
@@ -112,24 +113,37 @@ def _multiprocess_metrics(settings: Settings) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _pinned_model(settings: Settings) -> Iterator[Settings]:
-    """``settings`` with ``model_file`` a copy of it made now, for this run's workers (removed
-    when the server stops). uvicorn replaces a dead worker with a new process that loads the
-    model again: from the served path it loaded what had been published there since (two
-    workers, two models), or a model cut short or of other features (every replacement
-    refused to start). From the copy every worker serves the bytes checked at start, under
-    the same file name (the same version string); a new model is served by a restart."""
-    if settings.model_file is None:
+def _pinned_artifacts(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with ``model_file``, ``params_file`` and ``template_files`` copies of them
+    made now, for this run's workers (removed when the server stops). uvicorn replaces a dead
+    worker with a new process that loads them again: from the served paths it loaded what
+    had been written there since (two workers, two models), or a file cut short or of other
+    features, whose failed start made uvicorn stop the whole server. From the copies every
+    worker serves the bytes checked at start, under the same file names (the same version
+    string); new files are served by a restart. The playground still promotes beside the
+    served params file."""
+    files = [settings.model_file, settings.params_file, *settings.template_files]
+    if all(f is None for f in files):
         yield settings
         return
-    path = _run_dir(settings.state_dir / "api-models")
+    path = _run_dir(settings.state_dir / "api-artifacts")
     try:
-        copy = path / settings.model_file.name
-        try:
-            copy.write_bytes(settings.model_file.read_bytes())
-        except OSError as exc:
-            raise ConfigError(f"model file {settings.model_file}: {exc}") from exc
-        yield settings.model_copy(update={"model_file": copy})
+
+        def pin(src: Path) -> Path:
+            copy = Path(tempfile.mkdtemp(dir=path)) / src.name  # names may repeat
+            try:
+                copy.write_bytes(src.read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"served file {src}: {exc}") from exc
+            return copy
+
+        update: dict[str, Any] = {"template_files": [pin(f) for f in settings.template_files]}
+        if settings.model_file is not None:
+            update["model_file"] = pin(settings.model_file)
+        if settings.params_file is not None:
+            update["params_file"] = pin(settings.params_file)
+            update["playground_dir"] = settings.playground_dir or settings.params_file.parent
+        yield settings.model_copy(update=update)
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
