@@ -51,6 +51,10 @@ def serve_cmd(
     """Serve the discovery API with uvicorn (OpenAPI at /docs and /openapi.json)."""
     import uvicorn
 
+    # the served artifacts (params, template and model files) checked before any worker
+    # starts: a broken one is a one-line error here, not a traceback in each worker's startup
+    Artifacts.from_settings(settings)
+
     settings = settings.model_copy(
         update={
             "api_host": host or settings.api_host,
@@ -67,10 +71,7 @@ def serve_cmd(
         # the rest of its budget is the drain's (opendisco.api.STOP_S)
         "timeout_graceful_shutdown": REQUESTS_GRACE_S,
     }
-    # the served artifacts (params, template and model files) are checked before any worker
-    # starts: a broken one is a one-line error here, not a traceback in each worker's startup
     if settings.api_workers == 1:
-        Artifacts.from_settings(settings)
         uvicorn.run(create_app(settings), **opts)
         return
     with (
@@ -78,7 +79,7 @@ def serve_cmd(
         _pinned_artifacts(settings) as settings,
         watched_workers(),
     ):
-        Artifacts.from_settings(settings)  # the copies every worker loads
+        Artifacts.from_settings(settings)  # the copies every worker loads, as checked
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         uvicorn.run(
             "opendisco.api:app_from_env",
