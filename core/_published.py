@@ -4,18 +4,22 @@ What a trainer writes for serving (ALS behaviour vectors, EASE item–item rows)
 only beside the rest of the same model, so a model is never written into the collection
 readers read. A publish writes every document of the new model into a collection of its own,
 ``<base>__<version>``, then switches the pointer document (``<base>_model``: ``{_id:
-"current", collection, previous, version, ...}``) to it with one single-document write. Every
+"current", collection, previous, version, retired, ...}``) to it with one single-document write. Every
 reader (:meth:`Generations.served`) follows the pointer; with none (a database from before),
 the unversioned ``<base>`` collection is served.
 
 A run killed before the switch leaves the previous model served whole; its partial collection
 is dropped by the next publish. Publishes are one at a time (a lease in ``<base>_locks``,
 renewed while held, taken over at once from a killed holder): a second trainer waits, then
-publishes its own model whole in turn. The previous model's collection is kept after a switch
-(a reader that resolved the pointer just before still reads it) and dropped by the next
-publish. A publish whose lease lapsed (paused longer than ``lease_s``) finds its collection
-dropped or the pointer moved by the publish that took over, and switches to nothing
-(:class:`StoreBackendError`; the model served stays).
+publishes its own model whole in turn. A model's collection stays after it stopped being
+served, for :data:`KEEP_S` (the pointer lists it under ``retired`` with the time): a reader
+that resolved the pointer before the switch still reads it (:class:`Followed` reads the
+pointer at most every 30 s); the first publish after that drops it. Before, the next publish
+dropped the model before the previous one at once, so two publishes within a reader's 30 s
+(a second trainer waiting on the first's lease) left that reader an empty collection: no
+rows, silently, until its next pointer read. A publish whose lease lapsed (paused longer than
+``lease_s``) finds its collection dropped or the pointer moved by the publish that took over,
+and switches to nothing (:class:`StoreBackendError`; the model served stays).
 
 Use::
 
@@ -32,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -47,6 +52,10 @@ __all__ = ["CURRENT", "Draft", "Followed", "Generations", "behaviour_models"]
 CURRENT = "current"
 #: the one lease a publish holds
 PUBLISH_LOCK = "publish"
+#: how long a model stays readable after it stopped being served: readers follow the pointer
+#: at most every 30 s (``Followed``: the item-item rows, the behaviour model), and a read
+#: under way then finishes after it
+KEEP_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class Generations:
     base: str
     #: how the model collections are read (e.g. the items' UTC dates); the db's by default
     codec_options: Any = None
+    #: how long a model no longer served stays readable (:data:`KEEP_S`)
+    keep_s: float = KEEP_S
 
     @property
     def pointer(self) -> Any:
@@ -116,8 +127,21 @@ class Generations:
         """Under :meth:`publishing`: drop what a killed publish left (no other publish is
         writing) and name the new model's collection."""
         current = await self.current()
-        await self.drop_all_but({current["collection"], current.get("previous", "")})
+        kept = [r["collection"] for r in self._retired(current, datetime.now(UTC))]
+        await self.drop_all_but({current["collection"], current.get("previous", ""), *kept})
         return Draft(self.named(f"{self.base}__{version}"), version, current)
+
+    def _retired(self, pointer: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
+        """The models of ``pointer``'s ``retired`` list that stopped being served less than
+        ``keep_s`` before ``now`` (``{collection, at}``; a pointer written before has none)."""
+        out = []
+        for r in pointer.get("retired") or ():
+            at = r.get("at") if isinstance(r, Mapping) else None
+            if isinstance(at, datetime) and isinstance(r.get("collection"), str):
+                at = at if at.tzinfo else at.replace(tzinfo=UTC)
+                if (now - at).total_seconds() < self.keep_s:
+                    out.append({"collection": r["collection"], "at": at})
+        return out
 
     async def write(
         self,
@@ -142,15 +166,23 @@ class Generations:
     async def commit(self, draft: Draft, *, documents: int, **fields: Any) -> str:
         """Point the readers at ``draft``'s collection (the pointer document gets ``fields``)
         if all its ``documents`` are there and the pointer still names the one ``draft``
-        replaces; then drop the model before that. Returns the collection served."""
+        replaces; then drop the models that stopped being served ``keep_s`` ago or more (the
+        one replaced now stays, listed as retired). Returns the collection served."""
+        now = datetime.now(UTC)
+        replaced = draft.current["collection"]
+        retired = [
+            *(r for r in self._retired(draft.current, now) if r["collection"] != replaced),
+            {"collection": replaced, "at": now},
+        ]
         doc = {
             "collection": draft.coll.name,
-            "previous": draft.current["collection"],
+            "previous": replaced,
             "version": draft.version,
+            "retired": retired,
             **fields,
         }
         await self._switch(draft, doc, documents)
-        await self.drop_all_but({draft.coll.name, draft.current["collection"]})
+        await self.drop_all_but({draft.coll.name, *(r["collection"] for r in retired)})
         return str(draft.coll.name)
 
     async def _switch(self, draft: Draft, doc: Mapping[str, Any], documents: int) -> None:

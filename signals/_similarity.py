@@ -18,7 +18,7 @@ never rows of two models (each item's row of another fit) side by side.
 Nothing here learns from live events: the table changes only when a trainer replaces it, so a
 reader may cache rows for minutes, as long as it drops them when the served model changes (the
 feature store: :meth:`ItemSimilarity.served` names the model, the pointer read at most every
-``pointer_s``; the model before stays readable until the next replace).
+``pointer_s``; a replaced model stays readable ``opendisco._published.KEEP_S`` after).
 """
 
 from __future__ import annotations

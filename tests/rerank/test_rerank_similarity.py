@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -173,12 +174,20 @@ def test_train_similarity_cli_replaces_the_table(
         assert len(docs) == report["written"] and all(0 < d["k"] <= 5 for d in docs)
         assert {d["version"] for d in docs} == {report["version"]}
         assert ITEM_SIMILARITY in db.list_collection_names()  # kept: the one before
+        # retired long enough ago that no reader follows it any more (KEEP_S)
+        pointer = db[f"{ITEM_SIMILARITY}_model"]
+        pointer.update_one({}, {"$set": {"retired": _aged(pointer.find_one()["retired"])}})
         res = CliRunner().invoke(cli, args, obj=clustered_settings)
         assert res.exit_code == 0, res.output
         assert ITEM_SIMILARITY not in db.list_collection_names()  # the stale row is gone
     finally:
         asyncio.run(_clear(clustered_settings))
         mc.close()
+
+
+def _aged(retired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A pointer's retired models, retired long enough ago that no reader follows them."""
+    return [{**r, "at": datetime(2000, 1, 1, tzinfo=UTC)} for r in retired]
 
 
 async def _clear(settings: Settings) -> None:
@@ -260,4 +269,39 @@ async def test_a_table_from_before_is_served_until_a_model_is_published(settings
         assert await ItemSimilarity(db).rows(["a", "c"]) == {}
     finally:
         await client.drop_database(f"{settings.mongo_db}simold")
+        await client.close()
+
+
+async def test_a_reader_following_a_model_two_publishes_back_still_reads_its_rows(
+    settings: Settings,
+) -> None:
+    """A process follows the pointer read at most every 30 s (``Followed``). Two publishes
+    inside that window (a second `train similarity` waiting on the first's lease publishes
+    right after it) dropped the model two back while the process still followed it: its
+    requests read no rows (``item_sim`` 0 for every candidate, silently) until its next
+    pointer read. A model stays readable ``keep_s`` after it stopped being served, and the
+    first publish after that drops it (real FerretDB)."""
+    client = clients.mongo_async(settings)
+    db = client[f"{settings.mongo_db}simkeep"]
+    try:
+        await ItemSimilarity(db).replace({"a": {"x": 1.0}}, "m1")
+        reader = ItemSimilarity(db, pointer_s=30.0)
+        assert await reader.rows(["a"]) == {"a": {"x": 1.0}}  # follows m1 for 30 s
+        for version in ("m2", "m3"):
+            await ItemSimilarity(db).replace({"a": {version: 1.0}}, version)
+        assert await reader.rows(["a"]) == {"a": {"x": 1.0}}  # not {}: m1 is still there
+        assert await ItemSimilarity(db).rows(["a"]) == {"a": {"m3": 1.0}}
+        pointer = db[f"{ITEM_SIMILARITY}_model"]
+        kept = [r["collection"] for r in (await pointer.find_one())["retired"]]
+        assert kept[0] == ITEM_SIMILARITY and (await reader.served()).name == kept[1]
+        assert len(kept) == 3  # the table before any model, m1, m2
+        # once no reader can follow them any more, the next publish drops them
+        aged = _aged((await pointer.find_one())["retired"])
+        await pointer.update_one({}, {"$set": {"retired": aged}})
+        await ItemSimilarity(db).replace({"a": {"m4": 1.0}}, "m4")
+        names = await db.list_collection_names()
+        assert (await reader.served()).name not in names
+        assert len([n for n in names if n.startswith(f"{ITEM_SIMILARITY}__")]) == 2
+    finally:
+        await client.drop_database(f"{settings.mongo_db}simkeep")
         await client.close()
