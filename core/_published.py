@@ -4,9 +4,9 @@ What a trainer writes for serving (ALS behaviour vectors, EASE item–item rows)
 only beside the rest of the same model, so a model is never written into the collection
 readers read. A publish writes every document of the new model into a collection of its own,
 ``<base>__<version>``, then switches the pointer document (``<base>_model``: ``{_id:
-"current", collection, previous, version, retired, ...}``) to it with one single-document write. Every
-reader (:meth:`Generations.served`) follows the pointer; with none (a database from before),
-the unversioned ``<base>`` collection is served.
+"current", collection, previous, version, retired, ...}``) to it with one single-document
+write. Every reader (:meth:`Generations.served`) follows the pointer; with none (a database
+from before), the unversioned ``<base>`` collection is served.
 
 A run killed before the switch leaves the previous model served whole; its partial collection
 is dropped by the next publish. Publishes are one at a time (a lease in ``<base>_locks``,
