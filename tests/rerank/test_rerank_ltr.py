@@ -312,3 +312,24 @@ def test_rows_a_short_page_was_filled_with_are_logged_as_such_and_not_learned_fr
     assert data.groups.tolist() == [2] and data.y.tolist() == [0, 2]
     assert data.X.tolist() == [served.X[0].tolist(), served.X[2].tolist()]
     assert data.logged_rank.tolist() == [0, 1] and data.skipped["filled_rows"] == 1
+
+
+def test_odd_feature_values_train_a_model_that_loads_and_scores_finite() -> None:
+    """Logged rows with NaN (a feature not computed), ±inf and float32's largest values, and
+    lists of an older feature set (a rolling deploy: a column missing, one retired) train
+    without an error; the model passes the serving loader's checks and scores such rows with
+    finite numbers."""
+    lists, events = _world(120)
+    for r, d in enumerate(lists):
+        X = d["X"] = d["X"].copy()
+        if r % 4 == 0:
+            X[0, :] = np.nan
+        elif r % 4 == 1:
+            X[0, 3], X[1, 4], X[2, 5] = np.inf, -np.inf, 3.4e38
+        elif r % 4 == 2:  # logged before the last column existed, with one since retired
+            d["features"] = [*FEATURE_NAMES[:-1], "retired"]
+    train, valid, data = split_outcomes(lists, events)
+    result = train_ltr(train, valid=valid, refit=data, max_rounds=30, early_stopping=5)
+    assert result.report["lists"] == 120 and np.isnan(data.X[2 * 12 :: 4 * 12, -1]).all()
+    loaded = LearnedScorer.from_bytes(result.scorer.model_text().encode(), "trained")
+    assert np.isfinite(loaded.score(data.X)).all()

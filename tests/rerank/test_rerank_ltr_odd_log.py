@@ -100,3 +100,21 @@ async def test_train_ltr_skips_what_is_not_a_served_list(odd_log: Settings, tmp_
         run.output,
         run.exception,
     )
+
+
+async def test_train_ltr_is_deterministic_for_its_logs_and_seed(
+    odd_log: Settings, tmp_path: Path
+) -> None:
+    """The same logs and ``--seed`` train the same model, byte for byte (LightGBM single
+    threaded and deterministic; lists in serving order, ties by request id, whatever order
+    the store answers in)."""
+    models = []
+    for seed in ("0", "0", "1"):
+        args = ["train", "ltr", "--out", str(tmp_path), "--k", "5", "--seed", seed]
+        run = await asyncio.to_thread(CliRunner().invoke, cli, args, obj=odd_log)
+        assert run.exit_code == 0, (run.output, run.exception)
+        models.append(json.loads(run.output[run.output.index("{") :])["model"])
+    first, again, other = (Path(m).read_bytes() for m in models)
+    assert first == again
+    assert json.loads(Path(models[2]).with_suffix(".json").read_text())["params"]["seed"] == 1
+    assert other != first  # the seed is used (feature_fraction draws the columns)
