@@ -12,7 +12,8 @@ any positive label (no pair to learn from), with fewer than two rows, or logged 
 features (the API's fallback answers: no ranker scored them) are dropped; so are the rows a
 failed source's short page was filled with from the fallback's lists (``filled``: no source
 proposed them, their outcomes are not those of the served candidates), counted in
-``skipped["filled_rows"]``.
+``skipped["filled_rows"]``. An event of a labelling type without a time, member or item (stored
+by other code) labels nothing, counted in ``skipped["unusable_events"]``.
 
 **Training.** The validation lists are later than every training list (time-based: the
 model is judged on lists served after the ones it learnt from): given explicitly, or the last
@@ -108,14 +109,20 @@ def _outcomes(
     policy: LabelPolicy,
     named: Iterable[Mapping[str, Any]] = (),
 ) -> tuple[
-    dict[tuple[str, str], tuple[list[datetime], list[int]]], dict[tuple[str, str], dict[str, int]]
+    dict[tuple[str, str], tuple[list[datetime], list[int]]],
+    dict[tuple[str, str], dict[str, int]],
+    int,
 ]:
+    """Labelling events by (member, item) in time order, by (member, request id), and the
+    count of events of a labelling type that label nothing (no time, member or item)."""
     by_pair: dict[tuple[str, str], list[tuple[datetime, int]]] = defaultdict(list)
     # per (member, request id): a request id is the client's when it sent one (X-Request-ID),
     # so another member's events may name it; they never label this member's list
     by_request: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    unusable = 0
     for ev, windowed in chain(((e, True) for e in events), ((e, False) for e in named)):
         if (got := _labelled(ev, policy)) is None:
+            unusable += str(ev.get("type")) in policy.gains
             continue
         user, item, gain = got
         if windowed:
@@ -127,7 +134,7 @@ def _outcomes(
     for key, evs in by_pair.items():
         evs.sort(key=lambda e: e[0])
         pairs[key] = ([t for t, _ in evs], [g for _, g in evs])
-    return pairs, by_request
+    return pairs, by_request, unusable
 
 
 def join_outcomes(
@@ -140,13 +147,14 @@ def join_outcomes(
     """Pure: grouped rows and labels from decoded served lists and raw events (module doc);
     ``named``: events that label only the list their request id names (no window)."""
     policy = policy or LabelPolicy()
-    pairs, by_request = _outcomes(events, policy, named)
+    pairs, by_request, unusable = _outcomes(events, policy, named)
     window = timedelta(hours=policy.window_hours)
     Xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
     groups, at, ids = [], [], []
     skipped = {"no_user": 0, "no_rows": 0, "no_features": 0, "no_positive": 0, "filled_rows": 0}
+    skipped["unusable_events"] = unusable
     for doc in sorted(lists, key=lambda d: (d["at"], d["_id"])):
         user, t0 = doc.get("user_id"), doc["at"]
         items = list(doc.get("ids") or [])
