@@ -219,8 +219,7 @@ class ParamSpec:
             return {"lat": lat, "lon": lon}
         if t == "date":
             if isinstance(value, datetime):
-                ts = value if value.tzinfo else value.replace(tzinfo=UTC)
-                return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                return self._utc_date(value)
             s = self._string(value)
             if _DATE_MATH.fullmatch(s):
                 return s
@@ -228,9 +227,20 @@ class ParamSpec:
                 ts = datetime.fromisoformat(s.replace("Z", "+00:00"))
             except ValueError as exc:
                 raise self._fail(f"not an ISO-8601 date: {s!r:.40}") from exc
-            ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-            return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return self._utc_date(ts)
         raise self._fail("unsupported type")  # pragma: no cover - TYPES is checked on load
+
+    def _utc_date(self, ts: datetime) -> str:
+        """``ts`` in UTC to the second, as the engine's ``strict_date_optional_time`` reads it:
+        four-digit years (``strftime("%Y")`` wrote year 999 as ``999``, a date the engine
+        refused: every query of the template failed) and a :class:`TemplateParamError` for a
+        time that leaves datetime's range once in UTC (``9999-12-31T23:00:00-05:00``: an
+        ``OverflowError`` escaped template loading)."""
+        try:
+            utc = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).astimezone(UTC)
+        except OverflowError:
+            raise self._fail(f"out of range once in UTC: {ts.isoformat()!r:.40}") from None
+        return utc.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def _check_decl(name: str, decl: Mapping[str, Any]) -> None:

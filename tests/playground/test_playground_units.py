@@ -98,6 +98,9 @@ def _edited(path: str, value: object) -> dict:
         ("sources/trending/body/min_score", float("nan"), "not finite"),  # sent to the engine
         ("sources/trending/body/x", [1, {"y": float("-inf")}], "not finite"),
         ("fusion", {"$param": "k"}, "'fusion' must be an object"),  # AttributeError
+        # a date that leaves datetime's range once in UTC: an OverflowError
+        ("params/zz", {"type": "date", "default": "9999-12-31T23:30:00-05:00"}, "out of range"),
+        ("params/zz", {"type": "date", "default": "0001-01-01T00:00:00+01:00"}, "out of range"),
         ("fusion", {"$if": "location", "then": {}}, "'fusion' must be an object"),
         # the parameters every request sets keep their shipped declarations: a text type would
         # clip the viewer's id to its first word, the self-exclusion would match nobody

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, datetime
 from typing import Any
@@ -95,6 +96,22 @@ async def test_freshness_decay_breaks_relevance_ties(
         assert twins[0].id == "twin-new"
         assert twins[0].sources[src] > twins[1].sources[src]
         assert twins[0].ranks[src] < twins[1].ranks[src]
+
+
+async def test_freshness_origin_at_the_ends_of_the_date_range_is_a_date_the_engine_reads(
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
+) -> None:
+    # the freshness origin (``now``) and ``fresh_since`` as the engine parses them: year 999
+    # was rendered "999-01-01T00:00:00Z" (strftime), which strict_date_optional_time refuses —
+    # every source of the surface failed; the far future decays every item to a finite score
+    for now in (datetime(999, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, tzinfo=UTC)):
+        for surface in ("cold_start", "for_you"):
+            req = CandidateRequest(surface=surface, k=20, now=now, exposure_caps=False)
+            cs = await generate_candidates(query_os, query_settings, req)
+            assert not cs.errors, (now, surface, cs.errors)
+            assert cs.candidates, (now, surface)
+            scores = [v for c in cs.candidates for v in c.sources.values()]
+            assert all(math.isfinite(v) for v in scores), (now, surface)
 
 
 async def test_capped_blocked_and_seen_items_never_appear(
