@@ -43,17 +43,23 @@ class RateShares:
         *,
         process_id: str | None = None,
         clock: Callable[[], float] = time.time,
+        elapsed: Callable[[], float] = time.monotonic,
         smoothing: float = 0.5,
     ) -> None:
+        """``clock``: the wall clock the documents' ``at`` are stamped and compared with (the
+        other processes', maybe on other hosts); ``elapsed``: the monotonic clock demand is
+        measured over (the wall clock stepped back an hour made one interval -3600 s, floored
+        to 1 ms: 1000x the demand published, the other processes' shares near 0)."""
         self.coll = db[RATE_USAGE]
         self.interval_s = interval_s
         self.process_id = process_id or uuid.uuid4().hex[:12]
         self._clock = clock
+        self._elapsed = elapsed
         self.smoothing = smoothing
         self._count: Counter[str] = Counter()  # requests per key since the last sync
         self._mine: dict[str, float] = {}  # demand per key (requests/s, moving average)
         self._others: dict[str, float] = {}  # the other processes' summed demand per key
-        self._last = clock()
+        self._last = elapsed()
 
     def note(self, key_id: str) -> None:
         self._count[key_id] += 1
@@ -84,7 +90,7 @@ class RateShares:
     async def sync(self) -> None:
         """Publish this process's demand and read the others' (two store round trips)."""
         now = self._clock()
-        mine = self._fold(now)
+        mine = self._fold(self._elapsed())
         demand = [{"k": k, "r": v} for k, v in mine.items()]  # FerretDB: no nested arrays
         doc = {"_id": self.process_id, "at": now, "demand": demand}
         with backend_errors("rate usage sync failed"):

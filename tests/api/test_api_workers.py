@@ -38,7 +38,7 @@ async def test_two_processes_share_one_keys_rate(async_db: Any) -> None:
     coll = f"rate_usage_{os.getpid()}_{time.monotonic_ns()}"
     workers = []
     for name in ("a", "b"):
-        shares = RateShares(async_db, 0.5, process_id=name, clock=clock)
+        shares = RateShares(async_db, 0.5, process_id=name, clock=clock, elapsed=clock)
         shares.coll = async_db[coll]
         workers.append((shares, RateLimiter(10.0, 10.0, clock=clock)))
     allowed = 0
@@ -63,6 +63,35 @@ async def test_two_processes_share_one_keys_rate(async_db: Any) -> None:
     await workers[0][0].leave()
     await workers[1][0].sync()
     assert workers[1][0].share("k") == 1.0  # a, gone, no longer takes a share
+
+
+async def test_a_wall_clock_step_back_leaves_the_demand_and_shares_as_they_were(
+    async_db: Any,
+) -> None:
+    """Two workers of one host, 1:1 traffic, sync in turn; the host's wall clock steps back an
+    hour (an NTP correction) between their syncs. The demand is requests over the *elapsed*
+    time, a monotonic measure: from the wall clock, the interval was -3600 s (floored to
+    1 ms), the second worker published 1000x its demand, and the first then granted ~0.1% of
+    the key's rate (its requests refused) until the moving average decayed."""
+    wall = Clock()
+    coll = f"rate_usage_{os.getpid()}_{time.monotonic_ns()}"
+    a, b = (RateShares(async_db, 0.25, process_id=n, clock=wall) for n in ("a", "b"))
+    a.coll = b.coll = async_db[coll]
+    for step in range(3):
+        for shares in (a, b):
+            for _ in range(10):
+                shares.note("k")
+        await asyncio.sleep(0.25)  # real time passes: what the demand is measured over
+        wall.t += 0.25
+        await a.sync()
+        if step == 2:
+            wall.t -= 3600.0
+        await b.sync()
+    await a.sync()
+    demand = {n: s._mine["k"] for n, s in (("a", a), ("b", b))}
+    assert all(5.0 < d < 80.0 for d in demand.values()), demand  # ~40 requests/s each
+    assert 0.3 < a.share("k") < 0.7 and 0.3 < b.share("k") < 0.7, (a.share("k"), b.share("k"))
+    await async_db[coll].drop()
 
 
 async def test_processes_share_the_generated_cursor_secret(
