@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -112,6 +112,25 @@ async def test_freshness_origin_at_the_ends_of_the_date_range_is_a_date_the_engi
             assert cs.candidates, (now, surface)
             scores = [v for c in cs.candidates for v in c.sources.values()]
             assert all(math.isfinite(v) for v in scores), (now, surface)
+
+
+async def test_the_fresh_source_holds_no_item_created_after_now(
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
+) -> None:
+    # an item whose created_at is ahead of ``now`` (year 2099, a typo, a scheduled listing)
+    # matched ``created_at >= now-14d`` for ever: an exploration candidate every day until
+    # then. Here ``now`` is 100 days back, so the catalogue's newer items are "future" ones
+    by = _by_id(query_catalogue)
+    now = NOW - timedelta(days=100)
+    for surface in ("cold_start", "for_you"):
+        req = CandidateRequest(surface=surface, k=200, now=now, exposure_caps=False)
+        cs = await generate_candidates(query_os, query_settings, req)
+        fresh = [c.id for c in cs.candidates if "fresh" in c.sources]
+        assert fresh, surface
+        created = {i: datetime.fromisoformat(by[i]["created_at"]) for i in fresh}
+        late = {i: t for i, t in created.items() if t > now}
+        assert not late, (surface, sorted(late)[:5])
+        assert all(t >= now - timedelta(days=14) for t in created.values()), surface
 
 
 async def test_capped_blocked_and_seen_items_never_appear(
