@@ -42,8 +42,16 @@ async def save_caps(db: Any, alias: str, capped: frozenset[str]) -> None:
         await db[CAPS].replace_one({"_id": alias}, doc, upsert=True)
 
 
+#: how far ahead of this host's clock a stored cap list may be dated and still have an age
+#: (clocks of NTP-synced hosts differ by milliseconds)
+AHEAD_S = 1.0
+
+
 async def load_caps(db: Any, alias: str) -> tuple[frozenset[str], float] | None:
-    """The last cap list stored for ``alias`` and its age in seconds (None: never stored)."""
+    """The last cap list stored for ``alias`` and its age in seconds (None: never stored;
+    infinite: undated, or dated more than :data:`AHEAD_S` ahead of this clock — stored before
+    this host's clock stepped back, or by a host whose clock runs ahead: how old it is is
+    unknown, and an hour-old list read as -10 min old counted as fresh, its caps as checked)."""
     with backend_errors("fallback: reading the stored cap list failed"):
         doc = await db[CAPS].find_one({"_id": alias})
     if doc is None:
@@ -51,6 +59,7 @@ async def load_caps(db: Any, alias: str) -> tuple[frozenset[str], float] | None:
     at = doc.get("at")
     at = at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
     age = (datetime.now(UTC) - at).total_seconds() if at is not None else float("inf")
+    age = age if age >= -AHEAD_S else float("inf")
     return frozenset(str(i) for i in doc.get("ids") or ()), age
 
 

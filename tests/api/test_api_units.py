@@ -517,6 +517,31 @@ async def test_fallback_refresh_is_spread_once_lists_are_served() -> None:
     assert t.peak == 4
 
 
+async def test_a_stored_cap_list_dated_ahead_of_this_clock_is_not_fresh(async_db: Any) -> None:
+    """A cold process's fallback checks caps against the list another process stored
+    (``fallback_caps``) while it is at most two refresh periods old. One dated an hour ahead
+    (stored before this host's clock stepped back, or by a host whose clock runs ahead) has
+    no known age: read as -1 h old, it counted as fresh for an hour and more, its caps as
+    checked (``exposure_cap`` not in ``degraded_rules``, short pages filled from it)."""
+    from datetime import UTC, datetime, timedelta
+
+    from opendisco.api._fallback import Fallback
+    from opendisco.api._segments import CAPS
+
+    alias = f"caps-ahead-{random.getrandbits(40):x}"
+    settings = SimpleNamespace(index_alias=alias)
+    lists = SimpleNamespace(snapshot=None)
+    try:
+        for ahead_s, fresh in ((0.0, True), (0.5, True), (3600.0, False), (-3600.0, False)):
+            at = datetime.now(UTC) + timedelta(seconds=ahead_s)
+            doc = {"_id": alias, "ids": ["x-capped"], "at": at}
+            await async_db[CAPS].replace_one({"_id": alias}, doc, upsert=True)
+            fb = Fallback(SimpleNamespace(settings=settings), async_db, lists)  # type: ignore[arg-type]
+            assert await fb._cap_list() == (frozenset({"x-capped"}), fresh), ahead_s
+    finally:
+        await async_db[CAPS].delete_one({"_id": alias})
+
+
 def test_a_retuned_bucket_keeps_its_tokens() -> None:
     b = TokenBucket.full(rate=10.0, burst=10.0, now=0.0)
     assert all(b.take(0.0) == 0.0 for _ in range(8))
