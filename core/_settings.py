@@ -67,6 +67,12 @@ MONGO_DB_NAME = r'^[^/\\. "$*<>:|?\x00]{1,63}$'
 COLLECTION_NAME = r"^(?!system\.)[^$\x00]{1,120}$"
 INDEX_NAME = r'^(?![-_+])(?!\.{1,2}$)[^A-Z\\/*?"<>| ,#:\x00]{1,200}$'
 
+#: the bounds of a window in hours (exposure caps, live trending): the counters' scripts work
+#: in whole milliseconds on the engine's 64-bit longs — a window under 1 ms was 0 (every write
+#: opened a new window: no cap was ever reached; reads divided by zero), one of 10^13 h past
+#: a long (every counter write refused) — and 10^6 h (114 years) is "for good"
+WINDOW_HOURS_MIN, WINDOW_HOURS_MAX = 1 / 3600, 1e6
+
 
 def _split_urls(value: str) -> list[str]:
     return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
@@ -511,7 +517,11 @@ class Settings(BaseSettings):
         200, ge=1, description="Impressions per window for items without their own exposure_cap."
     )
     exposure_window_hours: float = Field(
-        24.0, gt=0, description="Window over which impressions count towards an exposure cap (h)."
+        24.0,
+        ge=WINDOW_HOURS_MIN,
+        le=WINDOW_HOURS_MAX,
+        description="Window over which impressions count towards an exposure cap (h; 1 s to "
+        "10^6 h).",
     )
     exposure_count_served: bool = Field(
         True,
@@ -598,10 +608,16 @@ class Settings(BaseSettings):
 
     # --- marketplace health (two-sided markets) -------------------------------------
     trending_half_life_hours: float = Field(
-        24.0, gt=0, description="Half-life of the live decayed like/match count per item (h)."
+        24.0,
+        gt=0,
+        le=WINDOW_HOURS_MAX,
+        description="Half-life of the live decayed like/match count per item (h).",
     )
     trending_window_hours: float = Field(
-        72.0, gt=0, description="An item nobody liked for this long is not trending (h)."
+        72.0,
+        ge=WINDOW_HOURS_MIN,
+        le=WINDOW_HOURS_MAX,
+        description="An item nobody liked for this long is not trending (h; 1 s to 10^6 h).",
     )
     trending_top_k: int = Field(
         500, ge=1, le=1000, description="Live trending items handed to the trending source."

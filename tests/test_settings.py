@@ -46,6 +46,25 @@ def test_bad_values_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+@pytest.mark.parametrize(
+    "name", ["EXPOSURE_WINDOW_HOURS", "TRENDING_WINDOW_HOURS", "TRENDING_HALF_LIFE_HOURS"]
+)
+@pytest.mark.parametrize("value", ["1e-9", "1e13", "inf", "nan"])
+def test_windows_the_counters_cannot_hold_are_config_errors(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window under 1 ms was 0 in the counters' milliseconds (every write opened a new one:
+    4 impressions of a cap-3 item, never capped; every read divided by zero), one of 10^13 h
+    past the engine's 64-bit longs (every counter write refused), inf an OverflowError at
+    start-up. (A half-life only needs to be finite: a tiny one decays to 0.)"""
+    monkeypatch.setenv(f"OPENDISCO_{name}", value)
+    if name == "TRENDING_HALF_LIFE_HOURS" and value == "1e-9":
+        assert load_settings().trending_half_life_hours == 1e-9
+        return
+    with pytest.raises(ConfigError):
+        load_settings()
+
+
 def test_unknown_toml_key_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "od.toml"
     cfg.write_text("no_such_setting = 1\n")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from opendisco import Settings
+from opendisco._settings import WINDOW_HOURS_MAX, WINDOW_HOURS_MIN
 from opendisco.queries import CandidateRequest, generate_candidates
 from opendisco.signals import ExposureStore
 
@@ -57,6 +61,39 @@ async def test_counts_caps_windows_and_item_docs_untouched(
         params={"refresh": "true"},
     )
     await query_os.indices.delete(index=store.index)
+
+
+@pytest.mark.parametrize("hours", [WINDOW_HOURS_MIN, WINDOW_HOURS_MAX])
+async def test_windows_at_their_bounds_count_cap_and_trend_on_the_engine(
+    query_os: Any, query_settings: Settings, run_id: str, hours: float
+) -> None:
+    # the settings refuse what the engine's millisecond longs cannot hold (tests/test_settings)
+    settings = query_settings.model_copy(
+        update={
+            "exposure_default_cap": 3,
+            "exposure_window_hours": hours,
+            "trending_window_hours": hours,
+            "trending_half_life_hours": hours,
+        }
+    )
+    store = ExposureStore(query_os, settings)
+    store.index = f"t{run_id}-exp-bounds-{int(hours)}"
+    await store.ensure()
+    try:
+        assert await store.record({"a": 2}, now=T0) == []
+        assert await store.record({"a": 1}, now=T0 + timedelta(milliseconds=500)) == ["a"]
+        got = (await store.read(["a"], now=T0 + timedelta(milliseconds=900)))["a"]
+        assert got.count == 3 and math.isfinite(got.paced) and got.paced > 0
+        later = T0 + timedelta(hours=hours)
+        assert await store.counts(["a"], now=later) == {"a": 0}  # the window ended
+        assert await store.sweep(now=later) == []
+        at = T0 + timedelta(milliseconds=800)
+        await store.record_trend([("a", at, 1.0)], now=at)
+        await query_os.indices.refresh(index=store.index)
+        top = await store.trending(5, now=T0 + timedelta(milliseconds=900))
+        assert [i for i, _ in top] == ["a"] and all(math.isfinite(v) for _, v in top)
+    finally:
+        await query_os.indices.delete(index=store.index)
 
 
 async def test_default_store_cap_is_enforced_by_the_query(
