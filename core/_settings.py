@@ -72,6 +72,10 @@ INDEX_NAME = r'^(?![-_+])(?!\.{1,2}$)[^A-Z\\/*?"<>| ,#:\x00]{1,200}$'
 #: opened a new window: no cap was ever reached; reads divided by zero), one of 10^13 h past
 #: a long (every counter write refused) — and 10^6 h (114 years) is "for good"
 WINDOW_HOURS_MIN, WINDOW_HOURS_MAX = 1 / 3600, 1e6
+#: the longest retention in days: a TTL index's ``expireAfterSeconds`` is at most 2^31 - 1 s
+#: (68 years); a retention of 10^6 days put the purges' cutoff before year 1 (an
+#: OverflowError: sync died at its first reconcile) and inf failed at start-up
+RETENTION_DAYS_MAX = 24_855
 
 
 def _split_urls(value: str) -> list[str]:
@@ -173,9 +177,10 @@ class Settings(BaseSettings):
     dead_letter_days: float = Field(
         30.0,
         gt=0,
+        le=RETENTION_DAYS_MAX,
         description="Retention of resolved dead letters (open ones stay until resolved): "
         "each reconcile pass and reindex deletes those resolved longer ago than this, "
-        "`opendisco dead-letters --purge` on demand.",
+        "`opendisco dead-letters --purge` on demand (at most 24,855 days).",
     )
     sync_reconcile_interval: float = Field(
         300.0,
@@ -290,7 +295,11 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Lists queued for the background writer before new ones drop."
     )
     served_log_days: float = Field(
-        30.0, gt=0, description="Retention of served lists (TTL index, or a periodic purge)."
+        30.0,
+        gt=0,
+        le=RETENTION_DAYS_MAX,
+        description="Retention of served lists (TTL index, or a periodic purge; at most 24,855 "
+        "days).",
     )
     served_log_spool_mb: int = Field(
         512,

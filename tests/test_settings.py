@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from opendisco import ConfigError, Settings, load_settings
-from opendisco._settings import unknown_env
+from opendisco._settings import RETENTION_DAYS_MAX, unknown_env
 from opendisco.cli._settings_cmd import markdown
 from opendisco.cli.main import cli
 
@@ -63,6 +63,22 @@ def test_windows_the_counters_cannot_hold_are_config_errors(
         return
     with pytest.raises(ConfigError):
         load_settings()
+
+
+@pytest.mark.parametrize("name", ["SERVED_LOG_DAYS", "DEAD_LETTER_DAYS"])
+@pytest.mark.parametrize("value", ["1e6", "inf", "nan"])
+def test_retentions_past_what_a_purge_or_ttl_index_holds_are_config_errors(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10^6 days put the purge's cutoff before year 1: an OverflowError, which `opendisco
+    sync` died of at its first reconcile (dead letters) and the served log's purge at each
+    round; a TTL index holds at most 2^31 - 1 s. The bound itself purges on the real store
+    (tests/serving/test_serving_served_log.py)."""
+    monkeypatch.setenv(f"OPENDISCO_{name}", value)
+    with pytest.raises(ConfigError):
+        load_settings()
+    monkeypatch.setenv(f"OPENDISCO_{name}", str(RETENTION_DAYS_MAX))
+    assert getattr(load_settings(), name.lower()) == RETENTION_DAYS_MAX
 
 
 def test_unknown_toml_key_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -108,6 +108,23 @@ def _served(rid: str, at: datetime, n: int = 30) -> ServedList:
     )
 
 
+async def test_the_longest_retentions_purge_on_the_store(async_db: Any) -> None:
+    """``served_log_days`` and ``dead_letter_days`` at their bound: the cutoffs are dates the
+    store compares (10^6 days was an OverflowError before any store call)."""
+    from opendisco._settings import RETENTION_DAYS_MAX
+    from opendisco.ingest._letters_admin import purge_resolved
+
+    sub = async_db.client[f"{async_db.name}slmax"]
+    try:
+        log = ServedLog(sub, days=RETENTION_DAYS_MAX, purge_every_s=1e9)
+        log.log(_served("r-old", datetime.now(UTC) - timedelta(days=1)))
+        await log.drain()
+        assert await log.purge_expired() == 0 and len(await log.read()) == 1
+        assert await purge_resolved(sub, "items", RETENTION_DAYS_MAX) == 0
+    finally:
+        await async_db.client.drop_database(sub.name)
+
+
 async def test_log_is_bounded_batched_and_expires(async_db: Any) -> None:
     sub = async_db.client[f"{async_db.name}sl"]
     try:
