@@ -133,6 +133,34 @@ async def test_the_fresh_source_holds_no_item_created_after_now(
         assert all(t >= now - timedelta(days=14) for t in created.values()), surface
 
 
+async def test_items_dated_at_the_ends_of_the_date_range_score_finite(
+    query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
+) -> None:
+    # ingest takes created_at in years 1000..9999: the freshness gauss of either end is a
+    # finite score on every source (no NaN, no engine error), and year 9999 is no fresh item
+    twin = _by_id(query_catalogue)["twin-old"]
+    odd = {"year-9999": "9999-12-31T23:59:59.999Z", "year-1000": "1000-01-01T00:00:00.000Z"}
+    alias = query_settings.index_alias
+    for i, at in odd.items():
+        await query_os.index(index=alias, id=i, body={**twin, "id": i, "created_at": at})
+    await query_os.indices.refresh(index=alias)
+    try:
+        for surface, extra in (
+            ("for_you", {"user_vector": twin["embedding"], "interests": ["twin"]}),
+            ("cold_start", {"interests": ["twin"]}),
+        ):
+            req = CandidateRequest(surface=surface, k=50, now=NOW, exposure_caps=False, **extra)
+            cs = await generate_candidates(query_os, query_settings, req)
+            assert not cs.errors, cs.errors
+            got = {c.id: c for c in cs.candidates if c.id in odd}
+            assert got, (surface, cs.ids)
+            assert all(math.isfinite(v) for c in got.values() for v in c.sources.values())
+            assert "year-9999" not in got or "fresh" not in got["year-9999"].sources, surface
+    finally:
+        for i in odd:
+            await query_os.delete(index=alias, id=i, params={"refresh": "true"})
+
+
 async def test_capped_blocked_and_seen_items_never_appear(
     query_os: Any, query_settings: Settings, query_catalogue: list[dict[str, Any]]
 ) -> None:
