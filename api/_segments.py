@@ -25,6 +25,7 @@ from typing import Any
 
 from opendisco._backend import backend_errors
 from opendisco._domain import Surface
+from opendisco._store import age_s
 from opendisco.serving import Discovery, HardRules, Recommendation
 
 __all__ = ["ALL", "CAPS", "Segment", "SegmentLists", "Snapshot", "age_bands", "load_caps"]
@@ -42,24 +43,14 @@ async def save_caps(db: Any, alias: str, capped: frozenset[str]) -> None:
         await db[CAPS].replace_one({"_id": alias}, doc, upsert=True)
 
 
-#: how far ahead of this host's clock a stored cap list may be dated and still have an age
-#: (clocks of NTP-synced hosts differ by milliseconds)
-AHEAD_S = 1.0
-
-
 async def load_caps(db: Any, alias: str) -> tuple[frozenset[str], float] | None:
     """The last cap list stored for ``alias`` and its age in seconds (None: never stored;
-    infinite: undated, or dated more than :data:`AHEAD_S` ahead of this clock — stored before
-    this host's clock stepped back, or by a host whose clock runs ahead: how old it is is
-    unknown, and an hour-old list read as -10 min old counted as fresh, its caps as checked)."""
+    infinite: undated, or dated ahead of this clock — ``opendisco._store.age_s``)."""
     with backend_errors("fallback: reading the stored cap list failed"):
         doc = await db[CAPS].find_one({"_id": alias})
     if doc is None:
         return None
-    at = doc.get("at")
-    at = at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
-    age = (datetime.now(UTC) - at).total_seconds() if at is not None else float("inf")
-    age = age if age >= -AHEAD_S else float("inf")
+    age = age_s(doc.get("at"), datetime.now(UTC))
     return frozenset(str(i) for i in doc.get("ids") or ()), age
 
 

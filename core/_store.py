@@ -50,10 +50,12 @@ from ._exceptions import BackendError, StoreBackendError, StoreUnreachable
 from ._holder import held_until_over, holder
 
 __all__ = [
+    "AHEAD_S",
     "MAX_WRITES_PER_COMMAND",
     "Lease",
     "StoreCapabilities",
     "TakeOver",
+    "age_s",
     "bulk_write_chunked",
     "create_collection",
     "detect_capabilities",
@@ -103,6 +105,22 @@ def now_ms() -> datetime:
     """UTC now at millisecond precision (what BSON stores)."""
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+#: how far ahead of this host's clock a time another process stored may be and still date
+#: it (the clocks of NTP-synced hosts differ by milliseconds)
+AHEAD_S = 1.0
+
+
+def age_s(at: datetime | None, now: datetime) -> float:
+    """Pure: how old, in seconds at ``now``, a document stamped ``at`` (another process's
+    clock, maybe this host's before its clock stepped back) is; infinite when undated or dated
+    more than :data:`AHEAD_S` ahead — its age is unknown, so it is never fresh (a stored cap
+    list an hour ahead read as -1 h old, counted fresh for more than an hour)."""
+    if at is None:
+        return math.inf
+    age = (now - (at if at.tzinfo else at.replace(tzinfo=UTC))).total_seconds()
+    return age if age >= -AHEAD_S else math.inf
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -60,7 +60,7 @@ import numpy as np
 from opendisco._backend import backend_errors, whole_search
 from opendisco._exceptions import BackendError
 from opendisco._settings import Settings
-from opendisco._store import lease
+from opendisco._store import age_s, lease
 
 from ._exposure import ExposureStore
 from ._inbound import InboundCounter
@@ -79,7 +79,6 @@ __all__ = [
 PACING = "pacing"
 PACING_LOCKS = "pacing_locks"
 _DOC_ID = "controller"
-_DAY = timedelta(days=1)
 log = logging.getLogger("opendisco.signals")
 
 
@@ -315,8 +314,10 @@ class PacingController:
         takes its own; an unforced one leaves the period to that caller."""
         now = now or datetime.now(UTC)
         state = await self.read()
-        period = timedelta(seconds=self.settings.pacing_control_s)
-        stale = state.updated_at is None or _aware(state.updated_at) <= now - period
+        period = self.settings.pacing_control_s
+        # a state dated ahead of this clock (this host's stepped back, or the stepping host's
+        # runs ahead) is stale: read as fresh, no process stepped until this clock caught up
+        stale = age_s(state.updated_at, now) >= period
         if not (stale or force):
             return state
         try:
@@ -328,14 +329,15 @@ class PacingController:
                 what="pacing",
             ):
                 state = await self.read()  # another process may have stepped meanwhile
-                fresh = state.updated_at is not None and _aware(state.updated_at) > now - period
+                fresh = age_s(state.updated_at, now) < period
                 if fresh and not force:
                     return state
                 counts, mean = await self.measure(now)
-                last = state.updated_at
-                # the time since the last step, at most a day (a controller that did not run
-                # for long does not jump)
-                dt = (now - _aware(last)).total_seconds() / 86400.0 if last else period / _DAY
+                # the time since the last step (one period when unknown: a first step, or one
+                # dated ahead), at most a day (a controller that did not run for long does not
+                # jump)
+                since = age_s(state.updated_at, now)
+                dt = (since if math.isfinite(since) else period) / 86400.0
                 state = pacing_step(state, counts, mean, self.targets, now, min(max(dt, 0), 1))
                 with backend_errors("pacing state write failed"):
                     await self.coll.replace_one({"_id": _DOC_ID}, state.to_doc(), upsert=True)
@@ -375,10 +377,6 @@ class PacingController:
         with backend_errors("exposure sum failed"):
             resp = await self.exposure.client.search(index=self.exposure.index, body=body)
         return float(whole_search(resp, "exposure sum")["aggregations"]["n"]["value"] or 0.0)
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:

@@ -240,6 +240,25 @@ async def test_a_forced_pacing_step_waits_for_a_step_in_progress(
         await task  # the holder's lease released whatever happened here
 
 
+async def test_a_pacing_state_dated_ahead_of_this_clock_is_stepped(
+    discovery: Any, market: Any
+) -> None:
+    """This host's clock stepped back an hour after the last step (or the host that stepped
+    runs an hour ahead): the stored state is dated in the future. Read as fresh, no process
+    stepped the controller until this clock caught up (an hour and a period); its age is
+    unknown, so it is stale: the next refresh steps."""
+    await discovery.ensure()
+    ctl = PacingController(discovery.settings, discovery.db, discovery.exposure)
+    await ctl.refresh(force=True)
+    first = await ctl.read()
+    assert first.updated_at is not None
+    behind = first.updated_at - timedelta(hours=1)
+    stepped = await ctl.refresh(now=behind)
+    assert stepped.steps == first.steps + 1 and stepped.updated_at == behind
+    again = await ctl.refresh(now=behind + timedelta(seconds=1))  # fresh now: not stepped
+    assert again.steps == stepped.steps
+
+
 async def test_drain_waits_for_the_pipelines_pacing_step(discovery: Any, market: Any) -> None:
     """A request starts the pipeline's background pacing step; ``drain`` (shutdown, a test's
     end) waits for it, so closing the clients never leaves its lease held for ``lease_s``."""
