@@ -112,15 +112,16 @@ def now_ms() -> datetime:
 AHEAD_S = 1.0
 
 
-def age_s(at: datetime | None, now: datetime) -> float:
+def age_s(at: datetime | None, now: datetime, ahead_s: float = AHEAD_S) -> float:
     """Pure: how old, in seconds at ``now``, a document stamped ``at`` (another process's
     clock, maybe this host's before its clock stepped back) is; infinite when undated or dated
-    more than :data:`AHEAD_S` ahead — its age is unknown, so it is never fresh (a stored cap
-    list an hour ahead read as -1 h old, counted fresh for more than an hour)."""
+    more than ``ahead_s`` ahead — its age is unknown, so it is never fresh (a stored cap list
+    an hour ahead read as -1 h old, counted fresh for more than an hour). A check of a hard
+    rule keeps :data:`AHEAD_S`; a soft one may tolerate more skew between its hosts."""
     if at is None:
         return math.inf
     age = (now - (at if at.tzinfo else at.replace(tzinfo=UTC))).total_seconds()
-    return age if age >= -AHEAD_S else math.inf
+    return age if age >= -ahead_s else math.inf
 
 
 @dataclass(frozen=True)

@@ -315,9 +315,10 @@ class PacingController:
         now = now or datetime.now(UTC)
         state = await self.read()
         period = self.settings.pacing_control_s
-        # a state dated ahead of this clock (this host's stepped back, or the stepping host's
-        # runs ahead) is stale: read as fresh, no process stepped until this clock caught up
-        stale = age_s(state.updated_at, now) >= period
+        # a state dated more than a period ahead of this clock (this host's stepped back, or
+        # the stepping host's runs ahead) is stale: read as fresh, no process stepped until
+        # this clock caught up (less skew than that: at most one period more between steps)
+        stale = age_s(state.updated_at, now, period) >= period
         if not (stale or force):
             return state
         try:
@@ -329,14 +330,14 @@ class PacingController:
                 what="pacing",
             ):
                 state = await self.read()  # another process may have stepped meanwhile
-                fresh = age_s(state.updated_at, now) < period
+                fresh = age_s(state.updated_at, now, period) < period
                 if fresh and not force:
                     return state
                 counts, mean = await self.measure(now)
                 # the time since the last step (one period when unknown: a first step, or one
                 # dated ahead), at most a day (a controller that did not run for long does not
                 # jump)
-                since = age_s(state.updated_at, now)
+                since = age_s(state.updated_at, now, period)
                 dt = (since if math.isfinite(since) else period) / 86400.0
                 state = pacing_step(state, counts, mean, self.targets, now, min(max(dt, 0), 1))
                 with backend_errors("pacing state write failed"):

@@ -246,7 +246,7 @@ async def test_a_pacing_state_dated_ahead_of_this_clock_is_stepped(
     """This host's clock stepped back an hour after the last step (or the host that stepped
     runs an hour ahead): the stored state is dated in the future. Read as fresh, no process
     stepped the controller until this clock caught up (an hour and a period); its age is
-    unknown, so it is stale: the next refresh steps."""
+    unknown (dated more than a period ahead), so it is stale: the next refresh steps."""
     await discovery.ensure()
     ctl = PacingController(discovery.settings, discovery.db, discovery.exposure)
     await ctl.refresh(force=True)
