@@ -43,9 +43,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from opendisco._domain import MEMBER_RULE_FIELDS, maybe_profile, readable_id
-from opendisco._exceptions import DocumentInvalid
+from opendisco._exceptions import DocumentInvalid, StoreBackendError, TemplateParamError
 from opendisco.ingest import exposure_cap
-from opendisco.queries import Candidate
+from opendisco.queries import Candidate, Template
 from opendisco.signals import MemberBlocks, UserState
 
 if TYPE_CHECKING:
@@ -240,9 +240,17 @@ class HardRules:
         own = {self.profile_id} if self.profile_id else set()
         return sorted(self.blocked_ids | self.seen_ids | own)
 
-    def engine_params(self) -> dict[str, Any]:
+    def engine_params(self, template: Template | None = None) -> dict[str, Any]:
         """The template parameters of the ``eligibility`` and ``exclusions`` fragments (they
         override any tuned parameter of the same name).
+
+        With ``template``, each of them it declares is checked against its declared bounds:
+        a member's stored lists longer than the engine's query carries (over 20,000 excluded
+        ids, 50,000 members blocking either way: ``_partials.json``) fail as a store read the
+        query cannot use, :class:`StoreBackendError`, so the API degrades and its fallback,
+        which checks every rule in process whatever the lengths, answers (the template's
+        ``TemplateParamError``, HTTP 422, blamed the caller for the member's stored lists, on
+        every path but a degraded ``similar``: a member blocked by 60,000 others had no answer).
 
         A member's stored values outside the templates' parameter domain (an age of 200, a
         gender of 100 characters: odd ``users`` documents, not the caller's input) never fail
@@ -258,7 +266,7 @@ class HardRules:
         prefs = sorted(g for g in self.pref_genders if len(g) <= _MAX_LEN)[:_MAX_GENDERS]
         if self.pref_genders and not prefs:
             prefs = [NO_GENDER]
-        return {
+        params = {
             "exclude_ids": self.exclude_ids,
             "viewer_id": self.viewer_id,
             "exclude_owners": sorted(self.blocked_owners),
@@ -270,6 +278,13 @@ class HardRules:
             "viewer_pref_age_min": _clamp_age(self.pref_age_min) if m else None,
             "viewer_pref_age_max": _clamp_age(self.pref_age_max) if m else None,
         }
+        specs = template.specs if template is not None else {}
+        for name in specs.keys() & params.keys():
+            try:
+                specs[name].coerce(params[name])
+            except TemplateParamError as exc:  # the counts, never the ids (who blocked them)
+                raise StoreBackendError(f"the rules of {self.viewer_id!r}: {exc}") from exc
+        return params
 
     # -- in process -------------------------------------------------------------------------
     def eligible(self, item: Mapping[str, Any]) -> bool:

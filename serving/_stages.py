@@ -215,7 +215,7 @@ class RequestBuilder:
         plan.request.keep_fields = HIT_FIELDS  # a template's _source cannot hide them
         plan.request.params = {
             **params_for(params, plan.request.surface, plan.request.template),
-            **plan.rules.engine_params(),
+            **plan.rules.engine_params(plan.request.template or load(plan.request.surface)),
         }
 
 

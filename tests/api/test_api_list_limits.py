@@ -1,0 +1,100 @@
+"""A member's stored lists at the size limits of the engine's query, on the real servers: a
+member blocked by more members than ``exclude_owners`` takes (50,000), or with more excluded
+ids than ``exclude_ids`` takes (20,000), gets the degraded fallback's answer — every rule
+checked in process, nobody they may not see — on every path; not a 422 (the template's
+parameter error blamed the caller for the member's stored lists: no answer at all).
+
+The lists hold the owners of (or the ids of) two thirds of the profiles, the most popular, so
+an answer that dropped them would show them (checked: the anonymous list does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from api_support import h, serve, wait_fallback
+from test_api_safety import V, _profile, catalogue, namespaced
+
+from opendisco import Settings, clients
+from opendisco._stored import store_vector
+from opendisco.api import create_key
+
+N_OK = 30
+#: V, a man of 30 who wants women aged 25-35, would see any of them
+TOP = [f"ok{i}" for i in range(10, N_OK)]  # the 20 most popular profiles
+URLS = [
+    f"/v1/users/{V}/recommendations?k=10",
+    f"/v1/items/ok0/similar?k=10&user_id={V}",
+    f"/v1/search?q=jazz%20hiking&k=10&user_id={V}",
+]
+
+
+@pytest.fixture(scope="module")
+def lim_settings(api_settings: Settings) -> Settings:
+    return namespaced(api_settings, "lim")
+
+
+@pytest.fixture(scope="module")
+async def lim_key(lim_settings: Settings, model: Any) -> str:
+    from opendisco.ingest import Embedder, write_sample
+    from opendisco.ingest._reindex import reindex
+
+    user = next(u for u in catalogue()[1] if u["_id"] == V)  # the safety suite's V
+    items = [_profile(f"ok{i}", f"o{i}", 10.0 + i) for i in range(N_OK)]
+    write_sample(lim_settings, items, [user])
+    await reindex(lim_settings, embedder=Embedder(lim_settings, model=model))
+    with clients.mongo(lim_settings) as mc:
+        return create_key(mc[lim_settings.mongo_db], "lim", ["read"])[0]
+
+
+def _store_lists(settings: Settings, *, liked: list[str], blocked_by: list[str]) -> None:
+    """V's state and blocks written whole (bulk, as an import would: no event path)."""
+    vec = np.random.default_rng(1).normal(size=384)
+    state = {
+        "_id": V,
+        "positives": [],
+        "negatives": [],
+        "seen": [],
+        "liked": liked,
+        "blocked": [],
+        "fatigue": [],
+        "vector": store_vector((vec / np.linalg.norm(vec)).tolist()),
+        "version": 1,
+        "applied": [],
+    }
+    with clients.mongo(settings) as mc:
+        db = mc[settings.mongo_db]
+        db.user_state.replace_one({"_id": V}, state, upsert=True)
+        db.member_blocks.replace_one({"_id": V}, {"_id": V, "blocked_by": blocked_by}, upsert=True)
+
+
+LISTS = {
+    # 60,000 members blocked V, the owners of the top profiles among them
+    "blocked_by_60k": lambda: {
+        "liked": [],
+        "blocked_by": [f"o{i}" for i in range(10, N_OK)] + [f"b{i}" for i in range(59_980)],
+    },
+    # V liked 25,000 items, the top profiles among them
+    "liked_25k": lambda: {"liked": [*TOP, *(f"l{i}" for i in range(24_980))], "blocked_by": []},
+}
+
+
+@pytest.mark.parametrize("lists", list(LISTS))
+async def test_lists_past_the_query_bounds_get_the_checked_fallback(
+    lists: str, lim_settings: Settings, lim_key: str
+) -> None:
+    _store_lists(lim_settings, **LISTS[lists]())
+    async with serve(lim_settings) as client:
+        await wait_fallback(client)
+        anon = await client.get("/v1/search?q=jazz%20hiking&k=10", headers=h(lim_key))
+        assert set(TOP) & {it["id"] for it in anon.json()["items"]}  # not vacuous
+        for url in URLS:
+            resp = await client.get(url, headers=h(lim_key))
+            assert resp.status_code == 200, (url, resp.text)
+            body = resp.json()
+            ids = [it["id"] for it in body["items"]]
+            assert body["degraded"] is True and ids, (url, body)
+            assert not set(ids) & set(TOP), (url, ids)
+        # a member's lists are not the engine failing: the breaker counts none of them
+        assert client.app.state.runtime.breaker.failures == 0
