@@ -21,6 +21,7 @@ from opendisco._exceptions import (
     BackendError,
     InvalidInput,
     NotFound,
+    SearchTooLarge,
     StoreBackendError,
 )
 from opendisco._settings import Settings
@@ -115,7 +116,9 @@ class Runtime:
         deadline missed while the engine kept the request waiting (``_overload.engine_bound``);
         a deadline missed because this process was busy degrades the answer without counting,
         and so does a MongoDB error (opening the breaker on it sent the requests that need no
-        store read, and would have been served, to a fallback that needs one)."""
+        store read, and would have been served, to a fallback that needs one) and a query too
+        large for the engine (:class:`SearchTooLarge`: one member's lists, whose engine 413s
+        opened the breaker for every member)."""
         reason = "breaker_open"
         if self.breaker.allow():
             wait = EngineWait()
@@ -137,6 +140,10 @@ class Runtime:
                 else:  # local queueing or CPU: not the engine's failure
                     self.breaker.release()
                     reason = "timeout_local"
+            except SearchTooLarge as exc:  # this request alone: the engine is not down
+                self.breaker.release()
+                reason = "too_large"
+                log.warning("discovery %s failed: %r", surface, exc)
             except StoreBackendError as exc:  # MongoDB's: the breaker guards the engine
                 self.breaker.release()
                 reason = "store_error"

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from opensearchpy.exceptions import ConnectionTimeout, OpenSearchException
+from opensearchpy.exceptions import ConnectionTimeout, OpenSearchException, TransportError
 from opensearchpy.exceptions import NotFoundError as SearchNotFound
 from pymongo.errors import AutoReconnect, PyMongoError, ServerSelectionTimeoutError
 
@@ -29,6 +29,7 @@ from ._exceptions import (
     NotFound,
     SearchBackendError,
     SearchTimeout,
+    SearchTooLarge,
     StoreBackendError,
     StoreUnreachable,
 )
@@ -65,7 +66,10 @@ def _detail(exc: BaseException) -> str:
 
 
 def map_backend_error(exc: BaseException, what: str) -> BackendError | None:
-    """The opendisco error for a library exception, or None when it is not a backend error."""
+    """The opendisco error for a library exception, or None when it is not a backend error
+    (an engine's 413, a body over its ``http.max_content_length``: :class:`SearchTooLarge`)."""
+    if isinstance(exc, TransportError) and exc.status_code == 413:
+        return SearchTooLarge(f"{what}: {_detail(exc)}")
     for kind, mapped in BACKEND_EXC_MAP:
         if isinstance(exc, kind):
             return mapped(f"{what}: {_detail(exc)}")

@@ -12,6 +12,7 @@ boundary with ``raise Mapped(msg) from exc``; the CLI turns the tree into
     ├── BackendError                an I/O call to a backend failed      (HTTP 503)
     │   ├── SearchBackendError      OpenSearch
     │   │   ├── SearchTimeout       OpenSearch did not answer within the deadline
+    │   │   ├── SearchTooLarge      a query too large for OpenSearch (its 413; a member's lists)
     │   │   └── PartialWrite        a ``_bulk`` applied in part (``unwritten``: the ids it did not)
     │   └── StoreBackendError       MongoDB / FerretDB
     │       └── StoreUnreachable    no server selected in time: the operation was never sent
@@ -52,6 +53,7 @@ __all__ = [
     "RateLimited",
     "SearchBackendError",
     "SearchTimeout",
+    "SearchTooLarge",
     "ServiceError",
     "ServiceTimeout",
     "StoreBackendError",
@@ -89,6 +91,13 @@ class SearchBackendError(BackendError):
 
 class SearchTimeout(SearchBackendError):
     """OpenSearch did not answer within the deadline."""
+
+
+class SearchTooLarge(SearchBackendError):
+    """A query too large for OpenSearch: a body over its ``http.max_content_length`` (its
+    HTTP 413), or a member's stored lists over what the templates' parameters carry (checked
+    before sending). The engine is not down (the API's breaker does not count it) and the same
+    request would be refused again: the API answers from its fallback."""
 
 
 class PartialWrite(SearchBackendError):

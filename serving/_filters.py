@@ -43,7 +43,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from opendisco._domain import MEMBER_RULE_FIELDS, maybe_profile, readable_id
-from opendisco._exceptions import DocumentInvalid, StoreBackendError, TemplateParamError
+from opendisco._exceptions import DocumentInvalid, SearchTooLarge, TemplateParamError
 from opendisco.ingest import exposure_cap
 from opendisco.queries import Candidate, Template
 from opendisco.signals import MemberBlocks, UserState
@@ -246,9 +246,9 @@ class HardRules:
 
         With ``template``, each of them it declares is checked against its declared bounds:
         a member's stored lists longer than the engine's query carries (over 20,000 excluded
-        ids, 50,000 members blocking either way: ``_partials.json``) fail as a store read the
-        query cannot use, :class:`StoreBackendError`, so the API degrades and its fallback,
-        which checks every rule in process whatever the lengths, answers (the template's
+        ids, 50,000 members blocking either way: ``_partials.json``) are a query too large for
+        the engine, :class:`SearchTooLarge`, so the API degrades and its fallback, which
+        checks every rule in process whatever the lengths, answers (the template's
         ``TemplateParamError``, HTTP 422, blamed the caller for the member's stored lists, on
         every path but a degraded ``similar``: a member blocked by 60,000 others had no answer).
 
@@ -283,7 +283,7 @@ class HardRules:
             try:
                 specs[name].coerce(params[name])
             except TemplateParamError as exc:  # the counts, never the ids (who blocked them)
-                raise StoreBackendError(f"the rules of {self.viewer_id!r}: {exc}") from exc
+                raise SearchTooLarge(f"the rules of {self.viewer_id!r}: {exc}") from exc
         return params
 
     # -- in process -------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 member blocked by more members than ``exclude_owners`` takes (50,000), or with more excluded
 ids than ``exclude_ids`` takes (20,000), gets the degraded fallback's answer — every rule
 checked in process, nobody they may not see — on every path; not a 422 (the template's
-parameter error blamed the caller for the member's stored lists: no answer at all).
+parameter error blamed the caller for the member's stored lists: no answer at all); so does
+one whose ids are long enough that the query is over the engine's body limit (its 413). The
+circuit breaker counts neither: one member's lists, not the engine down.
 
 The lists hold the owners of (or the ids of) two thirds of the profiles, the most popular, so
 an answer that dropped them would show them (checked: the anonymous list does)."""
@@ -97,4 +99,28 @@ async def test_lists_past_the_query_bounds_get_the_checked_fallback(
             assert body["degraded"] is True and ids, (url, body)
             assert not set(ids) & set(TOP), (url, ids)
         # a member's lists are not the engine failing: the breaker counts none of them
+        assert client.app.state.runtime.breaker.failures == 0
+
+
+async def test_a_query_over_the_engines_body_limit_degrades_without_the_breaker(
+    lim_settings: Settings, lim_key: str
+) -> None:
+    """Lists within the parameters' bounds, of ids long enough (500 characters) that the
+    ``_msearch`` of V's five sources is over the engine's ``http.max_content_length`` (100 MB):
+    the engine's 413 degrades the answer, checked, and is not counted as the engine failing
+    (it answered; counted, five such requests of one member opened the breaker for all)."""
+    long = [f"{i}".ljust(500, "x") for i in range(30_000)]
+    _store_lists(lim_settings, liked=[*TOP, *long[:19_000]], blocked_by=long)
+    behaviour = np.random.default_rng(2).normal(size=lim_settings.behaviour_dim)
+    with clients.mongo(lim_settings) as mc:  # a fifth source: the behaviour k-NN
+        mc[lim_settings.mongo_db].user_state.update_one(
+            {"_id": V}, {"$set": {"behaviour": store_vector(behaviour.tolist())}}
+        )
+    async with serve(lim_settings) as client:
+        await wait_fallback(client)
+        resp = await client.get(URLS[0], headers=h(lim_key))
+        body = resp.json()
+        assert resp.status_code == 200 and body["degraded"] is True, body
+        ids = [it["id"] for it in body["items"]]
+        assert ids and not set(ids) & set(TOP), ids
         assert client.app.state.runtime.breaker.failures == 0
