@@ -208,7 +208,11 @@ class HardRules:
         exclude: Iterable[str] = (),
     ) -> HardRules:
         """The rules of member ``user_id`` from their ``users`` document (None: unknown
-        member, every preference unconfirmable), state and blocks."""
+        member — never registered, or deleted —, every preference unconfirmable: their own
+        gender and age unknown, and whom they want stated as nobody, so no profile is shown
+        to them; read as "no preference", a profile stating none was shown to a member whose
+        ``users`` document was deleted), state and blocks."""
+        unknown = user is None
         user = user or {}
         seen = {str(i) for i in exclude}
         blocked: frozenset[str] = frozenset()
@@ -223,9 +227,9 @@ class HardRules:
             profile_id=str(user["profile_id"]) if user.get("profile_id") else None,
             gender=str(gender) if gender else None,
             age=_int(user.get("age")),
-            pref_genders=_genders(user.get("pref_genders")),
-            pref_age_min=_bound(user.get("pref_age_min"), _BIG),
-            pref_age_max=_bound(user.get("pref_age_max"), -_BIG),
+            pref_genders=frozenset([NO_GENDER]) if unknown else _genders(user.get("pref_genders")),
+            pref_age_min=_BIG if unknown else _bound(user.get("pref_age_min"), _BIG),
+            pref_age_max=-_BIG if unknown else _bound(user.get("pref_age_max"), -_BIG),
             blocked_ids=blocked,
             seen_ids=frozenset(seen),
             blocked_owners=blocks.either_way if blocks is not None else frozenset(),

@@ -959,3 +959,49 @@ async def test_a_hide_with_the_engine_down_blocks_the_member_of_an_odd_profile(
         db["member_blocks"].delete_many({"_id": {"$in": ["sz", "o-ok27", "4243"]}})
         db["user_state"].delete_one({"_id": "sz"})
         mc.close()
+
+
+@pytest.mark.parametrize("degraded", [False, True], ids=["served", "degraded"])
+async def test_a_member_without_a_users_document_is_shown_nobody(
+    degraded: bool, safe_settings: Settings, safe: dict[str, Any]
+) -> None:
+    """A member whose ``users`` document was deleted (``sc``: their state, likes and blocks
+    are still stored) or never written (``ghost``) asks for recommendations: whom they want
+    cannot be confirmed, so no profile is shown — not even one stating no preference (before,
+    ``nopref`` was shown to both, served and degraded, on every surface) — and never a 5xx
+    on the served path."""
+    key = safe["keys"]["read"]
+    urls = [
+        "/v1/users/{u}/recommendations?k=30",
+        "/v1/users/{u}/recommendations?k=30&surface=trending",
+        "/v1/items/ok3/similar?k=30&user_id={u}",
+    ]
+    os_proxy, _, settings = await proxied(
+        safe_settings, api_deadline_ms=1500, api_breaker_failures=2, api_breaker_reset_s=30.0
+    )
+    mc = clients.mongo(safe_settings)
+    users = mc[safe_settings.mongo_db]["users"]
+    saved = users.find_one({"_id": "sc"})
+    try:
+        async with serve(settings) as client:
+            await _ready(client)
+            assert "nopref" in {  # not vacuous: a member stating nothing sees it
+                it["id"] for it in (await _get(client, key, urls[0].format(u=W)))["items"]
+            }
+            users.delete_one({"_id": "sc"})
+            if degraded:
+                os_proxy.pause()
+            for user in ("sc", "ghost"):
+                for url in urls:
+                    resp = await client.get(url.format(u=user), headers=h(key))
+                    if degraded and resp.status_code == 503:  # nothing safe: no list at all
+                        continue
+                    assert resp.status_code == 200, (user, url, resp.text)
+                    body = resp.json()
+                    assert body["degraded"] is degraded, (user, url, body)
+                    assert body["items"] == [], (user, url, [i["id"] for i in body["items"]])
+            await os_proxy.resume()
+    finally:
+        users.replace_one({"_id": "sc"}, saved, upsert=True)
+        mc.close()
+        await os_proxy.close()

@@ -93,7 +93,11 @@ def test_unknown_gender_or_age_cannot_meet_stated_preferences() -> None:
     nobody = HardRules.for_member("u5", None, None, None)
     assert nobody.member and nobody.gender is None and nobody.age is None
     assert nobody.broken("x", _profile()) is Rule.ELIGIBILITY
-    assert nobody.allows("x", _profile(pref_genders=None, pref_age_min=None, pref_age_max=None))
+    stating_nothing = _profile(pref_genders=None, pref_age_min=None, pref_age_max=None)
+    # no users document (deleted, never written): whom they want is unconfirmable too
+    assert nobody.broken("x", stating_nothing) is Rule.ELIGIBILITY
+    assert nobody.allows("m1", {"kind": "movie", "available": True})  # not a member
+    assert HardRules.for_member("u5", {}, None, None).allows("x", stating_nothing)
     ageless = _rules(age=None)
     assert ageless.broken("x", _profile()) is Rule.ELIGIBILITY
     assert ageless.allows("x", _profile(pref_age_min=None, pref_age_max=None))
