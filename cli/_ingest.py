@@ -143,8 +143,9 @@ def sync_cmd(settings: Settings, once: bool, reconcile: bool, log_level: str) ->
 
     if not once and not reconcile:
         raise click.UsageError(
-            "--no-reconcile applies to --once; a worker reconciles every "
-            "sync_reconcile_interval seconds (OPENDISCO_SYNC_RECONCILE_INTERVAL=0: never)"
+            "--no-reconcile applies to --once; a worker reconciles after its first pass, "
+            "then every sync_reconcile_interval seconds (OPENDISCO_SYNC_RECONCILE_INTERVAL=0: "
+            "never)"
         )
     if once:
         report = asyncio.run(sync_once(settings, reconcile=reconcile))

@@ -187,8 +187,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds between reconciliation passes of a sync worker (its partitions: "
         "MongoDB ids+versions against the index, repairing hard deletes and backdated "
-        "writes the watermark cannot see); 0: never. Such changes are repaired within this "
-        "interval plus one pass.",
+        "writes the watermark cannot see), the first after a worker's first pass; 0: never. "
+        "Such changes are repaired within this interval plus one pass.",
     )
     sync_backoff_max: float = Field(
         30.0,

@@ -75,9 +75,13 @@ async def _passes(
     on_report: Callable[[SyncReport], None] | None,
     on_reconcile: Callable[[ReconcileReport], None] | None,
 ) -> None:
-    """:func:`run_sync`'s passes, reconciliations and backoff until ``stop`` is set."""
+    """:func:`run_sync`'s passes, reconciliations and backoff until ``stop`` is set. The
+    first reconciliation follows the first pass: what no pass sees (hard deletes, backdated
+    writes) made while no worker ran leaves the index at a worker's start (it came
+    ``sync_reconcile_interval`` after it, so a worker restarted more often than that never
+    took a member hard-deleted meanwhile out of the engine)."""
     interval = settings.sync_reconcile_interval
-    next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
+    next_reconcile = time.monotonic() if interval > 0 else float("inf")
     failures, failing_since = 0, 0.0
     while not stop.is_set():
         try:

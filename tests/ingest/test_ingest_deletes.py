@@ -28,6 +28,7 @@ from opendisco.ingest import (
     sync_once,
     verify,
 )
+from opendisco.ingest._run_sync import run_sync
 
 
 def test_sync_once_takes_hard_deletes_out_of_the_index(
@@ -252,3 +253,36 @@ async def test_a_delete_event_of_a_refused_document_settles_its_dead_letter(
     finally:
         await syncer.close()
         await client.close()
+
+
+async def test_a_started_sync_worker_reconciles_after_its_first_pass(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+    os_client: Any,
+) -> None:
+    """Members hard-deleted from MongoDB while no sync worker ran (FerretDB: no change
+    stream, nothing for the watermark to read) leave the index once a worker starts: it
+    reconciles after its first pass. Before, its first reconciliation came
+    ``sync_reconcile_interval`` (300 s) after its start, so a worker restarted more often
+    than that (a crash loop, frequent deploys) never took them out of the engine."""
+    await reindex(ingest_settings, embedder=embedder)
+    gone = ["p3", "p7"]
+    mongo_db[ingest_settings.items_collection].delete_many({"_id": {"$in": gone}})
+    assert ingest_settings.sync_reconcile_interval >= 300  # not vacuous: the default
+    stop, reconciled = asyncio.Event(), []
+    worker = asyncio.create_task(
+        run_sync(ingest_settings, stop=stop, on_reconcile=reconciled.append)
+    )
+    try:
+        for _ in range(80):
+            if reconciled or worker.done():
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await worker
+    assert reconciled and reconciled[0].gone == 2 and reconciled[0].deleted == 2, reconciled
+    alias = ingest_settings.index_alias
+    assert not [i for i in gone if os_client.exists(index=alias, id=i)]
