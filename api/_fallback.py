@@ -32,7 +32,9 @@ named in ``degraded_rules`` when older than two refresh periods; unchecked and n
 none was ever stored or it cannot be read).
 
 When MongoDB cannot be read either (or nothing safe is left) there is no safe answer:
-:class:`~opendisco.Overloaded` → 503 + Retry-After. Never an unfiltered list.
+:class:`~opendisco.Overloaded` → 503 + Retry-After. Never an unfiltered list. A member whose
+own preferences admit no profile (no ``users`` document: deleted, never written) gets an
+empty answer, as the served path gives them (``HardRules.admits_no_profile``).
 
 **Filling a short page** (:meth:`Fallback.fill`, the served pipeline's ``Discovery.fill``). When
 a candidate source failed and the others left fewer eligible candidates than the page (one
@@ -358,9 +360,11 @@ class Fallback:
         # degraded answers in flight must not both take an item's last impression)
         near = self._served_to_cap(picked)
         picked = [r for r in picked if r.id not in near]
+        unchecked = [] if capped is not None and caps_fresh else [Rule.EXPOSURE_CAP.value]
+        if not picked and rules.admits_no_profile:  # the served answer holds none either
+            return FallbackAnswer([], version, source, unchecked, counted=True)
         if not picked:
             raise Overloaded("no safe degraded answer for this member", 2.0)
-        unchecked = [] if capped is not None and caps_fresh else [Rule.EXPOSURE_CAP.value]
         items = [to_served(r) for r in picked[:k]]
         self.discovery.record_served(items)
         return FallbackAnswer(items, version, source, unchecked, counted=True)

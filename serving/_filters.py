@@ -235,6 +235,17 @@ class HardRules:
             blocked_owners=blocks.either_way if blocks is not None else frozenset(),
         )
 
+    @property
+    def admits_no_profile(self) -> bool:
+        """Whether this member's own preferences admit no profile at all (no ``users``
+        document, a gender preference naming no gender, an age range no age of
+        :data:`AGE_DOMAIN` is in): their answer holds no member, served or degraded, and that
+        is an answer, not a failure."""
+        lo = AGE_DOMAIN[0] if self.pref_age_min is None else self.pref_age_min
+        hi = AGE_DOMAIN[1] if self.pref_age_max is None else self.pref_age_max
+        no_age = max(lo, AGE_DOMAIN[0]) > min(hi, AGE_DOMAIN[1])
+        return self.member and (self.pref_genders == frozenset([NO_GENDER]) or no_age)
+
     def with_capped(self, capped: Iterable[str] | None) -> HardRules:
         return replace(self, capped_ids=None if capped is None else frozenset(capped))
 

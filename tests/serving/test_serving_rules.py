@@ -98,6 +98,14 @@ def test_unknown_gender_or_age_cannot_meet_stated_preferences() -> None:
     assert nobody.broken("x", stating_nothing) is Rule.ELIGIBILITY
     assert nobody.allows("m1", {"kind": "movie", "available": True})  # not a member
     assert HardRules.for_member("u5", {}, None, None).allows("x", stating_nothing)
+    assert (
+        nobody.admits_no_profile
+        and not HardRules.for_member("u5", {}, None, None).admits_no_profile
+    )
+    assert HardRules.for_member(
+        "u5", {"pref_age_min": 40, "pref_age_max": 30}, None, None
+    ).admits_no_profile
+    assert not HardRules.anonymous().admits_no_profile
     ageless = _rules(age=None)
     assert ageless.broken("x", _profile()) is Rule.ELIGIBILITY
     assert ageless.allows("x", _profile(pref_age_min=None, pref_age_max=None))
