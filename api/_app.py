@@ -189,8 +189,9 @@ CLOSE_S = 0.5
 #: and the close: well under compose's 10 s stop grace
 STOP_S = 7.0
 #: requests still running this long after the stop signal are cancelled (uvicorn's
-#: ``timeout_graceful_shutdown``; a 500 for them, an event batch going on in the drain): an
-#: event batch's own bound, ``max(2, 5 x api_deadline_ms)``, answers 503 before it by default
+#: ``timeout_graceful_shutdown``; a 503 + Retry-After for them, ``_edge``, an event batch
+#: going on in the drain): an event batch's own bound, ``max(2, 5 x api_deadline_ms)``,
+#: answers 503 before it by default
 REQUESTS_GRACE_S = 4.0
 
 

@@ -47,6 +47,8 @@ __all__ = ["Edge"]
 _RID = re.compile(REQUEST_ID_PATTERN)
 #: the paths whose requests go through admission control
 _BOUNDED = "/v1/"
+#: what a request still running when the server's stop grace ends is told (503, Retry-After)
+STOPPING = "the server is stopping: the request was cut short; retry"
 #: the status a read whose client went away is recorded with (nginx's "client closed request")
 CLIENT_GONE = 499
 
@@ -194,14 +196,16 @@ class Edge:
         rid = incoming if _RID.match(incoming) else uuid.uuid4().hex
         scope["state"] = {**scope.get("state", {}), "request_id": rid}
         status = 500
+        begun = False  # the response's start
         sent = False  # the whole response
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal status, sent
+            nonlocal status, begun, sent
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 sent = True
             if message["type"] == "http.response.start":
                 status = message["status"]
+                begun = True
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = rid
                 if scope["path"].startswith("/v1/"):  # per member, now: never kept by a cache
@@ -210,6 +214,38 @@ class Edge:
 
         metrics = self.get_metrics()
         started = time.perf_counter()
+        try:
+            if await self._handle(scope, receive, send_with_id, rid, metrics, lambda: sent):
+                status = CLIENT_GONE  # the client closed the request (nginx's 499), not an error
+        except asyncio.CancelledError:
+            if begun:  # part of an answer is out: the connection is closed on it
+                raise
+            # the server's stop grace is over (uvicorn cancels the requests still running,
+            # and answered them 500): a stop, so a 503 the client may retry elsewhere
+            resp = error_response(Overloaded(STOPPING, 1.0), rid)
+            resp.headers["Connection"] = "close"
+            await resp(scope, receive, send_with_id)
+            if metrics is not None:
+                metrics.rejected.labels("stopping").inc()
+        finally:
+            if metrics is not None:
+                route = scope.get("route")
+                label = route.path if isinstance(route, Route) else "unmatched"
+                metrics.latency.labels(label, scope["method"], str(status)).observe(
+                    time.perf_counter() - started
+                )
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send_with_id: Send,
+        rid: str,
+        metrics: Metrics | None,
+        answered: Callable[[], bool],
+    ) -> bool:
+        """The request past its id: its body, its admission, the app; whether its client went
+        away while it was worked out (a read, cancelled then)."""
         ready: list[Message] = []  # the client's messages read here, replayed to the app
         if _declares_body(scope):
             try:
@@ -224,9 +260,9 @@ class Edge:
                 resp = error_response(exc, rid)
                 resp.headers["Connection"] = "close"
                 await resp(scope, receive, send_with_id)
-                return
+                return False
             if body is None:  # the client went away
-                return
+                return False
             ready.append({"type": "http.request", "body": body, "more_body": False})
         bounded = scope["path"].startswith(_BOUNDED)
         if bounded and not await self.admission.acquire():
@@ -234,7 +270,7 @@ class Edge:
                 metrics.rejected.labels("saturated").inc()
             resp = error_response(Overloaded("overloaded: request shed before any work", 1.0), rid)
             await resp(scope, receive, send_with_id)
-            return
+            return False
         if bounded:  # the client left while it waited: nobody to answer, no work
             try:
                 message = await _ready_message(receive)
@@ -245,7 +281,7 @@ class Edge:
                 self.admission.release()
                 if metrics is not None:
                     metrics.rejected.labels("client_gone").inc()
-                return
+                return False
             if message is not None:
                 ready.append(message)
         admitted = time.perf_counter()
@@ -257,10 +293,8 @@ class Edge:
         try:
             if bounded and scope["method"] == "GET":
                 abandoned = await _unless_gone(
-                    lambda rcv: self.app(scope, rcv, send_with_id), ready, receive, lambda: sent
+                    lambda rcv: self.app(scope, rcv, send_with_id), ready, receive, answered
                 )
-                if abandoned:  # the client closed the request (nginx's 499), not an error
-                    status = CLIENT_GONE
             else:
                 await self.app(scope, _replay(ready, receive) if ready else receive, send_with_id)
         finally:
@@ -270,9 +304,4 @@ class Edge:
                     if metrics is not None:
                         metrics.concurrency_limit.set(self.admission.limit)
                 self.admission.release()
-            if metrics is not None:
-                route = scope.get("route")
-                label = route.path if isinstance(route, Route) else "unmatched"
-                metrics.latency.labels(label, scope["method"], str(status)).observe(
-                    time.perf_counter() - started
-                )
+        return abandoned

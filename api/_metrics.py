@@ -66,7 +66,8 @@ class Metrics:
         self.rejected = Counter(
             "opendisco_api_rejected_total",
             "Requests refused before any work (rate limit, saturated: shed by admission, "
-            "body_too_large, body_timeout, client_gone: its client left while it was queued).",
+            "body_too_large, body_timeout, client_gone: its client left while it was queued; "
+            "stopping: still running when the server's stop grace ended, answered 503).",
             ["reason"],
             registry=self.registry,
         )
