@@ -8,6 +8,7 @@
 from ._app import REQUESTS_GRACE_S, SETTINGS_ENV, STOP_S, app_from_env, create_app
 from ._breaker import BreakerState, CircuitBreaker
 from ._cursor import CursorCodec
+from ._http import BoundedHttpTools, uvicorn_options
 from ._keys import ApiKey, ApiKeyStore, create_key, list_keys, revoke_key
 from ._metrics import MULTIPROC_ENV
 from ._ratelimit import RateLimiter, TokenBucket
@@ -21,6 +22,7 @@ __all__ = [
     "Answer",
     "ApiKey",
     "ApiKeyStore",
+    "BoundedHttpTools",
     "BreakerState",
     "CircuitBreaker",
     "CursorCodec",
@@ -32,4 +34,5 @@ __all__ = [
     "create_key",
     "list_keys",
     "revoke_key",
+    "uvicorn_options",
 ]

@@ -18,12 +18,12 @@ from opendisco._exceptions import ConfigError
 from opendisco._settings import Settings
 from opendisco.api import (
     MULTIPROC_ENV,
-    REQUESTS_GRACE_S,
     SETTINGS_ENV,
     create_app,
     create_key,
     list_keys,
     revoke_key,
+    uvicorn_options,
 )
 from opendisco.serving import Artifacts
 
@@ -67,9 +67,7 @@ def serve_cmd(
         "port": settings.api_port,
         "log_level": log_level,
         "access_log": False,
-        # a stop does not wait longer for requests in flight (their backends may not answer):
-        # the rest of its budget is the drain's (opendisco.api.STOP_S)
-        "timeout_graceful_shutdown": REQUESTS_GRACE_S,
+        **uvicorn_options(),  # request heads bounded, the stop's grace for requests in flight
     }
     if settings.api_workers == 1:
         uvicorn.run(create_app(settings), **opts)

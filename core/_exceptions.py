@@ -21,7 +21,9 @@ boundary with ``raise Mapped(msg) from exc``; the CLI turns the tree into
     │   ├── EventInvalid            an event failed validation
     │   ├── TemplateParamError      a query template parameter failed validation
     │   ├── BodyTooLarge            a request body over the size limit   (HTTP 413)
-    │   └── BodyTimeout             a request body too slow to arrive    (HTTP 408)
+    │   ├── BodyTimeout             a request body too slow to arrive    (HTTP 408)
+    │   ├── HeadTooLarge            a request head over the size limit   (HTTP 431)
+    │   └── UnsupportedMedia        a body in a type or coding not read  (HTTP 415)
     ├── NotFound                    an id that does not exist            (HTTP 404)
     ├── AuthError                   missing/unknown API key              (HTTP 401)
     │   └── Forbidden               key lacks the scope                  (HTTP 403)
@@ -44,6 +46,7 @@ __all__ = [
     "DocumentInvalid",
     "EventInvalid",
     "Forbidden",
+    "HeadTooLarge",
     "IndexStateError",
     "InvalidInput",
     "NotFound",
@@ -60,6 +63,7 @@ __all__ = [
     "StoreUnreachable",
     "SyncGap",
     "TemplateParamError",
+    "UnsupportedMedia",
     "http_status",
     "validation_problems",
 ]
@@ -152,6 +156,14 @@ class BodyTimeout(InvalidInput):
     """A request body did not arrive in full within ``api_body_timeout_s``."""
 
 
+class HeadTooLarge(InvalidInput):
+    """A request's head (its target and header fields) is larger than the API reads."""
+
+
+class UnsupportedMedia(InvalidInput):
+    """A request body in a media type or content coding the route does not read."""
+
+
 class NotFound(OpenDiscoError):
     """The requested id does not exist."""
 
@@ -196,6 +208,8 @@ _STATUS: tuple[tuple[type[OpenDiscoError], int], ...] = (
     (NotFound, 404),
     (BodyTooLarge, 413),
     (BodyTimeout, 408),
+    (HeadTooLarge, 431),
+    (UnsupportedMedia, 415),
     (InvalidInput, 422),
     (BackendError, 503),
 )
