@@ -53,6 +53,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     408: {"model": ErrorResponse, "description": "The body did not arrive in time."},
     413: {"model": ErrorResponse, "description": "The body is over api_max_body_bytes."},
+    415: {
+        "model": ErrorResponse,
+        "description": "The body is not sent as JSON (Content-Type: application/json), or is "
+        "content-coded (Content-Encoding other than identity).",
+    },
 }
 
 
