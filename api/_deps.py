@@ -7,10 +7,12 @@ one key is still rate limited.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
 from pydantic import BeforeValidator
 
@@ -33,10 +35,14 @@ __all__ = [
     "UserPath",
     "UserQ",
     "WriteKey",
+    "given_once",
     "require_explain",
     "runtime",
     "scoped",
 ]
+
+#: the most repeated parameters a 422 names (the first, by name)
+MAX_REPEATED_LISTED = 20
 
 _ANONYMOUS = ApiKey("anonymous", "auth disabled", frozenset({"read", "write", "admin"}))
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (odk_...).")
@@ -74,9 +80,31 @@ def scoped(scope: str) -> Callable[..., Awaitable[ApiKey]]:
         if wait > 0:
             rt.metrics.rejected.labels("rate_limited").inc()
             raise RateLimited(f"rate limit of key {key.key_id} exceeded", wait)
+        given_once(request)
         return key
 
     return dependency
+
+
+def given_once(request: Request) -> None:
+    """422 for a query parameter given more than once (``?k=1&k=100``): the API read the last
+    and answered, where a proxy, a cache key or a log may read the first (the same reason a
+    JSON key named twice is refused, ``_body``). Every parameter of the API takes one value;
+    one that takes a list would be exempted here. Checked after the key and its bucket, like
+    every parameter."""
+    given = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = sorted(name for name, n in given.items() if n > 1)
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": f"given {given[name]} times: each parameter is given once",
+                    "type": "repeated",
+                }
+                for name in repeated[:MAX_REPEATED_LISTED]
+            ]
+        )
 
 
 def require_explain(key: ApiKey, explain: bool) -> None:
