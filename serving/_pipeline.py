@@ -212,7 +212,11 @@ class Discovery:
             cs = await self.candidates(plan)
             filled = await fill_page(plan, cs, self.fill, self.caps, self.parts.filters)
             if not cs.candidates:  # nothing eligible: an answer (empty), not a failure
-                empty = Recommendations.empty(plan, cs, (plan.artifacts or self.artifacts).name)
+                timings = {**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())}
+                block = explained(plan, cs, None, [], timings) if explain else None
+                empty = Recommendations.empty(
+                    plan, cs, (plan.artifacts or self.artifacts).name, block
+                )
                 for effect in self.parts.side_effects:
                     effect.after(plan, empty)
                 return empty

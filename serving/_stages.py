@@ -383,7 +383,8 @@ def explained(
     timings: Mapping[str, float],
 ) -> dict[str, Any]:
     """The explain block of an answer: the candidate stage's sources, the filters' drops and
-    each rerank step's trace for the shown ``items``."""
+    each rerank step's trace for the shown ``items`` (no step when nothing was ranked,
+    ``trace`` None: an empty page has the same keys as any other)."""
     return {
         "surface": plan.request.surface,
         "requested_surface": plan.requested_surface,
@@ -395,6 +396,6 @@ def explained(
         "skipped_sources": cs.skipped,
         "candidates": len(cs.candidates),
         "filtered": dict(plan.filtered),
-        "rerank": trace.to_dict([r.id for r in items]),
+        "rerank": trace.to_dict([r.id for r in items]) if trace is not None else {"steps": []},
         "timings_ms": {k: round(v, 2) for k, v in timings.items()},
     }

@@ -135,20 +135,24 @@ class Recommendations:
                 rec["candidates"] = {i: a for i, a in named.items() if i in shown}
 
     @classmethod
-    def empty(cls, plan: CandidatePlan, cs: CandidateSet, artifacts: str) -> Recommendations:
-        """The answer of a request with no eligible candidate (``artifacts``: their name)."""
-        explain = plan.request.explain
+    def empty(
+        cls,
+        plan: CandidatePlan,
+        cs: CandidateSet,
+        artifacts: str,
+        explain: dict[str, Any] | None = None,
+    ) -> Recommendations:
+        """The answer of a request with no eligible candidate (``artifacts``: their name;
+        ``explain``: its explain block, when asked)."""
         return cls(
             items=[],
             degraded=cs.degraded,
             source_errors=dict(cs.errors),
             version=f"{cs.template_version}+{artifacts}",
             surface=plan.request.surface,
-            explain={"surface": plan.request.surface, "candidates": 0, "filtered": plan.filtered}
-            if explain
-            else None,
+            explain=explain,
             timings_ms={**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())},
-            candidate_set=cs if explain else None,
+            candidate_set=cs if explain is not None else None,
         )
 
     @property
