@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import time
 from collections.abc import AsyncIterator
@@ -137,3 +138,98 @@ async def test_a_head_that_does_not_arrive_in_time_has_its_connection_closed(
         assert await asyncio.wait_for(reader.read(), 5) == b""  # nothing sent: closed too
         assert time.monotonic() - t0 < 2.0
         writer.close()
+
+
+async def test_a_body_not_sent_as_json_is_refused_415_and_an_unreadable_one_400_saying_why(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    # before: no Content-Type or another one was a 422 "Input should be a valid dictionary"
+    # (FastAPI handed the bytes on), a gzip body or one nested too deep a 400 "There was an
+    # error parsing the body"
+    raw = json.dumps({"events": [{"id": "x"}]}).encode()
+    json_type = {"Content-Type": "application/json"}
+    async with _served(api_settings) as (_, client):
+
+        async def post(body: bytes, headers: dict[str, str]) -> httpx.Response:
+            return await client.post("/v1/events", content=body, headers=h(keys["write"]) | headers)
+
+        for headers, says in [
+            ({}, "got none"),
+            ({"Content-Type": "text/plain"}, "got 'text/plain'"),
+            ({"Content-Type": "application/x-www-form-urlencoded"}, "got 'application/x-www"),
+            (json_type | {"Content-Encoding": "gzip"}, "content coding 'gzip' is not accepted"),
+        ]:
+            body = gzip.compress(raw) if "Content-Encoding" in headers else raw
+            resp = await post(body, headers)
+            assert resp.status_code == 415, (headers, resp.text)
+            assert resp.json()["error"]["type"] == "UnsupportedMedia"
+            assert says in resp.json()["error"]["message"], resp.text
+        resp = await post(b"[" * 100_000, json_type)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["message"] == "request body not read: JSON nested too deep"
+        resp = await post(b'{"events": [' + b"9" * 5000 + b"]}", json_type)
+        assert resp.status_code == 400, resp.text
+        assert "4300 digits" in resp.json()["error"]["message"], resp.text
+        # JSON as JSON is read (its event invalid: 422), with or without a charset, as +json
+        for ctype in ("application/json; charset=utf-8", "application/vnd.api+json"):
+            assert (await post(raw, {"Content-Type": ctype})).status_code == 422
+
+
+async def test_a_query_parameter_given_twice_is_422_naming_it(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    # before: the last one was read (``?k=1&k=100``: 100 items; ``q=a&q=b``: a search for b),
+    # where a proxy, a cache key or a log may read the first
+    read = h(keys["read"])
+    async with _served(api_settings) as (_, client):
+        for path, name in [
+            ("/v1/users/u1/recommendations?k=2&k=3", "k"),
+            ("/v1/search?q=a&q=b", "q"),
+            ("/v1/items/p1/similar?user_id=u1&k=2&user_id=u2", "user_id"),
+        ]:
+            resp = await client.get(path, headers=read)
+            assert resp.status_code == 422, resp.text
+            (err,) = resp.json()["error"]["detail"]
+            assert err["loc"] == ["query", name], err
+            assert err["msg"] == "given 2 times: each parameter is given once", err
+        assert (await client.get("/v1/search?q=a&k=2", headers=read)).status_code == 200
+        # the key comes first (401), as for every invalid parameter
+        assert (await client.get("/v1/search?q=a&q=b")).status_code == 401
+        # ids and numbers outside what the API reads: 4xx, never 5xx
+        for path in [
+            "/v1/users/u%2F1/recommendations",  # a slash: another path, no route
+            "/v1/users/u%001/recommendations",
+            "/v1/users/u\u04301/recommendations",  # a Cyrillic a
+            "/v1/users/" + "u" * 5000 + "/recommendations",
+            "/v1/users/u1/recommendations?k=-1",
+            "/v1/users/u1/recommendations?k=1.5",
+            "/v1/users/u1/recommendations?k=1e2",
+            "/v1/users/u1/recommendations?k=" + "9" * 30,
+        ]:
+            resp = await client.get(path, headers=read)
+            assert resp.status_code in (404, 422), (path, resp.text)
+
+
+async def test_an_empty_page_explains_itself_as_the_pages_before_it(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    # before: the explain block of a page with no candidate left had only surface,
+    # candidates and filtered: its template_version (and every other key) read null
+    admin = h(keys["admin"])
+    pages: list[dict[str, Any]] = []
+    cursor: str | None = None
+    async with _served(api_settings) as (_, client):
+        while not pages or pages[-1]["items"]:
+            assert len(pages) < 6, [len(p["items"]) for p in pages]
+            params = {"k": 100, "explain": "true"} | ({"cursor": cursor} if cursor else {})
+            resp = await client.get("/v1/users/u4/recommendations", params=params, headers=admin)
+            assert resp.status_code == 200, resp.text
+            pages.append(resp.json())
+            cursor = pages[-1]["next_cursor"]
+    first, empty = pages[0], pages[-1]
+    assert first["items"] and not empty["degraded"]
+    assert empty["template_version"] == first["template_version"]
+    assert sorted(empty["explain"]) == sorted(first["explain"])
+    assert empty["explain"]["template_version"] == first["explain"]["template_version"]
+    assert empty["explain"]["candidates"] == 0
+    assert empty["explain"]["rerank"] == {"steps": []}
