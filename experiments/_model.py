@@ -72,6 +72,15 @@ class DesignKind(StrEnum):
 
 #: the longest graph window or switchback period a design may name (ten years)
 MAX_DAYS = 3660
+#: the largest TSRI-k (Johari et al. 2022 use k = 1 and 2)
+MAX_TSRI_K = 10.0
+#: Louvain's resolution range: below it one cluster holds every member (no contrast), above
+#: it each member is a cluster of its own (the user design, with a cluster design's costs)
+MIN_RESOLUTION = 0.01
+MAX_RESOLUTION = 100.0
+#: the most units of a stratum (more than there are units: one stratum, complete
+#: randomisation)
+MAX_STRATA = 100_000
 
 #: the buckets of a layer (:func:`~opendisco.experiments.bucket`): an experiment owns a whole
 #: number of them, so its traffic is a multiple of one bucket's share
@@ -176,10 +185,12 @@ class Design(_Strict):
     tsri_beta: float = Field(0.5, ge=0, le=1, strict=True)
     #: the k of Johari et al.'s TSRI-k: the estimator adds k·β(1 − β) times the two
     #: cross-cell spillovers (r₀₁ − r₀₀) + (r₁₀ − r₀₀); 0 is the plain interpolation
-    tsri_k: float = Field(0.0, ge=0, strict=True)
+    #: (bounded: past a few the spillover term is the estimate; a huge k overflowed it to
+    #: infinity, a readout no store keeps)
+    tsri_k: float = Field(0.0, ge=0, le=MAX_TSRI_K, strict=True)
     #: cluster: Louvain resolution (lower = fewer, larger clusters) and the graph's window
     #: (bounded: a date cannot go back further than year 1, MongoDB stores 8-byte ints)
-    resolution: float = Field(1.0, gt=0, strict=True)
+    resolution: float = Field(1.0, ge=MIN_RESOLUTION, le=MAX_RESOLUTION, strict=True)
     graph_days: int = Field(30, ge=1, le=MAX_DAYS, strict=True)
     #: switchback: the member field naming the region (a top-level field of ``users``: it
     #: is projected from there), the period and the burn-in dropped
@@ -190,7 +201,8 @@ class Design(_Strict):
     #: n (two units of the smallest arm at least) randomises completely within strata of n
     #: units of similar pre-period size and outcome rate, taken at start (clusters;
     #: switchback regions, in every period): :mod:`~opendisco.experiments._strata`
-    strata: int = Field(0, ge=0, strict=True)
+    #: (bounded: past MongoDB's 8-byte ints the create failed with a traceback)
+    strata: int = Field(0, ge=0, le=MAX_STRATA, strict=True)
 
     @model_validator(mode="after")
     def _burn_in_shorter(self) -> Design:

@@ -59,6 +59,13 @@ def _files(tmp: Path) -> dict[str, Path]:
         ("huge-days.json", {"kind": "cluster", "graph_days": 10**30}),
         ("far-days.json", {"kind": "cluster", "graph_days": 10**7}),
         ("huge-period.json", {"kind": "switchback", "period_minutes": 10**30}),
+        # unbounded before: strata past 8-byte ints failed at create (OverflowError), a huge
+        # tsri_k overflowed the readout to infinity, a resolution far from 1 made one cluster
+        # of every member or one of each
+        ("huge-strata.json", {"kind": "cluster", "strata": 10**30}),
+        ("huge-tsri.json", {"kind": "two_sided", "tsri_k": 1e300}),
+        ("huge-resolution.json", {"kind": "cluster", "resolution": 1e300}),
+        ("tiny-resolution.json", {"kind": "cluster", "resolution": 1e-300}),
         ("region-op.json", {"kind": "switchback", "region_field": "$where"}),
         ("region-empty.json", {"kind": "switchback", "region_field": ""}),
     ):
@@ -110,6 +117,10 @@ CASES = [
     ({}, ["experiments", "create", "huge-days.json"], "design.graph_days: Input should be less"),
     ({}, ["experiments", "create", "far-days.json"], "design.graph_days: Input should be less"),
     ({}, ["experiments", "create", "huge-period.json"], "design.period_minutes: Input should"),
+    ({}, ["experiments", "create", "huge-strata.json"], "design.strata: Input should be less"),
+    ({}, ["experiments", "create", "huge-tsri.json"], "design.tsri_k: Input should be less"),
+    ({}, ["experiments", "create", "huge-resolution.json"], "design.resolution: Input should be l"),
+    ({}, ["experiments", "create", "tiny-resolution.json"], "design.resolution: Input should be g"),
     ({}, ["experiments", "create", "region-op.json"], "design.region_field: String should"),
     ({}, ["experiments", "create", "region-empty.json"], "design.region_field: String should"),
     ({}, ["experiments", "create", "str-traffic.json"], "traffic: Input should be a valid num"),
