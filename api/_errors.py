@@ -132,8 +132,12 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     rid = request_id(request)
+    message = str(exc.detail)
+    if exc.status_code == 405:  # which method, and what to use
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"method {request.method} not allowed here (allowed: {allowed})"
     return JSONResponse(
-        _body(rid, "HTTPError", str(exc.detail)),
+        _body(rid, "HTTPError", message),
         status_code=exc.status_code,
         headers={**(exc.headers or {}), "X-Request-ID": rid},  # e.g. a 405's Allow
     )

@@ -233,3 +233,23 @@ async def test_an_empty_page_explains_itself_as_the_pages_before_it(
     assert empty["explain"]["template_version"] == first["explain"]["template_version"]
     assert empty["explain"]["candidates"] == 0
     assert empty["explain"]["rerank"] == {"steps": []}
+
+
+async def test_head_is_answered_on_the_ops_endpoints_and_refused_on_the_reads_saying_why(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    # before: HEAD /metrics was a 405 (a monitor's probe read as down), and a read's 405 said
+    # only "Method Not Allowed"
+    async with _served(api_settings) as (_, client):
+        for probe in ("/healthz", "/readyz", "/metrics"):
+            head = await client.head(probe)
+            assert head.status_code == 200 and not head.content, (probe, head.status_code)
+        # a read serves a member's list, logged and counted: a HEAD is not worked out as a GET
+        resp = await client.head("/v1/users/u1/recommendations", headers=h(keys["read"]))
+        assert resp.status_code == 405
+        assert resp.headers["Allow"] == "GET"
+        resp = await client.request("PATCH", "/v1/search?q=a", headers=h(keys["read"]))
+        assert resp.status_code == 405
+        assert resp.json()["error"]["message"] == "method PATCH not allowed here (allowed: GET)"
+        resp = await client.post("/v1/users/u1/recommendations", headers=h(keys["read"]))
+        assert resp.json()["error"]["message"] == "method POST not allowed here (allowed: GET)"
