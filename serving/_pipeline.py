@@ -54,14 +54,13 @@ from ._page import StoreRecheck, pick_page
 from ._stages import (
     LogServed,
     Parts,
-    explained,
     read_member,
     request_ranking,
     run_sources,
     served_list,
 )
 from ._tasks import settle
-from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations
+from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations, explained
 from ._writes import Writes
 
 if TYPE_CHECKING:  # torch: loaded on the first query encoding, not on import
@@ -212,11 +211,7 @@ class Discovery:
             cs = await self.candidates(plan)
             filled = await fill_page(plan, cs, self.fill, self.caps, self.parts.filters)
             if not cs.candidates:  # nothing eligible: an answer (empty), not a failure
-                timings = {**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())}
-                block = explained(plan, cs, None, [], timings) if explain else None
-                empty = Recommendations.empty(
-                    plan, cs, (plan.artifacts or self.artifacts).name, block
-                )
+                empty = Recommendations.empty(plan, cs, (plan.artifacts or self.artifacts).name)
                 for effect in self.parts.side_effects:
                     effect.after(plan, empty)
                 return empty

@@ -373,29 +373,3 @@ async def run_sources(
         seen.update(c.id for c in other.candidates)
         first.errors.update(other.errors)
     return first, ms
-
-
-def explained(
-    plan: CandidatePlan,
-    cs: CandidateSet,
-    trace: Any,
-    items: Sequence[Any],
-    timings: Mapping[str, float],
-) -> dict[str, Any]:
-    """The explain block of an answer: the candidate stage's sources, the filters' drops and
-    each rerank step's trace for the shown ``items`` (no step when nothing was ranked,
-    ``trace`` None: an empty page has the same keys as any other)."""
-    return {
-        "surface": plan.request.surface,
-        "requested_surface": plan.requested_surface,
-        "template_version": cs.template_version,
-        "rendered": cs.rendered,
-        "took_ms": cs.took_ms,
-        "source_took_ms": cs.source_took,
-        "source_errors": cs.errors,
-        "skipped_sources": cs.skipped,
-        "candidates": len(cs.candidates),
-        "filtered": dict(plan.filtered),
-        "rerank": trace.to_dict([r.id for r in items]) if trace is not None else {"steps": []},
-        "timings_ms": {k: round(v, 2) for k, v in timings.items()},
-    }

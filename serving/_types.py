@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +29,7 @@ __all__ = [
     "Recommendation",
     "Recommendations",
     "candidate_k",
+    "explained",
 ]
 
 #: candidates fetched per requested item (the reranker needs room to diversify and balance)
@@ -135,26 +137,48 @@ class Recommendations:
                 rec["candidates"] = {i: a for i, a in named.items() if i in shown}
 
     @classmethod
-    def empty(
-        cls,
-        plan: CandidatePlan,
-        cs: CandidateSet,
-        artifacts: str,
-        explain: dict[str, Any] | None = None,
-    ) -> Recommendations:
-        """The answer of a request with no eligible candidate (``artifacts``: their name;
-        ``explain``: its explain block, when asked)."""
+    def empty(cls, plan: CandidatePlan, cs: CandidateSet, artifacts: str) -> Recommendations:
+        """The answer of a request with no eligible candidate (``artifacts``: their name);
+        its explain block has the keys of any other."""
+        explain = plan.request.explain
+        timings = {**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())}
         return cls(
             items=[],
             degraded=cs.degraded,
             source_errors=dict(cs.errors),
             version=f"{cs.template_version}+{artifacts}",
             surface=plan.request.surface,
-            explain=explain,
-            timings_ms={**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())},
-            candidate_set=cs if explain is not None else None,
+            explain=explained(plan, cs, None, [], timings) if explain else None,
+            timings_ms=timings,
+            candidate_set=cs if explain else None,
         )
 
     @property
     def ids(self) -> list[str]:
         return [r.id for r in self.items]
+
+
+def explained(
+    plan: CandidatePlan,
+    cs: CandidateSet,
+    trace: Any,
+    items: Sequence[Any],
+    timings: Mapping[str, float],
+) -> dict[str, Any]:
+    """The explain block of an answer: the candidate stage's sources, the filters' drops and
+    each rerank step's trace for the shown ``items`` (no step when nothing was ranked,
+    ``trace`` None: an empty page has the keys of any other)."""
+    return {
+        "surface": plan.request.surface,
+        "requested_surface": plan.requested_surface,
+        "template_version": cs.template_version,
+        "rendered": cs.rendered,
+        "took_ms": cs.took_ms,
+        "source_took_ms": cs.source_took,
+        "source_errors": cs.errors,
+        "skipped_sources": cs.skipped,
+        "candidates": len(cs.candidates),
+        "filtered": dict(plan.filtered),
+        "rerank": trace.to_dict([r.id for r in items]) if trace is not None else {"steps": []},
+        "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+    }

@@ -15,11 +15,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import uvicorn
 from http_faults import FaultyHttpProxy
 from tcp_faults import TcpProxy
 
 from opendisco import Settings
-from opendisco.api import create_app
+from opendisco.api import create_app, uvicorn_options
 
 __all__ = [
     "TcpProxy",
@@ -29,6 +30,7 @@ __all__ = [
     "serve",
     "serve_faulty",
     "start_serve",
+    "uvicorn_served",
     "wait_fallback",
 ]
 
@@ -42,6 +44,29 @@ async def serve(settings: Settings, discovery: Any = None) -> AsyncIterator[http
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_served(
+    settings: Settings, timeout_s: float = 30.0, **config: Any
+) -> AsyncIterator[tuple[uvicorn.Server, httpx.AsyncClient]]:
+    """The app served by uvicorn on a loopback port, on this event loop, as ``opendisco
+    serve`` runs it (``config``: uvicorn options on top), and a client of it."""
+    port = free_port()
+    app = create_app(settings.model_copy(update={"api_gc_freeze": False}))
+    opts = {"host": "127.0.0.1", "port": port, "log_level": "warning", "lifespan": "on"}
+    server = uvicorn.Server(uvicorn.Config(app, **(opts | uvicorn_options() | config)))
+    task = asyncio.ensure_future(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), "the API did not start"
+            await asyncio.sleep(0.02)
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=timeout_s) as client:
+            yield server, client
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
 
 
 async def wait_fallback(client: Any) -> None:

@@ -19,12 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from api_support import free_port, h, server_receive
+from api_support import h, server_receive, uvicorn_served
 from tcp_faults import command_on, store_proxy
 
 from opendisco import Settings, clients
-from opendisco.api import create_app
 from opendisco.api._admission import Admission
 from opendisco.api._edge import Edge
 from opendisco.signals import SERVED_LISTS
@@ -47,7 +45,6 @@ async def _one_slot(
     """The app served by uvicorn on a loopback port, on this event loop (its store proxy
     too), one request at a time and a queue that waits as long as the slot is held; its port
     and a client of it, once a member's list was served (``read`` cached, the pipeline warm)."""
-    port = free_port()
     update = {
         "mongo_url": mongo_url,
         "api_key_cache_s": 600.0,
@@ -55,24 +52,11 @@ async def _one_slot(
         "api_max_concurrency": 1,
         "api_adaptive_concurrency": False,
         "api_queue_timeout_ms": 20_000,
-        "api_gc_freeze": False,
     }
-    app = create_app(settings.model_copy(update=update))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.ensure_future(server.serve())
-    try:
-        while not server.started:
-            assert not task.done(), "the API did not start"
-            await asyncio.sleep(0.02)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            r = await client.get("/v1/users/u1/recommendations?k=5", headers=h(read))
-            assert r.status_code == 200, r.text
-            yield port, client
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
+    async with uvicorn_served(settings.model_copy(update=update), 60) as (server, client):
+        r = await client.get("/v1/users/u1/recommendations?k=5", headers=h(read))
+        assert r.status_code == 200, r.text
+        yield server.config.port, client
 
 
 async def test_a_request_whose_client_left_while_queued_is_not_worked_out(

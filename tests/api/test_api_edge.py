@@ -9,38 +9,14 @@ import contextlib
 import gzip
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from api_support import free_port, h, proxied
+from api_support import h, proxied, uvicorn_served
 
 from opendisco import Settings
-from opendisco.api import BoundedHttpTools, create_app, uvicorn_options
-
-
-@contextlib.asynccontextmanager
-async def _served(
-    settings: Settings, **config: Any
-) -> AsyncIterator[tuple[uvicorn.Server, httpx.AsyncClient]]:
-    """``settings``' app served by uvicorn as ``opendisco serve`` runs it (``config``: options
-    on top) and a client of it."""
-    port = free_port()
-    app = create_app(settings.model_copy(update={"api_gc_freeze": False}))
-    opts = {"host": "127.0.0.1", "port": port, "log_level": "warning", "lifespan": "on"}
-    server = uvicorn.Server(uvicorn.Config(app, **(opts | uvicorn_options() | config)))
-    task = asyncio.ensure_future(server.serve())
-    try:
-        while not server.started:
-            assert not task.done(), "the API did not start"
-            await asyncio.sleep(0.02)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield server, client
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
+from opendisco.api import BoundedHttpTools
 
 
 async def test_a_request_still_running_when_the_stop_grace_ends_is_answered_503(
@@ -51,7 +27,7 @@ async def test_a_request_still_running_when_the_stop_grace_ends_is_answered_503(
     engine, _, settings = await proxied(api_settings, api_deadline_ms=60_000)
     path = "/v1/users/u1/recommendations?k=5"
     try:
-        async with _served(settings, timeout_graceful_shutdown=0.5) as (server, client):
+        async with uvicorn_served(settings, timeout_graceful_shutdown=0.5) as (server, client):
             assert (await client.get(path, headers=h(keys["read"]))).status_code == 200
             engine.pause()
             pending = asyncio.ensure_future(client.get(path, headers=h(keys["read"])))
@@ -90,7 +66,7 @@ def _status_and_body(raw: bytes) -> tuple[int, dict[str, Any]]:
 async def test_a_request_head_over_its_bounds_is_refused_431(api_settings: Settings) -> None:
     # before: uvicorn's httptools protocol read any head (a 50 MB field: 200, the process
     # 50 MB larger while it did; 200,000 fields: 200)
-    async with _served(api_settings) as (server, client):
+    async with uvicorn_served(api_settings) as (server, client):
         port = server.config.port
         big = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
         status, body = _status_and_body(await _exchange(port, big))
@@ -119,7 +95,7 @@ async def test_a_head_that_does_not_arrive_in_time_has_its_connection_closed(
     # before: a head sent a field a second, or never finished, held its connection for as
     # long as its client liked (60 s measured), and so did a connection that sent nothing
     monkeypatch.setattr(BoundedHttpTools, "head_timeout_s", 0.5)
-    async with _served(api_settings) as (server, _):
+    async with uvicorn_served(api_settings) as (server, _):
         port = server.config.port
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         t0 = time.monotonic()
@@ -148,7 +124,7 @@ async def test_a_body_not_sent_as_json_is_refused_415_and_an_unreadable_one_400_
     # error parsing the body"
     raw = json.dumps({"events": [{"id": "x"}]}).encode()
     json_type = {"Content-Type": "application/json"}
-    async with _served(api_settings) as (_, client):
+    async with uvicorn_served(api_settings) as (_, client):
 
         async def post(body: bytes, headers: dict[str, str]) -> httpx.Response:
             return await client.post("/v1/events", content=body, headers=h(keys["write"]) | headers)
@@ -181,7 +157,7 @@ async def test_a_query_parameter_given_twice_is_422_naming_it(
     # before: the last one was read (``?k=1&k=100``: 100 items; ``q=a&q=b``: a search for b),
     # where a proxy, a cache key or a log may read the first
     read = h(keys["read"])
-    async with _served(api_settings) as (_, client):
+    async with uvicorn_served(api_settings) as (_, client):
         for path, name in [
             ("/v1/users/u1/recommendations?k=2&k=3", "k"),
             ("/v1/search?q=a&q=b", "q"),
@@ -218,7 +194,7 @@ async def test_an_empty_page_explains_itself_as_the_pages_before_it(
     admin = h(keys["admin"])
     pages: list[dict[str, Any]] = []
     cursor: str | None = None
-    async with _served(api_settings) as (_, client):
+    async with uvicorn_served(api_settings) as (_, client):
         while not pages or pages[-1]["items"]:
             assert len(pages) < 6, [len(p["items"]) for p in pages]
             params = {"k": 100, "explain": "true"} | ({"cursor": cursor} if cursor else {})
@@ -240,7 +216,7 @@ async def test_head_is_answered_on_the_ops_endpoints_and_refused_on_the_reads_sa
 ) -> None:
     # before: HEAD /metrics was a 405 (a monitor's probe read as down), and a read's 405 said
     # only "Method Not Allowed"
-    async with _served(api_settings) as (_, client):
+    async with uvicorn_served(api_settings) as (_, client):
         for probe in ("/healthz", "/readyz", "/metrics"):
             head = await client.head(probe)
             assert head.status_code == 200 and not head.content, (probe, head.status_code)
