@@ -249,6 +249,8 @@ class Edge:
         ready: list[Message] = []  # the client's messages read here, replayed to the app
         if _declares_body(scope):
             try:
+                if scope["method"] in ("GET", "HEAD"):  # not read: up to the limit each, before
+                    raise BodyTooLarge(f"a {scope['method']} request takes no body")
                 length = _declared_length(scope)
                 if length is not None and length > self.max_body_bytes:
                     raise BodyTooLarge(f"request body larger than {self.max_body_bytes} bytes")

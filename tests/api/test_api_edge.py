@@ -229,3 +229,22 @@ async def test_head_is_answered_on_the_ops_endpoints_and_refused_on_the_reads_sa
         assert resp.json()["error"]["message"] == "method PATCH not allowed here (allowed: GET)"
         resp = await client.post("/v1/users/u1/recommendations", headers=h(keys["read"]))
         assert resp.json()["error"]["message"] == "method POST not allowed here (allowed: GET)"
+
+
+async def test_a_read_that_sends_a_body_is_refused_before_it_is_read(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    # before: a GET's body was read in full (up to api_max_body_bytes, 8 MB, held in memory
+    # per request before admission), then ignored: 200
+    async with uvicorn_served(api_settings) as (_, client):
+        resp = await client.request(
+            "GET",
+            "/v1/users/u1/recommendations?k=2",
+            content=b"x" * 1_000_000,
+            headers=h(keys["read"]),
+        )
+        assert resp.status_code == 413, resp.text
+        assert resp.json()["error"]["message"] == "a GET request takes no body"
+        assert resp.headers["Connection"] == "close"
+        resp = await client.get("/v1/users/u1/recommendations?k=2", headers=h(keys["read"]))
+        assert resp.status_code == 200, resp.text
