@@ -151,12 +151,16 @@ CursorQ = Annotated[
         description="next_cursor of the previous page (opaque, signed).",
     ),
 ]
+#: a query text: not blank, and no control character but tab, newline and carriage return (a
+#: NUL or an escape went to the engine and into the served-list log: 200)
+_TEXT = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+QUERY_PATTERN = rf"^{_TEXT}*[^\s\x00-\x1f\x7f]{_TEXT}*$"
 QueryQ = Annotated[
     str,
     Query(
         min_length=1,
         max_length=1000,
-        pattern=r"[^\s\x1c-\x1f]",  # not blank
-        description="Query text (not blank).",
+        pattern=QUERY_PATTERN,
+        description="Query text (not blank, no control characters).",
     ),
 ]

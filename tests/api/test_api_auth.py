@@ -80,6 +80,9 @@ async def test_scopes_are_enforced_with_403(api: Any, keys: dict[str, str]) -> N
         "/v1/search?q=",
         "/v1/search?q=%20%20",
         "/v1/search?q=" + "a" * 1001,
+        "/v1/search?q=a%00b",  # control characters: 200 before, sent to the engine
+        "/v1/search?q=a%1B%5B2J",
+        "/v1/search?q=%1C%7F",
     ],
 )
 async def test_invalid_input_is_422(api: Any, keys: dict[str, str], path: str) -> None:
