@@ -133,6 +133,9 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     rid = request_id(request)
     message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":  # routing's: no such path
+        # the path as routed: an id's %2F is a slash there (another path; ids have none)
+        message = f"no route for {request.method} {request.url.path[:200]}"
     if exc.status_code == 405:  # which method, and what to use
         allowed = (exc.headers or {}).get("Allow", "")
         message = f"method {request.method} not allowed here (allowed: {allowed})"

@@ -171,6 +171,9 @@ async def test_a_query_parameter_given_twice_is_422_naming_it(
         assert (await client.get("/v1/search?q=a&k=2", headers=read)).status_code == 200
         # the key comes first (401), as for every invalid parameter
         assert (await client.get("/v1/search?q=a&q=b")).status_code == 401
+        resp = await client.get("/v1/users/u%2F1/recommendations", headers=read)
+        assert resp.status_code == 404, resp.text  # before: only "Not Found"
+        assert resp.json()["error"]["message"] == "no route for GET /v1/users/u/1/recommendations"
         # ids and numbers outside what the API reads: 4xx, never 5xx
         for path in [
             "/v1/users/u%2F1/recommendations",  # a slash: another path, no route
