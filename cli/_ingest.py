@@ -168,7 +168,8 @@ def sync_cmd(settings: Settings, once: bool, reconcile: bool, log_level: str) ->
 def _reconcile_line(report: Any) -> str:
     return (
         f"reconciled: {report.missing} missing, {report.behind} behind, {report.gone} "
-        f"hard-deleted, {report.unversioned} without a version, {report.ahead} ahead (left); "
+        f"hard-deleted, {report.unversioned} without a version, "
+        f"{report.ahead} ahead (newer than MongoDB: removed); "
         f"{report.indexed} indexed, {report.deleted} deleted, {_letters(report)} "
         f"in {report.took_s:.1f}s"
     )

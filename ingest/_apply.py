@@ -73,7 +73,14 @@ class Counters:
 
 class Applied:
     """Bounded memory of ``id → newest version`` already applied by this process: re-reads
-    of the same version (polling overlap windows, a reindex's catch-up) skip them."""
+    of the same version (polling overlap windows, a reindex's catch-up) skip them.
+
+    A read *older* than the memory is not skipped, and the memory forgets the newer version:
+    MongoDB's versions went back (restored from a backup, a document deleted and created
+    again at version 1), and the later writes of that older line — version 2, 3, … up to the
+    remembered one — are changes to apply, not re-reads (the engine answers a 409 while it
+    holds the newer copy: no older write lands over it).
+    """
 
     def __init__(self, max_items: int = 100_000) -> None:
         self.max_items = max_items
@@ -89,8 +96,10 @@ class Applied:
                 continue
             known, version = self._versions[key], _marker(doc)
             if isinstance(version, int) and isinstance(known, int):
-                if known >= version:
+                if known == version:
                     continue
+                if known > version:  # went back: remember this line's versions from now
+                    del self._versions[key]
             elif known == version:  # no usable version: the same invalid value again
                 continue
             out.append(doc)
@@ -108,6 +117,11 @@ class Applied:
             self._versions.move_to_end(key)
         while len(self._versions) > self.max_items:
             self._versions.popitem(last=False)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the memory of these ids (their indexed copy was removed: apply them again)."""
+        for key in keys:
+            self._versions.pop(key, None)
 
     def clear(self) -> None:
         self._versions.clear()

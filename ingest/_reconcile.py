@@ -17,7 +17,16 @@ and repairs, through the ordinary external-versioned apply path:
   ``_id $in`` read of ``dead_letters`` per page), so it is counted as
   ``already_dead_lettered``, not as ``missing``, and not applied again;
 * in the index while MongoDB's copy has no usable ``version``: dead-lettered and removed;
-* the index newer than MongoDB (a version went backwards): counted as ``ahead``, left alone.
+* the index newer than MongoDB (a version went backwards: MongoDB restored from a backup, a
+  document deleted and created again at version 1, a migration that rewrote it): counted as
+  ``ahead`` and, once a point read confirms MongoDB's copy is still older than the indexed
+  one, the indexed copy is deleted at the version the scan read + 1 — a 409 when the index
+  moved on since (a newer write of MongoDB's is there: left alone). An external version can
+  only go up, so MongoDB's older copy cannot be written over it: the engine keeps the
+  delete's tombstone ``index.gc_deletes`` (60 s), then the document reads as ``missing`` and
+  a later pass applies MongoDB's copy at its own version. Meanwhile the document is absent
+  (never the stale copy the engine held: a member made unavailable at version 1 after
+  version 5 was indexed is no longer served anywhere).
 
 Then the open dead letters of the partitions are swept (``_letters.sweep``): those whose
 document is gone, tombstoned or indexed at their version are resolved
@@ -68,13 +77,13 @@ class ReconcileReport(Counters):
     behind: int = 0  # the index holds an older version
     gone: int = 0  # in the index, deleted from MongoDB (hard delete)
     unversioned: int = 0  # in the index, MongoDB's copy has no usable version
-    ahead: int = 0  # the index holds a newer version than MongoDB (not repaired)
+    ahead: int = 0  # the index holds a newer version than MongoDB (its copy removed)
     partitions: list[int] = field(default_factory=list)  # the partitions compared
     took_s: float = 0.0
 
     @property
     def repairs(self) -> int:
-        return self.missing + self.behind + self.gone + self.unversioned
+        return self.missing + self.behind + self.gone + self.unversioned + self.ahead
 
 
 def _version(doc: dict[str, Any]) -> int | None:
@@ -145,6 +154,7 @@ class _Repairs:
         self.apply: list[str] = []  # read and apply MongoDB's current copy
         self.remove: list[str] = []  # delete at the index's version + 1 unless back in MongoDB
         self.missing: dict[str, int | None] = {}  # of apply: absent from the index, at version
+        self.regressed: dict[str, int] = {}  # the index ahead of MongoDB: id → indexed version
 
     async def add(
         self,
@@ -153,6 +163,7 @@ class _Repairs:
         remove: str | None = None,
         missing: bool = False,
         version: int | None = None,
+        regressed: tuple[str, int] | None = None,
     ) -> None:
         if apply is not None:
             self.apply.append(apply)
@@ -160,10 +171,14 @@ class _Repairs:
                 self.missing[apply] = version
         if remove is not None:
             self.remove.append(remove)
-        if len(self.apply) + len(self.remove) >= self.syncer.settings.sync_batch_size:
+        if regressed is not None:
+            self.regressed[regressed[0]] = regressed[1]
+        pending = len(self.apply) + len(self.remove) + len(self.regressed)
+        if pending >= self.syncer.settings.sync_batch_size:
             await self.flush()
 
     async def flush(self) -> None:
+        await self._unwind()
         refused = await self._refused()
         ids, removals = [k for k in self.apply if k not in refused] + self.remove, set(self.remove)
         self.apply, self.remove = [], []
@@ -181,6 +196,32 @@ class _Repairs:
         self.guard()  # still the holder of these partitions
         batch = ChangeBatch(docs=docs, hard_deletes=deletes)
         self.report.add(await self.syncer.apply(batch, fresh_only=False))
+
+    async def _unwind(self) -> None:
+        """Delete the indexed copies newer than MongoDB's, at the version the scan read + 1,
+        those MongoDB still holds at an older version now (read again: a write since the scan
+        may have caught up, and its copy in the index is MongoDB's)."""
+        regressed, self.regressed = self.regressed, {}
+        if not regressed:
+            return
+        current = await _read(items_collection(self.syncer.db, self.syncer.settings), regressed)
+        actions = [
+            Action("delete", k, indexed + 1, settles="").with_data()
+            for k, indexed in regressed.items()
+            if k in current and (_version(current[k]) or 0) < indexed
+        ]
+        if not actions:
+            return
+        self.guard()  # still the holder of these partitions
+        self.syncer.applied.forget(a.id for a in actions)  # sync may apply MongoDB's copy
+        counters = await write(
+            Prepared(actions=actions),
+            self.syncer.writer,
+            self.syncer.db,
+            source="reconcile",
+            seen=len(actions),
+        )
+        self.report.add(counters)
 
     async def _refused(self) -> set[str]:
         """The missing ids whose dead letter is open at their version (refused already)."""
@@ -248,6 +289,7 @@ async def reconcile(
                 await repairs.add(apply=key)
             elif version < indexed:
                 report.ahead += 1
+                await repairs.add(regressed=(key, indexed))
             m, x = await anext(mongo, None), await anext(index, None)
     await repairs.flush()
     report.dead_letters_resolved += await sweep(

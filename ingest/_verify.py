@@ -4,8 +4,11 @@ Expected: every MongoDB item that validates and is not a tombstone, at its ``ver
 the content hash of the document we would build (with its trained behaviour vector: a vector
 the engine has not received yet shows as ``mismatched``). Reported: ``missing`` (expected, absent),
 ``extra`` (present, not expected: deleted, tombstoned or invalid in MongoDB), ``stale``
-(present at another version) and ``mismatched`` (right version, but the stored content hash
-differs from MongoDB's, or the stored fields no longer hash to the stored hash). Also counted:
+(present at another version; ``ahead`` counts those the index holds at a *newer* version
+than MongoDB's — versions went back: a restore, a re-created document — which ``verify
+--repair`` removes, see ``_reconcile``) and ``mismatched`` (right version, but the stored
+content hash differs from MongoDB's, or the stored fields no longer hash to the stored
+hash). Also counted:
 ``open_dead_letters``, the refusals of this collection still waiting for a fix (``invalid``
 counts the invalid documents MongoDB holds now; neither is a difference of the index), and
 ``partial_builds``: the alias's ``building`` indices behind no alias, left by rebuilds that
@@ -71,6 +74,11 @@ class VerifyReport:
         return len(self.missing) + len(self.extra) + len(self.stale) + len(self.mismatched)
 
     @property
+    def ahead(self) -> int:
+        """The stale documents the index holds at a newer version than MongoDB's."""
+        return sum(1 for _, version, indexed in self.stale if indexed > version)
+
+    @property
     def ok(self) -> bool:
         return self.differences == 0
 
@@ -78,7 +86,8 @@ class VerifyReport:
         return (
             f"{self.alias}: mongo={self.mongo_items} expected={self.expected} "
             f"indexed={self.indexed} invalid={self.invalid} missing={len(self.missing)} "
-            f"extra={len(self.extra)} stale={len(self.stale)} mismatched={len(self.mismatched)} "
+            f"extra={len(self.extra)} stale={len(self.stale)} ahead={self.ahead} "
+            f"mismatched={len(self.mismatched)} "
             f"profiles_disagreeing={len(self.profiles_disagreeing)}"
             + (f" {self.disagreeing_fields}" if self.disagreeing_fields else "")
             + f" open_dead_letters={self.open_dead_letters} "
