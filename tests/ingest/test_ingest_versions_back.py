@@ -122,6 +122,24 @@ async def test_a_regression_mongodb_caught_up_with_during_the_scan_is_left_alone
     assert p5["_version"] == 6 and p5["_source"]["title"] == "Caught up"
 
 
+async def test_a_reindex_after_a_restore_serves_mongodb_copies(
+    ingest_settings: Settings, embedder: Embedder, at_5: tuple[Any, Any]
+) -> None:
+    """The restore procedure's rebuild (docs/operations.md): also the copies reconciliation
+    cannot see, their version gone back and up again to the indexed one with other content."""
+    coll, client = at_5
+    old = now_ms() - timedelta(days=1)
+    coll.update_one({"_id": "p5"}, {"$set": {"version": 1, "available": False, "updated_at": old}})
+    coll.update_one({"_id": "p6"}, {"$set": {"title": "Restored, then edited up to 5"}})
+    before = await verify(ingest_settings, client=client)
+    assert (before.ahead, before.mismatched) == (1, ["p6"]), before.summary()
+    await reindex(ingest_settings, client=client, embedder=embedder)
+    after = await verify(ingest_settings, client=client)
+    assert after.ok, after.summary()
+    p5 = await client.get(index=ingest_settings.index_alias, id="p5")
+    assert p5["_version"] == 1 and p5["_source"]["available"] is False
+
+
 def test_a_sync_worker_applies_the_writes_after_its_versions_went_back() -> None:
     """A worker that applied p5 at version 5 reads it at 1, then 2, after a restore: those
     are changes (the engine refuses them while it holds 5, and takes them once reconcile
