@@ -18,15 +18,16 @@ complete, nor to a connection that sends nothing). Here:
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from opendisco._exceptions import HeadTooLarge, http_status
+from opendisco._exceptions import HeadTooLarge
 
 from ._app import REQUESTS_GRACE_S
+from ._errors import error_response
 
 __all__ = ["BoundedHttpTools", "uvicorn_options"]
 
@@ -110,23 +111,15 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._refuse(self._refusal)
 
     def _refuse(self, exc: HeadTooLarge) -> None:
-        """The API's error body for ``exc`` (431), written raw, and the connection closed: the
-        head was not read, so neither is anything after it."""
+        """The API's error answer for ``exc`` (``_errors.error_response``: its status, headers
+        and body, as every error's), written raw, and the connection closed: the head was not
+        read, so neither is anything after it."""
         self._stop_head_timer()
-        rid = uuid.uuid4().hex
-        body = json.dumps(
-            {"request_id": rid, "error": {"type": type(exc).__name__, "message": str(exc)}}
-        ).encode()
-        status = http_status(exc)
-        head = (
-            f"HTTP/1.1 {status} Request Header Fields Too Large\r\n"
-            "content-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n"
-            f"x-request-id: {rid}\r\n"
-            "connection: close\r\n\r\n"
-        )
+        resp = error_response(exc, uuid.uuid4().hex)
+        head = [f"HTTP/1.1 {resp.status_code} {HTTPStatus(resp.status_code).phrase}".encode()]
+        head += [k + b": " + v for k, v in resp.raw_headers] + [b"connection: close", b"", b""]
         self.logger.warning("request refused: %s", exc)
-        self.transport.write(head.encode() + body)
+        self.transport.write(b"\r\n".join(head) + resp.body)
         # a lingering close: what the client still sends is discarded for a moment, so the
         # answer is not lost to a reset (a close with unread data resets the connection)
         self._discarding = True

@@ -58,9 +58,12 @@ async def _exchange(port: int, head: bytes, wait_s: float = 5.0) -> bytes:
         writer.close()
 
 
-def _status_and_body(raw: bytes) -> tuple[int, dict[str, Any]]:
+def _answer(raw: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The status, JSON body and header fields (lower-cased names) of a raw answer."""
     head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+    return int(status_line.split()[1]), json.loads(body), headers
 
 
 async def test_a_request_head_over_its_bounds_is_refused_431(api_settings: Settings) -> None:
@@ -69,14 +72,20 @@ async def test_a_request_head_over_its_bounds_is_refused_431(api_settings: Setti
     async with uvicorn_served(api_settings) as (server, client):
         port = server.config.port
         big = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
-        status, body = _status_and_body(await _exchange(port, big))
+        status, body, headers = _answer(await _exchange(port, big))
         assert status == 431, body
-        assert body["error"] == {
-            "type": "HeadTooLarge",
-            "message": f"request head larger than {BoundedHttpTools.max_head_bytes} bytes",
+        # the shape of every error body (``detail`` too), its id in the header
+        assert body == {
+            "request_id": headers["x-request-id"],
+            "error": {
+                "type": "HeadTooLarge",
+                "message": f"request head larger than {BoundedHttpTools.max_head_bytes} bytes",
+                "detail": None,
+            },
         }
+        assert headers["connection"] == "close"
         many = b"".join(b"X-%d: a\r\n" % i for i in range(BoundedHttpTools.max_headers + 1))
-        status, body = _status_and_body(
+        status, body, _ = _answer(
             await _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n")
         )
         assert status == 431, body
