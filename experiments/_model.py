@@ -105,6 +105,21 @@ def _whole_buckets(value: float, info: ValidationInfo) -> float:
     return value
 
 
+def _within_when_new(lo: float, hi: float) -> AfterValidator:
+    """A design bound checked when an experiment is created, not when a stored one is read:
+    an experiment a version without the bound stored stays readable (a running one that
+    became unreadable would drop its members out of their arms mid-experiment)."""
+
+    def check(value: float, info: ValidationInfo) -> float:
+        if info.context and info.context.get("stored"):
+            return value
+        if not lo <= value <= hi:
+            raise ValueError(f"must be within [{lo:g}, {hi:g}], got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
 #: an experiment's share of its layer's members: a JSON number in [1e-4, 1], whole buckets
 Traffic = Annotated[
     float,
@@ -187,10 +202,12 @@ class Design(_Strict):
     #: cross-cell spillovers (r₀₁ − r₀₀) + (r₁₀ − r₀₀); 0 is the plain interpolation
     #: (bounded: past a few the spillover term is the estimate; a huge k overflowed it to
     #: infinity, a readout no store keeps)
-    tsri_k: float = Field(0.0, ge=0, le=MAX_TSRI_K, strict=True)
+    tsri_k: Annotated[float, Field(ge=0, strict=True), _within_when_new(0, MAX_TSRI_K)] = 0.0
     #: cluster: Louvain resolution (lower = fewer, larger clusters) and the graph's window
     #: (bounded: a date cannot go back further than year 1, MongoDB stores 8-byte ints)
-    resolution: float = Field(1.0, ge=MIN_RESOLUTION, le=MAX_RESOLUTION, strict=True)
+    resolution: Annotated[
+        float, Field(gt=0, strict=True), _within_when_new(MIN_RESOLUTION, MAX_RESOLUTION)
+    ] = 1.0
     graph_days: int = Field(30, ge=1, le=MAX_DAYS, strict=True)
     #: switchback: the member field naming the region (a top-level field of ``users``: it
     #: is projected from there), the period and the burn-in dropped
@@ -202,7 +219,7 @@ class Design(_Strict):
     #: units of similar pre-period size and outcome rate, taken at start (clusters;
     #: switchback regions, in every period): :mod:`~opendisco.experiments._strata`
     #: (bounded: past MongoDB's 8-byte ints the create failed with a traceback)
-    strata: int = Field(0, ge=0, le=MAX_STRATA, strict=True)
+    strata: Annotated[int, Field(ge=0, strict=True), _within_when_new(0, MAX_STRATA)] = 0
 
     @model_validator(mode="after")
     def _burn_in_shorter(self) -> Design:

@@ -165,6 +165,25 @@ def test_experiment_document_round_trip() -> None:
     assert exp.to_doc()["_id"] == "e1"
 
 
+@pytest.mark.parametrize(
+    "design",
+    [
+        {"kind": "cluster", "resolution": 0.005},
+        {"kind": "cluster", "strata": 200_000},
+        {"kind": "two_sided", "tsri_k": 50.0},
+    ],
+)
+def test_a_stored_design_past_a_later_bound_stays_readable(design: dict[str, object]) -> None:
+    """The design bounds hold at create; an experiment stored before them is read as stored
+    (unreadable, a running experiment's members would leave their arms mid-experiment)."""
+    traffic = {"traffic": 1.0} if design["kind"] == "cluster" else {}
+    stored = {"_id": "e1", "arms": ARMS, "offset": 0, "design": design, **traffic}
+    with pytest.raises(ValidationError, match="must be within"):
+        _exp(design=design, **traffic)
+    field = next(k for k in design if k != "kind")
+    assert getattr(Experiment.from_doc(stored).design, field) == design[field]
+
+
 def test_no_arm_reaches_the_hard_rule_parameters() -> None:
     """Defence in depth: an arm that skipped validation (built in code, or a stored document
     from an older version) still cannot override what every request sets — the served
