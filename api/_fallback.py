@@ -34,7 +34,8 @@ none was ever stored or it cannot be read).
 When MongoDB cannot be read either (or nothing safe is left) there is no safe answer:
 :class:`~opendisco.Overloaded` → 503 + Retry-After. Never an unfiltered list. A member whose
 own preferences admit no profile (no ``users`` document: deleted, never written) gets an
-empty answer, as the served path gives them (``HardRules.admits_no_profile``).
+empty answer where the lists hold only profiles, as the served path gives them
+(``HardRules.admits_none_of``).
 
 **Filling a short page** (:meth:`Fallback.fill`, the served pipeline's ``Discovery.fill``). When
 a candidate source failed and the others left fewer eligible candidates than the page (one
@@ -361,7 +362,7 @@ class Fallback:
         near = self._served_to_cap(picked)
         picked = [r for r in picked if r.id not in near]
         unchecked = [] if capped is not None and caps_fresh else [Rule.EXPOSURE_CAP.value]
-        if not picked and rules.admits_no_profile:  # the served answer holds none either
+        if not picked and rules.admits_none_of(r.item for r in pool):  # nor the served one
             return FallbackAnswer([], version, source, unchecked, counted=True)
         if not picked:
             raise Overloaded("no safe degraded answer for this member", 2.0)

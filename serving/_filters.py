@@ -246,6 +246,12 @@ class HardRules:
         no_age = max(lo, AGE_DOMAIN[0]) > min(hi, AGE_DOMAIN[1])
         return self.member and (self.pref_genders == frozenset([NO_GENDER]) or no_age)
 
+    def admits_none_of(self, items: Iterable[Mapping[str, Any]]) -> bool:
+        """Whether these items hold nothing this member's own preferences could admit: the
+        member admits no profile and every item is, or may be, a profile (an empty answer is
+        then the answer; a catalogue with other kinds holds items they could be shown)."""
+        return self.admits_no_profile and all(maybe_profile(it.get("kind")) for it in items)
+
     def with_capped(self, capped: Iterable[str] | None) -> HardRules:
         return replace(self, capped_ids=None if capped is None else frozenset(capped))
 

@@ -106,6 +106,11 @@ def test_unknown_gender_or_age_cannot_meet_stated_preferences() -> None:
         "u5", {"pref_age_min": 40, "pref_age_max": 30}, None, None
     ).admits_no_profile
     assert not HardRules.anonymous().admits_no_profile
+    # an empty answer is the answer only where every item is (or may be) a profile: a
+    # degraded page out of a catalogue with movies is no answer when all were filtered
+    assert nobody.admits_none_of([_profile(), {"kind": None}, {"kind": "Profile"}])
+    assert not nobody.admits_none_of([_profile(), {"kind": "movie"}])
+    assert not HardRules.for_member("u5", {}, None, None).admits_none_of([_profile()])
     ageless = _rules(age=None)
     assert ageless.broken("x", _profile()) is Rule.ELIGIBILITY
     assert ageless.allows("x", _profile(pref_age_min=None, pref_age_max=None))
