@@ -54,10 +54,13 @@ CLIENT_GONE = 499
 
 
 def _declares_body(scope: Scope) -> bool:
-    return any(
-        (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding"
-        for k, v in scope["headers"]
-    )
+    """Whether the request says a body follows: chunked, or a length that is not zero (``0``,
+    ``00`` and an empty value say none)."""
+    headers = scope["headers"]
+    if any(k == b"transfer-encoding" for k, _ in headers):
+        return True
+    raw = next((v.strip() for k, v in headers if k == b"content-length"), None)
+    return raw is not None and raw != b"" and _declared_length(scope) != 0
 
 
 def _declared_length(scope: Scope) -> int | None:
