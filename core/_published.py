@@ -32,6 +32,7 @@ Use::
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -44,7 +45,7 @@ from pymongo.errors import DuplicateKeyError
 from ._backend import backend_errors
 from ._exceptions import StoreBackendError
 from ._settings import Settings
-from ._store import lease
+from ._store import age_s, lease
 
 __all__ = ["CURRENT", "Draft", "Followed", "Generations", "behaviour_models"]
 
@@ -137,10 +138,14 @@ class Generations:
         out = []
         for r in pointer.get("retired") or ():
             at = r.get("at") if isinstance(r, Mapping) else None
-            if isinstance(at, datetime) and isinstance(r.get("collection"), str):
+            # dated ahead (another host's clock): kept, a reader may follow it
+            if (
+                isinstance(at, datetime)
+                and isinstance(r.get("collection"), str)
+                and age_s(at, now, ahead_s=math.inf) < self.keep_s
+            ):
                 at = at if at.tzinfo else at.replace(tzinfo=UTC)
-                if (now - at).total_seconds() < self.keep_s:
-                    out.append({"collection": r["collection"], "at": at})
+                out.append({"collection": r["collection"], "at": at})
         return out
 
     async def write(
