@@ -24,7 +24,9 @@ from opendisco._exceptions import (
     Overloaded,
     RateLimited,
     SearchBackendError,
+    SearchTooLarge,
     StoreBackendError,
+    TemplateParamError,
     http_status,
 )
 
@@ -85,6 +87,9 @@ def _public_message(exc: OpenDiscoError, rid: str) -> str:
     if not isinstance(exc, BackendError):
         return str(exc)
     log.warning("request %s: %s: %s", rid, type(exc).__name__, exc)
+    if isinstance(exc, SearchTooLarge):  # not "retry later": the same request is refused again
+        why = f": {exc}" if isinstance(exc.__cause__, TemplateParamError) else ""
+        return f"the query is too large for the search engine{why}"
     if isinstance(exc, SearchBackendError):
         return "the search engine did not answer; retry later"
     if isinstance(exc, StoreBackendError):

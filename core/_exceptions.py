@@ -12,7 +12,8 @@ boundary with ``raise Mapped(msg) from exc``; the CLI turns the tree into
     ├── BackendError                an I/O call to a backend failed      (HTTP 503)
     │   ├── SearchBackendError      OpenSearch
     │   │   ├── SearchTimeout       OpenSearch did not answer within the deadline
-    │   │   ├── SearchTooLarge      a query too large for OpenSearch (its 413; a member's lists)
+    │   │   ├── SearchTooLarge      a query too large for OpenSearch (its 413; a member's lists;
+    │   │   │                         HTTP 422 where no degraded answer is given)
     │   │   └── PartialWrite        a ``_bulk`` applied in part (``unwritten``: the ids it did not)
     │   └── StoreBackendError       MongoDB / FerretDB
     │       └── StoreUnreachable    no server selected in time: the operation was never sent
@@ -211,6 +212,7 @@ _STATUS: tuple[tuple[type[OpenDiscoError], int], ...] = (
     (HeadTooLarge, 431),
     (UnsupportedMedia, 415),
     (InvalidInput, 422),
+    (SearchTooLarge, 422),  # the same request is refused again: no retry (no 503)
     (BackendError, 503),
 )
 

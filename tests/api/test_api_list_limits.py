@@ -50,6 +50,12 @@ async def lim_key(lim_settings: Settings, model: Any) -> str:
         return create_key(mc[lim_settings.mongo_db], "lim", ["read"])[0]
 
 
+@pytest.fixture(scope="module")
+def lim_admin(lim_settings: Settings, lim_key: str) -> str:
+    with clients.mongo(lim_settings) as mc:
+        return create_key(mc[lim_settings.mongo_db], "lim-admin", ["read", "admin"])[0]
+
+
 def _store_lists(settings: Settings, *, liked: list[str], blocked_by: list[str]) -> None:
     """V's state and blocks written whole (bulk, as an import would: no event path)."""
     vec = np.random.default_rng(1).normal(size=384)
@@ -124,3 +130,23 @@ async def test_a_query_over_the_engines_body_limit_degrades_without_the_breaker(
         ids = [it["id"] for it in body["items"]]
         assert ids and not set(ids) & set(TOP), ids
         assert client.app.state.runtime.breaker.failures == 0
+
+
+async def test_a_preview_of_such_a_member_is_a_422_naming_the_bound(
+    lim_settings: Settings, lim_admin: str
+) -> None:
+    """The playground's preview has no degraded answer to give: a member whose lists are past
+    the query's bounds is a 422 naming the list and its bound, without Retry-After (the same
+    request is refused again; it was a 503 "the search engine did not answer; retry later")."""
+    _store_lists(lim_settings, **LISTS["blocked_by_60k"]())
+    async with serve(lim_settings) as client:
+        resp = await client.post(
+            "/playground/api/compare", json={"user_id": V, "k": 5}, headers=h(lim_admin)
+        )
+    assert resp.status_code == 422, resp.text
+    assert "Retry-After" not in resp.headers
+    err = resp.json()["error"]
+    assert err["type"] == "SearchTooLarge", err
+    assert "too large for the search engine" in err["message"], err
+    assert "exclude_owners" in err["message"] and "50000" in err["message"], err
+    assert "'b1'" not in err["message"] and "'o10'" not in err["message"]  # counts, not ids
