@@ -60,7 +60,7 @@ from ._artifacts import Artifacts
 from ._explore import Exploration
 from ._features import FeatureHydrator
 from ._filters import HIT_FIELDS, HardRules
-from ._types import CandidatePlan, Ranking, Recommendations, candidate_k
+from ._types import DETERMINISTIC, CandidatePlan, Ranking, Recommendations, candidate_k
 
 __all__ = [
     "GRAPH_NEIGHBOURS",
@@ -311,7 +311,7 @@ def served_list(
         shown=rows.tolist(),
         propensity=exploration.propensity.tolist() if explored else [1.0] * len(rows),
         explored=explored,
-        policy=exploration.policy if explored else {"kind": "deterministic"},
+        policy=exploration.policy if explored else DETERMINISTIC,
         pool=exploration.pool.tolist() if explored else (),
         pool_w=exploration.weights.tolist() if explored else (),
         experiments=plan.experiments,

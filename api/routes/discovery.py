@@ -53,7 +53,7 @@ def _respond(
     answer: Answer,
     served_before: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The response body; logs a fallback answer (the pipeline's answers are logged by its
+    """The response body; logs a fallback answer (the pipeline's answers, an empty one too, by its
     served-list side effect) and, for paged surfaces (``served_before`` not None), signs the
     cursor of the next page."""
     rid = request_id(request)

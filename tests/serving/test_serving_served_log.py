@@ -42,7 +42,7 @@ async def test_every_answer_logs_what_the_ranker_saw(discovery: Any, market: Any
     await discovery.drain()
     doc = await discovery.db[SERVED_LISTS].find_one({"_id": "req-log-1"})
     assert doc is not None
-    assert doc["user_id"] == user and doc["surface"] == "for_you" and doc["k"] == 10
+    assert doc["user_id"] == user and doc["requested_surface"] == "for_you" and doc["k"] == 10
     assert doc["version"] == recs.version and doc["features"] == list(FEATURE_NAMES)
     assert doc["candidates"] == len(doc["ids"])  # all fitted under served_log_rows
     # shown positions name the rows of what was answered, in order
@@ -263,3 +263,23 @@ async def test_the_scorer_is_fed_exactly_the_rows_the_log_keeps(
             scored = X[[row[item] for item in doc["ids"]]].astype(np.float32)
             assert np.array_equal(doc["X"], scored.astype(np.float64)), rid
             assert [doc["ids"][r] for r in doc["shown"]] == recs.ids
+
+
+async def test_an_empty_answer_logs_as_the_pipelines_not_the_fallbacks(
+    discovery: Any, market: Any
+) -> None:
+    """A member who excluded every item gets the pipeline's answer, empty and not degraded:
+    its served list says so (policy deterministic, nothing shown), as every other of its
+    answers (the API logged it with policy ``fallback``, a list the fallback never made, in
+    what training and off-policy evaluation read)."""
+    items, users = market
+    every = [str(it["_id"]) for it in items]
+    recs = await discovery.recommend(
+        users[42]["_id"], k=5, exclude=every, request_id="req-log-empty"
+    )
+    assert recs.ids == [] and not recs.degraded
+    await discovery.drain()
+    doc = await discovery.db[SERVED_LISTS].find_one({"_id": "req-log-empty"})
+    assert doc is not None, "the empty answer was not logged by the pipeline"
+    assert doc["policy"] == {"kind": "deterministic"} and doc["degraded"] is False
+    assert doc["ids"] == [] and doc["shown"] == [] and doc["requested_surface"] == "for_you"
