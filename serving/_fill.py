@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Protocol
 
+from opendisco._exceptions import SearchBackendError
 from opendisco.queries import Candidate, CandidateSet
 
 from ._caps import ExposureCaps
@@ -54,9 +55,16 @@ async def fill_page(
     filters: Sequence[CandidateFilter],
 ) -> frozenset[str]:
     """``cs`` filled when a source failed and it is short of the page (module docstring):
-    the candidates added, through ``caps`` and ``filters``; their ids."""
+    the candidates added, through ``caps`` and ``filters``; their ids.
+
+    A failed source's set left with no candidate at all is no answer (:class:`SearchBackendError`,
+    so the API answers from its checked fallback): the sources that answered may have answered
+    without the part that failed the others (``cold_start``'s ``fresh``, with no fresh item,
+    is rewritten by the engine to match nothing before its cap-list lookup is read), and an
+    empty page, degraded, was served as if nobody were eligible."""
     missing = plan.k - len(cs.candidates)
     if source is None or not cs.degraded or missing <= 0:
+        _not_empty(cs)
         return frozenset()
     t0 = time.perf_counter()
     extra = await source.fill(plan, FILL_FACTOR * missing, frozenset(cs.ids))
@@ -65,7 +73,13 @@ async def fill_page(
         extra = f.keep(plan, extra)
     cs.candidates += extra
     plan.timings_ms["fill_ms"] = (time.perf_counter() - t0) * 1e3
+    _not_empty(cs)
     return frozenset(c.id for c in extra)
+
+
+def _not_empty(cs: CandidateSet) -> None:
+    if cs.degraded and not cs.candidates:
+        raise SearchBackendError(f"{cs.surface}: no candidate, sources failed: {cs.errors}")
 
 
 def filled_rows(ids: Sequence[str], filled: AbstractSet[str]) -> list[int]:

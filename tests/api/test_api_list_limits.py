@@ -11,6 +11,8 @@ an answer that dropped them would show them (checked: the anonymous list does)."
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -150,3 +152,67 @@ async def test_a_preview_of_such_a_member_is_a_422_naming_the_bound(
     assert "too large for the search engine" in err["message"], err
     assert "exclude_owners" in err["message"] and "50000" in err["message"], err
     assert "'b1'" not in err["message"] and "'o10'" not in err["message"]  # counts, not ids
+
+
+
+@pytest.fixture
+async def over_capped(lim_settings: Settings, lim_key: str) -> AsyncIterator[None]:
+    """The engine's cap list (``_capped``) over ``index.max_terms_count`` (65,536 ids), none
+    of them a catalogue item: every candidate query that reads it fails in the engine."""
+    from opendisco.signals import ExposureStore, exposure_index
+
+    _store_lists(lim_settings, liked=[], blocked_by=[])
+    ids = [f"c{i}" for i in range(70_000)]
+    os_client = clients.async_opensearch(lim_settings)
+    index = exposure_index(lim_settings)
+    try:
+        await ExposureStore(os_client, lim_settings).ensure()
+        doc = {"capped": {"ids": ids, "until": dict.fromkeys(ids, 2**62)}}
+        await os_client.index(index=index, id="_capped", body=doc, params={"refresh": "true"})
+        yield
+    finally:
+        await os_client.delete(index=index, id="_capped", params={"refresh": "true"})
+        await os_client.close()
+
+
+async def test_a_cap_list_past_the_terms_bound_is_no_empty_answer(
+    lim_settings: Settings, over_capped: None, model: Any
+) -> None:
+    """``cold_start``'s ``fresh`` source answers without reading the cap list when no item is
+    fresh (the engine rewrites its range to match nothing), beside the sources that failed:
+    with no page fill (the playground's pipelines, ``opendisco recommend``), or one that has
+    nothing, that was an empty page, degraded, served as if nobody were eligible. It is the
+    sources' failure: raised, so the API answers from its checked fallback."""
+    from opendisco._exceptions import SearchBackendError
+    from opendisco.serving import Discovery
+
+    os_client = clients.async_opensearch(lim_settings)
+    mongo = clients.mongo_async(lim_settings)
+    try:
+        disc = Discovery(lim_settings, os_client, mongo[lim_settings.mongo_db], model=model)
+        disc.parts = replace(disc.parts, side_effects=[])
+        with pytest.raises(SearchBackendError, match="max_terms_count"):
+            await disc.recommend(V, surface="cold_start", k=10)
+    finally:
+        await os_client.close()
+        await mongo.close()
+
+
+
+async def test_the_api_answers_every_surface_past_the_terms_bound(
+    lim_settings: Settings, lim_key: str, over_capped: None
+) -> None:
+    """The same cap list through the API: each page is filled from the fallback (its cap list
+    checked) or answered by it; never empty, never an error. The fallback's own lists are
+    engine queries that read the cap list too: they fail to refresh, and it answers from
+    MongoDB's most popular items (``fallback-popular``) and the cap list it stored."""
+    async with serve(lim_settings) as client:  # its lists' refresh fails: that list too
+        for url in (
+            f"/v1/users/{V}/recommendations?k=10&surface=cold_start",
+            f"/v1/users/{V}/recommendations?k=10",
+            f"/v1/search?q=jazz%20hiking&k=10&user_id={V}",
+        ):
+            resp = await client.get(url, headers=h(lim_key))
+            body = resp.json()
+            assert resp.status_code == 200 and body["degraded"] is True, (url, resp.text)
+            assert body["items"], (url, body)
