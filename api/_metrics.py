@@ -117,6 +117,13 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.exposure_capped = Gauge(
+            "opendisco_api_exposure_capped",
+            "Ids on the engine's exposure cap list as last read (the fallback's refresh): the "
+            "candidate queries fail past index.max_terms_count (65,536).",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         self.served_log_dropped = Gauge(
             "opendisco_api_served_log_dropped",
             "Served lists not logged: the served-list log's queue was full.",

@@ -130,6 +130,9 @@ class SegmentLists:
     snapshot: Snapshot | None = None
     refreshed_ok: int = 0
     refresh_failures: int = 0
+    #: the length of the engine's cap list as last read (None before the first read): the
+    #: candidate queries fail past ``index.max_terms_count`` (``opendisco_api_exposure_capped``)
+    capped_read: int | None = None
     _segments: list[Segment] = field(default_factory=list)
 
     async def segments(self) -> list[Segment]:
@@ -224,6 +227,7 @@ class SegmentLists:
                 await asyncio.wait_for(self.discovery.exposure.capped(), self.timeout_s)
             )
             capped_at: float | None = self.clock()
+            self.capped_read = len(capped)
             await self._store_caps(capped)
             read = True
         except Exception as exc:  # keep the older cap list, and its age

@@ -11,6 +11,7 @@ an answer that dropped them would show them (checked: the anonymous list does)."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -205,7 +206,8 @@ async def test_the_api_answers_every_surface_past_the_terms_bound(
     """The same cap list through the API: each page is filled from the fallback (its cap list
     checked) or answered by it; never empty, never an error. The fallback's own lists are
     engine queries that read the cap list too: they fail to refresh, and it answers from
-    MongoDB's most popular items (``fallback-popular``) and the cap list it stored."""
+    MongoDB's most popular items (``fallback-popular``) and the cap list it stored. The cap
+    list's length is a metric, for the alert before it breaks."""
     async with serve(lim_settings) as client:  # its lists' refresh fails: that list too
         for url in (
             f"/v1/users/{V}/recommendations?k=10&surface=cold_start",
@@ -216,3 +218,11 @@ async def test_the_api_answers_every_surface_past_the_terms_bound(
             body = resp.json()
             assert resp.status_code == 200 and body["degraded"] is True, (url, resp.text)
             assert body["items"], (url, body)
+        # what the operator's alert reads (docs/operations.md: past 32,768 ids)
+        lists = client.app.state.runtime.fallback.lists
+        for _ in range(100):
+            if lists.capped_read is not None:
+                break
+            await asyncio.sleep(0.1)
+        text = (await client.get("/metrics")).text
+        assert "opendisco_api_exposure_capped 70000.0" in text, text[-2000:]
