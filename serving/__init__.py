@@ -25,6 +25,7 @@ from ._page import read_rule_fields
 from ._pipeline import Discovery
 from ._stages import (
     GRAPH_NEIGHBOURS,
+    REQUEST_READS,
     CandidateFilter,
     CandidateSource,
     GraphNeighbours,
@@ -33,6 +34,7 @@ from ._stages import (
     Parts,
     QueryHydrator,
     RequestBuilder,
+    RequestReads,
     SideEffect,
     TemplateSource,
     params_for,
@@ -55,6 +57,7 @@ __all__ = [
     "GRAPH_NEIGHBOURS",
     "MAX_CANDIDATES",
     "MAX_K",
+    "REQUEST_READS",
     "RULE_FIELDS",
     "Artifacts",
     "CandidateFilter",
@@ -76,6 +79,7 @@ __all__ = [
     "Recommendation",
     "Recommendations",
     "RequestBuilder",
+    "RequestReads",
     "Rule",
     "SideEffect",
     "StoreFeatures",

@@ -155,7 +155,6 @@ async def test_a_preview_of_such_a_member_is_a_422_naming_the_bound(
     assert "'b1'" not in err["message"] and "'o10'" not in err["message"]  # counts, not ids
 
 
-
 @pytest.fixture
 async def over_capped(lim_settings: Settings, lim_key: str) -> AsyncIterator[None]:
     """The engine's cap list (``_capped``) over ``index.max_terms_count`` (65,536 ids), none
@@ -199,7 +198,6 @@ async def test_a_cap_list_past_the_terms_bound_is_no_empty_answer(
         await mongo.close()
 
 
-
 async def test_the_api_answers_every_surface_past_the_terms_bound(
     lim_settings: Settings, lim_key: str, over_capped: None
 ) -> None:
@@ -226,3 +224,31 @@ async def test_the_api_answers_every_surface_past_the_terms_bound(
             await asyncio.sleep(0.1)
         text = (await client.get("/metrics")).text
         assert "opendisco_api_exposure_capped 70000.0" in text, text[-2000:]
+
+
+async def test_a_degraded_member_is_read_once_a_request(
+    lim_settings: Settings, lim_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback's rules are built from the pipeline's read of the member: one read of a
+    member blocked by 60,000 others a request (a 1 MB document, 0.2–0.6 s on FerretDB; the
+    fallback read it again). Nothing is kept from one request to the next."""
+    from opendisco.signals import BlockStore
+
+    _store_lists(lim_settings, **LISTS["blocked_by_60k"]())
+    reads: list[str] = []
+    real = BlockStore.get
+
+    async def counted(self: BlockStore, user_id: str) -> Any:  # the real read, counted
+        reads.append(user_id)
+        return await real(self, user_id)
+
+    monkeypatch.setattr(BlockStore, "get", counted)
+    async with serve(lim_settings) as client:
+        await wait_fallback(client)
+        for n in (1, 2):
+            resp = await client.get(URLS[0], headers=h(lim_key))
+            body = resp.json()
+            ids = [it["id"] for it in body["items"]]
+            assert resp.status_code == 200 and body["degraded"] is True, body
+            assert ids and not set(ids) & set(TOP), ids
+            assert reads == [V] * n, reads
