@@ -23,9 +23,9 @@ from ._filters import (
 )
 from ._page import read_rule_fields
 from ._pipeline import Discovery
+from ._reads import REQUEST_READS, RequestReads, read_member
 from ._stages import (
     GRAPH_NEIGHBOURS,
-    REQUEST_READS,
     CandidateFilter,
     CandidateSource,
     GraphNeighbours,
@@ -34,11 +34,9 @@ from ._stages import (
     Parts,
     QueryHydrator,
     RequestBuilder,
-    RequestReads,
     SideEffect,
     TemplateSource,
     params_for,
-    read_member,
 )
 from ._tasks import retrieve
 from ._types import (

@@ -51,14 +51,8 @@ from ._explore import EXPLORED_SURFACES, Explorer
 from ._fill import FillSource, fill_page, filled_rows
 from ._filters import HardRules
 from ._page import StoreRecheck, pick_page
-from ._stages import (
-    LogServed,
-    Parts,
-    read_member,
-    request_ranking,
-    run_sources,
-    served_list,
-)
+from ._reads import read_member
+from ._stages import LogServed, Parts, request_ranking, run_sources, served_list
 from ._tasks import settle
 from ._types import MAX_K, CandidatePlan, Recommendation, Recommendations, explained
 from ._writes import Writes

@@ -21,15 +21,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from opensearchpy import AsyncOpenSearch
 
-from opendisco._backend import backend_errors
-from opendisco._domain import USERS_COLLECTION, Surface
+from opendisco._domain import Surface
 from opendisco._exceptions import ConfigError
 from opendisco._published import Followed
 from opendisco._settings import Settings
@@ -47,11 +45,9 @@ from opendisco.signals import (
     RECENT_FANOUT,
     BlockStore,
     ItemGraph,
-    MemberBlocks,
     ServedList,
     ServedLog,
     UserGraph,
-    UserState,
     UserStateStore,
     as_served,
     top_neighbours,
@@ -61,11 +57,11 @@ from ._artifacts import Artifacts
 from ._explore import Exploration
 from ._features import FeatureHydrator
 from ._filters import HIT_FIELDS, HardRules
+from ._reads import read_member
 from ._types import DETERMINISTIC, CandidatePlan, Ranking, Recommendations, candidate_k
 
 __all__ = [
     "GRAPH_NEIGHBOURS",
-    "REQUEST_READS",
     "CandidateFilter",
     "CandidateSource",
     "GraphNeighbours",
@@ -74,11 +70,9 @@ __all__ = [
     "Parts",
     "QueryHydrator",
     "RequestBuilder",
-    "RequestReads",
     "SideEffect",
     "TemplateSource",
     "params_for",
-    "read_member",
     "request_ranking",
     "served_list",
 ]
@@ -132,41 +126,6 @@ def params_for(
     nested = params.get(surface)
     merged = {**params, **(nested if isinstance(nested, Mapping) else {})}
     return {k: v for k, v in merged.items() if k in specs and k not in REQUEST_PARAMS}
-
-
-MemberRead = tuple[dict[str, Any] | None, UserState, MemberBlocks]
-
-
-@dataclass
-class RequestReads:
-    """What one request read of its member (:func:`read_member`), kept for the rest of the
-    request: its degraded fallback builds the rules from the pipeline's read instead of
-    reading the member again (a member blocked by 50,000 others: a 1 MB ``member_blocks``
-    document, 0.2–0.6 s a read on FerretDB). Whoever runs a request sets a new one in
-    :data:`REQUEST_READS` (the API's ``guarded``); without one every call reads."""
-
-    member: dict[str, MemberRead] = field(default_factory=dict)
-
-
-REQUEST_READS: ContextVar[RequestReads | None] = ContextVar("request_reads", default=None)
-
-
-async def read_member(
-    db: Any, states: UserStateStore, blocks: BlockStore, user_id: str
-) -> MemberRead:
-    """A member's ``users`` document, :class:`UserState` and blocks: three point reads by
-    ``_id``, concurrently (what the hard rules and the candidate request are built from),
-    once per request (:class:`RequestReads`)."""
-    reads = REQUEST_READS.get()
-    if reads is not None and (held := reads.member.get(user_id)) is not None:
-        return held
-    with backend_errors(f"loading user {user_id!r} failed"):
-        user, state, member_blocks = await asyncio.gather(
-            db[USERS_COLLECTION].find_one(user_id), states.get(user_id), blocks.get(user_id)
-        )
-    if reads is not None:
-        reads.member[user_id] = (user, state, member_blocks)
-    return user, state, member_blocks
 
 
 @dataclass
