@@ -25,7 +25,7 @@ from opendisco._exceptions import (
     StoreBackendError,
 )
 from opendisco._settings import Settings
-from opendisco.serving import REQUEST_READS, Discovery, Recommendations, RequestReads
+from opendisco.serving import Discovery, Recommendations, reads_once
 
 from ._breaker import CircuitBreaker
 from ._cursor import CursorCodec
@@ -123,82 +123,64 @@ class Runtime:
         The member is read once per request (:class:`~opendisco.serving.RequestReads`): the
         fallback builds its rules from the pipeline's read when there was one (a second read
         of a member blocked by 60,000 others cost 0.2–0.6 s on FerretDB)."""
-        reads = REQUEST_READS.set(RequestReads())
-        try:
-            return await self._answer(
-                surface, call, k, user_id=user_id, exclude=exclude, explain=explain
-            )
-        finally:
-            REQUEST_READS.reset(reads)
-
-    async def _answer(
-        self,
-        surface: str,
-        call: Callable[[], Awaitable[Recommendations]],
-        k: int,
-        *,
-        user_id: str | None = None,
-        exclude: Sequence[str] = (),
-        explain: bool = False,
-    ) -> Answer:
-        """The answer of :meth:`guarded`, in the request's reads."""
-        reason = "breaker_open"
-        if self.breaker.allow():
-            wait = EngineWait()
-            token = ENGINE_WAIT.set(wait)  # copied into the task wait_for runs the call in
-            by = DEADLINE.set(asyncio.get_running_loop().time() + self.deadline_s)
-            try:
-                recs = await asyncio.wait_for(call(), self.deadline_s)
-            except (InvalidInput, NotFound, AuthError):
-                self.breaker.record_success()  # the backend answered; the request is bad
-                raise
-            except asyncio.CancelledError:
-                self.breaker.release()
-                raise
-            except TimeoutError:
-                silent = self.engine_silent_s()
-                if engine_bound(wait, self.lag, self.deadline_s, silent):
-                    self.breaker.record_failure()
-                    reason = "timeout"
-                else:  # local queueing or CPU: not the engine's failure
+        with reads_once():  # the member read once, the fallback included
+            reason = "breaker_open"
+            if self.breaker.allow():
+                wait = EngineWait()
+                token = ENGINE_WAIT.set(wait)  # copied into the task wait_for runs the call in
+                by = DEADLINE.set(asyncio.get_running_loop().time() + self.deadline_s)
+                try:
+                    recs = await asyncio.wait_for(call(), self.deadline_s)
+                except (InvalidInput, NotFound, AuthError):
+                    self.breaker.record_success()  # the backend answered; the request is bad
+                    raise
+                except asyncio.CancelledError:
                     self.breaker.release()
-                    reason = "timeout_local"
-            except SearchTooLarge as exc:  # this request alone: the engine is not down
-                self.breaker.release()
-                reason = "too_large"
-                log.warning("discovery %s failed: %r", surface, exc)
-            except StoreBackendError as exc:  # MongoDB's: the breaker guards the engine
-                self.breaker.release()
-                reason = "store_error"
-                log.warning("discovery %s failed: %r", surface, exc)
-            except Exception as exc:  # outage or any backend failure: degrade, never 5xx
-                self.breaker.record_failure()
-                reason = "backend_error" if isinstance(exc, BackendError) else "error"
-                log.warning("discovery %s failed: %r", surface, exc)
-            else:
-                self.breaker.record_success()
-                for rule, n in recs.rechecked.items():
-                    self.metrics.recheck_dropped.labels(rule).inc(n)
-                for source in recs.source_errors:
-                    self.metrics.source_errors.labels(surface, source).inc()
-                return Answer(
-                    items=[to_served(r, with_trace=explain) for r in recs.items],
-                    version=recs.version,
-                    degraded=recs.degraded,
-                    explain=recs.explain if explain else None,
-                    experiments=recs.experiments,
-                    logged=recs.served is not None,
-                    counted=recs.counted,
-                )
-            finally:
-                DEADLINE.reset(by)
-                ENGINE_WAIT.reset(token)
-        self.metrics.degraded.labels(surface, reason).inc()
-        fb = await self.fallback.answer(surface, user_id, k, exclude)
-        return Answer(
-            items=fb.items,
-            version=fb.template_version,
-            degraded=True,
-            degraded_rules=fb.degraded_rules,
-            counted=fb.counted,
-        )
+                    raise
+                except TimeoutError:
+                    silent = self.engine_silent_s()
+                    if engine_bound(wait, self.lag, self.deadline_s, silent):
+                        self.breaker.record_failure()
+                        reason = "timeout"
+                    else:  # local queueing or CPU: not the engine's failure
+                        self.breaker.release()
+                        reason = "timeout_local"
+                except SearchTooLarge as exc:  # this request alone: the engine is not down
+                    self.breaker.release()
+                    reason = "too_large"
+                    log.warning("discovery %s failed: %r", surface, exc)
+                except StoreBackendError as exc:  # MongoDB's: the breaker guards the engine
+                    self.breaker.release()
+                    reason = "store_error"
+                    log.warning("discovery %s failed: %r", surface, exc)
+                except Exception as exc:  # outage or any backend failure: degrade, never 5xx
+                    self.breaker.record_failure()
+                    reason = "backend_error" if isinstance(exc, BackendError) else "error"
+                    log.warning("discovery %s failed: %r", surface, exc)
+                else:
+                    self.breaker.record_success()
+                    for rule, n in recs.rechecked.items():
+                        self.metrics.recheck_dropped.labels(rule).inc(n)
+                    for source in recs.source_errors:
+                        self.metrics.source_errors.labels(surface, source).inc()
+                    return Answer(
+                        items=[to_served(r, with_trace=explain) for r in recs.items],
+                        version=recs.version,
+                        degraded=recs.degraded,
+                        explain=recs.explain if explain else None,
+                        experiments=recs.experiments,
+                        logged=recs.served is not None,
+                        counted=recs.counted,
+                    )
+                finally:
+                    DEADLINE.reset(by)
+                    ENGINE_WAIT.reset(token)
+            self.metrics.degraded.labels(surface, reason).inc()
+            fb = await self.fallback.answer(surface, user_id, k, exclude)
+            return Answer(
+                items=fb.items,
+                version=fb.template_version,
+                degraded=True,
+                degraded_rules=fb.degraded_rules,
+                counted=fb.counted,
+            )

@@ -23,7 +23,7 @@ from ._filters import (
 )
 from ._page import read_rule_fields
 from ._pipeline import Discovery
-from ._reads import REQUEST_READS, RequestReads, read_member
+from ._reads import REQUEST_READS, RequestReads, read_member, reads_once
 from ._stages import (
     GRAPH_NEIGHBOURS,
     CandidateFilter,
@@ -91,6 +91,7 @@ __all__ = [
     "params_for",
     "read_member",
     "read_rule_fields",
+    "reads_once",
     "retrieve",
     "stored_rule_fields",
 ]

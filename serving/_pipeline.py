@@ -23,6 +23,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from opensearchpy import AsyncOpenSearch
 
 from opendisco import clients
@@ -206,6 +207,10 @@ class Discovery:
             filled = await fill_page(plan, cs, self.fill, self.caps, self.parts.filters)
             if not cs.candidates:  # nothing eligible: an answer (empty), not a failure
                 empty = Recommendations.empty(plan, cs, (plan.artifacts or self.artifacts).name)
+                # logged as the pipeline's (the API logged it as the fallback's)
+                nothing = np.zeros(0, dtype=np.int64)
+                served = served_list(plan, cs, (), None, nothing, None, empty.version)
+                empty = replace(empty, served=served)
                 for effect in self.parts.side_effects:
                     effect.after(plan, empty)
                 return empty

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +13,7 @@ from opendisco._backend import backend_errors
 from opendisco._domain import USERS_COLLECTION
 from opendisco.signals import BlockStore, MemberBlocks, UserState, UserStateStore
 
-__all__ = ["REQUEST_READS", "MemberRead", "RequestReads", "read_member"]
+__all__ = ["REQUEST_READS", "MemberRead", "RequestReads", "read_member", "reads_once"]
 
 MemberRead = tuple[dict[str, Any] | None, UserState, MemberBlocks]
 
@@ -22,12 +24,24 @@ class RequestReads:
     request: its degraded fallback builds the rules from the pipeline's read instead of
     reading the member again (a member blocked by 50,000 others: a 1 MB ``member_blocks``
     document, 0.2–0.6 s a read on FerretDB). Whoever runs a request sets a new one in
-    :data:`REQUEST_READS` (the API's ``guarded``); without one every call reads."""
+    :data:`REQUEST_READS` (:func:`reads_once`: the API's ``guarded``); without one every call
+    reads."""
 
     member: dict[str, MemberRead] = field(default_factory=dict)
 
 
 REQUEST_READS: ContextVar[RequestReads | None] = ContextVar("request_reads", default=None)
+
+
+@contextmanager
+def reads_once() -> Iterator[RequestReads]:
+    """A request's :class:`RequestReads` while the block runs (tasks it starts share it)."""
+    reads = RequestReads()
+    token = REQUEST_READS.set(reads)
+    try:
+        yield reads
+    finally:
+        REQUEST_READS.reset(token)
 
 
 async def read_member(

@@ -58,7 +58,7 @@ from ._explore import Exploration
 from ._features import FeatureHydrator
 from ._filters import HIT_FIELDS, HardRules
 from ._reads import read_member
-from ._types import DETERMINISTIC, CandidatePlan, Ranking, Recommendations, candidate_k
+from ._types import CandidatePlan, Ranking, Recommendations, candidate_k
 
 __all__ = [
     "GRAPH_NEIGHBOURS",
@@ -274,7 +274,7 @@ def served_list(
     plan: CandidatePlan,
     cs: CandidateSet,
     ids: Sequence[str],
-    X: np.ndarray,
+    X: np.ndarray | None,
     rows: np.ndarray,
     exploration: Exploration | None,
     version: str,
@@ -297,7 +297,7 @@ def served_list(
         shown=rows.tolist(),
         propensity=exploration.propensity.tolist() if explored else [1.0] * len(rows),
         explored=explored,
-        policy=exploration.policy if explored else DETERMINISTIC,
+        policy=exploration.policy if explored else {"kind": "deterministic"},
         pool=exploration.pool.tolist() if explored else (),
         pool_w=exploration.weights.tolist() if explored else (),
         experiments=plan.experiments,

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CANDIDATE_FACTOR",
-    "DETERMINISTIC",
     "MAX_CANDIDATES",
     "MAX_K",
     "MIN_CANDIDATES",
@@ -39,8 +38,6 @@ MIN_CANDIDATES = 100
 MAX_CANDIDATES = 500
 #: the largest page any caller (API, CLI, eval) may ask for
 MAX_K = MAX_CANDIDATES
-#: the served log's ``policy`` of a pipeline answer in score order (not explored)
-DETERMINISTIC: Mapping[str, Any] = {"kind": "deterministic"}
 
 
 def candidate_k(k: int) -> int:
@@ -142,26 +139,10 @@ class Recommendations:
     @classmethod
     def empty(cls, plan: CandidatePlan, cs: CandidateSet, artifacts: str) -> Recommendations:
         """The answer of a request with no eligible candidate (``artifacts``: their name);
-        its explain block has the keys of any other. Its served list is the pipeline's (policy
-        :data:`DETERMINISTIC`, nothing shown): the API logged it as the fallback's."""
+        its explain block has the keys of any other."""
         explain = plan.request.explain
         timings = {**plan.timings_ms, "total_ms": sum(plan.timings_ms.values())}
         version = f"{cs.template_version}+{artifacts}"
-        served = ServedList(
-            request_id=plan.request_id,
-            at=plan.request.now,
-            user_id=plan.user_id,
-            surface=plan.request.surface,
-            requested_surface=str(plan.requested_surface),
-            version=version,
-            degraded=cs.degraded,
-            k=plan.k,
-            feature_names=(),
-            X=None,
-            ids=(),
-            shown=(),
-            policy=DETERMINISTIC,
-        )
         return cls(
             items=[],
             degraded=cs.degraded,
@@ -171,7 +152,6 @@ class Recommendations:
             explain=explained(plan, cs, None, [], timings) if explain else None,
             timings_ms=timings,
             candidate_set=cs if explain else None,
-            served=served,
         )
 
     @property
