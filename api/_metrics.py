@@ -10,7 +10,9 @@ workers, breaker state per worker).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +23,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from opendisco._holder import process_alive
 
 __all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics", "multiprocess_dir"]
 
@@ -137,6 +141,7 @@ class Metrics:
         path = multiprocess_dir()
         if path is None:
             return generate_latest(self.registry)
+        _drop_dead_gauges(Path(path))
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged, path=path)
         return generate_latest(merged)
@@ -146,4 +151,22 @@ class Metrics:
         """Drop a finished worker's live gauges (multiprocess mode only)."""
         path = multiprocess_dir()
         if path is not None:
-            multiprocess.mark_process_dead(pid, path)
+            _drop_gauges(Path(path), pid)
+
+
+def _drop_gauges(path: Path, pid: int) -> None:
+    """Worker ``pid``'s live gauges out of ``path`` (another worker may have removed them)."""
+    for f in path.glob(f"gauge_live*_{pid}.db"):
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+
+
+def _drop_dead_gauges(path: Path) -> None:
+    """The live gauges of the workers that died without stopping (killed with -9: uvicorn
+    replaces them, nothing ran their :meth:`Metrics.process_exited`) out of ``path``: their
+    last in-flight, queued, limit and breaker state were read as live ever after. Their
+    counters and histograms stay, so the totals never go back."""
+    pids = {int(f.stem.rsplit("_", 1)[1]) for f in path.glob("gauge_live*_*.db")}
+    for pid in pids:
+        if not process_alive(pid):
+            _drop_gauges(path, pid)
