@@ -47,6 +47,9 @@ __all__ = ["Edge"]
 _RID = re.compile(REQUEST_ID_PATTERN)
 #: the paths whose requests go through admission control
 _BOUNDED = "/v1/"
+# the methods the API serves, each its own ``method`` label of the latency histogram; the
+# others (any of the ~35 the server parses) are ``other``: the client chooses the method
+_LABELLED_METHODS = frozenset({"GET", "HEAD", "POST"})
 #: what a request still running when the server's stop grace ends is told (503, Retry-After)
 STOPPING = "the server is stopping: the request was cut short; retry"
 #: the status a read whose client went away is recorded with (nginx's "client closed request")
@@ -234,7 +237,8 @@ class Edge:
             if metrics is not None:
                 route = scope.get("route")
                 label = route.path if isinstance(route, Route) else "unmatched"
-                metrics.latency.labels(label, scope["method"], str(status)).observe(
+                method = scope["method"] if scope["method"] in _LABELLED_METHODS else "other"
+                metrics.latency.labels(label, method, str(status)).observe(
                     time.perf_counter() - started
                 )
 
