@@ -12,15 +12,23 @@ complete, nor to a connection that sends nothing). Here:
   (what the client still sends is discarded for :data:`LINGER_S`, never kept);
 * a head not complete :attr:`BoundedHttpTools.head_timeout_s` after its connection opened or
   its first byte arrived (a connection kept alive after an answer: uvicorn's own keep-alive
-  timeout) has its connection closed.
+  timeout) has its connection closed;
+* a warning of the connection's (uvicorn's ``Invalid HTTP request received.``, ``Unsupported
+  upgrade request.``, a head refused): the client's to cause, one or two a request, at its
+  rate (200 bytes of log a request: 17 GB a day at 1,000 a second), is logged once per
+  :data:`QUIET_S`, the next one telling how many were left out (:class:`_Quiet`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import time
 import uuid
+from collections import Counter
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -34,6 +42,35 @@ __all__ = ["BoundedHttpTools", "uvicorn_options"]
 
 #: how long a refused head's connection is read (and what comes discarded) before its close
 LINGER_S = 1.0
+
+
+#: a connection's warning is logged once per this many seconds (per message)
+QUIET_S = 60.0
+
+
+class _Quiet:
+    """A connection's logger (uvicorn's ``uvicorn.error``) whose warnings, caused by clients
+    at their rate, are logged once per :data:`QUIET_S` each (by message, a fixed text: few),
+    the next one telling how many were left out; the rest of the logger as it is."""
+
+    _last: ClassVar[dict[str, float]] = {}
+    _left_out: ClassVar[Counter[str]] = Counter()
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(msg, -math.inf) < QUIET_S:
+            self._left_out[msg] += 1
+            return
+        self._last[msg] = now
+        left_out = self._left_out.pop(msg, 0)
+        more = f" ({left_out} more since the last logged)" if left_out else ""
+        self._logger.warning(msg + more, *args)
 
 
 class _Refused(Exception):
@@ -51,6 +88,8 @@ class BoundedHttpTools(HttpToolsProtocol):
     head_timeout_s = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if not isinstance(self.logger, _Quiet):
+            self.logger = _Quiet(self.logger)  # type: ignore[assignment]
         super().connection_made(transport)
         self._in_head = True
         self._head_bytes = 0

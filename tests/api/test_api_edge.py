@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import logging
 import re
 import time
 from typing import Any
@@ -322,3 +323,37 @@ async def test_a_client_choosing_methods_does_not_multiply_the_latency_series(
         text = (await client.get("/metrics")).text
     methods = set(re.findall(r'opendisco_api_request_seconds_count\{method="([^"]*)"', text))
     assert methods == {"GET", "HEAD", "POST", "other"}
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def test_a_client_cannot_write_the_log_a_line_a_request(api_settings: Settings) -> None:
+    """uvicorn logs a warning for each malformed request (one line) and each request asking
+    for an Upgrade (two): 200 bytes of log a request, at the client's rate (1,000 requests a
+    second: 17 GB a day). Each is logged once a minute, with how many were left out."""
+    lines = _Lines()
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    async with uvicorn_served(api_settings) as (server, _):
+        uvicorn_log.addHandler(lines)  # after uvicorn configured its logging
+        port = server.config.port
+        heads = [b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n"] * 30
+        heads += [b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"]
+        heads[-1] += b"Connection: Upgrade\r\n\r\n"
+        heads += heads[-1:] * 29
+        try:
+            for head in heads:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(head)
+                assert (await reader.readline()).split()[1] in (b"200", b"400")
+                writer.close()
+        finally:
+            uvicorn_log.removeHandler(lines)
+    # one of each kind at most (none if an earlier test here logged them within the minute)
+    assert len(lines.lines) <= 3, lines.lines
