@@ -5,7 +5,7 @@ multiprocess mode: ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a directory 
 run before the workers start, every worker's values live in files there, and
 :meth:`Metrics.exposition` merges them, so ``/metrics`` answers for the whole server whichever
 worker serves it (gauges: in flight, queued and the admission limit summed over live
-workers, breaker state per worker).
+workers, breaker state per live worker, what was dropped summed over every worker of the run).
 """
 
 from __future__ import annotations
@@ -117,9 +117,10 @@ class Metrics:
         )
         self.exposure_dropped = Gauge(
             "opendisco_api_exposure_dropped",
-            "Served impressions never counted: the pending ids were at their bound.",
+            "Served impressions never counted: the pending ids were at their bound (every "
+            "worker's since the server started, those that died included).",
             registry=self.registry,
-            multiprocess_mode="livesum",
+            multiprocess_mode="sum",  # lost for good: a dead worker's stay counted
         )
         self.exposure_capped = Gauge(
             "opendisco_api_exposure_capped",
@@ -130,9 +131,10 @@ class Metrics:
         )
         self.served_log_dropped = Gauge(
             "opendisco_api_served_log_dropped",
-            "Served lists not logged: the served-list log's queue was full.",
+            "Served lists not logged: the served-list log's queue was full (every worker's "
+            "since the server started, those that died included).",
             registry=self.registry,
-            multiprocess_mode="livesum",
+            multiprocess_mode="sum",
         )
 
     def exposition(self) -> bytes:

@@ -3,7 +3,8 @@ died without stopping: a worker killed with -9 is replaced by uvicorn, but its f
 the run's directory. Its counters and histograms must stay (the totals never go back, or
 ``rate()`` reads a reset), its live gauges must not: in flight, queued and the admission
 limit are summed over live workers, the breaker state is per live worker (a dead worker's
-last "open" kept the alert on for the rest of the run). Real processes, killed with -9.
+last "open" kept the alert on for the rest of the run). What a dead worker dropped stays
+counted. Real processes, killed with -9.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ m.queued.set(3)
 m.concurrency_limit.set(64)
 m.breaker_state.set(int(sys.argv[1]))
 m.rejected.labels("saturated").inc(5)
+m.exposure_unwritten.set(9)
+m.exposure_dropped.set(4)
+m.served_log_dropped.set(2)
 m.latency.labels("/v1/feed", "GET", "200").observe(0.1)
 print("ready", flush=True)
 time.sleep(60)
@@ -68,6 +72,11 @@ def test_a_worker_killed_with_9_leaves_its_counters_not_its_live_gauges(
         assert got[("opendisco_api_concurrency_limit", ())] == 64
         breaker = {k: v for k, v in got.items() if k[0] == "opendisco_api_breaker_state"}
         assert breaker == {("opendisco_api_breaker_state", (("pid", str(live.pid)),)): 0}
+        # the dead worker's impressions not written are adopted from its journal by a worker
+        # started later; what it dropped is lost for good: the "any dropped" alert keeps it
+        assert got[("opendisco_api_exposure_unwritten", ())] == 9
+        assert got[("opendisco_api_exposure_dropped", ())] == 8
+        assert got[("opendisco_api_served_log_dropped", ())] == 4
         # both workers' counts: a dead worker's never leave the totals
         assert got[("opendisco_api_rejected_total", (("reason", "saturated"),))] == 10
         key = (("method", "GET"), ("route", "/v1/feed"), ("status", "200"))
