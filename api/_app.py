@@ -170,6 +170,7 @@ async def _start(
     rt.tasks = [
         asyncio.create_task(rt.fallback.run()),
         asyncio.create_task(rt.lag.run()),
+        asyncio.create_task(rt.publish_forever()),
         asyncio.create_task(rt.shares.run()),
         asyncio.create_task(disc.recover_events_forever()),
         asyncio.create_task(disc.served.flush_forever()),  # also when no answer is served

@@ -43,6 +43,9 @@ __all__ = ["Answer", "Runtime"]
 
 log = logging.getLogger("opendisco.api")
 
+#: how often a worker publishes the gauges it reads from its parts (:meth:`Runtime.publish`)
+PUBLISH_S = 2.0
+
 
 @dataclass
 class Answer:
@@ -84,6 +87,25 @@ class Runtime:
     metrics: Metrics
     lag: LoopLag = field(default_factory=LoopLag)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def publish(self) -> None:
+        """This worker's gauges from its parts now. Each worker writes its own, and a scrape is
+        served by one of them (Prometheus keeps its connection: always the same one), so each
+        publishes them on its own (:meth:`publish_forever`), not only when it serves one."""
+        m = self.metrics
+        m.breaker_state.set(self.breaker.state.gauge)
+        served = self.discovery.served
+        m.exposure_unwritten.set(served.unwritten_total())
+        m.exposure_dropped.set(served.dropped)
+        if (capped := self.fallback.lists.capped_read) is not None:
+            m.exposure_capped.set(capped)
+        served_log = self.discovery.served_log
+        m.served_log_dropped.set(served_log.dropped if served_log is not None else 0)
+
+    async def publish_forever(self) -> None:
+        while True:
+            self.publish()
+            await asyncio.sleep(PUBLISH_S)
 
     @property
     def version(self) -> str:

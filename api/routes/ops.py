@@ -58,16 +58,8 @@ async def readyz(rt: RuntimeDep) -> JSONResponse:
 )
 async def metrics(rt: RuntimeDep) -> PlainTextResponse:
     """Prometheus metrics (latency per route, degraded answers, breaker state, served
-    impressions and lists not written, the cap list's length), of every worker when the
-    server runs several."""
-    rt.metrics.breaker_state.set(rt.breaker.state.gauge)
-    served = rt.discovery.served
-    rt.metrics.exposure_unwritten.set(served.unwritten_total())
-    rt.metrics.exposure_dropped.set(served.dropped)
-    if (capped := rt.fallback.lists.capped_read) is not None:
-        rt.metrics.exposure_capped.set(capped)
-    log = rt.discovery.served_log
-    rt.metrics.served_log_dropped.set(log.dropped if log is not None else 0)
+    impressions and lists not written, the cap list's length), of every worker when the server runs several."""
+    rt.publish()  # this worker's now; the others' as they last published them
     return PlainTextResponse(rt.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

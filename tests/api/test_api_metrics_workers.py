@@ -9,15 +9,19 @@ counted. Real processes, killed with -9.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from api_support import serve
 from prometheus_client.parser import text_string_to_metric_families
 
+from opendisco import Settings
 from opendisco.api._metrics import MULTIPROC_ENV, Metrics
 
 _WORKER = """
@@ -85,3 +89,23 @@ def test_a_worker_killed_with_9_leaves_its_counters_not_its_live_gauges(
         for p in (live, dead):
             p.kill()
             p.wait(10)
+
+
+async def test_a_worker_publishes_its_gauges_without_serving_a_scrape(
+    api_settings: Settings,
+) -> None:
+    """Each worker writes its own values; a scrape is served by one of them (Prometheus keeps
+    its connection: always the same one). The impressions not written and what was dropped
+    were set only by the worker serving the scrape: the others' stayed as of their last
+    scrape (0: never), the "unwritten growing" alert blind to them. Now every worker
+    publishes them on its own (the app and its backends real; the counts set here stand
+    for a flush that failed)."""
+    async with serve(api_settings) as client:
+        rt = client.app.state.runtime  # type: ignore[attr-defined]
+        rt.discovery.served.dropped = 3
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if rt.metrics.registry.get_sample_value("opendisco_api_exposure_dropped") == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert rt.metrics.registry.get_sample_value("opendisco_api_exposure_dropped") == 3
