@@ -184,3 +184,25 @@ def test_metric_names_exist(doc: str) -> None:
     names = {re.sub(r"_(count|sum|bucket)$", "", n) for n in re.findall(r"opendisco_api_\w+", text)}
     missing = sorted(n for n in names if f'"{n}"' not in code)
     assert not missing, missing
+
+
+@pytest.mark.parametrize("doc", [p.relative_to(ROOT).as_posix() for p in DOCS])
+def test_metric_labels_exist(doc: str) -> None:
+    """A documented series (``opendisco_api_rejected_total{reason="saturated"}``, as an alert
+    would select it) has that label, and the value is one the API writes (a literal of its
+    code): an alert on a label or value no series has never fires."""
+    from opendisco.api._metrics import Metrics
+
+    labels = {
+        m._name + ("_total" if m._type == "counter" else ""): set(m._labelnames)
+        for m in vars(Metrics()).values()
+        if hasattr(m, "_labelnames")
+    }
+    code = "".join(p.read_text() for p in (ROOT / "api").rglob("*.py"))
+    wrong = []
+    for name, selector in re.findall(r"(opendisco_api_\w+)\{([^}]*)\}", (ROOT / doc).read_text()):
+        base = re.sub(r"_(count|sum|bucket)$", "", name)
+        for label, value in re.findall(r'(\w+)="([^"]*)"', selector):
+            if label not in labels.get(base, set()) or f'"{value}"' not in code:
+                wrong.append(f"{name}{{{label}={value!r}}}")
+    assert not wrong, wrong
