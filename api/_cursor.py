@@ -29,8 +29,10 @@ __all__ = ["MAX_CURSOR_CHARS", "SECRETS", "CursorCodec", "shared_secret"]
 SECRETS = "api_secrets"
 #: the longest cursor a request may carry (the ``cursor`` parameter's bound): a session whose
 #: served ids do not fit in one ends as one that served ``max_ids`` (item ids may have 512
-#: characters: 999 of 100 signed to 78,746, a cursor the next page was refused with)
-MAX_CURSOR_CHARS = 65536
+#: characters: 999 of 100 signed to 78,746, a cursor the next page was refused with). It
+#: leaves 16 KiB of the server's 64 KiB request head (``BoundedHttpTools.max_head_bytes``) to
+#: the path and the fields: at 65,536 the API issued cursors whose next page was a 431
+MAX_CURSOR_CHARS = 48 * 1024
 
 
 async def shared_secret(db: Any, configured: str | None) -> bytes:

@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import json
 import logging
+import random
 import re
 import time
 from typing import Any
@@ -18,7 +19,9 @@ import pytest
 from api_support import h, proxied, uvicorn_served
 
 from opendisco import Settings
+from opendisco._domain import ID_MAX_LENGTH
 from opendisco.api import BoundedHttpTools
+from opendisco.api._cursor import MAX_CURSOR_CHARS, CursorCodec
 
 
 async def test_a_request_still_running_when_the_stop_grace_ends_is_answered_503(
@@ -98,6 +101,39 @@ async def test_a_request_head_over_its_bounds_is_refused_431(api_settings: Setti
             assert (await client.get("/healthz", headers=fields)).status_code == 200
         events = {"events": [{"pad": "x" * 200_000}]}  # a body is not the head
         assert (await client.post("/v1/events", json=events)).status_code in (401, 422)
+
+
+async def test_the_longest_cursor_issued_pages_through_the_real_server(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    # before: a cursor could have 65,536 characters, the whole head's bound — the API
+    # issued a 65,301-character one (827 served ids of 100) whose next page httpx got 431
+    # for, and a longer one did not fit httpx's 65,536-character query at all
+    secret = api_settings.api_cursor_secret
+    assert secret
+    user = "u" + "x" * (ID_MAX_LENGTH - 1)  # the longest path a member's page has
+    codec = CursorCodec(secret.encode(), max_ids=10_000)
+    rng = random.Random(5)
+    pool = ["".join(rng.choices("0123456789abcdef", k=100)) for _ in range(2000)]
+    lo, hi = 1, len(pool)  # the most served ids whose cursor is still issued
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if codec.encode(user, "for_you", pool[:mid]) else (lo, mid - 1)
+    longest = codec.encode(user, "for_you", pool[:lo])
+    assert longest is not None and codec.encode(user, "for_you", pool[: lo + 1]) is None
+    assert len(longest) > MAX_CURSOR_CHARS - 1000
+    # a load balancer's and a tracer's fields besides the key
+    fields = {
+        "Authorization": f"Bearer {keys['read']}",
+        "X-Forwarded-For": ", ".join(["203.0.113.7"] * 50),
+        "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        "Cookie": "session=" + "c" * 4000,
+    }
+    params = {"surface": "for_you", "k": 100, "explain": "false", "cursor": longest}
+    async with uvicorn_served(api_settings) as (_, client):
+        r = await client.get(f"/v1/users/{user}/recommendations", params=params, headers=fields)
+    assert r.status_code == 200, r.text[:300]
+    assert not {i["id"] for i in r.json()["items"]} & set(pool[:lo])
 
 
 async def test_a_head_that_does_not_arrive_in_time_has_its_connection_closed(
