@@ -55,11 +55,12 @@ def _respond(
 ) -> dict[str, Any]:
     """The response body; logs a fallback answer (the pipeline's answers, an empty one too, by its
     served-list side effect) and, for paged surfaces (``served_before`` not None), signs the
-    cursor of the next page."""
+    cursor of the next page (none after an empty page the engine answered)."""
     rid = request_id(request)
     ids = answer.ids
     next_cursor = None
-    if served_before is not None:
+    # an empty page the engine answered: nothing left to serve (a degraded one: maybe later)
+    if served_before is not None and (ids or answer.degraded):
         next_cursor = rt.cursors.encode(user_id or "", surface, [*served_before, *ids])
     if not answer.counted:  # the pipeline counts its pages when it picks them (serving._caps)
         rt.discovery.record_served(answer.items)  # exposure of the members shown (batched)

@@ -163,3 +163,29 @@ async def test_served_profiles_reach_the_processs_copy_of_the_exposure_counters(
         await asyncio.sleep(0.1)
     assert copy.fresh() and copy.items, "the API keeps no fresh copy"
     assert all(got[i].count >= 1 for i in served), {i: got[i] for i in served}
+
+
+async def test_a_session_with_nothing_left_to_serve_ends(
+    api: Any, keys: dict[str, str], api_catalogue: dict[str, Any]
+) -> None:
+    # before: once a session had served every eligible profile (39 here at k=100), each next
+    # page was empty yet carried a next cursor again (its expiry renewed): a client paging
+    # `while next_cursor` looped on empty pages for good, each one logged as a served list
+    user = _broad_user(api_catalogue)
+    url = f"/v1/users/{user}/recommendations?k=100"
+    seen: list[str] = []
+    cursor, pages = None, 0
+    while pages < 5:
+        body = _ok(
+            await api.get(url + (f"&cursor={cursor}" if cursor else ""), headers=h(keys["read"]))
+        )
+        assert body["degraded"] is False
+        ids = [it["id"] for it in body["items"]]
+        assert not set(ids) & set(seen)
+        seen += ids
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+        assert ids, "an empty page carried a next cursor"
+    assert cursor is None and 0 < len(seen) < 100 * (pages - 1), (pages, len(seen))
