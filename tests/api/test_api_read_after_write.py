@@ -74,6 +74,8 @@ async def test_a_write_answered_2xx_by_one_process_holds_in_the_others_next_answ
         for member in (f"u{i}" for i in range(1, 100)):
             url = f"/v1/users/{member}/recommendations?k=5"
             first = (await b.get(url, headers=read)).json()
+            if not first["next_cursor"]:  # nothing to serve: no next page
+                continue
             page = f"{url}&cursor={first['next_cursor']}"
             second = [it["id"] for it in (await b.get(page, headers=read)).json()["items"]]
             if len(second) < 4:
