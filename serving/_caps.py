@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ExposureCaps", "PageCaps"]
 
-#: counts a page toward exposure (``Writes.shown``: response-shaped items ``{"id", "item"}``)
-Count = Callable[[Sequence[Mapping[str, Any]]], None]
+#: counts a page toward exposure (``Writes.shown``: response-shaped items ``{"id", "item"}``,
+#: the request's id)
+Count = Callable[[Sequence[Mapping[str, Any]], str | None], None]
 
 
 @dataclass
@@ -68,9 +69,9 @@ class ExposureCaps:
         if at_cap:
             plan.rules = plan.rules.with_capped((plan.rules.capped_ids or frozenset()) | at_cap)
 
-    def page(self, candidates: Sequence[Candidate]) -> PageCaps:
+    def page(self, candidates: Sequence[Candidate], request_id: str | None = None) -> PageCaps:
         """The page check of one request over its candidates."""
-        return PageCaps(self, {c.id: c.item for c in candidates})
+        return PageCaps(self, {c.id: c.item for c in candidates}, request_id)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class PageCaps:
 
     caps: ExposureCaps
     items: Mapping[str, Mapping[str, Any]]
+    request_id: str | None = None
 
     def reached(self, ids: Sequence[str], stored: Mapping[str, Any]) -> set[str]:
         """The ids at their cap now: the cap ``stored`` holds for an id the page re-read from
@@ -93,5 +95,5 @@ class PageCaps:
         """Count the page toward exposure; whether it was counted (a caller that counts)."""
         if self.caps.count is None:
             return False
-        self.caps.count([{"id": i, "item": self.items[i]} for i in ids])
+        self.caps.count([{"id": i, "item": self.items[i]} for i in ids], self.request_id)
         return True

@@ -242,7 +242,9 @@ class Discovery:
         explorer = self.explorer if plan.user_id and explorable and not explain else None
         plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         t3 = time.perf_counter()
-        caps = self.caps.page(cs.candidates)  # checked and counted after the last await
+        caps = self.caps.page(
+            cs.candidates, plan.request_id
+        )  # checked, counted after the last await
         page = await pick_page(result, k, plan.rules, explorer, self.recheck, caps)
         # nothing below awaits: the page counted (``page.counted``) is the one answered
         rows, scores, exploration = page.rows, page.scores, page.exploration
@@ -382,9 +384,12 @@ class Discovery:
         """Apply an event batch (to its end, even when the caller gives up)."""
         return await self.writes.events(events, now=now)
 
-    def record_served(self, items: Sequence[Mapping[str, Any]]) -> None:
-        """Count a list shown to a member toward its profiles' exposure (no I/O here)."""
-        self.writes.shown(items)
+    def record_served(
+        self, items: Sequence[Mapping[str, Any]], request_id: str | None = None
+    ) -> None:
+        """Count a list shown to a member toward its profiles' exposure (no I/O here; a
+        request id's retry of the same list is not counted again)."""
+        self.writes.shown(items, request_id)
 
     async def item(self, item_id: str) -> dict[str, Any]:
         with backend_errors(

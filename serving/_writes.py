@@ -9,13 +9,17 @@
 * a list shown to a member counts toward the exposure of its member profiles through
   :class:`~opendisco.signals.ServedExposure`'s batched background flush (no I/O on the answer
   path; setting ``exposure_count_served``); other items (movies, products) count only through
-  client impression events.
+  client impression events. A list a request id was already counted with (a client retrying
+  with its ``X-Request-ID``: the same page again, logged once in ``served_lists``) is not
+  counted again by this process (the last :data:`RETRIES_KEPT` lists); the same id on another
+  list (a client sending one id every time) still is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -37,6 +41,9 @@ __all__ = ["Writes"]
 
 log = logging.getLogger("opendisco.serving")
 
+#: the lists counted lately, by request id, that a retry of the same request is not counted for
+RETRIES_KEPT = 10_000
+
 
 class Writes:
     """Events and served impressions of one pipeline (see the module docstring)."""
@@ -54,6 +61,8 @@ class Writes:
         self._events: EventProcessor | None = None
         self._applying: set[asyncio.Future[EventsResult]] = set()
         self._lock = asyncio.Lock()
+        #: ``(request id, profiles)`` of the lists counted lately, oldest first
+        self._counted: OrderedDict[tuple[str, tuple[str, ...]], None] = OrderedDict()
 
     async def _processor(self) -> EventProcessor:
         if self._events is None:
@@ -74,15 +83,24 @@ class Writes:
         task.add_done_callback(_unawaited)
         return await asyncio.shield(task)
 
-    def shown(self, items: Sequence[Mapping[str, Any]]) -> None:
-        """Count a list shown to a member (response items: ``{"id", "item": {...}}``)."""
+    def shown(self, items: Sequence[Mapping[str, Any]], request_id: str | None = None) -> None:
+        """Count a list shown to a member (response items: ``{"id", "item": {...}}``), once per
+        request id and list."""
         if not self.settings.exposure_count_served:
             return
         profiles = [
             str(it["id"]) for it in items if (it.get("item") or {}).get("kind") == "profile"
         ]
-        if profiles:
-            self.served.add(profiles)
+        if not profiles:
+            return
+        if request_id:
+            key = (request_id, tuple(profiles))
+            if key in self._counted:
+                return
+            self._counted[key] = None
+            if len(self._counted) > RETRIES_KEPT:
+                self._counted.popitem(last=False)
+        self.served.add(profiles)
 
     async def recover_forever(self) -> None:
         """The events' recovery sweep in the background (``EventProcessor.recover_forever``),

@@ -63,7 +63,7 @@ def _respond(
     if served_before is not None and (ids or answer.degraded):
         next_cursor = rt.cursors.encode(user_id or "", surface, [*served_before, *ids])
     if not answer.counted:  # the pipeline counts its pages when it picks them (serving._caps)
-        rt.discovery.record_served(answer.items)  # exposure of the members shown (batched)
+        rt.discovery.record_served(answer.items, rid)  # exposure of the members shown (batched)
     log = rt.discovery.served_log
     if log is not None and not answer.logged:  # the fallback's lists are logged here
         n = len(ids)

@@ -189,3 +189,31 @@ async def test_a_session_with_nothing_left_to_serve_ends(
             break
         assert ids, "an empty page carried a next cursor"
     assert cursor is None and 0 < len(seen) < 100 * (pages - 1), (pages, len(seen))
+
+
+async def test_a_retried_request_id_counts_its_list_toward_exposure_once(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    # before: a client retrying a page with its X-Request-ID (6 at once, the same cursor) got
+    # the same list 6 times, logged once in served_lists yet counted 6 times toward exposure
+    # (its caps reached 6x early); a repeated id on another list is still counted
+    settings = api_settings.model_copy(update={"exposure_flush_s": 3600.0})  # none flushed
+    user, read = _broad_user(api_catalogue), h(keys["read"])
+    url = f"/v1/users/{user}/recommendations?k=5"
+    async with serve(settings) as client:
+        pending = client.app.state.runtime.discovery.served.pending
+        first = _ok(await client.get(url, headers=read))
+        page = f"{url}&cursor={first['next_cursor']}"
+        rid = {"X-Request-ID": f"retry-{uuid.uuid4().hex[:8]}"}
+        answers = await asyncio.gather(*[client.get(page, headers=read | rid) for _ in range(6)])
+        lists = {tuple(it["id"] for it in _ok(r)["items"]) for r in answers}
+        assert len(lists) == 1, lists  # the same page each time
+        (shown,) = lists
+        assert shown and {i: pending[i] for i in shown} == dict.fromkeys(shown, 1)
+        _ok(await client.get(page, headers=read))  # another request id: shown again
+        assert {i: pending[i] for i in shown} == dict.fromkeys(shown, 2)
+        # the same id on another list (a client sending one id every time) is counted
+        again = _ok(await client.get(url, headers=read | rid))
+        ids = [it["id"] for it in again["items"]]
+        assert ids == [it["id"] for it in first["items"]]
+        assert {i: pending[i] for i in ids} == dict.fromkeys(ids, 2)

@@ -73,9 +73,9 @@ async def test_a_refused_source_fills_the_page_through_every_rule_and_logs_it(
         counted: list[list[str]] = []
         count = rt.discovery.caps.count
 
-        def counting(items: Sequence[Mapping[str, Any]]) -> None:
+        def counting(items: Sequence[Mapping[str, Any]], request_id: str | None) -> None:
             counted.append([str(it["id"]) for it in items])
-            count(items)
+            count(items, request_id)
 
         rt.discovery.caps.count = counting
         # nothing failed: nothing filled, no fill step
