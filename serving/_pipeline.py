@@ -242,9 +242,8 @@ class Discovery:
         explorer = self.explorer if plan.user_id and explorable and not explain else None
         plan.timings_ms["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         t3 = time.perf_counter()
-        caps = self.caps.page(
-            cs.candidates, plan.request_id
-        )  # checked, counted after the last await
+        # checked and counted after the last await (once per request id and list)
+        caps = self.caps.page(cs.candidates, plan.request_id)
         page = await pick_page(result, k, plan.rules, explorer, self.recheck, caps)
         # nothing below awaits: the page counted (``page.counted``) is the one answered
         rows, scores, exploration = page.rows, page.scores, page.exploration
@@ -384,12 +383,9 @@ class Discovery:
         """Apply an event batch (to its end, even when the caller gives up)."""
         return await self.writes.events(events, now=now)
 
-    def record_served(
-        self, items: Sequence[Mapping[str, Any]], request_id: str | None = None
-    ) -> None:
-        """Count a list shown to a member toward its profiles' exposure (no I/O here; a
-        request id's retry of the same list is not counted again)."""
-        self.writes.shown(items, request_id)
+    def record_served(self, items: Sequence[Mapping[str, Any]], rid: str | None = None) -> None:
+        """Count a list shown toward its profiles' exposure (no I/O; once per ``rid`` and list)."""
+        self.writes.shown(items, rid)
 
     async def item(self, item_id: str) -> dict[str, Any]:
         with backend_errors(
