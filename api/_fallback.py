@@ -328,7 +328,12 @@ class Fallback:
         return out
 
     async def answer(
-        self, surface: str, user_id: str | None, k: int, exclude: Iterable[str] = ()
+        self,
+        surface: str,
+        user_id: str | None,
+        k: int,
+        exclude: Iterable[str] = (),
+        request_id: str | None = None,
     ) -> FallbackAnswer:
         """Up to ``k`` items that obey every hard rule for this viewer; :class:`Overloaded`
         (503) when the rules cannot be read or nothing safe is left."""
@@ -367,5 +372,5 @@ class Fallback:
         if not picked:
             raise Overloaded("no safe degraded answer for this member", 2.0)
         items = [to_served(r) for r in picked[:k]]
-        self.discovery.record_served(items)
+        self.discovery.record_served(items, request_id)  # a retry's same list: once
         return FallbackAnswer(items, version, source, unchecked, counted=True)

@@ -129,6 +129,7 @@ class Runtime:
         user_id: str | None = None,
         exclude: Sequence[str] = (),
         explain: bool = False,
+        request_id: str | None = None,
     ) -> Answer:
         """The pipeline's answer (an empty list included), or the fallback's (``degraded``,
         every hard rule checked for ``user_id``) when it times out, fails or the breaker is
@@ -198,7 +199,7 @@ class Runtime:
                     DEADLINE.reset(by)
                     ENGINE_WAIT.reset(token)
             self.metrics.degraded.labels(surface, reason).inc()
-            fb = await self.fallback.answer(surface, user_id, k, exclude)
+            fb = await self.fallback.answer(surface, user_id, k, exclude, request_id)
             return Answer(
                 items=fb.items,
                 version=fb.template_version,

@@ -127,6 +127,7 @@ async def recommendations(
         user_id=user_id,
         exclude=served,
         explain=explain,
+        request_id=request_id(request),
     )
     return _respond(rt, request, key, name, user_id, answer, served)
 
@@ -152,6 +153,7 @@ async def similar(
         user_id=user_id,
         exclude=[item_id],
         explain=explain,
+        request_id=request_id(request),
     )
     return _respond(rt, request, key, "similar", user_id, answer)
 
@@ -176,5 +178,6 @@ async def search(
         k,
         user_id=user_id,
         explain=explain,
+        request_id=request_id(request),
     )
     return _respond(rt, request, key, "search", user_id, answer)

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from api_support import h, serve
+from api_support import h, serve, serve_faulty
 
 from opendisco import Settings
 
@@ -217,3 +217,27 @@ async def test_a_retried_request_id_counts_its_list_toward_exposure_once(
         ids = [it["id"] for it in again["items"]]
         assert ids == [it["id"] for it in first["items"]]
         assert {i: pending[i] for i in ids} == dict.fromkeys(ids, 2)
+
+
+async def test_a_retried_request_id_counts_its_degraded_list_toward_exposure_once(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    # before: the fallback's answer to each retry (the engine failing) was counted again
+    user, read = _broad_user(api_catalogue), h(keys["read"])
+    url = f"/v1/users/{user}/recommendations?k=5"
+    update = {"exposure_flush_s": 3600.0, "api_breaker_failures": 1}
+    async with serve_faulty(api_settings, **update) as (proxy, client):
+        pending = client.app.state.runtime.discovery.served.pending
+        first = _ok(await client.get(url, headers=read))
+        proxy.failing = True
+        page = f"{url}&cursor={first['next_cursor']}"
+        rid = {"X-Request-ID": f"retry-{uuid.uuid4().hex[:8]}"}
+        lists = set()
+        for _ in range(4):
+            body = _ok(await client.get(page, headers=read | rid))
+            assert body["degraded"] is True
+            lists.add(tuple(it["id"] for it in body["items"]))
+        assert len(lists) == 1, lists
+        (shown,) = lists
+        assert shown and not set(shown) & {it["id"] for it in first["items"]}
+        assert {i: pending[i] for i in shown} == dict.fromkeys(shown, 1)
