@@ -61,8 +61,8 @@ class Writes:
         self._events: EventProcessor | None = None
         self._applying: set[asyncio.Future[EventsResult]] = set()
         self._lock = asyncio.Lock()
-        #: ``(request id, profiles)`` of the lists counted lately, oldest first
-        self._counted: OrderedDict[tuple[str, tuple[str, ...]], None] = OrderedDict()
+        #: hashes of ``(request id, profiles)`` of the lists counted lately, oldest first
+        self._counted: OrderedDict[int, None] = OrderedDict()
 
     async def _processor(self) -> EventProcessor:
         if self._events is None:
@@ -94,7 +94,7 @@ class Writes:
         if not profiles:
             return
         if request_id:
-            key = (request_id, tuple(profiles))
+            key = hash((request_id, *profiles))  # 64 bits: not the lists themselves kept
             if key in self._counted:
                 return
             self._counted[key] = None
