@@ -58,7 +58,8 @@ async def readyz(rt: RuntimeDep) -> JSONResponse:
 )
 async def metrics(rt: RuntimeDep) -> PlainTextResponse:
     """Prometheus metrics (latency per route, degraded answers, breaker state, served
-    impressions and lists not written, the cap list's length), of every worker when the server runs several."""
+    impressions and lists not written, the cap list's length), of every worker when the
+    server runs several."""
     rt.publish()  # this worker's now; the others' as they last published them
     return PlainTextResponse(rt.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
