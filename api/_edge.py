@@ -56,6 +56,12 @@ STOPPING = "the server is stopping: the request was cut short; retry"
 CLIENT_GONE = 499
 
 
+def _stop_grace_over(exc: asyncio.CancelledError) -> bool:
+    """Whether a cancel is uvicorn's at the end of its stop grace (``Server.shutdown`` cancels
+    each request task still running with this message)."""
+    return bool(exc.args) and "graceful shutdown exceeded" in str(exc.args[0])
+
+
 def _declares_body(scope: Scope) -> bool:
     """Whether the request says a body follows: chunked, or a length that is not zero (``0``,
     ``00`` and an empty value say none)."""
@@ -223,11 +229,13 @@ class Edge:
         try:
             if await self._handle(scope, receive, send_with_id, rid, metrics, lambda: sent):
                 status = CLIENT_GONE  # the client closed the request (nginx's 499), not an error
-        except asyncio.CancelledError:
-            if begun:  # part of an answer is out: the connection is closed on it
+        except asyncio.CancelledError as exc:
+            # only the server's stop is answered here (uvicorn cancels the requests still
+            # running when its grace ends, and answered them 500): a 503 the client may retry
+            # elsewhere. Any other cancel goes on (answered, an in-process caller's timeout
+            # read a 503 where its cancel was swallowed: event batches it retried piled up)
+            if begun or not _stop_grace_over(exc):
                 raise
-            # the server's stop grace is over (uvicorn cancels the requests still running,
-            # and answered them 500): a stop, so a 503 the client may retry elsewhere
             resp = error_response(Overloaded(STOPPING, 1.0), rid)
             resp.headers["Connection"] = "close"
             await resp(scope, receive, send_with_id)

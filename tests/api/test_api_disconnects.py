@@ -188,3 +188,42 @@ async def test_a_read_answered_in_full_is_not_cancelled_by_the_servers_disconnec
 async def test_a_read_whose_client_leaves_is_cancelled_at_once() -> None:
     sent, done = await _edge_read(app_tail_s=0.0, gone_after_s=0.05)
     assert sent == [] and not done
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_cancel_other_than_the_servers_stop_goes_through_the_edge(method: str) -> None:
+    """Only uvicorn's cancel at the end of its stop grace is answered (503) by the edge; any
+    other cancel of the request's task goes on. Before, every cancel before an answer began
+    was swallowed and answered 503: an in-process caller's timeout read that 503 as an answer
+    (its ``wait_for`` returned it), and event batches it retried piled up under a 429 storm."""
+    started = asyncio.Event()
+    sent: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    admission = Admission(1)
+    edge = Edge(app, admission, get_metrics=lambda: None)
+    scope = {"type": "http", "method": method, "path": "/v1/x", "headers": []}
+    for msg, answered in (
+        (None, False),
+        ("Task cancelled, timeout graceful shutdown exceeded", True),
+    ):
+        started.clear()
+        sent.clear()
+        receive = server_receive(asyncio.Event())  # the request, then nothing: still there
+        task = asyncio.ensure_future(edge(scope, receive, send))
+        await asyncio.wait_for(started.wait(), 5)
+        task.cancel(msg)
+        if answered:  # the stop's: answered, the task ends
+            await asyncio.wait_for(task, 5)
+            assert sent[0]["status"] == 503, sent
+        else:
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 5)
+            assert sent == [], sent
+        assert admission.in_flight == 0
