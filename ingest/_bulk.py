@@ -226,7 +226,12 @@ class BulkWriter:
     A refused or failed bulk is retried ``bulk_max_retries`` times, and for at least
     ``retry_for`` seconds: a rebuild, which cannot resume, rides out an engine that answers
     429 for a while (``reindex_retry_seconds``); sync gives up sooner and backs off with its
-    checkpoint kept (``run_sync``)."""
+    checkpoint kept (``run_sync``).
+
+    ``own_index``: ``index`` is one the caller created and holds (a rebuild's), so items
+    answered ``index_not_found_exception`` came from a node behind on the cluster state and
+    are retried like refused ones (before, the first bulks after a hung node came back
+    failed the rebuild); elsewhere the target is gone: :class:`IndexStateError`."""
 
     def __init__(
         self,
@@ -236,11 +241,13 @@ class BulkWriter:
         *,
         alias: bool = False,
         retry_for: float = 0.0,
+        own_index: bool = False,
     ) -> None:
         self.client = client
         self.settings = settings
         self.index = index
         self.retry_for = retry_for
+        self.own_index = own_index
         self.params: dict[str, str] = {"filter_path": "items.*.status,items.*.error"}
         if alias:
             self.params["require_alias"] = "true"
@@ -361,7 +368,7 @@ class BulkWriter:
                     maybe_deleted.append(action)
                 elif outcome == "conflict":
                     result.conflicts.append(action)
-                elif outcome == "retry":
+                elif outcome == "retry" or (self.own_index and _missing_index(answer)):
                     retry.append((action, data))
                     last_reason = reason
                 elif _missing_index(answer):

@@ -18,6 +18,8 @@ touched, nothing of OpenSearch is mocked: every request not faulted reaches it):
   :meth:`FaultyHttpProxy.resume` or the proxy's exit, then go through (``hung`` counts them);
 * ``missing_if(method, path)``: the matching requests answered 404 ``index_not_found_exception``
   (a node behind on the cluster state, e.g. resumed after a pause, asked about a new index);
+  a matching ``_bulk`` is answered as such a node answers it: 200, every item 404
+  ``index_not_found_exception``, nothing applied;
 * ``rewrite_if(method, path, answer)``: the engine's 200 JSON answers to the matching requests
   are replaced by what it returns (None: left as they are; ``rewritten`` counts them): the
   engine's partial answers, e.g. a search with ``_shards.failed`` (a shard's search queue
@@ -100,6 +102,32 @@ class FaultyHttpProxy:
         error = _REJECTED if status == 429 else {"type": "unavailable", "reason": "fault proxy"}
         return web.json_response({"error": error, "status": status}, status=status)
 
+    def _missing(self, request: web.Request, body: bytes) -> web.Response:
+        """What a node without the index in its cluster state answers (nothing applied)."""
+        index = request.path.strip("/").split("/")[0]
+
+        def error(name: str) -> dict[str, Any]:
+            return {"type": "index_not_found_exception", "reason": f"no such index [{name}]"}
+
+        if not request.path.endswith("/_bulk"):
+            self._count(404)
+            return web.json_response({"error": error(index), "status": 404}, status=404)
+        self._count(200)
+        items = []
+        for action, meta, _, _ in _bulk_lines(body):
+            name = str(meta.get("_index", index))
+            items.append(
+                {
+                    action: {
+                        "_index": name,
+                        "_id": meta.get("_id"),
+                        "status": 404,
+                        "error": error(name),
+                    }
+                }
+            )
+        return web.json_response({"took": 0, "errors": True, "items": items})
+
     async def _forward(self, request: web.Request, body: bytes) -> tuple[int, bytes, str]:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host",)}
@@ -164,10 +192,7 @@ class FaultyHttpProxy:
         if self.fail_if is not None and self.fail_if(request.method, request.path):
             return self._refuse(429)
         if self.missing_if is not None and self.missing_if(request.method, request.path):
-            self._count(404)
-            index = request.path.strip("/").split("/")[0]
-            error = {"type": "index_not_found_exception", "reason": f"no such index [{index}]"}
-            return web.json_response({"error": error, "status": 404}, status=404)
+            return self._missing(request, body)
         if self.hang_if is not None and self.hang_if(request.method, request.path):
             assert self._resumed is not None
             self.hung += 1
