@@ -228,10 +228,11 @@ class BulkWriter:
     429 for a while (``reindex_retry_seconds``); sync gives up sooner and backs off with its
     checkpoint kept (``run_sync``).
 
-    ``own_index``: ``index`` is one the caller created and holds (a rebuild's), so items
-    answered ``index_not_found_exception`` came from a node behind on the cluster state and
-    are retried like refused ones (before, the first bulks after a hung node came back
-    failed the rebuild); elsewhere the target is gone: :class:`IndexStateError`."""
+    Items answered ``index_not_found_exception`` are retried within the same budget: a node
+    behind on the cluster state (one resumed after a pause) answers so about an index or
+    alias the others hold (before, the first bulks after a hung node came back failed a
+    rebuild, and would have stopped a sync worker for good). Still missing once the budget
+    is spent, the target is gone: :class:`IndexStateError`."""
 
     def __init__(
         self,
@@ -241,13 +242,11 @@ class BulkWriter:
         *,
         alias: bool = False,
         retry_for: float = 0.0,
-        own_index: bool = False,
     ) -> None:
         self.client = client
         self.settings = settings
         self.index = index
         self.retry_for = retry_for
-        self.own_index = own_index
         self.params: dict[str, str] = {"filter_path": "items.*.status,items.*.error"}
         if alias:
             self.params["require_alias"] = "true"
@@ -353,6 +352,7 @@ class BulkWriter:
                     f"bulk answered {len(items)} items for {len(pending)} actions"
                 )
             retry: list[tuple[Action, bytes]] = []
+            missing = 0  # of them answered that the index does not exist
             for (action, data), item in zip(pending, items, strict=True):
                 answer = next(iter(item.values()))
                 outcome, reason = classify(action.op, answer)
@@ -368,17 +368,18 @@ class BulkWriter:
                     maybe_deleted.append(action)
                 elif outcome == "conflict":
                     result.conflicts.append(action)
-                elif outcome == "retry" or (self.own_index and _missing_index(answer)):
+                elif outcome == "retry" or _missing_index(answer):
                     retry.append((action, data))
+                    missing += _missing_index(answer)
                     last_reason = reason
-                elif _missing_index(answer):
-                    raise IndexStateError(f"bulk into {self.index}: {reason}")
                 else:
                     result.rejected.append((action, reason))
             if not retry:
                 await self._settle_deletes(maybe_deleted, result)
                 return result
             if _spent(attempt, deadline, self.settings):
+                if missing == len(retry):
+                    raise IndexStateError(f"bulk into {self.index}: {last_reason}")
                 raise SearchBackendError(
                     f"{len(retry)} bulk items still failing after {attempt} retries: {last_reason}"
                 )

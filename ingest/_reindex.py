@@ -153,9 +153,7 @@ async def _reindex(
     await _patiently(settings, lambda: create_build(client, index, body))
     await seed_resume_token(settings, db)  # change streams resume from before the read
     since = now_ms() - timedelta(seconds=settings.sync_overlap_seconds)
-    writer = BulkWriter(
-        client, settings, index, retry_for=settings.reindex_retry_seconds, own_index=True
-    )
+    writer = BulkWriter(client, settings, index, retry_for=settings.reindex_retry_seconds)
     coll = items_collection(db, settings)
     total = await _estimated_total(coll, db)
     model = (await served_collection(db, settings)).name  # the vectors the build joins

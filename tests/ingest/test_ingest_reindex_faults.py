@@ -423,31 +423,3 @@ async def test_a_rebuild_asked_about_its_index_by_a_lagging_node_retries(
         assert len(asked) > 2  # the two lagging answers were asked again
         assert report.indexed == len(ingest_catalogue)
         assert await alias_targets(client, settings.index_alias) == [report.index]
-
-
-async def test_a_rebuild_whose_bulks_reach_a_lagging_node_retries(
-    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
-) -> None:
-    """A node behind on the cluster state answers a bulk into the index the rebuild just
-    created with every item 404 ``index_not_found_exception`` (nothing applied): the rebuild
-    failed at once with IndexStateError (seen on the 3-node cluster, the first bulks after a
-    hung node came back). The items are sent again like those of a storm."""
-    sent: list[str] = []
-
-    def lagging(method: str, path: str) -> bool:
-        if not path.endswith("/_bulk"):
-            return False
-        sent.append(path)
-        return len(sent) <= 2  # the first two bulks
-
-    async with faulty_engine(ingest_settings, bulk_backoff_max=0.2, bulk_concurrency=1) as (
-        proxy,
-        settings,
-        client,
-    ):
-        proxy.missing_if = lagging
-        report = await reindex(settings, client=client, embedder=embedder)
-        assert len(sent) > 2 and proxy.answered.get(200, 0) >= 2
-        assert report.indexed == len(ingest_catalogue) and not report.dead_lettered
-        assert await alias_targets(client, settings.index_alias) == [report.index]
-        assert (await verify(settings, client=client)).ok

@@ -1,0 +1,111 @@
+"""Bulks answered by a node behind on the cluster state (a real engine behind the fault
+proxy, which answers a ``_bulk`` as such a node does: every item 404
+``index_not_found_exception``, nothing applied): a rebuild and a sync ride them out; a target
+really gone still fails."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from ingest_support import bump, faulty_engine
+
+from opendisco import IndexStateError, Settings, clients
+from opendisco.ingest import Embedder, alias_targets, reindex, sync_once, verify
+
+
+async def test_a_rebuild_whose_bulks_reach_a_lagging_node_retries(
+    ingest_settings: Settings, ingest_catalogue: list[dict[str, Any]], embedder: Embedder
+) -> None:
+    """A node behind on the cluster state answers a bulk into the index the rebuild just
+    created with every item 404 ``index_not_found_exception`` (nothing applied): the rebuild
+    failed at once with IndexStateError (seen on the 3-node cluster, the first bulks after a
+    hung node came back). The items are sent again like those of a storm."""
+    sent: list[str] = []
+
+    def lagging(method: str, path: str) -> bool:
+        if not path.endswith("/_bulk"):
+            return False
+        sent.append(path)
+        return len(sent) <= 2  # the first two bulks
+
+    async with faulty_engine(ingest_settings, bulk_backoff_max=0.2, bulk_concurrency=1) as (
+        proxy,
+        settings,
+        client,
+    ):
+        proxy.missing_if = lagging
+        report = await reindex(settings, client=client, embedder=embedder)
+        assert len(sent) > 2 and proxy.answered.get(200, 0) >= 2
+        assert report.indexed == len(ingest_catalogue) and not report.dead_lettered
+        assert await alias_targets(client, settings.index_alias) == [report.index]
+        assert (await verify(settings, client=client)).ok
+
+
+async def test_a_sync_whose_bulk_reaches_a_lagging_node_applies_the_change(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A sync bulk (``require_alias``) answered "no such index" by a node behind on the
+    cluster state raised IndexStateError: what a worker takes for the alias missing, a
+    configuration error it exits on (every time). Retried like a refused item, the change
+    lands."""
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        bump(mongo_db[ingest_settings.items_collection], "p2", popularity=7.0)
+        sent: list[str] = []
+
+        def lagging(method: str, path: str) -> bool:
+            if not path.endswith("/_bulk"):
+                return False
+            sent.append(path)
+            return len(sent) == 1  # the first bulk
+
+        async with faulty_engine(ingest_settings, bulk_backoff_max=0.2) as (
+            proxy,
+            settings,
+            faulty,
+        ):
+            proxy.missing_if = lagging
+            report = await sync_once(settings, client=faulty, embedder=embedder)
+        assert len(sent) >= 2 and report.indexed >= 1
+        got = await client.get(index=ingest_settings.index_alias, id="p2")
+        assert got["_source"]["popularity"] == 7.0
+        assert (await verify(ingest_settings, client=client)).ok
+    finally:
+        await client.close()
+
+
+async def test_a_sync_into_an_alias_really_gone_still_fails(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """Past the retry budget a missing target is what it says: IndexStateError (the worker's
+    configuration error), not a backend error retried for ever."""
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        bump(mongo_db[ingest_settings.items_collection], "p2", popularity=7.0)
+        async with faulty_engine(ingest_settings, bulk_backoff_max=0.05, bulk_max_retries=2) as (
+            proxy,
+            settings,
+            faulty,
+        ):
+            sent: list[str] = []
+
+            def gone(method: str, path: str) -> bool:
+                if path.endswith("/_bulk"):
+                    sent.append(path)
+                return path.endswith("/_bulk")
+
+            proxy.missing_if = gone
+            with pytest.raises(IndexStateError, match="no such index"):
+                await sync_once(settings, client=faulty, embedder=embedder)
+            assert len(sent) == 3  # the bulk and its two retries
+    finally:
+        await client.close()
