@@ -81,12 +81,15 @@ def backend_errors(what: str, *, not_found: str | None = None) -> Iterator[None]
     """Run a block of backend I/O; library errors leave it as opendisco errors.
 
     ``not_found``: an OpenSearch 404 inside the block becomes :class:`NotFound` with this
-    message (for lookups of one id the caller named) instead of a backend error.
+    message (for lookups of one id the caller named) instead of a backend error — the 404 of
+    a document, not ``index_not_found_exception``: the index or alias is missing (or unknown
+    to a node behind on the cluster state), which the caller's id cannot help (it was
+    answered "no such item", 404, in that window).
     """
     try:
         yield
     except SearchNotFound as exc:
-        if not_found is not None:
+        if not_found is not None and exc.error != "index_not_found_exception":
             raise NotFound(not_found) from exc
         raise SearchBackendError(f"{what}: {exc}") from exc
     except (OpenSearchException, PyMongoError) as exc:

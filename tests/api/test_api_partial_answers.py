@@ -63,3 +63,26 @@ async def test_msearch_answers_in_part_degrade_by_source_and_never_break_a_rule(
         resp = await client.get(URL, headers=h(key))
         assert resp.status_code == 200 and resp.json()["items"] == [], resp.text
         assert resp.json()["explain"]["filtered"].get("available", 0) > 0
+
+
+async def test_an_item_lookup_a_lagging_node_answers_index_not_found_is_no_404(
+    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """A node behind on the cluster state (resumed after a pause, right after a reindex's
+    alias swap) answers a GET of an item through the alias 404 ``index_not_found_exception``:
+    the API told the client the item does not exist (404 on ``similar``, every time). The
+    engine's index is missing, not the item: the answer degrades like an outage's."""
+    key = keys["admin"]
+    async with serve_faulty(api_settings, api_breaker_failures=100) as (proxy, client):
+        live = await client.get("/v1/items/p3/similar?k=5", headers=h(key))
+        assert live.status_code == 200 and live.json()["degraded"] is False, live.text
+        proxy.missing_if = lambda method, path: "/_doc/" in path
+        resp = await client.get("/v1/items/p3/similar?k=5", headers=h(key))
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["degraded"] is True and body["items"], body
+        assert "p3" not in [it["id"] for it in body["items"]]
+        assert proxy.answered.get(404, 0) >= 1
+        proxy.missing_if = None
+        gone = await client.get("/v1/items/no-such-item/similar?k=5", headers=h(key))
+        assert gone.status_code == 404, gone.text  # an item that does not exist still is one
