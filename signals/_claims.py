@@ -21,7 +21,11 @@ was a process of this host that is gone (killed with -9, say) counts as expired 
 retry after the restart applies it (a block among them included) instead of reporting it in
 flight until the lease runs out. Expiry is wall-clock time (hosts are assumed NTP-synced, as for
 :func:`opendisco._store.lease`); a claim without an expiry (written before claims had one) is
-expired. Generation arbiters are deleted once their event is marked applied.
+expired. Generation arbiters are deleted once their holder marks their event applied; an
+arbiter keeps its taker's mark (:meth:`EventClaims.taken`): the event's own copy of it can be
+written over (FerretDB 1.x: of two concurrent updates of a document the last one written
+drops the other's change — a failed holder's release landing over a take-over), and a taker
+that misses an earlier holder's mark counts that holder's writes again.
 
 A holder that fails gives its claims up at once (:meth:`EventClaims.release`) and writes onto
 the events, in the same update, the additive effects it completed (``done``: counters and
@@ -39,7 +43,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -127,9 +131,10 @@ class EventClaims:
         self.lease_s = lease_s
         #: event id -> generation this process holds beyond 0 (arbiters to delete on mark)
         self._held: dict[str, int] = {}
-        #: one update of a holder's events at a time: FerretDB 1.x rewrites a whole document
-        #: per update, and of two concurrent updates of one event (a renewal, the records of
-        #: two effects) the last one written dropped the other's change
+        #: one update of the events at a time: FerretDB 1.x rewrites a whole document per
+        #: update, and of two concurrent updates of one event (a renewal, the records of two
+        #: effects; a failed holder's release and a taker's take-over) the last one written
+        #: dropped the other's change (across processes: :meth:`taken`)
         self._updating = asyncio.Lock()
 
     def expiry(self) -> datetime:
@@ -170,7 +175,8 @@ class EventClaims:
 
     async def take_over(self, expired: Mapping[str, int], token: str, mark: str) -> set[str]:
         """Try to take over expired claims (``{event id: its generation}``); returns the ids won
-        (``mark``: the taker's counter writes', kept on them as in :meth:`stamp`).
+        (``mark``: the taker's counter writes', kept on them as in :meth:`stamp` and on the
+        generation's arbiter: :meth:`taken`).
 
         Generation ``g + 1`` is won by inserting its arbiter. When that arbiter exists, the
         taker of ``g + 1`` may itself have died before updating the event: its arbiter's own
@@ -184,6 +190,7 @@ class EventClaims:
             expires = self.expiry()
             docs = [
                 {"_id": _arbiter(i, g), "event": i, "gen": g, "owner": token, "expires": expires}
+                | {"mark": mark}  # an insert: never written over (``taken``)
                 | holder()
                 for i, g in sorted(want.items())
             ]
@@ -217,18 +224,36 @@ class EventClaims:
         expires = self.expiry()
         with backend_errors("event claim update failed"):
             for g, ids in by_gen.items():
-                await self.events.update_many(
-                    {"_id": {"$in": ids}},
-                    {
-                        "$set": {
-                            "claim_owner": token,
-                            "claim_gen": g,
-                            "claim_expires": expires,
-                            **holder("claim_"),
-                        },
-                        "$addToSet": {"claim_marks": mark},
+                claim = {
+                    "$set": {
+                        "claim_owner": token,
+                        "claim_gen": g,
+                        "claim_expires": expires,
+                        **holder("claim_"),
                     },
-                )
+                    "$addToSet": {"claim_marks": mark},
+                }
+                async with self._updating:
+                    await self.events.update_many({"_id": {"$in": ids}}, claim)
+
+    async def taken(self, ids: Iterable[str]) -> dict[str, ClaimStatus]:
+        """:meth:`status` of events a call has just won, with the marks of every holder that
+        took them over before it: those on its generation's arbiter too (an insert, which no
+        concurrent update writes over), not only those on the event (``claim_marks``: an
+        update of it written back by a holder that read it before the take-over drops them,
+        and the next taker would count that holder's writes a second time)."""
+        status = await self.status(ids)
+        if not status:
+            return status
+        with backend_errors("event claim lookup failed"):
+            arbiters = await self.arbiters.find(
+                {"event": {"$in": sorted(status)}}, projection={"event": 1, "mark": 1}
+            ).to_list(None)
+        marks: dict[str, set[str]] = defaultdict(set)
+        for d in arbiters:
+            if d.get("mark"):
+                marks[str(d["event"])].add(str(d["mark"]))
+        return {i: replace(st, marks=st.marks | marks[i]) for i, st in status.items()}
 
     async def renew(self, ids: Sequence[str], token: str) -> None:
         """Push the expiry of this holder's claims (and its arbiters) one lease ahead."""
@@ -267,7 +292,10 @@ class EventClaims:
             for effect, some in sorted((partly or {}).items()):
                 if mine := sorted(set(some) & set(ids)):
                     await self.record_done(mine, token, effect)
-            await self.events.update_many({"_id": {"$in": list(ids)}, "claim_owner": token}, update)
+            async with self._updating:
+                await self.events.update_many(
+                    {"_id": {"$in": list(ids)}, "claim_owner": token}, update
+                )
             held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
             if held:
                 await self.arbiters.update_many(
@@ -346,19 +374,21 @@ class EventClaims:
         applies it (marked here, nobody would have counted it). Returns those not marked (read
         only when fewer than all were): not applied by this call."""
         with backend_errors("marking events applied failed"):
-            res = await self.events.update_many(
-                {"_id": {"$in": list(ids)}, "claim_owner": token}, {"$set": {"applied": True}}
-            )
+            async with self._updating:
+                res = await self.events.update_many(
+                    {"_id": {"$in": list(ids)}, "claim_owner": token}, {"$set": {"applied": True}}
+                )
             lost: set[str] = set()
             if res.modified_count < len(set(ids)):
                 others = {"_id": {"$in": list(ids)}, "claim_owner": {"$ne": token}}
                 taken = await self.events.find(others, projection={"_id": 1}).to_list(None)
                 lost = {str(d["_id"]) for d in taken}
-        held = [_arbiter(i, self._held.pop(i)) for i in ids if i in self._held]
-        if held:
+        # an event not marked keeps this holder's arbiter: its mark, for the next taker
+        held = [(i, _arbiter(i, self._held.pop(i))) for i in ids if i in self._held]
+        if dropped := [a for i, a in held if i not in lost]:
             # best effort: leftovers are purged with the events
             with contextlib.suppress(BackendError), backend_errors("dropping arbiters failed"):
-                await self.arbiters.delete_many({"_id": {"$in": held}})
+                await self.arbiters.delete_many({"_id": {"$in": dropped}})
         return lost
 
     async def purge(self, cutoff: datetime) -> int:

@@ -41,7 +41,9 @@ engine counter), and an outage longer than the read-back waits. An engine counte
 read back but fenced (``_fence``: landed, or made a no-op should it land later — a paused node
 applies it when it wakes), and each holder's mark is kept on its events with its claim, so the
 call taking them over fences the writes of earlier holders that could not (a crash, an engine
-that did not answer) before it writes (the inbound counters' too; co-engagement rows: ``_graph``).
+that did not answer) before it writes (the inbound counters' too; co-engagement rows: ``_graph``);
+a taker's mark is also kept on its generation's arbiter (``_claims``: an update of the events
+written over by a concurrent one dropped it, and the next taker counted its writes again).
 A counters ``_bulk`` applied in part is read item by item: the events whose items it wrote
 record it done, those it names unsure are fenced by their mark (a 429 retry round, ``_apply``).
 Raw events expire through a TTL index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`,
@@ -354,7 +356,7 @@ class EventProcessor:
                     # wrote some effects and gave them up, this call then winning the next
                     # generation (taken from the status above, that holder's counter writes
                     # were added again: test_signals_claims_faults, seen under load)
-                    fresh = await self.claims.status(won)
+                    fresh = await self.claims.taken(won)
                     done.update((i, fresh[i].done) for i in won)
                     earlier.update((i, fresh[i].marks - {mark}) for i in won)
             if mine:
