@@ -1,21 +1,23 @@
 """One ``_bulk`` of scripted counter upserts, its rejected items sent again (opensearch-py's
-``streaming_bulk`` rule: only 429s are retried).
+``streaming_bulk`` rule: 429s are retried; here also a lagging node's index_not_found).
 
-The engine's counters (exposure, live trend) add on every application, so a ``_bulk`` answer
-is read item by item: an item applied must never be sent again and one not applied must not be
+The engine's counters (exposure, live trend) add on every application, so a ``_bulk`` answer is
+read item by item: an item applied must never be sent again and one not applied must not be
 counted as written. An overloaded engine rejects single items of a bulk it otherwise applies
-(``429 es_rejected_execution_exception``: a shard's write queue full); :func:`bulk_updates`
-sends those again, alone, up to ``retries`` times with a doubling pause, and returns what was
-applied and what still was not, by document id. A retry round that fails as a whole (the engine
-stopped answering) ends the retries: its items are returned as not applied. A first request
-that fails as a whole raises (:class:`~opendisco.PartialWrite` naming every item when the
-engine refused it: answered 429 to its only send, nothing was applied). A request that failed
-without an answer (timed out, connection cut, or sent again by the transport after such a
-failure) may have been applied all the same, and a retry round's items are then returned as
-not applied and unsure: the writers mark their counter writes and a counter ignores a mark it keeps
-(``_counting.once_per_mark``), so the transport's re-sends and a served flush's retry of the same
-part count once, and an event batch's call reads its marks back before its events are taken
-over (``_apply``).
+(``429 es_rejected_execution_exception``: a shard's write queue full), and a node behind on the
+cluster state answers ``index_not_found_exception`` for the counters' index, just created or
+not (the ingest's bulks of an index of their own: ``BulkWriter(own_index=True)``);
+:func:`bulk_updates` sends those again, alone, up to ``retries`` times with a doubling pause,
+and returns what was applied and what still was not, by document id. A retry round that fails
+as a whole (the engine stopped answering) ends the retries: its items are returned as not
+applied. A first request that fails as a whole raises (:class:`~opendisco.PartialWrite` naming
+every item when the engine refused it: answered 429 to its only send, nothing was applied). A
+request that failed without an answer (timed out, connection cut, or sent again by the
+transport after such a failure) may have been applied all the same, and a retry round's items
+are then returned as not applied and unsure: the writers mark their counter writes and a
+counter ignores a mark it keeps (``_counting.once_per_mark``), so the transport's re-sends and
+a served flush's retry of the same part count once, and an event batch's call reads its marks
+back before its events are taken over (``_apply``).
 """
 
 from __future__ import annotations
@@ -50,10 +52,20 @@ def _split(
         if "error" not in res and 200 <= int(res.get("status", 200)) < 300:
             applied.append(res)
         else:
-            failed.append((pair, str(res.get("error")), int(res.get("status", 0)) == 429))
+            again = int(res.get("status", 0)) == 429 or _behind(res)
+            failed.append((pair, str(res.get("error")), again))
     for pair in pairs[len(items) :]:  # an answer shorter than the request: not known applied
         failed.append((pair, "no result in the bulk answer", False))
     return applied, failed
+
+
+def _behind(res: dict[str, Any]) -> bool:
+    """Pure: an item answered ``index_not_found_exception``, which for the counters' index
+    (ensured before any write) comes from a node behind on the cluster state — one resumed
+    after a pause, or that has not applied the index's creation yet: nothing applied, sent
+    again like a rejected item (the next send goes to another node)."""
+    error = res.get("error")
+    return isinstance(error, dict) and error.get("type") == "index_not_found_exception"
 
 
 def _id(pair: Pair) -> str:

@@ -18,6 +18,7 @@ import itertools
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -526,3 +527,34 @@ async def test_what_waits_is_flushed_when_no_answer_comes(
         after = await store.counts(ids)
         assert {i: after[i] - before[i] for i in ids} == dict.fromkeys(ids, 2)
         assert served.written == 2 * len(ids) and served.unwritten_total() == 0
+
+
+async def test_counter_writes_a_lagging_node_answers_index_not_found_are_sent_again(
+    storm: tuple[FaultyHttpProxy, Settings],
+) -> None:
+    """Right after the counters' index is ensured, a node behind on the cluster state (one
+    resumed after a pause) answers the first counters ``_bulk`` with every item 404
+    ``index_not_found_exception``, nothing applied: the batch's counter writes failed (the
+    events given up, the client answered 503). The items are sent again like rejected ones:
+    every impression and like counted once."""
+    proxy, s = storm
+    sent: list[str] = []
+
+    def lagging_once(method: str, path: str) -> bool:
+        if not path.endswith("/_bulk"):
+            return False
+        sent.append(path)
+        return len(sent) == 1  # the call's first _bulk
+
+    async with _served_through(s) as (store, _served):
+        ids = MOVIES[:3]
+        before = await store.read(ids)
+        proxy.missing_if = lagging_once
+        await store.record(dict.fromkeys(ids, 2))
+        assert len(sent) == 2  # the lagging answer, sent again
+        sent.clear()
+        assert await store.record_trend([(i, datetime.now(UTC), 1.0) for i in ids]) == len(ids)
+        assert len(sent) == 2
+        after = await store.read(ids)
+        assert {i: after[i].count - before[i].count for i in ids} == dict.fromkeys(ids, 2)
+        assert all(after[i].trend - before[i].trend == pytest.approx(1.0, rel=0.01) for i in ids)
