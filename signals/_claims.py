@@ -237,17 +237,19 @@ class EventClaims:
                     await self.events.update_many({"_id": {"$in": ids}}, claim)
 
     async def taken(self, ids: Iterable[str]) -> dict[str, ClaimStatus]:
-        """:meth:`status` of events a call has just won, with the marks of every holder that
-        took them over before it: those on its generation's arbiter too (an insert, which no
-        concurrent update writes over), not only those on the event (``claim_marks``: an
-        update of it written back by a holder that read it before the take-over drops them,
-        and the next taker would count that holder's writes a second time)."""
+        """:meth:`status` of events this process has just won, with the marks of every holder
+        that took them over before it: those on the arbiters of the generations before its own
+        too (inserts, which no concurrent update writes over; read by ``_id``), not only those
+        on the event (``claim_marks``: an update of it written back by a holder that read it
+        before a take-over drops them, and the next taker counted that holder's writes a
+        second time). The first holder's mark is the event's own, from its insert."""
         status = await self.status(ids)
-        if not status:
+        earlier = [_arbiter(i, g) for i in status for g in range(1, self._held.get(i, 0))]
+        if not earlier:
             return status
         with backend_errors("event claim lookup failed"):
             arbiters = await self.arbiters.find(
-                {"event": {"$in": sorted(status)}}, projection={"event": 1, "mark": 1}
+                {"_id": {"$in": earlier}}, projection={"event": 1, "mark": 1}
             ).to_list(None)
         marks: dict[str, set[str]] = defaultdict(set)
         for d in arbiters:
