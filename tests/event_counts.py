@@ -17,7 +17,13 @@ from typing import Any
 import httpx
 
 from opendisco import Settings, clients
-from opendisco.signals import BlockStore, ExposureStore, InboundCounter, UserStateStore
+from opendisco.signals import (
+    BlockStore,
+    ExposureStore,
+    InboundCounter,
+    UserStateStore,
+    exposure_index,
+)
 
 __all__ = [
     "all_applied",
@@ -91,7 +97,12 @@ async def applied_once(
     for name, kind in (("exposure", "impression"), ("inbound", "like")):
         want = Counter(e["item_id"] for e in events if e["type"] == kind)
         got = Counter({i: after[name][i] - before[name][i] for i in owners})
-        assert +got == want, (name, got, want)
+        if +got != want:
+            try:
+                why = await _writers(settings, events, list(owners))
+            except Exception as exc:  # the counts' assertion is what matters
+                why = {"unreadable": repr(exc)}
+            raise AssertionError((name, got, want, why))
     members = {e["user_id"] for e in events}
     mongo = clients.mongo_async(settings)
     try:
@@ -107,6 +118,31 @@ async def applied_once(
             assert hidden <= set((await blocks.get(u)).blocked), u
     finally:
         await mongo.close()
+
+
+async def _writers(settings: Settings, events: Batch, items: list[str]) -> dict[str, Any]:
+    """What tells a double count's path: each counter's marks (``fenced``: those a fence put
+    there) and, per event, how many holders it had (their marks) and what they recorded."""
+    osc = clients.async_opensearch(settings)
+    try:
+        resp = await osc.mget(
+            index=exposure_index(settings),
+            body={"ids": items},
+            params={"_source_includes": "count,marks,fenced"},
+        )
+        docs = {d["_id"]: d.get("_source") for d in resp["docs"]}
+    finally:
+        await osc.close()
+    with clients.mongo(settings) as mc:
+        stored = mc[settings.mongo_db]["events"].find(
+            {"_id": {"$in": [e["id"] for e in events]}},
+            projection={"claim_marks": 1, "claim_gen": 1, "done": 1},
+        )
+        holders = Counter(
+            (d.get("claim_gen"), tuple(d.get("claim_marks") or ()), tuple(d.get("done") or ()))
+            for d in stored
+        )
+    return {"counters": docs, "holders": {str(k): n for k, n in holders.items() if k[0]}}
 
 
 async def post_settled(
