@@ -37,6 +37,8 @@ from ._exceptions import (
 __all__ = [
     "BACKEND_EXC_MAP",
     "backend_errors",
+    "index_missing",
+    "item_index_missing",
     "map_backend_error",
     "partial",
     "whole_docs",
@@ -65,6 +67,22 @@ def _detail(exc: BaseException) -> str:
     return text
 
 
+def index_missing(exc: BaseException) -> bool:
+    """Whether the engine answered that the index (or alias) does not exist: 404
+    ``index_not_found_exception``, not a document's 404. On a cluster a node behind on the
+    cluster state (one resumed after a pause, or that has not applied a new index or alias
+    yet) answers so about one the others hold."""
+    return getattr(exc, "status_code", None) == 404 and getattr(exc, "error", None) == (
+        "index_not_found_exception"
+    )
+
+
+def item_index_missing(answer: Mapping[str, Any]) -> bool:
+    """:func:`index_missing` for one item of a ``_bulk`` answer (nothing of it applied)."""
+    error = answer.get("error")
+    return isinstance(error, Mapping) and error.get("type") == "index_not_found_exception"
+
+
 def map_backend_error(exc: BaseException, what: str) -> BackendError | None:
     """The opendisco error for a library exception, or None when it is not a backend error
     (an engine's 413, a body over its ``http.max_content_length``: :class:`SearchTooLarge`)."""
@@ -89,7 +107,7 @@ def backend_errors(what: str, *, not_found: str | None = None) -> Iterator[None]
     try:
         yield
     except SearchNotFound as exc:
-        if not_found is not None and exc.error != "index_not_found_exception":
+        if not_found is not None and not index_missing(exc):
             raise NotFound(not_found) from exc
         raise SearchBackendError(f"{what}: {exc}") from exc
     except (OpenSearchException, PyMongoError) as exc:

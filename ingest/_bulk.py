@@ -29,7 +29,7 @@ import orjson
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import TransportError
 
-from opendisco._backend import backend_errors, whole_search
+from opendisco._backend import backend_errors, index_missing, item_index_missing, whole_search
 from opendisco._exceptions import IndexStateError, SearchBackendError
 from opendisco._settings import Settings
 from opendisco._transport import counting_sends
@@ -162,14 +162,6 @@ def transient(exc: BaseException) -> bool:
     """An engine failure worth retrying: a failed connection, or 429/502/503/504."""
     status = getattr(exc, "status_code", None)
     return isinstance(exc, OSConnectionError) or status in (429, 502, 503, 504)
-
-
-def index_missing(exc: BaseException) -> bool:
-    """Whether the engine answered that the index does not exist (404
-    ``index_not_found_exception``)."""
-    return getattr(exc, "status_code", None) == 404 and getattr(exc, "error", None) == (
-        "index_not_found_exception"
-    )
 
 
 def _spent(attempt: int, deadline: float, settings: Settings) -> bool:
@@ -368,9 +360,9 @@ class BulkWriter:
                     maybe_deleted.append(action)
                 elif outcome == "conflict":
                     result.conflicts.append(action)
-                elif outcome == "retry" or _missing_index(answer):
+                elif outcome == "retry" or item_index_missing(answer):
                     retry.append((action, data))
-                    missing += _missing_index(answer)
+                    missing += item_index_missing(answer)
                     last_reason = reason
                 else:
                     result.rejected.append((action, reason))
@@ -385,9 +377,3 @@ class BulkWriter:
                 )
             pending = retry
         raise AssertionError("unreachable")  # the loop returns or raises
-
-
-def _missing_index(answer: Mapping[str, Any]) -> bool:
-    """The target itself is gone (not a problem of this document)."""
-    error = answer.get("error")
-    return isinstance(error, Mapping) and error.get("type") == "index_not_found_exception"

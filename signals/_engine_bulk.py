@@ -6,7 +6,7 @@ read item by item: an item applied must never be sent again and one not applied 
 counted as written. An overloaded engine rejects single items of a bulk it otherwise applies
 (``429 es_rejected_execution_exception``: a shard's write queue full), and a node behind on the
 cluster state answers ``index_not_found_exception`` for the counters' index, just created or
-not (the ingest's bulks of an index of their own: ``BulkWriter(own_index=True)``);
+not (as the ingest's bulks do: ``BulkWriter``);
 :func:`bulk_updates` sends those again, alone, up to ``retries`` times with a doubling pause,
 and returns what was applied and what still was not, by document id. A retry round that fails
 as a whole (the engine stopped answering) ends the retries: its items are returned as not
@@ -28,7 +28,7 @@ from typing import Any
 
 from opensearchpy import AsyncOpenSearch
 
-from opendisco._backend import backend_errors
+from opendisco._backend import backend_errors, item_index_missing
 from opendisco._exceptions import BackendError, PartialWrite
 from opendisco._transport import counting_sends
 
@@ -52,20 +52,15 @@ def _split(
         if "error" not in res and 200 <= int(res.get("status", 200)) < 300:
             applied.append(res)
         else:
-            again = int(res.get("status", 0)) == 429 or _behind(res)
+            # an item answered index_not_found: the counters' index is ensured before any
+            # write, so a node behind on the cluster state answered it (one resumed after a
+            # pause, or that has not applied the creation yet): nothing applied, sent again
+            # like a rejected item (the next send goes to another node)
+            again = int(res.get("status", 0)) == 429 or item_index_missing(res)
             failed.append((pair, str(res.get("error")), again))
     for pair in pairs[len(items) :]:  # an answer shorter than the request: not known applied
         failed.append((pair, "no result in the bulk answer", False))
     return applied, failed
-
-
-def _behind(res: dict[str, Any]) -> bool:
-    """Pure: an item answered ``index_not_found_exception``, which for the counters' index
-    (ensured before any write) comes from a node behind on the cluster state — one resumed
-    after a pause, or that has not applied the index's creation yet: nothing applied, sent
-    again like a rejected item (the next send goes to another node)."""
-    error = res.get("error")
-    return isinstance(error, dict) and error.get("type") == "index_not_found_exception"
 
 
 def _id(pair: Pair) -> str:

@@ -271,12 +271,13 @@ class ExposureStore:
             )
 
     async def capped(self) -> list[str]:
-        """The ids the candidate queries currently exclude."""
-        with backend_errors("capped list read failed"):
-            try:
+        """The ids the candidate queries currently exclude (none before the first list; the
+        index unknown to a node behind on the cluster state is a backend error, not none)."""
+        try:
+            with backend_errors("capped list read failed", not_found="no cap list yet"):
                 doc = await self.client.get(index=self.index, id=CAPPED_DOC_ID)
-            except NotFoundError:
-                return []
+        except NotFound:
+            return []
         return sorted(((doc.get("_source") or {}).get("capped") or {}).get("ids") or [])
 
     async def counts(self, ids: Iterable[str], now: datetime | None = None) -> dict[str, int]:

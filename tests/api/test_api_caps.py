@@ -21,6 +21,7 @@ from test_api_safety import _ready, namespaced
 
 from opendisco import Settings, clients
 from opendisco.api import create_key
+from opendisco.api._segments import load_caps
 from opendisco.serving import Discovery
 
 CAP = 3
@@ -339,3 +340,29 @@ async def test_an_item_whose_cap_list_update_failed_stays_out_without_a_copy(
             shown = [await _shown(client, key, f"list{i}", capped) for i in range(1, MEMBERS)]
             assert not any(shown), shown
             proxy.fail_if = None
+
+
+async def test_a_cap_list_a_lagging_node_says_has_no_index_is_not_read_as_empty(
+    caps_settings: Settings, caps_catalogue: dict[str, Any]
+) -> None:
+    """A node behind on the cluster state answers the GET of the cap list 404
+    ``index_not_found_exception``: read as "no list yet", the fallback's refresh replaced its
+    cap list with an empty one and stored it for the other processes, whose degraded answers
+    then showed members past their cap (every time). The older list is kept, as on any
+    failed read."""
+    item = "lagcap-x"  # no such item: its cap is the default
+    with FaultyHttpProxy(caps_settings.opensearch_url) as proxy:
+        settings = caps_settings.model_copy(update={"opensearch_url": proxy.url})
+        async with serve(settings) as client:
+            await _ready(client)
+            rt = client.app.state.runtime
+            lists, disc = rt.fallback.lists, rt.discovery
+            assert item in await disc.exposure.record({item: settings.exposure_default_cap})
+            await lists.refresh()
+            assert item in (lists.snapshot.capped or ())
+            proxy.missing_if = lambda method, path: path.endswith("/_doc/_capped")
+            await lists.refresh()
+            assert proxy.answered.get(404, 0) >= 1
+            assert item in (lists.snapshot.capped or ())
+            stored = await load_caps(disc.db, settings.index_alias)
+            assert stored is not None and item in stored[0]
