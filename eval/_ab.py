@@ -15,14 +15,10 @@ namespace and dataset; a marker document records what was replayed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-import numpy as np
-from scipy.special import stdtr
 
 from opendisco import clients
 from opendisco._backend import backend_errors
@@ -31,7 +27,7 @@ from opendisco._settings import Settings
 from opendisco.serving import Artifacts
 
 from ._compare import sample_users
-from ._runner import ACCURACY, EvalReport, ModelResult, evaluate
+from ._runner import ACCURACY, EvalReport, PairedDiff, evaluate, paired_difference, paired_values
 from ._served import ReplayReport, ServedRecommender, replay
 from ._split import time_split
 from ._synthetic import resolve_dataset
@@ -47,44 +43,6 @@ __all__ = [
 #: the collection (in the evaluation namespace) that records what was replayed there
 MARKER_COLLECTION = "eval_replays"
 STAGE = "validation"
-
-
-@dataclass(frozen=True)
-class PairedDiff:
-    """``b - a`` of one metric over the same users: mean, standard error, paired t-test."""
-
-    metric: str
-    a: float
-    b: float
-    diff: float
-    se: float
-    n: int
-    p_value: float | None
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        return self.diff - 1.96 * self.se, self.diff + 1.96 * self.se
-
-
-def paired_difference(a: ModelResult, b: ModelResult, metric: str) -> PairedDiff:
-    """The per-user difference ``b - a`` of ``metric`` (both scored with ``per_user=True`` on
-    the same users): mean and standard error ``sd(d) / sqrt(n)``."""
-    return paired_values(a.per_user.get(metric, []), b.per_user.get(metric, []), metric)
-
-
-def paired_values(a: Any, b: Any, metric: str) -> PairedDiff:
-    """Pure: :class:`PairedDiff` of two equally long per-unit value sequences, ``b - a``."""
-    xa = np.asarray(a, dtype=np.float64)
-    xb = np.asarray(b, dtype=np.float64)
-    if len(xa) != len(xb) or len(xa) == 0:
-        raise InvalidInput(f"{metric}: both models need per-user values for the same users")
-    d = xb - xa
-    n = len(d)
-    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    p = None
-    if n > 1 and np.any(d != d[0]):
-        p = float(2 * stdtr(n - 1, -abs(d.mean() / se)))  # paired t-test, n - 1 df
-    return PairedDiff(metric, float(xa.mean()), float(xb.mean()), float(d.mean()), se, n, p)
 
 
 @dataclass

@@ -10,6 +10,7 @@ pipeline does) and otherwise the batch time divided by the users in the batch.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,14 +18,25 @@ from typing import Any
 
 import numpy as np
 from rich.table import Table
+from scipy.special import stdtr
 
+from opendisco._exceptions import InvalidInput
 from opendisco._store import finite_values as finite
 
 from . import _metrics as m
 from ._protocol import Recommender
 from ._split import Stage
 
-__all__ = ["EvalReport", "ModelResult", "accuracy", "evaluate", "per_user_accuracy"]
+__all__ = [
+    "EvalReport",
+    "ModelResult",
+    "PairedDiff",
+    "accuracy",
+    "evaluate",
+    "paired_difference",
+    "paired_values",
+    "per_user_accuracy",
+]
 
 ACCURACY = ("recall", "ndcg", "map", "hitrate")
 
@@ -41,6 +53,62 @@ class ModelResult:
     per_user: dict[str, list[float]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PairedDiff:
+    """``b - a`` of one metric over the same users: mean, standard error, paired t-test."""
+
+    metric: str
+    a: float
+    b: float
+    diff: float
+    se: float
+    n: int
+    p_value: float | None
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        return self.diff - 1.96 * self.se, self.diff + 1.96 * self.se
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired difference of the report: ``model`` − ``against``."""
+
+    model: str
+    against: str
+    diff: PairedDiff
+
+    def line(self) -> str:
+        d = self.diff
+        z = d.diff / d.se if d.se > 0 else float("nan")
+        apart = f", {z:+.1f} SE" if math.isfinite(z) else ""
+        return (
+            f"{self.model} − {self.against}: {d.metric} {d.diff:+.4f} "
+            f"(SE {d.se:.4f}{apart}, {d.n} users)"
+        )
+
+
+def paired_difference(a: ModelResult, b: ModelResult, metric: str) -> PairedDiff:
+    """The per-user difference ``b - a`` of ``metric`` (both scored with ``per_user=True`` on
+    the same users): mean and standard error ``sd(d) / sqrt(n)``."""
+    return paired_values(a.per_user.get(metric, []), b.per_user.get(metric, []), metric)
+
+
+def paired_values(a: Any, b: Any, metric: str) -> PairedDiff:
+    """Pure: :class:`PairedDiff` of two equally long per-unit value sequences, ``b - a``."""
+    xa = np.asarray(a, dtype=np.float64)
+    xb = np.asarray(b, dtype=np.float64)
+    if len(xa) != len(xb) or len(xa) == 0:
+        raise InvalidInput(f"{metric}: both models need per-user values for the same users")
+    d = xb - xa
+    n = len(d)
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    p = None
+    if n > 1 and np.any(d != d[0]):
+        p = float(2 * stdtr(n - 1, -abs(d.mean() / se)))  # paired t-test, n - 1 df
+    return PairedDiff(metric, float(xa.mean()), float(xb.mean()), float(d.mean()), se, n, p)
+
+
 @dataclass
 class EvalReport:
     dataset: str
@@ -50,7 +118,23 @@ class EvalReport:
     models: list[ModelResult]
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "paired": [asdict(c) for c in self.comparisons()]}
+
+    def comparisons(self) -> list[Comparison]:
+        """The paired NDCG@k differences the table's claims rest on, over the same users:
+        each served model against the best other model, or without one the best model
+        against the runner-up (are they apart by more than noise?)."""
+        metric = f"ndcg@{self.k}"
+        scored = [r for r in self.models if r.per_user.get(metric)]
+        served = [r for r in scored if r.name.startswith("served")]
+        others = sorted(
+            (r for r in scored if not r.name.startswith("served")),
+            key=lambda r: -np.nan_to_num(r.metrics.get(metric, np.nan), nan=-np.inf),
+        )
+        pairs = [(r, others[0]) for r in served] if others else []
+        if not served and len(others) > 1:
+            pairs = [(others[0], others[1])]
+        return [Comparison(a.name, b.name, paired_difference(b, a, metric)) for a, b in pairs]
 
     def to_json(self) -> str:
         """Strict JSON: an empty slice's NaN mean is ``null`` (``NaN`` is not JSON)."""
@@ -60,6 +144,7 @@ class EvalReport:
         k = self.k
         return [
             *(f"{a}@{k}" for a in ACCURACY),
+            f"ndcg@{k} SE",
             "coverage",
             "novelty",
             "gini",
@@ -74,6 +159,7 @@ class EvalReport:
         k = self.k
         for r in self.models:
             vals = [r.metrics.get(f"{a}@{k}") for a in ACCURACY]
+            vals.append(standard_error(r.per_user.get(f"ndcg@{k}", [])))
             vals += [r.metrics.get("coverage"), r.metrics.get("novelty"), r.metrics.get("gini")]
             vals += [
                 r.slices.get("cold_users", {}).get(f"ndcg@{k}"),
@@ -101,7 +187,11 @@ class EvalReport:
                 f" Positives = rating >= {s.get('threshold')}; last {s.get('n_test')} positives "
                 f"per user held out as test, the {s.get('n_val')} before them as validation."
             )
-        return text + " Latency marked * is batch time / users (not a per-request figure)."
+        text += " Latency marked * is batch time / users (not a per-request figure)."
+        pairs = self.comparisons()
+        if pairs:
+            text += " Paired over the same users: " + "; ".join(c.line() for c in pairs) + "."
+        return text
 
     def to_markdown(self) -> str:
         head = ["model", *self.columns()]
@@ -117,6 +207,7 @@ class EvalReport:
             "novelty": "nov",
             "latency_p50_ms": "p50 ms",
             "latency_p99_ms": "p99 ms",
+            f"ndcg@{self.k} SE": "ndcg SE",
         }
         for col in self.columns():
             name = short.get(col, col)
@@ -126,6 +217,11 @@ class EvalReport:
             table.add_row(*row)
         table.caption = self.notes()
         return table
+
+
+def standard_error(values: Sequence[float]) -> float | None:
+    """The standard error of the mean of per-user values (None below two users)."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
 
 
 def _fmt(v: float | None) -> str:

@@ -1,0 +1,80 @@
+"""``opendisco eval`` on MovieLens-format datasets unlike ml-latest-small, built in tmp_path:
+what an operator reads must carry its uncertainty, whatever the data's size and shape."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from movielens_layouts import Slice, write_csv
+
+from opendisco import Settings
+from opendisco.cli.main import cli
+from opendisco.eval import MostPopular, evaluate, paired_values, read_movielens, time_split
+
+
+def small_world(users: int = 40, items: int = 30, per_user: int = 12, seed: int = 3) -> Slice:
+    """A small MovieLens-format release on integer stars: popular items liked more often."""
+    rng = random.Random(seed)
+    movies = [(str(i), f"Film {i} ({1990 + i % 20})", "Drama|Comedy") for i in range(1, items + 1)]
+    weights = [1.0 / i for i in range(1, items + 1)]
+    ratings = []
+    for u in range(1, users + 1):
+        picked: set[int] = set()
+        while len(picked) < per_user:
+            picked.add(rng.choices(range(1, items + 1), weights)[0])
+        for n, m in enumerate(sorted(picked, key=lambda _: rng.random())):
+            stars = rng.choice("345455")
+            ratings.append((str(u), str(m), stars, str(1_200_000_000 + 3600 * (50 * u + n))))
+    return Slice(movies, ratings, [])
+
+
+class Shuffled(MostPopular):
+    """The popularity list with its top items in a per-user random order (a weaker model)."""
+
+    name = "served"
+
+    def recommend_batch(self, user_ids, k, exclude):  # type: ignore[no-untyped-def]
+        lists = super().recommend_batch(user_ids, 2 * k, exclude)
+        rng = np.random.default_rng(0)
+        return [list(rng.permutation(x))[:k] for x in lists]
+
+
+def test_the_report_pairs_the_served_model_with_the_best_baseline(tmp_path: Path) -> None:
+    """Every table's claim ("served beats EASE") comes with the paired per-user difference and
+    its standard error; the markdown and the JSON both carry it (they had means only)."""
+    split = time_split(read_movielens(write_csv(small_world(), tmp_path / "small")))
+    stage = split.stage("test")
+    models = {"most-popular": MostPopular().fit(stage), "served": Shuffled().fit(stage)}
+    report = evaluate(models, stage, k=5)
+    (pair,) = report.comparisons()
+    assert (pair.model, pair.against) == ("served", "most-popular")
+    by = {r.name: r.per_user["ndcg@5"] for r in report.models}
+    want = paired_values(by["most-popular"], by["served"], "ndcg@5")
+    assert pair.diff == want and want.se > 0 and want.n == len(stage.evaluable)
+    md = report.to_markdown()
+    assert f"served − most-popular: ndcg@5 {want.diff:+.4f} (SE {want.se:.4f}" in md
+    assert "ndcg@5 SE" in md.splitlines()[0]
+    doc = json.loads(report.to_json())
+    assert doc["paired"][0]["model"] == "served"
+    assert abs(doc["paired"][0]["diff"]["se"] - want.se) < 1e-12
+
+
+def test_eval_on_a_small_unseen_dataset_reports_standard_errors(
+    tmp_path: Path, base_settings: Settings
+) -> None:
+    """The baselines-only run: the best baseline against the runner-up, paired."""
+    data = write_csv(small_world(users=30), tmp_path / "thirty")
+    out = tmp_path / "res"
+    args = ["eval", "--dataset", str(data), "--no-served", "--out", str(out)]
+    result = CliRunner().invoke(cli, args, obj=base_settings, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "eval.json").read_text())
+    (pair,) = doc["paired"]
+    ranked = sorted(doc["models"], key=lambda m: -m["metrics"]["ndcg@10"])
+    assert (pair["model"], pair["against"]) == (ranked[0]["name"], ranked[1]["name"])
+    assert pair["diff"]["n"] == ranked[0]["users"] and pair["diff"]["se"] >= 0
+    assert "Paired over the same users" in (out / "eval.md").read_text()
