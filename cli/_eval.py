@@ -32,6 +32,7 @@ from opendisco.eval._served import replay as do_replay
 from opendisco.eval._tune import (
     SPACES,
     current_version,
+    gain_text,
     html_report,
     now_iso,
     plot_trials,
@@ -355,6 +356,9 @@ def tune_cmd(
         "users": len(uidx),
         "value": result.best_value,
         "current_value": result.current_value,
+        # best − trial 0 per user, on the users it was picked on (optimistic)
+        "gain": None if result.gain is None else {"diff": result.gain.diff, "se": result.gain.se},
+        "better_than_current": result.better,
         "based_on": f"params-v{version}.json" if version else "defaults",
         # Discovery(params=..., rerank_config=...) takes these two as they are
         "template_params": {"for_you": template} if template else {},
@@ -381,7 +385,7 @@ def tune_cmd(
     )
     click.echo(
         f"best {metric} = {result.best_value:.4f} (trial {result.best_trial}; "
-        f"first trial {result.current_value:.4f})"
+        f"first trial {result.current_value:.4f}); {gain_text(result)}"
     )
     click.echo(json.dumps(result.best_params, indent=2))
     click.echo(f"wrote {path}, {png}, {report}")

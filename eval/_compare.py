@@ -141,14 +141,15 @@ def namespaced(settings: Any, namespace: str) -> Any:
 def baseline_objective(
     target: str, split: Split, *, k: int = 10, users: Sequence[int] | None = None
 ) -> Any:
-    """``params -> validation NDCG@k`` for a baseline target (``ALS`` or ``EASE``)."""
+    """``params -> validation NDCG@k`` of every user for a baseline target (``ALS`` or
+    ``EASE``)."""
     stage = split.stage("validation")
     cls = {"ALS": ALS, "EASE": EASE}[target]
 
     def objective(params: dict[str, Any]) -> float:
         model = cls(**params).fit(stage)
         report = evaluate({target: model}, stage, k=k, users=users)
-        return report.models[0].metrics[f"ndcg@{k}"]
+        return report.models[0].per_user[f"ndcg@{k}"]
 
     return objective
 
@@ -161,7 +162,8 @@ def served_objective(
     users: Sequence[int] | None = None,
     surface: str = "for_you",
 ) -> Any:
-    """``params -> validation NDCG@k`` through the served pipeline (replayed validation data)."""
+    """``params -> validation NDCG@k`` of every user through the served pipeline (replayed
+    validation data)."""
 
     stage = split.stage("validation")
 
@@ -170,6 +172,6 @@ def served_objective(
         # template overrides for the surface evaluated only (cold_start keeps its own)
         model = ServedRecommender(settings, params={surface: template}, rerank=rerank)
         report = evaluate({"served": model}, stage, k=k, users=users)
-        return report.models[0].metrics[f"ndcg@{k}"]
+        return report.models[0].per_user[f"ndcg@{k}"]
 
     return objective

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -24,16 +24,21 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+import numpy as np
+
 from opendisco._exceptions import InvalidInput
 from opendisco._versions import latest_version, write_next_version
 from opendisco.queries import load
 from opendisco.rerank import RerankConfig
+
+from ._runner import PairedDiff, paired_values
 
 __all__ = [
     "SPACES",
     "Dim",
     "TuneResult",
     "current_version",
+    "gain_text",
     "html_report",
     "plot_trials",
     "run_study",
@@ -141,6 +146,18 @@ class TuneResult:
     current_value: float
     values: list[float]
     trials: list[dict[str, Any]]
+    #: best − trial 0 per user (objectives that return per-user values), else None; measured
+    #: on the users the best was picked on, so optimistic
+    gain: PairedDiff | None = None
+
+    @property
+    def better(self) -> bool:
+        """The best beats trial 0 (the current parameters) by at least one paired SE: else
+        the difference is noise and the current parameters are as good."""
+        g = self.gain
+        if g is None:
+            return self.best_value > self.current_value
+        return g.diff > 0 and (g.se == 0 or g.diff >= g.se)
 
 
 def served_defaults(surface: str = "for_you") -> dict[str, Any]:
@@ -164,7 +181,7 @@ def served_defaults(surface: str = "for_you") -> dict[str, Any]:
 
 
 def run_study(
-    objective: Callable[[dict[str, Any]], float],
+    objective: Callable[[dict[str, Any]], float | Sequence[float]],
     space: Mapping[str, Dim],
     *,
     trials: int,
@@ -172,7 +189,9 @@ def run_study(
     start: Mapping[str, Any] | None = None,
     callback: Callable[[int, float], None] | None = None,
 ) -> TuneResult:
-    """Maximise ``objective(params)`` with optuna's TPE; trial 0 evaluates ``start``."""
+    """Maximise ``objective(params)`` with optuna's TPE; trial 0 evaluates ``start``. An
+    objective may return per-user values (their mean is maximised): the result then carries
+    the best trial's paired gain over trial 0 with its standard error."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -180,15 +199,27 @@ def run_study(
     if start:
         study.enqueue_trial({k: v for k, v in start.items() if k in space})
 
+    per_user: dict[int, np.ndarray] = {}
+
     def wrapped(trial: Any) -> float:
         params = {name: dim.suggest(trial, name) for name, dim in space.items()}
-        value = float(objective(params))
+        out = objective(params)
+        if isinstance(out, int | float):
+            value = float(out)
+        else:
+            per_user[trial.number] = np.asarray(out, dtype=np.float64)
+            value = float(per_user[trial.number].mean()) if len(out) else float("nan")
         if callback:
             callback(trial.number, value)
         return value
 
     study.optimize(wrapped, n_trials=trials)
     done = [t for t in study.trials if t.value is not None]
+    gain = None
+    if done and len(per_user.get(done[0].number, ())) and study.best_trial.number in per_user:
+        gain = paired_values(
+            per_user[done[0].number], per_user[study.best_trial.number], "objective"
+        )
     return TuneResult(
         best_params=dict(study.best_params),
         best_value=float(study.best_value),
@@ -196,6 +227,7 @@ def run_study(
         current_value=float(done[0].value) if done else float("nan"),
         values=[float(t.value) for t in done],
         trials=[{"number": t.number, "value": float(t.value), **t.params} for t in done],
+        gain=gain,
     )
 
 
@@ -250,6 +282,7 @@ def html_report(path: Path, result: TuneResult, info: Mapping[str, Any], png: Pa
         current_source=html.escape(str(info.get("current_source", "defaults"))),
         current_value=f"{result.current_value:.5f}",
         best_value=f"{result.best_value:.5f}",
+        gain=html.escape(gain_text(result)),
         best_trial=result.best_trial,
         version_file=html.escape(str(info.get("version_file", ""))),
         png=html.escape(png.name),
@@ -258,6 +291,22 @@ def html_report(path: Path, result: TuneResult, info: Mapping[str, Any], png: Pa
     )
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def gain_text(result: TuneResult) -> str:
+    """The best trial against trial 0 in words: paired gain, SE, and whether it is noise."""
+    g = result.gain
+    if g is None:
+        return "no per-user values: no standard error"
+    verdict = (
+        "better by at least 1 SE"
+        if result.better
+        else "within 1 SE of the current parameters: not shown to be better"
+    )
+    return (
+        f"paired gain {g.diff:+.4f} (SE {g.se:.4f}, {g.n} users; measured on the users it "
+        f"was picked on, so optimistic): {verdict}"
+    )
 
 
 def now_iso() -> str:

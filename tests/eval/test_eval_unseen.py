@@ -8,12 +8,14 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from movielens_layouts import Slice, write_csv
 
 from opendisco import Settings
 from opendisco.cli.main import cli
 from opendisco.eval import MostPopular, evaluate, paired_values, read_movielens, time_split
+from opendisco.eval._tune import Dim, gain_text, run_study
 
 
 def small_world(users: int = 40, items: int = 30, per_user: int = 12, seed: int = 3) -> Slice:
@@ -78,3 +80,36 @@ def test_eval_on_a_small_unseen_dataset_reports_standard_errors(
     assert (pair["model"], pair["against"]) == (ranked[0]["name"], ranked[1]["name"])
     assert pair["diff"]["n"] == ranked[0]["users"] and pair["diff"]["se"] >= 0
     assert "Paired over the same users" in (out / "eval.md").read_text()
+
+
+def test_tuning_reports_the_best_trials_paired_gain_over_the_current_parameters() -> None:
+    """The best of a study is set against trial 0 user by user: a real shift is better by
+    more than its standard error; a reshuffle of the same per-user values (equal means,
+    noise only) is not shown to be better."""
+    base = np.random.default_rng(5).uniform(0, 1, 80)
+    shifted = run_study(lambda p: base + p["x"], {"x": Dim(0.0, 0.2)}, trials=5, start={"x": 0.0})
+    assert shifted.gain is not None and shifted.gain.diff > 0 and shifted.better
+    assert shifted.gain.diff == pytest.approx(shifted.best_value - shifted.current_value)
+    noise = run_study(
+        lambda p: np.roll(base, int(p["x"] * 79)) + 1e-9 * int(p["x"] * 79),
+        {"x": Dim(0.0, 1.0)},
+        trials=5,
+        start={"x": 0.0},
+    )
+    assert noise.gain is not None and noise.gain.se > 10 * noise.gain.diff > 0
+    assert not noise.better
+    assert "not shown to be better" in gain_text(noise)
+
+
+def test_tune_writes_the_paired_gain_it_found(tmp_path: Path, base_settings: Settings) -> None:
+    data = write_csv(small_world(users=30), tmp_path / "thirty")
+    out = tmp_path / "tuning"
+    args = ["tune", "--dataset", str(data), "--target", "EASE", "--trials", "3"]
+    result = CliRunner().invoke(
+        cli, [*args, "--out", str(out)], obj=base_settings, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    v1 = json.loads((out / "params-v1.json").read_text())
+    assert v1["gain"]["se"] >= 0 and isinstance(v1["better_than_current"], bool)
+    assert "paired gain" in result.output and "SE" in result.output
+    assert "paired gain" in (out / "params-v1-report.html").read_text()
