@@ -18,6 +18,8 @@ from ._split import Split
 from ._tune import split_params
 
 __all__ = [
+    "ALS_FACTORS",
+    "ALS_REGULARIZATIONS",
     "EASE_EXTEND",
     "EASE_LAMBDAS",
     "baseline_objective",
@@ -25,6 +27,7 @@ __all__ = [
     "namespaced",
     "sample_users",
     "served_objective",
+    "tune_als",
     "tune_ease",
 ]
 
@@ -72,6 +75,42 @@ def tune_ease(
     return best(), scores
 
 
+#: ALS sizes and regularizations searched on the validation stage, one after the other (the
+#: best size at the first regularization, then the regularization at that size): a fixed 64
+#: factors and 0.05 overfit a 50-user dataset (test NDCG@10 0.021 against 0.034 at 16)
+ALS_FACTORS = (16, 32, 64, 128)
+ALS_REGULARIZATIONS = (0.05, 1.0, 10.0)
+
+
+def tune_als(
+    split: Split,
+    *,
+    k: int = 10,
+    users: Sequence[int] | None = None,
+    factors: Sequence[int] = ALS_FACTORS,
+    regularizations: Sequence[float] = ALS_REGULARIZATIONS,
+    fixed: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """ALS's ``factors`` then ``regularization`` with the best validation NDCG@k (ties: the
+    smaller model, the stronger regularization), and the score of every pair tried
+    (``"<factors>/<regularization>"``)."""
+    stage = split.stage("validation")
+    scores: dict[str, float] = {}
+
+    def score(f: int, reg: float) -> float:
+        key = f"{f}/{reg:g}"
+        if key not in scores:
+            model = ALS(**{**(fixed or {}), "factors": f, "regularization": reg}).fit(stage)
+            report = evaluate({"ALS": model}, stage, k=k, users=users)
+            scores[key] = report.models[0].metrics[f"ndcg@{k}"]
+        return scores[key]
+
+    reg0 = regularizations[0]
+    best_f = max(factors, key=lambda f: (score(f, reg0), -f))
+    best_reg = max(regularizations, key=lambda r: (score(best_f, r), r))
+    return {"factors": best_f, "regularization": best_reg}, scores
+
+
 def fit_baselines(
     split: Split,
     *,
@@ -83,7 +122,8 @@ def fit_baselines(
     tune_users: Sequence[int] | None = None,
     include_random: bool = True,
 ) -> tuple[dict[str, ScoringRecommender], dict[str, Any]]:
-    """Fit random, most-popular, EASE (λ tuned on validation) and ALS on ``stage``."""
+    """Fit random, most-popular, EASE (λ tuned on validation) and ALS (size and
+    regularization tuned on validation, unless ``als`` names them) on ``stage``."""
     info: dict[str, Any] = {}
     lam = 500.0
     held_out = split.stage("validation").evaluable
@@ -101,6 +141,10 @@ def fit_baselines(
     info["ease_max_items"] = max_items
     als_params = {"factors": 64, "regularization": 0.05, "alpha": 10.0, "iterations": 15}
     als_params.update(als or {})
+    if tune and not {"factors", "regularization"} & set(als or {}):
+        picked, als_grid = tune_als(split, k=k, users=tune_users, fixed=als_params)
+        als_params.update(picked)
+        info["als_validation_ndcg"] = {key: round(v, 5) for key, v in als_grid.items()}
     info["als"] = als_params
     target = split.stage(stage)  # type: ignore[arg-type]
     models: dict[str, ScoringRecommender] = {}

@@ -15,6 +15,7 @@ from movielens_layouts import Slice, write_csv
 from opendisco import Settings
 from opendisco.cli.main import cli
 from opendisco.eval import MostPopular, evaluate, paired_values, read_movielens, time_split
+from opendisco.eval._compare import ALS_FACTORS, ALS_REGULARIZATIONS, fit_baselines
 from opendisco.eval._tune import Dim, gain_text, run_study
 
 
@@ -113,3 +114,20 @@ def test_tune_writes_the_paired_gain_it_found(tmp_path: Path, base_settings: Set
     assert v1["gain"]["se"] >= 0 and isinstance(v1["better_than_current"], bool)
     assert "paired gain" in result.output and "SE" in result.output
     assert "paired gain" in (out / "params-v1-report.html").read_text()
+
+
+def test_als_size_and_regularization_are_picked_on_validation(tmp_path: Path) -> None:
+    """ALS is held to what the validation stage picks, as EASE's λ is (its 64 factors and
+    0.05 were fixed for every dataset); a size the caller names is kept as given."""
+    split = time_split(read_movielens(write_csv(small_world(), tmp_path / "small")))
+    models, info = fit_baselines(split, k=5, include_random=False)
+    grid = info["als_validation_ndcg"]
+    assert len(grid) == len(ALS_FACTORS) + len(ALS_REGULARIZATIONS) - 1
+    first = {f: grid[f"{f}/{ALS_REGULARIZATIONS[0]:g}"] for f in ALS_FACTORS}
+    best_f = max(ALS_FACTORS, key=lambda f: (first[f], -f))
+    regs = {r: grid[f"{best_f}/{r:g}"] for r in ALS_REGULARIZATIONS}
+    best_r = max(ALS_REGULARIZATIONS, key=lambda r: (regs[r], r))
+    assert (info["als"]["factors"], info["als"]["regularization"]) == (best_f, best_r)
+    assert (models["ALS"].factors, models["ALS"].regularization) == (best_f, best_r)
+    _, named = fit_baselines(split, k=5, include_random=False, als={"factors": 8})
+    assert named["als"]["factors"] == 8 and "als_validation_ndcg" not in named
