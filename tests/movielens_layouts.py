@@ -16,8 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 __all__ = [
+    "Facts",
     "Slice",
     "equal_timestamps",
+    "facts",
     "integer_stars",
     "milliseconds",
     "mostly_high",
@@ -45,6 +47,33 @@ def _rows(file: Path) -> list[Row]:
         return [tuple(r) for r in reader]
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What a CSV release's files say, read plainly (the tests' expectations for whichever
+    release ``$OPENDISCO_MOVIELENS`` names, instead of ml-latest-small's own numbers)."""
+
+    movies: int
+    users: int
+    ratings: int
+    first_movie: Row  # movieId, title, genres
+    first_rating: Row  # userId, movieId, rating, timestamp
+    ratings_of_first_movie: int
+
+
+def facts(path: Path) -> Facts:
+    movies = _rows(path / "movies.csv")
+    ratings = _rows(path / "ratings.csv")
+    first = movies[0]
+    return Facts(
+        len(movies),
+        len({r[0] for r in ratings}),
+        len(ratings),
+        first,
+        ratings[0],
+        sum(r[1] == first[0] for r in ratings),
+    )
+
+
 def read_slice(ml_small: Path, users: int = 60) -> Slice:
     ratings = _rows(ml_small / "ratings.csv")
     keep = sorted({r[0] for r in ratings}, key=int)[:users]
@@ -52,7 +81,8 @@ def read_slice(ml_small: Path, users: int = 60) -> Slice:
     ratings = [r for r in ratings if r[0] in kept]
     rated = {r[1] for r in ratings}
     movies = [m for m in _rows(ml_small / "movies.csv") if m[0] in rated]
-    tags = [t for t in _rows(ml_small / "tags.csv") if t[0] in kept and t[1] in rated]
+    tagged = _rows(ml_small / "tags.csv") if (ml_small / "tags.csv").is_file() else []
+    tags = [t for t in tagged if t[0] in kept and t[1] in rated]  # tags.csv is optional
     return Slice(movies, ratings, tags)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import movielens_layouts as L
 import numpy as np
 import pytest
 
 from opendisco.eval import Ratings, read_movielens, time_split
+from opendisco.ingest._movielens_files import split_title
 
 
 def _ratings(rows: list[tuple[str, str, float, int]]) -> Ratings:
@@ -59,11 +61,15 @@ def test_timestamp_ties_are_not_broken_by_item_id() -> None:
 
 def test_split_on_movielens_respects_time_and_keeps_test_out_of_fitting(movielens: Path) -> None:
     data = read_movielens(movielens)
-    assert len(data.ratings) == 100_836 and len(data.items) == 9_742
-    assert data.items["m1"]["title"] == "Toy Story" and data.items["m1"]["year"] == 1995
-    # the first row of ratings.csv: 1,1,4.0,964982703
-    (row,) = np.flatnonzero((data.ratings.user_ids == "u1") & (data.ratings.item_ids == "m1"))
-    assert data.ratings.ratings[row] == 4.0 and data.ratings.timestamps[row] == 964982703
+    want = L.facts(movielens)  # ml-latest-small: 100,836 ratings, 9,742 movies
+    assert len(data.ratings) == want.ratings and len(data.items) == want.movies
+    mid, title, _ = want.first_movie  # Toy Story (1995)
+    assert (data.items[f"m{mid}"]["title"], data.items[f"m{mid}"]["year"]) == split_title(title)
+    # the first row of ratings.csv (ml-latest-small: 1,1,4.0,964982703)
+    user, item, stars, ts = want.first_rating
+    same = (data.ratings.user_ids == f"u{user}") & (data.ratings.item_ids == f"m{item}")
+    row = np.flatnonzero(same & (data.ratings.timestamps == int(ts)))
+    assert len(row) >= 1 and data.ratings.ratings[row[0]] == float(stars)
     split = time_split(data, n_test=5, n_val=5)
     for u in range(len(split.users)):
         tr, va, te = split.train_ts[u], split.validation_ts[u], split.test_ts[u]
@@ -78,8 +84,8 @@ def test_split_on_movielens_respects_time_and_keeps_test_out_of_fitting(movielen
     for u in range(0, len(split.users), 7):
         assert test_matrix[u, split.test[u]].nnz == 0
         assert val_matrix[u, split.validation[u]].nnz == 0
-    # positives are ratings >= 4, every one lands in exactly one part
-    pos = data.ratings.positives()
+    # positives are ratings >= the scale's threshold, every one lands in exactly one part
+    pos = data.ratings.positives(data.threshold)
     users_kept = set(split.users)
     expected = int(sum(u in users_kept for u in pos.user_ids))
     assert sum(split.summary()[p] for p in ("train", "validation", "test")) == expected

@@ -1,6 +1,6 @@
-"""Every classic MovieLens layout, built at run time from a slice of ml-latest-small
-(tests/movielens_layouts.py), reads as the same movies and ratings; bad input is a clear
-InvalidInput naming the file and line."""
+"""Every classic MovieLens layout, built at run time from a slice of ml-latest-small or the
+release $OPENDISCO_MOVIELENS names (tests/movielens_layouts.py), reads as the same movies and
+ratings; bad input is a clear InvalidInput naming the file and line."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_csv_releases_are_read(
     data = load_movielens(L.write_csv(ml_slice, tmp_path / name, extra=extra))
     assert data.format == fmt
     assert len(data.ratings) == len(ml_slice.ratings) and len(data.items) == len(ml_slice.movies)
-    assert data.scale == (0.5, 5.0) and data.positive_threshold == 4.0
+    stars = [float(r[2]) for r in ml_slice.ratings]  # the scale read is the data's own
+    assert data.scale == (min(stars), max(stars)) and data.positive_threshold == 0.8 * max(stars)
 
 
 @pytest.mark.parametrize("factor", [1000, 10**6])
@@ -75,7 +76,8 @@ def test_ml10m_layout_with_remapped_ids(ml_slice: L.Slice, tmp_path: Path) -> No
     assert data.format == "ml-10m"
     assert _triples(data) == _triples(load_movielens(L.write_csv(s, tmp_path / "csv")))
     assert {u["_id"] for u in data.users} == {f"u{r[0]}" for r in s.ratings}
-    assert any("Viewers describe it as" in i["description"] for i in data.items)  # tags.dat
+    if s.tags:  # tags.dat (a release may come without tags)
+        assert any("Viewers describe it as" in i["description"] for i in data.items)
 
 
 def test_ml1m_latin1_title(tmp_path: Path) -> None:
