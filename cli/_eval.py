@@ -27,6 +27,7 @@ from opendisco.eval._compare import (
     sample_users,
     served_objective,
 )
+from opendisco.eval._ltr import unlearnable
 from opendisco.eval._served import ServedRecommender
 from opendisco.eval._served import replay as do_replay
 from opendisco.eval._tune import (
@@ -195,7 +196,11 @@ def eval_cmd(
             )
             info["replay"] = rep.__dict__
         models["served"] = model
-        if ltr and settings.model_file is None:
+        skip = unlearnable(split) if ltr and settings.model_file is None else None
+        if skip:
+            info["ltr"] = {"skipped": skip}
+            click.echo(f"no ranker learnt: {skip}; the linear pipeline stays served", err=True)
+        elif ltr and settings.model_file is None:
             # the learning loop on the validation stage; the test stage scored with its model,
             # as bench/eval.py measures it: the item-item table its item_sim columns read (EASE
             # at the validation λ, the test stage's fitting positives; the loop fits its own on

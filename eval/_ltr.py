@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from opendisco import clients
+from opendisco._exceptions import InvalidInput
 from opendisco._settings import Settings
 from opendisco.ingest import Embedder
 from opendisco.rerank import PERCENTILE_COLUMNS, LabelPolicy, save_model
@@ -62,6 +63,7 @@ __all__ = [
     "log_lists",
     "relearn_ranker",
     "rolling_rounds",
+    "unlearnable",
 ]
 
 #: training positives per member that are each preceded by a logged list (the rolling rounds;
@@ -214,6 +216,25 @@ async def log_lists(
     return written
 
 
+def unlearnable(split: Split, lists_per_user: int = LISTS_PER_USER) -> str | None:
+    """Why the loop cannot learn a ranker from ``split`` (None: it can). It needs lists to
+    train on — members with a training positive to roll (two or more) — and lists to pick on
+    — members with validation positives; a release whose members rate a handful of movies
+    has neither, and the loop logged nothing and stopped on an error."""
+    if not any(len(v) for v in split.validation):
+        return (
+            "no member has validation positives (each needs more than "
+            f"{split.n_test + 1} positives)"
+        )
+    if lists_per_user < 1 or not any(len(v) for v in roll_split(split, lists_per_user).validation):
+        need = split.n_test + split.n_val + 2
+        return (
+            "no member has two training positives (one to know, one to roll: "
+            f"{need} positives or more)"
+        )
+    return None
+
+
 def learn_ranker(
     settings: Settings,
     dataset: Dataset,
@@ -250,6 +271,9 @@ def learn_ranker(
     ``ablations``: column groups refitted without on the validation lists (reported, not used
     to pick).
     Returns the model path and the training report (with the steps' counts and timings)."""
+    reason = unlearnable(split, lists_per_user)
+    if reason:
+        raise InvalidInput(f"{dataset.name}: no ranker to learn: {reason}")
     t0 = time.perf_counter()
     policy = policy or LabelPolicy()
     sizes = [itemsim_candidates] if isinstance(itemsim_candidates, int) else itemsim_candidates

@@ -16,6 +16,7 @@ from opendisco import Settings
 from opendisco.cli.main import cli
 from opendisco.eval import MostPopular, evaluate, paired_values, read_movielens, time_split
 from opendisco.eval._compare import ALS_FACTORS, ALS_REGULARIZATIONS, fit_baselines
+from opendisco.eval._ltr import unlearnable
 from opendisco.eval._tune import Dim, gain_text, run_study
 
 
@@ -131,3 +132,44 @@ def test_als_size_and_regularization_are_picked_on_validation(tmp_path: Path) ->
     assert (models["ALS"].factors, models["ALS"].regularization) == (best_f, best_r)
     _, named = fit_baselines(split, k=5, include_random=False, als={"factors": 8})
     assert named["als"]["factors"] == 8 and "als_validation_ndcg" not in named
+
+
+def few_ratings(users: int = 10, per_user: int = 5) -> Slice:
+    """Every member rated ``per_user`` movies, all 4 stars: the test stage takes all but one
+    of each member's positives, nothing is left for validation."""
+    rng = random.Random(1)
+    movies = [(str(i), f"Film {i}", "(no genres listed)") for i in range(1, 41)]
+    ratings = [
+        (str(u), m, "4.0", str(1_500_000_000 + 60 * (per_user * u + n)))
+        for u in range(1, users + 1)
+        for n, m in enumerate(rng.sample([m[0] for m in movies], per_user))
+    ]
+    return Slice(movies, ratings, [])
+
+
+def test_the_learning_loop_says_why_a_release_gives_it_nothing_to_learn(tmp_path: Path) -> None:
+    few = time_split(read_movielens(write_csv(few_ratings(), tmp_path / "few")))
+    assert "no member has validation positives" in (unlearnable(few) or "")
+    # validation positives but a single training positive each: nothing to roll
+    one = time_split(read_movielens(write_csv(few_ratings(per_user=7), tmp_path / "seven")))
+    assert "two training positives" in (unlearnable(one) or "")
+    enough = time_split(read_movielens(write_csv(few_ratings(per_user=12), tmp_path / "twelve")))
+    assert unlearnable(enough) is None
+
+
+def test_default_eval_on_a_release_of_few_ratings_per_member_serves_the_linear_pipeline(
+    tmp_path: Path, settings: Settings, run_id: str
+) -> None:
+    """`opendisco eval` with its defaults (served, learning loop on) stopped on a ValueError
+    traceback ("0 logged lists of configurations []") when no member had validation
+    positives; it now scores the served pipeline and says why no ranker was learnt."""
+    data = write_csv(few_ratings(), tmp_path / "few")
+    out = tmp_path / "res"
+    args = ["eval", "--dataset", str(data), "--namespace", f"t{run_id}evfew", "--out", str(out)]
+    result = CliRunner().invoke(cli, args, obj=settings, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "no ranker learnt: no member has validation positives" in result.output
+    doc = json.loads((out / "eval.json").read_text())
+    assert "no member has validation positives" in doc["split"]["ltr"]["skipped"]
+    served = next(m for m in doc["models"] if m["name"] == "served")
+    assert served["users"] == 10 and 0 <= served["metrics"]["ndcg@10"] <= 1
