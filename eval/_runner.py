@@ -28,6 +28,7 @@ from ._protocol import Recommender
 from ._split import Stage
 
 __all__ = [
+    "Comparison",
     "EvalReport",
     "ModelResult",
     "PairedDiff",
