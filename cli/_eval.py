@@ -161,12 +161,12 @@ def eval_cmd(
 
     if namespace is not None:
         check_namespace(namespace)
-    out_dir_ready(out_dir)
     console = Console(width=160) if not Console().is_terminal else Console()
     data = resolve_dataset(dataset_path)
     if namespace is None:
         namespace = "evalsyn" if data.name.startswith("synthetic") else "eval"
     split = time_split(data, n_test=n_test, n_val=n_val)
+    out_dir_ready(out_dir)  # after the dataset's checks: a refused one leaves no folder
     stage = split.stage("test")
     evaluable = stage.evaluable
     pick = sample_users(len(evaluable), users, seed)

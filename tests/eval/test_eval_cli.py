@@ -35,11 +35,15 @@ def test_eval_writes_one_table_with_every_baseline(
 def test_eval_rejects_a_directory_without_movielens_files(
     tmp_path: Path, base_settings: Settings
 ) -> None:
+    out = tmp_path / "results"
     result = CliRunner().invoke(
-        cli, ["eval", "--dataset", str(tmp_path), "--no-served"], obj=base_settings
+        cli,
+        ["eval", "--dataset", str(tmp_path), "--no-served", "--out", str(out)],
+        obj=base_settings,
     )
     assert result.exit_code == 2
     assert "ml-latest-small" in result.output and "ml-100k" in result.output
+    assert not out.exists()  # a refused dataset leaves no results folder behind
 
 
 def test_tune_writes_new_versions_plot_and_report(tmp_path: Path, base_settings: Settings) -> None:
