@@ -12,7 +12,10 @@ by detection, not error-code checks scattered through the code):
 * FerretDB applies updates as non-atomic read-modify-writes (concurrent ``$push`` loses
   entries), but a unique ``_id`` insert is atomic: read-modify-write sections hold a
   :func:`lease` (``insert_many({_id, owner, expires})``; an expired lease, left by a crashed
-  holder, is taken over).
+  holder, is taken over). Its deletes are read-then-delete-by-``_id`` too: a delete whose
+  filter names the dead holder can remove the lease another contender inserted meanwhile,
+  so only the contender whose arbiter insert wins deletes a dead holder's lease
+  (:func:`free_leases`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ __all__ = [
     "create_collection",
     "detect_capabilities",
     "finite_values",
+    "free_leases",
     "lease",
     "leased_unless_atomic",
     "now_ms",
@@ -249,6 +253,57 @@ def _released_on_error(
         raise
 
 
+#: joins a lease's id and the holder it is taken from into the id of the take-over's arbiter
+_OVER = "\x1f"
+
+
+async def free_leases(
+    locks: Any, over: Mapping[str, str], now: datetime, token: str, lease_s: float
+) -> None:
+    """Delete the leases ``over`` (``{id: owner}``, read as held no more: expired, or their
+    holder gone), each by exactly one of the contenders that read it so.
+
+    A delete filtered by the dead owner is not atomic on FerretDB 1.x (it reads the matching
+    documents, then deletes by ``_id``): of two contenders, the second's delete landed after
+    the first had deleted the dead lease and inserted its own, and removed that one, so a
+    third took it too — two holders read-modified-wrote one member's documents (8 contenders
+    on a dead holder's lease: 2 holders in 4 of 80 rounds, 4 of 640 increments lost). Each
+    take-over first inserts an arbiter ``{_id: "<id>\\x1f<dead owner>"}`` (a unique insert is
+    atomic everywhere); only its winner deletes, then drops the arbiter; a contender that
+    finds it stays off (one whose winner died meanwhile is taken over the same way, one level
+    down)."""
+    pending = {f"{i}{_OVER}{o}": (i, o) for i, o in over.items()}
+    for _ in range(8):  # levels of arbiters whose winner died (one, but for crashes)
+        if not pending:
+            return
+        docs = [
+            {"_id": a, "owner": token, "expires": now + timedelta(seconds=lease_s)} | holder()
+            for a in pending
+        ]
+        lost: list[str] = []
+        try:
+            await locks.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+            lost = [docs[e["index"]]["_id"] for e in exc.details["writeErrors"]]
+        won = [a for a in pending if a not in set(lost)]
+        if won:
+            ids = sorted({pending[a][0] for a in won})
+            owners = sorted({pending[a][1] for a in won})
+            await locks.delete_many({"_id": {"$in": ids}, "owner": {"$in": owners}})
+            await locks.delete_many({"_id": {"$in": won}, "owner": token})
+        if not lost:
+            return
+        # an arbiter another contender holds: it frees the lease, unless it died meanwhile
+        found = await locks.find({"_id": {"$in": lost}}).to_list(None)
+        pending = {
+            f"{d['_id']}{_OVER}{d.get('owner')}": pending[str(d["_id"])]
+            for d in found
+            if held_until_over(d, now)
+        }
+
+
 @contextlib.asynccontextmanager
 async def lease(
     locks: Any,
@@ -275,7 +330,7 @@ async def lease(
     ``take_over`` (``{id: previous holder's token}``) runs before leases are taken over, and
     they are freed only once it succeeded: whoever inserts a freed lease next (this caller or
     another waiter) finds the previous holder's late writes fenced (``signals._store_fence``).
-    Without it, expired leases are freed unread (one round trip, not two).
+    A lease held no more is freed by one contender alone (:func:`free_leases`).
     """
     ids = sorted(set(ids))
     token = uuid.uuid4().hex
@@ -306,9 +361,6 @@ async def lease(
                 if attempt % 8 == 0:
                     found = await locks.find({"_id": {"$in": busy}}).to_list(None)
                     over = [d for d in found if held_until_over(d, now)]
-                elif take_over is None:
-                    await locks.delete_many({"_id": {"$in": busy}, "expires": {"$lt": now}})
-                    over = []
                 else:
                     late = {"_id": {"$in": busy}, "expires": {"$lt": now}}
                     over = await locks.find(late, projection={"owner": 1}).to_list(None)
@@ -316,9 +368,7 @@ async def lease(
                     previous = {str(d["_id"]): str(d.get("owner")) for d in over}
                     if take_over is not None:
                         await take_over(previous)
-                    owners = sorted(set(previous.values()))
-                    gone = {"_id": {"$in": sorted(previous)}, "owner": {"$in": owners}}
-                    await locks.delete_many(gone)
+                    await free_leases(locks, previous, now, token, lease_s)
         attempt += 1
         if time.monotonic() > deadline:
             raise StoreBackendError(f"{what} busy: {busy[:5]} (waited {wait_s}s)")
