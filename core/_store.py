@@ -258,10 +258,16 @@ _OVER = "\x1f"
 
 
 async def free_leases(
-    locks: Any, over: Mapping[str, str], now: datetime, token: str, lease_s: float
+    locks: Any,
+    over: Mapping[str, str],
+    now: datetime,
+    token: str,
+    lease_s: float,
+    take_over: TakeOver | None = None,
 ) -> None:
     """Delete the leases ``over`` (``{id: owner}``, read as held no more: expired, or their
-    holder gone), each by exactly one of the contenders that read it so.
+    holder gone), each by exactly one of the contenders that read it so, after its
+    ``take_over`` (``{id: owner}`` of the leases it won) succeeded.
 
     A delete filtered by the dead owner is not atomic on FerretDB 1.x (it reads the matching
     documents, then deletes by ``_id``): of two contenders, the second's delete landed after
@@ -269,9 +275,14 @@ async def free_leases(
     third took it too — two holders read-modified-wrote one member's documents (8 contenders
     on a dead holder's lease: 2 holders in 4 of 80 rounds, 4 of 640 increments lost). Each
     take-over first inserts an arbiter ``{_id: "<id>\\x1f<dead owner>"}`` (a unique insert is
-    atomic everywhere); only its winner deletes, then drops the arbiter; a contender that
-    finds it stays off (one whose winner died meanwhile is taken over the same way, one level
-    down)."""
+    atomic everywhere); only its winner, and only while the dead holder's lease is still
+    there, runs ``take_over`` (run by every contender, the fences' concurrent upserts of one
+    new document failed on FerretDB, ``KeyError: 'nModified'``, and the member's hide with
+    them; run by a contender that had read the lease before another freed and took it, its
+    fence rewrote the new holder's document: 1 of 240 concurrent hides lost), deletes, then
+    drops the arbiter; a
+    contender that finds it stays off (one whose winner died meanwhile, or held it past
+    ``lease_s``, is taken over the same way, one level down)."""
     pending = {f"{i}{_OVER}{o}": (i, o) for i, o in over.items()}
     for _ in range(8):  # levels of arbiters whose winner died (one, but for crashes)
         if not pending:
@@ -289,10 +300,22 @@ async def free_leases(
             lost = [docs[e["index"]]["_id"] for e in exc.details["writeErrors"]]
         won = [a for a in pending if a not in set(lost)]
         if won:
-            ids = sorted({pending[a][0] for a in won})
-            owners = sorted({pending[a][1] for a in won})
-            await locks.delete_many({"_id": {"$in": ids}, "owner": {"$in": owners}})
-            await locks.delete_many({"_id": {"$in": won}, "owner": token})
+            try:
+                # still the dead holder's: a contender that read it long ago finds it freed
+                # (and maybe held again: its fence would rewrite the holder's documents)
+                previous = dict(pending[a] for a in won)
+                found = await locks.find({"_id": {"$in": sorted(previous)}}).to_list(None)
+                held = {str(d["_id"]): str(d.get("owner")) for d in found}
+                previous = {i: o for i, o in previous.items() if held.get(i) == o}
+                if take_over is not None and previous:
+                    await take_over(previous)
+                owners = sorted(set(previous.values()))
+                await locks.delete_many(
+                    {"_id": {"$in": sorted(previous)}, "owner": {"$in": owners}}
+                )
+            finally:  # the arbiters go, also when the take-over failed (another tries then)
+                with contextlib.suppress(PyMongoError):
+                    await locks.delete_many({"_id": {"$in": won}, "owner": token})
         if not lost:
             return
         # an arbiter another contender holds: it frees the lease, unless it died meanwhile
@@ -366,9 +389,7 @@ async def lease(
                     over = await locks.find(late, projection={"owner": 1}).to_list(None)
                 if over:
                     previous = {str(d["_id"]): str(d.get("owner")) for d in over}
-                    if take_over is not None:
-                        await take_over(previous)
-                    await free_leases(locks, previous, now, token, lease_s)
+                    await free_leases(locks, previous, now, token, lease_s, take_over)
         attempt += 1
         if time.monotonic() > deadline:
             raise StoreBackendError(f"{what} busy: {busy[:5]} (waited {wait_s}s)")
