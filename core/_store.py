@@ -16,6 +16,11 @@ by detection, not error-code checks scattered through the code):
   filter names the dead holder can remove the lease another contender inserted meanwhile,
   so only the contender whose arbiter insert wins deletes a dead holder's lease
   (:func:`free_leases`).
+
+Why this module is long: the lease — taken, renewed, released in the background when a lock
+write fails, a dead holder's freed by one contender — is built from FerretDB's one atomic
+write, the unique insert, and its parts share that machinery; every layer's read-modify-writes
+rest on it.
 """
 
 from __future__ import annotations
@@ -269,20 +274,15 @@ async def free_leases(
     holder gone), each by exactly one of the contenders that read it so, after its
     ``take_over`` (``{id: owner}`` of the leases it won) succeeded.
 
-    A delete filtered by the dead owner is not atomic on FerretDB 1.x (it reads the matching
-    documents, then deletes by ``_id``): of two contenders, the second's delete landed after
-    the first had deleted the dead lease and inserted its own, and removed that one, so a
-    third took it too — two holders read-modified-wrote one member's documents (8 contenders
-    on a dead holder's lease: 2 holders in 4 of 80 rounds, 4 of 640 increments lost). Each
-    take-over first inserts an arbiter ``{_id: "<id>\\x1f<dead owner>"}`` (a unique insert is
-    atomic everywhere); only its winner, and only while the dead holder's lease is still
-    there, runs ``take_over`` (run by every contender, the fences' concurrent upserts of one
-    new document failed on FerretDB, ``KeyError: 'nModified'``, and the member's hide with
-    them; run by a contender that had read the lease before another freed and took it, its
-    fence rewrote the new holder's document: 1 of 240 concurrent hides lost), deletes, then
-    drops the arbiter; a
-    contender that finds it stays off (one whose winner died meanwhile, or held it past
-    ``lease_s``, is taken over the same way, one level down)."""
+    A delete filtered by the dead owner is not atomic on FerretDB 1.x (it reads, then deletes
+    by ``_id``): a contender's delete landed after another had deleted the dead lease and
+    inserted its own, and removed that one; a third took it too (8 contenders: 2 holders in
+    2–4 of 80 rounds). So each take-over first inserts an arbiter ``{_id: "<id>\\x1f<dead
+    owner>"}``; only its winner, and only while the lease is still the dead holder's, runs
+    ``take_over``, deletes the lease, then drops the arbiter (run by every contender, the
+    fences rewrote a new holder's document, and their concurrent upserts failed: 6 of ~300
+    racing hides lost, 20–31 failed). A contender that finds the arbiter stays off (one whose
+    winner died or held it past ``lease_s`` is taken over the same way, one level down)."""
     pending = {f"{i}{_OVER}{o}": (i, o) for i, o in over.items()}
     for _ in range(8):  # levels of arbiters whose winner died (one, but for crashes)
         if not pending:
