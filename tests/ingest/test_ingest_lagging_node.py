@@ -109,3 +109,37 @@ async def test_a_sync_into_an_alias_really_gone_still_fails(
             assert len(sent) == 3  # the bulk and its two retries
     finally:
         await client.close()
+
+
+async def test_a_sync_delete_answered_by_a_lagging_node_removes_the_item(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A delete item a node behind on the cluster state answered 404
+    ``index_not_found_exception`` was read as the delete of a document already absent
+    (acknowledged, nothing retried): the deleted item stayed in the index and was served."""
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        bump(mongo_db[ingest_settings.items_collection], "p2", deleted=True)
+        sent: list[str] = []
+
+        def lagging(method: str, path: str) -> bool:
+            if not path.endswith("/_bulk"):
+                return False
+            sent.append(path)
+            return len(sent) == 1  # the first bulk
+
+        async with faulty_engine(ingest_settings, bulk_backoff_max=0.2) as (
+            proxy,
+            settings,
+            faulty,
+        ):
+            proxy.missing_if = lagging
+            await sync_once(settings, client=faulty, embedder=embedder)
+        assert len(sent) >= 2
+        assert not await client.exists(index=ingest_settings.index_alias, id="p2")
+    finally:
+        await client.close()
