@@ -414,15 +414,13 @@ def main() -> None:
 
 def render(path: Path, *, max_likes: int | None = None) -> None:
     """Targets and the README section again from a saved result (no re-run)."""
-    from opendisco.eval import EvalReport, ModelResult
+    from opendisco.eval import EvalReport
 
     result = json.loads(path.read_text())
     synthetic = result["dataset"].startswith("synthetic")
     if result.get("max_likes") is None and result["report"]["split"].get("replay"):
         result["max_likes"] = max_likes
-    rep = dict(result["report"])
-    rep["models"] = [ModelResult(**m) for m in rep["models"]]
-    report = EvalReport(**rep)
+    report = EvalReport.from_dict(result["report"])
     by = {m.name: m.__dict__ for m in report.models}
     k = result["k"]
     result["targets"] = {name: targets(by, k, name) for name in by if name.startswith("served")}

@@ -121,6 +121,13 @@ class EvalReport:
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "paired": [asdict(c) for c in self.comparisons()]}
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> EvalReport:
+        """The report :meth:`as_dict` (or :meth:`to_json`) wrote; ``paired`` is derived from
+        the models' per-user values, made again by :meth:`comparisons`."""
+        fields = {key: v for key, v in doc.items() if key != "paired"}
+        return cls(**{**fields, "models": [ModelResult(**r) for r in doc["models"]]})
+
     def comparisons(self) -> list[Comparison]:
         """The paired NDCG@k differences the table's claims rest on, over the same users:
         each served model against the best other model, or without one the best model

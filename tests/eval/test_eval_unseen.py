@@ -14,7 +14,7 @@ from movielens_layouts import Slice, write_csv
 
 from opendisco import Settings
 from opendisco.cli.main import cli
-from opendisco.eval import MostPopular, evaluate, paired_values, read_movielens, time_split
+from opendisco.eval import EvalReport, MostPopular, evaluate, paired_values, read_movielens, time_split
 from opendisco.eval._compare import ALS_FACTORS, ALS_REGULARIZATIONS, fit_baselines
 from opendisco.eval._ltr import unlearnable
 from opendisco.eval._tune import Dim, gain_text, run_study
@@ -65,6 +65,9 @@ def test_the_report_pairs_the_served_model_with_the_best_baseline(tmp_path: Path
     doc = json.loads(report.to_json())
     assert doc["paired"][0]["model"] == "served"
     assert abs(doc["paired"][0]["diff"]["se"] - want.se) < 1e-12
+    # a saved report reads back (bench/eval.py --render): EvalReport(**doc) refused "paired"
+    again = EvalReport.from_dict(doc)
+    assert again.comparisons() == [pair] and again.to_markdown() == md
 
 
 def test_eval_on_a_small_unseen_dataset_reports_standard_errors(
