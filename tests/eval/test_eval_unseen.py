@@ -14,7 +14,14 @@ from movielens_layouts import Slice, write_csv
 
 from opendisco import Settings
 from opendisco.cli.main import cli
-from opendisco.eval import EvalReport, MostPopular, evaluate, paired_values, read_movielens, time_split
+from opendisco.eval import (
+    EvalReport,
+    MostPopular,
+    evaluate,
+    paired_values,
+    read_movielens,
+    time_split,
+)
 from opendisco.eval._compare import ALS_FACTORS, ALS_REGULARIZATIONS, fit_baselines
 from opendisco.eval._ltr import unlearnable
 from opendisco.eval._tune import Dim, gain_text, run_study

@@ -11,7 +11,7 @@ import pytest
 from ingest_support import bump, faulty_engine
 
 from opendisco import IndexStateError, Settings, clients
-from opendisco.ingest import Embedder, alias_targets, reindex, sync_once, verify
+from opendisco.ingest import Embedder, SyncReport, alias_targets, reindex, sync_once, verify
 
 
 async def test_a_rebuild_whose_bulks_reach_a_lagging_node_retries(
@@ -42,6 +42,27 @@ async def test_a_rebuild_whose_bulks_reach_a_lagging_node_retries(
         assert (await verify(settings, client=client)).ok
 
 
+async def _sync_past_a_lagging_node(
+    settings: Settings, client: Any, embedder: Embedder, mongo_db: Any, **change: Any
+) -> tuple[SyncReport, int]:
+    """Item p2 changed by ``change`` after a rebuild, then synced through a node behind on
+    the cluster state for the first bulk: the report and the bulks sent."""
+    await reindex(settings, client=client, embedder=embedder)
+    bump(mongo_db[settings.items_collection], "p2", **change)
+    sent: list[str] = []
+
+    def lagging(method: str, path: str) -> bool:
+        if not path.endswith("/_bulk"):
+            return False
+        sent.append(path)
+        return len(sent) == 1  # the first bulk
+
+    async with faulty_engine(settings, bulk_backoff_max=0.2) as (proxy, faulty_settings, faulty):
+        proxy.missing_if = lagging
+        report = await sync_once(faulty_settings, client=faulty, embedder=embedder)
+    return report, len(sent)
+
+
 async def test_a_sync_whose_bulk_reaches_a_lagging_node_applies_the_change(
     ingest_settings: Settings,
     ingest_catalogue: list[dict[str, Any]],
@@ -54,27 +75,33 @@ async def test_a_sync_whose_bulk_reaches_a_lagging_node_applies_the_change(
     lands."""
     client = clients.async_opensearch(ingest_settings)
     try:
-        await reindex(ingest_settings, client=client, embedder=embedder)
-        bump(mongo_db[ingest_settings.items_collection], "p2", popularity=7.0)
-        sent: list[str] = []
-
-        def lagging(method: str, path: str) -> bool:
-            if not path.endswith("/_bulk"):
-                return False
-            sent.append(path)
-            return len(sent) == 1  # the first bulk
-
-        async with faulty_engine(ingest_settings, bulk_backoff_max=0.2) as (
-            proxy,
-            settings,
-            faulty,
-        ):
-            proxy.missing_if = lagging
-            report = await sync_once(settings, client=faulty, embedder=embedder)
-        assert len(sent) >= 2 and report.indexed >= 1
+        report, sent = await _sync_past_a_lagging_node(
+            ingest_settings, client, embedder, mongo_db, popularity=7.0
+        )
+        assert sent >= 2 and report.indexed >= 1
         got = await client.get(index=ingest_settings.index_alias, id="p2")
         assert got["_source"]["popularity"] == 7.0
         assert (await verify(ingest_settings, client=client)).ok
+    finally:
+        await client.close()
+
+
+async def test_a_sync_delete_answered_by_a_lagging_node_removes_the_item(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A delete item a node behind on the cluster state answered 404
+    ``index_not_found_exception`` was read as the delete of a document already absent
+    (acknowledged, nothing retried): the deleted item stayed in the index and was served."""
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        _, sent = await _sync_past_a_lagging_node(
+            ingest_settings, client, embedder, mongo_db, deleted=True
+        )
+        assert sent >= 2
+        assert not await client.exists(index=ingest_settings.index_alias, id="p2")
     finally:
         await client.close()
 
@@ -107,39 +134,5 @@ async def test_a_sync_into_an_alias_really_gone_still_fails(
             with pytest.raises(IndexStateError, match="no such index"):
                 await sync_once(settings, client=faulty, embedder=embedder)
             assert len(sent) == 3  # the bulk and its two retries
-    finally:
-        await client.close()
-
-
-async def test_a_sync_delete_answered_by_a_lagging_node_removes_the_item(
-    ingest_settings: Settings,
-    ingest_catalogue: list[dict[str, Any]],
-    embedder: Embedder,
-    mongo_db: Any,
-) -> None:
-    """A delete item a node behind on the cluster state answered 404
-    ``index_not_found_exception`` was read as the delete of a document already absent
-    (acknowledged, nothing retried): the deleted item stayed in the index and was served."""
-    client = clients.async_opensearch(ingest_settings)
-    try:
-        await reindex(ingest_settings, client=client, embedder=embedder)
-        bump(mongo_db[ingest_settings.items_collection], "p2", deleted=True)
-        sent: list[str] = []
-
-        def lagging(method: str, path: str) -> bool:
-            if not path.endswith("/_bulk"):
-                return False
-            sent.append(path)
-            return len(sent) == 1  # the first bulk
-
-        async with faulty_engine(ingest_settings, bulk_backoff_max=0.2) as (
-            proxy,
-            settings,
-            faulty,
-        ):
-            proxy.missing_if = lagging
-            await sync_once(settings, client=faulty, embedder=embedder)
-        assert len(sent) >= 2
-        assert not await client.exists(index=ingest_settings.index_alias, id="p2")
     finally:
         await client.close()
