@@ -296,11 +296,10 @@ class ExposureStore:
         if not wanted:
             return out
         now_ms = epoch_ms(now or datetime.now(UTC))
+        # the counters' index unknown (ensured before use: a node behind on the cluster
+        # state) is a failed read, not zero counts: the fallback checks caps by them
         with backend_errors("exposure counts lookup failed"):
-            try:
-                docs = await (self._get(wanted) if realtime else self._search(wanted))
-            except NotFoundError:
-                return out
+            docs = await (self._get(wanted) if realtime else self._search(wanted))
         for doc in docs:
             if doc.get("found"):
                 out[doc["_id"]] = self.exposure_of(doc.get("_source") or {}, now_ms)

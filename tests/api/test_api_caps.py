@@ -366,3 +366,31 @@ async def test_a_cap_list_a_lagging_node_says_has_no_index_is_not_read_as_empty(
             assert item in (lists.snapshot.capped or ())
             stored = await load_caps(disc.db, settings.index_alias)
             assert stored is not None and item in stored[0]
+
+
+async def test_counts_a_lagging_node_says_have_no_index_are_not_read_as_zero(
+    caps_settings: Settings, caps_catalogue: dict[str, Any]
+) -> None:
+    """A node behind on the cluster state answers the fallback's read of the listed items'
+    counters 404 ``index_not_found_exception``: read as no impressions, the refresh replaced
+    the counts it checks caps by (those not on the cap list yet) with none. The older counts
+    are kept, as on any failed read."""
+    with FaultyHttpProxy(caps_settings.opensearch_url) as proxy:
+        settings = caps_settings.model_copy(update={"opensearch_url": proxy.url})
+        async with serve(settings) as client:
+            await _ready(client)
+            rt = client.app.state.runtime
+            lists, disc = rt.fallback.lists, rt.discovery
+            await lists.refresh()
+            assert lists.snapshot is not None
+            listed = {r.id for recs in lists.snapshot.lists.values() for r in recs}
+            await disc.exposure.record(dict.fromkeys(sorted(listed), 1))
+            await disc.os.indices.refresh(index=disc.exposure.index)  # searchable counts
+            await lists.refresh()
+            seen = lists.snapshot.counts
+            assert seen, seen  # the listed items' impressions
+            counters = f"/{disc.exposure.index}/"
+            proxy.missing_if = lambda method, path: counters in path and "_search" in path
+            await lists.refresh()
+            assert proxy.answered.get(404, 0) >= 1
+            assert lists.snapshot.counts == seen
