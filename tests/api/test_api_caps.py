@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -342,6 +343,19 @@ async def test_an_item_whose_cap_list_update_failed_stays_out_without_a_copy(
             proxy.fail_if = None
 
 
+@contextlib.asynccontextmanager
+async def _fallback_behind_a_proxy(
+    settings: Settings,
+) -> AsyncIterator[tuple[FaultyHttpProxy, Settings, Any, Discovery]]:
+    """``(proxy, settings, fallback lists, discovery)`` of an API served through a fault proxy."""
+    with FaultyHttpProxy(settings.opensearch_url) as proxy:
+        through = settings.model_copy(update={"opensearch_url": proxy.url})
+        async with serve(through) as client:
+            await _ready(client)
+            rt = client.app.state.runtime
+            yield proxy, through, rt.fallback.lists, rt.discovery
+
+
 async def test_a_cap_list_a_lagging_node_says_has_no_index_is_not_read_as_empty(
     caps_settings: Settings, caps_catalogue: dict[str, Any]
 ) -> None:
@@ -351,21 +365,16 @@ async def test_a_cap_list_a_lagging_node_says_has_no_index_is_not_read_as_empty(
     then showed members past their cap (every time). The older list is kept, as on any
     failed read."""
     item = "lagcap-x"  # no such item: its cap is the default
-    with FaultyHttpProxy(caps_settings.opensearch_url) as proxy:
-        settings = caps_settings.model_copy(update={"opensearch_url": proxy.url})
-        async with serve(settings) as client:
-            await _ready(client)
-            rt = client.app.state.runtime
-            lists, disc = rt.fallback.lists, rt.discovery
-            assert item in await disc.exposure.record({item: settings.exposure_default_cap})
-            await lists.refresh()
-            assert item in (lists.snapshot.capped or ())
-            proxy.missing_if = lambda method, path: path.endswith("/_doc/_capped")
-            await lists.refresh()
-            assert proxy.answered.get(404, 0) >= 1
-            assert item in (lists.snapshot.capped or ())
-            stored = await load_caps(disc.db, settings.index_alias)
-            assert stored is not None and item in stored[0]
+    async with _fallback_behind_a_proxy(caps_settings) as (proxy, settings, lists, disc):
+        assert item in await disc.exposure.record({item: settings.exposure_default_cap})
+        await lists.refresh()
+        assert item in (lists.snapshot.capped or ())
+        proxy.missing_if = lambda method, path: path.endswith("/_doc/_capped")
+        await lists.refresh()
+        assert proxy.answered.get(404, 0) >= 1
+        assert item in (lists.snapshot.capped or ())
+        stored = await load_caps(disc.db, settings.index_alias)
+        assert stored is not None and item in stored[0]
 
 
 async def test_counts_a_lagging_node_says_have_no_index_are_not_read_as_zero(
@@ -375,22 +384,17 @@ async def test_counts_a_lagging_node_says_have_no_index_are_not_read_as_zero(
     counters 404 ``index_not_found_exception``: read as no impressions, the refresh replaced
     the counts it checks caps by (those not on the cap list yet) with none. The older counts
     are kept, as on any failed read."""
-    with FaultyHttpProxy(caps_settings.opensearch_url) as proxy:
-        settings = caps_settings.model_copy(update={"opensearch_url": proxy.url})
-        async with serve(settings) as client:
-            await _ready(client)
-            rt = client.app.state.runtime
-            lists, disc = rt.fallback.lists, rt.discovery
-            await lists.refresh()
-            assert lists.snapshot is not None
-            listed = {r.id for recs in lists.snapshot.lists.values() for r in recs}
-            await disc.exposure.record(dict.fromkeys(sorted(listed), 1))
-            await disc.os.indices.refresh(index=disc.exposure.index)  # searchable counts
-            await lists.refresh()
-            seen = lists.snapshot.counts
-            assert seen, seen  # the listed items' impressions
-            counters = f"/{disc.exposure.index}/"
-            proxy.missing_if = lambda method, path: counters in path and "_search" in path
-            await lists.refresh()
-            assert proxy.answered.get(404, 0) >= 1
-            assert lists.snapshot.counts == seen
+    async with _fallback_behind_a_proxy(caps_settings) as (proxy, _, lists, disc):
+        await lists.refresh()
+        assert lists.snapshot is not None
+        listed = {r.id for recs in lists.snapshot.lists.values() for r in recs}
+        await disc.exposure.record(dict.fromkeys(sorted(listed), 1))
+        await disc.os.indices.refresh(index=disc.exposure.index)  # searchable counts
+        await lists.refresh()
+        seen = lists.snapshot.counts
+        assert seen, seen  # the listed items' impressions
+        counters = f"/{disc.exposure.index}/"
+        proxy.missing_if = lambda method, path: counters in path and "_search" in path
+        await lists.refresh()
+        assert proxy.answered.get(404, 0) >= 1
+        assert lists.snapshot.counts == seen
