@@ -387,7 +387,9 @@ async def test_counts_a_lagging_node_says_have_no_index_are_not_read_as_zero(
     async with _fallback_behind_a_proxy(caps_settings) as (proxy, _, lists, disc):
         await lists.refresh()
         assert lists.snapshot is not None
+        # the fillers only: the groups' capped items keep their counts for the other tests
         listed = {r.id for recs in lists.snapshot.lists.values() for r in recs}
+        listed = {i for i in listed if i.startswith("fill-")}
         await disc.exposure.record(dict.fromkeys(sorted(listed), 1))
         await disc.os.indices.refresh(index=disc.exposure.index)  # searchable counts
         await lists.refresh()
