@@ -31,6 +31,7 @@ boundary with ``raise Mapped(msg) from exc``; the CLI turns the tree into
     ├── RateLimited                 per-key rate limit                   (HTTP 429)
     ├── Overloaded                  bounded concurrency exhausted        (HTTP 503 + Retry-After)
     └── IndexStateError             alias/index layout is not what an operation needs
+        ├── IndexMissing            a write's index or alias does not exist (past retries)
         └── SyncGap                 change-stream history lost: a rebuild is required
 """
 
@@ -48,6 +49,7 @@ __all__ = [
     "EventInvalid",
     "Forbidden",
     "HeadTooLarge",
+    "IndexMissing",
     "IndexStateError",
     "InvalidInput",
     "NotFound",
@@ -195,6 +197,11 @@ class Overloaded(OpenDiscoError):
 
 class IndexStateError(OpenDiscoError):
     """The alias/index layout is not what the operation needs."""
+
+
+class IndexMissing(IndexStateError):
+    """The index or alias a write targets does not exist: the engine answered so past the
+    write's retries (a node behind on the cluster state answers so for a while too)."""
 
 
 class SyncGap(IndexStateError):

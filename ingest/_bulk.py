@@ -30,7 +30,7 @@ from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import TransportError
 
 from opendisco._backend import backend_errors, index_missing, item_index_missing, whole_search
-from opendisco._exceptions import IndexStateError, SearchBackendError
+from opendisco._exceptions import IndexMissing, SearchBackendError
 from opendisco._settings import Settings
 from opendisco._transport import counting_sends
 
@@ -226,7 +226,7 @@ class BulkWriter:
     behind on the cluster state (one resumed after a pause) answers so about an index or
     alias the others hold (before, the first bulks after a hung node came back failed a
     rebuild, and would have stopped a sync worker for good). Still missing once the budget
-    is spent, the target is gone: :class:`IndexStateError`."""
+    is spent, the target is gone: :class:`IndexMissing`."""
 
     def __init__(
         self,
@@ -373,7 +373,7 @@ class BulkWriter:
                 return result
             if _spent(attempt, deadline, self.settings):
                 if missing == len(retry):
-                    raise IndexStateError(f"bulk into {self.index}: {last_reason}")
+                    raise IndexMissing(f"bulk into {self.index}: {last_reason}")
                 raise SearchBackendError(
                     f"{len(retry)} bulk items still failing after {attempt} retries: {last_reason}"
                 )

@@ -4,7 +4,9 @@
 every ``sync_reconcile_interval`` seconds (``_reconcile``), and never exits on a backend
 error: it backs off (capped at ``sync_backoff_max``), logs the health of both backends, keeps
 the checkpoint, and retries. It exits only on configuration errors (``ConfigError``, and
-``IndexStateError``: the alias is missing, or change-stream history was lost).
+``IndexStateError``: the alias is missing — read by the check before a pass, also after a
+bulk found no index behind it: a node behind on the cluster state says so —, or
+change-stream history was lost).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from opendisco._cancel import stop_tasks
-from opendisco._exceptions import BackendError
+from opendisco._exceptions import BackendError, IndexMissing
 from opendisco._settings import Settings
 
 from ._reconcile import ReconcileReport
@@ -97,7 +99,12 @@ async def _passes(
             log.warning("%s; coordinating again", exc)
             await syncer.reset()
             continue
-        except BackendError as exc:
+        except (BackendError, IndexMissing) as exc:
+            if isinstance(exc, IndexMissing):
+                # a bulk found no index behind the alias past its retries: a node behind
+                # on the cluster state for that long, or the alias gone — the check before
+                # the next pass tells them apart (gone: the worker exits there)
+                syncer.checked = False
             failures += 1
             failing_since = failing_since or time.monotonic()
             delay = backoff(failures, settings.sync_backoff_max)

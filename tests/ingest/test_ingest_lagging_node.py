@@ -5,6 +5,7 @@ really gone still fails."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from ingest_support import bump, faulty_engine
 
 from opendisco import IndexStateError, Settings, clients
 from opendisco.ingest import Embedder, SyncReport, alias_targets, reindex, sync_once, verify
+from opendisco.ingest._run_sync import run_sync
 
 
 async def test_a_rebuild_whose_bulks_reach_a_lagging_node_retries(
@@ -134,5 +136,48 @@ async def test_a_sync_into_an_alias_really_gone_still_fails(
             with pytest.raises(IndexStateError, match="no such index"):
                 await sync_once(settings, client=faulty, embedder=embedder)
             assert len(sent) == 3  # the bulk and its two retries
+    finally:
+        await client.close()
+
+
+async def test_a_sync_worker_outlasts_a_node_lagging_past_its_bulk_retries(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A node behind on the cluster state for longer than a bulk's retries (the defaults: 6
+    retries, ~6–11 s) made the bulk's missing alias an IndexStateError, which the worker
+    takes for a configuration error: it exited for good (every time). It backs off like on
+    a backend error; the alias check before its next pass tells a lag from an alias gone."""
+    client = clients.async_opensearch(ingest_settings)
+    alias = ingest_settings.index_alias
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        bump(mongo_db[ingest_settings.items_collection], "p2", popularity=7.0)
+        sent: list[str] = []
+
+        def lagging(method: str, path: str) -> bool:
+            if not path.endswith("/_bulk"):
+                return False
+            sent.append(path)
+            return len(sent) <= 4  # two passes' bulk and its one retry
+
+        async with faulty_engine(
+            ingest_settings, bulk_backoff_max=0.05, bulk_max_retries=1, sync_backoff_max=0.5
+        ) as (proxy, settings, _):
+            proxy.missing_if = lagging
+            stop = asyncio.Event()
+            worker = asyncio.create_task(run_sync(settings, stop=stop))
+            try:
+                for _ in range(150):
+                    got = await client.get(index=alias, id="p2")
+                    if got["_source"]["popularity"] == 7.0 or worker.done():
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                stop.set()
+                await worker  # an exit on error raises here
+        assert len(sent) > 4 and got["_source"]["popularity"] == 7.0
     finally:
         await client.close()
