@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from movielens_layouts import published_small
 
 from opendisco.eval import EASE, Recommender, Split, evaluate, paired_difference, top_k
 from opendisco.eval._compare import sample_users
 
 
 def test_baselines_beat_random_on_a_user_sample(
-    ml_split: Split, ml_baselines: tuple[dict[str, Any], dict[str, Any]]
+    ml_split: Split, ml_baselines: tuple[dict[str, Any], dict[str, Any]], movielens: Path
 ) -> None:
     models, info = ml_baselines
     assert all(isinstance(mod, Recommender) for mod in models.values())
@@ -27,7 +29,7 @@ def test_baselines_beat_random_on_a_user_sample(
     # personalised models beat the popularity list (ml-latest-small: by 2.5 SE; any release:
     # not worse beyond noise), which concentrates exposure the most
     gain = paired_difference(by["most-popular"], by["EASE"], "ndcg@10")
-    assert gain.diff > -2 * gain.se
+    assert gain.diff > (gain.se if published_small(movielens) else -2 * gain.se)
     assert by["most-popular"].metrics["gini"] > by["ALS"].metrics["gini"]
     assert by["most-popular"].metrics["coverage"] < by["random"].metrics["coverage"]
     assert by["most-popular"].metrics["novelty"] < by["random"].metrics["novelty"]
