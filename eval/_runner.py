@@ -130,8 +130,10 @@ class EvalReport:
 
     def comparisons(self) -> list[Comparison]:
         """The paired NDCG@k differences the table's claims rest on, over the same users:
-        each served model against the best other model, or without one the best model
-        against the runner-up (are they apart by more than noise?)."""
+        each served model against the best other model, and the learnt ranker against the
+        served order it reranks (``served+ltr`` − ``served``); without a served model the
+        best against the runner-up (are they apart by more than noise? Both were picked by
+        these very means, so that difference leans up)."""
         metric = f"ndcg@{self.k}"
         scored = [r for r in self.models if r.per_user.get(metric)]
         served = [r for r in scored if r.name.startswith("served")]
@@ -140,6 +142,9 @@ class EvalReport:
             key=lambda r: -np.nan_to_num(r.metrics.get(metric, np.nan), nan=-np.inf),
         )
         pairs = [(r, others[0]) for r in served] if others else []
+        by = {r.name: r for r in served}
+        if "served+ltr" in by and "served" in by:
+            pairs.append((by["served+ltr"], by["served"]))
         if not served and len(others) > 1:
             pairs = [(others[0], others[1])]
         return [Comparison(a.name, b.name, paired_difference(b, a, metric)) for a, b in pairs]

@@ -75,6 +75,14 @@ def test_the_report_pairs_the_served_model_with_the_best_baseline(tmp_path: Path
     # a saved report reads back (bench/eval.py --render): EvalReport(**doc) refused "paired"
     again = EvalReport.from_dict(doc)
     assert again.comparisons() == [pair] and again.to_markdown() == md
+    # a learnt ranker is paired with the served order it reranks too
+    models["served+ltr"] = Shuffled().fit(stage)
+    learnt = evaluate(models, stage, k=5).comparisons()
+    assert [(c.model, c.against) for c in learnt] == [
+        ("served", "most-popular"),
+        ("served+ltr", "most-popular"),
+        ("served+ltr", "served"),
+    ]
 
 
 def test_eval_on_a_small_unseen_dataset_reports_standard_errors(
