@@ -9,7 +9,6 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
-from opensearchpy.exceptions import NotFoundError
 
 from opendisco._backend import backend_errors
 from opendisco._exceptions import SearchBackendError
@@ -44,19 +43,19 @@ async def event_items(
     if not ids:
         return {}
     try:
+        # no items index (a node behind on the cluster state, or none yet) is a failed read,
+        # not "the engine holds none": read so, the members' positives had no vectors and
+        # their states' vectors were folded again from none (wiped, not marked stale)
         with backend_errors("item lookup for events failed"):
-            try:
-                resp = await client.mget(
-                    index=settings.index_alias,
-                    body={"ids": list(ids)},
-                    params={
-                        "_source_includes": "embedding,behaviour,category,kind,owner_id",
-                        "realtime": "true",
-                    },
-                    request_timeout=settings.events_engine_timeout_s,
-                )
-            except NotFoundError:  # no items index yet
-                return await stored_items(coll, list(about), unindexed=True) if about else {}
+            resp = await client.mget(
+                index=settings.index_alias,
+                body={"ids": list(ids)},
+                params={
+                    "_source_includes": "embedding,behaviour,category,kind,owner_id",
+                    "realtime": "true",
+                },
+                request_timeout=settings.events_engine_timeout_s,
+            )
     except SearchBackendError as exc:
         log.warning("event items read from MongoDB, vectors kept (engine: %.200s)", exc)
         return await stored_items(coll, ids)

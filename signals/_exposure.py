@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
-from opensearchpy.exceptions import NotFoundError, RequestError
+from opensearchpy.exceptions import RequestError
 
 from opendisco._backend import backend_errors, whole_docs, whole_search
 from opendisco._exceptions import InvalidInput, NotFound, PartialWrite, SearchBackendError
@@ -153,14 +153,13 @@ class ExposureStore:
         for chunk in _id_chunks(ids):
             own = [{"ids": {"values": chunk}}, {"exists": {"field": "exposure_cap"}}]
             body = {"size": len(chunk), "_source": False, "query": {"bool": {"filter": own}}}
+            # the items' index unknown (a node behind on the cluster state, or none yet) is a
+            # failed read: every item at the default cap let one with a lower own cap past it
             with backend_errors("exposure caps lookup failed"):
-                try:
-                    resp = await self.client.search(
-                        index=self.settings.index_alias,
-                        body={**body, "docvalue_fields": ["exposure_cap"]},
-                    )
-                except NotFoundError:
-                    return caps  # no items index yet: defaults
+                resp = await self.client.search(
+                    index=self.settings.index_alias,
+                    body={**body, "docvalue_fields": ["exposure_cap"]},
+                )
             # a failed shard's items read as having no cap: the default (200) over their own
             for hit in whole_search(resp, "exposure caps lookup")["hits"]["hits"]:
                 own_cap = (hit.get("fields") or {}).get("exposure_cap", [None])[0]
@@ -385,11 +384,10 @@ class ExposureStore:
         search over the counters, scored in the engine)."""
         now_ms = epoch_ms(now or datetime.now(UTC))
         body = trending_query(k, now_ms, self.trend_window_ms, self.half_life_ms)
+        # the counters' index unknown (ensured before use: a node behind on the cluster state)
+        # is a failed read, not no trending items: the list read before is kept
         with backend_errors("live trending lookup failed"):
-            try:
-                resp = await self.client.search(index=self.index, body=body)
-            except NotFoundError:
-                return []
+            resp = await self.client.search(index=self.index, body=body)
         return [(h["_id"], float(h["_score"])) for h in resp["hits"]["hits"] if h["_score"] > 0]
 
 

@@ -25,8 +25,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from opensearchpy.exceptions import NotFoundError
-
 from opendisco._backend import backend_errors, whole_search
 
 from ._caps import KnownImpressions, window_count
@@ -54,44 +52,42 @@ async def scan_counters(
 ) -> dict[str, _Row] | None:
     """Every counter document's fields by item id (doc values as of the last refresh), only
     those written at or after ``touched_since_ms`` when given; paged by ``search_after`` on
-    the item id. ``None`` when there are more than ``limit``; an index not created yet has
-    none."""
+    the item id. ``None`` when there are more than ``limit``."""
     if touched_since_ms is None:
         query: dict[str, Any] = {"exists": {"field": "item_id"}}
     else:
         query = {"range": {"touched_at": {"gte": touched_since_ms}}}
     out: dict[str, _Row] = {}
     after: list[Any] | None = None
+    # the index unknown (ensured before use: a node behind on the cluster state) is a failed
+    # read: read as no counters, a full read emptied the copy the caps are held by
     with backend_errors("exposure counters scan failed"):
-        try:
-            if limit is not None:
-                got = await store.client.count(index=store.index, body={"query": query})
-                # a failed shard's counters are not counters the index lacks: a short count
-                # would let the scan hold more than ``limit``
-                if int(whole_search(got, "exposure counters count")["count"]) > limit:
-                    return None
-            while True:
-                body: dict[str, Any] = {
-                    "size": page,
-                    "query": query,
-                    "sort": [{"item_id": "asc"}],
-                    "stored_fields": "_none_",
-                    "docvalue_fields": READ_FIELDS,
-                    "track_total_hits": False,
-                }
-                if after is not None:
-                    body["search_after"] = after
-                resp = await store.client.search(index=store.index, body=body)
-                hits = whole_search(resp, "exposure counters scan")["hits"]["hits"]
-                for hit in hits:
-                    fields = {k: v[0] for k, v in (hit.get("fields") or {}).items() if v}
-                    if (item := fields.get("item_id")) is not None:
-                        out[str(item)] = tuple(fields.get(f) for f in _FIELDS)
-                if len(hits) < page:
-                    return out
-                after = hits[-1]["sort"]
-        except NotFoundError:
-            return out
+        if limit is not None:
+            got = await store.client.count(index=store.index, body={"query": query})
+            # a failed shard's counters are not counters the index lacks: a short count
+            # would let the scan hold more than ``limit``
+            if int(whole_search(got, "exposure counters count")["count"]) > limit:
+                return None
+        while True:
+            body: dict[str, Any] = {
+                "size": page,
+                "query": query,
+                "sort": [{"item_id": "asc"}],
+                "stored_fields": "_none_",
+                "docvalue_fields": READ_FIELDS,
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            resp = await store.client.search(index=store.index, body=body)
+            hits = whole_search(resp, "exposure counters scan")["hits"]["hits"]
+            for hit in hits:
+                fields = {k: v[0] for k, v in (hit.get("fields") or {}).items() if v}
+                if (item := fields.get("item_id")) is not None:
+                    out[str(item)] = tuple(fields.get(f) for f in _FIELDS)
+            if len(hits) < page:
+                return out
+            after = hits[-1]["sort"]
 
 
 class _CounterRows:

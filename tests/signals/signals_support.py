@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["Clock"]
+from typing import Any
+
+__all__ = ["Clock", "empty_items"]
 
 
 class Clock:
@@ -13,3 +15,12 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+async def empty_items(os_client: Any, alias: str) -> str:
+    """An empty items index behind ``alias`` (returned, for the test to delete): recording
+    impressions reads the items' own caps, and an items index it cannot find is a failed read
+    (``ExposureStore._caps``), not "every item at the default cap"."""
+    index = f"{alias}-v1"
+    await os_client.indices.create(index=index, body={"aliases": {alias: {}}})
+    return index

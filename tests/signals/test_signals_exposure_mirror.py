@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 from http_faults import FaultyHttpProxy
-from signals_support import Clock
+from signals_support import Clock, empty_items
 
 from opendisco import SearchBackendError, Settings, clients
 from opendisco.signals import ExposureMirror, ExposureStore
@@ -22,12 +22,13 @@ from opendisco.signals._exposure_mirror import scan_counters
 async def store(settings: Settings) -> AsyncIterator[ExposureStore]:
     s = settings.model_copy(update={"index_alias": f"{settings.index_alias}-mirror"})
     os_client = clients.async_opensearch(s)
+    items = await empty_items(os_client, s.index_alias)
     st = ExposureStore(os_client, s)
     await st.ensure()
     try:
         yield st
     finally:
-        await os_client.indices.delete(index=st.index, ignore_unavailable=True)
+        await os_client.indices.delete(index=[st.index, items], ignore_unavailable=True)
         await os_client.close()
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from signals_support import empty_items
 
 from opendisco import SearchBackendError, Settings, clients
 from opendisco.signals import (
@@ -71,12 +72,13 @@ async def journaled(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[S
         update={"index_alias": f"{settings.index_alias}jr{os.getpid()}", "state_dir": tmp_path}
     )
     os_client = clients.async_opensearch(s)
+    items = await empty_items(os_client, s.index_alias)
     store = ExposureStore(os_client, s)
     await store.ensure()
     try:
         yield s, store
     finally:
-        await os_client.indices.delete(index=store.index, ignore_unavailable=True)
+        await os_client.indices.delete(index=[store.index, items], ignore_unavailable=True)
         await os_client.close()
 
 
