@@ -180,6 +180,7 @@ class Discovery:
         if request_id:
             plan.request_id = request_id
         plan.rules = HardRules.anonymous(plan.exclude)  # a member context replaces them
+        await self.ensure()  # the counters index live trending reads (a 404 is a failed read)
         for hydrator in self.parts.query_hydrators:
             t0 = time.perf_counter()
             await hydrator.hydrate(plan)

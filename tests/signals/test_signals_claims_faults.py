@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from http_faults import FaultyHttpProxy
+from signals_support import clustered_namespace
 
 # the counters of the claims suite: the same catalogue and the same exact checks
 from test_signals_claims_live import MOVIES, PROFILES, _assert_exact, _Counters
@@ -48,21 +49,9 @@ CAPPED_ITEM = "cap0"  # exposure_cap 3: see conftest.clustered_catalogue
 def storm_settings(
     settings: Settings, os_client: Any, index_items: Any, clustered_items: list[dict[str, Any]]
 ) -> Any:
-    s = settings.model_copy(
-        update={
-            "index_alias": f"{settings.index_alias}st",
-            "mongo_db": f"{settings.mongo_db}st",
-            "events_claim_wait_s": 30.0,
-            "events_claim_lease_s": 30.0,
-        }
-    )
-    index_items(s, clustered_items)
-    yield s
-    os_client.indices.delete(
-        index=f"{s.index_alias}*", ignore_unavailable=True, expand_wildcards="all"
-    )
-    with clients.mongo(s) as mc:
-        mc.drop_database(s.mongo_db)
+    wait = {"events_claim_wait_s": 30.0, "events_claim_lease_s": 30.0}
+    with clustered_namespace(settings, os_client, index_items, clustered_items, "st", **wait) as s:
+        yield s
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from signals_support import clustered_namespace
 
 from opendisco import SearchBackendError, Settings, clients
 from opendisco.api import create_app
@@ -43,16 +44,8 @@ PROFILES = ["prof0", "prof1", "prof2", "prof3"]
 def claims_settings(
     settings: Settings, os_client: Any, index_items: Any, clustered_items: list[dict[str, Any]]
 ) -> Any:
-    s = settings.model_copy(
-        update={"index_alias": f"{settings.index_alias}cl", "mongo_db": f"{settings.mongo_db}cl"}
-    )
-    index_items(s, clustered_items)
-    yield s
-    os_client.indices.delete(
-        index=f"{s.index_alias}*", ignore_unavailable=True, expand_wildcards="all"
-    )
-    with clients.mongo(s) as mc:
-        mc.drop_database(s.mongo_db)
+    with clustered_namespace(settings, os_client, index_items, clustered_items, "cl") as s:
+        yield s
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from http_faults import FaultyHttpProxy
-from signals_support import Clock
+from signals_support import Clock, clustered_namespace
 
 from opendisco import SearchBackendError, Settings, clients
 from opendisco.serving._market import LiveTrending
@@ -26,16 +26,8 @@ CAPPED_ITEM = "cap0"  # exposure_cap 3: see conftest.clustered_catalogue
 def lag_settings(
     settings: Settings, os_client: Any, index_items: Any, clustered_items: list[dict[str, Any]]
 ) -> Iterator[Settings]:
-    s = settings.model_copy(
-        update={"index_alias": f"{settings.index_alias}lg", "mongo_db": f"{settings.mongo_db}lg"}
-    )
-    index_items(s, clustered_items)
-    yield s
-    os_client.indices.delete(
-        index=f"{s.index_alias}*", ignore_unavailable=True, expand_wildcards="all"
-    )
-    with clients.mongo(s) as mc:
-        mc.drop_database(s.mongo_db)
+    with clustered_namespace(settings, os_client, index_items, clustered_items, "lg") as s:
+        yield s
 
 
 @pytest.fixture
