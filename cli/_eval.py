@@ -361,7 +361,7 @@ def tune_cmd(
         "users": len(uidx),
         "value": result.best_value,
         "current_value": result.current_value,
-        # best − trial 0 per user, on the users it was picked on (optimistic)
+        # best − trial 0 per user, on the users held out of the pick
         "gain": None if result.gain is None else {"diff": result.gain.diff, "se": result.gain.se},
         "better_than_current": result.better,
         "based_on": f"params-v{version}.json" if version else "defaults",
