@@ -4,8 +4,8 @@
 every ``sync_reconcile_interval`` seconds (``_reconcile``), and never exits on a backend
 error: it backs off (capped at ``sync_backoff_max``), logs the health of both backends, keeps
 the checkpoint, and retries. It exits only on configuration errors (``ConfigError``, and
-``IndexStateError``: the alias is missing — read by the check before a pass, also after a
-bulk found no index behind it: a node behind on the cluster state says so —, or
+``IndexStateError``: the alias is missing at its start, or for ``ALIAS_GONE_S`` once a bulk
+found no index behind it — a node behind on the cluster state says so for a while —, or
 change-stream history was lost).
 """
 
@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable
 
 from opendisco._cancel import stop_tasks
-from opendisco._exceptions import BackendError, IndexMissing
+from opendisco._exceptions import BackendError, IndexMissing, IndexStateError, SyncGap
 from opendisco._settings import Settings
 
 from ._reconcile import ReconcileReport
 from ._sync import LeaseLost, Syncer, SyncReport
 
-__all__ = ["STOP_GRACE_S", "backoff", "run_sync"]
+__all__ = ["ALIAS_GONE_S", "STOP_GRACE_S", "backoff", "run_sync"]
 
 log = logging.getLogger("opendisco.ingest.sync")
 
@@ -41,6 +41,11 @@ def backoff(failures: int, cap: float, base: float = 0.5) -> float:
 #: acknowledged), and one a paused store or engine held up kept the worker for ~40 s (past
 #: compose's 10 s stop grace, measured), a second signal changing nothing
 STOP_GRACE_S = 3.0
+
+#: how long an alias the worker wrote through may read missing before the worker takes it
+#: for gone: a node behind on the cluster state answers so until it catches up (a paused
+#: node is dropped within ~10–40 s and rejoins with the current state)
+ALIAS_GONE_S = 60.0
 
 
 async def run_sync(
@@ -85,10 +90,12 @@ async def _passes(
     interval = settings.sync_reconcile_interval
     next_reconcile = time.monotonic() if interval > 0 else float("inf")
     failures, failing_since = 0, 0.0
+    missing_since: float | None = None  # since a bulk found no index behind the alias
     while not stop.is_set():
         try:
             if not syncer.checked:
                 await syncer.check()
+                missing_since = None
             report = await syncer.once()
             if time.monotonic() >= next_reconcile:
                 rec = await syncer.reconcile()
@@ -99,11 +106,18 @@ async def _passes(
             log.warning("%s; coordinating again", exc)
             await syncer.reset()
             continue
-        except (BackendError, IndexMissing) as exc:
-            if isinstance(exc, IndexMissing):
-                # a bulk found no index behind the alias past its retries: a node behind
-                # on the cluster state for that long, or the alias gone — the check before
-                # the next pass tells them apart (gone: the worker exits there)
+        except (BackendError, IndexStateError) as exc:
+            if isinstance(exc, IndexStateError):
+                # a bulk found no index behind the alias past its retries (IndexMissing), or
+                # the check after it read no alias: a node behind on the cluster state says
+                # so until it catches up, so only an alias missing for ALIAS_GONE_S is gone
+                # (a configuration error: the worker exits); history lost always is one
+                seen = missing_since is not None or isinstance(exc, IndexMissing)
+                if isinstance(exc, SyncGap) or not seen:
+                    raise
+                missing_since = missing_since or time.monotonic()
+                if time.monotonic() - missing_since > ALIAS_GONE_S:
+                    raise
                 syncer.checked = False
             failures += 1
             failing_since = failing_since or time.monotonic()

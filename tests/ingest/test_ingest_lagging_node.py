@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from ingest_support import bump, faulty_engine
 
+import opendisco.ingest._run_sync as run_sync_module
 from opendisco import IndexStateError, Settings, clients
 from opendisco.ingest import Embedder, SyncReport, alias_targets, reindex, sync_once, verify
 from opendisco.ingest._run_sync import run_sync
@@ -149,7 +150,8 @@ async def test_a_sync_worker_outlasts_a_node_lagging_past_its_bulk_retries(
     """A node behind on the cluster state for longer than a bulk's retries (the defaults: 6
     retries, ~6–11 s) made the bulk's missing alias an IndexStateError, which the worker
     takes for a configuration error: it exited for good (every time). It backs off like on
-    a backend error; the alias check before its next pass tells a lag from an alias gone."""
+    a backend error, and an alias the checks after it read missing (the same node) is gone
+    only once it stays missing for ``ALIAS_GONE_S``."""
     client = clients.async_opensearch(ingest_settings)
     alias = ingest_settings.index_alias
     try:
@@ -157,7 +159,12 @@ async def test_a_sync_worker_outlasts_a_node_lagging_past_its_bulk_retries(
         bump(mongo_db[ingest_settings.items_collection], "p2", popularity=7.0)
         sent: list[str] = []
 
+        checked: list[str] = []
+
         def lagging(method: str, path: str) -> bool:
+            if "/_alias/" in path and sent:  # the checks after the refused bulks, twice
+                checked.append(path)
+                return len(checked) <= 2
             if not path.endswith("/_bulk"):
                 return False
             sent.append(path)
@@ -178,6 +185,39 @@ async def test_a_sync_worker_outlasts_a_node_lagging_past_its_bulk_retries(
             finally:
                 stop.set()
                 await worker  # an exit on error raises here
-        assert len(sent) > 4 and got["_source"]["popularity"] == 7.0
+        assert len(sent) > 4 and len(checked) > 2 and got["_source"]["popularity"] == 7.0
+    finally:
+        await client.close()
+
+
+async def test_a_sync_worker_exits_once_the_alias_stays_gone(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An alias missing for good (deleted) is still the configuration error the worker
+    exits on, once it has read missing for ``ALIAS_GONE_S`` (1 s here)."""
+    monkeypatch.setattr(run_sync_module, "ALIAS_GONE_S", 1.0)
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        await reindex(ingest_settings, client=client, embedder=embedder)
+        bump(mongo_db[ingest_settings.items_collection], "p2", popularity=7.0)
+        async with faulty_engine(
+            ingest_settings, bulk_backoff_max=0.05, bulk_max_retries=1, sync_backoff_max=0.3
+        ) as (proxy, settings, _):
+            sent: list[str] = []
+
+            def gone(method: str, path: str) -> bool:  # from the first bulk on
+                if path.endswith("/_bulk"):
+                    sent.append(path)
+                return bool(sent) and (path.endswith("/_bulk") or "/_alias/" in path)
+
+            proxy.missing_if = gone
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(IndexStateError):
+                await asyncio.wait_for(run_sync(settings), 30)
+            assert asyncio.get_running_loop().time() - started >= 1.0
     finally:
         await client.close()
