@@ -216,7 +216,12 @@ def run_study(
             values = per_user[trial.number] = np.asarray(out, dtype=np.float64)
             if not held:
                 held.append(_confirming_half(len(values), seed))
-            pick = values[~held[0]] if len(values) == len(held[0]) else values
+            if len(values) != len(held[0]):
+                raise InvalidInput(
+                    f"trial {trial.number}: {len(values)} per-user values, the first trial "
+                    f"{len(held[0])}: an objective scores the same users every trial"
+                )
+            pick = values[~held[0]]
             value = float(pick.mean()) if len(pick) else float("nan")
         if callback:
             callback(trial.number, value)

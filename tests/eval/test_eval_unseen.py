@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from movielens_layouts import Slice, write_csv
 
-from opendisco import Settings
+from opendisco import InvalidInput, Settings
 from opendisco.cli.main import cli
 from opendisco.eval import (
     EvalReport,
@@ -123,6 +123,9 @@ def test_tuning_reports_the_best_trials_paired_gain_over_the_current_parameters(
     assert "not shown to be better" in gain_text(found)
     few = run_study(lambda p: base[:3] + p["x"], {"x": Dim(0.0, 0.2)}, trials=3)
     assert few.gain is None  # three users: no half to hold out
+    shrinking = iter([base, base[:60]])
+    with pytest.raises(InvalidInput, match="the same users every trial"):
+        run_study(lambda p: next(shrinking), {"x": Dim(0.0, 0.2)}, trials=2)
 
 
 def test_tune_writes_the_paired_gain_it_found(tmp_path: Path, base_settings: Settings) -> None:
