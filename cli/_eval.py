@@ -358,9 +358,7 @@ def tune_cmd(
         "dataset": data.name,
         "metric": metric,
         "stage": "validation",
-        "users": len(uidx),
-        # value and current_value: means over the users the pick was made on (the others
-        # confirm it: gain)
+        "users": len(uidx),  # value, current_value: the picking half's means
         "value": result.best_value,
         "current_value": result.current_value,
         # best − trial 0 per user, on the users held out of the pick
