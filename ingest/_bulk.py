@@ -144,10 +144,12 @@ def classify(op: str, item: Mapping[str, Any]) -> tuple[Outcome, str]:
     status = int(item.get("status", 500))
     if 200 <= status < 300:
         return "ok", ""
-    if status == 404 and op == "delete" and not item_index_missing(item):
-        # already absent; the tombstone version is recorded (not so when the index itself
-        # was not found: a node behind on the cluster state, nothing deleted — retried)
-        return "ok", "not_found"
+    if item_index_missing(item):
+        # the index itself not found: a node behind on the cluster state answers so about
+        # one the others hold (nothing applied: sent again); past the budget, gone
+        return "retry", _reason(item.get("error"))
+    if status == 404 and op == "delete":
+        return "ok", "not_found"  # already absent; the tombstone version is recorded
     if status == 409:
         return "conflict", _reason(item.get("error"))
     if status == 429 or status >= 500:
@@ -362,7 +364,7 @@ class BulkWriter:
                     maybe_deleted.append(action)
                 elif outcome == "conflict":
                     result.conflicts.append(action)
-                elif outcome == "retry" or item_index_missing(answer):
+                elif outcome == "retry":
                     retry.append((action, data))
                     missing += item_index_missing(answer)
                     last_reason = reason

@@ -169,6 +169,9 @@ def test_marketplace_items_validate() -> None:
         ("index", {"status": 400, "error": {"type": "mapper_parsing_exception"}}, "reject"),
         ("delete", {"status": 404, "result": "not_found"}, "ok"),
         ("delete", {"status": 409}, "conflict"),
+        # a node behind on the cluster state: the index not found, nothing applied
+        ("index", {"status": 404, "error": {"type": "index_not_found_exception"}}, "retry"),
+        ("delete", {"status": 404, "error": {"type": "index_not_found_exception"}}, "retry"),
     ],
 )
 def test_classify(op: str, item: dict[str, Any], outcome: str) -> None:
