@@ -46,13 +46,8 @@ from ._trending import (
 )
 
 __all__ = [
-    "CAPPED_DOC_ID",
-    "READ_FIELDS",
-    "Exposure",
-    "ExposureStore",
-    "capped_lookup",
-    "exposure_index",
-]
+    "CAPPED_DOC_ID", "READ_FIELDS", "Exposure", "ExposureStore", "capped_lookup", "exposure_index",
+]  # fmt: skip
 
 log = logging.getLogger("opendisco.signals")
 
@@ -98,6 +93,8 @@ class ExposureStore:
         self.trend_window_ms = settings.trending_window_hours * 3_600_000
         #: newly capped ids (-> window end) whose cap-list update failed: sent with the next
         self._due: dict[str, int] = {}
+        #: :meth:`ensure` succeeded in this process (a write before it ensures the index)
+        self._ready = False
 
     def _body(self) -> dict[str, Any]:
         shape = {
@@ -129,6 +126,13 @@ class ExposureStore:
                 index=self.index, wait_for_status="yellow", request_timeout=30
             )
         await self._until_gettable()
+        self._ready = True
+
+    async def _ensured(self) -> None:
+        """Before the first write (a served-list flush may come before any request): an upsert
+        into a missing index would create it with dynamic mappings where indices auto-create."""
+        if not self._ready:
+            await self.ensure()
 
     async def _until_gettable(self, attempts: int = 50) -> None:
         """Yellow health can precede the shard accepting realtime GETs (which the terms
@@ -176,24 +180,23 @@ class ExposureStore:
     ) -> list[str]:
         """Add impressions per item id; returns the ids that are capped after this call.
 
-        One search (caps), one ``_bulk`` of scripted upserts (counters; items the engine
-        rejects with 429 sent again, ``_engine_bulk``), and one scripted update of the capped
-        list (with ``cap_list=False`` none: the newly capped ids wait for the next update, as
-        after a refused one; a caller writing one batch in parts updates it once, with the
-        last part). Item documents are never written. Counters that still were not written raise
-        :class:`~opendisco.PartialWrite` naming them (every other one was: a caller must not
-        add those again). A cap-list update that fails after the counters were written does
-        not fail the call (failing would have it counted again): the newly capped ids are
-        sent with the next update of the list (``record`` or ``sweep``) and the ids returned
+        One search (caps), one ``_bulk`` of scripted upserts (counters; 429s sent again,
+        ``_engine_bulk``), one scripted update of the capped list (with ``cap_list=False``
+        none: the newly capped ids wait for the next update, as after a refused one; a caller
+        writing a batch in parts updates it with the last). Item documents are never written.
+        Counters still unwritten raise :class:`~opendisco.PartialWrite` naming them (every
+        other one was: a caller must not add those again). A cap-list update failing after
+        the counters were written does not fail the call (it would be counted again): the
+        newly capped ids go with the next update (``record`` or ``sweep``), the ids returned
         are those this store knows capped. ``mark`` is kept on each counter written
-        (:meth:`landed` tells whether a failed write landed).
-        """
+        (:meth:`landed` tells whether a failed write landed)."""
         batch = {str(k): int(v) for k, v in counts.items() if int(v) != 0}
         if any(v < 0 for v in batch.values()):
             raise InvalidInput("impression counts must be >= 0")
         now_ms = epoch_ms(now or datetime.now(UTC))
         if not batch:
             return []
+        await self._ensured()
         ids = sorted(batch)
         caps = await self._caps(ids)
         pairs = count_pairs(self.index, batch, caps, now_ms, self.window_ms, mark)
@@ -217,6 +220,7 @@ class ExposureStore:
 
     async def sweep(self, now: datetime | None = None) -> list[str]:
         """Drop capped ids whose window ended; returns the capped ids left."""
+        await self._ensured()
         return await self._update_capped({}, epoch_ms(now or datetime.now(UTC)))
 
     async def _update_capped(self, add: Mapping[str, int], now_ms: int) -> list[str]:
@@ -370,6 +374,7 @@ class ExposureStore:
         incs = trend_increments(likes, self.half_life_ms)
         if not incs:
             return 0
+        await self._ensured()
         now_ms = epoch_ms(now or datetime.now(UTC))
         body = trend_update_actions(self.index, incs, self.half_life_ms, now_ms, mark)
         pairs = list(zip(body[::2], body[1::2], strict=True))

@@ -1,0 +1,63 @@
+"""A process's first counter write ensures the counters index: a served-list flush can come
+before any request of the process ensured it (started while the engine was down, its
+degraded answers served from the fallback's lists), and a write into a missing index
+creates it with dynamic mappings wherever the cluster auto-creates indices (OpenSearch's
+default; ours is off, so the write was refused instead)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from signals_support import clustered_namespace
+
+from opendisco import Settings, clients
+from opendisco.signals import ExposureStore, ServedExposure
+from opendisco.signals._counters_index import MAPPING
+from opendisco.signals._exposure import CAPPED_DOC_ID, exposure_index
+
+CAPPED_ITEM = "cap0"  # exposure_cap 3: see conftest.clustered_catalogue
+
+
+@pytest.fixture(scope="module")
+def fresh(
+    settings: Settings, os_client: Any, index_items: Any, clustered_items: list[dict[str, Any]]
+) -> Iterator[Settings]:
+    with clustered_namespace(settings, os_client, index_items, clustered_items, "fw") as s:
+        yield s
+
+
+def _mapped(os_client: Any, s: Settings) -> dict[str, Any]:
+    index = exposure_index(s)
+    return next(iter(os_client.indices.get_mapping(index=index).values()))["mappings"]
+
+
+async def test_the_first_flush_of_a_process_creates_the_counters_index_with_its_mapping(
+    fresh: Settings, os_client: Any
+) -> None:
+    os_client.indices.delete(index=exposure_index(fresh), ignore_unavailable=True)
+    engine = clients.async_opensearch(fresh)
+    try:
+        served = ServedExposure(ExposureStore(engine, fresh), flush_s=60)
+        served.add([CAPPED_ITEM] * 3)
+        assert CAPPED_ITEM in await served.flush(pace=False)
+        assert served.written == 3 and not served.retry
+    finally:
+        await engine.close()
+    mapped = _mapped(os_client, fresh)
+    assert mapped["dynamic"] == "strict"  # dynamic mappings would not say so
+    assert set(MAPPING["mappings"]["properties"]) <= set(mapped["properties"])
+    assert os_client.get(index=exposure_index(fresh), id=CAPPED_DOC_ID)["found"]
+
+
+async def test_a_sweep_before_any_write_creates_the_index_too(
+    fresh: Settings, os_client: Any
+) -> None:
+    os_client.indices.delete(index=exposure_index(fresh), ignore_unavailable=True)
+    engine = clients.async_opensearch(fresh)
+    try:
+        assert await ExposureStore(engine, fresh).sweep() == []
+    finally:
+        await engine.close()
+    assert set(MAPPING["mappings"]["properties"]) <= set(_mapped(os_client, fresh)["properties"])
