@@ -113,20 +113,13 @@ class Discovery:
         self.recheck = StoreRecheck.from_settings(db, settings)  # the page re-read (_page)
         self.fill = fill  # a page a failed source left short is filled from it (_fill)
         self._model = model
-        self._ready = False
-        self._lock = asyncio.Lock()
         #: the templates and the serving artifacts (params file, model) this pipeline serves
         self.version = f"{template_version()}+{self.artifacts.name}"
 
     # -- start-up -----------------------------------------------------------------------
     async def ensure(self) -> None:
         """Once per process: the exposure counters index the in-engine cap reads."""
-        if self._ready:
-            return
-        async with self._lock:
-            if not self._ready:
-                await self.exposure.ensure()
-                self._ready = True
+        await self.exposure.ensure_once()
 
     async def warmup(self) -> None:
         """Load the query encoder and ensure indices now, not inside a request deadline (a

@@ -21,12 +21,22 @@ Why a separate index (the trade-off):
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+from opensearchpy import AsyncOpenSearch
+from opensearchpy.exceptions import RequestError
+
+from opendisco._backend import backend_errors
+from opendisco._exceptions import NotFound, SearchBackendError
 
 from ._counting import MARK_PROPERTIES
 from ._trending import TREND_PROPERTIES
 
-__all__ = ["ADDED_PROPERTIES", "MAPPING", "REFRESH"]
+__all__ = ["ADDED_PROPERTIES", "CAPPED_DOC_ID", "MAPPING", "REFRESH", "ensure_counters"]
+
+#: the capped list's document in the counters index
+CAPPED_DOC_ID = "_capped"
 
 PACED_PROPERTIES: dict[str, Any] = {
     "paced": {"type": "double"},
@@ -63,3 +73,44 @@ ADDED_PROPERTIES: dict[str, Any] = {
     **TOUCHED_PROPERTIES,
     **MARK_PROPERTIES,
 }
+
+
+async def ensure_counters(client: AsyncOpenSearch, index: str, shards: int, replicas: int) -> None:
+    """Create the counters index ``index`` (idempotent), add the fields of later releases to
+    an older one, and wait until its shard answers the cap list's realtime GET."""
+    shape = {"number_of_shards": shards, "number_of_replicas": replicas, **REFRESH}
+    with backend_errors(f"cannot create {index}"):
+        try:
+            if not await client.indices.exists(index=index):
+                await client.indices.create(
+                    index=index, body={"settings": {"index": shape}, **MAPPING}
+                )
+        except RequestError as exc:
+            if "resource_already_exists" not in str(exc):
+                raise
+        # indices created before live trending, pacing and the copies: add their fields
+        # (a no-op when present)
+        await client.indices.put_mapping(index=index, body={"properties": ADDED_PROPERTIES})
+        await client.indices.put_settings(index=index, body={"index": REFRESH})
+    # a concurrent creator may have returned before the primary started: a terms lookup
+    # against a RECOVERING shard fails every candidate source, so wait for it
+    with backend_errors(f"{index} did not become available"):
+        await client.cluster.health(index=index, wait_for_status="yellow", request_timeout=30)
+    await _until_gettable(client, index)
+
+
+async def _until_gettable(client: AsyncOpenSearch, index: str, attempts: int = 50) -> None:
+    """Yellow health can precede the shard accepting realtime GETs (which the terms lookup
+    uses) by a few ms: poll a GET of the cap list until the shard answers (404 is an answer)."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            with backend_errors("reading the cap list failed", not_found="no cap list yet"):
+                await client.get(index=index, id=CAPPED_DOC_ID)
+            return
+        except NotFound:
+            return
+        except SearchBackendError as exc:
+            last = exc
+            await asyncio.sleep(0.1)
+    raise SearchBackendError(f"{index} did not become readable: {last}")

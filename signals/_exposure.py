@@ -26,14 +26,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
-from opensearchpy.exceptions import RequestError
 
 from opendisco._backend import backend_errors, whole_docs, whole_search
 from opendisco._exceptions import InvalidInput, NotFound, PartialWrite, SearchBackendError
 from opendisco._settings import Settings
 
 from ._caps import item_cap, window_count
-from ._counters_index import ADDED_PROPERTIES, MAPPING, REFRESH
+from ._counters_index import CAPPED_DOC_ID, ensure_counters
 from ._counting import CAPPED_SCRIPT, count_pairs
 from ._engine_bulk import bulk_updates
 from ._fence import fence
@@ -51,7 +50,6 @@ __all__ = [
 
 log = logging.getLogger("opendisco.signals")
 
-CAPPED_DOC_ID = "_capped"
 CAPPED_PATH = "capped.ids"
 
 #: ids per search of a non-realtime read (well under ``index.max_result_window``)
@@ -95,60 +93,21 @@ class ExposureStore:
         self._due: dict[str, int] = {}
         #: :meth:`ensure` succeeded in this process (a write before it ensures the index)
         self._ready = False
-
-    def _body(self) -> dict[str, Any]:
-        shape = {
-            "number_of_shards": self.settings.shards,
-            "number_of_replicas": self.settings.replicas,
-            **REFRESH,
-        }
-        return {"settings": {"index": shape}, **MAPPING}
+        self._ready_lock = asyncio.Lock()
 
     async def ensure(self) -> None:
-        """Create the counters index (idempotent)."""
-        with backend_errors(f"cannot create {self.index}"):
-            try:
-                if not await self.client.indices.exists(index=self.index):
-                    await self.client.indices.create(index=self.index, body=self._body())
-            except RequestError as exc:
-                if "resource_already_exists" not in str(exc):
-                    raise
-            # indices created before live trending, pacing and the copies: add their fields
-            # (a no-op when present)
-            await self.client.indices.put_mapping(
-                index=self.index, body={"properties": ADDED_PROPERTIES}
-            )
-            await self.client.indices.put_settings(index=self.index, body={"index": REFRESH})
-        # a concurrent creator may have returned before the primary started: a terms lookup
-        # against a RECOVERING shard fails every candidate source, so wait for it
-        with backend_errors(f"{self.index} did not become available"):
-            await self.client.cluster.health(
-                index=self.index, wait_for_status="yellow", request_timeout=30
-            )
-        await self._until_gettable()
+        """Create the counters index (idempotent: ``_counters_index.ensure_counters``)."""
+        await ensure_counters(self.client, self.index, self.settings.shards, self.settings.replicas)
         self._ready = True
 
-    async def _ensured(self) -> None:
-        """Before the first write (a served-list flush may come before any request): an upsert
-        into a missing index would create it with dynamic mappings where indices auto-create."""
+    async def ensure_once(self) -> None:
+        """:meth:`ensure` until it succeeded in this process, then a flag check: before each
+        write (a served-list flush may come before any request: an upsert into a missing
+        index creates it with dynamic mappings where indices auto-create) and each plan."""
         if not self._ready:
-            await self.ensure()
-
-    async def _until_gettable(self, attempts: int = 50) -> None:
-        """Yellow health can precede the shard accepting realtime GETs (which the terms
-        lookup uses) by a few ms: poll a GET until the shard answers (404 is an answer)."""
-        last: Exception | None = None
-        for _ in range(attempts):
-            try:
-                with backend_errors("reading the cap list failed", not_found="no cap list yet"):
-                    await self.client.get(index=self.index, id="_capped")
-                return
-            except NotFound:
-                return
-            except SearchBackendError as exc:
-                last = exc
-                await asyncio.sleep(0.1)
-        raise SearchBackendError(f"{self.index} did not become readable: {last}")
+            async with self._ready_lock:
+                if not self._ready:
+                    await self.ensure()
 
     async def _caps(self, ids: list[str]) -> dict[str, int]:
         """Each item's own ``exposure_cap`` (doc values of those that have one), else the
@@ -196,7 +155,7 @@ class ExposureStore:
         now_ms = epoch_ms(now or datetime.now(UTC))
         if not batch:
             return []
-        await self._ensured()
+        await self.ensure_once()
         ids = sorted(batch)
         caps = await self._caps(ids)
         pairs = count_pairs(self.index, batch, caps, now_ms, self.window_ms, mark)
@@ -220,7 +179,7 @@ class ExposureStore:
 
     async def sweep(self, now: datetime | None = None) -> list[str]:
         """Drop capped ids whose window ended; returns the capped ids left."""
-        await self._ensured()
+        await self.ensure_once()
         return await self._update_capped({}, epoch_ms(now or datetime.now(UTC)))
 
     async def _update_capped(self, add: Mapping[str, int], now_ms: int) -> list[str]:
@@ -374,7 +333,7 @@ class ExposureStore:
         incs = trend_increments(likes, self.half_life_ms)
         if not incs:
             return 0
-        await self._ensured()
+        await self.ensure_once()
         now_ms = epoch_ms(now or datetime.now(UTC))
         body = trend_update_actions(self.index, incs, self.half_life_ms, now_ms, mark)
         pairs = list(zip(body[::2], body[1::2], strict=True))

@@ -253,7 +253,7 @@ class EventProcessor:
         if not self._store_ready:
             await self._ensure_store()
         try:
-            await self.exposure.ensure()
+            await self.exposure.ensure_once()
         except SearchBackendError as exc:
             log.warning("events: exposure counters index not ensured yet: %.200s", exc)
             return
