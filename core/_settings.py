@@ -791,7 +791,8 @@ class Settings(BaseSettings):
         2.0,
         gt=0,
         description="Tightest budget, in multiples of that mean (the marketplace bench's "
-        "validation pick; with a ceiling out of reach the controller sits here).",
+        "validation pick; with a ceiling out of reach the controller sits here); at most "
+        "pacing_budget_max.",
     )
     pacing_gain: float = Field(
         0.5, gt=0, description="Controller step: log-budget change per unit of relative error."
@@ -851,7 +852,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _hosts_match_nodes(self) -> Settings:
+    def _cross_field(self) -> Settings:
         named = len(_split_urls(self.opensearch_url))
         if named == 0:
             raise ValueError("opensearch_url names no URL")
@@ -859,6 +860,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"opensearch_url names {named} URLs but opensearch_nodes is "
                 f"{self.opensearch_nodes} (give one URL, or one per node)"
+            )
+        if self.pacing_budget_min > self.pacing_budget_max:  # the controller's clamp inverted
+            raise ValueError(
+                f"pacing_budget_min ({self.pacing_budget_min}) is above pacing_budget_max "
+                f"({self.pacing_budget_max}) (OPENDISCO_PACING_BUDGET_MIN / _MAX)"
             )
         return self
 

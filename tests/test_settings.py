@@ -142,6 +142,8 @@ UNBOUNDED = {
     "pacing_cap_gain": "a step of the clamped log-cap",
     "pacing_cap_min": "the log-cap's lower clamp",
 }
+#: a floor whose ceiling must be at least as high (refused at load otherwise)
+CEILINGS = {"pacing_budget_min": "pacing_budget_max"}
 
 
 def _bounds(name: str) -> tuple[Any, Any]:
@@ -186,6 +188,8 @@ def test_every_number_is_finite_and_within_bounds_its_users_hold(
     if high is None:
         assert name in UNBOUNDED, f"{name}: give it an upper bound or say why any value works"
         monkeypatch.setenv(env, "1e300")
+        if name in CEILINGS:
+            monkeypatch.setenv(f"OPENDISCO_{CEILINGS[name].upper()}", "1e300")
         assert getattr(load_settings(), name) == 1e300
     else:
         assert name not in UNBOUNDED
@@ -201,6 +205,7 @@ def test_every_number_is_finite_and_within_bounds_its_users_hold(
     _refused(monkeypatch, name, str(below if isinstance(low, annotated_types.Ge) else bound))
     _refused(monkeypatch, name, str(-(10**30)), _shown(bound))
     monkeypatch.delenv(env)
+    monkeypatch.delenv(f"OPENDISCO_{CEILINGS.get(name, '').upper()}", raising=False)
     # a TOML file's wrong types, named with the key (a bool is no number: true was 1)
     cfg = tmp_path / "od.toml"
     monkeypatch.setenv("OPENDISCO_CONFIG", str(cfg))
@@ -251,3 +256,16 @@ def test_the_bounds_hold_where_the_values_go() -> None:
                 assert client.options.pool_options.socket_timeout is not None
             finally:
                 client.close()
+
+
+def test_a_pacing_budget_floor_above_its_ceiling_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loaded before: the controller's clamp then answered the ceiling or the floor by which
+    side of them the integral stood, never a budget between."""
+    monkeypatch.setenv("OPENDISCO_PACING_BUDGET_MIN", "4")
+    monkeypatch.setenv("OPENDISCO_PACING_BUDGET_MAX", "2")
+    with pytest.raises(ConfigError, match=r"pacing_budget_min .* is above pacing_budget_max"):
+        load_settings()
+    monkeypatch.setenv("OPENDISCO_PACING_BUDGET_MAX", "4")
+    assert load_settings().pacing_budget_min == load_settings().pacing_budget_max == 4
