@@ -76,16 +76,16 @@ _STORED_FIELDS = ("kind", "owner_id", "category")
 
 
 async def stored_items(
-    coll: Any, ids: Sequence[str], *, unindexed: bool = False
+    coll: Any, ids: Sequence[str], *, unindexed: bool = False, deleted: bool = False
 ) -> dict[str, dict[str, Any]]:
-    """Kind, owner and category of the (not deleted) items ``ids`` as MongoDB holds them,
+    """Kind, owner and category of the items ``ids`` (not deleted, but with ``deleted``),
     marked :data:`NO_VECTORS`: what the effects need but the vectors, when the engine cannot
     be read (the user states then keep their vectors until an event with the engine up).
     ``unindexed``: the engine answered that it holds none of them (not synced yet), so there
     are no vectors to wait for: not marked."""
     with backend_errors("item lookup for events failed (MongoDB)"):
         docs = await coll.find(
-            {"_id": {"$in": list(ids)}, "deleted": {"$ne": True}},
+            {"_id": {"$in": list(ids)}, **({} if deleted else {"deleted": {"$ne": True}})},
             projection=dict.fromkeys(_STORED_FIELDS, 1),
         ).to_list(None)
     mark = {} if unindexed else {NO_VECTORS: True}

@@ -17,7 +17,7 @@ from opendisco._settings import Settings
 from ._apply import stored_items
 from ._event import Event, EventsResult
 
-__all__ = ["about_items", "event_items"]
+__all__ = ["about_items", "event_items", "items_of_stored_events"]
 
 log = logging.getLogger("opendisco.signals")
 
@@ -69,6 +69,25 @@ async def event_items(
     if unindexed := [str(i) for i in about if i not in out and i not in failed]:
         out.update(await stored_items(coll, unindexed, unindexed=True))
     return out
+
+
+async def items_of_stored_events(
+    events: Any, coll: Any, valid: Sequence[tuple[int, Event]], items: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The items of ``valid`` no store holds as items any more (deleted since) whose events
+    are already stored: an event claimed while its item was known is completed by the call
+    that retries or recovers it (its effects may have landed in part), never rejected as
+    about an unknown item. That check came before the claim: such an event stayed
+    unapplied for good, its effects counted in part, its client answered ``rejected``
+    (bench/chaos.py: a profile's inbound likes and its liker's likes held a like rejected).
+    An item deleted from MongoDB itself (no document) is still unknown."""
+    gone = {ev.id: ev.item_id for _, ev in valid if ev.item_id not in items}
+    if not gone:
+        return {}
+    with backend_errors("event lookup failed (MongoDB)"):
+        stored = await events.find({"_id": {"$in": list(gone)}}, {"_id": 1}).to_list(None)
+    ids = sorted({gone[d["_id"]] for d in stored if d["_id"] in gone})
+    return await stored_items(coll, ids, unindexed=True, deleted=True) if ids else {}
 
 
 def about_items(

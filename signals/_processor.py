@@ -74,7 +74,7 @@ from ._apply import Check, EffectWriter, settle_unsure
 from ._blocks import BlockStore
 from ._claims import EventClaims, classify, reused
 from ._event import Event, EventsConfig, EventsResult, reuse_reason, stored_event, validate_batch
-from ._event_items import about_items, event_items
+from ._event_items import about_items, event_items, items_of_stored_events
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
 from ._folding import followed_behaviour
@@ -301,6 +301,8 @@ class EventProcessor:
             for st in states.values():
                 wanted.update(e["id"] for e in (*st.positives, *st.negatives))
             items = await self._items(sorted(wanted), about={ev.item_id for _, ev in valid})
+            coll = self.db[self.settings.items_collection]
+            items.update(await items_of_stored_events(self.events, coll, valid, items))
         valid = about_items(valid, items, self.cfg.require_known_items, out)  # (pure)
         out.rejected.sort()
         if valid:
