@@ -290,7 +290,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             tasks = [asyncio.ensure_future(client_loop(client, truth, key, viewers,
                                                        random.Random(args.seed * 100 + c), stop))
                      for c in range(args.clients)]  # fmt: skip
-            sched = asyncio.ensure_future(scheduler(ctx, stop))
+            quiet = asyncio.sleep(0)  # --no-faults: the same load, a control run
+            sched = asyncio.ensure_future(quiet if args.no_faults else scheduler(ctx, stop))
             await asyncio.sleep(args.seconds)
             stop.set()
             await sched
@@ -324,8 +325,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         mc.drop_database(s.mongo_db)
     mc.close()
     return {
-        "seed": args.seed, "seconds": args.seconds, "members": args.members,
-        "clients": args.clients, "namespace": f"chaos{tag}", "logs": str(tmp),
+        "seed": args.seed, "seconds": args.seconds, "faults_on": not args.no_faults,
+        "members": args.members, "clients": args.clients, "namespace": f"chaos{tag}",
+        "logs": str(tmp),
         "faults": dict(ctx["counts"]), "fault_log": ctx["log"],
         "stats": dict(sorted(truth.stats.items())), **final,
         "verify_s": round(waited, 1), "verify": out.strip().splitlines()[-1:],
@@ -340,6 +342,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=300)
     ap.add_argument("--viewers", type=int, default=60)
     ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--no-faults", action="store_true", help="the load alone (a control)")
     ap.add_argument("--keep", action="store_true", help="keep the namespace (to inspect it)")
     args = ap.parse_args()
     result = asyncio.run(run(args))
