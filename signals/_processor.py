@@ -5,7 +5,7 @@ the guarantee)::
 
     1. validate every event (pure)            malformed → rejected, nothing written for it
     2. read: user states (1 find) + items (1 mget of content/behaviour vectors, category, kind;
-       MongoDB for the ones the engine does not hold)
+       MongoDB for the ones the engine does not hold, deleted too for events already stored)
                                               unknown item → rejected, nothing written for it
     3. claim: insert_many into `events` with _id = event id, applied=False and a claim (owner,
        generation, expiry; see ``_claims``), ordered=False. An id already stored is
