@@ -28,13 +28,16 @@ from opendisco._exceptions import BackendError
 from ._claims import classify
 from ._event import Event, EventsResult
 
-__all__ = ["LIMIT", "GivenUp", "raw_event"]
+__all__ = ["LIMIT", "UNAPPLIED", "GivenUp", "drop_rejected", "raw_event"]
 
 #: ids remembered at most (a longer outage leaves the rest to the recovery sweep)
 LIMIT = 10_000
 #: ids read and applied again per round
 ROUND = 500
 log = logging.getLogger("opendisco.signals")
+
+#: the recovery sweep's scan: events stored unapplied, but those it rejected before
+UNAPPLIED: dict[str, Any] = {"applied": False, "dropped": {"$exists": False}}
 
 Apply = Callable[[list[dict[str, Any]], datetime], Awaitable[EventsResult]]
 
@@ -43,6 +46,19 @@ def raw_event(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A stored event back to the fields a client posted (what a retry would post)."""
     raw = {k: doc[k] for k in Event.model_fields if k != "id" and doc.get(k) is not None}
     return {**raw, "id": doc["_id"]}
+
+
+async def drop_rejected(events: Any, docs: list[Mapping[str, Any]], res: EventsResult) -> None:
+    """Mark ``dropped`` (with the reason) the stored events ``docs`` whose apply ``res``
+    rejected (their item gone for good: deleted from MongoDB itself; nothing of them was
+    written by it: rejected before the claims). Read first by each recovery scan and rejected
+    again, as many as its ``limit`` kept every event stored after them from recovery. A
+    client's retry is still answered ``rejected`` (and applies it, should the item be back)."""
+    for i, reason in res.rejected:
+        with backend_errors("marking a rejected event failed"):
+            await events.update_one(
+                {"_id": docs[i]["_id"], "applied": False}, {"$set": {"dropped": reason}}
+            )
 
 
 class GivenUp:

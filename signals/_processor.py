@@ -78,7 +78,7 @@ from ._event_items import about_items, event_items, items_of_stored_events
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
 from ._folding import followed_behaviour
-from ._given_up import GivenUp, raw_event
+from ._given_up import UNAPPLIED, GivenUp, drop_rejected, raw_event
 from ._graph import ItemGraph
 from ._inbound import InboundCounter
 from ._members import UserGraph
@@ -216,16 +216,18 @@ class EventProcessor:
 
     async def recover_expired(self, limit: int = 1000) -> EventsResult:
         """Apply stored events whose claim expired unapplied (their holder died and no client
-        retried them); one ``find`` on ``applied`` (an index on MongoDB, a scan on FerretDB)."""
+        retried them); one ``find`` on ``applied`` (an index on MongoDB, a scan on FerretDB).
+        One rejected (its item gone for good) is left out of later scans (``drop_rejected``)."""
         if not self._ready:
             await self.ensure()
         with backend_errors("recovery scan failed"):
-            docs = await self.events.find({"applied": False}, limit=limit).to_list(None)
+            docs = await self.events.find(UNAPPLIED, limit=limit).to_list(None)
         now = datetime.now(UTC)
         stale = [d for d in docs if (st := classify(d, now)).expired and not st.applied]
         if not stale:
             return EventsResult()
         res = await self._apply([raw_event(d) for d in stale], now)
+        await drop_rejected(self.events, stale, res)
         if res.recovered:
             log.warning("recovered %d events left by a dead holder", res.recovered)
         return res

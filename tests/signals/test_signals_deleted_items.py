@@ -7,6 +7,7 @@ liker's likes held a like the API had answered ``rejected``)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -65,5 +66,54 @@ async def test_a_retry_completes_an_event_stored_before_its_item_was_deleted(
         assert (await InboundCounter(db).counts(["prof0"])).get("prof0") == 1
         states = await UserStateStore(db).get_many([member])
         assert states[member].n_likes == 1
+    finally:
+        await mongo.close()
+
+
+async def test_events_whose_item_is_gone_for_good_do_not_starve_the_recovery(
+    gone_settings: Settings, os_client: Any
+) -> None:
+    """Stored, left unapplied by a dead holder, their item then deleted from MongoDB itself
+    (no document to complete them with): each recovery sweep read them first again (the
+    scan's ``limit``), rejected them and left them unapplied, so the events stored after
+    them were never recovered. Rejected once, they are marked (``dropped`` with the reason)
+    and left out of the scans; a client's retry is still answered ``rejected``."""
+    s = gone_settings.model_copy(update={"events_claim_lease_s": 1.0})
+    member = f"g{uuid.uuid4().hex[:6]}"
+    gone = [
+        {"id": uuid.uuid4().hex, "type": "like", "item_id": f"prof{k}", "user_id": member}
+        for k in (1, 2)
+    ]
+    kept = [{"id": uuid.uuid4().hex, "type": "like", "item_id": "prof3", "user_id": member}]
+    mongo = clients.mongo_async(s)
+    db = mongo[s.mongo_db]
+    try:
+        with FaultyHttpProxy(s.opensearch_url) as proxy:
+            through = s.model_copy(update={"opensearch_url": proxy.url})
+            osc = clients.async_opensearch(through)
+            try:
+                proc = EventProcessor(through, db, osc)
+                await proc.ensure()
+                await db[EVENTS].delete_many({"applied": False})  # earlier tests' leftovers
+                proxy.fail_if = lambda method, path: path.rstrip("/").endswith("_bulk")
+                for batch in (gone, kept):  # claimed in this order, the engine's writes refused
+                    with pytest.raises(SearchBackendError):
+                        await proc.apply(batch)
+                proxy.fail_if = None
+                for ev in gone:  # gone for good: not in MongoDB, dropped by the engine
+                    os_client.delete(index=s.index_alias, id=ev["item_id"], refresh=True)
+                await asyncio.sleep(1.2)  # the claims expire: the holder is taken for dead
+                first = await proc.recover_expired(limit=2)
+                assert len(first.rejected) == 2 and not first.recovered, first
+                second = await proc.recover_expired(limit=2)
+                assert second.recovered == 1, second
+                retry = await proc.apply(gone)
+                assert len(retry.rejected) == 2, retry
+            finally:
+                await osc.close()
+        dropped = await db[EVENTS].count_documents({"_id": {"$in": [e["id"] for e in gone]},
+                                                   "dropped": {"$exists": True}})  # fmt: skip
+        assert dropped == 2
+        assert await db[EVENTS].count_documents({"_id": kept[0]["id"], "applied": True}) == 1
     finally:
         await mongo.close()
