@@ -20,7 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["bounded", "in_daemon_thread", "raise_lost_cancel", "stop_tasks"]
+__all__ = ["bounded", "in_daemon_thread", "raise_lost_cancel", "retrieve", "stop_tasks"]
 
 T = TypeVar("T")
 
@@ -94,3 +94,9 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
 
     threading.Thread(target=run, name=getattr(fn, "__name__", "call"), daemon=True).start()
     return await done
+
+
+def retrieve(fut: asyncio.Future[Any]) -> None:
+    """Done callback: a failure nobody awaits is retrieved here (not logged as lost)."""
+    if not fut.cancelled():
+        fut.exception()

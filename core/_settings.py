@@ -92,6 +92,9 @@ MS_MAX = SECONDS_MAX * 1000
 #: sizes and caps are sent as, and the C int of a GC threshold (api_gc_threshold0 2^31: an
 #: OverflowError at the API's start)
 COUNT_MAX = 2**31 - 1
+#: the loosest attention cap, in multiples of the mean inbound attention (where the pacing
+#: controller starts; ``pacing_cap_min`` above it pinned the cap there)
+PACING_CAP_MAX = 100.0
 #: the largest vector dimension of the k-NN plugin's lucene engine (OpenSearch 2.19 refuses
 #: a mapping of 16,001 when the index is made)
 KNN_DIM_MAX = 16_000
@@ -820,8 +823,10 @@ class Settings(BaseSettings):
     pacing_cap_min: float = Field(
         1.0,
         gt=0,
+        le=PACING_CAP_MAX,
         description="Tightest attention cap, in multiples of the mean inbound attention (where "
-        "the cap stays while the top-1% share target is out of reach).",
+        "the cap stays while the top-1% share target is out of reach); at most the loosest, "
+        f"{PACING_CAP_MAX:g}.",
     )
 
     # --- experiments ------------------------------------------------------------------

@@ -8,13 +8,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from opendisco._cancel import retrieve
+
 __all__ = ["retrieve", "settle"]
-
-
-def retrieve(fut: asyncio.Future[Any]) -> None:
-    """Done callback: a failure nobody awaits is retrieved here (not logged as lost)."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def settle(futures: Sequence[asyncio.Future[Any] | None]) -> None:

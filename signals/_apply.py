@@ -174,8 +174,6 @@ class EffectWriter:
     cfg: EventsConfig
     fetch_items: ItemFetch  # items' vectors and categories by id (the engine's mget)
     count_served: bool = False
-    #: the engine's counters index is ensured (until then a batch with engine writes fails)
-    engine_ready: bool = False
     #: the served behaviour model, which the states folded name (``_folding``; None: the
     #: unversioned one)
     behaviour: Followed | None = None
@@ -235,7 +233,7 @@ class EffectWriter:
         for m, evs in sorted(inbound.items()):  # MongoDB's counters: fenced like the engine's
             got = await _events_marked(self.inbound.fence, evs, m[:12])
             landed.setdefault(Additive.INBOUND, set()).update(got)
-        if asks and not self.engine_ready:
+        if asks and not self.exposure.ready:
             raise SearchBackendError("events: the exposure counters index is not ensured yet")
         for key in await self.exposure.fence(asks) if asks else ():
             for ev_id, effect in asks[key]:
@@ -308,7 +306,7 @@ class EffectWriter:
         every = plan(None)
         impressions = plan(Additive.EXPOSURE).impressions
         trend = plan(Additive.TREND).trend
-        if (impressions or trend) and not self.engine_ready:
+        if (impressions or trend) and not self.exposure.ready:
             raise SearchBackendError("events: the exposure counters index is not ensured yet")
         expo, tr = Additive.EXPOSURE, Additive.TREND
         engine = {

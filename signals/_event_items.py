@@ -11,6 +11,7 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch
 
 from opendisco._backend import backend_errors
+from opendisco._domain import maybe_profile, readable_id
 from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 
@@ -80,14 +81,27 @@ async def items_of_stored_events(
     about an unknown item. That check came before the claim: such an event stayed
     unapplied for good, its effects counted in part, its client answered ``rejected``
     (bench/chaos.py: a profile's inbound likes and its liker's likes held a like rejected).
-    An item deleted from MongoDB itself (no document) is still unknown."""
+    Still unknown: an item deleted from MongoDB itself (no document), and a deleted one whose
+    document no longer says what the effects need (a tombstone without ``kind``, or a
+    profile's without a readable owner: a hide would complete with no block)."""
     gone = {ev.id: ev.item_id for _, ev in valid if ev.item_id not in items}
     if not gone:
         return {}
     with backend_errors("event lookup failed (MongoDB)"):
-        stored = await events.find({"_id": {"$in": list(gone)}}, {"_id": 1}).to_list(None)
-    ids = sorted({gone[d["_id"]] for d in stored if d["_id"] in gone})
-    return await stored_items(coll, ids, unindexed=True, deleted=True) if ids else {}
+        found = events.find({"_id": {"$in": list(gone)}}, {"item_id": 1})
+        stored = await found.to_list(None)
+    # the same id stored for another item is a reuse, rejected by the claims' step
+    ids = sorted({gone[d["_id"]] for d in stored if d.get("item_id") == gone.get(d["_id"])})
+    docs = await stored_items(coll, ids, unindexed=True, deleted=True) if ids else {}
+    return {i: doc for i, doc in docs.items() if _still_says(doc)}
+
+
+def _still_says(doc: Mapping[str, Any]) -> bool:
+    """Pure: a deleted item's document still names its kind and, for what may be a profile,
+    its owner (what the effects of an event about it need)."""
+    if doc.get("kind") is None:
+        return False
+    return not maybe_profile(doc["kind"]) or readable_id(doc.get("owner_id"))
 
 
 def about_items(

@@ -28,6 +28,7 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch
 
 from opendisco._backend import backend_errors, whole_docs, whole_search
+from opendisco._cancel import retrieve
 from opendisco._exceptions import InvalidInput, NotFound, PartialWrite, SearchBackendError
 from opendisco._settings import Settings
 
@@ -93,21 +94,36 @@ class ExposureStore:
         self._due: dict[str, int] = {}
         #: :meth:`ensure` succeeded in this process (a write before it ensures the index)
         self._ready = False
-        self._ready_lock = asyncio.Lock()
+        self._ensuring: asyncio.Future[None] | None = None  # the attempt callers share
 
     async def ensure(self) -> None:
         """Create the counters index (idempotent: ``_counters_index.ensure_counters``)."""
         await ensure_counters(self.client, self.index, self.settings.shards, self.settings.replicas)
         self._ready = True
 
+    @property
+    def ready(self) -> bool:
+        """The counters index is ensured in this process (until then a batch of events with
+        engine writes fails at once: ``EffectWriter``)."""
+        return self._ready
+
     async def ensure_once(self) -> None:
         """:meth:`ensure` until it succeeded in this process, then a flag check: before each
         write (a served-list flush may come before any request: an upsert into a missing
-        index creates it with dynamic mappings where indices auto-create) and each plan."""
-        if not self._ready:
-            async with self._ready_lock:
-                if not self._ready:
-                    await self.ensure()
+        index creates it with dynamic mappings where indices auto-create) and each plan.
+        Concurrent callers share one attempt and its failure (behind a lock each waiter tried
+        again in turn: in an engine outage the tenth waited ten timeouts)."""
+        if self._ready:
+            return
+        running = asyncio.get_running_loop()
+        if (
+            (attempt := self._ensuring) is None
+            or attempt.done()
+            or attempt.get_loop() is not running
+        ):
+            attempt = self._ensuring = asyncio.ensure_future(self.ensure())
+            attempt.add_done_callback(retrieve)
+        await asyncio.shield(attempt)
 
     async def _caps(self, ids: list[str]) -> dict[str, int]:
         """Each item's own ``exposure_cap`` (doc values of those that have one), else the

@@ -54,10 +54,13 @@ async def drop_rejected(events: Any, docs: list[Mapping[str, Any]], res: EventsR
     written by it: rejected before the claims). Read first by each recovery scan and rejected
     again, as many as its ``limit`` kept every event stored after them from recovery. A
     client's retry is still answered ``rejected`` (and applies it, should the item be back)."""
+    by_reason: dict[str, list[Any]] = {}
     for i, reason in res.rejected:
-        with backend_errors("marking a rejected event failed"):
-            await events.update_one(
-                {"_id": docs[i]["_id"], "applied": False}, {"$set": {"dropped": reason}}
+        by_reason.setdefault(reason, []).append(docs[i]["_id"])
+    for reason, ids in by_reason.items():
+        with backend_errors("marking rejected events failed"):
+            await events.update_many(
+                {"_id": {"$in": ids}, "applied": False}, {"$set": {"dropped": reason}}
             )
 
 

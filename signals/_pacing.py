@@ -59,7 +59,7 @@ import numpy as np
 
 from opendisco._backend import backend_errors, whole_search
 from opendisco._exceptions import BackendError
-from opendisco._settings import Settings
+from opendisco._settings import PACING_CAP_MAX, Settings
 from opendisco._store import age_s, lease
 
 from ._exposure import ExposureStore
@@ -96,7 +96,7 @@ class PacingTargets:
     attention_cap: bool = False
     cap_gain: float = 1.0
     cap_min: float = 1.0  # tightest cap, in multiples of the mean inbound attention
-    cap_max: float = 100.0  # loosest (where it starts when the share is within the target)
+    cap_max: float = PACING_CAP_MAX  # loosest (where it starts when the share is within target)
 
     @classmethod
     def from_settings(cls, s: Settings) -> PacingTargets:

@@ -259,7 +259,7 @@ class EventProcessor:
         except SearchBackendError as exc:
             log.warning("events: exposure counters index not ensured yet: %.200s", exc)
             return
-        self._ready = self.writer.engine_ready = True
+        self._ready = True
 
     async def _ensure_store(self) -> None:
         self.native_ttl = await ensure_events_store(self.db, self.cfg.ttl_days)

@@ -51,7 +51,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 
-from opendisco._cancel import raise_lost_cancel
+from opendisco._cancel import raise_lost_cancel, retrieve
 from opendisco._exceptions import BackendError, PartialWrite
 
 from ._exposure import ExposureStore
@@ -153,7 +153,7 @@ class ServedExposure:
         ):
             self._last = time.monotonic()
             self._task = asyncio.ensure_future(self.flush())
-            self._task.add_done_callback(_retrieve)
+            self._task.add_done_callback(retrieve)  # logged in flush
 
     async def flush_forever(self) -> None:
         """Flush what waits (pending, or the part a failed flush kept) at least every period,
@@ -327,8 +327,3 @@ class ServedExposure:
 def _mark() -> str:
     """A part's mark: 48 random bits (the events' marks end in ``.e`` / ``.t``)."""
     return f"{secrets.token_hex(6)}.s"
-
-
-def _retrieve(fut: asyncio.Future[list[str]]) -> None:
-    if not fut.cancelled():
-        fut.exception()  # logged in flush; retrieved so asyncio does not report it as lost

@@ -6,13 +6,17 @@ default; ours is off, so the write was refused instead)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from signals_support import clustered_namespace
+from tcp_faults import TcpProxy
 
-from opendisco import Settings, clients
+from opendisco import SearchBackendError, Settings, clients
 from opendisco.signals import ExposureStore, ServedExposure
 from opendisco.signals._counters_index import MAPPING
 from opendisco.signals._exposure import CAPPED_DOC_ID, exposure_index
@@ -61,3 +65,33 @@ async def test_a_sweep_before_any_write_creates_the_index_too(
     finally:
         await engine.close()
     assert set(MAPPING["mappings"]["properties"]) <= set(_mapped(os_client, fresh)["properties"])
+
+
+async def test_callers_waiting_on_an_engine_outage_share_one_attempt(fresh: Settings) -> None:
+    """Pages, event batches and flushes all ensure the index before their first write; in an
+    outage behind a lock each waiter tried again in turn when the one before failed: four
+    callers failed after 1, 2, 3 and 4 timeouts (the tenth would wait ten). Now they share
+    one attempt and its failure; the next call tries again."""
+    target = urlsplit(fresh.opensearch_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
+    await proxy.start()
+    s = fresh.model_copy(update={"opensearch_url": proxy.url, "opensearch_timeout": 1.5})
+    engine = clients.async_opensearch(s)
+    try:
+        store = ExposureStore(engine, s)
+        proxy.pause()
+        t0 = time.monotonic()
+
+        async def one() -> float:
+            with pytest.raises(SearchBackendError):
+                await store.ensure_once()
+            return time.monotonic() - t0
+
+        took = await asyncio.gather(*(one() for _ in range(4)))
+        assert max(took) - min(took) < 1.0, took  # one attempt's failure, not four in turn
+        await proxy.resume()
+        await store.ensure_once()  # tried again, and done
+        assert store._ready
+    finally:
+        await engine.close()
+        await proxy.close()

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from http_faults import FaultyHttpProxy
 from signals_support import clustered_namespace
+from tcp_faults import command_on, store_proxy
 
-from opendisco import SearchBackendError, Settings, clients
+from opendisco import BackendError, SearchBackendError, Settings, clients
 from opendisco.signals import EVENTS, EventProcessor, InboundCounter, UserStateStore
+from opendisco.signals._blocks import MEMBER_BLOCKS
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,44 @@ async def test_events_whose_item_is_gone_for_good_do_not_starve_the_recovery(
         assert await db[EVENTS].count_documents({"_id": kept[0]["id"], "applied": True}) == 1
     finally:
         await mongo.close()
+
+
+@pytest.mark.parametrize(
+    "tombstone",
+    [{"deleted": True}, {"deleted": True, "kind": "profile"}],
+    ids=["no kind", "no owner"],
+)
+async def test_a_hide_whose_profile_left_no_owner_behind_is_not_completed_without_its_block(
+    gone_settings: Settings, os_client: Any, tombstone: dict[str, Any]
+) -> None:
+    """A deletion may leave only ``{_id, deleted, version}``: a hide stored before it whose
+    block write failed, retried, completed with no owner to block (answered ``recovered``,
+    the block never written: the member would be shown the profile they hid once it came
+    back). Such an item stays unknown: the hide is rejected (the recovery sweep drops it)."""
+    s = gone_settings
+    member = f"h{uuid.uuid4().hex[:6]}"
+    item, owner = f"hp{uuid.uuid4().hex[:6]}", f"ho{uuid.uuid4().hex[:6]}"
+    batch = [{"id": uuid.uuid4().hex, "type": "hide", "item_id": item, "user_id": member}]
+    store = await store_proxy(s.mongo_url)
+    through = s.model_copy(update={"mongo_url": store.mongo_url})
+    mongo = clients.mongo_async(through)
+    db = mongo[s.mongo_db]
+    osc = clients.async_opensearch(s)
+    try:
+        proc = EventProcessor(through, db, osc)
+        await proc.ensure()
+        profile = {"_id": item, "kind": "profile", "owner_id": owner, "version": 1}
+        await db[s.items_collection].insert_one(profile)  # in MongoDB, not synced yet
+        store.cut_if = command_on("update", MEMBER_BLOCKS)
+        with pytest.raises(BackendError):
+            await proc.apply(batch)  # claimed, its block not written
+        store.cut_if = None
+        doc = {"_id": item, **tombstone, "version": 9}
+        await db[s.items_collection].replace_one({"_id": item}, doc, upsert=True)
+        res = await proc.apply(batch)  # the client's retry
+        assert [r for _, r in res.rejected] == [f"item_id: unknown item {item!r}"], res
+        assert not res.recovered and not res.accepted, res
+    finally:
+        await osc.close()
+        await mongo.close()
+        await store.close()
