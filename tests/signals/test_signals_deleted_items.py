@@ -160,3 +160,36 @@ async def test_a_hide_whose_profile_left_no_owner_behind_is_not_completed_withou
         await osc.close()
         await mongo.close()
         await store.close()
+
+
+async def test_new_events_about_a_deleted_profile_stay_rejected(
+    gone_settings: Settings,
+) -> None:
+    """What the completion does not reach: an event first posted after its profile was
+    deleted is rejected and nothing is stored for it; an id already stored for another item,
+    posted again about a deleted one, is not completed as the stored event (rejected as about
+    an unknown item, as for an item never known: that check comes before the claims')."""
+    s = gone_settings
+    member = f"n{uuid.uuid4().hex[:6]}"
+    item = f"dp{uuid.uuid4().hex[:6]}"
+    mongo = clients.mongo_async(s)
+    db = mongo[s.mongo_db]
+    osc = clients.async_opensearch(s)
+    try:
+        proc = EventProcessor(s, db, osc)
+        await proc.ensure()
+        doc = {"_id": item, "kind": "profile", "owner_id": f"o{item}", "deleted": True}
+        await db[s.items_collection].insert_one(doc)
+        fresh = {"id": uuid.uuid4().hex, "type": "like", "item_id": item, "user_id": member}
+        res = await proc.apply([fresh])
+        assert [r for _, r in res.rejected] == [f"item_id: unknown item {item!r}"], res
+        assert await db[EVENTS].count_documents({"_id": fresh["id"]}) == 0
+        first = {**fresh, "id": uuid.uuid4().hex, "item_id": "alpha5"}
+        assert (await proc.apply([first])).accepted == 1
+        res = await proc.apply([{**first, "item_id": item}])  # rejected before its claim
+        assert [r for _, r in res.rejected] == [f"item_id: unknown item {item!r}"], res
+        stored = await db[EVENTS].find_one({"_id": first["id"]})
+        assert stored is not None and stored["item_id"] == "alpha5" and stored["applied"]
+    finally:
+        await osc.close()
+        await mongo.close()
