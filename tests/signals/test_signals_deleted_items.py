@@ -8,8 +8,9 @@ liker's likes held a like the API had answered ``rejected``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -31,6 +32,26 @@ def gone_settings(
         yield s
 
 
+@contextlib.asynccontextmanager
+async def _refusing_bulk(s: Settings) -> AsyncIterator[tuple[FaultyHttpProxy, Any, EventProcessor]]:
+    """An events processor whose engine calls go through the fault proxy, refusing every
+    ``_bulk`` (the counters' writes) until its ``fail_if`` is cleared; its database."""
+    mongo = clients.mongo_async(s)
+    try:
+        with FaultyHttpProxy(s.opensearch_url) as proxy:
+            through = s.model_copy(update={"opensearch_url": proxy.url})
+            osc = clients.async_opensearch(through)
+            try:
+                proc = EventProcessor(through, mongo[s.mongo_db], osc)
+                await proc.ensure()
+                proxy.fail_if = lambda method, path: path.rstrip("/").endswith("_bulk")
+                yield proxy, mongo[s.mongo_db], proc
+            finally:
+                await osc.close()
+    finally:
+        await mongo.close()
+
+
 async def test_a_retry_completes_an_event_stored_before_its_item_was_deleted(
     gone_settings: Settings, os_client: Any
 ) -> None:
@@ -40,36 +61,23 @@ async def test_a_retry_completes_an_event_stored_before_its_item_was_deleted(
         {"id": uuid.uuid4().hex, "type": "impression", "item_id": "alpha3", "user_id": member},
         {"id": uuid.uuid4().hex, "type": "like", "item_id": "prof0", "user_id": member},
     ]
-    mongo = clients.mongo_async(s)
-    db = mongo[s.mongo_db]
-    try:
-        with FaultyHttpProxy(s.opensearch_url) as proxy:
-            through = s.model_copy(update={"opensearch_url": proxy.url})
-            osc = clients.async_opensearch(through)
-            try:
-                proc = EventProcessor(through, db, osc)
-                await proc.ensure()
-                proxy.fail_if = lambda method, path: path.rstrip("/").endswith("_bulk")
-                with pytest.raises(SearchBackendError):
-                    await proc.apply(batch)  # claimed, the engine's counter writes refused
-                ids = {"_id": {"$in": [e["id"] for e in batch]}}
-                assert await db[EVENTS].count_documents({**ids, "applied": False}) == 2
-                # the profile deleted meanwhile: MongoDB keeps it deleted, the engine drops it
-                doc = {"_id": "prof0", "kind": "profile", "owner_id": "person0", "deleted": True}
-                await db[s.items_collection].insert_one(doc)
-                os_client.delete(index=s.index_alias, id="prof0", refresh=True)
-                proxy.fail_if = None
-                res = await proc.apply(batch)  # the client's retry
-            finally:
-                await osc.close()
+    async with _refusing_bulk(s) as (proxy, db, proc):
+        with pytest.raises(SearchBackendError):
+            await proc.apply(batch)  # claimed, the engine's counter writes refused
+        ids = {"_id": {"$in": [e["id"] for e in batch]}}
+        assert await db[EVENTS].count_documents({**ids, "applied": False}) == 2
+        # the profile deleted meanwhile: MongoDB keeps it deleted, the engine drops it
+        doc = {"_id": "prof0", "kind": "profile", "owner_id": "person0", "deleted": True}
+        await db[s.items_collection].insert_one(doc)
+        os_client.delete(index=s.index_alias, id="prof0", refresh=True)
+        proxy.fail_if = None
+        res = await proc.apply(batch)  # the client's retry
         assert not res.rejected, res
         assert res.recovered + res.accepted + res.duplicates == 2, res
         assert await db[EVENTS].count_documents({**ids, "applied": True}) == 2
         assert (await InboundCounter(db).counts(["prof0"])).get("prof0") == 1
         states = await UserStateStore(db).get_many([member])
         assert states[member].n_likes == 1
-    finally:
-        await mongo.close()
 
 
 async def test_events_whose_item_is_gone_for_good_do_not_starve_the_recovery(
@@ -87,38 +95,24 @@ async def test_events_whose_item_is_gone_for_good_do_not_starve_the_recovery(
         for k in (1, 2)
     ]
     kept = [{"id": uuid.uuid4().hex, "type": "like", "item_id": "prof3", "user_id": member}]
-    mongo = clients.mongo_async(s)
-    db = mongo[s.mongo_db]
-    try:
-        with FaultyHttpProxy(s.opensearch_url) as proxy:
-            through = s.model_copy(update={"opensearch_url": proxy.url})
-            osc = clients.async_opensearch(through)
-            try:
-                proc = EventProcessor(through, db, osc)
-                await proc.ensure()
-                await db[EVENTS].delete_many({"applied": False})  # earlier tests' leftovers
-                proxy.fail_if = lambda method, path: path.rstrip("/").endswith("_bulk")
-                for batch in (gone, kept):  # claimed in this order, the engine's writes refused
-                    with pytest.raises(SearchBackendError):
-                        await proc.apply(batch)
-                proxy.fail_if = None
-                for ev in gone:  # gone for good: not in MongoDB, dropped by the engine
-                    os_client.delete(index=s.index_alias, id=ev["item_id"], refresh=True)
-                await asyncio.sleep(1.2)  # the claims expire: the holder is taken for dead
-                first = await proc.recover_expired(limit=2)
-                assert len(first.rejected) == 2 and not first.recovered, first
-                second = await proc.recover_expired(limit=2)
-                assert second.recovered == 1, second
-                retry = await proc.apply(gone)
-                assert len(retry.rejected) == 2, retry
-            finally:
-                await osc.close()
-        dropped = await db[EVENTS].count_documents({"_id": {"$in": [e["id"] for e in gone]},
-                                                   "dropped": {"$exists": True}})  # fmt: skip
-        assert dropped == 2
+    async with _refusing_bulk(s) as (proxy, db, proc):
+        await db[EVENTS].delete_many({"applied": False})  # earlier tests' leftovers
+        for batch in (gone, kept):  # claimed in this order, the engine's writes refused
+            with pytest.raises(SearchBackendError):
+                await proc.apply(batch)
+        proxy.fail_if = None
+        for ev in gone:  # gone for good: not in MongoDB, dropped by the engine
+            os_client.delete(index=s.index_alias, id=ev["item_id"], refresh=True)
+        await asyncio.sleep(1.2)  # the claims expire: the holder is taken for dead
+        first = await proc.recover_expired(limit=2)
+        assert len(first.rejected) == 2 and not first.recovered, first
+        second = await proc.recover_expired(limit=2)
+        assert second.recovered == 1, second
+        retry = await proc.apply(gone)
+        assert len(retry.rejected) == 2, retry
+        dropped = {"_id": {"$in": [e["id"] for e in gone]}, "dropped": {"$exists": True}}
+        assert await db[EVENTS].count_documents(dropped) == 2
         assert await db[EVENTS].count_documents({"_id": kept[0]["id"], "applied": True}) == 1
-    finally:
-        await mongo.close()
 
 
 @pytest.mark.parametrize(
