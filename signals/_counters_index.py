@@ -33,7 +33,14 @@ from opendisco._exceptions import NotFound, SearchBackendError
 from ._counting import MARK_PROPERTIES
 from ._trending import TREND_PROPERTIES
 
-__all__ = ["ADDED_PROPERTIES", "CAPPED_DOC_ID", "MAPPING", "REFRESH", "ensure_counters"]
+__all__ = [
+    "ADDED_PROPERTIES",
+    "CAPPED_DOC_ID",
+    "MAPPING",
+    "REFRESH",
+    "counters_body",
+    "ensure_counters",
+]
 
 #: the capped list's document in the counters index
 CAPPED_DOC_ID = "_capped"
@@ -75,16 +82,19 @@ ADDED_PROPERTIES: dict[str, Any] = {
 }
 
 
+def counters_body(shards: int, replicas: int) -> dict[str, Any]:
+    """Pure: the index creation body (settings ``index_shards`` / ``index_replicas``)."""
+    shape = {"number_of_shards": shards, "number_of_replicas": replicas, **REFRESH}
+    return {"settings": {"index": shape}, **MAPPING}
+
+
 async def ensure_counters(client: AsyncOpenSearch, index: str, shards: int, replicas: int) -> None:
     """Create the counters index ``index`` (idempotent), add the fields of later releases to
     an older one, and wait until its shard answers the cap list's realtime GET."""
-    shape = {"number_of_shards": shards, "number_of_replicas": replicas, **REFRESH}
     with backend_errors(f"cannot create {index}"):
         try:
             if not await client.indices.exists(index=index):
-                await client.indices.create(
-                    index=index, body={"settings": {"index": shape}, **MAPPING}
-                )
+                await client.indices.create(index=index, body=counters_body(shards, replicas))
         except RequestError as exc:
             if "resource_already_exists" not in str(exc):
                 raise

@@ -9,7 +9,7 @@ import pytest
 from opendisco import ConfigError, Settings, clients, index_templates, load_settings
 from opendisco._transport import FailoverTransport
 from opendisco.services import OpenSearchService, local_nodes
-from opendisco.signals import ExposureStore
+from opendisco.signals._counters_index import counters_body
 
 
 def _s(**kw: object) -> Settings:
@@ -87,7 +87,7 @@ def test_indices_take_shards_and_replicas_from_settings() -> None:
     s = _s(opensearch_nodes=3, index_replicas=2)
     body = index_templates.render("items", s)["settings"]["index"]
     assert (body["number_of_shards"], body["number_of_replicas"]) == (3, 2)
-    exposures = ExposureStore(None, s)._body()["settings"]["index"]  # type: ignore[arg-type]
+    exposures = counters_body(s.shards, s.replicas)["settings"]["index"]
     assert (exposures["number_of_shards"], exposures["number_of_replicas"]) == (3, 2)
     single = index_templates.render("items", _s())["settings"]["index"]
     assert (single["number_of_shards"], single["number_of_replicas"]) == (1, 0)
