@@ -32,9 +32,9 @@ the events, in the same update, the additive effects it completed (``done``: cou
 graph weights, which a second application would add again); the taker reads them once it
 holds the claims (:attr:`ClaimStatus.done`: a read from before its take-over can predate a
 holder of a generation in between, which wrote effects and failed) and applies only the
-rest. When the store itself is what
-failed, the release is tried again until the store answers (:meth:`EventClaims.release_until`,
-up to two leases): the claims stay live meanwhile, so no taker acts on them first.
+rest. When the store itself is what failed, the release is tried again until the store
+answers (:meth:`EventClaims.release_until`, up to two leases): the claims stay live
+meanwhile, so no taker acts on them first.
 """
 
 from __future__ import annotations
@@ -63,21 +63,14 @@ __all__ = ["CLAIMS", "ClaimStatus", "EventClaims", "classify", "reused"]
 CLAIMS = "event_claims"
 #: fields of an ``events`` document that describe its claim (and the additive effects a
 #: failed holder completed: ``done``)
-_PROJECTION = {
-    "applied": 1,
-    "claim_gen": 1,
-    "claim_expires": 1,
-    "claim_host": 1,
-    "claim_pid": 1,
-    "claim_started": 1,
-    "done": 1,
-    "claim_marks": 1,
-    # what the stored event is about: a later event with its id about something else is not
-    # a retry of it
-    "type": 1,
-    "user_id": 1,
-    "item_id": 1,
-}
+_PROJECTION = dict.fromkeys(
+    ("applied", "claim_gen", "claim_expires", "claim_host", "claim_pid", "claim_started",
+     "done", "claim_marks",
+     # what the stored event is about: a later event with its id about something else is
+     # not a retry of it
+     "type", "user_id", "item_id"),
+    1,
+)  # fmt: skip
 #: generations tried in one take-over call (each needs its predecessor expired)
 _MAX_GENERATIONS = 8
 
@@ -95,6 +88,10 @@ class ClaimStatus:
     about: tuple[str, str, str] | None = None
     #: the marks of the calls that held it (their counter writes': see :meth:`EventClaims.stamp`)
     marks: frozenset[str] = frozenset()
+
+
+#: the claim status of a posted event whose id no stored document holds (:meth:`status`)
+NOT_STORED = ClaimStatus(applied=False, gen=0, expired=False)
 
 
 def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
@@ -169,9 +166,11 @@ class EventClaims:
             docs = await self.events.find({"_id": {"$in": wanted}}, projection=_PROJECTION).to_list(
                 None
             )
-        now = datetime.now(UTC)
-        found = {d["_id"]: d for d in docs}
-        return {i: classify(found.get(i), now) for i in wanted}
+        now, found = datetime.now(UTC), {d["_id"]: d for d in docs}
+        # an id the insert said was stored that no document holds (seen on FerretDB under
+        # store cuts) is not stored: in flight, never "applied" (``classify(None)``, which
+        # means purged past the retention a valid event is within), until a retry stores it
+        return {i: classify(found[i], now) if i in found else NOT_STORED for i in wanted}
 
     async def take_over(self, expired: Mapping[str, int], token: str, mark: str) -> set[str]:
         """Try to take over expired claims (``{event id: its generation}``); returns the ids won

@@ -28,6 +28,7 @@ from opensearchpy import AsyncOpenSearch
 from opensearchpy.exceptions import RequestError
 
 from opendisco._backend import backend_errors
+from opendisco._cancel import raise_lost_cancel
 from opendisco._exceptions import NotFound, SearchBackendError
 
 from ._counting import MARK_PROPERTIES
@@ -114,6 +115,7 @@ async def _until_gettable(client: AsyncOpenSearch, index: str, attempts: int = 5
     uses) by a few ms: poll a GET of the cap list until the shard answers (404 is an answer)."""
     last: Exception | None = None
     for _ in range(attempts):
+        raise_lost_cancel()  # a cancel the driver swallowed: not 50 more attempts
         try:
             with backend_errors("reading the cap list failed", not_found="no cap list yet"):
                 await client.get(index=index, id=CAPPED_DOC_ID)
