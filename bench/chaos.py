@@ -3,8 +3,10 @@ exactly-once judged against ground truth. A script run by hand, not part of CI.
 
 For ``--seconds`` N, at once: clients asking for members' recommendations and posting events
 (likes, hides — a hide blocks the owner both ways —, passes, impressions; retries and
-concurrent duplicates reuse the ids), a MongoDB writer changing members (availability, two-sided
-preferences, soft deletes) and inserting invalid documents, a sync worker, and a seeded fault
+concurrent duplicates reuse the ids), a client posting odd event payloads (bench/chaos_odd.py),
+a MongoDB writer changing members (availability, two-sided preferences, soft deletes, hard
+deletes of profiles and of members' ``users`` documents, some written again at a higher
+version) and inserting invalid documents, a sync worker, and a seeded fault
 scheduler overlapping: the engine's traffic paused / cut (TCP proxy), 429 storms (HTTP proxy),
 the store's traffic paused / cut (TCP proxy), kill -9 of an API worker (``opendisco serve
 --workers 2``), kill -9 of the sync worker (restarted). The shared servers are never touched:
@@ -12,13 +14,16 @@ every fault is on a proxy of this run's own, in its own namespace (``chaos<tag>`
 
 Invariants (bench/chaos_load.py judges each answer as it comes):
 1. no 200 page shows the viewer's own profile, a member blocked either way, a profile the
-   viewer liked / hid / passed, or a profile unavailable / deleted / outside the two-sided
-   preferences — each only when acknowledged before the request was sent (a change in flight
-   is not judged) —, nor an item served past its cap after the documented slack;
-2. no 5xx but 503 with Retry-After, no 4xx but 429 with it, no request hanging 30 s;
+   viewer liked / hid / passed, or a profile unavailable / deleted (soft or hard) / outside the
+   two-sided preferences, nor any profile to a member whose ``users`` document is gone — each
+   only when acknowledged before the request was sent (a change in flight is not judged) —,
+   nor an item served past its cap after the documented slack;
+2. no 5xx but 503 with Retry-After, no 4xx but 429 with it (an odd payload: a 4xx or its
+   events rejected with a reason), no request hanging 30 s;
 3. once the faults stop: every event posted is stored and applied once (inbound likes per
    profile, likes per member, blocks), ``opendisco verify`` agrees with MongoDB, every
-   invalid document is in dead letters with a reason.
+   invalid document is in dead letters with a reason, no stored event is left unapplied but
+   those ``dropped`` (their profile deleted from MongoDB), none of a refused batch is stored.
 
     nice -n 10 $(./dev env | tail -1)/bin/python bench/chaos.py --seconds 150 --seed 1
 
@@ -51,6 +56,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "api")]
 
 from api_support import free_port, start_serve  # noqa: E402
 from chaos_load import Truth, cap_overruns, client_loop, post_batch, writer_loop  # noqa: E402
+from chaos_odd import odd_loop, stored_checks  # noqa: E402
 from event_counts import counters  # noqa: E402
 from http_faults import FaultyHttpProxy  # noqa: E402
 from tcp_faults import TcpProxy  # noqa: E402
@@ -207,13 +213,30 @@ async def settle(s: Settings, truth: Truth, client: httpx.AsyncClient, key: str)
     applied = {d["_id"] async for d in db["events"].find(
         {"_id": {"$in": list(events)}, "applied": True}, projection={"_id": 1})}  # fmt: skip
     if lost := set(truth.acked) - applied:
-        truth.violate("acked_event_not_applied", {"n": len(lost), "ids": sorted(lost)[:5]})
+        keep = ("_id", "type", "user_id", "item_id", "applied", "dropped", "claim_gen", "done")
+        found = db["events"].find({"_id": {"$in": sorted(lost)[:5]}})
+        docs = [{k: d.get(k) for k in keep} async for d in found]
+        truth.violate(
+            "acked_event_not_applied",
+            {
+                "n": len(lost),
+                "ids": sorted(lost)[:5],
+                "stored": docs,
+                "posted": [truth.acked[i] for i in sorted(lost)[:5]],
+            },
+        )
     events = {i: e for i, e in events.items() if i in applied}  # those rejected are not
     want_in = Counter(e["item_id"] for e in events.values() if e["type"] == "like")
     got_in = (await counters(s, sorted(truth.items)))["inbound"]
     for iid in truth.items:
         if got_in[iid] != want_in[iid]:
-            truth.violate("inbound_count", {"item": iid, "got": got_in[iid], "want": want_in[iid]})
+            found = db["events"].find({"item_id": iid, "type": "like"})
+            likes = [{k: d.get(k) for k in ("_id", "user_id", "ts", "applied", "dropped")}
+                     async for d in found]  # fmt: skip
+            for d in likes:
+                d["known"] = d["_id"] in events
+            truth.violate("inbound_count", {"item": iid, "got": got_in[iid],
+                                            "want": want_in[iid], "likes": likes[:6]})  # fmt: skip
     members = sorted({e["user_id"] for e in events.values()})
     states = await UserStateStore(db).get_many(members)
     blocks = BlockStore(db)
@@ -227,8 +250,9 @@ async def settle(s: Settings, truth: Truth, client: httpx.AsyncClient, key: str)
         missing = hidden - set((await blocks.get(u)).blocked)
         if missing:
             truth.violate("block_missing", {"user": u, "missing": sorted(missing)[:5]})
+    stored = await stored_checks(db, truth, 25)
     await mongo.close()
-    return {"events_applied": len(events), "members_with_events": len(members)}
+    return {"events_applied": len(events), "members_with_events": len(members), **stored}
 
 
 def dead_letters(s: Settings, truth: Truth) -> int:
@@ -270,10 +294,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         via = s.model_copy(update={"opensearch_url": http.url, "mongo_url": store.mongo_url})
         port = free_port()
         serve_env = _env(via, tmp / "api", OPENDISCO_API_RATE_LIMIT="100000",
-                         OPENDISCO_API_RATE_BURST="100000")  # fmt: skip
+                         OPENDISCO_API_RATE_BURST="100000",
+                         OPENDISCO_EVENTS_RECOVER_EVERY_S="10")  # fmt: skip
         serve = start_serve(serve_env, port, tmp / "serve.log", workers=2)
         sync = Sync(_env(via, tmp / "sync", OPENDISCO_SYNC_POLL_INTERVAL="0.2",
-                         OPENDISCO_SYNC_LEASE_SECONDS="3"), tmp / "sync.log")  # fmt: skip
+                         OPENDISCO_SYNC_LEASE_SECONDS="3",
+                         OPENDISCO_SYNC_RECONCILE_INTERVAL="15"), tmp / "sync.log")  # fmt: skip
         ctx = {"lt": lt, "engine": engine, "store": store, "http": http, "serve": serve,
                "sync": sync, "rng": random.Random(args.seed + 1), "counts": Counter(),
                "log": [], "t0": truth.t0, "truth": truth,
@@ -290,6 +316,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             tasks = [asyncio.ensure_future(client_loop(client, truth, key, viewers,
                                                        random.Random(args.seed * 100 + c), stop))
                      for c in range(args.clients)]  # fmt: skip
+            others = sorted(truth.users)[args.viewers :]  # the odd posts' members: not judged
+            tasks.append(
+                asyncio.ensure_future(
+                    odd_loop(client, truth, key, others, random.Random(args.seed + 3), stop)
+                )
+            )
             quiet = asyncio.sleep(0)  # --no-faults: the same load, a control run
             sched = asyncio.ensure_future(quiet if args.no_faults else scheduler(ctx, stop))
             await asyncio.sleep(args.seconds)

@@ -33,6 +33,8 @@ INVALID = (
     {"tags": "not-a-list"},
     {"created_at": "yesterday"},
 )
+#: the mark of a document deleted from MongoDB (the truth keeps its last fields: its owner)
+GONE = "_gone"
 
 
 @dataclass
@@ -49,11 +51,13 @@ class Truth:
     # (answer time, item id, the answer's caps unchecked: ``degraded_rules`` names them)
     served: list[tuple[float, str, bool]] = field(default_factory=list)
     invalid_ids: list[str] = field(default_factory=list)
+    never_stored: list[str] = field(default_factory=list)  # event ids of batches refused (4xx)
     mine: dict[str, list[tuple[float, str, str]]] = field(
         default_factory=lambda: defaultdict(list)
     )  # member → (acknowledged, type, item) of their events
     hides: list[tuple[float, str, str]] = field(default_factory=list)  # (acked, hider, owner)
     items_collection: str = "items"
+    writing: set[str] = field(default_factory=set)  # doc keys of the writes in flight
     t0: float = field(default_factory=time.monotonic)  # examples' times are from here
     violations: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
@@ -85,7 +89,11 @@ class Truth:
 
 def eligible(viewer: dict[str, Any], item: dict[str, Any]) -> str | None:
     """Why ``item`` may not be shown to ``viewer`` (the documented hard rules, written here
-    from the docs, not imported), or None."""
+    from the docs, not imported), or None. ``GONE``: the document was deleted from MongoDB."""
+    if viewer.get(GONE):
+        return "viewer_users_gone"
+    if item.get(GONE):
+        return "hard_deleted"
     if item.get("deleted"):
         return "deleted"
     if not item.get("available", True):
@@ -158,6 +166,13 @@ def status_ok(truth: Truth, what: str, r: httpx.Response) -> bool:
     return False
 
 
+def was_deleted(truth: Truth, iid: str) -> bool:
+    """Whether the profile ``iid`` was deleted (soft or hard) by a write started so far."""
+    with truth.lock:
+        docs = [d for _, _, d in truth.changes.get(f"i:{iid}", ())] + [truth.items[iid]]
+    return f"i:{iid}" in truth.writing or any(d.get("deleted") or d.get(GONE) for d in docs)
+
+
 def _rejected(truth: Truth, batch: list[dict[str, Any]], rejected: list[dict]) -> set[str]:
     """The ids of ``batch`` an answer rejected; only an event about a profile deleted before
     may be (ingest's rule: MongoDB no longer holds it as an item): any other is rule 2."""
@@ -165,7 +180,7 @@ def _rejected(truth: Truth, batch: list[dict[str, Any]], rejected: list[dict]) -
     for r in rejected:
         e = batch[r["index"]]
         out.add(e["id"])
-        if "unknown item" in r["reason"] and truth.items[e["item_id"]].get("deleted"):
+        if "unknown item" in r["reason"] and was_deleted(truth, e["item_id"]):
             truth.stats["events_rejected_deleted_item"] += 1
         else:
             truth.violate("event_rejected", {"event": e, "reason": r["reason"]})
@@ -194,7 +209,7 @@ async def post_batch(
                         if e["id"] in truth.acked or e["id"] in gone:
                             continue
                         truth.stats["events_acked"] += 1
-                        truth.acked[e["id"]] = (now, e)
+                        truth.acked[e["id"]] = (now, {**e, "answer": body})
                         truth.mine[e["user_id"]].append((now, e["type"], e["item_id"]))
                         if e["type"] == "hide":
                             owner = truth.items[e["item_id"]]["owner_id"]
@@ -255,33 +270,51 @@ async def client_loop(
     await asyncio.gather(*pending)
 
 
-def _write(truth: Truth, db: Any, kind: str, doc_id: str, change: dict[str, Any]) -> None:
+def _write(truth: Truth, db: Any, kind: str, doc_id: str, change: dict[str, Any] | None) -> None:
+    """One write of the document ``kind:doc_id``: ``change`` set (an item's version + 1), or
+    with ``None`` the document deleted (``delete_one``), or written again when it was gone (an
+    item at 2 past its last version: past the delete sync wrote at one past the index's)."""
     coll = db[truth.items_collection] if kind == "i" else db[USERS_COLLECTION]
-    started = time.monotonic()
-    update: dict[str, Any] = {"$set": change}
-    if kind == "i":
-        update = {"$set": {**change, "updated_at": now_ms()}, "$inc": {"version": 1}}
     base = truth.items if kind == "i" else truth.users
+    started, last = time.monotonic(), base[doc_id]
+    with truth.lock:
+        truth.writing.add(f"{kind}:{doc_id}")
     try:
-        coll.update_one({"_id": doc_id}, update)
-        after = {**base[doc_id], **change}
+        if change is None:
+            coll.delete_one({"_id": doc_id})
+            after = {**last, GONE: True}
+        elif last.get(GONE):
+            after = {k: v for k, v in {**last, **change}.items() if k != GONE}
+            if kind == "i":
+                after.update(version=int(after.get("version") or 1) + 2, updated_at=now_ms())
+            coll.insert_one(dict(after))
+        else:
+            update: dict[str, Any] = {"$set": change}
+            if kind == "i":
+                update = {"$set": {**change, "updated_at": now_ms()}, "$inc": {"version": 1}}
+            coll.update_one({"_id": doc_id}, update)
+            after = {**last, **change}
+            if kind == "i":
+                after["version"] = int(last.get("version") or 1) + 1
     except Exception:  # applied or not: the document as read again is the truth from now
         truth.stats["writes_unacknowledged"] += 1
         after = None
         while after is None:
             try:
-                after = coll.find_one({"_id": doc_id})
+                after = coll.find_one({"_id": doc_id}) or {**last, GONE: True}
             except Exception:
                 time.sleep(0.5)
     acked = time.monotonic()
     with truth.lock:
         base[doc_id] = after
         truth.changes[f"{kind}:{doc_id}"].append((started, acked, dict(after)))
+        truth.writing.discard(f"{kind}:{doc_id}")
 
 
 def writer_loop(truth: Truth, db: Any, rng: random.Random, stop: threading.Event) -> None:
     """Availability flips, preference edits (the profile and its user together, as one
-    member's edit), soft deletes, and now and then an invalid item document."""
+    member's edit), soft deletes, hard deletes (profiles, members' ``users``) and their
+    documents written again, and now and then an invalid item document."""
     ids = sorted(truth.items)
     n_bad = 0
     while not stop.wait(rng.uniform(0.1, 0.5)):
@@ -302,9 +335,11 @@ def writer_loop(truth: Truth, db: Any, rng: random.Random, stop: threading.Event
                 _write(truth, db, "u", uid, prefs)  # the viewer side first ...
                 _write(truth, db, "i", pid, prefs)  # ... then the profile the others see
                 truth.stats["writes_preferences"] += 1
-            elif roll < 0.95:
+            elif roll < 0.9:
                 _write(truth, db, "i", pid, {"deleted": True})
                 truth.stats["writes_deletes"] += 1
+            elif roll < 0.95:  # a hard delete (profile or member), or one gone written again
+                hard_write(truth, db, rng, pid, uid)
             else:
                 bad = {**truth.items[ids[0]], **rng.choice(INVALID)}
                 bad.update(_id=f"bad{n_bad}", owner_id=f"ubad{n_bad}", version=1)
@@ -315,6 +350,23 @@ def writer_loop(truth: Truth, db: Any, rng: random.Random, stop: threading.Event
                 truth.stats["writes_invalid"] += 1
         except Exception as exc:  # the shared store busy: the next write tries again
             truth.stats[f"writer_{type(exc).__name__}"] += 1
+
+
+def hard_write(truth: Truth, db: Any, rng: random.Random, pid: str, uid: str) -> None:
+    """Half the time a profile or a member's ``users`` document deleted from MongoDB, else
+    one of those gone written again (the profile not deleted, at a higher version)."""
+    gone = [("i", i) for i, d in truth.items.items() if d.get(GONE)]
+    gone += [("u", u) for u, d in truth.users.items() if d.get(GONE)]
+    if gone and rng.random() < 0.5:
+        kind, doc_id = rng.choice(sorted(gone))
+        _write(truth, db, kind, doc_id, {"deleted": False} if kind == "i" else {})
+        truth.stats[f"writes_recreate_{'profile' if kind == 'i' else 'user'}"] += 1
+    elif rng.random() < 0.6:
+        _write(truth, db, "i", pid, None)
+        truth.stats["writes_hard_delete_profile"] += 1
+    else:
+        _write(truth, db, "u", uid, None)
+        truth.stats["writes_hard_delete_user"] += 1
 
 
 def cap_overruns(
