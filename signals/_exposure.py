@@ -28,7 +28,6 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch
 
 from opendisco._backend import backend_errors, whole_docs, whole_search
-from opendisco._cancel import retrieve
 from opendisco._exceptions import InvalidInput, NotFound, PartialWrite, SearchBackendError
 from opendisco._settings import Settings
 
@@ -111,19 +110,26 @@ class ExposureStore:
         """:meth:`ensure` until it succeeded in this process, then a flag check: before each
         write (a served-list flush may come before any request: an upsert into a missing
         index creates it with dynamic mappings where indices auto-create) and each plan.
-        Concurrent callers share one attempt and its failure (behind a lock each waiter tried
-        again in turn: in an engine outage the tenth waited ten timeouts)."""
+        Callers arriving while one attempts it wait for that attempt and share its failure
+        (behind a lock each tried again in turn: in an outage the tenth waited ten timeouts).
+        The attempt runs in its caller's task, never one left running when its callers are
+        gone: cancelled, its waiters fail as on a backend error."""
         if self._ready:
             return
         running = asyncio.get_running_loop()
-        if (
-            (attempt := self._ensuring) is None
-            or attempt.done()
-            or attempt.get_loop() is not running
-        ):
-            attempt = self._ensuring = asyncio.ensure_future(self.ensure())
-            attempt.add_done_callback(retrieve)
-        await asyncio.shield(attempt)
+        shared = self._ensuring
+        if shared is not None and not shared.done() and shared.get_loop() is running:
+            await asyncio.shield(shared)  # the attempt's outcome, not the waiter's cancel
+            return
+        shared = self._ensuring = running.create_future()
+        try:
+            await self.ensure()
+        except BaseException as exc:
+            failed = exc if isinstance(exc, Exception) else None
+            shared.set_exception(failed or SearchBackendError(f"{self.index}: ensure cancelled"))
+            shared.exception()  # retrieved: nobody may be waiting
+            raise
+        shared.set_result(None)
 
     async def _caps(self, ids: list[str]) -> dict[str, int]:
         """Each item's own ``exposure_cap`` (doc values of those that have one), else the

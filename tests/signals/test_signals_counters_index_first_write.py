@@ -95,3 +95,33 @@ async def test_callers_waiting_on_an_engine_outage_share_one_attempt(fresh: Sett
     finally:
         await engine.close()
         await proxy.close()
+
+
+async def test_an_attempt_whose_caller_is_cancelled_ends_with_it(fresh: Settings) -> None:
+    """The attempt runs in its caller's task (a shared task of its own outlived callers cut
+    short by their deadline, against an engine that never answers): cancelled, it ends
+    there, and the callers waiting on it fail as on a backend error, at once."""
+    target = urlsplit(fresh.opensearch_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
+    await proxy.start()
+    s = fresh.model_copy(update={"opensearch_url": proxy.url, "opensearch_timeout": 30.0})
+    engine = clients.async_opensearch(s)
+    try:
+        store = ExposureStore(engine, s)
+        proxy.pause()
+        first = asyncio.ensure_future(store.ensure_once())
+        await asyncio.sleep(0.2)
+        waiter = asyncio.ensure_future(store.ensure_once())
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        first.cancel()
+        with pytest.raises(SearchBackendError, match="ensure cancelled"):
+            await waiter
+        assert time.monotonic() - t0 < 2.0
+        assert first.cancelled()
+        await proxy.resume()
+        await store.ensure_once()
+        assert store.ready
+    finally:
+        await engine.close()
+        await proxy.close()
