@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "live_services" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.live)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _no_task_left_on_the_session_loop(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[None]:
+    """Every test runs on the session's event loop (pyproject: loop scope ``session``), and
+    at its end pytest-asyncio waits for every task left on it: one that ignores its cancel
+    (a cancel a driver swallowed, gh-86296) hung a whole run after its last test, silently.
+    Such tasks are cancelled here with a bound and named on stderr with their stacks
+    (the run still waits for them, but says which)."""
+    yield
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in left:
+        task.cancel()
+    if not left:
+        return
+    _done, stuck = await asyncio.wait(left, timeout=10)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # the run hangs after this: no report shows it
+        for task in stuck:
+            print(f"\na task left on the session loop ignores its cancel: {task!r}")
+            task.print_stack(limit=20, file=sys.stdout)
 
 
 @pytest.fixture(scope="session")
