@@ -7,8 +7,9 @@ default; ours is off, so the write was refused instead)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -67,19 +68,30 @@ async def test_a_sweep_before_any_write_creates_the_index_too(
     assert set(MAPPING["mappings"]["properties"]) <= set(_mapped(os_client, fresh)["properties"])
 
 
+@contextlib.asynccontextmanager
+async def _paused_engine(
+    fresh: Settings, timeout_s: float
+) -> AsyncIterator[tuple[TcpProxy, ExposureStore]]:
+    """A store of ``fresh`` whose engine traffic goes through a TCP proxy, paused."""
+    target = urlsplit(fresh.opensearch_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
+    await proxy.start()
+    s = fresh.model_copy(update={"opensearch_url": proxy.url, "opensearch_timeout": timeout_s})
+    engine = clients.async_opensearch(s)
+    try:
+        proxy.pause()
+        yield proxy, ExposureStore(engine, s)
+    finally:
+        await engine.close()
+        await proxy.close()
+
+
 async def test_callers_waiting_on_an_engine_outage_share_one_attempt(fresh: Settings) -> None:
     """Pages, event batches and flushes all ensure the index before their first write; in an
     outage behind a lock each waiter tried again in turn when the one before failed: four
     callers failed after 1, 2, 3 and 4 timeouts (the tenth would wait ten). Now they share
     one attempt and its failure; the next call tries again."""
-    target = urlsplit(fresh.opensearch_url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
-    await proxy.start()
-    s = fresh.model_copy(update={"opensearch_url": proxy.url, "opensearch_timeout": 1.5})
-    engine = clients.async_opensearch(s)
-    try:
-        store = ExposureStore(engine, s)
-        proxy.pause()
+    async with _paused_engine(fresh, timeout_s=1.5) as (proxy, store):
         t0 = time.monotonic()
 
         async def one() -> float:
@@ -91,24 +103,14 @@ async def test_callers_waiting_on_an_engine_outage_share_one_attempt(fresh: Sett
         assert max(took) - min(took) < 1.0, took  # one attempt's failure, not four in turn
         await proxy.resume()
         await store.ensure_once()  # tried again, and done
-        assert store._ready
-    finally:
-        await engine.close()
-        await proxy.close()
+        assert store.ready
 
 
 async def test_an_attempt_whose_caller_is_cancelled_ends_with_it(fresh: Settings) -> None:
     """The attempt runs in its caller's task (a shared task of its own outlived callers cut
     short by their deadline, against an engine that never answers): cancelled, it ends
     there, and the callers waiting on it fail as on a backend error, at once."""
-    target = urlsplit(fresh.opensearch_url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
-    await proxy.start()
-    s = fresh.model_copy(update={"opensearch_url": proxy.url, "opensearch_timeout": 30.0})
-    engine = clients.async_opensearch(s)
-    try:
-        store = ExposureStore(engine, s)
-        proxy.pause()
+    async with _paused_engine(fresh, timeout_s=30.0) as (proxy, store):
         first = asyncio.ensure_future(store.ensure_once())
         await asyncio.sleep(0.2)
         waiter = asyncio.ensure_future(store.ensure_once())
@@ -122,6 +124,3 @@ async def test_an_attempt_whose_caller_is_cancelled_ends_with_it(fresh: Settings
         await proxy.resume()
         await store.ensure_once()
         assert store.ready
-    finally:
-        await engine.close()
-        await proxy.close()
