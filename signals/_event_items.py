@@ -18,7 +18,7 @@ from opendisco._settings import Settings
 from ._apply import stored_items
 from ._event import Event, EventsResult
 
-__all__ = ["about_items", "event_items", "items_of_stored_events"]
+__all__ = ["about_items", "drop_gone", "event_items", "items_of_stored_events", "unknown_item"]
 
 log = logging.getLogger("opendisco.signals")
 
@@ -73,17 +73,18 @@ async def event_items(
 
 
 async def items_of_stored_events(
-    events: Any, coll: Any, valid: Sequence[tuple[int, Event]], items: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """The items of ``valid`` no store holds as items any more (deleted since) whose events
-    are already stored: an event claimed while its item was known is completed by the call
-    that retries or recovers it (its effects may have landed in part), never rejected as
-    about an unknown item. That check came before the claim: such an event stayed
-    unapplied for good, its effects counted in part, its client answered ``rejected``
+    events: Any, coll: Any, valid: Sequence[tuple[int, Event]], items: dict[str, Any]
+) -> dict[str, str]:
+    """Add to ``items`` the items of ``valid`` no store holds as items any more (deleted
+    since) whose events are already stored: an event claimed while its item was known is
+    completed by the call that retries or recovers it (its effects may have landed in part),
+    never rejected as about an unknown item. That check came before the claim: such an event
+    stayed unapplied for good, its effects counted in part, its client answered ``rejected``
     (bench/chaos.py: a profile's inbound likes and its liker's likes held a like rejected).
     Still unknown: an item deleted from MongoDB itself (no document), and a deleted one whose
     document no longer says what the effects need (a tombstone without ``kind``, or a
-    profile's without a readable owner: a hide would complete with no block)."""
+    profile's without a readable owner: a hide would complete with no block). Returns the
+    stored events (id → item) whose item stays unknown (:func:`drop_gone`)."""
     gone = {ev.id: ev.item_id for _, ev in valid if ev.item_id not in items}
     if not gone:
         return {}
@@ -91,9 +92,35 @@ async def items_of_stored_events(
         found = events.find({"_id": {"$in": list(gone)}}, {"item_id": 1})
         stored = await found.to_list(None)
     # the same id stored for another item is a reuse, rejected by the claims' step
-    ids = sorted({gone[d["_id"]] for d in stored if d.get("item_id") == gone.get(d["_id"])})
-    docs = await stored_items(coll, ids, unindexed=True, deleted=True) if ids else {}
-    return {i: doc for i, doc in docs.items() if _still_says(doc)}
+    same = {d["_id"]: gone[d["_id"]] for d in stored if d.get("item_id") == gone[d["_id"]]}
+    if not same:
+        return {}
+    docs = await stored_items(coll, sorted(set(same.values())), unindexed=True, deleted=True)
+    items.update((i, doc) for i, doc in docs.items() if _still_says(doc))
+    return {i: item for i, item in same.items() if item not in items}
+
+
+async def drop_gone(events: Any, gone: Mapping[str, str]) -> None:
+    """Mark ``dropped`` (with the reason its call is answered) the stored events ``gone``
+    (id → item, :func:`items_of_stored_events`) a call rejects as about an unknown item, before
+    it answers: left unapplied, the recovery sweep applied such an event once its item was
+    back (re-created under its id), the client having been answered ``rejected`` (one that
+    posted it again under a new id counted it twice; bench/chaos.py, seed 22). A client's
+    retry once the item is back still completes it (and is answered so)."""
+    by_item: dict[str, list[str]] = {}
+    for i, item in gone.items():
+        by_item.setdefault(item, []).append(i)
+    for item, ids in by_item.items():
+        with backend_errors("marking rejected events failed"):
+            await events.update_many(
+                {"_id": {"$in": ids}, "item_id": item, "applied": False},
+                {"$set": {"dropped": unknown_item(item)}},
+            )
+
+
+def unknown_item(item_id: str) -> str:
+    """Pure: the reason an event about an item no store holds is rejected with."""
+    return f"item_id: unknown item {item_id!r}"
 
 
 def _still_says(doc: Mapping[str, Any]) -> bool:
@@ -120,7 +147,7 @@ def about_items(
     for i, ev in valid:
         item = items.get(ev.item_id)
         if item is None and require_known:
-            out.rejected.append((i, f"item_id: unknown item {ev.item_id!r}"))
+            out.rejected.append((i, unknown_item(ev.item_id)))
         elif item is not None and item.get("owner_id") == ev.user_id:
             out.rejected.append((i, "item_id: the member's own profile (an event about oneself)"))
         else:

@@ -115,6 +115,39 @@ async def test_events_whose_item_is_gone_for_good_do_not_starve_the_recovery(
         assert await db[EVENTS].count_documents({"_id": kept[0]["id"], "applied": True}) == 1
 
 
+async def test_an_event_a_call_rejected_is_not_applied_by_a_sweep_once_its_item_is_back(
+    gone_settings: Settings, os_client: Any
+) -> None:
+    """Stored, left unapplied, its item then deleted from MongoDB itself: the client's retry
+    is answered ``rejected``. The recovery sweep applied it all the same once the item was
+    back (re-created under its id): an event its client was told was not applied, counted
+    (twice, for a client that posted it again under a new id; bench/chaos.py, seed 22). The
+    call that rejects it marks it dropped; a retry of the client once the item is back still
+    completes it, and is answered so."""
+    s = gone_settings.model_copy(update={"events_claim_lease_s": 1.0})
+    member = f"r{uuid.uuid4().hex[:6]}"
+    item = "alpha7"
+    batch = [{"id": uuid.uuid4().hex, "type": "like", "item_id": item, "user_id": member}]
+    source = os_client.get(index=s.index_alias, id=item)["_source"]
+    async with _refusing_bulk(s) as (proxy, db, proc):
+        await db[EVENTS].delete_many({"applied": False})  # earlier tests' leftovers
+        with pytest.raises(SearchBackendError):
+            await proc.apply(batch)  # claimed, the engine's counter writes refused
+        proxy.fail_if = None
+        os_client.delete(index=s.index_alias, id=item, refresh=True)  # gone for good
+        await asyncio.sleep(1.2)  # the claim expires
+        res = await proc.apply(batch)  # the client's retry
+        assert [r for _, r in res.rejected] == [f"item_id: unknown item {item!r}"], res
+        os_client.index(index=s.index_alias, id=item, body=source, refresh=True)  # back
+        swept = await proc.recover_expired()
+        assert not swept.recovered and not swept.rejected, swept
+        stored = await db[EVENTS].find_one({"_id": batch[0]["id"]})
+        assert stored is not None and not stored["applied"] and stored.get("dropped"), stored
+        res = await proc.apply(batch)  # the client's retry once the item is back
+        assert res.recovered == 1, res
+        assert (await UserStateStore(db).get_many([member]))[member].n_likes == 1
+
+
 @pytest.mark.parametrize(
     "tombstone",
     [{"deleted": True}, {"deleted": True, "kind": "profile"}],
