@@ -12,23 +12,62 @@ as well, the listening socket (the parent's) kept accepting connections nobody a
 
 :class:`WatchedProcess` waits for the answer *or* the worker's exit (its process sentinel),
 so a death is seen at once; :func:`watched_workers` has uvicorn's supervisor build its
-workers with it while ``serve`` runs."""
+workers with it while ``serve`` runs.
+
+The other way round, a worker outlived its supervisor: killed with -9 (or by the OOM killer),
+the supervisor left its workers serving on, orphaned — nobody replaced the ones that died
+next, and they held the port, so the restarted ``serve`` failed (``[Errno 98] Address already
+in use``) for as long as they lived. Each worker now stops itself, gracefully (``SIGTERM``:
+requests in flight finished, its lifespan's shutdown run), once its supervisor is gone
+(:func:`stop_when_orphaned`)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import pickle
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import wait
+from socket import socket
+from typing import Any
 
 from uvicorn.supervisors import multiprocess
 
-__all__ = ["WatchedProcess", "watched_workers"]
+__all__ = ["WatchedProcess", "stop_when_orphaned", "watched_workers"]
+
+#: how often a worker checks that its supervisor is still its parent
+ORPHAN_CHECK_S = 0.5
+log = logging.getLogger("uvicorn.error")
+
+
+def stop_when_orphaned(supervisor: int, every_s: float = ORPHAN_CHECK_S) -> None:
+    """Block until this process's parent is no longer ``supervisor`` (it died: the process
+    was re-parented), then send this process ``SIGTERM`` (a worker's graceful stop)."""
+    while os.getppid() == supervisor:
+        time.sleep(every_s)
+    log.warning("supervisor [%d] gone: worker [%d] stopping", supervisor, os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class WatchedProcess(multiprocess.Process):
     """A uvicorn worker whose health ping ends when it answers, times out, or the worker
-    exits (then None: not alive, replaced by the supervisor)."""
+    exits (then None: not alive, replaced by the supervisor); a worker that stops itself
+    when its supervisor is gone (:func:`stop_when_orphaned`)."""
+
+    def __init__(self, config: Any, sockets: list[socket]) -> None:
+        super().__init__(config, sockets)
+        self.supervisor = os.getpid()  # pickled with the worker's target at its start
+
+    def target(self, sockets: list[socket] | None = None) -> None:  # in the worker
+        watch = threading.Thread(
+            target=stop_when_orphaned, args=(self.supervisor,), name="orphan-watch", daemon=True
+        )
+        watch.start()
+        super().target(sockets)
 
     def _healthcheck(self, timeout: float) -> bool | None:
         try:

@@ -10,12 +10,17 @@ other one): a process of ~1 GB takes long enough to die that the ping often went
 it was being torn down; the surviving worker then died too and for two minutes the port
 accepted connections nobody answered (clients hung 30 s, no 503). Here the kill is made to
 land on an outstanding ping (the worker stopped first, so it cannot answer), deterministically.
+
+And the supervisor killed with -9: its workers served on, orphaned, holding the port — the
+restarted ``serve`` failed with "Address already in use" for as long as they lived. They stop
+themselves now, gracefully, and the port is free for the restart.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -43,6 +48,14 @@ def _workers(parent: int) -> list[int]:
         if ppid == parent and b"spawn_main" in cmd:
             out.append(int(p.name))
     return sorted(out)
+
+
+def _running(pid: int) -> bool:
+    """Pure read of /proc: ``pid`` is a live process (a zombie not reaped yet is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @pytest.fixture
@@ -88,3 +101,23 @@ def test_a_worker_killed_during_its_health_ping_is_replaced_at_once(served: Any)
     assert replaced, f"not replaced in 90 s: {log.read_text(errors='replace')[-1500:]}"
     assert f"Child process [{victim}] died" in log.read_text(errors="replace")
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+
+
+def test_the_workers_of_a_supervisor_killed_with_9_stop_and_free_the_port(served: Any) -> None:
+    proc, port, log = served
+    workers = _workers(proc.pid)
+    assert len(workers) == 2, workers
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    deadline = time.monotonic() + 30  # a graceful stop: requests in flight, the lifespan's end
+    while time.monotonic() < deadline and any(map(_running, workers)):
+        time.sleep(0.2)
+    alive = [w for w in workers if _running(w)]
+    for w in alive:  # not left running past the test
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"orphaned workers still running: {log.read_text(errors='replace')[-1500:]}"
+    assert log.read_text(errors="replace").count(f"supervisor [{proc.pid}] gone") == 2
+    with socket.socket() as s:  # what the restarted serve binds (uvicorn sets SO_REUSEADDR)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
