@@ -134,16 +134,16 @@ def judge_odd(truth: Truth, kind: str, posted: list, odd_at: set, r: httpx.Respo
         elif e["id"] not in seen and (i not in odd_at or kind in MAY_ACCEPT | {"id_two_items"}):
             seen.add(e["id"])
             accepted.append(e)
-    _join(truth, accepted)
+    _join(truth, accepted, {"kind": kind, "answer": r.json()})
 
 
-def _join(truth: Truth, accepted: list[dict[str, Any]]) -> None:
+def _join(truth: Truth, accepted: list[dict[str, Any]], why: dict[str, Any] | None = None) -> None:
     now = time.monotonic()
     with truth.lock:
         if accepted:
             truth.batches.append(accepted)
         for e in accepted:
-            truth.acked[e["id"]] = (now, e)
+            truth.acked[e["id"]] = (now, {**e, **(why or {})})
             truth.mine[e["user_id"]].append((now, e["type"], e["item_id"]))
 
 

@@ -307,11 +307,10 @@ class EventProcessor:
             if self.cfg.require_known_items:  # answered rejected: never applied by a sweep
                 await drop_gone(self.events, gone)
         valid = about_items(valid, items, self.cfg.require_known_items, out)  # (pure)
-        out.rejected.sort()
         if valid:
             # 3.-5. claim, effects, mark
             await self._claim_and_apply(valid, items, now, out)
-            out.rejected.sort()
+        out.settle_repeats()  # (pure) a repeat within the batch answered as its first
         out.took_ms = (time.perf_counter() - t0) * 1e3
         return out
 

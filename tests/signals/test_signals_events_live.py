@@ -34,6 +34,12 @@ async def test_duplicates_counted_once(
     assert (first.accepted, first.duplicates, first.rejected) == (2, 1, [])
     again = await proc.apply(batch)
     assert (again.accepted, again.duplicates) == (0, 2)
+    # a repeat of an event rejected is rejected with it, never counted a duplicate (read as
+    # applied, nothing stored for it: bench/chaos.py, seed 31)
+    unknown = _ev(user, "like", f"nowhere{uuid.uuid4().hex[:6]}")
+    res = await proc.apply([unknown, batch[1], dict(unknown)])
+    assert (res.accepted, res.duplicates, [i for i, _ in res.rejected]) == (0, 1, [0, 2]), res
+    assert res.rejected[0][1] == res.rejected[1][1] and "unknown item" in res.rejected[0][1]
     assert (await proc.exposure.counts(["beta3"]))["beta3"] == before + 1
     st = await UserStateStore(clustered_db).get(user)
     assert [p["id"] for p in st.positives] == ["beta4"]
