@@ -16,9 +16,9 @@ from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 
 from ._apply import stored_items
-from ._event import Event, EventsResult
+from ._event import Event, EventsResult, about
 
-__all__ = ["about_items", "drop_gone", "event_items", "items_of_stored_events", "unknown_item"]
+__all__ = ["about_items", "drop_gone", "event_items", "stored_about_gone", "unknown_item"]
 
 log = logging.getLogger("opendisco.signals")
 
@@ -72,41 +72,61 @@ async def event_items(
     return out
 
 
-async def items_of_stored_events(
-    events: Any, coll: Any, valid: Sequence[tuple[int, Event]], items: dict[str, Any]
-) -> dict[str, str]:
-    """Add to ``items`` the items of ``valid`` no store holds as items any more (deleted
-    since) whose events are already stored: an event claimed while its item was known is
-    completed by the call that retries or recovers it (its effects may have landed in part),
-    never rejected as about an unknown item. That check came before the claim: such an event
-    stayed unapplied for good, its effects counted in part, its client answered ``rejected``
-    (bench/chaos.py: a profile's inbound likes and its liker's likes held a like rejected).
-    Still unknown: an item deleted from MongoDB itself (no document), and a deleted one whose
-    document no longer says what the effects need (a tombstone without ``kind``, or a
-    profile's without a readable owner: a hide would complete with no block). Returns the
-    stored events (id → item) whose item stays unknown (:func:`drop_gone`)."""
-    gone = {ev.id: ev.item_id for _, ev in valid if ev.item_id not in items}
+async def stored_about_gone(
+    events: Any,
+    coll: Any,
+    valid: list[tuple[int, Event]],
+    items: dict[str, Any],
+    require_known: bool,
+    out: EventsResult,
+) -> list[tuple[int, Event]]:
+    """The events of ``valid`` about an item no store holds as an item any more (deleted
+    since) whose id is already stored for them, settled before the item check; returns
+    ``valid`` without the ones answered here:
+
+    - applied: a duplicate (a retry of an applied event, its first answer lost, was
+      answered ``rejected``: read as not applied, its effects counted);
+    - unapplied, its deleted document still saying what the effects need: its item added to
+      ``items``, completed by the claims' step like any retry (its effects may have landed in
+      part; rejected, it stayed unapplied for good, its client answered ``rejected``:
+      bench/chaos.py, a profile's inbound likes and its liker's likes held a like rejected);
+    - unapplied otherwise (an item deleted from MongoDB itself, or a tombstone without
+      ``kind``, or a profile's without a readable owner: a hide would complete with no
+      block): still unknown, rejected by :func:`about_items`, and marked dropped first when
+      ``require_known`` (:func:`drop_gone`)."""
+    gone = {ev.id: ev for _, ev in valid if ev.item_id not in items}
     if not gone:
-        return {}
+        return valid
+    fields = {"item_id": 1, "type": 1, "user_id": 1, "applied": 1}
     with backend_errors("event lookup failed (MongoDB)"):
-        found = events.find({"_id": {"$in": list(gone)}}, {"item_id": 1})
-        stored = await found.to_list(None)
+        stored = await events.find({"_id": {"$in": list(gone)}}, fields).to_list(None)
     # the same id stored for another item is a reuse, rejected by the claims' step
-    same = {d["_id"]: gone[d["_id"]] for d in stored if d.get("item_id") == gone[d["_id"]]}
-    if not same:
-        return {}
-    docs = await stored_items(coll, sorted(set(same.values())), unindexed=True, deleted=True)
-    items.update((i, doc) for i, doc in docs.items() if _still_says(doc))
-    return {i: item for i, item in same.items() if item not in items}
+    same = {d["_id"]: d for d in stored if d.get("item_id") == gone[d["_id"]].item_id}
+    done = {i for i, d in same.items() if d.get("applied") and _about(d) == about(gone[i])}
+    if open_ := sorted({gone[i].item_id for i, d in same.items() if not d.get("applied")}):
+        docs = await stored_items(coll, open_, unindexed=True, deleted=True)
+        items.update((i, doc) for i, doc in docs.items() if _still_says(doc))
+    if require_known:
+        left = {i: gone[i].item_id for i, d in same.items() if not d.get("applied")}
+        await drop_gone(events, {i: item for i, item in left.items() if item not in items})
+    out.duplicates += len(done)
+    return [(i, ev) for i, ev in valid if ev.id not in done]
+
+
+def _about(doc: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """Pure: what a stored event is about (:func:`~._event.about`)."""
+    return (doc.get("type"), doc.get("user_id"), doc.get("item_id"))
 
 
 async def drop_gone(events: Any, gone: Mapping[str, str]) -> None:
     """Mark ``dropped`` (with the reason its call is answered) the stored events ``gone``
-    (id → item, :func:`items_of_stored_events`) a call rejects as about an unknown item, before
+    (id → item, :func:`stored_about_gone`) a call rejects as about an unknown item, before
     it answers: left unapplied, the recovery sweep applied such an event once its item was
     back (re-created under its id), the client having been answered ``rejected`` (one that
     posted it again under a new id counted it twice; bench/chaos.py, seed 22). A client's
     retry once the item is back still completes it (and is answered so)."""
+    if not gone:
+        return
     by_item: dict[str, list[str]] = {}
     for i, item in gone.items():
         by_item.setdefault(item, []).append(i)

@@ -7,7 +7,8 @@ the guarantee)::
     2. read: user states (1 find) + items (1 mget of content/behaviour vectors, category, kind;
        MongoDB for the ones the engine does not hold, deleted too for events already stored)
                                               unknown item → rejected, nothing written for it
-                                                (one stored earlier: marked dropped)
+                                                (one stored earlier: marked dropped; one
+                                                stored applied: a duplicate)
     3. claim: insert_many into `events` with _id = event id, applied=False and a claim (owner,
        generation, expiry; see ``_claims``), ordered=False. An id already stored is
                                               about another type, member or item → rejected
@@ -75,7 +76,7 @@ from ._apply import Check, EffectWriter, settle_unsure
 from ._blocks import BlockStore
 from ._claims import EventClaims, classify, reused
 from ._event import Event, EventsConfig, EventsResult, reuse_reason, stored_event, validate_batch
-from ._event_items import about_items, drop_gone, event_items, items_of_stored_events
+from ._event_items import about_items, event_items, stored_about_gone
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
 from ._folding import followed_behaviour
@@ -303,9 +304,8 @@ class EventProcessor:
                 wanted.update(e["id"] for e in (*st.positives, *st.negatives))
             items = await self._items(sorted(wanted), about={ev.item_id for _, ev in valid})
             coll = self.db[self.settings.items_collection]
-            gone = await items_of_stored_events(self.events, coll, valid, items)  # adds to items
-            if self.cfg.require_known_items:  # answered rejected: never applied by a sweep
-                await drop_gone(self.events, gone)
+            known = self.cfg.require_known_items  # events stored for items deleted since
+            valid = await stored_about_gone(self.events, coll, valid, items, known, out)
         valid = about_items(valid, items, self.cfg.require_known_items, out)  # (pure)
         if valid:
             # 3.-5. claim, effects, mark

@@ -148,6 +148,31 @@ async def test_an_event_a_call_rejected_is_not_applied_by_a_sweep_once_its_item_
         assert (await UserStateStore(db).get_many([member]))[member].n_likes == 1
 
 
+async def test_a_retry_of_an_applied_event_whose_item_was_deleted_is_a_duplicate(
+    gone_settings: Settings, os_client: Any
+) -> None:
+    """Applied, its answer lost, its item deleted before the client's retry: the retry was
+    answered ``rejected`` (unknown item) — read as not applied, its effects counted. It is a
+    duplicate; an id reused for another member's event about that item is still rejected."""
+    s = gone_settings
+    member = f"a{uuid.uuid4().hex[:6]}"
+    item = "alpha9"
+    ev = {"id": uuid.uuid4().hex, "type": "like", "item_id": item, "user_id": member}
+    mongo = clients.mongo_async(s)
+    osc = clients.async_opensearch(s)
+    try:
+        proc = EventProcessor(s, mongo[s.mongo_db], osc)
+        assert (await proc.apply([ev])).accepted == 1  # its answer lost
+        os_client.delete(index=s.index_alias, id=item, refresh=True)  # gone for good
+        res = await proc.apply([ev, dict(ev)])  # the client's retry (posted twice)
+        assert (res.duplicates, res.accepted, res.rejected) == (2, 0, []), res
+        res = await proc.apply([{**ev, "user_id": f"o{member}"}])
+        assert [r for _, r in res.rejected] == [f"item_id: unknown item {item!r}"], res
+    finally:
+        await osc.close()
+        await mongo.close()
+
+
 @pytest.mark.parametrize(
     "tombstone",
     [{"deleted": True}, {"deleted": True, "kind": "profile"}],
