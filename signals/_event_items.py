@@ -102,13 +102,14 @@ async def stored_about_gone(
         stored = await events.find({"_id": {"$in": list(gone)}}, fields).to_list(None)
     # the same id stored for another item is a reuse, rejected by the claims' step
     same = {d["_id"]: d for d in stored if d.get("item_id") == gone[d["_id"]].item_id}
-    done = {i for i, d in same.items() if d.get("applied") and _about(d) == about(gone[i])}
+    retry = {i for i, d in same.items() if _about(d) == about(gone[i])}  # else a reuse
+    done = {i for i in retry if same[i].get("applied")}
     if open_ := sorted({gone[i].item_id for i, d in same.items() if not d.get("applied")}):
         docs = await stored_items(coll, open_, unindexed=True, deleted=True)
         items.update((i, doc) for i, doc in docs.items() if _still_says(doc))
-    if require_known:
-        left = {i: gone[i].item_id for i, d in same.items() if not d.get("applied")}
-        await drop_gone(events, {i: item for i, item in left.items() if item not in items})
+    if require_known:  # the very event its call is answered rejected for
+        left = {i: gone[i].item_id for i in retry - done if gone[i].item_id not in items}
+        await drop_gone(events, left)
     out.duplicates += len(done)
     return [(i, ev) for i, ev in valid if ev.id not in done]
 
