@@ -148,6 +148,30 @@ async def test_an_event_a_call_rejected_is_not_applied_by_a_sweep_once_its_item_
         assert (await UserStateStore(db).get_many([member]))[member].n_likes == 1
 
 
+async def test_an_id_reused_about_a_gone_item_does_not_drop_the_stored_event(
+    gone_settings: Settings, os_client: Any
+) -> None:
+    """Another member's post of a stored event's id, about the same item gone since, is
+    rejected; the stored event (not the one answered) is left to its own client and the
+    recovery sweep, not marked dropped by that call."""
+    s = gone_settings
+    member, other = f"s{uuid.uuid4().hex[:6]}", f"t{uuid.uuid4().hex[:6]}"
+    ev = {"id": uuid.uuid4().hex, "type": "like", "item_id": "alpha11", "user_id": member}
+    async with _refusing_bulk(s) as (proxy, db, proc):
+        with pytest.raises(SearchBackendError):
+            await proc.apply([ev])  # claimed, the engine's counter writes refused
+        proxy.fail_if = None
+        os_client.delete(index=s.index_alias, id="alpha11", refresh=True)
+        res = await proc.apply([{**ev, "user_id": other}])
+        assert [r for _, r in res.rejected] == ["item_id: unknown item 'alpha11'"], res
+        stored = await db[EVENTS].find_one({"_id": ev["id"]})
+        assert stored is not None and "dropped" not in stored, stored
+        res = await proc.apply([ev])  # its own client's retry: rejected, and dropped
+        assert [r for _, r in res.rejected] == ["item_id: unknown item 'alpha11'"], res
+        stored = await db[EVENTS].find_one({"_id": ev["id"]})
+        assert stored is not None and stored.get("dropped"), stored
+
+
 async def test_a_retry_of_an_applied_event_whose_item_was_deleted_is_a_duplicate(
     gone_settings: Settings, os_client: Any
 ) -> None:
