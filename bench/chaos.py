@@ -9,8 +9,10 @@ deletes of profiles and of members' ``users`` documents, some written again at a
 version) and inserting invalid documents, a sync worker, and a seeded fault
 scheduler overlapping: the engine's traffic paused / cut (TCP proxy), 429 storms (HTTP proxy),
 the store's traffic paused / cut (TCP proxy), kill -9 of an API worker (``opendisco serve
---workers 2``), kill -9 of the sync worker (restarted). The shared servers are never touched:
-every fault is on a proxy of this run's own, in its own namespace (``chaos<tag>``).
+--workers 2``) or of the whole API (its supervisor; started again once its workers stopped,
+``--api-kills`` a run: bench/chaos_api.py), kill -9 of the sync worker (restarted). The
+shared servers are never touched: every fault is on a proxy of this run's own, in its own
+namespace (``chaos<tag>``).
 
 Invariants (bench/chaos_load.py judges each answer as it comes):
 1. no 200 page shows the viewer's own profile, a member blocked either way, a profile the
@@ -37,7 +39,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -54,13 +55,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "api")]
 
-from api_support import free_port, start_serve  # noqa: E402
+from api_support import free_port  # noqa: E402
+from chaos_api import Api  # noqa: E402
 from chaos_load import Truth, cap_overruns, client_loop, post_batch, writer_loop  # noqa: E402
 from chaos_odd import odd_loop, stored_checks  # noqa: E402
 from event_counts import counters  # noqa: E402
 from http_faults import FaultyHttpProxy  # noqa: E402
 from tcp_faults import TcpProxy  # noqa: E402
-from test_api_worker_kill import _workers  # noqa: E402
 
 from opendisco import clients, load_settings  # noqa: E402
 from opendisco._settings import Settings  # noqa: E402
@@ -72,9 +73,9 @@ from opendisco.signals import BlockStore, UserStateStore  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
 OPENDISCO = Path(sys.executable).with_name("opendisco")
 KINDS = ("engine_pause", "engine_cut", "storm_429", "store_pause", "store_cut",
-         "kill_api_worker", "kill_sync")  # fmt: skip
+         "kill_api_worker", "kill_sync", "kill_api")  # fmt: skip
 GROUP = {"engine_pause": "engine", "engine_cut": "engine", "store_pause": "store",
-         "store_cut": "store"}  # fmt: skip
+         "store_cut": "store", "kill_api_worker": "api", "kill_api": "api"}  # fmt: skip
 
 
 class LoopThread:
@@ -154,13 +155,18 @@ async def fault(kind: str, dur: float, ctx: dict[str, Any]) -> None:
         await asyncio.sleep(dur)
         http.failing, http.fail_if = False, None
     elif kind == "kill_api_worker":  # one of two workers up: never the last one serving
-        log = ctx["serve_log"].read_text(errors="replace")
-        pids = _workers(ctx["serve"].pid)
-        if len(pids) == 2 and log.count("startup complete") >= log.count("Started server"):
-            os.kill(ctx["rng"].choice(pids), signal.SIGKILL)
-        else:  # a kill of the last worker serving is an outage, not a fault to survive
+        if not ctx["api"].kill_worker(ctx["rng"]):
             ctx["counts"][kind] -= 1
             ctx["counts"]["kill_api_worker_skipped"] += 1
+    elif kind == "kill_api":  # the whole API, ``--api-kills`` times a run at most
+        if ctx["counts"][kind] > ctx["api_kills"]:
+            ctx["counts"][kind] -= 1
+            ctx["counts"]["kill_api_skipped"] += 1
+            return
+        down, orphans = await asyncio.to_thread(ctx["api"].kill_and_restart)
+        ctx["api_down_s"].append(round(down, 1))
+        if orphans:
+            ctx["truth"].violate("orphaned_workers", orphans)
     elif kind == "kill_sync":
         ctx["sync"].kill()
         await asyncio.sleep(dur / 2)
@@ -296,14 +302,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         serve_env = _env(via, tmp / "api", OPENDISCO_API_RATE_LIMIT="100000",
                          OPENDISCO_API_RATE_BURST="100000",
                          OPENDISCO_EVENTS_RECOVER_EVERY_S="10")  # fmt: skip
-        serve = start_serve(serve_env, port, tmp / "serve.log", workers=2)
+        api = Api(serve_env, port, tmp / "serve.log", workers=2)
         sync = Sync(_env(via, tmp / "sync", OPENDISCO_SYNC_POLL_INTERVAL="0.2",
                          OPENDISCO_SYNC_LEASE_SECONDS="3",
                          OPENDISCO_SYNC_RECONCILE_INTERVAL="15"), tmp / "sync.log")  # fmt: skip
-        ctx = {"lt": lt, "engine": engine, "store": store, "http": http, "serve": serve,
+        ctx = {"lt": lt, "engine": engine, "store": store, "http": http, "api": api,
                "sync": sync, "rng": random.Random(args.seed + 1), "counts": Counter(),
-               "log": [], "t0": truth.t0, "truth": truth,
-               "serve_log": tmp / "serve.log"}  # fmt: skip
+               "log": [], "t0": truth.t0, "truth": truth, "api_kills": args.api_kills,
+               "api_down_s": []}  # fmt: skip
         stop, wstop = asyncio.Event(), threading.Event()
         viewers = sorted(truth.users)[: args.viewers]
         writer = threading.Thread(
@@ -330,12 +336,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(*tasks)
             wstop.set()
             writer.join(10)
-            if serve.poll() is not None:
-                truth.violate("serve_exited", serve.returncode)
+            if api.proc.poll() is not None:
+                truth.violate("serve_exited", api.proc.returncode)
             final = await settle(s, truth, client, key)
         slack = s.exposure_flush_s + s.signal_copies_s + 2.0
         windows = [
-            (truth.t0 + a, truth.t0 + a + (30.0 if k == "kill_api_worker" else d))
+            (truth.t0 + a, truth.t0 + a + {"kill_api_worker": 30.0, "kill_api": 90.0}.get(k, d))
             for a, k, d in ctx["log"]
             if k not in ("kill_sync", "store_pause", "store_cut")
         ]
@@ -345,12 +351,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             truth.violate("verify", out)
         final["dead_letters"] = dead_letters(s, truth)
         final["invalid_written"] = len(truth.invalid_ids)
-        serve.terminate()
+        api.proc.terminate()
         sync.kill()
         try:
-            serve.wait(30)
+            api.proc.wait(30)
         except subprocess.TimeoutExpired:
-            serve.kill()
+            api.proc.kill()
     if not args.keep:
         osc = clients.opensearch(s)
         osc.indices.delete(index=f"chaos{tag}*", ignore_unavailable=True, expand_wildcards="all")
@@ -360,7 +366,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed, "seconds": args.seconds, "faults_on": not args.no_faults,
         "members": args.members, "clients": args.clients, "namespace": f"chaos{tag}",
         "logs": str(tmp),
-        "faults": dict(ctx["counts"]), "fault_log": ctx["log"],
+        "faults": dict(ctx["counts"]), "fault_log": ctx["log"], "api_down_s": ctx["api_down_s"],
         "stats": dict(sorted(truth.stats.items())), **final,
         "verify_s": round(waited, 1), "verify": out.strip().splitlines()[-1:],
         "violations": dict(truth.violations), "examples": dict(truth.examples),
@@ -374,6 +380,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=300)
     ap.add_argument("--viewers", type=int, default=60)
     ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--api-kills", type=int, default=2, help="kills of the whole API a run")
     ap.add_argument("--no-faults", action="store_true", help="the load alone (a control)")
     ap.add_argument("--keep", action="store_true", help="keep the namespace (to inspect it)")
     args = ap.parse_args()

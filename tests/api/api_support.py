@@ -143,19 +143,23 @@ def free_port() -> int:
 
 
 def start_serve(
-    env: Mapping[str, str], port: int, log: Path, workers: int = 1
+    env: Mapping[str, str], port: int, log: Path, workers: int = 1, append: bool = False
 ) -> subprocess.Popen[bytes]:
-    """``opendisco serve`` as a child process (stderr to ``log``), returned once each of its
-    ``workers`` has started (uvicorn logs each) and ``/healthz`` answers (240 s at most)."""
+    """``opendisco serve`` as a child process (stderr to ``log``, added to it when
+    ``append``), returned once each of its ``workers`` has started (uvicorn logs each) and
+    ``/healthz`` answers (240 s at most)."""
     exe = Path(sys.executable).with_name("opendisco")
     cmd = [str(exe), "serve", "--port", str(port), "--log-level", "info"]
     if workers > 1:
         cmd += ["--workers", str(workers)]
-    proc = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    started = "Application startup complete"
+    before = log.read_text(errors="replace").count(started) if append and log.exists() else 0
+    out = log.open("ab" if append else "wb")
+    proc = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.DEVNULL, stderr=out)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"serve exited: {log.read_text(errors='replace')[-2000:]}"
-        if log.read_text(errors="replace").count("Application startup complete") >= workers:
+        if log.read_text(errors="replace").count(started) >= before + workers:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                     return proc
