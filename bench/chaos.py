@@ -218,6 +218,11 @@ async def settle(s: Settings, truth: Truth, client: httpx.AsyncClient, key: str)
     db = mongo[s.mongo_db]
     applied = {d["_id"] async for d in db["events"].find(
         {"_id": {"$in": list(events)}, "applied": True}, projection={"_id": 1})}  # fmt: skip
+    unsure = db["events"].find({"_id": {"$in": sorted(truth.unsure - set(events))},
+                                "applied": True})  # fmt: skip
+    async for d in unsure:  # odd batches never answered: counted as the store holds them
+        events[d["_id"]] = {k: d[k] for k in ("type", "user_id", "item_id")} | {"id": d["_id"]}
+        applied.add(d["_id"])
     if lost := set(truth.acked) - applied:
         keep = ("_id", "type", "user_id", "item_id", "applied", "dropped", "claim_gen", "done")
         found = db["events"].find({"_id": {"$in": sorted(lost)[:5]}})

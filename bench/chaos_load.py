@@ -52,6 +52,7 @@ class Truth:
     served: list[tuple[float, str, bool]] = field(default_factory=list)
     invalid_ids: list[str] = field(default_factory=list)
     never_stored: list[str] = field(default_factory=list)  # event ids of batches refused (4xx)
+    unsure: set[str] = field(default_factory=set)  # ids of batches never answered: the store's
     mine: dict[str, list[tuple[float, str, str]]] = field(
         default_factory=lambda: defaultdict(list)
     )  # member → (acknowledged, type, item) of their events
