@@ -342,7 +342,8 @@ def writer_loop(truth: Truth, db: Any, rng: random.Random, stop: threading.Event
             elif roll < 0.95:  # a hard delete (profile or member), or one gone written again
                 hard_write(truth, db, rng, pid, uid)
             else:
-                bad = {**truth.items[ids[0]], **rng.choice(INVALID)}
+                base = {k: v for k, v in truth.items[ids[0]].items() if k not in ("deleted", GONE)}
+                bad = {**base, **rng.choice(INVALID)}  # not a deletion: one sync must letter
                 bad.update(_id=f"bad{n_bad}", owner_id=f"ubad{n_bad}", version=1)
                 bad["updated_at"] = now_ms()
                 db[truth.items_collection].insert_one(bad)
