@@ -83,19 +83,23 @@ def odd_batch(rng: random.Random, truth: Truth, members: list[str]) -> tuple[str
 async def _post(client: httpx.AsyncClient, truth: Truth, body: bytes, key: str, tries: int) -> Any:
     """Post until an answer settles it (not a 503 / 429, nothing in flight); None if never."""
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    last = ""
     for _ in range(tries):
         try:
             r = await client.post("/v1/events", content=body, headers=headers)
         except httpx.HTTPError as exc:
-            truth.stats[f"odd_{type(exc).__name__}"] += 1
+            truth.stats[last := f"odd_{type(exc).__name__}"] += 1
             await asyncio.sleep(0.3)
             continue
         if r.status_code in (429, 503) and r.headers.get("retry-after"):
-            truth.stats[f"odd_{r.status_code}"] += 1
+            truth.stats[last := f"odd_{r.status_code}"] += 1
         elif r.status_code != 200 or r.json()["in_flight"] == 0:
             return r
+        else:
+            last = "odd_in_flight"
         await asyncio.sleep(min(1.0, float(r.headers.get("retry-after") or 0.3)))
     truth.stats["odd_unsettled"] += 1
+    truth.stats[f"{last}_last"] += 1  # what a batch never settled was answered last
     return None
 
 
