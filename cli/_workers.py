@@ -33,8 +33,8 @@ import time
 from collections.abc import Iterator
 from multiprocessing.connection import wait
 from socket import socket
-from typing import Any
 
+from uvicorn.config import Config
 from uvicorn.supervisors import multiprocess
 
 __all__ = ["WatchedProcess", "stop_when_orphaned", "watched_workers"]
@@ -58,7 +58,7 @@ class WatchedProcess(multiprocess.Process):
     exits (then None: not alive, replaced by the supervisor); a worker that stops itself
     when its supervisor is gone (:func:`stop_when_orphaned`)."""
 
-    def __init__(self, config: Any, sockets: list[socket]) -> None:
+    def __init__(self, config: Config, sockets: list[socket]) -> None:
         super().__init__(config, sockets)
         self.supervisor = os.getpid()  # pickled with the worker's target at its start
 
