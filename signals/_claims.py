@@ -55,7 +55,7 @@ from opendisco._exceptions import BackendError
 from opendisco._holder import held_until_over, holder
 from opendisco._store import renewing
 
-from ._event import Event, about
+from ._event import Event, about, stored_about
 from ._graph import SEP
 
 __all__ = ["CLAIMS", "ClaimStatus", "EventClaims", "classify", "reused"]
@@ -104,7 +104,7 @@ def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
         gen=int(doc.get("claim_gen") or 0),
         expired=held_until_over(doc, now, "claim_"),
         done=frozenset(str(s) for s in doc.get("done") or ()),
-        about=(str(doc.get("type")), str(doc.get("user_id")), str(doc.get("item_id"))),
+        about=stored_about(doc),
         marks=frozenset(str(m) for m in doc.get("claim_marks") or ()),
     )
 

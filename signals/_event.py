@@ -32,6 +32,7 @@ __all__ = [
     "EventsResult",
     "about",
     "reuse_reason",
+    "stored_about",
     "stored_event",
     "validate_batch",
     "validate_event",
@@ -175,6 +176,11 @@ def about(ev: Event) -> tuple[str, str, str]:
     """Pure: what an event is about, ``(type, user_id, item_id)``: a retry repeats it, another
     event with its id does not."""
     return (ev.type, ev.user_id, ev.item_id)
+
+
+def stored_about(doc: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Pure: :func:`about` of a stored ``events`` document."""
+    return (str(doc.get("type")), str(doc.get("user_id")), str(doc.get("item_id")))
 
 
 def reuse_reason(first: tuple[str, str, str], posted: Event) -> str:

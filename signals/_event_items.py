@@ -16,9 +16,10 @@ from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 
 from ._apply import stored_items
-from ._event import Event, EventsResult, about
+from ._event import Event, EventsResult, about, stored_about
+from ._given_up import mark_dropped
 
-__all__ = ["about_items", "drop_gone", "event_items", "stored_about_gone", "unknown_item"]
+__all__ = ["about_items", "event_items", "stored_about_gone", "unknown_item"]
 
 log = logging.getLogger("opendisco.signals")
 
@@ -93,7 +94,7 @@ async def stored_about_gone(
     - unapplied otherwise (an item deleted from MongoDB itself, or a tombstone without
       ``kind``, or a profile's without a readable owner: a hide would complete with no
       block): still unknown, rejected by :func:`about_items`, and marked dropped first when
-      ``require_known`` (:func:`drop_gone`)."""
+      ``require_known`` (:func:`~._given_up.mark_dropped`)."""
     gone = {ev.id: ev for _, ev in valid if ev.item_id not in items}
     if not gone:
         return valid
@@ -102,41 +103,16 @@ async def stored_about_gone(
         stored = await events.find({"_id": {"$in": list(gone)}}, fields).to_list(None)
     # the same id stored for another item is a reuse, rejected by the claims' step
     same = {d["_id"]: d for d in stored if d.get("item_id") == gone[d["_id"]].item_id}
-    retry = {i for i, d in same.items() if _about(d) == about(gone[i])}  # else a reuse
+    retry = {i for i, d in same.items() if stored_about(d) == about(gone[i])}  # else a reuse
     done = {i for i in retry if same[i].get("applied")}
     if open_ := sorted({gone[i].item_id for i, d in same.items() if not d.get("applied")}):
         docs = await stored_items(coll, open_, unindexed=True, deleted=True)
         items.update((i, doc) for i, doc in docs.items() if _still_says(doc))
     if require_known:  # the very event its call is answered rejected for
-        left = {i: gone[i].item_id for i in retry - done if gone[i].item_id not in items}
-        await drop_gone(events, left)
+        left = [i for i in retry - done if gone[i].item_id not in items]
+        await mark_dropped(events, {i: unknown_item(gone[i].item_id) for i in left})
     out.duplicates += len(done)
     return [(i, ev) for i, ev in valid if ev.id not in done]
-
-
-def _about(doc: Mapping[str, Any]) -> tuple[Any, Any, Any]:
-    """Pure: what a stored event is about (:func:`~._event.about`)."""
-    return (doc.get("type"), doc.get("user_id"), doc.get("item_id"))
-
-
-async def drop_gone(events: Any, gone: Mapping[str, str]) -> None:
-    """Mark ``dropped`` (with the reason its call is answered) the stored events ``gone``
-    (id → item, :func:`stored_about_gone`) a call rejects as about an unknown item, before
-    it answers: left unapplied, the recovery sweep applied such an event once its item was
-    back (re-created under its id), the client having been answered ``rejected`` (one that
-    posted it again under a new id counted it twice; bench/chaos.py, seed 22). A client's
-    retry once the item is back still completes it (and is answered so)."""
-    if not gone:
-        return
-    by_item: dict[str, list[str]] = {}
-    for i, item in gone.items():
-        by_item.setdefault(item, []).append(i)
-    for item, ids in by_item.items():
-        with backend_errors("marking rejected events failed"):
-            await events.update_many(
-                {"_id": {"$in": ids}, "item_id": item, "applied": False},
-                {"$set": {"dropped": unknown_item(item)}},
-            )
 
 
 def unknown_item(item_id: str) -> str:

@@ -28,7 +28,7 @@ from opendisco._exceptions import BackendError
 from ._claims import classify
 from ._event import Event, EventsResult
 
-__all__ = ["LIMIT", "UNAPPLIED", "GivenUp", "drop_rejected", "raw_event"]
+__all__ = ["LIMIT", "UNAPPLIED", "GivenUp", "mark_dropped", "raw_event"]
 
 #: ids remembered at most (a longer outage leaves the rest to the recovery sweep)
 LIMIT = 10_000
@@ -48,15 +48,18 @@ def raw_event(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {**raw, "id": doc["_id"]}
 
 
-async def drop_rejected(events: Any, docs: list[Mapping[str, Any]], res: EventsResult) -> None:
-    """Mark ``dropped`` (with the reason) the stored events ``docs`` whose apply ``res``
-    rejected (their item gone for good: deleted from MongoDB itself; nothing of them was
-    written by it: rejected before the claims). Read first by each recovery scan and rejected
-    again, as many as its ``limit`` kept every event stored after them from recovery. A
-    client's retry is still answered ``rejected`` (and applies it, should the item be back)."""
+async def mark_dropped(events: Any, reasons: Mapping[Any, str]) -> None:
+    """Mark ``dropped`` (with its reason) each stored, unapplied event of ``reasons`` (id →
+    the reason its apply was rejected with; its item gone for good: nothing of it was written
+    by that apply, rejected before the claims), so the recovery scans leave it out
+    (:data:`UNAPPLIED`): read first by each and rejected again, as many as a scan's ``limit``
+    kept every event stored after them from recovery (the sweep's rejections); answered
+    ``rejected``, it was applied by a later sweep once its item was back (a call's:
+    ``_event_items.stored_about_gone``). A client's retry once the item is back still
+    completes it, and is answered so. One ``update_many`` per reason."""
     by_reason: dict[str, list[Any]] = {}
-    for i, reason in res.rejected:
-        by_reason.setdefault(reason, []).append(docs[i]["_id"])
+    for i, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(i)
     for reason, ids in by_reason.items():
         with backend_errors("marking rejected events failed"):
             await events.update_many(

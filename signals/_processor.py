@@ -80,7 +80,7 @@ from ._event_items import about_items, event_items, stored_about_gone
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
 from ._folding import followed_behaviour
-from ._given_up import UNAPPLIED, GivenUp, drop_rejected, raw_event
+from ._given_up import UNAPPLIED, GivenUp, mark_dropped, raw_event
 from ._graph import ItemGraph
 from ._inbound import InboundCounter
 from ._members import UserGraph
@@ -217,7 +217,7 @@ class EventProcessor:
     async def recover_expired(self, limit: int = 1000) -> EventsResult:
         """Apply stored events whose claim expired unapplied (their holder died and no client
         retried them); one ``find`` on ``applied`` (an index on MongoDB, a scan on FerretDB).
-        One rejected (its item gone for good) is left out of later scans (``drop_rejected``)."""
+        One rejected (its item gone for good) is left out of later scans (``mark_dropped``)."""
         if not self._ready:
             await self.ensure()
         with backend_errors("recovery scan failed"):
@@ -227,7 +227,7 @@ class EventProcessor:
         if not stale:
             return EventsResult()
         res = await self._apply([raw_event(d) for d in stale], now)
-        await drop_rejected(self.events, stale, res)
+        await mark_dropped(self.events, {stale[i]["_id"]: why for i, why in res.rejected})
         if res.recovered:
             log.warning("recovered %d events left by a dead holder", res.recovered)
         return res

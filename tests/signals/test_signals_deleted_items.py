@@ -33,23 +33,29 @@ def gone_settings(
 
 
 @contextlib.asynccontextmanager
+async def _processor(s: Settings, **urls: str) -> AsyncIterator[tuple[Any, EventProcessor]]:
+    """Its database and an events processor (indexes ensured) reaching the servers at
+    ``urls`` (``opensearch_url``, ``mongo_url``: a fault proxy's) where given."""
+    through = s.model_copy(update=urls)
+    mongo = clients.mongo_async(through)
+    osc = clients.async_opensearch(through)
+    try:
+        proc = EventProcessor(through, mongo[s.mongo_db], osc)
+        await proc.ensure()
+        yield mongo[s.mongo_db], proc
+    finally:
+        await osc.close()
+        await mongo.close()
+
+
+@contextlib.asynccontextmanager
 async def _refusing_bulk(s: Settings) -> AsyncIterator[tuple[FaultyHttpProxy, Any, EventProcessor]]:
     """An events processor whose engine calls go through the fault proxy, refusing every
     ``_bulk`` (the counters' writes) until its ``fail_if`` is cleared; its database."""
-    mongo = clients.mongo_async(s)
-    try:
-        with FaultyHttpProxy(s.opensearch_url) as proxy:
-            through = s.model_copy(update={"opensearch_url": proxy.url})
-            osc = clients.async_opensearch(through)
-            try:
-                proc = EventProcessor(through, mongo[s.mongo_db], osc)
-                await proc.ensure()
-                proxy.fail_if = lambda method, path: path.rstrip("/").endswith("_bulk")
-                yield proxy, mongo[s.mongo_db], proc
-            finally:
-                await osc.close()
-    finally:
-        await mongo.close()
+    with FaultyHttpProxy(s.opensearch_url) as proxy:
+        async with _processor(s, opensearch_url=proxy.url) as (db, proc):
+            proxy.fail_if = lambda method, path: path.rstrip("/").endswith("_bulk")
+            yield proxy, db, proc
 
 
 async def test_a_retry_completes_an_event_stored_before_its_item_was_deleted(
@@ -182,19 +188,13 @@ async def test_a_retry_of_an_applied_event_whose_item_was_deleted_is_a_duplicate
     member = f"a{uuid.uuid4().hex[:6]}"
     item = "alpha9"
     ev = {"id": uuid.uuid4().hex, "type": "like", "item_id": item, "user_id": member}
-    mongo = clients.mongo_async(s)
-    osc = clients.async_opensearch(s)
-    try:
-        proc = EventProcessor(s, mongo[s.mongo_db], osc)
+    async with _processor(s) as (_, proc):
         assert (await proc.apply([ev])).accepted == 1  # its answer lost
         os_client.delete(index=s.index_alias, id=item, refresh=True)  # gone for good
         res = await proc.apply([ev, dict(ev)])  # the client's retry (posted twice)
         assert (res.duplicates, res.accepted, res.rejected) == (2, 0, []), res
         res = await proc.apply([{**ev, "user_id": f"o{member}"}])
         assert [r for _, r in res.rejected] == [f"item_id: unknown item {item!r}"], res
-    finally:
-        await osc.close()
-        await mongo.close()
 
 
 @pytest.mark.parametrize(
@@ -214,27 +214,20 @@ async def test_a_hide_whose_profile_left_no_owner_behind_is_not_completed_withou
     item, owner = f"hp{uuid.uuid4().hex[:6]}", f"ho{uuid.uuid4().hex[:6]}"
     batch = [{"id": uuid.uuid4().hex, "type": "hide", "item_id": item, "user_id": member}]
     store = await store_proxy(s.mongo_url)
-    through = s.model_copy(update={"mongo_url": store.mongo_url})
-    mongo = clients.mongo_async(through)
-    db = mongo[s.mongo_db]
-    osc = clients.async_opensearch(s)
     try:
-        proc = EventProcessor(through, db, osc)
-        await proc.ensure()
-        profile = {"_id": item, "kind": "profile", "owner_id": owner, "version": 1}
-        await db[s.items_collection].insert_one(profile)  # in MongoDB, not synced yet
-        store.cut_if = command_on("update", MEMBER_BLOCKS)
-        with pytest.raises(BackendError):
-            await proc.apply(batch)  # claimed, its block not written
-        store.cut_if = None
-        doc = {"_id": item, **tombstone, "version": 9}
-        await db[s.items_collection].replace_one({"_id": item}, doc, upsert=True)
-        res = await proc.apply(batch)  # the client's retry
-        assert [r for _, r in res.rejected] == [f"item_id: unknown item {item!r}"], res
-        assert not res.recovered and not res.accepted, res
+        async with _processor(s, mongo_url=store.mongo_url) as (db, proc):
+            profile = {"_id": item, "kind": "profile", "owner_id": owner, "version": 1}
+            await db[s.items_collection].insert_one(profile)  # in MongoDB, not synced yet
+            store.cut_if = command_on("update", MEMBER_BLOCKS)
+            with pytest.raises(BackendError):
+                await proc.apply(batch)  # claimed, its block not written
+            store.cut_if = None
+            doc = {"_id": item, **tombstone, "version": 9}
+            await db[s.items_collection].replace_one({"_id": item}, doc, upsert=True)
+            res = await proc.apply(batch)  # the client's retry
+            assert [r for _, r in res.rejected] == [f"item_id: unknown item {item!r}"], res
+            assert not res.recovered and not res.accepted, res
     finally:
-        await osc.close()
-        await mongo.close()
         await store.close()
 
 
@@ -248,12 +241,7 @@ async def test_new_events_about_a_deleted_profile_stay_rejected(
     s = gone_settings
     member = f"n{uuid.uuid4().hex[:6]}"
     item = f"dp{uuid.uuid4().hex[:6]}"
-    mongo = clients.mongo_async(s)
-    db = mongo[s.mongo_db]
-    osc = clients.async_opensearch(s)
-    try:
-        proc = EventProcessor(s, db, osc)
-        await proc.ensure()
+    async with _processor(s) as (db, proc):
         doc = {"_id": item, "kind": "profile", "owner_id": f"o{item}", "deleted": True}
         await db[s.items_collection].insert_one(doc)
         fresh = {"id": uuid.uuid4().hex, "type": "like", "item_id": item, "user_id": member}
@@ -266,9 +254,6 @@ async def test_new_events_about_a_deleted_profile_stay_rejected(
         assert [r for _, r in res.rejected] == [f"item_id: unknown item {item!r}"], res
         stored = await db[EVENTS].find_one({"_id": first["id"]})
         assert stored is not None and stored["item_id"] == "alpha5" and stored["applied"]
-    finally:
-        await osc.close()
-        await mongo.close()
 
 
 async def test_an_id_reported_stored_but_found_nowhere_is_not_acknowledged(
@@ -285,28 +270,22 @@ async def test_an_id_reported_stored_but_found_nowhere_is_not_acknowledged(
     member = f"m{uuid.uuid4().hex[:6]}"
     ev = {"id": uuid.uuid4().hex, "type": "like", "item_id": "alpha6", "user_id": member}
     store = await store_proxy(s.mongo_url)
-    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": store.mongo_url}))
-    db = mongo[s.mongo_db]
-    osc = clients.async_opensearch(s)
     try:
-        proc = EventProcessor(s, db, osc)
-        await proc.ensure()
-        await db[EVENTS].insert_one({"_id": ev["id"], "type": "like", "user_id": member,
-                                     "item_id": "alpha6", "applied": False})  # fmt: skip
-        store.hold_if = command_on("find", EVENTS)  # the claim's status read, held
-        call = asyncio.ensure_future(proc.apply([ev]))
-        for _ in range(200):
-            if store.held or call.done():
-                break
-            await asyncio.sleep(0.02)
-        await db[EVENTS].delete_one({"_id": ev["id"]})  # gone before the status read
-        store.release()
-        res = await call
-        assert res.duplicates == 0 and res.in_flight == 1, res
-        res = await proc.apply([ev])  # the client's retry
-        assert res.accepted == 1, res
-        assert await db[EVENTS].count_documents({"_id": ev["id"], "applied": True}) == 1
+        async with _processor(s, mongo_url=store.mongo_url) as (db, proc):
+            await db[EVENTS].insert_one({"_id": ev["id"], "type": "like", "user_id": member,
+                                         "item_id": "alpha6", "applied": False})  # fmt: skip
+            store.hold_if = command_on("find", EVENTS)  # the claim's status read, held
+            call = asyncio.ensure_future(proc.apply([ev]))
+            for _ in range(200):
+                if store.held or call.done():
+                    break
+                await asyncio.sleep(0.02)
+            await db[EVENTS].delete_one({"_id": ev["id"]})  # gone before the status read
+            store.release()
+            res = await call
+            assert res.duplicates == 0 and res.in_flight == 1, res
+            res = await proc.apply([ev])  # the client's retry
+            assert res.accepted == 1, res
+            assert await db[EVENTS].count_documents({"_id": ev["id"], "applied": True}) == 1
     finally:
-        await osc.close()
-        await mongo.close()
         await store.close()
