@@ -40,7 +40,7 @@ from ._cursor import CursorCodec, shared_secret
 from ._edge import Edge
 from ._errors import install_error_handlers
 from ._fallback import Fallback
-from ._gc import freeze_startup_heap
+from ._gc import freeze_startup_heap, freeze_when_loaded
 from ._keys import ApiKeyStore
 from ._metrics import Metrics
 from ._overload import LoopLag, TimedTransport
@@ -72,8 +72,8 @@ def _breaker(settings: Settings, metrics: Metrics) -> CircuitBreaker:
 async def _running(
     settings: Settings, discovery: Discovery | None, stops: _StopSignals | None = None
 ) -> AsyncIterator[Runtime]:
-    """Clients, the pipeline (encoder warmed up), the runtime and its background tasks; all
-    torn down on exit."""
+    """Clients, the pipeline (its encoder's load started), the runtime and its background
+    tasks; all torn down on exit."""
     deadline_s = settings.api_deadline_ms / 1000
     os_client = clients.async_opensearch(
         settings,
@@ -108,7 +108,7 @@ async def _running(
 async def _start(
     settings: Settings, disc: Discovery, db: Any, os_client: AsyncOpenSearch
 ) -> Runtime:
-    """The pipeline (encoder warmed up), the runtime and its background tasks."""
+    """The pipeline (its encoder's load started), the runtime and its background tasks."""
     deadline_s = settings.api_deadline_ms / 1000
     # this process serves members: each page counts toward exposure when the pipeline picks
     # it, before another request can pick its items (serving._caps)
@@ -127,9 +127,10 @@ async def _start(
         except OSError as exc:
             log.error("served-list spool not opened (%r): an outage's lists stay in memory", exc)
     install_experiments(disc, db, settings)  # running experiments' arms (drained with disc)
-    await disc.warmup()  # the query encoder, before the first request's deadline
-    if settings.api_gc_freeze:  # the encoder's heap out of every collection (p99)
-        freeze_startup_heap(settings.api_gc_threshold0)
+    await disc.warmup()  # the query encoder's load started (it lands in the background)
+    if settings.api_gc_freeze:  # the start-up heap out of every collection (p99), and the
+        freeze_startup_heap(settings.api_gc_threshold0)  # encoder's once it has landed
+        freeze_when_loaded(disc.encoder.start())
     metrics = Metrics()
     try:
         secret = await asyncio.wait_for(shared_secret(db, settings.api_cursor_secret), 10.0)
@@ -247,9 +248,9 @@ async def _close(disc: Discovery, os_client: AsyncOpenSearch, mongo: Any, timeou
 class _StopSignals:
     """SIGTERM and SIGINT as this process's server takes them (its handlers chained: still
     called), noted while the app's lifespan runs. During start-up one cancels it: uvicorn
-    only sets its ``should_exit`` and lets the start-up run to its end — the encoder's load,
-    the counters index's ensure, the cursor secret's lookup, each waiting on a backend that
-    does not answer — before it stops (a replica stopped while it started took 60–90 s to
+    only sets its ``should_exit`` and lets the start-up run to its end — the counters index's
+    ensure, the cursor secret's lookup, each waiting on a backend that does not answer —
+    before it stops (a replica stopped while it started took 60–90 s to
     exit); one its server took before (while it imported the app) cancels it at once. The
     first one's time starts the teardown's budget (:data:`STOP_S`), the requests in flight
     included. Only Python handlers are chained (a default SIGTERM still ends the process),

@@ -58,6 +58,7 @@ from jvm_threads import by_pool, thread_cpu_ms  # bench/jvm_threads.py, beside t
 from opendisco import clients, load_settings
 from opendisco._domain import USERS_COLLECTION
 from opendisco._settings import Settings
+from opendisco.serving import ENCODER_LOADED
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "api.json"
@@ -434,12 +435,13 @@ def _serve(env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
 
 
 async def _wait_ready(http: Any, base: str, proc: subprocess.Popen[bytes]) -> None:
-    """Until every worker has finished its start-up (uvicorn logs it once per worker) and the
-    server answers /readyz."""
+    """Until every worker has finished its start-up and loaded its query encoder (in the
+    background: each logs both once) and the server answers /readyz."""
     import aiohttp
 
     for _ in range(3000):
-        started = SERVE_LOG.read_text(errors="replace").count("Application startup complete")
+        log = SERVE_LOG.read_text(errors="replace")
+        started = min(log.count("Application startup complete"), log.count(ENCODER_LOADED))
         if started >= proc.workers:  # type: ignore[attr-defined]
             try:
                 async with http.get(f"{base}/readyz") as r:

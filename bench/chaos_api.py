@@ -28,7 +28,7 @@ class Api:
 
     def __init__(self, env: Mapping[str, str], port: int, log: Path, workers: int = 2) -> None:
         self.env, self.port, self.log, self.workers = env, port, log, workers
-        self.proc: subprocess.Popen[bytes] = start_serve(env, port, log, workers)
+        self.proc: subprocess.Popen[bytes] = start_serve(env, port, log, workers, encoder=False)
 
     def kill_worker(self, rng: random.Random) -> bool:
         """Kill -9 one worker while all are up (killing the last one serving is an outage,
@@ -52,5 +52,7 @@ class Api:
         orphans = [w for w in workers if _running(w)]
         for w in orphans:  # else the restart cannot bind its port
             os.kill(w, signal.SIGKILL)
-        self.proc = start_serve(self.env, self.port, self.log, self.workers, append=True)
+        self.proc = start_serve(
+            self.env, self.port, self.log, self.workers, append=True, encoder=False
+        )
         return time.monotonic() - t0, orphans

@@ -628,8 +628,9 @@ class Settings(BaseSettings):
     )
     api_gc_freeze: bool = Field(
         True,
-        description="After start-up, freeze the heap out of garbage collection (the encoder's "
-        "objects made full collections pause ~0.5 s).",
+        description="After start-up, and again once the query encoder has loaded, freeze the "
+        "heap out of garbage collection (the encoder's objects made full collections pause "
+        "~0.5 s).",
     )
     api_gc_threshold0: int = Field(
         20_000,

@@ -10,6 +10,7 @@ trained model it serves, named in every response's version string.
 
 from ._artifacts import Artifacts, check_params, load_model, load_params, load_template
 from ._assembly import default_parts
+from ._encoder import ENCODER_LOADED, QueryEncoder
 from ._explore import EXPLORED_SURFACES, Exploration, Explorer
 from ._features import FeatureHydrator, StoreFeatures
 from ._fill import FillSource
@@ -51,6 +52,7 @@ from ._types import (
 
 __all__ = [
     "AGE_DOMAIN",
+    "ENCODER_LOADED",
     "EXPLORED_SURFACES",
     "GRAPH_NEIGHBOURS",
     "MAX_CANDIDATES",
@@ -72,6 +74,7 @@ __all__ = [
     "LogServed",
     "MemberContext",
     "Parts",
+    "QueryEncoder",
     "QueryHydrator",
     "Ranking",
     "Recommendation",

@@ -26,9 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from opensearchpy import AsyncOpenSearch
 
-from opendisco import clients
 from opendisco._backend import backend_errors
-from opendisco._cancel import in_daemon_thread
 from opendisco._domain import USER_SURFACES, Surface
 from opendisco._exceptions import BackendError, InvalidInput
 from opendisco._settings import Settings
@@ -48,6 +46,7 @@ from opendisco.signals import (
 from ._artifacts import Artifacts
 from ._assembly import default_parts
 from ._caps import ExposureCaps
+from ._encoder import QueryEncoder
 from ._explore import EXPLORED_SURFACES, Explorer
 from ._fill import FillSource, fill_page, filled_rows
 from ._filters import HardRules
@@ -112,7 +111,7 @@ class Discovery:
         self.explorer = explorer if explorer is not None else Explorer.from_settings(settings)
         self.recheck = StoreRecheck.from_settings(db, settings)  # the page re-read (_page)
         self.fill = fill  # a page a failed source left short is filled from it (_fill)
-        self._model = model
+        self.encoder = QueryEncoder(settings, model)  # the search surface's
         #: the templates and the serving artifacts (params file, model) this pipeline serves
         self.version = f"{template_version()}+{self.artifacts.name}"
 
@@ -122,21 +121,14 @@ class Discovery:
         await self.exposure.ensure_once()
 
     async def warmup(self) -> None:
-        """Load the query encoder and ensure indices now, not inside a request deadline (a
-        backend that is down is not fatal here: requests retry :meth:`ensure` and degrade)."""
-        await self._encode("warm up")
+        """Start loading the query encoder (in the background: :mod:`._encoder`) and ensure
+        indices now, not inside a request deadline (a backend that is down is not fatal here:
+        requests retry :meth:`ensure` and degrade)."""
+        self.encoder.start()
         try:
             await asyncio.wait_for(self.ensure(), self.settings.opensearch_timeout)
         except (BackendError, TimeoutError) as exc:
             log.warning("start-up: exposure counters index not ensured yet: %r", exc)
-
-    async def _encode(self, text: str) -> list[float]:
-        if self._model is None:
-            self._model = await in_daemon_thread(clients.load_model, self.settings)
-        vec = await asyncio.to_thread(
-            self._model.encode, [text], normalize_embeddings=True, show_progress_bar=False
-        )
-        return [float(x) for x in vec[0]]
 
     # -- the pipeline -------------------------------------------------------------------
     async def plan(
@@ -166,7 +158,7 @@ class Discovery:
         elif surface == Surface.search:
             if not query or not query.strip():
                 raise InvalidInput("q must not be blank")
-            extra.update(query_text=query, query_vector=await self._encode(query))
+            extra.update(query_text=query, query_vector=await self.encoder.encode(query))
         elif surface not in USER_SURFACES:
             raise InvalidInput(f"unknown surface {surface!r}")
         plan = CandidatePlan(surface, k, user_id, tuple(exclude), explain, extra)

@@ -1,4 +1,5 @@
-"""Operations: liveness, readiness (both backends answer) and Prometheus metrics."""
+"""Operations: liveness, readiness (both backends answer, the query encoder loaded) and
+Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -37,14 +38,24 @@ async def _answers(call: Awaitable[Any], timeout_s: float = 1.0) -> bool:
 @router.get(
     "/readyz",
     response_model=ReadyResponse,
-    responses={503: {"model": ReadyResponse, "description": "A backend is unreachable."}},
+    responses={
+        503: {
+            "model": ReadyResponse,
+            "description": "A backend is unreachable, or the query encoder still loads.",
+        }
+    },
 )
 async def readyz(rt: RuntimeDep) -> JSONResponse:
-    """OpenSearch and MongoDB answer (a 503 says when to ask again, like every 503 of the API)."""
+    """OpenSearch and MongoDB answer and the search surface's query encoder has loaded (it
+    loads in the background after start-up, while the other surfaces are served: a load
+    balancer holds traffic back until then); a 503 says when to ask again, like every 503 of
+    the API."""
     os_ok, mongo_ok = await asyncio.gather(
         _answers(rt.os_client.cluster.health()), _answers(rt.db.command("ping"))
     )
-    checks = {"opensearch": os_ok, "mongo": mongo_ok}
+    encoder = rt.discovery.encoder
+    encoder.start()  # (a load that failed is tried again)
+    checks = {"opensearch": os_ok, "mongo": mongo_ok, "encoder": encoder.loaded}
     ready = all(checks.values())
     headers = {} if ready else {"Retry-After": str(BACKEND_RETRY_AFTER_S)}
     body = {"ready": ready, "checks": checks}

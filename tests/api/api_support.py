@@ -21,6 +21,7 @@ from tcp_faults import TcpProxy
 
 from opendisco import Settings
 from opendisco.api import create_app, uvicorn_options
+from opendisco.serving import ENCODER_LOADED
 
 __all__ = [
     "TcpProxy",
@@ -35,11 +36,18 @@ __all__ = [
 ]
 
 
+async def encoder_loaded(app: Any) -> None:
+    """Wait for the started ``app``'s query encoder (it loads in the background: a test's first
+    search would otherwise wait for it within its deadline)."""
+    await app.state.runtime.discovery.encoder.start()
+
+
 @contextlib.asynccontextmanager
 async def serve(settings: Settings, discovery: Any = None) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan running on this loop, reached through httpx's ASGI transport."""
     app = create_app(settings, discovery)
     async with app.router.lifespan_context(app):
+        await encoder_loaded(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             client.app = app  # type: ignore[attr-defined]
@@ -61,6 +69,7 @@ async def uvicorn_served(
         while not server.started:
             assert not task.done(), "the API did not start"
             await asyncio.sleep(0.02)
+        await encoder_loaded(app)
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=timeout_s) as client:
             yield server, client
@@ -143,23 +152,32 @@ def free_port() -> int:
 
 
 def start_serve(
-    env: Mapping[str, str], port: int, log: Path, workers: int = 1, append: bool = False
+    env: Mapping[str, str],
+    port: int,
+    log: Path,
+    workers: int = 1,
+    append: bool = False,
+    encoder: bool = True,
 ) -> subprocess.Popen[bytes]:
     """``opendisco serve`` as a child process (stderr to ``log``, added to it when
-    ``append``), returned once each of its ``workers`` has started (uvicorn logs each) and
-    ``/healthz`` answers (240 s at most)."""
+    ``append``), returned once each of its ``workers`` has started (uvicorn logs each), and
+    has loaded its query encoder when ``encoder`` (it loads in the background: without, a
+    test's first search waited for it within its deadline), and ``/healthz`` answers (240 s at
+    most)."""
     exe = Path(sys.executable).with_name("opendisco")
     cmd = [str(exe), "serve", "--port", str(port), "--log-level", "info"]
     if workers > 1:
         cmd += ["--workers", str(workers)]
-    started = "Application startup complete"
-    before = log.read_text(errors="replace").count(started) if append and log.exists() else 0
+    started = ["Application startup complete", *([ENCODER_LOADED] if encoder else [])]
+    text = log.read_text(errors="replace") if append and log.exists() else ""
+    before = {line: text.count(line) for line in started}
     out = log.open("ab" if append else "wb")
     proc = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.DEVNULL, stderr=out)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"serve exited: {log.read_text(errors='replace')[-2000:]}"
-        if log.read_text(errors="replace").count(started) >= before + workers:
+        text = log.read_text(errors="replace")
+        if all(text.count(line) >= before[line] + workers for line in started):
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                     return proc

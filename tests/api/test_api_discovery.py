@@ -129,6 +129,7 @@ async def test_ops_endpoints(api: Any, keys: dict[str, str]) -> None:
     assert ready.status_code == 200 and ready.json()["checks"] == {
         "opensearch": True,
         "mongo": True,
+        "encoder": True,
     }
     for probe in ("/healthz", "/readyz"):  # a load balancer's HEAD probe (it was 405)
         head = await api.head(probe)

@@ -130,7 +130,7 @@ async def test_a_replica_stopped_while_it_starts_exits_at_once(
             assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # the encoder loading
+        await asyncio.sleep(0.5)  # its start-up waiting on the paused backends
         took = await _stopped(proc, signals)
         text = log.read_text(errors="replace")
         # before: the start-up ran on (the encoder, the engine's and the store's timeouts),

@@ -427,6 +427,30 @@ def test_freeze_startup_heap_moves_live_objects_out_of_collection() -> None:
         gc.set_threshold(*before)
 
 
+async def test_the_heap_of_an_encoder_loaded_after_start_up_is_frozen_once_it_lands() -> None:
+    import gc
+
+    from opendisco.api._gc import freeze_when_loaded
+
+    loop = asyncio.get_running_loop()
+    try:
+        gc.unfreeze()
+        failed, loading = loop.create_future(), loop.create_future()
+        freeze_when_loaded(failed)
+        freeze_when_loaded(loading)
+        failed.set_exception(OSError("no model"))
+        await asyncio.sleep(0)
+        assert gc.get_freeze_count() == 0  # a failed load freezes nothing
+        model = [[i] for i in range(1000)]  # what the load built
+        assert gc.get_freeze_count() == 0
+        loading.set_result(model)
+        await asyncio.sleep(0)
+        assert gc.get_freeze_count() >= len(model)
+        assert failed.exception()  # (retrieved)
+    finally:
+        gc.unfreeze()
+
+
 # --- fallback segments ------------------------------------------------------------------
 
 

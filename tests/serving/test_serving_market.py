@@ -82,7 +82,7 @@ async def test_reciprocal_step_and_likers_source(discovery: Any, market: Any) ->
         discovery.os,
         discovery.db,
         artifacts=Artifacts.inline(rerank={"reciprocal_mode": "off"}),
-        model=discovery._model,
+        model=discovery.encoder.model,
     )
     off = await one_sided.recommend(v, k=60, explain=True)
     assert _rank(off, cand) > _rank(after, cand), (_rank(after, cand), _rank(off, cand))
@@ -346,7 +346,7 @@ async def test_live_trending_from_events(discovery: Any, market: Any) -> None:
     await _refreshed(discovery)  # the counters are searched: near real time (~1 s)
     top = dict(await discovery.exposure.trending(10))
     assert top.get(quiet, 0) > 14.9  # 15 likes, decayed by seconds
-    fresh = Discovery(discovery.settings, discovery.os, discovery.db, model=discovery._model)
+    fresh = Discovery(discovery.settings, discovery.os, discovery.db, model=discovery.encoder.model)
     fresh.reranker = within
     after = await fresh.trending(k=30)  # a process that reads the live counts now
     plan = await fresh.plan("trending", 30)
@@ -481,7 +481,9 @@ async def test_attention_cap_on_the_live_market(discovery: Any, market: Any) -> 
         stored = await PacingController(discovery.settings, discovery.db, discovery.exposure).read()
         assert stored.attention_cap == pytest.approx(tighter.attention_cap)
         # a process that reads the live counters now (no inbound cached from before the likes)
-        fresh = Discovery(discovery.settings, discovery.os, discovery.db, model=discovery._model)
+        fresh = Discovery(
+            discovery.settings, discovery.os, discovery.db, model=discovery.encoder.model
+        )
         fresh.reranker = Reranker(merged_config(weak))
         fresh.pacing._read_at = float("inf")  # no background refresh in this test
         fresh.pacing.state = replace(tighter, cap_log=None)

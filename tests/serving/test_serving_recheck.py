@@ -24,7 +24,11 @@ def _always_explored(discovery: Any, seed: int) -> Discovery:
     """The same pipeline with every answer explored."""
     explorer = Explorer(rate=1.0, rng=np.random.default_rng(seed))
     return Discovery(
-        discovery.settings, discovery.os, discovery.db, model=discovery._model, explorer=explorer
+        discovery.settings,
+        discovery.os,
+        discovery.db,
+        model=discovery.encoder.model,
+        explorer=explorer,
     )
 
 
@@ -62,7 +66,7 @@ async def test_what_the_store_changed_since_the_last_sync_is_not_served(
         discovery.settings.model_copy(update={"serve_recheck": False}),
         discovery.os,
         discovery.db,
-        model=discovery._model,
+        model=discovery.encoder.model,
     )
     assert changed <= set((await engine_only.recommend(v, k=10)).ids)
     # an explored page is drawn again from the order without them
@@ -79,7 +83,7 @@ def _engine_only(discovery: Any) -> Discovery:
         discovery.settings.model_copy(update={"serve_recheck": False}),
         discovery.os,
         discovery.db,
-        model=discovery._model,
+        model=discovery.encoder.model,
     )
 
 
