@@ -163,8 +163,9 @@ async def fault(kind: str, dur: float, ctx: dict[str, Any]) -> None:
             ctx["counts"][kind] -= 1
             ctx["counts"]["kill_api_skipped"] += 1
             return
-        down, orphans = await asyncio.to_thread(ctx["api"].kill_and_restart)
+        stopped, down, orphans = await asyncio.to_thread(ctx["api"].kill_and_restart)
         ctx["api_down_s"].append(round(down, 1))
+        ctx["api_stopped_s"].append(round(stopped, 1))
         if orphans:
             ctx["truth"].violate("orphaned_workers", orphans)
     elif kind == "kill_sync":
@@ -314,7 +315,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ctx = {"lt": lt, "engine": engine, "store": store, "http": http, "api": api,
                "sync": sync, "rng": random.Random(args.seed + 1), "counts": Counter(),
                "log": [], "t0": truth.t0, "truth": truth, "api_kills": args.api_kills,
-               "api_down_s": []}  # fmt: skip
+               "api_down_s": [], "api_stopped_s": []}  # fmt: skip
         stop, wstop = asyncio.Event(), threading.Event()
         viewers = sorted(truth.users)[: args.viewers]
         writer = threading.Thread(
@@ -372,6 +373,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "members": args.members, "clients": args.clients, "namespace": f"chaos{tag}",
         "logs": str(tmp),
         "faults": dict(ctx["counts"]), "fault_log": ctx["log"], "api_down_s": ctx["api_down_s"],
+        "api_stopped_s": ctx["api_stopped_s"],
         "stats": dict(sorted(truth.stats.items())), **final,
         "verify_s": round(waited, 1), "verify": out.strip().splitlines()[-1:],
         "violations": dict(truth.violations), "examples": dict(truth.examples),

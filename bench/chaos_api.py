@@ -40,19 +40,21 @@ class Api:
         os.kill(rng.choice(pids), signal.SIGKILL)
         return True
 
-    def kill_and_restart(self) -> tuple[float, list[int]]:
+    def kill_and_restart(self) -> tuple[float, float, list[int]]:
         """Kill -9 the supervisor, wait for its workers to stop, start it again; the seconds
-        the API was down and the workers still running after :data:`ORPHANS_S` (killed)."""
+        its workers took to stop, the seconds the API was down, and the workers still running
+        after :data:`ORPHANS_S` (killed)."""
         t0 = time.monotonic()
         workers = _workers(self.proc.pid)
         self.proc.kill()
         self.proc.wait()
         while any(map(_running, workers)) and time.monotonic() - t0 < ORPHANS_S:
             time.sleep(0.1)
+        stopped = time.monotonic() - t0
         orphans = [w for w in workers if _running(w)]
         for w in orphans:  # else the restart cannot bind its port
             os.kill(w, signal.SIGKILL)
         self.proc = start_serve(
             self.env, self.port, self.log, self.workers, append=True, encoder=False
         )
-        return time.monotonic() - t0, orphans
+        return stopped, time.monotonic() - t0, orphans
