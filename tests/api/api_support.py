@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -29,8 +30,10 @@ __all__ = [
     "h",
     "proxied",
     "serve",
+    "serve_env",
     "serve_faulty",
     "start_serve",
+    "stop_serve",
     "uvicorn_served",
     "wait_fallback",
 ]
@@ -149,6 +152,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def serve_env(settings: Settings, state: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of an ``opendisco serve`` child process on ``settings``' index alias and
+    database (``state``: its state directory), ``extra`` (``OPENDISCO_`` names) on top."""
+    env = {
+        **os.environ,
+        "OPENDISCO_INDEX_ALIAS": settings.index_alias,
+        "OPENDISCO_MONGO_DB": settings.mongo_db,
+    }
+    if state is not None:
+        env["OPENDISCO_STATE_DIR"] = str(state)
+    return env | extra
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a child ``opendisco serve`` (SIGTERM: a graceful stop; killed after 30 s)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def start_serve(

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import free_port, start_serve
+from api_support import free_port, start_serve, stop_serve
 from test_api_caps import _profile, _shown
 from test_api_safety import namespaced
 
@@ -91,12 +91,8 @@ class Server:
         assert self.proc.wait(30) == -9
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc is not None:
+            stop_serve(self.proc)
 
 
 @pytest.fixture

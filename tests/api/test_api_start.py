@@ -8,13 +8,11 @@ serve at once)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
-from api_support import free_port, h, start_serve
+from api_support import free_port, h, serve_env, start_serve, stop_serve
 
 from opendisco import Settings
 from opendisco.serving import ENCODER_LOADED, QueryEncoder
@@ -24,14 +22,8 @@ def test_a_process_answers_while_its_encoder_loads_and_a_search_waits_for_it(
     api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str], tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "OPENDISCO_INDEX_ALIAS": api_settings.index_alias,
-        "OPENDISCO_MONGO_DB": api_settings.mongo_db,
-        "OPENDISCO_STATE_DIR": str(tmp_path),
-        # long enough for the search to wait out the load: answered from the pipeline
-        "OPENDISCO_API_DEADLINE_MS": "60000",
-    }
+    # a deadline long enough for the search to wait out the load: answered from the pipeline
+    env = serve_env(api_settings, tmp_path, OPENDISCO_API_DEADLINE_MS="60000")
     log = tmp_path / "serve.log"
     proc = start_serve(env, port, log, encoder=False)
     try:
@@ -44,15 +36,11 @@ def test_a_process_answers_while_its_encoder_loads_and_a_search_waits_for_it(
             again = c.get("/v1/search?q=hiking&k=5", headers=h(keys["read"]))
             ready = c.get("/readyz")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
     assert answered_loading, "the process answered only once its encoder had loaded"
-    # not ready for a load balancer meanwhile (the backends answer: only the encoder)
+    # not ready for a load balancer meanwhile
     assert loading.status_code == 503 and loading.headers["Retry-After"], loading.text
-    assert loading.json()["checks"] == {"opensearch": True, "mongo": True, "encoder": False}
+    assert loading.json()["checks"]["encoder"] is False, loading.text
     assert ready.status_code == 200 and ready.json()["checks"]["encoder"] is True, ready.text
     assert feed.status_code == 200, feed.text
     assert feed.json()["items"] and feed.json()["degraded"] is False

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import free_port, start_serve
+from api_support import free_port, serve_env, start_serve, stop_serve
 
 from opendisco import Settings
 
@@ -61,22 +60,12 @@ def _running(pid: int) -> bool:
 @pytest.fixture
 def served(api_settings: Settings, mongo_db: Any, tmp_path: Path) -> Iterator[Any]:
     port = free_port()
-    env = {
-        **os.environ,
-        "OPENDISCO_INDEX_ALIAS": api_settings.index_alias,
-        "OPENDISCO_MONGO_DB": api_settings.mongo_db,
-        "OPENDISCO_STATE_DIR": str(tmp_path),
-    }
     log = tmp_path / "serve.log"
-    proc = start_serve(env, port, log, workers=2)
+    proc = start_serve(serve_env(api_settings, tmp_path), port, log, workers=2)
     try:
         yield proc, port, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
 
 
 def test_a_worker_killed_during_its_health_ping_is_replaced_at_once(served: Any) -> None:

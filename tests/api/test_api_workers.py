@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from api_support import free_port, h, serve, start_serve
+from api_support import free_port, h, serve, serve_env, start_serve, stop_serve
 
 from opendisco import Settings
 from opendisco.api import RateLimiter, create_key
@@ -111,23 +110,13 @@ async def test_processes_share_the_generated_cursor_secret(
 @pytest.fixture
 def two_workers(api_settings: Settings, api_catalogue: dict[str, Any], tmp_path: Path) -> Any:
     port = free_port()
-    env = {
-        **os.environ,
-        "OPENDISCO_INDEX_ALIAS": api_settings.index_alias,
-        "OPENDISCO_MONGO_DB": api_settings.mongo_db,
-        "OPENDISCO_STATE_DIR": str(tmp_path),
-        "OPENDISCO_API_DEADLINE_MS": "5000",
-    }
+    env = serve_env(api_settings, tmp_path, OPENDISCO_API_DEADLINE_MS="5000")
     proc = start_serve(env, port, tmp_path / "serve.log", workers=2)
     base = f"http://127.0.0.1:{port}"
     try:
         yield base, tmp_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
     assert not list((tmp_path / "api-metrics").glob("serve-*")), "metrics dir left behind"
 
 
