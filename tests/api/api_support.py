@@ -25,6 +25,7 @@ from opendisco.api import create_app, uvicorn_options
 from opendisco.serving import ENCODER_LOADED
 
 __all__ = [
+    "N_ITEMS",
     "TcpProxy",
     "free_port",
     "h",
@@ -37,6 +38,9 @@ __all__ = [
     "uvicorn_served",
     "wait_fallback",
 ]
+
+#: the API tests' catalogue: profiles (and as many members) of ``generate_marketplace``
+N_ITEMS = 300
 
 
 async def encoder_loaded(app: Any) -> None:

@@ -7,11 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from api_support import N_ITEMS
 
 from opendisco import Settings
 from opendisco.api import create_key, revoke_key
-
-N_ITEMS = 300
 
 
 @pytest.fixture(scope="session")

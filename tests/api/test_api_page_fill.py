@@ -4,7 +4,11 @@ engine behind the fault proxy (``tests/http_faults.py``, ``rewrite_if``: one ``_
 sub-search answered 429). The page is full; every item obeys the member's hard rules as
 MongoDB holds them (a listed item the store paused since is dropped by the page's re-check);
 the served-list log and the exposure count hold exactly the page shown, the filled rows
-marked; nothing is filled when no source failed."""
+marked; nothing is filled when no source failed.
+
+The catalogue is the API tests' (same seed and size), in an index and database of its own: on
+the shared one, items and likes other tests had added (in any order, on any test worker) could
+fill the page without the lists."""
 
 from __future__ import annotations
 
@@ -12,15 +16,47 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from api_support import h, serve_faulty
+import pytest
+from api_support import N_ITEMS, h, serve_faulty
 
-from opendisco import Settings
+from opendisco import Settings, clients
+from opendisco.api import create_key
 from opendisco.api._fallback import DEADLINE
 from opendisco.serving import read_rule_fields
 
 _REJECTED = {"error": {"type": "es_rejected_execution_exception", "reason": "queue"}, "status": 429}
 FOR_YOU = "/v1/users/u5/recommendations?k=10&explain=true"
 SEARCH = "/v1/search?q=hiking&k=10&user_id=u5&explain=true"
+
+
+@pytest.fixture(scope="module")
+def fill_settings(api_settings: Settings) -> Settings:
+    return api_settings.model_copy(
+        update={
+            "index_alias": f"{api_settings.index_alias}-fill",
+            "mongo_db": f"{api_settings.mongo_db}fill",
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+async def fill_db(fill_settings: Settings, model: Any) -> Any:
+    """The catalogue written and reindexed in ``fill_settings``' namespace; its database (an
+    admin key in ``key``) as a synchronous client's."""
+    from opendisco.ingest import Embedder, generate_marketplace, write_sample
+    from opendisco.ingest._reindex import reindex
+
+    items, users = generate_marketplace(N_ITEMS, seed=11)
+    write_sample(fill_settings, items, users)
+    await reindex(fill_settings, embedder=Embedder(fill_settings, model=model))
+    client = clients.mongo(fill_settings)
+    yield client[fill_settings.mongo_db]
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def admin_key(fill_db: Any) -> str:
+    return create_key(fill_db, "fill", ["admin"])[0]
 
 
 def _refuse(n: int) -> Any:
@@ -65,10 +101,10 @@ async def _check(
 
 
 async def test_a_refused_source_fills_the_page_through_every_rule_and_logs_it(
-    api_settings: Settings, api_catalogue: dict[str, Any], keys: dict[str, str], mongo_db: Any
+    fill_settings: Settings, fill_db: Any, admin_key: str
 ) -> None:
-    key = keys["admin"]
-    async with serve_faulty(api_settings, api_breaker_failures=100) as (proxy, client):
+    key, mongo_db = admin_key, fill_db
+    async with serve_faulty(fill_settings, api_breaker_failures=100) as (proxy, client):
         rt = client.app.state.runtime
         counted: list[list[str]] = []
         count = rt.discovery.caps.count
@@ -91,7 +127,7 @@ async def test_a_refused_source_fills_the_page_through_every_rule_and_logs_it(
         await _check(rt, mongo_db, body, counted)
         # a listed item paused in MongoDB since the lists' refresh: the re-check drops it
         gone = _filled(body)[0]
-        items = mongo_db[api_settings.items_collection]
+        items = mongo_db[fill_settings.items_collection]
         items.update_one({"_id": gone}, {"$set": {"available": False}})
         try:
             again = (await client.get(FOR_YOU, headers=h(key))).json()
