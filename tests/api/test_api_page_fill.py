@@ -41,8 +41,8 @@ def fill_settings(api_settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 async def fill_db(fill_settings: Settings, model: Any) -> Any:
-    """The catalogue written and reindexed in ``fill_settings``' namespace; its database (an
-    admin key in ``key``) as a synchronous client's."""
+    """The catalogue written and reindexed in ``fill_settings``' namespace; its database, a
+    synchronous client's."""
     from opendisco.ingest import Embedder, generate_marketplace, write_sample
     from opendisco.ingest._reindex import reindex
 
