@@ -196,25 +196,16 @@ def reuse_reason(first: tuple[str, str, str], posted: Event) -> str:
 def validate_batch(
     events: Sequence[Any], now: datetime, cfg: EventsConfig, out: EventsResult
 ) -> list[tuple[int, Event]]:
-    """``(index, event)`` of the valid events of a batch, each id once (no I/O); the others
-    are added to ``out`` — rejected with the reason, or a repeat within the batch kept in
-    ``out.repeats``, answered as its first (:meth:`EventsResult.settle_repeats`; an id
-    repeated for another event is rejected)."""
+    """``(index, event)`` of the valid events of a batch (no I/O); the others are added to
+    ``out.rejected`` with the reason. An id may still appear more than once: which event it
+    names is settled once the reads have rejected what they reject
+    (:func:`~._event_items.one_per_id`)."""
     valid: list[tuple[int, Event]] = []
-    firsts: dict[str, tuple[int, Event]] = {}
     for i, raw in enumerate(events):
         try:
-            ev = validate_event(raw, now, cfg)
+            valid.append((i, validate_event(raw, now, cfg)))
         except EventInvalid as exc:
             out.rejected.append((i, str(exc)))
-            continue
-        if (first := firsts.get(ev.id)) is None:
-            firsts[ev.id] = (i, ev)
-            valid.append((i, ev))
-        elif about(first[1]) == about(ev):
-            out.repeats.setdefault(first[0], []).append(i)
-        else:
-            out.rejected.append((i, reuse_reason(about(first[1]), ev)))
     return valid
 
 
@@ -234,7 +225,7 @@ class EventsResult:
     capped: list[str] = field(default_factory=list)
     mutual: list[tuple[str, str]] = field(default_factory=list)
     took_ms: float = 0.0
-    #: index of an event → the indices of its repeats within the batch (``validate_batch``)
+    #: index of an event → the indices of its repeats within the batch (``_event_items.one_per_id``)
     repeats: dict[int, list[int]] = field(default_factory=dict, repr=False)
 
     def settle_repeats(self) -> None:

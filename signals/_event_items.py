@@ -1,6 +1,7 @@
 """Step 2 of an event batch (``_processor``): the items its events are about — kind, owner,
 category and vectors — read for the effects, from the engine or, where it cannot say, from
-MongoDB, the source of truth."""
+MongoDB, the source of truth; the events those reads reject, and the one event each id names
+among the others."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 
 from ._apply import stored_items
-from ._event import Event, EventsResult, about, stored_about
+from ._event import Event, EventsResult, about, reuse_reason, stored_about
 from ._given_up import mark_dropped
 
-__all__ = ["about_items", "event_items", "stored_about_gone", "unknown_item"]
+__all__ = ["about_items", "event_items", "one_per_id", "stored_about_gone", "unknown_item"]
 
 log = logging.getLogger("opendisco.signals")
 
@@ -95,24 +96,29 @@ async def stored_about_gone(
       ``kind``, or a profile's without a readable owner: a hide would complete with no
       block): still unknown, rejected by :func:`about_items`, and marked dropped first when
       ``require_known`` (:func:`~._given_up.mark_dropped`)."""
-    gone = {ev.id: ev for _, ev in valid if ev.item_id not in items}
+    gone = [(i, ev) for i, ev in valid if ev.item_id not in items]  # an id may repeat
     if not gone:
         return valid
     fields = {"item_id": 1, "type": 1, "user_id": 1, "applied": 1}
     with backend_errors("event lookup failed (MongoDB)"):
-        stored = await events.find({"_id": {"$in": list(gone)}}, fields).to_list(None)
+        ids = list(dict.fromkeys(ev.id for _, ev in gone))
+        stored = {
+            d["_id"]: d for d in await events.find({"_id": {"$in": ids}}, fields).to_list(None)
+        }
     # the same id stored for another item is a reuse, rejected by the claims' step
-    same = {d["_id"]: d for d in stored if d.get("item_id") == gone[d["_id"]].item_id}
-    retry = {i for i, d in same.items() if stored_about(d) == about(gone[i])}  # else a reuse
-    done = {i for i in retry if same[i].get("applied")}
-    if open_ := sorted({gone[i].item_id for i, d in same.items() if not d.get("applied")}):
+    same = [
+        (i, ev, d) for i, ev in gone if (d := stored.get(ev.id)) and d.get("item_id") == ev.item_id
+    ]
+    retry = [(i, ev, d) for i, ev, d in same if stored_about(d) == about(ev)]  # else a reuse
+    done = {i for i, _, d in retry if d.get("applied")}
+    if open_ := sorted({ev.item_id for _, ev, d in same if not d.get("applied")}):
         docs = await stored_items(coll, open_, unindexed=True, deleted=True)
         items.update((i, doc) for i, doc in docs.items() if _still_says(doc))
     if require_known:  # the very event its call is answered rejected for
-        left = [i for i in retry - done if gone[i].item_id not in items]
-        await mark_dropped(events, {i: unknown_item(gone[i].item_id) for i in left})
+        left = [ev for i, ev, _ in retry if i not in done and ev.item_id not in items]
+        await mark_dropped(events, {ev.id: unknown_item(ev.item_id) for ev in left})
     out.duplicates += len(done)
-    return [(i, ev) for i, ev in valid if ev.id not in done]
+    return [(i, ev) for i, ev in valid if i not in done]
 
 
 def unknown_item(item_id: str) -> str:
@@ -150,3 +156,24 @@ def about_items(
         else:
             keep.append((i, ev))
     return keep
+
+
+def one_per_id(valid: list[tuple[int, Event]], out: EventsResult) -> list[tuple[int, Event]]:
+    """Pure: the first event of each id among ``valid`` (the events of a batch not rejected
+    so far, in batch order); a later one about the same thing is a repeat kept in
+    ``out.repeats``, answered as its first (:meth:`EventsResult.settle_repeats`), one about
+    something else is rejected. An event rejected before (an unknown item, the member's own
+    profile) names nothing: a batch posting one id for it and for a valid event lost the
+    valid one, rejected as a reuse of an id nothing was stored under (bench/chaos.py, seed
+    41)."""
+    kept: list[tuple[int, Event]] = []
+    firsts: dict[str, tuple[int, Event]] = {}
+    for i, ev in valid:
+        if (first := firsts.get(ev.id)) is None:
+            firsts[ev.id] = (i, ev)
+            kept.append((i, ev))
+        elif about(first[1]) == about(ev):
+            out.repeats.setdefault(first[0], []).append(i)
+        else:
+            out.rejected.append((i, reuse_reason(about(first[1]), ev)))
+    return kept

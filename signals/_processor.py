@@ -76,7 +76,7 @@ from ._apply import Check, EffectWriter, settle_unsure
 from ._blocks import BlockStore
 from ._claims import EventClaims, classify, reused
 from ._event import Event, EventsConfig, EventsResult, reuse_reason, stored_event, validate_batch
-from ._event_items import about_items, event_items, stored_about_gone
+from ._event_items import about_items, event_items, one_per_id, stored_about_gone
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
 from ._folding import followed_behaviour
@@ -307,6 +307,7 @@ class EventProcessor:
             known = self.cfg.require_known_items  # events stored for items deleted since
             valid = await stored_about_gone(self.events, coll, valid, items, known, out)
         valid = about_items(valid, items, self.cfg.require_known_items, out)  # (pure)
+        valid = one_per_id(valid, out)  # (pure) an id names the first event left standing
         if valid:
             # 3.-5. claim, effects, mark
             await self._claim_and_apply(valid, items, now, out)
