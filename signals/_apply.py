@@ -53,7 +53,7 @@ from opendisco._published import Followed
 
 from ._blocks import BlockStore
 from ._effects import Additive, Effects, pending, plan_effects
-from ._event import Event, EventsConfig, EventsResult
+from ._event import ITEM_FIELDS, Event, EventsConfig, EventsResult
 from ._exposure import ExposureStore
 from ._folding import recompute
 from ._graph import ItemGraph, co_engagement_links
@@ -72,7 +72,6 @@ Record = Callable[[str], Awaitable[None]]
 Check = Callable[[], Awaitable[bool | set[str]]]
 #: marks an item read from MongoDB while the engine was down: its vectors are unknown here
 NO_VECTORS = "_no_vectors"
-_STORED_FIELDS = ("kind", "owner_id", "category")
 
 
 async def stored_items(
@@ -86,7 +85,7 @@ async def stored_items(
     with backend_errors("item lookup for events failed (MongoDB)"):
         docs = await coll.find(
             {"_id": {"$in": list(ids)}, **({} if deleted else {"deleted": {"$ne": True}})},
-            projection=dict.fromkeys(_STORED_FIELDS, 1),
+            projection=dict.fromkeys(ITEM_FIELDS, 1),
         ).to_list(None)
     mark = {} if unindexed else {NO_VECTORS: True}
     return {str(d["_id"]): {**_as_indexed(d), **mark} for d in docs}
@@ -99,7 +98,7 @@ def _as_indexed(doc: Mapping[str, Any]) -> dict[str, Any]:
     item stored with ``category: {...}`` failed its whole batch (an unhashable fatigue key:
     503), and every background retry and recovery sweep with it, the other members' events
     too; ``kind`` is kept as stored (``maybe_profile`` reads an odd one on the safe side)."""
-    out = {f: doc[f] for f in _STORED_FIELDS if f in doc}
+    out = {f: doc[f] for f in ITEM_FIELDS if f in doc}
     if "category" in out and not isinstance(out["category"], str):
         out["category"] = None
     if "owner_id" in out and not readable_id(out["owner_id"]):

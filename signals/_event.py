@@ -24,6 +24,8 @@ from ._user_state import UserStateConfig
 __all__ = [
     "EVENT_TYPES",
     "INBOUND_TYPES",
+    "ITEM",
+    "ITEM_FIELDS",
     "MUTUAL_TYPES",
     "REQUEST_ID_PATTERN",
     "Event",
@@ -147,10 +149,24 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def stored_event(ev: Event, weight: float, now: datetime) -> dict[str, Any]:
-    """Pure: the ``events`` document of ``ev`` (``_id`` its id) with its weight and arrival."""
+#: what the effects of an event need of its item but the vectors (an event keeps them: ITEM)
+ITEM_FIELDS = ("kind", "owner_id", "category")
+#: the field of a stored event holding its item's :data:`ITEM_FIELDS` as they were when it was
+#: stored: a retry or a sweep completes it from them once the item is deleted from MongoDB
+#: itself (``_event_items.stored_about_gone``)
+ITEM = "item"
+
+
+def stored_event(
+    ev: Event, weight: float, now: datetime, items: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Pure: the ``events`` document of ``ev`` (``_id`` its id) with its weight, arrival and
+    what its effects need of its item (of ``items``, as they were read for it)."""
     doc = {**ev.model_dump(exclude_none=True), "_id": ev.id, "weight": weight, "received_at": now}
     doc.pop("id", None)
+    item = items.get(ev.item_id) or {}
+    if facts := {f: item[f] for f in ITEM_FIELDS if item.get(f) is not None}:
+        doc[ITEM] = facts
     return doc
 
 

@@ -17,7 +17,7 @@ from opendisco._exceptions import SearchBackendError
 from opendisco._settings import Settings
 
 from ._apply import stored_items
-from ._event import Event, EventsResult, about, reuse_reason, stored_about
+from ._event import ITEM, Event, EventsResult, about, reuse_reason, stored_about
 from ._given_up import mark_dropped
 
 __all__ = ["about_items", "event_items", "one_per_id", "stored_about_gone", "unknown_item"]
@@ -88,18 +88,20 @@ async def stored_about_gone(
 
     - applied: a duplicate (a retry of an applied event, its first answer lost, was
       answered ``rejected``: read as not applied, its effects counted);
-    - unapplied, its deleted document still saying what the effects need: its item added to
-      ``items``, completed by the claims' step like any retry (its effects may have landed in
-      part; rejected, it stayed unapplied for good, its client answered ``rejected``:
-      bench/chaos.py, a profile's inbound likes and its liker's likes held a like rejected);
-    - unapplied otherwise (an item deleted from MongoDB itself, or a tombstone without
-      ``kind``, or a profile's without a readable owner: a hide would complete with no
-      block): still unknown, rejected by :func:`about_items`, and marked dropped first when
-      ``require_known`` (:func:`~._given_up.mark_dropped`)."""
+    - unapplied, its deleted document still saying what the effects need, or else the
+      event's own record of it (:data:`~._event.ITEM`, kept since it was stored: the item
+      deleted from MongoDB itself, or a tombstone without ``kind`` or a profile's without a
+      readable owner): its item added to ``items``, completed by the claims' step like any
+      retry (its effects may have landed in part; rejected, it stayed unapplied for good,
+      its client answered ``rejected``: bench/chaos.py, a profile's inbound likes and its
+      liker's likes held a like rejected — seed 41 again with the item deleted outright);
+    - unapplied otherwise (stored without that record, before it was kept): still unknown,
+      rejected by :func:`about_items`, and marked dropped first when ``require_known``
+      (:func:`~._given_up.mark_dropped`)."""
     gone = [(i, ev) for i, ev in valid if ev.item_id not in items]  # an id may repeat
     if not gone:
         return valid
-    fields = {"item_id": 1, "type": 1, "user_id": 1, "applied": 1}
+    fields = {"item_id": 1, "type": 1, "user_id": 1, "applied": 1, ITEM: 1}
     with backend_errors("event lookup failed (MongoDB)"):
         ids = list(dict.fromkeys(ev.id for _, ev in gone))
         stored = {
@@ -114,6 +116,10 @@ async def stored_about_gone(
     if open_ := sorted({ev.item_id for _, ev, d in same if not d.get("applied")}):
         docs = await stored_items(coll, open_, unindexed=True, deleted=True)
         items.update((i, doc) for i, doc in docs.items() if _still_says(doc))
+    for _, ev, d in retry:  # deleted outright, or its tombstone says too little
+        kept = d.get(ITEM)
+        if ev.item_id not in items and isinstance(kept, Mapping) and _still_says(kept):
+            items[ev.item_id] = dict(kept)
     if require_known:  # the very event its call is answered rejected for
         left = [ev for i, ev, _ in retry if i not in done and ev.item_id not in items]
         await mark_dropped(events, {ev.id: unknown_item(ev.item_id) for ev in left})

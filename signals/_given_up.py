@@ -50,13 +50,13 @@ def raw_event(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 async def mark_dropped(events: Any, reasons: Mapping[Any, str]) -> None:
     """Mark ``dropped`` (with its reason) each stored, unapplied event of ``reasons`` (id →
-    the reason its apply was rejected with; its item gone for good: nothing of it was written
-    by that apply, rejected before the claims), so the recovery scans leave it out
-    (:data:`UNAPPLIED`): read first by each and rejected again, as many as a scan's ``limit``
-    kept every event stored after them from recovery (the sweep's rejections); answered
-    ``rejected``, it was applied by a later sweep once its item was back (a call's:
-    ``_event_items.stored_about_gone``). A client's retry once the item is back still
-    completes it, and is answered so. One ``update_many`` per reason."""
+    the reason its apply was rejected with; its item gone for good and no record of it kept
+    on the event: nothing of it was written by that apply, rejected before the claims), so
+    the recovery scans leave it out (:data:`UNAPPLIED`): read first by each and rejected
+    again, as many as a scan's ``limit`` kept every event stored after them from recovery
+    (the sweep's rejections); answered ``rejected``, it was applied by a later sweep once its
+    item was back (a call's: ``_event_items.stored_about_gone``). A client's retry once the
+    item is back still completes it, and is answered so. One ``update_many`` per reason."""
     by_reason: dict[str, list[Any]] = {}
     for i, reason in reasons.items():
         by_reason.setdefault(reason, []).append(i)

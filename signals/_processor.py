@@ -331,7 +331,7 @@ class EventProcessor:
         index = {ev.id: i for i, ev in valid}
         by_id = {ev.id: ev for ev in evs}
         done: dict[str, frozenset[str]] = {}  # taken over: what the failed holder completed
-        docs = [stored_event(ev, self.cfg.weights.get(ev.type, 0.0), now) for ev in evs]
+        docs = [stored_event(ev, self.cfg.weights.get(ev.type, 0.0), now, items) for ev in evs]
         # each round's counter writes their own mark (a counter ignores a mark it keeps: a
         # later round of this call may count the same items again), kept on its events
         mark = uuid.uuid4().hex[:12]
