@@ -97,7 +97,11 @@ async def stored_about_gone(
       liker's likes held a like rejected — seed 41 again with the item deleted outright);
     - unapplied otherwise (stored without that record, before it was kept): still unknown,
       rejected by :func:`about_items`, and marked dropped first when ``require_known``
-      (:func:`~._given_up.mark_dropped`)."""
+      (:func:`~._given_up.mark_dropped`);
+    - not stored for it (a new event, or another's under a stored id): rejected here as about
+      an unknown item when ``require_known`` — what is read back completes the events stored
+      for it, nothing else (a new like in the batch of a completed one was applied to a
+      profile deleted before it was posted)."""
     gone = [(i, ev) for i, ev in valid if ev.item_id not in items]  # an id may repeat
     if not gone:
         return valid
@@ -113,6 +117,7 @@ async def stored_about_gone(
     ]
     retry = [(i, ev, d) for i, ev, d in same if stored_about(d) == about(ev)]  # else a reuse
     done = {i for i, _, d in retry if d.get("applied")}
+    known = set(items)
     if open_ := sorted({ev.item_id for _, ev, d in same if not d.get("applied")}):
         docs = await stored_items(coll, open_, unindexed=True, deleted=True)
         items.update((i, doc) for i, doc in docs.items() if _still_says(doc))
@@ -120,11 +125,17 @@ async def stored_about_gone(
         kept = d.get(ITEM)
         if ev.item_id not in items and isinstance(kept, Mapping) and _still_says(kept):
             items[ev.item_id] = dict(kept)
+    unknown: set[int] = set()
     if require_known:  # the very event its call is answered rejected for
         left = [ev for i, ev, _ in retry if i not in done and ev.item_id not in items]
         await mark_dropped(events, {ev.id: unknown_item(ev.item_id) for ev in left})
+        # an item read back here completes the events stored for it, nothing else: a new
+        # event about it (or another's about it under a stored id) is about an unknown item
+        completing = {i for i, _, _ in retry}
+        unknown = {i for i, ev in gone if ev.item_id not in known and i not in completing}
+        out.rejected += [(i, unknown_item(ev.item_id)) for i, ev in gone if i in unknown]
     out.duplicates += len(done)
-    return [(i, ev) for i, ev in valid if i not in done]
+    return [(i, ev) for i, ev in valid if i not in done and i not in unknown]
 
 
 def unknown_item(item_id: str) -> str:

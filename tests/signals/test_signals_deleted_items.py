@@ -101,7 +101,8 @@ async def test_a_retry_completes_an_event_whose_item_was_deleted_outright(
     with): the retry was answered ``rejected`` (unknown item) and the event dropped, its
     effects landed in part — the profile's inbound likes and its liker's likes held a like
     its client was told was not applied (bench/chaos.py, seed 41 again). An event keeps what
-    its effects need of its item from when it was stored: the retry completes it, once."""
+    its effects need of its item from when it was stored: the retry completes it, once; a new
+    like of the profile posted beside it is still about an unknown item."""
     s = gone_settings
     member = f"o{uuid.uuid4().hex[:6]}"
     item, owner = f"op{uuid.uuid4().hex[:6]}", f"oo{uuid.uuid4().hex[:6]}"
@@ -113,10 +114,13 @@ async def test_a_retry_completes_an_event_whose_item_was_deleted_outright(
             await proc.apply(batch)  # claimed, the engine's counter writes refused
         await db[s.items_collection].delete_one({"_id": item})  # deleted outright
         proxy.fail_if = None
-        res = await proc.apply(batch)  # the client's retry
-        assert (res.recovered, res.rejected) == (1, []), res
+        fresh = {**batch[0], "id": uuid.uuid4().hex, "user_id": f"n{member}"}  # new: unknown
+        res = await proc.apply([*batch, fresh])  # the client's retry, beside a new like
+        assert res.recovered == 1, res
+        assert res.rejected == [(1, f"item_id: unknown item {item!r}")], res
         stored = await db[EVENTS].find_one({"_id": batch[0]["id"]})
         assert stored is not None and stored["applied"] and "dropped" not in stored, stored
+        assert await db[EVENTS].count_documents({"_id": fresh["id"]}) == 0
         assert (await InboundCounter(db).counts([item])).get(item) == 1
         assert (await UserStateStore(db).get_many([member]))[member].n_likes == 1
         assert (await proc.apply(batch)).duplicates == 1  # and once only
