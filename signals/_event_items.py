@@ -117,7 +117,6 @@ async def stored_about_gone(
     ]
     retry = [(i, ev, d) for i, ev, d in same if stored_about(d) == about(ev)]  # else a reuse
     done = {i for i, _, d in retry if d.get("applied")}
-    known = set(items)
     if open_ := sorted({ev.item_id for _, ev, d in same if not d.get("applied")}):
         docs = await stored_items(coll, open_, unindexed=True, deleted=True)
         items.update((i, doc) for i, doc in docs.items() if _still_says(doc))
@@ -132,7 +131,7 @@ async def stored_about_gone(
         # an item read back here completes the events stored for it, nothing else: a new
         # event about it (or another's about it under a stored id) is about an unknown item
         completing = {i for i, _, _ in retry}
-        unknown = {i for i, ev in gone if ev.item_id not in known and i not in completing}
+        unknown = {i for i, _ in gone if i not in completing}
         out.rejected += [(i, unknown_item(ev.item_id)) for i, ev in gone if i in unknown]
     out.duplicates += len(done)
     return [(i, ev) for i, ev in valid if i not in done and i not in unknown]
