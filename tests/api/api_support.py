@@ -25,7 +25,6 @@ from opendisco.api import create_app, uvicorn_options
 from opendisco.serving import ENCODER_LOADED
 
 __all__ = [
-    "N_ITEMS",
     "TcpProxy",
     "free_port",
     "h",
@@ -37,10 +36,24 @@ __all__ = [
     "stop_serve",
     "uvicorn_served",
     "wait_fallback",
+    "write_catalogue",
 ]
 
 #: the API tests' catalogue: profiles (and as many members) of ``generate_marketplace``
 N_ITEMS = 300
+
+
+async def write_catalogue(settings: Settings, **reindex: Any) -> dict[str, Any]:
+    """The API tests' catalogue (``N_ITEMS`` synthetic profiles and members, one seed) written
+    to ``settings``' MongoDB database and reindexed into its alias (the real path;
+    ``reindex``: the reindex's keywords)."""
+    from opendisco.ingest import generate_marketplace, write_sample
+    from opendisco.ingest._reindex import reindex as run_reindex
+
+    items, users = generate_marketplace(N_ITEMS, seed=11)
+    write_sample(settings, items, users)
+    report = await run_reindex(settings, **reindex)
+    return {"items": items, "users": users, "report": report}
 
 
 async def encoder_loaded(app: Any) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from api_support import N_ITEMS
+from api_support import write_catalogue
 
 from opendisco import Settings
 from opendisco.api import create_key, revoke_key
@@ -31,13 +31,7 @@ def api_settings(settings: Settings) -> Settings:
 @pytest.fixture(scope="session")
 async def api_catalogue(settings: Settings, mongo_db: Any, os_client: Any) -> dict[str, Any]:
     """``N_ITEMS`` synthetic profiles + users in MongoDB, reindexed into the session alias."""
-    from opendisco.ingest import generate_marketplace, write_sample
-    from opendisco.ingest._reindex import reindex
-
-    items, users = generate_marketplace(N_ITEMS, seed=11)
-    write_sample(settings, items, users)
-    report = await reindex(settings)
-    return {"items": items, "users": users, "report": report}
+    return await write_catalogue(settings)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from api_support import N_ITEMS, h, serve_faulty
+from api_support import h, serve_faulty, write_catalogue
 
 from opendisco import Settings, clients
 from opendisco.api import create_key
@@ -43,12 +43,9 @@ def fill_settings(api_settings: Settings) -> Settings:
 async def fill_db(fill_settings: Settings, model: Any) -> Any:
     """The catalogue written and reindexed in ``fill_settings``' namespace; its database, a
     synchronous client's."""
-    from opendisco.ingest import Embedder, generate_marketplace, write_sample
-    from opendisco.ingest._reindex import reindex
+    from opendisco.ingest import Embedder
 
-    items, users = generate_marketplace(N_ITEMS, seed=11)
-    write_sample(fill_settings, items, users)
-    await reindex(fill_settings, embedder=Embedder(fill_settings, model=model))
+    await write_catalogue(fill_settings, embedder=Embedder(fill_settings, model=model))
     client = clients.mongo(fill_settings)
     yield client[fill_settings.mongo_db]
     client.close()
