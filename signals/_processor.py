@@ -80,7 +80,7 @@ from ._event_items import about_items, event_items, one_per_id, stored_about_gon
 from ._events_store import EVENTS, ensure_events_store
 from ._exposure import ExposureStore
 from ._folding import followed_behaviour
-from ._given_up import UNAPPLIED, GivenUp, mark_dropped, raw_event
+from ._given_up import UNAPPLIED, GivenUp, apply_batches, mark_dropped
 from ._graph import ItemGraph
 from ._inbound import InboundCounter
 from ._members import UserGraph
@@ -215,21 +215,21 @@ class EventProcessor:
         return await repair_vectors(self.states, self._items, self.cfg.user_state, limit, model)
 
     async def recover_expired(self, limit: int = 1000) -> EventsResult:
-        """Apply stored events whose claim expired unapplied (their holder died and no client
-        retried them); one ``find`` on ``applied`` (an index on MongoDB, a scan on FerretDB).
-        One rejected (its item gone for good) is left out of later scans (``mark_dropped``)."""
+        """Apply, in batches (``apply_batches``), stored events whose claim expired unapplied:
+        one ``find`` on ``applied`` (a scan on FerretDB). One rejected (its item gone for good)
+        is left out of later scans (``mark_dropped``); a failed batch is raised after."""
         if not self._ready:
             await self.ensure()
         with backend_errors("recovery scan failed"):
             docs = await self.events.find(UNAPPLIED, limit=limit).to_list(None)
         now = datetime.now(UTC)
         stale = [d for d in docs if (st := classify(d, now)).expired and not st.applied]
-        if not stale:
-            return EventsResult()
-        res = await self._apply([raw_event(d) for d in stale], now)
+        res, failed = await apply_batches(self._apply, stale, now)  # a call per batch
         await mark_dropped(self.events, {stale[i]["_id"]: why for i, why in res.rejected})
         if res.recovered:
             log.warning("recovered %d events left by a dead holder", res.recovered)
+        if failed is not None:
+            raise failed
         return res
 
     async def retry_given_up_forever(self) -> None:
