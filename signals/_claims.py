@@ -15,7 +15,10 @@ classifies it (:func:`classify`)::
                                    again a unique insert, so one taker wins each generation
 
 The holder renews its claims while it works (every ``lease_s / 3``), so only a holder that
-stopped working loses them. A claim (or arbiter) also records its holder process
+stopped working loses them; a taker's claim also through its generation's arbiter, renewed
+apart from the event (its renewals queue behind the process's other updates of the events),
+and a generation is taken over only once its arbiter expired too (:meth:`EventClaims.take_over`).
+A claim (or arbiter) also records its holder process
 (``claim_host``, ``claim_pid``, ``claim_started``: ``opendisco._holder``); one whose holder
 was a process of this host that is gone (killed with -9, say) counts as expired at once, so a
 retry after the restart applies it (a block among them included) instead of reporting it in
@@ -42,8 +45,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,64 +66,14 @@ from opendisco._exceptions import BackendError
 from opendisco._holder import held_until_over, holder
 from opendisco._store import renewing
 
-from ._event import Event, about, stored_about
+from ._claim_status import NOT_STORED, PROJECTION, ClaimStatus, classify, reused
 from ._graph import SEP
 
 __all__ = ["CLAIMS", "ClaimStatus", "EventClaims", "classify", "reused"]
 
 CLAIMS = "event_claims"
-#: fields of an ``events`` document that describe its claim (and the additive effects a
-#: failed holder completed: ``done``)
-_PROJECTION = dict.fromkeys(
-    ("applied", "claim_gen", "claim_expires", "claim_host", "claim_pid", "claim_started",
-     "done", "claim_marks",
-     # what the stored event is about: a later event with its id about something else is
-     # not a retry of it
-     "type", "user_id", "item_id"),
-    1,
-)  # fmt: skip
 #: generations tried in one take-over call (each needs its predecessor expired)
 _MAX_GENERATIONS = 8
-
-
-@dataclass(frozen=True)
-class ClaimStatus:
-    """What a stored event's claim says, classified at ``now`` (see the module docstring)."""
-
-    applied: bool
-    gen: int
-    expired: bool
-    #: additive effects already applied by a holder that failed later (not to add again)
-    done: frozenset[str] = frozenset()
-    #: ``(type, user_id, item_id)`` of the stored event (None: it is gone)
-    about: tuple[str, str, str] | None = None
-    #: the marks of the calls that held it (their counter writes': see :meth:`EventClaims.stamp`)
-    marks: frozenset[str] = frozenset()
-
-
-#: the claim status of a posted event whose id no stored document holds (:meth:`status`)
-NOT_STORED = ClaimStatus(applied=False, gen=0, expired=False)
-
-
-def classify(doc: Mapping[str, Any] | None, now: datetime) -> ClaimStatus:
-    """Pure: the claim state of a stored ``events`` document (None: the event is gone — purged
-    after its retention — which counts as applied: nothing is left to do for it)."""
-    if doc is None:
-        return ClaimStatus(applied=True, gen=0, expired=False)
-    return ClaimStatus(
-        applied=bool(doc.get("applied")),
-        gen=int(doc.get("claim_gen") or 0),
-        expired=held_until_over(doc, now, "claim_"),
-        done=frozenset(str(s) for s in doc.get("done") or ()),
-        about=stored_about(doc),
-        marks=frozenset(str(m) for m in doc.get("claim_marks") or ()),
-    )
-
-
-def reused(status: Mapping[str, ClaimStatus], posted: Mapping[str, Event]) -> list[str]:
-    """Pure: the ids whose stored event is about something other than the one ``posted``
-    with that id (not a retry of it)."""
-    return [i for i, st in status.items() if st.about is not None and st.about != about(posted[i])]
 
 
 def _arbiter(event_id: str, gen: int) -> str:
@@ -163,7 +124,7 @@ class EventClaims:
         if not wanted:
             return {}
         with backend_errors("event claim lookup failed"):
-            docs = await self.events.find({"_id": {"$in": wanted}}, projection=_PROJECTION).to_list(
+            docs = await self.events.find({"_id": {"$in": wanted}}, projection=PROJECTION).to_list(
                 None
             )
         now, found = datetime.now(UTC), {d["_id"]: d for d in docs}
@@ -181,7 +142,8 @@ class EventClaims:
         taker of ``g + 1`` may itself have died before updating the event: its arbiter's own
         expiry decides whether ``g + 2`` may be tried.
         """
-        want = {i: g + 1 for i, g in expired.items()}
+        live = await self._arbiters_live({i: g for i, g in expired.items() if g > 0})
+        want = {i: g + 1 for i, g in expired.items() if i not in live}
         won: dict[str, int] = {}
         for _ in range(_MAX_GENERATIONS):
             if not want:
@@ -256,19 +218,41 @@ class EventClaims:
                 marks[str(d["event"])].add(str(d["mark"]))
         return {i: replace(st, marks=st.marks | marks[i]) for i, st in status.items()}
 
+    async def _arbiters_live(self, gens: Mapping[str, int]) -> set[str]:
+        """Of events whose claim on the event expired (``{id: generation}``, taken over before:
+        generation > 0), those whose generation's arbiter still holds: its holder renews it
+        apart from the event (:meth:`renewing`), so a claim on the event that lags behind —
+        its renewal queued behind this process's other updates of the events — is not taken
+        from a holder at work. One ``find`` by ``_id``."""
+        if not gens:
+            return set()
+        wanted = [_arbiter(i, g) for i, g in gens.items()]
+        with backend_errors("event claim lookup failed"):
+            docs = await self.arbiters.find({"_id": {"$in": wanted}}).to_list(None)
+        now = datetime.now(UTC)
+        return {str(d["event"]) for d in docs if not held_until_over(d, now)}
+
     async def renew(self, ids: Sequence[str], token: str) -> None:
-        """Push the expiry of this holder's claims (and its arbiters) one lease ahead."""
-        expires = self.expiry()
+        """Push the expiry of this holder's claims (its arbiters first) one lease ahead."""
+        await self._renew_arbiters(ids)
+        await self._renew_events(ids, token)
+
+    async def _renew_events(self, ids: Sequence[str], token: str) -> None:
         with backend_errors("event claim renewal failed"):
             async with self._updating:
                 await self.events.update_many(
                     {"_id": {"$in": list(ids)}, "claim_owner": token},
-                    {"$set": {"claim_expires": expires}},
+                    {"$set": {"claim_expires": self.expiry()}},
                 )
-            held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
-            if held:
+
+    async def _renew_arbiters(self, ids: Sequence[str]) -> None:
+        """Renew the arbiters of the generations this process holds among ``ids`` (by ``_id``
+        alone: an arbiter is inserted once, by the one taker that won its generation)."""
+        held = [_arbiter(i, self._held[i]) for i in ids if i in self._held]
+        if held:
+            with backend_errors("event claim renewal failed"):
                 await self.arbiters.update_many(
-                    {"_id": {"$in": held}, "owner": token}, {"$set": {"expires": expires}}
+                    {"_id": {"$in": held}}, {"$set": {"expires": self.expiry()}}
                 )
 
     async def release(
@@ -362,10 +346,21 @@ class EventClaims:
                     {"$addToSet": {"done": str(effect)}},
                 )
 
-    def renewing(self, ids: Sequence[str], token: str) -> Any:
+    @contextlib.asynccontextmanager
+    async def renewing(self, ids: Sequence[str], token: str) -> AsyncIterator[None]:
         """Renew the claims on ``ids`` every ``lease_s / 3`` while the block runs (a failed
-        round is retried by the next)."""
-        return renewing(lambda: self.renew(ids, token), self.lease_s / 3)
+        round is retried by the next): the arbiters in a loop of their own, which no update
+        of the events waits for. The events' renewals queue behind this process's other
+        updates of the events (one at a time); on a store slowed to seconds an update
+        (bench/chaos.py, seed 46, the faults over and the clients retrying), they came later
+        than a lease, and the taker's taker's taker... each fenced the one before: 350
+        events took 10 minutes to drain. A live arbiter keeps the claim (:meth:`take_over`)."""
+        every = self.lease_s / 3
+        async with (
+            renewing(lambda: self._renew_arbiters(ids), every),
+            renewing(lambda: self._renew_events(ids, token), every),
+        ):
+            yield
 
     async def mark(self, ids: Sequence[str], token: str) -> set[str]:
         """Mark this holder's events applied (one ``update_many``: a bulk of point updates on
@@ -373,17 +368,23 @@ class EventClaims:
         for them. An event another call took over meanwhile (this one stalled past its lease)
         is not marked: its taker fenced this call's counter writes, which were no-ops, and
         applies it (marked here, nobody would have counted it). Returns those not marked (read
-        only when fewer than all were): not applied by this call."""
+        only when fewer than all were): not applied by this call. An event whose next
+        generation's arbiter exists was taken over, whatever its ``claim_owner`` says (FerretDB:
+        an update that read it before the taker's record can write over that record; a holder
+        woken from a stall marked 13 events a taker had fenced, under load)."""
         with backend_errors("marking events applied failed"):
+            nxt = {_arbiter(i, self._held.get(i, 0) + 1): i for i in ids}
+            found = await self.arbiters.find({"_id": {"$in": list(nxt)}}, {"_id": 1}).to_list(None)
+            lost = {nxt[str(d["_id"])] for d in found}
+            keep = [i for i in ids if i not in lost]
             async with self._updating:
                 res = await self.events.update_many(
-                    {"_id": {"$in": list(ids)}, "claim_owner": token}, {"$set": {"applied": True}}
+                    {"_id": {"$in": keep}, "claim_owner": token}, {"$set": {"applied": True}}
                 )
-            lost: set[str] = set()
-            if res.modified_count < len(set(ids)):
-                others = {"_id": {"$in": list(ids)}, "claim_owner": {"$ne": token}}
+            if res.modified_count < len(set(keep)):
+                others = {"_id": {"$in": keep}, "claim_owner": {"$ne": token}}
                 taken = await self.events.find(others, projection={"_id": 1}).to_list(None)
-                lost = {str(d["_id"]) for d in taken}
+                lost |= {str(d["_id"]) for d in taken}
         # an event not marked keeps this holder's arbiter: its mark, for the next taker
         held = [(i, _arbiter(i, self._held.pop(i))) for i in ids if i in self._held]
         if dropped := [a for i, a in held if i not in lost]:

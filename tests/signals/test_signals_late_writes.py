@@ -276,7 +276,8 @@ async def test_a_holder_whose_claims_were_taken_over_does_not_mark_the_events_ap
             async def stalled(*_a: Any, **_k: Any) -> None:  # renewals stop: a paused process
                 return None
 
-            monkeypatch.setattr(holder.claims, "renew", stalled)
+            for renew in ("_renew_events", "_renew_arbiters"):  # both renewal loops
+                monkeypatch.setattr(holder.claims, renew, stalled)
             slow.hang_if = _bulks
             stuck = asyncio.ensure_future(holder.apply(batch))
             await _until(lambda: _hung(slow, 2))
