@@ -63,7 +63,7 @@ async def bounded(step: Awaitable[T], timeout_s: float, stop_s: float = 1.0) -> 
     finally:  # also when this caller is cancelled: the step does not outlive it
         if not task.done():
             await stop_tasks([task], stop_s)
-    if task.cancelled():
+    if not task.done() or task.cancelled():  # one still going past ``stop_s`` is left cancelled
         raise TimeoutError(f"cut short after {timeout_s:g} s")
     return task.result()
 
