@@ -344,7 +344,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             writer.join(10)
             if api.proc.poll() is not None:
                 truth.violate("serve_exited", api.proc.returncode)
+            settling = time.monotonic()
             final = await settle(s, truth, client, key)
+            final["settle_s"] = round(time.monotonic() - settling, 1)  # the backlog's drain
         slack = s.exposure_flush_s + s.signal_copies_s + 2.0
         windows = [
             (truth.t0 + a, truth.t0 + a + {"kill_api_worker": 30.0, "kill_api": 90.0}.get(k, d))

@@ -388,6 +388,8 @@ def cap_overruns(
         if cap is None or len(ts) <= cap:
             continue
         reached = ts[cap - 1][0]
+        past = [t for t, unchecked in ts[cap:] if not unchecked]
+        truth.stats["cap_serves_past_cap"] += len(past)  # within the slack too: measured
         late = [t for t, unchecked in ts[cap:] if t > reached + slack_s and not unchecked]
         judged = [t for t in late if not any(a < t and b > reached - slack_s for a, b in faults)]
         truth.stats["cap_overruns_in_fault_windows"] += len(late) - len(judged)
