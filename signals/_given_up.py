@@ -62,8 +62,8 @@ def raw_event(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def member_batches(docs: Sequence[Mapping[str, Any]], size: int = BATCH) -> list[list[int]]:
     """Pure: the positions of ``docs`` (stored events) in batches of at most ``size``, each
-    member's events together and in the order given (a member with more than ``size``: in
-    batches of their own)."""
+    member's events together and in the order given (a member with more than ``size`` fills
+    whole batches of their own first)."""
     by_member: dict[Any, list[int]] = {}
     for k, d in enumerate(docs):
         by_member.setdefault(d.get("user_id"), []).append(k)
@@ -86,12 +86,12 @@ async def apply_batches(
 
     A call fails as a whole: one of its events taken over by another call (a client's retry,
     another process's sweep; its counter write then refused), a write timed out. In one call,
-    the few events a client retried failed hundreds beside them, sweep after sweep
-    (bench/chaos.py, seed 46: 350 events took 10 minutes to drain once the faults stopped).
-    So a batch that fails gives up its own events only and the next batches are applied all
-    the same; two failing in a row stop the round (the backends failing, not one batch
-    contended: the next round tries the rest). Returns the sums of the calls' results (the
-    rejections by their position in ``docs``) and the first failure."""
+    a few contended events failed hundreds beside them, sweep after sweep (bench/chaos.py,
+    seed 46, once the faults stopped). So a batch that fails gives up its own events only
+    and the next batches are applied all the same; two failing in a row stop the round (the
+    backends failing, not one batch contended: the next round tries the rest). Returns the
+    sums of the calls' results (the rejections by their position in ``docs``) and the first
+    failure."""
     out, failed, in_a_row = EventsResult(), None, 0
     for batch in member_batches(docs, size):
         try:
