@@ -348,6 +348,15 @@ async def test_a_json_object_naming_a_key_twice_is_422(
     assert (ok.json()["accepted"], ok.json()["duplicates"]) == (2, 0), ok.text
 
 
+def _member_with_profile(catalogue: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """A member of ``catalogue`` who has a profile: their id, their profile, the others'."""
+    users = catalogue["users"]
+    member = next(u for u in users if u.get("profile_id"))
+    uid = member["_id"]
+    others = [u["profile_id"] for u in users if u.get("profile_id") and u["_id"] != uid]
+    return uid, member["profile_id"], others
+
+
 async def test_an_event_about_the_members_own_profile_is_rejected(
     api_settings: Settings,
     api_catalogue: dict[str, Any],
@@ -359,10 +368,8 @@ async def test_an_event_about_the_members_own_profile_is_rejected(
     and a click or a hide put it in their own positives or negatives. Such an event is
     ``rejected`` with the reason, nothing of it recorded; the same event about another
     member's profile is accepted."""
-    users = api_catalogue["users"]
-    member = next(u for u in users if u.get("profile_id"))
-    uid, own = member["_id"], member["profile_id"]
-    other = next(u["profile_id"] for u in users if u.get("profile_id") and u["_id"] != uid)
+    uid, own, others = _member_with_profile(api_catalogue)
+    other = others[0]
     mine = [_event(type=t, user_id=uid, item_id=own) for t in ("like", "match", "click", "hide")]
     theirs = _event(type="like", user_id=uid, item_id=other)
     async with serve(api_settings) as client:
@@ -389,10 +396,7 @@ async def test_an_id_posted_for_a_rejected_event_and_a_valid_one_names_the_valid
     event before the reads rejected it, so the valid one was rejected as a reuse of an id
     nothing is stored under, and lost (bench/chaos.py, seed 41). The valid one is accepted;
     the batch posted again answers the same (its event a duplicate, applied once)."""
-    users = api_catalogue["users"]
-    member = next(u for u in users if u.get("profile_id"))
-    uid, own = member["_id"], member["profile_id"]
-    others = [u["profile_id"] for u in users if u.get("profile_id") and u["_id"] != uid]
+    uid, own, others = _member_with_profile(api_catalogue)
     async with serve(api_settings) as client:
         for bad_item, good_item in ((own, others[0]), (f"nope-{uuid.uuid4().hex}", others[1])):
             good = _event(type="like", user_id=uid, item_id=good_item)
