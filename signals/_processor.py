@@ -49,9 +49,9 @@ written over by a concurrent one dropped it, and the next taker counted its writ
 A counters ``_bulk`` applied in part is read item by item: the events whose items it wrote
 record it done, those it names unsure are fenced by their mark (a 429 retry round, ``_apply``).
 Raw events expire through a TTL index on ``ts``; a periodic sweep (:meth:`EventProcessor.sweep`,
-in each API process from 5 s after start) applies expired claims nobody retried; the events of
-this process's failed calls are applied again by the process as soon as the backends answer
-(:meth:`EventProcessor.retry_given_up_forever`, ``_given_up``).
+in each API process from 5 s after start) applies expired claims nobody retried (and purges
+expired events without TTL indexes); the events of this process's failed calls are applied again
+as soon as the backends answer (:meth:`EventProcessor.retry_given_up_forever`, ``_given_up``).
 """
 
 from __future__ import annotations
@@ -89,9 +89,8 @@ from ._user_state import UserStateStore
 
 __all__ = ["EVENTS", "EventProcessor"]
 
-#: the background recovery sweep's first run after a process starts (``recover_forever``):
-#: soon enough that events a killed process left claimed are applied seconds after a
-#: restart, late enough not to compete with the start-up work
+#: the background recovery sweep's first run after a process starts (``recover_forever``): soon
+#: enough to apply what a killed process left seconds after a restart, after the start-up work
 RECOVER_FIRST_S = 5.0
 log = logging.getLogger("opendisco.signals")
 
@@ -169,8 +168,7 @@ class EventProcessor:
             await asyncio.wait(list(self._releasing))
 
     async def purge_expired(self, now: datetime | None = None) -> int:
-        """Delete raw events older than the retention (what a TTL index does); returns count.
-        Safe for idempotency: an event that old is rejected by validation anyway."""
+        """Delete events older than the retention (a TTL index's job; validation rejects them)."""
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.cfg.ttl_days)
         with backend_errors("purging expired events failed"):
             res = await self.events.delete_many({"ts": {"$lt": cutoff}})
@@ -201,11 +199,16 @@ class EventProcessor:
         return False
 
     async def sweep(self) -> None:
-        """One recovery sweep: events whose claim expired (:meth:`recover_expired`), then user
-        states whose vectors are to be folded again (:meth:`repair_vectors`)."""
-        self._last_recover = time.monotonic()  # the in-call trigger waits a cadence
-        await self.recover_expired()
-        await self.repair_vectors()
+        """One recovery sweep: :meth:`recover_expired`, :meth:`repair_vectors`, without TTL indexes
+        :meth:`purge_expired` every ``purge_every_s`` (a FerretDB scan: no client's call waits)."""
+        self._last_recover = now = time.monotonic()  # the in-call trigger waits a cadence
+        try:
+            await self.recover_expired()
+            await self.repair_vectors()
+        finally:
+            if not self.native_ttl and now - self._last_purge > self.cfg.purge_every_s:
+                self._last_purge = now
+                await self.purge_expired()
 
     async def repair_vectors(self, limit: int = 100) -> int:
         """Fold again the vectors of up to ``limit`` members (:func:`~._repair.repair_vectors`)."""
@@ -246,7 +249,7 @@ class EventProcessor:
         """Indexes: TTL on ``events.ts``, lookups on user/type, graph collections, exposure.
 
         Where the server has no TTL indexes (FerretDB 1.x) a plain ``ts`` index is created and
-        :meth:`purge_expired` runs from :meth:`apply` at most every ``purge_every_s``. The
+        :meth:`purge_expired` runs from :meth:`sweep` at most every ``purge_every_s``. The
         exposure counters index is the engine's: while the engine fails it is tried again by
         the next call, events that need no engine write (blocks, hides, passes) are applied
         meanwhile and the others fail before any write (a counter write must not create the
@@ -281,9 +284,6 @@ class EventProcessor:
         if not self._ready:
             await self.ensure()
         now = now or datetime.now(UTC)
-        if not self.native_ttl and time.monotonic() - self._last_purge > self.cfg.purge_every_s:
-            self._last_purge = time.monotonic()
-            await self.purge_expired(now)
         if time.monotonic() - self._last_recover > self.settings.events_recover_every_s:
             await self._sweep_logged("the batch applies all the same")
         if len(events) > self.cfg.max_batch:

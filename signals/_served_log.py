@@ -49,8 +49,9 @@ already computed (no copy, no encoding) and returns; a background flusher encode
 command. Append-only: documents are never updated.
 
 **Retention.** ``days``: a TTL index on ``at`` where the server has them; on FerretDB (no TTL
-indexes, see :class:`~opendisco._store.StoreCapabilities`) the flusher deletes expired lists at
-most every ``purge_every_s`` (the events processor's fallback).
+indexes, see :class:`~opendisco._store.StoreCapabilities`) the flusher starts a delete of the
+expired lists at most every ``purge_every_s`` (the events processor's fallback), beside it:
+never waited on (a delete has no write timeout), cancelled by :meth:`ServedLog.drain`.
 
 Why this module is long: the writer's failure handling (the queue, the spool, the store's
 refusals, a drain cut short) is one state machine, read and reviewed in one place.
@@ -126,6 +127,7 @@ class ServedLog:
         self._ready = False
         self._native_ttl = True
         self._last_purge = 0.0
+        self._purging: asyncio.Task[None] | None = None  # the purge running beside the flusher
         self.written = 0
         self.dropped = 0
         self.failed = 0  # write attempts (in lists) the store refused; retried, not lost
@@ -367,11 +369,22 @@ class ServedLog:
                 self._last_adopt = time.monotonic()
                 self.spool.adopt()  # a process killed beside this one
             if not self._native_ttl and time.monotonic() - self._last_purge > self.purge_every_s:
-                self._last_purge = time.monotonic()
-                try:
-                    await self.purge_expired()
-                except Exception as exc:
-                    log.warning("served-list purge failed: %r", exc)
+                self._purge_beside()
+
+    def _purge_beside(self) -> None:
+        """Start a purge beside the flusher, unless one still runs: a delete has no write
+        timeout, and a store gone silent under it held the flusher until the socket timeout
+        (10 s in the API) with the lists logged meanwhile in memory, lost on a kill -9."""
+        if self._purging is not None and not self._purging.done():
+            return
+        self._last_purge = time.monotonic()
+        self._purging = asyncio.get_running_loop().create_task(self._purge())
+
+    async def _purge(self) -> None:
+        try:
+            await self.purge_expired()
+        except Exception as exc:
+            log.warning("served-list purge failed: %r", exc)
 
     async def drain(self) -> None:
         """Write everything queued now and stop the flusher (shutdown, end of an evaluation:
@@ -389,6 +402,8 @@ class ServedLog:
         batch in flight and the lists queued behind it are spooled, not lost."""
         task, self._task = self._task, None
         ran = task is not None and not task.done()
+        if self._purging is not None:  # housekeeping, retried by the next process
+            self._purging.cancel()
         why = "the drain was cancelled"
         try:
             if ran:

@@ -5,12 +5,14 @@ process's only recovery until its restart) nor fails the batch of the call that 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from opendisco import Settings, StoreBackendError, clients
-from opendisco.signals import EventProcessor
+from opendisco.signals import EventProcessor, EventsResult
 
 
 @pytest.fixture
@@ -132,3 +134,35 @@ async def test_the_background_recovery_starts_after_a_failed_set_up(
         await mongo.drop_database(s.mongo_db)
         await mongo.close()
         await os_client.close()
+
+
+async def test_expired_events_are_purged_by_the_sweep_and_never_in_a_clients_call(
+    processor: EventProcessor,
+) -> None:
+    """Without TTL indexes (FerretDB) the expired events are deleted every ``purge_every_s``.
+    The delete ran inside a client's ``apply`` (a scan: that call waited for it, and failed
+    when it failed); the recovery sweep runs it now, and a sweep whose recovery fails still
+    purges."""
+    if processor.native_ttl:
+        pytest.skip("the store's TTL index expires the events")
+    now = datetime.now(UTC)
+    old = now - timedelta(days=processor.cfg.ttl_days + 1)
+    docs = [{"_id": "old-1", "ts": old}, {"_id": "old-2", "ts": old}, {"_id": "new-1", "ts": now}]
+    await processor.events.insert_many(docs)
+    processor.cfg = processor.cfg.model_copy(update={"purge_every_s": 0.01})
+    processor.settings = processor.settings.model_copy(update={"events_recover_every_s": 300.0})
+    processor._last_recover = time.monotonic()  # no in-call sweep is due
+    processor._last_purge = float("-inf")  # the purge is due
+    res = await processor.apply([{"type": "like", "user_id": "u1"}])  # no item_id: rejected
+    assert len(res.rejected) == 1
+    ids = {d["_id"] async for d in processor.events.find({}, {"_id": 1})}
+    assert {"old-1", "old-2", "new-1"} <= ids  # the call did not wait for a purge
+
+    async def failing() -> EventsResult:
+        raise StoreBackendError("a batch of the recovery failed")
+
+    processor.recover_expired = failing  # type: ignore[method-assign]
+    with pytest.raises(StoreBackendError):
+        await processor.sweep()
+    ids = {d["_id"] async for d in processor.events.find({}, {"_id": 1})}
+    assert "new-1" in ids and not {"old-1", "old-2"} & ids

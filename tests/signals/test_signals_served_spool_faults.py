@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from served_lists import served_list, until
-from tcp_faults import store_proxy
+from tcp_faults import command_on, store_proxy
 
 from opendisco import Settings, clients
 from opendisco.signals import SERVED_LISTS, ServedLog, ServedSpool, spool_dir
@@ -196,6 +196,39 @@ async def test_lists_logged_on_a_silent_store_are_spooled_within_the_write_timeo
         assert await _ids(db) == {"before", *(f"silent-{j}" for j in range(6))}
         assert log.written - 1 + log.duplicates == 6  # each spooled list stored once
         await asyncio.wait_for(log.drain(), 20)
+        log.close_spool()
+    finally:
+        await proxy.close()
+        await mongo.close()
+
+
+async def test_a_purge_held_by_the_store_does_not_hold_the_lists_logged_behind_it(
+    spooled: tuple[Settings, Any],
+) -> None:
+    """Where the store has no TTL index (FerretDB, which the suite runs) the flusher deletes
+    expired lists itself every ``purge_every_s``. That delete is no write of lists and had no
+    write timeout: a store gone silent under it held the flusher until the socket timeout
+    (300 s here, 10 s in the API), the lists logged meanwhile in memory, lost on a kill -9
+    (the test above timed out so under the suite's load: its first purge was in flight when
+    the proxy paused). The purge runs beside the flusher now. Here the purge's delete alone
+    is held: every list logged behind it is written all the same."""
+    s, db = spooled
+    proxy = await store_proxy(s.mongo_url)
+    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
+    try:
+        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05, write_timeout_s=1.0)
+        log.attach_spool(ServedSpool.for_settings(s))
+        proxy.hold_if = command_on("delete", SERVED_LISTS)
+        log.log(served_list("before"))  # written, then the first purge: held
+        await until(lambda: log.written == 1)
+        await asyncio.sleep(0.3)
+        for j in range(5):
+            log.log(served_list(f"behind-{j}"))
+        await until(lambda: log.written == 6 and log.pending == 0, timeout=10)
+        assert (log.spooled, log.dropped) == (0, 0)
+        proxy.release()
+        await asyncio.wait_for(log.drain(), 20)
+        assert await _ids(db) == {"before", *(f"behind-{j}" for j in range(5))}
         log.close_spool()
     finally:
         await proxy.close()
