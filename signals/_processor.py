@@ -89,8 +89,7 @@ from ._user_state import UserStateStore
 
 __all__ = ["EVENTS", "EventProcessor"]
 
-#: the background recovery sweep's first run after a process starts (``recover_forever``): soon
-#: enough to apply what a killed process left seconds after a restart, after the start-up work
+#: the background sweep's first run after a start: what a killed process left, in seconds
 RECOVER_FIRST_S = 5.0
 log = logging.getLogger("opendisco.signals")
 
@@ -205,8 +204,9 @@ class EventProcessor:
         try:
             await self.recover_expired()
             await self.repair_vectors()
-        finally:
-            if not self.native_ttl and now - self._last_purge > self.cfg.purge_every_s:
+        finally:  # not once cancelled (a process stopping): it would wait for the scan
+            off = self.native_ttl or ((task := asyncio.current_task()) and task.cancelling())
+            if not off and now - self._last_purge > self.cfg.purge_every_s:
                 self._last_purge = now
                 await self.purge_expired()
 

@@ -142,7 +142,7 @@ async def test_expired_events_are_purged_by_the_sweep_and_never_in_a_clients_cal
     """Without TTL indexes (FerretDB) the expired events are deleted every ``purge_every_s``.
     The delete ran inside a client's ``apply`` (a scan: that call waited for it, and failed
     when it failed); the recovery sweep runs it now, and a sweep whose recovery fails still
-    purges."""
+    purges (one cancelled does not: a process stopping)."""
     if processor.native_ttl:
         pytest.skip("the store's TTL index expires the events")
     now = datetime.now(UTC)
@@ -160,6 +160,19 @@ async def test_expired_events_are_purged_by_the_sweep_and_never_in_a_clients_cal
 
     async def failing() -> EventsResult:
         raise StoreBackendError("a batch of the recovery failed")
+
+    async def stalled() -> EventsResult:
+        await asyncio.sleep(60)
+        raise AssertionError("not cancelled")
+
+    processor.recover_expired = stalled  # type: ignore[method-assign]
+    sweep = asyncio.create_task(processor.sweep())
+    await asyncio.sleep(0.1)
+    sweep.cancel()  # a process stopping: its sweep does not start a purge to wait for
+    with pytest.raises(asyncio.CancelledError):
+        await sweep
+    ids = {d["_id"] async for d in processor.events.find({}, {"_id": 1})}
+    assert {"old-1", "old-2", "new-1"} <= ids
 
     processor.recover_expired = failing  # type: ignore[method-assign]
     with pytest.raises(StoreBackendError):

@@ -5,8 +5,10 @@ paused at shutdown, a spool that cannot write, a list that cannot be encoded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -22,6 +24,21 @@ async def _ids(db: Any) -> set[str]:
     return {d["_id"] async for d in db[SERVED_LISTS].find({}, {"_id": 1})}
 
 
+@contextlib.asynccontextmanager
+async def _proxied_log(s: Settings, **kw: Any) -> AsyncIterator[tuple[Any, ServedLog]]:
+    """A served-list log (a flush every 50 ms) with its spool, writing through a TCP proxy of
+    the store: ``(proxy, log)``; the proxy and the client closed at the end."""
+    proxy = await store_proxy(s.mongo_url)
+    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
+    try:
+        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05, **kw)
+        log.attach_spool(ServedSpool.for_settings(s))
+        yield proxy, log
+    finally:
+        await proxy.close()
+        await mongo.close()
+
+
 async def test_a_drain_cut_short_by_a_paused_store_spools_what_it_held(
     spooled: tuple[Settings, Any],
 ) -> None:
@@ -31,11 +48,7 @@ async def test_a_drain_cut_short_by_a_paused_store_spools_what_it_held(
     drain never reached its spilling); now the cancelled drain spools them and the next
     process writes every one."""
     s, db = spooled
-    proxy = await store_proxy(s.mongo_url)
-    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
-    try:
-        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
-        log.attach_spool(ServedSpool.for_settings(s))
+    async with _proxied_log(s) as (proxy, log):
         log.log(served_list("before"))
         await until(lambda: log.written == 1)
         proxy.pause()
@@ -48,10 +61,6 @@ async def test_a_drain_cut_short_by_a_paused_store_spools_what_it_held(
             await asyncio.wait_for(log.drain(), 1.0)
         assert (log.spooled, log.dropped, log.pending) == (8, 0, 0)
         log.close_spool()
-    finally:
-        await proxy.resume()
-        await proxy.close()
-        await mongo.close()
 
     direct = clients.mongo_async(s)
     try:
@@ -74,11 +83,7 @@ async def test_a_spool_that_cannot_write_does_not_stop_the_log_after_the_outage(
     probed the store — and every later list was dropped though the store was back; now a
     list is queued when nothing is spooled, and its write finds the store."""
     s, db = spooled
-    proxy = await store_proxy(s.mongo_url)
-    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
-    try:
-        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05)
-        log.attach_spool(ServedSpool.for_settings(s))
+    async with _proxied_log(s) as (proxy, log):
         log.log(served_list("before"))
         await until(lambda: log.written == 1)
         shutil.rmtree(spool_dir(s))
@@ -94,9 +99,6 @@ async def test_a_spool_that_cannot_write_does_not_stop_the_log_after_the_outage(
         assert await _ids(db) == {"before", "down-1", "after-0", "after-1", "after-2"}
         await asyncio.wait_for(log.drain(), 20)
         log.close_spool()
-    finally:
-        await proxy.close()
-        await mongo.close()
 
 
 async def test_a_list_that_cannot_be_encoded_is_dropped_not_raised_nor_retried(
@@ -144,11 +146,7 @@ async def test_the_queue_bound_drops_nothing_while_a_write_hangs(
     overflowed it was dropped though a spool was there; now it is spooled, and written back
     with the rest once the store answers."""
     s, db = spooled
-    proxy = await store_proxy(s.mongo_url)
-    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
-    try:
-        log = ServedLog(mongo[s.mongo_db], max_queue=3, flush_every_s=0.05)
-        log.attach_spool(ServedSpool.for_settings(s))
+    async with _proxied_log(s, max_queue=3) as (proxy, log):
         log.log(served_list("before"))
         await until(lambda: log.written == 1)
         proxy.pause()
@@ -162,9 +160,6 @@ async def test_the_queue_bound_drops_nothing_while_a_write_hangs(
         assert await _ids(db) == {"before", *(f"silent-{j}" for j in range(10))}
         await asyncio.wait_for(log.drain(), 20)
         log.close_spool()
-    finally:
-        await proxy.close()
-        await mongo.close()
 
 
 async def test_lists_logged_on_a_silent_store_are_spooled_within_the_write_timeout(
@@ -176,11 +171,7 @@ async def test_lists_logged_on_a_silent_store_are_spooled_within_the_write_timeo
     after ``write_timeout_s`` has failed: the batch and the queue behind it are spooled, and
     every later list as it is logged."""
     s, db = spooled
-    proxy = await store_proxy(s.mongo_url)
-    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
-    try:
-        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05, write_timeout_s=1.0)
-        log.attach_spool(ServedSpool.for_settings(s))
+    async with _proxied_log(s, write_timeout_s=1.0) as (proxy, log):
         log.log(served_list("before"))
         await until(lambda: log.written == 1)
         proxy.pause()
@@ -197,9 +188,6 @@ async def test_lists_logged_on_a_silent_store_are_spooled_within_the_write_timeo
         assert log.written - 1 + log.duplicates == 6  # each spooled list stored once
         await asyncio.wait_for(log.drain(), 20)
         log.close_spool()
-    finally:
-        await proxy.close()
-        await mongo.close()
 
 
 async def test_a_purge_held_by_the_store_does_not_hold_the_lists_logged_behind_it(
@@ -213,11 +201,7 @@ async def test_a_purge_held_by_the_store_does_not_hold_the_lists_logged_behind_i
     the proxy paused). The purge runs beside the flusher now. Here the purge's delete alone
     is held: every list logged behind it is written all the same."""
     s, db = spooled
-    proxy = await store_proxy(s.mongo_url)
-    mongo = clients.mongo_async(s.model_copy(update={"mongo_url": proxy.mongo_url}))
-    try:
-        log = ServedLog(mongo[s.mongo_db], flush_every_s=0.05, write_timeout_s=1.0)
-        log.attach_spool(ServedSpool.for_settings(s))
+    async with _proxied_log(s, write_timeout_s=1.0) as (proxy, log):
         proxy.hold_if = command_on("delete", SERVED_LISTS)
         log.log(served_list("before"))  # written, then the first purge: held
         await until(lambda: log.written == 1)
@@ -230,6 +214,3 @@ async def test_a_purge_held_by_the_store_does_not_hold_the_lists_logged_behind_i
         await asyncio.wait_for(log.drain(), 20)
         assert await _ids(db) == {"before", *(f"behind-{j}" for j in range(5))}
         log.close_spool()
-    finally:
-        await proxy.close()
-        await mongo.close()
