@@ -16,8 +16,10 @@ too (its updates are not: they are read-modify-writes). A lease is a *term* docu
   the past), so there is never a write-write race on one document;
 * the highest term is the holder. A worker applies a partition only while its own renewal
   is younger than ``sync_lease_seconds`` minus a safety margin (checked before every bulk),
-  and a contender takes over only after ``expires`` has passed, so two workers never apply
-  one partition at once (clocks of the machines agreeing to within the margin).
+  a renewal that ends later than that gives the partitions up (it may land after a
+  contender read the term expired), and a contender takes over only after ``expires`` has
+  passed, so two workers never apply one partition at once (clocks of the machines agreeing
+  to within the margin).
 
 Workers register in ``sync_workers`` (``{_id: worker, scope, expires}``, each written only by
 its own worker) and hold about ``ceil(P / live workers)`` partitions each: a worker above its
@@ -129,7 +131,10 @@ class PartitionLeases:
         return max(1, len(docs) - len(dead))
 
     async def renew(self) -> None:
-        """Push the expiry of every held term; drop partitions a higher term has taken."""
+        """Push the expiry of every held term; drop partitions a higher term has taken, and
+        give them all up when the renewal ended after this worker's validity: a contender may
+        have read a term expired meanwhile and be inserting the next one, which a read of the
+        terms here can precede (a late renewal kept the old term beside the new holder's)."""
         started = time.monotonic()
         now = datetime.now(UTC)
         if self.held:
@@ -141,6 +146,9 @@ class PartitionLeases:
                 for p, t in sorted(self.held.items())
             ]
             await bulk_write_chunked(self.db[LEASES], ops)
+            if time.monotonic() > self._valid_until:
+                log.warning("worker %s: lease renewal came too late", self.worker)
+                await self.release()  # expired now: a newer term, if any, stays the highest
         terms, _ = await self._terms()
         for p, t in list(self.held.items()):
             cur = terms.get(p)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from ingest_support import OPENDISCO, worker_env
@@ -53,6 +54,35 @@ async def test_leases_split_fairly_and_are_taken_over_after_expiry(
         assert a.held == {}
         await b.leave()
         assert sorted(await a.rebalance(take_all=True)) == [0, 1, 2, 3]  # released: no wait
+    finally:
+        await a.leave()
+        await b.leave()
+
+
+async def test_a_renewal_that_lands_after_the_lease_expired_gives_the_partitions_up(
+    ingest_settings: Settings, async_db: Any
+) -> None:
+    """A holder's renewal that comes after its lease expired (a slow store, a starved
+    process) raced a contender: the contender read the term expired and inserted the next
+    one, the holder's renewal pushed the old term's expiry and its read of the terms came
+    before that insert, so it kept applying the partition beside the new holder (two workers
+    on one partition for ~20 ms, seen once in the kill -9 test below under CI's load). A
+    renewal that ends past the holder's validity now gives its partitions up."""
+    s = ingest_settings.model_copy(update={"sync_partitions": 2, "sync_lease_seconds": 1.5})
+    a, b = PartitionLeases(s, async_db, "worker-a"), PartitionLeases(s, async_db, "worker-b")
+    try:
+        assert sorted(await a.rebalance()) == [0, 1]
+        time.sleep(1.7)  # a renews no more: its terms expire
+        now = datetime.now(UTC)
+        terms, _ = await b._terms()  # b reads them expired...
+        assert all(t.expires < now for t in terms.values())
+        await a.renew()  # ...a's late renewal lands before b's inserts
+        for p, t in terms.items():
+            assert await b._take(p, t.term + 1, now)
+            b.held[p] = t.term + 1
+        assert not (a.valid and set(a.held) & set(b.held)), (a.held, b.held)
+        await a.renew()
+        assert a.held == {}
     finally:
         await a.leave()
         await b.leave()
