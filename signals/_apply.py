@@ -27,8 +27,8 @@ only: ``_graph``). An engine counter ``_bulk``
 applied in part records the effect on the events whose items it wrote (the counters are per
 item), so the taker adds only the items it did not — those it names unsure are fenced by
 their mark too (a 429 retry round that failed without an answer may have been applied). The
-co-engagement pairs are computed from the states as they were before the batch, whether or not
-a failed call merged it already.
+co-engagement pairs link each positive to those merged before it (``_graph.co_engagement_links``),
+whether or not a failed call merged the batch already and however calls split it since.
 
 While the engine cannot be read, the events' items come from MongoDB without their vectors
 (:func:`stored_items`): the effects that need no engine write (blocks, hides, passes, user

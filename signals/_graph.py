@@ -33,6 +33,7 @@ ended — and before its fence puts back the row it read, without what was writt
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
@@ -146,18 +147,29 @@ def co_engagement_links(
     fanout: int,
     linked: Container[str] | None = None,
 ) -> list[tuple[str, tuple[str, str, float]]]:
-    """Pure: each new positive linked to the member's ``fanout`` most recent earlier positives
-    (``states`` as they were before these events: entries of these events an earlier, failed
-    application merged are left out); with ``linked``, only those event ids' pairs. Each pair
-    with the id of the event that made it."""
+    """Pure: each new positive linked to the member's ``fanout`` most recent positives merged
+    before it: an event an earlier, failed application merged already, to those merged before
+    it (``applied`` order), whichever calls hold the others now; one this call merges, to every
+    stored positive and this call's earlier ones. Every application of an event makes the same
+    pairs and each pair is made once, by its later event, however the member's events are
+    split between calls (a cut at a call's first merged event left out what was merged after
+    it: the pairs between events two takers split were made by nobody). With ``linked``, only
+    those event ids' pairs. Each pair with the id of the event that made it."""
     links: list[tuple[str, tuple[str, str, float]]] = []
     for user, evs in by_user.items():
-        recent = states[user].recent_positive_ids_without({e["id"] for e in evs})[:fanout]
+        state = states[user]
+        order = {e: i for i, e in enumerate(state.applied)}
+        new = {e["id"] for e in evs if e["id"] not in order}
+        recent = state.positive_ids_merged_before(math.inf, new)[:fanout]
         for ev in sorted(evs, key=lambda e: e["ts"]):
-            if ev["weight"] > 0:
-                if linked is None or ev["id"] in linked:
-                    item = ev["item_id"]
-                    links += [(ev["id"], (item, r, 1.0)) for r in recent if r != item]
+            if ev["weight"] <= 0:
+                continue
+            merged = ev["id"] in order
+            before = state.positive_ids_merged_before(order[ev["id"]], new) if merged else recent
+            if linked is None or ev["id"] in linked:
+                item = ev["item_id"]
+                links += [(ev["id"], (item, r, 1.0)) for r in before[:fanout] if r != item]
+            if not merged:
                 recent = [ev["item_id"], *recent][:fanout]
     return links
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -108,21 +109,17 @@ class UserState:
 
     @property
     def recent_positive_ids(self) -> list[str]:
-        return self.recent_positive_ids_without(())
+        return self.positive_ids_merged_before(math.inf)
 
-    def recent_positive_ids_without(self, event_ids: Container[str]) -> list[str]:
-        """Positive item ids, most recent first, once each, as the state was before any of
-        ``event_ids`` was merged: their entries left out, and when an earlier (failed)
-        application merged some of them, also the entries merged after the first of those
-        (``applied`` is in merge order): another call's events, which linked themselves to
-        these already, are not linked again from the other side."""
+    def positive_ids_merged_before(self, index: float, leave_out: Container[str] = ()) -> list[str]:
+        """Positive item ids, most recent first, once each, of the entries merged before the
+        ``index``-th of ``applied`` (merge order; an entry whose event it no longer names was
+        merged before all), without those of the events ``leave_out``."""
         order = {e: i for i, e in enumerate(self.applied)}
-        mine = [i for e, i in order.items() if e in event_ids]
-        cut = min(mine) if mine else len(order)
         kept = (
             p["id"]
             for p in reversed(self.positives)
-            if p.get("e") not in event_ids and order.get(p.get("e"), -1) < cut
+            if p.get("e") not in leave_out and order.get(p.get("e"), -1) < index
         )
         return list(dict.fromkeys(kept))
 

@@ -102,6 +102,32 @@ def test_a_taker_does_not_link_back_to_what_another_call_merged_after_the_failed
     ]
 
 
+def test_a_batch_merged_by_a_failed_call_and_split_between_two_takers_links_each_pair_once() -> (
+    None
+):
+    """Three clients posting one batch: the first call merged the member's events (two views
+    and three positives, in order) and failed before its graph write; two takers then split
+    the events. Each took its own first merged event as the cut and left out what was merged
+    after it, though no other call had linked those: the pairs between events of different
+    takers were made by nobody (seen in test_api_events_concurrent, ``both killed``, once the
+    claims' updates were fast). Each event now links to the positives merged before it."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    kinds = [("v0", "i0", 0.0), ("v1", "i1", 0.0), ("j2", "a", 1.0), ("j3", "b", 0.5)]
+    evs = [
+        {"id": e, "item_id": item, "ts": t0, "weight": w}
+        for e, item, w in [*kinds, ("j4", "c", 1.0)]
+    ]
+    positives = [{"e": e["id"], "id": e["item_id"], "ts": t0, "w": 1.0} for e in evs[2:]]
+    merged = UserState(user_id="u", positives=positives, applied=[e["id"] for e in evs])
+    first = {"u": UserState(user_id="u")}
+    whole = co_engagement_pairs(first, {"u": evs}, 10)
+    assert sorted(whole) == [("b", "a", 1.0), ("c", "a", 1.0), ("c", "b", 1.0)]
+    for one, other in [([0, 2, 4], [1, 3]), ([0, 2], [1, 3, 4]), ([1, 4], [0, 2, 3])]:
+        split = co_engagement_pairs({"u": merged}, {"u": [evs[i] for i in one]}, 10)
+        split += co_engagement_pairs({"u": merged}, {"u": [evs[i] for i in other]}, 10)
+        assert sorted(split) == sorted(whole), (one, other)
+
+
 def test_a_row_that_keeps_an_earlier_writers_mark_is_not_given_its_pairs_again() -> None:
     """The call taking events over leaves out, row by row, the increments of pairs whose
     event's earlier holder wrote that row (its mark kept): a write cut part-way is completed,
