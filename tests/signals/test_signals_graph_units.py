@@ -102,9 +102,7 @@ def test_a_taker_does_not_link_back_to_what_another_call_merged_after_the_failed
     ]
 
 
-def test_a_batch_merged_by_a_failed_call_and_split_between_two_takers_links_each_pair_once() -> (
-    None
-):
+def test_a_batch_merged_by_a_failed_call_then_split_by_two_takers_links_each_pair_once() -> None:
     """Three clients posting one batch: the first call merged the member's events (two views
     and three positives, in order) and failed before its graph write; two takers then split
     the events. Each took its own first merged event as the cut and left out what was merged
@@ -112,11 +110,14 @@ def test_a_batch_merged_by_a_failed_call_and_split_between_two_takers_links_each
     takers were made by nobody (seen in test_api_events_concurrent, ``both killed``, once the
     claims' updates were fast). Each event now links to the positives merged before it."""
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    kinds = [("v0", "i0", 0.0), ("v1", "i1", 0.0), ("j2", "a", 1.0), ("j3", "b", 0.5)]
-    evs = [
-        {"id": e, "item_id": item, "ts": t0, "weight": w}
-        for e, item, w in [*kinds, ("j4", "c", 1.0)]
+    kinds = [
+        ("v0", "i0", 0.0),
+        ("v1", "i1", 0.0),
+        ("j2", "a", 1.0),
+        ("j3", "b", 0.5),
+        ("j4", "c", 1.0),
     ]
+    evs = [{"id": e, "item_id": item, "ts": t0, "weight": w} for e, item, w in kinds]
     positives = [{"e": e["id"], "id": e["item_id"], "ts": t0, "w": 1.0} for e in evs[2:]]
     merged = UserState(user_id="u", positives=positives, applied=[e["id"] for e in evs])
     first = {"u": UserState(user_id="u")}
