@@ -38,17 +38,18 @@ def test_partition_of_is_stable_and_spreads() -> None:
 async def test_leases_split_fairly_and_are_taken_over_after_expiry(
     ingest_settings: Settings, async_db: Any
 ) -> None:
-    s = ingest_settings.model_copy(update={"sync_partitions": 4, "sync_lease_seconds": 2.0})
+    s = ingest_settings.model_copy(update={"sync_partitions": 4, "sync_lease_seconds": 3.0})
     a, b = PartitionLeases(s, async_db, "worker-a"), PartitionLeases(s, async_db, "worker-b")
     try:
         assert sorted(await a.rebalance()) == [0, 1, 2, 3]  # alone: everything
         assert await b.rebalance() == {}  # registered; nothing free yet
         await a.rebalance()  # two live workers: a gives up its extra share
-        assert len(a.held) == 2 and len(await b.rebalance()) == 2
-        assert set(a.held).isdisjoint(b.held) and a.valid and b.valid
+        assert len(a.held) == 2 and a.valid  # valid: 2 s from its renewal (lease - margin)
+        assert len(await b.rebalance()) == 2 and b.valid
+        assert set(a.held).isdisjoint(b.held)
         # a stops renewing (as if killed): b takes its partitions once they expire, not before
         assert len(await b.rebalance(take_all=True)) == 2
-        time.sleep(2.2)
+        time.sleep(3.2)
         assert sorted(await b.rebalance(take_all=True)) == [0, 1, 2, 3]
         await a.renew()  # a comes back: it learns it lost them and may not write
         assert a.held == {}
