@@ -7,7 +7,8 @@ and the binary built with ``go build``. Code talks to it only through pymongo (s
 a real MongoDB (``OPENDISCO_MONGO_URL``) is a drop-in and then nothing is started.
 
 Source patches (:mod:`._ferretdb_patches`) fix 1.24.2's SQLite backend: ``_id`` reads use
-the ``_id`` index, and range filters on top-level dates and ints are evaluated by SQLite.
+the ``_id`` index (also for a filter with other keys beside ``_id``), and range filters on
+top-level dates and ints are evaluated by SQLite.
 The build directory name carries the patch level, so an unpatched cached binary is never
 reused, and ``up`` restarts a local FerretDB it started from an older patch level of the
 same version (its data stays).

@@ -8,11 +8,11 @@ counted them, then the held write counted them again). So a marked write carries
 — the whole update refused — where a fence put a date there. A fence (:func:`fence_marks`)
 ``$set``s ``fz.<mark>`` on each document (created when missing: a late upsert must not create
 it either); the caller then reads whether the write landed from its own record of marks (its
-mark kept, ``ms``). The filters are ``_id`` only: FerretDB 1.24 scans the whole collection for
-a filter on any other field (12 to 20 ms per update at 20,000 documents, measured), so the
-condition is in the update. FerretDB's updates are not atomic (it rewrites the document:
-of 100 concurrent updates conditional on one value, 3 to 5 applied); a late write and a fence
-racing on one document leave it as one of them alone would, and the read tells which.
+mark kept, ``ms``). The filters are ``_id`` only: an unpatched FerretDB 1.24 scans the whole
+collection for a filter on any other field (12 to 20 ms per update at 20,000 documents,
+measured), so the condition is in the update. FerretDB's updates are not atomic (it rewrites
+the document: of 100 concurrent updates conditional on one value, 3 to 5 applied); a late write
+and a fence racing on one document leave it as one of them alone would, and the read tells which.
 
 Fenced marks are few (a failed write's, a taken-over one's); a fence drops those of the
 documents it fences that are older than :data:`FENCE_KEPT`.

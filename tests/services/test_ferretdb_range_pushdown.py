@@ -1,6 +1,6 @@
-"""FerretDB's range pushdown (a build patch in ``opendisco.services._ferretdb_patches``): a
-range filter returns exactly what MongoDB matches across odd documents; ``up`` restarts a
-local FerretDB of an older patch level only.
+"""FerretDB's range pushdown and ``_id`` pushdown beside other keys (build patches in
+``opendisco.services._ferretdb_patches``): a filter returns exactly what MongoDB matches across
+odd documents; ``up`` restarts a local FerretDB of an older patch level only.
 
 The pushdown is a superset pre-filter evaluated by SQLite: a row is dropped only when the
 stored schema says the field holds one date (or one int/long) failing the comparison. The
@@ -82,6 +82,14 @@ CASES: list[tuple[dict[str, Any], set[str], bool]] = [
     ({"f": {"$gte": D4}}, {"d4", "arr_d1_d4"}, True),
     ({"$or": [{"f": {"$gte": D4}}, {"g": {"$lt": D2}}]}, {"d4", "arr_d1_d4", "other"}, True),
     ({"f": {"$gte": D3}, "g": {"$exists": False}}, {"d3", "d4", "arr_d1_d4", "arr_mixed"}, True),
+    # the _id condition beside other keys (patch level 5): pushed down, the rest checked
+    ({"_id": {"$in": ["d1", "d2", "missing", "nope"]}, "f": {"$exists": True}}, {"d1", "d2"}, True),
+    ({"_id": "d3", "f": D4}, set(), True),
+    ({"f": D4, "_id": "arr_d1_d4"}, {"arr_d1_d4"}, True),
+    ({"_id": {"$in": ["d1", "d2", "other"]}, "$or": [{"f": D1}, {"g": D1}]}, {"d1", "other"}, True),
+    ({"_id": {"$in": ["d1", "d4"]}, "f": {"$gte": D3}}, {"d4"}, True),
+    ({"_id": {"$nin": ["d3"]}, "f": {"$gte": D3}}, {"d4", "arr_d1_d4", "arr_mixed"}, True),
+    ({"_id": {"$in": ["d1", "d4"]}, "f": {"$not": {"$gte": D3}}}, {"d1"}, True),
     # not pushed down: doubles, a branch without a condition, a field with other operators
     ({"f": {"$gte": 2.5}}, {"int5", "long_big", "ms_of_d1", "double", "arr_mixed"}, False),
     ({"$or": [{"f": {"$gte": D4}}, {"g": D1}]}, {"d4", "arr_d1_d4", "other"}, False),
@@ -141,6 +149,21 @@ def test_range_pushdown_in_updates_and_deletes(probe_db: Any) -> None:
     odd_docs.insert_one({"_id": "doomed", "f": datetime(1900, 1, 1, tzinfo=UTC)})
     assert odd_docs.delete_many({"f": {"$lt": datetime(1950, 1, 1, tzinfo=UTC)}}).deleted_count == 1
     assert odd_docs.count_documents({}) == len(DOCS) + 2
+
+
+def test_id_pushdown_beside_other_keys_in_updates(probe_db: Any) -> None:
+    """The events' claims: an update of the ids this holder still owns changes those only."""
+    coll = probe_db["id_owner_probe"]
+    coll.insert_many([{"_id": f"e{i}", "owner": f"o{i % 3}"} for i in range(30)])
+    ids = [f"e{i}" for i in range(10)] + ["gone"]
+    res = coll.update_many({"_id": {"$in": ids}, "owner": "o1"}, {"$set": {"renewed": True}})
+    assert res.matched_count == res.modified_count == 3  # e1, e4, e7
+    assert {d["_id"] for d in coll.find({"renewed": True})} == {"e1", "e4", "e7"}
+    assert coll.delete_many({"_id": {"$in": ids}, "owner": {"$ne": "o1"}}).deleted_count == 7
+    assert coll.count_documents({}) == 23
+    plan = coll.find({"_id": {"$in": ids}, "owner": "o1"}).explain()
+    if "ferretdbVersion" in plan.get("serverInfo", {}):
+        assert plan["filterPushdown"] is True
 
 
 def _fake_ferretdb(tmp_path: Path, build: str, port: int) -> tuple[FerretDBService, int]:
