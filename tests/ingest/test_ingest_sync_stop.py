@@ -22,6 +22,8 @@ from opendisco import Settings, clients
 from opendisco.ingest._run_sync import STOP_GRACE_S
 from opendisco.ingest._sync import LEAVE_S
 
+DOCKER_STOP_GRACE_S = 10.0  # `docker stop` / compose without stop_grace_period: then -9
+
 
 @pytest.mark.parametrize("paused", [True, False], ids=["store paused", "store answering"])
 async def test_a_worker_stops_within_its_bound(
@@ -64,8 +66,11 @@ async def test_a_worker_stops_within_its_bound(
                 await proc.wait()
         await reading
         took = time.monotonic() - t0
-        # the pass's grace, the leases' release, the client's endSessions, and a margin
-        bound = STOP_GRACE_S + LEAVE_S + 2.0 + 2.0 if paused else 3.0
+        # paused: the pass's grace, the leases' release and the client's endSessions (7 s),
+        # within the 10 s a container is given to stop (compose's default stop grace) with
+        # the process's own start of the exit (9.13 s seen once under the suite's load)
+        bound = STOP_GRACE_S + LEAVE_S + 2.0 + 3.0 if paused else 3.0
+        assert bound <= DOCKER_STOP_GRACE_S
         assert took < bound, (took, "".join(lines)[-3000:])
         assert proc.returncode == 0, "".join(lines)[-3000:]
         if not paused:  # released: the next worker takes them at once
