@@ -8,12 +8,13 @@ same update filtered on ``_id`` alone (the bare store), at ``--events`` stored e
 In process, against ``OPENDISCO_MONGO_URL`` (the FerretDB of ``./dev services up`` unless
 set; a database of its own, dropped after). The events are stamped and inserted the way
 ``POST /events`` does (``EventClaims.stamp`` / ``insert``, a token per batch); each round
-picks one batch and times, alternating: the holder's renewal (``_renew_events``), its record
-of an applied effect (``record_done``) and the bare ``update_many`` by ``_id`` alone. Medians
-and p99 over rounds. On FerretDB 1.24 an ``_id`` condition beside another key was not pushed
-down before the build's patch level 5: every such update scanned the table, and a process's
-renewals, queued behind its other updates of the events, came later than a lease under
-clients' retries (bench/chaos.py seed 46). Writes bench/results/claims_store.json (a run per
+picks one batch and times, alternating: the holder's renewal (``renew``: no generation
+beyond 0 held, so the events' update alone), its record of an applied effect
+(``record_done``) and the bare ``update_many`` by ``_id`` alone. Medians and p99 over rounds.
+On FerretDB 1.24 an ``_id`` condition beside another key was not pushed down before the
+build's patch level 5: every such update scanned the table, and a process's renewals, queued
+behind its other updates of the events, came later than a lease under clients' retries
+(bench/chaos.py seed 46). Writes bench/results/claims_store.json (a run per
 ``--label``) and the ``claims-store`` section of bench/README.md.
 """
 
@@ -63,7 +64,7 @@ async def one_round(
 ) -> dict[str, float]:
     """ms of each update of one batch, in an order alternating with the round."""
     steps: dict[str, Callable[[], Awaitable[Any]]] = {
-        "renew": lambda: claims._renew_events(ids, token),
+        "renew": lambda: claims.renew(ids, token),
         "record_done": lambda: claims.record_done(ids, token, f"bench{r}"),
         "bare_id_only": lambda: db["events"].update_many(
             {"_id": {"$in": ids}}, {"$set": {"bench_touched": r}}
