@@ -334,8 +334,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     odd_loop(client, truth, key, others, random.Random(args.seed + 3), stop)
                 )
             )
-            quiet = asyncio.sleep(0)  # --no-faults: the same load, a control run
-            sched = asyncio.ensure_future(quiet if args.no_faults else scheduler(ctx, stop))
+            # --no-faults: the same load, a control run (the coroutine made only when awaited)
+            sched = asyncio.ensure_future(
+                asyncio.sleep(0) if args.no_faults else scheduler(ctx, stop)
+            )
             await asyncio.sleep(args.seconds)
             stop.set()
             await sched

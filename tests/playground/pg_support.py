@@ -21,8 +21,10 @@ def revoke(settings: Settings, key_id: str) -> None:
         assert revoke_key(mc[settings.mongo_db], key_id)
 
 
-def eligible_member(market: dict[str, Any], n: int = 0) -> str:
-    """The ``n``-th member by the number of profiles eligible both ways (deterministic)."""
+def eligible_member(market: dict[str, Any], n: int = 0, *, admits_self: bool = False) -> str:
+    """The ``n``-th member by the number of profiles eligible both ways (deterministic);
+    ``admits_self``: only members whose own preferences admit themselves (their own profile
+    is then kept off their answers by self-exclusion alone, not by their preferences)."""
     users, items = market["users"], market["items"]
 
     def eligible(u: dict[str, Any]) -> int:
@@ -32,9 +34,8 @@ def eligible_member(market: dict[str, Any], n: int = 0) -> str:
             if it["owner_id"] != u["_id"] and _admits(u, it) and _admits(users[it["owner_id"]], u)
         )
 
-    # TODO(self-exclusion): the api branch adds the viewer's own profile to the hard filter;
-    # until it lands, members whose preferences admit themselves are not picked
     ranked = sorted(
-        (u for u in users.values() if not _admits(u, u)), key=lambda u: (-eligible(u), u["_id"])
+        (u for u in users.values() if not admits_self or _admits(u, u)),
+        key=lambda u: (-eligible(u), u["_id"]),
     )
     return str(ranked[n]["_id"])

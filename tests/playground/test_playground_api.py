@@ -220,9 +220,20 @@ async def test_a_template_draft_that_drops_the_hard_filter_still_obeys_it(
     pg_http: httpx.AsyncClient, pg_keys: dict[str, str], pg_market: dict[str, Any]
 ) -> None:
     """Every source of the draft loses its ``{"$ref": "filter"}``: eligibility both ways,
-    blocks and seen still hold (the render puts every source under the shipped filter)."""
+    blocks, seen and the member's own profile (a member whose preferences admit themselves)
+    still hold (the render puts every source under the shipped filter)."""
     users, items = pg_market["users"], pg_market["items"]
-    uid = eligible_member(pg_market, 3)
+    uid = eligible_member(pg_market, 3, admits_self=True)
+    own = [i for i, it in items.items() if it["owner_id"] == uid]
+    assert own and all(_admits(users[uid], items[i]) for i in own)
+    # more than the profiles eligible to them: their own would show if it were not excluded
+    k = 50
+    assert k > sum(
+        it["owner_id"] != uid
+        and _admits(users[uid], it)
+        and _admits(users[it["owner_id"]], users[uid])
+        for it in items.values()
+    )
     admin = h(pg_keys["admin"])
     raw = json.loads(
         json.dumps(load("cold_start").raw).replace('{"$ref": "filter"}', '{"match_all": {}}')
@@ -231,12 +242,12 @@ async def test_a_template_draft_that_drops_the_hard_filter_still_obeys_it(
     draft = {"kind": "template", "surface": "cold_start", "body": raw}
     first = await pg_http.post(
         "/playground/api/compare",
-        json={"user_id": uid, "surface": "cold_start", "k": 20, "draft": draft},
+        json={"user_id": uid, "surface": "cold_start", "k": k, "draft": draft},
         headers=admin,
     )
     assert first.status_code == 200, first.text
     shown = [i["id"] for i in first.json()["draft"]["items"]]
-    assert len(shown) >= 4
+    assert len(shown) >= 4 and not set(shown) & set(own)
     # hide (block) the first, pass the second: both must leave the draft's answer
     now = datetime.now(UTC).isoformat()
     events = [
@@ -247,7 +258,7 @@ async def test_a_template_draft_that_drops_the_hard_filter_still_obeys_it(
     assert posted.status_code in (200, 202), posted.text
     again = await pg_http.post(
         "/playground/api/compare",
-        json={"user_id": uid, "surface": "cold_start", "k": 20, "draft": draft},
+        json={"user_id": uid, "surface": "cold_start", "k": k, "draft": draft},
         headers=admin,
     )
     data = again.json()
