@@ -40,7 +40,6 @@ import json
 import os
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,10 @@ from typing import Any
 
 import numpy as np
 from jvm_threads import by_pool, thread_cpu_ms  # bench/jvm_threads.py, beside this file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "api"))
+from api_support import free_port, stop_serve
 
 from opendisco import clients, load_settings
 from opendisco._domain import USERS_COLLECTION
@@ -96,12 +99,6 @@ class HashedBowModel:
                 out[i] += self._tok(tok)
             out[i] /= np.linalg.norm(out[i]) or 1.0
         return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def build(settings: Settings, n: int) -> list[dict[str, Any]]:
@@ -300,7 +297,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from opendisco.queries import generate_candidates
 
     rid = args.reuse or uuid.uuid4().hex[:6]
-    port = _free_port()
+    port = free_port()
     overrides = {
         "index_alias": f"bench-api-{rid}-items",
         "mongo_db": f"bench_api_{rid}",
@@ -390,7 +387,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"qps p50 {bare['p50_ms']:7.1f} p99 {bare['p99_ms']:7.1f}",
                         file=sys.stderr,
                     )
-            _stop(proc)
+            stop_serve(proc)
             proc = None
         for row in rows:  # the classic columns: the API with the first worker count
             row["api"] = row["api_by_workers"][str(args.workers[0])]
@@ -415,7 +412,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_serve(proc)
         if not (args.keep or args.reuse):
             sync_os.indices.delete(
                 index=f"bench-api-{rid}-items*", ignore_unavailable=True, expand_wildcards="all"
@@ -545,15 +542,6 @@ class CpuMeter:
                 if ms / max(1, n) >= 0.05
             }
         return out
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _load(res: dict[str, Any]) -> str:
