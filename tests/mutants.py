@@ -8,7 +8,7 @@ the engine and store fences) — and runs the tests that state that guarantee
 no test holds: the exit status is then 1. A mutant whose code moved (its text is no longer
 found exactly once) is an error, never a pass.
 
-    python tests/mutants.py           # every mutant (~15-25 min on 2 cores)
+    python tests/mutants.py           # every mutant (~15 min on 2 cores)
     python tests/mutants.py F2 E1     # those whose id starts so
 """
 
