@@ -38,24 +38,23 @@ class Mutant:
     tests: tuple[str, ...]
 
 
-def _self_layers() -> tuple[tuple[str, str, str], ...]:
-    return (
-        (
-            PARTIALS,
-            '{"term": {"owner_id": {"$param": "viewer_id"}}}',
-            '{"term": {"owner_id": "-"}}',
-        ),
-        (
-            FILTERS,
-            "own = {self.profile_id} if self.profile_id else set()",
-            "own: set[str] = set()",
-        ),
-        (
-            FILTERS,
-            "if self.member and (item_id == self.profile_id or owner == self.viewer_id):",
-            "if False:",
-        ),
-    )
+#: the three layers of self-exclusion: the template's own-items term, the member's profile id
+#: among the excluded ids, the in-process rule
+SELF_TERM = (
+    PARTIALS,
+    '{"term": {"owner_id": {"$param": "viewer_id"}}}',
+    '{"term": {"owner_id": "-"}}',
+)
+SELF_ID = (
+    FILTERS,
+    "own = {self.profile_id} if self.profile_id else set()",
+    "own: set[str] = set()",
+)
+SELF_RULE = (
+    FILTERS,
+    "if self.member and (item_id == self.profile_id or owner == self.viewer_id):",
+    "if False:",
+)
 
 
 MUTANTS = (
@@ -134,13 +133,7 @@ MUTANTS = (
     Mutant(
         "T7",
         "template: the viewer's own items",
-        (
-            (
-                PARTIALS,
-                '{"term": {"owner_id": {"$param": "viewer_id"}}}',
-                '{"term": {"owner_id": "-"}}',
-            ),
-        ),
+        (SELF_TERM,),
         RULES,
     ),
     Mutant(
@@ -177,13 +170,7 @@ MUTANTS = (
     Mutant(
         "F2",
         "rules: self",
-        (
-            (
-                FILTERS,
-                "if self.member and (item_id == self.profile_id or owner == self.viewer_id):",
-                "if False:",
-            ),
-        ),
+        (SELF_RULE,),
         RULES,
     ),
     Mutant(
@@ -239,7 +226,7 @@ MUTANTS = (
     Mutant(
         "S1",
         "self-exclusion, all three layers",
-        _self_layers(),
+        (SELF_TERM, SELF_ID, SELF_RULE),
         ("tests/playground/test_playground_api.py", SAFETY),
     ),
     # what changed since the engine's copy, and the degraded answers
