@@ -24,6 +24,10 @@ touched, nothing of OpenSearch is mocked: every request not faulted reaches it):
   are replaced by what it returns (None: left as they are; ``rewritten`` counts them): the
   engine's partial answers, e.g. a search with ``_shards.failed`` (a shard's search queue
   full: its hits missing from a 200) or an ``_msearch`` with one sub-search an error object.
+
+When the engine behind cannot be reached (a TCP fault proxy between them cut, or the engine
+down), the client's connection is dropped without an answer — what it sees with no proxy
+between (``unreachable`` counts them) — rather than a 500 and a logged traceback.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class FaultyHttpProxy:
         self.missing_if: Callable[[str, str], bool] | None = None
         self.rewrite_if: Callable[[str, str, dict[str, Any]], dict[str, Any] | None] | None = None
         self.rewritten = 0
+        self.unreachable = 0
         self._resumed: asyncio.Event | None = None  # the proxy loop's, made in _start
         self.port = 0
         self.answered: dict[int, int] = {}
@@ -186,6 +191,15 @@ class FaultyHttpProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        try:
+            return await self._answer(request, body)
+        except aiohttp.ClientConnectionError:  # the engine behind is unreachable
+            self.unreachable += 1
+            if request.transport is not None:  # None: the client has gone already
+                request.transport.abort()
+            return web.Response(status=502)
+
+    async def _answer(self, request: web.Request, body: bytes) -> web.StreamResponse:
         if self.failing:
             n = sum(self.answered.values())
             return self._refuse(self.statuses[n % len(self.statuses)])

@@ -166,7 +166,10 @@ class TcpProxy:
             asyncio.ensure_future(self._answers(conn, gate, up_reader, writer)),
         ]
         self._tasks.update(pipes)
-        await asyncio.gather(*pipes, return_exceptions=True)
+        # kill() cancels this handler: it ends normally then, or Python 3.11's stream server
+        # logs the cancellation as an error for every connection a cut drops
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*pipes, return_exceptions=True)
         self._tasks.difference_update(pipes)
         self._writers.discard(writer)
         self._writers.discard(up_writer)
