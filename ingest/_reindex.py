@@ -332,6 +332,8 @@ async def _refresh_stream(
     query = {"updated_at": {"$gte": since}} if coll.name == model else {}
     async with stream(coll, query, settings.bulk_batch_size) as it:
         async for page in it:
+            # a vector whose _id is no string names no item (``BehaviourFeed.mine``)
+            page = [d for d in page if isinstance(d.get("_id"), str)]
             fresh = {m["_id"] for m in joined.fresh(marks(page))}
             changed = [d for d in page if d["_id"] in fresh]
             prepared, items = await prepare_refresh(
