@@ -60,8 +60,9 @@ class Action:
     indexed or deleted at ``version``, ``"any"`` it is gone (a hard delete: ``version`` is the
     index's), ``""`` nothing (the removal of a refused document's stale copy). ``refresh``:
     the document is sent again at the *same* version (``external_gte``) because something
-    outside the item changed — its trained behaviour vector (``_behaviour``); a 409 still
-    means a newer version is there.
+    outside the item changed — its trained behaviour vector (``_behaviour``) — or its copy is
+    removed at the version the index holds (a document whose version became unusable: its fix
+    takes the next one); a 409 still means a newer version is there.
     """
 
     op: Literal["index", "delete"]

@@ -59,7 +59,7 @@ from ._bulk import Action, BulkWriter, patiently
 from ._feed import ChangeBatch, HardDelete
 from ._letters import open_versions, sweep
 from ._letters_admin import purge_resolved
-from ._schema import source_version
+from ._schema import is_tombstone, source_version
 from ._store import items_collection, stream
 
 __all__ = ["ReconcileReport", "reconcile", "remove_gone"]
@@ -268,7 +268,7 @@ async def reconcile(
         if x is None or (m is not None and m[0] < x[0]):
             key, doc = m  # type: ignore[misc]
             report.mongo_docs += 1
-            if not doc.get("deleted"):  # counted as missing at the flush (unless refused)
+            if not is_tombstone(doc):  # counted as missing at the flush (unless refused)
                 await repairs.add(apply=key, missing=True, version=_version(doc))
             m = await anext(mongo, None)
         elif m is None or x[0] < m[0]:

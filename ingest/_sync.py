@@ -152,13 +152,18 @@ class Syncer:
         """Deletes for documents gone from MongoDB at one past the version the index holds,
         and the gone ones it does not hold: nothing to write, but their dead letters are
         settled (a refused document deleted; before, a change stream's delete event left
-        its record open until the next reconciliation's sweep)."""
+        its record open until the next reconciliation's sweep). A document still in MongoDB
+        whose version became unusable loses its indexed copy at the version the index holds
+        (``external_gte``), not the next one: that is the version its fix will take (before,
+        the fix met the delete's tombstone, 409, and stayed out of the index for
+        ``index.gc_deletes``)."""
         held = await self.writer.versions([d.id for d in deletes])
         writes, settled = [], []
         for d in deletes:
-            if d.id in held:
-                settles = "any" if d.gone else ""
-                writes.append(Action("delete", d.id, held[d.id] + 1, settles=settles).with_data())
+            if d.id in held and d.gone:
+                writes.append(Action("delete", d.id, held[d.id] + 1, settles="any").with_data())
+            elif d.id in held:
+                writes.append(Action("delete", d.id, held[d.id], settles="").refreshed())
             elif d.gone:
                 settled.append(Action("delete", d.id, 0, settles="any"))
         return writes, settled

@@ -8,6 +8,7 @@ sync worker re-applied on every pass.
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 from typing import Any
 
 from opendisco import Settings, clients, now_ms
@@ -156,6 +157,74 @@ async def test_integral_float_version_survives_reconcile(
         doc = await client.get(index=ingest_settings.index_alias, id="float-version")
         assert doc["_version"] == 2
         assert (await verify(ingest_settings, client=client)).ok
+    finally:
+        await client.close()
+
+
+async def test_a_version_made_unusable_then_fixed_at_the_next_is_indexed_at_once(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A document whose ``version`` became unusable (``"one"``) is dead-lettered and its
+    indexed copy removed; fixed at the next version, the next pass indexes it. The removal
+    was a delete at the indexed version + 1 — the fix's own version: the fix met the delete's
+    tombstone (a 409, taken as settled: its dead letter resolved as indexed) and stayed out
+    of the index until the tombstone expired (``index.gc_deletes``, 60 s) and a later
+    reconciliation applied it."""
+    s = ingest_settings
+    coll = mongo_db[s.items_collection]
+    key = "fixed-later"  # dead letters are the session's: no catalogue id of other tests
+    coll.insert_one(_item(ingest_catalogue[0], key))
+    client = clients.async_opensearch(s)
+    try:
+        await reindex(s, client=client, embedder=embedder)
+        held = (await client.get(index=s.index_alias, id=key))["_version"]
+        coll.update_one({"_id": key}, {"$set": {"version": "one", "updated_at": now_ms()}})
+        first = await sync_once(s, client=client, embedder=embedder, reconcile=True)
+        assert first.reconciled is not None and first.reconciled.unversioned == 1, first
+        assert not await client.exists(index=s.index_alias, id=key)  # unavailable: not served
+        assert mongo_db["dead_letters"].find_one({"doc_id": key, "resolved_at": None})
+
+        fix = {"version": held + 1, "title": "Fixed", "updated_at": now_ms()}
+        coll.update_one({"_id": key}, {"$set": fix})
+        second = await sync_once(s, client=client, embedder=embedder)
+        assert (second.indexed, second.conflicts) == (1, 0), second
+        doc = await client.get(index=s.index_alias, id=key)
+        assert (doc["_version"], doc["_source"]["title"]) == (held + 1, "Fixed")
+        letter = mongo_db["dead_letters"].find_one({"doc_id": key})
+        assert (letter["resolved_by"], letter["resolved_version"]) == ("indexed", held + 1)
+        assert (await verify(s, client=client)).ok
+    finally:
+        await client.close()
+
+
+async def test_reconcile_follows_a_refused_document_whose_deleted_flag_is_no_boolean(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """``deleted: 1`` is no tombstone (refused: the flag is a boolean); absent from the index,
+    reconciliation took it for one and skipped it, so a backdated write of a new version,
+    which no sync pass reads, kept its dead letter at the old version."""
+    coll = mongo_db[ingest_settings.items_collection]
+    coll.insert_one(_item(ingest_catalogue[0], "flag-one", deleted=1))
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        assert (await reindex(ingest_settings, client=client, embedder=embedder)).dead_lettered
+        old = now_ms() - timedelta(days=30)
+        coll.update_one({"_id": "flag-one"}, {"$set": {"updated_at": old}, "$inc": {"version": 1}})
+        syncer = Syncer(ingest_settings, client=client, embedder=embedder)
+        try:
+            repaired = await syncer.reconcile(take_all=True)
+        finally:
+            await syncer.close()
+        assert repaired.dead_lettered == 1, repaired
+        letter = mongo_db["dead_letters"].find_one({"doc_id": "flag-one"})
+        assert (letter["version"], letter.get("resolved_at")) == (2, None)
+        assert "deleted" in letter["reason"]
     finally:
         await client.close()
 
