@@ -16,7 +16,8 @@ and repairs, through the ordinary external-versioned apply path:
   absent because it was refused at this very version: its dead letter is still open (one
   ``_id $in`` read of ``dead_letters`` per page), so it is counted as
   ``already_dead_lettered``, not as ``missing``, and not applied again;
-* in the index while MongoDB's copy has no usable ``version``: dead-lettered and removed;
+* in the index while MongoDB's copy has no usable ``version``: dead-lettered and removed, at
+  the version the index holds (``external_gte``: the fix's next version indexes at once);
 * the index newer than MongoDB (a version went backwards: MongoDB restored from a backup, a
   document deleted and created again at version 1, a migration that rewrote it): counted as
   ``ahead`` and, once a point read confirms MongoDB's copy is still older than the indexed
