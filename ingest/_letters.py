@@ -52,6 +52,7 @@ from typing import Any
 
 import bson
 from bson import Binary, DatetimeMS
+from bson.errors import BSONError
 from pymongo import InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
@@ -72,6 +73,10 @@ __all__ = [
 ]
 
 DEAD_LETTERS = "dead_letters"
+#: the largest copy of a refused document a record keeps (BSON bytes); a larger one keeps its
+#: id and size. A document near MongoDB's 16 MiB limit made a record over it, which the
+#: driver refuses before any write (``DocumentTooLarge``): every pass that refused it failed.
+MAX_LETTER_DOC = 1 << 20
 RESOLVED = ("resolved_at", "resolved_by", "resolved_version", "resolved_source")
 PAGE = 1000
 
@@ -134,9 +139,24 @@ def dead_letter(
         **exact,
         "version": source_version(version),  # what validation reads (2.0 is 2), else null
         "reason": reason[:2000],
-        "doc": _storable(doc) if isinstance(doc, Mapping) else {"value": repr(doc)[:1000]},
+        "doc": _copy(doc),
         "at": now_ms(),
     }
+
+
+def _copy(doc: Any) -> dict[str, Any]:
+    """What a record keeps of the refused document: a storable copy, bounded
+    (:data:`MAX_LETTER_DOC`; MongoDB keeps the document itself)."""
+    if not isinstance(doc, Mapping):
+        return {"value": repr(doc)[:1000]}
+    copy = _storable(doc)
+    try:
+        size = len(bson.encode(copy))
+    except (BSONError, OverflowError):  # the write's own fallback (_slim) has it
+        return copy
+    if size <= MAX_LETTER_DOC:
+        return copy
+    return {"_id": copy.get("_id"), "too_large": True, "bytes": size}
 
 
 def _encoded_id(doc_id: Any) -> Binary:

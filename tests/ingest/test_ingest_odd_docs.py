@@ -11,8 +11,11 @@ import copy
 from datetime import timedelta
 from typing import Any
 
+import bson
+
 from opendisco import Settings, clients, now_ms
 from opendisco.ingest import Embedder, Syncer, reindex, sync_once, verify
+from opendisco.ingest._letters import MAX_LETTER_DOC, dead_letter
 
 
 def _item(base: dict[str, Any], doc_id: Any, **patch: Any) -> dict[str, Any]:
@@ -225,6 +228,46 @@ async def test_reconcile_follows_a_refused_document_whose_deleted_flag_is_no_boo
         letter = mongo_db["dead_letters"].find_one({"doc_id": "flag-one"})
         assert (letter["version"], letter.get("resolved_at")) == (2, None)
         assert "deleted" in letter["reason"]
+    finally:
+        await client.close()
+
+
+def test_a_refused_document_near_the_size_limit_makes_a_record_under_it(
+    ingest_catalogue: list[dict[str, Any]],
+) -> None:
+    """A record kept a whole copy of the refused document: one near MongoDB's 16 MiB limit
+    made a record over it, refused by the driver before any write (``DocumentTooLarge``,
+    no ``BulkWriteError``), and every pass that refused it failed. A copy over
+    ``MAX_LETTER_DOC`` keeps the id and the size; the reason is kept whole."""
+    big = _item(ingest_catalogue[0], "huge", popularity="lots", blob="b" * (16 * 1024 * 1024))
+    letter = dead_letter("sync", "validation", big, "popularity: not a number", collection="c")
+    assert len(bson.encode(letter)) < MAX_LETTER_DOC + 4096
+    assert letter["doc"] == {"_id": "huge", "too_large": True, "bytes": len(bson.encode(big))}
+    assert (letter["doc_id"], letter["reason"]) == ("huge", "popularity: not a number")
+    small = _item(ingest_catalogue[0], "small", popularity="lots")
+    kept = dead_letter("sync", "validation", small, "popularity", collection="c")["doc"]
+    assert kept["_id"] == "small" and kept["popularity"] == "lots"  # a whole copy
+
+
+async def test_a_large_refused_document_is_dead_lettered_beside_the_valid_ones(
+    ingest_settings: Settings,
+    ingest_catalogue: list[dict[str, Any]],
+    embedder: Embedder,
+    mongo_db: Any,
+) -> None:
+    """A refused document over the record's bound (2 MiB) is dead-lettered with its id,
+    size and reason, and the valid documents beside it are indexed."""
+    coll = mongo_db[ingest_settings.items_collection]
+    coll.insert_one(_item(ingest_catalogue[0], "large", popularity="lots", blob="b" * (2 << 20)))
+    client = clients.async_opensearch(ingest_settings)
+    try:
+        report = await reindex(ingest_settings, client=client, embedder=embedder)
+        assert (report.indexed, report.dead_lettered) == (len(ingest_catalogue), 1), report
+        letter = mongo_db["dead_letters"].find_one({"doc_id": "large"})
+        assert letter["doc"]["too_large"] and letter["doc"]["bytes"] > 2 << 20
+        assert "popularity" in letter["reason"]
+        check = await verify(ingest_settings, client=client)
+        assert check.ok and check.invalid == check.open_dead_letters == 1, check.summary()
     finally:
         await client.close()
 
