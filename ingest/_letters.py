@@ -2,7 +2,8 @@
 
 One record per source document (items collection + ``_id`` with its BSON type: ``424242`` and
 ``"424242"`` are two documents): ``{_id, collection, source, stage, doc_id, version, reason,
-doc, at, first_at}`` (and ``doc_key``, the id as BSON bytes, when ``doc_id`` holds it in
+doc, at, first_at}`` (``doc``: the refused document, a copy up to :data:`MAX_LETTER_DOC`,
+else its id and size; and ``doc_key``, the id as BSON bytes, when ``doc_id`` holds it in
 another form) plus, once resolved, ``{resolved_at, resolved_by, resolved_version,
 resolved_source}``. The ``_id`` is :func:`letter_key`, so every lookup ingest makes is an
 ``_id $in`` read, the one filter FerretDB pushes down.
