@@ -2,8 +2,8 @@
 
 One record per source document (items collection + ``_id`` with its BSON type: ``424242`` and
 ``"424242"`` are two documents): ``{_id, collection, source, stage, doc_id, version, reason,
-doc, at, first_at}`` (``doc``: the refused document, a copy up to :data:`MAX_LETTER_DOC`,
-else its id and size; and ``doc_key``, the id as BSON bytes, when ``doc_id`` holds it in
+doc, at, first_at}`` (``doc``: the refused document, a copy up to 1 MiB, else its id and
+size: ``_letter_copy``; and ``doc_key``, the id as BSON bytes, when ``doc_id`` holds it in
 another form) plus, once resolved, ``{resolved_at, resolved_by, resolved_version,
 resolved_source}``. The ``_id`` is :func:`letter_key`, so every lookup ingest makes is an
 ``_id $in`` read, the one filter FerretDB pushes down.
@@ -46,14 +46,12 @@ writer closes it: it reads the versions its own target holds for its new refusal
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import bson
-from bson import Binary, DatetimeMS
-from bson.errors import BSONError
+from bson import Binary
 from pymongo import InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
@@ -61,6 +59,7 @@ from opendisco._backend import backend_errors
 from opendisco._store import MAX_WRITES_PER_COMMAND, now_ms
 
 from ._bulk import Action
+from ._letter_copy import bounded_copy, storable
 from ._schema import indexable_id, source_version
 
 __all__ = [
@@ -74,10 +73,6 @@ __all__ = [
 ]
 
 DEAD_LETTERS = "dead_letters"
-#: the largest copy of a refused document a record keeps (BSON bytes); a larger one keeps its
-#: id and size. A document near MongoDB's 16 MiB limit made a record over it, which the
-#: driver refuses before any write (``DocumentTooLarge``): every pass that refused it failed.
-MAX_LETTER_DOC = 1 << 20
 RESOLVED = ("resolved_at", "resolved_by", "resolved_version", "resolved_source")
 PAGE = 1000
 
@@ -94,28 +89,6 @@ def letter_key(collection: str, doc_id: Any) -> str:
     return hashlib.sha256(f"{collection}\x00{_typed(doc_id)}".encode()).hexdigest()[:32]
 
 
-def _field(key: Any) -> str:
-    """A field name every server stores in an update (FerretDB refuses ``$x`` and ``a.b``
-    there, and pymongo then fails on its answer): fullwidth ``＄`` and ``．`` instead."""
-    name = str(key).replace(".", "\uff0e")
-    return "\uff04" + name[1:] if name.startswith("$") else name
-
-
-def _storable(value: Any, depth: int = 0) -> Any:
-    """A copy any MongoDB-protocol server stores (FerretDB refuses NaN/Inf and drops the link)."""
-    if depth > 40:
-        return repr(value)[:1000]
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, DatetimeMS):  # out-of-range date: default codecs cannot read it back
-        return f"DatetimeMS({int(value)})"
-    if isinstance(value, Mapping):
-        return {_field(k): _storable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_storable(v, depth + 1) for v in value]
-    return value
-
-
 def dead_letter(
     source: str,
     stage: str,
@@ -129,7 +102,7 @@ def dead_letter(
     doc_id = doc.get("_id") if isinstance(doc, Mapping) else None
     if version is None and isinstance(doc, Mapping):
         version = doc.get("version")
-    shown = _storable(doc_id)
+    shown = storable(doc_id)
     exact = {} if _typed(shown) == _typed(doc_id) else {"doc_key": _encoded_id(doc_id)}
     return {
         "_id": letter_key(collection, doc_id),
@@ -140,24 +113,9 @@ def dead_letter(
         **exact,
         "version": source_version(version),  # what validation reads (2.0 is 2), else null
         "reason": reason[:2000],
-        "doc": _copy(doc),
+        "doc": bounded_copy(doc),
         "at": now_ms(),
     }
-
-
-def _copy(doc: Any) -> dict[str, Any]:
-    """What a record keeps of the refused document: a storable copy, bounded
-    (:data:`MAX_LETTER_DOC`; MongoDB keeps the document itself)."""
-    if not isinstance(doc, Mapping):
-        return {"value": repr(doc)[:1000]}
-    copy = _storable(doc)
-    try:
-        size = len(bson.encode(copy))
-    except (BSONError, OverflowError):  # the write's own fallback (_slim) has it
-        return copy
-    if size <= MAX_LETTER_DOC:
-        return copy
-    return {"_id": copy.get("_id"), "too_large": True, "bytes": size}
 
 
 def _encoded_id(doc_id: Any) -> Binary:

@@ -15,7 +15,8 @@ import bson
 
 from opendisco import Settings, clients, now_ms
 from opendisco.ingest import Embedder, Syncer, reindex, sync_once, verify
-from opendisco.ingest._letters import MAX_LETTER_DOC, dead_letter
+from opendisco.ingest._letter_copy import MAX_LETTER_DOC
+from opendisco.ingest._letters import dead_letter
 
 
 def _item(base: dict[str, Any], doc_id: Any, **patch: Any) -> dict[str, Any]:
